@@ -1,0 +1,41 @@
+# Solent PACS. `make run` and `make test` set themselves up on a fresh Debian with Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck fuzz bench clean migration-check
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed: apt-get install python3.11 python3.11-venv (or set PYTHON=...)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## Start the PACS on the embedded default (SQLite + files under ./var), with demo data on first start.
+run: $(STAMP)
+	SOLENT_DEMO_DATA=true $(BIN)/solent serve
+
+## Lint, type-check and run the whole test suite.
+test: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+fuzz: $(STAMP)
+	SOLENT_FUZZ_EXAMPLES=$${SOLENT_FUZZ_EXAMPLES:-40000} $(BIN)/pytest tests/fuzz -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,65 @@
+"""Composition root: the only module that knows which backends are in use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from solent.index.sql import Index
+from solent.ingest import IngestPolicy, Ingestor
+from solent.services.query import QueryService
+from solent.settings import Settings
+from solent.storage import BlobStore, open_blob_store
+
+
+class Listener(Protocol):
+    """A protocol server started by `solent serve` (DIMSE, HL7 MLLP...)."""
+
+    name: str
+
+    def start(self) -> int:
+        """Start listening; returns the bound port."""
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Archive:
+    settings: Settings
+    index: Index
+    store: BlobStore
+    ingestor: Ingestor
+    query: QueryService
+    listeners: list[Listener] = field(default_factory=list)
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.stop()
+        self.store.close()
+        self.index.close()
+
+
+def open_store(settings: Settings) -> BlobStore:
+    return open_blob_store(
+        settings.effective_storage_url,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        s3_access_key_id=settings.s3_access_key_id,
+        s3_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+    )
+
+
+def build_archive(settings: Settings, *, migrate: bool = True) -> Archive:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    index = Index(settings.effective_database_url)
+    if migrate:
+        index.migrate()
+    store = open_store(settings)
+    policy = IngestPolicy(
+        conflict=settings.conflict_policy,
+        missing_patient_id=settings.missing_patient_id_policy,
+        nhs_number_tag=settings.nhs_number_tag,
+    )
+    ingestor = Ingestor(index, store, policy)
+    return Archive(settings, index, store, ingestor, QueryService(index))

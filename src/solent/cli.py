@@ -1,0 +1,237 @@
+"""Command line: `solent serve | import | check | trust | ae | demo | stats | db`.
+
+Every command reads the same settings as `serve` (SOLENT_* variables, --config FILE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from solent import __version__
+from solent.errors import AlreadyExists, ConfigurationError, NotFound, SolentError
+from solent.settings import Settings, load_settings
+
+OPERATIONS = ("store", "query", "retrieve")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="solent", description="Solent PACS: a regional DICOM archive.")
+    p.add_argument("--version", action="version", version=f"solent {__version__}")
+    p.add_argument("--config", type=Path, help="TOML settings file (SOLENT_* variables win)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="start the PACS (HTTP, DICOM, HL7 listeners)")
+    s.add_argument("--demo", action="store_true", help="load the synthetic demo data if the archive is empty")
+
+    i = sub.add_parser("import", help="import DICOM files and folders")
+    i.add_argument("paths", nargs="+", type=Path)
+    i.add_argument("--trust", required=True, help="code of the trust the files belong to")
+    i.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    i.add_argument("--jsonl", action="store_true", help="print one JSON line per file as it is stored")
+    i.add_argument("--workers", type=int, help="parallel workers (default SOLENT_IMPORT_WORKERS)")
+    i.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("check", help="compare the index with the blob store")
+    c.add_argument("--repair", action="store_true", help="remove orphan blobs and rows without blobs")
+    c.add_argument("--grace", type=float, default=0.0, help="ignore orphan blobs younger than this (s)")
+    c.add_argument("--json", action="store_true")
+
+    t = sub.add_parser("trust", help="manage trusts").add_subparsers(dest="action", required=True)
+    ta = t.add_parser("add")
+    ta.add_argument("code")
+    ta.add_argument("--name", required=True)
+    tl = t.add_parser("list")
+    tl.add_argument("--json", action="store_true")
+
+    a = sub.add_parser("ae", help="manage remote DICOM nodes").add_subparsers(dest="action", required=True)
+    aa = a.add_parser("add")
+    aa.add_argument("ae_title")
+    aa.add_argument("--host", required=True)
+    aa.add_argument("--port", type=int, required=True)
+    aa.add_argument("--trust", required=True)
+    aa.add_argument("--allow", default="store,query,retrieve", help="comma list of store,query,retrieve")
+    al = a.add_parser("list")
+    al.add_argument("--json", action="store_true")
+    ar = a.add_parser("remove")
+    ar.add_argument("ae_title")
+
+    sub.add_parser("demo", help="load the synthetic demo data")
+    st = sub.add_parser("stats", help="counts of trusts, patients, studies, series, instances")
+    st.add_argument("--json", action="store_true")
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="action", required=True)
+    db.add_parser("upgrade", help="apply migrations (serve does this at start-up)")
+    return p
+
+
+def _archive(settings: Settings) -> Any:
+    from solent.app import build_archive
+
+    return build_archive(settings)
+
+
+def _print_table(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        print("(none)")
+        return
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.upper().ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        from solent import logs
+
+        logs.configure(settings.log_format, settings.log_level, settings.log_patient_data)
+        return _dispatch(args, settings)
+    except ConfigurationError as exc:
+        print(f"solent: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (AlreadyExists, NotFound) as exc:
+        print(f"solent: {exc}", file=sys.stderr)
+        return 1
+    except SolentError as exc:
+        print(f"solent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    cmd = args.command
+    if cmd == "serve":
+        from solent.serve import serve
+
+        archive = _archive(settings)
+        if (args.demo or settings.demo_data) and archive.index.stats()["instances"] == 0:
+            from solent.demo import load_demo
+
+            print("Loading demo data (first start)...", flush=True)
+            n = load_demo(archive)
+            print(f"Demo data loaded: {n} instances at trusts ZZA, ZZB, ZZC, ZZD.", flush=True)
+        serve(archive)
+        return 0
+    if cmd == "import":
+        return _import(args, settings)
+    if cmd == "check":
+        from solent.services.check import check_archive
+
+        archive = _archive(settings)
+        report = check_archive(archive.index, archive.store, repair=args.repair, grace_seconds=args.grace)
+        if args.json:
+            print(json.dumps(report.as_json(), indent=2))
+        else:
+            print(
+                f"{report.instances} instances, {report.blobs} blobs: "
+                f"{len(report.missing_blobs)} rows without blob, {len(report.size_mismatches)} size mismatches, "
+                f"{len(report.orphan_blobs)} orphan blobs"
+                + (f" ({report.young_orphans} younger than --grace ignored)" if report.young_orphans else "")
+            )
+            if report.repaired:
+                print("repaired: " + ", ".join(f"{k} {v}" for k, v in report.repaired.items()))
+            print("archive is clean" if report.clean else "archive needs repair: run `solent check --repair`")
+        return 0 if report.clean or args.repair else 1
+    if cmd == "trust":
+        archive = _archive(settings)
+        if args.action == "add":
+            row = archive.index.add_trust(_code(args.code), args.name)
+            print(f"trust {row.code} added")
+            return 0
+        _print_table([{"code": r.code, "name": r.name} for r in archive.index.list_trusts()], args.json)
+        return 0
+    if cmd == "ae":
+        archive = _archive(settings)
+        if args.action == "add":
+            allow = [a.strip() for a in args.allow.split(",") if a.strip()]
+            bad = [a for a in allow if a not in OPERATIONS]
+            if bad or not allow:
+                raise ConfigurationError(f"--allow takes a comma list of {', '.join(OPERATIONS)}")
+            if not 0 < args.port < 65536:
+                raise ConfigurationError("--port must be 1-65535")
+            aet = args.ae_title
+            if not aet or len(aet) > 16 or "\\" in aet or not aet.isprintable():
+                raise ConfigurationError("AE title must be 1-16 printable characters without backslash")
+            node = archive.index.add_node(aet, args.host, args.port, args.trust, allow)
+            print(f"DICOM node {node.ae_title} ({node.host}:{node.port}, trust {node.trust_code}) may {', '.join(node.allowed)}")
+            return 0
+        if args.action == "remove":
+            archive.index.remove_node(args.ae_title)
+            print(f"DICOM node {args.ae_title} removed")
+            return 0
+        rows = [
+            {"ae_title": n.ae_title, "host": n.host, "port": n.port, "trust": n.trust_code, "allow": ",".join(n.allowed)}
+            for n in archive.index.list_nodes()
+        ]
+        _print_table(rows, args.json)
+        return 0
+    if cmd == "demo":
+        from solent.demo import load_demo
+
+        n = load_demo(_archive(settings))
+        print(f"demo data loaded: {n} instances")
+        return 0
+    if cmd == "stats":
+        stats = _archive(settings).index.stats()
+        print(json.dumps(stats) if args.json else "\n".join(f"{k}: {v}" for k, v in stats.items()))
+        return 0
+    if cmd == "db":
+        _archive(settings)
+        print("database schema is up to date")
+        return 0
+    raise AssertionError(cmd)
+
+
+def _code(code: str) -> str:
+    if not code or len(code) > 16 or not all(c.isalnum() or c in "-_" for c in code):
+        raise ConfigurationError("a trust code is 1-16 letters, digits, '-' or '_' (e.g. RHM, ZZA)")
+    return code
+
+
+def _import(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.domain.principal import Principal, PrincipalKind
+    from solent.importers.folder import count_files, print_summary, run_import
+
+    archive = _archive(settings)
+    if archive.index.get_trust(args.trust) is None:
+        raise NotFound(f"trust {args.trust} does not exist; add it with `solent trust add {args.trust} --name ...`")
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        raise NotFound(f"no such file or folder: {', '.join(missing)}")
+    principal = Principal(PrincipalKind.IMPORTER, "solent-import", args.trust)
+    workers = args.workers or settings.import_workers
+    show_progress = not args.no_progress and not args.json and not args.jsonl and sys.stderr.isatty()
+    stream = sys.stdout if args.jsonl else None
+    if show_progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        total = count_files(args.paths)
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+        ) as progress:
+            task = progress.add_task("importing", total=total)
+            summary = run_import(
+                archive.ingestor, args.paths, principal, workers=workers,
+                on_result=lambda _p, _r: progress.advance(task), stream=stream,
+            )
+    else:
+        summary = run_import(archive.ingestor, args.paths, principal, workers=workers, stream=stream)
+    if args.json:
+        print(json.dumps(summary.as_json(), indent=2))
+    else:
+        print_summary(summary)
+    return 1 if summary.rejected else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""pydicom-level work that knows nothing of storage: parsing, frame offsets, DICOM JSON."""

@@ -1,0 +1,371 @@
+"""Read what ingest needs from a DICOM file without touching its bytes or decoding pixels.
+
+The header is parsed up to Pixel Data; the Pixel Data element is walked for frame offsets; the
+rest of the dataset is serialised once to DICOM JSON (bulk data replaced by URIs) so WADO-RS
+metadata never re-parses a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from solent.dicom.frames import Frame, PixelLayout, read_pixel_data
+from solent.domain import nhs_number
+from solent.domain.outcomes import RejectReason
+from solent.domain.uids import uid_problem
+from solent.errors import InvalidInput
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+DEFLATED = {"1.2.840.10008.1.2.1.99"}
+# Every other transfer syntax, known to pydicom or not (JPEG XL, ...), encapsulates Pixel Data.
+NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", *DEFLATED}
+BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+BULK_THRESHOLD = 1024
+DEFER_SIZE = 64 * 1024
+PIXEL_TAGS = {0x7FE00010: "7FE00010", 0x7FE00008: "7FE00008", 0x7FE00009: "7FE00009"}
+
+
+class RejectedInstance(Exception):  # noqa: N818 - it is an outcome, not a bug
+    def __init__(self, reason: RejectReason, message: str, sop_instance_uid: str | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.sop_instance_uid = sop_instance_uid
+
+
+@dataclass(slots=True)
+class ParsedInstance:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    patient: dict[str, Any]
+    study: dict[str, Any]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+    frames: list[Frame] | None
+    metadata_json: bytes  # zlib-compressed DICOM JSON object of this instance
+    size: int
+    sha256: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fp:
+        for chunk in iter(lambda: fp.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 256) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None
+    if value is None or value == "":
+        return None
+    text = str(value).strip().replace("\x00", "")
+    return text[:limit] or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _required_int(ds: Dataset, keyword: str, *, minimum: int = 1) -> int:
+    try:
+        raw = ds.get(keyword)
+        value = int(raw)
+    except (TypeError, ValueError) as exc:
+        raise RejectedInstance(
+            RejectReason.MALFORMED, f"{keyword} is missing or not an integer"
+        ) from exc
+    if value < minimum:
+        raise RejectedInstance(RejectReason.MALFORMED, f"{keyword} is {value}, must be >= {minimum}")
+    return value
+
+
+def nhs_number_of(ds: Dataset, extra_tag: str = "") -> str | None:
+    """The NHS number from Other Patient IDs Sequence (issuer NHS) or a configured tag."""
+    try:
+        for item in ds.get("OtherPatientIDsSequence", []) or []:
+            if str(item.get("IssuerOfPatientID", "")).strip().upper() == nhs_number.NHS_ISSUER:
+                value = nhs_number.normalise(str(item.get("PatientID", "")))
+                if value:
+                    return value
+        if extra_tag:
+            key: Any = extra_tag
+            if "," in extra_tag:
+                g, e = extra_tag.split(",")
+                key = (int(g, 16) << 16) | int(e, 16)
+            elem = ds.get(key)
+            value = nhs_number.normalise(str(elem.value if elem is not None else ""))
+            if value:
+                return value
+    except Exception:
+        return None
+    return None
+
+
+def _layout(ds: Dataset) -> PixelLayout | None:
+    if "Rows" not in ds and "Columns" not in ds:
+        return None
+    rows = _required_int(ds, "Rows")
+    cols = _required_int(ds, "Columns")
+    bits = _required_int(ds, "BitsAllocated")
+    if bits not in (1, 8, 16, 32, 64):
+        raise RejectedInstance(RejectReason.MALFORMED, f"BitsAllocated {bits} is not 1/8/16/32/64")
+    stored = _int(ds, "BitsStored")
+    if stored is not None and not 0 < stored <= bits:
+        raise RejectedInstance(
+            RejectReason.MALFORMED, f"BitsStored {stored} is not between 1 and BitsAllocated {bits}"
+        )
+    high = _int(ds, "HighBit")
+    if high is not None and not 0 <= high < bits:
+        raise RejectedInstance(RejectReason.MALFORMED, f"HighBit {high} is outside BitsAllocated")
+    spp = _int(ds, "SamplesPerPixel") or 1
+    if spp not in (1, 3, 4):
+        raise RejectedInstance(RejectReason.MALFORMED, f"SamplesPerPixel {spp} is not 1, 3 or 4")
+    frames = _required_int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else 1
+    if spp == 3 and str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        spp = 2  # native 4:2:2 stores two samples per pixel (PS3.3 C.7.6.3.1.2)
+    return PixelLayout(rows, cols, spp, bits, frames)
+
+
+def _bulk_paths(ds: Dataset, prefix: str = "") -> dict[int, str]:
+    """Map each large binary element (by identity) to its path, for BulkDataURI values."""
+    paths: dict[int, str] = {}
+    for elem in ds:
+        tag = f"{elem.tag:08X}"
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value or []):
+                paths.update(_bulk_paths(item, f"{prefix}{tag}/{i}/"))
+        elif elem.VR in BULK_VRS:
+            paths[id(elem)] = prefix + tag
+    return paths
+
+
+def metadata_json(ds: Dataset, transfer_syntax: str, pixel_vr: str | None, pixel_tag: str | None) -> bytes:
+    paths = _bulk_paths(ds)
+
+    def bulk(elem: DataElement) -> str:
+        return "bulkdata/" + paths.get(id(elem), f"{elem.tag:08X}")
+
+    doc = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk)
+    doc["00083002"] = {"vr": "UI", "Value": [transfer_syntax]}
+    if pixel_tag is not None:
+        doc[pixel_tag] = {"vr": pixel_vr or "OB", "BulkDataURI": "bulkdata/" + pixel_tag}
+    text = json.dumps(dict(sorted(doc.items())), separators=(",", ":"), ensure_ascii=False)
+    return zlib.compress(text.encode("utf-8"), 6)
+
+
+def _check_uids(ds: Dataset) -> tuple[str, str, str, str]:
+    values = []
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        raw = ds.get(keyword)
+        value = str(raw).strip().rstrip("\x00") if raw is not None else ""
+        problem = uid_problem(value)
+        if problem == "missing":
+            raise RejectedInstance(RejectReason.MISSING_ATTRIBUTE, f"{keyword} is missing")
+        if problem:
+            raise RejectedInstance(
+                RejectReason.INVALID_UID, f"{keyword} {value[:80]!r} is {problem}"
+            )
+        values.append(value)
+    return values[0], values[1], values[2], values[3]
+
+
+def parse_file(
+    path: Path, *, sha256: str | None = None, nhs_tag: str = "", force_transfer_syntax: str | None = None
+) -> ParsedInstance:
+    """Parse one stored-as-received file. Raises RejectedInstance with a readable reason."""
+    size = path.stat().st_size
+    with path.open("rb") as fp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            parsed = _parse(fp, size, nhs_tag, force_transfer_syntax)
+        except RejectedInstance:
+            raise
+        except RecursionError as exc:
+            raise RejectedInstance(RejectReason.MALFORMED, "sequences nested too deeply") from exc
+        except InvalidInput as exc:
+            raise RejectedInstance(RejectReason.MALFORMED, str(exc)) from exc
+        except (InvalidDicomError, EOFError) as exc:
+            raise RejectedInstance(RejectReason.MALFORMED, f"not a readable DICOM file: {exc}") from exc
+        except Exception as exc:  # pydicom raises many types on broken input
+            raise RejectedInstance(
+                RejectReason.MALFORMED, f"not a readable DICOM file: {type(exc).__name__}: {exc}"[:300]
+            ) from exc
+    parsed.size = size
+    parsed.sha256 = sha256 or sha256_file(path)
+    parsed.warnings = sorted({str(w.message)[:200] for w in caught})[:20]
+    return parsed
+
+
+def _parse(fp: BinaryIO, size: int, nhs_tag: str, force_ts: str | None) -> ParsedInstance:
+    if size < 8:
+        raise RejectedInstance(RejectReason.MALFORMED, f"file is only {size} bytes")
+    # One full structural parse; values above DEFER_SIZE stay on disk (read lazily by path),
+    # so Pixel Data is located, never loaded, for native images.
+    ds = pydicom.dcmread(fp, defer_size=DEFER_SIZE, force=True)
+    meta: FileMetaDataset = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
+    ts_raw = meta.get("TransferSyntaxUID") or force_ts
+    if not ts_raw:
+        # No file meta: pydicom guessed the encoding; record what it guessed.
+        ts_raw = pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR else (
+            pydicom.uid.ExplicitVRLittleEndian if ds.is_little_endian else pydicom.uid.ExplicitVRBigEndian
+        )
+    ts = UID(str(ts_raw).strip().rstrip("\x00"))
+    if uid_problem(str(ts)):
+        raise RejectedInstance(RejectReason.MALFORMED, f"Transfer Syntax UID {str(ts)[:80]!r} is invalid")
+    if len(ds) == 0:
+        raise RejectedInstance(RejectReason.MALFORMED, "the file holds no dataset")
+    if not meta and not ({0x00080016, 0x00080018, 0x0020000D} & set(ds.keys())):
+        fp.seek(128)
+        if fp.read(4) != b"DICM":
+            raise RejectedInstance(
+                RejectReason.MALFORMED, "not a DICOM file (no DICM prefix, no file meta, no SOP/Study UIDs)"
+            )
+    if "SOPClassUID" not in ds and meta.get("MediaStorageSOPClassUID"):
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    if str(ds.get("SOPClassUID", "")).strip() == MEDIA_STORAGE_DIRECTORY:
+        raise RejectedInstance(
+            RejectReason.NOT_AN_INSTANCE,
+            "a DICOMDIR is a media index, not an instance; import its folder instead",
+        )
+    sop_class, sop_uid, study_uid, series_uid = _check_uids(ds)
+    for tag in [t for t in ds.keys() if t >> 16 == 0xFFFE]:
+        # A stray delimiter at dataset level is a harmless writer bug seen in real files; a
+        # stray item carries data nobody can place, so the file is rejected.
+        if tag == 0xFFFEE000:
+            raise RejectedInstance(RejectReason.MALFORMED, "stray item tag (FFFE,E000) at dataset level")
+        del ds[tag]
+
+    layout = _layout(ds)
+    frames: list[Frame] | None = None
+    pixel_tag: str | None = None
+    pixel_vr: str | None = None
+    for tag, name in PIXEL_TAGS.items():
+        if tag not in ds:
+            continue
+        pixel_tag = name
+        raw = ds.get_item(tag)
+        if str(ts) in DEFLATED:
+            # Offsets into the inflated stream mean nothing in the stored file: frames are
+            # served by decoding. The full parse above already inflated and checked the stream.
+            value = ds[tag].value
+            if tag == 0x7FE00010 and layout and len(value) < layout.native_length:
+                raise RejectedInstance(RejectReason.MALFORMED, "deflated Pixel Data is too short")
+            pixel_vr = "OW"
+        else:
+            implicit = bool(ds.is_implicit_VR)
+            header = 8 if implicit else 12
+            value_tell = getattr(raw, "value_tell", None) or getattr(raw, "file_tell", None)
+            if value_tell is None:
+                raise RejectedInstance(RejectReason.MALFORMED, "cannot locate Pixel Data in the file")
+            fp.seek(value_tell - header)
+            info = read_pixel_data(
+                fp, size, little_endian=bool(ds.is_little_endian), implicit_vr=implicit,
+                layout=layout if tag == 0x7FE00010 else None,
+            )
+            ts_encapsulated = str(ts) not in NATIVE_SYNTAXES
+            if tag == 0x7FE00010 and info.encapsulated != ts_encapsulated:
+                raise RejectedInstance(
+                    RejectReason.MALFORMED,
+                    f"Pixel Data is {'encapsulated' if info.encapsulated else 'native'} but the "
+                    f"transfer syntax {ts} says {'encapsulated' if ts_encapsulated else 'native'}",
+                )
+            frames = info.frames
+            pixel_vr = "OB" if info.encapsulated else ("OW" if layout and layout.bits_allocated > 8 else "OB")
+        del ds[tag]
+        break
+
+    patient_id = _text(ds, "PatientID", 64)
+    nhs = nhs_number_of(ds, nhs_tag)
+    doc = metadata_json(ds, str(ts), pixel_vr, pixel_tag)
+    modality = _text(ds, "Modality", 16)
+    return ParsedInstance(
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_uid,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        transfer_syntax_uid=str(ts),
+        patient={
+            "local_id": patient_id,
+            "issuer_in_file": _text(ds, "IssuerOfPatientID", 64),
+            "name": _text(ds, "PatientName", 324),
+            "birth_date": _text(ds, "PatientBirthDate", 8),
+            "sex": _text(ds, "PatientSex", 16),
+            "nhs_number": nhs,
+            "nhs_number_valid": nhs_number.is_valid(nhs) if nhs else None,
+        },
+        study={
+            "study_uid": study_uid,
+            "study_date": _text(ds, "StudyDate", 8),
+            "study_time": _text(ds, "StudyTime", 16),
+            "accession_number": _text(ds, "AccessionNumber", 16),
+            "accession_issuer": _accession_issuer(ds),
+            "study_id": _text(ds, "StudyID", 16),
+            "study_description": _text(ds, "StudyDescription", 64),
+            "referring_physician": _text(ds, "ReferringPhysicianName", 324),
+        },
+        series={
+            "series_uid": series_uid,
+            "modality": modality,
+            "series_number": _int(ds, "SeriesNumber"),
+            "series_description": _text(ds, "SeriesDescription", 64),
+            "body_part": _text(ds, "BodyPartExamined", 16),
+            "series_date": _text(ds, "SeriesDate", 8),
+            "series_time": _text(ds, "SeriesTime", 16),
+        },
+        instance={
+            "sop_instance_uid": sop_uid,
+            "sop_class_uid": sop_class,
+            "instance_number": _int(ds, "InstanceNumber"),
+            "rows": layout.rows if layout else None,
+            "columns": layout.columns if layout else None,
+            "number_of_frames": layout.number_of_frames if layout and pixel_tag else None,
+            "transfer_syntax_uid": str(ts),
+        },
+        frames=frames,
+        metadata_json=doc,
+        size=size,
+        sha256="",
+    )
+
+
+def _accession_issuer(ds: Dataset) -> str | None:
+    try:
+        seq = ds.get("IssuerOfAccessionNumberSequence")
+        if seq:
+            return _text(seq[0], "LocalNamespaceEntityID", 64) or _text(seq[0], "UniversalEntityID", 64)
+    except Exception:
+        return None
+    return None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""Pure domain: identifiers, records, outcomes. No I/O here."""

@@ -1,0 +1,54 @@
+"""Who is acting, for which trust, and how the data arrived.
+
+Every call into ingest and the services takes a Principal so authorization and audit have one
+place to hang on; adapters build it from what authenticated the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class PrincipalKind(StrEnum):
+    NODE = "node"  # a registered DICOM node or HL7 sender
+    USER = "user"  # a person or a service account over HTTP
+    IMPORTER = "importer"  # the command-line importer / migration
+    SYSTEM = "system"  # Solent itself (demo loader, janitor)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: PrincipalKind
+    name: str
+    trust: str | None
+    roles: frozenset[str] = frozenset()
+    address: str | None = None
+
+    def describe(self) -> str:
+        at = f"@{self.trust}" if self.trust else ""
+        return f"{self.kind}:{self.name}{at}"
+
+
+SYSTEM = Principal(PrincipalKind.SYSTEM, "solent", None)
+
+
+class Channel(StrEnum):
+    DIMSE = "dimse"
+    STOW = "stow"
+    IMPORT = "import"
+    MIGRATION = "migration"
+    DEMO = "demo"
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """How an instance arrived; stored with the instance for the life of the archive."""
+
+    channel: Channel
+    calling_ae: str | None = None
+    called_ae: str | None = None
+    remote_address: str | None = None
+    user: str | None = None
+    source_path: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)

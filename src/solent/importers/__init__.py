@@ -1,0 +1,1 @@
+"""Folder import and legacy-PACS migration; both only call ingest."""

@@ -1,0 +1,345 @@
+"""The Index on SQLite (embedded default) and PostgreSQL, behind one class.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` (a commit survives power loss) and takes the
+write lock up front with ``BEGIN IMMEDIATE``, so concurrent writers queue instead of failing
+half-way. PostgreSQL retries serialization failures and deadlocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from solent.domain.principal import Principal
+from solent.errors import AlreadyExists, IndexUnavailable, NotFound
+from solent.index import schema as t
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRYABLE_PG = {"40001", "40P01"}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def normalise_url(url: str) -> str:
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class TrustRow:
+    code: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    ae_title: str
+    host: str
+    port: int
+    trust_code: str
+    allow_store: bool
+    allow_query: bool
+    allow_retrieve: bool
+
+    @property
+    def allowed(self) -> list[str]:
+        return [
+            op
+            for op, ok in (
+                ("store", self.allow_store),
+                ("query", self.allow_query),
+                ("retrieve", self.allow_retrieve),
+            )
+            if ok
+        ]
+
+
+class Index:
+    """Connection handling and the queries every service shares."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = normalise_url(url)
+        self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
+        self.engine = self._make_engine(echo)
+
+    def _make_engine(self, echo: bool) -> Engine:
+        if self.dialect == "sqlite":
+            path = self.url.split("///", 1)[1] if "///" in self.url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                self.url,
+                echo=echo,
+                connect_args={"timeout": 60, "check_same_thread": False},
+                pool_size=8,
+                max_overflow=8,
+            )
+
+            @event.listens_for(engine, "connect")
+            def _connect(dbapi_conn: Any, _rec: Any) -> None:
+                dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA busy_timeout=60000")
+                cur.close()
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn: Connection) -> None:
+                write = conn.get_execution_options().get("solent_write", False)
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+            return engine
+        return create_engine(self.url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+    # -- transactions -------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def write(self, fn: Callable[[Connection], T], *, attempts: int = 8) -> T:
+        """Run ``fn`` in one write transaction, retrying transient conflicts."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.engine.connect().execution_options(solent_write=True) as conn:
+                    with conn.begin():
+                        return fn(conn)
+            except OperationalError as exc:
+                if attempt == attempts or not self._transient(exc):
+                    raise IndexUnavailable(f"index write failed: {exc.orig}") from exc
+            except IntegrityError:
+                # A concurrent writer inserted the same patient/study/series/instance first;
+                # the retry sees its row. Not retried forever: a real constraint bug surfaces.
+                if attempt >= 3:
+                    raise
+            except DBAPIError as exc:
+                if attempt == attempts or not self._transient(exc):
+                    raise
+            time.sleep(min(0.5, 0.005 * 2**attempt) * random.random())  # noqa: S311
+        raise AssertionError("unreachable")
+
+    def _transient(self, exc: DBAPIError) -> bool:
+        if self.dialect == "sqlite":
+            return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+        code = getattr(exc.orig, "sqlstate", None)
+        return code in RETRYABLE_PG
+
+    def migrate(self) -> None:
+        from solent.index.migrate import upgrade
+
+        upgrade(self)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- trusts and nodes ---------------------------------------------------------------
+
+    def add_trust(self, code: str, name: str) -> TrustRow:
+        def op(conn: Connection) -> TrustRow:
+            if conn.execute(select(t.trust.c.code).where(t.trust.c.code == code)).first():
+                raise AlreadyExists(f"trust {code} already exists")
+            conn.execute(insert(t.trust).values(code=code, name=name, created_at=now()))
+            return TrustRow(code, name)
+
+        return self.write(op)
+
+    def list_trusts(self) -> list[TrustRow]:
+        with self.read() as conn:
+            rows = conn.execute(select(t.trust.c.code, t.trust.c.name).order_by(t.trust.c.code))
+            return [TrustRow(r.code, r.name) for r in rows]
+
+    def get_trust(self, code: str) -> TrustRow | None:
+        with self.read() as conn:
+            r = conn.execute(select(t.trust).where(t.trust.c.code == code)).first()
+            return TrustRow(r.code, r.name) if r else None
+
+    def add_node(
+        self, ae_title: str, host: str, port: int, trust_code: str, allow: Sequence[str]
+    ) -> NodeRow:
+        node = NodeRow(
+            ae_title, host, port, trust_code, "store" in allow, "query" in allow, "retrieve" in allow
+        )
+
+        def op(conn: Connection) -> NodeRow:
+            if not conn.execute(select(t.trust.c.code).where(t.trust.c.code == trust_code)).first():
+                raise NotFound(f"trust {trust_code} does not exist; add it with `solent trust add`")
+            if conn.execute(
+                select(t.dicom_node.c.ae_title).where(t.dicom_node.c.ae_title == ae_title)
+            ).first():
+                raise AlreadyExists(f"DICOM node {ae_title} already exists; remove it first")
+            conn.execute(
+                insert(t.dicom_node).values(
+                    ae_title=ae_title,
+                    host=host,
+                    port=port,
+                    trust_code=trust_code,
+                    allow_store=node.allow_store,
+                    allow_query=node.allow_query,
+                    allow_retrieve=node.allow_retrieve,
+                    created_at=now(),
+                )
+            )
+            return node
+
+        return self.write(op)
+
+    def list_nodes(self) -> list[NodeRow]:
+        with self.read() as conn:
+            rows = conn.execute(select(t.dicom_node).order_by(t.dicom_node.c.ae_title))
+            return [self._node(r) for r in rows]
+
+    def get_node(self, ae_title: str) -> NodeRow | None:
+        with self.read() as conn:
+            r = conn.execute(select(t.dicom_node).where(t.dicom_node.c.ae_title == ae_title)).first()
+            return self._node(r) if r else None
+
+    @staticmethod
+    def _node(r: Any) -> NodeRow:
+        return NodeRow(
+            r.ae_title, r.host, r.port, r.trust_code, r.allow_store, r.allow_query, r.allow_retrieve
+        )
+
+    def remove_node(self, ae_title: str) -> None:
+        def op(conn: Connection) -> None:
+            res = conn.execute(delete(t.dicom_node).where(t.dicom_node.c.ae_title == ae_title))
+            if res.rowcount == 0:
+                raise NotFound(f"DICOM node {ae_title} does not exist")
+
+        self.write(op)
+
+    # -- reads used by ingest, check and stats ------------------------------------------
+
+    def instance_digest(self, sop_instance_uid: str) -> tuple[str, str] | None:
+        """(sha256, blob_key) of a stored instance, or None."""
+        with self.read() as conn:
+            r = conn.execute(
+                select(t.instance.c.sha256, t.instance.c.blob_key).where(
+                    t.instance.c.sop_instance_uid == sop_instance_uid
+                )
+            ).first()
+            return (r.sha256, r.blob_key) if r else None
+
+    def blob_referenced(self, blob_key: str) -> bool:
+        with self.read() as conn:
+            return (
+                conn.execute(
+                    select(t.instance.c.pk).where(t.instance.c.blob_key == blob_key).limit(1)
+                ).first()
+                is not None
+            )
+
+    def iter_blob_refs(self, batch: int = 5000) -> Iterator[tuple[str, str, int]]:
+        """(sop_instance_uid, blob_key, size) of every instance, in pages."""
+        last = 0
+        while True:
+            with self.read() as conn:
+                rows = conn.execute(
+                    select(
+                        t.instance.c.pk,
+                        t.instance.c.sop_instance_uid,
+                        t.instance.c.blob_key,
+                        t.instance.c.size_bytes,
+                    )
+                    .where(t.instance.c.pk > last)
+                    .order_by(t.instance.c.pk)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            for r in rows:
+                yield r.sop_instance_uid, r.blob_key, r.size_bytes
+            last = rows[-1].pk
+
+    def stats(self) -> dict[str, int]:
+        with self.read() as conn:
+            out = {}
+            for name, table in (
+                ("trusts", t.trust),
+                ("patients", t.patient),
+                ("studies", t.study),
+                ("series", t.series),
+                ("instances", t.instance),
+            ):
+                out[name] = int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+            out["bytes"] = int(
+                conn.execute(select(func.coalesce(func.sum(t.instance.c.size_bytes), 0))).scalar_one()
+            )
+            return out
+
+    def append_event(
+        self, conn: Connection, kind: str, principal: Principal, **fields: Any
+    ) -> None:
+        detail = fields.pop("detail", None)
+        conn.execute(
+            insert(t.change_feed).values(
+                at=now(),
+                kind=kind,
+                principal=principal.describe(),
+                detail=json.dumps(detail, separators=(",", ":")) if detail is not None else None,
+                **fields,
+            )
+        )
+
+    def events_since(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            rows = conn.execute(
+                select(t.change_feed).where(t.change_feed.c.seq > seq).order_by(t.change_feed.c.seq).limit(limit)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def delete_instance_rows(self, sop_instance_uid: str) -> str | None:
+        """Remove an instance's rows (used by `solent check --repair` for missing blobs)."""
+
+        def op(conn: Connection) -> str | None:
+            r = conn.execute(
+                select(t.instance.c.pk, t.instance.c.series_pk, t.instance.c.blob_key, t.instance.c.size_bytes)
+                .where(t.instance.c.sop_instance_uid == sop_instance_uid)
+            ).first()
+            if r is None:
+                return None
+            conn.execute(delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == r.pk))
+            conn.execute(delete(t.instance).where(t.instance.c.pk == r.pk))
+            study_pk = conn.execute(select(t.series.c.study_pk).where(t.series.c.pk == r.series_pk)).scalar_one()
+            conn.execute(
+                update(t.series).where(t.series.c.pk == r.series_pk).values(num_instances=t.series.c.num_instances - 1)
+            )
+            conn.execute(
+                update(t.study)
+                .where(t.study.c.pk == study_pk)
+                .values(num_instances=t.study.c.num_instances - 1, size_bytes=t.study.c.size_bytes - r.size_bytes)
+            )
+            return str(r.blob_key)
+
+        return self.write(op)
+
+    def mark_nhs_verified(self, issuer: str, local_id: str) -> None:
+        """Record that the trust's record carries a PDS-traced NHS number (NSTS01)."""
+
+        def op(conn: Connection) -> None:
+            conn.execute(
+                update(t.patient)
+                .where(t.patient.c.issuer == issuer, t.patient.c.local_id == local_id)
+                .values(nhs_number_verified=True, updated_at=now())
+            )
+
+        self.write(op)

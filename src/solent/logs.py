@@ -1,0 +1,59 @@
+"""Structured logging. Patient identifiers stay out of logs unless SOLENT_LOG_PATIENT_DATA is on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+PATIENT_FIELDS = {"patient_id", "patient_name", "nhs_number", "birth_date"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, patient_data: bool) -> None:
+        super().__init__()
+        self.patient_data = patient_data
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key in _STANDARD or key.startswith("_"):
+                continue
+            if key in PATIENT_FIELDS and not self.patient_data:
+                continue
+            doc[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, patient_data: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.patient_data = patient_data
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = {
+            k: v
+            for k, v in vars(record).items()
+            if k not in _STANDARD and not k.startswith("_") and (self.patient_data or k not in PATIENT_FIELDS)
+        }
+        return line + ("" if not extras else " " + " ".join(f"{k}={v}" for k, v in extras.items()))
+
+
+def configure(fmt: str = "text", level: str = "INFO", patient_data: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(patient_data) if fmt == "json" else TextFormatter(patient_data))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("pynetdicom", "botocore", "urllib3", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,0 +1,1 @@
+"""Thin protocol adapters: each translates its protocol into service calls and back."""

@@ -1,0 +1,31 @@
+"""The HTTP application: health, metrics, and the routers each protocol adapter contributes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from solent import __version__
+from solent.app import Archive
+from solent.protocols.api.routes import router as api_router
+
+
+def create_app(archive: Archive) -> FastAPI:
+    app = FastAPI(title="Solent PACS", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.state.archive = archive
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> JSONResponse:
+        try:
+            archive.index.stats()
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "detail": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(api_router, prefix="/api")
+    return app

@@ -1,0 +1,71 @@
+"""`solent serve`: the HTTP app plus every protocol listener, one process, clean SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+
+import uvicorn
+
+from solent.app import Archive, Listener
+
+log = logging.getLogger(__name__)
+
+
+def build_listeners(archive: Archive) -> list[Listener]:
+    """Protocol listeners beside HTTP. DIMSE and HL7 MLLP register here as they land."""
+    listeners: list[Listener] = []
+    try:
+        from solent.protocols.dimse.listener import DimseListener
+    except ImportError:
+        pass
+    else:
+        listeners.append(DimseListener(archive))
+    try:
+        from solent.protocols.hl7.listener import Hl7Listener
+    except ImportError:
+        pass
+    else:
+        listeners.append(Hl7Listener(archive))
+    return listeners
+
+
+def bind_http(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(archive: Archive) -> None:
+    from solent.protocols.http import create_app
+
+    settings = archive.settings
+    sock = bind_http(settings.bind_address, settings.http_port)
+    ports: dict[str, int | str] = {"http": sock.getsockname()[1]}
+    archive.listeners = build_listeners(archive)
+    for listener in archive.listeners:
+        ports[listener.name] = listener.start()
+    ports["ae_title"] = settings.ae_title
+    # One machine-readable line for tests and tools, then one for people.
+    print("SOLENT_READY " + json.dumps(ports, sort_keys=True), flush=True)
+    host = settings.bind_address
+    print(f"Solent PACS is running: http://{host}:{ports['http']}/health  (API at /api, metrics at /metrics)", flush=True)
+    for name, port in ports.items():
+        if name not in ("http", "ae_title"):
+            print(f"  {name}: {host}:{port}", flush=True)
+    print(f"  data: {settings.effective_database_url}  blobs: {settings.effective_storage_url}", flush=True)
+    config = uvicorn.Config(
+        create_app(archive), log_config=None, access_log=False, timeout_graceful_shutdown=10, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        archive.close()
+        print("Solent PACS stopped.", file=sys.stderr, flush=True)

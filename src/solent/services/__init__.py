@@ -1,0 +1,1 @@
+"""Archive services: query, retrieve, identity, access, audit. Adapters call these."""

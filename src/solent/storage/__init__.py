@@ -1,0 +1,5 @@
+"""Blob storage: one small port, a filesystem and an S3-compatible implementation."""
+
+from solent.storage.base import BlobStore, blob_key_for, open_blob_store
+
+__all__ = ["BlobStore", "blob_key_for", "open_blob_store"]
