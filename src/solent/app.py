@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from solent.index.sql import Index
-from solent.ingest import IngestPolicy, Ingestor
+from solent.ingest import Ingestor, IngestPolicy
 from solent.services.query import QueryService
 from solent.settings import Settings
 from solent.storage import BlobStore, open_blob_store

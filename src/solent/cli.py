@@ -17,6 +17,14 @@ from solent.settings import Settings, load_settings
 
 OPERATIONS = ("store", "query", "retrieve")
 
+# Feature modules add their own subcommands: each has `register(subparsers)`, and sets
+# `handler=fn(args, settings) -> int` on its parsers via set_defaults.
+COMMAND_MODULES = (
+    "solent.protocols.dimse.cli",
+    "solent.protocols.hl7.cli",
+    "solent.security.cli",
+)
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="solent", description="Solent PACS: a regional DICOM archive.")
@@ -25,19 +33,27 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="start the PACS (HTTP, DICOM, HL7 listeners)")
-    s.add_argument("--demo", action="store_true", help="load the synthetic demo data if the archive is empty")
+    s.add_argument(
+        "--demo", action="store_true", help="load the synthetic demo data if the archive is empty"
+    )
 
     i = sub.add_parser("import", help="import DICOM files and folders")
     i.add_argument("paths", nargs="+", type=Path)
     i.add_argument("--trust", required=True, help="code of the trust the files belong to")
     i.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    i.add_argument("--jsonl", action="store_true", help="print one JSON line per file as it is stored")
+    i.add_argument(
+        "--jsonl", action="store_true", help="print one JSON line per file as it is stored"
+    )
     i.add_argument("--workers", type=int, help="parallel workers (default SOLENT_IMPORT_WORKERS)")
     i.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     c = sub.add_parser("check", help="compare the index with the blob store")
-    c.add_argument("--repair", action="store_true", help="remove orphan blobs and rows without blobs")
-    c.add_argument("--grace", type=float, default=0.0, help="ignore orphan blobs younger than this (s)")
+    c.add_argument(
+        "--repair", action="store_true", help="remove orphan blobs and rows without blobs"
+    )
+    c.add_argument(
+        "--grace", type=float, default=0.0, help="ignore orphan blobs younger than this (s)"
+    )
     c.add_argument("--json", action="store_true")
 
     t = sub.add_parser("trust", help="manage trusts").add_subparsers(dest="action", required=True)
@@ -47,13 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     tl = t.add_parser("list")
     tl.add_argument("--json", action="store_true")
 
-    a = sub.add_parser("ae", help="manage remote DICOM nodes").add_subparsers(dest="action", required=True)
+    a = sub.add_parser("ae", help="manage remote DICOM nodes").add_subparsers(
+        dest="action", required=True
+    )
     aa = a.add_parser("add")
     aa.add_argument("ae_title")
     aa.add_argument("--host", required=True)
     aa.add_argument("--port", type=int, required=True)
     aa.add_argument("--trust", required=True)
-    aa.add_argument("--allow", default="store,query,retrieve", help="comma list of store,query,retrieve")
+    aa.add_argument(
+        "--allow", default="store,query,retrieve", help="comma list of store,query,retrieve"
+    )
     al = a.add_parser("list")
     al.add_argument("--json", action="store_true")
     ar = a.add_parser("remove")
@@ -64,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="action", required=True)
     db.add_parser("upgrade", help="apply migrations (serve does this at start-up)")
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # feature not present in this build
+            raise
+        module.register(sub)
     return p
 
 
@@ -109,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(args, settings))
     cmd = args.command
     if cmd == "serve":
         from solent.serve import serve
@@ -128,7 +161,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from solent.services.check import check_archive
 
         archive = _archive(settings)
-        report = check_archive(archive.index, archive.store, repair=args.repair, grace_seconds=args.grace)
+        report = check_archive(
+            archive.index, archive.store, repair=args.repair, grace_seconds=args.grace
+        )
         if args.json:
             print(json.dumps(report.as_json(), indent=2))
         else:
@@ -136,11 +171,19 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 f"{report.instances} instances, {report.blobs} blobs: "
                 f"{len(report.missing_blobs)} rows without blob, {len(report.size_mismatches)} size mismatches, "
                 f"{len(report.orphan_blobs)} orphan blobs"
-                + (f" ({report.young_orphans} younger than --grace ignored)" if report.young_orphans else "")
+                + (
+                    f" ({report.young_orphans} younger than --grace ignored)"
+                    if report.young_orphans
+                    else ""
+                )
             )
             if report.repaired:
                 print("repaired: " + ", ".join(f"{k} {v}" for k, v in report.repaired.items()))
-            print("archive is clean" if report.clean else "archive needs repair: run `solent check --repair`")
+            print(
+                "archive is clean"
+                if report.clean
+                else "archive needs repair: run `solent check --repair`"
+            )
         return 0 if report.clean or args.repair else 1
     if cmd == "trust":
         archive = _archive(settings)
@@ -148,7 +191,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             row = archive.index.add_trust(_code(args.code), args.name)
             print(f"trust {row.code} added")
             return 0
-        _print_table([{"code": r.code, "name": r.name} for r in archive.index.list_trusts()], args.json)
+        _print_table(
+            [{"code": r.code, "name": r.name} for r in archive.index.list_trusts()], args.json
+        )
         return 0
     if cmd == "ae":
         archive = _archive(settings)
@@ -161,16 +206,26 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 raise ConfigurationError("--port must be 1-65535")
             aet = args.ae_title
             if not aet or len(aet) > 16 or "\\" in aet or not aet.isprintable():
-                raise ConfigurationError("AE title must be 1-16 printable characters without backslash")
+                raise ConfigurationError(
+                    "AE title must be 1-16 printable characters without backslash"
+                )
             node = archive.index.add_node(aet, args.host, args.port, args.trust, allow)
-            print(f"DICOM node {node.ae_title} ({node.host}:{node.port}, trust {node.trust_code}) may {', '.join(node.allowed)}")
+            print(
+                f"DICOM node {node.ae_title} ({node.host}:{node.port}, trust {node.trust_code}) may {', '.join(node.allowed)}"
+            )
             return 0
         if args.action == "remove":
             archive.index.remove_node(args.ae_title)
             print(f"DICOM node {args.ae_title} removed")
             return 0
         rows = [
-            {"ae_title": n.ae_title, "host": n.host, "port": n.port, "trust": n.trust_code, "allow": ",".join(n.allowed)}
+            {
+                "ae_title": n.ae_title,
+                "host": n.host,
+                "port": n.port,
+                "trust": n.trust_code,
+                "allow": ",".join(n.allowed),
+            }
             for n in archive.index.list_nodes()
         ]
         _print_table(rows, args.json)
@@ -204,28 +259,41 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
 
     archive = _archive(settings)
     if archive.index.get_trust(args.trust) is None:
-        raise NotFound(f"trust {args.trust} does not exist; add it with `solent trust add {args.trust} --name ...`")
+        raise NotFound(
+            f"trust {args.trust} does not exist; add it with `solent trust add {args.trust} --name ...`"
+        )
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         raise NotFound(f"no such file or folder: {', '.join(missing)}")
     principal = Principal(PrincipalKind.IMPORTER, "solent-import", args.trust)
     workers = args.workers or settings.import_workers
-    show_progress = not args.no_progress and not args.json and not args.jsonl and sys.stderr.isatty()
+    show_progress = (
+        not args.no_progress and not args.json and not args.jsonl and sys.stderr.isatty()
+    )
     stream = sys.stdout if args.jsonl else None
     if show_progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         total = count_files(args.paths)
         with Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
         ) as progress:
             task = progress.add_task("importing", total=total)
             summary = run_import(
-                archive.ingestor, args.paths, principal, workers=workers,
-                on_result=lambda _p, _r: progress.advance(task), stream=stream,
+                archive.ingestor,
+                args.paths,
+                principal,
+                workers=workers,
+                on_result=lambda _p, _r: progress.advance(task),
+                stream=stream,
             )
     else:
-        summary = run_import(archive.ingestor, args.paths, principal, workers=workers, stream=stream)
+        summary = run_import(
+            archive.ingestor, args.paths, principal, workers=workers, stream=stream
+        )
     if args.json:
         print(json.dumps(summary.as_json(), indent=2))
     else:

@@ -81,13 +81,28 @@ def _phantom(size: int, z: float, modality: str) -> np.ndarray:
     r = 0.9 * np.sqrt(max(0.05, 1 - (2 * z - 1) ** 2))
     body = (x / 0.85) ** 2 + (y / (0.7 * r / 0.9 + 0.05)) ** 2 <= 1
     img[body] = 40 if modality == "CT" else 600
-    for cx, cy, a, b, v in ((-0.35, 0, 0.2, 0.35 * r, -800), (0.35, 0, 0.2, 0.35 * r, -800), (0, -0.45 * r, 0.12, 0.08, 1000)):
-        img[((x - cx) / a) ** 2 + ((y - cy) / max(b, 0.02)) ** 2 <= 1] = v if modality == "CT" else abs(v) * 0.5 + 200
+    for cx, cy, a, b, v in (
+        (-0.35, 0, 0.2, 0.35 * r, -800),
+        (0.35, 0, 0.2, 0.35 * r, -800),
+        (0, -0.45 * r, 0.12, 0.08, 1000),
+    ):
+        img[((x - cx) / a) ** 2 + ((y - cy) / max(b, 0.02)) ** 2 <= 1] = (
+            v if modality == "CT" else abs(v) * 0.5 + 200
+        )
     img += np.random.default_rng(int(z * 1000)).normal(0, 8, img.shape)
     return img
 
 
-def _dataset(p: DemoPatient, modality: str, desc: str, date: str, study_uid: str, series_uid: str, i: int, n: int) -> Dataset:
+def _dataset(
+    p: DemoPatient,
+    modality: str,
+    desc: str,
+    date: str,
+    study_uid: str,
+    series_uid: str,
+    i: int,
+    n: int,
+) -> Dataset:
     sop_class = {"CT": SOP_CT, "MR": SOP_MR, "CR": SOP_CR}[modality]
     size = 512 if modality == "CR" else 256
     ds = Dataset()
@@ -159,7 +174,9 @@ def load_demo(archive: Archive) -> int:
                 ds = _dataset(p, modality, desc, date, study_uid, series_uid, i, n)
                 path = Path(tmp) / f"{k}_{i}.dcm"
                 ds.save_as(path, enforce_file_format=True)
-                result = archive.ingestor.ingest_file(path, principal, Provenance(Channel.DEMO), move=True)
+                result = archive.ingestor.ingest_file(
+                    path, principal, Provenance(Channel.DEMO), move=True
+                )
                 stored += result.ok
     # The demo's NHS numbers count as traced (PDS-verified), so linked records show together.
     for p in PATIENTS:

@@ -28,7 +28,9 @@ class JsonFormatter(logging.Formatter):
                 continue
             if key in PATIENT_FIELDS and not self.patient_data:
                 continue
-            doc[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+            doc[key] = (
+                value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+            )
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False)
@@ -44,14 +46,18 @@ class TextFormatter(logging.Formatter):
         extras = {
             k: v
             for k, v in vars(record).items()
-            if k not in _STANDARD and not k.startswith("_") and (self.patient_data or k not in PATIENT_FIELDS)
+            if k not in _STANDARD
+            and not k.startswith("_")
+            and (self.patient_data or k not in PATIENT_FIELDS)
         }
         return line + ("" if not extras else " " + " ".join(f"{k}={v}" for k, v in extras.items()))
 
 
 def configure(fmt: str = "text", level: str = "INFO", patient_data: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(patient_data) if fmt == "json" else TextFormatter(patient_data))
+    handler.setFormatter(
+        JsonFormatter(patient_data) if fmt == "json" else TextFormatter(patient_data)
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 INGEST_INSTANCES = Counter(
-    "solent_ingest_instances_total", "Instances through ingest, by outcome", ["channel", "outcome", "reason"]
+    "solent_ingest_instances_total",
+    "Instances through ingest, by outcome",
+    ["channel", "outcome", "reason"],
 )
 INGEST_BYTES = Counter("solent_ingest_bytes_total", "Bytes stored by ingest", ["channel"])
 INGEST_SECONDS = Histogram(

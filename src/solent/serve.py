@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import sys
 
@@ -55,15 +56,29 @@ def serve(archive: Archive) -> None:
     # One machine-readable line for tests and tools, then one for people.
     print("SOLENT_READY " + json.dumps(ports, sort_keys=True), flush=True)
     host = settings.bind_address
-    print(f"Solent PACS is running: http://{host}:{ports['http']}/health  (API at /api, metrics at /metrics)", flush=True)
+    print(
+        f"Solent PACS is running: http://{host}:{ports['http']}/health  (API at /api, metrics at /metrics)",
+        flush=True,
+    )
     for name, port in ports.items():
         if name not in ("http", "ae_title"):
             print(f"  {name}: {host}:{port}", flush=True)
-    print(f"  data: {settings.effective_database_url}  blobs: {settings.effective_storage_url}", flush=True)
+    print(
+        f"  data: {settings.effective_database_url}  blobs: {settings.effective_storage_url}",
+        flush=True,
+    )
     config = uvicorn.Config(
-        create_app(archive), log_config=None, access_log=False, timeout_graceful_shutdown=10, lifespan="off"
+        create_app(archive),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        lifespan="off",
     )
     server = uvicorn.Server(config)
+    # Uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with the
+    # handlers found at start; these no-op handlers let the process end with status 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
     try:
         server.run(sockets=[sock])
     finally:

@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     storage_url: str = Field(
         "", description="Blob store: file:///path or s3://bucket/prefix; default: data_dir/blobs."
     )
-    s3_endpoint_url: str = Field("", description="S3-compatible endpoint, e.g. http://127.0.0.1:9000.")
+    s3_endpoint_url: str = Field(
+        "", description="S3-compatible endpoint, e.g. http://127.0.0.1:9000."
+    )
     s3_region: str = Field("us-east-1", description="Region name sent to the S3 endpoint.")
     s3_access_key_id: str = Field("", description="S3 access key id (or use the AWS_* variables).")
     s3_secret_access_key: SecretStr = Field(
@@ -42,9 +44,13 @@ class Settings(BaseSettings):
     http_port: int = Field(8042, ge=0, le=65535, description="HTTP port; 0 picks a free port.")
     dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM port; 0 picks a free port.")
     ae_title: str = Field("SOLENT", description="Our DICOM Application Entity title.")
-    hl7_port: int = Field(2575, ge=0, le=65535, description="HL7 v2 MLLP port; 0 picks a free port.")
+    hl7_port: int = Field(
+        2575, ge=0, le=65535, description="HL7 v2 MLLP port; 0 picks a free port."
+    )
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
     log_patient_data: bool = Field(
         False, description="Allow patient identifiers in logs (off: logs carry UIDs only)."
     )

@@ -83,11 +83,15 @@ def read_pixel_data(
                 f"Pixel Data declares {length} bytes but the file ends after "
                 f"{file_size - value_offset}"
             )
-        return PixelDataInfo(False, value_offset, length, _native_frames(tag, value_offset, length, layout))
+        return PixelDataInfo(
+            False, value_offset, length, _native_frames(tag, value_offset, length, layout)
+        )
     return _encapsulated(fp, file_size, value_offset, layout, start)
 
 
-def _native_frames(tag: int, offset: int, length: int, layout: PixelLayout | None) -> list[Frame] | None:
+def _native_frames(
+    tag: int, offset: int, length: int, layout: PixelLayout | None
+) -> list[Frame] | None:
     if tag != 0x7FE00010:
         return [[(offset, length)]]  # float / double float pixel data: one frame per file here
     if layout is None:
@@ -118,7 +122,9 @@ def _encapsulated(
         if tag == SEQUENCE_DELIMITER:
             break
         if tag != ITEM:
-            raise InvalidInput(f"unexpected tag ({group:04X},{elem:04X}) inside encapsulated Pixel Data")
+            raise InvalidInput(
+                f"unexpected tag ({group:04X},{elem:04X}) inside encapsulated Pixel Data"
+            )
         pos = fp.tell()
         if length == UNDEFINED or pos + length > file_size:
             raise InvalidInput("an encapsulated Pixel Data fragment runs past the end of the file")

@@ -38,7 +38,7 @@ DEFER_SIZE = 64 * 1024
 PIXEL_TAGS = {0x7FE00010: "7FE00010", 0x7FE00008: "7FE00008", 0x7FE00009: "7FE00009"}
 
 
-class RejectedInstance(Exception):  # noqa: N818 - it is an outcome, not a bug
+class RejectedInstance(Exception):
     def __init__(self, reason: RejectReason, message: str, sop_instance_uid: str | None = None):
         super().__init__(message)
         self.reason = reason
@@ -100,7 +100,9 @@ def _required_int(ds: Dataset, keyword: str, *, minimum: int = 1) -> int:
             RejectReason.MALFORMED, f"{keyword} is missing or not an integer"
         ) from exc
     if value < minimum:
-        raise RejectedInstance(RejectReason.MALFORMED, f"{keyword} is {value}, must be >= {minimum}")
+        raise RejectedInstance(
+            RejectReason.MALFORMED, f"{keyword} is {value}, must be >= {minimum}"
+        )
     return value
 
 
@@ -164,7 +166,9 @@ def _bulk_paths(ds: Dataset, prefix: str = "") -> dict[int, str]:
     return paths
 
 
-def metadata_json(ds: Dataset, transfer_syntax: str, pixel_vr: str | None, pixel_tag: str | None) -> bytes:
+def metadata_json(
+    ds: Dataset, transfer_syntax: str, pixel_vr: str | None, pixel_tag: str | None
+) -> bytes:
     paths = _bulk_paths(ds)
 
     def bulk(elem: DataElement) -> str:
@@ -195,7 +199,11 @@ def _check_uids(ds: Dataset) -> tuple[str, str, str, str]:
 
 
 def parse_file(
-    path: Path, *, sha256: str | None = None, nhs_tag: str = "", force_transfer_syntax: str | None = None
+    path: Path,
+    *,
+    sha256: str | None = None,
+    nhs_tag: str = "",
+    force_transfer_syntax: str | None = None,
 ) -> ParsedInstance:
     """Parse one stored-as-received file. Raises RejectedInstance with a readable reason."""
     size = path.stat().st_size
@@ -210,10 +218,13 @@ def parse_file(
         except InvalidInput as exc:
             raise RejectedInstance(RejectReason.MALFORMED, str(exc)) from exc
         except (InvalidDicomError, EOFError) as exc:
-            raise RejectedInstance(RejectReason.MALFORMED, f"not a readable DICOM file: {exc}") from exc
+            raise RejectedInstance(
+                RejectReason.MALFORMED, f"not a readable DICOM file: {exc}"
+            ) from exc
         except Exception as exc:  # pydicom raises many types on broken input
             raise RejectedInstance(
-                RejectReason.MALFORMED, f"not a readable DICOM file: {type(exc).__name__}: {exc}"[:300]
+                RejectReason.MALFORMED,
+                f"not a readable DICOM file: {type(exc).__name__}: {exc}"[:300],
             ) from exc
     parsed.size = size
     parsed.sha256 = sha256 or sha256_file(path)
@@ -231,19 +242,28 @@ def _parse(fp: BinaryIO, size: int, nhs_tag: str, force_ts: str | None) -> Parse
     ts_raw = meta.get("TransferSyntaxUID") or force_ts
     if not ts_raw:
         # No file meta: pydicom guessed the encoding; record what it guessed.
-        ts_raw = pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR else (
-            pydicom.uid.ExplicitVRLittleEndian if ds.is_little_endian else pydicom.uid.ExplicitVRBigEndian
+        ts_raw = (
+            pydicom.uid.ImplicitVRLittleEndian
+            if ds.is_implicit_VR
+            else (
+                pydicom.uid.ExplicitVRLittleEndian
+                if ds.is_little_endian
+                else pydicom.uid.ExplicitVRBigEndian
+            )
         )
     ts = UID(str(ts_raw).strip().rstrip("\x00"))
     if uid_problem(str(ts)):
-        raise RejectedInstance(RejectReason.MALFORMED, f"Transfer Syntax UID {str(ts)[:80]!r} is invalid")
+        raise RejectedInstance(
+            RejectReason.MALFORMED, f"Transfer Syntax UID {str(ts)[:80]!r} is invalid"
+        )
     if len(ds) == 0:
         raise RejectedInstance(RejectReason.MALFORMED, "the file holds no dataset")
     if not meta and not ({0x00080016, 0x00080018, 0x0020000D} & set(ds.keys())):
         fp.seek(128)
         if fp.read(4) != b"DICM":
             raise RejectedInstance(
-                RejectReason.MALFORMED, "not a DICOM file (no DICM prefix, no file meta, no SOP/Study UIDs)"
+                RejectReason.MALFORMED,
+                "not a DICOM file (no DICM prefix, no file meta, no SOP/Study UIDs)",
             )
     if "SOPClassUID" not in ds and meta.get("MediaStorageSOPClassUID"):
         ds.SOPClassUID = meta.MediaStorageSOPClassUID
@@ -257,7 +277,9 @@ def _parse(fp: BinaryIO, size: int, nhs_tag: str, force_ts: str | None) -> Parse
         # A stray delimiter at dataset level is a harmless writer bug seen in real files; a
         # stray item carries data nobody can place, so the file is rejected.
         if tag == 0xFFFEE000:
-            raise RejectedInstance(RejectReason.MALFORMED, "stray item tag (FFFE,E000) at dataset level")
+            raise RejectedInstance(
+                RejectReason.MALFORMED, "stray item tag (FFFE,E000) at dataset level"
+            )
         del ds[tag]
 
     layout = _layout(ds)
@@ -281,10 +303,15 @@ def _parse(fp: BinaryIO, size: int, nhs_tag: str, force_ts: str | None) -> Parse
             header = 8 if implicit else 12
             value_tell = getattr(raw, "value_tell", None) or getattr(raw, "file_tell", None)
             if value_tell is None:
-                raise RejectedInstance(RejectReason.MALFORMED, "cannot locate Pixel Data in the file")
+                raise RejectedInstance(
+                    RejectReason.MALFORMED, "cannot locate Pixel Data in the file"
+                )
             fp.seek(value_tell - header)
             info = read_pixel_data(
-                fp, size, little_endian=bool(ds.is_little_endian), implicit_vr=implicit,
+                fp,
+                size,
+                little_endian=bool(ds.is_little_endian),
+                implicit_vr=implicit,
                 layout=layout if tag == 0x7FE00010 else None,
             )
             ts_encapsulated = str(ts) not in NATIVE_SYNTAXES
@@ -295,7 +322,11 @@ def _parse(fp: BinaryIO, size: int, nhs_tag: str, force_ts: str | None) -> Parse
                     f"transfer syntax {ts} says {'encapsulated' if ts_encapsulated else 'native'}",
                 )
             frames = info.frames
-            pixel_vr = "OB" if info.encapsulated else ("OW" if layout and layout.bits_allocated > 8 else "OB")
+            pixel_vr = (
+                "OB"
+                if info.encapsulated
+                else ("OW" if layout and layout.bits_allocated > 8 else "OB")
+            )
         del ds[tag]
         break
 
@@ -357,7 +388,9 @@ def _accession_issuer(ds: Dataset) -> str | None:
     try:
         seq = ds.get("IssuerOfAccessionNumberSequence")
         if seq:
-            return _text(seq[0], "LocalNamespaceEntityID", 64) or _text(seq[0], "UniversalEntityID", 64)
+            return _text(seq[0], "LocalNamespaceEntityID", 64) or _text(
+                seq[0], "UniversalEntityID", 64
+            )
     except Exception:
         return None
     return None

@@ -76,7 +76,11 @@ def run_import(
         else:
             summary.rejected.append({"path": p, "reason": f"{result.reason}: {result.message}"})
         if stream is not None:
-            line = {"path": p, "outcome": result.outcome.value, "sop_instance_uid": result.sop_instance_uid}
+            line = {
+                "path": p,
+                "outcome": result.outcome.value,
+                "sop_instance_uid": result.sop_instance_uid,
+            }
             if result.reason:
                 line["reason"] = f"{result.reason}: {result.message}"
             stream.write(json.dumps(line) + "\n")

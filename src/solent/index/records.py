@@ -34,16 +34,22 @@ def _insert_ignore(index: Index, table: Any, values: dict[str, Any], keys: list[
     return ins.on_conflict_do_nothing(index_elements=keys)
 
 
-def _patient_pk(index: Index, conn: Connection, issuer: str, p: dict[str, Any], placeholder: bool) -> int:
+def _patient_pk(
+    index: Index, conn: Connection, issuer: str, p: dict[str, Any], placeholder: bool
+) -> int:
     c = t.patient.c
-    found = conn.execute(select(c.pk).where(c.issuer == issuer, c.local_id == p["local_id"])).first()
+    found = conn.execute(
+        select(c.pk).where(c.issuer == issuer, c.local_id == p["local_id"])
+    ).first()
     if found:
         # The trust's record may already carry demographics (from earlier studies or HL7);
         # images only fill what is still empty, never overwrite.
         conn.execute(
             update(t.patient)
             .where(c.pk == found.pk, c.nhs_number.is_(None), p["nhs_number"] is not None)
-            .values(nhs_number=p["nhs_number"], nhs_number_valid=p["nhs_number_valid"], updated_at=now())
+            .values(
+                nhs_number=p["nhs_number"], nhs_number_valid=p["nhs_number_valid"], updated_at=now()
+            )
         )
         return int(found.pk)
     stamp = now()
@@ -68,7 +74,11 @@ def _patient_pk(index: Index, conn: Connection, issuer: str, p: dict[str, Any], 
             ["issuer", "local_id"],
         )
     )
-    return int(conn.execute(select(c.pk).where(c.issuer == issuer, c.local_id == p["local_id"])).scalar_one())
+    return int(
+        conn.execute(
+            select(c.pk).where(c.issuer == issuer, c.local_id == p["local_id"])
+        ).scalar_one()
+    )
 
 
 def record_instance(
@@ -122,7 +132,9 @@ def record_instance(
     study_pk = int(study_row.pk)
 
     se = t.series.c
-    series_row = conn.execute(select(se.pk, se.study_pk).where(se.series_uid == parsed.series_uid)).first()
+    series_row = conn.execute(
+        select(se.pk, se.study_pk).where(se.series_uid == parsed.series_uid)
+    ).first()
     new_series = series_row is None
     if series_row is None:
         conn.execute(
@@ -133,9 +145,13 @@ def record_instance(
                 ["series_uid"],
             )
         )
-        series_row = conn.execute(select(se.pk, se.study_pk).where(se.series_uid == parsed.series_uid)).one()
+        series_row = conn.execute(
+            select(se.pk, se.study_pk).where(se.series_uid == parsed.series_uid)
+        ).one()
         # Another writer may have created it between our two statements (PostgreSQL).
-        new_series = conn.execute(select(se.num_instances).where(se.pk == series_row.pk)).scalar_one() == 0
+        new_series = (
+            conn.execute(select(se.num_instances).where(se.pk == series_row.pk)).scalar_one() == 0
+        )
     if series_row.study_pk != study_pk:
         raise PatientMismatchError(
             "this Series Instance UID already belongs to another study; the instance was not stored"
@@ -146,19 +162,31 @@ def record_instance(
     replaced_key: str | None = None
     if replace:
         old = conn.execute(
-            select(ic.pk, ic.blob_key, ic.size_bytes, ic.series_pk).where(ic.sop_instance_uid == parsed.sop_instance_uid)
+            select(ic.pk, ic.blob_key, ic.size_bytes, ic.series_pk).where(
+                ic.sop_instance_uid == parsed.sop_instance_uid
+            )
         ).first()
         if old is not None:
             if old.series_pk != series_pk:
-                raise PatientMismatchError("the replacing instance names another series than the stored one")
+                raise PatientMismatchError(
+                    "the replacing instance names another series than the stored one"
+                )
             replaced_key = str(old.blob_key)
-            conn.execute(delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == old.pk))
+            conn.execute(
+                delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == old.pk)
+            )
             conn.execute(delete(t.instance).where(ic.pk == old.pk))
-            conn.execute(update(t.series).where(se.pk == series_pk).values(num_instances=se.num_instances - 1))
+            conn.execute(
+                update(t.series)
+                .where(se.pk == series_pk)
+                .values(num_instances=se.num_instances - 1)
+            )
             conn.execute(
                 update(t.study)
                 .where(sc.pk == study_pk)
-                .values(num_instances=sc.num_instances - 1, size_bytes=sc.size_bytes - old.size_bytes)
+                .values(
+                    num_instances=sc.num_instances - 1, size_bytes=sc.size_bytes - old.size_bytes
+                )
             )
 
     res = conn.execute(
@@ -169,7 +197,9 @@ def record_instance(
                 size_bytes=parsed.size,
                 sha256=parsed.sha256,
                 blob_key=blob_key,
-                frames=json.dumps(parsed.frames, separators=(",", ":")) if parsed.frames is not None else None,
+                frames=json.dumps(parsed.frames, separators=(",", ":"))
+                if parsed.frames is not None
+                else None,
                 trust_code=trust,
                 received_via=provenance.channel.value,
                 calling_ae=provenance.calling_ae,
@@ -183,9 +213,13 @@ def record_instance(
     )
     instance_pk = int(res.inserted_primary_key[0])  # type: ignore[index]
     conn.execute(
-        insert(t.instance_metadata).values(instance_pk=instance_pk, series_pk=series_pk, json_z=parsed.metadata_json)
+        insert(t.instance_metadata).values(
+            instance_pk=instance_pk, series_pk=series_pk, json_z=parsed.metadata_json
+        )
     )
-    conn.execute(update(t.series).where(se.pk == series_pk).values(num_instances=se.num_instances + 1))
+    conn.execute(
+        update(t.series).where(se.pk == series_pk).values(num_instances=se.num_instances + 1)
+    )
 
     modality = parsed.series.get("modality")
     study_update: dict[str, Any] = {

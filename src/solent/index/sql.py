@@ -18,9 +18,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.pool import NullPool
 
 from solent.domain.principal import Principal
 from solent.errors import AlreadyExists, IndexUnavailable, NotFound
@@ -135,7 +144,7 @@ class Index:
             except DBAPIError as exc:
                 if attempt == attempts or not self._transient(exc):
                     raise
-            time.sleep(min(0.5, 0.005 * 2**attempt) * random.random())  # noqa: S311
+            time.sleep(min(0.5, 0.005 * 2**attempt) * random.random())
         raise AssertionError("unreachable")
 
     def _transient(self, exc: DBAPIError) -> bool:
@@ -177,7 +186,13 @@ class Index:
         self, ae_title: str, host: str, port: int, trust_code: str, allow: Sequence[str]
     ) -> NodeRow:
         node = NodeRow(
-            ae_title, host, port, trust_code, "store" in allow, "query" in allow, "retrieve" in allow
+            ae_title,
+            host,
+            port,
+            trust_code,
+            "store" in allow,
+            "query" in allow,
+            "retrieve" in allow,
         )
 
         def op(conn: Connection) -> NodeRow:
@@ -210,7 +225,9 @@ class Index:
 
     def get_node(self, ae_title: str) -> NodeRow | None:
         with self.read() as conn:
-            r = conn.execute(select(t.dicom_node).where(t.dicom_node.c.ae_title == ae_title)).first()
+            r = conn.execute(
+                select(t.dicom_node).where(t.dicom_node.c.ae_title == ae_title)
+            ).first()
             return self._node(r) if r else None
 
     @staticmethod
@@ -282,7 +299,9 @@ class Index:
             ):
                 out[name] = int(conn.execute(select(func.count()).select_from(table)).scalar_one())
             out["bytes"] = int(
-                conn.execute(select(func.coalesce(func.sum(t.instance.c.size_bytes), 0))).scalar_one()
+                conn.execute(
+                    select(func.coalesce(func.sum(t.instance.c.size_bytes), 0))
+                ).scalar_one()
             )
             return out
 
@@ -303,7 +322,10 @@ class Index:
     def events_since(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
         with self.read() as conn:
             rows = conn.execute(
-                select(t.change_feed).where(t.change_feed.c.seq > seq).order_by(t.change_feed.c.seq).limit(limit)
+                select(t.change_feed)
+                .where(t.change_feed.c.seq > seq)
+                .order_by(t.change_feed.c.seq)
+                .limit(limit)
             ).mappings()
             return [dict(r) for r in rows]
 
@@ -312,21 +334,34 @@ class Index:
 
         def op(conn: Connection) -> str | None:
             r = conn.execute(
-                select(t.instance.c.pk, t.instance.c.series_pk, t.instance.c.blob_key, t.instance.c.size_bytes)
-                .where(t.instance.c.sop_instance_uid == sop_instance_uid)
+                select(
+                    t.instance.c.pk,
+                    t.instance.c.series_pk,
+                    t.instance.c.blob_key,
+                    t.instance.c.size_bytes,
+                ).where(t.instance.c.sop_instance_uid == sop_instance_uid)
             ).first()
             if r is None:
                 return None
-            conn.execute(delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == r.pk))
-            conn.execute(delete(t.instance).where(t.instance.c.pk == r.pk))
-            study_pk = conn.execute(select(t.series.c.study_pk).where(t.series.c.pk == r.series_pk)).scalar_one()
             conn.execute(
-                update(t.series).where(t.series.c.pk == r.series_pk).values(num_instances=t.series.c.num_instances - 1)
+                delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == r.pk)
+            )
+            conn.execute(delete(t.instance).where(t.instance.c.pk == r.pk))
+            study_pk = conn.execute(
+                select(t.series.c.study_pk).where(t.series.c.pk == r.series_pk)
+            ).scalar_one()
+            conn.execute(
+                update(t.series)
+                .where(t.series.c.pk == r.series_pk)
+                .values(num_instances=t.series.c.num_instances - 1)
             )
             conn.execute(
                 update(t.study)
                 .where(t.study.c.pk == study_pk)
-                .values(num_instances=t.study.c.num_instances - 1, size_bytes=t.study.c.size_bytes - r.size_bytes)
+                .values(
+                    num_instances=t.study.c.num_instances - 1,
+                    size_bytes=t.study.c.size_bytes - r.size_bytes,
+                )
             )
             return str(r.blob_key)
 

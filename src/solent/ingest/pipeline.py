@@ -64,18 +64,30 @@ class Ingestor:
         started = time.perf_counter()
         result = self._ingest(path, principal, provenance, move=move, sha256=sha256)
         channel = provenance.channel.value
-        INGEST_INSTANCES.labels(channel, result.outcome.value, result.reason.value if result.reason else "").inc()
+        INGEST_INSTANCES.labels(
+            channel, result.outcome.value, result.reason.value if result.reason else ""
+        ).inc()
         if result.outcome in (Outcome.STORED, Outcome.REPLACED):
             INGEST_SECONDS.labels(channel).observe(time.perf_counter() - started)
         if result.outcome is Outcome.REJECTED:
             log.info(
                 "instance rejected",
-                extra={"sop_instance_uid": result.sop_instance_uid, "reason": result.reason, "channel": channel},
+                extra={
+                    "sop_instance_uid": result.sop_instance_uid,
+                    "reason": result.reason,
+                    "channel": channel,
+                },
             )
         return result
 
     def _ingest(
-        self, path: Path, principal: Principal, provenance: Provenance, *, move: bool, sha256: str | None
+        self,
+        path: Path,
+        principal: Principal,
+        provenance: Provenance,
+        *,
+        move: bool,
+        sha256: str | None,
     ) -> StoreResult:
         trust = principal.trust
         if not trust or not self._trust_exists(trust):
@@ -86,13 +98,20 @@ class Ingestor:
         try:
             parsed = parse_file(path, sha256=sha256, nhs_tag=self.policy.nhs_number_tag)
         except RejectedInstance as exc:
-            return StoreResult.rejected(exc.reason, exc.message, sop_instance_uid=exc.sop_instance_uid)
+            return StoreResult.rejected(
+                exc.reason, exc.message, sop_instance_uid=exc.sop_instance_uid
+            )
         except OSError as exc:
-            return StoreResult.rejected(RejectReason.MALFORMED, f"cannot read the file: {exc.strerror}")
+            return StoreResult.rejected(
+                RejectReason.MALFORMED, f"cannot read the file: {exc.strerror}"
+            )
 
         def rejected(reason: RejectReason, message: str) -> StoreResult:
             return StoreResult.rejected(
-                reason, message, sop_class_uid=parsed.sop_class_uid, sop_instance_uid=parsed.sop_instance_uid
+                reason,
+                message,
+                sop_class_uid=parsed.sop_class_uid,
+                sop_instance_uid=parsed.sop_instance_uid,
             )
 
         local_id = parsed.patient["local_id"]
@@ -106,7 +125,9 @@ class Ingestor:
         replace = False
         if existing is not None:
             if existing[0] == parsed.sha256:
-                return self._result(Outcome.DUPLICATE, parsed, "already stored with identical content")
+                return self._result(
+                    Outcome.DUPLICATE, parsed, "already stored with identical content"
+                )
             if self.policy.conflict == "reject":
                 return rejected(
                     RejectReason.CONFLICT,
@@ -147,12 +168,16 @@ class Ingestor:
             again = self.index.instance_digest(parsed.sop_instance_uid)
             if again is not None:
                 if again[0] == parsed.sha256:
-                    return self._result(Outcome.DUPLICATE, parsed, "stored concurrently with identical content")
+                    return self._result(
+                        Outcome.DUPLICATE, parsed, "stored concurrently with identical content"
+                    )
                 self._forget_blob(key)
                 return rejected(RejectReason.CONFLICT, "stored concurrently with different content")
             self._forget_blob(key)
             log.exception("index write failed")
-            return rejected(RejectReason.STORAGE_FAILURE, f"index write failed: {type(exc).__name__}")
+            return rejected(
+                RejectReason.STORAGE_FAILURE, f"index write failed: {type(exc).__name__}"
+            )
 
         if recorded.replaced_blob_key and recorded.replaced_blob_key != key:
             self._forget_blob(recorded.replaced_blob_key)
@@ -166,7 +191,9 @@ class Ingestor:
             if not self.index.blob_referenced(key):
                 self.store.delete(key)
         except Exception:
-            log.warning("could not remove an unindexed blob; `solent check --repair` will", exc_info=True)
+            log.warning(
+                "could not remove an unindexed blob; `solent check --repair` will", exc_info=True
+            )
 
     @staticmethod
     def _result(outcome: Outcome, parsed: ParsedInstance, message: str) -> StoreResult:

@@ -12,7 +12,12 @@ from solent.protocols.api.routes import router as api_router
 
 
 def create_app(archive: Archive) -> FastAPI:
-    app = FastAPI(title="Solent PACS", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app = FastAPI(
+        title="Solent PACS",
+        version=__version__,
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+    )
     app.state.archive = archive
 
     @app.get("/health", include_in_schema=False)
@@ -20,7 +25,9 @@ def create_app(archive: Archive) -> FastAPI:
         try:
             archive.index.stats()
         except Exception as exc:
-            return JSONResponse({"status": "unavailable", "detail": type(exc).__name__}, status_code=503)
+            return JSONResponse(
+                {"status": "unavailable", "detail": type(exc).__name__}, status_code=503
+            )
         return JSONResponse({"status": "ok", "version": __version__})
 
     @app.get("/metrics", include_in_schema=False)

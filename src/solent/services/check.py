@@ -41,7 +41,9 @@ class CheckReport:
         }
 
 
-def check_archive(index: Index, store: BlobStore, *, repair: bool = False, grace_seconds: float = 0) -> CheckReport:
+def check_archive(
+    index: Index, store: BlobStore, *, repair: bool = False, grace_seconds: float = 0
+) -> CheckReport:
     """Compare the index with the store. Orphans younger than ``grace_seconds`` may be in flight."""
     report = CheckReport()
     stored: dict[str, float] = dict(store.iter_keys())
@@ -53,7 +55,9 @@ def check_archive(index: Index, store: BlobStore, *, repair: bool = False, grace
         if key not in stored:
             report.missing_blobs.append({"sop_instance_uid": sop_uid, "blob_key": key})
         elif hasattr(store, "root") and store.size(key) != size:
-            report.size_mismatches.append({"sop_instance_uid": sop_uid, "blob_key": key, "expected": size})
+            report.size_mismatches.append(
+                {"sop_instance_uid": sop_uid, "blob_key": key, "expected": size}
+            )
     horizon = time.time() - grace_seconds
     for key, mtime in stored.items():
         if key not in referenced:

@@ -63,11 +63,22 @@ class QueryService:
         with self.index.read() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
-    def list_patients(self, principal: Principal, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    def list_patients(
+        self, principal: Principal, *, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
         p = t.patient.c
         q = (
-            select(p.issuer, p.local_id, p.name, p.birth_date, p.sex, p.nhs_number, p.nhs_number_valid,
-                   p.nhs_number_verified, p.placeholder)
+            select(
+                p.issuer,
+                p.local_id,
+                p.name,
+                p.birth_date,
+                p.sex,
+                p.nhs_number,
+                p.nhs_number_valid,
+                p.nhs_number_verified,
+                p.placeholder,
+            )
             .order_by(p.issuer, p.local_id)
             .limit(limit)
             .offset(offset)

@@ -77,4 +77,6 @@ def open_blob_store(
             access_key_id=s3_access_key_id or None,
             secret_access_key=s3_secret_access_key or None,
         )
-    raise ConfigurationError(f"unsupported storage URL {url!r}: use file:///path or s3://bucket/prefix")
+    raise ConfigurationError(
+        f"unsupported storage URL {url!r}: use file:///path or s3://bucket/prefix"
+    )

@@ -36,7 +36,13 @@ def trusts(request: Request) -> list[dict[str, str]]:
 @router.get("/nodes")
 def nodes(request: Request) -> list[dict[str, Any]]:
     return [
-        {"ae_title": n.ae_title, "host": n.host, "port": n.port, "trust": n.trust_code, "allow": n.allowed}
+        {
+            "ae_title": n.ae_title,
+            "host": n.host,
+            "port": n.port,
+            "trust": n.trust_code,
+            "allow": n.allowed,
+        }
         for n in _archive(request).index.list_nodes()
     ]
 
@@ -60,5 +66,10 @@ def studies(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
     return _archive(request).query.list_studies(
-        _principal(request), nhs_number=nhs_number, issuer=issuer, local_id=patient_id, limit=limit, offset=offset
+        _principal(request),
+        nhs_number=nhs_number,
+        issuer=issuer,
+        local_id=patient_id,
+        limit=limit,
+        offset=offset,
     )
