@@ -98,7 +98,12 @@ class RunningServer:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(SOLENT), *args], env=self.env, capture_output=True, text=True, check=check, timeout=300
+            [str(SOLENT), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=300,
         )
 
     def stop(self) -> int:
@@ -115,7 +120,9 @@ class RunningServer:
 SOLENT = Path(sys.executable).parent / "solent"
 
 
-def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, timeout: float = 60) -> RunningServer:
+def start_server(
+    data_dir: Path, extra_env: dict[str, str] | None = None, timeout: float = 60
+) -> RunningServer:
     """Start `solent serve` with every port 0 and wait for its SOLENT_READY line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOLENT_")}
     env.update(
@@ -153,7 +160,12 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
     env = {"SOLENT_DATA_DIR": str(data)}
     base = {k: v for k, v in os.environ.items() if not k.startswith("SOLENT_")}
     for code in ("ZZA", "ZZB"):
-        subprocess.run([str(SOLENT), "trust", "add", code, "--name", f"Trust {code}"], env={**base, **env}, check=True, capture_output=True)
+        subprocess.run(
+            [str(SOLENT), "trust", "add", code, "--name", f"Trust {code}"],
+            env={**base, **env},
+            check=True,
+            capture_output=True,
+        )
     srv = start_server(data)
     yield srv
     srv.stop()

@@ -169,7 +169,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(
                 f"{report.instances} instances, {report.blobs} blobs: "
-                f"{len(report.missing_blobs)} rows without blob, {len(report.size_mismatches)} size mismatches, "
+                f"{len(report.missing_blobs)} rows without blob, "
+                f"{len(report.size_mismatches)} size mismatches, "
                 f"{len(report.orphan_blobs)} orphan blobs"
                 + (
                     f" ({report.young_orphans} younger than --grace ignored)"
@@ -211,7 +212,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 )
             node = archive.index.add_node(aet, args.host, args.port, args.trust, allow)
             print(
-                f"DICOM node {node.ae_title} ({node.host}:{node.port}, trust {node.trust_code}) may {', '.join(node.allowed)}"
+                f"DICOM node {node.ae_title} ({node.host}:{node.port}, trust {node.trust_code}) "
+                f"may {', '.join(node.allowed)}"
             )
             return 0
         if args.action == "remove":
@@ -260,7 +262,8 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     archive = _archive(settings)
     if archive.index.get_trust(args.trust) is None:
         raise NotFound(
-            f"trust {args.trust} does not exist; add it with `solent trust add {args.trust} --name ...`"
+            f"trust {args.trust} does not exist; "
+            f"add it with `solent trust add {args.trust} --name ...`"
         )
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:

@@ -17,7 +17,7 @@ class JsonFormatter(logging.Formatter):
         self.patient_data = patient_data
 
     def format(self, record: logging.LogRecord) -> str:
-        doc = {
+        doc: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,

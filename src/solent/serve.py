@@ -57,7 +57,8 @@ def serve(archive: Archive) -> None:
     print("SOLENT_READY " + json.dumps(ports, sort_keys=True), flush=True)
     host = settings.bind_address
     print(
-        f"Solent PACS is running: http://{host}:{ports['http']}/health  (API at /api, metrics at /metrics)",
+        f"Solent PACS is running: http://{host}:{ports['http']}/health  "
+        "(API at /api, metrics at /metrics)",
         flush=True,
     )
     for name, port in ports.items():

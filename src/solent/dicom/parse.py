@@ -273,14 +273,14 @@ def _parse(fp: BinaryIO, size: int, nhs_tag: str, force_ts: str | None) -> Parse
             "a DICOMDIR is a media index, not an instance; import its folder instead",
         )
     sop_class, sop_uid, study_uid, series_uid = _check_uids(ds)
-    for tag in [t for t in ds.keys() if t >> 16 == 0xFFFE]:
+    for stray in [t for t in ds.keys() if t >> 16 == 0xFFFE]:  # noqa: SIM118 - tags, not elements
         # A stray delimiter at dataset level is a harmless writer bug seen in real files; a
         # stray item carries data nobody can place, so the file is rejected.
-        if tag == 0xFFFEE000:
+        if stray == 0xFFFEE000:
             raise RejectedInstance(
                 RejectReason.MALFORMED, "stray item tag (FFFE,E000) at dataset level"
             )
-        del ds[tag]
+        del ds[stray]
 
     layout = _layout(ds)
     frames: list[Frame] | None = None

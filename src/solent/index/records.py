@@ -44,13 +44,16 @@ def _patient_pk(
     if found:
         # The trust's record may already carry demographics (from earlier studies or HL7);
         # images only fill what is still empty, never overwrite.
-        conn.execute(
-            update(t.patient)
-            .where(c.pk == found.pk, c.nhs_number.is_(None), p["nhs_number"] is not None)
-            .values(
-                nhs_number=p["nhs_number"], nhs_number_valid=p["nhs_number_valid"], updated_at=now()
+        if p["nhs_number"] is not None:
+            conn.execute(
+                update(t.patient)
+                .where(c.pk == found.pk, c.nhs_number.is_(None))
+                .values(
+                    nhs_number=p["nhs_number"],
+                    nhs_number_valid=p["nhs_number_valid"],
+                    updated_at=now(),
+                )
             )
-        )
         return int(found.pk)
     stamp = now()
     conn.execute(

@@ -130,9 +130,11 @@ class Index:
         """Run ``fn`` in one write transaction, retrying transient conflicts."""
         for attempt in range(1, attempts + 1):
             try:
-                with self.engine.connect().execution_options(solent_write=True) as conn:
-                    with conn.begin():
-                        return fn(conn)
+                with (
+                    self.engine.connect().execution_options(solent_write=True) as conn,
+                    conn.begin(),
+                ):
+                    return fn(conn)
             except OperationalError as exc:
                 if attempt == attempts or not self._transient(exc):
                     raise IndexUnavailable(f"index write failed: {exc.orig}") from exc
