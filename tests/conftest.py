@@ -76,9 +76,9 @@ def postgres_url() -> str:
 def http_headers(archive: Archive) -> dict[str, str]:
     """Headers an authorised test client sends to an in-process app built on ``archive``.
 
-    The security issue turns this into a real bearer token; every HTTP test goes through it.
+    A bearer token of a test user with broad clinical access (see the security block at the end).
     """
-    return {}
+    return _bearer_for_test_user(archive.index, archive.settings)
 
 
 @dataclass
@@ -94,7 +94,7 @@ class RunningServer:
 
     def headers(self) -> dict[str, str]:
         """Headers an authorised client of this server sends (see http_headers)."""
-        return {}
+        return _server_headers(self)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -169,3 +169,165 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
     srv = start_server(data)
     yield srv
     srv.stop()
+
+
+# --- Backends for contract and interop tests (issue 2): an S3 server, fresh PostgreSQL databases.
+# `s3_server` is one `moto_server` subprocess per session (real HTTP on 127.0.0.1, port 0);
+# `s3_env` names a fresh, not yet created bucket per test (the archive creates it on start);
+# `s3_settings` is the matching Settings; `fresh_postgres_url` is a new database per test.
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    proc: subprocess.Popen[str]
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    import queue
+    import re
+
+    moto = Path(sys.executable).parent / "moto_server"
+    require(moto.is_file(), "the `moto_server` program (pip install 'moto[server]')")
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=drain, daemon=True).start()
+    deadline = time.monotonic() + 30
+    seen: list[str] = []
+    port = 0
+    while not port and time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if not line:
+            break
+        seen.append(line)
+        found = re.search(r"Running on http://127\.0\.0\.1:(\d+)", line)
+        port = int(found.group(1)) if found else 0
+    if not port:
+        proc.kill()
+        raise AssertionError("moto_server did not start:\n" + "".join(seen[-20:]))
+    yield S3Server(f"http://127.0.0.1:{port}", proc)
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server) -> dict[str, str]:
+    """SOLENT_* variables for an S3 store in a bucket of its own (not created yet)."""
+    import uuid
+
+    bucket = f"solent-test-{uuid.uuid4().hex[:16]}"
+    return {
+        "SOLENT_STORAGE_URL": f"s3://{bucket}/blobs",
+        "SOLENT_S3_ENDPOINT_URL": s3_server.endpoint_url,
+        "SOLENT_S3_REGION": "us-east-1",
+        "SOLENT_S3_ACCESS_KEY_ID": "testing",
+        "SOLENT_S3_SECRET_ACCESS_KEY": "testing",
+    }
+
+
+@pytest.fixture
+def s3_settings(s3_env: dict[str, str], tmp_path: Path) -> Settings:
+    """Settings of an embedded archive whose blobs live in a fresh S3 bucket."""
+    return load_settings(environ=s3_env, data_dir=tmp_path / "var")
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+    from psycopg import sql
+
+    name = f"solent_test_{uuid.uuid4().hex[:16]}"
+    admin = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield urlunsplit(urlsplit(admin)._replace(path="/" + name))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        conn.execute(drop.format(sql.Identifier(name)))
+
+
+# --- end of backends for contract and interop tests (issue 2) -------------------------------
+
+
+# --- Security (issue 6): the bearer token every HTTP test sends --------------------------------
+# One test user per archive with broad clinical access: clinician, radiologist, MDT coordinator,
+# integration, PACS administrator and auditor roles, holding a role at every registered trust
+# (refreshed on each call, so trusts a test adds later are covered). It has no password (API
+# tokens only); its short-lived bearer token is signed with the archive's own key.
+
+TEST_USER = "test-user"
+TEST_ROLES = ("clinician", "radiologist", "mdt_coordinator", "integration", "pacs_admin", "auditor")
+_server_indexes: dict[str, Any] = {}
+
+
+def _bearer_for_test_user(index: Any, settings: Settings) -> dict[str, str]:
+    from solent.domain.principal import SYSTEM
+    from solent.security.users import UserService
+    from solent.services.audit import AuditTrail
+
+    users = UserService(index, settings, AuditTrail(index))
+    trusts = [t.code for t in index.list_trusts()]
+    if not trusts:
+        return {}  # no trust, no user: the request is refused (401) like any anonymous one
+    primary = "ZZA" if "ZZA" in trusts else trusts[0]
+    others = tuple(c for c in trusts if c != primary)
+    row = users.get(TEST_USER)
+    if row is None:
+        import contextlib
+
+        from solent.errors import AlreadyExists
+
+        with contextlib.suppress(AlreadyExists):  # created concurrently by another thread
+            users.add(SYSTEM, TEST_USER, primary, TEST_ROLES, None, others)
+    elif set(row.trusts) != set(trusts):
+        users.set_other_trusts(SYSTEM, TEST_USER, tuple(c for c in trusts if c != row.trust))
+    return {"Authorization": "Bearer " + users.issue(TEST_USER).token}
+
+
+def _server_headers(server: RunningServer) -> dict[str, str]:
+    from solent.index.sql import Index
+
+    settings = load_settings(environ=server.env)
+    url = settings.effective_database_url
+    if url not in _server_indexes:
+        _server_indexes[url] = Index(url)
+    return _bearer_for_test_user(_server_indexes[url], settings)
+
+
+# --- end of security (issue 6) ------------------------------------------------------------------

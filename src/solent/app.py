@@ -7,6 +7,8 @@ from typing import Protocol
 
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
+from solent.services.access import AccessService
+from solent.services.audit import AuditTrail
 from solent.services.query import QueryService
 from solent.settings import Settings
 from solent.storage import BlobStore, open_blob_store
@@ -31,6 +33,16 @@ class Archive:
     ingestor: Ingestor
     query: QueryService
     listeners: list[Listener] = field(default_factory=list)
+    # Security (issue 6): the one audit trail and the one authorization point of this archive.
+    audit: AuditTrail = field(init=False)
+    access: AccessService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audit = AuditTrail(self.index)
+        self.access = AccessService(
+            self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
+        )
+        self.query.access = self.access  # every query is scoped by the access rule
 
     def close(self) -> None:
         for listener in self.listeners:
@@ -56,6 +68,9 @@ def build_archive(settings: Settings, *, migrate: bool = True) -> Archive:
     if migrate:
         index.migrate()
     store = open_store(settings)
+    ensure_bucket = getattr(store, "ensure_bucket", None)
+    if migrate and ensure_bucket is not None:
+        ensure_bucket()  # like the schema, a fresh S3 bucket is set up on first start
     policy = IngestPolicy(
         conflict=settings.conflict_policy,
         missing_patient_id=settings.missing_patient_id_policy,

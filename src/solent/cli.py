@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from solent import __version__
-from solent.errors import AlreadyExists, ConfigurationError, NotFound, SolentError
+from solent.errors import (
+    AlreadyExists,
+    ConfigurationError,
+    InvalidInput,
+    NotFound,
+    SolentError,
+)
 from solent.settings import Settings, load_settings
 
 OPERATIONS = ("store", "query", "retrieve")
@@ -94,7 +100,20 @@ def _parser() -> argparse.ArgumentParser:
                 continue  # feature not present in this build
             raise
         module.register(sub)
+    _accept_config_after_command(p)
     return p
+
+
+def _accept_config_after_command(parser: argparse.ArgumentParser) -> None:
+    """Let `--config FILE` also follow the command (`solent serve --config FILE`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if "--config" not in child._option_string_actions:
+                    child.add_argument(
+                        "--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+                    )
+                _accept_config_after_command(child)
 
 
 def _archive(settings: Settings) -> Any:
@@ -128,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"solent: configuration error: {exc}", file=sys.stderr)
         return 2
+    except InvalidInput as exc:  # a bad command-line value: usage error, like argparse's
+        print(f"solent: {exc}", file=sys.stderr)
+        return 2
     except (AlreadyExists, NotFound) as exc:
         print(f"solent: {exc}", file=sys.stderr)
         return 1
@@ -153,6 +175,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             print("Loading demo data (first start)...", flush=True)
             n = load_demo(archive)
             print(f"Demo data loaded: {n} instances at trusts ZZA, ZZB, ZZC, ZZD.", flush=True)
+        from solent.security.cli import login_hint
+
+        print(login_hint(archive), flush=True)
         serve(archive)
         return 0
     if cmd == "import":
@@ -202,14 +227,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             allow = [a.strip() for a in args.allow.split(",") if a.strip()]
             bad = [a for a in allow if a not in OPERATIONS]
             if bad or not allow:
-                raise ConfigurationError(f"--allow takes a comma list of {', '.join(OPERATIONS)}")
+                raise InvalidInput(f"--allow takes a comma list of {', '.join(OPERATIONS)}")
             if not 0 < args.port < 65536:
-                raise ConfigurationError("--port must be 1-65535")
+                raise InvalidInput("--port must be 1-65535")
             aet = args.ae_title
             if not aet or len(aet) > 16 or "\\" in aet or not aet.isprintable():
-                raise ConfigurationError(
-                    "AE title must be 1-16 printable characters without backslash"
-                )
+                raise InvalidInput("AE title must be 1-16 printable characters without backslash")
             node = archive.index.add_node(aet, args.host, args.port, args.trust, allow)
             print(
                 f"DICOM node {node.ae_title} ({node.host}:{node.port}, trust {node.trust_code}) "
@@ -251,7 +274,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 def _code(code: str) -> str:
     if not code or len(code) > 16 or not all(c.isalnum() or c in "-_" for c in code):
-        raise ConfigurationError("a trust code is 1-16 letters, digits, '-' or '_' (e.g. RHM, ZZA)")
+        raise InvalidInput("a trust code is 1-16 letters, digits, '-' or '_' (e.g. RHM, ZZA)")
     return code
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
@@ -9,6 +10,7 @@ import socket
 import sys
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from solent.app import Archive, Listener
 
@@ -43,6 +45,17 @@ def bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
+class NoDelayHttpProtocol(HttpToolsProtocol):
+    """HTTP protocol with Nagle off: a keep-alive response otherwise waits ~40 ms for the
+    client's delayed ACK, which would dominate every WADO frame and metadata request."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
+
 def serve(archive: Archive) -> None:
     from solent.protocols.http import create_app
 
@@ -74,6 +87,8 @@ def serve(archive: Archive) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
         lifespan="off",
+        http=NoDelayHttpProtocol,
+        loop="uvloop",
     )
     server = uvicorn.Server(config)
     # Uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with the

@@ -44,9 +44,42 @@ class Settings(BaseSettings):
     http_port: int = Field(8042, ge=0, le=65535, description="HTTP port; 0 picks a free port.")
     dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM port; 0 picks a free port.")
     ae_title: str = Field("SOLENT", description="Our DICOM Application Entity title.")
+    # --- DIMSE (issue 3) ---------------------------------------------------------------
+    dicom_allow_unknown: bool = Field(
+        False,
+        description="Development only: let unregistered AE titles associate and do anything; "
+        "what they store goes to dicom_unknown_trust (empty: their C-STOREs are refused).",
+    )
+    dicom_unknown_trust: str = Field(
+        "", description="Trust of instances sent by unregistered nodes when dicom_allow_unknown."
+    )
+    dicom_accept_unknown_sop_classes: bool = Field(
+        False, description="Accept C-STORE of private/unknown SOP classes (any storage syntax)."
+    )
+    dicom_max_find_results: int = Field(
+        1000, ge=1, description="Cap on C-FIND matches; beyond it the query fails with A700."
+    )
+    dicom_tls_port: int = Field(
+        -1, ge=-1, le=65535, description="DICOM TLS port; -1 disables TLS, 0 picks a free port."
+    )
+    dicom_tls_cert: Path | None = Field(None, description="PEM certificate of the TLS port.")
+    dicom_tls_key: Path | None = Field(None, description="PEM private key of the TLS port.")
+    dicom_tls_ca: Path | None = Field(
+        None, description="PEM CA bundle; when set, peers must present a certificate it signs."
+    )
+    # --- end DIMSE ------------------------------------------------------------------------
     hl7_port: int = Field(
         2575, ge=0, le=65535, description="HL7 v2 MLLP port; 0 picks a free port."
     )
+    # --- regional identity (issue 5) ---
+    hl7_link_senders: str = Field(
+        "ZZX",
+        description=(
+            "Comma list of MSH-4 facilities besides registered trusts (the consortium EMPI) "
+            "allowed to send ADT^A24/A37 link and unlink messages."
+        ),
+    )
+    # --- end regional identity ---
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
@@ -69,6 +102,63 @@ class Settings(BaseSettings):
     )
     import_workers: int = Field(2, ge=1, le=64, description="Parallel workers of solent import.")
     demo_data: bool = Field(False, description="Load the synthetic demo data on first start.")
+    # --- DICOMweb (issue 4) ------------------------------------------------------------
+    stow_max_bytes: int = Field(
+        4 * 1024**3, ge=1024, description="Largest STOW-RS request body in bytes (413 beyond)."
+    )
+    stow_default_trust: str = Field(
+        "",
+        description="Transitional: trust that STOW-RS files instances under when the caller's "
+        "principal names none (empty: such parts fail with 0x0124 Not Authorized).",
+    )
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins allowed to call /dicomweb from a browser "
+        "(CORS), e.g. https://viewer.example.nhs.uk; * allows any; empty: none.",
+    )
+    # --- end DICOMweb -------------------------------------------------------------------
+    # --- security and audit (issue 6) ----------------------------------------------------
+    token_ttl_minutes: int = Field(
+        60, ge=1, le=24 * 60, description="Lifetime of local bearer tokens (login, token create)."
+    )
+    token_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Shared HS256 key for local tokens when several nodes serve one archive; "
+        "empty: an Ed25519 key generated into data_dir/security (mode 0600). Never logged.",
+    )
+    oidc_issuer: str = Field(
+        "", description="OpenID Connect issuer whose bearer tokens are accepted (empty: off)."
+    )
+    oidc_audience: str = Field("", description="Audience (aud) an OIDC token must carry.")
+    oidc_jwks_url: str = Field(
+        "", description="JWKS URL of the OIDC issuer, e.g. https://idp/realms/x/certs."
+    )
+    break_glass_minutes: int = Field(
+        240, ge=1, le=7 * 24 * 60, description="How long a break-glass grant lasts."
+    )
+    max_body_bytes: int = Field(
+        4 * 1024**3, ge=1024, description="Largest HTTP request body accepted (413 beyond)."
+    )
+    max_multipart_parts: int = Field(
+        10000, ge=1, description="Most parts in one multipart request, e.g. STOW-RS (413 beyond)."
+    )
+    max_query_results: int = Field(
+        1000, ge=1, description="Most rows one query returns (API, QIDO, FHIR search)."
+    )
+    rate_limit_per_second: float = Field(
+        500.0,
+        ge=0,
+        description="HTTP requests per second per principal (bursts of 2 seconds); 0: no limit.",
+    )
+    audit_syslog_url: str = Field(
+        "",
+        description="Where `solent audit export --syslog` sends DICOM audit messages: "
+        "tls://host:port (RFC 5425) or udp://host:port.",
+    )
+    audit_syslog_ca_file: Path | None = Field(
+        None, description="PEM CA bundle that signs the syslog server's certificate."
+    )
+    # --- end security and audit -----------------------------------------------------------
 
     @field_validator("ae_title")
     @classmethod
@@ -161,7 +251,10 @@ def load_settings(
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "settings"
             source = f"{ENV_PREFIX}{name.upper()}" if name in Settings.model_fields else name
-            problems.append(f"{source}: {err['msg']}")
+            if name in init and name not in overrides:
+                source = f"{name} (in {config_file})"
+            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{source}: {msg}")
         raise ConfigurationError(
             "invalid settings: " + "; ".join(problems) + " (see docs/configuration.md)"
         ) from exc

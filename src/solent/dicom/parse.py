@@ -115,11 +115,12 @@ def nhs_number_of(ds: Dataset, extra_tag: str = "") -> str | None:
                 if value:
                     return value
         if extra_tag:
-            key: Any = extra_tag
             if "," in extra_tag:
                 g, e = extra_tag.split(",")
-                key = (int(g, 16) << 16) | int(e, 16)
-            elem = ds.get(key)
+                key: int | None = (int(g, 16) << 16) | int(e, 16)
+            else:  # a keyword: ds.get(keyword) gives the value, not the element
+                key = pydicom.datadict.tag_for_keyword(extra_tag.strip())
+            elem = ds.get(key) if key is not None else None
             value = nhs_number.normalise(str(elem.value if elem is not None else ""))
             if value:
                 return value
@@ -210,7 +211,7 @@ def parse_file(
     with path.open("rb") as fp, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            parsed = _parse(fp, size, nhs_tag, force_transfer_syntax)
+            parsed = _parse(fp, size, nhs_tag, force_transfer_syntax, caught)
         except RejectedInstance:
             raise
         except RecursionError as exc:
@@ -232,7 +233,13 @@ def parse_file(
     return parsed
 
 
-def _parse(fp: BinaryIO, size: int, nhs_tag: str, force_ts: str | None) -> ParsedInstance:
+def _parse(
+    fp: BinaryIO,
+    size: int,
+    nhs_tag: str,
+    force_ts: str | None,
+    caught: list[warnings.WarningMessage] | None = None,
+) -> ParsedInstance:
     if size < 8:
         raise RejectedInstance(RejectReason.MALFORMED, f"file is only {size} bytes")
     # One full structural parse; values above DEFER_SIZE stay on disk (read lazily by path),
@@ -256,6 +263,8 @@ def _parse(fp: BinaryIO, size: int, nhs_tag: str, force_ts: str | None) -> Parse
         raise RejectedInstance(
             RejectReason.MALFORMED, f"Transfer Syntax UID {str(ts)[:80]!r} is invalid"
         )
+    name = str(getattr(fp, "name", ""))
+    _check_no_eof_warning(caught or [], name)
     if len(ds) == 0:
         raise RejectedInstance(RejectReason.MALFORMED, "the file holds no dataset")
     if not meta and not ({0x00080016, 0x00080018, 0x0020000D} & set(ds.keys())):
@@ -265,6 +274,10 @@ def _parse(fp: BinaryIO, size: int, nhs_tag: str, force_ts: str | None) -> Parse
                 RejectReason.MALFORMED,
                 "not a DICOM file (no DICM prefix, no file meta, no SOP/Study UIDs)",
             )
+    if str(ts) not in DEFLATED:
+        # Offsets of a deflated file point into the inflated stream, not the stored bytes;
+        # a cut-off deflate stream already failed to inflate above.
+        _check_lengths(ds, size)
     if "SOPClassUID" not in ds and meta.get("MediaStorageSOPClassUID"):
         ds.SOPClassUID = meta.MediaStorageSOPClassUID
     if str(ds.get("SOPClassUID", "")).strip() == MEDIA_STORAGE_DIRECTORY:
@@ -382,6 +395,41 @@ def _parse(fp: BinaryIO, size: int, nhs_tag: str, force_ts: str | None) -> Parse
         size=size,
         sha256="",
     )
+
+
+def _check_no_eof_warning(caught: list[warnings.WarningMessage], name: str) -> None:
+    """Reject a file cut short inside an undefined length: pydicom only warns about it.
+
+    The warning names the file, so a warning another import thread raised meanwhile (the
+    warnings registry is process-wide) is never held against this one.
+    """
+    if any(
+        str(w.message).startswith("End of file reached before delimiter")
+        and str(w.message).endswith(f" in file {name}")
+        for w in caught
+    ):
+        raise RejectedInstance(
+            RejectReason.MALFORMED,
+            "the file is truncated: it ends inside an undefined-length sequence or Pixel Data",
+        )
+
+
+def _check_lengths(ds: Dataset, size: int) -> None:
+    """Reject a file cut short inside a defined length: pydicom keeps what it could read."""
+    for tag in ds.keys():  # noqa: SIM118 - raw elements, not converted values
+        if tag >> 16 == 0xFFFE:
+            continue  # stray delimiters: judged below
+        raw = ds.get_item(tag)
+        length = getattr(raw, "length", None)
+        value_tell = getattr(raw, "value_tell", None)
+        if length is None or value_tell is None or length == 0xFFFFFFFF:
+            continue
+        if value_tell + length > size:
+            raise RejectedInstance(
+                RejectReason.MALFORMED,
+                f"the file is truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares "
+                f"{length} bytes but the file ends after {max(size - value_tell, 0)}",
+            )
 
 
 def _accession_issuer(ds: Dataset) -> str | None:

@@ -75,6 +75,14 @@ ATTRIBUTES: tuple[IndexedAttribute, ...] = (
     _a("Columns", 0x00280011, "US", IM, "columns", Match.INT),
     _a("NumberOfFrames", 0x00280008, "IS", IM, "number_of_frames", Match.INT),
     _a("AvailableTransferSyntaxUID", 0x00083002, "UI", IM, "transfer_syntax_uid", Match.UID),
+    # --- query engine (issue 3/4): keys C-FIND and QIDO-RS callers commonly send -------------
+    _a("TransferSyntaxUID", 0x00020010, "UI", IM, "transfer_syntax_uid", Match.UID),
+    _a("OtherPatientIDs", 0x00101000, "LO", P, "nhs_number", Match.STRING),
+    # Computed per patient from its studies; returned, matchable only with universal matching.
+    _a("NumberOfPatientRelatedStudies", 0x00201200, "IS", P, "num_studies", Match.INT),
+    _a("NumberOfPatientRelatedSeries", 0x00201202, "IS", P, "num_series", Match.INT),
+    _a("NumberOfPatientRelatedInstances", 0x00201204, "IS", P, "num_instances", Match.INT),
+    # --- end query engine block ----------------------------------------------------------------
 )
 
 BY_KEYWORD: dict[str, IndexedAttribute] = {a.keyword: a for a in ATTRIBUTES}

@@ -18,7 +18,7 @@ def uid_problem(value: object) -> str | None:
         return "missing"
     if len(value) > MAX_UID_LENGTH:
         return f"longer than {MAX_UID_LENGTH} characters"
-    if not _UID.match(value):
+    if not _UID.fullmatch(value):  # fullmatch: "$" would accept a trailing newline
         return "not digits separated by dots"
     return None
 

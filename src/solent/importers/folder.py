@@ -56,13 +56,14 @@ def run_import(
     workers: int = 2,
     on_result: Callable[[Path, StoreResult], None] | None = None,
     stream: TextIO | None = None,
+    batch_size: int = 16,
 ) -> ImportSummary:
     """Ingest every file; ``stream`` gets one JSON line per file as soon as it is durable."""
     summary = ImportSummary()
 
-    def one(path: Path) -> StoreResult:
-        prov = Provenance(Channel.IMPORT, source_path=str(path.resolve()))
-        return ingestor.ingest_file(path, principal, prov)
+    def one_batch(batch: list[Path]) -> list[StoreResult]:
+        items = [(p, Provenance(Channel.IMPORT, source_path=str(p.resolve()))) for p in batch]
+        return ingestor.ingest_files(items, principal)
 
     def record(path: Path, result: StoreResult) -> None:
         p = str(path)
@@ -88,17 +89,29 @@ def run_import(
         if on_result is not None:
             on_result(path, result)
 
-    # Bounded in-flight work: millions of files must not become millions of futures.
+    def record_batch(batch: list[Path], results: list[StoreResult]) -> None:
+        for path, result in zip(batch, results, strict=True):
+            record(path, result)
+
+    # Files go to ingest in small batches: one index commit per batch (group commit) instead of
+    # one per file. Bounded in-flight work: millions of files must not become millions of futures.
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
-        pending: dict[Future[StoreResult], Path] = {}
+        pending: dict[Future[list[StoreResult]], list[Path]] = {}
+        batch: list[Path] = []
         for path in iter_files(paths):
-            pending[pool.submit(one, path)] = path
-            if len(pending) >= workers * 4:
+            batch.append(path)
+            if len(batch) < batch_size:
+                continue
+            pending[pool.submit(one_batch, batch)] = batch
+            batch = []
+            if len(pending) >= workers * 2:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    record(pending.pop(fut), fut.result())
+                    record_batch(pending.pop(fut), fut.result())
+        if batch:
+            pending[pool.submit(one_batch, batch)] = batch
         for fut in list(pending):
-            record(pending.pop(fut), fut.result())
+            record_batch(pending.pop(fut), fut.result())
     return summary
 
 
@@ -106,7 +119,8 @@ def count_files(paths: list[Path]) -> int:
     return sum(1 for _ in iter_files(paths))
 
 
-def print_summary(summary: ImportSummary, out: TextIO = sys.stderr) -> None:
+def print_summary(summary: ImportSummary, out: TextIO | None = None) -> None:
+    out = out or sys.stderr  # looked up now: a default bound at import time outlives stderr
     out.write(
         f"stored {len(summary.stored)}, duplicate {len(summary.duplicate)}, "
         f"rejected {len(summary.rejected)}, skipped {len(summary.skipped)} "

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import BigInteger, Connection, DateTime, bindparam, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -20,6 +20,14 @@ class PatientMismatchError(Exception):
     """The study or series is already filed under another patient record."""
 
 
+class AlreadyStoredError(Exception):
+    """The SOP Instance UID is stored already (checked inside the write transaction)."""
+
+    def __init__(self, identical: bool) -> None:
+        super().__init__("identical" if identical else "different content")
+        self.identical = identical
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedInstance:
     patient_pk: int
@@ -27,6 +35,60 @@ class RecordedInstance:
     series_pk: int
     instance_pk: int
     replaced_blob_key: str | None
+    patient_issuer: str = ""
+    patient_local_id: str = ""
+    patient_nhs_number: str | None = None
+
+
+# Statements built once: executing a constant statement with a parameter dict skips
+# SQLAlchemy's per-call coercion and cache-key work (most of the CPU of a small insert).
+_se, _st, _pa, _in = t.series.c, t.study.c, t.patient.c, t.instance.c
+_SERIES_LINEAGE = (
+    select(
+        _se.pk,
+        _se.study_pk,
+        _st.study_uid,
+        _st.patient_pk,
+        _pa.issuer,
+        _pa.local_id,
+        _pa.nhs_number,
+    )
+    .select_from(
+        t.series.join(t.study, _se.study_pk == _st.pk).join(t.patient, _st.patient_pk == _pa.pk)
+    )
+    .where(_se.series_uid == bindparam("series_uid"))
+)
+_EXISTING_INSTANCE = select(_in.pk, _in.sha256, _in.blob_key, _in.size_bytes, _in.series_pk).where(
+    _in.sop_instance_uid == bindparam("sop_instance_uid")
+)
+_INSERT_INSTANCE = insert(t.instance)
+_INSERT_METADATA = insert(t.instance_metadata)
+_INSERT_EVENT = insert(t.change_feed)
+_COUNT_IN_SERIES = (
+    update(t.series)
+    .where(_se.pk == bindparam("series_pk_"))
+    .values(num_instances=_se.num_instances + 1)
+)
+
+
+def _study_totals(new_series: bool) -> Any:
+    """UPDATE of the study's totals that returns its modalities (one statement, row locked)."""
+    values: dict[str, Any] = {
+        "num_instances": _st.num_instances + 1,
+        "size_bytes": _st.size_bytes + bindparam("size_", type_=BigInteger),
+        "updated_at": bindparam("stamp_", type_=DateTime(timezone=True)),
+    }
+    if new_series:
+        values["num_series"] = _st.num_series + 1
+    return (
+        update(t.study)
+        .where(_st.pk == bindparam("study_pk_"))
+        .values(**values)
+        .returning(_st.modalities)
+    )
+
+
+_STUDY_TOTALS = {flag: _study_totals(flag) for flag in (False, True)}
 
 
 def _insert_ignore(index: Index, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
@@ -84,23 +146,49 @@ def _patient_pk(
     )
 
 
-def record_instance(
+def _lineage(
     index: Index,
     conn: Connection,
     parsed: ParsedInstance,
-    *,
     trust: str,
-    patient_local_id: str,
+    patient: dict[str, Any],
     placeholder: bool,
-    blob_key: str,
-    provenance: Provenance,
-    principal: Principal,
-    replace: bool,
-) -> RecordedInstance:
-    patient = dict(parsed.patient, local_id=patient_local_id)
+) -> tuple[int, int, int, bool, str | None]:
+    """(patient_pk, study_pk, series_pk, new_series, nhs_number of the patient record).
+
+    A known series is resolved and checked in one joined read: it must belong to this study,
+    and the study to this trust's patient; anything else is a PatientMismatchError, never a
+    silent filing under another patient. A new series takes the longer path that creates rows.
+    """
+    found = conn.execute(_SERIES_LINEAGE, {"series_uid": parsed.series_uid}).first()
+    if found is not None:
+        if found.study_uid != parsed.study_uid:
+            raise PatientMismatchError(
+                "this Series Instance UID already belongs to another study; "
+                "the instance was not stored"
+            )
+        if found.issuer != trust or found.local_id != patient["local_id"]:
+            raise PatientMismatchError(
+                "this Study Instance UID is already filed under another patient record; "
+                "the instance was not stored (check Patient ID / issuing trust)"
+            )
+        nhs = found.nhs_number
+        if nhs is None and patient["nhs_number"] is not None:
+            # Images only fill what the record still lacks, never overwrite.
+            conn.execute(
+                update(t.patient)
+                .where(_pa.pk == found.patient_pk, _pa.nhs_number.is_(None))
+                .values(
+                    nhs_number=patient["nhs_number"],
+                    nhs_number_valid=patient["nhs_number_valid"],
+                    updated_at=now(),
+                )
+            )
+            nhs = patient["nhs_number"]
+        return int(found.patient_pk), int(found.study_pk), int(found.pk), False, nhs
+
     patient_pk = _patient_pk(index, conn, trust, patient, placeholder)
     stamp = now()
-
     sc = t.study.c
     study_row = conn.execute(
         select(sc.pk, sc.patient_pk).where(sc.study_uid == parsed.study_uid)
@@ -135,119 +223,133 @@ def record_instance(
     study_pk = int(study_row.pk)
 
     se = t.series.c
+    conn.execute(
+        _insert_ignore(
+            index,
+            t.series,
+            dict(parsed.series, study_pk=study_pk, num_instances=0, created_at=stamp),
+            ["series_uid"],
+        )
+    )
     series_row = conn.execute(
-        select(se.pk, se.study_pk).where(se.series_uid == parsed.series_uid)
-    ).first()
-    new_series = series_row is None
-    if series_row is None:
-        conn.execute(
-            _insert_ignore(
-                index,
-                t.series,
-                dict(parsed.series, study_pk=study_pk, num_instances=0, created_at=stamp),
-                ["series_uid"],
-            )
-        )
-        series_row = conn.execute(
-            select(se.pk, se.study_pk).where(se.series_uid == parsed.series_uid)
-        ).one()
-        # Another writer may have created it between our two statements (PostgreSQL).
-        new_series = (
-            conn.execute(select(se.num_instances).where(se.pk == series_row.pk)).scalar_one() == 0
-        )
+        select(se.pk, se.study_pk, se.num_instances).where(se.series_uid == parsed.series_uid)
+    ).one()
     if series_row.study_pk != study_pk:
         raise PatientMismatchError(
             "this Series Instance UID already belongs to another study; the instance was not stored"
         )
-    series_pk = int(series_row.pk)
+    # Another writer may have created it between our two statements (PostgreSQL).
+    new_series = series_row.num_instances == 0
+    nhs = conn.execute(select(_pa.nhs_number).where(_pa.pk == patient_pk)).scalar_one()
+    return patient_pk, study_pk, int(series_row.pk), new_series, nhs
 
-    ic = t.instance.c
+
+def record_instance(
+    index: Index,
+    conn: Connection,
+    parsed: ParsedInstance,
+    *,
+    trust: str,
+    patient_local_id: str,
+    placeholder: bool,
+    blob_key: str,
+    provenance: Provenance,
+    principal: Principal,
+    replace: bool,
+) -> RecordedInstance:
+    """Index one instance whose blob is durable, inside the caller's write transaction.
+
+    The duplicate check runs here, in the same transaction as the insert, so no separate read
+    transaction is needed and no concurrent writer can slip in between: a stored SOP Instance
+    UID raises AlreadyStoredError unless ``replace`` allows replacing different content.
+    """
+    ic, se, sc = t.instance.c, t.series.c, t.study.c
+    old = conn.execute(_EXISTING_INSTANCE, {"sop_instance_uid": parsed.sop_instance_uid}).first()
+    if old is not None and (old.sha256 == parsed.sha256 or not replace):
+        raise AlreadyStoredError(identical=old.sha256 == parsed.sha256)
+
+    patient = dict(parsed.patient, local_id=patient_local_id)
+    patient_pk, study_pk, series_pk, new_series, nhs = _lineage(
+        index, conn, parsed, trust, patient, placeholder
+    )
+    stamp = now()
+
     replaced_key: str | None = None
-    if replace:
-        old = conn.execute(
-            select(ic.pk, ic.blob_key, ic.size_bytes, ic.series_pk).where(
-                ic.sop_instance_uid == parsed.sop_instance_uid
+    if old is not None:
+        if old.series_pk != series_pk:
+            raise PatientMismatchError(
+                "the replacing instance names another series than the stored one"
             )
-        ).first()
-        if old is not None:
-            if old.series_pk != series_pk:
-                raise PatientMismatchError(
-                    "the replacing instance names another series than the stored one"
-                )
-            replaced_key = str(old.blob_key)
-            conn.execute(
-                delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == old.pk)
-            )
-            conn.execute(delete(t.instance).where(ic.pk == old.pk))
-            conn.execute(
-                update(t.series)
-                .where(se.pk == series_pk)
-                .values(num_instances=se.num_instances - 1)
-            )
-            conn.execute(
-                update(t.study)
-                .where(sc.pk == study_pk)
-                .values(
-                    num_instances=sc.num_instances - 1, size_bytes=sc.size_bytes - old.size_bytes
-                )
-            )
+        replaced_key = str(old.blob_key)
+        conn.execute(delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == old.pk))
+        conn.execute(delete(t.instance).where(ic.pk == old.pk))
+        conn.execute(
+            update(t.series).where(se.pk == series_pk).values(num_instances=se.num_instances - 1)
+        )
+        conn.execute(
+            update(t.study)
+            .where(sc.pk == study_pk)
+            .values(num_instances=sc.num_instances - 1, size_bytes=sc.size_bytes - old.size_bytes)
+        )
 
     res = conn.execute(
-        insert(t.instance).values(
-            dict(
-                parsed.instance,
-                series_pk=series_pk,
-                size_bytes=parsed.size,
-                sha256=parsed.sha256,
-                blob_key=blob_key,
-                frames=json.dumps(parsed.frames, separators=(",", ":"))
-                if parsed.frames is not None
-                else None,
-                trust_code=trust,
-                received_via=provenance.channel.value,
-                calling_ae=provenance.calling_ae,
-                called_ae=provenance.called_ae,
-                remote_address=provenance.remote_address,
-                received_by=principal.describe(),
-                source_path=provenance.source_path,
-                received_at=stamp,
-            )
-        )
+        _INSERT_INSTANCE,
+        dict(
+            parsed.instance,
+            series_pk=series_pk,
+            size_bytes=parsed.size,
+            sha256=parsed.sha256,
+            blob_key=blob_key,
+            frames=json.dumps(parsed.frames, separators=(",", ":"))
+            if parsed.frames is not None
+            else None,
+            trust_code=trust,
+            received_via=provenance.channel.value,
+            calling_ae=provenance.calling_ae,
+            called_ae=provenance.called_ae,
+            remote_address=provenance.remote_address,
+            received_by=principal.describe(),
+            source_path=provenance.source_path,
+            received_at=stamp,
+        ),
     )
     instance_pk = int(res.inserted_primary_key[0])  # type: ignore[index]
     conn.execute(
-        insert(t.instance_metadata).values(
-            instance_pk=instance_pk, series_pk=series_pk, json_z=parsed.metadata_json
-        )
+        _INSERT_METADATA,
+        {"instance_pk": instance_pk, "series_pk": series_pk, "json_z": parsed.metadata_json},
     )
-    conn.execute(
-        update(t.series).where(se.pk == series_pk).values(num_instances=se.num_instances + 1)
+    conn.execute(_COUNT_IN_SERIES, {"series_pk_": series_pk})
+    # The UPDATE locks the study row (PostgreSQL: FOR NO KEY UPDATE strength, no deadlock with
+    # writers holding KEY SHARE from a new series) and returns the modalities under that lock.
+    modalities = (
+        conn.execute(
+            _STUDY_TOTALS[new_series],
+            {"study_pk_": study_pk, "size_": parsed.size, "stamp_": stamp},
+        ).scalar_one()
+        or ""
     )
-
     modality = parsed.series.get("modality")
-    study_update: dict[str, Any] = {
-        "num_instances": sc.num_instances + 1,
-        "size_bytes": sc.size_bytes + parsed.size,
-        "updated_at": stamp,
-    }
-    if new_series:
-        study_update["num_series"] = sc.num_series + 1
-    q = select(sc.modalities).where(sc.pk == study_pk)
-    if index.dialect == "postgresql":
-        q = q.with_for_update()
-    modalities = conn.execute(q).scalar_one() or ""
     if modality and f"\\{modality}\\" not in f"\\{modalities}\\":
-        study_update["modalities"] = f"{modalities}\\{modality}" if modalities else modality
-    conn.execute(update(t.study).where(sc.pk == study_pk).values(**study_update))
+        conn.execute(
+            update(t.study)
+            .where(sc.pk == study_pk)
+            .values(modalities=f"{modalities}\\{modality}" if modalities else modality)
+        )
 
-    index.append_event(
-        conn,
-        "instance.replaced" if replaced_key else "instance.stored",
-        principal,
-        trust_code=trust,
-        patient_pk=patient_pk,
-        study_uid=parsed.study_uid,
-        series_uid=parsed.series_uid,
-        sop_instance_uid=parsed.sop_instance_uid,
+    conn.execute(
+        _INSERT_EVENT,
+        {
+            "at": stamp,
+            "kind": "instance.replaced" if replaced_key else "instance.stored",
+            "principal": principal.describe(),
+            "detail": None,
+            "trust_code": trust,
+            "patient_pk": patient_pk,
+            "study_uid": parsed.study_uid,
+            "series_uid": parsed.series_uid,
+            "sop_instance_uid": parsed.sop_instance_uid,
+        },
     )
-    return RecordedInstance(patient_pk, study_pk, series_pk, instance_pk, replaced_key)
+    return RecordedInstance(
+        patient_pk, study_pk, series_pk, instance_pk, replaced_key, trust, patient_local_id, nhs
+    )

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Computed,
     DateTime,
     ForeignKey,
     Index,
@@ -170,3 +171,284 @@ change_feed = Table(
     Column("principal", String(200), nullable=False),
     Column("detail", Text),
 )
+
+# --- Orders: scheduled procedure steps served by the Modality Worklist (issue 3) ---------------
+# Filled by the HL7 ORM/OMI handler (and `solent worklist add`). One row per order, keyed by its
+# accession number and the issuer of that number (the trust's RIS); columns are named after the
+# DICOM attributes the worklist returns.
+orders = Table(
+    "orders",
+    metadata,
+    Column("accession_number", String(16), primary_key=True),
+    Column("accession_issuer", String(64), primary_key=True),
+    Column("patient_issuer", String(16), ForeignKey("trust.code"), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("patient_name", String(324)),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("nhs_number", String(10)),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("requested_procedure_id", String(16)),
+    Column("requested_procedure_description", String(64)),
+    Column("referring_physician", String(324)),
+    Column("modality", String(16), nullable=False),
+    Column("scheduled_station_ae_title", String(16)),
+    Column("scheduled_station_name", String(16)),
+    Column("scheduled_start_date", String(8), nullable=False),
+    Column("scheduled_start_time", String(16)),
+    Column("scheduled_procedure_step_id", String(16)),
+    Column("scheduled_procedure_step_description", String(64)),
+    Column("scheduled_performing_physician", String(324)),
+    # SCHEDULED | ARRIVED | READY | STARTED | COMPLETED | DISCONTINUED (PS3.3 C.4.10)
+    Column("status", String(16), nullable=False, default="SCHEDULED"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "scheduled_start_date"),
+    Index(None, "modality"),
+    Index(None, "patient_issuer", "patient_id"),
+)
+# --- end orders -----------------------------------------------------------------------------
+
+# -- security and audit (issue 6) --------------------------------------------------------------
+# Users log in with argon2-hashed passwords (or arrive with an OIDC token and have no row);
+# `other_trusts` lists further organisations the user holds a role at, besides `trust_code`.
+
+app_user = Table(
+    "app_user",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("trust_code", String(16), ForeignKey("trust.code"), nullable=False),
+    Column("other_trusts", String(200), nullable=False, default=""),  # comma list
+    Column("roles", String(200), nullable=False),  # comma list
+    Column("password_hash", Text),  # NULL: service account, API tokens only
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Service API tokens: only the SHA-256 of the token is stored.
+api_token = Table(
+    "api_token",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("user_name", String(64), ForeignKey("app_user.name"), nullable=False),
+    Column("label", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+# Break-glass: time-limited access of one user to one patient record, reviewed afterwards.
+break_glass = Table(
+    "break_glass",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("user_name", String(200), nullable=False),
+    Column("user_trust", String(16)),
+    Column("patient_pk", PK, ForeignKey("patient.pk"), nullable=False),
+    Column("reason_code", String(40), nullable=False),
+    Column("reason_text", Text, nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("reviewed_at", DateTime(timezone=True)),
+    Column("reviewed_by", String(200)),
+    Column("review_note", Text),
+    Index(None, "user_name", "patient_pk"),
+)
+
+# Append-only, hash-chained audit trail; `audit_head` holds the last seq and hash so a deleted
+# tail is detected too, and its row lock serialises appends on PostgreSQL.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+    ),
+    Column("at", String(32), nullable=False),  # ISO 8601 UTC, hashed as written
+    Column("action", String(40), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("actor_kind", String(16), nullable=False),
+    Column("actor_name", String(200), nullable=False),
+    Column("actor_trust", String(16)),
+    Column("actor_roles", String(200), nullable=False, default=""),
+    Column("actor_address", String(64)),
+    Column("patient_issuer", String(16)),
+    Column("patient_id", String(64)),
+    Column("nhs_number", String(10)),
+    Column("study_uid", String(64)),
+    Column("purpose", String(200)),
+    Column("detail", Text),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index(None, "patient_issuer", "patient_id"),
+    Index(None, "nhs_number"),
+    Index(None, "actor_name"),
+    Index(None, "study_uid"),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# --- Regional identity and HL7 (issue 5) -----------------------------------------------------
+# Records of one person across trusts are linked, never merged: an NHS-number link is derived
+# (same valid, verified number and agreeing DOB/sex); `patient_link` holds explicit decisions
+# (A24/admin link = "linked", A37/admin unlink = "unlinked", which also blocks the derived link).
+patient_link = Table(
+    "patient_link",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("patient_a", PK, ForeignKey("patient.pk"), nullable=False),  # the smaller pk
+    Column("patient_b", PK, ForeignKey("patient.pk"), nullable=False),
+    Column("status", String(16), nullable=False),  # linked | unlinked
+    Column("source", String(40), nullable=False),  # hl7:A24 | hl7:A37 | admin
+    Column("updated_by", String(200), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("patient_a", "patient_b"),
+    Index(None, "patient_b"),
+)
+
+# Identifiers that no longer name a live record (A40 merged away, A47 renumbered): still
+# searchable, resolving to the record that carries the studies now.
+retired_identifier = Table(
+    "retired_identifier",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("issuer", String(16), nullable=False),
+    Column("local_id", String(64), nullable=False),
+    Column("patient_pk", PK, ForeignKey("patient.pk"), nullable=False),
+    Column("reason", String(16), nullable=False),  # merge | renumber
+    Column("retired_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("issuer", "local_id"),
+    Index(None, "patient_pk"),
+)
+
+# Contact details and registration from the trust's PAS (ADT); kept apart from `patient` so
+# that table stays what DICOM says.
+patient_contact = Table(
+    "patient_contact",
+    metadata,
+    Column("patient_pk", PK, ForeignKey("patient.pk"), primary_key=True),
+    Column("address", Text),
+    Column("phone", String(200)),
+    Column("gp_practice", String(200)),
+    Column("gp", String(200)),
+    Column("nhs_number_status", String(8)),  # NSTS01..NSTS08 as received (PID-32)
+    Column("sensitive", Boolean, nullable=False, default=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Who changed which identity, when, through which message, with before/after (JSON).
+identity_event = Table(
+    "identity_event",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("patient_pk", PK),
+    Column("other_patient_pk", PK),
+    Column("issuer", String(16)),
+    Column("local_id", String(64)),
+    Column("actor", String(200), nullable=False),
+    Column("message_pk", PK),
+    Column("before", Text),
+    Column("after", Text),
+    Column("reverses", PK),
+    Column("reversed_by", PK),
+    Index(None, "patient_pk"),
+    Index(None, "other_patient_pk"),
+    Index(None, "issuer", "local_id"),
+)
+
+# Every HL7 v2 message as received, persisted before it is acknowledged.
+hl7_message = Table(
+    "hl7_message",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("sender", String(120)),  # MSH-3^MSH-4
+    Column("control_id", String(64)),  # MSH-10; unique per sender
+    Column("message_type", String(32)),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("remote_address", String(64)),
+    Column("raw", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # received | applied | rejected | held
+    Column("ack_code", String(2)),
+    Column("detail", Text),
+    Column("processed_at", DateTime(timezone=True)),
+    UniqueConstraint("sender", "control_id"),
+    Index(None, "status"),
+)
+
+# Order context beyond the worklist columns of `orders` (same key).
+order_context = Table(
+    "order_context",
+    metadata,
+    Column("accession_number", String(16), primary_key=True),
+    Column("accession_issuer", String(64), primary_key=True),
+    Column("placer_order", String(64)),
+    Column("filler_order", String(64)),
+    Column("order_control", String(4)),
+    Column("order_status", String(4)),
+    Column("procedure_code", String(64)),
+    Column("procedure_coding_system", String(32)),
+    Column("clinical_details", Text),
+    Column("message_pk", PK),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Reports from ORU^R01, keyed like orders by (accession, issuer); matched to a study when read,
+# so a report that arrived before its images is never lost (unmatched queue).
+report = Table(
+    "report",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("accession_number", String(16), nullable=False),
+    Column("accession_issuer", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("status", String(4), nullable=False),  # OBR-25: P | F | C | X ...
+    Column("superseded", Boolean, nullable=False, default=False),
+    Column("patient_issuer", String(16)),
+    Column("patient_id", String(64)),
+    Column("procedure", String(200)),
+    Column("text", Text, nullable=False),
+    Column("interpreter", String(200)),
+    Column("observed_at", String(26)),
+    Column("message_pk", PK),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("accession_number", "accession_issuer", "version"),
+)
+
+# Work items for people: identity conflicts, rejected merges, held messages.
+data_quality = Table(
+    "data_quality",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("status", String(16), nullable=False, default="open"),  # open | resolved
+    Column("issuer", String(16)),
+    Column("local_id", String(64)),
+    Column("patient_pk", PK),
+    Column("nhs_number", String(10)),
+    Column("detail", Text, nullable=False),
+    Column("message_pk", PK),
+    Column("resolved_by", String(200)),
+    Column("resolved_at", DateTime(timezone=True)),
+    Index(None, "status"),
+    Index(None, "patient_pk"),
+)
+# --- end regional identity and HL7 ------------------------------------------------------------
+
+# --- Query engine (issues 3/4): what the C-FIND / QIDO-RS compiler (index/query.py) relies on.
+# Studies come newest first, undated ones last, on both backends: ORDER BY study_date_key DESC,
+# pk DESC walks this index backwards (a generated column, because Alembic cannot autogenerate
+# expression indexes and PostgreSQL sorts NULLs first in DESC order).
+study.append_column(
+    Column("study_date_key", String(8), Computed("coalesce(study_date, '')", persisted=True))
+)
+Index("ix_study_date_key_pk", study.c.study_date_key, study.c.pk)
+# --- end query engine -------------------------------------------------------------------------

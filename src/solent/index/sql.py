@@ -365,9 +365,31 @@ class Index:
                     size_bytes=t.study.c.size_bytes - r.size_bytes,
                 )
             )
+            self._drop_if_empty(conn, r.series_pk, study_pk)
             return str(r.blob_key)
 
         return self.write(op)
+
+    @staticmethod
+    def _drop_if_empty(conn: Connection, series_pk: int, study_pk: int) -> None:
+        """Keep the aggregates true after a removal: no empty series or study is listed."""
+        se, st = t.series.c, t.study.c
+        if conn.execute(select(se.num_instances).where(se.pk == series_pk)).scalar_one() > 0:
+            return
+        conn.execute(delete(t.series).where(se.pk == series_pk))
+        remaining = select(se.modality).where(se.study_pk == study_pk)
+        left = set(conn.execute(remaining).scalars())
+        old = conn.execute(select(st.modalities).where(st.pk == study_pk)).scalar_one() or ""
+        conn.execute(
+            update(t.study)
+            .where(st.pk == study_pk)
+            .values(
+                num_series=st.num_series - 1,
+                modalities="\\".join(m for m in old.split("\\") if m and m in left),
+            )
+        )
+        if conn.execute(select(st.num_instances).where(st.pk == study_pk)).scalar_one() <= 0:
+            conn.execute(delete(t.study).where(st.pk == study_pk))
 
     def mark_nhs_verified(self, issuer: str, local_id: str) -> None:
         """Record that the trust's record carries a PDS-traced NHS number (NSTS01)."""

@@ -9,20 +9,66 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Connection
 
 from solent.dicom.parse import ParsedInstance, RejectedInstance, parse_file
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
-from solent.domain.principal import Principal, Provenance
+from solent.domain.principal import Channel, Principal, Provenance
 from solent.errors import IndexUnavailable, StorageError
-from solent.index.records import PatientMismatchError, record_instance
+from solent.index.records import (
+    AlreadyStoredError,
+    PatientMismatchError,
+    RecordedInstance,
+    record_instance,
+)
 from solent.index.sql import Index
 from solent.metrics import INGEST_BYTES, INGEST_INSTANCES, INGEST_SECONDS
+from solent.services.access import Permission, permissions_of
+from solent.services.audit import (
+    AuditAction,
+    AuditOutcome,
+    AuditTrail,
+    PatientRef,
+    audit_fields,
+)
 from solent.storage import BlobStore, blob_key_for
 
+RecordedT = TypeVar("RecordedT")
+
+
+def _store_detail(
+    provenance: Provenance, sop_instance_uid: str | None, series_uid: str | None, outcome: str
+) -> dict[str, str]:
+    detail = {"channel": provenance.channel.value}
+    for key, value in (
+        ("sop_instance_uid", sop_instance_uid),
+        ("series_uid", series_uid),
+        ("calling_ae", provenance.calling_ae),
+        ("remote_address", provenance.remote_address),
+        ("outcome", outcome),
+    ):
+        if value:
+            detail[key] = value
+    return detail
+
+
 log = logging.getLogger(__name__)
+
+
+def _request_mismatch(parsed: ParsedInstance, sop_class: str, sop_instance: str) -> str | None:
+    """Why the dataset does not match the C-STORE request that carried it (PS3.4 A900)."""
+    if parsed.sop_class_uid and parsed.sop_class_uid != sop_class:
+        return f"SOP Class UID {parsed.sop_class_uid} differs from the request's {sop_class}"
+    if parsed.sop_instance_uid and parsed.sop_instance_uid != sop_instance:
+        return "SOP Instance UID differs from the request's Affected SOP Instance UID"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +83,40 @@ def placeholder_patient_id(study_uid: str) -> str:
     return "UNIDENTIFIED-" + hashlib.sha256(study_uid.encode()).hexdigest()[:16].upper()
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """An instance whose blob is durable and that only needs its index rows."""
+
+    parsed: ParsedInstance
+    principal: Principal
+    provenance: Provenance
+    trust: str
+    local_id: str
+    placeholder: bool
+    replace: bool
+    key: str
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A prepared instance queued for the next group commit, and its result once committed."""
+
+    prepared: _Prepared
+    result: StoreResult | None = None
+
+
 class Ingestor:
     def __init__(self, index: Index, store: BlobStore, policy: IngestPolicy | None = None) -> None:
         self.index = index
         self.store = store
         self.policy = policy or IngestPolicy()
         self._trusts: set[str] = set()
+        self.audit = AuditTrail(index)  # security (issue 6): every store is audited
+        # Group commit: instances prepared concurrently (several associations, import workers)
+        # queue here; whoever holds the commit lock indexes the whole queue in one transaction.
+        self._queue: list[_Waiting] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
 
     def _trust_exists(self, code: str) -> bool:
         if code not in self._trusts:
@@ -59,10 +133,51 @@ class Ingestor:
         *,
         move: bool = False,
         sha256: str | None = None,
+        expect: tuple[str, str] | None = None,
     ) -> StoreResult:
-        """Store one file as received. ``move`` lets a spooled temp file be consumed."""
+        """Store one file as received. ``move`` lets a spooled temp file be consumed.
+
+        ``expect`` is the (SOP Class UID, SOP Instance UID) a C-STORE request announced; a
+        dataset that says otherwise is refused (PS3.4 A900) from the one parse ingest makes.
+        """
         started = time.perf_counter()
-        result = self._ingest(path, principal, provenance, move=move, sha256=sha256)
+        result = self._ingest(path, principal, provenance, move=move, sha256=sha256, expect=expect)
+        return self._observe(result, principal, provenance, started)
+
+    def ingest_files(
+        self, items: Sequence[tuple[Path, Provenance]], principal: Principal
+    ) -> list[StoreResult]:
+        """Store several files (an import batch) with one index transaction: group commit.
+
+        Each blob is durable before the transaction and the transaction commits before any
+        result is returned, so every STORED is as durable as from ingest_file; the saving is
+        one index commit (one fsync) for the batch instead of one per instance. If the batch
+        transaction fails, each instance is committed alone to get its own outcome.
+        """
+        started = time.perf_counter()
+        results: dict[int, StoreResult] = {}
+        prepared: list[tuple[int, _Prepared]] = []
+        for i, (path, provenance) in enumerate(items):
+            ready = self._prepare(path, principal, provenance, move=False, sha256=None)
+            if isinstance(ready, StoreResult):
+                results[i] = ready
+            else:
+                prepared.append((i, ready))
+        committed = self._commit_batch([p for _, p in prepared])
+        for (i, _), result in zip(prepared, committed, strict=True):
+            results[i] = result
+        return [
+            self._observe(results[i], principal, provenance, started)
+            for i, (_, provenance) in enumerate(items)
+        ]
+
+    def _observe(
+        self, result: StoreResult, principal: Principal, provenance: Provenance, started: float
+    ) -> StoreResult:
+        """Metrics, log line and (for anything but a store) the audit record of one result."""
+        if result.outcome not in (Outcome.STORED, Outcome.REPLACED):
+            # Stored instances were audited inside their index transaction (_audited).
+            self._audit_other(principal, provenance, result)
         channel = provenance.channel.value
         INGEST_INSTANCES.labels(
             channel, result.outcome.value, result.reason.value if result.reason else ""
@@ -88,8 +203,123 @@ class Ingestor:
         *,
         move: bool,
         sha256: str | None,
+        expect: tuple[str, str] | None = None,
     ) -> StoreResult:
+        ready = self._prepare(path, principal, provenance, move=move, sha256=sha256, expect=expect)
+        return ready if isinstance(ready, StoreResult) else self._commit_grouped(ready)
+
+    def _commit_grouped(self, p: _Prepared) -> StoreResult:
+        """Index ``p`` in the next group commit and wait for its own result.
+
+        Callers queue their instance, then take the commit lock in turn. The holder commits
+        everything queued so far (its own instance included) in one transaction; a caller
+        whose instance an earlier holder already committed just returns its result. A lone
+        caller commits alone at once: no waiting, so one association loses nothing.
+        """
+        waiting = _Waiting(p)
+        with self._queue_lock:
+            self._queue.append(waiting)
+        with self._commit_lock:
+            if waiting.result is None:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                try:
+                    results = self._commit_batch([w.prepared for w in batch])
+                except Exception:
+                    # Never leave a queued caller without an answer (it would report success
+                    # of nothing); the failure itself propagates to this caller.
+                    for w in batch:
+                        if w is not waiting:
+                            w.result = self._unanswered(w.prepared)
+                    raise
+                for w, result in zip(batch, results, strict=True):
+                    w.result = result
+        assert waiting.result is not None
+        return waiting.result
+
+    def _unanswered(self, p: _Prepared) -> StoreResult:
+        """The result of a queued instance whose group commit failed unexpectedly."""
+        self._forget_blob(p.key)
+        return StoreResult.rejected(
+            RejectReason.STORAGE_FAILURE,
+            "index write failed",
+            sop_class_uid=p.parsed.sop_class_uid,
+            sop_instance_uid=p.parsed.sop_instance_uid,
+        )
+
+    def _commit_batch(self, batch: list[_Prepared]) -> list[StoreResult]:
+        """Index several prepared instances in ONE transaction, one savepoint each.
+
+        An instance refused by the index (duplicate, conflict, patient mismatch) rolls back
+        only its savepoint; any other failure of the batch transaction falls back to one
+        transaction per instance so each still gets its own outcome. Results are built after
+        the commit, so a STORED is never reported for rows that are not durable.
+        """
+        if len(batch) == 1:
+            return [self._commit(batch[0])]
+        if not batch:
+            return []
+
+        def op(conn: Connection) -> list[RecordedInstance | Exception]:
+            out: list[RecordedInstance | Exception] = []
+            for p in batch:
+                try:
+                    with conn.begin_nested():
+                        out.append(self._record(conn, p))
+                except (AlreadyStoredError, PatientMismatchError) as exc:
+                    out.append(exc)
+            return out
+
+        try:
+            recorded = self.index.write(op)
+        except Exception:
+            log.info("group index write failed; committing its instances one by one")
+            return [self._commit(p) for p in batch]
+        return [self._settle(p, rec) for p, rec in zip(batch, recorded, strict=True)]
+
+    def _settle(self, p: _Prepared, recorded: RecordedInstance | Exception) -> StoreResult:
+        """The result of one committed (or index-refused) instance; undo its blob if refused."""
+        if isinstance(recorded, RecordedInstance):
+            return self._finish(p, recorded)
+        parsed = p.parsed
+        if isinstance(recorded, AlreadyStoredError):
+            if recorded.identical:
+                # Same content, same content-addressed key: the blob is the stored one's.
+                return self._result(
+                    Outcome.DUPLICATE, parsed, "already stored with identical content"
+                )
+            self._forget_blob(p.key)
+            return StoreResult.rejected(
+                RejectReason.CONFLICT,
+                "an instance with this SOP Instance UID is already stored with different "
+                "content; the first one is kept",
+                sop_class_uid=parsed.sop_class_uid,
+                sop_instance_uid=parsed.sop_instance_uid,
+            )
+        self._forget_blob(p.key)
+        return StoreResult.rejected(
+            RejectReason.PATIENT_MISMATCH,
+            str(recorded),
+            sop_class_uid=parsed.sop_class_uid,
+            sop_instance_uid=parsed.sop_instance_uid,
+        )
+
+    def _prepare(
+        self,
+        path: Path,
+        principal: Principal,
+        provenance: Provenance,
+        *,
+        move: bool,
+        sha256: str | None,
+        expect: tuple[str, str] | None = None,
+    ) -> StoreResult | _Prepared:
+        """Parse, validate, attribute, and write the blob durably; a result if it stops here."""
         trust = principal.trust
+        if Permission.STORE not in permissions_of(principal):
+            return StoreResult.rejected(
+                RejectReason.NOT_PERMITTED, "your role does not allow storing instances"
+            )
         if not trust or not self._trust_exists(trust):
             return StoreResult.rejected(
                 RejectReason.UNKNOWN_TRUST,
@@ -114,6 +344,11 @@ class Ingestor:
                 sop_instance_uid=parsed.sop_instance_uid,
             )
 
+        if expect is not None:
+            mismatch = _request_mismatch(parsed, *expect)
+            if mismatch:
+                return rejected(RejectReason.INVALID_UID, mismatch)
+
         local_id = parsed.patient["local_id"]
         placeholder = False
         if not local_id:
@@ -121,45 +356,53 @@ class Ingestor:
                 return rejected(RejectReason.MISSING_ATTRIBUTE, "PatientID is missing")
             local_id, placeholder = placeholder_patient_id(parsed.study_uid), True
 
-        existing = self.index.instance_digest(parsed.sop_instance_uid)
-        replace = False
-        if existing is not None:
-            if existing[0] == parsed.sha256:
-                return self._result(
-                    Outcome.DUPLICATE, parsed, "already stored with identical content"
-                )
-            if self.policy.conflict == "reject":
-                return rejected(
-                    RejectReason.CONFLICT,
-                    "an instance with this SOP Instance UID is already stored with different "
-                    "content; the first one is kept",
-                )
-            replace = True
-
+        # The duplicate / conflict check runs inside the index transaction (record_instance).
+        replace = self.policy.conflict == "replace"
         key = blob_key_for(parsed.sha256)
         try:
             self.store.put_file(key, path, move=move)
         except StorageError as exc:
             return rejected(RejectReason.STORAGE_FAILURE, str(exc))
+        assert trust is not None  # checked above
+        return _Prepared(parsed, principal, provenance, trust, local_id, placeholder, replace, key)
+
+    def _record(self, conn: Connection, p: _Prepared) -> RecordedInstance:
+        """The index rows and audit record of one prepared instance, in ``conn``'s transaction."""
+        return self._audited(
+            conn,
+            p.principal,
+            p.provenance,
+            p.parsed,
+            record_instance(
+                self.index,
+                conn,
+                p.parsed,
+                trust=p.trust,
+                patient_local_id=p.local_id,
+                placeholder=p.placeholder,
+                blob_key=p.key,
+                provenance=p.provenance,
+                principal=p.principal,
+                replace=p.replace,
+            ),
+        )
+
+    def _commit(self, p: _Prepared) -> StoreResult:
+        """Index one prepared instance in its own transaction; undo the blob on failure."""
+        parsed, key = p.parsed, p.key
+
+        def rejected(reason: RejectReason, message: str) -> StoreResult:
+            return StoreResult.rejected(
+                reason,
+                message,
+                sop_class_uid=parsed.sop_class_uid,
+                sop_instance_uid=parsed.sop_instance_uid,
+            )
 
         try:
-            recorded = self.index.write(
-                lambda conn: record_instance(
-                    self.index,
-                    conn,
-                    parsed,
-                    trust=trust,
-                    patient_local_id=local_id,
-                    placeholder=placeholder,
-                    blob_key=key,
-                    provenance=provenance,
-                    principal=principal,
-                    replace=replace,
-                )
-            )
-        except PatientMismatchError as exc:
-            self._forget_blob(key)
-            return rejected(RejectReason.PATIENT_MISMATCH, str(exc))
+            recorded = self.index.write(lambda conn: self._record(conn, p))
+        except (AlreadyStoredError, PatientMismatchError) as exc:
+            return self._settle(p, exc)
         except IndexUnavailable as exc:
             self._forget_blob(key)
             return rejected(RejectReason.STORAGE_FAILURE, str(exc))
@@ -179,11 +422,66 @@ class Ingestor:
                 RejectReason.STORAGE_FAILURE, f"index write failed: {type(exc).__name__}"
             )
 
-        if recorded.replaced_blob_key and recorded.replaced_blob_key != key:
+        return self._finish(p, recorded)
+
+    def _finish(self, p: _Prepared, recorded: RecordedInstance) -> StoreResult:
+        if recorded.replaced_blob_key and recorded.replaced_blob_key != p.key:
             self._forget_blob(recorded.replaced_blob_key)
-        INGEST_BYTES.labels(provenance.channel.value).inc(parsed.size)
+        INGEST_BYTES.labels(p.provenance.channel.value).inc(p.parsed.size)
         outcome = Outcome.REPLACED if recorded.replaced_blob_key else Outcome.STORED
-        return self._result(outcome, parsed, "")
+        return self._result(outcome, p.parsed, "")
+
+    def _audited(
+        self,
+        conn: Connection,
+        principal: Principal,
+        provenance: Provenance,
+        parsed: ParsedInstance,
+        recorded: RecordedT,
+    ) -> RecordedT:
+        """Append the store's audit record in the same transaction as the index rows."""
+        patient = (
+            PatientRef(
+                recorded.patient_issuer, recorded.patient_local_id, recorded.patient_nhs_number
+            )
+            if isinstance(recorded, RecordedInstance) and recorded.patient_issuer
+            else None  # append_in looks the study's patient up
+        )
+        self.audit.append_in(
+            conn,
+            audit_fields(
+                principal,
+                AuditAction.IMPORT
+                if provenance.channel in (Channel.IMPORT, Channel.MIGRATION)
+                else AuditAction.STORE,
+                patient=patient,
+                study_uid=parsed.study_uid,
+                detail=_store_detail(provenance, parsed.sop_instance_uid, parsed.series_uid, ""),
+            ),
+        )
+        return recorded
+
+    def _audit_other(
+        self, principal: Principal, provenance: Provenance, result: StoreResult
+    ) -> None:
+        """Audit a duplicate or a rejection (no index transaction to ride on)."""
+        try:
+            self.audit.record(
+                principal,
+                AuditAction.IMPORT
+                if provenance.channel in (Channel.IMPORT, Channel.MIGRATION)
+                else AuditAction.STORE,
+                AuditOutcome.SUCCESS if result.ok else AuditOutcome.FAILURE,
+                study_uid=result.study_uid,
+                detail=_store_detail(
+                    provenance,
+                    result.sop_instance_uid,
+                    result.series_uid,
+                    result.reason.value if result.reason else result.outcome.value,
+                ),
+            )
+        except Exception:
+            log.exception("could not write the audit record of a refused/duplicate instance")
 
     def _forget_blob(self, key: str) -> None:
         """Delete a blob we wrote unless an index row (ours or a concurrent one) uses it."""

@@ -9,6 +9,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from solent import __version__
 from solent.app import Archive
 from solent.protocols.api.routes import router as api_router
+from solent.protocols.api.security_routes import router as security_router
+from solent.protocols.dicomweb import install as install_dicomweb
+from solent.protocols.fhir import install as install_regional_identity
+from solent.security.http import install_security
 
 
 def create_app(archive: Archive) -> FastAPI:
@@ -19,6 +23,7 @@ def create_app(archive: Archive) -> FastAPI:
         openapi_url="/api/openapi.json",
     )
     app.state.archive = archive
+    install_security(app, archive)  # every route but /health needs a principal (issue 6)
 
     @app.get("/health", include_in_schema=False)
     def health() -> JSONResponse:
@@ -35,4 +40,7 @@ def create_app(archive: Archive) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(api_router, prefix="/api")
+    app.include_router(security_router, prefix="/api")
+    install_regional_identity(app)  # issue 5: /api/identity, /fhir, IHE IID
+    install_dicomweb(app, archive)  # DICOMweb at /dicomweb (issue 4)
     return app

@@ -1,22 +1,115 @@
-"""Read-side service for the JSON API. Every call names the acting principal."""
+"""Read side: the query engine C-FIND and QIDO-RS share, and the JSON API's listings.
+
+Every call names the acting principal. ``find`` is the one place patient identity scoping
+(R24) is applied, so no protocol adapter can skip it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
+from solent.domain.matching import Query, Single, scope_patient_identity
+from solent.domain.nhs_number import NHS_ISSUER
 from solent.domain.principal import Principal
+from solent.index import query as compiled
 from solent.index import schema as t
 from solent.index.sql import Index
+from solent.services.identity import IdentityService
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """Matches of one query, in a stable order (studies newest first).
+
+    ``rows`` hold DICOM keyword -> Python value (str, int, list[str] for ModalitiesInStudy, or
+    None), for the query level and every level above it (see ``solent.index.query`` for the
+    keys per level). ``truncated``: more matches exist after these rows (cut by ``limit`` or
+    by ``max_results``). ``capped``: the server's ``max_results`` cut the answer, so the
+    adapter should report "too many matches" (C-FIND status, QIDO-RS warning).
+    """
+
+    rows: list[dict[str, Any]]
+    truncated: bool
+    capped: bool
+
+    @property
+    def total_capped(self) -> bool:
+        """Alias of ``capped`` (the name the adapters' brief used)."""
+        return self.capped
+
+
+class PatientVisibility(Protocol):
+    """The access rule (services/access.py AccessService): which patient records a caller sees."""
+
+    def visible_patients(self, principal: Principal) -> Select[tuple[int]] | None:
+        """SELECT of visible patient pks; None means unrestricted."""
 
 
 class QueryService:
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, access: PatientVisibility | None = None) -> None:
         self.index = index
+        #: Set by the composition root once the access service exists; ``find`` ANDs its rule
+        #: into every query so counts and pages never include records the caller may not see.
+        self.access = access
+
+    def _only_visible(self, q: Select[Any], principal: Principal) -> Select[Any]:
+        """Security (issue 6): keep only patient records the access rule lets the caller see."""
+        visible = self.access.visible_patients(principal) if self.access is not None else None
+        return q if visible is None else q.where(t.patient.c.pk.in_(visible))
 
     def stats(self, principal: Principal) -> dict[str, int]:
         return self.index.stats()
+
+    def find(
+        self,
+        principal: Principal,
+        query: Query,
+        *,
+        limit: int | None,
+        offset: int = 0,
+        max_results: int,
+    ) -> QueryResult:
+        """Run a parsed query (``solent.domain.matching.parse_query``) for ``principal``.
+
+        ``limit``/``offset`` page through the matches (QIDO-RS); ``max_results`` is the server's
+        cap: at most that many rows come back whatever ``limit`` says. A PatientID without its
+        issuer is scoped to ``principal.trust`` or refused with ``InvalidInput`` (R24).
+        """
+        if max_results < 1:
+            raise ValueError("max_results must be at least 1")
+        scoped = self._follow_retired(scope_patient_identity(query, principal.trust))
+        wanted = max_results if limit is None else min(limit, max_results)
+        if wanted <= 0 or scoped.never:
+            return QueryResult([], truncated=False, capped=False)
+        visible = self.access.visible_patients(principal) if self.access is not None else None
+        with self.index.read() as conn:
+            rows = compiled.execute(
+                conn, scoped, limit=wanted + 1, offset=max(0, offset), visible_patients=visible
+            )
+        more = len(rows) > wanted
+        capped = more and (limit is None or limit > max_results)
+        return QueryResult(rows[:wanted], truncated=more, capped=capped)
+
+    def _follow_retired(self, query: Query) -> Query:
+        """A retired identifier (merged away by A40, renumbered by A47) names the record that
+        replaced it, so a PatientID+issuer query still finds the patient's studies."""
+        ident = query.identity
+        if (
+            ident is None
+            or not isinstance(ident.local_id, Single)
+            or ident.issuers is None
+            or len(ident.issuers) != 1
+            or ident.issuers[0] == NHS_ISSUER
+        ):
+            return query
+        found = IdentityService(self.index).resolve(ident.issuers[0], ident.local_id.value)
+        if found is None or not found.retired:
+            return query
+        current = replace(ident, local_id=Single(found.local_id), issuers=(found.issuer,))
+        return replace(query, identity=current)
 
     def list_studies(
         self,
@@ -60,6 +153,7 @@ class QueryService:
             q = q.where(p.issuer == issuer)
         if local_id:
             q = q.where(p.local_id == local_id)
+        q = self._only_visible(q, principal)
         with self.index.read() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
@@ -83,5 +177,6 @@ class QueryService:
             .limit(limit)
             .offset(offset)
         )
+        q = self._only_visible(q, principal)
         with self.index.read() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]

@@ -9,7 +9,7 @@ from typing import BinaryIO, Protocol
 
 from solent.errors import ConfigurationError, InvalidInput
 
-_KEY = re.compile(r"^[a-z0-9]{2}/[a-z0-9]{2}/[a-z0-9]{16,128}$")
+_KEY = re.compile(r"[a-z0-9]{2}/[a-z0-9]{2}/[a-z0-9]{16,128}")
 
 
 def blob_key_for(sha256_hex: str) -> str:
@@ -19,9 +19,14 @@ def blob_key_for(sha256_hex: str) -> str:
     return f"{sha256_hex[:2]}/{sha256_hex[2:4]}/{sha256_hex}"
 
 
+def is_key(name: str) -> bool:
+    """True for names shaped like our keys; listings skip anything else in the store."""
+    return _KEY.fullmatch(name) is not None
+
+
 def check_key(key: str) -> str:
     """Reject anything that is not a key we made, so no caller value can steer a path."""
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):  # fullmatch: "$" would let a trailing newline through
         raise InvalidInput(f"invalid blob key {key[:80]!r}")
     return key
 

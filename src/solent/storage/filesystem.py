@@ -9,12 +9,13 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from solent.errors import NotFound, StorageError
-from solent.storage.base import check_key
+from solent.storage.base import check_key, is_key
 
 
 def fsync_dir(path: Path) -> None:
@@ -32,6 +33,7 @@ class FileBlobStore:
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
+        self._dir_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -39,11 +41,18 @@ class FileBlobStore:
     def _ensure_dir(self, directory: Path) -> None:
         if directory in self._known_dirs:
             return
-        if not directory.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            fsync_dir(directory.parent)
-            fsync_dir(directory.parent.parent)
-        self._known_dirs.add(directory)
+        # Every new directory entry is made durable before a blob is placed under it: "cd" in
+        # "ab/", and "ab" in the root only when "ab" is new too (after the first 256 blobs it
+        # never is: one fsync per new directory saved). The lock keeps another thread from
+        # using a directory before its creator has synced it.
+        with self._dir_lock:
+            if not directory.exists():
+                top_is_new = not directory.parent.exists()
+                directory.mkdir(parents=True, exist_ok=True)
+                fsync_dir(directory.parent)
+                if top_is_new:
+                    fsync_dir(directory.parent.parent)
+            self._known_dirs.add(directory)
 
     def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
         target = self._path(key)
@@ -63,6 +72,8 @@ class FileBlobStore:
             fsync_dir(target.parent)
         except OSError as exc:
             raise StorageError(f"cannot write blob: {exc.strerror}") from exc
+        if move:  # consumed whichever way it went, as with S3: callers need not clean up
+            path.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         target = self._path(key)
@@ -110,8 +121,16 @@ class FileBlobStore:
             if a.name.startswith(".") or not a.is_dir():
                 continue
             for b in sorted(a.iterdir()):
+                if not b.is_dir():
+                    continue
                 for f in sorted(b.iterdir()):
-                    yield f"{a.name}/{b.name}/{f.name}", f.stat().st_mtime
+                    key = f"{a.name}/{b.name}/{f.name}"
+                    if not is_key(key):  # stray files are not ours to report
+                        continue
+                    try:
+                        yield key, f.stat().st_mtime
+                    except FileNotFoundError:  # deleted while we listed
+                        continue
 
     def clean_temp(self, older_than: float) -> int:
         """Remove spool files left by a crash; returns how many."""

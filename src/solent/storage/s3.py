@@ -15,7 +15,13 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from solent.errors import NotFound, StorageError
-from solent.storage.base import check_key
+from solent.storage.base import check_key, is_key
+
+_MISSING = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+
+
+def _missing(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in _MISSING
 
 
 class S3BlobStore:
@@ -45,10 +51,25 @@ class S3BlobStore:
         return self.prefix + check_key(key)
 
     def ensure_bucket(self) -> None:
+        """Create the bucket on first start; an existing one (or no right to look) is left."""
         try:
             self._client.head_bucket(Bucket=self.bucket)
-        except ClientError:
-            self._client.create_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            if not _missing(exc):
+                return  # e.g. 403: may still be writable; the first PUT will say if not
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot reach the S3 endpoint: {exc}") from exc
+        kw: dict[str, Any] = {}
+        region = self._client.meta.region_name
+        if region and region != "us-east-1":
+            kw["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self._client.create_bucket(Bucket=self.bucket, **kw)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise StorageError(f"cannot create S3 bucket {self.bucket}: {exc}") from exc
 
     def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
         try:
@@ -69,7 +90,7 @@ class S3BlobStore:
         try:
             return self._client.get_object(Bucket=self.bucket, Key=self._name(key), **kw)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if _missing(exc):
                 raise NotFound(f"blob {key} is missing") from exc
             raise StorageError(f"cannot read blob from S3: {exc}") from exc
         except BotoCoreError as exc:
@@ -89,19 +110,26 @@ class S3BlobStore:
             raise StorageError(f"blob {key} is shorter than expected")
         return data
 
-    def size(self, key: str) -> int:
+    def _head(self, key: str) -> Any:
+        """The object's metadata, or None when it does not exist. Other errors are errors:
+        `solent check --repair` must never take an unreachable store for a missing blob."""
         try:
-            head = self._client.head_object(Bucket=self.bucket, Key=self._name(key))
+            return self._client.head_object(Bucket=self.bucket, Key=self._name(key))
         except ClientError as exc:
-            raise NotFound(f"blob {key} is missing") from exc
+            if _missing(exc):
+                return None
+            raise StorageError(f"cannot read blob from S3: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot read blob from S3: {exc}") from exc
+
+    def size(self, key: str) -> int:
+        head = self._head(key)
+        if head is None:
+            raise NotFound(f"blob {key} is missing")
         return int(head["ContentLength"])
 
     def exists(self, key: str) -> bool:
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=self._name(key))
-            return True
-        except ClientError:
-            return False
+        return self._head(key) is not None
 
     def delete(self, key: str) -> None:
         try:
@@ -111,9 +139,14 @@ class S3BlobStore:
 
     def iter_keys(self) -> Iterator[tuple[str, float]]:
         paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-            for obj in page.get("Contents", []):
-                yield obj["Key"][len(self.prefix) :], obj["LastModified"].timestamp()
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(self.prefix) :]
+                    if is_key(key):  # other objects sharing the bucket are not ours
+                        yield key, obj["LastModified"].timestamp()
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"cannot list blobs in S3: {exc}") from exc
 
     def close(self) -> None:
         pass

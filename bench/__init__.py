@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of Solent PACS, side by side with Orthanc (`python -m bench`)."""

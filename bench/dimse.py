@@ -1,0 +1,137 @@
+"""DIMSE throughput: C-STORE ingest with storescu (1 association, 4 in parallel) of a 300-slice
+512x512 CT series, and C-GET of the series with getscu; Solent and Orthanc in the same run.
+
+    .venv/bin/python -m bench.dimse [--slices 300] [--no-orthanc]
+
+Every DCMTK tool runs with TCP_NODELAY=1. Each store run sends a series with new UIDs, so no
+run is answered from a duplicate check. Prints instances/s and Solent/Orthanc ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.compare_data import write_variant
+from bench.orthanc import ORTHANC_AET, OrthancServer
+from bench.solent_server import SolentServer
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+CLIENT = "BENCH"
+
+
+def storescu(port: int, aec: str, files: list[Path]) -> None:
+    result = subprocess.run(
+        ["storescu", "-aet", CLIENT, "-aec", aec, "127.0.0.1", str(port), *map(str, files)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"storescu failed: {result.stderr[-500:]}")
+
+
+def timed_store(port: int, aec: str, files: list[Path], parallel: int) -> float:
+    """Instances per second sending ``files`` over ``parallel`` concurrent associations."""
+    chunks = [files[i::parallel] for i in range(parallel)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(lambda c: storescu(port, aec, c), chunks))
+    return len(files) / (time.perf_counter() - started)
+
+
+def timed_get(port: int, aec: str, study: str, series: str, expected: int, work: Path) -> float:
+    out = work / f"get-{aec}-{time.monotonic_ns()}"
+    out.mkdir()
+    started = time.perf_counter()
+    result = subprocess.run(
+        [
+            "getscu",
+            "-S",
+            "-aet",
+            CLIENT,
+            "-aec",
+            aec,
+            "-od",
+            str(out),
+            "127.0.0.1",
+            str(port),
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            f"StudyInstanceUID={study}",
+            "-k",
+            f"SeriesInstanceUID={series}",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - started
+    got = len(list(out.iterdir()))
+    shutil.rmtree(out, ignore_errors=True)
+    if result.returncode != 0 or got != expected:
+        raise RuntimeError(f"getscu from {aec}: {got}/{expected} files; {result.stderr[-400:]}")
+    return expected / elapsed
+
+
+def run_peer(
+    name: str,
+    port: int,
+    aec: str,
+    work: Path,
+    slices: int,
+    variant: Callable[[int], tuple[Path, str, str]],
+) -> dict[str, float]:
+    one_dir, study, series = variant(1)
+    one = timed_store(port, aec, sorted(one_dir.iterdir()), 1)
+    four_dir, _, _ = variant(2)
+    four = timed_store(port, aec, sorted(four_dir.iterdir()), 4)
+    get = timed_get(port, aec, study, series, slices, work)
+    print(f"{name:8s} C-STORE 1 assoc {one:7.1f}/s   4 assoc {four:7.1f}/s   C-GET {get:7.1f}/s")
+    return {"store1": one, "store4": four, "get": get}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--slices", type=int, default=300)
+    p.add_argument("--no-orthanc", action="store_true")
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-dimse-"))
+    made: dict[int, tuple[Path, str, str]] = {}
+
+    def variant(v: int) -> tuple[Path, str, str]:
+        if v not in made:
+            uids = write_variant(v + 100, work / f"v{v}", slices=args.slices)
+            made[v] = (work / f"v{v}", uids.study, uids.series)
+        return made[v]
+
+    print(f"{args.slices} CT slices 512x512 (~{args.slices * 0.5:.0f} MB), TCP_NODELAY=1")
+    try:
+        with SolentServer(trusts={"ZZA": "Trust A"}, client_aet=CLIENT) as solent:
+            port = solent.dicom_port
+            assert port is not None
+            mine = run_peer("Solent", port, solent.ae_title, work, args.slices, variant)
+        if args.no_orthanc or shutil.which("Orthanc") is None:
+            return
+        with OrthancServer(client_aet=CLIENT) as orthanc:
+            theirs = run_peer(
+                "Orthanc", orthanc.dicom_port, ORTHANC_AET, work, args.slices, variant
+            )
+        print(
+            "Solent/Orthanc  "
+            + "   ".join(f"{k} x{mine[k] / theirs[k]:.2f}" for k in ("store1", "store4", "get"))
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

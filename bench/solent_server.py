@@ -1,0 +1,217 @@
+"""Start and stop `solent serve` for benchmarks: fresh data dir, free loopback ports.
+
+The embedded default (SQLite + files) unless a PostgreSQL URL is given. Before start it adds
+the four bench trusts and registers the benchmark's DICOM client (AE title + address) so DIMSE
+calls are accepted; when the build has local users and tokens, it creates a bench user and
+sends its bearer token on every HTTP request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+SOLENT = Path(sys.executable).parent / "solent"
+
+
+@dataclass
+class SolentServer:
+    """One `solent serve` process; use as a context manager or call start()/stop()."""
+
+    trusts: dict[str, str]
+    client_aet: str = "BENCH"
+    client_port: int = 11113
+    client_trust: str = "ZZA"
+    database_url: str = ""
+    workdir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, Any] = field(default_factory=dict)
+    token: str = ""
+    proc: subprocess.Popen[str] | None = None
+    _own_dir: bool = field(default=False, repr=False)
+    _prepared: bool = field(default=False, repr=False)
+    _log: IO[str] | None = field(default=None, repr=False)
+
+    @property
+    def data_dir(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "var"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SOLENT_")}
+        env.update(
+            SOLENT_DATA_DIR=str(self.data_dir),
+            SOLENT_HTTP_PORT="0",
+            SOLENT_DICOM_PORT="0",
+            SOLENT_HL7_PORT="0",
+            SOLENT_BIND_ADDRESS="127.0.0.1",
+            SOLENT_LOG_LEVEL="WARNING",
+            TCP_NODELAY="1",
+        )
+        if self.database_url:
+            env["SOLENT_DATABASE_URL"] = self.database_url
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return self.base_url + "/dicomweb"
+
+    @property
+    def dicom_port(self) -> int | None:
+        port = self.ports.get("dicom")
+        return int(port) if port else None
+
+    @property
+    def ae_title(self) -> str:
+        return str(self.ports.get("ae_title", "SOLENT"))
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    @property
+    def database_url_effective(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'solent.db').resolve()}"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SOLENT), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=3600,
+        )
+
+    def _prepare(self) -> None:
+        """Trusts and the bench's DICOM node, written in-process (CLI start-up costs ~2 s each)."""
+        from solent.app import build_archive
+        from solent.settings import load_settings
+
+        environ = {k: v for k, v in self.env.items() if k.startswith("SOLENT_")}
+        archive = build_archive(load_settings(environ=environ))
+        try:
+            for code, name in self.trusts.items():
+                archive.index.add_trust(code, name)
+            archive.index.add_node(
+                self.client_aet,
+                "127.0.0.1",
+                self.client_port,
+                self.client_trust,
+                ["store", "query", "retrieve"],
+            )
+        finally:
+            archive.close()
+
+    def _make_token(self) -> str:
+        """An API token of a bench service account that belongs to every bench trust.
+
+        Empty when this build has no `solent user` (HTTP then needs no authentication).
+        """
+        others = [f"--also-trust={code}" for code in self.trusts if code != self.client_trust]
+        made = self.cli(
+            "user",
+            "add",
+            "bench",
+            "--trust",
+            self.client_trust,
+            *others,
+            "--role",
+            "integration,radiologist",
+            "--no-password",
+            check=False,
+        )
+        if made.returncode != 0:
+            if "invalid choice" in made.stderr:
+                return ""
+            raise RuntimeError(f"solent user add failed: {made.stderr.strip()[-300:]}")
+        out = self.cli("token", "create", "--user", "bench", "--api", "--label", "bench")
+        return out.stdout.strip().splitlines()[-1].strip()
+
+    def prepare(self) -> None:
+        """A fresh data dir with the schema, the bench trusts and the bench's DICOM node."""
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="bench-solent-"))
+            self._own_dir = True
+        if not self._prepared:
+            self._prepare()
+            self._prepared = True
+
+    def start(self, timeout: float = 120) -> SolentServer:
+        first = not self._prepared
+        self.prepare()
+        assert self.workdir is not None
+        self._log = (self.workdir / "solent.log").open("a", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [str(SOLENT), "serve"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        if first or not self.token:
+            self.token = self._make_token()  # while the server boots
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if line.startswith("SOLENT_READY "):
+                self.ports = json.loads(line.split(" ", 1)[1])
+                threading.Thread(target=self._drain, daemon=True).start()
+                return self
+        self.stop(remove=False)
+        raise RuntimeError("solent serve did not start:\n" + "".join(seen[-40:]))
+
+    def _drain(self) -> None:
+        """Keep reading the server's output into solent.log so it never blocks on a pipe."""
+        assert self.proc is not None and self.proc.stdout is not None
+        log = self._log
+        for line in self.proc.stdout:
+            if log is not None and not log.closed:
+                log.write(line)
+
+    def stop(self, *, remove: bool = True) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if remove and self._own_dir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self) -> SolentServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

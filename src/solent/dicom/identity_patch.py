@@ -1,0 +1,152 @@
+"""Outgoing DICOM says who the patient is now; the values as received go to Original Attributes.
+
+Instances are stored as received. On the way out (WADO-RS, C-GET/C-MOVE, metadata, C-FIND)
+the adapters call ``apply_identity`` (pydicom Dataset) or ``apply_identity_json`` (DICOM JSON)
+with ``IdentityService.current_patient_attributes(study_uid)``. Only attributes whose value
+differs are replaced, and their original values are recorded once in Original Attributes
+Sequence (0400,0561) with reason CORRECT, so the original identity stays retrievable.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+MODIFYING_SYSTEM = "SOLENT"
+
+
+def _as_dataset(item: Mapping[str, Any]) -> Dataset:
+    ds = Dataset()
+    for keyword, value in item.items():
+        if isinstance(value, list):
+            setattr(ds, keyword, Sequence([_as_dataset(v) for v in value]))
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def _plain(value: Any) -> Any:
+    """A comparable form of a pydicom value (sequences as lists of dicts)."""
+    if isinstance(value, Sequence):
+        return [{e.keyword: _plain(e.value) for e in item} for item in value]
+    if value is None:
+        return ""
+    return str(value)
+
+
+def apply_identity(
+    dataset: Dataset, attributes: Mapping[str, Any], *, reason: str = "CORRECT"
+) -> bool:
+    """Overwrite the patient attributes of ``dataset`` in place; True when anything changed.
+
+    ``attributes`` maps DICOM keywords to values (str, or list of item dicts for sequences);
+    None removes the attribute. Replaced or removed originals are kept in a new item of
+    Original Attributes Sequence.
+    """
+    originals = Dataset()
+    changed = False
+    for keyword, value in attributes.items():
+        present = keyword in dataset
+        if value is None:
+            if present:
+                originals[keyword] = copy.deepcopy(dataset[keyword])
+                del dataset[keyword]
+                changed = True
+            continue
+        new_plain = value if isinstance(value, list) else str(value)
+        if present and _plain(dataset[keyword].value) == _plain_expected(new_plain):
+            continue
+        if present:
+            originals[keyword] = copy.deepcopy(dataset[keyword])
+        elif value in ("", []):
+            continue
+        if isinstance(value, list):
+            setattr(dataset, keyword, Sequence([_as_dataset(v) for v in value]))
+        else:
+            setattr(dataset, keyword, value)
+        changed = True
+    if changed and len(originals):
+        item = Dataset()
+        item.ModifiedAttributesSequence = Sequence([originals])
+        item.AttributeModificationDateTime = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+        item.ModifyingSystem = MODIFYING_SYSTEM
+        item.ReasonForTheAttributeModification = reason
+        existing = list(dataset.get("OriginalAttributesSequence", []))
+        dataset.OriginalAttributesSequence = Sequence([*existing, item])
+    return changed
+
+
+def _plain_expected(value: Any) -> Any:
+    if isinstance(value, list):
+        return [{k: _plain_expected(v) for k, v in item.items()} for item in value]
+    return str(value)
+
+
+# -- DICOM JSON (PS3.18 F.2), for WADO-RS/QIDO-RS metadata ------------------------------------
+
+
+def _tag(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"unknown DICOM keyword {keyword}")
+    return f"{tag:08X}"
+
+
+def _json_element(keyword: str, value: Any) -> dict[str, Any]:
+    vr = dictionary_VR(_tag(keyword))
+    if isinstance(value, list):
+        return {"vr": "SQ", "Value": [_json_item(v) for v in value]}
+    if value == "":
+        return {"vr": vr}
+    if vr == "PN":
+        return {"vr": vr, "Value": [{"Alphabetic": value}]}
+    return {"vr": vr, "Value": [value]}
+
+
+def _json_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {_tag(k): _json_element(k, v) for k, v in item.items()}
+
+
+def apply_identity_json(
+    obj: dict[str, Any], attributes: Mapping[str, Any], *, reason: str = "CORRECT"
+) -> bool:
+    """The same as ``apply_identity`` on one DICOM JSON object (modified in place)."""
+    originals: dict[str, Any] = {}
+    changed = False
+    for keyword, value in attributes.items():
+        tag = _tag(keyword)
+        present = tag in obj
+        if value is None:
+            if present:
+                originals[tag] = obj.pop(tag)
+                changed = True
+            continue
+        new = _json_element(keyword, value)
+        if present and obj[tag].get("Value") == new.get("Value"):
+            continue
+        if not present and value in ("", []):
+            continue
+        if present:
+            originals[tag] = copy.deepcopy(obj[tag])
+        obj[tag] = new
+        changed = True
+    if changed and originals:
+        item = {
+            _tag("ModifiedAttributesSequence"): {"vr": "SQ", "Value": [originals]},
+            _tag("AttributeModificationDateTime"): {
+                "vr": "DT",
+                "Value": [datetime.now(UTC).strftime("%Y%m%d%H%M%S")],
+            },
+            _tag("ModifyingSystem"): {"vr": "LO", "Value": [MODIFYING_SYSTEM]},
+            _tag("ReasonForTheAttributeModification"): {"vr": "CS", "Value": [reason]},
+        }
+        seq_tag = _tag("OriginalAttributesSequence")
+        existing = obj.get(seq_tag, {}).get("Value", [])
+        obj[seq_tag] = {"vr": "SQ", "Value": [*existing, item]}
+    return changed

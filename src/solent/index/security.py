@@ -1,0 +1,232 @@
+"""SQL of users, service API tokens and break-glass grants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, insert, select, update
+
+from solent.errors import AlreadyExists, NotFound
+from solent.index import schema as t
+from solent.index.sql import Index, now
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    name: str
+    trust: str
+    other_trusts: tuple[str, ...]
+    roles: tuple[str, ...]
+    password_hash: str | None
+    disabled: bool
+
+    @property
+    def trusts(self) -> frozenset[str]:
+        return frozenset((self.trust, *self.other_trusts))
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(v for v in (value or "").split(",") if v)
+
+
+def _user(r: object) -> UserRow:
+    return UserRow(
+        r.name,  # type: ignore[attr-defined]
+        r.trust_code,  # type: ignore[attr-defined]
+        _split(r.other_trusts),  # type: ignore[attr-defined]
+        _split(r.roles),  # type: ignore[attr-defined]
+        r.password_hash,  # type: ignore[attr-defined]
+        bool(r.disabled),  # type: ignore[attr-defined]
+    )
+
+
+def _require_trusts(conn: Connection, codes: tuple[str, ...]) -> None:
+    for code in codes:
+        if not conn.execute(select(t.trust.c.code).where(t.trust.c.code == code)).first():
+            raise NotFound(f"trust {code} does not exist; add it with `solent trust add`")
+
+
+def add_user(
+    index: Index,
+    name: str,
+    trust: str,
+    roles: tuple[str, ...],
+    password_hash: str | None,
+    other_trusts: tuple[str, ...] = (),
+) -> UserRow:
+    def op(conn: Connection) -> UserRow:
+        _require_trusts(conn, (trust, *other_trusts))
+        if conn.execute(select(t.app_user.c.name).where(t.app_user.c.name == name)).first():
+            raise AlreadyExists(f"user {name} already exists")
+        conn.execute(
+            insert(t.app_user).values(
+                name=name,
+                trust_code=trust,
+                other_trusts=",".join(other_trusts),
+                roles=",".join(roles),
+                password_hash=password_hash,
+                disabled=False,
+                created_at=now(),
+            )
+        )
+        return UserRow(name, trust, other_trusts, roles, password_hash, False)
+
+    return index.write(op)
+
+
+def update_user(
+    index: Index,
+    name: str,
+    *,
+    roles: tuple[str, ...] | None = None,
+    other_trusts: tuple[str, ...] | None = None,
+    password_hash: str | None = None,
+    disabled: bool | None = None,
+) -> None:
+    values: dict[str, object] = {}
+    if roles is not None:
+        values["roles"] = ",".join(roles)
+    if other_trusts is not None:
+        values["other_trusts"] = ",".join(other_trusts)
+    if password_hash is not None:
+        values["password_hash"] = password_hash
+    if disabled is not None:
+        values["disabled"] = disabled
+
+    def op(conn: Connection) -> None:
+        if other_trusts:
+            _require_trusts(conn, other_trusts)
+        res = conn.execute(update(t.app_user).where(t.app_user.c.name == name).values(**values))
+        if res.rowcount == 0:
+            raise NotFound(f"user {name} does not exist")
+
+    index.write(op)
+
+
+def get_user(index: Index, name: str) -> UserRow | None:
+    with index.read() as conn:
+        r = conn.execute(select(t.app_user).where(t.app_user.c.name == name)).first()
+        return _user(r) if r else None
+
+
+def list_users(index: Index) -> list[UserRow]:
+    with index.read() as conn:
+        return [_user(r) for r in conn.execute(select(t.app_user).order_by(t.app_user.c.name))]
+
+
+def add_api_token(
+    index: Index, token_sha256: str, user: str, label: str, expires_at: datetime | None
+) -> None:
+    index.write(
+        lambda conn: conn.execute(
+            insert(t.api_token).values(
+                token_sha256=token_sha256,
+                user_name=user,
+                label=label,
+                created_at=now(),
+                expires_at=expires_at,
+                revoked=False,
+            )
+        )
+    )
+
+
+def find_api_token(index: Index, token_sha256: str) -> tuple[str, datetime | None] | None:
+    """(user name, expiry) of a live (not revoked) API token."""
+    c = t.api_token.c
+    with index.read() as conn:
+        r = conn.execute(
+            select(c.user_name, c.expires_at).where(
+                c.token_sha256 == token_sha256, c.revoked.is_(False)
+            )
+        ).first()
+        return (r.user_name, r.expires_at) if r else None
+
+
+# -- break-glass ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRow:
+    id: int
+    user_name: str
+    user_trust: str | None
+    patient_pk: int
+    patient_issuer: str
+    patient_id: str
+    nhs_number: str | None
+    reason_code: str
+    reason_text: str
+    granted_at: datetime
+    expires_at: datetime
+    reviewed_at: datetime | None
+    reviewed_by: str | None
+    review_note: str | None
+
+
+def add_grant(
+    conn: Connection,
+    user_name: str,
+    user_trust: str | None,
+    patient_pk: int,
+    reason_code: str,
+    reason_text: str,
+    expires_at: datetime,
+) -> int:
+    res = conn.execute(
+        insert(t.break_glass)
+        .values(
+            user_name=user_name,
+            user_trust=user_trust,
+            patient_pk=patient_pk,
+            reason_code=reason_code,
+            reason_text=reason_text,
+            granted_at=now(),
+            expires_at=expires_at,
+        )
+        .returning(t.break_glass.c.pk)
+    )
+    return int(res.scalar_one())
+
+
+def list_grants(
+    index: Index, *, unreviewed_only: bool = False, user_name: str | None = None, limit: int = 100
+) -> list[GrantRow]:
+    g, p = t.break_glass.c, t.patient.c
+    q = (
+        select(
+            g.pk,
+            g.user_name,
+            g.user_trust,
+            g.patient_pk,
+            p.issuer,
+            p.local_id,
+            p.nhs_number,
+            g.reason_code,
+            g.reason_text,
+            g.granted_at,
+            g.expires_at,
+            g.reviewed_at,
+            g.reviewed_by,
+            g.review_note,
+        )
+        .select_from(t.break_glass.join(t.patient, g.patient_pk == p.pk))
+        .order_by(g.pk.desc())
+        .limit(limit)
+    )
+    if unreviewed_only:
+        q = q.where(g.reviewed_at.is_(None))
+    if user_name:
+        q = q.where(g.user_name == user_name)
+    with index.read() as conn:
+        return [GrantRow(*tuple(r)) for r in conn.execute(q)]
+
+
+def review_grant(conn: Connection, grant_id: int, reviewer: str, note: str) -> bool:
+    res = conn.execute(
+        update(t.break_glass)
+        .where(t.break_glass.c.pk == grant_id, t.break_glass.c.reviewed_at.is_(None))
+        .values(reviewed_at=now(), reviewed_by=reviewer, review_note=note)
+    )
+    return bool(res.rowcount)

@@ -1,0 +1,206 @@
+"""QIDO-RS (PS3.18 10.6) on the query engine C-FIND shares (domain.matching + QueryService).
+
+The adapter only turns query parameters into keys and rows into DICOM JSON; matching rules,
+patient identity scoping (R24) and the result cap live in the services.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Request, Response
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from starlette.concurrency import run_in_threadpool
+
+from solent.domain.attributes import Level
+from solent.domain.matching import parse_query
+from solent.protocols.dicomweb.common import (
+    DICOM_JSON,
+    DicomWebRoute,
+    archive,
+    base_url,
+    check_uid,
+    principal,
+)
+
+router = APIRouter(route_class=DicomWebRoute)
+
+CONTROL = {"includefield", "fuzzymatching", "limit", "offset"}
+_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+# Row keys that are not DICOM keywords of their own.
+SPECIAL = {"NHSNumber", "NHSNumberVerified", "IssuerOfAccessionNumber", "TransferSyntaxUID"}
+CAP_WARNING = (
+    '299 solent "The number of results exceeded the maximum supported by the server. '
+    'Additional results can be requested."'
+)
+
+StudyUID = Annotated[str, Path(description="Study Instance UID")]
+SeriesUID = Annotated[str, Path(description="Series Instance UID")]
+
+
+def _check_includefield(values: list[str]) -> None:
+    for raw in values:
+        for name in (v.strip() for v in raw.split(",")):
+            if not name or name == "all":
+                continue
+            first = name.split(".")[0]
+            if not _TAG.match(first) and tag_for_keyword(first) is None:
+                raise HTTPException(400, f"includefield {name!r} is not a DICOM keyword or tag")
+
+
+def _bool(value: str, name: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise HTTPException(400, f"{name} must be true or false, not {value[:20]!r}")
+
+
+def _int(value: str, name: str, minimum: int) -> int:
+    try:
+        n = int(value)
+    except ValueError as exc:
+        raise HTTPException(400, f"{name} must be an integer, not {value[:20]!r}") from exc
+    if n < minimum:
+        raise HTTPException(400, f"{name} must be at least {minimum}")
+    return n
+
+
+def _element(keyword: str, value: Any) -> tuple[str, dict[str, Any]] | None:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return None
+    vr = dictionary_VR(tag)
+    if value is None or value == "" or value == []:
+        return f"{tag:08X}", {"vr": vr}
+    values = value if isinstance(value, list) else [value]
+    if vr == "PN":
+        values = [{"Alphabetic": str(v)} for v in values]
+    elif vr in ("IS", "US", "UL", "SL", "SS"):
+        values = [int(v) for v in values]
+    elif vr in ("DS", "FL", "FD"):
+        values = [float(v) for v in values]
+    else:
+        values = [str(v) for v in values]
+    return f"{tag:08X}", {"vr": vr, "Value": values}
+
+
+def row_to_json(row: dict[str, Any], level: Level, base: str) -> dict[str, Any]:
+    """One match as DICOM JSON, with its RetrieveURL."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in SPECIAL:
+            continue
+        pair = _element(key, value)
+        if pair is not None:
+            out[pair[0]] = pair[1]
+    if row.get("NHSNumber"):
+        out["00101002"] = {
+            "vr": "SQ",
+            "Value": [
+                {
+                    "00100020": {"vr": "LO", "Value": [row["NHSNumber"]]},
+                    "00100021": {"vr": "LO", "Value": ["NHS"]},
+                    "00100022": {"vr": "CS", "Value": ["TEXT"]},
+                }
+            ],
+        }
+    if row.get("IssuerOfAccessionNumber"):
+        out["00080051"] = {
+            "vr": "SQ",
+            "Value": [{"00400031": {"vr": "UT", "Value": [row["IssuerOfAccessionNumber"]]}}],
+        }
+    if level is Level.IMAGE and row.get("TransferSyntaxUID"):
+        out["00083002"] = {"vr": "UI", "Value": [row["TransferSyntaxUID"]]}
+    study = row.get("StudyInstanceUID")
+    url = f"{base}/studies/{study}"
+    if level in (Level.SERIES, Level.IMAGE):
+        url += f"/series/{row.get('SeriesInstanceUID')}"
+    if level is Level.IMAGE:
+        url += f"/instances/{row.get('SOPInstanceUID')}"
+    out["00081190"] = {"vr": "UR", "Value": [url]}
+    out["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
+    return dict(sorted(out.items()))
+
+
+async def _search(request: Request, level: Level, fixed: dict[str, str]) -> Response:
+    for name, uid in fixed.items():
+        check_uid(uid, name)
+    keys: dict[str, str | list[str] | None] = {}
+    includes: list[str] = []
+    fuzzy = False
+    limit: int | None = None
+    offset = 0
+    for name, value in request.query_params.multi_items():
+        if name == "includefield":
+            includes.append(value)
+        elif name == "fuzzymatching":
+            fuzzy = _bool(value, name)
+        elif name == "limit":
+            limit = _int(value, name, 1)
+        elif name == "offset":
+            offset = _int(value, name, 0)
+        elif name in keys:
+            prev = keys[name]
+            keys[name] = [*(prev if isinstance(prev, list) else [prev or ""]), value]
+        else:
+            keys[name] = value
+    _check_includefield(includes)
+    for name, uid in fixed.items():
+        if name in keys and keys[name] != uid:
+            raise HTTPException(400, f"{name} is fixed by the URL; do not send it again")
+        keys[name] = uid
+    # Q2 of regional-requirements.md: a patient's studies include those of the records linked
+    # to it (same verified NHS number, or HL7 A24), each under its own trust's identifiers.
+    linked = level is Level.STUDY and not fixed
+    query = parse_query(level, keys, fuzzy_names=fuzzy, linked=linked)
+    a = archive(request)
+    cap = int(getattr(a.settings, "max_query_results", 1000))
+    result = await run_in_threadpool(
+        a.query.find, principal(request), query, limit=limit, offset=offset, max_results=cap
+    )
+    base = base_url(request)
+    body = json.dumps([row_to_json(r, level, base) for r in result.rows]).encode()
+    headers = {"Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
+    if result.capped:
+        headers["Warning"] = CAP_WARNING
+    if "gzip" in request.headers.get("accept-encoding", "") and len(body) >= 1024:
+        z = zlib.compressobj(1, zlib.DEFLATED, 31)
+        body = z.compress(body) + z.flush()
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=DICOM_JSON, headers=headers)
+
+
+@router.get("/studies")
+async def search_studies(request: Request) -> Response:
+    return await _search(request, Level.STUDY, {})
+
+
+@router.get("/series")
+async def search_series(request: Request) -> Response:
+    return await _search(request, Level.SERIES, {})
+
+
+@router.get("/instances")
+async def search_instances(request: Request) -> Response:
+    return await _search(request, Level.IMAGE, {})
+
+
+@router.get("/studies/{study}/series")
+async def search_study_series(request: Request, study: StudyUID) -> Response:
+    return await _search(request, Level.SERIES, {"StudyInstanceUID": study})
+
+
+@router.get("/studies/{study}/instances")
+async def search_study_instances(request: Request, study: StudyUID) -> Response:
+    return await _search(request, Level.IMAGE, {"StudyInstanceUID": study})
+
+
+@router.get("/studies/{study}/series/{series}/instances")
+async def search_series_instances(request: Request, study: StudyUID, series: SeriesUID) -> Response:
+    return await _search(
+        request, Level.IMAGE, {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+    )

@@ -1,0 +1,42 @@
+"""Assembles the DICOMweb routes under /dicomweb and the CORS policy for them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from solent.app import Archive
+from solent.protocols.dicomweb import capabilities, stow_rs, wado_rs, wado_uri
+from solent.protocols.dicomweb.common import PREFIX
+
+EXPOSED_HEADERS = ["ETag", "Content-Location", "Warning", "Content-Length"]
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+    try:
+        from solent.protocols.dicomweb import qido_rs
+    except ImportError:  # the shared query engine is not there yet
+        pass
+    else:
+        router.include_router(qido_rs.router)
+    router.include_router(stow_rs.router)
+    router.include_router(wado_rs.router)
+    return router
+
+
+def install(app: FastAPI, archive: Archive) -> None:
+    """Include the DICOMweb routes (and WADO-URI at /dicomweb/wado) in ``app``."""
+    app.include_router(build_router(), prefix=PREFIX, tags=["DICOMweb"])
+    app.include_router(wado_uri.router, prefix=PREFIX, tags=["DICOMweb"])
+    app.include_router(capabilities.router, prefix=PREFIX, tags=["DICOMweb"])
+    origins = [o.strip() for o in archive.settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=EXPOSED_HEADERS,
+            max_age=600,
+        )

@@ -1,0 +1,237 @@
+"""STOW-RS (PS3.18 10.5): each application/dicom part goes through the one ingest pipeline.
+
+Parts are spooled to temp files as they arrive, then ingested one by one; one bad part never
+rejects the good ones. The response lists what was stored and what failed, with reason codes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from solent.domain.outcomes import RejectReason, StoreResult
+from solent.domain.principal import Channel, Principal, Provenance
+from solent.protocols.dicomweb import multipart as mp
+from solent.protocols.dicomweb.common import (
+    DICOM_JSON,
+    DicomWebRoute,
+    archive,
+    base_url,
+    check_uid,
+    principal,
+)
+
+router = APIRouter(route_class=DicomWebRoute)
+
+# PS3.18 Table 10.5.3-3 / PS3.4 C-STORE failure statuses.
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_INSTANCE = 0x0111
+NOT_AUTHORIZED = 0x0124
+
+REASON_CODES: dict[RejectReason, int] = {
+    RejectReason.MALFORMED: CANNOT_UNDERSTAND,
+    RejectReason.MISSING_ATTRIBUTE: CANNOT_UNDERSTAND,
+    RejectReason.INVALID_UID: CANNOT_UNDERSTAND,
+    RejectReason.NOT_AN_INSTANCE: CANNOT_UNDERSTAND,
+    RejectReason.CONFLICT: DUPLICATE_INSTANCE,
+    RejectReason.PATIENT_MISMATCH: PROCESSING_FAILURE,
+    RejectReason.UNKNOWN_TRUST: NOT_AUTHORIZED,
+    RejectReason.NOT_PERMITTED: NOT_AUTHORIZED,
+    RejectReason.STORAGE_FAILURE: OUT_OF_RESOURCES,
+    RejectReason.TOO_LARGE: OUT_OF_RESOURCES,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PartOutcome:
+    result: StoreResult
+    failure: int | None  # FailureReason, None when stored
+    message: str
+
+
+def _boundary(content_type: str) -> str:
+    media, _, rest = content_type.partition(";")
+    if media.strip().lower() != "multipart/related":
+        raise HTTPException(
+            415,
+            'STOW-RS takes multipart/related; type="application/dicom" '
+            f"(got {media.strip() or 'no Content-Type'})",
+        )
+    params: dict[str, str] = {}
+    for p in rest.split(";"):
+        name, _, value = p.partition("=")
+        params[name.strip().lower()] = value.strip().strip('"')
+    kind = params.get("type", "application/dicom").lower()
+    if kind != "application/dicom":
+        raise HTTPException(
+            415,
+            f"STOW-RS parts of type {kind} are not supported; send application/dicom parts",
+        )
+    boundary = params.get("boundary", "")
+    if not boundary or len(boundary) > 200:
+        raise HTTPException(400, "the Content-Type has no usable boundary parameter")
+    return boundary
+
+
+def _store_trust(request: Request, who: Principal) -> Principal:
+    """The principal to ingest as: its own trust, or the transitional default for anonymous."""
+    if who.trust:
+        return who
+    default = archive(request).settings.stow_default_trust
+    if not default:
+        return who
+    return Principal(who.kind, who.name, default, who.roles, who.address)
+
+
+def _ingest_parts(
+    request: Request, who: Principal, parts: list[mp.SpooledPart], study: str | None
+) -> list[PartOutcome]:
+    a = archive(request)
+    provenance = Provenance(Channel.STOW, remote_address=who.address, user=who.name)
+    outcomes: list[PartOutcome] = []
+    for part in parts:
+        kind = part.content_type.split(";")[0].strip().lower()
+        if kind not in ("", "application/dicom"):
+            part.path.unlink(missing_ok=True)
+            result = StoreResult.rejected(RejectReason.MALFORMED, f"part of type {kind}")
+            outcomes.append(
+                PartOutcome(
+                    result, CANNOT_UNDERSTAND, f"parts must be application/dicom, not {kind}"
+                )
+            )
+            continue
+        if study is not None:
+            mismatch = _study_mismatch(part, study)
+            if mismatch is not None:
+                part.path.unlink(missing_ok=True)
+                outcomes.append(mismatch)
+                continue
+        result = a.ingestor.ingest_file(part.path, who, provenance, move=True)
+        part.path.unlink(missing_ok=True)
+        if result.ok:
+            outcomes.append(PartOutcome(result, None, result.message))
+        else:
+            code = REASON_CODES.get(result.reason or RejectReason.MALFORMED, PROCESSING_FAILURE)
+            outcomes.append(PartOutcome(result, code, result.message))
+    return outcomes
+
+
+def _study_mismatch(part: mp.SpooledPart, study: str) -> PartOutcome | None:
+    """A part whose Study Instance UID is not the one in the URL fails (PS3.18 10.5.1)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(
+            part.path,
+            stop_before_pixels=True,
+            force=True,
+            specific_tags=["StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"],
+        )
+        found = str(ds.get("StudyInstanceUID", "")).strip()
+    except Exception:
+        return None  # unreadable: ingest says why
+    if found == study:
+        return None
+    result = StoreResult.rejected(
+        RejectReason.MALFORMED,
+        "",
+        sop_class_uid=str(ds.get("SOPClassUID", "")) or None,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")) or None,
+    )
+    return PartOutcome(
+        result,
+        DATASET_MISMATCH,
+        f"the instance belongs to study {found[:64]}, not to study {study} named in the URL",
+    )
+
+
+def _element(vr: str, *values: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": list(values)} if values else {"vr": vr}
+
+
+def response_document(outcomes: list[PartOutcome], base: str, study: str | None) -> dict[str, Any]:
+    stored, failed = [], []
+    for o in outcomes:
+        r = o.result
+        item: dict[str, Any] = {}
+        if r.sop_class_uid:
+            item["00081150"] = _element("UI", r.sop_class_uid)
+        if r.sop_instance_uid:
+            item["00081155"] = _element("UI", r.sop_instance_uid)
+        if o.failure is None:
+            item["00081190"] = _element(
+                "UR",
+                f"{base}/studies/{r.study_uid}/series/{r.series_uid}/instances/{r.sop_instance_uid}",
+            )
+            stored.append(item)
+        else:
+            item["00081197"] = _element("US", o.failure)
+            if o.message:
+                item["00000902"] = _element("LO", o.message[:1024])  # Error Comment, readable
+            failed.append(item)
+    doc: dict[str, Any] = {}
+    study_uid = study or next((o.result.study_uid for o in outcomes if o.result.study_uid), None)
+    if study_uid and stored:
+        doc["00081190"] = _element("UR", f"{base}/studies/{study_uid}")
+    if failed:
+        doc["00081198"] = _element("SQ", *failed)
+    if stored:
+        doc["00081199"] = _element("SQ", *stored)
+    return doc
+
+
+async def _store(request: Request, study: str | None) -> Response:
+    if study is not None:
+        check_uid(study, "StudyInstanceUID")
+    boundary = _boundary(request.headers.get("content-type", ""))
+    settings = archive(request).settings
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.stow_max_bytes:
+        raise HTTPException(
+            413, f"the request is {length} bytes; STOW-RS accepts at most {settings.stow_max_bytes}"
+        )
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    spooler = mp.PartSpooler(boundary, settings.tmp_dir, settings.stow_max_bytes, 100_000)
+    try:
+        async for chunk in request.stream():
+            await run_in_threadpool(spooler.feed, chunk)
+        parts = spooler.finish()
+    except mp.TooLarge as exc:
+        spooler.discard()
+        raise HTTPException(
+            413, f"{exc}; STOW-RS accepts at most {settings.stow_max_bytes} bytes"
+        ) from exc
+    except mp.BadMultipart as exc:
+        spooler.discard()
+        raise HTTPException(400, str(exc)) from exc
+    except BaseException:
+        spooler.discard()
+        raise
+    who = _store_trust(request, principal(request))
+    try:
+        outcomes = await run_in_threadpool(_ingest_parts, request, who, parts, study)
+    finally:
+        spooler.discard()
+    doc = response_document(outcomes, base_url(request), study)
+    failures = sum(1 for o in outcomes if o.failure is not None)
+    status = 200 if failures == 0 else (409 if failures == len(outcomes) else 202)
+    return Response(json.dumps(doc), status_code=status, media_type=DICOM_JSON)
+
+
+@router.post("/studies")
+async def store_instances(request: Request) -> Response:
+    return await _store(request, None)
+
+
+@router.post("/studies/{study}")
+async def store_study_instances(
+    request: Request, study: Annotated[str, Path(description="Study Instance UID")]
+) -> Response:
+    return await _store(request, study)

@@ -1,0 +1,137 @@
+"""WADO-URI (PS3.18 9): the single-URL links older EPRs carry, answered from the same services.
+
+``/dicomweb/wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..&contentType=..``
+returns the instance (application/dicom) or a rendered image (image/jpeg, image/png).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from solent.dicom import transcode as tc
+from solent.dicom.render import RenderOptions, Viewport
+from solent.protocols.dicomweb.common import (
+    DicomWebRoute,
+    check_uid,
+    immutable_headers,
+    not_modified,
+    principal,
+    retrieve_service,
+)
+
+router = APIRouter(route_class=DicomWebRoute)
+
+KNOWN = {
+    "requestType",
+    "studyUID",
+    "seriesUID",
+    "objectUID",
+    "contentType",
+    "charset",
+    "anonymize",
+    "annotation",
+    "rows",
+    "columns",
+    "region",
+    "windowCenter",
+    "windowWidth",
+    "frameNumber",
+    "imageQuality",
+    "presentationUID",
+    "presentationSeriesUID",
+    "transferSyntax",
+}
+CONTENT_TYPES = {"application/dicom", "image/jpeg", "image/png", "image/gif"}
+
+
+def _int(params: dict[str, str], name: str, lo: int, hi: int) -> int | None:
+    if name not in params:
+        return None
+    try:
+        value = int(params[name])
+    except ValueError as exc:
+        raise HTTPException(400, f"{name} must be an integer") from exc
+    if not lo <= value <= hi:
+        raise HTTPException(400, f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def _float(params: dict[str, str], name: str) -> float | None:
+    if name not in params:
+        return None
+    try:
+        return float(params[name])
+    except ValueError as exc:
+        raise HTTPException(400, f"{name} must be a number") from exc
+
+
+@router.get("/wado")
+async def wado(request: Request) -> Response:
+    params = dict(request.query_params)
+    unknown = sorted(set(params) - KNOWN)
+    if unknown:
+        raise HTTPException(400, f"unknown WADO-URI parameter(s): {', '.join(unknown)}")
+    if params.get("requestType") != "WADO":
+        raise HTTPException(400, "requestType must be WADO")
+    for name in ("studyUID", "seriesUID", "objectUID"):
+        if not params.get(name):
+            raise HTTPException(400, f"{name} is required")
+        check_uid(params[name], name)
+    content = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]
+    chosen = next((c for c in content if c in CONTENT_TYPES or c in ("*/*", "image/*")), None)
+    if chosen is None:
+        raise HTTPException(406, f"contentType must be one of {', '.join(sorted(CONTENT_TYPES))}")
+    if chosen in ("*/*", "image/*"):
+        chosen = "image/jpeg"
+    svc = retrieve_service(request)
+    who = principal(request)
+    found = await run_in_threadpool(
+        svc.instances,
+        who,
+        params["studyUID"],
+        params["seriesUID"],
+        params["objectUID"],
+        with_frames=True,
+    )
+    inst = found[0]
+    replace = request.app.state.archive.settings.conflict_policy == "replace"
+    if chosen == "application/dicom":
+        svc.record(who, "retrieve", inst.study_uid, {"channel": "wado-uri", "instances": 1})
+        target = params.get("transferSyntax", inst.transfer_syntax_uid)
+        check_uid(target, "transferSyntax")
+        etag = svc.etag([inst], f"wado-uri|{target}")
+        headers = immutable_headers(etag, replace)
+        if not_modified(request, etag):
+            return Response(status_code=304, headers=headers)
+        if target == inst.transfer_syntax_uid:
+            headers["Content-Length"] = str(inst.size_bytes)
+            return StreamingResponse(
+                svc.stored_bytes(who, inst), media_type="application/dicom", headers=headers
+            )
+        if not (tc.can_decode(inst.transfer_syntax_uid) and tc.can_encode(target)):
+            raise HTTPException(406, f"cannot send this instance as {tc.describe(target)}")
+        data = await run_in_threadpool(svc.transcoded, who, inst, target)
+        return Response(data, media_type="application/dicom", headers=headers)
+    rows, cols = _int(params, "rows", 1, 8192), _int(params, "columns", 1, 8192)
+    viewport = None
+    if rows or cols:
+        viewport = Viewport(cols or rows or 1, rows or cols or 1)
+    centre, width = _float(params, "windowCenter"), _float(params, "windowWidth")
+    if (centre is None) != (width is None):
+        raise HTTPException(400, "windowCenter and windowWidth go together")
+    if width is not None and width <= 0:
+        raise HTTPException(400, "windowWidth must be greater than 0")
+    window = (centre, width) if centre is not None and width is not None else None
+    quality = _int(params, "imageQuality", 1, 100) or 90
+    frame = _int(params, "frameNumber", 1, 1 << 30) or 1
+    opts = RenderOptions(chosen, quality, window, "linear", viewport)
+    if not inst.number_of_frames:
+        raise HTTPException(400, "this instance holds no image; ask for application/dicom")
+    etag = svc.etag([inst], f"wado-uri|{frame}|{opts!r}")
+    headers = immutable_headers(etag, replace)
+    if not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    data = await run_in_threadpool(svc.rendered, who, inst, frame, opts)
+    return Response(data, media_type=chosen, headers=headers)

@@ -1,0 +1,1 @@
+"""DICOM network services (DIMSE) on pynetdicom: SCPs, SCU and their CLI."""

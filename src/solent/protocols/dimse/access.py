@@ -1,0 +1,111 @@
+"""Who may associate, and as whom: registered nodes only (AE title + address), per operation.
+
+The node's trust becomes the trust of what it stores. Decided once per association, when the
+A-ASSOCIATE-RQ arrives; the result rides on the association for every later request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
+from solent.index.sql import Index, NodeRow
+
+log = logging.getLogger(__name__)
+
+
+class Operation(StrEnum):
+    STORE = "store"
+    QUERY = "query"
+    RETRIEVE = "retrieve"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """An authenticated calling node on one association."""
+
+    principal: Principal
+    provenance: Provenance
+    node: NodeRow | None  # None only under the dicom_allow_unknown development switch
+
+    def may(self, op: Operation) -> bool:
+        if self.node is None:
+            return True
+        return op.value in self.node.allowed
+
+
+@lru_cache(maxsize=256)
+def _resolve(host: str, _epoch: int) -> frozenset[str]:
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return frozenset()
+    return frozenset(str(ipaddress.ip_address(str(i[4][0]).split("%")[0])) for i in infos)
+
+
+def _normalise(address: str) -> str:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def host_matches(registered_host: str, peer_address: str) -> bool:
+    """True when the registered host name or IP resolves to the peer's address.
+
+    Host names are resolved at most once a minute; "*" accepts any address (for nodes behind
+    NAT pools, to be registered knowingly).
+    """
+    if registered_host == "*":
+        return True
+    try:
+        peer = _normalise(peer_address)
+    except ValueError:
+        return False
+    try:
+        return _normalise(registered_host) == peer
+    except ValueError:
+        pass
+    return peer in _resolve(registered_host.lower(), int(time.monotonic() // 60))
+
+
+def identify_peer(
+    index: Index,
+    *,
+    calling_ae: str,
+    called_ae: str,
+    address: str,
+    allow_unknown: bool,
+    unknown_trust: str,
+) -> Peer | None:
+    """The Peer for a calling AE at ``address``, or None when it must be rejected."""
+    calling_ae = calling_ae.strip()
+    node = index.get_node(calling_ae)
+    if node is not None and not host_matches(node.host, address):
+        log.warning(
+            "association from a registered AE title at an unregistered address rejected",
+            extra={"calling_ae": calling_ae, "address": address, "registered_host": node.host},
+        )
+        node = None
+        if not allow_unknown:
+            return None
+    if node is None and not allow_unknown:
+        return None
+    trust = node.trust_code if node is not None else (unknown_trust or None)
+    principal = Principal(
+        PrincipalKind.NODE,
+        calling_ae,
+        trust,
+        roles=frozenset(node.allowed) if node else frozenset(),
+        address=address,
+    )
+    provenance = Provenance(
+        Channel.DIMSE, calling_ae=calling_ae, called_ae=called_ae.strip(), remote_address=address
+    )
+    return Peer(principal, provenance, node)

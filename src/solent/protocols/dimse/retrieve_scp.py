@@ -1,0 +1,148 @@
+"""C-MOVE and C-GET SCPs: sub-operations that send the stored bytes (see suboperations.py).
+
+pynetdicom counts the sub-operations, sends Pending responses and reports failures in the
+final response (Warning B000 with the Failed SOP Instance UID List when some failed); C-CANCEL
+is honoured between sub-operations.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+from pynetdicom.presentation import build_context
+
+from solent.index.retrieval import StoredInstanceRef
+from solent.index.sql import Index
+from solent.protocols.dimse.access import Operation, Peer
+from solent.protocols.dimse.net import UNCOMPRESSED
+from solent.protocols.dimse.status import (
+    CANCEL,
+    IDENTIFIER_MISMATCH,
+    NOT_AUTHORIZED,
+    PENDING,
+    status,
+)
+from solent.protocols.dimse.suboperations import StoredInstance
+from solent.services.retrieve import RetrieveKeys, RetrieveService
+
+log = logging.getLogger(__name__)
+
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+MAX_CONTEXTS = 128
+
+
+class RetrieveRefused(Exception):
+    """The identifier cannot be served; ``code`` is the DIMSE status to answer."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _values(ds: Dataset, keyword: str) -> tuple[str, ...]:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return ()
+    items = value.split("\\") if isinstance(value, str) else [str(v) for v in value]
+    return tuple(v.strip() for v in items if v and v.strip())
+
+
+def retrieve_keys(identifier: Dataset, sop_class: str, peer: Peer) -> RetrieveKeys:
+    """The unique keys of a C-MOVE/C-GET identifier (PS3.4 C.4.2.2.1)."""
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    study_root = sop_class in (STUDY_ROOT_MOVE, STUDY_ROOT_GET)
+    if level not in ("PATIENT", "STUDY", "SERIES", "IMAGE") or (study_root and level == "PATIENT"):
+        raise RetrieveRefused(IDENTIFIER_MISMATCH, f"invalid Query/Retrieve Level {level!r}")
+    keys = RetrieveKeys(
+        level=level,
+        patient_id=(_values(identifier, "PatientID") or (None,))[0],
+        patient_issuer=(_values(identifier, "IssuerOfPatientID") or (peer.principal.trust,))[0],
+        study_uids=_values(identifier, "StudyInstanceUID"),
+        series_uids=_values(identifier, "SeriesInstanceUID"),
+        sop_instance_uids=_values(identifier, "SOPInstanceUID"),
+    )
+    needed = {
+        "PATIENT": keys.patient_id,
+        "STUDY": keys.study_uids,
+        "SERIES": keys.series_uids,
+        "IMAGE": keys.sop_instance_uids,
+    }[level]
+    if not needed:
+        raise RetrieveRefused(IDENTIFIER_MISMATCH, f"the unique key of level {level} is missing")
+    return keys
+
+
+def _locate(
+    event: Event, service: RetrieveService, peer: Peer | None
+) -> tuple[Peer, list[StoredInstanceRef]]:
+    if peer is None or not peer.may(Operation.RETRIEVE):
+        raise RetrieveRefused(NOT_AUTHORIZED, "this node may not retrieve")
+    try:
+        identifier = event.identifier
+    except Exception as exc:
+        raise RetrieveRefused(IDENTIFIER_MISMATCH, f"unreadable identifier: {exc}") from exc
+    keys = retrieve_keys(identifier, str(event.request.AffectedSOPClassUID), peer)
+    return peer, service.locate(peer.principal, keys)
+
+
+def _suboperations(
+    event: Event, refs: list[StoredInstanceRef], service: RetrieveService, peer: Peer
+) -> Iterator[tuple[int, Dataset | None]]:
+    identity = service.current_identity()  # one read of the patient attributes per study
+    for ref in refs:
+        if event.is_cancelled:
+            yield CANCEL, None
+            return
+        yield PENDING, StoredInstance(ref, service, peer.principal, identity)
+
+
+def destination_contexts(refs: list[StoredInstanceRef]) -> list[Any]:
+    """Per SOP class: the stored syntax on its own context (offered first), then uncompressed."""
+    contexts: list[Any] = []
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for ref in refs:
+        native = [str(u) for u in UNCOMPRESSED[:2]]
+        wanted = (
+            [[ref.transfer_syntax_uid, *[u for u in native if u != ref.transfer_syntax_uid]]]
+            if ref.transfer_syntax_uid in native
+            else [[ref.transfer_syntax_uid], native]
+        )
+        for syntaxes in wanted:
+            key = (ref.sop_class_uid, tuple(syntaxes))
+            if key not in seen and len(contexts) < MAX_CONTEXTS:
+                seen.add(key)
+                contexts.append(build_context(ref.sop_class_uid, syntaxes))
+    return contexts
+
+
+def handle_move(
+    event: Event, index: Index, service: RetrieveService, peer: Peer | None
+) -> Iterator[Any]:
+    # pynetdicom wants a destination first and has no way to answer A900/0124 before it, so a
+    # refused request raises here: the peer gets a Failure status (C514) with no sub-operation.
+    peer, refs = _locate(event, service, peer)
+    destination = index.get_node(str(event.move_destination).strip())
+    if destination is None:
+        yield None, None
+        return
+    kwargs = {"contexts": destination_contexts(refs)} if refs else {}
+    yield destination.host, destination.port, kwargs
+    yield len(refs)
+    yield from _suboperations(event, refs, service, peer)
+
+
+def handle_get(event: Event, service: RetrieveService, peer: Peer | None) -> Iterator[Any]:
+    try:
+        peer, refs = _locate(event, service, peer)
+    except RetrieveRefused as exc:
+        log.info("C-GET refused: %s", exc)
+        yield 1
+        yield exc.code, status(exc.code, str(exc))
+        return
+    yield len(refs)
+    yield from _suboperations(event, refs, service, peer)

@@ -1,0 +1,66 @@
+"""C-STORE SCP: the received bytes, spooled untouched, go through the one ingest pipeline.
+
+Status table (PS3.4 B.2.3): success only once ingest says the instance is durable and indexed;
+a re-sent identical instance is success too. Failures carry an Error Comment and leave the
+association open.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+
+from solent.domain.outcomes import RejectReason, StoreResult
+from solent.ingest import Ingestor
+from solent.protocols.dimse.access import Operation, Peer
+from solent.protocols.dimse.status import (
+    CANNOT_UNDERSTAND,
+    DATASET_MISMATCH,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    status,
+)
+
+log = logging.getLogger(__name__)
+
+REJECT_STATUS: dict[RejectReason, int] = {
+    RejectReason.MALFORMED: CANNOT_UNDERSTAND,
+    RejectReason.MISSING_ATTRIBUTE: DATASET_MISMATCH,
+    RejectReason.INVALID_UID: DATASET_MISMATCH,
+    RejectReason.NOT_AN_INSTANCE: DATASET_MISMATCH,
+    RejectReason.CONFLICT: CANNOT_UNDERSTAND,
+    RejectReason.PATIENT_MISMATCH: CANNOT_UNDERSTAND,
+    RejectReason.UNKNOWN_TRUST: NOT_AUTHORIZED,
+    RejectReason.NOT_PERMITTED: NOT_AUTHORIZED,
+    RejectReason.STORAGE_FAILURE: OUT_OF_RESOURCES,
+    RejectReason.TOO_LARGE: OUT_OF_RESOURCES,
+}
+
+
+def result_status(result: StoreResult) -> Dataset:
+    if result.ok:
+        return status(SUCCESS)
+    assert result.reason is not None
+    return status(REJECT_STATUS.get(result.reason, CANNOT_UNDERSTAND), result.message)
+
+
+def handle_store(event: Event, ingestor: Ingestor, peer: Peer | None) -> Dataset:
+    if peer is None or not peer.may(Operation.STORE):
+        return status(NOT_AUTHORIZED, "this node may not store here")
+    req: Any = event.request
+    path = Path(event.dataset_path)
+    # The request/dataset identity check (A900) runs on ingest's own parse: one parse, not two.
+    expect = (str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID))
+    try:
+        result = ingestor.ingest_file(
+            path, peer.principal, peer.provenance, move=True, expect=expect
+        )
+    except Exception as exc:
+        log.exception("C-STORE ingest failed")
+        return status(OUT_OF_RESOURCES, f"storage failure: {type(exc).__name__}")
+    return result_status(result)

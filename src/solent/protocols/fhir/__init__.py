@@ -1,0 +1,16 @@
+"""FHIR R4 read API, the IHE Invoke Image Display launch, and the identity JSON API."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+
+def install(app: FastAPI) -> None:
+    """Add /fhir, /IHEInvokeImageDisplay (per trust) and /api/identity to the HTTP app."""
+    from solent.protocols.api.identity_routes import router as identity_router
+    from solent.protocols.fhir.iid import router as iid_router
+    from solent.protocols.fhir.routes import router as fhir_router
+
+    app.include_router(identity_router, prefix="/api/identity")
+    app.include_router(fhir_router, prefix="/fhir")
+    app.include_router(iid_router)

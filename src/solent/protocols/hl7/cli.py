@@ -1,0 +1,188 @@
+"""`solent identity links|history|link|unlink|queue|reverse` and `solent hl7 send|messages`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from solent.domain.principal import Principal, PrincipalKind
+from solent.errors import NotFound
+from solent.settings import Settings
+
+
+def register(sub: Any) -> None:
+    ident = sub.add_parser("identity", help="cross-trust patient index: links, history, queue")
+    act = ident.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("links", "records linked to a patient record (and why)"),
+        ("history", "identity changes of a patient record: who, message, when, before/after"),
+    ):
+        p = act.add_parser(name, help=text)
+        p.add_argument("issuer", help="trust ODS code that issued the ID")
+        p.add_argument("patient_id")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(handler=_links if name == "links" else _history)
+    for name in ("link", "unlink"):
+        p = act.add_parser(name, help=f"{name} two records (as HL7 A24/A37 would)")
+        p.add_argument("issuer_a")
+        p.add_argument("patient_id_a")
+        p.add_argument("issuer_b")
+        p.add_argument("patient_id_b")
+        p.add_argument("--by", default="admin", help="who is making the change (audit)")
+        p.set_defaults(handler=_set_link, linked=name == "link")
+    q = act.add_parser("queue", help="the data-quality work queue")
+    q.add_argument("--all", action="store_true", help="include resolved items")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(handler=_queue)
+    r = act.add_parser("reverse", help="undo a link, unlink, identifier change or update")
+    r.add_argument("event", type=int, help="identity event number (from `history`)")
+    r.add_argument("--by", default="admin")
+    r.set_defaults(handler=_reverse)
+
+    hl7 = sub.add_parser("hl7", help="HL7 v2: send a message file, list the journal")
+    hact = hl7.add_subparsers(dest="action", required=True)
+    s = hact.add_parser("send", help="send ER7 message file(s) over MLLP and print the ACKs")
+    s.add_argument("paths", nargs="+", type=Path)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, help="default: SOLENT_HL7_PORT")
+    s.set_defaults(handler=_send)
+    m = hact.add_parser("messages", help="the HL7 journal, newest first")
+    m.add_argument("--status", choices=("received", "applied", "rejected", "held"))
+    m.add_argument("--limit", type=int, default=50)
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(handler=_messages)
+
+
+def _admin(name: str) -> Principal:
+    return Principal(PrincipalKind.USER, name, None, roles=frozenset({"pacs_admin"}))
+
+
+def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
+    from solent.cli import _print_table
+
+    _print_table(rows, as_json)
+
+
+def _service(settings: Settings) -> Any:
+    from solent.app import build_archive
+    from solent.services.identity import IdentityService
+
+    archive = build_archive(settings)
+    return archive, IdentityService(archive.index)
+
+
+def _record(identity: Any, issuer: str, patient_id: str) -> int:
+    found = identity.resolve(issuer, patient_id)
+    if found is None:
+        raise NotFound(f"no patient {patient_id} issued by {issuer}")
+    return int(found.patient_pk)
+
+
+def _links(args: argparse.Namespace, settings: Settings) -> int:
+    archive, identity = _service(settings)
+    try:
+        rows = identity.links_of(_record(identity, args.issuer, args.patient_id))
+        _print(rows, args.json)
+    finally:
+        archive.close()
+    return 0
+
+
+def _history(args: argparse.Namespace, settings: Settings) -> int:
+    archive, identity = _service(settings)
+    try:
+        rows = identity.history(_record(identity, args.issuer, args.patient_id))
+        out = [
+            {
+                "event": r["pk"],
+                "at": r["at"],
+                "kind": r["kind"],
+                "actor": r["actor"],
+                "message": r.get("message_control_id") or r["message_pk"],
+                "before": json.dumps(r["before"]),
+                "after": json.dumps(r["after"]),
+            }
+            for r in rows
+        ]
+        _print(out if not args.json else rows, args.json)
+    finally:
+        archive.close()
+    return 0
+
+
+def _set_link(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.services.identity import Change, IdentityRejected, PatientKey
+
+    archive, identity = _service(settings)
+    try:
+        a = PatientKey(args.issuer_a, args.patient_id_a)
+        b = PatientKey(args.issuer_b, args.patient_id_b)
+        change = Change(_admin(args.by))
+        try:
+            (identity.link if args.linked else identity.unlink)(a, b, change)
+        except IdentityRejected as exc:
+            print(f"solent: {exc}")
+            return 1
+        print(f"{a} {'linked with' if args.linked else 'unlinked from'} {b}")
+    finally:
+        archive.close()
+    return 0
+
+
+def _queue(args: argparse.Namespace, settings: Settings) -> int:
+    archive, identity = _service(settings)
+    try:
+        _print(identity.work_queue(status=None if args.all else "open"), args.json)
+    finally:
+        archive.close()
+    return 0
+
+
+def _reverse(args: argparse.Namespace, settings: Settings) -> int:
+    archive, identity = _service(settings)
+    try:
+        identity.reverse(args.event, _admin(args.by))
+        print(f"identity event {args.event} reversed")
+    finally:
+        archive.close()
+    return 0
+
+
+def _send(args: argparse.Namespace, settings: Settings) -> int:
+    from hl7.client import MLLPClient
+
+    port = args.port or settings.hl7_port
+    worst = 0
+    with MLLPClient(args.host, port) as client:
+        for path in args.paths:
+            text = path.read_text(encoding="utf-8").replace("\r\n", "\r").replace("\n", "\r")
+            ack = client.send_message(text.strip("\r") + "\r")
+            ack_text = ack.decode("utf-8") if isinstance(ack, bytes) else str(ack)
+            print(ack_text.replace("\r", "\n").strip())
+            if "MSA|AA" not in ack_text:
+                worst = 1
+    return worst
+
+
+def _messages(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.services.inbox import InboxService
+
+    archive, identity = _service(settings)
+    try:
+        rows = InboxService(archive.index, identity).messages(status=args.status, limit=args.limit)
+        keep = (
+            "pk",
+            "received_at",
+            "sender",
+            "control_id",
+            "message_type",
+            "status",
+            "ack_code",
+            "detail",
+        )
+        _print([{k: r[k] for k in keep} for r in rows], args.json)
+    finally:
+        archive.close()
+    return 0

@@ -1,0 +1,248 @@
+"""Reading HL7 v2 ER7 messages with python-hl7 into plain values the services understand.
+
+Fields are taken as text and split on the message's own encoding characters (MSH-2), so a
+field reads the same whether python-hl7 saw repetitions and components in it or not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import hl7
+
+from solent.services.identity import Demographics, PatientKey
+from solent.services.inbox import Rejected as MessageRejected
+
+__all__ = ["CX", "Header", "Message", "MessageRejected", "Segment"]
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    control_id: str
+    message_code: str  # ADT, ORM, OMI, ORU
+    trigger: str  # A40, O01, ...
+    structure: str
+    version: str
+
+    @property
+    def sender(self) -> str:
+        return f"{self.sending_application}^{self.sending_facility}"
+
+    @property
+    def message_type(self) -> str:
+        return f"{self.message_code}^{self.trigger}"
+
+
+@dataclass(frozen=True, slots=True)
+class CX:
+    id: str
+    authority: str  # CX.4 namespace, or its universal ID when the namespace is empty
+    type_code: str  # CX.5: MR, NH, PI, VN ...
+
+
+class Segment:
+    """One segment as text fields, split with the message's encoding characters."""
+
+    def __init__(self, message: Message, fields: list[str]) -> None:
+        self.message = message
+        self.fields = fields
+        self.name = fields[0] if fields else ""
+
+    def field(self, n: int) -> str:
+        """Field n (MSH-n numbering for MSH too) as raw text, '' when absent."""
+        index = n - 1 if self.name == "MSH" else n
+        return self.fields[index] if 0 <= index < len(self.fields) else ""
+
+    def reps(self, n: int) -> list[str]:
+        return [r for r in self.field(n).split(self.message.rep_sep) if r != ""]
+
+    def comps(self, n: int, rep: int = 0) -> list[str]:
+        reps = self.field(n).split(self.message.rep_sep)
+        value = reps[rep] if rep < len(reps) else ""
+        return value.split(self.message.comp_sep)
+
+    def comp(self, n: int, c: int = 1, rep: int = 0) -> str:
+        parts = self.comps(n, rep)
+        return self.message.text(parts[c - 1]) if c - 1 < len(parts) else ""
+
+
+class Message:
+    """A parsed message: python-hl7 validates the structure, we read fields as text."""
+
+    def __init__(self, raw: str) -> None:
+        text = raw.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+        if not text.startswith("MSH") or len(text) < 8:
+            raise MessageRejected("AR", "not an HL7 v2 message: it must start with an MSH segment")
+        try:
+            self.parsed = hl7.parse(text)
+        except Exception as exc:
+            raise MessageRejected("AR", f"unparseable HL7 v2 message: {exc}") from exc
+        self.field_sep = text[3]
+        enc = text[4:8]
+        self.comp_sep, self.rep_sep, self.escape, self.sub_sep = enc[0], enc[1], enc[2], enc[3]
+        self.segments = [
+            Segment(self, line.split(self.field_sep)) for line in text.split("\r") if line.strip()
+        ]
+        self.header = self._header()
+
+    def _header(self) -> Header:
+        msh = self.segments[0]
+        code, trigger, structure = ([*msh.comps(9), "", "", ""])[:3]
+        header = Header(
+            sending_application=msh.comp(3),
+            sending_facility=msh.comp(4),
+            receiving_application=msh.comp(5),
+            receiving_facility=msh.comp(6),
+            control_id=msh.field(10),
+            message_code=code,
+            trigger=trigger,
+            structure=structure,
+            version=msh.comp(12),
+        )
+        if not header.control_id:
+            raise MessageRejected("AR", "MSH-10 (message control ID) is empty")
+        if len(header.control_id) > 64:
+            raise MessageRejected("AR", "MSH-10 (message control ID) is longer than 64 characters")
+        if not header.sending_facility:
+            raise MessageRejected("AR", "MSH-4 (sending facility: the trust's ODS code) is empty")
+        if not code or not trigger:
+            raise MessageRejected("AR", "MSH-9 (message type) must carry a code and a trigger")
+        return header
+
+    def text(self, value: str) -> str:
+        """Unescape HL7 escape sequences (\\F\\, \\S\\, \\T\\, \\R\\, \\E\\)."""
+        if self.escape not in value:
+            return value
+        out: str = self.parsed.unescape(value)
+        return out
+
+    def all(self, name: str) -> list[Segment]:
+        return [s for s in self.segments if s.name == name]
+
+    def first(self, name: str) -> Segment | None:
+        found = self.all(name)
+        return found[0] if found else None
+
+    def need(self, name: str) -> Segment:
+        seg = self.first(name)
+        if seg is None:
+            raise MessageRejected("AE", f"{self.header.message_type} without a {name} segment")
+        return seg
+
+    def cx(self, value: str) -> CX:
+        parts = (value.split(self.comp_sep) + [""] * 5)[:5]
+        authority = parts[3]
+        if self.sub_sep in authority:
+            namespace, universal = ([*authority.split(self.sub_sep), "", ""])[:2]
+            authority = namespace or universal
+        return CX(self.text(parts[0]), self.text(authority), self.text(parts[4]))
+
+    def identifiers(self, seg: Segment, n: int = 3) -> list[CX]:
+        return [self.cx(r) for r in seg.reps(n)]
+
+
+NHS_AUTHORITIES = ("NHS", "2.16.840.1.113883.2.1.4.1")
+
+
+def is_nhs(cx: CX) -> bool:
+    return cx.authority in NHS_AUTHORITIES or cx.type_code == "NH"
+
+
+def local_key(msg: Message, seg: Segment, *, issuer: str | None, n: int = 3) -> PatientKey:
+    """The record PID-3 (or MRG-1) names for ``issuer`` (None: the one non-NHS identifier)."""
+    ids = [cx for cx in msg.identifiers(seg, n) if not is_nhs(cx) and cx.id]
+    if issuer is not None:
+        mine = [cx for cx in ids if cx.authority == issuer]
+        if not mine:
+            where = f"{seg.name}-{n}"
+            found = ", ".join(f"{cx.id}^^^{cx.authority}" for cx in ids) or "none"
+            raise MessageRejected(
+                "AE",
+                f"{where} carries no identifier assigned by the sending trust {issuer} "
+                f"(found: {found}); a trust may only update its own records",
+            )
+        ids = mine
+    if not ids:
+        raise MessageRejected("AE", f"{seg.name}-{n} carries no local patient identifier")
+    cx = ids[0]
+    if not cx.authority:
+        raise MessageRejected(
+            "AE", f"{seg.name}-{n} identifier {cx.id} has no assigning authority (CX.4)"
+        )
+    if len(cx.id) > 64:
+        raise MessageRejected("AE", f"{seg.name}-{n} identifier is longer than 64 characters")
+    return PatientKey(cx.authority, cx.id)
+
+
+def person_name(msg: Message, seg: Segment, n: int) -> str | None:
+    """XPN (family^given^middle^suffix^prefix) as a DICOM PN (family^given^middle)."""
+    raw = seg.field(n)
+    if raw == "":
+        return None
+    if raw == '""':
+        return ""
+    parts = [msg.text(p) for p in ([*seg.comps(n), "", "", ""])[:3]]
+    return "^".join(parts).rstrip("^")
+
+
+def xcn_name(msg: Message, seg: Segment, n: int) -> str | None:
+    """XCN (id^family^given^middle...) as a DICOM PN."""
+    parts = seg.comps(n)
+    if len(parts) < 2:
+        return None
+    name = "^".join(msg.text(p) for p in ([*parts[1:4], "", ""])[:3]).rstrip("^")
+    return name[:324] or None
+
+
+def dicom_sex(value: str) -> str | None:
+    if not value:
+        return None
+    return {"M": "M", "F": "F"}.get(value.upper(), "O")
+
+
+def demographics(msg: Message, pid: Segment) -> Demographics:
+    nhs_ids = [cx for cx in msg.identifiers(pid) if is_nhs(cx) and cx.id]
+    dob = pid.comp(7)[:8] or None
+    if dob is not None and not (len(dob) == 8 and dob.isdigit()):
+        raise MessageRejected("AE", f"PID-7 date of birth {dob!r} is not YYYYMMDD")
+    address_parts = [msg.text(p) for p in pid.comps(11) if p]
+    pd1 = msg.first("PD1")
+    return Demographics(
+        name=person_name(msg, pid, 5),
+        birth_date=dob,
+        sex=dicom_sex(pid.comp(8)),
+        nhs_number=nhs_ids[0].id if nhs_ids else None,
+        nhs_status=pid.comp(32) or None,
+        address=", ".join(address_parts) or None,
+        phone=pid.comp(13) or None,
+        gp_practice="^".join(filter(None, pd1.comps(3))) or None if pd1 else None,
+        gp=xcn_name(msg, pd1, 4) if pd1 else None,
+    )
+
+
+def timestamp(value: str) -> tuple[str | None, str | None]:
+    """HL7 DTM -> (DICOM DA, DICOM TM)."""
+    digits = value.split("+")[0].split("-")[0]
+    if len(digits) < 8 or not digits[:8].isdigit():
+        return None, None
+    return digits[:8], (digits[8:14] or None)
+
+
+def first_nonempty(*values: str) -> str:
+    for v in values:
+        if v:
+            return v
+    return ""
+
+
+def as_dict(header: Header) -> dict[str, Any]:
+    return {
+        "sender": header.sender,
+        "control_id": header.control_id,
+        "message_type": header.message_type,
+    }

@@ -1,0 +1,336 @@
+"""From one HL7 v2 message to calls on the identity service and the inbox, and back to an ACK.
+
+Error table: unreadable message, unknown sender or unsupported type -> AR; a message the
+services refuse (unknown patient, merge across trusts, bad field) -> AE; applied -> AA, sent
+only after the change and the journal entry are committed together.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import Connection
+
+from solent.domain import nhs_number as nhs
+from solent.domain.principal import Principal, PrincipalKind
+from solent.errors import IndexUnavailable
+from solent.index.sql import Index
+from solent.protocols.hl7 import er7
+from solent.protocols.hl7.ack import build_ack
+from solent.protocols.hl7.er7 import Message, MessageRejected
+from solent.services.identity import Change, IdentityService
+from solent.services.inbox import Envelope, InboxService, Outcome, Rejected
+
+log = logging.getLogger(__name__)
+
+ADT_UPDATES = ("A01", "A04", "A08", "A28", "A31")
+ORDER_STATUS = {"SC": "SCHEDULED", "IP": "STARTED", "CM": "COMPLETED", "CA": "DISCONTINUED"}
+REPORT_STATUSES = ("P", "F", "C", "A", "R", "S", "I", "X")
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+class Hl7Handler:
+    """Stateless: any number of listeners in any number of processes may share an index."""
+
+    def __init__(self, index: Index, *, link_senders: tuple[str, ...] = ()) -> None:
+        self.index = index
+        self.identity = IdentityService(index)
+        self.inbox = InboxService(index, self.identity)
+        self.link_senders = link_senders
+        self._known_trusts: set[str] = set()
+
+    def handle_bytes(self, data: bytes, remote: str | None = None) -> bytes:
+        return self.handle(_decode(data), remote).encode("utf-8")
+
+    def handle(self, raw: str, remote: str | None = None) -> str:
+        try:
+            msg = Message(raw)
+        except MessageRejected as exc:
+            env = Envelope(None, None, None, raw, remote)
+            self._keep_rejected(env, exc.code, exc.reason)
+            return build_ack(None, exc.code, exc.reason)
+        h = msg.header
+        env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, h.sending_facility)
+        try:
+            apply = self._route(msg)
+        except MessageRejected as exc:
+            outcome = self._reject_journalled(env, exc.code, exc.reason)
+            return build_ack(msg, outcome.code, outcome.detail)
+        principal = Principal(
+            PrincipalKind.NODE, f"hl7:{h.sending_application}", h.sending_facility, address=remote
+        )
+        try:
+            outcome = self.inbox.process(env, lambda pk: Change(principal, pk), apply)
+        except IndexUnavailable as exc:
+            log.error("HL7 %s %s not applied: %s", h.message_type, h.control_id, exc)
+            outcome = Outcome("AR", "temporarily unable to store the message; resend it later")
+        log.info(
+            "HL7 %s %s from %s: %s %s",
+            h.message_type,
+            h.control_id,
+            h.sender,
+            outcome.code,
+            outcome.detail,
+        )
+        return build_ack(msg, outcome.code, outcome.detail)
+
+    def reapply(self, pk: int, raw: str, remote: str | None) -> Outcome:
+        """Apply a message journalled by a process that died before applying it."""
+        msg = Message(raw)
+        h = msg.header
+        env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, h.sending_facility)
+        principal = Principal(
+            PrincipalKind.NODE, f"hl7:{h.sending_application}", h.sending_facility, address=remote
+        )
+        try:
+            apply = self._route(msg)
+        except MessageRejected as exc:
+            return self._reject_journalled(env, exc.code, exc.reason)
+        return self.inbox.apply_journalled(pk, env, Change(principal, pk), apply)
+
+    def recover(self) -> int:
+        """Apply every journalled-but-unapplied message, oldest first; returns how many."""
+        done = 0
+        for row in self.inbox.pending():
+            try:
+                self.reapply(int(row["pk"]), row["raw"], row["remote_address"])
+                done += 1
+            except Exception:
+                log.exception("could not re-apply journalled HL7 message %s", row["pk"])
+        return done
+
+    def _keep_rejected(self, env: Envelope, code: str, reason: str) -> None:
+        try:
+            self.inbox.reject_unjournalled(env, code, reason)
+        except Exception:
+            log.exception("could not journal a rejected HL7 message")
+
+    def _reject_journalled(self, env: Envelope, code: str, reason: str) -> Outcome:
+        """Refuse a readable message; a replay of a refused message gets the same answer."""
+        pk, earlier = self.inbox.journal(env)
+        if earlier is not None and earlier["status"] != "received":
+            return Outcome(earlier["ack_code"] or code, earlier["detail"] or reason, True)
+
+        def fail(conn: Connection, change: Change) -> str:
+            raise Rejected(code, reason)
+
+        return self.inbox.apply_journalled(pk, env, Change(_nobody()), fail)
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def _route(self, msg: Message) -> Callable[[Connection, Change], str]:
+        h = msg.header
+        code, trigger = h.message_code.upper(), h.trigger.upper()
+        if code == "ADT" and trigger in ("A24", "A37"):
+            self._check_link_sender(h.sending_facility)
+            return lambda conn, change: self._link(msg, trigger, conn, change)
+        self._check_trust(h.sending_facility)
+        if code == "ADT" and trigger in ADT_UPDATES:
+            return lambda conn, change: self._update(msg, conn, change)
+        if code == "ADT" and trigger == "A40":
+            return lambda conn, change: self._merge(msg, conn, change)
+        if code == "ADT" and trigger == "A47":
+            return lambda conn, change: self._renumber(msg, conn, change)
+        if (code, trigger) in (("ORM", "O01"), ("OMI", "O23")):
+            return lambda conn, change: self._order(msg, conn, change)
+        if (code, trigger) == ("ORU", "R01"):
+            return lambda conn, change: self._report(msg, conn, change)
+        raise MessageRejected("AR", f"unsupported message type {h.message_type}")
+
+    def _check_trust(self, facility: str) -> None:
+        # Trusts are added, never removed, so a trust once seen needs no second look-up.
+        if facility in self._known_trusts:
+            return
+        if self.index.get_trust(facility) is None:
+            raise MessageRejected(
+                "AR", f"MSH-4 sending facility {facility} is not a registered trust"
+            )
+        self._known_trusts.add(facility)
+
+    def _check_link_sender(self, facility: str) -> None:
+        if facility in self.link_senders:
+            return
+        self._check_trust(facility)
+
+    # -- ADT -------------------------------------------------------------------------------
+
+    def _update(self, msg: Message, conn: Connection, change: Change) -> str:
+        pid = msg.need("PID")
+        key = er7.local_key(msg, pid, issuer=msg.header.sending_facility)
+        self.identity.update_record(key, er7.demographics(msg, pid), change, conn=conn)
+        return f"record {key} updated"
+
+    def _merge(self, msg: Message, conn: Connection, change: Change) -> str:
+        pid, mrg = msg.need("PID"), msg.need("MRG")
+        facility = msg.header.sending_facility
+        target = er7.local_key(msg, pid, issuer=facility)
+        source = er7.local_key(msg, mrg, issuer=None, n=1)
+        self.identity.merge(
+            target,
+            source,
+            er7.demographics(msg, pid),
+            change,
+            prior_name=er7.person_name(msg, mrg, 7),
+            conn=conn,
+        )
+        return f"{source} merged into {target}; {source.local_id} kept as a retired identifier"
+
+    def _renumber(self, msg: Message, conn: Connection, change: Change) -> str:
+        pid, mrg = msg.need("PID"), msg.need("MRG")
+        facility = msg.header.sending_facility
+        new = er7.local_key(msg, pid, issuer=facility)
+        old = er7.local_key(msg, mrg, issuer=None, n=1)
+        self.identity.change_identifier(new, old, change, conn=conn)
+        return f"identifier {old} changed to {new}"
+
+    def _link(self, msg: Message, trigger: str, conn: Connection, change: Change) -> str:
+        pids = msg.all("PID")
+        if len(pids) != 2:
+            raise Rejected("AE", f"ADT^{trigger} needs exactly two PID segments")
+        a = er7.local_key(msg, pids[0], issuer=None)
+        b = er7.local_key(msg, pids[1], issuer=None)
+        if trigger == "A24":
+            self.identity.link(a, b, change, source="hl7:A24", conn=conn)
+            return f"{a} linked with {b}"
+        self.identity.unlink(a, b, change, source="hl7:A37", conn=conn)
+        return f"{a} unlinked from {b}"
+
+    # -- orders ----------------------------------------------------------------------------
+
+    def _order(self, msg: Message, conn: Connection, change: Change) -> str:
+        facility = msg.header.sending_facility
+        pid, orc = msg.need("PID"), msg.need("ORC")
+        obr = msg.need("OBR")
+        ipc = msg.first("IPC")
+        zds = msg.first("ZDS")
+        tq1 = msg.first("TQ1")
+        key = er7.local_key(msg, pid, issuer=facility)
+        accession = er7.first_nonempty(
+            ipc.comp(1) if ipc else "", obr.comp(18), obr.comp(3), orc.comp(3)
+        )
+        if not accession:
+            raise Rejected("AE", "order without an accession number (OBR-18, IPC-1 or OBR-3)")
+        _max(accession, 16, "accession number")
+        control = orc.comp(1).upper()
+        context = {
+            "accession_number": accession,
+            "accession_issuer": facility,
+            "placer_order": orc.comp(2) or obr.comp(2) or None,
+            "filler_order": orc.comp(3) or obr.comp(3) or None,
+            "order_control": control or None,
+            "order_status": orc.comp(5) or None,
+            "procedure_code": obr.comp(4, 1) or None,
+            "procedure_coding_system": obr.comp(4, 3) or None,
+            "clinical_details": msg.text(obr.field(13)) or None,
+            "message_pk": change.message_pk,
+        }
+        if control in ("CA", "DC", "OC", "OD"):
+            return self.inbox.order_status(conn, accession, facility, "DISCONTINUED", context)
+        if control == "SC" and orc.comp(5) in ORDER_STATUS:
+            return self.inbox.order_status(
+                conn, accession, facility, ORDER_STATUS[orc.comp(5)], context
+            )
+        if control not in ("NW", "XO", ""):
+            raise Rejected("AE", f"unsupported order control ORC-1 {control}")
+        demo = er7.demographics(msg, pid)
+        if self.identity.resolve(key.issuer, key.local_id, conn=conn) is None:
+            self.identity.update_record(key, demo, change, conn=conn)
+        start = er7.first_nonempty(
+            tq1.comp(7) if tq1 else "", orc.comp(7, 4), obr.comp(27, 4), obr.comp(7)
+        )
+        date, time = er7.timestamp(start)
+        if date is None:
+            raise Rejected("AE", "order without a scheduled start (TQ1-7, ORC-7.4 or OBR-7)")
+        modality = er7.first_nonempty(ipc.comp(5) if ipc else "", obr.comp(24))
+        if not modality:
+            raise Rejected("AE", "order without a modality (OBR-24 or IPC-5)")
+        study_uid = (
+            er7.first_nonempty(ipc.comp(3) if ipc else "", zds.comp(1) if zds else "")
+            or f"2.25.{uuid.uuid4().int}"
+        )
+        number = nhs.normalise(demo.nhs_number or "")
+        order = {
+            "accession_number": accession,
+            "accession_issuer": facility,
+            "patient_issuer": key.issuer,
+            "patient_id": key.local_id,
+            "patient_name": demo.name,
+            "patient_birth_date": demo.birth_date,
+            "patient_sex": demo.sex,
+            "nhs_number": number if nhs.is_valid(number) else None,
+            "study_instance_uid": _max(study_uid, 64, "Study Instance UID"),
+            "requested_procedure_id": _max(
+                er7.first_nonempty(ipc.comp(2) if ipc else "", obr.comp(19)), 16, "procedure ID"
+            )
+            or None,
+            "requested_procedure_description": (obr.comp(4, 2) or None) and obr.comp(4, 2)[:64],
+            "referring_physician": er7.xcn_name(msg, orc, 12) or er7.xcn_name(msg, obr, 16),
+            "modality": _max(modality, 16, "modality"),
+            "scheduled_start_date": date,
+            "scheduled_start_time": time,
+            "scheduled_procedure_step_id": _max(
+                er7.first_nonempty(ipc.comp(4) if ipc else "", obr.comp(20)), 16, "SPS ID"
+            )
+            or None,
+            "scheduled_procedure_step_description": (obr.comp(4, 2) or None)
+            and obr.comp(4, 2)[:64],
+            "scheduled_station_ae_title": (ipc.comp(9) if ipc else "")[:16] or None,
+        }
+        return self.inbox.place_order(conn, change, order, context)
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def _report(self, msg: Message, conn: Connection, change: Change) -> str:
+        facility = msg.header.sending_facility
+        pid, obr = msg.need("PID"), msg.need("OBR")
+        key = er7.local_key(msg, pid, issuer=facility)
+        accession = er7.first_nonempty(obr.comp(18), obr.comp(3))
+        if not accession:
+            raise Rejected("AE", "report without an accession number (OBR-18 or OBR-3)")
+        _max(accession, 16, "accession number")
+        status = obr.comp(25).upper() or "F"
+        if status not in REPORT_STATUSES:
+            raise Rejected("AE", f"OBR-25 result status {status!r} is not a known status")
+        lines: list[str] = []
+        for obx in msg.all("OBX"):
+            kind = obx.comp(2).upper()
+            if kind in ("TX", "FT", "ST"):
+                lines.extend(msg.text(r) for r in obx.field(5).split(msg.rep_sep))
+            elif kind == "ED":
+                lines.append("[encapsulated document: see the RIS]")
+        for nte in msg.all("NTE"):
+            lines.append(msg.text(nte.field(3)))
+        if not lines:
+            raise Rejected("AE", "report without text (OBX TX/FT/ST or ED)")
+        interpreter = obr.comps(32)[0].split(msg.sub_sep) if obr.field(32) else []
+        report = {
+            "accession_number": accession,
+            "accession_issuer": facility,
+            "status": status,
+            "patient_issuer": key.issuer,
+            "patient_id": key.local_id,
+            "procedure": (obr.comp(4, 2) or obr.comp(4, 1))[:200] or None,
+            "text": "\n".join(lines),
+            "interpreter": "^".join(interpreter[1:4]).rstrip("^")[:200] or None,
+            "observed_at": (obr.comp(22) or obr.comp(7))[:26] or None,
+            "message_pk": change.message_pk,
+        }
+        return self.inbox.file_report(conn, report, key)
+
+
+def _max(value: str, length: int, what: str) -> str:
+    if len(value) > length:
+        raise Rejected("AE", f"{what} {value!r} is longer than {length} characters")
+    return value
+
+
+def _nobody() -> Principal:
+    return Principal(PrincipalKind.SYSTEM, "hl7-inbox", None)

@@ -1,0 +1,108 @@
+"""The MLLP listener `solent serve` starts: one thread per connection, messages in order.
+
+Each message is handled to completion (journalled, applied, committed) before its ACK is
+written and before the next message of that connection is read, so a sender's messages are
+applied in the order sent. On start, messages journalled by a process that died before
+applying them are applied first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import threading
+from typing import Any
+
+from solent.app import Archive
+from solent.protocols.hl7.handler import Hl7Handler
+from solent.protocols.hl7.mllp import Deframer, FramingError, frame
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT_S = 600.0
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], handler: Hl7Handler) -> None:
+        self.hl7 = handler
+        self.connections: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        super().__init__(address, _Connection)
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(IDLE_TIMEOUT_S)
+        remote = f"{self.client_address[0]}:{self.client_address[1]}"
+        with self.server.lock:
+            self.server.connections.add(sock)
+        deframer = Deframer()
+        try:
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except (TimeoutError, OSError):
+                    return
+                if not data:
+                    return
+                try:
+                    messages = deframer.feed(data)
+                except FramingError as exc:
+                    log.warning("HL7 connection from %s closed: %s", remote, exc)
+                    return
+                for message in messages:
+                    ack = self.server.hl7.handle_bytes(message, remote)
+                    sock.sendall(frame(ack))
+        finally:
+            with self.server.lock:
+                self.server.connections.discard(sock)
+
+
+class Hl7Listener:
+    """HL7 v2 MLLP server (SOLENT_HL7_PORT)."""
+
+    name = "hl7"
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        link_senders = archive.settings.hl7_link_senders
+        self.handler = Hl7Handler(
+            archive.index,
+            link_senders=tuple(s.strip() for s in str(link_senders).split(",") if s.strip()),
+        )
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        recovered = self.handler.recover()
+        if recovered:
+            log.info("applied %d HL7 message(s) journalled before a restart", recovered)
+        settings = self.archive.settings
+        self._server = _Server((settings.bind_address, settings.hl7_port), self.handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="hl7-mllp", daemon=True
+        )
+        self._thread.start()
+        port: Any = self._server.server_address[1]
+        return int(port)
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        with server.lock:
+            for sock in list(server.connections):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        server.server_close()

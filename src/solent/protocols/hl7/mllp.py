@@ -1,0 +1,44 @@
+"""MLLP framing (HL7 v2 Minimal Lower Layer Protocol): <VT> message <FS><CR>."""
+
+from __future__ import annotations
+
+START = b"\x0b"
+END = b"\x1c\x0d"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class FramingError(Exception):
+    """The peer sent bytes that are not MLLP, or a message larger than we accept."""
+
+
+def frame(message: bytes) -> bytes:
+    return START + message + END
+
+
+class Deframer:
+    """Collects received bytes and yields whole messages (without the framing)."""
+
+    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self.buffer = bytearray()
+        self.max_bytes = max_bytes
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buffer += data
+        out: list[bytes] = []
+        while True:
+            start = self.buffer.find(START)
+            if start < 0:
+                if self.buffer.strip():
+                    raise FramingError("data outside an MLLP frame")
+                self.buffer.clear()
+                return out
+            if self.buffer[:start].strip():
+                raise FramingError("data before the MLLP start block")
+            end = self.buffer.find(END, start + 1)
+            if end < 0:
+                if len(self.buffer) - start > self.max_bytes:
+                    raise FramingError(f"message larger than {self.max_bytes} bytes")
+                del self.buffer[:start]
+                return out
+            out.append(bytes(self.buffer[start + 1 : end]))
+            del self.buffer[: end + len(END)]

@@ -1,0 +1,92 @@
+"""Who is calling: an Authorization header in, a Principal (or a reason for refusal) out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+
+from solent.domain.principal import Principal, PrincipalKind
+from solent.index import security as sec
+from solent.index.sql import Index
+from solent.security import tokens
+from solent.security.oidc import OidcVerifier
+from solent.security.tokens import TokenInvalid
+from solent.security.users import UserService, principal_of
+from solent.services.access import Role
+from solent.settings import Settings
+
+
+class AuthenticationFailed(Exception):
+    """Refused; the message is safe to show (it never echoes the credential)."""
+
+
+class Authenticator:
+    def __init__(self, index: Index, settings: Settings, users: UserService) -> None:
+        self.index = index
+        self.settings = settings
+        self.users = users
+        self.oidc: OidcVerifier | None = None
+        if settings.oidc_issuer:
+            self.oidc = OidcVerifier(
+                settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_url
+            )
+
+    def bearer(self, token: str, address: str | None) -> Principal:
+        token = token.strip()
+        if not token or len(token) > 16384:
+            raise AuthenticationFailed("empty or oversized bearer token")
+        if token.startswith(tokens.API_TOKEN_PREFIX):
+            return self._api_token(token, address)
+        if not tokens.looks_like_jwt(token):
+            raise AuthenticationFailed("the bearer token is not a token Solent issued or trusts")
+        iss = tokens.unverified_issuer(token)
+        try:
+            if self.oidc is not None and iss == self.oidc.issuer:
+                return self._oidc_principal(self.oidc.verify(token), address)
+            claims = tokens.verify_local(self.users.key, token)
+        except TokenInvalid as exc:
+            raise AuthenticationFailed(str(exc)) from exc
+        return self._user(str(claims["sub"]), address)
+
+    def basic(self, header_value: str, address: str | None) -> tuple[str, str]:
+        try:
+            raw = base64.b64decode(header_value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise AuthenticationFailed("malformed Basic credentials") from exc
+        name, sep, password = raw.partition(":")
+        if not sep:
+            raise AuthenticationFailed("malformed Basic credentials")
+        return name, password
+
+    def _user(self, name: str, address: str | None) -> Principal:
+        row = sec.get_user(self.index, name)
+        if row is None or row.disabled:
+            raise AuthenticationFailed("the user of this token does not exist or is disabled")
+        return principal_of(row, address)
+
+    def _api_token(self, token: str, address: str | None) -> Principal:
+        found = sec.find_api_token(self.index, tokens.api_token_digest(token))
+        if found is None:
+            raise AuthenticationFailed("unknown or revoked API token")
+        user, expires = found
+        if expires is not None:
+            if expires.tzinfo is None:
+                expires = expires.replace(tzinfo=UTC)
+            if expires <= datetime.now(UTC):
+                raise AuthenticationFailed("the API token has expired")
+        return self._user(user, address)
+
+    def _oidc_principal(self, claims: dict[str, object], address: str | None) -> Principal:
+        name = claims.get("preferred_username") or claims.get("sub")
+        trust = claims.get("trust")
+        raw_roles = claims.get("roles") or []
+        known = {r.value for r in Role}
+        roles = frozenset(
+            str(r) for r in (raw_roles if isinstance(raw_roles, list) else []) if str(r) in known
+        )
+        if not isinstance(name, str) or not name:
+            raise AuthenticationFailed("the token names no user")
+        if not isinstance(trust, str) or self.index.get_trust(trust) is None:
+            raise AuthenticationFailed("the token's 'trust' claim names no registered trust")
+        return Principal(PrincipalKind.USER, name[:200], trust, roles, address)

@@ -1,0 +1,276 @@
+"""`solent user ...`, `solent token create`, `solent audit verify|export|search`.
+
+The first administrator is created here (there are no default passwords); whoever runs the CLI
+on the server acts as the system and is audited as ``cli:<os user>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from solent.domain.principal import Principal, PrincipalKind
+from solent.errors import ConfigurationError, InvalidInput
+from solent.settings import Settings
+
+
+def register(sub: Any) -> None:
+    u = sub.add_parser("user", help="manage local users").add_subparsers(
+        dest="action", required=True
+    )
+    ua = u.add_parser("add", help="add a user (the password is asked for unless --password)")
+    ua.add_argument("name")
+    ua.add_argument("--trust", required=True, help="code of the user's trust (organisation)")
+    ua.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        help="clinician, radiologist, mdt_coordinator, pacs_admin, auditor, integration "
+        "(repeat or comma-separate)",
+    )
+    ua.add_argument("--also-trust", action="append", default=[], help="further trusts (repeat)")
+    ua.add_argument("--password", help="the password (else asked for, twice)")
+    ua.add_argument(
+        "--no-password", action="store_true", help="service account: API tokens only, no login"
+    )
+    ua.set_defaults(handler=_user_add)
+    ul = u.add_parser("list", help="list users")
+    ul.add_argument("--json", action="store_true")
+    ul.set_defaults(handler=_user_list)
+    ud = u.add_parser("disable", help="disable a user (their tokens stop working at once)")
+    ud.add_argument("name")
+    ud.set_defaults(handler=_user_disable)
+    up = u.add_parser("password", help="set a user's password")
+    up.add_argument("name")
+    up.add_argument("--password")
+    up.set_defaults(handler=_user_password)
+
+    t = sub.add_parser("token", help="issue bearer tokens").add_subparsers(
+        dest="action", required=True
+    )
+    tc = t.add_parser("create", help="print a bearer token for a user (last line of output)")
+    tc.add_argument("--user", required=True)
+    tc.add_argument(
+        "--api", action="store_true", help="a long-lived service API token instead of a login one"
+    )
+    tc.add_argument("--days", type=int, help="lifetime of an --api token (default: no expiry)")
+    tc.add_argument("--label", default="", help="what the --api token is for")
+    tc.set_defaults(handler=_token_create)
+
+    a = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="action", required=True)
+    av = a.add_parser("verify", help="prove the hash chain: no record changed, deleted or moved")
+    av.add_argument("--json", action="store_true")
+    av.set_defaults(handler=_audit_verify)
+    ae = a.add_parser("export", help="export records as DICOM audit XML or FHIR AuditEvent")
+    ae.add_argument("--format", choices=("dicom", "fhir"), default="dicom")
+    ae.add_argument("--after", type=int, default=0, help="only records after this sequence number")
+    ae.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    ae.add_argument(
+        "--syslog",
+        action="store_true",
+        help="send DICOM audit messages to SOLENT_AUDIT_SYSLOG_URL (RFC 5424 over TLS)",
+    )
+    ae.set_defaults(handler=_audit_export)
+    asr = a.add_parser("search", help="records of one patient or one user")
+    asr.add_argument("--patient-id")
+    asr.add_argument("--issuer")
+    asr.add_argument("--nhs-number")
+    asr.add_argument("--user")
+    asr.add_argument("--limit", type=int, default=100)
+    asr.set_defaults(handler=_audit_search)
+
+
+def login_hint(archive: Any) -> str:
+    """What `solent serve` prints so a first-time user knows how to get in."""
+    from solent.index.security import list_users
+
+    if not list_users(archive.index):
+        return (
+            "No users yet; every route but /health needs a bearer token. Create one, e.g.:\n"
+            "  solent user add alice --trust ZZA --role clinician\n"
+            "  solent token create --user alice    (prints the token as its last line)\n"
+            "  curl -H 'Authorization: Bearer <token>' http://HOST:PORT/api/studies"
+        )
+    return (
+        "Log in: POST /api/auth/token with HTTP Basic user:password for a bearer token, "
+        "or `solent token create --user NAME`."
+    )
+
+
+def _cli_principal() -> Principal:
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    return Principal(PrincipalKind.SYSTEM, f"cli:{who}", None)
+
+
+def _archive(settings: Settings) -> Any:
+    from solent.app import build_archive
+
+    return build_archive(settings)
+
+
+def _users(settings: Settings) -> Any:
+    from solent.security.users import UserService
+
+    archive = _archive(settings)
+    return UserService(archive.index, settings, archive.audit)
+
+
+def _ask_password() -> str:
+    if not sys.stdin.isatty():
+        raise InvalidInput("give --password (no terminal to ask on)")
+    first = getpass.getpass("Password (12+ characters): ")
+    if first != getpass.getpass("Again: "):
+        raise InvalidInput("the two passwords differ")
+    return first
+
+
+def _user_add(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.security.users import parse_roles
+
+    roles = parse_roles(args.role)
+    if args.no_password and args.password:
+        raise ConfigurationError("--no-password and --password exclude each other")
+    password = None if args.no_password else (args.password or _ask_password())
+    others = tuple(c.strip() for v in args.also_trust for c in v.split(",") if c.strip())
+    users = _users(settings)
+    row = users.add(_cli_principal(), args.name, args.trust, roles, password, others)
+    print(f"user {row.name} added at trust {row.trust} with role(s) {', '.join(row.roles)}")
+    return 0
+
+
+def _user_list(args: argparse.Namespace, settings: Settings) -> int:
+    users = _users(settings)
+    rows = [
+        {
+            "name": r.name,
+            "trust": r.trust,
+            "other_trusts": ",".join(r.other_trusts),
+            "roles": ",".join(r.roles),
+            "login": "password" if r.password_hash else "api-token",
+            "disabled": r.disabled,
+        }
+        for r in users.list()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("(no users; add one with `solent user add NAME --trust CODE --role ROLE`)")
+    else:
+        cols = list(rows[0])
+        widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+        print("  ".join(c.upper().ljust(widths[c]) for c in cols))
+        for r in rows:
+            print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    return 0
+
+
+def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
+    users = _users(settings)
+    users.disable(_cli_principal(), args.name)
+    print(f"user {args.name} disabled")
+    return 0
+
+
+def _user_password(args: argparse.Namespace, settings: Settings) -> int:
+    users = _users(settings)
+    users.set_password(_cli_principal(), args.name, args.password or _ask_password())
+    print(f"password of {args.name} set")
+    return 0
+
+
+def _token_create(args: argparse.Namespace, settings: Settings) -> int:
+    users = _users(settings)
+    if args.api:
+        issued = users.issue_api_token(_cli_principal(), args.user, args.label, args.days)
+    else:
+        issued = users.issue(args.user, actor=_cli_principal())
+    until = issued.expires_at.isoformat() if issued.expires_at else "revoked"
+    print(f"bearer token for {args.user}, valid until {until}:", file=sys.stderr)
+    print(issued.token)
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.services.audit import AuditAction
+
+    archive = _archive(settings)
+    report = archive.audit.verify()
+    if args.json:
+        print(
+            json.dumps(
+                {"intact": report.intact, "records": report.records, "problems": report.problems}
+            )
+        )
+    else:
+        for problem in report.problems:
+            print(f"TAMPERED: {problem}")
+        print(
+            f"audit trail intact: {report.records} records, hash chain verified"
+            if report.intact
+            else f"audit trail NOT intact: {len(report.problems)} problem(s) in "
+            f"{report.records} records"
+        )
+    archive.audit.record(
+        _cli_principal(), AuditAction.AUDIT_LOG_USED, detail={"verify": report.intact}
+    )
+    return 0 if report.intact else 1
+
+
+def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.security import auditformats, syslog
+    from solent.services.audit import AuditAction
+
+    archive = _archive(settings)
+    records = list(archive.audit.iter_records(args.after))
+    if args.syslog:
+        if not settings.audit_syslog_url:
+            raise ConfigurationError("set SOLENT_AUDIT_SYSLOG_URL=tls://host:port first")
+        sent = syslog.send(
+            settings.audit_syslog_url,
+            (syslog.rfc5424(auditformats.dicom_xml(r), r["outcome"], at=r["at"]) for r in records),
+            settings.audit_syslog_ca_file,
+        )
+        print(f"{sent} audit messages sent to {settings.audit_syslog_url}")
+    else:
+        if args.format == "fhir":
+            text = json.dumps(auditformats.fhir_bundle(records), indent=1)
+        else:
+            text = "\n".join(auditformats.dicom_xml(r) for r in records)
+        if args.output:
+            args.output.write_text(text + "\n", encoding="utf-8")
+            print(f"{len(records)} audit records written to {args.output}")
+        else:
+            print(text)
+    archive.audit.record(
+        _cli_principal(),
+        AuditAction.EXPORT,
+        detail={"audit_export": args.format, "records": len(records), "syslog": args.syslog},
+    )
+    return 0
+
+
+def _audit_search(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.services.audit import AuditAction
+
+    archive = _archive(settings)
+    criteria = {
+        "patient_id": args.patient_id,
+        "patient_issuer": args.issuer,
+        "nhs_number": args.nhs_number,
+        "actor_name": args.user,
+    }
+    rows = archive.audit.search(**criteria, limit=args.limit)
+    print(json.dumps(rows, indent=1, default=str))
+    archive.audit.record(
+        _cli_principal(),
+        AuditAction.AUDIT_LOG_USED,
+        detail={k: v for k, v in criteria.items() if v} | {"results": len(rows)},
+    )
+    return 0

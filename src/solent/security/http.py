@@ -1,0 +1,272 @@
+"""HTTP enforcement: every route but /health needs an authenticated principal.
+
+A pure ASGI middleware (so it also covers mounted sub-apps and routers added later by any
+adapter) authenticates the ``Authorization`` header, applies the per-principal rate limit and
+the body-size / multipart-part limits, and puts the Principal on ``request.state.principal``.
+Routes get it with the ``current_principal`` dependency::
+
+    from solent.security.http import current_principal
+    def route(principal: Annotated[Principal, Depends(current_principal)]) -> ...
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from solent.app import Archive
+from solent.domain.principal import Principal, PrincipalKind
+from solent.errors import InvalidInput, NotFound
+from solent.security.authn import AuthenticationFailed, Authenticator
+from solent.security.users import UserService
+from solent.services.access import AccessDenied
+from solent.services.audit import AuditAction, AuditOutcome
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Paths anyone may reach. Everything else, including routes added later, needs a principal.
+PUBLIC_PATHS = frozenset({"/health"})
+# Where a password (HTTP Basic) is exchanged for a bearer token; the only place Basic works.
+LOGIN_PATH = "/api/auth/token"
+
+
+class RequestTooLarge(HTTPException):
+    """The body or its multipart part count exceeds the configured limits (413)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=413, detail=detail)
+
+
+def current_principal(request: Request) -> Principal:
+    """FastAPI dependency: the authenticated caller (401 if the middleware did not set one)."""
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
+        raise HTTPException(
+            status_code=401,
+            detail="authentication required",
+            headers={"WWW-Authenticate": 'Bearer realm="solent"'},
+        )
+    return principal
+
+
+class RateLimiter:
+    """A token bucket per principal (per process): ``rate`` per second, bursts of 2 s."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate * 2)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            if tokens < 1:
+                self._buckets[key] = (tokens, now)
+                return False
+            self._buckets[key] = (tokens - 1, now)
+            if len(self._buckets) > 100_000:  # forget idle callers rather than grow forever
+                self._buckets.clear()
+            return True
+
+
+class FailureThrottle:
+    """Slows password guessing: after ``burst`` failures for one name, one try per ``every`` s."""
+
+    def __init__(self, burst: int = 5, every: float = 5.0) -> None:
+        self.capacity = float(burst)
+        self.rate = 1.0 / every
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def _level(self, key: str, now: float) -> float:
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - last) * self.rate)
+
+    def blocked(self, key: str) -> bool:
+        with self._lock:
+            return self._level(key, time.monotonic()) < 1
+
+    def failed(self, key: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._buckets[key] = (self._level(key, now) - 1, now)
+            if len(self._buckets) > 100_000:
+                self._buckets.clear()
+
+
+class _PartCounter:
+    """Counts multipart delimiters in a streamed body without buffering it."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.delimiter = b"--" + boundary
+        self.tail = b""
+        self.count = 0
+
+    def feed(self, chunk: bytes) -> int:
+        data = self.tail + chunk
+        self.count += data.count(self.delimiter)
+        keep = len(self.delimiter) - 1
+        self.tail = data[-keep:] if keep else b""
+        return max(0, self.count - 1)  # the closing delimiter ends the last part
+
+
+def _boundary(headers: dict[str, str]) -> bytes | None:
+    ctype = headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/"):
+        return None
+    for param in ctype.split(";")[1:]:
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "boundary" and value:
+            return value.strip('"').encode("latin-1", "replace")
+    return None
+
+
+class SecurityMiddleware:
+    def __init__(self, app: ASGIApp, archive: Archive, authenticator: Authenticator) -> None:
+        self.app = app
+        self.archive = archive
+        self.authenticator = authenticator
+        settings = archive.settings
+        self.limiter = RateLimiter(settings.rate_limit_per_second)
+        self.max_body = settings.max_body_bytes
+        self.max_parts = settings.max_multipart_parts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        if path in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = client[0] if client else None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope.get("method") == "OPTIONS" and "access-control-request-method" in headers:
+            # A CORS preflight: browsers never send credentials on it, and it carries no data.
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = await run_in_threadpool(self._authenticate, headers, path, address)
+        except AuthenticationFailed as exc:
+            if not self.limiter.allow(f"addr:{address}"):
+                await _reply(send, 429, "too many failed requests; slow down", retry=True)
+                return
+            await run_in_threadpool(self._audit_failure, str(exc), path, address)
+            await _reply(send, 401, f"authentication required: {exc}", challenge=True)
+            return
+        if not self.limiter.allow(principal.describe()):
+            await _reply(send, 429, "rate limit exceeded for this user; retry shortly", retry=True)
+            return
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _reply(send, 413, f"request body larger than {self.max_body} bytes")
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        counter = _PartCounter(b) if (b := _boundary(headers)) else None
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > self.max_body:
+                    raise RequestTooLarge(f"request body larger than {self.max_body} bytes")
+                if counter is not None and counter.feed(chunk) > self.max_parts:
+                    raise RequestTooLarge(f"more than {self.max_parts} multipart parts")
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except RequestTooLarge as exc:
+            if not started:
+                await _reply(send, 413, str(exc.detail))
+
+    def _authenticate(self, headers: dict[str, str], path: str, address: str | None) -> Principal:
+        value = headers.get("authorization", "")
+        scheme, _, credential = value.partition(" ")
+        if scheme.lower() == "bearer":
+            return self.authenticator.bearer(credential, address)
+        if scheme.lower() == "basic" and path == LOGIN_PATH:
+            # Checked again (and audited) by the login route; here only "who is it".
+            name, _password = self.authenticator.basic(credential, address)
+            return Principal(PrincipalKind.USER, name[:64], None, address=address)
+        if not value:
+            raise AuthenticationFailed("send Authorization: Bearer <token>")
+        raise AuthenticationFailed("use Authorization: Bearer <token>")
+
+    def _audit_failure(self, why: str, path: str, address: str | None) -> None:
+        who = Principal(PrincipalKind.USER, "(unauthenticated)", None, address=address)
+        self.archive.audit.record(
+            who,
+            AuditAction.LOGIN_FAILED,
+            AuditOutcome.DENIED,
+            detail={"why": why[:200], "path": path[:200]},
+        )
+
+
+async def _reply(
+    send: Send, status: int, detail: str, *, challenge: bool = False, retry: bool = False
+) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if challenge:
+        headers.append((b"www-authenticate", b'Bearer realm="solent"'))
+    if retry:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def install_security(app: FastAPI, archive: Archive) -> None:
+    """Require authentication on every route but /health; map access errors to HTTP."""
+    users = UserService(archive.index, archive.settings, archive.audit)
+    authenticator = Authenticator(archive.index, archive.settings, users)
+    app.state.users = users
+    app.state.authenticator = authenticator
+    app.state.login_throttle = FailureThrottle()
+    app.add_middleware(SecurityMiddleware, archive=archive, authenticator=authenticator)
+
+    @app.exception_handler(AccessDenied)
+    async def _denied(_request: Request, exc: AccessDenied) -> JSONResponse:
+        body: dict[str, Any] = {"detail": exc.message}
+        if exc.break_glass:
+            body["break_glass"] = {
+                "href": "/api/break-glass",
+                "method": "POST",
+                "reasons": "see GET /api/break-glass/reasons",
+            }
+        return JSONResponse(body, status_code=403)
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid(_request: Request, exc: InvalidInput) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(NotFound)
+    async def _missing(_request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)

@@ -1,0 +1,424 @@
+"""Authorization in one place: roles, the legitimate relationship, break-glass.
+
+Every adapter asks the same questions here, so a rule changes once for DICOMweb, DIMSE, FHIR,
+HL7 and the JSON API alike:
+
+* ``permits(principal, Permission.X)``: may this role do this kind of thing at all?
+* ``patient_filter(principal)`` / ``study_filter(principal)``: a SQL condition to AND into any
+  query, so queries (counts and aggregates included) never see records the caller may not see.
+* ``check_study(principal, uid)`` / ``check_patient(...)``: direct access to one record; raises
+  AccessDenied naming break-glass (and audits the refusal).
+* ``break_glass(...)``: time-limited access to one patient, audited at high priority and flagged
+  for review by the trust's privacy officer.
+
+A user sees a patient's records from *all* trusts when the patient has a record, study or order
+at one of the user's trusts (or a record of the same person does); see ``index/access.py``.
+Administrators manage configuration but do not read patient data by their admin role.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Select, exists, false, select, true
+from sqlalchemy.sql.elements import ColumnElement
+
+from solent.domain.principal import Principal, PrincipalKind
+from solent.errors import InvalidInput, NotFound, SolentError
+from solent.index import schema as t
+from solent.index import security as sec
+from solent.index.access import studies_among, visible_counts, visible_patient_pks
+from solent.index.sql import Index
+from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef, audit_fields
+
+log = logging.getLogger(__name__)
+
+
+class Role(StrEnum):
+    CLINICIAN = "clinician"
+    RADIOLOGIST = "radiologist"
+    MDT_COORDINATOR = "mdt_coordinator"
+    PACS_ADMIN = "pacs_admin"
+    AUDITOR = "auditor"
+    INTEGRATION = "integration"
+
+
+class Permission(StrEnum):
+    READ = "read"  # query, view and retrieve patient data (within the legitimate relationship)
+    STORE = "store"  # send instances in (STOW-RS)
+    BREAK_GLASS = "break-glass"
+    ADMIN = "admin"  # users, nodes, trusts, configuration; no patient data
+    AUDIT = "audit"  # search and export the audit trail, review break-glass
+
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.CLINICIAN: frozenset({Permission.READ, Permission.STORE, Permission.BREAK_GLASS}),
+    Role.RADIOLOGIST: frozenset({Permission.READ, Permission.STORE, Permission.BREAK_GLASS}),
+    Role.MDT_COORDINATOR: frozenset({Permission.READ}),
+    Role.PACS_ADMIN: frozenset({Permission.ADMIN}),
+    Role.AUDITOR: frozenset({Permission.AUDIT}),
+    Role.INTEGRATION: frozenset({Permission.READ, Permission.STORE}),
+}
+
+BREAK_GLASS_REASONS = {
+    "emergency": "Emergency care: the patient is in front of me",
+    "transfer": "Inter-trust transfer: records not yet registered here",
+    "referral": "Urgent referral not yet recorded",
+    "other": "Other (explain in the text)",
+}
+
+
+class AccessDenied(SolentError):
+    """The principal may not do this. ``break_glass`` says whether break-glass can lift it."""
+
+    def __init__(self, message: str, *, break_glass: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.break_glass = break_glass
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a principal's reads are limited to: everything, or the records of some trusts."""
+
+    unrestricted: bool
+    trusts: frozenset[str]
+    user_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    id: int
+    patient: PatientRef
+    expires_at: datetime
+    warning: str
+
+
+def permissions_of(principal: Principal) -> frozenset[Permission]:
+    """What the principal's kind and roles allow (records are limited further by scope)."""
+    if principal.kind in (PrincipalKind.SYSTEM, PrincipalKind.IMPORTER):
+        return frozenset(Permission)
+    if principal.kind is PrincipalKind.NODE:
+        # What a registered node may do is further limited by its allow-list (DIMSE adapter).
+        return frozenset({Permission.READ, Permission.STORE})
+    out: set[Permission] = set()
+    for name in principal.roles:
+        try:
+            out |= ROLE_PERMISSIONS[Role(name)]
+        except ValueError:
+            continue
+    return frozenset(out)
+
+
+def role_names() -> list[str]:
+    return [r.value for r in Role]
+
+
+class AccessService:
+    def __init__(self, index: Index, audit: AuditTrail, *, break_glass_minutes: int = 240) -> None:
+        self.index = index
+        self.audit = audit
+        self.break_glass_minutes = break_glass_minutes
+
+    # -- what a principal may do ------------------------------------------------------------
+
+    def permissions(self, principal: Principal) -> frozenset[Permission]:
+        return permissions_of(principal)
+
+    def permits(self, principal: Principal, permission: Permission) -> bool:
+        return permission in self.permissions(principal)
+
+    def require(self, principal: Principal, permission: Permission, what: str = "") -> None:
+        """Raise AccessDenied (and audit it) unless the principal's role allows ``permission``."""
+        if self.permits(principal, permission):
+            return
+        roles = ", ".join(sorted(principal.roles)) or "none"
+        message = (
+            f"your role ({roles}) does not allow {what or permission.value}; "
+            "roles that do: "
+            + ", ".join(r.value for r, p in ROLE_PERMISSIONS.items() if permission in p)
+        )
+        self.audit.record(
+            principal,
+            AuditAction.PERMISSION_DENIED,
+            AuditOutcome.DENIED,
+            detail={"permission": permission.value, "what": what},
+        )
+        raise AccessDenied(message)
+
+    def scope(self, principal: Principal) -> Scope:
+        if principal.kind in (PrincipalKind.SYSTEM, PrincipalKind.IMPORTER):
+            return Scope(True, frozenset(), None)
+        trusts = {principal.trust} if principal.trust else set()
+        user_name = None
+        if principal.kind is PrincipalKind.USER:
+            user_name = principal.name
+            row = sec.get_user(self.index, principal.name)
+            if row is not None and not row.disabled:
+                trusts |= row.trusts
+        return Scope(False, frozenset(trusts), user_name)
+
+    # -- filters for queries -------------------------------------------------------------------
+
+    def visible_patients(self, principal: Principal) -> Select[tuple[int]] | None:
+        """SELECT of visible patient pks; None means unrestricted."""
+        if not self.permits(principal, Permission.READ):
+            return select(t.patient.c.pk).where(false())
+        scope = self.scope(principal)
+        if scope.unrestricted:
+            return None
+        return visible_patient_pks(scope.trusts, scope.user_name, datetime.now(UTC))
+
+    def patient_filter(self, principal: Principal) -> ColumnElement[bool]:
+        """Condition on ``patient`` rows (AND it into any query that reads patients)."""
+        visible = self.visible_patients(principal)
+        return true() if visible is None else t.patient.c.pk.in_(visible)
+
+    def study_filter(self, principal: Principal) -> ColumnElement[bool]:
+        """Condition on ``study`` rows (AND it into any study/series/instance query)."""
+        visible = self.visible_patients(principal)
+        return true() if visible is None else t.study.c.patient_pk.in_(visible)
+
+    def stats(self, principal: Principal) -> dict[str, int]:
+        """Archive counts: all of them for administrators and auditors (operational figures),
+        otherwise only over the records the caller may see."""
+        if self.permits(principal, Permission.ADMIN) or self.permits(principal, Permission.AUDIT):
+            return self.index.stats()
+        visible = self.visible_patients(principal)
+        if visible is None:
+            return self.index.stats()
+        with self.index.read() as conn:
+            return visible_counts(conn, visible)
+
+    def visible_study_uids(self, principal: Principal, study_uids: Collection[str]) -> set[str]:
+        """The subset of ``study_uids`` the caller may read (retrieve filters its matches)."""
+        if not study_uids:
+            return set()
+        visible = self.visible_patients(principal)
+        if visible is None:
+            return set(study_uids)
+        with self.index.read() as conn:
+            return studies_among(conn, study_uids, visible)
+
+    # -- direct access to one record -----------------------------------------------------------
+
+    def _patient_visible(self, principal: Principal, patient_pk: int) -> bool:
+        visible = self.visible_patients(principal)
+        if visible is None:
+            return True
+        with self.index.read() as conn:
+            return bool(
+                conn.execute(
+                    select(
+                        exists().where(t.patient.c.pk == patient_pk, t.patient.c.pk.in_(visible))
+                    )
+                ).scalar()
+            )
+
+    def _deny(
+        self,
+        principal: Principal,
+        *,
+        patient: PatientRef | None,
+        study_uid: str | None,
+        action: AuditAction | str,
+        purpose: str | None,
+    ) -> AccessDenied:
+        self.audit.record(
+            principal,
+            AuditAction.PERMISSION_DENIED,
+            AuditOutcome.DENIED,
+            patient=patient,
+            study_uid=study_uid,
+            purpose=purpose,
+            detail={"attempted": AuditAction(action).value},
+        )
+        can = self.permits(principal, Permission.BREAK_GLASS)
+        what = f"study {study_uid}" if study_uid else "this patient"
+        message = (
+            f"no legitimate relationship to {what} for "
+            f"{principal.name} at {', '.join(sorted(self.scope(principal).trusts)) or 'no trust'}."
+        )
+        if can:
+            message += (
+                " In an emergency, use break-glass: POST /api/break-glass with the study UID or "
+                "patient, a reason and an explanation; access is time-limited, audited and "
+                "reviewed by the trust's privacy officer."
+            )
+        else:
+            message += " Your role cannot use break-glass; ask a clinician or radiologist."
+        return AccessDenied(message, break_glass=can)
+
+    def check_study(
+        self,
+        principal: Principal,
+        study_uid: str,
+        action: AuditAction | str = AuditAction.VIEW,
+        *,
+        purpose: str | None = None,
+    ) -> PatientRef:
+        """Allow or refuse direct access to one study; returns its patient for the audit record.
+
+        Raises NotFound for an unknown study (the protocols' usual 404) and AccessDenied (403,
+        naming break-glass) for a study of a patient the caller has no relationship with. Only
+        someone who already holds the (unguessable) UID learns that it exists; searches and
+        counts never show it.
+        """
+        if not self.permits(principal, Permission.READ):
+            self.require(principal, Permission.READ, f"{AuditAction(action).value} of patient data")
+        with self.index.read() as conn:
+            r = conn.execute(
+                select(
+                    t.patient.c.pk, t.patient.c.issuer, t.patient.c.local_id, t.patient.c.nhs_number
+                )
+                .select_from(t.study.join(t.patient, t.study.c.patient_pk == t.patient.c.pk))
+                .where(t.study.c.study_uid == study_uid)
+            ).first()
+        if r is None:
+            raise NotFound(f"no study {study_uid}")
+        if not self._patient_visible(principal, int(r.pk)):
+            raise self._deny(
+                principal, patient=None, study_uid=study_uid, action=action, purpose=purpose
+            )
+        return PatientRef(r.issuer, r.local_id, r.nhs_number)
+
+    def check_patient(
+        self,
+        principal: Principal,
+        issuer: str,
+        local_id: str,
+        action: AuditAction | str = AuditAction.VIEW,
+        *,
+        purpose: str | None = None,
+    ) -> PatientRef:
+        if not self.permits(principal, Permission.READ):
+            self.require(principal, Permission.READ, f"{AuditAction(action).value} of patient data")
+        r = self._find_patient(issuer, local_id)
+        if r is None:
+            raise NotFound(f"no patient {local_id} issued by {issuer}")
+        if not self._patient_visible(principal, int(r[0])):
+            raise self._deny(
+                principal, patient=None, study_uid=None, action=action, purpose=purpose
+            )
+        return r[1]
+
+    def _find_patient(self, issuer: str, local_id: str) -> tuple[int, PatientRef] | None:
+        p = t.patient.c
+        with self.index.read() as conn:
+            r = conn.execute(
+                select(p.pk, p.issuer, p.local_id, p.nhs_number).where(
+                    p.issuer == issuer, p.local_id == local_id
+                )
+            ).first()
+        return (int(r.pk), PatientRef(r.issuer, r.local_id, r.nhs_number)) if r else None
+
+    # -- break-glass -----------------------------------------------------------------------
+
+    def break_glass(
+        self,
+        principal: Principal,
+        *,
+        reason_code: str,
+        reason_text: str,
+        study_uid: str | None = None,
+        issuer: str | None = None,
+        local_id: str | None = None,
+    ) -> Grant:
+        """Time-limited access to one patient for this user; audited, flagged for review."""
+        self.require(principal, Permission.BREAK_GLASS, "break-glass access")
+        if principal.kind is not PrincipalKind.USER:
+            raise AccessDenied("break-glass is for people; nodes use registered relationships")
+        if reason_code not in BREAK_GLASS_REASONS:
+            raise InvalidInput(
+                f"reason must be one of {', '.join(BREAK_GLASS_REASONS)} (with an explanation)"
+            )
+        text = reason_text.strip()
+        if len(text) < 10 or len(text) > 2000:
+            raise InvalidInput("explain the reason in 10 to 2000 characters")
+        found: tuple[int, PatientRef] | None = None
+        if study_uid:
+            p, s = t.patient.c, t.study.c
+            with self.index.read() as conn:
+                r = conn.execute(
+                    select(p.pk, p.issuer, p.local_id, p.nhs_number)
+                    .select_from(t.study.join(t.patient, s.patient_pk == p.pk))
+                    .where(s.study_uid == study_uid)
+                ).first()
+            found = (int(r.pk), PatientRef(r.issuer, r.local_id, r.nhs_number)) if r else None
+        elif issuer and local_id:
+            found = self._find_patient(issuer, local_id)
+        else:
+            raise InvalidInput("name the study (study_uid) or the patient (issuer and patient_id)")
+        if found is None:
+            raise NotFound("no such study or patient record")
+        patient_pk, patient = found
+        expires = datetime.now(UTC) + timedelta(minutes=self.break_glass_minutes)
+
+        def op(conn: Any) -> int:
+            grant_id = sec.add_grant(
+                conn, principal.name, principal.trust, patient_pk, reason_code, text, expires
+            )
+            fields = audit_fields(
+                principal,
+                AuditAction.BREAK_GLASS,
+                AuditOutcome.SUCCESS,
+                patient=patient,
+                study_uid=study_uid,
+                purpose=f"break-glass:{reason_code}",
+                detail={
+                    "priority": "high",
+                    "grant": grant_id,
+                    "reason": reason_code,
+                    "text": text,
+                    "expires_at": expires.isoformat(),
+                    "review": "pending",
+                },
+            )
+            AuditTrail.append_in(conn, fields)
+            return grant_id
+
+        grant_id = self.index.write(op)
+        # The privacy officer's notification: a WARNING every log pipeline forwards.
+        log.warning(
+            "break-glass access granted; review required",
+            extra={"grant": grant_id, "user": principal.name, "trust": principal.trust},
+        )
+        return Grant(
+            grant_id,
+            patient,
+            expires,
+            "Break-glass access is recorded and will be reviewed by the Caldicott/privacy "
+            f"function of each trust involved. Access ends at {expires.isoformat()}.",
+        )
+
+    def grants(
+        self, principal: Principal, *, unreviewed_only: bool = False, limit: int = 100
+    ) -> list[sec.GrantRow]:
+        """Auditors see every grant; anyone else sees their own."""
+        if self.permits(principal, Permission.AUDIT):
+            return sec.list_grants(self.index, unreviewed_only=unreviewed_only, limit=limit)
+        return sec.list_grants(
+            self.index, unreviewed_only=unreviewed_only, user_name=principal.name, limit=limit
+        )
+
+    def review(self, principal: Principal, grant_id: int, note: str) -> None:
+        self.require(principal, Permission.AUDIT, "reviewing break-glass access")
+
+        def op(conn: Any) -> None:
+            if not sec.review_grant(conn, grant_id, principal.name, note):
+                raise NotFound(f"no unreviewed break-glass grant {grant_id}")
+            AuditTrail.append_in(
+                conn,
+                audit_fields(
+                    principal,
+                    AuditAction.AUDIT_LOG_USED,
+                    detail={"reviewed_grant": grant_id, "note": note},
+                ),
+            )
+
+        self.index.write(op)

@@ -1,0 +1,222 @@
+"""The HL7 inbox: every message is journalled before it is acknowledged, applied in one
+transaction together with its journal status, and a replay (same sender and control ID)
+changes nothing. Also files orders (worklist) and reports (versions, unmatched queue).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from solent.errors import SolentError
+from solent.index import hl7 as store
+from solent.index import identity as ids
+from solent.index.sql import Index
+from solent.services.identity import Change, IdentityRejected, IdentityService, PatientKey
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to acknowledge: AA, AE or AR, with a reason people can read."""
+
+    code: str
+    detail: str
+    duplicate: bool = False
+
+
+class Rejected(SolentError):
+    """The message is refused (AE/AR) and its effects rolled back; may queue a work item."""
+
+    def __init__(
+        self, code: str, reason: str, *, work_item: str | None = None, held: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.work_item = work_item
+        self.held = held
+
+
+Apply = Callable[[Connection, Change], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    sender: str | None
+    control_id: str | None
+    message_type: str | None
+    raw: str
+    remote_address: str | None
+    issuer: str | None = None  # sending trust, for work items
+
+
+class InboxService:
+    def __init__(self, index: Index, identity: IdentityService) -> None:
+        self.index = index
+        self.identity = identity
+
+    # -- journal ---------------------------------------------------------------------------
+
+    def journal(self, env: Envelope) -> tuple[int, dict[str, Any] | None]:
+        """Persist the message (committed); returns its pk and, for a replay, the earlier row."""
+
+        def op(conn: Connection) -> tuple[int, dict[str, Any] | None]:
+            pk, new = store.journal_message(
+                conn,
+                sender=env.sender,
+                control_id=env.control_id,
+                message_type=env.message_type,
+                raw=env.raw,
+                remote_address=env.remote_address,
+            )
+            return pk, None if new else store.get_message(conn, pk)
+
+        return self.index.write(op)
+
+    def reject_unjournalled(self, env: Envelope, code: str, reason: str) -> None:
+        """Keep a message we could not even read, as rejected (dead letters stay visible)."""
+
+        def op(conn: Connection) -> None:
+            pk, _ = store.journal_message(
+                conn,
+                sender=env.sender,
+                control_id=env.control_id,
+                message_type=env.message_type,
+                raw=env.raw,
+                remote_address=env.remote_address,
+            )
+            store.finish_message(conn, pk, "rejected", code, reason)
+
+        self.index.write(op)
+
+    def process(self, env: Envelope, change_for: Callable[[int], Change], apply: Apply) -> Outcome:
+        """Journal, then apply and mark applied in one transaction; AA only after commit."""
+        pk, earlier = self.journal(env)
+        if earlier is not None and earlier["status"] != "received":
+            return Outcome(
+                earlier["ack_code"] or "AA",
+                f"duplicate of message {env.control_id} already processed: "
+                f"{earlier['detail'] or earlier['status']}",
+                duplicate=True,
+            )
+        return self.apply_journalled(pk, env, change_for(pk), apply)
+
+    def apply_journalled(self, pk: int, env: Envelope, change: Change, apply: Apply) -> Outcome:
+        def op(conn: Connection) -> str:
+            detail = apply(conn, change)
+            store.finish_message(conn, pk, "applied", "AA", detail)
+            return detail
+
+        try:
+            return Outcome("AA", self.index.write(op))
+        except (Rejected, IdentityRejected) as exc:
+            code = exc.code if isinstance(exc, Rejected) else "AE"
+            reason = exc.reason if isinstance(exc, Rejected) else str(exc)
+            status = "held" if exc.held else "rejected"
+            item = exc.work_item
+
+            def mark(conn: Connection) -> None:
+                store.finish_message(conn, pk, status, code, reason)
+                if item:
+                    ids.add_work_item(
+                        conn, kind=item, detail=reason, issuer=env.issuer, message_pk=pk
+                    )
+
+            self.index.write(mark)
+            return Outcome(code, reason)
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Messages journalled but never applied (the process died in between)."""
+        with self.index.read() as conn:
+            out = []
+            for pk in store.pending_message_pks(conn):
+                row = store.get_message(conn, pk)
+                if row is not None:
+                    out.append(row)
+            return out
+
+    def messages(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        with self.index.read() as conn:
+            return store.messages(conn, status=status, limit=limit)
+
+    # -- orders ----------------------------------------------------------------------------
+
+    def place_order(
+        self, conn: Connection, change: Change, order: dict[str, Any], context: dict[str, Any]
+    ) -> str:
+        new = store.upsert_order(conn, order)
+        store.upsert_order_context(conn, context)
+        self.index.append_event(
+            conn,
+            "order.placed" if new else "order.updated",
+            change.principal,
+            trust_code=order["patient_issuer"],
+            study_uid=order["study_instance_uid"],
+            detail={"accession": order["accession_number"], "issuer": order["accession_issuer"]},
+        )
+        action = "created" if new else "updated"
+        return f"order {order['accession_number']}/{order['accession_issuer']} {action}"
+
+    def order_status(
+        self, conn: Connection, accession: str, issuer: str, status: str, context: dict[str, Any]
+    ) -> str:
+        if not store.set_order_status(conn, accession, issuer, status):
+            raise Rejected("AE", f"unknown order {accession}/{issuer}: nothing to update")
+        store.upsert_order_context(conn, context)
+        return f"order {accession}/{issuer} is now {status}"
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def file_report(self, conn: Connection, report: dict[str, Any], patient: PatientKey) -> str:
+        """Store a report version; refuse it if its study belongs to another patient."""
+        accession, issuer = report["accession_number"], report["accession_issuer"]
+        studies = ids.studies_by_accession(conn, accession, issuer)
+        resolved = self.identity.resolve(patient.issuer, patient.local_id, conn=conn)
+        for study in studies:
+            if resolved is None or int(study["patient_pk"]) != resolved.patient_pk:
+                raise Rejected(
+                    "AE",
+                    f"report for {accession}/{issuer} names patient {patient}, but that study "
+                    "is filed under another patient record; held for review",
+                    work_item="report-patient-mismatch",
+                )
+        versions = store.reports_for(conn, accession, issuer)
+        if versions:
+            last = versions[-1]
+            if last["text"] == report["text"] and last["status"] == report["status"]:
+                return f"report {accession}/{issuer} unchanged (version {last['version']})"
+        version = store.add_report_version(conn, report)
+        where = "matched to its study" if studies else "kept in the unmatched-results queue"
+        return f"report {accession}/{issuer} version {version} stored, {where}"
+
+    def reports(self, accession: str, issuer: str) -> list[dict[str, Any]]:
+        with self.index.read() as conn:
+            return store.reports_for(conn, accession, issuer)
+
+    def orders(self, identifiers: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Orders of these records, each with the study it matched once images arrived."""
+        with self.index.read() as conn:
+            out = []
+            for order in store.orders_for_patients(conn, identifiers):
+                studies = ids.studies_by_accession(
+                    conn, order["accession_number"], order["accession_issuer"]
+                )
+                by_uid = ids.study_by_uid(conn, order["study_instance_uid"])
+                matched = studies[0]["study_uid"] if studies else None
+                order["matched_study_uid"] = matched or (by_uid["study_uid"] if by_uid else None)
+                out.append(order)
+            return out
+
+    def report(self, pk: int) -> dict[str, Any] | None:
+        with self.index.read() as conn:
+            return store.get_report(conn, pk)
+
+    def unmatched_reports(self) -> list[dict[str, Any]]:
+        with self.index.read() as conn:
+            return store.unmatched_reports(conn)

@@ -1,0 +1,80 @@
+"""Transcoding and rendering on corpus files: lossless round trips, readable refusals."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from solent.dicom import transcode as tc
+from solent.dicom.render import RenderOptions, Viewport, render_frame
+
+LOSSLESS_TARGETS = [
+    tc.EXPLICIT_LE,
+    tc.RLE,
+    tc.JPEG_LOSSLESS_SV1,
+    tc.JPEG_LS,
+    tc.J2K_LOSSLESS,
+    tc.HTJ2K_LOSSLESS,
+]
+SOURCES = [
+    "ts_explicit_vr_be_mr_small.dcm",  # big endian, signed 16-bit
+    "ts_j2k_lossless_mr_siemens_trio.dcm",
+    "ts_jpegls_lossless_mr_charls.dcm",
+    "mod_us_rgb_esopecho.dcm",  # colour
+    "mf_enhanced_mr_10frames.dcm",  # multi-frame
+]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("target", LOSSLESS_TARGETS)
+def test_lossless_transcoding_keeps_every_pixel(corpus_dir: Path, source: str, target: str) -> None:
+    original = pydicom.dcmread(corpus_dir / source)
+    with (corpus_dir / source).open("rb") as fp:
+        out = tc.transcode_instance(fp, target)
+    ds = pydicom.dcmread(io.BytesIO(out))
+    assert ds.file_meta.TransferSyntaxUID == target
+    assert ds.SOPInstanceUID == original.SOPInstanceUID
+    assert np.array_equal(ds.pixel_array, original.pixel_array)
+
+
+def test_jpeg_baseline_refuses_more_than_8_bits(corpus_dir: Path) -> None:
+    with (
+        (corpus_dir / "mod_ct_small.dcm").open("rb") as fp,
+        pytest.raises(tc.TranscodeError, match="8-bit"),
+    ):
+        tc.transcode_instance(fp, tc.JPEG_BASELINE)
+
+
+def test_unknown_target_is_a_readable_refusal(corpus_dir: Path) -> None:
+    with (
+        (corpus_dir / "mod_ct_small.dcm").open("rb") as fp,
+        pytest.raises(tc.TranscodeError, match="cannot encode"),
+    ):
+        tc.transcode_instance(fp, "1.2.840.10008.1.2.4.100")
+
+
+def test_decode_one_frame_from_its_bytes(corpus_dir: Path) -> None:
+    ds = pydicom.dcmread(corpus_dir / "ts_jpeg_lossless_sv1_rgb_us_2frames.dcm")
+    header = tc.header_from_json(ds.to_json_dict(bulk_data_threshold=1 << 30))
+    assert header is not None and header.number_of_frames == 2
+    frames = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=2))
+    second = tc.decode_frame(frames[1], header, str(ds.file_meta.TransferSyntaxUID))
+    assert np.array_equal(second, ds.pixel_array[1])
+
+
+def test_render_window_viewport_and_monochrome1(corpus_dir: Path) -> None:
+    ds = pydicom.dcmread(corpus_dir / "mod_cr_mono1_chest.dcm")
+    arr = ds.pixel_array
+    opts = RenderOptions("image/png", viewport=Viewport(100, 100))
+    img = Image.open(io.BytesIO(render_frame(arr, ds, 0, opts)))
+    assert img.format == "PNG" and max(img.size) == 100
+    narrow = RenderOptions("image/png", window=(float(arr.mean()), 1.0))
+    pixels = np.asarray(Image.open(io.BytesIO(render_frame(arr, ds, 0, narrow))))
+    assert set(np.unique(pixels)) <= {0, 255}  # a 1-wide window is a threshold
+    jpeg = render_frame(arr, ds, 0, RenderOptions("image/jpeg", quality=50))
+    assert Image.open(io.BytesIO(jpeg)).size == (ds.Columns, ds.Rows)

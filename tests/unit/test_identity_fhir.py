@@ -1,0 +1,150 @@
+"""FHIR R4 reads and the IHE launch on an in-process app: resources validate, errors are
+OperationOutcomes or readable pages, identifiers resolve within the right trust."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from solent.app import Archive
+from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
+from solent.protocols.fhir.resources import local_system
+from solent.protocols.hl7.handler import Hl7Handler
+from solent.protocols.http import create_app
+from solent.services.identity import IdentityService
+from tests.conftest import http_headers
+from tests.interop.hl7_support import write_ct
+
+STUDY = "2.25.4242"
+A04 = (
+    "MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250101||ADT^A04^ADT_A01|F1|P|2.4\r"
+    "PID|1||A1^^^ZZA^MR~9990000026^^^NHS^NH||DOE^JANE||19800101|F" + "|" * 24 + "NSTS01\r"
+)
+ORU = (
+    "MSH|^~\\&|RIS|ZZA|PACS|ZZX|20250101||ORU^R01^ORU_R01|F2|P|2.4\r"
+    "PID|1||A1^^^ZZA^MR||DOE^JANE||19800101|F\r"
+    + "|".join(
+        ["OBR", "1", "", "ACC1", "XR^Chest^L", "", "", "20250101120000"]
+        + [""] * 10
+        + ["ACC1"]
+        + [""] * 5
+        + ["XR", "F"]
+    )
+    + "\r"
+    "OBX|1|TX|XR||No abnormality.||||||F\r"
+)
+
+
+@pytest.fixture
+def client(archive: Archive, tmp_path: Path) -> Iterator[TestClient]:
+    handler = Hl7Handler(archive.index)
+    for msg in (A04, ORU):
+        assert "MSA|AA" in handler.handle(msg)
+    path = write_ct(
+        tmp_path / "ct.dcm",
+        patient_id="A1",
+        issuer="ZZA",
+        name="DOE^JANE",
+        birth_date="19800101",
+        sex="F",
+        accession="ACC1",
+        study_uid=STUDY,
+        study_date="20250101",
+    )
+    who = Principal(PrincipalKind.IMPORTER, "test", "ZZA")
+    assert archive.ingestor.ingest_file(path, who, Provenance(Channel.IMPORT)).ok
+    with TestClient(create_app(archive), headers=http_headers(archive)) as c:
+        yield c
+
+
+def test_patient_read_and_search(client: TestClient) -> None:
+    bundle = client.get("/fhir/Patient", params={"identifier": f"{local_system('ZZA')}|A1"})
+    assert bundle.status_code == 200
+    assert bundle.headers["content-type"].startswith("application/fhir+json")
+    patient = bundle.json()["entry"][0]["resource"]
+    assert patient["birthDate"] == "1980-01-01"
+    assert patient["gender"] == "female"
+    read = client.get(f"/fhir/Patient/{patient['id']}").json()
+    assert read == patient
+    by_id = client.get("/fhir/Patient", params={"_id": patient["id"]}).json()
+    assert by_id["total"] == 1
+
+
+def test_imaging_study_and_report(client: TestClient) -> None:
+    found = client.get("/fhir/ImagingStudy", params={"identifier": f"urn:oid:{STUDY}"}).json()
+    (entry,) = found["entry"]
+    study = entry["resource"]
+    assert study["series"][0]["modality"]["code"] == "CT"
+    assert client.get(f"/fhir/ImagingStudy/{study['id']}").json() == study
+    reports = client.get(
+        "/fhir/DiagnosticReport",
+        params={"patient.identifier": "https://fhir.nhs.uk/Id/nhs-number|9990000026"},
+    ).json()
+    (report,) = [e["resource"] for e in reports["entry"]]
+    assert report["status"] == "final"
+    assert report["imagingStudy"] == [{"reference": f"ImagingStudy/{study['id']}"}]
+    assert client.get(f"/fhir/DiagnosticReport/{report['id']}").json()["id"] == report["id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status"),
+    [
+        ("/fhir/Patient", {}, 400),
+        ("/fhir/Patient", {"identifier": "A1"}, 400),
+        ("/fhir/ImagingStudy", {"patient.identifier": "https://fhir.nhs.uk/Id/nhs-number|1"}, 400),
+        ("/fhir/Patient/999999", {}, 404),
+        ("/fhir/ImagingStudy/x", {}, 404),
+    ],
+)
+def test_fhir_errors_are_operation_outcomes(
+    client: TestClient, path: str, params: dict[str, str], status: int
+) -> None:
+    r = client.get(path, params=params)
+    assert r.status_code == status
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_launch_scopes_accessions_to_the_trust(client: TestClient) -> None:
+    study = {"requestType": "STUDY", "accessionNumber": "ACC1"}
+    r = client.get("/trusts/ZZA/IHEInvokeImageDisplay", params=study, follow_redirects=False)
+    assert r.status_code == 303
+    assert STUDY in client.get(r.headers["location"]).text
+    assert client.get("/trusts/ZZB/IHEInvokeImageDisplay", params=study).status_code == 404
+    assert client.get("/IHEInvokeImageDisplay", params=study).status_code == 400
+    assert client.get("/trusts/ZZQ/IHEInvokeImageDisplay", params=study).status_code == 404
+    patient = {"requestType": "PATIENT", "patientID": "A1^^^ZZB"}
+    assert client.get("/trusts/ZZA/IHEInvokeImageDisplay", params=patient).status_code == 400
+    r = client.get(
+        "/IHEInvokeImageDisplay",
+        params={"requestType": "PATIENT", "patientID": "A1^^^ZZA"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+
+
+def test_sensitive_patient_shows_no_contact_details(client: TestClient, archive: Archive) -> None:
+    handler = Hl7Handler(archive.index)
+    a08 = (
+        "MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250101||ADT^A08^ADT_A01|F3|P|2.4\r"
+        "PID|1||A1^^^ZZA^MR~9990000026^^^NHS^NH||DOE^JANE||19800101|F|||1 SECRET ROAD^^TOWN||"
+        "01632 960777" + "|" * 19 + "NSTS01\r"
+    )
+    assert "MSA|AA" in handler.handle(a08)
+    query = {"identifier": f"{local_system('ZZA')}|A1"}
+    before = client.get("/fhir/Patient", params=query).json()["entry"][0]["resource"]
+    assert before["address"] == [{"text": "1 SECRET ROAD, TOWN"}]
+    r = client.post(
+        "/api/identity/sensitive", json={"issuer": "ZZA", "patient_id": "A1", "sensitive": True}
+    )
+    assert r.status_code == 200, r.text
+    after = client.get("/fhir/Patient", params=query).json()["entry"][0]["resource"]
+    assert "address" not in after and "telecom" not in after
+    (record,) = client.get(
+        "/api/identity/person", params={"issuer": "ZZA", "patient_id": "A1"}
+    ).json()["records"]
+    assert "address" not in record and "phone" not in record
+    attrs = IdentityService(archive.index).current_patient_attributes(STUDY)
+    assert attrs["PatientAddress"] is None and attrs["PatientTelephoneNumbers"] is None

@@ -1,0 +1,71 @@
+"""The HL7 inbox: journalled before applied, applied exactly once, refused changes roll back."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from solent.app import Archive
+from solent.protocols.hl7.handler import Hl7Handler
+from solent.protocols.hl7.listener import Hl7Listener
+from solent.services.identity import IdentityService
+from solent.services.inbox import Envelope
+
+A28 = (
+    "MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250101||ADT^A28^ADT_A05|{control}|P|2.4\r"
+    "PID|1||{local_id}^^^ZZA^MR||DOE^JANE||19800101|F\r"
+)
+
+
+def msa(ack: str) -> list[str]:
+    return next(s for s in ack.split("\r") if s.startswith("MSA|")).split("|")[1:]
+
+
+def test_replay_changes_nothing_and_answers_the_same(archive: Archive) -> None:
+    handler = Hl7Handler(archive.index)
+    first = handler.handle(A28.format(control="X1", local_id="A1"))
+    again = handler.handle(A28.format(control="X1", local_id="A1"))
+    assert msa(first)[0] == msa(again)[0] == "AA"
+    assert "duplicate" in msa(again)[2]
+    pk = IdentityService(archive.index).resolve("ZZA", "A1")
+    assert pk is not None
+    assert len(IdentityService(archive.index).history(pk.patient_pk)) == 2  # create + update
+
+
+def test_message_journalled_by_a_dead_process_is_applied_on_start(archive: Archive) -> None:
+    raw = A28.format(control="X2", local_id="A2")
+    handler = Hl7Handler(archive.index)
+    handler.inbox.journal(Envelope("PAS^ZZA", "X2", "ADT^A28", raw, None))  # then "crash"
+    assert IdentityService(archive.index).resolve("ZZA", "A2") is None
+    on_free_port = dataclasses.replace(
+        archive, settings=archive.settings.model_copy(update={"hl7_port": 0})
+    )
+    listener = Hl7Listener(on_free_port)
+    listener.start()
+    try:
+        assert IdentityService(archive.index).resolve("ZZA", "A2") is not None
+        assert [m["status"] for m in handler.inbox.messages()] == ["applied"]
+    finally:
+        listener.stop()
+
+
+def test_refused_message_leaves_no_partial_change(archive: Archive) -> None:
+    handler = Hl7Handler(archive.index)
+    handler.handle(A28.format(control="X3", local_id="A3"))
+    # An A40 whose target exists but whose source is at another trust: nothing may change.
+    bad = (
+        "MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250101||ADT^A40^ADT_A39|X4|P|2.4\r"
+        "PID|1||A3^^^ZZA^MR||NEW^NAME||19800101|F\r"
+        "MRG|T3^^^ZZB^MR\r"
+    )
+    code, _, text = msa(handler.handle(bad))[:3]
+    assert code == "AE"
+    assert "different trusts" in text
+    ident = IdentityService(archive.index)
+    found = ident.resolve("ZZA", "A3")
+    assert found is not None
+    assert ident.current_patient_attributes(patient_pk=found.patient_pk)["PatientName"] == (
+        "DOE^JANE"
+    )
+    statuses = {m["control_id"]: m["status"] for m in handler.inbox.messages()}
+    assert statuses == {"X3": "applied", "X4": "rejected"}
+    assert [w["kind"] for w in ident.work_queue()] == ["merge-issuer-mismatch"]
