@@ -386,11 +386,12 @@ def test_qido_searches_every_level(dw: RunningServer, corpus_dir: Path, tmp_path
             f"{dw.base_url}/dicomweb/studies?PatientName={value}", headers=dw.headers(), timeout=30
         )
         assert st in r.text, value
-    # R24: a PatientID without issuer is refused for a caller without a trust...
+    # R24: a PatientID without issuer is scoped to the caller's own trust (ZZA)...
     r = requests.get(
         f"{dw.base_url}/dicomweb/studies?PatientID={ds.PatientID}", headers=dw.headers(), timeout=30
     )
-    assert r.status_code == 400 and "IssuerOfPatientID" in r.json()["detail"]
+    assert r.status_code == 200 and st in r.text
+    assert all(s["00100021"]["Value"] == ["ZZA"] for s in r.json())
     # ...and matches when qualified.
     found = client.search_for_studies(
         search_filters={"PatientID": str(ds.PatientID), "IssuerOfPatientID": "ZZA"}

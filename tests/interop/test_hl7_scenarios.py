@@ -675,7 +675,11 @@ def test_2_7_queries_and_launch(site: Site) -> None:
     # Q3: a local ID without its issuer is refused.
     r = site.api.get("/api/identity/person", patient_id="A123456")
     assert r.status_code == 400
-    assert site.api.get("/dicomweb/studies", PatientID="A123456").status_code == 400
+    # QIDO takes the policy choice R24/Q3 allows: a bare PatientID is scoped to the caller's
+    # trust (ZZA here), so only ZZA's A123456 and the record linked to it can come back.
+    r = site.api.get("/dicomweb/studies", PatientID="A123456")
+    assert r.status_code == 200, r.text
+    assert {s["0020000D"]["Value"][0] for s in r.json()} <= {ZZA_CT, ZZB_CT}
     # Q4: IID launch by NHS number from ZZA's EPR opens both studies, newest first.
     r = site.api.client.get(
         "/trusts/ZZA/IHEInvokeImageDisplay",
@@ -736,6 +740,10 @@ def test_2_7_negative_collision_untraced_and_conflict(site: Site) -> None:
         ),
     )
     assert uid(21) not in site.api.study_uids(issuer="ZZA", patient_id="A123456")
+    # Q3: a bare PatientID from a ZZA caller never returns ZZC's unrelated A123456.
+    r = site.api.get("/dicomweb/studies", PatientID="A123456")
+    assert r.status_code == 200, r.text
+    assert uid(21) not in r.text
     assert site.api.study_uids(issuer="ZZC", patient_id="A123456") == [uid(21)]
     # Untraced NHS number: not linked, shown unverified, queued.
     (ack,) = site.send(adt("ZZD", "ZZD-Q1", "D0001", nhs="9990000026", status="NSTS02"))

@@ -59,9 +59,7 @@ def _derived_link(p: Any, q: Any) -> Any:
     link = t.patient_link
     # Both records come from enclosing queries: correlate explicitly, or SQLAlchemy adds
     # `seen` to this FROM and the decision no longer ties to the candidate record.
-    blocked = (
-        exists().where(_pair(link, p, q), link.c.status == "unlinked").correlate(p, q)
-    )
+    blocked = exists().where(_pair(link, p, q), link.c.status == "unlinked").correlate(p, q)
     sexes = ("M", "F")
     return and_(
         q.c.nhs_number == p.c.nhs_number,
@@ -97,14 +95,10 @@ def visible_patient_pks(
     p = t.patient.alias("seen")
     q = t.patient.alias("related")
     by_link = (
-        exists()
-        .where(_explicit_link(p, q), _anchored(q, trust_list, user_name, at))
-        .correlate(p)
+        exists().where(_explicit_link(p, q), _anchored(q, trust_list, user_name, at)).correlate(p)
     )
     by_nhs_number = (
-        exists()
-        .where(_derived_link(p, q), _anchored(q, trust_list, user_name, at))
-        .correlate(p)
+        exists().where(_derived_link(p, q), _anchored(q, trust_list, user_name, at)).correlate(p)
     )
     return (
         select(p.c.pk)
