@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -199,6 +200,9 @@ def _check_uids(ds: Dataset) -> tuple[str, str, str, str]:
     return values[0], values[1], values[2], values[3]
 
 
+_PARSE_LOCK = threading.Lock()
+
+
 def parse_file(
     path: Path,
     *,
@@ -208,7 +212,10 @@ def parse_file(
 ) -> ParsedInstance:
     """Parse one stored-as-received file. Raises RejectedInstance with a readable reason."""
     size = path.stat().st_size
-    with path.open("rb") as fp, warnings.catch_warnings(record=True) as caught:
+    # warnings.catch_warnings swaps process-global state: two threads parsing at once could
+    # swallow each other's truncation warnings and give a file a different verdict. Parsing is
+    # pure Python (GIL-bound), so serialising it costs threads next to nothing.
+    with _PARSE_LOCK, path.open("rb") as fp, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             parsed = _parse(fp, size, nhs_tag, force_transfer_syntax, caught)
