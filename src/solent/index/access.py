@@ -54,7 +54,7 @@ def _explicit_link(p: Any, q: Any) -> Any:
     return and_(_pair(link, p, q), link.c.status == "linked")
 
 
-def _derived_link(p: Any, q: Any) -> Any:
+def derived_link(p: Any, q: Any) -> Any:
     """Same valid, traced NHS number at another trust, agreeing demographics, not unlinked."""
     link = t.patient_link
     # Both records come from enclosing queries: correlate explicitly, or SQLAlchemy adds
@@ -82,6 +82,15 @@ def _derived_link(p: Any, q: Any) -> Any:
     )
 
 
+def linked(p: Any, q: Any) -> Any:
+    """Records ``p`` and ``q`` belong to one person: an explicit link or a derived one.
+
+    The one statement of the regional link rule; the query engine's ``linked`` option uses it.
+    """
+    explicit = exists().where(_explicit_link(p, q)).correlate(p, q)
+    return or_(explicit, derived_link(p, q))
+
+
 def visible_patient_pks(
     trusts: Collection[str], user_name: str | None, at: datetime
 ) -> Select[tuple[int]]:
@@ -98,7 +107,7 @@ def visible_patient_pks(
         exists().where(_explicit_link(p, q), _anchored(q, trust_list, user_name, at)).correlate(p)
     )
     by_nhs_number = (
-        exists().where(_derived_link(p, q), _anchored(q, trust_list, user_name, at)).correlate(p)
+        exists().where(derived_link(p, q), _anchored(q, trust_list, user_name, at)).correlate(p)
     )
     return (
         select(p.c.pk)

@@ -44,6 +44,7 @@ from solent.domain.matching import (
     like_pattern,
 )
 from solent.domain.nhs_number import NHS_ISSUER
+from solent.index import access
 from solent.index import schema as t
 
 Expr = ColumnElement[Any]
@@ -307,49 +308,9 @@ class _Compiler:
         if not ident.linked:
             return [direct]
         p2 = t.patient.alias("p_matched")
-        lk = t.patient_link.c
-
-        def pair(status: str) -> Expr:
-            # Explicit correlation: nested two levels deep, auto-correlation would add a
-            # FROM patient of its own and match every record.
-            found: Expr = (
-                exists()
-                .where(
-                    lk.status == status,
-                    or_(
-                        and_(lk.patient_a == p.c.pk, lk.patient_b == p2.c.pk),
-                        and_(lk.patient_a == p2.c.pk, lk.patient_b == p.c.pk),
-                    ),
-                )
-                .correlate(p, p2)
-            )
-            return found
-
-        sexes = ("M", "F")
         matched = self.identity(ident, p2, query.viewer_trust)
-        # The derived link of index/access.py: same valid, verified NHS number at another
-        # trust, birth date and sex not in conflict, not explicitly unlinked (A37).
-        derived = and_(
-            p.c.nhs_number == p2.c.nhs_number,
-            p.c.issuer != p2.c.issuer,
-            p.c.nhs_number_valid == true(),
-            p.c.nhs_number_verified == true(),
-            p2.c.nhs_number_valid == true(),
-            p2.c.nhs_number_verified == true(),
-            or_(
-                func.coalesce(p.c.birth_date, "") == "",
-                func.coalesce(p2.c.birth_date, "") == "",
-                p.c.birth_date == p2.c.birth_date,
-            ),
-            or_(
-                ~func.coalesce(p.c.sex, "").in_(sexes),
-                ~func.coalesce(p2.c.sex, "").in_(sexes),
-                p.c.sex == p2.c.sex,
-            ),
-            ~pair("unlinked"),
-        )
-        linked = exists().where(matched, or_(derived, pair("linked")))
-        return [or_(direct, linked)]
+        related = exists().where(matched, access.linked(p, p2))
+        return [or_(direct, related)]
 
 
 def _nhs_guard(patient: Any, viewer_trust: str | None) -> Expr:
