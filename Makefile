@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: run test lint typecheck fuzz bench clean migration-check
 
@@ -34,8 +35,9 @@ typecheck: $(STAMP)
 fuzz: $(STAMP)
 	SOLENT_FUZZ_EXAMPLES=$${SOLENT_FUZZ_EXAMPLES:-40000} $(BIN)/pytest tests/fuzz -q
 
+## Solent vs Orthanc side by side (~40-60 min; BENCH_ARGS=--quick: ~1-2 min; --postgres: PostgreSQL).
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench compare $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -41,6 +41,7 @@ from bench.solent_server import SolentServer
 T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
 SLICES, SIZE = 300, 512
+BULK_LOAD_FROM = 5000  # studies per fill from which Orthanc stores them without fsync
 DATE_QUERY = {"StudyDate": "20240101-20240331", "ModalitiesInStudy": "CT"}
 
 
@@ -67,6 +68,8 @@ SPECS = [
     Spec("metadata", "WADO-RS series /metadata ({slices} instances)", "ms", False, 0.5),
     Spec("frames", "WADO-RS /frames, 8 concurrent clients", "req/s", True),
     Spec("cget", "C-GET series ({slices} slices, getscu)", "MB/s", True, None, "tcp"),
+    Spec("rendered", "WADO-RS /rendered JPEG, one instance", "ms", False),
+    Spec("thumbnail", "WADO-RS /thumbnail JPEG, one instance", "ms", False),
 ]
 
 
@@ -256,6 +259,15 @@ class Comparison:
             reps=cfg.reps,
             latency_reps=cfg.latency_reps,
             index_sizes=cfg.sizes,
+            series_slices=cfg.slices,
+            phase_groups=sorted(cfg.only),
+            solent_commit=_git_commit(),
+            orthanc_packages=_package_versions(
+                ["orthanc", "orthanc-dicomweb"] + (["orthanc-postgresql"] if cfg.postgres else [])
+            ),
+            orthanc_fill=f"REST POST /instances; from {BULK_LOAD_FROM} studies per fill Orthanc "
+            "is restarted without fsync (SyncStorageArea off, PostgreSQL synchronous_commit "
+            "off) for the untimed fill, then restarted durable before any query",
         )
         if busy > 25:
             self.console.print(
@@ -265,7 +277,7 @@ class Comparison:
         steps = (
             3
             + (3 * cfg.reps if "ingest" in cfg.only else 0)
-            + (4 * cfg.reps if "retrieval" in cfg.only else 0)
+            + (5 * cfg.reps if "retrieval" in cfg.only else 0)
             + (6 * len(cfg.sizes) if "index" in cfg.only else 0)
         )
         progress_ctx = (
@@ -320,6 +332,7 @@ class Comparison:
         pg: PostgresTarget | None = None
         if cfg.postgres:
             solent_url, pg, databases = _create_databases(cfg.postgres_admin_url)
+            self.meta["postgresql"] = _postgres_version(cfg.postgres_admin_url)
         solent = SolentServer(compare_data.TRUST_NAMES, database_url=solent_url)
         solent.workdir = self.work / "solent"
         solent.workdir.mkdir(parents=True, exist_ok=True)
@@ -481,6 +494,28 @@ class Comparison:
                         getattr(row, name).note = f"failed: C-GET returned {files} files"
                     getattr(row, name).samples.append(size / seconds / 1e6)
             self.step(f"C-GET run {rep + 1}")
+            for spec in (SPECS[12], SPECS[13]):
+                for target, name in self._sides(rep):
+                    side = getattr(self.row(spec), name)
+                    # A different instance each run, so the first view is a first view.
+                    sop = ref.sops[(len(ref.sops) // 2 + 7 * rep) % len(ref.sops)]
+                    got_i = self.measure(
+                        side,
+                        target,
+                        partial(
+                            ph.image_latency,
+                            target,
+                            ref.study,
+                            ref.series,
+                            sop,
+                            spec.key,
+                            max(1, self.cfg.latency_reps // self.cfg.reps),
+                        ),
+                    )
+                    if got_i is not None:
+                        side.samples.extend(x * 1000 for x in got_i[1])
+                        side.extra.setdefault("first_view_ms", []).append(round(got_i[0] * 1000, 1))
+            self.step(f"rendered/thumbnail run {rep + 1}")
 
     def index_phases(self, solent: SolentServer, orthanc: OrthancServer) -> None:
         url = solent.database_url_effective
@@ -500,7 +535,16 @@ class Comparison:
             rows = [r for r in population.solent_studies(url) if r.study_uid not in uploaded]
             rows = [r for r in rows if r.study_uid.startswith("2.25.")]
             started = time.perf_counter()
-            population.upload_orthanc(orthanc.base_url, rows)
+            # Two restarts cost a few seconds: worth it for the 10k/100k fills, not for --quick.
+            bulk = len(rows) >= BULK_LOAD_FROM
+            with orthanc.bulk_load() if bulk else nullcontext(orthanc):
+                population.upload_orthanc(
+                    orthanc.base_url,
+                    rows,
+                    on_done=self.fill_progress(f"Orthanc fill to {_size_label(size)}", len(rows)),
+                )
+            if bulk:
+                self._orthanc_restarted(orthanc)
             uploaded.update(r.study_uid for r in rows)
             up_s = time.perf_counter() - started
             self.meta.setdefault("population", []).append(
@@ -509,6 +553,7 @@ class Comparison:
                     "solent_bulk_insert_s": round(fill_s, 1),
                     "orthanc_rest_upload_s": round(up_s, 1),
                     "orthanc_instances_per_s": round(len(rows) / up_s, 1) if up_s else None,
+                    "orthanc_studies": orthanc.statistics().get("CountStudies"),
                 }
             )
             loaded = size
@@ -516,6 +561,46 @@ class Comparison:
             issuer, local_id = probe
             pid_keys = {"PatientID": local_id, "IssuerOfPatientID": issuer}
             self.query_phases(size, pid_keys)
+
+    def fill_progress(self, what: str, total: int) -> Callable[[int], None]:
+        """A callback for each stored batch: a second bar on a terminal, a log line per ~10%
+        otherwise (the 100k fill is the run's longest step)."""
+        started = time.perf_counter()
+        done = 0
+        if total == 0:
+            return lambda n: None
+        if self.progress is not None:
+            progress = self.progress
+            task = progress.add_task(what, total=total)
+
+            def advance(n: int) -> None:
+                nonlocal done
+                done += n
+                progress.update(task, advance=n)
+                if done >= total:
+                    progress.remove_task(task)
+
+            return advance
+        every = max(1, total // 10)
+
+        def log(n: int) -> None:
+            nonlocal done
+            before, done = done, done + n
+            if done // every > before // every or done >= total:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                eta = (total - done) / rate if rate else 0
+                self.console.log(f"{what}: {done:,}/{total:,} ({rate:.0f}/s, ~{eta:.0f} s left)")
+
+        return log
+
+    def _orthanc_restarted(self, orthanc: OrthancServer) -> None:
+        """After a restart (same ports, new pid): account its new pid, drop its old connection."""
+        old = self.orthanc_target.pids
+        self.orthanc_target.pids = {orthanc.pid}
+        self.targets_pids = {orthanc.pid, *(self.targets_pids - old)}
+        cached = self.__dict__.get("_http", {}).pop("Orthanc", None)
+        if cached is not None:
+            cached.close()
 
     def query_phases(self, size: int, pid_keys: dict[str, str]) -> None:
         for target in (self.solent_target, self.orthanc_target):
@@ -724,6 +809,47 @@ def _version(cmd: list[str]) -> str:
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
 
 
+def _git_commit() -> str:
+    """HEAD of the checkout being measured, with "+dirty" when files differ from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def _package_versions(packages: list[str]) -> dict[str, str]:
+    import subprocess
+
+    out = {}
+    for name in packages:
+        try:
+            got = subprocess.run(
+                ["dpkg-query", "-W", "-f=${Version}", name],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+        except OSError:
+            got = None
+        out[name] = got.stdout.strip() if got is not None and got.returncode == 0 else "missing"
+    return out
+
+
 def _create_databases(admin_url: str) -> tuple[str, PostgresTarget, list[str]]:
     import psycopg
     from sqlalchemy.engine import make_url
@@ -743,6 +869,14 @@ def _create_databases(admin_url: str) -> tuple[str, PostgresTarget, list[str]]:
         url.password or "",
     )
     return solent_url, pg, names
+
+
+def _postgres_version(admin_url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(admin_url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else ""
 
 
 def _drop_databases(admin_url: str, names: list[str]) -> None:

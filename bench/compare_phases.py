@@ -71,6 +71,8 @@ class Target:
 
 def _route_missing(status: int, body: bytes) -> bool:
     """A framework 404 for an unknown route (not 'this study does not exist')."""
+    if status == 404 and b'"Unknown resource"' in body:  # Orthanc: no such route
+        return True
     return status == 405 or (status == 404 and body.strip() in (b'{"detail":"Not Found"}', b""))
 
 
@@ -385,6 +387,27 @@ def frames_throughput(
         raise errors[0]
     every = sorted(x for lat in latencies for x in lat)
     return sum(counts) / elapsed, every[len(every) // 2] if every else 0.0
+
+
+def image_latency(
+    target: Target, study: str, series: str, sop: str, kind: str, reps: int
+) -> tuple[float, list[float]]:
+    """(first request's seconds, later requests' seconds) of one instance's ``kind``
+    ("rendered" or "thumbnail") as JPEG on one connection: first view, then repeat views."""
+    http = Http(target)
+    path = f"/studies/{study}/series/{series}/instances/{sop}/{kind}"
+    try:
+        times = []
+        for _ in range(1 + max(1, reps)):
+            started = time.perf_counter()
+            status, data = http.request("GET", path, {"Accept": "image/jpeg"})
+            times.append(time.perf_counter() - started)
+            check_http(status, data, f"WADO-RS /{kind}")
+            if data[:2] != b"\xff\xd8":
+                raise Failed(f"/{kind}: not a JPEG ({data[:20]!r})")
+        return times[0], times[1:]
+    finally:
+        http.close()
 
 
 def warm(target: Target, study: str, series: str) -> dict[str, Any]:

@@ -1,15 +1,18 @@
 """DIMSE throughput: C-STORE ingest with storescu (1 association, 4 in parallel) of a 300-slice
 512x512 CT series, and C-GET of the series with getscu; Solent and Orthanc in the same run.
 
-    .venv/bin/python -m bench.dimse [--slices 300] [--no-orthanc]
+    .venv/bin/python -m bench.dimse [--slices 300] [--no-orthanc] [--profile DIR]
 
 Every DCMTK tool runs with TCP_NODELAY=1. Each store run sends a series with new UIDs, so no
-run is answered from a duplicate check. Prints instances/s and Solent/Orthanc ratios.
+run is answered from a duplicate check. Prints instances/s and Solent/Orthanc ratios, and the
+server's CPU time per instance (its processes and their children, from /proc): on a shared
+machine that figure moves much less than instances/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import subprocess
@@ -25,6 +28,32 @@ from bench.solent_server import SolentServer
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 CLIENT = "BENCH"
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (DIMSE worker processes)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process tree so far (Linux /proc; 0 elsewhere)."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def storescu(port: int, aec: str, files: list[Path]) -> None:
@@ -89,13 +118,30 @@ def run_peer(
     work: Path,
     slices: int,
     variant: Callable[[int], tuple[Path, str, str]],
+    pid: int | None = None,
 ) -> dict[str, float]:
+    cpu: list[float] = []
+
+    def lap() -> None:
+        if pid is not None:
+            cpu.append(cpu_seconds(pid))
+
     one_dir, study, series = variant(1)
-    one = timed_store(port, aec, sorted(one_dir.iterdir()), 1)
     four_dir, _, _ = variant(2)
+    lap()
+    one = timed_store(port, aec, sorted(one_dir.iterdir()), 1)
+    lap()
     four = timed_store(port, aec, sorted(four_dir.iterdir()), 4)
+    lap()
     get = timed_get(port, aec, study, series, slices, work)
+    lap()
     print(f"{name:8s} C-STORE 1 assoc {one:7.1f}/s   4 assoc {four:7.1f}/s   C-GET {get:7.1f}/s")
+    if len(cpu) == 4:
+        ms = [1000 * (b - a) / slices for a, b in itertools.pairwise(cpu)]
+        print(
+            f"{'':8s} server CPU ms/instance: store 1 assoc {ms[0]:.2f}   4 assoc {ms[1]:.2f}"
+            f"   C-GET {ms[2]:.2f}"
+        )
     return {"store1": one, "store4": four, "get": get}
 
 
@@ -103,6 +149,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--no-orthanc", action="store_true")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="record Solent (and its DIMSE workers) with py-spy into DIR/dimse.txt",
+    )
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-dimse-"))
     made: dict[int, tuple[Path, str, str]] = {}
@@ -118,12 +169,32 @@ def main() -> None:
         with SolentServer(trusts={"ZZA": "Trust A"}, client_aet=CLIENT) as solent:
             port = solent.dicom_port
             assert port is not None
-            mine = run_peer("Solent", port, solent.ae_title, work, args.slices, variant)
+            recording = None
+            if args.profile is not None:
+                from bench.pyspy import Recording, summarise
+
+                args.profile.mkdir(parents=True, exist_ok=True)
+                recording = Recording(solent.pid, args.profile / "dimse.txt")
+            try:
+                mine = run_peer(
+                    "Solent", port, solent.ae_title, work, args.slices, variant, solent.pid
+                )
+            finally:
+                if recording is not None:
+                    raw = recording.stop()
+                    top = summarise(raw)
+                    (args.profile / "dimse.top.txt").write_text(top, encoding="utf-8")
         if args.no_orthanc or shutil.which("Orthanc") is None:
             return
         with OrthancServer(client_aet=CLIENT) as orthanc:
             theirs = run_peer(
-                "Orthanc", orthanc.dicom_port, ORTHANC_AET, work, args.slices, variant
+                "Orthanc",
+                orthanc.dicom_port,
+                ORTHANC_AET,
+                work,
+                args.slices,
+                variant,
+                orthanc.pid,
             )
         print(
             "Solent/Orthanc  "

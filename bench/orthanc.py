@@ -19,6 +19,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,46 @@ class OrthancServer:
         if sync_storage is not None:
             self.sync_storage = sync_storage
         return self.start()
+
+    @contextmanager
+    def bulk_load(self) -> Iterator[OrthancServer]:
+        """Orthanc restarted without per-instance durability while an untimed fill runs, and
+        restarted durable again afterwards (same data, same ports, a new pid).
+
+        Growing the index to 100k studies is set-up, not a measurement: Orthanc stores each
+        instance in its own transaction, and with fsync on every file (SQLite) or every commit
+        (PostgreSQL, ~2x slower than without) the fill alone would take most of the run.
+        Nothing is measured while this is active; queries are measured after it.
+        """
+        self._set_synchronous_commit(False)
+        try:
+            self.restart(sync_storage=False)
+            yield self
+        finally:
+            self._set_synchronous_commit(True)
+            self.restart(sync_storage=True)
+
+    def _set_synchronous_commit(self, on: bool) -> None:
+        """The PostgreSQL setting for Orthanc's own database; its next connections use it."""
+        pg = self.postgres
+        if pg is None:
+            return
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(
+            host=pg.host,
+            port=pg.port,
+            dbname=pg.database,
+            user=pg.user,
+            password=pg.password or None,
+            autocommit=True,
+        ) as conn:
+            name = sql.Identifier(pg.database)
+            if on:
+                conn.execute(sql.SQL("ALTER DATABASE {} RESET synchronous_commit").format(name))
+            else:
+                conn.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(name))
 
     def stop(self, *, remove: bool = True) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -8,20 +8,23 @@ sends its bearer token on every HTTP request.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-SOLENT = Path(sys.executable).parent / "solent"
+from solent.serve_process import (
+    ServeStartError,
+    serve_env,
+    solent_program,
+    start_serve,
+    stop_serve,
+)
+
+SOLENT = solent_program()
 
 
 @dataclass
@@ -49,20 +52,10 @@ class SolentServer:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SOLENT_")}
-        env.update(
-            SOLENT_DATA_DIR=str(self.data_dir),
-            SOLENT_HTTP_PORT="0",
-            SOLENT_DICOM_PORT="0",
-            SOLENT_HL7_PORT="0",
-            SOLENT_BIND_ADDRESS="127.0.0.1",
-            SOLENT_LOG_LEVEL="WARNING",
-            TCP_NODELAY="1",
-        )
+        extra = {"SOLENT_LOG_LEVEL": "WARNING", "TCP_NODELAY": "1"}
         if self.database_url:
-            env["SOLENT_DATABASE_URL"] = self.database_url
-        env.update(self.extra_env)
-        return env
+            extra["SOLENT_DATABASE_URL"] = self.database_url
+        return serve_env(self.data_dir, {**extra, **self.extra_env})
 
     @property
     def base_url(self) -> str:
@@ -120,6 +113,13 @@ class SolentServer:
                 self.client_trust,
                 ["store", "query", "retrieve"],
             )
+            try:  # HL7 senders must be registered (issue 6): the bench sends from loopback
+                from solent.index.hl7_senders import add_sender
+            except ImportError:
+                pass
+            else:
+                for code in self.trusts:
+                    add_sender(archive.index, "*", code, ("127.0.0.1",), code)
         finally:
             archive.close()
 
@@ -162,46 +162,21 @@ class SolentServer:
         self.prepare()
         assert self.workdir is not None
         self._log = (self.workdir / "solent.log").open("a", encoding="utf-8")
-        self.proc = subprocess.Popen(
-            [str(SOLENT), "serve"],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        if first or not self.token:
-            self.token = self._make_token()  # while the server boots
-        deadline = time.monotonic() + timeout
-        seen: list[str] = []
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if line.startswith("SOLENT_READY "):
-                self.ports = json.loads(line.split(" ", 1)[1])
-                threading.Thread(target=self._drain, daemon=True).start()
-                return self
-        self.stop(remove=False)
-        raise RuntimeError("solent serve did not start:\n" + "".join(seen[-40:]))
-
-    def _drain(self) -> None:
-        """Keep reading the server's output into solent.log so it never blocks on a pipe."""
-        assert self.proc is not None and self.proc.stdout is not None
-        log = self._log
-        for line in self.proc.stdout:
-            if log is not None and not log.closed:
-                log.write(line)
+        with ThreadPoolExecutor(1) as pool:
+            # The bench account's token is made by the CLI (~2 s) while the server boots.
+            token = pool.submit(self._make_token) if first or not self.token else None
+            try:
+                self.proc, self.ports = start_serve(self.env, timeout, log=self._log)
+            except ServeStartError:
+                self.stop(remove=False)
+                raise
+            if token is not None:
+                self.token = token.result()
+        return self
 
     def stop(self, *, remove: bool = True) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_serve(self.proc, timeout=60)
         self.proc = None
         if self._log is not None:
             self._log.close()

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 
 from solent.app import Archive, build_archive
+from solent.serve_process import ServeStartError, serve_env, solent_program, start_serve, stop_serve
 from solent.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,50 +106,22 @@ class RunningServer:
         )
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_serve(self.proc)
 
 
-SOLENT = Path(sys.executable).parent / "solent"
+SOLENT = solent_program()
 
 
 def start_server(
     data_dir: Path, extra_env: dict[str, str] | None = None, timeout: float = 60
 ) -> RunningServer:
     """Start `solent serve` with every port 0 and wait for its SOLENT_READY line."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOLENT_")}
-    env.update(
-        SOLENT_DATA_DIR=str(data_dir),
-        SOLENT_HTTP_PORT="0",
-        SOLENT_DICOM_PORT="0",
-        SOLENT_HL7_PORT="0",
-        SOLENT_BIND_ADDRESS="127.0.0.1",
-    )
-    env.update(extra_env or {})
-    proc = subprocess.Popen(
-        [str(SOLENT), "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if line.startswith("SOLENT_READY "):
-            ports = json.loads(line.split(" ", 1)[1])
-            # Keep draining output so the server never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-            return RunningServer(proc, ports, data_dir, env)
-    proc.kill()
-    raise AssertionError("solent serve did not start:\n" + "".join(seen[-40:]))
+    env = serve_env(data_dir, extra_env)
+    try:
+        proc, ports = start_serve(env, timeout)
+    except ServeStartError as exc:
+        raise AssertionError(str(exc)) from None
+    return RunningServer(proc, ports, data_dir, env)
 
 
 @pytest.fixture

@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     aa.add_argument(
         "--allow", default="store,query,retrieve", help="comma list of store,query,retrieve"
     )
+    aa.add_argument(
+        "--tls-identity",
+        help="TLS client certificate the node must present on the DICOM TLS port: its subject "
+        "CN or SHA-256 fingerprint (needs SOLENT_DICOM_TLS_CA)",
+    )
     al = a.add_parser("list")
     al.add_argument("--json", action="store_true")
     ar = a.add_parser("remove")
@@ -233,7 +238,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             aet = args.ae_title
             if not aet or len(aet) > 16 or "\\" in aet or not aet.isprintable():
                 raise InvalidInput("AE title must be 1-16 printable characters without backslash")
-            node = archive.index.add_node(aet, args.host, args.port, args.trust, allow)
+            node = archive.index.add_node(
+                aet, args.host, args.port, args.trust, allow, tls_identity=args.tls_identity
+            )
             print(
                 f"DICOM node {node.ae_title} ({node.host}:{node.port}, trust {node.trust_code}) "
                 f"may {', '.join(node.allowed)}"
@@ -250,6 +257,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 "port": n.port,
                 "trust": n.trust_code,
                 "allow": ",".join(n.allowed),
+                "tls_identity": n.tls_identity or "",
             }
             for n in archive.index.list_nodes()
         ]

@@ -182,4 +182,17 @@ def load_demo(archive: Archive) -> int:
     for p in PATIENTS:
         if p.nhs and nhs_number.is_valid(p.nhs):
             archive.index.mark_nhs_verified(p.trust, p.local_id)
+    register_demo_senders(archive)
     return stored
+
+
+def register_demo_senders(archive: Archive) -> None:
+    """HL7 senders of the demo (issue 6): any application of each demo trust, and the link
+    senders (the consortium EMPI), sending from this machine only."""
+    from solent.index.hl7_senders import add_sender, find_sender
+
+    links = [s.strip() for s in archive.settings.hl7_link_senders.split(",") if s.strip()]
+    for facility in [*TRUSTS, *links]:
+        if find_sender(archive.index, "*", facility) is None:
+            trust = facility if facility in TRUSTS else None
+            add_sender(archive.index, "*", facility, ("127.0.0.1", "::1"), trust)

@@ -13,6 +13,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from solent.app import Archive, Listener
+from solent.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +57,61 @@ class NoDelayHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
 
 
+def https_files(archive: Archive) -> tuple[str | None, str | None]:
+    """(certificate, key) for uvicorn when SOLENT_HTTP_TLS_CERT/KEY are set (issue 6): the port
+    then speaks HTTPS only. Checked before anything listens, so a bad path fails the start."""
+    settings = archive.settings
+    if settings.http_tls_cert is None or settings.http_tls_key is None:
+        return None, None
+    for what, path in (("certificate", settings.http_tls_cert), ("key", settings.http_tls_key)):
+        if not path.is_file():
+            raise ConfigurationError(f"HTTPS {what} {path} does not exist or is not a file")
+    return str(settings.http_tls_cert), str(settings.http_tls_key)
+
+
 def serve(archive: Archive) -> None:
     from solent.protocols.http import create_app
 
     settings = archive.settings
+    tls_cert, tls_key = https_files(archive)
     sock = bind_http(settings.bind_address, settings.http_port)
     ports: dict[str, int | str] = {"http": sock.getsockname()[1]}
     archive.listeners = build_listeners(archive)
     for listener in archive.listeners:
         ports[listener.name] = listener.start()
+    workers = None
+    if "dicom" in ports:
+        from solent.protocols.dimse.workers import start_workers
+
+        workers = start_workers(settings, int(ports["dicom"]))  # READY only once they listen
+    config = uvicorn.Config(
+        create_app(archive),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        lifespan="off",
+        http=NoDelayHttpProtocol,
+        loop="uvloop",
+        ssl_certfile=tls_cert,  # HTTPS only when SOLENT_HTTP_TLS_CERT/KEY are set
+        ssl_keyfile=tls_key,
+    )
+    server = uvicorn.Server(config)
+
+    # Uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with the
+    # handlers found at start. Ours ask the server to stop, so a signal that arrives after
+    # SOLENT_READY but before uvicorn takes over still ends the process cleanly (status 0).
+    def stop(*_: object) -> None:
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     ports["ae_title"] = settings.ae_title
     # One machine-readable line for tests and tools, then one for people.
     print("SOLENT_READY " + json.dumps(ports, sort_keys=True), flush=True)
     host = settings.bind_address
+    scheme = "https" if settings.http_tls_cert else "http"
     print(
-        f"Solent PACS is running: http://{host}:{ports['http']}/health  "
+        f"Solent PACS is running: {scheme}://{host}:{ports['http']}/health  "
         "(API at /api, metrics at /metrics)",
         flush=True,
     )
@@ -81,22 +122,10 @@ def serve(archive: Archive) -> None:
         f"  data: {settings.effective_database_url}  blobs: {settings.effective_storage_url}",
         flush=True,
     )
-    config = uvicorn.Config(
-        create_app(archive),
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        lifespan="off",
-        http=NoDelayHttpProtocol,
-        loop="uvloop",
-    )
-    server = uvicorn.Server(config)
-    # Uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with the
-    # handlers found at start; these no-op handlers let the process end with status 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    signal.signal(signal.SIGINT, lambda *_: None)
     try:
         server.run(sockets=[sock])
     finally:
+        if workers is not None:
+            workers.stop()
         archive.close()
         print("Solent PACS stopped.", file=sys.stderr, flush=True)

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     )
     bind_address: str = Field("127.0.0.1", description="Address every listener binds to.")
     http_port: int = Field(8042, ge=0, le=65535, description="HTTP port; 0 picks a free port.")
+    # --- HTTPS (issue 6) ---
+    http_tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) of the HTTP port; with the key, HTTPS only."
+    )
+    http_tls_key: Path | None = Field(None, description="PEM private key of the HTTP port.")
+    # --- end HTTPS ---
     dicom_port: int = Field(11112, ge=0, le=65535, description="DICOM port; 0 picks a free port.")
     ae_title: str = Field("SOLENT", description="Our DICOM Application Entity title.")
     # --- DIMSE (issue 3) ---------------------------------------------------------------
@@ -58,6 +64,20 @@ class Settings(BaseSettings):
     )
     dicom_max_find_results: int = Field(
         1000, ge=1, description="Cap on C-FIND matches; beyond it the query fails with A700."
+    )
+    dicom_max_associations: int = Field(
+        32,
+        ge=1,
+        le=1000,
+        description="Most simultaneous DICOM associations per receiving process; more are "
+        "rejected (A-ASSOCIATE-RJ, transient: local limit exceeded).",
+    )
+    dicom_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes receiving on the DICOM port (SO_REUSEPORT), the first being "
+        "`solent serve` itself; 0: one per CPU. Associations are spread over them.",
     )
     dicom_tls_port: int = Field(
         -1, ge=-1, le=65535, description="DICOM TLS port; -1 disables TLS, 0 picks a free port."
@@ -80,6 +100,17 @@ class Settings(BaseSettings):
         ),
     )
     # --- end regional identity ---
+    hl7_max_connections: int = Field(
+        64,
+        ge=1,
+        le=10000,
+        description="Most simultaneous HL7 MLLP connections; more are closed at once.",
+    )
+    hl7_allow_unknown_senders: bool = Field(
+        False,
+        description="Development only: accept HL7 from senders not registered with "
+        "`solent hl7 sender add` (MSH-4 must still be a registered trust).",
+    )
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
@@ -115,6 +146,20 @@ class Settings(BaseSettings):
         "",
         description="Comma-separated origins allowed to call /dicomweb from a browser "
         "(CORS), e.g. https://viewer.example.nhs.uk; * allows any; empty: none.",
+    )
+    dicomweb_access_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description="How long a granted DICOMweb study access decision is reused per principal "
+        "and study (0: check every request); a revoked or expired grant is honoured within it.",
+    )
+    dicomweb_cache_mb: int = Field(
+        64,
+        ge=0,
+        le=4096,
+        description="Memory for cached DICOMweb responses (series metadata, patched headers, "
+        "thumbnails) in MB; 0 disables.",
     )
     # --- end DICOMweb -------------------------------------------------------------------
     # --- security and audit (issue 6) ----------------------------------------------------
@@ -180,6 +225,12 @@ class Settings(BaseSettings):
         if v and not v.startswith(("file://", "s3://")):
             raise ValueError("use file:///path or s3://bucket/prefix")
         return v
+
+    @model_validator(mode="after")
+    def _http_tls_pair(self) -> Settings:
+        if (self.http_tls_cert is None) != (self.http_tls_key is None):
+            raise ValueError("http_tls_cert and http_tls_key go together: set both or neither")
+        return self
 
     @model_validator(mode="after")
     def _s3_needs_bucket(self) -> Settings:

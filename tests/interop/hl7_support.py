@@ -17,6 +17,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from solent.app import build_archive
 from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
+from solent.index.hl7_senders import add_sender
 from solent.settings import load_settings
 
 TRUSTS = ("ZZA", "ZZB", "ZZC", "ZZD")
@@ -58,6 +59,8 @@ def prepare_data_dir(data_dir: Path, trusts: tuple[str, ...] = TRUSTS) -> None:
         for aet, trust in NODES.items():
             if trust in trusts:
                 archive.index.add_node(aet, "127.0.0.1", 104, trust, ["store", "query"])
+        for facility in (*trusts, "ZZX"):  # HL7 senders must be registered (issue 6)
+            add_sender(archive.index, "*", facility, ("127.0.0.1",), None)
     finally:
         archive.close()
 

@@ -62,7 +62,10 @@ def test_bench_orthanc_stores_and_answers_qido_and_c_find() -> None:
     require_tool("findscu")
     require(shutil.which("dpkg") is not None, "dpkg (to find the DICOMweb plugin)")
     with OrthancServer() as orthanc:
-        assert population.upload_orthanc(orthanc.base_url, _rows(), threads=2) == 4
+        first_pid = orthanc.pid
+        with orthanc.bulk_load():  # restarted without fsync for the fill, durable after it
+            assert population.upload_orthanc(orthanc.base_url, _rows(), threads=2) == 4
+        assert orthanc.pid != first_pid and orthanc.config()["SyncStorageArea"] is True
         assert orthanc.statistics()["CountStudies"] == 4
         target = ph.Target(
             "Orthanc", orthanc.dicomweb_url, ORTHANC_AET, orthanc.dicom_port, {orthanc.pid}

@@ -128,3 +128,47 @@ def test_unavailable_endpoint_shows_as_na_with_the_reason(tmp_path: Path) -> Non
     finally:
         comparison.work.rmdir()
         comparison.ram.rmdir()
+
+
+def test_every_query_row_appears_at_10k_and_100k_in_table_and_json() -> None:
+    cfg = compare.parse_args([])
+    assert cfg.sizes == [10_000, 100_000] and not cfg.quick
+    comparison = compare.Comparison(cfg, compare.Console(width=250))
+    try:
+        for n in reversed(cfg.sizes):
+            for key in ("cfind_pid_{n}", "cfind_range_{n}", "qido_pid_{n}", "qido_range_{n}"):
+                spec = next(s for s in compare.SPECS if s.key == key)
+                row = comparison.row(spec, n)
+                row.solent.samples, row.orthanc.samples = [10.0], [20.0]
+        keys = [r["key"] for r in comparison.as_json()["rows"]]
+        assert keys == [
+            "cfind_pid_10k",
+            "cfind_pid_100k",
+            "cfind_range_10k",
+            "cfind_range_100k",
+            "qido_pid_10k",
+            "qido_pid_100k",
+            "qido_range_10k",
+            "qido_range_100k",
+        ]
+        markdown = comparison.markdown()
+        for label in ("C-FIND study, PatientID+issuer @100k", "QIDO-RS /studies, date range"):
+            assert label in markdown
+        assert markdown.count("@10k") == 4 and markdown.count("@100k") == 4
+    finally:
+        comparison.work.rmdir()
+        comparison.ram.rmdir()
+
+
+def test_fill_progress_reports_every_batch_without_a_terminal() -> None:
+    out = io.StringIO()
+    comparison = compare.Comparison(compare.parse_args(["--quick"]), compare.Console(file=out))
+    try:
+        advance = comparison.fill_progress("Orthanc fill to 10k", 1000)
+        for _ in range(10):
+            advance(100)
+        lines = [x for x in out.getvalue().splitlines() if "Orthanc fill" in x]
+        assert len(lines) == 10 and "1,000/1,000" in lines[-1]
+    finally:
+        comparison.work.rmdir()
+        comparison.ram.rmdir()

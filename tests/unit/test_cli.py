@@ -115,6 +115,7 @@ def test_ae_add_list_remove(data_dir: Path, capsys: pytest.CaptureFixture[str]) 
         "port": 104,
         "trust": "ZZA",
         "allow": "store,query,retrieve",
+        "tls_identity": "",
     }
     assert set(nodes["RIS"]["allow"].split(",")) == {"query", "retrieve"}
     assert run(capsys, "ae", "remove", "CT01")[0] == 0

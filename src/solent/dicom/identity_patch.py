@@ -40,14 +40,27 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def modification_stamp(when: datetime | None = None) -> str:
+    """A DT value (UTC, to the second) for Attribute Modification DateTime."""
+    when = when or datetime.now(UTC)
+    if when.tzinfo is None:  # SQLite hands back naive datetimes; the index stores UTC
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y%m%d%H%M%S")
+
+
 def apply_identity(
-    dataset: Dataset, attributes: Mapping[str, Any], *, reason: str = "CORRECT"
+    dataset: Dataset,
+    attributes: Mapping[str, Any],
+    *,
+    reason: str = "CORRECT",
+    modified_at: str | None = None,
 ) -> bool:
     """Overwrite the patient attributes of ``dataset`` in place; True when anything changed.
 
     ``attributes`` maps DICOM keywords to values (str, or list of item dicts for sequences);
     None removes the attribute. Replaced or removed originals are kept in a new item of
-    Original Attributes Sequence.
+    Original Attributes Sequence, stamped ``modified_at`` (a DT; now when not given: give
+    the time of the record's change so the same retrieve gives the same bytes).
     """
     originals = Dataset()
     changed = False
@@ -64,6 +77,7 @@ def apply_identity(
             continue
         if present:
             originals[keyword] = copy.deepcopy(dataset[keyword])
+            del dataset[keyword]  # a new element: the dictionary VR, whatever was received
         elif value in ("", []):
             continue
         if isinstance(value, list):
@@ -74,7 +88,7 @@ def apply_identity(
     if changed and len(originals):
         item = Dataset()
         item.ModifiedAttributesSequence = Sequence([originals])
-        item.AttributeModificationDateTime = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+        item.AttributeModificationDateTime = modified_at or modification_stamp()
         item.ModifyingSystem = MODIFYING_SYSTEM
         item.ReasonForTheAttributeModification = reason
         existing = list(dataset.get("OriginalAttributesSequence", []))
@@ -114,7 +128,11 @@ def _json_item(item: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def apply_identity_json(
-    obj: dict[str, Any], attributes: Mapping[str, Any], *, reason: str = "CORRECT"
+    obj: dict[str, Any],
+    attributes: Mapping[str, Any],
+    *,
+    reason: str = "CORRECT",
+    modified_at: str | None = None,
 ) -> bool:
     """The same as ``apply_identity`` on one DICOM JSON object (modified in place)."""
     originals: dict[str, Any] = {}
@@ -141,7 +159,7 @@ def apply_identity_json(
             _tag("ModifiedAttributesSequence"): {"vr": "SQ", "Value": [originals]},
             _tag("AttributeModificationDateTime"): {
                 "vr": "DT",
-                "Value": [datetime.now(UTC).strftime("%Y%m%d%H%M%S")],
+                "Value": [modified_at or modification_stamp()],
             },
             _tag("ModifyingSystem"): {"vr": "LO", "Value": [MODIFYING_SYSTEM]},
             _tag("ReasonForTheAttributeModification"): {"vr": "CS", "Value": [reason]},

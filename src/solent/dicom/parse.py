@@ -310,7 +310,7 @@ def _parse(
         if tag not in ds:
             continue
         pixel_tag = name
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)  # never load a deferred (large) value
         if str(ts) in DEFLATED:
             # Offsets into the inflated stream mean nothing in the stored file: frames are
             # served by decoding. The full parse above already inflated and checked the stream.
@@ -426,11 +426,13 @@ def _check_lengths(ds: Dataset, size: int) -> None:
     for tag in ds.keys():  # noqa: SIM118 - raw elements, not converted values
         if tag >> 16 == 0xFFFE:
             continue  # stray delimiters: judged below
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)  # never load a deferred (large) value
         length = getattr(raw, "length", None)
         value_tell = getattr(raw, "value_tell", None)
         if length is None or value_tell is None or length == 0xFFFFFFFF:
             continue
+        if getattr(raw, "value", b"") is None and length > DEFER_SIZE:
+            continue  # deferred, as before: Pixel Data is checked where it is located below
         if value_tell + length > size:
             raise RejectedInstance(
                 RejectReason.MALFORMED,

@@ -307,10 +307,20 @@ class _Compiler:
         direct = self.identity(ident, p, query.viewer_trust)
         if not ident.linked:
             return [direct]
-        p2 = t.patient.alias("p_matched")
-        matched = self.identity(ident, p2, query.viewer_trust)
-        related = exists().where(matched, access.linked(p, p2))
+        matched = self.identity(ident, _MATCHED, query.viewer_trust)
+        related = exists().where(matched, _linked_to_matched())
         return [or_(direct, related)]
+
+
+_MATCHED = t.patient.alias("p_matched")
+
+
+@cache
+def _linked_to_matched() -> Expr:
+    """The link rule between a candidate record and the one the identity keys matched: a
+    constant expression (no values), built once instead of on every query."""
+    linked: Expr = access.linked(t.patient, _MATCHED)
+    return linked
 
 
 def _nhs_guard(patient: Any, viewer_trust: str | None) -> Expr:
@@ -323,7 +333,7 @@ def _nhs_guard(patient: Any, viewer_trust: str | None) -> Expr:
 
 
 def build(
-    query: Query, dialect: str = "sqlite", *, visible_patients: Select[Any] | None = None
+    query: Query, dialect: str = "sqlite", *, visible_patients: access.VisiblePatients | None = None
 ) -> Select[Any]:
     """The SELECT for ``query`` (without LIMIT/OFFSET). The query must be scoped (R24).
 
@@ -379,7 +389,7 @@ def execute(
     *,
     limit: int,
     offset: int = 0,
-    visible_patients: Select[Any] | None = None,
+    visible_patients: access.VisiblePatients | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``query`` and return up to ``limit`` rows after ``offset`` as keyword dicts."""
     stmt = build(query, conn.dialect.name, visible_patients=visible_patients)

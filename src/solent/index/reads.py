@@ -132,6 +132,30 @@ def find_metadata(
         return [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in conn.execute(q).all()]
 
 
+def find_hashes(
+    index: Index,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> list[str]:
+    """Content hashes in /metadata order: enough for its ETag (and a cached answer)."""
+    i, se, st = t.instance.c, t.series.c, t.study.c
+    q = (
+        select(i.sha256)
+        .select_from(
+            t.instance.join(t.series, i.series_pk == se.pk).join(t.study, se.study_pk == st.pk)
+        )
+        .where(st.study_uid == study_uid)
+        .order_by(se.series_number, se.pk, i.instance_number, i.pk)
+    )
+    if series_uid is not None:
+        q = q.where(se.series_uid == series_uid)
+    if sop_instance_uid is not None:
+        q = q.where(i.sop_instance_uid == sop_instance_uid)
+    with index.read() as conn:
+        return [str(r[0]) for r in conn.execute(q).all()]
+
+
 def iter_metadata(
     index: Index, instance_pks: Sequence[int], *, page: int = 500
 ) -> Iterator[tuple[int, bytes]]:

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from solent.dicom.parse import ParsedInstance
 from solent.domain.principal import Principal, Provenance
+from solent.index import identity as identity_store
 from solent.index import schema as t
 from solent.index.sql import Index, now
 
@@ -103,6 +104,20 @@ def _patient_pk(
     found = conn.execute(
         select(c.pk).where(c.issuer == issuer, c.local_id == p["local_id"])
     ).first()
+    if not found:
+        replaced_by = _retired_into(conn, issuer, p["local_id"])
+        if replaced_by is not None:
+            # Merged away (A40) or renumbered (A47): file under the record that replaced it,
+            # as IHE PIR expects of late images, and leave a trace on that record.
+            identity_store.add_event(
+                conn,
+                kind="filed-under-retired-id",
+                actor="ingest",
+                patient_pk=replaced_by,
+                issuer=issuer,
+                local_id=p["local_id"],
+            )
+            return replaced_by
     if found:
         # The trust's record may already carry demographics (from earlier studies or HL7);
         # images only fill what is still empty, never overwrite.
@@ -146,6 +161,15 @@ def _patient_pk(
     )
 
 
+def _retired_into(conn: Connection, issuer: str, local_id: str) -> int | None:
+    """The record a retired identifier now names (A40 merge, A47 renumbering), if any."""
+    r = t.retired_identifier.c
+    pk = conn.execute(
+        select(r.patient_pk).where(r.issuer == issuer, r.local_id == local_id)
+    ).scalar()
+    return None if pk is None else int(pk)
+
+
 def _lineage(
     index: Index,
     conn: Connection,
@@ -167,7 +191,10 @@ def _lineage(
                 "this Series Instance UID already belongs to another study; "
                 "the instance was not stored"
             )
-        if found.issuer != trust or found.local_id != patient["local_id"]:
+        same_record = found.issuer == trust and found.local_id == patient["local_id"]
+        if not same_record and _retired_into(conn, trust, patient["local_id"]) != int(
+            found.patient_pk
+        ):
             raise PatientMismatchError(
                 "this Study Instance UID is already filed under another patient record; "
                 "the instance was not stored (check Patient ID / issuing trust)"

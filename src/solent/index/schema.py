@@ -54,6 +54,20 @@ dicom_node = Table(
     Column("allow_query", Boolean, nullable=False),
     Column("allow_retrieve", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # TLS client certificate the node must present (subject CN or SHA-256 fingerprint); NULL:
+    # none beyond what SOLENT_DICOM_TLS_CA asks of every TLS peer.
+    Column("tls_identity", String(255), nullable=True),
+)
+
+# Security (issue 6): HL7 v2 senders allowed to send over MLLP, like dicom_node for DIMSE.
+hl7_sender = Table(
+    "hl7_sender",
+    metadata,
+    Column("application", String(227), primary_key=True),  # MSH-3 namespace ID, or "*"
+    Column("facility", String(227), primary_key=True),  # MSH-4 namespace ID
+    Column("hosts", String(1000), nullable=False),  # comma list of host names / IPs, or "*"
+    Column("trust_code", String(16), ForeignKey("trust.code")),  # None: a regional system
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 patient = Table(

@@ -75,6 +75,20 @@ def add_user(
     return index.write(op)
 
 
+#: Bumped by every change of a user or token in this process, so caches of look-ups
+#: (security/authn.py) drop what they hold at once; other processes wait out their TTL.
+_generation = 0
+
+
+def generation() -> int:
+    return _generation
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+
+
 def update_user(
     index: Index,
     name: str,
@@ -102,6 +116,7 @@ def update_user(
             raise NotFound(f"user {name} does not exist")
 
     index.write(op)
+    _changed()
 
 
 def get_user(index: Index, name: str) -> UserRow | None:

@@ -3,13 +3,23 @@
 SQLite runs in WAL mode with ``synchronous=FULL`` (a commit survives power loss) and takes the
 write lock up front with ``BEGIN IMMEDIATE``, so concurrent writers queue instead of failing
 half-way. PostgreSQL retries serialization failures and deadlocks.
+
+A *relaxed* write (``write(fn, relaxed=True)``) is committed without waiting for the disk: used
+for records of reads (the audit of a query or a view), where an fsync per request would double
+the latency of every QIDO-RS call. It survives a crash of Solent (the OS has the bytes) and is
+made durable within ``RELAXED_SYNC_S``: on SQLite a flusher thread fsyncs the WAL file, on
+PostgreSQL ``synchronous_commit=off`` bounds the window by the WAL writer (3 x wal_writer_delay).
+Only a power loss or kernel crash inside that window can lose such a record; data changes are
+never relaxed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +49,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRYABLE_PG = {"40001", "40P01"}
+#: How long a relaxed commit may stay in the OS cache before it is fsynced (SQLite).
+RELAXED_SYNC_S = 0.5
 
 
 def now() -> datetime:
@@ -66,6 +78,7 @@ class NodeRow:
     allow_store: bool
     allow_query: bool
     allow_retrieve: bool
+    tls_identity: str | None = None  # certificate CN or SHA-256 it must present (DIMSE TLS)
 
     @property
     def allowed(self) -> list[str]:
@@ -87,6 +100,11 @@ class Index:
         self.url = normalise_url(url)
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
         self.engine = self._make_engine(echo)
+        self._wal_sync: _WalSync | None = None
+        if self.dialect == "sqlite":
+            path = self.url.split("///", 1)[1] if "///" in self.url else ""
+            if path and path != ":memory:":
+                self._wal_sync = _WalSync(Path(path + "-wal"))
 
     def _make_engine(self, echo: bool) -> Engine:
         if self.dialect == "sqlite":
@@ -113,7 +131,14 @@ class Index:
 
             @event.listens_for(engine, "begin")
             def _begin(conn: Connection) -> None:
-                write = conn.get_execution_options().get("solent_write", False)
+                options = conn.get_execution_options()
+                write = options.get("solent_write", False)
+                if write:
+                    # synchronous is per connection and may only change outside a transaction.
+                    mode = "NORMAL" if options.get("solent_relaxed", False) else "FULL"
+                    if conn.info.get("synchronous") != mode:
+                        conn.exec_driver_sql(f"PRAGMA synchronous={mode}")
+                        conn.info["synchronous"] = mode
                 conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
             return engine
@@ -126,15 +151,27 @@ class Index:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
-    def write(self, fn: Callable[[Connection], T], *, attempts: int = 8) -> T:
-        """Run ``fn`` in one write transaction, retrying transient conflicts."""
+    def write(
+        self, fn: Callable[[Connection], T], *, attempts: int = 8, relaxed: bool = False
+    ) -> T:
+        """Run ``fn`` in one write transaction, retrying transient conflicts.
+
+        ``relaxed``: commit without waiting for the disk (records of reads only; see above).
+        """
         for attempt in range(1, attempts + 1):
             try:
                 with (
-                    self.engine.connect().execution_options(solent_write=True) as conn,
+                    self.engine.connect().execution_options(
+                        solent_write=True, solent_relaxed=relaxed
+                    ) as conn,
                     conn.begin(),
                 ):
-                    return fn(conn)
+                    if relaxed and self.dialect == "postgresql":
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                    result = fn(conn)
+                if relaxed and self._wal_sync is not None:
+                    self._wal_sync.due()
+                return result
             except OperationalError as exc:
                 if attempt == attempts or not self._transient(exc):
                     raise IndexUnavailable(f"index write failed: {exc.orig}") from exc
@@ -161,6 +198,8 @@ class Index:
         upgrade(self)
 
     def close(self) -> None:
+        if self._wal_sync is not None:
+            self._wal_sync.close()
         self.engine.dispose()
 
     # -- trusts and nodes ---------------------------------------------------------------
@@ -185,7 +224,13 @@ class Index:
             return TrustRow(r.code, r.name) if r else None
 
     def add_node(
-        self, ae_title: str, host: str, port: int, trust_code: str, allow: Sequence[str]
+        self,
+        ae_title: str,
+        host: str,
+        port: int,
+        trust_code: str,
+        allow: Sequence[str],
+        tls_identity: str | None = None,
     ) -> NodeRow:
         node = NodeRow(
             ae_title,
@@ -195,6 +240,7 @@ class Index:
             "store" in allow,
             "query" in allow,
             "retrieve" in allow,
+            tls_identity or None,
         )
 
         def op(conn: Connection) -> NodeRow:
@@ -213,6 +259,7 @@ class Index:
                     allow_store=node.allow_store,
                     allow_query=node.allow_query,
                     allow_retrieve=node.allow_retrieve,
+                    tls_identity=node.tls_identity,
                     created_at=now(),
                 )
             )
@@ -235,7 +282,14 @@ class Index:
     @staticmethod
     def _node(r: Any) -> NodeRow:
         return NodeRow(
-            r.ae_title, r.host, r.port, r.trust_code, r.allow_store, r.allow_query, r.allow_retrieve
+            r.ae_title,
+            r.host,
+            r.port,
+            r.trust_code,
+            r.allow_store,
+            r.allow_query,
+            r.allow_retrieve,
+            r.tls_identity,
         )
 
     def remove_node(self, ae_title: str) -> None:
@@ -402,3 +456,54 @@ class Index:
             )
 
         self.write(op)
+
+
+class _WalSync:
+    """Fsyncs SQLite's WAL file at most ``RELAXED_SYNC_S`` after a relaxed commit.
+
+    fsync works on the file, whichever descriptor wrote it, so syncing the WAL makes every
+    relaxed commit before it durable. SQLite has no timer of its own for this: with
+    synchronous=NORMAL it syncs only at checkpoints.
+    """
+
+    def __init__(self, wal: Path) -> None:
+        self.wal = wal
+        self._pending = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.syncs = 0  # fsyncs done (observable by tests and metrics)
+
+    def due(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None and not self._closed:
+                    self._thread = threading.Thread(
+                        target=self._run, name="solent-wal-sync", daemon=True
+                    )
+                    self._thread.start()
+        self._pending.set()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._pending.wait()
+            time.sleep(RELAXED_SYNC_S)
+            self._pending.clear()
+            self.sync()
+
+    def sync(self) -> None:
+        try:
+            fd = os.open(self.wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # checkpointed and removed: the database file holds (and synced) it all
+        try:
+            os.fsync(fd)
+            self.syncs += 1
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._pending.is_set():
+            self.sync()
+        self._pending.set()

@@ -7,11 +7,14 @@ crash left behind.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
+import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -78,6 +81,24 @@ class IngestPolicy:
     nhs_number_tag: str = ""
 
 
+_GATES: dict[str, tuple[int, threading.Lock]] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def _sqlite_gate(index: Index) -> tuple[int | None, threading.Lock]:
+    """The write gate of an SQLite database file: a lock file beside it, opened once per
+    process and database (flock excludes other processes; the thread lock, this one's)."""
+    path = index.url.split("///", 1)[1].split("?", 1)[0] if "///" in index.url else ""
+    if index.dialect != "sqlite" or not path or path == ":memory:":
+        return None, threading.Lock()
+    path = os.path.realpath(path)
+    with _GATES_LOCK:
+        if path not in _GATES:
+            fd = os.open(path + ".ingest-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _GATES[path] = (fd, threading.Lock())
+        return _GATES[path]
+
+
 def placeholder_patient_id(study_uid: str) -> str:
     """One unidentified record per study, so unrelated unidentified studies never share one."""
     return "UNIDENTIFIED-" + hashlib.sha256(study_uid.encode()).hexdigest()[:16].upper()
@@ -117,6 +138,34 @@ class Ingestor:
         self._queue: list[_Waiting] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
+        self._gate_fd, self._gate_lock = _sqlite_gate(index)
+
+    @contextlib.contextmanager
+    def _write_gate(self) -> Iterator[None]:
+        """Ingest's index writes, one at a time across threads AND processes (DIMSE workers).
+
+        SQLite's own busy handler makes a waiting writer sleep 1, 2, 5, 10 ... ms between
+        tries, which on a busy port costs more than the transaction; a lock file waits in the
+        kernel and wakes the next writer at once, while its group-commit queue fills. With
+        PostgreSQL there is no gate (row locks; audit_head serialises the chain).
+        """
+        if self._gate_fd is None:
+            yield
+            return
+        with self._gate_lock:
+            fcntl.flock(self._gate_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._gate_fd, fcntl.LOCK_UN)
+
+    def prepare_blob(self, sha256: str) -> None:
+        """Get the blob store ready for the blob of this digest (its directory, for files),
+        so a receiver can overlap that I/O with parsing. Best effort: put_file does it too."""
+        prepare = getattr(self.store, "prepare", None)
+        if prepare is not None:
+            with contextlib.suppress(Exception):
+                prepare(blob_key_for(sha256))
 
     def _trust_exists(self, code: str) -> bool:
         if code not in self._trusts:
@@ -271,7 +320,8 @@ class Ingestor:
             return out
 
         try:
-            recorded = self.index.write(op)
+            with self._write_gate():
+                recorded = self.index.write(op)
         except Exception:
             log.info("group index write failed; committing its instances one by one")
             return [self._commit(p) for p in batch]
@@ -400,7 +450,8 @@ class Ingestor:
             )
 
         try:
-            recorded = self.index.write(lambda conn: self._record(conn, p))
+            with self._write_gate():
+                recorded = self.index.write(lambda conn: self._record(conn, p))
         except (AlreadyStoredError, PatientMismatchError) as exc:
             return self._settle(p, exc)
         except IndexUnavailable as exc:

@@ -1,10 +1,18 @@
-"""Who is calling: an Authorization header in, a Principal (or a reason for refusal) out."""
+"""Who is calling: an Authorization header in, a Principal (or a reason for refusal) out.
+
+User rows and API-token look-ups are remembered for ``LOOKUP_TTL_S`` per process: a viewer
+sends hundreds of /frames requests a second, and two index reads per request cost more than
+the frame. A user disabled or a token revoked is refused within that time.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import threading
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 from solent.domain.principal import Principal, PrincipalKind
 from solent.index import security as sec
@@ -15,6 +23,35 @@ from solent.security.tokens import TokenInvalid
 from solent.security.users import UserService, principal_of
 from solent.services.access import Role
 from solent.settings import Settings
+
+LOOKUP_TTL_S = 2.0
+
+
+class _Recent:
+    """Answers of index look-ups for LOOKUP_TTL_S (None answers included: refusals stay
+    cheap too). Bounded: cleared when it grows past ``limit`` entries."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._items: dict[str, tuple[float, int, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, load: Any) -> Any:
+        now = time.monotonic()
+        generation = sec.generation()
+        hit = self._items.get(key)
+        if hit is not None and hit[0] > now and hit[1] == generation:
+            return hit[2]
+        value = load()
+        with self._lock:
+            if len(self._items) >= self.limit:
+                self._items.clear()
+            self._items[key] = (now + LOOKUP_TTL_S, generation, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 class AuthenticationFailed(Exception):
@@ -27,6 +64,8 @@ class Authenticator:
         self.settings = settings
         self.users = users
         self.oidc: OidcVerifier | None = None
+        self._users = _Recent()
+        self._tokens = _Recent()
         if settings.oidc_issuer:
             self.oidc = OidcVerifier(
                 settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_url
@@ -60,13 +99,14 @@ class Authenticator:
         return name, password
 
     def _user(self, name: str, address: str | None) -> Principal:
-        row = sec.get_user(self.index, name)
+        row = self._users.get(name, lambda: sec.get_user(self.index, name))
         if row is None or row.disabled:
             raise AuthenticationFailed("the user of this token does not exist or is disabled")
         return principal_of(row, address)
 
     def _api_token(self, token: str, address: str | None) -> Principal:
-        found = sec.find_api_token(self.index, tokens.api_token_digest(token))
+        digest = tokens.api_token_digest(token)
+        found = self._tokens.get(digest, lambda: sec.find_api_token(self.index, digest))
         if found is None:
             raise AuthenticationFailed("unknown or revoked API token")
         user, expires = found

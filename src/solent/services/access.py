@@ -25,14 +25,19 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, exists, false, select, true
+from sqlalchemy import exists, false, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import InvalidInput, NotFound, SolentError
 from solent.index import schema as t
 from solent.index import security as sec
-from solent.index.access import studies_among, visible_counts, visible_patient_pks
+from solent.index.access import (
+    VisiblePatients,
+    studies_among,
+    visible_counts,
+    visible_patient_pks,
+)
 from solent.index.sql import Index
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef, audit_fields
 
@@ -165,14 +170,16 @@ class AccessService:
 
     # -- filters for queries -------------------------------------------------------------------
 
-    def visible_patients(self, principal: Principal) -> Select[tuple[int]] | None:
+    def visible_patients(self, principal: Principal) -> VisiblePatients | None:
         """SELECT of visible patient pks; None means unrestricted."""
         if not self.permits(principal, Permission.READ):
             return select(t.patient.c.pk).where(false())
         scope = self.scope(principal)
         if scope.unrestricted:
             return None
-        return visible_patient_pks(scope.trusts, scope.user_name, datetime.now(UTC))
+        return visible_patient_pks(
+            scope.trusts, scope.user_name, datetime.now(UTC), self.index.dialect
+        )
 
     def patient_filter(self, principal: Principal) -> ColumnElement[bool]:
         """Condition on ``patient`` rows (AND it into any query that reads patients)."""

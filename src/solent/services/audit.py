@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -21,6 +24,10 @@ from solent.index import audit as store
 from solent.index.sql import Index
 
 log = logging.getLogger(__name__)
+
+#: A viewer asks for one rendered image or frame per request, hundreds per study: the same
+#: caller viewing the same study through the same channel is recorded once per this window.
+VIEW_WINDOW_S = 300.0
 
 
 class AuditAction(StrEnum):
@@ -44,6 +51,22 @@ class AuditAction(StrEnum):
     SECURITY_ALERT = "security-alert"
     USER_ADMIN = "user-admin"  # users, roles and tokens changed
     APPLICATION_ACTIVITY = "application-activity"
+
+
+#: Records of reads, committed without waiting for the disk (``Index.write(relaxed=True)``):
+#: durable within half a second, and never lost to a crash of Solent itself. Changes of data
+#: (store, identity, break-glass, users) are audited in fsynced transactions.
+READ_ACTIONS = frozenset(
+    {
+        AuditAction.QUERY.value,
+        AuditAction.VIEW.value,
+        AuditAction.RETRIEVE.value,
+        AuditAction.EXPORT.value,
+        AuditAction.LOGIN.value,
+        AuditAction.LOGOUT.value,
+        AuditAction.AUDIT_LOG_USED.value,
+    }
+)
 
 
 class AuditOutcome(StrEnum):
@@ -97,11 +120,27 @@ def audit_fields(
     }
 
 
+def patient_of_rows(rows: Iterable[Mapping[str, Any]]) -> PatientRef | None:
+    """The one patient record query result rows belong to, or None (no rows, or several)."""
+    found: PatientRef | None = None
+    for row in rows:
+        issuer, local_id = row.get("IssuerOfPatientID"), row.get("PatientID")
+        if not issuer or not local_id:
+            return None
+        ref = PatientRef(str(issuer), str(local_id), row.get("NHSNumber") or None)
+        if found is not None and (found.issuer, found.local_id) != (ref.issuer, ref.local_id):
+            return None
+        found = ref
+    return found
+
+
 class AuditTrail:
     """Writes and reads the audit trail of one archive."""
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        self._recent: dict[tuple[str, ...], float] = {}
+        self._recent_lock = threading.Lock()
 
     def record(
         self,
@@ -127,7 +166,95 @@ class AuditTrail:
             purpose=purpose,
             detail=detail,
         )
-        return self.index.write(lambda conn: self.append_in(conn, fields))
+        return self.index.write(
+            lambda conn: self.append_in(conn, fields), relaxed=fields["action"] in READ_ACTIONS
+        )
+
+    def record_coalesced(
+        self,
+        principal: Principal,
+        action: AuditAction | str,
+        *,
+        study_uid: str,
+        channel: str,
+        detail: dict[str, Any] | None = None,
+        window_s: float = VIEW_WINDOW_S,
+    ) -> int | None:
+        """Record unless the same caller had the same access to the same study through the
+        same channel within ``window_s`` (per process); returns the seq, or None if coalesced.
+
+        For per-image requests (rendered, thumbnail, frames): the first request of a viewing
+        session leaves the record, the following hundreds cost a dictionary look-up.
+        """
+        key = (
+            principal.kind.value,
+            principal.name,
+            principal.trust or "",
+            principal.address or "",
+            AuditAction(action).value,
+            study_uid,
+            channel,
+        )
+        now = time.monotonic()
+        with self._recent_lock:
+            last = self._recent.get(key)
+            if last is not None and now - last < window_s:
+                return None
+            self._recent[key] = now
+            if len(self._recent) > 10_000:
+                self._recent = {k: v for k, v in self._recent.items() if now - v < window_s}
+        try:
+            return self.record(
+                principal,
+                action,
+                study_uid=study_uid,
+                detail={"channel": channel, **(detail or {})},
+            )
+        except Exception:
+            with self._recent_lock:
+                self._recent.pop(key, None)  # not recorded: the next request tries again
+            raise
+
+    def record_studies(
+        self,
+        principal: Principal,
+        action: AuditAction | str,
+        study_uids: Iterable[str],
+        outcome: AuditOutcome | str = AuditOutcome.SUCCESS,
+        *,
+        detail: dict[str, Any] | None = None,
+    ) -> list[int]:
+        """One record per patient whose studies a request touched (a retrieve naming several
+        studies of one patient is one record), in one transaction, so searching the trail by
+        patient finds every one of them. The studies go in ``detail["studies"]``."""
+        studies = sorted(set(study_uids))
+        base = audit_fields(principal, action, outcome, detail=None)
+
+        def op(conn: Connection) -> list[int]:
+            by_patient: dict[tuple[str, str, str | None] | None, list[str]] = {}
+            for uid in studies:
+                by_patient.setdefault(store.patient_of_study(conn, uid), []).append(uid)
+            if not by_patient:
+                by_patient[None] = []
+            seqs = []
+            for patient, uids in by_patient.items():
+                fields = {
+                    **base,
+                    "patient_issuer": patient[0] if patient else None,
+                    "patient_id": patient[1] if patient else None,
+                    "nhs_number": patient[2] if patient else None,
+                    "study_uid": uids[0] if len(uids) == 1 else None,
+                    "detail": json.dumps(
+                        {**(detail or {}), "studies": uids},
+                        sort_keys=True,
+                        separators=(",", ":"),
+                        default=str,
+                    ),
+                }
+                seqs.append(store.append(conn, fields))
+            return seqs
+
+        return self.index.write(op, relaxed=base["action"] in READ_ACTIONS)
 
     @staticmethod
     def append_in(conn: Connection, fields: dict[str, Any]) -> int:

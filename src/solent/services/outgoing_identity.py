@@ -4,6 +4,11 @@ Stored blobs never change. Every adapter that sends DICOM (WADO-RS instances and
 QIDO-RS, C-FIND, C-MOVE/C-GET) patches on the way out with one ``CurrentIdentity`` per request,
 which reads ``IdentityService.current_patient_attributes`` once per study. An instance whose
 header already says what the record says is left alone, so its stored bytes go out untouched.
+
+The same retrieve gives the same bytes (and ETags) until the record changes: the Original
+Attributes item is stamped with the time of the record's last change (never "now"), and Part 10
+files are patched by splicing re-encoded patient elements between the stored bytes
+(``header_splice``), the re-encoding done once per distinct patient module in a request.
 """
 
 from __future__ import annotations
@@ -12,17 +17,35 @@ import copy
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from sqlalchemy import func, or_, select
 
-from solent.dicom.identity_patch import apply_identity, apply_identity_json
+from solent.dicom import header_splice as hs
+from solent.dicom.identity_patch import apply_identity, apply_identity_json, modification_stamp
 from solent.errors import NotFound
+from solent.index import schema as t
 from solent.index.sql import Index
 from solent.services.identity import IdentityService
 
 ALWAYS = "OtherPatientIDsSequence"  # an NHS number traced after the images came in
+SPECIFIC_CHARACTER_SET = 0x00080005  # how the stored names are encoded: part of every plan
+ORIGINAL_ATTRIBUTES = 0x04000561
+PLANS_PER_REQUEST = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SplicedHead:
+    """A Part 10 file with the current identity: ``head`` replaces the stored bytes before
+    ``tail_offset``; the rest (pixel data and anything after Original Attributes) is as stored."""
+
+    head: bytes
+    tail_offset: int
+    dataset_start: int  # where the dataset starts in ``head`` (after preamble and file meta)
 
 
 def _needed(attributes: Mapping[str, Any], present: Callable[[str], bool]) -> dict[str, Any]:
@@ -32,12 +55,166 @@ def _needed(attributes: Mapping[str, Any], present: Callable[[str], bool]) -> di
     return {k: v for k, v in attributes.items() if k == ALWAYS or present(k)}
 
 
-class CurrentIdentity:
-    """Current patient attributes per study, cached for one request."""
+def _utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def _tags(attrs: Mapping[str, Any]) -> frozenset[int]:
+    """The top-level tags a patch may change or depends on."""
+    tags = {tag_for_keyword(k) for k in attrs}
+    return frozenset({SPECIFIC_CHARACTER_SET, ORIGINAL_ATTRIBUTES} | {x for x in tags if x})
+
+
+_Elements = list[tuple[int, bytes]]  # (tag, encoded element) to splice in, in tag order
+_JsonPlan = tuple[list[str], list[tuple[str, Any]]]  # (keys to remove, (key, element) to set)
+
+
+def _json_tags(attrs: Mapping[str, Any]) -> frozenset[str]:
+    """The DICOM JSON keys a patch may change or depends on."""
+    return frozenset({f"{x:08X}" for x in _tags(attrs) if x != SPECIFIC_CHARACTER_SET})
+
+
+class OutgoingIdentity:
+    """Patches outgoing DICOM with per-study patient attributes, cached for one request;
+    subclasses say where the attributes and their modification time come from."""
+
+    def __init__(self) -> None:
+        self._fingerprints: dict[str, str] = {}
+        # (fingerprint, encoding, stored patient elements) -> (replacement elements,), or
+        # (None,) when that header already says what the record says; likewise for JSON.
+        self._plans: dict[tuple[str, bool, bool, bytes], tuple[_Elements | None]] = {}
+        self._json_plans: dict[tuple[str, str], tuple[_JsonPlan | None]] = {}
+
+    def attributes(self, study_uid: str) -> dict[str, Any] | None:
+        """The study's patient attributes by keyword (see ``apply_identity``); None: none."""
+        raise NotImplementedError
+
+    def modified_at(self, study_uid: str) -> str:
+        """Attribute Modification DateTime (DT) of the study's patched instances."""
+        raise NotImplementedError
+
+    def fingerprint(self, study_uid: str) -> str:
+        """A short hash of the current identity, for ETags: a change must not answer 304."""
+        if study_uid not in self._fingerprints:
+            attrs = self.attributes(study_uid)
+            stamp = self.modified_at(study_uid) if attrs else ""
+            text = json.dumps([attrs, stamp], sort_keys=True, default=str)
+            self._fingerprints[study_uid] = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._fingerprints[study_uid]
+
+    def patch_dataset(self, study_uid: str, dataset: Dataset) -> bool:
+        """Patch ``dataset`` in place; True when its header changed (re-encode it)."""
+        attrs = self.attributes(study_uid)
+        if not attrs:
+            return False
+        probe = Dataset()
+        for keyword in attrs:
+            if keyword in dataset:
+                probe[keyword] = copy.deepcopy(dataset[keyword])
+        if not apply_identity(probe, _needed(attrs, lambda k: bool(dataset.get(k)))):
+            return False
+        return apply_identity(dataset, attrs, modified_at=self.modified_at(study_uid))
+
+    def patch_part10(
+        self, study_uid: str, buf: bytes | memoryview, *, complete: bool
+    ) -> SplicedHead | None:
+        """``buf`` (a Part 10 file, or its first bytes when not ``complete``) with the current
+        identity spliced in: the same dataset ``patch_dataset`` and a re-encode would give,
+        the stored bytes elsewhere untouched. None when the header already says the same.
+
+        Raises ``header_splice.Truncated`` (give more of the file) and ``Unsupported``
+        (deflated, no file meta, malformed: use ``patch_dataset`` on a full parse)."""
+        attrs = self.attributes(study_uid)
+        if not attrs:
+            return None
+        try:
+            layout = hs.read_layout(buf)
+        except hs.Truncated:
+            if complete:
+                raise hs.Unsupported("the file ends inside its file meta") from None
+            raise
+        tags = _tags(attrs)
+        found = hs.walk(buf, layout, ORIGINAL_ATTRIBUTES, complete=complete)
+        raw = hs.raw_elements(buf, found, tags)
+        key = (self.fingerprint(study_uid), layout.implicit_vr, layout.little_endian, raw)
+        cached = self._plans.get(key)  # one get: safe while another thread clears
+        if cached is None:
+            try:
+                patient = hs.decode(raw, layout)
+                changed = self.patch_dataset(study_uid, patient)
+                cached = (hs.encode(patient, layout) if changed else None,)
+            except Exception as exc:  # pydicom cannot read or write these values
+                raise hs.Unsupported(f"patient elements: {exc}") from exc
+            if len(self._plans) >= PLANS_PER_REQUEST:
+                self._plans.clear()
+            self._plans[key] = cached
+        new = cached[0]
+        if new is None:
+            return None
+        head = hs.splice(buf, found, tags, new)
+        return SplicedHead(head, found.stop, layout.dataset_start)
+
+    def patch_json(self, study_uid: str, obj: dict[str, Any]) -> bool:
+        """Patch one DICOM JSON object in place; True when it changed.
+
+        The patch depends only on the object's patient elements: it is worked out once per
+        distinct set of them (a series shares one) and then applied as a few dict updates."""
+        return self._patch_json(study_uid, obj, shared=False)
+
+    def _patch_json(self, study_uid: str, obj: dict[str, Any], *, shared: bool) -> bool:
+        """``shared``: the new elements may be the plan's own objects (serialised at once)."""
+        attrs = self.attributes(study_uid)
+        if not attrs:
+            return False
+        tags = _json_tags(attrs)
+        relevant = {t: v for t, v in obj.items() if t in tags}
+        key = (self.fingerprint(study_uid), json.dumps(relevant, sort_keys=True))
+        cached = self._json_plans.get(key)
+        if cached is None:
+            cached = (self._json_plan(study_uid, attrs, relevant),)
+            if len(self._json_plans) >= PLANS_PER_REQUEST:
+                self._json_plans.clear()
+            self._json_plans[key] = cached
+        plan = cached[0]
+        if plan is None:
+            return False
+        removed, updates = plan
+        for tag in removed:
+            del obj[tag]
+        for tag, value in updates:  # existing keys keep their place, new ones go last
+            obj[tag] = value if shared else copy.deepcopy(value)
+        return True
+
+    def _json_plan(
+        self, study_uid: str, attrs: dict[str, Any], relevant: dict[str, Any]
+    ) -> _JsonPlan | None:
+        """(tags to remove, (tag, element) to set in order) or None when nothing changes."""
+        filled = {t for t, v in relevant.items() if v.get("Value")}
+        needed = _needed(attrs, lambda k: f"{tag_for_keyword(k) or 0:08X}" in filled)
+        if not apply_identity_json(copy.deepcopy(relevant), needed):
+            return None
+        patched = copy.deepcopy(relevant)
+        if not apply_identity_json(patched, attrs, modified_at=self.modified_at(study_uid)):
+            return None
+        return [t for t in relevant if t not in patched], list(patched.items())
+
+    def patch_document(self, study_uid: str, doc: bytes) -> bytes:
+        """One serialised DICOM JSON object, patched; the same bytes when nothing changed."""
+        obj = json.loads(doc)
+        if not self._patch_json(study_uid, obj, shared=True):
+            return doc
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class CurrentIdentity(OutgoingIdentity):
+    """What the patient index says now, per study, read once per request."""
 
     def __init__(self, index: Index) -> None:
+        super().__init__()
+        self._index = index
         self._identity = IdentityService(index)
         self._by_study: dict[str, dict[str, Any] | None] = {}
+        self._stamps: dict[str, str] = {}
 
     def attributes(self, study_uid: str) -> dict[str, Any] | None:
         """None when the study is unknown (nothing to patch)."""
@@ -52,41 +229,47 @@ class CurrentIdentity:
             self._by_study[study_uid] = attrs
         return self._by_study[study_uid]
 
-    def fingerprint(self, study_uid: str) -> str:
-        """A short hash of the current identity, for ETags: a change must not answer 304."""
-        attrs = self.attributes(study_uid)
-        text = json.dumps(attrs, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def modified_at(self, study_uid: str) -> str:
+        """The last change of the record (its row, contact details, identity events naming
+        it) or, when later, when the study arrived: stable, so the same retrieve gives the
+        same bytes, and never before the images it describes."""
+        if study_uid not in self._stamps:
+            self._stamps[study_uid] = modification_stamp(self._last_change(study_uid))
+        return self._stamps[study_uid]
 
-    def patch_dataset(self, study_uid: str, dataset: Dataset) -> bool:
-        """Patch ``dataset`` in place; True when its header changed (re-encode it)."""
-        attrs = self.attributes(study_uid)
-        if not attrs:
-            return False
-        probe = Dataset()
-        for keyword in attrs:
-            if keyword in dataset:
-                probe[keyword] = copy.deepcopy(dataset[keyword])
-        if not apply_identity(probe, _needed(attrs, lambda k: bool(dataset.get(k)))):
-            return False
-        return apply_identity(dataset, attrs)
+    def _last_change(self, study_uid: str) -> datetime | None:
+        st, pa, co, ev = t.study.c, t.patient.c, t.patient_contact.c, t.identity_event.c
+        event = (
+            select(func.max(ev.at))
+            .where(or_(ev.patient_pk == st.patient_pk, ev.other_patient_pk == st.patient_pk))
+            .scalar_subquery()
+        )
+        query = (
+            select(st.created_at, pa.updated_at, co.updated_at, event)
+            .select_from(
+                t.study.join(t.patient, pa.pk == st.patient_pk).outerjoin(
+                    t.patient_contact, co.patient_pk == st.patient_pk
+                )
+            )
+            .where(st.study_uid == study_uid)
+        )
+        with self._index.read() as conn:
+            row = conn.execute(query).first()
+        known = [_utc(x) for x in row or () if isinstance(x, datetime)]
+        return max(known) if known else None
 
-    def patch_json(self, study_uid: str, obj: dict[str, Any]) -> bool:
-        """Patch one DICOM JSON object in place; True when it changed."""
-        attrs = self.attributes(study_uid)
-        if not attrs:
-            return False
-        tags = {f"{tag_for_keyword(k) or 0:08X}" for k in attrs}
-        probe = {t: copy.deepcopy(v) for t, v in obj.items() if t in tags}
-        filled = {t for t, v in obj.items() if v.get("Value")}
-        needed = _needed(attrs, lambda k: f"{tag_for_keyword(k) or 0:08X}" in filled)
-        if not apply_identity_json(probe, needed):
-            return False
-        return apply_identity_json(obj, attrs)
 
-    def patch_document(self, study_uid: str, doc: bytes) -> bytes:
-        """One serialised DICOM JSON object, patched; the same bytes when nothing changed."""
-        obj = json.loads(doc)
-        if not self.patch_json(study_uid, obj):
-            return doc
-        return json.dumps(obj, separators=(",", ":")).encode()
+class FixedIdentity(OutgoingIdentity):
+    """The same attributes for every study, stamped ``modified_at``: for benchmarks and
+    tests of the patch itself, without an index."""
+
+    def __init__(self, attributes: Mapping[str, Any] | None, modified_at: str) -> None:
+        super().__init__()
+        self._attributes = dict(attributes) if attributes is not None else None
+        self._modified_at = modified_at
+
+    def attributes(self, study_uid: str) -> dict[str, Any] | None:
+        return self._attributes
+
+    def modified_at(self, study_uid: str) -> str:
+        return self._modified_at

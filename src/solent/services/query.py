@@ -6,6 +6,7 @@ Every call names the acting principal. ``find`` is the one place patient identit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -14,9 +15,18 @@ from sqlalchemy import Select, select
 from solent.domain.matching import Query, Single, scope_patient_identity
 from solent.domain.nhs_number import NHS_ISSUER
 from solent.domain.principal import Principal
+from solent.errors import InvalidInput
 from solent.index import query as compiled
 from solent.index import schema as t
+from solent.index.access import VisiblePatients
 from solent.index.sql import Index
+from solent.services.audit import (
+    AuditAction,
+    AuditOutcome,
+    AuditTrail,
+    PatientRef,
+    patient_of_rows,
+)
 from solent.services.identity import IdentityService
 
 
@@ -44,7 +54,7 @@ class QueryResult:
 class PatientVisibility(Protocol):
     """The access rule (services/access.py AccessService): which patient records a caller sees."""
 
-    def visible_patients(self, principal: Principal) -> Select[tuple[int]] | None:
+    def visible_patients(self, principal: Principal) -> VisiblePatients | None:
         """SELECT of visible patient pks; None means unrestricted."""
 
 
@@ -54,6 +64,8 @@ class QueryService:
         #: Set by the composition root once the access service exists; ``find`` ANDs its rule
         #: into every query so counts and pages never include records the caller may not see.
         self.access = access
+        #: Security (issue 6): every ``find`` leaves one QUERY record, whatever the protocol.
+        self.audit = AuditTrail(index)
 
     def _only_visible(self, q: Select[Any], principal: Principal) -> Select[Any]:
         """Security (issue 6): keep only patient records the access rule lets the caller see."""
@@ -71,16 +83,77 @@ class QueryService:
         limit: int | None,
         offset: int = 0,
         max_results: int,
+        channel: str = "query",
+        keys: Mapping[str, Any] | None = None,
     ) -> QueryResult:
         """Run a parsed query (``solent.domain.matching.parse_query``) for ``principal``.
 
         ``limit``/``offset`` page through the matches (QIDO-RS); ``max_results`` is the server's
         cap: at most that many rows come back whatever ``limit`` says. A PatientID without its
         issuer is scoped to ``principal.trust`` or refused with ``InvalidInput`` (R24).
+
+        One audit record per call: ``channel`` (qido-rs, dimse c-find...) and the matching
+        ``keys`` the caller sent, the number of matches, and the patient when the query names
+        one or all matches are one patient's.
         """
         if max_results < 1:
             raise ValueError("max_results must be at least 1")
-        scoped = self._follow_retired(scope_patient_identity(query, principal.trust))
+        try:
+            scoped = self._follow_retired(scope_patient_identity(query, principal.trust))
+        except InvalidInput as exc:
+            self._audit(principal, query, channel, keys, None, AuditOutcome.FAILURE, str(exc))
+            raise
+        result = self._find(principal, scoped, limit, offset, max_results)
+        self._audit(principal, scoped, channel, keys, result, AuditOutcome.SUCCESS, None)
+        return result
+
+    def _audit(
+        self,
+        principal: Principal,
+        query: Query,
+        channel: str,
+        keys: Mapping[str, Any] | None,
+        result: QueryResult | None,
+        outcome: AuditOutcome,
+        error: str | None,
+    ) -> None:
+        detail: dict[str, Any] = {"channel": channel, "level": query.level.value}
+        if keys:  # what was asked, bounded: a hostile query cannot bloat the trail
+            sent = [(k, v) for k, v in keys.items() if v not in (None, "", [])]
+            detail["keys"] = {str(k)[:64]: str(v)[:200] for k, v in sent[:40]}
+        if result is not None:
+            detail["matches"] = len(result.rows)
+            if result.truncated:
+                detail["more"] = True
+        if error:
+            detail["error"] = error[:200]
+        patient = self._named_patient(query)
+        if patient is None and result is not None:
+            patient = patient_of_rows(result.rows)
+        self.audit.record(principal, AuditAction.QUERY, outcome, patient=patient, detail=detail)
+
+    @staticmethod
+    def _named_patient(query: Query) -> PatientRef | None:
+        ident = query.identity
+        if (
+            ident is None
+            or not isinstance(ident.local_id, Single)
+            or ident.issuers is None
+            or len(ident.issuers) != 1
+        ):
+            return None
+        if ident.issuers[0] == NHS_ISSUER:
+            return None  # the matches name the record(s); an NHS number alone names no record
+        return PatientRef(ident.issuers[0], ident.local_id.value)
+
+    def _find(
+        self,
+        principal: Principal,
+        scoped: Query,
+        limit: int | None,
+        offset: int,
+        max_results: int,
+    ) -> QueryResult:
         wanted = max_results if limit is None else min(limit, max_results)
         if wanted <= 0 or scoped.never:
             return QueryResult([], truncated=False, capped=False)

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from solent.dicom import header_splice as hs
 from solent.domain.principal import Principal
 from solent.index.retrieval import StoredInstanceRef, locate_instances, stored_sop_classes
 from solent.index.sql import Index
@@ -97,14 +98,27 @@ class RetrieveService:
         self, principal: Principal, ref: StoredInstanceRef, identity: CurrentIdentity | None = None
     ) -> bytes:
         """The dataset without preamble and file meta: what goes on the wire. The stored bytes
-        unless the record's patient identity changed since; then re-encoded with the current
-        attributes (old values in Original Attributes Sequence), in the stored syntax."""
+        unless the record's patient identity changed since; then the re-encoded patient
+        elements (old values in Original Attributes Sequence) spliced between the stored
+        bytes, in the stored syntax (a full re-encode only for what the splice does not take:
+        deflated, no file meta, malformed)."""
         data = self.read_part10(principal, ref)
+        if identity is not None:
+            try:
+                spliced = identity.patch_part10(ref.study_uid, data, complete=True)
+            except hs.Unsupported:
+                return self._reencoded(data, ref, identity)
+            if spliced is not None:
+                head = memoryview(spliced.head)[spliced.dataset_start :]
+                return b"".join((head, memoryview(data)[spliced.tail_offset :]))
         _, offset = split_part10(data)
-        if identity is None:
-            return data[offset:]
+        return data[offset:]
+
+    @staticmethod
+    def _reencoded(data: bytes, ref: StoredInstanceRef, identity: CurrentIdentity) -> bytes:
         header = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
         if not identity.patch_dataset(ref.study_uid, header):
+            _, offset = split_part10(data)
             return data[offset:]
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         identity.patch_dataset(ref.study_uid, ds)

@@ -54,6 +54,11 @@ class FileBlobStore:
                     fsync_dir(directory.parent.parent)
             self._known_dirs.add(directory)
 
+    def prepare(self, key: str) -> None:
+        """Create (durably) the directory ``key`` will go to, ahead of ``put_file``: a receiver
+        calls it while it still parses, so the directory fsyncs overlap that work."""
+        self._ensure_dir(self._path(key).parent)
+
     def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
         target = self._path(key)
         self._ensure_dir(target.parent)

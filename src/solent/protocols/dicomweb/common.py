@@ -47,7 +47,12 @@ def retrieve_service(request: Request) -> WebRetrieveService:
     if service is None:
         a = archive(request)
         service = WebRetrieveService(
-            a.index, a.store, getattr(a, "access", None), getattr(a, "audit", None)
+            a.index,
+            a.store,
+            getattr(a, "access", None),
+            getattr(a, "audit", None),
+            access_ttl=a.settings.dicomweb_access_cache_seconds,
+            cache_bytes=a.settings.dicomweb_cache_mb << 20,
         )
         state.dicomweb_retrieve = service
     return service

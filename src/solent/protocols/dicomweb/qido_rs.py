@@ -160,7 +160,15 @@ async def _search(request: Request, level: Level, fixed: dict[str, str]) -> Resp
     a = archive(request)
     cap = int(getattr(a.settings, "max_query_results", 1000))
     result = await run_in_threadpool(
-        a.query.find, principal(request), query, limit=limit, offset=offset, max_results=cap
+        lambda: a.query.find(
+            principal(request),
+            query,
+            limit=limit,
+            offset=offset,
+            max_results=cap,
+            channel="qido-rs",  # audited by the query service (issue 6)
+            keys=keys,
+        )
     )
     base = base_url(request)
     body = json.dumps([row_to_json(r, level, base) for r in result.rows]).encode()

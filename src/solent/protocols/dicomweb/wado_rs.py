@@ -36,7 +36,7 @@ from solent.protocols.dicomweb.common import (
     retrieve_service,
 )
 from solent.services.outgoing_identity import CurrentIdentity
-from solent.services.retrieve_web import WebRetrieveService
+from solent.services.retrieve_web import PatchedHeader, WebRetrieveService
 
 log = logging.getLogger(__name__)
 router = APIRouter(route_class=DicomWebRoute)
@@ -46,6 +46,7 @@ SeriesUID = Annotated[str, Path(description="Series Instance UID")]
 SopUID = Annotated[str, Path(description="SOP Instance UID")]
 GZIP_MIN = 1024
 INLINE_METADATA = 500  # up to this many instances, /metadata is built in one piece
+COALESCE = 2 << 20  # bytes per streamed chunk of a WADO-RS response
 PIXEL_PATHS = {"7FE00010", "7FE00008", "7FE00009"}
 
 
@@ -99,18 +100,11 @@ def _retrieve(
     if sop and targets[0] != instances[0].transfer_syntax_uid:
         # One instance: transcode before answering, so a failure is a clean 406.
         first = svc.transcoded(who, instances[0], targets[0])
-    if not changed and all(
-        t == i.transfer_syntax_uid for t, i in zip(targets, instances, strict=True)
-    ):
-        length = sum(
-            len(mp.part_head(boundary, _dicom_type(i.transfer_syntax_uid), _location(base, i)))
-            + i.size_bytes
-            + 2
-            for i in instances
-        ) + len(mp.closing(boundary))
+    length = _content_length(svc, who, instances, targets, boundary, base, identity, changed)
+    if length is not None:
         headers["Content-Length"] = str(length)
     patch = (identity, changed)
-    body = _instance_parts(svc, who, instances, targets, boundary, base, first, patch)
+    body = _coalesced(_instance_parts(svc, who, instances, targets, boundary, base, first, patch))
     single_ts = targets[0] if len(set(targets)) == 1 else None
     return StreamingResponse(
         body,
@@ -121,6 +115,50 @@ def _retrieve(
 
 def _dicom_type(ts: str) -> str:
     return f"{neg.DICOM}; transfer-syntax={ts}"
+
+
+def _content_length(
+    svc: WebRetrieveService,
+    who: Principal,
+    instances: Sequence[StoredInstance],
+    targets: Sequence[str],
+    boundary: str,
+    base: str,
+    identity: CurrentIdentity,
+    changed: set[int],
+) -> int | None:
+    """The body's length when every part is known without work: stored bytes, or a header
+    patched earlier (cached); None when something must be transcoded or patched first."""
+    total = len(mp.closing(boundary))
+    for inst, target in zip(instances, targets, strict=True):
+        if target != inst.transfer_syntax_uid:
+            return None
+        size = inst.size_bytes
+        if inst.pk in changed:
+            patched = svc.headers.get((inst.sha256, identity.fingerprint(inst.study_uid)))
+            if not isinstance(patched, PatchedHeader):
+                return None
+            size = len(patched.head) + inst.size_bytes - patched.tail_offset
+        total += len(mp.part_head(boundary, _dicom_type(target), _location(base, inst))) + size + 2
+    return total
+
+
+def _coalesced(pieces: Iterator[bytes], at_least: int = COALESCE) -> Iterator[bytes]:
+    """Joins small pieces (part heads, small files, CRLFs) into big chunks: each chunk a
+    streaming response yields costs a thread hop and an ASGI message, whatever its size."""
+    batch: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        if len(piece) >= at_least and not batch:
+            yield piece
+            continue
+        batch.append(piece)
+        size += len(piece)
+        if size >= at_least:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
 
 
 def _instance_parts(
@@ -136,9 +174,12 @@ def _instance_parts(
     identity, changed = patch
     for n, (inst, target) in enumerate(zip(instances, targets, strict=True)):
         head = mp.part_head(boundary, _dicom_type(target), _location(base, inst))
-        if target == inst.transfer_syntax_uid and inst.pk not in changed:
+        if target == inst.transfer_syntax_uid:
             yield head
-            yield from svc.stored_bytes(who, inst)
+            if inst.pk in changed:  # the header only is re-encoded (cached), pixels as stored
+                yield from svc.patched_bytes(who, inst, identity)
+            else:
+                yield from svc.stored_bytes(who, inst)
         else:
             try:
                 data: bytes | None = None  # None: the stored bytes, in their own syntax
@@ -203,22 +244,33 @@ def _metadata(
     if series is None:  # a study may be large: list it, then read the JSON in pages
         instances = svc.instances(who, study)
         hashes = [i.sha256 for i in instances]
-    else:
-        hashes, docs = svc.series_metadata(who, study, series, sop, base, identity)
+    else:  # the hashes first: a repeat request is answered from the cache
+        hashes = svc.series_hashes(who, study, series, sop)
     # The patient attributes are the record's current ones: a change is a new representation.
-    etag = svc.etag_of(hashes, f"metadata|{base}|{gzip}|{identity.fingerprint(study)}")
+    variant = f"metadata|{base}|{gzip}|{identity.fingerprint(study)}"
+    etag = svc.etag_of(hashes, variant)
     headers = changing_headers(etag)  # the patient attributes may change (issue 5)
     headers["Vary"] = "Accept, Accept-Encoding"
     if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     svc.record(who, "view", study, {"channel": "wado-rs metadata", "instances": len(hashes)})
-    if docs is None and len(instances) <= INLINE_METADATA:
+    cached = svc.responses.get(etag)
+    if cached is not None:
+        if gzip and cached[:2] == b"\x1f\x8b":
+            headers["Content-Encoding"] = "gzip"
+        return Response(cached, media_type=DICOM_JSON, headers=headers)
+    if series is not None:
+        hashes, docs = svc.series_metadata(who, study, series, sop, base, identity)
+        etag = svc.etag_of(hashes, variant)  # what was read (an instance may have arrived)
+        headers["ETag"] = etag
+    elif len(instances) <= INLINE_METADATA:
         docs = list(svc.metadata_documents(who, instances, base, identity))
     if docs is not None:
         body = b"[" + b",".join(docs) + b"]"
         if gzip and len(body) >= GZIP_MIN:
             body = _gzip(body)
             headers["Content-Encoding"] = "gzip"
+        svc.responses.put(etag, body)
         return Response(body, media_type=DICOM_JSON, headers=headers)
     if gzip:
         headers["Content-Encoding"] = "gzip"
@@ -359,6 +411,7 @@ def retrieve_frames(
     who = principal(request)
     svc = retrieve_service(request)
     inst = svc.instances(who, study, series, sop, with_frames=True)[0]
+    svc.record_view(who, study, "wado-rs frames")  # issue 6: coalesced, not one per frame
     return _frames_response(request, svc, who, inst, numbers, "frames|" + frame_list)
 
 
@@ -370,6 +423,7 @@ def retrieve_bulkdata(
     who = principal(request)
     svc = retrieve_service(request)
     inst = svc.instances(who, study, series, sop, with_frames=True)[0]
+    svc.record_view(who, study, "wado-rs bulkdata")  # issue 6: coalesced per study
     key = path.strip("/").upper()
     if key in PIXEL_PATHS:
         total = inst.number_of_frames or 0
@@ -453,6 +507,7 @@ async def _rendered(
     opts: RenderOptions,
     svc: WebRetrieveService,
 ) -> Response:
+    await run_in_threadpool(svc.record_view, principal(request), inst.study_uid, "rendered")
     variant = f"rendered|{frame}|{opts!r}"
     etag = svc.etag([inst], variant)
     headers = immutable_headers(etag, _replace_policy(request))
@@ -462,7 +517,11 @@ async def _rendered(
     who = principal(request)
     if (inst.number_of_frames or 0) == 0:
         raise HTTPException(400, f"instance {inst.sop_instance_uid} holds no image to render")
-    data = await run_in_threadpool(svc.rendered, who, inst, frame, opts)
+    # Rendering is pure in the stored bytes and the options: cache by the ETag.
+    data = svc.responses.get(etag)
+    if data is None:
+        data = await run_in_threadpool(svc.rendered, who, inst, frame, opts)
+        svc.responses.put(etag, data)
     return Response(data, media_type=opts.media_type, headers=headers)
 
 

@@ -126,6 +126,7 @@ async def wado(request: Request) -> Response:
     window = (centre, width) if centre is not None and width is not None else None
     quality = _int(params, "imageQuality", 1, 100) or 90
     frame = _int(params, "frameNumber", 1, 1 << 30) or 1
+    await run_in_threadpool(svc.record_view, who, inst.study_uid, "wado-uri rendered")
     opts = RenderOptions(chosen, quality, window, "linear", viewport)
     if not inst.number_of_frames:
         raise HTTPException(400, "this instance holds no image; ask for application/dicom")

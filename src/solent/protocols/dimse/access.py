@@ -6,13 +6,17 @@ A-ASSOCIATE-RQ arrives; the result rides on the association for every later requ
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from typing import Any
 
 from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
 from solent.index.sql import Index, NodeRow
@@ -75,6 +79,40 @@ def host_matches(registered_host: str, peer_address: str) -> bool:
     return peer in _resolve(registered_host.lower(), int(time.monotonic() // 60))
 
 
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """The TLS client certificate a peer presented and the server verified against its CA."""
+
+    common_names: tuple[str, ...]
+    sha256: str  # lower-case hex of the DER certificate's SHA-256
+
+    @classmethod
+    def of(cls, sock: object) -> PeerCertificate | None:
+        """The verified client certificate of an accepted socket; None on a plain socket or
+        when no certificate was asked for (no SOLENT_DICOM_TLS_CA) or given."""
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        info = sock.getpeercert()
+        der = sock.getpeercert(binary_form=True)
+        if not info or not der:
+            return None
+        subject: Any = info.get("subject", ())  # ((("commonName", "ct01"),), ...)
+        names = tuple(str(value) for rdn in subject for key, value in rdn if key == "commonName")
+        return cls(names, hashlib.sha256(der).hexdigest())
+
+
+def certificate_matches(expected: str, cert: PeerCertificate | None) -> bool:
+    """A node's registered TLS identity: its certificate's SHA-256 fingerprint (64 hex digits,
+    colons allowed) or its subject common name (case-insensitive)."""
+    if cert is None:
+        return False
+    wanted = expected.strip()
+    digest = wanted.replace(":", "").lower()
+    if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+        return hmac.compare_digest(digest, cert.sha256)
+    return any(name.casefold() == wanted.casefold() for name in cert.common_names)
+
+
 def identify_peer(
     index: Index,
     *,
@@ -83,14 +121,35 @@ def identify_peer(
     address: str,
     allow_unknown: bool,
     unknown_trust: str,
+    certificate: PeerCertificate | None = None,
 ) -> Peer | None:
-    """The Peer for a calling AE at ``address``, or None when it must be rejected."""
+    """The Peer for a calling AE at ``address``, or None when it must be rejected.
+
+    A node registered with a TLS identity is itself only over TLS with that certificate: the CA
+    alone says a certificate is one of ours, the binding says which node it may speak for.
+    """
     calling_ae = calling_ae.strip()
     node = index.get_node(calling_ae)
     if node is not None and not host_matches(node.host, address):
         log.warning(
             "association from a registered AE title at an unregistered address rejected",
             extra={"calling_ae": calling_ae, "address": address, "registered_host": node.host},
+        )
+        node = None
+        if not allow_unknown:
+            return None
+    if (
+        node is not None
+        and node.tls_identity
+        and not certificate_matches(node.tls_identity, certificate)
+    ):
+        log.warning(
+            "association from a registered AE title without its TLS certificate rejected",
+            extra={
+                "calling_ae": calling_ae,
+                "address": address,
+                "certificate_cn": list(certificate.common_names) if certificate else None,
+            },
         )
         node = None
         if not allow_unknown:

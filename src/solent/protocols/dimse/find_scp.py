@@ -21,6 +21,7 @@ from pynetdicom.events import Event
 from solent.domain.attributes import Level
 from solent.domain.matching import InformationModel, parse_query
 from solent.errors import InvalidInput
+from solent.protocols.dimse import audit
 from solent.protocols.dimse.access import Operation, Peer
 from solent.protocols.dimse.status import (
     CANCEL,
@@ -136,6 +137,7 @@ def handle_find(
     event: Event, query: QueryService, peer: Peer | None, *, max_results: int, ae_title: str
 ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     if peer is None or not peer.may(Operation.QUERY):
+        audit.denied(query.index, peer, "c-find", "this node may not query")
         yield status(NOT_AUTHORIZED, "this node may not query"), None
         return
     try:
@@ -145,7 +147,14 @@ def handle_find(
         keys, requested = identifier_keys(identifier)
         model = MODELS.get(str(event.request.AffectedSOPClassUID))
         parsed = parse_query(level, keys, ignore_unknown=True, model=model)
-        result = query.find(peer.principal, parsed, limit=None, max_results=max_results)
+        result = query.find(
+            peer.principal,
+            parsed,
+            limit=None,
+            max_results=max_results,
+            channel="dimse c-find",  # audited by the query service (issue 6)
+            keys=keys,
+        )
     except InvalidInput as exc:  # bad value, range ending before it starts, R24 refusal
         yield status(IDENTIFIER_MISMATCH, str(exc)), None
         return

@@ -27,12 +27,14 @@ from solent.protocols.dimse import (
     suboperations,
     worklist_scp,
 )
-from solent.protocols.dimse.access import Operation, Peer, identify_peer
+from solent.protocols.dimse.access import Operation, Peer, PeerCertificate, identify_peer
 from solent.protocols.dimse.net import (
     STORAGE_SOP_CLASSES,
     STORAGE_SYNTAXES,
     NoDelayServer,
+    ReusePortServer,
     configure_pynetdicom,
+    dicom_processes,
     make_ae,
     storage_context_for_unknown,
 )
@@ -79,6 +81,7 @@ class DimseListener:
         configure_pynetdicom(settings.tmp_dir / "dimse")
         self.ae = make_ae(settings.ae_title)
         self.ae.require_called_aet = True
+        self.ae.maximum_associations = settings.dicom_max_associations  # issue 6: hostile input
         self.retrieve = RetrieveService(archive.index, archive.store)
         self.commitment = commitment.CommitmentSCP(self.ae, self.retrieve, archive.index)
         self._peers: WeakKeyDictionary[Association, Peer] = WeakKeyDictionary()
@@ -114,6 +117,7 @@ class DimseListener:
             address=str(requestor.address),
             allow_unknown=settings.dicom_allow_unknown,
             unknown_trust=settings.dicom_unknown_trust,
+            certificate=PeerCertificate.of(getattr(assoc.dul.socket, "socket", None)),
         )
         if peer is None:
             log.warning(
@@ -203,7 +207,10 @@ class DimseListener:
             (host, port),
             evt_handlers=self.handlers(),
             ssl_context=ssl_context,
-            server_class=NoDelayServer,
+            # The plain port is shared with the DIMSE worker processes (protocols/dimse/workers).
+            server_class=ReusePortServer
+            if ssl_context is None and dicom_processes(self.archive.settings.dicom_workers) > 1
+            else NoDelayServer,
         )
         thread = threading.Thread(target=server.serve_forever, name=f"dimse-{port}", daemon=True)
         thread.start()

@@ -3,12 +3,13 @@
 Nagle's algorithm on a DIMSE socket costs ~90 ms per round trip on loopback (C-STORE on one
 association drops from ~190 to ~20 instances/s), so every socket we accept or open gets
 TCP_NODELAY. Received C-STOREs are written to a spool file untouched (pynetdicom's chunked
-receive), never decoded.
+receive), never decoded, and hashed as the fragments arrive so ingest need not read them again.
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
+import os
 import socket
 import tempfile
 from pathlib import Path
@@ -119,6 +120,17 @@ class NoDelayServer(ThreadedAssociationServer):
         super().server_bind()
 
 
+class ReusePortServer(NoDelayServer):
+    """A server whose port other Solent processes (DIMSE workers) bind too (SO_REUSEPORT)."""
+
+    reuse_port = True
+
+
+def dicom_processes(configured: int) -> int:
+    """How many processes receive on the DICOM port: the setting, or one per CPU for 0."""
+    return configured if configured > 0 else max(1, os.cpu_count() or 1)
+
+
 class SolentAE(ApplicationEntity):
     """ApplicationEntity whose outgoing associations (SCU, C-MOVE sub-associations) use
     TCP_NODELAY."""
@@ -132,6 +144,63 @@ class SolentAE(ApplicationEntity):
         return suboperations.install(super().associate(*args, **kwargs))
 
 
+class _NoFlush:
+    """What pynetdicom calls ``spool.file.flush()`` on after every fragment: nothing to do,
+    the spool writes straight to its descriptor."""
+
+    def flush(self) -> None:
+        pass
+
+
+class SpoolFile:
+    """A received C-STORE dataset as it arrives: written unbuffered to a file and hashed.
+
+    Stands in for the NamedTemporaryFile pynetdicom spools to (``name``, ``write``,
+    ``file.flush``, ``close``). Fragments arrive in order and nothing seeks, so the running
+    SHA-256 is the digest of the file; the blob store keys blobs by it, so ingest never reads
+    the spooled bytes back to hash them. ``fileno`` lets the handler fsync while it parses.
+    """
+
+    file = _NoFlush()
+
+    def __init__(self, directory: str) -> None:
+        fd, self.name = tempfile.mkstemp(dir=directory, suffix=".dcm")
+        self._fd: int | None = fd
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        assert self._fd is not None, "spool file written after close"
+        view = memoryview(data)
+        self._sha.update(view)
+        self.size += len(view)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        return len(data)
+
+    def fileno(self) -> int:
+        assert self._fd is not None
+        return self._fd
+
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def spool_of(request: Any) -> SpoolFile | None:
+    """The SpoolFile a C-STORE request was received into (None if pynetdicom used memory)."""
+    spool = getattr(request, "_dataset_file", None)
+    return spool if isinstance(spool, SpoolFile) else None
+
+
 def configure_pynetdicom(spool_dir: Path) -> None:
     """Process-wide pynetdicom settings: stream received datasets to files in ``spool_dir``.
 
@@ -140,9 +209,12 @@ def configure_pynetdicom(spool_dir: Path) -> None:
     spool_dir.mkdir(parents=True, exist_ok=True)
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.LOG_HANDLER_LEVEL = "none"
-    dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment,attr-defined]
-        tempfile.NamedTemporaryFile, dir=str(spool_dir)
-    )
+    directory = str(spool_dir)
+
+    def spool(*_args: Any, **_kwargs: Any) -> SpoolFile:
+        return SpoolFile(directory)
+
+    dimse_messages.NamedTemporaryFile = spool  # type: ignore[assignment,attr-defined]
 
 
 def make_ae(ae_title: str) -> SolentAE:

@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.presentation import build_context
 
 from solent.index.retrieval import StoredInstanceRef
 from solent.index.sql import Index
+from solent.protocols.dimse import audit
 from solent.protocols.dimse.access import Operation, Peer
 from solent.protocols.dimse.net import UNCOMPRESSED
 from solent.protocols.dimse.status import (
@@ -81,6 +83,7 @@ def _locate(
     event: Event, service: RetrieveService, peer: Peer | None
 ) -> tuple[Peer, list[StoredInstanceRef]]:
     if peer is None or not peer.may(Operation.RETRIEVE):
+        audit.denied(service.index, peer, "retrieve", "this node may not retrieve")
         raise RetrieveRefused(NOT_AUTHORIZED, "this node may not retrieve")
     try:
         identifier = event.identifier
@@ -120,16 +123,45 @@ def destination_contexts(refs: list[StoredInstanceRef]) -> list[Any]:
     return contexts
 
 
+def _answer_refusal(event: Event, refusal: RetrieveRefused) -> None:
+    """Make the one response pynetdicom sends to this C-MOVE/C-GET carry the refusal's status.
+
+    pynetdicom's Move SCP wants a destination before any status (a handler failing there gets
+    C514), and its Get SCP only fails a request by counting a failed sub-operation. PS3.4
+    C.4.2.1.5/C.4.3.1.4 have A900 for an identifier that does not match the SOP class, and
+    PS3.7 0124 for a caller that may not retrieve, with no sub-operation. So the handler takes
+    pynetdicom's shortest path to a final response and that response is rewritten on its way
+    out; nothing else on the association is touched.
+    """
+    dimse: Any = event.assoc.dimse
+    send = dimse.send_msg
+    msg_id = event.request.MessageID
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        if isinstance(primitive, (C_MOVE, C_GET)) and primitive.MessageIDBeingRespondedTo == msg_id:
+            del dimse.send_msg  # back to the class's method for every later message
+            primitive.Status = refusal.code
+            primitive.ErrorComment = status(refusal.code, str(refusal)).ErrorComment
+        send(primitive, context_id)
+
+    dimse.send_msg = send_msg
+
+
 def handle_move(
     event: Event, index: Index, service: RetrieveService, peer: Peer | None
 ) -> Iterator[Any]:
-    # pynetdicom wants a destination first and has no way to answer A900/0124 before it, so a
-    # refused request raises here: the peer gets a Failure status (C514) with no sub-operation.
-    peer, refs = _locate(event, service, peer)
+    try:
+        peer, refs = _locate(event, service, peer)
+    except RetrieveRefused as exc:
+        log.info("C-MOVE refused: %s", exc)
+        _answer_refusal(event, exc)
+        yield None, None  # pynetdicom's final A801, rewritten to exc.code
+        return
     destination = index.get_node(str(event.move_destination).strip())
     if destination is None:
         yield None, None
         return
+    audit.retrieve(index, peer, refs, operation="c-move", destination=destination.ae_title)
     kwargs = {"contexts": destination_contexts(refs)} if refs else {}
     yield destination.host, destination.port, kwargs
     yield len(refs)
@@ -141,8 +173,9 @@ def handle_get(event: Event, service: RetrieveService, peer: Peer | None) -> Ite
         peer, refs = _locate(event, service, peer)
     except RetrieveRefused as exc:
         log.info("C-GET refused: %s", exc)
-        yield 1
-        yield exc.code, status(exc.code, str(exc))
+        _answer_refusal(event, exc)
+        yield 0  # no sub-operation: pynetdicom's final response, rewritten to exc.code
         return
+    audit.retrieve(service.index, peer, refs, operation="c-get", destination=peer.principal.name)
     yield len(refs)
     yield from _suboperations(event, refs, service, peer)

@@ -16,6 +16,7 @@ from pynetdicom.events import Event
 
 from solent.index.orders import find_orders
 from solent.index.sql import Index
+from solent.protocols.dimse import audit
 from solent.protocols.dimse.access import Operation, Peer
 from solent.protocols.dimse.find_scp import _wire_value
 from solent.protocols.dimse.status import (
@@ -121,6 +122,7 @@ def handle_worklist(
     event: Event, index: Index, peer: Peer | None, *, max_results: int
 ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     if peer is None or not peer.may(Operation.QUERY):
+        audit.denied(index, peer, "worklist", "this node may not query the worklist")
         yield status(NOT_AUTHORIZED, "this node may not query the worklist"), None
         return
     try:
@@ -153,6 +155,7 @@ def handle_worklist(
     matches = [
         r for r in rows if all(_matches(col, pat, r.get(col)) for col, pat in criteria.items())
     ]
+    audit.worklist_query(index, peer, criteria, matches)  # issue 6: one record per query
     if len(matches) > max_results:
         yield (
             status(FIND_OUT_OF_RESOURCES, f"more than {max_results} matches: narrow the query"),

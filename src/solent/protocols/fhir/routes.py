@@ -17,7 +17,7 @@ from solent.domain.principal import Principal
 from solent.protocols.fhir import resources as fhir
 from solent.security.http import current_principal
 from solent.services.access import AccessDenied, Permission
-from solent.services.audit import AuditAction
+from solent.services.audit import AuditAction, PatientRef
 from solent.services.identity import IdentityService
 from solent.services.inbox import InboxService
 
@@ -80,6 +80,17 @@ def person_of_token(archive: Archive, caller: Principal, token: str) -> set[int]
     return identity.linked_patient_pks(found.patient_pk)
 
 
+def token_patient(token: str | None) -> PatientRef | None:
+    """The patient an identifier token names, for the audit record (searchable by patient)."""
+    if not token:
+        return None
+    system, value = _split_token(token)
+    if system == nhs.NHS_FHIR_SYSTEM:
+        return PatientRef(nhs.NHS_ISSUER, value, value)
+    trust = fhir.trust_of_system(system or "", "patient-id")
+    return PatientRef(trust, value) if trust else None
+
+
 def _guard(request: Request, caller: Principal, what: str) -> Archive:
     archive = _archive(request)
     archive.access.require(caller, Permission.READ, what)
@@ -108,7 +119,12 @@ def read_patient(request: Request, caller: Caller, resource_id: str) -> JSONResp
         return _error(FhirError(404, "not-found", f"Patient/{resource_id} is not known"))
     ident = resource["identifier"][0]
     archive.access.check_patient(caller, ident["assigner"]["identifier"]["value"], ident["value"])
-    archive.audit.record(caller, AuditAction.QUERY, detail={"fhir": f"Patient/{resource_id}"})
+    archive.audit.record(
+        caller,
+        AuditAction.QUERY,
+        patient=PatientRef(ident["assigner"]["identifier"]["value"], ident["value"]),
+        detail={"fhir": f"Patient/{resource_id}"},
+    )
     return _reply(resource)
 
 
@@ -137,7 +153,10 @@ def search_patient(
         return _error(exc)
     out = [r for r in (_patient(archive, pk) for pk in sorted(pks)) if r is not None]
     archive.audit.record(
-        caller, AuditAction.QUERY, detail={"fhir": "Patient", "identifier": identifier}
+        caller,
+        AuditAction.QUERY,
+        patient=token_patient(identifier),
+        detail={"fhir": "Patient", "identifier": identifier, "results": len(out)},
     )
     return _reply(fhir.bundle(out, base_url=_base(request)))
 
@@ -179,6 +198,7 @@ def search_imaging_study(
     archive.audit.record(
         caller,
         AuditAction.QUERY,
+        patient=token_patient(patient_identifier),
         detail={
             "fhir": "ImagingStudy",
             "patient.identifier": patient_identifier,

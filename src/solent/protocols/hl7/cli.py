@@ -53,6 +53,91 @@ def register(sub: Any) -> None:
     m.add_argument("--limit", type=int, default=50)
     m.add_argument("--json", action="store_true")
     m.set_defaults(handler=_messages)
+    _register_senders(hact)
+
+
+def _register_senders(hact: Any) -> None:
+    """`solent hl7 sender add|list|remove`: who may send over MLLP (issue 6)."""
+    sa = hact.add_parser("sender", help="registered HL7 senders (MSH-3/MSH-4 + address)")
+    sact = sa.add_subparsers(dest="sender_action", required=True)
+    add = sact.add_parser("add", help="let MSH-3^MSH-4 send from the given address(es)")
+    add.add_argument("application", help='MSH-3 sending application, or "*" for any')
+    add.add_argument("facility", help="MSH-4 sending facility (the trust's ODS code)")
+    add.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help='host name or IP it sends from (repeat or comma list; "*": any address)',
+    )
+    add.add_argument("--trust", help="trust it speaks for (default: the facility if a trust)")
+    add.set_defaults(handler=_sender_add)
+    ls = sact.add_parser("list")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=_sender_list)
+    rm = sact.add_parser("remove")
+    rm.add_argument("application")
+    rm.add_argument("facility")
+    rm.set_defaults(handler=_sender_remove)
+
+
+def _sender_add(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.app import build_archive
+    from solent.errors import InvalidInput
+    from solent.index.hl7_senders import add_sender
+
+    hosts = [h.strip() for raw in args.host for h in raw.split(",") if h.strip()]
+    for value, what in ((args.application, "application"), (args.facility, "facility")):
+        if not value or len(value) > 227 or any(c in value for c in "|^~\\&\r\n"):
+            raise InvalidInput(f"{what} must be 1-227 characters without HL7 delimiters")
+    if not hosts:
+        raise InvalidInput("--host names at least one host name or IP address")
+    archive = build_archive(settings)
+    try:
+        trust = args.trust
+        if trust is None and archive.index.get_trust(args.facility) is not None:
+            trust = args.facility
+        row = add_sender(archive.index, args.application, args.facility, hosts, trust)
+    finally:
+        archive.close()
+    print(
+        f"HL7 sender {row.application}^{row.facility} may send from {', '.join(row.hosts)}"
+        + (f" for trust {row.trust_code}" if row.trust_code else "")
+    )
+    return 0
+
+
+def _sender_list(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.app import build_archive
+    from solent.index.hl7_senders import list_senders
+
+    archive = build_archive(settings)
+    try:
+        rows = [
+            {
+                "application": r.application,
+                "facility": r.facility,
+                "hosts": ",".join(r.hosts),
+                "trust": r.trust_code or "",
+            }
+            for r in list_senders(archive.index)
+        ]
+    finally:
+        archive.close()
+    _print(rows, args.json)
+    return 0
+
+
+def _sender_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.app import build_archive
+    from solent.index.hl7_senders import remove_sender
+
+    archive = build_archive(settings)
+    try:
+        remove_sender(archive.index, args.application, args.facility)
+    finally:
+        archive.close()
+    print(f"HL7 sender {args.application}^{args.facility} removed")
+    return 0
 
 
 def _admin(name: str) -> Principal:

@@ -20,6 +20,7 @@ from solent.index.sql import Index
 from solent.protocols.hl7 import er7
 from solent.protocols.hl7.ack import build_ack
 from solent.protocols.hl7.er7 import Message, MessageRejected
+from solent.protocols.hl7.senders import SenderGate
 from solent.services.identity import Change, IdentityService
 from solent.services.inbox import Envelope, InboxService, Outcome, Rejected
 
@@ -40,8 +41,16 @@ def _decode(data: bytes) -> str:
 class Hl7Handler:
     """Stateless: any number of listeners in any number of processes may share an index."""
 
-    def __init__(self, index: Index, *, link_senders: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        index: Index,
+        *,
+        link_senders: tuple[str, ...] = (),
+        gate: SenderGate | None = None,
+    ) -> None:
         self.index = index
+        #: Security (issue 6): registered senders only (the listener passes one; None: no check).
+        self.gate = gate
         self.identity = IdentityService(index)
         self.inbox = InboxService(index, self.identity)
         self.link_senders = link_senders
@@ -58,6 +67,11 @@ class Hl7Handler:
             self._keep_rejected(env, exc.code, exc.reason)
             return build_ack(None, exc.code, exc.reason)
         h = msg.header
+        if self.gate is not None:
+            try:
+                self.gate.check(h, remote)
+            except MessageRejected as exc:  # unknown sender: answered, audited, not journalled
+                return build_ack(msg, exc.code, exc.reason)
         env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, h.sending_facility)
         try:
             apply = self._route(msg)

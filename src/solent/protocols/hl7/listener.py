@@ -18,6 +18,7 @@ from typing import Any
 from solent.app import Archive
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.mllp import Deframer, FramingError, frame
+from solent.protocols.hl7.senders import SenderGate
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,25 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], handler: Hl7Handler) -> None:
+    def __init__(
+        self, address: tuple[str, int], handler: Hl7Handler, max_connections: int = 64
+    ) -> None:
         self.hl7 = handler
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
+        self.max_connections = max_connections
+        self.active = 0
         super().__init__(address, _Connection)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Security (issue 6): a connection beyond ``max_connections`` is closed at once, so
+        a flood of idle connections cannot take a thread each."""
+        with self.lock:
+            if self.active >= self.max_connections:
+                log.warning("HL7 connection from %s refused: too many connections", client_address)
+                return False
+            self.active += 1
+            return True
 
 
 class _Connection(socketserver.BaseRequestHandler):
@@ -67,6 +82,11 @@ class _Connection(socketserver.BaseRequestHandler):
             with self.server.lock:
                 self.server.connections.discard(sock)
 
+    def finish(self) -> None:
+        """Runs after ``handle`` whatever happened in it: frees the connection's slot."""
+        with self.server.lock:
+            self.server.active -= 1
+
 
 class Hl7Listener:
     """HL7 v2 MLLP server (SOLENT_HL7_PORT)."""
@@ -79,6 +99,9 @@ class Hl7Listener:
         self.handler = Hl7Handler(
             archive.index,
             link_senders=tuple(s.strip() for s in str(link_senders).split(",") if s.strip()),
+            gate=SenderGate(
+                archive.index, allow_unknown=archive.settings.hl7_allow_unknown_senders
+            ),
         )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -88,7 +111,9 @@ class Hl7Listener:
         if recovered:
             log.info("applied %d HL7 message(s) journalled before a restart", recovered)
         settings = self.archive.settings
-        self._server = _Server((settings.bind_address, settings.hl7_port), self.handler)
+        self._server = _Server(
+            (settings.bind_address, settings.hl7_port), self.handler, settings.hl7_max_connections
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="hl7-mllp", daemon=True
         )

@@ -180,8 +180,18 @@ def upgrade() -> None:
     sa.Column('allow_query', sa.Boolean(), nullable=False),
     sa.Column('allow_retrieve', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('tls_identity', sa.String(length=255), nullable=True),
     sa.ForeignKeyConstraint(['trust_code'], ['trust.code'], name=op.f('fk_dicom_node_trust_code_trust')),
     sa.PrimaryKeyConstraint('ae_title', name=op.f('pk_dicom_node'))
+    )
+    op.create_table('hl7_sender',
+    sa.Column('application', sa.String(length=227), nullable=False),
+    sa.Column('facility', sa.String(length=227), nullable=False),
+    sa.Column('hosts', sa.String(length=1000), nullable=False),
+    sa.Column('trust_code', sa.String(length=16), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['trust_code'], ['trust.code'], name=op.f('fk_hl7_sender_trust_code_trust')),
+    sa.PrimaryKeyConstraint('application', 'facility', name=op.f('pk_hl7_sender'))
     )
     op.create_table('orders',
     sa.Column('accession_number', sa.String(length=16), nullable=False),
@@ -449,6 +459,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_orders_modality'))
 
     op.drop_table('orders')
+    op.drop_table('hl7_sender')
     op.drop_table('dicom_node')
     op.drop_table('app_user')
     op.drop_table('trust')

@@ -1,0 +1,165 @@
+"""DIMSE worker processes: more receivers on the one DICOM port, so ingest uses every CPU.
+
+pynetdicom receives and Solent parses in Python, so one process is bound to one CPU however
+many associations it serves. `solent serve` binds the plain DICOM port with SO_REUSEPORT and
+starts ``SOLENT_DICOM_WORKERS - 1`` processes (``python -m solent.protocols.dimse.workers``)
+that bind the same port and run only the DIMSE listener, against the same index and blob store;
+the kernel spreads incoming associations over all of them. Ingest's write gate (a lock file for
+SQLite, row locks on PostgreSQL) keeps index transactions and the audit chain serial.
+
+Each worker reads the settings as one JSON line on stdin, answers one ``READY <port>`` line on
+stdout, and stops on SIGTERM or when stdin closes (its parent is gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Any
+
+from pydantic import SecretStr
+
+from solent.settings import Settings
+
+log = logging.getLogger(__name__)
+
+READY = "READY"
+START_TIMEOUT = 120.0
+
+
+def settings_payload(settings: Settings, port: int) -> str:
+    """The parent's settings for a worker, secrets included, bound to the chosen port."""
+    data: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        data[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    data.update(dicom_port=port, dicom_tls_port=-1)  # the TLS port stays in the parent
+    return json.dumps(data, default=str)
+
+
+class DimseWorkers:
+    """The extra receiving processes of one `solent serve`."""
+
+    def __init__(self, settings: Settings, port: int, count: int) -> None:
+        self.settings = settings
+        self.port = port
+        self.count = count
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self) -> None:
+        """Start every worker, then wait until each listens (or raise and stop them all)."""
+        payload = settings_payload(self.settings, self.port) + "\n"
+        try:
+            for _ in range(self.count):
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "solent.protocols.dimse.workers"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    close_fds=True,
+                )
+                assert proc.stdin is not None
+                proc.stdin.write(payload)
+                proc.stdin.flush()  # stdin stays open: its EOF tells the worker we are gone
+                self.procs.append(proc)
+            for proc in self.procs:
+                self._await_ready(proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _await_ready(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        box: list[str] = []
+        reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(START_TIMEOUT)
+        line = box[0].strip() if box else ""
+        if line != f"{READY} {self.port}":
+            from solent.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"a DIMSE worker did not start (said {line!r}); see its log above"
+            )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM every worker, wait for all, kill what is left."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("DIMSE worker %s did not stop; killing it", proc.pid)
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        self.procs.clear()
+
+
+def start_workers(settings: Settings, port: int) -> DimseWorkers | None:
+    """Start the extra DIMSE processes ``settings`` asks for (None when there are none)."""
+    count = _processes(settings) - 1
+    if count <= 0:
+        return None
+    workers = DimseWorkers(settings, port, count)
+    workers.start()
+    log.info("DIMSE workers started", extra={"workers": count, "port": port})
+    return workers
+
+
+def _processes(settings: Settings) -> int:
+    from solent.protocols.dimse.net import dicom_processes
+
+    return dicom_processes(settings.dicom_workers)
+
+
+def _watch_parent(stdin: IO[str], stop: threading.Event) -> None:
+    """Stop when the parent closes our stdin (it stopped, or died without a SIGTERM)."""
+    with contextlib.suppress(OSError, ValueError):
+        stdin.read()
+    stop.set()
+
+
+def main() -> int:
+    settings = Settings(**json.loads(sys.stdin.readline()))
+    from solent import logs
+
+    logs.configure(settings.log_format, settings.log_level, settings.log_patient_data)
+    from solent.app import build_archive
+    from solent.protocols.dimse.listener import DimseListener
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    archive = build_archive(settings, migrate=False)
+    listener = DimseListener(archive)
+    archive.listeners = [listener]
+    try:
+        port = listener.start()
+        out = sys.stdout
+        out.write(f"{READY} {port}\n")
+        out.flush()
+        os.dup2(sys.stderr.fileno(), out.fileno())  # nothing else may block on that pipe
+        threading.Thread(target=_watch_parent, args=(sys.stdin, stop), daemon=True).start()
+        while not stop.wait(1.0):
+            pass
+    finally:
+        archive.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

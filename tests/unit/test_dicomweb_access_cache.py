@@ -1,0 +1,131 @@
+"""DICOMweb's short-lived access decisions: a grant is reused for a few seconds, never longer,
+never for another principal, and a refusal is never reused."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from solent.app import Archive
+from solent.domain.principal import Principal, PrincipalKind
+from solent.index import schema as t
+from solent.services.retrieve_cache import AccessCache, ByteCache
+from solent.services.retrieve_web import WebRetrieveService
+from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template, study_of
+
+__all__ = ["demo", "demo_client", "demo_template"]
+
+JSON = {"Accept": "application/dicom+json"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _service(client: TestClient) -> WebRetrieveService:
+    service = client.app.state.dicomweb_retrieve  # type: ignore[attr-defined]
+    assert isinstance(service, WebRetrieveService)
+    return service
+
+
+def _break_glass(client: TestClient, headers: dict[str, str], study: str) -> None:
+    body = {
+        "reason": "emergency",
+        "explanation": "unconscious, no records here",
+        "study_uid": study,
+    }
+    r = client.post("/api/break-glass", headers=headers, json=body)
+    assert r.status_code == 201, r.text
+
+
+def _expire_grants(archive: Archive) -> None:
+    archive.index.write(
+        lambda conn: conn.execute(
+            update(t.break_glass).values(expires_at=datetime.now(UTC) - timedelta(minutes=1))
+        )
+    )
+
+
+def test_expired_break_glass_is_not_served_beyond_the_ttl(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    bob = study_of(demo, "ZZB", "B7730444")
+    url = f"/dicomweb/studies/{bob}/metadata"
+    assert demo_client.get(url, headers={**h, **JSON}).status_code == 403
+    _break_glass(demo_client, h, bob)
+    # A refusal is never remembered: the grant works at once.
+    assert demo_client.get(url, headers={**h, **JSON}).status_code == 200
+    cache = _service(demo_client).access_cache
+    clock = Clock()
+    cache.clock = clock
+    cache.clear()
+    assert demo_client.get(url, headers={**h, **JSON}).status_code == 200  # decision cached
+    _expire_grants(demo)
+    clock.now += cache.ttl / 2
+    # Within the TTL (documented: SOLENT_DICOMWEB_ACCESS_CACHE_SECONDS) the decision stands.
+    assert demo_client.get(url, headers={**h, **JSON}).status_code == 200
+    clock.now += cache.ttl / 2 + 0.01
+    r = demo_client.get(url, headers={**h, **JSON})
+    assert r.status_code == 403, r.text
+    assert "break-glass" in r.json()["detail"]
+
+
+def test_another_principal_never_gets_a_cached_decision(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    glass = add_user(demo, "drza", "ZZA", "clinician")
+    other = add_user(demo, "drzb", "ZZA", "clinician")
+    bob = study_of(demo, "ZZB", "B7730444")
+    _break_glass(demo_client, glass, bob)
+    url = f"/dicomweb/studies/{bob}/metadata"
+    assert demo_client.get(url, headers={**glass, **JSON}).status_code == 200
+    # Same trust, same roles, the very next request: still refused (and audited as such).
+    assert demo_client.get(url, headers={**other, **JSON}).status_code == 403
+    denied = demo.audit.search(patient_issuer="ZZB", patient_id="B7730444")
+    assert any(x["action"] == "permission-denied" and x["actor_name"] == "drzb" for x in denied)
+
+
+def test_access_cache_keys_on_everything_that_decides_access() -> None:
+    clock = Clock()
+    cache = AccessCache(5.0, clock)
+    who = Principal(PrincipalKind.USER, "drza", "ZZA", frozenset({"clinician"}), "10.0.0.1")
+    cache.grant(who, "1.2.3", "view")
+    assert cache.granted(who, "1.2.3", "view")
+    # Another port/proxy address of the same user shares the decision...
+    moved = Principal(who.kind, who.name, who.trust, who.roles, "10.0.0.2")
+    assert cache.granted(moved, "1.2.3", "view")
+    # ...another name, trust, role set, kind, study or action does not.
+    for other in (
+        Principal(PrincipalKind.USER, "drzb", "ZZA", who.roles),
+        Principal(PrincipalKind.USER, "drza", "ZZB", who.roles),
+        Principal(PrincipalKind.USER, "drza", "ZZA", frozenset({"auditor"})),
+        Principal(PrincipalKind.NODE, "drza", "ZZA", who.roles),
+    ):
+        assert not cache.granted(other, "1.2.3", "view")
+    assert not cache.granted(who, "1.2.4", "view")
+    assert not cache.granted(who, "1.2.3", "retrieve")
+    clock.now += 5.0
+    assert not cache.granted(who, "1.2.3", "view")
+    off = AccessCache(0.0, clock)
+    off.grant(who, "1.2.3", "view")
+    assert not off.granted(who, "1.2.3", "view")
+
+
+def test_byte_cache_is_bounded_and_evicts_least_recently_used() -> None:
+    cache: ByteCache[bytes] = ByteCache(100, len)
+    cache.put("a", b"x" * 20)
+    cache.put("b", b"y" * 20)
+    assert cache.get("a") == b"x" * 20  # a is now the most recent
+    for k in range(4):
+        cache.put(k, b"z" * 20)
+    assert cache.get("b") is None and cache.get("a") is not None
+    cache.put("huge", b"h" * 60)  # more than a quarter of the budget: not kept
+    assert cache.get("huge") is None

@@ -1,0 +1,83 @@
+"""WADO-RS instances carry the record's current identity, patched cheaply and the same each time.
+
+A real archive (SQLite + files): instances are ingested, the patient record is renamed, and
+``WebRetrieveService.patched_bytes`` must give what a full pydicom re-encode gives (spliced or,
+for deflated files, re-encoded), byte-identical on the next request (cached header) and the
+stored bytes for an instance whose header already says what the record says.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pydicom
+from sqlalchemy import update
+
+from solent.app import Archive
+from solent.index import schema as t
+from solent.index.sql import now
+from solent.protocols.dimse.access import identify_peer
+from solent.services.retrieve_web import PatchedHeader, WebRetrieveService
+from tests.unit.test_header_splice import assert_same, corpus
+
+FILES = [
+    "ts_explicit_vr_le_mr_siemens_trio.dcm",
+    "ts_implicit_vr_le_mr_small.dcm",
+    "ts_jpeg_baseline_rgb_dcmtk.dcm",
+    "ts_deflated_sc_image.dcm",
+]
+
+
+def test_patched_bytes_follow_the_record_and_repeat(archive: Archive, tmp_path: Path) -> None:
+    archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
+    peer = identify_peer(
+        archive.index,
+        calling_ae="SCU",
+        called_ae=archive.settings.ae_title,
+        address="127.0.0.1",
+        allow_unknown=False,
+        unknown_trust="",
+    )
+    assert peer is not None
+    studies = set()
+    for name in FILES:
+        path = tmp_path / name
+        shutil.copy(corpus(name), path)
+        assert archive.ingestor.ingest_file(path, peer.principal, peer.provenance).ok
+        studies.add(str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID))
+    svc = WebRetrieveService(archive.index, archive.store, cache_bytes=64 << 20)
+    who = peer.principal
+    instances = [i for s in sorted(studies) for i in svc.instances(who, s)]
+    assert len(instances) == len(FILES)
+
+    # Nothing changed yet: the stored bytes, and known unchanged from then on.
+    identity = svc.current_identity()
+    for inst in instances:
+        stored = b"".join(svc.stored_bytes(who, inst))
+        assert b"".join(svc.patched_bytes(who, inst, identity)) == stored
+    assert svc.identity_changed(instances, svc.current_identity()) == set()
+
+    archive.index.write(
+        lambda c: c.execute(update(t.patient).values(name="RENAMED^PAT", updated_at=now()))
+    )
+    first: dict[int, bytes] = {}
+    identity = svc.current_identity()
+    assert svc.identity_changed(instances, identity) == {i.pk for i in instances}
+    for inst in instances:
+        out = b"".join(svc.patched_bytes(who, inst, identity))
+        got = pydicom.dcmread(io.BytesIO(out))
+        assert str(got.PatientName) == "RENAMED^PAT", inst.transfer_syntax_uid
+        expected = pydicom.dcmread(io.BytesIO(b"".join(svc.stored_bytes(who, inst))))
+        assert identity.patch_dataset(inst.study_uid, expected)
+        assert_same(expected, got)
+        first[inst.pk] = out
+
+    again = svc.current_identity()
+    assert svc.identity_changed(instances, again) == {i.pk for i in instances}
+    for inst in instances:
+        assert b"".join(svc.patched_bytes(who, inst, again)) == first[inst.pk]
+        if inst.transfer_syntax_uid != "1.2.840.10008.1.2.1.99":
+            cached = svc.headers.get((inst.sha256, again.fingerprint(inst.study_uid)))
+            assert isinstance(cached, PatchedHeader)
