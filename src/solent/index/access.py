@@ -97,13 +97,27 @@ def derived_link(p: Any, q: Any) -> Any:
     )
 
 
-def linked(p: Any, q: Any) -> Any:
-    """Records ``p`` and ``q`` belong to one person: an explicit link or a derived one.
-
-    The one statement of the regional link rule; the query engine's ``linked`` option uses it.
-    """
-    explicit = exists().where(_explicit_link(p, q)).correlate(p, q)
-    return or_(explicit, derived_link(p, q))
+def linked_pks(matched: Select[tuple[int]]) -> tuple[Select[tuple[int]], ...]:
+    """SELECTs of the pks of every record linked to one of ``matched`` (pks) — an explicit
+    "linked" decision (``_explicit_link``) or a derived link (``derived_link``) — for the
+    caller to UNION (SQLite allows no nested compound SELECT): the explicit
+    links, one SELECT per direction of the pair, and the derived ones. The planner drives them
+    from the few matched records through the link table's patient columns and
+    patient.nhs_number; a per-row ``linked`` EXISTS under an OR made SQLite scan every study of
+    the index instead (~0.3 s at 100k studies)."""
+    link = t.patient_link.c
+    seed = matched.subquery("seed")
+    seeds = select(seed.c.pk)
+    forward = select(link.patient_b).where(link.patient_a.in_(seeds), link.status == "linked")
+    backward = select(link.patient_a).where(link.patient_b.in_(seeds), link.status == "linked")
+    p = t.patient.alias("linked_p")
+    q = t.patient.alias("linked_q")
+    derived = (
+        select(p.c.pk)
+        .select_from(p.join(q, q.c.nhs_number == p.c.nhs_number))
+        .where(q.c.pk.in_(seeds), derived_link(p, q))
+    )
+    return forward, backward, derived
 
 
 #: The access rule as used inside queries: a SELECT of patient pks (see visible_patient_pks).

@@ -26,6 +26,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union,
 )
 
 from solent.domain.attributes import BY_KEYWORD, IndexedAttribute, Level, Match
@@ -307,20 +308,12 @@ class _Compiler:
         direct = self.identity(ident, p, query.viewer_trust)
         if not ident.linked:
             return [direct]
-        matched = self.identity(ident, _MATCHED, query.viewer_trust)
-        related = exists().where(matched, _linked_to_matched())
-        return [or_(direct, related)]
+        matched = select(_MATCHED.c.pk).where(self.identity(ident, _MATCHED, query.viewer_trust))
+        pks = union(matched, *access.linked_pks(matched)).subquery("identity_pks")
+        return [p.c.pk.in_(select(pks.c.pk))]
 
 
 _MATCHED = t.patient.alias("p_matched")
-
-
-@cache
-def _linked_to_matched() -> Expr:
-    """The link rule between a candidate record and the one the identity keys matched: a
-    constant expression (no values), built once instead of on every query."""
-    linked: Expr = access.linked(t.patient, _MATCHED)
-    return linked
 
 
 def _nhs_guard(patient: Any, viewer_trust: str | None) -> Expr:

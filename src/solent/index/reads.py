@@ -124,12 +124,18 @@ def find_metadata(
         .where(st.study_uid == study_uid)
         .order_by(se.series_number, se.pk, i.instance_number, i.pk)
     )
-    if series_uid is not None:
-        q = q.where(se.series_uid == series_uid)
-    if sop_instance_uid is not None:
-        q = q.where(i.sop_instance_uid == sop_instance_uid)
+    q = _narrowed(q, series_uid, sop_instance_uid)
     with index.read() as conn:
         return [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in conn.execute(q).all()]
+
+
+def _narrowed(q: Any, series_uid: str | None, sop_instance_uid: str | None) -> Any:
+    """``q`` (over instance + series) cut to one series and/or one instance when given."""
+    if series_uid is not None:
+        q = q.where(t.series.c.series_uid == series_uid)
+    if sop_instance_uid is not None:
+        q = q.where(t.instance.c.sop_instance_uid == sop_instance_uid)
+    return q
 
 
 def find_hashes(
@@ -148,10 +154,7 @@ def find_hashes(
         .where(st.study_uid == study_uid)
         .order_by(se.series_number, se.pk, i.instance_number, i.pk)
     )
-    if series_uid is not None:
-        q = q.where(se.series_uid == series_uid)
-    if sop_instance_uid is not None:
-        q = q.where(i.sop_instance_uid == sop_instance_uid)
+    q = _narrowed(q, series_uid, sop_instance_uid)
     with index.read() as conn:
         return [str(r[0]) for r in conn.execute(q).all()]
 

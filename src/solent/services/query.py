@@ -134,16 +134,17 @@ class QueryService:
 
     @staticmethod
     def _named_patient(query: Query) -> PatientRef | None:
+        """The one record a query names by PatientID + issuer (an NHS number alone names no
+        record: the matches do)."""
         ident = query.identity
         if (
             ident is None
             or not isinstance(ident.local_id, Single)
             or ident.issuers is None
             or len(ident.issuers) != 1
+            or ident.issuers[0] == NHS_ISSUER
         ):
             return None
-        if ident.issuers[0] == NHS_ISSUER:
-            return None  # the matches name the record(s); an NHS number alone names no record
         return PatientRef(ident.issuers[0], ident.local_id.value)
 
     def _find(
@@ -169,19 +170,13 @@ class QueryService:
     def _follow_retired(self, query: Query) -> Query:
         """A retired identifier (merged away by A40, renumbered by A47) names the record that
         replaced it, so a PatientID+issuer query still finds the patient's studies."""
-        ident = query.identity
-        if (
-            ident is None
-            or not isinstance(ident.local_id, Single)
-            or ident.issuers is None
-            or len(ident.issuers) != 1
-            or ident.issuers[0] == NHS_ISSUER
-        ):
+        named = self._named_patient(query)
+        if named is None or query.identity is None:
             return query
-        found = IdentityService(self.index).resolve(ident.issuers[0], ident.local_id.value)
+        found = IdentityService(self.index).resolve(named.issuer, named.local_id)
         if found is None or not found.retired:
             return query
-        current = replace(ident, local_id=Single(found.local_id), issuers=(found.issuer,))
+        current = replace(query.identity, local_id=Single(found.local_id), issuers=(found.issuer,))
         return replace(query, identity=current)
 
     def list_studies(
