@@ -33,7 +33,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 fuzz: $(STAMP)
-	SOLENT_FUZZ_EXAMPLES=$${SOLENT_FUZZ_EXAMPLES:-40000} $(BIN)/pytest tests/fuzz -q
+	SOLENT_FUZZ_EXAMPLES=$${SOLENT_FUZZ_EXAMPLES:-40000} $(BIN)/pytest tests/fuzz -q --hypothesis-show-statistics
 
 ## Solent vs Orthanc side by side (~40-60 min; BENCH_ARGS=--quick: ~1-2 min; --postgres: PostgreSQL).
 bench: $(STAMP)

@@ -429,6 +429,11 @@ def test_modalities_in_study_is_multi_valued(archive: Archive) -> None:
     row = find(archive, Level.STUDY, {"StudyInstanceUID": study_uid("S2")}).rows[0]
     assert sorted(row["ModalitiesInStudy"]) == ["CT", "SR"]
     assert (row["NumberOfStudyRelatedSeries"], row["NumberOfStudyRelatedInstances"]) == (2, 2)
+    # Below the study level it still means "the study has a series of that modality" (the
+    # fuzzer found a SERIES query with it failing to compile).
+    series = find(archive, Level.SERIES, {"ModalitiesInStudy": "SR"}).rows
+    assert sorted(r["Modality"] for r in series) == ["CT", "SR"]
+    assert {r["StudyInstanceUID"] for r in series} == {study_uid("S2")}
 
 
 def test_accession_number_with_its_issuer(archive: Archive) -> None:

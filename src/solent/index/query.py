@@ -253,8 +253,9 @@ class _Compiler:
     def condition(self, cond: Condition, viewer_trust: str | None) -> Expr:
         attr = cond.attribute
         if attr.keyword == "ModalitiesInStudy":
-            # Multi-valued: matches when any series of the study matches.
-            se = t.series.c
+            # Multi-valued: matches when any series of the study matches. Its own alias of
+            # series, or a SERIES-level query would correlate it away to the outer row.
+            se = _MODALITY_SERIES.c
             inner = self.match(se.modality, attr, cond.matcher)
             return exists().where(se.study_pk == t.study.c.pk, inner)
         if attr.keyword == "StudyDate" and isinstance(cond.matcher, Single | Range):
@@ -314,6 +315,7 @@ class _Compiler:
 
 
 _MATCHED = t.patient.alias("p_matched")
+_MODALITY_SERIES = t.series.alias("modality_series")
 
 
 def _nhs_guard(patient: Any, viewer_trust: str | None) -> Expr:
