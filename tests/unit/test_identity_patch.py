@@ -74,3 +74,34 @@ def test_apply_identity_json() -> None:
     original = obj["04000561"]["Value"][0]["04000550"]["Value"][0]
     assert original["00100020"]["Value"] == ["BTMP000812"]
     assert not apply_identity_json(obj, ATTRS)
+
+
+def _as_received_with_nhs(number: str) -> Dataset:
+    ds = received()
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate = "B7654321", "CARTER^JAMES^PAUL", "19620417"
+    item = Dataset()
+    item.PatientID = number
+    item.IssuerOfPatientID = "NHS"  # no TypeOfPatientID, no qualifiers: what modalities send
+    ds.OtherPatientIDsSequence = [item]
+    return ds
+
+
+def test_an_nhs_number_already_listed_is_not_a_change() -> None:
+    """Same identifiers, fewer descriptive attributes: the instance already says what the
+    record says and goes out untouched, in Part 10 and in DICOM JSON alike."""
+    ds = _as_received_with_nhs("9990000026")
+    assert not apply_identity(ds, ATTRS)
+    assert "OriginalAttributesSequence" not in ds
+    obj = _as_received_with_nhs("9990000026").to_json_dict()
+    assert not apply_identity_json(obj, ATTRS)
+
+
+def test_a_different_nhs_number_is_replaced_and_kept_as_original() -> None:
+    ds = _as_received_with_nhs("9990000018")
+    assert apply_identity(ds, ATTRS)
+    assert ds.OtherPatientIDsSequence[0].PatientID == "9990000026"
+    original = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert original.OtherPatientIDsSequence[0].PatientID == "9990000018"
+    obj = _as_received_with_nhs("9990000018").to_json_dict()
+    assert apply_identity_json(obj, ATTRS)
+    assert obj["00101002"]["Value"][0]["00100020"]["Value"] == ["9990000026"]

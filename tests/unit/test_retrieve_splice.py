@@ -14,7 +14,9 @@ from pydicom.uid import UID
 
 from solent.app import Archive
 from solent.dicom import header_splice as hs
+from solent.domain.principal import Principal, PrincipalKind
 from solent.protocols.dimse.access import identify_peer
+from solent.services.identity import Change, Demographics, IdentityService, PatientKey
 from solent.services.outgoing_identity import CurrentIdentity
 from solent.services.retrieve import RetrieveKeys, RetrieveService, split_part10
 
@@ -53,6 +55,13 @@ def test_spliced_header_equals_full_reencode(archive: Archive, tmp_path: Path) -
     assert peer is not None
     for f in sorted((tmp_path / "s").iterdir()):
         assert archive.ingestor.ingest_file(f, peer.principal, peer.provenance).ok
+    # The PAS corrects the name after the images came in: outgoing headers must say so.
+    ds = pydicom.dcmread(original, stop_before_pixels=True)
+    IdentityService(archive.index).update_record(
+        PatientKey("ZZA", str(ds.PatientID)),
+        Demographics(name="CORRECTED^NAME", birth_date=str(ds.get("PatientBirthDate", ""))),
+        Change(Principal(PrincipalKind.NODE, "hl7:PAS", "ZZA")),
+    )
     service = RetrieveService(archive.index, archive.store)
     refs = service.locate(
         peer.principal,

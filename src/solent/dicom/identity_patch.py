@@ -75,6 +75,12 @@ def apply_identity(
         new_plain = value if isinstance(value, list) else str(value)
         if present and _plain(dataset[keyword].value) == _plain_expected(new_plain):
             continue
+        if (
+            present
+            and keyword in ID_SEQUENCES
+            and _ids_include(_plain(dataset[keyword].value), value)
+        ):
+            continue
         if present:
             originals[keyword] = copy.deepcopy(dataset[keyword])
             del dataset[keyword]  # a new element: the dictionary VR, whatever was received
@@ -94,6 +100,41 @@ def apply_identity(
         existing = list(dataset.get("OriginalAttributesSequence", []))
         dataset.OriginalAttributesSequence = Sequence([*existing, item])
     return changed
+
+
+#: Sequences of identifiers, compared as sets of (PatientID, IssuerOfPatientID) pairs: an
+#: instance that already lists the record's NHS number says what the record says, whether or
+#: not its sender added TypeOfPatientID and the issuer qualifiers. Patching it anyway would
+#: send nearly every instance as "corrected" (Original Attributes) when nothing changed.
+ID_SEQUENCES = frozenset({"OtherPatientIDsSequence"})
+
+
+def _id_pairs(items: Any) -> set[tuple[str, str]]:
+    if not isinstance(items, list):
+        return set()
+    return {
+        (str(item.get("PatientID") or ""), str(item.get("IssuerOfPatientID") or ""))
+        for item in items
+        if isinstance(item, Mapping)
+    }
+
+
+def _ids_include(present: Any, wanted: Any) -> bool:
+    """Every identifier of ``wanted`` (the record's items) is among ``present``'s."""
+    want = _id_pairs(wanted)
+    return bool(want) and want <= _id_pairs(present)
+
+
+def _json_ids(element: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A DICOM JSON identifier sequence as keyword items, for ``_ids_include``."""
+    pid, issuer = _tag("PatientID"), _tag("IssuerOfPatientID")
+    out = []
+    for item in element.get("Value") or []:
+        if not isinstance(item, Mapping):
+            continue
+        values = [(item.get(t) or {}).get("Value") or [""] for t in (pid, issuer)]
+        out.append({"PatientID": str(values[0][0]), "IssuerOfPatientID": str(values[1][0])})
+    return out
 
 
 def _plain_expected(value: Any) -> Any:
@@ -147,6 +188,8 @@ def apply_identity_json(
             continue
         new = _json_element(keyword, value)
         if present and obj[tag].get("Value") == new.get("Value"):
+            continue
+        if present and keyword in ID_SEQUENCES and _ids_include(_json_ids(obj[tag]), value):
             continue
         if not present and value in ("", []):
             continue
