@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import threading
-import time
 from datetime import UTC, datetime
-from typing import Any
 
 from solent.domain.principal import Principal, PrincipalKind
 from solent.index import security as sec
@@ -23,35 +20,9 @@ from solent.security.tokens import TokenInvalid
 from solent.security.users import UserService, principal_of
 from solent.services.access import Role
 from solent.settings import Settings
+from solent.ttl_cache import TtlCache
 
 LOOKUP_TTL_S = 2.0
-
-
-class _Recent:
-    """Answers of index look-ups for LOOKUP_TTL_S (None answers included: refusals stay
-    cheap too). Bounded: cleared when it grows past ``limit`` entries."""
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self.limit = limit
-        self._items: dict[str, tuple[float, int, Any]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str, load: Any) -> Any:
-        now = time.monotonic()
-        generation = sec.generation()
-        hit = self._items.get(key)
-        if hit is not None and hit[0] > now and hit[1] == generation:
-            return hit[2]
-        value = load()
-        with self._lock:
-            if len(self._items) >= self.limit:
-                self._items.clear()
-            self._items[key] = (now + LOOKUP_TTL_S, generation, value)
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
 
 
 class AuthenticationFailed(Exception):
@@ -64,8 +35,12 @@ class Authenticator:
         self.settings = settings
         self.users = users
         self.oidc: OidcVerifier | None = None
-        self._users = _Recent()
-        self._tokens = _Recent()
+        self._users: TtlCache[sec.UserRow | None] = TtlCache(
+            LOOKUP_TTL_S, generation=sec.generation
+        )
+        self._tokens: TtlCache[tuple[str, datetime | None] | None] = TtlCache(
+            LOOKUP_TTL_S, generation=sec.generation
+        )
         if settings.oidc_issuer:
             self.oidc = OidcVerifier(
                 settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_url

@@ -21,6 +21,7 @@ from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 from solent.domain.principal import Principal
+from solent.ttl_cache import TtlCache
 
 V = TypeVar("V")
 
@@ -31,10 +32,19 @@ class AccessCache:
     MAX_ENTRIES = 50_000
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl = ttl
-        self.clock = clock
-        self._until: dict[tuple[Hashable, ...], float] = {}
-        self._lock = threading.Lock()
+        self._granted: TtlCache[bool] = TtlCache(ttl, limit=self.MAX_ENTRIES, clock=clock)
+
+    @property
+    def ttl(self) -> float:
+        return self._granted.ttl
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._granted.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self._granted.clock = clock
 
     @staticmethod
     def _key(principal: Principal, study_uid: str, action: str) -> tuple[Hashable, ...]:
@@ -43,33 +53,13 @@ class AccessCache:
         return (principal.kind, principal.name, principal.trust, principal.roles, study_uid, action)
 
     def granted(self, principal: Principal, study_uid: str, action: str) -> bool:
-        if self.ttl <= 0:
-            return False
-        key = self._key(principal, study_uid, action)
-        until = self._until.get(key)
-        if until is None:
-            return False
-        if until <= self.clock():
-            with self._lock:
-                self._until.pop(key, None)
-            return False
-        return True
+        return self._granted.lookup(self._key(principal, study_uid, action))[0]
 
     def grant(self, principal: Principal, study_uid: str, action: str) -> None:
-        if self.ttl <= 0:
-            return
-        key = self._key(principal, study_uid, action)
-        with self._lock:
-            if len(self._until) >= self.MAX_ENTRIES:
-                now = self.clock()
-                self._until = {k: u for k, u in self._until.items() if u > now}
-                if len(self._until) >= self.MAX_ENTRIES:
-                    self._until.clear()
-            self._until[key] = self.clock() + self.ttl
+        self._granted.put(self._key(principal, study_uid, action), True)
 
     def clear(self) -> None:
-        with self._lock:
-            self._until.clear()
+        self._granted.clear()
 
 
 class ByteCache(Generic[V]):

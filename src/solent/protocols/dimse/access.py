@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
-import socket
 import ssl
-import time
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
 from typing import Any
 
 from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
 from solent.index.sql import Index, NodeRow
+from solent.security.addresses import host_matches
 
 log = logging.getLogger(__name__)
 
@@ -42,41 +39,6 @@ class Peer:
         if self.node is None:
             return True
         return op.value in self.node.allowed
-
-
-@lru_cache(maxsize=256)
-def _resolve(host: str, _epoch: int) -> frozenset[str]:
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return frozenset()
-    return frozenset(str(ipaddress.ip_address(str(i[4][0]).split("%")[0])) for i in infos)
-
-
-def _normalise(address: str) -> str:
-    ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        return str(ip.ipv4_mapped)
-    return str(ip)
-
-
-def host_matches(registered_host: str, peer_address: str) -> bool:
-    """True when the registered host name or IP resolves to the peer's address.
-
-    Host names are resolved at most once a minute; "*" accepts any address (for nodes behind
-    NAT pools, to be registered knowingly).
-    """
-    if registered_host == "*":
-        return True
-    try:
-        peer = _normalise(peer_address)
-    except ValueError:
-        return False
-    try:
-        return _normalise(registered_host) == peer
-    except ValueError:
-        pass
-    return peer in _resolve(registered_host.lower(), int(time.monotonic() // 60))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,15 +10,14 @@ the gate for development (the MSH-4 trust check of the handler still applies).
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 from solent.domain.principal import Principal, PrincipalKind
 from solent.index.hl7_senders import SenderRow, find_sender
 from solent.index.sql import Index
-from solent.protocols.dimse.access import host_matches
 from solent.protocols.hl7.er7 import Header, MessageRejected
+from solent.security.addresses import host_matches
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail
+from solent.ttl_cache import TtlCache
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +38,12 @@ class SenderGate:
         self.index = index
         self.allow_unknown = allow_unknown
         self.audit = AuditTrail(index)
-        self._cache: dict[tuple[str, str], tuple[float, SenderRow | None]] = {}
-        self._lock = threading.Lock()
+        self._senders: TtlCache[SenderRow | None] = TtlCache(CACHE_S, limit=1000)
 
     def _lookup(self, application: str, facility: str) -> SenderRow | None:
-        key = (application, facility)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < CACHE_S:
-            return hit[1]
-        row = find_sender(self.index, application, facility)
-        with self._lock:
-            if len(self._cache) > 1000:
-                self._cache.clear()
-            self._cache[key] = (now, row)
-        return row
+        return self._senders.get(
+            (application, facility), lambda: find_sender(self.index, application, facility)
+        )
 
     def check(self, header: Header, remote: str | None) -> SenderRow | None:
         """The sender's registration; raises MessageRejected("AR", why) when it has none.
