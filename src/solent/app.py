@@ -10,6 +10,8 @@ from solent.ingest import Ingestor, IngestPolicy
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
 from solent.services.query import QueryService
+from solent.services.registry import Services
+from solent.services.retrieve_web import WebRetrieveService
 from solent.settings import Settings
 from solent.storage import BlobStore, open_blob_store
 
@@ -36,6 +38,8 @@ class Archive:
     # Security (issue 6): the one audit trail and the one authorization point of this archive.
     audit: AuditTrail = field(init=False)
     access: AccessService = field(init=False)
+    # What adapters receive instead of this object (issue 11): services only.
+    services: Services = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = AuditTrail(self.index)
@@ -43,6 +47,21 @@ class Archive:
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
         )
         self.query.access = self.access  # every query is scoped by the access rule
+        self.services = Services(
+            settings=self.settings,
+            access=self.access,
+            audit=self.audit,
+            query=self.query,
+            ingest=self.ingestor,
+            web_retrieve=WebRetrieveService(
+                self.index,
+                self.store,
+                self.access,
+                self.audit,
+                access_ttl=self.settings.dicomweb_access_cache_seconds,
+                cache_bytes=self.settings.dicomweb_cache_mb << 20,
+            ),
+        )
 
     def close(self) -> None:
         for listener in self.listeners:

@@ -30,7 +30,7 @@ class Clock:
 
 
 def _service(client: TestClient) -> WebRetrieveService:
-    service = client.app.state.dicomweb_retrieve  # type: ignore[attr-defined]
+    service = client.app.state.services.web_retrieve  # type: ignore[attr-defined]
     assert isinstance(service, WebRetrieveService)
     return service
 

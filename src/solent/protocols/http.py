@@ -23,6 +23,7 @@ def create_app(archive: Archive) -> FastAPI:
         openapi_url="/api/openapi.json",
     )
     app.state.archive = archive
+    app.state.services = archive.services  # what adapters use (issue 11)
     install_security(app, archive)  # every route but /health needs a principal (issue 6)
 
     @app.get("/health", include_in_schema=False)

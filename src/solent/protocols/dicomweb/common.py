@@ -42,19 +42,7 @@ def principal(request: Request) -> Principal:
 
 
 def retrieve_service(request: Request) -> WebRetrieveService:
-    state = request.app.state
-    service = getattr(state, "dicomweb_retrieve", None)
-    if service is None:
-        a = archive(request)
-        service = WebRetrieveService(
-            a.index,
-            a.store,
-            getattr(a, "access", None),
-            getattr(a, "audit", None),
-            access_ttl=a.settings.dicomweb_access_cache_seconds,
-            cache_bytes=a.settings.dicomweb_cache_mb << 20,
-        )
-        state.dicomweb_retrieve = service
+    service: WebRetrieveService = request.app.state.services.web_retrieve
     return service
 
 
