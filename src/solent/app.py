@@ -9,7 +9,11 @@ from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
+from solent.services.directory import Directory
+from solent.services.identity import IdentityService
+from solent.services.inbox import InboxService
 from solent.services.query import QueryService
+from solent.services.records import RecordService
 from solent.services.registry import Services
 from solent.services.retrieve_web import WebRetrieveService
 from solent.settings import Settings
@@ -47,6 +51,8 @@ class Archive:
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
         )
         self.query.access = self.access  # every query is scoped by the access rule
+        identity = IdentityService(self.index)
+        inbox = InboxService(self.index, identity)
         self.services = Services(
             settings=self.settings,
             access=self.access,
@@ -61,6 +67,10 @@ class Archive:
                 access_ttl=self.settings.dicomweb_access_cache_seconds,
                 cache_bytes=self.settings.dicomweb_cache_mb << 20,
             ),
+            records=RecordService(identity, inbox, self.access, self.audit),
+            identity=identity,
+            inbox=inbox,
+            directory=Directory(self.index, self.audit),
         )
 
     def close(self) -> None:

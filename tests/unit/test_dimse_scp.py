@@ -21,7 +21,7 @@ from pynetdicom import evt
 from pynetdicom.presentation import build_role
 
 from solent.app import Archive, build_archive
-from solent.index.sql import NodeRow
+from solent.domain.records import NodeRow
 from solent.protocols.dimse import scu
 from solent.protocols.dimse.commitment import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from solent.protocols.dimse.listener import DimseListener

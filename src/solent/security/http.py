@@ -26,7 +26,7 @@ from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import InvalidInput, NotFound
 from solent.security.authn import AuthenticationFailed, Authenticator
 from solent.security.users import UserService
-from solent.services.access import AccessDenied
+from solent.services.access import AccessDenied, NotVisible
 from solent.services.audit import AuditAction, AuditOutcome
 
 Scope = MutableMapping[str, Any]
@@ -243,6 +243,14 @@ async def _reply(
     await send({"type": "http.response.body", "body": body})
 
 
+#: Where a caller whose role allows break-glass may ask for it (same on every 404, by design).
+BREAK_GLASS_LINK = {
+    "href": "/api/break-glass",
+    "method": "POST",
+    "reasons": "see GET /api/break-glass/reasons",
+}
+
+
 def install_security(app: FastAPI, archive: Archive) -> None:
     """Require authentication on every route but /health; map access errors to HTTP."""
     users = UserService(archive.index, archive.settings, archive.audit)
@@ -254,14 +262,7 @@ def install_security(app: FastAPI, archive: Archive) -> None:
 
     @app.exception_handler(AccessDenied)
     async def _denied(_request: Request, exc: AccessDenied) -> JSONResponse:
-        body: dict[str, Any] = {"detail": exc.message}
-        if exc.break_glass:
-            body["break_glass"] = {
-                "href": "/api/break-glass",
-                "method": "POST",
-                "reasons": "see GET /api/break-glass/reasons",
-            }
-        return JSONResponse(body, status_code=403)
+        return JSONResponse({"detail": exc.message}, status_code=403)
 
     @app.exception_handler(InvalidInput)
     async def _invalid(_request: Request, exc: InvalidInput) -> JSONResponse:
@@ -269,4 +270,7 @@ def install_security(app: FastAPI, archive: Archive) -> None:
 
     @app.exception_handler(NotFound)
     async def _missing(_request: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        body: dict[str, Any] = {"detail": str(exc)}
+        if isinstance(exc, NotVisible) and exc.break_glass:
+            body["break_glass"] = BREAK_GLASS_LINK
+        return JSONResponse(body, status_code=404)

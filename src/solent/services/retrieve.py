@@ -19,7 +19,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from solent.dicom import header_splice as hs
 from solent.domain.principal import Principal
-from solent.index.retrieval import StoredInstanceRef, locate_instances, stored_sop_classes
+from solent.domain.records import StoredInstanceRef
+from solent.index.retrieval import locate_instances, stored_sop_classes
 from solent.index.sql import Index
 from solent.services.outgoing_identity import CurrentIdentity
 from solent.storage import BlobStore

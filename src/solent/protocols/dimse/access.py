@@ -15,7 +15,8 @@ from enum import StrEnum
 from typing import Any
 
 from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
-from solent.index.sql import Index, NodeRow
+from solent.domain.records import NodeRow
+from solent.index.sql import Index
 from solent.security.addresses import host_matches
 
 log = logging.getLogger(__name__)

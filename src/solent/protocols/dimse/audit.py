@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from solent.index.retrieval import StoredInstanceRef
+from solent.domain.records import StoredInstanceRef
 from solent.index.sql import Index
 from solent.protocols.dimse.access import Peer
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef

@@ -16,7 +16,7 @@ from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.presentation import build_context
 
-from solent.index.retrieval import StoredInstanceRef
+from solent.domain.records import StoredInstanceRef
 from solent.index.sql import Index
 from solent.protocols.dimse import audit
 from solent.protocols.dimse.access import Operation, Peer

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 
 from solent.domain.principal import Principal, PrincipalKind
-from solent.index.hl7_senders import SenderRow, find_sender
+from solent.domain.records import SenderRow
+from solent.index.hl7_senders import find_sender
 from solent.index.sql import Index
 from solent.protocols.hl7.er7 import Header, MessageRejected
 from solent.security.addresses import host_matches
