@@ -7,6 +7,8 @@ from typing import Protocol
 
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
+from solent.security.authn import Authenticator
+from solent.security.users import UserService
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
 from solent.services.directory import Directory
@@ -15,6 +17,7 @@ from solent.services.inbox import InboxService
 from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
+from solent.services.retrieve import RetrieveService
 from solent.services.retrieve_web import WebRetrieveService
 from solent.settings import Settings
 from solent.storage import BlobStore, open_blob_store
@@ -52,6 +55,7 @@ class Archive:
         )
         self.query.access = self.access  # every query is scoped by the access rule
         identity = IdentityService(self.index)
+        users = UserService(self.index, self.settings, self.audit)
         inbox = InboxService(self.index, identity)
         self.services = Services(
             settings=self.settings,
@@ -67,10 +71,13 @@ class Archive:
                 access_ttl=self.settings.dicomweb_access_cache_seconds,
                 cache_bytes=self.settings.dicomweb_cache_mb << 20,
             ),
+            retrieve=RetrieveService(self.index, self.store, self.access, self.audit),
             records=RecordService(identity, inbox, self.access, self.audit),
             identity=identity,
             inbox=inbox,
             directory=Directory(self.index, self.audit),
+            users=users,
+            authenticator=Authenticator(self.index, self.settings, users),
         )
 
     def close(self) -> None:

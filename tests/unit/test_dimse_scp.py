@@ -61,7 +61,7 @@ def _start(tmp_path: Path, **overrides: Any) -> Iterator[Running]:
     archive.index.add_trust("ZZA", "Trust A")
     archive.index.add_trust("ZZB", "Trust B")
     archive.index.add_node(PEER, "127.0.0.1", 104, "ZZA", ["store", "query", "retrieve"])
-    listener = DimseListener(archive)
+    listener = DimseListener(archive.services)
     port = listener.start()
     yield Running(archive, listener, port)
     listener.stop()

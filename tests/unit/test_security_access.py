@@ -274,9 +274,9 @@ def test_storing_needs_a_store_role_and_refusals_are_audited(
 
 def test_retrieve_only_locates_studies_the_caller_may_read(demo: Archive) -> None:
     """C-MOVE / C-GET / WADO go through RetrieveService.locate: same rule as queries."""
-    from solent.services.retrieve import RetrieveKeys, RetrieveService
+    from solent.services.retrieve import RetrieveKeys
 
-    retrieve = RetrieveService(demo.index, demo.store)
+    retrieve = demo.services.retrieve
     bob = study_of(demo, "ZZB", "B7730444")
     alice_zzb = study_of(demo, "ZZB", "B7730021")
     keys = RetrieveKeys("STUDY", study_uids=(bob, alice_zzb))

@@ -21,13 +21,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from solent.app import Archive
 from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import InvalidInput, NotFound
 from solent.security.authn import AuthenticationFailed, Authenticator
-from solent.security.users import UserService
 from solent.services.access import AccessDenied, NotVisible
 from solent.services.audit import AuditAction, AuditOutcome
+from solent.services.registry import Services
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -138,7 +137,7 @@ def _boundary(headers: dict[str, str]) -> bytes | None:
 
 
 class SecurityMiddleware:
-    def __init__(self, app: ASGIApp, archive: Archive, authenticator: Authenticator) -> None:
+    def __init__(self, app: ASGIApp, archive: Services, authenticator: Authenticator) -> None:
         self.app = app
         self.archive = archive
         self.authenticator = authenticator
@@ -251,10 +250,10 @@ BREAK_GLASS_LINK = {
 }
 
 
-def install_security(app: FastAPI, archive: Archive) -> None:
+def install_security(app: FastAPI, archive: Services) -> None:
     """Require authentication on every route but /health; map access errors to HTTP."""
-    users = UserService(archive.index, archive.settings, archive.audit)
-    authenticator = Authenticator(archive.index, archive.settings, users)
+    users = archive.users
+    authenticator = archive.authenticator
     app.state.users = users
     app.state.authenticator = authenticator
     app.state.login_throttle = FailureThrottle()

@@ -341,13 +341,24 @@ class RecordService:
         """Identity conflicts: readers see items about patients they may see; a trust's
         administrator those raised at their trust (a regional administrator, every item)."""
         items = self.identity.work_queue(status=status)
-        if self.access.permits(principal, Permission.ADMIN):
-            out = [i for i in items if principal.trust is None or i["issuer"] == principal.trust]
-        else:
+        admin = self.access.permits(principal, Permission.ADMIN)
+        reader = self.access.permits(principal, Permission.READ)
+        if not (admin or reader):
             self.access.require(principal, Permission.READ, "viewing the data-quality queue")
-            pks = {int(i["patient_pk"]) for i in items if i["patient_pk"] is not None}
-            visible = self.access.visible_among(principal, pks)
-            out = [i for i in items if i["patient_pk"] is not None and i["patient_pk"] in visible]
+        scope = self.access.scope(principal)
+        pks = {int(i["patient_pk"]) for i in items if i["patient_pk"] is not None}
+        visible = self.access.visible_among(principal, pks) if reader else set()
+
+        def shown(item: dict[str, Any]) -> bool:
+            if admin and (principal.trust is None or item["issuer"] == principal.trust):
+                return True
+            if not reader:
+                return False
+            if item["patient_pk"] is not None:
+                return int(item["patient_pk"]) in visible
+            return scope.unrestricted or item["issuer"] in scope.trusts
+
+        out = [i for i in items if shown(i)]
         for item in out:
             self.audit.record(
                 principal,
