@@ -37,7 +37,7 @@ def test_message_journalled_by_a_dead_process_is_applied_on_start(archive: Archi
     handler.inbox.journal(Envelope("PAS^ZZA", "X2", "ADT^A28", raw, None))  # then "crash"
     assert IdentityService(archive.index).resolve("ZZA", "A2") is None
     on_free_port = dataclasses.replace(
-        archive, settings=archive.settings.model_copy(update={"hl7_port": 0})
+        archive.services, settings=archive.settings.model_copy(update={"hl7_port": 0})
     )
     listener = Hl7Listener(on_free_port)
     listener.start()
