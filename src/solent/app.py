@@ -72,7 +72,7 @@ class Archive:
                 cache_bytes=self.settings.dicomweb_cache_mb << 20,
             ),
             retrieve=RetrieveService(self.index, self.store, self.access, self.audit),
-            records=RecordService(identity, inbox, self.access, self.audit),
+            records=RecordService(identity, inbox, self.access, self.audit, self.query),
             identity=identity,
             inbox=inbox,
             directory=Directory(self.index, self.audit),

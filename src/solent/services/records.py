@@ -20,6 +20,7 @@ from solent.services.access import AccessDenied, AccessService, NotVisible, Perm
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef
 from solent.services.identity import IdentityService
 from solent.services.inbox import InboxService
+from solent.services.query import QueryService
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,9 @@ class RecordService:
         inbox: InboxService,
         access: AccessService,
         audit: AuditTrail,
+        query: QueryService,
     ) -> None:
+        self.query = query
         self.identity = identity
         self.inbox = inbox
         self.access = access
@@ -123,6 +126,65 @@ class RecordService:
             patient=person.ref,
             detail={"read": what, "records": len(person.pks), **detail},
         )
+
+    # -- the JSON API's patient and study lists -----------------------------------------------
+
+    def patient_list(self, principal: Principal, *, limit: int, offset: int) -> list[Any]:
+        """Patients the caller may see, one audit record for the query."""
+        self.access.require(principal, Permission.READ, "listing patients")
+        rows = self.query.list_patients(principal, limit=limit, offset=offset)
+        self.audit.record(
+            principal, AuditAction.QUERY, detail={"api": "patients", "results": len(rows)}
+        )
+        return rows
+
+    def study_list(
+        self,
+        principal: Principal,
+        *,
+        nhs_number: str | None,
+        issuer: str | None,
+        local_id: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[Any]:
+        """Studies the caller may see, by patient; the audit record names the patient asked
+        for when the request names one."""
+        self.access.require(principal, Permission.READ, "searching studies")
+        rows = self.query.list_studies(
+            principal,
+            nhs_number=nhs_number,
+            issuer=issuer,
+            local_id=local_id,
+            limit=limit,
+            offset=offset,
+        )
+        patient = PatientRef(issuer, local_id, nhs_number) if issuer and local_id else None
+        if patient is None and nhs_number:
+            patient = PatientRef(nhs.NHS_ISSUER, nhs_number, nhs_number)
+        self.audit.record(
+            principal,
+            AuditAction.QUERY,
+            patient=patient,
+            detail={"api": "studies", "results": len(rows)},
+        )
+        return rows
+
+    def study_detail(
+        self, principal: Principal, study_uid: str, *, purpose: str | None = None
+    ) -> Any:
+        """One study with its patient; unknown and not visible answer alike."""
+        patient = self.access.check_study(principal, study_uid, AuditAction.VIEW, purpose=purpose)
+        rows = self.query.list_studies(
+            principal, issuer=patient.issuer, local_id=patient.local_id, limit=1000
+        )
+        found = next((r for r in rows if r["study_uid"] == study_uid), None)
+        if found is None:  # removed between the check and the read
+            raise self.access.not_found(principal, f"study {study_uid}")
+        self.audit.record(
+            principal, AuditAction.VIEW, patient=patient, study_uid=study_uid, purpose=purpose
+        )
+        return found
 
     # -- identity API --------------------------------------------------------------------------
 
