@@ -18,13 +18,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from solent.domain.principal import Principal, PrincipalKind
-from solent.errors import InvalidInput, NotFound
 from solent.security.authn import AuthenticationFailed, Authenticator
-from solent.services.access import AccessDenied, NotVisible
 from solent.services.audit import AuditAction, AuditOutcome
 from solent.services.registry import Services
 
@@ -242,34 +239,11 @@ async def _reply(
     await send({"type": "http.response.body", "body": body})
 
 
-#: Where a caller whose role allows break-glass may ask for it (same on every 404, by design).
-BREAK_GLASS_LINK = {
-    "href": "/api/break-glass",
-    "method": "POST",
-    "reasons": "see GET /api/break-glass/reasons",
-}
-
-
 def install_security(app: FastAPI, archive: Services) -> None:
-    """Require authentication on every route but /health; map access errors to HTTP."""
+    """Require authentication on every route but /health."""
     users = archive.users
     authenticator = archive.authenticator
     app.state.users = users
     app.state.authenticator = authenticator
     app.state.login_throttle = FailureThrottle()
     app.add_middleware(SecurityMiddleware, archive=archive, authenticator=authenticator)
-
-    @app.exception_handler(AccessDenied)
-    async def _denied(_request: Request, exc: AccessDenied) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=403)
-
-    @app.exception_handler(InvalidInput)
-    async def _invalid(_request: Request, exc: InvalidInput) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    @app.exception_handler(NotFound)
-    async def _missing(_request: Request, exc: NotFound) -> JSONResponse:
-        body: dict[str, Any] = {"detail": str(exc)}
-        if isinstance(exc, NotVisible) and exc.break_glass:
-            body["break_glass"] = BREAK_GLASS_LINK
-        return JSONResponse(body, status_code=404)

@@ -11,12 +11,10 @@ from typing import Any
 from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
-from solent.dicom.render import RenderError
-from solent.dicom.transcode import TranscodeError
 from solent.domain.principal import Principal, PrincipalKind
 from solent.domain.uids import uid_problem
-from solent.errors import IndexUnavailable, InvalidInput, NotFound, StorageError
 from solent.protocols.dicomweb.accept import NotAcceptable
+from solent.protocols.http_errors import http_error
 from solent.services.registry import Services
 from solent.services.retrieve_web import WebRetrieveService
 
@@ -60,21 +58,12 @@ def check_uid(value: str, what: str) -> str:
 
 
 def error_status(exc: Exception) -> tuple[int, str] | None:
-    """HTTP status and readable message of a domain error; None for unexpected errors."""
-    if isinstance(exc, NotFound):
-        return 404, str(exc)
+    """HTTP status and readable message of a domain error (the one table, plus DICOMweb's
+    own content negotiation error); None for unexpected errors."""
     if isinstance(exc, NotAcceptable):
         return 406, str(exc)
-    if isinstance(exc, TranscodeError):
-        return 406, str(exc)
-    if isinstance(exc, (InvalidInput, RenderError)):
-        return 400, str(exc)
-    if isinstance(exc, (IndexUnavailable, StorageError)):
-        return 503, f"the archive is temporarily unavailable: {exc}"
-    name = type(exc).__name__
-    if name == "AccessDenied":  # solent.services.access, imported lazily to stay decoupled
-        return 403, str(exc)
-    return None
+    mapped = http_error(exc)
+    return None if mapped is None else (mapped[0], mapped[1])
 
 
 class DicomWebRoute(APIRoute):

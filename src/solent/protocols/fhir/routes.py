@@ -16,10 +16,9 @@ from fastapi.responses import JSONResponse
 
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
-from solent.errors import InvalidInput, NotFound
 from solent.protocols.fhir import resources as fhir
+from solent.protocols.http_errors import http_error
 from solent.security.http import current_principal
-from solent.services.access import AccessDenied
 from solent.services.records import Person, RecordService
 
 router = APIRouter()
@@ -39,17 +38,16 @@ def _reply(data: dict[str, Any], status: int = 200) -> JSONResponse:
 
 
 def _answer(build: Callable[[], dict[str, Any]]) -> JSONResponse:
-    """The FHIR error table: each domain error as an OperationOutcome with its status."""
+    """Each domain error as an OperationOutcome with the status of the one table."""
     try:
         return _reply(build())
     except FhirError as exc:
         status, code, text = exc.status, exc.code, exc.text
-    except NotFound as exc:  # unknown and not visible alike (NotVisible is a NotFound)
-        status, code, text = 404, "not-found", str(exc)
-    except InvalidInput as exc:
-        status, code, text = 400, "invalid", str(exc)
-    except AccessDenied as exc:
-        status, code, text = 403, "forbidden", exc.message
+    except Exception as exc:  # the one table (NotVisible answers like NotFound)
+        mapped = http_error(exc)
+        if mapped is None:
+            raise
+        status, text, code = mapped
     return _reply(fhir.operation_outcome(code, text), status)
 
 
