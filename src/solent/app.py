@@ -9,6 +9,8 @@ from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
+from solent.services.identity import IdentityService
+from solent.services.migration import MigrationService
 from solent.services.query import QueryService
 from solent.services.registry import Services
 from solent.services.retrieve_web import WebRetrieveService
@@ -60,6 +62,12 @@ class Archive:
                 self.audit,
                 access_ttl=self.settings.dicomweb_access_cache_seconds,
                 cache_bytes=self.settings.dicomweb_cache_mb << 20,
+            ),
+            migration=MigrationService(
+                self.index,
+                self.ingestor,
+                IdentityService(self.index),
+                self.settings.data_dir / "migration-quarantine",
             ),
         )
 
