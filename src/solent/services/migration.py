@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from solent.domain import nhs_number as nhs
@@ -118,12 +119,18 @@ def _require(principal: Principal, permission: Permission) -> None:
         raise AccessDenied("migration needs the importer or an administrator")
 
 
-def dataset_digest(path: Path) -> str:
-    """SHA-256 of a Part 10 file after its File Meta group: the content a source holds.
+def content_digest(path: Path) -> str:
+    """The SHA-256 a migration compares copies of one instance by (R54: pixel-data hashes).
 
-    Two copies of one instance differ in their meta header when they came by different routes
-    (a CD's file vs a C-GET written here); the content decides whether it is a collision.
+    With pixel data: the hash of the Pixel Data value, so a copy whose header was relabelled
+    (an IEP copy under another patient ID) is the same acquisition, while other pixels under
+    the same SOP Instance UID are a collision. Without: the dataset after the File Meta group
+    (copies that came by different routes differ in their meta header only).
     """
+    ds = pydicom.dcmread(path, force=True, specific_tags=["PixelData"])
+    pixels = ds.get("PixelData")  # by keyword: the value
+    if isinstance(pixels, bytes) and pixels:
+        return hashlib.sha256(pixels).hexdigest()
     with path.open("rb") as fp:
         head = fp.read(144)
         start = 0
@@ -166,7 +173,7 @@ class MigrationService:
             if conn.execute(select(c.name).where(c.name == src.name)).first():
                 conn.execute(update(t.migration_source).where(c.name == src.name).values(values))
             else:
-                conn.execute(insert(t.migration_source).values(values, created_at=now()))
+                conn.execute(insert(t.migration_source).values({**values, "created_at": now()}))
 
         self.index.write(op)
         return src
@@ -222,7 +229,13 @@ class MigrationService:
                 if old is None:
                     conn.execute(
                         insert(t.migration_item).values(
-                            values, source=source, state="pending", seen_at=stamp, updated_at=stamp
+                            {
+                                **values,
+                                "source": source,
+                                "state": "pending",
+                                "seen_at": stamp,
+                                "updated_at": stamp,
+                            }
                         )
                     )
                     delta.new += 1
@@ -234,7 +247,7 @@ class MigrationService:
                 conn.execute(
                     update(t.migration_item)
                     .where(c.pk == old.pk)
-                    .values(keep, seen_at=stamp, updated_at=stamp)
+                    .values({**keep, "seen_at": stamp, "updated_at": stamp})
                 )
 
         self.index.write(op)
@@ -279,52 +292,10 @@ class MigrationService:
             dict(r)
             for r in conn.execute(select(t.migration_item).where(c.source == src.name)).mappings()
         ]
-        change = Change(principal)
-        # 1. Patients: every distinct demographic set a source shows for one Patient ID is
-        #    applied, so two NHS numbers for one local ID reach the identity rules as such.
-        shown: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in sorted(rows, key=lambda r: (r["study_date"] or "", r["pk"])):
-            d = _demographics(r)
-            if d not in shown[r["patient_id"]]:
-                shown[r["patient_id"]].append(d)
-        mp = t.migration_patient.c
-        applied = {
-            r.patient_id: r.demographics
-            for r in conn.execute(select(t.migration_patient).where(mp.source == src.name))
-        }
-        pks: dict[str, int] = {}
-        for pid, demos in shown.items():
-            text = json.dumps(demos, sort_keys=True)
-            key = PatientKey(src.trust, pid)
-            if applied.get(pid) != text:
-                for d in demos:
-                    self.identity.update_record(
-                        key,
-                        Demographics(
-                            name=d["name"],
-                            birth_date=d["birth_date"],
-                            sex=d["sex"],
-                            nhs_number=d["nhs_number"],
-                            nhs_status=VERIFIED if src.nhs_traced and d["nhs_number"] else None,
-                        ),
-                        change,
-                        conn=conn,
-                    )
-                plan.demographics_applied += 1
-            resolved = self.identity.resolve(src.trust, pid, conn=conn)
-            assert resolved is not None  # update_record created it if new
-            pks[pid] = resolved.patient_pk
-            values = {"demographics": text, "patient_pk": resolved.patient_pk, "updated_at": now()}
-            if pid in applied:
-                conn.execute(
-                    update(t.migration_patient)
-                    .where(mp.source == src.name, mp.patient_id == pid)
-                    .values(values)
-                )
-            else:
-                conn.execute(
-                    insert(t.migration_patient).values(values, source=src.name, patient_id=pid)
-                )
+        # 1. Patients of EVERY inventoried source, so a conflict between two sources is
+        #    known before either moves a study.
+        pks = self._apply_patients(conn, principal)[src.name]
+        plan.demographics_applied = pks.pop("", 0)
         # 2. Studies: held while the identity queue holds their record, or while the study is
         #    filed (or claimed by another source) under a record not linked to this one.
         blocked = self._blocked_records(conn, set(pks.values()))
@@ -391,6 +362,77 @@ class MigrationService:
                 .values(state=state, reason=reason, updated_at=now())
             )
         return plan
+
+    def _apply_patients(self, conn: Connection, principal: Principal) -> dict[str, dict[str, int]]:
+        """Apply each source patient's demographics through the identity service (issuer = the
+        source's trust) when they changed since last applied; returns source -> ID -> record.
+
+        Every distinct demographic set a source shows for one Patient ID is applied, so two NHS
+        numbers for one local ID reach the identity rules as such. Key "" counts the changes.
+        """
+        c, mp = t.migration_item.c, t.migration_patient.c
+        sources = {
+            r["name"]: _source(r) for r in conn.execute(select(t.migration_source)).mappings()
+        }
+        shown: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        rows = conn.execute(
+            select(
+                c.source,
+                c.patient_id,
+                c.patient_name,
+                c.birth_date,
+                c.sex,
+                c.nhs_number,
+                func.min(c.study_date).label("first"),
+            )
+            .group_by(c.source, c.patient_id, c.patient_name, c.birth_date, c.sex, c.nhs_number)
+            .order_by(c.source, c.patient_id, func.min(c.study_date))
+        ).mappings()
+        for r in rows:
+            d = _demographics(r)
+            if d not in shown[(r["source"], r["patient_id"])]:
+                shown[(r["source"], r["patient_id"])].append(d)
+        applied = {
+            (r.source, r.patient_id): r.demographics
+            for r in conn.execute(select(t.migration_patient))
+        }
+        change = Change(principal)
+        out: dict[str, dict[str, int]] = {name: {"": 0} for name in sources}
+        for (name, pid), demos in shown.items():
+            src = sources[name]
+            text = json.dumps(demos, sort_keys=True)
+            if applied.get((name, pid)) != text:
+                for d in demos:
+                    self.identity.update_record(
+                        PatientKey(src.trust, pid),
+                        Demographics(
+                            name=d["name"],
+                            birth_date=d["birth_date"],
+                            sex=d["sex"],
+                            nhs_number=d["nhs_number"],
+                            nhs_status=VERIFIED if src.nhs_traced and d["nhs_number"] else None,
+                        ),
+                        change,
+                        conn=conn,
+                    )
+                out[name][""] += 1
+            resolved = self.identity.resolve(src.trust, pid, conn=conn)
+            assert resolved is not None  # update_record created it if new
+            out[name][pid] = resolved.patient_pk
+            values = {"demographics": text, "patient_pk": resolved.patient_pk, "updated_at": now()}
+            if (name, pid) in applied:
+                conn.execute(
+                    update(t.migration_patient)
+                    .where(mp.source == name, mp.patient_id == pid)
+                    .values(values)
+                )
+            else:
+                conn.execute(
+                    insert(t.migration_patient).values(
+                        {**values, "source": name, "patient_id": pid}
+                    )
+                )
+        return out
 
     def _blocked_records(self, conn: Connection, pks: set[int]) -> dict[int, str]:
         """Records whose studies wait: an open blocking work item names the record, or a
@@ -490,7 +532,7 @@ class MigrationService:
         ``path`` is consumed unless it is the source's own file (a folder source).
         """
         _require(principal, Permission.STORE)
-        digest = dataset_digest(path)
+        digest = content_digest(path)
         size = path.stat().st_size
         file_under = self._file_under(src, item)
         provenance = Provenance(
@@ -507,7 +549,7 @@ class MigrationService:
             path,
             principal,
             provenance,
-            move=not own,
+            move=False,  # a refused file is still needed (quarantine); removed below
             file_under=file_under if isinstance(file_under, tuple) else None,
         )
         if result.outcome in (Outcome.STORED, Outcome.REPLACED):
@@ -548,8 +590,8 @@ class MigrationService:
         stored = self.index.instance_digest(item.sop_uid)
         if stored is not None:
             with self.ingestor.store.open(stored[1]) as fp, _spool(fp) as archived:
-                if dataset_digest(archived) == digest:
-                    return "duplicate", "already in the archive (same content, other file meta)"
+                if content_digest(archived) == digest:
+                    return "duplicate", "already in the archive (same pixel data, other header)"
         archive_sha = stored[0] if stored else ""
         dest = self.quarantine_dir / src.name / f"{item.sop_uid}.{digest[:16]}.dcm"
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -650,7 +692,7 @@ class MigrationService:
                     self.ingestor.store.open(r["archive_blob_key"]) as fp,
                     _spool(fp) as archived,
                 ):
-                    archive_sha = dataset_digest(archived)
+                    archive_sha = content_digest(archived)
             verdict = r["state"]
             if r["state"] in ("stored", "duplicate"):
                 if archive_sha is None:

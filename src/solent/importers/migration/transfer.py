@@ -98,6 +98,22 @@ def run_transfer(
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
 
+    def report() -> None:
+        if json_out is None:
+            return
+        elapsed = time.monotonic() - started
+        rate = stats.done / elapsed if elapsed else 0.0
+        line = {
+            "source": src.name,
+            "done": stats.done,
+            "total": stats.total,
+            "states": dict(stats.states),
+            "instances_per_s": round(rate, 2),
+            "eta_s": round((stats.total - stats.done) / rate, 1) if rate else None,
+        }
+        json_out.write(json.dumps(line) + "\n")
+        json_out.flush()
+
     def one(batch: list[Item]) -> None:
         throttle.take(len(batch))
         with tempfile.TemporaryDirectory(prefix="migrate-", dir=workdir) as tmp:
@@ -116,22 +132,8 @@ def run_transfer(
                     done = stats.done
                 if on_progress is not None:
                     on_progress(done, stats.total)
-
-    def report() -> None:
-        if json_out is None:
-            return
-        elapsed = time.monotonic() - started
-        rate = stats.done / elapsed if elapsed else 0.0
-        line = {
-            "source": src.name,
-            "done": stats.done,
-            "total": stats.total,
-            "states": dict(stats.states),
-            "instances_per_s": round(rate, 2),
-            "eta_s": round((stats.total - stats.done) / rate, 1) if rate else None,
-        }
-        json_out.write(json.dumps(line) + "\n")
-        json_out.flush()
+        with lock:
+            report()  # one JSON line per finished series batch
 
     todo = batches(items)
     with ThreadPoolExecutor(max_workers=src.associations, thread_name_prefix="migrate") as pool:
@@ -146,9 +148,7 @@ def run_transfer(
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     fut.result()
-                    report()
         for fut in pending:
             fut.result()
-            report()
     stats.seconds = time.monotonic() - started
     return stats
