@@ -206,7 +206,11 @@ class Ingestor:
         return self._observe(result, principal, provenance, started)
 
     def ingest_files(
-        self, items: Sequence[tuple[Path, Provenance]], principal: Principal
+        self,
+        items: Sequence[tuple[Path, Provenance]],
+        principal: Principal,
+        *,
+        file_under: tuple[str, str] | None = None,
     ) -> list[StoreResult]:
         """Store several files (an import batch) with one index transaction: group commit.
 
@@ -219,7 +223,9 @@ class Ingestor:
         results: dict[int, StoreResult] = {}
         prepared: list[tuple[int, _Prepared]] = []
         for i, (path, provenance) in enumerate(items):
-            ready = self._prepare(path, principal, provenance, move=False, sha256=None)
+            ready = self._prepare(
+                path, principal, provenance, move=False, sha256=None, file_under=file_under
+            )
             if isinstance(ready, StoreResult):
                 results[i] = ready
             else:

@@ -527,43 +527,81 @@ class MigrationService:
             ]
 
     def accept(self, principal: Principal, src: Source, item: Item, path: Path) -> str:
-        """Store one fetched file through ingest and record the outcome; returns the state.
+        """Store one fetched file; see accept_batch."""
+        return self.accept_batch(principal, src, [(item, path)])[0]
 
-        ``path`` is consumed unless it is the source's own file (a folder source).
+    def accept_batch(
+        self, principal: Principal, src: Source, fetched: list[tuple[Item, Path]]
+    ) -> list[str]:
+        """Store fetched files of ONE series through ingest (one group commit) and record
+        each outcome (one more transaction); returns the states in order.
+
+        Fetched temp files are removed; a folder source's own files are left where they are.
         """
         _require(principal, Permission.STORE)
-        digest = content_digest(path)
-        size = path.stat().st_size
-        file_under = self._file_under(src, item)
-        provenance = Provenance(
-            Channel.MIGRATION,
-            calling_ae=src.calling_ae if src.kind == "dimse" else None,
-            source_path=item.locator,
-            extra={"migration_source": src.name},
-        )
+        if not fetched:
+            return []
         own = src.kind == "folder"
+        digests = [content_digest(path) for _, path in fetched]
+        sizes = [path.stat().st_size for _, path in fetched]
+        file_under = self._file_under(src, fetched[0][0])
+        updates: list[tuple[str, str, str | None, str, int]] = []
         if file_under == "waiting":
-            self._set(src.name, item.sop_uid, "waiting", "study's record is not linked", digest)
-            return "waiting"
-        result = self.ingestor.ingest_file(
-            path,
-            principal,
-            provenance,
-            move=False,  # a refused file is still needed (quarantine); removed below
-            file_under=file_under if isinstance(file_under, tuple) else None,
-        )
-        if result.outcome in (Outcome.STORED, Outcome.REPLACED):
-            state, reason = "stored", None
-        elif result.outcome is Outcome.DUPLICATE:
-            state, reason = "duplicate", "already in the archive with identical content"
-        elif result.reason is RejectReason.CONFLICT:
-            state, reason = self._collision(src, item, path, digest, own)
+            for (item, _), digest, size in zip(fetched, digests, sizes, strict=True):
+                updates.append(
+                    (item.sop_uid, "waiting", "study's record is not linked", digest, size)
+                )
         else:
-            state, reason = "failed", f"{result.reason}: {result.message}"
+            results = self.ingestor.ingest_files(
+                [
+                    (
+                        path,
+                        Provenance(
+                            Channel.MIGRATION,
+                            calling_ae=src.calling_ae if src.kind == "dimse" else None,
+                            source_path=item.locator,
+                            extra={"migration_source": src.name},
+                        ),
+                    )
+                    for item, path in fetched
+                ],
+                principal,
+                file_under=file_under if isinstance(file_under, tuple) else None,
+            )
+            for (item, path), digest, size, result in zip(
+                fetched, digests, sizes, results, strict=True
+            ):
+                if result.outcome in (Outcome.STORED, Outcome.REPLACED):
+                    state, reason = "stored", None
+                elif result.outcome is Outcome.DUPLICATE:
+                    state, reason = "duplicate", "already in the archive with identical content"
+                elif result.reason is RejectReason.CONFLICT:
+                    state, reason = self._collision(src, item, path, digest)
+                else:
+                    state, reason = "failed", f"{result.reason}: {result.message}"
+                updates.append((item.sop_uid, state, reason, digest, size))
         if not own:
-            path.unlink(missing_ok=True)
-        self._set(src.name, item.sop_uid, state, reason, digest, size)
-        return state
+            for _, path in fetched:
+                path.unlink(missing_ok=True)
+        c = t.migration_item.c
+
+        def op(conn: Connection) -> None:
+            stamp = now()
+            for sop, state, reason, digest, size in updates:
+                conn.execute(
+                    update(t.migration_item)
+                    .where(c.source == src.name, c.sop_uid == sop)
+                    .values(
+                        state=state,
+                        reason=reason,
+                        source_sha256=digest,
+                        size_bytes=size,
+                        updated_at=stamp,
+                    )
+                )
+
+        self.index.write(op)
+        return [u[1] for u in updates]
 
     def _file_under(self, src: Source, item: Item) -> tuple[str, str] | str | None:
         """The record an instance of a study already filed elsewhere goes under, if linked."""
@@ -582,9 +620,7 @@ class MigrationService:
                 return "waiting"
             return (str(owner["issuer"]), str(owner["local_id"]))
 
-    def _collision(
-        self, src: Source, item: Item, path: Path, digest: str, own: bool
-    ) -> tuple[str, str]:
+    def _collision(self, src: Source, item: Item, path: Path, digest: str) -> tuple[str, str]:
         """Same SOP Instance UID, other bytes: a collision unless only the meta header differs.
         The source's copy is kept (fsynced) beside the archive's; nothing is overwritten."""
         stored = self.index.instance_digest(item.sop_uid)

@@ -117,21 +117,26 @@ def run_transfer(
     def one(batch: list[Item]) -> None:
         throttle.take(len(batch))
         with tempfile.TemporaryDirectory(prefix="migrate-", dir=workdir) as tmp:
+            fetched: list[tuple[Item, Path]] = []
+            outcomes: list[tuple[str, int]] = []
             for item, got in client.fetch(batch, Path(tmp)):
                 if isinstance(got, str):
                     migration.fail(principal, src.name, item.sop_uid, got)
-                    state, size = "failed", 0
+                    outcomes.append(("failed", 0))
                 else:
-                    size = got.stat().st_size
-                    state = migration.accept(principal, src, item, got)
-                with lock:
-                    stats.done += 1
-                    stats.states[state] += 1
-                    if state == "stored":
-                        stats.bytes += size
-                    done = stats.done
-                if on_progress is not None:
-                    on_progress(done, stats.total)
+                    fetched.append((item, got))
+            sizes = [path.stat().st_size for _, path in fetched]
+            states = migration.accept_batch(principal, src, fetched)
+            outcomes += list(zip(states, sizes, strict=True))
+        with lock:
+            for state, size in outcomes:
+                stats.done += 1
+                stats.states[state] += 1
+                if state == "stored":
+                    stats.bytes += size
+            done = stats.done
+        if on_progress is not None:
+            on_progress(done, stats.total)
         with lock:
             report()  # one JSON line per finished series batch
 
