@@ -318,3 +318,35 @@ def test_sigkill_mid_transfer_then_resume_loses_and_doubles_nothing(tmp_path: Pa
         assert code == 0 and rep["counts"] == {"verified": 60}
         assert json.loads(cli("stats", "--json").stdout)["instances"] == 60
         assert len({i["archive_sha256"] for i in rep["items"]}) == 60
+
+
+def test_dicomweb_source_qido_and_wado_rs(tmp_path: Path) -> None:
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    with orthanc() as o:
+        study = Study(Patient("W1", "WEB^WENDY", "19850505", "F", N1), "20210909")
+        study.add_series(3)
+        study.add_series(1)
+        upload_study(o.base_url, study)
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        cli(
+            "migrate", "source", "add", "web", "--dicomweb", o.dicomweb_url, "--trust", "ZZA",
+        )  # fmt: skip
+        out = cli("migrate", "inventory", "web", "--json", str(tmp_path / "inv.json")).stdout
+        assert "1 patients, 1 studies, 2 series, 4 instances" in out
+        rows = json.loads((tmp_path / "inv.json").read_text())
+        assert {r["nhs_number"] for r in rows} == {N1}  # from series metadata
+        assert cli.run_json("web")["transfer"]["states"] == {"stored": 4}
+        code, rep = cli.verify("web")
+        assert code == 0 and rep["counts"] == {"verified": 4}
+        expected = {
+            sop: content_digest_of(instance_bytes(study, series, sop), tmp_path)
+            for series, sop in study.instances()
+        }
+        assert {i["sop_uid"]: i["archive_sha256"] for i in rep["items"]} == expected
+
+
+def content_digest_of(data: bytes, tmp: Path) -> str:
+    path = tmp / "one.dcm"
+    path.write_bytes(data)
+    return content_digest(path)

@@ -28,6 +28,7 @@ def register(sub: Any) -> None:
     add.add_argument("name")
     where = add.add_mutually_exclusive_group(required=True)
     where.add_argument("--dimse", metavar="AE@HOST:PORT", help="a DIMSE archive (C-FIND, C-GET)")
+    where.add_argument("--dicomweb", metavar="URL", help="a DICOMweb archive (QIDO-RS, WADO-RS)")
     where.add_argument("--folder", type=Path, help="a folder or DICOMDIR export")
     add.add_argument("--trust", required=True, help="trust whose hospital numbers it holds")
     add.add_argument(
@@ -83,6 +84,10 @@ def _source_add(args: argparse.Namespace, settings: Settings) -> int:
     if args.dimse:
         parse_dimse_address(args.dimse)
         kind, address = "dimse", args.dimse
+    elif args.dicomweb:
+        if not args.dicomweb.startswith(("http://", "https://")):
+            raise InvalidInput("--dicomweb takes the base URL, e.g. https://pacs/dicom-web")
+        kind, address = "dicomweb", args.dicomweb.rstrip("/")
     else:
         kind, address = "folder", str(args.folder.resolve())
     if not args.name or len(args.name) > 64:
