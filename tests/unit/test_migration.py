@@ -181,3 +181,29 @@ def test_callers_need_the_right_permission(archive: Archive, tmp_path: Path) -> 
         archive.services.migration.pending(admin, "cd")
     with pytest.raises(Exception, match="no trust"):
         archive.services.migration.add_source(admin, Source("x", "folder", "/", "NOPE"))
+
+
+def test_legacy_data_never_overwrites_the_trusts_own_record(
+    archive: Archive, tmp_path: Path
+) -> None:
+    from solent.services.identity import Change, Demographics, PatientKey
+
+    identity = archive.services.migration.identity
+    pas = Principal(PrincipalKind.NODE, "pas", "ZZA")
+    identity.update_record(
+        PatientKey("ZZA", "P1"),
+        Demographics(name="PAS^NAME", birth_date="19700101", sex="F", nhs_number=N1),
+        Change(pas),
+    )
+    study = Study(Patient("P1", "LEGACY^NAME", "19710101", "F", N1), "20200101")
+    study.add_series(1)
+    write_study(tmp_path / "cd", study)
+    folder_source(archive, tmp_path / "cd")
+    plan = archive.services.migration.reconcile(IMPORTER, "cd")
+    assert [w["study_uid"] for w in plan.waiting] == [study.uid]
+    assert "birth_date 19710101 (record: 19700101)" in plan.waiting[0]["reason"]
+    resolved = identity.resolve("ZZA", "P1")
+    assert resolved is not None
+    record = identity.record(resolved.patient_pk)
+    assert record is not None
+    assert (record["record"]["birth_date"], record["record"]["name"]) == ("19700101", "PAS^NAME")

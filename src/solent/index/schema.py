@@ -522,6 +522,9 @@ migration_patient = Table(
     Column("patient_id", String(64), primary_key=True),
     Column("demographics", Text, nullable=False),  # JSON of what was applied
     Column("patient_pk", PK),
+    # True when migration created the record (it may then update it); False for the trust's
+    # own record (PAS/HL7), which legacy data never overwrites.
+    Column("owns_record", Boolean, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

@@ -37,9 +37,16 @@ KINDS = ("dimse", "dicomweb", "folder")
 FINAL = ("stored", "duplicate", "quarantined")
 # Work-queue kinds that stop a record's studies from moving: the identity service raised them.
 BLOCKING = frozenset(
-    {"invalid-nhs-number", "demographic-conflict", "nhs-number-changed", "duplicate-record"}
+    {
+        "invalid-nhs-number",
+        "demographic-conflict",
+        "nhs-number-changed",
+        "duplicate-record",
+        "migration-demographics-differ",
+    }
 )
 STUDY_ELSEWHERE = "migration-study-elsewhere"
+DIFFER = "migration-demographics-differ"
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,10 +405,26 @@ class MigrationService:
         }
         change = Change(principal)
         out: dict[str, dict[str, int]] = {name: {"": 0} for name in sources}
+        created = {
+            int(r.patient_pk)
+            for r in conn.execute(
+                select(mp.patient_pk).where(mp.patient_pk.is_not(None), mp.owns_record)
+            )
+        }
+
+        def migrated(pk: int) -> bool:
+            return pk in created
+
         for (name, pid), demos in shown.items():
             src = sources[name]
             text = json.dumps(demos, sort_keys=True)
-            if applied.get((name, pid)) != text:
+            before = self.identity.resolve(src.trust, pid, conn=conn)
+            owns = before is None or migrated(before.patient_pk)
+            if before is not None and not owns:
+                # The trust's own record (PAS/HL7, or images received live): legacy data never
+                # overwrites it; a disagreement is queued for people and its studies wait.
+                self._compare(conn, before.patient_pk, src, pid, demos)
+            elif applied.get((name, pid)) != text:
                 for d in demos:
                     self.identity.update_record(
                         PatientKey(src.trust, pid),
@@ -419,7 +442,14 @@ class MigrationService:
             resolved = self.identity.resolve(src.trust, pid, conn=conn)
             assert resolved is not None  # update_record created it if new
             out[name][pid] = resolved.patient_pk
-            values = {"demographics": text, "patient_pk": resolved.patient_pk, "updated_at": now()}
+            if owns:
+                created.add(resolved.patient_pk)
+            values = {
+                "demographics": text,
+                "patient_pk": resolved.patient_pk,
+                "owns_record": owns,
+                "updated_at": now(),
+            }
             if (name, pid) in applied:
                 conn.execute(
                     update(t.migration_patient)
@@ -433,6 +463,31 @@ class MigrationService:
                     )
                 )
         return out
+
+    def _compare(
+        self, conn: Connection, pk: int, src: Source, pid: str, demos: list[dict[str, Any]]
+    ) -> None:
+        """Queue what the legacy system says differently from the trust's existing record."""
+        row = id_store.get_patient(conn, pk)
+        assert row is not None
+        for d in demos:
+            differ = [
+                f"{k} {d[k]} (record: {row[k]})"
+                for k in ("birth_date", "sex", "nhs_number")
+                if d[k] and row[k] and d[k] != row[k]
+            ]
+            if differ:
+                self.identity.add_work_item(
+                    DIFFER,
+                    f"migration source {src.name} has {pid}/{src.trust} with "
+                    + ", ".join(differ)
+                    + "; the record is kept, its legacy studies wait",
+                    conn=conn,
+                    issuer=src.trust,
+                    local_id=pid,
+                    patient_pk=pk,
+                    nhs_number=row["nhs_number"],
+                )
 
     def _blocked_records(self, conn: Connection, pks: set[int]) -> dict[int, str]:
         """Records whose studies wait: an open blocking work item names the record, or a

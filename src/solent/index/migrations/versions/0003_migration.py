@@ -66,6 +66,7 @@ def upgrade() -> None:
     sa.Column('patient_id', sa.String(length=64), nullable=False),
     sa.Column('demographics', sa.Text(), nullable=False),
     sa.Column('patient_pk', PK, nullable=True),
+    sa.Column('owns_record', sa.Boolean(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['source'], ['migration_source.name'], name=op.f('fk_migration_patient_source_migration_source')),
     sa.PrimaryKeyConstraint('source', 'patient_id', name=op.f('pk_migration_patient'))
