@@ -207,3 +207,30 @@ def test_legacy_data_never_overwrites_the_trusts_own_record(
     record = identity.record(resolved.patient_pk)
     assert record is not None
     assert (record["record"]["birth_date"], record["record"]["name"]) == ("19700101", "PAS^NAME")
+
+
+def test_a_closed_transfer_window_stops_the_run_with_nothing_lost(
+    archive: Archive, tmp_path: Path
+) -> None:
+    from datetime import datetime
+
+    study = Study(Patient("P1", "NIGHT^ONLY", "19700101", "F", N1), "20200101")
+    study.add_series(2)
+    write_study(tmp_path / "cd", study)
+    folder_source(archive, tmp_path / "cd")
+    migration = archive.services.migration
+    night = Source(
+        "cd", "folder", str(tmp_path / "cd"), "ZZA", nhs_traced=True, hours="19:00-07:00"
+    )
+    migration.add_source(IMPORTER, night)
+    migration.reconcile(IMPORTER, "cd")
+    client = FolderSource(tmp_path / "cd")
+    noon = run_transfer(
+        migration, IMPORTER, night, client, tmp_path / "w", clock=lambda: datetime(2026, 1, 1, 12)
+    )
+    assert noon.stopped.startswith("outside the source's working hours") and noon.done == 0
+    assert migration.progress(IMPORTER, "cd") == {"pending": 2}
+    late = run_transfer(
+        migration, IMPORTER, night, client, tmp_path / "w", clock=lambda: datetime(2026, 1, 1, 23)
+    )
+    assert (late.stopped, dict(late.states)) == ("", {"stored": 2})
