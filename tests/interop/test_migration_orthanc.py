@@ -201,6 +201,7 @@ def test_two_orthancs_and_a_dicomdir_migrate_as_planted(
             "study_uid": s1.uid,
             "with": "in the archive",
             "filed_under": "A123456/ZZA",
+            "linked": True,
             "new_instances": 2,
         }
     ]

@@ -234,3 +234,30 @@ def test_a_closed_transfer_window_stops_the_run_with_nothing_lost(
         migration, IMPORTER, night, client, tmp_path / "w", clock=lambda: datetime(2026, 1, 1, 23)
     )
     assert (late.stopped, dict(late.states)) == ("", {"stored": 2})
+
+
+def test_an_unlinked_copy_of_a_stored_study_waits_and_the_original_moves(
+    archive: Archive, tmp_path: Path
+) -> None:
+    original = Study(Patient("A1", "ORIG^INAL", "19700101", "F", N1), "20190101")
+    original.add_series(2)
+    copy = Study(
+        Patient("B-EXT-99", "ORIG^INAL", "19700101", "F"), "20190101", uid=original.uid,
+        series=[original.series[0]], series_uids=[original.series_uids[0]],
+    )  # fmt: skip
+    write_study(tmp_path / "a", original)
+    write_study(tmp_path / "b", copy)
+    migration = archive.services.migration
+    src_a = folder_source(archive, tmp_path / "a", "a", "ZZA")
+    folder_source(archive, tmp_path / "b", "b", "ZZB")
+    plan_a = migration.reconcile(IMPORTER, "a")
+    assert plan_a.waiting == [] and plan_a.move_instances == 2
+    assert plan_a.merge_studies[0]["with"] == "at source b"
+    assert plan_a.merge_studies[0]["linked"] is False
+    run_transfer(migration, IMPORTER, src_a, FolderSource(tmp_path / "a"), tmp_path / "w")
+
+    plan_b = migration.reconcile(IMPORTER, "b")
+    assert plan_b.move_instances == 0
+    assert "already in the archive under A1/ZZA" in plan_b.waiting[0]["reason"]
+    kinds = [q["kind"] for q in migration.identity.work_queue()]
+    assert "migration-study-elsewhere" in kinds

@@ -321,12 +321,13 @@ class MigrationService:
             owner = self._owner(conn, study_uid, src.name)
             pid = sorted(pids)[0]
             mine = pks[pid]
-            if (
-                not why
-                and owner is not None
-                and owner["patient_pk"] != mine
-                and owner["patient_pk"] not in self.identity.linked_patient_pks(mine, conn=conn)
-            ):
+            linked = owner is not None and (
+                owner["patient_pk"] == mine
+                or owner["patient_pk"] in self.identity.linked_patient_pks(mine, conn=conn)
+            )
+            # Only a study already IN the archive holds this copy back: the first source to
+            # store a study files it; another source's inventory is reported, not waited on.
+            if not why and owner is not None and owner["stored"] and not linked:
                 why = (
                     f"study already {owner['where']} under {owner['record']}, "
                     f"a record not linked to {pid}/{src.trust}"
@@ -347,6 +348,7 @@ class MigrationService:
                         "study_uid": study_uid,
                         "with": owner["where"],
                         "filed_under": owner["record"],
+                        "linked": linked,
                         "new_instances": sum(
                             1 for r in open_items if r["sop_uid"] not in owner["sops"]
                         ),
@@ -525,6 +527,7 @@ class MigrationService:
                 "patient_pk": int(study["patient_pk"]),
                 "record": f"{row['local_id']}/{row['issuer']}",
                 "where": "in the archive",
+                "stored": True,
                 "sops": sops,
             }
         c, mp = t.migration_item.c, t.migration_patient.c
@@ -548,6 +551,7 @@ class MigrationService:
             "patient_pk": int(other.patient_pk),
             "record": f"{other.patient_id}/{other.trust_code}",
             "where": f"at source {other.source}",
+            "stored": False,
             "sops": sops,
         }
 
