@@ -14,6 +14,7 @@ from solent.services.audit import AuditTrail
 from solent.services.directory import Directory
 from solent.services.identity import IdentityService
 from solent.services.inbox import InboxService
+from solent.services.migration import MigrationService
 from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
@@ -78,6 +79,12 @@ class Archive:
             directory=Directory(self.index, self.audit),
             users=users,
             authenticator=Authenticator(self.index, self.settings, users),
+            migration=MigrationService(
+                self.index,
+                self.ingestor,
+                identity,
+                self.settings.data_dir / "migration-quarantine",
+            ),
         )
 
     def close(self) -> None:

@@ -466,3 +466,81 @@ study.append_column(
 )
 Index("ix_study_date_key_pk", study.c.study_date_key, study.c.pk)
 # --- end query engine -------------------------------------------------------------------------
+
+# --- Legacy PACS migration (issue 13): sources, inventory and per-instance transfer state. ----
+# The state lives here, not in a process, so a killed `solent migrate run` resumes where it
+# stopped; a row per (source, SOP Instance UID) is also the provenance of every copy received.
+migration_source = Table(
+    "migration_source",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # dimse | dicomweb | folder
+    Column("address", Text, nullable=False),  # AE@host:port | base URL | folder path
+    Column("trust_code", String(16), ForeignKey("trust.code"), nullable=False),
+    Column("nhs_traced", Boolean, nullable=False),  # its NHS numbers were traced on PDS
+    Column("calling_ae", String(16), nullable=False),
+    Column("associations", Integer, nullable=False),
+    Column("rate", Integer, nullable=False),  # instances per second, 0 = unthrottled
+    Column("hours", String(11)),  # "HH:MM-HH:MM" window, NULL = any time
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+migration_item = Table(
+    "migration_item",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("source", String(64), ForeignKey("migration_source.name"), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("patient_name", String(200)),
+    Column("birth_date", String(8)),
+    Column("sex", String(16)),
+    Column("nhs_number", String(16)),
+    Column("study_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False),
+    Column("sop_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64)),
+    Column("study_date", String(8)),
+    Column("modality", String(16)),
+    Column("size_bytes", BigInteger),
+    Column("locator", Text),  # folder: the file path; others: empty (UIDs suffice)
+    # pending | waiting | stored | duplicate | quarantined | failed
+    Column("state", String(16), nullable=False),
+    Column("reason", Text),
+    Column("source_sha256", String(64)),  # of the bytes received from this source
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("source", "sop_uid"),
+    Index(None, "source", "state"),
+    Index(None, "study_uid"),
+)
+
+# Demographics last reconciled per source patient: a delta run re-reconciles only changes.
+migration_patient = Table(
+    "migration_patient",
+    metadata,
+    Column("source", String(64), ForeignKey("migration_source.name"), primary_key=True),
+    Column("patient_id", String(64), primary_key=True),
+    Column("demographics", Text, nullable=False),  # JSON of what was applied
+    Column("patient_pk", PK),
+    # True when migration created the record (it may then update it); False for the trust's
+    # own record (PAS/HL7), which legacy data never overwrites.
+    Column("owns_record", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Same SOP Instance UID, different content: both versions kept, a person decides.
+migration_quarantine = Table(
+    "migration_quarantine",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("source", String(64), ForeignKey("migration_source.name"), nullable=False),
+    Column("sop_uid", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("archive_sha256", String(64), nullable=False),
+    Column("source_sha256", String(64), nullable=False),
+    Column("path", Text, nullable=False),  # where the quarantined copy is kept
+    Column("status", String(16), nullable=False),  # open | resolved
+    Column("at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("source", "sop_uid", "source_sha256"),
+)
+# --- end legacy PACS migration ----------------------------------------------------------------

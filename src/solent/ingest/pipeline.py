@@ -183,18 +183,34 @@ class Ingestor:
         move: bool = False,
         sha256: str | None = None,
         expect: tuple[str, str] | None = None,
+        file_under: tuple[str, str] | None = None,
     ) -> StoreResult:
         """Store one file as received. ``move`` lets a spooled temp file be consumed.
 
         ``expect`` is the (SOP Class UID, SOP Instance UID) a C-STORE request announced; a
         dataset that says otherwise is refused (PS3.4 A900) from the one parse ingest makes.
+        ``file_under`` is the (issuer, local ID) of the record to file under instead of the
+        caller's trust and the file's Patient ID: migration uses it only for a study already
+        filed under a record the identity service links to the sender's (issue 13).
         """
         started = time.perf_counter()
-        result = self._ingest(path, principal, provenance, move=move, sha256=sha256, expect=expect)
+        result = self._ingest(
+            path,
+            principal,
+            provenance,
+            move=move,
+            sha256=sha256,
+            expect=expect,
+            file_under=file_under,
+        )
         return self._observe(result, principal, provenance, started)
 
     def ingest_files(
-        self, items: Sequence[tuple[Path, Provenance]], principal: Principal
+        self,
+        items: Sequence[tuple[Path, Provenance]],
+        principal: Principal,
+        *,
+        file_under: tuple[str, str] | None = None,
     ) -> list[StoreResult]:
         """Store several files (an import batch) with one index transaction: group commit.
 
@@ -207,7 +223,9 @@ class Ingestor:
         results: dict[int, StoreResult] = {}
         prepared: list[tuple[int, _Prepared]] = []
         for i, (path, provenance) in enumerate(items):
-            ready = self._prepare(path, principal, provenance, move=False, sha256=None)
+            ready = self._prepare(
+                path, principal, provenance, move=False, sha256=None, file_under=file_under
+            )
             if isinstance(ready, StoreResult):
                 results[i] = ready
             else:
@@ -253,8 +271,17 @@ class Ingestor:
         move: bool,
         sha256: str | None,
         expect: tuple[str, str] | None = None,
+        file_under: tuple[str, str] | None = None,
     ) -> StoreResult:
-        ready = self._prepare(path, principal, provenance, move=move, sha256=sha256, expect=expect)
+        ready = self._prepare(
+            path,
+            principal,
+            provenance,
+            move=move,
+            sha256=sha256,
+            expect=expect,
+            file_under=file_under,
+        )
         return ready if isinstance(ready, StoreResult) else self._commit_grouped(ready)
 
     def _commit_grouped(self, p: _Prepared) -> StoreResult:
@@ -363,6 +390,7 @@ class Ingestor:
         move: bool,
         sha256: str | None,
         expect: tuple[str, str] | None = None,
+        file_under: tuple[str, str] | None = None,
     ) -> StoreResult | _Prepared:
         """Parse, validate, attribute, and write the blob durably; a result if it stops here."""
         trust = principal.trust
@@ -401,6 +429,8 @@ class Ingestor:
 
         local_id = parsed.patient["local_id"]
         placeholder = False
+        if file_under is not None:
+            trust, local_id = file_under
         if not local_id:
             if self.policy.missing_patient_id == "reject":
                 return rejected(RejectReason.MISSING_ATTRIBUTE, "PatientID is missing")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from solent.services.directory import Directory
     from solent.services.identity import IdentityService
     from solent.services.inbox import InboxService
+    from solent.services.migration import MigrationService
     from solent.services.query import QueryService
     from solent.services.records import RecordService
     from solent.services.retrieve import RetrieveService
@@ -43,3 +44,4 @@ class Services:
     directory: Directory  # trusts, DICOM nodes, HL7 senders (configuration, audited changes)
     users: UserService  # accounts, roles, tokens (security/)
     authenticator: Authenticator  # bearer tokens and passwords -> Principal
+    migration: MigrationService  # legacy PACS consolidation state (issue 13)

@@ -1,0 +1,366 @@
+"""The legacy systems: list what each holds (inventory) and fetch instances of it.
+
+A DIMSE archive is listed with C-FIND (study, series, image level) and read with C-GET, so no
+listener or AE registration on Solent's side is needed and every instance arrives on the
+association that asked for it. A folder (a CD/DVD export with or without DICOMDIR) is read in
+place. The bytes are passed on as received; Solent's ingest stores them unchanged.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import tempfile
+from collections.abc import Iterator
+from contextlib import suppress
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, build_role, evt
+
+from solent.dicom.parse import nhs_number_of
+from solent.errors import InvalidInput
+from solent.importers.folder import iter_files
+from solent.services.migration import Entry, Item, Source
+
+# Study Root Query/Retrieve Information Model FIND and GET (pynetdicom builds these names at
+# import time, which type checkers cannot see).
+StudyRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.2.1"
+StudyRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.2.3"
+
+# What a C-GET accepts, so the source sends each instance in its stored encoding.
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # explicit VR little endian
+    "1.2.840.10008.1.2",  # implicit VR little endian
+    "1.2.840.10008.1.2.1.99",  # deflated
+    "1.2.840.10008.1.2.4.50",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG extended
+    "1.2.840.10008.1.2.4.57",  # JPEG lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE
+    "1.2.840.10008.1.2.2",  # explicit VR big endian (retired, still found in archives)
+]
+
+
+class SourceClient(Protocol):
+    def inventory(self) -> Iterator[Entry]:
+        """Every instance the source holds, with its patient's demographics."""
+
+    def fetch(self, items: list[Item], workdir: Path) -> Iterator[tuple[Item, Path | str]]:
+        """Each item's file (or why it could not be fetched); one series per call."""
+
+    def close(self) -> None: ...
+
+
+def client_for(src: Source) -> SourceClient:
+    if src.kind == "folder":
+        return FolderSource(Path(src.address))
+    if src.kind == "dimse":
+        return DimseSource(src)
+    if src.kind == "dicomweb":
+        return DicomWebSource(src.address)
+    raise InvalidInput(f"source kind {src.kind} cannot be read by this version")
+
+
+def parse_dimse_address(address: str) -> tuple[str, str, int]:
+    """``AE@host:port`` -> (AE, host, port)."""
+    try:
+        ae, rest = address.split("@", 1)
+        host, port = rest.rsplit(":", 1)
+        number = int(port)
+    except ValueError as exc:
+        raise InvalidInput("a DIMSE source is AE@host:port, e.g. LEGACY@10.0.0.5:104") from exc
+    if not ae or len(ae) > 16 or not host or not 0 < number < 65536:
+        raise InvalidInput("a DIMSE source is AE@host:port, e.g. LEGACY@10.0.0.5:104")
+    return ae, host, number
+
+
+def _s(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def entry_of(ds: Dataset, *, size: int | None = None, locator: str | None = None) -> Entry:
+    return Entry(
+        patient_id=_s(ds, "PatientID") or "",
+        study_uid=_s(ds, "StudyInstanceUID") or "",
+        series_uid=_s(ds, "SeriesInstanceUID") or "",
+        sop_uid=_s(ds, "SOPInstanceUID") or "",
+        patient_name=_s(ds, "PatientName"),
+        birth_date=_s(ds, "PatientBirthDate"),
+        sex=_s(ds, "PatientSex"),
+        nhs_number=nhs_number_of(ds),
+        sop_class_uid=_s(ds, "SOPClassUID"),
+        study_date=_s(ds, "StudyDate"),
+        modality=_s(ds, "Modality"),
+        size_bytes=size,
+        locator=locator,
+    )
+
+
+class FolderSource:
+    """A folder or a DICOMDIR's folder; files are ingested from where they are."""
+
+    def __init__(self, root: Path) -> None:
+        if not root.exists():
+            raise InvalidInput(f"no such folder: {root}")
+        self.root = root
+
+    def inventory(self) -> Iterator[Entry]:
+        for path in iter_files([self.root]):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError):
+                continue  # not DICOM: `solent import` reports those; a source lists instances
+            if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+                continue  # the DICOMDIR itself, or a file that is not an instance
+            yield entry_of(ds, size=path.stat().st_size, locator=str(path.resolve()))
+
+    def fetch(self, items: list[Item], workdir: Path) -> Iterator[tuple[Item, Path | str]]:
+        for item in items:
+            path = Path(item.locator or "")
+            yield (item, path) if path.is_file() else (item, f"file gone: {item.locator}")
+
+    def close(self) -> None:
+        return None
+
+
+class DimseSource:
+    """C-FIND to list, C-GET to fetch; one association per calling thread."""
+
+    def __init__(self, src: Source, *, timeout: float = 60) -> None:
+        self.src = src
+        self.called, self.host, self.port = parse_dimse_address(src.address)
+        self.timeout = timeout
+
+    def _ae(self) -> AE:
+        ae = AE(ae_title=self.src.calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        return ae
+
+    def _associate(self, ae: AE, **kw: Any) -> Any:
+        assoc = ae.associate(self.host, self.port, ae_title=self.called, **kw)
+        if not assoc.is_established:
+            raise ConnectionError(
+                f"{self.called}@{self.host}:{self.port} refused the association "
+                f"(is {self.src.calling_ae} allowed to query/retrieve there?)"
+            )
+        return assoc
+
+    def inventory(self) -> Iterator[Entry]:
+        ae = self._ae()
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = self._associate(ae)
+        try:
+            studies = list(self._find(assoc, _study_query()))
+            for study in studies:
+                uid = _s(study, "StudyInstanceUID")
+                if not uid:
+                    continue
+                for series in list(self._find(assoc, _series_query(uid))):
+                    suid = _s(series, "SeriesInstanceUID")
+                    if not suid:
+                        continue
+                    for image in list(self._find(assoc, _image_query(uid, suid))):
+                        ds = Dataset()
+                        for part in (study, series, image):
+                            ds.update(part)
+                        if _s(ds, "SOPInstanceUID"):
+                            yield entry_of(ds)
+        finally:
+            assoc.release()
+
+    def _find(self, assoc: Any, query: Dataset) -> Iterator[Dataset]:
+        for status, ident in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if status is None:
+                raise ConnectionError("the source stopped answering a C-FIND")
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01) and ident is not None:
+                yield ident
+            elif code != 0:
+                raise ConnectionError(f"C-FIND failed with status 0x{code:04X}")
+
+    def fetch(self, items: list[Item], workdir: Path) -> Iterator[tuple[Item, Path | str]]:
+        """C-GET the instances of one series; each arrives as a file written here."""
+        received: dict[str, Path] = {}
+
+        def on_store(event: Any) -> int:
+            sop = str(event.request.AffectedSOPInstanceUID)
+            fd, name = tempfile.mkstemp(prefix="get-", suffix=".dcm", dir=workdir)
+            with open(fd, "wb") as fp:
+                fp.write(event.encoded_dataset(include_meta=True))
+            received[sop] = Path(name)
+            return 0x0000
+
+        classes = sorted({i.sop_class_uid for i in items if i.sop_class_uid})
+        ae = self._ae()
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        for uid in classes[:120]:
+            ae.add_requested_context(uid, TRANSFER_SYNTAXES)
+        roles = [build_role(uid, scp_role=True) for uid in classes[:120]]
+        failure = ""
+        try:
+            assoc = self._associate(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        except ConnectionError as exc:
+            for item in items:
+                yield item, str(exc)
+            return
+        try:
+            first = items[0]
+            query = Dataset()
+            query.QueryRetrieveLevel = "IMAGE"
+            query.StudyInstanceUID = first.study_uid
+            query.SeriesInstanceUID = first.series_uid
+            query.SOPInstanceUID = [i.sop_uid for i in items]
+            for status, _ident in assoc.send_c_get(
+                query, StudyRootQueryRetrieveInformationModelGet
+            ):
+                if status is None:
+                    failure = "the source stopped answering the C-GET"
+                    break
+                code = int(status.Status)
+                if code not in (0x0000, 0xFF00, 0xFF01, 0xB000):
+                    failure = f"C-GET failed with status 0x{code:04X}"
+        finally:
+            with suppress(Exception):
+                assoc.release()
+        for item in items:
+            path = received.pop(item.sop_uid, None)
+            yield (item, path) if path else (item, failure or "not sent by the source")
+        for stray in received.values():
+            stray.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        return None
+
+
+def _patient_keys(ds: Dataset) -> None:
+    ds.PatientID = ""
+    ds.PatientName = ""
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    item = Dataset()
+    item.PatientID = ""
+    item.IssuerOfPatientID = ""
+    ds.OtherPatientIDsSequence = [item]
+
+
+def _study_query() -> Dataset:
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    _patient_keys(q)
+    q.StudyInstanceUID = ""
+    q.StudyDate = ""
+    return q
+
+
+def _series_query(study_uid: str) -> Dataset:
+    q = Dataset()
+    q.QueryRetrieveLevel = "SERIES"
+    q.StudyInstanceUID = study_uid
+    q.SeriesInstanceUID = ""
+    q.Modality = ""
+    return q
+
+
+def _image_query(study_uid: str, series_uid: str) -> Dataset:
+    q = Dataset()
+    q.QueryRetrieveLevel = "IMAGE"
+    q.StudyInstanceUID = study_uid
+    q.SeriesInstanceUID = series_uid
+    q.SOPInstanceUID = ""
+    q.SOPClassUID = ""
+    return q
+
+
+class DicomWebSource:
+    """QIDO-RS to list studies and series, series metadata (WADO-RS) for every instance's
+    attributes (QIDO answers need not carry Other Patient IDs Sequence), WADO-RS to fetch
+    each instance in its stored transfer syntax (``transfer-syntax=*``)."""
+
+    ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+    def __init__(self, base_url: str, *, timeout: float = 120) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise InvalidInput("a DICOMweb source is its base URL, e.g. https://pacs/dicom-web")
+        self.base = base_url.rstrip("/")
+        self.http = httpx.Client(timeout=timeout)
+
+    def _json(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        r = self.http.get(
+            self.base + path, params=params, headers={"Accept": "application/dicom+json"}
+        )
+        if r.status_code == 204:
+            return []
+        r.raise_for_status()
+        body: list[dict[str, Any]] = r.json()
+        return body
+
+    def inventory(self) -> Iterator[Entry]:
+        for study in self._json("/studies"):
+            uid = _json_value(study, "0020000D")
+            if not uid:
+                continue
+            for series in self._json(f"/studies/{uid}/series"):
+                suid = _json_value(series, "0020000E")
+                if not suid:
+                    continue
+                for meta in self._json(f"/studies/{uid}/series/{suid}/metadata"):
+                    ds = Dataset.from_json(
+                        {k: v for k, v in meta.items() if "BulkDataURI" not in v}
+                    )
+                    if _s(ds, "SOPInstanceUID"):
+                        yield entry_of(ds)
+
+    def fetch(self, items: list[Item], workdir: Path) -> Iterator[tuple[Item, Path | str]]:
+        for item in items:
+            url = (
+                f"{self.base}/studies/{item.study_uid}/series/{item.series_uid}"
+                f"/instances/{item.sop_uid}"
+            )
+            try:
+                r = self.http.get(url, headers={"Accept": self.ACCEPT_DICOM})
+                r.raise_for_status()
+                parts = _multipart(r.headers.get("content-type", ""), r.content)
+            except (httpx.HTTPError, ValueError) as exc:
+                yield item, f"WADO-RS failed: {exc}"
+                continue
+            if len(parts) != 1:
+                yield item, f"WADO-RS answered {len(parts)} parts for one instance"
+                continue
+            fd, name = tempfile.mkstemp(prefix="wado-", suffix=".dcm", dir=workdir)
+            with open(fd, "wb") as fp:
+                fp.write(parts[0])
+            yield item, Path(name)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _json_value(obj: dict[str, Any], tag: str) -> str | None:
+    values = obj.get(tag, {}).get("Value") or []
+    return str(values[0]) if values else None
+
+
+def _multipart(content_type: str, body: bytes) -> list[bytes]:
+    """The parts of a multipart/related answer, with the standard library's MIME parser."""
+    if not content_type.lower().startswith("multipart/"):
+        raise ValueError(f"expected a multipart answer, got {content_type or 'none'}")
+    msg = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    out = []
+    for part in msg.iter_parts():
+        payload = part.get_payload(decode=True)
+        if isinstance(payload, bytes):
+            out.append(payload)
+    return out

@@ -1,0 +1,353 @@
+"""`solent migrate` against real legacy PACS: two Orthanc instances and a DICOMDIR folder,
+filled with the overlaps and conflicts of issue 13, then a SIGKILL mid-transfer and a resume.
+
+Every command runs as a PACS manager would run it (the `solent` program); the archive is then
+opened to check where each instance landed, under which record, and its audit trail.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pydicom
+import pytest
+from bench.migration_data import Patient, Study, instance_bytes, upload, upload_study
+from bench.orthanc import ORTHANC_AET, OrthancServer
+from pydicom.fileset import FileSet
+from sqlalchemy import select
+
+from solent.app import build_archive
+from solent.cli import main
+from solent.domain import nhs_number as nhs
+from solent.index import schema as t
+from solent.serve_process import serve_env, solent_program
+from solent.services.migration import content_digest
+from solent.settings import load_settings
+from tests.conftest import require
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
+CALLING = "MIGRATE"
+
+
+def number(nine: str) -> str:
+    full = nhs.complete(nine)
+    assert full is not None
+    return full
+
+
+N1, N2, N4, N5, N6 = (
+    number(x) for x in ("943476591", "943476592", "943476594", "943476597", "943476599")
+)
+INVALID = N6[:-1] + str((int(N6[-1]) + 1) % 10)
+assert not nhs.is_valid(INVALID)
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Cli:
+    def __init__(self, data: Path) -> None:
+        self.env = serve_env(data)
+        self.data = data
+
+    def __call__(self, *args: str, ok: tuple[int, ...] = (0,)) -> Result:
+        """Run a `solent` command in this process (the program's start-up costs seconds on a
+        shared machine); the SIGKILL test runs the real program."""
+        out, err = io.StringIO(), io.StringIO()
+        with (
+            mock.patch.dict(os.environ, self.env, clear=True),
+            redirect_stdout(out),
+            redirect_stderr(err),
+        ):
+            code = main(list(args))
+        r = Result(code, out.getvalue(), err.getvalue())
+        assert r.returncode in ok, (args, r)
+        return r
+
+    def run_json(self, source: str) -> dict[str, Any]:
+        r = self("migrate", "run", source, "--json")
+        return json.loads(r.stdout.strip().splitlines()[-1])["summary"]  # type: ignore[no-any-return]
+
+    def plan(self, source: str) -> dict[str, Any]:
+        return json.loads(self("migrate", "run", source, "--dry-run").stdout)  # type: ignore[no-any-return]
+
+    def verify(self, source: str, *extra: str) -> tuple[int, dict[str, Any]]:
+        r = self("migrate", "verify", source, "--json", *extra, ok=(0, 1))
+        return r.returncode, json.loads(r.stdout)
+
+
+def orthanc() -> OrthancServer:
+    return OrthancServer(client_aet=CALLING, client_port=9)  # we only call it: C-FIND, C-GET
+
+
+@pytest.fixture
+def two_orthancs() -> Iterator[tuple[OrthancServer, OrthancServer]]:
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    with orthanc() as a, orthanc() as b:
+        yield a, b
+
+
+def add_source(cli: Cli, name: str, o: OrthancServer, trust: str, *extra: str) -> None:
+    cli(
+        "migrate", "source", "add", name,
+        "--dimse", f"{ORTHANC_AET}@127.0.0.1:{o.dicom_port}",
+        "--trust", trust, "--nhs-traced", "--calling-ae", CALLING, *extra,
+    )  # fmt: skip
+
+
+def test_two_orthancs_and_a_dicomdir_migrate_as_planted(
+    tmp_path: Path, two_orthancs: tuple[OrthancServer, OrthancServer]
+) -> None:
+    a, b = two_orthancs
+    # Trust A's legacy PACS.
+    shared = Patient("A123456", "SHARED^ANNE", "19700101", "F", N1)
+    s1 = Study(shared, "20190301")
+    s1a = s1.add_series(3)
+    conflict_a = Patient("A222", "CONF^ALAN", "19800202", "M", N2)
+    s2 = Study(conflict_a, "20200101")
+    s2.add_series(2)
+    invalid = Patient("A333", "BAD^NUMBER", "19600606", "F", INVALID)
+    s3 = Study(invalid, "20210101")
+    s3.add_series(1)
+    reused_a = Patient("REUSED1", "FIRST^PERSON", "19900101", "F", N4)
+    s4 = Study(reused_a, "20220101")
+    s4.add_series(1)
+    for study in (s1, s2, s3, s4):
+        upload_study(a.base_url, study)
+    # Trust B's: the same study (IEP copy under an external ID) with an extra series and one
+    # instance whose content differs; NHS number N2 with another date of birth; REUSED1 is
+    # another person at trust B.
+    copy = Patient("B-EXT-99", "SHARED^ANNE", "19700101", "F", N1)
+    s1b = Study(copy, "20190301", uid=s1.uid, series=[list(s1a)], series_uids=list(s1.series_uids))
+    extra = s1b.add_series(2)
+    for series_uid, sop in s1b.instances():
+        upload(b.base_url, instance_bytes(s1b, series_uid, sop, seed=1 if sop == s1a[2] else 0))
+    conflict_b = Patient("B222", "CONF^ALAN", "19810303", "M", N2)
+    s6 = Study(conflict_b, "20200505")
+    s6.add_series(1)
+    reused_b = Patient("REUSED1", "SECOND^PERSON", "19550505", "M", N5)
+    s7 = Study(reused_b, "20230101")
+    s7.add_series(1)
+    for study in (s6, s7):
+        upload_study(b.base_url, study)
+    # Trust C's CD export with a DICOMDIR.
+    cd_patient = Patient("C100", "CD^CAROL", "19750707", "F", N6)
+    s8 = Study(cd_patient, "20180101")
+    s8.add_series(2)
+    fs = FileSet()
+    for series_uid, sop in s8.instances():
+        fs.add(pydicom.dcmread(io.BytesIO(instance_bytes(s8, series_uid, sop))))
+    cd = tmp_path / "cd"
+    fs.write(cd)
+    assert (cd / "DICOMDIR").is_file()
+
+    cli = Cli(tmp_path / "var")
+    for code in ("ZZA", "ZZB", "ZZC"):
+        cli("trust", "add", code, "--name", f"Trust {code}")
+    add_source(cli, "legacy-a", a, "ZZA", "--associations", "2")
+    add_source(cli, "legacy-b", b, "ZZB")
+    cli("migrate", "source", "add", "cd-c", "--folder", str(cd / "DICOMDIR"), "--trust", "ZZC")
+
+    # Inventory first: every instance listed, exported as CSV and JSON.
+    out = cli(
+        "migrate", "inventory", "legacy-a",
+        "--csv", str(tmp_path / "a.csv"), "--json", str(tmp_path / "a.json"),
+    ).stdout  # fmt: skip
+    assert "4 patients, 4 studies, 4 series, 7 instances" in out
+    rows = list(csv.DictReader((tmp_path / "a.csv").open()))
+    assert sorted(r["sop_uid"] for r in rows) == sorted(
+        sop for s in (s1, s2, s3, s4) for _, sop in s.instances()
+    )
+    assert {r["nhs_number"] for r in rows if r["patient_id"] == "A123456"} == {N1}
+    assert len(json.loads((tmp_path / "a.json").read_text())) == 7
+    assert "7 instances" in cli("migrate", "inventory", "legacy-b").stdout
+    assert (
+        "1 patients, 1 studies, 1 series, 2 instances" in cli("migrate", "inventory", "cd-c").stdout
+    )
+
+    # Dry run: what would move and what waits on identity, and nothing changes.
+    plan = cli.plan("legacy-a")["plan"]
+    assert plan["move_studies"] == 2 and plan["move_instances"] == 4
+    waiting = {w["study_uid"]: w["reason"] for w in plan["waiting"]}
+    assert set(waiting) == {s2.uid, s3.uid}
+    assert "demographic-conflict" in waiting[s2.uid] and "19800202" in waiting[s2.uid]
+    assert "invalid-nhs-number" in waiting[s3.uid]
+    assert json.loads(cli("identity", "queue", "--json").stdout) == []
+    assert json.loads(cli("stats", "--json").stdout)["instances"] == 0
+
+    summary = cli.run_json("legacy-a")
+    assert summary["transfer"]["states"] == {"stored": 4}
+
+    # Source B's dry run: the shared study merges into the record it is filed under.
+    plan_b = cli.plan("legacy-b")["plan"]
+    assert plan_b["merge_studies"] == [
+        {
+            "study_uid": s1.uid,
+            "with": "in the archive",
+            "filed_under": "A123456/ZZA",
+            "linked": True,
+            "new_instances": 2,
+        }
+    ]
+    assert [w["study_uid"] for w in plan_b["waiting"]] == [s6.uid]
+    summary_b = cli.run_json("legacy-b")
+    assert summary_b["transfer"]["states"] == {"stored": 3, "duplicate": 2, "quarantined": 1}
+    assert cli.run_json("cd-c")["transfer"]["states"] == {"stored": 2}
+
+    # Verification: exactly what was planted.
+    code_a, rep_a = cli.verify("legacy-a")
+    assert code_a == 1 and rep_a["counts"] == {"verified": 4, "waiting": 3}
+    code_b, rep_b = cli.verify(
+        "legacy-b", "--html", str(tmp_path / "b.html"), "--csv", str(tmp_path / "b.csv")
+    )
+    assert code_b == 1
+    assert rep_b["counts"] == {"verified": 5, "quarantined": 1, "waiting": 1}
+    by_sop = {i["sop_uid"]: i for i in rep_b["items"]}
+    assert by_sop[s1a[2]]["verdict"] == "quarantined"
+    assert by_sop[s6.series[0][0]]["verdict"] == "waiting"
+    assert all(
+        i["source_sha256"] == i["archive_sha256"]
+        for i in rep_b["items"]
+        if i["verdict"] == "verified"
+    )
+    assert [q["sop_uid"] for q in rep_b["quarantine"]] == [s1a[2]]
+    assert s1a[2] in (tmp_path / "b.html").read_text()
+    assert len(list(csv.DictReader((tmp_path / "b.csv").open()))) == 7
+    code_c, rep_c = cli.verify("cd-c")
+    assert code_c == 0 and rep_c["counts"] == {"verified": 2}
+
+    # The archive: one shared study with the union, each record under its own trust.
+    archive = build_archive(load_settings(environ={}, data_dir=tmp_path / "var"))
+    try:
+        with archive.index.read() as conn:
+            placed = {
+                r.sop_instance_uid: (r.study_uid, r.issuer, r.local_id)
+                for r in conn.execute(
+                    select(
+                        t.instance.c.sop_instance_uid,
+                        t.study.c.study_uid,
+                        t.patient.c.issuer,
+                        t.patient.c.local_id,
+                    )
+                    .join(t.series, t.instance.c.series_pk == t.series.c.pk)
+                    .join(t.study, t.series.c.study_pk == t.study.c.pk)
+                    .join(t.patient, t.study.c.patient_pk == t.patient.c.pk)
+                )
+            }
+            audits = [
+                json.loads(r.detail)
+                for r in conn.execute(
+                    select(t.audit_log.c.detail).where(t.audit_log.c.action == "import")
+                )
+            ]
+        assert len(placed) == 9
+        for sop in list(s1a) + extra:
+            assert placed[sop] == (s1.uid, "ZZA", "A123456")
+        assert placed[s4.series[0][0]][1:] == ("ZZA", "REUSED1")
+        assert placed[s7.series[0][0]][1:] == ("ZZB", "REUSED1")
+        assert not {sop for s in (s2, s3, s6) for _, sop in s.instances()} & placed.keys()
+        stored_audits = {d["sop_instance_uid"] for d in audits if d.get("channel") == "migration"}
+        assert placed.keys() <= stored_audits
+        # Both versions of the collision are kept: the archive's (trust A's) and B's.
+        quarantined = Path(rep_b["quarantine"][0]["path"])
+        original = instance_bytes(s1, s1.series_uids[0], s1a[2])
+        other = instance_bytes(s1b, s1.series_uids[0], s1a[2], seed=1)
+        (tmp_path / "orig.dcm").write_bytes(original)
+        (tmp_path / "other.dcm").write_bytes(other)
+        assert content_digest(quarantined) == content_digest(tmp_path / "other.dcm")
+        assert by_sop[s1a[2]]["archive_sha256"] == content_digest(tmp_path / "orig.dcm")
+    finally:
+        archive.close()
+
+    # Delta: a new study at source A moves alone on the next run.
+    s9 = Study(shared, "20240101")
+    s9.add_series(2)
+    upload_study(a.base_url, s9)
+    delta = cli.run_json("legacy-a")
+    assert delta["inventory"]["new"] == 2
+    assert delta["transfer"]["total"] == 2 and delta["transfer"]["states"] == {"stored": 2}
+    assert json.loads(cli("stats", "--json").stdout)["instances"] == 11
+
+
+def test_sigkill_mid_transfer_then_resume_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    with orthanc() as o:
+        studies = []
+        for i in range(3):
+            study = Study(Patient(f"K{i}", "KILL^TEST", "19700101", "F"), f"2020010{i + 1}")
+            study.add_series(20)
+            upload_study(o.base_url, study)
+            studies.append(study)
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        # Throttled to 30 instances/s so the kill lands while series are in flight.
+        add_source(cli, "legacy", o, "ZZA", "--rate", "30", "--associations", "2")
+        proc = subprocess.Popen(
+            [str(solent_program()), "migrate", "run", "legacy", "--json"],
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())  # one series done, others in flight
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert 0 < first["done"] < 60
+        done_before = json.loads(cli("stats", "--json").stdout)["instances"]
+        assert 0 < done_before < 60
+
+        summary = cli.run_json("legacy")
+        assert summary["transfer"]["total"] == 60 - summary["plan"]["already_done"]
+        code, rep = cli.verify("legacy")
+        assert code == 0 and rep["counts"] == {"verified": 60}
+        assert json.loads(cli("stats", "--json").stdout)["instances"] == 60
+        assert len({i["archive_sha256"] for i in rep["items"]}) == 60
+
+
+def test_dicomweb_source_qido_and_wado_rs(tmp_path: Path) -> None:
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    with orthanc() as o:
+        study = Study(Patient("W1", "WEB^WENDY", "19850505", "F", N1), "20210909")
+        study.add_series(3)
+        study.add_series(1)
+        upload_study(o.base_url, study)
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        cli(
+            "migrate", "source", "add", "web", "--dicomweb", o.dicomweb_url, "--trust", "ZZA",
+        )  # fmt: skip
+        out = cli("migrate", "inventory", "web", "--json", str(tmp_path / "inv.json")).stdout
+        assert "1 patients, 1 studies, 2 series, 4 instances" in out
+        rows = json.loads((tmp_path / "inv.json").read_text())
+        assert {r["nhs_number"] for r in rows} == {N1}  # from series metadata
+        assert cli.run_json("web")["transfer"]["states"] == {"stored": 4}
+        code, rep = cli.verify("web")
+        assert code == 0 and rep["counts"] == {"verified": 4}
+        expected = {
+            sop: content_digest_of(instance_bytes(study, series, sop), tmp_path)
+            for series, sop in study.instances()
+        }
+        assert {i["sop_uid"]: i["archive_sha256"] for i in rep["items"]} == expected
+
+
+def content_digest_of(data: bytes, tmp: Path) -> str:
+    path = tmp / "one.dcm"
+    path.write_bytes(data)
+    return content_digest(path)

@@ -1,0 +1,37 @@
+"""The migration state on PostgreSQL: the same decisions and transfer as on SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from solent.app import Archive, build_archive
+from solent.settings import load_settings
+from tests.unit import test_migration as flows
+
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture
+def pg_archive(fresh_postgres_url: str, tmp_path: Path) -> Iterator[Archive]:
+    settings = load_settings(
+        environ={"SOLENT_DATABASE_URL": fresh_postgres_url}, data_dir=tmp_path / "var"
+    )
+    a = build_archive(settings)
+    assert a.index.dialect == "postgresql"
+    a.index.add_trust("ZZA", "Trust A")
+    a.index.add_trust("ZZB", "Trust B")
+    yield a
+    a.close()
+
+
+def test_dry_run_and_identity_hold_on_postgres(pg_archive: Archive, tmp_path: Path) -> None:
+    flows.test_dry_run_says_what_waits_and_changes_nothing(pg_archive, tmp_path)
+
+
+def test_transfer_resume_and_delta_on_postgres(pg_archive: Archive, tmp_path: Path) -> None:
+    flows.test_folder_transfer_is_audited_resumable_and_picks_up_changed_demographics(
+        pg_archive, tmp_path
+    )

@@ -1,0 +1,263 @@
+"""Migration state without a network: folder sources into an embedded archive.
+
+The identity decisions are the identity service's; these tests check that migration asks it
+before anything moves, holds what it queues, and that a dry run changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bench.migration_data import Patient, Study, instance_bytes
+from sqlalchemy import select
+
+from solent.app import Archive
+from solent.domain import nhs_number as nhs
+from solent.domain.principal import Principal, PrincipalKind
+from solent.importers.migration.sources import FolderSource, parse_dimse_address
+from solent.importers.migration.transfer import batches, run_transfer
+from solent.index import schema as t
+from solent.services.access import AccessDenied
+from solent.services.migration import Item, Source, content_digest, within_hours
+
+IMPORTER = Principal(PrincipalKind.IMPORTER, "solent-migrate", "ZZA")
+N1 = nhs.complete("943476591") or ""
+N2 = nhs.complete("943476592") or ""
+
+
+def write_study(folder: Path, study: Study, *, seed: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for series, sop in study.instances():
+        (folder / f"{sop}.dcm").write_bytes(instance_bytes(study, series, sop, seed=seed))
+
+
+def folder_source(archive: Archive, folder: Path, name: str = "cd", trust: str = "ZZA") -> Source:
+    src = Source(name=name, kind="folder", address=str(folder), trust=trust, nhs_traced=True)
+    archive.services.migration.add_source(IMPORTER, src)
+    entries = FolderSource(folder).inventory()
+    archive.services.migration.record_inventory(IMPORTER, name, entries)
+    return src
+
+
+def test_transfer_window_may_wrap_midnight() -> None:
+    assert within_hours(None, 12 * 60)
+    assert within_hours("19:00-07:00", 23 * 60) and within_hours("19:00-07:00", 6 * 60 + 59)
+    assert not within_hours("19:00-07:00", 7 * 60) and not within_hours("19:00-07:00", 12 * 60)
+    assert within_hours("08:00-18:00", 9 * 60) and not within_hours("08:00-18:00", 18 * 60)
+
+
+def test_dimse_address_is_checked() -> None:
+    assert parse_dimse_address("LEGACY@10.0.0.5:104") == ("LEGACY", "10.0.0.5", 104)
+    for bad in ("LEGACY10.0.0.5:104", "LEGACY@host", "@h:104", "A@h:0", "WAYTOOLONGAETITLE1@h:1"):
+        with pytest.raises(Exception, match="AE@host:port"):
+            parse_dimse_address(bad)
+
+
+def test_batches_keep_order_and_split_per_series() -> None:
+    items = [
+        Item(f"1.{i}", "9", "s1" if i < 70 else "s2", None, "P", None, None) for i in range(75)
+    ]
+    got = batches(items)
+    assert [len(b) for b in got] == [64, 6, 5]
+    assert [i for b in got for i in b] == items
+
+
+def test_copies_compare_by_pixels_not_by_relabelled_header(tmp_path: Path) -> None:
+    a = Study(Patient("A1", "X^Y", "19700101", "F"), "20200101")
+    a.add_series(1)
+    relabelled = Study(
+        Patient("B-EXT-99", "X^Y", "19700101", "F"), "20200101", uid=a.uid,
+        series=a.series, series_uids=a.series_uids,
+    )  # fmt: skip
+    series, sop = a.instances()[0]
+    paths = []
+    for name, study, seed in (("a", a, 0), ("b", relabelled, 0), ("c", a, 1)):
+        path = tmp_path / name
+        path.write_bytes(instance_bytes(study, series, sop, seed=seed))
+        paths.append(path)
+    assert paths[0].read_bytes() != paths[1].read_bytes()
+    assert content_digest(paths[0]) == content_digest(paths[1])
+    assert content_digest(paths[0]) != content_digest(paths[2])
+
+
+def test_dry_run_says_what_waits_and_changes_nothing(archive: Archive, tmp_path: Path) -> None:
+    good = Study(Patient("P1", "GOOD^ONE", "19700101", "F", N1), "20200101")
+    good.add_series(2)
+    invalid = N1[:-1] + ("0" if N1[-1] != "0" else "1")
+    assert not nhs.is_valid(invalid)
+    bad = Study(Patient("P2", "BAD^NUMBER", "19600101", "M", invalid), "20210101")
+    bad.add_series(1)
+    for study in (good, bad):
+        write_study(tmp_path / "cd", study)
+    folder_source(archive, tmp_path / "cd")
+    migration, identity = archive.services.migration, archive.services.migration.identity
+
+    plan = migration.reconcile(IMPORTER, "cd", dry_run=True)
+    assert (plan.move_studies, plan.move_instances) == (1, 2)
+    assert [w["study_uid"] for w in plan.waiting] == [bad.uid]
+    assert "invalid-nhs-number" in plan.waiting[0]["reason"]
+    assert identity.work_queue() == []
+    assert identity.resolve("ZZA", "P1") is None  # no record created
+    assert migration.progress(IMPORTER, "cd") == {"pending": 3}
+
+    migration.reconcile(IMPORTER, "cd")
+    queue = identity.work_queue()
+    assert [q["kind"] for q in queue] == ["invalid-nhs-number"]
+    assert migration.progress(IMPORTER, "cd") == {"pending": 2, "waiting": 1}
+
+    # A person resolves the item (the number is corrected at the trust): the study moves.
+    identity.resolve_work_item(queue[0]["pk"], IMPORTER)
+    plan = migration.reconcile(IMPORTER, "cd")
+    assert plan.waiting == [] and plan.move_instances == 3
+
+
+def test_two_nhs_numbers_for_one_local_id_hold_its_studies(
+    archive: Archive, tmp_path: Path
+) -> None:
+    first = Study(Patient("P1", "SAME^ID", "19700101", "F", N1), "20190101")
+    first.add_series(1)
+    second = Study(Patient("P1", "SAME^ID", "19700101", "F", N2), "20200101")
+    second.add_series(1)
+    for study in (first, second):
+        write_study(tmp_path / "cd", study)
+    folder_source(archive, tmp_path / "cd")
+    plan = archive.services.migration.reconcile(IMPORTER, "cd")
+    assert {w["study_uid"] for w in plan.waiting} == {first.uid, second.uid}
+    assert all("nhs-number-changed" in w["reason"] for w in plan.waiting)
+    assert plan.move_instances == 0
+
+
+def test_folder_transfer_is_audited_resumable_and_picks_up_changed_demographics(
+    archive: Archive, tmp_path: Path
+) -> None:
+    study = Study(Patient("P1", "CD^PATIENT", "19700101", "F", N1), "20200101")
+    study.add_series(3)
+    write_study(tmp_path / "cd", study)
+    src = folder_source(archive, tmp_path / "cd")
+    migration = archive.services.migration
+    migration.reconcile(IMPORTER, "cd")
+    client = FolderSource(tmp_path / "cd")
+    stats = run_transfer(migration, IMPORTER, src, client, tmp_path / "work")
+    assert dict(stats.states) == {"stored": 3}
+    again = run_transfer(migration, IMPORTER, src, client, tmp_path / "work")
+    assert again.total == 0  # nothing left, nothing fetched twice
+    assert all(p.is_file() for p in (tmp_path / "cd").iterdir())  # a CD is read in place
+    with archive.index.read() as conn:
+        details = [
+            json.loads(d)
+            for (d,) in conn.execute(
+                select(t.audit_log.c.detail).where(t.audit_log.c.action == "import")
+            )
+        ]
+    assert sorted(d["sop_instance_uid"] for d in details if d["channel"] == "migration") == sorted(
+        sop for _, sop in study.instances()
+    )
+
+    # The source corrects the date of birth: the delta inventory sees it, reconcile applies it.
+    for path in (tmp_path / "cd").iterdir():
+        path.unlink()
+    write_study(tmp_path / "cd", Study(Patient("P1", "CD^PATIENT", "19700102", "F", N1),
+                                       "20200101", uid=study.uid, series=study.series,
+                                       series_uids=study.series_uids))  # fmt: skip
+    delta = migration.record_inventory(IMPORTER, "cd", FolderSource(tmp_path / "cd").inventory())
+    assert (delta.new, delta.changed) == (0, 3)
+    assert migration.reconcile(IMPORTER, "cd").demographics_applied == 1
+    resolved = migration.identity.resolve("ZZA", "P1")
+    assert resolved is not None
+    record = migration.identity.record(resolved.patient_pk)
+    assert record is not None and record["record"]["birth_date"] == "19700102"
+
+
+def test_callers_need_the_right_permission(archive: Archive, tmp_path: Path) -> None:
+    admin = Principal(PrincipalKind.USER, "ann", "ZZA", frozenset({"pacs_admin"}))
+    clinician = Principal(PrincipalKind.USER, "bob", "ZZA", frozenset({"clinician"}))
+    src = Source(name="cd", kind="folder", address=str(tmp_path), trust="ZZA")
+    with pytest.raises(AccessDenied):
+        archive.services.migration.add_source(clinician, src)
+    archive.services.migration.add_source(admin, src)
+    with pytest.raises(AccessDenied):
+        archive.services.migration.pending(admin, "cd")
+    with pytest.raises(Exception, match="no trust"):
+        archive.services.migration.add_source(admin, Source("x", "folder", "/", "NOPE"))
+
+
+def test_legacy_data_never_overwrites_the_trusts_own_record(
+    archive: Archive, tmp_path: Path
+) -> None:
+    from solent.services.identity import Change, Demographics, PatientKey
+
+    identity = archive.services.migration.identity
+    pas = Principal(PrincipalKind.NODE, "pas", "ZZA")
+    identity.update_record(
+        PatientKey("ZZA", "P1"),
+        Demographics(name="PAS^NAME", birth_date="19700101", sex="F", nhs_number=N1),
+        Change(pas),
+    )
+    study = Study(Patient("P1", "LEGACY^NAME", "19710101", "F", N1), "20200101")
+    study.add_series(1)
+    write_study(tmp_path / "cd", study)
+    folder_source(archive, tmp_path / "cd")
+    plan = archive.services.migration.reconcile(IMPORTER, "cd")
+    assert [w["study_uid"] for w in plan.waiting] == [study.uid]
+    assert "birth_date 19710101 (record: 19700101)" in plan.waiting[0]["reason"]
+    resolved = identity.resolve("ZZA", "P1")
+    assert resolved is not None
+    record = identity.record(resolved.patient_pk)
+    assert record is not None
+    assert (record["record"]["birth_date"], record["record"]["name"]) == ("19700101", "PAS^NAME")
+
+
+def test_a_closed_transfer_window_stops_the_run_with_nothing_lost(
+    archive: Archive, tmp_path: Path
+) -> None:
+    from datetime import datetime
+
+    study = Study(Patient("P1", "NIGHT^ONLY", "19700101", "F", N1), "20200101")
+    study.add_series(2)
+    write_study(tmp_path / "cd", study)
+    folder_source(archive, tmp_path / "cd")
+    migration = archive.services.migration
+    night = Source(
+        "cd", "folder", str(tmp_path / "cd"), "ZZA", nhs_traced=True, hours="19:00-07:00"
+    )
+    migration.add_source(IMPORTER, night)
+    migration.reconcile(IMPORTER, "cd")
+    client = FolderSource(tmp_path / "cd")
+    noon = run_transfer(
+        migration, IMPORTER, night, client, tmp_path / "w", clock=lambda: datetime(2026, 1, 1, 12)
+    )
+    assert noon.stopped.startswith("outside the source's working hours") and noon.done == 0
+    assert migration.progress(IMPORTER, "cd") == {"pending": 2}
+    late = run_transfer(
+        migration, IMPORTER, night, client, tmp_path / "w", clock=lambda: datetime(2026, 1, 1, 23)
+    )
+    assert (late.stopped, dict(late.states)) == ("", {"stored": 2})
+
+
+def test_an_unlinked_copy_of_a_stored_study_waits_and_the_original_moves(
+    archive: Archive, tmp_path: Path
+) -> None:
+    original = Study(Patient("A1", "ORIG^INAL", "19700101", "F", N1), "20190101")
+    original.add_series(2)
+    copy = Study(
+        Patient("B-EXT-99", "ORIG^INAL", "19700101", "F"), "20190101", uid=original.uid,
+        series=[original.series[0]], series_uids=[original.series_uids[0]],
+    )  # fmt: skip
+    write_study(tmp_path / "a", original)
+    write_study(tmp_path / "b", copy)
+    migration = archive.services.migration
+    src_a = folder_source(archive, tmp_path / "a", "a", "ZZA")
+    folder_source(archive, tmp_path / "b", "b", "ZZB")
+    plan_a = migration.reconcile(IMPORTER, "a")
+    assert plan_a.waiting == [] and plan_a.move_instances == 2
+    assert plan_a.merge_studies[0]["with"] == "at source b"
+    assert plan_a.merge_studies[0]["linked"] is False
+    run_transfer(migration, IMPORTER, src_a, FolderSource(tmp_path / "a"), tmp_path / "w")
+
+    plan_b = migration.reconcile(IMPORTER, "b")
+    assert plan_b.move_instances == 0
+    assert "already in the archive under A1/ZZA" in plan_b.waiting[0]["reason"]
+    kinds = [q["kind"] for q in migration.identity.work_queue()]
+    assert "migration-study-elsewhere" in kinds
