@@ -9,6 +9,7 @@ from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
+from solent.services.health import HealthService
 from solent.services.query import QueryService
 from solent.services.registry import Services
 from solent.services.retrieve_web import WebRetrieveService
@@ -61,6 +62,7 @@ class Archive:
                 access_ttl=self.settings.dicomweb_access_cache_seconds,
                 cache_bytes=self.settings.dicomweb_cache_mb << 20,
             ),
+            health=HealthService(self.index, self.store),
         )
 
     def close(self) -> None:

@@ -204,6 +204,16 @@ class Settings(BaseSettings):
         None, description="PEM CA bundle that signs the syslog server's certificate."
     )
     # --- end security and audit -----------------------------------------------------------
+    # --- regional scale (issue 16) --------------------------------------------------------
+    shutdown_drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, how long `solent serve` keeps serving with /health/ready failing "
+        "before its listeners close, so a load balancer stops sending it work first. Set it above "
+        "the balancer's check interval times its fall count (e.g. 3) behind a balancer.",
+    )
+    # --- end regional scale ---------------------------------------------------------------
 
     @field_validator("ae_title")
     @classmethod

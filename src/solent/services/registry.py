@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from solent.ingest import Ingestor
     from solent.services.access import AccessService
     from solent.services.audit import AuditTrail
+    from solent.services.health import HealthService
     from solent.services.query import QueryService
     from solent.services.retrieve_web import WebRetrieveService
     from solent.settings import Settings
@@ -29,3 +30,4 @@ class Services:
     query: QueryService
     ingest: Ingestor
     web_retrieve: WebRetrieveService
+    health: HealthService  # issue 16: liveness/readiness for the load balancer
