@@ -7,9 +7,12 @@ from typing import Protocol
 
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
+from solent.jobs.queue import open_job_queue
+from solent.jobs.tasks import consumers_named
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
 from solent.services.health import HealthService
+from solent.services.jobs import JobsService
 from solent.services.query import QueryService
 from solent.services.registry import Services
 from solent.services.retrieve_web import WebRetrieveService
@@ -63,9 +66,22 @@ class Archive:
                 cache_bytes=self.settings.dicomweb_cache_mb << 20,
             ),
             health=HealthService(self.index, self.store),
+            jobs=JobsService(
+                open_job_queue(
+                    self.index,
+                    self.store,
+                    consumers=consumers_named(self.settings.jobs_consumers),
+                    concurrency=self.settings.jobs_concurrency,
+                    max_attempts=self.settings.jobs_max_attempts,
+                    poll_seconds=self.settings.jobs_poll_seconds,
+                    settle_seconds=self.settings.jobs_settle_seconds,
+                ),
+                self.access,
+            ),
         )
 
     def close(self) -> None:
+        self.services.jobs.stop_background()
         for listener in self.listeners:
             listener.stop()
         self.store.close()

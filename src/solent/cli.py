@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "solent.protocols.dimse.cli",
     "solent.protocols.hl7.cli",
     "solent.security.cli",
+    "solent.jobs.cli",  # issue 16
 )
 
 

@@ -108,6 +108,8 @@ def serve(archive: Archive) -> None:
     archive.listeners = build_listeners(archive)
     for listener in archive.listeners:
         ports[listener.name] = listener.start()
+    if settings.jobs_worker:
+        archive.services.jobs.start_background()  # change-feed consumers (issue 16)
     workers = None
     if "dicom" in ports:
         from solent.protocols.dimse.workers import start_workers

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from solent.services.access import AccessService
     from solent.services.audit import AuditTrail
     from solent.services.health import HealthService
+    from solent.services.jobs import JobsService
     from solent.services.query import QueryService
     from solent.services.retrieve_web import WebRetrieveService
     from solent.settings import Settings
@@ -31,3 +32,4 @@ class Services:
     ingest: Ingestor
     web_retrieve: WebRetrieveService
     health: HealthService  # issue 16: liveness/readiness for the load balancer
+    jobs: JobsService  # issue 16: background work on the change feed
