@@ -11,6 +11,7 @@ from solent.jobs.queue import open_job_queue
 from solent.jobs.tasks import consumers_named
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
+from solent.services.broadcast import open_broadcast
 from solent.services.health import HealthService
 from solent.services.jobs import JobsService
 from solent.services.query import QueryService
@@ -78,10 +79,12 @@ class Archive:
                 ),
                 self.access,
             ),
+            broadcast=open_broadcast(self.settings.effective_database_url),
         )
 
     def close(self) -> None:
         self.services.jobs.stop_background()
+        self.services.broadcast.close()
         for listener in self.listeners:
             listener.stop()
         self.store.close()

@@ -16,6 +16,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from solent.app import Archive, Listener
 from solent.errors import ConfigurationError
+from solent.services.broadcast import ACCESS_CHANNEL
+from solent.ttl_cache import invalidate_all
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,9 @@ def serve(archive: Archive) -> None:
     archive.listeners = build_listeners(archive)
     for listener in archive.listeners:
         ports[listener.name] = listener.start()
+    # Another node changed access (users, tokens, break-glass, links...): drop cached answers
+    # now rather than when their TTL runs out (issue 16; PostgreSQL triggers announce it).
+    archive.services.broadcast.subscribe(ACCESS_CHANNEL, lambda _note: invalidate_all())
     if settings.jobs_worker:
         archive.services.jobs.start_background()  # change-feed consumers (issue 16)
     workers = None

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from solent.ingest import Ingestor
     from solent.services.access import AccessService
     from solent.services.audit import AuditTrail
+    from solent.services.broadcast import Broadcast
     from solent.services.health import HealthService
     from solent.services.jobs import JobsService
     from solent.services.query import QueryService
@@ -33,3 +34,4 @@ class Services:
     web_retrieve: WebRetrieveService
     health: HealthService  # issue 16: liveness/readiness for the load balancer
     jobs: JobsService  # issue 16: background work on the change feed
+    broadcast: Broadcast  # issue 16: publish/subscribe across nodes (MDT rooms, caches)

@@ -22,6 +22,30 @@ depends_on = None
 PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
+# Changes that alter who may see what, or who a caller is: the database announces each on the
+# channel solent.services.broadcast.ACCESS_CHANNEL when it commits, whatever code made it, so
+# every node drops its access and look-up caches at once (statement-level: one note a statement).
+ACCESS_TRIGGERS = {
+    "app_user": "INSERT OR UPDATE OR DELETE",
+    "api_token": "INSERT OR UPDATE OR DELETE",
+    "break_glass": "INSERT OR UPDATE OR DELETE",
+    "patient_link": "INSERT OR UPDATE OR DELETE",
+    "hl7_sender": "INSERT OR UPDATE OR DELETE",
+    "dicom_node": "INSERT OR UPDATE OR DELETE",
+    "trust": "INSERT OR UPDATE OR DELETE",
+    "patient": "UPDATE OF issuer, local_id, nhs_number OR DELETE",
+    "study": "UPDATE OF patient_pk OR DELETE",
+}
+NOTIFY_FUNCTION = """
+CREATE OR REPLACE FUNCTION solent_notify_access_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('solent_access_changed', json_build_object('table', TG_TABLE_NAME)::text);
+  RETURN NULL;
+END $$;
+"""
+
+
 def upgrade() -> None:
     op.create_table(
         "feed_cursor",
@@ -49,11 +73,20 @@ def upgrade() -> None:
 
         # The raw driver connection: the schema's SQL has % and : that bind parameters would eat.
         bind.connection.driver_connection.execute(SchemaManager.get_schema())  # type: ignore[union-attr]
+        bind.connection.driver_connection.execute(NOTIFY_FUNCTION)  # type: ignore[union-attr]
+        for table, events in ACCESS_TRIGGERS.items():
+            op.execute(
+                f"CREATE TRIGGER solent_access_changed AFTER {events} ON {table} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION solent_notify_access_changed()"
+            )
 
 
 def downgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
+        for table in ACCESS_TRIGGERS:
+            op.execute(f"DROP TRIGGER IF EXISTS solent_access_changed ON {table}")
+        op.execute("DROP FUNCTION IF EXISTS solent_notify_access_changed()")
         bind.connection.driver_connection.execute(  # type: ignore[union-attr]
             """
             DO $$ DECLARE r record; BEGIN
