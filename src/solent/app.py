@@ -7,13 +7,18 @@ from typing import Protocol
 
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
+from solent.jobs.queue import open_job_queue
+from solent.jobs.tasks import consumers_named
 from solent.security.authn import Authenticator
 from solent.security.users import UserService
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
+from solent.services.broadcast import open_broadcast
 from solent.services.directory import Directory
+from solent.services.health import HealthService
 from solent.services.identity import IdentityService
 from solent.services.inbox import InboxService
+from solent.services.jobs import JobsService
 from solent.services.migration import MigrationService
 from solent.services.query import QueryService
 from solent.services.records import RecordService
@@ -85,9 +90,25 @@ class Archive:
                 identity,
                 self.settings.data_dir / "migration-quarantine",
             ),
+            health=HealthService(self.index, self.store),
+            jobs=JobsService(
+                open_job_queue(
+                    self.index,
+                    self.store,
+                    consumers=consumers_named(self.settings.jobs_consumers),
+                    concurrency=self.settings.jobs_concurrency,
+                    max_attempts=self.settings.jobs_max_attempts,
+                    poll_seconds=self.settings.jobs_poll_seconds,
+                    settle_seconds=self.settings.jobs_settle_seconds,
+                ),
+                self.access,
+            ),
+            broadcast=open_broadcast(self.settings.effective_database_url),
         )
 
     def close(self) -> None:
+        self.services.jobs.stop_background()
+        self.services.broadcast.close()
         for listener in self.listeners:
             listener.stop()
         self.store.close()

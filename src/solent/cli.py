@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "solent.protocols.hl7.cli",
     "solent.security.cli",
     "solent.importers.migration.cli",
+    "solent.jobs.cli",  # issue 16
 )
 
 

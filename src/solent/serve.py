@@ -8,12 +8,16 @@ import logging
 import signal
 import socket
 import sys
+import threading
+from types import FrameType
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from solent.app import Archive, Listener
 from solent.errors import ConfigurationError
+from solent.services.broadcast import ACCESS_CHANNEL
+from solent.ttl_cache import invalidate_all
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,33 @@ class NoDelayHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
 
 
+class DrainingServer(uvicorn.Server):
+    """Uvicorn with a drain (issue 16): the first SIGTERM/SIGINT fails readiness at once and
+    stops the server only ``drain`` seconds later, so a load balancer has taken this node out
+    before anything stops accepting; a second signal stops it at once."""
+
+    def __init__(self, config: uvicorn.Config, archive: Archive) -> None:
+        super().__init__(config)
+        self.archive = archive
+        self.drain = archive.settings.shutdown_drain_seconds
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        health = self.archive.services.health
+        if health.draining or self.drain <= 0:
+            health.begin_shutdown()
+            super().handle_exit(sig, frame)
+            return
+        health.begin_shutdown()
+        self._captured_signals.append(sig)
+        log.info("draining for %.1f s before shutdown", self.drain)
+        timer = threading.Timer(self.drain, self._stop)
+        timer.daemon = True
+        timer.start()
+
+    def _stop(self) -> None:
+        self.should_exit = True
+
+
 def https_files(archive: Archive) -> tuple[str | None, str | None]:
     """(certificate, key) for uvicorn when SOLENT_HTTP_TLS_CERT/KEY are set (issue 6): the port
     then speaks HTTPS only. Checked before anything listens, so a bad path fails the start."""
@@ -79,6 +110,11 @@ def serve(archive: Archive) -> None:
     archive.listeners = build_listeners(archive)
     for listener in archive.listeners:
         ports[listener.name] = listener.start()
+    # Another node changed access (users, tokens, break-glass, links...): drop cached answers
+    # now rather than when their TTL runs out (issue 16; PostgreSQL triggers announce it).
+    archive.services.broadcast.subscribe(ACCESS_CHANNEL, lambda _note: invalidate_all())
+    if settings.jobs_worker:
+        archive.services.jobs.start_background()  # change-feed consumers (issue 16)
     workers = None
     if "dicom" in ports:
         from solent.protocols.dimse.workers import start_workers
@@ -95,12 +131,13 @@ def serve(archive: Archive) -> None:
         ssl_certfile=tls_cert,  # HTTPS only when SOLENT_HTTP_TLS_CERT/KEY are set
         ssl_keyfile=tls_key,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, archive)
 
     # Uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with the
     # handlers found at start. Ours ask the server to stop, so a signal that arrives after
     # SOLENT_READY but before uvicorn takes over still ends the process cleanly (status 0).
     def stop(*_: object) -> None:
+        archive.services.health.begin_shutdown()
         server.should_exit = True
 
     signal.signal(signal.SIGTERM, stop)

@@ -204,6 +204,44 @@ class Settings(BaseSettings):
         None, description="PEM CA bundle that signs the syslog server's certificate."
     )
     # --- end security and audit -----------------------------------------------------------
+    # --- regional scale (issue 16) --------------------------------------------------------
+    shutdown_drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, how long `solent serve` keeps serving with /health/ready failing "
+        "before its listeners close, so a load balancer stops sending it work first. Set it above "
+        "the balancer's check interval times its fall count (e.g. 3) behind a balancer.",
+    )
+    jobs_consumers: str = Field(
+        "",
+        description="Change-feed consumers that enqueue background jobs, comma list (known: "
+        "fixity, a digest check of every stored blob). Empty: none.",
+    )
+    jobs_worker: bool = Field(
+        True, description="`solent serve` follows the change feed and runs jobs in-process."
+    )
+    jobs_concurrency: int = Field(
+        1, ge=1, le=64, description="Jobs one node runs at once (PostgreSQL queue)."
+    )
+    jobs_max_attempts: int = Field(
+        6,
+        ge=1,
+        le=50,
+        description="Runs of a failing job before it is marked failed (`solent jobs retry` "
+        "runs it again); waits 2, 4, 8... seconds between runs.",
+    )
+    jobs_poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often the change feed and the queue are polled."
+    )
+    jobs_settle_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="Change-feed events younger than this wait (PostgreSQL): a sequence number "
+        "is drawn before its transaction commits, so the newest may still have a gap below.",
+    )
+    # --- end regional scale ---------------------------------------------------------------
 
     @field_validator("ae_title")
     @classmethod

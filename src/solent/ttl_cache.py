@@ -4,8 +4,9 @@ DICOMweb access decisions), so each says only what it keeps and for how long.
 
 An entry is used until ``ttl`` seconds after it was stored, and never after ``generation()``
 changes (a change made in this process drops everything at once; other processes wait out the
-TTL). Bounded: cleared when it grows past ``limit`` entries. ``None`` is a value like any other,
-so refusals stay cheap too.
+TTL, or for `invalidate_all`, which `solent serve` calls when another node announces an access
+change, issue 16). Bounded: cleared when it grows past ``limit`` entries. ``None`` is a value
+like any other, so refusals stay cheap too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ def _always() -> int:
     return 0
 
 
+_epoch = 0  # bumped by invalidate_all: every entry of every cache made before is stale
+
+
+def invalidate_all() -> None:
+    """Drop what every cache of this process holds (access changed somewhere)."""
+    global _epoch
+    _epoch += 1
+
+
 class TtlCache(Generic[V]):
     def __init__(
         self,
@@ -35,31 +45,35 @@ class TtlCache(Generic[V]):
         self.limit = limit
         self.clock = clock
         self.generation = generation
-        self._items: dict[Hashable, tuple[float, int, V]] = {}
+        self._items: dict[Hashable, tuple[float, tuple[int, int], V]] = {}
         self._lock = threading.Lock()
 
     def lookup(self, key: Hashable) -> tuple[bool, V | None]:
         """(True, value) while ``key`` is fresh, else (False, None)."""
         hit = self._items.get(key)
-        if hit is None or hit[0] <= self.clock() or hit[1] != self.generation():
+        if hit is None or hit[0] <= self.clock() or hit[1] != (self.generation(), _epoch):
             return False, None
         return True, hit[2]
 
-    def put(self, key: Hashable, value: V) -> None:
+    def put(self, key: Hashable, value: V, *, stamp: tuple[int, int] | None = None) -> None:
+        """``stamp``: the (generation, epoch) read before the value was loaded, so a change
+        announced while loading leaves the entry stale instead of fresh."""
         if self.ttl <= 0:
             return
         with self._lock:
             if len(self._items) >= self.limit:
                 self._items.clear()
-            self._items[key] = (self.clock() + self.ttl, self.generation(), value)
+            stamp = stamp or (self.generation(), _epoch)
+            self._items[key] = (self.clock() + self.ttl, stamp, value)
 
     def get(self, key: Hashable, load: Callable[[], V]) -> V:
         """The fresh value of ``key``, or ``load()``'s, remembered."""
         found, value = self.lookup(key)
         if found:
             return value  # type: ignore[return-value]
+        stamp = (self.generation(), _epoch)
         value = load()
-        self.put(key, value)
+        self.put(key, value, stamp=stamp)
         return value
 
     def clear(self) -> None:

@@ -30,7 +30,7 @@ from tests.unit.security_fixtures import PASSWORD, add_user, client, users
 
 __all__ = ["client"]
 
-PUBLIC = {"/health"}
+PUBLIC = {"/health", "/health/ready"}
 
 
 def _concrete(path: str) -> str:

@@ -37,3 +37,26 @@ def upgrade(index: Index, revision: str = "head") -> None:
             if index.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": PG_LOCK_ID})
                 conn.commit()
+
+
+def schema_state(index: Index) -> str:
+    """Where the database schema stands against this code's migrations, for readiness.
+
+    ``head``: at our newest revision. ``ahead``: at a revision this code does not know, i.e. a
+    newer node already upgraded it; migrations are written so the previous release tolerates that
+    (rolling upgrade), so the node stays ready. ``behind``: older than our head (not upgraded yet).
+    Reading the version table also proves the database answers.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(index))
+    with index.engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    heads = set(script.get_heads())
+    if current == heads:
+        return "head"
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current and not current <= known:
+        return "ahead"
+    return "behind"

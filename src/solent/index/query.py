@@ -23,6 +23,7 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    literal,
     or_,
     select,
     true,
@@ -253,6 +254,9 @@ class _Compiler:
     def condition(self, cond: Condition, viewer_trust: str | None) -> Expr:
         attr = cond.attribute
         if attr.keyword == "ModalitiesInStudy":
+            values = _plain_values(cond.matcher)
+            if values is not None and not cond.case_insensitive:
+                return self._in_study_modalities(values)
             # Multi-valued: matches when any series of the study matches. Its own alias of
             # series, or a SERIES-level query would correlate it away to the outer row.
             se = _MODALITY_SERIES.c
@@ -264,6 +268,15 @@ class _Compiler:
         if attr.column == "nhs_number":
             expr = and_(expr, _nhs_guard(t.patient, viewer_trust))
         return expr
+
+    def _in_study_modalities(self, values: list[str]) -> Expr:
+        """Exact modalities against the study's own list (kept by ingest and deletion as the
+        set of its series' modalities): a filter on the study row the date-ordered index scan
+        already reads, instead of a series look-up per candidate study (issue 16: at 300k
+        studies that look-up was 80% of a date range + modality query)."""
+        padded = literal("\\").concat(t.study.c.modalities).concat(literal("\\"))
+        find = func.instr if self.sqlite else func.strpos  # case-sensitive, no LIKE escaping
+        return or_(*(find(padded, f"\\{v}\\") > 0 for v in values))
 
     @staticmethod
     def _study_date(m: Single | Range) -> Expr:
@@ -312,6 +325,19 @@ class _Compiler:
         matched = select(_MATCHED.c.pk).where(self.identity(ident, _MATCHED, query.viewer_trust))
         pks = union(matched, *access.linked_pks(matched)).subquery("identity_pks")
         return [p.c.pk.in_(select(pks.c.pk))]
+
+
+def _plain_values(m: Matcher) -> list[str] | None:
+    """The values of an exact (list) match, or None for wildcards and other matchers."""
+    if isinstance(m, Single):
+        return [m.value]
+    if isinstance(m, ValueList):
+        return list(m.values)
+    if isinstance(m, AnyOf):
+        subs = [_plain_values(sub) for sub in m.matchers]
+        if all(sub is not None for sub in subs):
+            return [v for sub in subs if sub is not None for v in sub]
+    return None
 
 
 _MATCHED = t.patient.alias("p_matched")

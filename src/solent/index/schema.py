@@ -544,3 +544,29 @@ migration_quarantine = Table(
     UniqueConstraint("source", "sop_uid", "source_sha256"),
 )
 # --- end legacy PACS migration ----------------------------------------------------------------
+# --- Regional scale (issue 16): background work that follows the change feed ------------------
+# How far each consumer of the change feed has turned events into jobs. The dispatcher locks the
+# row, enqueues the jobs of the next events and advances it in one transaction, so each event
+# becomes its jobs exactly once whatever the number of nodes.
+feed_cursor = Table(
+    "feed_cursor",
+    metadata,
+    Column("consumer", String(64), primary_key=True),
+    Column("seq", PK, nullable=False),
+)
+# One row per fixity check of a stored blob (the `verify_blob` job): the bytes in the store
+# still hash to the digest recorded at ingest. Appended, never updated, so a job run twice
+# would show as two rows.
+blob_check = Table(
+    "blob_check",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("blob_key", String(200), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("worker", String(200), nullable=False),
+    Index(None, "sop_instance_uid"),
+)
+# --- end regional scale -----------------------------------------------------------------------

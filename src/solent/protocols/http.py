@@ -38,13 +38,17 @@ def create_app(composed: Services | Composed) -> FastAPI:
 
     @app.get("/health", include_in_schema=False)
     def health() -> JSONResponse:
-        try:
-            services.directory.trusts()  # the index answers
-        except Exception as exc:
-            return JSONResponse(
-                {"status": "unavailable", "detail": type(exc).__name__}, status_code=503
-            )
+        """Liveness: the process answers and its database does."""
+        if not services.health.live():
+            return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/health/ready", include_in_schema=False)
+    def ready() -> JSONResponse:
+        """Readiness (issue 16): what a load balancer checks before sending work here."""
+        state = services.health.ready()
+        body = {"status": "ready" if state.ready else "unavailable", "checks": state.checks}
+        return JSONResponse(body, status_code=200 if state.ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -32,7 +32,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Paths anyone may reach. Everything else, including routes added later, needs a principal.
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/health/ready"})
 # Where a password (HTTP Basic) is exchanged for a bearer token; the only place Basic works.
 LOGIN_PATH = "/api/auth/token"
 

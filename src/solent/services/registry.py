@@ -18,9 +18,12 @@ if TYPE_CHECKING:
     from solent.security.users import UserService
     from solent.services.access import AccessService
     from solent.services.audit import AuditTrail
+    from solent.services.broadcast import Broadcast
     from solent.services.directory import Directory
+    from solent.services.health import HealthService
     from solent.services.identity import IdentityService
     from solent.services.inbox import InboxService
+    from solent.services.jobs import JobsService
     from solent.services.migration import MigrationService
     from solent.services.query import QueryService
     from solent.services.records import RecordService
@@ -45,3 +48,6 @@ class Services:
     users: UserService  # accounts, roles, tokens (security/)
     authenticator: Authenticator  # bearer tokens and passwords -> Principal
     migration: MigrationService  # legacy PACS consolidation state (issue 13)
+    health: HealthService  # issue 16: liveness/readiness for the load balancer
+    jobs: JobsService  # issue 16: background work on the change feed
+    broadcast: Broadcast  # issue 16: publish/subscribe across nodes (MDT rooms, caches)

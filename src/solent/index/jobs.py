@@ -1,0 +1,165 @@
+"""SQL of background work: change-feed cursors, the jobs they enqueue, fixity check records.
+
+On PostgreSQL the jobs live in procrastinate's tables (same database). The dispatcher enqueues
+through procrastinate's own SQL function ``procrastinate_defer_jobs_v1`` inside the transaction
+that advances the cursor, which is what makes "each event becomes its jobs exactly once" hold
+across nodes: the cursor row is locked, and a crash before commit enqueues nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from solent.index import schema as t
+from solent.index.sql import now
+
+if TYPE_CHECKING:
+    from solent.index.sql import Index
+
+QUEUE = "solent"
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    seq: int
+    kind: str
+    study_uid: str | None
+    series_uid: str | None
+    sop_instance_uid: str | None
+
+
+@dataclass(frozen=True)
+class BlobCheck:
+    at: datetime
+    sop_instance_uid: str
+    blob_key: str
+    ok: bool
+    detail: str
+    worker: str
+
+
+def _ensure_cursor(conn: Connection, dialect: str, consumer: str) -> None:
+    ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(t.feed_cursor)
+    conn.execute(ins.values(consumer=consumer, seq=0).on_conflict_do_nothing())
+
+
+def take_events(
+    conn: Connection,
+    dialect: str,
+    consumer: str,
+    kinds: Collection[str],
+    *,
+    limit: int,
+    settle_seconds: float,
+) -> tuple[list[FeedEvent], int, int]:
+    """Lock ``consumer``'s cursor and read the events after it: (wanted events, old, new seq).
+
+    Only events older than ``settle_seconds`` are taken, in sequence order, stopping at the first
+    younger one: on PostgreSQL a sequence number is drawn before its transaction commits, so a
+    just-visible seq may still have a lower, uncommitted neighbour the cursor must not skip.
+    The caller enqueues and then calls `advance` in the same transaction.
+    """
+    _ensure_cursor(conn, dialect, consumer)
+    cursor = conn.execute(
+        select(t.feed_cursor.c.seq).where(t.feed_cursor.c.consumer == consumer).with_for_update()
+    ).scalar_one()
+    cf = t.change_feed.c
+    rows = conn.execute(
+        select(cf.seq, cf.at, cf.kind, cf.study_uid, cf.series_uid, cf.sop_instance_uid)
+        .where(cf.seq > cursor)
+        .order_by(cf.seq)
+        .limit(limit)
+    ).all()
+    cutoff = now() - timedelta(seconds=settle_seconds)
+    taken: list[FeedEvent] = []
+    new = cursor
+    for r in rows:
+        at = r.at if r.at.tzinfo is not None else r.at.replace(tzinfo=cutoff.tzinfo)
+        if settle_seconds > 0 and at > cutoff:
+            break
+        new = r.seq
+        if r.kind in kinds:
+            taken.append(FeedEvent(r.seq, r.kind, r.study_uid, r.series_uid, r.sop_instance_uid))
+    return taken, cursor, new
+
+
+def advance(conn: Connection, consumer: str, seq: int) -> None:
+    conn.execute(t.feed_cursor.update().where(t.feed_cursor.c.consumer == consumer).values(seq=seq))
+
+
+def feed_position(index: Index, consumer: str) -> tuple[int, int]:
+    """(this consumer's cursor, the newest event's seq)."""
+    with index.read() as conn:
+        cursor = conn.execute(
+            select(t.feed_cursor.c.seq).where(t.feed_cursor.c.consumer == consumer)
+        ).scalar()
+        head = conn.execute(select(func.max(t.change_feed.c.seq))).scalar()
+    return int(cursor or 0), int(head or 0)
+
+
+def defer_jobs(conn: Connection, jobs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Enqueue (task name, arguments) jobs in procrastinate's queue, in ``conn``'s transaction."""
+    if not jobs:
+        return
+    conn.execute(
+        text(
+            "SELECT procrastinate_defer_jobs_v1(ARRAY("
+            " SELECT ROW(:queue, x.task, 0, NULL, NULL, x.args::jsonb, NULL)"
+            "::procrastinate_job_to_defer_v1"
+            " FROM unnest(CAST(:tasks AS varchar[]), CAST(:args AS text[])) AS x(task, args)))"
+        ),
+        {
+            "queue": QUEUE,
+            "tasks": [task for task, _ in jobs],
+            "args": [json.dumps(args, sort_keys=True) for _, args in jobs],
+        },
+    )
+
+
+def record_blob_check(
+    index: Index, sop_instance_uid: str, blob_key: str, ok: bool, detail: str, worker: str
+) -> None:
+    index.write(
+        lambda conn: conn.execute(
+            insert(t.blob_check).values(
+                at=now(),
+                sop_instance_uid=sop_instance_uid,
+                blob_key=blob_key,
+                ok=ok,
+                detail=detail,
+                worker=worker,
+            )
+        ),
+        relaxed=True,  # a record of a read: losing the last one in a crash only re-checks it
+    )
+
+
+def blob_checks(index: Index, sop_instance_uid: str | None = None) -> list[BlobCheck]:
+    q = select(t.blob_check).order_by(t.blob_check.c.pk)
+    if sop_instance_uid is not None:
+        q = q.where(t.blob_check.c.sop_instance_uid == sop_instance_uid)
+    with index.read() as conn:
+        return [
+            BlobCheck(r.at, r.sop_instance_uid, r.blob_key, r.ok, r.detail, r.worker)
+            for r in conn.execute(q)
+        ]
+
+
+def job_counts(index: Index) -> dict[tuple[str, str], int]:
+    """(task, status) -> jobs, from procrastinate's table (PostgreSQL only)."""
+    with index.read() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT task_name, status::text AS status, count(*) AS n"
+                " FROM procrastinate_jobs GROUP BY task_name, status"
+            )
+        ).all()
+    return {(r.task_name, r.status): int(r.n) for r in rows}

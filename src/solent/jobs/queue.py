@@ -1,0 +1,426 @@
+"""Where jobs wait and who runs them: procrastinate on PostgreSQL, in-process on SQLite.
+
+Both follow the change feed with the same consumers (`tasks.CONSUMERS`) and run the same task
+functions (`tasks.TASKS`); only the claiming differs. procrastinate (maintained, PostgreSQL
+only, no extra server) claims each job for exactly one worker across all nodes with
+SELECT ... FOR UPDATE SKIP LOCKED and retries with exponential backoff. The in-process runner is
+the embedded default's: one node, one thread, the cursor advanced after the tasks ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from sqlalchemy import Connection
+
+from solent.errors import InvalidInput, NotFound
+from solent.index.jobs import QUEUE, advance, defer_jobs, feed_position, job_counts, take_events
+from solent.jobs.tasks import CONSUMERS, JOBS_RUN, TASKS, Consumer, TaskContext, worker_name
+
+if TYPE_CHECKING:
+    from solent.index.sql import Index
+    from solent.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # events turned into jobs per transaction
+MAX_ATTEMPTS = 6
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    task: str
+    status: str
+    attempts: int
+    args: dict[str, Any]
+
+
+class JobQueue(Protocol):
+    backend: str
+
+    def start(self) -> None:
+        """Follow the change feed and run jobs in background threads of this process."""
+
+    def stop(self) -> None: ...
+
+    def dispatch(self) -> int:
+        """Turn new change-feed events into jobs; how many jobs."""
+
+    def work(self, *, until_idle: bool) -> None:
+        """Run jobs in the foreground (`solent jobs work`); ``until_idle``: return when none."""
+
+    def list_jobs(self, status: str | None, limit: int) -> list[JobRow]: ...
+
+    def retry(self, job_id: int) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def _feed_stats(index: Index, consumers: tuple[Consumer, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in consumers:
+        cursor, head = feed_position(index, c.name)
+        out[c.name] = {"cursor": cursor, "feed_head": head, "backlog": head - cursor}
+    return out
+
+
+class _QueueCollector:
+    """/metrics: jobs by task and status (whole cluster, from the queue) and each consumer's
+    change-feed backlog, read at scrape time from the queue this process runs."""
+
+    queue: JobQueue | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        queue = self.queue
+        if queue is None:
+            return
+        try:
+            stats = queue.stats()
+        except Exception:
+            log.warning("job statistics unavailable for /metrics", exc_info=True)
+            return
+        jobs = GaugeMetricFamily(
+            "solent_jobs",
+            "Background jobs in the queue by task and status",
+            labels=["task", "status"],
+        )
+        for task, by_status in stats.get("jobs", {}).items():
+            for status, n in by_status.items():
+                jobs.add_metric([task, status], n)
+        backlog = GaugeMetricFamily(
+            "solent_jobs_feed_backlog",
+            "Change-feed events a consumer has not turned into jobs yet",
+            labels=["consumer"],
+        )
+        for consumer, feed in stats.get("feed", {}).items():
+            backlog.add_metric([consumer], feed["backlog"])
+        yield jobs
+        yield backlog
+
+
+COLLECTOR = _QueueCollector()
+REGISTRY.register(COLLECTOR)
+
+
+class _Follower:
+    """A daemon thread calling ``step`` every ``interval`` seconds until stopped."""
+
+    def __init__(self, name: str, step: Any, interval: float) -> None:
+        self._stop = threading.Event()
+        self._step = step
+        self._interval = interval
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception:
+                log.exception("background step failed; trying again")
+            self._stop.wait(self._interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+
+class ProcrastinateQueue:
+    """Jobs in procrastinate's tables of the index's PostgreSQL database."""
+
+    backend = "procrastinate"
+
+    def __init__(
+        self,
+        index: Index,
+        store: BlobStore,
+        *,
+        concurrency: int = 1,
+        max_attempts: int = MAX_ATTEMPTS,
+        poll_seconds: float = 1.0,
+        settle_seconds: float = 2.0,
+        consumers: tuple[Consumer, ...] = CONSUMERS,
+    ) -> None:
+        import procrastinate
+
+        self.index = index
+        self.consumers = consumers
+        self.concurrency = concurrency
+        self.poll_seconds = poll_seconds
+        self.settle_seconds = settle_seconds
+        conninfo = index.url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self.app = procrastinate.App(
+            connector=procrastinate.PsycopgConnector(conninfo=conninfo, min_size=1, max_size=4)
+        )
+        ctx = TaskContext(index, store, worker_name())
+        # procrastinate counts retries after the first run (and 0 means "no limit").
+        retry: procrastinate.RetryStrategy | bool = (
+            procrastinate.RetryStrategy(max_attempts=max_attempts - 1, exponential_wait=2)
+            if max_attempts > 1
+            else False
+        )
+        for name, fn in TASKS.items():
+            self.app.task(name=name, queue=QUEUE, retry=retry)(_runner(name, fn, ctx))
+        self._dispatcher: _Follower | None = None
+        self._worker: threading.Thread | None = None
+        self._worker_loop: asyncio.AbstractEventLoop | None = None
+        self._worker_task: asyncio.Task[Any] | None = None
+
+    # -- feed -> jobs ---------------------------------------------------------------------
+
+    def dispatch(self) -> int:
+        total = 0
+        for consumer in self.consumers:
+            while True:
+                moved, enqueued = self.index.write(partial(self._batch, consumer=consumer))
+                total += enqueued
+                if not moved:
+                    break
+        return total
+
+    def _batch(self, conn: Connection, consumer: Consumer) -> tuple[bool, int]:
+        events, old, new = take_events(
+            conn,
+            "postgresql",
+            consumer.name,
+            consumer.kinds,
+            limit=BATCH,
+            settle_seconds=self.settle_seconds,
+        )
+        jobs = [job for event in events for job in consumer.jobs(event)]
+        defer_jobs(conn, jobs)
+        advance(conn, consumer.name, new)
+        return new != old, len(jobs)
+
+    # -- running --------------------------------------------------------------------------
+
+    def _worker_options(self, *, wait: bool) -> dict[str, Any]:
+        return {
+            "queues": [QUEUE],
+            "concurrency": self.concurrency,
+            "wait": wait,
+            "name": worker_name(),
+            "fetch_job_polling_interval": self.poll_seconds,
+            "shutdown_graceful_timeout": 20.0,  # then running jobs are aborted (and retried)
+            "delete_jobs": "never",  # kept for `solent jobs list` and the audit of work done
+        }
+
+    def work(self, *, until_idle: bool) -> None:
+        if until_idle:
+            self.dispatch()
+            self.app.run_worker(**self._worker_options(wait=False))
+            return
+        dispatcher = _Follower("solent-jobs-dispatch", self.dispatch, self.poll_seconds)
+        dispatcher.start()
+        try:  # procrastinate stops gracefully on SIGTERM/SIGINT: running jobs finish
+            self.app.run_worker(**self._worker_options(wait=True), install_signal_handlers=True)
+        finally:
+            dispatcher.stop()
+
+    def start(self) -> None:
+        if not self.consumers:
+            return  # nothing enqueues here: a node configured with no consumers runs no jobs
+        COLLECTOR.queue = self
+        self._dispatcher = _Follower("solent-jobs-dispatch", self.dispatch, self.poll_seconds)
+        self._dispatcher.start()
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._worker_loop = loop
+
+            async def main() -> None:
+                self._worker_task = asyncio.current_task()
+                ready.set()
+                async with self.app.open_async():
+                    options = self._worker_options(wait=True)
+                    await self.app.run_worker_async(**options, install_signal_handlers=False)
+
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main())
+            loop.close()
+
+        self._worker = threading.Thread(target=run, name="solent-jobs-worker", daemon=True)
+        self._worker.start()
+        ready.wait(10)
+
+    def stop(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
+        loop, task = self._worker_loop, self._worker_task
+        if loop is not None and task is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(task.cancel)  # procrastinate finishes running jobs
+        if self._worker is not None:
+            self._worker.join(timeout=30)
+
+    # -- inspection -----------------------------------------------------------------------
+
+    def list_jobs(self, status: str | None, limit: int) -> list[JobRow]:
+        with self.app.open():
+            jobs = self.app.job_manager.list_jobs(queue=QUEUE, status=status)
+        rows = [
+            JobRow(
+                int(j.id or 0), j.task_name, str(j.status or ""), j.attempts, dict(j.task_kwargs)
+            )
+            for j in jobs
+        ]
+        return sorted(rows, key=lambda r: -r.id)[:limit]
+
+    def retry(self, job_id: int) -> None:
+        with self.app.open():
+            found = self.app.job_manager.list_jobs(id=job_id, queue=QUEUE)
+            if not found:
+                raise NotFound(f"no job {job_id}")
+            if str(found[0].status) not in ("failed", "doing"):
+                raise InvalidInput(f"job {job_id} is {found[0].status}: only failed jobs retry")
+            self.app.job_manager.retry_job_by_id(job_id, retry_at=datetime.now(UTC))
+
+    def stats(self) -> dict[str, Any]:
+        counts: dict[str, dict[str, int]] = {}
+        for (task, status), n in job_counts(self.index).items():
+            counts.setdefault(task, {})[status] = n
+        return {
+            "backend": self.backend,
+            "jobs": counts,
+            "feed": _feed_stats(self.index, self.consumers),
+        }
+
+
+def _runner(name: str, fn: Any, ctx: TaskContext) -> Any:
+    """The procrastinate task body: the plain task function, counted in /metrics."""
+
+    def run(**kwargs: Any) -> None:
+        try:
+            fn(ctx, **kwargs)
+        except Exception:
+            JOBS_RUN.labels(name, "error").inc()
+            raise
+        JOBS_RUN.labels(name, "done").inc()
+
+    run.__name__ = name
+    return run
+
+
+class InProcessQueue:
+    """The embedded default (SQLite): the same tasks, run by a thread of `solent serve`."""
+
+    backend = "in-process"
+
+    def __init__(
+        self,
+        index: Index,
+        store: BlobStore,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        poll_seconds: float = 1.0,
+        backoff_seconds: float = 2.0,
+        consumers: tuple[Consumer, ...] = CONSUMERS,
+    ) -> None:
+        self.index = index
+        self.max_attempts = max_attempts
+        self.ctx = TaskContext(index, store, worker_name())
+        self.consumers = consumers
+        self.poll_seconds = poll_seconds
+        self.backoff_seconds = backoff_seconds
+        self.failed = 0
+        self._follower: _Follower | None = None
+
+    def dispatch(self) -> int:
+        """Run the jobs of new events now; the cursor moves after they ran (at least once)."""
+        done = 0
+        for consumer in self.consumers:
+            while True:
+                take = partial(
+                    take_events,
+                    dialect="sqlite",
+                    consumer=consumer.name,
+                    kinds=consumer.kinds,
+                    limit=BATCH,
+                    settle_seconds=0,
+                )
+                events, old, new = self.index.write(take)
+                if new == old:
+                    break
+                for event in events:
+                    for task, args in consumer.jobs(event):
+                        self._run(task, args)
+                        done += 1
+                self.index.write(partial(advance, consumer=consumer.name, seq=new))
+        return done
+
+    def _run(self, task: str, args: dict[str, Any]) -> None:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                TASKS[task](self.ctx, **args)
+            except Exception:
+                JOBS_RUN.labels(task, "error").inc()
+                if attempt == self.max_attempts:
+                    self.failed += 1
+                    log.exception("job %s%r failed %d times; given up", task, args, attempt)
+                    return
+                time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
+            else:
+                JOBS_RUN.labels(task, "done").inc()
+                return
+
+    def work(self, *, until_idle: bool) -> None:
+        self.dispatch()
+        if until_idle:
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(self.poll_seconds):
+            self.dispatch()
+
+    def start(self) -> None:
+        if not self.consumers:
+            return
+        COLLECTOR.queue = self
+        self._follower = _Follower("solent-jobs", self.dispatch, self.poll_seconds)
+        self._follower.start()
+
+    def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+
+    def list_jobs(self, status: str | None, limit: int) -> list[JobRow]:
+        raise InvalidInput(
+            "on the embedded SQLite index jobs run in-process as events arrive and are not "
+            "queued; `solent jobs stats` shows how far they have followed the change feed"
+        )
+
+    def retry(self, job_id: int) -> None:
+        self.list_jobs(None, 0)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "failed_in_this_process": self.failed,
+            "feed": _feed_stats(self.index, self.consumers),
+        }
+
+
+def open_job_queue(index: Index, store: BlobStore, **options: Any) -> JobQueue:
+    if index.dialect == "postgresql":
+        return ProcrastinateQueue(index, store, **options)
+    options.pop("concurrency", None)
+    options.pop("settle_seconds", None)
+    return InProcessQueue(index, store, **options)

@@ -1,0 +1,52 @@
+"""Background jobs as administrators see and steer them (`solent jobs`, /metrics).
+
+Job arguments name instances, so listing and retrying are administration: the caller needs the
+admin permission (checked and audited by the one authorization point, `AccessService.require`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from solent.services.access import Permission
+
+if TYPE_CHECKING:
+    from solent.domain.principal import Principal
+    from solent.jobs.queue import JobQueue, JobRow
+    from solent.services.access import AccessService
+
+
+class JobsService:
+    def __init__(self, queue: JobQueue, access: AccessService) -> None:
+        self.queue = queue
+        self.access = access
+
+    @property
+    def backend(self) -> str:
+        return self.queue.backend
+
+    def start_background(self) -> None:
+        """Follow the change feed and run jobs in this process (`solent serve`)."""
+        self.queue.start()
+
+    def stop_background(self) -> None:
+        self.queue.stop()
+
+    def work(self, principal: Principal, *, until_idle: bool) -> None:
+        """Follow the feed and run jobs in the foreground: until none waits, or until SIGTERM."""
+        self.access.require(principal, Permission.ADMIN, "run background jobs")
+        self.queue.work(until_idle=until_idle)
+
+    def list(
+        self, principal: Principal, status: str | None = None, limit: int = 50
+    ) -> list[JobRow]:
+        self.access.require(principal, Permission.ADMIN, "list background jobs")
+        return self.queue.list_jobs(status, limit)
+
+    def retry(self, principal: Principal, job_id: int) -> None:
+        self.access.require(principal, Permission.ADMIN, "retry a background job")
+        self.queue.retry(job_id)
+
+    def stats(self, principal: Principal) -> dict[str, Any]:
+        self.access.require(principal, Permission.ADMIN, "read background job statistics")
+        return self.queue.stats()

@@ -1,0 +1,71 @@
+"""Liveness and readiness (issue 16): what a load balancer asks each node."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from solent.app import Archive
+from solent.protocols.http import create_app
+from solent.serve_process import serve_env, start_serve, stop_serve
+
+
+def test_ready_when_index_store_and_schema_are_fine(archive: Archive) -> None:
+    client = TestClient(create_app(archive))
+    r = client.get("/health/ready")
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "status": "ready",
+        "checks": {"index": "ok", "schema": "head", "store": "ok", "node": "serving"},
+    }
+
+
+def test_draining_node_is_not_ready_but_still_alive(archive: Archive) -> None:
+    client = TestClient(create_app(archive))
+    archive.services.health.begin_shutdown()
+    r = client.get("/health/ready")
+    assert r.status_code == 503
+    assert r.json()["checks"]["node"] == "draining"
+    assert client.get("/health").status_code == 200
+
+
+def test_schema_behind_is_not_ready_and_ahead_is(archive: Archive) -> None:
+    """An un-upgraded database keeps the node out; one a newer release already upgraded keeps
+    it in (rolling upgrade: migrations are written so the previous release tolerates them)."""
+    client = TestClient(create_app(archive))
+    with archive.index.engine.begin() as conn:
+        (current,) = conn.execute(text("SELECT version_num FROM alembic_version")).one()
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00d_newer_release'"))
+    r = client.get("/health/ready")
+    assert (r.status_code, r.json()["checks"]["schema"]) == (200, "ahead")
+    with archive.index.engine.begin() as conn:
+        conn.execute(text("DELETE FROM alembic_version"))
+    r = client.get("/health/ready")
+    assert (r.status_code, r.json()["checks"]["schema"]) == (503, "behind")
+    with archive.index.engine.begin() as conn:
+        conn.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": current})
+    assert client.get("/health/ready").status_code == 200
+
+
+def test_sigterm_drains_readiness_first_then_stops_cleanly(tmp_path: Path) -> None:
+    """Behind a balancer: after SIGTERM the node answers 503 on /health/ready (so the balancer
+    takes it out) while still serving, and exits 0 once the drain period is over."""
+    env = serve_env(tmp_path / "var", {"SOLENT_SHUTDOWN_DRAIN_SECONDS": "3"})
+    proc, ports = start_serve(env)
+    base = f"http://127.0.0.1:{ports['http']}"
+    try:
+        assert httpx.get(base + "/health/ready", timeout=10).status_code == 200
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        ready = httpx.get(base + "/health/ready", timeout=10)
+        assert ready.status_code == 503 and ready.json()["checks"]["node"] == "draining"
+        assert httpx.get(base + "/health", timeout=10).status_code == 200  # still serving
+        assert proc.wait(timeout=60) == 0
+        assert time.monotonic() - started >= 2.5  # it waited for the drain period
+    finally:
+        stop_serve(proc)
