@@ -9,9 +9,13 @@ from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
+from solent.services.mdt import MdtService
+from solent.services.mdt_broker import LocalBroker
+from solent.services.mdt_live import LiveHub
 from solent.services.query import QueryService
 from solent.services.registry import Services
 from solent.services.retrieve_web import WebRetrieveService
+from solent.services.viewer import ViewerService
 from solent.settings import Settings
 from solent.storage import BlobStore, open_blob_store
 
@@ -47,20 +51,31 @@ class Archive:
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
         )
         self.query.access = self.access  # every query is scoped by the access rule
+        web_retrieve = WebRetrieveService(
+            self.index,
+            self.store,
+            self.access,
+            self.audit,
+            access_ttl=self.settings.dicomweb_access_cache_seconds,
+            cache_bytes=self.settings.dicomweb_cache_mb << 20,
+        )
+        viewer = ViewerService(
+            self.index,
+            self.access,
+            self.audit,
+            self.query,
+            max_results=self.settings.max_query_results,
+        )
         self.services = Services(
             settings=self.settings,
             access=self.access,
             audit=self.audit,
             query=self.query,
             ingest=self.ingestor,
-            web_retrieve=WebRetrieveService(
-                self.index,
-                self.store,
-                self.access,
-                self.audit,
-                access_ttl=self.settings.dicomweb_access_cache_seconds,
-                cache_bytes=self.settings.dicomweb_cache_mb << 20,
-            ),
+            web_retrieve=web_retrieve,
+            viewer=viewer,
+            mdt=MdtService(self.index, self.access, self.audit, viewer, web_retrieve),
+            live=LiveHub(LocalBroker()),  # one process; see services/mdt_broker.py for more
         )
 
     def close(self) -> None:

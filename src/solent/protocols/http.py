@@ -8,8 +8,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from solent import __version__
 from solent.app import Archive
+from solent.protocols.api.mdt_routes import router as mdt_router
 from solent.protocols.api.routes import router as api_router
 from solent.protocols.api.security_routes import router as security_router
+from solent.protocols.api.viewer_routes import router as viewer_router
 from solent.protocols.dicomweb import install as install_dicomweb
 from solent.protocols.fhir import install as install_regional_identity
 from solent.security.http import install_security
@@ -42,6 +44,8 @@ def create_app(archive: Archive) -> FastAPI:
 
     app.include_router(api_router, prefix="/api")
     app.include_router(security_router, prefix="/api")
+    app.include_router(viewer_router, prefix="/api")  # issue 12: the viewer's JSON API
+    app.include_router(mdt_router, prefix="/api")  # issue 12: MDT meetings and live rooms
     install_regional_identity(app)  # issue 5: /api/identity, /fhir, IHE IID
     install_dicomweb(app, archive)  # DICOMweb at /dicomweb (issue 4)
     return app

@@ -16,8 +16,11 @@ if TYPE_CHECKING:
     from solent.ingest import Ingestor
     from solent.services.access import AccessService
     from solent.services.audit import AuditTrail
+    from solent.services.mdt import MdtService
+    from solent.services.mdt_live import LiveHub
     from solent.services.query import QueryService
     from solent.services.retrieve_web import WebRetrieveService
+    from solent.services.viewer import ViewerService
     from solent.settings import Settings
 
 
@@ -29,3 +32,6 @@ class Services:
     query: QueryService
     ingest: Ingestor
     web_retrieve: WebRetrieveService
+    viewer: ViewerService  # issue 12: worklist, timeline, study, reports, key images
+    mdt: MdtService  # issue 12: MDT meetings, outcomes, prefetch
+    live: LiveHub  # issue 12: the MDT live rooms of this process
