@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,7 @@ class MdtService:
         self.viewer = viewer
         self.web_retrieve = web_retrieve
         self._threads: dict[int, threading.Thread] = {}
+        self._presenter_writes = ThreadPoolExecutor(1, thread_name_prefix="mdt-presenter")
 
     # -- roles ------------------------------------------------------------------------------
 
@@ -405,8 +407,18 @@ class MdtService:
             meeting_id, meeting["presenter"], self.is_coordinator(principal, meeting), seat
         )
 
-    def set_presenter(self, meeting_id: int, name: str | None) -> None:
-        self.index.write(lambda c: store.set_presenter(c, meeting_id, name))
+    def set_presenter_soon(self, meeting_id: int, name: str | None) -> None:
+        """Record the presenter in the meeting without making the room wait; one writer
+        thread keeps the changes in order (and runs even when the socket that caused the
+        change is being torn down)."""
+
+        def write() -> None:
+            try:
+                self.index.write(lambda c: store.set_presenter(c, meeting_id, name))
+            except Exception:
+                log.exception("could not record the presenter of MDT meeting %s", meeting_id)
+
+        self._presenter_writes.submit(write)
 
     def shown(self, principal: Principal, meeting_id: int, study_uid: str) -> None:
         """The presenter showed a study to the room: one VIEW record naming its patient."""

@@ -52,6 +52,7 @@ class Outcome:
     """What the adapter must do after a client message."""
 
     replies: list[Event] = field(default_factory=list)  # to the sender only (errors)
+    events: list[Event] = field(default_factory=list)  # for the room: ``publish`` them
     presenter_changed: bool = False
     presenter: str | None = None
     shown: tuple[int, str] | None = None  # (item id, study UID) newly shown by the presenter
@@ -136,7 +137,7 @@ class LiveHub:
             ):
                 out.shown = (int(state["item_id"]), str(study))
             event = {"type": "view", "state": state, "seq": room.seq + 1, "by": member.name}
-            self._publish(meeting_id, event)
+            out.events.append(event)
         elif kind == "pointer":
             if not presenting:
                 out.replies.append(_error("only the presenter can point"))
@@ -145,7 +146,7 @@ class LiveHub:
             if not (_unit(x) and _unit(y)):
                 out.replies.append(_error("pointer x and y must be numbers from 0 to 1"))
                 return out
-            self._publish(meeting_id, {"type": "pointer", "x": float(x), "y": float(y)})
+            out.events.append({"type": "pointer", "x": float(x), "y": float(y)})
         elif kind == "handover":
             if not (presenting or member.coordinator):
                 out.replies.append(_error("only the presenter or the coordinator can hand over"))
@@ -165,8 +166,13 @@ class LiveHub:
         return out
 
     def _set_presenter(self, meeting_id: int, name: str, out: Outcome) -> None:
-        self._publish(meeting_id, {"type": "presenter", "presenter": name})
+        out.events.append({"type": "presenter", "presenter": name})
         out.presenter_changed, out.presenter = True, name
+
+    def publish(self, meeting_id: int, events: list[Event]) -> None:
+        """Send a handled message's events to the room (after the adapter audited them)."""
+        for event in events:
+            self._publish(meeting_id, event)
 
     # -- events ---------------------------------------------------------------------------------
 

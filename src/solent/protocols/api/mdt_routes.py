@@ -161,7 +161,7 @@ async def live(websocket: WebSocket, meeting_id: int, token: str = "") -> None:
         writer.cancel()
         out = hub.leave(meeting_id, member)
         if out.presenter_changed:
-            await run_in_threadpool(services.mdt.set_presenter, meeting_id, out.presenter)
+            services.mdt.set_presenter_soon(meeting_id, out.presenter)
         with contextlib.suppress(Exception):
             await websocket.close()
 
@@ -186,10 +186,11 @@ async def _read(
         out = hub.handle(meeting_id, member, message)
         for reply in out.replies:
             member.send(reply)
-        if out.presenter_changed:
-            await run_in_threadpool(services.mdt.set_presenter, meeting_id, out.presenter)
-        if out.shown is not None:
+        if out.shown is not None:  # audited before anyone is shown the study
             await run_in_threadpool(services.mdt.shown, caller, meeting_id, out.shown[1])
+        hub.publish(meeting_id, out.events)
+        if out.presenter_changed:
+            services.mdt.set_presenter_soon(meeting_id, out.presenter)
 
 
 async def _refuse(websocket: WebSocket, code: int, detail: str) -> None:
