@@ -81,6 +81,7 @@ class Archive:
     def close(self) -> None:
         for listener in self.listeners:
             listener.stop()
+        self.services.mdt.close()
         self.store.close()
         self.index.close()
 

@@ -3,6 +3,7 @@ live rooms over WebSockets (presenter followed, rooms separate, late joiner, han
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -292,3 +293,5 @@ def test_live_room_refuses_bad_tokens_and_unknown_meetings(
             assert ws.receive_json()["type"] == "error"
             closed = ws.receive()
             assert closed["type"] == "websocket.close" and closed["code"] == code
+    failed = demo.audit.search(action="login-failed")
+    assert [json.loads(x["detail"])["path"] for x in failed] == ["/api/mdt/meetings/1/live"]

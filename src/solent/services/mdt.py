@@ -407,6 +407,10 @@ class MdtService:
             meeting_id, meeting["presenter"], self.is_coordinator(principal, meeting), seat
         )
 
+    def close(self) -> None:
+        """Finish the pending presenter writes (before the index closes)."""
+        self._presenter_writes.shutdown(wait=True)
+
     def set_presenter_soon(self, meeting_id: int, name: str | None) -> None:
         """Record the presenter in the meeting without making the room wait; one writer
         thread keeps the changes in order (and runs even when the socket that caused the

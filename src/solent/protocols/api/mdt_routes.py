@@ -19,11 +19,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from solent.domain.principal import Principal
+from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import NotFound
 from solent.security.authn import AuthenticationFailed, Authenticator
 from solent.security.http import current_principal
 from solent.services.access import AccessDenied
+from solent.services.audit import AuditAction, AuditOutcome
 from solent.services.mdt import NewItem
 from solent.services.mdt_live import Member
 from solent.services.registry import Services
@@ -122,6 +123,14 @@ async def live(websocket: WebSocket, meeting_id: int, token: str = "") -> None:
         caller = await run_in_threadpool(authenticator.bearer, token, address)
         seat = await run_in_threadpool(services.mdt.join_live, caller, meeting_id)
     except AuthenticationFailed as exc:
+        who = Principal(PrincipalKind.USER, "(unauthenticated)", None, address=address)
+        await run_in_threadpool(
+            services.audit.record,
+            who,
+            AuditAction.LOGIN_FAILED,
+            AuditOutcome.DENIED,
+            detail={"why": str(exc)[:200], "path": websocket.url.path[:200]},
+        )
         await _refuse(websocket, 4401, f"authentication required: {exc}")
         return
     except AccessDenied as exc:
