@@ -7,13 +7,20 @@ from typing import Protocol
 
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
+from solent.security.authn import Authenticator
+from solent.security.users import UserService
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
+from solent.services.directory import Directory
+from solent.services.identity import IdentityService
+from solent.services.inbox import InboxService
 from solent.services.mdt import MdtService
 from solent.services.mdt_broker import LocalBroker
 from solent.services.mdt_live import LiveHub
 from solent.services.query import QueryService
+from solent.services.records import RecordService
 from solent.services.registry import Services
+from solent.services.retrieve import RetrieveService
 from solent.services.retrieve_web import WebRetrieveService
 from solent.services.viewer import ViewerService
 from solent.settings import Settings
@@ -51,6 +58,9 @@ class Archive:
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
         )
         self.query.access = self.access  # every query is scoped by the access rule
+        identity = IdentityService(self.index)
+        users = UserService(self.index, self.settings, self.audit)
+        inbox = InboxService(self.index, identity)
         web_retrieve = WebRetrieveService(
             self.index,
             self.store,
@@ -73,7 +83,14 @@ class Archive:
             query=self.query,
             ingest=self.ingestor,
             web_retrieve=web_retrieve,
-            viewer=viewer,
+            retrieve=RetrieveService(self.index, self.store, self.access, self.audit),
+            records=RecordService(identity, inbox, self.access, self.audit),
+            identity=identity,
+            inbox=inbox,
+            directory=Directory(self.index, self.audit),
+            users=users,
+            authenticator=Authenticator(self.index, self.settings, users),
+            viewer=viewer,  # issue 12
             mdt=MdtService(self.index, self.access, self.audit, viewer, web_retrieve),
             live=LiveHub(LocalBroker()),  # one process; see services/mdt_broker.py for more
         )

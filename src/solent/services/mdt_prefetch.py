@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from solent.dicom.render import RenderOptions, Viewport
 from solent.domain.principal import Principal
-from solent.index.reads import StoredInstance
+from solent.domain.records import StoredInstance
 from solent.services.retrieve_web import WebRetrieveService
 
 GZIP_MIN = 1024  # as wado_rs.GZIP_MIN: smaller metadata bodies are sent uncompressed

@@ -116,7 +116,7 @@ async def set_outcome(
 @router.websocket("/meetings/{meeting_id}/live")
 async def live(websocket: WebSocket, meeting_id: int, token: str = "") -> None:
     services = _services(websocket)
-    authenticator: Authenticator = websocket.app.state.authenticator
+    authenticator: Authenticator = services.authenticator
     address = websocket.client.host if websocket.client else None
     await websocket.accept()
     try:

@@ -6,17 +6,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
-from solent.app import Archive
 from solent.domain.principal import Principal
 from solent.security.http import current_principal
 from solent.services.access import Permission
 from solent.services.audit import AuditAction, PatientRef
+from solent.services.registry import Services
 
 router = APIRouter()
 
 
-def _archive(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
+def _archive(request: Request) -> Services:
+    archive: Services = request.app.state.services
     return archive
 
 
@@ -30,7 +30,7 @@ def stats(request: Request, caller: Caller) -> dict[str, int]:
 
 @router.get("/trusts")
 def trusts(request: Request, caller: Caller) -> list[dict[str, str]]:
-    return [{"code": t.code, "name": t.name} for t in _archive(request).index.list_trusts()]
+    return [{"code": t.code, "name": t.name} for t in _archive(request).directory.trusts()]
 
 
 @router.get("/nodes")
@@ -44,7 +44,7 @@ def nodes(request: Request, caller: Caller) -> list[dict[str, Any]]:
             "trust": n.trust_code,
             "allow": n.allowed,
         }
-        for n in _archive(request).index.list_nodes()
+        for n in _archive(request).directory.nodes()
     ]
 
 
