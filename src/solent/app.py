@@ -74,6 +74,7 @@ class Archive:
             self.access,
             self.audit,
             self.query,
+            identity,
             max_results=self.settings.max_query_results,
         )
         self.services = Services(

@@ -69,6 +69,7 @@ class ViewerService:
         access: AccessService,
         audit: AuditTrail,
         query: QueryService,
+        identity: IdentityService,
         *,
         max_results: int = 1000,
     ) -> None:
@@ -76,7 +77,7 @@ class ViewerService:
         self.access = access
         self.audit = audit
         self.query = query
-        self.identity = IdentityService(index)
+        self.identity = identity
         self.max_results = max_results
 
     # -- access helpers -----------------------------------------------------------------------
