@@ -19,12 +19,16 @@ from solent.services.health import HealthService
 from solent.services.identity import IdentityService
 from solent.services.inbox import InboxService
 from solent.services.jobs import JobsService
+from solent.services.mdt import MdtService
+from solent.services.mdt_broker import LocalBroker
+from solent.services.mdt_live import LiveHub
 from solent.services.migration import MigrationService
 from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
 from solent.services.retrieve import RetrieveService
 from solent.services.retrieve_web import WebRetrieveService
+from solent.services.viewer import ViewerService
 from solent.settings import Settings
 from solent.storage import BlobStore, open_blob_store
 
@@ -63,20 +67,29 @@ class Archive:
         identity = IdentityService(self.index)
         users = UserService(self.index, self.settings, self.audit)
         inbox = InboxService(self.index, identity)
+        web_retrieve = WebRetrieveService(
+            self.index,
+            self.store,
+            self.access,
+            self.audit,
+            access_ttl=self.settings.dicomweb_access_cache_seconds,
+            cache_bytes=self.settings.dicomweb_cache_mb << 20,
+        )
+        viewer = ViewerService(
+            self.index,
+            self.access,
+            self.audit,
+            self.query,
+            identity,
+            max_results=self.settings.max_query_results,
+        )
         self.services = Services(
             settings=self.settings,
             access=self.access,
             audit=self.audit,
             query=self.query,
             ingest=self.ingestor,
-            web_retrieve=WebRetrieveService(
-                self.index,
-                self.store,
-                self.access,
-                self.audit,
-                access_ttl=self.settings.dicomweb_access_cache_seconds,
-                cache_bytes=self.settings.dicomweb_cache_mb << 20,
-            ),
+            web_retrieve=web_retrieve,
             retrieve=RetrieveService(self.index, self.store, self.access, self.audit),
             records=RecordService(identity, inbox, self.access, self.audit, self.query),
             identity=identity,
@@ -104,6 +117,9 @@ class Archive:
                 self.access,
             ),
             broadcast=open_broadcast(self.settings.effective_database_url),
+            viewer=viewer,  # issue 12
+            mdt=MdtService(self.index, self.access, self.audit, viewer, web_retrieve),
+            live=LiveHub(LocalBroker()),  # one process; see services/mdt_broker.py for more
         )
 
     def close(self) -> None:
@@ -111,6 +127,7 @@ class Archive:
         self.services.broadcast.close()
         for listener in self.listeners:
             listener.stop()
+        self.services.mdt.close()
         self.store.close()
         self.index.close()
 

@@ -120,6 +120,16 @@ PATIENT_ROUTES: dict[str, Callable[[Target], str]] = {
             f"/dicomweb/studies/{t.study}/series/{t.series}/instances/{t.sop}/frames/1/thumbnail"
         )
     ),
+    # Issue 12: the viewer's JSON API.
+    "/api/viewer/search": lambda t: f"/api/viewer/search?trust=ZZB&patient_id={t.local_id}",
+    "/api/viewer/patients/{issuer}/{patient_id}/timeline": lambda t: (
+        f"/api/viewer/patients/ZZB/{t.local_id}/timeline"
+    ),
+    "/api/viewer/studies/{study_uid}": lambda t: f"/api/viewer/studies/{t.study}",
+    "/api/viewer/studies/{study_uid}/reports": lambda t: f"/api/viewer/studies/{t.study}/reports",
+    "/api/viewer/studies/{study_uid}/key-images": lambda t: (
+        f"/api/viewer/studies/{t.study}/key-images"
+    ),
     "/dicomweb/wado": lambda t: (
         f"/dicomweb/wado?requestType=WADO&studyUID={t.study}&seriesUID={t.series}"
         f"&objectUID={t.sop}&contentType=application/dicom"
@@ -143,6 +153,9 @@ OTHER_ROUTES = {
     "/fhir/metadata": "capability statement",
     "/fhir/DiagnosticReport/{resource_id}": "covered by test_guarded_door (needs a report)",
     "/api/identity/reports": "covered by test_guarded_door (needs a report)",
+    "/api/viewer/recent": "the caller's own recently opened patients (a query record)",
+    "/api/mdt/meetings": "meetings; each item without patient data unless visible (test_mdt)",
+    "/api/mdt/meetings/{meeting_id}": "as /api/mdt/meetings, one meeting (test_mdt)",
     "/dicomweb/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path}": (
         "bulk data URIs come from metadata only; same study check as /frames"
     ),

@@ -16,7 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIWebSocketRoute
 from fastapi.testclient import TestClient
 from starlette.routing import Mount
 
@@ -49,6 +49,8 @@ def all_routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, set[s
             if sub:
                 yield from all_routes(sub, prefix + route.path)
             yield prefix + route.path + "/x", {"GET"}
+        elif isinstance(route, APIWebSocketRoute):  # issue 12: the MDT live rooms
+            yield prefix + route.path, {"WEBSOCKET"}
         elif isinstance(route, APIRoute) or hasattr(route, "methods"):
             yield prefix + route.path, set(route.methods or {"GET"}) - {"HEAD", "OPTIONS"}
         else:
@@ -64,6 +66,13 @@ def test_every_route_but_health_refuses_unauthenticated(client: TestClient) -> N
         for method in methods:
             url = _concrete(path)
             if path in PUBLIC:
+                continue
+            if method == "WEBSOCKET":  # the token comes in the query string (browsers)
+                for query in ("", "?token=not-a-token"):
+                    with client.websocket_connect(re.sub(r"\{[^}]+\}", "1", path) + query) as ws:
+                        assert ws.receive_json()["type"] == "error"
+                        assert ws.receive()["code"] == 4401, (path, query)
+                checked += 1
                 continue
             for headers in ({}, {"Authorization": "Bearer not-a-token"}):
                 r = client.request(method, url, headers=headers)

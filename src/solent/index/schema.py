@@ -570,3 +570,62 @@ blob_check = Table(
     Index(None, "sop_instance_uid"),
 )
 # --- end regional scale -----------------------------------------------------------------------
+# --- Viewer and MDT meetings (issue 12) -------------------------------------------------------
+# Key images a user marked in a study (kept by UID: the instance may arrive after the mark).
+key_image = Table(
+    "key_image",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("study_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False),
+    Column("sop_uid", String(64), nullable=False),
+    Column("frame", Integer, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index(None, "study_uid"),
+)
+
+# The patients a user opened last (the viewer's "recent patients").
+viewer_recent = Table(
+    "viewer_recent",
+    metadata,
+    Column("user_name", String(200), primary_key=True),
+    Column("patient_issuer", String(16), primary_key=True),
+    Column("patient_id", String(64), primary_key=True),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+)
+
+# An MDT meeting; prefetch progress is stored so every node (and the meeting JSON) shows it.
+mdt_meeting = Table(
+    "mdt_meeting",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("title", String(200), nullable=False),
+    Column("date", String(10), nullable=False),
+    Column("team", String(200), nullable=False),
+    Column("coordinator", String(200), nullable=False),
+    Column("presenter", String(200)),
+    Column("prefetch_state", String(16), nullable=False, default="pending"),
+    Column("prefetch_done", Integer, nullable=False, default=0),
+    Column("prefetch_total", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index(None, "date"),
+)
+
+# One patient of a meeting, in order, with the studies to show and the outcome noted.
+mdt_item = Table(
+    "mdt_item",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("meeting_pk", PK, ForeignKey("mdt_meeting.pk"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("patient_issuer", String(16), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("study_uids", Text, nullable=False),  # JSON list
+    Column("outcome", Text),
+    Column("outcome_by", String(200)),
+    Column("outcome_at", DateTime(timezone=True)),
+    Index(None, "meeting_pk"),
+)
+# --- end viewer and MDT meetings --------------------------------------------------------------

@@ -9,8 +9,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from solent import __version__
+from solent.protocols.api.mdt_routes import router as mdt_router
 from solent.protocols.api.routes import router as api_router
 from solent.protocols.api.security_routes import router as security_router
+from solent.protocols.api.viewer_routes import router as viewer_router
 from solent.protocols.dicomweb import install as install_dicomweb
 from solent.protocols.fhir import install as install_regional_identity
 from solent.protocols.http_errors import install_error_table
@@ -56,6 +58,8 @@ def create_app(composed: Services | Composed) -> FastAPI:
 
     app.include_router(api_router, prefix="/api")
     app.include_router(security_router, prefix="/api")
+    app.include_router(viewer_router, prefix="/api")  # issue 12: the viewer's JSON API
+    app.include_router(mdt_router, prefix="/api")  # issue 12: MDT meetings and live rooms
     install_regional_identity(app)  # issue 5: /api/identity, /fhir, IHE IID
     install_dicomweb(app, services)  # DICOMweb at /dicomweb (issue 4)
     return app

@@ -24,11 +24,14 @@ if TYPE_CHECKING:
     from solent.services.identity import IdentityService
     from solent.services.inbox import InboxService
     from solent.services.jobs import JobsService
+    from solent.services.mdt import MdtService
+    from solent.services.mdt_live import LiveHub
     from solent.services.migration import MigrationService
     from solent.services.query import QueryService
     from solent.services.records import RecordService
     from solent.services.retrieve import RetrieveService
     from solent.services.retrieve_web import WebRetrieveService
+    from solent.services.viewer import ViewerService
     from solent.settings import Settings
 
 
@@ -51,3 +54,6 @@ class Services:
     health: HealthService  # issue 16: liveness/readiness for the load balancer
     jobs: JobsService  # issue 16: background work on the change feed
     broadcast: Broadcast  # issue 16: publish/subscribe across nodes (MDT rooms, caches)
+    viewer: ViewerService  # issue 12: worklist, timeline, study, reports, key images
+    mdt: MdtService  # issue 12: MDT meetings, outcomes, prefetch
+    live: LiveHub  # issue 12: the MDT live rooms of this process

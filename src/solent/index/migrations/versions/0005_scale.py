@@ -1,7 +1,7 @@
 """regional scale: change-feed cursors, blob fixity checks, procrastinate's job queue
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-04
 
 On PostgreSQL this also installs the schema of procrastinate (the job queue, pinned in
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = '0003'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

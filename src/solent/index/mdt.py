@@ -1,0 +1,108 @@
+"""SQL of MDT meetings: meetings, their ordered items (patient + studies), outcomes, prefetch
+progress and the current presenter."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from solent.index import schema as t
+from solent.index.sql import now
+
+
+def add_meeting(
+    conn: Connection,
+    *,
+    title: str,
+    date: str,
+    team: str,
+    coordinator: str,
+    items: list[tuple[str, str, list[str]]],
+) -> int:
+    """Insert a meeting and its items (issuer, local_id, study UIDs) in order; returns its id."""
+    res = conn.execute(
+        insert(t.mdt_meeting).values(
+            title=title,
+            date=date,
+            team=team,
+            coordinator=coordinator,
+            presenter=None,
+            prefetch_state="pending",
+            prefetch_done=0,
+            prefetch_total=0,
+            created_at=now(),
+        )
+    )
+    assert res.inserted_primary_key is not None
+    meeting = int(res.inserted_primary_key[0])
+    for position, (issuer, local_id, studies) in enumerate(items, start=1):
+        conn.execute(
+            insert(t.mdt_item).values(
+                meeting_pk=meeting,
+                position=position,
+                patient_issuer=issuer,
+                patient_id=local_id,
+                study_uids=json.dumps(studies),
+            )
+        )
+    return meeting
+
+
+def get_meeting(conn: Connection, meeting: int) -> dict[str, Any] | None:
+    row = conn.execute(select(t.mdt_meeting).where(t.mdt_meeting.c.pk == meeting)).first()
+    return dict(row._mapping) if row else None
+
+
+def meetings_on(conn: Connection, date: str | None, limit: int = 200) -> list[dict[str, Any]]:
+    m = t.mdt_meeting.c
+    q = select(t.mdt_meeting).order_by(m.date, m.pk).limit(limit)
+    if date:
+        q = q.where(m.date == date)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def items_of(conn: Connection, meeting: int) -> list[dict[str, Any]]:
+    i = t.mdt_item.c
+    q = select(t.mdt_item).where(i.meeting_pk == meeting).order_by(i.position, i.pk)
+    out = []
+    for r in conn.execute(q).mappings():
+        row = dict(r)
+        row["study_uids"] = list(json.loads(row["study_uids"]))
+        out.append(row)
+    return out
+
+
+def set_outcome(conn: Connection, item: int, text: str, by: str) -> None:
+    conn.execute(
+        update(t.mdt_item)
+        .where(t.mdt_item.c.pk == item)
+        .values(outcome=text, outcome_by=by, outcome_at=now())
+    )
+
+
+def set_presenter(conn: Connection, meeting: int, name: str | None) -> None:
+    conn.execute(update(t.mdt_meeting).where(t.mdt_meeting.c.pk == meeting).values(presenter=name))
+
+
+def set_prefetch(
+    conn: Connection, meeting: int, state: str, done: int | None = None, total: int | None = None
+) -> None:
+    values: dict[str, Any] = {"prefetch_state": state}
+    if done is not None:
+        values["prefetch_done"] = done
+    if total is not None:
+        values["prefetch_total"] = total
+    conn.execute(update(t.mdt_meeting).where(t.mdt_meeting.c.pk == meeting).values(**values))
+
+
+def claim_prefetch(conn: Connection, meeting: int) -> bool:
+    """Mark the prefetch running unless it already is (one run per meeting at a time)."""
+    m = t.mdt_meeting.c
+    res = conn.execute(
+        update(t.mdt_meeting)
+        .where(m.pk == meeting, m.prefetch_state != "running")
+        .values(prefetch_state="running", prefetch_done=0, prefetch_total=0)
+    )
+    return bool(res.rowcount)

@@ -1,0 +1,439 @@
+"""MDT meetings: a coordinator lists patients and the studies to show, in order; the studies
+are prefetched before the meeting; outcomes are noted per patient; the live room follows the
+presenter (services/mdt_live.py).
+
+Roles: clinicians, radiologists and MDT coordinators take part (read meetings, join the live
+room, note outcomes); only an MDT coordinator creates a meeting. The one access rule still
+applies to every patient: a participant who may not see an item's patient gets that item with
+no patient data at all (no identifiers, name, NHS number or study UIDs), and its live view
+redacted. Audit records made here carry the meeting in their purpose (``mdt:<id>``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from solent.domain.principal import Principal
+from solent.errors import InvalidInput, NotFound
+from solent.index import mdt as store
+from solent.index import viewer as viewer_store
+from solent.index.sql import Index
+from solent.services import mdt_prefetch as warm
+from solent.services.access import AccessDenied, AccessService, Permission, Role
+from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
+from solent.services.retrieve_web import WebRetrieveService
+from solent.services.viewer import ViewerService
+
+log = logging.getLogger(__name__)
+
+MDT_ROLES = frozenset({Role.CLINICIAN.value, Role.RADIOLOGIST.value, Role.MDT_COORDINATOR.value})
+MAX_ITEMS = 100
+MAX_STUDIES_PER_ITEM = 20
+MAX_OUTCOME = 10_000
+#: Prefetches running at once in this process: many meetings warming together must not take
+#: every core from the people already viewing.
+PREFETCH_SLOTS = threading.BoundedSemaphore(2)
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    issuer: str
+    patient_id: str
+    study_uids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSeat:
+    """What the live room needs to know about a member joining."""
+
+    meeting_id: int
+    presenter: str | None
+    coordinator: bool
+    visible: dict[int, frozenset[str]]
+
+
+def purpose(meeting_id: int) -> str:
+    return f"mdt:{meeting_id}"
+
+
+class MdtService:
+    def __init__(
+        self,
+        index: Index,
+        access: AccessService,
+        audit: AuditTrail,
+        viewer: ViewerService,
+        web_retrieve: WebRetrieveService,
+    ) -> None:
+        self.index = index
+        self.access = access
+        self.audit = audit
+        self.viewer = viewer
+        self.web_retrieve = web_retrieve
+        self._threads: dict[int, threading.Thread] = {}
+        self._presenter_writes = ThreadPoolExecutor(1, thread_name_prefix="mdt-presenter")
+
+    # -- roles ------------------------------------------------------------------------------
+
+    def _require_participant(self, principal: Principal) -> None:
+        if MDT_ROLES & set(principal.roles) and self.access.permits(principal, Permission.READ):
+            return
+        self._refuse(principal, "taking part in MDT meetings", MDT_ROLES)
+
+    def _require_coordinator(self, principal: Principal) -> None:
+        if Role.MDT_COORDINATOR.value in principal.roles:
+            return
+        self._refuse(principal, "creating MDT meetings", {Role.MDT_COORDINATOR.value})
+
+    def _refuse(self, principal: Principal, what: str, roles: set[str] | frozenset[str]) -> None:
+        self.audit.record(
+            principal,
+            AuditAction.PERMISSION_DENIED,
+            "denied",
+            detail={"what": what},
+        )
+        mine = ", ".join(sorted(principal.roles)) or "none"
+        raise AccessDenied(
+            f"your role ({mine}) does not allow {what}; roles that do: {', '.join(sorted(roles))}"
+        )
+
+    def is_coordinator(self, principal: Principal, meeting: dict[str, Any]) -> bool:
+        return (
+            meeting["coordinator"] == principal.name
+            or Role.MDT_COORDINATOR.value in principal.roles
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _meeting_row(self, meeting_id: int) -> dict[str, Any]:
+        with self.index.read() as conn:
+            row = store.get_meeting(conn, meeting_id)
+        if row is None:
+            raise NotFound(f"no MDT meeting {meeting_id}")
+        return row
+
+    def _visible_items(
+        self, principal: Principal, items: list[dict[str, Any]]
+    ) -> dict[int, dict[str, Any]]:
+        """Item id -> the patient record row, for the items whose patient the caller may see."""
+        keys = {(i["patient_issuer"], i["patient_id"]) for i in items}
+        with self.index.read() as conn:
+            pks = viewer_store.patient_pks(conn, keys)
+        visible = self.viewer._visible_pks(principal, pks.values())
+        from solent.index import identity as records
+
+        with self.index.read() as conn:
+            rows = {int(r["pk"]): r for r in records.get_patients(conn, visible)}
+        out = {}
+        for item in items:
+            pk = pks.get((item["patient_issuer"], item["patient_id"]))
+            if pk is not None and pk in rows:
+                out[int(item["pk"])] = rows[pk]
+        return out
+
+    def _json(
+        self, principal: Principal, meeting: dict[str, Any], *, audit: bool = True
+    ) -> dict[str, Any]:
+        with self.index.read() as conn:
+            items = store.items_of(conn, int(meeting["pk"]))
+        visible = self._visible_items(principal, items)
+        out_items: list[dict[str, Any]] = []
+        for item in items:
+            patient = visible.get(int(item["pk"]))
+            if patient is None:
+                out_items.append(
+                    {
+                        "id": int(item["pk"]),
+                        "position": int(item["position"]),
+                        "issuer": None,
+                        "patient_id": None,
+                        "patient_name": None,
+                        "nhs_number": None,
+                        "study_uids": [],
+                        "outcome": None,
+                    }
+                )
+                continue
+            out_items.append(
+                {
+                    "id": int(item["pk"]),
+                    "position": int(item["position"]),
+                    "issuer": item["patient_issuer"],
+                    "patient_id": item["patient_id"],
+                    "patient_name": patient["name"],
+                    "nhs_number": patient["nhs_number"] if patient["nhs_number_valid"] else None,
+                    "study_uids": item["study_uids"],
+                    "outcome": item["outcome"],
+                }
+            )
+            if audit:
+                self.audit.record(
+                    principal,
+                    AuditAction.VIEW,
+                    patient=PatientRef(
+                        item["patient_issuer"], item["patient_id"], patient["nhs_number"]
+                    ),
+                    purpose=purpose(int(meeting["pk"])),
+                    detail={"api": "mdt meeting", "item": int(item["pk"])},
+                )
+        return {
+            "id": int(meeting["pk"]),
+            "title": meeting["title"],
+            "date": meeting["date"],
+            "team": meeting["team"],
+            "coordinator": meeting["coordinator"],
+            "presenter": meeting["presenter"],
+            "items": out_items,
+            "prefetch": {
+                "state": meeting["prefetch_state"],
+                "done": int(meeting["prefetch_done"]),
+                "total": int(meeting["prefetch_total"]),
+            },
+        }
+
+    def get(self, principal: Principal, meeting_id: int) -> dict[str, Any]:
+        self._require_participant(principal)
+        return self._json(principal, self._meeting_row(meeting_id))
+
+    def meetings(self, principal: Principal, date: str | None) -> dict[str, Any]:
+        self._require_participant(principal)
+        with self.index.read() as conn:
+            rows = store.meetings_on(conn, date)
+        return {"meetings": [self._json(principal, m) for m in rows]}
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def create(
+        self,
+        principal: Principal,
+        *,
+        title: str,
+        date: str,
+        team: str,
+        items: list[NewItem],
+    ) -> dict[str, Any]:
+        """A new meeting; every patient and study must be one the coordinator may see."""
+        self._require_coordinator(principal)
+        self._require_participant(principal)
+        if not items or len(items) > MAX_ITEMS:
+            raise InvalidInput(f"a meeting lists 1 to {MAX_ITEMS} patients")
+        checked: list[tuple[str, str, list[str], PatientRef]] = []
+        for item in items:
+            if len(item.study_uids) > MAX_STUDIES_PER_ITEM:
+                raise InvalidInput(f"at most {MAX_STUDIES_PER_ITEM} studies per patient")
+            pk = self.viewer._check_patient(principal, item.issuer, item.patient_id, "mdt create")
+            person = self.viewer.person_of(principal, pk)
+            own = {s["study_uid"] for s in self.viewer.identity.studies(person.pks)}
+            for uid in item.study_uids:
+                if uid not in own:
+                    raise InvalidInput(
+                        f"study {uid} is not a study of patient {item.patient_id} ({item.issuer})"
+                    )
+            ref = person.ref()
+            checked.append(
+                (item.issuer, item.patient_id, list(dict.fromkeys(item.study_uids)), ref)
+            )
+
+        def op(conn: Any) -> int:
+            meeting = store.add_meeting(
+                conn,
+                title=title,
+                date=date,
+                team=team,
+                coordinator=principal.name,
+                items=[(a, b, c) for a, b, c, _ in checked],
+            )
+            for issuer, local_id, studies, ref in checked:
+                AuditTrail.append_in(
+                    conn,
+                    audit_fields(
+                        principal,
+                        AuditAction.PATIENT_RECORD,
+                        patient=PatientRef(issuer, local_id, ref.nhs_number),
+                        purpose=purpose(meeting),
+                        detail={"mdt": "listed for the meeting", "studies": studies},
+                    ),
+                )
+            return meeting
+
+        meeting_id = self.index.write(op)
+        return self._json(principal, self._meeting_row(meeting_id), audit=False)
+
+    def set_outcome(
+        self, principal: Principal, meeting_id: int, item_id: int, text: str
+    ) -> dict[str, Any]:
+        self._require_participant(principal)
+        if len(text) > MAX_OUTCOME:
+            raise InvalidInput(f"the outcome is longer than {MAX_OUTCOME} characters")
+        meeting = self._meeting_row(meeting_id)
+        with self.index.read() as conn:
+            items = store.items_of(conn, meeting_id)
+        item = next((i for i in items if int(i["pk"]) == item_id), None)
+        visible = self._visible_items(principal, [item] if item else [])
+        if item is None or item_id not in visible:
+            raise NotFound(f"no item {item_id} in MDT meeting {meeting_id}")
+        patient = visible[item_id]
+
+        def op(conn: Any) -> None:
+            store.set_outcome(conn, item_id, text, principal.name)
+            AuditTrail.append_in(
+                conn,
+                audit_fields(
+                    principal,
+                    AuditAction.PATIENT_RECORD,
+                    patient=PatientRef(
+                        item["patient_issuer"], item["patient_id"], patient["nhs_number"]
+                    ),
+                    purpose=purpose(meeting_id),
+                    detail={"mdt": "outcome", "item": item_id},
+                ),
+            )
+
+        self.index.write(op)
+        fresh = self._json(principal, meeting, audit=False)
+        return next(i for i in fresh["items"] if i["id"] == item_id)
+
+    # -- prefetch ---------------------------------------------------------------------------
+
+    def prefetch(self, principal: Principal, meeting_id: int, base_url: str) -> bool:
+        """Start warming the caches in a background thread; False if one is running already.
+
+        Runs as the caller: only the studies they may see are warmed."""
+        self._require_participant(principal)
+        self._meeting_row(meeting_id)
+        if not self.index.write(lambda c: store.claim_prefetch(c, meeting_id)):
+            return False
+        thread = threading.Thread(
+            target=self._prefetch,
+            args=(principal, meeting_id, base_url),
+            name=f"mdt-prefetch-{meeting_id}",
+            daemon=True,
+        )
+        self._threads[meeting_id] = thread
+        thread.start()
+        return True
+
+    def wait_prefetch(self, meeting_id: int, timeout: float) -> None:
+        """For tests and tools: wait for this process's prefetch of the meeting to end."""
+        thread = self._threads.get(meeting_id)
+        if thread is not None:
+            thread.join(timeout)
+
+    def _prefetch(self, principal: Principal, meeting_id: int, base: str) -> None:
+        try:
+            with PREFETCH_SLOTS:
+                self._run_prefetch(principal, meeting_id, base)
+        except Exception:
+            log.exception("prefetch of MDT meeting %s failed", meeting_id)
+            self.index.write(lambda c: store.set_prefetch(c, meeting_id, "failed"))
+
+    def _run_prefetch(self, principal: Principal, meeting_id: int, base: str) -> None:
+        with self.index.read() as conn:
+            items = store.items_of(conn, meeting_id)
+        visible = self._visible_items(principal, items)
+        plan: list[tuple[str, list[str]]] = []  # (study, its series)
+        for item in items:
+            if int(item["pk"]) not in visible:
+                continue
+            for study in item["study_uids"]:
+                row = self.viewer.identity.study(study)
+                if row is None:
+                    continue
+                series = [s["series_uid"] for s in self.viewer.identity.series(int(row["pk"]))]
+                plan.append((study, series))
+        total = sum(1 + 2 * len(series) for _, series in plan)
+        self.index.write(lambda c: store.set_prefetch(c, meeting_id, "running", 0, total))
+        done = 0
+        svc = self.web_retrieve
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            self.index.write(
+                lambda c: store.set_prefetch(c, meeting_id, "running", done), relaxed=True
+            )
+
+        for study, series in plan:
+            warm.warm_study_thumbnail(svc, principal, study)
+            step()
+            for uid in series:
+                warm.warm_series_metadata(svc, principal, study, uid, base)
+                step()
+                warm.warm_series_images(svc, principal, study, uid)
+                step()
+        for item in items:
+            patient = visible.get(int(item["pk"]))
+            if patient is not None and item["study_uids"]:
+                self.audit.record(
+                    principal,
+                    AuditAction.RETRIEVE,
+                    patient=PatientRef(
+                        item["patient_issuer"], item["patient_id"], patient["nhs_number"]
+                    ),
+                    purpose=purpose(meeting_id),
+                    detail={"mdt": "prefetch", "studies": item["study_uids"]},
+                )
+        self.index.write(lambda c: store.set_prefetch(c, meeting_id, "done", done, total))
+
+    # -- live room --------------------------------------------------------------------------
+
+    def join_live(self, principal: Principal, meeting_id: int) -> LiveSeat:
+        """Who this member is in the room and which items they may see; audited per patient."""
+        self._require_participant(principal)
+        meeting = self._meeting_row(meeting_id)
+        with self.index.read() as conn:
+            items = store.items_of(conn, meeting_id)
+        visible = self._visible_items(principal, items)
+        seat: dict[int, frozenset[str]] = {}
+        for item in items:
+            patient = visible.get(int(item["pk"]))
+            if patient is None:
+                continue
+            seat[int(item["pk"])] = frozenset(item["study_uids"])
+            self.audit.record(
+                principal,
+                AuditAction.VIEW,
+                patient=PatientRef(
+                    item["patient_issuer"], item["patient_id"], patient["nhs_number"]
+                ),
+                purpose=purpose(meeting_id),
+                detail={"mdt": "joined the live meeting", "item": int(item["pk"])},
+            )
+        return LiveSeat(
+            meeting_id, meeting["presenter"], self.is_coordinator(principal, meeting), seat
+        )
+
+    def close(self) -> None:
+        """Finish the pending presenter writes (before the index closes)."""
+        self._presenter_writes.shutdown(wait=True)
+
+    def set_presenter_soon(self, meeting_id: int, name: str | None) -> None:
+        """Record the presenter in the meeting without making the room wait; one writer
+        thread keeps the changes in order (and runs even when the socket that caused the
+        change is being torn down)."""
+
+        def write() -> None:
+            try:
+                self.index.write(lambda c: store.set_presenter(c, meeting_id, name))
+            except Exception:
+                log.exception("could not record the presenter of MDT meeting %s", meeting_id)
+
+        self._presenter_writes.submit(write)
+
+    def shown(self, principal: Principal, meeting_id: int, study_uid: str) -> None:
+        """The presenter showed a study to the room: one VIEW record naming its patient."""
+        patient = self.access.check_study(
+            principal, study_uid, AuditAction.VIEW, purpose=purpose(meeting_id)
+        )
+        self.audit.record(
+            principal,
+            AuditAction.VIEW,
+            patient=patient,
+            study_uid=study_uid,
+            purpose=purpose(meeting_id),
+            detail={"mdt": "presented to the live meeting"},
+        )
