@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from solent.dicom.inflate import InflateLimits
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
 from solent.services.access import AccessService
@@ -94,6 +95,7 @@ def build_archive(settings: Settings, *, migrate: bool = True) -> Archive:
         conflict=settings.conflict_policy,
         missing_patient_id=settings.missing_patient_id_policy,
         nhs_number_tag=settings.nhs_number_tag,
+        inflate=InflateLimits(settings.deflate_max_ratio, settings.deflate_max_bytes),
     )
     ingestor = Ingestor(index, store, policy)
     return Archive(settings, index, store, ingestor, QueryService(index))

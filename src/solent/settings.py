@@ -184,6 +184,21 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         4 * 1024**3, ge=1024, description="Largest HTTP request body accepted (413 beyond)."
     )
+    # --- resource limits (issue 11) ---
+    deflate_max_ratio: int = Field(
+        16,
+        ge=1,
+        le=10000,
+        description="A Deflated Explicit VR Little Endian dataset may inflate to this many times "
+        "its deflated size (at least 1 MiB); beyond it the instance is refused as too large.",
+    )
+    deflate_max_bytes: int = Field(
+        512 * 1024**2,
+        ge=1024**2,
+        description="Absolute cap in bytes on the inflated size of a deflated dataset "
+        "(the parser holds it in memory).",
+    )
+    # --- end resource limits ---
     max_multipart_parts: int = Field(
         10000, ge=1, description="Most parts in one multipart request, e.g. STOW-RS (413 beyond)."
     )
