@@ -72,6 +72,20 @@ class Settings(BaseSettings):
         description="Most simultaneous DICOM associations per receiving process; more are "
         "rejected (A-ASSOCIATE-RJ, transient: local limit exceeded).",
     )
+    dicom_max_pending_connections: int = Field(
+        256,
+        ge=1,
+        le=100000,
+        description="Most connections per receiving process that have not sent an "
+        "A-ASSOCIATE-RQ yet; beyond it the oldest is closed. They never take association slots.",
+    )
+    dicom_artim_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="ARTIM timer (PS3.8 9.1.5): a connection without an A-ASSOCIATE-RQ after "
+        "this long is closed.",
+    )
     dicom_workers: int = Field(
         0,
         ge=0,

@@ -24,6 +24,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from solent.protocols.dimse import suboperations
+from solent.protocols.dimse.artim import PendingConnections
 
 UNCOMPRESSED = (
     UID("1.2.840.10008.1.2.1"),  # Explicit VR Little Endian
@@ -109,9 +110,13 @@ class NoDelayServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
         self.contexts = SharedContexts(self.contexts)
 
+    pending: PendingConnections | None = None  # the listener's ARTIM bookkeeping (issue 11)
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = super().get_request()
         set_nodelay(client)
+        if self.pending is not None:
+            self.pending.admit(client, address)
         return client, address
 
     def server_bind(self) -> None:
