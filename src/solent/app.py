@@ -10,6 +10,7 @@ from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
+from solent.services.peers import PeerAddresses
 from solent.services.query import QueryService
 from solent.services.registry import Services
 from solent.services.retrieve_web import WebRetrieveService
@@ -62,6 +63,7 @@ class Archive:
                 access_ttl=self.settings.dicomweb_access_cache_seconds,
                 cache_bytes=self.settings.dicomweb_cache_mb << 20,
             ),
+            peers=PeerAddresses(self.index),
         )
 
     def close(self) -> None:

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         le=10000,
         description="Most simultaneous HL7 MLLP connections; more are closed at once.",
     )
+    hl7_idle_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="An MLLP connection that sends nothing for this long is closed.",
+    )
     hl7_allow_unknown_senders: bool = Field(
         False,
         description="Development only: accept HL7 from senders not registered with "

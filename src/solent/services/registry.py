@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from solent.ingest import Ingestor
     from solent.services.access import AccessService
     from solent.services.audit import AuditTrail
+    from solent.services.peers import PeerAddresses
     from solent.services.query import QueryService
     from solent.services.retrieve_web import WebRetrieveService
     from solent.settings import Settings
@@ -29,3 +30,4 @@ class Services:
     query: QueryService
     ingest: Ingestor
     web_retrieve: WebRetrieveService
+    peers: PeerAddresses  # issue 11: listeners check a caller's address before reading

@@ -240,7 +240,8 @@ class DimseListener:
             if ssl_context is None and dicom_processes(self.archive.settings.dicom_workers) > 1
             else NoDelayServer,
         )
-        server.pending = self.pending
+        if isinstance(server, NoDelayServer):
+            server.pending = self.pending
         thread = threading.Thread(target=server.serve_forever, name=f"dimse-{port}", daemon=True)
         thread.start()
         self._servers.append(server)
