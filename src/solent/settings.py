@@ -42,6 +42,28 @@ class Settings(BaseSettings):
     )
     bind_address: str = Field("127.0.0.1", description="Address every listener binds to.")
     http_port: int = Field(8042, ge=0, le=65535, description="HTTP port; 0 picks a free port.")
+    # --- HTTP limits (issue 11) ---
+    http_max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1024**2,
+        description="Largest HTTP request line plus headers in bytes (431 beyond).",
+    )
+    http_header_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A connection that has not sent a complete request head this long after "
+        "opening (or after its previous response) is closed.",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        le=100000,
+        description="Most simultaneous HTTP connections (and requests in progress) per "
+        "process; beyond it requests are answered 503.",
+    )
+    # --- end HTTP limits ---
     # --- HTTPS (issue 6) ---
     http_tls_cert: Path | None = Field(
         None, description="PEM certificate (chain) of the HTTP port; with the key, HTTPS only."
