@@ -91,6 +91,9 @@ class DimseListener:
         self.pending = PendingConnections(
             settings.dicom_max_pending_connections, settings.dicom_artim_timeout_seconds
         )
+        # pynetdicom's own ARTIM (and its wait for the A-ASSOCIATE-RQ, which keeps a dropped
+        # socket's thread alive until it expires) use the ACSE timeout.
+        self.ae.acse_timeout = settings.dicom_artim_timeout_seconds
         self.ae.maximum_associations = (
             settings.dicom_max_associations + settings.dicom_max_pending_connections + 64
         )
