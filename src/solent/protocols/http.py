@@ -12,6 +12,7 @@ from solent.protocols.api.routes import router as api_router
 from solent.protocols.api.security_routes import router as security_router
 from solent.protocols.dicomweb import install as install_dicomweb
 from solent.protocols.fhir import install as install_regional_identity
+from solent.protocols.params import install_param_errors
 from solent.security.http import install_security
 
 
@@ -25,6 +26,7 @@ def create_app(archive: Archive) -> FastAPI:
     app.state.archive = archive
     app.state.services = archive.services  # what adapters use (issue 11)
     install_security(app, archive)  # every route but /health needs a principal (issue 6)
+    install_param_errors(app)  # absurd integers and invalid parameters: 400 (issue 11)
 
     @app.get("/health", include_in_schema=False)
     def health() -> JSONResponse:

@@ -14,6 +14,7 @@ from solent.app import Archive
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
 from solent.errors import InvalidInput, NotFound
+from solent.protocols.params import PathId
 from solent.security.http import current_principal
 from solent.services.access import Permission
 from solent.services.audit import AuditAction, PatientRef
@@ -194,7 +195,7 @@ def sensitive(request: Request, caller: Caller, body: SensitiveRequest) -> dict[
 
 
 @router.post("/events/{event_pk}/reverse")
-def reverse(request: Request, caller: Caller, event_pk: int) -> dict[str, Any]:
+def reverse(request: Request, caller: Caller, event_pk: PathId) -> dict[str, Any]:
     """Undo a link, unlink, identifier change or demographic update (not a merge)."""
     archive = _archive(request)
     archive.access.require(caller, Permission.ADMIN, "reversing identity changes")
@@ -218,7 +219,7 @@ def data_quality(
 
 
 @router.post("/data-quality/{item_pk}/resolve")
-def resolve_item(request: Request, caller: Caller, item_pk: int) -> dict[str, Any]:
+def resolve_item(request: Request, caller: Caller, item_pk: PathId) -> dict[str, Any]:
     archive = _archive(request)
     archive.access.require(caller, Permission.ADMIN, "resolving data-quality items")
     _identity(request).resolve_work_item(item_pk, caller)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
 from solent.app import Archive
 from solent.domain.principal import Principal
+from solent.protocols.params import MAX_PAGE
 from solent.security.http import current_principal
 from solent.services.access import Permission
 from solent.services.audit import AuditAction, PatientRef
@@ -53,7 +54,7 @@ def patients(
     request: Request,
     caller: Caller,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 0,
 ) -> list[dict[str, Any]]:
     archive = _archive(request)
     archive.access.require(caller, Permission.READ, "listing patients")
@@ -74,7 +75,7 @@ def studies(
     issuer: Annotated[str | None, Query(max_length=16)] = None,
     patient_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 0,
 ) -> list[dict[str, Any]]:
     archive = _archive(request)
     archive.access.require(caller, Permission.READ, "searching studies")

@@ -15,6 +15,7 @@ from solent.app import Archive
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
 from solent.protocols.fhir import resources as fhir
+from solent.protocols.params import resource_id as parse_resource_id
 from solent.security.http import current_principal
 from solent.services.access import AccessDenied, Permission
 from solent.services.audit import AuditAction, PatientRef
@@ -114,7 +115,8 @@ def _patient(archive: Archive, pk: int) -> dict[str, Any] | None:
 @router.get("/Patient/{resource_id}")
 def read_patient(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
     archive = _guard(request, caller, "reading a patient")
-    resource = _patient(archive, int(resource_id)) if resource_id.isdigit() else None
+    pk = parse_resource_id(resource_id)
+    resource = _patient(archive, pk) if pk is not None else None
     if resource is None:
         return _error(FhirError(404, "not-found", f"Patient/{resource_id} is not known"))
     ident = resource["identifier"][0]
@@ -136,7 +138,8 @@ def search_patient(
     identity = IdentityService(archive.index)
     try:
         if _id:
-            pks = {int(_id)} if _id.isdigit() else set()
+            pk = parse_resource_id(_id)
+            pks = {pk} if pk is not None else set()
         elif identifier:
             system, value = _split_token(identifier)
             if system == nhs.NHS_FHIR_SYSTEM:
@@ -185,9 +188,10 @@ def search_imaging_study(
             out = _studies(archive, request, pks)
         elif patient:
             ref = patient.removeprefix("Patient/")
-            if not ref.isdigit() or identity.record(int(ref)) is None:
-                raise FhirError(404, "not-found", f"Patient/{ref} is not known")
-            pks = identity.linked_patient_pks(int(ref))
+            pk = parse_resource_id(ref)
+            if pk is None or identity.record(pk) is None:
+                raise FhirError(404, "not-found", f"Patient/{ref[:40]} is not known")
+            pks = identity.linked_patient_pks(pk)
             out = _studies(archive, request, pks)
         elif identifier:
             out = _studies_by_identifier(archive, request, caller, identifier)
@@ -241,7 +245,8 @@ def _studies_by_identifier(
 def read_imaging_study(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
     archive = _guard(request, caller, "reading an imaging study")
     identity = IdentityService(archive.index)
-    record = identity.study_summary(int(resource_id)) if resource_id.isdigit() else None
+    pk = parse_resource_id(resource_id)
+    record = identity.study_summary(pk) if pk is not None else None
     if record is None:
         return _error(FhirError(404, "not-found", f"ImagingStudy/{resource_id} is not known"))
     archive.access.check_study(caller, record["study_uid"])
@@ -288,7 +293,8 @@ def read_diagnostic_report(request: Request, caller: Caller, resource_id: str) -
     archive = _guard(request, caller, "reading a report")
     identity = IdentityService(archive.index)
     inbox = InboxService(archive.index, identity)
-    report = inbox.report(int(resource_id)) if resource_id.isdigit() else None
+    pk = parse_resource_id(resource_id)
+    report = inbox.report(pk) if pk is not None else None
     if report is None:
         return _error(FhirError(404, "not-found", f"DiagnosticReport/{resource_id} is not known"))
     studies = identity.studies_by_accession(report["accession_number"], report["accession_issuer"])
