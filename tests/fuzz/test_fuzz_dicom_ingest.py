@@ -15,14 +15,19 @@ from solent.app import Archive, build_archive
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
 from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
 from solent.settings import load_settings
-from tests.conftest import shared_dir
+from tests.conftest import require_corpus, shared_dir
 from tests.fuzz.conftest import fuzz_settings
 
 CORPUS = shared_dir() / "dicom-corpus"
 SEEDS = sorted(p for p in CORPUS.glob("*.dcm") if p.stat().st_size < 40_000)[:24]
 FUZZER = Principal(PrincipalKind.IMPORTER, "fuzzer", "ZZA")
 PROVENANCE = Provenance(Channel.IMPORT, source_path="fuzz")
-pytestmark = pytest.mark.skipif(not SEEDS, reason="the shared DICOM corpus is not available")
+
+
+@pytest.fixture(autouse=True)
+def _seeds() -> None:
+    """Skip (locally) or fail (CI) without the shared corpus the seeds come from."""
+    require_corpus()
 
 
 class Stored:
