@@ -24,12 +24,6 @@ FUZZER = Principal(PrincipalKind.IMPORTER, "fuzzer", "ZZA")
 PROVENANCE = Provenance(Channel.IMPORT, source_path="fuzz")
 
 
-@pytest.fixture(autouse=True)
-def _seeds() -> None:
-    """Skip (locally) or fail (CI) without the shared corpus the seeds come from."""
-    require_corpus()
-
-
 class Stored:
     """The archive under fuzz, with a fingerprint of what was stored before fuzzing began."""
 
@@ -47,6 +41,7 @@ class Stored:
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
+    require_corpus()  # skip (locally) or fail (CI) without the corpus the seeds come from
     data = tmp_path_factory.mktemp("fuzz") / "var"
     archive = build_archive(load_settings(environ={}, data_dir=data))
     archive.index.add_trust("ZZA", "Trust A")
