@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -146,7 +147,7 @@ def test_fhir_and_identity_parameters_never_fail_with_500(
     url = path
     if "{" in path:
         head, _, rest = path.partition("{")
-        url = head + path_value.replace("/", "%2F").replace("?", "%3F").replace("#", "%23")
+        url = head + quote(path_value, safe="")
         url += rest.partition("}")[2]
     before = archive.index.stats()
     started = time.monotonic()
