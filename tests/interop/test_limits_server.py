@@ -296,6 +296,23 @@ def test_dimse_half_sent_pdu_is_dropped_by_artim(srv: RunningServer) -> None:
         s.close()
 
 
+def test_oversized_associate_request_is_refused_unread(srv: RunningServer) -> None:
+    """An A-ASSOCIATE-RQ header claiming 2 GiB: the server closes the connection instead of
+    reading it into memory, long before the ARTIM timer."""
+    (s,) = silent_sockets(int(srv.ports["dicom"]), 1)
+    try:
+        s.sendall(b"\x01\x00" + (0x7FFFFFFF).to_bytes(4, "big"))
+        started = time.monotonic()
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < 64 << 20 and time.monotonic() - started < ARTIM:
+                sent += s.send(bytes(1 << 16))
+        assert closed_by_server(s, ARTIM)
+        assert time.monotonic() - started < ARTIM / 2  # not the ARTIM timer: the size check
+    finally:
+        s.close()
+
+
 def test_association_slots_are_bounded_and_freed(srv: RunningServer) -> None:
     from pynetdicom import AE
 

@@ -32,6 +32,7 @@ from solent.protocols.dimse.artim import AssociationSlots, PendingConnections
 from solent.protocols.dimse.net import (
     STORAGE_SOP_CLASSES,
     STORAGE_SYNTAXES,
+    BoundedRequestHandler,
     NoDelayServer,
     ReusePortServer,
     configure_pynetdicom,
@@ -242,6 +243,7 @@ class DimseListener:
             server_class=ReusePortServer
             if ssl_context is None and dicom_processes(self.archive.settings.dicom_workers) > 1
             else NoDelayServer,
+            request_handler=BoundedRequestHandler,  # issue 11: no 4 GiB A-ASSOCIATE-RQ
         )
         if isinstance(server, NoDelayServer):
             server.pending = self.pending
