@@ -316,9 +316,13 @@ def test_oversized_associate_request_is_refused_unread(srv: RunningServer) -> No
 def test_association_slots_are_bounded_and_freed(srv: RunningServer) -> None:
     from pynetdicom import AE
 
+    port = int(srv.ports["dicom"])
+    stranger = AE(ae_title="NOTREGISTERED")
+    stranger.add_requested_context("1.2.840.10008.1.1")
+    for _ in range(MAX_ASSOCIATIONS + 2):  # rejected associations give their slot back
+        assert stranger.associate("127.0.0.1", port, ae_title="SOLENT").is_rejected
     ae = AE(ae_title=AET)
     ae.add_requested_context("1.2.840.10008.1.1")
-    port = int(srv.ports["dicom"])
     held = [ae.associate("127.0.0.1", port, ae_title="SOLENT") for _ in range(MAX_ASSOCIATIONS)]
     try:
         assert all(a.is_established for a in held)

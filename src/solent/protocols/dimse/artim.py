@@ -110,6 +110,11 @@ class PendingConnections:
             self._thread = None
 
 
+def _alive(association: object) -> bool:
+    is_alive = getattr(association, "is_alive", None)
+    return bool(is_alive()) if callable(is_alive) else True
+
+
 class AssociationSlots:
     """Associations of this process, counted from their A-ASSOCIATE-RQ to their close."""
 
@@ -126,6 +131,10 @@ class AssociationSlots:
         with self._lock:
             if key in self._taken:
                 return True
+            if len(self._taken) >= self.limit:
+                # A slot is given back on EVT_CONN_CLOSE; an association thread that ended
+                # without one (killed) must not hold its slot for ever.
+                self._taken = {a for a in self._taken if _alive(a)}
             if len(self._taken) >= self.limit:
                 return False
             self._taken.add(key)
