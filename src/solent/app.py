@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from solent.dicom.inflate import InflateLimits
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
 from solent.jobs.queue import open_job_queue
@@ -23,6 +24,7 @@ from solent.services.mdt import MdtService
 from solent.services.mdt_broker import LocalBroker
 from solent.services.mdt_live import LiveHub
 from solent.services.migration import MigrationService
+from solent.services.peers import PeerAddresses
 from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
@@ -120,6 +122,7 @@ class Archive:
             viewer=viewer,  # issue 12
             mdt=MdtService(self.index, self.access, self.audit, viewer, web_retrieve),
             live=LiveHub(LocalBroker()),  # one process; see services/mdt_broker.py for more
+            peers=PeerAddresses(self.index),
         )
 
     def close(self) -> None:
@@ -156,6 +159,7 @@ def build_archive(settings: Settings, *, migrate: bool = True) -> Archive:
         conflict=settings.conflict_policy,
         missing_patient_id=settings.missing_patient_id_policy,
         nhs_number_tag=settings.nhs_number_tag,
+        inflate=InflateLimits(settings.deflate_max_ratio, settings.deflate_max_bytes),
     )
     ingestor = Ingestor(index, store, policy)
     return Archive(settings, index, store, ingestor, QueryService(index))

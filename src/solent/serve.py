@@ -12,10 +12,10 @@ import threading
 from types import FrameType
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from solent.app import Archive, Listener
 from solent.errors import ConfigurationError
+from solent.http_limits import LimitedHttpProtocol
 from solent.services.broadcast import ACCESS_CHANNEL
 from solent.ttl_cache import invalidate_all
 
@@ -50,7 +50,7 @@ def bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
-class NoDelayHttpProtocol(HttpToolsProtocol):
+class NoDelayHttpProtocol(LimitedHttpProtocol):
     """HTTP protocol with Nagle off: a keep-alive response otherwise waits ~40 ms for the
     client's delayed ACK, which would dominate every WADO frame and metadata request."""
 
@@ -126,7 +126,15 @@ def serve(archive: Archive) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
         lifespan="off",
-        http=NoDelayHttpProtocol,
+        http=type(  # issue 11: the request head bounded in size and time (http_limits)
+            "SolentHttpProtocol",
+            (NoDelayHttpProtocol,),
+            {
+                "max_head_bytes": settings.http_max_header_bytes,
+                "head_timeout": settings.http_header_timeout_seconds,
+            },
+        ),
+        limit_concurrency=settings.http_max_connections,  # 503 beyond
         loop="uvloop",
         ssl_certfile=tls_cert,  # HTTPS only when SOLENT_HTTP_TLS_CERT/KEY are set
         ssl_keyfile=tls_key,

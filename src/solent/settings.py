@@ -42,6 +42,28 @@ class Settings(BaseSettings):
     )
     bind_address: str = Field("127.0.0.1", description="Address every listener binds to.")
     http_port: int = Field(8042, ge=0, le=65535, description="HTTP port; 0 picks a free port.")
+    # --- HTTP limits (issue 11) ---
+    http_max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1024**2,
+        description="Largest HTTP request line plus headers in bytes (431 beyond).",
+    )
+    http_header_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A connection that has not sent a complete request head this long after "
+        "opening (or after its previous response) is closed.",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        le=100000,
+        description="Most simultaneous HTTP connections (and requests in progress) per "
+        "process; beyond it requests are answered 503.",
+    )
+    # --- end HTTP limits ---
     # --- HTTPS (issue 6) ---
     http_tls_cert: Path | None = Field(
         None, description="PEM certificate (chain) of the HTTP port; with the key, HTTPS only."
@@ -71,6 +93,20 @@ class Settings(BaseSettings):
         le=1000,
         description="Most simultaneous DICOM associations per receiving process; more are "
         "rejected (A-ASSOCIATE-RJ, transient: local limit exceeded).",
+    )
+    dicom_max_pending_connections: int = Field(
+        256,
+        ge=1,
+        le=100000,
+        description="Most connections per receiving process that have not sent an "
+        "A-ASSOCIATE-RQ yet; beyond it the oldest is closed. They never take association slots.",
+    )
+    dicom_artim_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="ARTIM timer (PS3.8 9.1.5): a connection without an A-ASSOCIATE-RQ after "
+        "this long is closed.",
     )
     dicom_workers: int = Field(
         0,
@@ -105,6 +141,12 @@ class Settings(BaseSettings):
         ge=1,
         le=10000,
         description="Most simultaneous HL7 MLLP connections; more are closed at once.",
+    )
+    hl7_idle_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="An MLLP connection that sends nothing for this long is closed.",
     )
     hl7_allow_unknown_senders: bool = Field(
         False,
@@ -184,6 +226,21 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         4 * 1024**3, ge=1024, description="Largest HTTP request body accepted (413 beyond)."
     )
+    # --- resource limits (issue 11) ---
+    deflate_max_ratio: int = Field(
+        16,
+        ge=1,
+        le=10000,
+        description="A Deflated Explicit VR Little Endian dataset may inflate to this many times "
+        "its deflated size (at least 1 MiB); beyond it the instance is refused as too large.",
+    )
+    deflate_max_bytes: int = Field(
+        512 * 1024**2,
+        ge=1024**2,
+        description="Absolute cap in bytes on the inflated size of a deflated dataset "
+        "(the parser holds it in memory).",
+    )
+    # --- end resource limits ---
     max_multipart_parts: int = Field(
         10000, ge=1, description="Most parts in one multipart request, e.g. STOW-RS (413 beyond)."
     )

@@ -15,14 +15,13 @@ from solent.app import Archive, build_archive
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
 from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
 from solent.settings import load_settings
-from tests.conftest import shared_dir
+from tests.conftest import require_corpus, shared_dir
 from tests.fuzz.conftest import fuzz_settings
 
 CORPUS = shared_dir() / "dicom-corpus"
 SEEDS = sorted(p for p in CORPUS.glob("*.dcm") if p.stat().st_size < 40_000)[:24]
 FUZZER = Principal(PrincipalKind.IMPORTER, "fuzzer", "ZZA")
 PROVENANCE = Provenance(Channel.IMPORT, source_path="fuzz")
-pytestmark = pytest.mark.skipif(not SEEDS, reason="the shared DICOM corpus is not available")
 
 
 class Stored:
@@ -42,6 +41,7 @@ class Stored:
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
+    require_corpus()  # skip (locally) or fail (CI) without the corpus the seeds come from
     data = tmp_path_factory.mktemp("fuzz") / "var"
     archive = build_archive(load_settings(environ={}, data_dir=data))
     archive.index.add_trust("ZZA", "Trust A")

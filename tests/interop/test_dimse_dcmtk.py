@@ -19,7 +19,14 @@ import pytest
 
 from solent.dicom.parse import RejectedInstance, parse_file
 from solent.services.retrieve import split_part10
-from tests.conftest import SOLENT, RunningServer, require_tool, shared_dir, start_server
+from tests.conftest import (
+    SOLENT,
+    RunningServer,
+    require_corpus,
+    require_tool,
+    shared_dir,
+    start_server,
+)
 
 pytestmark = pytest.mark.timeout(600)
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -62,8 +69,7 @@ def dataset_bytes(path: Path) -> bytes:
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     require_tool("dcmsend")
-    if not (CORPUS / "MANIFEST.tsv").is_file():
-        pytest.skip("shared corpus missing")
+    require_corpus()
     data = tmp_path_factory.mktemp("dimse") / "srv"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOLENT_")}
     env["SOLENT_DATA_DIR"] = str(data)

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from bench.orthanc import ORTHANC_AET, OrthancServer
 
-from tests.conftest import RunningServer, require, shared_dir
+from tests.conftest import RunningServer, require, require_corpus, shared_dir
 
 pytestmark = pytest.mark.timeout(300)
 CORPUS = shared_dir() / "dicom-corpus"
@@ -53,6 +53,7 @@ def stats(server: RunningServer) -> dict[str, int]:
 def test_orthanc_stores_into_solent_and_queries_it(
     server: RunningServer, orthanc: OrthancServer
 ) -> None:
+    require_corpus()
     path = CORPUS / "ts_jpegls_lossless_mr_small.dcm"
     uploaded = rest(orthanc, "POST", "/instances", path.read_bytes())
     job = rest(
@@ -82,6 +83,7 @@ def test_orthanc_stores_into_solent_and_queries_it(
 
 
 def test_solent_c_moves_to_orthanc(server: RunningServer, orthanc: OrthancServer) -> None:
+    require_corpus()
     path = CORPUS / "ts_rle_mr_small.dcm"
     server.cli(
         "ae",

@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.conftest import SOLENT, RunningServer, require_tool, shared_dir, start_server
+from tests.conftest import (
+    SOLENT,
+    RunningServer,
+    require_corpus,
+    require_tool,
+    shared_dir,
+    start_server,
+)
 
 pytestmark = pytest.mark.timeout(300)
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -210,6 +217,7 @@ def dropped(result: subprocess.CompletedProcess[str]) -> bool:
 
 
 def test_echoscu_and_storescu_over_tls(tls_pacs: TlsPacs) -> None:
+    require_corpus()
     ok = echo(tls_pacs, tls_pacs.client)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "Received Echo Response (Success)" in ok.stdout + ok.stderr

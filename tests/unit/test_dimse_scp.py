@@ -28,7 +28,7 @@ from solent.protocols.dimse.listener import DimseListener
 from solent.protocols.dimse.net import make_ae
 from solent.services.retrieve import split_part10
 from solent.settings import load_settings
-from tests.conftest import shared_dir
+from tests.conftest import require_corpus, shared_dir
 
 CORPUS = shared_dir() / "dicom-corpus"
 MR_J2K = CORPUS / "ts_j2k_lossless_mr_small.dcm"
@@ -54,8 +54,7 @@ class Running:
 
 
 def _start(tmp_path: Path, **overrides: Any) -> Iterator[Running]:
-    if not (CORPUS / "MANIFEST.tsv").is_file():
-        pytest.skip("shared corpus missing")
+    require_corpus()
     settings = load_settings(environ={}, data_dir=tmp_path / "var", dicom_port=0, **overrides)
     archive = build_archive(settings)
     archive.index.add_trust("ZZA", "Trust A")
@@ -352,6 +351,7 @@ def _private_class_copy(tmp: Path) -> Path:
 
 
 def test_private_sop_classes_only_by_policy(tmp_path: Path) -> None:
+    require_corpus()
     private = _private_class_copy(tmp_path)
     for closed in _start(tmp_path / "closed"):
         with pytest.raises(scu.AssociationFailed):  # no acceptable presentation context

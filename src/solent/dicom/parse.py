@@ -24,6 +24,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from solent.dicom.frames import Frame, PixelLayout, read_pixel_data
+from solent.dicom.inflate import (
+    InflateLimits,
+    InflateRefused,
+    check_inflated_size,
+    deflated_dataset_offset,
+)
 from solent.domain import nhs_number
 from solent.domain.outcomes import RejectReason
 from solent.domain.uids import uid_problem
@@ -209,8 +215,13 @@ def parse_file(
     sha256: str | None = None,
     nhs_tag: str = "",
     force_transfer_syntax: str | None = None,
+    inflate: InflateLimits | None = None,
 ) -> ParsedInstance:
-    """Parse one stored-as-received file. Raises RejectedInstance with a readable reason."""
+    """Parse one stored-as-received file. Raises RejectedInstance with a readable reason.
+
+    A deflated file is first inflated as a counted stream against ``inflate`` (default
+    limits when None), so pydicom's all-in-memory inflate only ever meets a bounded file.
+    """
     size = path.stat().st_size
     # warnings.catch_warnings swaps process-global state: two threads parsing at once could
     # swallow each other's truncation warnings and give a file a different verdict. Parsing is
@@ -218,9 +229,15 @@ def parse_file(
     with _PARSE_LOCK, path.open("rb") as fp, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            offset = deflated_dataset_offset(fp)
+            if offset is not None:
+                check_inflated_size(fp, offset, size, inflate or InflateLimits())
+                fp.seek(0)
             parsed = _parse(fp, size, nhs_tag, force_transfer_syntax, caught)
         except RejectedInstance:
             raise
+        except InflateRefused as exc:
+            raise RejectedInstance(exc.reason, exc.message) from exc
         except RecursionError as exc:
             raise RejectedInstance(RejectReason.MALFORMED, "sequences nested too deeply") from exc
         except InvalidInput as exc:

@@ -15,12 +15,13 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import Connection
 
+from solent.dicom.inflate import InflateLimits
 from solent.dicom.parse import ParsedInstance, RejectedInstance, parse_file
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
 from solent.domain.principal import Channel, Principal, Provenance
@@ -79,6 +80,7 @@ class IngestPolicy:
     conflict: str = "reject"  # or "replace"
     missing_patient_id: str = "placeholder"  # or "reject"
     nhs_number_tag: str = ""
+    inflate: InflateLimits = field(default_factory=InflateLimits)  # deflated TS cap (issue 11)
 
 
 _GATES: dict[str, tuple[int, threading.Lock]] = {}
@@ -404,7 +406,12 @@ class Ingestor:
                 f"no trust {trust!r} is registered; add it with `solent trust add`",
             )
         try:
-            parsed = parse_file(path, sha256=sha256, nhs_tag=self.policy.nhs_number_tag)
+            parsed = parse_file(
+                path,
+                sha256=sha256,
+                nhs_tag=self.policy.nhs_number_tag,
+                inflate=self.policy.inflate,
+            )
         except RejectedInstance as exc:
             return StoreResult.rejected(
                 exc.reason, exc.message, sop_instance_uid=exc.sop_instance_uid

@@ -16,6 +16,7 @@ from solent.protocols.api.viewer_routes import router as viewer_router
 from solent.protocols.dicomweb import install as install_dicomweb
 from solent.protocols.fhir import install as install_regional_identity
 from solent.protocols.http_errors import install_error_table
+from solent.protocols.params import install_param_errors
 from solent.security.http import install_security
 from solent.services.registry import Services
 
@@ -37,6 +38,7 @@ def create_app(composed: Services | Composed) -> FastAPI:
     app.state.services = services  # what adapters use: services only (issue 11)
     install_security(app, services)  # every route but /health needs a principal (issue 6)
     install_error_table(app)  # one table from domain errors to HTTP statuses (issue 11)
+    install_param_errors(app)  # absurd integers and invalid parameters: 400 (issue 11)
 
     @app.get("/health", include_in_schema=False)
     def health() -> JSONResponse:

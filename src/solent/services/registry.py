@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from solent.services.mdt import MdtService
     from solent.services.mdt_live import LiveHub
     from solent.services.migration import MigrationService
+    from solent.services.peers import PeerAddresses
     from solent.services.query import QueryService
     from solent.services.records import RecordService
     from solent.services.retrieve import RetrieveService
@@ -57,3 +58,4 @@ class Services:
     viewer: ViewerService  # issue 12: worklist, timeline, study, reports, key images
     mdt: MdtService  # issue 12: MDT meetings, outcomes, prefetch
     live: LiveHub  # issue 12: the MDT live rooms of this process
+    peers: PeerAddresses  # issue 11: listeners check a caller's address before reading

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from solent.domain.principal import Principal
 from solent.errors import InvalidInput, NotFound
+from solent.protocols.params import PathId
 from solent.security.http import current_principal
 from solent.services.identity import Change, IdentityRejected, PatientKey
 from solent.services.records import RecordService
@@ -128,7 +129,7 @@ def sensitive(request: Request, caller: Caller, body: SensitiveRequest) -> dict[
 
 
 @router.post("/events/{event_pk}/reverse")
-def reverse(request: Request, caller: Caller, event_pk: int) -> dict[str, Any]:
+def reverse(request: Request, caller: Caller, event_pk: PathId) -> dict[str, Any]:
     """Undo a link, unlink, identifier change or demographic update (not a merge)."""
     _records(request).require_steward(caller, "reversing identity changes")
     try:
@@ -149,7 +150,7 @@ def data_quality(
 
 
 @router.post("/data-quality/{item_pk}/resolve")
-def resolve_item(request: Request, caller: Caller, item_pk: int) -> dict[str, Any]:
+def resolve_item(request: Request, caller: Caller, item_pk: PathId) -> dict[str, Any]:
     _records(request).require_steward(caller, "resolving data-quality items")
     _services(request).identity.resolve_work_item(item_pk, caller)
     return {"resolved": item_pk}

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from solent.domain.principal import Principal
+from solent.protocols.params import MAX_PAGE
 from solent.security.http import current_principal
 from solent.services.access import Permission
 from solent.services.registry import Services
@@ -52,7 +53,7 @@ def patients(
     request: Request,
     caller: Caller,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 0,
 ) -> list[dict[str, Any]]:
     services = _archive(request)
     limit = min(limit, services.settings.max_query_results)
@@ -67,7 +68,7 @@ def studies(
     issuer: Annotated[str | None, Query(max_length=16)] = None,
     patient_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 0,
 ) -> list[dict[str, Any]]:
     services = _archive(request)
     return services.records.study_list(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from solent.domain.principal import Principal
+from solent.protocols.params import MAX_ID, PathId
 from solent.security import auditformats
 from solent.security.authn import AuthenticationFailed, Authenticator
 from solent.security.http import FailureThrottle, current_principal
@@ -146,7 +147,7 @@ def search_audit(
     action: Annotated[str | None, Query(max_length=40)] = None,
     since: Annotated[str | None, Query(max_length=32)] = None,
     until: Annotated[str | None, Query(max_length=32)] = None,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     format: Annotated[str, Query(pattern="^(json|fhir)$")] = "json",
 ) -> Any:
@@ -251,7 +252,7 @@ def list_break_glass(
 
 @router.post("/break-glass/{grant_id}/review")
 def review_break_glass(
-    request: Request, caller: Caller, grant_id: int, body: Review
+    request: Request, caller: Caller, grant_id: PathId, body: Review
 ) -> dict[str, Any]:
     _archive(request).access.review(caller, grant_id, body.note)
     return {"grant": grant_id, "reviewed": True}

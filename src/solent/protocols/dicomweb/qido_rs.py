@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from solent.domain.attributes import Level
 from solent.domain.matching import parse_query
+from solent.errors import InvalidInput
 from solent.protocols.dicomweb.common import (
     DICOM_JSON,
     DicomWebRoute,
@@ -25,6 +26,7 @@ from solent.protocols.dicomweb.common import (
     check_uid,
     principal,
 )
+from solent.protocols.params import parse_int
 
 router = APIRouter(route_class=DicomWebRoute)
 
@@ -61,12 +63,9 @@ def _bool(value: str, name: str) -> bool:
 
 def _int(value: str, name: str, minimum: int) -> int:
     try:
-        n = int(value)
-    except ValueError as exc:
-        raise HTTPException(400, f"{name} must be an integer, not {value[:20]!r}") from exc
-    if n < minimum:
-        raise HTTPException(400, f"{name} must be at least {minimum}")
-    return n
+        return parse_int(value, name, minimum=minimum)
+    except InvalidInput as exc:
+        raise HTTPException(400, str(exc)) from exc
 
 
 def _element(keyword: str, value: Any) -> tuple[str, dict[str, Any]] | None:

@@ -27,9 +27,11 @@ from solent.protocols.dimse import (
     worklist_scp,
 )
 from solent.protocols.dimse.access import Operation, Peer, PeerCertificate, identify_peer
+from solent.protocols.dimse.artim import AssociationSlots, PendingConnections
 from solent.protocols.dimse.net import (
     STORAGE_SOP_CLASSES,
     STORAGE_SYNTAXES,
+    BoundedRequestHandler,
     NoDelayServer,
     ReusePortServer,
     configure_pynetdicom,
@@ -55,6 +57,7 @@ RETRIEVE_SOP_CLASSES = (
 )
 COMMAND_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
 REJECT_PERMANENT, SOURCE_USER, CALLING_AE_NOT_RECOGNIZED = 0x01, 0x01, 0x03
+REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 0x02, 0x03, 0x02
 
 
 def allowed_abstract_syntaxes(peer: Peer) -> set[str] | None:
@@ -80,7 +83,20 @@ class DimseListener:
         configure_pynetdicom(settings.tmp_dir / "dimse")
         self.ae = make_ae(settings.ae_title)
         self.ae.require_called_aet = True
-        self.ae.maximum_associations = settings.dicom_max_associations  # issue 6: hostile input
+        # Issue 11: slots are counted from the A-ASSOCIATE-RQ on (AssociationSlots), and sockets
+        # that never send one are bounded apart (PendingConnections, the ARTIM timer), so a
+        # flood of silent connections cannot take the slots of real modalities. pynetdicom's
+        # own count includes those sockets: it is set above both bounds so it never decides.
+        self.slots = AssociationSlots(settings.dicom_max_associations)
+        self.pending = PendingConnections(
+            settings.dicom_max_pending_connections, settings.dicom_artim_timeout_seconds
+        )
+        # pynetdicom's own ARTIM (and its wait for the A-ASSOCIATE-RQ, which keeps a dropped
+        # socket's thread alive until it expires) use the ACSE timeout.
+        self.ae.acse_timeout = settings.dicom_artim_timeout_seconds
+        self.ae.maximum_associations = (
+            settings.dicom_max_associations + settings.dicom_max_pending_connections + 64
+        )
         self.retrieve = services.retrieve
         self.commitment = commitment.CommitmentSCP(self.ae, self.retrieve)
         self._peers: WeakKeyDictionary[Association, Peer] = WeakKeyDictionary()
@@ -109,6 +125,18 @@ class DimseListener:
         requestor = assoc.requestor
         rq: Any = requestor.primitive  # the A-ASSOCIATE-RQ; requestor.ae_title is set later
         calling_ae = str(rq.calling_ae_title).strip()
+        self.pending.associated(getattr(assoc.dul.socket, "socket", None))
+        if not self.slots.take(assoc):
+            log.warning(
+                "association rejected: all %d association slots in use",
+                self.slots.limit,
+                extra={"calling_ae": calling_ae, "address": requestor.address},
+            )
+            assoc.acse.send_reject(
+                REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED
+            )
+            assoc.kill()
+            return
         peer = identify_peer(
             self.services.directory,
             calling_ae=calling_ae,
@@ -153,6 +181,9 @@ class DimseListener:
 
     # -- services ---------------------------------------------------------------------------
 
+    def _on_closed(self, event: Event) -> None:
+        self.slots.release(event.assoc)
+
     def _on_echo(self, event: Event) -> int:
         return 0x0000
 
@@ -194,6 +225,7 @@ class DimseListener:
     def handlers(self) -> list[Any]:
         return [
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
@@ -214,7 +246,10 @@ class DimseListener:
             server_class=ReusePortServer
             if ssl_context is None and dicom_processes(self.services.settings.dicom_workers) > 1
             else NoDelayServer,
+            request_handler=BoundedRequestHandler,  # issue 11: no 4 GiB A-ASSOCIATE-RQ
         )
+        if isinstance(server, NoDelayServer):
+            server.pending = self.pending
         thread = threading.Thread(target=server.serve_forever, name=f"dimse-{port}", daemon=True)
         thread.start()
         self._servers.append(server)
@@ -239,6 +274,7 @@ class DimseListener:
 
     def start(self) -> int:
         settings = self.services.settings
+        self.pending.start()
         port = self._serve(settings.dicom_port, None)
         self.tls_port: int | None = None
         if settings.dicom_tls_port >= 0:
@@ -248,6 +284,7 @@ class DimseListener:
         return port
 
     def stop(self) -> None:
+        self.pending.stop()
         for server in self._servers:
             try:
                 server.shutdown()

@@ -8,6 +8,7 @@ receive), never decoded, and hashed as the fragments arrive so ingest need not r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -21,9 +22,10 @@ from pynetdicom import AllStoragePresentationContexts, _config, dimse_messages, 
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
-from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from solent.protocols.dimse import suboperations
+from solent.protocols.dimse.artim import PendingConnections
 
 UNCOMPRESSED = (
     UID("1.2.840.10008.1.2.1"),  # Explicit VR Little Endian
@@ -90,6 +92,35 @@ class NoDelayAssociationSocket(AssociationSocket):
         return sock
 
 
+#: Largest PDU a peer may send before it is associated: the A-ASSOCIATE-RQ, a few KiB even with
+#: hundreds of presentation contexts. pynetdicom would read whatever length the PDU header
+#: claims (up to 4 GiB) into memory from a peer nobody has identified yet.
+MAX_UNASSOCIATED_PDU = 1 << 20
+
+
+class BoundedAssociationSocket(AssociationSocket):
+    """An accepted socket that refuses an oversized PDU before the association is established
+    (the DUL then sees a short PDU and closes the connection)."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > MAX_UNASSOCIATED_PDU and not self.assoc.is_established:
+            if self.socket is not None:
+                with contextlib.suppress(OSError):
+                    self.socket.shutdown(socket.SHUT_RDWR)
+            return bytearray()
+        return super().recv(nr_bytes)
+
+
+class BoundedRequestHandler(RequestHandler):
+    """pynetdicom's handler with the bounded socket (set by class: the socket's constructor
+    queues the transport-connected event, so a second instance cannot be made)."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        assoc.dul.socket.__class__ = BoundedAssociationSocket
+        return assoc
+
+
 class SharedContexts(list[Any]):
     """The server's supported contexts, shared (not deep-copied) by each new association.
 
@@ -109,9 +140,13 @@ class NoDelayServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
         self.contexts = SharedContexts(self.contexts)
 
+    pending: PendingConnections | None = None  # the listener's ARTIM bookkeeping (issue 11)
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = super().get_request()
         set_nodelay(client)
+        if self.pending is not None:
+            self.pending.admit(client, address)
         return client, address
 
     def server_bind(self) -> None:

@@ -18,6 +18,7 @@ from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
 from solent.protocols.fhir import resources as fhir
 from solent.protocols.http_errors import http_error
+from solent.protocols.params import resource_id as parse_resource_id
 from solent.security.http import current_principal
 from solent.services.records import Person, RecordService
 
@@ -68,10 +69,11 @@ def _split_token(token: str) -> tuple[str | None, str]:
 
 
 def _key(value: str, what: str) -> int:
-    """A resource id: our ids are positive integers; anything else names nothing."""
-    if not value.isdigit() or len(value) > 18:
+    """A resource id: a database key; any other text names nothing (404 like unknown)."""
+    pk = parse_resource_id(value)
+    if pk is None:
         raise FhirError(404, "not-found", f"no {what} that you may see")
-    return int(value)
+    return pk
 
 
 def person_of_token(records: RecordService, caller: Principal, token: str) -> Person:
@@ -121,15 +123,16 @@ def search_patient(
     records = _records(request)
 
     def build() -> dict[str, Any]:
-        if _id:
-            person = records.person(caller, patient_pk=_key(_id, "patient"))
+        pk = _key(_id, "patient") if _id else None
+        if pk is not None:
+            person = records.person(caller, patient_pk=pk)
         elif identifier:
             person = person_of_token(records, caller, identifier)
         else:
             raise FhirError(400, "required", "search Patient by identifier or _id")
         found = records.patient_records(caller, person)
-        if _id:  # _id names one record, not the person
-            found = [f for f in found if int(f["record"]["pk"]) == int(_id)]
+        if pk is not None:  # _id names one record, not the person
+            found = [f for f in found if int(f["record"]["pk"]) == pk]
         out = [_patient_resource(f) for f in found]
         return fhir.bundle(out, base_url=_base(request))
 

@@ -13,6 +13,7 @@ import logging
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from solent.protocols.hl7.handler import Hl7Handler
@@ -31,18 +32,34 @@ class _Server(socketserver.ThreadingTCPServer):
     block_on_close = False
 
     def __init__(
-        self, address: tuple[str, int], handler: Hl7Handler, max_connections: int = 64
+        self,
+        address: tuple[str, int],
+        handler: Hl7Handler,
+        max_connections: int = 64,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+        address_allowed: Callable[[str], bool] | None = None,
     ) -> None:
         self.hl7 = handler
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.address_allowed = address_allowed
         self.active = 0
         super().__init__(address, _Connection)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Security (issue 6): a connection beyond ``max_connections`` is closed at once, so
-        a flood of idle connections cannot take a thread each."""
+        """Security (issue 6, 11): a connection from an address no registered sender calls
+        from, or beyond ``max_connections``, is closed before anything is read, so a flood of
+        idle or foreign connections cannot take a thread each."""
+        host = str(client_address[0]) if isinstance(client_address, tuple) else ""
+        if self.address_allowed is not None and not self.address_allowed(host):
+            log.warning(
+                "HL7 connection from %s refused: no registered sender calls from this address",
+                host,
+            )
+            return False
         with self.lock:
             if self.active >= self.max_connections:
                 log.warning("HL7 connection from %s refused: too many connections", client_address)
@@ -57,7 +74,7 @@ class _Connection(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(IDLE_TIMEOUT_S)
+        sock.settimeout(self.server.idle_timeout)
         remote = f"{self.client_address[0]}:{self.client_address[1]}"
         with self.server.lock:
             self.server.connections.add(sock)
@@ -66,7 +83,12 @@ class _Connection(socketserver.BaseRequestHandler):
             while True:
                 try:
                     data = sock.recv(65536)
-                except (TimeoutError, OSError):
+                except TimeoutError:
+                    log.info(
+                        "HL7 connection from %s closed: idle for %gs", remote, sock.gettimeout()
+                    )
+                    return
+                except OSError:
                     return
                 if not data:
                     return
@@ -115,7 +137,14 @@ class Hl7Listener:
             log.info("applied %d HL7 message(s) journalled before a restart", recovered)
         settings = self.services.settings
         self._server = _Server(
-            (settings.bind_address, settings.hl7_port), self.handler, settings.hl7_max_connections
+            (settings.bind_address, settings.hl7_port),
+            self.handler,
+            settings.hl7_max_connections,
+            idle_timeout=settings.hl7_idle_timeout_seconds,
+            # The development switch lets unregistered senders in, from any address too.
+            address_allowed=None
+            if settings.hl7_allow_unknown_senders
+            else self.services.peers.hl7_sender_address,
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="hl7-mllp", daemon=True
