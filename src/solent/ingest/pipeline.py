@@ -185,26 +185,14 @@ class Ingestor:
         move: bool = False,
         sha256: str | None = None,
         expect: tuple[str, str] | None = None,
-        file_under: tuple[str, str] | None = None,
     ) -> StoreResult:
         """Store one file as received. ``move`` lets a spooled temp file be consumed.
 
         ``expect`` is the (SOP Class UID, SOP Instance UID) a C-STORE request announced; a
         dataset that says otherwise is refused (PS3.4 A900) from the one parse ingest makes.
-        ``file_under`` is the (issuer, local ID) of the record to file under instead of the
-        caller's trust and the file's Patient ID: migration uses it only for a study already
-        filed under a record the identity service links to the sender's (issue 13).
         """
         started = time.perf_counter()
-        result = self._ingest(
-            path,
-            principal,
-            provenance,
-            move=move,
-            sha256=sha256,
-            expect=expect,
-            file_under=file_under,
-        )
+        result = self._ingest(path, principal, provenance, move=move, sha256=sha256, expect=expect)
         return self._observe(result, principal, provenance, started)
 
     def ingest_files(
@@ -215,6 +203,10 @@ class Ingestor:
         file_under: tuple[str, str] | None = None,
     ) -> list[StoreResult]:
         """Store several files (an import batch) with one index transaction: group commit.
+
+        ``file_under`` is the (issuer, local ID) of the record to file under instead of the
+        caller's trust and each file's Patient ID: migration uses it only for a study already
+        filed under a record the identity service links to the sender's (issue 13).
 
         Each blob is durable before the transaction and the transaction commits before any
         result is returned, so every STORED is as durable as from ingest_file; the saving is
@@ -273,17 +265,8 @@ class Ingestor:
         move: bool,
         sha256: str | None,
         expect: tuple[str, str] | None = None,
-        file_under: tuple[str, str] | None = None,
     ) -> StoreResult:
-        ready = self._prepare(
-            path,
-            principal,
-            provenance,
-            move=move,
-            sha256=sha256,
-            expect=expect,
-            file_under=file_under,
-        )
+        ready = self._prepare(path, principal, provenance, move=move, sha256=sha256, expect=expect)
         return ready if isinstance(ready, StoreResult) else self._commit_grouped(ready)
 
     def _commit_grouped(self, p: _Prepared) -> StoreResult:

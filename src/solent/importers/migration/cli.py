@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -126,8 +127,21 @@ def _take_inventory(services: Any, name: str) -> tuple[Any, Any, Any]:
 
     src = services.migration.source(_principal(None), name)
     client = client_for(src)
-    delta = services.migration.record_inventory(_principal(src.trust), name, client.inventory())
+    delta = services.migration.record_inventory(
+        _principal(src.trust), name, _counted(client.inventory(), name)
+    )
     return src, delta, client
+
+
+def _counted(entries: Iterator[Any], name: str, every: int = 1000) -> Iterator[Any]:
+    """Pass entries on, telling stderr how far a long inventory has got."""
+    n = 0
+    for n, entry in enumerate(entries, 1):
+        if n % every == 0:
+            print(f"{name}: {n} instances listed so far", file=sys.stderr, flush=True)
+        yield entry
+    if n >= every:
+        print(f"{name}: {n} instances listed", file=sys.stderr, flush=True)
 
 
 def _inventory(args: argparse.Namespace, settings: Settings) -> int:

@@ -20,7 +20,7 @@ import httpx
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 
 from solent.dicom.parse import nhs_number_of
 from solent.errors import InvalidInput
@@ -202,6 +202,8 @@ class DimseSource:
             return 0x0000
 
         classes = sorted({i.sop_class_uid for i in items if i.sop_class_uid})
+        if not classes:  # the source's C-FIND did not return SOP Class UIDs: offer the common
+            classes = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         for uid in classes[:120]:
