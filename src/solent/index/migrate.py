@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 if TYPE_CHECKING:
     from solent.index.sql import Index
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 PG_LOCK_ID = 0x50AC5  # advisory lock so two starting nodes do not migrate at once
 
@@ -30,6 +32,13 @@ def upgrade(index: Index, revision: str = "head") -> None:
             conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": PG_LOCK_ID})
             conn.commit()
         try:
+            if revision == "head" and _current_unknown(cfg, conn):
+                # A newer release already upgraded the schema (rolling upgrade): this node
+                # runs on it as it is; migrations are written so the previous release tolerates
+                # them (docs/operations.md).
+                log.warning("database schema is newer than this release; not migrating")
+                return
+            conn.commit()  # end the reading transaction: Alembic begins its own
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
             conn.commit()
@@ -37,6 +46,15 @@ def upgrade(index: Index, revision: str = "head") -> None:
             if index.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": PG_LOCK_ID})
                 conn.commit()
+
+
+def _current_unknown(cfg: Config, conn: Connection) -> bool:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    current = set(MigrationContext.configure(conn).get_current_heads())
+    known = {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+    return bool(current) and not current <= known
 
 
 def schema_state(index: Index) -> str:
