@@ -1,6 +1,6 @@
 """A peak hour, scaled to this machine, on 1 node and on 3 nodes behind HAProxy (issue 16).
 
-`python -m bench load [--nodes 1,3] [--seconds 30] [--users 12]`
+`python -m bench load [--nodes 1,3] [--seconds 30] [--users 12] [--no-think]`
 
 Every configuration shares one fresh PostgreSQL database and one blob directory (what S3 is to
 nodes on several machines). Locust (the maintained load tool, as a library) runs a mix of
@@ -35,7 +35,7 @@ from gevent import monkey
 monkey.patch_all()  # locust needs it before anything opens a socket
 
 import gevent  # noqa: E402
-from locust import FastHttpUser, User, between, task  # noqa: E402
+from locust import FastHttpUser, User, between, constant, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -322,9 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=12, help="simulated users (bounded)")
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each run (bounded)")
     ap.add_argument(
+        "--no-think",
+        action="store_true",
+        help="users send their next request at once: the capacity, not the scaled peak hour",
+    )
+    ap.add_argument(
         "--postgres-url", default=os.environ.get("SOLENT_BENCH_POSTGRES_URL", DEFAULT_PG)
     )
     args = ap.parse_args(argv)
+    if args.no_think:
+        for cls in (Clinician, Modality, Pas):
+            cls.wait_time = constant(0)
     users = max(1, min(args.users, 200))
     seconds = max(5.0, min(args.seconds, 600.0))
     with (
