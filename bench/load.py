@@ -306,6 +306,8 @@ def _report(n: int, users: int, elapsed: float, cores: float, env: Environment) 
             f"  {name:<22} {entry.num_requests:>8} {entry.num_failures:>6} "
             f"{entry.num_requests / elapsed:>7.1f} {p50:>5.0f}ms {p95:>5.0f}ms"
         )
+    for error in sorted(env.stats.errors.values(), key=lambda e: -e.occurrences)[:3]:
+        lines.append(f"  error x{error.occurrences}: {error.name}: {str(error.error)[:100]}")
     per_s = stored / elapsed
     need = CONSORTIUM_EXAMS_PER_YEAR * PEAK_HOUR_SHARE * INSTANCES_PER_EXAM / 3600
     lines.append(

@@ -101,6 +101,7 @@ def haproxy_config(
         f"  stats socket {socket_path} mode 600 level admin\n"
         "defaults\n"
         "  timeout connect 2s\n"
+        "  timeout check 2s\n"  # a node slow to answer under load is not a dead node
         "  timeout client 120s\n"
         "  timeout server 120s\n"
         "  retries 3\n"
