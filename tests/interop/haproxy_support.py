@@ -1,8 +1,8 @@
 """HAProxy in front of several `solent serve` nodes, for the multi-node tests and benchmarks.
 
 HTTP is balanced at layer 7 with health checks on each node's /health/ready; the DICOM and MLLP
-listeners are balanced at layer 4 (TCP), checked on the same readiness endpoint of the node's
-HTTP port, so a draining or broken node gets no new association or MLLP connection either.
+listeners are balanced at layer 4 (TCP) and track the same node's HTTP check, so a draining or
+broken node gets no new association or MLLP connection either.
 The configuration is the one docs/operations.md shows, with loopback addresses.
 """
 
@@ -87,11 +87,13 @@ def haproxy_config(
         "  default-server inter 300ms fall 2 rise 2\n"
     )
     http_servers = "".join(f"  server {b.name} 127.0.0.1:{b.http} check\n" for b in backends)
+    # The TCP backends follow the HTTP backend's checks of the same node (one readiness
+    # probe per node, not three).
     dicom_servers = "".join(
-        f"  server {b.name} 127.0.0.1:{b.dicom} check port {b.http}\n" for b in backends
+        f"  server {b.name} 127.0.0.1:{b.dicom} track solent_http/{b.name}\n" for b in backends
     )
     hl7_servers = "".join(
-        f"  server {b.name} 127.0.0.1:{b.hl7} check port {b.http}\n" for b in backends
+        f"  server {b.name} 127.0.0.1:{b.hl7} track solent_http/{b.name}\n" for b in backends
     )
     return (
         "global\n"
@@ -99,6 +101,7 @@ def haproxy_config(
         f"  stats socket {socket_path} mode 600 level admin\n"
         "defaults\n"
         "  timeout connect 2s\n"
+        "  timeout check 2s\n"  # a node slow to answer under load is not a dead node
         "  timeout client 120s\n"
         "  timeout server 120s\n"
         "  retries 3\n"
@@ -119,7 +122,7 @@ def haproxy_config(
         "backend solent_dicom\n"
         "  mode tcp\n"
         "  balance leastconn\n"
-        f"{check}{dicom_servers}"
+        f"{dicom_servers}"
         "frontend mllp\n"
         "  mode tcp\n"
         f"  bind 127.0.0.1:{hl7}\n"
@@ -127,7 +130,7 @@ def haproxy_config(
         "backend solent_mllp\n"
         "  mode tcp\n"
         "  balance leastconn\n"
-        f"{check}{hl7_servers}"
+        f"{hl7_servers}"
     )
 
 

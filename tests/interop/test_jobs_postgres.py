@@ -16,11 +16,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
+
 from solent.app import build_archive
 from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
 from solent.index.jobs import blob_checks
 from solent.settings import load_settings
-from tests.conftest import SOLENT, S3Server
+from tests.conftest import SOLENT, S3Server, start_server
 from tests.contract.synthetic import write_instance
 
 WHO = Principal(PrincipalKind.IMPORTER, "test", "ZZA")
@@ -118,3 +120,36 @@ def test_two_workers_do_each_job_once_and_a_failed_job_is_retried(
     assert check.ok
     assert solent(env, "jobs", "list", "--status", "failed", "--json").stdout.strip() == "[]"
     archive.close()
+
+
+def test_serve_runs_the_jobs_of_what_it_stores_and_shows_them_in_metrics(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    """Inside `solent serve`: the dispatcher and worker threads follow the feed by themselves."""
+    env = {
+        "SOLENT_DATABASE_URL": fresh_postgres_url,
+        "SOLENT_JOBS_CONSUMERS": "fixity",
+        "SOLENT_JOBS_POLL_SECONDS": "0.2",
+        "SOLENT_JOBS_SETTLE_SECONDS": "0.2",
+        "SOLENT_DICOM_WORKERS": "1",
+        "SOLENT_TOKEN_SECRET": "jobs-serve-test-secret-0123456789abcdef",
+    }
+    settings = load_settings(environ=env, data_dir=tmp_path / "node")
+    archive = build_archive(settings)
+    archive.index.add_trust("ZZA", "Trust A")
+    node = start_server(tmp_path / "node", extra_env=env)
+    try:
+        w = write_instance(tmp_path / "in" / "a.dcm", seed=5)
+        assert archive.ingestor.ingest_file(w.path, WHO, Provenance(Channel.IMPORT)).ok
+        deadline = time.monotonic() + 30
+        while not blob_checks(archive.index, w.sop_instance_uid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (check,) = blob_checks(archive.index, w.sop_instance_uid)
+        assert check.ok
+        metrics = httpx.get(node.base_url + "/metrics", headers=node.headers(), timeout=30).text
+        assert 'solent_jobs{status="succeeded",task="verify_blob"} 1.0' in metrics
+        assert 'solent_jobs_feed_backlog{consumer="fixity"} 0.0' in metrics
+        assert 'solent_jobs_run_total{outcome="done",task="verify_blob"} 1.0' in metrics
+    finally:
+        assert node.stop() == 0
+        archive.close()

@@ -10,9 +10,10 @@ import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from solent.app import Archive
+from solent.app import Archive, build_archive
 from solent.protocols.http import create_app
 from solent.serve_process import serve_env, start_serve, stop_serve
+from solent.settings import load_settings
 
 
 def test_ready_when_index_store_and_schema_are_fine(archive: Archive) -> None:
@@ -69,3 +70,25 @@ def test_sigterm_drains_readiness_first_then_stops_cleanly(tmp_path: Path) -> No
         assert time.monotonic() - started >= 2.5  # it waited for the drain period
     finally:
         stop_serve(proc)
+
+
+def test_a_node_of_the_previous_release_starts_on_a_schema_a_newer_release_upgraded(
+    tmp_path: Path,
+) -> None:
+    """Rolling upgrade: the database already carries a revision this code does not know; the
+    node neither fails to start (Alembic would not find the revision) nor touches the schema,
+    and it is ready."""
+    settings = load_settings(environ={}, data_dir=tmp_path / "var")
+    first = build_archive(settings)
+    with first.index.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00d_newer_release'"))
+    first.close()
+    again = build_archive(settings)  # migrates at start, as `solent serve` does
+    try:
+        with again.index.engine.connect() as conn:
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        assert version == "f00d_newer_release"
+        state = again.services.health.ready()
+        assert state.ready and state.checks["schema"] == "ahead"
+    finally:
+        again.close()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 if TYPE_CHECKING:
     from solent.index.sql import Index
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 PG_LOCK_ID = 0x50AC5  # advisory lock so two starting nodes do not migrate at once
 
@@ -30,6 +33,13 @@ def upgrade(index: Index, revision: str = "head") -> None:
             conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": PG_LOCK_ID})
             conn.commit()
         try:
+            if revision == "head" and _current_unknown(conn):
+                # A newer release already upgraded the schema (rolling upgrade): this node
+                # runs on it as it is; migrations are written so the previous release tolerates
+                # them (docs/operations.md).
+                log.warning("database schema is newer than this release; not migrating")
+                return
+            conn.commit()  # end the reading transaction: Alembic begins its own
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
             conn.commit()
@@ -37,6 +47,30 @@ def upgrade(index: Index, revision: str = "head") -> None:
             if index.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": PG_LOCK_ID})
                 conn.commit()
+
+
+@lru_cache(maxsize=1)
+def _revisions() -> tuple[frozenset[str], frozenset[str]]:
+    """(heads, every revision) of this release's migrations: read once per process, since
+    readiness asks several times a second and Alembic re-reads the scripts on every call."""
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    script = ScriptDirectory.from_config(cfg)
+    heads = frozenset(script.get_heads())
+    return heads, frozenset(rev.revision for rev in script.walk_revisions())
+
+
+def _current(conn: Connection) -> set[str]:
+    from alembic.runtime.migration import MigrationContext
+
+    return set(MigrationContext.configure(conn).get_current_heads())
+
+
+def _current_unknown(conn: Connection) -> bool:
+    current = _current(conn)
+    return bool(current) and not current <= _revisions()[1]
 
 
 def schema_state(index: Index) -> str:
@@ -47,16 +81,11 @@ def schema_state(index: Index) -> str:
     (rolling upgrade), so the node stays ready. ``behind``: older than our head (not upgraded yet).
     Reading the version table also proves the database answers.
     """
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(alembic_config(index))
     with index.engine.connect() as conn:
-        current = set(MigrationContext.configure(conn).get_current_heads())
-    heads = set(script.get_heads())
+        current = _current(conn)
+    heads, known = _revisions()
     if current == heads:
         return "head"
-    known = {rev.revision for rev in script.walk_revisions()}
     if current and not current <= known:
         return "ahead"
     return "behind"
