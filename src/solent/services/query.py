@@ -12,14 +12,17 @@ from typing import Any, Protocol
 
 from sqlalchemy import Select, select
 
+from solent.domain.attributes import Level
 from solent.domain.matching import Query, Single, scope_patient_identity
 from solent.domain.nhs_number import NHS_ISSUER
 from solent.domain.principal import Principal
 from solent.errors import InvalidInput
+from solent.index import identity as identity_store
 from solent.index import query as compiled
 from solent.index import schema as t
 from solent.index.access import VisiblePatients
 from solent.index.sql import Index
+from solent.services import trust_view
 from solent.services.audit import (
     AuditAction,
     AuditOutcome,
@@ -105,7 +108,34 @@ class QueryService:
             raise
         result = self._find(principal, scoped, limit, offset, max_results)
         self._audit(principal, scoped, channel, keys, result, AuditOutcome.SUCCESS, None)
-        return result
+        return self._as_seen(principal, scoped, result)
+
+    def _as_seen(self, principal: Principal, query: Query, result: QueryResult) -> QueryResult:
+        """Study, series and instance matches show the person as the caller's trust knows
+        them (services/trust_view.py), the study's own IDs under ``trust_view.OTHER_IDS``.
+        Patient-level matches are the records themselves and stay as they are."""
+        trust = principal.trust
+        if not trust or query.level is Level.PATIENT or not result.rows:
+            return result
+        identity = IdentityService(self.index)
+        seen: dict[tuple[str, str], dict[str, Any] | None] = {}
+        rows = []
+        with self.index.read() as conn:
+            for row in result.rows:
+                key = (str(row.get("IssuerOfPatientID") or ""), str(row.get("PatientID") or ""))
+                if key[0] == trust:
+                    rows.append(row)
+                    continue
+                if key not in seen:
+                    own = identity_store.find_patient(conn, *key)
+                    seen[key] = (
+                        None
+                        if own is None
+                        else identity.record_seen_from(int(own["pk"]), trust, conn=conn)
+                    )
+                found = seen[key]
+                rows.append(row if found is None else trust_view.seen_row(row, found))
+        return replace(result, rows=rows)
 
     def _audit(
         self,
@@ -127,7 +157,8 @@ class QueryService:
                 detail["more"] = True
         if error:
             detail["error"] = error[:200]
-        patient = self._named_patient(query)
+        unqualified = query.identity is not None and query.identity.unqualified
+        patient = None if unqualified else self._named_patient(query)
         if patient is None and result is not None:
             patient = patient_of_rows(result.rows)
         self.audit.record(principal, AuditAction.QUERY, outcome, patient=patient, detail=detail)

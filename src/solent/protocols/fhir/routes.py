@@ -161,12 +161,23 @@ def search_patient(
     return _reply(fhir.bundle(out, base_url=_base(request)))
 
 
-def _studies(archive: Archive, request: Request, pks: set[int]) -> list[dict[str, Any]]:
+def _imaging_study(
+    identity: IdentityService, request: Request, caller: Principal, study: dict[str, Any]
+) -> dict[str, Any]:
+    """The study, its subject the record the caller's trust knows the person by."""
+    return fhir.imaging_study(
+        study,
+        identity.series(int(study["study_pk"])),
+        base_url=_base(request),
+        subject=identity.subject_seen_by(caller, study),
+    )
+
+
+def _studies(
+    archive: Archive, request: Request, caller: Principal, pks: set[int]
+) -> list[dict[str, Any]]:
     identity = IdentityService(archive.index)
-    return [
-        fhir.imaging_study(s, identity.series(int(s["study_pk"])), base_url=_base(request))
-        for s in identity.studies(pks)
-    ]
+    return [_imaging_study(identity, request, caller, s) for s in identity.studies(pks)]
 
 
 @router.get("/ImagingStudy")
@@ -182,13 +193,13 @@ def search_imaging_study(
     try:
         if patient_identifier:
             pks = person_of_token(archive, caller, patient_identifier)
-            out = _studies(archive, request, pks)
+            out = _studies(archive, request, caller, pks)
         elif patient:
             ref = patient.removeprefix("Patient/")
             if not ref.isdigit() or identity.record(int(ref)) is None:
                 raise FhirError(404, "not-found", f"Patient/{ref} is not known")
             pks = identity.linked_patient_pks(int(ref))
-            out = _studies(archive, request, pks)
+            out = _studies(archive, request, caller, pks)
         elif identifier:
             out = _studies_by_identifier(archive, request, caller, identifier)
         else:
@@ -229,11 +240,7 @@ def _studies_by_identifier(
             continue
         for s in identity.studies({int(row["patient_pk"])}):
             if s["study_uid"] == row["study_uid"]:
-                out.append(
-                    fhir.imaging_study(
-                        s, identity.series(int(s["study_pk"])), base_url=_base(request)
-                    )
-                )
+                out.append(_imaging_study(identity, request, caller, s))
     return out
 
 
@@ -245,9 +252,7 @@ def read_imaging_study(request: Request, caller: Caller, resource_id: str) -> JS
     if record is None:
         return _error(FhirError(404, "not-found", f"ImagingStudy/{resource_id} is not known"))
     archive.access.check_study(caller, record["study_uid"])
-    resource = fhir.imaging_study(
-        record, identity.series(int(record["study_pk"])), base_url=_base(request)
-    )
+    resource = _imaging_study(identity, request, caller, record)
     return _reply(resource)
 
 
