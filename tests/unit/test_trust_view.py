@@ -11,24 +11,41 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
 from fastapi.testclient import TestClient
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pynetdicom import evt
+from pynetdicom.presentation import build_role
 
-from solent.app import Archive
+from solent.app import Archive, build_archive
 from solent.demo import ALICE
 from solent.domain.attributes import Level
 from solent.domain.matching import parse_query
 from solent.domain.principal import Principal, PrincipalKind
+from solent.index.sql import NodeRow
+from solent.protocols.dimse import scu
 from solent.protocols.dimse.find_scp import response_identifier
+from solent.protocols.dimse.listener import DimseListener
+from solent.protocols.dimse.net import configure_pynetdicom, make_ae
 from solent.protocols.fhir.resources import local_system
 from solent.services.retrieve import RetrieveKeys, RetrieveService
+from solent.settings import load_settings
 from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template, study_of
 
 __all__ = ["demo", "demo_client", "demo_template"]
 
 DICOM_JSON = "application/dicom+json"
+STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
 def _value(obj: dict[str, Any], tag: str) -> Any:
@@ -242,3 +259,96 @@ def test_fhir_imaging_study_subject_is_the_callers_record(
         assert subjects == {expected}, trust
         patient = demo_client.get(f"/fhir/{studies[0]['subject']['reference']}", headers=h[trust])
         assert patient.json()["identifier"][0]["value"] == expected
+
+
+# -- the DIMSE doors, over a real association ------------------------------------------------
+
+
+@pytest.fixture
+def listening(demo_template: Path, tmp_path: Path) -> Iterator[tuple[Archive, int]]:
+    """The demo archive behind a DIMSE listener on loopback; PACSA is a ZZA node."""
+    data = tmp_path / "dimse-var"
+    shutil.copytree(demo_template, data)
+    archive = build_archive(load_settings(environ={}, data_dir=data, dicom_port=0))
+    archive.index.add_node("PACSA", "127.0.0.1", 104, "ZZA", ["store", "query", "retrieve"])
+    configure_pynetdicom(archive.settings.tmp_dir / "dimse")
+    listener = DimseListener(archive)
+    port = listener.start()
+    try:
+        yield archive, port
+    finally:
+        listener.stop()
+        archive.close()
+
+
+def _identity_of(received: list[Dataset]) -> set[tuple[str, str]]:
+    return {(str(d.PatientID), str(d.IssuerOfPatientID)) for d in received}
+
+
+def test_dimse_find_get_and_move_as_the_receiving_trust(listening: tuple[Archive, int]) -> None:
+    archive, port = listening
+    mr = study_of(archive, "ZZB", "B7730021")
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.PatientID = "B7730021"  # the ZZB ID, no issuer: the person's studies, as ZZA knows her
+    ident.IssuerOfPatientID = ""
+    ident.StudyInstanceUID = ""
+    ident.OtherPatientIDsSequence = Sequence([])
+    find = make_ae("PACSA")
+    find.add_requested_context(STUDY_FIND)
+    assoc = find.associate("127.0.0.1", port, ae_title="SOLENT")
+    answers = [d for s, d in assoc.send_c_find(ident, STUDY_FIND) if s.Status in (0xFF00, 0xFF01)]
+    assoc.release()
+    assert len(answers) == 3
+    assert _identity_of(answers) == {("A100001", "ZZA")}
+    [mr_answer] = [a for a in answers if a.StudyInstanceUID == mr]
+    others = {(i.PatientID, i.IssuerOfPatientID) for i in mr_answer.OtherPatientIDsSequence}
+    assert others == {("B7730021", "ZZB"), (ALICE, "NHS")}
+
+    received: list[Dataset] = []
+
+    def on_store(event: Any) -> int:
+        received.append(event.dataset)
+        return 0
+
+    get = make_ae("PACSA")
+    get.add_requested_context(STUDY_GET)
+    get.add_requested_context(MR_STORAGE, ["1.2.840.10008.1.2.1"])
+    assoc = get.associate(
+        "127.0.0.1",
+        port,
+        ae_title="SOLENT",
+        ext_neg=[build_role(MR_STORAGE, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = mr
+    statuses = [s.Status for s, _ in assoc.send_c_get(ident, STUDY_GET)]
+    assoc.release()
+    assert statuses[-1] == 0 and len(received) == 16
+    assert _identity_of(received) == {("A100001", "ZZA")}  # the caller's trust's view
+
+    for trust, expected in (("ZZA", ("A100001", "ZZA")), ("ZZB", ("B7730021", "ZZB"))):
+        received.clear()
+        dest = make_ae(f"DEST{trust}")
+        dest.add_supported_context(MR_STORAGE, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        dest_port = _free_port()
+        server = dest.start_server(
+            ("127.0.0.1", dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+        )
+        try:
+            archive.index.add_node(f"DEST{trust}", "127.0.0.1", dest_port, trust, ["store"])
+            node = NodeRow("SOLENT", "127.0.0.1", port, "ZZA", True, True, True)
+            out = scu.move("PACSA", node, ident, f"DEST{trust}")
+            assert (out.status, out.completed) == (0, 16)
+        finally:
+            server.shutdown()
+        # C-MOVE: what the destination's trust knows the person by, whoever asked.
+        assert _identity_of(received) == {expected}, trust
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
