@@ -10,7 +10,7 @@ from typing import Any
 
 import pydicom
 from fastapi.testclient import TestClient
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from solent.app import Archive
 from solent.demo import DEMO_ROOT
@@ -103,7 +103,7 @@ def test_stow_without_study_instance_uid_is_a_bad_request(
     r = _wado(demo_client, h, contentType="application/dicom")
     ds = pydicom.dcmread(io.BytesIO(r.content))
     del ds.StudyInstanceUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{DEMO_ROOT}9.9.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(f"{DEMO_ROOT}9.9.1")
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     before = demo.index.stats()

@@ -297,7 +297,11 @@ def test_dimse_find_get_and_move_as_the_receiving_trust(listening: tuple[Archive
     find = make_ae("PACSA")
     find.add_requested_context(STUDY_FIND)
     assoc = find.associate("127.0.0.1", port, ae_title="SOLENT")
-    answers = [d for s, d in assoc.send_c_find(ident, STUDY_FIND) if s.Status in (0xFF00, 0xFF01)]
+    answers = [
+        d
+        for s, d in assoc.send_c_find(ident, STUDY_FIND)
+        if d is not None and s.Status in (0xFF00, 0xFF01)
+    ]
     assoc.release()
     assert len(answers) == 3
     assert _identity_of(answers) == {("A100001", "ZZA")}
@@ -337,6 +341,7 @@ def test_dimse_find_get_and_move_as_the_receiving_trust(listening: tuple[Archive
         server = dest.start_server(
             ("127.0.0.1", dest_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
         )
+        assert server is not None
         try:
             archive.index.add_node(f"DEST{trust}", "127.0.0.1", dest_port, trust, ["store"])
             node = NodeRow("SOLENT", "127.0.0.1", port, "ZZA", True, True, True)
