@@ -17,7 +17,6 @@ from solent.domain.matching import Query, Single, scope_patient_identity
 from solent.domain.nhs_number import NHS_ISSUER
 from solent.domain.principal import Principal
 from solent.errors import InvalidInput
-from solent.index import identity as identity_store
 from solent.index import query as compiled
 from solent.index import schema as t
 from solent.index.access import VisiblePatients
@@ -118,23 +117,27 @@ class QueryService:
         if not trust or query.level is Level.PATIENT or not result.rows:
             return result
         identity = IdentityService(self.index)
-        seen: dict[tuple[str, str], dict[str, Any] | None] = {}
-        rows = []
+        others = {
+            (str(r.get("IssuerOfPatientID") or ""), str(r.get("PatientID") or ""))
+            for r in result.rows
+        }
+        others = {k for k in others if k[0] != trust}
+        seen: dict[tuple[str, str], dict[str, Any]] = {}
         with self.index.read() as conn:
-            for row in result.rows:
-                key = (str(row.get("IssuerOfPatientID") or ""), str(row.get("PatientID") or ""))
-                if key[0] == trust:
-                    rows.append(row)
-                    continue
-                if key not in seen:
-                    own = identity_store.find_patient(conn, *key)
-                    seen[key] = (
-                        None
-                        if own is None
-                        else identity.record_seen_from(int(own["pk"]), trust, conn=conn)
-                    )
-                found = seen[key]
-                rows.append(row if found is None else trust_view.seen_row(row, found))
+            pks = trust_view.records_of(conn, others)
+            linked = trust_view.maybe_linked(conn, pks.values())
+            for key, pk in pks.items():
+                if pk in linked:
+                    found = identity.record_seen_from(pk, trust, conn=conn)
+                    if found is not None:
+                        seen[key] = found
+        if not seen:
+            return result
+        rows = []
+        for row in result.rows:
+            key = (str(row.get("IssuerOfPatientID") or ""), str(row.get("PatientID") or ""))
+            found = seen.get(key)
+            rows.append(row if found is None else trust_view.seen_row(row, found))
         return replace(result, rows=rows)
 
     def _audit(
