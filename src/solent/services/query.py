@@ -160,8 +160,16 @@ class QueryService:
                 detail["more"] = True
         if error:
             detail["error"] = error[:200]
-        unqualified = query.identity is not None and query.identity.unqualified
-        patient = None if unqualified else self._named_patient(query)
+        patient = self._named_patient(query)
+        # A bare ID names the caller's trust's record only when that trust has one (else it
+        # is another trust's ID: the matches say whose).
+        if (
+            patient is not None
+            and query.identity is not None
+            and query.identity.unqualified
+            and IdentityService(self.index).resolve(patient.issuer, patient.local_id) is None
+        ):
+            patient = None
         if patient is None and result is not None:
             patient = patient_of_rows(result.rows)
         self.audit.record(principal, AuditAction.QUERY, outcome, patient=patient, detail=detail)
