@@ -230,14 +230,23 @@ def studies(result: QueryResult) -> list[str]:
 
 
 def test_unqualified_patient_id_is_scoped_to_the_callers_trust(archive: Archive) -> None:
-    assert studies(find(archive, Level.STUDY, {"PatientID": "A123456"}, who=node("ZZA"))) == ["S1"]
-    assert studies(find(archive, Level.STUDY, {"PatientID": "A123456"}, who=node("ZZC"))) == ["S3"]
-    assert studies(find(archive, Level.STUDY, {"PatientID": "A123456"}, who=node("ZZB"))) == []
+    """Issue 15: the caller's trust's record and every record linked to it; failing a record
+    of its own with that ID, another trust's record it may see (the ID a viewer was shown on
+    a linked study). Never an unrelated patient, whatever ID it shares."""
+
+    def found(who: str, pid: str, level: Level = Level.STUDY) -> set[str]:
+        return set(studies(find(archive, level, {"PatientID": pid}, who=node(who))))
+
+    assert found("ZZA", "A123456") == {"S1", "S2"}  # CARTER here and his linked ZZB study
+    assert found("ZZA", "B7654321") == {"S1", "S2"}  # the ZZB ID a linked study showed
+    assert found("ZZB", "A123456") == {"S1", "S2"}  # ZZB has no A123456: ZZA's CARTER
+    assert found("ZZC", "A123456") == {"S3"}  # ZZC's own A123456 wins; not CARTER
+    assert found("ZZD", "A123456") == set()  # ZZD may see neither A123456
     # Wildcards and lower levels are scoped the same way.
-    assert studies(find(archive, Level.STUDY, {"PatientID": "A*"}, who=node("ZZC"))) == ["S3"]
+    assert found("ZZC", "A*") == {"S3"}
     images = find(archive, Level.IMAGE, {"PatientID": "A123456"}, who=node("ZZA"))
-    assert {r["StudyInstanceUID"] for r in images.rows} == {study_uid("S1")}
-    assert len(images.rows) == 2
+    assert {r["StudyInstanceUID"] for r in images.rows} == {study_uid("S1"), study_uid("S2")}
+    assert all(r["PatientID"] == "A123456" for r in images.rows)  # shown as ZZA knows him
 
 
 def test_unqualified_patient_id_without_a_trust_is_refused(archive: Archive) -> None:

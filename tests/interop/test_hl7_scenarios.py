@@ -653,14 +653,18 @@ def test_2_7_queries_and_launch(site: Site) -> None:
     # Q1 / Q2 (via the JSON API; QIDO-RS and C-FIND call the same identity service).
     assert site.api.study_uids(nhs_number="9990000026") == [ZZB_CT, ZZA_CT]
     assert site.api.study_uids(issuer="ZZA", patient_id="A123456") == [ZZB_CT, ZZA_CT]
-    # Q1 through QIDO-RS and C-FIND: both studies, each with its own trust's identifiers.
+    # Q1 through QIDO-RS and C-FIND: both studies, shown as the caller's trust (ZZA) knows the
+    # person (issue 15), the ZZB study's own identifiers in Other Patient IDs Sequence.
     r = site.api.get("/dicomweb/studies", PatientID="9990000026", IssuerOfPatientID="NHS")
     assert r.status_code == 200, r.text
     found = {
         (s["0020000D"]["Value"][0], s["00100020"]["Value"][0], s["00100021"]["Value"][0])
         for s in r.json()
     }
-    assert found == {(ZZB_CT, "B7654321", "ZZB"), (ZZA_CT, "A123456", "ZZA")}
+    assert found == {(ZZB_CT, "A123456", "ZZA"), (ZZA_CT, "A123456", "ZZA")}
+    (zzb,) = [s for s in r.json() if s["0020000D"]["Value"][0] == ZZB_CT]
+    own = {(i["00100020"]["Value"][0], i["00100021"]["Value"][0]) for i in zzb["00101002"]["Value"]}
+    assert ("B7654321", "ZZB") in own
     require_tool("findscu")
     rows = findscu(
         int(site.server.ports["dicom"]),
@@ -676,10 +680,11 @@ def test_2_7_queries_and_launch(site: Site) -> None:
     r = site.api.get("/api/identity/person", patient_id="A123456")
     assert r.status_code == 400
     # QIDO takes the policy choice R24/Q3 allows: a bare PatientID is scoped to the caller's
-    # trust (ZZA here), so only ZZA's A123456 and the record linked to it can come back.
-    r = site.api.get("/dicomweb/studies", PatientID="A123456")
-    assert r.status_code == 200, r.text
-    assert {s["0020000D"]["Value"][0] for s in r.json()} <= {ZZA_CT, ZZB_CT}
+    # trust (ZZA here): ZZA's A123456 and the record linked to it, from either ID (issue 15).
+    for pid in ("A123456", "B7654321"):
+        r = site.api.get("/dicomweb/studies", PatientID=pid)
+        assert r.status_code == 200, r.text
+        assert {s["0020000D"]["Value"][0] for s in r.json()} == {ZZA_CT, ZZB_CT}
     # Q4: IID launch by NHS number from ZZA's EPR opens both studies, newest first.
     r = site.api.client.get(
         "/trusts/ZZA/IHEInvokeImageDisplay",

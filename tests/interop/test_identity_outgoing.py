@@ -287,11 +287,15 @@ def test_qido_follows_a24_links_and_retired_identifiers(site: Site) -> None:
     assert site.send(A24.format(control="OUT-7", a="A7703", b="B7703")) == ["AA"]
     rows = site.qido(**query)
     assert _study_uids(rows) == {LINK_A, LINK_B}
-    # Each study keeps its own trust's identifiers.
+    # Both are shown as the caller's trust (ZZA) knows the person (issue 15); the ZZB study's
+    # own identifiers are in Other Patient IDs Sequence.
     assert {(_value(r, "0020000D"), _value(r, "00100021")) for r in rows} == {
         (LINK_A, "ZZA"),
-        (LINK_B, "ZZB"),
+        (LINK_B, "ZZA"),
     }
+    (linked,) = [r for r in rows if _value(r, "0020000D") == LINK_B]
+    others = linked["00101002"]["Value"]  # type: ignore[index]
+    assert ("B7703", "ZZB") in {(_value(i, "00100020"), _value(i, "00100021")) for i in others}
     assert site.send(A37.format(control="OUT-8", a="A7703", b="B7703")) == ["AA"]
     assert _study_uids(site.qido(**query)) == {LINK_A}
 

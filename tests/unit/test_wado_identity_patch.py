@@ -53,17 +53,17 @@ def test_patched_bytes_follow_the_record_and_repeat(archive: Archive, tmp_path: 
     assert len(instances) == len(FILES)
 
     # Nothing changed yet: the stored bytes, and known unchanged from then on.
-    identity = svc.current_identity()
+    identity = svc.current_identity(who)
     for inst in instances:
         stored = b"".join(svc.stored_bytes(who, inst))
         assert b"".join(svc.patched_bytes(who, inst, identity)) == stored
-    assert svc.identity_changed(instances, svc.current_identity()) == set()
+    assert svc.identity_changed(instances, svc.current_identity(who)) == set()
 
     archive.index.write(
         lambda c: c.execute(update(t.patient).values(name="RENAMED^PAT", updated_at=now()))
     )
     first: dict[int, bytes] = {}
-    identity = svc.current_identity()
+    identity = svc.current_identity(who)
     assert svc.identity_changed(instances, identity) == {i.pk for i in instances}
     for inst in instances:
         out = b"".join(svc.patched_bytes(who, inst, identity))
@@ -74,7 +74,7 @@ def test_patched_bytes_follow_the_record_and_repeat(archive: Archive, tmp_path: 
         assert_same(expected, got)
         first[inst.pk] = out
 
-    again = svc.current_identity()
+    again = svc.current_identity(who)
     assert svc.identity_changed(instances, again) == {i.pk for i in instances}
     for inst in instances:
         assert b"".join(svc.patched_bytes(who, inst, again)) == first[inst.pk]

@@ -141,6 +141,10 @@ class PatientIdentity:
     local_id: Single | ValueList | Wildcard | AnyOf
     issuers: tuple[str, ...] | None
     linked: bool = False
+    #: Set by scope_patient_identity for a PatientID sent without issuer: the caller's trust's
+    #: records, and (when the trust has none with that ID) another trust's record the caller
+    #: may see, as a viewer shows it on a linked study; with every record linked to them.
+    unqualified: bool = False
 
     @property
     def by_nhs_number(self) -> bool:
@@ -510,7 +514,9 @@ def _issuers(raw: str | list[str]) -> tuple[str, ...]:
 
 
 def scope_patient_identity(query: Query, caller_trust: str | None) -> Query:
-    """Apply R24: an unqualified PatientID matches only the caller's trust's records.
+    """Apply R24: an unqualified PatientID names the caller's trust's records (and, failing
+    that, another trust's ID the caller's view printed) and the records linked to them, so a
+    viewer's "other studies of this patient" finds the person's whole history.
 
     A caller without a trust (an administrator, the system) must name the issuer: raises
     ``InvalidInput``. Idempotent; ``QueryService.find`` calls it on every query.
@@ -525,7 +531,12 @@ def scope_patient_identity(query: Query, caller_trust: str | None) -> Query:
                 "PatientID without IssuerOfPatientID is ambiguous across trusts (R24): add "
                 "IssuerOfPatientID (the trust code, or NHS for an NHS number)"
             )
-        issuers = (caller_trust,)
+        return replace(
+            query,
+            identity=replace(ident, issuers=(caller_trust,), linked=True, unqualified=True),
+            viewer_trust=caller_trust,
+            scoped=True,
+        )
     return replace(
         query,
         identity=replace(ident, issuers=issuers),

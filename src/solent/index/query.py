@@ -313,16 +313,39 @@ class _Compiler:
             )
         return or_(*parts)
 
-    def patient_where(self, query: Query) -> list[Expr]:
+    def unqualified(self, ident: PatientIdentity, patient: Any, trust: str, visible: Any) -> Expr:
+        """A PatientID without issuer: the caller's trust's records with it or, when the trust
+        has none, other trusts' records with it that the caller may see (the ID a viewer
+        printed on a linked study). Never a record the caller may not see."""
+        pid = BY_KEYWORD["PatientID"]
+        mine = self.match(patient.c.local_id, pid, ident.local_id)
+        own = _OWN.c
+        others: Expr = and_(
+            patient.c.issuer != trust,
+            mine,
+            ~exists().where(own.issuer == trust, self.match(own.local_id, pid, ident.local_id)),
+        )
+        if visible is not None:
+            seen = visible.subquery("visible_unqualified")
+            others = and_(others, exists().where(seen.c.pk == patient.c.pk))
+        return or_(and_(patient.c.issuer == trust, mine), others)
+
+    def patient_where(self, query: Query, visible: Any = None) -> list[Expr]:
         """The identity rule (R24) and, when asked, the linked records of other trusts (R3)."""
         ident = query.identity
         if ident is None:
             return []
         p = t.patient
-        direct = self.identity(ident, p, query.viewer_trust)
+        trust = query.viewer_trust
+        if ident.unqualified and trust:
+            direct = self.unqualified(ident, p, trust, visible)
+            condition = self.unqualified(ident, _MATCHED, trust, visible)
+        else:
+            direct = self.identity(ident, p, trust)
+            condition = self.identity(ident, _MATCHED, trust)
         if not ident.linked:
             return [direct]
-        matched = select(_MATCHED.c.pk).where(self.identity(ident, _MATCHED, query.viewer_trust))
+        matched = select(_MATCHED.c.pk).where(condition)
         pks = union(matched, *access.linked_pks(matched)).subquery("identity_pks")
         return [p.c.pk.in_(select(pks.c.pk))]
 
@@ -341,6 +364,7 @@ def _plain_values(m: Matcher) -> list[str] | None:
 
 
 _MATCHED = t.patient.alias("p_matched")
+_OWN = t.patient.alias("p_own")
 _MODALITY_SERIES = t.series.alias("modality_series")
 
 
@@ -365,7 +389,7 @@ def build(
     comp = _Compiler(dialect)
     level = query.level
     stmt = select(*_columns(level)).select_from(_from(level))
-    where: list[Expr] = comp.patient_where(query)
+    where: list[Expr] = comp.patient_where(query, visible_patients)
     where += [comp.condition(c, query.viewer_trust) for c in query.conditions]
     if visible_patients is not None:
         seen = visible_patients.subquery("visible")

@@ -9,7 +9,7 @@ Every change is written with who, which message, when, and the state before and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ from solent.domain.principal import Principal
 from solent.errors import InvalidInput, NotFound, SolentError
 from solent.index import identity as store
 from solent.index.sql import Index
+from solent.services import trust_view
 from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
 
 T = TypeVar("T")
@@ -253,13 +254,18 @@ class IdentityService:
     # -- what DICOM says after a change -----------------------------------------------------
 
     def current_patient_attributes(
-        self, study_uid: str | None = None, *, patient_pk: int | None = None
+        self,
+        study_uid: str | None = None,
+        *,
+        patient_pk: int | None = None,
+        viewing_trust: str | None = None,
     ) -> dict[str, Any]:
         """Patient attributes as the record says now, by DICOM keyword, for outgoing DICOM.
 
         ``OtherPatientIDsSequence`` is a list of item dicts (the NHS number, issuer NHS, with
         its ISO OID). A value of None means "remove this attribute" (contact details of a
         sensitive patient). Raises NotFound when the study or record is unknown.
+        ``viewing_trust``: the person as that trust's linked record shows them (trust_view).
         """
         with self.index.read() as conn:
             pk = patient_pk
@@ -274,6 +280,9 @@ class IdentityService:
             if row is None:
                 raise NotFound("no such patient record")
             contact = store.get_contact(conn, pk)
+            seen = self.record_seen_from(pk, viewing_trust, conn=conn)
+            if seen is not None and not (contact and contact["sensitive"]):
+                contact = store.get_contact(conn, int(seen["pk"]))
         attrs: dict[str, Any] = {
             "PatientID": row["local_id"],
             "IssuerOfPatientID": row["issuer"],
@@ -300,7 +309,44 @@ class IdentityService:
         if contact and contact["sensitive"]:
             attrs["PatientAddress"] = None
             attrs["PatientTelephoneNumbers"] = None
+        if seen is not None:
+            return trust_view.seen_attributes(attrs, row, seen)
         return attrs
+
+    def subject_seen_by(self, principal: Principal, study: Mapping[str, Any]) -> dict[str, Any]:
+        """The record a study (a ``studies`` row) is shown under to ``principal``: its trust's
+        linked record where it holds one (trust_view), else the study's own.
+        Keys: patient_pk, issuer, local_id."""
+        own = {
+            "patient_pk": int(study["patient_pk"]),
+            "issuer": study["issuer"],
+            "local_id": study["local_id"],
+        }
+        seen = self.record_seen_from(own["patient_pk"], principal.trust)
+        if seen is None:
+            return own
+        return {
+            "patient_pk": int(seen["pk"]),
+            "issuer": seen["issuer"],
+            "local_id": seen["local_id"],
+        }
+
+    def record_seen_from(
+        self, patient_pk: int, trust: str | None, *, conn: Connection | None = None
+    ) -> dict[str, Any] | None:
+        """``trust``'s record linked to this one, shown instead of it to that trust's
+        callers (services/trust_view.py); None when there is none or it is ``trust``'s own."""
+
+        def op(c: Connection) -> dict[str, Any] | None:
+            row = store.get_patient(c, patient_pk)
+            if not trust or row is None or row["issuer"] == trust:
+                return None  # the caller's own record (the common case): no link walk
+            return trust_view.record_seen_from(c, patient_pk, trust, self._component(c, patient_pk))
+
+        if conn is not None:
+            return op(conn)
+        with self.index.read() as c:
+            return op(c)
 
     # -- changes from the trusts' feeds ----------------------------------------------------------
 

@@ -36,7 +36,7 @@ def _gzip(body: bytes) -> bytes:
 def warm_series_metadata(
     svc: WebRetrieveService, principal: Principal, study: str, series: str, base: str
 ) -> None:
-    identity = svc.current_identity()
+    identity = svc.current_identity(principal)
     hashes, docs = svc.series_metadata(principal, study, series, None, base, identity)
     variant = f"metadata|{base}|{True}|{identity.fingerprint(study)}"
     body = b"[" + b",".join(docs) + b"]"

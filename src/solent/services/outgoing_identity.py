@@ -207,11 +207,14 @@ class OutgoingIdentity:
 
 
 class CurrentIdentity(OutgoingIdentity):
-    """What the patient index says now, per study, read once per request."""
+    """What the patient index says now, per study, read once per request, as seen from
+    ``viewing_trust`` (the caller's trust, or the destination node's: services/trust_view.py).
+    The fingerprint hashes the attributes, so caches keyed by it are per view of the person."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, viewing_trust: str | None = None) -> None:
         super().__init__()
         self._index = index
+        self.viewing_trust = viewing_trust
         self._identity = IdentityService(index)
         self._by_study: dict[str, dict[str, Any] | None] = {}
         self._stamps: dict[str, str] = {}
@@ -220,7 +223,9 @@ class CurrentIdentity(OutgoingIdentity):
         """None when the study is unknown (nothing to patch)."""
         if study_uid not in self._by_study:
             try:
-                attrs = self._identity.current_patient_attributes(study_uid)
+                attrs = self._identity.current_patient_attributes(
+                    study_uid, viewing_trust=self.viewing_trust
+                )
             except NotFound:
                 attrs = None
             if attrs is not None and not attrs.get(ALWAYS):
@@ -256,7 +261,21 @@ class CurrentIdentity(OutgoingIdentity):
         with self._index.read() as conn:
             row = conn.execute(query).first()
         known = [_utc(x) for x in row or () if isinstance(x, datetime)]
+        seen = self._seen_record(study_uid)
+        if seen is not None:  # the viewer's record changes what goes out too
+            known.append(_utc(seen["updated_at"]))
         return max(known) if known else None
+
+    def _seen_record(self, study_uid: str) -> dict[str, Any] | None:
+        if not self.viewing_trust:
+            return None
+        with self._index.read() as conn:
+            row = conn.execute(
+                select(t.study.c.patient_pk).where(t.study.c.study_uid == study_uid)
+            ).first()
+            if row is None:
+                return None
+            return self._identity.record_seen_from(int(row[0]), self.viewing_trust, conn=conn)
 
 
 class FixedIdentity(OutgoingIdentity):

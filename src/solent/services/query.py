@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Select, select
 
+from solent.domain.attributes import Level
 from solent.domain.matching import Query, Single, scope_patient_identity
 from solent.domain.nhs_number import NHS_ISSUER
 from solent.domain.principal import Principal
@@ -20,6 +21,7 @@ from solent.index import query as compiled
 from solent.index import schema as t
 from solent.index.access import VisiblePatients
 from solent.index.sql import Index
+from solent.services import trust_view
 from solent.services.audit import (
     AuditAction,
     AuditOutcome,
@@ -105,7 +107,38 @@ class QueryService:
             raise
         result = self._find(principal, scoped, limit, offset, max_results)
         self._audit(principal, scoped, channel, keys, result, AuditOutcome.SUCCESS, None)
-        return result
+        return self._as_seen(principal, scoped, result)
+
+    def _as_seen(self, principal: Principal, query: Query, result: QueryResult) -> QueryResult:
+        """Study, series and instance matches show the person as the caller's trust knows
+        them (services/trust_view.py), the study's own IDs under ``trust_view.OTHER_IDS``.
+        Patient-level matches are the records themselves and stay as they are."""
+        trust = principal.trust
+        if not trust or query.level is Level.PATIENT or not result.rows:
+            return result
+        identity = IdentityService(self.index)
+        others = {
+            (str(r.get("IssuerOfPatientID") or ""), str(r.get("PatientID") or ""))
+            for r in result.rows
+        }
+        others = {k for k in others if k[0] != trust}
+        seen: dict[tuple[str, str], dict[str, Any]] = {}
+        with self.index.read() as conn:
+            pks = trust_view.records_of(conn, others)
+            linked = trust_view.maybe_linked(conn, pks.values())
+            for key, pk in pks.items():
+                if pk in linked:
+                    found = identity.record_seen_from(pk, trust, conn=conn)
+                    if found is not None:
+                        seen[key] = found
+        if not seen:
+            return result
+        rows = []
+        for row in result.rows:
+            key = (str(row.get("IssuerOfPatientID") or ""), str(row.get("PatientID") or ""))
+            found = seen.get(key)
+            rows.append(row if found is None else trust_view.seen_row(row, found))
+        return replace(result, rows=rows)
 
     def _audit(
         self,
@@ -128,6 +161,15 @@ class QueryService:
         if error:
             detail["error"] = error[:200]
         patient = self._named_patient(query)
+        # A bare ID names the caller's trust's record only when that trust has one (else it
+        # is another trust's ID: the matches say whose).
+        if (
+            patient is not None
+            and query.identity is not None
+            and query.identity.unqualified
+            and IdentityService(self.index).resolve(patient.issuer, patient.local_id) is None
+        ):
+            patient = None
         if patient is None and result is not None:
             patient = patient_of_rows(result.rows)
         self.audit.record(principal, AuditAction.QUERY, outcome, patient=patient, detail=detail)

@@ -246,7 +246,14 @@ class RecordService:
     ) -> list[dict[str, Any]]:
         """The person's studies the caller may see, newest first, each with its series."""
         studies = self.identity.studies(person.pks)
-        out = [{**s, "series": self.identity.series(int(s["study_pk"]))} for s in studies]
+        out = [
+            {
+                **s,
+                "series": self.identity.series(int(s["study_pk"])),
+                "subject": self.identity.subject_seen_by(principal, s),
+            }
+            for s in studies
+        ]
         self._audit(principal, person, what, results=len(out))
         return out
 
@@ -261,7 +268,11 @@ class RecordService:
         except NotVisible:
             raise self.access.not_found(principal, "study") from None
         self.audit.record(principal, AuditAction.VIEW, patient=patient, study_uid=uid)
-        return {**summary, "series": self.identity.series(study_pk)}
+        return {
+            **summary,
+            "series": self.identity.series(study_pk),
+            "subject": self.identity.subject_seen_by(principal, summary),
+        }
 
     def studies_by_uid_or_accession(
         self,
@@ -294,7 +305,11 @@ class RecordService:
             if summary is None:
                 continue
             if with_series:
-                summary = {**summary, "series": self.identity.series(int(row["pk"]))}
+                summary = {
+                    **summary,
+                    "series": self.identity.series(int(row["pk"])),
+                    "subject": self.identity.subject_seen_by(principal, summary),
+                }
             out.append(summary)
             self.audit.record(
                 principal,

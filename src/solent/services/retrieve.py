@@ -93,9 +93,11 @@ class RetrieveService:
         with self.store.open(ref.blob_key) as fp:
             return fp.read()
 
-    def current_identity(self) -> CurrentIdentity:
-        """The per-retrieve cache of the records' current patient attributes (issue 5)."""
-        return CurrentIdentity(self.index)
+    def current_identity(self, viewing_trust: str | None = None) -> CurrentIdentity:
+        """The per-retrieve cache of the records' current patient attributes (issue 5), as
+        ``viewing_trust`` sees the person (services/trust_view.py): the trust of the node
+        the instances go to (C-MOVE destination, C-GET caller)."""
+        return CurrentIdentity(self.index, viewing_trust)
 
     def encoded_dataset(
         self, principal: Principal, ref: StoredInstanceRef, identity: CurrentIdentity | None = None

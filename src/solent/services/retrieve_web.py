@@ -345,9 +345,11 @@ class WebRetrieveService:
 
     # -- metadata ----------------------------------------------------------------------
 
-    def current_identity(self) -> CurrentIdentity:
-        """The per-request cache of the records' current patient attributes (issue 5)."""
-        return CurrentIdentity(self.index)
+    def current_identity(self, principal: Principal) -> CurrentIdentity:
+        """The per-request cache of the records' current patient attributes (issue 5), as seen
+        from the caller's trust (services/trust_view.py): the document, header and response
+        caches are keyed by its fingerprint, so each view of the person has its own entries."""
+        return CurrentIdentity(self.index, principal.trust)
 
     def metadata_documents(
         self,
@@ -358,7 +360,7 @@ class WebRetrieveService:
     ) -> Iterator[bytes]:
         """Each instance's DICOM JSON, with BulkDataURIs made absolute under ``base_url`` and
         the patient attributes the record holds now."""
-        identity = identity or self.current_identity()
+        identity = identity or self.current_identity(principal)
         by_pk = {i.pk: i for i in instances}
         for pk, json_z in reads.iter_metadata(self.index, [i.pk for i in instances]):
             inst = by_pk[pk]
@@ -376,7 +378,7 @@ class WebRetrieveService:
     ) -> tuple[list[str], list[bytes]]:
         """(content hashes, DICOM JSON documents) of a series or one instance, one query."""
         self.allow(principal, study_uid)
-        identity = identity or self.current_identity()
+        identity = identity or self.current_identity(principal)
         rows = reads.find_metadata(self.index, study_uid, series_uid, sop_instance_uid)
         if not rows:
             self.instances(principal, study_uid, series_uid, sop_instance_uid)  # says what

@@ -27,13 +27,20 @@ from solent.protocols.dicomweb.common import (
     principal,
 )
 from solent.protocols.params import parse_int
+from solent.services.trust_view import OTHER_IDS
 
 router = APIRouter(route_class=DicomWebRoute)
 
 CONTROL = {"includefield", "fuzzymatching", "limit", "offset"}
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 # Row keys that are not DICOM keywords of their own.
-SPECIAL = {"NHSNumber", "NHSNumberVerified", "IssuerOfAccessionNumber", "TransferSyntaxUID"}
+SPECIAL = {
+    "NHSNumber",
+    "NHSNumberVerified",
+    "IssuerOfAccessionNumber",
+    "TransferSyntaxUID",
+    OTHER_IDS,
+}
 CAP_WARNING = (
     '299 solent "The number of results exceeded the maximum supported by the server. '
     'Additional results can be requested."'
@@ -96,15 +103,19 @@ def row_to_json(row: dict[str, Any], level: Level, base: str) -> dict[str, Any]:
         pair = _element(key, value)
         if pair is not None:
             out[pair[0]] = pair[1]
+    other = [*(row.get(OTHER_IDS) or ())]  # the study's own record (services/trust_view)
     if row.get("NHSNumber"):
+        other.append((row["NHSNumber"], "NHS"))
+    if other:
         out["00101002"] = {
             "vr": "SQ",
             "Value": [
                 {
-                    "00100020": {"vr": "LO", "Value": [row["NHSNumber"]]},
-                    "00100021": {"vr": "LO", "Value": ["NHS"]},
+                    "00100020": {"vr": "LO", "Value": [pid]},
+                    "00100021": {"vr": "LO", "Value": [issuer]},
                     "00100022": {"vr": "CS", "Value": ["TEXT"]},
                 }
+                for pid, issuer in other
             ],
         }
     if row.get("IssuerOfAccessionNumber"):

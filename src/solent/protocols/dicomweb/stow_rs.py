@@ -149,8 +149,8 @@ def _study_mismatch(part: mp.SpooledPart, study: str) -> PartOutcome | None:
         found = str(ds.get("StudyInstanceUID", "")).strip()
     except Exception:
         return None  # unreadable: ingest says why
-    if found == study:
-        return None
+    if found == study or not found:
+        return None  # no Study Instance UID at all: ingest refuses it with the reason
     result = StoreResult.rejected(
         RejectReason.MALFORMED,
         "",
@@ -234,6 +234,10 @@ async def _store(request: Request, study: str | None) -> Response:
     doc = response_document(outcomes, base_url(request), study)
     failures = sum(1 for o in outcomes if o.failure is not None)
     status = 200 if failures == 0 else (409 if failures == len(outcomes) else 202)
+    if status == 409 and all(o.failure == CANNOT_UNDERSTAND for o in outcomes):
+        # Nothing stored because the request itself is bad (an instance without a Study
+        # Instance UID, not DICOM...): 400, the reasons in each part's Error Comment.
+        status = 400
     return Response(json.dumps(doc), status_code=status, media_type=DICOM_JSON)
 
 

@@ -85,7 +85,7 @@ def _retrieve(
     ranges = _ranges(request)
     instances = svc.instances(who, study, series, sop)
     targets = [neg.negotiate_instance(ranges, i.transfer_syntax_uid) for i in instances]
-    identity = svc.current_identity()
+    identity = svc.current_identity(who)
     variant = f"instances|{identity.fingerprint(study)}|" + ",".join(targets)
     etag = svc.etag(instances, variant)
     # The header carries the patient's current identity, which may change: revalidate.
@@ -240,7 +240,7 @@ def _metadata(
     gzip = "gzip" in request.headers.get("accept-encoding", "")
     docs: list[bytes] | None = None
     instances: list[StoredInstance] = []
-    identity = svc.current_identity()
+    identity = svc.current_identity(who)
     if series is None:  # a study may be large: list it, then read the JSON in pages
         instances = svc.instances(who, study)
         hashes = [i.sha256 for i in instances]
@@ -442,7 +442,7 @@ def retrieve_bulkdata(
 
 # -- rendered and thumbnails ------------------------------------------------------------
 
-RENDER_PARAMS = {"window", "viewport", "quality", "annotation", "charset", "iccprofile"}
+RENDER_PARAMS = {"window", "viewport", "quality", "annotation", "charset", "iccprofile", "accept"}
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -453,15 +453,14 @@ def _floats(text: str, what: str) -> list[float]:
 
 
 def render_options(request: Request, *, thumbnail: bool = False) -> RenderOptions:
+    """The rendering a request asks for. Query parameters this server does not know are
+    ignored: PS3.18 8.3.3 makes them optional, and none changes which image is meant. The
+    ``accept`` parameter (8.3.3.1) overrides the Accept header (browsers cannot set one on an
+    <img> link)."""
     params = request.query_params
-    unknown = sorted(set(params) - RENDER_PARAMS)
-    if unknown:
-        raise HTTPException(
-            400,
-            f"unknown parameter(s) {', '.join(unknown)}; rendered resources take "
-            f"{', '.join(sorted(RENDER_PARAMS))}",
-        )
-    media = neg.negotiate_rendered(_ranges(request))
+    accept = params.getlist("accept")
+    ranges = neg.parse_accept(",".join(accept)) if accept else _ranges(request)
+    media = neg.negotiate_rendered(ranges)
     quality = 80 if thumbnail else 90
     if "quality" in params:
         try:

@@ -2,6 +2,11 @@
 
 ``/dicomweb/wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..&contentType=..``
 returns the instance (application/dicom) or a rendered image (image/jpeg, image/png).
+
+What major clients send is accepted where the intent is clear: ``transferSyntax=*`` (OHIF /
+cornerstone's WADO-URI loader) means "as stored", ``contentType`` may list several types or
+carry parameters, and parameters this server does not know are ignored (they are optional
+in PS3.18 9.1 and none of them changes which instance is meant).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from solent.dicom import transcode as tc
 from solent.dicom.render import RenderOptions, Viewport
 from solent.protocols.dicomweb.common import (
     DicomWebRoute,
+    changing_headers,
     check_uid,
     immutable_headers,
     not_modified,
@@ -44,6 +50,9 @@ KNOWN = {
     "transferSyntax",
 }
 CONTENT_TYPES = {"application/dicom", "image/jpeg", "image/png", "image/gif"}
+#: Known but not supported: each would change the answer, so it is refused, not ignored.
+UNSUPPORTED = ("anonymize", "annotation", "region", "presentationUID", "presentationSeriesUID")
+AS_STORED = {"", "*"}  # transferSyntax values meaning "the stored syntax"
 
 
 def _int(params: dict[str, str], name: str, lo: int, hi: int) -> int | None:
@@ -69,17 +78,19 @@ def _float(params: dict[str, str], name: str) -> float | None:
 
 @router.get("/wado")
 async def wado(request: Request) -> Response:
-    params = dict(request.query_params)
-    unknown = sorted(set(params) - KNOWN)
-    if unknown:
-        raise HTTPException(400, f"unknown WADO-URI parameter(s): {', '.join(unknown)}")
+    params = {k: v for k, v in request.query_params.items() if k in KNOWN}
+    for name in UNSUPPORTED:
+        if params.get(name, "").strip():
+            raise HTTPException(400, f"{name} is not supported by this server")
     if params.get("requestType") != "WADO":
         raise HTTPException(400, "requestType must be WADO")
     for name in ("studyUID", "seriesUID", "objectUID"):
         if not params.get(name):
             raise HTTPException(400, f"{name} is required")
         check_uid(params[name], name)
-    content = [c.strip() for c in params.get("contentType", "image/jpeg").split(",")]
+    content = [
+        c.split(";")[0].strip().lower() for c in params.get("contentType", "image/jpeg").split(",")
+    ]
     chosen = next((c for c in content if c in CONTENT_TYPES or c in ("*/*", "image/*")), None)
     if chosen is None:
         raise HTTPException(406, f"contentType must be one of {', '.join(sorted(CONTENT_TYPES))}")
@@ -98,21 +109,30 @@ async def wado(request: Request) -> Response:
     inst = found[0]
     replace = request.app.state.services.settings.conflict_policy == "replace"
     if chosen == "application/dicom":
-        svc.record(who, "retrieve", inst.study_uid, {"channel": "wado-uri", "instances": 1})
-        target = params.get("transferSyntax", inst.transfer_syntax_uid)
+        target = params.get("transferSyntax", "").strip()
+        if target in AS_STORED:
+            target = inst.transfer_syntax_uid
         check_uid(target, "transferSyntax")
-        etag = svc.etag([inst], f"wado-uri|{target}")
-        headers = immutable_headers(etag, replace)
+        if target != inst.transfer_syntax_uid and not (
+            tc.can_decode(inst.transfer_syntax_uid) and tc.can_encode(target)
+        ):
+            raise HTTPException(406, f"cannot send this instance as {tc.describe(target)}")
+        # The header says who the patient is as seen from the caller's trust (trust_view).
+        identity = await run_in_threadpool(svc.current_identity, who)
+        fingerprint = await run_in_threadpool(identity.fingerprint, inst.study_uid)
+        etag = svc.etag([inst], f"wado-uri|{target}|{fingerprint}")
+        headers = changing_headers(etag)
         if not_modified(request, etag):
             return Response(status_code=304, headers=headers)
+        svc.record(who, "retrieve", inst.study_uid, {"channel": "wado-uri", "instances": 1})
         if target == inst.transfer_syntax_uid:
-            headers["Content-Length"] = str(inst.size_bytes)
             return StreamingResponse(
-                svc.stored_bytes(who, inst), media_type="application/dicom", headers=headers
+                svc.patched_bytes(who, inst, identity),
+                media_type="application/dicom",
+                headers=headers,
             )
-        if not (tc.can_decode(inst.transfer_syntax_uid) and tc.can_encode(target)):
-            raise HTTPException(406, f"cannot send this instance as {tc.describe(target)}")
         data = await run_in_threadpool(svc.transcoded, who, inst, target)
+        data = await run_in_threadpool(svc.with_identity, who, inst, identity, data)
         return Response(data, media_type="application/dicom", headers=headers)
     rows, cols = _int(params, "rows", 1, 8192), _int(params, "columns", 1, 8192)
     viewport = None

@@ -34,6 +34,7 @@ from solent.protocols.dimse.status import (
     status,
 )
 from solent.services.query import QueryService
+from solent.services.trust_view import OTHER_IDS
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,12 @@ def response_identifier(
         _set(ds, kw, row.get(ROW_ALIASES.get(kw, kw)))
     if "OtherPatientIDsSequence" in requested:
         items = []
+        for pid, issuer in row.get(OTHER_IDS) or ():  # the study's own record (trust_view)
+            item = Dataset()
+            item.PatientID = pid
+            item.IssuerOfPatientID = issuer
+            item.TypeOfPatientID = "TEXT"
+            items.append(item)
         if row.get("NHSNumber"):
             item = Dataset()
             item.PatientID = row["NHSNumber"]

@@ -94,9 +94,14 @@ def _locate(
 
 
 def _suboperations(
-    event: Event, refs: list[StoredInstanceRef], service: RetrieveService, peer: Peer
+    event: Event,
+    refs: list[StoredInstanceRef],
+    service: RetrieveService,
+    peer: Peer,
+    viewing_trust: str | None,
 ) -> Iterator[tuple[int, Dataset | None]]:
-    identity = service.current_identity()  # one read of the patient attributes per study
+    # One read of the patient attributes per study, as the receiving trust sees the person.
+    identity = service.current_identity(viewing_trust)
     for ref in refs:
         if event.is_cancelled:
             yield CANCEL, None
@@ -165,7 +170,8 @@ def handle_move(
     kwargs = {"contexts": destination_contexts(refs)} if refs else {}
     yield destination.host, destination.port, kwargs
     yield len(refs)
-    yield from _suboperations(event, refs, service, peer)
+    # The images go to the destination's trust: its record of the person (trust_view).
+    yield from _suboperations(event, refs, service, peer, destination.trust_code)
 
 
 def handle_get(event: Event, service: RetrieveService, peer: Peer | None) -> Iterator[Any]:
@@ -178,4 +184,4 @@ def handle_get(event: Event, service: RetrieveService, peer: Peer | None) -> Ite
         return
     audit.retrieve(service.audit, peer, refs, operation="c-get", destination=peer.principal.name)
     yield len(refs)
-    yield from _suboperations(event, refs, service, peer)
+    yield from _suboperations(event, refs, service, peer, peer.principal.trust)

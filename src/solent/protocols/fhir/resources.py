@@ -185,11 +185,31 @@ def patient(
     return _valid(Patient, data)
 
 
+def _subject(record: dict[str, Any]) -> dict[str, Any]:
+    issuer = record["issuer"]
+    return {
+        "reference": f"Patient/{record['patient_pk']}",
+        "identifier": {
+            "system": local_system(issuer),
+            "value": record["local_id"],
+            "assigner": {"identifier": {"system": ODS_SYSTEM, "value": issuer}},
+        },
+    }
+
+
 def imaging_study(
-    study: dict[str, Any], series: list[dict[str, Any]], *, base_url: str
+    study: dict[str, Any],
+    series: list[dict[str, Any]],
+    *,
+    base_url: str,
+    subject: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``subject``: the record the caller's trust knows the person by (patient_pk, issuer,
+    local_id; IdentityService.subject_seen_by), the study's own record when not given."""
     trust = study["trust_code"]
     uid = study["study_uid"]
+    if subject is None:
+        subject = {k: study[k] for k in ("patient_pk", "issuer", "local_id")}
     identifiers: list[dict[str, Any]] = [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}]
     if study["accession_number"]:
         identifiers.append(
@@ -228,7 +248,7 @@ def imaging_study(
         "contained": endpoints,
         "identifier": identifiers,
         "status": "available",
-        "subject": {"reference": f"Patient/{study['patient_pk']}"},
+        "subject": _subject(subject),
         "endpoint": [{"reference": "#wado"}, {"reference": "#iid"}],
         "numberOfSeries": int(study["num_series"] or 0),
         "numberOfInstances": int(study["num_instances"] or 0),

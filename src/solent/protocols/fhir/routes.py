@@ -148,7 +148,11 @@ def _searched(build: Callable[[], dict[str, Any]], request: Request) -> JSONResp
 
 
 def _study_resources(request: Request, studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [fhir.imaging_study(s, s["series"], base_url=_base(request)) for s in studies]
+    """Each study with its subject as the caller's trust knows the person (services decide)."""
+    return [
+        fhir.imaging_study(s, s["series"], base_url=_base(request), subject=s["subject"])
+        for s in studies
+    ]
 
 
 @router.get("/ImagingStudy")
@@ -195,7 +199,9 @@ def _studies_by_identifier(
 def read_imaging_study(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
     def build() -> dict[str, Any]:
         study = _records(request).study(caller, _key(resource_id, "study"))
-        return fhir.imaging_study(study, study["series"], base_url=_base(request))
+        return fhir.imaging_study(
+            study, study["series"], base_url=_base(request), subject=study["subject"]
+        )
 
     return _answer(build)
 
