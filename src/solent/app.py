@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from solent.index import audit as audit_chain
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
+from solent.security.audit_key import load_audit_key
+from solent.security.users import UserService
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
 from solent.services.query import QueryService
@@ -42,6 +45,8 @@ class Archive:
     services: Services = field(init=False)
 
     def __post_init__(self) -> None:
+        # The audit chain is sealed with a key kept outside the index (issue 11).
+        audit_chain.use_key(self.index, load_audit_key(self.settings))
         self.audit = AuditTrail(self.index)
         self.access = AccessService(
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
@@ -61,6 +66,7 @@ class Archive:
                 access_ttl=self.settings.dicomweb_access_cache_seconds,
                 cache_bytes=self.settings.dicomweb_cache_mb << 20,
             ),
+            users=UserService(self.index, self.settings, self.audit),
         )
 
     def close(self) -> None:

@@ -25,7 +25,6 @@ from solent.app import Archive
 from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import InvalidInput, NotFound
 from solent.security.authn import AuthenticationFailed, Authenticator
-from solent.security.users import UserService
 from solent.services.access import AccessDenied
 from solent.services.audit import AuditAction, AuditOutcome
 
@@ -83,31 +82,6 @@ class RateLimiter:
             if len(self._buckets) > 100_000:  # forget idle callers rather than grow forever
                 self._buckets.clear()
             return True
-
-
-class FailureThrottle:
-    """Slows password guessing: after ``burst`` failures for one name, one try per ``every`` s."""
-
-    def __init__(self, burst: int = 5, every: float = 5.0) -> None:
-        self.capacity = float(burst)
-        self.rate = 1.0 / every
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def _level(self, key: str, now: float) -> float:
-        tokens, last = self._buckets.get(key, (self.capacity, now))
-        return min(self.capacity, tokens + (now - last) * self.rate)
-
-    def blocked(self, key: str) -> bool:
-        with self._lock:
-            return self._level(key, time.monotonic()) < 1
-
-    def failed(self, key: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._buckets[key] = (self._level(key, now) - 1, now)
-            if len(self._buckets) > 100_000:
-                self._buckets.clear()
 
 
 class _PartCounter:
@@ -245,11 +219,10 @@ async def _reply(
 
 def install_security(app: FastAPI, archive: Archive) -> None:
     """Require authentication on every route but /health; map access errors to HTTP."""
-    users = UserService(archive.index, archive.settings, archive.audit)
+    users = archive.services.users
     authenticator = Authenticator(archive.index, archive.settings, users)
     app.state.users = users
     app.state.authenticator = authenticator
-    app.state.login_throttle = FailureThrottle()
     app.add_middleware(SecurityMiddleware, archive=archive, authenticator=authenticator)
 
     @app.exception_handler(AccessDenied)

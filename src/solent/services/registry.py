@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from solent.ingest import Ingestor
+    from solent.security.users import UserService
     from solent.services.access import AccessService
     from solent.services.audit import AuditTrail
     from solent.services.query import QueryService
@@ -29,3 +30,4 @@ class Services:
     query: QueryService
     ingest: Ingestor
     web_retrieve: WebRetrieveService
+    users: UserService  # accounts, roles, tokens, logins (issue 11: admin scope, limits)
