@@ -201,7 +201,21 @@ def _user_list(args: argparse.Namespace, settings: Settings) -> int:
         print("  ".join(c.upper().ljust(widths[c]) for c in cols))
         for r in rows:
             print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    _warn_mixed_roles(users.list())
     return 0
+
+
+def _warn_mixed_roles(rows: list[Any]) -> None:
+    """Accounts made before administrators were kept apart from patient access (issue 11)."""
+    from solent.security.users import NOT_WITH_ADMIN
+
+    for r in rows:
+        if "pacs_admin" in r.roles and set(r.roles) & set(NOT_WITH_ADMIN):
+            print(
+                f"warning: {r.name} holds pacs_admin with clinical or auditor roles, which is "
+                f"no longer allowed; split it: solent user roles {r.name} --role ...",
+                file=sys.stderr,
+            )
 
 
 def _user_enable(args: argparse.Namespace, settings: Settings) -> int:
