@@ -40,6 +40,8 @@ def test_trust_admin_cannot_create_users_of_another_trust(
     body = {**body, "trust": "ZZA", "other_trusts": ["ZZB"]}
     assert client.post("/api/users", headers=admin, json=body).status_code == 403
     assert users(archive).get("drzb") is None
+    refused = archive.audit.search(action="permission-denied", actor_name="admin-a")
+    assert len(refused) == 2 and "cannot give trust ZZB" in refused[0]["detail"]
     # Its own trust works, and the grant is audited: who, whom, what.
     body = {**body, "other_trusts": []}
     assert client.post("/api/users", headers=admin, json=body).status_code == 201

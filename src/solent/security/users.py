@@ -128,7 +128,7 @@ class UserService:
         if actor.kind in _OPERATOR:
             return None
         if Permission.ADMIN not in permissions_of(actor):
-            raise AccessDenied("managing users needs the pacs_admin role")
+            raise self._refused(actor, "managing users needs the pacs_admin role")
         row = sec.get_user(self.index, actor.name)
         if row is None:  # an administrator from OIDC: its trust claim
             if actor.trust is None:
@@ -149,15 +149,25 @@ class UserService:
     def _may_give(self, actor: Principal, trust: str | None, others: tuple[str, ...]) -> None:
         scope = self.manageable_trusts(actor)
         if trust is None and actor.kind not in _OPERATOR:
-            raise AccessDenied("regional administrators are created by the operator (CLI) only")
+            raise self._refused(
+                actor, "regional administrators are created by the operator (CLI) only"
+            )
         if scope is None:
             return
         outside = sorted({c for c in (trust, *others) if c} - scope)
         if outside:
-            raise AccessDenied(
+            raise self._refused(
+                actor,
                 f"an administrator of {', '.join(sorted(scope))} cannot give trust "
-                f"{', '.join(outside)}; ask a regional administrator"
+                f"{', '.join(outside)}; ask a regional administrator",
             )
+
+    def _refused(self, actor: Principal, why: str) -> AccessDenied:
+        """Audit a refused administration attempt; returns the error to raise."""
+        self.audit.record(
+            actor, AuditAction.PERMISSION_DENIED, AuditOutcome.DENIED, detail={"why": why}
+        )
+        return AccessDenied(why)
 
     def _audit(self, actor: Principal, detail: dict[str, Any]) -> dict[str, Any]:
         return audit_fields(actor, AuditAction.USER_ADMIN, detail=detail)
@@ -212,7 +222,7 @@ class UserService:
         row = self._target(actor, name)
         check_role_mix(roles, row.trust, row.other_trusts)
         if actor.name == name and actor.kind is PrincipalKind.USER:
-            raise AccessDenied("an administrator cannot change its own roles")
+            raise self._refused(actor, "an administrator cannot change its own roles")
         changes = _grants(row, roles, row.trusts)
         sec.update_user(
             self.index, name, roles=roles, audit=self._audit(actor, {"user": name, **changes})
