@@ -167,3 +167,20 @@ def test_seal_refuses_a_broken_chain(archive: Archive) -> None:
         lambda conn: [r.hash for r in conn.execute(select(t.audit_log.c.hash))]
     )
     assert after == before
+
+
+def test_the_keyed_chain_on_postgresql(tmp_path: Path, fresh_postgres_url: str) -> None:
+    """Same guarantees on the other index backend (appends lock the head row there)."""
+    archive = build_archive(
+        load_settings(environ={}, data_dir=tmp_path / "var", database_url=fresh_postgres_url)
+    )
+    try:
+        _write_some(archive, 4)
+        assert archive.audit.verify().intact
+        assert archive.audit.seal().intact  # sealing an already keyed trail changes nothing
+        assert archive.audit.verify().intact
+        _rewrite_plain(archive.index, {2: '{"n":"edited"}'})
+        report = archive.audit.verify()
+        assert not report.intact and report.unkeyed == 4
+    finally:
+        archive.close()
