@@ -121,9 +121,7 @@ def register(sub: Any) -> None:
 
 def login_hint(archive: Any) -> str:
     """What `solent serve` prints so a first-time user knows how to get in."""
-    from solent.index.security import list_users
-
-    if not list_users(archive.index):
+    if not archive.services.users.list():
         return (
             "No users yet; every route but /health needs a bearer token. Create one, e.g.:\n"
             "  solent user add alice --trust ZZA --role clinician\n"
@@ -136,7 +134,8 @@ def login_hint(archive: Any) -> str:
     )
 
 
-def _cli_principal() -> Principal:
+def cli_principal() -> Principal:
+    """Whoever runs the CLI on the server: trusted like the machine, audited by OS user."""
     try:
         who = getpass.getuser()
     except (KeyError, OSError):
@@ -172,7 +171,7 @@ def _user_add(args: argparse.Namespace, settings: Settings) -> int:
     password = None if args.no_password else (args.password or _ask_password())
     others = tuple(c.strip() for v in args.also_trust for c in v.split(",") if c.strip())
     users = _users(settings)
-    row = users.add(_cli_principal(), args.name, args.trust, roles, password, others)
+    row = users.add(cli_principal(), args.name, args.trust, roles, password, others)
     where = f"at trust {row.trust}" if row.trust else "as a regional administrator (all trusts)"
     print(f"user {row.name} added {where} with role(s) {', '.join(row.roles)}")
     return 0
@@ -219,7 +218,7 @@ def _warn_mixed_roles(rows: list[Any]) -> None:
 
 
 def _user_enable(args: argparse.Namespace, settings: Settings) -> int:
-    _users(settings).enable(_cli_principal(), args.name)
+    _users(settings).enable(cli_principal(), args.name)
     print(f"user {args.name} enabled")
     return 0
 
@@ -227,34 +226,34 @@ def _user_enable(args: argparse.Namespace, settings: Settings) -> int:
 def _user_roles(args: argparse.Namespace, settings: Settings) -> int:
     from solent.security.users import parse_roles
 
-    row = _users(settings).set_roles(_cli_principal(), args.name, parse_roles(args.role))
+    row = _users(settings).set_roles(cli_principal(), args.name, parse_roles(args.role))
     print(f"user {row.name} now has role(s) {', '.join(row.roles)}")
     return 0
 
 
 def _user_trusts(args: argparse.Namespace, settings: Settings) -> int:
     others = tuple(c.strip() for v in args.also_trust for c in v.split(",") if c.strip())
-    row = _users(settings).set_trusts(_cli_principal(), args.name, args.trust, others)
+    row = _users(settings).set_trusts(cli_principal(), args.name, args.trust, others)
     print(f"user {row.name} now at trust(s) {', '.join(sorted(row.trusts))}")
     return 0
 
 
 def _user_logout(args: argparse.Namespace, settings: Settings) -> int:
-    _users(settings).end_sessions(_cli_principal(), args.name)
+    _users(settings).end_sessions(cli_principal(), args.name)
     print(f"every session and API token of {args.name} ended")
     return 0
 
 
 def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
     users = _users(settings)
-    users.disable(_cli_principal(), args.name)
+    users.disable(cli_principal(), args.name)
     print(f"user {args.name} disabled")
     return 0
 
 
 def _user_password(args: argparse.Namespace, settings: Settings) -> int:
     users = _users(settings)
-    users.set_password(_cli_principal(), args.name, args.password or _ask_password())
+    users.set_password(cli_principal(), args.name, args.password or _ask_password())
     print(f"password of {args.name} set; their sessions and API tokens ended")
     return 0
 
@@ -262,9 +261,9 @@ def _user_password(args: argparse.Namespace, settings: Settings) -> int:
 def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     users = _users(settings)
     if args.api:
-        issued = users.issue_api_token(_cli_principal(), args.user, args.label, args.days)
+        issued = users.issue_api_token(cli_principal(), args.user, args.label, args.days)
     else:
-        issued = users.issue(args.user, actor=_cli_principal())
+        issued = users.issue(args.user, actor=cli_principal())
     until = issued.expires_at.isoformat() if issued.expires_at else "revoked"
     ident = f" (id {issued.id})" if issued.id is not None else ""
     print(f"bearer token{ident} for {args.user}, valid until {until}:", file=sys.stderr)
@@ -282,7 +281,7 @@ def _token_list(args: argparse.Namespace, settings: Settings) -> int:
             "expires": r.expires_at.isoformat(timespec="seconds") if r.expires_at else "never",
             "revoked": r.revoked,
         }
-        for r in _users(settings).list_tokens(_cli_principal(), args.user)
+        for r in _users(settings).list_tokens(cli_principal(), args.user)
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -298,7 +297,7 @@ def _token_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    row = _users(settings).revoke_token(_cli_principal(), args.id)
+    row = _users(settings).revoke_token(cli_principal(), args.id)
     print(f"API token {row.id} of {row.user_name} revoked")
     return 0
 
@@ -324,7 +323,7 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
             f"{report.records} records"
         )
     archive.audit.record(
-        _cli_principal(), AuditAction.AUDIT_LOG_USED, detail={"verify": report.intact}
+        cli_principal(), AuditAction.AUDIT_LOG_USED, detail={"verify": report.intact}
     )
     return 0 if report.intact else 1
 
@@ -342,7 +341,7 @@ def _audit_seal(args: argparse.Namespace, settings: Settings) -> int:
         print("audit trail NOT sealed: the existing chain does not verify (nothing was changed)")
         return 1
     archive.audit.record(
-        _cli_principal(),
+        cli_principal(),
         AuditAction.AUDIT_LOG_USED,
         detail={"sealed": report.records, "unkeyed_before": report.unkeyed},
     )
@@ -379,7 +378,7 @@ def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(text)
     archive.audit.record(
-        _cli_principal(),
+        cli_principal(),
         AuditAction.EXPORT,
         detail={"audit_export": args.format, "records": len(records), "syslog": args.syslog},
     )
@@ -399,7 +398,7 @@ def _audit_search(args: argparse.Namespace, settings: Settings) -> int:
     rows = archive.audit.search(**criteria, limit=args.limit)
     print(json.dumps(rows, indent=1, default=str))
     archive.audit.record(
-        _cli_principal(),
+        cli_principal(),
         AuditAction.AUDIT_LOG_USED,
         detail={k: v for k, v in criteria.items() if v} | {"results": len(rows)},
     )

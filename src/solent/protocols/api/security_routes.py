@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from solent.app import Archive
 from solent.domain.principal import Principal
 from solent.errors import AlreadyExists
 from solent.security import auditformats
@@ -23,9 +22,9 @@ router = APIRouter()
 Caller = Annotated[Principal, Depends(current_principal)]
 
 
-def _archive(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
-    return archive
+def _archive(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
 
 
 def _users(request: Request) -> UserService:
