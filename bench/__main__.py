@@ -19,6 +19,7 @@ COMMANDS = {
     "migration": ("bench.migration", "solent migrate from Orthanc vs Orthanc C-MOVE to storescp"),
     "mdt": ("bench.mdt_load", "MDT live rooms: 12 meetings x 10 followers over WebSockets"),
     "load": ("bench.load", "a scaled peak hour with locust on 1 and 3 nodes (PostgreSQL)"),
+    "audit": ("bench.audit_verify", "solent audit verify: keyed (HMAC) vs plain chain, records/s"),
 }
 ALL = "all"  # every command above, in order, with its default arguments
 DEFAULT = "compare"  # issue 7: `make bench` is Solent vs Orthanc side by side

@@ -274,10 +274,12 @@ _server_indexes: dict[str, Any] = {}
 
 
 def _bearer_for_test_user(index: Any, settings: Settings) -> dict[str, str]:
-    from solent.domain.principal import SYSTEM
+    from solent.index import security as sec
     from solent.security.users import UserService
     from solent.services.audit import AuditTrail
 
+    # Written at the index level: the product refuses an account holding pacs_admin with
+    # clinical or auditor roles (issue 11), but this test caller deliberately holds them all.
     users = UserService(index, settings, AuditTrail(index))
     trusts = [t.code for t in index.list_trusts()]
     if not trusts:
@@ -291,9 +293,9 @@ def _bearer_for_test_user(index: Any, settings: Settings) -> dict[str, str]:
         from solent.errors import AlreadyExists
 
         with contextlib.suppress(AlreadyExists):  # created concurrently by another thread
-            users.add(SYSTEM, TEST_USER, primary, TEST_ROLES, None, others)
+            sec.add_user(index, TEST_USER, primary, TEST_ROLES, None, others)
     elif set(row.trusts) != set(trusts):
-        users.set_other_trusts(SYSTEM, TEST_USER, tuple(c for c in trusts if c != row.trust))
+        sec.update_user(index, TEST_USER, other_trusts=tuple(c for c in trusts if c != row.trust))
     return {"Authorization": "Bearer " + users.issue(TEST_USER).token}
 
 

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from solent.dicom.inflate import InflateLimits
+from solent.index import audit as audit_chain
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
 from solent.jobs.queue import open_job_queue
 from solent.jobs.tasks import consumers_named
+from solent.security.audit_key import load_audit_key
 from solent.security.authn import Authenticator
 from solent.security.users import UserService
 from solent.services.access import AccessService
@@ -61,6 +63,8 @@ class Archive:
     services: Services = field(init=False)
 
     def __post_init__(self) -> None:
+        # The audit chain is sealed with a key kept outside the index (issue 11).
+        audit_chain.use_key(self.index, load_audit_key(self.settings))
         self.audit = AuditTrail(self.index)
         self.access = AccessService(
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes

@@ -260,6 +260,45 @@ class Settings(BaseSettings):
     audit_syslog_ca_file: Path | None = Field(
         None, description="PEM CA bundle that signs the syslog server's certificate."
     )
+    # --- tokens, audit key and login limits (issue 11) --------------------------------------
+    api_token_days: int = Field(
+        90, ge=1, le=3650, description="Default lifetime of service API tokens, in days."
+    )
+    session_max_hours: int = Field(
+        12,
+        ge=1,
+        le=24 * 31,
+        description="Absolute lifetime of a login session: refreshing a bearer token never "
+        "extends it beyond this many hours after the password was checked.",
+    )
+    audit_key: SecretStr = Field(
+        SecretStr(""),
+        description="HMAC key sealing the audit chain (16+ bytes), shared by every node; "
+        "empty: a random key generated into data_dir/security/audit-key (mode 0600). "
+        "Never logged.",
+    )
+    login_failures_per_address: int = Field(
+        10,
+        ge=1,
+        description="Failed password logins one source address may make before it waits "
+        "(the allowance refills over login_failure_window_seconds).",
+    )
+    login_failure_window_seconds: float = Field(
+        300.0, gt=0, description="Window over which the per-address failure allowance refills."
+    )
+    login_attempts_per_second: float = Field(
+        20.0,
+        gt=0,
+        description="Password logins per second this node accepts overall, whatever the "
+        "address (bursts of 2 seconds); beyond: 429.",
+    )
+    password_hash_concurrency: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="Argon2 password checks run at once per node; others wait up to 5 s, "
+        "then get 503, so a login flood cannot take every CPU.",
+    )
     # --- end security and audit -----------------------------------------------------------
     # --- regional scale (issue 16) --------------------------------------------------------
     shutdown_drain_seconds: float = Field(

@@ -21,7 +21,7 @@ PASSWORD = "correct horse battery staple"
 
 
 def users(archive: Archive) -> UserService:
-    return UserService(archive.index, archive.settings, archive.audit)
+    return archive.services.users
 
 
 def add_user(archive: Archive, name: str, trust: str, *roles: str, **kw: Any) -> dict[str, str]:

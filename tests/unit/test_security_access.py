@@ -158,12 +158,12 @@ def test_administrators_manage_but_do_not_read_images(
     r = demo_client.post(
         "/api/users",
         headers=admin,
-        json={"name": "drzb", "trust": "ZZB", "roles": ["radiologist"], "password": "x" * 16},
+        json={"name": "radza", "trust": "ZZA", "roles": ["radiologist"], "password": "x" * 16},
     )
     assert r.status_code == 201, r.text
     assert {u["name"] for u in demo_client.get("/api/users", headers=admin).json()} == {
         "admin",
-        "drzb",
+        "radza",
     }
     clinician = add_user(demo, "drza", "ZZA", "clinician")
     assert demo_client.get("/api/users", headers=clinician).status_code == 403

@@ -1,22 +1,33 @@
-"""SQL of the audit trail: append-only rows chained by SHA-256, and the checks that prove it.
+"""SQL of the audit trail: append-only rows chained by HMAC-SHA-256, and the checks that prove it.
 
 Each record's hash covers its sequence number, the previous record's hash and every field, so an
 edited, deleted, inserted or reordered record breaks the chain. ``audit_head`` remembers the last
 sequence number and hash, so truncating the tail is caught as well; its row lock serialises
 appends on PostgreSQL (SQLite serialises writers anyway).
+
+The hash is an HMAC under a key kept outside the index (``security/audit_key.py``), so someone
+who can write to the database but does not hold the key cannot recompute a rewritten chain.
+The key is registered per engine by the composition root (``use_key``). An index opened without
+it (bare ``Index`` objects of unit tests and tools) chains with plain SHA-256 as before, but
+may not append to a trail once a key has sealed it (the head records the key's fingerprint), so
+no node can quietly write unprotected rows into a keyed trail. Rows written before the key
+existed carry plain hashes: ``verify`` names them and ``seal`` re-chains them under the key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
+from solent.errors import ConfigurationError
 from solent.index import schema as t
 from solent.index.sql import Index
 
@@ -41,34 +52,93 @@ FIELDS = (
 )
 
 
-def record_hash(seq: int, prev_hash: str, fields: dict[str, Any]) -> str:
-    payload = json.dumps(
-        {"seq": seq, "prev": prev_hash, **{k: fields.get(k) for k in FIELDS}},
-        sort_keys=True,
+class AuditKeyError(ConfigurationError):
+    """No audit key, or not the key that sealed this trail: appending would fork the chain."""
+
+
+class ChainKey:
+    """The HMAC key of the chain, with a precomputed keyed state (copied per record: fast)."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise AuditKeyError("the audit key needs at least 16 bytes")
+        self._mac = hmac.new(secret, digestmod=hashlib.sha256)
+        self.key_id = hmac.new(secret, b"solent-audit-key-id", hashlib.sha256).hexdigest()[:32]
+
+    def digest(self, payload: bytes) -> str:
+        mac = self._mac.copy()
+        mac.update(payload)
+        return mac.hexdigest()
+
+
+_keys: weakref.WeakKeyDictionary[Engine, ChainKey] = weakref.WeakKeyDictionary()
+
+
+def use_key(index: Index, secret: bytes) -> None:
+    """Seal every record appended through ``index`` with this key (called by app.py)."""
+    _keys[index.engine] = ChainKey(secret)
+
+
+def key_of(conn: Connection) -> ChainKey | None:
+    return _keys.get(conn.engine)
+
+
+_NO_KEY = (
+    "the audit trail is sealed with a key but this process has none: open the archive with "
+    "solent.app.build_archive, which loads it (data_dir/security/audit-key or SOLENT_AUDIT_KEY)"
+)
+
+
+#: The payload's keys in sorted order: building the dict in this order and dumping it without
+#: ``sort_keys`` gives the same bytes as before (values are scalars), a fifth faster.
+_ORDER = tuple(sorted(("seq", "prev", *FIELDS)))
+
+
+def _payload(seq: int, prev_hash: str, fields: dict[str, Any]) -> bytes:
+    own = {"seq": seq, "prev": prev_hash}
+    return json.dumps(
+        {k: own[k] if k in own else fields.get(k) for k in _ORDER},
         separators=(",", ":"),
         ensure_ascii=False,
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    ).encode("utf-8")
+
+
+def record_hash(seq: int, prev_hash: str, fields: dict[str, Any]) -> str:
+    """The unkeyed SHA-256 of a record: how rows were chained before revision 0002."""
+    return hashlib.sha256(_payload(seq, prev_hash, fields)).hexdigest()
+
+
+def keyed_hash(key: ChainKey | None, seq: int, prev_hash: str, fields: dict[str, Any]) -> str:
+    """The HMAC of a record under ``key`` (plain SHA-256 for an index opened without one)."""
+    if key is None:
+        return record_hash(seq, prev_hash, fields)
+    return key.digest(_payload(seq, prev_hash, fields))
 
 
 def append(conn: Connection, fields: dict[str, Any]) -> int:
     """Append one record inside the caller's write transaction; returns its sequence number."""
-    head = conn.execute(
-        select(t.audit_head.c.seq, t.audit_head.c.hash)
-        .where(t.audit_head.c.id == 1)
-        .with_for_update()
-    ).first()
+    key = key_of(conn)
+    key_id = key.key_id if key else None
+    h = t.audit_head.c
+    head = conn.execute(select(h.seq, h.hash, h.key_id).where(h.id == 1).with_for_update()).first()
     if head is None:
         # First record ever; a concurrent first insert fails on the primary key and is retried.
-        conn.execute(insert(t.audit_head).values(id=1, seq=0, hash=GENESIS))
+        conn.execute(insert(t.audit_head).values(id=1, seq=0, hash=GENESIS, key_id=key_id))
         last_seq, last_hash = 0, GENESIS
     else:
+        if head.key_id is not None and key is None:
+            raise AuditKeyError(_NO_KEY)
+        if head.key_id is not None and head.key_id != key_id:
+            raise AuditKeyError(
+                "this node's audit key is not the key that sealed the audit trail; give every "
+                "node the same key (SOLENT_AUDIT_KEY or data_dir/security/audit-key)"
+            )
         last_seq, last_hash = int(head.seq), str(head.hash)
     seq = last_seq + 1
     values = {k: fields.get(k) for k in FIELDS}
-    digest = record_hash(seq, last_hash, values)
+    digest = keyed_hash(key, seq, last_hash, values)
     conn.execute(insert(t.audit_log).values(seq=seq, prev_hash=last_hash, hash=digest, **values))
-    conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=seq, hash=digest))
+    conn.execute(update(t.audit_head).where(h.id == 1).values(seq=seq, hash=digest, key_id=key_id))
     return seq
 
 
@@ -86,6 +156,7 @@ def patient_of_study(conn: Connection, study_uid: str) -> tuple[str, str, str | 
 @dataclass
 class VerifyReport:
     records: int = 0
+    unkeyed: int = 0  # leading records still hashed without the key (written before 0002)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -93,26 +164,36 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(index: Index, batch: int = 5000) -> VerifyReport:
-    """Walk the whole chain; every problem names the sequence number where it is seen."""
-    report = VerifyReport()
-    expected, prev = 1, GENESIS
-    last = 0
+def _walk(conn: Connection, batch: int, after: int = 0) -> Iterator[list[dict[str, Any]]]:
+    last = after
     while True:
-        with index.read() as conn:
-            rows = (
-                conn.execute(
-                    select(t.audit_log)
-                    .where(t.audit_log.c.seq > last)
-                    .order_by(t.audit_log.c.seq)
-                    .limit(batch)
-                )
-                .mappings()
-                .all()
-            )
+        result = conn.execute(
+            select(t.audit_log)
+            .where(t.audit_log.c.seq > last)
+            .order_by(t.audit_log.c.seq)
+            .limit(batch)
+        )
+        keys = tuple(result.keys())
+        rows = [dict(zip(keys, r, strict=True)) for r in result]
         if not rows:
-            break
-        for r in rows:
+            return
+        yield rows
+        last = int(rows[-1]["seq"])
+
+
+def _check(
+    key: ChainKey | None,
+    rows: Iterator[list[dict[str, Any]]],
+    report: VerifyReport,
+    head_seq: int = 0,
+) -> tuple[int, str]:
+    """Check the chain; returns (seq, hash) of record ``head_seq`` (or of the last record if the
+    chain is shorter). Unkeyed rows are accepted only as a prefix, and only counted."""
+    expected, prev = 1, GENESIS
+    at_head: tuple[int, str] | None = None
+    keyed_seen = False
+    for chunk in rows:
+        for r in chunk:
             seq = int(r["seq"])
             report.records += 1
             if seq != expected:
@@ -124,20 +205,97 @@ def verify(index: Index, batch: int = 5000) -> VerifyReport:
                     f"record {seq} does not follow the record before it "
                     "(a record was deleted, inserted or reordered)"
                 )
-            if record_hash(seq, r["prev_hash"], dict(r)) != r["hash"]:
-                report.problems.append(f"record {seq} was changed after it was written")
+            if keyed_hash(key, seq, r["prev_hash"], r) == r["hash"]:
+                keyed_seen = True
+            elif key and not keyed_seen and record_hash(seq, r["prev_hash"], r) == r["hash"]:
+                report.unkeyed += 1
+            else:
+                report.problems.append(
+                    f"record {seq} was changed after it was written (its hash is not the "
+                    "audit key's: edited, or the chain was recomputed without the key)"
+                )
             # (Timestamps are not compared: nodes' clocks differ; the chain proves the order.)
             expected, prev = seq + 1, r["hash"]
-        last = int(rows[-1]["seq"])
+            if seq == head_seq:
+                at_head = (seq, prev)
+    return at_head or (expected - 1, prev)
+
+
+def verify(index: Index, batch: int = 5000) -> VerifyReport:
+    """Walk the whole chain; every problem names the sequence number where it is seen."""
+    report = VerifyReport()
     with index.read() as conn:
+        key = key_of(conn)
+        # The head first: records appended while we walk come after it and are checked as
+        # chain links; the head must match the record it names.
         head = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1)).first()
-    head_seq, head_hash = (int(head.seq), str(head.hash)) if head else (0, GENESIS)
-    if head_seq != expected - 1 or head_hash != prev:
+        head_seq, head_hash = (int(head.seq), str(head.hash)) if head else (0, GENESIS)
+        last, prev = _check(key, _walk(conn, batch), report, head_seq)
+    sealed_by = head.key_id if head is not None else None
+    if sealed_by is not None and key is None:
+        report.problems.append(_NO_KEY)
+    elif sealed_by is not None and key is not None and sealed_by != key.key_id:
         report.problems.append(
-            f"the trail ends at record {expected - 1} but {head_seq} were written "
+            "the trail was sealed with another audit key than this node's "
+            "(wrong SOLENT_AUDIT_KEY / audit-key file, or the head was rewritten)"
+        )
+    if head_seq != last or head_hash != prev:
+        report.problems.append(
+            f"the trail ends at record {last} but {head_seq} were written "
             "(records at the end were deleted or the head was changed)"
         )
+    if report.unkeyed:
+        report.problems.append(
+            f"records 1..{report.unkeyed} carry unkeyed SHA-256 hashes, which anyone with "
+            "database access can recompute; if they were written before the upgrade to the "
+            "keyed trail, run `solent audit seal` once (otherwise the chain was rewritten)"
+        )
     return report
+
+
+def seal(
+    index: Index, batch: int = 5000, progress: Callable[[int], None] | None = None
+) -> VerifyReport:
+    """Re-chain every record under the key, once, after upgrading from unkeyed hashes.
+
+    The existing chain is verified first (unkeyed prefix allowed); if it has any other problem
+    nothing is written. One write transaction holds the head lock, so no record is appended
+    meanwhile. Returns the report of the check made before sealing.
+    """
+
+    def op(conn: Connection) -> VerifyReport:
+        key = key_of(conn)
+        if key is None:
+            raise AuditKeyError("sealing needs the audit key: open the archive with build_archive")
+        h = t.audit_head.c
+        head = conn.execute(select(h.seq, h.hash).where(h.id == 1).with_for_update()).first()
+        head_seq, head_hash = (int(head.seq), str(head.hash)) if head else (0, GENESIS)
+        report = VerifyReport()
+        last, prev = _check(key, _walk(conn, batch), report, head_seq)
+        if head_seq != last or head_hash != prev:
+            report.problems.append(f"the trail ends at record {last} but {head_seq} were written")
+        if report.problems:
+            return report
+        prev, n = GENESIS, 0
+        for chunk in _walk(conn, batch):  # second pass: seq order is unchanged by the updates
+            for r in chunk:
+                digest = keyed_hash(key, int(r["seq"]), prev, r)
+                conn.execute(
+                    update(t.audit_log)
+                    .where(t.audit_log.c.seq == r["seq"])
+                    .values(prev_hash=prev, hash=digest)
+                )
+                prev = digest
+            n += len(chunk)
+            if progress is not None:
+                progress(n)
+        if head is None:
+            conn.execute(insert(t.audit_head).values(id=1, seq=0, hash=GENESIS, key_id=key.key_id))
+        else:
+            conn.execute(update(t.audit_head).where(h.id == 1).values(hash=prev, key_id=key.key_id))
+        return report
+
+    return index.write(op)
 
 
 def search(
@@ -187,4 +345,15 @@ def iter_records(index: Index, after_seq: int = 0, batch: int = 2000) -> Iterato
         last = int(rows[-1]["seq"])
 
 
-__all__ = ["GENESIS", "VerifyReport", "append", "iter_records", "search", "verify"]
+__all__ = [
+    "GENESIS",
+    "AuditKeyError",
+    "ChainKey",
+    "VerifyReport",
+    "append",
+    "iter_records",
+    "seal",
+    "search",
+    "use_key",
+    "verify",
+]

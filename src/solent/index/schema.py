@@ -231,12 +231,16 @@ app_user = Table(
     "app_user",
     metadata,
     Column("name", String(64), primary_key=True),
-    Column("trust_code", String(16), ForeignKey("trust.code"), nullable=False),
+    # NULL: a regional administrator (pacs_admin of no trust, created through the CLI only).
+    Column("trust_code", String(16), ForeignKey("trust.code"), nullable=True),
     Column("other_trusts", String(200), nullable=False, default=""),  # comma list
     Column("roles", String(200), nullable=False),  # comma list
     Column("password_hash", Text),  # NULL: service account, API tokens only
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Bumped by a password change or "log out everywhere": bearer tokens carry the value they
+    # were issued under, so older ones stop working (revision 0002).
+    Column("session_epoch", Integer, nullable=False, default=0, server_default="0"),
 )
 
 # Service API tokens: only the SHA-256 of the token is stored.
@@ -306,6 +310,9 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+    # Fingerprint of the HMAC key that seals the chain (the key itself lives outside the index),
+    # so a node started with another key refuses to append instead of forking the chain (0002).
+    Column("key_id", String(32)),
 )
 
 # --- Regional identity and HL7 (issue 5) -----------------------------------------------------

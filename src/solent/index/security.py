@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
 from solent.errors import AlreadyExists, NotFound
+from solent.index import audit as chain
 from solent.index import schema as t
 from solent.index.sql import Index, now
 
@@ -15,15 +17,16 @@ from solent.index.sql import Index, now
 @dataclass(frozen=True, slots=True)
 class UserRow:
     name: str
-    trust: str
+    trust: str | None  # None: a regional administrator
     other_trusts: tuple[str, ...]
     roles: tuple[str, ...]
     password_hash: str | None
     disabled: bool
+    session_epoch: int = 0
 
     @property
     def trusts(self) -> frozenset[str]:
-        return frozenset((self.trust, *self.other_trusts))
+        return frozenset(c for c in (self.trust, *self.other_trusts) if c)
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -38,6 +41,7 @@ def _user(r: object) -> UserRow:
         _split(r.roles),  # type: ignore[attr-defined]
         r.password_hash,  # type: ignore[attr-defined]
         bool(r.disabled),  # type: ignore[attr-defined]
+        int(r.session_epoch or 0),  # type: ignore[attr-defined]
     )
 
 
@@ -50,13 +54,16 @@ def _require_trusts(conn: Connection, codes: tuple[str, ...]) -> None:
 def add_user(
     index: Index,
     name: str,
-    trust: str,
+    trust: str | None,
     roles: tuple[str, ...],
     password_hash: str | None,
     other_trusts: tuple[str, ...] = (),
+    audit: dict[str, Any] | None = None,
 ) -> UserRow:
+    """Insert a user; ``audit`` (an audit row) is appended in the same transaction."""
+
     def op(conn: Connection) -> UserRow:
-        _require_trusts(conn, (trust, *other_trusts))
+        _require_trusts(conn, tuple(c for c in (trust, *other_trusts) if c))
         if conn.execute(select(t.app_user.c.name).where(t.app_user.c.name == name)).first():
             raise AlreadyExists(f"user {name} already exists")
         conn.execute(
@@ -68,11 +75,16 @@ def add_user(
                 password_hash=password_hash,
                 disabled=False,
                 created_at=now(),
+                session_epoch=0,
             )
         )
+        if audit is not None:
+            chain.append(conn, audit)
         return UserRow(name, trust, other_trusts, roles, password_hash, False)
 
-    return index.write(op)
+    row = index.write(op)
+    _changed()
+    return row
 
 
 #: Bumped by every change of a user or token in this process, so caches of look-ups
@@ -89,16 +101,29 @@ def _changed() -> None:
     _generation += 1
 
 
+_KEEP: Any = object()  # "leave the trust as it is" (None is a value: a regional administrator)
+
+
 def update_user(
     index: Index,
     name: str,
     *,
+    trust: str | None = _KEEP,
     roles: tuple[str, ...] | None = None,
     other_trusts: tuple[str, ...] | None = None,
     password_hash: str | None = None,
     disabled: bool | None = None,
+    end_sessions: bool = False,
+    audit: dict[str, Any] | None = None,
 ) -> None:
+    """Change a user in one transaction with its audit row.
+
+    ``end_sessions`` bumps the session epoch (bearer tokens issued before stop working) and
+    revokes the user's API tokens: what a password change or "log out everywhere" means.
+    """
     values: dict[str, object] = {}
+    if trust is not _KEEP:
+        values["trust_code"] = trust
     if roles is not None:
         values["roles"] = ",".join(roles)
     if other_trusts is not None:
@@ -108,12 +133,23 @@ def update_user(
     if disabled is not None:
         values["disabled"] = disabled
 
+    if end_sessions:
+        values["session_epoch"] = t.app_user.c.session_epoch + 1
+
     def op(conn: Connection) -> None:
-        if other_trusts:
-            _require_trusts(conn, other_trusts)
+        given = (values.get("trust_code"), *(other_trusts or ()))
+        _require_trusts(conn, tuple(str(c) for c in given if c))
         res = conn.execute(update(t.app_user).where(t.app_user.c.name == name).values(**values))
         if res.rowcount == 0:
             raise NotFound(f"user {name} does not exist")
+        if end_sessions:
+            conn.execute(
+                update(t.api_token)
+                .where(t.api_token.c.user_name == name, t.api_token.c.revoked.is_(False))
+                .values(revoked=True)
+            )
+        if audit is not None:
+            chain.append(conn, audit)
 
     index.write(op)
     _changed()
@@ -130,12 +166,30 @@ def list_users(index: Index) -> list[UserRow]:
         return [_user(r) for r in conn.execute(select(t.app_user).order_by(t.app_user.c.name))]
 
 
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A service API token as listed: never the token itself (only its SHA-256 is stored)."""
+
+    id: int
+    user_name: str
+    label: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked: bool
+
+
 def add_api_token(
-    index: Index, token_sha256: str, user: str, label: str, expires_at: datetime | None
-) -> None:
-    index.write(
-        lambda conn: conn.execute(
-            insert(t.api_token).values(
+    index: Index,
+    token_sha256: str,
+    user: str,
+    label: str,
+    expires_at: datetime | None,
+    audit: dict[str, Any] | None = None,
+) -> int:
+    def op(conn: Connection) -> int:
+        res = conn.execute(
+            insert(t.api_token)
+            .values(
                 token_sha256=token_sha256,
                 user_name=user,
                 label=label,
@@ -143,8 +197,56 @@ def add_api_token(
                 expires_at=expires_at,
                 revoked=False,
             )
+            .returning(t.api_token.c.pk)
         )
-    )
+        if audit is not None:
+            chain.append(conn, audit)
+        return int(res.scalar_one())
+
+    return index.write(op)
+
+
+def list_api_tokens(index: Index, user: str | None = None) -> list[TokenRow]:
+    c = t.api_token.c
+    q = select(c.pk, c.user_name, c.label, c.created_at, c.expires_at, c.revoked).order_by(c.pk)
+    if user is not None:
+        q = q.where(c.user_name == user)
+    with index.read() as conn:
+        return [
+            TokenRow(int(r.pk), r.user_name, r.label or "", r.created_at, r.expires_at, r.revoked)
+            for r in conn.execute(q)
+        ]
+
+
+def get_api_token(index: Index, token_id: int) -> TokenRow | None:
+    c = t.api_token.c
+    with index.read() as conn:
+        r = conn.execute(
+            select(c.pk, c.user_name, c.label, c.created_at, c.expires_at, c.revoked).where(
+                c.pk == token_id
+            )
+        ).first()
+    if r is None:
+        return None
+    return TokenRow(int(r.pk), r.user_name, r.label or "", r.created_at, r.expires_at, r.revoked)
+
+
+def revoke_api_token(index: Index, token_id: int, audit: dict[str, Any] | None = None) -> bool:
+    """Mark one token revoked (with its audit row); False if it was revoked already."""
+
+    def op(conn: Connection) -> bool:
+        res = conn.execute(
+            update(t.api_token)
+            .where(t.api_token.c.pk == token_id, t.api_token.c.revoked.is_(False))
+            .values(revoked=True)
+        )
+        if res.rowcount and audit is not None:
+            chain.append(conn, audit)
+        return bool(res.rowcount)
+
+    done = index.write(op)
+    _changed()
+    return done
 
 
 def find_api_token(index: Index, token_sha256: str) -> tuple[str, datetime | None] | None:

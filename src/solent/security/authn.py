@@ -1,5 +1,8 @@
 """Who is calling: an Authorization header in, a Principal (or a reason for refusal) out.
 
+A local bearer token names the user's session epoch; one issued before a password change (or
+"log out everywhere") no longer matches and is refused.
+
 User rows and API-token look-ups are remembered for ``LOOKUP_TTL_S`` per process: a viewer
 sends hundreds of /frames requests a second, and two index reads per request cost more than
 the frame. A user disabled or a token revoked is refused within that time.
@@ -61,7 +64,7 @@ class Authenticator:
             claims = tokens.verify_local(self.users.key, token)
         except TokenInvalid as exc:
             raise AuthenticationFailed(str(exc)) from exc
-        return self._user(str(claims["sub"]), address)
+        return self._user(str(claims["sub"]), address, session_epoch=claims.get("sep", 0))
 
     def basic(self, header_value: str, address: str | None) -> tuple[str, str]:
         try:
@@ -73,10 +76,13 @@ class Authenticator:
             raise AuthenticationFailed("malformed Basic credentials")
         return name, password
 
-    def _user(self, name: str, address: str | None) -> Principal:
+    def _user(self, name: str, address: str | None, session_epoch: object = None) -> Principal:
         row = self._users.get(name, lambda: sec.get_user(self.index, name))
         if row is None or row.disabled:
             raise AuthenticationFailed("the user of this token does not exist or is disabled")
+        if session_epoch is not None and session_epoch != row.session_epoch:
+            # Issued before the password was changed or the user was logged out everywhere.
+            raise AuthenticationFailed("this session has ended; log in again")
         return principal_of(row, address)
 
     def _api_token(self, token: str, address: str | None) -> Principal:

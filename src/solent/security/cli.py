@@ -1,7 +1,9 @@
-"""`solent user ...`, `solent token create`, `solent audit verify|export|search`.
+"""`solent user ...`, `solent token create|list|revoke`, `solent audit verify|seal|export|search`.
 
 The first administrator is created here (there are no default passwords); whoever runs the CLI
-on the server acts as the system and is audited as ``cli:<os user>``.
+on the server acts as the system and is audited as ``cli:<os user>``. Only here can a regional
+administrator (pacs_admin of no trust: `solent user add NAME --role pacs_admin` without --trust)
+be created; the JSON API's administrators are limited to their own trusts.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ def register(sub: Any) -> None:
     )
     ua = u.add_parser("add", help="add a user (the password is asked for unless --password)")
     ua.add_argument("name")
-    ua.add_argument("--trust", required=True, help="code of the user's trust (organisation)")
+    ua.add_argument(
+        "--trust",
+        help="code of the user's trust (organisation); omit only for a regional administrator "
+        "(role pacs_admin alone), who manages the users of every trust",
+    )
     ua.add_argument(
         "--role",
         action="append",
@@ -44,12 +50,27 @@ def register(sub: Any) -> None:
     ud = u.add_parser("disable", help="disable a user (their tokens stop working at once)")
     ud.add_argument("name")
     ud.set_defaults(handler=_user_disable)
-    up = u.add_parser("password", help="set a user's password")
+    ue = u.add_parser("enable", help="enable a disabled user again")
+    ue.add_argument("name")
+    ue.set_defaults(handler=_user_enable)
+    up = u.add_parser("password", help="set a user's password (their sessions and tokens end)")
     up.add_argument("name")
     up.add_argument("--password")
     up.set_defaults(handler=_user_password)
+    ur = u.add_parser("roles", help="replace a user's roles (audited: what was added, removed)")
+    ur.add_argument("name")
+    ur.add_argument("--role", action="append", required=True, help="repeat or comma-separate")
+    ur.set_defaults(handler=_user_roles)
+    ut = u.add_parser("trusts", help="replace a user's trust and further trusts (audited)")
+    ut.add_argument("name")
+    ut.add_argument("--trust", required=True)
+    ut.add_argument("--also-trust", action="append", default=[], help="further trusts (repeat)")
+    ut.set_defaults(handler=_user_trusts)
+    uo = u.add_parser("logout", help="end every session and API token of a user")
+    uo.add_argument("name")
+    uo.set_defaults(handler=_user_logout)
 
-    t = sub.add_parser("token", help="issue bearer tokens").add_subparsers(
+    t = sub.add_parser("token", help="issue, list and revoke tokens").add_subparsers(
         dest="action", required=True
     )
     tc = t.add_parser("create", help="print a bearer token for a user (last line of output)")
@@ -57,14 +78,28 @@ def register(sub: Any) -> None:
     tc.add_argument(
         "--api", action="store_true", help="a long-lived service API token instead of a login one"
     )
-    tc.add_argument("--days", type=int, help="lifetime of an --api token (default: no expiry)")
+    tc.add_argument(
+        "--days", type=int, help="lifetime of an --api token (default: SOLENT_API_TOKEN_DAYS)"
+    )
     tc.add_argument("--label", default="", help="what the --api token is for")
     tc.set_defaults(handler=_token_create)
+    tl = t.add_parser("list", help="list API tokens (never the secret): id, user, expiry")
+    tl.add_argument("--user")
+    tl.add_argument("--json", action="store_true")
+    tl.set_defaults(handler=_token_list)
+    tr = t.add_parser("revoke", help="revoke an API token by its id (see `solent token list`)")
+    tr.add_argument("id", type=int)
+    tr.set_defaults(handler=_token_revoke)
 
     a = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="action", required=True)
     av = a.add_parser("verify", help="prove the hash chain: no record changed, deleted or moved")
     av.add_argument("--json", action="store_true")
     av.set_defaults(handler=_audit_verify)
+    aseal = a.add_parser(
+        "seal",
+        help="once, after upgrading: re-chain records written before the audit key under it",
+    )
+    aseal.set_defaults(handler=_audit_seal)
     ae = a.add_parser("export", help="export records as DICOM audit XML or FHIR AuditEvent")
     ae.add_argument("--format", choices=("dicom", "fhir"), default="dicom")
     ae.add_argument("--after", type=int, default=0, help="only records after this sequence number")
@@ -137,7 +172,8 @@ def _user_add(args: argparse.Namespace, settings: Settings) -> int:
     others = tuple(c.strip() for v in args.also_trust for c in v.split(",") if c.strip())
     users = _users(settings)
     row = users.add(cli_principal(), args.name, args.trust, roles, password, others)
-    print(f"user {row.name} added at trust {row.trust} with role(s) {', '.join(row.roles)}")
+    where = f"at trust {row.trust}" if row.trust else "as a regional administrator (all trusts)"
+    print(f"user {row.name} added {where} with role(s) {', '.join(row.roles)}")
     return 0
 
 
@@ -146,7 +182,7 @@ def _user_list(args: argparse.Namespace, settings: Settings) -> int:
     rows = [
         {
             "name": r.name,
-            "trust": r.trust,
+            "trust": r.trust or "(regional)",
             "other_trusts": ",".join(r.other_trusts),
             "roles": ",".join(r.roles),
             "login": "password" if r.password_hash else "api-token",
@@ -164,6 +200,47 @@ def _user_list(args: argparse.Namespace, settings: Settings) -> int:
         print("  ".join(c.upper().ljust(widths[c]) for c in cols))
         for r in rows:
             print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    _warn_mixed_roles(users.list())
+    return 0
+
+
+def _warn_mixed_roles(rows: list[Any]) -> None:
+    """Accounts made before administrators were kept apart from patient access (issue 11)."""
+    from solent.security.users import NOT_WITH_ADMIN
+
+    for r in rows:
+        if "pacs_admin" in r.roles and set(r.roles) & set(NOT_WITH_ADMIN):
+            print(
+                f"warning: {r.name} holds pacs_admin with clinical or auditor roles, which is "
+                f"no longer allowed; split it: solent user roles {r.name} --role ...",
+                file=sys.stderr,
+            )
+
+
+def _user_enable(args: argparse.Namespace, settings: Settings) -> int:
+    _users(settings).enable(cli_principal(), args.name)
+    print(f"user {args.name} enabled")
+    return 0
+
+
+def _user_roles(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.security.users import parse_roles
+
+    row = _users(settings).set_roles(cli_principal(), args.name, parse_roles(args.role))
+    print(f"user {row.name} now has role(s) {', '.join(row.roles)}")
+    return 0
+
+
+def _user_trusts(args: argparse.Namespace, settings: Settings) -> int:
+    others = tuple(c.strip() for v in args.also_trust for c in v.split(",") if c.strip())
+    row = _users(settings).set_trusts(cli_principal(), args.name, args.trust, others)
+    print(f"user {row.name} now at trust(s) {', '.join(sorted(row.trusts))}")
+    return 0
+
+
+def _user_logout(args: argparse.Namespace, settings: Settings) -> int:
+    _users(settings).end_sessions(cli_principal(), args.name)
+    print(f"every session and API token of {args.name} ended")
     return 0
 
 
@@ -177,7 +254,7 @@ def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
 def _user_password(args: argparse.Namespace, settings: Settings) -> int:
     users = _users(settings)
     users.set_password(cli_principal(), args.name, args.password or _ask_password())
-    print(f"password of {args.name} set")
+    print(f"password of {args.name} set; their sessions and API tokens ended")
     return 0
 
 
@@ -188,8 +265,40 @@ def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     else:
         issued = users.issue(args.user, actor=cli_principal())
     until = issued.expires_at.isoformat() if issued.expires_at else "revoked"
-    print(f"bearer token for {args.user}, valid until {until}:", file=sys.stderr)
+    ident = f" (id {issued.id})" if issued.id is not None else ""
+    print(f"bearer token{ident} for {args.user}, valid until {until}:", file=sys.stderr)
     print(issued.token)
+    return 0
+
+
+def _token_list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = [
+        {
+            "id": r.id,
+            "user": r.user_name,
+            "label": r.label,
+            "created": r.created_at.isoformat(timespec="seconds"),
+            "expires": r.expires_at.isoformat(timespec="seconds") if r.expires_at else "never",
+            "revoked": r.revoked,
+        }
+        for r in _users(settings).list_tokens(cli_principal(), args.user)
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("(no API tokens; create one with `solent token create --api --user NAME`)")
+    else:
+        cols = list(rows[0])
+        widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+        print("  ".join(c.upper().ljust(widths[c]) for c in cols))
+        for r in rows:
+            print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    row = _users(settings).revoke_token(cli_principal(), args.id)
+    print(f"API token {row.id} of {row.user_name} revoked")
     return 0
 
 
@@ -217,6 +326,30 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
         cli_principal(), AuditAction.AUDIT_LOG_USED, detail={"verify": report.intact}
     )
     return 0 if report.intact else 1
+
+
+def _audit_seal(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.services.audit import AuditAction
+
+    archive = _archive(settings)
+    report = archive.audit.seal(
+        progress=lambda n: print(f"  {n} records re-chained", file=sys.stderr)
+    )
+    if not report.intact:
+        for problem in report.problems:
+            print(f"TAMPERED: {problem}")
+        print("audit trail NOT sealed: the existing chain does not verify (nothing was changed)")
+        return 1
+    archive.audit.record(
+        cli_principal(),
+        AuditAction.AUDIT_LOG_USED,
+        detail={"sealed": report.records, "unkeyed_before": report.unkeyed},
+    )
+    print(
+        f"audit trail sealed: {report.records} records chained under the audit key "
+        f"({report.unkeyed} were unkeyed)"
+    )
+    return 0
 
 
 def _audit_export(args: argparse.Namespace, settings: Settings) -> int:

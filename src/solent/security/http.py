@@ -81,31 +81,6 @@ class RateLimiter:
             return True
 
 
-class FailureThrottle:
-    """Slows password guessing: after ``burst`` failures for one name, one try per ``every`` s."""
-
-    def __init__(self, burst: int = 5, every: float = 5.0) -> None:
-        self.capacity = float(burst)
-        self.rate = 1.0 / every
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def _level(self, key: str, now: float) -> float:
-        tokens, last = self._buckets.get(key, (self.capacity, now))
-        return min(self.capacity, tokens + (now - last) * self.rate)
-
-    def blocked(self, key: str) -> bool:
-        with self._lock:
-            return self._level(key, time.monotonic()) < 1
-
-    def failed(self, key: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._buckets[key] = (self._level(key, now) - 1, now)
-            if len(self._buckets) > 100_000:
-                self._buckets.clear()
-
-
 class _PartCounter:
     """Counts multipart delimiters in a streamed body without buffering it."""
 
@@ -245,5 +220,4 @@ def install_security(app: FastAPI, archive: Services) -> None:
     authenticator = archive.authenticator
     app.state.users = users
     app.state.authenticator = authenticator
-    app.state.login_throttle = FailureThrottle()
     app.add_middleware(SecurityMiddleware, archive=archive, authenticator=authenticator)

@@ -33,17 +33,21 @@ def key_path(settings: Settings) -> Path:
 
 
 def _create(path: Path) -> None:
-    """Write a new key atomically with mode 0600; a concurrent creator's key wins if first."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    write_private(path, pem)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a new key atomically with mode 0600; a concurrent creator's key wins if first."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".key-")  # mkstemp creates it 0600
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         with contextlib.suppress(FileExistsError):  # another process created the key first

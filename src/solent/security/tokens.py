@@ -21,10 +21,13 @@ class TokenInvalid(Exception):
     """The token is expired, forged, malformed or for someone else; the message says which."""
 
 
-def issue_local(key: SigningKey, user: str, ttl: timedelta) -> tuple[str, datetime]:
+def issue_local(
+    key: SigningKey, user: str, ttl: timedelta, extra: dict[str, Any] | None = None
+) -> tuple[str, datetime]:
     now = datetime.now(UTC)
     expires = now + ttl
-    claims = {
+    claims: dict[str, Any] = {
+        **(extra or {}),
         "iss": LOCAL_ISSUER,
         "aud": LOCAL_AUDIENCE,
         "sub": user,

@@ -273,6 +273,10 @@ class AuditTrail:
     def verify(self) -> store.VerifyReport:
         return store.verify(self.index)
 
+    def seal(self, progress: Any = None) -> store.VerifyReport:
+        """Re-chain records written before the audit key under it (once, after upgrading)."""
+        return store.seal(self.index, progress=progress)
+
     def search(self, **criteria: Any) -> list[dict[str, Any]]:
         return store.search(self.index, **criteria)
 

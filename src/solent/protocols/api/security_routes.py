@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from solent.domain.principal import Principal
+from solent.errors import AlreadyExists
 from solent.protocols.params import MAX_ID, PathId
 from solent.security import auditformats
 from solent.security.authn import AuthenticationFailed, Authenticator
-from solent.security.http import FailureThrottle, current_principal
-from solent.security.users import UserService, parse_roles
+from solent.security.http import current_principal
+from solent.security.throttle import LoginBusy, LoginThrottled
+from solent.security.users import IssuedToken, SessionEnded, UserService, parse_roles
 from solent.services.access import BREAK_GLASS_REASONS, Permission
 from solent.services.audit import AuditAction
 from solent.services.registry import Services
@@ -27,8 +29,17 @@ def _archive(request: Request) -> Services:
 
 
 def _users(request: Request) -> UserService:
-    users: UserService = request.app.state.users
-    return users
+    services: Services = request.app.state.services
+    return services.users
+
+
+def _token_json(issued: IssuedToken) -> dict[str, Any]:
+    assert issued.expires_at is not None
+    return {
+        "access_token": issued.token,
+        "token_type": "bearer",
+        "expires_at": issued.expires_at.isoformat(),
+    }
 
 
 # -- login ------------------------------------------------------------------------------------
@@ -36,38 +47,60 @@ def _users(request: Request) -> UserService:
 
 @router.post("/auth/token")
 def login(request: Request, caller: Caller) -> dict[str, Any]:
-    """Exchange HTTP Basic credentials for a short-lived bearer token."""
+    """Exchange HTTP Basic credentials for a short-lived bearer token, or refresh a bearer token
+    (never beyond the session's absolute lifetime, SOLENT_SESSION_MAX_HOURS)."""
     authenticator: Authenticator = request.app.state.authenticator
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer":
-        issued = _users(request).issue(caller.name)  # refresh: a new token for the same user
-    else:
         try:
-            name, password = authenticator.basic(credential, caller.address)
-        except AuthenticationFailed as exc:
-            raise HTTPException(401, str(exc)) from exc
-        throttle: FailureThrottle = request.app.state.login_throttle
-        if throttle.blocked(name):
+            return _token_json(_users(request).refresh(credential.strip()))
+        except SessionEnded as exc:
             raise HTTPException(
-                429,
-                "too many failed logins for this user; wait a few seconds",
-                headers={"Retry-After": "5"},
-            )
+                401, str(exc), headers={"WWW-Authenticate": 'Basic realm="solent"'}
+            ) from exc
+    try:
+        name, password = authenticator.basic(credential, caller.address)
+    except AuthenticationFailed as exc:
+        raise HTTPException(401, str(exc)) from exc
+    try:
         found = _users(request).login(name, password, caller.address)
-        if found is None:
-            throttle.failed(name)
-            raise HTTPException(
-                401,
-                "wrong user name or password, or the user is disabled",
-                headers={"WWW-Authenticate": 'Basic realm="solent"'},
-            )
-        issued = found
-    assert issued.expires_at is not None
-    return {
-        "access_token": issued.token,
-        "token_type": "bearer",
-        "expires_at": issued.expires_at.isoformat(),
-    }
+    except LoginThrottled as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
+    except LoginBusy as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
+    if found is None:
+        raise HTTPException(
+            401,
+            "wrong user name or password, or the user is disabled",
+            headers={"WWW-Authenticate": 'Basic realm="solent"'},
+        )
+    return _token_json(found)
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=1024)
+    new_password: str = Field(max_length=1024)
+
+
+@router.post("/auth/password")
+def change_password(request: Request, caller: Caller, body: PasswordChange) -> dict[str, str]:
+    """Change one's own password; every session and API token of the account ends."""
+    try:
+        _users(request).change_own_password(
+            caller, body.current_password, body.new_password, caller.address
+        )
+    except LoginThrottled as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
+    except LoginBusy as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
+    return {"name": caller.name, "status": "password changed; log in again"}
+
+
+@router.post("/auth/logout")
+def logout_everywhere(request: Request, caller: Caller) -> dict[str, str]:
+    """End every session and API token of the caller's account."""
+    _users(request).end_sessions(caller, caller.name)
+    return {"name": caller.name, "status": "every session ended"}
 
 
 @router.get("/auth/me")
@@ -83,7 +116,9 @@ def me(request: Request, caller: Caller) -> dict[str, Any]:
     }
 
 
-# -- users ------------------------------------------------------------------------------------
+# -- users (a trust administrator manages its own trust's users only) ---------------------------
+
+UserName = Annotated[str, Path(max_length=64)]
 
 
 class NewUser(BaseModel):
@@ -92,6 +127,25 @@ class NewUser(BaseModel):
     roles: list[str] = Field(min_length=1, max_length=6)
     password: str | None = Field(None, max_length=1024)
     other_trusts: list[str] = Field(default_factory=list, max_length=32)
+
+
+class Roles(BaseModel):
+    roles: list[str] = Field(min_length=1, max_length=6)
+
+
+class Trusts(BaseModel):
+    trust: str = Field(max_length=16)
+    other_trusts: list[str] = Field(default_factory=list, max_length=32)
+
+
+class NewPassword(BaseModel):
+    password: str = Field(max_length=1024)
+
+
+class NewApiToken(BaseModel):
+    user: str = Field(max_length=64)
+    label: str = Field("", max_length=200)
+    days: int | None = Field(None, ge=1, le=3650)
 
 
 def _user_json(row: Any) -> dict[str, Any]:
@@ -105,31 +159,114 @@ def _user_json(row: Any) -> dict[str, Any]:
     }
 
 
+def _api_token_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "user": row.user_name,
+        "label": row.label,
+        "created_at": row.created_at.isoformat(),
+        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        "revoked": row.revoked,
+    }
+
+
 @router.get("/users")
 def list_users(request: Request, caller: Caller) -> list[dict[str, Any]]:
-    _archive(request).access.require(caller, Permission.ADMIN, "managing users")
-    return [_user_json(r) for r in _users(request).list()]
+    """The users the caller administers (its own trusts'; every trust for a regional admin)."""
+    return [_user_json(r) for r in _users(request).list(caller)]
 
 
 @router.post("/users", status_code=201)
 def add_user(request: Request, caller: Caller, body: NewUser) -> dict[str, Any]:
-    _archive(request).access.require(caller, Permission.ADMIN, "managing users")
-    row = _users(request).add(
-        caller,
-        body.name,
-        body.trust,
-        parse_roles(body.roles),
-        body.password,
-        tuple(body.other_trusts),
-    )
+    try:
+        row = _users(request).add(
+            caller,
+            body.name,
+            body.trust,
+            parse_roles(body.roles),
+            body.password,
+            tuple(body.other_trusts),
+        )
+    except AlreadyExists as exc:
+        raise HTTPException(409, str(exc)) from exc
     return _user_json(row)
 
 
+@router.get("/users/{name}")
+def get_user(request: Request, caller: Caller, name: UserName) -> dict[str, Any]:
+    return _user_json(_users(request).find(caller, name))
+
+
+@router.put("/users/{name}/roles")
+def set_roles(request: Request, caller: Caller, name: UserName, body: Roles) -> dict[str, Any]:
+    return _user_json(_users(request).set_roles(caller, name, parse_roles(body.roles)))
+
+
+@router.put("/users/{name}/trusts")
+def set_trusts(request: Request, caller: Caller, name: UserName, body: Trusts) -> dict[str, Any]:
+    row = _users(request).set_trusts(caller, name, body.trust, tuple(body.other_trusts))
+    return _user_json(row)
+
+
+@router.post("/users/{name}/password")
+def reset_password(
+    request: Request, caller: Caller, name: UserName, body: NewPassword
+) -> dict[str, str]:
+    """Set a user's password; their sessions and API tokens end."""
+    try:
+        _users(request).set_password(caller, name, body.password)
+    except LoginBusy as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
+    return {"name": name, "status": "password set; sessions ended"}
+
+
 @router.post("/users/{name}/disable")
-def disable_user(request: Request, caller: Caller, name: str) -> dict[str, str]:
-    _archive(request).access.require(caller, Permission.ADMIN, "managing users")
+def disable_user(request: Request, caller: Caller, name: UserName) -> dict[str, str]:
     _users(request).disable(caller, name)
     return {"name": name, "status": "disabled"}
+
+
+@router.post("/users/{name}/enable")
+def enable_user(request: Request, caller: Caller, name: UserName) -> dict[str, str]:
+    _users(request).enable(caller, name)
+    return {"name": name, "status": "enabled"}
+
+
+@router.post("/users/{name}/logout")
+def end_user_sessions(request: Request, caller: Caller, name: UserName) -> dict[str, str]:
+    """End every session and API token of a user (e.g. a lost laptop)."""
+    _users(request).end_sessions(caller, name)
+    return {"name": name, "status": "every session ended"}
+
+
+# -- API tokens ---------------------------------------------------------------------------------
+
+
+@router.get("/tokens")
+def list_tokens(
+    request: Request,
+    caller: Caller,
+    user: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[dict[str, Any]]:
+    """API tokens (never the secret) of the users the caller administers, or the caller's own."""
+    return [_api_token_json(r) for r in _users(request).list_tokens(caller, user)]
+
+
+@router.post("/tokens", status_code=201)
+def create_token(request: Request, caller: Caller, body: NewApiToken) -> dict[str, Any]:
+    """A service API token for a user the caller administers; shown once."""
+    issued = _users(request).issue_api_token(caller, body.user, body.label, body.days)
+    return {
+        "id": issued.id,
+        "user": body.user,
+        "token": issued.token,
+        "expires_at": issued.expires_at.isoformat() if issued.expires_at else None,
+    }
+
+
+@router.post("/tokens/{token_id}/revoke")
+def revoke_token(request: Request, caller: Caller, token_id: int) -> dict[str, Any]:
+    return _api_token_json(_users(request).revoke_token(caller, token_id))
 
 
 # -- audit ------------------------------------------------------------------------------------
