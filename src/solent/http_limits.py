@@ -37,6 +37,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # counted in parser callbacks (complete lines)
         self._head_bytes_unparsed = 0  # bytes fed while the head was still incomplete
         self._in_head = True
+        self._boundaries = 0  # heads completed + messages completed, to spot one in a chunk
         self._too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
 
@@ -77,11 +78,17 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._too_large:
             return
-        pending_before = self._in_head
+        pending_before, boundaries = self._in_head, self._boundaries
         super().data_received(data)
-        # A head still incomplete after this chunk: every byte of it was head (a header line
-        # httptools is still buffering never reaches on_header, so it is counted here).
-        if pending_before and self._in_head and not self._too_large:
+        # A chunk that began and ended inside one request head was head only (a header line
+        # httptools is still buffering never reaches on_header, so it is counted here). A chunk
+        # in which a head or a message ended also carries body bytes: it is not counted.
+        if (
+            pending_before
+            and self._in_head
+            and self._boundaries == boundaries
+            and not self._too_large
+        ):
             self._head_bytes_unparsed += len(data)
             if self._head_bytes_unparsed > self.max_head_bytes:
                 self._too_large = True
@@ -102,6 +109,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._boundaries += 1
         self._head_bytes_unparsed = 0
         self._cancel_head_timer()
         super().on_headers_complete()
@@ -109,6 +117,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
+        self._boundaries += 1
         self._head_bytes_unparsed = 0
 
     def on_response_complete(self) -> None:

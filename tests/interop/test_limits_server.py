@@ -416,6 +416,13 @@ def test_oversized_header_is_431_and_the_server_keeps_serving(srv: RunningServer
     # A header line that never ends is cut off too, not buffered without limit.
     endless = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"b" * 20000
     assert raw_http(port, endless).startswith(b"HTTP/1.1 431 ")
+    # A body larger than the head limit, arriving in the same packet as the head, is no head.
+    post = (
+        b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 20000\r\nConnection: close\r\n\r\n" + b" " * 20000
+    )
+    answer = raw_http(port, post)
+    assert answer.startswith(b"HTTP/1.1 ") and b" 431 " not in answer[:20], answer[:200]
     # An ordinary large header (a long bearer token) is fine, and the server still serves.
     ok = httpx.get(srv.base_url + "/health", headers={"X-Pad": "p" * 6000}, timeout=10)
     assert ok.status_code == 200
