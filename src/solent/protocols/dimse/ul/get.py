@@ -11,13 +11,13 @@ List), or Cancel FE00 when a C-CANCEL-RQ arrived.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from solent.protocols.dimse.ul import dimse
@@ -57,9 +57,11 @@ class Outcome:
 
 
 def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
-    out = io.BytesIO()
-    implicit = transfer_syntax == "1.2.840.10008.1.2"
-    write_dataset(out, ds, (implicit, transfer_syntax != BIG_ENDIAN))  # type: ignore[arg-type]
+    """A dataset in a native transfer syntax (no file meta), as a C-STORE or identifier."""
+    out = DicomBytesIO()
+    out.is_implicit_VR = transfer_syntax == "1.2.840.10008.1.2"
+    out.is_little_endian = transfer_syntax != BIG_ENDIAN
+    write_dataset(out, ds)
     return out.getvalue()
 
 
@@ -149,6 +151,9 @@ def refuse(assoc: Association, msg: Message, status: int, comment: str) -> None:
             CommandDataSetType=dimse.NO_DATASET,
             Status=status,
             ErrorComment=comment[:64] or None,
+            NumberOfCompletedSuboperations=0,
+            NumberOfFailedSuboperations=0,
+            NumberOfWarningSuboperations=0,
         ),
     )
 
