@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 SEND_CHUNK = 1 << 20  # bytes of a stored file read per sendmsg
 MAX_DATASET_IN_MEMORY = 1 << 20  # identifiers and other non-C-STORE datasets
 IOV_MAX = 512
+ABORT_LINGER, ABORT_DRAIN = 2.0, 4 << 20
 
 
 class Closed(Exception):
@@ -465,16 +466,13 @@ class FastServer:
             pass
         except PduError as exc:
             log.info("association aborted: %s", exc, extra={"address": address[0]})
-            with contextlib.suppress(OSError):
-                conn.sendall(pdu.abort(pdu.ABORT_SERVICE_PROVIDER, exc.reason))
+            self._abort(conn, exc.reason)
         except (TimeoutError, OSError) as exc:
             log.info("association ended: %s", exc, extra={"address": address[0]})
-            with contextlib.suppress(OSError):
-                conn.sendall(pdu.abort(pdu.ABORT_SERVICE_PROVIDER, pdu.REASON_NOT_SPECIFIED))
+            self._abort(conn, pdu.REASON_NOT_SPECIFIED)
         except Exception:
             log.exception("association failed")
-            with contextlib.suppress(OSError):
-                conn.sendall(pdu.abort(pdu.ABORT_SERVICE_PROVIDER, pdu.REASON_NOT_SPECIFIED))
+            self._abort(conn, pdu.REASON_NOT_SPECIFIED)
         finally:
             if assoc is not None:
                 with contextlib.suppress(Exception):
@@ -484,6 +482,21 @@ class FastServer:
                     self.active.discard(assoc)
             if not handed:
                 conn.close()
+
+    def _abort(self, conn: socket.socket, reason: int) -> None:
+        """Send A-ABORT and let it arrive: closing with unread input would reset the
+        connection and could drop it, so the peer's bytes are read and dropped (at most
+        ABORT_DRAIN bytes or ABORT_LINGER seconds) until it closes."""
+        with contextlib.suppress(OSError):
+            conn.settimeout(ABORT_LINGER)
+            conn.sendall(pdu.abort(pdu.ABORT_SERVICE_PROVIDER, reason))
+            conn.shutdown(socket.SHUT_WR)
+            drained = 0
+            while drained < ABORT_DRAIN:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
 
     def _associate(
         self, conn: socket.socket, address: Any, rq: pdu.AssociateRequest
