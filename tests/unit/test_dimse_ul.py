@@ -767,3 +767,17 @@ def test_concurrent_associations(fast: Running) -> None:
         t.join(60)
     assert not errors
     assert all(fast.stored(ds.SOPInstanceUID) for ds in copies)
+
+
+def test_c_store_on_a_context_of_another_sop_class_is_refused(fast: Running) -> None:
+    """PS3.7 C.5.4: 0122 for a SOP class that is not the context's; nothing stored."""
+    ct = ct_copy()
+    raw, _ = open_raw(fast, [(1, VERIFICATION, [EXPLICIT])])
+    raw.send(p_data(pdv(1, 3, store_command(3, ct)), pdv(1, 2, encoded(ct))))
+    got, _, _ = raw.message()
+    assert us(got, 0x0100) == 0x8001 and us(got, 0x0900) == 0x0122
+    raw.send(_pdu(0x05, bytes(4)))
+    assert raw.pdu()[0] == 0x06
+    raw.close()
+    assert not fast.stored(ct.SOPInstanceUID)
+    assert fast.spool_files() == []

@@ -229,6 +229,10 @@ class Association:
                 self.services.discard(msg.dataset)
         self._ready.clear()
 
+    def _discard_dataset(self, msg: Message) -> None:
+        if msg.dataset is not None and not isinstance(msg.dataset, bytearray):
+            self.services.discard(msg.dataset)
+
     def _release(self) -> None:
         if self._pending is not None or self._command:
             raise PduError("A-RELEASE-RQ in the middle of a message", pdu.REASON_UNEXPECTED_PDU)
@@ -345,7 +349,11 @@ class Association:
         while True:
             msg = self.next_message()
             field = msg.command.command_field
-            if field == dimse.C_ECHO_RQ:
+            sop_class = msg.command.text("AffectedSOPClassUID")
+            if not field & 0x8000 and sop_class and sop_class != msg.context.abstract_syntax:
+                self._discard_dataset(msg)  # PS3.7 C.5.4: SOP class not on this context
+                self.respond(msg, field | 0x8000, 0x0122, "SOP class not supported on this context")
+            elif field == dimse.C_ECHO_RQ:
                 self.respond(msg, dimse.C_ECHO_RSP, 0x0000)
             elif field == dimse.C_STORE_RQ:
                 self._window.acquire()
