@@ -48,7 +48,10 @@ from solent.protocols.dimse.ul.pdu import PduError
 
 log = logging.getLogger(__name__)
 
-SEND_CHUNK = 1 << 20  # bytes of a stored file read per sendmsg
+# Bytes of a stored file read and sent per sendmsg. Measured against getscu (DCMTK sets a
+# 32 KB receive buffer): 64 KB batches beat 256 KB and 1 MB ones (best of 3: 0.37 s vs 0.89 s
+# and 0.71 s for 100 x 512 KB); it is also all a sending association holds of an instance.
+SEND_CHUNK = 64 << 10
 MAX_DATASET_IN_MEMORY = 1 << 20  # identifiers and other non-C-STORE datasets
 IOV_MAX = 512
 ABORT_LINGER, ABORT_DRAIN = 2.0, 4 << 20
@@ -464,8 +467,8 @@ class FastServer:
             recv_exact(conn, memoryview(body))
             rq = pdu.parse_associate_rq(memoryview(body))
             if not self.fast_path(rq):
-                handed = True
                 self.handoff(conn, address, bytes(header + body))
+                handed = True  # pynetdicom owns the socket now and closes it
                 return
             assoc = self._associate(conn, address, rq)
             if assoc is not None:
