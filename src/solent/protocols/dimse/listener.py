@@ -305,7 +305,9 @@ class DimseListener:
         for server in self._servers:
             try:
                 if isinstance(server, HandoffServer):
-                    server.server_close()  # never served: nothing to shut down
+                    for assoc in server.active_associations:  # as pynetdicom's shutdown does
+                        assoc.abort()
+                    server.server_close()  # never bound nor served: nothing else to stop
                     continue
                 server.shutdown()
             except Exception:

@@ -22,6 +22,7 @@ from pydicom.filewriter import write_dataset
 
 from solent.protocols.dimse.ul import dimse
 from solent.protocols.dimse.ul.association import Context
+from solent.protocols.dimse.ul.pdu import PduError
 from solent.protocols.dimse.ul.server import Association, Closed, Message
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ def _send_one(assoc: Association, op: SubOperation, get_msg_id: int) -> int:
         elif field_ & 0x8000:
             continue  # a response to nothing outstanding
         else:
-            raise Closed(f"request 0x{field_:04X} in the middle of a C-GET")  # window is 1
+            # Our window for the peer is drained during a C-GET: a request now breaks it.
+            raise PduError(f"request 0x{field_:04X} in the middle of a C-GET", 2)
 
 
 def _response(
