@@ -141,6 +141,7 @@ class Config:
     profile: Path | None = None
     query_timeout: float = 30.0  # a slower query marks the row failed and restarts Solent
     only: frozenset[str] = frozenset(("ingest", "retrieval", "index"))
+    dicom_engine: str = ""  # SOLENT_DICOM_ENGINE of the Solent under test; "": its default
 
 
 class Comparison:
@@ -333,7 +334,9 @@ class Comparison:
         if cfg.postgres:
             solent_url, pg, databases = _create_databases(cfg.postgres_admin_url)
             self.meta["postgresql"] = _postgres_version(cfg.postgres_admin_url)
-        solent = SolentServer(compare_data.TRUST_NAMES, database_url=solent_url)
+        engine = {"SOLENT_DICOM_ENGINE": cfg.dicom_engine} if cfg.dicom_engine else {}
+        solent = SolentServer(compare_data.TRUST_NAMES, database_url=solent_url, extra_env=engine)
+        self.meta["dicom_engine"] = cfg.dicom_engine or "default"
         solent.workdir = self.work / "solent"
         solent.workdir.mkdir(parents=True, exist_ok=True)
         orthanc = OrthancServer(postgres=pg, workdir=self.work / "orthanc")
@@ -916,6 +919,11 @@ def parse_args(argv: list[str] | None) -> Config:
         type=Path,
         help="record py-spy profiles of solent serve during each Solent measurement into DIR",
     )
+    p.add_argument(
+        "--dicom-engine",
+        choices=("fast", "pynetdicom"),
+        help="Solent's DICOM upper layer (SOLENT_DICOM_ENGINE; default: Solent's default)",
+    )
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else None
     return Config(
@@ -931,6 +939,7 @@ def parse_args(argv: list[str] | None) -> Config:
         keep=a.keep,
         profile=a.profile,
         only=frozenset(a.only.split(",")) if a.only else Config.only,
+        dicom_engine=a.dicom_engine or "",
     )
 
 

@@ -2,6 +2,7 @@
 512x512 CT series, and C-GET of the series with getscu; Solent and Orthanc in the same run.
 
     .venv/bin/python -m bench.dimse [--slices 300] [--no-orthanc] [--profile DIR]
+                                    [--dicom-engine fast|pynetdicom]
 
 Every DCMTK tool runs with TCP_NODELAY=1. Each store run sends a series with new UIDs, so no
 run is answered from a duplicate check. Prints instances/s and Solent/Orthanc ratios, and the
@@ -154,7 +155,13 @@ def main() -> None:
         type=Path,
         help="record Solent (and its DIMSE workers) with py-spy into DIR/dimse.txt",
     )
+    p.add_argument(
+        "--dicom-engine",
+        choices=("fast", "pynetdicom"),
+        help="Solent's DICOM upper layer (SOLENT_DICOM_ENGINE; default: Solent's default)",
+    )
     args = p.parse_args()
+    engine = {"SOLENT_DICOM_ENGINE": args.dicom_engine} if args.dicom_engine else {}
     work = Path(tempfile.mkdtemp(prefix="bench-dimse-"))
     made: dict[int, tuple[Path, str, str]] = {}
 
@@ -164,9 +171,12 @@ def main() -> None:
             made[v] = (work / f"v{v}", uids.study, uids.series)
         return made[v]
 
-    print(f"{args.slices} CT slices 512x512 (~{args.slices * 0.5:.0f} MB), TCP_NODELAY=1")
+    print(
+        f"{args.slices} CT slices 512x512 (~{args.slices * 0.5:.0f} MB), TCP_NODELAY=1, "
+        f"Solent DICOM engine: {args.dicom_engine or 'default'}"
+    )
     try:
-        with SolentServer(trusts={"ZZA": "Trust A"}, client_aet=CLIENT) as solent:
+        with SolentServer(trusts={"ZZA": "Trust A"}, client_aet=CLIENT, extra_env=engine) as solent:
             port = solent.dicom_port
             assert port is not None
             recording = None

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     dicom_tls_ca: Path | None = Field(
         None, description="PEM CA bundle; when set, peers must present a certificate it signs."
     )
+    dicom_engine: Literal["fast", "pynetdicom"] = Field(
+        "pynetdicom",
+        description="Upper layer of the plain DICOM port: `fast` (Solent's own, for C-ECHO, "
+        "C-STORE and C-GET; other services handed to pynetdicom) or `pynetdicom` for all. "
+        "The TLS port always uses pynetdicom.",
+    )
     # --- end DIMSE ------------------------------------------------------------------------
     hl7_port: int = Field(
         2575, ge=0, le=65535, description="HL7 v2 MLLP port; 0 picks a free port."

@@ -129,3 +129,39 @@ def test_byte_cache_is_bounded_and_evicts_least_recently_used() -> None:
     assert cache.get("b") is None and cache.get("a") is not None
     cache.put("huge", b"h" * 60)  # more than a quarter of the budget: not kept
     assert cache.get("huge") is None
+
+
+def test_frames_reuse_the_access_decision_within_the_ttl(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    """A viewer's frame requests: one access decision (index read) per study and caller per
+    TTL, not one per frame; after the TTL the next frame is checked again."""
+    h = add_user(demo, "drzb", "ZZB", "clinician")
+    study = study_of(demo, "ZZB", "B7730444")
+    found = demo_client.get(f"/dicomweb/studies/{study}/instances", headers={**h, **JSON})
+    assert found.status_code == 200, found.text
+    first = found.json()[0]
+    series, sop = first["0020000E"]["Value"][0], first["00080018"]["Value"][0]
+    url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1"
+    service = _service(demo_client)
+    checks: list[str] = []
+    real = service.access.check_study
+
+    def counted(*args: object, **kwargs: object) -> object:
+        checks.append(str(args[1]))
+        return real(*args, **kwargs)
+
+    service.access.check_study = counted
+    clock = Clock()
+    service.access_cache.clock = clock
+    service.access_cache.clear()
+    for _ in range(5):
+        r = demo_client.get(url, headers={**h, "Accept": "multipart/related; type=*/*"})
+        assert r.status_code == 200, r.text
+    assert checks == [study]
+    clock.now += service.access_cache.ttl + 0.01
+    assert (
+        demo_client.get(url, headers={**h, "Accept": "multipart/related; type=*/*"}).status_code
+        == 200
+    )
+    assert checks == [study, study]

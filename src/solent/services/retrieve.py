@@ -11,6 +11,7 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -56,6 +57,29 @@ def split_part10(data: bytes) -> tuple[Dataset, int]:
         fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, *_: tag.group != 2
     )
     return meta, fp.tell()
+
+
+HEAD_READ = 64 << 10  # the first read of a stored file: preamble, meta and the patient elements
+HEAD_MAX = 16 << 20  # a header that needs more than this to splice is re-encoded instead
+
+
+@dataclass(slots=True)
+class OutgoingDataset:
+    """One instance's dataset as it goes on the wire, without holding it in memory: ``prefix``
+    (the first bytes, with the current identity spliced in), then ``remaining`` bytes of
+    ``rest``, the stored file positioned where the prefix ends. Close it when sent."""
+
+    prefix: bytes
+    rest: BinaryIO | None
+    remaining: int
+
+    @property
+    def length(self) -> int:
+        return len(self.prefix) + self.remaining
+
+    def close(self) -> None:
+        if self.rest is not None:
+            self.rest.close()
 
 
 class RetrieveService:
@@ -118,6 +142,45 @@ class RetrieveService:
                 return b"".join((head, memoryview(data)[spliced.tail_offset :]))
         _, offset = split_part10(data)
         return data[offset:]
+
+    def open_encoded(
+        self, principal: Principal, ref: StoredInstanceRef, identity: CurrentIdentity | None = None
+    ) -> OutgoingDataset:
+        """What :meth:`encoded_dataset` gives, streamed: only the head of the stored file is
+        read (64 KB, more while the patient elements need it), the rest is read by the sender
+        in slices, so a 300 MB instance costs the sender's buffer, not 300 MB."""
+        fp = self.store.open(ref.blob_key)
+        try:
+            size = fp.seek(0, io.SEEK_END)
+            fp.seek(0)
+            head = fp.read(HEAD_READ)
+            while True:
+                complete = len(head) >= size
+                try:
+                    spliced = (
+                        identity.patch_part10(ref.study_uid, head, complete=complete)
+                        if identity is not None
+                        else None
+                    )
+                    start, tail = (
+                        (spliced.head[spliced.dataset_start :], spliced.tail_offset)
+                        if spliced is not None
+                        else (b"", hs.read_layout(head).dataset_start)
+                    )
+                except hs.Truncated:
+                    if complete or len(head) >= HEAD_MAX:
+                        raise hs.Unsupported("patient elements too far into the file") from None
+                    head += fp.read(len(head))
+                    continue
+                break
+        except hs.Unsupported:
+            fp.close()
+            data = self.encoded_dataset(principal, ref, identity)
+            return OutgoingDataset(data, None, 0)
+        except BaseException:
+            fp.close()
+            raise
+        return OutgoingDataset(bytes(start) + head[tail:], fp, size - len(head))
 
     @staticmethod
     def _reencoded(data: bytes, ref: StoredInstanceRef, identity: CurrentIdentity) -> bytes:

@@ -80,3 +80,37 @@ def retrieve(
             "instances": len(refs),
         },
     )
+
+
+def retrieve_outcome(
+    trail: AuditTrail,
+    peer: Peer,
+    failed: Iterable[StoredInstanceRef],
+    *,
+    operation: str,
+    completed: int,
+    failed_count: int,
+    cancelled: bool,
+) -> None:
+    """A C-GET / C-MOVE whose sub-operations did not all succeed: one FAILURE record per
+    patient of the studies not (fully) sent, with the counts and the failed instance UIDs."""
+    refs = list(failed)
+    per_study: dict[str, int] = {}
+    for ref in refs:
+        per_study[ref.study_uid] = per_study.get(ref.study_uid, 0) + 1
+    try:
+        trail.record_studies(
+            peer.principal,
+            AuditAction.RETRIEVE,
+            per_study,
+            outcome=AuditOutcome.FAILURE,
+            detail={
+                "channel": f"dimse {operation}",
+                "completed": completed,
+                "failed": failed_count,
+                "cancelled": cancelled,
+                "failed_sop_instance_uids": [r.sop_instance_uid for r in refs][:100],
+            },
+        )
+    except Exception:
+        log.exception("could not audit the sub-operation failures of a DIMSE %s", operation)

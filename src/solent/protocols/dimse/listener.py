@@ -20,6 +20,7 @@ from pynetdicom.events import Event
 
 from solent.protocols.dimse import (
     commitment,
+    fast_engine,
     find_scp,
     retrieve_scp,
     store_scp,
@@ -32,6 +33,7 @@ from solent.protocols.dimse.net import (
     STORAGE_SOP_CLASSES,
     STORAGE_SYNTAXES,
     BoundedRequestHandler,
+    HandoffServer,
     NoDelayServer,
     ReusePortServer,
     configure_pynetdicom,
@@ -39,6 +41,7 @@ from solent.protocols.dimse.net import (
     make_ae,
     storage_context_for_unknown,
 )
+from solent.protocols.dimse.ul import server as ul_server
 from solent.services.registry import Services
 
 log = logging.getLogger(__name__)
@@ -137,14 +140,11 @@ class DimseListener:
             )
             assoc.kill()
             return
-        peer = identify_peer(
-            self.services.directory,
-            calling_ae=calling_ae,
-            called_ae=str(rq.called_ae_title).strip(),
-            address=str(requestor.address),
-            allow_unknown=settings.dicom_allow_unknown,
-            unknown_trust=settings.dicom_unknown_trust,
-            certificate=PeerCertificate.of(getattr(assoc.dul.socket, "socket", None)),
+        peer = self.identify(
+            calling_ae,
+            str(rq.called_ae_title).strip(),
+            str(requestor.address),
+            PeerCertificate.of(getattr(assoc.dul.socket, "socket", None)),
         )
         if peer is None:
             log.warning(
@@ -174,6 +174,21 @@ class DimseListener:
                     known.add(uid)
                     contexts.append(storage_context_for_unknown(uid))
         assoc.acceptor.supported_contexts = contexts
+
+    def identify(
+        self, calling_ae: str, called_ae: str, address: str, certificate: PeerCertificate | None
+    ) -> Peer | None:
+        """The Peer of an A-ASSOCIATE-RQ (both engines), or None: reject it."""
+        settings = self.services.settings
+        return identify_peer(
+            self.services.directory,
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            address=address,
+            allow_unknown=settings.dicom_allow_unknown,
+            unknown_trust=settings.dicom_unknown_trust,
+            certificate=certificate,
+        )
 
     def peer(self, assoc: Association) -> Peer | None:
         with self._lock:
@@ -236,8 +251,50 @@ class DimseListener:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    def _serve_fast(self, port: int) -> int:
+        """The plain port on the fast upper layer; other services go to a pynetdicom
+        acceptor that is never bound (see net.HandoffServer)."""
+        settings = self.services.settings
+        host = settings.bind_address
+        handoff = HandoffServer(
+            self.ae, (host, port), self.ae.ae_title, self.ae.supported_contexts,
+            evt_handlers=self.handlers(),
+        )  # fmt: skip
+        config = ul_server.Config(
+            ae_title=settings.ae_title,
+            max_pdu_length=self.ae.maximum_pdu_size,
+            implementation_class_uid=str(self.ae.implementation_class_uid),
+            implementation_version_name=str(self.ae.implementation_version_name or ""),
+            max_associations=settings.dicom_max_associations,
+            artim_timeout=float(self.ae.acse_timeout or 30),
+            network_timeout=float(self.ae.network_timeout or 60),
+        )
+        slow = (
+            frozenset({*QUERY_SOP_CLASSES, *RETRIEVE_SOP_CLASSES, commitment.STORAGE_COMMITMENT})
+            - fast_engine.GET_SOP_CLASSES
+        )
+        server = ul_server.FastServer(
+            host,
+            port,
+            config,
+            fast_engine.FastServices(
+                self, settings.tmp_dir / "dimse", config.implementation_class_uid
+            ),
+            fast_path=lambda rq: fast_engine.fast_path(
+                slow, [c.abstract_syntax for c in rq.contexts]
+            ),
+            handoff=handoff.handoff,
+            reuse_port=dicom_processes(settings.dicom_workers) > 1,
+        )
+        server.start()
+        self._servers.append(server)
+        self._servers.append(handoff)
+        return server.port
+
     def _serve(self, port: int, ssl_context: ssl.SSLContext | None) -> int:
         host = self.services.settings.bind_address
+        if ssl_context is None and self.services.settings.dicom_engine == "fast":
+            return self._serve_fast(port)
         server = self.ae.make_server(
             (host, port),
             evt_handlers=self.handlers(),
@@ -287,6 +344,11 @@ class DimseListener:
         self.pending.stop()
         for server in self._servers:
             try:
+                if isinstance(server, HandoffServer):
+                    for assoc in server.active_associations:  # as pynetdicom's shutdown does
+                        assoc.abort()
+                    server.server_close()  # never bound nor served: nothing else to stop
+                    continue
                 server.shutdown()
             except Exception:
                 log.debug("DICOM server shutdown", exc_info=True)

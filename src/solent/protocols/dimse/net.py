@@ -259,3 +259,61 @@ def make_ae(ae_title: str) -> SolentAE:
     ae.acse_timeout = 30
     ae.dimse_timeout = 120
     return ae
+
+
+class _PrefixedAssociationSocket(AssociationSocket):
+    """An accepted socket whose first bytes (the A-ASSOCIATE-RQ) the fast listener already
+    read: they are served from memory before the socket is read again."""
+
+    _prefix: bytearray
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._prefix) or bool(super().ready)
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if self._prefix:
+            out = self._prefix[:nr_bytes]
+            del self._prefix[:nr_bytes]
+            if len(out) < nr_bytes:
+                out += super().recv(nr_bytes - len(out))
+            return out
+        return super().recv(nr_bytes)
+
+
+class _HandoffRequestHandler(RequestHandler):
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        sock: Any = assoc.dul.socket
+        # pynetdicom builds its AssociationSocket itself (and queues its 'connection open'
+        # event); only its class changes here so that it first reads the handed-over bytes.
+        sock.__class__ = _PrefixedAssociationSocket
+        server: Any = self.server
+        sock._prefix = bytearray(server.handoff_prefix.pop(id(self.request), b""))
+        return assoc
+
+
+class HandoffServer(NoDelayServer):
+    """pynetdicom's acceptor for associations the fast listener hands over (C-FIND, C-MOVE,
+    worklist, storage commitment): never bound or served, it only runs what ``handoff``
+    gives it, with pynetdicom's handlers and contexts."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.handoff_prefix: dict[int, bytes] = {}
+        kwargs["request_handler"] = _HandoffRequestHandler
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        pass
+
+    def server_activate(self) -> None:
+        pass
+
+    def handoff(self, conn: socket.socket, address: Any, prefix: bytes) -> None:
+        """Serve ``conn`` (its first ``prefix`` bytes already read) with pynetdicom."""
+        conn.settimeout(None)
+        self.handoff_prefix[id(conn)] = prefix
+        try:
+            self.finish_request(conn, address)
+        finally:
+            self.handoff_prefix.pop(id(conn), None)

@@ -23,7 +23,7 @@ from pynetdicom.events import Event
 from solent.domain.outcomes import RejectReason, StoreResult
 from solent.ingest import Ingestor
 from solent.protocols.dimse.access import Operation, Peer
-from solent.protocols.dimse.net import spool_of
+from solent.protocols.dimse.net import SpoolFile, spool_of
 from solent.protocols.dimse.status import (
     CANNOT_UNDERSTAND,
     DATASET_MISMATCH,
@@ -60,13 +60,30 @@ def result_status(result: StoreResult) -> Dataset:
 
 
 def handle_store(event: Event, ingestor: Ingestor, peer: Peer | None) -> Dataset:
-    if peer is None or not peer.may(Operation.STORE):
-        return status(NOT_AUTHORIZED, "this node may not store here")
     req: Any = event.request
-    path = Path(event.dataset_path)
+    code, comment = store_spooled(
+        Path(event.dataset_path),
+        spool_of(req),
+        (str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)),
+        ingestor,
+        peer,
+    )
+    return status(code, comment)
+
+
+def store_spooled(
+    path: Path,
+    spool: SpoolFile | None,
+    expect: tuple[str, str],
+    ingestor: Ingestor,
+    peer: Peer | None,
+) -> tuple[int, str]:
+    """Ingest one received dataset; the (status, error comment) of its C-STORE-RSP.
+
+    Shared by the pynetdicom handler and the fast upper layer (ul/)."""
+    if peer is None or not peer.may(Operation.STORE):
+        return NOT_AUTHORIZED, "this node may not store here"
     # The request/dataset identity check (A900) runs on ingest's own parse: one parse, not two.
-    expect = (str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID))
-    spool = spool_of(req)
     sha256: str | None = None
     pending: list[Future[None]] = []
     if spool is not None:
@@ -81,11 +98,14 @@ def handle_store(event: Event, ingestor: Ingestor, peer: Peer | None) -> Dataset
         )
     except Exception as exc:
         log.exception("C-STORE ingest failed")
-        return status(OUT_OF_RESOURCES, f"storage failure: {type(exc).__name__}")
+        return OUT_OF_RESOURCES, f"storage failure: {type(exc).__name__}"
     finally:
-        for job in pending:  # pynetdicom closes the spool's descriptor after we return
+        for job in pending:  # the receiver closes the spool's descriptor after we return
             try:
                 job.result()
             except OSError:
                 log.debug("spool fsync", exc_info=True)
-    return result_status(result)
+    if result.ok:
+        return SUCCESS, ""
+    assert result.reason is not None
+    return REJECT_STATUS.get(result.reason, CANNOT_UNDERSTAND), result.message
