@@ -29,6 +29,8 @@ class Person:
 
     pks: frozenset[int]
     ref: PatientRef
+    #: The one record the request named (by local ID, retired ID or key); None for an NHS number.
+    named_pk: int | None = None
 
 
 class RecordService:
@@ -62,12 +64,14 @@ class RecordService:
         key. Not audited here: the read that follows writes the one record naming them."""
         self.access.require(principal, Permission.READ, f"{action.value} of patient data")
         candidates: set[int]
+        named: int | None = None
         if nhs_number is not None:
             number = nhs.normalise(nhs_number)
             if not nhs.is_valid(number):
                 raise InvalidInput(f"{nhs_number!r} is not a valid NHS number (modulus 11)")
             candidates = self.identity.by_nhs_number(number)
         elif patient_pk is not None:
+            named = patient_pk
             candidates = (
                 self.identity.linked_patient_pks(patient_pk)
                 if self.access.visible_among(principal, [patient_pk])
@@ -76,6 +80,7 @@ class RecordService:
         elif issuer and local_id:
             found = self.identity.resolve(issuer, local_id)
             candidates = set()
+            named = found.patient_pk if found is not None else None
             if found is not None and self.access.visible_among(principal, [found.patient_pk]):
                 candidates = self.identity.linked_patient_pks(found.patient_pk)
         else:
@@ -91,7 +96,8 @@ class RecordService:
                     detail={"attempted": action.value},
                 )
             raise self.access.not_found(principal, "patient")
-        return Person(frozenset(visible), self._ref_of(visible, nhs_number, issuer, local_id))
+        ref = self._ref_of(visible, nhs_number, issuer, local_id)
+        return Person(frozenset(visible), ref, named)
 
     def _ref_of(
         self,
@@ -220,14 +226,24 @@ class RecordService:
 
     # -- patients and studies (FHIR, IID) ------------------------------------------------------
 
-    def patient_records(self, principal: Principal, person: Person) -> list[dict[str, Any]]:
-        """The visible records of a person, each with retired IDs, links and contact."""
+    def patient_records(
+        self, principal: Principal, person: Person, *, named_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """The visible records of a person, each with retired IDs, links and contact; with
+        ``named_only``, the record the request named (FHIR Patient?identifier=), or for an NHS
+        number the records carrying it."""
         out = []
         for pk in sorted(person.pks):
+            if named_only and person.named_pk is not None and pk != person.named_pk:
+                continue
             found = self.identity.record(pk)
-            if found is not None:
-                found["linked"] = [p for p in found["linked"] if p in person.pks]
-                out.append(found)
+            if found is None:
+                continue
+            by_number = named_only and person.named_pk is None
+            if by_number and found["record"]["nhs_number"] != person.ref.nhs_number:
+                continue
+            found["linked"] = [p for p in found["linked"] if p in person.pks]
+            out.append(found)
         self._audit(principal, person, "patient", results=len(out))
         return out
 
@@ -405,7 +421,8 @@ class RecordService:
         """Identity changes by a person: administrators only, and a trust's administrator
         only on records its trust issued (a regional administrator, no trust, on any)."""
         self.access.require(principal, Permission.ADMIN, what)
-        foreign = sorted({i for i in issuers if principal.trust and i != principal.trust})
+        trusts = self.access.scope(principal).trusts
+        foreign = sorted({i for i in issuers if principal.trust and i not in trusts})
         if foreign:
             raise AccessDenied(
                 f"{what}: records of {', '.join(foreign)} are managed by that trust's "
@@ -427,7 +444,7 @@ class RecordService:
         visible = self.access.visible_among(principal, pks) if reader else set()
 
         def shown(item: dict[str, Any]) -> bool:
-            if admin and (principal.trust is None or item["issuer"] == principal.trust):
+            if admin and (principal.trust is None or item["issuer"] in scope.trusts):
                 return True
             if not reader:
                 return False
@@ -455,7 +472,8 @@ class RecordService:
         self.access.require(principal, Permission.ADMIN, "reading the HL7 journal")
         rows = self.inbox.messages(status=status, limit=limit)
         if principal.trust is not None:
-            rows = [r for r in rows if (r["sender"] or "").split("^")[-1] == principal.trust]
+            trusts = self.access.scope(principal).trusts
+            rows = [r for r in rows if (r["sender"] or "").split("^")[-1] in trusts]
         self.audit.record(
             principal,
             AuditAction.QUERY,

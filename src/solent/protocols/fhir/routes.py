@@ -130,9 +130,8 @@ def search_patient(
             person = person_of_token(records, caller, identifier)
         else:
             raise FhirError(400, "required", "search Patient by identifier or _id")
-        found = records.patient_records(caller, person)
-        if pk is not None:  # _id names one record, not the person
-            found = [f for f in found if int(f["record"]["pk"]) == pk]
+        # _id and identifier name records, not the person: only those are returned.
+        found = records.patient_records(caller, person, named_only=True)
         out = [_patient_resource(f) for f in found]
         return fhir.bundle(out, base_url=_base(request))
 

@@ -1,0 +1,278 @@
+"""Record updates from the trusts' feeds (ADT A01/A04/A08/A28/A31, orders): demographics,
+NHS numbers and what a change does to the links, each change recorded before and after."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection
+
+from solent.domain import nhs_number as nhs
+from solent.index import identity as store
+from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
+from solent.services.identity.model import (
+    DEMOGRAPHIC_FIELDS,
+    LINK_FIELDS,
+    VERIFIED,
+    Change,
+    Demographics,
+    IdentityRejected,
+    PatientKey,
+    _conflict,
+    _key,
+    is_placeholder,
+)
+from solent.services.identity.reads import IdentityReads
+
+
+class RecordUpdates(IdentityReads):
+    # -- changes from the trusts' feeds ----------------------------------------------------------
+
+    def update_record(
+        self,
+        key: PatientKey,
+        demo: Demographics,
+        change: Change,
+        *,
+        conn: Connection | None = None,
+        create: bool = True,
+    ) -> int:
+        """A01/A04/A08/A28/A31: the sending trust updates its own record (created if new)."""
+
+        def op(c: Connection) -> int:
+            self._require_trust(c, key.issuer)
+            row = store.find_patient(c, key.issuer, key.local_id)
+            if row is None:
+                if not create:
+                    raise IdentityRejected(f"unknown patient {key}")
+                pk = store.insert_patient(c, key.issuer, key.local_id, {})
+                row = store.get_patient(c, pk)
+                assert row is not None
+                store.add_event(
+                    c,
+                    kind="create",
+                    actor=change.actor,
+                    patient_pk=pk,
+                    issuer=key.issuer,
+                    local_id=key.local_id,
+                    message_pk=change.message_pk,
+                    after={"issuer": key.issuer, "local_id": key.local_id},
+                )
+            self._apply_demographics(c, row, demo, change)
+            return int(row["pk"])
+
+        return self._write(conn, op)
+
+    def _require_trust(self, conn: Connection, issuer: str) -> None:
+        if not store.trust_exists(conn, issuer):
+            raise IdentityRejected(
+                f"assigning authority {issuer} is not a registered trust "
+                "(add it with `solent trust add`)"
+            )
+
+    def _apply_demographics(
+        self,
+        conn: Connection,
+        row: dict[str, Any],
+        demo: Demographics,
+        change: Change,
+        linked_before: set[int] | None = None,
+    ) -> None:
+        pk = int(row["pk"])
+        store.lock_patient(conn, pk)
+        values: dict[str, Any] = {}
+        for name in DEMOGRAPHIC_FIELDS:
+            new = getattr(demo, name)
+            if new is not None and new != row[name]:
+                values[name] = new
+        values.update(self._nhs_values(conn, row, demo, change))
+        # Links depend only on the NHS number, its status, date of birth and sex: when none
+        # of those changed, neither did the links (the common A08), so skip the graph walk.
+        if linked_before is None and LINK_FIELDS & values.keys():
+            linked_before = self._component(conn, pk)
+        if values:
+            before = {k: row[k] for k in values}
+            store.update_patient(conn, pk, values)
+            store.add_event(
+                conn,
+                kind="update",
+                actor=change.actor,
+                patient_pk=pk,
+                issuer=row["issuer"],
+                local_id=row["local_id"],
+                message_pk=change.message_pk,
+                before=before,
+                after=values,
+            )
+            self._audit(conn, change, row, {"change": "update", "fields": sorted(values)})
+        contact = {
+            k: v
+            for k, v in (
+                ("address", demo.address),
+                ("phone", demo.phone),
+                ("gp_practice", demo.gp_practice),
+                ("gp", demo.gp),
+                ("nhs_number_status", demo.nhs_status),
+            )
+            if v is not None
+        }
+        if contact:
+            store.upsert_contact(conn, pk, contact)
+        if linked_before is not None:
+            self._review(conn, pk, change, linked_before)
+
+    def _nhs_values(
+        self, conn: Connection, row: dict[str, Any], demo: Demographics, change: Change
+    ) -> dict[str, Any]:
+        if demo.nhs_number is None:
+            return {}
+        number = nhs.normalise(demo.nhs_number)
+        item = {
+            "issuer": row["issuer"],
+            "local_id": row["local_id"],
+            "patient_pk": int(row["pk"]),
+            "message_pk": change.message_pk,
+        }
+        if len(number) != 10 or not number.isdigit():
+            store.add_work_item(
+                conn,
+                kind="invalid-nhs-number",
+                detail=f"NHS number {demo.nhs_number!r} is not ten digits; not stored",
+                **item,
+            )
+            return {}
+        valid = nhs.is_valid(number)
+        if not valid:
+            store.add_work_item(
+                conn,
+                kind="invalid-nhs-number",
+                nhs_number=number,
+                detail=f"NHS number {number} fails the modulus 11 check; records not linked",
+                **item,
+            )
+        elif is_placeholder(number):
+            valid = False
+            store.add_work_item(
+                conn,
+                kind="invalid-nhs-number",
+                nhs_number=number,
+                detail=f"NHS number {number} is a placeholder, not an issued number",
+                **item,
+            )
+        if demo.nhs_status is None:
+            verified = bool(row["nhs_number_verified"]) and number == row["nhs_number"]
+        else:
+            verified = demo.nhs_status == VERIFIED
+        verified = verified and valid
+        if valid and not verified:
+            store.add_work_item(
+                conn,
+                kind="nhs-number-not-verified",
+                nhs_number=number,
+                detail=(
+                    f"NHS number {number} has status {demo.nhs_status or 'unknown'} "
+                    "(not traced on PDS); not linked across trusts"
+                ),
+                **item,
+            )
+        if row["nhs_number"] and row["nhs_number_valid"] and row["nhs_number"] != number:
+            store.add_work_item(
+                conn,
+                kind="nhs-number-changed",
+                nhs_number=number,
+                detail=(
+                    f"record {_key(row)} carried NHS number {row['nhs_number']}, "
+                    f"now {number}; held as unverified until reviewed"
+                ),
+                **item,
+            )
+            verified = False
+        out = {"nhs_number": number, "nhs_number_valid": valid, "nhs_number_verified": verified}
+        return {k: v for k, v in out.items() if row[k] != v}
+
+    def _review(self, conn: Connection, pk: int, change: Change, linked_before: set[int]) -> None:
+        """Queue conflicts with the same NHS number, and record links that came or went."""
+        row = store.get_patient(conn, pk)
+        assert row is not None
+        if row["nhs_number"] and row["nhs_number_valid"]:
+            for other in store.patients_by_nhs(conn, row["nhs_number"]):
+                if int(other["pk"]) == pk or not other["nhs_number_valid"]:
+                    continue
+                item = {
+                    "issuer": row["issuer"],
+                    "local_id": row["local_id"],
+                    "patient_pk": pk,
+                    "nhs_number": row["nhs_number"],
+                    "message_pk": change.message_pk,
+                }
+                if other["issuer"] == row["issuer"]:
+                    store.add_work_item(
+                        conn,
+                        kind="duplicate-record",
+                        detail=(
+                            f"{_key(row)} and {_key(other)} at the same trust carry NHS number "
+                            f"{row['nhs_number']}; merge them with A40 if they are one person"
+                        ),
+                        **item,
+                    )
+                    continue
+                why = _conflict(row, other)
+                if why:
+                    store.add_work_item(
+                        conn,
+                        kind="demographic-conflict",
+                        detail=(
+                            f"NHS number {row['nhs_number']}: {_key(row)} and {_key(other)} "
+                            f"disagree on {why}; not linked"
+                        ),
+                        **item,
+                    )
+        self._record_link_change(conn, pk, linked_before, change, "nhs-number")
+
+    def _record_link_change(
+        self, conn: Connection, pk: int, before: set[int], change: Change, why: str
+    ) -> None:
+        after = self._component(conn, pk)
+        if after == before:
+            return
+        rows = {int(r["pk"]): _key(r) for r in store.get_patients(conn, before | after)}
+        row = store.get_patient(conn, pk)
+        store.add_event(
+            conn,
+            kind="links-changed",
+            actor=change.actor,
+            patient_pk=pk,
+            issuer=row["issuer"] if row else None,
+            local_id=row["local_id"] if row else None,
+            message_pk=change.message_pk,
+            before={"linked": sorted(rows[p] for p in before - {pk} if p in rows), "why": why},
+            after={"linked": sorted(rows[p] for p in after - {pk} if p in rows), "why": why},
+        )
+        for other in (after ^ before) - {pk}:
+            o = store.get_patient(conn, other)
+            if o is not None:
+                store.add_event(
+                    conn,
+                    kind="links-changed",
+                    actor=change.actor,
+                    patient_pk=other,
+                    other_patient_pk=pk,
+                    issuer=o["issuer"],
+                    local_id=o["local_id"],
+                    message_pk=change.message_pk,
+                    before={"linked": other in before, "with": rows.get(pk), "why": why},
+                    after={"linked": other in after, "with": rows.get(pk), "why": why},
+                )
+
+    def _audit(
+        self, conn: Connection, change: Change, row: dict[str, Any], detail: dict[str, Any]
+    ) -> None:
+        AuditTrail.append_in(
+            conn,
+            audit_fields(
+                change.principal,
+                AuditAction.PATIENT_RECORD,
+                patient=PatientRef(row["issuer"], row["local_id"], row["nhs_number"]),
+                detail={**detail, "message_pk": change.message_pk},
+            ),
+        )

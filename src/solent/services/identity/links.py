@@ -1,0 +1,254 @@
+"""Resolution and links: which records are one person (the one link rule)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import Connection
+
+from solent.domain import nhs_number as nhs
+from solent.domain.principal import Principal
+from solent.errors import InvalidInput, NotFound
+from solent.index import identity as store
+from solent.index.sql import Index
+from solent.services import trust_view
+from solent.services.identity.model import (
+    NHS_OID,
+    Resolved,
+    T,
+    _conflict,
+    _snapshot,
+)
+
+
+class IdentityLinks:
+    """Look-ups every other service uses: resolve an identifier, follow links, the
+    attributes DICOM carries after a change, and the record a trust knows the person by."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def _write(self, conn: Connection | None, fn: Callable[[Connection], T]) -> T:
+        return fn(conn) if conn is not None else self.index.write(fn)
+
+    # -- lookups other services use ---------------------------------------------------------
+
+    def resolve(
+        self, issuer: str, local_id: str, *, conn: Connection | None = None
+    ) -> Resolved | None:
+        """The record (issuer, local_id) names, following retired identifiers to their record."""
+
+        def op(c: Connection) -> Resolved | None:
+            row = store.find_patient(c, issuer, local_id)
+            if row:
+                return Resolved(int(row["pk"]), row["issuer"], row["local_id"], False)
+            retired = store.find_retired(c, issuer, local_id)
+            if retired is None:
+                return None
+            now_row = store.get_patient(c, int(retired["patient_pk"]))
+            if now_row is None:
+                return None
+            return Resolved(int(now_row["pk"]), now_row["issuer"], now_row["local_id"], True)
+
+        if conn is not None:
+            return op(conn)
+        with self.index.read() as c:
+            return op(c)
+
+    def by_nhs_number(self, number: str, *, conn: Connection | None = None) -> set[int]:
+        """Records of the person with this NHS number: those carrying it valid and traced, and
+        every record linked to them. Untraced records are not included, nor records whose
+        date of birth or sex conflicts with the others (they wait in the work queue)."""
+
+        def op(c: Connection) -> set[int]:
+            n = nhs.normalise(number)
+            if not nhs.is_valid(n):
+                return set()
+            seeds = [
+                int(r["pk"])
+                for r in store.patients_by_nhs(c, n)
+                if r["nhs_number_valid"] and r["nhs_number_verified"]
+            ]
+            groups: list[set[int]] = []
+            for pk in seeds:
+                if not any(pk in g for g in groups):
+                    groups.append(self._component(c, pk))
+            if not groups:
+                return set()
+            # Records carrying the number but disagreeing on DOB/sex form separate groups and
+            # sit in the work queue; the number names the largest agreeing group (ties: the
+            # group with the oldest record) until a person resolves the conflict.
+            return max(groups, key=lambda g: (len(g), -min(g)))
+
+        if conn is not None:
+            return op(conn)
+        with self.index.read() as c:
+            return op(c)
+
+    def linked_patient_pks(self, patient_pk: int, *, conn: Connection | None = None) -> set[int]:
+        """This record and every record linked to it (transitively); empty if it is unknown."""
+        if conn is not None:
+            return self._component(conn, patient_pk)
+        with self.index.read() as c:
+            return self._component(c, patient_pk)
+
+    def _neighbours(self, conn: Connection, row: dict[str, Any]) -> set[int]:
+        pk = int(row["pk"])
+        explicit = store.link_rows(conn, [pk])
+        blocked = set()
+        out = set()
+        for link in explicit:
+            other = int(link["patient_b"] if link["patient_a"] == pk else link["patient_a"])
+            if link["status"] == "linked":
+                out.add(other)
+            else:
+                blocked.add(other)
+        if row["nhs_number"] and row["nhs_number_valid"] and row["nhs_number_verified"]:
+            for cand in store.patients_by_nhs(conn, row["nhs_number"]):
+                opk = int(cand["pk"])
+                if (
+                    opk != pk
+                    and opk not in blocked
+                    and cand["issuer"] != row["issuer"]
+                    and cand["nhs_number_valid"]
+                    and cand["nhs_number_verified"]
+                    and _conflict(row, cand) is None
+                ):
+                    out.add(opk)
+        return out - blocked
+
+    def _component(self, conn: Connection, patient_pk: int) -> set[int]:
+        start = store.get_patient(conn, patient_pk)
+        if start is None:
+            return set()
+        seen = {patient_pk}
+        todo = [start]
+        while todo:
+            row = todo.pop()
+            for other in self._neighbours(conn, row) - seen:
+                seen.add(other)
+                nxt = store.get_patient(conn, other)
+                if nxt is not None:
+                    todo.append(nxt)
+        return seen
+
+    def links_of(self, patient_pk: int) -> list[dict[str, Any]]:
+        """The records linked to this one, each with why (nhs-number, hl7:A24, admin)."""
+        with self.index.read() as conn:
+            me = store.get_patient(conn, patient_pk)
+            if me is None:
+                raise NotFound("no such patient record")
+            component = self._component(conn, patient_pk)
+            explicit = {
+                int(r["patient_b"] if r["patient_a"] == patient_pk else r["patient_a"]): r
+                for r in store.link_rows(conn, [patient_pk])
+            }
+            out = []
+            for row in store.get_patients(conn, component - {patient_pk}):
+                link = explicit.get(int(row["pk"]))
+                if link is not None and link["status"] == "linked":
+                    why = link["source"]
+                elif row["nhs_number"] == me["nhs_number"]:
+                    why = "nhs-number"
+                else:
+                    why = "indirect"
+                out.append({**_snapshot(row), "patient_pk": int(row["pk"]), "linked_by": why})
+            return out
+
+    # -- what DICOM says after a change -----------------------------------------------------
+
+    def current_patient_attributes(
+        self,
+        study_uid: str | None = None,
+        *,
+        patient_pk: int | None = None,
+        viewing_trust: str | None = None,
+    ) -> dict[str, Any]:
+        """Patient attributes as the record says now, by DICOM keyword, for outgoing DICOM.
+
+        ``OtherPatientIDsSequence`` is a list of item dicts (the NHS number, issuer NHS, with
+        its ISO OID). A value of None means "remove this attribute" (contact details of a
+        sensitive patient). Raises NotFound when the study or record is unknown.
+        ``viewing_trust``: the person as that trust's linked record shows them (trust_view).
+        """
+        with self.index.read() as conn:
+            pk = patient_pk
+            if study_uid is not None:
+                study = store.study_by_uid(conn, study_uid)
+                if study is None:
+                    raise NotFound(f"no study {study_uid}")
+                pk = int(study["patient_pk"])
+            if pk is None:
+                raise InvalidInput("give a study UID or a patient record")
+            row = store.get_patient(conn, pk)
+            if row is None:
+                raise NotFound("no such patient record")
+            contact = store.get_contact(conn, pk)
+            seen = self.record_seen_from(pk, viewing_trust, conn=conn)
+            if seen is not None and not (contact and contact["sensitive"]):
+                contact = store.get_contact(conn, int(seen["pk"]))
+        attrs: dict[str, Any] = {
+            "PatientID": row["local_id"],
+            "IssuerOfPatientID": row["issuer"],
+            "PatientName": row["name"] or "",
+            "PatientBirthDate": row["birth_date"] or "",
+            "PatientSex": row["sex"] or "",
+            "OtherPatientIDsSequence": [],
+        }
+        if row["nhs_number"] and row["nhs_number_valid"]:
+            attrs["OtherPatientIDsSequence"] = [
+                {
+                    "PatientID": row["nhs_number"],
+                    "IssuerOfPatientID": nhs.NHS_ISSUER,
+                    "TypeOfPatientID": "TEXT",
+                    "IssuerOfPatientIDQualifiersSequence": [
+                        {
+                            "UniversalEntityID": NHS_OID,
+                            "UniversalEntityIDType": "ISO",
+                            "IdentifierTypeCode": "NH",
+                        }
+                    ],
+                }
+            ]
+        if contact and contact["sensitive"]:
+            attrs["PatientAddress"] = None
+            attrs["PatientTelephoneNumbers"] = None
+        if seen is not None:
+            return trust_view.seen_attributes(attrs, row, seen)
+        return attrs
+
+    def subject_seen_by(self, principal: Principal, study: Mapping[str, Any]) -> dict[str, Any]:
+        """The record a study (a ``studies`` row) is shown under to ``principal``: its trust's
+        linked record where it holds one (trust_view), else the study's own.
+        Keys: patient_pk, issuer, local_id."""
+        own = {
+            "patient_pk": int(study["patient_pk"]),
+            "issuer": study["issuer"],
+            "local_id": study["local_id"],
+        }
+        seen = self.record_seen_from(own["patient_pk"], principal.trust)
+        if seen is None:
+            return own
+        return {
+            "patient_pk": int(seen["pk"]),
+            "issuer": seen["issuer"],
+            "local_id": seen["local_id"],
+        }
+
+    def record_seen_from(
+        self, patient_pk: int, trust: str | None, *, conn: Connection | None = None
+    ) -> dict[str, Any] | None:
+        """``trust``'s record linked to this one, shown instead of it to that trust's
+        callers (services/trust_view.py); None when there is none or it is ``trust``'s own."""
+
+        def op(c: Connection) -> dict[str, Any] | None:
+            row = store.get_patient(c, patient_pk)
+            if not trust or row is None or row["issuer"] == trust:
+                return None  # the caller's own record (the common case): no link walk
+            return trust_view.record_seen_from(c, patient_pk, trust, self._component(c, patient_pk))
+
+        if conn is not None:
+            return op(conn)
+        with self.index.read() as c:
+            return op(c)

@@ -1,0 +1,109 @@
+"""Records, keys and changes of the cross-trust patient index (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+from solent.domain.principal import Principal
+from solent.errors import SolentError
+
+T = TypeVar("T")
+
+VERIFIED = "NSTS01"
+NHS_OID = "2.16.840.1.113883.2.1.4.1"
+DEMOGRAPHIC_FIELDS = ("name", "birth_date", "sex")
+LINK_FIELDS = {"birth_date", "sex", "nhs_number", "nhs_number_valid", "nhs_number_verified"}
+
+
+class IdentityRejected(SolentError):
+    """A change that must be refused (HL7 AE) and, when ``work_item`` is set, queued for people."""
+
+    def __init__(self, message: str, *, work_item: str | None = None, held: bool = False) -> None:
+        super().__init__(message)
+        self.work_item = work_item
+        self.held = held
+
+
+@dataclass(frozen=True, slots=True)
+class PatientKey:
+    """A local identifier with the trust that issued it (CX.1 + CX.4)."""
+
+    issuer: str
+    local_id: str
+
+    def __str__(self) -> str:
+        return f"{self.local_id}/{self.issuer}"
+
+
+@dataclass(frozen=True, slots=True)
+class Demographics:
+    """What a trust's PAS says about its own record; None means "not sent", not "erase"."""
+
+    name: str | None = None
+    birth_date: str | None = None
+    sex: str | None = None
+    nhs_number: str | None = None  # as received; normalised and checked here
+    nhs_status: str | None = None  # PID-32, NSTS01..NSTS08
+    address: str | None = None
+    phone: str | None = None
+    gp_practice: str | None = None
+    gp: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    patient_pk: int
+    issuer: str
+    local_id: str
+    retired: bool  # the identifier asked for is retired; this is the record that replaced it
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Context of one change: who made it and which journalled message carried it."""
+
+    principal: Principal
+    message_pk: int | None = None
+
+    @property
+    def actor(self) -> str:
+        return self.principal.describe()
+
+
+def is_placeholder(number: str) -> bool:
+    """Legacy placeholders such as 0000000000 pass the checksum but name nobody (R2)."""
+    return len(set(number)) == 1
+
+
+def _conflict(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    if a["birth_date"] and b["birth_date"] and a["birth_date"] != b["birth_date"]:
+        return f"date of birth {a['birth_date']} vs {b['birth_date']}"
+    sexes = ("M", "F")
+    if a["sex"] in sexes and b["sex"] in sexes and a["sex"] != b["sex"]:
+        return f"sex {a['sex']} vs {b['sex']}"
+    return None
+
+
+def _key(row: dict[str, Any]) -> str:
+    return f"{row['local_id']}/{row['issuer']}"
+
+
+def _snapshot(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: row[k]
+        for k in (
+            "issuer",
+            "local_id",
+            "name",
+            "birth_date",
+            "sex",
+            "nhs_number",
+            "nhs_number_valid",
+            "nhs_number_verified",
+        )
+    }
+
+
+def key_dict(key: PatientKey) -> dict[str, str]:
+    return asdict(key)
