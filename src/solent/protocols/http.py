@@ -12,6 +12,7 @@ from solent.protocols.api.routes import router as api_router
 from solent.protocols.api.security_routes import router as security_router
 from solent.protocols.dicomweb import install as install_dicomweb
 from solent.protocols.fhir import install as install_regional_identity
+from solent.protocols.viewer_static import router as viewer_router
 from solent.security.http import install_security
 
 
@@ -44,4 +45,5 @@ def create_app(archive: Archive) -> FastAPI:
     app.include_router(security_router, prefix="/api")
     install_regional_identity(app)  # issue 5: /api/identity, /fhir, IHE IID
     install_dicomweb(app, archive)  # DICOMweb at /dicomweb (issue 4)
+    app.include_router(viewer_router)  # the browser viewer's static files at /viewer (issue 12)
     return app

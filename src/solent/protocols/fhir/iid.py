@@ -3,14 +3,15 @@
 Each trust has its own endpoint, /trusts/{ODS}/IHEInvokeImageDisplay, and identifiers are
 resolved in that trust's identifier space (an accession number has no issuer in IID). The
 trust-less /IHEInvokeImageDisplay needs an assigning authority in patientID (CX.4) and cannot
-take accession numbers. Until the viewer lands the launch redirects to a study list page.
+take accession numbers. The launch lands in the viewer (/viewer/#/patient/... or #/study/...);
+several studies at once still get the study list page.
 """
 
 from __future__ import annotations
 
 import html
 from typing import Annotated
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -147,8 +148,36 @@ def _invoke(
         uids = _launch(archive, caller, trust, request_type, patient_id, study_uid, accession)
     except LaunchError as exc:
         return _page(exc.status, "Cannot open images", f"<p>{html.escape(exc.text)}</p>")
+    # Issue 12: land straight in the viewer, at the patient's timeline or the study.
+    if (request_type or "").upper() == "PATIENT":
+        record = _viewer_record(archive, trust, patient_id, uids)
+        if record is not None:
+            return RedirectResponse(f"/viewer/#/patient/{record}", status_code=303)
+    elif len(uids) == 1:
+        return RedirectResponse(f"/viewer/#/study/{quote(uids[0], safe='')}", status_code=303)
     query = urlencode([("uid", u) for u in uids])
     return RedirectResponse(f"/iid/studies?{query}", status_code=303)
+
+
+def _viewer_record(
+    archive: Archive, trust: str | None, patient_id: str | None, uids: list[str]
+) -> str | None:
+    """ISSUER/ID of the viewer's timeline for a PATIENT launch: the record named, or for an
+    NHS number the launching trust's own record first, else the first record with studies."""
+    value, authority = _authority(patient_id or "")
+    if authority not in NHS_AUTHORITIES:
+        return f"{quote(authority or trust or '', safe='')}/{quote(value, safe='')}"
+    identity = IdentityService(archive.index)
+    records: list[tuple[str, str]] = []
+    for uid in uids:
+        study = identity.study(uid)
+        summary = identity.study_summary(int(study["pk"])) if study else None
+        if summary is not None:
+            records.append((str(summary["issuer"]), str(summary["local_id"])))
+    records.sort(key=lambda r: r[0] != trust)
+    if not records:
+        return None
+    return f"{quote(records[0][0], safe='')}/{quote(records[0][1], safe='')}"
 
 
 @router.get("/IHEInvokeImageDisplay")

@@ -1,0 +1,230 @@
+"""The zero-footprint viewer in a real browser (issue 12): Debian chromium driven by Playwright
+against a real `solent serve` with the demo data. Canvas checks read the drawn pixels back.
+
+Tests marked ``needs_viewer_api`` use the /api/viewer and /api/mdt routes of the server contract
+(built on the `mdt` branch); the others use what the server has today: sign-in, DICOMweb,
+IID and break-glass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from solent.demo import DEMO_ROOT
+from tests.conftest import RunningServer, start_server
+from tests.interop.viewer_support import (
+    add_user,
+    canvas,
+    chromium,
+    differs,
+    eventually,
+    image_index,
+    new_page,
+    not_blank,
+    pane,
+    require_browser,
+    shot,
+    sign_in,
+    wait_image,
+)
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+ALICE_CT = DEMO_ROOT + "1.1"  # ZZA A100001, 24 slices, 2024
+ALICE_MR = DEMO_ROOT + "1.3"  # ZZB B7730021 (same person), 16 slices, 2026
+BOB_CT = DEMO_ROOT + "1.4"  # ZZB B7730444
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    require_browser()
+    srv = start_server(
+        tmp_path_factory.mktemp("viewer") / "srv",
+        extra_env={"SOLENT_DEMO_DATA": "true"},
+        timeout=240,
+    )
+    srv.env["SOLENT_DEMO_DATA"] = "true"
+    add_user(srv, "rad", "ZZA", "radiologist")
+    add_user(srv, "drza", "ZZA", "clinician")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def browser(demo: RunningServer) -> Iterator[Any]:
+    with chromium() as b:
+        yield b
+
+
+def test_app_shell_is_public_compressed_and_cached(demo: RunningServer) -> None:
+    """The shell holds no patient data; hashed assets are cached for a year, index revalidated."""
+    url = demo.base_url
+    index = httpx.get(url + "/viewer/", headers={"Accept-Encoding": "br, gzip"}, timeout=30)
+    assert index.status_code == 200 and "no-cache" in index.headers["cache-control"]
+    asset = next(p for p in index.text.split('"') if p.startswith("/viewer/assets/index-"))
+    r = httpx.get(url + asset, headers={"Accept-Encoding": "br, gzip"}, timeout=30)
+    assert r.status_code == 200
+    assert r.headers["content-encoding"] == "br"
+    assert "immutable" in r.headers["cache-control"]
+    assert r.headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    raw = httpx.get(url + asset, headers={"Accept-Encoding": "identity"}, timeout=30)
+    assert "content-encoding" not in raw.headers and len(raw.content) > int(
+        r.headers["content-length"]
+    )
+    assert httpx.get(url + "/viewer/%2e%2e/app.py", timeout=30).status_code == 404
+    # Patient data still needs a token.
+    assert httpx.get(url + "/dicomweb/studies", timeout=30).status_code == 401
+
+
+def test_sign_in_read_scroll_window_and_measure(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    errors: list[str] = []
+    page = new_page(browser, demo, errors)
+    page.fill("#sign-in input[name=username]", "rad")
+    page.fill("#sign-in input[name=password]", "wrong")
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("#sign-in .error:has-text('wrong user name or password')")
+    sign_in(page, "rad")
+    shot(page, tmp_path, "01-worklist")
+
+    page.goto(f"{demo.base_url}/viewer/#/study/{ALICE_CT}?prior=")
+    first = wait_image(page)
+    assert page.locator(".thumb").count() == 1
+    page.wait_for_function("document.querySelector('.thumb img')?.naturalWidth > 0")
+    overlay = page.inner_text(f"{pane()} .overlay")
+    assert "DEMO, Alice" in overlay and "NHS 999 000 0018" in overlay
+    assert "ZZA A100001" in overlay and "Im 13/24" in overlay and "W 400 L 40" in overlay
+    shot(page, tmp_path, "02-study")
+
+    # Stack scroll: wheel, keys; the image drawn changes with the slice.
+    box = page.locator(f"{pane()} .viewport").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(3):
+        page.mouse.wheel(0, 120)
+        page.wait_for_timeout(150)
+    eventually(lambda: image_index(page) > 12, what="wheel scroll")
+    after_wheel = image_index(page)
+    page.keyboard.press("End")
+    eventually(lambda: image_index(page) == 23, what="End key")
+    eventually(lambda: not_blank(canvas(page)) and differs(first, canvas(page)) > 0.01, what="new slice drawn")
+    page.keyboard.press("ArrowUp")
+    eventually(lambda: image_index(page) == 22, what="ArrowUp")
+    assert after_wheel != 12
+    assert "Pos " in page.inner_text(f"{pane()} .overlay .bl")
+    shot(page, tmp_path, "03-scrolled")
+
+    # Window/level: a preset by key and by the menu; the pixels change, the overlay says so.
+    before = canvas(page)
+    page.keyboard.press("1")  # CT lung
+    page.wait_for_selector(f"{pane()} .overlay .br:has-text('W 1500 L -600')")
+    lung = canvas(page)
+    assert differs(before, lung) > 0.05
+    page.select_option("#preset", "CT bone")
+    page.wait_for_selector(f"{pane()} .overlay .br:has-text('W 1800 L 400')")
+    # W/L by dragging (the default left-button tool).
+    page.mouse.move(box["x"] + 200, box["y"] + 200)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 260, box["y"] + 230, steps=5)
+    page.mouse.up()
+    assert "W 1800 L 400" not in page.inner_text(f"{pane()} .overlay .br")
+    shot(page, tmp_path, "04-window")
+
+    # Invert and flip change the drawn pixels.
+    base = canvas(page)
+    page.click("#invert")
+    eventually(lambda: differs(base, canvas(page)) > 0.2, what="invert")
+    page.click("#invert")
+    page.click("#flip-h")
+    eventually(lambda: differs(base, canvas(page)) > 0.01, what="flip")
+    page.click("#reset")
+
+    # Length and elliptical ROI: real units from the pixel spacing.
+    page.keyboard.press("l")
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 100, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 100, cy, steps=8)
+    page.mouse.up()
+    page.wait_for_selector(f"{pane()} svg text:has-text('mm')")
+    page.keyboard.press("o")
+    page.mouse.move(cx - 60, cy + 40)
+    page.mouse.down()
+    page.mouse.move(cx + 20, cy + 100, steps=8)
+    page.mouse.up()
+    svg = page.inner_text(f"{pane()} svg") if page.locator(f"{pane()} svg").count() == 1 else ""
+    texts = " ".join(page.locator(f"{pane()} svg text").all_inner_texts()) or svg
+    assert "Mean" in texts and "Std Dev" in texts and "mm²" in texts, texts
+    page.keyboard.press("a")
+    for x, y in ((cx - 80, cy - 80), (cx, cy - 20), (cx + 60, cy - 90)):
+        page.mouse.click(x, y)
+    page.wait_for_selector(f"{pane()} svg text:has-text('°')")
+    shot(page, tmp_path, "05-measure")
+
+    # The help panel lists the shortcuts.
+    page.keyboard.press("?")
+    page.wait_for_selector("#help:not([hidden]) kbd:has-text('PageUp'), #help:not([hidden]) kbd")
+    assert "CT lung" in page.inner_text("#help") and "cine" in page.inner_text("#help")
+    shot(page, tmp_path, "06-help")
+    assert not errors, errors
+
+
+def test_break_glass_from_the_study_view(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    """A clinician of ZZA has no relationship with Bob (ZZB): the study reads as absent until
+    they break glass with a reason; then the images show and the grant is on record."""
+    errors: list[str] = []
+    page = new_page(browser, demo, errors)
+    sign_in(page, "drza")
+    page.goto(f"{demo.base_url}/viewer/#/study/{BOB_CT}")
+    page.wait_for_selector("text=No such study that you can see.")
+    assert page.locator(".viewport").count() == 0
+    page.click("#break-glass-open")
+    page.wait_for_selector("#break-glass[open]")
+    page.click("#bg-confirm")  # nothing chosen: refused in the dialog
+    page.wait_for_selector("#break-glass .error:has-text('Choose a reason')")
+    page.select_option("#break-glass select", "emergency")
+    page.fill("#break-glass textarea", "collapsed in ZZA ED, unknown history")
+    shot(page, tmp_path, "07-break-glass-dialog")
+    page.click("#bg-confirm")
+    wait_image(page)
+    shot(page, tmp_path, "08-after-break-glass")
+    grants = httpx.get(
+        demo.base_url + "/api/break-glass",
+        headers=add_user(demo, "privacy", "ZZB", "auditor"),
+        timeout=30,
+    ).json()
+    assert any(g["user"] == "drza" and g["patient"]["patient_id"] == "B7730444" for g in grants)
+    assert not errors, errors
+
+
+def test_iid_launch_lands_in_the_viewer(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    """The EPR's launch (bearer token on the request) opens the study straight in the viewer."""
+    errors: list[str] = []
+    page = new_page(browser, demo, errors)
+    sign_in(page, "rad")
+    token = page.evaluate("sessionStorage.getItem('solent.token')")
+
+    def with_token(route: Any) -> None:
+        route.continue_(headers={**route.request.headers, "authorization": f"Bearer {token}"})
+
+    page.route("**/IHEInvokeImageDisplay*", with_token)
+    page.goto(
+        f"{demo.base_url}/trusts/ZZA/IHEInvokeImageDisplay?requestType=STUDY&studyUID={ALICE_CT}"
+    )
+    assert page.url.endswith(f"/viewer/#/study/{ALICE_CT}")
+    wait_image(page)
+    shot(page, tmp_path, "09-iid-study")
+    page.goto(
+        f"{demo.base_url}/IHEInvokeImageDisplay?requestType=PATIENT&patientID=A100001%5E%5E%5EZZA"
+    )
+    assert page.url.endswith("/viewer/#/patient/ZZA/A100001")
+    assert not errors, errors
