@@ -140,7 +140,7 @@ def test_sign_in_read_scroll_window_and_measure(
     page.click("#invert")
     eventually(lambda: differs(base, canvas(page)) > 0.2, what="invert")
     page.click("#invert")
-    page.click("#flip-h")
+    page.click("#flip-v")  # the phantom is symmetric left-right, not top-bottom
     eventually(lambda: differs(base, canvas(page)) > 0.01, what="flip")
     page.click("#reset")
 
@@ -157,9 +157,13 @@ def test_sign_in_read_scroll_window_and_measure(
     page.mouse.down()
     page.mouse.move(cx + 20, cy + 100, steps=8)
     page.mouse.up()
-    svg = page.inner_text(f"{pane()} svg") if page.locator(f"{pane()} svg").count() == 1 else ""
-    texts = " ".join(page.locator(f"{pane()} svg text").all_inner_texts()) or svg
-    assert "Mean" in texts and "Std Dev" in texts and "mm²" in texts, texts
+
+    def annotations() -> str:
+        return str(page.evaluate("(s) => document.querySelector(s + ' svg').textContent", pane()))
+
+    eventually(lambda: "Mean" in annotations(), what="ROI statistics")
+    texts = annotations()
+    assert "Std Dev" in texts and "mm²" in texts, texts
     page.keyboard.press("a")
     for x, y in ((cx - 80, cy - 80), (cx, cy - 20), (cx + 60, cy - 90)):
         page.mouse.click(x, y)
@@ -227,4 +231,29 @@ def test_iid_launch_lands_in_the_viewer(
         f"{demo.base_url}/IHEInvokeImageDisplay?requestType=PATIENT&patientID=A100001%5E%5E%5EZZA"
     )
     assert page.url.endswith("/viewer/#/patient/ZZA/A100001")
+    assert not errors, errors
+
+
+def test_current_and_prior_side_by_side_scroll_and_window_in_sync(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    """Alice's MR (ZZB, 2026) beside her CT (ZZA, 2024): scrolling the current moves the prior to
+    the nearest slice position; W/L follows."""
+    errors: list[str] = []
+    page = new_page(browser, demo, errors)
+    sign_in(page, "rad")
+    page.goto(f"{demo.base_url}/viewer/#/study/{ALICE_MR}?prior={ALICE_CT}")
+    wait_image(page, "Current")
+    prior_before = wait_image(page, "Prior")
+    assert "15-Jan-2024" in page.inner_text(f"{pane('Prior')} .overlay")
+    assert "ZZB B7730021" in page.inner_text(f"{pane('Current')} .overlay")
+    prior_index = image_index(page, "Prior")
+    page.locator(f"{pane('Current')} .viewport").hover()
+    page.keyboard.press("End")
+    eventually(lambda: image_index(page, "Current") == 15, what="current at its last slice")
+    eventually(lambda: image_index(page, "Prior") != prior_index, what="prior follows the scroll")
+    eventually(lambda: differs(prior_before, canvas(page, "Prior")) > 0.01, what="prior redrawn")
+    page.keyboard.press("4")  # CT brain on the current; the prior follows
+    page.wait_for_selector(f"{pane('Prior')} .overlay .br:has-text('W 80 L 40')")
+    shot(page, tmp_path, "10-current-and-prior")
     assert not errors, errors

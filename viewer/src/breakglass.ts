@@ -18,11 +18,11 @@ export async function breakGlass(target: Target): Promise<Grant | null> {
   return new Promise((resolve) => {
     const select = h(
       'select',
-      { name: 'reason', required: true },
+      { name: 'reason' },
       h('option', { value: '' }, 'Choose a reason…'),
       ...Object.entries(reasons).map(([code, text]) => h('option', { value: code }, text)),
     );
-    const text = h('textarea', { name: 'explanation', rows: 3, required: true, maxlength: 2000 });
+    const text = h('textarea', { name: 'explanation', rows: 3, maxlength: 2000 });
     const error = h('p', { class: 'error', role: 'alert' });
     const dialog = h(
       'dialog',

@@ -96,21 +96,23 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
 
   buildToolbar(toolbar, group, () => [main, ...(prior ? [prior] : [])], main, studyUid);
 
-  // Priors: the newest one hangs beside the current study unless the route names another.
-  if (!(context instanceof Error) && context.priors.length && !opts.follow) {
+  // Priors: the newest one hangs beside the current study unless the route names another
+  // (#/study/UID?prior=UID2, which needs DICOMweb only; ?prior= hangs none).
+  const priors = context instanceof Error ? [] : context.priors;
+  const wanted = opts.prior === undefined ? (priors[0]?.study_uid ?? null) : opts.prior;
+  if (!opts.follow && (priors.length || wanted)) {
     const choose = h(
       'select',
       { id: 'prior-select', 'aria-label': 'Prior study' },
       h('option', { value: '' }, 'No prior'),
-      ...context.priors.map((p) =>
+      ...priors.map((p) =>
         h('option', { value: p.study_uid }, `${dicomDate(p.date)} ${p.trust} ${p.modalities.join('/')} ${p.description ?? ''}`),
       ),
     );
-    const wanted = opts.prior === undefined ? context.priors[0].study_uid : opts.prior;
+    if (wanted && !priors.some((p) => p.study_uid === wanted)) choose.append(h('option', { value: wanted }, wanted));
     choose.value = wanted ?? '';
     choose.addEventListener('change', () => void hangPrior(choose.value || null));
     toolbar.append(h('label', { class: 'prior' }, 'Prior ', choose));
-    void hangPrior(wanted ?? null);
   }
 
   async function hangPrior(uid: string | null): Promise<void> {
@@ -158,6 +160,7 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
     main.element.addEventListener(ev, changed);
   }
   await main.showStudy(studyUid, series);
+  if (!opts.follow && wanted) await hangPrior(wanted);
 
   const view: StudyView = {
     main,
