@@ -112,7 +112,10 @@ def test_sign_in_read_scroll_window_and_measure(
     after_wheel = image_index(page)
     page.keyboard.press("End")
     eventually(lambda: image_index(page) == 23, what="End key")
-    eventually(lambda: not_blank(canvas(page)) and differs(first, canvas(page)) > 0.01, what="new slice drawn")
+    eventually(
+        lambda: not_blank(canvas(page)) and differs(first, canvas(page)) > 0.01,
+        what="new slice drawn",
+    )
     page.keyboard.press("ArrowUp")
     eventually(lambda: image_index(page) == 22, what="ArrowUp")
     assert after_wheel != 12
@@ -178,9 +181,7 @@ def test_sign_in_read_scroll_window_and_measure(
     assert not errors, errors
 
 
-def test_break_glass_from_the_study_view(
-    demo: RunningServer, browser: Any, tmp_path: Path
-) -> None:
+def test_break_glass_from_the_study_view(demo: RunningServer, browser: Any, tmp_path: Path) -> None:
     """A clinician of ZZA has no relationship with Bob (ZZB): the study reads as absent until
     they break glass with a reason; then the images show and the grant is on record."""
     errors: list[str] = []
@@ -208,9 +209,7 @@ def test_break_glass_from_the_study_view(
     assert not errors, errors
 
 
-def test_iid_launch_lands_in_the_viewer(
-    demo: RunningServer, browser: Any, tmp_path: Path
-) -> None:
+def test_iid_launch_lands_in_the_viewer(demo: RunningServer, browser: Any, tmp_path: Path) -> None:
     """The EPR's launch (bearer token on the request) opens the study straight in the viewer."""
     errors: list[str] = []
     page = new_page(browser, demo, errors)
