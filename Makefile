@@ -36,11 +36,13 @@ run: $(STAMP) $(VIEWER_BUILT)
 ## Lint, type-check and run the whole test suite.
 test: $(STAMP) $(VIEWER_BUILT)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check src tests bench
 
 typecheck: $(STAMP)

@@ -7,10 +7,17 @@ from typing import Protocol
 
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
+from solent.security.authn import Authenticator
+from solent.security.users import UserService
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
+from solent.services.directory import Directory
+from solent.services.identity import IdentityService
+from solent.services.inbox import InboxService
 from solent.services.query import QueryService
+from solent.services.records import RecordService
 from solent.services.registry import Services
+from solent.services.retrieve import RetrieveService
 from solent.services.retrieve_web import WebRetrieveService
 from solent.settings import Settings
 from solent.storage import BlobStore, open_blob_store
@@ -47,6 +54,9 @@ class Archive:
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
         )
         self.query.access = self.access  # every query is scoped by the access rule
+        identity = IdentityService(self.index)
+        users = UserService(self.index, self.settings, self.audit)
+        inbox = InboxService(self.index, identity)
         self.services = Services(
             settings=self.settings,
             access=self.access,
@@ -61,6 +71,13 @@ class Archive:
                 access_ttl=self.settings.dicomweb_access_cache_seconds,
                 cache_bytes=self.settings.dicomweb_cache_mb << 20,
             ),
+            retrieve=RetrieveService(self.index, self.store, self.access, self.audit),
+            records=RecordService(identity, inbox, self.access, self.audit, self.query),
+            identity=identity,
+            inbox=inbox,
+            directory=Directory(self.index, self.audit),
+            users=users,
+            authenticator=Authenticator(self.index, self.settings, users),
         )
 
     def close(self) -> None:

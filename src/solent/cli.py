@@ -216,14 +216,17 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 else "archive needs repair: run `solent check --repair`"
             )
         return 0 if report.clean or args.repair else 1
+    from solent.security.cli import cli_principal
+
     if cmd == "trust":
         archive = _archive(settings)
         if args.action == "add":
-            row = archive.index.add_trust(_code(args.code), args.name)
+            row = archive.services.directory.add_trust(cli_principal(), _code(args.code), args.name)
             print(f"trust {row.code} added")
             return 0
         _print_table(
-            [{"code": r.code, "name": r.name} for r in archive.index.list_trusts()], args.json
+            [{"code": r.code, "name": r.name} for r in archive.services.directory.trusts()],
+            args.json,
         )
         return 0
     if cmd == "ae":
@@ -238,8 +241,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             aet = args.ae_title
             if not aet or len(aet) > 16 or "\\" in aet or not aet.isprintable():
                 raise InvalidInput("AE title must be 1-16 printable characters without backslash")
-            node = archive.index.add_node(
-                aet, args.host, args.port, args.trust, allow, tls_identity=args.tls_identity
+            node = archive.services.directory.add_node(
+                cli_principal(),
+                aet,
+                args.host,
+                args.port,
+                args.trust,
+                allow,
+                tls_identity=args.tls_identity,
             )
             print(
                 f"DICOM node {node.ae_title} ({node.host}:{node.port}, trust {node.trust_code}) "
@@ -247,7 +256,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 0
         if args.action == "remove":
-            archive.index.remove_node(args.ae_title)
+            archive.services.directory.remove_node(cli_principal(), args.ae_title)
             print(f"DICOM node {args.ae_title} removed")
             return 0
         rows = [
@@ -259,7 +268,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 "allow": ",".join(n.allowed),
                 "tls_identity": n.tls_identity or "",
             }
-            for n in archive.index.list_nodes()
+            for n in archive.services.directory.nodes()
         ]
         _print_table(rows, args.json)
         return 0
@@ -291,7 +300,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     from solent.importers.folder import count_files, print_summary, run_import
 
     archive = _archive(settings)
-    if archive.index.get_trust(args.trust) is None:
+    if archive.services.directory.trust(args.trust) is None:
         raise NotFound(
             f"trust {args.trust} does not exist; "
             f"add it with `solent trust add {args.trust} --name ...`"
@@ -317,7 +326,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         ) as progress:
             task = progress.add_task("importing", total=total)
             summary = run_import(
-                archive.ingestor,
+                archive.services.ingest,
                 args.paths,
                 principal,
                 workers=workers,
@@ -326,7 +335,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
             )
     else:
         summary = run_import(
-            archive.ingestor, args.paths, principal, workers=workers, stream=stream
+            archive.services.ingest, args.paths, principal, workers=workers, stream=stream
         )
     if args.json:
         print(json.dumps(summary.as_json(), indent=2))

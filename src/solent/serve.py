@@ -26,13 +26,13 @@ def build_listeners(archive: Archive) -> list[Listener]:
     except ImportError:
         pass
     else:
-        listeners.append(DimseListener(archive))
+        listeners.append(DimseListener(archive.services))
     try:
         from solent.protocols.hl7.listener import Hl7Listener
     except ImportError:
         pass
     else:
-        listeners.append(Hl7Listener(archive))
+        listeners.append(Hl7Listener(archive.services))
     return listeners
 
 
@@ -85,7 +85,7 @@ def serve(archive: Archive) -> None:
 
         workers = start_workers(settings, int(ports["dicom"]))  # READY only once they listen
     config = uvicorn.Config(
-        create_app(archive),
+        create_app(archive.services),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,

@@ -106,7 +106,7 @@ def _patients(archive: Archive) -> list[tuple[object, ...]]:
 @given(raw=messages)
 def test_handler_always_acknowledges(hl7_archive: Archive, raw: str) -> None:
     handler_mod = pytest.importorskip("solent.protocols.hl7.handler")
-    handler = handler_mod.Hl7Handler(hl7_archive.index)
+    handler = handler_mod.Hl7Handler(hl7_archive.services)
     before = _patients(hl7_archive)
     ack = handler.handle(raw, "127.0.0.1")
     assert isinstance(ack, str) and ack.startswith("MSH")

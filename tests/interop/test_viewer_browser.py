@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from solent.demo import DEMO_ROOT
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, require, start_server
 from tests.interop.viewer_support import (
     add_user,
     canvas,
@@ -255,4 +255,170 @@ def test_current_and_prior_side_by_side_scroll_and_window_in_sync(
     page.keyboard.press("4")  # CT brain on the current; the prior follows
     page.wait_for_selector(f"{pane('Prior')} .overlay .br:has-text('W 80 L 40')")
     shot(page, tmp_path, "10-current-and-prior")
+    assert not errors, errors
+
+
+# -- Against the /api/viewer and /api/mdt routes of the server contract (the `mdt` branch) ------
+
+
+def require_viewer_api(srv: RunningServer, headers: dict[str, str]) -> None:
+    spec = httpx.get(srv.base_url + "/api/openapi.json", headers=headers, timeout=30).json()
+    paths = set(spec.get("paths", {}))
+    require(
+        {"/api/viewer/search", "/api/mdt/meetings"} <= paths,
+        "the server's /api/viewer and /api/mdt routes (issue 12 contract, `mdt` branch)",
+    )
+
+
+def test_worklist_search_timeline_and_recent(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    require_viewer_api(demo, add_user(demo, "rad2", "ZZA", "radiologist"))
+    errors: list[str] = []
+    page = new_page(browser, demo, errors)
+    sign_in(page, "rad2")
+    page.fill("#search input[name=nhs_number]", "999 000 0018")
+    page.click("#search button[type=submit]")
+    page.wait_for_selector(".patient-row")
+    rows = page.locator(".patient-row")
+    assert rows.count() == 1  # one person, both trusts' records grouped
+    text = rows.first.inner_text()
+    assert "999 000 0018" in text and "DEMO, Alice" in text
+    assert "ZZA" in text and "A100001" in text and "ZZB" in text and "B7730021" in text
+    shot(page, tmp_path, "11-search")
+    rows.first.locator("a").click()
+    page.wait_for_selector(".study-row")
+    studies = page.locator(".study-row")
+    descriptions = [studies.nth(i).locator("td").nth(4).inner_text() for i in range(3)]
+    assert descriptions == ["MR BRAIN", "XR CHEST PA", "CT CHEST WITH CONTRAST"]  # newest first
+    badges = page.locator(".study-row .trust-badge").all_inner_texts()
+    assert badges == ["ZZB", "ZZA", "ZZA"]
+    assert page.locator(".bg-flag").count() == 0
+    shot(page, tmp_path, "12-timeline")
+    page.click("text=MR BRAIN")
+    wait_image(page, "Current")
+    wait_image(page, "Prior")  # the newest prior hangs beside it
+    assert "XR CHEST PA" in page.inner_text("#prior-select")
+    page.wait_for_selector("#reports")
+    page.click("text=Worklist")
+    page.wait_for_selector("#recent .patient-row:has-text('DEMO, Alice')")
+    # Paging: a broad search shows at most a page and says how many there are.
+    page.fill("#search input[name=q]", "DEMO")
+    page.click("#search button[type=submit]")
+    page.wait_for_selector(".count")
+    assert "patient" in page.inner_text(".count")
+    assert not errors, errors
+
+
+def test_break_glass_on_the_timeline(demo: RunningServer, browser: Any, tmp_path: Path) -> None:
+    require_viewer_api(demo, add_user(demo, "drzc", "ZZC", "clinician"))
+    errors: list[str] = []
+    page = new_page(browser, demo, errors)
+    sign_in(page, "drzc")
+    page.goto(f"{demo.base_url}/viewer/#/patient/ZZB/B7730444")
+    page.wait_for_selector("text=that you can see")
+    assert page.locator(".study-row").count() == 0  # nothing hinted at
+    page.click("#break-glass-open")
+    page.select_option("#break-glass select", "emergency")
+    page.fill("#break-glass textarea", "unconscious in ZZC minor injuries unit")
+    page.click("#bg-confirm")
+    page.wait_for_selector(".break-glass-banner:has-text('expires')")
+    page.wait_for_selector(".study-row .bg-flag")
+    shot(page, tmp_path, "13-timeline-break-glass")
+    assert not errors, errors
+
+
+def test_two_mdt_meetings_follow_their_own_presenter(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    """Two meetings at once: each follower's canvas follows its own presenter only; a late
+    joiner gets the current view; the presenter role is handed over; outcomes are saved."""
+    coordinator = add_user(demo, "coord", "ZZA", "mdt_coordinator")
+    require_viewer_api(demo, coordinator)
+    for name in ("p1", "f1", "p2", "f2", "late1"):
+        add_user(demo, name, "ZZA", "radiologist")
+    errors: list[str] = []
+    item = {"issuer": "ZZA", "patient_id": "A100001", "study_uids": [ALICE_CT]}
+
+    # Meeting 1 through the coordinator's form, meeting 2 through the API.
+    coord = new_page(browser, demo, errors)
+    sign_in(coord, "coord")
+    coord.goto(f"{demo.base_url}/viewer/#/mdt")
+    coord.fill("#mdt-create input[name=title]", "Lung MDT")
+    coord.fill("#mdt-create input[name=team]", "Thoracic")
+    coord.fill("#mdt-create textarea[name=items]", f"ZZA A100001 {ALICE_CT}")
+    coord.click("#mdt-create button[type=submit]")
+    coord.wait_for_url("**/viewer/#/mdt/*")
+    first = coord.url.rsplit("/", 1)[-1]
+    date = httpx.get(
+        f"{demo.base_url}/api/mdt/meetings/{first}", headers=coordinator, timeout=30
+    ).json()["date"]
+    r = httpx.post(
+        demo.base_url + "/api/mdt/meetings",
+        headers=coordinator,
+        json={"title": "Neuro MDT", "date": date, "team": "Neuro", "items": [item]},
+        timeout=30,
+    )
+    assert r.status_code == 201, r.text
+    second = str(r.json()["id"])
+    coord.goto(f"{demo.base_url}/viewer/#/mdt?date={date}")
+    coord.wait_for_selector(f"[data-meeting='{first}']")
+    coord.wait_for_selector(f"[data-meeting='{second}']")
+
+    def join(name: str, meeting: str) -> Any:
+        page = new_page(browser, demo, errors)
+        sign_in(page, name)
+        page.goto(f"{demo.base_url}/viewer/#/mdt/{meeting}")
+        page.wait_for_selector("#mdt-status")
+        return page
+
+    p1, f1, p2, f2 = join("p1", first), join("f1", first), join("p2", second), join("f2", second)
+    for presenter, name in ((p1, "p1"), (p2, "p2")):
+        presenter.click("#mdt-claim")
+        presenter.wait_for_selector(f"#mdt-status:has-text('Presenter: {name} (you)')")
+        presenter.click(f".mdt-open[data-study='{ALICE_CT}']")
+        wait_image(presenter)
+    f1_start = wait_image(f1)
+    f2_start = wait_image(f2)
+    f1.wait_for_selector("#mdt-status:has-text('Presenter: p1')")
+    assert image_index(f1) == image_index(p1) and image_index(f2) == image_index(p2)
+
+    # p1 scrolls to the last slice and changes W/L: f1 follows, f2 (other meeting) does not.
+    p1.locator(f"{pane()} .viewport").hover()
+    p1.keyboard.press("End")
+    p1.keyboard.press("1")
+    eventually(lambda: image_index(f1) == 23, what="f1 follows p1's scroll")
+    eventually(lambda: differs(f1_start, canvas(f1)) > 0.05, what="f1's canvas redrawn")
+    f1.wait_for_selector(f"{pane()} .overlay .br:has-text('W 1500 L -600')")
+    f2.wait_for_timeout(2000)
+    assert image_index(f2) == image_index(p2) != 23
+    assert differs(f2_start, canvas(f2)) < 0.01
+    shot(f1, tmp_path, "14-mdt-follower")
+
+    # A late joiner gets the current state in its welcome.
+    late = join("late1", first)
+    eventually(lambda: image_index(late) == 23, what="late joiner at the presenter's slice")
+
+    # Handover: p1 hands to f1, who then drives; p1 follows.
+    p1.select_option("#mdt-handover-to", "f1")
+    p1.click("#mdt-handover")
+    f1.wait_for_selector("#mdt-status:has-text('Presenter: f1 (you)')")
+    eventually(lambda: f1.locator(f"{pane()} .viewport").count() == 1, what="f1 drives")
+    f1.locator(f"{pane()} .viewport").hover()
+    f1.keyboard.press("Home")
+    eventually(lambda: image_index(late) == 0, what="late joiner follows the new presenter")
+
+    # Outcome notes per patient.
+    coord.goto(f"{demo.base_url}/viewer/#/mdt/{first}")
+    coord.fill(".outcome", "For CT-guided biopsy; discuss at next meeting")
+    coord.click("text=Save outcome")
+    eventually(
+        lambda: (
+            httpx.get(
+                f"{demo.base_url}/api/mdt/meetings/{first}", headers=coordinator, timeout=30
+            ).json()["items"][0]["outcome"]
+            or ""
+        ).startswith("For CT-guided biopsy"),
+        what="outcome saved",
+    )
     assert not errors, errors

@@ -21,7 +21,7 @@ from pynetdicom import evt
 from pynetdicom.presentation import build_role
 
 from solent.app import Archive, build_archive
-from solent.index.sql import NodeRow
+from solent.domain.records import NodeRow
 from solent.protocols.dimse import scu
 from solent.protocols.dimse.commitment import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
 from solent.protocols.dimse.listener import DimseListener
@@ -61,7 +61,7 @@ def _start(tmp_path: Path, **overrides: Any) -> Iterator[Running]:
     archive.index.add_trust("ZZA", "Trust A")
     archive.index.add_trust("ZZB", "Trust B")
     archive.index.add_node(PEER, "127.0.0.1", 104, "ZZA", ["store", "query", "retrieve"])
-    listener = DimseListener(archive)
+    listener = DimseListener(archive.services)
     port = listener.start()
     yield Running(archive, listener, port)
     listener.stop()

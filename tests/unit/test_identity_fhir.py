@@ -40,7 +40,7 @@ ORU = (
 
 @pytest.fixture
 def client(archive: Archive, tmp_path: Path) -> Iterator[TestClient]:
-    handler = Hl7Handler(archive.index)
+    handler = Hl7Handler(archive.services)
     for msg in (A04, ORU):
         assert "MSA|AA" in handler.handle(msg)
     path = write_ct(
@@ -127,7 +127,7 @@ def test_launch_scopes_accessions_to_the_trust(client: TestClient) -> None:
 
 
 def test_sensitive_patient_shows_no_contact_details(client: TestClient, archive: Archive) -> None:
-    handler = Hl7Handler(archive.index)
+    handler = Hl7Handler(archive.services)
     a08 = (
         "MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250101||ADT^A08^ADT_A01|F3|P|2.4\r"
         "PID|1||A1^^^ZZA^MR~9990000026^^^NHS^NH||DOE^JANE||19800101|F|||1 SECRET ROAD^^TOWN||"

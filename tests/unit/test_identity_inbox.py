@@ -21,7 +21,7 @@ def msa(ack: str) -> list[str]:
 
 
 def test_replay_changes_nothing_and_answers_the_same(archive: Archive) -> None:
-    handler = Hl7Handler(archive.index)
+    handler = Hl7Handler(archive.services)
     first = handler.handle(A28.format(control="X1", local_id="A1"))
     again = handler.handle(A28.format(control="X1", local_id="A1"))
     assert msa(first)[0] == msa(again)[0] == "AA"
@@ -33,11 +33,11 @@ def test_replay_changes_nothing_and_answers_the_same(archive: Archive) -> None:
 
 def test_message_journalled_by_a_dead_process_is_applied_on_start(archive: Archive) -> None:
     raw = A28.format(control="X2", local_id="A2")
-    handler = Hl7Handler(archive.index)
+    handler = Hl7Handler(archive.services)
     handler.inbox.journal(Envelope("PAS^ZZA", "X2", "ADT^A28", raw, None))  # then "crash"
     assert IdentityService(archive.index).resolve("ZZA", "A2") is None
     on_free_port = dataclasses.replace(
-        archive, settings=archive.settings.model_copy(update={"hl7_port": 0})
+        archive.services, settings=archive.settings.model_copy(update={"hl7_port": 0})
     )
     listener = Hl7Listener(on_free_port)
     listener.start()
@@ -49,7 +49,7 @@ def test_message_journalled_by_a_dead_process_is_applied_on_start(archive: Archi
 
 
 def test_refused_message_leaves_no_partial_change(archive: Archive) -> None:
-    handler = Hl7Handler(archive.index)
+    handler = Hl7Handler(archive.services)
     handler.handle(A28.format(control="X3", local_id="A3"))
     # An A40 whose target exists but whose source is at another trust: nothing may change.
     bad = (

@@ -18,7 +18,7 @@ from solent.domain.principal import Principal, PrincipalKind
 from solent.protocols.dimse.access import identify_peer
 from solent.services.identity import Change, Demographics, IdentityService, PatientKey
 from solent.services.outgoing_identity import CurrentIdentity
-from solent.services.retrieve import RetrieveKeys, RetrieveService, split_part10
+from solent.services.retrieve import RetrieveKeys, split_part10
 
 SYNTAXES = {
     "1.2.840.10008.1.2": (True, True),  # implicit VR little endian
@@ -45,7 +45,7 @@ def test_spliced_header_equals_full_reencode(archive: Archive, tmp_path: Path) -
         )
     archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
     peer = identify_peer(
-        archive.index,
+        archive.services.directory,
         calling_ae="SCU",
         called_ae=archive.settings.ae_title,
         address="127.0.0.1",
@@ -62,7 +62,7 @@ def test_spliced_header_equals_full_reencode(archive: Archive, tmp_path: Path) -
         Demographics(name="CORRECTED^NAME", birth_date=str(ds.get("PatientBirthDate", ""))),
         Change(Principal(PrincipalKind.NODE, "hl7:PAS", "ZZA")),
     )
-    service = RetrieveService(archive.index, archive.store)
+    service = archive.services.retrieve
     refs = service.locate(
         peer.principal,
         RetrieveKeys(level="SERIES", study_uids=(uids.study,), series_uids=(uids.series,)),

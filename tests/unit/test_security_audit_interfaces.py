@@ -115,7 +115,7 @@ def test_sender_gate(demo: Archive) -> None:
     add_sender(index, "*", "ZZA", ("10.0.0.9",), "ZZA")
     found = find_sender(index, "PAS", "ZZA")
     assert found is not None and found.hosts == ("10.0.0.1", "127.0.0.1")
-    gate = SenderGate(index)
+    gate = SenderGate(demo.services.directory, demo.audit)
     assert gate.check(header("PAS"), "127.0.0.1:5000") is not None  # type: ignore[arg-type]
     assert gate.check(header("LAB"), "10.0.0.9:5000") is not None  # type: ignore[arg-type]
     with pytest.raises(MessageRejected, match=r"not registered to send from 10\.0\.0\.2"):
@@ -124,4 +124,9 @@ def test_sender_gate(demo: Archive) -> None:
         gate.check(header("LAB"), "127.0.0.1:5000")  # type: ignore[arg-type]
     denied = demo.audit.search(action="permission-denied")
     assert {r["actor_name"] for r in denied} >= {"hl7:PAS^ZZA", "hl7:LAB^ZZA"}
-    assert SenderGate(index, allow_unknown=True).check(header("LAB"), "1.1.1.1:1") is None  # type: ignore[arg-type]
+    assert (
+        SenderGate(demo.services.directory, demo.audit, allow_unknown=True).check(
+            header("LAB"), "1.1.1.1:1"
+        )
+        is None
+    )  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ FILES = [
 def test_patched_bytes_follow_the_record_and_repeat(archive: Archive, tmp_path: Path) -> None:
     archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
     peer = identify_peer(
-        archive.index,
+        archive.services.directory,
         calling_ae="SCU",
         called_ae=archive.settings.ae_title,
         address="127.0.0.1",

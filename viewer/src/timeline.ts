@@ -1,10 +1,11 @@
 // The patient's timeline: every study from every trust the user may see, newest first.
 
-import { ApiError, get } from './api';
+import { ApiError, get, query } from './api';
 import { breakGlass, breakGlassBanner } from './breakglass';
 import { errorBox, h } from './dom';
 import { dicomDate, nhsNumber, personName } from './format';
-import type { PatientEntry, StudyEntry, Timeline } from './types';
+import type { PatientEntry, SearchResult, StudyEntry, Timeline } from './types';
+import { patientHref } from './worklist';
 
 export function patientHeader(p: PatientEntry): HTMLElement {
   return h(
@@ -46,6 +47,16 @@ export function studyTable(studies: StudyEntry[], extra?: (s: StudyEntry) => Nod
 }
 
 export async function timeline(root: HTMLElement, issuer: string, patientId: string): Promise<void> {
+  if (issuer === 'NHS') {
+    // An EPR launch by NHS number: the one person with that number, across trusts.
+    const r = await get<SearchResult>('/api/viewer/search' + query({ nhs_number: patientId, limit: 2 }));
+    if (r.patients.length === 1) {
+      location.replace(patientHref(r.patients[0]));
+      return;
+    }
+    root.replaceChildren(errorBox(`No patient with NHS number ${nhsNumber(patientId)} that you can see.`));
+    return;
+  }
   const path = `/api/viewer/patients/${encodeURIComponent(issuer)}/${encodeURIComponent(patientId)}/timeline`;
   root.append(h('p', { class: 'loading' }, 'Loading timeline…'));
   let t: Timeline;

@@ -6,7 +6,8 @@ too, which is what makes cross-trust viewing for direct care work. Links follow 
 identity rule (services/identity.py): an explicit ``patient_link`` "linked" decision, or the same
 valid, traced NHS number at another trust with agreeing date of birth and sex, unless an explicit
 "unlinked" decision blocks it. (Links are followed one step, not transitively.) The patient of
-an order placed at the trust counts as anchored through its NHS number, before any image exists.
+an order placed at the trust counts as anchored through its NHS number, before any image exists,
+when the order's own record traced that number and its date of birth and sex agree.
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ def _anchored(pat: Any, trusts: list[Any], user_name: Any, at: Any) -> Any:
             exists().where(s.patient_pk == pat.c.pk, s.trust_code.in_(trusts)),
             and_(
                 pat.c.nhs_number_valid.is_(True),
-                exists().where(o.nhs_number == pat.c.nhs_number, o.patient_issuer.in_(trusts)),
+                pat.c.nhs_number_verified.is_(True),
+                exists().where(
+                    o.nhs_number == pat.c.nhs_number,
+                    o.patient_issuer.in_(trusts),
+                    _order_agrees(o, pat),
+                ),
             ),
         )
     if user_name is not None:
@@ -54,6 +60,29 @@ def _anchored(pat: Any, trusts: list[Any], user_name: Any, at: Any) -> Any:
             exists().where(g.patient_pk == pat.c.pk, g.user_name == user_name, g.expires_at > at),
         )
     return cond
+
+
+def _order_agrees(o: Any, pat: Any) -> Any:
+    """An order anchors another trust's record with the evidence a derived link needs
+    (issue 11): its own record at the ordering trust carries the NHS number as traced, and
+    date of birth and sex agree. A check digit alone would let any order name anyone."""
+    ordered = t.patient.alias("ordered")
+    sexes = ("M", "F")
+    return and_(
+        func.coalesce(o.patient_birth_date, "") != "",
+        o.patient_birth_date == pat.c.birth_date,
+        or_(
+            not_(func.coalesce(o.patient_sex, "").in_(sexes)),
+            not_(func.coalesce(pat.c.sex, "").in_(sexes)),
+            o.patient_sex == pat.c.sex,
+        ),
+        exists().where(
+            ordered.c.issuer == o.patient_issuer,
+            ordered.c.local_id == o.patient_id,
+            ordered.c.nhs_number == o.nhs_number,
+            ordered.c.nhs_number_verified.is_(True),
+        ),
+    )
 
 
 def _pair(link: Any, a: Any, b: Any) -> Any:

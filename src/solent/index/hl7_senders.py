@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, insert, or_, select
 
+from solent.domain.records import SenderRow
 from solent.errors import AlreadyExists, NotFound
 from solent.index import schema as t
 from solent.index.sql import Index, now
 
 ANY = "*"
-
-
-@dataclass(frozen=True, slots=True)
-class SenderRow:
-    application: str  # MSH-3, or "*" for any application of the facility
-    facility: str  # MSH-4
-    hosts: tuple[str, ...]  # host names / IPs it may call from; ("*",) for any
-    trust_code: str | None  # the trust it speaks for; None for a regional system (EMPI)
 
 
 def _row(r: object) -> SenderRow:

@@ -6,44 +6,14 @@ cost of a /metadata or /frames request: one query for the instance list, one for
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, null, select
 
+from solent.domain.records import StoredInstance
 from solent.index import schema as t
 from solent.index.sql import Index
-
-# A frame is one or more (offset, length) byte ranges in the stored file.
-FrameRanges = list[tuple[int, int]]
-
-
-@dataclass(frozen=True, slots=True)
-class StoredInstance:
-    """One stored instance: identity, syntax, size and where its bytes are."""
-
-    pk: int
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    blob_key: str
-    size_bytes: int
-    sha256: str
-    rows: int | None
-    columns: int | None
-    number_of_frames: int | None
-    frames_json: str | None
-    trust_code: str
-
-    def frames(self) -> list[FrameRanges] | None:
-        """Byte ranges of each frame, or None when frames are not byte-addressable."""
-        if self.frames_json is None:
-            return None
-        return [[(int(o), int(n)) for o, n in f] for f in json.loads(self.frames_json)]
 
 
 def _instances(with_frames: bool) -> Select[tuple[object, ...]]:

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, select
 
+from solent.domain.records import StoredInstanceRef
 from solent.index import schema as t
 from solent.index.sql import Index
-
-
-@dataclass(frozen=True, slots=True)
-class StoredInstanceRef:
-    """Enough to send one stored instance: its identity, syntax and where its bytes are."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    blob_key: str
-    size_bytes: int
-    study_uid: str
-    series_uid: str
 
 
 def _base() -> Select[Any]:

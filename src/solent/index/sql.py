@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from solent.domain.principal import Principal
+from solent.domain.records import NodeRow, TrustRow
 from solent.errors import AlreadyExists, IndexUnavailable, NotFound
 from solent.index import schema as t
 
@@ -61,36 +61,6 @@ def normalise_url(url: str) -> str:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
-
-
-@dataclass(frozen=True, slots=True)
-class TrustRow:
-    code: str
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRow:
-    ae_title: str
-    host: str
-    port: int
-    trust_code: str
-    allow_store: bool
-    allow_query: bool
-    allow_retrieve: bool
-    tls_identity: str | None = None  # certificate CN or SHA-256 it must present (DIMSE TLS)
-
-    @property
-    def allowed(self) -> list[str]:
-        return [
-            op
-            for op, ok in (
-                ("store", self.allow_store),
-                ("query", self.allow_query),
-                ("retrieve", self.allow_retrieve),
-            )
-            if ok
-        ]
 
 
 class Index:

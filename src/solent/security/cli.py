@@ -86,9 +86,7 @@ def register(sub: Any) -> None:
 
 def login_hint(archive: Any) -> str:
     """What `solent serve` prints so a first-time user knows how to get in."""
-    from solent.index.security import list_users
-
-    if not list_users(archive.index):
+    if not archive.services.users.list():
         return (
             "No users yet; every route but /health needs a bearer token. Create one, e.g.:\n"
             "  solent user add alice --trust ZZA --role clinician\n"
@@ -101,7 +99,8 @@ def login_hint(archive: Any) -> str:
     )
 
 
-def _cli_principal() -> Principal:
+def cli_principal() -> Principal:
+    """Whoever runs the CLI on the server: trusted like the machine, audited by OS user."""
     try:
         who = getpass.getuser()
     except (KeyError, OSError):
@@ -116,10 +115,7 @@ def _archive(settings: Settings) -> Any:
 
 
 def _users(settings: Settings) -> Any:
-    from solent.security.users import UserService
-
-    archive = _archive(settings)
-    return UserService(archive.index, settings, archive.audit)
+    return _archive(settings).services.users
 
 
 def _ask_password() -> str:
@@ -140,7 +136,7 @@ def _user_add(args: argparse.Namespace, settings: Settings) -> int:
     password = None if args.no_password else (args.password or _ask_password())
     others = tuple(c.strip() for v in args.also_trust for c in v.split(",") if c.strip())
     users = _users(settings)
-    row = users.add(_cli_principal(), args.name, args.trust, roles, password, others)
+    row = users.add(cli_principal(), args.name, args.trust, roles, password, others)
     print(f"user {row.name} added at trust {row.trust} with role(s) {', '.join(row.roles)}")
     return 0
 
@@ -173,14 +169,14 @@ def _user_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _user_disable(args: argparse.Namespace, settings: Settings) -> int:
     users = _users(settings)
-    users.disable(_cli_principal(), args.name)
+    users.disable(cli_principal(), args.name)
     print(f"user {args.name} disabled")
     return 0
 
 
 def _user_password(args: argparse.Namespace, settings: Settings) -> int:
     users = _users(settings)
-    users.set_password(_cli_principal(), args.name, args.password or _ask_password())
+    users.set_password(cli_principal(), args.name, args.password or _ask_password())
     print(f"password of {args.name} set")
     return 0
 
@@ -188,9 +184,9 @@ def _user_password(args: argparse.Namespace, settings: Settings) -> int:
 def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     users = _users(settings)
     if args.api:
-        issued = users.issue_api_token(_cli_principal(), args.user, args.label, args.days)
+        issued = users.issue_api_token(cli_principal(), args.user, args.label, args.days)
     else:
-        issued = users.issue(args.user, actor=_cli_principal())
+        issued = users.issue(args.user, actor=cli_principal())
     until = issued.expires_at.isoformat() if issued.expires_at else "revoked"
     print(f"bearer token for {args.user}, valid until {until}:", file=sys.stderr)
     print(issued.token)
@@ -218,7 +214,7 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
             f"{report.records} records"
         )
     archive.audit.record(
-        _cli_principal(), AuditAction.AUDIT_LOG_USED, detail={"verify": report.intact}
+        cli_principal(), AuditAction.AUDIT_LOG_USED, detail={"verify": report.intact}
     )
     return 0 if report.intact else 1
 
@@ -249,7 +245,7 @@ def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(text)
     archive.audit.record(
-        _cli_principal(),
+        cli_principal(),
         AuditAction.EXPORT,
         detail={"audit_export": args.format, "records": len(records), "syslog": args.syslog},
     )
@@ -269,7 +265,7 @@ def _audit_search(args: argparse.Namespace, settings: Settings) -> int:
     rows = archive.audit.search(**criteria, limit=args.limit)
     print(json.dumps(rows, indent=1, default=str))
     archive.audit.record(
-        _cli_principal(),
+        cli_principal(),
         AuditAction.AUDIT_LOG_USED,
         detail={k: v for k, v in criteria.items() if v} | {"results": len(rows)},
     )

@@ -21,13 +21,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from solent.app import Archive
 from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import InvalidInput, NotFound
 from solent.security.authn import AuthenticationFailed, Authenticator
-from solent.security.users import UserService
-from solent.services.access import AccessDenied
+from solent.services.access import AccessDenied, NotVisible
 from solent.services.audit import AuditAction, AuditOutcome
+from solent.services.registry import Services
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -140,7 +139,7 @@ def _boundary(headers: dict[str, str]) -> bytes | None:
 
 
 class SecurityMiddleware:
-    def __init__(self, app: ASGIApp, archive: Archive, authenticator: Authenticator) -> None:
+    def __init__(self, app: ASGIApp, archive: Services, authenticator: Authenticator) -> None:
         self.app = app
         self.archive = archive
         self.authenticator = authenticator
@@ -245,10 +244,18 @@ async def _reply(
     await send({"type": "http.response.body", "body": body})
 
 
-def install_security(app: FastAPI, archive: Archive) -> None:
+#: Where a caller whose role allows break-glass may ask for it (same on every 404, by design).
+BREAK_GLASS_LINK = {
+    "href": "/api/break-glass",
+    "method": "POST",
+    "reasons": "see GET /api/break-glass/reasons",
+}
+
+
+def install_security(app: FastAPI, archive: Services) -> None:
     """Require authentication on every route but /health; map access errors to HTTP."""
-    users = UserService(archive.index, archive.settings, archive.audit)
-    authenticator = Authenticator(archive.index, archive.settings, users)
+    users = archive.users
+    authenticator = archive.authenticator
     app.state.users = users
     app.state.authenticator = authenticator
     app.state.login_throttle = FailureThrottle()
@@ -256,14 +263,7 @@ def install_security(app: FastAPI, archive: Archive) -> None:
 
     @app.exception_handler(AccessDenied)
     async def _denied(_request: Request, exc: AccessDenied) -> JSONResponse:
-        body: dict[str, Any] = {"detail": exc.message}
-        if exc.break_glass:
-            body["break_glass"] = {
-                "href": "/api/break-glass",
-                "method": "POST",
-                "reasons": "see GET /api/break-glass/reasons",
-            }
-        return JSONResponse(body, status_code=403)
+        return JSONResponse({"detail": exc.message}, status_code=403)
 
     @app.exception_handler(InvalidInput)
     async def _invalid(_request: Request, exc: InvalidInput) -> JSONResponse:
@@ -271,4 +271,7 @@ def install_security(app: FastAPI, archive: Archive) -> None:
 
     @app.exception_handler(NotFound)
     async def _missing(_request: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        body: dict[str, Any] = {"detail": str(exc)}
+        if isinstance(exc, NotVisible) and exc.break_glass:
+            body["break_glass"] = BREAK_GLASS_LINK
+        return JSONResponse(body, status_code=404)

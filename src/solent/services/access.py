@@ -79,7 +79,17 @@ BREAK_GLASS_REASONS = {
 
 
 class AccessDenied(SolentError):
-    """The principal may not do this. ``break_glass`` says whether break-glass can lift it."""
+    """The principal's role may not do this kind of thing (never about one record)."""
+
+    def __init__(self, message: str, *, break_glass: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.break_glass = break_glass
+
+
+class NotVisible(NotFound):
+    """A record outside the caller's relationship, or one that does not exist: adapters cannot
+    tell them apart, which is the point. ``break_glass`` depends on the caller's role only."""
 
     def __init__(self, message: str, *, break_glass: bool = False) -> None:
         super().__init__(message)
@@ -235,7 +245,8 @@ class AccessService:
         study_uid: str | None,
         action: AuditAction | str,
         purpose: str | None,
-    ) -> AccessDenied:
+    ) -> NotVisible:
+        """Audit the refusal, then answer exactly as for a record that does not exist."""
         self.audit.record(
             principal,
             AuditAction.PERMISSION_DENIED,
@@ -245,21 +256,36 @@ class AccessService:
             purpose=purpose,
             detail={"attempted": AuditAction(action).value},
         )
+        return self.not_found(principal, f"study {study_uid}" if study_uid else "patient")
+
+    def not_found(self, principal: Principal, what: str) -> NotVisible:
+        """The one answer for "unknown" and "not yours": same status, same words (issue 11).
+
+        Whether break-glass is offered depends only on the caller's role, never on the record,
+        so the body tells nothing about what exists."""
+        message = f"no {what} that you may see"
         can = self.permits(principal, Permission.BREAK_GLASS)
-        what = f"study {study_uid}" if study_uid else "this patient"
-        message = (
-            f"no legitimate relationship to {what} for "
-            f"{principal.name} at {', '.join(sorted(self.scope(principal).trusts)) or 'no trust'}."
-        )
         if can:
             message += (
-                " In an emergency, use break-glass: POST /api/break-glass with the study UID or "
-                "patient, a reason and an explanation; access is time-limited, audited and "
-                "reviewed by the trust's privacy officer."
+                ". If the patient is in your care and their records are held by another trust, "
+                "use break-glass: POST /api/break-glass with the patient or study, a reason and "
+                "an explanation; access is time-limited, audited and reviewed."
             )
-        else:
-            message += " Your role cannot use break-glass; ask a clinician or radiologist."
-        return AccessDenied(message, break_glass=can)
+        return NotVisible(message, break_glass=can)
+
+    def visible_among(self, principal: Principal, patient_pks: Collection[int]) -> set[int]:
+        """The subset of ``patient_pks`` the caller may see (the one rule, applied to a set)."""
+        if not patient_pks or not self.permits(principal, Permission.READ):
+            return set()
+        visible = self.visible_patients(principal)
+        pks = {int(pk) for pk in patient_pks}
+        if visible is None:
+            return pks
+        with self.index.read() as conn:
+            rows = conn.execute(
+                select(t.patient.c.pk).where(t.patient.c.pk.in_(pks), t.patient.c.pk.in_(visible))
+            )
+            return {int(r[0]) for r in rows}
 
     def check_study(
         self,
@@ -271,10 +297,9 @@ class AccessService:
     ) -> PatientRef:
         """Allow or refuse direct access to one study; returns its patient for the audit record.
 
-        Raises NotFound for an unknown study (the protocols' usual 404) and AccessDenied (403,
-        naming break-glass) for a study of a patient the caller has no relationship with. Only
-        someone who already holds the (unguessable) UID learns that it exists; searches and
-        counts never show it.
+        Raises NotVisible (a NotFound: the protocols' usual 404) alike for an unknown study and
+        for a study of a patient the caller has no relationship with, so no answer tells
+        whether a UID exists; the refusal is audited.
         """
         if not self.permits(principal, Permission.READ):
             self.require(principal, Permission.READ, f"{AuditAction(action).value} of patient data")
@@ -287,7 +312,7 @@ class AccessService:
                 .where(t.study.c.study_uid == study_uid)
             ).first()
         if r is None:
-            raise NotFound(f"no study {study_uid}")
+            raise self.not_found(principal, f"study {study_uid}")
         if not self._patient_visible(principal, int(r.pk)):
             raise self._deny(
                 principal, patient=None, study_uid=study_uid, action=action, purpose=purpose
@@ -307,7 +332,7 @@ class AccessService:
             self.require(principal, Permission.READ, f"{AuditAction(action).value} of patient data")
         r = self._find_patient(issuer, local_id)
         if r is None:
-            raise NotFound(f"no patient {local_id} issued by {issuer}")
+            raise self.not_found(principal, "patient")
         if not self._patient_visible(principal, int(r[0])):
             raise self._deny(
                 principal, patient=None, study_uid=None, action=action, purpose=purpose

@@ -6,17 +6,27 @@ changes nothing. Also files orders (worklist) and reports (versions, unmatched q
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
 
+from solent.domain.principal import Principal
 from solent.errors import SolentError
 from solent.index import hl7 as store
 from solent.index import identity as ids
+from solent.index.orders import find_orders, upsert_order
 from solent.index.sql import Index
-from solent.services.identity import Change, IdentityRejected, IdentityService, PatientKey
+from solent.services.audit import AuditAction, AuditTrail, PatientRef
+from solent.services.identity import (
+    Change,
+    Demographics,
+    IdentityRejected,
+    IdentityService,
+    PatientKey,
+    Resolved,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +53,55 @@ class Rejected(SolentError):
         self.held = held
 
 
-Apply = Callable[[Connection, Change], str]
+class Hl7Transaction:
+    """The changes one HL7 message may make, bound to the transaction that also marks it
+    applied: the adapter says what the message means, and never holds the connection."""
+
+    def __init__(self, conn: Connection, inbox: InboxService, change: Change) -> None:
+        self._conn = conn
+        self._inbox = inbox
+        self._identity = inbox.identity
+        self.change = change
+
+    def resolve(self, issuer: str, local_id: str) -> Resolved | None:
+        return self._identity.resolve(issuer, local_id, conn=self._conn)
+
+    def update_record(self, key: PatientKey, demographics: Demographics) -> None:
+        self._identity.update_record(key, demographics, self.change, conn=self._conn)
+
+    def merge(
+        self,
+        target: PatientKey,
+        source: PatientKey,
+        demographics: Demographics,
+        prior_name: str | None,
+    ) -> None:
+        self._identity.merge(
+            target, source, demographics, self.change, prior_name=prior_name, conn=self._conn
+        )
+
+    def change_identifier(self, new: PatientKey, old: PatientKey) -> None:
+        self._identity.change_identifier(new, old, self.change, conn=self._conn)
+
+    def link(self, a: PatientKey, b: PatientKey, source: str) -> None:
+        self._identity.link(a, b, self.change, source=source, conn=self._conn)
+
+    def unlink(self, a: PatientKey, b: PatientKey, source: str) -> None:
+        self._identity.unlink(a, b, self.change, source=source, conn=self._conn)
+
+    def place_order(self, order: dict[str, Any], context: dict[str, Any]) -> str:
+        return self._inbox.place_order(self._conn, self.change, order, context)
+
+    def order_status(
+        self, accession: str, issuer: str, status: str, context: dict[str, Any]
+    ) -> str:
+        return self._inbox.order_status(self._conn, accession, issuer, status, context)
+
+    def file_report(self, report: dict[str, Any], patient: PatientKey) -> str:
+        return self._inbox.file_report(self._conn, report, patient)
+
+
+Apply = Callable[[Hl7Transaction], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +118,7 @@ class InboxService:
     def __init__(self, index: Index, identity: IdentityService) -> None:
         self.index = index
         self.identity = identity
+        self.audit = AuditTrail(index)
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -109,7 +168,7 @@ class InboxService:
 
     def apply_journalled(self, pk: int, env: Envelope, change: Change, apply: Apply) -> Outcome:
         def op(conn: Connection) -> str:
-            detail = apply(conn, change)
+            detail = apply(Hl7Transaction(conn, self, change))
             store.finish_message(conn, pk, "applied", "AA", detail)
             return detail
 
@@ -162,6 +221,40 @@ class InboxService:
         )
         action = "created" if new else "updated"
         return f"order {order['accession_number']}/{order['accession_issuer']} {action}"
+
+    def worklist(
+        self,
+        principal: Principal,
+        *,
+        exact: Mapping[str, str],
+        date_from: str | None,
+        date_to: str | None,
+        statuses: tuple[str, ...],
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Scheduled orders a modality may see: those of its own trust (Modality Worklist).
+        The adapter narrows them by the remaining keys and audits the query it answered."""
+        return find_orders(
+            self.index,
+            exact=exact,
+            date_from=date_from,
+            date_to=date_to,
+            statuses=statuses,
+            limit=limit,
+            trust=principal.trust or None,
+        )
+
+    def add_order(self, principal: Principal, order: Mapping[str, Any]) -> bool:
+        """An order entered by hand (`solent worklist add`); True when new. Audited."""
+        new = upsert_order(self.index, order)
+        self.audit.record(
+            principal,
+            AuditAction.ORDER_RECORD,
+            patient=PatientRef(str(order["patient_issuer"]), str(order["patient_id"])),
+            study_uid=str(order["study_instance_uid"]),
+            detail={"accession": order["accession_number"], "new": new},
+        )
+        return new
 
     def order_status(
         self, conn: Connection, accession: str, issuer: str, status: str, context: dict[str, Any]

@@ -14,9 +14,16 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from solent.ingest import Ingestor
+    from solent.security.authn import Authenticator
+    from solent.security.users import UserService
     from solent.services.access import AccessService
     from solent.services.audit import AuditTrail
+    from solent.services.directory import Directory
+    from solent.services.identity import IdentityService
+    from solent.services.inbox import InboxService
     from solent.services.query import QueryService
+    from solent.services.records import RecordService
+    from solent.services.retrieve import RetrieveService
     from solent.services.retrieve_web import WebRetrieveService
     from solent.settings import Settings
 
@@ -29,3 +36,10 @@ class Services:
     query: QueryService
     ingest: Ingestor
     web_retrieve: WebRetrieveService
+    retrieve: RetrieveService  # C-MOVE / C-GET / storage commitment
+    records: RecordService  # FHIR, IID and identity API reads (access + audit inside)
+    identity: IdentityService  # identity changes (HL7, administrators); reads go via records
+    inbox: InboxService  # the HL7 journal, orders and reports
+    directory: Directory  # trusts, DICOM nodes, HL7 senders (configuration, audited changes)
+    users: UserService  # accounts, roles, tokens (security/)
+    authenticator: Authenticator  # bearer tokens and passwords -> Principal

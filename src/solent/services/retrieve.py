@@ -19,8 +19,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from solent.dicom import header_splice as hs
 from solent.domain.principal import Principal
-from solent.index.retrieval import StoredInstanceRef, locate_instances, stored_sop_classes
+from solent.domain.records import StoredInstanceRef
+from solent.index.retrieval import locate_instances, stored_sop_classes
 from solent.index.sql import Index
+from solent.services.access import AccessService
+from solent.services.audit import AuditTrail
 from solent.services.outgoing_identity import CurrentIdentity
 from solent.storage import BlobStore
 
@@ -56,9 +59,13 @@ def split_part10(data: bytes) -> tuple[Dataset, int]:
 
 
 class RetrieveService:
-    def __init__(self, index: Index, store: BlobStore) -> None:
+    def __init__(
+        self, index: Index, store: BlobStore, access: AccessService, audit: AuditTrail
+    ) -> None:
         self.index = index
         self.store = store
+        self.access = access
+        self.audit = audit
 
     def locate(
         self, principal: Principal, keys: RetrieveKeys, *, limit: int = 65535
@@ -74,11 +81,7 @@ class RetrieveService:
             limit=limit,
         )
         # Security (issue 6): only studies of patients the caller has a relationship with.
-        from solent.services.access import AccessService
-        from solent.services.audit import AuditTrail
-
-        access = AccessService(self.index, AuditTrail(self.index))
-        allowed = access.visible_study_uids(principal, {r.study_uid for r in refs})
+        allowed = self.access.visible_study_uids(principal, {r.study_uid for r in refs})
         return [r for r in refs if r.study_uid in allowed]
 
     def committed(self, principal: Principal, sop_instance_uids: Sequence[str]) -> dict[str, str]:

@@ -23,9 +23,9 @@ from solent.dicom import header_splice as hs
 from solent.dicom import render as rendering
 from solent.dicom import transcode as tc
 from solent.domain.principal import Principal
+from solent.domain.records import StoredInstance
 from solent.errors import InvalidInput, NotFound
 from solent.index import reads
-from solent.index.reads import StoredInstance
 from solent.index.sql import Index
 from solent.services.outgoing_identity import CurrentIdentity
 from solent.services.retrieve_cache import AccessCache, ByteCache

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
-from solent.app import Archive
 from solent.domain.principal import Principal
 from solent.security.http import current_principal
 from solent.services.access import Permission
-from solent.services.audit import AuditAction, PatientRef
+from solent.services.registry import Services
 
 router = APIRouter()
 
 
-def _archive(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
+def _archive(request: Request) -> Services:
+    archive: Services = request.app.state.services
     return archive
 
 
@@ -30,7 +29,7 @@ def stats(request: Request, caller: Caller) -> dict[str, int]:
 
 @router.get("/trusts")
 def trusts(request: Request, caller: Caller) -> list[dict[str, str]]:
-    return [{"code": t.code, "name": t.name} for t in _archive(request).index.list_trusts()]
+    return [{"code": t.code, "name": t.name} for t in _archive(request).directory.trusts()]
 
 
 @router.get("/nodes")
@@ -44,7 +43,7 @@ def nodes(request: Request, caller: Caller) -> list[dict[str, Any]]:
             "trust": n.trust_code,
             "allow": n.allowed,
         }
-        for n in _archive(request).index.list_nodes()
+        for n in _archive(request).directory.nodes()
     ]
 
 
@@ -55,15 +54,9 @@ def patients(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
-    archive = _archive(request)
-    archive.access.require(caller, Permission.READ, "listing patients")
-    rows = archive.query.list_patients(
-        caller, limit=min(limit, archive.settings.max_query_results), offset=offset
-    )
-    archive.audit.record(
-        caller, AuditAction.QUERY, detail={"api": "patients", "results": len(rows)}
-    )
-    return rows
+    services = _archive(request)
+    limit = min(limit, services.settings.max_query_results)
+    return services.records.patient_list(caller, limit=limit, offset=offset)
 
 
 @router.get("/studies")
@@ -76,32 +69,15 @@ def studies(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
-    archive = _archive(request)
-    archive.access.require(caller, Permission.READ, "searching studies")
-    rows = archive.query.list_studies(
+    services = _archive(request)
+    return services.records.study_list(
         caller,
         nhs_number=nhs_number,
         issuer=issuer,
         local_id=patient_id,
-        limit=min(limit, archive.settings.max_query_results),
+        limit=min(limit, services.settings.max_query_results),
         offset=offset,
     )
-    patient = None
-    if issuer and patient_id:
-        patient = PatientRef(issuer, patient_id, nhs_number)
-    archive.audit.record(
-        caller,
-        AuditAction.QUERY,
-        patient=patient,
-        detail={
-            "api": "studies",
-            "nhs_number": nhs_number,
-            "issuer": issuer,
-            "patient_id": patient_id,
-            "results": len(rows),
-        },
-    )
-    return rows
 
 
 @router.get("/studies/{study_uid}")
@@ -111,16 +87,8 @@ def study(
     study_uid: Annotated[str, Path(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")],
     purpose: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
-    """One study with its patient; 403 (naming break-glass) without a legitimate relationship."""
-    archive = _archive(request)
-    patient = archive.access.check_study(caller, study_uid, AuditAction.VIEW, purpose=purpose)
-    rows = archive.query.list_studies(
-        caller, issuer=patient.issuer, local_id=patient.local_id, limit=1000
-    )
-    found = next((r for r in rows if r["study_uid"] == study_uid), None)
-    if found is None:  # removed between the check and the read
-        raise HTTPException(404, "no such study")
-    archive.audit.record(
-        caller, AuditAction.VIEW, patient=patient, study_uid=study_uid, purpose=purpose
+    """One study with its patient; 404 alike for unknown and outside the relationship."""
+    found: dict[str, Any] = _archive(request).records.study_detail(
+        caller, study_uid, purpose=purpose
     )
     return found

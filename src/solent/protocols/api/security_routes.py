@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from solent.app import Archive
 from solent.domain.principal import Principal
 from solent.security import auditformats
 from solent.security.authn import AuthenticationFailed, Authenticator
@@ -15,14 +14,15 @@ from solent.security.http import FailureThrottle, current_principal
 from solent.security.users import UserService, parse_roles
 from solent.services.access import BREAK_GLASS_REASONS, Permission
 from solent.services.audit import AuditAction
+from solent.services.registry import Services
 
 router = APIRouter()
 Caller = Annotated[Principal, Depends(current_principal)]
 
 
-def _archive(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
-    return archive
+def _archive(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
 
 
 def _users(request: Request) -> UserService:

@@ -11,21 +11,22 @@ from typing import Any
 from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
-from solent.app import Archive
 from solent.dicom.render import RenderError
 from solent.dicom.transcode import TranscodeError
 from solent.domain.principal import Principal, PrincipalKind
 from solent.domain.uids import uid_problem
 from solent.errors import IndexUnavailable, InvalidInput, NotFound, StorageError
 from solent.protocols.dicomweb.accept import NotAcceptable
+from solent.services.registry import Services
 from solent.services.retrieve_web import WebRetrieveService
 
 PREFIX = "/dicomweb"
 DICOM_JSON = "application/dicom+json"
 
 
-def archive(request: Request) -> Archive:
-    a: Archive = request.app.state.archive
+def archive(request: Request) -> Services:
+    """The services this adapter reaches patient data through (never the index or store)."""
+    a: Services = request.app.state.services
     return a
 
 

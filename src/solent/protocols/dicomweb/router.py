@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from solent.app import Archive
 from solent.protocols.dicomweb import capabilities, stow_rs, wado_rs, wado_uri
 from solent.protocols.dicomweb.common import PREFIX
+from solent.services.registry import Services
 
 EXPOSED_HEADERS = ["ETag", "Content-Location", "Warning", "Content-Length"]
 
@@ -25,12 +25,12 @@ def build_router() -> APIRouter:
     return router
 
 
-def install(app: FastAPI, archive: Archive) -> None:
+def install(app: FastAPI, services: Services) -> None:
     """Include the DICOMweb routes (and WADO-URI at /dicomweb/wado) in ``app``."""
     app.include_router(build_router(), prefix=PREFIX, tags=["DICOMweb"])
     app.include_router(wado_uri.router, prefix=PREFIX, tags=["DICOMweb"])
     app.include_router(capabilities.router, prefix=PREFIX, tags=["DICOMweb"])
-    origins = [o.strip() for o in archive.settings.cors_origins.split(",") if o.strip()]
+    origins = [o.strip() for o in services.settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(
             CORSMiddleware,

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from solent.app import Archive
 from solent.domain.outcomes import RejectReason, StoreResult
 from solent.domain.principal import Channel, Principal, Provenance
 from solent.protocols.dicomweb import multipart as mp
@@ -26,6 +25,7 @@ from solent.protocols.dicomweb.common import (
     check_uid,
     principal,
 )
+from solent.services.registry import Services
 
 router = APIRouter(route_class=DicomWebRoute)
 
@@ -116,7 +116,7 @@ def _ingest_parts(
 
 
 def _ingest_part(
-    a: Archive, who: Principal, provenance: Provenance, part: mp.SpooledPart, study: str | None
+    a: Services, who: Principal, provenance: Provenance, part: mp.SpooledPart, study: str | None
 ) -> PartOutcome:
     kind = part.content_type.split(";")[0].strip().lower()
     if kind not in ("", "application/dicom"):
@@ -128,7 +128,7 @@ def _ingest_part(
         mismatch = _study_mismatch(part, study)
         if mismatch is not None:
             return mismatch
-    result = a.ingestor.ingest_file(part.path, who, provenance, move=True)
+    result = a.ingest.ingest_file(part.path, who, provenance, move=True)
     if result.ok:
         return PartOutcome(result, None, result.message)
     code = REASON_CODES.get(result.reason or RejectReason.MALFORMED, PROCESSING_FAILURE)

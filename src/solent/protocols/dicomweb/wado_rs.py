@@ -20,7 +20,7 @@ from solent.dicom import transcode as tc
 from solent.dicom.render import RenderOptions, Viewport
 from solent.dicom.transcode import TranscodeError
 from solent.domain.principal import Principal
-from solent.index.reads import StoredInstance
+from solent.domain.records import StoredInstance
 from solent.protocols.dicomweb import accept as neg
 from solent.protocols.dicomweb import multipart as mp
 from solent.protocols.dicomweb.common import (

@@ -96,7 +96,7 @@ async def wado(request: Request) -> Response:
         with_frames=True,
     )
     inst = found[0]
-    replace = request.app.state.archive.settings.conflict_policy == "replace"
+    replace = request.app.state.services.settings.conflict_policy == "replace"
     if chosen == "application/dicom":
         svc.record(who, "retrieve", inst.study_uid, {"channel": "wado-uri", "instances": 1})
         target = params.get("transferSyntax", inst.transfer_syntax_uid)

@@ -15,8 +15,9 @@ from enum import StrEnum
 from typing import Any
 
 from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
-from solent.index.sql import Index, NodeRow
+from solent.domain.records import NodeRow
 from solent.security.addresses import host_matches
+from solent.services.directory import Directory
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def certificate_matches(expected: str, cert: PeerCertificate | None) -> bool:
 
 
 def identify_peer(
-    index: Index,
+    directory: Directory,
     *,
     calling_ae: str,
     called_ae: str,
@@ -91,7 +92,7 @@ def identify_peer(
     alone says a certificate is one of ours, the binding says which node it may speak for.
     """
     calling_ae = calling_ae.strip()
-    node = index.get_node(calling_ae)
+    node = directory.node(calling_ae)
     if node is not None and not host_matches(node.host, address):
         log.warning(
             "association from a registered AE title at an unregistered address rejected",

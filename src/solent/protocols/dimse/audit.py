@@ -12,24 +12,19 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from solent.index.retrieval import StoredInstanceRef
-from solent.index.sql import Index
+from solent.domain.records import StoredInstanceRef
 from solent.protocols.dimse.access import Peer
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef
 
 log = logging.getLogger(__name__)
 
 
-def _trail(index: Index) -> AuditTrail:
-    return AuditTrail(index)
-
-
-def denied(index: Index, peer: Peer | None, operation: str, reason: str) -> None:
+def denied(trail: AuditTrail, peer: Peer | None, operation: str, reason: str) -> None:
     """A registered node asked for something its registration does not allow."""
     if peer is None:
         return  # the association itself was refused; there is no one to name
     try:
-        _trail(index).record(
+        trail.record(
             peer.principal,
             AuditAction.PERMISSION_DENIED,
             AuditOutcome.DENIED,
@@ -40,7 +35,10 @@ def denied(index: Index, peer: Peer | None, operation: str, reason: str) -> None
 
 
 def worklist_query(
-    index: Index, peer: Peer, criteria: Mapping[str, str], matches: Sequence[Mapping[str, Any]]
+    trail: AuditTrail,
+    peer: Peer,
+    criteria: Mapping[str, str],
+    matches: Sequence[Mapping[str, Any]],
 ) -> None:
     """One QUERY record per Modality Worklist C-FIND: keys, match count, the patient when all
     matches are one patient's orders."""
@@ -50,7 +48,7 @@ def worklist_query(
         issuer, local_id = next(iter(patients))
         if issuer and local_id:
             patient = PatientRef(str(issuer), str(local_id))
-    _trail(index).record(
+    trail.record(
         peer.principal,
         AuditAction.QUERY,
         patient=patient,
@@ -59,7 +57,7 @@ def worklist_query(
 
 
 def retrieve(
-    index: Index,
+    trail: AuditTrail,
     peer: Peer,
     refs: Iterable[StoredInstanceRef],
     *,
@@ -72,7 +70,7 @@ def retrieve(
     per_study: dict[str, int] = {}
     for ref in refs:
         per_study[ref.study_uid] = per_study.get(ref.study_uid, 0) + 1
-    _trail(index).record_studies(
+    trail.record_studies(
         peer.principal,
         AuditAction.RETRIEVE,
         per_study,

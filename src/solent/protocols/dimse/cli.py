@@ -87,7 +87,7 @@ def _node(settings: Settings, ae_title: str) -> Any:
     from solent.app import build_archive
 
     archive = build_archive(settings)
-    node = archive.index.get_node(ae_title)
+    node = archive.services.directory.node(ae_title)
     if node is None:
         raise NotFound(f"DICOM node {ae_title} is not registered; add it with `solent ae add`")
     return archive, node
@@ -203,14 +203,16 @@ def _get_receiver(archive: Any, node: Any, out_dir: Path | None) -> Any:
                 return 0xC000
             shutil.copyfile(path, out_dir / f"{name}.dcm")
             return 0x0000
-        return result_status(archive.ingestor.ingest_file(path, principal, provenance, move=True))
+        return result_status(
+            archive.services.ingest.ingest_file(path, principal, provenance, move=True)
+        )
 
     return on_store
 
 
 def _worklist_add(args: argparse.Namespace, settings: Settings) -> int:
     from solent.app import build_archive
-    from solent.index.orders import upsert_order
+    from solent.security.cli import cli_principal
 
     archive = build_archive(settings)
     when = args.date or date.today().strftime("%Y%m%d")
@@ -235,7 +237,7 @@ def _worklist_add(args: argparse.Namespace, settings: Settings) -> int:
         "scheduled_procedure_step_id": args.step_id or args.accession,
         "scheduled_procedure_step_description": args.procedure or None,
     }
-    new = upsert_order(archive.index, order)
+    new = archive.services.inbox.add_order(cli_principal(), order)
     verb = "added" if new else "updated"
     print(f"order {args.accession} {verb}: {order['modality']} on {when} for {args.patient_id}")
     return 0

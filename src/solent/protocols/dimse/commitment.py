@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -58,10 +57,9 @@ def commitment_report(request: Dataset, stored: dict[str, str]) -> tuple[int, Da
 
 
 class CommitmentSCP:
-    def __init__(self, ae: SolentAE, service: RetrieveService, index: Any) -> None:
+    def __init__(self, ae: SolentAE, service: RetrieveService) -> None:
         self.ae = ae
         self.service = service
-        self.index = index
 
     def handle_n_action(self, event: Event, peer: Peer | None) -> tuple[int, Dataset | None]:
         if peer is None or not peer.may(Operation.STORE):

@@ -137,7 +137,7 @@ def handle_find(
     event: Event, query: QueryService, peer: Peer | None, *, max_results: int, ae_title: str
 ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     if peer is None or not peer.may(Operation.QUERY):
-        audit.denied(query.index, peer, "c-find", "this node may not query")
+        audit.denied(query.audit, peer, "c-find", "this node may not query")
         yield status(NOT_AUTHORIZED, "this node may not query"), None
         return
     try:

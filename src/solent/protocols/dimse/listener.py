@@ -18,7 +18,6 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
-from solent.app import Archive
 from solent.protocols.dimse import (
     commitment,
     find_scp,
@@ -38,7 +37,7 @@ from solent.protocols.dimse.net import (
     make_ae,
     storage_context_for_unknown,
 )
-from solent.services.retrieve import RetrieveService
+from solent.services.registry import Services
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +74,15 @@ def allowed_abstract_syntaxes(peer: Peer) -> set[str] | None:
 class DimseListener:
     name = "dicom"
 
-    def __init__(self, archive: Archive) -> None:
-        self.archive = archive
-        settings = archive.settings
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        settings = services.settings
         configure_pynetdicom(settings.tmp_dir / "dimse")
         self.ae = make_ae(settings.ae_title)
         self.ae.require_called_aet = True
         self.ae.maximum_associations = settings.dicom_max_associations  # issue 6: hostile input
-        self.retrieve = RetrieveService(archive.index, archive.store)
-        self.commitment = commitment.CommitmentSCP(self.ae, self.retrieve, archive.index)
+        self.retrieve = services.retrieve
+        self.commitment = commitment.CommitmentSCP(self.ae, self.retrieve)
         self._peers: WeakKeyDictionary[Association, Peer] = WeakKeyDictionary()
         self._lock = threading.Lock()
         self._servers: list[Any] = []
@@ -106,12 +105,12 @@ class DimseListener:
 
     def _on_requested(self, event: Event) -> None:
         assoc = event.assoc
-        settings = self.archive.settings
+        settings = self.services.settings
         requestor = assoc.requestor
         rq: Any = requestor.primitive  # the A-ASSOCIATE-RQ; requestor.ae_title is set later
         calling_ae = str(rq.calling_ae_title).strip()
         peer = identify_peer(
-            self.archive.index,
+            self.services.directory,
             calling_ae=calling_ae,
             called_ae=str(rq.called_ae_title).strip(),
             address=str(requestor.address),
@@ -158,19 +157,23 @@ class DimseListener:
         return 0x0000
 
     def _on_store(self, event: Event) -> Dataset:
-        return store_scp.handle_store(event, self.archive.ingestor, self.peer(event.assoc))
+        return store_scp.handle_store(event, self.services.ingest, self.peer(event.assoc))
 
     def _on_find(self, event: Event) -> Any:
-        settings = self.archive.settings
+        settings = self.services.settings
         peer = self.peer(event.assoc)
         if str(event.request.AffectedSOPClassUID) == worklist_scp.MODALITY_WORKLIST_FIND:
             yield from worklist_scp.handle_worklist(
-                event, self.archive.index, peer, max_results=settings.dicom_max_find_results
+                event,
+                self.services.inbox,
+                self.services.audit,
+                peer,
+                max_results=settings.dicom_max_find_results,
             )
             return
         yield from find_scp.handle_find(
             event,
-            self.archive.query,
+            self.services.query,
             peer,
             max_results=settings.dicom_max_find_results,
             ae_title=settings.ae_title,
@@ -178,7 +181,7 @@ class DimseListener:
 
     def _on_move(self, event: Event) -> Any:
         yield from retrieve_scp.handle_move(
-            event, self.archive.index, self.retrieve, self.peer(event.assoc)
+            event, self.services.directory, self.retrieve, self.peer(event.assoc)
         )
 
     def _on_get(self, event: Event) -> Any:
@@ -202,14 +205,14 @@ class DimseListener:
     # -- lifecycle --------------------------------------------------------------------------
 
     def _serve(self, port: int, ssl_context: ssl.SSLContext | None) -> int:
-        host = self.archive.settings.bind_address
+        host = self.services.settings.bind_address
         server = self.ae.make_server(
             (host, port),
             evt_handlers=self.handlers(),
             ssl_context=ssl_context,
             # The plain port is shared with the DIMSE worker processes (protocols/dimse/workers).
             server_class=ReusePortServer
-            if ssl_context is None and dicom_processes(self.archive.settings.dicom_workers) > 1
+            if ssl_context is None and dicom_processes(self.services.settings.dicom_workers) > 1
             else NoDelayServer,
         )
         thread = threading.Thread(target=server.serve_forever, name=f"dimse-{port}", daemon=True)
@@ -219,7 +222,7 @@ class DimseListener:
         return int(server.server_address[1])
 
     def tls_context(self) -> ssl.SSLContext:
-        settings = self.archive.settings
+        settings = self.services.settings
         if settings.dicom_tls_cert is None or settings.dicom_tls_key is None:
             from solent.errors import ConfigurationError
 
@@ -235,7 +238,7 @@ class DimseListener:
         return context
 
     def start(self) -> int:
-        settings = self.archive.settings
+        settings = self.services.settings
         port = self._serve(settings.dicom_port, None)
         self.tls_port: int | None = None
         if settings.dicom_tls_port >= 0:

@@ -16,8 +16,7 @@ from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.presentation import build_context
 
-from solent.index.retrieval import StoredInstanceRef
-from solent.index.sql import Index
+from solent.domain.records import StoredInstanceRef
 from solent.protocols.dimse import audit
 from solent.protocols.dimse.access import Operation, Peer
 from solent.protocols.dimse.net import UNCOMPRESSED
@@ -29,6 +28,7 @@ from solent.protocols.dimse.status import (
     status,
 )
 from solent.protocols.dimse.suboperations import StoredInstance
+from solent.services.directory import Directory
 from solent.services.retrieve import RetrieveKeys, RetrieveService
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _locate(
     event: Event, service: RetrieveService, peer: Peer | None
 ) -> tuple[Peer, list[StoredInstanceRef]]:
     if peer is None or not peer.may(Operation.RETRIEVE):
-        audit.denied(service.index, peer, "retrieve", "this node may not retrieve")
+        audit.denied(service.audit, peer, "retrieve", "this node may not retrieve")
         raise RetrieveRefused(NOT_AUTHORIZED, "this node may not retrieve")
     try:
         identifier = event.identifier
@@ -148,7 +148,7 @@ def _answer_refusal(event: Event, refusal: RetrieveRefused) -> None:
 
 
 def handle_move(
-    event: Event, index: Index, service: RetrieveService, peer: Peer | None
+    event: Event, directory: Directory, service: RetrieveService, peer: Peer | None
 ) -> Iterator[Any]:
     try:
         peer, refs = _locate(event, service, peer)
@@ -157,11 +157,11 @@ def handle_move(
         _answer_refusal(event, exc)
         yield None, None  # pynetdicom's final A801, rewritten to exc.code
         return
-    destination = index.get_node(str(event.move_destination).strip())
+    destination = directory.node(str(event.move_destination).strip())
     if destination is None:
         yield None, None
         return
-    audit.retrieve(index, peer, refs, operation="c-move", destination=destination.ae_title)
+    audit.retrieve(service.audit, peer, refs, operation="c-move", destination=destination.ae_title)
     kwargs = {"contexts": destination_contexts(refs)} if refs else {}
     yield destination.host, destination.port, kwargs
     yield len(refs)
@@ -176,6 +176,6 @@ def handle_get(event: Event, service: RetrieveService, peer: Peer | None) -> Ite
         _answer_refusal(event, exc)
         yield 0  # no sub-operation: pynetdicom's final response, rewritten to exc.code
         return
-    audit.retrieve(service.index, peer, refs, operation="c-get", destination=peer.principal.name)
+    audit.retrieve(service.audit, peer, refs, operation="c-get", destination=peer.principal.name)
     yield len(refs)
     yield from _suboperations(event, refs, service, peer)

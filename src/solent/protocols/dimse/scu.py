@@ -27,8 +27,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from solent.domain.records import NodeRow
 from solent.errors import SolentError
-from solent.index.sql import NodeRow
 from solent.protocols.dimse.net import (
     STORAGE_SOP_CLASSES,
     UNCOMPRESSED,

@@ -21,7 +21,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
 from solent.domain.principal import Principal
-from solent.index.retrieval import StoredInstanceRef
+from solent.domain.records import StoredInstanceRef
 from solent.services.outgoing_identity import CurrentIdentity
 from solent.services.retrieve import RetrieveService
 

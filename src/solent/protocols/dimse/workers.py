@@ -145,7 +145,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     archive = build_archive(settings, migrate=False)
-    listener = DimseListener(archive)
+    listener = DimseListener(archive.services)
     archive.listeners = [listener]
     try:
         port = listener.start()

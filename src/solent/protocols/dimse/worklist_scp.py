@@ -14,8 +14,6 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom.events import Event
 
-from solent.index.orders import find_orders
-from solent.index.sql import Index
 from solent.protocols.dimse import audit
 from solent.protocols.dimse.access import Operation, Peer
 from solent.protocols.dimse.find_scp import _wire_value
@@ -27,6 +25,8 @@ from solent.protocols.dimse.status import (
     PENDING,
     status,
 )
+from solent.services.audit import AuditTrail
+from solent.services.inbox import InboxService
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 
@@ -119,10 +119,10 @@ def _response(order: dict[str, Any], top: list[str], step: list[str]) -> Dataset
 
 
 def handle_worklist(
-    event: Event, index: Index, peer: Peer | None, *, max_results: int
+    event: Event, inbox: InboxService, trail: AuditTrail, peer: Peer | None, *, max_results: int
 ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     if peer is None or not peer.may(Operation.QUERY):
-        audit.denied(index, peer, "worklist", "this node may not query the worklist")
+        audit.denied(trail, peer, "worklist", "this node may not query the worklist")
         yield status(NOT_AUTHORIZED, "this node may not query the worklist"), None
         return
     try:
@@ -143,19 +143,18 @@ def handle_worklist(
     statuses: tuple[str, ...] = ("SCHEDULED", "ARRIVED", "READY")
     if "status" in criteria:
         statuses = ()
-    rows = find_orders(
-        index,
+    rows = inbox.worklist(
+        peer.principal,
         exact=exact,
         date_from=date_from,
         date_to=date_to,
         statuses=statuses,
         limit=max_results * 4 + 1,
-        trust=peer.principal.trust or None,
     )
     matches = [
         r for r in rows if all(_matches(col, pat, r.get(col)) for col, pat in criteria.items())
     ]
-    audit.worklist_query(index, peer, criteria, matches)  # issue 6: one record per query
+    audit.worklist_query(trail, peer, criteria, matches)  # issue 6: one record per query
     if len(matches) > max_results:
         yield (
             status(FIND_OUT_OF_RESOURCES, f"more than {max_results} matches: narrow the query"),

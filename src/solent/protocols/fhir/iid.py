@@ -3,8 +3,8 @@
 Each trust has its own endpoint, /trusts/{ODS}/IHEInvokeImageDisplay, and identifiers are
 resolved in that trust's identifier space (an accession number has no issuer in IID). The
 trust-less /IHEInvokeImageDisplay needs an assigning authority in patientID (CX.4) and cannot
-take accession numbers. The launch lands in the viewer (/viewer/#/patient/... or #/study/...);
-several studies at once still get the study list page.
+take accession numbers. The launch lands in the viewer (issue 12): /viewer/#/patient/ISSUER/ID
+(NHS/number for an NHS number) or /viewer/#/study/UID; several studies get the list page.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from solent.app import Archive
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
+from solent.errors import InvalidInput, NotFound
 from solent.security.http import current_principal
-from solent.services.access import AccessDenied, Permission
-from solent.services.audit import AuditAction, PatientRef
-from solent.services.identity import IdentityService
+from solent.services.access import Permission
+from solent.services.audit import AuditAction
+from solent.services.records import RecordService
+from solent.services.registry import Services
 
 router = APIRouter()
 Caller = Annotated[Principal, Depends(current_principal)]
@@ -55,7 +56,7 @@ def _authority(cx: str) -> tuple[str, str]:
 
 
 def _launch(
-    archive: Archive,
+    records: RecordService,
     caller: Principal,
     trust: str | None,
     request_type: str | None,
@@ -63,7 +64,8 @@ def _launch(
     study_uid: str | None,
     accession: str | None,
 ) -> list[str]:
-    identity = IdentityService(archive.index)
+    """The study UIDs to open; only studies the caller may see, each launch audited by the
+    records service naming the patient. Unknown and not visible answer alike."""
     kind = (request_type or "").upper()
     if kind == "PATIENT":
         if not patient_id:
@@ -72,8 +74,7 @@ def _launch(
         if authority in NHS_AUTHORITIES:
             if not nhs.is_valid(value):
                 raise LaunchError(400, f"{value} is not a valid NHS number")
-            pks = identity.by_nhs_number(value)
-            ref = PatientRef("NHS", value, value)
+            person = records.person(caller, nhs_number=value, action=AuditAction.VIEW)
         else:
             authority = authority or (trust or "")
             if not authority:
@@ -84,50 +85,36 @@ def _launch(
                 raise LaunchError(
                     400, f"patientID is issued by {authority}, but this is {trust}'s endpoint"
                 )
-            found = identity.resolve(authority, value)
-            if found is None:
-                raise LaunchError(404, "no such patient")
-            archive.access.check_patient(caller, found.issuer, found.local_id)
-            pks = identity.linked_patient_pks(found.patient_pk)
-            ref = PatientRef(authority, value)
-        if not pks:
-            raise LaunchError(404, "no such patient")
-        found_uids = [s["study_uid"] for s in identity.studies(pks)]
-        archive.audit.record(
-            caller,
-            AuditAction.VIEW,
-            patient=ref,
-            detail={"iid": "PATIENT", "studies": len(found_uids)},
-        )
-        return found_uids
+            person = records.person(
+                caller, issuer=authority, local_id=value, action=AuditAction.VIEW
+            )
+        studies = records.person_studies(caller, person, "iid:PATIENT")
+        if not studies:
+            raise LaunchError(404, "no images of this patient that you may see")
+        return [s["study_uid"] for s in studies]
     if kind == "STUDY":
-        uids: list[str] = []
         if study_uid:
-            for uid in study_uid.split(","):
-                study = identity.study(uid.strip())
-                if study is not None and (trust is None or study["trust_code"] == trust):
-                    uids.append(study["study_uid"])
+            found = records.studies_by_uid_or_accession(
+                caller,
+                study_uids=[u.strip() for u in study_uid.split(",")],
+                trust=trust,
+                action=AuditAction.VIEW,
+            )
         elif accession:
             if trust is None:
                 raise LaunchError(
                     400, "accessionNumber has no issuer: launch from /trusts/{ODS}/..."
                 )
+            found = []
             for acc in accession.split(","):
-                uids += [s["study_uid"] for s in identity.studies_by_accession(acc.strip(), trust)]
+                found += records.studies_by_uid_or_accession(
+                    caller, accession=(acc.strip(), trust), action=AuditAction.VIEW
+                )
         else:
             raise LaunchError(400, "requestType=STUDY needs studyUID or accessionNumber")
-        visible = []
-        for uid in uids:
-            try:
-                archive.access.check_study(caller, uid, AuditAction.VIEW)
-            except AccessDenied:
-                continue
-            visible.append(uid)
-        if not visible:
-            raise LaunchError(404, "no such study at this trust")
-        for uid in visible:
-            archive.audit.record(caller, AuditAction.VIEW, study_uid=uid, detail={"iid": "STUDY"})
-        return visible
+        if not found:
+            raise LaunchError(404, "no such study that you may see at this trust")
+        return [s["study_uid"] for s in found]
     raise LaunchError(400, "requestType must be PATIENT or STUDY")
 
 
@@ -140,44 +127,29 @@ def _invoke(
     study_uid: str | None,
     accession: str | None,
 ) -> Response:
-    archive: Archive = request.app.state.archive
-    archive.access.require(caller, Permission.READ, "launching the image display")
-    if trust is not None and archive.index.get_trust(trust) is None:
+    services: Services = request.app.state.services
+    services.access.require(caller, Permission.READ, "launching the image display")
+    if trust is not None and services.directory.trust(trust) is None:
         return _page(404, "Unknown trust", f"<p>{html.escape(trust)} is not a trust here.</p>")
     try:
-        uids = _launch(archive, caller, trust, request_type, patient_id, study_uid, accession)
+        uids = _launch(
+            services.records, caller, trust, request_type, patient_id, study_uid, accession
+        )
     except LaunchError as exc:
         return _page(exc.status, "Cannot open images", f"<p>{html.escape(exc.text)}</p>")
-    # Issue 12: land straight in the viewer, at the patient's timeline or the study.
+    except NotFound as exc:  # unknown or not visible: one answer
+        return _page(404, "Cannot open images", f"<p>{html.escape(str(exc))}</p>")
+    except InvalidInput as exc:
+        return _page(400, "Cannot open images", f"<p>{html.escape(str(exc))}</p>")
     if (request_type or "").upper() == "PATIENT":
-        record = _viewer_record(archive, trust, patient_id, uids)
-        if record is not None:
-            return RedirectResponse(f"/viewer/#/patient/{record}", status_code=303)
-    elif len(uids) == 1:
+        value, authority = _authority(patient_id or "")
+        issuer = "NHS" if authority in NHS_AUTHORITIES else authority or trust or ""
+        target = f"{quote(issuer, safe='')}/{quote(value, safe='')}"
+        return RedirectResponse(f"/viewer/#/patient/{target}", status_code=303)
+    if len(uids) == 1:
         return RedirectResponse(f"/viewer/#/study/{quote(uids[0], safe='')}", status_code=303)
     query = urlencode([("uid", u) for u in uids])
     return RedirectResponse(f"/iid/studies?{query}", status_code=303)
-
-
-def _viewer_record(
-    archive: Archive, trust: str | None, patient_id: str | None, uids: list[str]
-) -> str | None:
-    """ISSUER/ID of the viewer's timeline for a PATIENT launch: the record named, or for an
-    NHS number the launching trust's own record first, else the first record with studies."""
-    value, authority = _authority(patient_id or "")
-    if authority not in NHS_AUTHORITIES:
-        return f"{quote(authority or trust or '', safe='')}/{quote(value, safe='')}"
-    identity = IdentityService(archive.index)
-    records: list[tuple[str, str]] = []
-    for uid in uids:
-        study = identity.study(uid)
-        summary = identity.study_summary(int(study["pk"])) if study else None
-        if summary is not None:
-            records.append((str(summary["issuer"]), str(summary["local_id"])))
-    records.sort(key=lambda r: r[0] != trust)
-    if not records:
-        return None
-    return f"{quote(records[0][0], safe='')}/{quote(records[0][1], safe='')}"
 
 
 @router.get("/IHEInvokeImageDisplay")
@@ -216,21 +188,11 @@ def study_list(
     request: Request, caller: Caller, uid: Annotated[list[str] | None, Query()] = None
 ) -> HTMLResponse:
     """The launch target until the viewer lands: the studies, newest first, each under its
-    own trust's identifiers. Access is checked again for every study listed."""
-    archive: Archive = request.app.state.archive
-    identity = IdentityService(archive.index)
-    rows = []
-    for u in uid or []:
-        study = identity.study(u)
-        if study is None:
-            continue
-        try:
-            archive.access.check_study(caller, u, AuditAction.VIEW)
-        except AccessDenied:
-            continue
-        summary = identity.study_summary(int(study["pk"]))
-        if summary is not None:
-            rows.append(summary)
+    own trust's identifiers. Access is checked again (and audited) for every study listed."""
+    services: Services = request.app.state.services
+    rows = services.records.studies_by_uid_or_accession(
+        caller, study_uids=uid or [], action=AuditAction.VIEW
+    )
     rows.sort(key=lambda s: (s["study_date"] or "", s["study_time"] or ""), reverse=True)
     cells = "".join(
         "<tr>"

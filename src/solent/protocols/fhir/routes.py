@@ -1,25 +1,26 @@
 """FHIR R4 read API at /fhir: Patient, ImagingStudy, DiagnosticReport, CapabilityStatement.
 
-Patient-level searches (``patient.identifier``) return everything of the person: every record
-linked to the one named, each study under its own trust's record and identifiers.
+Patient-level searches (``patient.identifier``) return everything of the person the caller may
+see: every visible record linked to the one named, each study under its own trust's record and
+identifiers. Access and audit are the records service's; a resource the caller may not see
+answers exactly like one that does not exist.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from solent.app import Archive
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
+from solent.errors import InvalidInput, NotFound
 from solent.protocols.fhir import resources as fhir
 from solent.security.http import current_principal
-from solent.services.access import AccessDenied, Permission
-from solent.services.audit import AuditAction, PatientRef
-from solent.services.identity import IdentityService
-from solent.services.inbox import InboxService
+from solent.services.access import AccessDenied
+from solent.services.records import Person, RecordService
 
 router = APIRouter()
 Caller = Annotated[Principal, Depends(current_principal)]
@@ -37,13 +38,24 @@ def _reply(data: dict[str, Any], status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status, media_type=FHIR_JSON)
 
 
-def _error(exc: FhirError) -> JSONResponse:
-    return _reply(fhir.operation_outcome(exc.code, exc.text), exc.status)
+def _answer(build: Callable[[], dict[str, Any]]) -> JSONResponse:
+    """The FHIR error table: each domain error as an OperationOutcome with its status."""
+    try:
+        return _reply(build())
+    except FhirError as exc:
+        status, code, text = exc.status, exc.code, exc.text
+    except NotFound as exc:  # unknown and not visible alike (NotVisible is a NotFound)
+        status, code, text = 404, "not-found", str(exc)
+    except InvalidInput as exc:
+        status, code, text = 400, "invalid", str(exc)
+    except AccessDenied as exc:
+        status, code, text = 403, "forbidden", exc.message
+    return _reply(fhir.operation_outcome(code, text), status)
 
 
-def _archive(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
-    return archive
+def _records(request: Request) -> RecordService:
+    records: RecordService = request.app.state.services.records
+    return records
 
 
 def _base(request: Request) -> str:
@@ -57,14 +69,18 @@ def _split_token(token: str) -> tuple[str | None, str]:
     return None, token
 
 
-def person_of_token(archive: Archive, caller: Principal, token: str) -> set[int]:
-    """Records of the person an identifier token names (NHS number or a trust's local ID)."""
-    identity = IdentityService(archive.index)
+def _key(value: str, what: str) -> int:
+    """A resource id: our ids are positive integers; anything else names nothing."""
+    if not value.isdigit() or len(value) > 18:
+        raise FhirError(404, "not-found", f"no {what} that you may see")
+    return int(value)
+
+
+def person_of_token(records: RecordService, caller: Principal, token: str) -> Person:
+    """The person an identifier token names (NHS number or a trust's local ID)."""
     system, value = _split_token(token)
     if system == nhs.NHS_FHIR_SYSTEM:
-        if not nhs.is_valid(value):
-            raise FhirError(400, "invalid", f"{value!r} is not a valid NHS number")
-        return identity.by_nhs_number(value)
+        return records.person(caller, nhs_number=value)
     trust = fhir.trust_of_system(system or "", "patient-id")
     if trust is None:
         raise FhirError(
@@ -73,28 +89,11 @@ def person_of_token(archive: Archive, caller: Principal, token: str) -> set[int]
             "identifier needs a system: "
             f"{nhs.NHS_FHIR_SYSTEM} or {fhir.local_system('<ODS code>')}",
         )
-    found = identity.resolve(trust, value)
-    if found is None:
-        return set()
-    archive.access.check_patient(caller, found.issuer, found.local_id)
-    return identity.linked_patient_pks(found.patient_pk)
+    return records.person(caller, issuer=trust, local_id=value)
 
 
-def token_patient(token: str | None) -> PatientRef | None:
-    """The patient an identifier token names, for the audit record (searchable by patient)."""
-    if not token:
-        return None
-    system, value = _split_token(token)
-    if system == nhs.NHS_FHIR_SYSTEM:
-        return PatientRef(nhs.NHS_ISSUER, value, value)
-    trust = fhir.trust_of_system(system or "", "patient-id")
-    return PatientRef(trust, value) if trust else None
-
-
-def _guard(request: Request, caller: Principal, what: str) -> Archive:
-    archive = _archive(request)
-    archive.access.require(caller, Permission.READ, what)
-    return archive
+def _person_of_reference(records: RecordService, caller: Principal, ref: str) -> Person:
+    return records.person(caller, patient_pk=_key(ref.removeprefix("Patient/"), "patient"))
 
 
 @router.get("/metadata")
@@ -102,10 +101,7 @@ def metadata(request: Request) -> JSONResponse:
     return _reply(fhir.capability_statement(_base(request)))
 
 
-def _patient(archive: Archive, pk: int) -> dict[str, Any] | None:
-    found = IdentityService(archive.index).record(pk)
-    if found is None:
-        return None
+def _patient_resource(found: dict[str, Any]) -> dict[str, Any]:
     return fhir.patient(
         found["record"], retired=found["retired"], linked=found["linked"], contact=found["contact"]
     )
@@ -113,60 +109,45 @@ def _patient(archive: Archive, pk: int) -> dict[str, Any] | None:
 
 @router.get("/Patient/{resource_id}")
 def read_patient(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
-    archive = _guard(request, caller, "reading a patient")
-    resource = _patient(archive, int(resource_id)) if resource_id.isdigit() else None
-    if resource is None:
-        return _error(FhirError(404, "not-found", f"Patient/{resource_id} is not known"))
-    ident = resource["identifier"][0]
-    archive.access.check_patient(caller, ident["assigner"]["identifier"]["value"], ident["value"])
-    archive.audit.record(
-        caller,
-        AuditAction.QUERY,
-        patient=PatientRef(ident["assigner"]["identifier"]["value"], ident["value"]),
-        detail={"fhir": f"Patient/{resource_id}"},
-    )
-    return _reply(resource)
+    def build() -> dict[str, Any]:
+        pk = _key(resource_id, "patient")
+        return _patient_resource(_records(request).patient_record(caller, pk))
+
+    return _answer(build)
 
 
 @router.get("/Patient")
 def search_patient(
     request: Request, caller: Caller, identifier: Token = None, _id: Token = None
 ) -> JSONResponse:
-    archive = _guard(request, caller, "searching patients")
-    identity = IdentityService(archive.index)
-    try:
+    records = _records(request)
+
+    def build() -> dict[str, Any]:
         if _id:
-            pks = {int(_id)} if _id.isdigit() else set()
+            person = records.person(caller, patient_pk=_key(_id, "patient"))
         elif identifier:
-            system, value = _split_token(identifier)
-            if system == nhs.NHS_FHIR_SYSTEM:
-                pks = set(identity.records_by_nhs_number(value))
-            else:
-                trust = fhir.trust_of_system(system or "", "patient-id")
-                if trust is None:
-                    raise FhirError(400, "invalid", "unknown identifier system")
-                found = identity.resolve(trust, value)
-                pks = {found.patient_pk} if found else set()
+            person = person_of_token(records, caller, identifier)
         else:
             raise FhirError(400, "required", "search Patient by identifier or _id")
-    except FhirError as exc:
-        return _error(exc)
-    out = [r for r in (_patient(archive, pk) for pk in sorted(pks)) if r is not None]
-    archive.audit.record(
-        caller,
-        AuditAction.QUERY,
-        patient=token_patient(identifier),
-        detail={"fhir": "Patient", "identifier": identifier, "results": len(out)},
-    )
-    return _reply(fhir.bundle(out, base_url=_base(request)))
+        found = records.patient_records(caller, person)
+        if _id:  # _id names one record, not the person
+            found = [f for f in found if int(f["record"]["pk"]) == int(_id)]
+        out = [_patient_resource(f) for f in found]
+        return fhir.bundle(out, base_url=_base(request))
+
+    return _searched(build, request)
 
 
-def _studies(archive: Archive, request: Request, pks: set[int]) -> list[dict[str, Any]]:
-    identity = IdentityService(archive.index)
-    return [
-        fhir.imaging_study(s, identity.series(int(s["study_pk"])), base_url=_base(request))
-        for s in identity.studies(pks)
-    ]
+def _searched(build: Callable[[], dict[str, Any]], request: Request) -> JSONResponse:
+    """A search that names nobody the caller may see is an empty Bundle, like no match."""
+    reply = _answer(build)
+    if reply.status_code == 404:
+        return _reply(fhir.bundle([], base_url=_base(request)))
+    return reply
+
+
+def _study_resources(request: Request, studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [fhir.imaging_study(s, s["series"], base_url=_base(request)) for s in studies]
 
 
 @router.get("/ImagingStudy")
@@ -177,92 +158,45 @@ def search_imaging_study(
     patient: Token = None,
     identifier: Token = None,
 ) -> JSONResponse:
-    archive = _guard(request, caller, "searching imaging studies")
-    identity = IdentityService(archive.index)
-    try:
+    records = _records(request)
+
+    def build() -> dict[str, Any]:
         if patient_identifier:
-            pks = person_of_token(archive, caller, patient_identifier)
-            out = _studies(archive, request, pks)
+            person = person_of_token(records, caller, patient_identifier)
+            studies = records.person_studies(caller, person, "ImagingStudy")
         elif patient:
-            ref = patient.removeprefix("Patient/")
-            if not ref.isdigit() or identity.record(int(ref)) is None:
-                raise FhirError(404, "not-found", f"Patient/{ref} is not known")
-            pks = identity.linked_patient_pks(int(ref))
-            out = _studies(archive, request, pks)
+            person = _person_of_reference(records, caller, patient)
+            studies = records.person_studies(caller, person, "ImagingStudy")
         elif identifier:
-            out = _studies_by_identifier(archive, request, caller, identifier)
+            studies = _studies_by_identifier(records, caller, identifier)
         else:
             raise FhirError(400, "required", "search by patient.identifier, patient or identifier")
-    except FhirError as exc:
-        return _error(exc)
-    archive.audit.record(
-        caller,
-        AuditAction.QUERY,
-        patient=token_patient(patient_identifier),
-        detail={
-            "fhir": "ImagingStudy",
-            "patient.identifier": patient_identifier,
-            "results": len(out),
-        },
-    )
-    return _reply(fhir.bundle(out, base_url=_base(request)))
+        return fhir.bundle(_study_resources(request, studies), base_url=_base(request))
+
+    return _searched(build, request)
 
 
 def _studies_by_identifier(
-    archive: Archive, request: Request, caller: Principal, token: str
+    records: RecordService, caller: Principal, token: str
 ) -> list[dict[str, Any]]:
-    identity = IdentityService(archive.index)
     system, value = _split_token(token)
     if system in (None, "urn:dicom:uid") and value.startswith("urn:oid:"):
-        study = identity.study(value.removeprefix("urn:oid:"))
-        rows = [study] if study else []
-    else:
-        trust = fhir.trust_of_system(system or "", "accession")
-        if trust is None:
-            raise FhirError(400, "invalid", "identifier: urn:oid:<Study UID> or an accession")
-        rows = identity.studies_by_accession(value, trust)
-    out = []
-    for row in rows:
-        try:
-            archive.access.check_study(caller, row["study_uid"], AuditAction.QUERY)
-        except AccessDenied:
-            continue
-        for s in identity.studies({int(row["patient_pk"])}):
-            if s["study_uid"] == row["study_uid"]:
-                out.append(
-                    fhir.imaging_study(
-                        s, identity.series(int(s["study_pk"])), base_url=_base(request)
-                    )
-                )
-    return out
+        return records.studies_by_uid_or_accession(
+            caller, study_uids=[value.removeprefix("urn:oid:")], with_series=True
+        )
+    trust = fhir.trust_of_system(system or "", "accession")
+    if trust is None:
+        raise FhirError(400, "invalid", "identifier: urn:oid:<Study UID> or an accession")
+    return records.studies_by_uid_or_accession(caller, accession=(value, trust), with_series=True)
 
 
 @router.get("/ImagingStudy/{resource_id}")
 def read_imaging_study(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
-    archive = _guard(request, caller, "reading an imaging study")
-    identity = IdentityService(archive.index)
-    record = identity.study_summary(int(resource_id)) if resource_id.isdigit() else None
-    if record is None:
-        return _error(FhirError(404, "not-found", f"ImagingStudy/{resource_id} is not known"))
-    archive.access.check_study(caller, record["study_uid"])
-    resource = fhir.imaging_study(
-        record, identity.series(int(record["study_pk"])), base_url=_base(request)
-    )
-    return _reply(resource)
+    def build() -> dict[str, Any]:
+        study = _records(request).study(caller, _key(resource_id, "study"))
+        return fhir.imaging_study(study, study["series"], base_url=_base(request))
 
-
-def _reports_of_studies(archive: Archive, studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    inbox = InboxService(archive.index, IdentityService(archive.index))
-    out = []
-    for s in studies:
-        if not s["accession_number"]:
-            continue
-        issuer = s["accession_issuer"] or s["trust_code"]
-        for r in inbox.reports(s["accession_number"], issuer):
-            if not r["superseded"]:
-                study = {"pk": s["study_pk"], "patient_pk": s["patient_pk"]}
-                out.append(fhir.diagnostic_report(r, study))
-    return out
+    return _answer(build)
 
 
 @router.get("/DiagnosticReport")
@@ -271,28 +205,27 @@ def search_diagnostic_report(
     caller: Caller,
     patient_identifier: Annotated[str | None, Query(alias="patient.identifier")] = None,
 ) -> JSONResponse:
-    archive = _guard(request, caller, "searching reports")
-    try:
+    records = _records(request)
+
+    def build() -> dict[str, Any]:
         if not patient_identifier:
             raise FhirError(400, "required", "search DiagnosticReport by patient.identifier")
-        pks = person_of_token(archive, caller, patient_identifier)
-    except FhirError as exc:
-        return _error(exc)
-    out = _reports_of_studies(archive, IdentityService(archive.index).studies(pks))
-    archive.audit.record(caller, AuditAction.QUERY, detail={"fhir": "DiagnosticReport"})
-    return _reply(fhir.bundle(out, base_url=_base(request)))
+        person = person_of_token(records, caller, patient_identifier)
+        out = [
+            fhir.diagnostic_report(
+                r["report"], {"pk": r["study"]["study_pk"], "patient_pk": r["study"]["patient_pk"]}
+            )
+            for r in records.person_reports(caller, person)
+        ]
+        return fhir.bundle(out, base_url=_base(request))
+
+    return _searched(build, request)
 
 
 @router.get("/DiagnosticReport/{resource_id}")
 def read_diagnostic_report(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
-    archive = _guard(request, caller, "reading a report")
-    identity = IdentityService(archive.index)
-    inbox = InboxService(archive.index, identity)
-    report = inbox.report(int(resource_id)) if resource_id.isdigit() else None
-    if report is None:
-        return _error(FhirError(404, "not-found", f"DiagnosticReport/{resource_id} is not known"))
-    studies = identity.studies_by_accession(report["accession_number"], report["accession_issuer"])
-    study = studies[0] if studies else None
-    if study is not None:
-        archive.access.check_study(caller, study["study_uid"])
-    return _reply(fhir.diagnostic_report(report, study))
+    def build() -> dict[str, Any]:
+        found = _records(request).report(caller, _key(resource_id, "report"))
+        return fhir.diagnostic_report(found["report"], found["study"])
+
+    return _answer(build)

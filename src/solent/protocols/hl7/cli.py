@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from solent.domain.principal import Principal, PrincipalKind
-from solent.errors import NotFound
+from solent.security.cli import cli_principal
 from solent.settings import Settings
 
 
@@ -70,6 +70,12 @@ def _register_senders(hact: Any) -> None:
         help='host name or IP it sends from (repeat or comma list; "*": any address)',
     )
     add.add_argument("--trust", help="trust it speaks for (default: the facility if a trust)")
+    add.add_argument(
+        "--regional",
+        action="store_true",
+        help="a regional identity source (EMPI): speaks for no one trust and may link/unlink "
+        "records of every trust (ADT A24/A37)",
+    )
     add.set_defaults(handler=_sender_add)
     ls = sact.add_parser("list")
     ls.add_argument("--json", action="store_true")
@@ -83,7 +89,6 @@ def _register_senders(hact: Any) -> None:
 def _sender_add(args: argparse.Namespace, settings: Settings) -> int:
     from solent.app import build_archive
     from solent.errors import InvalidInput
-    from solent.index.hl7_senders import add_sender
 
     hosts = [h.strip() for raw in args.host for h in raw.split(",") if h.strip()]
     for value, what in ((args.application, "application"), (args.facility, "facility")):
@@ -91,24 +96,31 @@ def _sender_add(args: argparse.Namespace, settings: Settings) -> int:
             raise InvalidInput(f"{what} must be 1-227 characters without HL7 delimiters")
     if not hosts:
         raise InvalidInput("--host names at least one host name or IP address")
+    if args.regional and args.trust:
+        raise InvalidInput("a sender is either --regional or speaks for one --trust, not both")
     archive = build_archive(settings)
     try:
+        directory = archive.services.directory
         trust = args.trust
-        if trust is None and archive.index.get_trust(args.facility) is not None:
+        if trust is None and not args.regional:
+            if directory.trust(args.facility) is None:
+                raise InvalidInput(
+                    f"{args.facility} is not a trust: name the trust this feed speaks for "
+                    "with --trust CODE, or register a regional identity source with --regional"
+                )
             trust = args.facility
-        row = add_sender(archive.index, args.application, args.facility, hosts, trust)
+        row = directory.add_sender(cli_principal(), args.application, args.facility, hosts, trust)
     finally:
         archive.close()
     print(
         f"HL7 sender {row.application}^{row.facility} may send from {', '.join(row.hosts)}"
-        + (f" for trust {row.trust_code}" if row.trust_code else "")
+        + (f" for trust {row.trust_code}" if row.trust_code else " as a regional identity source")
     )
     return 0
 
 
 def _sender_list(args: argparse.Namespace, settings: Settings) -> int:
     from solent.app import build_archive
-    from solent.index.hl7_senders import list_senders
 
     archive = build_archive(settings)
     try:
@@ -119,7 +131,7 @@ def _sender_list(args: argparse.Namespace, settings: Settings) -> int:
                 "hosts": ",".join(r.hosts),
                 "trust": r.trust_code or "",
             }
-            for r in list_senders(archive.index)
+            for r in archive.services.directory.senders()
         ]
     finally:
         archive.close()
@@ -129,11 +141,10 @@ def _sender_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _sender_remove(args: argparse.Namespace, settings: Settings) -> int:
     from solent.app import build_archive
-    from solent.index.hl7_senders import remove_sender
 
     archive = build_archive(settings)
     try:
-        remove_sender(archive.index, args.application, args.facility)
+        archive.services.directory.remove_sender(cli_principal(), args.application, args.facility)
     finally:
         archive.close()
     print(f"HL7 sender {args.application}^{args.facility} removed")
@@ -152,23 +163,15 @@ def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 def _service(settings: Settings) -> Any:
     from solent.app import build_archive
-    from solent.services.identity import IdentityService
 
     archive = build_archive(settings)
-    return archive, IdentityService(archive.index)
-
-
-def _record(identity: Any, issuer: str, patient_id: str) -> int:
-    found = identity.resolve(issuer, patient_id)
-    if found is None:
-        raise NotFound(f"no patient {patient_id} issued by {issuer}")
-    return int(found.patient_pk)
+    return archive, archive.services.identity
 
 
 def _links(args: argparse.Namespace, settings: Settings) -> int:
-    archive, identity = _service(settings)
+    archive, _identity = _service(settings)
     try:
-        rows = identity.links_of(_record(identity, args.issuer, args.patient_id))
+        rows = archive.services.records.links(cli_principal(), args.issuer, args.patient_id)
         _print(rows, args.json)
     finally:
         archive.close()
@@ -176,9 +179,9 @@ def _links(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _history(args: argparse.Namespace, settings: Settings) -> int:
-    archive, identity = _service(settings)
+    archive, _identity = _service(settings)
     try:
-        rows = identity.history(_record(identity, args.issuer, args.patient_id))
+        rows = archive.services.records.history(cli_principal(), args.issuer, args.patient_id)
         out = [
             {
                 "event": r["pk"],
@@ -252,11 +255,11 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _messages(args: argparse.Namespace, settings: Settings) -> int:
-    from solent.services.inbox import InboxService
-
-    archive, identity = _service(settings)
+    archive, _identity = _service(settings)
     try:
-        rows = InboxService(archive.index, identity).messages(status=args.status, limit=args.limit)
+        rows = archive.services.records.hl7_messages(
+            cli_principal(), status=args.status, limit=args.limit
+        )
         keep = (
             "pk",
             "received_at",

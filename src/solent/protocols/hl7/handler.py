@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-
-from sqlalchemy import Connection
+from dataclasses import dataclass
 
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import IndexUnavailable
-from solent.index.sql import Index
 from solent.protocols.hl7 import er7
 from solent.protocols.hl7.ack import build_ack
 from solent.protocols.hl7.er7 import Message, MessageRejected
 from solent.protocols.hl7.senders import SenderGate
-from solent.services.identity import Change, IdentityService
-from solent.services.inbox import Envelope, InboxService, Outcome, Rejected
+from solent.services.identity import Change, PatientKey
+from solent.services.inbox import Apply, Envelope, Hl7Transaction, Outcome, Rejected
+from solent.services.registry import Services
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +36,43 @@ def _decode(data: bytes) -> str:
         return data.decode("latin-1")
 
 
+@dataclass(frozen=True, slots=True)
+class Speaker:
+    """The trust a feed speaks for (its registration), or a regional identity source (an
+    EMPI: registered without a trust, or named in SOLENT_HL7_LINK_SENDERS) that may link and
+    unlink records of any trust (issue 11)."""
+
+    trust: str | None
+    regional: bool
+
+    def require_own(self, what: str, *keys: PatientKey) -> None:
+        if self.regional:
+            return
+        foreign = sorted({k.issuer for k in keys if k.issuer != self.trust})
+        if foreign:
+            raise Rejected(
+                "AE",
+                f"{what} names records of {', '.join(foreign)}; this feed speaks for "
+                f"{self.trust} only. Cross-trust links come from a regional identity source "
+                "(register it without a trust: `solent hl7 sender add APP FACILITY --regional`) "
+                "or an administrator (POST /api/identity/link)",
+            )
+
+
 class Hl7Handler:
     """Stateless: any number of listeners in any number of processes may share an index."""
 
     def __init__(
         self,
-        index: Index,
+        services: Services,
         *,
         link_senders: tuple[str, ...] = (),
         gate: SenderGate | None = None,
     ) -> None:
-        self.index = index
+        self.directory = services.directory
         #: Security (issue 6): registered senders only (the listener passes one; None: no check).
         self.gate = gate
-        self.identity = IdentityService(index)
-        self.inbox = InboxService(index, self.identity)
+        self.inbox = services.inbox
         self.link_senders = link_senders
         self._known_trusts: set[str] = set()
 
@@ -67,14 +87,17 @@ class Hl7Handler:
             self._keep_rejected(env, exc.code, exc.reason)
             return build_ack(None, exc.code, exc.reason)
         h = msg.header
+        speaker = Speaker(h.sending_facility, h.sending_facility in self.link_senders)
         if self.gate is not None:
             try:
-                self.gate.check(h, remote)
+                row = self.gate.check(h, remote)
             except MessageRejected as exc:  # unknown sender: answered, audited, not journalled
                 return build_ack(msg, exc.code, exc.reason)
+            if row is not None:
+                speaker = Speaker(row.trust_code, row.trust_code is None or speaker.regional)
         env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, h.sending_facility)
         try:
-            apply = self._route(msg)
+            apply = self._route(msg, speaker)
         except MessageRejected as exc:
             outcome = self._reject_journalled(env, exc.code, exc.reason)
             return build_ack(msg, outcome.code, outcome.detail)
@@ -104,8 +127,9 @@ class Hl7Handler:
         principal = Principal(
             PrincipalKind.NODE, f"hl7:{h.sending_application}", h.sending_facility, address=remote
         )
+        speaker = Speaker(h.sending_facility, h.sending_facility in self.link_senders)
         try:
-            apply = self._route(msg)
+            apply = self._route(msg, speaker)
         except MessageRejected as exc:
             return self._reject_journalled(env, exc.code, exc.reason)
         return self.inbox.apply_journalled(pk, env, Change(principal, pk), apply)
@@ -133,37 +157,43 @@ class Hl7Handler:
         if earlier is not None and earlier["status"] != "received":
             return Outcome(earlier["ack_code"] or code, earlier["detail"] or reason, True)
 
-        def fail(conn: Connection, change: Change) -> str:
+        def fail(tx: Hl7Transaction) -> str:
             raise Rejected(code, reason)
 
         return self.inbox.apply_journalled(pk, env, Change(_nobody()), fail)
 
     # -- routing ---------------------------------------------------------------------------
 
-    def _route(self, msg: Message) -> Callable[[Connection, Change], str]:
+    def _route(self, msg: Message, speaker: Speaker) -> Apply:
         h = msg.header
         code, trigger = h.message_code.upper(), h.trigger.upper()
         if code == "ADT" and trigger in ("A24", "A37"):
             self._check_link_sender(h.sending_facility)
-            return lambda conn, change: self._link(msg, trigger, conn, change)
+            return lambda tx: self._link(msg, trigger, speaker, tx)
         self._check_trust(h.sending_facility)
+        if not speaker.regional and speaker.trust != h.sending_facility:
+            raise MessageRejected(
+                "AR",
+                f"this feed is registered for trust {speaker.trust}, but MSH-4 names "
+                f"{h.sending_facility}: a feed speaks for its own trust only",
+            )
         if code == "ADT" and trigger in ADT_UPDATES:
-            return lambda conn, change: self._update(msg, conn, change)
+            return lambda tx: self._update(msg, tx)
         if code == "ADT" and trigger == "A40":
-            return lambda conn, change: self._merge(msg, conn, change)
+            return lambda tx: self._merge(msg, tx)
         if code == "ADT" and trigger == "A47":
-            return lambda conn, change: self._renumber(msg, conn, change)
+            return lambda tx: self._renumber(msg, tx)
         if (code, trigger) in (("ORM", "O01"), ("OMI", "O23")):
-            return lambda conn, change: self._order(msg, conn, change)
+            return lambda tx: self._order(msg, tx)
         if (code, trigger) == ("ORU", "R01"):
-            return lambda conn, change: self._report(msg, conn, change)
+            return lambda tx: self._report(msg, tx)
         raise MessageRejected("AR", f"unsupported message type {h.message_type}")
 
     def _check_trust(self, facility: str) -> None:
         # Trusts are added, never removed, so a trust once seen needs no second look-up.
         if facility in self._known_trusts:
             return
-        if self.index.get_trust(facility) is None:
+        if self.directory.trust(facility) is None:
             raise MessageRejected(
                 "AR", f"MSH-4 sending facility {facility} is not a registered trust"
             )
@@ -176,50 +206,46 @@ class Hl7Handler:
 
     # -- ADT -------------------------------------------------------------------------------
 
-    def _update(self, msg: Message, conn: Connection, change: Change) -> str:
+    def _update(self, msg: Message, tx: Hl7Transaction) -> str:
         pid = msg.need("PID")
         key = er7.local_key(msg, pid, issuer=msg.header.sending_facility)
-        self.identity.update_record(key, er7.demographics(msg, pid), change, conn=conn)
+        tx.update_record(key, er7.demographics(msg, pid))
         return f"record {key} updated"
 
-    def _merge(self, msg: Message, conn: Connection, change: Change) -> str:
+    def _merge(self, msg: Message, tx: Hl7Transaction) -> str:
+        """Within one trust only: the identity service refuses (and queues) a cross-trust
+        merge, which is never what a feed may ask for."""
         pid, mrg = msg.need("PID"), msg.need("MRG")
         facility = msg.header.sending_facility
         target = er7.local_key(msg, pid, issuer=facility)
         source = er7.local_key(msg, mrg, issuer=None, n=1)
-        self.identity.merge(
-            target,
-            source,
-            er7.demographics(msg, pid),
-            change,
-            prior_name=er7.person_name(msg, mrg, 7),
-            conn=conn,
-        )
+        tx.merge(target, source, er7.demographics(msg, pid), er7.person_name(msg, mrg, 7))
         return f"{source} merged into {target}; {source.local_id} kept as a retired identifier"
 
-    def _renumber(self, msg: Message, conn: Connection, change: Change) -> str:
+    def _renumber(self, msg: Message, tx: Hl7Transaction) -> str:
         pid, mrg = msg.need("PID"), msg.need("MRG")
         facility = msg.header.sending_facility
         new = er7.local_key(msg, pid, issuer=facility)
         old = er7.local_key(msg, mrg, issuer=None, n=1)
-        self.identity.change_identifier(new, old, change, conn=conn)
+        tx.change_identifier(new, old)
         return f"identifier {old} changed to {new}"
 
-    def _link(self, msg: Message, trigger: str, conn: Connection, change: Change) -> str:
+    def _link(self, msg: Message, trigger: str, speaker: Speaker, tx: Hl7Transaction) -> str:
         pids = msg.all("PID")
         if len(pids) != 2:
             raise Rejected("AE", f"ADT^{trigger} needs exactly two PID segments")
         a = er7.local_key(msg, pids[0], issuer=None)
         b = er7.local_key(msg, pids[1], issuer=None)
+        speaker.require_own(f"ADT^{trigger}", a, b)
         if trigger == "A24":
-            self.identity.link(a, b, change, source="hl7:A24", conn=conn)
+            tx.link(a, b, source="hl7:A24")
             return f"{a} linked with {b}"
-        self.identity.unlink(a, b, change, source="hl7:A37", conn=conn)
+        tx.unlink(a, b, source="hl7:A37")
         return f"{a} unlinked from {b}"
 
     # -- orders ----------------------------------------------------------------------------
 
-    def _order(self, msg: Message, conn: Connection, change: Change) -> str:
+    def _order(self, msg: Message, tx: Hl7Transaction) -> str:
         facility = msg.header.sending_facility
         pid, orc = msg.need("PID"), msg.need("ORC")
         obr = msg.need("OBR")
@@ -244,19 +270,17 @@ class Hl7Handler:
             "procedure_code": obr.comp(4, 1) or None,
             "procedure_coding_system": obr.comp(4, 3) or None,
             "clinical_details": msg.text(obr.field(13)) or None,
-            "message_pk": change.message_pk,
+            "message_pk": tx.change.message_pk,
         }
         if control in ("CA", "DC", "OC", "OD"):
-            return self.inbox.order_status(conn, accession, facility, "DISCONTINUED", context)
+            return tx.order_status(accession, facility, "DISCONTINUED", context)
         if control == "SC" and orc.comp(5) in ORDER_STATUS:
-            return self.inbox.order_status(
-                conn, accession, facility, ORDER_STATUS[orc.comp(5)], context
-            )
+            return tx.order_status(accession, facility, ORDER_STATUS[orc.comp(5)], context)
         if control not in ("NW", "XO", ""):
             raise Rejected("AE", f"unsupported order control ORC-1 {control}")
         demo = er7.demographics(msg, pid)
-        if self.identity.resolve(key.issuer, key.local_id, conn=conn) is None:
-            self.identity.update_record(key, demo, change, conn=conn)
+        if tx.resolve(key.issuer, key.local_id) is None:
+            tx.update_record(key, demo)
         start = er7.first_nonempty(
             tq1.comp(7) if tq1 else "", orc.comp(7, 4), obr.comp(27, 4), obr.comp(7)
         )
@@ -298,11 +322,11 @@ class Hl7Handler:
             and obr.comp(4, 2)[:64],
             "scheduled_station_ae_title": (ipc.comp(9) if ipc else "")[:16] or None,
         }
-        return self.inbox.place_order(conn, change, order, context)
+        return tx.place_order(order, context)
 
     # -- reports ---------------------------------------------------------------------------
 
-    def _report(self, msg: Message, conn: Connection, change: Change) -> str:
+    def _report(self, msg: Message, tx: Hl7Transaction) -> str:
         facility = msg.header.sending_facility
         pid, obr = msg.need("PID"), msg.need("OBR")
         key = er7.local_key(msg, pid, issuer=facility)
@@ -335,9 +359,9 @@ class Hl7Handler:
             "text": "\n".join(lines),
             "interpreter": "^".join(interpreter[1:4]).rstrip("^")[:200] or None,
             "observed_at": (obr.comp(22) or obr.comp(7))[:26] or None,
-            "message_pk": change.message_pk,
+            "message_pk": tx.change.message_pk,
         }
-        return self.inbox.file_report(conn, report, key)
+        return tx.file_report(report, key)
 
 
 def _max(value: str, length: int, what: str) -> str:

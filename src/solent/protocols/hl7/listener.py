@@ -15,10 +15,10 @@ import socketserver
 import threading
 from typing import Any
 
-from solent.app import Archive
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.mllp import Deframer, FramingError, frame
 from solent.protocols.hl7.senders import SenderGate
+from solent.services.registry import Services
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +93,17 @@ class Hl7Listener:
 
     name = "hl7"
 
-    def __init__(self, archive: Archive) -> None:
-        self.archive = archive
-        link_senders = archive.settings.hl7_link_senders
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        settings = services.settings
+        link_senders = settings.hl7_link_senders
         self.handler = Hl7Handler(
-            archive.index,
+            services,
             link_senders=tuple(s.strip() for s in str(link_senders).split(",") if s.strip()),
             gate=SenderGate(
-                archive.index, allow_unknown=archive.settings.hl7_allow_unknown_senders
+                services.directory,
+                services.audit,
+                allow_unknown=settings.hl7_allow_unknown_senders,
             ),
         )
         self._server: _Server | None = None
@@ -110,7 +113,7 @@ class Hl7Listener:
         recovered = self.handler.recover()
         if recovered:
             log.info("applied %d HL7 message(s) journalled before a restart", recovered)
-        settings = self.archive.settings
+        settings = self.services.settings
         self._server = _Server(
             (settings.bind_address, settings.hl7_port), self.handler, settings.hl7_max_connections
         )

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 
 from solent.domain.principal import Principal, PrincipalKind
-from solent.index.hl7_senders import SenderRow, find_sender
-from solent.index.sql import Index
+from solent.domain.records import SenderRow
 from solent.protocols.hl7.er7 import Header, MessageRejected
 from solent.security.addresses import host_matches
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail
+from solent.services.directory import Directory
 from solent.ttl_cache import TtlCache
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,17 @@ def peer_host(remote: str | None) -> str:
 
 
 class SenderGate:
-    def __init__(self, index: Index, *, allow_unknown: bool = False) -> None:
-        self.index = index
+    def __init__(
+        self, directory: Directory, audit: AuditTrail, *, allow_unknown: bool = False
+    ) -> None:
+        self.directory = directory
         self.allow_unknown = allow_unknown
-        self.audit = AuditTrail(index)
+        self.audit = audit
         self._senders: TtlCache[SenderRow | None] = TtlCache(CACHE_S, limit=1000)
 
     def _lookup(self, application: str, facility: str) -> SenderRow | None:
         return self._senders.get(
-            (application, facility), lambda: find_sender(self.index, application, facility)
+            (application, facility), lambda: self.directory.sender(application, facility)
         )
 
     def check(self, header: Header, remote: str | None) -> SenderRow | None:

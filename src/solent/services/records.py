@@ -1,0 +1,453 @@
+"""Regional record reads for FHIR, IHE IID and the identity API: the one door to them.
+
+Every method takes the caller, keeps only the records the one access rule lets them see, and
+writes one audit record naming the patient. What the caller may not see answers exactly like
+what does not exist (``NotVisible``), so no search, count, redirect or error body tells another
+trust's patients apart from nobody (issue 11). Adapters translate the plain dicts returned here
+into their protocol; they never see a record the rule has not passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from solent.domain import nhs_number as nhs
+from solent.domain.principal import Principal
+from solent.errors import InvalidInput
+from solent.services.access import AccessDenied, AccessService, NotVisible, Permission
+from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef
+from solent.services.identity import IdentityService
+from solent.services.inbox import InboxService
+from solent.services.query import QueryService
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """The records of one person the caller may see, and the record the caller named."""
+
+    pks: frozenset[int]
+    ref: PatientRef
+
+
+class RecordService:
+    def __init__(
+        self,
+        identity: IdentityService,
+        inbox: InboxService,
+        access: AccessService,
+        audit: AuditTrail,
+        query: QueryService,
+    ) -> None:
+        self.query = query
+        self.identity = identity
+        self.inbox = inbox
+        self.access = access
+        self.audit = audit
+
+    # -- who is meant ------------------------------------------------------------------------
+
+    def person(
+        self,
+        principal: Principal,
+        *,
+        nhs_number: str | None = None,
+        issuer: str | None = None,
+        local_id: str | None = None,
+        patient_pk: int | None = None,
+        action: AuditAction = AuditAction.QUERY,
+    ) -> Person:
+        """The visible records of the person named by NHS number, (issuer, local ID) or record
+        key. Not audited here: the read that follows writes the one record naming them."""
+        self.access.require(principal, Permission.READ, f"{action.value} of patient data")
+        candidates: set[int]
+        if nhs_number is not None:
+            number = nhs.normalise(nhs_number)
+            if not nhs.is_valid(number):
+                raise InvalidInput(f"{nhs_number!r} is not a valid NHS number (modulus 11)")
+            candidates = self.identity.by_nhs_number(number)
+        elif patient_pk is not None:
+            candidates = (
+                self.identity.linked_patient_pks(patient_pk)
+                if self.access.visible_among(principal, [patient_pk])
+                else set()
+            )
+        elif issuer and local_id:
+            found = self.identity.resolve(issuer, local_id)
+            candidates = set()
+            if found is not None and self.access.visible_among(principal, [found.patient_pk]):
+                candidates = self.identity.linked_patient_pks(found.patient_pk)
+        else:
+            raise InvalidInput("name the patient: an NHS number, or a local ID with its issuer")
+        visible = self.access.visible_among(principal, candidates)
+        if not visible:
+            if candidates:
+                self.audit.record(
+                    principal,
+                    AuditAction.PERMISSION_DENIED,
+                    AuditOutcome.DENIED,
+                    patient=self._ref_of(candidates, nhs_number),
+                    detail={"attempted": action.value},
+                )
+            raise self.access.not_found(principal, "patient")
+        return Person(frozenset(visible), self._ref_of(visible, nhs_number, issuer, local_id))
+
+    def _ref_of(
+        self,
+        pks: Iterable[int],
+        number: str | None = None,
+        issuer: str | None = None,
+        local_id: str | None = None,
+    ) -> PatientRef:
+        """The record to name in the audit trail: the one asked for, else the oldest."""
+        rows = [r["record"] for r in (self.identity.record(pk) for pk in sorted(pks)) if r]
+        named = next(
+            (r for r in rows if (r["issuer"], r["local_id"]) == (issuer, local_id)),
+            rows[0] if rows else None,
+        )
+        if named is None:
+            n = nhs.normalise(number or "")
+            return PatientRef(nhs.NHS_ISSUER, n, n)
+        return PatientRef(named["issuer"], named["local_id"], named["nhs_number"] or number)
+
+    def _audit(
+        self,
+        principal: Principal,
+        person: Person,
+        what: str,
+        *,
+        action: AuditAction = AuditAction.QUERY,
+        **detail: Any,
+    ) -> None:
+        self.audit.record(
+            principal,
+            action,
+            patient=person.ref,
+            detail={"read": what, "records": len(person.pks), **detail},
+        )
+
+    # -- the JSON API's patient and study lists -----------------------------------------------
+
+    def patient_list(self, principal: Principal, *, limit: int, offset: int) -> list[Any]:
+        """Patients the caller may see, one audit record for the query."""
+        self.access.require(principal, Permission.READ, "listing patients")
+        rows = self.query.list_patients(principal, limit=limit, offset=offset)
+        self.audit.record(
+            principal, AuditAction.QUERY, detail={"api": "patients", "results": len(rows)}
+        )
+        return rows
+
+    def study_list(
+        self,
+        principal: Principal,
+        *,
+        nhs_number: str | None,
+        issuer: str | None,
+        local_id: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[Any]:
+        """Studies the caller may see, by patient; the audit record names the patient asked
+        for when the request names one."""
+        self.access.require(principal, Permission.READ, "searching studies")
+        rows = self.query.list_studies(
+            principal,
+            nhs_number=nhs_number,
+            issuer=issuer,
+            local_id=local_id,
+            limit=limit,
+            offset=offset,
+        )
+        patient = PatientRef(issuer, local_id, nhs_number) if issuer and local_id else None
+        if patient is None and nhs_number:
+            patient = PatientRef(nhs.NHS_ISSUER, nhs_number, nhs_number)
+        self.audit.record(
+            principal,
+            AuditAction.QUERY,
+            patient=patient,
+            detail={"api": "studies", "results": len(rows)},
+        )
+        return rows
+
+    def study_detail(
+        self, principal: Principal, study_uid: str, *, purpose: str | None = None
+    ) -> Any:
+        """One study with its patient; unknown and not visible answer alike."""
+        patient = self.access.check_study(principal, study_uid, AuditAction.VIEW, purpose=purpose)
+        rows = self.query.list_studies(
+            principal, issuer=patient.issuer, local_id=patient.local_id, limit=1000
+        )
+        found = next((r for r in rows if r["study_uid"] == study_uid), None)
+        if found is None:  # removed between the check and the read
+            raise self.access.not_found(principal, f"study {study_uid}")
+        self.audit.record(
+            principal, AuditAction.VIEW, patient=patient, study_uid=study_uid, purpose=purpose
+        )
+        return found
+
+    # -- identity API --------------------------------------------------------------------------
+
+    def person_view(self, principal: Principal, person: Person) -> dict[str, Any]:
+        """Everything held on the person that the caller may see, with reports and orders."""
+        view = self.identity.person(person.pks)
+        view["studies"] = [self._with_reports(s) for s in view["studies"]]
+        idents = [(r["issuer"], r["local_id"]) for r in view["records"]]
+        view["orders"] = self.inbox.orders(idents)
+        self._audit(principal, person, "identity/person", studies=len(view["studies"]))
+        return view
+
+    def _with_reports(self, study: dict[str, Any]) -> dict[str, Any]:
+        issuer = study["accession_issuer"] or study["trust_code"]
+        accession = study["accession_number"]
+        return {**study, "reports": self.inbox.reports(accession, issuer) if accession else []}
+
+    def links(self, principal: Principal, issuer: str, local_id: str) -> list[dict[str, Any]]:
+        person = self.person(principal, issuer=issuer, local_id=local_id)
+        found = self.identity.resolve(issuer, local_id)
+        assert found is not None  # person() passed, so it resolves
+        out = self.identity.links_of(found.patient_pk)
+        self._audit(principal, person, "identity/links", action=AuditAction.VIEW)
+        return out
+
+    def history(self, principal: Principal, issuer: str, local_id: str) -> list[dict[str, Any]]:
+        person = self.person(principal, issuer=issuer, local_id=local_id)
+        found = self.identity.resolve(issuer, local_id)
+        assert found is not None
+        out = self.identity.history(found.patient_pk)
+        self._audit(principal, person, "identity/history", action=AuditAction.VIEW)
+        return out
+
+    # -- patients and studies (FHIR, IID) ------------------------------------------------------
+
+    def patient_records(self, principal: Principal, person: Person) -> list[dict[str, Any]]:
+        """The visible records of a person, each with retired IDs, links and contact."""
+        out = []
+        for pk in sorted(person.pks):
+            found = self.identity.record(pk)
+            if found is not None:
+                found["linked"] = [p for p in found["linked"] if p in person.pks]
+                out.append(found)
+        self._audit(principal, person, "patient", results=len(out))
+        return out
+
+    def patient_record(self, principal: Principal, patient_pk: int) -> dict[str, Any]:
+        """One record by key (FHIR Patient/{id}), with only the links the caller may see."""
+        person = self.person(principal, patient_pk=patient_pk)
+        found = self.identity.record(patient_pk)
+        if found is None:  # removed between the two reads
+            raise self.access.not_found(principal, "patient")
+        found["linked"] = [p for p in found["linked"] if p in person.pks]
+        self._audit(principal, person, "patient", action=AuditAction.VIEW)
+        return found
+
+    def person_studies(
+        self, principal: Principal, person: Person, what: str = "studies"
+    ) -> list[dict[str, Any]]:
+        """The person's studies the caller may see, newest first, each with its series."""
+        studies = self.identity.studies(person.pks)
+        out = [{**s, "series": self.identity.series(int(s["study_pk"]))} for s in studies]
+        self._audit(principal, person, what, results=len(out))
+        return out
+
+    def study(self, principal: Principal, study_pk: int) -> dict[str, Any]:
+        """One study by key (FHIR ImagingStudy/{id}) with its series; audited as a view."""
+        summary = self.identity.study_summary(study_pk)
+        if summary is None:
+            raise self.access.not_found(principal, "study")
+        uid = summary["study_uid"]
+        try:
+            patient = self.access.check_study(principal, uid, AuditAction.VIEW)
+        except NotVisible:
+            raise self.access.not_found(principal, "study") from None
+        self.audit.record(principal, AuditAction.VIEW, patient=patient, study_uid=uid)
+        return {**summary, "series": self.identity.series(study_pk)}
+
+    def studies_by_uid_or_accession(
+        self,
+        principal: Principal,
+        *,
+        study_uids: Iterable[str] = (),
+        accession: tuple[str, str] | None = None,
+        trust: str | None = None,
+        action: AuditAction = AuditAction.QUERY,
+        with_series: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Visible studies named by UID (at ``trust`` when given) or by (accession, issuer);
+        one audit record per study returned."""
+        self.access.require(principal, Permission.READ, f"{action.value} of patient data")
+        rows: list[dict[str, Any]] = []
+        for uid in study_uids:
+            row = self.identity.study(uid)
+            if row is not None and (trust is None or row["trust_code"] == trust):
+                rows.append(row)
+        if accession is not None:
+            rows += self.identity.studies_by_accession(*accession)
+        visible = self.access.visible_among(principal, {int(r["patient_pk"]) for r in rows})
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for row in rows:
+            if int(row["patient_pk"]) not in visible or row["study_uid"] in seen:
+                continue
+            seen.add(row["study_uid"])
+            summary = self.identity.study_summary(int(row["pk"]))
+            if summary is None:
+                continue
+            if with_series:
+                summary = {**summary, "series": self.identity.series(int(row["pk"]))}
+            out.append(summary)
+            self.audit.record(
+                principal,
+                action,
+                patient=PatientRef(summary["issuer"], summary["local_id"], summary["nhs_number"]),
+                study_uid=row["study_uid"],
+            )
+        out.sort(key=lambda s: (s["study_date"] or "", s["study_time"] or ""), reverse=True)
+        return out
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def person_reports(self, principal: Principal, person: Person) -> list[dict[str, Any]]:
+        """Current versions of the reports of the person's visible studies."""
+        out = []
+        for s in self.identity.studies(person.pks):
+            if not s["accession_number"]:
+                continue
+            issuer = s["accession_issuer"] or s["trust_code"]
+            for r in self.inbox.reports(s["accession_number"], issuer):
+                if not r["superseded"]:
+                    out.append({"report": r, "study": s})
+        self._audit(principal, person, "reports", results=len(out))
+        return out
+
+    def _report_visible(self, principal: Principal, report: dict[str, Any]) -> PatientRef | None:
+        """A report is visible when its study's patient is, or (no study yet) the patient the
+        report names is; None otherwise."""
+        studies = self.identity.studies_by_accession(
+            report["accession_number"], report["accession_issuer"]
+        )
+        pks = {int(s["patient_pk"]) for s in studies}
+        if not studies and report["patient_issuer"] and report["patient_id"]:
+            found = self.identity.resolve(report["patient_issuer"], report["patient_id"])
+            pks = {found.patient_pk} if found else set()
+        if not self.access.visible_among(principal, pks):
+            return None
+        return PatientRef(report["patient_issuer"] or "", report["patient_id"] or "")
+
+    def report(self, principal: Principal, report_pk: int) -> dict[str, Any]:
+        """One report version (FHIR DiagnosticReport/{id}) with its study, if any."""
+        self.access.require(principal, Permission.READ, "reading a report")
+        report = self.inbox.report(report_pk)
+        patient = self._report_visible(principal, report) if report else None
+        if report is None or patient is None:
+            raise self.access.not_found(principal, "report")
+        studies = self.identity.studies_by_accession(
+            report["accession_number"], report["accession_issuer"]
+        )
+        study = studies[0] if studies else None
+        self.audit.record(
+            principal,
+            AuditAction.VIEW,
+            patient=patient,
+            study_uid=study["study_uid"] if study else None,
+            detail={"report": report_pk},
+        )
+        return {"report": report, "study": study}
+
+    def report_versions(
+        self, principal: Principal, accession: str, issuer: str
+    ) -> list[dict[str, Any]]:
+        """Every version of the report for (accession, issuer), oldest first."""
+        self.access.require(principal, Permission.READ, "reading reports")
+        versions = self.inbox.reports(accession, issuer)
+        patient = self._report_visible(principal, versions[-1]) if versions else None
+        if patient is None:
+            raise self.access.not_found(principal, "report")
+        self.audit.record(
+            principal,
+            AuditAction.VIEW,
+            patient=patient,
+            detail={"reports": f"{accession}/{issuer}", "versions": len(versions)},
+        )
+        return versions
+
+    def unmatched_reports(self, principal: Principal) -> list[dict[str, Any]]:
+        """Reports that name no stored study yet, limited to patients the caller may see."""
+        self.access.require(principal, Permission.READ, "reading unmatched reports")
+        out = [r for r in self.inbox.unmatched_reports() if self._report_visible(principal, r)]
+        for r in out:
+            self.audit.record(
+                principal,
+                AuditAction.QUERY,
+                patient=PatientRef(r["patient_issuer"] or "", r["patient_id"] or ""),
+                detail={"read": "reports/unmatched", "report": r["pk"]},
+            )
+        return out
+
+    # -- identity stewardship ------------------------------------------------------------------
+
+    def require_steward(self, principal: Principal, what: str, *issuers: str) -> None:
+        """Identity changes by a person: administrators only, and a trust's administrator
+        only on records its trust issued (a regional administrator, no trust, on any)."""
+        self.access.require(principal, Permission.ADMIN, what)
+        foreign = sorted({i for i in issuers if principal.trust and i != principal.trust})
+        if foreign:
+            raise AccessDenied(
+                f"{what}: records of {', '.join(foreign)} are managed by that trust's "
+                "administrators or a regional administrator"
+            )
+
+    # -- work queue and the HL7 journal --------------------------------------------------------
+
+    def work_queue(self, principal: Principal, *, status: str | None) -> list[dict[str, Any]]:
+        """Identity conflicts: readers see items about patients they may see; a trust's
+        administrator those raised at their trust (a regional administrator, every item)."""
+        items = self.identity.work_queue(status=status)
+        admin = self.access.permits(principal, Permission.ADMIN)
+        reader = self.access.permits(principal, Permission.READ)
+        if not (admin or reader):
+            self.access.require(principal, Permission.READ, "viewing the data-quality queue")
+        scope = self.access.scope(principal)
+        pks = {int(i["patient_pk"]) for i in items if i["patient_pk"] is not None}
+        visible = self.access.visible_among(principal, pks) if reader else set()
+
+        def shown(item: dict[str, Any]) -> bool:
+            if admin and (principal.trust is None or item["issuer"] == principal.trust):
+                return True
+            if not reader:
+                return False
+            if item["patient_pk"] is not None:
+                return int(item["patient_pk"]) in visible
+            return scope.unrestricted or item["issuer"] in scope.trusts
+
+        out = [i for i in items if shown(i)]
+        for item in out:
+            self.audit.record(
+                principal,
+                AuditAction.QUERY,
+                patient=PatientRef(item["issuer"] or "", item["local_id"] or "", item["nhs_number"])
+                if item["local_id"]
+                else None,
+                detail={"read": "data-quality", "item": item["pk"]},
+            )
+        return out
+
+    def hl7_messages(
+        self, principal: Principal, *, status: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Raw HL7 messages (patient data): administrators only, their trust's senders only
+        (a regional administrator: all), and every read audited."""
+        self.access.require(principal, Permission.ADMIN, "reading the HL7 journal")
+        rows = self.inbox.messages(status=status, limit=limit)
+        if principal.trust is not None:
+            rows = [r for r in rows if (r["sender"] or "").split("^")[-1] == principal.trust]
+        self.audit.record(
+            principal,
+            AuditAction.QUERY,
+            detail={
+                "read": "hl7/messages",
+                "status": status,
+                "messages": [r["pk"] for r in rows],
+            },
+        )
+        return rows

@@ -1,0 +1,257 @@
+"""Issue 11 findings, each as a regression test: a ZZA clinician probing patients who only have
+records at other trusts learns nothing (status, headers and body as for nobody), and every read
+that does return patient data leaves an audit record naming the patient.
+
+Demo data: Alice has records at ZZA and ZZB (same traced NHS number); Bob only at ZZB; Carol at
+ZZC and ZZD; David only at ZZD.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from solent.app import Archive
+from solent.demo import ALICE, CAROL
+from solent.domain.principal import SYSTEM
+from solent.protocols.hl7.handler import Hl7Handler
+from solent.protocols.hl7.senders import SenderGate
+from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template, study_of
+
+FHIR_NHS = "https://fhir.nhs.uk/Id/nhs-number"
+LOCAL = "127.0.0.1:40000"
+
+__all__ = ["demo", "demo_client", "demo_template"]
+
+
+def _pk(archive: Archive, issuer: str, local_id: str) -> int:
+    found = archive.services.identity.resolve(issuer, local_id)
+    assert found is not None
+    return found.patient_pk
+
+
+def _study_pk(archive: Archive, uid: str) -> int:
+    row = archive.services.identity.study(uid)
+    assert row is not None
+    return int(row["pk"])
+
+
+def _nhs_of(archive: Archive, issuer: str, local_id: str) -> str:
+    rec = archive.services.identity.record(_pk(archive, issuer, local_id))
+    assert rec is not None
+    return str(rec["record"]["nhs_number"])
+
+
+def _entries(r: Any) -> list[dict[str, Any]]:
+    assert r.status_code == 200, r.text
+    return list(r.json().get("entry", []))
+
+
+def _handler(archive: Archive) -> Hl7Handler:
+    s = archive.services
+    return Hl7Handler(
+        s,
+        link_senders=("ZZX",),
+        gate=SenderGate(s.directory, s.audit),
+    )
+
+
+def _ack(reply: str) -> tuple[str, str]:
+    msa = next(seg for seg in reply.split("\r") if seg.startswith("MSA|")).split("|")
+    return msa[1], msa[3] if len(msa) > 3 else ""
+
+
+def test_fhir_searches_name_nobody_outside_the_relationship(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    bob = _pk(demo, "ZZB", "B7730444")
+    bob_nhs = _nhs_of(demo, "ZZB", "B7730444")
+    c = demo_client
+    # Counting _id up lists nobody the caller may not see.
+    assert _entries(c.get(f"/fhir/Patient?_id={bob}", headers=h)) == []
+    assert _entries(c.get(f"/fhir/Patient?identifier={FHIR_NHS}|{bob_nhs}", headers=h)) == []
+    assert _entries(c.get(f"/fhir/ImagingStudy?patient=Patient/{bob}", headers=h)) == []
+    q = f"patient.identifier={FHIR_NHS}|{CAROL}"
+    assert _entries(c.get(f"/fhir/ImagingStudy?{q}", headers=h)) == []
+    assert _entries(c.get(f"/fhir/DiagnosticReport?{q}", headers=h)) == []
+    # The same searches for Alice (a linked record) find her, at both trusts.
+    alice = _entries(c.get(f"/fhir/ImagingStudy?patient.identifier={FHIR_NHS}|{ALICE}", headers=h))
+    assert len(alice) >= 2
+
+
+def test_direct_reads_answer_like_unknown_without_an_oracle(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    bob_uid = study_of(demo, "ZZB", "B7730444")
+    bob_study = _study_pk(demo, bob_uid)
+    for path, unknown in (
+        (f"/fhir/ImagingStudy/{bob_study}", "/fhir/ImagingStudy/987654321"),
+        (f"/fhir/Patient/{_pk(demo, 'ZZB', 'B7730444')}", "/fhir/Patient/987654321"),
+    ):
+        hidden, missing = demo_client.get(path, headers=h), demo_client.get(unknown, headers=h)
+        assert hidden.status_code == missing.status_code == 404
+        assert hidden.content == missing.content
+        assert bob_uid not in hidden.text
+    denied = demo.audit.search(action="permission-denied", actor_name="drza")
+    assert denied, "a refused read is audited"
+
+
+def test_identity_api_is_scoped_to_the_relationship(demo: Archive, demo_client: TestClient) -> None:
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    c = demo_client
+    bob_nhs = _nhs_of(demo, "ZZB", "B7730444")
+    hidden = c.get("/api/identity/person", params={"nhs_number": bob_nhs}, headers=h)
+    unknown = c.get("/api/identity/person", params={"nhs_number": "9434765919"}, headers=h)
+    assert hidden.status_code == unknown.status_code == 404
+    assert hidden.json() == unknown.json()
+    r = c.get("/api/identity/person", params={"nhs_number": ALICE}, headers=h)
+    assert r.status_code == 200
+    assert {rec["issuer"] for rec in r.json()["records"]} == {"ZZA", "ZZB"}
+    for path in ("/api/identity/links", "/api/identity/history"):
+        params = {"issuer": "ZZB", "patient_id": "B7730444"}
+        assert c.get(path, params=params, headers=h).status_code == 404
+    queue = c.get("/api/identity/data-quality", headers=h)
+    assert queue.status_code == 200
+    assert all(item["issuer"] in ("ZZA", "ZZB", None) for item in queue.json())
+
+
+def test_reports_of_other_trusts_patients_are_not_readable(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    # ZZC's RIS files a report for Carol before any image arrives (no study yet).
+    oru = (
+        "MSH|^~\\&|RIS|ZZC|PACS|ZZX|20250314153000||ORU^R01^ORU_R01|C-R1|P|2.4\r"
+        f"PID|1||C-55501^^^ZZC^MR~{CAROL}^^^NHS^NH||DEMO^CAROL^ANNE||20020615|F\r"
+        "OBR|1||ZZC900001|XR^Chest XR|||20250314||||||||||ZZC900001||||20250314||CR|F\r"
+        "OBX|1|TX|XR||Secret finding about Carol||||||F\r"
+    )
+    code, text = _ack(_handler(demo).handle(oru, LOCAL))
+    assert code == "AA", text
+    (report,) = demo.services.inbox.unmatched_reports()
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    c = demo_client
+    hidden = c.get(f"/fhir/DiagnosticReport/{report['pk']}", headers=h)
+    missing = c.get("/fhir/DiagnosticReport/987654321", headers=h)
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.content == missing.content
+    assert c.get("/api/identity/reports/unmatched", headers=h).json() == []
+    params = {"accession": "ZZC900001", "issuer": "ZZC"}
+    assert c.get("/api/identity/reports", params=params, headers=h).status_code == 404
+    # ZZC's own clinician reads it, and the read is audited naming Carol.
+    hc = add_user(demo, "drzc", "ZZC", "clinician")
+    r = c.get(f"/fhir/DiagnosticReport/{report['pk']}", headers=hc)
+    assert r.status_code == 200 and "Secret finding" in r.text
+    views = demo.audit.search(actor_name="drzc", patient_id="C-55501")
+    assert any(v["action"] == "view" for v in views)
+
+
+def test_iid_patient_launch_reveals_no_study_of_another_trust(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    bob_nhs = _nhs_of(demo, "ZZB", "B7730444")
+    bob_uid = study_of(demo, "ZZB", "B7730444")
+    r = demo_client.get(
+        "/IHEInvokeImageDisplay",
+        params={"requestType": "PATIENT", "patientID": f"{bob_nhs}^^^NHS"},
+        headers=h,
+        follow_redirects=False,
+    )
+    assert r.status_code == 404
+    assert "location" not in r.headers and bob_uid not in r.text
+    r = demo_client.get(
+        "/IHEInvokeImageDisplay",
+        params={"requestType": "PATIENT", "patientID": f"{ALICE}^^^NHS"},
+        headers=h,
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    assert study_of(demo, "ZZB", "B7730021") in r.headers["location"]
+
+
+def test_a_trust_feed_cannot_link_or_unlink_other_trusts_records(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    handler = _handler(demo)
+    a24 = (
+        "MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250314120000||ADT^A24^ADT_A24|ZA-L1|P|2.4\r"
+        "EVN|A24|20250314120000\r"
+        "PID|1||A100001^^^ZZA^MR||DEMO^ALICE||19580312|F\r"
+        "PID|2||C-55501^^^ZZC^MR||DEMO^CAROL^ANNE||20020615|F\r"
+    )
+    code, text = _ack(handler.handle(a24, LOCAL))
+    assert code == "AE" and "speaks for ZZA only" in text
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    carol_uid = study_of(demo, "ZZC", "C-55501")
+    assert demo_client.get(f"/api/studies/{carol_uid}", headers=h).status_code == 404
+    a37 = (
+        "MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250314120000||ADT^A37^ADT_A37|ZA-U1|P|2.4\r"
+        "EVN|A37|20250314120000\r"
+        "PID|1||C-55501^^^ZZC^MR||DEMO^CAROL^ANNE||20020615|F\r"
+        "PID|2||D000777^^^ZZD^MR||DEMO^CAROL^ANNE||20020615|F\r"
+    )
+    code, text = _ack(handler.handle(a37, LOCAL))
+    assert code == "AE"
+    carol = demo.services.identity.linked_patient_pks(_pk(demo, "ZZC", "C-55501"))
+    assert _pk(demo, "ZZD", "D000777") in carol  # still linked
+    # The regional identity source (EMPI, registered without a trust) may link across trusts.
+    empi = a24.replace("|PAS|ZZA|", "|EMPI|ZZX|").replace("ZA-L1", "X-L1")
+    code, text = _ack(handler.handle(empi, LOCAL))
+    assert code == "AA", text
+
+
+def test_an_order_does_not_open_another_trusts_patient_without_evidence(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    orm = (
+        "MSH|^~\\&|RIS|ZZA|PACS|ZZX|20250314113000||ORM^O01^ORM_O01|ZA-O1|P|2.4\r"
+        f"PID|1||A999001^^^ZZA^MR~{CAROL}^^^NHS^NH||FAKE^PERSON||19000101|M\r"
+        "ORC|NW|P1|ZZA0001||SC||^^^20250314113500^^S\r"
+        "OBR|1|P1|ZZA0001|XR^Chest XR|||20250314113500|||||||||||ZZA0001|RP1|SPS1||||CR\r"
+    )
+    code, text = _ack(_handler(demo).handle(orm, LOCAL))
+    assert code == "AA", text
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    carol_uid = study_of(demo, "ZZC", "C-55501")
+    assert demo_client.get(f"/api/studies/{carol_uid}", headers=h).status_code == 404
+    found = demo_client.get("/api/studies", params={"limit": 1000}, headers=h).json()
+    assert carol_uid not in {s["study_uid"] for s in found}
+
+
+def test_reads_name_the_patient_in_the_audit_trail(demo: Archive, demo_client: TestClient) -> None:
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    alice = _pk(demo, "ZZB", "B7730021")
+    alice_uid = study_of(demo, "ZZB", "B7730021")
+    c = demo_client
+    assert c.get(f"/fhir/ImagingStudy/{_study_pk(demo, alice_uid)}", headers=h).status_code == 200
+    assert _entries(c.get(f"/fhir/Patient?_id={alice}", headers=h))
+    params = {"issuer": "ZZB", "patient_id": "B7730021"}
+    assert c.get("/api/identity/links", params=params, headers=h).status_code == 200
+    assert c.get("/api/identity/history", params=params, headers=h).status_code == 200
+    rows = demo.audit.search(actor_name="drza")
+    named = [r for r in rows if r["action"] in ("view", "query") and r["patient_id"]]
+    assert {r["patient_id"] for r in named} >= {"B7730021"}
+    assert len(named) >= 4
+
+
+def test_raw_hl7_messages_are_audited_and_scoped_to_the_admins_trust(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    handler = _handler(demo)
+    for trust, control in (("ZZA", "M-A"), ("ZZC", "M-C")):
+        msg = (
+            f"MSH|^~\\&|PAS|{trust}|PACS|ZZX|20250101||ADT^A28^ADT_A05|{control}|P|2.4\r"
+            f"PID|1||{control}^^^{trust}^MR||DOE^JANE||19800101|F\r"
+        )
+        assert _ack(handler.handle(msg, LOCAL))[0] == "AA"
+    admin = add_user(demo, "adminza", "ZZA", "pacs_admin")
+    r = demo_client.get("/api/identity/hl7/messages", headers=admin)
+    assert r.status_code == 200
+    assert {m["control_id"] for m in r.json()} == {"M-A"}
+    assert demo.audit.search(actor_name="adminza", action="query")
+    clinician = add_user(demo, "drza", "ZZA", "clinician")
+    assert demo_client.get("/api/identity/hl7/messages", headers=clinician).status_code == 403
+    assert SYSTEM.trust is None
