@@ -16,6 +16,7 @@ COMMANDS = {
     "dicomweb": ("bench.dicomweb", "DICOMweb metadata, WADO-RS, frames, thumbnails vs Orthanc"),
     "import": ("bench.import_ct", "solent import of a 300-slice CT, SQLite and PostgreSQL"),
     "header_patch": ("bench.header_patch", "outgoing identity patch per instance, 300-slice CT"),
+    "viewer": ("bench.viewer", "browser viewer: first image and full 100-slice CT, loopback + WAN"),
 }
 ALL = "all"  # every command above, in order, with its default arguments
 DEFAULT = "compare"  # issue 7: `make bench` is Solent vs Orthanc side by side

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -127,6 +129,11 @@ def image_index(page: Any, label: str = "Current") -> int:
 
 
 def shot(page: Any, out: Path, name: str) -> Path:
+    """A named screenshot in the test's output dir; also in $SOLENT_DOCS_SCREENSHOTS when set
+    (how docs/img/viewer-*.png are made)."""
     path = out / f"{name}.png"
     page.screenshot(path=str(path))
+    docs = os.environ.get("SOLENT_DOCS_SCREENSHOTS")
+    if docs:
+        shutil.copyfile(path, Path(docs) / f"viewer-{name}.png")
     return path

@@ -128,7 +128,7 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
   const open = async (studyUid: string, itemId: number | null, follow: boolean) => {
     view = await studyView(stage, studyUid, { onChange: sendView, follow, itemId, prior: null });
     view?.main.element.parentElement?.append(pointer);
-    if (view && !follow) {
+    if (view) {
       view.main.element.addEventListener('mousemove', (e) => {
         if (!isPresenter()) return;
         const r = view!.main.element.getBoundingClientRect();
@@ -224,11 +224,9 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
       case 'presenter':
         presenter = msg.presenter;
         render();
-        if (isPresenter() && view) {
-          // The new presenter continues from what everyone sees and drives it from now on.
-          const current = view.main.state();
-          void open(current.study_uid, current.item_id, false).then(() => view?.apply(current));
-        }
+        // The new presenter continues from what everyone sees and drives it from now on.
+        opening = opening.then(() => view?.setFollow(!isPresenter()));
+        pointer.hidden = true;
         break;
       case 'participants':
         participants = msg.participants;

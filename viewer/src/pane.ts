@@ -1,6 +1,6 @@
 // One image viewport: a series as a stack, its overlays and its thumbnails.
 
-import { Enums, metaData, utilities as csUtils, type RenderingEngine, type StackViewport, type Types } from '@cornerstonejs/core';
+import { Enums, eventTarget, metaData, utilities as csUtils, type RenderingEngine, type StackViewport, type Types } from '@cornerstonejs/core';
 import { wadors } from '@cornerstonejs/dicom-image-loader';
 import { utilities as toolUtils } from '@cornerstonejs/tools';
 import { authHeaders, blobUrl } from './api';
@@ -120,6 +120,7 @@ export class Pane {
     if (token !== this.loadToken) return;
     this.header = headerOf(ids[0]) ?? {};
     toolUtils.stackPrefetch.disable(this.element);
+    this.trackLoading(ids, token);
     const start = index ?? Math.floor(ids.length / 2);
     await this.viewport.setStack(ids, Math.min(Math.max(0, start), ids.length - 1));
     this.viewport.render();
@@ -127,6 +128,41 @@ export class Pane {
     this.element.dataset.series = seriesUid;
     this.updateOverlay();
     this.onShown(this);
+  }
+
+  /** Progress of the series' frames into the cache (overlay), and performance marks for the
+   * first drawn image and the fully loaded series (read by bench/viewer.py). */
+  loaded = 0;
+  total = 0;
+  private trackLoading(ids: string[], token: number): void {
+    const wanted = new Set(ids);
+    const seen = new Set<string>();
+    this.loaded = 0;
+    this.total = ids.length;
+    let first = true;
+    const onRendered = () => {
+      if (first && token === this.loadToken) {
+        first = false;
+        performance.mark(`solent:first-image:${this.label}`);
+      }
+    };
+    this.element.addEventListener(Enums.Events.IMAGE_RENDERED, onRendered);
+    const onLoaded = (evt: Event) => {
+      const id = (evt as CustomEvent<{ image?: { imageId?: string } }>).detail?.image?.imageId;
+      if (token !== this.loadToken) {
+        eventTarget.removeEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
+        return;
+      }
+      if (!id || !wanted.has(id) || seen.has(id)) return;
+      seen.add(id);
+      this.loaded = seen.size;
+      if (seen.size === wanted.size) {
+        performance.mark(`solent:series-loaded:${this.label}`);
+        eventTarget.removeEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
+      }
+      this.updateOverlay();
+    };
+    eventTarget.addEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
   }
 
   scroll(delta: number): void {
@@ -234,7 +270,7 @@ export class Pane {
       `Se ${str(ds, '00200011')} ${str(ds, '0008103E')}`,
     ];
     const bl = [
-      `Im ${index + 1}/${ids.length}`,
+      `Im ${index + 1}/${ids.length}` + (this.loaded < this.total ? ` · loading ${this.loaded}/${this.total}` : ''),
       ipp !== null ? `Pos ${ipp.toFixed(1)} mm` : '',
     ];
     const br = [voi ? `W ${Math.round(voi.width)} L ${Math.round(voi.center)}` : '', `Zoom ${this.camera().zoom.toFixed(2)}`];

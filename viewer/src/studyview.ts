@@ -29,6 +29,8 @@ export interface StudyViewOptions {
 
 export interface StudyView {
   main: Pane;
+  /** MDT: whether the user's own input drives the view (presenter) or only follows. */
+  setFollow(follow: boolean): void;
   apply(state: ViewState): Promise<void>;
   destroy(): void;
 }
@@ -171,6 +173,10 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
       if (state.voi) main.setVoi(state.voi.center, state.voi.width);
       main.applyCamera(state.camera);
       main.updateOverlay();
+    },
+    setFollow(follow: boolean) {
+      opts.follow = follow;
+      main.element.classList.toggle('following', follow);
     },
     destroy() {
       document.removeEventListener('keydown', keyHandler);
