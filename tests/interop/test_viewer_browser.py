@@ -410,10 +410,9 @@ def test_two_mdt_meetings_follow_their_own_presenter(
     f1.keyboard.press("Home")
     eventually(lambda: image_index(late) == 0, what="late joiner follows the new presenter")
 
-    # Outcome notes per patient.
-    coord.goto(f"{demo.base_url}/viewer/#/mdt/{first}")
-    coord.fill(".outcome", "For CT-guided biopsy; discuss at next meeting")
-    coord.click("text=Save outcome")
+    # Outcome notes per patient, written by a clinician of the meeting.
+    p1.fill(".outcome", "For CT-guided biopsy; discuss at next meeting")
+    p1.click("text=Save outcome")
     eventually(
         lambda: (
             httpx.get(
