@@ -30,14 +30,12 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-LINKS: dict[str, dict[str, float] | None] = {
-    "loopback": None,
-    "20 Mbit/s, 40 ms RTT": {
-        "latency": 40,
-        "downloadThroughput": 20e6 / 8,
-        "uploadThroughput": 20e6 / 8,
-    },
-}
+WAN = {"latency": 40, "downloadThroughput": 20e6 / 8, "uploadThroughput": 20e6 / 8}
+# (row name, network emulation or None, query string of the viewer page)
+LINKS: list[tuple[str, dict[str, float] | None, str]] = [
+    ("loopback", None, ""),
+    ("20 Mbit/s, 40 ms RTT", WAN, ""),
+]
 TIMEOUT_S = 180  # one run never takes longer than this
 TRUSTS = {"ZZA": "Bench Trust A"}
 
@@ -45,12 +43,12 @@ TRUSTS = {"ZZA": "Bench Trust A"}
 def study_uid(folder: Path) -> str:
     import pydicom
 
-    first = next(p for p in sorted(folder.rglob("*")) if p.is_file())
+    first = next(p for p in sorted(folder.rglob("*.dcm")) if p.is_file())
     return str(pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID)
 
 
 def one_run(
-    browser: Any, base: str, token: str, uid: str, link: dict[str, float] | None
+    browser: Any, base: str, token: str, uid: str, link: dict[str, float] | None, query: str
 ) -> dict[str, float]:
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     try:
@@ -60,7 +58,7 @@ def one_run(
             cdp = context.new_cdp_session(page)
             cdp.send("Network.enable")
             cdp.send("Network.emulateNetworkConditions", {"offline": False, **link})
-        page.goto(f"{base}/viewer/#/study/{uid}?prior=")
+        page.goto(f"{base}/viewer/{query}#/study/{uid}?prior=")
         page.wait_for_function(
             "performance.getEntriesByName('solent:series-loaded:Current').length > 0",
             timeout=TIMEOUT_S * 1000,
@@ -96,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             try:
                 rows = []
-                for name, link in LINKS.items():
+                for name, link, query in LINKS:
                     runs = []
                     for i in range(args.runs):
-                        r = one_run(browser, solent.base_url, solent.token, uid, link)
+                        r = one_run(browser, solent.base_url, solent.token, uid, link, query)
                         print(
                             f"  {name:<22} run {i + 1}: first {r['first']:.2f} s, "
                             f"full {r['full']:.2f} s",
