@@ -20,6 +20,7 @@ COMMANDS = {
     "mdt": ("bench.mdt_load", "MDT live rooms: 12 meetings x 10 followers over WebSockets"),
     "load": ("bench.load", "a scaled peak hour with locust on 1 and 3 nodes (PostgreSQL)"),
     "audit": ("bench.audit_verify", "solent audit verify: keyed (HMAC) vs plain chain, records/s"),
+    "viewer": ("bench.viewer", "browser viewer: first image and full 100-slice CT, loopback + WAN"),
 }
 ALL = "all"  # every command above, in order, with its default arguments
 DEFAULT = "compare"  # issue 7: `make bench` is Solent vs Orthanc side by side

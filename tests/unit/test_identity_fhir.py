@@ -111,7 +111,7 @@ def test_launch_scopes_accessions_to_the_trust(client: TestClient) -> None:
     study = {"requestType": "STUDY", "accessionNumber": "ACC1"}
     r = client.get("/trusts/ZZA/IHEInvokeImageDisplay", params=study, follow_redirects=False)
     assert r.status_code == 303
-    assert STUDY in client.get(r.headers["location"]).text
+    assert r.headers["location"] == f"/viewer/#/study/{STUDY}"  # straight into the viewer
     assert client.get("/trusts/ZZB/IHEInvokeImageDisplay", params=study).status_code == 404
     assert client.get("/IHEInvokeImageDisplay", params=study).status_code == 400
     assert client.get("/trusts/ZZQ/IHEInvokeImageDisplay", params=study).status_code == 404
@@ -123,6 +123,7 @@ def test_launch_scopes_accessions_to_the_trust(client: TestClient) -> None:
         follow_redirects=False,
     )
     assert r.status_code == 303
+    assert r.headers["location"] == "/viewer/#/patient/ZZA/A1"
 
 
 def test_sensitive_patient_shows_no_contact_details(client: TestClient, archive: Archive) -> None:

@@ -17,6 +17,7 @@ from solent.protocols.dicomweb import install as install_dicomweb
 from solent.protocols.fhir import install as install_regional_identity
 from solent.protocols.http_errors import install_error_table
 from solent.protocols.params import install_param_errors
+from solent.protocols.viewer_static import router as viewer_static_router
 from solent.security.http import install_security
 from solent.services.registry import Services
 
@@ -64,4 +65,5 @@ def create_app(composed: Services | Composed) -> FastAPI:
     app.include_router(mdt_router, prefix="/api")  # issue 12: MDT meetings and live rooms
     install_regional_identity(app)  # issue 5: /api/identity, /fhir, IHE IID
     install_dicomweb(app, services)  # DICOMweb at /dicomweb (issue 4)
+    app.include_router(viewer_static_router)  # the browser viewer's built files at /viewer
     return app

@@ -32,7 +32,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Paths anyone may reach. Everything else, including routes added later, needs a principal.
-PUBLIC_PATHS = frozenset({"/health", "/health/ready"})
+PUBLIC_PATHS = frozenset({"/health", "/health/ready", "/viewer"})
+# The viewer's static app shell (no patient data; everything it reads needs a bearer token).
+PUBLIC_PREFIXES = ("/viewer/",)
 # Where a password (HTTP Basic) is exchanged for a bearer token; the only place Basic works.
 LOGIN_PATH = "/api/auth/token"
 
@@ -123,7 +125,7 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
-        if path in PUBLIC_PATHS:
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
         client = scope.get("client")

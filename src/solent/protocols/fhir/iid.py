@@ -3,14 +3,15 @@
 Each trust has its own endpoint, /trusts/{ODS}/IHEInvokeImageDisplay, and identifiers are
 resolved in that trust's identifier space (an accession number has no issuer in IID). The
 trust-less /IHEInvokeImageDisplay needs an assigning authority in patientID (CX.4) and cannot
-take accession numbers. Until the viewer lands the launch redirects to a study list page.
+take accession numbers. The launch lands in the viewer (issue 12): /viewer/#/patient/ISSUER/ID
+(NHS/number for an NHS number) or /viewer/#/study/UID; several studies get the list page.
 """
 
 from __future__ import annotations
 
 import html
 from typing import Annotated
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -140,6 +141,13 @@ def _invoke(
         return _page(404, "Cannot open images", f"<p>{html.escape(str(exc))}</p>")
     except InvalidInput as exc:
         return _page(400, "Cannot open images", f"<p>{html.escape(str(exc))}</p>")
+    if (request_type or "").upper() == "PATIENT":
+        value, authority = _authority(patient_id or "")
+        issuer = "NHS" if authority in NHS_AUTHORITIES else authority or trust or ""
+        target = f"{quote(issuer, safe='')}/{quote(value, safe='')}"
+        return RedirectResponse(f"/viewer/#/patient/{target}", status_code=303)
+    if len(uids) == 1:
+        return RedirectResponse(f"/viewer/#/study/{quote(uids[0], safe='')}", status_code=303)
     query = urlencode([("uid", u) for u in uids])
     return RedirectResponse(f"/iid/studies?{query}", status_code=303)
 

@@ -1,0 +1,33 @@
+// How identifiers and dates are shown to NHS users.
+
+/** NHS numbers are shown 3-3-4 (NHS Digital guidance: "943 476 5919"). */
+export function nhsNumber(value: string | null | undefined): string {
+  if (!value) return '';
+  const d = value.replace(/\D/g, '');
+  return d.length === 10 ? `${d.slice(0, 3)} ${d.slice(3, 6)} ${d.slice(6)}` : value;
+}
+
+/** DICOM PN "FAMILY^GIVEN^MIDDLE" as "FAMILY, Given Middle". */
+export function personName(value: string | null | undefined): string {
+  if (!value) return '';
+  const [family = '', ...rest] = value.split('^');
+  const given = rest.filter(Boolean).join(' ');
+  return given ? `${family.toUpperCase()}, ${titleCase(given)}` : family.toUpperCase();
+}
+
+function titleCase(s: string): string {
+  return s.toLowerCase().replace(/\b\w/g, (c) => c.toUpperCase());
+}
+
+/** YYYYMMDD as DD-Mon-YYYY (unambiguous across locales). */
+export function dicomDate(value: string | null | undefined): string {
+  if (!value || value.length < 8) return value ?? '';
+  const months = 'Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec'.split(' ');
+  const m = months[Number(value.slice(4, 6)) - 1] ?? value.slice(4, 6);
+  return `${value.slice(6, 8)}-${m}-${value.slice(0, 4)}`;
+}
+
+/** An <input type=date> value (YYYY-MM-DD) as YYYYMMDD. */
+export function toDicomDate(value: string): string {
+  return value.replace(/-/g, '');
+}

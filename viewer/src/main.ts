@@ -1,0 +1,89 @@
+// Hash routes: #/ worklist, #/patient/ISSUER/ID timeline, #/study/UID reading, #/mdt meetings.
+// Hash routing keeps every screen one static index.html (IID lands on /viewer/#/...).
+
+import './style.css';
+import { get, setToken, signIn, token } from './api';
+import { clear, errorBox, h } from './dom';
+import { toggleHelp } from './help';
+import { meeting, meetings } from './mdt';
+import { closeStudyView, studyView } from './studyview';
+import { timeline } from './timeline';
+import type { Me } from './types';
+import { worklist } from './worklist';
+
+const app = document.getElementById('app') as HTMLElement;
+const who = document.getElementById('who') as HTMLElement;
+let leave: (() => void) | null = null;
+
+function signInForm(): void {
+  const error = h('p', { class: 'error', role: 'alert' });
+  const form = h(
+    'form',
+    { id: 'sign-in', class: 'card' },
+    h('h1', {}, 'Sign in to Solent'),
+    h('label', {}, 'User name', h('input', { name: 'username', autocomplete: 'username', required: true })),
+    h('label', {}, 'Password', h('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true })),
+    error,
+    h('button', { type: 'submit' }, 'Sign in'),
+  );
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const data = new FormData(form);
+    signIn(String(data.get('username')), String(data.get('password')))
+      .then(() => route())
+      .catch((err: Error) => (error.textContent = err.message));
+  });
+  app.replaceChildren(form);
+}
+
+async function showWho(): Promise<void> {
+  try {
+    const me = await get<Me>('/api/auth/me');
+    const out = h('button', { type: 'button', id: 'sign-out' }, 'Sign out');
+    out.addEventListener('click', () => {
+      setToken(null);
+      route();
+    });
+    who.replaceChildren(`${me.name} · ${me.trust ?? ''} · ${me.roles.join(', ')} `, out);
+  } catch {
+    who.replaceChildren();
+  }
+}
+
+async function route(): Promise<void> {
+  leave?.();
+  leave = null;
+  closeStudyView();
+  clear(app);
+  app.className = '';
+  if (!token()) {
+    who.replaceChildren();
+    signInForm();
+    return;
+  }
+  if (!who.textContent) void showWho();
+  const [path, search = ''] = location.hash.replace(/^#/, '').split('?');
+  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  const params = new URLSearchParams(search);
+  try {
+    if (parts[0] === 'patient' && parts.length === 3) await timeline(app, parts[1], parts[2]);
+    else if (parts[0] === 'study' && parts[1]) await studyView(app, parts[1], { prior: params.has('prior') ? params.get('prior') || null : undefined });
+    else if (parts[0] === 'mdt' && parts[1]) leave = await meeting(app, parts[1]);
+    else if (parts[0] === 'mdt') await meetings(app, params);
+    else worklist(app, params);
+  } catch (e) {
+    app.append(errorBox((e as Error).message));
+  }
+}
+
+window.addEventListener('hashchange', () => void route());
+window.addEventListener('solent:signed-out', () => {
+  who.replaceChildren();
+  signInForm();
+});
+document.getElementById('help-button')?.addEventListener('click', toggleHelp);
+document.addEventListener('keydown', (e) => {
+  if (e.key === '?' && !(e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement)) toggleHelp();
+  if (e.key === 'Escape') (document.getElementById('help') as HTMLElement).hidden = true;
+});
+void route();

@@ -1,0 +1,250 @@
+// MDT meetings: the coordinator builds them; participants join and follow the presenter's view
+// live over the meeting's WebSocket (one room per meeting, per the server contract).
+
+import { get, post, put, query, token } from './api';
+import { errorBox, h } from './dom';
+import { nhsNumber, personName } from './format';
+import { type StudyView, closeStudyView, studyView } from './studyview';
+import type { Me, Meeting, MeetingItem, ViewState } from './types';
+
+export async function meetings(root: HTMLElement, params: URLSearchParams): Promise<void> {
+  const date = params.get('date') ?? new Date().toISOString().slice(0, 10);
+  const picker = h('input', { type: 'date', value: date, id: 'mdt-date' });
+  picker.addEventListener('change', () => (location.hash = `#/mdt?date=${picker.value}`));
+  const list = h('ul', { class: 'meetings', id: 'meeting-list' });
+  root.append(h('h1', {}, 'MDT meetings'), h('label', {}, 'Date ', picker), list, createForm(date));
+  try {
+    const r = await get<{ meetings: Meeting[] }>('/api/mdt/meetings' + query({ date }));
+    if (!r.meetings.length) list.append(h('li', { class: 'empty' }, 'No meetings on this date.'));
+    for (const m of r.meetings) {
+      list.append(
+        h(
+          'li',
+          { 'data-meeting': m.id },
+          h('a', { href: `#/mdt/${m.id}` }, m.title),
+          ` — ${m.team}, ${m.items.length} patients, coordinator ${m.coordinator}, prefetch ${m.prefetch.state}`,
+        ),
+      );
+    }
+  } catch (e) {
+    list.append(errorBox(`Meetings unavailable: ${(e as Error).message}`));
+  }
+}
+
+function createForm(date: string): HTMLElement {
+  const items = h('textarea', {
+    name: 'items',
+    rows: 4,
+    placeholder: 'One patient a line: TRUST PATIENT_ID [STUDY_UID ...]',
+  });
+  const error = h('p', { class: 'error', role: 'alert' });
+  const form = h(
+    'form',
+    { id: 'mdt-create', class: 'card' },
+    h('h2', {}, 'New meeting (coordinator)'),
+    h('label', {}, 'Title ', h('input', { name: 'title', required: true })),
+    h('label', {}, 'Date ', h('input', { name: 'date', type: 'date', value: date, required: true })),
+    h('label', {}, 'Team ', h('input', { name: 'team', required: true })),
+    h('label', {}, 'Patients and studies, in order', items),
+    error,
+    h('button', { type: 'submit' }, 'Create meeting'),
+  );
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const data = new FormData(form);
+    const rows = String(data.get('items') ?? '')
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/))
+      .filter((parts) => parts.length >= 2 && parts[0]);
+    const body = {
+      title: String(data.get('title')),
+      date: String(data.get('date')),
+      team: String(data.get('team')),
+      items: rows.map(([issuer, patient_id, ...study_uids]) => ({ issuer, patient_id, study_uids })),
+    };
+    post<Meeting>('/api/mdt/meetings', body)
+      .then((m) => (location.hash = `#/mdt/${m.id}`))
+      .catch((err: Error) => (error.textContent = err.message));
+  });
+  return form;
+}
+
+type ServerMessage =
+  | { type: 'welcome'; you: string; presenter: string | null; participants: string[]; state: ViewState | null; seq: number }
+  | { type: 'view'; state: ViewState; seq: number; by: string }
+  | { type: 'pointer'; x: number; y: number }
+  | { type: 'presenter'; presenter: string | null }
+  | { type: 'participants'; participants: string[] }
+  | { type: 'error'; detail: string };
+
+export async function meeting(root: HTMLElement, id: string): Promise<() => void> {
+  let m: Meeting;
+  let me: Me;
+  try {
+    [m, me] = await Promise.all([get<Meeting>(`/api/mdt/meetings/${id}`), get<Me>('/api/auth/me')]);
+  } catch (e) {
+    root.append(errorBox(`Meeting unavailable: ${(e as Error).message}`));
+    return () => undefined;
+  }
+  const status = h('div', { class: 'mdt-status', id: 'mdt-status' });
+  const people = h('div', { class: 'mdt-people', id: 'mdt-people' });
+  const controls = h('div', { class: 'mdt-controls' });
+  const itemsList = h('ol', { class: 'mdt-items' });
+  const stage = h('div', { class: 'mdt-stage', id: 'mdt-stage' });
+  const pointer = h('div', { class: 'mdt-pointer', hidden: true });
+  const prefetch = h('span', { id: 'mdt-prefetch' }, prefetchText(m));
+  root.append(
+    h('div', { class: 'mdt-head' }, h('h1', {}, m.title), h('span', {}, `${m.date} · ${m.team} · coordinator ${m.coordinator}`), prefetch),
+    h('div', { class: 'mdt-body' }, h('aside', {}, status, people, controls, itemsList), stage),
+  );
+
+  let presenter: string | null = m.presenter;
+  let participants: string[] = [];
+  let view: StudyView | null = null;
+  let opening: Promise<void> = Promise.resolve();
+  let lastSent = 0;
+  let pending: ViewState | null = null;
+  let timer: number | undefined;
+  const isPresenter = () => presenter === me.name;
+  const isCoordinator = () => m.coordinator === me.name;
+
+  const proto = location.protocol === 'https:' ? 'wss' : 'ws';
+  const ws = new WebSocket(`${proto}://${location.host}/api/mdt/meetings/${id}/live?token=${encodeURIComponent(token() ?? '')}`);
+  const send = (msg: unknown) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(msg));
+
+  // The presenter's changes go out at most every 50 ms, the latest state winning.
+  const sendView = (state: ViewState) => {
+    if (!isPresenter()) return;
+    pending = state;
+    const wait = Math.max(0, 50 - (Date.now() - lastSent));
+    timer ??= window.setTimeout(() => {
+      timer = undefined;
+      lastSent = Date.now();
+      if (pending) send({ type: 'view', state: pending });
+      pending = null;
+    }, wait);
+  };
+
+  const open = async (studyUid: string, itemId: number | null, follow: boolean) => {
+    view = await studyView(stage, studyUid, { onChange: sendView, follow, itemId, prior: null });
+    view?.main.element.parentElement?.append(pointer);
+    if (view) {
+      view.main.element.addEventListener('mousemove', (e) => {
+        if (!isPresenter()) return;
+        const r = view!.main.element.getBoundingClientRect();
+        send({ type: 'pointer', x: (e.clientX - r.left) / r.width, y: (e.clientY - r.top) / r.height });
+      });
+    }
+  };
+
+  const follow = (state: ViewState) => {
+    opening = opening.then(async () => {
+      if (isPresenter()) return;
+      if (!view || view.main.studyUid !== state.study_uid) await open(state.study_uid, state.item_id, true);
+      await view?.apply(state);
+      stage.dataset.seq = String(Date.now());
+    });
+  };
+
+  const render = () => {
+    status.textContent = presenter ? `Presenter: ${presenter}${isPresenter() ? ' (you)' : ''}` : 'Nobody is presenting';
+    status.dataset.presenter = presenter ?? '';
+    people.replaceChildren(h('strong', {}, 'Here: '), participants.join(', '));
+    controls.replaceChildren();
+    if (!presenter || isCoordinator()) {
+      const claim = h('button', { id: 'mdt-claim', type: 'button' }, 'Present');
+      claim.addEventListener('click', () => send({ type: 'claim' }));
+      if (!isPresenter()) controls.append(claim);
+    }
+    if (isPresenter() || isCoordinator()) {
+      const to = h('select', { id: 'mdt-handover-to' }, ...participants.filter((p) => p !== presenter).map((p) => h('option', { value: p }, p)));
+      const hand = h('button', { id: 'mdt-handover', type: 'button' }, 'Hand over');
+      hand.addEventListener('click', () => to.value && send({ type: 'handover', to: to.value }));
+      controls.append(to, hand);
+      const warm = h('button', { id: 'mdt-prefetch-start', type: 'button' }, 'Prefetch studies');
+      warm.addEventListener('click', () => void post(`/api/mdt/meetings/${id}/prefetch`, {}).then(refreshPrefetch));
+      controls.append(warm);
+    }
+    stage.classList.toggle('presenting', isPresenter());
+    itemsList.replaceChildren(...m.items.map(itemView));
+  };
+
+  const itemView = (item: MeetingItem) => {
+    const outcome = h('textarea', { rows: 2, class: 'outcome', 'data-item': item.id }, item.outcome ?? '');
+    const save = h('button', { type: 'button', class: 'small' }, 'Save outcome');
+    save.addEventListener('click', () =>
+      void put<MeetingItem>(`/api/mdt/meetings/${id}/items/${item.id}/outcome`, { text: outcome.value })
+        .then((saved) => (item.outcome = saved.outcome))
+        .catch((e: Error) => alert(e.message)),
+    );
+    const studies = item.study_uids.map((uid, n) => {
+      const b = h('button', { type: 'button', class: 'small mdt-open', 'data-study': uid }, `Study ${n + 1}`);
+      b.addEventListener('click', () => {
+        if (isPresenter()) void open(uid, item.id, false).then(() => view && sendView(view.main.state(item.id)));
+        else alert('Only the presenter drives the shared view.');
+      });
+      return b;
+    });
+    return h(
+      'li',
+      { 'data-item': item.id },
+      h('strong', {}, personName(item.patient_name) || item.patient_id),
+      ` ${item.issuer} ${item.patient_id} · NHS ${nhsNumber(item.nhs_number) || '—'} `,
+      h('div', {}, ...studies),
+      outcome,
+      save,
+    );
+  };
+
+  async function refreshPrefetch(): Promise<void> {
+    m = await get<Meeting>(`/api/mdt/meetings/${id}`);
+    prefetch.textContent = prefetchText(m);
+    if (m.prefetch.state === 'pending' || m.prefetch.state === 'running') setTimeout(() => void refreshPrefetch(), 2000);
+  }
+
+  ws.addEventListener('message', (event) => {
+    const msg = JSON.parse(String(event.data)) as ServerMessage;
+    switch (msg.type) {
+      case 'welcome':
+        presenter = msg.presenter;
+        participants = msg.participants;
+        render();
+        if (msg.state) follow(msg.state);
+        break;
+      case 'view':
+        if (msg.by !== me.name) follow(msg.state);
+        break;
+      case 'pointer':
+        if (!isPresenter()) {
+          pointer.hidden = false;
+          pointer.style.left = `${msg.x * 100}%`;
+          pointer.style.top = `${msg.y * 100}%`;
+        }
+        break;
+      case 'presenter':
+        presenter = msg.presenter;
+        render();
+        // The new presenter continues from what everyone sees and drives it from now on.
+        opening = opening.then(() => view?.setFollow(!isPresenter()));
+        pointer.hidden = true;
+        break;
+      case 'participants':
+        participants = msg.participants;
+        render();
+        break;
+      case 'error':
+        status.textContent = `${status.textContent} — ${msg.detail}`;
+        break;
+    }
+  });
+  ws.addEventListener('close', () => status.append(h('span', { class: 'error' }, ' (disconnected)')));
+  render();
+  return () => {
+    ws.close();
+    closeStudyView();
+  };
+}
+
+function prefetchText(m: Meeting): string {
+  return `Prefetch: ${m.prefetch.state} ${m.prefetch.done}/${m.prefetch.total}`;
+}

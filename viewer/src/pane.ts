@@ -1,0 +1,299 @@
+// One image viewport: a series as a stack, its overlays and its thumbnails.
+
+import { Enums, eventTarget, metaData, utilities as csUtils, type RenderingEngine, type StackViewport, type Types } from '@cornerstonejs/core';
+import { wadors } from '@cornerstonejs/dicom-image-loader';
+import { utilities as toolUtils } from '@cornerstonejs/tools';
+import { authHeaders, blobUrl } from './api';
+import { h } from './dom';
+import { dicomDate, nhsNumber, personName } from './format';
+import { DICOMWEB, type DicomJson, parseImageId, seriesImageIds, str, tag } from './imaging';
+import type { Camera, ViewState } from './types';
+
+export interface SeriesInfo {
+  series_uid: string;
+  modality: string;
+  number: string;
+  description: string;
+  count: number;
+}
+
+/** The series of a study, from QIDO-RS; empty when the study is unknown or not visible. */
+export async function studySeries(studyUid: string): Promise<SeriesInfo[]> {
+  const response = await fetch(`${DICOMWEB}/studies/${studyUid}/series`, {
+    headers: { Accept: 'application/dicom+json', ...authHeaders() },
+  });
+  if (response.status === 204 || response.status === 404) return [];
+  if (!response.ok) throw new Error(`series query: HTTP ${response.status}`);
+  const rows = (await response.json()) as DicomJson[];
+  return rows
+    .map((r) => ({
+      series_uid: str(r, '0020000E'),
+      modality: str(r, '00080060'),
+      number: str(r, '00200011'),
+      description: str(r, '0008103E'),
+      count: Number(tag(r, '00201209') ?? 0),
+    }))
+    .sort((a, b) => Number(a.number) - Number(b.number));
+}
+
+function nhsFromMetadata(ds: DicomJson): string {
+  const seq = (ds['00101002']?.Value ?? []) as DicomJson[];
+  for (const item of seq) {
+    if (['NHS', '2.16.840.1.113883.2.1.4.1'].includes(str(item, '00100021'))) return str(item, '00100020');
+  }
+  return '';
+}
+
+export class Pane {
+  readonly element: HTMLDivElement;
+  readonly root: HTMLElement;
+  readonly overlay: HTMLElement;
+  readonly strip: HTMLElement;
+  studyUid = '';
+  seriesUid = '';
+  private header: DicomJson = {};
+  private loadToken = 0;
+
+  constructor(
+    readonly engine: RenderingEngine,
+    readonly viewportId: string,
+    readonly label: string,
+    private readonly onShown: (pane: Pane) => void,
+  ) {
+    this.element = h('div', { class: 'viewport', id: `vp-${viewportId}`, 'data-pane': label }) as HTMLDivElement;
+    this.element.oncontextmenu = (e) => e.preventDefault();
+    this.overlay = h('div', { class: 'overlay' });
+    this.strip = h('div', { class: 'thumbnails', 'data-pane': label });
+    this.root = h('section', { class: 'pane', 'data-pane': label }, h('div', { class: 'pane-label' }, label), this.element, this.overlay);
+  }
+
+  enable(): void {
+    this.engine.enableElement({
+      viewportId: this.viewportId,
+      type: Enums.ViewportType.STACK,
+      element: this.element,
+      defaultOptions: { background: [0, 0, 0] as Types.Point3 },
+    });
+    const update = () => this.updateOverlay();
+    for (const ev of [Enums.Events.STACK_NEW_IMAGE, Enums.Events.VOI_MODIFIED, Enums.Events.CAMERA_MODIFIED, Enums.Events.IMAGE_RENDERED]) {
+      this.element.addEventListener(ev, update);
+    }
+  }
+
+  get viewport(): StackViewport {
+    return this.engine.getViewport(this.viewportId) as StackViewport;
+  }
+
+  /** Thumbnails first (small, tell the user what is there), then the shown series' frames. */
+  async showStudy(studyUid: string, series: SeriesInfo[], seriesUid?: string): Promise<void> {
+    this.studyUid = studyUid;
+    const thumbs = series.map((s) => {
+      const img = h('img', { alt: s.description || s.modality });
+      const button = h(
+        'button',
+        { class: 'thumb', 'data-series': s.series_uid, title: s.description },
+        img,
+        h('span', {}, `${s.modality} ${s.number ? `#${s.number}` : ''} ${s.description}`),
+        h('span', { class: 'count' }, `${s.count} im`),
+      );
+      button.addEventListener('click', () => void this.showSeries(s.series_uid));
+      const loaded = blobUrl(`${DICOMWEB}/studies/${studyUid}/series/${s.series_uid}/thumbnail`)
+        .then((url) => {
+          img.src = url;
+        })
+        .catch(() => img.classList.add('missing'));
+      return { button, loaded };
+    });
+    this.strip.replaceChildren(...thumbs.map((t) => t.button));
+    const first = seriesUid ?? series[0]?.series_uid;
+    await Promise.race([Promise.all(thumbs.map((t) => t.loaded)), new Promise((r) => setTimeout(r, 1500))]);
+    if (first) await this.showSeries(first);
+  }
+
+  async showSeries(seriesUid: string, index?: number): Promise<void> {
+    const token = ++this.loadToken;
+    this.seriesUid = seriesUid;
+    for (const b of this.strip.querySelectorAll<HTMLElement>('.thumb')) {
+      b.classList.toggle('active', b.dataset.series === seriesUid);
+    }
+    const ids = await seriesImageIds(this.studyUid, seriesUid);
+    if (token !== this.loadToken) return;
+    this.header = headerOf(ids[0]) ?? {};
+    toolUtils.stackPrefetch.disable(this.element);
+    this.trackLoading(ids, token);
+    const start = index ?? Math.floor(ids.length / 2);
+    await this.viewport.setStack(ids, Math.min(Math.max(0, start), ids.length - 1));
+    this.viewport.render();
+    toolUtils.stackPrefetch.enable(this.element);
+    this.element.dataset.series = seriesUid;
+    this.updateOverlay();
+    this.onShown(this);
+  }
+
+  /** Progress of the series' frames into the cache (overlay), and performance marks for the
+   * first drawn image and the fully loaded series (read by bench/viewer.py). */
+  loaded = 0;
+  total = 0;
+  private trackLoading(ids: string[], token: number): void {
+    const wanted = new Set(ids);
+    const seen = new Set<string>();
+    this.loaded = 0;
+    this.total = ids.length;
+    let first = true;
+    const onRendered = () => {
+      if (first && token === this.loadToken) {
+        first = false;
+        performance.mark(`solent:first-image:${this.label}`);
+      }
+    };
+    this.element.addEventListener(Enums.Events.IMAGE_RENDERED, onRendered);
+    const onLoaded = (evt: Event) => {
+      const id = (evt as CustomEvent<{ image?: { imageId?: string } }>).detail?.image?.imageId;
+      if (token !== this.loadToken) {
+        eventTarget.removeEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
+        return;
+      }
+      if (!id || !wanted.has(id) || seen.has(id)) return;
+      seen.add(id);
+      this.loaded = seen.size;
+      if (seen.size === wanted.size) {
+        performance.mark(`solent:series-loaded:${this.label}`);
+        eventTarget.removeEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
+      }
+      this.updateOverlay();
+    };
+    eventTarget.addEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
+  }
+
+  scroll(delta: number): void {
+    const vp = this.viewport;
+    const n = vp.getImageIds().length;
+    if (!n) return;
+    const next = Math.min(n - 1, Math.max(0, vp.getCurrentImageIdIndex() + delta));
+    void vp.setImageIdIndex(next);
+  }
+
+  setVoi(center: number, width: number): void {
+    this.viewport.setProperties({ voiRange: csUtils.windowLevel.toLowHighRange(width, center) });
+    this.viewport.render();
+  }
+
+  voi(): { center: number; width: number } | null {
+    const r = this.viewport.getProperties().voiRange;
+    if (!r) return null;
+    const { windowCenter, windowWidth } = csUtils.windowLevel.toWindowLevel(r.lower, r.upper);
+    return { center: windowCenter, width: windowWidth };
+  }
+
+  camera(): Camera {
+    const vp = this.viewport;
+    const p = vp.getViewPresentation();
+    const cam = vp.getCamera();
+    return {
+      zoom: p.zoom ?? 1,
+      pan: [p.pan?.[0] ?? 0, p.pan?.[1] ?? 0],
+      rotation: p.rotation ?? 0,
+      flip_h: Boolean(cam.flipHorizontal),
+      flip_v: Boolean(cam.flipVertical),
+      invert: Boolean(vp.getProperties().invert),
+    };
+  }
+
+  applyCamera(c: Camera): void {
+    const vp = this.viewport;
+    const cam = vp.getCamera();
+    if (Boolean(cam.flipHorizontal) !== c.flip_h) vp.setCamera({ flipHorizontal: c.flip_h });
+    if (Boolean(vp.getCamera().flipVertical) !== c.flip_v) vp.setCamera({ flipVertical: c.flip_v });
+    vp.setViewPresentation({ zoom: c.zoom, pan: c.pan, rotation: c.rotation });
+    if (Boolean(vp.getProperties().invert) !== c.invert) vp.setProperties({ invert: c.invert });
+    vp.render();
+  }
+
+  rotate(degrees: number): void {
+    const vp = this.viewport;
+    vp.setViewPresentation({ rotation: ((vp.getViewPresentation().rotation ?? 0) + degrees + 360) % 360 });
+    vp.render();
+  }
+
+  flip(horizontal: boolean): void {
+    const vp = this.viewport;
+    const cam = vp.getCamera();
+    vp.setCamera(horizontal ? { flipHorizontal: !cam.flipHorizontal } : { flipVertical: !cam.flipVertical });
+    vp.render();
+  }
+
+  invert(): void {
+    const vp = this.viewport;
+    vp.setProperties({ invert: !vp.getProperties().invert });
+    vp.render();
+  }
+
+  reset(): void {
+    const vp = this.viewport;
+    vp.resetProperties();
+    vp.resetCamera();
+    vp.render();
+  }
+
+  state(itemId: number | null = null): ViewState {
+    return {
+      item_id: itemId,
+      study_uid: this.studyUid,
+      series_uid: this.seriesUid,
+      image_index: this.viewport.getCurrentImageIdIndex(),
+      voi: this.voi(),
+      camera: this.camera(),
+      measurements: [],
+    };
+  }
+
+  current(): { series_uid: string; sop_uid: string; frame: number } {
+    return parseImageId(this.viewport.getCurrentImageId());
+  }
+
+  updateOverlay(): void {
+    const vp = this.engine.getViewport(this.viewportId) as StackViewport | undefined;
+    if (!vp || !this.seriesUid) return;
+    const ds = this.header;
+    const ids = vp.getImageIds();
+    const index = vp.getCurrentImageIdIndex();
+    const ipp = slicePosition(vp.getCurrentImageId());
+    const voi = this.voi();
+    const tl = [
+      personName(str(ds, '00100010')),
+      `NHS ${nhsNumber(nhsFromMetadata(ds)) || '—'}`,
+      `${str(ds, '00100021')} ${str(ds, '00100020')}`,
+    ];
+    const tr = [
+      `${dicomDate(str(ds, '00080020'))} ${str(ds, '00080061') || str(ds, '00080060')}`,
+      str(ds, '00081030'),
+      `Se ${str(ds, '00200011')} ${str(ds, '0008103E')}`,
+    ];
+    const bl = [
+      `Im ${index + 1}/${ids.length}` + (this.loaded < this.total ? ` · loading ${this.loaded}/${this.total}` : ''),
+      ipp !== null ? `Pos ${ipp.toFixed(1)} mm` : '',
+    ];
+    const br = [voi ? `W ${Math.round(voi.width)} L ${Math.round(voi.center)}` : '', `Zoom ${this.camera().zoom.toFixed(2)}`];
+    const block = (cls: string, lines: string[]) => h('div', { class: cls }, ...lines.filter(Boolean).map((l) => h('div', {}, l)));
+    this.overlay.replaceChildren(block('tl', tl), block('tr', tr), block('bl', bl), block('br', br));
+    this.overlay.dataset.index = String(index);
+  }
+}
+
+/** The slice's position along its normal (mm), from the image plane metadata. */
+export function slicePosition(imageId: string | undefined): number | null {
+  if (!imageId) return null;
+  const plane = metaData.get('imagePlaneModule', imageId) as
+    | { imagePositionPatient?: number[]; rowCosines?: number[]; columnCosines?: number[] }
+    | undefined;
+  const p = plane?.imagePositionPatient;
+  const r = plane?.rowCosines;
+  const c = plane?.columnCosines;
+  if (!p || !r || !c) return null;
+  const n = [r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0]];
+  return p[0] * n[0] + p[1] * n[1] + p[2] * n[2];
+}
+function headerOf(imageId: string | undefined): DicomJson | null {
+  if (!imageId) return null;
+  return (wadors.metaDataManager.get(imageId) as unknown as DicomJson) ?? null;
+}

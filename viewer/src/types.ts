@@ -1,0 +1,139 @@
+// The viewer <-> server contract (issue 12), as the server's JSON.
+
+export interface PatientEntry {
+  key: string;
+  name: string;
+  birth_date: string | null;
+  sex: string | null;
+  nhs_number: string | null;
+  records: { trust: string; patient_id: string }[];
+  study_count: number;
+  latest_study_date: string | null;
+}
+
+export interface SearchResult {
+  total: number;
+  offset: number;
+  limit: number;
+  patients: PatientEntry[];
+}
+
+export interface StudyEntry {
+  study_uid: string;
+  trust: string;
+  patient_id: string;
+  date: string | null;
+  time: string | null;
+  modalities: string[];
+  body_part: string | null;
+  description: string | null;
+  accession: string | null;
+  series_count: number;
+  instance_count: number;
+  report_status: 'final' | 'preliminary' | 'amended' | null;
+  access: 'relationship' | 'break-glass';
+}
+
+export interface BreakGlassState {
+  grant_id: number;
+  expires_at: string;
+}
+
+export interface Timeline {
+  patient: PatientEntry;
+  studies: StudyEntry[];
+  break_glass: BreakGlassState | null;
+}
+
+export interface SeriesEntry {
+  series_uid: string;
+  modality: string;
+  number: number | null;
+  description: string | null;
+  body_part: string | null;
+  instance_count: number;
+  frames: number;
+}
+
+export interface StudyContext {
+  study: StudyEntry;
+  patient: PatientEntry;
+  series: SeriesEntry[];
+  priors: StudyEntry[];
+}
+
+export interface ReportVersion {
+  version: number;
+  status: string;
+  issued: string | null;
+  text: string;
+}
+
+export interface Report {
+  id: string | number;
+  status: string;
+  issued: string | null;
+  author: string | null;
+  text: string;
+  versions: ReportVersion[];
+}
+
+export interface KeyImage {
+  id: number | string;
+  series_uid: string;
+  sop_uid: string;
+  frame: number;
+  note: string;
+  by: string;
+  at: string;
+}
+
+export interface Camera {
+  zoom: number;
+  pan: [number, number];
+  rotation: number;
+  flip_h: boolean;
+  flip_v: boolean;
+  invert: boolean;
+}
+
+export interface ViewState {
+  item_id: number | null;
+  study_uid: string;
+  series_uid: string;
+  image_index: number;
+  voi: { center: number; width: number } | null;
+  camera: Camera;
+  measurements: unknown[];
+}
+
+export interface MeetingItem {
+  id: number;
+  position: number;
+  issuer: string;
+  patient_id: string;
+  patient_name: string | null;
+  nhs_number: string | null;
+  study_uids: string[];
+  outcome: string | null;
+}
+
+export interface Meeting {
+  id: number;
+  title: string;
+  date: string;
+  team: string;
+  coordinator: string;
+  presenter: string | null;
+  items: MeetingItem[];
+  prefetch: { state: 'pending' | 'running' | 'done' | 'failed'; done: number; total: number };
+}
+
+export interface Me {
+  kind: string;
+  name: string;
+  trust: string | null;
+  trusts: string[];
+  roles: string[];
+  permissions: string[];
+}
