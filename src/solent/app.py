@@ -65,6 +65,7 @@ class Archive:
     def __post_init__(self) -> None:
         # The audit chain is sealed with a key kept outside the index (issue 11).
         audit_chain.use_key(self.index, load_audit_key(self.settings))
+        audit_chain.check_key(self.index)
         self.audit = AuditTrail(self.index)
         self.access = AccessService(
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes

@@ -38,7 +38,12 @@ def node_env(data_dir: Path, shared: dict[str, str]) -> dict[str, str]:
 def test_import_in_one_process_is_served_by_another(
     tmp_path: Path, fresh_postgres_url: str, s3_env: dict[str, str], s3_server: S3Server
 ) -> None:
-    shared = {"SOLENT_DATABASE_URL": fresh_postgres_url, **s3_env}
+    # Nodes sharing one archive share its audit key, like its index and store (security.md).
+    shared = {
+        "SOLENT_DATABASE_URL": fresh_postgres_url,
+        "SOLENT_AUDIT_KEY": "the region's audit key, from a secret store",
+        **s3_env,
+    }
     admin = build_archive(load_settings(environ=shared, data_dir=tmp_path / "admin-node"))
     admin.index.add_trust("ZZA", "Trust A")
     admin.close()

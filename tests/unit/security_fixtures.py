@@ -67,3 +67,13 @@ def study_of(archive: Archive, issuer: str, local_id: str) -> str:
     rows = archive.query.list_studies(SYSTEM, issuer=issuer, local_id=local_id)
     assert rows, f"no study for {local_id}@{issuer}"
     return str(rows[0]["study_uid"])
+
+
+def cli_env(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+    """Point an in-process `solent` CLI at ``data_dir``, without the test run's own SOLENT_*
+    variables (SOLENT_TEST_POSTGRES_URL...), which the CLI would refuse as unknown settings."""
+    import os
+
+    for key in [k for k in os.environ if k.startswith("SOLENT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SOLENT_DATA_DIR", str(data_dir))

@@ -143,6 +143,8 @@ OTHER_ROUTES = {
     "/api/nodes": "configuration (administrators)",
     "/api/auth/me": "the caller",
     "/api/users": "accounts (administrators)",
+    "/api/users/{name}": "an account (administrators of its trusts; test_security_admin)",
+    "/api/tokens": "API tokens, never the secret (owner or administrators; test_security_tokens)",
     "/api/audit": "the audit trail (auditors)",
     "/api/audit/verify": "the audit trail (auditors)",
     "/api/break-glass/reasons": "a fixed list",

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from solent.app import Archive
 from solent.cli import main
 from solent.domain.principal import SYSTEM
-from tests.unit.security_fixtures import PASSWORD, add_user, client, users
+from tests.unit.security_fixtures import PASSWORD, add_user, cli_env, client, users
 
 __all__ = ["client"]
 
@@ -121,7 +121,7 @@ def test_trust_admin_manages_its_own_users(archive: Archive, client: TestClient)
 
 
 def test_regional_admin_manages_every_trust_and_is_made_by_the_cli(
-    archive: Archive, client: TestClient, settings_env: dict[str, str]
+    archive: Archive, client: TestClient, settings_env: None
 ) -> None:
     assert main(["user", "add", "region", "--role", "pacs_admin", "--password", PASSWORD]) == 0
     token = client.post("/api/auth/token", auth=("region", PASSWORD)).json()["access_token"]
@@ -145,7 +145,7 @@ def test_regional_admin_manages_every_trust_and_is_made_by_the_cli(
 
 
 def test_cli_refuses_admin_with_clinical_role(
-    archive: Archive, settings_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    archive: Archive, settings_env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(
         [
@@ -172,9 +172,6 @@ def test_cli_refuses_admin_with_clinical_role(
 
 
 @pytest.fixture
-def settings_env(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def settings_env(archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point the CLI at the test archive's data directory."""
-    env = {"SOLENT_DATA_DIR": str(Path(archive.settings.data_dir))}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return env
+    cli_env(monkeypatch, Path(archive.settings.data_dir))

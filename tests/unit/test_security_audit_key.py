@@ -18,6 +18,7 @@ from solent.index.sql import Index
 from solent.security.audit_key import audit_key_path
 from solent.services.audit import AuditAction, AuditTrail
 from solent.settings import load_settings
+from tests.unit.security_fixtures import cli_env
 
 
 def _write_some(archive: Archive, n: int = 5) -> None:
@@ -57,7 +58,7 @@ def test_a_rewritten_chain_is_detected(
     report = archive.audit.verify()
     assert not report.intact
     assert any("records 1..5 carry unkeyed" in p for p in report.problems), report.problems
-    monkeypatch.setenv("SOLENT_DATA_DIR", str(archive.settings.data_dir))
+    cli_env(monkeypatch, archive.settings.data_dir)
     assert main(["audit", "verify"]) == 1
     assert "NOT intact" in capsys.readouterr().out
 
@@ -96,15 +97,20 @@ def test_a_node_with_another_key_refuses_to_append(tmp_path: Path) -> None:
     _write_some(first, 2)
     first.close()
     audit_key_path(load_settings(environ={}, data_dir=data)).unlink()  # the key file is lost
-    second = build_archive(load_settings(environ={}, data_dir=data))
+    # A node with another key does not start (rather than fail every audited request).
+    with pytest.raises(chain.AuditKeyError, match="not the key that sealed"):
+        build_archive(load_settings(environ={}, data_dir=data))
+    # Nor does it append, should it hold an index another way.
+    other = Index(load_settings(environ={}, data_dir=data).effective_database_url)
     try:
+        chain.use_key(other, b"another key of at least 16 bytes")
         with pytest.raises(chain.AuditKeyError, match="not the key that sealed"):
-            second.audit.record(SYSTEM, AuditAction.QUERY)
-        report = second.audit.verify()
+            AuditTrail(other).record(SYSTEM, AuditAction.QUERY)
+        report = chain.verify(other)
         assert not report.intact
         assert any("another audit key" in p for p in report.problems)
     finally:
-        second.close()
+        other.close()
 
 
 def test_the_key_can_come_from_settings(tmp_path: Path) -> None:
@@ -134,7 +140,7 @@ def test_an_unkeyed_trail_from_before_the_upgrade_is_sealed_once(
         report = archive.audit.verify()
         assert report.records == 5 and report.unkeyed == 3 and not report.intact
         assert any("solent audit seal" in p for p in report.problems)
-        monkeypatch.setenv("SOLENT_DATA_DIR", str(settings.data_dir))
+        cli_env(monkeypatch, settings.data_dir)
         assert main(["audit", "seal"]) == 0
         assert "5 records chained under the audit key (3 were unkeyed)" in capsys.readouterr().out
         report = archive.audit.verify()

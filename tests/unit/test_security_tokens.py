@@ -18,7 +18,7 @@ from solent.index import schema as t
 from solent.protocols.http import create_app
 from solent.security import tokens
 from solent.settings import load_settings
-from tests.unit.security_fixtures import PASSWORD, add_user, client, users
+from tests.unit.security_fixtures import PASSWORD, add_user, cli_env, client, users
 
 __all__ = ["client"]
 
@@ -89,7 +89,7 @@ def test_tokens_are_listed_and_revoked_by_the_cli(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("SOLENT_DATA_DIR", str(archive.settings.data_dir))
+    cli_env(monkeypatch, archive.settings.data_dir)
     users(archive).add(SYSTEM, "ris", "ZZA", ("integration",), None)
     assert main(["token", "create", "--api", "--user", "ris", "--label", "RIS"]) == 0
     token = capsys.readouterr().out.strip().splitlines()[-1]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from solent.errors import ConfigurationError
@@ -77,6 +78,24 @@ _keys: weakref.WeakKeyDictionary[Engine, ChainKey] = weakref.WeakKeyDictionary()
 def use_key(index: Index, secret: bytes) -> None:
     """Seal every record appended through ``index`` with this key (called by app.py)."""
     _keys[index.engine] = ChainKey(secret)
+
+
+def check_key(index: Index) -> None:
+    """Refuse to start with a key other than the one that sealed the trail (a clear error at
+    start-up instead of every audited request failing)."""
+    key = _keys.get(index.engine)
+    try:
+        with index.read() as conn:
+            sealed_by = conn.execute(
+                select(t.audit_head.c.key_id).where(t.audit_head.c.id == 1)
+            ).scalar()
+    except SQLAlchemyError:  # opened without migrating, before revision 0002: nothing sealed
+        return
+    if sealed_by is not None and (key is None or key.key_id != sealed_by):
+        raise AuditKeyError(
+            "this node's audit key is not the key that sealed the audit trail; give every "
+            "node the same key (SOLENT_AUDIT_KEY or data_dir/security/audit-key)"
+        )
 
 
 def key_of(conn: Connection) -> ChainKey | None:
