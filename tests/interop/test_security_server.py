@@ -296,9 +296,10 @@ def test_dicomweb_and_fhir_access_is_audited(demo_server: RunningServer, corpus_
     fhir = [
         x
         for x in audit_rows(srv, auditor, user="drza", action="query", patient_id="A100001")
-        if "fhir" in json.loads(x["detail"])
+        if json.loads(x["detail"]).get("read", "").startswith("fhir ")
     ]
-    assert sorted(json.loads(x["detail"])["fhir"] for x in fhir) == ["ImagingStudy", "Patient"]
+    reads = sorted(json.loads(x["detail"])["read"] for x in fhir)
+    assert reads == ["fhir ImagingStudy", "fhir Patient"]
     assert all(x["patient_issuer"] == "ZZA" for x in fhir)
 
 

@@ -227,7 +227,12 @@ class RecordService:
     # -- patients and studies (FHIR, IID) ------------------------------------------------------
 
     def patient_records(
-        self, principal: Principal, person: Person, *, named_only: bool = False
+        self,
+        principal: Principal,
+        person: Person,
+        *,
+        named_only: bool = False,
+        what: str = "patient",
     ) -> list[dict[str, Any]]:
         """The visible records of a person, each with retired IDs, links and contact; with
         ``named_only``, the record the request named (FHIR Patient?identifier=), or for an NHS
@@ -244,7 +249,7 @@ class RecordService:
                 continue
             found["linked"] = [p for p in found["linked"] if p in person.pks]
             out.append(found)
-        self._audit(principal, person, "patient", results=len(out))
+        self._audit(principal, person, what, results=len(out))
         return out
 
     def patient_record(self, principal: Principal, patient_pk: int) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def search_patient(
         else:
             raise FhirError(400, "required", "search Patient by identifier or _id")
         # _id and identifier name records, not the person: only those are returned.
-        found = records.patient_records(caller, person, named_only=True)
+        found = records.patient_records(caller, person, named_only=True, what="fhir Patient")
         out = [_patient_resource(f) for f in found]
         return fhir.bundle(out, base_url=_base(request))
 
@@ -167,10 +167,10 @@ def search_imaging_study(
     def build() -> dict[str, Any]:
         if patient_identifier:
             person = person_of_token(records, caller, patient_identifier)
-            studies = records.person_studies(caller, person, "ImagingStudy")
+            studies = records.person_studies(caller, person, "fhir ImagingStudy")
         elif patient:
             person = _person_of_reference(records, caller, patient)
-            studies = records.person_studies(caller, person, "ImagingStudy")
+            studies = records.person_studies(caller, person, "fhir ImagingStudy")
         elif identifier:
             studies = _studies_by_identifier(records, caller, identifier)
         else:
