@@ -513,6 +513,9 @@ def test_association_and_connection_limits(tmp_path: Path) -> None:
         srv.env.update(env)
         srv.cli("trust", "add", "ZZA", "--name", "Trust A")
         srv.cli("ae", "add", "WS1", "--host", "127.0.0.1", "--port", "104", "--trust", "ZZA")
+        # A registered sender calls from this address, so MLLP connections from it are read
+        # (an address no sender is registered for is closed at connect, issue 11).
+        srv.cli("hl7", "sender", "add", "PAS", "ZZA", "--host", "127.0.0.1")
         pacs = ["-aet", "WS1", "-aec", srv.ports.get("ae_title", "SOLENT")]
         pacs += ["127.0.0.1", str(srv.ports["dicom"])]
         ae = AE(ae_title="WS1")
