@@ -44,6 +44,7 @@ def test_two_workers_do_each_job_once_and_a_failed_job_is_retried(
         "SOLENT_JOBS_POLL_SECONDS": "0.2",
         "SOLENT_JOBS_SETTLE_SECONDS": "0.5",
         "SOLENT_JOBS_MAX_ATTEMPTS": "1",
+        "SOLENT_AUDIT_KEY": "jobs-test audit key shared by the nodes",  # one trail, one key
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith("SOLENT_")}
     archive = build_archive(load_settings(environ=solent_env, data_dir=tmp_path / "admin"))
@@ -133,6 +134,7 @@ def test_serve_runs_the_jobs_of_what_it_stores_and_shows_them_in_metrics(
         "SOLENT_JOBS_SETTLE_SECONDS": "0.2",
         "SOLENT_DICOM_WORKERS": "1",
         "SOLENT_TOKEN_SECRET": "jobs-serve-test-secret-0123456789abcdef",
+        "SOLENT_AUDIT_KEY": "jobs-test audit key shared by the nodes",
     }
     settings = load_settings(environ=env, data_dir=tmp_path / "node")
     archive = build_archive(settings)

@@ -92,6 +92,7 @@ def cluster(
         **s3_env,
         # Nodes share the token key (a key file in one node's data dir is not seen by others).
         "SOLENT_TOKEN_SECRET": "multinode-test-secret-0123456789abcdef",
+        "SOLENT_AUDIT_KEY": "multinode-test audit key shared by the nodes",
         "SOLENT_DICOM_WORKERS": "1",  # 2 cores shared by 3 nodes: one receiving process each
         "SOLENT_SHUTDOWN_DRAIN_SECONDS": "2",  # > HAProxy's inter 300 ms x fall 2
     }
