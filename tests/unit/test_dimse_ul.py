@@ -73,7 +73,7 @@ def fast(tmp_path: Path) -> Iterator[Running]:
     archive = build_archive(settings)
     archive.index.add_trust("ZZA", "Trust A")
     archive.index.add_node(PEER, "127.0.0.1", 104, "ZZA", ["store", "query", "retrieve"])
-    listener = DimseListener(archive)
+    listener = DimseListener(archive.services)
     port = listener.start()
     assert isinstance(listener._servers[0], FastServer)
     yield Running(archive, listener, port)

@@ -30,7 +30,8 @@ from tests.unit.security_fixtures import PASSWORD, add_user, client, users
 
 __all__ = ["client"]
 
-PUBLIC = {"/health", "/health/ready"}
+# The viewer's static app shell holds no patient data; everything it reads needs a token.
+PUBLIC = {"/health", "/health/ready", "/viewer", "/viewer/{path:path}"}
 
 
 def _concrete(path: str) -> str:
