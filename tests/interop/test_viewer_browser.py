@@ -245,7 +245,8 @@ def test_current_and_prior_side_by_side_scroll_and_window_in_sync(
     wait_image(page, "Current")
     prior_before = wait_image(page, "Prior")
     assert "15-Jan-2024" in page.inner_text(f"{pane('Prior')} .overlay")
-    assert "ZZB B7730021" in page.inner_text(f"{pane('Current')} .overlay")
+    # Issue 15: a ZZA reader sees the ZZB study under ZZA's own record of the same person.
+    assert "ZZA A100001" in page.inner_text(f"{pane('Current')} .overlay")
     prior_index = image_index(page, "Prior")
     page.locator(f"{pane('Current')} .viewport").hover()
     page.keyboard.press("End")
