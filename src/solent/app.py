@@ -31,7 +31,6 @@ from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
 from solent.services.retrieve import RetrieveService
-from solent.services.retrieve_web import WebRetrieveService
 from solent.services.viewer import ViewerService
 from solent.settings import Settings
 from solent.storage import BlobStore, open_blob_store
@@ -74,7 +73,7 @@ class Archive:
         identity = IdentityService(self.index)
         users = UserService(self.index, self.settings, self.audit)
         inbox = InboxService(self.index, identity)
-        web_retrieve = WebRetrieveService(
+        retrieve = RetrieveService(
             self.index,
             self.store,
             self.access,
@@ -96,8 +95,7 @@ class Archive:
             audit=self.audit,
             query=self.query,
             ingest=self.ingestor,
-            web_retrieve=web_retrieve,
-            retrieve=RetrieveService(self.index, self.store, self.access, self.audit),
+            retrieve=retrieve,
             records=RecordService(identity, inbox, self.access, self.audit, self.query),
             identity=identity,
             inbox=inbox,
@@ -125,7 +123,7 @@ class Archive:
             ),
             broadcast=open_broadcast(self.settings.effective_database_url),
             viewer=viewer,  # issue 12
-            mdt=MdtService(self.index, self.access, self.audit, viewer, web_retrieve),
+            mdt=MdtService(self.index, self.access, self.audit, viewer, retrieve),
             live=LiveHub(LocalBroker()),  # one process; see services/mdt_broker.py for more
             peers=PeerAddresses(self.index),
         )

@@ -12,8 +12,8 @@ from sqlalchemy import update
 from solent.app import Archive
 from solent.domain.principal import Principal, PrincipalKind
 from solent.index import schema as t
+from solent.services.retrieve import RetrieveService
 from solent.services.retrieve_cache import AccessCache, ByteCache
-from solent.services.retrieve_web import WebRetrieveService
 from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template, study_of
 
 __all__ = ["demo", "demo_client", "demo_template"]
@@ -29,9 +29,9 @@ class Clock:
         return self.now
 
 
-def _service(client: TestClient) -> WebRetrieveService:
-    service = client.app.state.services.web_retrieve  # type: ignore[attr-defined]
-    assert isinstance(service, WebRetrieveService)
+def _service(client: TestClient) -> RetrieveService:
+    service = client.app.state.services.retrieve  # type: ignore[attr-defined]
+    assert isinstance(service, RetrieveService)
     return service
 
 
@@ -145,13 +145,13 @@ def test_frames_reuse_the_access_decision_within_the_ttl(
     url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1"
     service = _service(demo_client)
     checks: list[str] = []
-    real = service.access.check_study
+    real = demo.access.check_study
 
     def counted(*args: object, **kwargs: object) -> object:
         checks.append(str(args[1]))
         return real(*args, **kwargs)
 
-    service.access.check_study = counted
+    demo.access.check_study = counted  # type: ignore[method-assign]
     clock = Clock()
     service.access_cache.clock = clock
     service.access_cache.clear()

@@ -125,7 +125,9 @@ def _image_keys(ds: Dataset) -> Any:
 
 
 def _locate(running: Running, ds: Dataset) -> Any:
-    return running.listener.retrieve.locate(_system(), _image_keys(ds))
+    return running.listener.retrieve.locate(
+        _system(), _image_keys(ds), channel="test", destination="T"
+    )
 
 
 def test_c_store_of_a_dataset_not_matching_its_request_is_refused(

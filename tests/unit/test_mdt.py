@@ -97,7 +97,7 @@ def test_create_get_prefetch_and_outcome(demo: Archive, demo_client: TestClient)
     assert other_day.json() == {"meetings": []}
 
     # Prefetch warms what the viewer fetches first, with progress in the meeting JSON.
-    cache = demo.services.web_retrieve.responses
+    cache = demo.services.retrieve.responses
     before = len(cache._items)
     r = demo_client.post(f"/api/mdt/meetings/{m['id']}/prefetch", headers=coord)
     assert r.status_code == 202

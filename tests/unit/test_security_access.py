@@ -282,8 +282,12 @@ def test_retrieve_only_locates_studies_the_caller_may_read(demo: Archive) -> Non
     keys = RetrieveKeys("STUDY", study_uids=(bob, alice_zzb))
     node_zza = Principal(PrincipalKind.NODE, "ZZA_WS", "ZZA")
     node_zzb = Principal(PrincipalKind.NODE, "ZZB_WS", "ZZB")
-    assert {r.study_uid for r in retrieve.locate(node_zza, keys)} == {alice_zzb}
-    assert {r.study_uid for r in retrieve.locate(node_zzb, keys)} == {bob, alice_zzb}
+    assert {
+        r.study_uid for r in retrieve.locate(node_zza, keys, channel="test", destination="T")
+    } == {alice_zzb}
+    assert {
+        r.study_uid for r in retrieve.locate(node_zzb, keys, channel="test", destination="T")
+    } == {bob, alice_zzb}
 
 
 def test_an_explicit_link_opens_only_the_linked_record(demo: Archive) -> None:

@@ -225,7 +225,9 @@ def test_c_get_and_c_move_send_the_receiving_trusts_view(demo: Archive) -> None:
     """What ``retrieve_scp`` sends: the identity of the destination node's trust."""
     service = demo.services.retrieve
     mr = study_of(demo, "ZZB", "B7730021")
-    refs = service.locate(_node("ZZA"), RetrieveKeys("STUDY", study_uids=(mr,)))
+    refs = service.locate(
+        _node("ZZA"), RetrieveKeys("STUDY", study_uids=(mr,)), channel="test", destination="T"
+    )
     assert len(refs) == 16
 
     def sent(trust: str | None) -> pydicom.Dataset:

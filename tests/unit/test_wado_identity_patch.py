@@ -1,7 +1,7 @@
 """WADO-RS instances carry the record's current identity, patched cheaply and the same each time.
 
 A real archive (SQLite + files): instances are ingested, the patient record is renamed, and
-``WebRetrieveService.patched_bytes`` must give what a full pydicom re-encode gives (spliced or,
+``RetrieveService.patched_bytes`` must give what a full pydicom re-encode gives (spliced or,
 for deflated files, re-encoded), byte-identical on the next request (cached header) and the
 stored bytes for an instance whose header already says what the record says.
 """
@@ -19,7 +19,7 @@ from solent.app import Archive
 from solent.index import schema as t
 from solent.index.sql import now
 from solent.protocols.dimse.access import identify_peer
-from solent.services.retrieve_web import PatchedHeader, WebRetrieveService
+from solent.services.retrieve import RetrieveService
 from tests.unit.test_header_splice import assert_same, corpus
 
 FILES = [
@@ -47,23 +47,25 @@ def test_patched_bytes_follow_the_record_and_repeat(archive: Archive, tmp_path: 
         shutil.copy(corpus(name), path)
         assert archive.ingestor.ingest_file(path, peer.principal, peer.provenance).ok
         studies.add(str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID))
-    svc = WebRetrieveService(archive.index, archive.store, cache_bytes=64 << 20)
+    svc = RetrieveService(
+        archive.index, archive.store, archive.access, archive.audit, cache_bytes=64 << 20
+    )
     who = peer.principal
     instances = [i for s in sorted(studies) for i in svc.instances(who, s)]
     assert len(instances) == len(FILES)
 
     # Nothing changed yet: the stored bytes, and known unchanged from then on.
-    identity = svc.current_identity(who)
+    identity = svc.current_identity(who.trust)
     for inst in instances:
         stored = b"".join(svc.stored_bytes(who, inst))
         assert b"".join(svc.patched_bytes(who, inst, identity)) == stored
-    assert svc.identity_changed(instances, svc.current_identity(who)) == set()
+    assert svc.identity_changed(instances, svc.current_identity(who.trust)) == set()
 
     archive.index.write(
         lambda c: c.execute(update(t.patient).values(name="RENAMED^PAT", updated_at=now()))
     )
     first: dict[int, bytes] = {}
-    identity = svc.current_identity(who)
+    identity = svc.current_identity(who.trust)
     assert svc.identity_changed(instances, identity) == {i.pk for i in instances}
     for inst in instances:
         out = b"".join(svc.patched_bytes(who, inst, identity))
@@ -74,10 +76,9 @@ def test_patched_bytes_follow_the_record_and_repeat(archive: Archive, tmp_path: 
         assert_same(expected, got)
         first[inst.pk] = out
 
-    again = svc.current_identity(who)
+    again = svc.current_identity(who.trust)
     assert svc.identity_changed(instances, again) == {i.pk for i in instances}
     for inst in instances:
         assert b"".join(svc.patched_bytes(who, inst, again)) == first[inst.pk]
         if inst.transfer_syntax_uid != "1.2.840.10008.1.2.1.99":
-            cached = svc.headers.get((inst.sha256, again.fingerprint(inst.study_uid)))
-            assert isinstance(cached, PatchedHeader)
+            assert svc.cached_header(inst, again) is not None

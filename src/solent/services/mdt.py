@@ -25,7 +25,7 @@ from solent.index.sql import Index
 from solent.services import mdt_prefetch as warm
 from solent.services.access import AccessDenied, AccessService, Permission, Role
 from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
-from solent.services.retrieve_web import WebRetrieveService
+from solent.services.retrieve import RetrieveService
 from solent.services.viewer import ViewerService
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,13 @@ class MdtService:
         access: AccessService,
         audit: AuditTrail,
         viewer: ViewerService,
-        web_retrieve: WebRetrieveService,
+        retrieve: RetrieveService,
     ) -> None:
         self.index = index
         self.access = access
         self.audit = audit
         self.viewer = viewer
-        self.web_retrieve = web_retrieve
+        self._retrieve = retrieve
         self._threads: dict[int, threading.Thread] = {}
         self._presenter_writes = ThreadPoolExecutor(1, thread_name_prefix="mdt-presenter")
 
@@ -348,7 +348,7 @@ class MdtService:
         total = sum(1 + 2 * len(series) for _, series in plan)
         self.index.write(lambda c: store.set_prefetch(c, meeting_id, "running", 0, total))
         done = 0
-        svc = self.web_retrieve
+        svc = self._retrieve
 
         def step() -> None:
             nonlocal done

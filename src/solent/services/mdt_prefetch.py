@@ -2,7 +2,7 @@
 
 For each study: its thumbnail; for each series: the series metadata (as a browser asks for
 it: gzip accepted), the series thumbnail and the first image rendered. They go into
-``WebRetrieveService.responses`` under the very keys the WADO-RS adapter computes
+``RetrieveService.responses`` under the very keys the WADO-RS adapter computes
 (protocols/dicomweb/wado_rs.py: ``metadata|base|gzip|fingerprint`` and
 ``rendered|frame|options``), so the viewer's first requests are answered from memory. A unit
 test fetches the same resources over HTTP afterwards and checks that no new entry was needed,
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from solent.dicom.render import RenderOptions, Viewport
 from solent.domain.principal import Principal
 from solent.domain.records import StoredInstance
-from solent.services.retrieve_web import WebRetrieveService
+from solent.services.retrieve import RetrieveService
 
 GZIP_MIN = 1024  # as wado_rs.GZIP_MIN: smaller metadata bodies are sent uncompressed
 #: What a browser's <img> gets for a thumbnail (Accept image/* -> JPEG; 128x128, quality 80).
@@ -34,9 +34,9 @@ def _gzip(body: bytes) -> bytes:
 
 
 def warm_series_metadata(
-    svc: WebRetrieveService, principal: Principal, study: str, series: str, base: str
+    svc: RetrieveService, principal: Principal, study: str, series: str, base: str
 ) -> None:
-    identity = svc.current_identity(principal)
+    identity = svc.current_identity(principal.trust)
     hashes, docs = svc.series_metadata(principal, study, series, None, base, identity)
     variant = f"metadata|{base}|{True}|{identity.fingerprint(study)}"
     body = b"[" + b",".join(docs) + b"]"
@@ -46,7 +46,7 @@ def warm_series_metadata(
 
 
 def _warm_render(
-    svc: WebRetrieveService, principal: Principal, inst: StoredInstance, opts: RenderOptions
+    svc: RetrieveService, principal: Principal, inst: StoredInstance, opts: RenderOptions
 ) -> None:
     etag = svc.etag([inst], f"rendered|{1}|{opts!r}")
     if svc.responses.get(etag) is None:
@@ -57,7 +57,7 @@ def _images(instances: Sequence[StoredInstance]) -> list[StoredInstance]:
     return [i for i in instances if i.number_of_frames]
 
 
-def warm_study_thumbnail(svc: WebRetrieveService, principal: Principal, study: str) -> None:
+def warm_study_thumbnail(svc: RetrieveService, principal: Principal, study: str) -> None:
     """The middle image of the first series with images (as wado_rs._representative)."""
     images = _images(svc.instances(principal, study, with_frames=True))
     if not images:
@@ -66,9 +66,7 @@ def warm_study_thumbnail(svc: WebRetrieveService, principal: Principal, study: s
     _warm_render(svc, principal, series[len(series) // 2], THUMBNAIL)
 
 
-def warm_series_images(
-    svc: WebRetrieveService, principal: Principal, study: str, series: str
-) -> None:
+def warm_series_images(svc: RetrieveService, principal: Principal, study: str, series: str) -> None:
     """The series thumbnail (its middle image) and its first image rendered."""
     images = _images(svc.instances(principal, study, series, with_frames=True))
     if not images:

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from solent.services.query import QueryService
     from solent.services.records import RecordService
     from solent.services.retrieve import RetrieveService
-    from solent.services.retrieve_web import WebRetrieveService
     from solent.services.viewer import ViewerService
     from solent.settings import Settings
 
@@ -43,8 +42,7 @@ class Services:
     audit: AuditTrail
     query: QueryService
     ingest: Ingestor
-    web_retrieve: WebRetrieveService
-    retrieve: RetrieveService  # C-MOVE / C-GET / storage commitment
+    retrieve: RetrieveService  # every image read: C-GET/C-MOVE, commitment, WADO-RS/URI, renders
     records: RecordService  # FHIR, IID and identity API reads (access + audit inside)
     identity: IdentityService  # identity changes (HL7, administrators); reads go via records
     inbox: InboxService  # the HL7 journal, orders and reports

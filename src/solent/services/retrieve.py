@@ -1,40 +1,58 @@
-"""Reading stored instances for C-MOVE, C-GET (and later WADO): as stored, or transcoded.
+"""The one retrieve service: stored instances for C-GET, C-MOVE, storage commitment, WADO-RS,
+WADO-URI, frames, rendered images and thumbnails.
 
-The stored bytes go out unchanged whenever the destination accepts their transfer syntax;
-only when it accepts uncompressed syntaxes alone is the instance decoded (pydicom + pylibjpeg)
-and sent as Explicit VR Little Endian.
+One access decision (``AccessService``: own trust, linked records, break-glass) and one audit
+path for every way images leave the archive; one locate/open path over the index and the blob
+store; the caches of ``retrieve_cache`` shared by all of them. The bytes go out as stored
+whenever the peer accepts their syntax; the record's current patient identity is spliced into
+the header when it changed since (``retrieve_bytes``); frames are byte ranges and only
+transcoding and rendering decode (``retrieve_frames``). Metadata is the DICOM JSON computed
+at ingest, decompressed and joined, never a re-parse.
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
+import json
 import logging
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, Literal
 
-import pydicom
+import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset, read_preamble
-from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from solent.dicom import header_splice as hs
+from solent.dicom import render as rendering
+from solent.dicom import transcode as tc
 from solent.domain.principal import Principal
-from solent.domain.records import StoredInstanceRef
+from solent.domain.records import StoredInstance, StoredInstanceRef
+from solent.errors import NotFound
+from solent.index import reads
 from solent.index.retrieval import locate_instances, stored_sop_classes
 from solent.index.sql import Index
+from solent.services import retrieve_bytes as rb
+from solent.services import retrieve_frames as rf
 from solent.services.access import AccessService
-from solent.services.audit import AuditTrail
+from solent.services.audit import AuditAction, AuditOutcome, AuditTrail
 from solent.services.outgoing_identity import CurrentIdentity
+from solent.services.retrieve_bytes import OutgoingDataset, PatchedHeader, split_part10
+from solent.services.retrieve_cache import AccessCache, ByteCache
 from solent.storage import BlobStore
 
 log = logging.getLogger(__name__)
 
-NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+__all__ = [
+    "OutgoingDataset",
+    "PatchedHeader",
+    "RetrieveKeys",
+    "RetrieveService",
+    "split_part10",
+]
 
-
-class TranscodeError(Exception):
-    """The instance cannot be turned into an uncompressed dataset (no decoder, corrupt)."""
+BULK_PREFIX = b'"BulkDataURI":"bulkdata/'
+_UNCHANGED = b"="  # a document cache entry meaning "the stored JSON as it is"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,54 +67,90 @@ class RetrieveKeys:
     sop_instance_uids: tuple[str, ...] = ()
 
 
-def split_part10(data: bytes) -> tuple[Dataset, int]:
-    """(file meta, offset of the dataset) of a Part 10 file held in memory."""
-    fp = io.BytesIO(data)
-    read_preamble(fp, False)
-    meta = read_dataset(
-        fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, *_: tag.group != 2
-    )
-    return meta, fp.tell()
-
-
-HEAD_READ = 64 << 10  # the first read of a stored file: preamble, meta and the patient elements
-HEAD_MAX = 16 << 20  # a header that needs more than this to splice is re-encoded instead
-
-
-@dataclass(slots=True)
-class OutgoingDataset:
-    """One instance's dataset as it goes on the wire, without holding it in memory: ``prefix``
-    (the first bytes, with the current identity spliced in), then ``remaining`` bytes of
-    ``rest``, the stored file positioned where the prefix ends. Close it when sent."""
-
-    prefix: bytes
-    rest: BinaryIO | None
-    remaining: int
-
-    @property
-    def length(self) -> int:
-        return len(self.prefix) + self.remaining
-
-    def close(self) -> None:
-        if self.rest is not None:
-            self.rest.close()
+def _per_study(refs: Iterable[StoredInstanceRef]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for ref in refs:
+        counts[ref.study_uid] = counts.get(ref.study_uid, 0) + 1
+    return counts
 
 
 class RetrieveService:
+    """Downloads (C-GET, C-MOVE, WADO-RS instances) and metadata reads leave an audit record;
+    frames and renders leave one coalesced VIEW record per caller, study and channel (one per
+    frame would cost a write per image). A granted web decision is reused for
+    ``access_ttl`` seconds (``retrieve_cache.AccessCache``); a refusal never is."""
+
     def __init__(
-        self, index: Index, store: BlobStore, access: AccessService, audit: AuditTrail
+        self,
+        index: Index,
+        store: BlobStore,
+        access: AccessService,
+        audit: AuditTrail,
+        *,
+        access_ttl: float = 0.0,
+        cache_bytes: int = 0,
     ) -> None:
-        self.index = index
-        self.store = store
-        self.access = access
-        self.audit = audit
+        self._index = index
+        self._store = store
+        self._access = access
+        self._audit = audit
+        self.access_cache = AccessCache(access_ttl)
+        # Keyed by content hash + identity fingerprint (+ variant): never stale, only evicted.
+        self.responses: ByteCache[bytes] = ByteCache(cache_bytes // 2, len)
+        self._documents: ByteCache[bytes] = ByteCache(cache_bytes // 4, len)
+        self._headers: ByteCache[PatchedHeader | bytes] = ByteCache(
+            cache_bytes // 4, lambda v: len(v.head) if isinstance(v, PatchedHeader) else 16
+        )
+
+    # -- the access decision and the audit record -------------------------------------------
+
+    def allow(self, principal: Principal, study_uid: str, action: str = "view") -> None:
+        """Raise NotVisible (answered as "not found") unless ``principal`` may see the study."""
+        if self.access_cache.granted(principal, study_uid, action):
+            return
+        self._access.check_study(principal, study_uid, action)
+        self.access_cache.grant(principal, study_uid, action)
+
+    def forget_decisions(self) -> None:
+        """Drop the remembered grants (a revocation that must take effect at once)."""
+        self.access_cache.clear()
+
+    def record(
+        self, principal: Principal, action: str, study_uid: str, detail: dict[str, Any]
+    ) -> None:
+        """One audit record of a download ("retrieve") or a metadata read ("view")."""
+        self._audit.record(principal, action, study_uid=study_uid, detail=detail)
+
+    def record_view(self, principal: Principal, study_uid: str, channel: str) -> None:
+        """Audit a per-image request (rendered, thumbnail, frames): one VIEW record per caller,
+        study and channel within the audit trail's coalescing window."""
+        self._audit.record_coalesced(principal, "view", study_uid=study_uid, channel=channel)
+
+    def record_refusal(self, principal: Principal, channel: str, reason: str) -> None:
+        """A registered node asked to retrieve though its registration does not allow it."""
+        self._audit.record(
+            principal,
+            AuditAction.PERMISSION_DENIED,
+            AuditOutcome.DENIED,
+            detail={"channel": channel, "reason": reason},
+        )
+
+    # -- DIMSE: locate by keys, send ----------------------------------------------------------
 
     def locate(
-        self, principal: Principal, keys: RetrieveKeys, *, limit: int = 65535
+        self,
+        principal: Principal,
+        keys: RetrieveKeys,
+        *,
+        channel: str,
+        destination: str,
+        limit: int = 65535,
     ) -> list[StoredInstanceRef]:
-        """Stored instances the retrieve names (access control hangs here: one place)."""
+        """The stored instances a C-MOVE / C-GET names that ``principal`` may see, and one
+        RETRIEVE record per patient of them (channel, destination, instance count). What is
+        not visible is left out exactly as what is not stored."""
         refs = locate_instances(
-            self.index,
+            self._index,
             patient_id=keys.patient_id,
             patient_issuer=keys.patient_issuer,
             study_uids=keys.study_uids,
@@ -104,119 +158,362 @@ class RetrieveService:
             sop_instance_uids=keys.sop_instance_uids,
             limit=limit,
         )
-        # Security (issue 6): only studies of patients the caller has a relationship with.
-        allowed = self.access.visible_study_uids(principal, {r.study_uid for r in refs})
-        return [r for r in refs if r.study_uid in allowed]
+        allowed = self._access.visible_study_uids(principal, {r.study_uid for r in refs})
+        refs = [r for r in refs if r.study_uid in allowed]
+        self._audit.record_studies(
+            principal,
+            AuditAction.RETRIEVE,
+            _per_study(refs),
+            detail={"channel": channel, "destination": destination, "instances": len(refs)},
+        )
+        return refs
+
+    def record_outcome(
+        self,
+        principal: Principal,
+        failed: Iterable[StoredInstanceRef],
+        *,
+        channel: str,
+        completed: int,
+        failed_count: int,
+        cancelled: bool,
+    ) -> None:
+        """A C-GET / C-MOVE whose sub-operations did not all succeed: one FAILURE record per
+        patient of the studies not (fully) sent, with the counts and the failed UIDs."""
+        refs = list(failed)
+        try:
+            self._audit.record_studies(
+                principal,
+                AuditAction.RETRIEVE,
+                _per_study(refs),
+                outcome=AuditOutcome.FAILURE,
+                detail={
+                    "channel": channel,
+                    "completed": completed,
+                    "failed": failed_count,
+                    "cancelled": cancelled,
+                    "failed_sop_instance_uids": [r.sop_instance_uid for r in refs][:100],
+                },
+            )
+        except Exception:  # the images are sent; a lost failure note must not fail the request
+            log.exception("could not audit the sub-operation failures of a %s", channel)
 
     def committed(self, principal: Principal, sop_instance_uids: Sequence[str]) -> dict[str, str]:
-        """SOP Instance UID -> SOP Class UID of the instances durably stored and indexed."""
-        return stored_sop_classes(self.index, sop_instance_uids)
-
-    def read_part10(self, principal: Principal, ref: StoredInstanceRef) -> bytes:
-        """The stored file, byte for byte."""
-        with self.store.open(ref.blob_key) as fp:
-            return fp.read()
-
-    def current_identity(self, viewing_trust: str | None = None) -> CurrentIdentity:
-        """The per-retrieve cache of the records' current patient attributes (issue 5), as
-        ``viewing_trust`` sees the person (services/trust_view.py): the trust of the node
-        the instances go to (C-MOVE destination, C-GET caller)."""
-        return CurrentIdentity(self.index, viewing_trust)
+        """SOP Instance UID -> SOP Class UID of the instances durably stored and indexed
+        (storage commitment: the caller names instances it sent; nothing else is told)."""
+        return stored_sop_classes(self._index, sop_instance_uids)
 
     def encoded_dataset(
         self, principal: Principal, ref: StoredInstanceRef, identity: CurrentIdentity | None = None
     ) -> bytes:
-        """The dataset without preamble and file meta: what goes on the wire. The stored bytes
-        unless the record's patient identity changed since; then the re-encoded patient
-        elements (old values in Original Attributes Sequence) spliced between the stored
-        bytes, in the stored syntax (a full re-encode only for what the splice does not take:
-        deflated, no file meta, malformed)."""
-        data = self.read_part10(principal, ref)
-        if identity is not None:
-            try:
-                spliced = identity.patch_part10(ref.study_uid, data, complete=True)
-            except hs.Unsupported:
-                return self._reencoded(data, ref, identity)
-            if spliced is not None:
-                head = memoryview(spliced.head)[spliced.dataset_start :]
-                return b"".join((head, memoryview(data)[spliced.tail_offset :]))
-        _, offset = split_part10(data)
-        return data[offset:]
+        """The dataset without preamble and file meta, as it goes on the wire."""
+        return rb.wire_dataset(self._store, ref, identity)
 
     def open_encoded(
         self, principal: Principal, ref: StoredInstanceRef, identity: CurrentIdentity | None = None
     ) -> OutgoingDataset:
-        """What :meth:`encoded_dataset` gives, streamed: only the head of the stored file is
-        read (64 KB, more while the patient elements need it), the rest is read by the sender
-        in slices, so a 300 MB instance costs the sender's buffer, not 300 MB."""
-        fp = self.store.open(ref.blob_key)
-        try:
-            size = fp.seek(0, io.SEEK_END)
-            fp.seek(0)
-            head = fp.read(HEAD_READ)
-            while True:
-                complete = len(head) >= size
-                try:
-                    spliced = (
-                        identity.patch_part10(ref.study_uid, head, complete=complete)
-                        if identity is not None
-                        else None
-                    )
-                    start, tail = (
-                        (spliced.head[spliced.dataset_start :], spliced.tail_offset)
-                        if spliced is not None
-                        else (b"", hs.read_layout(head).dataset_start)
-                    )
-                except hs.Truncated:
-                    if complete or len(head) >= HEAD_MAX:
-                        raise hs.Unsupported("patient elements too far into the file") from None
-                    head += fp.read(len(head))
-                    continue
-                break
-        except hs.Unsupported:
-            fp.close()
-            data = self.encoded_dataset(principal, ref, identity)
-            return OutgoingDataset(data, None, 0)
-        except BaseException:
-            fp.close()
-            raise
-        return OutgoingDataset(bytes(start) + head[tail:], fp, size - len(head))
-
-    @staticmethod
-    def _reencoded(data: bytes, ref: StoredInstanceRef, identity: CurrentIdentity) -> bytes:
-        header = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-        if not identity.patch_dataset(ref.study_uid, header):
-            _, offset = split_part10(data)
-            return data[offset:]
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        identity.patch_dataset(ref.study_uid, ds)
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)  # the stored syntax, deflate included
-        encoded = out.getvalue()
-        _, start = split_part10(encoded)
-        return encoded[start:]
+        """:meth:`encoded_dataset`, streamed (only the head of the file is read first)."""
+        return rb.open_wire(self._store, ref, identity)
 
     def uncompressed(
         self, principal: Principal, ref: StoredInstanceRef, identity: CurrentIdentity | None = None
     ) -> Dataset:
-        """The instance as a dataset in Explicit VR Little Endian, pixel data decoded, with the
-        record's current patient attributes when ``identity`` is given."""
-        data = self.read_part10(principal, ref)
+        """The instance decoded, in Explicit VR Little Endian (a peer without its syntax)."""
+        return rb.uncompressed(self._store, ref, identity)
+
+    def current_identity(self, viewing_trust: str | None = None) -> CurrentIdentity:
+        """The per-retrieve cache of the records' current patient attributes, as
+        ``viewing_trust`` sees the person (services/trust_view.py): the caller's trust for
+        DICOMweb and C-GET, the destination's for C-MOVE. The web caches are keyed by its
+        fingerprint, so each view of the person has its own entries."""
+        return CurrentIdentity(self._index, viewing_trust)
+
+    # -- DICOMweb: locate by UIDs ------------------------------------------------------------
+
+    def instances(
+        self,
+        principal: Principal,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        *,
+        with_frames: bool = False,
+    ) -> list[StoredInstance]:
+        """The stored instances of a study / series / instance; NotFound when there are none."""
+        self.allow(principal, study_uid)
+        found = reads.find_instances(
+            self._index, study_uid, series_uid, sop_instance_uid, with_frames=with_frames
+        )
+        if not found:
+            what = (
+                f"instance {sop_instance_uid}"
+                if sop_instance_uid
+                else f"series {series_uid}"
+                if series_uid
+                else f"study {study_uid}"
+            )
+            raise NotFound(f"{what} is not stored here")
+        return found
+
+    def instance_by_uid(self, principal: Principal, sop_instance_uid: str) -> StoredInstance:
+        found = reads.find_instance_by_uid(self._index, sop_instance_uid)
+        if found is None:
+            raise NotFound(f"instance {sop_instance_uid} is not stored here")
+        self.allow(principal, found.study_uid)
+        return found
+
+    @staticmethod
+    def etag(instances: Sequence[StoredInstance], variant: str) -> str:
+        """Strong validator: the content hashes of the instances plus the response variant."""
+        return RetrieveService.etag_of([i.sha256 for i in instances], variant)
+
+    @staticmethod
+    def etag_of(hashes: Sequence[str], variant: str) -> str:
+        h = hashlib.sha256(variant.encode())
+        for sha in hashes:
+            h.update(sha.encode())
+        return '"' + h.hexdigest()[:40] + '"'
+
+    # -- DICOMweb: whole instances -----------------------------------------------------------
+
+    def stored_bytes(self, principal: Principal, inst: StoredInstance) -> Iterator[bytes]:
+        """The instance as stored, in chunks (the file is never held whole)."""
+        yield from rb.read_from(self._store, inst, 0)
+
+    def identity_changed(
+        self, instances: Sequence[StoredInstance], identity: CurrentIdentity
+    ) -> set[int]:
+        """pks of the instances that may need the current identity: those known to differ
+        (a patched header or document cached) and those not known yet. Finding out costs
+        less while streaming (``patched_bytes`` walks the header it reads anyway and sends
+        an unchanged file as stored) than parsing every instance's DICOM JSON first."""
+        return {i.pk for i in instances if self.known_changed(i, identity) is not False}
+
+    def known_changed(self, inst: StoredInstance, identity: CurrentIdentity) -> bool | None:
+        """Whether the instance's header differs from the current identity, if known already."""
+        key = (inst.sha256, identity.fingerprint(inst.study_uid))
+        header = self._headers.get(key)
+        if header is not None:
+            return header != b""
+        doc = self._documents.get(key)
+        return None if doc is None else doc != _UNCHANGED
+
+    def cached_header(
+        self, inst: StoredInstance, identity: CurrentIdentity
+    ) -> PatchedHeader | None:
+        """The patched header computed earlier, if cached (a response length without work)."""
+        cached = self._headers.get((inst.sha256, identity.fingerprint(inst.study_uid)))
+        return cached if isinstance(cached, PatchedHeader) else None
+
+    def patched_header(
+        self, principal: Principal, inst: StoredInstance, identity: CurrentIdentity
+    ) -> PatchedHeader | None:
+        """The stored instance's header with the current identity, the pixel data onwards
+        left as stored; None when the header already says the same or the syntax cannot be
+        split (deflated). Only the first bytes of the file are read."""
+        if inst.transfer_syntax_uid == rb.DEFLATED:
+            return None
+        key = (inst.sha256, identity.fingerprint(inst.study_uid))
+        cached = self._headers.get(key)
+        if cached is not None:
+            return cached if isinstance(cached, PatchedHeader) else None
+        patched: PatchedHeader | Literal[False] | None
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=True)
-            ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ref.transfer_syntax_uid)))
-            if ts.is_compressed:
-                ds.decompress(generate_instance_uid=False)
-            elif ts == "1.2.840.10008.1.2.2" and "PixelData" in ds:
-                # Big endian: swap the pixel words by decoding and re-encoding them.
-                arr = ds.pixel_array
-                ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.set_original_encoding(False, True)
-            if identity is not None:
-                identity.patch_dataset(ref.study_uid, ds)
-        except Exception as exc:
-            raise TranscodeError(
-                f"cannot decode {ref.sop_instance_uid} ({ref.transfer_syntax_uid}): {exc}"
-            ) from exc
-        return ds
+            patched = rb.spliced_header(self._store, inst, identity)
+        except hs.Unsupported:
+            patched = rb.reencoded_header(self._store, inst, identity)
+            if patched is False:
+                return None  # not where pixel data starts: let the caller re-encode it all
+        self._headers.put(key, patched or b"")
+        return patched or None
+
+    def patched_bytes(
+        self, principal: Principal, inst: StoredInstance, identity: CurrentIdentity
+    ) -> Iterator[bytes]:
+        """The stored instance with the current identity, streamed: the header patched once
+        (cached), the rest as stored. The first time, a file up to WHOLE_FILE is read in one
+        piece and patched from memory."""
+        key = (inst.sha256, identity.fingerprint(inst.study_uid))
+        cached = self._headers.get(key)
+        if cached == b"":  # the header already says what the record says
+            yield from rb.read_from(self._store, inst, 0)
+            return
+        if (
+            cached is None
+            and inst.size_bytes <= rb.WHOLE_FILE
+            and inst.transfer_syntax_uid != rb.DEFLATED
+        ):
+            data = rb.read_all(self._store, inst)
+            try:
+                spliced = identity.patch_part10(inst.study_uid, data, complete=True)
+            except hs.Unsupported:
+                yield self._reencoded_whole(inst, identity, data)
+                return
+            if spliced is None:
+                self._headers.put(key, b"")
+                yield data
+                return
+            self._headers.put(key, PatchedHeader(spliced.head, spliced.tail_offset))
+            yield spliced.head
+            yield data[spliced.tail_offset :]
+            return
+        patched = self.patched_header(principal, inst, identity)
+        if patched is None:
+            if self._headers.get(key) == b"":  # found to say what the record says
+                yield from rb.read_from(self._store, inst, 0)
+            else:
+                yield self._reencoded_whole(inst, identity)
+            return
+        yield patched.head
+        if patched.tail_offset < inst.size_bytes:
+            yield from rb.read_from(self._store, inst, patched.tail_offset)
+
+    def _reencoded_whole(
+        self, inst: StoredInstance, identity: CurrentIdentity, data: bytes | None = None
+    ) -> bytes:
+        """``with_identity`` for what the header splice does not take (deflated, no file
+        meta), remembering "unchanged" so the next retrieve streams the stored bytes."""
+        if data is None:
+            data = rb.read_all(self._store, inst)
+        out = rb.with_identity(data, inst, identity)
+        if out is data:
+            self._headers.put((inst.sha256, identity.fingerprint(inst.study_uid)), b"")
+        return out
+
+    def with_identity(
+        self,
+        principal: Principal,
+        inst: StoredInstance,
+        identity: CurrentIdentity,
+        data: bytes | None = None,
+    ) -> bytes:
+        """The Part 10 instance (stored, or ``data`` already transcoded) with the record's
+        current patient attributes; the old values go to Original Attributes."""
+        return rb.with_identity(
+            rb.read_all(self._store, inst) if data is None else data, inst, identity
+        )
+
+    def transcoded(self, principal: Principal, inst: StoredInstance, target: str) -> bytes:
+        with self._store.open(inst.blob_key) as fp:
+            return tc.transcode_instance(fp, target)
+
+    # -- DICOMweb: metadata ------------------------------------------------------------------
+
+    def _patched_document(
+        self, study_uid: str, sha256: str, json_z: bytes, identity: CurrentIdentity
+    ) -> bytes:
+        """The stored DICOM JSON with the current identity (relative BulkDataURIs), cached by
+        content hash and identity fingerprint so unchanged documents are never parsed twice."""
+        key = (sha256, identity.fingerprint(study_uid))
+        cached = self._documents.get(key)
+        raw = zlib.decompress(json_z)
+        if cached is not None:
+            return raw if cached == _UNCHANGED else cached
+        doc = identity.patch_document(study_uid, raw)
+        self._documents.put(key, _UNCHANGED if doc is raw or doc == raw else doc)
+        return doc
+
+    def metadata_documents(
+        self,
+        principal: Principal,
+        instances: Sequence[StoredInstance],
+        base_url: str,
+        identity: CurrentIdentity | None = None,
+    ) -> Iterator[bytes]:
+        """Each instance's DICOM JSON, with BulkDataURIs made absolute under ``base_url`` and
+        the patient attributes the record holds now."""
+        identity = identity or self.current_identity(principal.trust)
+        by_pk = {i.pk: i for i in instances}
+        for pk, json_z in reads.iter_metadata(self._index, [i.pk for i in instances]):
+            inst = by_pk[pk]
+            doc = self._patched_document(inst.study_uid, inst.sha256, json_z, identity)
+            yield _absolute(doc, base_url, inst.study_uid, inst.series_uid, inst.sop_instance_uid)
+
+    def series_metadata(
+        self,
+        principal: Principal,
+        study_uid: str,
+        series_uid: str | None,
+        sop_instance_uid: str | None,
+        base_url: str,
+        identity: CurrentIdentity | None = None,
+    ) -> tuple[list[str], list[bytes]]:
+        """(content hashes, DICOM JSON documents) of a series or one instance, one query."""
+        self.allow(principal, study_uid)
+        identity = identity or self.current_identity(principal.trust)
+        rows = reads.find_metadata(self._index, study_uid, series_uid, sop_instance_uid)
+        if not rows:
+            self.instances(principal, study_uid, series_uid, sop_instance_uid)  # says what
+        docs = [
+            _absolute(self._patched_document(st, sha, json_z, identity), base_url, st, se, sop)
+            for st, se, sop, sha, json_z in rows
+        ]
+        return [r[3] for r in rows], docs
+
+    def series_hashes(
+        self,
+        principal: Principal,
+        study_uid: str,
+        series_uid: str | None,
+        sop_instance_uid: str | None,
+    ) -> list[str]:
+        """Content hashes of a series or one instance (for the ETag), one small query."""
+        self.allow(principal, study_uid)
+        return reads.find_hashes(self._index, study_uid, series_uid, sop_instance_uid)
+
+    def metadata_of(self, principal: Principal, inst: StoredInstance) -> dict[str, Any]:
+        """The stored DICOM JSON of one located instance (as stored: for pixel decoding)."""
+        for _pk, json_z in reads.iter_metadata(self._index, [inst.pk]):
+            doc: dict[str, Any] = json.loads(zlib.decompress(json_z))
+            return doc
+        raise NotFound(f"metadata of instance {inst.sop_instance_uid} is missing")
+
+    # -- DICOMweb: frames, renders, bulk data (retrieve_frames) -------------------------------
+
+    @staticmethod
+    def check_frames(inst: StoredInstance, numbers: Sequence[int]) -> int:
+        return rf.check_frames(inst, numbers)
+
+    def stored_frame(self, principal: Principal, inst: StoredInstance, number: int) -> bytes | None:
+        """Frame ``number`` (1-based) as stored, by byte range; None if not byte-addressable."""
+        return rf.stored_frame(self._store, inst, number)
+
+    def decoded_frame(
+        self, principal: Principal, inst: StoredInstance, number: int, doc: dict[str, Any]
+    ) -> np.ndarray:
+        return rf.decoded_frame(self._store, inst, number, doc)
+
+    def frame_as(
+        self,
+        principal: Principal,
+        inst: StoredInstance,
+        number: int,
+        target: str,
+        doc: dict[str, Any],
+    ) -> bytes:
+        """Frame ``number`` in transfer syntax ``target`` (native: little-endian octets)."""
+        return rf.frame_as(self._store, inst, number, target, doc)
+
+    def rendered(
+        self,
+        principal: Principal,
+        inst: StoredInstance,
+        number: int,
+        opts: rendering.RenderOptions,
+    ) -> bytes:
+        doc = self.metadata_of(principal, inst)
+        return rf.rendered(self._store, inst, number, opts, doc)
+
+    def bulk_element(self, principal: Principal, inst: StoredInstance, path: str) -> bytes:
+        """The value of a non-pixel bulk data element by its path ``TAG[/index/TAG...]``."""
+        return rf.bulk_element(self._store, inst, path)
+
+
+def _absolute(doc: bytes, base_url: str, study: str, series: str, sop: str) -> bytes:
+    """Relative BulkDataURIs of a stored document made absolute under ``base_url``."""
+    if BULK_PREFIX not in doc:
+        return doc
+    prefix = (
+        f'"BulkDataURI":"{base_url}/studies/{study}/series/{series}/instances/{sop}/bulkdata/'
+    ).encode()
+    return doc.replace(BULK_PREFIX, prefix)

@@ -16,7 +16,7 @@ from solent.domain.uids import uid_problem
 from solent.protocols.dicomweb.accept import NotAcceptable
 from solent.protocols.http_errors import http_error
 from solent.services.registry import Services
-from solent.services.retrieve_web import WebRetrieveService
+from solent.services.retrieve import RetrieveService
 
 PREFIX = "/dicomweb"
 DICOM_JSON = "application/dicom+json"
@@ -40,8 +40,8 @@ def principal(request: Request) -> Principal:
     return Principal(PrincipalKind.USER, "anonymous", None, address=host)
 
 
-def retrieve_service(request: Request) -> WebRetrieveService:
-    service: WebRetrieveService = request.app.state.services.web_retrieve
+def retrieve_service(request: Request) -> RetrieveService:
+    service: RetrieveService = request.app.state.services.retrieve
     return service
 
 

@@ -36,7 +36,7 @@ from solent.protocols.dicomweb.common import (
     retrieve_service,
 )
 from solent.services.outgoing_identity import CurrentIdentity
-from solent.services.retrieve_web import PatchedHeader, WebRetrieveService
+from solent.services.retrieve import RetrieveService
 
 log = logging.getLogger(__name__)
 router = APIRouter(route_class=DicomWebRoute)
@@ -85,7 +85,7 @@ def _retrieve(
     ranges = _ranges(request)
     instances = svc.instances(who, study, series, sop)
     targets = [neg.negotiate_instance(ranges, i.transfer_syntax_uid) for i in instances]
-    identity = svc.current_identity(who)
+    identity = svc.current_identity(who.trust)
     variant = f"instances|{identity.fingerprint(study)}|" + ",".join(targets)
     etag = svc.etag(instances, variant)
     # The header carries the patient's current identity, which may change: revalidate.
@@ -118,7 +118,7 @@ def _dicom_type(ts: str) -> str:
 
 
 def _content_length(
-    svc: WebRetrieveService,
+    svc: RetrieveService,
     who: Principal,
     instances: Sequence[StoredInstance],
     targets: Sequence[str],
@@ -135,8 +135,8 @@ def _content_length(
             return None
         size = inst.size_bytes
         if inst.pk in changed:
-            patched = svc.headers.get((inst.sha256, identity.fingerprint(inst.study_uid)))
-            if not isinstance(patched, PatchedHeader):
+            patched = svc.cached_header(inst, identity)
+            if patched is None:
                 return None
             size = len(patched.head) + inst.size_bytes - patched.tail_offset
         total += len(mp.part_head(boundary, _dicom_type(target), _location(base, inst))) + size + 2
@@ -162,7 +162,7 @@ def _coalesced(pieces: Iterator[bytes], at_least: int = COALESCE) -> Iterator[by
 
 
 def _instance_parts(
-    svc: WebRetrieveService,
+    svc: RetrieveService,
     who: Principal,
     instances: Sequence[StoredInstance],
     targets: Sequence[str],
@@ -240,7 +240,7 @@ def _metadata(
     gzip = "gzip" in request.headers.get("accept-encoding", "")
     docs: list[bytes] | None = None
     instances: list[StoredInstance] = []
-    identity = svc.current_identity(who)
+    identity = svc.current_identity(who.trust)
     if series is None:  # a study may be large: list it, then read the JSON in pages
         instances = svc.instances(who, study)
         hashes = [i.sha256 for i in instances]
@@ -350,7 +350,7 @@ def _direct(inst: StoredInstance, plan: neg.FramePlan) -> bool:
 
 
 def _frame_bytes(
-    svc: WebRetrieveService,
+    svc: RetrieveService,
     who: Principal,
     inst: StoredInstance,
     number: int,
@@ -368,7 +368,7 @@ def _frame_bytes(
 
 def _frames_response(
     request: Request,
-    svc: WebRetrieveService,
+    svc: RetrieveService,
     who: Principal,
     inst: StoredInstance,
     numbers: list[int],
@@ -376,7 +376,7 @@ def _frames_response(
 ) -> Response:
     stored = inst.transfer_syntax_uid
     plan = neg.negotiate_pixels(_ranges(request), stored)
-    svc._check_frames(inst, numbers)
+    svc.check_frames(inst, numbers)
     etag = svc.etag([inst], f"{variant}|{plan.media_type}|{plan.transfer_syntax}")
     headers = immutable_headers(etag, _replace_policy(request))
     if not_modified(request, etag):
@@ -504,7 +504,7 @@ async def _rendered(
     inst: StoredInstance,
     frame: int,
     opts: RenderOptions,
-    svc: WebRetrieveService,
+    svc: RetrieveService,
 ) -> Response:
     await run_in_threadpool(svc.record_view, principal(request), inst.study_uid, "rendered")
     variant = f"rendered|{frame}|{opts!r}"
@@ -526,7 +526,7 @@ async def _rendered(
 
 async def _instance(
     request: Request, study: str, series: str, sop: str
-) -> tuple[WebRetrieveService, StoredInstance]:
+) -> tuple[RetrieveService, StoredInstance]:
     _uids(study, series, sop)
     svc = retrieve_service(request)
     found = await run_in_threadpool(
@@ -581,7 +581,7 @@ async def _thumbnail(
     )
     inst = _representative(found)
     if frame != 1:
-        svc._check_frames(inst, [frame])
+        svc.check_frames(inst, [frame])
     return await _rendered(request, inst, frame, opts, svc)
 
 

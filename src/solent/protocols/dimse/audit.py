@@ -1,18 +1,18 @@
 """Audit records of DIMSE requests (issue 6): one per C-FIND / C-MOVE / C-GET, never one per
 instance, written through the archive's one audit trail (services/audit.py).
 
-C-FIND on the Patient and Study Root models is audited by the query service itself; this
-module covers what does not pass through it: refused requests, worklist queries and retrieves.
+C-FIND on the Patient and Study Root models is audited by the query service itself, C-GET and
+C-MOVE by the retrieve service; this module covers what does not pass through them: refused
+queries and worklist queries.
 Kept apart from the SCP handlers so they stay about the protocol.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from solent.domain.records import StoredInstanceRef
 from solent.protocols.dimse.access import Peer
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef
 
@@ -54,63 +54,3 @@ def worklist_query(
         patient=patient,
         detail={"channel": "dimse worklist", "keys": dict(criteria), "matches": len(matches)},
     )
-
-
-def retrieve(
-    trail: AuditTrail,
-    peer: Peer,
-    refs: Iterable[StoredInstanceRef],
-    *,
-    operation: str,
-    destination: str,
-) -> None:
-    """C-MOVE / C-GET: one RETRIEVE record per patient of the studies being sent, with the
-    destination AE and the instance count (sub-operation failures are in the DIMSE log)."""
-    refs = list(refs)
-    per_study: dict[str, int] = {}
-    for ref in refs:
-        per_study[ref.study_uid] = per_study.get(ref.study_uid, 0) + 1
-    trail.record_studies(
-        peer.principal,
-        AuditAction.RETRIEVE,
-        per_study,
-        detail={
-            "channel": f"dimse {operation}",
-            "destination": destination,
-            "instances": len(refs),
-        },
-    )
-
-
-def retrieve_outcome(
-    trail: AuditTrail,
-    peer: Peer,
-    failed: Iterable[StoredInstanceRef],
-    *,
-    operation: str,
-    completed: int,
-    failed_count: int,
-    cancelled: bool,
-) -> None:
-    """A C-GET / C-MOVE whose sub-operations did not all succeed: one FAILURE record per
-    patient of the studies not (fully) sent, with the counts and the failed instance UIDs."""
-    refs = list(failed)
-    per_study: dict[str, int] = {}
-    for ref in refs:
-        per_study[ref.study_uid] = per_study.get(ref.study_uid, 0) + 1
-    try:
-        trail.record_studies(
-            peer.principal,
-            AuditAction.RETRIEVE,
-            per_study,
-            outcome=AuditOutcome.FAILURE,
-            detail={
-                "channel": f"dimse {operation}",
-                "completed": completed,
-                "failed": failed_count,
-                "cancelled": cancelled,
-                "failed_sop_instance_uids": [r.sop_instance_uid for r in refs][:100],
-            },
-        )
-    except Exception:
-        log.exception("could not audit the sub-operation failures of a DIMSE %s", operation)

@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom.filereader import read_dataset
 
-from solent.protocols.dimse import audit, retrieve_scp
+from solent.protocols.dimse import retrieve_scp
 from solent.protocols.dimse.access import Operation, Peer
 from solent.protocols.dimse.net import STORAGE_SOP_CLASSES, STORAGE_SYNTAXES, SpoolFile
-from solent.protocols.dimse.status import NOT_AUTHORIZED
 from solent.protocols.dimse.store_scp import store_spooled
 from solent.protocols.dimse.ul import dimse, get
 from solent.protocols.dimse.ul.server import Association, Message, Spool
@@ -123,18 +122,15 @@ class FastServices:
         service = self.listener.retrieve
         sop_class = msg.command.text("AffectedSOPClassUID")
         try:
-            if not peer.may(Operation.RETRIEVE):
-                audit.denied(service.audit, peer, "retrieve", "this node may not retrieve")
-                raise retrieve_scp.RetrieveRefused(NOT_AUTHORIZED, "this node may not retrieve")
+            retrieve_scp.refuse_unless_allowed(service, peer)
             identifier = self._identifier(msg)
             keys = retrieve_scp.retrieve_keys(identifier, sop_class, peer)
         except retrieve_scp.RetrieveRefused as exc:
             log.info("C-GET refused: %s", exc)
             get.refuse(assoc, msg, exc.code, str(exc))
             return
-        refs = service.locate(peer.principal, keys)
-        audit.retrieve(
-            service.audit, peer, refs, operation="c-get", destination=peer.principal.name
+        refs = service.locate(
+            peer.principal, keys, channel="dimse c-get", destination=peer.principal.name
         )
         identity = service.current_identity(peer.principal.trust)  # the caller's view
         principal = peer.principal
@@ -150,11 +146,10 @@ class FastServices:
         ]
         outcome = get.perform(assoc, msg, ops)
         if outcome.failed or outcome.cancelled:
-            audit.retrieve_outcome(
-                service.audit,
-                peer,
+            service.record_outcome(
+                peer.principal,
                 [r for r in refs if r.sop_instance_uid in set(outcome.failed_uids)],
-                operation="c-get",
+                channel="dimse c-get",
                 completed=outcome.completed,
                 failed_count=outcome.failed,
                 cancelled=outcome.cancelled,

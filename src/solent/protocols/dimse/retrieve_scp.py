@@ -17,7 +17,6 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import build_context
 
 from solent.domain.records import StoredInstanceRef
-from solent.protocols.dimse import audit
 from solent.protocols.dimse.access import Operation, Peer
 from solent.protocols.dimse.net import UNCOMPRESSED
 from solent.protocols.dimse.status import (
@@ -79,18 +78,22 @@ def retrieve_keys(identifier: Dataset, sop_class: str, peer: Peer) -> RetrieveKe
     return keys
 
 
-def _locate(
-    event: Event, service: RetrieveService, peer: Peer | None
-) -> tuple[Peer, list[StoredInstanceRef]]:
+def refuse_unless_allowed(service: RetrieveService, peer: Peer | None) -> Peer:
+    """The peer, when its registration allows retrieves; else RetrieveRefused (audited)."""
     if peer is None or not peer.may(Operation.RETRIEVE):
-        audit.denied(service.audit, peer, "retrieve", "this node may not retrieve")
+        if peer is not None:
+            service.record_refusal(peer.principal, "dimse retrieve", "this node may not retrieve")
         raise RetrieveRefused(NOT_AUTHORIZED, "this node may not retrieve")
+    return peer
+
+
+def _keys(event: Event, service: RetrieveService, peer: Peer | None) -> tuple[Peer, RetrieveKeys]:
+    peer = refuse_unless_allowed(service, peer)
     try:
         identifier = event.identifier
     except Exception as exc:
         raise RetrieveRefused(IDENTIFIER_MISMATCH, f"unreadable identifier: {exc}") from exc
-    keys = retrieve_keys(identifier, str(event.request.AffectedSOPClassUID), peer)
-    return peer, service.locate(peer.principal, keys)
+    return peer, retrieve_keys(identifier, str(event.request.AffectedSOPClassUID), peer)
 
 
 def _suboperations(
@@ -156,7 +159,7 @@ def handle_move(
     event: Event, directory: Directory, service: RetrieveService, peer: Peer | None
 ) -> Iterator[Any]:
     try:
-        peer, refs = _locate(event, service, peer)
+        peer, keys = _keys(event, service, peer)
     except RetrieveRefused as exc:
         log.info("C-MOVE refused: %s", exc)
         _answer_refusal(event, exc)
@@ -166,7 +169,9 @@ def handle_move(
     if destination is None:
         yield None, None
         return
-    audit.retrieve(service.audit, peer, refs, operation="c-move", destination=destination.ae_title)
+    refs = service.locate(
+        peer.principal, keys, channel="dimse c-move", destination=destination.ae_title
+    )
     kwargs = {"contexts": destination_contexts(refs)} if refs else {}
     yield destination.host, destination.port, kwargs
     yield len(refs)
@@ -176,12 +181,14 @@ def handle_move(
 
 def handle_get(event: Event, service: RetrieveService, peer: Peer | None) -> Iterator[Any]:
     try:
-        peer, refs = _locate(event, service, peer)
+        peer, keys = _keys(event, service, peer)
     except RetrieveRefused as exc:
         log.info("C-GET refused: %s", exc)
         _answer_refusal(event, exc)
         yield 0  # no sub-operation: pynetdicom's final response, rewritten to exc.code
         return
-    audit.retrieve(service.audit, peer, refs, operation="c-get", destination=peer.principal.name)
+    refs = service.locate(
+        peer.principal, keys, channel="dimse c-get", destination=peer.principal.name
+    )
     yield len(refs)
     yield from _suboperations(event, refs, service, peer, peer.principal.trust)
