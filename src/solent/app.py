@@ -104,6 +104,7 @@ class Archive:
             authenticator=Authenticator(self.index, self.settings, users),
             migration=MigrationService(
                 self.index,
+                self.store,
                 self.ingestor,
                 identity,
                 self.settings.data_dir / "migration-quarantine",

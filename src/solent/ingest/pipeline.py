@@ -130,8 +130,8 @@ class _Waiting:
 
 class Ingestor:
     def __init__(self, index: Index, store: BlobStore, policy: IngestPolicy | None = None) -> None:
-        self.index = index
-        self.store = store
+        self._index = index
+        self._store = store
         self.policy = policy or IngestPolicy()
         self._trusts: set[str] = set()
         self.audit = AuditTrail(index)  # security (issue 6): every store is audited
@@ -164,14 +164,14 @@ class Ingestor:
     def prepare_blob(self, sha256: str) -> None:
         """Get the blob store ready for the blob of this digest (its directory, for files),
         so a receiver can overlap that I/O with parsing. Best effort: put_file does it too."""
-        prepare = getattr(self.store, "prepare", None)
+        prepare = getattr(self._store, "prepare", None)
         if prepare is not None:
             with contextlib.suppress(Exception):
                 prepare(blob_key_for(sha256))
 
     def _trust_exists(self, code: str) -> bool:
         if code not in self._trusts:
-            if self.index.get_trust(code) is None:
+            if self._index.get_trust(code) is None:
                 return False
             self._trusts.add(code)
         return True
@@ -333,7 +333,7 @@ class Ingestor:
 
         try:
             with self._write_gate():
-                recorded = self.index.write(op)
+                recorded = self._index.write(op)
         except Exception:
             log.info("group index write failed; committing its instances one by one")
             return [self._commit(p) for p in batch]
@@ -430,7 +430,7 @@ class Ingestor:
         replace = self.policy.conflict == "replace"
         key = blob_key_for(parsed.sha256)
         try:
-            self.store.put_file(key, path, move=move)
+            self._store.put_file(key, path, move=move)
         except StorageError as exc:
             return rejected(RejectReason.STORAGE_FAILURE, str(exc))
         assert trust is not None  # checked above
@@ -444,7 +444,7 @@ class Ingestor:
             p.provenance,
             p.parsed,
             record_instance(
-                self.index,
+                self._index,
                 conn,
                 p.parsed,
                 trust=p.trust,
@@ -471,7 +471,7 @@ class Ingestor:
 
         try:
             with self._write_gate():
-                recorded = self.index.write(lambda conn: self._record(conn, p))
+                recorded = self._index.write(lambda conn: self._record(conn, p))
         except (AlreadyStoredError, PatientMismatchError) as exc:
             return self._settle(p, exc)
         except IndexUnavailable as exc:
@@ -479,7 +479,7 @@ class Ingestor:
             return rejected(RejectReason.STORAGE_FAILURE, str(exc))
         except Exception as exc:
             # A concurrent writer stored the same SOP Instance UID first: report as it stands now.
-            again = self.index.instance_digest(parsed.sop_instance_uid)
+            again = self._index.instance_digest(parsed.sop_instance_uid)
             if again is not None:
                 if again[0] == parsed.sha256:
                     return self._result(
@@ -557,8 +557,8 @@ class Ingestor:
     def _forget_blob(self, key: str) -> None:
         """Delete a blob we wrote unless an index row (ours or a concurrent one) uses it."""
         try:
-            if not self.index.blob_referenced(key):
-                self.store.delete(key)
+            if not self._index.blob_referenced(key):
+                self._store.delete(key)
         except Exception:
             log.warning(
                 "could not remove an unindexed blob; `solent check --repair` will", exc_info=True

@@ -34,7 +34,7 @@ class AuthenticationFailed(Exception):
 
 class Authenticator:
     def __init__(self, index: Index, settings: Settings, users: UserService) -> None:
-        self.index = index
+        self._index = index
         self.settings = settings
         self.users = users
         self.oidc: OidcVerifier | None = None
@@ -77,7 +77,7 @@ class Authenticator:
         return name, password
 
     def _user(self, name: str, address: str | None, session_epoch: object = None) -> Principal:
-        row = self._users.get(name, lambda: sec.get_user(self.index, name))
+        row = self._users.get(name, lambda: sec.get_user(self._index, name))
         if row is None or row.disabled:
             raise AuthenticationFailed("the user of this token does not exist or is disabled")
         if session_epoch is not None and session_epoch != row.session_epoch:
@@ -87,7 +87,7 @@ class Authenticator:
 
     def _api_token(self, token: str, address: str | None) -> Principal:
         digest = tokens.api_token_digest(token)
-        found = self._tokens.get(digest, lambda: sec.find_api_token(self.index, digest))
+        found = self._tokens.get(digest, lambda: sec.find_api_token(self._index, digest))
         if found is None:
             raise AuthenticationFailed("unknown or revoked API token")
         user, expires = found
@@ -108,6 +108,6 @@ class Authenticator:
         )
         if not isinstance(name, str) or not name:
             raise AuthenticationFailed("the token names no user")
-        if not isinstance(trust, str) or self.index.get_trust(trust) is None:
+        if not isinstance(trust, str) or self._index.get_trust(trust) is None:
             raise AuthenticationFailed("the token's 'trust' claim names no registered trust")
         return Principal(PrincipalKind.USER, name[:200], trust, roles, address)

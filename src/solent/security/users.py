@@ -109,7 +109,7 @@ def _grants(
 
 class UserService:
     def __init__(self, index: Index, settings: Settings, audit: AuditTrail) -> None:
-        self.index = index
+        self._index = index
         self.settings = settings
         self.audit = audit
         self.limits = LoginLimits(settings)
@@ -129,7 +129,7 @@ class UserService:
             return None
         if Permission.ADMIN not in permissions_of(actor):
             raise self._refused(actor, "managing users needs the pacs_admin role")
-        row = sec.get_user(self.index, actor.name)
+        row = sec.get_user(self._index, actor.name)
         if row is None:  # an administrator from OIDC: its trust claim
             if actor.trust is None:
                 raise AccessDenied("an administrator from the identity provider needs a trust")
@@ -141,7 +141,7 @@ class UserService:
     def _target(self, actor: Principal, name: str) -> sec.UserRow:
         """The user ``actor`` may manage, or NotFound exactly as if there were no such user."""
         scope = self.manageable_trusts(actor)
-        row = sec.get_user(self.index, name)
+        row = sec.get_user(self._index, name)
         if row is None or (scope is not None and (row.trust is None or not row.trusts <= scope)):
             raise NotFound(f"user {name} does not exist")
         return row
@@ -201,19 +201,19 @@ class UserService:
         trusts = frozenset(c for c in (trust, *other_trusts) if c)
         detail = {"user": name, "added": True, "trust": trust, **_grants(None, roles, trusts)}
         return sec.add_user(
-            self.index, name, trust, roles, hashed, other_trusts, self._audit(actor, detail)
+            self._index, name, trust, roles, hashed, other_trusts, self._audit(actor, detail)
         )
 
     def list(self, actor: Principal | None = None) -> list[sec.UserRow]:
         """Every user (the CLI), or those ``actor`` manages."""
-        rows = sec.list_users(self.index)
+        rows = sec.list_users(self._index)
         scope = None if actor is None else self.manageable_trusts(actor)
         if scope is None:
             return rows
         return [r for r in rows if r.trust is not None and r.trusts <= scope]
 
     def get(self, name: str) -> sec.UserRow | None:
-        return sec.get_user(self.index, name)
+        return sec.get_user(self._index, name)
 
     def find(self, actor: Principal, name: str) -> sec.UserRow:
         return self._target(actor, name)
@@ -225,9 +225,9 @@ class UserService:
             raise self._refused(actor, "an administrator cannot change its own roles")
         changes = _grants(row, roles, row.trusts)
         sec.update_user(
-            self.index, name, roles=roles, audit=self._audit(actor, {"user": name, **changes})
+            self._index, name, roles=roles, audit=self._audit(actor, {"user": name, **changes})
         )
-        found = sec.get_user(self.index, name)
+        found = sec.get_user(self._index, name)
         assert found is not None
         return found
 
@@ -241,13 +241,13 @@ class UserService:
         trusts = frozenset(c for c in (trust, *others) if c)
         changes = _grants(row, row.roles, trusts)
         sec.update_user(
-            self.index,
+            self._index,
             name,
             trust=trust,
             other_trusts=others,
             audit=self._audit(actor, {"user": name, "trust": trust, **changes}),
         )
-        found = sec.get_user(self.index, name)
+        found = sec.get_user(self._index, name)
         assert found is not None
         return found
 
@@ -258,7 +258,7 @@ class UserService:
     def disable(self, actor: Principal, name: str) -> None:
         self._target(actor, name)
         sec.update_user(
-            self.index,
+            self._index,
             name,
             disabled=True,
             audit=self._audit(actor, {"user": name, "disabled": True}),
@@ -267,7 +267,7 @@ class UserService:
     def enable(self, actor: Principal, name: str) -> None:
         self._target(actor, name)
         sec.update_user(
-            self.index,
+            self._index,
             name,
             disabled=False,
             audit=self._audit(actor, {"user": name, "disabled": False}),
@@ -277,7 +277,7 @@ class UserService:
         """Set (reset) a password; the user's sessions and API tokens end with the old one."""
         self._target(actor, name)
         sec.update_user(
-            self.index,
+            self._index,
             name,
             password_hash=self._hash(password),
             end_sessions=True,
@@ -288,14 +288,14 @@ class UserService:
         self, caller: Principal, current: str, new: str, address: str | None
     ) -> None:
         """A user changes their own password, proving the current one (throttled like login)."""
-        row = sec.get_user(self.index, caller.name)
+        row = sec.get_user(self._index, caller.name)
         if row is None or row.password_hash is None or caller.kind is not PrincipalKind.USER:
             raise InvalidInput("this account has no password to change")
         if not self._check(row, row.name, current, address):
             raise AccessDenied("the current password is wrong")
         passwords.check_strength(new)
         sec.update_user(
-            self.index,
+            self._index,
             row.name,
             password_hash=self._hash(new),
             end_sessions=True,
@@ -307,7 +307,7 @@ class UserService:
         if not (actor.kind is PrincipalKind.USER and actor.name == name):
             self._target(actor, name)
         sec.update_user(
-            self.index,
+            self._index,
             name,
             end_sessions=True,
             audit=self._audit(actor, {"user": name, "sessions": "ended"}),
@@ -341,7 +341,7 @@ class UserService:
 
         Raises LoginThrottled (too many attempts) or LoginBusy (no Argon2 slot in time).
         """
-        row = sec.get_user(self.index, name) if NAME.match(name) else None
+        row = sec.get_user(self._index, name) if NAME.match(name) else None
         ok = self._check(row, name, password, address)
         if row is None or not ok or row.disabled:
             who = Principal(PrincipalKind.USER, name[:64] or "(none)", None, address=address)
@@ -361,7 +361,7 @@ class UserService:
         self, name: str, actor: Principal | None = None, auth_time: datetime | None = None
     ) -> IssuedToken:
         """A bearer token; ``auth_time`` (default now) starts the session's absolute lifetime."""
-        row = sec.get_user(self.index, name)
+        row = sec.get_user(self._index, name)
         if row is None:
             raise NotFound(f"user {name} does not exist; add it with `solent user add`")
         if row.disabled:
@@ -390,7 +390,7 @@ class UserService:
             claims = tokens.verify_local(self.key, token)
         except tokens.TokenInvalid as exc:
             raise SessionEnded(str(exc)) from exc
-        row = sec.get_user(self.index, str(claims["sub"]))
+        row = sec.get_user(self._index, str(claims["sub"]))
         if row is None or row.disabled or claims.get("sep", 0) != row.session_epoch:
             raise SessionEnded("the session has ended; log in again")
         started = datetime.fromtimestamp(int(claims.get("auth_time", claims["iat"])), UTC)
@@ -409,7 +409,7 @@ class UserService:
         token = tokens.new_api_token()
         expires = datetime.now(UTC) + timedelta(days=days)
         token_id = sec.add_api_token(
-            self.index,
+            self._index,
             tokens.api_token_digest(token),
             name,
             label[:200],
@@ -421,19 +421,19 @@ class UserService:
     def list_tokens(self, actor: Principal, user: str | None = None) -> builtins.list[sec.TokenRow]:
         """API tokens of the users ``actor`` manages (or a user's own)."""
         if user is not None and actor.kind is PrincipalKind.USER and actor.name == user:
-            return sec.list_api_tokens(self.index, user)
+            return sec.list_api_tokens(self._index, user)
         if user is not None:
             self._target(actor, user)
-            return sec.list_api_tokens(self.index, user)
+            return sec.list_api_tokens(self._index, user)
         scope = self.manageable_trusts(actor)
-        rows = sec.list_api_tokens(self.index)
+        rows = sec.list_api_tokens(self._index)
         if scope is None:
             return rows
         allowed = {r.name for r in self.list(actor)}
         return [r for r in rows if r.user_name in allowed]
 
     def revoke_token(self, actor: Principal, token_id: int) -> sec.TokenRow:
-        row = sec.get_api_token(self.index, token_id)
+        row = sec.get_api_token(self._index, token_id)
         missing = NotFound(f"API token {token_id} does not exist")
         if row is None:
             raise missing
@@ -443,10 +443,10 @@ class UserService:
             except NotFound:
                 raise missing from None
         sec.revoke_api_token(
-            self.index,
+            self._index,
             token_id,
             self._audit(actor, {"api_token_revoked": token_id, "user": row.user_name}),
         )
-        found = sec.get_api_token(self.index, token_id)
+        found = sec.get_api_token(self._index, token_id)
         assert found is not None
         return found

@@ -136,7 +136,7 @@ def role_names() -> list[str]:
 
 class AccessService:
     def __init__(self, index: Index, audit: AuditTrail, *, break_glass_minutes: int = 240) -> None:
-        self.index = index
+        self._index = index
         self.audit = audit
         self.break_glass_minutes = break_glass_minutes
 
@@ -173,7 +173,7 @@ class AccessService:
         user_name = None
         if principal.kind is PrincipalKind.USER:
             user_name = principal.name
-            row = sec.get_user(self.index, principal.name)
+            row = sec.get_user(self._index, principal.name)
             if row is not None and not row.disabled:
                 trusts |= row.trusts
         return Scope(False, frozenset(trusts), user_name)
@@ -188,7 +188,7 @@ class AccessService:
         if scope.unrestricted:
             return None
         return visible_patient_pks(
-            scope.trusts, scope.user_name, datetime.now(UTC), self.index.dialect
+            scope.trusts, scope.user_name, datetime.now(UTC), self._index.dialect
         )
 
     def patient_filter(self, principal: Principal) -> ColumnElement[bool]:
@@ -205,11 +205,11 @@ class AccessService:
         """Archive counts: all of them for administrators and auditors (operational figures),
         otherwise only over the records the caller may see."""
         if self.permits(principal, Permission.ADMIN) or self.permits(principal, Permission.AUDIT):
-            return self.index.stats()
+            return self._index.stats()
         visible = self.visible_patients(principal)
         if visible is None:
-            return self.index.stats()
-        with self.index.read() as conn:
+            return self._index.stats()
+        with self._index.read() as conn:
             return visible_counts(conn, visible)
 
     def visible_study_uids(self, principal: Principal, study_uids: Collection[str]) -> set[str]:
@@ -219,7 +219,7 @@ class AccessService:
         visible = self.visible_patients(principal)
         if visible is None:
             return set(study_uids)
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return studies_among(conn, study_uids, visible)
 
     # -- direct access to one record -----------------------------------------------------------
@@ -228,7 +228,7 @@ class AccessService:
         visible = self.visible_patients(principal)
         if visible is None:
             return True
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return bool(
                 conn.execute(
                     select(
@@ -281,7 +281,7 @@ class AccessService:
         pks = {int(pk) for pk in patient_pks}
         if visible is None:
             return pks
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             rows = conn.execute(
                 select(t.patient.c.pk).where(t.patient.c.pk.in_(pks), t.patient.c.pk.in_(visible))
             )
@@ -303,7 +303,7 @@ class AccessService:
         """
         if not self.permits(principal, Permission.READ):
             self.require(principal, Permission.READ, f"{AuditAction(action).value} of patient data")
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             r = conn.execute(
                 select(
                     t.patient.c.pk, t.patient.c.issuer, t.patient.c.local_id, t.patient.c.nhs_number
@@ -341,7 +341,7 @@ class AccessService:
 
     def _find_patient(self, issuer: str, local_id: str) -> tuple[int, PatientRef] | None:
         p = t.patient.c
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             r = conn.execute(
                 select(p.pk, p.issuer, p.local_id, p.nhs_number).where(
                     p.issuer == issuer, p.local_id == local_id
@@ -375,7 +375,7 @@ class AccessService:
         found: tuple[int, PatientRef] | None = None
         if study_uid:
             p, s = t.patient.c, t.study.c
-            with self.index.read() as conn:
+            with self._index.read() as conn:
                 r = conn.execute(
                     select(p.pk, p.issuer, p.local_id, p.nhs_number)
                     .select_from(t.study.join(t.patient, s.patient_pk == p.pk))
@@ -414,7 +414,7 @@ class AccessService:
             AuditTrail.append_in(conn, fields)
             return grant_id
 
-        grant_id = self.index.write(op)
+        grant_id = self._index.write(op)
         # The privacy officer's notification: a WARNING every log pipeline forwards.
         log.warning(
             "break-glass access granted; review required",
@@ -433,9 +433,9 @@ class AccessService:
     ) -> list[sec.GrantRow]:
         """Auditors see every grant; anyone else sees their own."""
         if self.permits(principal, Permission.AUDIT):
-            return sec.list_grants(self.index, unreviewed_only=unreviewed_only, limit=limit)
+            return sec.list_grants(self._index, unreviewed_only=unreviewed_only, limit=limit)
         return sec.list_grants(
-            self.index, unreviewed_only=unreviewed_only, user_name=principal.name, limit=limit
+            self._index, unreviewed_only=unreviewed_only, user_name=principal.name, limit=limit
         )
 
     def review(self, principal: Principal, grant_id: int, note: str) -> None:
@@ -453,4 +453,4 @@ class AccessService:
                 ),
             )
 
-        self.index.write(op)
+        self._index.write(op)

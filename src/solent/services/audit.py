@@ -138,7 +138,7 @@ class AuditTrail:
     """Writes and reads the audit trail of one archive."""
 
     def __init__(self, index: Index) -> None:
-        self.index = index
+        self._index = index
         self._recent: dict[tuple[str, ...], float] = {}
         self._recent_lock = threading.Lock()
 
@@ -166,7 +166,7 @@ class AuditTrail:
             purpose=purpose,
             detail=detail,
         )
-        return self.index.write(
+        return self._index.write(
             lambda conn: self.append_in(conn, fields), relaxed=fields["action"] in READ_ACTIONS
         )
 
@@ -254,7 +254,7 @@ class AuditTrail:
                 seqs.append(store.append(conn, fields))
             return seqs
 
-        return self.index.write(op, relaxed=base["action"] in READ_ACTIONS)
+        return self._index.write(op, relaxed=base["action"] in READ_ACTIONS)
 
     @staticmethod
     def append_in(conn: Connection, fields: dict[str, Any]) -> int:
@@ -271,14 +271,14 @@ class AuditTrail:
         return store.append(conn, fields)
 
     def verify(self) -> store.VerifyReport:
-        return store.verify(self.index)
+        return store.verify(self._index)
 
     def seal(self, progress: Any = None) -> store.VerifyReport:
         """Re-chain records written before the audit key under it (once, after upgrading)."""
-        return store.seal(self.index, progress=progress)
+        return store.seal(self._index, progress=progress)
 
     def search(self, **criteria: Any) -> list[dict[str, Any]]:
-        return store.search(self.index, **criteria)
+        return store.search(self._index, **criteria)
 
     def iter_records(self, after_seq: int = 0) -> Any:
-        return store.iter_records(self.index, after_seq)
+        return store.iter_records(self._index, after_seq)

@@ -17,28 +17,28 @@ from solent.services.audit import AuditAction, AuditTrail
 
 class Directory:
     def __init__(self, index: Index, audit: AuditTrail) -> None:
-        self.index = index
+        self._index = index
         self.audit = audit
 
     # -- reads ---------------------------------------------------------------------------------
 
     def trust(self, code: str) -> TrustRow | None:
-        return self.index.get_trust(code)
+        return self._index.get_trust(code)
 
     def trusts(self) -> list[TrustRow]:
-        return self.index.list_trusts()
+        return self._index.list_trusts()
 
     def node(self, ae_title: str) -> NodeRow | None:
-        return self.index.get_node(ae_title)
+        return self._index.get_node(ae_title)
 
     def nodes(self) -> list[NodeRow]:
-        return self.index.list_nodes()
+        return self._index.list_nodes()
 
     def sender(self, application: str, facility: str) -> SenderRow | None:
-        return hl7_senders.find_sender(self.index, application, facility)
+        return hl7_senders.find_sender(self._index, application, facility)
 
     def senders(self) -> list[SenderRow]:
-        return hl7_senders.list_senders(self.index)
+        return hl7_senders.list_senders(self._index)
 
     # -- changes (audited) -----------------------------------------------------------------------
 
@@ -48,7 +48,7 @@ class Directory:
         )
 
     def add_trust(self, principal: Principal, code: str, name: str) -> TrustRow:
-        row = self.index.add_trust(code, name)
+        row = self._index.add_trust(code, name)
         self._changed(principal, "trust added", trust=code)
         return row
 
@@ -62,12 +62,12 @@ class Directory:
         allow: Sequence[str],
         tls_identity: str | None = None,
     ) -> NodeRow:
-        row = self.index.add_node(ae_title, host, port, trust_code, allow, tls_identity)
+        row = self._index.add_node(ae_title, host, port, trust_code, allow, tls_identity)
         self._changed(principal, "node added", ae_title=ae_title, trust=trust_code)
         return row
 
     def remove_node(self, principal: Principal, ae_title: str) -> None:
-        self.index.remove_node(ae_title)
+        self._index.remove_node(ae_title)
         self._changed(principal, "node removed", ae_title=ae_title)
 
     def add_sender(
@@ -78,12 +78,12 @@ class Directory:
         hosts: Sequence[str],
         trust_code: str | None,
     ) -> SenderRow:
-        row = hl7_senders.add_sender(self.index, application, facility, hosts, trust_code)
+        row = hl7_senders.add_sender(self._index, application, facility, hosts, trust_code)
         self._changed(
             principal, "HL7 sender added", sender=f"{application}^{facility}", trust=trust_code
         )
         return row
 
     def remove_sender(self, principal: Principal, application: str, facility: str) -> None:
-        hl7_senders.remove_sender(self.index, application, facility)
+        hl7_senders.remove_sender(self._index, application, facility)
         self._changed(principal, "HL7 sender removed", sender=f"{application}^{facility}")

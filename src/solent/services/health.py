@@ -29,8 +29,8 @@ class Readiness:
 
 @dataclass
 class HealthService:
-    index: Index
-    store: BlobStore
+    _index: Index
+    _store: BlobStore
     _draining: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -44,7 +44,7 @@ class HealthService:
     def live(self) -> bool:
         """The process is up and its database answers (it is not wedged)."""
         try:
-            with self.index.read() as conn:
+            with self._index.read() as conn:
                 conn.exec_driver_sql("SELECT 1")  # not a count: /health stays cheap at 10 M
         except Exception:
             return False
@@ -55,14 +55,14 @@ class HealthService:
 
         checks: dict[str, str] = {}
         try:
-            state = schema_state(self.index)
+            state = schema_state(self._index)
             checks["index"] = "ok"
             checks["schema"] = state
         except Exception as exc:
             checks["index"] = f"unavailable: {type(exc).__name__}"
             checks["schema"] = "unknown"
         try:
-            self.store.exists(PROBE_KEY)
+            self._store.exists(PROBE_KEY)
             checks["store"] = "ok"
         except Exception as exc:
             checks["store"] = f"unavailable: {type(exc).__name__}"

@@ -116,7 +116,7 @@ class Envelope:
 
 class InboxService:
     def __init__(self, index: Index, identity: IdentityService) -> None:
-        self.index = index
+        self._index = index
         self.identity = identity
         self.audit = AuditTrail(index)
 
@@ -136,7 +136,7 @@ class InboxService:
             )
             return pk, None if new else store.get_message(conn, pk)
 
-        return self.index.write(op)
+        return self._index.write(op)
 
     def reject_unjournalled(self, env: Envelope, code: str, reason: str) -> None:
         """Keep a message we could not even read, as rejected (dead letters stay visible)."""
@@ -152,7 +152,7 @@ class InboxService:
             )
             store.finish_message(conn, pk, "rejected", code, reason)
 
-        self.index.write(op)
+        self._index.write(op)
 
     def process(self, env: Envelope, change_for: Callable[[int], Change], apply: Apply) -> Outcome:
         """Journal, then apply and mark applied in one transaction; AA only after commit."""
@@ -173,7 +173,7 @@ class InboxService:
             return detail
 
         try:
-            return Outcome("AA", self.index.write(op))
+            return Outcome("AA", self._index.write(op))
         except (Rejected, IdentityRejected) as exc:
             code = exc.code if isinstance(exc, Rejected) else "AE"
             reason = exc.reason if isinstance(exc, Rejected) else str(exc)
@@ -187,12 +187,12 @@ class InboxService:
                         conn, kind=item, detail=reason, issuer=env.issuer, message_pk=pk
                     )
 
-            self.index.write(mark)
+            self._index.write(mark)
             return Outcome(code, reason)
 
     def pending(self) -> list[dict[str, Any]]:
         """Messages journalled but never applied (the process died in between)."""
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             out = []
             for pk in store.pending_message_pks(conn):
                 row = store.get_message(conn, pk)
@@ -201,7 +201,7 @@ class InboxService:
             return out
 
     def messages(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return store.messages(conn, status=status, limit=limit)
 
     # -- orders ----------------------------------------------------------------------------
@@ -211,7 +211,7 @@ class InboxService:
     ) -> str:
         new = store.upsert_order(conn, order)
         store.upsert_order_context(conn, context)
-        self.index.append_event(
+        self._index.append_event(
             conn,
             "order.placed" if new else "order.updated",
             change.principal,
@@ -235,7 +235,7 @@ class InboxService:
         """Scheduled orders a modality may see: those of its own trust (Modality Worklist).
         The adapter narrows them by the remaining keys and audits the query it answered."""
         return find_orders(
-            self.index,
+            self._index,
             exact=exact,
             date_from=date_from,
             date_to=date_to,
@@ -246,7 +246,7 @@ class InboxService:
 
     def add_order(self, principal: Principal, order: Mapping[str, Any]) -> bool:
         """An order entered by hand (`solent worklist add`); True when new. Audited."""
-        new = upsert_order(self.index, order)
+        new = upsert_order(self._index, order)
         self.audit.record(
             principal,
             AuditAction.ORDER_RECORD,
@@ -289,12 +289,12 @@ class InboxService:
         return f"report {accession}/{issuer} version {version} stored, {where}"
 
     def reports(self, accession: str, issuer: str) -> list[dict[str, Any]]:
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return store.reports_for(conn, accession, issuer)
 
     def orders(self, identifiers: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """Orders of these records, each with the study it matched once images arrived."""
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             out = []
             for order in store.orders_for_patients(conn, identifiers):
                 studies = ids.studies_by_accession(
@@ -307,9 +307,9 @@ class InboxService:
             return out
 
     def report(self, pk: int) -> dict[str, Any] | None:
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return store.get_report(conn, pk)
 
     def unmatched_reports(self) -> list[dict[str, Any]]:
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return store.unmatched_reports(conn)

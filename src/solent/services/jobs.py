@@ -18,35 +18,35 @@ if TYPE_CHECKING:
 
 class JobsService:
     def __init__(self, queue: JobQueue, access: AccessService) -> None:
-        self.queue = queue
+        self._queue = queue
         self.access = access
 
     @property
     def backend(self) -> str:
-        return self.queue.backend
+        return self._queue.backend
 
     def start_background(self) -> None:
         """Follow the change feed and run jobs in this process (`solent serve`)."""
-        self.queue.start()
+        self._queue.start()
 
     def stop_background(self) -> None:
-        self.queue.stop()
+        self._queue.stop()
 
     def work(self, principal: Principal, *, until_idle: bool) -> None:
         """Follow the feed and run jobs in the foreground: until none waits, or until SIGTERM."""
         self.access.require(principal, Permission.ADMIN, "run background jobs")
-        self.queue.work(until_idle=until_idle)
+        self._queue.work(until_idle=until_idle)
 
     def list(
         self, principal: Principal, status: str | None = None, limit: int = 50
     ) -> list[JobRow]:
         self.access.require(principal, Permission.ADMIN, "list background jobs")
-        return self.queue.list_jobs(status, limit)
+        return self._queue.list_jobs(status, limit)
 
     def retry(self, principal: Principal, job_id: int) -> None:
         self.access.require(principal, Permission.ADMIN, "retry a background job")
-        self.queue.retry(job_id)
+        self._queue.retry(job_id)
 
     def stats(self, principal: Principal) -> dict[str, Any]:
         self.access.require(principal, Permission.ADMIN, "read background job statistics")
-        return self.queue.stats()
+        return self._queue.stats()

@@ -69,7 +69,7 @@ class MdtService:
         viewer: ViewerService,
         retrieve: RetrieveService,
     ) -> None:
-        self.index = index
+        self._index = index
         self.access = access
         self.audit = audit
         self.viewer = viewer
@@ -110,7 +110,7 @@ class MdtService:
     # -- reading ----------------------------------------------------------------------------
 
     def _meeting_row(self, meeting_id: int) -> dict[str, Any]:
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             row = store.get_meeting(conn, meeting_id)
         if row is None:
             raise NotFound(f"no MDT meeting {meeting_id}")
@@ -121,12 +121,12 @@ class MdtService:
     ) -> dict[int, dict[str, Any]]:
         """Item id -> the patient record row, for the items whose patient the caller may see."""
         keys = {(i["patient_issuer"], i["patient_id"]) for i in items}
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             pks = viewer_store.patient_pks(conn, keys)
         visible = self.viewer._visible_pks(principal, pks.values())
         from solent.index import identity as records
 
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             rows = {int(r["pk"]): r for r in records.get_patients(conn, visible)}
         out = {}
         for item in items:
@@ -138,7 +138,7 @@ class MdtService:
     def _json(
         self, principal: Principal, meeting: dict[str, Any], *, audit: bool = True
     ) -> dict[str, Any]:
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             items = store.items_of(conn, int(meeting["pk"]))
         visible = self._visible_items(principal, items)
         out_items: list[dict[str, Any]] = []
@@ -201,7 +201,7 @@ class MdtService:
 
     def meetings(self, principal: Principal, date: str | None) -> dict[str, Any]:
         self._require_participant(principal)
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             rows = store.meetings_on(conn, date)
         return {"meetings": [self._json(principal, m) for m in rows]}
 
@@ -260,7 +260,7 @@ class MdtService:
                 )
             return meeting
 
-        meeting_id = self.index.write(op)
+        meeting_id = self._index.write(op)
         return self._json(principal, self._meeting_row(meeting_id), audit=False)
 
     def set_outcome(
@@ -270,7 +270,7 @@ class MdtService:
         if len(text) > MAX_OUTCOME:
             raise InvalidInput(f"the outcome is longer than {MAX_OUTCOME} characters")
         meeting = self._meeting_row(meeting_id)
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             items = store.items_of(conn, meeting_id)
         item = next((i for i in items if int(i["pk"]) == item_id), None)
         visible = self._visible_items(principal, [item] if item else [])
@@ -293,7 +293,7 @@ class MdtService:
                 ),
             )
 
-        self.index.write(op)
+        self._index.write(op)
         fresh = self._json(principal, meeting, audit=False)
         return next(i for i in fresh["items"] if i["id"] == item_id)
 
@@ -305,7 +305,7 @@ class MdtService:
         Runs as the caller: only the studies they may see are warmed."""
         self._require_participant(principal)
         self._meeting_row(meeting_id)
-        if not self.index.write(lambda c: store.claim_prefetch(c, meeting_id)):
+        if not self._index.write(lambda c: store.claim_prefetch(c, meeting_id)):
             return False
         thread = threading.Thread(
             target=self._prefetch,
@@ -329,10 +329,10 @@ class MdtService:
                 self._run_prefetch(principal, meeting_id, base)
         except Exception:
             log.exception("prefetch of MDT meeting %s failed", meeting_id)
-            self.index.write(lambda c: store.set_prefetch(c, meeting_id, "failed"))
+            self._index.write(lambda c: store.set_prefetch(c, meeting_id, "failed"))
 
     def _run_prefetch(self, principal: Principal, meeting_id: int, base: str) -> None:
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             items = store.items_of(conn, meeting_id)
         visible = self._visible_items(principal, items)
         plan: list[tuple[str, list[str]]] = []  # (study, its series)
@@ -346,14 +346,14 @@ class MdtService:
                 series = [s["series_uid"] for s in self.viewer.identity.series(int(row["pk"]))]
                 plan.append((study, series))
         total = sum(1 + 2 * len(series) for _, series in plan)
-        self.index.write(lambda c: store.set_prefetch(c, meeting_id, "running", 0, total))
+        self._index.write(lambda c: store.set_prefetch(c, meeting_id, "running", 0, total))
         done = 0
         svc = self._retrieve
 
         def step() -> None:
             nonlocal done
             done += 1
-            self.index.write(
+            self._index.write(
                 lambda c: store.set_prefetch(c, meeting_id, "running", done), relaxed=True
             )
 
@@ -377,7 +377,7 @@ class MdtService:
                     purpose=purpose(meeting_id),
                     detail={"mdt": "prefetch", "studies": item["study_uids"]},
                 )
-        self.index.write(lambda c: store.set_prefetch(c, meeting_id, "done", done, total))
+        self._index.write(lambda c: store.set_prefetch(c, meeting_id, "done", done, total))
 
     # -- live room --------------------------------------------------------------------------
 
@@ -385,7 +385,7 @@ class MdtService:
         """Who this member is in the room and which items they may see; audited per patient."""
         self._require_participant(principal)
         meeting = self._meeting_row(meeting_id)
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             items = store.items_of(conn, meeting_id)
         visible = self._visible_items(principal, items)
         seat: dict[int, frozenset[str]] = {}
@@ -418,7 +418,7 @@ class MdtService:
 
         def write() -> None:
             try:
-                self.index.write(lambda c: store.set_presenter(c, meeting_id, name))
+                self._index.write(lambda c: store.set_presenter(c, meeting_id, name))
             except Exception:
                 log.exception("could not record the presenter of MDT meeting %s", meeting_id)
 

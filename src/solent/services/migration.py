@@ -32,6 +32,7 @@ from solent.index.sql import Index, now
 from solent.ingest import Ingestor
 from solent.services.access import AccessDenied, Permission, permissions_of
 from solent.services.identity import VERIFIED, Change, Demographics, IdentityService, PatientKey
+from solent.storage import BlobStore
 
 KINDS = ("dimse", "dicomweb", "folder")
 FINAL = ("stored", "duplicate", "quarantined")
@@ -153,10 +154,16 @@ def content_digest(path: Path) -> str:
 
 class MigrationService:
     def __init__(
-        self, index: Index, ingestor: Ingestor, identity: IdentityService, quarantine_dir: Path
+        self,
+        index: Index,
+        store: BlobStore,
+        ingestor: Ingestor,
+        identity: IdentityService,
+        quarantine_dir: Path,
     ) -> None:
-        self.index = index
-        self.ingestor = ingestor
+        self._index = index
+        self._store = store  # the archive's copy of a colliding instance is compared
+        self._ingestor = ingestor
         self.identity = identity
         self.quarantine_dir = quarantine_dir
 
@@ -166,7 +173,7 @@ class MigrationService:
         _require(principal, Permission.ADMIN)
         if src.kind not in KINDS:
             raise InvalidInput(f"source kind must be one of {', '.join(KINDS)}")
-        if self.index.get_trust(src.trust) is None:
+        if self._index.get_trust(src.trust) is None:
             raise InvalidInput(f"no trust {src.trust!r}; add it with `solent trust add`")
         if src.associations < 1 or src.rate < 0:
             raise InvalidInput("associations must be >= 1 and rate >= 0")
@@ -182,12 +189,12 @@ class MigrationService:
             else:
                 conn.execute(insert(t.migration_source).values({**values, "created_at": now()}))
 
-        self.index.write(op)
+        self._index.write(op)
         return src
 
     def sources(self, principal: Principal) -> list[Source]:
         _require(principal, Permission.STORE)
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             rows = conn.execute(select(t.migration_source).order_by(t.migration_source.c.name))
             return [_source(r) for r in rows.mappings()]
 
@@ -257,12 +264,12 @@ class MigrationService:
                     .values({**keep, "seen_at": stamp, "updated_at": stamp})
                 )
 
-        self.index.write(op)
+        self._index.write(op)
 
     def inventory(self, principal: Principal, source: str) -> list[dict[str, Any]]:
         _require(principal, Permission.STORE)
         c = t.migration_item.c
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             q = select(t.migration_item).where(c.source == source).order_by(c.pk)
             return [
                 {k: _plain(v) for k, v in r.items() if k != "pk"}
@@ -288,7 +295,7 @@ class MigrationService:
             return plan
 
         try:
-            return self.index.write(op)
+            return self._index.write(op)
         except _DryRun as done:
             return done.plan
 
@@ -571,7 +578,7 @@ class MigrationService:
         )
         if limit:
             q = q.limit(limit)
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return [
                 Item(
                     r.sop_uid,
@@ -611,7 +618,7 @@ class MigrationService:
                     (item.sop_uid, "waiting", "study's record is not linked", digest, size)
                 )
         else:
-            results = self.ingestor.ingest_files(
+            results = self._ingestor.ingest_files(
                 [
                     (
                         path,
@@ -659,12 +666,12 @@ class MigrationService:
                     )
                 )
 
-        self.index.write(op)
+        self._index.write(op)
         return [u[1] for u in updates]
 
     def _file_under(self, src: Source, item: Item) -> tuple[str, str] | str | None:
         """The record an instance of a study already filed elsewhere goes under, if linked."""
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             study = id_store.study_by_uid(conn, item.study_uid)
             if study is None:
                 return None
@@ -682,9 +689,9 @@ class MigrationService:
     def _collision(self, src: Source, item: Item, path: Path, digest: str) -> tuple[str, str]:
         """Same SOP Instance UID, other bytes: a collision unless only the meta header differs.
         The source's copy is kept (fsynced) beside the archive's; nothing is overwritten."""
-        stored = self.index.instance_digest(item.sop_uid)
+        stored = self._index.instance_digest(item.sop_uid)
         if stored is not None:
-            with self.ingestor.store.open(stored[1]) as fp, _spool(fp) as archived:
+            with self._store.open(stored[1]) as fp, _spool(fp) as archived:
                 if content_digest(archived) == digest:
                     return "duplicate", "already in the archive (same pixel data, other header)"
         archive_sha = stored[0] if stored else ""
@@ -718,7 +725,7 @@ class MigrationService:
                     )
                 )
 
-        self.index.write(op)
+        self._index.write(op)
         return "quarantined", (
             f"SOP Instance UID already in the archive with other content (archive sha256 "
             f"{archive_sha[:12]}..., source {sha[:12]}...); both copies kept"
@@ -743,7 +750,7 @@ class MigrationService:
             values["source_sha256"] = digest
         if size is not None:
             values["size_bytes"] = size
-        self.index.write(
+        self._index.write(
             lambda conn: conn.execute(
                 update(t.migration_item)
                 .where(c.source == source, c.sop_uid == sop_uid)
@@ -758,7 +765,7 @@ class MigrationService:
         file's, counts per state, quarantine, and what waits on identity and why."""
         _require(principal, Permission.STORE)
         c, ic = t.migration_item.c, t.instance.c
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             rows = conn.execute(
                 select(
                     t.migration_item,
@@ -784,7 +791,7 @@ class MigrationService:
             archive_sha = None
             if r["archive_blob_key"]:
                 with (
-                    self.ingestor.store.open(r["archive_blob_key"]) as fp,
+                    self._store.open(r["archive_blob_key"]) as fp,
                     _spool(fp) as archived,
                 ):
                     archive_sha = content_digest(archived)
@@ -831,7 +838,7 @@ class MigrationService:
     def progress(self, principal: Principal, source: str) -> dict[str, int]:
         _require(principal, Permission.STORE)
         c = t.migration_item.c
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return {
                 str(s): int(n)
                 for s, n in conn.execute(
@@ -848,7 +855,7 @@ class MigrationService:
                 conn.execute(delete(table).where(table.c.source == source))
             conn.execute(delete(t.migration_source).where(t.migration_source.c.name == source))
 
-        self.index.write(op)
+        self._index.write(op)
 
 
 class _spool:

@@ -62,7 +62,7 @@ class PatientVisibility(Protocol):
 
 class QueryService:
     def __init__(self, index: Index, access: PatientVisibility | None = None) -> None:
-        self.index = index
+        self._index = index
         #: Set by the composition root once the access service exists; ``find`` ANDs its rule
         #: into every query so counts and pages never include records the caller may not see.
         self.access = access
@@ -75,7 +75,7 @@ class QueryService:
         return q if visible is None else q.where(t.patient.c.pk.in_(visible))
 
     def stats(self, principal: Principal) -> dict[str, int]:
-        return self.index.stats()
+        return self._index.stats()
 
     def find(
         self,
@@ -116,14 +116,14 @@ class QueryService:
         trust = principal.trust
         if not trust or query.level is Level.PATIENT or not result.rows:
             return result
-        identity = IdentityService(self.index)
+        identity = IdentityService(self._index)
         others = {
             (str(r.get("IssuerOfPatientID") or ""), str(r.get("PatientID") or ""))
             for r in result.rows
         }
         others = {k for k in others if k[0] != trust}
         seen: dict[tuple[str, str], dict[str, Any]] = {}
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             pks = trust_view.records_of(conn, others)
             linked = trust_view.maybe_linked(conn, pks.values())
             for key, pk in pks.items():
@@ -167,7 +167,7 @@ class QueryService:
             patient is not None
             and query.identity is not None
             and query.identity.unqualified
-            and IdentityService(self.index).resolve(patient.issuer, patient.local_id) is None
+            and IdentityService(self._index).resolve(patient.issuer, patient.local_id) is None
         ):
             patient = None
         if patient is None and result is not None:
@@ -201,7 +201,7 @@ class QueryService:
         if wanted <= 0 or scoped.never:
             return QueryResult([], truncated=False, capped=False)
         visible = self.access.visible_patients(principal) if self.access is not None else None
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             rows = compiled.execute(
                 conn, scoped, limit=wanted + 1, offset=max(0, offset), visible_patients=visible
             )
@@ -215,7 +215,7 @@ class QueryService:
         named = self._named_patient(query)
         if named is None or query.identity is None:
             return query
-        found = IdentityService(self.index).resolve(named.issuer, named.local_id)
+        found = IdentityService(self._index).resolve(named.issuer, named.local_id)
         if found is None or not found.retired:
             return query
         current = replace(query.identity, local_id=Single(found.local_id), issuers=(found.issuer,))
@@ -264,7 +264,7 @@ class QueryService:
         if local_id:
             q = q.where(p.local_id == local_id)
         q = self._only_visible(q, principal)
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def list_patients(
@@ -288,5 +288,5 @@ class QueryService:
             .offset(offset)
         )
         q = self._only_visible(q, principal)
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]

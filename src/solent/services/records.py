@@ -210,17 +210,15 @@ class RecordService:
 
     def links(self, principal: Principal, issuer: str, local_id: str) -> list[dict[str, Any]]:
         person = self.person(principal, issuer=issuer, local_id=local_id)
-        found = self.identity.resolve(issuer, local_id)
-        assert found is not None  # person() passed, so it resolves
-        out = self.identity.links_of(found.patient_pk)
+        assert person.named_pk is not None  # named by (issuer, local ID) and visible
+        out = self.identity.links_of(person.named_pk)
         self._audit(principal, person, "identity/links", action=AuditAction.VIEW)
         return out
 
     def history(self, principal: Principal, issuer: str, local_id: str) -> list[dict[str, Any]]:
         person = self.person(principal, issuer=issuer, local_id=local_id)
-        found = self.identity.resolve(issuer, local_id)
-        assert found is not None
-        out = self.identity.history(found.patient_pk)
+        assert person.named_pk is not None  # named by (issuer, local ID) and visible
+        out = self.identity.history(person.named_pk)
         self._audit(principal, person, "identity/history", action=AuditAction.VIEW)
         return out
 

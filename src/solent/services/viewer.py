@@ -73,7 +73,7 @@ class ViewerService:
         *,
         max_results: int = 1000,
     ) -> None:
-        self.index = index
+        self._index = index
         self.access = access
         self.audit = audit
         self.query = query
@@ -92,7 +92,7 @@ class ViewerService:
 
         from solent.index import schema as t
 
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             q = select(t.patient.c.pk).where(t.patient.c.pk.in_(keys), t.patient.c.pk.in_(visible))
             return {int(pk) for pk in conn.scalars(q)}
 
@@ -105,15 +105,15 @@ class ViewerService:
 
         from solent.index import schema as t
 
-        rule = visible_patient_pks(scope.trusts, None, datetime.now(UTC), self.index.dialect)
-        with self.index.read() as conn:
+        rule = visible_patient_pks(scope.trusts, None, datetime.now(UTC), self._index.dialect)
+        with self._index.read() as conn:
             q = select(t.patient.c.pk).where(t.patient.c.pk.in_(pks), t.patient.c.pk.in_(rule))
             return {int(pk) for pk in conn.scalars(q)}
 
     def person_of(self, principal: Principal, patient_pk: int) -> Person:
         """The visible records linked to this record; this record is the key."""
         group = self._visible_pks(principal, self.identity.linked_patient_pks(patient_pk))
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             rows = {int(r["pk"]): dict(r) for r in records.get_patients(conn, group)}
         others = sorted(
             (pk for pk in rows if pk != patient_pk),
@@ -172,7 +172,7 @@ class ViewerService:
         """(raw study rows, timeline study entries) of a person, newest first."""
         rows = self.identity.studies(person.pks)
         related = self._relationship_pks(principal, set(person.pks))
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             parts = store.body_parts(conn, [int(r["study_pk"]) for r in rows])
             reports = store.current_reports(conn, [_report_key(r) for r in rows])
         entries = []
@@ -236,7 +236,7 @@ class ViewerService:
     def _persons(self, principal: Principal, keys: list[tuple[str, str]]) -> list[Person]:
         """Group records into persons, in the order of ``keys`` (the caller's trust's record
         is a person's key when the person has one)."""
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             pks = store.patient_pks(conn, keys)
         seen: set[int] = set()
         out: list[Person] = []
@@ -257,7 +257,7 @@ class ViewerService:
     def recent(self, principal: Principal) -> dict[str, Any]:
         """The caller's recently opened patients that they may still see."""
         self.access.require(principal, Permission.READ, "listing recent patients")
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             keys = store.recent(conn, principal.name)
         persons = self._persons(principal, keys)
         self.audit.record(
@@ -274,11 +274,11 @@ class ViewerService:
         person = self.person_of(principal, pk)
         _rows, studies = self._timeline(principal, person)
         grant = None
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             found = store.live_grant(conn, principal.name, person.pks, datetime.now(UTC))
         if found is not None:
             grant = {"grant_id": found[0], "expires_at": _iso(found[1])}
-        self.index.write(
+        self._index.write(
             lambda c: store.touch_recent(
                 c, principal.name, person.key["issuer"], person.key["local_id"]
             ),
@@ -302,7 +302,7 @@ class ViewerService:
         index = next((i for i, s in enumerate(studies) if s["study_uid"] == study_uid), None)
         if index is None:
             raise NotFound(NO_STUDY)
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             series = store.series_with_frames(conn, int(rows[index]["study_pk"]))
         self.audit.record(
             principal,
@@ -337,7 +337,7 @@ class ViewerService:
         out = []
         if row is not None and row["accession_number"]:
             accession, issuer = _report_key(row)
-            with self.index.read() as conn:
+            with self._index.read() as conn:
                 versions = store.report_versions(conn, str(accession), issuer)
             if versions:
                 current = next((v for v in versions if not v["superseded"]), versions[-1])
@@ -372,7 +372,7 @@ class ViewerService:
 
     def key_images(self, principal: Principal, study_uid: str) -> dict[str, Any]:
         patient = self.check_study(principal, study_uid, "viewer key images")
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             rows = store.key_images(conn, study_uid)
         self.audit.record(
             principal,
@@ -418,7 +418,7 @@ class ViewerService:
             )
             return row
 
-        return _key_image(self.index.write(op))
+        return _key_image(self._index.write(op))
 
     def delete_key_image(self, principal: Principal, study_uid: str, key_image_id: int) -> None:
         patient = self.check_study(principal, study_uid, "viewer key images")
@@ -437,7 +437,7 @@ class ViewerService:
                 ),
             )
 
-        self.index.write(op)
+        self._index.write(op)
 
 
 def _fields(

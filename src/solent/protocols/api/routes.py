@@ -15,9 +15,9 @@ from solent.services.registry import Services
 router = APIRouter()
 
 
-def _archive(request: Request) -> Services:
-    archive: Services = request.app.state.services
-    return archive
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
 
 
 Caller = Annotated[Principal, Depends(current_principal)]
@@ -25,17 +25,17 @@ Caller = Annotated[Principal, Depends(current_principal)]
 
 @router.get("/stats")
 def stats(request: Request, caller: Caller) -> dict[str, int]:
-    return _archive(request).access.stats(caller)
+    return _services(request).access.stats(caller)
 
 
 @router.get("/trusts")
 def trusts(request: Request, caller: Caller) -> list[dict[str, str]]:
-    return [{"code": t.code, "name": t.name} for t in _archive(request).directory.trusts()]
+    return [{"code": t.code, "name": t.name} for t in _services(request).directory.trusts()]
 
 
 @router.get("/nodes")
 def nodes(request: Request, caller: Caller) -> list[dict[str, Any]]:
-    _archive(request).access.require(caller, Permission.ADMIN, "listing DICOM nodes")
+    _services(request).access.require(caller, Permission.ADMIN, "listing DICOM nodes")
     return [
         {
             "ae_title": n.ae_title,
@@ -44,7 +44,7 @@ def nodes(request: Request, caller: Caller) -> list[dict[str, Any]]:
             "trust": n.trust_code,
             "allow": n.allowed,
         }
-        for n in _archive(request).directory.nodes()
+        for n in _services(request).directory.nodes()
     ]
 
 
@@ -55,7 +55,7 @@ def patients(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 0,
 ) -> list[dict[str, Any]]:
-    services = _archive(request)
+    services = _services(request)
     limit = min(limit, services.settings.max_query_results)
     return services.records.patient_list(caller, limit=limit, offset=offset)
 
@@ -70,7 +70,7 @@ def studies(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 0,
 ) -> list[dict[str, Any]]:
-    services = _archive(request)
+    services = _services(request)
     return services.records.study_list(
         caller,
         nhs_number=nhs_number,
@@ -89,7 +89,7 @@ def study(
     purpose: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
     """One study with its patient; 404 alike for unknown and outside the relationship."""
-    found: dict[str, Any] = _archive(request).records.study_detail(
+    found: dict[str, Any] = _services(request).records.study_detail(
         caller, study_uid, purpose=purpose
     )
     return found

@@ -23,7 +23,7 @@ router = APIRouter()
 Caller = Annotated[Principal, Depends(current_principal)]
 
 
-def _archive(request: Request) -> Services:
+def _services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -105,7 +105,7 @@ def logout_everywhere(request: Request, caller: Caller) -> dict[str, str]:
 
 @router.get("/auth/me")
 def me(request: Request, caller: Caller) -> dict[str, Any]:
-    access = _archive(request).access
+    access = _services(request).access
     return {
         "kind": caller.kind.value,
         "name": caller.name,
@@ -289,8 +289,8 @@ def search_audit(
     format: Annotated[str, Query(pattern="^(json|fhir)$")] = "json",
 ) -> Any:
     """Search the trail by patient and/or user (auditor role); the search is audited itself."""
-    archive = _archive(request)
-    archive.access.require(caller, Permission.AUDIT, "reading the audit trail")
+    services = _services(request)
+    services.access.require(caller, Permission.AUDIT, "reading the audit trail")
     criteria = {
         "patient_id": patient_id,
         "patient_issuer": issuer,
@@ -301,10 +301,10 @@ def search_audit(
         "since": since,
         "until": until,
     }
-    rows = archive.audit.search(
-        **criteria, after_seq=after, limit=min(limit, archive.settings.max_query_results)
+    rows = services.audit.search(
+        **criteria, after_seq=after, limit=min(limit, services.settings.max_query_results)
     )
-    archive.audit.record(
+    services.audit.record(
         caller,
         AuditAction.AUDIT_LOG_USED,
         detail={k: v for k, v in criteria.items() if v} | {"results": len(rows)},
@@ -316,10 +316,10 @@ def search_audit(
 
 @router.get("/audit/verify")
 def verify_audit(request: Request, caller: Caller) -> dict[str, Any]:
-    archive = _archive(request)
-    archive.access.require(caller, Permission.AUDIT, "verifying the audit trail")
-    report = archive.audit.verify()
-    archive.audit.record(caller, AuditAction.AUDIT_LOG_USED, detail={"verify": report.intact})
+    services = _services(request)
+    services.access.require(caller, Permission.AUDIT, "verifying the audit trail")
+    report = services.audit.verify()
+    services.audit.record(caller, AuditAction.AUDIT_LOG_USED, detail={"verify": report.intact})
     return {"intact": report.intact, "records": report.records, "problems": report.problems}
 
 
@@ -345,7 +345,7 @@ def break_glass_reasons(caller: Caller) -> dict[str, str]:
 
 @router.post("/break-glass", status_code=201)
 def break_glass(request: Request, caller: Caller, body: BreakGlassRequest) -> dict[str, Any]:
-    grant = _archive(request).access.break_glass(
+    grant = _services(request).access.break_glass(
         caller,
         reason_code=body.reason,
         reason_text=body.explanation,
@@ -368,7 +368,7 @@ def list_break_glass(
     unreviewed: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    rows = _archive(request).access.grants(caller, unreviewed_only=unreviewed, limit=limit)
+    rows = _services(request).access.grants(caller, unreviewed_only=unreviewed, limit=limit)
     return [
         {
             "grant": g.id,
@@ -391,5 +391,5 @@ def list_break_glass(
 def review_break_glass(
     request: Request, caller: Caller, grant_id: PathId, body: Review
 ) -> dict[str, Any]:
-    _archive(request).access.review(caller, grant_id, body.note)
+    _services(request).access.review(caller, grant_id, body.note)
     return {"grant": grant_id, "reviewed": True}

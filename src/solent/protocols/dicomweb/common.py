@@ -22,7 +22,7 @@ PREFIX = "/dicomweb"
 DICOM_JSON = "application/dicom+json"
 
 
-def archive(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     """The services this adapter reaches patient data through (never the index or store)."""
     a: Services = request.app.state.services
     return a

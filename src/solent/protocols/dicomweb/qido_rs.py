@@ -21,10 +21,10 @@ from solent.errors import InvalidInput
 from solent.protocols.dicomweb.common import (
     DICOM_JSON,
     DicomWebRoute,
-    archive,
     base_url,
     check_uid,
     principal,
+    services_of,
 )
 from solent.protocols.params import parse_int
 from solent.services.trust_view import OTHER_IDS
@@ -167,7 +167,7 @@ async def _search(request: Request, level: Level, fixed: dict[str, str]) -> Resp
     # to it (same verified NHS number, or HL7 A24), each under its own trust's identifiers.
     linked = level is Level.STUDY and not fixed
     query = parse_query(level, keys, fuzzy_names=fuzzy, linked=linked)
-    a = archive(request)
+    a = services_of(request)
     cap = int(getattr(a.settings, "max_query_results", 1000))
     result = await run_in_threadpool(
         lambda: a.query.find(

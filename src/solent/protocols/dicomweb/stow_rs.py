@@ -20,10 +20,10 @@ from solent.protocols.dicomweb import multipart as mp
 from solent.protocols.dicomweb.common import (
     DICOM_JSON,
     DicomWebRoute,
-    archive,
     base_url,
     check_uid,
     principal,
+    services_of,
 )
 from solent.services.registry import Services
 
@@ -86,7 +86,7 @@ def _store_trust(request: Request, who: Principal) -> Principal:
     """The principal to ingest as: its own trust, or the transitional default for anonymous."""
     if who.trust:
         return who
-    default = archive(request).settings.stow_default_trust
+    default = services_of(request).settings.stow_default_trust
     if not default:
         return who
     return Principal(who.kind, who.name, default, who.roles, who.address)
@@ -100,7 +100,7 @@ def _ingest_parts(
 ) -> list[PartOutcome]:
     """Each part through the one ingest pipeline, a few at a time (like parallel C-STORE
     associations); the outcomes keep the parts' order."""
-    a = archive(request)
+    a = services_of(request)
     provenance = Provenance(Channel.STOW, remote_address=who.address, user=who.name)
 
     def one(part: mp.SpooledPart) -> PartOutcome:
@@ -203,7 +203,7 @@ async def _store(request: Request, study: str | None) -> Response:
     if study is not None:
         check_uid(study, "StudyInstanceUID")
     boundary = _boundary(request.headers.get("content-type", ""))
-    settings = archive(request).settings
+    settings = services_of(request).settings
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.stow_max_bytes:
         raise HTTPException(

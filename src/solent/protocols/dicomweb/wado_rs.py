@@ -18,15 +18,14 @@ from starlette.concurrency import run_in_threadpool
 
 from solent.dicom import transcode as tc
 from solent.dicom.render import RenderOptions, Viewport
-from solent.dicom.transcode import TranscodeError
 from solent.domain.principal import Principal
 from solent.domain.records import StoredInstance
 from solent.protocols.dicomweb import accept as neg
 from solent.protocols.dicomweb import multipart as mp
+from solent.protocols.dicomweb import wado_bodies as bodies
 from solent.protocols.dicomweb.common import (
     DICOM_JSON,
     DicomWebRoute,
-    archive,
     base_url,
     changing_headers,
     check_uid,
@@ -34,8 +33,8 @@ from solent.protocols.dicomweb.common import (
     not_modified,
     principal,
     retrieve_service,
+    services_of,
 )
-from solent.services.outgoing_identity import CurrentIdentity
 from solent.services.retrieve import RetrieveService
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,6 @@ SeriesUID = Annotated[str, Path(description="Series Instance UID")]
 SopUID = Annotated[str, Path(description="SOP Instance UID")]
 GZIP_MIN = 1024
 INLINE_METADATA = 500  # up to this many instances, /metadata is built in one piece
-COALESCE = 2 << 20  # bytes per streamed chunk of a WADO-RS response
 PIXEL_PATHS = {"7FE00010", "7FE00008", "7FE00009"}
 
 
@@ -63,14 +61,7 @@ def _ranges(request: Request) -> list[neg.MediaRange]:
 
 
 def _replace_policy(request: Request) -> bool:
-    return archive(request).settings.conflict_policy == "replace"
-
-
-def _location(base: str, inst: StoredInstance) -> str:
-    return (
-        f"{base}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/"
-        f"{inst.sop_instance_uid}"
-    )
+    return services_of(request).settings.conflict_policy == "replace"
 
 
 # -- instances -------------------------------------------------------------------------
@@ -100,106 +91,19 @@ def _retrieve(
     if sop and targets[0] != instances[0].transfer_syntax_uid:
         # One instance: transcode before answering, so a failure is a clean 406.
         first = svc.transcoded(who, instances[0], targets[0])
-    length = _content_length(svc, who, instances, targets, boundary, base, identity, changed)
+    length = bodies.content_length(svc, instances, targets, boundary, base, identity, changed)
     if length is not None:
         headers["Content-Length"] = str(length)
     patch = (identity, changed)
-    body = _coalesced(_instance_parts(svc, who, instances, targets, boundary, base, first, patch))
+    body = bodies.coalesced(
+        bodies.instance_parts(svc, who, instances, targets, boundary, base, first, patch)
+    )
     single_ts = targets[0] if len(set(targets)) == 1 else None
     return StreamingResponse(
         body,
         media_type=mp.content_type(neg.DICOM, boundary, single_ts),
         headers=headers,
     )
-
-
-def _dicom_type(ts: str) -> str:
-    return f"{neg.DICOM}; transfer-syntax={ts}"
-
-
-def _content_length(
-    svc: RetrieveService,
-    who: Principal,
-    instances: Sequence[StoredInstance],
-    targets: Sequence[str],
-    boundary: str,
-    base: str,
-    identity: CurrentIdentity,
-    changed: set[int],
-) -> int | None:
-    """The body's length when every part is known without work: stored bytes, or a header
-    patched earlier (cached); None when something must be transcoded or patched first."""
-    total = len(mp.closing(boundary))
-    for inst, target in zip(instances, targets, strict=True):
-        if target != inst.transfer_syntax_uid:
-            return None
-        size = inst.size_bytes
-        if inst.pk in changed:
-            patched = svc.cached_header(inst, identity)
-            if patched is None:
-                return None
-            size = len(patched.head) + inst.size_bytes - patched.tail_offset
-        total += len(mp.part_head(boundary, _dicom_type(target), _location(base, inst))) + size + 2
-    return total
-
-
-def _coalesced(pieces: Iterator[bytes], at_least: int = COALESCE) -> Iterator[bytes]:
-    """Joins small pieces (part heads, small files, CRLFs) into big chunks: each chunk a
-    streaming response yields costs a thread hop and an ASGI message, whatever its size."""
-    batch: list[bytes] = []
-    size = 0
-    for piece in pieces:
-        if len(piece) >= at_least and not batch:
-            yield piece
-            continue
-        batch.append(piece)
-        size += len(piece)
-        if size >= at_least:
-            yield b"".join(batch)
-            batch, size = [], 0
-    if batch:
-        yield b"".join(batch)
-
-
-def _instance_parts(
-    svc: RetrieveService,
-    who: Principal,
-    instances: Sequence[StoredInstance],
-    targets: Sequence[str],
-    boundary: str,
-    base: str,
-    first: bytes | None,
-    patch: tuple[CurrentIdentity, set[int]],
-) -> Iterator[bytes]:
-    identity, changed = patch
-    for n, (inst, target) in enumerate(zip(instances, targets, strict=True)):
-        head = mp.part_head(boundary, _dicom_type(target), _location(base, inst))
-        if target == inst.transfer_syntax_uid:
-            yield head
-            if inst.pk in changed:  # the header only is re-encoded (cached), pixels as stored
-                yield from svc.patched_bytes(who, inst, identity)
-            else:
-                yield from svc.stored_bytes(who, inst)
-        else:
-            try:
-                data: bytes | None = None  # None: the stored bytes, in their own syntax
-                if target != inst.transfer_syntax_uid:
-                    data = first if n == 0 and first else svc.transcoded(who, inst, target)
-                if inst.pk in changed:  # the patient's identity changed since it was stored
-                    data = svc.with_identity(who, inst, identity, data)
-                if data is None:
-                    continue
-            except TranscodeError as exc:
-                # Headers are sent: the instance is left out and the reason logged.
-                log.warning(
-                    "instance left out of a WADO-RS response",
-                    extra={"sop_instance_uid": inst.sop_instance_uid, "reason": str(exc)},
-                )
-                continue
-            yield head
-            yield data
-        yield b"\r\n"
-    yield mp.closing(boundary)
 
 
 @router.get("/studies/{study}")
@@ -385,21 +289,13 @@ def _frames_response(
     boundary = mp.new_boundary()
     part_type = _part_type(plan)
     first = _frame_bytes(svc, who, inst, numbers[0], plan, doc)
-
-    def parts() -> Iterator[bytes]:
-        for k, n in enumerate(numbers):
-            data = first if k == 0 else _frame_bytes(svc, who, inst, n, plan, doc)
-            yield mp.part_head(boundary, part_type) + data + b"\r\n"
-        yield mp.closing(boundary)
-
+    media_type = mp.content_type(plan.media_type, boundary)
     if len(numbers) == 1:
-        body = mp.part_head(boundary, part_type) + first + b"\r\n" + mp.closing(boundary)
-        return Response(
-            body, media_type=mp.content_type(plan.media_type, boundary), headers=headers
-        )
-    return StreamingResponse(
-        parts(), media_type=mp.content_type(plan.media_type, boundary), headers=headers
-    )
+        body = bodies.single_part(boundary, part_type, first)
+        return Response(body, media_type=media_type, headers=headers)
+    rest = (_frame_bytes(svc, who, inst, n, plan, doc) for n in numbers[1:])
+    parts = bodies.frame_parts(boundary, part_type, first, rest)
+    return StreamingResponse(parts, media_type=media_type, headers=headers)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}")
@@ -436,7 +332,7 @@ def retrieve_bulkdata(
         return Response(status_code=304, headers=headers)
     data = svc.bulk_element(who, inst, key)
     boundary = mp.new_boundary()
-    body = mp.part_head(boundary, neg.OCTETS) + data + b"\r\n" + mp.closing(boundary)
+    body = bodies.single_part(boundary, neg.OCTETS, data)
     return Response(body, media_type=mp.content_type(neg.OCTETS, boundary), headers=headers)
 
 

@@ -86,7 +86,7 @@ class IdentityService(RecordUpdates):
                 after={"target": _snapshot(tgt), "retired": str(source), "studies": moved},
             )
             self._audit(c, change, tgt, {"change": "merge", "retired": str(source)})
-            self.index.append_event(
+            self._index.append_event(
                 c,
                 "patient.merged",
                 change.principal,
@@ -192,7 +192,7 @@ class IdentityService(RecordUpdates):
             reverses=reverses,
         )
         self._audit(conn, change, row, {"change": "renumber", "new_local_id": new_id})
-        self.index.append_event(
+        self._index.append_event(
             conn,
             "patient.renumbered",
             change.principal,
@@ -286,7 +286,7 @@ class IdentityService(RecordUpdates):
         self._audit(
             conn, change, rows[apk], {"change": status or "link-cleared", "with": _key(rows[bpk])}
         )
-        self.index.append_event(
+        self._index.append_event(
             conn,
             "patient.linked" if status == "linked" else "patient.unlinked",
             change.principal,
@@ -326,7 +326,7 @@ class IdentityService(RecordUpdates):
             )
             self._audit(c, change, row, {"change": "sensitive", "sensitive": sensitive})
 
-        self.index.write(op)
+        self._index.write(op)
 
     # -- reversal --------------------------------------------------------------------------
 
@@ -383,4 +383,4 @@ class IdentityService(RecordUpdates):
                 raise InvalidInput(f"a {kind} event cannot be reversed")
             return event_pk
 
-        return self.index.write(op)
+        return self._index.write(op)

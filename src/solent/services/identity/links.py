@@ -27,10 +27,10 @@ class IdentityLinks:
     attributes DICOM carries after a change, and the record a trust knows the person by."""
 
     def __init__(self, index: Index) -> None:
-        self.index = index
+        self._index = index
 
     def _write(self, conn: Connection | None, fn: Callable[[Connection], T]) -> T:
-        return fn(conn) if conn is not None else self.index.write(fn)
+        return fn(conn) if conn is not None else self._index.write(fn)
 
     # -- lookups other services use ---------------------------------------------------------
 
@@ -53,7 +53,7 @@ class IdentityLinks:
 
         if conn is not None:
             return op(conn)
-        with self.index.read() as c:
+        with self._index.read() as c:
             return op(c)
 
     def by_nhs_number(self, number: str, *, conn: Connection | None = None) -> set[int]:
@@ -83,14 +83,14 @@ class IdentityLinks:
 
         if conn is not None:
             return op(conn)
-        with self.index.read() as c:
+        with self._index.read() as c:
             return op(c)
 
     def linked_patient_pks(self, patient_pk: int, *, conn: Connection | None = None) -> set[int]:
         """This record and every record linked to it (transitively); empty if it is unknown."""
         if conn is not None:
             return self._component(conn, patient_pk)
-        with self.index.read() as c:
+        with self._index.read() as c:
             return self._component(c, patient_pk)
 
     def _neighbours(self, conn: Connection, row: dict[str, Any]) -> set[int]:
@@ -135,7 +135,7 @@ class IdentityLinks:
 
     def links_of(self, patient_pk: int) -> list[dict[str, Any]]:
         """The records linked to this one, each with why (nhs-number, hl7:A24, admin)."""
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             me = store.get_patient(conn, patient_pk)
             if me is None:
                 raise NotFound("no such patient record")
@@ -172,7 +172,7 @@ class IdentityLinks:
         sensitive patient). Raises NotFound when the study or record is unknown.
         ``viewing_trust``: the person as that trust's linked record shows them (trust_view).
         """
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             pk = patient_pk
             if study_uid is not None:
                 study = store.study_by_uid(conn, study_uid)
@@ -250,5 +250,5 @@ class IdentityLinks:
 
         if conn is not None:
             return op(conn)
-        with self.index.read() as c:
+        with self._index.read() as c:
             return op(c)

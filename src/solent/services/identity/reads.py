@@ -23,7 +23,7 @@ class IdentityReads(IdentityLinks):
 
     def history(self, patient_pk: int) -> list[dict[str, Any]]:
         """Identity events of this record and of identifiers it absorbed, oldest first."""
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             row = store.get_patient(conn, patient_pk)
             if row is None:
                 raise NotFound("no such patient record")
@@ -33,7 +33,7 @@ class IdentityReads(IdentityLinks):
             return store.events_for(conn, [patient_pk], idents)
 
     def work_queue(self, *, status: str | None = "open") -> list[dict[str, Any]]:
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return store.work_items(conn, status=status)
 
     def add_work_item(
@@ -44,14 +44,14 @@ class IdentityReads(IdentityLinks):
         )
 
     def resolve_work_item(self, pk: int, principal: Principal) -> None:
-        if not self.index.write(lambda c: store.resolve_work_item(c, pk, principal.describe())):
+        if not self._index.write(lambda c: store.resolve_work_item(c, pk, principal.describe())):
             raise NotFound(f"no open work item {pk}")
 
     # -- reads for the FHIR and launch adapters ---------------------------------------------
 
     def record(self, patient_pk: int) -> dict[str, Any] | None:
         """One record with its retired identifiers, linked records and contact details."""
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             row = store.get_patient(conn, patient_pk)
             if row is None:
                 return None
@@ -64,7 +64,7 @@ class IdentityReads(IdentityLinks):
 
     def records_by_nhs_number(self, number: str) -> list[int]:
         """Records carrying this valid NHS number (traced or not: what each trust says)."""
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return [
                 int(r["pk"])
                 for r in store.patients_by_nhs(conn, nhs.normalise(number))
@@ -73,16 +73,16 @@ class IdentityReads(IdentityLinks):
 
     def studies(self, pks: Iterable[int]) -> list[dict[str, Any]]:
         """Studies of these records, newest first, each with its own record's identifiers."""
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return store.studies_of(conn, pks)
 
     def study(self, study_uid: str) -> dict[str, Any] | None:
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return store.study_by_uid(conn, study_uid)
 
     def study_summary(self, study_pk: int) -> dict[str, Any] | None:
         """One study as ``studies`` lists it (with its record's identifiers)."""
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             row = store.study_by_pk(conn, study_pk)
             if row is None:
                 return None
@@ -92,11 +92,11 @@ class IdentityReads(IdentityLinks):
             return None
 
     def studies_by_accession(self, accession: str, issuer: str) -> list[dict[str, Any]]:
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return store.studies_by_accession(conn, accession, issuer)
 
     def series(self, study_pk: int) -> list[dict[str, Any]]:
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             return store.series_of(conn, study_pk)
 
     # -- the person view -------------------------------------------------------------------
@@ -104,7 +104,7 @@ class IdentityReads(IdentityLinks):
     def person(self, pks: Iterable[int]) -> dict[str, Any]:
         """Records, retired identifiers, studies and open work items of a set of records."""
         keys = set(pks)
-        with self.index.read() as conn:
+        with self._index.read() as conn:
             records = []
             for row in store.get_patients(conn, keys):
                 contact = store.get_contact(conn, int(row["pk"]))
