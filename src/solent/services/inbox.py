@@ -18,7 +18,7 @@ from solent.index import hl7 as store
 from solent.index import identity as ids
 from solent.index.orders import find_orders, upsert_order
 from solent.index.sql import Index
-from solent.services.audit import AuditAction, AuditTrail, PatientRef
+from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
 from solent.services.identity import (
     Change,
     Demographics,
@@ -93,12 +93,19 @@ class Hl7Transaction:
         return self._inbox.place_order(self._conn, self.change, order, context)
 
     def order_status(
-        self, accession: str, issuer: str, status: str, context: dict[str, Any]
+        self,
+        accession: str,
+        issuer: str,
+        status: str,
+        context: dict[str, Any],
+        patient: PatientKey,
     ) -> str:
-        return self._inbox.order_status(self._conn, accession, issuer, status, context)
+        return self._inbox.order_status(
+            self._conn, self.change, accession, issuer, status, context, patient
+        )
 
     def file_report(self, report: dict[str, Any], patient: PatientKey) -> str:
-        return self._inbox.file_report(self._conn, report, patient)
+        return self._inbox.file_report(self._conn, self.change, report, patient)
 
 
 Apply = Callable[[Hl7Transaction], str]
@@ -220,6 +227,13 @@ class InboxService:
             detail={"accession": order["accession_number"], "issuer": order["accession_issuer"]},
         )
         action = "created" if new else "updated"
+        _audit_in(
+            conn,
+            change,
+            PatientRef(order["patient_issuer"], order["patient_id"], order.get("nhs_number")),
+            study_uid=order["study_instance_uid"],
+            detail={"order": action, "accession": order["accession_number"]},
+        )
         return f"order {order['accession_number']}/{order['accession_issuer']} {action}"
 
     def worklist(
@@ -257,16 +271,31 @@ class InboxService:
         return new
 
     def order_status(
-        self, conn: Connection, accession: str, issuer: str, status: str, context: dict[str, Any]
+        self,
+        conn: Connection,
+        change: Change,
+        accession: str,
+        issuer: str,
+        status: str,
+        context: dict[str, Any],
+        patient: PatientKey,
     ) -> str:
         if not store.set_order_status(conn, accession, issuer, status):
             raise Rejected("AE", f"unknown order {accession}/{issuer}: nothing to update")
         store.upsert_order_context(conn, context)
+        _audit_in(
+            conn,
+            change,
+            PatientRef(patient.issuer, patient.local_id),
+            detail={"order": status, "accession": accession},
+        )
         return f"order {accession}/{issuer} is now {status}"
 
     # -- reports ---------------------------------------------------------------------------
 
-    def file_report(self, conn: Connection, report: dict[str, Any], patient: PatientKey) -> str:
+    def file_report(
+        self, conn: Connection, change: Change, report: dict[str, Any], patient: PatientKey
+    ) -> str:
         """Store a report version; refuse it if its study belongs to another patient."""
         accession, issuer = report["accession_number"], report["accession_issuer"]
         studies = ids.studies_by_accession(conn, accession, issuer)
@@ -285,6 +314,13 @@ class InboxService:
             if last["text"] == report["text"] and last["status"] == report["status"]:
                 return f"report {accession}/{issuer} unchanged (version {last['version']})"
         version = store.add_report_version(conn, report)
+        _audit_in(
+            conn,
+            change,
+            PatientRef(patient.issuer, patient.local_id),
+            study_uid=studies[0]["study_uid"] if studies else None,
+            detail={"report": version, "accession": accession, "status": report["status"]},
+        )
         where = "matched to its study" if studies else "kept in the unmatched-results queue"
         return f"report {accession}/{issuer} version {version} stored, {where}"
 
@@ -313,3 +349,25 @@ class InboxService:
     def unmatched_reports(self) -> list[dict[str, Any]]:
         with self._index.read() as conn:
             return store.unmatched_reports(conn)
+
+
+def _audit_in(
+    conn: Connection,
+    change: Change,
+    patient: PatientRef,
+    *,
+    study_uid: str | None = None,
+    detail: dict[str, Any],
+) -> None:
+    """One ORDER_RECORD audit record of an order or report a feed changed, in the change's own
+    transaction (a change is never committed without its record)."""
+    AuditTrail.append_in(
+        conn,
+        audit_fields(
+            change.principal,
+            AuditAction.ORDER_RECORD,
+            patient=patient,
+            study_uid=study_uid,
+            detail={**detail, "message_pk": change.message_pk},
+        ),
+    )

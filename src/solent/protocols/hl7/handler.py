@@ -286,9 +286,10 @@ class Hl7Handler:
             "message_pk": tx.change.message_pk,
         }
         if control in ("CA", "DC", "OC", "OD"):
-            return tx.order_status(accession, facility, "DISCONTINUED", context)
+            return tx.order_status(accession, facility, "DISCONTINUED", context, key)
         if control == "SC" and orc.comp(5) in ORDER_STATUS:
-            return tx.order_status(accession, facility, ORDER_STATUS[orc.comp(5)], context)
+            status = ORDER_STATUS[orc.comp(5)]
+            return tx.order_status(accession, facility, status, context, key)
         if control not in ("NW", "XO", ""):
             raise Rejected("AE", f"unsupported order control ORC-1 {control}")
         demo = er7.demographics(msg, pid)
