@@ -144,7 +144,7 @@ class TlsPacs:
     client: Issued
 
 
-def _start(tmp: Path, *, require_client_certs: bool) -> Iterator[TlsPacs]:
+def _start(tmp: Path, *, require_client_certs: bool, **settings: str) -> Iterator[TlsPacs]:
     require_tool("echoscu")
     if "--enable-tls" not in run("echoscu", "--help").stdout:
         pytest.skip("DCMTK built without OpenSSL")
@@ -170,6 +170,7 @@ def _start(tmp: Path, *, require_client_certs: bool) -> Iterator[TlsPacs]:
     }
     if require_client_certs:
         extra["SOLENT_DICOM_TLS_CA"] = str(ca.pem)
+    extra.update(settings)
     srv = start_server(data, extra)
     try:
         srv.cli("ae", "add", AET, "--host", "127.0.0.1", "--port", "104", "--trust", "ZZA")
@@ -186,6 +187,17 @@ def tls_pacs(tmp_path: Path) -> Iterator[TlsPacs]:
 @pytest.fixture
 def mutual_tls_pacs(tmp_path: Path) -> Iterator[TlsPacs]:
     yield from _start(tmp_path, require_client_certs=True)
+
+
+@pytest.fixture
+def patient_tls_pacs(tmp_path: Path) -> Iterator[TlsPacs]:
+    """ARTIM long enough that waiting for it could not pass for serving at once."""
+    yield from _start(
+        tmp_path,
+        require_client_certs=False,
+        SOLENT_DICOM_ARTIM_TIMEOUT_SECONDS="90",
+        SOLENT_DICOM_MAX_PENDING_CONNECTIONS="256",
+    )
 
 
 def tls_args(pacs: TlsPacs, client: Issued | None) -> list[str]:
@@ -322,3 +334,28 @@ def test_node_bound_to_its_certificate(mutual_tls_pacs: TlsPacs) -> None:
     assert "Calling AE Title Not Recognized" in _echo_as(pacs, "CT02", other, pacs.tls_port).stderr
     listed = srv.cli("ae", "list", "--json").stdout
     assert "CT01.radiology.test" in listed
+
+
+def test_silent_connections_do_not_stall_the_tls_port(patient_tls_pacs: TlsPacs) -> None:
+    """20 clients open TCP to the TLS port and send nothing (no ClientHello): echoscu +tls is
+    answered at once, while all 20 are still open (the TLS handshake is done in each
+    connection's own thread, bounded by the ARTIM timer, never in the thread that accepts)."""
+    import time
+
+    pacs = patient_tls_pacs
+    silent = [socket.create_connection(("127.0.0.1", pacs.tls_port)) for _ in range(20)]
+    try:
+        time.sleep(0.5)  # all accepted (and, before the fix, the first one's handshake begun)
+        started = time.monotonic()
+        ok = echo(pacs, pacs.client)
+        elapsed = time.monotonic() - started
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "Received Echo Response (Success)" in ok.stdout + ok.stderr
+        assert elapsed < 10, f"echo took {elapsed:.1f}s behind 20 silent connections"
+        for s in silent:  # still open: the server did not just wait for ARTIM to drop them
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(1, socket.MSG_PEEK)
+    finally:
+        for s in silent:
+            s.close()

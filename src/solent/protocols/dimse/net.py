@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
+import ssl
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from solent.protocols.dimse import suboperations
 from solent.protocols.dimse.artim import PendingConnections
+
+log = logging.getLogger(__name__)
 
 UNCOMPRESSED = (
     UID("1.2.840.10008.1.2.1"),  # Explicit VR Little Endian
@@ -143,11 +147,35 @@ class NoDelayServer(ThreadedAssociationServer):
     pending: PendingConnections | None = None  # the listener's ARTIM bookkeeping (issue 11)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
+        # Not pynetdicom's get_request: it does the TLS handshake here, in the one thread that
+        # accepts, so a client that connects and sends nothing stalls every other client. The
+        # handshake is done in the connection's own thread (process_request_thread).
+        assert self.socket is not None
+        client, address = self.socket.accept()
         set_nodelay(client)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
         if self.pending is not None:
             self.pending.admit(client, address)
         return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The TLS handshake, bounded by the ARTIM timeout, then the association."""
+        if isinstance(request, ssl.SSLSocket):
+            timeout = request.gettimeout()
+            request.settimeout(float(self.ae.acse_timeout or 30))
+            try:
+                request.do_handshake()
+            except (OSError, ValueError) as exc:  # timeout, reset, not TLS, dropped by ARTIM
+                log.info("DICOM TLS handshake failed: %s", exc, extra={"address": client_address})
+                if self.pending is not None:
+                    self.pending.associated(request)  # gone: no longer pending
+                self.shutdown_request(request)
+                return
+            request.settimeout(timeout)
+        super().process_request_thread(request, client_address)
 
     def server_bind(self) -> None:
         if getattr(self, "reuse_port", False) and self.socket is not None:
