@@ -3,38 +3,14 @@
 import { Enums, eventTarget, metaData, utilities as csUtils, type RenderingEngine, type StackViewport, type Types } from '@cornerstonejs/core';
 import { wadors } from '@cornerstonejs/dicom-image-loader';
 import { utilities as toolUtils } from '@cornerstonejs/tools';
-import { authHeaders, blobUrl } from './api';
+import { blobUrl } from './api';
+import { type SeriesInfo, studySeries } from './data';
 import { h } from './dom';
 import { dicomDate, nhsNumber, personName } from './format';
-import { DICOMWEB, type DicomJson, parseImageId, seriesImageIds, str, tag } from './imaging';
+import { DICOMWEB, type DicomJson, parseImageId, seriesImageIds, str } from './imaging';
 import type { Camera, ViewState } from './types';
 
-export interface SeriesInfo {
-  series_uid: string;
-  modality: string;
-  number: string;
-  description: string;
-  count: number;
-}
-
-/** The series of a study, from QIDO-RS; empty when the study is unknown or not visible. */
-export async function studySeries(studyUid: string): Promise<SeriesInfo[]> {
-  const response = await fetch(`${DICOMWEB}/studies/${studyUid}/series`, {
-    headers: { Accept: 'application/dicom+json', ...authHeaders() },
-  });
-  if (response.status === 204 || response.status === 404) return [];
-  if (!response.ok) throw new Error(`series query: HTTP ${response.status}`);
-  const rows = (await response.json()) as DicomJson[];
-  return rows
-    .map((r) => ({
-      series_uid: str(r, '0020000E'),
-      modality: str(r, '00080060'),
-      number: str(r, '00200011'),
-      description: str(r, '0008103E'),
-      count: Number(tag(r, '00201209') ?? 0),
-    }))
-    .sort((a, b) => Number(a.number) - Number(b.number));
-}
+export { studySeries, type SeriesInfo };
 
 function nhsFromMetadata(ds: DicomJson): string {
   const seq = (ds['00101002']?.Value ?? []) as DicomJson[];
@@ -53,6 +29,7 @@ export class Pane {
   seriesUid = '';
   private header: DicomJson = {};
   private loadToken = 0;
+  private preview: HTMLElement | null = null;
 
   constructor(
     readonly engine: RenderingEngine,
@@ -80,11 +57,23 @@ export class Pane {
     }
   }
 
+  /** Shows the server-rendered first image (preview.ts) until this pane draws its own. */
+  adoptPreview(element: HTMLElement): void {
+    this.preview = element;
+    this.root.append(element);
+  }
+
+  private dropPreview(): void {
+    this.preview?.remove();
+    this.preview = null;
+  }
+
   get viewport(): StackViewport {
     return this.engine.getViewport(this.viewportId) as StackViewport;
   }
 
-  /** Thumbnails first (small, tell the user what is there), then the shown series' frames. */
+  /** Thumbnails are asked for first (small, they tell the user what is there), then the shown
+   * series' frames without waiting for them: the frames' own queue does the ordering. */
   async showStudy(studyUid: string, series: SeriesInfo[], seriesUid?: string): Promise<void> {
     this.studyUid = studyUid;
     const thumbs = series.map((s) => {
@@ -106,7 +95,6 @@ export class Pane {
     });
     this.strip.replaceChildren(...thumbs.map((t) => t.button));
     const first = seriesUid ?? series[0]?.series_uid;
-    await Promise.race([Promise.all(thumbs.map((t) => t.loaded)), new Promise((r) => setTimeout(r, 1500))]);
     if (first) await this.showSeries(first);
   }
 
@@ -144,6 +132,7 @@ export class Pane {
       if (first && token === this.loadToken) {
         first = false;
         performance.mark(`solent:first-image:${this.label}`);
+        this.dropPreview();
       }
     };
     this.element.addEventListener(Enums.Events.IMAGE_RENDERED, onRendered);
