@@ -1,14 +1,18 @@
-"""A stored instance in a transfer syntax the viewer does not decode in the browser still
-displays (issue 12): the viewer asks the archive for the frames transcoded (lossless HTJ2K,
+"""Images show even where the browser cannot decode them (issue 12).
+
+A stored instance in a transfer syntax the viewer does not decode in the browser still
+displays: the viewer asks the archive for its frames transcoded (lossless HTJ2K,
 viewer/src/imaging.ts ``frameAccept``) instead of showing nothing. JPEG XL is the case here:
-the archive decodes it (imagecodecs); the viewer leaves its 1 MB decoder unloaded.
+the archive decodes it (imagecodecs); the viewer leaves its 1 MB decoder unloaded. And a frame
+the browser fails to load is replaced by the archive's rendering of it (/rendered).
 
 Real `solent serve`, real chromium; the image's left half is dark and its right half bright,
-so the drawn canvas shows the decoded pixels, not just "something".
+so the drawn pixels show the decoded image, not just "something".
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +29,10 @@ from pydicom.uid import generate_uid
 from tests.conftest import RunningServer, start_server
 from tests.interop.viewer_support import (
     add_user,
+    canvas,
     chromium,
     new_page,
+    not_blank,
     pane,
     require_browser,
     shot,
@@ -129,3 +135,46 @@ def test_a_jpeg_xl_instance_displays_from_transcoded_frames(
     right = band[:, cols // 2 + cols // 16 : cols // 2 + cols // 8].mean()
     assert right - left > 100, (left, right)
     assert not errors, errors
+
+
+def test_a_frame_the_browser_cannot_load_shows_as_the_archive_renders_it(
+    server: tuple[RunningServer, str], tmp_path: Path
+) -> None:
+    """Fault injected in the browser: every request for the instance's frame (as pixel data)
+    fails at the network level, as a broken decoder or a refused transcoding would; the
+    archive's rendering of that frame (/rendered, not intercepted) is shown in its place."""
+    srv, study = server
+    with chromium() as browser:
+        errors: list[str] = []
+        page = new_page(browser, srv, errors)
+        sign_in(page, "rad")
+        page.route(re.compile(r".*/frames/1$"), lambda route: route.abort("failed"))
+        page.goto(f"{srv.base_url}/viewer/#/study/{study}?prior=")
+        fallback = f"{pane()} img.rendered-fallback"
+        page.wait_for_function(
+            f"document.querySelector({fallback!r})?.naturalWidth > 0", timeout=60_000
+        )
+        shot(page, tmp_path, "rendered-fallback")
+        # The rendered picture: right half brighter than left (the instance's own window).
+        left, right = page.evaluate(
+            """(sel) => {
+              const img = document.querySelector(sel);
+              const c = document.createElement('canvas');
+              c.width = img.naturalWidth; c.height = img.naturalHeight;
+              const g = c.getContext('2d');
+              g.drawImage(img, 0, 0);
+              const mean = (x0, x1) => {
+                const d = g.getImageData(x0, c.height / 3, x1 - x0, c.height / 3).data;
+                let s = 0;
+                for (let i = 0; i < d.length; i += 4) s += d[i];
+                return s / (d.length / 4);
+              };
+              const w = c.width;
+              return [mean(w * 3 / 8, w * 7 / 16), mean(w * 9 / 16, w * 5 / 8)];
+            }""",
+            fallback,
+        )
+        assert right - left > 100, (left, right)
+        # The first-image preview gave way to it; Cornerstone drew nothing (the frame failed).
+        assert page.locator(f"{pane()} img.preview:not(.rendered-fallback)").count() == 0
+        assert not not_blank(canvas(page))

@@ -109,13 +109,66 @@ export class Pane {
     this.header = headerOf(ids[0]) ?? {};
     toolUtils.stackPrefetch.disable(this.element);
     this.trackLoading(ids, token);
+    this.watchFailures(ids, token);
     const start = index ?? Math.floor(ids.length / 2);
-    await this.viewport.setStack(ids, Math.min(Math.max(0, start), ids.length - 1));
+    try {
+      await this.viewport.setStack(ids, Math.min(Math.max(0, start), ids.length - 1));
+    } catch {
+      /* that frame failed: watchFailures shows the server's rendering of it */
+    }
     this.viewport.render();
     toolUtils.stackPrefetch.enable(this.element);
     this.element.dataset.series = seriesUid;
     this.updateOverlay();
     this.onShown(this);
+  }
+
+  /**
+   * A frame the browser cannot load or decode (a syntax or a stream its decoders reject, a
+   * transcoding the server refused) is shown as the archive renders it (/rendered, at the
+   * image's own window) instead of leaving the previous slice or nothing on screen. The
+   * rendered picture stays while that slice is the one asked for; the next slice that loads
+   * normally replaces it.
+   */
+  private fallback: HTMLImageElement | null = null;
+  private watchFailures(ids: string[], token: number): void {
+    const wanted = new Set(ids);
+    const failed = new Set<string>();
+    const onError = (evt: Event) => {
+      if (token !== this.loadToken) {
+        eventTarget.removeEventListener(Enums.Events.IMAGE_LOAD_ERROR, onError);
+        return;
+      }
+      const id = (evt as CustomEvent<{ imageId?: string }>).detail?.imageId;
+      if (!id || !wanted.has(id)) return;
+      failed.add(id);
+      if (this.viewport.getImageIds()[this.viewport.getTargetImageIdIndex()] === id) void this.showRendered(id, token);
+    };
+    eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_ERROR, onError);
+    this.element.addEventListener(Enums.Events.STACK_NEW_IMAGE, (evt: Event) => {
+      const id = (evt as CustomEvent<{ imageId?: string }>).detail?.imageId;
+      if (token === this.loadToken && id && !failed.has(id)) this.dropFallback();
+    });
+  }
+
+  private async showRendered(imageId: string, token: number): Promise<void> {
+    const { series_uid, sop_uid, frame } = parseImageId(imageId);
+    const url = await blobUrl(`${DICOMWEB}/studies/${this.studyUid}/series/${series_uid}/instances/${sop_uid}/frames/${frame}/rendered`);
+    if (token !== this.loadToken) return URL.revokeObjectURL(url);
+    this.dropPreview();
+    const img = this.fallback ?? h('img', { class: 'preview rendered-fallback', alt: 'rendered by the server' });
+    if (img.src) URL.revokeObjectURL(img.src);
+    img.src = url;
+    img.dataset.imageId = imageId;
+    this.fallback = img;
+    this.root.append(img);
+  }
+
+  private dropFallback(): void {
+    if (!this.fallback) return;
+    URL.revokeObjectURL(this.fallback.src);
+    this.fallback.remove();
+    this.fallback = null;
   }
 
   /** Progress of the series' frames into the cache (overlay), and performance marks for the
