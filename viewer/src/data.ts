@@ -3,9 +3,10 @@
 // and shared — the first-image preview, the thumbnails and the image loader all use the same
 // promise, so starting them early (while the core chunk downloads) costs nothing later.
 // Entries live a short while only (a study may still be arriving; access may change after
-// break-glass); failures and empty answers are never kept.
+// break-glass); failures and empty answers are never kept. Keys include the bearer token, so
+// what one user read is never handed to the next who signs in on the same page.
 
-import { authHeaders, get } from './api';
+import { authHeaders, get, token } from './api';
 import type { StudyContext } from './types';
 
 export const DICOMWEB = `${location.origin}/dicomweb`;
@@ -34,17 +35,18 @@ export function str(ds: DicomJson, key: string): string {
 const KEEP_MS = 30_000;
 const cache = new Map<string, { at: number; value: Promise<unknown> }>();
 
-function shared<T>(key: string, load: () => Promise<T>, keep: (v: T) => boolean = () => true): Promise<T> {
+function shared<T>(what: string, load: () => Promise<T>, keep: (v: T) => boolean = () => true): Promise<T> {
+  const key = `${token() ?? ''} ${what}`;
+  const now = performance.now();
+  for (const [k, v] of cache) if (now - v.at >= KEEP_MS) cache.delete(k);
   const hit = cache.get(key);
-  if (hit && performance.now() - hit.at < KEEP_MS) return hit.value as Promise<T>;
+  if (hit) return hit.value as Promise<T>;
   const value = load();
-  cache.set(key, { at: performance.now(), value });
-  value.then(
-    (v) => {
-      if (!keep(v)) cache.delete(key);
-    },
-    () => cache.delete(key),
-  );
+  cache.set(key, { at: now, value });
+  const forget = () => {
+    if (cache.get(key)?.value === value) cache.delete(key);
+  };
+  value.then((v) => (keep(v) ? undefined : forget()), forget);
   return value;
 }
 
