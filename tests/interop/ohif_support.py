@@ -120,12 +120,14 @@ class ViewerSite:
     every request of ``app-config.js``, so a test switches modes with a page load."""
 
     dist: Path
-    solent: str  # base URL of `solent serve`
-    token: str
+    solent: str  # base URL of `solent serve` (or of another archive, see upstream_root)
+    token: str  # bearer token added to every proxied request; "" adds none
     image_rendering: str = "wadors"
     thumbnail_rendering: str = "wadors"
     requests: list[tuple[str, int, str]] = field(default_factory=list)  # (path?query, status, type)
     origin: str = ""
+    # Where the archive's DICOMweb lives: Solent's /dicomweb, Orthanc's /dicom-web (bench/viewer.py)
+    upstream_root: str = "/dicomweb"
 
     def app(self) -> Starlette:
         client = httpx.AsyncClient(base_url=self.solent, timeout=60)
@@ -143,8 +145,10 @@ class ViewerSite:
 
         async def proxy(request: Request) -> Response:
             headers = {k: v for k, v in request.headers.items() if k.lower() in PASSED_UP}
-            headers["Authorization"] = f"Bearer {self.token}"
-            url = httpx.URL(path=request.url.path, query=request.url.query.encode())
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            path = self.upstream_root + request.url.path.removeprefix("/dicomweb")
+            url = httpx.URL(path=path, query=request.url.query.encode())
             upstream = await client.send(
                 client.build_request(request.method, url, headers=headers), stream=True
             )

@@ -1,7 +1,7 @@
 // The help panel: every keyboard shortcut of the reading screen.
 
 import { h } from './dom';
-import { PRESETS } from './imaging';
+import { PRESETS } from './presets';
 
 const SHORTCUTS: [string, string][] = [
   ['↑ / ← , ↓ / →', 'previous / next image'],

@@ -24,8 +24,10 @@ import {
 } from '@cornerstonejs/tools';
 import type { Types as ToolTypes } from '@cornerstonejs/tools';
 import { authHeaders } from './api';
+import { DICOMWEB, type DicomJson, seriesFrames, seriesMetadata, str, tag } from './data';
 
-export const DICOMWEB = `${location.origin}/dicomweb`;
+export { DICOMWEB, type DicomJson, str, tag };
+export { PRESETS } from './presets';
 export const TOOL_GROUP = 'solent-stack';
 /** At most this many frame requests in flight; what the user looks at is asked for first. */
 export const MAX_IN_FLIGHT = 6;
@@ -49,8 +51,9 @@ export function initImaging(): Promise<void> {
     document.documentElement.dataset.rendering = cpu ? 'cpu' : 'gpu';
     loaderInit({
       maxWebWorkers: Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) - 1)),
-      beforeSend: () => authHeaders(),
-    });
+      // Called by the loader's XHR with the image id: the bearer token and the frame's Accept.
+      beforeSend: (_xhr: unknown, imageId: string) => ({ ...authHeaders(), Accept: frameAccept(imageId) }),
+    } as Parameters<typeof loaderInit>[0]);
     const { RequestType } = CoreEnums;
     imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Interaction, MAX_IN_FLIGHT);
     imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Thumbnail, MAX_IN_FLIGHT);
@@ -120,60 +123,64 @@ export function setPrimaryTool(group: ToolTypes.IToolGroup, tool: MouseTool): vo
   }
 }
 
-/** DICOM JSON of one instance (the subset this app reads). */
-export type DicomJson = Record<string, { vr: string; Value?: unknown[] }>;
-
-export function tag(ds: DicomJson, key: string): unknown {
-  return ds[key]?.Value?.[0];
-}
-
-export function str(ds: DicomJson, key: string): string {
-  const v = tag(ds, key);
-  if (v && typeof v === 'object' && 'Alphabetic' in v) return String((v as { Alphabetic: string }).Alphabetic);
-  return v === undefined || v === null ? '' : String(v);
-}
-
 /**
  * Reads a series' WADO-RS metadata once, registers every frame with the image loader and
  * returns the frames' image ids sorted by slice position (then instance number).
  */
 export async function seriesImageIds(studyUid: string, seriesUid: string): Promise<string[]> {
   const base = `${DICOMWEB}/studies/${studyUid}/series/${seriesUid}`;
-  const response = await fetch(`${base}/metadata`, {
-    headers: { Accept: 'application/dicom+json', ...authHeaders() },
-  });
-  if (!response.ok) throw new Error(`series metadata: HTTP ${response.status}`);
-  const instances = (await response.json()) as DicomJson[];
-  const sortKey = (ds: DicomJson): [number, number] => {
-    const ipp = ds['00200032']?.Value as number[] | undefined;
-    const iop = ds['00200037']?.Value as number[] | undefined;
-    let position = Number.NaN;
-    if (ipp && iop && iop.length === 6) {
-      const n = [
-        iop[1] * iop[5] - iop[2] * iop[4],
-        iop[2] * iop[3] - iop[0] * iop[5],
-        iop[0] * iop[4] - iop[1] * iop[3],
-      ];
-      position = ipp[0] * n[0] + ipp[1] * n[1] + ipp[2] * n[2];
-    }
-    return [Number.isNaN(position) ? 0 : position, Number(tag(ds, '00200013') ?? 0)];
-  };
-  instances.sort((a, b) => {
-    const [pa, ia] = sortKey(a);
-    const [pb, ib] = sortKey(b);
-    return pa - pb || ia - ib;
-  });
   const ids: string[] = [];
-  for (const ds of instances) {
-    const sop = str(ds, '00080018');
-    const frames = Number(tag(ds, '00280008') ?? 1) || 1;
-    for (let f = 1; f <= frames; f++) {
-      const id = `wadors:${base}/instances/${sop}/frames/${f}`;
-      wadors.metaDataManager.add(id, ds as unknown as Parameters<typeof wadors.metaDataManager.add>[1]);
-      ids.push(id);
-    }
+  for (const { sop, frame, ds } of seriesFrames(await seriesMetadata(studyUid, seriesUid))) {
+    const id = `wadors:${base}/instances/${sop}/frames/${frame}`;
+    wadors.metaDataManager.add(id, ds as unknown as Parameters<typeof wadors.metaDataManager.add>[1]);
+    storedSyntax.set(id.slice(7), str(ds, '00083002') || str(ds, '00020010'));
+    ids.push(id);
   }
   return ids;
+}
+
+// -- what each frame is asked for in ---------------------------------------------------------
+
+/** Transfer syntaxes the image loader's decoders (this build) read, as the archive stores them. */
+const NATIVE = new Set(['1.2.840.10008.1.2', '1.2.840.10008.1.2.1', '1.2.840.10008.1.2.2', '1.2.840.10008.1.2.1.99']);
+const BROWSER_DECODES = new Set([
+  '1.2.840.10008.1.2.5', // RLE
+  '1.2.840.10008.1.2.4.50', // JPEG baseline
+  '1.2.840.10008.1.2.4.51', // JPEG extended (12-bit)
+  '1.2.840.10008.1.2.4.57', // JPEG lossless
+  '1.2.840.10008.1.2.4.70', // JPEG lossless SV1
+  '1.2.840.10008.1.2.4.80', // JPEG-LS lossless
+  '1.2.840.10008.1.2.4.81', // JPEG-LS near-lossless
+  '1.2.840.10008.1.2.4.90', // JPEG 2000 lossless
+  '1.2.840.10008.1.2.4.91', // JPEG 2000
+  '1.2.840.10008.1.2.4.201', // HTJ2K lossless
+  '1.2.840.10008.1.2.4.202', // HTJ2K lossless RPCL
+  '1.2.840.10008.1.2.4.203', // HTJ2K
+]);
+export const HTJ2K_LOSSLESS = '1.2.840.10008.1.2.4.201';
+const AS_STORED = 'multipart/related; type=application/octet-stream; transfer-syntax=*';
+const UNCOMPRESSED = 'multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1';
+/** Lossless HTJ2K, transcoded by the archive: ~2.6x smaller than 16-bit CT, fast to decode;
+ * uncompressed as the second choice when the server cannot encode it (e.g. float pixels). */
+const TRANSCODED = `multipart/related; type="image/jphc"; transfer-syntax=${HTJ2K_LOSSLESS}, ${UNCOMPRESSED}; q=0.5`;
+
+const storedSyntax = new Map<string, string>();
+
+/** Whether native (uncompressed) frames are asked for compressed; ?raw=1 turns it off. */
+const compressNative = !new URLSearchParams(location.search).has('raw');
+
+/**
+ * The Accept header of one frame request. Frames in a syntax the browser decodes come as
+ * stored (no server work). Uncompressed frames come as lossless HTJ2K (the link, not the CPU,
+ * is what limits a trust's WAN). Anything the browser's decoders cannot read (JPEG XL, which
+ * would need a 1 MB decoder; anything unknown) is transcoded by the archive to lossless HTJ2K
+ * or, failing that, uncompressed: the image shows instead of nothing.
+ */
+export function frameAccept(url: string): string {
+  const ts = storedSyntax.get(url.startsWith('wadors:') ? url.slice(7) : url.split('?')[0]) ?? '';
+  if (NATIVE.has(ts)) return compressNative ? TRANSCODED : AS_STORED;
+  if (BROWSER_DECODES.has(ts)) return AS_STORED;
+  return TRANSCODED;
 }
 
 /** (series, sop, frame) of a wadors image id. */
@@ -181,12 +188,3 @@ export function parseImageId(id: string): { series_uid: string; sop_uid: string;
   const m = /series\/([^/]+)\/instances\/([^/]+)\/frames\/(\d+)/.exec(id);
   return { series_uid: m?.[1] ?? '', sop_uid: m?.[2] ?? '', frame: Number(m?.[3] ?? 1) };
 }
-
-/** W/L presets (centre, width) in HU; the usual radiology defaults. */
-export const PRESETS: Record<string, { center: number; width: number; key: string }> = {
-  'CT lung': { center: -600, width: 1500, key: '1' },
-  'CT mediastinum': { center: 50, width: 350, key: '2' },
-  'CT bone': { center: 400, width: 1800, key: '3' },
-  'CT brain': { center: 40, width: 80, key: '4' },
-  'CT abdomen': { center: 60, width: 400, key: '5' },
-};

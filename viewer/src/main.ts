@@ -1,15 +1,26 @@
 // Hash routes: #/ worklist, #/patient/ISSUER/ID timeline, #/study/UID reading, #/mdt meetings.
 // Hash routing keeps every screen one static index.html (IID lands on /viewer/#/...).
+// Code-split: this entry chunk holds the worklist and the sign-in only; the reading screen
+// (the Cornerstone core, ~4 MB) and the MDT screens are loaded on first use. On a study route
+// the study's series, metadata and a server-rendered first image are fetched while the core
+// chunk downloads (data.ts, preview.ts), so the network is busy from the first moment.
 
 import './style.css';
 import { get, setToken, signIn, token } from './api';
 import { clear, errorBox, h } from './dom';
 import { toggleHelp } from './help';
-import { meeting, meetings } from './mdt';
-import { closeStudyView, studyView } from './studyview';
-import { timeline } from './timeline';
+import { studyContext } from './data';
+import { dropPreview, startPreview } from './preview';
 import type { Me } from './types';
 import { worklist } from './worklist';
+
+type ReadingModule = typeof import('./studyview');
+let reading: ReadingModule | null = null;
+const loadReading = (): Promise<ReadingModule> =>
+  import('./studyview').then((m) => {
+    reading = m;
+    return m;
+  });
 
 const app = document.getElementById('app') as HTMLElement;
 const who = document.getElementById('who') as HTMLElement;
@@ -53,7 +64,8 @@ async function showWho(): Promise<void> {
 async function route(): Promise<void> {
   leave?.();
   leave = null;
-  closeStudyView();
+  reading?.closeStudyView();
+  dropPreview();
   clear(app);
   app.className = '';
   if (!token()) {
@@ -66,10 +78,17 @@ async function route(): Promise<void> {
   const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
   const params = new URLSearchParams(search);
   try {
-    if (parts[0] === 'patient' && parts.length === 3) await timeline(app, parts[1], parts[2]);
-    else if (parts[0] === 'study' && parts[1]) await studyView(app, parts[1], { prior: params.has('prior') ? params.get('prior') || null : undefined });
-    else if (parts[0] === 'mdt' && parts[1]) leave = await meeting(app, parts[1]);
-    else if (parts[0] === 'mdt') await meetings(app, params);
+    if (parts[0] === 'patient' && parts.length === 3) await (await import('./timeline')).timeline(app, parts[1], parts[2]);
+    else if (parts[0] === 'study' && parts[1]) {
+      const shown = startPreview(app, parts[1]);
+      void studyContext(parts[1]).catch(() => undefined);
+      await Promise.race([shown, new Promise((r) => setTimeout(r, 1500))]);
+      await (await loadReading()).studyView(app, parts[1], { prior: params.has('prior') ? params.get('prior') || null : undefined });
+    } else if (parts[0] === 'mdt') {
+      const [mdt] = await Promise.all([import('./mdt'), loadReading()]); // mdt.ts uses the reading screen
+      if (parts[1]) leave = await mdt.meeting(app, parts[1]);
+      else await mdt.meetings(app, params);
+    }
     else worklist(app, params);
   } catch (e) {
     app.append(errorBox((e as Error).message));

@@ -3,38 +3,14 @@
 import { Enums, eventTarget, metaData, utilities as csUtils, type RenderingEngine, type StackViewport, type Types } from '@cornerstonejs/core';
 import { wadors } from '@cornerstonejs/dicom-image-loader';
 import { utilities as toolUtils } from '@cornerstonejs/tools';
-import { authHeaders, blobUrl } from './api';
+import { blobUrl } from './api';
+import { type SeriesInfo, studySeries } from './data';
 import { h } from './dom';
 import { dicomDate, nhsNumber, personName } from './format';
-import { DICOMWEB, type DicomJson, parseImageId, seriesImageIds, str, tag } from './imaging';
+import { DICOMWEB, type DicomJson, parseImageId, seriesImageIds, str } from './imaging';
 import type { Camera, ViewState } from './types';
 
-export interface SeriesInfo {
-  series_uid: string;
-  modality: string;
-  number: string;
-  description: string;
-  count: number;
-}
-
-/** The series of a study, from QIDO-RS; empty when the study is unknown or not visible. */
-export async function studySeries(studyUid: string): Promise<SeriesInfo[]> {
-  const response = await fetch(`${DICOMWEB}/studies/${studyUid}/series`, {
-    headers: { Accept: 'application/dicom+json', ...authHeaders() },
-  });
-  if (response.status === 204 || response.status === 404) return [];
-  if (!response.ok) throw new Error(`series query: HTTP ${response.status}`);
-  const rows = (await response.json()) as DicomJson[];
-  return rows
-    .map((r) => ({
-      series_uid: str(r, '0020000E'),
-      modality: str(r, '00080060'),
-      number: str(r, '00200011'),
-      description: str(r, '0008103E'),
-      count: Number(tag(r, '00201209') ?? 0),
-    }))
-    .sort((a, b) => Number(a.number) - Number(b.number));
-}
+export { studySeries, type SeriesInfo };
 
 function nhsFromMetadata(ds: DicomJson): string {
   const seq = (ds['00101002']?.Value ?? []) as DicomJson[];
@@ -53,6 +29,7 @@ export class Pane {
   seriesUid = '';
   private header: DicomJson = {};
   private loadToken = 0;
+  private preview: HTMLElement | null = null;
 
   constructor(
     readonly engine: RenderingEngine,
@@ -80,11 +57,23 @@ export class Pane {
     }
   }
 
+  /** Shows the server-rendered first image (preview.ts) until this pane draws its own. */
+  adoptPreview(element: HTMLElement): void {
+    this.preview = element;
+    this.root.append(element);
+  }
+
+  private dropPreview(): void {
+    this.preview?.remove();
+    this.preview = null;
+  }
+
   get viewport(): StackViewport {
     return this.engine.getViewport(this.viewportId) as StackViewport;
   }
 
-  /** Thumbnails first (small, tell the user what is there), then the shown series' frames. */
+  /** Thumbnails are asked for first (small, they tell the user what is there), then the shown
+   * series' frames without waiting for them: the frames' own queue does the ordering. */
   async showStudy(studyUid: string, series: SeriesInfo[], seriesUid?: string): Promise<void> {
     this.studyUid = studyUid;
     const thumbs = series.map((s) => {
@@ -106,7 +95,6 @@ export class Pane {
     });
     this.strip.replaceChildren(...thumbs.map((t) => t.button));
     const first = seriesUid ?? series[0]?.series_uid;
-    await Promise.race([Promise.all(thumbs.map((t) => t.loaded)), new Promise((r) => setTimeout(r, 1500))]);
     if (first) await this.showSeries(first);
   }
 
@@ -121,13 +109,66 @@ export class Pane {
     this.header = headerOf(ids[0]) ?? {};
     toolUtils.stackPrefetch.disable(this.element);
     this.trackLoading(ids, token);
+    this.watchFailures(ids, token);
     const start = index ?? Math.floor(ids.length / 2);
-    await this.viewport.setStack(ids, Math.min(Math.max(0, start), ids.length - 1));
+    try {
+      await this.viewport.setStack(ids, Math.min(Math.max(0, start), ids.length - 1));
+    } catch {
+      /* that frame failed: watchFailures shows the server's rendering of it */
+    }
     this.viewport.render();
     toolUtils.stackPrefetch.enable(this.element);
     this.element.dataset.series = seriesUid;
     this.updateOverlay();
     this.onShown(this);
+  }
+
+  /**
+   * A frame the browser cannot load or decode (a syntax or a stream its decoders reject, a
+   * transcoding the server refused) is shown as the archive renders it (/rendered, at the
+   * image's own window) instead of leaving the previous slice or nothing on screen. The
+   * rendered picture stays while that slice is the one asked for; the next slice that loads
+   * normally replaces it.
+   */
+  private fallback: HTMLImageElement | null = null;
+  private watchFailures(ids: string[], token: number): void {
+    const wanted = new Set(ids);
+    const failed = new Set<string>();
+    const onError = (evt: Event) => {
+      if (token !== this.loadToken) {
+        eventTarget.removeEventListener(Enums.Events.IMAGE_LOAD_ERROR, onError);
+        return;
+      }
+      const id = (evt as CustomEvent<{ imageId?: string }>).detail?.imageId;
+      if (!id || !wanted.has(id)) return;
+      failed.add(id);
+      if (this.viewport.getImageIds()[this.viewport.getTargetImageIdIndex()] === id) void this.showRendered(id, token);
+    };
+    eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_ERROR, onError);
+    this.element.addEventListener(Enums.Events.STACK_NEW_IMAGE, (evt: Event) => {
+      const id = (evt as CustomEvent<{ imageId?: string }>).detail?.imageId;
+      if (token === this.loadToken && id && !failed.has(id)) this.dropFallback();
+    });
+  }
+
+  private async showRendered(imageId: string, token: number): Promise<void> {
+    const { series_uid, sop_uid, frame } = parseImageId(imageId);
+    const url = await blobUrl(`${DICOMWEB}/studies/${this.studyUid}/series/${series_uid}/instances/${sop_uid}/frames/${frame}/rendered`);
+    if (token !== this.loadToken) return URL.revokeObjectURL(url);
+    this.dropPreview();
+    const img = this.fallback ?? h('img', { class: 'preview rendered-fallback', alt: 'rendered by the server' });
+    if (img.src) URL.revokeObjectURL(img.src);
+    img.src = url;
+    img.dataset.imageId = imageId;
+    this.fallback = img;
+    this.root.append(img);
+  }
+
+  private dropFallback(): void {
+    if (!this.fallback) return;
+    URL.revokeObjectURL(this.fallback.src);
+    this.fallback.remove();
+    this.fallback = null;
   }
 
   /** Progress of the series' frames into the cache (overlay), and performance marks for the
@@ -144,6 +185,7 @@ export class Pane {
       if (first && token === this.loadToken) {
         first = false;
         performance.mark(`solent:first-image:${this.label}`);
+        this.dropPreview();
       }
     };
     this.element.addEventListener(Enums.Events.IMAGE_RENDERED, onRendered);

@@ -11,8 +11,10 @@ import { errorBox, h } from './dom';
 import { dicomDate } from './format';
 import { PRESETS, TOOL_GROUP, type MouseTool, createToolGroup, initImaging, setPrimaryTool } from './imaging';
 import { Pane, studySeries } from './pane';
+import { studyContext } from './data';
+import { takePreview } from './preview';
 import { patientHeader } from './timeline';
-import type { KeyImage, Report, StudyContext, StudyEntry, ViewState } from './types';
+import type { KeyImage, Report, StudyEntry, ViewState } from './types';
 
 const ENGINE = 'solent-engine';
 const SLICE_SYNC = 'solent-slice-sync';
@@ -49,9 +51,12 @@ function destroyEngine(): void {
 
 export async function studyView(root: HTMLElement, studyUid: string, opts: StudyViewOptions = {}): Promise<StudyView | null> {
   closeStudyView();
+  // Series, context and the core's set-up run together (data.ts shares what main.ts started).
+  const seriesP = studySeries(studyUid).catch(() => []);
+  const contextP = studyContext(studyUid).catch((e: Error) => e);
   await initImaging();
   root.classList.add('reading');
-  const series = await studySeries(studyUid).catch(() => []);
+  const series = await seriesP;
   if (!series.length) {
     const button = h('button', { id: 'break-glass-open', class: 'danger' }, 'Break glass…');
     button.addEventListener('click', async () => {
@@ -77,7 +82,9 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
   const main = new Pane(engine, 'current', 'Current', () => changed());
   let prior: Pane | null = null;
 
-  const context = await get<StudyContext>(`/api/viewer/studies/${studyUid}`).catch((e: Error) => e);
+  const preview = takePreview(studyUid);
+  if (preview && !opts.follow) main.adoptPreview(preview.element);
+  const context = await contextP;
   const side = h('aside', { class: 'side' });
   const header = h('div', { class: 'study-head' });
   const toolbar = h('div', { class: 'toolbar', role: 'toolbar' });

@@ -13,6 +13,7 @@ from solent.protocols.api.mdt_routes import router as mdt_router
 from solent.protocols.api.routes import router as api_router
 from solent.protocols.api.security_routes import router as security_router
 from solent.protocols.api.viewer_routes import router as viewer_router
+from solent.protocols.compression import ApiGZipMiddleware
 from solent.protocols.dicomweb import install as install_dicomweb
 from solent.protocols.fhir import install as install_regional_identity
 from solent.protocols.http_errors import install_error_table
@@ -66,4 +67,5 @@ def create_app(composed: Services | Composed) -> FastAPI:
     install_regional_identity(app)  # issue 5: /api/identity, /fhir, IHE IID
     install_dicomweb(app, services)  # DICOMweb at /dicomweb (issue 4)
     app.include_router(viewer_static_router)  # the browser viewer's built files at /viewer
+    app.add_middleware(ApiGZipMiddleware)  # issue 12: JSON API compressed on the WAN
     return app
