@@ -99,7 +99,9 @@ def _bob(archive: Archive) -> Target:
     assert record is not None
     study = identity.studies({found.patient_pk})[0]
     series = identity.series(int(study["study_pk"]))[0]
-    inst = archive.services.retrieve.instances(SYSTEM, study["study_uid"], series["series_uid"])
+    inst = archive.services.retrieve.instances(
+        SYSTEM, study["study_uid"], series["series_uid"], channel="test setup"
+    )
     return Target(
         "B7730444",
         study["study_uid"],

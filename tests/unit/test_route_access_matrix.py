@@ -178,7 +178,9 @@ def _bob(archive: Archive) -> Target:
     assert record is not None
     (study,) = identity.studies({found.patient_pk})[:1]
     series = identity.series(int(study["study_pk"]))[0]
-    rows = archive.services.retrieve.instances(SYSTEM, study["study_uid"], series["series_uid"])
+    rows = archive.services.retrieve.instances(
+        SYSTEM, study["study_uid"], series["series_uid"], channel="test setup"
+    )
     return Target(
         study=study["study_uid"],
         series=series["series_uid"],

@@ -51,7 +51,7 @@ def test_patched_bytes_follow_the_record_and_repeat(archive: Archive, tmp_path: 
         archive.index, archive.store, archive.access, archive.audit, cache_bytes=64 << 20
     )
     who = peer.principal
-    instances = [i for s in sorted(studies) for i in svc.instances(who, s)]
+    instances = [i for s in sorted(studies) for i in svc.instances(who, s, channel="test")]
     assert len(instances) == len(FILES)
 
     # Nothing changed yet: the stored bytes, and known unchanged from then on.

@@ -26,6 +26,7 @@ GZIP_MIN = 1024  # as wado_rs.GZIP_MIN: smaller metadata bodies are sent uncompr
 THUMBNAIL = RenderOptions("image/jpeg", 80, None, "linear", Viewport(128, 128))
 #: A rendered frame without parameters.
 RENDERED = RenderOptions()
+PREFETCH = "mdt prefetch"  # the audit channel of reads made to warm a meeting's caches
 
 
 def _gzip(body: bytes) -> bytes:
@@ -37,7 +38,8 @@ def warm_series_metadata(
     svc: RetrieveService, principal: Principal, study: str, series: str, base: str
 ) -> None:
     identity = svc.current_identity(principal.trust)
-    hashes, docs = svc.series_metadata(principal, study, series, None, base, identity)
+    located = svc.series_hashes(principal, study, series, None, channel=PREFETCH)
+    hashes, docs = svc.series_metadata(principal, located, base, identity)
     variant = f"metadata|{base}|{True}|{identity.fingerprint(study)}"
     body = b"[" + b",".join(docs) + b"]"
     if len(body) >= GZIP_MIN:
@@ -59,7 +61,9 @@ def _images(instances: Sequence[StoredInstance]) -> list[StoredInstance]:
 
 def warm_study_thumbnail(svc: RetrieveService, principal: Principal, study: str) -> None:
     """The middle image of the first series with images (as wado_rs._representative)."""
-    images = _images(svc.instances(principal, study, with_frames=True))
+    images = _images(
+        svc.instances(principal, study, channel=PREFETCH, use="image", with_frames=True)
+    )
     if not images:
         return
     series = [i for i in images if i.series_uid == images[0].series_uid]
@@ -68,7 +72,9 @@ def warm_study_thumbnail(svc: RetrieveService, principal: Principal, study: str)
 
 def warm_series_images(svc: RetrieveService, principal: Principal, study: str, series: str) -> None:
     """The series thumbnail (its middle image) and its first image rendered."""
-    images = _images(svc.instances(principal, study, series, with_frames=True))
+    images = _images(
+        svc.instances(principal, study, series, channel=PREFETCH, use="image", with_frames=True)
+    )
     if not images:
         return
     _warm_render(svc, principal, images[len(images) // 2], THUMBNAIL)

@@ -44,8 +44,10 @@ from solent.storage import BlobStore
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "LocatedSeries",
     "OutgoingDataset",
     "PatchedHeader",
+    "ReadUse",
     "RetrieveKeys",
     "RetrieveService",
     "split_part10",
@@ -65,6 +67,35 @@ class RetrieveKeys:
     study_uids: tuple[str, ...] = ()
     series_uids: tuple[str, ...] = ()
     sop_instance_uids: tuple[str, ...] = ()
+
+
+ReadUse = Literal["retrieve", "view", "image"]
+"""What a DICOMweb read is for, as the audit trail records it: a download ("retrieve"), a
+metadata read ("view"), or a per-image request ("image": frames, renders, thumbnails — one
+coalesced VIEW record per caller, study and channel)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocatedSeries:
+    """A series (or one instance) whose metadata read was decided and audited: what
+    :meth:`RetrieveService.series_hashes` hands out and :meth:`~RetrieveService.series_metadata`
+    takes, so the documents are never read without the decision and the record."""
+
+    study_uid: str
+    series_uid: str | None
+    sop_instance_uid: str | None
+    hashes: tuple[str, ...]
+
+
+def _not_stored(study_uid: str, series_uid: str | None, sop_instance_uid: str | None) -> NotFound:
+    what = (
+        f"instance {sop_instance_uid}"
+        if sop_instance_uid
+        else f"series {series_uid}"
+        if series_uid
+        else f"study {study_uid}"
+    )
+    return NotFound(f"{what} is not stored here")
 
 
 def _per_study(refs: Iterable[StoredInstanceRef]) -> dict[str, int]:
@@ -115,16 +146,17 @@ class RetrieveService:
         """Drop the remembered grants (a revocation that must take effect at once)."""
         self.access_cache.clear()
 
-    def record(
-        self, principal: Principal, action: str, study_uid: str, detail: dict[str, Any]
+    def _record_read(
+        self, principal: Principal, study_uid: str, channel: str, use: ReadUse, count: int
     ) -> None:
-        """One audit record of a download ("retrieve") or a metadata read ("view")."""
-        self._audit.record(principal, action, study_uid=study_uid, detail=detail)
-
-    def record_view(self, principal: Principal, study_uid: str, channel: str) -> None:
-        """Audit a per-image request (rendered, thumbnail, frames): one VIEW record per caller,
-        study and channel within the audit trail's coalescing window."""
-        self._audit.record_coalesced(principal, "view", study_uid=study_uid, channel=channel)
+        """The audit record of a DICOMweb read, written by the method that located the data
+        (an adapter never sees a located instance without it)."""
+        if use == "image":
+            self._audit.record_coalesced(principal, "view", study_uid=study_uid, channel=channel)
+        else:
+            self._audit.record(
+                principal, use, study_uid=study_uid, detail={"channel": channel, "instances": count}
+            )
 
     def record_refusal(self, principal: Principal, channel: str, reason: str) -> None:
         """A registered node asked to retrieve though its registration does not allow it."""
@@ -237,29 +269,20 @@ class RetrieveService:
         series_uid: str | None = None,
         sop_instance_uid: str | None = None,
         *,
+        channel: str,
+        use: ReadUse = "retrieve",
         with_frames: bool = False,
     ) -> list[StoredInstance]:
-        """The stored instances of a study / series / instance; NotFound when there are none."""
+        """The stored instances of a study / series / instance that ``principal`` may see,
+        with the audit record of the read (``channel``, ``use``); NotFound when there are none
+        (or none visible: answered alike)."""
         self.allow(principal, study_uid)
         found = reads.find_instances(
             self._index, study_uid, series_uid, sop_instance_uid, with_frames=with_frames
         )
         if not found:
-            what = (
-                f"instance {sop_instance_uid}"
-                if sop_instance_uid
-                else f"series {series_uid}"
-                if series_uid
-                else f"study {study_uid}"
-            )
-            raise NotFound(f"{what} is not stored here")
-        return found
-
-    def instance_by_uid(self, principal: Principal, sop_instance_uid: str) -> StoredInstance:
-        found = reads.find_instance_by_uid(self._index, sop_instance_uid)
-        if found is None:
-            raise NotFound(f"instance {sop_instance_uid} is not stored here")
-        self.allow(principal, found.study_uid)
+            raise _not_stored(study_uid, series_uid, sop_instance_uid)
+        self._record_read(principal, study_uid, channel, use, len(found))
         return found
 
     @staticmethod
@@ -429,37 +452,44 @@ class RetrieveService:
             doc = self._patched_document(inst.study_uid, inst.sha256, json_z, identity)
             yield _absolute(doc, base_url, inst.study_uid, inst.series_uid, inst.sop_instance_uid)
 
-    def series_metadata(
-        self,
-        principal: Principal,
-        study_uid: str,
-        series_uid: str | None,
-        sop_instance_uid: str | None,
-        base_url: str,
-        identity: CurrentIdentity | None = None,
-    ) -> tuple[list[str], list[bytes]]:
-        """(content hashes, DICOM JSON documents) of a series or one instance, one query."""
-        self.allow(principal, study_uid)
-        identity = identity or self.current_identity(principal.trust)
-        rows = reads.find_metadata(self._index, study_uid, series_uid, sop_instance_uid)
-        if not rows:
-            self.instances(principal, study_uid, series_uid, sop_instance_uid)  # says what
-        docs = [
-            _absolute(self._patched_document(st, sha, json_z, identity), base_url, st, se, sop)
-            for st, se, sop, sha, json_z in rows
-        ]
-        return [r[3] for r in rows], docs
-
     def series_hashes(
         self,
         principal: Principal,
         study_uid: str,
         series_uid: str | None,
         sop_instance_uid: str | None,
-    ) -> list[str]:
-        """Content hashes of a series or one instance (for the ETag), one small query."""
+        *,
+        channel: str,
+    ) -> LocatedSeries:
+        """Content hashes of a series or one instance (for the ETag; one small query), with
+        the VIEW record of the metadata read."""
         self.allow(principal, study_uid)
-        return reads.find_hashes(self._index, study_uid, series_uid, sop_instance_uid)
+        hashes = reads.find_hashes(self._index, study_uid, series_uid, sop_instance_uid)
+        if not hashes:
+            raise _not_stored(study_uid, series_uid, sop_instance_uid)
+        self._record_read(principal, study_uid, channel, "view", len(hashes))
+        return LocatedSeries(study_uid, series_uid, sop_instance_uid, tuple(hashes))
+
+    def series_metadata(
+        self,
+        principal: Principal,
+        located: LocatedSeries,
+        base_url: str,
+        identity: CurrentIdentity | None = None,
+    ) -> tuple[list[str], list[bytes]]:
+        """(content hashes, DICOM JSON documents) of a located series or instance, one query
+        (the hashes again: an instance may have arrived since it was located)."""
+        study_uid, series_uid, sop = located.study_uid, located.series_uid, located.sop_instance_uid
+        self.allow(principal, study_uid)
+        identity = identity or self.current_identity(principal.trust)
+        rows = reads.find_metadata(self._index, study_uid, series_uid, sop)
+        if not rows:
+            raise _not_stored(study_uid, series_uid, sop)
+        docs = [
+            _absolute(self._patched_document(st, sha, json_z, identity), base_url, st, se, sop)
+            for st, se, sop, sha, json_z in rows
+        ]
+        return [r[3] for r in rows], docs
 
     def metadata_of(self, principal: Principal, inst: StoredInstance) -> dict[str, Any]:
         """The stored DICOM JSON of one located instance (as stored: for pixel decoding)."""

@@ -35,7 +35,7 @@ from solent.protocols.dicomweb.common import (
     retrieve_service,
     services_of,
 )
-from solent.services.retrieve import RetrieveService
+from solent.services.retrieve import LocatedSeries, RetrieveService
 
 log = logging.getLogger(__name__)
 router = APIRouter(route_class=DicomWebRoute)
@@ -74,7 +74,7 @@ def _retrieve(
     who = principal(request)
     svc = retrieve_service(request)
     ranges = _ranges(request)
-    instances = svc.instances(who, study, series, sop)
+    instances = svc.instances(who, study, series, sop, channel="wado-rs")
     targets = [neg.negotiate_instance(ranges, i.transfer_syntax_uid) for i in instances]
     identity = svc.current_identity(who.trust)
     variant = f"instances|{identity.fingerprint(study)}|" + ",".join(targets)
@@ -83,7 +83,6 @@ def _retrieve(
     headers = changing_headers(etag)
     if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
-    svc.record(who, "retrieve", study, {"channel": "wado-rs", "instances": len(instances)})
     changed = svc.identity_changed(instances, identity)
     boundary = mp.new_boundary()
     base = base_url(request)
@@ -144,12 +143,14 @@ def _metadata(
     gzip = "gzip" in request.headers.get("accept-encoding", "")
     docs: list[bytes] | None = None
     instances: list[StoredInstance] = []
+    located: LocatedSeries | None = None
     identity = svc.current_identity(who.trust)
     if series is None:  # a study may be large: list it, then read the JSON in pages
-        instances = svc.instances(who, study)
+        instances = svc.instances(who, study, channel="wado-rs metadata", use="view")
         hashes = [i.sha256 for i in instances]
     else:  # the hashes first: a repeat request is answered from the cache
-        hashes = svc.series_hashes(who, study, series, sop)
+        located = svc.series_hashes(who, study, series, sop, channel="wado-rs metadata")
+        hashes = list(located.hashes)
     # The patient attributes are the record's current ones: a change is a new representation.
     variant = f"metadata|{base}|{gzip}|{identity.fingerprint(study)}"
     etag = svc.etag_of(hashes, variant)
@@ -157,14 +158,13 @@ def _metadata(
     headers["Vary"] = "Accept, Accept-Encoding"
     if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
-    svc.record(who, "view", study, {"channel": "wado-rs metadata", "instances": len(hashes)})
     cached = svc.responses.get(etag)
     if cached is not None:
         if gzip and cached[:2] == b"\x1f\x8b":
             headers["Content-Encoding"] = "gzip"
         return Response(cached, media_type=DICOM_JSON, headers=headers)
-    if series is not None:
-        hashes, docs = svc.series_metadata(who, study, series, sop, base, identity)
+    if located is not None:
+        hashes, docs = svc.series_metadata(who, located, base, identity)
         etag = svc.etag_of(hashes, variant)  # what was read (an instance may have arrived)
         headers["ETag"] = etag
     elif len(instances) <= INLINE_METADATA:
@@ -306,8 +306,10 @@ def retrieve_frames(
     numbers = parse_frame_list(frame_list)
     who = principal(request)
     svc = retrieve_service(request)
-    inst = svc.instances(who, study, series, sop, with_frames=True)[0]
-    svc.record_view(who, study, "wado-rs frames")  # issue 6: coalesced, not one per frame
+    # issue 6: one coalesced VIEW record per caller and study, not one per frame
+    inst = svc.instances(
+        who, study, series, sop, channel="wado-rs frames", use="image", with_frames=True
+    )[0]
     return _frames_response(request, svc, who, inst, numbers, "frames|" + frame_list)
 
 
@@ -318,8 +320,9 @@ def retrieve_bulkdata(
     _uids(study, series, sop)
     who = principal(request)
     svc = retrieve_service(request)
-    inst = svc.instances(who, study, series, sop, with_frames=True)[0]
-    svc.record_view(who, study, "wado-rs bulkdata")  # issue 6: coalesced per study
+    inst = svc.instances(
+        who, study, series, sop, channel="wado-rs bulkdata", use="image", with_frames=True
+    )[0]
     key = path.strip("/").upper()
     if key in PIXEL_PATHS:
         total = inst.number_of_frames or 0
@@ -402,7 +405,6 @@ async def _rendered(
     opts: RenderOptions,
     svc: RetrieveService,
 ) -> Response:
-    await run_in_threadpool(svc.record_view, principal(request), inst.study_uid, "rendered")
     variant = f"rendered|{frame}|{opts!r}"
     etag = svc.etag([inst], variant)
     headers = immutable_headers(etag, _replace_policy(request))
@@ -425,10 +427,19 @@ async def _instance(
 ) -> tuple[RetrieveService, StoredInstance]:
     _uids(study, series, sop)
     svc = retrieve_service(request)
-    found = await run_in_threadpool(
-        svc.instances, principal(request), study, series, sop, with_frames=True
+    return svc, (await _images_of(request, svc, study, series, sop))[0]
+
+
+async def _images_of(
+    request: Request, svc: RetrieveService, study: str, series: str | None, sop: str | None
+) -> list[StoredInstance]:
+    """The instances to render, with the service's coalesced VIEW record (channel "rendered")."""
+    who = principal(request)
+    return await run_in_threadpool(
+        lambda: svc.instances(
+            who, study, series, sop, channel="rendered", use="image", with_frames=True
+        )
     )
-    return svc, found[0]
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
@@ -472,10 +483,7 @@ async def _thumbnail(
     _uids(study, series, sop)
     opts = render_options(request, thumbnail=True)
     svc = retrieve_service(request)
-    found = await run_in_threadpool(
-        svc.instances, principal(request), study, series, sop, with_frames=True
-    )
-    inst = _representative(found)
+    inst = _representative(await _images_of(request, svc, study, series, sop))
     if frame != 1:
         svc.check_frames(inst, [frame])
     return await _rendered(request, inst, frame, opts, svc)

@@ -98,17 +98,21 @@ async def wado(request: Request) -> Response:
         chosen = "image/jpeg"
     svc = retrieve_service(request)
     who = principal(request)
+    dicom = chosen == "application/dicom"
     found = await run_in_threadpool(
-        svc.instances,
-        who,
-        params["studyUID"],
-        params["seriesUID"],
-        params["objectUID"],
-        with_frames=True,
+        lambda: svc.instances(
+            who,
+            params["studyUID"],
+            params["seriesUID"],
+            params["objectUID"],
+            channel="wado-uri" if dicom else "wado-uri rendered",
+            use="retrieve" if dicom else "image",
+            with_frames=True,
+        )
     )
     inst = found[0]
     replace = request.app.state.services.settings.conflict_policy == "replace"
-    if chosen == "application/dicom":
+    if dicom:
         target = params.get("transferSyntax", "").strip()
         if target in AS_STORED:
             target = inst.transfer_syntax_uid
@@ -124,7 +128,6 @@ async def wado(request: Request) -> Response:
         headers = changing_headers(etag)
         if not_modified(request, etag):
             return Response(status_code=304, headers=headers)
-        svc.record(who, "retrieve", inst.study_uid, {"channel": "wado-uri", "instances": 1})
         if target == inst.transfer_syntax_uid:
             return StreamingResponse(
                 svc.patched_bytes(who, inst, identity),
@@ -146,7 +149,6 @@ async def wado(request: Request) -> Response:
     window = (centre, width) if centre is not None and width is not None else None
     quality = _int(params, "imageQuality", 1, 100) or 90
     frame = _int(params, "frameNumber", 1, 1 << 30) or 1
-    await run_in_threadpool(svc.record_view, who, inst.study_uid, "wado-uri rendered")
     opts = RenderOptions(chosen, quality, window, "linear", viewport)
     if not inst.number_of_frames:
         raise HTTPException(400, "this instance holds no image; ask for application/dicom")
