@@ -343,6 +343,14 @@ class Settings(BaseSettings):
         description="Change-feed events younger than this wait (PostgreSQL): a sequence number "
         "is drawn before its transaction commits, so the newest may still have a gap below.",
     )
+    jobs_stalled_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="A worker that has sent no heartbeat for this long is presumed dead (killed, "
+        "machine lost): the jobs it was running go back to the queue for another node, checked "
+        "every third of this time. Workers beat every third of it too.",
+    )
     # --- end regional scale ---------------------------------------------------------------
 
     @field_validator("ae_title")

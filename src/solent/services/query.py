@@ -126,11 +126,10 @@ class QueryService:
         with self.index.read() as conn:
             pks = trust_view.records_of(conn, others)
             linked = trust_view.maybe_linked(conn, pks.values())
-            for key, pk in pks.items():
-                if pk in linked:
-                    found = identity.record_seen_from(pk, trust, conn=conn)
-                    if found is not None:
-                        seen[key] = found
+            shown = identity.records_seen_from(
+                [pk for pk in pks.values() if pk in linked], trust, conn=conn
+            )
+            seen = {key: shown[pk] for key, pk in pks.items() if pk in shown}
         if not seen:
             return result
         rows = []
