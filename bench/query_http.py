@@ -71,12 +71,17 @@ def _shape(node: _Node, keys: Keys, limit: int | None, repeat: int, clients: int
 
 
 def timed_http(
-    database_url: str, summary: SyntheticSummary, shapes: dict[str, Keys], repeat: int, clients: int
+    database_url: str,
+    audit_key: bytes,
+    summary: SyntheticSummary,
+    shapes: dict[str, Keys],
+    repeat: int,
+    clients: int,
 ) -> list[str]:
     """Start a node on ``database_url``, time every shape with ``clients`` at once, stop it."""
     url = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     lines = []
-    node = _Node(trusts={}, database_url=url)
+    node = _Node(trusts={}, database_url=url, extra_env={"SOLENT_AUDIT_KEY": audit_key.decode()})
     node.start()
     try:
         for label, keys in shapes.items():

@@ -40,6 +40,7 @@ from pathlib import Path
 from solent.domain.attributes import Level
 from solent.domain.matching import parse_query
 from solent.domain.principal import Principal, PrincipalKind
+from solent.index import audit as audit_chain
 from solent.index.bulk import SyntheticSummary, fill_synthetic
 from solent.index.bulk_pg import fill_region, summarise
 from solent.index.sql import Index
@@ -48,6 +49,9 @@ from solent.services.audit import AuditTrail
 from solent.services.query import QueryService
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+#: One audit key for this process and the HTTP node: the trail is sealed with it (issue 11)
+#: and a kept ``--database`` is opened again by later runs.
+AUDIT_KEY = b"bench-query audit key, not a secret"
 SYSTEM = Principal(PrincipalKind.SYSTEM, "bench", None)
 
 
@@ -165,7 +169,7 @@ def run_size(
     if args.http:
         from bench.query_http import timed_http
 
-        timed_http(index.url, summary, query_keys(summary), args.repeat, args.clients)
+        timed_http(index.url, AUDIT_KEY, summary, query_keys(summary), args.repeat, args.clients)
     return summary
 
 
@@ -174,6 +178,7 @@ def run(backend: str, sizes: list[int], args: argparse.Namespace) -> None:
         for size in sorted(sizes):  # each size in its own database: filled inside the server
             with backend_url(backend, args.postgres_url, args.database) as url:
                 index = Index(url)
+                audit_chain.use_key(index, AUDIT_KEY)
                 try:
                     index.migrate()
                     run_size(backend, index, size, 0, args)
@@ -182,6 +187,7 @@ def run(backend: str, sizes: list[int], args: argparse.Namespace) -> None:
         return
     with backend_url(backend, args.postgres_url, None) as url:
         index = Index(url)
+        audit_chain.use_key(index, AUDIT_KEY)
         index.migrate()
         have = 0
         summary = SyntheticSummary()
