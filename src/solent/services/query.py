@@ -125,10 +125,8 @@ class QueryService:
         seen: dict[tuple[str, str], dict[str, Any]] = {}
         with self.index.read() as conn:
             pks = trust_view.records_of(conn, others)
-            linked = trust_view.maybe_linked(conn, pks.values())
-            shown = identity.records_seen_from(
-                [pk for pk in pks.values() if pk in linked], trust, conn=conn
-            )
+            # The walk's first step is the "has it any link at all?" test of every record.
+            shown = identity.records_seen_from(pks.values(), trust, conn=conn)
             seen = {key: shown[pk] for key, pk in pks.items() if pk in shown}
         if not seen:
             return result

@@ -106,9 +106,16 @@ class IdentityLinks:
         """``_component`` of many records at once: the same walk, one round of queries per
         step away from the starting records instead of ~10 queries per record (a page of
         query results of other trusts' linked records took ~0.25 s the other way)."""
-        known = {int(r["pk"]): r for r in store.get_patients(conn, patient_pks)}
+        return self._walk(conn, store.get_patients(conn, patient_pks))[0]
+
+    def _walk(
+        self, conn: Connection, start: list[dict[str, Any]]
+    ) -> tuple[dict[int, set[int]], dict[int, dict[str, Any]]]:
+        """(component of each start record, every record met on the way by pk)."""
+        known = {int(r["pk"]): r for r in start}
         adjacent: dict[int, set[int]] = {}
         frontier = list(known.values())
+        met: dict[int, dict[str, Any]] = {}  # records read already (same NHS number)
         while frontier:
             pks = [int(r["pk"]) for r in frontier]
             links = store.link_rows(conn, pks)
@@ -116,24 +123,26 @@ class IdentityLinks:
             by_nhs: dict[str, list[dict[str, Any]]] = {}
             for cand in store.patients_by_nhs_many(conn, numbers):
                 by_nhs.setdefault(cand["nhs_number"], []).append(cand)
+                met[int(cand["pk"])] = cand
             for row in frontier:
                 pk = int(row["pk"])
                 own = [k for k in links if pk in (k["patient_a"], k["patient_b"])]
                 same = by_nhs.get(row["nhs_number"], []) if self._usable_nhs(row) else []
                 adjacent[pk] = _neighbours_of(row, own, same)
             new = set().union(*(adjacent[pk] for pk in pks)) - set(known)
-            frontier = store.get_patients(conn, new)
+            frontier = [met[pk] for pk in new if pk in met]
+            frontier += store.get_patients(conn, new - set(met))  # reached by explicit links
             known.update({int(r["pk"]): r for r in frontier})
         out: dict[int, set[int]] = {}
-        for start in {int(pk) for pk in patient_pks} & set(known):
-            seen, todo = {start}, [start]
+        for first in start:
+            seen, todo = {int(first["pk"])}, [int(first["pk"])]
             while todo:
                 for other in adjacent.get(todo.pop(), set()) - seen:
                     if other in known:  # as _component: a vanished record ends the walk
                         seen.add(other)
                         todo.append(other)
-            out[start] = seen
-        return out
+            out[int(first["pk"])] = seen
+        return out, known
 
     def _component(self, conn: Connection, patient_pk: int) -> set[int]:
         start = store.get_patient(conn, patient_pk)
@@ -278,8 +287,7 @@ class IdentityLinks:
         if not trust:
             return {}
         rows = [r for r in store.get_patients(conn, patient_pks) if r["issuer"] != trust]
-        comps = self.components(conn, [int(r["pk"]) for r in rows])
-        linked = {int(r["pk"]): r for r in store.get_patients(conn, set().union(*comps.values()))}
+        comps, linked = self._walk(conn, rows)
         out: dict[int, dict[str, Any]] = {}
         for row in rows:
             pk = int(row["pk"])
