@@ -97,7 +97,8 @@ def test_a_job_of_a_killed_worker_is_run_by_another_after_the_heartbeat_timeout(
         (check,) = blob_checks(archive.index, w.sop_instance_uid)
         assert check.ok
         assert check.worker.endswith(f":{second.pid}"), check.worker
-        assert taken_back_after >= STALLED_SECONDS, "taken back before the heartbeat timed out"
+        # Not before the heartbeat timed out (its last beat was at most a third of it earlier).
+        assert taken_back_after >= STALLED_SECONDS * 2 / 3, taken_back_after
         _wait("the job to be marked done", lambda: _job_states(env)[0][0] != "doing")
         assert _job_states(env) == [("succeeded", 2)]  # the killed run and the one that ended
     finally:
