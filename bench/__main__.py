@@ -11,7 +11,10 @@ import sys
 
 COMMANDS = {
     "compare": ("bench.compare", "Solent vs Orthanc side by side"),
-    "query": ("bench.query_index", "query engine latency at 10k/100k studies, SQLite + PostgreSQL"),
+    "query": (
+        "bench.query_index",
+        "query latency at 10k/100k (to 10 M) studies, SQLite + PostgreSQL, in process or HTTP",
+    ),
     "hl7": ("bench.hl7", "HL7 ADT messages per second end to end with ACK"),
     "dicomweb": ("bench.dicomweb", "DICOMweb metadata, WADO-RS, frames, thumbnails vs Orthanc"),
     "import": ("bench.import_ct", "solent import of a 300-slice CT, SQLite and PostgreSQL"),

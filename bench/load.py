@@ -348,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             "SOLENT_DATABASE_URL": url,
             "SOLENT_STORAGE_URL": (work / "blobs").as_uri(),
             "SOLENT_TOKEN_SECRET": SECRET,
+            # One audit trail, one key: a node with another key refuses to start (issue 11).
+            "SOLENT_AUDIT_KEY": "bench-load audit key shared by the nodes",
         }
         _seed(env, work)
         print(f"seeded {SEED_STUDIES} studies x 5 instances; loopback only", flush=True)

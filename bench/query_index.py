@@ -1,10 +1,14 @@
-"""Query engine latency at 10k and 100k studies, SQLite and PostgreSQL.
+"""Query engine latency at 10k and 100k (up to 10 M) studies, SQLite and PostgreSQL.
 
-`python -m bench query [--sizes 10000,100000] [--backends sqlite,postgresql] [--repeat 50]`
+`python -m bench query [--sizes 10000,100000] [--backends sqlite,postgresql] [--repeat 50]
+[--access auto|on|off] [--http] [--database URL]`
 
-Fills an index with `solent.index.bulk.fill_synthetic` (four trusts, valid test-range NHS
-numbers, 2 series per study) and times `QueryService.find` — the call C-FIND and QIDO-RS make —
-for the three queries a viewer or modality sends most:
+SQLite is filled with `solent.index.bulk.fill_synthetic` (four trusts, valid test-range NHS
+numbers, 2 series per study); PostgreSQL with `solent.index.bulk_pg.fill_region`, generated
+inside the server (six trusts of unequal size, people with several studies and records at two
+trusts, links, a department's modality mix, eight years of dates; 10 M studies in ~15 min).
+It times `QueryService.find` — the call C-FIND and QIDO-RS make — for the three queries a
+viewer or modality sends most:
 
 * PatientID + IssuerOfPatientID (all studies of one patient),
 * StudyDate one-year range + ModalitiesInStudy=CT, limit 100,
@@ -13,14 +17,18 @@ for the three queries a viewer or modality sends most:
 Each is timed bare ("engine": QueryService without an access rule) and, with ``--access``,
 with the access rule of a ZZA node ANDed in (what a real caller gets; services/access.py). By
 default the access rule is timed up to 10k studies only (``--access auto``).
-PostgreSQL runs in a fresh database that is dropped afterwards.
+PostgreSQL runs in a fresh database per size that is dropped afterwards, or in ``--database``
+(filled when empty, kept: fill once, measure several times; drop it yourself).
+
+``--http`` also times the same queries as QIDO-RS through a `solent serve` node on that index,
+with 10 concurrent clients (a user of trust ZZA: the access rule with a user's break-glass
+grants), and prints p50/p95 per shape and the requests per second.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import tempfile
 import time
@@ -30,20 +38,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from solent.domain.attributes import Level
-from solent.domain.matching import Query, parse_query
+from solent.domain.matching import parse_query
 from solent.domain.principal import Principal, PrincipalKind
+from solent.index import audit as audit_chain
 from solent.index.bulk import SyntheticSummary, fill_synthetic
+from solent.index.bulk_pg import fill_region, summarise
 from solent.index.sql import Index
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
 from solent.services.query import QueryService
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+#: One audit key for this process and the HTTP node: the trail is sealed with it (issue 11)
+#: and a kept ``--database`` is opened again by later runs.
+AUDIT_KEY = b"bench-query audit key, not a secret"
 SYSTEM = Principal(PrincipalKind.SYSTEM, "bench", None)
 
 
 @contextmanager
-def backend_url(name: str, pg_admin: str) -> Iterator[str]:
+def backend_url(name: str, pg_admin: str, keep: str | None) -> Iterator[str]:
+    if name == "postgresql" and keep:
+        yield keep
+        return
     if name == "sqlite":
         with tempfile.TemporaryDirectory(prefix="solent-bench-query-") as tmp:
             yield f"sqlite:///{Path(tmp) / 'index.db'}"
@@ -75,65 +91,111 @@ def timed(fn: Callable[[int], object], repeat: int) -> tuple[float, float]:
     return statistics.median(samples), p95
 
 
-def queries(summary: SyntheticSummary, rng: random.Random) -> dict[str, Callable[[int], Query]]:
+YEARS = list(range(2019, 2026))  # within both fills' date spans
+
+
+def query_keys(summary: SyntheticSummary) -> dict[str, Callable[[int], dict[str, str]]]:
+    """The benchmark's shapes as DICOM matching keys, the i-th instance of each."""
     patients = summary.sample_patients
-    years = list(range(2011, 2026))
 
-    def by_patient(i: int) -> Query:
+    def by_patient(i: int) -> dict[str, str]:
         issuer, local_id = patients[(i * 7919) % len(patients)]
-        return parse_query(Level.STUDY, {"PatientID": local_id, "IssuerOfPatientID": issuer})
+        return {"PatientID": local_id, "IssuerOfPatientID": issuer}
 
-    def date_modality(i: int) -> Query:
-        year = years[i % len(years)]
-        keys = {"StudyDate": f"{year}0101-{year}1231", "ModalitiesInStudy": "CT"}
-        return parse_query(Level.STUDY, keys)
-
-    def everything(i: int) -> Query:
-        return parse_query(Level.STUDY, {})
+    def date_modality(i: int) -> dict[str, str]:
+        year = YEARS[i % len(YEARS)]
+        return {"StudyDate": f"{year}0101-{year}1231", "ModalitiesInStudy": "CT"}
 
     return {
         "PatientID+issuer": by_patient,
         "date range + modality, limit 100": date_modality,
-        "all studies, limit 100": everything,
+        "all studies, limit 100": lambda i: {},
     }
 
 
-def run(backend: str, sizes: list[int], repeat: int, pg_admin: str, access: str) -> list[str]:
-    lines: list[str] = []
-    with backend_url(backend, pg_admin) as url:
+def timed_variants(
+    index: Index, summary: SyntheticSummary, repeat: int, with_access: bool
+) -> list[str]:
+    """In process: each shape through QueryService.find, bare and with a ZZA node's rule."""
+    bare = QueryService(index)
+    guarded = QueryService(index, AccessService(index, AuditTrail(index)))
+    node = Principal(PrincipalKind.NODE, "BENCH_ZZA", "ZZA")
+    variants = [(SYSTEM, bare, "engine")]
+    if with_access:
+        variants.append((node, guarded, "+access"))
+    lines = []
+    for label, keys in query_keys(summary).items():
+        for who, service, tag in variants:
+            limit = None if label.startswith("PatientID") else 100
+
+            def once(i: int, keys=keys, service=service, who=who, limit=limit) -> int:  # type: ignore[no-untyped-def]
+                query = parse_query(Level.STUDY, keys(i))
+                return len(service.find(who, query, limit=limit, max_results=1000).rows)
+
+            med, p95 = timed(once, repeat)
+            lines.append(f"  {label:<34} {tag:<8} median {med:7.2f} ms   p95 {p95:7.2f} ms")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def fill(backend: str, index: Index, size: int, have: int, seed: int) -> SyntheticSummary:
+    if backend == "postgresql":
+        if have:
+            raise ValueError("a PostgreSQL size is filled in a fresh database")
+        return fill_region(index, size, seed=seed)
+    return fill_synthetic(index, size - have, seed=seed)
+
+
+def existing(index: Index) -> SyntheticSummary | None:
+    """The sample of an index filled by an earlier run (``--database``), or None when empty."""
+    with index.read() as conn:
+        count = int(conn.exec_driver_sql("SELECT count(*) FROM study").scalar_one())
+    return summarise(index, 1) if count else None
+
+
+def run_size(
+    backend: str, index: Index, size: int, have: int, args: argparse.Namespace
+) -> SyntheticSummary:
+    started = time.perf_counter()
+    summary = existing(index) if args.database else None
+    if summary is None:
+        summary = fill(backend, index, size, have, seed=size % 97 + 1)
+        note = f"bulk fill {summary.studies} in {time.perf_counter() - started:.1f}s"
+    else:
+        note = f"existing index, {summary.studies} studies, {summary.patients} records"
+    print(f"{backend:<10} {size:>8} studies  ({note})", flush=True)
+    with_access = args.access == "on" or (args.access == "auto" and size <= 10_000)
+    timed_variants(index, summary, args.repeat, with_access)
+    if args.http:
+        from bench.query_http import timed_http
+
+        timed_http(index.url, AUDIT_KEY, summary, query_keys(summary), args.repeat, args.clients)
+    return summary
+
+
+def run(backend: str, sizes: list[int], args: argparse.Namespace) -> None:
+    if backend == "postgresql":
+        for size in sorted(sizes):  # each size in its own database: filled inside the server
+            with backend_url(backend, args.postgres_url, args.database) as url:
+                index = Index(url)
+                audit_chain.use_key(index, AUDIT_KEY)
+                try:
+                    index.migrate()
+                    run_size(backend, index, size, 0, args)
+                finally:
+                    index.close()
+        return
+    with backend_url(backend, args.postgres_url, None) as url:
         index = Index(url)
+        audit_chain.use_key(index, AUDIT_KEY)
         index.migrate()
-        bare = QueryService(index)
-        guarded = QueryService(index, AccessService(index, AuditTrail(index)))
-        node = Principal(PrincipalKind.NODE, "BENCH_ZZA", "ZZA")
-        summary = SyntheticSummary()
         have = 0
-        rng = random.Random(1)
+        summary = SyntheticSummary()
         for size in sorted(sizes):
-            started = time.perf_counter()
-            grown = fill_synthetic(index, size - have, seed=len(lines) + 1)
-            fill_s = time.perf_counter() - started
+            grown = run_size(backend, index, size, have, args)
             summary.sample_patients += grown.sample_patients
             have = size
-            lines.append(
-                f"{backend:<10} {size:>7} studies  (bulk fill +{grown.studies} in {fill_s:.1f}s)"
-            )
-            variants = [(SYSTEM, bare, "engine")]
-            if access == "on" or (access == "auto" and size <= 10_000):
-                variants.append((node, guarded, "+access"))
-            for label, make in queries(summary, rng).items():
-                for who, service, tag in variants:
-                    limit = None if label.startswith("PatientID") else 100
-
-                    def once(i: int, make=make, service=service, who=who, limit=limit) -> int:  # type: ignore[no-untyped-def]
-                        res = service.find(who, make(i), limit=limit, max_results=1000)
-                        return len(res.rows)
-
-                    med, p95 = timed(once, repeat)
-                    lines.append(f"  {label:<34} {tag:<8} median {med:7.2f} ms   p95 {p95:7.2f} ms")
-            print("\n".join(lines[-1 - 3 * len(variants) :]), flush=True)
         index.close()
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,16 +209,25 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="also time with a node's access rule (auto: up to 10k studies)",
     )
+    ap.add_argument("--http", action="store_true", help="also time QIDO-RS through a node")
+    ap.add_argument("--clients", type=int, default=10, help="concurrent HTTP clients")
     ap.add_argument(
         "--postgres-url",
         default=os.environ.get("SOLENT_BENCH_POSTGRES_URL", DEFAULT_PG),
         help="a database to connect to for CREATE/DROP DATABASE of a scratch database",
     )
+    ap.add_argument(
+        "--database",
+        default="",
+        help="PostgreSQL URL of a database to fill once and keep (one size only)",
+    )
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.database and len(sizes) != 1:
+        ap.error("--database takes one size")
     print(f"query engine latency, {args.repeat} runs per query (QueryService.find)", flush=True)
     for backend in args.backends.split(","):
-        run(backend.strip(), sizes, args.repeat, args.postgres_url, args.access)
+        run(backend.strip(), sizes, args)
     return 0
 
 

@@ -119,6 +119,7 @@ class Archive:
                     max_attempts=self.settings.jobs_max_attempts,
                     poll_seconds=self.settings.jobs_poll_seconds,
                     settle_seconds=self.settings.jobs_settle_seconds,
+                    stalled_seconds=self.settings.jobs_stalled_seconds,
                 ),
                 self.access,
             ),

@@ -343,6 +343,26 @@ class Settings(BaseSettings):
         description="Change-feed events younger than this wait (PostgreSQL): a sequence number "
         "is drawn before its transaction commits, so the newest may still have a gap below.",
     )
+    proxy_protocol: bool = Field(
+        False,
+        description="The plain DICOM port and the MLLP port expect a PROXY protocol v1/v2 header "
+        "(HAProxy `send-proxy`/`send-proxy-v2`) on every connection and check registered peers "
+        "against the client address it carries; connections without one are closed. Only behind "
+        "a TCP balancer, with the ports reachable through it alone.",
+    )
+    proxy_protocol_from: str = Field(
+        "",
+        description="Comma list of addresses/networks of the balancers allowed to send PROXY "
+        "headers (e.g. 10.0.0.0/24); connections from elsewhere are closed. Empty: any.",
+    )
+    jobs_stalled_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="A worker that has sent no heartbeat for this long is presumed dead (killed, "
+        "machine lost): the jobs it was running go back to the queue for another node, checked "
+        "every third of this time. Workers beat every third of it too.",
+    )
     # --- end regional scale ---------------------------------------------------------------
 
     @field_validator("ae_title")

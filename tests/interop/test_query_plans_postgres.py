@@ -100,6 +100,10 @@ def test_date_range_and_modality_stops_at_the_limit_in_index_order(filled: Index
     # The access rule is checked per candidate row: no scan of every patient, no hashed set.
     assert not [s for s in scans(top, "patient") if s.startswith("Seq Scan")]
     assert not [n for n in nodes(top) if n["Node Type"] in ("Hash", "Materialize")]
+    # "Has it a study at the caller's trust?" is answered from one index, without heap reads
+    # (revision 0006): the scans of study other than the main walk use only that index.
+    checks = [s for s in scans(top, "study") if "ix_study_date_key_pk" not in s]
+    assert checks and all(s.endswith("ix_study_patient_pk_trust_code") for s in checks), checks
 
 
 def test_all_studies_landing_page_stops_at_the_limit_in_index_order(filled: Index) -> None:

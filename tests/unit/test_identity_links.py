@@ -162,3 +162,27 @@ def test_current_attributes_carry_the_nhs_number(ids: IdentityService) -> None:
     assert (other["PatientID"], other["IssuerOfPatientID"]) == (NHS, "NHS")
     qualifiers = other["IssuerOfPatientIDQualifiersSequence"][0]
     assert qualifiers["UniversalEntityID"] == "2.16.840.1.113883.2.1.4.1"
+
+
+def test_batched_walk_finds_what_the_walk_of_each_record_finds(ids: IdentityService) -> None:
+    """components()/records_seen_from() (a page of query results at once) give the records
+    linked_patient_pks()/record_seen_from() give one by one: explicit links followed
+    transitively, derived NHS-number links, an "unlinked" decision blocking one."""
+    a = rec(ids, "ZZA", "A1", nhs_number=NHS, nhs_status="NSTS01")
+    b = rec(ids, "ZZB", "B1", nhs_number=NHS, nhs_status="NSTS01")
+    c = rec(ids, "ZZC", "C1")
+    ids.link(PatientKey("ZZB", "B1"), PatientKey("ZZC", "C1"), PAS, source="hl7:A24")
+    d = rec(ids, "ZZB", "B2", nhs_number="9990000034", nhs_status="NSTS01")
+    e = rec(ids, "ZZC", "C2", nhs_number="9990000034", nhs_status="NSTS01")
+    ids.unlink(PatientKey("ZZB", "B2"), PatientKey("ZZC", "C2"), PAS)
+    alone = rec(ids, "ZZC", "C3")
+    pks = [a, b, c, d, e, alone]
+    with ids.index.read() as conn:
+        batched = ids.components(conn, pks)
+        assert batched == {pk: ids.linked_patient_pks(pk, conn=conn) for pk in pks}
+        assert batched[c] == {a, b, c} and batched[d] == {d}
+        for trust in ("ZZA", "ZZB", "ZZC"):
+            shown = ids.records_seen_from(pks, trust, conn=conn)
+            one_by_one = {pk: ids.record_seen_from(pk, trust, conn=conn) for pk in pks}
+            assert shown == {pk: r for pk, r in one_by_one.items() if r is not None}
+        assert ids.records_seen_from(pks, "ZZA", conn=conn)[c]["pk"] == a

@@ -472,6 +472,9 @@ study.append_column(
     Column("study_date_key", String(8), Computed("coalesce(study_date, '')", persisted=True))
 )
 Index("ix_study_date_key_pk", study.c.study_date_key, study.c.pk)
+# The access rule asks, per candidate record, "has it a study at the caller's trust?": answered
+# from this index alone (revision 0006, issue 16).
+Index("ix_study_patient_pk_trust_code", study.c.patient_pk, study.c.trust_code)
 # --- end query engine -------------------------------------------------------------------------
 
 # --- Legacy PACS migration (issue 13): sources, inventory and per-instance transfer state. ----

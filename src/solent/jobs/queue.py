@@ -155,6 +155,7 @@ class ProcrastinateQueue:
         max_attempts: int = MAX_ATTEMPTS,
         poll_seconds: float = 1.0,
         settle_seconds: float = 2.0,
+        stalled_seconds: float = 30.0,
         consumers: tuple[Consumer, ...] = CONSUMERS,
     ) -> None:
         import procrastinate
@@ -164,6 +165,7 @@ class ProcrastinateQueue:
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
         self.settle_seconds = settle_seconds
+        self.stalled_seconds = stalled_seconds
         conninfo = index.url.replace("postgresql+psycopg://", "postgresql://", 1)
         self.app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(conninfo=conninfo, min_size=1, max_size=4)
@@ -219,7 +221,48 @@ class ProcrastinateQueue:
             "fetch_job_polling_interval": self.poll_seconds,
             "shutdown_graceful_timeout": 20.0,  # then running jobs are aborted (and retried)
             "delete_jobs": "never",  # kept for `solent jobs list` and the audit of work done
+            "update_heartbeat_interval": max(0.5, self.stalled_seconds / 3),
+            "stalled_worker_timeout": self.stalled_seconds,
         }
+
+    async def recover_stalled(self) -> int:
+        """Put the jobs of dead workers back in the queue (procrastinate's stalled-job
+        support: a worker whose heartbeat is older than ``stalled_seconds`` is dead); how many.
+        Every node runs this; a job another node took back first is skipped."""
+        manager = self.app.job_manager
+        stalled = await manager.get_stalled_jobs(
+            queue=QUEUE, seconds_since_heartbeat=self.stalled_seconds
+        )
+        done = 0
+        for job in stalled:
+            try:
+                await manager.retry_job(job)
+            except Exception:  # procrastinate refuses a job no longer "doing": already handled
+                log.info("stalled job %s already taken back", job.id, exc_info=True)
+                continue
+            done += 1
+            JOBS_RUN.labels(job.task_name, "stalled").inc()
+            log.warning("job %s (%s) of a dead worker is queued again", job.id, job.task_name)
+        return done
+
+    async def _recover_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.stalled_seconds / 3)
+            try:
+                await self.recover_stalled()
+            except Exception:
+                log.exception("looking for stalled jobs failed; trying again")
+
+    async def _run_worker(self, **options: Any) -> None:
+        """The procrastinate worker with the stalled-job recovery beside it, in one loop."""
+        async with self.app.open_async():
+            recovery = asyncio.create_task(self._recover_forever(), name="solent-jobs-stalled")
+            try:
+                await self.app.run_worker_async(**options)
+            finally:
+                recovery.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recovery
 
     def work(self, *, until_idle: bool) -> None:
         if until_idle:
@@ -229,7 +272,8 @@ class ProcrastinateQueue:
         dispatcher = _Follower("solent-jobs-dispatch", self.dispatch, self.poll_seconds)
         dispatcher.start()
         try:  # procrastinate stops gracefully on SIGTERM/SIGINT: running jobs finish
-            self.app.run_worker(**self._worker_options(wait=True), install_signal_handlers=True)
+            options = self._worker_options(wait=True)
+            asyncio.run(self._run_worker(**options, install_signal_handlers=True))
         finally:
             dispatcher.stop()
 
@@ -248,9 +292,8 @@ class ProcrastinateQueue:
             async def main() -> None:
                 self._worker_task = asyncio.current_task()
                 ready.set()
-                async with self.app.open_async():
-                    options = self._worker_options(wait=True)
-                    await self.app.run_worker_async(**options, install_signal_handlers=False)
+                options = self._worker_options(wait=True)
+                await self._run_worker(**options, install_signal_handlers=False)
 
             with contextlib.suppress(asyncio.CancelledError):
                 loop.run_until_complete(main())
@@ -423,4 +466,5 @@ def open_job_queue(index: Index, store: BlobStore, **options: Any) -> JobQueue:
         return ProcrastinateQueue(index, store, **options)
     options.pop("concurrency", None)
     options.pop("settle_seconds", None)
+    options.pop("stalled_seconds", None)
     return InProcessQueue(index, store, **options)

@@ -125,12 +125,9 @@ class QueryService:
         seen: dict[tuple[str, str], dict[str, Any]] = {}
         with self._index.read() as conn:
             pks = trust_view.records_of(conn, others)
-            linked = trust_view.maybe_linked(conn, pks.values())
-            for key, pk in pks.items():
-                if pk in linked:
-                    found = identity.record_seen_from(pk, trust, conn=conn)
-                    if found is not None:
-                        seen[key] = found
+            # The walk's first step is the "has it any link at all?" test of every record.
+            shown = identity.records_seen_from(pks.values(), trust, conn=conn)
+            seen = {key: shown[pk] for key, pk in pks.items() if pk in shown}
         if not seen:
             return result
         rows = []

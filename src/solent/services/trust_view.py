@@ -33,11 +33,19 @@ def record_seen_from(
     if not trust:
         return None
     row = store.get_patient(conn, patient_pk)
-    if row is None or row["issuer"] == trust:
+    if row is None:
         return None
-    others = set(linked) - {patient_pk}
-    mine = [r for r in store.get_patients(conn, others) if r["issuer"] == trust]
-    real = [r for r in mine if not r["placeholder"]]
+    return pick_seen(row, trust, store.get_patients(conn, set(linked) - {patient_pk}))
+
+
+def pick_seen(
+    row: Mapping[str, Any], trust: str, linked: Iterable[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """``record_seen_from`` once the records are read: ``linked`` (the other records of the
+    person, oldest first) decide which of ``trust``'s, if any, shows ``row``."""
+    if row["issuer"] == trust:
+        return None
+    real = [dict(r) for r in linked if r["issuer"] == trust and not r["placeholder"]]
     return real[0] if real else None
 
 

@@ -6,11 +6,12 @@ patient identity scoping (R24) and the result cap live in the services.
 
 from __future__ import annotations
 
-import json
 import re
 import zlib
+from functools import cache
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, HTTPException, Path, Request, Response
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from starlette.concurrency import run_in_threadpool
@@ -75,13 +76,21 @@ def _int(value: str, name: str, minimum: int) -> int:
         raise HTTPException(400, str(exc)) from exc
 
 
-def _element(keyword: str, value: Any) -> tuple[str, dict[str, Any]] | None:
+@cache
+def _tag_vr(keyword: str) -> tuple[str, str] | None:
+    """A row key's tag (as DICOM JSON writes it) and VR, looked up once per keyword: the
+    dictionary look-ups were half the cost of a 100-row response (issue 16)."""
     tag = tag_for_keyword(keyword)
-    if tag is None:
+    return None if tag is None else (f"{tag:08X}", dictionary_VR(tag))
+
+
+def _element(keyword: str, value: Any) -> tuple[str, dict[str, Any]] | None:
+    found = _tag_vr(keyword)
+    if found is None:
         return None
-    vr = dictionary_VR(tag)
+    tag, vr = found
     if value is None or value == "" or value == []:
-        return f"{tag:08X}", {"vr": vr}
+        return tag, {"vr": vr}
     values = value if isinstance(value, list) else [value]
     if vr == "PN":
         values = [{"Alphabetic": str(v)} for v in values]
@@ -91,7 +100,7 @@ def _element(keyword: str, value: Any) -> tuple[str, dict[str, Any]] | None:
         values = [float(v) for v in values]
     else:
         values = [str(v) for v in values]
-    return f"{tag:08X}", {"vr": vr, "Value": values}
+    return tag, {"vr": vr, "Value": values}
 
 
 def row_to_json(row: dict[str, Any], level: Level, base: str) -> dict[str, Any]:
@@ -169,9 +178,11 @@ async def _search(request: Request, level: Level, fixed: dict[str, str]) -> Resp
     query = parse_query(level, keys, fuzzy_names=fuzzy, linked=linked)
     a = services_of(request)
     cap = int(getattr(a.settings, "max_query_results", 1000))
-    result = await run_in_threadpool(
-        lambda: a.query.find(
-            principal(request),
+    who, base = principal(request), base_url(request)
+
+    def run() -> tuple[bool, bytes]:
+        result = a.query.find(
+            who,
             query,
             limit=limit,
             offset=offset,
@@ -179,11 +190,12 @@ async def _search(request: Request, level: Level, fixed: dict[str, str]) -> Resp
             channel="qido-rs",  # audited by the query service (issue 6)
             keys=keys,
         )
-    )
-    base = base_url(request)
-    body = json.dumps([row_to_json(r, level, base) for r in result.rows]).encode()
+        # Encoded in the worker thread too: 100 rows of DICOM JSON must not hold the event loop.
+        return result.capped, orjson.dumps([row_to_json(r, level, base) for r in result.rows])
+
+    capped, body = await run_in_threadpool(run)
     headers = {"Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
-    if result.capped:
+    if capped:
         headers["Warning"] = CAP_WARNING
     if "gzip" in request.headers.get("accept-encoding", "") and len(body) >= 1024:
         z = zlib.compressobj(1, zlib.DEFLATED, 31)

@@ -42,6 +42,7 @@ from solent.protocols.dimse.net import (
     storage_context_for_unknown,
 )
 from solent.protocols.dimse.ul import server as ul_server
+from solent.protocols.proxy_header import ProxyHeaderReader
 from solent.services.registry import Services
 
 log = logging.getLogger(__name__)
@@ -256,6 +257,7 @@ class DimseListener:
         acceptor that is never bound (see net.HandoffServer)."""
         settings = self.services.settings
         host = settings.bind_address
+        proxy = self.proxy_reader()
         handoff = HandoffServer(
             self.ae, (host, port), self.ae.ae_title, self.ae.supported_contexts,
             evt_handlers=self.handlers(),
@@ -285,6 +287,7 @@ class DimseListener:
             ),
             handoff=handoff.handoff,
             reuse_port=dicom_processes(settings.dicom_workers) > 1,
+            client_address=proxy.client_address if proxy is not None else None,
         )
         server.start()
         self._servers.append(server)
@@ -307,11 +310,19 @@ class DimseListener:
         )
         if isinstance(server, NoDelayServer):
             server.pending = self.pending
+            if ssl_context is None:  # a header before TLS would need reading before the wrap
+                server.proxy = self.proxy_reader()
         thread = threading.Thread(target=server.serve_forever, name=f"dimse-{port}", daemon=True)
         thread.start()
         self._servers.append(server)
         self._threads.append(thread)
         return int(server.server_address[1])
+
+    def proxy_reader(self) -> ProxyHeaderReader | None:
+        settings = self.services.settings
+        return ProxyHeaderReader.from_settings(
+            settings.proxy_protocol, settings.proxy_protocol_from, float(self.ae.acse_timeout or 30)
+        )
 
     def tls_context(self) -> ssl.SSLContext:
         settings = self.services.settings

@@ -28,6 +28,9 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from solent.protocols.dimse import suboperations
 from solent.protocols.dimse.artim import PendingConnections
+from solent.protocols.proxy_header import ProxyHeaderError, ProxyHeaderReader
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +148,18 @@ class NoDelayServer(ThreadedAssociationServer):
         self.contexts = SharedContexts(self.contexts)
 
     pending: PendingConnections | None = None  # the listener's ARTIM bookkeeping (issue 11)
+    proxy: ProxyHeaderReader | None = None  # PROXY protocol behind a balancer (issue 16)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """In the connection's own thread: the client's address from the balancer's PROXY
+        header first, so the association's requestor (and the peer check) is the client."""
+        if self.proxy is not None:
+            try:
+                client_address = self.proxy.client_address(request, client_address)
+            except ProxyHeaderError as exc:
+                log.warning("DICOM connection from %s closed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         # Not pynetdicom's get_request: it does the TLS handshake here, in the one thread that

@@ -19,11 +19,13 @@ from typing import Any
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.mllp import Deframer, FramingError, frame
 from solent.protocols.hl7.senders import SenderGate
+from solent.protocols.proxy_header import ProxyHeaderError, ProxyHeaderReader
 from solent.services.registry import Services
 
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_S = 600.0
+PROXY_HEADER_TIMEOUT_S = 10.0  # the balancer writes it at once, before any MLLP byte
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -39,8 +41,10 @@ class _Server(socketserver.ThreadingTCPServer):
         *,
         idle_timeout: float = IDLE_TIMEOUT_S,
         address_allowed: Callable[[str], bool] | None = None,
+        proxy: ProxyHeaderReader | None = None,
     ) -> None:
         self.hl7 = handler
+        self.proxy = proxy
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.max_connections = max_connections
@@ -54,18 +58,23 @@ class _Server(socketserver.ThreadingTCPServer):
         from, or beyond ``max_connections``, is closed before anything is read, so a flood of
         idle or foreign connections cannot take a thread each."""
         host = str(client_address[0]) if isinstance(client_address, tuple) else ""
-        if self.address_allowed is not None and not self.address_allowed(host):
-            log.warning(
-                "HL7 connection from %s refused: no registered sender calls from this address",
-                host,
-            )
-            return False
+        if self.proxy is None and not self.allowed(host):
+            return False  # behind a balancer the client's address comes with the first bytes
         with self.lock:
             if self.active >= self.max_connections:
                 log.warning("HL7 connection from %s refused: too many connections", client_address)
                 return False
             self.active += 1
             return True
+
+    def allowed(self, host: str) -> bool:
+        if self.address_allowed is not None and not self.address_allowed(host):
+            log.warning(
+                "HL7 connection from %s refused: no registered sender calls from this address",
+                host,
+            )
+            return False
+        return True
 
 
 class _Connection(socketserver.BaseRequestHandler):
@@ -74,6 +83,14 @@ class _Connection(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.server.proxy is not None:
+            try:
+                self.client_address = self.server.proxy.client_address(sock, self.client_address)
+            except ProxyHeaderError as exc:
+                log.warning("HL7 connection from %s closed: %s", self.client_address[0], exc)
+                return
+            if not self.server.allowed(str(self.client_address[0])):
+                return
         sock.settimeout(self.server.idle_timeout)
         remote = f"{self.client_address[0]}:{self.client_address[1]}"
         with self.server.lock:
@@ -145,6 +162,9 @@ class Hl7Listener:
             address_allowed=None
             if settings.hl7_allow_unknown_senders
             else self.services.peers.hl7_sender_address,
+            proxy=ProxyHeaderReader.from_settings(
+                settings.proxy_protocol, settings.proxy_protocol_from, PROXY_HEADER_TIMEOUT_S
+            ),
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="hl7-mllp", daemon=True

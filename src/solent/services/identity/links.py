@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection
@@ -94,29 +94,55 @@ class IdentityLinks:
             return self._component(c, patient_pk)
 
     def _neighbours(self, conn: Connection, row: dict[str, Any]) -> set[int]:
-        pk = int(row["pk"])
-        explicit = store.link_rows(conn, [pk])
-        blocked = set()
-        out = set()
-        for link in explicit:
-            other = int(link["patient_b"] if link["patient_a"] == pk else link["patient_a"])
-            if link["status"] == "linked":
-                out.add(other)
-            else:
-                blocked.add(other)
-        if row["nhs_number"] and row["nhs_number_valid"] and row["nhs_number_verified"]:
-            for cand in store.patients_by_nhs(conn, row["nhs_number"]):
-                opk = int(cand["pk"])
-                if (
-                    opk != pk
-                    and opk not in blocked
-                    and cand["issuer"] != row["issuer"]
-                    and cand["nhs_number_valid"]
-                    and cand["nhs_number_verified"]
-                    and _conflict(row, cand) is None
-                ):
-                    out.add(opk)
-        return out - blocked
+        same_nhs = self._usable_nhs(row)
+        cands = store.patients_by_nhs(conn, row["nhs_number"]) if same_nhs else []
+        return _neighbours_of(row, store.link_rows(conn, [int(row["pk"])]), cands)
+
+    @staticmethod
+    def _usable_nhs(row: dict[str, Any]) -> bool:
+        return bool(row["nhs_number"] and row["nhs_number_valid"] and row["nhs_number_verified"])
+
+    def components(self, conn: Connection, patient_pks: Iterable[int]) -> dict[int, set[int]]:
+        """``_component`` of many records at once: the same walk, one round of queries per
+        step away from the starting records instead of ~10 queries per record (a page of
+        query results of other trusts' linked records took ~0.25 s the other way)."""
+        return self._walk(conn, store.get_patients(conn, patient_pks))[0]
+
+    def _walk(
+        self, conn: Connection, start: list[dict[str, Any]]
+    ) -> tuple[dict[int, set[int]], dict[int, dict[str, Any]]]:
+        """(component of each start record, every record met on the way by pk)."""
+        known = {int(r["pk"]): r for r in start}
+        adjacent: dict[int, set[int]] = {}
+        frontier = list(known.values())
+        met: dict[int, dict[str, Any]] = {}  # records read already (same NHS number)
+        while frontier:
+            pks = [int(r["pk"]) for r in frontier]
+            links = store.link_rows(conn, pks)
+            numbers = {r["nhs_number"] for r in frontier if self._usable_nhs(r)}
+            by_nhs: dict[str, list[dict[str, Any]]] = {}
+            for cand in store.patients_by_nhs_many(conn, numbers):
+                by_nhs.setdefault(cand["nhs_number"], []).append(cand)
+                met[int(cand["pk"])] = cand
+            for row in frontier:
+                pk = int(row["pk"])
+                own = [k for k in links if pk in (k["patient_a"], k["patient_b"])]
+                same = by_nhs.get(row["nhs_number"], []) if self._usable_nhs(row) else []
+                adjacent[pk] = _neighbours_of(row, own, same)
+            new = set().union(*(adjacent[pk] for pk in pks)) - set(known)
+            frontier = [met[pk] for pk in new if pk in met]
+            frontier += store.get_patients(conn, new - set(met))  # reached by explicit links
+            known.update({int(r["pk"]): r for r in frontier})
+        out: dict[int, set[int]] = {}
+        for first in start:
+            seen, todo = {int(first["pk"])}, [int(first["pk"])]
+            while todo:
+                for other in adjacent.get(todo.pop(), set()) - seen:
+                    if other in known:  # as _component: a vanished record ends the walk
+                        seen.add(other)
+                        todo.append(other)
+            out[int(first["pk"])] = seen
+        return out, known
 
     def _component(self, conn: Connection, patient_pk: int) -> set[int]:
         start = store.get_patient(conn, patient_pk)
@@ -252,3 +278,51 @@ class IdentityLinks:
             return op(conn)
         with self._index.read() as c:
             return op(c)
+
+    def records_seen_from(
+        self, patient_pks: Iterable[int], trust: str | None, *, conn: Connection
+    ) -> dict[int, dict[str, Any]]:
+        """``record_seen_from`` of many records in a few queries (a page of query results):
+        pk -> ``trust``'s record shown instead, for those that have one."""
+        if not trust:
+            return {}
+        rows = [r for r in store.get_patients(conn, patient_pks) if r["issuer"] != trust]
+        comps, linked = self._walk(conn, rows)
+        out: dict[int, dict[str, Any]] = {}
+        for row in rows:
+            pk = int(row["pk"])
+            others = [linked[o] for o in sorted(comps.get(pk, set()) - {pk}) if o in linked]
+            found = trust_view.pick_seen(row, trust, others)
+            if found is not None:
+                out[pk] = found
+        return out
+
+
+def _neighbours_of(
+    row: dict[str, Any], links: list[dict[str, Any]], same_nhs: list[dict[str, Any]]
+) -> set[int]:
+    """The records one step from ``row``: its explicit "linked" decisions and the records
+    of other trusts sharing its traced NHS number without a conflict, less "unlinked" ones.
+    ``links`` are the link rows naming ``row``; ``same_nhs`` the records with its number
+    (empty when its number is not valid and traced)."""
+    pk = int(row["pk"])
+    blocked = set()
+    out = set()
+    for link in links:
+        other = int(link["patient_b"] if link["patient_a"] == pk else link["patient_a"])
+        if link["status"] == "linked":
+            out.add(other)
+        else:
+            blocked.add(other)
+    for cand in same_nhs:
+        opk = int(cand["pk"])
+        if (
+            opk != pk
+            and opk not in blocked
+            and cand["issuer"] != row["issuer"]
+            and cand["nhs_number_valid"]
+            and cand["nhs_number_verified"]
+            and _conflict(row, cand) is None
+        ):
+            out.add(opk)
+    return out - blocked

@@ -406,8 +406,11 @@ class FastServer:
         fast_path: Callable[[pdu.AssociateRequest], bool],
         handoff: Callable[[socket.socket, Any, bytes], None],
         reuse_port: bool = False,
+        client_address: Callable[[socket.socket, Any], Any] | None = None,
     ) -> None:
         self.config = config
+        # Behind a balancer: the client's address from a PROXY protocol header (issue 16).
+        self.client_address = client_address
         self.services = services
         self.fast_path = fast_path
         self.handoff = handoff
@@ -455,6 +458,8 @@ class FastServer:
         handed = False
         assoc: Association | None = None
         try:
+            if self.client_address is not None:
+                address = self.client_address(conn, address)
             conn.settimeout(self.config.artim_timeout)
             header = bytearray(6)
             recv_exact(conn, memoryview(header))
