@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from tests.conftest import RunningServer, require
+from tests.conftest import RunningServer, require, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 DIST = Path(__file__).resolve().parents[2] / "src" / "solent" / "viewer_dist"
@@ -28,6 +29,40 @@ ARGS = [
     "--disable-sync",
 ]
 PASSWORD = "correct horse battery staple"
+
+
+# -- fixtures shared by every browser test module (one demo server, one chromium per session) ---
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    require_browser()
+    srv = start_server(
+        tmp_path_factory.mktemp("viewer") / "srv",
+        extra_env={"SOLENT_DEMO_DATA": "true"},
+        timeout=240,
+    )
+    srv.env["SOLENT_DEMO_DATA"] = "true"
+    add_user(srv, "rad", "ZZA", "radiologist")
+    add_user(srv, "drza", "ZZA", "clinician")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def browser(demo: RunningServer) -> Iterator[Any]:
+    """One chromium for every test (each opens its own contexts): starting one costs seconds."""
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(autouse=True)
+def close_pages(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Close the test's pages after it, so a finished test's viewers do not take CPU."""
+    yield
+    if "browser" in request.fixturenames:
+        for context in list(request.getfixturevalue("browser").contexts):
+            context.close()
 
 
 def require_browser() -> None:
@@ -51,10 +86,14 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-def add_user(srv: RunningServer, name: str, trust: str, *roles: str) -> dict[str, str]:
+def add_user(
+    srv: RunningServer, name: str, trust: str, *roles: str, also: tuple[str, ...] = ()
+) -> dict[str, str]:
     args = ["user", "add", name, "--trust", trust, "--password", PASSWORD]
     for role in roles:
         args += ["--role", role]
+    for other in also:
+        args += ["--also-trust", other]
     srv.cli(*args)
     token = srv.cli("token", "create", "--user", name).stdout.strip().splitlines()[-1]
     return {"Authorization": f"Bearer {token}"}
