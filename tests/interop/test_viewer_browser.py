@@ -16,7 +16,6 @@ import pytest
 
 from solent.demo import DEMO_ROOT
 from tests.conftest import RunningServer, require
-from tests.interop import viewer_support
 from tests.interop.viewer_support import (
     add_user,
     canvas,
@@ -32,8 +31,6 @@ from tests.interop.viewer_support import (
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
-# One demo server and one chromium for every browser test module (session fixtures).
-demo, browser, close_pages = viewer_support.demo, viewer_support.browser, viewer_support.close_pages
 
 ALICE_CT = DEMO_ROOT + "1.1"  # ZZA A100001, 24 slices, 2024
 ALICE_MR = DEMO_ROOT + "1.3"  # ZZB B7730021 (same person), 16 slices, 2026

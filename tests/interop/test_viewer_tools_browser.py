@@ -3,7 +3,7 @@ change the drawn pixels as the geometry says; cine plays a multi-frame instance 
 and stops; key images are marked and jumped back to; the help panel lists every shortcut; an
 MDT participant who may not see the presented patient sees a clear "not available" state with
 no image of the previous patient. Shares the demo server and chromium with the other browser
-tests (tests/interop/viewer_support.py)."""
+tests (tests/interop/conftest.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from solent.demo import DEMO_ROOT
 from tests.conftest import RunningServer
-from tests.interop import viewer_support
 from tests.interop.viewer_support import (
     add_user,
     canvas,
@@ -33,7 +32,6 @@ from tests.interop.viewer_support import (
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
-demo, browser, close_pages = viewer_support.demo, viewer_support.browser, viewer_support.close_pages
 
 ALICE_CT = DEMO_ROOT + "1.1"  # ZZA A100001, 24 slices, 2024
 BOB_CT = DEMO_ROOT + "1.4"  # ZZB B7730444

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from tests.conftest import RunningServer, require, start_server
+from tests.conftest import RunningServer, require
 
 CHROMIUM = Path("/usr/bin/chromium")
 DIST = Path(__file__).resolve().parents[2] / "src" / "solent" / "viewer_dist"
@@ -29,40 +28,6 @@ ARGS = [
     "--disable-sync",
 ]
 PASSWORD = "correct horse battery staple"
-
-
-# -- fixtures shared by every browser test module (one demo server, one chromium per session) ---
-
-
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    require_browser()
-    srv = start_server(
-        tmp_path_factory.mktemp("viewer") / "srv",
-        extra_env={"SOLENT_DEMO_DATA": "true"},
-        timeout=240,
-    )
-    srv.env["SOLENT_DEMO_DATA"] = "true"
-    add_user(srv, "rad", "ZZA", "radiologist")
-    add_user(srv, "drza", "ZZA", "clinician")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="session")
-def browser(demo: RunningServer) -> Iterator[Any]:
-    """One chromium for every test (each opens its own contexts): starting one costs seconds."""
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture(autouse=True)
-def close_pages(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Close the test's pages after it, so a finished test's viewers do not take CPU."""
-    yield
-    if "browser" in request.fixturenames:
-        for context in list(request.getfixturevalue("browser").contexts):
-            context.close()
 
 
 def require_browser() -> None:
