@@ -73,18 +73,16 @@ def _cpu_seconds(pid: int) -> float:
 
 def _users(server: SolentServer, meetings: int, followers: int) -> dict[str, str]:
     """Users and their bearer tokens, made in-process (the CLI costs ~2 s per call)."""
+    from solent.app import build_archive
     from solent.domain.principal import SYSTEM
-    from solent.index.sql import Index
-    from solent.security.users import UserService
-    from solent.services.audit import AuditTrail
     from solent.settings import load_settings
 
     settings = load_settings(
         environ={k: v for k, v in server.env.items() if k.startswith("SOLENT_")}
     )
-    index = Index(settings.effective_database_url)
+    archive = build_archive(settings)  # loads the audit key the trail is sealed with
     try:
-        users = UserService(index, settings, AuditTrail(index))
+        users = archive.services.users
         tokens = {}
         names = ["coord"] + [f"m{m}p" for m in range(meetings)]
         names += [f"m{m}f{f}" for m in range(meetings) for f in range(followers)]
@@ -94,7 +92,7 @@ def _users(server: SolentServer, meetings: int, followers: int) -> dict[str, str
             tokens[name] = users.issue(name).token
         return tokens
     finally:
-        index.close()
+        archive.close()
 
 
 def _meetings(server: SolentServer, coord: str, count: int) -> list[dict[str, Any]]:

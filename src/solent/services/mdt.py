@@ -430,19 +430,31 @@ class MdtService:
     # The room's own bookkeeping, not a caller's read: the hub redacts per member what it
     # passes on, and the member's access was decided (and audited) when it joined.
 
-    def keep_live(self, room: str, events: list[dict[str, Any]]) -> None:
-        """Write the latest view and presenter of the events, before they are announced."""
-        meeting = LiveHub.meeting_of(room)
-        views = [e for e in events if e.get("type") == "view"]
-        presenters = [e for e in events if e.get("type") == "presenter"]
-        if not views and not presenters:
+    def keep_live(self, rooms: dict[str, list[dict[str, Any]]]) -> None:
+        """Write each room's latest view and presenter, before they are announced.
+
+        Committed without waiting for the disk (``relaxed``): it is visible to every node at
+        once, which is what late joiners need; a crash can only lose the last moments of a
+        meeting's view, never patient data. One transaction for every room of the round."""
+        changes: list[tuple[int, dict[str, Any]]] = []
+        for room, events in rooms.items():
+            values: dict[str, Any] = {}
+            views = [e for e in events if e.get("type") == "view"]
+            presenters = [e for e in events if e.get("type") == "presenter"]
+            if views:
+                values["view"] = json.dumps(views[-1], separators=(",", ":"))
+            if presenters:
+                values["presenter"] = presenters[-1]["presenter"]
+            if values:
+                changes.append((LiveHub.meeting_of(room), values))
+        if not changes:
             return
-        values: dict[str, Any] = {}
-        if views:
-            values["view"] = json.dumps(views[-1], separators=(",", ":"))
-        if presenters:
-            values["presenter"] = presenters[-1]["presenter"]
-        self.index.write(lambda c: store.save_live(c, meeting, **values))
+
+        def op(conn: Any) -> None:
+            for meeting, values in changes:
+                store.save_live(conn, meeting, **values)
+
+        self.index.write(op, relaxed=True)
 
     def stored_live(self, room: str) -> list[dict[str, Any]]:
         """The room as kept: its presenter, then its latest view (if any)."""

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "solent_mdt"
 BATCH = 64  # events taken from the queue per write + announce round
-#: Write what changes a room's picture for later joiners, in order, before it is announced.
-Persist = Callable[[str, list[Event]], None]
+#: Write what changes the rooms' pictures for later joiners (room -> its events of one round,
+#: in order), before they are announced; one transaction a round.
+Persist = Callable[[dict[str, list[Event]]], None]
 #: The events that rebuild a room as stored (presenter, latest view), read on the listener thread.
 Fetch = Callable[[str], list[Event]]
 
@@ -115,11 +116,10 @@ class SharedBroker:
             by_room: dict[str, list[Event]] = {}
             for room, event in batch:
                 by_room.setdefault(room, []).append(event)
-            for room, events in by_room.items():
-                try:
-                    self.persist(room, events)
-                except Exception:
-                    log.exception("could not keep the live state of %s", room)
+            try:
+                self.persist(by_room)
+            except Exception:
+                log.exception("could not keep the live state of %s", ", ".join(by_room))
             for room, event in batch:
                 try:
                     self.broadcast.publish(CHANNEL, {"room": room, "event": event})
