@@ -92,6 +92,11 @@ def test_a_room_spans_two_nodes(two_nodes: list[RunningServer]) -> None:
                 )
             seen = [(await _until(fol, "view"))["state"]["image_index"] for _ in range(5)]
             assert seen == [3, 4, 5, 6, 7]
+            # A view over NOTIFY's 8000 bytes (many measurements) crosses by reference.
+            marks = [{"tool": "Length", "points": [[i, i], [i + 40, i + 9]]} for i in range(150)]
+            big = {**view, "image_index": 8, "measurements": marks}
+            await pres.send(json.dumps({"type": "view", "state": big}))
+            assert (await _until(fol, "view"))["state"] == big
             await pres.send(json.dumps({"type": "pointer", "x": 0.5, "y": 0.25}))
             assert await _until(fol, "pointer") == {"type": "pointer", "x": 0.5, "y": 0.25}
             heard = await _drain(other, 1.0)  # meeting 2 hears nothing of meeting 1
@@ -100,7 +105,7 @@ def test_a_room_spans_two_nodes(two_nodes: list[RunningServer]) -> None:
             # Late joiners on a node where the room is open and on one where it is not yet.
             async with connect(url(n1, m1, "late1")) as late1:
                 welcome = await _until(late1, "welcome")
-                assert (welcome["presenter"], welcome["state"]["image_index"]) == ("pres", 7)
+                assert (welcome["presenter"], welcome["state"]["image_index"]) == ("pres", 8)
             second = {**view, "item_id": m2["items"][0]["id"], "image_index": 9}
             await other.send(json.dumps({"type": "claim"}))
             await other.send(json.dumps({"type": "view", "state": second}))
@@ -117,14 +122,14 @@ def test_a_room_spans_two_nodes(two_nodes: list[RunningServer]) -> None:
                     pass
             await fol.send(json.dumps({"type": "view", "state": {**view, "image_index": 1}}))
             got = await _until(pres, "view")
-            assert (got["state"]["image_index"], got["by"], got["seq"]) == (1, "fol", 6)
+            assert (got["state"]["image_index"], got["by"], got["seq"]) == (1, "fol", 7)
             await pres.send(json.dumps({"type": "view", "state": view}))
             assert "presenter" in (await _until(pres, "error"))["detail"]
 
         # Everybody left; the meeting's room opens again on node 1 at the last view.
         async with connect(url(n1, m1, "late1")) as again:
             welcome = await _until(again, "welcome")
-            assert welcome["state"]["image_index"] == 1 and welcome["seq"] == 6
+            assert welcome["state"]["image_index"] == 1 and welcome["seq"] == 7
         # A participant who may not see the patient gets the item only, on any node.
         async with connect(url(n2, m1, "zzc")) as zzc:
             welcome = await _until(zzc, "welcome")
