@@ -23,8 +23,8 @@ from solent.services.identity import IdentityService
 from solent.services.inbox import InboxService
 from solent.services.jobs import JobsService
 from solent.services.mdt import MdtService
-from solent.services.mdt_broker import LocalBroker
 from solent.services.mdt_live import LiveHub
+from solent.services.mdt_shared import open_broker
 from solent.services.migration import MigrationService
 from solent.services.peers import PeerAddresses
 from solent.services.query import QueryService
@@ -89,6 +89,8 @@ class Archive:
             identity,
             max_results=self.settings.max_query_results,
         )
+        broadcast = open_broadcast(self.settings.effective_database_url)
+        mdt = MdtService(self.index, self.access, self.audit, viewer, retrieve)
         self.services = Services(
             settings=self.settings,
             access=self.access,
@@ -123,15 +125,17 @@ class Archive:
                 ),
                 self.access,
             ),
-            broadcast=open_broadcast(self.settings.effective_database_url),
+            broadcast=broadcast,
             viewer=viewer,  # issue 12
-            mdt=MdtService(self.index, self.access, self.audit, viewer, retrieve),
-            live=LiveHub(LocalBroker()),  # one process; see services/mdt_broker.py for more
+            mdt=mdt,
+            # issue 16: a room's members may be connected to any node (PostgreSQL)
+            live=LiveHub(open_broker(broadcast, mdt.keep_live, mdt.stored_live)),
             peers=PeerAddresses(self.index),
         )
 
     def close(self) -> None:
         self.services.jobs.stop_background()
+        self.services.live.broker.close()
         self.services.broadcast.close()
         for listener in self.listeners:
             listener.stop()

@@ -8,7 +8,6 @@ IID and break-glass.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,16 @@ import httpx
 import pytest
 
 from solent.demo import DEMO_ROOT
-from tests.conftest import RunningServer, require, start_server
+from tests.conftest import RunningServer, require
 from tests.interop.viewer_support import (
     add_user,
     canvas,
-    chromium,
     differs,
     eventually,
     image_index,
     new_page,
     not_blank,
     pane,
-    require_browser,
     shot,
     sign_in,
     wait_image,
@@ -38,27 +35,6 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 ALICE_CT = DEMO_ROOT + "1.1"  # ZZA A100001, 24 slices, 2024
 ALICE_MR = DEMO_ROOT + "1.3"  # ZZB B7730021 (same person), 16 slices, 2026
 BOB_CT = DEMO_ROOT + "1.4"  # ZZB B7730444
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    require_browser()
-    srv = start_server(
-        tmp_path_factory.mktemp("viewer") / "srv",
-        extra_env={"SOLENT_DEMO_DATA": "true"},
-        timeout=240,
-    )
-    srv.env["SOLENT_DEMO_DATA"] = "true"
-    add_user(srv, "rad", "ZZA", "radiologist")
-    add_user(srv, "drza", "ZZA", "clinician")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def browser(demo: RunningServer) -> Iterator[Any]:
-    with chromium() as b:
-        yield b
 
 
 def test_app_shell_is_public_compressed_and_cached(demo: RunningServer) -> None:

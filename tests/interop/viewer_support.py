@@ -51,10 +51,14 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-def add_user(srv: RunningServer, name: str, trust: str, *roles: str) -> dict[str, str]:
+def add_user(
+    srv: RunningServer, name: str, trust: str, *roles: str, also: tuple[str, ...] = ()
+) -> dict[str, str]:
     args = ["user", "add", name, "--trust", trust, "--password", PASSWORD]
     for role in roles:
         args += ["--role", role]
+    for other in also:
+        args += ["--also-trust", other]
     srv.cli(*args)
     token = srv.cli("token", "create", "--user", name).stdout.strip().splitlines()[-1]
     return {"Authorization": f"Bearer {token}"}

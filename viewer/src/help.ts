@@ -15,6 +15,7 @@ const SHORTCUTS: [string, string][] = [
   ['r h v i', 'rotate 90°, flip horizontal, flip vertical, invert'],
   ['0', 'reset the view'],
   ['c', 'cine play / stop'],
+  ['k', 'mark the image shown as a key image (with a note)'],
   ...Object.entries(PRESETS).map(([name, p]): [string, string] => [p.key, `preset ${name} (W ${p.width} L ${p.center})`]),
   ['?', 'this help'],
 ];

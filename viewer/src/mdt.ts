@@ -69,9 +69,17 @@ function createForm(date: string): HTMLElement {
   return form;
 }
 
+/** What the server sends instead of the view when the presented patient is not one this
+ * participant may see: the item only, no UIDs, no image position. */
+interface Restricted {
+  item_id: number | null;
+  restricted: true;
+}
+type Shown = ViewState | Restricted;
+
 type ServerMessage =
-  | { type: 'welcome'; you: string; presenter: string | null; participants: string[]; state: ViewState | null; seq: number }
-  | { type: 'view'; state: ViewState; seq: number; by: string }
+  | { type: 'welcome'; you: string; presenter: string | null; participants: string[]; state: Shown | null; seq: number }
+  | { type: 'view'; state: Shown; seq: number; by: string }
   | { type: 'pointer'; x: number; y: number }
   | { type: 'presenter'; presenter: string | null }
   | { type: 'participants'; participants: string[] }
@@ -129,19 +137,53 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
     view = await studyView(stage, studyUid, { onChange: sendView, follow, itemId, prior: null });
     view?.main.element.parentElement?.append(pointer);
     if (view) {
+      let lastPointer = 0;
       view.main.element.addEventListener('mousemove', (e) => {
-        if (!isPresenter()) return;
+        // At most every 50 ms: every pointer move crosses the nodes like a view change.
+        if (!isPresenter() || e.timeStamp - lastPointer < 50) return;
+        lastPointer = e.timeStamp;
         const r = view!.main.element.getBoundingClientRect();
         send({ type: 'pointer', x: (e.clientX - r.left) / r.width, y: (e.clientY - r.top) / r.height });
       });
     }
   };
 
-  const follow = (state: ViewState) => {
+  // Not available to this participant: drop the previous patient's images at once (nothing of
+  // them may linger on screen) and say so, until the presenter shows something they may see.
+  const restricted = (itemId: number | null) => {
+    closeStudyView();
+    view = null;
+    pointer.hidden = true;
+    const position = m.items.find((i) => i.id === itemId)?.position;
+    stage.classList.remove('reading');
+    stage.replaceChildren(
+      h(
+        'div',
+        { class: 'mdt-restricted', id: 'mdt-restricted', role: 'status' },
+        h('h2', {}, 'Not available to you'),
+        h(
+          'p',
+          {},
+          `The presenter is showing ${position ? `patient ${position} of this meeting` : 'a patient'}, ` +
+            'whose records your access does not include. The view returns when the presenter moves on.',
+        ),
+      ),
+    );
+  };
+
+  const follow = (state: Shown) => {
     opening = opening.then(async () => {
       if (isPresenter()) return;
-      if (!view || view.main.studyUid !== state.study_uid) await open(state.study_uid, state.item_id, true);
-      await view?.apply(state);
+      if ('restricted' in state) {
+        restricted(state.item_id);
+      } else {
+        if (!view || view.main.studyUid !== state.study_uid) {
+          stage.replaceChildren();
+          await open(state.study_uid, state.item_id, true);
+        }
+        await view?.apply(state);
+      }
+      stage.dataset.restricted = String('restricted' in state);
       stage.dataset.seq = String(Date.now());
     });
   };
@@ -185,6 +227,9 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
       });
       return b;
     });
+    if (item.patient_id === null) {
+      return h('li', { 'data-item': item.id, class: 'restricted' }, h('em', {}, 'A patient not available to you'));
+    }
     return h(
       'li',
       { 'data-item': item.id },

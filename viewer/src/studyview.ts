@@ -157,7 +157,7 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
   const keyHandler = (e: KeyboardEvent) => {
     if (opts.follow) return;
     if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement || e.target instanceof HTMLSelectElement) return;
-    handleKey(e, group, main, prior);
+    handleKey(e, group, main, prior, studyUid);
   };
   document.addEventListener('keydown', keyHandler);
   const resize = () => engine.resize(true, false);
@@ -280,7 +280,7 @@ function toggleCine(pane: Pane): void {
   document.getElementById('cine')?.classList.toggle('active', playing.has(pane.element));
 }
 
-function handleKey(e: KeyboardEvent, group: ToolTypes.IToolGroup, main: Pane, prior: Pane | null): void {
+function handleKey(e: KeyboardEvent, group: ToolTypes.IToolGroup, main: Pane, prior: Pane | null, studyUid: string): void {
   const all = prior ? [main, prior] : [main];
   const keys: Record<string, () => void> = {
     ArrowDown: () => main.scroll(1),
@@ -304,6 +304,7 @@ function handleKey(e: KeyboardEvent, group: ToolTypes.IToolGroup, main: Pane, pr
     i: () => main.invert(),
     '0': () => all.forEach((p) => p.reset()),
     c: () => toggleCine(main),
+    k: () => void markKeyImage(main, studyUid),
   };
   for (const p of Object.values(PRESETS)) keys[p.key] = () => main.setVoi(PRESETS[nameOf(p.key)].center, PRESETS[nameOf(p.key)].width);
   const fn = keys[e.key];

@@ -110,8 +110,9 @@ export interface ViewState {
 export interface MeetingItem {
   id: number;
   position: number;
-  issuer: string;
-  patient_id: string;
+  /** null (with every patient field) when the caller may not see this patient */
+  issuer: string | null;
+  patient_id: string | null;
   patient_name: string | null;
   nhs_number: string | null;
   study_uids: string[];

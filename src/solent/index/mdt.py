@@ -106,3 +106,26 @@ def claim_prefetch(conn: Connection, meeting: int) -> bool:
         .values(prefetch_state="running", prefetch_done=0, prefetch_total=0)
     )
     return bool(res.rowcount)
+
+
+_UNSET: Any = object()
+
+
+def save_live(
+    conn: Connection, meeting: int, *, view: str | None = _UNSET, presenter: str | None = _UNSET
+) -> None:
+    """Keep the room's latest view event (JSON) and/or presenter, for nodes that open it later."""
+    values: dict[str, Any] = {}
+    if view is not _UNSET:
+        values["live_view"] = view
+    if presenter is not _UNSET:
+        values["presenter"] = presenter
+    if values:
+        conn.execute(update(t.mdt_meeting).where(t.mdt_meeting.c.pk == meeting).values(**values))
+
+
+def get_live(conn: Connection, meeting: int) -> tuple[str | None, str | None] | None:
+    """(presenter, latest view event JSON) of a meeting; None when there is no such meeting."""
+    m = t.mdt_meeting.c
+    row = conn.execute(select(m.presenter, m.live_view).where(m.pk == meeting)).first()
+    return (row[0], row[1]) if row else None

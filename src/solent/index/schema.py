@@ -616,6 +616,8 @@ mdt_meeting = Table(
     Column("team", String(200), nullable=False),
     Column("coordinator", String(200), nullable=False),
     Column("presenter", String(200)),
+    # The presenter's latest view event (JSON), for a node that opens the room later (0007).
+    Column("live_view", Text),
     Column("prefetch_state", String(16), nullable=False, default="pending"),
     Column("prefetch_done", Integer, nullable=False, default=0),
     Column("prefetch_total", Integer, nullable=False, default=0),

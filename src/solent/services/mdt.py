@@ -11,6 +11,7 @@ redacted. Audit records made here carry the meeting in their purpose (``mdt:<id>
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from solent.index.sql import Index
 from solent.services import mdt_prefetch as warm
 from solent.services.access import AccessDenied, AccessService, Permission, Role
 from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
+from solent.services.mdt_live import LiveHub
 from solent.services.retrieve import RetrieveService
 from solent.services.viewer import ViewerService
 
@@ -423,6 +425,48 @@ class MdtService:
                 log.exception("could not record the presenter of MDT meeting %s", meeting_id)
 
         self._presenter_writes.submit(write)
+
+    # -- live room state kept for other nodes (services/mdt_shared.py) ----------------------
+    # The room's own bookkeeping, not a caller's read: the hub redacts per member what it
+    # passes on, and the member's access was decided (and audited) when it joined.
+
+    def keep_live(self, rooms: dict[str, list[dict[str, Any]]]) -> None:
+        """Write each room's latest view and presenter, before they are announced.
+
+        Committed without waiting for the disk (``relaxed``): it is visible to every node at
+        once, which is what late joiners need; a crash can only lose the last moments of a
+        meeting's view, never patient data. One transaction for every room of the round."""
+        changes: list[tuple[int, dict[str, Any]]] = []
+        for room, events in rooms.items():
+            values: dict[str, Any] = {}
+            views = [e for e in events if e.get("type") == "view"]
+            presenters = [e for e in events if e.get("type") == "presenter"]
+            if views:
+                values["view"] = json.dumps(views[-1], separators=(",", ":"))
+            if presenters:
+                values["presenter"] = presenters[-1]["presenter"]
+            if values:
+                changes.append((LiveHub.meeting_of(room), values))
+        if not changes:
+            return
+
+        def op(conn: Any) -> None:
+            for meeting, values in changes:
+                store.save_live(conn, meeting, **values)
+
+        self._index.write(op, relaxed=True)
+
+    def stored_live(self, room: str) -> list[dict[str, Any]]:
+        """The room as kept: its presenter, then its latest view (if any)."""
+        with self._index.read() as conn:
+            row = store.get_live(conn, LiveHub.meeting_of(room))
+        if row is None:
+            return []
+        presenter, view = row
+        events: list[dict[str, Any]] = [{"type": "presenter", "presenter": presenter}]
+        if view:
+            events.append(json.loads(view))
+        return events
 
     def shown(self, principal: Principal, meeting_id: int, study_uid: str) -> None:
         """The presenter showed a study to the room: one VIEW record naming its patient."""

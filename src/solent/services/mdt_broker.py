@@ -2,8 +2,8 @@
 
 ``LiveHub`` publishes every room event through a ``Broker`` and applies what the broker
 delivers, so a room's state is rebuilt from the same events on every node. The default
-``LocalBroker`` delivers within this process; a PostgreSQL LISTEN/NOTIFY or Redis pub/sub
-broker for several nodes implements the same two methods (deliveries must arrive on the
+``LocalBroker`` delivers within this process; ``SharedBroker`` (services/mdt_shared.py) over
+PostgreSQL LISTEN/NOTIFY serves several nodes with the same methods (deliveries arrive on the
 event loop thread that subscribed, in publish order per room).
 """
 
@@ -22,6 +22,13 @@ class Broker(Protocol):
 
     def subscribe(self, room: str, deliver: Deliver) -> Callable[[], None]:
         """Call ``deliver`` for each event of ``room``; returns the unsubscribe function."""
+
+    def stored(self, room: str) -> list[Event]:
+        """The room's events kept for a node that opens it after it started (blocking: call
+        from a worker thread once subscribed); [] when rooms live in one process only."""
+
+    def close(self) -> None:
+        """Finish sending what was published."""
 
 
 class LocalBroker:
@@ -48,6 +55,12 @@ class LocalBroker:
                     del self._rooms[room]
 
         return unsubscribe
+
+    def stored(self, room: str) -> list[Event]:
+        return []  # a room lives in this process only: nothing outlives it
+
+    def close(self) -> None:
+        pass
 
     def rooms(self) -> int:
         return len(self._rooms)

@@ -4,7 +4,9 @@ Pure room logic with no I/O: the WebSocket adapter joins members (each with a ``
 queues a message for its socket), hands over client messages and acts on the returned
 ``Outcome`` (persist the presenter, audit a newly shown study). Every change goes out as an
 event through the ``Broker`` and is applied when it comes back, so rooms stay separate
-(one broker room per meeting) and several nodes could share a room through another broker.
+(one broker room per meeting) and several nodes share a room through a shared broker
+(services/mdt_shared.py): each node announces its own members (``participants`` with its
+``node``), and the room's participants are the union over the nodes.
 
 Access: a member sees patient data only of the items it may see (``visible``, computed by the
 MDT service when it joins); a view of another item reaches it as
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,11 +43,19 @@ class Room:
     presenter: str | None
     state: dict[str, Any] | None = None
     seq: int = 0
+    issued: int = 0  # the last seq this node gave a view (its echo may not be back yet)
     members: dict[int, Member] = field(default_factory=dict)
+    remote: dict[str, list[str]] = field(default_factory=dict)  # other node -> its members
     unsubscribe: Callable[[], None] | None = None
 
-    def participants(self) -> list[str]:
+    def local(self) -> list[str]:
         return sorted({m.name for m in self.members.values()})
+
+    def participants(self) -> list[str]:
+        names = {m.name for m in self.members.values()}
+        for others in self.remote.values():
+            names.update(others)
+        return sorted(names)
 
 
 @dataclass
@@ -59,26 +70,50 @@ class Outcome:
 
 
 class LiveHub:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, node: str | None = None) -> None:
         self.broker = broker
+        self.node = node or uuid.uuid4().hex[:12]  # tells this process's announcements apart
         self.rooms: dict[int, Room] = {}
         self._ids = itertools.count(1)
 
     @staticmethod
-    def _topic(meeting_id: int) -> str:
+    def topic(meeting_id: int) -> str:
         return f"mdt:{meeting_id}"
+
+    @staticmethod
+    def meeting_of(topic: str) -> int:
+        return int(topic.removeprefix("mdt:"))
 
     # -- membership -----------------------------------------------------------------------------
 
+    def prepare(self, meeting_id: int, presenter: str | None) -> bool:
+        """Open the meeting's room here (listening to its events); True if it was not open."""
+        if meeting_id in self.rooms:
+            return False
+        room = Room(meeting_id, presenter)
+        self.rooms[meeting_id] = room
+        room.unsubscribe = self.broker.subscribe(
+            self.topic(meeting_id), lambda e: self._apply(meeting_id, e)
+        )
+        return True
+
+    def restore(self, meeting_id: int, events: list[Event]) -> None:
+        """Apply the room's stored events (presenter, latest view) to a room just opened here:
+        a view older than what arrived meanwhile is ignored."""
+        for event in events:
+            self._apply(meeting_id, event)
+
+    def discard_if_empty(self, meeting_id: int) -> None:
+        room = self.rooms.get(meeting_id)
+        if room is not None and not room.members:
+            if room.unsubscribe is not None:
+                room.unsubscribe()
+            del self.rooms[meeting_id]
+
     def join(self, meeting_id: int, member: Member, presenter: str | None) -> Event:
         """Add a member; returns its welcome (current presenter, participants, state)."""
-        room = self.rooms.get(meeting_id)
-        if room is None:
-            room = Room(meeting_id, presenter)
-            self.rooms[meeting_id] = room
-            room.unsubscribe = self.broker.subscribe(
-                self._topic(meeting_id), lambda e: self._apply(meeting_id, e)
-            )
+        self.prepare(meeting_id, presenter)
+        room = self.rooms[meeting_id]
         member.conn_id = next(self._ids)
         room.members[member.conn_id] = member
         welcome = {
@@ -90,7 +125,7 @@ class LiveHub:
             "seq": room.seq,
         }
         member.send(welcome)
-        self._publish(meeting_id, {"type": "participants", "participants": room.participants()})
+        self._announce_members(meeting_id, room)
         return welcome
 
     def leave(self, meeting_id: int, member: Member) -> Outcome:
@@ -98,18 +133,20 @@ class LiveHub:
         out = Outcome()
         if room is None or room.members.pop(member.conn_id, None) is None:
             return out
-        if not room.members:
-            if room.unsubscribe is not None:
-                room.unsubscribe()
-            del self.rooms[meeting_id]
-            if room.presenter == member.name:
-                out.presenter_changed, out.presenter = True, None
-            return out
         if room.presenter == member.name and member.name not in room.participants():
             self._publish(meeting_id, {"type": "presenter", "presenter": None})
             out.presenter_changed, out.presenter = True, None
-        self._publish(meeting_id, {"type": "participants", "participants": room.participants()})
+        self._announce_members(meeting_id, room)
+        if not room.members:  # nobody here any more: stop following the room on this node
+            if room.unsubscribe is not None:
+                room.unsubscribe()
+            del self.rooms[meeting_id]
         return out
+
+    def _announce_members(self, meeting_id: int, room: Room) -> None:
+        self._publish(
+            meeting_id, {"type": "participants", "node": self.node, "members": room.local()}
+        )
 
     # -- client messages ------------------------------------------------------------------------
 
@@ -136,7 +173,8 @@ class LiveHub:
                 study,
             ):
                 out.shown = (int(state["item_id"]), str(study))
-            event = {"type": "view", "state": state, "seq": room.seq + 1, "by": member.name}
+            room.issued = max(room.seq, room.issued) + 1
+            event = {"type": "view", "state": state, "seq": room.issued, "by": member.name}
             out.events.append(event)
         elif kind == "pointer":
             if not presenting:
@@ -166,6 +204,9 @@ class LiveHub:
         return out
 
     def _set_presenter(self, meeting_id: int, name: str, out: Outcome) -> None:
+        # Taken here at once, so the new presenter's next message is accepted before the
+        # event comes back from other nodes; every node then applies the events in one order.
+        self.rooms[meeting_id].presenter = name
         out.events.append({"type": "presenter", "presenter": name})
         out.presenter_changed, out.presenter = True, name
 
@@ -177,7 +218,7 @@ class LiveHub:
     # -- events ---------------------------------------------------------------------------------
 
     def _publish(self, meeting_id: int, event: Event) -> None:
-        self.broker.publish(self._topic(meeting_id), event)
+        self.broker.publish(self.topic(meeting_id), event)
 
     def _apply(self, meeting_id: int, event: Event) -> None:
         """An event of this room arrived from the broker: update the state, fan out."""
@@ -186,9 +227,13 @@ class LiveHub:
             return
         kind = event.get("type")
         if kind == "view":
+            if int(event["seq"]) <= room.seq:
+                return  # older than what this room shows (read from the meeting meanwhile)
             room.state, room.seq = event["state"], int(event["seq"])
         elif kind == "presenter":
             room.presenter = event["presenter"]
+        elif kind == "participants":
+            event = self._participants(meeting_id, room, event)
         slow = []
         for member in list(room.members.values()):
             message = event
@@ -198,6 +243,19 @@ class LiveHub:
                 slow.append(member)
         for member in slow:  # a follower that cannot keep up is dropped, not waited for
             room.members.pop(member.conn_id, None)
+
+    def _participants(self, meeting_id: int, room: Room, event: Event) -> Event:
+        """A node announced its members: what the clients see is everyone on every node."""
+        node, members = event.get("node"), event.get("members")
+        if isinstance(node, str) and node != self.node and isinstance(members, list):
+            known = node in room.remote
+            if members:
+                room.remote[node] = [str(m) for m in members]
+            else:
+                room.remote.pop(node, None)
+            if not known and members and room.members:
+                self._announce_members(meeting_id, room)  # so the new node knows us too
+        return {"type": "participants", "participants": room.participants()}
 
 
 def _error(detail: str) -> Event:

@@ -158,6 +158,15 @@ async def live(websocket: WebSocket, meeting_id: int, token: str = "") -> None:
     writer = asyncio.create_task(write())
     member = Member(caller.name, seat.coordinator, seat.visible, send)
     hub = services.live
+    if hub.prepare(meeting_id, seat.presenter):
+        # First member here: the room may be running on other nodes; start from what it shows.
+        try:
+            stored = await run_in_threadpool(hub.broker.stored, hub.topic(meeting_id))
+        except BaseException:
+            writer.cancel()
+            hub.discard_if_empty(meeting_id)
+            raise
+        hub.restore(meeting_id, stored)
     hub.join(meeting_id, member, seat.presenter)
     try:
         reader = asyncio.create_task(_read(websocket, services, caller, meeting_id, member))

@@ -1,0 +1,42 @@
+"""Fixtures shared by the browser test modules: one demo server and one chromium per session
+(starting either costs seconds to minutes); each test gets the browser with its pages closed
+after it, so a finished test's viewers take no CPU from the next."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunningServer, start_server
+from tests.interop.viewer_support import add_user, chromium, require_browser
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """`solent serve` with the demo data and the users rad (radiologist) and drza (clinician)."""
+    require_browser()
+    srv = start_server(
+        tmp_path_factory.mktemp("viewer") / "srv",
+        extra_env={"SOLENT_DEMO_DATA": "true"},
+        timeout=240,
+    )
+    srv.env["SOLENT_DEMO_DATA"] = "true"
+    add_user(srv, "rad", "ZZA", "radiologist")
+    add_user(srv, "drza", "ZZA", "clinician")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium_session(demo: RunningServer) -> Iterator[Any]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def browser(chromium_session: Any) -> Iterator[Any]:
+    yield chromium_session
+    for context in list(chromium_session.contexts):
+        context.close()
