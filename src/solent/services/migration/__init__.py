@@ -1,0 +1,121 @@
+"""Legacy PACS migration state: sources, inventory, reconciliation, transfer outcomes (issue 13).
+
+The importers (``solent.importers.migration``) talk to the legacy systems; this service owns
+what must survive a crash: every instance a source holds is a row whose state moves
+pending -> stored | duplicate | quarantined | failed, or waits while its patient's identity is
+unresolved. Identity decisions are the identity service's (the same rules as HL7); storing is
+the one ingest pipeline's. A killed run resumes from these rows: ingest is idempotent per SOP
+Instance UID, so an instance stored just before the kill comes back as a duplicate, not twice.
+
+One job per module: ``model`` (vocabulary), ``inventory`` (sources, delta sync), ``reconcile``
+(identity before data), ``transfer`` (what to fetch, storing it), ``copies`` (comparing copies
+of one instance, quarantine), ``verify`` (the R55 report). ``MigrationService`` is the one
+door callers see; it only delegates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from solent.domain.principal import Principal
+from solent.index.sql import Index
+from solent.ingest import Ingestor
+from solent.services.identity import IdentityService
+from solent.services.migration.copies import Copies, content_digest
+from solent.services.migration.inventory import Inventory
+from solent.services.migration.model import (
+    Entry,
+    InventoryDelta,
+    Item,
+    Plan,
+    Source,
+    within_hours,
+)
+from solent.services.migration.reconcile import Reconciler
+from solent.services.migration.transfer import Transfer
+from solent.services.migration.verify import Verification
+from solent.storage import BlobStore
+
+__all__ = [
+    "Entry",
+    "InventoryDelta",
+    "Item",
+    "MigrationService",
+    "Plan",
+    "Source",
+    "content_digest",
+    "within_hours",
+]
+
+
+class MigrationService:
+    def __init__(
+        self,
+        index: Index,
+        store: BlobStore,
+        ingestor: Ingestor,
+        identity: IdentityService,
+        quarantine_dir: Path,
+    ) -> None:
+        self.identity = identity
+        self._inventory = Inventory(index)
+        self._reconciler = Reconciler(index, identity)
+        copies = Copies(index, store, quarantine_dir)
+        self._transfer = Transfer(index, ingestor, identity, copies)
+        self._verification = Verification(index, store)
+
+    # -- sources and inventory -----------------------------------------------------------------
+
+    def add_source(self, principal: Principal, src: Source) -> Source:
+        return self._inventory.add_source(principal, src)
+
+    def sources(self, principal: Principal) -> list[Source]:
+        return self._inventory.sources(principal)
+
+    def source(self, principal: Principal, name: str) -> Source:
+        return self._inventory.source(principal, name)
+
+    def record_inventory(
+        self, principal: Principal, source: str, entries: Iterable[Entry]
+    ) -> InventoryDelta:
+        return self._inventory.record_inventory(principal, source, entries)
+
+    def inventory(self, principal: Principal, source: str) -> list[dict[str, Any]]:
+        return self._inventory.inventory(principal, source)
+
+    def progress(self, principal: Principal, source: str) -> dict[str, int]:
+        return self._inventory.progress(principal, source)
+
+    def forget_source(self, principal: Principal, source: str) -> None:
+        self._inventory.forget_source(principal, source)
+
+    # -- reconciliation ------------------------------------------------------------------------
+
+    def reconcile(self, principal: Principal, source: str, *, dry_run: bool = False) -> Plan:
+        src = self._inventory.source(principal, source)
+        return self._reconciler.reconcile(principal, src, dry_run=dry_run)
+
+    # -- transfer ------------------------------------------------------------------------------
+
+    def pending(
+        self, principal: Principal, source: str, *, newest_first: bool = True, limit: int = 0
+    ) -> list[Item]:
+        return self._transfer.pending(principal, source, newest_first=newest_first, limit=limit)
+
+    def accept(self, principal: Principal, src: Source, item: Item, path: Path) -> str:
+        return self._transfer.accept(principal, src, item, path)
+
+    def accept_batch(
+        self, principal: Principal, src: Source, fetched: list[tuple[Item, Path]]
+    ) -> list[str]:
+        return self._transfer.accept_batch(principal, src, fetched)
+
+    def fail(self, principal: Principal, source: str, sop_uid: str, reason: str) -> None:
+        self._transfer.fail(principal, source, sop_uid, reason)
+
+    # -- verification --------------------------------------------------------------------------
+
+    def verification(self, principal: Principal, source: str) -> dict[str, Any]:
+        return self._verification.verification(principal, source)

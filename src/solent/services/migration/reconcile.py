@@ -1,0 +1,327 @@
+"""Identity before data: each source patient through the identity service, then per study
+whether it may move, waits on the identity queue, or merges into a study already held.
+
+The rules are the identity service's (the same as HL7 feeds); this module only asks them for
+every inventoried source at once, so a conflict between two sources is known before either
+moves a study, and it never files a study under a guess.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, select, update
+
+from solent.domain.principal import Principal
+from solent.index import identity as id_store
+from solent.index import schema as t
+from solent.index.sql import Index, now
+from solent.services.access import Permission
+from solent.services.identity import VERIFIED, Change, Demographics, IdentityService, PatientKey
+from solent.services.migration.model import (
+    BLOCKING,
+    DIFFER,
+    FINAL,
+    STUDY_ELSEWHERE,
+    Plan,
+    Source,
+    demographics_of,
+    require,
+    source_of,
+)
+
+
+class _DryRun(Exception):
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+
+class Reconciler:
+    def __init__(self, index: Index, identity: IdentityService) -> None:
+        self._index = index
+        self.identity = identity
+
+    def reconcile(self, principal: Principal, src: Source, *, dry_run: bool = False) -> Plan:
+        """Identity first: apply each source patient's demographics through the identity
+        service (issuer = the source's trust), then decide per study whether it may move.
+
+        A dry run makes the same decisions in a transaction that is rolled back, so it reports
+        exactly what the real run would move, merge and hold, and changes nothing.
+        """
+        require(principal, Permission.STORE)
+
+        def op(conn: Connection) -> Plan:
+            plan = self._reconcile(conn, principal, src)
+            if dry_run:
+                raise _DryRun(plan)
+            return plan
+
+        try:
+            return self._index.write(op)
+        except _DryRun as done:
+            return done.plan
+
+    def _reconcile(self, conn: Connection, principal: Principal, src: Source) -> Plan:
+        plan = Plan(src.name)
+        c = t.migration_item.c
+        rows = [
+            dict(r)
+            for r in conn.execute(select(t.migration_item).where(c.source == src.name)).mappings()
+        ]
+        # 1. Patients of EVERY inventoried source, so a conflict between two sources is
+        #    known before either moves a study.
+        pks = self._apply_patients(conn, principal)[src.name]
+        plan.demographics_applied = pks.pop("", 0)
+        # 2. Studies: held while the identity queue holds their record, or while the study is
+        #    filed (or claimed by another source) under a record not linked to this one.
+        blocked = self._blocked_records(conn, set(pks.values()))
+        studies: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            studies[r["study_uid"]].append(dict(r))
+        for study_uid, items in studies.items():
+            open_items = [r for r in items if r["state"] not in FINAL]
+            plan.already_done += len(items) - len(open_items)
+            if not open_items:
+                continue
+            pids = {r["patient_id"] for r in items}
+            why = "; ".join(blocked[pks[p]] for p in sorted(pids) if pks[p] in blocked)
+            if len(pids) > 1:
+                why = why or f"one study under several patient IDs at this source: {sorted(pids)}"
+            owner = self._owner(conn, study_uid, src.name)
+            pid = sorted(pids)[0]
+            mine = pks[pid]
+            linked = owner is not None and (
+                owner["patient_pk"] == mine
+                or owner["patient_pk"] in self.identity.linked_patient_pks(mine, conn=conn)
+            )
+            # Only a study already IN the archive holds this copy back: the first source to
+            # store a study files it; another source's inventory is reported, not waited on.
+            if not why and owner is not None and owner["stored"] and not linked:
+                why = (
+                    f"study already {owner['where']} under {owner['record']}, "
+                    f"a record not linked to {pid}/{src.trust}"
+                )
+                self.identity.add_work_item(
+                    STUDY_ELSEWHERE,
+                    f"study {study_uid} at migration source {src.name} is under "
+                    f"{pid}/{src.trust} but {why}; link the records or correct the "
+                    "source before it moves",
+                    conn=conn,
+                    issuer=src.trust,
+                    local_id=pid,
+                    patient_pk=mine,
+                )
+            if not why and owner is not None:
+                plan.merge_studies.append(
+                    {
+                        "study_uid": study_uid,
+                        "with": owner["where"],
+                        "filed_under": owner["record"],
+                        "linked": linked,
+                        "new_instances": sum(
+                            1 for r in open_items if r["sop_uid"] not in owner["sops"]
+                        ),
+                    }
+                )
+            state, reason = ("waiting", why) if why else ("pending", None)
+            if why:
+                plan.waiting.append({"study_uid": study_uid, "reason": why})
+            else:
+                plan.move_studies += 1
+                plan.move_instances += len(open_items)
+                plan.move_bytes += sum(r["size_bytes"] or 0 for r in open_items)
+            conn.execute(
+                update(t.migration_item)
+                .where(
+                    c.source == src.name,
+                    c.study_uid == study_uid,
+                    c.state.in_(("pending", "waiting")),
+                )
+                .values(state=state, reason=reason, updated_at=now())
+            )
+        return plan
+
+    def _apply_patients(self, conn: Connection, principal: Principal) -> dict[str, dict[str, int]]:
+        """Apply each source patient's demographics through the identity service (issuer = the
+        source's trust) when they changed since last applied; returns source -> ID -> record.
+
+        Every distinct demographic set a source shows for one Patient ID is applied, so two NHS
+        numbers for one local ID reach the identity rules as such. Key "" counts the changes.
+        """
+        c, mp = t.migration_item.c, t.migration_patient.c
+        sources = {
+            r["name"]: source_of(r) for r in conn.execute(select(t.migration_source)).mappings()
+        }
+        shown: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        rows = conn.execute(
+            select(
+                c.source,
+                c.patient_id,
+                c.patient_name,
+                c.birth_date,
+                c.sex,
+                c.nhs_number,
+                func.min(c.study_date).label("first"),
+            )
+            .group_by(c.source, c.patient_id, c.patient_name, c.birth_date, c.sex, c.nhs_number)
+            .order_by(c.source, c.patient_id, func.min(c.study_date))
+        ).mappings()
+        for r in rows:
+            d = demographics_of(r)
+            if d not in shown[(r["source"], r["patient_id"])]:
+                shown[(r["source"], r["patient_id"])].append(d)
+        applied = {
+            (r.source, r.patient_id): r.demographics
+            for r in conn.execute(select(t.migration_patient))
+        }
+        change = Change(principal)
+        out: dict[str, dict[str, int]] = {name: {"": 0} for name in sources}
+        created = {
+            int(r.patient_pk)
+            for r in conn.execute(
+                select(mp.patient_pk).where(mp.patient_pk.is_not(None), mp.owns_record)
+            )
+        }
+
+        def migrated(pk: int) -> bool:
+            return pk in created
+
+        for (name, pid), demos in shown.items():
+            src = sources[name]
+            text = json.dumps(demos, sort_keys=True)
+            before = self.identity.resolve(src.trust, pid, conn=conn)
+            owns = before is None or migrated(before.patient_pk)
+            if before is not None and not owns:
+                # The trust's own record (PAS/HL7, or images received live): legacy data never
+                # overwrites it; a disagreement is queued for people and its studies wait.
+                self._compare(conn, before.patient_pk, src, pid, demos)
+            elif applied.get((name, pid)) != text:
+                for d in demos:
+                    self.identity.update_record(
+                        PatientKey(src.trust, pid),
+                        Demographics(
+                            name=d["name"],
+                            birth_date=d["birth_date"],
+                            sex=d["sex"],
+                            nhs_number=d["nhs_number"],
+                            nhs_status=VERIFIED if src.nhs_traced and d["nhs_number"] else None,
+                        ),
+                        change,
+                        conn=conn,
+                    )
+                out[name][""] += 1
+            resolved = self.identity.resolve(src.trust, pid, conn=conn)
+            assert resolved is not None  # update_record created it if new
+            out[name][pid] = resolved.patient_pk
+            if owns:
+                created.add(resolved.patient_pk)
+            values = {
+                "demographics": text,
+                "patient_pk": resolved.patient_pk,
+                "owns_record": owns,
+                "updated_at": now(),
+            }
+            if (name, pid) in applied:
+                conn.execute(
+                    update(t.migration_patient)
+                    .where(mp.source == name, mp.patient_id == pid)
+                    .values(values)
+                )
+            else:
+                conn.execute(
+                    insert(t.migration_patient).values(
+                        {**values, "source": name, "patient_id": pid}
+                    )
+                )
+        return out
+
+    def _compare(
+        self, conn: Connection, pk: int, src: Source, pid: str, demos: list[dict[str, Any]]
+    ) -> None:
+        """Queue what the legacy system says differently from the trust's existing record."""
+        row = id_store.get_patient(conn, pk)
+        assert row is not None
+        for d in demos:
+            differ = [
+                f"{k} {d[k]} (record: {row[k]})"
+                for k in ("birth_date", "sex", "nhs_number")
+                if d[k] and row[k] and d[k] != row[k]
+            ]
+            if differ:
+                self.identity.add_work_item(
+                    DIFFER,
+                    f"migration source {src.name} has {pid}/{src.trust} with "
+                    + ", ".join(differ)
+                    + "; the record is kept, its legacy studies wait",
+                    conn=conn,
+                    issuer=src.trust,
+                    local_id=pid,
+                    patient_pk=pk,
+                    nhs_number=row["nhs_number"],
+                )
+
+    def _blocked_records(self, conn: Connection, pks: set[int]) -> dict[int, str]:
+        """Records whose studies wait: an open blocking work item names the record, or a
+        demographic conflict names its NHS number (both sides of a conflict wait)."""
+        rows = {int(r["pk"]): r for r in id_store.get_patients(conn, pks)}
+        out: dict[int, str] = {}
+        for w in id_store.work_items(conn, status="open"):
+            if w["kind"] not in BLOCKING and w["kind"] != STUDY_ELSEWHERE:
+                continue
+            for pk, r in rows.items():
+                hit = w["patient_pk"] == pk or (
+                    w["kind"] == "demographic-conflict"
+                    and r["nhs_number"]
+                    and w["nhs_number"] == r["nhs_number"]
+                )
+                if hit and w["kind"] != STUDY_ELSEWHERE and pk not in out:
+                    out[pk] = f"identity queue item {w['pk']} ({w['kind']}): {w['detail']}"
+        return out
+
+    def _owner(self, conn: Connection, study_uid: str, source: str) -> dict[str, Any] | None:
+        """Who the study already belongs to: the archive, else another source's inventory."""
+        study = id_store.study_by_uid(conn, study_uid)
+        if study is not None:
+            row = id_store.get_patient(conn, int(study["patient_pk"]))
+            assert row is not None
+            sops = {
+                r[0]
+                for r in conn.execute(
+                    select(t.instance.c.sop_instance_uid)
+                    .join(t.series, t.instance.c.series_pk == t.series.c.pk)
+                    .where(t.series.c.study_pk == study["pk"])
+                )
+            }
+            return {
+                "patient_pk": int(study["patient_pk"]),
+                "record": f"{row['local_id']}/{row['issuer']}",
+                "where": "in the archive",
+                "stored": True,
+                "sops": sops,
+            }
+        c, mp = t.migration_item.c, t.migration_patient.c
+        other = conn.execute(
+            select(c.source, c.patient_id, mp.patient_pk, t.migration_source.c.trust_code)
+            .join(t.migration_source, t.migration_source.c.name == c.source)
+            .join(t.migration_patient, and_(mp.source == c.source, mp.patient_id == c.patient_id))
+            .where(c.study_uid == study_uid, c.source != source, c.state != "waiting")
+            .order_by(c.source)
+            .limit(1)
+        ).first()
+        if other is None or other.patient_pk is None:
+            return None
+        sops = {
+            r[0]
+            for r in conn.execute(
+                select(c.sop_uid).where(c.study_uid == study_uid, c.source == other.source)
+            )
+        }
+        return {
+            "patient_pk": int(other.patient_pk),
+            "record": f"{other.patient_id}/{other.trust_code}",
+            "where": f"at source {other.source}",
+            "stored": False,
+            "sops": sops,
+        }

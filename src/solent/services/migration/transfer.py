@@ -1,0 +1,184 @@
+"""Transfer bookkeeping: what is still to fetch (newest first), and storing what was fetched
+through the one ingest pipeline with each instance's outcome recorded.
+
+The importers fetch; this module decides the record a copy is filed under (only one the
+identity service links), stores through ingest and records the state that makes a killed run
+resumable: ingest is idempotent per SOP Instance UID, so a re-fetched instance is a duplicate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from solent.domain.outcomes import Outcome, RejectReason
+from solent.domain.principal import Channel, Principal, Provenance
+from solent.index import identity as id_store
+from solent.index import schema as t
+from solent.index.sql import Index, now
+from solent.ingest import Ingestor
+from solent.services.access import Permission
+from solent.services.identity import IdentityService
+from solent.services.migration.copies import Copies, content_digest
+from solent.services.migration.model import Item, Source, require
+
+
+class Transfer:
+    def __init__(
+        self, index: Index, ingestor: Ingestor, identity: IdentityService, copies: Copies
+    ) -> None:
+        self._index = index
+        self._ingestor = ingestor
+        self.identity = identity
+        self._copies = copies
+
+    def pending(
+        self, principal: Principal, source: str, *, newest_first: bool = True, limit: int = 0
+    ) -> list[Item]:
+        """Instances still to fetch, newest studies first by default (what clinicians need)."""
+        require(principal, Permission.STORE)
+        c = t.migration_item.c
+        order = c.study_date.desc() if newest_first else c.study_date.asc()
+        q = (
+            select(t.migration_item)
+            .where(c.source == source, c.state.in_(("pending", "failed")))
+            .order_by(order, c.study_uid, c.series_uid, c.pk)
+        )
+        if limit:
+            q = q.limit(limit)
+        with self._index.read() as conn:
+            return [
+                Item(
+                    r.sop_uid,
+                    r.study_uid,
+                    r.series_uid,
+                    r.sop_class_uid,
+                    r.patient_id,
+                    r.locator,
+                    r.size_bytes,
+                )
+                for r in conn.execute(q)
+            ]
+
+    def accept(self, principal: Principal, src: Source, item: Item, path: Path) -> str:
+        """Store one fetched file; see accept_batch."""
+        return self.accept_batch(principal, src, [(item, path)])[0]
+
+    def accept_batch(
+        self, principal: Principal, src: Source, fetched: list[tuple[Item, Path]]
+    ) -> list[str]:
+        """Store fetched files of ONE series through ingest (one group commit) and record
+        each outcome (one more transaction); returns the states in order.
+
+        Fetched temp files are removed; a folder source's own files are left where they are.
+        """
+        require(principal, Permission.STORE)
+        if not fetched:
+            return []
+        own = src.kind == "folder"
+        digests = [content_digest(path) for _, path in fetched]
+        sizes = [path.stat().st_size for _, path in fetched]
+        file_under = self._file_under(src, fetched[0][0])
+        updates: list[tuple[str, str, str | None, str, int]] = []
+        if file_under == "waiting":
+            for (item, _), digest, size in zip(fetched, digests, sizes, strict=True):
+                updates.append(
+                    (item.sop_uid, "waiting", "study's record is not linked", digest, size)
+                )
+        else:
+            results = self._ingestor.ingest_files(
+                [
+                    (
+                        path,
+                        Provenance(
+                            Channel.MIGRATION,
+                            calling_ae=src.calling_ae if src.kind == "dimse" else None,
+                            source_path=item.locator,
+                            extra={"migration_source": src.name},
+                        ),
+                    )
+                    for item, path in fetched
+                ],
+                principal,
+                file_under=file_under if isinstance(file_under, tuple) else None,
+            )
+            for (item, path), digest, size, result in zip(
+                fetched, digests, sizes, results, strict=True
+            ):
+                if result.outcome in (Outcome.STORED, Outcome.REPLACED):
+                    state, reason = "stored", None
+                elif result.outcome is Outcome.DUPLICATE:
+                    state, reason = "duplicate", "already in the archive with identical content"
+                elif result.reason is RejectReason.CONFLICT:
+                    state, reason = self._copies.collision(src, item, path, digest)
+                else:
+                    state, reason = "failed", f"{result.reason}: {result.message}"
+                updates.append((item.sop_uid, state, reason, digest, size))
+        if not own:
+            for _, path in fetched:
+                path.unlink(missing_ok=True)
+        c = t.migration_item.c
+
+        def op(conn: Connection) -> None:
+            stamp = now()
+            for sop, state, reason, digest, size in updates:
+                conn.execute(
+                    update(t.migration_item)
+                    .where(c.source == src.name, c.sop_uid == sop)
+                    .values(
+                        state=state,
+                        reason=reason,
+                        source_sha256=digest,
+                        size_bytes=size,
+                        updated_at=stamp,
+                    )
+                )
+
+        self._index.write(op)
+        return [u[1] for u in updates]
+
+    def _file_under(self, src: Source, item: Item) -> tuple[str, str] | str | None:
+        """The record an instance of a study already filed elsewhere goes under, if linked."""
+        with self._index.read() as conn:
+            study = id_store.study_by_uid(conn, item.study_uid)
+            if study is None:
+                return None
+            mine = self.identity.resolve(src.trust, item.patient_id, conn=conn)
+            if mine is not None and mine.patient_pk == int(study["patient_pk"]):
+                return None
+            owner = id_store.get_patient(conn, int(study["patient_pk"]))
+            assert owner is not None
+            if mine is None or owner["pk"] not in self.identity.linked_patient_pks(
+                mine.patient_pk, conn=conn
+            ):
+                return "waiting"
+            return (str(owner["issuer"]), str(owner["local_id"]))
+
+    def fail(self, principal: Principal, source: str, sop_uid: str, reason: str) -> None:
+        require(principal, Permission.STORE)
+        self._set(source, sop_uid, "failed", reason, None)
+
+    def _set(
+        self,
+        source: str,
+        sop_uid: str,
+        state: str,
+        reason: str | None,
+        digest: str | None,
+        size: int | None = None,
+    ) -> None:
+        c = t.migration_item.c
+        values: dict[str, Any] = {"state": state, "reason": reason, "updated_at": now()}
+        if digest:
+            values["source_sha256"] = digest
+        if size is not None:
+            values["size_bytes"] = size
+        self._index.write(
+            lambda conn: conn.execute(
+                update(t.migration_item)
+                .where(c.source == source, c.sop_uid == sop_uid)
+                .values(values)
+            )
+        )
