@@ -104,13 +104,7 @@ class Archive:
             directory=Directory(self.index, self.audit),
             users=users,
             authenticator=Authenticator(self.index, self.settings, users),
-            migration=MigrationService(
-                self.index,
-                self.store,
-                self.ingestor,
-                identity,
-                self.settings.data_dir / "migration-quarantine",
-            ),
+            migration=MigrationService(self.index, self.store, self.ingestor, identity),
             health=HealthService(self.index, self.store),
             jobs=JobsService(
                 open_job_queue(

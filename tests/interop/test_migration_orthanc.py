@@ -265,7 +265,12 @@ def test_two_orthancs_and_a_dicomdir_migrate_as_planted(
         stored_audits = {d["sop_instance_uid"] for d in audits if d.get("channel") == "migration"}
         assert placed.keys() <= stored_audits
         # Both versions of the collision are kept: the archive's (trust A's) and B's.
-        quarantined = Path(rep_b["quarantine"][0]["path"])
+        # The quarantined copy lives in the blob store, not in a side folder.
+        kept = rep_b["quarantine"][0]["path"]
+        assert archive.store.exists(kept)
+        with archive.store.open(kept) as fp:
+            (tmp_path / "kept.dcm").write_bytes(fp.read())
+        quarantined = tmp_path / "kept.dcm"
         original = instance_bytes(s1, s1.series_uids[0], s1a[2])
         other = instance_bytes(s1b, s1.series_uids[0], s1a[2], seed=1)
         (tmp_path / "orig.dcm").write_bytes(original)

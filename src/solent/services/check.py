@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
+
+from solent.index import schema as t
 from solent.index.sql import Index
 from solent.storage import BlobStore
 
@@ -48,7 +51,9 @@ def check_archive(
     report = CheckReport()
     stored: dict[str, float] = dict(store.iter_keys())
     report.blobs = len(stored)
-    referenced: set[str] = set()
+    # Copies a migration kept (quarantined or superseded, R54) live in the store too.
+    kept = _kept_copies(index)
+    referenced: set[str] = set(kept)
     for sop_uid, key, size in index.iter_blob_refs():
         report.instances += 1
         referenced.add(key)
@@ -66,8 +71,9 @@ def check_archive(
             else:
                 report.orphan_blobs.append(key)
     if repair:
+        kept_now = _kept_copies(index)  # re-check: a writer may have indexed or kept it since
         for key in report.orphan_blobs:
-            if not index.blob_referenced(key):  # re-check: a writer may have indexed it since
+            if not index.blob_referenced(key) and key not in kept_now:
                 store.delete(key)
         for item in report.missing_blobs:
             index.delete_instance_rows(item["sop_instance_uid"])
@@ -79,3 +85,9 @@ def check_archive(
             "temp_files_removed": temp,
         }
     return report
+
+
+def _kept_copies(index: Index) -> set[str]:
+    """Blob keys of the copies migration keeps in the store (quarantine rows name them)."""
+    with index.read() as conn:
+        return {str(k) for (k,) in conn.execute(select(t.migration_quarantine.c.path))}

@@ -8,13 +8,15 @@ the one ingest pipeline's. A killed run resumes from these rows: ingest is idemp
 Instance UID, so an instance stored just before the kill comes back as a duplicate, not twice.
 
 One job per module: ``model`` (vocabulary), ``inventory`` (sources, delta sync), ``reconcile``
-(identity before data), ``transfer`` (what to fetch, storing it), ``copies`` (comparing copies
-of one instance, quarantine), ``verify`` (the R55 report). ``MigrationService`` is the one
+(identity before data), ``transfer`` (what to fetch, storing it), ``copies`` (two copies of one
+instance compared), ``quarantine`` (what a differing copy is; the best one served, every other
+kept in the blob store), ``verify`` (the R55 report). ``MigrationService`` is the one
 door callers see; it only delegates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from solent.domain.principal import Principal
 from solent.index.sql import Index
 from solent.ingest import Ingestor
 from solent.services.identity import IdentityService
-from solent.services.migration.copies import Copies, content_digest
+from solent.services.migration.copies import content_digest
 from solent.services.migration.inventory import Inventory
 from solent.services.migration.model import (
     Entry,
@@ -33,6 +35,7 @@ from solent.services.migration.model import (
     Source,
     within_hours,
 )
+from solent.services.migration.quarantine import Quarantine
 from solent.services.migration.reconcile import Reconciler
 from solent.services.migration.transfer import Transfer
 from solent.services.migration.verify import Verification
@@ -57,13 +60,14 @@ class MigrationService:
         store: BlobStore,
         ingestor: Ingestor,
         identity: IdentityService,
-        quarantine_dir: Path,
     ) -> None:
         self.identity = identity
         self._inventory = Inventory(index)
         self._reconciler = Reconciler(index, identity)
-        copies = Copies(index, store, quarantine_dir)
-        self._transfer = Transfer(index, ingestor, identity, copies)
+        # A better copy than the archive's (R54) replaces it; every other way in refuses that.
+        replacing = Ingestor(index, store, dataclasses.replace(ingestor.policy, conflict="replace"))
+        quarantine = Quarantine(index, store, identity)
+        self._transfer = Transfer(index, ingestor, replacing, identity, quarantine)
         self._verification = Verification(index, store)
 
     # -- sources and inventory -----------------------------------------------------------------

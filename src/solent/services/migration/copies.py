@@ -1,25 +1,22 @@
-"""Copies of one instance compared: the content digest a migration checks copies by, and
-what to do when a source's copy of a SOP Instance UID differs from the archive's.
+"""Two copies of one instance compared, file against file: content digest, image quality,
+same acquisition or not, and which patient attributes their headers disagree on.
 
-Kept apart from the transfer loop because this is where R54's judgement lives (same
-acquisition or UID collision), and a collision must never overwrite nor drop either copy.
+Pure reading, no state: ``quarantine`` makes the decisions (R54) with these answers.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
-from sqlalchemy import Connection, insert, select
+from pydicom import uid as uids
 
-from solent.index import schema as t
-from solent.index.sql import Index, now
-from solent.services.migration.model import Item, Source
-from solent.storage import BlobStore
+from solent.domain import nhs_number as nhs
 
 
 def content_digest(path: Path) -> str:
@@ -63,53 +60,97 @@ class spool:
         Path(self._tmp.name).unlink(missing_ok=True)
 
 
-class Copies:
-    def __init__(self, index: Index, store: BlobStore, quarantine_dir: Path) -> None:
-        self._index = index
-        self._store = store  # the archive's copy of a colliding instance is compared
-        self.quarantine_dir = quarantine_dir
+# Transfer syntaxes that keep every pixel; any other compressed one may have lost some.
+_LOSSLESS = frozenset(
+    {
+        *uids.UncompressedTransferSyntaxes,
+        *uids.RLETransferSyntaxes,
+        uids.JPEGLossless,
+        uids.JPEGLosslessSV1,
+        uids.JPEGLSLossless,
+        uids.JPEG2000Lossless,
+        uids.JPEG2000MCLossless,
+        uids.HTJ2KLossless,
+        uids.HTJ2KLosslessRPCL,
+    }
+)
+# Decoded pixels of a lossy copy may differ from the original's by this share of the image's
+# range on average and still be the same acquisition; a different image differs far more.
+LOSSY_TOLERANCE = 0.02
 
-    def collision(self, src: Source, item: Item, path: Path, digest: str) -> tuple[str, str]:
-        """Same SOP Instance UID, other bytes: a collision unless only the meta header differs.
-        The source's copy is kept (fsynced) beside the archive's; nothing is overwritten."""
-        stored = self._index.instance_digest(item.sop_uid)
-        if stored is not None:
-            with self._store.open(stored[1]) as fp, spool(fp) as archived:
-                if content_digest(archived) == digest:
-                    return "duplicate", "already in the archive (same pixel data, other header)"
-        archive_sha = stored[0] if stored else ""
-        dest = self.quarantine_dir / src.name / f"{item.sop_uid}.{digest[:16]}.dcm"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        data = path.read_bytes()
-        with dest.open("wb") as fp:
-            fp.write(data)
-            fp.flush()
-            os.fsync(fp.fileno())
-        sha = hashlib.sha256(data).hexdigest()
 
-        def op(conn: Connection) -> None:
-            q = t.migration_quarantine.c
-            found = conn.execute(
-                select(q.pk).where(
-                    q.source == src.name, q.sop_uid == item.sop_uid, q.source_sha256 == sha
-                )
-            ).first()
-            if found is None:
-                conn.execute(
-                    insert(t.migration_quarantine).values(
-                        source=src.name,
-                        sop_uid=item.sop_uid,
-                        study_uid=item.study_uid,
-                        archive_sha256=archive_sha,
-                        source_sha256=sha,
-                        path=str(dest),
-                        status="open",
-                        at=now(),
-                    )
-                )
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """What R54 ranks copies by: lossless over lossy, then original over derived."""
 
-        self._index.write(op)
-        return "quarantined", (
-            f"SOP Instance UID already in the archive with other content (archive sha256 "
-            f"{archive_sha[:12]}..., source {sha[:12]}...); both copies kept"
+    lossy: bool
+    derived: bool
+    transfer_syntax: str
+
+    def rank(self) -> tuple[int, int]:
+        return (0 if self.lossy else 1, 0 if self.derived else 1)
+
+    def describe(self) -> str:
+        name = uids.UID(self.transfer_syntax).name if self.transfer_syntax else "unknown"
+        return (
+            f"{'lossy' if self.lossy else 'lossless'}, "
+            f"{'derived' if self.derived else 'original'}, {name}"
         )
+
+
+def quality_of(path: Path) -> Quality:
+    ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    marked = str(ds.get("LossyImageCompression", "")).strip() == "01"
+    lossy = marked or (bool(ts) and uids.UID(ts).is_compressed and ts not in _LOSSLESS)
+    image_type = ds.get("ImageType") or []
+    if isinstance(image_type, str):
+        image_type = [image_type]
+    first = str(image_type[0]).upper() if len(image_type) else ""
+    return Quality(lossy=lossy, derived=first == "DERIVED", transfer_syntax=ts)
+
+
+def same_image(a: Path, b: Path, *, lossy: bool) -> bool:
+    """Whether two copies hold one acquisition's pixels: equal once decoded (a lossless
+    re-encoding), or, when either is lossy, close on average. Undecodable means no: a UID
+    collision must not pass for a quality variant."""
+    try:
+        pa = pydicom.dcmread(a, force=True).pixel_array.astype(np.float64)
+        pb = pydicom.dcmread(b, force=True).pixel_array.astype(np.float64)
+    except Exception:
+        return False
+    if pa.shape != pb.shape:
+        return False
+    if np.array_equal(pa, pb):
+        return True
+    if not lossy:
+        return False
+    span = max(float(pa.max() - pa.min()), float(pb.max() - pb.min()), 1.0)
+    return float(np.mean(np.abs(pa - pb))) <= LOSSY_TOLERANCE * span
+
+
+# Patient attributes that decide identity (the link rule: NHS number, birth date, sex), and
+# the name, which is reported but on its own does not make two copies different patients.
+IDENTITY_ATTRIBUTES = ("birth_date", "sex", "nhs_number")
+
+
+def header_patient(path: Path) -> dict[str, str | None]:
+    """The patient a copy's header names: ID, name, birth date, sex, NHS number."""
+    ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    number = None
+    for other in ds.get("OtherPatientIDsSequence", []):
+        if str(other.get("IssuerOfPatientID", "")).upper() == "NHS" and other.get("PatientID"):
+            number = nhs.normalise(str(other.PatientID))
+    return {
+        "patient_id": str(ds.get("PatientID", "")) or None,
+        "name": str(ds.get("PatientName", "")) or None,
+        "birth_date": str(ds.get("PatientBirthDate", "")) or None,
+        "sex": str(ds.get("PatientSex", "")) or None,
+        "nhs_number": number,
+    }
+
+
+def header_differences(archived: Path, incoming: Path) -> dict[str, tuple[str | None, str | None]]:
+    """Attribute -> (archive's value, this copy's) wherever the two headers disagree."""
+    a, b = header_patient(archived), header_patient(incoming)
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k]}

@@ -8,6 +8,7 @@ resumable: ingest is idempotent per SOP Instance UID, so a re-fetched instance i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,25 @@ from solent.index.sql import Index, now
 from solent.ingest import Ingestor
 from solent.services.access import Permission
 from solent.services.identity import IdentityService
-from solent.services.migration.copies import Copies, content_digest
+from solent.services.migration.copies import content_digest
 from solent.services.migration.model import Item, Source, require
+from solent.services.migration.quarantine import Quarantine
 
 
 class Transfer:
     def __init__(
-        self, index: Index, ingestor: Ingestor, identity: IdentityService, copies: Copies
+        self,
+        index: Index,
+        ingestor: Ingestor,
+        replacing: Ingestor,
+        identity: IdentityService,
+        quarantine: Quarantine,
     ) -> None:
         self._index = index
         self._ingestor = ingestor
+        self._replacing = replacing  # conflict="replace": only for a better copy (R54)
         self.identity = identity
-        self._copies = copies
+        self._quarantine = quarantine
 
     def pending(
         self, principal: Principal, source: str, *, newest_first: bool = True, limit: int = 0
@@ -88,21 +96,27 @@ class Transfer:
                     (item.sop_uid, "waiting", "study's record is not linked", digest, size)
                 )
         else:
+            under = file_under if isinstance(file_under, tuple) else None
+
+            def provenance(item: Item) -> Provenance:
+                return Provenance(
+                    Channel.MIGRATION,
+                    calling_ae=src.calling_ae if src.kind == "dimse" else None,
+                    source_path=item.locator,
+                    extra={"migration_source": src.name},
+                )
+
+            def replacer(item: Item, path: Path) -> Callable[[], bool]:
+                def replace() -> bool:
+                    got = self._replacing.ingest_files(
+                        [(path, provenance(item))], principal, file_under=under
+                    )[0]
+                    return got.outcome in (Outcome.STORED, Outcome.REPLACED)
+
+                return replace
+
             results = self._ingestor.ingest_files(
-                [
-                    (
-                        path,
-                        Provenance(
-                            Channel.MIGRATION,
-                            calling_ae=src.calling_ae if src.kind == "dimse" else None,
-                            source_path=item.locator,
-                            extra={"migration_source": src.name},
-                        ),
-                    )
-                    for item, path in fetched
-                ],
-                principal,
-                file_under=file_under if isinstance(file_under, tuple) else None,
+                [(path, provenance(item)) for item, path in fetched], principal, file_under=under
             )
             for (item, path), digest, size, result in zip(
                 fetched, digests, sizes, results, strict=True
@@ -112,7 +126,9 @@ class Transfer:
                 elif result.outcome is Outcome.DUPLICATE:
                     state, reason = "duplicate", "already in the archive with identical content"
                 elif result.reason is RejectReason.CONFLICT:
-                    state, reason = self._copies.collision(src, item, path, digest)
+                    state, reason = self._quarantine.compare(
+                        src, item, path, digest, replacer(item, path)
+                    )
                 else:
                     state, reason = "failed", f"{result.reason}: {result.message}"
                 updates.append((item.sop_uid, state, reason, digest, size))

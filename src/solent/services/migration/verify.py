@@ -1,5 +1,5 @@
 """The verification report (R55): source against archive per instance, counts per verdict,
-the quarantine, and what still waits and why.
+the quarantine, which copy was chosen where sources disagreed (R54), and what still waits.
 
 The archive's hash is recomputed from the stored blob, never taken from the index, so the
 report proves what is on disk (or in S3) rather than what was recorded.
@@ -18,7 +18,11 @@ from solent.index.sql import Index
 from solent.services.access import Permission
 from solent.services.migration.copies import content_digest, spool
 from solent.services.migration.model import plain, require
+from solent.services.migration.quarantine import SUPERSEDED
 from solent.storage import BlobStore
+
+# Verdicts that need no sign-off: the archive holds this copy, or a better one of it.
+_RESOLVED = frozenset({"verified", "superseded"})
 
 
 class Verification:
@@ -52,6 +56,15 @@ class Verification:
                     select(t.migration_quarantine).where(q.source == source).order_by(q.pk)
                 ).mappings()
             ]
+            # SOPs where a best copy was chosen (R54), whichever source's copy lost.
+            chosen = {
+                str(sop)
+                for (sop,) in conn.execute(
+                    select(q.sop_uid)
+                    .join(t.migration_item, c.sop_uid == q.sop_uid)
+                    .where(c.source == source, q.status == SUPERSEDED)
+                )
+            }
         out_items = []
         for r in items:
             archive_sha = None
@@ -66,7 +79,8 @@ class Verification:
                 if archive_sha is None:
                     verdict = "missing"
                 elif archive_sha != r["source_sha256"]:
-                    verdict = "hash-mismatch"
+                    # The archive serves another source's better copy of this instance.
+                    verdict = "superseded" if r["sop_uid"] in chosen else "hash-mismatch"
                 else:
                     verdict = "verified"
             out_items.append(
@@ -87,8 +101,8 @@ class Verification:
             counts[i["verdict"]] += 1
         studies = {i["study_uid"] for i in out_items}
         series = {i["series_uid"] for i in out_items}
-        in_archive_studies = {i["study_uid"] for i in out_items if i["verdict"] == "verified"}
-        unresolved = sum(n for k, n in counts.items() if k != "verified")
+        in_archive_studies = {i["study_uid"] for i in out_items if i["verdict"] in _RESOLVED}
+        unresolved = sum(n for k, n in counts.items() if k not in _RESOLVED)
         return {
             "source": source,
             "instances": len(out_items),
@@ -99,4 +113,10 @@ class Verification:
             "unresolved": unresolved,
             "items": out_items,
             "quarantine": quarantine,
+            # Which copy the archive serves where several sources held one, and why (R54).
+            "best_copies": [
+                {k: i[k] for k in ("sop_uid", "verdict", "reason")}
+                for i in out_items
+                if i["sop_uid"] in chosen
+            ],
         }
