@@ -15,14 +15,16 @@ import numpy as np
 import pydicom
 import pytest
 from bench.migration_data import Patient, Study, instance_bytes
+from pydicom.uid import RLELossless
 
 from solent.app import Archive
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal, PrincipalKind
+from solent.importers.migration.report import write_html
 from solent.importers.migration.sources import FolderSource
 from solent.importers.migration.transfer import run_transfer
 from solent.services.check import check_archive
-from solent.services.migration import Source
+from solent.services.migration import Item, Source
 from solent.services.migration.quarantine import HEADER_DIFFERS, quarantine_key
 
 IMPORTER = Principal(PrincipalKind.IMPORTER, "solent-migrate", "ZZA")
@@ -99,6 +101,31 @@ def test_the_lossless_copy_is_served_whichever_source_moves_first(
         assert fp.read() == lossy[sops[0]]
     report = check_archive(archive.index, archive.store, repair=True)
     assert report.clean and archive.store.exists(kept["path"])
+    write_html(rep_lossy, tmp_path / "lossy.html")
+    page = (tmp_path / "lossy.html").read_text()
+    assert "Nothing unresolved." in page and "Best copy" in page
+    assert "best copy kept" in page or "superseded by" in page
+
+
+def test_of_two_lossless_copies_the_fuller_series_wins(archive: Archive, tmp_path: Path) -> None:
+    """Same pixels, other encoding (RLE at one source): the source holding more of the series
+    is served; an equal ranking never displaces the copy already in the archive."""
+    study = Study(Patient("P1", "FULL^SERIES", "19700101", "F", N1), "20200101")
+    sops = study.add_series(3)
+    series = study.series_uids[0]
+    full = {sop: instance_bytes(study, series, sop) for sop in sops}
+    ds = pydicom.dcmread(io.BytesIO(full[sops[0]]))
+    ds.compress(RLELossless, generate_instance_uid=False)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    plant(tmp_path / "partial", {sops[0]: out.getvalue()})
+    plant(tmp_path / "full", full)
+    assert migrate(archive, tmp_path / "partial", "partial") == {"stored": 1}
+    assert migrate(archive, tmp_path / "full", "full") == {"stored": 3}
+    assert archived_bytes(archive, sops[0]) == full[sops[0]]
+    [chosen] = archive.services.migration.verification(IMPORTER, "partial")["best_copies"]
+    assert chosen["verdict"] == "superseded"
+    assert "3 instances of its series at full" in chosen["reason"]
 
 
 def test_the_original_wins_over_a_derived_copy_of_equal_compression(
@@ -164,13 +191,8 @@ def test_same_pixels_with_another_birth_date_is_not_a_duplicate(
     )  # fmt: skip
     plant(tmp_path / "b", {sop: instance_bytes(corrected, series, sop)})
     migrate(archive, tmp_path / "a", "a")
+    assert migrate(archive, tmp_path / "b", "b") == {"quarantined": 1}
     migration = archive.services.migration
-    src_b = Source(name="b", kind="folder", address=str(tmp_path / "b"), trust="ZZA")
-    migration.add_source(IMPORTER, src_b)
-    migration.record_inventory(IMPORTER, "b", FolderSource(tmp_path / "b").inventory())
-    # The transfer's own decision, whatever reconcile makes of the record.
-    [item] = migration.pending(IMPORTER, "b")
-    assert migration.accept(IMPORTER, src_b, item, tmp_path / "b" / f"{sop}.dcm") == "quarantined"
     rep = migration.verification(IMPORTER, "b")
     [row] = rep["items"]
     assert row["verdict"] == "quarantined"
@@ -180,6 +202,27 @@ def test_same_pixels_with_another_birth_date_is_not_a_duplicate(
     queue = [q for q in migration.identity.work_queue() if q["kind"] == HEADER_DIFFERS]
     assert len(queue) == 1 and sop in queue[0]["detail"]
     # Accepting the same copy again (a resumed run) adds neither a row nor a queue item.
-    migration.accept(IMPORTER, src_b, item, tmp_path / "b" / f"{sop}.dcm")
+    src_b = migration.source(IMPORTER, "b")
+    item = Item(sop, study.uid, series, None, "P1", None, None)
+    assert migration.accept(IMPORTER, src_b, item, tmp_path / "b" / f"{sop}.dcm") == "quarantined"
     assert len(migration.verification(IMPORTER, "b")["quarantine"]) == 1
     assert len([q for q in migration.identity.work_queue() if q["kind"] == HEADER_DIFFERS]) == 1
+
+
+def test_same_pixels_under_a_corrected_name_is_a_duplicate_that_says_so(
+    archive: Archive, tmp_path: Path
+) -> None:
+    study = Study(Patient("P1", "SMITH^JO", "19700101", "F"), "20200101")
+    [sop] = study.add_series(1)
+    series = study.series_uids[0]
+    plant(tmp_path / "a", {sop: instance_bytes(study, series, sop)})
+    renamed = Study(
+        Patient("P1", "SMYTHE^JO", "19700101", "F"), "20200101", uid=study.uid,
+        series=study.series, series_uids=study.series_uids,
+    )  # fmt: skip
+    plant(tmp_path / "b", {sop: instance_bytes(renamed, series, sop)})
+    migrate(archive, tmp_path / "a", "a")
+    assert migrate(archive, tmp_path / "b", "b") == {"duplicate": 1}
+    [row] = archive.services.migration.verification(IMPORTER, "b")["items"]
+    assert row["verdict"] == "verified"
+    assert "name SMYTHE^JO (archive: SMITH^JO)" in row["reason"]

@@ -53,6 +53,11 @@ def write_html(report: dict[str, Any], path: Path) -> None:
         f"<td>{e(q['source_sha256'])}</td><td>{e(q['path'])}</td><td>{e(q['status'])}</td></tr>"
         for q in report["quarantine"]
     )
+    best = "".join(
+        f"<tr><td>{e(b['sop_uid'])}</td><td>{e(b['verdict'])}</td>"
+        f"<td>{e(str(b['reason'] or ''))}</td></tr>"
+        for b in report.get("best_copies", [])
+    )
     verdict = (
         "Nothing unresolved."
         if report["unresolved"] == 0
@@ -72,7 +77,13 @@ Hashes are SHA-256 of each instance's content after its File Meta header.</p>
 <p><strong>{e(verdict)}</strong></p>
 <h2>Counts</h2><table>{counts}</table>
 <h2>Instances not verified</h2><table><tr>{head}</tr>{rows}</table>
-<h2>Quarantine (same SOP Instance UID, different content)</h2>
+<h2>Best copy (several sources held the instance; R54)</h2>
+<p>Lossless over lossy, original over derived, then the source with more of the series.</p>
+<table><tr><th>sop_uid</th><th>verdict</th><th>which copy is served, and why</th></tr>
+{best}</table>
+<h2>Kept copies (same SOP Instance UID, different content)</h2>
+<p>Status "open" needs a decision; "superseded" lost to a better copy. Kept in the blob store
+under the key shown.</p>
 <table><tr><th>sop_uid</th><th>archive sha256</th><th>source sha256</th><th>kept at</th>
 <th>status</th></tr>{quarantine}</table>
 </body></html>

@@ -167,6 +167,7 @@ class Quarantine:
         assert supplier is not None
         old_sha, old_key = self._keep(archived)
         if not replace():
+            self._unkeep(old_key)
             return "failed", "a better copy than the archive's could not replace it; retried"
         new_sha = _file_sha(path)
 
@@ -241,6 +242,14 @@ class Quarantine:
         key = quarantine_key(sha)
         self._store.put_file(key, path)
         return sha, key
+
+    def _unkeep(self, key: str) -> None:
+        """Drop a copy kept for a replacement that did not happen, unless a row names it."""
+        q = t.migration_quarantine.c
+        with self._index.read() as conn:
+            named = conn.execute(select(q.pk).where(q.path == key).limit(1)).first()
+        if named is None:
+            self._store.delete(key)
 
     @staticmethod
     def _add_row(
