@@ -278,3 +278,33 @@ def test_an_archive_on_a_fresh_s3_bucket_creates_it_and_stores(
     assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]] == [
         "blobs/" + blob_key_for(w.sha256)
     ]
+
+
+def test_place_file_consumes_the_spool_and_is_readable_after_wait(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    data = os.urandom(200_000)
+    key = _key(data)
+    spool = _file(tmp_path, data)
+    placement = store.place_file(key, spool)
+    placement.wait()
+    assert not spool.exists()
+    with store.open(key) as fp:
+        assert fp.read() == data
+
+
+def test_place_file_over_an_existing_key_keeps_one_whole_blob(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    """The same content placed twice (a re-sent instance, or a crash's leftover under the
+    key): the second placement replaces it whole, never leaving a half-written blob."""
+    data = os.urandom(50_000)
+    key = _key(data)
+    store.put_bytes(key, data)
+    second = _file(tmp_path, data)
+    store.place_file(key, second).wait()
+    assert not second.exists()
+    assert store.size(key) == len(data)
+    with store.open(key) as fp:
+        assert fp.read() == data
+    assert [k for k, _ in store.iter_keys()] == [key]

@@ -15,7 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from solent.errors import NotFound, StorageError
-from solent.storage.base import check_key, is_key
+from solent.storage.base import PLACED, Placement, check_key, is_key
 
 _MISSING = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 
@@ -79,6 +79,11 @@ class S3BlobStore:
             raise StorageError(f"cannot write blob to S3: {exc}") from exc
         if move:
             path.unlink(missing_ok=True)
+
+    def place_file(self, key: str, path: Path) -> Placement:
+        """A PUT is durable when it returns: nothing left to wait for."""
+        self.put_file(key, path, move=True)
+        return PLACED
 
     def put_bytes(self, key: str, data: bytes) -> None:
         try:
