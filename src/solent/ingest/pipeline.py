@@ -162,14 +162,6 @@ class Ingestor:
             finally:
                 fcntl.flock(self._gate_fd, fcntl.LOCK_UN)
 
-    def prepare_blob(self, sha256: str) -> None:
-        """Get the blob store ready for the blob of this digest (its directory, for files),
-        so a receiver can overlap that I/O with parsing. Best effort: put_file does it too."""
-        prepare = getattr(self.store, "prepare", None)
-        if prepare is not None:
-            with contextlib.suppress(Exception):
-                prepare(blob_key_for(sha256))
-
     def _trust_exists(self, code: str) -> bool:
         if code not in self._trusts:
             if self.index.get_trust(code) is None:

@@ -79,11 +79,6 @@ class FileBlobStore:
                     fsync_dir(directory.parent.parent)
             self._known_dirs.add(directory)
 
-    def prepare(self, key: str) -> None:
-        """Create (durably) the directory ``key`` will go to, ahead of ``put_file``: a receiver
-        calls it while it still parses, so the directory fsyncs overlap that work."""
-        self._ensure_dir(self._path(key).parent)
-
     def place_file(self, key: str, path: Path) -> Placement:
         """Link the spooled file under its key and make it durable on an I/O thread, while the
         caller parses and writes the index rows; ``wait`` before the index commit.

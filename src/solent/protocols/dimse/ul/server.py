@@ -430,7 +430,9 @@ class FastServer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dimse-fast")
-        self._thread = threading.Thread(target=self._accept, name=f"dimse-fast-{self.port}")
+        self._thread = threading.Thread(
+            target=self._accept, name=f"dimse-fast-{self.port}", daemon=True
+        )
 
     @property
     def active_associations(self) -> list[Association]:
@@ -472,14 +474,21 @@ class FastServer:
         try:
             conn.settimeout(self.config.artim_timeout)
             header = bytearray(6)
-            recv_exact(conn, memoryview(header))
-            kind, length = pdu.HEADER.unpack_from(header)
+            body = bytearray()
+            try:
+                recv_exact(conn, memoryview(header))
+                kind, length = pdu.HEADER.unpack_from(header)
+                if kind == pdu.ASSOCIATE_RQ and length > pdu.MAX_ASSOCIATE_RQ:
+                    raise Closed("A-ASSOCIATE-RQ longer than 1 MB: closed unread")
+                if kind == pdu.ASSOCIATE_RQ:
+                    body = bytearray(length)
+                    recv_exact(conn, memoryview(body))
+            except (TimeoutError, OSError) as exc:
+                # PS3.8 Sta2: the ARTIM timer expired (or the peer went) before an
+                # A-ASSOCIATE-RQ: close the transport connection, nothing to answer (AA-2).
+                raise Closed(str(exc)) from exc
             if kind != pdu.ASSOCIATE_RQ:
                 raise PduError("the first PDU is not an A-ASSOCIATE-RQ", pdu.REASON_UNEXPECTED_PDU)
-            if length > pdu.MAX_ASSOCIATE_RQ:
-                raise PduError("A-ASSOCIATE-RQ longer than 1 MB")
-            body = bytearray(length)
-            recv_exact(conn, memoryview(body))
             if self.pending is not None:
                 self.pending.associated(conn)
             rq = pdu.parse_associate_rq(memoryview(body))
@@ -490,8 +499,9 @@ class FastServer:
             assoc = self._associate(conn, address, rq)
             if assoc is not None:
                 assoc.run()
-        except Closed:
-            pass
+        except Closed as exc:
+            if assoc is None and not handed:
+                log.info("connection closed unassociated: %s", exc, extra={"address": address[0]})
         except PduError as exc:
             log.info("association aborted: %s", exc, extra={"address": address[0]})
             self._abort(conn, exc.reason)
