@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import ssl
@@ -302,6 +303,17 @@ def test_c_move_reports_partial_failure_honestly(running: Running) -> None:
         assert (out.status, out.completed, out.failed) == (0xB000, 1, 1)
     finally:
         server.shutdown()
+    # The sub-operation that failed is in the audit trail, by its instance UID.
+    failures = [
+        r
+        for r in running.archive.services.audit.search(action="retrieve")
+        if r["outcome"] == "failure"
+    ]
+    assert len(failures) == 1, failures
+    detail = failures[0]["detail"]
+    detail = json.loads(detail) if isinstance(detail, str) else detail
+    assert detail["failed"] == 1 and detail["completed"] == 1
+    assert detail["failed_sop_instance_uids"] == [second.SOPInstanceUID]
 
 
 def test_c_find_cap_gives_a_clear_failure(tmp_path: Path) -> None:

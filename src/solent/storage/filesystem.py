@@ -32,11 +32,12 @@ def fsync_dir(path: Path) -> None:
 class _Pending:
     """A placed blob's outstanding fsyncs (see FileBlobStore.place_file)."""
 
-    __slots__ = ("_jobs", "_key")
+    __slots__ = ("_jobs", "_key", "_spool")
 
-    def __init__(self, key: str, jobs: list[Future[None]]) -> None:
+    def __init__(self, key: str, jobs: list[Future[None]], spool: Path | None = None) -> None:
         self._key = key
         self._jobs = jobs
+        self._spool = spool
 
     def wait(self) -> None:
         error: OSError | None = None
@@ -45,6 +46,10 @@ class _Pending:
                 job.result()
             except OSError as exc:
                 error = error or exc
+        if self._spool is not None:  # consumed (the blob is its other name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._spool)
+            self._spool = None
         if error is not None:
             raise StorageError(f"cannot make blob {self._key} durable: {error.strerror}")
 
@@ -101,22 +106,26 @@ class FileBlobStore:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise StorageError(f"cannot write blob: {exc.strerror}") from exc
-        return _Pending(key, [self._io.submit(self._place, fd, path, target, key)])
+        return _Pending(key, [self._io.submit(self._place, fd, path, target, key)], path)
 
     def _place(self, fd: int, path: Path, target: Path, key: str) -> None:
+        """The I/O thread's part. The spool keeps its own name until ``wait`` (the caller may
+        still be parsing it, and pydicom looks the file up by name)."""
         try:
             self._ensure_dir(target.parent)
             try:
                 os.link(path, target)
             except FileExistsError:
                 os.fsync(fd)
-                os.replace(path, target)
+                fd_tmp, tmp_name = tempfile.mkstemp(dir=self._tmp)
+                os.close(fd_tmp)
+                os.unlink(tmp_name)
+                os.link(path, tmp_name)
+                os.replace(tmp_name, target)
             except OSError:  # another file system, no hard links: the copying way
-                self.put_file(key, path, move=True)
+                self.put_file(key, path)
                 return
             else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
                 os.fdatasync(fd)
             fsync_dir(target.parent)
         finally:
