@@ -64,6 +64,9 @@ class FileBlobStore:
         self._dir_lock = threading.Lock()
         # place_file's I/O threads (created on first use by the executor itself).
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-place")
+        # Directory fsyncs issued beside a placement's data fsync (a pool of its own: a
+        # placement waits for them, so they must never queue behind placements).
+        self._dirs_io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="blob-dirsync")
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -76,13 +79,15 @@ class FileBlobStore:
         # never is: one fsync per new directory saved). The lock keeps another thread from
         # using a directory before its creator has synced it.
         with self._dir_lock:
-            if not directory.exists():
-                top_is_new = not directory.parent.exists()
-                directory.mkdir(parents=True, exist_ok=True)
-                fsync_dir(directory.parent)
-                if top_is_new:
-                    fsync_dir(directory.parent.parent)
-            self._known_dirs.add(directory)
+            if directory in self._known_dirs:
+                return
+            top_is_new = not directory.parent.exists()
+            directory.mkdir(parents=True, exist_ok=True)
+            # Also when it exists: place_file may have created it and not synced it yet.
+            fsync_dir(directory.parent)
+            if top_is_new or directory.parent not in self._known_dirs:
+                fsync_dir(directory.parent.parent)
+            self._known_dirs.update((directory, directory.parent))
 
     def place_file(self, key: str, path: Path) -> Placement:
         """Link the spooled file under its key and make it durable on an I/O thread, while the
@@ -112,7 +117,7 @@ class FileBlobStore:
         """The I/O thread's part. The spool keeps its own name until ``wait`` (the caller may
         still be parsing it, and pydicom looks the file up by name)."""
         try:
-            self._ensure_dir(target.parent)
+            unsynced = self._make_dir(target.parent)
             try:
                 os.link(path, target)
             except FileExistsError:
@@ -126,10 +131,38 @@ class FileBlobStore:
                 self.put_file(key, path)
                 return
             else:
+                # The data and every directory entry at once: concurrent fsyncs share the file
+                # system's journal commit and disk flush (A/B in one process, 3 x 200 CT
+                # slices: median 13.1 / 11.4 / 7.3 ms per instance against 16.9 / 16.3 /
+                # 9.8 ms with the directories synced one after another).
+                jobs = [self._dirs_io.submit(fsync_dir, d) for d in [target.parent, *unsynced]]
                 os.fdatasync(fd)
+                for job in jobs:
+                    job.result()
+                if unsynced:
+                    self._known_dirs.update((target.parent, target.parent.parent))
+                return
             fsync_dir(target.parent)
+            for directory in unsynced:
+                fsync_dir(directory)
+            if unsynced:
+                self._known_dirs.update((target.parent, target.parent.parent))
         finally:
             os.close(fd)
+
+    def _make_dir(self, directory: Path) -> list[Path]:
+        """Create ``directory`` (and its parent) if missing; the directories whose entries
+        this placement must fsync itself (with its data) before it counts as durable.
+
+        Unlike _ensure_dir no lock is held across an fsync: a directory not yet known to be
+        durable is synced by every placement that uses it until one of them has done so
+        (cheap when its entry is on disk already), so no blob's commit depends on another
+        thread's fsync."""
+        if directory in self._known_dirs:
+            return []
+        directory.mkdir(parents=True, exist_ok=True)
+        top = directory.parent
+        return [top] if top in self._known_dirs else [top, top.parent]
 
     def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
         target = self._path(key)
