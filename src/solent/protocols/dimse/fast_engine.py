@@ -148,9 +148,7 @@ class FastServices:
             audit.denied(service.audit, peer, "retrieve", "this node may not retrieve")
             raise retrieve_scp.RetrieveRefused(NOT_AUTHORIZED, "this node may not retrieve")
         identifier = self._identifier(msg)
-        return retrieve_scp.retrieve_keys(
-            identifier, msg.command.text("AffectedSOPClassUID"), peer
-        )
+        return retrieve_scp.retrieve_keys(identifier, msg.command.text("AffectedSOPClassUID"), peer)
 
     def _ops(self, peer: Peer, refs: list[Any], viewing_trust: str | None) -> list[Any]:
         service = self.listener.retrieve
