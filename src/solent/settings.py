@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         None, description="PEM CA bundle; when set, peers must present a certificate it signs."
     )
     dicom_engine: Literal["fast", "pynetdicom"] = Field(
-        "pynetdicom",
+        "fast",
         description="Upper layer of the plain DICOM port: `fast` (Solent's own, for C-ECHO, "
         "C-STORE and C-GET; other services handed to pynetdicom) or `pynetdicom` for all. "
         "The TLS port always uses pynetdicom.",

@@ -1,6 +1,8 @@
-"""Fixtures shared by the browser test modules: one demo server and one chromium per session
-(starting either costs seconds to minutes); each test gets the browser with its pages closed
-after it, so a finished test's viewers take no CPU from the next."""
+"""Fixtures shared by the browser test modules: one demo server and one chromium for the
+interop package (starting either costs seconds to minutes); each test gets the browser with its
+pages closed after it, so a finished test's viewers take no CPU from the next. Package scope,
+not session: Playwright's sync API keeps an event loop running while chromium is open, and the
+unit tests that follow call asyncio.run()."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from tests.conftest import RunningServer, start_server
 from tests.interop.viewer_support import add_user, chromium, require_browser
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """`solent serve` with the demo data and the users rad (radiologist) and drza (clinician)."""
     require_browser()
@@ -29,14 +31,23 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     srv.stop()
 
 
-@pytest.fixture(scope="session")
-def chromium_session(demo: RunningServer) -> Iterator[Any]:
+@pytest.fixture(scope="package")
+def chromium_session() -> Iterator[Any]:
+    require_browser()
     with chromium() as b:
         yield b
 
 
 @pytest.fixture
 def browser(chromium_session: Any) -> Iterator[Any]:
+    yield chromium_session
+    for context in list(chromium_session.contexts):
+        context.close()
+
+
+@pytest.fixture
+def shared_browser(chromium_session: Any) -> Iterator[Any]:
+    """The package's chromium for a module with its own server (no demo users needed)."""
     yield chromium_session
     for context in list(chromium_session.contexts):
         context.close()

@@ -1,10 +1,12 @@
-"""A large C-STORE is spooled to disk as it arrives, not held in memory: storescu sends a ~300 MB
-instance to a real `solent serve` and the server's peak resident memory barely moves."""
+"""A large instance costs bounded memory both ways: storescu sends a ~300 MB instance to a real
+`solent serve` (spooled to disk as it arrives), then movescu has it C-MOVEd back (streamed from
+storage on the sub-association), and the server's peak resident memory barely moves."""
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -83,6 +85,7 @@ def peak_rss(pid: int) -> int:
 @pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[RunningServer]:
     require_tool("storescu")
+    require_tool("movescu")
     if not Path("/proc/self/status").is_file():
         pytest.skip("needs /proc")
     data = tmp_path / "srv"
@@ -138,3 +141,30 @@ def test_large_c_store_streams_to_disk(pacs: RunningServer, tmp_path: Path) -> N
     assert stored, "no blob of the instance's size in the data directory"
     again = subprocess.run(["echoscu", "-aet", AET, "-aec", "SOLENT", "127.0.0.1", port], env=env)
     assert again.returncode == 0
+
+    # C-MOVE it back: movescu is the destination too (it receives, --ignore: stores nothing).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dest_port = probe.getsockname()[1]
+    pacs.cli("ae", "add", "BIGDEST", "--host", "127.0.0.1", "--port", str(dest_port),
+             "--trust", "ZZA", "--allow", "store")  # fmt: skip
+    before = {pid: peak_rss(pid) for pid in _tree(pacs.proc.pid)}
+    moved = subprocess.run(
+        ["movescu", "-v", "-S", "-aet", AET, "-aec", "SOLENT", "-aem", "BIGDEST",
+         "--port", str(dest_port), "--ignore", "127.0.0.1", port,
+         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={warm.StudyInstanceUID}"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = moved.stdout + moved.stderr
+    assert moved.returncode == 0, out
+    assert re.search(r"Received Final Move Response \(Success\)", out), out
+    # Both instances of the study (the warm-up one and the large one) arrived.
+    assert len(re.findall(r"Received Store Request", out)) == 2, out
+    growth = {
+        pid: peak_rss(pid) - hwm for pid, hwm in before.items() if Path(f"/proc/{pid}").exists()
+    }
+    worst = max(growth.values())
+    print(f"server peak RSS growth during C-MOVE: {worst / MIB:.1f} MiB")
+    assert worst < 150 * MIB, (
+        f"C-MOVE of a {PIXEL_BYTES / MIB:.0f} MiB instance grew RSS by {worst / MIB:.0f} MiB"
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,6 @@ from tests.conftest import RunningServer, start_server
 from tests.interop.viewer_support import (
     add_user,
     canvas,
-    chromium,
     new_page,
     not_blank,
     pane,
@@ -100,11 +100,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSe
 
 
 def test_a_jpeg_xl_instance_displays_from_transcoded_frames(
-    server: tuple[RunningServer, str], tmp_path: Path
+    server: tuple[RunningServer, str], tmp_path: Path, shared_browser: Any
 ) -> None:
     srv, study = server
     frame_types: list[str] = []
-    with chromium() as browser:
+    with nullcontext(shared_browser) as browser:
         errors: list[str] = []
         page = new_page(browser, srv, errors)
 
@@ -138,13 +138,13 @@ def test_a_jpeg_xl_instance_displays_from_transcoded_frames(
 
 
 def test_a_frame_the_browser_cannot_load_shows_as_the_archive_renders_it(
-    server: tuple[RunningServer, str], tmp_path: Path
+    server: tuple[RunningServer, str], tmp_path: Path, shared_browser: Any
 ) -> None:
     """Fault injected in the browser: every request for the instance's frame (as pixel data)
     fails at the network level, as a broken decoder or a refused transcoding would; the
     archive's rendering of that frame (/rendered, not intercepted) is shown in its place."""
     srv, study = server
-    with chromium() as browser:
+    with nullcontext(shared_browser) as browser:
         errors: list[str] = []
         page = new_page(browser, srv, errors)
         sign_in(page, "rad")

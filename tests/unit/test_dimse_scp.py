@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import socket
 import ssl
 import subprocess
@@ -81,18 +83,44 @@ def send(running: Running, *paths: Path) -> list[scu.SentFile]:
     return scu.send_files(PEER, running.node(), list(paths))
 
 
+def _nodelay_of_connections(port: int) -> tuple[list[int], list[int]]:
+    """TCP_NODELAY of this process's TCP sockets connected to ``port`` (initiated) and of
+    those accepted on it, found through /proc/self/fd: no library's internals."""
+    initiated: list[int] = []
+    accepted: list[int] = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        with sock:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            if sock.type != socket.SOCK_STREAM:
+                continue
+            try:
+                local, peer = sock.getsockname(), sock.getpeername()
+            except OSError:
+                continue  # a listening socket
+            nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            if peer[1] == port:
+                initiated.append(nodelay)
+            elif local[1] == port:
+                accepted.append(nodelay)
+    return initiated, accepted
+
+
 def test_tcp_nodelay_on_accepted_and_initiated_sockets(running: Running) -> None:
-    ae = make_ae(PEER)
+    ae = make_ae(PEER)  # Solent's own SCU (C-MOVE sub-associations, forwarding)
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate("127.0.0.1", running.port, ae_title="SOLENT")
     assert assoc.is_established
     try:
-        client = assoc.dul.socket.socket
-        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-        server = running.listener._servers[0]
-        accepted = [a.dul.socket.socket for a in server.active_associations]
-        assert accepted
-        assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0 for s in accepted)
+        initiated, accepted = _nodelay_of_connections(running.port)
+        assert initiated and accepted
+        assert all(initiated) and all(accepted)
     finally:
         assoc.release()
 
@@ -277,6 +305,17 @@ def test_c_move_reports_partial_failure_honestly(running: Running) -> None:
         assert (out.status, out.completed, out.failed) == (0xB000, 1, 1)
     finally:
         server.shutdown()
+    # The sub-operation that failed is in the audit trail, by its instance UID.
+    failures = [
+        r
+        for r in running.archive.services.audit.search(action="retrieve")
+        if r["outcome"] == "failure"
+    ]
+    assert len(failures) == 1, failures
+    detail = failures[0]["detail"]
+    detail = json.loads(detail) if isinstance(detail, str) else detail
+    assert detail["failed"] == 1 and detail["completed"] == 1
+    assert detail["failed_sop_instance_uids"] == [second.SOPInstanceUID]
 
 
 def test_c_find_cap_gives_a_clear_failure(tmp_path: Path) -> None:

@@ -780,3 +780,80 @@ def test_c_store_on_a_context_of_another_sop_class_is_refused(fast: Running) -> 
     raw.close()
     assert not fast.stored(ct.SOPInstanceUID)
     assert fast.spool_files() == []
+
+
+# --- the requesting side (C-MOVE sub-associations, ul/client.py) ---------------------------
+
+MOVE_PROPOSED = [
+    ("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]),
+    ("1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2.4.90"]),
+]
+
+
+def _ac_body(*contexts: tuple[int, int, str], max_pdu: int = 32768) -> bytes:
+    """An A-ASSOCIATE-AC body (after the PDU header) answering ``contexts``."""
+
+    def item(kind: int, value: bytes) -> bytes:
+        return bytes((kind, 0)) + struct.pack(">H", len(value)) + value
+
+    body = struct.pack(">H", 1) + b"\0\0" + b"DEST".ljust(16) + b"SOLENT".ljust(16) + bytes(32)
+    body += item(0x10, b"1.2.840.10008.3.1.1.1")
+    for context_id, result, ts in contexts:
+        syntax = item(0x40, ts.encode()) if ts else b""
+        body += item(0x21, bytes((context_id, 0, result, 0)) + syntax)
+    return body + item(0x50, item(0x51, struct.pack(">I", max_pdu)))
+
+
+def test_requestor_proposes_what_the_acceptor_parses() -> None:
+    from solent.protocols.dimse.ul import client, pdu
+
+    raw = client.associate_rq(
+        "SOLENT", "DEST", MOVE_PROPOSED, max_pdu_length=65536,
+        implementation_class_uid="1.2.3.4", implementation_version_name="SOLENT",
+    )  # fmt: skip
+    rq = pdu.parse_associate_rq(memoryview(raw)[6:])
+    assert (rq.calling_ae, rq.called_ae, rq.max_pdu_length) == ("SOLENT", "DEST", 65536)
+    assert [(c.context_id, c.abstract_syntax, c.transfer_syntaxes) for c in rq.contexts] == [
+        (1, *MOVE_PROPOSED[0]),
+        (3, *MOVE_PROPOSED[1]),
+    ]
+
+
+def test_requestor_keeps_only_accepted_contexts_and_the_peer_maximum() -> None:
+    from solent.protocols.dimse.ul import client
+
+    contexts, max_pdu = client.parse_associate_ac(
+        _ac_body((1, 0, "1.2.840.10008.1.2"), (3, 4, "")), MOVE_PROPOSED
+    )
+    assert max_pdu == 32768
+    assert list(contexts) == [1]
+    assert (contexts[1].abstract_syntax, contexts[1].transfer_syntax) == (
+        MOVE_PROPOSED[0][0],
+        "1.2.840.10008.1.2",
+    )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (5, 0, "1.2.840.10008.1.2"),  # a context never proposed
+        (2, 0, "1.2.840.10008.1.2"),  # an even (acceptor-numbered) context ID
+        (3, 0, "1.2.840.10008.1.2.1"),  # accepted with a syntax never proposed for it
+    ],
+)
+def test_requestor_refuses_an_ac_that_breaks_ps3_8(answer: tuple[int, int, str]) -> None:
+    from solent.protocols.dimse.ul import client
+    from solent.protocols.dimse.ul.pdu import PduError
+
+    with pytest.raises(PduError):
+        client.parse_associate_ac(_ac_body(answer), MOVE_PROPOSED)
+
+
+def test_requestor_item_lengths_past_the_pdu_are_refused() -> None:
+    from solent.protocols.dimse.ul import client
+    from solent.protocols.dimse.ul.pdu import PduError
+
+    body = bytearray(_ac_body((1, 0, "1.2.840.10008.1.2")))
+    body[70:72] = struct.pack(">H", 0xFFFF)  # the application context item's length
+    with pytest.raises(PduError):
+        client.parse_associate_ac(bytes(body), MOVE_PROPOSED)

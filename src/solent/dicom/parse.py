@@ -7,6 +7,7 @@ metadata never re-parses a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -216,17 +217,24 @@ def parse_file(
     nhs_tag: str = "",
     force_transfer_syntax: str | None = None,
     inflate: InflateLimits | None = None,
+    opened: BinaryIO | None = None,
 ) -> ParsedInstance:
     """Parse one stored-as-received file. Raises RejectedInstance with a readable reason.
 
     A deflated file is first inflated as a counted stream against ``inflate`` (default
     limits when None), so pydicom's all-in-memory inflate only ever meets a bounded file.
+    ``opened``: the file already open (ingest moves a spool into the store meanwhile, so its
+    path may be gone); the caller closes it.
     """
-    size = path.stat().st_size
     # warnings.catch_warnings swaps process-global state: two threads parsing at once could
     # swallow each other's truncation warnings and give a file a different verdict. Parsing is
     # pure Python (GIL-bound), so serialising it costs threads next to nothing.
-    with _PARSE_LOCK, path.open("rb") as fp, warnings.catch_warnings(record=True) as caught:
+    with (
+        _PARSE_LOCK,
+        contextlib.nullcontext(opened) if opened is not None else path.open("rb") as fp,
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        size = os.fstat(fp.fileno()).st_size
         warnings.simplefilter("always")
         try:
             offset = deflated_dataset_offset(fp)

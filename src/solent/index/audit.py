@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -134,12 +134,23 @@ def keyed_hash(key: ChainKey | None, seq: int, prev_hash: str, fields: dict[str,
     return key.digest(_payload(seq, prev_hash, fields))
 
 
+# Built once: every store appends a record, and building + cache-keying these three
+# statements per call cost more than executing them (ingest profile, issue 14).
+_h = t.audit_head.c
+_HEAD = select(_h.seq, _h.hash, _h.key_id).where(_h.id == 1).with_for_update()
+_INSERT_RECORD = insert(t.audit_log)
+_MOVE_HEAD = (
+    update(t.audit_head)
+    .where(_h.id == 1)
+    .values(seq=bindparam("seq_"), hash=bindparam("hash_"), key_id=bindparam("key_id_"))
+)
+
+
 def append(conn: Connection, fields: dict[str, Any]) -> int:
     """Append one record inside the caller's write transaction; returns its sequence number."""
     key = key_of(conn)
     key_id = key.key_id if key else None
-    h = t.audit_head.c
-    head = conn.execute(select(h.seq, h.hash, h.key_id).where(h.id == 1).with_for_update()).first()
+    head = conn.execute(_HEAD).first()
     if head is None:
         # First record ever; a concurrent first insert fails on the primary key and is retried.
         conn.execute(insert(t.audit_head).values(id=1, seq=0, hash=GENESIS, key_id=key_id))
@@ -156,8 +167,8 @@ def append(conn: Connection, fields: dict[str, Any]) -> int:
     seq = last_seq + 1
     values = {k: fields.get(k) for k in FIELDS}
     digest = keyed_hash(key, seq, last_hash, values)
-    conn.execute(insert(t.audit_log).values(seq=seq, prev_hash=last_hash, hash=digest, **values))
-    conn.execute(update(t.audit_head).where(h.id == 1).values(seq=seq, hash=digest, key_id=key_id))
+    conn.execute(_INSERT_RECORD, {"seq": seq, "prev_hash": last_hash, "hash": digest, **values})
+    conn.execute(_MOVE_HEAD, {"seq_": seq, "hash_": digest, "key_id_": key_id})
     return seq
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from sqlalchemy import Connection
 
@@ -42,7 +42,7 @@ from solent.services.audit import (
     PatientRef,
     audit_fields,
 )
-from solent.storage import BlobStore, blob_key_for
+from solent.storage import PLACED, BlobStore, Placement, blob_key_for
 
 RecordedT = TypeVar("RecordedT")
 
@@ -118,6 +118,7 @@ class _Prepared:
     placeholder: bool
     replace: bool
     key: str
+    placement: Placement = PLACED  # the blob's fsyncs, awaited before the index commit
 
 
 @dataclass(slots=True)
@@ -160,14 +161,6 @@ class Ingestor:
                 yield
             finally:
                 fcntl.flock(self._gate_fd, fcntl.LOCK_UN)
-
-    def prepare_blob(self, sha256: str) -> None:
-        """Get the blob store ready for the blob of this digest (its directory, for files),
-        so a receiver can overlap that I/O with parsing. Best effort: put_file does it too."""
-        prepare = getattr(self._store, "prepare", None)
-        if prepare is not None:
-            with contextlib.suppress(Exception):
-                prepare(blob_key_for(sha256))
 
     def _trust_exists(self, code: str) -> bool:
         if code not in self._trusts:
@@ -329,6 +322,8 @@ class Ingestor:
                         out.append(self._record(conn, p))
                 except (AlreadyStoredError, PatientMismatchError) as exc:
                     out.append(exc)
+            for p in batch:  # durable blobs before the commit; one failure: one by one below
+                p.placement.wait()
             return out
 
         try:
@@ -388,23 +383,45 @@ class Ingestor:
                 RejectReason.UNKNOWN_TRUST,
                 f"no trust {trust!r} is registered; add it with `solent trust add`",
             )
+        # A spooled file whose digest is known goes into the store BEFORE it is parsed: its
+        # fsyncs then run while this thread parses and writes the index rows, and the index
+        # commit waits for them (_record). One that parsing refuses is taken out again.
+        early: Placement | None = None
+        key = blob_key_for(sha256) if sha256 else ""
         try:
-            parsed = parse_file(
-                path,
-                sha256=sha256,
-                nhs_tag=self.policy.nhs_number_tag,
-                inflate=self.policy.inflate,
-            )
+            with contextlib.ExitStack() as stack:
+                opened: BinaryIO | None = None
+                if sha256 and move:
+                    # "rb+": pydicom then reads deferred values from this open file, not by
+                    # a path that is moved away meanwhile.
+                    opened = stack.enter_context(path.open("rb+"))
+                    try:
+                        early = self._store.place_file(key, path)
+                    except StorageError as exc:
+                        return StoreResult.rejected(RejectReason.STORAGE_FAILURE, str(exc))
+                parsed = parse_file(
+                    path,
+                    sha256=sha256,
+                    nhs_tag=self.policy.nhs_number_tag,
+                    inflate=self.policy.inflate,
+                    opened=opened,
+                )
         except RejectedInstance as exc:
+            self._undo_early(early, key)
             return StoreResult.rejected(
                 exc.reason, exc.message, sop_instance_uid=exc.sop_instance_uid
             )
         except OSError as exc:
+            self._undo_early(early, key)
             return StoreResult.rejected(
                 RejectReason.MALFORMED, f"cannot read the file: {exc.strerror}"
             )
+        except BaseException:
+            self._undo_early(early, key)
+            raise
 
         def rejected(reason: RejectReason, message: str) -> StoreResult:
+            self._undo_early(early, key)
             return StoreResult.rejected(
                 reason,
                 message,
@@ -428,16 +445,33 @@ class Ingestor:
 
         # The duplicate / conflict check runs inside the index transaction (record_instance).
         replace = self.policy.conflict == "replace"
-        key = blob_key_for(parsed.sha256)
-        try:
-            self._store.put_file(key, path, move=move)
-        except StorageError as exc:
-            return rejected(RejectReason.STORAGE_FAILURE, str(exc))
+        placement: Placement = PLACED
+        if early is not None:
+            placement = early
+        else:
+            key = blob_key_for(parsed.sha256)
+            try:
+                self._store.put_file(key, path, move=move)
+            except StorageError as exc:
+                return rejected(RejectReason.STORAGE_FAILURE, str(exc))
         assert trust is not None  # checked above
-        return _Prepared(parsed, principal, provenance, trust, local_id, placeholder, replace, key)
+        return _Prepared(
+            parsed, principal, provenance, trust, local_id, placeholder, replace, key, placement
+        )
+
+    def _undo_early(self, early: Placement | None, key: str) -> None:
+        """Take a blob placed before parsing out again (its instance was refused)."""
+        if early is None:
+            return
+        with contextlib.suppress(StorageError):
+            early.wait()  # its fsyncs hold its descriptor until done
+        self._forget_blob(key)
 
     def _record(self, conn: Connection, p: _Prepared) -> RecordedInstance:
-        """The index rows and audit record of one prepared instance, in ``conn``'s transaction."""
+        """The index rows and audit record of one prepared instance, in ``conn``'s transaction.
+
+        Called before the blob's fsyncs are done (Placement): the caller's transaction must
+        ``wait`` for them before it commits, so no row is durable before its blob."""
         return self._audited(
             conn,
             p.principal,
@@ -469,11 +503,21 @@ class Ingestor:
                 sop_instance_uid=parsed.sop_instance_uid,
             )
 
+        def op(conn: Connection) -> RecordedInstance:
+            recorded = self._record(conn, p)
+            p.placement.wait()  # the blob is durable before its rows commit
+            return recorded
+
         try:
             with self._write_gate():
-                recorded = self._index.write(lambda conn: self._record(conn, p))
+                recorded = self._index.write(op)
         except (AlreadyStoredError, PatientMismatchError) as exc:
+            with contextlib.suppress(StorageError):  # its own fsyncs end before it is judged
+                p.placement.wait()
             return self._settle(p, exc)
+        except StorageError as exc:
+            self._forget_blob(key)
+            return rejected(RejectReason.STORAGE_FAILURE, str(exc))
         except IndexUnavailable as exc:
             self._forget_blob(key)
             return rejected(RejectReason.STORAGE_FAILURE, str(exc))

@@ -31,6 +31,23 @@ def check_key(key: str) -> str:
     return key
 
 
+class Placement(Protocol):
+    """A blob being made durable: ``wait`` returns once it survives a crash, or raises
+    StorageError. Ingest runs its index statements meanwhile and commits only after ``wait``."""
+
+    def wait(self) -> None: ...
+
+
+class Placed:
+    """A Placement that is durable already (stores whose put is synchronous)."""
+
+    def wait(self) -> None:
+        return None
+
+
+PLACED = Placed()
+
+
 class BlobStore(Protocol):
     """Durable byte storage. ``put_file`` returns only when the bytes survive a crash."""
 
@@ -38,6 +55,10 @@ class BlobStore(Protocol):
 
     def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
         """Store the file at ``path`` under ``key``; with ``move`` the file may be consumed."""
+
+    def place_file(self, key: str, path: Path) -> Placement:
+        """Move the file at ``path`` (consumed) under ``key`` and START making it durable;
+        the bytes count as stored only after the Placement's ``wait``."""
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
 

@@ -5,23 +5,101 @@ A successful PUT in these stores is durable and atomic, which is what ``put_file
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from solent.errors import NotFound, StorageError
-from solent.storage.base import check_key, is_key
+from solent.storage.base import PLACED, Placement, check_key, is_key
 
 _MISSING = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 
 
 def _missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in _MISSING
+
+
+READ_BUFFER = 256 << 10
+SKIP_BY_READING = 256 << 10  # a forward seek shorter than this reads on instead of a new GET
+
+
+class _ObjectReader(io.RawIOBase):
+    """An S3 object as a seekable raw stream, read through the GET response's streaming body.
+
+    Hand-written because botocore's StreamingBody cannot seek and the callers (WADO, C-GET,
+    header splice) seek: reading the object sequentially costs one GET; a seek backwards or far
+    ahead drops the body and opens a ranged GET from the new position when next read. Memory is
+    what the caller asks per read, never the object.
+    """
+
+    def __init__(self, get: Callable[..., Any], key: str, first: Any) -> None:
+        super().__init__()
+        self._get = get
+        self._key = key
+        self._size = int(first["ContentLength"])
+        self._body: Any = first["Body"]
+        self._body_pos = 0
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def _drop_body(self) -> None:
+        if self._body is not None:
+            with contextlib.suppress(Exception):
+                self._body.close()
+            self._body = None
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self._size - self._pos)
+        if want <= 0:
+            return 0
+        gap = self._pos - self._body_pos
+        if self._body is None or not 0 <= gap <= SKIP_BY_READING:
+            self._drop_body()
+            self._body = self._get(self._key, Range=f"bytes={self._pos}-")["Body"]
+            self._body_pos = self._pos
+        try:
+            while self._body_pos < self._pos:  # a short skip forward: read past it
+                skipped = self._body.read(min(self._pos - self._body_pos, 1 << 16))
+                if not skipped:
+                    raise StorageError(f"blob {self._key} is shorter than expected")
+                self._body_pos += len(skipped)
+            data = self._body.read(want)
+        except (BotoCoreError, OSError) as exc:
+            self._drop_body()
+            raise StorageError(f"cannot read blob from S3: {exc}") from exc
+        if not data:
+            raise StorageError(f"blob {self._key} is shorter than expected")
+        n = len(data)
+        view[:n] = data
+        self._pos += n
+        self._body_pos += n
+        return n
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()
 
 
 class S3BlobStore:
@@ -80,6 +158,11 @@ class S3BlobStore:
         if move:
             path.unlink(missing_ok=True)
 
+    def place_file(self, key: str, path: Path) -> Placement:
+        """A PUT is durable when it returns: nothing left to wait for."""
+        self.put_file(key, path, move=True)
+        return PLACED
+
     def put_bytes(self, key: str, data: bytes) -> None:
         try:
             self._client.put_object(Bucket=self.bucket, Key=self._name(key), Body=data)
@@ -97,10 +180,10 @@ class S3BlobStore:
             raise StorageError(f"cannot read blob from S3: {exc}") from exc
 
     def open(self, key: str) -> BinaryIO:
-        # Whole objects are instances (MBs); spool so callers get a seekable stream.
-        body = self._get(key)["Body"]
-        buf = io.BytesIO(body.read())
-        return buf
+        """A seekable stream that reads the object as the caller does (bounded memory for a
+        300 MB instance): see _ObjectReader."""
+        reader = _ObjectReader(self._get, key, self._get(key))
+        return cast(BinaryIO, io.BufferedReader(reader, buffer_size=READ_BUFFER))
 
     def open_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:

@@ -23,7 +23,7 @@ from solent.protocols.dimse import retrieve_scp
 from solent.protocols.dimse.access import Operation, Peer
 from solent.protocols.dimse.net import STORAGE_SOP_CLASSES, STORAGE_SYNTAXES, SpoolFile
 from solent.protocols.dimse.store_scp import store_spooled
-from solent.protocols.dimse.ul import dimse, get
+from solent.protocols.dimse.ul import client, dimse, get
 from solent.protocols.dimse.ul.server import Association, Message, Spool
 
 if TYPE_CHECKING:
@@ -33,9 +33,32 @@ log = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
 GET_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", retrieve_scp.STUDY_ROOT_GET})
+MOVE_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.2.1.2", retrieve_scp.STUDY_ROOT_MOVE})
+RETRIEVE_SOP_CLASSES = GET_SOP_CLASSES | MOVE_SOP_CLASSES
 COMMAND_SYNTAXES = frozenset({"1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"})
 STORAGE = frozenset(str(u) for u in STORAGE_SOP_CLASSES)
 STORAGE_TS = frozenset(str(u) for u in STORAGE_SYNTAXES) | {"1.2.840.10008.1.2.1.99"}
+
+
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
+
+def destination_syntaxes(refs: list[Any]) -> list[tuple[str, list[str]]]:
+    """Contexts to propose to a C-MOVE destination, as the pynetdicom path does
+    (retrieve_scp.destination_contexts): per SOP class, the stored syntax first on its own
+    context, then the uncompressed ones."""
+    native = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+    out: list[tuple[str, list[str]]] = []
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for ref in refs:
+        ts = ref.transfer_syntax_uid
+        wanted = [[ts, *[u for u in native if u != ts]]] if ts in native else [[ts], native]
+        for syntaxes in wanted:
+            key = (ref.sop_class_uid, tuple(syntaxes))
+            if key not in seen and len(out) < retrieve_scp.MAX_CONTEXTS:
+                seen.add(key)
+                out.append((ref.sop_class_uid, syntaxes))
+    return out
 
 
 def fast_path(slow: Collection[str], abstract_syntaxes: Collection[str]) -> bool:
@@ -80,7 +103,7 @@ class FastServices:
 
         def offered(abstract: str) -> Collection[str] | None:
             if abstract == VERIFICATION or (
-                abstract in GET_SOP_CLASSES and (allowed is None or abstract in allowed)
+                abstract in RETRIEVE_SOP_CLASSES and (allowed is None or abstract in allowed)
             ):
                 return COMMAND_SYNTAXES
             if abstract in STORAGE:
@@ -117,24 +140,17 @@ class FastServices:
         finally:
             _remove(spool)  # ingest moved it into the store unless it was refused
 
-    def get(self, peer: object, assoc: Association, msg: Message) -> None:
-        assert isinstance(peer, Peer)
+    def _keys(self, peer: Peer, msg: Message, operation: str) -> Any:
+        """The retrieve keys of a C-GET/C-MOVE, or RetrieveRefused (audited when denied)."""
+        retrieve_scp.refuse_unless_allowed(self.listener.retrieve, peer)
+        identifier = self._identifier(msg)
+        return retrieve_scp.retrieve_keys(identifier, msg.command.text("AffectedSOPClassUID"), peer)
+
+    def _ops(self, peer: Peer, refs: list[Any], viewing_trust: str | None) -> list[Any]:
         service = self.listener.retrieve
-        sop_class = msg.command.text("AffectedSOPClassUID")
-        try:
-            retrieve_scp.refuse_unless_allowed(service, peer)
-            identifier = self._identifier(msg)
-            keys = retrieve_scp.retrieve_keys(identifier, sop_class, peer)
-        except retrieve_scp.RetrieveRefused as exc:
-            log.info("C-GET refused: %s", exc)
-            get.refuse(assoc, msg, exc.code, str(exc))
-            return
-        refs = service.locate(
-            peer.principal, keys, channel="dimse c-get", destination=peer.principal.name
-        )
-        identity = service.current_identity(peer.principal.trust)  # the caller's view
+        identity = service.current_identity(viewing_trust)  # as the receiving trust sees them
         principal = peer.principal
-        ops = [
+        return [
             get.SubOperation(
                 ref.sop_class_uid,
                 ref.sop_instance_uid,
@@ -144,16 +160,81 @@ class FastServices:
             )
             for ref in refs
         ]
-        outcome = get.perform(assoc, msg, ops)
+
+    def _audit_outcome(
+        self, peer: Peer, refs: list[Any], outcome: get.Outcome, operation: str
+    ) -> None:
         if outcome.failed or outcome.cancelled:
-            service.record_outcome(
+            failed = set(outcome.failed_uids)
+            self.listener.retrieve.record_outcome(
                 peer.principal,
-                [r for r in refs if r.sop_instance_uid in set(outcome.failed_uids)],
-                channel="dimse c-get",
+                [r for r in refs if r.sop_instance_uid in failed],
+                channel=f"dimse {operation}",
                 completed=outcome.completed,
                 failed_count=outcome.failed,
                 cancelled=outcome.cancelled,
             )
+
+    def get(self, peer: object, assoc: Association, msg: Message) -> None:
+        assert isinstance(peer, Peer)
+        service = self.listener.retrieve
+        try:
+            keys = self._keys(peer, msg, "c-get")
+        except retrieve_scp.RetrieveRefused as exc:
+            log.info("C-GET refused: %s", exc)
+            get.refuse(assoc, msg, exc.code, str(exc))
+            return
+        refs = service.locate(
+            peer.principal, keys, channel="dimse c-get", destination=peer.principal.name
+        )
+        outcome = get.perform(assoc, msg, self._ops(peer, refs, peer.principal.trust))
+        self._audit_outcome(peer, refs, outcome, "c-get")
+
+    def move(self, peer: object, assoc: Association, msg: Message) -> None:
+        """C-MOVE: the same sub-operations as C-GET, streamed on a sub-association to the
+        registered destination (its trust's view of the person), answered here."""
+        assert isinstance(peer, Peer)
+        service = self.listener.retrieve
+        try:
+            keys = self._keys(peer, msg, "c-move")
+        except retrieve_scp.RetrieveRefused as exc:
+            log.info("C-MOVE refused: %s", exc)
+            get.refuse(assoc, msg, exc.code, str(exc))
+            return
+        destination = self.listener.services.directory.node(msg.command.text("MoveDestination"))
+        if destination is None:
+            get.refuse(assoc, msg, MOVE_DESTINATION_UNKNOWN, "move destination unknown")
+            return
+        refs = service.locate(
+            peer.principal, keys, channel="dimse c-move", destination=destination.ae_title
+        )
+        ops = self._ops(peer, refs, destination.trust_code)
+        if not ops:
+            get.perform(assoc, msg, ops)  # nothing matched: Success, no sub-association
+            return
+        try:
+            sub = client.open_association(
+                destination.host,
+                destination.port,
+                calling_ae=self.settings.ae_title,
+                called_ae=destination.ae_title,
+                proposed=destination_syntaxes(refs),
+                config=assoc.config,
+                services=self,
+                workers=assoc.workers,
+            )
+        except client.AssociationRefused as exc:
+            log.warning("C-MOVE sub-association failed: %s", exc)
+            outcome = get.Outcome(failed=len(refs), failed_uids=[r.sop_instance_uid for r in refs])
+            self._audit_outcome(peer, refs, outcome, "c-move")
+            get.refuse(assoc, msg, MOVE_DESTINATION_UNKNOWN, "move destination unreachable")
+            return
+        try:
+            originator = (str(peer.provenance.calling_ae or ""), msg.command.number("MessageID"))
+            outcome = get.perform(assoc, msg, ops, sender=sub, originator=originator)
+        finally:
+            client.release(sub, assoc.config.artim_timeout)
+        self._audit_outcome(peer, refs, outcome, "c-move")
 
     @staticmethod
     def _identifier(msg: Message) -> Any:

@@ -273,7 +273,7 @@ class DimseListener:
         )
         slow = (
             frozenset({*QUERY_SOP_CLASSES, *RETRIEVE_SOP_CLASSES, commitment.STORAGE_COMMITMENT})
-            - fast_engine.GET_SOP_CLASSES
+            - fast_engine.RETRIEVE_SOP_CLASSES
         )
         server = ul_server.FastServer(
             host,
@@ -288,6 +288,8 @@ class DimseListener:
             handoff=handoff.handoff,
             reuse_port=dicom_processes(settings.dicom_workers) > 1,
             client_address=proxy.client_address if proxy is not None else None,
+            slots=self.slots,
+            pending=self.pending,
         )
         server.start()
         self._servers.append(server)

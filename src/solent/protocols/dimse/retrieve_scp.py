@@ -102,14 +102,30 @@ def _suboperations(
     service: RetrieveService,
     peer: Peer,
     viewing_trust: str | None,
+    operation: str,
 ) -> Iterator[tuple[int, Dataset | None]]:
     # One read of the patient attributes per study, as the receiving trust sees the person.
     identity = service.current_identity(viewing_trust)
-    for ref in refs:
-        if event.is_cancelled:
-            yield CANCEL, None
-            return
-        yield PENDING, StoredInstance(ref, service, peer.principal, identity)
+    failed: list[StoredInstanceRef] = []  # noted by suboperations.send_c_store
+    sent = 0
+    try:
+        for ref in refs:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            sent += 1
+            yield PENDING, StoredInstance(ref, service, peer.principal, identity, failed)
+    finally:
+        # pynetdicom resumes the generator after the last sub-operation was answered.
+        if failed or sent < len(refs):
+            service.record_outcome(
+                peer.principal,
+                failed,
+                channel=f"dimse {operation}",
+                completed=sent - len(failed),
+                failed_count=len(failed),
+                cancelled=sent < len(refs),
+            )
 
 
 def destination_contexts(refs: list[StoredInstanceRef]) -> list[Any]:
@@ -176,7 +192,7 @@ def handle_move(
     yield destination.host, destination.port, kwargs
     yield len(refs)
     # The images go to the destination's trust: its record of the person (trust_view).
-    yield from _suboperations(event, refs, service, peer, destination.trust_code)
+    yield from _suboperations(event, refs, service, peer, destination.trust_code, "c-move")
 
 
 def handle_get(event: Event, service: RetrieveService, peer: Peer | None) -> Iterator[Any]:
@@ -191,4 +207,4 @@ def handle_get(event: Event, service: RetrieveService, peer: Peer | None) -> Ite
         peer.principal, keys, channel="dimse c-get", destination=peer.principal.name
     )
     yield len(refs)
-    yield from _suboperations(event, refs, service, peer, peer.principal.trust)
+    yield from _suboperations(event, refs, service, peer, peer.principal.trust, "c-get")

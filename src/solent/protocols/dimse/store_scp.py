@@ -5,15 +5,13 @@ a re-sent identical instance is success too. Failures carry an Error Comment and
 association open.
 
 Storescu waits for each status, so on one association every millisecond of the handler is lost
-throughput: the spool was hashed while it arrived, and its fsync and the blob directory are
-started on I/O threads while this thread parses (put_file's own fsync then finds nothing left).
+throughput: the spool was hashed while it arrived, and its fsyncs run on I/O threads while
+ingest parses and writes the index rows (FileBlobStore.place_file).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +47,6 @@ REJECT_STATUS: dict[RejectReason, int] = {
 }
 
 
-_IO = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dimse-io")
-
-
 def result_status(result: StoreResult) -> Dataset:
     if result.ok:
         return status(SUCCESS)
@@ -84,27 +79,20 @@ def store_spooled(
     if peer is None or not peer.may(Operation.STORE):
         return NOT_AUTHORIZED, "this node may not store here"
     # The request/dataset identity check (A900) runs on ingest's own parse: one parse, not two.
-    sha256: str | None = None
-    pending: list[Future[None]] = []
-    if spool is not None:
-        sha256 = spool.sha256()
-        pending = [
-            _IO.submit(os.fsync, spool.fileno()),
-            _IO.submit(ingestor.prepare_blob, sha256),
-        ]
+    # The spool was hashed while it arrived, so ingest moves it into the store at once and
+    # its fsyncs run while ingest parses (Ingestor._prepare, FileBlobStore.place_file).
     try:
         result = ingestor.ingest_file(
-            path, peer.principal, peer.provenance, move=True, sha256=sha256, expect=expect
+            path,
+            peer.principal,
+            peer.provenance,
+            move=True,
+            sha256=spool.sha256() if spool is not None else None,
+            expect=expect,
         )
     except Exception as exc:
         log.exception("C-STORE ingest failed")
         return OUT_OF_RESOURCES, f"storage failure: {type(exc).__name__}"
-    finally:
-        for job in pending:  # the receiver closes the spool's descriptor after we return
-            try:
-                job.result()
-            except OSError:
-                log.debug("spool fsync", exc_info=True)
     if result.ok:
         return SUCCESS, ""
     assert result.reason is not None

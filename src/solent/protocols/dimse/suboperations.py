@@ -12,18 +12,18 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 
 from solent.domain.principal import Principal
 from solent.domain.records import StoredInstanceRef
+from solent.protocols.dimse.ul import dimse as ul_dimse
+from solent.protocols.dimse.ul import pdu as ul_pdu
 from solent.services.outgoing_identity import CurrentIdentity
-from solent.services.retrieve import RetrieveService
+from solent.services.retrieve import OutgoingDataset, RetrieveService
 
 log = logging.getLogger(__name__)
 EXPLICIT_LE = UID("1.2.840.10008.1.2.1")
@@ -38,12 +38,14 @@ class StoredInstance(Dataset):
         service: RetrieveService,
         principal: Principal,
         identity: CurrentIdentity | None = None,
+        failed: list[StoredInstanceRef] | None = None,
     ):
         super().__init__()
         self.SOPClassUID = ref.sop_class_uid
         self.SOPInstanceUID = ref.sop_instance_uid
         self._solent = (ref, service, principal)
         self._identity = identity
+        self._failed = failed  # where a sub-operation that fails is noted, for the audit
 
     @property
     def solent_ref(self) -> tuple[StoredInstanceRef, RetrieveService, Principal]:
@@ -62,29 +64,67 @@ def _context(assoc: Association, sop_class: str, ts: str, convert: bool) -> Any:
     return None
 
 
-def _send_raw(
+SEND_CHUNK = 64 << 10  # as the fast path (ul/server.py): what a sending association holds
+
+
+def _stream_raw(
     assoc: Association,
     context: Any,
     ref: StoredInstanceRef,
-    data: bytes,
+    out: OutgoingDataset,
     msg_id: int,
     originator_aet: str | None,
     originator_id: int | None,
 ) -> Dataset:
-    req = C_STORE()
-    req.MessageID = msg_id
-    req.Priority = 2
-    req.AffectedSOPClassUID = ref.sop_class_uid
-    req.AffectedSOPInstanceUID = ref.sop_instance_uid
-    req.MoveOriginatorApplicationEntityTitle = originator_aet
-    req.MoveOriginatorMessageID = originator_id
-    req.DataSet = BytesIO(data)
-    # As pynetdicom's own send_c_store: pause the acceptor reactor, send, wait for the answer.
+    """Send one stored instance as P-DATA-TFs written straight to the association's socket
+    in SEND_CHUNK slices of the stored file, then wait for the C-STORE-RSP through pynetdicom.
+
+    Why around pynetdicom: its send path wants the whole dataset in memory (``getvalue``) and
+    queues every fragment at once, so a 300 MB instance cost 600 MB (C-MOVE of the large
+    instance test). While the association's reactor is paused nothing else is queued for this
+    socket, and P-DATA-TF does not change the upper-layer state, so writing it here is what
+    pynetdicom's DUL would have written, without holding the instance.
+    """
+    command = ul_dimse.encode(
+        CommandField=ul_dimse.C_STORE_RQ,
+        MessageID=msg_id,
+        Priority=2,
+        CommandDataSetType=0x0000,
+        AffectedSOPClassUID=ref.sop_class_uid,
+        AffectedSOPInstanceUID=ref.sop_instance_uid,
+        MoveOriginatorApplicationEntityTitle=originator_aet or None,
+        MoveOriginatorMessageID=originator_id,
+    )
+    limit = int(assoc.dimse.maximum_pdu_size or 0)
+    step = min(limit - 6, SEND_CHUNK) if limit else SEND_CHUNK
+    cid = int(context.context_id)
+    sock: Any = assoc.dul.socket.socket  # type: ignore[union-attr]
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
         time.sleep(0.0001)
     try:
-        assoc.dimse.send_msg(req, context.context_id)
+        for offset, size, last in ul_pdu.fragments(len(command), step + 6):
+            chunk = command[offset : offset + size]
+            sock.sendall(ul_pdu.p_data_header(size, cid, 1 | (2 if last else 0)) + chunk)
+        total, sent, head = out.length, 0, memoryview(out.prefix)
+        buf = bytearray(step)
+        while True:
+            view = memoryview(buf)
+            n = min(len(head), step)
+            view[:n] = head[:n]
+            head = head[n:]
+            want = min(step, total - sent)
+            while n < want and out.rest is not None:
+                got = out.rest.readinto(view[n:want])  # type: ignore[attr-defined]
+                if not got:
+                    raise OSError("the stored file is shorter than its size")
+                n += got
+            sent += n
+            last = sent >= total
+            sock.sendall(ul_pdu.p_data_header(n, cid, 2 if last else 0))
+            sock.sendall(view[:n])
+            if last:
+                break
         _, rsp = assoc.dimse.get_msg(block=True)
     finally:
         assoc._reactor_checkpoint.set()
@@ -111,11 +151,34 @@ def send_c_store(
             originator_aet=originator_aet,
             originator_id=originator_id,
         )
+    try:
+        rsp = _send_stored(assoc, dataset, msg_id, priority, originator_aet, originator_id)
+    except Exception:
+        if dataset._failed is not None:
+            dataset._failed.append(dataset.solent_ref[0])
+        raise
+    status = int(getattr(rsp, "Status", 0xC000))
+    if dataset._failed is not None and status not in (0x0000, 0xB000, 0xB006, 0xB007):
+        dataset._failed.append(dataset.solent_ref[0])
+    return rsp
+
+
+def _send_stored(
+    assoc: Association,
+    dataset: StoredInstance,
+    msg_id: int,
+    priority: int,
+    originator_aet: str | None,
+    originator_id: int | None,
+) -> Dataset:
     ref, service, principal = dataset.solent_ref
     context = _context(assoc, ref.sop_class_uid, ref.transfer_syntax_uid, convert=False)
     if context is not None:
-        data = service.encoded_dataset(principal, ref, dataset._identity)
-        return _send_raw(assoc, context, ref, data, msg_id, originator_aet, originator_id)
+        out = service.open_encoded(principal, ref, dataset._identity)
+        try:
+            return _stream_raw(assoc, context, ref, out, msg_id, originator_aet, originator_id)
+        finally:
+            out.close()
     if _context(assoc, ref.sop_class_uid, EXPLICIT_LE, convert=True) is None:
         raise ValueError(
             f"the peer accepted neither {ref.transfer_syntax_uid} nor an uncompressed syntax "

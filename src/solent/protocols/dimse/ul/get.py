@@ -1,4 +1,4 @@
-"""C-GET on the fast path: C-STORE sub-operations written from the stored bytes.
+"""C-GET and C-MOVE on the fast path: C-STORE sub-operations written from the stored bytes.
 
 Hand-written because pynetdicom sends each sub-operation as a synchronous round trip through
 its Python send path, one PDV object per fragment; here each instance goes out as PDU headers
@@ -6,12 +6,14 @@ around slices of the stored file (``Association.send_stream``: one read and one 
 per MB), with the outgoing identity already spliced into its first bytes by the service.
 Statuses follow PS3.4 C.4.3.1.4 as pynetdicom answers them: Pending after each
 sub-operation, then Success, Warning B000 or Failure A702 (with the Failed SOP Instance UID
-List), or Cancel FE00 when a C-CANCEL-RQ arrived.
+List), or Cancel FE00 when a C-CANCEL-RQ arrived. A C-MOVE sends the same sub-operations on a
+sub-association to its destination (ul/client.py, PS3.4 C.4.2.1.4) and answers on its own.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,12 +75,15 @@ def _context(assoc: Association, sop_class: str, syntaxes: Sequence[str]) -> Con
     return None
 
 
-def _send_one(assoc: Association, op: SubOperation, get_msg_id: int) -> int:
-    """Send one sub-operation and wait for its C-STORE-RSP; its status (C001 if unsent)."""
+def _send_one(
+    assoc: Association, op: SubOperation, originator: tuple[str, int] | None = None
+) -> int:
+    """Send one sub-operation and wait for its C-STORE-RSP; its status (C001 if unsent).
+    ``originator``: the C-MOVE's (calling AE, message ID), named in each C-STORE-RQ."""
     stored = _context(assoc, op.sop_class_uid, (op.transfer_syntax_uid,))
     native = None if stored else _context(assoc, op.sop_class_uid, UNCOMPRESSED)
     if stored is None and native is None:
-        log.info("C-GET sub-operation: no context for %s", op.sop_class_uid)
+        log.info("sub-operation: no context for %s", op.sop_class_uid)
         return 0xA702
     assoc.message_id = assoc.message_id % 0xFFFF + 1
     msg_id = assoc.message_id
@@ -91,6 +96,8 @@ def _send_one(assoc: Association, op: SubOperation, get_msg_id: int) -> int:
         CommandDataSetType=0x0000,
         AffectedSOPClassUID=op.sop_class_uid,
         AffectedSOPInstanceUID=op.sop_instance_uid,
+        MoveOriginatorApplicationEntityTitle=originator[0] if originator else None,
+        MoveOriginatorMessageID=originator[1] if originator else None,
     )
     try:
         if stored is not None:
@@ -105,7 +112,7 @@ def _send_one(assoc: Association, op: SubOperation, get_msg_id: int) -> int:
     except (Closed, OSError):
         raise
     except Exception as exc:
-        log.warning("C-GET sub-operation %s not sent: %s", op.sop_instance_uid, exc)
+        log.warning("sub-operation %s not sent: %s", op.sop_instance_uid, exc)
         return 0xC001
     while True:
         reply = assoc.next_message()
@@ -123,12 +130,16 @@ def _send_one(assoc: Association, op: SubOperation, get_msg_id: int) -> int:
             raise PduError(f"request 0x{field_:04X} in the middle of a C-GET", 2)
 
 
+def _response_field(msg: Message) -> int:
+    return msg.command.command_field | 0x8000  # C-GET-RSP or C-MOVE-RSP
+
+
 def _response(
     assoc: Association, msg: Message, status: int, outcome: Outcome, identifier: bytes | None
 ) -> None:
     cmd = msg.command
     command = dimse.encode(
-        CommandField=dimse.C_GET_RSP,
+        CommandField=_response_field(msg),
         MessageIDBeingRespondedTo=cmd.number("MessageID"),
         AffectedSOPClassUID=cmd.text("AffectedSOPClassUID"),
         CommandDataSetType=0x0000 if identifier is not None else dimse.NO_DATASET,
@@ -142,12 +153,12 @@ def _response(
 
 
 def refuse(assoc: Association, msg: Message, status: int, comment: str) -> None:
-    """The one final response of a C-GET that is not performed (no sub-operation)."""
+    """The one final response of a C-GET / C-MOVE that is not performed (no sub-operation)."""
     cmd = msg.command
     assoc.send_message(
         msg.context.context_id,
         dimse.encode(
-            CommandField=dimse.C_GET_RSP,
+            CommandField=_response_field(msg),
             MessageIDBeingRespondedTo=cmd.number("MessageID"),
             AffectedSOPClassUID=cmd.text("AffectedSOPClassUID"),
             CommandDataSetType=dimse.NO_DATASET,
@@ -160,14 +171,45 @@ def refuse(assoc: Association, msg: Message, status: int, comment: str) -> None:
     )
 
 
-def perform(assoc: Association, msg: Message, ops: Sequence[SubOperation]) -> Outcome:
-    """Send every sub-operation, answering Pending after each, then the final response."""
+def _poll_cancel(assoc: Association) -> None:
+    """C-MOVE: read what the requestor sent meanwhile on its association, without waiting
+    (a C-CANCEL-RQ; its window is drained, so a request now breaks it)."""
+    while select.select([assoc.sock], [], [], 0)[0]:
+        reply = assoc.next_message()
+        field_ = reply.command.command_field
+        if field_ == dimse.C_CANCEL_RQ:
+            assoc.cancelled.add(reply.command.number("MessageIDBeingRespondedTo"))
+        elif not field_ & 0x8000:
+            raise PduError(f"request 0x{field_:04X} in the middle of a C-MOVE", 2)
+
+
+def perform(
+    assoc: Association,
+    msg: Message,
+    ops: Sequence[SubOperation],
+    sender: Association | None = None,
+    originator: tuple[str, int] | None = None,
+) -> Outcome:
+    """Send every sub-operation, answering Pending after each, then the final response.
+
+    ``sender``: the C-MOVE sub-association the sub-operations go on (C-GET: ``assoc``)."""
     get_id = msg.command.number("MessageID")
     outcome = Outcome(remaining=len(ops))
     for op in ops:
+        if sender is not None:
+            _poll_cancel(assoc)
         if get_id in assoc.cancelled:
             break
-        status = _send_one(assoc, op, get_id)
+        try:
+            status = _send_one(sender or assoc, op, originator)
+        except (Closed, OSError, PduError):
+            if sender is None:
+                raise  # C-GET: the association itself is gone
+            log.warning("C-MOVE sub-association ended early", exc_info=True)
+            outcome.failed += outcome.remaining
+            outcome.failed_uids += [o.sop_instance_uid for o in ops[len(ops) - outcome.remaining :]]
+            outcome.remaining = 0
+            break
         outcome.remaining -= 1
         if status == 0x0000:
             outcome.completed += 1

@@ -7,8 +7,8 @@ buffer, writes the dataset PDVs straight into the spool file (no per-PDV objects
 ingest in place, all with the GIL released in the system calls. Memory per association is one
 receive buffer (our maximum PDU length) and one send buffer.
 
-Associations whose proposed abstract syntaxes are all verification, storage or C-GET go this
-way; any other (C-FIND, C-MOVE, worklist, storage commitment) is handed, with the bytes of its
+Associations whose proposed abstract syntaxes are all verification, storage, C-GET or C-MOVE
+go this way; any other (C-FIND, worklist, storage commitment) is handed, with the bytes of its
 A-ASSOCIATE-RQ, to pynetdicom (``handoff``), which serves those less hot services well.
 
 State machine essentials (PS3.8 9.2): the A-ASSOCIATE-RQ must come within the ARTIM time;
@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
+from solent.protocols.dimse.artim import AssociationSlots, PendingConnections
 from solent.protocols.dimse.ul import dimse, pdu
 from solent.protocols.dimse.ul.association import (
     RJ_CALLED_AE,
@@ -84,6 +85,7 @@ class Services(Protocol):
         self, peer: object, spool: Spool, sop_class: str, sop_instance: str
     ) -> tuple[int, str]: ...
     def get(self, peer: object, assoc: Association, msg: Message) -> None: ...
+    def move(self, peer: object, assoc: Association, msg: Message) -> None: ...
 
 
 @dataclass(slots=True)
@@ -133,7 +135,7 @@ class Association:
         self.peer = peer
         self.services = services
         self.config = config
-        self._workers = workers
+        self.workers = workers  # where asynchronous C-STOREs are performed
         self._window = threading.BoundedSemaphore(negotiated.window)
         self._window_size = negotiated.window
         self._send_lock = threading.Lock()
@@ -363,10 +365,13 @@ class Association:
                 if self._window_size == 1:
                     self._store(msg)
                 else:
-                    self._workers.submit(self._store, msg)
+                    self.workers.submit(self._store, msg)
             elif field == dimse.C_GET_RQ:
                 self._drain()
                 self.services.get(self.peer, self, msg)
+            elif field == dimse.C_MOVE_RQ:
+                self._drain()
+                self.services.move(self.peer, self, msg)
             elif field == dimse.C_CANCEL_RQ or field & 0x8000:
                 continue  # a cancel of nothing in progress, a late response: nothing to do
             else:
@@ -407,6 +412,8 @@ class FastServer:
         handoff: Callable[[socket.socket, Any, bytes], None],
         reuse_port: bool = False,
         client_address: Callable[[socket.socket, Any], Any] | None = None,
+        slots: AssociationSlots | None = None,
+        pending: PendingConnections | None = None,
     ) -> None:
         self.config = config
         # Behind a balancer: the client's address from a PROXY protocol header (issue 16).
@@ -414,13 +421,21 @@ class FastServer:
         self.services = services
         self.fast_path = fast_path
         self.handoff = handoff
+        # The listener's own bounds, shared with the pynetdicom acceptor the slower services
+        # are handed to: association slots counted from the A-ASSOCIATE-RQ, and sockets that
+        # have not sent one yet bounded apart (ARTIM reaper), so silent connections never
+        # take a slot (protocols/dimse/artim.py).
+        self.slots = slots or AssociationSlots(config.max_associations)
+        self.pending = pending
         self.sock = socket.create_server((host, port), reuse_port=reuse_port, backlog=128)
         self.port = int(self.sock.getsockname()[1])
         self.active: set[Association] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dimse-fast")
-        self._thread = threading.Thread(target=self._accept, name=f"dimse-fast-{self.port}")
+        self._thread = threading.Thread(
+            target=self._accept, name=f"dimse-fast-{self.port}", daemon=True
+        )
 
     @property
     def active_associations(self) -> list[Association]:
@@ -450,6 +465,8 @@ class FastServer:
                     return
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.pending is not None:
+                self.pending.admit(conn, address)
             threading.Thread(
                 target=self._serve, args=(conn, address), name="dimse-assoc", daemon=True
             ).start()
@@ -462,14 +479,23 @@ class FastServer:
                 address = self.client_address(conn, address)
             conn.settimeout(self.config.artim_timeout)
             header = bytearray(6)
-            recv_exact(conn, memoryview(header))
-            kind, length = pdu.HEADER.unpack_from(header)
+            body = bytearray()
+            try:
+                recv_exact(conn, memoryview(header))
+                kind, length = pdu.HEADER.unpack_from(header)
+                if kind == pdu.ASSOCIATE_RQ and length > pdu.MAX_ASSOCIATE_RQ:
+                    raise Closed("A-ASSOCIATE-RQ longer than 1 MB: closed unread")
+                if kind == pdu.ASSOCIATE_RQ:
+                    body = bytearray(length)
+                    recv_exact(conn, memoryview(body))
+            except (TimeoutError, OSError) as exc:
+                # PS3.8 Sta2: the ARTIM timer expired (or the peer went) before an
+                # A-ASSOCIATE-RQ: close the transport connection, nothing to answer (AA-2).
+                raise Closed(str(exc)) from exc
             if kind != pdu.ASSOCIATE_RQ:
                 raise PduError("the first PDU is not an A-ASSOCIATE-RQ", pdu.REASON_UNEXPECTED_PDU)
-            if length > pdu.MAX_ASSOCIATE_RQ:
-                raise PduError("A-ASSOCIATE-RQ longer than 1 MB")
-            body = bytearray(length)
-            recv_exact(conn, memoryview(body))
+            if self.pending is not None:
+                self.pending.associated(conn)
             rq = pdu.parse_associate_rq(memoryview(body))
             if not self.fast_path(rq):
                 self.handoff(conn, address, bytes(header + body))
@@ -478,8 +504,9 @@ class FastServer:
             assoc = self._associate(conn, address, rq)
             if assoc is not None:
                 assoc.run()
-        except Closed:
-            pass
+        except Closed as exc:
+            if assoc is None and not handed:
+                log.info("connection closed unassociated: %s", exc, extra={"address": address[0]})
         except PduError as exc:
             log.info("association aborted: %s", exc, extra={"address": address[0]})
             self._abort(conn, exc.reason)
@@ -490,6 +517,8 @@ class FastServer:
             log.exception("association failed")
             self._abort(conn, pdu.REASON_NOT_SPECIFIED)
         finally:
+            if self.pending is not None and not handed:
+                self.pending.associated(conn)  # gone before associating: no longer pending
             if assoc is not None:
                 with contextlib.suppress(Exception):
                     assoc._discard()
@@ -497,6 +526,7 @@ class FastServer:
                 with self._lock:
                     self.active.discard(assoc)
             if not handed:
+                self.slots.release(conn)
                 conn.close()
 
     def _abort(self, conn: socket.socket, reason: int) -> None:
@@ -528,10 +558,14 @@ class FastServer:
         if peer is None:
             reject(RJ_PERMANENT, RJ_SOURCE_USER, RJ_CALLING_AE, "calling AE title not recognized")
             return None
-        with self._lock:
-            if len(self.active) >= self.config.max_associations:
-                conn.sendall(pdu.associate_rj(RJ_TRANSIENT, RJ_SOURCE_PRESENTATION, RJ_LOCAL_LIMIT))
-                return None
+        if not self.slots.take(conn):
+            log.warning(
+                "association rejected: all %d association slots in use",
+                self.slots.limit,
+                extra={"calling_ae": rq.calling_ae, "address": address[0]},
+            )
+            conn.sendall(pdu.associate_rj(RJ_TRANSIENT, RJ_SOURCE_PRESENTATION, RJ_LOCAL_LIMIT))
+            return None
         policy = Policy(
             self.config.max_pdu_length,
             self.config.implementation_class_uid,
