@@ -266,8 +266,9 @@ def test_a_room_spans_two_nodes(two_nodes: list[RunningServer]) -> None:
         # Everybody left; the meeting's room opens again on node 1 at the last view.
         async with connect(url(n1, m1, "late1")) as again:
             welcome = await _until(again, "welcome")
-            assert welcome["state"]["image_index"] == 1 and welcome["presenter"] is None
-            assert welcome["seq"] == 10  # the presenter's leaving vacated the role: 10
+            assert welcome["state"]["image_index"] == 1
+            # fol's leaving vacates the role (10) on the other node, maybe not committed yet.
+            assert (welcome["presenter"], welcome["seq"]) in (("fol", 9), (None, 10))
         # A participant who may not see the patient gets the item only, on any node.
         async with connect(url(n2, m1, "zzc")) as zzc:
             welcome = await _until(zzc, "welcome")
