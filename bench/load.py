@@ -1,19 +1,24 @@
 """A peak hour, scaled to this machine, on 1 node and on 3 nodes behind HAProxy (issue 16).
 
-`python -m bench load [--nodes 1,3] [--seconds 30] [--users 12] [--no-think]`
+`python -m bench load [--nodes 1,3] [--seconds 30] [--users 12] [--no-think]
+[--meetings 12 --followers 10 --mdt-rate 2] [--storage s3|files]`
 
-Every configuration shares one fresh PostgreSQL database and one blob directory (what S3 is to
-nodes on several machines). Locust (the maintained load tool, as a library) runs a mix of
-users for a bounded time against loopback only:
+Every configuration shares one fresh PostgreSQL database and one S3 bucket (a `moto_server` on
+loopback; `--storage files`: one blob directory). Locust (the maintained load tool, as a
+library) runs a mix of users for a bounded time against loopback only:
 
 * modalities storing: one C-STORE association per user turn, 5 new CT instances each;
 * clinicians querying and viewing: QIDO by patient and by date range + modality, series
   metadata, one frame;
-* an EPR/PAS: HL7 ADT^A08 over MLLP.
+* an EPR/PAS: HL7 ADT^A08 over MLLP;
+* MDT meetings (bench/load_mdt.py): a presenter per meeting scrolling, its followers on
+  WebSockets through the same address (spread over the nodes by the balancer).
 
-It prints per operation: requests, failures, requests/s, p50 and p95 latency; the CPU the
-nodes used (cores); and the consortium projection: how many of this machine's nodes a peak
-hour of the regional volume needs. Figures depend on the 2 shared cores of this machine.
+It prints per operation: requests, failures, requests/s, p50 and p95 latency (for MDT: the
+presenter->follower delivery); the CPU the nodes, the bench itself and the S3 server used
+(cores), the machine's load average; and the consortium projection: how many of this machine's
+nodes a peak hour of the regional volume needs. Figures depend on the 2 shared cores of this
+machine.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ monkey.patch_all()  # locust needs it before anything opens a socket
 import gevent  # noqa: E402
 from locust import FastHttpUser, User, between, constant, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
+
+from bench import load_mdt  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 SECRET = "bench-load-secret-0123456789abcdef0123"
@@ -72,6 +79,10 @@ class Target:
     token = ""
     studies: list[tuple[str, str, str, str]] = []  # (patient id, study, series, instance)
     work: Path = Path()
+    meetings = 0
+    followers = 0
+    mdt_rate = 2.0
+    mdt_tokens: dict[str, str] = {}
 
 
 def _fire(env: Environment, kind: str, name: str, started: float, exc: Exception | None) -> None:
@@ -231,6 +242,9 @@ def _seed(env: dict[str, str], work: Path) -> None:
     users = UserService(archive.index, settings, AuditTrail(archive.index))
     users.add(SYSTEM, "loadclin", "ZZA", ("clinician",), None)
     Target.token = users.issue("loadclin").token
+    for name, role in load_mdt.users(Target.meetings, Target.followers):
+        users.add(SYSTEM, name, "ZZA", (role,), None)
+        Target.mdt_tokens[name] = users.issue(name).token
     who = Principal(PrincipalKind.IMPORTER, "bench", "ZZA")
     for s in range(SEED_STUDIES):
         study, series, pid = new_uid(), new_uid(), f"SEED{s:04d}"
@@ -248,7 +262,36 @@ def _seed(env: dict[str, str], work: Path) -> None:
     archive.close()
 
 
-def run_config(n_nodes: int, users: int, seconds: float, env: dict[str, str], work: Path) -> str:
+def _prepare_mdt() -> int:
+    """Meetings made (once, through the service just started) and the MDT users sized; how many
+    locust users they are."""
+    if not Target.meetings:
+        return 0
+    import httpx
+
+    plan = load_mdt.PLAN
+    plan.base = Target.http.replace("http://", "ws://")
+    if not plan.meetings:
+        coord = {"Authorization": "Bearer " + Target.mdt_tokens["loadcoord"]}
+        with httpx.Client(base_url=Target.http, headers=coord, timeout=60) as http:
+            load_mdt.make_meetings(http, Target.studies, Target.meetings)
+        plan.presenters = [Target.mdt_tokens[f"mdt{m}p"] for m in range(Target.meetings)]
+        plan.followers = [
+            [Target.mdt_tokens[f"mdt{m}f{f}"] for f in range(Target.followers)]
+            for m in range(Target.meetings)
+        ]
+    load_mdt.configure(Target.meetings, Target.followers, Target.mdt_rate)
+    return Target.meetings * (1 + Target.followers)
+
+
+def run_config(
+    n_nodes: int,
+    users: int,
+    seconds: float,
+    env: dict[str, str],
+    work: Path,
+    extra_pids: tuple[int, ...] = (),
+) -> str:
     from tests.interop.haproxy_support import Backend, start_haproxy
 
     from solent.serve_process import serve_env, start_serve, stop_serve
@@ -274,16 +317,35 @@ def run_config(n_nodes: int, users: int, seconds: float, env: dict[str, str], wo
             Target.http = balancer.base_url
             Target.dicom, Target.hl7 = balancer.dicom, balancer.hl7
         Clinician.host = Target.http
+        classes: list[type[User]] = [Clinician, Modality, Pas]
+        mdt_users = _prepare_mdt()
+        if mdt_users:
+            classes += [load_mdt.Presenter, load_mdt.Follower]
         pids = [proc.pid for proc, _ in procs]
-        environment = Environment(user_classes=[Clinician, Modality, Pas])
+        environment = Environment(user_classes=classes)
         runner = environment.create_local_runner()
-        cpu0, t0 = _cpu_seconds(pids), time.perf_counter()
-        runner.start(users, spawn_rate=users)
+        others = [os.getpid(), *extra_pids]
+        cpu0, mine0, t0 = _cpu_seconds(pids), _cpu_seconds(others), time.perf_counter()
+        load0 = os.getloadavg()[0]
+        runner.start(users + mdt_users, spawn_rate=users + mdt_users)
         gevent.spawn_later(seconds, runner.quit)
         runner.greenlet.join()
         elapsed = time.perf_counter() - t0
         cores = (_cpu_seconds(pids) - cpu0) / elapsed
-        return _report(n_nodes, users, elapsed, cores, environment)
+        bench_cores = (_cpu_seconds(others) - mine0) / elapsed
+        lines = [_report(n_nodes, users, elapsed, cores, environment)]
+        if mdt_users:
+            plan = load_mdt.PLAN
+            lines.append(
+                f"  MDT: {Target.meetings} meetings x {Target.followers} followers; "
+                f"{plan.sent} view changes sent, {plan.received} deliveries "
+                f"(of ~{plan.sent * Target.followers}; the last moments are in flight at stop)"
+            )
+        lines.append(
+            f"  bench process + S3 server used {bench_cores:.2f} cores; load average "
+            f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end (2 cores, shared)"
+        )
+        return "\n".join(lines)
     finally:
         if balancer is not None:
             balancer.stop()
@@ -318,6 +380,55 @@ def _report(n: int, users: int, elapsed: float, cores: float, env: Environment) 
     return "\n".join(lines)
 
 
+@contextmanager
+def s3_storage(storage: str, work: Path) -> Iterator[tuple[dict[str, str], tuple[int, ...]]]:
+    """SOLENT_* variables of the blob store every node shares, and the S3 server's pid: a
+    `moto_server` on a loopback port (real HTTP; the bucket is made by the first archive),
+    or one blob directory."""
+    if storage == "files":
+        yield {"SOLENT_STORAGE_URL": (work / "blobs").as_uri()}, ()
+        return
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    moto = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        yield (
+            {
+                "SOLENT_STORAGE_URL": f"s3://solent-bench-load-{uuid.uuid4().hex[:8]}/blobs",
+                "SOLENT_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                "SOLENT_S3_REGION": "us-east-1",
+                "SOLENT_S3_ACCESS_KEY_ID": "testing",
+                "SOLENT_S3_SECRET_ACCESS_KEY": "testing",
+            },
+            (proc.pid,),
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench load", description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", default="1,3", help="node counts to run, in turn")
@@ -328,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="users send their next request at once: the capacity, not the scaled peak hour",
     )
+    ap.add_argument("--meetings", type=int, default=12, help="MDT meetings at once (0: none)")
+    ap.add_argument("--followers", type=int, default=10, help="followers per MDT meeting")
+    ap.add_argument("--mdt-rate", type=float, default=2.0, help="view changes per presenter/s")
+    ap.add_argument("--storage", choices=("s3", "files"), default="s3", help="shared blob store")
     ap.add_argument(
         "--postgres-url", default=os.environ.get("SOLENT_BENCH_POSTGRES_URL", DEFAULT_PG)
     )
@@ -337,22 +452,30 @@ def main(argv: list[str] | None = None) -> int:
             cls.wait_time = constant(0)
     users = max(1, min(args.users, 200))
     seconds = max(5.0, min(args.seconds, 600.0))
+    Target.meetings = max(0, min(args.meetings, 50))
+    Target.followers = max(1, min(args.followers, 30))
+    Target.mdt_rate = max(0.1, min(args.mdt_rate, 20.0))
     with (
         tempfile.TemporaryDirectory(prefix="solent-bench-load-") as tmp,
         scratch_database(args.postgres_url) as url,
+        s3_storage(args.storage, Path(tmp)) as (storage, store_pids),
     ):
         work = Path(tmp)
         (work / "spool").mkdir()
         Target.work = work / "spool"
         env: dict[str, Any] = {
             "SOLENT_DATABASE_URL": url,
-            "SOLENT_STORAGE_URL": (work / "blobs").as_uri(),
+            **storage,
             "SOLENT_TOKEN_SECRET": SECRET,
             # One audit trail, one key: a node with another key refuses to start (issue 11).
             "SOLENT_AUDIT_KEY": "bench-load audit key shared by the nodes",
         }
         _seed(env, work)
-        print(f"seeded {SEED_STUDIES} studies x 5 instances; loopback only", flush=True)
+        print(
+            f"seeded {SEED_STUDIES} studies x 5 instances ({args.storage}); "
+            f"MDT {Target.meetings} x {Target.followers} at {Target.mdt_rate}/s; loopback only",
+            flush=True,
+        )
         for n in [int(x) for x in args.nodes.split(",") if x]:
-            print(run_config(n, users, seconds, env, work), flush=True)
+            print(run_config(n, users, seconds, env, work, store_pids), flush=True)
     return 0

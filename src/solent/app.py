@@ -123,7 +123,10 @@ class Archive:
             viewer=viewer,  # issue 12
             mdt=mdt,
             # issue 16: a room's members may be connected to any node (PostgreSQL)
-            live=LiveHub(open_broker(broadcast, mdt.keep_live, mdt.stored_live)),
+            live=LiveHub(
+                open_broker(broadcast, mdt.keep_live, mdt.stored_live),
+                heartbeat=self.settings.mdt_heartbeat_seconds,
+            ),
             peers=PeerAddresses(self.index),
         )
 
@@ -133,7 +136,6 @@ class Archive:
         self.services.broadcast.close()
         for listener in self.listeners:
             listener.stop()
-        self.services.mdt.close()
         self.store.close()
         self.index.close()
 

@@ -363,6 +363,14 @@ class Settings(BaseSettings):
         "machine lost): the jobs it was running go back to the queue for another node, checked "
         "every third of this time. Workers beat every third of it too.",
     )
+    mdt_heartbeat_seconds: float = Field(
+        2.0,
+        ge=0.1,
+        le=60,
+        description="Each node announces its members of every open MDT room this often; a node "
+        "not heard from for three times this long (killed, cut off) drops out of the rooms, and "
+        "a presenter who was connected to it can be replaced (claim).",
+    )
     # --- end regional scale ---------------------------------------------------------------
 
     @field_validator("ae_title")

@@ -104,7 +104,7 @@ def test_two_meetings_follow_their_own_presenter(demo_server: RunningServer) -> 
 
             await p1.send(json.dumps({"type": "view", "state": view}))
             got = await _until(f1, "view")
-            assert (got["state"], got["by"], got["seq"]) == (view, "p1", 1)
+            assert (got["state"], got["by"], got["seq"]) == (view, "p1", 2)  # the claim was 1
             others = await _drain(f2, 1.0)  # meeting 2's follower hears nothing of meeting 1
             assert [m for m in others if m["type"] in ("view", "pointer")] == []
 
@@ -115,7 +115,7 @@ def test_two_meetings_follow_their_own_presenter(demo_server: RunningServer) -> 
 
             async with connect(url(m1, "late")) as late:
                 welcome = await _until(late, "welcome")
-                assert (welcome["presenter"], welcome["state"], welcome["seq"]) == ("p1", view, 1)
+                assert (welcome["presenter"], welcome["state"], welcome["seq"]) == ("p1", view, 2)
                 await p1.send(json.dumps({"type": "handover", "to": "late"}))
                 assert (await _until(f1, "presenter"))["presenter"] == "late"
                 await late.send(json.dumps({"type": "pointer", "x": 0.5, "y": 0.25}))

@@ -212,7 +212,7 @@ def test_live_rooms_follow_their_own_presenter(demo: Archive, demo_client: TestC
         }
         p1.send_json({"type": "view", "state": view})
         got, _ = _until(f1, "view")
-        assert got == {"type": "view", "state": view, "seq": 1, "by": "p1"}
+        assert got == {"type": "view", "state": view, "seq": 2, "by": "p1"}  # the claim was 1
         # Meeting 2's follower sees its own presenter's pointer and never meeting 1's view.
         p2.send_json({"type": "pointer", "x": 0.25, "y": 0.75})
         pointer, before = _until(f2, "pointer")
@@ -230,7 +230,7 @@ def test_live_rooms_follow_their_own_presenter(demo: Archive, demo_client: TestC
         # A late joiner gets the current state at once.
         with join(m1, "late") as late:
             w = late.receive_json()
-            assert (w["type"], w["presenter"], w["state"], w["seq"]) == ("welcome", "p1", view, 1)
+            assert (w["type"], w["presenter"], w["state"], w["seq"]) == ("welcome", "p1", view, 2)
             assert w["participants"] == ["f1", "late", "p1"]
             # Handover: p1 gives the room to "late"; p1 can no longer drive; late can.
             p1.send_json({"type": "handover", "to": "late"})
@@ -239,7 +239,7 @@ def test_live_rooms_follow_their_own_presenter(demo: Archive, demo_client: TestC
             assert _until(p1, "error")[0]["type"] == "error"
             late.send_json({"type": "view", "state": {**view, "image_index": 8}})
             got, _ = _until(f1, "view")
-            assert (got["by"], got["seq"], got["state"]["image_index"]) == ("late", 2, 8)
+            assert (got["by"], got["seq"], got["state"]["image_index"]) == ("late", 4, 8)
         assert _until(f1, "presenter")[0]["presenter"] is None  # the presenter left
     # The meeting JSON follows (written once the presenter's socket has closed).
     for _ in range(100):
@@ -295,3 +295,34 @@ def test_live_room_refuses_bad_tokens_and_unknown_meetings(
             assert closed["type"] == "websocket.close" and closed["code"] == code
     failed = demo.audit.search(action="login-failed")
     assert [json.loads(x["detail"])["path"] for x in failed] == ["/api/mdt/meetings/1/live"]
+
+
+def test_the_room_is_kept_in_its_order(demo: Archive, demo_client: TestClient) -> None:
+    """One path writes the presenter and latest view (the broker's keeping round): events get
+    the meeting's next numbers, only a view of whoever presents at its place counts, and a
+    vacancy for someone who no longer presents changes nothing; a node opening the room later
+    reads that as one snapshot."""
+    coord = add_user(demo, "coord", "ZZA", "mdt_coordinator")
+    m = _meeting(demo, demo_client, coord, "Lung")
+    mdt, room = demo.services.mdt, f"mdt:{m['id']}"
+    view = {"item_id": m["items"][0]["id"], "image_index": 3}
+    first = [
+        {"type": "presenter", "presenter": "a"},
+        {"type": "view", "state": view, "by": "a"},
+        {"type": "presenter", "presenter": "b"},
+        {"type": "view", "state": {**view, "image_index": 9}, "by": "a"},  # a no longer presents
+        {"type": "pointer", "x": 0.5, "y": 0.5},
+    ]
+    told: list[tuple[str, list[dict[str, Any]]]] = []
+    mdt.keep_live({room: first}, lambda conn, r, events: told.append((r, list(events))))
+    assert [e.get("seq") for e in first] == [1, 2, 3, 4, None]
+    assert told == [(room, first)]  # announced in the same round, numbered
+    mdt.keep_live({room: [{"type": "presenter", "presenter": None, "was": "a"}]}, None)
+    snapshot = mdt.stored_live(room)
+    assert snapshot == [
+        {"type": "snapshot", "presenter": "b", "seq": 5, "view": {**first[1], "seq": 2}}
+    ]
+    mdt.keep_live({room: [{"type": "presenter", "presenter": None, "was": "b"}]}, None)
+    assert mdt.stored_live(room)[0]["presenter"] is None
+    got = demo_client.get(f"/api/mdt/meetings/{m['id']}", headers=coord).json()
+    assert got["presenter"] is None

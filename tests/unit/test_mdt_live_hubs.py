@@ -12,12 +12,14 @@ STUDY = "1.2.3"
 VISIBLE = {7: frozenset({STUDY})}
 
 
-def member(name: str, inbox: list[dict[str, Any]], visible: Any = VISIBLE) -> Member:
+def member(
+    name: str, inbox: list[dict[str, Any]], visible: Any = VISIBLE, coordinator: bool = False
+) -> Member:
     def send(message: dict[str, Any]) -> bool:
         inbox.append(message)
         return True
 
-    return Member(name, False, visible, send)
+    return Member(name, coordinator, visible, send)
 
 
 def last(inbox: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -42,18 +44,20 @@ def test_members_of_two_nodes_share_one_room() -> None:
     for index in (1, 2):
         view = {"item_id": 7, "study_uid": STUDY, "image_index": index}
         node1.publish(1, node1.handle(1, a, {"type": "view", "state": view}).events)
-    assert [m["seq"] for m in b_in if m["type"] == "view"] == [1, 2]
+    assert [m["seq"] for m in b_in if m["type"] == "view"] == [2, 3]  # the claim was 1
 
     # Handover to a member of the other node; its views reach the first node.
     node1.publish(1, node1.handle(1, a, {"type": "handover", "to": "b"}).events)
     out = node2.handle(1, b, {"type": "view", "state": {"item_id": 7, "image_index": 0}})
     assert not out.replies
     node2.publish(1, out.events)
-    assert (last(a_in, "view")["seq"], last(a_in, "view")["by"]) == (3, "b")
+    assert (last(a_in, "view")["seq"], last(a_in, "view")["by"]) == (5, "b")
     assert node1.handle(1, a, {"type": "view", "state": {"item_id": 7}}).replies
 
-    # A view older than the room's (read from the meeting meanwhile) is ignored.
-    node1.restore(1, [{"type": "view", "state": {"item_id": 7}, "seq": 2, "by": "a"}])
+    # A snapshot older than the room's (read from the meeting meanwhile) is ignored.
+    old = {"type": "view", "state": {"item_id": 7}, "seq": 2, "by": "a"}
+    node1.restore(1, [{"type": "snapshot", "presenter": "a", "seq": 3, "view": old}])
+    assert node1.rooms[1].presenter == "b"
     assert node1.rooms[1].state == {"item_id": 7, "image_index": 0}
 
     # A third member who may not see item 7 is told it is restricted, whatever node.
@@ -65,3 +69,118 @@ def test_members_of_two_nodes_share_one_room() -> None:
     node1.leave(1, a)
     assert last(b_in, "participants")["participants"] == ["b", "c"]
     assert 1 not in node1.rooms
+
+
+class DatabaseOrder:
+    """A broker that holds what the nodes publish and delivers it later, numbered, in one
+    order for every node: what the shared broker's keeping transaction does on PostgreSQL."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[str, dict[str, Any]]] = []
+        self.subs: dict[str, list[Any]] = {}
+        self.seq = 0
+
+    def publish(self, room: str, event: dict[str, Any]) -> None:
+        self.held.append((room, event))
+
+    def subscribe(self, room: str, deliver: Any) -> Any:
+        self.subs.setdefault(room, []).append(deliver)
+        return lambda: self.subs[room].remove(deliver)
+
+    def stored(self, room: str) -> list[dict[str, Any]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def deliver(self, order: list[int] | None = None) -> None:
+        held, self.held = self.held, []
+        for i in order if order is not None else range(len(held)):
+            room, event = held[i]
+            if event["type"] in ("view", "presenter"):
+                self.seq += 1
+                event["seq"] = self.seq
+            for deliver in list(self.subs.get(room, ())):
+                deliver(event)
+
+
+def shown(inbox: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """What a client was told about who presents and what is shown, in order."""
+    out: list[tuple[str, Any]] = []
+    for m in inbox:
+        if m["type"] == "presenter":
+            out.append(("presenter", m["presenter"]))
+        elif m["type"] == "view":
+            out.append(("view", (m["by"], m["state"]["image_index"])))
+    return out
+
+
+def test_a_burst_from_two_nodes_ends_the_same_on_both() -> None:
+    """Two coordinators claim at once on two nodes and each sends a view before hearing the
+    other: whatever order the database gives, both nodes show the same presenter and the same
+    view, and only the views of whoever presents at their place in the order count."""
+    for order in ([0, 1, 2, 3], [1, 0, 3, 2], [0, 1, 3, 2], [1, 3, 0, 2]):
+        bus = DatabaseOrder()
+        node1, node2 = LiveHub(bus, "n1"), LiveHub(bus, "n2")
+        inboxes: dict[str, list[dict[str, Any]]] = {n: [] for n in ("a", "b", "f1", "f2")}
+        a, b = (member(n, inboxes[n], coordinator=True) for n in ("a", "b"))
+        f1, f2 = member("f1", inboxes["f1"]), member("f2", inboxes["f2"])
+        node1.join(1, a, None)
+        node1.join(1, f1, None)
+        node2.join(1, b, None)
+        node2.join(1, f2, None)
+        while bus.held:  # the nodes learn each other's members
+            bus.deliver()
+        claims = [node1.handle(1, a, {"type": "claim"}), node2.handle(1, b, {"type": "claim"})]
+        views = [  # sent before either claim came back: each node takes its own claim at once
+            node1.handle(1, a, {"type": "view", "state": {"item_id": 7, "image_index": 1}}),
+            node2.handle(1, b, {"type": "view", "state": {"item_id": 7, "image_index": 2}}),
+        ]
+        assert not any(out.replies for out in claims + views)
+        node1.publish(1, claims[0].events)  # held 0
+        node2.publish(1, claims[1].events)  # held 1
+        node1.publish(1, views[0].events)  # held 2
+        node2.publish(1, views[1].events)  # held 3
+        bus.deliver(order)
+        r1, r2 = node1.rooms[1], node2.rooms[1]
+        assert (r1.presenter, r1.state, r1.seq) == (r2.presenter, r2.state, r2.seq), order
+        assert shown(inboxes["f1"]) == shown(inboxes["f2"]), order
+        winner = r1.presenter
+        last_view = [v for v in shown(inboxes["f1"]) if v[0] == "view"][-1]
+        assert last_view[1][0] == winner, order  # the loser's view, if later, did not count
+        assert r1.pending is None and r2.pending is None
+
+
+def test_a_silent_node_drops_out_and_its_presenter_can_be_replaced() -> None:
+    now = [0.0]
+    bus = LocalBroker()
+    node1 = LiveHub(bus, "n1", heartbeat=2.0, clock=lambda: now[0])
+    node2 = LiveHub(bus, "n2", heartbeat=2.0, clock=lambda: now[0])
+    a_in: list[dict[str, Any]] = []
+    b_in: list[dict[str, Any]] = []
+    a, b = member("a", a_in), member("b", b_in)
+    node1.join(1, a, None)
+    node2.join(1, b, None)
+    node2.publish(1, node2.handle(1, b, {"type": "claim"}).events)
+    assert last(a_in, "presenter")["presenter"] == "b"
+
+    for t in (2.0, 4.0, 6.0, 8.0):  # node 2 beats: it stays, past several leases' worth
+        now[0] = t
+        node2.tick()
+        node1.tick()
+    assert last(a_in, "participants")["participants"] == ["a", "b"]
+    assert node1.handle(1, a, {"type": "claim"}).replies  # b presents and is alive
+
+    # Node 2 goes silent (killed): within the lease (3 heartbeats) node 1 drops its members
+    # and vacates its presenter; a plain participant can then claim the room.
+    now[0] = 8.0 + 6.0 + 0.1
+    node1.tick()
+    assert last(a_in, "participants")["participants"] == ["a"]
+    assert last(a_in, "presenter")["presenter"] is None
+    assert node1.rooms[1].presenter is None
+    assert node1.handle(1, a, {"type": "handover", "to": "b"}).replies  # b is gone
+    node1.publish(1, node1.handle(1, a, {"type": "claim"}).events)
+    assert node1.rooms[1].presenter == "a"
+    # A vacancy announced late (by another node) does not unseat the new presenter.
+    node1.publish(1, [{"type": "presenter", "presenter": None, "was": "b", "node": "n3"}])
+    assert node1.rooms[1].presenter == "a"

@@ -82,10 +82,6 @@ def set_outcome(conn: Connection, item: int, text: str, by: str) -> None:
     )
 
 
-def set_presenter(conn: Connection, meeting: int, name: str | None) -> None:
-    conn.execute(update(t.mdt_meeting).where(t.mdt_meeting.c.pk == meeting).values(presenter=name))
-
-
 def set_prefetch(
     conn: Connection, meeting: int, state: str, done: int | None = None, total: int | None = None
 ) -> None:
@@ -111,11 +107,28 @@ def claim_prefetch(conn: Connection, meeting: int) -> bool:
 _UNSET: Any = object()
 
 
+def lock_live(conn: Connection, meeting: int) -> tuple[str | None, int] | None:
+    """(presenter, last event number) of a meeting's room, its row locked until commit (on
+    PostgreSQL: rounds of one room from several nodes are numbered one after the other)."""
+    m = t.mdt_meeting.c
+    q = select(m.presenter, m.live_seq).where(m.pk == meeting).with_for_update()
+    row = conn.execute(q).first()
+    return (row[0], int(row[1] or 0)) if row else None
+
+
 def save_live(
-    conn: Connection, meeting: int, *, view: str | None = _UNSET, presenter: str | None = _UNSET
+    conn: Connection,
+    meeting: int,
+    *,
+    seq: int | None = _UNSET,
+    view: str | None = _UNSET,
+    presenter: str | None = _UNSET,
 ) -> None:
-    """Keep the room's latest view event (JSON) and/or presenter, for nodes that open it later."""
+    """Keep the room's last event number, latest view event (JSON) and/or presenter, for nodes
+    that open it later."""
     values: dict[str, Any] = {}
+    if seq is not _UNSET:
+        values["live_seq"] = seq
     if view is not _UNSET:
         values["live_view"] = view
     if presenter is not _UNSET:
@@ -124,8 +137,9 @@ def save_live(
         conn.execute(update(t.mdt_meeting).where(t.mdt_meeting.c.pk == meeting).values(**values))
 
 
-def get_live(conn: Connection, meeting: int) -> tuple[str | None, str | None] | None:
-    """(presenter, latest view event JSON) of a meeting; None when there is no such meeting."""
+def get_live(conn: Connection, meeting: int) -> tuple[str | None, str | None, int] | None:
+    """(presenter, latest view event JSON, last event number) of a meeting; None when there is
+    no such meeting."""
     m = t.mdt_meeting.c
-    row = conn.execute(select(m.presenter, m.live_view).where(m.pk == meeting)).first()
-    return (row[0], row[1]) if row else None
+    row = conn.execute(select(m.presenter, m.live_view, m.live_seq).where(m.pk == meeting)).first()
+    return (row[0], row[1], int(row[2] or 0)) if row else None

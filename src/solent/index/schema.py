@@ -618,6 +618,8 @@ mdt_meeting = Table(
     Column("presenter", String(200)),
     # The presenter's latest view event (JSON), for a node that opens the room later (0007).
     Column("live_view", Text),
+    # The number of the room's last presenter/view event: one order across nodes (0008).
+    Column("live_seq", Integer, nullable=False, server_default="0"),
     Column("prefetch_state", String(16), nullable=False, default="pending"),
     Column("prefetch_done", Integer, nullable=False, default=0),
     Column("prefetch_total", Integer, nullable=False, default=0),

@@ -33,6 +33,10 @@ Callback = Callable[[dict[str, Any]], None]
 class Broadcast(Protocol):
     def publish(self, channel: str, payload: Mapping[str, Any]) -> None: ...
 
+    def publish_in(self, conn: Any, channel: str, payload: Mapping[str, Any]) -> None:
+        """Publish as part of ``conn``'s transaction (an index connection): sent when it
+        commits, in commit order with other transactions; nothing if it rolls back."""
+
     def subscribe(self, channel: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback(payload)`` for each message on ``channel``; returns unsubscribe."""
 
@@ -89,6 +93,9 @@ class LocalBroadcast:
     def publish(self, channel: str, payload: Mapping[str, Any]) -> None:
         self._subs.deliver(channel, json.loads(_encode(channel, payload)))
 
+    def publish_in(self, conn: Any, channel: str, payload: Mapping[str, Any]) -> None:
+        self.publish(channel, payload)  # one process: delivered at once
+
     def subscribe(self, channel: str, callback: Callback) -> Callable[[], None]:
         return self._subs.add(channel, callback)
 
@@ -124,6 +131,14 @@ class PostgresBroadcast:
                     self._pub_conn = None
                     if attempt == 2:
                         raise
+
+    def publish_in(self, conn: Any, channel: str, payload: Mapping[str, Any]) -> None:
+        from sqlalchemy import text
+
+        conn.execute(
+            text("SELECT pg_notify(:channel, :data)"),
+            {"channel": channel, "data": _encode(channel, payload)},
+        )
 
     def subscribe(self, channel: str, callback: Callback) -> Callable[[], None]:
         remove = self._subs.add(channel, callback)

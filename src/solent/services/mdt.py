@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,8 @@ from solent.index.sql import Index
 from solent.services import mdt_prefetch as warm
 from solent.services.access import AccessDenied, AccessService, Permission, Role
 from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
-from solent.services.mdt_live import LiveHub
+from solent.services.mdt_broker import ORDERED, Announce
+from solent.services.mdt_live import LiveHub, advance
 from solent.services.retrieve import RetrieveService
 from solent.services.viewer import ViewerService
 
@@ -77,7 +77,6 @@ class MdtService:
         self.viewer = viewer
         self._retrieve = retrieve
         self._threads: dict[int, threading.Thread] = {}
-        self._presenter_writes = ThreadPoolExecutor(1, thread_name_prefix="mdt-presenter")
 
     # -- roles ------------------------------------------------------------------------------
 
@@ -409,64 +408,66 @@ class MdtService:
             meeting_id, meeting["presenter"], self.is_coordinator(principal, meeting), seat
         )
 
-    def close(self) -> None:
-        """Finish the pending presenter writes (before the index closes)."""
-        self._presenter_writes.shutdown(wait=True)
-
-    def set_presenter_soon(self, meeting_id: int, name: str | None) -> None:
-        """Record the presenter in the meeting without making the room wait; one writer
-        thread keeps the changes in order (and runs even when the socket that caused the
-        change is being torn down)."""
-
-        def write() -> None:
-            try:
-                self._index.write(lambda c: store.set_presenter(c, meeting_id, name))
-            except Exception:
-                log.exception("could not record the presenter of MDT meeting %s", meeting_id)
-
-        self._presenter_writes.submit(write)
-
-    # -- live room state kept for other nodes (services/mdt_shared.py) ----------------------
+    # -- live room state kept with the meeting (services/mdt_broker.py, mdt_shared.py) -------
     # The room's own bookkeeping, not a caller's read: the hub redacts per member what it
     # passes on, and the member's access was decided (and audited) when it joined.
 
-    def keep_live(self, rooms: dict[str, list[dict[str, Any]]]) -> None:
-        """Write each room's latest view and presenter, before they are announced.
+    def keep_live(self, rooms: dict[str, list[dict[str, Any]]], announce: Announce | None) -> None:
+        """Number each room's presenter and view events, keep its presenter and latest view,
+        and announce the events, all in one transaction (the one path that writes them).
 
-        Committed without waiting for the disk (``relaxed``): it is visible to every node at
-        once, which is what late joiners need; a crash can only lose the last moments of a
-        meeting's view, never patient data. One transaction for every room of the round."""
-        changes: list[tuple[int, dict[str, Any]]] = []
-        for room, events in rooms.items():
-            values: dict[str, Any] = {}
-            views = [e for e in events if e.get("type") == "view"]
-            presenters = [e for e in events if e.get("type") == "presenter"]
-            if views:
-                values["view"] = json.dumps(views[-1], separators=(",", ":"))
-            if presenters:
-                values["presenter"] = presenters[-1]["presenter"]
-            if values:
-                changes.append((LiveHub.meeting_of(room), values))
-        if not changes:
-            return
+        Rooms are locked in meeting order (no deadlock between nodes); the numbers continue
+        the meeting's ``live_seq`` unless the in-process broker numbered them already. The
+        presenter and view kept are what every node shows after these events (``advance``).
+        Committed without waiting for the disk (``relaxed``): visible to every node at once,
+        which is what late joiners need; a crash can only lose the last moments of a meeting's
+        view, never patient data."""
 
         def op(conn: Any) -> None:
-            for meeting, values in changes:
-                store.save_live(conn, meeting, **values)
+            for room in sorted(rooms, key=LiveHub.meeting_of):
+                events = rooms[room]
+                if any(e.get("type") in ORDERED for e in events):
+                    self._keep_room(conn, LiveHub.meeting_of(room), events)
+                if announce is not None:
+                    announce(conn, room, events)
 
         self._index.write(op, relaxed=True)
 
+    @staticmethod
+    def _keep_room(conn: Any, meeting: int, events: list[dict[str, Any]]) -> None:
+        locked = store.lock_live(conn, meeting)
+        if locked is None:
+            return
+        presenter, seq = locked
+        before, view = presenter, None
+        for event in events:
+            if event.get("type") not in ORDERED:
+                continue
+            if "seq" not in event:
+                seq += 1
+                event["seq"] = seq
+            seq = max(seq, int(event["seq"]))
+            presenter, counts = advance(presenter, event)
+            if counts and event["type"] == "view":
+                view = event
+        values: dict[str, Any] = {"seq": seq}
+        if presenter != before:
+            values["presenter"] = presenter
+        if view is not None:
+            values["view"] = json.dumps(view, separators=(",", ":"))
+        store.save_live(conn, meeting, **values)
+
     def stored_live(self, room: str) -> list[dict[str, Any]]:
-        """The room as kept: its presenter, then its latest view (if any)."""
+        """The room as kept: a ``snapshot`` of its presenter, latest view and last number."""
         with self._index.read() as conn:
             row = store.get_live(conn, LiveHub.meeting_of(room))
         if row is None:
             return []
-        presenter, view = row
-        events: list[dict[str, Any]] = [{"type": "presenter", "presenter": presenter}]
+        presenter, view, seq = row
+        snapshot = {"type": "snapshot", "presenter": presenter, "seq": seq}
         if view:
-            events.append(json.loads(view))
-        return events
+            snapshot["view"] = json.loads(view)
+        return [snapshot]
 
     def shown(self, principal: Principal, meeting_id: int, study_uid: str) -> None:
         """The presenter showed a study to the room: one VIEW record naming its patient."""

@@ -1,12 +1,22 @@
 """Live MDT rooms: one presenter's view followed by every participant of that meeting.
 
-Pure room logic with no I/O: the WebSocket adapter joins members (each with a ``send`` that
-queues a message for its socket), hands over client messages and acts on the returned
-``Outcome`` (persist the presenter, audit a newly shown study). Every change goes out as an
-event through the ``Broker`` and is applied when it comes back, so rooms stay separate
-(one broker room per meeting) and several nodes share a room through a shared broker
-(services/mdt_shared.py): each node announces its own members (``participants`` with its
-``node``), and the room's participants are the union over the nodes.
+Room logic with no I/O: the WebSocket adapter joins members (each with a ``send`` that queues a
+message for its socket), hands over client messages and publishes the returned events (after
+auditing a newly shown study). Every change goes out as an event through the ``Broker`` and is
+applied when it comes back, so rooms stay separate (one broker room per meeting) and several
+nodes share a room through a shared broker (services/mdt_shared.py).
+
+Order: the broker numbers presenter and view events (``seq``, one order per room, set by the
+database across nodes) and every node applies them in that order with the same rule
+(``advance``): a view counts only if its author presents at that point of the order, a
+presenter left vacant only if it is still the one that went. So a burst of claims and views
+from several nodes ends the same everywhere, and the meeting keeps what the rooms show.
+
+Liveness: each node announces its own members (``participants`` with its ``node``) when they
+change and every ``heartbeat`` seconds; the room's participants are the union over the nodes
+heard from within the ``lease`` (3 heartbeats). A node that stops (killed, cut off) drops out
+of every room after the lease, and a presenter who is nobody's participant for a lease is
+vacated, so the room can be claimed again.
 
 Access: a member sees patient data only of the items it may see (``visible``, computed by the
 MDT service when it joins); a view of another item reaches it as
@@ -15,17 +25,20 @@ MDT service when it joins); a view of another item reaches it as
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from solent.services.mdt_broker import Broker, Event
+from solent.services.mdt_broker import ORDERED, Broker, Event
 
 MAX_MEASUREMENTS = 200
 VIEW_KEYS = ("item_id", "study_uid", "series_uid", "image_index", "voi", "camera", "measurements")
+HEARTBEAT = 2.0  # seconds between a node's announcements of its members (default)
 
 
 @dataclass
@@ -41,11 +54,16 @@ class Member:
 class Room:
     meeting_id: int
     presenter: str | None
+    opened: float = 0.0  # when this node opened the room (its clock)
     state: dict[str, Any] | None = None
-    seq: int = 0
-    issued: int = 0  # the last seq this node gave a view (its echo may not be back yet)
+    seq: int = 0  # the last numbered event applied
+    # A presenter set by this node whose event has not come back yet (name, when): accepted
+    # as presenting meanwhile, so its next message is not refused; the order still decides.
+    pending: tuple[str, float] | None = None
     members: dict[int, Member] = field(default_factory=dict)
     remote: dict[str, list[str]] = field(default_factory=dict)  # other node -> its members
+    seen: dict[str, float] = field(default_factory=dict)  # other node -> last heard (our clock)
+    listed: list[str] = field(default_factory=list)  # the participants last sent to members
     unsubscribe: Callable[[], None] | None = None
 
     def local(self) -> list[str]:
@@ -64,17 +82,42 @@ class Outcome:
 
     replies: list[Event] = field(default_factory=list)  # to the sender only (errors)
     events: list[Event] = field(default_factory=list)  # for the room: ``publish`` them
-    presenter_changed: bool = False
-    presenter: str | None = None
     shown: tuple[int, str] | None = None  # (item id, study UID) newly shown by the presenter
 
 
+def advance(presenter: str | None, event: Event) -> tuple[str | None, bool]:
+    """The room's presenter after a numbered event, and whether the event counts.
+
+    The one rule every node (and the keeping of the meeting) applies in ``seq`` order: a view
+    counts only if its author presents; a presenter event with ``was`` (vacating a presenter
+    who went) only if that one still presents."""
+    kind = event.get("type")
+    if kind == "view":
+        return presenter, event.get("by") == presenter
+    if kind == "presenter":
+        if "was" in event and event["was"] != presenter:
+            return presenter, False
+        return event.get("presenter"), True
+    return presenter, True
+
+
 class LiveHub:
-    def __init__(self, broker: Broker, node: str | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        node: str | None = None,
+        *,
+        heartbeat: float = HEARTBEAT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.broker = broker
         self.node = node or uuid.uuid4().hex[:12]  # tells this process's announcements apart
+        self.heartbeat = heartbeat
+        self.lease = 3 * heartbeat
+        self.clock = clock
         self.rooms: dict[int, Room] = {}
         self._ids = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
 
     @staticmethod
     def topic(meeting_id: int) -> str:
@@ -90,16 +133,17 @@ class LiveHub:
         """Open the meeting's room here (listening to its events); True if it was not open."""
         if meeting_id in self.rooms:
             return False
-        room = Room(meeting_id, presenter)
+        room = Room(meeting_id, presenter, opened=self.clock())
         self.rooms[meeting_id] = room
         room.unsubscribe = self.broker.subscribe(
             self.topic(meeting_id), lambda e: self._apply(meeting_id, e)
         )
+        self._keep_ticking()
         return True
 
     def restore(self, meeting_id: int, events: list[Event]) -> None:
-        """Apply the room's stored events (presenter, latest view) to a room just opened here:
-        a view older than what arrived meanwhile is ignored."""
+        """Apply the room's stored snapshot to a room just opened here: one older than what
+        arrived meanwhile is ignored."""
         for event in events:
             self._apply(meeting_id, event)
 
@@ -126,29 +170,76 @@ class LiveHub:
         }
         member.send(welcome)
         self._announce_members(meeting_id, room)
+        self._show_participants(room)
         return welcome
 
-    def leave(self, meeting_id: int, member: Member) -> Outcome:
+    def leave(self, meeting_id: int, member: Member) -> None:
         room = self.rooms.get(meeting_id)
-        out = Outcome()
         if room is None or room.members.pop(member.conn_id, None) is None:
-            return out
+            return
         if room.presenter == member.name and member.name not in room.participants():
-            self._publish(meeting_id, {"type": "presenter", "presenter": None})
-            out.presenter_changed, out.presenter = True, None
+            self._publish(meeting_id, self._vacate(member.name))
         self._announce_members(meeting_id, room)
+        self._show_participants(room)
         if not room.members:  # nobody here any more: stop following the room on this node
             if room.unsubscribe is not None:
                 room.unsubscribe()
             del self.rooms[meeting_id]
-        return out
 
     def _announce_members(self, meeting_id: int, room: Room) -> None:
         self._publish(
             meeting_id, {"type": "participants", "node": self.node, "members": room.local()}
         )
 
+    def _vacate(self, name: str) -> Event:
+        return {"type": "presenter", "presenter": None, "was": name, "node": self.node}
+
+    # -- liveness -------------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        """Every ``heartbeat``: announce this node's members of each open room, drop the nodes
+        not heard from within the lease, vacate a presenter who is nobody's participant."""
+        now = self.clock() if now is None else now
+        for meeting_id, room in list(self.rooms.items()):
+            if room.members:
+                self._announce_members(meeting_id, room)
+            gone = [node for node, heard in room.seen.items() if now - heard > self.lease]
+            for node in gone:
+                room.remote.pop(node, None)
+                del room.seen[node]
+            if gone:
+                self._show_participants(room)
+            absent = room.presenter is not None and room.presenter not in room.participants()
+            if absent and room.members and now - room.opened > self.lease:
+                assert room.presenter is not None
+                self._publish(meeting_id, self._vacate(room.presenter))
+
+    def _keep_ticking(self) -> None:
+        """Schedule the next ``tick`` on the running event loop while rooms are open (none
+        without a loop: unit tests call ``tick`` themselves)."""
+        if self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._timer = loop.call_later(self.heartbeat, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            self.tick()
+        finally:
+            if self.rooms:
+                self._keep_ticking()
+
     # -- client messages ------------------------------------------------------------------------
+
+    def presenting(self, room: Room, name: str) -> bool:
+        if room.presenter == name:
+            return True
+        pending = room.pending
+        return pending is not None and pending[0] == name and self.clock() - pending[1] < self.lease
 
     def handle(self, meeting_id: int, member: Member, message: Any) -> Outcome:
         room = self.rooms.get(meeting_id)
@@ -157,7 +248,7 @@ class LiveHub:
             out.replies.append(_error("you are not in this meeting's room"))
             return out
         kind = message.get("type") if isinstance(message, dict) else None
-        presenting = room.presenter == member.name
+        presenting = self.presenting(room, member.name)
         if kind == "view":
             if not presenting:
                 out.replies.append(_error("only the presenter can change the view"))
@@ -173,9 +264,7 @@ class LiveHub:
                 study,
             ):
                 out.shown = (int(state["item_id"]), str(study))
-            room.issued = max(room.seq, room.issued) + 1
-            event = {"type": "view", "state": state, "seq": room.issued, "by": member.name}
-            out.events.append(event)
+            out.events.append({"type": "view", "state": state, "by": member.name})
         elif kind == "pointer":
             if not presenting:
                 out.replies.append(_error("only the presenter can point"))
@@ -193,22 +282,19 @@ class LiveHub:
             if not isinstance(to, str) or to not in room.participants():
                 out.replies.append(_error("hand over to someone in the meeting (see participants)"))
                 return out
-            self._set_presenter(meeting_id, to, out)
+            self._set_presenter(room, to, out)
         elif kind == "claim":
             if room.presenter is not None and not member.coordinator and not presenting:
                 out.replies.append(_error(f"{room.presenter} is presenting; ask for a handover"))
                 return out
-            self._set_presenter(meeting_id, member.name, out)
+            self._set_presenter(room, member.name, out)
         else:
             out.replies.append(_error("type must be view, pointer, handover or claim"))
         return out
 
-    def _set_presenter(self, meeting_id: int, name: str, out: Outcome) -> None:
-        # Taken here at once, so the new presenter's next message is accepted before the
-        # event comes back from other nodes; every node then applies the events in one order.
-        self.rooms[meeting_id].presenter = name
-        out.events.append({"type": "presenter", "presenter": name})
-        out.presenter_changed, out.presenter = True, name
+    def _set_presenter(self, room: Room, name: str, out: Outcome) -> None:
+        room.pending = (name, self.clock())
+        out.events.append({"type": "presenter", "presenter": name, "node": self.node})
 
     def publish(self, meeting_id: int, events: list[Event]) -> None:
         """Send a handled message's events to the room (after the adapter audited them)."""
@@ -226,36 +312,79 @@ class LiveHub:
         if room is None:
             return
         kind = event.get("type")
-        if kind == "view":
-            if int(event["seq"]) <= room.seq:
+        if kind == "snapshot":
+            self._snapshot(room, event)
+            return
+        if kind == "participants":
+            self._participants(meeting_id, room, event)
+            return
+        if kind in ORDERED:
+            seq = int(event.get("seq", 0))
+            if seq <= room.seq:
                 return  # older than what this room shows (read from the meeting meanwhile)
-            room.state, room.seq = event["state"], int(event["seq"])
+            room.seq = seq
+            if kind == "presenter" and event.get("node") == self.node:
+                pending = room.pending
+                if pending is not None and pending[0] == event.get("presenter"):
+                    room.pending = None  # our own change is in the order now
+            room.presenter, counts = advance(room.presenter, event)
+            if not counts:
+                return
+        if kind == "view":
+            room.state = event["state"]
+            self._fan_out(room, event)
         elif kind == "presenter":
-            room.presenter = event["presenter"]
-        elif kind == "participants":
-            event = self._participants(meeting_id, room, event)
+            self._fan_out(room, {"type": "presenter", "presenter": room.presenter})
+        else:
+            self._fan_out(room, event)
+
+    def _snapshot(self, room: Room, snap: Event) -> None:
+        """The room as the meeting keeps it (presenter, latest view, last ``seq``)."""
+        seq = int(snap.get("seq", 0))
+        if seq < room.seq:
+            return
+        room.seq = seq
+        if snap.get("presenter") != room.presenter:
+            room.presenter = snap.get("presenter")
+            self._fan_out(room, {"type": "presenter", "presenter": room.presenter})
+        view = snap.get("view")
+        if isinstance(view, dict) and view.get("state") != room.state:
+            room.state = view["state"]
+            self._fan_out(room, view)
+
+    def _fan_out(self, room: Room, event: Event) -> None:
         slow = []
         for member in list(room.members.values()):
             message = event
-            if kind == "view":
+            if event.get("type") == "view":
                 message = {**event, "state": _redact(event["state"], member)}
             if not member.send(message):
                 slow.append(member)
         for member in slow:  # a follower that cannot keep up is dropped, not waited for
             room.members.pop(member.conn_id, None)
 
-    def _participants(self, meeting_id: int, room: Room, event: Event) -> Event:
+    def _participants(self, meeting_id: int, room: Room, event: Event) -> None:
         """A node announced its members: what the clients see is everyone on every node."""
         node, members = event.get("node"), event.get("members")
-        if isinstance(node, str) and node != self.node and isinstance(members, list):
-            known = node in room.remote
-            if members:
-                room.remote[node] = [str(m) for m in members]
-            else:
-                room.remote.pop(node, None)
-            if not known and members and room.members:
-                self._announce_members(meeting_id, room)  # so the new node knows us too
-        return {"type": "participants", "participants": room.participants()}
+        if not isinstance(node, str) or node == self.node or not isinstance(members, list):
+            return
+        known = node in room.remote
+        if members:
+            room.remote[node] = [str(m) for m in members]
+            room.seen[node] = self.clock()
+        else:
+            room.remote.pop(node, None)
+            room.seen.pop(node, None)
+        if not known and members and room.members:
+            self._announce_members(meeting_id, room)  # so the new node knows us too
+        self._show_participants(room)
+
+    def _show_participants(self, room: Room) -> None:
+        """Tell the members who takes part, when that changed."""
+        now = room.participants()
+        if now != room.listed:
+            room.listed = now
+            self._fan_out(room, {"type": "participants", "participants": now})
 
 
 def _error(detail: str) -> Event:

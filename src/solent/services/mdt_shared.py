@@ -1,19 +1,20 @@
 """MDT rooms across nodes (issue 16): the ``Broker`` of ``LiveHub`` over the archive's
 ``Broadcast`` (PostgreSQL LISTEN/NOTIFY; no extra server).
 
-Every node's hub publishes room events to one channel; every node applies them in the order
-PostgreSQL delivers them (commit order, the same on every node), so a room's presenter and view
-are the same wherever its members are connected.
+One order per room, set by the database: each round of events is kept in one transaction that
+locks the rooms' meeting rows, numbers the events that change what a room shows (``seq`` from
+the meeting's ``live_seq``), writes the presenter and latest view, and NOTIFYs the events. A
+notification is delivered when its transaction commits, and PostgreSQL delivers those of
+different transactions in commit order, which for one room (its row locked until commit) is
+``seq`` order: every node sees the same events in the same order, whichever node sent them.
 
-Late joiners: before an event that changes what a room shows (``view``, ``presenter``) is
-announced, it is written to the meeting (``persist``; one writer thread, so in order). A node
-that opens a room starts listening first and reads the meeting afterwards: whatever it reads is
-either in that read or announced after it, so it never misses the current view. The view
-carries ``seq``; the hub ignores one older than what it has.
+Late joiners: a node that opens a room starts listening first and reads the meeting's snapshot
+(presenter, latest view, ``live_seq``) afterwards: whatever it reads is either in that snapshot
+or announced after it, and the hub ignores an event numbered at or below what it has.
 
 A payload over NOTIFY's limit (a view with many measurements) is announced as a reference and
-read back from the meeting by the receivers (``fetch``), still in order. After the listening
-connection was lost and re-made, every open room re-reads its meeting (``resync``).
+the receivers read the snapshot instead, still in order. After the listening connection was
+lost and re-made, every open room re-reads its snapshot (``resync``).
 """
 
 from __future__ import annotations
@@ -21,51 +22,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from solent.services.broadcast import Broadcast, PostgresBroadcast
-from solent.services.mdt_broker import Broker, Deliver, Event, LocalBroker
+from solent.services.mdt_broker import Broker, Deliver, Event, Keep, LocalBroker, RoundWriter
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "solent_mdt"
-BATCH = 64  # events taken from the queue per write + announce round
-#: Write what changes the rooms' pictures for later joiners (room -> its events of one round,
-#: in order), before they are announced; one transaction a round.
-Persist = Callable[[dict[str, list[Event]]], None]
-#: The events that rebuild a room as stored (presenter, latest view), read on the listener thread.
+#: The room's snapshot as kept, read on the listener thread.
 Fetch = Callable[[str], list[Event]]
 
 
 class SharedBroker:
     def __init__(
-        self, broadcast: Broadcast, persist: Persist, fetch: Fetch, ready: threading.Event | None
+        self, broadcast: Broadcast, keep: Keep, fetch: Fetch, ready: threading.Event | None
     ) -> None:
         self.broadcast = broadcast
-        self.persist = persist
+        self.keep = keep
         self.fetch = fetch
         self._ready = ready  # set while the broadcast listens (None: always)
         self._rooms: dict[str, list[Deliver]] = {}  # touched on the event loop thread only
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._outbox: queue.SimpleQueue[tuple[str, Event] | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._writer = RoundWriter(self._round, "mdt-shared-publish")
         self._unsubscribe: Callable[[], None] | None = None
-        self._lock = threading.Lock()
 
     # -- Broker -------------------------------------------------------------------------------
 
     def publish(self, room: str, event: Event) -> None:
-        """Queue the event: written and announced by one thread, in order, off the event loop."""
-        with self._lock:
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._write, name="mdt-shared-publish", daemon=True
-                )
-                self._writer.start()
-        self._outbox.put((room, event))
+        """Queue the event: numbered, kept and announced by one thread, off the event loop."""
+        self._writer.put(room, event)
 
     def subscribe(self, room: str, deliver: Deliver) -> Callable[[], None]:
         if self._loop is None:
@@ -90,49 +78,22 @@ class SharedBroker:
         return self._stored(room)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._outbox.put(None)
-            self._writer.join(timeout=5)
+        self._writer.close()
         if self._unsubscribe is not None:
             self._unsubscribe()
 
     # -- publishing thread ----------------------------------------------------------------------
 
-    def _write(self) -> None:
-        while True:
-            first = self._outbox.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < BATCH:
-                try:
-                    item = self._outbox.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._outbox.put(None)
-                    break
-                batch.append(item)
-            by_room: dict[str, list[Event]] = {}
-            for room, event in batch:
-                by_room.setdefault(room, []).append(event)
-            try:
-                self.persist(by_room)
-            except Exception:
-                log.exception("could not keep the live state of %s", ", ".join(by_room))
-            for room, event in batch:
-                try:
-                    self.broadcast.publish(CHANNEL, {"room": room, "event": event})
-                except ValueError:  # over NOTIFY's limit: receivers read it from the meeting
-                    self._announce({"room": room, "ref": event.get("seq")})
-                except Exception:
-                    log.exception("could not announce an event of %s", room)
+    def _round(self, by_room: dict[str, list[Event]]) -> None:
+        self.keep(by_room, self._announce)
 
-    def _announce(self, payload: dict[str, Any]) -> None:
-        try:
-            self.broadcast.publish(CHANNEL, payload)
-        except Exception:
-            log.exception("could not announce %r", payload)
+    def _announce(self, conn: Any, room: str, events: list[Event]) -> None:
+        """In the keeping transaction: each event, or a reference when it is too large."""
+        for event in events:
+            try:
+                self.broadcast.publish_in(conn, CHANNEL, {"room": room, "event": event})
+            except ValueError:  # over NOTIFY's limit: receivers read the snapshot
+                self.broadcast.publish_in(conn, CHANNEL, {"room": room, "ref": event.get("seq")})
 
     # -- listening thread -----------------------------------------------------------------------
 
@@ -149,7 +110,7 @@ class SharedBroker:
         if not isinstance(room, str) or room not in self._rooms:
             return  # another node's meeting (or not open here)
         if "ref" in payload:
-            events = [e for e in self._stored(room) if e.get("type") == "view"]
+            events = self._stored(room)
         else:
             event = payload.get("event")
             events = [event] if isinstance(event, dict) else []
@@ -173,8 +134,8 @@ class SharedBroker:
                 deliver(event)
 
 
-def open_broker(broadcast: Broadcast, persist: Persist, fetch: Fetch) -> Broker:
+def open_broker(broadcast: Broadcast, keep: Keep, fetch: Fetch) -> Broker:
     """Rooms shared across nodes on PostgreSQL; in-process on the embedded default."""
     if isinstance(broadcast, PostgresBroadcast):
-        return SharedBroker(broadcast, persist, fetch, broadcast.listening)
-    return LocalBroker()
+        return SharedBroker(broadcast, keep, fetch, broadcast.listening)
+    return LocalBroker(keep)

@@ -177,9 +177,7 @@ async def live(websocket: WebSocket, meeting_id: int, token: str = "") -> None:
         reader.cancel()
     finally:
         writer.cancel()
-        out = hub.leave(meeting_id, member)
-        if out.presenter_changed:
-            services.mdt.set_presenter_soon(meeting_id, out.presenter)
+        hub.leave(meeting_id, member)
         with contextlib.suppress(Exception):
             await websocket.close()
 
@@ -206,9 +204,7 @@ async def _read(
             member.send(reply)
         if out.shown is not None:  # audited before anyone is shown the study
             await run_in_threadpool(services.mdt.shown, caller, meeting_id, out.shown[1])
-        hub.publish(meeting_id, out.events)
-        if out.presenter_changed:
-            services.mdt.set_presenter_soon(meeting_id, out.presenter)
+        hub.publish(meeting_id, out.events)  # the broker keeps the presenter (one path)
 
 
 async def _refuse(websocket: WebSocket, code: int, detail: str) -> None:
