@@ -18,7 +18,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Connection, Select, insert, select
 
 from solent.app import Archive, build_archive
 from solent.domain.attributes import Level
@@ -515,7 +515,9 @@ def test_limit_offset_and_cap(archive: Archive) -> None:
 
 def test_the_access_rule_is_anded_into_every_query(archive: Archive) -> None:
     class OnlyZZC:
-        def visible_patients(self, principal: Principal) -> Select[tuple[int]] | None:
+        def visible_patients(
+            self, principal: Principal, *, conn: Connection | None = None
+        ) -> Select[tuple[int]] | None:
             return select(t.patient.c.pk).where(t.patient.c.issuer == "ZZC")
 
     service = QueryService(archive.index, OnlyZZC())

@@ -177,7 +177,7 @@ def test_batched_walk_finds_what_the_walk_of_each_record_finds(ids: IdentityServ
     ids.unlink(PatientKey("ZZB", "B2"), PatientKey("ZZC", "C2"), PAS)
     alone = rec(ids, "ZZC", "C3")
     pks = [a, b, c, d, e, alone]
-    with ids.index.read() as conn:
+    with ids._index.read() as conn:
         batched = ids.components(conn, pks)
         assert batched == {pk: ids.linked_patient_pks(pk, conn=conn) for pk in pks}
         assert batched[c] == {a, b, c} and batched[d] == {d}

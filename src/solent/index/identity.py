@@ -61,6 +61,40 @@ def get_patients(conn: Connection, pks: Iterable[int]) -> list[PatientRow]:
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
+def linkable_patients(
+    conn: Connection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], PatientRow]:
+    """(issuer, local ID) -> record, of those records that can have a linked record at all:
+    an explicit "linked" decision, or a valid, traced NHS number that another trust's record
+    carries valid and traced too (the two ways ``IdentityLinks`` walks). One query for a page
+    of query results; a record without either is alone and needs no walk."""
+    by_issuer: dict[str, set[str]] = {}
+    for issuer, local_id in keys:
+        by_issuer.setdefault(issuer, set()).add(local_id)
+    if not by_issuer:
+        return {}
+    p, link = t.patient.c, t.patient_link.c
+    same = t.patient.alias("p_same_nhs")
+    linked = select(link.pk).where(
+        link.status == "linked", or_(link.patient_a == p.pk, link.patient_b == p.pk)
+    )
+    shared = select(same.c.pk).where(
+        same.c.nhs_number == p.nhs_number,
+        same.c.issuer != p.issuer,
+        same.c.nhs_number_valid.is_(True),
+        same.c.nhs_number_verified.is_(True),
+    )
+    q = _patient_select().where(
+        or_(*(and_(p.issuer == i, p.local_id.in_(sorted(ids))) for i, ids in by_issuer.items())),
+        or_(
+            linked.exists(),
+            and_(p.nhs_number_valid.is_(True), p.nhs_number_verified.is_(True), shared.exists()),
+        ),
+    )
+    rows = [dict(r) for r in conn.execute(q.order_by(p.pk)).mappings()]
+    return {(r["issuer"], r["local_id"]): r for r in rows}
+
+
 def find_patient(conn: Connection, issuer: str, local_id: str) -> PatientRow | None:
     c = t.patient.c
     q = _patient_select().where(c.issuer == issuer, c.local_id == local_id)
