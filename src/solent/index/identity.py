@@ -68,16 +68,27 @@ def linkable_patients(
     an explicit "linked" decision, or a valid, traced NHS number that another trust's record
     carries valid and traced too (the two ways ``IdentityLinks`` walks). One query for a page
     of query results; a record without either is alone and needs no walk."""
+    q = linkable_select(keys)
+    if q is None:
+        return {}
+    rows = [dict(r) for r in conn.execute(q).mappings()]
+    return {(r["issuer"], r["local_id"]): r for r in rows}
+
+
+def linkable_select(keys: Iterable[tuple[str, str]]) -> Any:
+    """The SELECT of ``linkable_patients`` (None for no keys); its plan is checked in
+    tests/interop/test_query_plans_postgres.py: index look-ups only, whatever the size."""
     by_issuer: dict[str, set[str]] = {}
     for issuer, local_id in keys:
         by_issuer.setdefault(issuer, set()).add(local_id)
     if not by_issuer:
-        return {}
+        return None
     p, link = t.patient.c, t.patient_link.c
     same = t.patient.alias("p_same_nhs")
-    linked = select(link.pk).where(
-        link.status == "linked", or_(link.patient_a == p.pk, link.patient_b == p.pk)
-    )
+    # One EXISTS per side of the pair: each is a probe of its own index (an OR of the two
+    # was a bitmap OR, or on a small table a hashed scan of all links).
+    forward = select(link.pk).where(link.status == "linked", link.patient_a == p.pk)
+    backward = select(link.pk).where(link.status == "linked", link.patient_b == p.pk)
     shared = select(same.c.pk).where(
         same.c.nhs_number == p.nhs_number,
         same.c.issuer != p.issuer,
@@ -87,12 +98,12 @@ def linkable_patients(
     q = _patient_select().where(
         or_(*(and_(p.issuer == i, p.local_id.in_(sorted(ids))) for i, ids in by_issuer.items())),
         or_(
-            linked.exists(),
+            forward.exists(),
+            backward.exists(),
             and_(p.nhs_number_valid.is_(True), p.nhs_number_verified.is_(True), shared.exists()),
         ),
     )
-    rows = [dict(r) for r in conn.execute(q.order_by(p.pk)).mappings()]
-    return {(r["issuer"], r["local_id"]): r for r in rows}
+    return q.order_by(p.pk)
 
 
 def find_patient(conn: Connection, issuer: str, local_id: str) -> PatientRow | None:
