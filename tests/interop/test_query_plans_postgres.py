@@ -180,7 +180,7 @@ def test_the_trust_view_link_check_of_a_page_reads_indexes_only(filled: Index) -
                 "ORDER BY s.study_date_key DESC, s.pk DESC LIMIT 100"
             )
         ]
-    top = explain(filled, linkable_select(keys))
+    top = explain(filled, linkable_select(keys, "postgresql"))
     assert not [s for s in scans(top, "patient") if "Seq" in s], scans(top, "patient")
     by_alias = {n.get("Alias"): n.get("Index Name") for n in nodes(top) if n.get("Index Name")}
     assert by_alias.get("p_same_nhs") == "ix_patient_nhs_number", by_alias

@@ -10,7 +10,19 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from solent.index import schema as t
 from solent.index.sql import now
@@ -68,16 +80,20 @@ def linkable_patients(
     an explicit "linked" decision, or a valid, traced NHS number that another trust's record
     carries valid and traced too (the two ways ``IdentityLinks`` walks). One query for a page
     of query results; a record without either is alone and needs no walk."""
-    q = linkable_select(keys)
+    q = linkable_select(keys, conn.dialect.name)
     if q is None:
         return {}
     rows = [dict(r) for r in conn.execute(q).mappings()]
     return {(r["issuer"], r["local_id"]): r for r in rows}
 
 
-def linkable_select(keys: Iterable[tuple[str, str]]) -> Any:
+def linkable_select(keys: Iterable[tuple[str, str]], dialect: str = "sqlite") -> Any:
     """The SELECT of ``linkable_patients`` (None for no keys); its plan is checked in
-    tests/interop/test_query_plans_postgres.py: index look-ups only, whatever the size."""
+    tests/interop/test_query_plans_postgres.py: index look-ups only, whatever the size.
+
+    On PostgreSQL each trust's IDs go as one array (``= ANY``), so the statement's text does
+    not change with the page (SQLAlchemy's compiled cache and psycopg's prepared statements
+    serve it); an IN list is compiled anew for every count of IDs."""
     by_issuer: dict[str, set[str]] = {}
     for issuer, local_id in keys:
         by_issuer.setdefault(issuer, set()).add(local_id)
@@ -95,8 +111,15 @@ def linkable_select(keys: Iterable[tuple[str, str]]) -> Any:
         same.c.nhs_number_valid.is_(True),
         same.c.nhs_number_verified.is_(True),
     )
+
+    def among(issuer: str, ids: set[str], n: int) -> Any:
+        if dialect != "postgresql":
+            return and_(p.issuer == issuer, p.local_id.in_(sorted(ids)))
+        values = bindparam(f"linkable_ids_{n}", sorted(ids), type_=ARRAY(String))
+        return and_(p.issuer == issuer, p.local_id == any_(values))
+
     q = _patient_select().where(
-        or_(*(and_(p.issuer == i, p.local_id.in_(sorted(ids))) for i, ids in by_issuer.items())),
+        or_(*(among(i, ids, n) for n, (i, ids) in enumerate(sorted(by_issuer.items())))),
         or_(
             forward.exists(),
             backward.exists(),
