@@ -9,6 +9,7 @@ its own keep-alive connection, as user ``bench<n>`` of trust ZZA.
 from __future__ import annotations
 
 import http.client
+import os
 import statistics
 import threading
 import time
@@ -40,6 +41,28 @@ def _p(samples: list[float], q: float) -> float:
     return samples[min(len(samples) - 1, round(q * (len(samples) - 1)))]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children still running (the HTTP workers), from
+    /proc: the node's own cost per request, which a shared machine's load does not inflate
+    the way it inflates latency."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _shape(node: _Node, keys: Keys, limit: int | None, repeat: int, clients: int) -> str:
     local = threading.local()
     port = int(node.ports["http"])
@@ -61,12 +84,14 @@ def _shape(node: _Node, keys: Keys, limit: int | None, repeat: int, clients: int
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(clients)))  # warm: one connection and plan per client
+        cpu = _cpu_seconds(node.pid)
         started = time.perf_counter()
         samples = sorted(pool.map(one, range(repeat * clients)))
         wall = time.perf_counter() - started
+        cpu = _cpu_seconds(node.pid) - cpu
     return (
         f"median {statistics.median(samples):7.2f} ms   p95 {_p(samples, 0.95):7.2f} ms   "
-        f"{len(samples) / wall:6.1f} req/s"
+        f"{len(samples) / wall:6.1f} req/s   node CPU {cpu * 1000 / len(samples):5.1f} ms/req"
     )
 
 
@@ -77,17 +102,21 @@ def timed_http(
     shapes: dict[str, Keys],
     repeat: int,
     clients: int,
+    workers: int = 1,
 ) -> list[str]:
-    """Start a node on ``database_url``, time every shape with ``clients`` at once, stop it."""
+    """Start a node on ``database_url``, time every shape with ``clients`` at once, stop it.
+    ``workers``: the node's HTTP processes (SOLENT_HTTP_WORKERS)."""
     url = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     lines = []
-    node = _Node(trusts={}, database_url=url, extra_env={"SOLENT_AUDIT_KEY": audit_key.decode()})
+    env = {"SOLENT_AUDIT_KEY": audit_key.decode(), "SOLENT_HTTP_WORKERS": str(workers)}
+    node = _Node(trusts={}, database_url=url, extra_env=env)
     node.start()
     try:
         for label, keys in shapes.items():
             limit = None if label.startswith("PatientID") else 100
             figures = _shape(node, keys, limit, repeat, clients)
-            lines.append(f"  {label:<34} {'HTTP x' + str(clients):<8} {figures}")
+            tag = f"HTTP x{clients}" + (f" w{workers}" if workers > 1 else "")
+            lines.append(f"  {label:<34} {tag:<8} {figures}")
             print(lines[-1], flush=True)
     finally:
         node.stop()

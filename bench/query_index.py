@@ -1,7 +1,7 @@
 """Query engine latency at 10k and 100k (up to 10 M) studies, SQLite and PostgreSQL.
 
 `python -m bench query [--sizes 10000,100000] [--backends sqlite,postgresql] [--repeat 50]
-[--access auto|on|off] [--http] [--database URL]`
+[--access auto|on|off] [--http [--clients 10] [--http-workers 1,2]] [--database URL]`
 
 SQLite is filled with `solent.index.bulk.fill_synthetic` (four trusts, valid test-range NHS
 numbers, 2 series per study); PostgreSQL with `solent.index.bulk_pg.fill_region`, generated
@@ -169,7 +169,16 @@ def run_size(
     if args.http:
         from bench.query_http import timed_http
 
-        timed_http(index.url, AUDIT_KEY, summary, query_keys(summary), args.repeat, args.clients)
+        for workers in args.http_workers:
+            timed_http(
+                index.url,
+                AUDIT_KEY,
+                summary,
+                query_keys(summary),
+                args.repeat,
+                args.clients,
+                workers,
+            )
     return summary
 
 
@@ -211,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--http", action="store_true", help="also time QIDO-RS through a node")
     ap.add_argument("--clients", type=int, default=10, help="concurrent HTTP clients")
+    ap.add_argument(
+        "--http-workers",
+        default="1",
+        type=lambda v: [int(n) for n in v.split(",") if n],
+        help="HTTP processes of the node (SOLENT_HTTP_WORKERS), comma list: each is timed",
+    )
     ap.add_argument(
         "--postgres-url",
         default=os.environ.get("SOLENT_BENCH_POSTGRES_URL", DEFAULT_PG),

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -16,6 +17,7 @@ import uvicorn
 from solent.app import Archive, Listener
 from solent.errors import ConfigurationError
 from solent.http_limits import LimitedHttpProtocol
+from solent.protocols.dimse.workers import DimseWorkers
 from solent.services.broadcast import ACCESS_CHANNEL
 from solent.ttl_cache import invalidate_all
 
@@ -70,8 +72,13 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.archive = archive
         self.drain = archive.settings.shutdown_drain_seconds
+        #: Told of each signal first: the HTTP worker processes drain alongside (readiness
+        #: fails on every process of the node at once, whichever one the balancer asks).
+        self.forward: Callable[[int], None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.forward is not None:
+            self.forward(sig)
         health = self.archive.services.health
         if health.draining or self.drain <= 0:
             health.begin_shutdown()
@@ -100,27 +107,12 @@ def https_files(archive: Archive) -> tuple[str | None, str | None]:
     return str(settings.http_tls_cert), str(settings.http_tls_key)
 
 
-def serve(archive: Archive) -> None:
+def http_config(archive: Archive, tls_cert: str | None, tls_key: str | None) -> uvicorn.Config:
+    """The one uvicorn configuration of `solent serve` and of its HTTP worker processes."""
     from solent.protocols.http import create_app
 
     settings = archive.settings
-    tls_cert, tls_key = https_files(archive)
-    sock = bind_http(settings.bind_address, settings.http_port)
-    ports: dict[str, int | str] = {"http": sock.getsockname()[1]}
-    archive.listeners = build_listeners(archive)
-    for listener in archive.listeners:
-        ports[listener.name] = listener.start()
-    # Another node changed access (users, tokens, break-glass, links...): drop cached answers
-    # now rather than when their TTL runs out (issue 16; PostgreSQL triggers announce it).
-    archive.services.broadcast.subscribe(ACCESS_CHANNEL, lambda _note: invalidate_all())
-    if settings.jobs_worker:
-        archive.services.jobs.start_background()  # change-feed consumers (issue 16)
-    workers = None
-    if "dicom" in ports:
-        from solent.protocols.dimse.workers import start_workers
-
-        workers = start_workers(settings, int(ports["dicom"]))  # READY only once they listen
-    config = uvicorn.Config(
+    return uvicorn.Config(
         create_app(archive.services),
         log_config=None,
         access_log=False,
@@ -139,12 +131,56 @@ def serve(archive: Archive) -> None:
         ssl_certfile=tls_cert,  # HTTPS only when SOLENT_HTTP_TLS_CERT/KEY are set
         ssl_keyfile=tls_key,
     )
+
+
+def start_http_workers(archive: Archive, sock: socket.socket) -> DimseWorkers | None:
+    """``SOLENT_HTTP_WORKERS - 1`` more processes serving HTTP on the same listening socket
+    (solent.http_workers); None when there is one. Only on PostgreSQL: that is where the
+    processes' caches learn of access changes (broadcast); SQLite keeps one process."""
+    from solent.http_workers import HttpWorkers
+
+    count = archive.settings.http_workers - 1
+    if count <= 0:
+        return None
+    if not archive.settings.effective_database_url.startswith("postgres"):
+        log.warning("SOLENT_HTTP_WORKERS is for PostgreSQL; on SQLite one process serves HTTP")
+        return None
+    workers = HttpWorkers(archive.settings, sock, count)
+    workers.start()
+    log.info("HTTP workers started", extra={"workers": count})
+    return workers
+
+
+def serve(archive: Archive) -> None:
+    settings = archive.settings
+    tls_cert, tls_key = https_files(archive)
+    sock = bind_http(settings.bind_address, settings.http_port)
+    ports: dict[str, int | str] = {"http": sock.getsockname()[1]}
+    archive.listeners = build_listeners(archive)
+    for listener in archive.listeners:
+        ports[listener.name] = listener.start()
+    # Another node changed access (users, tokens, break-glass, links...): drop cached answers
+    # now rather than when their TTL runs out (issue 16; PostgreSQL triggers announce it).
+    archive.services.broadcast.subscribe(ACCESS_CHANNEL, lambda _note: invalidate_all())
+    if settings.jobs_worker:
+        archive.services.jobs.start_background()  # change-feed consumers (issue 16)
+    workers = None
+    if "dicom" in ports:
+        from solent.protocols.dimse.workers import start_workers
+
+        workers = start_workers(settings, int(ports["dicom"]))  # READY only once they listen
+    http_workers = start_http_workers(archive, sock)  # READY only once they listen too
+    config = http_config(archive, tls_cert, tls_key)
     server = DrainingServer(config, archive)
+    if http_workers is not None:
+        server.forward = http_workers.signal
 
     # Uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with the
     # handlers found at start. Ours ask the server to stop, so a signal that arrives after
     # SOLENT_READY but before uvicorn takes over still ends the process cleanly (status 0).
-    def stop(*_: object) -> None:
+    def stop(sig: int, _frame: object) -> None:
+        if http_workers is not None:
+            http_workers.signal(sig)
         archive.services.health.begin_shutdown()
         server.should_exit = True
 
@@ -170,6 +206,8 @@ def serve(archive: Archive) -> None:
     try:
         server.run(sockets=[sock])
     finally:
+        if http_workers is not None:
+            http_workers.stop()
         if workers is not None:
             workers.stop()
         archive.close()

@@ -115,6 +115,14 @@ class Settings(BaseSettings):
         description="Processes receiving on the DICOM port (SO_REUSEPORT), the first being "
         "`solent serve` itself; 0: one per CPU. Associations are spread over them.",
     )
+    http_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes answering on the HTTP port, the first being `solent serve` "
+        "itself (PostgreSQL only; SQLite keeps one). Each runs the HTTP app on its own "
+        "connection pool; DIMSE, HL7 and background jobs stay in the first.",
+    )
     dicom_tls_port: int = Field(
         -1, ge=-1, le=65535, description="DICOM TLS port; -1 disables TLS, 0 picks a free port."
     )

@@ -18,7 +18,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Connection, Select, insert, select
 
 from solent.app import Archive, build_archive
 from solent.domain.attributes import Level
@@ -27,8 +27,10 @@ from solent.domain.outcomes import Outcome
 from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
 from solent.errors import InvalidInput
 from solent.index import schema as t
+from solent.index.identity import linkable_patients
 from solent.index.sql import now
 from solent.services.query import QueryResult, QueryService
+from solent.services.trust_view import OTHER_IDS
 from solent.settings import load_settings
 
 ROOT = "1.2.826.0.1.3680043.10.1455.77."
@@ -279,6 +281,24 @@ def test_linked_records_follow_the_verified_nhs_number(archive: Archive) -> None
     )
 
 
+def test_other_trusts_linked_records_show_as_the_callers_own(archive: Archive) -> None:
+    """The trust view in the query's one transaction (issue 16): of a page, only the records
+    with a link are walked (one query finds them), and those show under the caller's record."""
+    with archive.index.read() as conn:
+        every = [(p.trust, p.local_id) for p in (CARTER_A, CARTER_B, OTHER_C, CARTER_D, OBRIEN_A)]
+        linkable = linkable_patients(conn, every)
+    # Traced NHS number shared with another trust's traced record: Carter at ZZA and ZZB only.
+    assert sorted(linkable) == [("ZZA", "A123456"), ("ZZB", "B7654321")]
+    rows = {r["StudyInstanceUID"]: r for r in find(archive, Level.STUDY, {}, who=node("ZZA")).rows}
+    seen = rows[study_uid("S2")]  # ZZB's study of Carter, as ZZA knows him
+    assert (seen["PatientID"], seen["IssuerOfPatientID"]) == ("A123456", "ZZA")
+    assert seen[OTHER_IDS] == [("B7654321", "ZZB")]
+    assert study_uid("S6") not in rows  # ZZD's untraced record of the number: not linked
+    own = rows[study_uid("S1")]  # the caller's own record: as stored
+    assert (own["PatientID"], own["IssuerOfPatientID"]) == ("A123456", "ZZA")
+    assert OTHER_IDS not in own
+
+
 def test_nhs_number_as_patient_id_with_issuer_nhs(archive: Archive) -> None:
     keys = {"PatientID": NHS_CARTER, "IssuerOfPatientID": "NHS"}
     # Q1: verified records of every trust.
@@ -515,7 +535,9 @@ def test_limit_offset_and_cap(archive: Archive) -> None:
 
 def test_the_access_rule_is_anded_into_every_query(archive: Archive) -> None:
     class OnlyZZC:
-        def visible_patients(self, principal: Principal) -> Select[tuple[int]] | None:
+        def visible_patients(
+            self, principal: Principal, *, conn: Connection | None = None
+        ) -> Select[tuple[int]] | None:
             return select(t.patient.c.pk).where(t.patient.c.issuer == "ZZC")
 
     service = QueryService(archive.index, OnlyZZC())

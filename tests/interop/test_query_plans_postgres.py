@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,7 +23,9 @@ from solent.domain.attributes import Level
 from solent.domain.matching import parse_query, scope_patient_identity
 from solent.domain.principal import Principal, PrincipalKind
 from solent.index import query as compiled
+from solent.index.access import visible_patient_pks
 from solent.index.bulk import fill_synthetic
+from solent.index.identity import linkable_select
 from solent.index.sql import Index
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
@@ -57,11 +60,20 @@ def filled(postgres_url: str) -> Iterator[Index]:
             )
 
 
-def plan(index: Index, keys: dict[str, str], limit: int = 101) -> dict[str, Any]:
-    """The JSON plan PostgreSQL chooses for the study query QueryService.find would run."""
+def plan(
+    index: Index, keys: dict[str, str], limit: int = 101, visible: Any = None
+) -> dict[str, Any]:
+    """The JSON plan PostgreSQL chooses for the study query QueryService.find would run
+    (``visible``: the access rule's SELECT; a ZZA node's by default)."""
     query = scope_patient_identity(parse_query(Level.STUDY, keys), NODE.trust)
-    visible = AccessService(index, AuditTrail(index)).visible_patients(NODE)
+    if visible is None:
+        visible = AccessService(index, AuditTrail(index)).visible_patients(NODE)
     stmt = compiled.build(query, "postgresql", visible_patients=visible).limit(limit)
+    return explain(index, stmt)
+
+
+def explain(index: Index, stmt: Any) -> dict[str, Any]:
+    """The JSON plan of a Core statement."""
     sql_text = stmt.compile(
         dialect=index.engine.dialect, compile_kwargs={"render_postcompile": True}
     )
@@ -137,3 +149,42 @@ def test_by_accession_goes_through_the_accession_index(filled: Index) -> None:
     assert top["Node Type"] == "Limit"
     main = [n for n in nodes(top) if n.get("Alias") == "study"]
     assert [n.get("Index Name") for n in main] == ["ix_study_accession_number"]
+
+
+def test_a_users_rule_with_break_glass_still_stops_at_the_limit(filled: Index) -> None:
+    """A clinician's QIDO-RS (what the HTTP benchmark sends): the rule with the user's
+    break-glass grants keeps the date-ordered walk, per-row checks and no hashed set."""
+    user_rule = visible_patient_pks(["ZZA"], "plans-user", datetime.now(UTC), "postgresql")
+    top = plan(
+        filled, {"StudyDate": "20190101-20191231", "ModalitiesInStudy": "CT"}, 101, user_rule
+    )
+    assert top["Node Type"] == "Limit"
+    assert not [n for n in nodes(top) if n["Node Type"] in ("Sort", "Incremental Sort")]
+    main = [n for n in nodes(top) if n.get("Alias") == "study"]
+    assert [(n["Node Type"], n.get("Index Name"), n.get("Scan Direction")) for n in main] == [
+        ("Index Scan", "ix_study_date_key_pk", "Backward")
+    ]
+    assert not [s for s in scans(top, "patient") + scans(top, "study") if s.startswith("Seq")]
+    assert not [n for n in nodes(top) if n["Node Type"] in ("Hash", "Materialize")]
+
+
+def test_the_trust_view_link_check_of_a_page_reads_indexes_only(filled: Index) -> None:
+    """QIDO-RS shows other trusts' records under the caller's linked record (trust_view):
+    one query finds which records of a page have a link at all. Through the patient key,
+    the link table's two patient indexes and the NHS number index: no scan of a table."""
+    with filled.read() as conn:
+        keys = [
+            (r.issuer, r.local_id)
+            for r in conn.exec_driver_sql(
+                "SELECT p.issuer, p.local_id FROM study s JOIN patient p ON p.pk = s.patient_pk "
+                "ORDER BY s.study_date_key DESC, s.pk DESC LIMIT 100"
+            )
+        ]
+    top = explain(filled, linkable_select(keys, "postgresql"))
+    assert not [s for s in scans(top, "patient") if "Seq" in s], scans(top, "patient")
+    by_alias = {n.get("Alias"): n.get("Index Name") for n in nodes(top) if n.get("Index Name")}
+    assert by_alias.get("p_same_nhs") == "ix_patient_nhs_number", by_alias
+    keyed = [n for n in nodes(top) if n.get("Index Name") == "uq_patient_issuer_local_id"]
+    assert keyed, "the page's records are found through their (issuer, local ID) key"
+    # (The link table is empty here, so its plan says nothing: at 1 M studies, 1,667 links,
+    # PostgreSQL reads it once into a hash per EXISTS, which is what a table that small is for.)

@@ -10,7 +10,19 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from solent.index import schema as t
 from solent.index.sql import now
@@ -59,6 +71,62 @@ def get_patients(conn: Connection, pks: Iterable[int]) -> list[PatientRow]:
         return []
     q = _patient_select().where(t.patient.c.pk.in_(keys)).order_by(t.patient.c.pk)
     return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def linkable_patients(
+    conn: Connection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], PatientRow]:
+    """(issuer, local ID) -> record, of those records that can have a linked record at all:
+    an explicit "linked" decision, or a valid, traced NHS number that another trust's record
+    carries valid and traced too (the two ways ``IdentityLinks`` walks). One query for a page
+    of query results; a record without either is alone and needs no walk."""
+    q = linkable_select(keys, conn.dialect.name)
+    if q is None:
+        return {}
+    rows = [dict(r) for r in conn.execute(q).mappings()]
+    return {(r["issuer"], r["local_id"]): r for r in rows}
+
+
+def linkable_select(keys: Iterable[tuple[str, str]], dialect: str = "sqlite") -> Any:
+    """The SELECT of ``linkable_patients`` (None for no keys); its plan is checked in
+    tests/interop/test_query_plans_postgres.py: index look-ups only, whatever the size.
+
+    On PostgreSQL each trust's IDs go as one array (``= ANY``), so the statement's text does
+    not change with the page (SQLAlchemy's compiled cache and psycopg's prepared statements
+    serve it); an IN list is compiled anew for every count of IDs."""
+    by_issuer: dict[str, set[str]] = {}
+    for issuer, local_id in keys:
+        by_issuer.setdefault(issuer, set()).add(local_id)
+    if not by_issuer:
+        return None
+    p, link = t.patient.c, t.patient_link.c
+    same = t.patient.alias("p_same_nhs")
+    # One EXISTS per side of the pair: each is a probe of its own index (an OR of the two
+    # was a bitmap OR, or on a small table a hashed scan of all links).
+    forward = select(link.pk).where(link.status == "linked", link.patient_a == p.pk)
+    backward = select(link.pk).where(link.status == "linked", link.patient_b == p.pk)
+    shared = select(same.c.pk).where(
+        same.c.nhs_number == p.nhs_number,
+        same.c.issuer != p.issuer,
+        same.c.nhs_number_valid.is_(True),
+        same.c.nhs_number_verified.is_(True),
+    )
+
+    def among(issuer: str, ids: set[str], n: int) -> Any:
+        if dialect != "postgresql":
+            return and_(p.issuer == issuer, p.local_id.in_(sorted(ids)))
+        values = bindparam(f"linkable_ids_{n}", sorted(ids), type_=ARRAY(String))
+        return and_(p.issuer == issuer, p.local_id == any_(values))
+
+    q = _patient_select().where(
+        or_(*(among(i, ids, n) for n, (i, ids) in enumerate(sorted(by_issuer.items())))),
+        or_(
+            forward.exists(),
+            backward.exists(),
+            and_(p.nhs_number_valid.is_(True), p.nhs_number_verified.is_(True), shared.exists()),
+        ),
+    )
+    return q.order_by(p.pk)
 
 
 def find_patient(conn: Connection, issuer: str, local_id: str) -> PatientRow | None:

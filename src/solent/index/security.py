@@ -155,10 +155,12 @@ def update_user(
     _changed()
 
 
-def get_user(index: Index, name: str) -> UserRow | None:
-    with index.read() as conn:
+def get_user(index: Index, name: str, *, conn: Connection | None = None) -> UserRow | None:
+    if conn is not None:
         r = conn.execute(select(t.app_user).where(t.app_user.c.name == name)).first()
         return _user(r) if r else None
+    with index.read() as c:
+        return get_user(index, name, conn=c)
 
 
 def list_users(index: Index) -> list[UserRow]:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import exists, false, select, true
+from sqlalchemy import Connection, exists, false, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from solent.domain.principal import Principal, PrincipalKind
@@ -166,25 +166,28 @@ class AccessService:
         )
         raise AccessDenied(message)
 
-    def scope(self, principal: Principal) -> Scope:
+    def scope(self, principal: Principal, *, conn: Connection | None = None) -> Scope:
+        """``conn``: read the user in the caller's transaction (one round trip, no checkout)."""
         if principal.kind in (PrincipalKind.SYSTEM, PrincipalKind.IMPORTER):
             return Scope(True, frozenset(), None)
         trusts = {principal.trust} if principal.trust else set()
         user_name = None
         if principal.kind is PrincipalKind.USER:
             user_name = principal.name
-            row = sec.get_user(self._index, principal.name)
+            row = sec.get_user(self._index, principal.name, conn=conn)
             if row is not None and not row.disabled:
                 trusts |= row.trusts
         return Scope(False, frozenset(trusts), user_name)
 
     # -- filters for queries -------------------------------------------------------------------
 
-    def visible_patients(self, principal: Principal) -> VisiblePatients | None:
+    def visible_patients(
+        self, principal: Principal, *, conn: Connection | None = None
+    ) -> VisiblePatients | None:
         """SELECT of visible patient pks; None means unrestricted."""
         if not self.permits(principal, Permission.READ):
             return select(t.patient.c.pk).where(false())
-        scope = self.scope(principal)
+        scope = self.scope(principal, conn=conn)
         if scope.unrestricted:
             return None
         return visible_patient_pks(

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from sqlalchemy import Select, select
+from sqlalchemy import Connection, Select, select
 
 from solent.domain.attributes import Level
 from solent.domain.matching import Query, Single, scope_patient_identity
@@ -27,6 +27,7 @@ from solent.services.audit import (
     AuditOutcome,
     AuditTrail,
     PatientRef,
+    audit_fields,
     patient_of_rows,
 )
 from solent.services.identity import IdentityService
@@ -56,8 +57,21 @@ class QueryResult:
 class PatientVisibility(Protocol):
     """The access rule (services/access.py AccessService): which patient records a caller sees."""
 
-    def visible_patients(self, principal: Principal) -> VisiblePatients | None:
+    def visible_patients(
+        self, principal: Principal, *, conn: Connection | None = None
+    ) -> VisiblePatients | None:
         """SELECT of visible patient pks; None means unrestricted."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What one ``find`` read: the query as run, the stored rows, the rows as the caller's
+    trust shows them, and the patient the audit record names."""
+
+    query: Query
+    result: QueryResult
+    shown: QueryResult
+    patient: PatientRef | None
 
 
 class QueryService:
@@ -69,9 +83,12 @@ class QueryService:
         #: Security (issue 6): every ``find`` leaves one QUERY record, whatever the protocol.
         self.audit = AuditTrail(index)
 
-    def _only_visible(self, q: Select[Any], principal: Principal) -> Select[Any]:
+    def _visible(self, principal: Principal, conn: Connection) -> VisiblePatients | None:
+        return None if self.access is None else self.access.visible_patients(principal, conn=conn)
+
+    def _only_visible(self, q: Select[Any], principal: Principal, conn: Connection) -> Select[Any]:
         """Security (issue 6): keep only patient records the access rule lets the caller see."""
-        visible = self.access.visible_patients(principal) if self.access is not None else None
+        visible = self._visible(principal, conn)
         return q if visible is None else q.where(t.patient.c.pk.in_(visible))
 
     def stats(self, principal: Principal) -> dict[str, int]:
@@ -96,38 +113,53 @@ class QueryService:
 
         One audit record per call: ``channel`` (qido-rs, dimse c-find...) and the matching
         ``keys`` the caller sent, the number of matches, and the patient when the query names
-        one or all matches are one patient's.
+        one or all matches are one patient's. The reads and the record share one transaction
+        on PostgreSQL (``Index.read_then_record``): nothing is answered unless it committed.
         """
         if max_results < 1:
             raise ValueError("max_results must be at least 1")
         try:
-            scoped = self._follow_retired(scope_patient_identity(query, principal.trust))
+            scoped = scope_patient_identity(query, principal.trust)
         except InvalidInput as exc:
             self._audit(principal, query, channel, keys, None, AuditOutcome.FAILURE, str(exc))
             raise
-        result = self._find(principal, scoped, limit, offset, max_results)
-        self._audit(principal, scoped, channel, keys, result, AuditOutcome.SUCCESS, None)
-        return self._as_seen(principal, scoped, result)
 
-    def _as_seen(self, principal: Principal, query: Query, result: QueryResult) -> QueryResult:
+        def read(conn: Connection) -> _Answer:
+            identity = IdentityService(self._index)
+            run = self._follow_retired(scoped, identity, conn)
+            result = self._find(principal, run, limit, offset, max_results, conn)
+            patient = self._audited_patient(run, result, identity, conn)
+            return _Answer(run, result, self._as_seen(principal, run, result, conn), patient)
+
+        def record(conn: Connection, answer: _Answer) -> None:
+            fields = self._audit_fields(
+                principal, answer.query, channel, keys, answer.result, AuditOutcome.SUCCESS, None
+            )
+            AuditTrail.append_in(conn, {**fields, **self._patient_fields(answer.patient)})
+
+        return self._index.read_then_record(read, record).shown
+
+    def _as_seen(
+        self, principal: Principal, query: Query, result: QueryResult, conn: Connection
+    ) -> QueryResult:
         """Study, series and instance matches show the person as the caller's trust knows
         them (services/trust_view.py), the study's own IDs under ``trust_view.OTHER_IDS``.
         Patient-level matches are the records themselves and stay as they are."""
         trust = principal.trust
         if not trust or query.level is Level.PATIENT or not result.rows:
             return result
-        identity = IdentityService(self._index)
         others = {
             (str(r.get("IssuerOfPatientID") or ""), str(r.get("PatientID") or ""))
             for r in result.rows
         }
         others = {k for k in others if k[0] != trust}
-        seen: dict[tuple[str, str], dict[str, Any]] = {}
-        with self._index.read() as conn:
-            pks = trust_view.records_of(conn, others)
-            # The walk's first step is the "has it any link at all?" test of every record.
-            shown = identity.records_seen_from(pks.values(), trust, conn=conn)
-            seen = {key: shown[pk] for key, pk in pks.items() if pk in shown}
+        if not others:
+            return result
+        identity = IdentityService(self._index)
+        records = trust_view.linkable_records(conn, others)
+        # Only records that have a link at all are walked (one query found them).
+        shown = identity.records_seen_from_rows(list(records.values()), trust, conn=conn)
+        seen = {key: shown[row["pk"]] for key, row in records.items() if row["pk"] in shown}
         if not seen:
             return result
         rows = []
@@ -147,6 +179,31 @@ class QueryService:
         outcome: AuditOutcome,
         error: str | None,
     ) -> None:
+        """A refused query's record, in its own transaction."""
+        fields = self._audit_fields(principal, query, channel, keys, result, outcome, error)
+        patient = self._named_patient(query)
+        if (
+            patient is not None
+            and query.identity is not None
+            and query.identity.unqualified
+            and IdentityService(self._index).resolve(patient.issuer, patient.local_id) is None
+        ):
+            patient = None
+        self._index.write(
+            lambda conn: AuditTrail.append_in(conn, {**fields, **self._patient_fields(patient)}),
+            relaxed=True,
+        )
+
+    @staticmethod
+    def _audit_fields(
+        principal: Principal,
+        query: Query,
+        channel: str,
+        keys: Mapping[str, Any] | None,
+        result: QueryResult | None,
+        outcome: AuditOutcome,
+        error: str | None,
+    ) -> dict[str, Any]:
         detail: dict[str, Any] = {"channel": channel, "level": query.level.value}
         if keys:  # what was asked, bounded: a hostile query cannot bloat the trail
             sent = [(k, v) for k, v in keys.items() if v not in (None, "", [])]
@@ -157,6 +214,21 @@ class QueryService:
                 detail["more"] = True
         if error:
             detail["error"] = error[:200]
+        return audit_fields(principal, AuditAction.QUERY, outcome, detail=detail)
+
+    @staticmethod
+    def _patient_fields(patient: PatientRef | None) -> dict[str, Any]:
+        return {
+            "patient_issuer": patient.issuer if patient else None,
+            "patient_id": patient.local_id if patient else None,
+            "nhs_number": patient.nhs_number if patient else None,
+        }
+
+    def _audited_patient(
+        self, query: Query, result: QueryResult, identity: IdentityService, conn: Connection
+    ) -> PatientRef | None:
+        """The patient the record names: the one the query names or, failing that, the one
+        all matches belong to."""
         patient = self._named_patient(query)
         # A bare ID names the caller's trust's record only when that trust has one (else it
         # is another trust's ID: the matches say whose).
@@ -164,12 +236,10 @@ class QueryService:
             patient is not None
             and query.identity is not None
             and query.identity.unqualified
-            and IdentityService(self._index).resolve(patient.issuer, patient.local_id) is None
+            and identity.resolve(patient.issuer, patient.local_id, conn=conn) is None
         ):
             patient = None
-        if patient is None and result is not None:
-            patient = patient_of_rows(result.rows)
-        self.audit.record(principal, AuditAction.QUERY, outcome, patient=patient, detail=detail)
+        return patient if patient is not None else patient_of_rows(result.rows)
 
     @staticmethod
     def _named_patient(query: Query) -> PatientRef | None:
@@ -193,26 +263,26 @@ class QueryService:
         limit: int | None,
         offset: int,
         max_results: int,
+        conn: Connection,
     ) -> QueryResult:
         wanted = max_results if limit is None else min(limit, max_results)
         if wanted <= 0 or scoped.never:
             return QueryResult([], truncated=False, capped=False)
-        visible = self.access.visible_patients(principal) if self.access is not None else None
-        with self._index.read() as conn:
-            rows = compiled.execute(
-                conn, scoped, limit=wanted + 1, offset=max(0, offset), visible_patients=visible
-            )
+        visible = self._visible(principal, conn)
+        rows = compiled.execute(
+            conn, scoped, limit=wanted + 1, offset=max(0, offset), visible_patients=visible
+        )
         more = len(rows) > wanted
         capped = more and (limit is None or limit > max_results)
         return QueryResult(rows[:wanted], truncated=more, capped=capped)
 
-    def _follow_retired(self, query: Query) -> Query:
+    def _follow_retired(self, query: Query, identity: IdentityService, conn: Connection) -> Query:
         """A retired identifier (merged away by A40, renumbered by A47) names the record that
         replaced it, so a PatientID+issuer query still finds the patient's studies."""
         named = self._named_patient(query)
         if named is None or query.identity is None:
             return query
-        found = IdentityService(self._index).resolve(named.issuer, named.local_id)
+        found = identity.resolve(named.issuer, named.local_id, conn=conn)
         if found is None or not found.retired:
             return query
         current = replace(query.identity, local_id=Single(found.local_id), issuers=(found.issuer,))
@@ -260,8 +330,8 @@ class QueryService:
             q = q.where(p.issuer == issuer)
         if local_id:
             q = q.where(p.local_id == local_id)
-        q = self._only_visible(q, principal)
         with self._index.read() as conn:
+            q = self._only_visible(q, principal, conn)
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def list_patients(
@@ -284,6 +354,6 @@ class QueryService:
             .limit(limit)
             .offset(offset)
         )
-        q = self._only_visible(q, principal)
         with self._index.read() as conn:
+            q = self._only_visible(q, principal, conn)
             return [dict(r) for r in conn.execute(q).mappings()]

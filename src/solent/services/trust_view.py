@@ -16,10 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, or_, select
+from sqlalchemy import Connection
 
 from solent.index import identity as store
-from solent.index import schema as t
 
 OTHER_IDS = "OtherPatientIDs"  # row key of query results: [(PatientID, issuer)] as stored
 
@@ -49,46 +48,12 @@ def pick_seen(
     return real[0] if real else None
 
 
-def records_of(conn: Connection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    """(issuer, local ID) -> record pk, in one query (query results name records so)."""
-    by_issuer: dict[str, set[str]] = {}
-    for issuer, local_id in keys:
-        by_issuer.setdefault(issuer, set()).add(local_id)
-    if not by_issuer:
-        return {}
-    p = t.patient.c
-    cond = or_(*(and_(p.issuer == i, p.local_id.in_(sorted(ids))) for i, ids in by_issuer.items()))
-    rows = conn.execute(select(p.issuer, p.local_id, p.pk).where(cond))
-    return {(r.issuer, r.local_id): int(r.pk) for r in rows}
-
-
-def maybe_linked(conn: Connection, pks: Iterable[int]) -> set[int]:
-    """Those of ``pks`` that can have a linked record at all (an explicit link, or a valid,
-    traced NHS number another trust's record shares), in two queries: a page of query results
-    walks the links (``IdentityService``) only for these, not for every row."""
-    keys = sorted(set(pks))
-    if not keys:
-        return set()
-    link, p = t.patient_link.c, t.patient
-    q = t.patient.alias("p_same_nhs")
-    explicit = select(link.patient_a, link.patient_b).where(
-        link.status == "linked", or_(link.patient_a.in_(keys), link.patient_b.in_(keys))
-    )
-    shared = select(p.c.pk).where(
-        p.c.pk.in_(keys),
-        p.c.nhs_number_valid.is_(True),
-        p.c.nhs_number_verified.is_(True),
-        exists().where(
-            q.c.nhs_number == p.c.nhs_number,
-            q.c.issuer != p.c.issuer,
-            q.c.nhs_number_valid.is_(True),
-            q.c.nhs_number_verified.is_(True),
-        ),
-    )
-    found = {int(r[0]) for r in conn.execute(shared)}
-    for a, b in conn.execute(explicit):
-        found |= {int(a), int(b)}
-    return found & set(keys)
+def linkable_records(
+    conn: Connection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """(issuer, local ID) -> record of those records (query results name records so) that
+    can have a linked record at all; only these need the link walk (``IdentityLinks``)."""
+    return store.linkable_patients(conn, keys)
 
 
 def own_id_item(row: Mapping[str, Any]) -> dict[str, Any]:

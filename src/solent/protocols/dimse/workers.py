@@ -47,23 +47,33 @@ def settings_payload(settings: Settings, port: int) -> str:
 class DimseWorkers:
     """The extra receiving processes of one `solent serve`."""
 
+    #: What each worker runs (``python -m``); the HTTP workers (solent.http_workers) reuse this
+    #: class with their own module, payload and the inherited listening socket.
+    module = "solent.protocols.dimse.workers"
+    what = "DIMSE"
+
     def __init__(self, settings: Settings, port: int, count: int) -> None:
         self.settings = settings
         self.port = port
         self.count = count
         self.procs: list[subprocess.Popen[str]] = []
+        self.pass_fds: tuple[int, ...] = ()
+
+    def payload(self) -> str:
+        return settings_payload(self.settings, self.port)
 
     def start(self) -> None:
         """Start every worker, then wait until each listens (or raise and stop them all)."""
-        payload = settings_payload(self.settings, self.port) + "\n"
+        payload = self.payload() + "\n"
         try:
             for _ in range(self.count):
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "solent.protocols.dimse.workers"],
+                    [sys.executable, "-m", self.module],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     text=True,
                     close_fds=True,
+                    pass_fds=self.pass_fds,
                 )
                 assert proc.stdin is not None
                 proc.stdin.write(payload)
@@ -86,8 +96,15 @@ class DimseWorkers:
             from solent.errors import ConfigurationError
 
             raise ConfigurationError(
-                f"a DIMSE worker did not start (said {line!r}); see its log above"
+                f"a {self.what} worker did not start (said {line!r}); see its log above"
             )
+
+    def signal(self, sig: int) -> None:
+        """Pass a signal on to every running worker (a drain starts on all at once)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.send_signal(sig)
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM every worker, wait for all, kill what is left."""
@@ -99,7 +116,7 @@ class DimseWorkers:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("DIMSE worker %s did not stop; killing it", proc.pid)
+                log.warning("%s worker %s did not stop; killing it", self.what, proc.pid)
                 proc.kill()
                 proc.wait()
             for stream in (proc.stdin, proc.stdout):
@@ -126,7 +143,7 @@ def _processes(settings: Settings) -> int:
     return dicom_processes(settings.dicom_workers)
 
 
-def _watch_parent(stdin: IO[str], stop: threading.Event) -> None:
+def watch_parent(stdin: IO[str], stop: threading.Event) -> None:
     """Stop when the parent closes our stdin (it stopped, or died without a SIGTERM)."""
     with contextlib.suppress(OSError, ValueError):
         stdin.read()
@@ -153,7 +170,7 @@ def main() -> int:
         out.write(f"{READY} {port}\n")
         out.flush()
         os.dup2(sys.stderr.fileno(), out.fileno())  # nothing else may block on that pipe
-        threading.Thread(target=_watch_parent, args=(sys.stdin, stop), daemon=True).start()
+        threading.Thread(target=watch_parent, args=(sys.stdin, stop), daemon=True).start()
         while not stop.wait(1.0):
             pass
     finally:

@@ -286,7 +286,17 @@ class IdentityLinks:
         pk -> ``trust``'s record shown instead, for those that have one."""
         if not trust:
             return {}
-        rows = [r for r in store.get_patients(conn, patient_pks) if r["issuer"] != trust]
+        return self.records_seen_from_rows(store.get_patients(conn, patient_pks), trust, conn=conn)
+
+    def records_seen_from_rows(
+        self, records: Iterable[dict[str, Any]], trust: str | None, *, conn: Connection
+    ) -> dict[int, dict[str, Any]]:
+        """``records_seen_from`` of records already read (``store`` rows)."""
+        if not trust:
+            return {}
+        rows = [r for r in records if r["issuer"] != trust]
+        if not rows:
+            return {}
         comps, linked = self._walk(conn, rows)
         out: dict[int, dict[str, Any]] = {}
         for row in rows:

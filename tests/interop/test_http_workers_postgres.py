@@ -1,0 +1,123 @@
+"""HTTP worker processes of one node (SOLENT_HTTP_WORKERS, issue 16) on PostgreSQL: every
+process answers on the one port, each drops its cached access decisions the moment access
+changes (the database's broadcast), and the node stops with all of them."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import time
+from pathlib import Path
+
+import httpx
+
+from solent.app import build_archive
+from solent.domain.principal import SYSTEM, Channel, Principal, PrincipalKind, Provenance
+from solent.security.users import UserService
+from solent.services.audit import AuditTrail
+from solent.settings import load_settings
+from tests.conftest import start_server
+from tests.contract.synthetic import write_instance
+
+
+def _workers_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(c) for c in f.read().split()]
+    out = []
+    for child in children:
+        with open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"solent.http_workers" in f.read():
+                out.append(child)
+    return out
+
+
+def _serving_pid(port: int, headers: dict[str, str], pids: list[int]) -> int:
+    """The process (of ``pids``) holding the server end of a fresh keep-alive connection that
+    has just been answered: /proc/net/tcp names the socket, /proc/<pid>/fd its owner."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/health", headers=headers)
+        conn.getresponse().read()
+        client_port = conn.sock.getsockname()[1]
+        with open("/proc/net/tcp") as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+        inodes = {
+            r[9]
+            for r in rows
+            if int(r[1].split(":")[1], 16) == port and int(r[2].split(":")[1], 16) == client_port
+        }
+        for pid in pids:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in {f"socket:[{i}]" for i in inodes}:
+                        return pid
+        raise AssertionError("no process of the node holds the connection")
+    finally:
+        conn.close()
+
+
+def _fresh_get(url: str, headers: dict[str, str]) -> httpx.Response:
+    """One request on its own connection: the kernel hands each to any of the processes."""
+    with httpx.Client(timeout=30) as client:
+        return client.get(url, headers={**headers, "Connection": "close"})
+
+
+def test_every_http_process_answers_and_forgets_revoked_access_at_once(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    shared = {
+        "SOLENT_DATABASE_URL": fresh_postgres_url,
+        "SOLENT_TOKEN_SECRET": "http-workers-test-secret-0123456789abcdef",
+        "SOLENT_AUDIT_KEY": "http-workers-test audit key shared by the processes",
+        "SOLENT_DICOMWEB_ACCESS_CACHE_SECONDS": "60",  # a grant would otherwise last a minute
+        "SOLENT_DICOM_WORKERS": "1",
+        "SOLENT_HTTP_WORKERS": "3",
+    }
+    settings = load_settings(environ=shared, data_dir=tmp_path / "admin")
+    admin = build_archive(settings)
+    admin.index.add_trust("ZZA", "Trust A")
+    admin.index.add_trust("ZZB", "Trust B")
+    w = write_instance(tmp_path / "in" / "b.dcm", patient_id="B1")
+    who = Principal(PrincipalKind.IMPORTER, "test", "ZZB")
+    assert admin.ingestor.ingest_file(w.path, who, Provenance(Channel.IMPORT)).ok
+    users = UserService(admin.index, settings, AuditTrail(admin.index))
+    users.add(SYSTEM, "clin", "ZZA", ("clinician",), None, ("ZZB",))
+    headers = {"Authorization": "Bearer " + users.issue("clin").token}
+
+    node = start_server(tmp_path / "node", extra_env=shared)
+    try:
+        workers = _workers_of(node.proc.pid)
+        assert len(workers) == 2  # and the node itself: three processes on the port
+        port = int(node.ports["http"])
+        serving = {_serving_pid(port, headers, [node.proc.pid, *workers]) for _ in range(60)}
+        assert len(serving) >= 2  # the kernel spreads connections over the processes
+        url = f"{node.base_url}/dicomweb/studies/{w.study_uid}/metadata"
+        qido = f"{node.base_url}/dicomweb/studies?PatientID=B1&IssuerOfPatientID=ZZB"
+        # Enough fresh connections that every process answers some (and caches the grant).
+        for _ in range(30):
+            assert _fresh_get(url, headers).status_code == 200
+            found = _fresh_get(qido, headers)
+            assert found.status_code == 200 and len(found.json()) == 1
+        users.set_other_trusts(SYSTEM, "clin", ())  # trust ZZB taken away, on another "node"
+        deadline = time.monotonic() + 10
+        while _fresh_get(url, headers).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # From now on no process may answer from a cached grant: 30 connections, all refused.
+        statuses = {_fresh_get(url, headers).status_code for _ in range(30)}
+        assert statuses == {404}
+        unseen = _fresh_get(qido, headers)
+        assert unseen.status_code in (200, 204) and not (unseen.content and unseen.json())
+    finally:
+        assert node.stop() == 0
+        admin.close()
+    for pid in workers:  # the workers stopped with the node
+        assert not Path(f"/proc/{pid}").exists() or b"zombie" in _state(pid)
+
+
+def _state(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            return f.read().lower()
+    except OSError:
+        return b"zombie"

@@ -1,0 +1,67 @@
+"""Pooled PostgreSQL connections without a ping per checkout (issue 16): a connection the
+server dropped costs a query nothing (retried once on a fresh one), and an idle one is
+pinged before use, so a restarted database does not fail the requests that follow."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from solent.domain.attributes import Level
+from solent.domain.matching import parse_query
+from solent.domain.principal import Principal, PrincipalKind
+from solent.index import sql as index_sql
+from solent.index.sql import Index
+from solent.services.access import AccessService
+from solent.services.audit import AuditTrail
+from solent.services.query import QueryService
+
+NODE = Principal(PrincipalKind.NODE, "RECONNECT_ZZA", "ZZA")
+
+
+def _drop_connections(url: str) -> int:
+    """Terminate every server process of this database but ours (as a restart would)."""
+    admin = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _audited(index: Index) -> int:
+    with index.read() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM audit_log").scalar_one())
+
+
+def test_a_query_on_a_dropped_connection_is_retried_once(fresh_postgres_url: str) -> None:
+    index = Index(fresh_postgres_url)
+    try:
+        index.migrate()
+        index.add_trust("ZZA", "Trust A")
+        query = QueryService(index, AccessService(index, AuditTrail(index)))
+        study = parse_query(Level.STUDY, {})
+        query.find(NODE, study, limit=10, max_results=100)  # the pool holds a used connection
+        before = _audited(index)
+        assert _drop_connections(fresh_postgres_url) >= 1
+        # In use a moment ago, so not pinged: the statement fails, the query runs again.
+        assert query.find(NODE, study, limit=10, max_results=100).rows == []
+        assert _audited(index) == before + 1  # one record: the failed try committed nothing
+    finally:
+        index.close()
+
+
+def test_an_idle_connection_is_pinged_before_use(
+    fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = Index(fresh_postgres_url)
+    try:
+        index.migrate()
+        index.add_trust("ZZA", "Trust A")
+        assert [t.code for t in index.list_trusts()] == ["ZZA"]
+        monkeypatch.setattr(index_sql, "IDLE_PING_S", 0.0)  # every pooled connection is "idle"
+        assert _drop_connections(fresh_postgres_url) >= 1
+        assert [t.code for t in index.list_trusts()] == ["ZZA"]  # pinged, replaced, answered
+    finally:
+        index.close()
