@@ -3,6 +3,7 @@
 
 import {
   Enums as CoreEnums,
+  getWebWorkerManager,
   imageRetrievalPoolManager,
   init as coreInit,
   setUseCPURendering,
@@ -33,6 +34,7 @@ export const TOOL_GROUP = 'solent-stack';
 export const MAX_IN_FLIGHT = 6;
 
 let ready: Promise<void> | null = null;
+let workers = 1;
 
 function webglAvailable(): boolean {
   try {
@@ -49,8 +51,9 @@ export function initImaging(): Promise<void> {
     coreInit({ rendering: { useCPURendering: cpu } } as Parameters<typeof coreInit>[0]);
     if (cpu) setUseCPURendering(true);
     document.documentElement.dataset.rendering = cpu ? 'cpu' : 'gpu';
+    workers = Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) - 1));
     loaderInit({
-      maxWebWorkers: Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) - 1)),
+      maxWebWorkers: workers,
       // Called by the loader's XHR with the image id: the bearer token and the frame's Accept.
       beforeSend: (_xhr: unknown, imageId: string) => ({ ...authHeaders(), Accept: frameAccept(imageId) }),
     } as Parameters<typeof loaderInit>[0]);
@@ -136,7 +139,24 @@ export async function seriesImageIds(studyUid: string, seriesUid: string): Promi
     storedSyntax.set(id.slice(7), str(ds, '00083002') || str(ds, '00020010'));
     ids.push(id);
   }
+  warmDecoders(ids);
   return ids;
+}
+
+const warmed = new Set<string>();
+/**
+ * Each decoder worker loads and initialises the codecs of the syntaxes these frames will
+ * arrive in (the worker imports codecs on first use, viewer/slim.ts) while the first frame is
+ * still on the wire, instead of after it.
+ */
+function warmDecoders(ids: string[]): void {
+  const syntaxes = [...new Set(ids.map((id) => arrivingSyntax(id.slice(7))))].filter((ts) => !warmed.has(ts));
+  if (!syntaxes.length) return;
+  syntaxes.forEach((ts) => warmed.add(ts));
+  const manager = getWebWorkerManager();
+  for (let i = 0; i < workers; i++) {
+    manager.executeTask('dicomImageLoader', 'warmTask', { transferSyntaxes: syntaxes }).catch(() => undefined);
+  }
 }
 
 // -- what each frame is asked for in ---------------------------------------------------------
@@ -181,6 +201,13 @@ export function frameAccept(url: string): string {
   if (NATIVE.has(ts)) return compressNative ? TRANSCODED : AS_STORED;
   if (BROWSER_DECODES.has(ts)) return AS_STORED;
   return TRANSCODED;
+}
+
+/** The syntax a frame is expected to arrive in (what frameAccept asks for first). */
+function arrivingSyntax(url: string): string {
+  const ts = storedSyntax.get(url) ?? '';
+  if (NATIVE.has(ts)) return compressNative ? HTJ2K_LOSSLESS : ts;
+  return BROWSER_DECODES.has(ts) ? ts : HTJ2K_LOSSLESS;
 }
 
 /** (series, sop, frame) of a wadors image id. */

@@ -1,9 +1,11 @@
 // Hash routes: #/ worklist, #/patient/ISSUER/ID timeline, #/study/UID reading, #/mdt meetings.
 // Hash routing keeps every screen one static index.html (IID lands on /viewer/#/...).
 // Code-split: this entry chunk holds the worklist and the sign-in only; the reading screen
-// (the Cornerstone core, ~4 MB) and the MDT screens are loaded on first use. On a study route
-// the study's series, metadata and a server-rendered first image are fetched while the core
-// chunk downloads (data.ts, preview.ts), so the network is busy from the first moment.
+// (the Cornerstone core, trimmed by viewer/slim.ts) and the MDT screens are loaded on first
+// use. The reading chunks are `modulepreload`ed (fetched and compiled, not run) once the
+// worklist is idle, and at once on a study route, where the study's series, metadata and a
+// server-rendered first image are fetched alongside (data.ts, preview.ts); the core is run
+// only after that preview is on screen, since evaluating it holds the main thread.
 
 import './style.css';
 import { get, setToken, signIn, token } from './api';
@@ -21,6 +23,26 @@ const loadReading = (): Promise<ReadingModule> =>
     reading = m;
     return m;
   });
+
+/** File names of the reading screen's chunks, written in by the build (slim.ts readingChunks);
+ * the placeholder stays as is in the dev server, where there is nothing to preload. */
+const READING_CHUNKS = '__SOLENT_READING_CHUNKS__';
+let preloaded = false;
+function preloadReading(): void {
+  if (preloaded || READING_CHUNKS.startsWith('__')) return;
+  preloaded = true;
+  for (const file of READING_CHUNKS.split(',')) {
+    const link = document.createElement('link');
+    link.rel = 'modulepreload';
+    link.href = `${import.meta.env.BASE_URL}${file}`;
+    document.head.append(link);
+  }
+}
+/** After the worklist has drawn and the network is quiet: the user will probably open a study. */
+function preloadWhenIdle(): void {
+  const later = () => (window.requestIdleCallback ?? ((f: () => void) => setTimeout(f, 1)))(preloadReading, { timeout: 3000 });
+  setTimeout(later, 500);
+}
 
 const app = document.getElementById('app') as HTMLElement;
 const who = document.getElementById('who') as HTMLElement;
@@ -80,6 +102,7 @@ async function route(): Promise<void> {
   try {
     if (parts[0] === 'patient' && parts.length === 3) await (await import('./timeline')).timeline(app, parts[1], parts[2]);
     else if (parts[0] === 'study' && parts[1]) {
+      preloadReading();
       const shown = startPreview(app, parts[1]);
       void studyContext(parts[1]).catch(() => undefined);
       await Promise.race([shown, new Promise((r) => setTimeout(r, 1500))]);
@@ -89,7 +112,10 @@ async function route(): Promise<void> {
       if (parts[1]) leave = await mdt.meeting(app, parts[1]);
       else await mdt.meetings(app, params);
     }
-    else worklist(app, params);
+    else {
+      worklist(app, params);
+      preloadWhenIdle();
+    }
   } catch (e) {
     app.append(errorBox((e as Error).message));
   }
