@@ -25,13 +25,17 @@ import {
 } from '@cornerstonejs/tools';
 import type { Types as ToolTypes } from '@cornerstonejs/tools';
 import { authHeaders } from './api';
-import { DICOMWEB, type DicomJson, seriesFrames, seriesMetadata, str, tag } from './data';
+import { DICOMWEB, type DicomJson, acceptFor, arrivingFor, seriesFrames, seriesMetadata, storedSyntaxOf, str, tag } from './data';
 
 export { DICOMWEB, type DicomJson, str, tag };
 export { PRESETS } from './presets';
 export const TOOL_GROUP = 'solent-stack';
-/** At most this many frame requests in flight; what the user looks at is asked for first. */
+/** Frame requests in flight for what the user looks at (Cornerstone's interaction queue,
+ * which is served before the background prefetch). */
 export const MAX_IN_FLIGHT = 6;
+/** Bounds of the background prefetch's requests in flight (see adaptPrefetch). */
+const PREFETCH_MIN = 4;
+const PREFETCH_MAX = 12;
 
 let ready: Promise<void> | null = null;
 let workers = 1;
@@ -60,7 +64,8 @@ export function initImaging(): Promise<void> {
     const { RequestType } = CoreEnums;
     imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Interaction, MAX_IN_FLIGHT);
     imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Thumbnail, MAX_IN_FLIGHT);
-    imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Prefetch, MAX_IN_FLIGHT - 2);
+    imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Prefetch, PREFETCH_MIN);
+    adaptPrefetch();
     toolsInit();
     for (const tool of [
       StackScrollTool,
@@ -76,6 +81,39 @@ export function initImaging(): Promise<void> {
     }
   })();
   return ready;
+}
+
+/**
+ * Sizes the prefetch's requests in flight to what the link and the server sustain: after each
+ * window of frames received (twice the cap), two more in flight while that raised the frames
+ * per second by a tenth, two fewer when it lowered them (the server, not the link, was the
+ * limit). Measured from arrivals, not from resource timing fields, which network emulation
+ * and proxies distort. The slice the user scrolls to is an interaction request and still goes
+ * first. Over HTTP/1.1 the browser opens at most 6 connections per host; behind an HTTP/2
+ * proxy the higher caps apply.
+ */
+function adaptPrefetch(): void {
+  if (typeof PerformanceObserver === 'undefined') return;
+  const { RequestType } = CoreEnums;
+  let cap = PREFETCH_MIN;
+  let lastRate = 0;
+  let count = 0;
+  let since = performance.now();
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries() as PerformanceResourceTiming[]) {
+      if (/\/frames\/\d+$/.test(e.name) && e.transferSize > 0) count += 1; // not from the cache
+    }
+    if (count < 2 * cap) return;
+    const now = performance.now();
+    const rate = count / (now - since);
+    if (rate > lastRate * 1.1) cap = Math.min(PREFETCH_MAX, cap + 2);
+    else if (rate < lastRate * 0.9) cap = Math.max(PREFETCH_MIN, cap - 2);
+    lastRate = rate;
+    count = 0;
+    since = now;
+    imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Prefetch, cap);
+    document.documentElement.dataset.prefetchInFlight = String(cap);
+  }).observe({ type: 'resource', buffered: false });
 }
 
 export type MouseTool = 'WindowLevel' | 'Pan' | 'Zoom' | 'Length' | 'Angle' | 'EllipticalROI' | 'StackScroll' | 'PlanarRotate';
@@ -136,7 +174,7 @@ export async function seriesImageIds(studyUid: string, seriesUid: string): Promi
   for (const { sop, frame, ds } of seriesFrames(await seriesMetadata(studyUid, seriesUid))) {
     const id = `wadors:${base}/instances/${sop}/frames/${frame}`;
     wadors.metaDataManager.add(id, ds as unknown as Parameters<typeof wadors.metaDataManager.add>[1]);
-    storedSyntax.set(id.slice(7), str(ds, '00083002') || str(ds, '00020010'));
+    storedSyntax.set(id.slice(7), storedSyntaxOf(ds));
     ids.push(id);
   }
   warmDecoders(ids);
@@ -161,53 +199,15 @@ function warmDecoders(ids: string[]): void {
 
 // -- what each frame is asked for in ---------------------------------------------------------
 
-/** Transfer syntaxes the image loader's decoders (this build) read, as the archive stores them. */
-const NATIVE = new Set(['1.2.840.10008.1.2', '1.2.840.10008.1.2.1', '1.2.840.10008.1.2.2', '1.2.840.10008.1.2.1.99']);
-const BROWSER_DECODES = new Set([
-  '1.2.840.10008.1.2.5', // RLE
-  '1.2.840.10008.1.2.4.50', // JPEG baseline
-  '1.2.840.10008.1.2.4.51', // JPEG extended (12-bit)
-  '1.2.840.10008.1.2.4.57', // JPEG lossless
-  '1.2.840.10008.1.2.4.70', // JPEG lossless SV1
-  '1.2.840.10008.1.2.4.80', // JPEG-LS lossless
-  '1.2.840.10008.1.2.4.81', // JPEG-LS near-lossless
-  '1.2.840.10008.1.2.4.90', // JPEG 2000 lossless
-  '1.2.840.10008.1.2.4.91', // JPEG 2000
-  '1.2.840.10008.1.2.4.201', // HTJ2K lossless
-  '1.2.840.10008.1.2.4.202', // HTJ2K lossless RPCL
-  '1.2.840.10008.1.2.4.203', // HTJ2K
-]);
-export const HTJ2K_LOSSLESS = '1.2.840.10008.1.2.4.201';
-const AS_STORED = 'multipart/related; type=application/octet-stream; transfer-syntax=*';
-const UNCOMPRESSED = 'multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1';
-/** Lossless HTJ2K, transcoded by the archive: ~2.6x smaller than 16-bit CT, fast to decode;
- * uncompressed as the second choice when the server cannot encode it (e.g. float pixels). */
-const TRANSCODED = `multipart/related; type="image/jphc"; transfer-syntax=${HTJ2K_LOSSLESS}, ${UNCOMPRESSED}; q=0.5`;
-
 const storedSyntax = new Map<string, string>();
 
-/** Whether native (uncompressed) frames are asked for compressed; ?raw=1 turns it off. */
-const compressNative = !new URLSearchParams(location.search).has('raw');
-
-/**
- * The Accept header of one frame request. Frames in a syntax the browser decodes come as
- * stored (no server work). Uncompressed frames come as lossless HTJ2K (the link, not the CPU,
- * is what limits a trust's WAN). Anything the browser's decoders cannot read (JPEG XL, which
- * would need a 1 MB decoder; anything unknown) is transcoded by the archive to lossless HTJ2K
- * or, failing that, uncompressed: the image shows instead of nothing.
- */
+/** The Accept header of one frame request (see data.ts acceptFor). */
 export function frameAccept(url: string): string {
-  const ts = storedSyntax.get(url.startsWith('wadors:') ? url.slice(7) : url.split('?')[0]) ?? '';
-  if (NATIVE.has(ts)) return compressNative ? TRANSCODED : AS_STORED;
-  if (BROWSER_DECODES.has(ts)) return AS_STORED;
-  return TRANSCODED;
+  return acceptFor(storedSyntax.get(url.startsWith('wadors:') ? url.slice(7) : url.split('?')[0]) ?? '');
 }
 
-/** The syntax a frame is expected to arrive in (what frameAccept asks for first). */
 function arrivingSyntax(url: string): string {
-  const ts = storedSyntax.get(url) ?? '';
-  if (NATIVE.has(ts)) return compressNative ? HTJ2K_LOSSLESS : ts;
-  return BROWSER_DECODES.has(ts) ? ts : HTJ2K_LOSSLESS;
+  return arrivingFor(storedSyntax.get(url) ?? '');
 }
 
 /** (series, sop, frame) of a wadors image id. */

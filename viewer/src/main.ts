@@ -12,7 +12,7 @@ import { get, setToken, signIn, token } from './api';
 import { clear, errorBox, h } from './dom';
 import { toggleHelp } from './help';
 import { studyContext } from './data';
-import { dropPreview, startPreview } from './preview';
+import { dropPreview, startPreview, warmAround } from './preview';
 import type { Me } from './types';
 import { worklist } from './worklist';
 
@@ -27,20 +27,27 @@ const loadReading = (): Promise<ReadingModule> =>
 /** File names of the reading screen's chunks, written in by the build (slim.ts readingChunks);
  * the placeholder stays as is in the dev server, where there is nothing to preload. */
 const READING_CHUNKS = '__SOLENT_READING_CHUNKS__';
-let preloaded = false;
-function preloadReading(): void {
-  if (preloaded || READING_CHUNKS.startsWith('__')) return;
-  preloaded = true;
-  for (const file of READING_CHUNKS.split(',')) {
-    const link = document.createElement('link');
-    link.rel = 'modulepreload';
-    link.href = `${import.meta.env.BASE_URL}${file}`;
-    document.head.append(link);
-  }
+let preloaded: Promise<unknown> | null = null;
+/** Settles when the reading chunks are fetched (or failed: import() will report it). */
+function preloadReading(): Promise<unknown> {
+  if (READING_CHUNKS.startsWith('__')) return Promise.resolve();
+  preloaded ??= Promise.all(
+    READING_CHUNKS.split(',').map(
+      (file) =>
+        new Promise((done) => {
+          const link = document.createElement('link');
+          link.rel = 'modulepreload';
+          link.href = `${import.meta.env.BASE_URL}${file}`;
+          link.onload = link.onerror = done;
+          document.head.append(link);
+        }),
+    ),
+  );
+  return preloaded;
 }
 /** After the worklist has drawn and the network is quiet: the user will probably open a study. */
 function preloadWhenIdle(): void {
-  const later = () => (window.requestIdleCallback ?? ((f: () => void) => setTimeout(f, 1)))(preloadReading, { timeout: 3000 });
+  const later = () => (window.requestIdleCallback ?? ((f: () => void) => setTimeout(f, 1)))(() => void preloadReading(), { timeout: 3000 });
   setTimeout(later, 500);
 }
 
@@ -102,9 +109,10 @@ async function route(): Promise<void> {
   try {
     if (parts[0] === 'patient' && parts.length === 3) await (await import('./timeline')).timeline(app, parts[1], parts[2]);
     else if (parts[0] === 'study' && parts[1]) {
-      preloadReading();
+      const chunks = preloadReading();
       const shown = startPreview(app, parts[1]);
       void studyContext(parts[1]).catch(() => undefined);
+      void Promise.all([shown, chunks]).then(() => warmAround(parts[1], 8));
       await Promise.race([shown, new Promise((r) => setTimeout(r, 1500))]);
       await (await loadReading()).studyView(app, parts[1], { prior: params.has('prior') ? params.get('prior') || null : undefined });
     } else if (parts[0] === 'mdt') {

@@ -180,14 +180,22 @@ export class Pane {
     const seen = new Set<string>();
     this.loaded = 0;
     this.total = ids.length;
+    // The viewport renders (IMAGE_RENDERED) before any image is set, too: the first image is
+    // the first render after a frame of this series became the displayed one.
+    let displayed = false;
     let first = true;
+    const onNewImage = (evt: Event) => {
+      const id = (evt as CustomEvent<{ imageId?: string }>).detail?.imageId;
+      if (token === this.loadToken && id && wanted.has(id)) displayed = true;
+    };
     const onRendered = () => {
-      if (first && token === this.loadToken) {
+      if (first && displayed && token === this.loadToken) {
         first = false;
         performance.mark(`solent:first-image:${this.label}`);
         this.dropPreview();
       }
     };
+    this.element.addEventListener(Enums.Events.STACK_NEW_IMAGE, onNewImage);
     this.element.addEventListener(Enums.Events.IMAGE_RENDERED, onRendered);
     const onLoaded = (evt: Event) => {
       const id = (evt as CustomEvent<{ image?: { imageId?: string } }>).detail?.image?.imageId;
