@@ -148,7 +148,8 @@ def test_a_frame_the_browser_cannot_load_shows_as_the_archive_renders_it(
         errors: list[str] = []
         page = new_page(browser, srv, errors)
         sign_in(page, "rad")
-        page.route(re.compile(r".*/frames/1$"), lambda route: route.abort("failed"))
+        failing = re.compile(r".*/frames/1$")
+        page.route(failing, lambda route: route.abort("failed"))
         page.goto(f"{srv.base_url}/viewer/#/study/{study}?prior=")
         fallback = f"{pane()} img.rendered-fallback"
         page.wait_for_function(
@@ -157,7 +158,43 @@ def test_a_frame_the_browser_cannot_load_shows_as_the_archive_renders_it(
         shot(page, tmp_path, "rendered-fallback")
         # The rendered picture: right half brighter than left (the instance's own window).
         left, right = page.evaluate(
-            """(sel) => {
+            HALVES,
+            fallback,
+        )
+        assert right - left > 100, (left, right)
+        # The first-image preview gave way to it; Cornerstone drew nothing (the frame failed).
+        assert page.locator(f"{pane()} img.preview:not(.rendered-fallback)").count() == 0
+        assert not not_blank(canvas(page))
+        # The failed frame is settled: nothing left "loading", the series-loaded mark is set.
+        overlay = page.inner_text(f"{pane()} .overlay")
+        assert "loading" not in overlay, overlay
+        assert "1 shown as rendered by the archive" in overlay, overlay
+        loaded = "performance.getEntriesByName('solent:series-loaded:Current').length"
+        assert page.evaluate(loaded) == 1
+        # The user's W/L: the CT brain preset (40/80) re-renders the frame at that window,
+        # where both halves (100 and 3000) are white.
+        rendered: list[str] = []
+        page.on("request", lambda r: rendered.append(r.url) if "/rendered" in r.url else None)
+        page.keyboard.press("4")
+        page.wait_for_function(
+            f"document.querySelector({fallback!r})?.dataset.window === '40.0,80.0'"
+            f" && document.querySelector({fallback!r}).complete",
+            timeout=30_000,
+        )
+        assert any(u.endswith("/rendered?window=40.0,80.0") for u in rendered), rendered
+        left, right = page.evaluate(HALVES, fallback)
+        assert min(left, right) > 200, (left, right)
+        # Once the frame can be loaded (retried 2, 4 and 8 s after the failure), the real
+        # image replaces the rendering, still at the user's window.
+        page.unroute(failing)
+        page.wait_for_function(f"!document.querySelector({fallback!r})", timeout=30_000)
+        assert not_blank(canvas(page))
+        assert "shown as rendered" not in page.inner_text(f"{pane()} .overlay")
+        assert "W 80 L 40" in page.inner_text(f"{pane()} .overlay")
+
+
+# Mean grey of a band left and right of the middle of an <img> (selector as the argument).
+HALVES = """(sel) => {
               const img = document.querySelector(sel);
               const c = document.createElement('canvas');
               c.width = img.naturalWidth; c.height = img.naturalHeight;
@@ -171,10 +208,4 @@ def test_a_frame_the_browser_cannot_load_shows_as_the_archive_renders_it(
               };
               const w = c.width;
               return [mean(w * 3 / 8, w * 7 / 16), mean(w * 9 / 16, w * 5 / 8)];
-            }""",
-            fallback,
-        )
-        assert right - left > 100, (left, right)
-        # The first-image preview gave way to it; Cornerstone drew nothing (the frame failed).
-        assert page.locator(f"{pane()} img.preview:not(.rendered-fallback)").count() == 0
-        assert not not_blank(canvas(page))
+            }"""
