@@ -166,7 +166,13 @@ def one_run(
                 first = page.evaluate("window.__benchFirst ?? null")
         origin = page.evaluate("performance.timeOrigin")
         extra = {}
+        marks_by = min(deadline, time.monotonic() + 30)
         for name in marks:
+            # Frames may all be received before the last is decoded: give the marks a moment.
+            while time.monotonic() < marks_by and not page.evaluate(
+                "(n) => performance.getEntriesByName(n).length", name
+            ):
+                page.wait_for_timeout(50)
             t = page.evaluate("(n) => performance.getEntriesByName(n)[0]?.startTime ?? null", name)
             if t is not None:
                 extra[name] = t / 1000

@@ -124,10 +124,12 @@ export function lazyCodecs(): Plugin {
 }
 
 const READING = '__SOLENT_READING_CHUNKS__';
+const DECODER = '__SOLENT_DECODER_FILES__';
 /**
  * The entry chunk learns the file names of the reading screen's chunks (the placeholder
- * string READING in main.ts becomes a comma-separated list), so it can `modulepreload` them — fetched
- * and compiled, not run — while the worklist is idle or while a study's preview loads.
+ * string READING in main.ts becomes a comma-separated list), so it can `modulepreload` them —
+ * fetched and compiled, not run — while the worklist is idle or while a study's preview loads;
+ * likewise DECODER, the decoder worker's files for the usual frame syntax.
  */
 export function readingChunks(): Plugin {
   return {
@@ -147,7 +149,16 @@ export function readingChunks(): Plugin {
       walk(reading.fileName);
       // The entry chunk is on the page already; file names are hashed ASCII (no comma).
       const list = [...files].filter((f) => !chunks.some((c) => c.isEntry && c.fileName === f)).join(',');
-      for (const c of chunks) if (c.code.includes(READING)) c.code = c.code.replaceAll(READING, list);
+      // The decoder worker and what it loads for lossless HTJ2K (how uncompressed frames come):
+      // fetched into the HTTP cache beside the chunks, so the worker starts without round trips.
+      const decoder = Object.keys(bundle)
+        .filter((f) => /\/(decodeImageFrameWorker|decodeHTJ2K|getPixelData)-[^/]+\.js$|\/openjphjs-[^/]+\.wasm$/.test(f))
+        .join(',');
+      if (!decoder.includes('decodeImageFrameWorker') || !decoder.includes('.wasm')) this.error(`decoder files not found: ${decoder}`);
+      for (const c of chunks) {
+        if (c.code.includes(READING)) c.code = c.code.replaceAll(READING, list);
+        if (c.code.includes(DECODER)) c.code = c.code.replaceAll(DECODER, decoder);
+      }
     },
   };
 }

@@ -3,9 +3,9 @@
 // Code-split: this entry chunk holds the worklist and the sign-in only; the reading screen
 // (the Cornerstone core, trimmed by viewer/slim.ts) and the MDT screens are loaded on first
 // use. The reading chunks are `modulepreload`ed (fetched and compiled, not run) once the
-// worklist is idle, and at once on a study route, where the study's series, metadata and a
-// server-rendered first image are fetched alongside (data.ts, preview.ts); the core is run
-// only after that preview is on screen, since evaluating it holds the main thread.
+// worklist or a timeline is idle, and at once on a study route, where the study's series,
+// metadata and a server-rendered first image are fetched alongside (data.ts, preview.ts); the
+// core is run only after that preview is on screen, since evaluating it holds the main thread.
 
 import './style.css';
 import { get, setToken, signIn, token } from './api';
@@ -27,10 +27,17 @@ const loadReading = (): Promise<ReadingModule> =>
 /** File names of the reading screen's chunks, written in by the build (slim.ts readingChunks);
  * the placeholder stays as is in the dev server, where there is nothing to preload. */
 const READING_CHUNKS = '__SOLENT_READING_CHUNKS__';
+/** The decoder worker's files for lossless HTJ2K (slim.ts), for the HTTP cache. */
+const DECODER_FILES = '__SOLENT_DECODER_FILES__';
 let preloaded: Promise<unknown> | null = null;
 /** Settles when the reading chunks are fetched (or failed: import() will report it). */
 function preloadReading(): Promise<unknown> {
   if (READING_CHUNKS.startsWith('__')) return Promise.resolve();
+  if (!preloaded) {
+    for (const file of DECODER_FILES.split(',')) {
+      void fetch(`${import.meta.env.BASE_URL}${file}`).then((r) => r.arrayBuffer()).catch(() => undefined);
+    }
+  }
   preloaded ??= Promise.all(
     READING_CHUNKS.split(',').map(
       (file) =>
@@ -45,7 +52,7 @@ function preloadReading(): Promise<unknown> {
   );
   return preloaded;
 }
-/** After the worklist has drawn and the network is quiet: the user will probably open a study. */
+/** After the worklist or timeline has drawn and the network is quiet: a study is likely next. */
 function preloadWhenIdle(): void {
   const later = () => (window.requestIdleCallback ?? ((f: () => void) => setTimeout(f, 1)))(() => void preloadReading(), { timeout: 3000 });
   setTimeout(later, 500);
@@ -107,7 +114,10 @@ async function route(): Promise<void> {
   const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
   const params = new URLSearchParams(search);
   try {
-    if (parts[0] === 'patient' && parts.length === 3) await (await import('./timeline')).timeline(app, parts[1], parts[2]);
+    if (parts[0] === 'patient' && parts.length === 3) {
+      await (await import('./timeline')).timeline(app, parts[1], parts[2]);
+      preloadWhenIdle();
+    }
     else if (parts[0] === 'study' && parts[1]) {
       const chunks = preloadReading();
       const shown = startPreview(app, parts[1]);
