@@ -89,12 +89,15 @@ export function initImaging(): Promise<void> {
  * per second by a tenth, two fewer when it lowered them (the server, not the link, was the
  * limit). Measured from arrivals, not from resource timing fields, which network emulation
  * and proxies distort. The slice the user scrolls to is an interaction request and still goes
- * first. Over HTTP/1.1 the browser opens at most 6 connections per host; behind an HTTP/2
- * proxy the higher caps apply.
+ * first. Over HTTP/1.1 the browser opens at most 6 connections per host, so the cap stays at
+ * 5 there (one connection free for the slice scrolled to); over HTTP/2 it may reach 12.
  */
 function adaptPrefetch(): void {
   if (typeof PerformanceObserver === 'undefined') return;
   const { RequestType } = CoreEnums;
+  // HTTP/1.1: at most 6 connections per host; one stays free for the slice scrolled to.
+  const protocol = (performance.getEntriesByType('navigation')[0] as PerformanceNavigationTiming | undefined)?.nextHopProtocol ?? '';
+  const most = protocol.startsWith('http/1') || !protocol ? 5 : PREFETCH_MAX;
   let cap = PREFETCH_MIN;
   let lastRate = 0;
   let count = 0;
@@ -106,7 +109,7 @@ function adaptPrefetch(): void {
     if (count < 2 * cap) return;
     const now = performance.now();
     const rate = count / (now - since);
-    if (rate > lastRate * 1.1) cap = Math.min(PREFETCH_MAX, cap + 2);
+    if (rate > lastRate * 1.1) cap = Math.min(most, cap + 2);
     else if (rate < lastRate * 0.9) cap = Math.max(PREFETCH_MIN, cap - 2);
     lastRate = rate;
     count = 0;
