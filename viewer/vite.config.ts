@@ -1,8 +1,10 @@
 // Builds the viewer into the Python package (src/solent/viewer_dist), served at /viewer.
 import { defineConfig } from 'vite';
+import { bundleStats, dropUnused, lazyCodecs, readingChunks } from './slim';
 
 export default defineConfig({
   base: '/viewer/',
+  plugins: [dropUnused(), readingChunks(), ...(process.env.SOLENT_BUNDLE_STATS ? [bundleStats()] : [])],
   build: {
     outDir: '../src/solent/viewer_dist',
     emptyOutDir: true,
@@ -10,7 +12,7 @@ export default defineConfig({
     target: 'es2022',
     chunkSizeWarningLimit: 8000,
   },
-  worker: { format: 'es' },
+  worker: { format: 'es', plugins: () => [lazyCodecs()] },
   // The image loader's codecs are CommonJS/wasm modules that Vite's dev server must pre-bundle.
   optimizeDeps: {
     exclude: ['@cornerstonejs/dicom-image-loader'],

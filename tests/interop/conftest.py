@@ -44,10 +44,3 @@ def browser(chromium_session: Any) -> Iterator[Any]:
     for context in list(chromium_session.contexts):
         context.close()
 
-
-@pytest.fixture
-def shared_browser(chromium_session: Any) -> Iterator[Any]:
-    """The package's chromium for a module with its own server (no demo users needed)."""
-    yield chromium_session
-    for context in list(chromium_session.contexts):
-        context.close()

@@ -270,8 +270,11 @@ def test_key_images_and_the_help_panel(demo: RunningServer, browser: Any, tmp_pa
     wait_image(page)
     page.wait_for_selector("#key-images li.empty")
     page.locator(f"{pane()} .viewport").hover()
+    before = canvas(page)
     page.keyboard.press("PageDown")
     eventually(lambda: image_index(page) == 22, what="slice 23")
+    # The index moves when the slice is asked for; its pixels follow once its frame is in.
+    eventually(lambda: differs(before, canvas(page)) > 0.01, what="slice 23 drawn")
     marked = canvas(page)
     page.keyboard.press("k")  # the note comes from the prompt
     page.wait_for_selector("#key-images .key-go:has-text('left lower lobe nodule')")

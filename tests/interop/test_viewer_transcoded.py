@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -100,26 +99,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSe
 
 
 def test_a_jpeg_xl_instance_displays_from_transcoded_frames(
-    server: tuple[RunningServer, str], tmp_path: Path, shared_browser: Any
+    server: tuple[RunningServer, str], browser: Any, tmp_path: Path
 ) -> None:
     srv, study = server
     frame_types: list[str] = []
-    with nullcontext(shared_browser) as browser:
-        errors: list[str] = []
-        page = new_page(browser, srv, errors)
+    errors: list[str] = []
+    page = new_page(browser, srv, errors)
 
-        def on_response(response: Any) -> None:
-            path = response.url.split("?")[0]
-            if "/frames/" in path and not path.endswith("/rendered") and response.status == 200:
-                accept = response.request.headers.get("accept", "")
-                frame_types.append(f"{accept} -> {response.headers.get('content-type', '')}")
+    def on_response(response: Any) -> None:
+        path = response.url.split("?")[0]
+        if "/frames/" in path and not path.endswith("/rendered") and response.status == 200:
+            accept = response.request.headers.get("accept", "")
+            frame_types.append(f"{accept} -> {response.headers.get('content-type', '')}")
 
-        page.on("response", on_response)
-        sign_in(page, "rad")
-        page.goto(f"{srv.base_url}/viewer/#/study/{study}?prior=")
-        pixels = wait_image(page)
-        shot(page, tmp_path, "jpeg-xl")
-        overlay = page.inner_text(f"{pane()} .overlay")
+    page.on("response", on_response)
+    sign_in(page, "rad")
+    page.goto(f"{srv.base_url}/viewer/#/study/{study}?prior=")
+    pixels = wait_image(page)
+    shot(page, tmp_path, "jpeg-xl")
+    overlay = page.inner_text(f"{pane()} .overlay")
     assert "JXL, Test" in overlay
     # The viewer asked for the frame transcoded and the archive sent it so (HTJ2K, not JPEG XL).
     assert frame_types, "no frame was fetched"
@@ -138,26 +136,62 @@ def test_a_jpeg_xl_instance_displays_from_transcoded_frames(
 
 
 def test_a_frame_the_browser_cannot_load_shows_as_the_archive_renders_it(
-    server: tuple[RunningServer, str], tmp_path: Path, shared_browser: Any
+    server: tuple[RunningServer, str], browser: Any, tmp_path: Path
 ) -> None:
     """Fault injected in the browser: every request for the instance's frame (as pixel data)
     fails at the network level, as a broken decoder or a refused transcoding would; the
     archive's rendering of that frame (/rendered, not intercepted) is shown in its place."""
     srv, study = server
-    with nullcontext(shared_browser) as browser:
-        errors: list[str] = []
-        page = new_page(browser, srv, errors)
-        sign_in(page, "rad")
-        page.route(re.compile(r".*/frames/1$"), lambda route: route.abort("failed"))
-        page.goto(f"{srv.base_url}/viewer/#/study/{study}?prior=")
-        fallback = f"{pane()} img.rendered-fallback"
-        page.wait_for_function(
-            f"document.querySelector({fallback!r})?.naturalWidth > 0", timeout=60_000
-        )
-        shot(page, tmp_path, "rendered-fallback")
-        # The rendered picture: right half brighter than left (the instance's own window).
-        left, right = page.evaluate(
-            """(sel) => {
+    errors: list[str] = []
+    page = new_page(browser, srv, errors)
+    sign_in(page, "rad")
+    failing = re.compile(r".*/frames/1$")
+    page.route(failing, lambda route: route.abort("failed"))
+    page.goto(f"{srv.base_url}/viewer/#/study/{study}?prior=")
+    fallback = f"{pane()} img.rendered-fallback"
+    page.wait_for_function(
+        f"document.querySelector({fallback!r})?.naturalWidth > 0", timeout=60_000
+    )
+    shot(page, tmp_path, "rendered-fallback")
+    # The rendered picture: right half brighter than left (the instance's own window).
+    left, right = page.evaluate(
+        HALVES,
+        fallback,
+    )
+    assert right - left > 100, (left, right)
+    # The first-image preview gave way to it; Cornerstone drew nothing (the frame failed).
+    assert page.locator(f"{pane()} img.preview:not(.rendered-fallback)").count() == 0
+    assert not not_blank(canvas(page))
+    # The failed frame is settled: nothing left "loading", the series-loaded mark is set.
+    overlay = page.inner_text(f"{pane()} .overlay")
+    assert "loading" not in overlay, overlay
+    assert "1 shown as rendered by the archive" in overlay, overlay
+    loaded = "performance.getEntriesByName('solent:series-loaded:Current').length"
+    assert page.evaluate(loaded) == 1
+    # The user's W/L: the CT brain preset (40/80) re-renders the frame at that window,
+    # where both halves (100 and 3000) are white.
+    rendered: list[str] = []
+    page.on("request", lambda r: rendered.append(r.url) if "/rendered" in r.url else None)
+    page.keyboard.press("4")
+    page.wait_for_function(
+        f"document.querySelector({fallback!r})?.dataset.window === '40.0,80.0'"
+        f" && document.querySelector({fallback!r}).complete",
+        timeout=30_000,
+    )
+    assert any(u.endswith("/rendered?window=40.0,80.0") for u in rendered), rendered
+    left, right = page.evaluate(HALVES, fallback)
+    assert min(left, right) > 200, (left, right)
+    # Once the frame can be loaded (retried 2, 4 and 8 s after the failure), the real
+    # image replaces the rendering, still at the user's window.
+    page.unroute(failing)
+    page.wait_for_function(f"!document.querySelector({fallback!r})", timeout=30_000)
+    assert not_blank(canvas(page))
+    assert "shown as rendered" not in page.inner_text(f"{pane()} .overlay")
+    assert "W 80 L 40" in page.inner_text(f"{pane()} .overlay")
+
+
+# Mean grey of a band left and right of the middle of an <img> (selector as the argument).
+HALVES = """(sel) => {
               const img = document.querySelector(sel);
               const c = document.createElement('canvas');
               c.width = img.naturalWidth; c.height = img.naturalHeight;
@@ -171,10 +205,4 @@ def test_a_frame_the_browser_cannot_load_shows_as_the_archive_renders_it(
               };
               const w = c.width;
               return [mean(w * 3 / 8, w * 7 / 16), mean(w * 9 / 16, w * 5 / 8)];
-            }""",
-            fallback,
-        )
-        assert right - left > 100, (left, right)
-        # The first-image preview gave way to it; Cornerstone drew nothing (the frame failed).
-        assert page.locator(f"{pane()} img.preview:not(.rendered-fallback)").count() == 0
-        assert not not_blank(canvas(page))
+            }"""

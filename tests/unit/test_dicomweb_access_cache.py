@@ -165,3 +165,22 @@ def test_frames_reuse_the_access_decision_within_the_ttl(
         == 200
     )
     assert checks == [study, study]
+
+
+def test_frames_say_they_vary_with_accept(demo: Archive, demo_client: TestClient) -> None:
+    """Frames are cacheable for a year (immutable) and their syntax follows Accept: a browser
+    cache must not hand an HTJ2K answer to a request for uncompressed pixels (the viewer warms
+    its HTTP cache with frames before its image loader asks for them)."""
+    h = add_user(demo, "drzv", "ZZB", "clinician")
+    study = study_of(demo, "ZZB", "B7730444")
+    first = demo_client.get(f"/dicomweb/studies/{study}/instances", headers={**h, **JSON}).json()[0]
+    series, sop = first["0020000E"]["Value"][0], first["00080018"]["Value"][0]
+    url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1"
+    native = "multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    htj2k = 'multipart/related; type="image/jphc"; transfer-syntax=1.2.840.10008.1.2.4.201'
+    answers = [demo_client.get(url, headers={**h, "Accept": a}) for a in (native, htj2k)]
+    for r in answers:
+        assert r.status_code == 200, r.text
+        assert r.headers["vary"] == "Accept"
+    assert "application/octet-stream" in answers[0].text[:400]
+    assert "image/jphc" in answers[1].text[:400]

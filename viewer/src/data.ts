@@ -118,3 +118,67 @@ export function seriesFrames(instances: DicomJson[]): { sop: string; frame: numb
   }
   return out;
 }
+
+// -- what each frame is asked for in (shared by the image loader and the early frame fetch) --
+
+/** Transfer syntaxes the image loader's decoders (this build) read, as the archive stores them. */
+const NATIVE = new Set(['1.2.840.10008.1.2', '1.2.840.10008.1.2.1', '1.2.840.10008.1.2.2', '1.2.840.10008.1.2.1.99']);
+const BROWSER_DECODES = new Set([
+  '1.2.840.10008.1.2.5', // RLE
+  '1.2.840.10008.1.2.4.50', // JPEG baseline
+  '1.2.840.10008.1.2.4.51', // JPEG extended (12-bit)
+  '1.2.840.10008.1.2.4.57', // JPEG lossless
+  '1.2.840.10008.1.2.4.70', // JPEG lossless SV1
+  '1.2.840.10008.1.2.4.80', // JPEG-LS lossless
+  '1.2.840.10008.1.2.4.81', // JPEG-LS near-lossless
+  '1.2.840.10008.1.2.4.90', // JPEG 2000 lossless
+  '1.2.840.10008.1.2.4.91', // JPEG 2000
+  '1.2.840.10008.1.2.4.201', // HTJ2K lossless
+  '1.2.840.10008.1.2.4.202', // HTJ2K lossless RPCL
+  '1.2.840.10008.1.2.4.203', // HTJ2K
+]);
+export const HTJ2K_LOSSLESS = '1.2.840.10008.1.2.4.201';
+const AS_STORED = 'multipart/related; type=application/octet-stream; transfer-syntax=*';
+const UNCOMPRESSED = 'multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1';
+/** Lossless HTJ2K, transcoded by the archive: ~2.6x smaller than 16-bit CT, fast to decode;
+ * uncompressed as the second choice when the server cannot encode it (e.g. float pixels). */
+const TRANSCODED = `multipart/related; type="image/jphc"; transfer-syntax=${HTJ2K_LOSSLESS}, ${UNCOMPRESSED}; q=0.5`;
+
+/** Whether native (uncompressed) frames are asked for compressed; ?raw=1 turns it off. */
+const compressNative = !new URLSearchParams(location.search).has('raw');
+
+/** The transfer syntax an instance is stored in, from its WADO-RS metadata. */
+export function storedSyntaxOf(ds: DicomJson): string {
+  return str(ds, '00083002') || str(ds, '00020010');
+}
+
+/**
+ * The Accept header of a frame stored in ``ts``. Frames in a syntax the browser decodes come
+ * as stored (no server work). Uncompressed frames come as lossless HTJ2K (the link, not the
+ * CPU, is what limits a trust's WAN). Anything the browser's decoders cannot read (JPEG XL,
+ * which would need a 1 MB decoder; anything unknown) is transcoded by the archive to lossless
+ * HTJ2K or, failing that, uncompressed: the image shows instead of nothing.
+ */
+export function acceptFor(ts: string): string {
+  if (NATIVE.has(ts)) return compressNative ? TRANSCODED : AS_STORED;
+  if (BROWSER_DECODES.has(ts)) return AS_STORED;
+  return TRANSCODED;
+}
+
+/** The syntax a frame stored in ``ts`` is expected to arrive in (what acceptFor asks first). */
+export function arrivingFor(ts: string): string {
+  if (NATIVE.has(ts)) return compressNative ? HTJ2K_LOSSLESS : ts;
+  return BROWSER_DECODES.has(ts) ? ts : HTJ2K_LOSSLESS;
+}
+
+/**
+ * Fetches one frame exactly as the image loader will ask for it (same URL, Accept and
+ * token), so the response waits in the browser's HTTP cache (frames are immutable, private,
+ * Vary: Accept) while the Cornerstone core downloads and starts: the shown slice's bytes are
+ * on hand, and transcoded by the server, before the loader exists. Best effort.
+ */
+export function warmFrame(url: string, ds: DicomJson): void {
+  fetch(url, { headers: { ...authHeaders(), Accept: acceptFor(storedSyntaxOf(ds)) } })
+    .then((r) => r.arrayBuffer())
+    .catch(() => undefined);
+}

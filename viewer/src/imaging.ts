@@ -3,6 +3,7 @@
 
 import {
   Enums as CoreEnums,
+  getWebWorkerManager,
   imageRetrievalPoolManager,
   init as coreInit,
   setUseCPURendering,
@@ -24,15 +25,20 @@ import {
 } from '@cornerstonejs/tools';
 import type { Types as ToolTypes } from '@cornerstonejs/tools';
 import { authHeaders } from './api';
-import { DICOMWEB, type DicomJson, seriesFrames, seriesMetadata, str, tag } from './data';
+import { DICOMWEB, type DicomJson, acceptFor, arrivingFor, seriesFrames, seriesMetadata, storedSyntaxOf, str, tag } from './data';
 
 export { DICOMWEB, type DicomJson, str, tag };
 export { PRESETS } from './presets';
 export const TOOL_GROUP = 'solent-stack';
-/** At most this many frame requests in flight; what the user looks at is asked for first. */
+/** Frame requests in flight for what the user looks at (Cornerstone's interaction queue,
+ * which is served before the background prefetch). */
 export const MAX_IN_FLIGHT = 6;
+/** Bounds of the background prefetch's requests in flight (see adaptPrefetch). */
+const PREFETCH_MIN = 4;
+const PREFETCH_MAX = 12;
 
 let ready: Promise<void> | null = null;
+let workers = 1;
 
 function webglAvailable(): boolean {
   try {
@@ -49,15 +55,17 @@ export function initImaging(): Promise<void> {
     coreInit({ rendering: { useCPURendering: cpu } } as Parameters<typeof coreInit>[0]);
     if (cpu) setUseCPURendering(true);
     document.documentElement.dataset.rendering = cpu ? 'cpu' : 'gpu';
+    workers = Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) - 1));
     loaderInit({
-      maxWebWorkers: Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) - 1)),
+      maxWebWorkers: workers,
       // Called by the loader's XHR with the image id: the bearer token and the frame's Accept.
       beforeSend: (_xhr: unknown, imageId: string) => ({ ...authHeaders(), Accept: frameAccept(imageId) }),
     } as Parameters<typeof loaderInit>[0]);
     const { RequestType } = CoreEnums;
     imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Interaction, MAX_IN_FLIGHT);
     imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Thumbnail, MAX_IN_FLIGHT);
-    imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Prefetch, MAX_IN_FLIGHT - 2);
+    imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Prefetch, PREFETCH_MIN);
+    adaptPrefetch();
     toolsInit();
     for (const tool of [
       StackScrollTool,
@@ -73,6 +81,42 @@ export function initImaging(): Promise<void> {
     }
   })();
   return ready;
+}
+
+/**
+ * Sizes the prefetch's requests in flight to what the link and the server sustain: after each
+ * window of frames received (twice the cap), two more in flight while that raised the frames
+ * per second by a tenth, two fewer when it lowered them (the server, not the link, was the
+ * limit). Measured from arrivals, not from resource timing fields, which network emulation
+ * and proxies distort. The slice the user scrolls to is an interaction request and still goes
+ * first. Over HTTP/1.1 the browser opens at most 6 connections per host, so the cap stays at
+ * 5 there (one connection free for the slice scrolled to); over HTTP/2 it may reach 12.
+ */
+function adaptPrefetch(): void {
+  if (typeof PerformanceObserver === 'undefined') return;
+  const { RequestType } = CoreEnums;
+  // HTTP/1.1: at most 6 connections per host; one stays free for the slice scrolled to.
+  const protocol = (performance.getEntriesByType('navigation')[0] as PerformanceNavigationTiming | undefined)?.nextHopProtocol ?? '';
+  const most = protocol.startsWith('http/1') || !protocol ? 5 : PREFETCH_MAX;
+  let cap = PREFETCH_MIN;
+  let lastRate = 0;
+  let count = 0;
+  let since = performance.now();
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries() as PerformanceResourceTiming[]) {
+      if (/\/frames\/\d+$/.test(e.name) && e.transferSize > 0) count += 1; // not from the cache
+    }
+    if (count < 2 * cap) return;
+    const now = performance.now();
+    const rate = count / (now - since);
+    if (rate > lastRate * 1.1) cap = Math.min(most, cap + 2);
+    else if (rate < lastRate * 0.9) cap = Math.max(PREFETCH_MIN, cap - 2);
+    lastRate = rate;
+    count = 0;
+    since = now;
+    imageRetrievalPoolManager.setMaxSimultaneousRequests(RequestType.Prefetch, cap);
+    document.documentElement.dataset.prefetchInFlight = String(cap);
+  }).observe({ type: 'resource', buffered: false });
 }
 
 export type MouseTool = 'WindowLevel' | 'Pan' | 'Zoom' | 'Length' | 'Angle' | 'EllipticalROI' | 'StackScroll' | 'PlanarRotate';
@@ -133,54 +177,40 @@ export async function seriesImageIds(studyUid: string, seriesUid: string): Promi
   for (const { sop, frame, ds } of seriesFrames(await seriesMetadata(studyUid, seriesUid))) {
     const id = `wadors:${base}/instances/${sop}/frames/${frame}`;
     wadors.metaDataManager.add(id, ds as unknown as Parameters<typeof wadors.metaDataManager.add>[1]);
-    storedSyntax.set(id.slice(7), str(ds, '00083002') || str(ds, '00020010'));
+    storedSyntax.set(id.slice(7), storedSyntaxOf(ds));
     ids.push(id);
   }
+  warmDecoders(ids);
   return ids;
+}
+
+const warmed = new Set<string>();
+/**
+ * Each decoder worker loads and initialises the codecs of the syntaxes these frames will
+ * arrive in (the worker imports codecs on first use, viewer/slim.ts) while the first frame is
+ * still on the wire, instead of after it.
+ */
+function warmDecoders(ids: string[]): void {
+  const syntaxes = [...new Set(ids.map((id) => arrivingSyntax(id.slice(7))))].filter((ts) => !warmed.has(ts));
+  if (!syntaxes.length) return;
+  syntaxes.forEach((ts) => warmed.add(ts));
+  const manager = getWebWorkerManager();
+  for (let i = 0; i < workers; i++) {
+    manager.executeTask('dicomImageLoader', 'warmTask', { transferSyntaxes: syntaxes }).catch(() => undefined);
+  }
 }
 
 // -- what each frame is asked for in ---------------------------------------------------------
 
-/** Transfer syntaxes the image loader's decoders (this build) read, as the archive stores them. */
-const NATIVE = new Set(['1.2.840.10008.1.2', '1.2.840.10008.1.2.1', '1.2.840.10008.1.2.2', '1.2.840.10008.1.2.1.99']);
-const BROWSER_DECODES = new Set([
-  '1.2.840.10008.1.2.5', // RLE
-  '1.2.840.10008.1.2.4.50', // JPEG baseline
-  '1.2.840.10008.1.2.4.51', // JPEG extended (12-bit)
-  '1.2.840.10008.1.2.4.57', // JPEG lossless
-  '1.2.840.10008.1.2.4.70', // JPEG lossless SV1
-  '1.2.840.10008.1.2.4.80', // JPEG-LS lossless
-  '1.2.840.10008.1.2.4.81', // JPEG-LS near-lossless
-  '1.2.840.10008.1.2.4.90', // JPEG 2000 lossless
-  '1.2.840.10008.1.2.4.91', // JPEG 2000
-  '1.2.840.10008.1.2.4.201', // HTJ2K lossless
-  '1.2.840.10008.1.2.4.202', // HTJ2K lossless RPCL
-  '1.2.840.10008.1.2.4.203', // HTJ2K
-]);
-export const HTJ2K_LOSSLESS = '1.2.840.10008.1.2.4.201';
-const AS_STORED = 'multipart/related; type=application/octet-stream; transfer-syntax=*';
-const UNCOMPRESSED = 'multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1';
-/** Lossless HTJ2K, transcoded by the archive: ~2.6x smaller than 16-bit CT, fast to decode;
- * uncompressed as the second choice when the server cannot encode it (e.g. float pixels). */
-const TRANSCODED = `multipart/related; type="image/jphc"; transfer-syntax=${HTJ2K_LOSSLESS}, ${UNCOMPRESSED}; q=0.5`;
-
 const storedSyntax = new Map<string, string>();
 
-/** Whether native (uncompressed) frames are asked for compressed; ?raw=1 turns it off. */
-const compressNative = !new URLSearchParams(location.search).has('raw');
-
-/**
- * The Accept header of one frame request. Frames in a syntax the browser decodes come as
- * stored (no server work). Uncompressed frames come as lossless HTJ2K (the link, not the CPU,
- * is what limits a trust's WAN). Anything the browser's decoders cannot read (JPEG XL, which
- * would need a 1 MB decoder; anything unknown) is transcoded by the archive to lossless HTJ2K
- * or, failing that, uncompressed: the image shows instead of nothing.
- */
+/** The Accept header of one frame request (see data.ts acceptFor). */
 export function frameAccept(url: string): string {
-  const ts = storedSyntax.get(url.startsWith('wadors:') ? url.slice(7) : url.split('?')[0]) ?? '';
-  if (NATIVE.has(ts)) return compressNative ? TRANSCODED : AS_STORED;
-  if (BROWSER_DECODES.has(ts)) return AS_STORED;
-  return TRANSCODED;
+  return acceptFor(storedSyntax.get(url.startsWith('wadors:') ? url.slice(7) : url.split('?')[0]) ?? '');
+}
+
+function arrivingSyntax(url: string): string {
+  return arrivingFor(storedSyntax.get(url) ?? '');
 }
 
 /** (series, sop, frame) of a wadors image id. */

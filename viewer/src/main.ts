@@ -1,16 +1,18 @@
 // Hash routes: #/ worklist, #/patient/ISSUER/ID timeline, #/study/UID reading, #/mdt meetings.
 // Hash routing keeps every screen one static index.html (IID lands on /viewer/#/...).
 // Code-split: this entry chunk holds the worklist and the sign-in only; the reading screen
-// (the Cornerstone core, ~4 MB) and the MDT screens are loaded on first use. On a study route
-// the study's series, metadata and a server-rendered first image are fetched while the core
-// chunk downloads (data.ts, preview.ts), so the network is busy from the first moment.
+// (the Cornerstone core, trimmed by viewer/slim.ts) and the MDT screens are loaded on first
+// use. The reading chunks are `modulepreload`ed (fetched and compiled, not run) once the
+// worklist or a timeline is idle, and at once on a study route, where the study's series,
+// metadata and a server-rendered first image are fetched alongside (data.ts, preview.ts); the
+// core is run only after that preview is on screen, since evaluating it holds the main thread.
 
 import './style.css';
 import { get, setToken, signIn, token } from './api';
 import { clear, errorBox, h } from './dom';
 import { toggleHelp } from './help';
 import { studyContext } from './data';
-import { dropPreview, startPreview } from './preview';
+import { dropPreview, startPreview, warmAround } from './preview';
 import type { Me } from './types';
 import { worklist } from './worklist';
 
@@ -21,6 +23,40 @@ const loadReading = (): Promise<ReadingModule> =>
     reading = m;
     return m;
   });
+
+/** File names of the reading screen's chunks, written in by the build (slim.ts readingChunks);
+ * the placeholder stays as is in the dev server, where there is nothing to preload. */
+const READING_CHUNKS = '__SOLENT_READING_CHUNKS__';
+/** The decoder worker's files for lossless HTJ2K (slim.ts), for the HTTP cache. */
+const DECODER_FILES = '__SOLENT_DECODER_FILES__';
+let preloaded: Promise<unknown> | null = null;
+/** Settles when the reading chunks are fetched (or failed: import() will report it). */
+function preloadReading(): Promise<unknown> {
+  if (READING_CHUNKS.startsWith('__')) return Promise.resolve();
+  if (!preloaded) {
+    for (const file of DECODER_FILES.split(',')) {
+      void fetch(`${import.meta.env.BASE_URL}${file}`).then((r) => r.arrayBuffer()).catch(() => undefined);
+    }
+  }
+  preloaded ??= Promise.all(
+    READING_CHUNKS.split(',').map(
+      (file) =>
+        new Promise((done) => {
+          const link = document.createElement('link');
+          link.rel = 'modulepreload';
+          link.href = `${import.meta.env.BASE_URL}${file}`;
+          link.onload = link.onerror = done;
+          document.head.append(link);
+        }),
+    ),
+  );
+  return preloaded;
+}
+/** After the worklist or timeline has drawn and the network is quiet: a study is likely next. */
+function preloadWhenIdle(): void {
+  const later = () => (window.requestIdleCallback ?? ((f: () => void) => setTimeout(f, 1)))(() => void preloadReading(), { timeout: 3000 });
+  setTimeout(later, 500);
+}
 
 const app = document.getElementById('app') as HTMLElement;
 const who = document.getElementById('who') as HTMLElement;
@@ -78,10 +114,15 @@ async function route(): Promise<void> {
   const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
   const params = new URLSearchParams(search);
   try {
-    if (parts[0] === 'patient' && parts.length === 3) await (await import('./timeline')).timeline(app, parts[1], parts[2]);
+    if (parts[0] === 'patient' && parts.length === 3) {
+      await (await import('./timeline')).timeline(app, parts[1], parts[2]);
+      preloadWhenIdle();
+    }
     else if (parts[0] === 'study' && parts[1]) {
+      const chunks = preloadReading();
       const shown = startPreview(app, parts[1]);
       void studyContext(parts[1]).catch(() => undefined);
+      void Promise.all([shown, chunks]).then(() => warmAround(parts[1], 8));
       await Promise.race([shown, new Promise((r) => setTimeout(r, 1500))]);
       await (await loadReading()).studyView(app, parts[1], { prior: params.has('prior') ? params.get('prior') || null : undefined });
     } else if (parts[0] === 'mdt') {
@@ -89,7 +130,10 @@ async function route(): Promise<void> {
       if (parts[1]) leave = await mdt.meeting(app, parts[1]);
       else await mdt.meetings(app, params);
     }
-    else worklist(app, params);
+    else {
+      worklist(app, params);
+      preloadWhenIdle();
+    }
   } catch (e) {
     app.append(errorBox((e as Error).message));
   }

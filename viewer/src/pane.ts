@@ -1,6 +1,6 @@
 // One image viewport: a series as a stack, its overlays and its thumbnails.
 
-import { Enums, eventTarget, metaData, utilities as csUtils, type RenderingEngine, type StackViewport, type Types } from '@cornerstonejs/core';
+import { Enums, eventTarget, imageLoader, metaData, utilities as csUtils, type RenderingEngine, type StackViewport, type Types } from '@cornerstonejs/core';
 import { wadors } from '@cornerstonejs/dicom-image-loader';
 import { utilities as toolUtils } from '@cornerstonejs/tools';
 import { blobUrl } from './api';
@@ -109,12 +109,12 @@ export class Pane {
     this.header = headerOf(ids[0]) ?? {};
     toolUtils.stackPrefetch.disable(this.element);
     this.trackLoading(ids, token);
-    this.watchFailures(ids, token);
+    this.watchFailures(token);
     const start = index ?? Math.floor(ids.length / 2);
     try {
       await this.viewport.setStack(ids, Math.min(Math.max(0, start), ids.length - 1));
     } catch {
-      /* that frame failed: watchFailures shows the server's rendering of it */
+      /* that frame failed: frameFailed shows the server's rendering of it */
     }
     this.viewport.render();
     toolUtils.stackPrefetch.enable(this.element);
@@ -125,41 +125,76 @@ export class Pane {
 
   /**
    * A frame the browser cannot load or decode (a syntax or a stream its decoders reject, a
-   * transcoding the server refused) is shown as the archive renders it (/rendered, at the
-   * image's own window) instead of leaving the previous slice or nothing on screen. The
-   * rendered picture stays while that slice is the one asked for; the next slice that loads
-   * normally replaces it.
+   * transcoding the server refused, a network failure) is shown as the archive renders it
+   * (/rendered, at the user's current window, or the image's own before there is one)
+   * instead of leaving the previous slice or nothing on screen; a W/L change re-renders it.
+   * The load is retried a few times (2, 4, 8 s: a network blip); when the real frame arrives
+   * it replaces the rendering, as does the next slice that loads normally. A frame that
+   * failed counts as settled in "loading n/N" and in the series-loaded mark.
    */
   private fallback: HTMLImageElement | null = null;
-  private watchFailures(ids: string[], token: number): void {
-    const wanted = new Set(ids);
-    const failed = new Set<string>();
-    const onError = (evt: Event) => {
-      if (token !== this.loadToken) {
-        eventTarget.removeEventListener(Enums.Events.IMAGE_LOAD_ERROR, onError);
-        return;
-      }
-      const id = (evt as CustomEvent<{ imageId?: string }>).detail?.imageId;
-      if (!id || !wanted.has(id)) return;
-      failed.add(id);
-      if (this.viewport.getImageIds()[this.viewport.getTargetImageIdIndex()] === id) void this.showRendered(id, token);
-    };
-    eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_ERROR, onError);
+  private failed = new Set<string>();
+
+  private frameFailed(id: string, token: number, attempt: number): void {
+    this.failed.add(id);
+    if (this.targetId() === id) void this.showRendered(id, token);
+    if (attempt >= 3) return;
+    setTimeout(() => {
+      if (token !== this.loadToken || !this.failed.has(id)) return;
+      imageLoader.loadAndCacheImage(id).then(
+        () => this.frameArrived(id, token),
+        () => this.frameFailed(id, token, attempt + 1),
+      );
+    }, 2000 * 2 ** attempt);
+  }
+
+  private frameArrived(id: string, token: number): void {
+    if (token !== this.loadToken || !this.failed.delete(id)) return;
+    this.failedCount = this.failed.size;
+    const ids = this.viewport.getImageIds();
+    const index = ids.indexOf(id);
+    if (this.targetId() !== id || index < 0) return this.updateOverlay();
+    // Shown again through the public API (the viewport believes it shows that index); the
+    // user's W/L and camera survive the reload.
+    const voi = this.askedVoi ?? this.voi();
+    const camera = this.camera();
+    void this.viewport.setStack(ids, index).then(() => {
+      if (voi) this.setVoi(voi.center, voi.width);
+      this.applyCamera(camera);
+    });
+  }
+
+  private targetId(): string | undefined {
+    return this.viewport.getImageIds()[this.viewport.getTargetImageIdIndex()];
+  }
+
+  private watchFailures(token: number): void {
     this.element.addEventListener(Enums.Events.STACK_NEW_IMAGE, (evt: Event) => {
       const id = (evt as CustomEvent<{ imageId?: string }>).detail?.imageId;
-      if (token === this.loadToken && id && !failed.has(id)) this.dropFallback();
+      if (token === this.loadToken && id && !this.failed.has(id)) this.dropFallback();
+    });
+    let pending = 0;
+    this.element.addEventListener(Enums.Events.VOI_MODIFIED, () => {
+      if (!this.settingVoi) this.askedVoi = null; // a W/L drag: the viewport's own VOI rules
+      const id = this.fallback?.dataset.imageId;
+      if (token !== this.loadToken || !id) return;
+      clearTimeout(pending);
+      pending = window.setTimeout(() => void this.showRendered(id, token), 150);
     });
   }
 
   private async showRendered(imageId: string, token: number): Promise<void> {
     const { series_uid, sop_uid, frame } = parseImageId(imageId);
-    const url = await blobUrl(`${DICOMWEB}/studies/${this.studyUid}/series/${series_uid}/instances/${sop_uid}/frames/${frame}/rendered`);
-    if (token !== this.loadToken) return URL.revokeObjectURL(url);
+    const voi = this.askedVoi ?? this.voi();
+    const query = voi ? `?window=${voi.center.toFixed(1)},${Math.max(1, voi.width).toFixed(1)}` : '';
+    const url = await blobUrl(`${DICOMWEB}/studies/${this.studyUid}/series/${series_uid}/instances/${sop_uid}/frames/${frame}/rendered${query}`);
+    if (token !== this.loadToken || !this.failed.has(imageId)) return URL.revokeObjectURL(url);
     this.dropPreview();
     const img = this.fallback ?? h('img', { class: 'preview rendered-fallback', alt: 'rendered by the server' });
     if (img.src) URL.revokeObjectURL(img.src);
     img.src = url;
     img.dataset.imageId = imageId;
+    img.dataset.window = query.slice(8);
     this.fallback = img;
     this.root.append(img);
   }
@@ -172,39 +207,63 @@ export class Pane {
   }
 
   /** Progress of the series' frames into the cache (overlay), and performance marks for the
-   * first drawn image and the fully loaded series (read by bench/viewer.py). */
+   * first drawn image and the fully loaded series (read by bench/viewer.py). A frame that
+   * failed is settled too (shown as rendered by the server, see frameFailed). */
   loaded = 0;
   total = 0;
+  failedCount = 0;
   private trackLoading(ids: string[], token: number): void {
     const wanted = new Set(ids);
-    const seen = new Set<string>();
+    const settled = new Set<string>();
     this.loaded = 0;
     this.total = ids.length;
+    this.failedCount = 0;
+    this.failed = new Set();
+    // The viewport renders (IMAGE_RENDERED) before any image is set, too: the first image is
+    // the first render after a frame of this series became the displayed one.
+    let displayed = false;
     let first = true;
+    const onNewImage = (evt: Event) => {
+      const id = (evt as CustomEvent<{ imageId?: string }>).detail?.imageId;
+      if (token === this.loadToken && id && wanted.has(id)) displayed = true;
+    };
     const onRendered = () => {
-      if (first && token === this.loadToken) {
+      if (first && displayed && token === this.loadToken) {
         first = false;
         performance.mark(`solent:first-image:${this.label}`);
         this.dropPreview();
       }
     };
+    this.element.addEventListener(Enums.Events.STACK_NEW_IMAGE, onNewImage);
     this.element.addEventListener(Enums.Events.IMAGE_RENDERED, onRendered);
-    const onLoaded = (evt: Event) => {
-      const id = (evt as CustomEvent<{ image?: { imageId?: string } }>).detail?.image?.imageId;
-      if (token !== this.loadToken) {
-        eventTarget.removeEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
-        return;
-      }
-      if (!id || !wanted.has(id) || seen.has(id)) return;
-      seen.add(id);
-      this.loaded = seen.size;
-      if (seen.size === wanted.size) {
-        performance.mark(`solent:series-loaded:${this.label}`);
-        eventTarget.removeEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
-      }
+    const settle = (id: string) => {
+      settled.add(id);
+      this.loaded = settled.size;
+      this.failedCount = this.failed.size;
+      if (settled.size === wanted.size) performance.mark(`solent:series-loaded:${this.label}`);
       this.updateOverlay();
     };
+    const onLoaded = (evt: Event) => {
+      const id = (evt as CustomEvent<{ image?: { imageId?: string } }>).detail?.image?.imageId;
+      if (token !== this.loadToken) return stop();
+      if (!id || !wanted.has(id)) return;
+      if (this.failed.has(id)) this.frameArrived(id, token);
+      if (!settled.has(id)) settle(id);
+      else this.updateOverlay();
+    };
+    const onError = (evt: Event) => {
+      const id = (evt as CustomEvent<{ imageId?: string }>).detail?.imageId;
+      if (token !== this.loadToken) return stop();
+      if (!id || !wanted.has(id) || this.failed.has(id)) return;
+      this.frameFailed(id, token, 0);
+      if (!settled.has(id)) settle(id);
+    };
+    const stop = () => {
+      eventTarget.removeEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
+      eventTarget.removeEventListener(Enums.Events.IMAGE_LOAD_ERROR, onError);
+    };
     eventTarget.addEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
+    eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_ERROR, onError);
   }
 
   scroll(delta: number): void {
@@ -215,9 +274,22 @@ export class Pane {
     void vp.setImageIdIndex(next);
   }
 
+  /** The last W/L asked for (preset, MDT presenter): what a server rendering follows while
+   * the viewport holds no image of its own. */
+  private askedVoi: { center: number; width: number } | null = null;
+  private settingVoi = false;
+
   setVoi(center: number, width: number): void {
-    this.viewport.setProperties({ voiRange: csUtils.windowLevel.toLowHighRange(width, center) });
+    this.settingVoi = true;
+    try {
+      this.viewport.setProperties({ voiRange: csUtils.windowLevel.toLowHighRange(width, center) });
+    } finally {
+      this.settingVoi = false;
+    }
+    this.askedVoi = { center, width };
     this.viewport.render();
+    const id = this.fallback?.dataset.imageId;
+    if (id) void this.showRendered(id, this.loadToken);
   }
 
   voi(): { center: number; width: number } | null {
@@ -312,7 +384,9 @@ export class Pane {
       `Se ${str(ds, '00200011')} ${str(ds, '0008103E')}`,
     ];
     const bl = [
-      `Im ${index + 1}/${ids.length}` + (this.loaded < this.total ? ` · loading ${this.loaded}/${this.total}` : ''),
+      `Im ${index + 1}/${ids.length}` +
+        (this.loaded < this.total ? ` · loading ${this.loaded}/${this.total}` : '') +
+        (this.failedCount ? ` · ${this.failedCount} shown as rendered by the archive` : ''),
       ipp !== null ? `Pos ${ipp.toFixed(1)} mm` : '',
     ];
     const br = [voi ? `W ${Math.round(voi.width)} L ${Math.round(voi.center)}` : '', `Zoom ${this.camera().zoom.toFixed(2)}`];

@@ -2,16 +2,20 @@
 // shown series (the same one the pane will open at), rendered by the server as a JPEG at the
 // image's own window. It costs one small request after the metadata, which the reading screen
 // needs anyway (data.ts shares it), and it works for every transfer syntax the server decodes.
+// The same slice's full-fidelity frame is fetched right behind it into the HTTP cache, where
+// the image loader finds it once the core has started.
 // The pane takes the element over and drops it when Cornerstone draws its first full-fidelity
 // image of that series.
 
 import { authHeaders } from './api';
-import { DICOMWEB, seriesFrames, seriesMetadata, studySeries } from './data';
+import { DICOMWEB, type DicomJson, seriesFrames, seriesMetadata, studySeries, warmFrame } from './data';
 
 export interface Preview {
   studyUid: string;
   seriesUid: string;
   element: HTMLImageElement;
+  /** The series' frame URLs and metadata, nearest to the shown slice first. */
+  around: { url: string; ds: DicomJson }[];
 }
 
 let current: Preview | null = null;
@@ -28,7 +32,7 @@ export function startPreview(host: HTMLElement, studyUid: string): Promise<void>
   element.className = 'preview';
   element.alt = '';
   element.decoding = 'async';
-  const preview: Preview = { studyUid, seriesUid: '', element };
+  const preview: Preview = { studyUid, seriesUid: '', element, around: [] };
   current = preview;
   host.append(element);
   return (async () => {
@@ -36,15 +40,34 @@ export function startPreview(host: HTMLElement, studyUid: string): Promise<void>
     if (!series.length || current !== preview) return;
     preview.seriesUid = series[0].series_uid;
     const frames = seriesFrames(await seriesMetadata(studyUid, preview.seriesUid));
-    const shown = frames[Math.floor(frames.length / 2)];
+    const middle = Math.floor(frames.length / 2);
+    const shown = frames[middle];
     if (!shown || current !== preview) return;
-    const url = `${DICOMWEB}/studies/${studyUid}/series/${preview.seriesUid}/instances/${shown.sop}/frames/${shown.frame}/rendered?quality=85`;
-    const response = await fetch(url, { headers: { Accept: 'image/jpeg', ...authHeaders() }, credentials: 'omit' });
+    const urlOf = (f: { sop: string; frame: number }) =>
+      `${DICOMWEB}/studies/${studyUid}/series/${preview.seriesUid}/instances/${f.sop}/frames/${f.frame}`;
+    preview.around = frames
+      .map((f, i) => ({ url: urlOf(f), ds: f.ds, d: Math.abs(i - middle) }))
+      .sort((a, b) => a.d - b.d)
+      .slice(1);
+    const frameUrl = urlOf(shown);
+    const pending = fetch(`${frameUrl}/rendered?quality=85`, { headers: { Accept: 'image/jpeg', ...authHeaders() }, credentials: 'omit' });
+    warmFrame(frameUrl, shown.ds); // the full-fidelity bytes of the same slice, right behind
+    const response = await pending;
     if (!response.ok || current !== preview) return;
     element.src = URL.createObjectURL(await response.blob());
     await element.decode();
     if (current === preview) performance.mark('solent:preview-image:Current');
   })().catch(() => element.remove());
+}
+
+/**
+ * The link is idle while the core evaluates and starts (most of a second on a trust link):
+ * the ``count`` slices nearest the shown one are fetched into the HTTP cache meanwhile, where
+ * the image loader's prefetch finds them.
+ */
+export function warmAround(studyUid: string, count: number): void {
+  if (current?.studyUid !== studyUid) return;
+  for (const { url, ds } of current.around.slice(0, count)) warmFrame(url, ds);
 }
 
 /** The pending preview of ``studyUid``'s ``seriesUid`` (or its first series), handed over once. */

@@ -283,6 +283,7 @@ def _frames_response(
     svc.check_frames(inst, numbers)
     etag = svc.etag([inst], f"{variant}|{plan.media_type}|{plan.transfer_syntax}")
     headers = immutable_headers(etag, _replace_policy(request))
+    headers["Vary"] = "Accept"  # the syntax sent depends on it: a cache must key on it
     if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     doc = None if _direct(inst, plan) else svc.metadata_of(who, inst)
