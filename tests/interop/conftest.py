@@ -43,4 +43,3 @@ def browser(chromium_session: Any) -> Iterator[Any]:
     yield chromium_session
     for context in list(chromium_session.contexts):
         context.close()
-
