@@ -239,15 +239,24 @@ def test_cine_plays_a_multi_frame_instance_and_stops(
     assert last[1] == pytest.approx(first[1], abs=3)
 
     # Cine (c): the frames advance on their own, the square with them; c again stops it.
+    # Every frame index the overlay shows is recorded in the page: sampling from here could
+    # alias with the cine's period (a sample every 250 ms sees every 3rd frame of 12 at 12 fps).
+    page.evaluate(
+        """(sel) => {
+          window.__cineSeen = new Set();
+          const overlay = document.querySelector(sel);
+          new MutationObserver(() => window.__cineSeen.add(overlay.getAttribute('data-index')))
+            .observe(overlay, { attributes: true, attributeFilter: ['data-index'] });
+        }""",
+        f"{pane()} .overlay",
+    )
     page.keyboard.press("c")
     page.wait_for_selector("#cine.active")
-    seen: set[int] = set()
     xs: set[int] = set()
 
     def advanced() -> bool:
-        seen.add(image_index(page))
         xs.add(round(centroid(canvas(page), 120)[0]))
-        return len(seen) >= 6 and len(xs) >= 4
+        return page.evaluate("window.__cineSeen.size") >= 6 and len(xs) >= 4
 
     eventually(advanced, timeout=20, what="cine advancing")
     shot(page, tmp_path, "17-cine")
