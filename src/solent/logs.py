@@ -61,5 +61,7 @@ def configure(fmt: str = "text", level: str = "INFO", patient_data: bool = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("pynetdicom", "botocore", "urllib3", "alembic"):
+    # procrastinate logs two ~1 KB lines per job at INFO: millions a day at a region's volume.
+    # Failures and retries it logs at WARNING and above still show; `solent jobs` shows the rest.
+    for noisy in ("pynetdicom", "botocore", "urllib3", "alembic", "procrastinate"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -50,13 +50,15 @@ def test_two_workers_do_each_job_once_and_a_failed_job_is_retried(
     archive = build_archive(load_settings(environ=solent_env, data_dir=tmp_path / "admin"))
     archive.index.add_trust("ZZA", "Trust A")
 
+    logs = [(tmp_path / f"worker{i}.log").open("w") for i in (1, 2)]
     workers = [
         subprocess.Popen(
             [str(SOLENT), "jobs", "work"],
             env={**base, **solent_env, "SOLENT_DATA_DIR": str(tmp_path / f"worker{i}")},
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            # A file, not a pipe: nobody reads a pipe while the test runs, and a worker
+            # that fills the pipe's 64 KB blocks in its logging and never stops.
+            stderr=logs[i - 1],
         )
         for i in (1, 2)
     ]
@@ -81,7 +83,9 @@ def test_two_workers_do_each_job_once_and_a_failed_job_is_retried(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 codes.append(proc.wait())
-    assert codes == [0, 0], [p.stderr.read()[-3000:] if p.stderr else "" for p in workers]
+    for log in logs:
+        log.close()
+    assert codes == [0, 0], [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in (1, 2)]
 
     checks = blob_checks(archive.index)
     per_instance = Counter(c.sop_instance_uid for c in checks)

@@ -62,17 +62,18 @@ def test_a_job_of_a_killed_worker_is_run_by_another_after_the_heartbeat_timeout(
     archive = build_archive(load_settings(environ=env, data_dir=tmp_path / "admin"))
     archive.index.add_trust("ZZA", "Trust A")
 
-    def worker(name: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [str(SOLENT), "jobs", "work"],
-            env={**base, **env, "SOLENT_DATA_DIR": str(tmp_path / name)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    def worker(name: str) -> subprocess.Popen[bytes]:
+        # Its log goes to a file: a pipe nobody reads while the test runs fills and blocks it.
+        with (tmp_path / f"{name}.log").open("wb") as log:
+            return subprocess.Popen(
+                [str(SOLENT), "jobs", "work"],
+                env={**base, **env, "SOLENT_DATA_DIR": str(tmp_path / name)},
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
 
     first = worker("w1")
-    second: subprocess.Popen[str] | None = None
+    second: subprocess.Popen[bytes] | None = None
     try:
         w = write_instance(tmp_path / "in" / "a.dcm", seed=3)
         assert archive.ingestor.ingest_file(w.path, WHO, Provenance(Channel.IMPORT)).ok
@@ -111,4 +112,4 @@ def test_a_job_of_a_killed_worker_is_run_by_another_after_the_heartbeat_timeout(
                     proc.kill()
                     proc.wait()
         archive.close()
-    assert second.returncode == 0, second.stderr.read()[-3000:] if second.stderr else ""
+    assert second.returncode == 0, (tmp_path / "w2.log").read_text()[-3000:]

@@ -307,7 +307,7 @@ def test_sigkill_mid_transfer_then_resume_loses_and_doubles_nothing(tmp_path: Pa
             [str(solent_program()), "migrate", "run", "legacy", "--json"],
             env=cli.env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # unread here: a pipe could fill and block it
             text=True,
         )
         assert proc.stdout is not None
