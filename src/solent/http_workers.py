@@ -77,6 +77,9 @@ def main() -> int:
     out.write(f"{READY} {sock.getsockname()[1]}\n")
     out.flush()
     os.dup2(sys.stderr.fileno(), out.fileno())  # nothing else may block on that pipe
+    from solent import gc_tuning
+
+    gc_tuning.settle()
     try:
         server.run(sockets=[sock])
     finally:

@@ -14,6 +14,7 @@ from types import FrameType
 
 import uvicorn
 
+from solent import gc_tuning
 from solent.app import Archive, Listener
 from solent.errors import ConfigurationError
 from solent.http_limits import LimitedHttpProtocol
@@ -203,6 +204,7 @@ def serve(archive: Archive) -> None:
         f"  data: {settings.effective_database_url}  blobs: {settings.effective_storage_url}",
         flush=True,
     )
+    gc_tuning.settle()
     try:
         server.run(sockets=[sock])
     finally:

@@ -171,6 +171,9 @@ def main() -> int:
         out.flush()
         os.dup2(sys.stderr.fileno(), out.fileno())  # nothing else may block on that pipe
         threading.Thread(target=watch_parent, args=(sys.stdin, stop), daemon=True).start()
+        from solent import gc_tuning
+
+        gc_tuning.settle()
         while not stop.wait(1.0):
             pass
     finally:
