@@ -19,6 +19,7 @@ from solent.domain.principal import Principal
 from solent.errors import InvalidInput
 from solent.index import query as compiled
 from solent.index import schema as t
+from solent.index import trust_view_pg
 from solent.index.access import VisiblePatients
 from solent.index.sql import Index
 from solent.services import trust_view
@@ -155,11 +156,14 @@ class QueryService:
         others = {k for k in others if k[0] != trust}
         if not others:
             return result
-        identity = IdentityService(self._index)
-        records = trust_view.linkable_records(conn, others)
-        # Only records that have a link at all are walked (one query found them).
-        shown = identity.records_seen_from_rows(list(records.values()), trust, conn=conn)
-        seen = {key: shown[row["pk"]] for key, row in records.items() if row["pk"] in shown}
+        if conn.dialect.name == "postgresql":
+            seen = trust_view_pg.records_seen_from(conn, others, trust)  # one statement
+        else:
+            identity = IdentityService(self._index)
+            records = trust_view.linkable_records(conn, others)
+            # Only records that have a link at all are walked (one query found them).
+            shown = identity.records_seen_from_rows(list(records.values()), trust, conn=conn)
+            seen = {key: shown[row["pk"]] for key, row in records.items() if row["pk"] in shown}
         if not seen:
             return result
         rows = []

@@ -1,0 +1,88 @@
+"""The trust view of a page of query results in one PostgreSQL statement (issue 16).
+
+``IdentityLinks`` walks a person's records in Python, one round of queries per step (five or
+more statements for a 100-row QIDO-RS page, each built with SQLAlchemy). On PostgreSQL the same
+walk runs as a recursive CTE: from each (issuer, local ID) of the page, the records reachable by
+an explicit "linked" decision or by a derived link (same valid, traced NHS number at another
+trust, date of birth and sex not in conflict, no "unlinked" decision: ``_neighbours_of`` and
+``_conflict`` of services/identity), then, per starting record, the oldest real record of the
+caller's trust among them (``trust_view.pick_seen``). A test compares the two on random
+identity graphs (tests/interop/test_trust_view_pg.py).
+
+The text is fixed (arrays as parameters), so psycopg prepares it once per connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+_SQL = text(
+    """
+WITH RECURSIVE start AS (
+    SELECT p.pk, p.issuer, p.local_id
+    FROM unnest(CAST(:issuers AS text[]), CAST(:ids AS text[])) AS k(issuer, local_id)
+    JOIN patient p ON p.issuer = k.issuer AND p.local_id = k.local_id
+    WHERE p.issuer <> :trust
+), reach(origin, pk) AS (
+    SELECT pk, pk FROM start
+    UNION
+    SELECT r.origin, n.pk
+    FROM reach r
+    CROSS JOIN LATERAL (
+        SELECT o.pk FROM patient_link l JOIN patient o ON o.pk = l.patient_b
+        WHERE l.patient_a = r.pk AND l.status = 'linked'
+        UNION ALL
+        SELECT o.pk FROM patient_link l JOIN patient o ON o.pk = l.patient_a
+        WHERE l.patient_b = r.pk AND l.status = 'linked'
+        UNION ALL
+        SELECT q.pk FROM patient p JOIN patient q ON q.nhs_number = p.nhs_number
+        WHERE p.pk = r.pk
+          AND coalesce(p.nhs_number, '') <> ''
+          AND p.nhs_number_valid AND p.nhs_number_verified
+          AND q.nhs_number_valid AND q.nhs_number_verified
+          AND q.issuer <> p.issuer
+          AND (coalesce(p.birth_date, '') = '' OR coalesce(q.birth_date, '') = ''
+               OR p.birth_date = q.birth_date)
+          AND (coalesce(p.sex, '') NOT IN ('M', 'F') OR coalesce(q.sex, '') NOT IN ('M', 'F')
+               OR p.sex = q.sex)
+          AND NOT EXISTS (
+              SELECT 1 FROM patient_link u
+              WHERE u.status = 'unlinked'
+                AND ((u.patient_a = p.pk AND u.patient_b = q.pk)
+                     OR (u.patient_a = q.pk AND u.patient_b = p.pk)))
+    ) n
+), seen AS (
+    SELECT r.origin, min(r.pk) AS pk
+    FROM reach r JOIN patient s ON s.pk = r.pk
+    WHERE r.pk <> r.origin AND s.issuer = :trust AND NOT s.placeholder
+    GROUP BY r.origin
+)
+SELECT st.issuer AS origin_issuer, st.local_id AS origin_local_id,
+       v.pk, v.issuer, v.local_id, v.name, v.birth_date, v.sex, v.nhs_number,
+       v.nhs_number_valid, v.nhs_number_verified, v.placeholder, v.created_at, v.updated_at
+FROM seen JOIN start st ON st.pk = seen.origin JOIN patient v ON v.pk = seen.pk
+"""
+)
+
+
+def records_seen_from(
+    conn: Connection, keys: Iterable[tuple[str, str]], trust: str
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """(issuer, local ID) of other trusts' records -> the record of ``trust`` that shows the
+    person (``trust_view.pick_seen``), for those that have one."""
+    pairs = sorted(set(keys))
+    if not pairs:
+        return {}
+    rows = conn.execute(
+        _SQL,
+        {"issuers": [i for i, _ in pairs], "ids": [p for _, p in pairs], "trust": trust},
+    ).mappings()
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        record = dict(row)
+        key = (record.pop("origin_issuer"), record.pop("origin_local_id"))
+        out[key] = record
+    return out
