@@ -63,6 +63,25 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def _postgres_cpu_seconds() -> float:
+    """User + system CPU of every PostgreSQL server process on this machine (its backends
+    serve the node; other users of the server count too, so read it on a quiet machine)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                head, _, tail = f.read().rpartition(")")
+        except OSError:
+            continue
+        if head.split("(", 1)[-1] == "postgres":
+            fields = tail.split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _shape(node: _Node, keys: Keys, limit: int | None, repeat: int, clients: int) -> str:
     local = threading.local()
     port = int(node.ports["http"])
@@ -84,14 +103,18 @@ def _shape(node: _Node, keys: Keys, limit: int | None, repeat: int, clients: int
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(clients)))  # warm: one connection and plan per client
-        cpu = _cpu_seconds(node.pid)
+        cpu, pg, own = _cpu_seconds(node.pid), _postgres_cpu_seconds(), time.process_time()
         started = time.perf_counter()
         samples = sorted(pool.map(one, range(repeat * clients)))
         wall = time.perf_counter() - started
         cpu = _cpu_seconds(node.pid) - cpu
+        pg = _postgres_cpu_seconds() - pg
+        own = time.process_time() - own
+    per = 1000 / len(samples)
     return (
         f"median {statistics.median(samples):7.2f} ms   p95 {_p(samples, 0.95):7.2f} ms   "
-        f"{len(samples) / wall:6.1f} req/s   node CPU {cpu * 1000 / len(samples):5.1f} ms/req"
+        f"{len(samples) / wall:6.1f} req/s   CPU ms/req: node {cpu * per:4.1f}  "
+        f"PostgreSQL {pg * per:4.1f}  clients {own * per:4.1f}"
     )
 
 
