@@ -7,9 +7,10 @@ cost of a /metadata or /frames request: one query for the instance list, one for
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, null, select
+from sqlalchemy import Select, bindparam, null, select
 
 from solent.domain.records import StoredInstance
 from solent.index import schema as t
@@ -56,13 +57,22 @@ def find_instances(
     with_frames: bool = False,
 ) -> list[StoredInstance]:
     """Instances of a study, a series of it, or one instance of that series; [] if none."""
-    q = _instances(with_frames).where(t.study.c.study_uid == study_uid)
-    if series_uid is not None:
-        q = q.where(t.series.c.series_uid == series_uid)
-    if sop_instance_uid is not None:
-        q = q.where(t.instance.c.sop_instance_uid == sop_instance_uid)
+    q = _find(with_frames, series_uid is not None, sop_instance_uid is not None)
+    params = {"study": study_uid, "series": series_uid, "sop": sop_instance_uid}
     with index.read() as conn:
-        return [_stored(r) for r in conn.execute(q).all()]
+        return [_stored(r) for r in conn.execute(q, params).all()]
+
+
+@cache
+def _find(with_frames: bool, by_series: bool, by_sop: bool) -> Select[tuple[object, ...]]:
+    """``find_instances``' statement, built once per shape: every /frames request runs it,
+    and building and cache-keying it anew cost more than SQLite's answer."""
+    q = _instances(with_frames).where(t.study.c.study_uid == bindparam("study"))
+    if by_series:
+        q = q.where(t.series.c.series_uid == bindparam("series"))
+    if by_sop:
+        q = q.where(t.instance.c.sop_instance_uid == bindparam("sop"))
+    return q
 
 
 def find_instance_by_uid(index: Index, sop_instance_uid: str) -> StoredInstance | None:
