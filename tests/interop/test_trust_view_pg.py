@@ -116,3 +116,24 @@ def test_a_chain_across_trusts_and_an_unlinked_decision(index: Index) -> None:
         ("ZZC", "C1"): pks["a"],
     }
     assert seen[("ZZB", "B1")]["name"] == "SMITH^JO"
+
+
+def test_a_page_whose_records_share_one_number_with_hundreds_is_left_to_the_walk(
+    index: Index,
+) -> None:
+    """Hundreds of records under one traced NHS number (a default number a feed marked
+    verified) would make the statement's work grow with page x group: such a page is
+    counted first and goes to the walk."""
+    same = {"nhs_number": "9434765919", "nhs_number_valid": True, "nhs_number_verified": True}
+
+    def fill(conn: object) -> None:
+        for i in range(trust_view_pg.CROWD // 10 + 5):
+            store.insert_patient(conn, TRUSTS[i % 4], f"X{i}", dict(same))  # type: ignore[arg-type]
+        store.insert_patient(conn, "ZZB", "ALONE", {"nhs_number": "9434765870"})  # type: ignore[arg-type]
+
+    index.write(fill)
+    crowd = [(TRUSTS[i % 4], f"X{i}") for i in range(1, 40) if TRUSTS[i % 4] != "ZZA"]
+    with index.read() as conn:
+        assert trust_view_pg.crowded(conn, crowd, "ZZA")  # ~29 x 105 records
+        assert not trust_view_pg.crowded(conn, crowd[:5], "ZZA")
+        assert not trust_view_pg.crowded(conn, [("ZZB", "ALONE")], "ZZA")

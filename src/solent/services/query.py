@@ -156,7 +156,7 @@ class QueryService:
         others = {k for k in others if k[0] != trust}
         if not others:
             return result
-        if conn.dialect.name == "postgresql":
+        if conn.dialect.name == "postgresql" and not trust_view_pg.crowded(conn, others, trust):
             seen = trust_view_pg.records_seen_from(conn, others, trust)  # one statement
         else:
             identity = IdentityService(self._index)
