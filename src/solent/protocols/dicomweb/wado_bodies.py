@@ -119,15 +119,18 @@ def instance_parts(
 
 
 def single_part(boundary: str, part_type: str, data: bytes) -> bytes:
-    """A body of one part held in memory (one frame, one bulk data element)."""
-    return mp.part_head(boundary, part_type) + data + b"\r\n" + mp.closing(boundary)
+    """A body of one part held in memory (one frame, one bulk data element).
+
+    Joined in one go: chained ``+`` copied a 512 KB frame three times, each into a fresh
+    allocation the kernel had to map and zero (a third of a /frames request's CPU)."""
+    return b"".join((mp.part_head(boundary, part_type), data, b"\r\n", mp.closing(boundary)))
 
 
 def frame_parts(
     boundary: str, part_type: str, first: bytes, rest: Iterable[bytes]
 ) -> Iterator[bytes]:
     """Frames as parts, streamed; ``first`` was made before answering (a clean error)."""
-    yield mp.part_head(boundary, part_type) + first + b"\r\n"
+    yield b"".join((mp.part_head(boundary, part_type), first, b"\r\n"))
     for data in rest:
-        yield mp.part_head(boundary, part_type) + data + b"\r\n"
+        yield b"".join((mp.part_head(boundary, part_type), data, b"\r\n"))
     yield mp.closing(boundary)
