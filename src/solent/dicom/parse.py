@@ -14,14 +14,16 @@ import os
 import threading
 import warnings
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from solent.dicom.frames import Frame, PixelLayout, read_pixel_data
@@ -175,19 +177,91 @@ def _bulk_paths(ds: Dataset, prefix: str = "") -> dict[int, str]:
     return paths
 
 
+# The DICOM JSON text of top-level elements, by their raw encoding. Most of a series' header
+# (patient, study, series, equipment, acquisition modules) is byte-identical from one slice
+# to the next, and turning an element into JSON through pydicom (convert, to_json_dict,
+# json.dumps) was a third of ingest's Python time per instance; the same bytes in the same
+# context give the same JSON, so it is done once per distinct element. Only elements whose
+# text depends on nothing but these bytes are kept: public tags with one dictionary VR (no
+# "US or SS", resolved from other elements), no sequences (nested VRs and character sets
+# come from their parents), short values, and no conversion warning (those are reported per
+# file, so a file must meet them itself). Access is under _PARSE_LOCK.
+_JSON_CACHE: dict[tuple[Any, ...], str] = {}
+_JSON_CACHE_MAX = 4096
+_JSON_CACHE_VALUE_MAX = 1024
+
+
+def _cacheable_tag(tag: int) -> bool:
+    if tag >> 16 & 1:  # private: its VR comes from its private creator
+        return False
+    try:
+        vr = pydicom.datadict.dictionary_VR(tag)
+    except KeyError:
+        return False
+    return " or " not in vr and vr != "SQ"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def metadata_json(
-    ds: Dataset, transfer_syntax: str, pixel_vr: str | None, pixel_tag: str | None
+    ds: Dataset,
+    transfer_syntax: str,
+    pixel_vr: str | None,
+    pixel_tag: str | None,
+    raw: Mapping[BaseTag, Any] | None = None,
+    caught: list[warnings.WarningMessage] | None = None,
 ) -> bytes:
-    paths = _bulk_paths(ds)
+    """The zlib-compressed DICOM JSON of ``ds`` (bulk data as URIs), keys in tag order.
 
-    def bulk(elem: DataElement) -> str:
-        return "bulkdata/" + paths.get(id(elem), f"{elem.tag:08X}")
+    ``raw`` is the dataset's elements as read (before parsing converted any), ``caught`` the
+    list warnings are recorded to: with both, elements are looked up in _JSON_CACHE by their
+    raw encoding. The text is what ``json.dumps`` of pydicom's ``to_json_dict`` gives."""
+    cache = raw is not None and caught is not None
+    charset = ds._character_set if cache else None
+    encoding = tuple(charset) if isinstance(charset, list) else charset
+    parts: dict[str, str] = {}
+    for tag in ds.keys():  # noqa: SIM118 - tags, not elements
+        name = f"{tag:08X}"
+        key: tuple[Any, ...] | None = None
+        if cache:
+            assert raw is not None and caught is not None
+            r = raw.get(tag)
+            if (
+                isinstance(r, RawDataElement)
+                and r.value is not None
+                and len(r.value) <= _JSON_CACHE_VALUE_MAX
+                and _cacheable_tag(tag)
+            ):
+                key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+                hit = _JSON_CACHE.get(key)
+                if hit is not None:
+                    parts[name] = hit
+                    continue
+            seen = len(caught)
+        elem = ds[tag]
+        # Bulk data of this element is at its tag; of an item's elements, at their path.
+        paths: dict[int, str] = {}
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value or []):
+                paths.update(_bulk_paths(item, f"{name}/{i}/"))
 
-    doc = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk)
-    doc["00083002"] = {"vr": "UI", "Value": [transfer_syntax]}
+        def bulk(e: DataElement, paths: dict[int, str] = paths) -> str:
+            return "bulkdata/" + paths.get(id(e), f"{e.tag:08X}")
+
+        text = _dumps(
+            elem.to_json_dict(bulk_data_element_handler=bulk, bulk_data_threshold=BULK_THRESHOLD)
+        )
+        parts[name] = text
+        if key is not None and caught is not None and len(caught) == seen:
+            if len(_JSON_CACHE) >= _JSON_CACHE_MAX:
+                _JSON_CACHE.clear()
+            _JSON_CACHE[key] = text
+    parts["00083002"] = _dumps({"vr": "UI", "Value": [transfer_syntax]})
     if pixel_tag is not None:
-        doc[pixel_tag] = {"vr": pixel_vr or "OB", "BulkDataURI": "bulkdata/" + pixel_tag}
-    text = json.dumps(dict(sorted(doc.items())), separators=(",", ":"), ensure_ascii=False)
+        parts[pixel_tag] = _dumps({"vr": pixel_vr or "OB", "BulkDataURI": "bulkdata/" + pixel_tag})
+    text = "{" + ",".join(f'"{k}":{v}' for k, v in sorted(parts.items())) + "}"
     return zlib.compress(text.encode("utf-8"), 6)
 
 
@@ -277,6 +351,7 @@ def _parse(
     # One full structural parse; values above DEFER_SIZE stay on disk (read lazily by path),
     # so Pixel Data is located, never loaded, for native images.
     ds = pydicom.dcmread(fp, defer_size=DEFER_SIZE, force=True)
+    as_read = dict(ds._dict)  # the elements as read, before anything below converts them
     meta: FileMetaDataset = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
     ts_raw = meta.get("TransferSyntaxUID") or force_ts
     if not ts_raw:
@@ -377,7 +452,7 @@ def _parse(
 
     patient_id = _text(ds, "PatientID", 64)
     nhs = nhs_number_of(ds, nhs_tag)
-    doc = metadata_json(ds, str(ts), pixel_vr, pixel_tag)
+    doc = metadata_json(ds, str(ts), pixel_vr, pixel_tag, as_read, caught)
     modality = _text(ds, "Modality", 16)
     return ParsedInstance(
         sop_class_uid=sop_class,
