@@ -369,3 +369,18 @@ def test_cached_metadata_json_is_pydicoms_for_every_corpus_file(
             except RejectedInstance:
                 continue
     assert len(parse._JSON_CACHE) > 100 and len(checked) > 100
+
+
+def test_large_values_are_read_from_the_open_file_after_its_name_is_gone(tmp_path: Path) -> None:
+    """Ingest parses a spool it has already linked into the store; the spool's name goes
+    meanwhile. A deferred (large) value must come from the open file, not its name."""
+    ds = _dataset()
+    ds.PixelData = bytes(32)
+    ds.add_new(0x00420011, "OB", bytes(range(256)) * 400)  # Encapsulated Document, 100 KB
+    path = _save(ds, tmp_path / "big.dcm")
+    with path.open("rb+") as opened:
+        path.rename(tmp_path / "elsewhere.dcm")
+        parsed = parse_file(path, sha256="0" * 64, opened=opened)
+    doc = json.loads(zlib.decompress(parsed.metadata_json))
+    assert doc["00420011"] == {"vr": "OB", "BulkDataURI": "bulkdata/00420011"}
+    assert parsed.size == (tmp_path / "elsewhere.dcm").stat().st_size

@@ -284,6 +284,43 @@ def _check_uids(ds: Dataset) -> tuple[str, str, str, str]:
 _PARSE_LOCK = threading.Lock()
 
 
+class _Positioned:
+    """A file as pydicom reads it, with ``tell`` answered from a count kept here.
+
+    A buffered file's ``tell`` is an lseek(2) every time, ~80 per CT header, each releasing
+    and retaking the GIL: with the blob store's I/O thread waiting for the GIL meanwhile
+    (FileBlobStore.place_file), every one was a thread switch. pydicom only reads, seeks and
+    tells; it reads deferred values from this object too (it is not an io.BufferedReader, so
+    pydicom does not reopen the file by its name, which a spool may no longer have).
+    """
+
+    __slots__ = ("_fp", "_pos", "name")
+
+    def __init__(self, fp: BinaryIO) -> None:
+        self._fp = fp
+        self._pos = fp.tell()
+        self.name = getattr(fp, "name", "")
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fp.read(size)
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._pos = self._fp.seek(offset, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def fileno(self) -> int:
+        return self._fp.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._fp.closed
+
+
 def parse_file(
     path: Path,
     *,
@@ -305,9 +342,10 @@ def parse_file(
     # pure Python (GIL-bound), so serialising it costs threads next to nothing.
     with (
         _PARSE_LOCK,
-        contextlib.nullcontext(opened) if opened is not None else path.open("rb") as fp,
+        contextlib.nullcontext(opened) if opened is not None else path.open("rb") as opened_fp,
         warnings.catch_warnings(record=True) as caught,
     ):
+        fp: Any = _Positioned(opened_fp)
         size = os.fstat(fp.fileno()).st_size
         warnings.simplefilter("always")
         try:
