@@ -384,3 +384,27 @@ def test_large_values_are_read_from_the_open_file_after_its_name_is_gone(tmp_pat
     doc = json.loads(zlib.decompress(parsed.metadata_json))
     assert doc["00420011"] == {"vr": "OB", "BulkDataURI": "bulkdata/00420011"}
     assert parsed.size == (tmp_path / "elsewhere.dcm").stat().st_size
+
+
+def test_cached_values_give_the_same_index_fields_for_every_corpus_file(
+    corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """parse._VALUE_CACHE changes no indexed attribute: every corpus file parsed with plain
+    pydicom lookups, then twice with the cache (the second time from it), same fields."""
+    import solent.dicom.parse as parse
+
+    def fields(path: Path) -> object:
+        try:
+            p = parse_file(path, sha256="0" * 64)
+        except RejectedInstance as exc:
+            return (exc.reason, exc.message)
+        return (p.patient, p.study, p.series, p.instance, p.frames, p.transfer_syntax_uid)
+
+    files = sorted(corpus_dir.glob("*.dcm"))
+    with monkeypatch.context() as m:
+        m.setattr(parse, "_get", lambda ds, keyword: ds.get(keyword))
+        expected = [fields(f) for f in files]
+    parse._VALUE_CACHE.clear()
+    assert [fields(f) for f in files] == expected
+    assert len(parse._VALUE_CACHE) > 100
+    assert [fields(f) for f in files] == expected

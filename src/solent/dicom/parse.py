@@ -82,9 +82,49 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# The value of a top-level element by its raw encoding, for the attributes the index keeps
+# (the same reasoning and rules as _JSON_CACHE below): most are the same in every slice of a
+# series, and converting them one by one through pydicom was most of what parsing had left.
+_VALUE_CACHE: dict[tuple[Any, ...], Any] = {}
+# (dataset, warnings list, character set) of the parse in progress (under _PARSE_LOCK).
+_parsing: tuple[Dataset, list[warnings.WarningMessage], Any] | None = None
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    """``ds.get(keyword)``; for the dataset being parsed, from _VALUE_CACHE when it can be.
+
+    Callers only read the value (str, int): cached values are shared between files."""
+    current = _parsing
+    if current is None or current[0] is not ds:
+        return ds.get(keyword)
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    if tag is None:
+        return ds.get(keyword)
+    r = ds._dict.get(BaseTag(tag))
+    if r is None:
+        return None
+    if not isinstance(r, RawDataElement):
+        return r.value  # converted already
+    if r.value is None or len(r.value) > _JSON_CACHE_VALUE_MAX or not _cacheable_tag(tag):
+        return ds[tag].value
+    _, caught, encoding = current
+    key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+    try:
+        return _VALUE_CACHE[key]
+    except KeyError:
+        pass
+    seen = len(caught)
+    value = ds[tag].value
+    if len(caught) == seen:
+        if len(_VALUE_CACHE) >= _JSON_CACHE_MAX:
+            _VALUE_CACHE.clear()
+        _VALUE_CACHE[key] = value
+    return value
+
+
 def _text(ds: Dataset, keyword: str, limit: int = 256) -> str | None:
     try:
-        value = ds.get(keyword)
+        value = _get(ds, keyword)
     except Exception:
         return None
     if value is None or value == "":
@@ -95,7 +135,7 @@ def _text(ds: Dataset, keyword: str, limit: int = 256) -> str | None:
 
 def _int(ds: Dataset, keyword: str) -> int | None:
     try:
-        value = ds.get(keyword)
+        value = _get(ds, keyword)
         return None if value is None or value == "" else int(value)
     except (TypeError, ValueError):
         return None
@@ -103,7 +143,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 def _required_int(ds: Dataset, keyword: str, *, minimum: int = 1) -> int:
     try:
-        raw = ds.get(keyword)
+        raw = _get(ds, keyword)
         value = int(raw)
     except (TypeError, ValueError) as exc:
         raise RejectedInstance(
@@ -159,7 +199,7 @@ def _layout(ds: Dataset) -> PixelLayout | None:
     if spp not in (1, 3, 4):
         raise RejectedInstance(RejectReason.MALFORMED, f"SamplesPerPixel {spp} is not 1, 3 or 4")
     frames = _required_int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else 1
-    if spp == 3 and str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+    if spp == 3 and str(_get(ds, "PhotometricInterpretation") or "").strip() == "YBR_FULL_422":
         spp = 2  # native 4:2:2 stores two samples per pixel (PS3.3 C.7.6.3.1.2)
     return PixelLayout(rows, cols, spp, bits, frames)
 
@@ -268,7 +308,7 @@ def metadata_json(
 def _check_uids(ds: Dataset) -> tuple[str, str, str, str]:
     values = []
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        raw = ds.get(keyword)
+        raw = _get(ds, keyword)
         value = str(raw).strip().rstrip("\x00") if raw is not None else ""
         problem = uid_problem(value)
         if problem == "missing":
@@ -353,7 +393,11 @@ def parse_file(
             if offset is not None:
                 check_inflated_size(fp, offset, size, inflate or InflateLimits())
                 fp.seek(0)
-            parsed = _parse(fp, size, nhs_tag, force_transfer_syntax, caught)
+            try:
+                parsed = _parse(fp, size, nhs_tag, force_transfer_syntax, caught)
+            finally:
+                global _parsing
+                _parsing = None
         except RejectedInstance:
             raise
         except InflateRefused as exc:
@@ -390,6 +434,10 @@ def _parse(
     # so Pixel Data is located, never loaded, for native images.
     ds = pydicom.dcmread(fp, defer_size=DEFER_SIZE, force=True)
     as_read = dict(ds._dict)  # the elements as read, before anything below converts them
+    if caught is not None:
+        global _parsing
+        charset = ds._character_set
+        _parsing = (ds, caught, tuple(charset) if isinstance(charset, list) else charset)
     meta: FileMetaDataset = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
     ts_raw = meta.get("TransferSyntaxUID") or force_ts
     if not ts_raw:
