@@ -282,20 +282,27 @@ class Ingestor:
             self._queue.append(waiting)
         with self._commit_lock:
             if waiting.result is None:
-                with self._write_gate():
-                    with self._queue_lock:
-                        batch, self._queue = self._queue, []
-                    try:
-                        results = self._commit_batch([w.prepared for w in batch])
-                    except Exception:
-                        # Never leave a queued caller without an answer (it would report
-                        # success of nothing); the failure itself propagates to this caller.
-                        for w in batch:
-                            if w is not waiting:
-                                w.result = self._unanswered(w.prepared)
-                        raise
-                    for w, result in zip(batch, results, strict=True):
-                        w.result = result
+                try:
+                    with self._write_gate():
+                        with self._queue_lock:
+                            batch, self._queue = self._queue, []
+                        try:
+                            results = self._commit_batch([w.prepared for w in batch])
+                        except Exception:
+                            # Never leave a queued caller without an answer (it would report
+                            # success of nothing); the failure propagates to this caller.
+                            for w in batch:
+                                if w is not waiting:
+                                    w.result = self._unanswered(w.prepared)
+                            raise
+                        for w, result in zip(batch, results, strict=True):
+                            w.result = result
+                finally:
+                    if waiting.result is None:
+                        # Failed, maybe before the gate: out of the queue, so no later holder
+                        # indexes an instance whose caller reports a failure.
+                        with self._queue_lock:
+                            self._queue = [w for w in self._queue if w is not waiting]
         assert waiting.result is not None
         return waiting.result
 
