@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.uid import generate_uid
 
 from solent.app import Archive
@@ -92,3 +95,37 @@ def test_concurrent_stores_are_all_indexed(
     stats = archive.index.stats()
     assert (stats["studies"], stats["series"], stats["instances"]) == (1, 1, 16)
     assert archive.ingestor.audit.verify().intact
+
+
+def test_an_instance_whose_commit_failed_is_not_indexed_by_the_next_one(
+    archive: Archive, corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group-commit queue is taken once the write gate is held; a caller that fails
+    before that (its C-STORE answers a failure) must not leave its instance queued for the
+    next caller's transaction."""
+    src = corpus_dir / "mod_ct_small.dcm"
+    study, series = generate_uid(), generate_uid()
+    failed, later = (
+        _variant(
+            src,
+            tmp_path / f"{name}.dcm",
+            StudyInstanceUID=study,
+            SeriesInstanceUID=series,
+            SOPInstanceUID=generate_uid(),
+        )
+        for name in ("failed", "later")
+    )
+    node = Principal(PrincipalKind.NODE, "MODALITY", "ZZA")
+    provenance = Provenance(Channel.DIMSE, calling_ae="MODALITY")
+
+    @contextlib.contextmanager
+    def broken_gate() -> Iterator[None]:
+        raise OSError("lock file gone")
+        yield
+
+    with monkeypatch.context() as m:
+        m.setattr(archive.ingestor, "_write_gate", broken_gate)
+        with pytest.raises(OSError):
+            archive.ingestor.ingest_file(failed, node, provenance)
+    assert archive.ingestor.ingest_file(later, node, provenance).outcome is Outcome.STORED
+    assert archive.index.stats()["instances"] == 1

@@ -320,3 +320,91 @@ def test_metadata_json_leaves_pixel_data_as_bulk_uri(tmp_path: Path) -> None:
     assert doc["7FE00010"] == {"vr": "OW", "BulkDataURI": "bulkdata/7FE00010"}
     assert doc["00100010"]["Value"] == [{"Alphabetic": "ÉMILE^ZOLA"}]
     assert doc["00083002"]["Value"] == [ExplicitVRLittleEndian]
+
+
+def _reference_metadata_json(
+    ds: Dataset, transfer_syntax: str, pixel_vr: str | None, pixel_tag: str | None
+) -> bytes:
+    """pydicom's own DICOM JSON of the whole dataset, as ingest built it before the cache."""
+    from solent.dicom.parse import BULK_THRESHOLD, _bulk_paths
+
+    paths = _bulk_paths(ds)
+    doc = ds.to_json_dict(
+        bulk_data_threshold=BULK_THRESHOLD,
+        bulk_data_element_handler=lambda e: "bulkdata/" + paths.get(id(e), f"{e.tag:08X}"),
+    )
+    doc["00083002"] = {"vr": "UI", "Value": [transfer_syntax]}
+    if pixel_tag is not None:
+        doc[pixel_tag] = {"vr": pixel_vr or "OB", "BulkDataURI": "bulkdata/" + pixel_tag}
+    text = json.dumps(dict(sorted(doc.items())), separators=(",", ":"), ensure_ascii=False)
+    return zlib.compress(text.encode("utf-8"), 6)
+
+
+def test_cached_metadata_json_is_pydicoms_for_every_corpus_file(
+    corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The element cache (parse._JSON_CACHE) gives exactly pydicom's JSON: every corpus file
+    parsed twice (the second time from the cache), each result checked against pydicom's
+    JSON of the same dataset."""
+    import solent.dicom.parse as parse
+
+    cached = parse.metadata_json
+    checked: list[str] = []
+
+    def both(ds: Dataset, ts: str, vr: str | None, tag: str | None, *args: object) -> bytes:
+        got = cached(ds, ts, vr, tag, *args)  # type: ignore[arg-type]
+        expected = _reference_metadata_json(ds, ts, vr, tag)
+        assert json.loads(zlib.decompress(got)) == json.loads(zlib.decompress(expected))
+        assert got == expected
+        checked.append(ts)
+        return got
+
+    monkeypatch.setattr(parse, "metadata_json", both)
+    parse._JSON_CACHE.clear()
+    files = sorted(corpus_dir.glob("*.dcm"))
+    for _ in range(2):
+        for path in files:
+            try:
+                parse_file(path)
+            except RejectedInstance:
+                continue
+    assert len(parse._JSON_CACHE) > 100 and len(checked) > 100
+
+
+def test_large_values_are_read_from_the_open_file_after_its_name_is_gone(tmp_path: Path) -> None:
+    """Ingest parses a spool it has already linked into the store; the spool's name goes
+    meanwhile. A deferred (large) value must come from the open file, not its name."""
+    ds = _dataset()
+    ds.PixelData = bytes(32)
+    ds.add_new(0x00420011, "OB", bytes(range(256)) * 400)  # Encapsulated Document, 100 KB
+    path = _save(ds, tmp_path / "big.dcm")
+    with path.open("rb+") as opened:
+        path.rename(tmp_path / "elsewhere.dcm")
+        parsed = parse_file(path, sha256="0" * 64, opened=opened)
+    doc = json.loads(zlib.decompress(parsed.metadata_json))
+    assert doc["00420011"] == {"vr": "OB", "BulkDataURI": "bulkdata/00420011"}
+    assert parsed.size == (tmp_path / "elsewhere.dcm").stat().st_size
+
+
+def test_cached_values_give_the_same_index_fields_for_every_corpus_file(
+    corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """parse._VALUE_CACHE changes no indexed attribute: every corpus file parsed with plain
+    pydicom lookups, then twice with the cache (the second time from it), same fields."""
+    import solent.dicom.parse as parse
+
+    def fields(path: Path) -> object:
+        try:
+            p = parse_file(path, sha256="0" * 64)
+        except RejectedInstance as exc:
+            return (exc.reason, exc.message)
+        return (p.patient, p.study, p.series, p.instance, p.frames, p.transfer_syntax_uid)
+
+    files = sorted(corpus_dir.glob("*.dcm"))
+    with monkeypatch.context() as m:
+        m.setattr(parse, "_get", lambda ds, keyword: ds.get(keyword))
+        expected = [fields(f) for f in files]
+    parse._VALUE_CACHE.clear()
+    assert [fields(f) for f in files] == expected
+    assert len(parse._VALUE_CACHE) > 100
+    assert [fields(f) for f in files] == expected

@@ -46,11 +46,25 @@ class InflateLimits:
         return min(self.max_bytes, max(FLOOR, self.max_ratio * deflated_size))
 
 
+def _surely_not_deflated(head: bytes) -> bool:
+    """Whether a file starting with ``head`` has a file meta group that ``head`` holds whole
+    (its group length says where it ends) and that does not contain the deflated syntax's
+    UID anywhere: then it cannot be deflated, without parsing the meta group twice (ingest's
+    full parse reads it again)."""
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+        return False
+    end = 144 + int.from_bytes(head[140:144], "little")
+    return end <= len(head) and DEFLATED_EXPLICIT_LE.encode() not in head[:end]
+
+
 def deflated_dataset_offset(fp: BinaryIO) -> int | None:
     """Where the deflated dataset starts when the file meta says Deflated Explicit VR LE;
     None for every other file (including those without file meta: pydicom inflates none)."""
     start = fp.tell()
     try:
+        if _surely_not_deflated(fp.read(4096)):
+            return None
+        fp.seek(start)
         read_preamble(fp, True)
         meta = _read_file_meta_info(fp)
         ts = str(meta.get("TransferSyntaxUID", "")).strip().rstrip("\x00")

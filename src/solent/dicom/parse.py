@@ -14,14 +14,16 @@ import os
 import threading
 import warnings
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from solent.dicom.frames import Frame, PixelLayout, read_pixel_data
@@ -80,9 +82,49 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# The value of a top-level element by its raw encoding, for the attributes the index keeps
+# (the same reasoning and rules as _JSON_CACHE below): most are the same in every slice of a
+# series, and converting them one by one through pydicom was most of what parsing had left.
+_VALUE_CACHE: dict[tuple[Any, ...], Any] = {}
+# (dataset, warnings list, character set) of the parse in progress (under _PARSE_LOCK).
+_parsing: tuple[Dataset, list[warnings.WarningMessage], Any] | None = None
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    """``ds.get(keyword)``; for the dataset being parsed, from _VALUE_CACHE when it can be.
+
+    Callers only read the value (str, int): cached values are shared between files."""
+    current = _parsing
+    if current is None or current[0] is not ds:
+        return ds.get(keyword)
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    if tag is None:
+        return ds.get(keyword)
+    r = ds._dict.get(BaseTag(tag))
+    if r is None:
+        return None
+    if not isinstance(r, RawDataElement):
+        return r.value  # converted already
+    if r.value is None or len(r.value) > _JSON_CACHE_VALUE_MAX or not _cacheable_tag(tag):
+        return ds[tag].value
+    _, caught, encoding = current
+    key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+    try:
+        return _VALUE_CACHE[key]
+    except KeyError:
+        pass
+    seen = len(caught)
+    value = ds[tag].value
+    if len(caught) == seen:
+        if len(_VALUE_CACHE) >= _JSON_CACHE_MAX:
+            _VALUE_CACHE.clear()
+        _VALUE_CACHE[key] = value
+    return value
+
+
 def _text(ds: Dataset, keyword: str, limit: int = 256) -> str | None:
     try:
-        value = ds.get(keyword)
+        value = _get(ds, keyword)
     except Exception:
         return None
     if value is None or value == "":
@@ -93,7 +135,7 @@ def _text(ds: Dataset, keyword: str, limit: int = 256) -> str | None:
 
 def _int(ds: Dataset, keyword: str) -> int | None:
     try:
-        value = ds.get(keyword)
+        value = _get(ds, keyword)
         return None if value is None or value == "" else int(value)
     except (TypeError, ValueError):
         return None
@@ -101,7 +143,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 def _required_int(ds: Dataset, keyword: str, *, minimum: int = 1) -> int:
     try:
-        raw = ds.get(keyword)
+        raw = _get(ds, keyword)
         value = int(raw)
     except (TypeError, ValueError) as exc:
         raise RejectedInstance(
@@ -157,7 +199,7 @@ def _layout(ds: Dataset) -> PixelLayout | None:
     if spp not in (1, 3, 4):
         raise RejectedInstance(RejectReason.MALFORMED, f"SamplesPerPixel {spp} is not 1, 3 or 4")
     frames = _required_int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else 1
-    if spp == 3 and str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+    if spp == 3 and str(_get(ds, "PhotometricInterpretation") or "").strip() == "YBR_FULL_422":
         spp = 2  # native 4:2:2 stores two samples per pixel (PS3.3 C.7.6.3.1.2)
     return PixelLayout(rows, cols, spp, bits, frames)
 
@@ -175,26 +217,98 @@ def _bulk_paths(ds: Dataset, prefix: str = "") -> dict[int, str]:
     return paths
 
 
+# The DICOM JSON text of top-level elements, by their raw encoding. Most of a series' header
+# (patient, study, series, equipment, acquisition modules) is byte-identical from one slice
+# to the next, and turning an element into JSON through pydicom (convert, to_json_dict,
+# json.dumps) was a third of ingest's Python time per instance; the same bytes in the same
+# context give the same JSON, so it is done once per distinct element. Only elements whose
+# text depends on nothing but these bytes are kept: public tags with one dictionary VR (no
+# "US or SS", resolved from other elements), no sequences (nested VRs and character sets
+# come from their parents), short values, and no conversion warning (those are reported per
+# file, so a file must meet them itself). Access is under _PARSE_LOCK.
+_JSON_CACHE: dict[tuple[Any, ...], str] = {}
+_JSON_CACHE_MAX = 4096
+_JSON_CACHE_VALUE_MAX = 1024
+
+
+def _cacheable_tag(tag: int) -> bool:
+    if tag >> 16 & 1:  # private: its VR comes from its private creator
+        return False
+    try:
+        vr = pydicom.datadict.dictionary_VR(tag)
+    except KeyError:
+        return False
+    return " or " not in vr and vr != "SQ"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def metadata_json(
-    ds: Dataset, transfer_syntax: str, pixel_vr: str | None, pixel_tag: str | None
+    ds: Dataset,
+    transfer_syntax: str,
+    pixel_vr: str | None,
+    pixel_tag: str | None,
+    raw: Mapping[BaseTag, Any] | None = None,
+    caught: list[warnings.WarningMessage] | None = None,
 ) -> bytes:
-    paths = _bulk_paths(ds)
+    """The zlib-compressed DICOM JSON of ``ds`` (bulk data as URIs), keys in tag order.
 
-    def bulk(elem: DataElement) -> str:
-        return "bulkdata/" + paths.get(id(elem), f"{elem.tag:08X}")
+    ``raw`` is the dataset's elements as read (before parsing converted any), ``caught`` the
+    list warnings are recorded to: with both, elements are looked up in _JSON_CACHE by their
+    raw encoding. The text is what ``json.dumps`` of pydicom's ``to_json_dict`` gives."""
+    cache = raw is not None and caught is not None
+    charset = ds._character_set if cache else None
+    encoding = tuple(charset) if isinstance(charset, list) else charset
+    parts: dict[str, str] = {}
+    for tag in ds.keys():  # noqa: SIM118 - tags, not elements
+        name = f"{tag:08X}"
+        key: tuple[Any, ...] | None = None
+        if cache:
+            assert raw is not None and caught is not None
+            r = raw.get(tag)
+            if (
+                isinstance(r, RawDataElement)
+                and r.value is not None
+                and len(r.value) <= _JSON_CACHE_VALUE_MAX
+                and _cacheable_tag(tag)
+            ):
+                key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+                hit = _JSON_CACHE.get(key)
+                if hit is not None:
+                    parts[name] = hit
+                    continue
+            seen = len(caught)
+        elem = ds[tag]
+        # Bulk data of this element is at its tag; of an item's elements, at their path.
+        paths: dict[int, str] = {}
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value or []):
+                paths.update(_bulk_paths(item, f"{name}/{i}/"))
 
-    doc = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk)
-    doc["00083002"] = {"vr": "UI", "Value": [transfer_syntax]}
+        def bulk(e: DataElement, paths: dict[int, str] = paths) -> str:
+            return "bulkdata/" + paths.get(id(e), f"{e.tag:08X}")
+
+        text = _dumps(
+            elem.to_json_dict(bulk_data_element_handler=bulk, bulk_data_threshold=BULK_THRESHOLD)
+        )
+        parts[name] = text
+        if key is not None and caught is not None and len(caught) == seen:
+            if len(_JSON_CACHE) >= _JSON_CACHE_MAX:
+                _JSON_CACHE.clear()
+            _JSON_CACHE[key] = text
+    parts["00083002"] = _dumps({"vr": "UI", "Value": [transfer_syntax]})
     if pixel_tag is not None:
-        doc[pixel_tag] = {"vr": pixel_vr or "OB", "BulkDataURI": "bulkdata/" + pixel_tag}
-    text = json.dumps(dict(sorted(doc.items())), separators=(",", ":"), ensure_ascii=False)
+        parts[pixel_tag] = _dumps({"vr": pixel_vr or "OB", "BulkDataURI": "bulkdata/" + pixel_tag})
+    text = "{" + ",".join(f'"{k}":{v}' for k, v in sorted(parts.items())) + "}"
     return zlib.compress(text.encode("utf-8"), 6)
 
 
 def _check_uids(ds: Dataset) -> tuple[str, str, str, str]:
     values = []
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        raw = ds.get(keyword)
+        raw = _get(ds, keyword)
         value = str(raw).strip().rstrip("\x00") if raw is not None else ""
         problem = uid_problem(value)
         if problem == "missing":
@@ -208,6 +322,43 @@ def _check_uids(ds: Dataset) -> tuple[str, str, str, str]:
 
 
 _PARSE_LOCK = threading.Lock()
+
+
+class _Positioned:
+    """A file as pydicom reads it, with ``tell`` answered from a count kept here.
+
+    A buffered file's ``tell`` is an lseek(2) every time, ~80 per CT header, each releasing
+    and retaking the GIL: with the blob store's I/O thread waiting for the GIL meanwhile
+    (FileBlobStore.place_file), every one was a thread switch. pydicom only reads, seeks and
+    tells; it reads deferred values from this object too (it is not an io.BufferedReader, so
+    pydicom does not reopen the file by its name, which a spool may no longer have).
+    """
+
+    __slots__ = ("_fp", "_pos", "name")
+
+    def __init__(self, fp: BinaryIO) -> None:
+        self._fp = fp
+        self._pos = fp.tell()
+        self.name = getattr(fp, "name", "")
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fp.read(size)
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._pos = self._fp.seek(offset, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def fileno(self) -> int:
+        return self._fp.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._fp.closed
 
 
 def parse_file(
@@ -231,9 +382,10 @@ def parse_file(
     # pure Python (GIL-bound), so serialising it costs threads next to nothing.
     with (
         _PARSE_LOCK,
-        contextlib.nullcontext(opened) if opened is not None else path.open("rb") as fp,
+        contextlib.nullcontext(opened) if opened is not None else path.open("rb") as opened_fp,
         warnings.catch_warnings(record=True) as caught,
     ):
+        fp: Any = _Positioned(opened_fp)
         size = os.fstat(fp.fileno()).st_size
         warnings.simplefilter("always")
         try:
@@ -241,7 +393,11 @@ def parse_file(
             if offset is not None:
                 check_inflated_size(fp, offset, size, inflate or InflateLimits())
                 fp.seek(0)
-            parsed = _parse(fp, size, nhs_tag, force_transfer_syntax, caught)
+            try:
+                parsed = _parse(fp, size, nhs_tag, force_transfer_syntax, caught)
+            finally:
+                global _parsing
+                _parsing = None
         except RejectedInstance:
             raise
         except InflateRefused as exc:
@@ -277,6 +433,11 @@ def _parse(
     # One full structural parse; values above DEFER_SIZE stay on disk (read lazily by path),
     # so Pixel Data is located, never loaded, for native images.
     ds = pydicom.dcmread(fp, defer_size=DEFER_SIZE, force=True)
+    as_read = dict(ds._dict)  # the elements as read, before anything below converts them
+    if caught is not None:
+        global _parsing
+        charset = ds._character_set
+        _parsing = (ds, caught, tuple(charset) if isinstance(charset, list) else charset)
     meta: FileMetaDataset = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
     ts_raw = meta.get("TransferSyntaxUID") or force_ts
     if not ts_raw:
@@ -377,7 +538,7 @@ def _parse(
 
     patient_id = _text(ds, "PatientID", 64)
     nhs = nhs_number_of(ds, nhs_tag)
-    doc = metadata_json(ds, str(ts), pixel_vr, pixel_tag)
+    doc = metadata_json(ds, str(ts), pixel_vr, pixel_tag, as_read, caught)
     modality = _text(ds, "Modality", 16)
     return ParsedInstance(
         sop_class_uid=sop_class,

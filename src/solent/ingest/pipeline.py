@@ -142,6 +142,7 @@ class Ingestor:
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._gate_fd, self._gate_lock = _sqlite_gate(index)
+        self._gate_holder: int | None = None  # thread ident holding the gate (re-entry)
 
     @contextlib.contextmanager
     def _write_gate(self) -> Iterator[None]:
@@ -152,14 +153,16 @@ class Ingestor:
         kernel and wakes the next writer at once, while its group-commit queue fills. With
         PostgreSQL there is no gate (row locks; audit_head serialises the chain).
         """
-        if self._gate_fd is None:
-            yield
+        if self._gate_fd is None or self._gate_holder == threading.get_ident():
+            yield  # no gate, or this thread holds it already (_commit_grouped)
             return
         with self._gate_lock:
             fcntl.flock(self._gate_fd, fcntl.LOCK_EX)
+            self._gate_holder = threading.get_ident()
             try:
                 yield
             finally:
+                self._gate_holder = None
                 fcntl.flock(self._gate_fd, fcntl.LOCK_UN)
 
     def _trust_exists(self, code: str) -> bool:
@@ -269,25 +272,37 @@ class Ingestor:
         everything queued so far (its own instance included) in one transaction; a caller
         whose instance an earlier holder already committed just returns its result. A lone
         caller commits alone at once: no waiting, so one association loses nothing.
+
+        The queue is taken only once the write gate is held: while the holder waits for the
+        gate (another DIMSE worker process is committing), this process's other associations
+        queue behind it and go into the same transaction, one WAL fsync for all of them.
         """
         waiting = _Waiting(p)
         with self._queue_lock:
             self._queue.append(waiting)
         with self._commit_lock:
             if waiting.result is None:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
                 try:
-                    results = self._commit_batch([w.prepared for w in batch])
-                except Exception:
-                    # Never leave a queued caller without an answer (it would report success
-                    # of nothing); the failure itself propagates to this caller.
-                    for w in batch:
-                        if w is not waiting:
-                            w.result = self._unanswered(w.prepared)
-                    raise
-                for w, result in zip(batch, results, strict=True):
-                    w.result = result
+                    with self._write_gate():
+                        with self._queue_lock:
+                            batch, self._queue = self._queue, []
+                        try:
+                            results = self._commit_batch([w.prepared for w in batch])
+                        except Exception:
+                            # Never leave a queued caller without an answer (it would report
+                            # success of nothing); the failure propagates to this caller.
+                            for w in batch:
+                                if w is not waiting:
+                                    w.result = self._unanswered(w.prepared)
+                            raise
+                        for w, result in zip(batch, results, strict=True):
+                            w.result = result
+                finally:
+                    if waiting.result is None:
+                        # Failed, maybe before the gate: out of the queue, so no later holder
+                        # indexes an instance whose caller reports a failure.
+                        with self._queue_lock:
+                            self._queue = [w for w in self._queue if w is not waiting]
         assert waiting.result is not None
         return waiting.result
 

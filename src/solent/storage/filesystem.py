@@ -62,11 +62,30 @@ class FileBlobStore:
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
         self._dir_lock = threading.Lock()
+        self._fan_out()
         # place_file's I/O threads (created on first use by the executor itself).
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-place")
         # Directory fsyncs issued beside a placement's data fsync (a pool of its own: a
         # placement waits for them, so they must never queue behind placements).
         self._dirs_io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="blob-dirsync")
+
+    def _fan_out(self) -> None:
+        """Create the 256 first-level directories ("00" ... "ff") and make their entries
+        durable with one fsync of the root, here, once per process.
+
+        Otherwise the first blob under each of them creates it and must fsync the root too:
+        in a young archive (the first thousands of instances) that was a mkdir and a third
+        directory fsync per instance. The root is synced even when all exist: a directory a
+        crashed process made may never have been synced, and blobs will now rely on it.
+        """
+        tops = [self.root / f"{i:02x}" for i in range(256)]
+        try:
+            for top in tops:
+                top.mkdir(exist_ok=True)
+            fsync_dir(self.root)
+        except OSError:  # e.g. a read-only store: blobs make their directories as before
+            return
+        self._known_dirs.update(tops)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
