@@ -21,13 +21,6 @@ from tests.conftest import RunningServer, require, start_server
 from tests.interop.ohif_support import ViewerSite, ohif_dist, serve_viewer
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ALICE_ZZA = {"CT CHEST WITH CONTRAST", "XR CHEST PA"}
 ALICE_ZZB = "MR BRAIN"
 BOB_ZZB = "CT ABDOMEN PELVIS"  # no relationship with ZZA: never shown
@@ -74,15 +67,10 @@ def site(solent: tuple[RunningServer, str]) -> Iterator[ViewerSite]:
 
 
 @pytest.fixture(scope="module")
-def browser(site: ViewerSite) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+def browser(site: ViewerSite, chromium_session: Any) -> Iterator[Any]:
+    """The package's one chromium (tests/interop/conftest.py): a second Playwright started
+    here found the first one's event loop running when this module ran after the viewer's."""
+    yield chromium_session
 
 
 @pytest.fixture
