@@ -95,16 +95,18 @@ WHERE p.issuer <> :trust AND coalesce(p.nhs_number, '') <> ''
 def crowded(conn: Connection, keys: Iterable[tuple[str, str]], trust: str) -> bool:
     """Whether the records of these keys share their NHS numbers with so many records that
     ``records_seen_from`` would cost more than the walk."""
+    params = _params(keys, trust)
+    if params is None:
+        return False
+    return int(conn.execute(_CROWD_SQL, {**params, "cap": CROWD + 1}).scalar_one()) > CROWD
+
+
+def _params(keys: Iterable[tuple[str, str]], trust: str) -> dict[str, Any] | None:
+    """The statements' parameters: the page's (issuer, local ID) pairs as two arrays."""
     pairs = sorted(set(keys))
     if not pairs:
-        return False
-    params = {
-        "issuers": [i for i, _ in pairs],
-        "ids": [p for _, p in pairs],
-        "trust": trust,
-        "cap": CROWD + 1,
-    }
-    return int(conn.execute(_CROWD_SQL, params).scalar_one()) > CROWD
+        return None
+    return {"issuers": [i for i, _ in pairs], "ids": [p for _, p in pairs], "trust": trust}
 
 
 def records_seen_from(
@@ -112,13 +114,10 @@ def records_seen_from(
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """(issuer, local ID) of other trusts' records -> the record of ``trust`` that shows the
     person (``trust_view.pick_seen``), for those that have one."""
-    pairs = sorted(set(keys))
-    if not pairs:
+    params = _params(keys, trust)
+    if params is None:
         return {}
-    rows = conn.execute(
-        _SQL,
-        {"issuers": [i for i, _ in pairs], "ids": [p for _, p in pairs], "trust": trust},
-    ).mappings()
+    rows = conn.execute(_SQL, params).mappings()
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         record = dict(row)

@@ -185,18 +185,12 @@ class QueryService:
     ) -> None:
         """A refused query's record, in its own transaction."""
         fields = self._audit_fields(principal, query, channel, keys, result, outcome, error)
-        patient = self._named_patient(query)
-        if (
-            patient is not None
-            and query.identity is not None
-            and query.identity.unqualified
-            and IdentityService(self._index).resolve(patient.issuer, patient.local_id) is None
-        ):
-            patient = None
-        self._index.write(
-            lambda conn: AuditTrail.append_in(conn, {**fields, **self._patient_fields(patient)}),
-            relaxed=True,
-        )
+
+        def append(conn: Connection) -> None:
+            patient = self._named_record(query, IdentityService(self._index), conn)
+            AuditTrail.append_in(conn, {**fields, **self._patient_fields(patient)})
+
+        self._index.write(append, relaxed=True)
 
     @staticmethod
     def _audit_fields(
@@ -233,17 +227,23 @@ class QueryService:
     ) -> PatientRef | None:
         """The patient the record names: the one the query names or, failing that, the one
         all matches belong to."""
+        patient = self._named_record(query, identity, conn)
+        return patient if patient is not None else patient_of_rows(result.rows)
+
+    def _named_record(
+        self, query: Query, identity: IdentityService, conn: Connection
+    ) -> PatientRef | None:
+        """``_named_patient``, less a bare ID the caller's trust holds no record under: that
+        is another trust's ID, and only the matches say whose."""
         patient = self._named_patient(query)
-        # A bare ID names the caller's trust's record only when that trust has one (else it
-        # is another trust's ID: the matches say whose).
         if (
             patient is not None
             and query.identity is not None
             and query.identity.unqualified
             and identity.resolve(patient.issuer, patient.local_id, conn=conn) is None
         ):
-            patient = None
-        return patient if patient is not None else patient_of_rows(result.rows)
+            return None
+        return patient
 
     @staticmethod
     def _named_patient(query: Query) -> PatientRef | None:

@@ -76,40 +76,31 @@ def _int(value: str, name: str, minimum: int) -> int:
         raise HTTPException(400, str(exc)) from exc
 
 
-@cache
-def _tag_vr(keyword: str) -> tuple[str, str] | None:
-    """A row key's tag (as DICOM JSON writes it) and VR, looked up once per keyword: the
-    dictionary look-ups were half the cost of a 100-row response (issue 16)."""
-    tag = tag_for_keyword(keyword)
-    return None if tag is None else (f"{tag:08X}", dictionary_VR(tag))
-
-
 _AS_INT = frozenset({"IS", "US", "UL", "SL", "SS"})
 _AS_FLOAT = frozenset({"DS", "FL", "FD"})
 
 
-@cache
 def _encoding(keyword: str) -> tuple[str, str, Any] | None:
-    """(tag, VR, how to write one value) of a row key, once per keyword; None for keys that
-    are no DICOM attribute. The per-element function calls and VR tests were most of the
-    Python a node spends on a 100-row answer (issue 16)."""
-    found = _tag_vr(keyword)
-    if found is None:
+    """(tag as DICOM JSON writes it, VR, how to write one value) of a row key; None for keys
+    that are no DICOM attribute."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
         return None
-    tag, vr = found
+    vr = dictionary_VR(tag)
     if vr == "PN":
-        return tag, vr, lambda v: {"Alphabetic": str(v)}
+        return f"{tag:08X}", vr, lambda v: {"Alphabetic": str(v)}
     if vr in _AS_INT:
-        return tag, vr, int
+        return f"{tag:08X}", vr, int
     if vr in _AS_FLOAT:
-        return tag, vr, float
-    return tag, vr, str
+        return f"{tag:08X}", vr, float
+    return f"{tag:08X}", vr, str
 
 
 @cache
 def _plan(keys: tuple[str, ...]) -> tuple[tuple[str, str, str, Any], ...]:
-    """(row key, tag, VR, value writer) of the DICOM attributes among a row's keys: the rows of
-    one answer share their keys, so this is worked out once, not per row and key."""
+    """(row key, tag, VR, value writer) of the DICOM attributes among a row's keys, worked out
+    once per key set (the rows of an answer share theirs): the dictionary look-ups and VR tests
+    per row and key were most of the Python a node spent on a 100-row answer (issue 16)."""
     plan = []
     for key in keys:
         if key in SPECIAL:

@@ -140,11 +140,18 @@ class FastServices:
         finally:
             _remove(spool)  # ingest moved it into the store unless it was refused
 
-    def _keys(self, peer: Peer, msg: Message, operation: str) -> Any:
-        """The retrieve keys of a C-GET/C-MOVE, or RetrieveRefused (audited when denied)."""
-        retrieve_scp.refuse_unless_allowed(self.listener.retrieve, peer)
-        identifier = self._identifier(msg)
-        return retrieve_scp.retrieve_keys(identifier, msg.command.text("AffectedSOPClassUID"), peer)
+    def _keys(self, peer: Peer, assoc: Association, msg: Message, operation: str) -> Any:
+        """The retrieve keys of a C-GET/C-MOVE; None once a refusal (audited when denied) has
+        been answered."""
+        try:
+            retrieve_scp.refuse_unless_allowed(self.listener.retrieve, peer)
+            identifier = self._identifier(msg)
+            sop_class = msg.command.text("AffectedSOPClassUID")
+            return retrieve_scp.retrieve_keys(identifier, sop_class, peer)
+        except retrieve_scp.RetrieveRefused as exc:
+            log.info("%s refused: %s", operation.upper(), exc)
+            get.refuse(assoc, msg, exc.code, str(exc))
+            return None
 
     def _ops(self, peer: Peer, refs: list[Any], viewing_trust: str | None) -> list[Any]:
         service = self.listener.retrieve
@@ -178,11 +185,8 @@ class FastServices:
     def get(self, peer: object, assoc: Association, msg: Message) -> None:
         assert isinstance(peer, Peer)
         service = self.listener.retrieve
-        try:
-            keys = self._keys(peer, msg, "c-get")
-        except retrieve_scp.RetrieveRefused as exc:
-            log.info("C-GET refused: %s", exc)
-            get.refuse(assoc, msg, exc.code, str(exc))
+        keys = self._keys(peer, assoc, msg, "c-get")
+        if keys is None:
             return
         refs = service.locate(
             peer.principal, keys, channel="dimse c-get", destination=peer.principal.name
@@ -195,11 +199,8 @@ class FastServices:
         registered destination (its trust's view of the person), answered here."""
         assert isinstance(peer, Peer)
         service = self.listener.retrieve
-        try:
-            keys = self._keys(peer, msg, "c-move")
-        except retrieve_scp.RetrieveRefused as exc:
-            log.info("C-MOVE refused: %s", exc)
-            get.refuse(assoc, msg, exc.code, str(exc))
+        keys = self._keys(peer, assoc, msg, "c-move")
+        if keys is None:
             return
         destination = self.listener.services.directory.node(msg.command.text("MoveDestination"))
         if destination is None:
