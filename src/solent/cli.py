@@ -210,6 +210,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                     else ""
                 )
             )
+            if any(report.visibility_drift.values()):
+                drift = report.visibility_drift
+                print(
+                    f"access rule kept out of date: {drift['missing']} record/trust pairs hidden, "
+                    f"{drift['extra']} shown that the rule does not give"
+                )
             if report.repaired:
                 print("repaired: " + ", ".join(f"{k} {v}" for k, v in report.repaired.items()))
             print(

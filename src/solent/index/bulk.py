@@ -20,6 +20,8 @@ from solent.index import schema as t
 from solent.index.sql import Index, now
 
 TRUSTS = ("ZZA", "ZZB", "ZZC", "ZZD")
+#: Tables whose rows feed the kept access rule (trigger ``solent_visibility``, migration 0009).
+VISIBILITY_TRIGGERED = ("patient", "study", "orders", "patient_link")
 MODALITIES = ("CT", "MR", "CR", "DX", "US", "MG", "PT", "NM", "XA", "SR")
 SOP_CLASS = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",
@@ -62,6 +64,24 @@ def _copy(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row([row[c] for c in columns])
+
+
+def _copy_kept_visible(conn: Connection, rows: dict[str, list[dict[str, Any]]]) -> None:
+    """COPY one batch with the visibility triggers (migration 0009) off, then recompute the
+    batch's records in one call: row by row they would recompute each new patient's
+    neighbourhood as it arrives. Disabled and enabled inside the batch's transaction."""
+    for name in VISIBILITY_TRIGGERED:
+        conn.execute(text(f"ALTER TABLE {name} DISABLE TRIGGER solent_visibility"))
+    for table in (t.patient, t.study, t.series, t.instance):
+        if rows[table.name]:
+            _copy(conn, table, rows[table.name])
+    pks = {r["pk"] for r in rows["patient"]} | {r["patient_pk"] for r in rows["study"]}
+    conn.execute(
+        text("SELECT solent_visibility_refresh(CAST(:pks AS bigint[]), '{}')"),
+        {"pks": sorted(pks)},
+    )
+    for name in VISIBILITY_TRIGGERED:
+        conn.execute(text(f"ALTER TABLE {name} ENABLE TRIGGER solent_visibility"))
 
 
 def _nhs(rng: random.Random) -> str:
@@ -212,12 +232,11 @@ def fill_synthetic(
                     )
 
         def write(conn: Connection, rows: dict[str, list[dict[str, Any]]] = rows) -> None:
+            if index.dialect == "postgresql":
+                _copy_kept_visible(conn, rows)
+                return
             for table in (t.patient, t.study, t.series, t.instance):
-                if not rows[table.name]:
-                    continue
-                if index.dialect == "postgresql":
-                    _copy(conn, table, rows[table.name])
-                else:
+                if rows[table.name]:
                     conn.execute(insert(table), rows[table.name])
 
         index.write(write)

@@ -579,6 +579,14 @@ blob_check = Table(
     Column("worker", String(200), nullable=False),
     Index(None, "sop_instance_uid"),
 )
+# The trusts that may see each patient record by the access rule (index/access.py), break-glass
+# aside. PostgreSQL only: triggers keep it (migration 0009); SQLite evaluates the rule instead.
+patient_visibility = Table(
+    "patient_visibility",
+    metadata,
+    Column("patient_pk", PK, primary_key=True),
+    Column("trust_code", String(16), primary_key=True),
+)
 # --- end regional scale -----------------------------------------------------------------------
 # --- Viewer and MDT meetings (issue 12) -------------------------------------------------------
 # Key images a user marked in a study (kept by UID: the instance may arrive after the mark).

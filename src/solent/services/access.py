@@ -34,6 +34,7 @@ from solent.index import schema as t
 from solent.index import security as sec
 from solent.index.access import (
     VisiblePatients,
+    granted_pks,
     studies_among,
     visible_counts,
     visible_patient_pks,
@@ -190,9 +191,16 @@ class AccessService:
         scope = self.scope(principal, conn=conn)
         if scope.unrestricted:
             return None
-        return visible_patient_pks(
-            scope.trusts, scope.user_name, datetime.now(UTC), self._index.dialect
-        )
+        at = datetime.now(UTC)
+        granted: list[int] | None = None
+        if self._index.dialect == "postgresql" and scope.user_name is not None:
+            # The kept rule has no user in it: the records the user's grants open come along.
+            if conn is None:
+                with self._index.read() as own:
+                    granted = granted_pks(own, scope.user_name, at)
+            else:
+                granted = granted_pks(conn, scope.user_name, at)
+        return visible_patient_pks(scope.trusts, scope.user_name, at, self._index.dialect, granted)
 
     def patient_filter(self, principal: Principal) -> ColumnElement[bool]:
         """Condition on ``patient`` rows (AND it into any query that reads patients)."""

@@ -1,7 +1,9 @@
 """`solent check`: find (and repair) index rows without blobs and blobs without rows.
 
 Ingest writes the blob before the index row, so a crash can leave an unindexed blob (harmless,
-never served) but never an index row pointing at nothing; this check proves both.
+never served) but never an index row pointing at nothing; this check proves both. On PostgreSQL
+it also compares the kept access rule (patient_visibility, migration 0009) with the rule: a bulk
+load with the triggers off, or a restore of part of the tables, would leave it stale.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from solent.index import schema as t
 from solent.index.sql import Index
@@ -25,11 +27,15 @@ class CheckReport:
     size_mismatches: list[dict[str, Any]] = field(default_factory=list)
     orphan_blobs: list[str] = field(default_factory=list)
     young_orphans: int = 0
+    #: Rows of the access rule not kept (records hidden) and kept rows it does not give
+    #: (records shown that should not be); PostgreSQL only.
+    visibility_drift: dict[str, int] = field(default_factory=dict)
     repaired: dict[str, int] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
-        return not (self.missing_blobs or self.size_mismatches or self.orphan_blobs)
+        drift = any(self.visibility_drift.values())
+        return not (self.missing_blobs or self.size_mismatches or self.orphan_blobs or drift)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +46,7 @@ class CheckReport:
             "size_mismatches": self.size_mismatches,
             "orphan_blobs": self.orphan_blobs,
             "young_orphans_ignored": self.young_orphans,
+            "visibility_drift": self.visibility_drift,
             "repaired": self.repaired,
         }
 
@@ -63,6 +70,7 @@ def check_archive(
             report.size_mismatches.append(
                 {"sop_instance_uid": sop_uid, "blob_key": key, "expected": size}
             )
+    report.visibility_drift = _visibility_drift(index)
     horizon = time.time() - grace_seconds
     for key, mtime in stored.items():
         if key not in referenced:
@@ -84,7 +92,18 @@ def check_archive(
             "rows_without_blob_removed": len(report.missing_blobs),
             "temp_files_removed": temp,
         }
+        if any(report.visibility_drift.values()):
+            index.write(lambda conn: conn.execute(text("SELECT solent_visibility_rebuild()")))
+            report.repaired["visibility_rebuilt"] = 1
     return report
+
+
+def _visibility_drift(index: Index) -> dict[str, int]:
+    if index.dialect != "postgresql":
+        return {}
+    with index.read() as conn:
+        missing, extra = conn.execute(text("SELECT * FROM solent_visibility_drift()")).one()
+    return {"missing": int(missing), "extra": int(extra)}
 
 
 def _kept_copies(index: Index) -> set[str]:
