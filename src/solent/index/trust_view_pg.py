@@ -14,8 +14,9 @@ The text is fixed (arrays as parameters), so psycopg prepares it once per connec
 The statement tracks every starting record separately, so its work grows with the number of
 starting records times the size of the group they belong to: fine for people with a few
 records, ruinous where hundreds of records share one traced NHS number (a test or default
-number a feed marked verified: 400 such records took 19 s against the walk's 0.35 s). A cheap
-count comes first, and such pages go back to the walk (``crowded``).
+number a feed marked verified: 400 such records took 19 s against the walk's 0.35 s). So the
+statement counts those records first and, above ``CROWD``, answers only "crowded" (None): such
+pages go back to the walk. One round trip either way.
 """
 
 from __future__ import annotations
@@ -27,11 +28,20 @@ from sqlalchemy import Connection, text
 
 _SQL = text(
     """
-WITH RECURSIVE start AS (
+WITH RECURSIVE crowd AS (
+    SELECT coalesce(sum(
+        (SELECT count(*) FROM (SELECT 1 FROM patient q WHERE q.nhs_number = p.nhs_number
+                               LIMIT :cap) AS same)
+    ), 0) AS n
+    FROM unnest(CAST(:issuers AS text[]), CAST(:ids AS text[])) AS k(issuer, local_id)
+    JOIN patient p ON p.issuer = k.issuer AND p.local_id = k.local_id
+    WHERE p.issuer <> :trust AND coalesce(p.nhs_number, '') <> ''
+      AND p.nhs_number_valid AND p.nhs_number_verified
+), start AS (
     SELECT p.pk, p.issuer, p.local_id
     FROM unnest(CAST(:issuers AS text[]), CAST(:ids AS text[])) AS k(issuer, local_id)
     JOIN patient p ON p.issuer = k.issuer AND p.local_id = k.local_id
-    WHERE p.issuer <> :trust
+    WHERE p.issuer <> :trust AND (SELECT n FROM crowd) < :cap
 ), reach(origin, pk) AS (
     SELECT pk, pk FROM start
     UNION
@@ -66,10 +76,13 @@ WITH RECURSIVE start AS (
     WHERE r.pk <> r.origin AND s.issuer = :trust AND NOT s.placeholder
     GROUP BY r.origin
 )
-SELECT st.issuer AS origin_issuer, st.local_id AS origin_local_id,
+SELECT false AS crowded, st.issuer AS origin_issuer, st.local_id AS origin_local_id,
        v.pk, v.issuer, v.local_id, v.name, v.birth_date, v.sex, v.nhs_number,
        v.nhs_number_valid, v.nhs_number_verified, v.placeholder, v.created_at, v.updated_at
 FROM seen JOIN start st ON st.pk = seen.origin JOIN patient v ON v.pk = seen.pk
+UNION ALL
+SELECT true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+WHERE (SELECT n FROM crowd) >= :cap
 """
 )
 
@@ -78,31 +91,9 @@ FROM seen JOIN start st ON st.pk = seen.origin JOIN patient v ON v.pk = seen.pk
 #: left to the Python walk (a page of 100 people with a few records each is well below it).
 CROWD = 1000
 
-_CROWD_SQL = text(
-    """
-SELECT coalesce(sum(
-    (SELECT count(*) FROM (SELECT 1 FROM patient q WHERE q.nhs_number = p.nhs_number
-                           LIMIT :cap) AS same)
-), 0) AS n
-FROM unnest(CAST(:issuers AS text[]), CAST(:ids AS text[])) AS k(issuer, local_id)
-JOIN patient p ON p.issuer = k.issuer AND p.local_id = k.local_id
-WHERE p.issuer <> :trust AND coalesce(p.nhs_number, '') <> ''
-  AND p.nhs_number_valid AND p.nhs_number_verified
-"""
-)
-
-
-def crowded(conn: Connection, keys: Iterable[tuple[str, str]], trust: str) -> bool:
-    """Whether the records of these keys share their NHS numbers with so many records that
-    ``records_seen_from`` would cost more than the walk."""
-    params = _params(keys, trust)
-    if params is None:
-        return False
-    return int(conn.execute(_CROWD_SQL, {**params, "cap": CROWD + 1}).scalar_one()) > CROWD
-
 
 def _params(keys: Iterable[tuple[str, str]], trust: str) -> dict[str, Any] | None:
-    """The statements' parameters: the page's (issuer, local ID) pairs as two arrays."""
+    """The statement's parameters: the page's (issuer, local ID) pairs as two arrays."""
     pairs = sorted(set(keys))
     if not pairs:
         return None
@@ -111,16 +102,19 @@ def _params(keys: Iterable[tuple[str, str]], trust: str) -> dict[str, Any] | Non
 
 def records_seen_from(
     conn: Connection, keys: Iterable[tuple[str, str]], trust: str
-) -> dict[tuple[str, str], dict[str, Any]]:
+) -> dict[tuple[str, str], dict[str, Any]] | None:
     """(issuer, local ID) of other trusts' records -> the record of ``trust`` that shows the
-    person (``trust_view.pick_seen``), for those that have one."""
+    person (``trust_view.pick_seen``), for those that have one; None when the page is
+    ``crowded`` (the statement counts first, in the same round trip, and stops)."""
     params = _params(keys, trust)
     if params is None:
         return {}
-    rows = conn.execute(_SQL, params).mappings()
+    rows = conn.execute(_SQL, {**params, "cap": CROWD + 1}).mappings()
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         record = dict(row)
+        if record.pop("crowded"):
+            return None
         key = (record.pop("origin_issuer"), record.pop("origin_local_id"))
         out[key] = record
     return out

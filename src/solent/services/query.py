@@ -156,9 +156,10 @@ class QueryService:
         others = {k for k in others if k[0] != trust}
         if not others:
             return result
-        if conn.dialect.name == "postgresql" and not trust_view_pg.crowded(conn, others, trust):
-            seen = trust_view_pg.records_seen_from(conn, others, trust)  # one statement
-        else:
+        seen = None
+        if conn.dialect.name == "postgresql":  # one statement, None when the page is crowded
+            seen = trust_view_pg.records_seen_from(conn, others, trust)
+        if seen is None:
             identity = IdentityService(self._index)
             records = trust_view.linkable_records(conn, others)
             # Only records that have a link at all are walked (one query found them).
