@@ -86,6 +86,9 @@ def sha256_file(path: Path) -> str:
 # (the same reasoning and rules as _JSON_CACHE below): most are the same in every slice of a
 # series, and converting them one by one through pydicom was most of what parsing had left.
 _VALUE_CACHE: dict[tuple[Any, ...], Any] = {}
+# Keyword -> tag of the attributes read by keyword (pydicom's look-up is a function call and
+# a dictionary walk per read; the index reads ~30 per instance).
+_KEYWORD_TAGS: dict[str, BaseTag] = {}
 # (dataset, warnings list, character set) of the parse in progress (under _PARSE_LOCK).
 _parsing: tuple[Dataset, list[warnings.WarningMessage], Any] | None = None
 
@@ -97,10 +100,13 @@ def _get(ds: Dataset, keyword: str) -> Any:
     current = _parsing
     if current is None or current[0] is not ds:
         return ds.get(keyword)
-    tag = pydicom.datadict.tag_for_keyword(keyword)
+    tag = _KEYWORD_TAGS.get(keyword)
     if tag is None:
-        return ds.get(keyword)
-    r = ds._dict.get(BaseTag(tag))
+        found = pydicom.datadict.tag_for_keyword(keyword)
+        if found is None:
+            return ds.get(keyword)
+        tag = _KEYWORD_TAGS[keyword] = BaseTag(found)
+    r = ds._dict.get(tag)
     if r is None:
         return None
     if not isinstance(r, RawDataElement):
@@ -232,6 +238,19 @@ _JSON_CACHE_VALUE_MAX = 1024
 
 
 def _cacheable_tag(tag: int) -> bool:
+    """Whether an element's JSON depends on its bytes only (see above); memoised per tag
+    (a pure function of the data dictionary, asked ~70 times per instance)."""
+    key = int(tag)
+    known = _CACHEABLE.get(key)
+    if known is None:
+        known = _CACHEABLE[key] = _cacheable_vr(key)
+    return known
+
+
+_CACHEABLE: dict[int, bool] = {}
+
+
+def _cacheable_vr(tag: int) -> bool:
     if tag >> 16 & 1:  # private: its VR comes from its private creator
         return False
     try:
