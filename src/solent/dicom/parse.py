@@ -512,7 +512,7 @@ def _parse(
     pixel_tag: str | None = None
     pixel_vr: str | None = None
     for tag, name in PIXEL_TAGS.items():
-        if tag not in ds:
+        if tag not in ds._dict:  # what `tag in ds` asks, without converting the key
             continue
         pixel_tag = name
         raw = ds.get_item(tag, keep_deferred=True)  # never load a deferred (large) value
@@ -628,10 +628,11 @@ def _check_no_eof_warning(caught: list[warnings.WarningMessage], name: str) -> N
 
 def _check_lengths(ds: Dataset, size: int) -> None:
     """Reject a file cut short inside a defined length: pydicom keeps what it could read."""
-    for tag in ds.keys():  # noqa: SIM118 - raw elements, not converted values
+    # The elements as held (raw or converted): what get_item(tag, keep_deferred=True) gives,
+    # without its per-tag conversion and look-up; a deferred (large) value is never loaded.
+    for tag, raw in ds._dict.items():
         if tag >> 16 == 0xFFFE:
             continue  # stray delimiters: judged below
-        raw = ds.get_item(tag, keep_deferred=True)  # never load a deferred (large) value
         length = getattr(raw, "length", None)
         value_tell = getattr(raw, "value_tell", None)
         if length is None or value_tell is None or length == 0xFFFFFFFF:
