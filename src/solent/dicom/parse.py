@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import threading
 import warnings
-import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
@@ -33,6 +30,15 @@ from solent.dicom.inflate import (
     check_inflated_size,
     deflated_dataset_offset,
 )
+from solent.dicom.metadata_json import (  # noqa: F401 - BULK_THRESHOLD, _bulk_paths: tests
+    _JSON_CACHE,
+    _JSON_CACHE_MAX,
+    _JSON_CACHE_VALUE_MAX,
+    BULK_THRESHOLD,
+    _bulk_paths,
+    _cacheable_tag,
+    metadata_json,
+)
 from solent.domain import nhs_number
 from solent.domain.outcomes import RejectReason
 from solent.domain.uids import uid_problem
@@ -42,8 +48,6 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 DEFLATED = {"1.2.840.10008.1.2.1.99"}
 # Every other transfer syntax, known to pydicom or not (JPEG XL, ...), encapsulates Pixel Data.
 NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", *DEFLATED}
-BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
-BULK_THRESHOLD = 1024
 DEFER_SIZE = 64 * 1024
 PIXEL_TAGS = {0x7FE00010: "7FE00010", 0x7FE00008: "7FE00008", 0x7FE00009: "7FE00009"}
 
@@ -86,6 +90,9 @@ def sha256_file(path: Path) -> str:
 # (the same reasoning and rules as _JSON_CACHE below): most are the same in every slice of a
 # series, and converting them one by one through pydicom was most of what parsing had left.
 _VALUE_CACHE: dict[tuple[Any, ...], Any] = {}
+# Keyword -> tag of the attributes read by keyword (pydicom's look-up is a function call and
+# a dictionary walk per read; the index reads ~30 per instance).
+_KEYWORD_TAGS: dict[str, BaseTag] = {}
 # (dataset, warnings list, character set) of the parse in progress (under _PARSE_LOCK).
 _parsing: tuple[Dataset, list[warnings.WarningMessage], Any] | None = None
 
@@ -97,10 +104,13 @@ def _get(ds: Dataset, keyword: str) -> Any:
     current = _parsing
     if current is None or current[0] is not ds:
         return ds.get(keyword)
-    tag = pydicom.datadict.tag_for_keyword(keyword)
+    tag = _KEYWORD_TAGS.get(keyword)
     if tag is None:
-        return ds.get(keyword)
-    r = ds._dict.get(BaseTag(tag))
+        found = pydicom.datadict.tag_for_keyword(keyword)
+        if found is None:
+            return ds.get(keyword)
+        tag = _KEYWORD_TAGS[keyword] = BaseTag(found)
+    r = ds._dict.get(tag)
     if r is None:
         return None
     if not isinstance(r, RawDataElement):
@@ -202,107 +212,6 @@ def _layout(ds: Dataset) -> PixelLayout | None:
     if spp == 3 and str(_get(ds, "PhotometricInterpretation") or "").strip() == "YBR_FULL_422":
         spp = 2  # native 4:2:2 stores two samples per pixel (PS3.3 C.7.6.3.1.2)
     return PixelLayout(rows, cols, spp, bits, frames)
-
-
-def _bulk_paths(ds: Dataset, prefix: str = "") -> dict[int, str]:
-    """Map each large binary element (by identity) to its path, for BulkDataURI values."""
-    paths: dict[int, str] = {}
-    for elem in ds:
-        tag = f"{elem.tag:08X}"
-        if elem.VR == "SQ":
-            for i, item in enumerate(elem.value or []):
-                paths.update(_bulk_paths(item, f"{prefix}{tag}/{i}/"))
-        elif elem.VR in BULK_VRS:
-            paths[id(elem)] = prefix + tag
-    return paths
-
-
-# The DICOM JSON text of top-level elements, by their raw encoding. Most of a series' header
-# (patient, study, series, equipment, acquisition modules) is byte-identical from one slice
-# to the next, and turning an element into JSON through pydicom (convert, to_json_dict,
-# json.dumps) was a third of ingest's Python time per instance; the same bytes in the same
-# context give the same JSON, so it is done once per distinct element. Only elements whose
-# text depends on nothing but these bytes are kept: public tags with one dictionary VR (no
-# "US or SS", resolved from other elements), no sequences (nested VRs and character sets
-# come from their parents), short values, and no conversion warning (those are reported per
-# file, so a file must meet them itself). Access is under _PARSE_LOCK.
-_JSON_CACHE: dict[tuple[Any, ...], str] = {}
-_JSON_CACHE_MAX = 4096
-_JSON_CACHE_VALUE_MAX = 1024
-
-
-def _cacheable_tag(tag: int) -> bool:
-    if tag >> 16 & 1:  # private: its VR comes from its private creator
-        return False
-    try:
-        vr = pydicom.datadict.dictionary_VR(tag)
-    except KeyError:
-        return False
-    return " or " not in vr and vr != "SQ"
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def metadata_json(
-    ds: Dataset,
-    transfer_syntax: str,
-    pixel_vr: str | None,
-    pixel_tag: str | None,
-    raw: Mapping[BaseTag, Any] | None = None,
-    caught: list[warnings.WarningMessage] | None = None,
-) -> bytes:
-    """The zlib-compressed DICOM JSON of ``ds`` (bulk data as URIs), keys in tag order.
-
-    ``raw`` is the dataset's elements as read (before parsing converted any), ``caught`` the
-    list warnings are recorded to: with both, elements are looked up in _JSON_CACHE by their
-    raw encoding. The text is what ``json.dumps`` of pydicom's ``to_json_dict`` gives."""
-    cache = raw is not None and caught is not None
-    charset = ds._character_set if cache else None
-    encoding = tuple(charset) if isinstance(charset, list) else charset
-    parts: dict[str, str] = {}
-    for tag in ds.keys():  # noqa: SIM118 - tags, not elements
-        name = f"{tag:08X}"
-        key: tuple[Any, ...] | None = None
-        if cache:
-            assert raw is not None and caught is not None
-            r = raw.get(tag)
-            if (
-                isinstance(r, RawDataElement)
-                and r.value is not None
-                and len(r.value) <= _JSON_CACHE_VALUE_MAX
-                and _cacheable_tag(tag)
-            ):
-                key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
-                hit = _JSON_CACHE.get(key)
-                if hit is not None:
-                    parts[name] = hit
-                    continue
-            seen = len(caught)
-        elem = ds[tag]
-        # Bulk data of this element is at its tag; of an item's elements, at their path.
-        paths: dict[int, str] = {}
-        if elem.VR == "SQ":
-            for i, item in enumerate(elem.value or []):
-                paths.update(_bulk_paths(item, f"{name}/{i}/"))
-
-        def bulk(e: DataElement, paths: dict[int, str] = paths) -> str:
-            return "bulkdata/" + paths.get(id(e), f"{e.tag:08X}")
-
-        text = _dumps(
-            elem.to_json_dict(bulk_data_element_handler=bulk, bulk_data_threshold=BULK_THRESHOLD)
-        )
-        parts[name] = text
-        if key is not None and caught is not None and len(caught) == seen:
-            if len(_JSON_CACHE) >= _JSON_CACHE_MAX:
-                _JSON_CACHE.clear()
-            _JSON_CACHE[key] = text
-    parts["00083002"] = _dumps({"vr": "UI", "Value": [transfer_syntax]})
-    if pixel_tag is not None:
-        parts[pixel_tag] = _dumps({"vr": pixel_vr or "OB", "BulkDataURI": "bulkdata/" + pixel_tag})
-    text = "{" + ",".join(f'"{k}":{v}' for k, v in sorted(parts.items())) + "}"
-    return zlib.compress(text.encode("utf-8"), 6)
 
 
 def _check_uids(ds: Dataset) -> tuple[str, str, str, str]:
@@ -493,7 +402,7 @@ def _parse(
     pixel_tag: str | None = None
     pixel_vr: str | None = None
     for tag, name in PIXEL_TAGS.items():
-        if tag not in ds:
+        if tag not in ds._dict:  # what `tag in ds` asks, without converting the key
             continue
         pixel_tag = name
         raw = ds.get_item(tag, keep_deferred=True)  # never load a deferred (large) value
@@ -609,10 +518,11 @@ def _check_no_eof_warning(caught: list[warnings.WarningMessage], name: str) -> N
 
 def _check_lengths(ds: Dataset, size: int) -> None:
     """Reject a file cut short inside a defined length: pydicom keeps what it could read."""
-    for tag in ds.keys():  # noqa: SIM118 - raw elements, not converted values
+    # The elements as held (raw or converted): what get_item(tag, keep_deferred=True) gives,
+    # without its per-tag conversion and look-up; a deferred (large) value is never loaded.
+    for tag, raw in ds._dict.items():
         if tag >> 16 == 0xFFFE:
             continue  # stray delimiters: judged below
-        raw = ds.get_item(tag, keep_deferred=True)  # never load a deferred (large) value
         length = getattr(raw, "length", None)
         value_tell = getattr(raw, "value_tell", None)
         if length is None or value_tell is None or length == 0xFFFFFFFF:
@@ -637,11 +547,3 @@ def _accession_issuer(ds: Dataset) -> str | None:
     except Exception:
         return None
     return None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

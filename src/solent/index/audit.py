@@ -30,6 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from solent.errors import ConfigurationError
 from solent.index import schema as t
+from solent.index.prepared import Prepared
 from solent.index.sql import Index
 
 GENESIS = "0" * 64
@@ -137,9 +138,10 @@ def keyed_hash(key: ChainKey | None, seq: int, prev_hash: str, fields: dict[str,
 # Built once: every store appends a record, and building + cache-keying these three
 # statements per call cost more than executing them (ingest profile, issue 14).
 _h = t.audit_head.c
-_HEAD = select(_h.seq, _h.hash, _h.key_id).where(_h.id == 1).with_for_update()
-_INSERT_RECORD = insert(t.audit_log)
-_MOVE_HEAD = (
+# On SQLite they run on the DBAPI cursor (Prepared: the per-call overhead of Connection.execute).
+_HEAD = Prepared(select(_h.seq, _h.hash, _h.key_id).where(_h.id == 1).with_for_update())
+_INSERT_RECORD = Prepared(insert(t.audit_log))
+_MOVE_HEAD = Prepared(
     update(t.audit_head)
     .where(_h.id == 1)
     .values(seq=bindparam("seq_"), hash=bindparam("hash_"), key_id=bindparam("key_id_"))
@@ -150,7 +152,7 @@ def append(conn: Connection, fields: dict[str, Any]) -> int:
     """Append one record inside the caller's write transaction; returns its sequence number."""
     key = key_of(conn)
     key_id = key.key_id if key else None
-    head = conn.execute(_HEAD).first()
+    head = _HEAD.first(conn, {})
     if head is None:
         # First record ever; a concurrent first insert fails on the primary key and is retried.
         conn.execute(insert(t.audit_head).values(id=1, seq=0, hash=GENESIS, key_id=key_id))
@@ -174,8 +176,8 @@ def append(conn: Connection, fields: dict[str, Any]) -> int:
         advance = update(t.audit_head).where(_h.id == 1).values(seq=seq, hash=digest, key_id=key_id)
         conn.execute(advance.add_cte(record.cte("appended")))
     else:  # the statements built once (issue 14: per-instance ingest cost)
-        conn.execute(_INSERT_RECORD, {"seq": seq, "prev_hash": last_hash, "hash": digest, **values})
-        conn.execute(_MOVE_HEAD, {"seq_": seq, "hash_": digest, "key_id_": key_id})
+        _INSERT_RECORD.run(conn, {"seq": seq, "prev_hash": last_hash, "hash": digest, **values})
+        _MOVE_HEAD.run(conn, {"seq_": seq, "hash_": digest, "key_id_": key_id})
     return seq
 
 

@@ -9,11 +9,13 @@ from typing import Any
 from sqlalchemy import BigInteger, Connection, DateTime, bindparam, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import NoResultFound
 
 from solent.dicom.parse import ParsedInstance
 from solent.domain.principal import Principal, Provenance
 from solent.index import identity as identity_store
 from solent.index import schema as t
+from solent.index.prepared import Prepared
 from solent.index.sql import Index, now
 
 
@@ -42,9 +44,10 @@ class RecordedInstance:
 
 
 # Statements built once: executing a constant statement with a parameter dict skips
-# SQLAlchemy's per-call coercion and cache-key work (most of the CPU of a small insert).
+# SQLAlchemy's per-call coercion and cache-key work (most of the CPU of a small insert); on
+# SQLite they run on the DBAPI cursor (Prepared), the hot path of every stored instance.
 _se, _st, _pa, _in = t.series.c, t.study.c, t.patient.c, t.instance.c
-_SERIES_LINEAGE = (
+_SERIES_LINEAGE = Prepared(
     select(
         _se.pk,
         _se.study_pk,
@@ -59,13 +62,15 @@ _SERIES_LINEAGE = (
     )
     .where(_se.series_uid == bindparam("series_uid"))
 )
-_EXISTING_INSTANCE = select(_in.pk, _in.sha256, _in.blob_key, _in.size_bytes, _in.series_pk).where(
-    _in.sop_instance_uid == bindparam("sop_instance_uid")
+_EXISTING_INSTANCE = Prepared(
+    select(_in.pk, _in.sha256, _in.blob_key, _in.size_bytes, _in.series_pk).where(
+        _in.sop_instance_uid == bindparam("sop_instance_uid")
+    )
 )
-_INSERT_INSTANCE = insert(t.instance)
-_INSERT_METADATA = insert(t.instance_metadata)
-_INSERT_EVENT = insert(t.change_feed)
-_COUNT_IN_SERIES = (
+_INSERT_INSTANCE = Prepared(insert(t.instance))
+_INSERT_METADATA = Prepared(insert(t.instance_metadata))
+_INSERT_EVENT = Prepared(insert(t.change_feed))
+_COUNT_IN_SERIES = Prepared(
     update(t.series)
     .where(_se.pk == bindparam("series_pk_"))
     .values(num_instances=_se.num_instances + 1)
@@ -89,7 +94,7 @@ def _study_totals(new_series: bool) -> Any:
     )
 
 
-_STUDY_TOTALS = {flag: _study_totals(flag) for flag in (False, True)}
+_STUDY_TOTALS = {flag: Prepared(_study_totals(flag)) for flag in (False, True)}
 
 
 def _insert_ignore(index: Index, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
@@ -184,7 +189,7 @@ def _lineage(
     and the study to this trust's patient; anything else is a PatientMismatchError, never a
     silent filing under another patient. A new series takes the longer path that creates rows.
     """
-    found = conn.execute(_SERIES_LINEAGE, {"series_uid": parsed.series_uid}).first()
+    found = _SERIES_LINEAGE.first(conn, {"series_uid": parsed.series_uid})
     if found is not None:
         if found.study_uid != parsed.study_uid:
             raise PatientMismatchError(
@@ -291,7 +296,7 @@ def record_instance(
     UID raises AlreadyStoredError unless ``replace`` allows replacing different content.
     """
     ic, se, sc = t.instance.c, t.series.c, t.study.c
-    old = conn.execute(_EXISTING_INSTANCE, {"sop_instance_uid": parsed.sop_instance_uid}).first()
+    old = _EXISTING_INSTANCE.first(conn, {"sop_instance_uid": parsed.sop_instance_uid})
     if old is not None and (old.sha256 == parsed.sha256 or not replace):
         raise AlreadyStoredError(identical=old.sha256 == parsed.sha256)
 
@@ -319,8 +324,8 @@ def record_instance(
             .values(num_instances=sc.num_instances - 1, size_bytes=sc.size_bytes - old.size_bytes)
         )
 
-    res = conn.execute(
-        _INSERT_INSTANCE,
+    instance_pk = _INSERT_INSTANCE.insert_pk(
+        conn,
         dict(
             parsed.instance,
             series_pk=series_pk,
@@ -340,21 +345,19 @@ def record_instance(
             received_at=stamp,
         ),
     )
-    instance_pk = int(res.inserted_primary_key[0])  # type: ignore[index]
-    conn.execute(
-        _INSERT_METADATA,
+    _INSERT_METADATA.run(
+        conn,
         {"instance_pk": instance_pk, "series_pk": series_pk, "json_z": parsed.metadata_json},
     )
-    conn.execute(_COUNT_IN_SERIES, {"series_pk_": series_pk})
+    _COUNT_IN_SERIES.run(conn, {"series_pk_": series_pk})
     # The UPDATE locks the study row (PostgreSQL: FOR NO KEY UPDATE strength, no deadlock with
     # writers holding KEY SHARE from a new series) and returns the modalities under that lock.
-    modalities = (
-        conn.execute(
-            _STUDY_TOTALS[new_series],
-            {"study_pk_": study_pk, "size_": parsed.size, "stamp_": stamp},
-        ).scalar_one()
-        or ""
+    totals = _STUDY_TOTALS[new_series].first(
+        conn, {"study_pk_": study_pk, "size_": parsed.size, "stamp_": stamp}
     )
+    if totals is None:
+        raise NoResultFound(f"study row {study_pk} vanished inside its own transaction")
+    modalities = totals.modalities or ""
     modality = parsed.series.get("modality")
     if modality and f"\\{modality}\\" not in f"\\{modalities}\\":
         conn.execute(
@@ -363,8 +366,8 @@ def record_instance(
             .values(modalities=f"{modalities}\\{modality}" if modalities else modality)
         )
 
-    conn.execute(
-        _INSERT_EVENT,
+    _INSERT_EVENT.run(
+        conn,
         {
             "at": stamp,
             "kind": "instance.replaced" if replaced_key else "instance.stored",
