@@ -11,6 +11,10 @@ DBAPI error is raised as the same SQLAlchemy exception class (IntegrityError, Op
 the callers and ``Index.write`` handle. On PostgreSQL (server round trips dominate there), and
 for any statement whose compiled form needs values the caller did not give (column defaults),
 ``conn.execute`` runs it as before.
+
+Rows come back as SQLite stores them: no result processors run, so a DateTime column reads as
+text and a Boolean as 0/1. Select only integer and text columns through it (the ingest look-ups
+do), or read such columns through ``conn.execute``.
 """
 
 from __future__ import annotations
