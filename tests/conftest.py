@@ -259,6 +259,21 @@ def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
         conn.execute(drop.format(sql.Identifier(name)))
 
 
+@pytest.fixture
+def regional_pg_index(fresh_postgres_url: str) -> Iterator[Any]:
+    """An index on a fresh PostgreSQL database with four trusts, ZZA to ZZD (identity graphs)."""
+    from solent.index.sql import Index
+
+    idx = Index(fresh_postgres_url)
+    idx.migrate()
+    for code in ("ZZA", "ZZB", "ZZC", "ZZD"):
+        idx.add_trust(code, f"Trust {code}")
+    try:
+        yield idx
+    finally:
+        idx.close()
+
+
 # --- end of backends for contract and interop tests (issue 2) -------------------------------
 
 

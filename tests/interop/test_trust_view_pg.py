@@ -8,7 +8,6 @@ conflict or are missing, placeholders, and chains across three trusts.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import update
@@ -23,15 +22,8 @@ TRUSTS = ("ZZA", "ZZB", "ZZC", "ZZD")
 
 
 @pytest.fixture
-def index(fresh_postgres_url: str) -> Iterator[Index]:
-    idx = Index(fresh_postgres_url)
-    idx.migrate()
-    for code in TRUSTS:
-        idx.add_trust(code, f"Trust {code}")
-    try:
-        yield idx
-    finally:
-        idx.close()
+def index(regional_pg_index: Index) -> Index:
+    return regional_pg_index
 
 
 def _random_graph(index: Index, rng: random.Random, people: int) -> None:

@@ -10,7 +10,6 @@ is checked as soon as it commits.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,15 +26,8 @@ NUMBERS = ("9434765919", "9434765870", "9434765862", "9434765854", "9434765846",
 
 
 @pytest.fixture
-def index(fresh_postgres_url: str) -> Iterator[Index]:
-    idx = Index(fresh_postgres_url)
-    idx.migrate()
-    for code in TRUSTS:
-        idx.add_trust(code, f"Trust {code}")
-    try:
-        yield idx
-    finally:
-        idx.close()
+def index(regional_pg_index: Index) -> Index:
+    return regional_pg_index
 
 
 def _now() -> datetime:
