@@ -8,13 +8,11 @@ crash left behind.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
-import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -33,6 +31,7 @@ from solent.index.records import (
     record_instance,
 )
 from solent.index.sql import Index
+from solent.ingest.write_gate import WriteGate
 from solent.metrics import INGEST_BYTES, INGEST_INSTANCES, INGEST_SECONDS
 from solent.services.access import Permission, permissions_of
 from solent.services.audit import (
@@ -83,24 +82,6 @@ class IngestPolicy:
     inflate: InflateLimits = field(default_factory=InflateLimits)  # deflated TS cap (issue 11)
 
 
-_GATES: dict[str, tuple[int, threading.Lock]] = {}
-_GATES_LOCK = threading.Lock()
-
-
-def _sqlite_gate(index: Index) -> tuple[int | None, threading.Lock]:
-    """The write gate of an SQLite database file: a lock file beside it, opened once per
-    process and database (flock excludes other processes; the thread lock, this one's)."""
-    path = index.url.split("///", 1)[1].split("?", 1)[0] if "///" in index.url else ""
-    if index.dialect != "sqlite" or not path or path == ":memory:":
-        return None, threading.Lock()
-    path = os.path.realpath(path)
-    with _GATES_LOCK:
-        if path not in _GATES:
-            fd = os.open(path + ".ingest-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            _GATES[path] = (fd, threading.Lock())
-        return _GATES[path]
-
-
 def placeholder_patient_id(study_uid: str) -> str:
     """One unidentified record per study, so unrelated unidentified studies never share one."""
     return "UNIDENTIFIED-" + hashlib.sha256(study_uid.encode()).hexdigest()[:16].upper()
@@ -141,29 +122,11 @@ class Ingestor:
         self._queue: list[_Waiting] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
-        self._gate_fd, self._gate_lock = _sqlite_gate(index)
-        self._gate_holder: int | None = None  # thread ident holding the gate (re-entry)
+        self._gate = WriteGate(index)
 
-    @contextlib.contextmanager
-    def _write_gate(self) -> Iterator[None]:
-        """Ingest's index writes, one at a time across threads AND processes (DIMSE workers).
-
-        SQLite's own busy handler makes a waiting writer sleep 1, 2, 5, 10 ... ms between
-        tries, which on a busy port costs more than the transaction; a lock file waits in the
-        kernel and wakes the next writer at once, while its group-commit queue fills. With
-        PostgreSQL there is no gate (row locks; audit_head serialises the chain).
-        """
-        if self._gate_fd is None or self._gate_holder == threading.get_ident():
-            yield  # no gate, or this thread holds it already (_commit_grouped)
-            return
-        with self._gate_lock:
-            fcntl.flock(self._gate_fd, fcntl.LOCK_EX)
-            self._gate_holder = threading.get_ident()
-            try:
-                yield
-            finally:
-                self._gate_holder = None
-                fcntl.flock(self._gate_fd, fcntl.LOCK_UN)
+    def _write_gate(self) -> contextlib.AbstractContextManager[None]:
+        """Ingest's index writes, one at a time across threads and processes (write_gate)."""
+        return self._gate.held()
 
     def _trust_exists(self, code: str) -> bool:
         if code not in self._trusts:
