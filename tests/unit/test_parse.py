@@ -326,7 +326,7 @@ def _reference_metadata_json(
     ds: Dataset, transfer_syntax: str, pixel_vr: str | None, pixel_tag: str | None
 ) -> bytes:
     """pydicom's own DICOM JSON of the whole dataset, as ingest built it before the cache."""
-    from solent.dicom.parse import BULK_THRESHOLD, _bulk_paths
+    from solent.dicom.metadata_json import BULK_THRESHOLD, _bulk_paths
 
     paths = _bulk_paths(ds)
     doc = ds.to_json_dict(
@@ -343,9 +343,10 @@ def _reference_metadata_json(
 def test_cached_metadata_json_is_pydicoms_for_every_corpus_file(
     corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The element cache (parse._JSON_CACHE) gives exactly pydicom's JSON: every corpus file
+    """The element cache (metadata_json._JSON_CACHE) gives exactly pydicom's JSON: every corpus file
     parsed twice (the second time from the cache), each result checked against pydicom's
     JSON of the same dataset."""
+    import solent.dicom.metadata_json as metadata
     import solent.dicom.parse as parse
 
     cached = parse.metadata_json
@@ -360,7 +361,7 @@ def test_cached_metadata_json_is_pydicoms_for_every_corpus_file(
         return got
 
     monkeypatch.setattr(parse, "metadata_json", both)
-    parse._JSON_CACHE.clear()
+    metadata._JSON_CACHE.clear()
     files = sorted(corpus_dir.glob("*.dcm"))
     for _ in range(2):
         for path in files:
@@ -368,7 +369,7 @@ def test_cached_metadata_json_is_pydicoms_for_every_corpus_file(
                 parse_file(path)
             except RejectedInstance:
                 continue
-    assert len(parse._JSON_CACHE) > 100 and len(checked) > 100
+    assert len(metadata._JSON_CACHE) > 100 and len(checked) > 100
 
 
 def test_large_values_are_read_from_the_open_file_after_its_name_is_gone(tmp_path: Path) -> None:

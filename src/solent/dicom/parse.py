@@ -30,12 +30,9 @@ from solent.dicom.inflate import (
     check_inflated_size,
     deflated_dataset_offset,
 )
-from solent.dicom.metadata_json import (  # noqa: F401 - BULK_THRESHOLD, _bulk_paths: tests
-    _JSON_CACHE,
+from solent.dicom.metadata_json import (
     _JSON_CACHE_MAX,
     _JSON_CACHE_VALUE_MAX,
-    BULK_THRESHOLD,
-    _bulk_paths,
     _cacheable_tag,
     metadata_json,
 )
@@ -87,8 +84,9 @@ def sha256_file(path: Path) -> str:
 
 
 # The value of a top-level element by its raw encoding, for the attributes the index keeps
-# (the same reasoning and rules as _JSON_CACHE below): most are the same in every slice of a
-# series, and converting them one by one through pydicom was most of what parsing had left.
+# (the same reasoning and rules as metadata_json._JSON_CACHE): most are the same in every
+# slice of a series, and converting them one by one through pydicom was most of what parsing
+# had left.
 _VALUE_CACHE: dict[tuple[Any, ...], Any] = {}
 # Keyword -> tag of the attributes read by keyword (pydicom's look-up is a function call and
 # a dictionary walk per read; the index reads ~30 per instance).
