@@ -7,8 +7,9 @@ seconds instead of hours of C-STORE.
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -66,22 +67,30 @@ def _copy(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
             copy.write_row([row[c] for c in columns])
 
 
-def _copy_kept_visible(conn: Connection, rows: dict[str, list[dict[str, Any]]]) -> None:
-    """COPY one batch with the visibility triggers (migration 0009) off, then recompute the
-    batch's records in one call: row by row they would recompute each new patient's
-    neighbourhood as it arrives. Disabled and enabled inside the batch's transaction."""
+@contextlib.contextmanager
+def visibility_triggers_off(conn: Connection) -> Iterator[None]:
+    """The kept access rule's triggers (migration 0009) off for a bulk write, in the caller's
+    transaction (a failure rolls the switch back with the rows): row by row they would
+    recompute each new patient's neighbourhood as it arrives. The caller recomputes what it
+    wrote before leaving (``solent_visibility_refresh`` or ``_rebuild``)."""
     for name in VISIBILITY_TRIGGERED:
         conn.execute(text(f"ALTER TABLE {name} DISABLE TRIGGER solent_visibility"))
-    for table in (t.patient, t.study, t.series, t.instance):
-        if rows[table.name]:
-            _copy(conn, table, rows[table.name])
-    pks = {r["pk"] for r in rows["patient"]} | {r["patient_pk"] for r in rows["study"]}
-    conn.execute(
-        text("SELECT solent_visibility_refresh(CAST(:pks AS bigint[]), '{}')"),
-        {"pks": sorted(pks)},
-    )
+    yield
     for name in VISIBILITY_TRIGGERED:
         conn.execute(text(f"ALTER TABLE {name} ENABLE TRIGGER solent_visibility"))
+
+
+def _copy_kept_visible(conn: Connection, rows: dict[str, list[dict[str, Any]]]) -> None:
+    """COPY one batch, then recompute the batch's records in one call."""
+    with visibility_triggers_off(conn):
+        for table in (t.patient, t.study, t.series, t.instance):
+            if rows[table.name]:
+                _copy(conn, table, rows[table.name])
+        pks = {r["pk"] for r in rows["patient"]} | {r["patient_pk"] for r in rows["study"]}
+        conn.execute(
+            text("SELECT solent_visibility_refresh(CAST(:pks AS bigint[]), '{}')"),
+            {"pks": sorted(pks)},
+        )
 
 
 def _nhs(rng: random.Random) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, text
 
-from solent.index.bulk import SOP_CLASS, VISIBILITY_TRIGGERED, SyntheticSummary
+from solent.index.bulk import SOP_CLASS, SyntheticSummary, visibility_triggers_off
 from solent.index.sql import Index
 
 #: Trust codes and their share of the region's records (a big teaching hospital, smaller DGHs).
@@ -204,16 +204,11 @@ def fill_region(
         if _has_rows(conn):
             raise ValueError("fill_region fills an empty index only")
         saved = _strip(conn)
-        # Row by row, the visibility triggers (migration 0009) would recompute millions of
-        # neighbourhoods; one rebuild afterwards computes the same rows in one statement.
-        for table in VISIBILITY_TRIGGERED:
-            conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER solent_visibility"))
-        for sql in statements:
-            conn.execute(text(sql), {k: v for k, v in params.items() if f":{k}" in sql})
-        _restore(conn, saved)
-        conn.execute(text("SELECT solent_visibility_rebuild()"))
-        for table in VISIBILITY_TRIGGERED:
-            conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER solent_visibility"))
+        with visibility_triggers_off(conn):  # one rebuild afterwards, in one statement
+            for sql in statements:
+                conn.execute(text(sql), {k: v for k, v in params.items() if f":{k}" in sql})
+            _restore(conn, saved)
+            conn.execute(text("SELECT solent_visibility_rebuild()"))
         for name in ("patient", "study", "series", "instance", "patient_link"):
             conn.execute(
                 text(

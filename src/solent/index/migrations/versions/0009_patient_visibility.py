@@ -152,32 +152,27 @@ LANGUAGE sql STABLE AS $$
 $$;
 """
 
+# OLD is NULL on INSERT and NEW on DELETE (PostgreSQL 11+), so each table's old and new values
+# go in together; the NULLs drop out in solent_visibility_hop. An UPDATE that leaves the rule's
+# inputs as they were changes nothing.
 TRIGGER_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION solent_visibility_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
   IF TG_TABLE_NAME = 'patient' THEN
     IF TG_OP = 'UPDATE'
-       AND OLD.issuer IS NOT DISTINCT FROM NEW.issuer
-       AND OLD.local_id IS NOT DISTINCT FROM NEW.local_id
-       AND OLD.nhs_number IS NOT DISTINCT FROM NEW.nhs_number
-       AND OLD.nhs_number_valid IS NOT DISTINCT FROM NEW.nhs_number_valid
-       AND OLD.nhs_number_verified IS NOT DISTINCT FROM NEW.nhs_number_verified
-       AND OLD.birth_date IS NOT DISTINCT FROM NEW.birth_date
-       AND OLD.sex IS NOT DISTINCT FROM NEW.sex THEN
+       AND (OLD.issuer, OLD.local_id, OLD.nhs_number, OLD.nhs_number_valid,
+            OLD.nhs_number_verified, OLD.birth_date, OLD.sex)
+           IS NOT DISTINCT FROM
+           (NEW.issuer, NEW.local_id, NEW.nhs_number, NEW.nhs_number_valid,
+            NEW.nhs_number_verified, NEW.birth_date, NEW.sex) THEN
       RETURN NULL;
     END IF;
-    IF TG_OP = 'INSERT' THEN
-      PERFORM solent_visibility_refresh(ARRAY[NEW.pk], ARRAY[NEW.nhs_number]);
-    ELSIF TG_OP = 'DELETE' THEN
-      PERFORM solent_visibility_refresh(ARRAY[OLD.pk], ARRAY[OLD.nhs_number]);
-    ELSE
-      PERFORM solent_visibility_refresh(
-        ARRAY[OLD.pk, NEW.pk], ARRAY[OLD.nhs_number, NEW.nhs_number]);
-    END IF;
+    PERFORM solent_visibility_refresh(
+      ARRAY[OLD.pk, NEW.pk], ARRAY[OLD.nhs_number, NEW.nhs_number]);
   ELSIF TG_TABLE_NAME = 'study' THEN
-    IF TG_OP = 'UPDATE' AND OLD.patient_pk = NEW.patient_pk
-       AND OLD.trust_code = NEW.trust_code THEN
+    IF TG_OP = 'UPDATE'
+       AND (OLD.patient_pk, OLD.trust_code) = (NEW.patient_pk, NEW.trust_code) THEN
       RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
@@ -190,37 +185,21 @@ BEGIN
                     AND trust_code = NEW.trust_code AND pk <> NEW.pk) THEN
         RETURN NULL;
       END IF;
-      PERFORM solent_visibility_refresh(ARRAY[NEW.patient_pk], '{{}}');
-    ELSIF TG_OP = 'DELETE' THEN
-      PERFORM solent_visibility_refresh(ARRAY[OLD.patient_pk], '{{}}');
-    ELSE
-      PERFORM solent_visibility_refresh(ARRAY[OLD.patient_pk, NEW.patient_pk], '{{}}');
     END IF;
+    PERFORM solent_visibility_refresh(ARRAY[OLD.patient_pk, NEW.patient_pk], '{{}}');
   ELSIF TG_TABLE_NAME = 'orders' THEN
     IF TG_OP = 'UPDATE'
-       AND OLD.nhs_number IS NOT DISTINCT FROM NEW.nhs_number
-       AND OLD.patient_issuer IS NOT DISTINCT FROM NEW.patient_issuer
-       AND OLD.patient_id IS NOT DISTINCT FROM NEW.patient_id
-       AND OLD.patient_birth_date IS NOT DISTINCT FROM NEW.patient_birth_date
-       AND OLD.patient_sex IS NOT DISTINCT FROM NEW.patient_sex THEN
+       AND (OLD.nhs_number, OLD.patient_issuer, OLD.patient_id, OLD.patient_birth_date,
+            OLD.patient_sex)
+           IS NOT DISTINCT FROM
+           (NEW.nhs_number, NEW.patient_issuer, NEW.patient_id, NEW.patient_birth_date,
+            NEW.patient_sex) THEN
       RETURN NULL;
     END IF;
-    IF TG_OP = 'INSERT' THEN
-      PERFORM solent_visibility_refresh('{{}}', ARRAY[NEW.nhs_number]);
-    ELSIF TG_OP = 'DELETE' THEN
-      PERFORM solent_visibility_refresh('{{}}', ARRAY[OLD.nhs_number]);
-    ELSE
-      PERFORM solent_visibility_refresh('{{}}', ARRAY[OLD.nhs_number, NEW.nhs_number]);
-    END IF;
+    PERFORM solent_visibility_refresh('{{}}', ARRAY[OLD.nhs_number, NEW.nhs_number]);
   ELSE  -- patient_link
-    IF TG_OP = 'INSERT' THEN
-      PERFORM solent_visibility_refresh(ARRAY[NEW.patient_a, NEW.patient_b], '{{}}');
-    ELSIF TG_OP = 'DELETE' THEN
-      PERFORM solent_visibility_refresh(ARRAY[OLD.patient_a, OLD.patient_b], '{{}}');
-    ELSE
-      PERFORM solent_visibility_refresh(
-        ARRAY[OLD.patient_a, OLD.patient_b, NEW.patient_a, NEW.patient_b], '{{}}');
-    END IF;
+    PERFORM solent_visibility_refresh(
+      ARRAY[OLD.patient_a, OLD.patient_b, NEW.patient_a, NEW.patient_b], '{{}}');
   END IF;
   RETURN NULL;
 END $$;
