@@ -216,13 +216,21 @@ def _kept_visible(trusts: list[str], granted: list[int]) -> TextualSelect:
 
 @lru_cache(maxsize=64)
 def _kept_sql(n_trusts: int, with_grants: bool) -> TextClause:
-    """The kept rows of the caller's trusts, as a correlatable EXISTS so that a page of studies
-    probes the primary key per candidate instead of reading a trust's million rows."""
+    """The kept rows of the caller's trusts, which the planner flattens into a semi-join: a
+    page of studies probes the primary key per candidate instead of reading a trust's million
+    rows.
+
+    Without grants the rows are the pks themselves: probed with the study's patient_pk, before
+    the patient row is read (at 10 M studies ~1 ms less per date-range page than reaching the
+    table through ``patient``, where more than half the candidates are probed and dropped).
+    """
     names = ", ".join(f":vt{i}" for i in range(n_trusts)) or "NULL"  # parameter names only
+    if not with_grants:
+        return text(
+            f"SELECT kept.patient_pk AS pk FROM patient_visibility AS kept WHERE kept.trust_code IN ({names})"  # noqa: E501, S608
+        )
     kept = f"kept.patient_pk = seen.pk AND kept.trust_code IN ({names})"
     sql = f"SELECT seen.pk FROM patient AS seen WHERE EXISTS (SELECT 1 FROM patient_visibility AS kept WHERE {kept})"  # noqa: E501, S608
-    if not with_grants:
-        return text(sql)
     return text(sql + " OR seen.pk = ANY(:vgranted)").bindparams(
         bindparam("vgranted", type_=ARRAY(BigInteger))
     )
