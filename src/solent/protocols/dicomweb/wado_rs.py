@@ -292,8 +292,8 @@ def _frames_response(
     first = _frame_bytes(svc, who, inst, numbers[0], plan, doc)
     media_type = mp.content_type(plan.media_type, boundary)
     if len(numbers) == 1:
-        body = bodies.single_part(boundary, part_type, first)
-        return Response(body, media_type=media_type, headers=headers)
+        pieces = bodies.single_part(boundary, part_type, first)
+        return bodies.PiecesResponse(pieces, media_type=media_type, headers=headers)
     rest = (_frame_bytes(svc, who, inst, n, plan, doc) for n in numbers[1:])
     parts = bodies.frame_parts(boundary, part_type, first, rest)
     return StreamingResponse(parts, media_type=media_type, headers=headers)
@@ -336,8 +336,9 @@ def retrieve_bulkdata(
         return Response(status_code=304, headers=headers)
     data = svc.bulk_element(who, inst, key)
     boundary = mp.new_boundary()
-    body = bodies.single_part(boundary, neg.OCTETS, data)
-    return Response(body, media_type=mp.content_type(neg.OCTETS, boundary), headers=headers)
+    pieces = bodies.single_part(boundary, neg.OCTETS, data)
+    media_type = mp.content_type(neg.OCTETS, boundary)
+    return bodies.PiecesResponse(pieces, media_type=media_type, headers=headers)
 
 
 # -- rendered and thumbnails ------------------------------------------------------------
