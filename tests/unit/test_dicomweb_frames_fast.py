@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from solent.app import Archive
 from solent.index import reads
-from solent.protocols.dicomweb import frames_fast
+from solent.protocols.dicomweb import frames_fast, wado_rs
 from solent.protocols.http import create_app
 from tests.unit.security_fixtures import add_user, demo, demo_template, study_of
 
@@ -66,9 +66,9 @@ def test_fast_path_is_taken_and_equals_the_route(
     taken: list[str] = []
     answer = frames_fast._answer
 
-    def counted(*args: Any) -> Any:
-        taken.append(args[-1])
-        return answer(*args)
+    def counted(handler: Any, *args: Any) -> Any:
+        taken.append(handler.__name__)
+        return answer(handler, *args)
 
     monkeypatch.setattr(frames_fast, "_answer", counted)
     total = inst.number_of_frames
@@ -88,7 +88,7 @@ def test_fast_path_is_taken_and_equals_the_route(
     for path, extra in cases:
         a, b = fast.get(path, headers={**h, **extra}), route.get(path, headers={**h, **extra})
         assert _normalised(a) == _normalised(b), (path, extra, a.text[:300], b.text[:300])
-    assert len(taken) == len(cases)
+    assert taken.count("frames_at_once") == len(cases)  # every one came the fast way
     etag = fast.get(f"{base}/frames/1", headers={**h, "Accept": NATIVE}).headers["etag"]
     for client in (fast, route):
         r = client.get(f"{base}/frames/1", headers={**h, "Accept": NATIVE, "If-None-Match": etag})
@@ -170,3 +170,38 @@ def test_other_paths_go_to_the_router(
         assert _normalised(a)[:2] == _normalised(b)[:2], path
     assert frames_fast.FRAMES_PATH.match(base) is not None
     assert frames_fast.FRAMES_PATH.match(base + "/rendered") is None
+
+
+def test_repeat_frames_are_answered_at_once_and_recorded_once(
+    demo: Archive, clients: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first frame of a study goes through the thread (access check, VIEW record); the
+    next ones are answered in the event loop with the same bytes and no record; a frame not
+    in the page cache, or any other case, goes through the thread again."""
+    fast, _route = clients
+    h = add_user(demo, "drzb", "ZZB", "clinician")
+    study = study_of(demo, "ZZB", "B7730444")
+    series, sop, _inst = _instance(demo, study)
+    url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1"
+    threaded: list[str] = []
+    real = wado_rs.retrieve_frames
+
+    def in_thread(*args: Any) -> Any:
+        threaded.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(wado_rs, "retrieve_frames", in_thread)
+
+    def views() -> int:
+        return sum(
+            1
+            for r in demo.audit.search()
+            if r["action"] == "view" and r["actor_name"] == "drzb" and r["study_uid"] == study
+        )
+
+    answers = [_normalised(fast.get(url, headers={**h, "Accept": NATIVE})) for _ in range(3)]
+    assert threaded == ["1"] and views() == 1
+    assert answers[0] == answers[1] == answers[2] and answers[0][0] == 200
+    monkeypatch.setattr(type(demo.store), "cached_range", lambda *_: None)  # not in the cache
+    assert _normalised(fast.get(url, headers={**h, "Accept": NATIVE})) == answers[0]
+    assert threaded == ["1", "1"] and views() == 1

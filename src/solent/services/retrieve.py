@@ -126,6 +126,7 @@ class RetrieveService:
         self._access = access
         self._audit = audit
         self.access_cache = AccessCache(access_ttl)
+        self._index_is_local = index.dialect == "sqlite"
         # Keyed by content hash + identity fingerprint (+ variant): never stale, only evicted.
         self.responses: ByteCache[bytes] = ByteCache(cache_bytes // 2, len)
         self._documents: ByteCache[bytes] = ByteCache(cache_bytes // 4, len)
@@ -284,6 +285,29 @@ class RetrieveService:
             raise _not_stored(study_uid, series_uid, sop_instance_uid)
         self._record_read(principal, study_uid, channel, use, len(found))
         return found
+
+    def instance_at_once(
+        self,
+        principal: Principal,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+        *,
+        channel: str,
+    ) -> StoredInstance | None:
+        """What ``instances(..., use="image", with_frames=True)`` finds of one instance, when
+        finding it waits for nothing and writes nothing: the grant is remembered, this caller's
+        VIEW record of the study through ``channel`` is within its window, and the index is a
+        local SQLite file (a read from its page cache). None otherwise, also when it is not
+        found: then call `instances` (from a thread), which decides, records and raises."""
+        if not self._index_is_local or not self.access_cache.granted(principal, study_uid, "view"):
+            return None
+        if not self._audit.coalesces(principal, "view", study_uid=study_uid, channel=channel):
+            return None
+        found = reads.find_instances(
+            self._index, study_uid, series_uid, sop_instance_uid, with_frames=True
+        )
+        return found[0] if len(found) == 1 else None
 
     @staticmethod
     def etag(instances: Sequence[StoredInstance], variant: str) -> str:
@@ -507,6 +531,13 @@ class RetrieveService:
     def stored_frame(self, principal: Principal, inst: StoredInstance, number: int) -> bytes | None:
         """Frame ``number`` (1-based) as stored, by byte range; None if not byte-addressable."""
         return rf.stored_frame(self._store, inst, number)
+
+    def cached_frame(
+        self, principal: Principal, inst: StoredInstance, number: int
+    ) -> bytes | bytearray | None:
+        """`stored_frame` when it is in the page cache (reading it waits for nothing); None
+        otherwise: then call `stored_frame` from a thread."""
+        return rf.cached_frame(self._store, inst, number)
 
     def decoded_frame(
         self, principal: Principal, inst: StoredInstance, number: int, doc: dict[str, Any]

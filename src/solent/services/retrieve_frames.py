@@ -45,6 +45,22 @@ def stored_frame(store: BlobStore, inst: StoredInstance, number: int) -> bytes |
     return b"".join(store.open_range(inst.blob_key, o, n) for o, n in frames[number - 1])
 
 
+def cached_frame(store: BlobStore, inst: StoredInstance, number: int) -> bytes | bytearray | None:
+    """`stored_frame` when every byte of the frame is in the page cache (no wait for a
+    device); None otherwise, or when the frame is not byte-addressable."""
+    check_frames(inst, [number])
+    frames = inst.frames()
+    if frames is None or number > len(frames):
+        return None
+    pieces = []
+    for offset, length in frames[number - 1]:
+        piece = store.cached_range(inst.blob_key, offset, length)
+        if piece is None:
+            return None
+        pieces.append(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
 def native_frame_is_stored(inst: StoredInstance, header: tc.PixelHeader | None) -> bool:
     """True when the stored bytes of a frame already are little-endian native pixels."""
     ts = inst.transfer_syntax_uid

@@ -3,16 +3,19 @@
 A viewer asks hundreds of single frames a second; FastAPI's route matching over every route,
 its dependency resolution and AnyIO's thread hand-off cost more CPU than the frame itself in
 one GIL-bound process. This wraps the application's router (inside the exception middleware,
-outside nothing else): a GET whose path is a frames resource runs the very handler of the
-route (``wado_rs.retrieve_frames``), with its domain errors mapped as the route maps them, on
-a plain thread pool; everything else goes to the router untouched. Authentication, the rate
-limit, error handlers, CORS and compression are the application's own, as for any route.
+outside nothing else): a GET whose path is a frames resource is answered in the event loop by
+``wado_rs.frames_at_once`` when that waits for nothing and writes nothing (a repeat frame of a
+study in the page cache), else by the route's own handler ``wado_rs.retrieve_frames`` on a
+plain thread pool; domain errors are mapped as the route maps them. Everything else goes to
+the router untouched. Authentication, the rate limit, error handlers, CORS and compression are
+the application's own, as for any route.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,7 +29,8 @@ from solent.protocols.dicomweb.common import PREFIX, as_http_error
 FRAMES_PATH = re.compile(
     "^" + re.escape(PREFIX) + r"/studies/([^/]+)/series/([^/]+)/instances/([^/]+)/frames/([^/]+)$"
 )
-# Threads for the handler: its work is an index read and a pread (both release the GIL).
+Handler = Callable[[Request, str, str, str, str], Response | None]
+# Threads for what may wait: access checks, audit writes, disk reads, decoding.
 WORKERS = 16
 
 
@@ -67,17 +71,20 @@ class FramesFastPath:
             "frame_list": frame_list,
         }
         request = Request(scope, receive, send)
-        loop = asyncio.get_running_loop()
-        response = await loop.run_in_executor(
-            self.pool, _answer, request, study, series, sop, frame_list
-        )
+        response = _answer(wado_rs.frames_at_once, request, study, series, sop, frame_list)
+        if response is None:
+            loop = asyncio.get_running_loop()
+            response = await loop.run_in_executor(
+                self.pool, _answer, wado_rs.retrieve_frames, request, study, series, sop, frame_list
+            )
+        assert response is not None  # retrieve_frames always answers
         await response(scope, receive, send)
 
 
-def _answer(request: Request, study: str, series: str, sop: str, frame_list: str) -> Response:
-    """The route's handler, its domain errors raised as the route raises them."""
+def _answer(handler: Handler, request: Request, *uids: str) -> Response | None:
+    """``handler``'s answer, its domain errors raised as the route raises them."""
     try:
-        return wado_rs.retrieve_frames(request, study, series, sop, frame_list)
+        return handler(request, *uids)
     except Exception as exc:
         mapped = as_http_error(exc)
         if mapped is None:

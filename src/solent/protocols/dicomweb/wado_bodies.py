@@ -24,6 +24,7 @@ from solent.services.retrieve import RetrieveService
 
 log = logging.getLogger(__name__)
 COALESCE = 2 << 20  # bytes per streamed chunk of a WADO-RS response
+Buffer = bytes | bytearray  # a frame read into a buffer of its own is not copied into bytes
 
 
 def location(base: str, inst: StoredInstance) -> str:
@@ -121,7 +122,7 @@ def instance_parts(
     yield mp.closing(boundary)
 
 
-def single_part(boundary: str, part_type: str, data: bytes) -> tuple[bytes, ...]:
+def single_part(boundary: str, part_type: str, data: Buffer) -> tuple[Buffer, ...]:
     """A body of one part held in memory (one frame, one bulk data element), as its pieces.
 
     Never joined: chained ``+`` copied a 512 KB frame three times and one join still once, each
@@ -135,7 +136,7 @@ class PiecesResponse(Response):
     server writes them together); Content-Length is their sum."""
 
     def __init__(
-        self, pieces: Sequence[bytes], *, media_type: str, headers: dict[str, str]
+        self, pieces: Sequence[Buffer], *, media_type: str, headers: dict[str, str]
     ) -> None:
         self.pieces = tuple(pieces)
         length = str(sum(len(p) for p in self.pieces))
@@ -151,7 +152,7 @@ class PiecesResponse(Response):
 
 
 def frame_parts(
-    boundary: str, part_type: str, first: bytes, rest: Iterable[bytes]
+    boundary: str, part_type: str, first: Buffer, rest: Iterable[bytes]
 ) -> Iterator[bytes]:
     """Frames as parts, streamed; ``first`` was made before answering (a clean error)."""
     yield b"".join((mp.part_head(boundary, part_type), first, b"\r\n"))
