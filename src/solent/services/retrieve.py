@@ -533,11 +533,18 @@ class RetrieveService:
         return rf.stored_frame(self._store, inst, number)
 
     def cached_frame(
-        self, principal: Principal, inst: StoredInstance, number: int
-    ) -> bytes | bytearray | None:
-        """`stored_frame` when it is in the page cache (reading it waits for nothing); None
+        self,
+        principal: Principal,
+        inst: StoredInstance,
+        number: int,
+        *,
+        before: bytes = b"",
+        after: bytes = b"",
+    ) -> bytearray | None:
+        """`stored_frame` between ``before`` and ``after`` in one buffer (sent in one write,
+        not copied) when it is in the page cache (reading it waits for nothing); None
         otherwise: then call `stored_frame` from a thread."""
-        return rf.cached_frame(self._store, inst, number)
+        return rf.cached_frame(self._store, inst, number, before, after)
 
     def decoded_frame(
         self, principal: Principal, inst: StoredInstance, number: int, doc: dict[str, Any]

@@ -239,24 +239,23 @@ class FileBlobStore:
             raise StorageError(f"blob {key} is shorter than expected")
         return data
 
-    def cached_range(self, key: str, start: int, length: int) -> bytearray | None:
+    def cached_range_into(self, key: str, start: int, into: memoryview) -> bool:
         """Read with RWF_NOWAIT: the kernel answers EAGAIN rather than wait for the disk, so an
-        event loop may call this; None when any of the range is not in the page cache."""
+        event loop may call this; False when any of the range is not in the page cache."""
         if NOWAIT is None:
-            return None
+            return False
         try:
             fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            return None
+            return False
         try:
-            buf = bytearray(length)
-            got = os.preadv(fd, [buf], start, NOWAIT)
+            got = os.preadv(fd, [into], start, NOWAIT)
         except OSError:  # EAGAIN (not cached), EOPNOTSUPP (no RWF_NOWAIT here)...
-            return None
+            return False
         finally:
             os.close(fd)
         # A short read may be a partly cached range, or a short blob: open_range tells which.
-        return buf if got == length else None  # bytes-like; not copied into a bytes object
+        return got == len(into)
 
     def size(self, key: str) -> int:
         try:

@@ -270,6 +270,18 @@ def _frame_bytes(
     return svc.frame_as(who, inst, number, plan.transfer_syntax, doc)
 
 
+def _frames_head(
+    request: Request, svc: RetrieveService, inst: StoredInstance, plan: neg.FramePlan, variant: str
+) -> tuple[dict[str, str], Response | None]:
+    """The caching headers of a frames answer, and the 304 when the caller has it already."""
+    etag = svc.etag([inst], f"{variant}|{plan.media_type}|{plan.transfer_syntax}")
+    headers = immutable_headers(etag, _replace_policy(request))
+    headers["Vary"] = "Accept"  # the syntax sent depends on it: a cache must key on it
+    if not_modified(request, etag):
+        return headers, Response(status_code=304, headers=headers)
+    return headers, None
+
+
 def _frames_response(
     request: Request,
     svc: RetrieveService,
@@ -277,23 +289,16 @@ def _frames_response(
     inst: StoredInstance,
     numbers: list[int],
     variant: str,
-    at_once: tuple[neg.FramePlan, bodies.Buffer] | None = None,
 ) -> Response:
-    """``at_once``: the plan and the first frame, found by `frames_at_once` already."""
-    if at_once is None:
-        plan = neg.negotiate_pixels(_ranges(request), inst.transfer_syntax_uid)
-        svc.check_frames(inst, numbers)
-    else:
-        plan = at_once[0]
-    etag = svc.etag([inst], f"{variant}|{plan.media_type}|{plan.transfer_syntax}")
-    headers = immutable_headers(etag, _replace_policy(request))
-    headers["Vary"] = "Accept"  # the syntax sent depends on it: a cache must key on it
-    if not_modified(request, etag):
-        return Response(status_code=304, headers=headers)
+    plan = neg.negotiate_pixels(_ranges(request), inst.transfer_syntax_uid)
+    svc.check_frames(inst, numbers)
+    headers, unchanged = _frames_head(request, svc, inst, plan, variant)
+    if unchanged is not None:
+        return unchanged
     doc = None if _direct(inst, plan) else svc.metadata_of(who, inst)
     boundary = mp.new_boundary()
     part_type = _part_type(plan)
-    first = at_once[1] if at_once else _frame_bytes(svc, who, inst, numbers[0], plan, doc)
+    first = _frame_bytes(svc, who, inst, numbers[0], plan, doc)
     media_type = mp.content_type(plan.media_type, boundary)
     if len(numbers) == 1:
         pieces = bodies.single_part(boundary, part_type, first)
@@ -340,11 +345,18 @@ def frames_at_once(
         return None
     plan = neg.negotiate_pixels(_ranges(request), inst.transfer_syntax_uid)
     svc.check_frames(inst, numbers)
-    first = svc.cached_frame(who, inst, numbers[0]) if _direct(inst, plan) else None
-    if first is None:
+    if not _direct(inst, plan):
         return None
-    variant = "frames|" + frame_list
-    return _frames_response(request, svc, who, inst, numbers, variant, (plan, first))
+    headers, unchanged = _frames_head(request, svc, inst, plan, "frames|" + frame_list)
+    if unchanged is not None:
+        return unchanged
+    boundary = mp.new_boundary()
+    head, tail = bodies.single_part_frame(boundary, _part_type(plan))
+    body = svc.cached_frame(who, inst, numbers[0], before=head, after=tail)
+    if body is None:
+        return None
+    media_type = mp.content_type(plan.media_type, boundary)
+    return bodies.PiecesResponse((body,), media_type=media_type, headers=headers)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path:path}")
