@@ -126,7 +126,6 @@ class RetrieveService:
         self._access = access
         self._audit = audit
         self.access_cache = AccessCache(access_ttl)
-        self._index_is_local = index.dialect == "sqlite"
         # Keyed by content hash + identity fingerprint (+ variant): never stale, only evicted.
         self.responses: ByteCache[bytes] = ByteCache(cache_bytes // 2, len)
         self._documents: ByteCache[bytes] = ByteCache(cache_bytes // 4, len)
@@ -297,10 +296,12 @@ class RetrieveService:
     ) -> StoredInstance | None:
         """What ``instances(..., use="image", with_frames=True)`` finds of one instance, when
         finding it waits for nothing and writes nothing: the grant is remembered, this caller's
-        VIEW record of the study through ``channel`` is within its window, and the index is a
-        local SQLite file (a read from its page cache). None otherwise, also when it is not
-        found: then call `instances` (from a thread), which decides, records and raises."""
-        if not self._index_is_local or not self.access_cache.granted(principal, study_uid, "view"):
+        VIEW record of the study through ``channel`` is within its window, and the index reads
+        at once (`Index.reads_at_once`). None otherwise, also when it is not found: then call
+        `instances` (from a thread), which decides, records and raises."""
+        if not self.access_cache.granted(principal, study_uid, "view"):
+            return None
+        if not self._index.reads_at_once():
             return None
         if not self._audit.coalesces(principal, "view", study_uid=study_uid, channel=channel):
             return None
