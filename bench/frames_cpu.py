@@ -1,6 +1,6 @@
 """Server CPU per WADO-RS `/frames` request, A/B against another source tree (issue 14).
 
-    python -m bench.frames_cpu [--slices 100] [--seconds 4] [--pairs 5] [--base-src DIR]
+    python -m bench frames [--slices 100] [--seconds 4] [--pairs 5] [--base-src DIR]
                                [--http-port 19100] [--profile DIR]
 
 One data dir holds a ``--slices`` CT (imported once); `solent serve` is started on it in turn
@@ -8,8 +8,8 @@ from this tree and, with ``--base-src`` (e.g. ``git archive main src | tar -x -C
 from that one (PYTHONPATH first), alternating which goes first. Each run: 8 threads ask random
 single frames for ``--seconds`` after a 1 s warm-up; the server's CPU (utime+stime from /proc)
 over the timed window divided by the frames served is the figure to compare on a shared
-machine, frames/s the one that moves with others' load. ``--profile DIR`` attaches py-spy to
-this tree's server during its timed window (one SVG per run).
+machine, frames/s the one that moves with others' load. ``--profile DIR`` attaches py-spy
+(``--gil``, raw collapsed stacks, one file per run) to this tree's server in its timed window.
 """
 
 from __future__ import annotations
