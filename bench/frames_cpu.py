@@ -1,7 +1,7 @@
 """Server CPU per WADO-RS `/frames` request, A/B against another source tree (issue 14).
 
     python -m bench frames [--slices 100] [--seconds 4] [--pairs 5] [--base-src DIR]
-                               [--http-port 19100] [--profile DIR]
+                           [--http-port 19100] [--profile DIR]
 
 One data dir holds a ``--slices`` CT (imported once); `solent serve` is started on it in turn
 from this tree and, with ``--base-src`` (e.g. ``git archive main src | tar -x -C /tmp/base``),
