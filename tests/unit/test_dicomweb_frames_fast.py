@@ -170,6 +170,12 @@ def test_other_paths_go_to_the_router(
         assert _normalised(a)[:2] == _normalised(b)[:2], path
     assert frames_fast.FRAMES_PATH.match(base) is not None
     assert frames_fast.FRAMES_PATH.match(base + "/rendered") is None
+    # The pixel data's bulk data URI shares the frames' answer (through the router).
+    instance = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    bulk = fast.get(f"{instance}/bulkdata/7FE00010", headers={**h, "Accept": NATIVE})
+    frame = fast.get(base, headers={**h, "Accept": NATIVE})
+    assert bulk.status_code == frame.status_code == 200, bulk.text
+    assert _normalised(bulk)[2] == _normalised(frame)[2]
 
 
 def test_repeat_frames_are_answered_at_once_and_recorded_once(
