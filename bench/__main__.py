@@ -24,6 +24,7 @@ COMMANDS = {
     "load": ("bench.load", "a scaled peak hour with locust on 1 and 3 nodes (PostgreSQL)"),
     "audit": ("bench.audit_verify", "solent audit verify: keyed (HMAC) vs plain chain, records/s"),
     "viewer": ("bench.viewer", "browser viewer: first image and full 100-slice CT, loopback + WAN"),
+    "frames": ("bench.frames_cpu", "server CPU per /frames request, A/B against another tree"),
 }
 ALL = "all"  # every command above, in order, with its default arguments
 DEFAULT = "compare"  # issue 7: `make bench` is Solent vs Orthanc side by side

@@ -339,3 +339,41 @@ def test_open_streams_with_seeks_in_bounded_memory(store: BlobStore, tmp_path: P
         tracemalloc.stop()
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
     assert peak < 4 << 20, f"reading the blob held {peak >> 20} MB at once"
+
+
+def _cached(store: BlobStore, key: str, start: int, length: int) -> bytes | None:
+    buf = bytearray(length)
+    return bytes(buf) if store.cached_range_into(key, start, memoryview(buf)) else None
+
+
+def test_cached_range_is_the_range_or_nothing(store: BlobStore) -> None:
+    """What an event loop may read: the same bytes as open_range, or nothing (never a wait
+    for the network; never a wrong or short answer, nor an error for a missing blob)."""
+    data = os.urandom(70_000)
+    key = _key(data)
+    store.put_bytes(key, data)
+    store.open_range(key, 1000, 5000)  # in the page cache now (filesystem)
+    got = _cached(store, key, 1000, 5000)
+    if isinstance(store, S3BlobStore):
+        assert got is None
+    else:
+        assert got == data[1000:6000]
+    assert _cached(store, key, 69_000, 5000) is None  # past the end: open_range's error
+    assert _cached(store, _key(b"absent"), 0, 10) is None
+
+
+def test_cached_range_does_not_wait_for_the_disk(tmp_path: Path) -> None:
+    store = open_blob_store((tmp_path / "blobs").as_uri())
+    data = os.urandom(256 * 1024)
+    key = _key(data)
+    store.put_bytes(key, data)
+    path = next(p for p in (tmp_path / "blobs").rglob("*") if p.is_file())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache
+    finally:
+        os.close(fd)
+    assert _cached(store, key, 0, len(data)) is None
+    assert store.open_range(key, 0, len(data)) == data
+    assert _cached(store, key, 0, len(data)) == data

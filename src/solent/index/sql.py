@@ -39,6 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
+from sqlalchemy.pool import QueuePool
 
 from solent.domain.principal import Principal
 from solent.domain.records import NodeRow, TrustRow
@@ -145,6 +146,13 @@ class Index:
     def read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn, conn.begin():
             yield conn
+
+    def reads_at_once(self) -> bool:
+        """True when a `read` now waits for no one: the index is a local SQLite file (a WAL
+        reader takes no lock) and a pooled connection is idle (else checking one out could
+        wait for another thread's). What an event loop may do; racy, so a hint only."""
+        pool = self.engine.pool
+        return self.dialect == "sqlite" and isinstance(pool, QueuePool) and pool.checkedin() > 0
 
     def write(
         self, fn: Callable[[Connection], T], *, attempts: int = 8, relaxed: bool = False

@@ -3,16 +3,20 @@
 A local bearer token names the user's session epoch; one issued before a password change (or
 "log out everywhere") no longer matches and is refused.
 
-User rows and API-token look-ups are remembered for ``LOOKUP_TTL_S`` per process: a viewer
-sends hundreds of /frames requests a second, and two index reads per request cost more than
-the frame. A user disabled or a token revoked is refused within that time.
+User rows, API-token look-ups and verified local tokens' claims are remembered for
+``LOOKUP_TTL_S`` per process: a viewer sends hundreds of /frames requests a second, and two
+index reads (or a signature check) per request cost more than the frame. A user disabled or a
+token revoked is refused within that time. ``remembered`` answers from those memories alone,
+so the HTTP middleware can skip the thread hand-off a look-up would need.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 from solent.domain.principal import Principal, PrincipalKind
 from solent.index import security as sec
@@ -26,6 +30,7 @@ from solent.settings import Settings
 from solent.ttl_cache import TtlCache
 
 LOOKUP_TTL_S = 2.0
+JWT_LEEWAY_S = 5  # as tokens.verify_local: expired once exp <= now - leeway
 
 
 class AuthenticationFailed(Exception):
@@ -42,6 +47,10 @@ class Authenticator:
             LOOKUP_TTL_S, generation=sec.generation
         )
         self._tokens: TtlCache[tuple[str, datetime | None] | None] = TtlCache(
+            LOOKUP_TTL_S, generation=sec.generation
+        )
+        # local token -> (sub, session epoch, exp) of a token whose signature was checked
+        self._verified: TtlCache[tuple[str, Any, float]] = TtlCache(
             LOOKUP_TTL_S, generation=sec.generation
         )
         if settings.oidc_issuer:
@@ -64,7 +73,39 @@ class Authenticator:
             claims = tokens.verify_local(self.users.key, token)
         except TokenInvalid as exc:
             raise AuthenticationFailed(str(exc)) from exc
-        return self._user(str(claims["sub"]), address, session_epoch=claims.get("sep", 0))
+        sub, epoch = str(claims["sub"]), claims.get("sep", 0)
+        self._verified.put(token, (sub, epoch, float(claims["exp"])))
+        return self._user(sub, address, session_epoch=epoch)
+
+    def remembered(self, token: str, address: str | None) -> Principal | None:
+        """The principal of a bearer token when every look-up it needs is remembered and
+        grants it (no index read, no signature check); None when anything would need work,
+        or would refuse: then `bearer` decides (and a refusal is audited as usual)."""
+        token = token.strip()
+        if token.startswith(tokens.API_TOKEN_PREFIX):
+            hit, found = self._tokens.lookup(tokens.api_token_digest(token))
+            if not hit or found is None:
+                return None
+            user, expires = found
+            if expires is not None:
+                if expires.tzinfo is None:
+                    expires = expires.replace(tzinfo=UTC)
+                if expires <= datetime.now(UTC):
+                    return None
+            epoch: object = None
+        else:
+            hit, verified = self._verified.lookup(token)
+            if not hit or verified is None:
+                return None
+            user, epoch, exp = verified
+            if exp <= time.time() - JWT_LEEWAY_S:
+                return None
+        hit, row = self._users.lookup(user)
+        if not hit or row is None or row.disabled:
+            return None
+        if epoch is not None and epoch != row.session_epoch:
+            return None
+        return principal_of(row, address)
 
     def basic(self, header_value: str, address: str | None) -> tuple[str, str]:
         try:

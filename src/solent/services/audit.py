@@ -170,6 +170,20 @@ class AuditTrail:
             lambda conn: self.append_in(conn, fields), relaxed=fields["action"] in READ_ACTIONS
         )
 
+    def coalesces(
+        self,
+        principal: Principal,
+        action: AuditAction | str,
+        *,
+        study_uid: str,
+        channel: str,
+        window_s: float = VIEW_WINDOW_S,
+    ) -> bool:
+        """True when `record_coalesced` would write nothing now: the record of this access is
+        within its window (so a caller that may not wait for a write can go on)."""
+        last = self._recent.get(_coalescing_key(principal, action, study_uid, channel))
+        return last is not None and time.monotonic() - last < window_s
+
     def record_coalesced(
         self,
         principal: Principal,
@@ -186,15 +200,7 @@ class AuditTrail:
         For per-image requests (rendered, thumbnail, frames): the first request of a viewing
         session leaves the record, the following hundreds cost a dictionary look-up.
         """
-        key = (
-            principal.kind.value,
-            principal.name,
-            principal.trust or "",
-            principal.address or "",
-            AuditAction(action).value,
-            study_uid,
-            channel,
-        )
+        key = _coalescing_key(principal, action, study_uid, channel)
         now = time.monotonic()
         with self._recent_lock:
             last = self._recent.get(key)
@@ -282,3 +288,18 @@ class AuditTrail:
 
     def iter_records(self, after_seq: int = 0) -> Any:
         return store.iter_records(self._index, after_seq)
+
+
+def _coalescing_key(
+    principal: Principal, action: AuditAction | str, study_uid: str, channel: str
+) -> tuple[str, ...]:
+    """What makes two accesses "the same" for `AuditTrail.record_coalesced`."""
+    return (
+        principal.kind.value,
+        principal.name,
+        principal.trust or "",
+        principal.address or "",
+        AuditAction(action).value,
+        study_uid,
+        channel,
+    )

@@ -285,6 +285,31 @@ class RetrieveService:
         self._record_read(principal, study_uid, channel, use, len(found))
         return found
 
+    def instance_at_once(
+        self,
+        principal: Principal,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+        *,
+        channel: str,
+    ) -> StoredInstance | None:
+        """What ``instances(..., use="image", with_frames=True)`` finds of one instance, when
+        finding it waits for nothing and writes nothing: the grant is remembered, this caller's
+        VIEW record of the study through ``channel`` is within its window, and the index reads
+        at once (`Index.reads_at_once`). None otherwise, also when it is not found: then call
+        `instances` (from a thread), which decides, records and raises."""
+        if not self.access_cache.granted(principal, study_uid, "view"):
+            return None
+        if not self._index.reads_at_once():
+            return None
+        if not self._audit.coalesces(principal, "view", study_uid=study_uid, channel=channel):
+            return None
+        found = reads.find_instances(
+            self._index, study_uid, series_uid, sop_instance_uid, with_frames=True
+        )
+        return found[0] if len(found) == 1 else None
+
     @staticmethod
     def etag(instances: Sequence[StoredInstance], variant: str) -> str:
         """Strong validator: the content hashes of the instances plus the response variant."""
@@ -507,6 +532,20 @@ class RetrieveService:
     def stored_frame(self, principal: Principal, inst: StoredInstance, number: int) -> bytes | None:
         """Frame ``number`` (1-based) as stored, by byte range; None if not byte-addressable."""
         return rf.stored_frame(self._store, inst, number)
+
+    def cached_frame(
+        self,
+        principal: Principal,
+        inst: StoredInstance,
+        number: int,
+        *,
+        before: bytes = b"",
+        after: bytes = b"",
+    ) -> bytearray | None:
+        """`stored_frame` between ``before`` and ``after`` in one buffer (sent in one write,
+        not copied) when it is in the page cache (reading it waits for nothing); None
+        otherwise: then call `stored_frame` from a thread."""
+        return rf.cached_frame(self._store, inst, number, before, after)
 
     def decoded_frame(
         self, principal: Principal, inst: StoredInstance, number: int, doc: dict[str, Any]

@@ -45,6 +45,30 @@ def stored_frame(store: BlobStore, inst: StoredInstance, number: int) -> bytes |
     return b"".join(store.open_range(inst.blob_key, o, n) for o, n in frames[number - 1])
 
 
+def cached_frame(
+    store: BlobStore, inst: StoredInstance, number: int, before: bytes, after: bytes
+) -> bytearray | None:
+    """``before`` + `stored_frame` + ``after`` in one buffer, the frame read straight into it,
+    when every byte of the frame is in the page cache (no wait for a device); None otherwise,
+    or when the frame is not byte-addressable."""
+    check_frames(inst, [number])
+    frames = inst.frames()
+    if frames is None or number > len(frames):
+        return None
+    ranges = frames[number - 1]
+    size = sum(length for _offset, length in ranges)
+    buf = bytearray(len(before) + size + len(after))
+    view = memoryview(buf)
+    view[: len(before)] = before
+    at = len(before)
+    for offset, length in ranges:
+        if not store.cached_range_into(inst.blob_key, offset, view[at : at + length]):
+            return None
+        at += length
+    view[at:] = after
+    return buf
+
+
 def native_frame_is_stored(inst: StoredInstance, header: tc.PixelHeader | None) -> bool:
     """True when the stored bytes of a frame already are little-endian native pixels."""
     ts = inst.transfer_syntax_uid

@@ -67,6 +67,11 @@ class BlobStore(Protocol):
 
     def open_range(self, key: str, start: int, length: int) -> bytes: ...
 
+    def cached_range_into(self, key: str, start: int, into: memoryview) -> bool:
+        """Fill ``into`` with the blob's bytes from ``start`` when they can be had without
+        waiting for a device or the network (in the page cache); False otherwise, and for any
+        doubt (then use open_range)."""
+
     def size(self, key: str) -> int: ...
 
     def exists(self, key: str) -> bool: ...

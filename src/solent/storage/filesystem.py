@@ -20,6 +20,8 @@ from typing import BinaryIO
 from solent.errors import NotFound, StorageError
 from solent.storage.base import Placement, check_key, is_key
 
+NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+
+
 
 def fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -236,6 +238,24 @@ class FileBlobStore:
         if len(data) != length:
             raise StorageError(f"blob {key} is shorter than expected")
         return data
+
+    def cached_range_into(self, key: str, start: int, into: memoryview) -> bool:
+        """Read with RWF_NOWAIT: the kernel answers EAGAIN rather than wait for the disk, so an
+        event loop may call this; False when any of the range is not in the page cache."""
+        if NOWAIT is None:
+            return False
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            got = os.preadv(fd, [into], start, NOWAIT)
+        except OSError:  # EAGAIN (not cached), EOPNOTSUPP (no RWF_NOWAIT here)...
+            return False
+        finally:
+            os.close(fd)
+        # A short read may be a partly cached range, or a short blob: open_range tells which.
+        return got == len(into)
 
     def size(self, key: str) -> int:
         try:

@@ -185,6 +185,9 @@ class S3BlobStore:
         reader = _ObjectReader(self._get, key, self._get(key))
         return cast(BinaryIO, io.BufferedReader(reader, buffer_size=READ_BUFFER))
 
+    def cached_range_into(self, key: str, start: int, into: memoryview) -> bool:
+        return False  # every read is a request over the network
+
     def open_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
             return b""

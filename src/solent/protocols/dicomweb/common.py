@@ -66,6 +66,15 @@ def error_status(exc: Exception) -> tuple[int, str] | None:
     return None if mapped is None else (mapped[0], mapped[1])
 
 
+def as_http_error(exc: Exception) -> HTTPException | None:
+    """The HTTPException a DICOMweb handler's domain error becomes; None for an HTTPException
+    (raised as it is) and for unexpected errors (left to the server's 500)."""
+    if isinstance(exc, HTTPException):
+        return None
+    mapped = error_status(exc)
+    return None if mapped is None else HTTPException(mapped[0], mapped[1])
+
+
 class DicomWebRoute(APIRoute):
     """Maps domain errors raised by a handler to their HTTP status with a readable body."""
 
@@ -75,13 +84,11 @@ class DicomWebRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
-            except HTTPException:
-                raise
             except Exception as exc:
-                mapped = error_status(exc)
+                mapped = as_http_error(exc)
                 if mapped is None:
                     raise
-                raise HTTPException(mapped[0], mapped[1]) from exc
+                raise mapped from exc
 
         return route
 

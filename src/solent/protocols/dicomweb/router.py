@@ -1,11 +1,11 @@
-"""Assembles the DICOMweb routes under /dicomweb and the CORS policy for them."""
+"""Assembles the DICOMweb routes under /dicomweb, the /frames fast path and the CORS policy."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from solent.protocols.dicomweb import capabilities, stow_rs, wado_rs, wado_uri
+from solent.protocols.dicomweb import capabilities, frames_fast, stow_rs, wado_rs, wado_uri
 from solent.protocols.dicomweb.common import PREFIX
 from solent.services.registry import Services
 
@@ -30,6 +30,7 @@ def install(app: FastAPI, services: Services) -> None:
     app.include_router(build_router(), prefix=PREFIX, tags=["DICOMweb"])
     app.include_router(wado_uri.router, prefix=PREFIX, tags=["DICOMweb"])
     app.include_router(capabilities.router, prefix=PREFIX, tags=["DICOMweb"])
+    frames_fast.install(app)  # /frames GETs skip FastAPI's routing (issue 14)
     origins = [o.strip() for o in services.settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(
