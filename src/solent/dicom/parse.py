@@ -24,6 +24,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from solent.dicom.frames import Frame, PixelLayout, read_pixel_data
+from solent.dicom.header_scan import read_header
 from solent.dicom.inflate import (
     InflateLimits,
     InflateRefused,
@@ -276,13 +277,16 @@ def parse_file(
     force_transfer_syntax: str | None = None,
     inflate: InflateLimits | None = None,
     opened: BinaryIO | None = None,
+    header_scan: bool = True,
 ) -> ParsedInstance:
     """Parse one stored-as-received file. Raises RejectedInstance with a readable reason.
 
     A deflated file is first inflated as a counted stream against ``inflate`` (default
     limits when None), so pydicom's all-in-memory inflate only ever meets a bounded file.
     ``opened``: the file already open (ingest moves a spool into the store meanwhile, so its
-    path may be gone); the caller closes it.
+    path may be gone); the caller closes it. ``header_scan=False`` reads every header with
+    pydicom (header_scan.read_header gives the same dataset for the files it takes; tests
+    compare the two).
     """
     # warnings.catch_warnings swaps process-global state: two threads parsing at once could
     # swallow each other's truncation warnings and give a file a different verdict. Parsing is
@@ -301,7 +305,7 @@ def parse_file(
                 check_inflated_size(fp, offset, size, inflate or InflateLimits())
                 fp.seek(0)
             try:
-                parsed = _parse(fp, size, nhs_tag, force_transfer_syntax, caught)
+                parsed = _parse(fp, size, nhs_tag, force_transfer_syntax, caught, header_scan)
             finally:
                 global _parsing
                 _parsing = None
@@ -334,12 +338,24 @@ def _parse(
     nhs_tag: str,
     force_ts: str | None,
     caught: list[warnings.WarningMessage] | None = None,
+    header_scan: bool = True,
 ) -> ParsedInstance:
     if size < 8:
         raise RejectedInstance(RejectReason.MALFORMED, f"file is only {size} bytes")
     # One full structural parse; values above DEFER_SIZE stay on disk (read lazily by path),
-    # so Pixel Data is located, never loaded, for native images.
-    ds = pydicom.dcmread(fp, defer_size=DEFER_SIZE, force=True)
+    # so Pixel Data is located, never loaded, for native images. The common file is cut from
+    # one read of its header (header_scan); pydicom reads every other one.
+    ds: Any = None
+    start = fp.tell()
+    if header_scan and start == 0:
+        seen = len(caught) if caught is not None else 0
+        ds = read_header(fp, size, DEFER_SIZE)
+        if ds is None:
+            if caught is not None:
+                del caught[seen:]  # what the declined attempt warned is not this file's
+            fp.seek(start)
+    if ds is None:
+        ds = pydicom.dcmread(fp, defer_size=DEFER_SIZE, force=True)
     as_read = dict(ds._dict)  # the elements as read, before anything below converts them
     if caught is not None:
         global _parsing
