@@ -33,6 +33,7 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 def _clear_caches() -> None:
     metadata_json._JSON_CACHE.clear()
     parse._VALUE_CACHE.clear()
+    parse._NHS_CACHE.clear()
 
 
 def _outcome(path: Path, scan: bool, nhs_tag: str = "") -> Any:

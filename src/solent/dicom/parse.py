@@ -34,6 +34,7 @@ from solent.dicom.inflate import (
 from solent.dicom.metadata_json import (
     _JSON_CACHE_MAX,
     _JSON_CACHE_VALUE_MAX,
+    _SEQUENCE_VALUE_MAX,
     _cacheable_tag,
     metadata_json,
 )
@@ -168,11 +169,9 @@ def _required_int(ds: Dataset, keyword: str, *, minimum: int = 1) -> int:
 def nhs_number_of(ds: Dataset, extra_tag: str = "") -> str | None:
     """The NHS number from Other Patient IDs Sequence (issuer NHS) or a configured tag."""
     try:
-        for item in ds.get("OtherPatientIDsSequence", []) or []:
-            if str(item.get("IssuerOfPatientID", "")).strip().upper() == nhs_number.NHS_ISSUER:
-                value = nhs_number.normalise(str(item.get("PatientID", "")))
-                if value:
-                    return value
+        value = _nhs_in_sequence(ds)
+        if value:
+            return value
         if extra_tag:
             if "," in extra_tag:
                 g, e = extra_tag.split(",")
@@ -185,6 +184,56 @@ def nhs_number_of(ds: Dataset, extra_tag: str = "") -> str | None:
                 return value
     except Exception:
         return None
+    return None
+
+
+OTHER_PATIENT_IDS = BaseTag(0x00101002)
+# The NHS number of an Other Patient IDs Sequence by the sequence's raw encoding (the same
+# reasoning as _VALUE_CACHE: a series repeats it in every slice, and reading it meant
+# converting the sequence and its items through pydicom). The answer depends on the items'
+# Patient ID and Issuer of Patient ID only, that is on the sequence's bytes and the dataset's
+# character set. A failure is kept as _FAILED; nothing that warned is kept.
+_NHS_CACHE: dict[tuple[Any, ...], object] = {}  # str, None or _FAILED
+_FAILED = object()
+_MISSING = object()
+
+
+def _nhs_in_sequence(ds: Dataset) -> str | None:
+    current = _parsing
+    r = ds._dict.get(OTHER_PATIENT_IDS)
+    if (
+        current is None
+        or current[0] is not ds
+        or not isinstance(r, RawDataElement)
+        or r.value is None
+        or len(r.value) > _SEQUENCE_VALUE_MAX
+    ):
+        return _nhs_in_sequence_uncached(ds)
+    _, caught, encoding = current
+    key = (r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+    hit = _NHS_CACHE.get(key, _MISSING)
+    if hit is _MISSING:
+        seen = len(caught)
+        try:
+            hit = _nhs_in_sequence_uncached(ds)
+        except Exception:
+            hit = _FAILED
+        if len(caught) == seen:
+            if len(_NHS_CACHE) >= _JSON_CACHE_MAX:
+                _NHS_CACHE.clear()
+            _NHS_CACHE[key] = hit
+    if hit is _FAILED:
+        raise InvalidInput("Other Patient IDs Sequence cannot be read")  # nhs_number_of: None
+    return hit if isinstance(hit, str) else None
+
+
+
+def _nhs_in_sequence_uncached(ds: Dataset) -> str | None:
+    for item in ds.get("OtherPatientIDsSequence", []) or []:
+        if str(item.get("IssuerOfPatientID", "")).strip().upper() == nhs_number.NHS_ISSUER:
+            value = nhs_number.normalise(str(item.get("PatientID", "")))
+            if value:
+                return value
     return None
 
 
