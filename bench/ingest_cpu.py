@@ -3,7 +3,8 @@
 Spooled copies of the cached CT series go through ``Ingestor.ingest_file(move=True)`` into a
 fresh SQLite archive, no network; ``time.process_time`` over the loop divided by the count is
 the figure (CPU, so other load on the machine moves it less than wall time). ``--parse-only``
-times ``parse_file`` alone on the same files (hash given, so not timed); ``--profile FILE`` writes a cProfile of the loop.
+times ``parse_file`` alone on the same files (hash given, so not timed); ``--profile FILE``
+writes a cProfile of the loop.
 
 `python -m bench.ingest_cpu [--slices 100] [--rounds 5] [--parse-only] [--profile out.prof]`
 """
