@@ -227,7 +227,6 @@ def _nhs_in_sequence(ds: Dataset) -> str | None:
     return hit if isinstance(hit, str) else None
 
 
-
 def _nhs_in_sequence_uncached(ds: Dataset) -> str | None:
     for item in ds.get("OtherPatientIDsSequence", []) or []:
         if str(item.get("IssuerOfPatientID", "")).strip().upper() == nhs_number.NHS_ISSUER:
@@ -238,7 +237,9 @@ def _nhs_in_sequence_uncached(ds: Dataset) -> str | None:
 
 
 def _layout(ds: Dataset) -> PixelLayout | None:
-    if "Rows" not in ds and "Columns" not in ds:
+    # Presence by tag (Rows, Columns, Number of Frames): what `keyword in ds` asks, without
+    # the keyword look-up.
+    if 0x00280010 not in ds._dict and 0x00280011 not in ds._dict:
         return None
     rows = _required_int(ds, "Rows")
     cols = _required_int(ds, "Columns")
@@ -256,7 +257,7 @@ def _layout(ds: Dataset) -> PixelLayout | None:
     spp = _int(ds, "SamplesPerPixel") or 1
     if spp not in (1, 3, 4):
         raise RejectedInstance(RejectReason.MALFORMED, f"SamplesPerPixel {spp} is not 1, 3 or 4")
-    frames = _required_int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else 1
+    frames = _required_int(ds, "NumberOfFrames") if 0x00280008 in ds._dict else 1
     if spp == 3 and str(_get(ds, "PhotometricInterpretation") or "").strip() == "YBR_FULL_422":
         spp = 2  # native 4:2:2 stores two samples per pixel (PS3.3 C.7.6.3.1.2)
     return PixelLayout(rows, cols, spp, bits, frames)
@@ -445,7 +446,8 @@ def _parse(
         _check_lengths(ds, size)
     if "SOPClassUID" not in ds and meta.get("MediaStorageSOPClassUID"):
         ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    if str(ds.get("SOPClassUID", "")).strip() == MEDIA_STORAGE_DIRECTORY:
+    sop_class_raw = _get(ds, "SOPClassUID")  # ds.get("SOPClassUID", ""), from the cache
+    if str(sop_class_raw if sop_class_raw is not None else "").strip() == MEDIA_STORAGE_DIRECTORY:
         raise RejectedInstance(
             RejectReason.NOT_AN_INSTANCE,
             "a DICOMDIR is a media index, not an instance; import its folder instead",
@@ -602,6 +604,8 @@ def _check_lengths(ds: Dataset, size: int) -> None:
 
 def _accession_issuer(ds: Dataset) -> str | None:
     try:
+        if 0x00080051 not in ds._dict:  # most files: no need to look the keyword up
+            return None
         seq = ds.get("IssuerOfAccessionNumberSequence")
         if seq:
             return _text(seq[0], "LocalNamespaceEntityID", 64) or _text(
