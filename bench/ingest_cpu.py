@@ -6,7 +6,11 @@ the figure (CPU, so other load on the machine moves it less than wall time). ``-
 times ``parse_file`` alone on the same files (hash given, so not timed); ``--profile FILE``
 writes a cProfile of the loop.
 
-`python -m bench.ingest_cpu [--slices 100] [--rounds 5] [--parse-only] [--profile out.prof]`
+``--template FILE`` makes the series from a real file instead (each slice gets its own SOP
+Instance UID, Instance Number and Image Position; everything else keeps the file's encoding).
+
+`python -m bench.ingest_cpu [--slices 100] [--rounds 5] [--parse-only] [--profile out.prof]
+[--template /work/shared/dicom-corpus/mod_ct_small.dcm]`
 """
 
 from __future__ import annotations
@@ -22,6 +26,21 @@ from pathlib import Path
 from bench.compare_data import write_variant
 
 SLICES = 100
+
+
+def _from_template(template: Path, dest: Path, slices: int, variant: int) -> None:
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    dest.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.dcmread(template)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    for i in range(slices):
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [-200.0, -200.0, round(-187.5 + 1.25 * i + variant, 2)]
+        ds.save_as(dest / f"{i:04d}.dcm", enforce_file_format=True)
 
 
 def _spool(src: Path, dest: Path) -> list[Path]:
@@ -75,13 +94,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--parse-only", action="store_true")
     ap.add_argument("--profile", type=Path)
+    ap.add_argument("--template", type=Path)
     args = ap.parse_args()
     profile = cProfile.Profile() if args.profile else None
     results = []
     with tempfile.TemporaryDirectory(prefix="solent-ingest-cpu-", dir="/var/tmp") as tmp:
         for r in range(args.rounds):
             series = Path(tmp) / f"series{r}"
-            write_variant(900 + r, series, count=args.slices)
+            if args.template:
+                _from_template(args.template, series, args.slices, r)
+            else:
+                write_variant(900 + r, series, count=args.slices)
             work = Path(tmp) / f"run{r}"
             results.append(one_round(series, work, args.parse_only, profile))
             shutil.rmtree(work)

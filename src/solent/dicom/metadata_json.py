@@ -15,6 +15,7 @@ from typing import Any
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import ENCODED_VR
 from pydicom.tag import BaseTag
 
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
@@ -54,6 +55,11 @@ _JSON_CACHE_MAX = 4096
 _JSON_CACHE_VALUE_MAX = 1024
 _SEQUENCE_VALUE_MAX = 4096
 PIXEL_REPRESENTATION = 0x00280103
+# A private element whose VR is written in the file (explicit VR, anything but UN and SQ) is
+# converted by that VR and the character set alone (pydicom's raw_element_vr consults the
+# private creator only for a missing or UN VR), so its text is cached too: real modalities'
+# headers are up to half private elements, identical from slice to slice.
+_PRIVATE_VRS = frozenset({vr.decode() for vr in ENCODED_VR if len(vr) == 2} - {"UN", "SQ"})
 
 
 def _cacheable_tag(tag: int) -> bool:
@@ -132,7 +138,9 @@ def metadata_json(
             r = raw.get(tag)
             if isinstance(r, RawDataElement) and r.value is not None:
                 n = len(r.value)
-                if n <= _JSON_CACHE_VALUE_MAX and _cacheable_tag(tag):
+                if n <= _JSON_CACHE_VALUE_MAX and (
+                    _cacheable_tag(tag) or (tag >> 16 & 1 and r.VR in _PRIVATE_VRS)
+                ):
                     key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
                 elif n <= _SEQUENCE_VALUE_MAX and cacheable_sequence(tag):
                     key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
