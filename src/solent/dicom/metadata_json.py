@@ -43,7 +43,8 @@ def _bulk_paths(ds: Dataset, prefix: str = "") -> dict[int, str]:
 # text depends on nothing but these bytes are kept: public tags with one dictionary VR (no
 # "US or SS", resolved from other elements), no sequences (nested VRs and character sets
 # come from their parents), short values, and no conversion warning (those are reported per
-# file, so a file must meet them itself). Access is under parse._PARSE_LOCK.
+# file, so a file must meet them itself). Access is under parse._PARSE_LOCK. Keys hold the tag
+# as a plain int: comparing two pydicom BaseTags is a Python-level __eq__ call per look-up.
 #
 # A public sequence (defined length, so its bytes are at hand) is cached too, with what else its
 # conversion reads: its items take the parent's character set (in the key) and, for "US or SS"
@@ -141,9 +142,9 @@ def metadata_json(
                 if n <= _JSON_CACHE_VALUE_MAX and (
                     _cacheable_tag(tag) or (tag >> 16 & 1 and r.VR in _PRIVATE_VRS)
                 ):
-                    key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+                    key = (int(tag), r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
                 elif n <= _SEQUENCE_VALUE_MAX and cacheable_sequence(tag):
-                    key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+                    key = (int(tag), r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
                     key += (pixel_rep,)
             if key is not None:
                 hit = _JSON_CACHE.get(key)

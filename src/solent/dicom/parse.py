@@ -118,7 +118,7 @@ def _get(ds: Dataset, keyword: str) -> Any:
     if r.value is None or len(r.value) > _JSON_CACHE_VALUE_MAX or not _cacheable_tag(tag):
         return ds[tag].value
     _, caught, encoding = current
-    key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+    key = (int(tag), r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
     try:
         return _VALUE_CACHE[key]
     except KeyError:
