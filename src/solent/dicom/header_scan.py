@@ -59,6 +59,25 @@ _EMPTY: dict[str, Any] = {
 }  # as pydicom reads 0
 
 
+# The tuples below are built field by field: a pydicom whose RawDataElement differs turns this
+# reader off rather than build something else.
+_RAW_FIELDS = (
+    "tag",
+    "VR",
+    "length",
+    "value",
+    "value_tell",
+    "is_implicit_VR",
+    "is_little_endian",
+    "is_raw",
+    "is_buffered",
+)
+ENABLED = RawDataElement._fields == _RAW_FIELDS and RawDataElement._field_defaults == {
+    "is_raw": True,
+    "is_buffered": False,
+}
+
+
 class _Decline(Exception):
     """The file is not one this reader builds exactly; pydicom reads it."""
 
@@ -95,6 +114,8 @@ def read_header(fp: BinaryIO, size: int, defer_size: int) -> FileDataset | None:
 
     ``fp`` must keep its own position (parse._Positioned); on None its position is undefined.
     """
+    if not ENABLED:
+        return None
     try:
         return _read(fp, size, defer_size)
     except _Decline:
@@ -117,6 +138,7 @@ def _elements(
         _VRS,
         _LONG_VRS,
     )
+    new_tuple = tuple.__new__
     defer = defer_size if defer_size is not None else end
     buf, base = win.buf, win.base
     while pos < end:
@@ -162,7 +184,11 @@ def _elements(
                 value = win.get(value_tell, length)
                 buf, base = win.buf, win.base
         key = BaseTag(tag)
-        elements[key] = RawDataElement(key, vr, length, value, value_tell, False, True)
+        # RawDataElement(key, vr, length, value, value_tell, False, True), without the
+        # namedtuple's Python-level __new__ (its two defaults spelled out: is_raw, is_buffered)
+        elements[key] = new_tuple(
+            RawDataElement, (key, vr, length, value, value_tell, False, True, True, False)
+        )
         pos = value_tell + length
     return elements, pos, last
 
