@@ -404,8 +404,73 @@ def test_cached_values_give_the_same_index_fields_for_every_corpus_file(
     files = sorted(corpus_dir.glob("*.dcm"))
     with monkeypatch.context() as m:
         m.setattr(parse, "_get", lambda ds, keyword: ds.get(keyword))
+        m.setattr(parse, "_nhs_in_sequence", parse._nhs_in_sequence_uncached)
         expected = [fields(f) for f in files]
     parse._VALUE_CACHE.clear()
+    parse._NHS_CACHE.clear()
     assert [fields(f) for f in files] == expected
-    assert len(parse._VALUE_CACHE) > 100
+    assert len(parse._VALUE_CACHE) > 100 and parse._NHS_CACHE
     assert [fields(f) for f in files] == expected
+
+
+def test_cached_sequence_json_follows_the_pixel_representation(tmp_path: Path) -> None:
+    """A sequence's JSON is cached with the dataset's Pixel Representation in its key: in
+    implicit VR an item's "US or SS" value reads as US under 0 and SS under 1 (pydicom passes
+    the parent's Pixel Representation down), so the same sequence bytes give two texts."""
+    import solent.dicom.metadata_json as metadata
+
+    metadata._JSON_CACHE.clear()
+    values = []
+    for i, pr in enumerate((0, 1, 0, 1)):
+        ds = _dataset()
+        ds.PixelRepresentation = pr
+        item = Dataset()
+        item.add_new(0x00280106, "US", 65535)  # Smallest Image Pixel Value: "US or SS"
+        ds.ReferencedImageSequence = Sequence([item])
+        ds.PixelData = bytes(32)
+        path = _save(ds, tmp_path / f"{i}.dcm", ImplicitVRLittleEndian)
+        doc = json.loads(zlib.decompress(parse_file(path).metadata_json))
+        values.append(doc["00081140"]["Value"][0]["00280106"])
+    assert values[0] == values[2] == {"vr": "US", "Value": [65535]}
+    assert values[1] == values[3] == {"vr": "SS", "Value": [-1]}
+    sequences = [k for k in metadata._JSON_CACHE if k[0] == 0x00081140]
+    assert len(sequences) == 2  # one text per Pixel Representation, each used twice
+
+
+def test_cached_private_elements_follow_their_creator_only_where_pydicom_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private element's JSON is cached only when its VR is in the file: in implicit VR the
+    same bytes read by their private creator's dictionary VR (US under ADAC_IMG) or as UN."""
+    import solent.dicom.metadata_json as metadata
+    import solent.dicom.parse as parse
+
+    cached = parse.metadata_json
+
+    def both(ds: Dataset, ts: str, vr: str | None, tag: str | None, *args: object) -> bytes:
+        got = cached(ds, ts, vr, tag, *args)  # type: ignore[arg-type]
+        assert got == _reference_metadata_json(ds, ts, vr, tag)
+        return got
+
+    monkeypatch.setattr(parse, "metadata_json", both)
+    metadata._JSON_CACHE.clear()
+    docs = []
+    for i, (creator, ts) in enumerate(
+        [
+            ("ADAC_IMG", ImplicitVRLittleEndian),
+            ("NOBODY", ImplicitVRLittleEndian),
+            ("ADAC_IMG", ExplicitVRLittleEndian),
+            ("NOBODY", ExplicitVRLittleEndian),
+        ]
+        * 2
+    ):
+        ds = _dataset()
+        ds.PixelData = bytes(32)
+        ds.add_new(0x00190010, "LO", creator)
+        ds.add_new(0x00191011, "US", 7)
+        path = _save(ds, tmp_path / f"{i}.dcm", ts)
+        docs.append(json.loads(zlib.decompress(parse_file(path).metadata_json))["00191011"])
+    assert docs[0]["vr"] == "US" and docs[1]["vr"] == "UN"
+    assert docs[2]["vr"] == docs[3]["vr"] == "US"
+    assert docs[:4] == docs[4:]
+    assert any(k[0] == 0x00191011 for k in metadata._JSON_CACHE)  # the explicit ones

@@ -15,6 +15,7 @@ from typing import Any
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import ENCODED_VR
 from pydicom.tag import BaseTag
 
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
@@ -42,10 +43,24 @@ def _bulk_paths(ds: Dataset, prefix: str = "") -> dict[int, str]:
 # text depends on nothing but these bytes are kept: public tags with one dictionary VR (no
 # "US or SS", resolved from other elements), no sequences (nested VRs and character sets
 # come from their parents), short values, and no conversion warning (those are reported per
-# file, so a file must meet them itself). Access is under parse._PARSE_LOCK.
+# file, so a file must meet them itself). Access is under parse._PARSE_LOCK. Keys hold the tag
+# as a plain int: comparing two pydicom BaseTags is a Python-level __eq__ call per look-up.
+#
+# A public sequence (defined length, so its bytes are at hand) is cached too, with what else its
+# conversion reads: its items take the parent's character set (in the key) and, for "US or SS"
+# elements, the dataset's Pixel Representation (pydicom's Dataset._set_pixel_representation;
+# its raw encoding is in the key). Everything else an item's JSON depends on (its own character
+# set, private creators, Bits Allocated, LUT descriptors) is inside the sequence's own bytes.
 _JSON_CACHE: dict[tuple[Any, ...], str] = {}
 _JSON_CACHE_MAX = 4096
 _JSON_CACHE_VALUE_MAX = 1024
+_SEQUENCE_VALUE_MAX = 4096
+PIXEL_REPRESENTATION = 0x00280103
+# A private element whose VR is written in the file (explicit VR, anything but UN and SQ) is
+# converted by that VR and the character set alone (pydicom's raw_element_vr consults the
+# private creator only for a missing or UN VR), so its text is cached too: real modalities'
+# headers are up to half private elements, identical from slice to slice.
+_PRIVATE_VRS = frozenset({vr.decode() for vr in ENCODED_VR if len(vr) == 2} - {"UN", "SQ"})
 
 
 def _cacheable_tag(tag: int) -> bool:
@@ -59,6 +74,29 @@ def _cacheable_tag(tag: int) -> bool:
 
 
 _CACHEABLE: dict[int, bool] = {}
+_SEQUENCES: dict[int, bool] = {}
+
+
+def cacheable_sequence(tag: int) -> bool:
+    """Whether ``tag`` is a public sequence (one dictionary VR, SQ); memoised per tag."""
+    key = int(tag)
+    known = _SEQUENCES.get(key)
+    if known is None:
+        try:
+            vr = pydicom.datadict.dictionary_VR(key)
+        except KeyError:
+            vr = ""
+        known = _SEQUENCES[key] = not key >> 16 & 1 and vr == "SQ"
+    return known
+
+
+def raw_context(r: Any) -> tuple[Any, ...] | None:
+    """The raw encoding of an element as read (the key of what depends on it)."""
+    if r is None:
+        return None
+    if isinstance(r, RawDataElement):
+        return (r.VR, r.value, r.is_implicit_VR, r.is_little_endian)
+    return ("converted", r.VR, r.value)
 
 
 def _cacheable_vr(tag: int) -> bool:
@@ -91,6 +129,7 @@ def metadata_json(
     cache = raw is not None and caught is not None
     charset = ds._character_set if cache else None
     encoding = tuple(charset) if isinstance(charset, list) else charset
+    pixel_rep = raw_context(raw.get(BaseTag(PIXEL_REPRESENTATION))) if raw is not None else None
     parts: dict[str, str] = {}
     for tag in ds.keys():  # noqa: SIM118 - tags, not elements
         name = f"{tag:08X}"
@@ -98,13 +137,16 @@ def metadata_json(
         if cache:
             assert raw is not None and caught is not None
             r = raw.get(tag)
-            if (
-                isinstance(r, RawDataElement)
-                and r.value is not None
-                and len(r.value) <= _JSON_CACHE_VALUE_MAX
-                and _cacheable_tag(tag)
-            ):
-                key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+            if isinstance(r, RawDataElement) and r.value is not None:
+                n = len(r.value)
+                if n <= _JSON_CACHE_VALUE_MAX and (
+                    _cacheable_tag(tag) or (tag >> 16 & 1 and r.VR in _PRIVATE_VRS)
+                ):
+                    key = (int(tag), r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+                elif n <= _SEQUENCE_VALUE_MAX and cacheable_sequence(tag):
+                    key = (int(tag), r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+                    key += (pixel_rep,)
+            if key is not None:
                 hit = _JSON_CACHE.get(key)
                 if hit is not None:
                     parts[name] = hit

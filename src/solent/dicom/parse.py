@@ -24,6 +24,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from solent.dicom.frames import Frame, PixelLayout, read_pixel_data
+from solent.dicom.header_scan import read_header
 from solent.dicom.inflate import (
     InflateLimits,
     InflateRefused,
@@ -33,6 +34,7 @@ from solent.dicom.inflate import (
 from solent.dicom.metadata_json import (
     _JSON_CACHE_MAX,
     _JSON_CACHE_VALUE_MAX,
+    _SEQUENCE_VALUE_MAX,
     _cacheable_tag,
     metadata_json,
 )
@@ -116,7 +118,7 @@ def _get(ds: Dataset, keyword: str) -> Any:
     if r.value is None or len(r.value) > _JSON_CACHE_VALUE_MAX or not _cacheable_tag(tag):
         return ds[tag].value
     _, caught, encoding = current
-    key = (tag, r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+    key = (int(tag), r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
     try:
         return _VALUE_CACHE[key]
     except KeyError:
@@ -167,11 +169,9 @@ def _required_int(ds: Dataset, keyword: str, *, minimum: int = 1) -> int:
 def nhs_number_of(ds: Dataset, extra_tag: str = "") -> str | None:
     """The NHS number from Other Patient IDs Sequence (issuer NHS) or a configured tag."""
     try:
-        for item in ds.get("OtherPatientIDsSequence", []) or []:
-            if str(item.get("IssuerOfPatientID", "")).strip().upper() == nhs_number.NHS_ISSUER:
-                value = nhs_number.normalise(str(item.get("PatientID", "")))
-                if value:
-                    return value
+        value = _nhs_in_sequence(ds)
+        if value:
+            return value
         if extra_tag:
             if "," in extra_tag:
                 g, e = extra_tag.split(",")
@@ -187,8 +187,59 @@ def nhs_number_of(ds: Dataset, extra_tag: str = "") -> str | None:
     return None
 
 
+OTHER_PATIENT_IDS = BaseTag(0x00101002)
+# The NHS number of an Other Patient IDs Sequence by the sequence's raw encoding (the same
+# reasoning as _VALUE_CACHE: a series repeats it in every slice, and reading it meant
+# converting the sequence and its items through pydicom). The answer depends on the items'
+# Patient ID and Issuer of Patient ID only, that is on the sequence's bytes and the dataset's
+# character set. A failure is kept as _FAILED; nothing that warned is kept.
+_NHS_CACHE: dict[tuple[Any, ...], object] = {}  # str, None or _FAILED
+_FAILED = object()
+_MISSING = object()
+
+
+def _nhs_in_sequence(ds: Dataset) -> str | None:
+    current = _parsing
+    r = ds._dict.get(OTHER_PATIENT_IDS)
+    if (
+        current is None
+        or current[0] is not ds
+        or not isinstance(r, RawDataElement)
+        or r.value is None
+        or len(r.value) > _SEQUENCE_VALUE_MAX
+    ):
+        return _nhs_in_sequence_uncached(ds)
+    _, caught, encoding = current
+    key = (r.VR, r.value, r.is_implicit_VR, r.is_little_endian, encoding)
+    hit = _NHS_CACHE.get(key, _MISSING)
+    if hit is _MISSING:
+        seen = len(caught)
+        try:
+            hit = _nhs_in_sequence_uncached(ds)
+        except Exception:
+            hit = _FAILED
+        if len(caught) == seen:
+            if len(_NHS_CACHE) >= _JSON_CACHE_MAX:
+                _NHS_CACHE.clear()
+            _NHS_CACHE[key] = hit
+    if hit is _FAILED:
+        raise InvalidInput("Other Patient IDs Sequence cannot be read")  # nhs_number_of: None
+    return hit if isinstance(hit, str) else None
+
+
+def _nhs_in_sequence_uncached(ds: Dataset) -> str | None:
+    for item in ds.get("OtherPatientIDsSequence", []) or []:
+        if str(item.get("IssuerOfPatientID", "")).strip().upper() == nhs_number.NHS_ISSUER:
+            value = nhs_number.normalise(str(item.get("PatientID", "")))
+            if value:
+                return value
+    return None
+
+
 def _layout(ds: Dataset) -> PixelLayout | None:
-    if "Rows" not in ds and "Columns" not in ds:
+    # Presence by tag (Rows, Columns, Number of Frames): what `keyword in ds` asks, without
+    # the keyword look-up.
+    if 0x00280010 not in ds._dict and 0x00280011 not in ds._dict:
         return None
     rows = _required_int(ds, "Rows")
     cols = _required_int(ds, "Columns")
@@ -206,7 +257,7 @@ def _layout(ds: Dataset) -> PixelLayout | None:
     spp = _int(ds, "SamplesPerPixel") or 1
     if spp not in (1, 3, 4):
         raise RejectedInstance(RejectReason.MALFORMED, f"SamplesPerPixel {spp} is not 1, 3 or 4")
-    frames = _required_int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else 1
+    frames = _required_int(ds, "NumberOfFrames") if 0x00280008 in ds._dict else 1
     if spp == 3 and str(_get(ds, "PhotometricInterpretation") or "").strip() == "YBR_FULL_422":
         spp = 2  # native 4:2:2 stores two samples per pixel (PS3.3 C.7.6.3.1.2)
     return PixelLayout(rows, cols, spp, bits, frames)
@@ -276,13 +327,16 @@ def parse_file(
     force_transfer_syntax: str | None = None,
     inflate: InflateLimits | None = None,
     opened: BinaryIO | None = None,
+    header_scan: bool = True,
 ) -> ParsedInstance:
     """Parse one stored-as-received file. Raises RejectedInstance with a readable reason.
 
     A deflated file is first inflated as a counted stream against ``inflate`` (default
     limits when None), so pydicom's all-in-memory inflate only ever meets a bounded file.
     ``opened``: the file already open (ingest moves a spool into the store meanwhile, so its
-    path may be gone); the caller closes it.
+    path may be gone); the caller closes it. ``header_scan=False`` reads every header with
+    pydicom (header_scan.read_header gives the same dataset for the files it takes; tests
+    compare the two).
     """
     # warnings.catch_warnings swaps process-global state: two threads parsing at once could
     # swallow each other's truncation warnings and give a file a different verdict. Parsing is
@@ -301,7 +355,7 @@ def parse_file(
                 check_inflated_size(fp, offset, size, inflate or InflateLimits())
                 fp.seek(0)
             try:
-                parsed = _parse(fp, size, nhs_tag, force_transfer_syntax, caught)
+                parsed = _parse(fp, size, nhs_tag, force_transfer_syntax, caught, header_scan)
             finally:
                 global _parsing
                 _parsing = None
@@ -334,12 +388,24 @@ def _parse(
     nhs_tag: str,
     force_ts: str | None,
     caught: list[warnings.WarningMessage] | None = None,
+    header_scan: bool = True,
 ) -> ParsedInstance:
     if size < 8:
         raise RejectedInstance(RejectReason.MALFORMED, f"file is only {size} bytes")
     # One full structural parse; values above DEFER_SIZE stay on disk (read lazily by path),
-    # so Pixel Data is located, never loaded, for native images.
-    ds = pydicom.dcmread(fp, defer_size=DEFER_SIZE, force=True)
+    # so Pixel Data is located, never loaded, for native images. The common file is cut from
+    # one read of its header (header_scan); pydicom reads every other one.
+    ds: Any = None
+    start = fp.tell()
+    if header_scan and start == 0:
+        seen = len(caught) if caught is not None else 0
+        ds = read_header(fp, size, DEFER_SIZE)
+        if ds is None:
+            if caught is not None:
+                del caught[seen:]  # what the declined attempt warned is not this file's
+            fp.seek(start)
+    if ds is None:
+        ds = pydicom.dcmread(fp, defer_size=DEFER_SIZE, force=True)
     as_read = dict(ds._dict)  # the elements as read, before anything below converts them
     if caught is not None:
         global _parsing
@@ -380,7 +446,8 @@ def _parse(
         _check_lengths(ds, size)
     if "SOPClassUID" not in ds and meta.get("MediaStorageSOPClassUID"):
         ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    if str(ds.get("SOPClassUID", "")).strip() == MEDIA_STORAGE_DIRECTORY:
+    sop_class_raw = _get(ds, "SOPClassUID")  # ds.get("SOPClassUID", ""), from the cache
+    if str(sop_class_raw if sop_class_raw is not None else "").strip() == MEDIA_STORAGE_DIRECTORY:
         raise RejectedInstance(
             RejectReason.NOT_AN_INSTANCE,
             "a DICOMDIR is a media index, not an instance; import its folder instead",
@@ -537,6 +604,8 @@ def _check_lengths(ds: Dataset, size: int) -> None:
 
 def _accession_issuer(ds: Dataset) -> str | None:
     try:
+        if 0x00080051 not in ds._dict:  # most files: no need to look the keyword up
+            return None
         seq = ds.get("IssuerOfAccessionNumberSequence")
         if seq:
             return _text(seq[0], "LocalNamespaceEntityID", 64) or _text(
