@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from solent.compose import keyed_audit, open_index
 from solent.dicom.inflate import InflateLimits
-from solent.index import audit as audit_chain
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
 from solent.jobs.queue import open_job_queue
 from solent.jobs.tasks import consumers_named
-from solent.security.audit_key import load_audit_key
 from solent.security.authn import Authenticator
 from solent.security.users import UserService
 from solent.services.access import AccessService
@@ -62,10 +61,7 @@ class Archive:
     services: Services = field(init=False)
 
     def __post_init__(self) -> None:
-        # The audit chain is sealed with a key kept outside the index (issue 11).
-        audit_chain.use_key(self.index, load_audit_key(self.settings))
-        audit_chain.check_key(self.index)
-        self.audit = AuditTrail(self.index)
+        self.audit = keyed_audit(self.index, self.settings)
         self.access = AccessService(
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
         )
@@ -151,11 +147,8 @@ def open_store(settings: Settings) -> BlobStore:
 
 
 def build_archive(settings: Settings, *, migrate: bool = True) -> Archive:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    index = open_index(settings, migrate=migrate)
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-    index = Index(settings.effective_database_url)
-    if migrate:
-        index.migrate()
     store = open_store(settings)
     ensure_bucket = getattr(store, "ensure_bucket", None)
     if migrate and ensure_bucket is not None:

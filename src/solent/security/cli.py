@@ -150,7 +150,9 @@ def _archive(settings: Settings) -> Any:
 
 
 def _users(settings: Settings) -> Any:
-    return _archive(settings).services.users
+    from solent.compose import user_service
+
+    return user_service(settings)
 
 
 def _ask_password() -> str:
