@@ -55,13 +55,20 @@ def _instance(demo: Archive, study: str) -> tuple[str, str, Any]:
     return inst.series_uid, inst.sop_instance_uid, inst
 
 
+def _zzb_clinician_and_instance(demo: Archive) -> tuple[Any, str, str, str, Any]:
+    """A ZZB clinician's headers and the first instance of a demo study held at ZZB: (headers,
+    study, series, SOP instance UID, the stored instance)."""
+    h = add_user(demo, "drzb", "ZZB", "clinician")
+    study = study_of(demo, "ZZB", "B7730444")
+    series, sop, inst = _instance(demo, study)
+    return h, study, series, sop, inst
+
+
 def test_fast_path_is_taken_and_equals_the_route(
     demo: Archive, clients: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fast, route = clients
-    h = add_user(demo, "drzb", "ZZB", "clinician")
-    study = study_of(demo, "ZZB", "B7730444")
-    series, sop, inst = _instance(demo, study)
+    h, study, series, sop, inst = _zzb_clinician_and_instance(demo)
     base = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
     taken: list[str] = []
     answer = frames_fast._answer
@@ -103,9 +110,7 @@ def test_single_frame_body_is_the_stored_frame(
     demo: Archive, clients: tuple[TestClient, TestClient]
 ) -> None:
     fast, _route = clients
-    h = add_user(demo, "drzb", "ZZB", "clinician")
-    study = study_of(demo, "ZZB", "B7730444")
-    series, sop, inst = _instance(demo, study)
+    h, study, series, sop, inst = _zzb_clinician_and_instance(demo)
     with demo.store.open(inst.blob_key) as fp:
         ds = pydicom.dcmread(fp)
     frame_bytes = len(ds.PixelData) // (inst.number_of_frames or 1)
@@ -160,9 +165,7 @@ def test_other_paths_go_to_the_router(
     demo: Archive, clients: tuple[TestClient, TestClient]
 ) -> None:
     fast, route = clients
-    h = add_user(demo, "drzb", "ZZB", "clinician")
-    study = study_of(demo, "ZZB", "B7730444")
-    series, sop, _inst = _instance(demo, study)
+    h, study, series, sop, _inst = _zzb_clinician_and_instance(demo)
     base = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1"
     for path, method in ((base + "/rendered", "GET"), (base + "/", "GET"), (base, "POST")):
         a = fast.request(method, path, headers=h, follow_redirects=False)
@@ -185,9 +188,7 @@ def test_repeat_frames_are_answered_at_once_and_recorded_once(
     next ones are answered in the event loop with the same bytes and no record; a frame not
     in the page cache, or any other case, goes through the thread again."""
     fast, _route = clients
-    h = add_user(demo, "drzb", "ZZB", "clinician")
-    study = study_of(demo, "ZZB", "B7730444")
-    series, sop, _inst = _instance(demo, study)
+    h, study, series, sop, _inst = _zzb_clinician_and_instance(demo)
     url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1"
     threaded: list[str] = []
     real = wado_rs.retrieve_frames
