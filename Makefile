@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most interop tests wait on servers and peers, so two halve the
+# suite on a 2-core machine. Each test file runs in one process (module fixtures stay shared).
+TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
 .PHONY: run test lint typecheck fuzz bench clean migration-check viewer
@@ -40,7 +43,7 @@ test: $(STAMP) $(VIEWER_BUILT)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -8,6 +8,7 @@ alone creates a few hundred accounts and tokens through the CLI).
 
 from __future__ import annotations
 
+from solent import ttl_cache
 from solent.index import audit as audit_chain
 from solent.index.sql import Index
 from solent.security.audit_key import load_audit_key
@@ -22,6 +23,8 @@ def open_index(settings: Settings, *, migrate: bool = True) -> Index:
     index = Index(settings.effective_database_url)
     if migrate:
         index.migrate()
+    # Embedded archive: hear the access changes other processes make (PostgreSQL notifies).
+    ttl_cache.watch(index.access_stamp)
     return index
 
 

@@ -11,9 +11,11 @@ like any other, so refusals stay cheap too.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -24,12 +26,43 @@ def _always() -> int:
 
 
 _epoch = 0  # bumped by invalidate_all: every entry of every cache made before is stale
+_stamp: str | None = None  # a file other processes append to when access changed
+_stamp_seen: tuple[int, int] | None = None
 
 
 def invalidate_all() -> None:
     """Drop what every cache of this process holds (access changed somewhere)."""
     global _epoch
     _epoch += 1
+
+
+def watch(stamp: Path | None) -> None:
+    """Also drop everything when ``stamp`` changes: how the processes sharing an embedded
+    archive announce access changes to each other (solent.index.access_stamp)."""
+    global _stamp, _stamp_seen
+    _stamp = None if stamp is None else str(stamp)
+    _stamp_seen = _stamp_key()
+
+
+def _stamp_key() -> tuple[int, int] | None:
+    if _stamp is None:
+        return None
+    try:
+        st = os.stat(_stamp)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def current_epoch() -> int:
+    """The epoch entries are checked against, after one look at the stamp (when watched)."""
+    global _stamp_seen
+    if _stamp is not None:
+        key = _stamp_key()
+        if key != _stamp_seen:
+            _stamp_seen = key
+            invalidate_all()
+    return _epoch
 
 
 class TtlCache(Generic[V]):
@@ -51,7 +84,7 @@ class TtlCache(Generic[V]):
     def lookup(self, key: Hashable) -> tuple[bool, V | None]:
         """(True, value) while ``key`` is fresh, else (False, None)."""
         hit = self._items.get(key)
-        if hit is None or hit[0] <= self.clock() or hit[1] != (self.generation(), _epoch):
+        if hit is None or hit[0] <= self.clock() or hit[1] != (self.generation(), current_epoch()):
             return False, None
         return True, hit[2]
 
@@ -63,7 +96,7 @@ class TtlCache(Generic[V]):
         with self._lock:
             if len(self._items) >= self.limit:
                 self._items.clear()
-            stamp = stamp or (self.generation(), _epoch)
+            stamp = stamp or (self.generation(), current_epoch())
             self._items[key] = (self.clock() + self.ttl, stamp, value)
 
     def get(self, key: Hashable, load: Callable[[], V]) -> V:
@@ -71,7 +104,7 @@ class TtlCache(Generic[V]):
         found, value = self.lookup(key)
         if found:
             return value  # type: ignore[return-value]
-        stamp = (self.generation(), _epoch)
+        stamp = (self.generation(), current_epoch())
         value = load()
         self.put(key, value, stamp=stamp)
         return value

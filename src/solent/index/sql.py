@@ -44,6 +44,7 @@ from sqlalchemy.pool import QueuePool
 from solent.domain.principal import Principal
 from solent.domain.records import NodeRow, TrustRow
 from solent.errors import AlreadyExists, IndexUnavailable, NotFound
+from solent.index import access_stamp
 from solent.index import schema as t
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,14 @@ class Index:
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
         self.engine = self._make_engine(echo)
         self._wal_sync: _WalSync | None = None
+        #: SQLite file: appended to when a transaction changed access (index/access_stamp).
+        self.access_stamp: Path | None = None
+        self._schema_generation = 0  # bumped by migrate(): TEMP triggers are made again
         if self.dialect == "sqlite":
             path = self.url.split("///", 1)[1] if "///" in self.url else ""
             if path and path != ":memory:":
                 self._wal_sync = _WalSync(Path(path + "-wal"))
+                self.access_stamp = access_stamp.stamp_path(Path(path))
 
     def _make_engine(self, echo: bool) -> Engine:
         if self.dialect == "sqlite":
@@ -117,7 +122,15 @@ class Index:
                     if conn.info.get("synchronous") != mode:
                         conn.exec_driver_sql(f"PRAGMA synchronous={mode}")
                         conn.info["synchronous"] = mode
+                    if self.access_stamp is not None:
+                        self._access_triggers(conn, options.get("solent_migrating", False))
                 conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+            @event.listens_for(engine, "checkin")
+            def _announce(_dbapi_conn: Any, record: Any) -> None:
+                # After the commit (or rollback) of whatever the connection did.
+                if self.access_stamp is not None:
+                    access_stamp.announce_if_changed(record.info, self.access_stamp)
 
             return engine
         engine = create_engine(
@@ -139,6 +152,18 @@ class Index:
                 raise DisconnectionError(f"pooled connection is gone: {exc}") from exc
 
         return engine
+
+    def _access_triggers(self, conn: Connection, migrating: bool) -> None:
+        """Keep this SQLite connection's access-change triggers in step with the schema:
+        none while migrating (tables are rebuilt under them), made again after a migration."""
+        want = None if migrating else self._schema_generation
+        if conn.info.get("access_triggers", -1) == want:
+            return
+        raw: Any = conn.connection.dbapi_connection
+        access_stamp.drop(raw)
+        conn.info["access_triggers"] = None
+        if want is not None and access_stamp.install(raw, conn.info):
+            conn.info["access_triggers"] = want
 
     # -- transactions -------------------------------------------------------------------
 
@@ -236,6 +261,7 @@ class Index:
         from solent.index.migrate import upgrade
 
         upgrade(self)
+        self._schema_generation += 1
 
     def close(self) -> None:
         if self._wal_sync is not None:

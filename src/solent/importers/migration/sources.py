@@ -9,6 +9,8 @@ place. The bytes are passed on as received; Solent's ingest stores them unchange
 from __future__ import annotations
 
 import email.policy
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import suppress
@@ -196,8 +198,16 @@ class DimseSource:
         def on_store(event: Any) -> int:
             sop = str(event.request.AffectedSOPInstanceUID)
             fd, name = tempfile.mkstemp(prefix="get-", suffix=".dcm", dir=workdir)
-            with open(fd, "wb") as fp:
-                fp.write(event.encoded_dataset(include_meta=True))
+            try:  # a process whose DIMSE listener made pynetdicom stream to files (net.py)
+                spooled = event.dataset_path
+            except AttributeError:
+                spooled = None
+            if spooled:
+                os.close(fd)
+                shutil.move(str(spooled), name)  # already a Part 10 file, meta and all
+            else:
+                with open(fd, "wb") as fp:
+                    fp.write(event.encoded_dataset(include_meta=True))
             received[sop] = Path(name)
             return 0x0000
 
