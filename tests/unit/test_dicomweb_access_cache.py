@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from solent import ttl_cache
 from solent.app import Archive
 from solent.domain.principal import Principal, PrincipalKind
 from solent.index import schema as t
@@ -46,6 +47,9 @@ def _break_glass(client: TestClient, headers: dict[str, str], study: str) -> Non
 
 
 def _expire_grants(archive: Archive) -> None:
+    """Time runs out on every grant. Real expiry writes nothing, so no cache hears of it: the
+    test's stand-in (moving the expiry into the past) must not be announced either."""
+    ttl_cache.watch(None)
     archive.index.write(
         lambda conn: conn.execute(
             update(t.break_glass).values(expires_at=datetime.now(UTC) - timedelta(minutes=1))
