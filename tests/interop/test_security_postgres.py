@@ -50,3 +50,70 @@ def test_concurrent_audit_appends_and_access_rule(fresh_postgres_url: str, tmp_p
         assert archive.audit.verify().intact
     finally:
         archive.close()
+
+
+def test_records_chained_by_the_database_interleave_and_are_verified(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    """QIDO-RS records are chained inside PostgreSQL in one round trip (index.audit.append_alone);
+    other records by the node. Both kinds, appended at once from many threads, form one chain
+    that `verify` accepts, and an edited record of either kind is caught."""
+    from sqlalchemy import text
+
+    from solent.domain.attributes import Level
+    from solent.domain.matching import parse_query
+    from solent.index import audit as chain
+
+    settings = load_settings(environ={}, data_dir=tmp_path / "var", database_url=fresh_postgres_url)
+    archive = build_archive(settings)
+    try:
+        load_demo(archive)
+        clinician = Principal(PrincipalKind.USER, "drza", "ZZA", frozenset({"clinician"}))
+        query = parse_query(Level.STUDY, {"PatientID": "A100001"}, linked=True)
+        errors: list[BaseException] = []
+
+        def searcher() -> None:
+            try:
+                for _ in range(20):
+                    found = archive.services.query.find(clinician, query, limit=10, max_results=100)
+                    assert found.rows
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        def viewer() -> None:
+            try:
+                for i in range(20):
+                    archive.audit.record(clinician, AuditAction.VIEW, detail={"i": i})
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        before = archive.audit.verify().records
+        threads = [threading.Thread(target=f) for f in (searcher, searcher, searcher, viewer)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errors
+        report = archive.audit.verify()
+        assert report.intact, report.problems
+        assert report.records == before + 80
+        with archive.index.read() as conn:
+            key = chain.key_of(conn)
+            rows = [dict(r._mapping) for r in conn.execute(text("SELECT * FROM audit_log"))]
+        by_db = [
+            r
+            for r in rows
+            if r["hash"] == chain.linked_hash(r["prev_hash"], chain.record_mac(key, r))
+        ]
+        assert len(by_db) == 60 and {r["action"] for r in by_db} == {AuditAction.QUERY.value}
+        assert all(r["patient_id"] == "A100001" for r in by_db)
+        seq = by_db[0]["seq"]
+        archive.index.write(
+            lambda c: c.execute(
+                text("UPDATE audit_log SET patient_id = 'A999999' WHERE seq = :s"), {"s": seq}
+            )
+        )
+        problems = archive.audit.verify().problems
+        assert any(f"record {seq} was changed" in p for p in problems), problems
+    finally:
+        archive.close()

@@ -5,6 +5,13 @@ edited, deleted, inserted or reordered record breaks the chain. ``audit_head`` r
 sequence number and hash, so truncating the tail is caught as well; its row lock serialises
 appends on PostgreSQL (SQLite serialises writers anyway).
 
+A record appended on its own (the record of a read: a query, a view) is chained inside
+PostgreSQL instead, so the head's row lock, which every auditing request of every node queues
+for, is held for microseconds rather than across round trips and the node's GIL: its hash is
+SHA-256(previous hash || HMAC of its fields), computed by the database from the HMAC the node
+made before taking the lock (``append_alone``). ``verify`` accepts either form for any record;
+both need the key to forge.
+
 The hash is an HMAC under a key kept outside the index (``security/audit_key.py``), so someone
 who can write to the database but does not hold the key cannot recompute a rewritten chain.
 The key is registered per engine by the composition root (``use_key``). An index opened without
@@ -181,6 +188,92 @@ def append(conn: Connection, fields: dict[str, Any]) -> int:
     return seq
 
 
+_FIELD_ORDER = tuple(sorted(FIELDS))
+
+
+def record_mac(key: ChainKey | None, fields: dict[str, Any]) -> str:
+    """The HMAC (plain SHA-256 without a key) of a record's fields alone, no chain position."""
+    payload = json.dumps(
+        {k: fields.get(k) for k in _FIELD_ORDER}, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
+    return key.digest(payload) if key is not None else hashlib.sha256(payload).hexdigest()
+
+
+def linked_hash(prev_hash: str, mac: str) -> str:
+    """The hash of a record chained by the database: SHA-256(previous hash || its HMAC)."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + bytes.fromhex(mac)).hexdigest()
+
+
+def _one_shot(relaxed: bool) -> str:
+    # One simple-query message: the lock is taken, the record chained (PostgreSQL's sha256)
+    # and the transaction committed without a round trip back to the node in between. The
+    # head is only locked (and the record only written) when its key is this node's.
+    columns = ", ".join(FIELDS)
+    values = ", ".join(f"%({k})s" for k in FIELDS)
+    sync = "SET LOCAL synchronous_commit TO OFF; " if relaxed else ""
+    return (  # the names are FIELDS; every value is a parameter (quoted by psycopg)
+        f"BEGIN; {sync}"  # noqa: S608
+        "WITH head AS (SELECT seq, hash FROM audit_head WHERE id = 1 "
+        "AND (key_id IS NULL OR key_id = %(key_id)s) FOR UPDATE), "
+        f"rec AS (INSERT INTO audit_log (seq, prev_hash, hash, {columns}) "
+        "SELECT seq + 1, hash, "
+        "encode(sha256(decode(hash, 'hex') || decode(%(mac)s, 'hex')), 'hex'), "
+        f"{values} FROM head RETURNING seq, hash) "
+        "UPDATE audit_head SET seq = rec.seq, hash = rec.hash, key_id = %(key_id)s "
+        "FROM rec WHERE audit_head.id = 1 RETURNING rec.seq; "
+        "COMMIT"
+    )
+
+
+_ONE_SHOT = {relaxed: _one_shot(relaxed) for relaxed in (False, True)}
+
+
+def append_alone(index: Index, fields: dict[str, Any], *, relaxed: bool) -> int:
+    """Append one record in a transaction of its own; returns its sequence number.
+
+    On PostgreSQL one round trip (see the module's docstring); the first record ever, or a
+    head sealed by another key, goes the ordinary way (which creates the head, or refuses).
+    ``relaxed``: committed without waiting for the disk (records of reads, ``Index.write``).
+    """
+    if index.dialect != "postgresql":
+        return index.write(lambda c: append(c, fields), relaxed=relaxed)
+    import psycopg  # PostgreSQL's driver: only imported where it is the index
+
+    key = _keys.get(index.engine)
+    values = {k: fields.get(k) for k in FIELDS}
+    params = {**values, "mac": record_mac(key, values), "key_id": key.key_id if key else None}
+    for attempt in (1, 2):
+        with index.engine.connect() as conn:
+            raw: Any = conn.connection.driver_connection
+            raw.autocommit = True  # the message carries its own BEGIN and COMMIT
+            try:
+                cur = psycopg.ClientCursor(raw)
+                cur.execute(_ONE_SHOT[relaxed], params)
+                seq = None
+                while True:
+                    if cur.description is not None:
+                        row = cur.fetchone()
+                        seq = int(row[0]) if row else None
+                    if not cur.nextset():
+                        break
+            except psycopg.OperationalError:
+                conn.invalidate()  # gone: the pool makes a new one; the message had no effect
+                if attempt == 2:
+                    raise
+                continue
+            except psycopg.Error:
+                if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    raw.execute("ROLLBACK")
+                raise
+            finally:
+                if not conn.invalidated:
+                    raw.autocommit = False
+        if seq is None:
+            return index.write(lambda c: append(c, fields), relaxed=relaxed)
+        return seq
+    raise AssertionError("unreachable")
+
+
 def patient_of_study(conn: Connection, study_uid: str) -> tuple[str, str, str | None] | None:
     """(issuer, local id, NHS number) of the patient a study is filed under."""
     p, s = t.patient.c, t.study.c
@@ -244,7 +337,9 @@ def _check(
                     f"record {seq} does not follow the record before it "
                     "(a record was deleted, inserted or reordered)"
                 )
-            if keyed_hash(key, seq, r["prev_hash"], r) == r["hash"]:
+            if keyed_hash(key, seq, r["prev_hash"], r) == r["hash"] or (
+                linked_hash(r["prev_hash"], record_mac(key, r)) == r["hash"]
+            ):
                 keyed_seen = True
             elif key and not keyed_seen and record_hash(seq, r["prev_hash"], r) == r["hash"]:
                 report.unkeyed += 1

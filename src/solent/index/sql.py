@@ -215,41 +215,25 @@ class Index:
         raise AssertionError("unreachable")
 
     def read_then_record(
-        self,
-        read: Callable[[Connection], T],
-        record: Callable[[Connection, T], None],
-        *,
-        relaxed: bool = True,
+        self, read: Callable[[Connection], T], record: Callable[[T], None]
     ) -> T:
-        """``read`` then ``record`` (an audit record of what was read), committed together.
+        """``read`` in a read transaction, then ``record(value)`` (an audit record of what was
+        read, appended in a transaction of its own: see ``index.audit.append_alone``).
 
-        On PostgreSQL one connection, one transaction and one commit (issue 16: a QIDO-RS call
-        took ~12 round trips over five checkouts); retried once when the connection turns out
-        to be gone. On SQLite a read transaction, then a write transaction for the record, so
-        readers never take the write lock. Nothing read is returned before the record commits.
+        Nothing read is returned before the record commits. The read is retried once when its
+        pooled connection turns out to be gone (connections in steady use are not pinged).
+        Readers never hold the audit chain's lock while they read.
         """
-        if self.dialect != "postgresql":
-            with self.read() as conn:
-                value = read(conn)
-            self.write(lambda c: record(c, value), relaxed=relaxed)
-            return value
-
-        def op(conn: Connection) -> T:
-            value = read(conn)
-            record(conn, value)
-            return value
-
         for attempt in (1, 2):
             try:
-                return self.write(op, relaxed=relaxed)
+                with self.read() as conn:
+                    value = read(conn)
+                break
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
-            except IndexUnavailable as exc:
-                cause = exc.__cause__
-                if attempt == 2 or not getattr(cause, "connection_invalidated", False):
-                    raise
-        raise AssertionError("unreachable")
+        record(value)
+        return value
 
     def _transient(self, exc: DBAPIError) -> bool:
         if self.dialect == "sqlite":

@@ -263,8 +263,8 @@ class AuditTrail:
         return self._index.write(op, relaxed=base["action"] in READ_ACTIONS)
 
     @staticmethod
-    def append_in(conn: Connection, fields: dict[str, Any]) -> int:
-        """Append inside the caller's write transaction (ingest: audit and index commit as one)."""
+    def naming_patient(conn: Connection, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` naming the patient of their study when they name a study only."""
         if fields.get("patient_id") is None and fields.get("study_uid"):
             found = store.patient_of_study(conn, fields["study_uid"])
             if found is not None:
@@ -274,7 +274,18 @@ class AuditTrail:
                     "patient_id": found[1],
                     "nhs_number": found[2],
                 }
-        return store.append(conn, fields)
+        return fields
+
+    @staticmethod
+    def append_in(conn: Connection, fields: dict[str, Any]) -> int:
+        """Append inside the caller's write transaction (ingest: audit and index commit as one)."""
+        return store.append(conn, AuditTrail.naming_patient(conn, fields))
+
+    @staticmethod
+    def append_alone(index: Index, fields: dict[str, Any], *, relaxed: bool) -> int:
+        """Append in a transaction of its own, after a read (fields already name the
+        patient): on PostgreSQL one round trip that holds the chain's lock for microseconds."""
+        return store.append_alone(index, fields, relaxed=relaxed)
 
     def verify(self) -> store.VerifyReport:
         return store.verify(self._index)

@@ -115,7 +115,7 @@ class QueryService:
         One audit record per call: ``channel`` (qido-rs, dimse c-find...) and the matching
         ``keys`` the caller sent, the number of matches, and the patient when the query names
         one or all matches are one patient's. The reads and the record share one transaction
-        on PostgreSQL (``Index.read_then_record``): nothing is answered unless it committed.
+        by ``Index.read_then_record``: nothing is answered unless the record committed.
         """
         if max_results < 1:
             raise ValueError("max_results must be at least 1")
@@ -125,20 +125,24 @@ class QueryService:
             self._audit(principal, query, channel, keys, None, AuditOutcome.FAILURE, str(exc))
             raise
 
-        def read(conn: Connection) -> _Answer:
+        def read(conn: Connection) -> tuple[_Answer, dict[str, Any]]:
             identity = IdentityService(self._index)
             run = self._follow_retired(scoped, identity, conn)
             result = self._find(principal, run, limit, offset, max_results, conn)
             patient = self._audited_patient(run, result, identity, conn)
-            return _Answer(run, result, self._as_seen(principal, run, result, conn), patient)
+            answer = _Answer(run, result, self._as_seen(principal, run, result, conn), patient)
+            fields = {
+                **self._audit_fields(
+                    principal, run, channel, keys, result, AuditOutcome.SUCCESS, None
+                ),
+                **self._patient_fields(patient),
+            }
+            return answer, AuditTrail.naming_patient(conn, fields)
 
-        def record(conn: Connection, answer: _Answer) -> None:
-            fields = self._audit_fields(
-                principal, answer.query, channel, keys, answer.result, AuditOutcome.SUCCESS, None
-            )
-            AuditTrail.append_in(conn, {**fields, **self._patient_fields(answer.patient)})
+        def record(read: tuple[_Answer, dict[str, Any]]) -> None:
+            AuditTrail.append_alone(self._index, read[1], relaxed=True)
 
-        return self._index.read_then_record(read, record).shown
+        return self._index.read_then_record(read, record)[0].shown
 
     def _as_seen(
         self, principal: Principal, query: Query, result: QueryResult, conn: Connection
