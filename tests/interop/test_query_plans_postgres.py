@@ -103,8 +103,9 @@ def test_date_range_and_modality_stops_at_the_limit_in_index_order(filled: Index
     assert top["Node Type"] == "Limit"
     assert not [n for n in nodes(top) if n["Node Type"] in ("Sort", "Incremental Sort")]
     main = [n for n in nodes(top) if n.get("Alias") == "study"]
+    # Only CT studies are read, newest first: the CT index of revision 0010.
     assert [(n["Node Type"], n.get("Index Name"), n.get("Scan Direction")) for n in main] == [
-        ("Index Scan", "ix_study_date_key_pk", "Backward")
+        ("Index Scan", "ix_study_date_key_pk_ct", "Forward")
     ]
     assert not [s for s in scans(top, "study") + scans(top, "series") if s.startswith("Seq Scan")]
     # The access rule is checked per candidate row: no scan of every patient, no hashed set,
@@ -113,6 +114,16 @@ def test_date_range_and_modality_stops_at_the_limit_in_index_order(filled: Index
     assert not [n for n in nodes(top) if n["Node Type"] in ("Hash", "Materialize")]
     assert scans(top, "patient_visibility") == ["Index Only Scan pk_patient_visibility"]
     assert [s for s in scans(top, "study") if "ix_study_date_key_pk" not in s] == []
+
+
+def test_a_modality_without_its_own_index_walks_the_date_index(filled: Index) -> None:
+    top = plan(filled, {"StudyDate": "20190101-20191231", "ModalitiesInStudy": "SR"})
+    assert top["Node Type"] == "Limit"
+    assert not [n for n in nodes(top) if n["Node Type"] in ("Sort", "Incremental Sort")]
+    main = [n for n in nodes(top) if n.get("Alias") == "study"]
+    assert [(n["Node Type"], n.get("Index Name"), n.get("Scan Direction")) for n in main] == [
+        ("Index Scan", "ix_study_date_key_pk", "Backward")
+    ]
 
 
 def test_all_studies_landing_page_stops_at_the_limit_in_index_order(filled: Index) -> None:
@@ -161,7 +172,7 @@ def test_a_users_rule_with_break_glass_still_stops_at_the_limit(filled: Index) -
     assert not [n for n in nodes(top) if n["Node Type"] in ("Sort", "Incremental Sort")]
     main = [n for n in nodes(top) if n.get("Alias") == "study"]
     assert [(n["Node Type"], n.get("Index Name"), n.get("Scan Direction")) for n in main] == [
-        ("Index Scan", "ix_study_date_key_pk", "Backward")
+        ("Index Scan", "ix_study_date_key_pk_ct", "Forward")
     ]
     assert not [s for s in scans(top, "patient") + scans(top, "study") if s.startswith("Seq")]
     assert not [n for n in nodes(top) if n["Node Type"] in ("Hash", "Materialize")]
