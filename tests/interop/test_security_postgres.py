@@ -11,7 +11,7 @@ import pytest
 from solent.app import build_archive
 from solent.demo import load_demo
 from solent.domain.principal import Principal, PrincipalKind
-from solent.services.audit import AuditAction
+from solent.services.audit import AuditAction, AuditTrail, audit_fields
 from solent.settings import load_settings
 
 pytestmark = pytest.mark.interop
@@ -55,9 +55,10 @@ def test_concurrent_audit_appends_and_access_rule(fresh_postgres_url: str, tmp_p
 def test_records_chained_by_the_database_interleave_and_are_verified(
     fresh_postgres_url: str, tmp_path: Path
 ) -> None:
-    """QIDO-RS records are chained inside PostgreSQL in one round trip (index.audit.append_alone);
-    other records by the node. Both kinds, appended at once from many threads, form one chain
-    that `verify` accepts, and an edited record of either kind is caught."""
+    """Records of reads are chained inside PostgreSQL in one round trip (append_alone);
+    records written with a data change, inside its transaction, by the node. Both kinds,
+    appended at once from many threads, form one chain that `verify` accepts, and an edited
+    record is caught."""
     from sqlalchemy import text
 
     from solent.domain.attributes import Level
@@ -80,15 +81,16 @@ def test_records_chained_by_the_database_interleave_and_are_verified(
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
-        def viewer() -> None:
+        def ingest() -> None:  # records appended inside a data change's transaction
             try:
                 for i in range(20):
-                    archive.audit.record(clinician, AuditAction.VIEW, detail={"i": i})
+                    fields = audit_fields(clinician, AuditAction.STORE, detail={"i": i})
+                    archive.index.write(lambda c, f=fields: AuditTrail.append_in(c, f))
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
         before = archive.audit.verify().records
-        threads = [threading.Thread(target=f) for f in (searcher, searcher, searcher, viewer)]
+        threads = [threading.Thread(target=f) for f in (searcher, searcher, searcher, ingest)]
         for th in threads:
             th.start()
         for th in threads:
