@@ -3,9 +3,10 @@ caches of hot paths (user and API-token look-ups per HTTP request, HL7 sender re
 DICOMweb access decisions), so each says only what it keeps and for how long.
 
 An entry is used until ``ttl`` seconds after it was stored, and never after ``generation()``
-changes (a change made in this process drops everything at once; other processes wait out the
-TTL, or for `invalidate_all`, which `solent serve` calls when another node announces an access
-change, issue 16). Bounded: cleared when it grows past ``limit`` entries. ``None`` is a value
+changes (a change made in this process drops everything at once; `solent serve` calls
+`invalidate_all` when another node announces an access change on PostgreSQL, issue 16, and on
+an embedded archive every look-up first checks the stamp file other processes append to,
+`watch`). Bounded: cleared when it grows past ``limit`` entries. ``None`` is a value
 like any other, so refusals stay cheap too.
 """
 
