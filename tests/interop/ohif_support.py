@@ -9,6 +9,7 @@ reused by later runs.
 from __future__ import annotations
 
 import json
+import logging
 import mimetypes
 import shutil
 import socket
@@ -197,6 +198,9 @@ def serve_viewer(site: ViewerSite) -> Iterator[ViewerSite]:
     """Run the site with uvicorn on loopback in a thread; stopped on exit."""
     port = _free_port()
     site.origin = f"http://127.0.0.1:{port}"
+    # The proxy's httpx logs a line per request from the server thread, which outlives the
+    # test's captured output under pytest-xdist ("Logging error ... closed file"): not needed.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = uvicorn.Config(site.app(), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="ohif-site", daemon=True)
