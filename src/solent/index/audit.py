@@ -5,12 +5,12 @@ edited, deleted, inserted or reordered record breaks the chain. ``audit_head`` r
 sequence number and hash, so truncating the tail is caught as well; its row lock serialises
 appends on PostgreSQL (SQLite serialises writers anyway).
 
-A record appended on its own (the record of a read: a query, a view) is chained inside
-PostgreSQL instead, so the head's row lock, which every auditing request of every node queues
-for, is held for microseconds rather than across round trips and the node's GIL: its hash is
-SHA-256(previous hash || HMAC of its fields), computed by the database from the HMAC the node
-made before taking the lock (``append_alone``). ``verify`` accepts either form for any record;
-both need the key to forge.
+A record appended on its own, not with a data change (a query, a view, a break-glass), is
+chained inside PostgreSQL instead, so the head's row lock, which every auditing request of
+every node queues for, is held for microseconds rather than across round trips and the node's
+GIL: its hash is SHA-256(previous hash || HMAC of its fields), computed by the database from
+the HMAC the node made before taking the lock (``append_alone``). ``verify`` accepts either
+form for any record; both need the key to forge.
 
 The hash is an HMAC under a key kept outside the index (``security/audit_key.py``), so someone
 who can write to the database but does not hold the key cannot recompute a rewritten chain.

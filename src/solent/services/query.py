@@ -114,8 +114,9 @@ class QueryService:
 
         One audit record per call: ``channel`` (qido-rs, dimse c-find...) and the matching
         ``keys`` the caller sent, the number of matches, and the patient when the query names
-        one or all matches are one patient's. The reads and the record share one transaction
-        by ``Index.read_then_record``: nothing is answered unless the record committed.
+        one or all matches are one patient's. The record is appended after the reads, in a
+        transaction of its own (``Index.read_then_record``; one message on PostgreSQL):
+        nothing is answered unless it committed.
         """
         if max_results < 1:
             raise ValueError("max_results must be at least 1")
