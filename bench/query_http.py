@@ -82,6 +82,39 @@ def _postgres_cpu_seconds() -> float:
     return total
 
 
+def _connection_split(pid: int, port: int) -> str:
+    """How the clients' connections are shared among the node's HTTP processes ("7/3"): each
+    keep-alive connection stays with the process that accepted it, and an uneven split
+    queues one process's requests behind its GIL while another idles (docs/benchmarks.md)."""
+    inodes: dict[str, set[str]] = {"01": set(), "0A": set()}  # established, listening
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in inodes:
+                        inodes[fields[3]].add(fields[9])
+        except OSError:
+            continue
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    counts = []
+    for p in pids:
+        try:
+            links = [os.readlink(f"/proc/{p}/fd/{fd}") for fd in os.listdir(f"/proc/{p}/fd")]
+        except OSError:
+            continue
+        held = {link[8:-1] for link in links if link.startswith("socket:[")}
+        if held & inodes["0A"]:  # an HTTP process: it holds the listening socket
+            counts.append(len(held & inodes["01"]))
+    return "/".join(str(n) for n in counts)
+
+
 def _shape(node: _Node, keys: Keys, limit: int | None, repeat: int, clients: int) -> str:
     local = threading.local()
     port = int(node.ports["http"])
@@ -103,6 +136,7 @@ def _shape(node: _Node, keys: Keys, limit: int | None, repeat: int, clients: int
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(clients)))  # warm: one connection and plan per client
+        split = _connection_split(node.pid, port)
         cpu, pg, own = _cpu_seconds(node.pid), _postgres_cpu_seconds(), time.process_time()
         started = time.perf_counter()
         samples = sorted(pool.map(one, range(repeat * clients)))
@@ -114,7 +148,7 @@ def _shape(node: _Node, keys: Keys, limit: int | None, repeat: int, clients: int
     return (
         f"median {statistics.median(samples):7.2f} ms   p95 {_p(samples, 0.95):7.2f} ms   "
         f"{len(samples) / wall:6.1f} req/s   CPU ms/req: node {cpu * per:4.1f}  "
-        f"PostgreSQL {pg * per:4.1f}  clients {own * per:4.1f}"
+        f"PostgreSQL {pg * per:4.1f}  clients {own * per:4.1f}   connections {split}"
     )
 
 
