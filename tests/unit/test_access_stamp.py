@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from solent import ttl_cache
 from solent.app import Archive
@@ -62,8 +62,8 @@ def test_only_access_changes_move_the_stamp(archive: Archive, other_process: Ind
     )
     assert size() == before + 1
 
-    def failing(c: object) -> None:
-        c.execute(text("DELETE FROM trust WHERE code = 'ZZC'"))  # type: ignore[attr-defined]
+    def failing(c: Connection) -> None:
+        c.execute(text("DELETE FROM trust WHERE code = 'ZZC'"))
         raise RuntimeError("rolled back")
 
     with pytest.raises(RuntimeError):
