@@ -41,18 +41,22 @@ def _p(samples: list[float], q: float) -> float:
     return samples[min(len(samples) - 1, round(q * (len(samples) - 1)))]
 
 
+def _with_children(pid: int) -> list[int]:
+    """A process and its children still running (the node's HTTP and DIMSE workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [pid, *(int(c) for c in f.read().split())]
+    except OSError:
+        return [pid]
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its children still running (the HTTP workers), from
     /proc: the node's own cost per request, which a shared machine's load does not inflate
     the way it inflates latency."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
+    pids = _with_children(pid)
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
@@ -97,12 +101,7 @@ def _connection_split(pid: int, port: int) -> str:
                         inodes[fields[3]].add(fields[9])
         except OSError:
             continue
-    pids = [pid]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
+    pids = _with_children(pid)
     counts = []
     for p in pids:
         try:
