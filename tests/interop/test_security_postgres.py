@@ -4,6 +4,8 @@ chain, and the legitimate-relationship SQL gives the same answers as on SQLite."
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,26 +19,36 @@ from solent.settings import load_settings
 pytestmark = pytest.mark.interop
 
 
+def at_once(*jobs: Callable[[], None]) -> None:
+    """Run ``jobs`` in threads at the same time; re-raise the first error any of them hit."""
+    errors: list[BaseException] = []
+
+    def run(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as exc:  # pragma: no cover - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+
+
 def test_concurrent_audit_appends_and_access_rule(fresh_postgres_url: str, tmp_path: Path) -> None:
     settings = load_settings(environ={}, data_dir=tmp_path / "var", database_url=fresh_postgres_url)
     archive = build_archive(settings)
     try:
-        errors: list[BaseException] = []
 
         def writer(n: int) -> None:
             who = Principal(PrincipalKind.USER, f"user{n}", "ZZA", frozenset({"clinician"}))
-            try:
-                for i in range(25):
-                    archive.audit.record(who, AuditAction.QUERY, detail={"i": i})
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            for i in range(25):
+                archive.audit.record(who, AuditAction.QUERY, detail={"i": i})
 
-        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert not errors
+        at_once(*(partial(writer, n) for n in range(4)))
         report = archive.audit.verify()
         assert report.intact, report.problems
         assert report.records == 100
@@ -71,31 +83,19 @@ def test_records_chained_by_the_database_interleave_and_are_verified(
         load_demo(archive)
         clinician = Principal(PrincipalKind.USER, "drza", "ZZA", frozenset({"clinician"}))
         query = parse_query(Level.STUDY, {"PatientID": "A100001"}, linked=True)
-        errors: list[BaseException] = []
 
         def searcher() -> None:
-            try:
-                for _ in range(20):
-                    found = archive.services.query.find(clinician, query, limit=10, max_results=100)
-                    assert found.rows
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            for _ in range(20):
+                found = archive.services.query.find(clinician, query, limit=10, max_results=100)
+                assert found.rows
 
         def ingest() -> None:  # records appended inside a data change's transaction
-            try:
-                for i in range(20):
-                    fields = audit_fields(clinician, AuditAction.STORE, detail={"i": i})
-                    archive.index.write(lambda c, f=fields: AuditTrail.append_in(c, f))
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            for i in range(20):
+                fields = audit_fields(clinician, AuditAction.STORE, detail={"i": i})
+                archive.index.write(lambda c, f=fields: AuditTrail.append_in(c, f))
 
         before = archive.audit.verify().records
-        threads = [threading.Thread(target=f) for f in (searcher, searcher, searcher, ingest)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert not errors
+        at_once(searcher, searcher, searcher, ingest)
         report = archive.audit.verify()
         assert report.intact, report.problems
         assert report.records == before + 80

@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -166,13 +166,26 @@ class AuditTrail:
             purpose=purpose,
             detail=detail,
         )
-        relaxed = fields["action"] in READ_ACTIONS
-        if self._index.dialect == "postgresql":  # the chain's lock held inside the server only
-            if fields.get("patient_id") is None and fields.get("study_uid"):
-                with self._index.read() as conn:
-                    fields = self.naming_patient(conn, fields)
-            return store.append_alone(self._index, fields, relaxed=relaxed)
-        return self._index.write(lambda conn: self.append_in(conn, fields), relaxed=relaxed)
+        return self._append_each(
+            lambda conn: [self.naming_patient(conn, fields)],
+            relaxed=fields["action"] in READ_ACTIONS,
+        )[0]
+
+    def _append_each(
+        self, fields_of: Callable[[Connection], list[dict[str, Any]]], *, relaxed: bool
+    ) -> list[int]:
+        """Append the records ``fields_of`` makes (it may read, e.g. a study's patient).
+
+        PostgreSQL: the read in a transaction of its own (psycopg begins it only if it reads),
+        then each record in one message that holds the chain's lock inside the server only.
+        SQLite: read and records in one write transaction (one writer at a time anyway)."""
+        if self._index.dialect == "postgresql":
+            with self._index.read() as conn:
+                records = fields_of(conn)
+            return [store.append_alone(self._index, f, relaxed=relaxed) for f in records]
+        return self._index.write(
+            lambda conn: [store.append(conn, f) for f in fields_of(conn)], relaxed=relaxed
+        )
 
     def coalesces(
         self,
@@ -268,19 +281,9 @@ class AuditTrail:
                 )
             return out
 
-        relaxed = base["action"] in READ_ACTIONS
-        if self._index.dialect == "postgresql":  # read, then each record in one message
-            with self._index.read() as conn:
-                found = by_patient_of(conn)
-            return [
-                store.append_alone(self._index, fields, relaxed=relaxed)
-                for fields in records(found)
-            ]
-
-        def op(conn: Connection) -> list[int]:
-            return [store.append(conn, fields) for fields in records(by_patient_of(conn))]
-
-        return self._index.write(op, relaxed=relaxed)
+        return self._append_each(
+            lambda conn: records(by_patient_of(conn)), relaxed=base["action"] in READ_ACTIONS
+        )
 
     @staticmethod
     def naming_patient(conn: Connection, fields: dict[str, Any]) -> dict[str, Any]:
