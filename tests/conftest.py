@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -31,6 +32,15 @@ def require(available: bool, what: str) -> None:
     if REQUIRE_PEERS:
         pytest.fail(f"required peer missing in CI: {what}")
     pytest.skip(f"{what} not available (CI sets SOLENT_REQUIRE_PEERS=1 and installs it)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_event_loop_left_running() -> Iterator[None]:
+    """Fails the module that leaves an asyncio loop running in pytest's thread (e.g. a
+    Playwright sync session kept open): otherwise whichever module pytest-xdist runs next in
+    that process fails at asyncio.run(), far from the cause."""
+    yield
+    assert asyncio._get_running_loop() is None, "this module left an asyncio event loop running"
 
 
 def shared_dir() -> Path:

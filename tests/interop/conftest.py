@@ -1,8 +1,8 @@
-"""Fixtures shared by the browser test modules: one demo server and one chromium for the
-interop package (starting either costs seconds to minutes); each test gets the browser with its
-pages closed after it, so a finished test's viewers take no CPU from the next. Package scope,
-not session: Playwright's sync API keeps an event loop running while chromium is open, and the
-unit tests that follow call asyncio.run()."""
+"""Fixtures shared by the browser test modules: one demo server for the interop package (starting
+it costs a minute) and one chromium per module; each test gets the browser with its pages closed
+after it, so a finished test's viewers take no CPU from the next. Chromium is per module, not
+per package: Playwright's sync API keeps an event loop running in the thread while chromium is
+open, and other modules run by the same pytest process call asyncio.run()."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     srv.stop()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def chromium_session() -> Iterator[Any]:
     require_browser()
     with chromium() as b:
