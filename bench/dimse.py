@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -45,16 +46,32 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process tree so far (Linux /proc; 0 elsewhere)."""
+def cpu_seconds(pid: int, *, kernel_only: bool = False) -> float:
+    """User + system (or only system) CPU of a process tree so far (Linux /proc; 0 elsewhere)."""
     total = 0
     for p in _tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        total += int(fields[12]) if kernel_only else int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def clients_cpu_seconds() -> float:
+    """User + system CPU of the DCMTK tools run so far (children that were waited for)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all cores, kernel threads included)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def storescu(port: int, aec: str, files: list[Path]) -> None:
@@ -122,10 +139,16 @@ def run_peer(
     pid: int | None = None,
 ) -> dict[str, float]:
     cpu: list[float] = []
+    kernel: list[float] = []
+    clients: list[float] = []
+    machine: list[float] = []
 
     def lap() -> None:
         if pid is not None:
             cpu.append(cpu_seconds(pid))
+            kernel.append(cpu_seconds(pid, kernel_only=True))
+        clients.append(clients_cpu_seconds())
+        machine.append(machine_busy_seconds())
 
     one_dir, study, series = variant(1)
     four_dir, _, _ = variant(2)
@@ -137,10 +160,15 @@ def run_peer(
     get = timed_get(port, aec, study, series, slices, work)
     lap()
     print(f"{name:8s} C-STORE 1 assoc {one:7.1f}/s   4 assoc {four:7.1f}/s   C-GET {get:7.1f}/s")
-    if len(cpu) == 4:
-        ms = [1000 * (b - a) / slices for a, b in itertools.pairwise(cpu)]
+    # The DCMTK clients share the machine's cores with the server: what they and the kernel's
+    # own threads use is CPU the server cannot have (the ceiling on instances/s).
+    shares = ("server", cpu), ("server kernel", kernel), ("clients", clients), ("machine", machine)
+    for label, laps in shares:
+        if len(laps) != 4:
+            continue
+        ms = [1000 * (b - a) / slices for a, b in itertools.pairwise(laps)]
         print(
-            f"{'':8s} server CPU ms/instance: store 1 assoc {ms[0]:.2f}   4 assoc {ms[1]:.2f}"
+            f"{'':8s} {label} CPU ms/instance: store 1 assoc {ms[0]:.2f}   4 assoc {ms[1]:.2f}"
             f"   C-GET {ms[2]:.2f}"
         )
     return {"store1": one, "store4": four, "get": get}

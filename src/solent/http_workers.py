@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 
+from solent.http_accept import LoadBoard
 from solent.protocols.dimse.workers import READY, DimseWorkers, settings_payload, watch_parent
 from solent.settings import Settings
 
@@ -37,13 +38,16 @@ class HttpWorkers(DimseWorkers):
     def __init__(self, settings: Settings, sock: socket.socket, count: int) -> None:
         super().__init__(settings, int(sock.getsockname()[1]), count)
         self.fd = sock.fileno()
-        self.pass_fds = (self.fd,)
+        self.board = LoadBoard.create(count + 1)  # slot 0: the parent (solent.http_accept)
+        self.pass_fds = (self.fd, self.board.fd)
 
-    def payload(self) -> str:
+    def payload_of(self, index: int) -> str:
         data = json.loads(settings_payload(self.settings, self.port))
         # Only the parent listens for DIMSE/HL7 and runs jobs; ports of 0 would bind new ones.
         data.update(dicom_workers=1, jobs_worker=False, http_port=self.port)
-        return json.dumps({"settings": data, "fd": self.fd}, default=str)
+        # Slot 0 of the load board is the parent's; worker i publishes in slot i + 1.
+        board = {"fd": self.board.fd, "slots": self.board.slots, "slot": index + 1}
+        return json.dumps({"settings": data, "fd": self.fd, "board": board}, default=str)
 
 
 def main() -> int:
@@ -62,6 +66,8 @@ def main() -> int:
     archive.services.broadcast.subscribe(ACCESS_CHANNEL, lambda _note: invalidate_all())
     tls_cert, tls_key = https_files(archive)
     server = DrainingServer(http_config(archive, tls_cert, tls_key), archive)
+    board = message["board"]
+    server.board = LoadBoard(int(board["fd"]), int(board["slots"]), int(board["slot"]))
     stop = threading.Event()
 
     def on_stop() -> None:

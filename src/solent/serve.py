@@ -17,9 +17,11 @@ import uvicorn
 from solent import gc_tuning
 from solent.app import Archive, Listener
 from solent.errors import ConfigurationError
+from solent.http_accept import FairAcceptor, LoadBoard
 from solent.http_limits import LimitedHttpProtocol
-from solent.protocols.dimse.workers import DimseWorkers
+from solent.http_workers import HttpWorkers
 from solent.services.broadcast import ACCESS_CHANNEL
+from solent.settings import Settings
 from solent.ttl_cache import invalidate_all
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,33 @@ class DrainingServer(uvicorn.Server):
         #: Told of each signal first: the HTTP worker processes drain alongside (readiness
         #: fails on every process of the node at once, whichever one the balancer asks).
         self.forward: Callable[[int], None] | None = None
+        #: Set when several processes share the port: connections are then accepted fairly
+        #: among them (solent.http_accept) instead of by whichever wakes first.
+        self.board: LoadBoard | None = None
+        #: Called once this process accepts connections (`solent serve` then says READY).
+        self.on_started: Callable[[], None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._listen(sockets)
+        if self.on_started is not None:
+            self.on_started()
+
+    async def _listen(self, sockets: list[socket.socket] | None) -> None:
+        if self.board is None or sockets is None:
+            await super().startup(sockets)
+            return
+        await self.lifespan.startup()
+        config, board = self.config, self.board
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        connections = self.server_state.connections
+        acceptors = [FairAcceptor(s, protocol, connections, board, config.ssl) for s in sockets]
+        self.servers = acceptors  # type: ignore[assignment]  # close()/wait_closed() suffice
+        self.started = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.forward is not None:
@@ -134,12 +163,10 @@ def http_config(archive: Archive, tls_cert: str | None, tls_key: str | None) -> 
     )
 
 
-def start_http_workers(archive: Archive, sock: socket.socket) -> DimseWorkers | None:
+def start_http_workers(archive: Archive, sock: socket.socket) -> HttpWorkers | None:
     """``SOLENT_HTTP_WORKERS - 1`` more processes serving HTTP on the same listening socket
     (solent.http_workers); None when there is one. Only on PostgreSQL: that is where the
     processes' caches learn of access changes (broadcast); SQLite keeps one process."""
-    from solent.http_workers import HttpWorkers
-
     count = archive.settings.http_workers - 1
     if count <= 0:
         return None
@@ -150,6 +177,25 @@ def start_http_workers(archive: Archive, sock: socket.socket) -> DimseWorkers | 
     workers.start()
     log.info("HTTP workers started", extra={"workers": count})
     return workers
+
+
+def announce(settings: Settings, ports: dict[str, int | str]) -> None:
+    """One machine-readable line for tests and tools (``SOLENT_READY``), then some for people."""
+    print("SOLENT_READY " + json.dumps(ports, sort_keys=True), flush=True)
+    host = settings.bind_address
+    scheme = "https" if settings.http_tls_cert else "http"
+    print(
+        f"Solent PACS is running: {scheme}://{host}:{ports['http']}/health  "
+        "(API at /api, metrics at /metrics)",
+        flush=True,
+    )
+    for name, port in ports.items():
+        if name not in ("http", "ae_title"):
+            print(f"  {name}: {host}:{port}", flush=True)
+    print(
+        f"  data: {settings.effective_database_url}  blobs: {settings.effective_storage_url}",
+        flush=True,
+    )
 
 
 def serve(archive: Archive) -> None:
@@ -175,10 +221,11 @@ def serve(archive: Archive) -> None:
     server = DrainingServer(config, archive)
     if http_workers is not None:
         server.forward = http_workers.signal
+        server.board = http_workers.board  # slot 0: this process
 
     # Uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with the
-    # handlers found at start. Ours ask the server to stop, so a signal that arrives after
-    # SOLENT_READY but before uvicorn takes over still ends the process cleanly (status 0).
+    # handlers found at start. Ours ask the server to stop, so a signal that arrives while
+    # starting up, before uvicorn takes over, still ends the process cleanly (status 0).
     def stop(sig: int, _frame: object) -> None:
         if http_workers is not None:
             http_workers.signal(sig)
@@ -188,22 +235,9 @@ def serve(archive: Archive) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     ports["ae_title"] = settings.ae_title
-    # One machine-readable line for tests and tools, then one for people.
-    print("SOLENT_READY " + json.dumps(ports, sort_keys=True), flush=True)
-    host = settings.bind_address
-    scheme = "https" if settings.http_tls_cert else "http"
-    print(
-        f"Solent PACS is running: {scheme}://{host}:{ports['http']}/health  "
-        "(API at /api, metrics at /metrics)",
-        flush=True,
-    )
-    for name, port in ports.items():
-        if name not in ("http", "ae_title"):
-            print(f"  {name}: {host}:{port}", flush=True)
-    print(
-        f"  data: {settings.effective_database_url}  blobs: {settings.effective_storage_url}",
-        flush=True,
-    )
+    # READY once this process accepts too (its workers already do): a client that connects
+    # on READY is then shared fairly among all of them (solent.http_accept).
+    server.on_started = lambda: announce(settings, ports)
     gc_tuning.settle()
     try:
         server.run(sockets=[sock])

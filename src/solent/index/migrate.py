@@ -28,9 +28,7 @@ def alembic_config(index: Index) -> Config:
 
 def upgrade(index: Index, revision: str = "head") -> None:
     cfg = alembic_config(index)
-    with index.engine.connect().execution_options(
-        solent_write=True, solent_migrating=True
-    ) as conn:
+    with index.engine.connect().execution_options(solent_write=True, solent_migrating=True) as conn:
         if index.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": PG_LOCK_ID})
             conn.commit()

@@ -214,9 +214,7 @@ class Index:
             time.sleep(min(0.5, 0.005 * 2**attempt) * random.random())
         raise AssertionError("unreachable")
 
-    def read_then_record(
-        self, read: Callable[[Connection], T], record: Callable[[T], None]
-    ) -> T:
+    def read_then_record(self, read: Callable[[Connection], T], record: Callable[[T], None]) -> T:
         """``read`` in a read transaction, then ``record(value)`` (an audit record of what was
         read, appended in a transaction of its own: see ``index.audit.append_alone``).
 

@@ -59,14 +59,14 @@ class DimseWorkers:
         self.procs: list[subprocess.Popen[str]] = []
         self.pass_fds: tuple[int, ...] = ()
 
-    def payload(self) -> str:
+    def payload_of(self, index: int) -> str:
+        """The JSON line worker ``index`` reads on stdin (the same for every DIMSE worker)."""
         return settings_payload(self.settings, self.port)
 
     def start(self) -> None:
         """Start every worker, then wait until each listens (or raise and stop them all)."""
-        payload = self.payload() + "\n"
         try:
-            for _ in range(self.count):
+            for index in range(self.count):
                 proc = subprocess.Popen(
                     [sys.executable, "-m", self.module],
                     stdin=subprocess.PIPE,
@@ -76,7 +76,7 @@ class DimseWorkers:
                     pass_fds=self.pass_fds,
                 )
                 assert proc.stdin is not None
-                proc.stdin.write(payload)
+                proc.stdin.write(self.payload_of(index) + "\n")
                 proc.stdin.flush()  # stdin stays open: its EOF tells the worker we are gone
                 self.procs.append(proc)
             for proc in self.procs:
