@@ -3,10 +3,11 @@
 A node answers QIDO-RS, WADO-RS and the viewer in Python, so one process uses one CPU however
 many requests it serves. With ``SOLENT_HTTP_WORKERS`` > 1 on PostgreSQL, `solent serve` starts
 that many - 1 processes (``python -m solent.http_workers``) that inherit its listening socket
-and run the same HTTP app on their own Archive; the kernel hands each accepted connection to
-one of them. They hold nothing that must survive (principle 7): their look-up caches drop on
-the access broadcast (PostgreSQL NOTIFY) exactly as other nodes' do, and MDT rooms already
-cross processes through the shared broker. DIMSE, HL7 and background jobs stay in the parent.
+and run the same HTTP app on their own Archive; connections are shared out among them by
+solent.http_accept (a load board on a memfd, passed like the socket). They hold nothing that
+must survive (principle 7): their look-up caches drop on the access broadcast (PostgreSQL
+NOTIFY) exactly as other nodes' do, and MDT rooms already cross processes through the shared
+broker. DIMSE, HL7 and background jobs stay in the parent.
 
 Each worker reads the settings and the socket's file descriptor as one JSON line on stdin,
 answers ``READY <port>`` once it listens, and stops on SIGTERM or when stdin closes.
