@@ -37,10 +37,9 @@ class HttpWorkers(DimseWorkers):
     what = "HTTP"
 
     def __init__(self, settings: Settings, sock: socket.socket, count: int) -> None:
-        super().__init__(settings, int(sock.getsockname()[1]), count)
-        self.fd = sock.fileno()
+        super().__init__(settings, int(sock.getsockname()[1]), count, sock)
         self.board = LoadBoard.create(count + 1)  # slot 0: the parent (solent.http_accept)
-        self.pass_fds = (self.fd, self.board.fd)
+        self.pass_fds = (*self.pass_fds, self.board.fd)
 
     def payload_of(self, index: int) -> str:
         data = json.loads(settings_payload(self.settings, self.port))

@@ -215,7 +215,9 @@ def serve(archive: Archive) -> None:
     if "dicom" in ports:
         from solent.protocols.dimse.workers import start_workers
 
-        workers = start_workers(settings, int(ports["dicom"]))  # READY only once they listen
+        dicom = next(x for x in archive.listeners if x.name == "dicom")
+        shared = getattr(dicom, "plain_socket", None)  # the fast engine's, for the workers
+        workers = start_workers(settings, int(ports["dicom"]), shared)  # READY once they listen
     http_workers = start_http_workers(archive, sock)  # READY only once they listen too
     config = http_config(archive, tls_cert, tls_key)
     server = DrainingServer(config, archive)

@@ -112,8 +112,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="Processes receiving on the DICOM port (SO_REUSEPORT), the first being "
-        "`solent serve` itself; 0: one per CPU. Associations are spread over them.",
+        description="Processes receiving on the DICOM port (sharing its listening socket), the "
+        "first being `solent serve` itself; 0: one per CPU. Associations go round them.",
     )
     http_workers: int = Field(
         1,

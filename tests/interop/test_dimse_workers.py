@@ -8,11 +8,13 @@ several processes appended to it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import subprocess
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +22,9 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import text
 
 from solent.index.sql import Index
@@ -97,6 +102,49 @@ def pacs(request: pytest.FixtureRequest, tmp_path: Path) -> RunningServer:
     srv = start_server(data, extra)
     srv.cli("ae", "add", AET, "--host", "127.0.0.1", "--port", "104", "--trust", "ZZA")
     return srv
+
+
+def _holders(port: int, assocs: list[Association], pids: list[int]) -> Counter[int]:
+    """How many of ``assocs`` each process of ``pids`` serves (/proc/net/tcp names the
+    server end of each connection, /proc/<pid>/fd its owner)."""
+    mine = {a.dul.socket.socket.getsockname()[1] for a in assocs}  # type: ignore[union-attr]
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    inodes = {
+        f"socket:[{r[9]}]"
+        for r in rows
+        if int(r[1].split(":")[1], 16) == port and int(r[2].split(":")[1], 16) in mine
+    }
+    held: Counter[int] = Counter()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    held[pid] += 1
+    return held
+
+
+def test_associations_go_round_the_processes(pacs: RunningServer) -> None:
+    """Opened one after another, associations are served by each process in turn (the
+    processes share one listening socket), not as a hash of the ports falls (SO_REUSEPORT
+    gave one process three of four associations)."""
+    pids = [pacs.proc.pid, *_children(pacs.proc.pid)]
+    port = int(pacs.ports["dicom"])
+    ae = AE(ae_title=AET)
+    ae.add_requested_context(Verification)
+    assocs = []
+    try:
+        for _ in range(2 * WORKERS):
+            assoc = ae.associate("127.0.0.1", port, ae_title="SOLENT")
+            assert assoc.is_established
+            assocs.append(assoc)
+        held = _holders(port, assocs, pids)
+        assert sorted(held) == sorted(pids) and set(held.values()) == {2}, held
+        assert all(a.send_c_echo().Status == 0 for a in assocs)
+    finally:
+        for assoc in assocs:
+            assoc.release()
+        assert pacs.stop() == 0
 
 
 def test_four_associations_into_several_workers(pacs: RunningServer, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ its node is allowed, so a node that may not query gets no C-FIND context at all.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from typing import Any
@@ -81,8 +82,12 @@ def allowed_abstract_syntaxes(peer: Peer) -> set[str] | None:
 class DimseListener:
     name = "dicom"
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, inherited: socket.socket | None = None) -> None:
         self.services = services
+        #: A DIMSE worker process's listening socket, inherited from `solent serve`.
+        self.inherited = inherited
+        #: The plain port's listening socket on the fast engine: what the workers inherit.
+        self.plain_socket: socket.socket | None = None
         settings = services.settings
         configure_pynetdicom(settings.tmp_dir / "dimse")
         self.ae = make_ae(settings.ae_title)
@@ -286,11 +291,12 @@ class DimseListener:
                 slow, [c.abstract_syntax for c in rq.contexts]
             ),
             handoff=handoff.handoff,
-            reuse_port=dicom_processes(settings.dicom_workers) > 1,
             client_address=proxy.client_address if proxy is not None else None,
             slots=self.slots,
             pending=self.pending,
+            inherited=self.inherited,  # the workers share the parent's socket (workers.py)
         )
+        self.plain_socket = server.sock
         server.start()
         self._servers.append(server)
         self._servers.append(handoff)

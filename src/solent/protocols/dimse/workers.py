@@ -1,14 +1,18 @@
 """DIMSE worker processes: more receivers on the one DICOM port, so ingest uses every CPU.
 
 pynetdicom receives and Solent parses in Python, so one process is bound to one CPU however
-many associations it serves. `solent serve` binds the plain DICOM port with SO_REUSEPORT and
-starts ``SOLENT_DICOM_WORKERS - 1`` processes (``python -m solent.protocols.dimse.workers``)
-that bind the same port and run only the DIMSE listener, against the same index and blob store;
-the kernel spreads incoming associations over all of them. Ingest's write gate (a lock file for
-SQLite, row locks on PostgreSQL) keeps index transactions and the audit chain serial.
+many associations it serves. `solent serve` binds the plain DICOM port and starts
+``SOLENT_DICOM_WORKERS - 1`` processes (``python -m solent.protocols.dimse.workers``) that run
+only the DIMSE listener, against the same index and blob store. On the fast engine they inherit
+the parent's listening socket and each blocks in accept(): the kernel hands each association
+to the process that has waited longest, so associations go round the processes. On the
+pynetdicom engine each binds the port itself (SO_REUSEPORT; the kernel hashes connections).
+Ingest's write gate (a lock file for SQLite, row locks on PostgreSQL) keeps index transactions
+and the audit chain serial.
 
-Each worker reads the settings as one JSON line on stdin, answers one ``READY <port>`` line on
-stdout, and stops on SIGTERM or when stdin closes (its parent is gone).
+Each worker reads the settings (and the inherited socket's descriptor) as one JSON line on
+stdin, answers one ``READY <port>`` line on stdout, and stops on SIGTERM or when stdin closes
+(its parent is gone).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -52,16 +57,23 @@ class DimseWorkers:
     module = "solent.protocols.dimse.workers"
     what = "DIMSE"
 
-    def __init__(self, settings: Settings, port: int, count: int) -> None:
+    def __init__(
+        self, settings: Settings, port: int, count: int, sock: socket.socket | None = None
+    ) -> None:
         self.settings = settings
         self.port = port
         self.count = count
         self.procs: list[subprocess.Popen[str]] = []
-        self.pass_fds: tuple[int, ...] = ()
+        #: The parent's listening socket, inherited by every worker (None: they bind the
+        #: port themselves with SO_REUSEPORT, as the pynetdicom engine does).
+        self.fd = sock.fileno() if sock is not None else None
+        self.pass_fds: tuple[int, ...] = () if self.fd is None else (self.fd,)
 
     def payload_of(self, index: int) -> str:
         """The JSON line worker ``index`` reads on stdin (the same for every DIMSE worker)."""
-        return settings_payload(self.settings, self.port)
+        return json.dumps(
+            {"settings": json.loads(settings_payload(self.settings, self.port)), "fd": self.fd}
+        )
 
     def start(self) -> None:
         """Start every worker, then wait until each listens (or raise and stop them all)."""
@@ -126,12 +138,15 @@ class DimseWorkers:
         self.procs.clear()
 
 
-def start_workers(settings: Settings, port: int) -> DimseWorkers | None:
-    """Start the extra DIMSE processes ``settings`` asks for (None when there are none)."""
+def start_workers(
+    settings: Settings, port: int, sock: socket.socket | None = None
+) -> DimseWorkers | None:
+    """Start the extra DIMSE processes ``settings`` asks for (None when there are none);
+    ``sock``: the listening socket they share (the fast engine's), else they bind the port."""
     count = _processes(settings) - 1
     if count <= 0:
         return None
-    workers = DimseWorkers(settings, port, count)
+    workers = DimseWorkers(settings, port, count, sock)
     workers.start()
     log.info("DIMSE workers started", extra={"workers": count, "port": port})
     return workers
@@ -151,7 +166,8 @@ def watch_parent(stdin: IO[str], stop: threading.Event) -> None:
 
 
 def main() -> int:
-    settings = Settings(**json.loads(sys.stdin.readline()))
+    message = json.loads(sys.stdin.readline())
+    settings = Settings(**message["settings"])
     from solent import logs
 
     logs.configure(settings.log_format, settings.log_level, settings.log_patient_data)
@@ -162,7 +178,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     archive = build_archive(settings, migrate=False)
-    listener = DimseListener(archive.services)
+    fd = message.get("fd")
+    listener = DimseListener(archive.services, socket.socket(fileno=fd) if fd is not None else None)
     archive.listeners = [listener]
     try:
         port = listener.start()

@@ -410,10 +410,10 @@ class FastServer:
         *,
         fast_path: Callable[[pdu.AssociateRequest], bool],
         handoff: Callable[[socket.socket, Any, bytes], None],
-        reuse_port: bool = False,
         client_address: Callable[[socket.socket, Any], Any] | None = None,
         slots: AssociationSlots | None = None,
         pending: PendingConnections | None = None,
+        inherited: socket.socket | None = None,
     ) -> None:
         self.config = config
         # Behind a balancer: the client's address from a PROXY protocol header (issue 16).
@@ -427,7 +427,12 @@ class FastServer:
         # take a slot (protocols/dimse/artim.py).
         self.slots = slots or AssociationSlots(config.max_associations)
         self.pending = pending
-        self.sock = socket.create_server((host, port), reuse_port=reuse_port, backlog=128)
+        # ``inherited``: the listening socket of `solent serve`, shared by its DIMSE worker
+        # processes. Each blocks in accept(), and the kernel wakes the one that has waited
+        # longest, so associations go round the processes (SO_REUSEPORT hashes them instead:
+        # four associations often landed 3/1, one process's GIL serving three).
+        self.shared = inherited is not None
+        self.sock = inherited or socket.create_server((host, port), backlog=128)
         self.port = int(self.sock.getsockname()[1])
         self.active: set[Association] = set()
         self._lock = threading.Lock()
@@ -447,10 +452,11 @@ class FastServer:
 
     def shutdown(self) -> None:
         self._stop.set()
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self._thread.join(timeout=5)
+        if not self.shared:  # shutdown() would stop the socket for every process sharing it
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
+            self._thread.join(timeout=5)
         for assoc in self.active_associations:
             with contextlib.suppress(OSError):
                 assoc.sock.shutdown(socket.SHUT_RDWR)
@@ -464,6 +470,9 @@ class FastServer:
                 if self._stop.is_set():
                     return
                 continue
+            if self._stop.is_set():  # a shared socket's accept() outlives shutdown(): refuse
+                conn.close()
+                return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.pending is not None:
                 self.pending.admit(conn, address)
