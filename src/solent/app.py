@@ -128,6 +128,7 @@ class Archive:
 
     def close(self) -> None:
         self.services.jobs.stop_background()
+        self.services.mdt.stop_background()
         self.services.live.broker.close()
         self.services.broadcast.close()
         for listener in self.listeners:

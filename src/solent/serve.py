@@ -211,6 +211,8 @@ def serve(archive: Archive) -> None:
     archive.services.broadcast.subscribe(ACCESS_CHANNEL, lambda _note: invalidate_all())
     if settings.jobs_worker:
         archive.services.jobs.start_background()  # change-feed consumers (issue 16)
+    # Serving processes warm their own caches: MDT meetings shortly before they start (issue 12).
+    archive.services.mdt.start_background()
     workers = None
     if "dicom" in ports:
         from solent.protocols.dimse.workers import start_workers

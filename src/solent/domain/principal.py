@@ -24,6 +24,9 @@ class Principal:
     trust: str | None
     roles: frozenset[str] = frozenset()
     address: str | None = None
+    #: Why the caller reads, as they declared it and a service accepted it (e.g. ``mdt:7``, a
+    #: participant's reads during MDT meeting 7); audit records carry it unless given another.
+    purpose: str | None = None
 
     def describe(self) -> str:
         at = f"@{self.trust}" if self.trust else ""

@@ -4,9 +4,10 @@ progress and the current presenter."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, or_, select, update
 
 from solent.index import schema as t
 from solent.index.sql import now
@@ -20,6 +21,8 @@ def add_meeting(
     team: str,
     coordinator: str,
     items: list[tuple[str, str, list[str]]],
+    time: str | None = None,
+    base: str | None = None,
 ) -> int:
     """Insert a meeting and its items (issuer, local_id, study UIDs) in order; returns its id."""
     res = conn.execute(
@@ -33,6 +36,8 @@ def add_meeting(
             prefetch_done=0,
             prefetch_total=0,
             created_at=now(),
+            time=time,
+            prefetch_base=base,
         )
     )
     assert res.inserted_primary_key is not None
@@ -45,6 +50,7 @@ def add_meeting(
                 patient_issuer=issuer,
                 patient_id=local_id,
                 study_uids=json.dumps(studies),
+                prefetch_state="pending",
             )
         )
     return meeting
@@ -93,15 +99,43 @@ def set_prefetch(
     conn.execute(update(t.mdt_meeting).where(t.mdt_meeting.c.pk == meeting).values(**values))
 
 
-def claim_prefetch(conn: Connection, meeting: int) -> bool:
-    """Mark the prefetch running unless it already is (one run per meeting at a time)."""
+def claim_prefetch(conn: Connection, meeting: int, *, before: datetime | None = None) -> bool:
+    """Mark the prefetch running unless it already is (one run per meeting at a time, across
+    nodes); with ``before``, only if the last one ended before then (the warming before the
+    start, claimed by one node)."""
     m = t.mdt_meeting.c
-    res = conn.execute(
-        update(t.mdt_meeting)
-        .where(m.pk == meeting, m.prefetch_state != "running")
-        .values(prefetch_state="running", prefetch_done=0, prefetch_total=0)
-    )
+    q = update(t.mdt_meeting).where(m.pk == meeting, m.prefetch_state != "running")
+    if before is not None:
+        before = before.astimezone(UTC)  # stored in UTC: SQLite compares the text
+        q = q.where(or_(m.prefetched_at.is_(None), m.prefetched_at < before))
+    res = conn.execute(q.values(prefetch_state="running", prefetch_done=0, prefetch_total=0))
+    if res.rowcount:
+        items = update(t.mdt_item).where(t.mdt_item.c.meeting_pk == meeting)
+        conn.execute(items.values(prefetch_state="pending"))
     return bool(res.rowcount)
+
+
+def finish_prefetch(conn: Connection, meeting: int, state: str, at: datetime) -> None:
+    conn.execute(
+        update(t.mdt_meeting)
+        .where(t.mdt_meeting.c.pk == meeting)
+        .values(prefetch_state=state, prefetched_at=at.astimezone(UTC))
+    )
+
+
+def set_item_prefetch(conn: Connection, item: int, state: str, warmed: int | None) -> None:
+    conn.execute(
+        update(t.mdt_item)
+        .where(t.mdt_item.c.pk == item)
+        .values(prefetch_state=state, prefetch_warmed=warmed)
+    )
+
+
+def meetings_starting(conn: Connection, date: str) -> list[dict[str, Any]]:
+    """Meetings of ``date`` with a start time (the sweep picks those about to start)."""
+    m = t.mdt_meeting.c
+    q = select(t.mdt_meeting).where(m.date == date, m.time.is_not(None)).order_by(m.time, m.pk)
+    return [dict(r) for r in conn.execute(q).mappings()]
 
 
 _UNSET: Any = object()

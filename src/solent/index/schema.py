@@ -632,6 +632,11 @@ mdt_meeting = Table(
     Column("prefetch_done", Integer, nullable=False, default=0),
     Column("prefetch_total", Integer, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Start time HH:MM (server's local time), the URL base metadata was warmed under, and
+    # when the last prefetch ended: the warming shortly before the start is due (0011).
+    Column("time", String(5)),
+    Column("prefetch_base", String(500)),
+    Column("prefetched_at", DateTime(timezone=True)),
     Index(None, "date"),
 )
 
@@ -648,6 +653,8 @@ mdt_item = Table(
     Column("outcome", Text),
     Column("outcome_by", String(200)),
     Column("outcome_at", DateTime(timezone=True)),
+    Column("prefetch_state", String(16)),  # pending/running/done/failed/not available (0011)
+    Column("prefetch_warmed", Integer),  # resources warmed by the last prefetch
     Index(None, "meeting_pk"),
 )
 # --- end viewer and MDT meetings --------------------------------------------------------------

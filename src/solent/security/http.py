@@ -21,6 +21,7 @@ from fastapi import FastAPI, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from solent.domain.principal import Principal, PrincipalKind
+from solent.errors import InvalidInput
 from solent.security.authn import AuthenticationFailed, Authenticator
 from solent.services.audit import AuditAction, AuditOutcome
 from solent.services.registry import Services
@@ -37,6 +38,8 @@ PUBLIC_PATHS = frozenset({"/health", "/health/ready", "/viewer"})
 PUBLIC_PREFIXES = ("/viewer/",)
 # Where a password (HTTP Basic) is exchanged for a bearer token; the only place Basic works.
 LOGIN_PATH = "/api/auth/token"
+#: Why the caller reads (``mdt:<meeting id>``); written into their audit records when accepted.
+PURPOSE_HEADER = "x-solent-purpose"
 
 
 class RequestTooLarge(HTTPException):
@@ -153,6 +156,19 @@ class SecurityMiddleware:
         if length is not None and length.isdigit() and int(length) > self.max_body:
             await _reply(send, 413, f"request body larger than {self.max_body} bytes")
             return
+        claim = headers.get(PURPOSE_HEADER)
+        if claim is not None:
+            # A participant's reads during an MDT meeting: the MDT service decides whether the
+            # claim holds (then their audit records carry it) or is ignored.
+            mdt = self.archive.mdt
+            accepted = mdt.remembered_purpose(principal, claim)
+            if accepted is None:
+                try:
+                    accepted = await run_in_threadpool(mdt.purpose_for, principal, claim)
+                except InvalidInput as exc:
+                    await _reply(send, 400, str(exc))
+                    return
+            principal = accepted
         scope.setdefault("state", {})["principal"] = principal
         counter = _PartCounter(b) if (b := _boundary(headers)) else None
         received = 0

@@ -113,7 +113,7 @@ def audit_fields(
         "patient_id": patient.local_id if patient else None,
         "nhs_number": patient.nhs_number if patient else None,
         "study_uid": study_uid,
-        "purpose": purpose[:200] if purpose else None,
+        "purpose": (purpose or principal.purpose or "")[:200] or None,
         "detail": json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str)
         if detail
         else None,
@@ -333,6 +333,7 @@ def _coalescing_key(
         principal.name,
         principal.trust or "",
         principal.address or "",
+        principal.purpose or "",  # a read for an MDT meeting is not "the same" as one without
         AuditAction(action).value,
         study_uid,
         channel,

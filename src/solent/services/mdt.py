@@ -11,15 +11,21 @@ redacted. Audit records made here carry the meeting in their purpose (``mdt:<id>
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
-from solent.domain.principal import Principal
+from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import InvalidInput, NotFound
 from solent.index import mdt as store
+from solent.index import security as users
 from solent.index import viewer as viewer_store
 from solent.index.sql import Index
 from solent.services import mdt_prefetch as warm
@@ -29,6 +35,7 @@ from solent.services.mdt_broker import ORDERED, Announce
 from solent.services.mdt_live import LiveHub, advance
 from solent.services.retrieve import RetrieveService
 from solent.services.viewer import ViewerService
+from solent.ttl_cache import TtlCache
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,10 @@ MAX_OUTCOME = 10_000
 #: Prefetches running at once in this process: many meetings warming together must not take
 #: every core from the people already viewing.
 PREFETCH_SLOTS = threading.BoundedSemaphore(2)
+#: The warming before a meeting starts runs this long before its start time.
+PREFETCH_LEAD = timedelta(minutes=30)
+_PURPOSE = re.compile(r"mdt:([1-9][0-9]{0,17})")
+_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +88,11 @@ class MdtService:
         self.viewer = viewer
         self._retrieve = retrieve
         self._threads: dict[int, threading.Thread] = {}
+        self._sweeper: tuple[threading.Event, threading.Thread] | None = None
+        #: Now, in the server's time zone (meeting times are local); tests move it.
+        self.clock: Callable[[], datetime] = lambda: datetime.now().astimezone()
+        # Accepted purpose claims (a participant's every frame request carries one), briefly.
+        self._participants: TtlCache[bool] = TtlCache(10.0, limit=10_000)
 
     # -- roles ------------------------------------------------------------------------------
 
@@ -156,6 +172,7 @@ class MdtService:
                         "nhs_number": None,
                         "study_uids": [],
                         "outcome": None,
+                        "prefetch": None,
                     }
                 )
                 continue
@@ -169,6 +186,10 @@ class MdtService:
                     "nhs_number": patient["nhs_number"] if patient["nhs_number_valid"] else None,
                     "study_uids": item["study_uids"],
                     "outcome": item["outcome"],
+                    "prefetch": {
+                        "state": item["prefetch_state"] or "pending",
+                        "warmed": int(item["prefetch_warmed"] or 0),
+                    },
                 }
             )
             if audit:
@@ -185,6 +206,7 @@ class MdtService:
             "id": int(meeting["pk"]),
             "title": meeting["title"],
             "date": meeting["date"],
+            "time": meeting["time"],
             "team": meeting["team"],
             "coordinator": meeting["coordinator"],
             "presenter": meeting["presenter"],
@@ -216,10 +238,15 @@ class MdtService:
         date: str,
         team: str,
         items: list[NewItem],
+        time: str | None = None,
+        base_url: str | None = None,
     ) -> dict[str, Any]:
-        """A new meeting; every patient and study must be one the coordinator may see."""
+        """A new meeting; every patient and study must be one the coordinator may see. Its
+        prefetch starts at once, as the coordinator (again before ``time``: `due_prefetches`)."""
         self._require_coordinator(principal)
         self._require_participant(principal)
+        if time is not None and not _TIME.fullmatch(time):
+            raise InvalidInput(f"time {time[:20]!r} must be HH:MM (24-hour), e.g. 14:30")
         if not items or len(items) > MAX_ITEMS:
             raise InvalidInput(f"a meeting lists 1 to {MAX_ITEMS} patients")
         checked: list[tuple[str, str, list[str], PatientRef]] = []
@@ -247,6 +274,8 @@ class MdtService:
                 team=team,
                 coordinator=principal.name,
                 items=[(a, b, c) for a, b, c, _ in checked],
+                time=time,
+                base=base_url,
             )
             for issuer, local_id, studies, ref in checked:
                 AuditTrail.append_in(
@@ -262,6 +291,8 @@ class MdtService:
             return meeting
 
         meeting_id = self._index.write(op)
+        if base_url is not None:
+            self.prefetch(principal, meeting_id, base_url)
         return self._json(principal, self._meeting_row(meeting_id), audit=False)
 
     def set_outcome(
@@ -300,13 +331,22 @@ class MdtService:
 
     # -- prefetch ---------------------------------------------------------------------------
 
-    def prefetch(self, principal: Principal, meeting_id: int, base_url: str) -> bool:
-        """Start warming the caches in a background thread; False if one is running already.
+    def prefetch(
+        self,
+        principal: Principal,
+        meeting_id: int,
+        base_url: str,
+        *,
+        before: datetime | None = None,
+    ) -> bool:
+        """Start warming the caches in a background thread; False if one is running already
+        (or, with ``before``, one ended after it: another node did the warming before the start).
 
-        Runs as the caller: only the studies they may see are warmed."""
+        Runs as ``principal``: only what they may see is warmed; the rest of the items are
+        marked "not available" (and never read)."""
         self._require_participant(principal)
         self._meeting_row(meeting_id)
-        if not self._index.write(lambda c: store.claim_prefetch(c, meeting_id)):
+        if not self._index.write(lambda c: store.claim_prefetch(c, meeting_id, before=before)):
             return False
         thread = threading.Thread(
             target=self._prefetch,
@@ -330,55 +370,169 @@ class MdtService:
                 self._run_prefetch(principal, meeting_id, base)
         except Exception:
             log.exception("prefetch of MDT meeting %s failed", meeting_id)
-            self._index.write(lambda c: store.set_prefetch(c, meeting_id, "failed"))
+            self._index.write(lambda c: store.finish_prefetch(c, meeting_id, "failed", self.clock()))
 
     def _run_prefetch(self, principal: Principal, meeting_id: int, base: str) -> None:
+        # Every read made to warm (and its audit record) carries the meeting.
+        principal = dataclasses.replace(principal, purpose=purpose(meeting_id))
         with self._index.read() as conn:
             items = store.items_of(conn, meeting_id)
         visible = self._visible_items(principal, items)
-        plan: list[tuple[str, list[str]]] = []  # (study, its series)
+        plan: list[tuple[dict[str, Any], list[tuple[str, list[str]]]]] = []
         for item in items:
             if int(item["pk"]) not in visible:
+                hidden = int(item["pk"])
+                self._index.write(
+                    partial(store.set_item_prefetch, item=hidden, state="not available", warmed=0)
+                )
                 continue
+            studies = []
             for study in item["study_uids"]:
                 row = self.viewer.identity.study(study)
                 if row is None:
                     continue
                 series = [s["series_uid"] for s in self.viewer.identity.series(int(row["pk"]))]
-                plan.append((study, series))
-        total = sum(1 + 2 * len(series) for _, series in plan)
+                studies.append((study, series))
+            plan.append((item, studies))
+        total = sum(1 + len(series) for _, studies in plan for _, series in studies)
         self._index.write(lambda c: store.set_prefetch(c, meeting_id, "running", 0, total))
         done = 0
-        svc = self._retrieve
-
-        def step() -> None:
-            nonlocal done
-            done += 1
+        failed = False
+        for item, studies in plan:
+            item_id = int(item["pk"])
             self._index.write(
-                lambda c: store.set_prefetch(c, meeting_id, "running", done), relaxed=True
+                partial(store.set_item_prefetch, item=item_id, state="running", warmed=0)
             )
+            warmed = warm.Warmed()
+            state = "done"
+            try:
+                for study, series in studies:
+                    warm.warm_study_thumbnail(self._retrieve, principal, study, warmed)
+                    done += 1
+                    for n, uid in enumerate(series):
+                        warm.warm_series(
+                            self._retrieve, principal, study, uid, base, warmed, preview=n == 0
+                        )
+                        done += 1
+                        self._index.write(
+                            partial(
+                                store.set_prefetch, meeting=meeting_id, state="running", done=done
+                            ),
+                            relaxed=True,
+                        )
+            except NotFound:  # no longer visible to them (or deleted): nothing more is read
+                state = "not available"
+            except Exception:
+                log.exception("prefetch of item %s of MDT meeting %s failed", item_id, meeting_id)
+                state, failed = "failed", True
+            self._index.write(
+                partial(store.set_item_prefetch, item=item_id, state=state, warmed=warmed.total)
+            )
+            patient = visible[item_id]
+            self.audit.record(
+                principal,
+                AuditAction.RETRIEVE,
+                patient=PatientRef(
+                    item["patient_issuer"], item["patient_id"], patient["nhs_number"]
+                ),
+                purpose=purpose(meeting_id),
+                detail={
+                    "mdt": "prefetch",
+                    "studies": item["study_uids"],
+                    "state": state,
+                    "warmed": warmed.counts,
+                },
+            )
+        self._index.write(lambda c: store.set_prefetch(c, meeting_id, "running", done, total))
+        self._index.write(
+            lambda c: store.finish_prefetch(
+                c, meeting_id, "failed" if failed else "done", self.clock()
+            )
+        )
 
-        for study, series in plan:
-            warm.warm_study_thumbnail(svc, principal, study)
-            step()
-            for uid in series:
-                warm.warm_series_metadata(svc, principal, study, uid, base)
-                step()
-                warm.warm_series_images(svc, principal, study, uid)
-                step()
-        for item in items:
-            patient = visible.get(int(item["pk"]))
-            if patient is not None and item["study_uids"]:
-                self.audit.record(
-                    principal,
-                    AuditAction.RETRIEVE,
-                    patient=PatientRef(
-                        item["patient_issuer"], item["patient_id"], patient["nhs_number"]
-                    ),
-                    purpose=purpose(meeting_id),
-                    detail={"mdt": "prefetch", "studies": item["study_uids"]},
-                )
-        self._index.write(lambda c: store.set_prefetch(c, meeting_id, "done", done, total))
+    def due_prefetches(self) -> list[int]:
+        """Start the warming of today's meetings that begin within `PREFETCH_LEAD` and were not
+        warmed since the lead began, each as its coordinator (their access today: a disabled
+        coordinator or one who lost the role warms nothing); the meetings started. Called by
+        `start_background`'s thread every minute on every node; the claim in the index lets
+        one node do each."""
+        at = self.clock()
+        started: list[int] = []
+        with self._index.read() as conn:
+            rows = store.meetings_starting(conn, at.date().isoformat())
+        for m in rows:
+            hour, minute = (int(x) for x in str(m["time"]).split(":"))
+            starts = at.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            lead_from = starts - PREFETCH_LEAD
+            if not lead_from <= at < starts:
+                continue
+            with self._index.read() as conn:
+                row = users.get_user(self._index, str(m["coordinator"]), conn=conn)
+            if row is None or row.disabled:
+                continue
+            who = Principal(PrincipalKind.USER, row.name, row.trust, frozenset(row.roles))
+            try:
+                if self.prefetch(who, int(m["pk"]), m["prefetch_base"] or "", before=lead_from):
+                    started.append(int(m["pk"]))
+            except AccessDenied:
+                log.warning("MDT meeting %s: its coordinator may no longer take part", m["pk"])
+        return started
+
+    def start_background(self, interval: float = 60.0) -> None:
+        """The thread that starts the warming shortly before each meeting (`due_prefetches`)."""
+        if self._sweeper is not None:
+            return
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.due_prefetches()
+                except Exception:
+                    log.exception("MDT prefetch sweep failed; trying again")
+
+        self._sweeper = (stop, threading.Thread(target=run, name="mdt-prefetch-due", daemon=True))
+        self._sweeper[1].start()
+
+    def stop_background(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper[0].set()
+            self._sweeper = None
+
+    # -- the purpose a participant's reads carry (X-Solent-Purpose) -------------------------
+
+    def purpose_for(self, principal: Principal, claim: str) -> Principal:
+        """``principal`` with the purpose ``mdt:<id>`` when they take part in that meeting
+        (an MDT role, and the meeting exists); unchanged otherwise (the claim is not written
+        into their audit records). InvalidInput when the claim is not ``mdt:<id>``."""
+        found = _PURPOSE.fullmatch(claim.strip())
+        if found is None:
+            raise InvalidInput(
+                f"X-Solent-Purpose {claim[:40]!r} is not understood: send mdt:<meeting id>"
+            )
+        meeting_id = int(found.group(1))
+        key = (principal.kind, principal.name, principal.trust, principal.roles, meeting_id)
+        if not self._participants.lookup(key)[0]:
+            if not (MDT_ROLES & set(principal.roles)):
+                return principal
+            if not self.access.permits(principal, Permission.READ):
+                return principal
+            with self._index.read() as conn:
+                if store.get_meeting(conn, meeting_id) is None:
+                    return principal
+            self._participants.put(key, True)
+        return dataclasses.replace(principal, purpose=purpose(meeting_id))
+
+    def remembered_purpose(self, principal: Principal, claim: str) -> Principal | None:
+        """`purpose_for` when it needs nothing from the index (an event loop may call it)."""
+        found = _PURPOSE.fullmatch(claim.strip())
+        if found is None:
+            return None
+        meeting_id = int(found.group(1))
+        key = (principal.kind, principal.name, principal.trust, principal.roles, meeting_id)
+        if self._participants.lookup(key)[0]:
+            return dataclasses.replace(principal, purpose=purpose(meeting_id))
+        return None
 
     # -- live room --------------------------------------------------------------------------
 

@@ -127,7 +127,11 @@ class RetrieveService:
         self._audit = audit
         self.access_cache = AccessCache(access_ttl)
         # Keyed by content hash + identity fingerprint (+ variant): never stale, only evicted.
-        self.responses: ByteCache[bytes] = ByteCache(cache_bytes // 2, len)
+        self.responses: ByteCache[bytes] = ByteCache(cache_bytes // 4, len)
+        # Frames made for a transfer syntax other than the stored one (e.g. native -> lossless
+        # HTJ2K, what the viewer asks for), keyed like responses; an MDT prefetch fills it.
+        # Frames sent as stored are not kept here on a filesystem (the page cache holds them).
+        self.frames: ByteCache[bytes] = ByteCache(cache_bytes // 4, len)
         self._documents: ByteCache[bytes] = ByteCache(cache_bytes // 4, len)
         self._headers: ByteCache[PatchedHeader | bytes] = ByteCache(
             cache_bytes // 4, lambda v: len(v.head) if isinstance(v, PatchedHeader) else 16
@@ -529,9 +533,31 @@ class RetrieveService:
     def check_frames(inst: StoredInstance, numbers: Sequence[int]) -> int:
         return rf.check_frames(inst, numbers)
 
+    @staticmethod
+    def frame_key(inst: StoredInstance, number: int, syntax: str) -> str:
+        """The `frames` cache key of frame ``number`` of ``inst`` in transfer syntax ``syntax``
+        (``*``: as stored)."""
+        return RetrieveService.etag([inst], f"frame|{number}|{syntax}")
+
     def stored_frame(self, principal: Principal, inst: StoredInstance, number: int) -> bytes | None:
-        """Frame ``number`` (1-based) as stored, by byte range; None if not byte-addressable."""
+        """Frame ``number`` (1-based) as stored, by byte range; None if not byte-addressable.
+        From `frames` when a prefetch kept it there (a store without a page cache, S3)."""
+        kept = self.frames.get(self.frame_key(inst, number, "*")) if len(self.frames) else None
+        if kept is not None:
+            return kept
         return rf.stored_frame(self._store, inst, number)
+
+    def warm_stored_frame(self, principal: Principal, inst: StoredInstance, number: int) -> str:
+        """Read frame ``number`` as stored so that serving it waits for no device: into the
+        page cache (filesystem; checked with a no-wait read), else into `frames`. Which one,
+        or ``"none"`` when the frame is not byte-addressable."""
+        data = rf.stored_frame(self._store, inst, number)
+        if data is None:
+            return "none"
+        if rf.cached_frame(self._store, inst, number, b"", b"") is not None:
+            return "page-cache"
+        self.frames.put(self.frame_key(inst, number, "*"), data)
+        return "memory"
 
     def cached_frame(
         self,
@@ -560,8 +586,15 @@ class RetrieveService:
         target: str,
         doc: dict[str, Any],
     ) -> bytes:
-        """Frame ``number`` in transfer syntax ``target`` (native: little-endian octets)."""
-        return rf.frame_as(self._store, inst, number, target, doc)
+        """Frame ``number`` in transfer syntax ``target`` (native: little-endian octets);
+        transcoded once and kept in `frames` (the viewer asks for each frame more than once:
+        its early fetch, then the image loader; an MDT prefetch makes them in advance)."""
+        key = self.frame_key(inst, number, target)
+        data = self.frames.get(key)
+        if data is None:
+            data = rf.frame_as(self._store, inst, number, target, doc)
+            self.frames.put(key, data)
+        return data
 
     def rendered(
         self,

@@ -71,12 +71,25 @@ class ByteCache(Generic[V]):
         self._items: OrderedDict[Hashable, V] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        #: Look-ups answered and not: what shows a prefetch warmed what was asked for later.
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
 
     def get(self, key: Hashable) -> V | None:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
             return value
 
     def put(self, key: Hashable, value: V) -> None:

@@ -54,10 +54,17 @@ class NewMeeting(BaseModel):
     date: str = Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
     team: str = Field(min_length=1, max_length=200)
     items: list[Item] = Field(min_length=1, max_length=100)
+    time: str | None = Field(None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 
 
 class Outcome(BaseModel):
     text: str = Field(max_length=10_000)
+
+
+def _dicomweb_base(request: Request) -> str:
+    """The viewer fetches DICOMweb from the same origin: warm the caches under that base URL
+    (series metadata holds absolute URLs, so its cache key does)."""
+    return str(request.base_url).rstrip("/") + "/dicomweb"
 
 
 @router.post("/meetings", status_code=201)
@@ -66,7 +73,13 @@ async def create_meeting(request: Request, caller: Caller, body: NewMeeting) -> 
 
     def create() -> dict[str, Any]:
         return _services(request).mdt.create(
-            caller, title=body.title, date=body.date, team=body.team, items=items
+            caller,
+            title=body.title,
+            date=body.date,
+            team=body.team,
+            items=items,
+            time=body.time,
+            base_url=_dicomweb_base(request),
         )
 
     return await run_in_threadpool(create)
@@ -88,8 +101,7 @@ async def get_meeting(request: Request, caller: Caller, meeting_id: MeetingId) -
 
 @router.post("/meetings/{meeting_id}/prefetch", status_code=202)
 async def prefetch(request: Request, caller: Caller, meeting_id: MeetingId) -> JSONResponse:
-    # The viewer fetches DICOMweb from the same origin: warm the caches under that base URL.
-    base = str(request.base_url).rstrip("/") + "/dicomweb"
+    base = _dicomweb_base(request)
     started = await run_in_threadpool(_services(request).mdt.prefetch, caller, meeting_id, base)
     return JSONResponse(
         {"started": started, "detail": "prefetch started" if started else "already running"},
