@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -42,7 +43,15 @@ def test_search_groups_linked_records_and_hides_unrelated_patients(
     by_nhs = demo_client.get("/api/viewer/search", params={"q": ALICE}, headers=h).json()
     assert _keys(by_nhs) == ["ZZA|A100001"] and by_nhs["total"] == 1
     bob = demo_client.get("/api/viewer/search", params={"name": "bob"}, headers=h).json()
-    assert bob == {"total": 0, "offset": 0, "limit": 25, "patients": []}
+    assert bob == {
+        "total": 0,
+        "offset": 0,
+        "limit": 25,
+        "capped": False,
+        "max_studies": demo.services.viewer.max_results,
+        "detail": None,
+        "patients": [],
+    }
     mr = demo_client.get(
         "/api/viewer/search", params={"name": "demo", "modality": "MR"}, headers=h
     ).json()
@@ -90,6 +99,53 @@ def test_timeline_is_cross_trust_scoped_and_audited(demo: Archive, demo_client: 
     assert len(recent["patients"]) == 1  # one person, opened through two records
 
 
+def _search(client: TestClient, h: dict[str, str], **params: Any) -> dict[str, Any]:
+    r = client.get("/api/viewer/search", params=params, headers=h)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_search_fields(demo: Archive, demo_client: TestClient) -> None:
+    """Accession, date range, trust alone, hospital number with and without its trust."""
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    alice = demo_client.get("/api/viewer/patients/ZZA/A100001/timeline", headers=h).json()
+    erin = demo_client.get("/api/viewer/patients/ZZA/A100002/timeline", headers=h).json()
+    studies = {"ZZA|A100001": alice["studies"], "ZZA|A100002": erin["studies"]}
+    zzb = next(s for s in alice["studies"] if s["trust"] == "ZZB")
+    assert _keys(_search(demo_client, h, accession=zzb["accession"])) == ["ZZA|A100001"]
+    assert _keys(_search(demo_client, h, accession="NO-SUCH-ACC")) == []
+    day = erin["studies"][0]["date"]
+    on_day = {k for k, rows in studies.items() if any(s["date"] == day for s in rows)}
+    found = _search(demo_client, h, name="demo", date_from=day, date_to=day)
+    assert set(_keys(found)) == on_day and "ZZA|A100002" in on_day
+    after = max(s["date"] for rows in studies.values() for s in rows)
+    assert _keys(_search(demo_client, h, name="demo", date_from=str(int(after) + 1))) == []
+    # The trust alone: persons with a record at ZZB that drza may see (Alice, not Bob).
+    assert _keys(_search(demo_client, h, trust="ZZB")) == ["ZZA|A100001"]
+    assert _keys(_search(demo_client, h, patient_id="B7730021", trust="ZZB")) == ["ZZA|A100001"]
+    assert _keys(_search(demo_client, h, patient_id="B7730444", trust="ZZB")) == []  # Bob
+    assert _keys(_search(demo_client, h, patient_id="A100001")) == ["ZZA|A100001"]  # own trust
+    assert _keys(_search(demo_client, h, patient_id="B7730021")) == []  # not a ZZA number
+
+
+def test_search_paging_is_honest_past_the_cap(demo: Archive, demo_client: TestClient) -> None:
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    everyone = _search(demo_client, h, name="demo")
+    assert everyone["capped"] is False and everyone["total"] == 2
+    pages = [_search(demo_client, h, name="demo", limit=1, offset=o) for o in (0, 1, 2)]
+    assert [_keys(p) for p in pages] == [[k] for k in _keys(everyone)] + [[]]
+    assert {p["total"] for p in pages} == {2}
+
+    # Alice has 3 studies, Erin 1+: with 2 studies read at most, the count is a floor.
+    demo.services.viewer.max_results = 2
+    capped = _search(demo_client, h, name="demo")
+    assert capped["capped"] is True and capped["max_studies"] == 2
+    assert capped["detail"] == "more than 2 studies match: refine your search"
+    narrow = _search(demo_client, h, name="demo", patient_id="A100002")
+    assert narrow["capped"] is False and narrow["detail"] is None
+
+
 def test_break_glass_shows_in_the_timeline(demo: Archive, demo_client: TestClient) -> None:
     h = add_user(demo, "drza", "ZZA", "clinician")
     r = demo_client.post(
@@ -106,6 +162,11 @@ def test_break_glass_shows_in_the_timeline(demo: Archive, demo_client: TestClien
     body = demo_client.get("/api/viewer/patients/ZZB/B7730444/timeline", headers=h).json()
     assert body["break_glass"]["grant_id"] == r.json()["grant"]
     assert [s["access"] for s in body["studies"]] == ["break-glass"]
+    # The study view's banner shows the grant's expiry too.
+    study = body["studies"][0]["study_uid"]
+    seen = demo_client.get(f"/api/viewer/studies/{study}", headers=h).json()
+    assert seen["break_glass"] == body["break_glass"] and seen["study"]["access"] == "break-glass"
+    assert seen["break_glass"]["expires_at"] > datetime.now(UTC).isoformat()
 
 
 def test_study_priors_reports_and_key_images(demo: Archive, demo_client: TestClient) -> None:

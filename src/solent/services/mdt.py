@@ -370,7 +370,9 @@ class MdtService:
                 self._run_prefetch(principal, meeting_id, base)
         except Exception:
             log.exception("prefetch of MDT meeting %s failed", meeting_id)
-            self._index.write(lambda c: store.finish_prefetch(c, meeting_id, "failed", self.clock()))
+            self._index.write(
+                lambda c: store.finish_prefetch(c, meeting_id, "failed", self.clock())
+            )
 
     def _run_prefetch(self, principal: Principal, meeting_id: int, base: str) -> None:
         # Every read made to warm (and its audit record) carries the meeting.

@@ -226,10 +226,21 @@ class ViewerService:
                 matched.append(k)
         persons = self._persons(principal, matched)
         page = persons[offset : offset + limit]
+        # More matching studies than the server reads: the persons counted are those of the
+        # first ``max_results`` studies only, so ``total`` is a floor and later pages would be
+        # missing people. Say so (the worklist asks to refine the search).
+        capped = result.capped
         return {
             "total": len(persons),
             "offset": offset,
             "limit": limit,
+            "capped": capped,
+            "max_studies": self.max_results,
+            "detail": (
+                f"more than {self.max_results} studies match: refine your search"
+                if capped
+                else None
+            ),
             "patients": [self._entry(p, self.identity.studies(p.pks)) for p in page],
         }
 
@@ -273,11 +284,7 @@ class ViewerService:
         pk = self._check_patient(principal, issuer, local_id, "viewer timeline")
         person = self.person_of(principal, pk)
         _rows, studies = self._timeline(principal, person)
-        grant = None
-        with self._index.read() as conn:
-            found = store.live_grant(conn, principal.name, person.pks, datetime.now(UTC))
-        if found is not None:
-            grant = {"grant_id": found[0], "expires_at": _iso(found[1])}
+        grant = self._grant(principal, person)
         self._index.write(
             lambda c: store.touch_recent(
                 c, principal.name, person.key["issuer"], person.key["local_id"]
@@ -291,6 +298,12 @@ class ViewerService:
             detail={"api": "viewer timeline", "studies": len(studies), "records": len(person.pks)},
         )
         return {"patient": self._entry(person, studies), "studies": studies, "break_glass": grant}
+
+    def _grant(self, principal: Principal, person: Person) -> dict[str, Any] | None:
+        """The caller's live break-glass grant covering the person (its expiry for the banner)."""
+        with self._index.read() as conn:
+            found = store.live_grant(conn, principal.name, person.pks, datetime.now(UTC))
+        return None if found is None else {"grant_id": found[0], "expires_at": _iso(found[1])}
 
     def study(self, principal: Principal, study_uid: str) -> dict[str, Any]:
         patient = self.check_study(principal, study_uid, "viewer study")
@@ -327,6 +340,7 @@ class ViewerService:
                 for s in series
             ],
             "priors": [s for i, s in enumerate(studies) if i != index],
+            "break_glass": self._grant(principal, person),
         }
 
     # -- reports --------------------------------------------------------------------------------
