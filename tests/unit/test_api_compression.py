@@ -1,10 +1,11 @@
-"""gzip on the JSON API only (issue 12): /api answers shrink; frames and other routes are
+"""brotli/gzip on the JSON API only (issue 12): /api answers shrink; frames and other routes are
 sent as they are (multipart/octet-stream frames must never be re-encoded by the server)."""
 
 from __future__ import annotations
 
 import json
 
+import brotli
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -57,3 +58,24 @@ def test_small_api_answers_and_frames_are_left_alone() -> None:
         "/dicomweb/studies/1/series/2/instances/3/frames/1", headers={"Accept-Encoding": "gzip"}
     )
     assert "content-encoding" not in r.headers and r.content == FRAME
+
+
+def test_api_json_is_brotli_when_br_is_accepted() -> None:
+    c = client()
+    r = c.get("/api/search", headers={"Accept-Encoding": "gzip, deflate, br"})
+    assert r.status_code == 200 and r.headers["content-encoding"] == "br"
+    assert "accept-encoding" in r.headers["vary"].lower()
+    gz = c.get("/api/search", headers={"Accept-Encoding": "gzip"})
+    assert int(r.headers["content-length"]) < int(gz.headers["content-length"])
+    # The bytes on the wire decompress to the very JSON (read raw, not through httpx).
+    with c.stream("GET", "/api/search", headers={"Accept-Encoding": "br"}) as raw:
+        wire = b"".join(raw.iter_raw())
+    assert json.loads(brotli.decompress(wire)) == {"rows": ROWS}
+    refused = c.get("/api/search", headers={"Accept-Encoding": "br;q=0, gzip"})
+    assert refused.headers["content-encoding"] == "gzip"
+    small = c.get("/api/tiny", headers={"Accept-Encoding": "br"})
+    assert "content-encoding" not in small.headers and small.json() == {"ok": True}
+    frame = c.get(
+        "/dicomweb/studies/1/series/2/instances/3/frames/1", headers={"Accept-Encoding": "br"}
+    )
+    assert "content-encoding" not in frame.headers and frame.content == FRAME

@@ -53,7 +53,7 @@ def test_create_get_prefetch_and_outcome(demo: Archive, demo_client: TestClient)
     nurse = add_user(demo, "admin1", "ZZA", "pacs_admin")
     m = _meeting(demo, demo_client, coord, "Lung MDT 7 Dec")
     assert m["coordinator"] == "coord" and m["presenter"] is None
-    # Creating the meeting starts its prefetch, as the coordinator (tests/unit/test_mdt_prefetch.py).
+    # Creating the meeting starts its prefetch as the coordinator (test_mdt_prefetch.py).
     assert m["prefetch"]["state"] in ("running", "done") and m["time"] is None
     demo.services.mdt.wait_prefetch(m["id"], 120)
     alice, erin = m["items"]

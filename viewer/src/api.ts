@@ -20,9 +20,19 @@ export function setToken(value: string | null): void {
   else sessionStorage.setItem(TOKEN_KEY, value);
 }
 
+let purpose: string | null = null;
+
+/** Why this page reads (``mdt:<id>`` while an MDT meeting is open): sent with every API and
+ * DICOMweb request, so the archive's audit records name the meeting (it checks the claim). */
+export function setPurpose(value: string | null): void {
+  purpose = value;
+}
+
 export function authHeaders(): Record<string, string> {
   const t = token();
-  return t ? { Authorization: `Bearer ${t}` } : {};
+  const headers: Record<string, string> = t ? { Authorization: `Bearer ${t}` } : {};
+  if (t && purpose) headers['X-Solent-Purpose'] = purpose;
+  return headers;
 }
 
 async function failure(response: Response): Promise<ApiError> {

@@ -1,9 +1,10 @@
 // MDT meetings: the coordinator builds them; participants join and follow the presenter's view
 // live over the meeting's WebSocket (one room per meeting, per the server contract).
 
-import { get, post, put, query, token } from './api';
+import { get, post, put, query, setPurpose, token } from './api';
 import { errorBox, h } from './dom';
 import { nhsNumber, personName } from './format';
+import { dropPreview, startPreview } from './preview';
 import { type StudyView, closeStudyView, studyView } from './studyview';
 import type { Me, Meeting, MeetingItem, ViewState } from './types';
 
@@ -22,7 +23,7 @@ export async function meetings(root: HTMLElement, params: URLSearchParams): Prom
           'li',
           { 'data-meeting': m.id },
           h('a', { href: `#/mdt/${m.id}` }, m.title),
-          ` — ${m.team}, ${m.items.length} patients, coordinator ${m.coordinator}, prefetch ${m.prefetch.state}`,
+          ` — ${m.time ? `${m.time}, ` : ''}${m.team}, ${m.items.length} patients, coordinator ${m.coordinator}, prefetch ${m.prefetch.state}`,
         ),
       );
     }
@@ -44,6 +45,7 @@ function createForm(date: string): HTMLElement {
     h('h2', {}, 'New meeting (coordinator)'),
     h('label', {}, 'Title ', h('input', { name: 'title', required: true })),
     h('label', {}, 'Date ', h('input', { name: 'date', type: 'date', value: date, required: true })),
+    h('label', {}, 'Starts ', h('input', { name: 'time', type: 'time' })),
     h('label', {}, 'Team ', h('input', { name: 'team', required: true })),
     h('label', {}, 'Patients and studies, in order', items),
     error,
@@ -60,6 +62,7 @@ function createForm(date: string): HTMLElement {
       title: String(data.get('title')),
       date: String(data.get('date')),
       team: String(data.get('team')),
+      time: String(data.get('time') ?? '') || null,
       items: rows.map(([issuer, patient_id, ...study_uids]) => ({ issuer, patient_id, study_uids })),
     };
     post<Meeting>('/api/mdt/meetings', body)
@@ -94,6 +97,8 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
     root.append(errorBox(`Meeting unavailable: ${(e as Error).message}`));
     return () => undefined;
   }
+  // Every read from here on says it is for this meeting (the archive audits it so).
+  setPurpose(`mdt:${id}`);
   const status = h('div', { class: 'mdt-status', id: 'mdt-status' });
   const people = h('div', { class: 'mdt-people', id: 'mdt-people' });
   const controls = h('div', { class: 'mdt-controls' });
@@ -134,6 +139,8 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
   };
 
   const open = async (studyUid: string, itemId: number | null, follow: boolean) => {
+    // The archive's rendered first image (warmed by the meeting's prefetch) while the rest loads.
+    if (!follow) void startPreview(stage, studyUid);
     view = await studyView(stage, studyUid, { onChange: sendView, follow, itemId, prior: null });
     view?.main.element.parentElement?.append(pointer);
     if (view) {
@@ -152,6 +159,7 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
   // them may linger on screen) and say so, until the presenter shows something they may see.
   const restricted = (itemId: number | null) => {
     closeStudyView();
+    dropPreview();
     view = null;
     pointer.hidden = true;
     const position = m.items.find((i) => i.id === itemId)?.position;
@@ -203,7 +211,7 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
       const hand = h('button', { id: 'mdt-handover', type: 'button' }, 'Hand over');
       hand.addEventListener('click', () => to.value && send({ type: 'handover', to: to.value }));
       controls.append(to, hand);
-      const warm = h('button', { id: 'mdt-prefetch-start', type: 'button' }, 'Prefetch studies');
+      const warm = h('button', { id: 'mdt-prefetch-start', type: 'button' }, 'Prefetch again');
       warm.addEventListener('click', () => void post(`/api/mdt/meetings/${id}/prefetch`, {}).then(refreshPrefetch));
       controls.append(warm);
     }
@@ -236,14 +244,30 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
       h('strong', {}, personName(item.patient_name) || item.patient_id),
       ` ${item.issuer} ${item.patient_id} · NHS ${nhsNumber(item.nhs_number) || '—'} `,
       h('div', {}, ...studies),
+      h(
+        'span',
+        { class: 'mdt-item-prefetch', 'data-state': item.prefetch?.state ?? '' },
+        item.prefetch ? `Prefetch: ${item.prefetch.state}${item.prefetch.warmed ? ` (${item.prefetch.warmed} warmed)` : ''}` : '',
+      ),
       outcome,
       save,
     );
   };
 
   async function refreshPrefetch(): Promise<void> {
-    m = await get<Meeting>(`/api/mdt/meetings/${id}`);
+    const fresh = await get<Meeting>(`/api/mdt/meetings/${id}`);
+    // Only the prefetch changes here: outcomes being typed stay as they are.
+    for (const item of m.items) item.prefetch = fresh.items.find((i) => i.id === item.id)?.prefetch ?? item.prefetch;
+    m.prefetch = fresh.prefetch;
     prefetch.textContent = prefetchText(m);
+    for (const el of itemsList.querySelectorAll<HTMLElement>('li[data-item]')) {
+      const item = m.items.find((i) => String(i.id) === el.dataset.item);
+      const span = el.querySelector<HTMLElement>('.mdt-item-prefetch');
+      if (item?.prefetch && span) {
+        span.dataset.state = item.prefetch.state;
+        span.textContent = `Prefetch: ${item.prefetch.state}${item.prefetch.warmed ? ` (${item.prefetch.warmed} warmed)` : ''}`;
+      }
+    }
     if (m.prefetch.state === 'pending' || m.prefetch.state === 'running') setTimeout(() => void refreshPrefetch(), 2000);
   }
 
@@ -284,9 +308,11 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
   });
   ws.addEventListener('close', () => status.append(h('span', { class: 'error' }, ' (disconnected)')));
   render();
+  if (m.prefetch.state === 'pending' || m.prefetch.state === 'running') setTimeout(() => void refreshPrefetch(), 2000);
   return () => {
     ws.close();
     closeStudyView();
+    setPurpose(null);
   };
 }
 

@@ -98,7 +98,7 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
     header.append(errorBox(`Patient context, priors and reports unavailable: ${context.message}`));
   } else {
     if (context.study.access === 'break-glass') {
-      header.append(breakGlassBanner());
+      header.append(breakGlassBanner(context.break_glass?.expires_at));
     }
     header.append(patientHeader(context.patient), studyLine(context.study));
   }

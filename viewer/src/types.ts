@@ -15,6 +15,10 @@ export interface SearchResult {
   total: number;
   offset: number;
   limit: number;
+  /** More studies matched than the server reads: ``total`` is a floor, refine the search. */
+  capped?: boolean;
+  max_studies?: number;
+  detail?: string | null;
   patients: PatientEntry[];
 }
 
@@ -60,6 +64,8 @@ export interface StudyContext {
   patient: PatientEntry;
   series: SeriesEntry[];
   priors: StudyEntry[];
+  /** The caller's live break-glass grant covering this patient (its expiry for the banner). */
+  break_glass?: BreakGlassState | null;
 }
 
 export interface ReportVersion {
@@ -117,12 +123,15 @@ export interface MeetingItem {
   nhs_number: string | null;
   study_uids: string[];
   outcome: string | null;
+  /** This item's prefetch (null when the caller may not see the patient). */
+  prefetch: { state: string; warmed: number } | null;
 }
 
 export interface Meeting {
   id: number;
   title: string;
   date: string;
+  time: string | null;
   team: string;
   coordinator: string;
   presenter: string | null;

@@ -105,7 +105,9 @@ async function search(results: HTMLElement, params: URLSearchParams): Promise<vo
         }),
     );
     results.replaceChildren(
-      h('p', { class: 'count' }, `${r.total} patient${r.total === 1 ? '' : 's'}`),
+      r.capped
+        ? h('p', { class: 'count capped', id: 'search-capped', role: 'status' }, `More than ${r.max_studies} studies match: refine your search. The first ${r.total} patient${r.total === 1 ? '' : 's'} are shown.`)
+        : h('p', { class: 'count' }, `${r.total} patient${r.total === 1 ? '' : 's'}`),
       table(r.patients),
       pager(params, r),
     );
@@ -125,7 +127,7 @@ function pager(params: URLSearchParams, r: SearchResult): HTMLElement {
     'nav',
     { class: 'pager' },
     r.offset > 0 ? link(Math.max(0, r.offset - r.limit), '‹ Previous') : null,
-    h('span', {}, r.total ? `${r.offset + 1}–${last} of ${r.total}` : ''),
+    h('span', {}, r.total ? `${r.offset + 1}–${last} of ${r.capped ? 'at least ' : ''}${r.total}` : ''),
     last < r.total ? link(last, 'Next ›') : null,
   );
 }
