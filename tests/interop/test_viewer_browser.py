@@ -9,6 +9,7 @@ IID and break-glass.
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 ALICE_CT = DEMO_ROOT + "1.1"  # ZZA A100001, 24 slices, 2024
 ALICE_MR = DEMO_ROOT + "1.3"  # ZZB B7730021 (same person), 16 slices, 2026
 BOB_CT = DEMO_ROOT + "1.4"  # ZZB B7730444
+
+
+DASH = "\N{EN DASH}"  # the pager's "1\N{EN DASH}25 of 40"
 
 
 def test_app_shell_is_public_compressed_and_cached(demo: RunningServer) -> None:
@@ -176,6 +180,9 @@ def test_break_glass_from_the_study_view(demo: RunningServer, browser: Any, tmp_
     shot(page, tmp_path, "07-break-glass-dialog")
     page.click("#bg-confirm")
     wait_image(page)
+    # The study view's banner says until when (the grant's expiry, as the timeline's does).
+    banner = page.wait_for_selector(".study-head .break-glass-banner:has-text('expires')")
+    assert banner is not None and re.search(r"expires \d", banner.inner_text())
     shot(page, tmp_path, "08-after-break-glass")
     grants = httpx.get(
         demo.base_url + "/api/break-glass",
@@ -292,6 +299,18 @@ def test_worklist_search_timeline_and_recent(
     page.click("#search button[type=submit]")
     page.wait_for_selector(".count")
     assert "patient" in page.inner_text(".count")
+    total = int(page.inner_text(".count").split()[0])  # Alice and Erin for a ZZA radiologist
+    assert total >= 2 and page.locator("#results .patient-row").count() == total
+    # The pager ("2\N{EN DASH}3 of 3"): the second page from the first person on, and back.
+    page.goto(f"{demo.base_url}/viewer/#/?q=DEMO&offset=1")
+    page.wait_for_selector(f".pager:has-text('2{DASH}{total} of {total}')")
+    assert page.locator("#results .patient-row").count() == total - 1
+    page.click(".pager a:has-text('Previous')")
+    page.wait_for_selector(f".pager:has-text('1{DASH}{total} of {total}')")
+    assert (
+        page.locator("#results .patient-row").count() == total
+        and page.locator("#search-capped").count() == 0
+    )
     assert not errors, errors
 
 

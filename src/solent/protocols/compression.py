@@ -1,10 +1,10 @@
 """brotli or gzip for the JSON API (/api): worklists, timelines and meeting lists are
 repetitive JSON that shrinks 5-10x, which matters on a trust's WAN link. Only /api is
-wrapped: DICOMweb compresses its own metadata and QIDO answers (and must never gzip multipart or octet-stream
-frames, which are binary and often already compressed), and /viewer sends files compressed
-at build time. A client accepting ``br`` (every current browser) gets brotli, ~15-25 % smaller
-than gzip on this JSON at a similar CPU cost (quality 5); others get Starlette's gzip. Both
-honour Accept-Encoding and skip small bodies.
+wrapped: DICOMweb compresses its own metadata and QIDO answers (and must never compress
+multipart or octet-stream frames, which are binary and often already compressed), and /viewer
+sends files compressed at build time. A client accepting ``br`` (every current browser) gets
+brotli, ~15-25 % smaller than gzip on this JSON at a similar CPU cost (quality 5); others get
+Starlette's gzip. Both honour Accept-Encoding and skip small bodies.
 """
 
 from __future__ import annotations
