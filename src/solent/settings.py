@@ -234,6 +234,28 @@ class Settings(BaseSettings):
     oidc_jwks_url: str = Field(
         "", description="JWKS URL of the OIDC issuer, e.g. https://idp/realms/x/certs."
     )
+    oidc_client_id: str = Field(
+        "",
+        description="The viewer's client id at the OIDC issuer (a public client: authorization "
+        "code + PKCE, no secret); empty: the viewer offers password sign-in only.",
+    )
+    oidc_authorization_endpoint: str = Field(
+        "", description="The issuer's authorization endpoint the viewer sends a user to."
+    )
+    oidc_token_endpoint: str = Field(
+        "",
+        description="The issuer's token endpoint, called by the browser (it must allow the "
+        "viewer's origin: CORS).",
+    )
+    oidc_scopes: str = Field("openid profile", description="Scopes the viewer asks the issuer for.")
+    oidc_display_name: str = Field(
+        "single sign-on", description="The identity provider's name on the sign-in button."
+    )
+    oidc_viewer_token: Literal["access_token", "id_token"] = Field(
+        "access_token",
+        description="Which token of the issuer's answer the viewer sends as its bearer token "
+        "(it must carry SOLENT_OIDC_AUDIENCE and the trust and roles claims).",
+    )
     break_glass_minutes: int = Field(
         240, ge=1, le=7 * 24 * 60, description="How long a break-glass grant lasts."
     )
@@ -406,6 +428,17 @@ class Settings(BaseSettings):
     def _http_tls_pair(self) -> Settings:
         if (self.http_tls_cert is None) != (self.http_tls_key is None):
             raise ValueError("http_tls_cert and http_tls_key go together: set both or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _oidc_viewer_complete(self) -> Settings:
+        if self.oidc_client_id and not (
+            self.oidc_issuer and self.oidc_authorization_endpoint and self.oidc_token_endpoint
+        ):
+            raise ValueError(
+                "oidc_client_id (viewer sign-in) needs oidc_issuer, "
+                "oidc_authorization_endpoint and oidc_token_endpoint"
+            )
         return self
 
     @model_validator(mode="after")

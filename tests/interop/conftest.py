@@ -12,19 +12,30 @@ from typing import Any
 import pytest
 
 from tests.conftest import RunningServer, start_server
-from tests.interop.viewer_support import add_user, chromium, require_browser
+from tests.interop.oidc_provider import Account, OidcProvider
+from tests.interop.viewer_support import PASSWORD, add_user, chromium, require_browser
 
 
 @pytest.fixture(scope="package")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """`solent serve` with the demo data and the users rad (radiologist) and drza (clinician)."""
+def idp() -> Iterator[OidcProvider]:
+    """The region's identity provider (a minimal one on loopback): dr.sso, a ZZA radiologist."""
+    provider = OidcProvider({"dr.sso": Account(PASSWORD, "ZZA", ("radiologist",))})
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="package")
+def demo(tmp_path_factory: pytest.TempPathFactory, idp: OidcProvider) -> Iterator[RunningServer]:
+    """`solent serve` with the demo data, the users rad (radiologist) and drza (clinician), and
+    single sign-on with `idp` offered in the viewer."""
     require_browser()
     srv = start_server(
         tmp_path_factory.mktemp("viewer") / "srv",
-        extra_env={"SOLENT_DEMO_DATA": "true"},
+        extra_env={"SOLENT_DEMO_DATA": "true", **idp.settings_env()},
         timeout=240,
     )
     srv.env["SOLENT_DEMO_DATA"] = "true"
+    idp.redirect_uris.add(f"{srv.base_url}/viewer/")
     add_user(srv, "rad", "ZZA", "radiologist")
     add_user(srv, "drza", "ZZA", "clinician")
     yield srv

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from solent.demo import DEMO_ROOT
 from tests.conftest import RunningServer, require
+from tests.interop.oidc_provider import OidcProvider
 from tests.interop.viewer_support import (
+    PASSWORD,
     add_user,
     canvas,
     differs,
@@ -193,27 +196,151 @@ def test_break_glass_from_the_study_view(demo: RunningServer, browser: Any, tmp_
     assert not errors, errors
 
 
-def test_iid_launch_lands_in_the_viewer(demo: RunningServer, browser: Any, tmp_path: Path) -> None:
-    """The EPR's launch (bearer token on the request) opens the study straight in the viewer."""
+def fresh_page(browser: Any, errors: list[str]) -> Any:
+    """A new browser context (no session): how a link from the EPR opens."""
+    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(60_000)
+    return page
+
+
+def sign_in_form(page: Any, name: str) -> None:
+    page.fill("#sign-in input[name=username]", name)
+    page.fill("#sign-in input[name=password]", PASSWORD)
+    page.click("#sign-in button[type=submit]")
+
+
+def test_iid_launch_from_a_plain_browser_signs_in_and_lands_on_the_study(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    """The EPR opens the IID URL in a browser without any token: the viewer asks the user to
+    sign in, then opens the study (pixels drawn). With the session in place, the next launch
+    (a patient) goes straight through."""
     errors: list[str] = []
-    page = new_page(browser, demo, errors)
-    sign_in(page, "rad")
-    token = page.evaluate("sessionStorage.getItem('solent.token')")
-
-    def with_token(route: Any) -> None:
-        route.continue_(headers={**route.request.headers, "authorization": f"Bearer {token}"})
-
-    page.route("**/IHEInvokeImageDisplay*", with_token)
+    page = fresh_page(browser, errors)
     page.goto(
         f"{demo.base_url}/trusts/ZZA/IHEInvokeImageDisplay?requestType=STUDY&studyUID={ALICE_CT}"
     )
-    assert page.url.endswith(f"/viewer/#/study/{ALICE_CT}")
+    assert page.url.endswith(f"/viewer/#/launch/ZZA?requestType=STUDY&studyUID={ALICE_CT}")
+    page.wait_for_selector("#sign-in")
+    sign_in_form(page, "rad")
     wait_image(page)
+    assert page.url.endswith(f"/viewer/#/study/{ALICE_CT}")
+    assert "DEMO, Alice" in page.inner_text(f"{pane()} .overlay")
     shot(page, tmp_path, "09-iid-study")
+    page.go_back()  # the launch entry was replaced: Back does not launch again
+    assert "#/launch" not in page.url
+
     page.goto(
         f"{demo.base_url}/IHEInvokeImageDisplay?requestType=PATIENT&patientID=A100001%5E%5E%5EZZA"
     )
+    page.wait_for_selector(f".study-row[data-study='{ALICE_CT}']")
     assert page.url.endswith("/viewer/#/patient/ZZA/A100001")
+    assert page.locator("#sign-in").count() == 0
+    assert page.locator(f".study-row[data-study='{ALICE_MR}']").count() == 1  # linked record
+    assert not errors, errors
+
+
+def test_iid_patient_launch_from_a_plain_browser(demo: RunningServer, browser: Any) -> None:
+    """requestType=PATIENT by NHS number from ZZB's EPR, no token: sign in, the timeline."""
+    errors: list[str] = []
+    page = fresh_page(browser, errors)
+    page.goto(
+        f"{demo.base_url}/trusts/ZZB/IHEInvokeImageDisplay?requestType=PATIENT"
+        "&patientID=9990000018%5E%5E%5E%262.16.840.1.113883.2.1.4.1%26ISO"
+    )
+    page.wait_for_selector("#sign-in")
+    assert "#/launch/ZZB?" in page.url
+    sign_in_form(page, "drza")
+    page.wait_for_selector(f".study-row[data-study='{ALICE_MR}']")
+    assert page.locator(f".study-row[data-study='{ALICE_CT}']").count() == 1
+    assert "DEMO, Alice" in page.inner_text(".patient-header")
+    assert not errors, errors
+
+
+def test_iid_launch_of_several_studies_opens_the_newest_with_the_rest_listed(
+    demo: RunningServer, browser: Any
+) -> None:
+    errors: list[str] = []
+    page = fresh_page(browser, errors)
+    page.goto(
+        f"{demo.base_url}/IHEInvokeImageDisplay?requestType=STUDY&studyUID={ALICE_CT}%2C{ALICE_MR}"
+    )
+    sign_in_form(page, "rad")
+    wait_image(page)
+    assert f"#/study/{ALICE_MR}?launch={ALICE_MR},{ALICE_CT}" in page.url  # newest first
+    listed = page.locator(".launch-list")
+    assert "2 studies launched" in listed.inner_text()
+    shown = listed.locator(f"strong[data-study='{ALICE_MR}']").inner_text()
+    assert "2026" in shown and "ZZB" in shown and "MR" in shown, shown
+    listed.locator(f"a[data-study='{ALICE_CT}']").click()
+    page.wait_for_function(f"location.hash.startsWith('#/study/{ALICE_CT}?')")
+    # The MR's pane goes when the route changes: wait for the CT's before reading pixels.
+    page.wait_for_selector(f"{pane()} .overlay:has-text('15-Jan-2024')")
+    wait_image(page)
+    assert page.locator(f".launch-list strong[data-study='{ALICE_CT}']").count() == 1
+    assert not errors, errors
+
+
+def test_iid_launch_of_a_patient_not_in_your_care_looks_like_one_that_does_not_exist(
+    demo: RunningServer, browser: Any
+) -> None:
+    """Bob has records at ZZB only: a ZZA clinician's launch of his study reads exactly as a
+    launch of a study that does not exist; break glass then opens it."""
+    errors: list[str] = []
+    add_user(demo, "drlaunch", "ZZA", "clinician")
+    page = fresh_page(browser, errors)
+    texts = []
+    for uid in ("2.25.99999999901", BOB_CT):
+        page.goto(
+            f"{demo.base_url}/trusts/ZZB/IHEInvokeImageDisplay?requestType=STUDY&studyUID={uid}"
+        )
+        if not texts:
+            sign_in_form(page, "drlaunch")
+        page.wait_for_selector("#app .error:has-text('No such patient or study')")
+        texts.append(page.inner_text("#app"))
+        assert "BOB" not in page.content() and "B7730444" not in page.content()
+    assert texts[0] == texts[1]
+    assert "Break glass" in texts[1]
+    page.click("#break-glass-open")
+    page.select_option("#break-glass select", "emergency")
+    page.fill("#break-glass textarea", "EPR launch from ZZA ED, unconscious")
+    page.click("#bg-confirm")
+    wait_image(page)
+    assert page.url.endswith(f"#/study/{BOB_CT}")
+    assert not errors, errors
+
+
+def test_single_sign_on_through_the_identity_provider(
+    demo: RunningServer, idp: OidcProvider, browser: Any, tmp_path: Path
+) -> None:
+    """An EPR launch without a token; the user chooses the IdP, signs in on its page, comes back
+    (authorization code + PKCE, the code exchanged by the browser) and lands on the study: the
+    viewer's bearer token is the IdP's access token."""
+    errors: list[str] = []
+    page = fresh_page(browser, errors)
+    page.goto(
+        f"{demo.base_url}/trusts/ZZA/IHEInvokeImageDisplay?requestType=STUDY&studyUID={ALICE_CT}"
+    )
+    page.click("#sign-in-oidc:has-text('Sign in with Test IdP')")
+    page.wait_for_selector("#idp-user")
+    assert page.url.startswith(f"{idp.issuer}/authorize?")
+    page.fill("#idp-user", "dr.sso")
+    page.fill("#idp-password", "not it")
+    page.click("#idp-submit")
+    page.wait_for_selector("text=wrong user name or password")
+    page.fill("#idp-user", "dr.sso")
+    page.fill("#idp-password", PASSWORD)
+    issued = idp.token_requests.count("issued")
+    page.click("#idp-submit")
+    wait_image(page)
+    assert page.url == f"{demo.base_url}/viewer/#/study/{ALICE_CT}"  # no code left in the URL
+    page.wait_for_selector("#who:has-text('dr.sso')")
+    assert "ZZA" in page.inner_text("#who") and "radiologist" in page.inner_text("#who")
+    assert idp.token_requests.count("issued") == issued + 1
+    token = page.evaluate("sessionStorage.getItem('solent.token')")
+    assert jwt.decode(token, options={"verify_signature": False})["iss"] == idp.issuer
+    shot(page, tmp_path, "20-sso-study")
     assert not errors, errors
 
 

@@ -126,6 +126,102 @@ def test_launch_scopes_accessions_to_the_trust(client: TestClient) -> None:
     assert r.headers["location"] == "/viewer/#/patient/ZZA/A1"
 
 
+def _second_study(archive: Archive, tmp_path: Path, study_uid: str, date: str) -> None:
+    path = write_ct(
+        tmp_path / f"{study_uid}.dcm",
+        patient_id="A1",
+        issuer="ZZA",
+        name="DOE^JANE",
+        birth_date="19800101",
+        sex="F",
+        accession="ACC2",
+        study_uid=study_uid,
+        study_date=date,
+    )
+    who = Principal(PrincipalKind.IMPORTER, "test", "ZZA")
+    assert archive.ingestor.ingest_file(path, who, Provenance(Channel.IMPORT)).ok
+
+
+def test_launch_of_several_studies_opens_the_newest_with_the_rest_listed(
+    client: TestClient, archive: Archive, tmp_path: Path
+) -> None:
+    older, newer = "2.25.4240", "2.25.4249"
+    _second_study(archive, tmp_path, older, "20200101")
+    _second_study(archive, tmp_path, newer, "20260101")
+    r = client.get(
+        "/trusts/ZZA/IHEInvokeImageDisplay",
+        params={"requestType": "STUDY", "studyUID": f"{older},{STUDY},{newer}"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    assert r.headers["location"] == f"/viewer/#/study/{newer}?launch={newer},{STUDY},{older}"
+    # The same launch by accession numbers (the second names two studies), for the viewer.
+    r = client.get(
+        "/api/viewer/launch",
+        params={"trust": "ZZA", "requestType": "STUDY", "accessionNumber": "ACC1,ACC2"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["href"] == f"#/study/{newer}?launch={newer},{STUDY},{older}"
+    assert [(s["study_uid"], s["date"], s["trust"]) for s in body["studies"]] == [
+        (newer, "20260101", "ZZA"),
+        (STUDY, "20250101", "ZZA"),
+        (older, "20200101", "ZZA"),
+    ]
+
+
+def test_viewer_launch_answers_as_the_iid_endpoint(client: TestClient) -> None:
+    """/api/viewer/launch: the same trust scoping and refusals, as JSON {"detail"}."""
+    study = {"requestType": "STUDY", "accessionNumber": "ACC1"}
+    r = client.get("/api/viewer/launch", params={**study, "trust": "ZZA"})
+    assert r.status_code == 200 and r.json()["href"] == f"#/study/{STUDY}"
+    for params, status in (
+        ({**study, "trust": "ZZB"}, 404),  # accessions belong to the launching trust
+        (study, 400),  # no trust: an accession number has no issuer
+        ({**study, "trust": "ZZQ"}, 404),
+        ({"requestType": "PATIENT", "patientID": "A1^^^ZZB", "trust": "ZZA"}, 400),
+        ({"requestType": "SERIES", "trust": "ZZA"}, 400),
+    ):
+        r = client.get("/api/viewer/launch", params=params)
+        assert r.status_code == status, (params, r.text)
+        assert r.headers["content-type"] == "application/json" and r.json()["detail"]
+    r = client.get("/api/viewer/launch", params={"requestType": "PATIENT", "patientID": "A1^^^ZZA"})
+    assert r.json()["href"] == "#/patient/ZZA/A1"
+    assert [s["study_uid"] for s in r.json()["studies"]] == [STUDY]
+
+
+def test_a_browser_without_a_token_is_sent_to_the_viewer_to_sign_in(client: TestClient) -> None:
+    """An EPR opens the IID URL in a plain browser: no Authorization header, a page load.
+    Every other caller without a token still gets 401."""
+    anonymous = TestClient(client.app)
+    page = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    query = "requestType=STUDY&accessionNumber=ACC1"
+    r = anonymous.get(
+        f"/trusts/ZZA/IHEInvokeImageDisplay?{query}", headers=page, follow_redirects=False
+    )
+    assert r.status_code == 303, r.text
+    assert r.headers["location"] == f"/viewer/#/launch/ZZA?{query}"
+    r = anonymous.get(
+        "/IHEInvokeImageDisplay?requestType=PATIENT&patientID=A1^^^ZZA",
+        headers=page,
+        follow_redirects=False,
+    )
+    assert r.headers["location"] == "/viewer/#/launch?requestType=PATIENT&patientID=A1%5E%5E%5EZZA"
+    refused = (
+        anonymous.get(f"/trusts/ZZA/IHEInvokeImageDisplay?{query}"),  # Accept: */*
+        anonymous.get(
+            f"/trusts/ZZA/IHEInvokeImageDisplay?{query}",
+            headers={**page, "Authorization": "Bearer nope"},
+        ),
+        anonymous.post(f"/trusts/ZZA/IHEInvokeImageDisplay?{query}", headers=page),
+        anonymous.get(f"/api/viewer/launch?trust=ZZA&{query}", headers=page),
+        anonymous.get(f"/trusts/ZZA/other?{query}", headers=page),
+    )
+    for r in refused:
+        assert r.status_code == 401, (r.request.url, r.status_code)
+        assert r.json()["detail"].startswith("authentication required")
+
+
 def test_sensitive_patient_shows_no_contact_details(client: TestClient, archive: Archive) -> None:
     handler = Hl7Handler(archive.services)
     a08 = (

@@ -74,7 +74,9 @@ PATIENT_ROUTES: dict[str, Callable[[Target], str]] = {
     "/trusts/{trust}/IHEInvokeImageDisplay": lambda t: (
         f"/trusts/ZZB/IHEInvokeImageDisplay?requestType=STUDY&studyUID={t.study}"
     ),
-    "/iid/studies": lambda t: f"/iid/studies?uid={t.study}",
+    "/api/viewer/launch": lambda t: (
+        f"/api/viewer/launch?trust=ZZB&requestType=STUDY&studyUID={t.study}"
+    ),
     "/dicomweb/studies": lambda t: f"/dicomweb/studies?PatientID={t.local_id}",
     "/dicomweb/series": lambda t: f"/dicomweb/series?StudyInstanceUID={t.study}",
     "/dicomweb/instances": lambda t: f"/dicomweb/instances?StudyInstanceUID={t.study}",
@@ -142,6 +144,7 @@ OTHER_ROUTES = {
     "/api/trusts": "configuration",
     "/api/nodes": "configuration (administrators)",
     "/api/auth/me": "the caller",
+    "/api/auth/oidc": "public: the viewer's OIDC sign-in settings (no secret)",
     "/api/users": "accounts (administrators)",
     "/api/users/{name}": "an account (administrators of its trusts; test_security_admin)",
     "/api/tokens": "API tokens, never the secret (owner or administrators; test_security_tokens)",

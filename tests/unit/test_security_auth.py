@@ -22,6 +22,7 @@ from starlette.routing import Mount
 
 from solent.app import Archive, build_archive
 from solent.domain.principal import SYSTEM
+from solent.errors import ConfigurationError
 from solent.protocols.http import create_app
 from solent.security import tokens
 from solent.security.keys import SigningKey, key_path, load_signing_key
@@ -31,7 +32,7 @@ from tests.unit.security_fixtures import PASSWORD, add_user, client, users
 __all__ = ["client"]
 
 # The viewer's static app shell holds no patient data; everything it reads needs a token.
-PUBLIC = {"/health", "/health/ready", "/viewer", "/viewer/{path:path}"}
+PUBLIC = {"/health", "/health/ready", "/viewer", "/viewer/{path:path}", "/api/auth/oidc"}
 
 
 def _concrete(path: str) -> str:
@@ -333,3 +334,42 @@ def test_body_and_multipart_limits(tmp_path: Any) -> None:
         assert [u.name for u in users(archive).list()] == ["admin"]
     finally:
         archive.close()
+
+
+def test_oidc_sign_in_settings_are_public_and_complete(tmp_path: Any) -> None:
+    """The viewer learns without a token whether to offer single sign-on, and where to send
+    the user; a client id without the issuer's endpoints is a configuration error."""
+    archive, client = _app(tmp_path)
+    try:
+        r = client.get("/api/auth/oidc")
+        assert r.status_code == 200 and r.json() == {"enabled": False}
+    finally:
+        archive.close()
+    issuer = "https://idp.example.nhs.uk/realms/solent"
+    sso = {
+        "oidc_issuer": issuer,
+        "oidc_audience": "solent-pacs",
+        "oidc_jwks_url": f"{issuer}/certs",
+        "oidc_client_id": "solent-viewer",
+        "oidc_authorization_endpoint": f"{issuer}/auth",
+        "oidc_token_endpoint": f"{issuer}/token",
+        "oidc_display_name": "NHS Login",
+    }
+    archive, client = _app(tmp_path / "sso", **sso)
+    try:
+        r = client.get("/api/auth/oidc")
+        assert r.status_code == 200
+        assert r.json() == {
+            "enabled": True,
+            "issuer": issuer,
+            "authorization_endpoint": f"{issuer}/auth",
+            "token_endpoint": f"{issuer}/token",
+            "client_id": "solent-viewer",
+            "scopes": "openid profile",
+            "display_name": "NHS Login",
+            "token": "access_token",
+        }
+    finally:
+        archive.close()
+    with pytest.raises(ConfigurationError, match="oidc_token_endpoint"):
+        load_settings(environ={}, data_dir=tmp_path, **{**sso, "oidc_token_endpoint": ""})

@@ -1,4 +1,5 @@
-// Hash routes: #/ worklist, #/patient/ISSUER/ID timeline, #/study/UID reading, #/mdt meetings.
+// Hash routes: #/ worklist, #/patient/ISSUER/ID timeline, #/study/UID reading, #/mdt meetings,
+// #/launch[/TRUST]?query an EPR launch that came without a token (launch.ts).
 // Hash routing keeps every screen one static index.html (IID lands on /viewer/#/...).
 // Code-split: this entry chunk holds the worklist and the sign-in only; the reading screen
 // (the Cornerstone core, trimmed by viewer/slim.ts) and the MDT screens are loaded on first
@@ -12,6 +13,8 @@ import { get, setToken, signIn, token } from './api';
 import { clear, errorBox, h } from './dom';
 import { toggleHelp } from './help';
 import { studyContext } from './data';
+import { launch } from './launch';
+import { finishOidc, oidcConfig, startOidc } from './oidc';
 import { dropPreview, startPreview, warmAround } from './preview';
 import type { Me } from './types';
 import { worklist } from './worklist';
@@ -62,8 +65,12 @@ const app = document.getElementById('app') as HTMLElement;
 const who = document.getElementById('who') as HTMLElement;
 let leave: (() => void) | null = null;
 
+/** Why the last single sign-on failed, shown once on the sign-in form. */
+let signInProblem = '';
+
 function signInForm(): void {
-  const error = h('p', { class: 'error', role: 'alert' });
+  const error = h('p', { class: 'error', role: 'alert' }, signInProblem);
+  signInProblem = '';
   const form = h(
     'form',
     { id: 'sign-in', class: 'card' },
@@ -81,6 +88,12 @@ function signInForm(): void {
       .catch((err: Error) => (error.textContent = err.message));
   });
   app.replaceChildren(form);
+  void oidcConfig().then((c) => {
+    if (!c || !form.isConnected) return;
+    const sso = h('button', { type: 'button', id: 'sign-in-oidc', class: 'secondary' }, `Sign in with ${c.display_name}`);
+    sso.addEventListener('click', () => void startOidc(c).catch((err: Error) => (error.textContent = err.message)));
+    form.append(h('p', { class: 'or' }, 'or'), sso);
+  });
 }
 
 async function showWho(): Promise<void> {
@@ -114,7 +127,10 @@ async function route(): Promise<void> {
   const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
   const params = new URLSearchParams(search);
   try {
-    if (parts[0] === 'patient' && parts.length === 3) {
+    if (parts[0] === 'launch') {
+      await launch(app, parts[1] ?? null, search);
+    }
+    else if (parts[0] === 'patient' && parts.length === 3) {
       await (await import('./timeline')).timeline(app, parts[1], parts[2]);
       preloadWhenIdle();
     }
@@ -124,7 +140,11 @@ async function route(): Promise<void> {
       void studyContext(parts[1]).catch(() => undefined);
       void Promise.all([shown, chunks]).then(() => warmAround(parts[1], 8));
       await Promise.race([shown, new Promise((r) => setTimeout(r, 1500))]);
-      await (await loadReading()).studyView(app, parts[1], { prior: params.has('prior') ? params.get('prior') || null : undefined });
+      const launched = (params.get('launch') ?? '').split(',').filter((u) => /^[0-9.]+$/.test(u));
+      await (await loadReading()).studyView(app, parts[1], {
+        prior: params.has('prior') ? params.get('prior') || null : undefined,
+        launched: launched.length > 1 ? launched : undefined,
+      });
     } else if (parts[0] === 'mdt') {
       const [mdt] = await Promise.all([import('./mdt'), loadReading()]); // mdt.ts uses the reading screen
       if (parts[1]) leave = await mdt.meeting(app, parts[1]);
@@ -149,4 +169,9 @@ document.addEventListener('keydown', (e) => {
   if (e.key === '?' && !(e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement)) toggleHelp();
   if (e.key === 'Escape') (document.getElementById('help') as HTMLElement).hidden = true;
 });
-void route();
+// Back from the identity provider: finish the sign-in first, then show where the user was.
+void finishOidc()
+  .catch((e: Error) => {
+    signInProblem = e.message;
+  })
+  .then(() => route());

@@ -12,6 +12,7 @@ import { dicomDate } from './format';
 import { PRESETS, TOOL_GROUP, type MouseTool, createToolGroup, initImaging, setPrimaryTool } from './imaging';
 import { Pane, studySeries } from './pane';
 import { studyContext } from './data';
+import { launchList } from './launch';
 import { takePreview } from './preview';
 import { patientHeader } from './timeline';
 import type { KeyImage, Report, StudyEntry, ViewState } from './types';
@@ -22,6 +23,8 @@ const VOI_SYNC = 'solent-voi-sync';
 
 export interface StudyViewOptions {
   prior?: string | null;
+  /** The studies of a multi-study EPR launch (#/study/UID?launch=UID1,UID2,…), listed above. */
+  launched?: string[];
   /** Called after any change of what the main pane shows (MDT presenter). */
   onChange?: (state: ViewState) => void;
   /** Follow mode: the user's own input does not drive the view (MDT follower). */
@@ -102,6 +105,8 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
     }
     header.append(patientHeader(context.patient), studyLine(context.study));
   }
+
+  if (opts.launched) header.append(launchList(opts.launched, studyUid));
 
   buildToolbar(toolbar, group, () => [main, ...(prior ? [prior] : [])], main, studyUid);
 

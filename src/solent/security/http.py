@@ -12,10 +12,12 @@ Routes get it with the ``current_principal`` dependency::
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 from fastapi import FastAPI, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
@@ -33,13 +35,18 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Paths anyone may reach. Everything else, including routes added later, needs a principal.
-PUBLIC_PATHS = frozenset({"/health", "/health/ready", "/viewer"})
+# /api/auth/oidc: what the viewer's sign-in needs to send a user to the IdP (no secret).
+PUBLIC_PATHS = frozenset({"/health", "/health/ready", "/viewer", "/api/auth/oidc"})
 # The viewer's static app shell (no patient data; everything it reads needs a bearer token).
 PUBLIC_PREFIXES = ("/viewer/",)
 # Where a password (HTTP Basic) is exchanged for a bearer token; the only place Basic works.
 LOGIN_PATH = "/api/auth/token"
 #: Why the caller reads (``mdt:<meeting id>``); written into their audit records when accepted.
 PURPOSE_HEADER = "x-solent-purpose"
+# IHE IID launches an EPR opens in a plain browser (no token): the viewer signs the user in and
+# runs the launch itself (#/launch[/TRUST]?query). Only a browser's page load goes there; any
+# other caller without a token still gets 401.
+BROWSER_LAUNCH = re.compile(r"^(?:/trusts/([A-Za-z0-9_-]{1,16}))?/IHEInvokeImageDisplay$")
 
 
 class RequestTooLarge(HTTPException):
@@ -134,6 +141,9 @@ class SecurityMiddleware:
         client = scope.get("client")
         address = client[0] if client else None
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if (launch := _browser_launch(scope, path, headers)) is not None:
+            await _redirect(send, launch)
+            return
         if scope.get("method") == "OPTIONS" and "access-control-request-method" in headers:
             # A CORS preflight: browsers never send credentials on it, and it carries no data.
             await self.app(scope, receive, send)
@@ -227,6 +237,32 @@ class SecurityMiddleware:
             AuditOutcome.DENIED,
             detail={"why": why[:200], "path": path[:200]},
         )
+
+
+def _browser_launch(scope: Scope, path: str, headers: dict[str, str]) -> str | None:
+    """The viewer's launch route for a browser opening an IID URL without credentials."""
+    match = BROWSER_LAUNCH.match(path)
+    if (
+        match is None
+        or "authorization" in headers
+        or scope.get("method") not in ("GET", "HEAD")
+        or "text/html" not in headers.get("accept", "")
+    ):
+        return None
+    trust = f"/{match.group(1)}" if match.group(1) else ""
+    # Only URL characters go into the Location header; anything else is percent-encoded.
+    query = quote_from_bytes(scope.get("query_string", b""), safe="=&%+;,:@/?!$'()*-._~")
+    return f"/viewer/#/launch{trust}" + (f"?{query}" if query else "")
+
+
+async def _redirect(send: Send, location: str) -> None:
+    headers = [
+        (b"location", location.encode("ascii")),
+        (b"content-length", b"0"),
+        (b"cache-control", b"no-store"),
+    ]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _reply(

@@ -82,6 +82,25 @@ class PasswordChange(BaseModel):
     new_password: str = Field(max_length=1024)
 
 
+@router.get("/auth/oidc")
+def oidc_config(request: Request) -> dict[str, Any]:
+    """Public (no token yet): whether the viewer offers OIDC sign-in, and where to send the
+    user. Only what the IdP publishes anyway; a public client has no secret."""
+    s = _services(request).settings
+    if not s.oidc_client_id:
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "issuer": s.oidc_issuer,
+        "authorization_endpoint": s.oidc_authorization_endpoint,
+        "token_endpoint": s.oidc_token_endpoint,
+        "client_id": s.oidc_client_id,
+        "scopes": s.oidc_scopes,
+        "display_name": s.oidc_display_name,
+        "token": s.oidc_viewer_token,
+    }
+
+
 @router.post("/auth/password")
 def change_password(request: Request, caller: Caller, body: PasswordChange) -> dict[str, str]:
     """Change one's own password; every session and API token of the account ends."""

@@ -4,16 +4,21 @@ Each trust has its own endpoint, /trusts/{ODS}/IHEInvokeImageDisplay, and identi
 resolved in that trust's identifier space (an accession number has no issuer in IID). The
 trust-less /IHEInvokeImageDisplay needs an assigning authority in patientID (CX.4) and cannot
 take accession numbers. The launch lands in the viewer (issue 12): /viewer/#/patient/ISSUER/ID
-(NHS/number for an NHS number) or /viewer/#/study/UID; several studies get the list page.
+(NHS/number for an NHS number) or /viewer/#/study/UID; several studies open the newest with the
+others listed (#/study/UID?launch=UID1,UID2,...).
+
+An EPR usually opens the URL in a plain browser, without a bearer token: the security middleware
+sends such a request to the viewer (#/launch/...), which signs the user in and asks
+/api/viewer/launch (below) where to go, with the same trust scoping and the same answers.
 """
 
 from __future__ import annotations
 
 import html
-from typing import Annotated
-from urllib.parse import quote, urlencode
+from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from solent.domain import nhs_number as nhs
@@ -63,9 +68,9 @@ def _launch(
     patient_id: str | None,
     study_uid: str | None,
     accession: str | None,
-) -> list[str]:
-    """The study UIDs to open; only studies the caller may see, each launch audited by the
-    records service naming the patient. Unknown and not visible answer alike."""
+) -> list[dict[str, Any]]:
+    """The studies to open, newest first; only studies the caller may see, each launch audited
+    by the records service naming the patient. Unknown and not visible answer alike."""
     kind = (request_type or "").upper()
     if kind == "PATIENT":
         if not patient_id:
@@ -91,7 +96,7 @@ def _launch(
         studies = records.person_studies(caller, person, "iid:PATIENT")
         if not studies:
             raise LaunchError(404, "no images of this patient that you may see")
-        return [s["study_uid"] for s in studies]
+        return studies
     if kind == "STUDY":
         if study_uid:
             found = records.studies_by_uid_or_accession(
@@ -114,8 +119,42 @@ def _launch(
             raise LaunchError(400, "requestType=STUDY needs studyUID or accessionNumber")
         if not found:
             raise LaunchError(404, "no such study that you may see at this trust")
-        return [s["study_uid"] for s in found]
+        found.sort(key=lambda s: (s["study_date"] or "", s["study_time"] or ""), reverse=True)
+        return found
     raise LaunchError(400, "requestType must be PATIENT or STUDY")
+
+
+def _resolve(
+    request: Request,
+    caller: Principal,
+    trust: str | None,
+    request_type: str | None,
+    patient_id: str | None,
+    study_uid: str | None,
+    accession: str | None,
+) -> tuple[str, list[dict[str, Any]]]:
+    """(viewer route, the studies launched): the one decision both ways in share. Raises
+    LaunchError; unknown and not visible answer alike (404)."""
+    services: Services = request.app.state.services
+    services.access.require(caller, Permission.READ, "launching the image display")
+    if trust is not None and services.directory.trust(trust) is None:
+        raise LaunchError(404, f"{trust} is not a trust here")
+    try:
+        studies = _launch(
+            services.records, caller, trust, request_type, patient_id, study_uid, accession
+        )
+    except NotFound as exc:  # unknown or not visible: one answer
+        raise LaunchError(404, str(exc)) from exc
+    except InvalidInput as exc:
+        raise LaunchError(400, str(exc)) from exc
+    if (request_type or "").upper() == "PATIENT":
+        value, authority = _authority(patient_id or "")
+        issuer = "NHS" if authority in NHS_AUTHORITIES else authority or trust or ""
+        return f"#/patient/{quote(issuer, safe='')}/{quote(value, safe='')}", studies
+    href = f"#/study/{quote(studies[0]['study_uid'], safe='')}"
+    if len(studies) > 1:  # newest first (the records service's order); the rest listed
+        href += "?launch=" + ",".join(quote(s["study_uid"], safe="") for s in studies)
+    return href, studies
 
 
 def _invoke(
@@ -127,29 +166,11 @@ def _invoke(
     study_uid: str | None,
     accession: str | None,
 ) -> Response:
-    services: Services = request.app.state.services
-    services.access.require(caller, Permission.READ, "launching the image display")
-    if trust is not None and services.directory.trust(trust) is None:
-        return _page(404, "Unknown trust", f"<p>{html.escape(trust)} is not a trust here.</p>")
     try:
-        uids = _launch(
-            services.records, caller, trust, request_type, patient_id, study_uid, accession
-        )
+        href, _ = _resolve(request, caller, trust, request_type, patient_id, study_uid, accession)
     except LaunchError as exc:
         return _page(exc.status, "Cannot open images", f"<p>{html.escape(exc.text)}</p>")
-    except NotFound as exc:  # unknown or not visible: one answer
-        return _page(404, "Cannot open images", f"<p>{html.escape(str(exc))}</p>")
-    except InvalidInput as exc:
-        return _page(400, "Cannot open images", f"<p>{html.escape(str(exc))}</p>")
-    if (request_type or "").upper() == "PATIENT":
-        value, authority = _authority(patient_id or "")
-        issuer = "NHS" if authority in NHS_AUTHORITIES else authority or trust or ""
-        target = f"{quote(issuer, safe='')}/{quote(value, safe='')}"
-        return RedirectResponse(f"/viewer/#/patient/{target}", status_code=303)
-    if len(uids) == 1:
-        return RedirectResponse(f"/viewer/#/study/{quote(uids[0], safe='')}", status_code=303)
-    query = urlencode([("uid", u) for u in uids])
-    return RedirectResponse(f"/iid/studies?{query}", status_code=303)
+    return RedirectResponse(f"/viewer/{href}", status_code=303)
 
 
 @router.get("/IHEInvokeImageDisplay")
@@ -183,46 +204,38 @@ def invoke_for_trust(
     return _invoke(request, caller, trust, requestType, patientID, studyUID, accessionNumber)
 
 
-@router.get("/iid/studies")
-def study_list(
-    request: Request, caller: Caller, uid: Annotated[list[str] | None, Query()] = None
-) -> HTMLResponse:
-    """The launch target until the viewer lands: the studies, newest first, each under its
-    own trust's identifiers. Access is checked again (and audited) for every study listed."""
-    services: Services = request.app.state.services
-    rows = services.records.studies_by_uid_or_accession(
-        caller, study_uids=uid or [], action=AuditAction.VIEW
-    )
-    rows.sort(key=lambda s: (s["study_date"] or "", s["study_time"] or ""), reverse=True)
-    cells = "".join(
-        "<tr>"
-        + "".join(
-            f"<td>{html.escape(str(s[k] or ''))}</td>"
-            for k in (
-                "study_date",
-                "modalities",
-                "study_description",
-                "accession_number",
-                "local_id",
-                "issuer",
-                "name",
-                "study_uid",
-            )
+@router.get("/api/viewer/launch")
+def launch(
+    request: Request,
+    caller: Caller,
+    trust: Annotated[str | None, Query(max_length=16)] = None,
+    requestType: Param = None,
+    patientID: Param = None,
+    studyUID: Param = None,
+    accessionNumber: Param = None,
+    viewerType: Param = None,
+    diagnosticQuality: Param = None,
+    keyImagesOnly: Param = None,
+) -> dict[str, Any]:
+    """The viewer's side of an IID launch (the EPR's query as it came, ``trust`` the endpoint's
+    trust): where to go, and the studies launched (for the list beside a multi-study launch)."""
+    try:
+        href, studies = _resolve(
+            request, caller, trust, requestType, patientID, studyUID, accessionNumber
         )
-        + "</tr>"
-        for s in rows
-    )
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in (
-            "Date",
-            "Modality",
-            "Description",
-            "Accession",
-            "Patient ID",
-            "Issuer",
-            "Name",
-            "Study UID",
-        )
-    )
-    return _page(200, "Studies", f"<table><tr>{head}</tr>{cells}</table>")
+    except LaunchError as exc:
+        raise HTTPException(exc.status, exc.text) from exc
+    return {
+        "href": href,
+        "studies": [
+            {
+                "study_uid": s["study_uid"],
+                "trust": s["issuer"],
+                "date": s["study_date"],
+                "modalities": [m for m in (s["modalities"] or "").split("\\") if m],
+                "description": s["study_description"],
+                "accession": s["accession_number"],
+            }
+            for s in studies
+        ],
+    }

@@ -1,0 +1,116 @@
+// Sign-in with the region's identity provider (OpenID Connect, authorization code + PKCE): the
+// viewer is a public client, so no secret is involved. The browser goes to the IdP, comes back
+// to /viewer/?code=&state=, exchanges the code at the IdP's token endpoint itself and sends the
+// token it gets as its bearer token; the server checks it against the issuer's keys.
+
+import { setToken } from './api';
+
+export interface OidcConfig {
+  enabled: boolean;
+  issuer: string;
+  authorization_endpoint: string;
+  token_endpoint: string;
+  client_id: string;
+  scopes: string;
+  display_name: string;
+  token: 'access_token' | 'id_token';
+}
+
+interface Pending {
+  verifier: string;
+  state: string;
+  nonce: string;
+  hash: string;
+  config: OidcConfig;
+}
+
+const PENDING = 'solent.oidc';
+
+let config: Promise<OidcConfig | null> | null = null;
+/** The server's OIDC settings (a public route), null when sign-in with an IdP is off. */
+export function oidcConfig(): Promise<OidcConfig | null> {
+  config ??= fetch('/api/auth/oidc', { credentials: 'omit', headers: { Accept: 'application/json' } })
+    .then((r) => (r.ok ? (r.json() as Promise<OidcConfig>) : null))
+    .then((c) => (c?.enabled ? c : null))
+    .catch(() => null);
+  return config;
+}
+
+function b64url(bytes: Uint8Array): string {
+  let s = '';
+  for (const b of bytes) s += String.fromCharCode(b);
+  return btoa(s).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+const random = (n: number): string => b64url(crypto.getRandomValues(new Uint8Array(n)));
+const redirectUri = (): string => `${location.origin}${import.meta.env.BASE_URL}`;
+
+/** Off to the IdP; where the user was (a launch, a study) is kept for the way back. */
+export async function startOidc(c: OidcConfig): Promise<void> {
+  const verifier = random(32);
+  const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier));
+  const pending: Pending = { verifier, state: random(16), nonce: random(16), hash: location.hash, config: c };
+  sessionStorage.setItem(PENDING, JSON.stringify(pending));
+  const url = new URL(c.authorization_endpoint);
+  for (const [k, v] of Object.entries({
+    response_type: 'code',
+    client_id: c.client_id,
+    redirect_uri: redirectUri(),
+    scope: c.scopes,
+    state: pending.state,
+    nonce: pending.nonce,
+    code_challenge: b64url(new Uint8Array(digest)),
+    code_challenge_method: 'S256',
+  })) {
+    url.searchParams.set(k, v);
+  }
+  location.assign(url.toString());
+}
+
+function claims(jwt: string): Record<string, unknown> {
+  const part = (jwt.split('.')[1] ?? '').replace(/-/g, '+').replace(/_/g, '/');
+  return JSON.parse(decodeURIComponent(escape(atob(part)))) as Record<string, unknown>;
+}
+
+/** On the way back from the IdP (?code=&state= or ?error=): exchange the code, keep the token,
+ * restore where the user was. False when this page load is no such return. Throws a readable
+ * message when the sign-in failed. */
+export async function finishOidc(): Promise<boolean> {
+  const params = new URLSearchParams(location.search);
+  if (!params.has('code') && !params.has('error')) return false;
+  const raw = sessionStorage.getItem(PENDING);
+  sessionStorage.removeItem(PENDING);
+  const pending = raw ? (JSON.parse(raw) as Pending) : null;
+  // The code leaves the address bar (and the history) at once; the hash comes back.
+  history.replaceState(null, '', `${import.meta.env.BASE_URL}${pending?.hash ?? ''}`);
+  if (!pending || params.get('state') !== pending.state) {
+    throw new Error('The sign-in answer does not match a sign-in started here; please try again.');
+  }
+  if (params.has('error')) {
+    throw new Error(`${pending.config.display_name} refused: ${params.get('error_description') ?? params.get('error')}`);
+  }
+  const c = pending.config;
+  const response = await fetch(c.token_endpoint, {
+    method: 'POST',
+    credentials: 'omit',
+    headers: { 'Content-Type': 'application/x-www-form-urlencoded', Accept: 'application/json' },
+    body: new URLSearchParams({
+      grant_type: 'authorization_code',
+      code: params.get('code') ?? '',
+      redirect_uri: redirectUri(),
+      client_id: c.client_id,
+      code_verifier: pending.verifier,
+    }),
+  }).catch(() => null);
+  if (!response?.ok) {
+    throw new Error(`${c.display_name} did not issue a token (${response ? response.status : 'unreachable'}).`);
+  }
+  const body = (await response.json()) as Record<string, unknown>;
+  if (typeof body.id_token === 'string' && claims(body.id_token).nonce !== pending.nonce) {
+    throw new Error('The identity token is not for this sign-in (nonce); please try again.');
+  }
+  const bearer = body[c.token];
+  if (typeof bearer !== 'string' || !bearer) throw new Error(`${c.display_name} sent no ${c.token}.`);
+  setToken(bearer);
+  return true;
+}
