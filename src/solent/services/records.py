@@ -471,15 +471,16 @@ class RecordService:
         self, principal: Principal, *, status: str | None, limit: int
     ) -> list[dict[str, Any]]:
         """Raw HL7 messages (patient data): administrators only, their trust's senders only
-        (a regional administrator: all), and every read audited."""
+        (a regional administrator: all), filtered in the query so ``limit`` counts what the
+        caller may see; the read is audited once per patient the messages name."""
         self.access.require(principal, Permission.ADMIN, "reading the HL7 journal")
-        rows = self.inbox.messages(status=status, limit=limit)
-        if principal.trust is not None:
-            trusts = self.access.scope(principal).trusts
-            rows = [r for r in rows if (r["sender"] or "").split("^")[-1] in trusts]
-        self.audit.record(
+        facilities = None if principal.trust is None else self.access.scope(principal).trusts
+        rows = self.inbox.messages(status=status, limit=limit, facilities=facilities)
+        patients = [p for r in rows for p in patients_in_hl7(str(r["raw"]))]
+        self.audit.record_patients(
             principal,
             AuditAction.QUERY,
+            patients,
             detail={
                 "read": "hl7/messages",
                 "status": status,
@@ -487,3 +488,36 @@ class RecordService:
             },
         )
         return rows
+
+
+_NHS_AUTHORITIES = ("NHS", "2.16.840.1.113883.2.1.4.1")
+
+
+def patients_in_hl7(raw: str) -> list[PatientRef]:
+    """The patient records an ER7 message names (PID-3 and MRG-1 identifiers with their
+    assigning authority; the NHS number of the PID rides along), for the audit record of a
+    read of raw messages. A message too broken to say names nobody."""
+    text = raw.replace("\r\n", "\r").replace("\n", "\r")
+    if not text.startswith("MSH") or len(text) < 8:
+        return []
+    field_sep, comp, rep, sub = text[3], text[4], text[5], text[7]
+    out: list[PatientRef] = []
+    for line in text.split("\r"):
+        fields = line.split(field_sep)
+        n = {"PID": 3, "MRG": 1}.get(fields[0])
+        if n is None or len(fields) <= n:
+            continue
+        local: list[tuple[str, str]] = []
+        nhs_number = None
+        for cx in fields[n].split(rep):
+            parts = (cx.split(comp) + [""] * 5)[:5]
+            namespace, universal = ([*parts[3].split(sub), ""])[:2]
+            authority = namespace or universal
+            if not parts[0]:
+                continue
+            if authority in _NHS_AUTHORITIES or parts[4] == "NH":
+                nhs_number = parts[0]
+            elif authority:
+                local.append((authority, parts[0]))
+        out += [PatientRef(issuer, local_id, nhs_number) for issuer, local_id in local]
+    return out
