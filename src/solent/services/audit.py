@@ -296,7 +296,7 @@ class AuditTrail:
         """One record per patient a read named (none named: one record without a patient), in
         one transaction, so searching the trail by any of them finds the read."""
         base = audit_fields(principal, action, detail=detail)
-        named = list(dict.fromkeys(patients)) or [None]
+        named: list[PatientRef | None] = [*dict.fromkeys(patients)] or [None]
         records = [
             {
                 **base,
