@@ -15,7 +15,7 @@ from typing import Any
 
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
-from solent.errors import InvalidInput
+from solent.errors import InvalidInput, NotFound
 from solent.services.access import AccessDenied, AccessService, NotVisible, Permission
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef
 from solent.services.identity import IdentityService
@@ -431,6 +431,55 @@ class RecordService:
                 f"{what}: records of {', '.join(foreign)} are managed by that trust's "
                 "administrators or a regional administrator"
             )
+
+    def reverse_event(self, principal: Principal, event_pk: int) -> dict[str, Any]:
+        """Undo an identity change. An event of records outside a trust administrator's trusts
+        answers exactly like one that does not exist (it would otherwise be an oracle, and a
+        way to change another trust's records)."""
+        self.access.require(principal, Permission.ADMIN, "reversing identity changes")
+        event = self.identity.event(event_pk)
+        missing = NotFound(f"no identity event {event_pk}")
+        if event is None:
+            raise missing
+        issuers = self.identity.issuers_of(
+            [pk for pk in (event["patient_pk"], event["other_patient_pk"]) if pk is not None]
+        )
+        if not self._stewards(principal, issuers):
+            raise missing
+        self.identity.reverse(event_pk, principal)
+        return {"reversed": event_pk, "patient": f"{event['local_id']}/{event['issuer']}"}
+
+    def resolve_work_item(self, principal: Principal, item_pk: int) -> dict[str, Any]:
+        """Close a work-queue item. One raised outside a trust administrator's trusts answers
+        exactly like one that does not exist; the closing is audited naming its patient."""
+        self.access.require(principal, Permission.ADMIN, "resolving data-quality items")
+        items = self.identity.work_queue(status="open")
+        item = next((i for i in items if i["pk"] == item_pk), None)
+        if item is None or not self._stewards(principal, {item["issuer"]}):
+            raise NotFound(f"no open work item {item_pk}")
+        self.identity.resolve_work_item(item_pk, principal)
+        patient = (
+            PatientRef(item["issuer"], item["local_id"], item["nhs_number"])
+            if item["issuer"] and item["local_id"]
+            else None
+        )
+        self.audit.record(
+            principal,
+            AuditAction.PATIENT_RECORD,
+            patient=patient,
+            detail={"work_item": item_pk, "kind": item["kind"], "change": "resolved"},
+        )
+        out: dict[str, Any] = {"resolved": item_pk}
+        if patient is not None:
+            out["patient"] = f"{patient.local_id}/{patient.issuer}"
+        return out
+
+    def _stewards(self, principal: Principal, issuers: Iterable[str | None]) -> bool:
+        """True when the caller administers every one of these trusts' records."""
+        if principal.trust is None:
+            return True
+        trusts = self.access.scope(principal).trusts
+        return all(i is not None and i in trusts for i in issuers)
 
     # -- work queue and the HL7 journal --------------------------------------------------------
 

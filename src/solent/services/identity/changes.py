@@ -388,6 +388,7 @@ class IdentityService(RecordUpdates):
                     after=ev["before"],
                     reverses=event_pk,
                 )
+                self._audit(c, change, row, {"change": "reversal", "event": event_pk})
                 self._record_link_change(c, int(row["pk"]), linked_before, change, "reversal")
             else:
                 raise InvalidInput(f"a {kind} event cannot be reversed")
