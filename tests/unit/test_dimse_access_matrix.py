@@ -25,9 +25,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import evt
 from pynetdicom.presentation import build_role
+from sqlalchemy import select
 
 from solent.app import Archive, build_archive
 from solent.domain.principal import SYSTEM
+from solent.index import schema
 from solent.protocols.dimse import commitment, find_scp, retrieve_scp, worklist_scp
 from solent.protocols.dimse.listener import (
     QUERY_SOP_CLASSES,
@@ -318,17 +320,21 @@ def _bob_record(archive: Archive) -> tuple[Any, ...]:
 def _store_changes_nothing_of_bob(server: Server) -> None:
     """ZZD's node sends images naming Bob (his ZZB ID, name, birth date, NHS number): into a
     new study they are filed under ZZD's own record, answered as for a patient nobody has;
-    into his existing study they are refused, naming nobody. His record, studies and links
-    stay as they were, and ZZD still finds nothing of him."""
+    into his existing study they are held for reconciliation (filed under no patient) and
+    answered exactly as stored, like a study nobody has. His record, studies and links stay as
+    they were, and ZZD still finds nothing of him."""
     archive, bob = server.archive, server.bob
     before = _bob_record(archive)
     hidden = _store(server, OUTSIDER, _instance(bob, generate_uid()))
     missing = _store(server, OUTSIDER, _instance(replace(NOBODY, nhs=""), generate_uid()))
     assert hidden == missing == (0, "")
-    code, comment = _store(server, OUTSIDER, _instance(bob, bob.study))
-    assert code == 0xC000, hex(code)  # never filed under another patient's study
-    for secret in (bob.patient_id, bob.nhs, "BOB", "ZZB", bob.series, bob.sop):
-        assert secret not in comment, comment
+    into_bobs = _instance(bob, bob.study)
+    assert _store(server, OUTSIDER, into_bobs) == (0, "")  # never filed under Bob's study
+    with archive.index.read() as conn:
+        held = conn.execute(
+            select(schema.held_instance.c.sop_uid, schema.held_instance.c.status)
+        ).all()
+    assert [tuple(h) for h in held] == [(str(into_bobs.SOPInstanceUID), "held")]
     assert _bob_record(archive) == before
     found = _call(server, OUTSIDER, find_scp.STUDY_ROOT_FIND, "STUDY", bob)
     assert found.matches == []

@@ -31,11 +31,8 @@ from solent.protocols.dimse.listener import DimseListener
 from solent.protocols.dimse.net import make_ae
 from solent.protocols.dimse.ul.server import FastServer
 from solent.settings import load_settings
-from tests.conftest import require_tool, shared_dir
+from tests.conftest import require_corpus, require_tool
 
-CORPUS = shared_dir() / "dicom-corpus"
-CT = CORPUS / "mod_ct_small.dcm"
-DEFLATED = CORPUS / "ts_deflated_sc_image.dcm"
 PEER = "PEER"
 VERIFICATION = "1.2.840.10008.1.1"
 STUDY_GET = "1.2.840.10008.5.1.4.1.2.2.3"
@@ -65,8 +62,6 @@ class Running:
 
 @pytest.fixture
 def fast(tmp_path: Path) -> Iterator[Running]:
-    if not (CORPUS / "MANIFEST.tsv").is_file():
-        pytest.skip("shared corpus missing")
     settings = load_settings(
         environ={}, data_dir=tmp_path / "var", dicom_port=0, dicom_engine="fast", dicom_workers=1
     )
@@ -279,8 +274,17 @@ def encoded(ds: Dataset) -> bytes:
     return fp.getvalue()
 
 
+def corpus_file(name: str) -> Path:
+    """A file of the shared corpus; the test skips (locally) or fails (CI) without it."""
+    return require_corpus() / name
+
+
+def ct_file() -> Path:
+    return corpus_file("mod_ct_small.dcm")
+
+
 def ct_copy() -> Dataset:
-    ds = pydicom.dcmread(CT)
+    ds = pydicom.dcmread(ct_file())
     ds.SOPInstanceUID = generate_uid()
     return ds
 
@@ -303,7 +307,7 @@ def assert_aborted(raw: Raw) -> None:
 def test_store_and_get_with_max_pdu_4k_and_1m(fast: Running, max_pdu: int) -> None:
     """pynetdicom stores and C-GETs with either maximum; raw, every P-DATA-TF the server
     sends fits the length the peer announced."""
-    ds = pydicom.dcmread(CT)
+    ds = pydicom.dcmread(ct_file())
     ae = make_ae(PEER)
     ae.maximum_pdu_size = max_pdu
     ae.add_requested_context(ds.SOPClassUID, [str(ds.file_meta.TransferSyntaxUID)])
@@ -341,7 +345,7 @@ def test_store_and_get_with_max_pdu_4k_and_1m(fast: Running, max_pdu: int) -> No
     assert max(sizes) <= max_pdu
     if max_pdu == 4096:
         assert len(sizes) > 10
-    stored = CT.read_bytes()
+    stored = ct_file().read_bytes()
     assert stored.endswith(data) and len(data) > len(stored) - 1024  # the stored bytes
     rsp = command(
         **{
@@ -526,7 +530,8 @@ def test_rejections_say_why(fast: Running) -> None:
 
 
 def test_deflated_context_accepted_and_handed_to_ingest(fast: Running) -> None:
-    ds = pydicom.dcmread(DEFLATED)
+    deflated = corpus_file("ts_deflated_sc_image.dcm")
+    ds = pydicom.dcmread(deflated)
     raw, ac = open_raw(fast, [(1, str(ds.SOPClassUID), ["1.2.840.10008.1.2.1.99"])])
     assert accepted(ac)[1] == (0, "1.2.840.10008.1.2.1.99")
     raw.close()
@@ -535,7 +540,7 @@ def test_deflated_context_accepted_and_handed_to_ingest(fast: Running) -> None:
     assoc = ae.associate("127.0.0.1", fast.port, ae_title="SOLENT")
     assert assoc.is_established
     try:
-        rsp = assoc.send_c_store(DEFLATED)  # the file's own (deflated) bytes
+        rsp = assoc.send_c_store(deflated)  # the file's own (deflated) bytes
         assert rsp.Status == 0
         assert fast.stored(ds.SOPInstanceUID)
     finally:
@@ -545,9 +550,9 @@ def test_deflated_context_accepted_and_handed_to_ingest(fast: Running) -> None:
 def test_dcmtk_storescu_and_getscu_through_the_fast_path(fast: Running, tmp_path: Path) -> None:
     dcmsend, getscu = require_tool("dcmsend"), require_tool("getscu")
     prefer = {
-        CT: [],
-        CORPUS / "ts_rle_mr_small.dcm": ["+xr"],
-        CORPUS / "ts_j2k_lossless_mr_siemens_trio.dcm": ["+xv"],
+        ct_file(): [],
+        corpus_file("ts_rle_mr_small.dcm"): ["+xr"],
+        corpus_file("ts_j2k_lossless_mr_siemens_trio.dcm"): ["+xv"],
     }
     files = list(prefer)
     out = subprocess.run(

@@ -241,17 +241,23 @@ def test_raw_hl7_messages_are_audited_and_scoped_to_the_admins_trust(
     demo: Archive, demo_client: TestClient
 ) -> None:
     handler = _handler(demo)
-    for trust, control in (("ZZA", "M-A"), ("ZZC", "M-C")):
+    # ZZA's message first, then newer ones of ZZC: a limit counts only what ZZA may see.
+    for trust, control in (("ZZA", "M-A"), ("ZZC", "M-C"), ("ZZC", "M-C2")):
         msg = (
             f"MSH|^~\\&|PAS|{trust}|PACS|ZZX|20250101||ADT^A28^ADT_A05|{control}|P|2.4\r"
-            f"PID|1||{control}^^^{trust}^MR||DOE^JANE||19800101|F\r"
+            f"PID|1||{control}^^^{trust}^MR~9434765870^^^NHS^NH||DOE^JANE||19800101|F\r"
         )
         assert _ack(handler.handle(msg, LOCAL))[0] == "AA"
     admin = add_user(demo, "adminza", "ZZA", "pacs_admin")
     r = demo_client.get("/api/identity/hl7/messages", headers=admin)
     assert r.status_code == 200
     assert {m["control_id"] for m in r.json()} == {"M-A"}
-    assert demo.audit.search(actor_name="adminza", action="query")
+    r = demo_client.get("/api/identity/hl7/messages?limit=1", headers=admin)
+    assert [m["control_id"] for m in r.json()] == ["M-A"]
+    reads = [a for a in demo.audit.search(actor_name="adminza", action="query") if a["patient_id"]]
+    assert [(a["patient_issuer"], a["patient_id"], a["nhs_number"]) for a in reads] == [
+        ("ZZA", "M-A", "9434765870")
+    ] * 2
     clinician = add_user(demo, "drza", "ZZA", "clinician")
     assert demo_client.get("/api/identity/hl7/messages", headers=clinician).status_code == 403
     assert SYSTEM.trust is None

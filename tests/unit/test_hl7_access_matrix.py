@@ -149,4 +149,6 @@ def test_the_own_trusts_feed_is_applied_and_audited(demo: Archive, code: str, tr
         and r["patient_id"] in ("B7730444", NEW_ID)
         and r["actor_name"] == "hl7:PAS"
     ]
-    assert naming_bob, [(r["action"], r["patient_id"], r["actor_name"]) for r in rows]
+    assert len(naming_bob) == 1, [
+        (r["action"], r["patient_id"], r["actor_name"], r["detail"]) for r in rows
+    ]

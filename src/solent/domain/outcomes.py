@@ -11,6 +11,10 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"  # same SOP Instance UID, same bytes: nothing written
     REPLACED = "replaced"  # same SOP Instance UID, different bytes, policy "replace"
     REJECTED = "rejected"
+    #: Kept for identity reconciliation, filed under no patient: its study, series or SOP
+    #: Instance UID is filed under a record the sender may not see. Adapters answer it
+    #: exactly as STORED (ok, no message), so the sender learns nothing of that record.
+    HELD = "held"
 
 
 class RejectReason(StrEnum):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, false, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from solent.index import schema as t
@@ -72,12 +73,21 @@ def finish_message(conn: Connection, pk: int, status: str, ack_code: str, detail
 
 
 def messages(
-    conn: Connection, *, status: str | None = None, limit: int = 100
+    conn: Connection,
+    *,
+    status: str | None = None,
+    limit: int = 100,
+    facilities: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
+    """The newest messages; ``facilities`` (trust codes) keeps those whose sender (MSH-3^MSH-4)
+    is one of theirs, in the query itself so ``limit`` counts only what is kept."""
     c = t.hl7_message.c
     q = select(t.hl7_message).order_by(c.pk.desc()).limit(limit)
     if status:
         q = q.where(c.status == status)
+    if facilities is not None:
+        mine = [c.sender.endswith(f"^{code}", autoescape=True) for code in facilities]
+        q = q.where(or_(false(), *mine))
     return [dict(r) for r in conn.execute(q).mappings()]
 
 

@@ -20,15 +20,36 @@ from solent.index.sql import Index, now
 
 
 class PatientMismatchError(Exception):
-    """The study or series is already filed under another patient record."""
+    """The study or series is already filed under another patient record.
+
+    ``holder_pk`` is that record: ingest decides by whether the sender may see it between
+    refusing with this message and holding the instance for reconciliation."""
+
+    def __init__(self, message: str, holder_pk: int | None = None) -> None:
+        super().__init__(message)
+        self.holder_pk = holder_pk
 
 
 class AlreadyStoredError(Exception):
-    """The SOP Instance UID is stored already (checked inside the write transaction)."""
+    """The SOP Instance UID is stored already (checked inside the write transaction);
+    ``holder_pk`` is the patient record the stored instance is filed under."""
 
-    def __init__(self, identical: bool) -> None:
+    def __init__(self, identical: bool, holder_pk: int | None = None) -> None:
         super().__init__("identical" if identical else "different content")
         self.identical = identical
+        self.holder_pk = holder_pk
+
+
+def _patient_of_series(conn: Connection, series_pk: int) -> int | None:
+    pk = conn.execute(
+        select(_st.patient_pk).join(t.series, _se.study_pk == _st.pk).where(_se.pk == series_pk)
+    ).scalar()
+    return None if pk is None else int(pk)
+
+
+def _patient_of_study(conn: Connection, study_pk: int) -> int | None:
+    pk = conn.execute(select(_st.patient_pk).where(_st.pk == study_pk)).scalar()
+    return None if pk is None else int(pk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +215,8 @@ def _lineage(
         if found.study_uid != parsed.study_uid:
             raise PatientMismatchError(
                 "this Series Instance UID already belongs to another study; "
-                "the instance was not stored"
+                "the instance was not stored",
+                int(found.patient_pk),
             )
         same_record = found.issuer == trust and found.local_id == patient["local_id"]
         if not same_record and _retired_into(conn, trust, patient["local_id"]) != int(
@@ -202,7 +224,8 @@ def _lineage(
         ):
             raise PatientMismatchError(
                 "this Study Instance UID is already filed under another patient record; "
-                "the instance was not stored (check Patient ID / issuing trust)"
+                "the instance was not stored (check Patient ID / issuing trust)",
+                int(found.patient_pk),
             )
         nhs = found.nhs_number
         if nhs is None and patient["nhs_number"] is not None:
@@ -250,7 +273,8 @@ def _lineage(
     if study_row.patient_pk != patient_pk:
         raise PatientMismatchError(
             "this Study Instance UID is already filed under another patient record; "
-            "the instance was not stored (check Patient ID / issuing trust)"
+            "the instance was not stored (check Patient ID / issuing trust)",
+            int(study_row.patient_pk),
         )
     study_pk = int(study_row.pk)
 
@@ -268,7 +292,9 @@ def _lineage(
     ).one()
     if series_row.study_pk != study_pk:
         raise PatientMismatchError(
-            "this Series Instance UID already belongs to another study; the instance was not stored"
+            "this Series Instance UID already belongs to another study; "
+            "the instance was not stored",
+            _patient_of_study(conn, int(series_row.study_pk)),
         )
     # Another writer may have created it between our two statements (PostgreSQL).
     new_series = series_row.num_instances == 0
@@ -298,7 +324,10 @@ def record_instance(
     ic, se, sc = t.instance.c, t.series.c, t.study.c
     old = _EXISTING_INSTANCE.first(conn, {"sop_instance_uid": parsed.sop_instance_uid})
     if old is not None and (old.sha256 == parsed.sha256 or not replace):
-        raise AlreadyStoredError(identical=old.sha256 == parsed.sha256)
+        identical = old.sha256 == parsed.sha256
+        raise AlreadyStoredError(
+            identical, None if identical else _patient_of_series(conn, int(old.series_pk))
+        )
 
     patient = dict(parsed.patient, local_id=patient_local_id)
     patient_pk, study_pk, series_pk, new_series, nhs = _lineage(
@@ -310,7 +339,8 @@ def record_instance(
     if old is not None:
         if old.series_pk != series_pk:
             raise PatientMismatchError(
-                "the replacing instance names another series than the stored one"
+                "the replacing instance names another series than the stored one",
+                _patient_of_series(conn, int(old.series_pk)),
             )
         replaced_key = str(old.blob_key)
         conn.execute(delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == old.pk))

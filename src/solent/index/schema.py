@@ -463,6 +463,30 @@ data_quality = Table(
     Index(None, "patient_pk"),
 )
 # --- end regional identity and HL7 ------------------------------------------------------------
+# Instances held for identity reconciliation (issue 11): sent over the network naming a study
+# or series already filed under a patient record the sender may not see. Kept in the blob store
+# under a key of their own (``path``), filed under no patient; a regional work-queue item
+# (``work_item``) asks a person to decide. Never served, never counted.
+held_instance = Table(
+    "held_instance",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("sop_uid", String(64), nullable=False),
+    Column("series_uid", String(64)),
+    Column("study_uid", String(64)),
+    Column("sha256", String(64), nullable=False),
+    Column("path", Text, nullable=False),  # blob key of the kept copy
+    Column("sender", String(200), nullable=False),  # who sent it (Principal.describe())
+    Column("sender_trust", String(16)),
+    Column("patient_issuer", String(16)),  # the record the instance names, as sent
+    Column("patient_id", String(64)),
+    Column("holder_pk", PK),  # the record the study/series is filed under
+    Column("reason", Text, nullable=False),
+    Column("work_item", PK),
+    Column("status", String(16), nullable=False),  # held | released | discarded
+    UniqueConstraint("sop_uid", "sha256"),
+)
 
 # --- Query engine (issues 3/4): what the C-FIND / QIDO-RS compiler (index/query.py) relies on.
 # Studies come newest first, undated ones last, on both backends: ORDER BY study_date_key DESC,

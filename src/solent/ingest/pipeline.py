@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -17,23 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, insert, select
 
 from solent.dicom.inflate import InflateLimits
 from solent.dicom.parse import ParsedInstance, RejectedInstance, parse_file
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
 from solent.domain.principal import Channel, Principal, Provenance
 from solent.errors import IndexUnavailable, StorageError
+from solent.index import identity as identity_store
+from solent.index import schema as t
 from solent.index.records import (
     AlreadyStoredError,
     PatientMismatchError,
     RecordedInstance,
     record_instance,
 )
-from solent.index.sql import Index
+from solent.index.sql import Index, now
 from solent.ingest.write_gate import WriteGate
 from solent.metrics import INGEST_BYTES, INGEST_INSTANCES, INGEST_SECONDS
-from solent.services.access import Permission, permissions_of
+from solent.services.access import AccessService, Permission, permissions_of
 from solent.services.audit import (
     AuditAction,
     AuditOutcome,
@@ -42,6 +46,17 @@ from solent.services.audit import (
     audit_fields,
 )
 from solent.storage import PLACED, BlobStore, Placement, blob_key_for
+
+#: Work-queue kind of an instance held for identity reconciliation.
+HELD = "ingest-held-for-reconciliation"
+
+
+def held_key(sha256_hex: str) -> str:
+    """Where a held instance's copy lives: shaped like a content key but never equal to one,
+    so ingest's clean-up of a refused blob with the same bytes cannot delete it."""
+    key = blob_key_for(sha256_hex)
+    return f"{key[:6]}h{key[6:]}"
+
 
 RecordedT = TypeVar("RecordedT")
 
@@ -117,6 +132,7 @@ class Ingestor:
         self.policy = policy or IngestPolicy()
         self._trusts: set[str] = set()
         self.audit = AuditTrail(index)  # security (issue 6): every store is audited
+        self._access = AccessService(index, self.audit)  # what a sender may see (held instances)
         # Group commit: instances prepared concurrently (several associations, import workers)
         # queue here; whoever holds the commit lock indexes the whole queue in one transaction.
         self._queue: list[_Waiting] = []
@@ -195,8 +211,8 @@ class Ingestor:
         self, result: StoreResult, principal: Principal, provenance: Provenance, started: float
     ) -> StoreResult:
         """Metrics, log line and (for anything but a store) the audit record of one result."""
-        if result.outcome not in (Outcome.STORED, Outcome.REPLACED):
-            # Stored instances were audited inside their index transaction (_audited).
+        if result.outcome not in (Outcome.STORED, Outcome.REPLACED, Outcome.HELD):
+            # Stored and held instances were audited inside their index transaction.
             self._audit_other(principal, provenance, result)
         channel = provenance.channel.value
         INGEST_INSTANCES.labels(
@@ -317,6 +333,8 @@ class Ingestor:
         if isinstance(recorded, RecordedInstance):
             return self._finish(p, recorded)
         parsed = p.parsed
+        if self._hidden_holder(p, recorded):
+            return self._hold(p, recorded)
         if isinstance(recorded, AlreadyStoredError):
             if recorded.identical:
                 # Same content, same content-addressed key: the blob is the stored one's.
@@ -338,6 +356,117 @@ class Ingestor:
             sop_class_uid=parsed.sop_class_uid,
             sop_instance_uid=parsed.sop_instance_uid,
         )
+
+    def _hidden_holder(self, p: _Prepared, refused: Exception) -> bool:
+        """True when the index refused the instance because of a record the sender may not
+        see: its study, series or SOP Instance UID is filed under another trust's patient.
+        Refusing would tell the sender that record exists (issue 11); it is held instead."""
+        holder = getattr(refused, "holder_pk", None)
+        if holder is None or not isinstance(refused, AlreadyStoredError | PatientMismatchError):
+            return False
+        return not self._access.visible_among(p.principal, [holder])
+
+    def _hold(self, p: _Prepared, refused: Exception) -> StoreResult:
+        """Keep the instance for identity reconciliation, filed under no patient, and answer
+        exactly as for a stored one: never images under the wrong patient, and nothing about
+        the other record in the answer. A regional work-queue item (no trust, no patient:
+        only regional administrators see it) names both sides for the person who decides."""
+        parsed, who = p.parsed, p.principal
+        held = held_key(parsed.sha256)
+        try:
+            p.placement.wait()
+            with (
+                self._store.open(p.key) as src,
+                tempfile.NamedTemporaryFile(delete=False, prefix="solent-held-") as tmp,
+            ):
+                shutil.copyfileobj(src, tmp, 1 << 20)
+            self._store.put_file(held, Path(tmp.name), move=True)
+        except (OSError, StorageError) as exc:
+            self._forget_blob(p.key)
+            return StoreResult.rejected(
+                RejectReason.STORAGE_FAILURE,
+                f"could not keep the instance: {exc}",
+                sop_class_uid=parsed.sop_class_uid,
+                sop_instance_uid=parsed.sop_instance_uid,
+            )
+        holder = getattr(refused, "holder_pk", None)
+        reason = (
+            str(refused)
+            if isinstance(refused, PatientMismatchError)
+            else "this SOP Instance UID is already stored with different content"
+        )
+
+        def op(conn: Connection) -> None:
+            h = t.held_instance.c
+            if conn.execute(
+                select(h.pk).where(h.sop_uid == parsed.sop_instance_uid, h.sha256 == parsed.sha256)
+            ).first():
+                return  # sent again: held already
+            row = identity_store.get_patient(conn, int(holder)) if holder is not None else None
+            filed = f"record {row['local_id']} of {row['issuer']}" if row else "another record"
+            item = identity_store.add_work_item(
+                conn,
+                kind=HELD,
+                detail=(
+                    f"{who.describe()} (trust {p.trust}) sent SOP Instance UID "
+                    f"{parsed.sop_instance_uid} of study {parsed.study_uid} naming patient "
+                    f"{p.local_id} of {p.trust}; {reason.split(';')[0]}: {filed}. Held at "
+                    f"{held}, filed under no patient, until a person decides"
+                ),
+            )
+            conn.execute(
+                insert(t.held_instance).values(
+                    at=now(),
+                    sop_uid=parsed.sop_instance_uid,
+                    series_uid=parsed.series_uid,
+                    study_uid=parsed.study_uid,
+                    sha256=parsed.sha256,
+                    path=held,
+                    sender=who.describe()[:200],
+                    sender_trust=p.trust,
+                    patient_issuer=p.trust,
+                    patient_id=p.local_id,
+                    holder_pk=holder,
+                    reason=reason,
+                    work_item=item,
+                    status="held",
+                )
+            )
+            self.audit.append_in(
+                conn,
+                audit_fields(
+                    who,
+                    AuditAction.STORE,
+                    patient=PatientRef(p.trust, p.local_id, parsed.patient.get("nhs_number")),
+                    study_uid=parsed.study_uid,
+                    detail={
+                        **_store_detail(
+                            p.provenance, parsed.sop_instance_uid, parsed.series_uid, "held"
+                        ),
+                        "work_item": item,
+                    },
+                ),
+            )
+
+        try:
+            with self._write_gate():
+                self._index.write(op)
+        except Exception:
+            log.exception("could not record a held instance")
+            self._forget_blob(p.key)
+            return StoreResult.rejected(
+                RejectReason.STORAGE_FAILURE,
+                "index write failed",
+                sop_class_uid=parsed.sop_class_uid,
+                sop_instance_uid=parsed.sop_instance_uid,
+            )
+        if not self._index.blob_referenced(p.key):
+            self._forget_blob(p.key)
+        log.warning(
+            "instance held for identity reconciliation",
+            extra={"sop_instance_uid": parsed.sop_instance_uid, "sender": who.describe()},
+        )
+        return self._result(Outcome.HELD, parsed, "")
 
     def _prepare(
         self,

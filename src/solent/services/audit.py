@@ -285,6 +285,29 @@ class AuditTrail:
             lambda conn: records(by_patient_of(conn)), relaxed=base["action"] in READ_ACTIONS
         )
 
+    def record_patients(
+        self,
+        principal: Principal,
+        action: AuditAction | str,
+        patients: Iterable[PatientRef],
+        *,
+        detail: dict[str, Any] | None = None,
+    ) -> list[int]:
+        """One record per patient a read named (none named: one record without a patient), in
+        one transaction, so searching the trail by any of them finds the read."""
+        base = audit_fields(principal, action, detail=detail)
+        named: list[PatientRef | None] = [*dict.fromkeys(patients)] or [None]
+        records = [
+            {
+                **base,
+                "patient_issuer": p.issuer if p else None,
+                "patient_id": p.local_id if p else None,
+                "nhs_number": p.nhs_number if p else None,
+            }
+            for p in named
+        ]
+        return self._append_each(lambda conn: records, relaxed=base["action"] in READ_ACTIONS)
+
     @staticmethod
     def naming_patient(conn: Connection, fields: dict[str, Any]) -> dict[str, Any]:
         """``fields`` naming the patient of their study when they name a study only."""

@@ -58,7 +58,7 @@ def check_archive(
     report = CheckReport()
     stored: dict[str, float] = dict(store.iter_keys())
     report.blobs = len(stored)
-    # Copies a migration kept (quarantined or superseded, R54) live in the store too.
+    # Copies a migration kept (quarantined or superseded, R54) and held instances live there too.
     kept = _kept_copies(index)
     referenced: set[str] = set(kept)
     for sop_uid, key, size in index.iter_blob_refs():
@@ -107,6 +107,8 @@ def _visibility_drift(index: Index) -> dict[str, int]:
 
 
 def _kept_copies(index: Index) -> set[str]:
-    """Blob keys of the copies migration keeps in the store (quarantine rows name them)."""
+    """Blob keys of the copies kept outside the index's instances: migration's quarantine and
+    the instances held for identity reconciliation (their rows name them)."""
     with index.read() as conn:
-        return {str(k) for (k,) in conn.execute(select(t.migration_quarantine.c.path))}
+        kept = {str(k) for (k,) in conn.execute(select(t.migration_quarantine.c.path))}
+        return kept | {str(k) for (k,) in conn.execute(select(t.held_instance.c.path))}

@@ -6,7 +6,7 @@ changes nothing. Also files orders (worklist) and reports (versions, unmatched q
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,9 +207,16 @@ class InboxService:
                     out.append(row)
             return out
 
-    def messages(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def messages(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        facilities: Iterable[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest messages; ``facilities`` keeps those of senders of these trusts only."""
         with self._index.read() as conn:
-            return store.messages(conn, status=status, limit=limit)
+            return store.messages(conn, status=status, limit=limit, facilities=facilities)
 
     # -- orders ----------------------------------------------------------------------------
 

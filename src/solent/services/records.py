@@ -15,7 +15,7 @@ from typing import Any
 
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
-from solent.errors import InvalidInput
+from solent.errors import InvalidInput, NotFound
 from solent.services.access import AccessDenied, AccessService, NotVisible, Permission
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef
 from solent.services.identity import IdentityService
@@ -432,6 +432,55 @@ class RecordService:
                 "administrators or a regional administrator"
             )
 
+    def reverse_event(self, principal: Principal, event_pk: int) -> dict[str, Any]:
+        """Undo an identity change. An event of records outside a trust administrator's trusts
+        answers exactly like one that does not exist (it would otherwise be an oracle, and a
+        way to change another trust's records)."""
+        self.access.require(principal, Permission.ADMIN, "reversing identity changes")
+        event = self.identity.event(event_pk)
+        missing = NotFound(f"no identity event {event_pk}")
+        if event is None:
+            raise missing
+        issuers = self.identity.issuers_of(
+            [pk for pk in (event["patient_pk"], event["other_patient_pk"]) if pk is not None]
+        )
+        if not self._stewards(principal, issuers):
+            raise missing
+        self.identity.reverse(event_pk, principal)
+        return {"reversed": event_pk, "patient": f"{event['local_id']}/{event['issuer']}"}
+
+    def resolve_work_item(self, principal: Principal, item_pk: int) -> dict[str, Any]:
+        """Close a work-queue item. One raised outside a trust administrator's trusts answers
+        exactly like one that does not exist; the closing is audited naming its patient."""
+        self.access.require(principal, Permission.ADMIN, "resolving data-quality items")
+        items = self.identity.work_queue(status="open")
+        item = next((i for i in items if i["pk"] == item_pk), None)
+        if item is None or not self._stewards(principal, {item["issuer"]}):
+            raise NotFound(f"no open work item {item_pk}")
+        self.identity.resolve_work_item(item_pk, principal)
+        patient = (
+            PatientRef(item["issuer"], item["local_id"], item["nhs_number"])
+            if item["issuer"] and item["local_id"]
+            else None
+        )
+        self.audit.record(
+            principal,
+            AuditAction.PATIENT_RECORD,
+            patient=patient,
+            detail={"work_item": item_pk, "kind": item["kind"], "change": "resolved"},
+        )
+        out: dict[str, Any] = {"resolved": item_pk}
+        if patient is not None:
+            out["patient"] = f"{patient.local_id}/{patient.issuer}"
+        return out
+
+    def _stewards(self, principal: Principal, issuers: Iterable[str | None]) -> bool:
+        """True when the caller administers every one of these trusts' records."""
+        if principal.trust is None:
+            return True
+        trusts = self.access.scope(principal).trusts
+        return all(i is not None and i in trusts for i in issuers)
+
     # -- work queue and the HL7 journal --------------------------------------------------------
 
     def work_queue(self, principal: Principal, *, status: str | None) -> list[dict[str, Any]]:
@@ -471,15 +520,16 @@ class RecordService:
         self, principal: Principal, *, status: str | None, limit: int
     ) -> list[dict[str, Any]]:
         """Raw HL7 messages (patient data): administrators only, their trust's senders only
-        (a regional administrator: all), and every read audited."""
+        (a regional administrator: all), filtered in the query so ``limit`` counts what the
+        caller may see; the read is audited once per patient the messages name."""
         self.access.require(principal, Permission.ADMIN, "reading the HL7 journal")
-        rows = self.inbox.messages(status=status, limit=limit)
-        if principal.trust is not None:
-            trusts = self.access.scope(principal).trusts
-            rows = [r for r in rows if (r["sender"] or "").split("^")[-1] in trusts]
-        self.audit.record(
+        facilities = None if principal.trust is None else self.access.scope(principal).trusts
+        rows = self.inbox.messages(status=status, limit=limit, facilities=facilities)
+        patients = [p for r in rows for p in patients_in_hl7(str(r["raw"]))]
+        self.audit.record_patients(
             principal,
             AuditAction.QUERY,
+            patients,
             detail={
                 "read": "hl7/messages",
                 "status": status,
@@ -487,3 +537,36 @@ class RecordService:
             },
         )
         return rows
+
+
+_NHS_AUTHORITIES = ("NHS", "2.16.840.1.113883.2.1.4.1")
+
+
+def patients_in_hl7(raw: str) -> list[PatientRef]:
+    """The patient records an ER7 message names (PID-3 and MRG-1 identifiers with their
+    assigning authority; the NHS number of the PID rides along), for the audit record of a
+    read of raw messages. A message too broken to say names nobody."""
+    text = raw.replace("\r\n", "\r").replace("\n", "\r")
+    if not text.startswith("MSH") or len(text) < 8:
+        return []
+    field_sep, comp, rep, sub = text[3], text[4], text[5], text[7]
+    out: list[PatientRef] = []
+    for line in text.split("\r"):
+        fields = line.split(field_sep)
+        n = {"PID": 3, "MRG": 1}.get(fields[0])
+        if n is None or len(fields) <= n:
+            continue
+        local: list[tuple[str, str]] = []
+        nhs_number = None
+        for cx in fields[n].split(rep):
+            parts = (cx.split(comp) + [""] * 5)[:5]
+            namespace, universal = ([*parts[3].split(sub), ""])[:2]
+            authority = namespace or universal
+            if not parts[0]:
+                continue
+            if authority in _NHS_AUTHORITIES or parts[4] == "NH":
+                nhs_number = parts[0]
+            elif authority:
+                local.append((authority, parts[0]))
+        out += [PatientRef(issuer, local_id, nhs_number) for issuer, local_id in local]
+    return out

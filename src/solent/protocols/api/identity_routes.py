@@ -131,12 +131,10 @@ def sensitive(request: Request, caller: Caller, body: SensitiveRequest) -> dict[
 @router.post("/events/{event_pk}/reverse")
 def reverse(request: Request, caller: Caller, event_pk: PathId) -> dict[str, Any]:
     """Undo a link, unlink, identifier change or demographic update (not a merge)."""
-    _records(request).require_steward(caller, "reversing identity changes")
     try:
-        _services(request).identity.reverse(event_pk, caller)
+        return _records(request).reverse_event(caller, event_pk)
     except InvalidInput as exc:
         raise HTTPException(409, str(exc)) from exc
-    return {"reversed": event_pk}
 
 
 @router.get("/data-quality")
@@ -151,9 +149,7 @@ def data_quality(
 
 @router.post("/data-quality/{item_pk}/resolve")
 def resolve_item(request: Request, caller: Caller, item_pk: PathId) -> dict[str, Any]:
-    _records(request).require_steward(caller, "resolving data-quality items")
-    _services(request).identity.resolve_work_item(item_pk, caller)
-    return {"resolved": item_pk}
+    return _records(request).resolve_work_item(caller, item_pk)
 
 
 @router.get("/reports/unmatched")

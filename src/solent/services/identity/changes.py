@@ -85,7 +85,6 @@ class IdentityService(RecordUpdates):
                 before={**before, "studies": moved},
                 after={"target": _snapshot(tgt), "retired": str(source), "studies": moved},
             )
-            self._audit(c, change, tgt, {"change": "merge", "retired": str(source)})
             self._index.append_event(
                 c,
                 "patient.merged",
@@ -96,7 +95,18 @@ class IdentityService(RecordUpdates):
             )
             refreshed = store.get_patient(c, tpk)
             assert refreshed is not None
-            self._apply_demographics(c, refreshed, demo, change, linked_before)
+            fields = self._apply_demographics(
+                c, refreshed, demo, change, linked_before, audit=False
+            )
+            merged = store.get_patient(c, tpk)
+            assert merged is not None
+            # One record of the message: the merge and what it changed of the survivor.
+            done = {
+                "change": "merge",
+                "retired": str(source),
+                **({"fields": fields} if fields else {}),
+            }
+            self._audit(c, change, merged, done)
             return tpk
 
         return self._write(conn, op)
@@ -378,6 +388,7 @@ class IdentityService(RecordUpdates):
                     after=ev["before"],
                     reverses=event_pk,
                 )
+                self._audit(c, change, row, {"change": "reversal", "event": event_pk})
                 self._record_link_change(c, int(row["pk"]), linked_before, change, "reversal")
             else:
                 raise InvalidInput(f"a {kind} event cannot be reversed")

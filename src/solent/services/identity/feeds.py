@@ -77,7 +77,11 @@ class RecordUpdates(IdentityReads):
         demo: Demographics,
         change: Change,
         linked_before: set[int] | None = None,
-    ) -> None:
+        *,
+        audit: bool = True,
+    ) -> list[str]:
+        """Apply what the message says of the record; returns the fields changed. ``audit``
+        False: the caller's own record of the change names them (one record per message)."""
         pk = int(row["pk"])
         store.lock_patient(conn, pk)
         values: dict[str, Any] = {}
@@ -104,7 +108,8 @@ class RecordUpdates(IdentityReads):
                 before=before,
                 after=values,
             )
-            self._audit(conn, change, row, {"change": "update", "fields": sorted(values)})
+            if audit:
+                self._audit(conn, change, row, {"change": "update", "fields": sorted(values)})
         contact = {
             k: v
             for k, v in (
@@ -120,6 +125,7 @@ class RecordUpdates(IdentityReads):
             store.upsert_contact(conn, pk, contact)
         if linked_before is not None:
             self._review(conn, pk, change, linked_before)
+        return sorted(values)
 
     def _nhs_values(
         self, conn: Connection, row: dict[str, Any], demo: Demographics, change: Change

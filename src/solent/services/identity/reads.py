@@ -43,6 +43,16 @@ class IdentityReads(IdentityLinks):
             conn, lambda c: store.add_work_item(c, kind=kind, detail=detail, **fields)
         )
 
+    def event(self, event_pk: int) -> dict[str, Any] | None:
+        """One identity event (who changed which record, before and after)."""
+        with self._index.read() as conn:
+            return store.get_event(conn, event_pk)
+
+    def issuers_of(self, patient_pks: Iterable[int]) -> set[str]:
+        """The trusts that issued these records (records that no longer exist: none)."""
+        with self._index.read() as conn:
+            return {str(r["issuer"]) for r in store.get_patients(conn, list(patient_pks))}
+
     def resolve_work_item(self, pk: int, principal: Principal) -> None:
         if not self._index.write(lambda c: store.resolve_work_item(c, pk, principal.describe())):
             raise NotFound(f"no open work item {pk}")

@@ -1,0 +1,57 @@
+"""Small DICOM instances and STOW-RS request bodies for the access tests (no corpus needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+BOUNDARY = "b0undary-solent"
+
+
+def ct_instance(
+    patient_id: str,
+    issuer: str,
+    study: str,
+    *,
+    series: str | None = None,
+    sop: str | None = None,
+    name: str = "DEMO^DORA",
+    nhs: str | None = None,
+) -> bytes:
+    """An 8x8 CT image (Part 10 bytes) naming ``patient_id`` of ``issuer`` in ``study``."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CT_STORAGE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop or generate_uid()
+    ds.PatientID, ds.IssuerOfPatientID = patient_id, issuer
+    ds.PatientName, ds.PatientBirthDate, ds.PatientSex = name, "19800101", "F"
+    if nhs:
+        item = Dataset()
+        item.PatientID, item.IssuerOfPatientID = nhs, "NHS"
+        ds.OtherPatientIDsSequence = [item]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series or generate_uid()
+    ds.Modality, ds.StudyDate = "CT", "20250314"
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.zeros((8, 8), np.uint16).tobytes()
+    fp = DicomBytesIO()
+    dcmwrite(fp, ds, enforce_file_format=True)
+    return fp.getvalue()
+
+
+def stow_body(*parts: bytes) -> tuple[bytes, dict[str, str]]:
+    """A multipart/related body of application/dicom parts, and its Content-Type header."""
+    body = b"".join(
+        f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
+        for p in parts
+    )
+    body += f"--{BOUNDARY}--\r\n".encode()
+    return body, {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+    }
