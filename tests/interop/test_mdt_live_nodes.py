@@ -229,12 +229,23 @@ def test_a_room_spans_two_nodes(two_nodes: list[RunningServer]) -> None:
             seen = [(await _until(fol, "view"))["state"]["image_index"] for _ in range(5)]
             assert seen == [3, 4, 5, 6, 7]
             # A view over NOTIFY's 8000 bytes (many measurements) crosses by reference.
-            marks = [{"tool": "Length", "points": [[i, i], [i + 40, i + 9]]} for i in range(150)]
+            marks = [
+                {
+                    "uid": f"length-{i}",
+                    "tool": "Length",
+                    "sop_uid": f"{view['study_uid']}.{i}",
+                    "frame": 1,
+                    "points": [[i - 120.375, i + 80.625, 5.5], [i - 80.125, i + 89.875, 5.5]],
+                    "text_box": [i - 60.25, i + 95.5, 5.5],
+                }
+                for i in range(50)  # the most a view carries
+            ]
             big = {**view, "image_index": 8, "measurements": marks}
             await pres.send(json.dumps({"type": "view", "state": big}))
             assert (await _until(fol, "view"))["state"] == big
-            await pres.send(json.dumps({"type": "pointer", "x": 0.5, "y": 0.25}))
-            assert await _until(fol, "pointer") == {"type": "pointer", "x": 0.5, "y": 0.25}
+            await pres.send(json.dumps({"type": "pointer", "point": [0.5, -8, 12]}))
+            got = await _until(fol, "pointer")
+            assert got == {"type": "pointer", "point": [0.5, -8.0, 12.0]}
             heard = await _drain(other, 1.0)  # meeting 2 hears nothing of meeting 1
             assert [m for m in heard if m["type"] in ("view", "pointer", "presenter")] == []
 

@@ -118,8 +118,9 @@ def test_two_meetings_follow_their_own_presenter(demo_server: RunningServer) -> 
                 assert (welcome["presenter"], welcome["state"], welcome["seq"]) == ("p1", view, 2)
                 await p1.send(json.dumps({"type": "handover", "to": "late"}))
                 assert (await _until(f1, "presenter"))["presenter"] == "late"
-                await late.send(json.dumps({"type": "pointer", "x": 0.5, "y": 0.25}))
-                assert await _until(f1, "pointer") == {"type": "pointer", "x": 0.5, "y": 0.25}
+                await late.send(json.dumps({"type": "pointer", "point": [0.5, -8, 12]}))
+                got = await _until(f1, "pointer")
+                assert got == {"type": "pointer", "point": [0.5, -8.0, 12.0]}
                 await p1.send(json.dumps({"type": "view", "state": view}))
                 assert "presenter" in (await _until(p1, "error"))["detail"]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import jwt
+import numpy as np
 import pytest
 
 from solent.demo import DEMO_ROOT
@@ -23,7 +24,9 @@ from tests.interop.oidc_provider import OidcProvider
 from tests.interop.viewer_support import (
     PASSWORD,
     add_user,
+    bright_box,
     canvas,
+    canvas_box,
     differs,
     eventually,
     image_index,
@@ -31,6 +34,7 @@ from tests.interop.viewer_support import (
     not_blank,
     pane,
     shot,
+    shown,
     sign_in,
     wait_image,
 )
@@ -525,11 +529,37 @@ def test_two_mdt_meetings_follow_their_own_presenter(
     f2.wait_for_timeout(2000)
     assert image_index(f2) == image_index(p2) != 23
     assert differs(f2_start, canvas(f2)) < 0.01
+
+    # p1 measures a length: f1 draws it (its label in mm, the pixels along it), f2 does not.
+    def lengths(page: Any) -> list[str]:
+        texts = page.locator(f"{pane()} svg text").all_text_contents()
+        return [t for t in texts if t.strip().endswith("mm")]
+
+    away = (5, 5)  # off the image: the pointer is hidden on followers
+    p1.mouse.move(*away)
+    eventually(lambda: f1.locator(".mdt-pointer").is_hidden(), what="f1's pointer hidden")
+    f1_plain, f2_plain = shown(f1), shown(f2)
+    box = p1.locator(f"{pane()} .viewport").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    p1.keyboard.press("l")
+    p1.mouse.move(cx - 120, cy + 40)
+    p1.mouse.down()
+    p1.mouse.move(cx + 80, cy + 40, steps=8)
+    p1.mouse.up()
+    p1.mouse.move(*away)
+    eventually(lambda: len(lengths(p1)) == 1, what="p1's length measured")
+    eventually(lambda: lengths(f1) == lengths(p1), what="f1 shows p1's length")
+    eventually(lambda: f1.locator(".mdt-pointer").is_hidden(), what="f1's pointer hidden")
+    marked = shown(f1)
+    assert int((np.abs(marked - f1_plain).max(axis=2) > 40).sum()) > 100  # the line is drawn
+    f2.wait_for_timeout(1000)
+    assert lengths(f2) == [] and differs(f2_plain, shown(f2)) < 0.001
     shot(f1, tmp_path, "14-mdt-follower")
 
-    # A late joiner gets the current state in its welcome.
+    # A late joiner gets the current state, measurement included, in its welcome.
     late = join("late1", first)
     eventually(lambda: image_index(late) == 23, what="late joiner at the presenter's slice")
+    eventually(lambda: lengths(late) == lengths(p1), what="late joiner shows the length")
 
     # Handover: p1 hands to f1, who then drives; p1 follows.
     p1.select_option("#mdt-handover-to", "f1")
@@ -540,6 +570,7 @@ def test_two_mdt_meetings_follow_their_own_presenter(
     f1.locator(f"{pane()} .viewport").hover()
     f1.keyboard.press("Home")
     eventually(lambda: image_index(late) == 0, what="late joiner follows the new presenter")
+    assert lengths(late) == []  # the measurement was on the slice the presenter left
 
     # Outcome notes per patient, written by a clinician of the meeting.
     p1.fill(".outcome", "For CT-guided biopsy; discuss at next meeting")
@@ -553,4 +584,169 @@ def test_two_mdt_meetings_follow_their_own_presenter(
         ).startswith("For CT-guided biopsy"),
         what="outcome saved",
     )
+    assert not errors, errors
+
+
+def _point_on(page: Any, fx: float, fy: float) -> tuple[float, float]:
+    """The page point (CSS px) at fractions (fx, fy) of the phantom's box on the canvas."""
+    box = canvas_box(page)
+    x0, y0, x1, y1 = bright_box(canvas(page))
+    s = box["scale"]
+    return box["x"] + (x0 + fx * (x1 - x0)) / s, box["y"] + (y0 + fy * (y1 - y0)) / s
+
+
+def _zoom(page: Any) -> str:
+    text = str(page.inner_text(f"{pane()} .overlay .br"))
+    return text.split("Zoom ", 1)[1].split()[0]
+
+
+@pytest.mark.timeout(600)
+def test_mdt_follower_cannot_drift_and_sees_pointer_zoom_and_pan_where_drawn(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    """A follower's own mouse does not move its view; the presenter's pointer lands on the same
+    point of the image in a window of another shape; zoom and pan are followed on the canvas;
+    the presenter's removal of a measurement reaches the follower; after a handover the new
+    presenter's mouse tools work again."""
+    coordinator = add_user(demo, "coord2", "ZZA", "mdt_coordinator")
+    require_viewer_api(demo, coordinator)
+    for name in ("pp", "ff"):
+        add_user(demo, name, "ZZA", "radiologist")
+    r = httpx.post(
+        demo.base_url + "/api/mdt/meetings",
+        headers=coordinator,
+        json={
+            "title": "Pointer MDT",
+            "date": "2026-12-07",
+            "team": "Thoracic",
+            "items": [{"issuer": "ZZA", "patient_id": "A100001", "study_uids": [ALICE_CT]}],
+        },
+        timeout=30,
+    )
+    assert r.status_code == 201, r.text
+    meeting = r.json()["id"]
+    errors: list[str] = []
+
+    def join(name: str, size: tuple[int, int]) -> Any:
+        page = new_page(browser, demo, errors, size)
+        sign_in(page, name)
+        page.goto(f"{demo.base_url}/viewer/#/mdt/{meeting}")
+        page.wait_for_selector("#mdt-status")
+        return page
+
+    pres, fol = join("pp", (1400, 1000)), join("ff", (1500, 650))  # tall and wide windows
+    pres.click("#mdt-claim")
+    pres.wait_for_selector("#mdt-status:has-text('Presenter: pp (you)')")
+    pres.click(f".mdt-open[data-study='{ALICE_CT}']")
+    wait_image(pres)
+    wait_image(fol)
+    eventually(lambda: image_index(fol) == image_index(pres), what="follower at the slice")
+    p_box, f_box = canvas_box(pres), canvas_box(fol)
+    # The two canvases differ in shape, so a fraction of the element lands elsewhere.
+    assert abs(p_box["width"] / p_box["height"] - f_box["width"] / f_box["height"]) > 0.3
+
+    # Drift: the follower's wheel, left, middle and right drags change nothing.
+    f_view = fol.locator(f"{pane()} .viewport").bounding_box()
+    fx, fy = f_view["x"] + f_view["width"] / 2, f_view["y"] + f_view["height"] / 2
+    before = (image_index(fol), fol.inner_text(f"{pane()} .overlay .br"), canvas(fol))
+    fol.mouse.move(fx, fy)
+    for _ in range(3):
+        fol.mouse.wheel(0, 120)
+        fol.wait_for_timeout(100)
+    for button in ("left", "middle", "right"):
+        fol.mouse.move(fx, fy)
+        fol.mouse.down(button=button)
+        fol.mouse.move(fx + 80, fy + 60, steps=6)
+        fol.mouse.up(button=button)
+    fol.wait_for_timeout(500)
+    assert image_index(fol) == before[0]
+    assert fol.inner_text(f"{pane()} .overlay .br") == before[1]
+    assert differs(before[2], canvas(fol)) < 0.01
+
+    # The pointer: the presenter points at a spot of the phantom; the follower's red dot sits
+    # over the same spot of its own (differently shaped, differently scaled) picture.
+    for fx_, fy_ in ((0.3, 0.4), (0.75, 0.6)):
+        pres.mouse.move(*_point_on(pres, fx_, fy_), steps=3)
+        want = _point_on(fol, fx_, fy_)
+
+        def dot_at(want: tuple[float, float] = want) -> bool:
+            dot = fol.locator(".mdt-pointer")
+            if dot.is_hidden():
+                return False
+            b = dot.bounding_box()
+            got = (b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+            return abs(got[0] - want[0]) <= 4 and abs(got[1] - want[1]) <= 4
+
+        eventually(dot_at, what=f"the follower's pointer over the phantom at {fx_, fy_}")
+    shot(fol, tmp_path, "20-mdt-pointer")
+
+    # Zoom (right drag on the presenter): the follower shows the same zoom, and the phantom on
+    # its canvas shrinks by the same factor as on the presenter's.
+    p_start, f_start = bright_box(canvas(pres)), bright_box(canvas(fol))
+    p_view = pres.locator(f"{pane()} .viewport").bounding_box()
+    px, py = p_view["x"] + p_view["width"] / 2, p_view["y"] + p_view["height"] / 2
+    pres.mouse.move(px, py)
+    pres.mouse.down(button="right")
+    pres.mouse.move(px, py - 120, steps=8)
+    pres.mouse.up(button="right")
+    zoom = _zoom(pres)
+    assert zoom != "1.00"
+    eventually(lambda: _zoom(fol) == zoom, what="the follower's zoom")
+
+    def width(b: tuple[float, float, float, float]) -> float:
+        return b[2] - b[0]
+
+    def scaled() -> bool:
+        p_ratio = width(bright_box(canvas(pres))) / width(p_start)
+        f_ratio = width(bright_box(canvas(fol))) / width(f_start)
+        return abs(p_ratio - 1) > 0.1 and abs(f_ratio - p_ratio) < 0.05 * p_ratio
+
+    eventually(scaled, what="the follower's phantom scaled like the presenter's")
+
+    # Pan (middle drag): the phantom moves on the follower's canvas in proportion.
+    p_before, f_before = bright_box(canvas(pres)), bright_box(canvas(fol))
+    pres.mouse.move(px, py)
+    pres.mouse.down(button="middle")
+    pres.mouse.move(px + 60, py + 40, steps=8)
+    pres.mouse.up(button="middle")
+
+    def panned() -> bool:
+        p_now, f_now = bright_box(canvas(pres)), bright_box(canvas(fol))
+        k = width(f_now) / width(p_now)  # follower pixels per presenter pixel
+        for axis in (0, 1):
+            p_move = p_now[axis] - p_before[axis]
+            f_move = f_now[axis] - f_before[axis]
+            if abs(p_move) < 20 or abs(f_move - k * p_move) > 4:
+                return False
+        return True
+
+    eventually(panned, what="the follower's phantom panned like the presenter's")
+
+    # A measurement the presenter removes (select it, Delete) goes from the follower too.
+    def lengths(page: Any) -> int:
+        texts = page.locator(f"{pane()} svg text").all_text_contents()
+        return len([t for t in texts if t.strip().endswith("mm")])
+
+    pres.keyboard.press("l")
+    pres.mouse.move(px - 50, py)
+    pres.mouse.down()
+    pres.mouse.move(px + 50, py, steps=6)
+    pres.mouse.up()
+    eventually(lambda: lengths(fol) == 1, what="the follower shows the length")
+    pres.mouse.click(px, py)  # selects it
+    pres.keyboard.press("Delete")
+    eventually(lambda: lengths(pres) == 0, what="the presenter removed the length")
+    eventually(lambda: lengths(fol) == 0, what="the follower's length removed")
+
+    # Handover: the new presenter's wheel scrolls again; the old one's no longer does.
+    pres.select_option("#mdt-handover-to", "ff")
+    pres.click("#mdt-handover")
+    fol.wait_for_selector(f"{pane()} .viewport:not(.following)")
+    start = image_index(fol)
+    fol.mouse.move(fx, fy)
+    for _ in range(3):
+        fol.mouse.wheel(0, 120)
+        fol.wait_for_timeout(150)
+    eventually(lambda: image_index(fol) != start, what="the new presenter's wheel scrolls")
+    eventually(lambda: image_index(pres) == image_index(fol), what="the old presenter follows")
     assert not errors, errors

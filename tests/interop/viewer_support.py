@@ -64,8 +64,10 @@ def add_user(
     return {"Authorization": f"Bearer {token}"}
 
 
-def new_page(browser: Any, srv: RunningServer, errors: list[str]) -> Any:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+def new_page(
+    browser: Any, srv: RunningServer, errors: list[str], size: tuple[int, int] = (1400, 900)
+) -> Any:
+    context = browser.new_context(viewport={"width": size[0], "height": size[1]})
     page = context.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.set_default_timeout(60_000)
@@ -92,6 +94,35 @@ def canvas(page: Any, label: str = "Current") -> np.ndarray:
     )
     png = base64.b64decode(data.split(",", 1)[1])
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def shown(page: Any, label: str = "Current") -> np.ndarray:
+    """The pane's viewport as on screen (RGB): the canvas with what is drawn over it (the
+    measurements' SVG layer, the MDT pointer)."""
+    png = page.locator(f"{pane(label)} .viewport").screenshot()
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def canvas_box(page: Any, label: str = "Current") -> dict[str, float]:
+    """Where the pane's canvas is on the page (CSS px) and its device pixels per CSS px."""
+    box: dict[str, float] = page.evaluate(
+        """(sel) => { const c = document.querySelector(sel + ' canvas');
+        const r = c.getBoundingClientRect();
+        const scale = c.width / r.width;
+        return {x: r.left, y: r.top, width: r.width, height: r.height, scale}; }""",
+        pane(label),
+    )
+    return box
+
+
+def bright_box(pixels: np.ndarray, level: int = 60) -> tuple[float, float, float, float]:
+    """The bounding box (x0, y0, x1, y1, canvas pixels) of what is brighter than ``level``:
+    the phantom's body, an anatomical landmark to compare two windows by."""
+    mask = pixels.max(axis=2) > level
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        raise AssertionError("nothing bright on the canvas")
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
 def not_blank(pixels: np.ndarray) -> bool:

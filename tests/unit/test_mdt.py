@@ -216,9 +216,9 @@ def test_live_rooms_follow_their_own_presenter(demo: Archive, demo_client: TestC
         got, _ = _until(f1, "view")
         assert got == {"type": "view", "state": view, "seq": 2, "by": "p1"}  # the claim was 1
         # Meeting 2's follower sees its own presenter's pointer and never meeting 1's view.
-        p2.send_json({"type": "pointer", "x": 0.25, "y": 0.75})
+        p2.send_json({"type": "pointer", "point": [-12.5, 30, 4]})
         pointer, before = _until(f2, "pointer")
-        assert pointer == {"type": "pointer", "x": 0.25, "y": 0.75}
+        assert pointer == {"type": "pointer", "point": [-12.5, 30.0, 4.0]}
         assert all(x["type"] != "view" for x in before)
 
         # Followers cannot drive; nonsense is refused without effect.
@@ -250,6 +250,81 @@ def test_live_rooms_follow_their_own_presenter(demo: Archive, demo_client: TestC
             break
         time.sleep(0.05)
     assert meeting["presenter"] is None
+
+
+def _length(uid: str, sop_uid: str, x: float) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "tool": "Length",
+        "sop_uid": sop_uid,
+        "frame": 1,
+        "points": [[x, -40.5, 12.0], [x + 60.25, -40.5, 12.0]],
+        "text_box": None,
+    }
+
+
+def test_live_room_keeps_bounded_measurements_for_late_joiners(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    """The presenter's measurements reach followers and a late joiner, cut to their known keys;
+    too many, an unknown tool, a wrong number of points or a coordinate off any scanner's field
+    are refused with a readable reason and change nothing."""
+    coord = add_user(demo, "coord", "ZZA", "mdt_coordinator")
+    users = {n: add_user(demo, n, "ZZA", "clinician") for n in ("pres", "fol", "late")}
+    m = _meeting(demo, demo_client, coord, "Lung")
+    item = m["items"][0]
+    study = item["study_uids"][0]
+    url = f"/api/mdt/meetings/{m['id']}/live?token="
+
+    angle = {
+        "uid": "angle-1",
+        "tool": "Angle",
+        "sop_uid": study + ".7",
+        "frame": 1,
+        "points": [[0, 0, 12], [10, 0, 12], [10, 10, 12]],
+        "text_box": [20, 20, 12],
+        "label": "x" * 5000,  # not a key followers draw: not kept, not relayed
+    }
+    marks = [_length("length-1", study + ".7", -30.0), angle]
+    view = {"item_id": item["id"], "study_uid": study, "image_index": 6, "measurements": marks}
+    kept = [marks[0], {k: v for k, v in angle.items() if k != "label"}]
+    with (
+        demo_client.websocket_connect(url + _token(users["pres"])) as pres,
+        demo_client.websocket_connect(url + _token(users["fol"])) as fol,
+    ):
+        pres.receive_json()
+        fol.receive_json()
+        pres.send_json({"type": "claim"})
+        _until(fol, "presenter")
+        pres.send_json({"type": "view", "state": view})
+        got, _ = _until(fol, "view")
+        assert got["state"]["measurements"] == kept
+
+        refused = {
+            "at most 50": [_length(f"l{i}", study + ".7", i) for i in range(51)],
+            "tool must be one of Length, Angle, EllipticalROI": [{**marks[0], "tool": "Arrow"}],
+            "a Length measurement has 2 points": [{**marks[0], "points": marks[0]["points"] * 2}],
+            "an EllipticalROI": [{**marks[0], "tool": "EllipticalROI"}],
+            "in mm": [{**marks[0], "points": [[1e9, 0, 0], [0, 0, 0]]}],
+            "sop_uid must be strings": [{**marks[0], "sop_uid": "1." * 40}],
+            "frame must be a whole number": [{**marks[0], "frame": 0}],
+        }
+        for reason, bad in refused.items():
+            pres.send_json({"type": "view", "state": {**view, "measurements": bad}})
+            detail = _until(pres, "error")[0]["detail"]
+            assert reason.removeprefix("an ") in detail, (reason, detail)
+        # The presenter removes the angle; the next view carries only the length.
+        pres.send_json({"type": "view", "state": {**view, "measurements": marks[:1]}})
+        got, skipped = _until(fol, "view")
+        assert got["state"]["measurements"] == marks[:1]
+        assert all(x["type"] != "view" for x in skipped)  # nothing refused reached the room
+
+        with demo_client.websocket_connect(url + _token(users["late"])) as late:
+            welcome = late.receive_json()
+            assert welcome["state"]["measurements"] == marks[:1]
+    # Kept with the meeting too: a node opening the room later starts with them.
+    snapshot = demo.services.mdt.stored_live(f"mdt:{m['id']}")
+    assert snapshot[0]["view"]["state"]["measurements"] == marks[:1]
 
 
 def test_live_room_hides_items_a_participant_may_not_see(

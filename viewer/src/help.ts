@@ -12,6 +12,7 @@ const SHORTCUTS: [string, string][] = [
   ['Middle drag / right drag', 'pan / zoom'],
   ['w s p z', 'tool: window/level, scroll, pan, zoom'],
   ['l a o', 'tool: length, angle, elliptical ROI (mean/SD/area)'],
+  ['Delete', 'remove the selected measurement (click it first)'],
   ['r h v i', 'rotate 90°, flip horizontal, flip vertical, invert'],
   ['0', 'reset the view'],
   ['c', 'cine play / stop'],

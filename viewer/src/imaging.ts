@@ -138,23 +138,44 @@ export function createToolGroup(id: string): ToolTypes.IToolGroup {
   const group = ToolGroupManager.createToolGroup(id);
   if (!group) throw new Error('tool group could not be created');
   for (const name of Object.values(TOOL_NAMES)) group.addTool(name);
+  bindDefaults(group);
+  return group;
+}
+
+const MEASURE_TOOLS = [LengthTool.toolName, AngleTool.toolName, EllipticalROITool.toolName];
+
+function bindDefaults(group: ToolTypes.IToolGroup): void {
   const { MouseBindings } = ToolEnums;
   group.setToolActive(PanTool.toolName, { bindings: [{ mouseButton: MouseBindings.Auxiliary }] });
   group.setToolActive(ZoomTool.toolName, { bindings: [{ mouseButton: MouseBindings.Secondary }] });
   group.setToolActive(StackScrollTool.toolName, { bindings: [{ mouseButton: MouseBindings.Wheel }] });
   group.setToolActive(WindowLevelTool.toolName, { bindings: [{ mouseButton: MouseBindings.Primary }] });
-  for (const name of [LengthTool.toolName, AngleTool.toolName, EllipticalROITool.toolName]) {
-    group.setToolPassive(name);
+  for (const name of MEASURE_TOOLS) group.setToolPassive(name);
+}
+
+/**
+ * MDT follower: no mouse tool acts (W/L, scroll, pan, zoom, rotate, measuring: the view is
+ * the presenter's); measurement tools stay enabled so the presenter's measurements are drawn.
+ * Back to presenting: the default bindings and the tool the user had chosen.
+ */
+export function followTools(group: ToolTypes.IToolGroup, follow: boolean, primary: MouseTool): void {
+  if (follow) {
+    for (const name of Object.values(TOOL_NAMES)) {
+      if (MEASURE_TOOLS.includes(name)) group.setToolEnabled(name);
+      else group.setToolDisabled(name);
+    }
+    return;
   }
-  return group;
+  for (const name of Object.values(TOOL_NAMES)) group.setToolDisabled(name);
+  bindDefaults(group);
+  setPrimaryTool(group, primary);
 }
 
 export function setPrimaryTool(group: ToolTypes.IToolGroup, tool: MouseTool): void {
   const name = TOOL_NAMES[tool];
   const current = group.getActivePrimaryMouseButtonTool();
   if (current && current !== name) {
-    const annotation = [LengthTool.toolName, AngleTool.toolName, EllipticalROITool.toolName];
-    if (annotation.includes(current)) group.setToolPassive(current);
+    if (MEASURE_TOOLS.includes(current)) group.setToolPassive(current);
     else group.setToolDisabled(current);
   }
   const { MouseBindings } = ToolEnums;

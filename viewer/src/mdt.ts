@@ -5,7 +5,7 @@ import { get, post, put, query, setPurpose, token } from './api';
 import { errorBox, h } from './dom';
 import { nhsNumber, personName } from './format';
 import { dropPreview, startPreview } from './preview';
-import { type StudyView, closeStudyView, studyView } from './studyview';
+import { type StudyView, VIEW_MOVED, closeStudyView, studyView } from './studyview';
 import type { Me, Meeting, MeetingItem, ViewState } from './types';
 
 export async function meetings(root: HTMLElement, params: URLSearchParams): Promise<void> {
@@ -83,7 +83,7 @@ type Shown = ViewState | Restricted;
 type ServerMessage =
   | { type: 'welcome'; you: string; presenter: string | null; participants: string[]; state: Shown | null; seq: number }
   | { type: 'view'; state: Shown; seq: number; by: string }
-  | { type: 'pointer'; x: number; y: number }
+  | { type: 'pointer'; point: [number, number, number] | null }
   | { type: 'presenter'; presenter: string | null }
   | { type: 'participants'; participants: string[] }
   | { type: 'error'; detail: string };
@@ -118,6 +118,8 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
   let lastSent = 0;
   let pending: ViewState | null = null;
   let timer: number | undefined;
+  let lastView = '';
+  let pointed: [number, number, number] | null = null; // the presenter's pointer (mm)
   const isPresenter = () => presenter === me.name;
   const isCoordinator = () => m.coordinator === me.name;
 
@@ -125,7 +127,8 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
   const ws = new WebSocket(`${proto}://${location.host}/api/mdt/meetings/${id}/live?token=${encodeURIComponent(token() ?? '')}`);
   const send = (msg: unknown) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(msg));
 
-  // The presenter's changes go out at most every 50 ms, the latest state winning.
+  // The presenter's changes go out at most every 50 ms, the latest state winning; one that
+  // changes nothing (a measurement's statistics recomputed on a redraw) is not sent.
   const sendView = (state: ViewState) => {
     if (!isPresenter()) return;
     pending = state;
@@ -133,9 +136,46 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
     timer ??= window.setTimeout(() => {
       timer = undefined;
       lastSent = Date.now();
-      if (pending) send({ type: 'view', state: pending });
+      const text = pending ? JSON.stringify(pending) : lastView;
+      if (pending && text !== lastView) send({ type: 'view', state: pending });
+      lastView = text;
       pending = null;
     }, wait);
+  };
+
+  // At most every 50 ms (every pointer move crosses the nodes like a view change), the latest
+  // position winning: where the presenter's mouse stops is always sent.
+  let pointerTimer: number | undefined;
+  let lastPointer = 0;
+  let nextPoint: number[] | null = null;
+  const sendPointer = (point: number[] | null) => {
+    nextPoint = point;
+    pointerTimer ??= window.setTimeout(
+      () => {
+        pointerTimer = undefined;
+        lastPointer = Date.now();
+        send({ type: 'pointer', point: nextPoint });
+      },
+      Math.max(0, 50 - (Date.now() - lastPointer)),
+    );
+  };
+
+  // The pointer travels in patient coordinates (mm) and each follower puts it where that point
+  // is drawn in its own window (size, zoom, pan), again whenever its view moves.
+  const placePointer = () => {
+    const vp = view?.main.viewport;
+    const box = pointer.parentElement; // the pane (positioned); offsetParent is null while hidden
+    if (!pointed || !vp || !box || isPresenter()) {
+      pointer.hidden = true;
+      return;
+    }
+    const [x, y] = vp.worldToCanvas(pointed);
+    const c = vp.canvas.getBoundingClientRect();
+    const b = box.getBoundingClientRect();
+    const inside = x >= 0 && y >= 0 && x <= c.width && y <= c.height;
+    pointer.hidden = !inside || !Number.isFinite(x + y);
+    pointer.style.left = `${c.left - b.left - box.clientLeft + x}px`;
+    pointer.style.top = `${c.top - b.top - box.clientTop + y}px`;
   };
 
   const open = async (studyUid: string, itemId: number | null, follow: boolean) => {
@@ -144,14 +184,15 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
     view = await studyView(stage, studyUid, { onChange: sendView, follow, itemId, prior: null });
     view?.main.element.parentElement?.append(pointer);
     if (view) {
-      let lastPointer = 0;
-      view.main.element.addEventListener('mousemove', (e) => {
-        // At most every 50 ms: every pointer move crosses the nodes like a view change.
-        if (!isPresenter() || e.timeStamp - lastPointer < 50) return;
-        lastPointer = e.timeStamp;
-        const r = view!.main.element.getBoundingClientRect();
-        send({ type: 'pointer', x: (e.clientX - r.left) / r.width, y: (e.clientY - r.top) / r.height });
+      const main = view.main;
+      main.element.addEventListener('mousemove', (e) => {
+        if (!isPresenter()) return;
+        const r = main.viewport.canvas.getBoundingClientRect();
+        const world = main.viewport.canvasToWorld([e.clientX - r.left, e.clientY - r.top]);
+        if (world.every(Number.isFinite)) sendPointer(world.map((v) => Math.round(v * 100) / 100));
       });
+      main.element.addEventListener('mouseleave', () => isPresenter() && sendPointer(null));
+      for (const ev of VIEW_MOVED) main.element.addEventListener(ev, placePointer);
     }
   };
 
@@ -284,18 +325,17 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
         if (msg.by !== me.name) follow(msg.state);
         break;
       case 'pointer':
-        if (!isPresenter()) {
-          pointer.hidden = false;
-          pointer.style.left = `${msg.x * 100}%`;
-          pointer.style.top = `${msg.y * 100}%`;
-        }
+        pointed = msg.point;
+        placePointer();
         break;
       case 'presenter':
         presenter = msg.presenter;
         render();
         // The new presenter continues from what everyone sees and drives it from now on.
         opening = opening.then(() => view?.setFollow(!isPresenter()));
-        pointer.hidden = true;
+        pointed = null;
+        lastView = '';
+        placePointer();
         break;
       case 'participants':
         participants = msg.participants;

@@ -8,6 +8,7 @@ import { type SeriesInfo, studySeries } from './data';
 import { h } from './dom';
 import { dicomDate, nhsNumber, personName } from './format';
 import { DICOMWEB, type DicomJson, parseImageId, seriesImageIds, str } from './imaging';
+import { measurementsOf } from './measurements';
 import type { Camera, ViewState } from './types';
 
 export { studySeries, type SeriesInfo };
@@ -306,6 +307,7 @@ export class Pane {
     return {
       zoom: p.zoom ?? 1,
       pan: [p.pan?.[0] ?? 0, p.pan?.[1] ?? 0],
+      focal: cam.focalPoint ? ([0, 1, 2].map((i) => Math.round(cam.focalPoint![i] * 1000) / 1000) as [number, number, number]) : null,
       rotation: p.rotation ?? 0,
       flip_h: Boolean(cam.flipHorizontal),
       flip_v: Boolean(cam.flipVertical),
@@ -318,7 +320,22 @@ export class Pane {
     const cam = vp.getCamera();
     if (Boolean(cam.flipHorizontal) !== c.flip_h) vp.setCamera({ flipHorizontal: c.flip_h });
     if (Boolean(vp.getCamera().flipVertical) !== c.flip_v) vp.setCamera({ flipVertical: c.flip_v });
-    vp.setViewPresentation({ zoom: c.zoom, pan: c.pan, rotation: c.rotation });
+    vp.setViewPresentation(c.focal ? { zoom: c.zoom, rotation: c.rotation } : { zoom: c.zoom, pan: c.pan, rotation: c.rotation });
+    if (c.focal) {
+      // Move the camera in the image plane only, so that c.focal is at the centre.
+      const now = vp.getCamera();
+      const f = now.focalPoint;
+      const n = now.viewPlaneNormal;
+      if (f && n && now.position) {
+        const d = [0, 1, 2].map((i) => c.focal![i] - f[i]);
+        const along = d[0] * n[0] + d[1] * n[1] + d[2] * n[2];
+        const move = d.map((v, i) => v - along * n[i]);
+        if (Math.hypot(...move) > 1e-3) {
+          const shift = (p: Types.Point3) => p.map((v, i) => v + move[i]) as Types.Point3;
+          vp.setCamera({ focalPoint: shift(f), position: shift(now.position) });
+        }
+      }
+    }
     if (Boolean(vp.getProperties().invert) !== c.invert) vp.setProperties({ invert: c.invert });
     vp.render();
   }
@@ -357,7 +374,7 @@ export class Pane {
       image_index: this.viewport.getCurrentImageIdIndex(),
       voi: this.voi(),
       camera: this.camera(),
-      measurements: [],
+      measurements: measurementsOf(this.viewport),
     };
   }
 

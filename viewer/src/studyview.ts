@@ -2,14 +2,15 @@
 // Images come from DICOMweb alone; patient context, priors, reports and key images from the
 // viewer API, so the images still show where that context cannot be read.
 
-import { Enums, RenderingEngine, getRenderingEngine } from '@cornerstonejs/core';
-import { SynchronizerManager, synchronizers, utilities as toolUtils } from '@cornerstonejs/tools';
+import { Enums, RenderingEngine, eventTarget, getRenderingEngine } from '@cornerstonejs/core';
+import { Enums as ToolEnums, SynchronizerManager, synchronizers, utilities as toolUtils } from '@cornerstonejs/tools';
 import type { Types as ToolTypes } from '@cornerstonejs/tools';
 import { ApiError, del, get, post } from './api';
 import { breakGlass, breakGlassBanner } from './breakglass';
 import { errorBox, h } from './dom';
 import { dicomDate } from './format';
-import { PRESETS, TOOL_GROUP, type MouseTool, createToolGroup, initImaging, setPrimaryTool } from './imaging';
+import { PRESETS, TOOL_GROUP, type MouseTool, createToolGroup, followTools, initImaging, setPrimaryTool } from './imaging';
+import { removeSelectedMeasurements, showMeasurements, unlockMeasurements } from './measurements';
 import { Pane, studySeries } from './pane';
 import { studyContext } from './data';
 import { launchList } from './launch';
@@ -41,6 +42,16 @@ export interface StudyView {
 }
 
 let active: StudyView | null = null;
+/** Events after which what is drawn where may have moved (the MDT pointer is placed again). */
+export const VIEW_MOVED = [Enums.Events.CAMERA_MODIFIED, Enums.Events.IMAGE_RENDERED];
+/** The left-button tool the user chose (restored when a follower becomes presenter). */
+let chosen: MouseTool = 'WindowLevel';
+const ANNOTATION_EVENTS = [
+  ToolEnums.Events.ANNOTATION_ADDED,
+  ToolEnums.Events.ANNOTATION_MODIFIED,
+  ToolEnums.Events.ANNOTATION_COMPLETED,
+  ToolEnums.Events.ANNOTATION_REMOVED,
+];
 
 export function closeStudyView(): void {
   active?.destroy();
@@ -109,6 +120,16 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
   if (opts.launched) header.append(launchList(opts.launched, studyUid));
 
   buildToolbar(toolbar, group, () => [main, ...(prior ? [prior] : [])], main, studyUid);
+  // A follower's mouse does nothing to the view (and its toolbar is off), so it cannot drift
+  // from the presenter's; the view comes only from apply().
+  const following = (follow: boolean) => {
+    followTools(group, follow, chosen);
+    for (const control of toolbar.querySelectorAll<HTMLButtonElement | HTMLSelectElement>('button, select')) {
+      if (control.id !== 'key-image') control.disabled = follow;
+    }
+    main.element.classList.toggle('following', follow);
+  };
+  if (opts.follow) following(true);
 
   // Priors: the newest one hangs beside the current study unless the route names another
   // (#/study/UID?prior=UID2, which needs DICOMweb only; ?prior= hangs none).
@@ -162,17 +183,19 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
   const keyHandler = (e: KeyboardEvent) => {
     if (opts.follow) return;
     if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement || e.target instanceof HTMLSelectElement) return;
+    if (e.key === 'Delete' || e.key === 'Backspace') return removeSelectedMeasurements(main.viewport);
     handleKey(e, group, main, prior, studyUid);
   };
   document.addEventListener('keydown', keyHandler);
   const resize = () => engine.resize(true, false);
   window.addEventListener('resize', resize);
-  if (opts.follow) main.element.classList.add('following');
 
-  // Presenter: every change of image, W/L or camera goes out (throttled by the caller).
+  // Presenter: every change of image, W/L, camera or measurement goes out (throttled by the
+  // caller). Annotation events are global (Cornerstone's eventTarget).
   for (const ev of [Enums.Events.STACK_NEW_IMAGE, Enums.Events.VOI_MODIFIED, Enums.Events.CAMERA_MODIFIED]) {
     main.element.addEventListener(ev, changed);
   }
+  for (const ev of ANNOTATION_EVENTS) eventTarget.addEventListener(ev, changed);
   await main.showStudy(studyUid, series);
   if (!opts.follow && wanted) await hangPrior(wanted);
 
@@ -184,14 +207,17 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
       else if (main.viewport.getCurrentImageIdIndex() !== state.image_index) await main.viewport.setImageIdIndex(state.image_index);
       if (state.voi) main.setVoi(state.voi.center, state.voi.width);
       main.applyCamera(state.camera);
+      showMeasurements(main.viewport, state.measurements ?? []);
       main.updateOverlay();
     },
     setFollow(follow: boolean) {
       opts.follow = follow;
-      main.element.classList.toggle('following', follow);
+      following(follow);
+      if (!follow) unlockMeasurements();
     },
     destroy() {
       document.removeEventListener('keydown', keyHandler);
+      for (const ev of ANNOTATION_EVENTS) eventTarget.removeEventListener(ev, changed);
       window.removeEventListener('resize', resize);
       toolUtils.cine.stopClip(main.element);
       destroyEngine();
@@ -267,6 +293,7 @@ function buildToolbar(
 }
 
 function selectTool(group: ToolTypes.IToolGroup, tool: MouseTool): void {
+  chosen = tool;
   setPrimaryTool(group, tool);
   for (const b of document.querySelectorAll<HTMLElement>('.toolbar [data-tool]')) {
     b.classList.toggle('active', b.dataset.tool === tool);

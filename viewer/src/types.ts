@@ -97,10 +97,25 @@ export interface KeyImage {
 export interface Camera {
   zoom: number;
   pan: [number, number];
+  /** The point at the centre of the view (patient coordinates, mm): followed instead of
+   * `pan` (canvas pixels), so windows of other sizes centre on the same anatomy. */
+  focal?: [number, number, number] | null;
   rotation: number;
   flip_h: boolean;
   flip_v: boolean;
   invert: boolean;
+}
+
+/** A presenter's measurement on the image shown (MDT): handles in patient coordinates (mm),
+ * so it lands on the same anatomy in every participant's window. */
+export interface Measurement {
+  uid: string;
+  tool: 'Length' | 'Angle' | 'EllipticalROI';
+  sop_uid: string;
+  frame: number;
+  points: [number, number, number][];
+  /** where the presenter dragged the label to; null where the tool places it */
+  text_box: [number, number, number] | null;
 }
 
 export interface ViewState {
@@ -110,7 +125,7 @@ export interface ViewState {
   image_index: number;
   voi: { center: number; width: number } | null;
   camera: Camera;
-  measurements: unknown[];
+  measurements: Measurement[];
 }
 
 export interface MeetingItem {

@@ -21,6 +21,10 @@ vacated, so the room can be claimed again.
 Access: a member sees patient data only of the items it may see (``visible``, computed by the
 MDT service when it joins); a view of another item reaches it as
 ``{"item_id": ..., "restricted": true}`` without UIDs or image position.
+
+Measurements and the pointer are in patient coordinates (mm), so they land on the same point of
+the image in every participant's window; a view keeps at most ``MAX_MEASUREMENTS`` of them, each
+cut to its known keys, so what the room keeps and relays for a late joiner stays small.
 """
 
 from __future__ import annotations
@@ -36,7 +40,11 @@ from typing import Any
 
 from solent.services.mdt_broker import ORDERED, Broker, Event
 
-MAX_MEASUREMENTS = 200
+MAX_MEASUREMENTS = 50  # on the shown image: enough for any reading, bounded for the room
+# Measurement tools followers draw, with how many handles each has (an angle being drawn has 2).
+MEASUREMENT_POINTS = {"Length": (2, 2), "Angle": (2, 3), "EllipticalROI": (4, 4)}
+MAX_UID = 64  # DICOM UIDs; annotation UIDs are shorter
+MAX_COORDINATE = 1e6  # mm from the patient origin: far beyond any scanner's field
 VIEW_KEYS = ("item_id", "study_uid", "series_uid", "image_index", "voi", "camera", "measurements")
 HEARTBEAT = 2.0  # seconds between a node's announcements of its members (default)
 
@@ -269,11 +277,14 @@ class LiveHub:
             if not presenting:
                 out.replies.append(_error("only the presenter can point"))
                 return out
-            x, y = message.get("x"), message.get("y")
-            if not (_unit(x) and _unit(y)):
-                out.replies.append(_error("pointer x and y must be numbers from 0 to 1"))
+            point = message.get("point")
+            if point is not None and not _point(point):
+                out.replies.append(
+                    _error("pointer point must be [x, y, z] in mm (patient coordinates) or null")
+                )
                 return out
-            out.events.append({"type": "pointer", "x": float(x), "y": float(y)})
+            shown = None if point is None else [float(v) for v in point]
+            out.events.append({"type": "pointer", "point": shown})
         elif kind == "handover":
             if not (presenting or member.coordinator):
                 out.replies.append(_error("only the presenter or the coordinator can hand over"))
@@ -391,8 +402,53 @@ def _error(detail: str) -> Event:
     return {"type": "error", "detail": detail}
 
 
-def _unit(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1
+def _number(v: Any) -> bool:
+    return (
+        isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and abs(v) <= MAX_COORDINATE
+    )
+
+
+def _point(v: Any) -> bool:
+    """A point in patient coordinates (mm): where it is on the image, whatever each
+    participant's window size, zoom or pan."""
+    return isinstance(v, list) and len(v) == 3 and all(_number(c) for c in v)
+
+
+def _uid(v: Any) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= MAX_UID
+
+
+def _check_measurement(m: Any) -> tuple[dict[str, Any] | None, str]:
+    """One measurement as followers draw it, limited to the known keys (bounded size)."""
+    if not isinstance(m, dict):
+        return None, "each measurement must be an object"
+    tool = m.get("tool")
+    if tool not in MEASUREMENT_POINTS:
+        return None, f"measurement tool must be one of {', '.join(MEASUREMENT_POINTS)}"
+    if not (_uid(m.get("uid")) and _uid(m.get("sop_uid"))):
+        return None, f"measurement uid and sop_uid must be strings of 1 to {MAX_UID} characters"
+    frame = m.get("frame")
+    if not isinstance(frame, int) or isinstance(frame, bool) or frame < 1:
+        return None, "measurement frame must be a whole number from 1"
+    points = m.get("points")
+    least, most = MEASUREMENT_POINTS[tool]
+    if not (isinstance(points, list) and least <= len(points) <= most and all(map(_point, points))):
+        counted = str(least) if least == most else f"{least} to {most}"
+        return None, f"a {tool} measurement has {counted} points [x, y, z] in mm"
+    text_box = m.get("text_box")
+    if text_box is not None and not _point(text_box):
+        return None, "measurement text_box must be [x, y, z] in mm or null"
+    return {
+        "uid": m["uid"],
+        "tool": tool,
+        "sop_uid": m["sop_uid"],
+        "frame": frame,
+        "points": [[float(c) for c in p] for p in points],
+        "text_box": None if text_box is None else [float(c) for c in text_box],
+    }, ""
 
 
 def _redact(state: dict[str, Any] | None, member: Member) -> dict[str, Any] | None:
@@ -428,9 +484,16 @@ def _check_view(state: Any, member: Member) -> tuple[dict[str, Any] | None, str]
         v = voi.get(key)
         if v is not None and not (isinstance(v, int | float) and math.isfinite(v)):
             return None, f"voi.{key} must be a number"
+    checked = {k: state[k] for k in VIEW_KEYS if k in state}
     measurements = state.get("measurements")
-    if measurements is not None and (
-        not isinstance(measurements, list) or len(measurements) > MAX_MEASUREMENTS
-    ):
-        return None, f"measurements must be a list of at most {MAX_MEASUREMENTS}"
-    return {k: state[k] for k in VIEW_KEYS if k in state}, ""
+    if measurements is not None:
+        if not isinstance(measurements, list) or len(measurements) > MAX_MEASUREMENTS:
+            return None, f"measurements must be a list of at most {MAX_MEASUREMENTS}"
+        kept = []
+        for m in measurements:
+            one, problem = _check_measurement(m)
+            if one is None:
+                return None, problem
+            kept.append(one)
+        checked["measurements"] = kept
+    return checked, ""
