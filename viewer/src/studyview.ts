@@ -150,6 +150,9 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
     toolbar.append(h('label', { class: 'prior' }, 'Prior ', choose));
   }
 
+  // The pane whose scrolling the other follows (see hangPrior): the last one the user touched.
+  let driver = main.viewportId;
+
   async function hangPrior(uid: string | null): Promise<void> {
     for (const id of [SLICE_SYNC, VOI_SYNC]) SynchronizerManager.destroySynchronizer(id);
     if (prior) {
@@ -169,7 +172,22 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
     group.addViewport(prior.viewportId, ENGINE);
     engine.resize(true, true);
     await prior.showStudy(uid, priorSeries);
-    const slice = synchronizers.createImageSliceSynchronizer(SLICE_SYNC);
+    // Slice sync runs from the pane the user last touched (keys scroll the current) to the other
+    // one only. Two-way, the other pane's new image arrives after the synchronizer's re-entry
+    // guard is down and pulled the driving pane back to the nearest position it has (End on the
+    // current could land a few slices short of the last).
+    driver = main.viewportId;
+    for (const pane of [main, prior]) {
+      for (const ev of ['pointerdown', 'wheel'] as const) {
+        pane.element.addEventListener(ev, () => (driver = pane.viewportId), { capture: true, passive: true });
+      }
+    }
+    const slice = SynchronizerManager.createSynchronizer(
+      SLICE_SYNC,
+      Enums.Events.STACK_NEW_IMAGE,
+      (sync, source, target) =>
+        source.viewportId === driver ? synchronizers.imageSliceSyncCallback(sync, source, target) : undefined,
+    );
     const voi = synchronizers.createVOISynchronizer(VOI_SYNC, { syncInvertState: true, syncColormap: false });
     for (const s of [slice, voi]) {
       s.add({ renderingEngineId: ENGINE, viewportId: main.viewportId });
@@ -184,6 +202,7 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
     if (opts.follow) return;
     if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement || e.target instanceof HTMLSelectElement) return;
     if (e.key === 'Delete' || e.key === 'Backspace') return removeSelectedMeasurements(main.viewport);
+    driver = main.viewportId; // keys scroll the current
     handleKey(e, group, main, prior, studyUid);
   };
   document.addEventListener('keydown', keyHandler);
