@@ -57,6 +57,8 @@ class Archive:
     # Security (issue 6): the one audit trail and the one authorization point of this archive.
     audit: AuditTrail = field(init=False)
     access: AccessService = field(init=False)
+    # The cross-trust patient index whole (tests, the demo loader); adapters get the door.
+    identity: IdentityService = field(init=False)
     # What adapters receive instead of this object (issue 11): services only.
     services: Services = field(init=False)
 
@@ -66,7 +68,7 @@ class Archive:
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
         )
         self.query.access = self.access  # every query is scoped by the access rule
-        identity = IdentityService(self.index)
+        identity = self.identity = IdentityService(self.index)
         users = UserService(self.index, self.settings, self.audit)
         inbox = InboxService(self.index, identity)
         retrieve = RetrieveService(

@@ -27,6 +27,7 @@ from solent.services.identity import (
     PatientKey,
     Resolved,
 )
+from solent.services.identity.model import require_speaks_for
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ class InboxService:
     def place_order(
         self, conn: Connection, change: Change, order: dict[str, Any], context: dict[str, Any]
     ) -> str:
+        require_speaks_for(change.principal, "an order", str(order["patient_issuer"]))
         new = store.upsert_order(conn, order)
         store.upsert_order_context(conn, context)
         self._index.append_event(
@@ -280,6 +282,7 @@ class InboxService:
         context: dict[str, Any],
         patient: PatientKey,
     ) -> str:
+        require_speaks_for(change.principal, "an order status", patient.issuer)
         if not store.set_order_status(conn, accession, issuer, status):
             raise Rejected("AE", f"unknown order {accession}/{issuer}: nothing to update")
         store.upsert_order_context(conn, context)
@@ -297,6 +300,7 @@ class InboxService:
         self, conn: Connection, change: Change, report: dict[str, Any], patient: PatientKey
     ) -> str:
         """Store a report version; refuse it if its study belongs to another patient."""
+        require_speaks_for(change.principal, "a report", patient.issuer)
         accession, issuer = report["accession_number"], report["accession_issuer"]
         studies = ids.studies_by_accession(conn, accession, issuer)
         resolved = self.identity.resolve(patient.issuer, patient.local_id, conn=conn)

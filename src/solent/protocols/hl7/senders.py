@@ -47,6 +47,11 @@ class SenderGate:
             (application, facility), lambda: self.directory.sender(application, facility)
         )
 
+    def registration(self, header: Header) -> SenderRow | None:
+        """The sender's registration, without the address check: for a message accepted
+        (journalled) earlier and applied now, whose trust or regional role still counts."""
+        return self._lookup(header.sending_application, header.sending_facility)
+
     def check(self, header: Header, remote: str | None) -> SenderRow | None:
         """The sender's registration; raises MessageRejected("AR", why) when it has none.
 
