@@ -31,15 +31,26 @@ from solent.index.sql import Index
 from solent.security import passwords, tokens
 from solent.security.keys import SigningKey, load_signing_key
 from solent.security.throttle import LoginLimits, LoginThrottled
-from solent.services.access import AccessDenied, Permission, Role, permissions_of
+from solent.services.access import (
+    NOT_WITH_ADMIN,
+    AccessDenied,
+    Permission,
+    Role,
+    permissions_of,
+)
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, audit_fields
 from solent.settings import Settings
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-#: Roles an administrator account may not hold: each reads patient data or the audit trail.
-NOT_WITH_ADMIN = frozenset(
-    {Role.CLINICIAN, Role.RADIOLOGIST, Role.MDT_COORDINATOR, Role.INTEGRATION, Role.AUDITOR}
-)
+__all__ = [
+    "NOT_WITH_ADMIN",
+    "IssuedToken",
+    "SessionEnded",
+    "UserService",
+    "check_role_mix",
+    "parse_roles",
+    "principal_of",
+]
 _OPERATOR = (PrincipalKind.SYSTEM, PrincipalKind.IMPORTER)
 
 

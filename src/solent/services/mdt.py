@@ -86,7 +86,9 @@ class MdtService:
         self._refuse(principal, "taking part in MDT meetings", MDT_ROLES)
 
     def _require_coordinator(self, principal: Principal) -> None:
-        if Role.MDT_COORDINATOR.value in principal.roles:
+        if Role.MDT_COORDINATOR.value in principal.roles and self.access.permits(
+            principal, Permission.READ
+        ):
             return
         self._refuse(principal, "creating MDT meetings", {Role.MDT_COORDINATOR.value})
 
@@ -103,9 +105,9 @@ class MdtService:
         )
 
     def is_coordinator(self, principal: Principal, meeting: dict[str, Any]) -> bool:
-        return (
-            meeting["coordinator"] == principal.name
-            or Role.MDT_COORDINATOR.value in principal.roles
+        return meeting["coordinator"] == principal.name or (
+            Role.MDT_COORDINATOR.value in principal.roles
+            and self.access.permits(principal, Permission.READ)
         )
 
     # -- reading ----------------------------------------------------------------------------
