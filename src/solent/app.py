@@ -16,6 +16,7 @@ from solent.security.users import UserService
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
 from solent.services.broadcast import open_broadcast
+from solent.services.check import ArchiveCheck
 from solent.services.directory import Directory
 from solent.services.health import HealthService
 from solent.services.identity import IdentityService
@@ -126,6 +127,7 @@ class Archive:
                 heartbeat=self.settings.mdt_heartbeat_seconds,
             ),
             peers=PeerAddresses(self.index),
+            check=ArchiveCheck(self.index, self.store, self.access, self.audit),
         )
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from solent.services.access import AccessService
     from solent.services.audit import AuditTrail
     from solent.services.broadcast import Broadcast
+    from solent.services.check import ArchiveCheck
     from solent.services.directory import Directory
     from solent.services.health import HealthService
     from solent.services.identity import IdentityService
@@ -57,3 +58,4 @@ class Services:
     mdt: MdtService  # issue 12: MDT meetings, outcomes, prefetch
     live: LiveHub  # issue 12: the MDT live rooms of this process
     peers: PeerAddresses  # issue 11: listeners check a caller's address before reading
+    check: ArchiveCheck  # issue 11: `solent check [--repair]`, caller checked, deletions audited
