@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from solent.app import Archive, build_archive
+from solent.domain.principal import SYSTEM
 from solent.serve_process import ServeStartError, serve_env, solent_program, start_serve, stop_serve
 from solent.settings import Settings, load_settings
 
@@ -321,7 +322,7 @@ def _bearer_for_test_user(index: Any, settings: Settings) -> dict[str, str]:
             sec.add_user(index, TEST_USER, primary, TEST_ROLES, None, others)
     elif set(row.trusts) != set(trusts):
         sec.update_user(index, TEST_USER, other_trusts=tuple(c for c in trusts if c != row.trust))
-    return {"Authorization": "Bearer " + users.issue(TEST_USER).token}
+    return {"Authorization": "Bearer " + users.issue(TEST_USER, SYSTEM).token}
 
 
 def _server_headers(server: RunningServer) -> dict[str, str]:

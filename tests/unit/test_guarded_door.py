@@ -21,6 +21,7 @@ from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, SYSTEM, Principal,
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.senders import SenderGate
 from solent.services.identity import Change, Demographics, IdentityRejected, PatientKey
+from solent.services.inbox import InboxReads
 from tests.unit.security_fixtures import (
     add_user,
     cli_env,
@@ -141,7 +142,7 @@ def test_reports_of_other_trusts_patients_are_not_readable(
     )
     code, text = _ack(_handler(demo).handle(oru, LOCAL))
     assert code == "AA", text
-    (report,) = demo.services.inbox.unmatched_reports()
+    (report,) = InboxReads(demo.index).unmatched_reports()
     h = add_user(demo, "drza", "ZZA", "clinician")
     c = demo_client
     hidden = c.get(f"/fhir/DiagnosticReport/{report['pk']}", headers=h)

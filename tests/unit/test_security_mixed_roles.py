@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
 from solent.app import Archive, build_archive
-from solent.domain.principal import Principal, PrincipalKind
+from solent.domain.principal import SYSTEM, Principal, PrincipalKind
 from solent.index import security as sec
 from solent.protocols.http import create_app
 from solent.services.access import NOT_WITH_ADMIN, Permission, permissions_of
@@ -43,7 +43,7 @@ def test_a_legacy_mixed_account_reads_no_patient_data(
     did) with pacs_admin + clinician + auditor: patient reads and the audit trail refused
     with the reason, administration still works; a clinician of the same trust reads."""
     sec.add_user(demo.index, "legacy", "ZZA", ("pacs_admin", "clinician", "auditor"), None)
-    h = {"Authorization": "Bearer " + demo.services.users.issue("legacy").token}
+    h = {"Authorization": "Bearer " + demo.services.users.issue("legacy", SYSTEM).token}
     uid = study_of(demo, "ZZA", "A100001")
     c = demo_client
     for path in (f"/api/studies/{uid}", "/api/studies", "/api/audit", "/fhir/Patient?_id=1"):

@@ -121,15 +121,15 @@ def _grants(
 class UserService:
     def __init__(self, index: Index, settings: Settings, audit: AuditTrail) -> None:
         self._index = index
-        self.settings = settings
-        self.audit = audit
-        self.limits = LoginLimits(settings)
+        self._settings = settings
+        self._trail = audit
+        self._limits = LoginLimits(settings)
         self._key: SigningKey | None = None
 
     @property
     def key(self) -> SigningKey:
         if self._key is None:
-            self._key = load_signing_key(self.settings)
+            self._key = load_signing_key(self._settings)
         return self._key
 
     # -- who may administer whom -------------------------------------------------------------
@@ -175,7 +175,7 @@ class UserService:
 
     def _refused(self, actor: Principal, why: str) -> AccessDenied:
         """Audit a refused administration attempt; returns the error to raise."""
-        self.audit.record(
+        self._trail.record(
             actor, AuditAction.PERMISSION_DENIED, AuditOutcome.DENIED, detail={"why": why}
         )
         return AccessDenied(why)
@@ -185,7 +185,7 @@ class UserService:
 
     @contextmanager
     def _hashing(self) -> Iterator[None]:
-        with self.limits.hashing():
+        with self._limits.hashing():
             yield
 
     def _hash(self, password: str) -> str:
@@ -330,11 +330,11 @@ class UserService:
         """The throttled, bounded Argon2 check; refusals and failures are audited."""
         who = Principal(PrincipalKind.USER, name[:64] or "(none)", None, address=addr)
         try:
-            self.limits.admit(name, addr)
+            self._limits.admit(name, addr)
         except LoginThrottled as exc:
             key = {"address": addr or "?", "user": name}.get(exc.scope, "*")
-            if self.limits.first_refusal(exc.scope, key):
-                self.audit.record(
+            if self._limits.first_refusal(exc.scope, key):
+                self._trail.record(
                     who,
                     AuditAction.LOGIN_FAILED,
                     AuditOutcome.DENIED,
@@ -344,7 +344,7 @@ class UserService:
         with self._hashing():
             ok = passwords.verify_password(row.password_hash if row else None, password)
         if not ok:
-            self.limits.failed(name, addr)
+            self._limits.failed(name, addr)
         return ok
 
     def login(self, name: str, password: str, address: str | None) -> IssuedToken | None:
@@ -356,21 +356,32 @@ class UserService:
         ok = self._check(row, name, password, address)
         if row is None or not ok or row.disabled:
             who = Principal(PrincipalKind.USER, name[:64] or "(none)", None, address=address)
-            self.audit.record(
+            self._trail.record(
                 who,
                 AuditAction.LOGIN_FAILED,
                 AuditOutcome.DENIED,
                 detail={"method": "password", "why": "disabled" if row and ok else "bad"},
             )
             return None
-        self.audit.record(
+        self._trail.record(
             principal_of(row, address), AuditAction.LOGIN, detail={"method": "password"}
         )
-        return self.issue(row.name)
+        return self._issue(row.name)
 
-    def issue(
-        self, name: str, actor: Principal | None = None, auth_time: datetime | None = None
-    ) -> IssuedToken:
+    def issue(self, name: str, actor: Principal, auth_time: datetime | None = None) -> IssuedToken:
+        """A login token for ``name`` minted by the operator on the server (`solent token
+        create`), audited; people get theirs by logging in. No adapter can mint one for a
+        user it has not authenticated (issue 11: that would be every patient's data)."""
+        if actor.kind not in _OPERATOR:
+            raise AccessDenied(
+                "only the operator on the server mints a token for another user "
+                "(`solent token create`); log in for your own"
+            )
+        issued = self._issue(name, auth_time)
+        self._trail.record(actor, AuditAction.USER_ADMIN, detail={"token_for": name})
+        return issued
+
+    def _issue(self, name: str, auth_time: datetime | None = None) -> IssuedToken:
         """A bearer token; ``auth_time`` (default now) starts the session's absolute lifetime."""
         row = sec.get_user(self._index, name)
         if row is None:
@@ -379,8 +390,8 @@ class UserService:
             raise InvalidInput(f"user {name} is disabled")
         now = datetime.now(UTC)
         started = auth_time or now
-        ttl = timedelta(minutes=self.settings.token_ttl_minutes)
-        left = started + timedelta(hours=self.settings.session_max_hours) - now
+        ttl = timedelta(minutes=self._settings.token_ttl_minutes)
+        left = started + timedelta(hours=self._settings.session_max_hours) - now
         if left <= timedelta(0):
             raise SessionEnded("the session reached its absolute lifetime; log in again")
         token, expires = tokens.issue_local(
@@ -389,8 +400,6 @@ class UserService:
             min(ttl, left),
             {"sep": row.session_epoch, "auth_time": int(started.timestamp())},
         )
-        if actor is not None:
-            self.audit.record(actor, AuditAction.USER_ADMIN, detail={"token_for": name})
         return IssuedToken(token, expires)
 
     def refresh(self, token: str) -> IssuedToken:
@@ -405,7 +414,7 @@ class UserService:
         if row is None or row.disabled or claims.get("sep", 0) != row.session_epoch:
             raise SessionEnded("the session has ended; log in again")
         started = datetime.fromtimestamp(int(claims.get("auth_time", claims["iat"])), UTC)
-        return self.issue(row.name, auth_time=started)
+        return self._issue(row.name, auth_time=started)
 
     # -- API tokens ----------------------------------------------------------------------------
 
@@ -414,7 +423,7 @@ class UserService:
     ) -> IssuedToken:
         """A service API token; it expires after ``days`` (default: settings.api_token_days)."""
         self._target(actor, name)
-        days = self.settings.api_token_days if days is None else days
+        days = self._settings.api_token_days if days is None else days
         if not 1 <= days <= 3650:
             raise InvalidInput("an API token lives 1 to 3650 days")
         token = tokens.new_api_token()

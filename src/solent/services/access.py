@@ -157,7 +157,7 @@ def role_names() -> list[str]:
 class AccessService:
     def __init__(self, index: Index, audit: AuditTrail, *, break_glass_minutes: int = 240) -> None:
         self._index = index
-        self.audit = audit
+        self._audit = audit
         self.break_glass_minutes = break_glass_minutes
 
     # -- what a principal may do ------------------------------------------------------------
@@ -185,7 +185,7 @@ class AccessService:
                 f"with {', '.join(mixed)}, and an administrator account reads no patient data "
                 "or audit trail; use a separate account for that role"
             )
-        self.audit.record(
+        self._audit.record(
             principal,
             AuditAction.PERMISSION_DENIED,
             AuditOutcome.DENIED,
@@ -284,7 +284,7 @@ class AccessService:
         purpose: str | None,
     ) -> NotVisible:
         """Audit the refusal, then answer exactly as for a record that does not exist."""
-        self.audit.record(
+        self._audit.record(
             principal,
             AuditAction.PERMISSION_DENIED,
             AuditOutcome.DENIED,

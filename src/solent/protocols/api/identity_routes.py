@@ -1,6 +1,7 @@
 """JSON API of regional identity: everything for one person, links, history, work queues.
 
-Adapters only: they name the caller, ask the access service, and call the identity service.
+Adapters only: they name the caller and call the records service (reads) or the identity door
+(changes), which decide who may and write the audit record.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from solent.domain.principal import Principal
 from solent.errors import InvalidInput, NotFound
 from solent.protocols.params import PathId
 from solent.security.http import current_principal
-from solent.services.identity import Change, IdentityRejected, PatientKey
+from solent.services.identity import IdentityRejected, PatientKey
 from solent.services.records import RecordService
 from solent.services.registry import Services
 
@@ -99,13 +100,12 @@ def _set_link(
 ) -> dict[str, Any]:
     a = PatientKey(body.a.issuer, body.a.patient_id)
     b = PatientKey(body.b.issuer, body.b.patient_id)
-    _records(request).require_steward(caller, "linking patient records", a.issuer, b.issuer)
     identity = _services(request).identity
     try:
         if linked:
-            identity.link(a, b, Change(caller))
+            identity.link(caller, a, b)
         else:
-            identity.unlink(a, b, Change(caller))
+            identity.unlink(caller, a, b)
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except IdentityRejected as exc:
@@ -123,17 +123,15 @@ class SensitiveRequest(BaseModel):
 def sensitive(request: Request, caller: Caller, body: SensitiveRequest) -> dict[str, Any]:
     """Set or clear the PDS S-flag of a record: contact details are then never shown."""
     key = PatientKey(body.issuer, body.patient_id)
-    _records(request).require_steward(caller, "marking a patient sensitive", key.issuer)
-    _services(request).identity.set_sensitive(key, body.sensitive, Change(caller))
+    _services(request).identity.set_sensitive(caller, key, body.sensitive)
     return {"patient": str(key), "sensitive": body.sensitive}
 
 
 @router.post("/events/{event_pk}/reverse")
 def reverse(request: Request, caller: Caller, event_pk: PathId) -> dict[str, Any]:
     """Undo a link, unlink, identifier change or demographic update (not a merge)."""
-    _records(request).require_steward(caller, "reversing identity changes")
     try:
-        _services(request).identity.reverse(event_pk, caller)
+        _services(request).identity.reverse(caller, event_pk)
     except InvalidInput as exc:
         raise HTTPException(409, str(exc)) from exc
     return {"reversed": event_pk}
@@ -151,8 +149,7 @@ def data_quality(
 
 @router.post("/data-quality/{item_pk}/resolve")
 def resolve_item(request: Request, caller: Caller, item_pk: PathId) -> dict[str, Any]:
-    _records(request).require_steward(caller, "resolving data-quality items")
-    _services(request).identity.resolve_work_item(item_pk, caller)
+    _services(request).identity.resolve_work_item(caller, item_pk)
     return {"resolved": item_pk}
 
 

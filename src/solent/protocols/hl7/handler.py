@@ -147,7 +147,7 @@ class Hl7Handler:
     def recover(self) -> int:
         """Apply every journalled-but-unapplied message, oldest first; returns how many."""
         done = 0
-        for row in self.inbox.pending():
+        for row in self.inbox.pending(_nobody()):
             try:
                 self.reapply(int(row["pk"]), row["raw"], row["remote_address"])
                 done += 1
