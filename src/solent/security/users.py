@@ -121,15 +121,15 @@ def _grants(
 class UserService:
     def __init__(self, index: Index, settings: Settings, audit: AuditTrail) -> None:
         self._index = index
-        self._settings = settings
+        self.settings = settings
         self._trail = audit
-        self._limits = LoginLimits(settings)
+        self.limits = LoginLimits(settings)
         self._key: SigningKey | None = None
 
     @property
     def key(self) -> SigningKey:
         if self._key is None:
-            self._key = load_signing_key(self._settings)
+            self._key = load_signing_key(self.settings)
         return self._key
 
     # -- who may administer whom -------------------------------------------------------------
@@ -185,7 +185,7 @@ class UserService:
 
     @contextmanager
     def _hashing(self) -> Iterator[None]:
-        with self._limits.hashing():
+        with self.limits.hashing():
             yield
 
     def _hash(self, password: str) -> str:
@@ -330,10 +330,10 @@ class UserService:
         """The throttled, bounded Argon2 check; refusals and failures are audited."""
         who = Principal(PrincipalKind.USER, name[:64] or "(none)", None, address=addr)
         try:
-            self._limits.admit(name, addr)
+            self.limits.admit(name, addr)
         except LoginThrottled as exc:
             key = {"address": addr or "?", "user": name}.get(exc.scope, "*")
-            if self._limits.first_refusal(exc.scope, key):
+            if self.limits.first_refusal(exc.scope, key):
                 self._trail.record(
                     who,
                     AuditAction.LOGIN_FAILED,
@@ -344,7 +344,7 @@ class UserService:
         with self._hashing():
             ok = passwords.verify_password(row.password_hash if row else None, password)
         if not ok:
-            self._limits.failed(name, addr)
+            self.limits.failed(name, addr)
         return ok
 
     def login(self, name: str, password: str, address: str | None) -> IssuedToken | None:
@@ -390,8 +390,8 @@ class UserService:
             raise InvalidInput(f"user {name} is disabled")
         now = datetime.now(UTC)
         started = auth_time or now
-        ttl = timedelta(minutes=self._settings.token_ttl_minutes)
-        left = started + timedelta(hours=self._settings.session_max_hours) - now
+        ttl = timedelta(minutes=self.settings.token_ttl_minutes)
+        left = started + timedelta(hours=self.settings.session_max_hours) - now
         if left <= timedelta(0):
             raise SessionEnded("the session reached its absolute lifetime; log in again")
         token, expires = tokens.issue_local(
@@ -423,7 +423,7 @@ class UserService:
     ) -> IssuedToken:
         """A service API token; it expires after ``days`` (default: settings.api_token_days)."""
         self._target(actor, name)
-        days = self._settings.api_token_days if days is None else days
+        days = self.settings.api_token_days if days is None else days
         if not 1 <= days <= 3650:
             raise InvalidInput("an API token lives 1 to 3650 days")
         token = tokens.new_api_token()

@@ -125,7 +125,7 @@ class RetrieveService:
         self._store = store
         self._access = access
         self._audit = audit
-        self._access_cache = AccessCache(access_ttl)
+        self.access_cache = AccessCache(access_ttl)
         # Keyed by content hash + identity fingerprint (+ variant): never stale, only evicted.
         self.responses: ByteCache[bytes] = ByteCache(cache_bytes // 2, len)
         self._documents: ByteCache[bytes] = ByteCache(cache_bytes // 4, len)
@@ -137,14 +137,14 @@ class RetrieveService:
 
     def allow(self, principal: Principal, study_uid: str, action: str = "view") -> None:
         """Raise NotVisible (answered as "not found") unless ``principal`` may see the study."""
-        if self._access_cache.granted(principal, study_uid, action):
+        if self.access_cache.granted(principal, study_uid, action):
             return
         self._access.check_study(principal, study_uid, action)
-        self._access_cache.grant(principal, study_uid, action)
+        self.access_cache.grant(principal, study_uid, action)
 
     def forget_decisions(self) -> None:
         """Drop the remembered grants (a revocation that must take effect at once)."""
-        self._access_cache.clear()
+        self.access_cache.clear()
 
     def _record_read(
         self, principal: Principal, study_uid: str, channel: str, use: ReadUse, count: int
@@ -299,7 +299,7 @@ class RetrieveService:
         VIEW record of the study through ``channel`` is within its window, and the index reads
         at once (`Index.reads_at_once`). None otherwise, also when it is not found: then call
         `instances` (from a thread), which decides, records and raises."""
-        if not self._access_cache.granted(principal, study_uid, "view"):
+        if not self.access_cache.granted(principal, study_uid, "view"):
             return None
         if not self._index.reads_at_once():
             return None
