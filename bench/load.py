@@ -241,10 +241,10 @@ def _seed(env: dict[str, str], work: Path) -> None:
     add_sender(archive.index, "*", "ZZA", ("127.0.0.1",), None)
     users = UserService(archive.index, settings, AuditTrail(archive.index))
     users.add(SYSTEM, "loadclin", "ZZA", ("clinician",), None)
-    Target.token = users.issue("loadclin").token
+    Target.token = users.issue("loadclin", SYSTEM).token
     for name, role in load_mdt.users(Target.meetings, Target.followers):
         users.add(SYSTEM, name, "ZZA", (role,), None)
-        Target.mdt_tokens[name] = users.issue(name).token
+        Target.mdt_tokens[name] = users.issue(name, SYSTEM).token
     who = Principal(PrincipalKind.IMPORTER, "bench", "ZZA")
     for s in range(SEED_STUDIES):
         study, series, pid = new_uid(), new_uid(), f"SEED{s:04d}"

@@ -89,7 +89,7 @@ def _users(server: SolentServer, meetings: int, followers: int) -> dict[str, str
         for name in names:
             role = "mdt_coordinator" if name == "coord" else "clinician"
             users.add(SYSTEM, name, "ZZA", (role,), None, ())
-            tokens[name] = users.issue(name).token
+            tokens[name] = users.issue(name, SYSTEM).token
         return tokens
     finally:
         archive.close()

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from solent.app import Archive, build_archive
+from solent.domain.principal import SYSTEM
 from solent.serve_process import ServeStartError, serve_env, solent_program, start_serve, stop_serve
 from solent.settings import Settings, load_settings
 
@@ -110,6 +111,10 @@ class RunningServer:
     def headers(self) -> dict[str, str]:
         """Headers an authorised client of this server sends (see http_headers)."""
         return _server_headers(self)
+
+    def admin_headers(self) -> dict[str, str]:
+        """Headers of a regional administrator of this server (see admin_headers)."""
+        return _server_admin_headers(self)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -294,18 +299,21 @@ def regional_pg_index(fresh_postgres_url: str) -> Iterator[Any]:
 # tokens only); its short-lived bearer token is signed with the archive's own key.
 
 TEST_USER = "test-user"
-TEST_ROLES = ("clinician", "radiologist", "mdt_coordinator", "integration", "pacs_admin", "auditor")
+#: Every role but pacs_admin: an account holding it with these reads no patient data (issue 11),
+#: so administration goes through TEST_ADMIN (a regional administrator) instead.
+TEST_ROLES = ("clinician", "radiologist", "mdt_coordinator", "integration", "auditor")
+TEST_ADMIN = "test-admin"
 _server_indexes: dict[str, Any] = {}
 
 
 def _bearer_for_test_user(index: Any, settings: Settings) -> dict[str, str]:
+    from solent.compose import keyed_audit
     from solent.index import security as sec
     from solent.security.users import UserService
-    from solent.services.audit import AuditTrail
 
-    # Written at the index level: the product refuses an account holding pacs_admin with
-    # clinical or auditor roles (issue 11), but this test caller deliberately holds them all.
-    users = UserService(index, settings, AuditTrail(index))
+    # Written at the index level (no password, no audit record of the creation): a test
+    # caller with every role that reads; administrators are TEST_ADMIN (admin_headers).
+    users = UserService(index, settings, keyed_audit(index, settings))
     trusts = [t.code for t in index.list_trusts()]
     if not trusts:
         return {}  # no trust, no user: the request is refused (401) like any anonymous one
@@ -321,17 +329,45 @@ def _bearer_for_test_user(index: Any, settings: Settings) -> dict[str, str]:
             sec.add_user(index, TEST_USER, primary, TEST_ROLES, None, others)
     elif set(row.trusts) != set(trusts):
         sec.update_user(index, TEST_USER, other_trusts=tuple(c for c in trusts if c != row.trust))
-    return {"Authorization": "Bearer " + users.issue(TEST_USER).token}
+    return {"Authorization": "Bearer " + users.issue(TEST_USER, SYSTEM).token}
 
 
-def _server_headers(server: RunningServer) -> dict[str, str]:
+def admin_headers(archive: Archive) -> dict[str, str]:
+    """Headers of a regional administrator (pacs_admin, no trust) of ``archive``."""
+    return _bearer_for_test_admin(archive.index, archive.settings)
+
+
+def _bearer_for_test_admin(index: Any, settings: Settings) -> dict[str, str]:
+    import contextlib
+
+    from solent.compose import keyed_audit
+    from solent.errors import AlreadyExists
+    from solent.index import security as sec
+    from solent.security.users import UserService
+
+    users = UserService(index, settings, keyed_audit(index, settings))
+    if users.get(TEST_ADMIN) is None:
+        with contextlib.suppress(AlreadyExists):  # created concurrently by another thread
+            sec.add_user(index, TEST_ADMIN, None, ("pacs_admin",), None)
+    return {"Authorization": "Bearer " + users.issue(TEST_ADMIN, SYSTEM).token}
+
+
+def _server_index(server: RunningServer) -> tuple[Any, Settings]:
     from solent.index.sql import Index
 
     settings = load_settings(environ=server.env)
     url = settings.effective_database_url
     if url not in _server_indexes:
         _server_indexes[url] = Index(url)
-    return _bearer_for_test_user(_server_indexes[url], settings)
+    return _server_indexes[url], settings
+
+
+def _server_admin_headers(server: RunningServer) -> dict[str, str]:
+    return _bearer_for_test_admin(*_server_index(server))
+
+
+def _server_headers(server: RunningServer) -> dict[str, str]:
+    return _bearer_for_test_user(*_server_index(server))
 
 
 # --- end of security (issue 6) ------------------------------------------------------------------

@@ -15,11 +15,14 @@ from solent.security.authn import Authenticator
 from solent.security.users import UserService
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
+from solent.services.audit_door import AuditDoor
 from solent.services.broadcast import open_broadcast
+from solent.services.check import ArchiveCheck
 from solent.services.directory import Directory
 from solent.services.health import HealthService
 from solent.services.identity import IdentityService
-from solent.services.inbox import InboxService
+from solent.services.identity.door import IdentityDoor
+from solent.services.inbox import InboxReads, InboxService
 from solent.services.jobs import JobsService
 from solent.services.mdt import MdtService
 from solent.services.mdt_live import LiveHub
@@ -57,6 +60,8 @@ class Archive:
     # Security (issue 6): the one audit trail and the one authorization point of this archive.
     audit: AuditTrail = field(init=False)
     access: AccessService = field(init=False)
+    # The cross-trust patient index whole (tests, the demo loader); adapters get the door.
+    identity: IdentityService = field(init=False)
     # What adapters receive instead of this object (issue 11): services only.
     services: Services = field(init=False)
 
@@ -65,8 +70,8 @@ class Archive:
         self.access = AccessService(
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
         )
-        self.query.access = self.access  # every query is scoped by the access rule
-        identity = IdentityService(self.index)
+        self.query.use_access(self.access)  # every query is scoped by the access rule
+        identity = self.identity = IdentityService(self.index)
         users = UserService(self.index, self.settings, self.audit)
         inbox = InboxService(self.index, identity)
         retrieve = RetrieveService(
@@ -90,12 +95,14 @@ class Archive:
         self.services = Services(
             settings=self.settings,
             access=self.access,
-            audit=self.audit,
+            audit=AuditDoor(self.audit, self.access),
             query=self.query,
             ingest=self.ingestor,
             retrieve=retrieve,
-            records=RecordService(identity, inbox, self.access, self.audit, self.query),
-            identity=identity,
+            records=RecordService(
+                identity, InboxReads(self.index), self.access, self.audit, self.query
+            ),
+            identity=IdentityDoor(identity, self.access, self.audit),
             inbox=inbox,
             directory=Directory(self.index, self.audit),
             users=users,
@@ -124,12 +131,13 @@ class Archive:
                 heartbeat=self.settings.mdt_heartbeat_seconds,
             ),
             peers=PeerAddresses(self.index),
+            check=ArchiveCheck(self.index, self.store, self.access, self.audit),
         )
 
     def close(self) -> None:
         self.services.jobs.stop_background()
         self.services.mdt.stop_background()
-        self.services.live.broker.close()
+        self.services.live.close()
         self.services.broadcast.close()
         for listener in self.listeners:
             listener.stop()

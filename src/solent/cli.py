@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.security.cli import cli_principal  # the operator, as every command acts
+
     handler = getattr(args, "handler", None)
     if handler is not None:
         return int(handler(args, settings))
@@ -176,7 +178,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from solent.serve import serve
 
         archive = _archive(settings)
-        if (args.demo or settings.demo_data) and archive.index.stats()["instances"] == 0:
+        empty = archive.services.access.stats(cli_principal())["instances"] == 0
+        if (args.demo or settings.demo_data) and empty:
             from solent.demo import load_demo
 
             print("Loading demo data (first start)...", flush=True)
@@ -190,11 +193,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "import":
         return _import(args, settings)
     if cmd == "check":
-        from solent.services.check import check_archive
-
         archive = _archive(settings)
-        report = check_archive(
-            archive.index, archive.store, repair=args.repair, grace_seconds=args.grace
+        report = archive.services.check.run(
+            cli_principal(), repair=args.repair, grace_seconds=args.grace
         )
         if args.json:
             print(json.dumps(report.as_json(), indent=2))
@@ -224,8 +225,6 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 else "archive needs repair: run `solent check --repair`"
             )
         return 0 if report.clean or args.repair else 1
-    from solent.security.cli import cli_principal
-
     if cmd == "trust":
         archive = _archive(settings)
         if args.action == "add":
@@ -287,7 +286,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(f"demo data loaded: {n} instances")
         return 0
     if cmd == "stats":
-        stats = _archive(settings).index.stats()
+        stats = _archive(settings).services.access.stats(cli_principal())
         print(json.dumps(stats) if args.json else "\n".join(f"{k}: {v}" for k, v in stats.items()))
         return 0
     if cmd == "db":

@@ -151,14 +151,24 @@ def ingest(data_dir: Path, trust: str, *paths: Path) -> None:
 class Api:
     """JSON API and FHIR reads of a running server."""
 
-    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, base_url: str, headers: dict[str, str], admin: dict[str, str] | None = None
+    ) -> None:
         self.client = httpx.Client(base_url=base_url, headers=headers, timeout=30)
+        #: A regional administrator: the HL7 journal and identity changes (issue 11: the
+        #: reading test user holds no admin role).
+        self.admin = httpx.Client(base_url=base_url, headers=admin or headers, timeout=30)
 
     def get(self, path: str, **params: Any) -> httpx.Response:
         return self.client.get(path, params=params)
 
     def json(self, path: str, **params: Any) -> Any:
         r = self.get(path, **params)
+        assert r.status_code == 200, f"{path} {params}: {r.status_code} {r.text}"
+        return r.json()
+
+    def admin_json(self, path: str, **params: Any) -> Any:
+        r = self.admin.get(path, params=params)
         assert r.status_code == 200, f"{path} {params}: {r.status_code} {r.text}"
         return r.json()
 

@@ -68,7 +68,7 @@ def test_revoked_access_takes_effect_at_once_on_a_node_holding_a_cached_grant(
     assert admin.ingestor.ingest_file(w.path, who, Provenance(Channel.IMPORT)).ok
     users = UserService(admin.index, settings, AuditTrail(admin.index))
     users.add(SYSTEM, "clin", "ZZA", ("clinician",), None, ("ZZB",))
-    headers = {"Authorization": "Bearer " + users.issue("clin").token}
+    headers = {"Authorization": "Bearer " + users.issue("clin", SYSTEM).token}
 
     node = start_server(tmp_path / "node2", extra_env=shared)
     try:

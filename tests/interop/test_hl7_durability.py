@@ -40,11 +40,11 @@ def test_acknowledged_message_survives_sigkill(tmp_path: Path) -> None:
         server.stop()
     again = start_server(data)
     try:
-        api = Api(again.base_url, again.headers())
+        api = Api(again.base_url, again.headers(), again.admin_headers())
         for i in range(5):
             (record,) = api.person(issuer="ZZA", patient_id=f"K{i:04d}")["records"]
             assert record["name"] == "DURABLE^PAT"
-        journal = api.json("/api/identity/hl7/messages")
+        journal = api.admin_json("/api/identity/hl7/messages")
         assert {m["control_id"] for m in journal} >= {f"K-{i}" for i in range(5)}
         assert all(m["status"] == "applied" for m in journal if m["control_id"].startswith("K-"))
         # The sender, unsure, resends: nothing changes.
@@ -88,7 +88,7 @@ def test_unacknowledged_merges_are_all_or_nothing(tmp_path: Path) -> None:
 
     again = start_server(data)
     try:
-        api = Api(again.base_url, again.headers())
+        api = Api(again.base_url, again.headers(), again.admin_headers())
         applied = 0
         for i in range(count):
             uid = f"2.25.7000{i:04d}"

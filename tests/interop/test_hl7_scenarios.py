@@ -153,7 +153,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     files = root / "files"
     files.mkdir()
     try:
-        yield Site(server, Api(server.base_url, server.headers()), data, files)
+        yield Site(
+            server, Api(server.base_url, server.headers(), server.admin_headers()), data, files
+        )
     finally:
         server.stop()
 
@@ -392,7 +394,7 @@ def test_2_2_negative_reversed_merge_is_held(site: Site) -> None:
     assert code == "AE"
     assert "held for review" in text
     assert any(w["kind"] == "merge-held-reversed" for w in site.api.work_items())
-    held = site.api.json("/api/identity/hl7/messages", status="held")
+    held = site.api.admin_json("/api/identity/hl7/messages", status="held")
     assert [m["control_id"] for m in held] == ["ZZB-N4"]
     assert site.api.study_uids(issuer="ZZB", patient_id="BTMP9004") == [uid(4)]
     assert site.api.person(issuer="ZZB", patient_id="B9004")["studies"] == []
@@ -507,7 +509,7 @@ def test_2_4_link_unlink_and_identifier_change(site: Site) -> None:
     assert msa(ack)[0] == "AR"
     # Reversal of the identifier change through the admin API.
     renumber = next(e for e in history if e["kind"] == "renumber")
-    r = site.api.client.post(f"/api/identity/events/{renumber['pk']}/reverse")
+    r = site.api.admin.post(f"/api/identity/events/{renumber['pk']}/reverse")
     assert r.status_code == 200, r.text
     assert site.api.study_uids(issuer="ZZA", patient_id="A9201") == [uid(11)]
 

@@ -101,7 +101,7 @@ def test_every_http_process_answers_and_forgets_revoked_access_at_once(
     assert admin.ingestor.ingest_file(w.path, who, Provenance(Channel.IMPORT)).ok
     users = UserService(admin.index, settings, AuditTrail(admin.index))
     users.add(SYSTEM, "clin", "ZZA", ("clinician",), None, ("ZZB",))
-    headers = {"Authorization": "Bearer " + users.issue("clin").token}
+    headers = {"Authorization": "Bearer " + users.issue("clin", SYSTEM).token}
 
     node = start_server(tmp_path / "node", extra_env=shared)
     try:

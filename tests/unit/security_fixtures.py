@@ -28,7 +28,7 @@ def add_user(archive: Archive, name: str, trust: str, *roles: str, **kw: Any) ->
     """Create a user and return the headers of a fresh bearer token for them."""
     svc = users(archive)
     svc.add(SYSTEM, name, trust, roles, kw.get("password", PASSWORD), kw.get("other", ()))
-    return {"Authorization": "Bearer " + svc.issue(name).token}
+    return {"Authorization": "Bearer " + svc.issue(name, SYSTEM).token}
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from solent import __version__
 from solent.cli import main
+from solent.domain.principal import SYSTEM, Principal, PrincipalKind
+from solent.services.access import AccessDenied
 from tests.conftest import SOLENT, RunningServer
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -264,6 +266,56 @@ def test_check_on_a_clean_archive(
     assert code == 0 and "archive is clean" in out
     code, out, _ = run(capsys, "check", "--json")
     assert code == 0 and json.loads(out)["instances"] == 1
+
+
+def test_check_repair_removes_rows_without_blob_and_audits_each(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check --repair` goes through the check service as the operator: a row whose blob
+    vanished is removed with a `delete` audit record naming its patient and study, an orphan
+    blob is deleted, and the audit chain still verifies."""
+    run(capsys, "trust", "add", "ZZA", "--name", "Trust A")
+    study = generate_uid()
+    lost = _write_ct(tmp_path / "in" / "lost.dcm", patient="P-LOST", study=study)
+    _write_ct(tmp_path / "in" / "kept.dcm", patient="P-LOST", study=study)
+    run(capsys, "import", str(tmp_path / "in"), "--trust", "ZZA", "--json")
+    blobs = sorted(p for p in (data_dir / "blobs").rglob("*") if p.is_file())
+    victim = next(p for p in blobs if pydicom.dcmread(p).SOPInstanceUID == lost)
+    victim.unlink()
+    orphan = data_dir / "blobs" / "ff" / "ff" / ("f" * 64)
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"not indexed")
+    os.utime(orphan, (0, 0))
+    code, out, _ = run(capsys, "check")
+    assert code == 1 and "1 rows without blob" in out and "1 orphan blobs" in out
+    code, out, _ = run(capsys, "check", "--repair", "--json")
+    assert code == 0, out
+    assert json.loads(out)["repaired"]["rows_without_blob_removed"] == 1
+    assert not orphan.exists()
+    from solent.app import build_archive
+    from solent.settings import load_settings
+
+    archive = build_archive(load_settings(environ={}, data_dir=data_dir))
+    try:
+        deletes = archive.audit.search(action="delete")
+        row = next(r for r in deletes if r["patient_id"])
+        assert (row["patient_issuer"], row["patient_id"], row["study_uid"]) == (
+            "ZZA",
+            "P-LOST",
+            study,
+        )
+        assert lost in row["detail"] and row["actor_name"].startswith("cli:")
+        assert any("orphan_blobs" in r["detail"] for r in deletes)
+        assert archive.services.access.stats(SYSTEM)["instances"] == 1
+        clinician = Principal(PrincipalKind.USER, "drza", "ZZA", frozenset({"clinician"}))
+        with pytest.raises(AccessDenied):
+            archive.services.check.run(clinician, repair=True)
+    finally:
+        archive.close()
+    code, out, _ = run(capsys, "check")
+    assert code == 0 and "archive is clean" in out
+    code, out, _ = run(capsys, "audit", "verify")
+    assert code == 0, out
 
 
 def test_stats_json(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -94,7 +94,7 @@ class Server:
 
 
 def _bob(archive: Archive) -> Target:
-    identity = archive.services.identity
+    identity = archive.identity
     found = identity.resolve("ZZB", "B7730444")
     assert found is not None
     record = identity.record(found.patient_pk)
@@ -307,7 +307,7 @@ def _store(server: Server, calling: str, ds: Dataset) -> tuple[int, str]:
 
 
 def _bob_record(archive: Archive) -> tuple[Any, ...]:
-    identity = archive.services.identity
+    identity = archive.identity
     found = identity.resolve("ZZB", "B7730444")
     assert found is not None
     return (

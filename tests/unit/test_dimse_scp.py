@@ -307,9 +307,7 @@ def test_c_move_reports_partial_failure_honestly(running: Running) -> None:
         server.shutdown()
     # The sub-operation that failed is in the audit trail, by its instance UID.
     failures = [
-        r
-        for r in running.archive.services.audit.search(action="retrieve")
-        if r["outcome"] == "failure"
+        r for r in running.archive.audit.search(action="retrieve") if r["outcome"] == "failure"
     ]
     assert len(failures) == 1, failures
     detail = failures[0]["detail"]

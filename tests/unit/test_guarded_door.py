@@ -8,16 +8,28 @@ ZZC and ZZD; David only at ZZD.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from solent.app import Archive
+from solent.cli import main
 from solent.demo import ALICE, CAROL
-from solent.domain.principal import SYSTEM
+from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, SYSTEM, Principal, PrincipalKind
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.senders import SenderGate
-from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template, study_of
+from solent.services.identity import Change, Demographics, IdentityRejected, PatientKey
+from solent.services.inbox import InboxReads
+from tests.unit.security_fixtures import (
+    add_user,
+    cli_env,
+    demo,
+    demo_client,
+    demo_template,
+    study_of,
+)
 
 FHIR_NHS = "https://fhir.nhs.uk/Id/nhs-number"
 LOCAL = "127.0.0.1:40000"
@@ -26,19 +38,19 @@ __all__ = ["demo", "demo_client", "demo_template"]
 
 
 def _pk(archive: Archive, issuer: str, local_id: str) -> int:
-    found = archive.services.identity.resolve(issuer, local_id)
+    found = archive.identity.resolve(issuer, local_id)
     assert found is not None
     return found.patient_pk
 
 
 def _study_pk(archive: Archive, uid: str) -> int:
-    row = archive.services.identity.study(uid)
+    row = archive.identity.study(uid)
     assert row is not None
     return int(row["pk"])
 
 
 def _nhs_of(archive: Archive, issuer: str, local_id: str) -> str:
-    rec = archive.services.identity.record(_pk(archive, issuer, local_id))
+    rec = archive.identity.record(_pk(archive, issuer, local_id))
     assert rec is not None
     return str(rec["record"]["nhs_number"])
 
@@ -130,7 +142,7 @@ def test_reports_of_other_trusts_patients_are_not_readable(
     )
     code, text = _ack(_handler(demo).handle(oru, LOCAL))
     assert code == "AA", text
-    (report,) = demo.services.inbox.unmatched_reports()
+    (report,) = InboxReads(demo.index).unmatched_reports()
     h = add_user(demo, "drza", "ZZA", "clinician")
     c = demo_client
     hidden = c.get(f"/fhir/DiagnosticReport/{report['pk']}", headers=h)
@@ -195,12 +207,73 @@ def test_a_trust_feed_cannot_link_or_unlink_other_trusts_records(
     )
     code, text = _ack(handler.handle(a37, LOCAL))
     assert code == "AE"
-    carol = demo.services.identity.linked_patient_pks(_pk(demo, "ZZC", "C-55501"))
+    carol = demo.identity.linked_patient_pks(_pk(demo, "ZZC", "C-55501"))
     assert _pk(demo, "ZZD", "D000777") in carol  # still linked
     # The regional identity source (EMPI, registered without a trust) may link across trusts.
     empi = a24.replace("|PAS|ZZA|", "|EMPI|ZZX|").replace("ZA-L1", "X-L1")
     code, text = _ack(handler.handle(empi, LOCAL))
     assert code == "AA", text
+
+
+def test_a_sender_registered_regional_by_the_cli_may_link_across_trusts(
+    demo: Archive, demo_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`solent hl7 sender add EMPI ZZE --regional` registers a regional identity source: its
+    A24 linking a ZZA and a ZZC record is applied, one registered for ZZA only is refused."""
+    cli_env(monkeypatch, demo.settings.data_dir)
+    assert main(["hl7", "sender", "add", "EMPI", "ZZE", "--host", "127.0.0.1", "--regional"]) == 0
+    assert main(["hl7", "sender", "add", "LAB", "ZZA", "--host", "127.0.0.1"]) == 0
+    handler = Hl7Handler(demo.services, gate=SenderGate(demo.services.directory, demo.audit))
+    a24 = (
+        "MSH|^~\\&|LAB|ZZA|PACS|ZZX|20250314120000||ADT^A24^ADT_A24|L-1|P|2.4\r"
+        "EVN|A24|20250314120000\r"
+        "PID|1||A100001^^^ZZA^MR||DEMO^ALICE||19580312|F\r"
+        "PID|2||C-55501^^^ZZC^MR||DEMO^CAROL^ANNE||20020615|F\r"
+    )
+    code, text = _ack(handler.handle(a24, LOCAL))
+    assert code == "AE" and "names records of ZZC" in text and "--regional" in text
+    alice, carol = _pk(demo, "ZZA", "A100001"), _pk(demo, "ZZC", "C-55501")
+    assert carol not in demo.identity.linked_patient_pks(alice)
+    code, text = _ack(handler.handle(a24.replace("|LAB|ZZA|", "|EMPI|ZZE|"), LOCAL))
+    assert code == "AA", text
+    assert carol in demo.identity.linked_patient_pks(alice)
+    (rec,) = [
+        r
+        for r in demo.audit.search(action="patient-record", patient_id="A100001")
+        if r["actor_name"] == "hl7:EMPI"
+    ]
+    assert json.loads(rec["detail"])["change"] == "linked"
+    assert REGIONAL_IDENTITY_SOURCE in rec["actor_roles"], rec
+    h = add_user(demo, "drza", "ZZA", "clinician")
+    carol_uid = study_of(demo, "ZZC", "C-55501")
+    assert demo_client.get(f"/api/studies/{carol_uid}", headers=h).status_code == 200
+
+
+def test_the_identity_service_itself_refuses_a_feed_another_trusts_records(
+    demo: Archive,
+) -> None:
+    """The per-trust rule lives in the service, not the HL7 adapter: a ZZA feed's principal
+    calling the identity service directly is refused before any record is read."""
+    zza = Principal(PrincipalKind.NODE, "hl7:PAS", "ZZA")
+    a, c = PatientKey("ZZA", "A100001"), PatientKey("ZZC", "C-55501")
+    d = PatientKey("ZZD", "D000777")
+    for attempt in (
+        lambda: demo.identity.link(a, c, Change(zza)),
+        lambda: demo.identity.unlink(c, d, Change(zza)),
+        lambda: demo.identity.update_record(c, Demographics(name="X^Y"), Change(zza)),
+        lambda: demo.identity.merge(c, PatientKey("ZZC", "C-1"), Demographics(), Change(zza)),
+        lambda: demo.identity.change_identifier(PatientKey("ZZC", "C-2"), c, Change(zza)),
+        lambda: demo.identity.set_sensitive(c, True, Change(zza)),
+    ):
+        with pytest.raises(IdentityRejected, match="speaks for ZZA only"):
+            attempt()
+    regional = Principal(
+        PrincipalKind.NODE, "hl7:EMPI", "ZZE", frozenset({REGIONAL_IDENTITY_SOURCE})
+    )
+    demo.identity.link(a, c, Change(regional))
+    assert _pk(demo, "ZZC", "C-55501") in demo.identity.linked_patient_pks(
+        _pk(demo, "ZZA", "A100001")
+    )
 
 
 def test_an_order_does_not_open_another_trusts_patient_without_evidence(

@@ -15,7 +15,7 @@ from solent.protocols.fhir.resources import local_system
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.http import create_app
 from solent.services.identity import IdentityService
-from tests.conftest import http_headers
+from tests.conftest import admin_headers, http_headers
 from tests.interop.hl7_support import write_ct
 
 STUDY = "2.25.4242"
@@ -234,7 +234,9 @@ def test_sensitive_patient_shows_no_contact_details(client: TestClient, archive:
     before = client.get("/fhir/Patient", params=query).json()["entry"][0]["resource"]
     assert before["address"] == [{"text": "1 SECRET ROAD, TOWN"}]
     r = client.post(
-        "/api/identity/sensitive", json={"issuer": "ZZA", "patient_id": "A1", "sensitive": True}
+        "/api/identity/sensitive",
+        json={"issuer": "ZZA", "patient_id": "A1", "sensitive": True},
+        headers=admin_headers(archive),
     )
     assert r.status_code == 200, r.text
     after = client.get("/fhir/Patient", params=query).json()["entry"][0]["resource"]

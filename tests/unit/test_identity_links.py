@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from solent.app import Archive, build_archive
-from solent.domain.principal import Principal, PrincipalKind
+from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, Principal, PrincipalKind
 from solent.services.identity import (
     Change,
     Demographics,
@@ -18,7 +18,9 @@ from solent.services.identity import (
 )
 from solent.settings import load_settings
 
-PAS = Change(Principal(PrincipalKind.NODE, "hl7:PAS", "ZZA"))
+#: These tests are about the link rule, so the changes come from a regional identity source
+#: (a trust's own feed may change its own records only: test_guarded_door).
+PAS = Change(Principal(PrincipalKind.NODE, "hl7:EMPI", None, frozenset({REGIONAL_IDENTITY_SOURCE})))
 NHS = "9990000026"
 
 

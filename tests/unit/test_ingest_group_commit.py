@@ -67,7 +67,7 @@ def test_one_batch_gives_each_instance_its_own_outcome(
     # The refused instances left nothing behind: no second patient, two instances, one study.
     stats = archive.index.stats()
     assert (stats["patients"], stats["studies"], stats["instances"]) == (1, 1, 2)
-    assert archive.ingestor.audit.verify().intact
+    assert archive.audit.verify().intact
     kept = {key for key, _ in archive.store.iter_keys()}
     assert len(kept) == 2  # the conflicting file's blob was removed
 
@@ -94,7 +94,7 @@ def test_concurrent_stores_are_all_indexed(
     assert all(r.outcome is Outcome.STORED for r in results), results
     stats = archive.index.stats()
     assert (stats["studies"], stats["series"], stats["instances"]) == (1, 1, 16)
-    assert archive.ingestor.audit.verify().intact
+    assert archive.audit.verify().intact
 
 
 def test_an_instance_whose_commit_failed_is_not_indexed_by_the_next_one(

@@ -92,7 +92,7 @@ def test_dry_run_says_what_waits_and_changes_nothing(archive: Archive, tmp_path:
     for study in (good, bad):
         write_study(tmp_path / "cd", study)
     folder_source(archive, tmp_path / "cd")
-    migration, identity = archive.services.migration, archive.services.migration.identity
+    migration, identity = archive.services.migration, archive.identity
 
     plan = migration.reconcile(IMPORTER, "cd", dry_run=True)
     assert (plan.move_studies, plan.move_instances) == (1, 2)
@@ -164,9 +164,9 @@ def test_folder_transfer_is_audited_resumable_and_picks_up_changed_demographics(
     delta = migration.record_inventory(IMPORTER, "cd", FolderSource(tmp_path / "cd").inventory())
     assert (delta.new, delta.changed) == (0, 3)
     assert migration.reconcile(IMPORTER, "cd").demographics_applied == 1
-    resolved = migration.identity.resolve("ZZA", "P1")
+    resolved = archive.identity.resolve("ZZA", "P1")
     assert resolved is not None
-    record = migration.identity.record(resolved.patient_pk)
+    record = archive.identity.record(resolved.patient_pk)
     assert record is not None and record["record"]["birth_date"] == "19700102"
 
 
@@ -188,7 +188,7 @@ def test_legacy_data_never_overwrites_the_trusts_own_record(
 ) -> None:
     from solent.services.identity import Change, Demographics, PatientKey
 
-    identity = archive.services.migration.identity
+    identity = archive.identity
     pas = Principal(PrincipalKind.NODE, "pas", "ZZA")
     identity.update_record(
         PatientKey("ZZA", "P1"),
@@ -259,5 +259,5 @@ def test_an_unlinked_copy_of_a_stored_study_waits_and_the_original_moves(
     plan_b = migration.reconcile(IMPORTER, "b")
     assert plan_b.move_instances == 0
     assert "already in the archive under A1/ZZA" in plan_b.waiting[0]["reason"]
-    kinds = [q["kind"] for q in migration.identity.work_queue()]
+    kinds = [q["kind"] for q in archive.identity.work_queue()]
     assert "migration-study-elsewhere" in kinds

@@ -199,14 +199,14 @@ def test_same_pixels_with_another_birth_date_is_not_a_duplicate(
     assert "birth_date 19700111 (archive: 19700101)" in row["reason"]
     [kept] = rep["quarantine"]
     assert archive.store.exists(kept["path"])
-    queue = [q for q in migration.identity.work_queue() if q["kind"] == HEADER_DIFFERS]
+    queue = [q for q in archive.identity.work_queue() if q["kind"] == HEADER_DIFFERS]
     assert len(queue) == 1 and sop in queue[0]["detail"]
     # Accepting the same copy again (a resumed run) adds neither a row nor a queue item.
     src_b = migration.source(IMPORTER, "b")
     item = Item(sop, study.uid, series, None, "P1", None, None)
     assert migration.accept(IMPORTER, src_b, item, tmp_path / "b" / f"{sop}.dcm") == "quarantined"
     assert len(migration.verification(IMPORTER, "b")["quarantine"]) == 1
-    assert len([q for q in migration.identity.work_queue() if q["kind"] == HEADER_DIFFERS]) == 1
+    assert len([q for q in archive.identity.work_queue() if q["kind"] == HEADER_DIFFERS]) == 1
 
 
 def test_same_pixels_under_a_corrected_name_is_a_duplicate_that_says_so(

@@ -432,7 +432,7 @@ LINKED = "C7770001"
 
 
 def _bob(archive: Archive) -> Target:
-    identity = archive.services.identity
+    identity = archive.identity
     found = identity.resolve("ZZB", "B7730444")
     assert found is not None
     record = identity.record(found.patient_pk)

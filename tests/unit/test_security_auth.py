@@ -111,7 +111,7 @@ def test_forged_tokens_are_refused(archive: Archive, client: TestClient) -> None
     add_user(archive, "drza", "ZZA", "clinician")
     other_key = SigningKey("EdDSA", Ed25519PrivateKey.generate(), b"")
     forged, _ = tokens.issue_local(other_key, "drza", timedelta(minutes=5))
-    good = users(archive).issue("drza").token
+    good = users(archive).issue("drza", SYSTEM).token
     add_user(archive, "boss", "ZZA", "pacs_admin")
     header, _payload, sig = good.split(".")
     claims = jwt.decode(good, options={"verify_signature": False})

@@ -148,7 +148,7 @@ def test_refresh_is_bounded_by_the_session_lifetime(tmp_path: Path) -> None:
         svc.add(SYSTEM, "drza", "ZZA", ("clinician",), PASSWORD)
         with TestClient(create_app(archive), raise_server_exceptions=False) as c:
             started = datetime.now(UTC) - timedelta(minutes=50)
-            recent = svc.issue("drza", auth_time=started)
+            recent = svc.issue("drza", SYSTEM, auth_time=started)
             r = c.post("/api/auth/token", headers=_bearer(recent.token))
             assert r.status_code == 200, r.text
             expires = datetime.fromisoformat(r.json()["expires_at"])

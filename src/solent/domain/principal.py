@@ -35,6 +35,11 @@ class Principal:
 
 SYSTEM = Principal(PrincipalKind.SYSTEM, "solent", None)
 
+#: Role of a feed (a NODE principal) registered as a regional identity source (an EMPI:
+#: `solent hl7 sender add ... --regional`): it may link and change records of every trust,
+#: where any other feed changes only the records its own trust issued (issue 11).
+REGIONAL_IDENTITY_SOURCE = "regional_identity_source"
+
 
 class Channel(StrEnum):
     DIMSE = "dimse"

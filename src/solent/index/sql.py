@@ -433,8 +433,16 @@ class Index:
             ).mappings()
             return [dict(r) for r in rows]
 
-    def delete_instance_rows(self, sop_instance_uid: str) -> str | None:
-        """Remove an instance's rows (used by `solent check --repair` for missing blobs)."""
+    def delete_instance_rows(
+        self,
+        sop_instance_uid: str,
+        *,
+        audit: Callable[[Connection, str], object] | None = None,
+    ) -> str | None:
+        """Remove an instance's rows (used by `solent check --repair` for missing blobs).
+
+        ``audit(conn, study_uid)`` is called in the same transaction before the rows go, so
+        the deletion and its audit record (naming the patient) commit together."""
 
         def op(conn: Connection) -> str | None:
             r = conn.execute(
@@ -447,13 +455,18 @@ class Index:
             ).first()
             if r is None:
                 return None
+            study_pk = conn.execute(
+                select(t.series.c.study_pk).where(t.series.c.pk == r.series_pk)
+            ).scalar_one()
+            if audit is not None:
+                study_uid = conn.execute(
+                    select(t.study.c.study_uid).where(t.study.c.pk == study_pk)
+                ).scalar_one()
+                audit(conn, str(study_uid))
             conn.execute(
                 delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == r.pk)
             )
             conn.execute(delete(t.instance).where(t.instance.c.pk == r.pk))
-            study_pk = conn.execute(
-                select(t.series.c.study_pk).where(t.series.c.pk == r.series_pk)
-            ).scalar_one()
             conn.execute(
                 update(t.series)
                 .where(t.series.c.pk == r.series_pk)

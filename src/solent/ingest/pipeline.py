@@ -131,8 +131,8 @@ class Ingestor:
         self._store = store
         self.policy = policy or IngestPolicy()
         self._trusts: set[str] = set()
-        self.audit = AuditTrail(index)  # security (issue 6): every store is audited
-        self._access = AccessService(index, self.audit)  # what a sender may see (held instances)
+        self._audit = AuditTrail(index)  # security (issue 6): every store is audited
+        self._access = AccessService(index, self._audit)  # what a sender may see (held instances)
         # Group commit: instances prepared concurrently (several associations, import workers)
         # queue here; whoever holds the commit lock indexes the whole queue in one transaction.
         self._queue: list[_Waiting] = []
@@ -432,7 +432,7 @@ class Ingestor:
                     status="held",
                 )
             )
-            self.audit.append_in(
+            self._audit.append_in(
                 conn,
                 audit_fields(
                     who,
@@ -669,7 +669,7 @@ class Ingestor:
             if isinstance(recorded, RecordedInstance) and recorded.patient_issuer
             else None  # append_in looks the study's patient up
         )
-        self.audit.append_in(
+        self._audit.append_in(
             conn,
             audit_fields(
                 principal,
@@ -688,7 +688,7 @@ class Ingestor:
     ) -> None:
         """Audit a duplicate or a rejection (no index transaction to ride on)."""
         try:
-            self.audit.record(
+            self._audit.record(
                 principal,
                 AuditAction.IMPORT
                 if provenance.channel in (Channel.IMPORT, Channel.MIGRATION)

@@ -305,10 +305,8 @@ def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from solent.services.audit import AuditAction
-
     archive = _archive(settings)
-    report = archive.audit.verify()
+    report = archive.services.audit.verify(cli_principal())
     if args.json:
         print(
             json.dumps(
@@ -324,29 +322,19 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
             else f"audit trail NOT intact: {len(report.problems)} problem(s) in "
             f"{report.records} records"
         )
-    archive.audit.record(
-        cli_principal(), AuditAction.AUDIT_LOG_USED, detail={"verify": report.intact}
-    )
     return 0 if report.intact else 1
 
 
 def _audit_seal(args: argparse.Namespace, settings: Settings) -> int:
-    from solent.services.audit import AuditAction
-
     archive = _archive(settings)
-    report = archive.audit.seal(
-        progress=lambda n: print(f"  {n} records re-chained", file=sys.stderr)
+    report = archive.services.audit.seal(
+        cli_principal(), progress=lambda n: print(f"  {n} records re-chained", file=sys.stderr)
     )
     if not report.intact:
         for problem in report.problems:
             print(f"TAMPERED: {problem}")
         print("audit trail NOT sealed: the existing chain does not verify (nothing was changed)")
         return 1
-    archive.audit.record(
-        cli_principal(),
-        AuditAction.AUDIT_LOG_USED,
-        detail={"sealed": report.records, "unkeyed_before": report.unkeyed},
-    )
     print(
         f"audit trail sealed: {report.records} records chained under the audit key "
         f"({report.unkeyed} were unkeyed)"
@@ -356,10 +344,11 @@ def _audit_seal(args: argparse.Namespace, settings: Settings) -> int:
 
 def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
     from solent.security import auditformats, syslog
-    from solent.services.audit import AuditAction
 
     archive = _archive(settings)
-    records = list(archive.audit.iter_records(args.after))
+    records = archive.services.audit.export(
+        cli_principal(), after_seq=args.after, audit_export=args.format, syslog=args.syslog
+    )
     if args.syslog:
         if not settings.audit_syslog_url:
             raise ConfigurationError("set SOLENT_AUDIT_SYSLOG_URL=tls://host:port first")
@@ -379,17 +368,10 @@ def _audit_export(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{len(records)} audit records written to {args.output}")
         else:
             print(text)
-    archive.audit.record(
-        cli_principal(),
-        AuditAction.EXPORT,
-        detail={"audit_export": args.format, "records": len(records), "syslog": args.syslog},
-    )
     return 0
 
 
 def _audit_search(args: argparse.Namespace, settings: Settings) -> int:
-    from solent.services.audit import AuditAction
-
     archive = _archive(settings)
     criteria = {
         "patient_id": args.patient_id,
@@ -397,11 +379,6 @@ def _audit_search(args: argparse.Namespace, settings: Settings) -> int:
         "nhs_number": args.nhs_number,
         "actor_name": args.user,
     }
-    rows = archive.audit.search(**criteria, limit=args.limit)
+    rows = archive.services.audit.search(cli_principal(), **criteria, limit=args.limit)
     print(json.dumps(rows, indent=1, default=str))
-    archive.audit.record(
-        cli_principal(),
-        AuditAction.AUDIT_LOG_USED,
-        detail={k: v for k, v in criteria.items() if v} | {"results": len(rows)},
-    )
     return 0

@@ -31,15 +31,26 @@ from solent.index.sql import Index
 from solent.security import passwords, tokens
 from solent.security.keys import SigningKey, load_signing_key
 from solent.security.throttle import LoginLimits, LoginThrottled
-from solent.services.access import AccessDenied, Permission, Role, permissions_of
+from solent.services.access import (
+    NOT_WITH_ADMIN,
+    AccessDenied,
+    Permission,
+    Role,
+    permissions_of,
+)
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, audit_fields
 from solent.settings import Settings
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-#: Roles an administrator account may not hold: each reads patient data or the audit trail.
-NOT_WITH_ADMIN = frozenset(
-    {Role.CLINICIAN, Role.RADIOLOGIST, Role.MDT_COORDINATOR, Role.INTEGRATION, Role.AUDITOR}
-)
+__all__ = [
+    "NOT_WITH_ADMIN",
+    "IssuedToken",
+    "SessionEnded",
+    "UserService",
+    "check_role_mix",
+    "parse_roles",
+    "principal_of",
+]
 _OPERATOR = (PrincipalKind.SYSTEM, PrincipalKind.IMPORTER)
 
 
@@ -111,7 +122,7 @@ class UserService:
     def __init__(self, index: Index, settings: Settings, audit: AuditTrail) -> None:
         self._index = index
         self.settings = settings
-        self.audit = audit
+        self._trail = audit
         self.limits = LoginLimits(settings)
         self._key: SigningKey | None = None
 
@@ -164,7 +175,7 @@ class UserService:
 
     def _refused(self, actor: Principal, why: str) -> AccessDenied:
         """Audit a refused administration attempt; returns the error to raise."""
-        self.audit.record(
+        self._trail.record(
             actor, AuditAction.PERMISSION_DENIED, AuditOutcome.DENIED, detail={"why": why}
         )
         return AccessDenied(why)
@@ -323,7 +334,7 @@ class UserService:
         except LoginThrottled as exc:
             key = {"address": addr or "?", "user": name}.get(exc.scope, "*")
             if self.limits.first_refusal(exc.scope, key):
-                self.audit.record(
+                self._trail.record(
                     who,
                     AuditAction.LOGIN_FAILED,
                     AuditOutcome.DENIED,
@@ -345,21 +356,32 @@ class UserService:
         ok = self._check(row, name, password, address)
         if row is None or not ok or row.disabled:
             who = Principal(PrincipalKind.USER, name[:64] or "(none)", None, address=address)
-            self.audit.record(
+            self._trail.record(
                 who,
                 AuditAction.LOGIN_FAILED,
                 AuditOutcome.DENIED,
                 detail={"method": "password", "why": "disabled" if row and ok else "bad"},
             )
             return None
-        self.audit.record(
+        self._trail.record(
             principal_of(row, address), AuditAction.LOGIN, detail={"method": "password"}
         )
-        return self.issue(row.name)
+        return self._issue(row.name)
 
-    def issue(
-        self, name: str, actor: Principal | None = None, auth_time: datetime | None = None
-    ) -> IssuedToken:
+    def issue(self, name: str, actor: Principal, auth_time: datetime | None = None) -> IssuedToken:
+        """A login token for ``name`` minted by the operator on the server (`solent token
+        create`), audited; people get theirs by logging in. No adapter can mint one for a
+        user it has not authenticated (issue 11: that would be every patient's data)."""
+        if actor.kind not in _OPERATOR:
+            raise AccessDenied(
+                "only the operator on the server mints a token for another user "
+                "(`solent token create`); log in for your own"
+            )
+        issued = self._issue(name, auth_time)
+        self._trail.record(actor, AuditAction.USER_ADMIN, detail={"token_for": name})
+        return issued
+
+    def _issue(self, name: str, auth_time: datetime | None = None) -> IssuedToken:
         """A bearer token; ``auth_time`` (default now) starts the session's absolute lifetime."""
         row = sec.get_user(self._index, name)
         if row is None:
@@ -378,8 +400,6 @@ class UserService:
             min(ttl, left),
             {"sep": row.session_epoch, "auth_time": int(started.timestamp())},
         )
-        if actor is not None:
-            self.audit.record(actor, AuditAction.USER_ADMIN, detail={"token_for": name})
         return IssuedToken(token, expires)
 
     def refresh(self, token: str) -> IssuedToken:
@@ -394,7 +414,7 @@ class UserService:
         if row is None or row.disabled or claims.get("sep", 0) != row.session_epoch:
             raise SessionEnded("the session has ended; log in again")
         started = datetime.fromtimestamp(int(claims.get("auth_time", claims["iat"])), UTC)
-        return self.issue(row.name, auth_time=started)
+        return self._issue(row.name, auth_time=started)
 
     # -- API tokens ----------------------------------------------------------------------------
 

@@ -71,6 +71,14 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.INTEGRATION: frozenset({Permission.READ, Permission.STORE}),
 }
 
+#: Roles an administrator account may not hold: each reads patient data or the audit trail.
+#: Refused when an account is made or its roles change (security/users.py); an account or an
+#: OpenID Connect claim set that holds them anyway (made before the rule, or by the identity
+#: provider) gets the administrator's permissions only (``permissions_of``).
+NOT_WITH_ADMIN = frozenset(
+    {Role.CLINICIAN, Role.RADIOLOGIST, Role.MDT_COORDINATOR, Role.INTEGRATION, Role.AUDITOR}
+)
+
 BREAK_GLASS_REASONS = {
     "emergency": "Emergency care: the patient is in front of me",
     "transfer": "Inter-trust transfer: records not yet registered here",
@@ -122,6 +130,10 @@ def permissions_of(principal: Principal) -> frozenset[Permission]:
     if principal.kind is PrincipalKind.NODE:
         # What a registered node may do is further limited by its allow-list (DIMSE adapter).
         return frozenset({Permission.READ, Permission.STORE})
+    if mixed_admin_roles(principal):
+        # An administrator could otherwise give itself patient access: admin wins, the
+        # clinical and audit roles count for nothing until the account is split.
+        return ROLE_PERMISSIONS[Role.PACS_ADMIN]
     out: set[Permission] = set()
     for name in principal.roles:
         try:
@@ -131,6 +143,13 @@ def permissions_of(principal: Principal) -> frozenset[Permission]:
     return frozenset(out)
 
 
+def mixed_admin_roles(principal: Principal) -> list[str]:
+    """The roles a user holds beside ``pacs_admin`` that no administrator may hold."""
+    if principal.kind is not PrincipalKind.USER or Role.PACS_ADMIN.value not in principal.roles:
+        return []
+    return sorted(r for r in principal.roles if r in NOT_WITH_ADMIN)
+
+
 def role_names() -> list[str]:
     return [r.value for r in Role]
 
@@ -138,7 +157,7 @@ def role_names() -> list[str]:
 class AccessService:
     def __init__(self, index: Index, audit: AuditTrail, *, break_glass_minutes: int = 240) -> None:
         self._index = index
-        self.audit = audit
+        self._audit = audit
         self.break_glass_minutes = break_glass_minutes
 
     # -- what a principal may do ------------------------------------------------------------
@@ -159,7 +178,14 @@ class AccessService:
             "roles that do: "
             + ", ".join(r.value for r, p in ROLE_PERMISSIONS.items() if permission in p)
         )
-        self.audit.record(
+        mixed = mixed_admin_roles(principal)
+        if mixed:
+            message = (
+                f"{what or permission.value} refused: this account holds pacs_admin together "
+                f"with {', '.join(mixed)}, and an administrator account reads no patient data "
+                "or audit trail; use a separate account for that role"
+            )
+        self._audit.record(
             principal,
             AuditAction.PERMISSION_DENIED,
             AuditOutcome.DENIED,
@@ -258,7 +284,7 @@ class AccessService:
         purpose: str | None,
     ) -> NotVisible:
         """Audit the refusal, then answer exactly as for a record that does not exist."""
-        self.audit.record(
+        self._audit.record(
             principal,
             AuditAction.PERMISSION_DENIED,
             AuditOutcome.DENIED,

@@ -1,5 +1,10 @@
 """`solent check`: find (and repair) index rows without blobs and blobs without rows.
 
+The CLI reaches it through ``ArchiveCheck`` (``Services.check``), which takes the caller:
+only the operator or an administrator may run it, and a repair that deletes instance rows
+writes one ``delete`` audit record per instance, naming its patient, in the deleting
+transaction (issue 11: nobody changes patient data without a record of it).
+
 Ingest writes the blob before the index row, so a crash can leave an unindexed blob (harmless,
 never served) but never an index row pointing at nothing; this check proves both. On PostgreSQL
 it also compares the kept access rule (patient_visibility, migration 0009) with the rule: a bulk
@@ -9,14 +14,20 @@ load with the triggers off, or a restore of part of the tables, would leave it s
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Connection, select, text
 
+from solent.domain.principal import Principal
 from solent.index import schema as t
 from solent.index.sql import Index
+from solent.services.access import AccessService, Permission
+from solent.services.audit import AuditAction, AuditTrail, audit_fields
 from solent.storage import BlobStore
+
+DeletionAudit = Callable[[Connection, str, str], object]
 
 
 @dataclass
@@ -51,10 +62,71 @@ class CheckReport:
         }
 
 
+class ArchiveCheck:
+    """The index against the blob store, for the operator (`solent check`): the caller is
+    checked and every repair is audited; the CLI never holds the index or the store."""
+
+    def __init__(
+        self, index: Index, store: BlobStore, access: AccessService, audit: AuditTrail
+    ) -> None:
+        self._index = index
+        self._store = store
+        self._access = access
+        self._audit = audit
+
+    def run(
+        self, principal: Principal, *, repair: bool = False, grace_seconds: float = 0
+    ) -> CheckReport:
+        """Compare (and with ``repair`` put right); administrators and the operator only."""
+        what = "repairing the archive" if repair else "checking the archive"
+        self._access.require(principal, Permission.ADMIN, what)
+
+        def deleted(conn: Connection, sop_uid: str, study_uid: str) -> None:
+            AuditTrail.append_in(
+                conn,
+                audit_fields(
+                    principal,
+                    AuditAction.DELETE,
+                    study_uid=study_uid,
+                    detail={
+                        "repair": "row without blob",
+                        "sop_instance_uid": sop_uid,
+                        "why": "its blob is missing from the store (solent check --repair)",
+                    },
+                ),
+            )
+
+        report = check_archive(
+            self._index,
+            self._store,
+            repair=repair,
+            grace_seconds=grace_seconds,
+            on_delete=deleted,
+        )
+        if repair:
+            self._audit.record(
+                principal,
+                AuditAction.DELETE,
+                detail={
+                    "repair": report.repaired,
+                    "orphan_blobs": report.orphan_blobs[:100],
+                    "rows_without_blob": len(report.missing_blobs),
+                },
+            )
+        return report
+
+
 def check_archive(
-    index: Index, store: BlobStore, *, repair: bool = False, grace_seconds: float = 0
+    index: Index,
+    store: BlobStore,
+    *,
+    repair: bool = False,
+    grace_seconds: float = 0,
+    on_delete: DeletionAudit | None = None,
 ) -> CheckReport:
-    """Compare the index with the store. Orphans younger than ``grace_seconds`` may be in flight."""
+    """Compare the index with the store. Orphans younger than ``grace_seconds`` may be in flight.
+    ``on_delete(conn, sop_uid, study_uid)`` audits each instance row removed, in its transaction
+    (``ArchiveCheck`` passes it; tests and benchmarks holding the index call this directly)."""
     report = CheckReport()
     stored: dict[str, float] = dict(store.iter_keys())
     report.blobs = len(stored)
@@ -84,7 +156,9 @@ def check_archive(
             if not index.blob_referenced(key) and key not in kept_now:
                 store.delete(key)
         for item in report.missing_blobs:
-            index.delete_instance_rows(item["sop_instance_uid"])
+            sop = item["sop_instance_uid"]
+            audit = _bound(on_delete, sop) if on_delete is not None else None
+            index.delete_instance_rows(sop, audit=audit)
         cleaner = getattr(store, "clean_temp", None)
         temp = cleaner(horizon) if cleaner else 0
         report.repaired = {
@@ -96,6 +170,10 @@ def check_archive(
             index.write(lambda conn: conn.execute(text("SELECT solent_visibility_rebuild()")))
             report.repaired["visibility_rebuilt"] = 1
     return report
+
+
+def _bound(hook: DeletionAudit, sop_uid: str) -> Callable[[Connection, str], object]:
+    return lambda conn, study_uid: hook(conn, sop_uid, study_uid)
 
 
 def _visibility_drift(index: Index) -> dict[str, int]:

@@ -18,7 +18,7 @@ from solent.services.audit import AuditAction, AuditTrail
 class Directory:
     def __init__(self, index: Index, audit: AuditTrail) -> None:
         self._index = index
-        self.audit = audit
+        self._audit = audit
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -43,7 +43,7 @@ class Directory:
     # -- changes (audited) -----------------------------------------------------------------------
 
     def _changed(self, principal: Principal, what: str, **detail: object) -> None:
-        self.audit.record(
+        self._audit.record(
             principal, AuditAction.SECURITY_ALERT, detail={"configuration": what, **detail}
         )
 

@@ -12,12 +12,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from solent.domain.principal import Principal
+from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import SolentError
 from solent.index import hl7 as store
 from solent.index import identity as ids
 from solent.index.orders import find_orders, upsert_order
 from solent.index.sql import Index
+from solent.services.access import AccessDenied
 from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
 from solent.services.identity import (
     Change,
@@ -27,6 +28,7 @@ from solent.services.identity import (
     PatientKey,
     Resolved,
 )
+from solent.services.identity.model import require_speaks_for
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ class Hl7Transaction:
     def __init__(self, conn: Connection, inbox: InboxService, change: Change) -> None:
         self._conn = conn
         self._inbox = inbox
-        self._identity = inbox.identity
+        self._identity = inbox._identity
         self.change = change
 
     def resolve(self, issuer: str, local_id: str) -> Resolved | None:
@@ -90,7 +92,7 @@ class Hl7Transaction:
         self._identity.unlink(a, b, self.change, source=source, conn=self._conn)
 
     def place_order(self, order: dict[str, Any], context: dict[str, Any]) -> str:
-        return self._inbox.place_order(self._conn, self.change, order, context)
+        return self._inbox._place_order(self._conn, self.change, order, context)
 
     def order_status(
         self,
@@ -100,12 +102,12 @@ class Hl7Transaction:
         context: dict[str, Any],
         patient: PatientKey,
     ) -> str:
-        return self._inbox.order_status(
+        return self._inbox._order_status(
             self._conn, self.change, accession, issuer, status, context, patient
         )
 
     def file_report(self, report: dict[str, Any], patient: PatientKey) -> str:
-        return self._inbox.file_report(self._conn, self.change, report, patient)
+        return self._inbox._file_report(self._conn, self.change, report, patient)
 
 
 Apply = Callable[[Hl7Transaction], str]
@@ -124,8 +126,8 @@ class Envelope:
 class InboxService:
     def __init__(self, index: Index, identity: IdentityService) -> None:
         self._index = index
-        self.identity = identity
-        self.audit = AuditTrail(index)
+        self._identity = identity
+        self._audit = AuditTrail(index)
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -197,8 +199,12 @@ class InboxService:
             self._index.write(mark)
             return Outcome(code, reason)
 
-    def pending(self) -> list[dict[str, Any]]:
-        """Messages journalled but never applied (the process died in between)."""
+    def pending(self, principal: Principal) -> list[dict[str, Any]]:
+        """Messages journalled but never applied (the process died in between), for the
+        listener's own recovery at start: the node itself only (each change it re-applies is
+        audited under the sender's principal)."""
+        if principal.kind is not PrincipalKind.SYSTEM:
+            raise AccessDenied("only the server itself re-applies journalled HL7 messages")
         with self._index.read() as conn:
             out = []
             for pk in store.pending_message_pks(conn):
@@ -207,22 +213,12 @@ class InboxService:
                     out.append(row)
             return out
 
-    def messages(
-        self,
-        *,
-        status: str | None = None,
-        limit: int = 100,
-        facilities: Iterable[str] | None = None,
-    ) -> list[dict[str, Any]]:
-        """The newest messages; ``facilities`` keeps those of senders of these trusts only."""
-        with self._index.read() as conn:
-            return store.messages(conn, status=status, limit=limit, facilities=facilities)
-
     # -- orders ----------------------------------------------------------------------------
 
-    def place_order(
+    def _place_order(
         self, conn: Connection, change: Change, order: dict[str, Any], context: dict[str, Any]
     ) -> str:
+        require_speaks_for(change.principal, "an order", str(order["patient_issuer"]))
         new = store.upsert_order(conn, order)
         store.upsert_order_context(conn, context)
         self._index.append_event(
@@ -268,7 +264,7 @@ class InboxService:
     def add_order(self, principal: Principal, order: Mapping[str, Any]) -> bool:
         """An order entered by hand (`solent worklist add`); True when new. Audited."""
         new = upsert_order(self._index, order)
-        self.audit.record(
+        self._audit.record(
             principal,
             AuditAction.ORDER_RECORD,
             patient=PatientRef(str(order["patient_issuer"]), str(order["patient_id"])),
@@ -277,7 +273,7 @@ class InboxService:
         )
         return new
 
-    def order_status(
+    def _order_status(
         self,
         conn: Connection,
         change: Change,
@@ -287,6 +283,7 @@ class InboxService:
         context: dict[str, Any],
         patient: PatientKey,
     ) -> str:
+        require_speaks_for(change.principal, "an order status", patient.issuer)
         if not store.set_order_status(conn, accession, issuer, status):
             raise Rejected("AE", f"unknown order {accession}/{issuer}: nothing to update")
         store.upsert_order_context(conn, context)
@@ -300,13 +297,14 @@ class InboxService:
 
     # -- reports ---------------------------------------------------------------------------
 
-    def file_report(
+    def _file_report(
         self, conn: Connection, change: Change, report: dict[str, Any], patient: PatientKey
     ) -> str:
         """Store a report version; refuse it if its study belongs to another patient."""
+        require_speaks_for(change.principal, "a report", patient.issuer)
         accession, issuer = report["accession_number"], report["accession_issuer"]
         studies = ids.studies_by_accession(conn, accession, issuer)
-        resolved = self.identity.resolve(patient.issuer, patient.local_id, conn=conn)
+        resolved = self._identity.resolve(patient.issuer, patient.local_id, conn=conn)
         for study in studies:
             if resolved is None or int(study["patient_pk"]) != resolved.patient_pk:
                 raise Rejected(
@@ -330,6 +328,25 @@ class InboxService:
         )
         where = "matched to its study" if studies else "kept in the unmatched-results queue"
         return f"report {accession}/{issuer} version {version} stored, {where}"
+
+
+class InboxReads:
+    """Reads of the journal, orders and reports for ``RecordService``, which decides who may
+    see them and audits each read; adapters never hold this (issue 11)."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    def messages(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        facilities: Iterable[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest messages; ``facilities`` keeps those of senders of these trusts only."""
+        with self._index.read() as conn:
+            return store.messages(conn, status=status, limit=limit, facilities=facilities)
 
     def reports(self, accession: str, issuer: str) -> list[dict[str, Any]]:
         with self._index.read() as conn:

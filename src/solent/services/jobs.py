@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class JobsService:
     def __init__(self, queue: JobQueue, access: AccessService) -> None:
         self._queue = queue
-        self.access = access
+        self._access = access
 
     @property
     def backend(self) -> str:
@@ -34,19 +34,19 @@ class JobsService:
 
     def work(self, principal: Principal, *, until_idle: bool) -> None:
         """Follow the feed and run jobs in the foreground: until none waits, or until SIGTERM."""
-        self.access.require(principal, Permission.ADMIN, "run background jobs")
+        self._access.require(principal, Permission.ADMIN, "run background jobs")
         self._queue.work(until_idle=until_idle)
 
     def list(
         self, principal: Principal, status: str | None = None, limit: int = 50
     ) -> list[JobRow]:
-        self.access.require(principal, Permission.ADMIN, "list background jobs")
+        self._access.require(principal, Permission.ADMIN, "list background jobs")
         return self._queue.list_jobs(status, limit)
 
     def retry(self, principal: Principal, job_id: int) -> None:
-        self.access.require(principal, Permission.ADMIN, "retry a background job")
+        self._access.require(principal, Permission.ADMIN, "retry a background job")
         self._queue.retry(job_id)
 
     def stats(self, principal: Principal) -> dict[str, Any]:
-        self.access.require(principal, Permission.ADMIN, "read background job statistics")
+        self._access.require(principal, Permission.ADMIN, "read background job statistics")
         return self._queue.stats()

@@ -83,9 +83,9 @@ class MdtService:
         retrieve: RetrieveService,
     ) -> None:
         self._index = index
-        self.access = access
-        self.audit = audit
-        self.viewer = viewer
+        self._access = access
+        self._audit = audit
+        self._viewer = viewer
         self._retrieve = retrieve
         self._threads: dict[int, threading.Thread] = {}
         self._sweeper: tuple[threading.Event, threading.Thread] | None = None
@@ -97,17 +97,19 @@ class MdtService:
     # -- roles ------------------------------------------------------------------------------
 
     def _require_participant(self, principal: Principal) -> None:
-        if MDT_ROLES & set(principal.roles) and self.access.permits(principal, Permission.READ):
+        if MDT_ROLES & set(principal.roles) and self._access.permits(principal, Permission.READ):
             return
         self._refuse(principal, "taking part in MDT meetings", MDT_ROLES)
 
     def _require_coordinator(self, principal: Principal) -> None:
-        if Role.MDT_COORDINATOR.value in principal.roles:
+        if Role.MDT_COORDINATOR.value in principal.roles and self._access.permits(
+            principal, Permission.READ
+        ):
             return
         self._refuse(principal, "creating MDT meetings", {Role.MDT_COORDINATOR.value})
 
     def _refuse(self, principal: Principal, what: str, roles: set[str] | frozenset[str]) -> None:
-        self.audit.record(
+        self._audit.record(
             principal,
             AuditAction.PERMISSION_DENIED,
             "denied",
@@ -119,9 +121,9 @@ class MdtService:
         )
 
     def is_coordinator(self, principal: Principal, meeting: dict[str, Any]) -> bool:
-        return (
-            meeting["coordinator"] == principal.name
-            or Role.MDT_COORDINATOR.value in principal.roles
+        return meeting["coordinator"] == principal.name or (
+            Role.MDT_COORDINATOR.value in principal.roles
+            and self._access.permits(principal, Permission.READ)
         )
 
     # -- reading ----------------------------------------------------------------------------
@@ -140,7 +142,7 @@ class MdtService:
         keys = {(i["patient_issuer"], i["patient_id"]) for i in items}
         with self._index.read() as conn:
             pks = viewer_store.patient_pks(conn, keys)
-        visible = self.viewer._visible_pks(principal, pks.values())
+        visible = self._viewer._visible_pks(principal, pks.values())
         from solent.index import identity as records
 
         with self._index.read() as conn:
@@ -193,7 +195,7 @@ class MdtService:
                 }
             )
             if audit:
-                self.audit.record(
+                self._audit.record(
                     principal,
                     AuditAction.VIEW,
                     patient=PatientRef(
@@ -253,9 +255,9 @@ class MdtService:
         for item in items:
             if len(item.study_uids) > MAX_STUDIES_PER_ITEM:
                 raise InvalidInput(f"at most {MAX_STUDIES_PER_ITEM} studies per patient")
-            pk = self.viewer._check_patient(principal, item.issuer, item.patient_id, "mdt create")
-            person = self.viewer.person_of(principal, pk)
-            own = {s["study_uid"] for s in self.viewer.identity.studies(person.pks)}
+            pk = self._viewer._check_patient(principal, item.issuer, item.patient_id, "mdt create")
+            person = self._viewer.person_of(principal, pk)
+            own = {s["study_uid"] for s in self._viewer._identity.studies(person.pks)}
             for uid in item.study_uids:
                 if uid not in own:
                     raise InvalidInput(
@@ -390,10 +392,10 @@ class MdtService:
                 continue
             studies = []
             for study in item["study_uids"]:
-                row = self.viewer.identity.study(study)
+                row = self._viewer._identity.study(study)
                 if row is None:
                     continue
-                series = [s["series_uid"] for s in self.viewer.identity.series(int(row["pk"]))]
+                series = [s["series_uid"] for s in self._viewer._identity.series(int(row["pk"]))]
                 studies.append((study, series))
             plan.append((item, studies))
         total = sum(1 + len(series) for _, studies in plan for _, series in studies)
@@ -431,7 +433,7 @@ class MdtService:
                 partial(store.set_item_prefetch, item=item_id, state=state, warmed=warmed.total)
             )
             patient = visible[item_id]
-            self.audit.record(
+            self._audit.record(
                 principal,
                 AuditAction.RETRIEVE,
                 patient=PatientRef(
@@ -517,7 +519,7 @@ class MdtService:
         if not self._participants.lookup(key)[0]:
             if not (MDT_ROLES & set(principal.roles)):
                 return principal
-            if not self.access.permits(principal, Permission.READ):
+            if not self._access.permits(principal, Permission.READ):
                 return principal
             with self._index.read() as conn:
                 if store.get_meeting(conn, meeting_id) is None:
@@ -551,7 +553,7 @@ class MdtService:
             if patient is None:
                 continue
             seat[int(item["pk"])] = frozenset(item["study_uids"])
-            self.audit.record(
+            self._audit.record(
                 principal,
                 AuditAction.VIEW,
                 patient=PatientRef(
@@ -627,10 +629,10 @@ class MdtService:
 
     def shown(self, principal: Principal, meeting_id: int, study_uid: str) -> None:
         """The presenter showed a study to the room: one VIEW record naming its patient."""
-        patient = self.access.check_study(
+        patient = self._access.check_study(
             principal, study_uid, AuditAction.VIEW, purpose=purpose(meeting_id)
         )
-        self.audit.record(
+        self._audit.record(
             principal,
             AuditAction.VIEW,
             patient=patient,

@@ -118,7 +118,7 @@ class LiveHub:
         heartbeat: float = HEARTBEAT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.broker = broker
+        self._broker = broker
         self.node = node or uuid.uuid4().hex[:12]  # tells this process's announcements apart
         self.heartbeat = heartbeat
         self.lease = 3 * heartbeat
@@ -135,6 +135,13 @@ class LiveHub:
     def meeting_of(topic: str) -> int:
         return int(topic.removeprefix("mdt:"))
 
+    def stored(self, meeting_id: int) -> list[Event]:
+        """The room's kept snapshot (blocking: a worker thread, after subscribing)."""
+        return self._broker.stored(self.topic(meeting_id))
+
+    def close(self) -> None:
+        self._broker.close()
+
     # -- membership -----------------------------------------------------------------------------
 
     def prepare(self, meeting_id: int, presenter: str | None) -> bool:
@@ -143,7 +150,7 @@ class LiveHub:
             return False
         room = Room(meeting_id, presenter, opened=self.clock())
         self.rooms[meeting_id] = room
-        room.unsubscribe = self.broker.subscribe(
+        room.unsubscribe = self._broker.subscribe(
             self.topic(meeting_id), lambda e: self._apply(meeting_id, e)
         )
         self._keep_ticking()
@@ -315,7 +322,7 @@ class LiveHub:
     # -- events ---------------------------------------------------------------------------------
 
     def _publish(self, meeting_id: int, event: Event) -> None:
-        self.broker.publish(self.topic(meeting_id), event)
+        self._broker.publish(self.topic(meeting_id), event)
 
     def _apply(self, meeting_id: int, event: Event) -> None:
         """An event of this room arrived from the broker: update the state, fan out."""

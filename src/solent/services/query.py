@@ -80,12 +80,16 @@ class QueryService:
         self._index = index
         #: Set by the composition root once the access service exists; ``find`` ANDs its rule
         #: into every query so counts and pages never include records the caller may not see.
-        self.access = access
+        self._access = access
         #: Security (issue 6): every ``find`` leaves one QUERY record, whatever the protocol.
-        self.audit = AuditTrail(index)
+        self._trail = AuditTrail(index)
+
+    def use_access(self, access: PatientVisibility) -> None:
+        """Set by the composition root once the access service exists (it needs this one)."""
+        self._access = access
 
     def _visible(self, principal: Principal, conn: Connection) -> VisiblePatients | None:
-        return None if self.access is None else self.access.visible_patients(principal, conn=conn)
+        return None if self._access is None else self._access.visible_patients(principal, conn=conn)
 
     def _only_visible(self, q: Select[Any], principal: Principal, conn: Connection) -> Select[Any]:
         """Security (issue 6): keep only patient records the access rule lets the caller see."""

@@ -15,11 +15,11 @@ from typing import Any
 
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
-from solent.errors import InvalidInput, NotFound
-from solent.services.access import AccessDenied, AccessService, NotVisible, Permission
+from solent.errors import InvalidInput
+from solent.services.access import AccessService, NotVisible, Permission
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef
 from solent.services.identity import IdentityService
-from solent.services.inbox import InboxService
+from solent.services.inbox import InboxReads
 from solent.services.query import QueryService
 
 
@@ -37,16 +37,16 @@ class RecordService:
     def __init__(
         self,
         identity: IdentityService,
-        inbox: InboxService,
+        inbox: InboxReads,
         access: AccessService,
         audit: AuditTrail,
         query: QueryService,
     ) -> None:
-        self.query = query
-        self.identity = identity
-        self.inbox = inbox
-        self.access = access
-        self.audit = audit
+        self._query = query
+        self._identity = identity
+        self._inbox = inbox
+        self._access = access
+        self._trail = audit
 
     # -- who is meant ------------------------------------------------------------------------
 
@@ -62,40 +62,40 @@ class RecordService:
     ) -> Person:
         """The visible records of the person named by NHS number, (issuer, local ID) or record
         key. Not audited here: the read that follows writes the one record naming them."""
-        self.access.require(principal, Permission.READ, f"{action.value} of patient data")
+        self._access.require(principal, Permission.READ, f"{action.value} of patient data")
         candidates: set[int]
         named: int | None = None
         if nhs_number is not None:
             number = nhs.normalise(nhs_number)
             if not nhs.is_valid(number):
                 raise InvalidInput(f"{nhs_number!r} is not a valid NHS number (modulus 11)")
-            candidates = self.identity.by_nhs_number(number)
+            candidates = self._identity.by_nhs_number(number)
         elif patient_pk is not None:
             named = patient_pk
             candidates = (
-                self.identity.linked_patient_pks(patient_pk)
-                if self.access.visible_among(principal, [patient_pk])
+                self._identity.linked_patient_pks(patient_pk)
+                if self._access.visible_among(principal, [patient_pk])
                 else set()
             )
         elif issuer and local_id:
-            found = self.identity.resolve(issuer, local_id)
+            found = self._identity.resolve(issuer, local_id)
             candidates = set()
             named = found.patient_pk if found is not None else None
-            if found is not None and self.access.visible_among(principal, [found.patient_pk]):
-                candidates = self.identity.linked_patient_pks(found.patient_pk)
+            if found is not None and self._access.visible_among(principal, [found.patient_pk]):
+                candidates = self._identity.linked_patient_pks(found.patient_pk)
         else:
             raise InvalidInput("name the patient: an NHS number, or a local ID with its issuer")
-        visible = self.access.visible_among(principal, candidates)
+        visible = self._access.visible_among(principal, candidates)
         if not visible:
             if candidates:
-                self.audit.record(
+                self._trail.record(
                     principal,
                     AuditAction.PERMISSION_DENIED,
                     AuditOutcome.DENIED,
                     patient=self._ref_of(candidates, nhs_number),
                     detail={"attempted": action.value},
                 )
-            raise self.access.not_found(principal, "patient")
+            raise self._access.not_found(principal, "patient")
         ref = self._ref_of(visible, nhs_number, issuer, local_id)
         return Person(frozenset(visible), ref, named)
 
@@ -107,7 +107,7 @@ class RecordService:
         local_id: str | None = None,
     ) -> PatientRef:
         """The record to name in the audit trail: the one asked for, else the oldest."""
-        rows = [r["record"] for r in (self.identity.record(pk) for pk in sorted(pks)) if r]
+        rows = [r["record"] for r in (self._identity.record(pk) for pk in sorted(pks)) if r]
         named = next(
             (r for r in rows if (r["issuer"], r["local_id"]) == (issuer, local_id)),
             rows[0] if rows else None,
@@ -126,7 +126,7 @@ class RecordService:
         action: AuditAction = AuditAction.QUERY,
         **detail: Any,
     ) -> None:
-        self.audit.record(
+        self._trail.record(
             principal,
             action,
             patient=person.ref,
@@ -137,9 +137,9 @@ class RecordService:
 
     def patient_list(self, principal: Principal, *, limit: int, offset: int) -> list[Any]:
         """Patients the caller may see, one audit record for the query."""
-        self.access.require(principal, Permission.READ, "listing patients")
-        rows = self.query.list_patients(principal, limit=limit, offset=offset)
-        self.audit.record(
+        self._access.require(principal, Permission.READ, "listing patients")
+        rows = self._query.list_patients(principal, limit=limit, offset=offset)
+        self._trail.record(
             principal, AuditAction.QUERY, detail={"api": "patients", "results": len(rows)}
         )
         return rows
@@ -156,8 +156,8 @@ class RecordService:
     ) -> list[Any]:
         """Studies the caller may see, by patient; the audit record names the patient asked
         for when the request names one."""
-        self.access.require(principal, Permission.READ, "searching studies")
-        rows = self.query.list_studies(
+        self._access.require(principal, Permission.READ, "searching studies")
+        rows = self._query.list_studies(
             principal,
             nhs_number=nhs_number,
             issuer=issuer,
@@ -168,7 +168,7 @@ class RecordService:
         patient = PatientRef(issuer, local_id, nhs_number) if issuer and local_id else None
         if patient is None and nhs_number:
             patient = PatientRef(nhs.NHS_ISSUER, nhs_number, nhs_number)
-        self.audit.record(
+        self._trail.record(
             principal,
             AuditAction.QUERY,
             patient=patient,
@@ -180,14 +180,14 @@ class RecordService:
         self, principal: Principal, study_uid: str, *, purpose: str | None = None
     ) -> Any:
         """One study with its patient; unknown and not visible answer alike."""
-        patient = self.access.check_study(principal, study_uid, AuditAction.VIEW, purpose=purpose)
-        rows = self.query.list_studies(
+        patient = self._access.check_study(principal, study_uid, AuditAction.VIEW, purpose=purpose)
+        rows = self._query.list_studies(
             principal, issuer=patient.issuer, local_id=patient.local_id, limit=1000
         )
         found = next((r for r in rows if r["study_uid"] == study_uid), None)
         if found is None:  # removed between the check and the read
-            raise self.access.not_found(principal, f"study {study_uid}")
-        self.audit.record(
+            raise self._access.not_found(principal, f"study {study_uid}")
+        self._trail.record(
             principal, AuditAction.VIEW, patient=patient, study_uid=study_uid, purpose=purpose
         )
         return found
@@ -196,29 +196,29 @@ class RecordService:
 
     def person_view(self, principal: Principal, person: Person) -> dict[str, Any]:
         """Everything held on the person that the caller may see, with reports and orders."""
-        view = self.identity.person(person.pks)
+        view = self._identity.person(person.pks)
         view["studies"] = [self._with_reports(s) for s in view["studies"]]
         idents = [(r["issuer"], r["local_id"]) for r in view["records"]]
-        view["orders"] = self.inbox.orders(idents)
+        view["orders"] = self._inbox.orders(idents)
         self._audit(principal, person, "identity/person", studies=len(view["studies"]))
         return view
 
     def _with_reports(self, study: dict[str, Any]) -> dict[str, Any]:
         issuer = study["accession_issuer"] or study["trust_code"]
         accession = study["accession_number"]
-        return {**study, "reports": self.inbox.reports(accession, issuer) if accession else []}
+        return {**study, "reports": self._inbox.reports(accession, issuer) if accession else []}
 
     def links(self, principal: Principal, issuer: str, local_id: str) -> list[dict[str, Any]]:
         person = self.person(principal, issuer=issuer, local_id=local_id)
         assert person.named_pk is not None  # named by (issuer, local ID) and visible
-        out = self.identity.links_of(person.named_pk)
+        out = self._identity.links_of(person.named_pk)
         self._audit(principal, person, "identity/links", action=AuditAction.VIEW)
         return out
 
     def history(self, principal: Principal, issuer: str, local_id: str) -> list[dict[str, Any]]:
         person = self.person(principal, issuer=issuer, local_id=local_id)
         assert person.named_pk is not None  # named by (issuer, local ID) and visible
-        out = self.identity.history(person.named_pk)
+        out = self._identity.history(person.named_pk)
         self._audit(principal, person, "identity/history", action=AuditAction.VIEW)
         return out
 
@@ -239,7 +239,7 @@ class RecordService:
         for pk in sorted(person.pks):
             if named_only and person.named_pk is not None and pk != person.named_pk:
                 continue
-            found = self.identity.record(pk)
+            found = self._identity.record(pk)
             if found is None:
                 continue
             by_number = named_only and person.named_pk is None
@@ -253,9 +253,9 @@ class RecordService:
     def patient_record(self, principal: Principal, patient_pk: int) -> dict[str, Any]:
         """One record by key (FHIR Patient/{id}), with only the links the caller may see."""
         person = self.person(principal, patient_pk=patient_pk)
-        found = self.identity.record(patient_pk)
+        found = self._identity.record(patient_pk)
         if found is None:  # removed between the two reads
-            raise self.access.not_found(principal, "patient")
+            raise self._access.not_found(principal, "patient")
         found["linked"] = [p for p in found["linked"] if p in person.pks]
         self._audit(principal, person, "patient", action=AuditAction.VIEW)
         return found
@@ -264,12 +264,12 @@ class RecordService:
         self, principal: Principal, person: Person, what: str = "studies"
     ) -> list[dict[str, Any]]:
         """The person's studies the caller may see, newest first, each with its series."""
-        studies = self.identity.studies(person.pks)
+        studies = self._identity.studies(person.pks)
         out = [
             {
                 **s,
-                "series": self.identity.series(int(s["study_pk"])),
-                "subject": self.identity.subject_seen_by(principal, s),
+                "series": self._identity.series(int(s["study_pk"])),
+                "subject": self._identity.subject_seen_by(principal, s),
             }
             for s in studies
         ]
@@ -278,19 +278,19 @@ class RecordService:
 
     def study(self, principal: Principal, study_pk: int) -> dict[str, Any]:
         """One study by key (FHIR ImagingStudy/{id}) with its series; audited as a view."""
-        summary = self.identity.study_summary(study_pk)
+        summary = self._identity.study_summary(study_pk)
         if summary is None:
-            raise self.access.not_found(principal, "study")
+            raise self._access.not_found(principal, "study")
         uid = summary["study_uid"]
         try:
-            patient = self.access.check_study(principal, uid, AuditAction.VIEW)
+            patient = self._access.check_study(principal, uid, AuditAction.VIEW)
         except NotVisible:
-            raise self.access.not_found(principal, "study") from None
-        self.audit.record(principal, AuditAction.VIEW, patient=patient, study_uid=uid)
+            raise self._access.not_found(principal, "study") from None
+        self._trail.record(principal, AuditAction.VIEW, patient=patient, study_uid=uid)
         return {
             **summary,
-            "series": self.identity.series(study_pk),
-            "subject": self.identity.subject_seen_by(principal, summary),
+            "series": self._identity.series(study_pk),
+            "subject": self._identity.subject_seen_by(principal, summary),
         }
 
     def studies_by_uid_or_accession(
@@ -305,32 +305,32 @@ class RecordService:
     ) -> list[dict[str, Any]]:
         """Visible studies named by UID (at ``trust`` when given) or by (accession, issuer);
         one audit record per study returned."""
-        self.access.require(principal, Permission.READ, f"{action.value} of patient data")
+        self._access.require(principal, Permission.READ, f"{action.value} of patient data")
         rows: list[dict[str, Any]] = []
         for uid in study_uids:
-            row = self.identity.study(uid)
+            row = self._identity.study(uid)
             if row is not None and (trust is None or row["trust_code"] == trust):
                 rows.append(row)
         if accession is not None:
-            rows += self.identity.studies_by_accession(*accession)
-        visible = self.access.visible_among(principal, {int(r["patient_pk"]) for r in rows})
+            rows += self._identity.studies_by_accession(*accession)
+        visible = self._access.visible_among(principal, {int(r["patient_pk"]) for r in rows})
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
         for row in rows:
             if int(row["patient_pk"]) not in visible or row["study_uid"] in seen:
                 continue
             seen.add(row["study_uid"])
-            summary = self.identity.study_summary(int(row["pk"]))
+            summary = self._identity.study_summary(int(row["pk"]))
             if summary is None:
                 continue
             if with_series:
                 summary = {
                     **summary,
-                    "series": self.identity.series(int(row["pk"])),
-                    "subject": self.identity.subject_seen_by(principal, summary),
+                    "series": self._identity.series(int(row["pk"])),
+                    "subject": self._identity.subject_seen_by(principal, summary),
                 }
             out.append(summary)
-            self.audit.record(
+            self._trail.record(
                 principal,
                 action,
                 patient=PatientRef(summary["issuer"], summary["local_id"], summary["nhs_number"]),
@@ -344,11 +344,11 @@ class RecordService:
     def person_reports(self, principal: Principal, person: Person) -> list[dict[str, Any]]:
         """Current versions of the reports of the person's visible studies."""
         out = []
-        for s in self.identity.studies(person.pks):
+        for s in self._identity.studies(person.pks):
             if not s["accession_number"]:
                 continue
             issuer = s["accession_issuer"] or s["trust_code"]
-            for r in self.inbox.reports(s["accession_number"], issuer):
+            for r in self._inbox.reports(s["accession_number"], issuer):
                 if not r["superseded"]:
                     out.append({"report": r, "study": s})
         self._audit(principal, person, "reports", results=len(out))
@@ -357,29 +357,29 @@ class RecordService:
     def _report_visible(self, principal: Principal, report: dict[str, Any]) -> PatientRef | None:
         """A report is visible when its study's patient is, or (no study yet) the patient the
         report names is; None otherwise."""
-        studies = self.identity.studies_by_accession(
+        studies = self._identity.studies_by_accession(
             report["accession_number"], report["accession_issuer"]
         )
         pks = {int(s["patient_pk"]) for s in studies}
         if not studies and report["patient_issuer"] and report["patient_id"]:
-            found = self.identity.resolve(report["patient_issuer"], report["patient_id"])
+            found = self._identity.resolve(report["patient_issuer"], report["patient_id"])
             pks = {found.patient_pk} if found else set()
-        if not self.access.visible_among(principal, pks):
+        if not self._access.visible_among(principal, pks):
             return None
         return PatientRef(report["patient_issuer"] or "", report["patient_id"] or "")
 
     def report(self, principal: Principal, report_pk: int) -> dict[str, Any]:
         """One report version (FHIR DiagnosticReport/{id}) with its study, if any."""
-        self.access.require(principal, Permission.READ, "reading a report")
-        report = self.inbox.report(report_pk)
+        self._access.require(principal, Permission.READ, "reading a report")
+        report = self._inbox.report(report_pk)
         patient = self._report_visible(principal, report) if report else None
         if report is None or patient is None:
-            raise self.access.not_found(principal, "report")
-        studies = self.identity.studies_by_accession(
+            raise self._access.not_found(principal, "report")
+        studies = self._identity.studies_by_accession(
             report["accession_number"], report["accession_issuer"]
         )
         study = studies[0] if studies else None
-        self.audit.record(
+        self._trail.record(
             principal,
             AuditAction.VIEW,
             patient=patient,
@@ -392,12 +392,12 @@ class RecordService:
         self, principal: Principal, accession: str, issuer: str
     ) -> list[dict[str, Any]]:
         """Every version of the report for (accession, issuer), oldest first."""
-        self.access.require(principal, Permission.READ, "reading reports")
-        versions = self.inbox.reports(accession, issuer)
+        self._access.require(principal, Permission.READ, "reading reports")
+        versions = self._inbox.reports(accession, issuer)
         patient = self._report_visible(principal, versions[-1]) if versions else None
         if patient is None:
-            raise self.access.not_found(principal, "report")
-        self.audit.record(
+            raise self._access.not_found(principal, "report")
+        self._trail.record(
             principal,
             AuditAction.VIEW,
             patient=patient,
@@ -407,10 +407,10 @@ class RecordService:
 
     def unmatched_reports(self, principal: Principal) -> list[dict[str, Any]]:
         """Reports that name no stored study yet, limited to patients the caller may see."""
-        self.access.require(principal, Permission.READ, "reading unmatched reports")
-        out = [r for r in self.inbox.unmatched_reports() if self._report_visible(principal, r)]
+        self._access.require(principal, Permission.READ, "reading unmatched reports")
+        out = [r for r in self._inbox.unmatched_reports() if self._report_visible(principal, r)]
         for r in out:
-            self.audit.record(
+            self._trail.record(
                 principal,
                 AuditAction.QUERY,
                 patient=PatientRef(r["patient_issuer"] or "", r["patient_id"] or ""),
@@ -418,82 +418,19 @@ class RecordService:
             )
         return out
 
-    # -- identity stewardship ------------------------------------------------------------------
-
-    def require_steward(self, principal: Principal, what: str, *issuers: str) -> None:
-        """Identity changes by a person: administrators only, and a trust's administrator
-        only on records its trust issued (a regional administrator, no trust, on any)."""
-        self.access.require(principal, Permission.ADMIN, what)
-        trusts = self.access.scope(principal).trusts
-        foreign = sorted({i for i in issuers if principal.trust and i not in trusts})
-        if foreign:
-            raise AccessDenied(
-                f"{what}: records of {', '.join(foreign)} are managed by that trust's "
-                "administrators or a regional administrator"
-            )
-
-    def reverse_event(self, principal: Principal, event_pk: int) -> dict[str, Any]:
-        """Undo an identity change. An event of records outside a trust administrator's trusts
-        answers exactly like one that does not exist (it would otherwise be an oracle, and a
-        way to change another trust's records)."""
-        self.access.require(principal, Permission.ADMIN, "reversing identity changes")
-        event = self.identity.event(event_pk)
-        missing = NotFound(f"no identity event {event_pk}")
-        if event is None:
-            raise missing
-        issuers = self.identity.issuers_of(
-            [pk for pk in (event["patient_pk"], event["other_patient_pk"]) if pk is not None]
-        )
-        if not self._stewards(principal, issuers):
-            raise missing
-        self.identity.reverse(event_pk, principal)
-        return {"reversed": event_pk, "patient": f"{event['local_id']}/{event['issuer']}"}
-
-    def resolve_work_item(self, principal: Principal, item_pk: int) -> dict[str, Any]:
-        """Close a work-queue item. One raised outside a trust administrator's trusts answers
-        exactly like one that does not exist; the closing is audited naming its patient."""
-        self.access.require(principal, Permission.ADMIN, "resolving data-quality items")
-        items = self.identity.work_queue(status="open")
-        item = next((i for i in items if i["pk"] == item_pk), None)
-        if item is None or not self._stewards(principal, {item["issuer"]}):
-            raise NotFound(f"no open work item {item_pk}")
-        self.identity.resolve_work_item(item_pk, principal)
-        patient = (
-            PatientRef(item["issuer"], item["local_id"], item["nhs_number"])
-            if item["issuer"] and item["local_id"]
-            else None
-        )
-        self.audit.record(
-            principal,
-            AuditAction.PATIENT_RECORD,
-            patient=patient,
-            detail={"work_item": item_pk, "kind": item["kind"], "change": "resolved"},
-        )
-        out: dict[str, Any] = {"resolved": item_pk}
-        if patient is not None:
-            out["patient"] = f"{patient.local_id}/{patient.issuer}"
-        return out
-
-    def _stewards(self, principal: Principal, issuers: Iterable[str | None]) -> bool:
-        """True when the caller administers every one of these trusts' records."""
-        if principal.trust is None:
-            return True
-        trusts = self.access.scope(principal).trusts
-        return all(i is not None and i in trusts for i in issuers)
-
     # -- work queue and the HL7 journal --------------------------------------------------------
 
     def work_queue(self, principal: Principal, *, status: str | None) -> list[dict[str, Any]]:
         """Identity conflicts: readers see items about patients they may see; a trust's
         administrator those raised at their trust (a regional administrator, every item)."""
-        items = self.identity.work_queue(status=status)
-        admin = self.access.permits(principal, Permission.ADMIN)
-        reader = self.access.permits(principal, Permission.READ)
+        items = self._identity.work_queue(status=status)
+        admin = self._access.permits(principal, Permission.ADMIN)
+        reader = self._access.permits(principal, Permission.READ)
         if not (admin or reader):
-            self.access.require(principal, Permission.READ, "viewing the data-quality queue")
-        scope = self.access.scope(principal)
+            self._access.require(principal, Permission.READ, "viewing the data-quality queue")
+        scope = self._access.scope(principal)
         pks = {int(i["patient_pk"]) for i in items if i["patient_pk"] is not None}
-        visible = self.access.visible_among(principal, pks) if reader else set()
+        visible = self._access.visible_among(principal, pks) if reader else set()
 
         def shown(item: dict[str, Any]) -> bool:
             if admin and (principal.trust is None or item["issuer"] in scope.trusts):
@@ -506,7 +443,7 @@ class RecordService:
 
         out = [i for i in items if shown(i)]
         for item in out:
-            self.audit.record(
+            self._trail.record(
                 principal,
                 AuditAction.QUERY,
                 patient=PatientRef(item["issuer"] or "", item["local_id"] or "", item["nhs_number"])
@@ -522,11 +459,11 @@ class RecordService:
         """Raw HL7 messages (patient data): administrators only, their trust's senders only
         (a regional administrator: all), filtered in the query so ``limit`` counts what the
         caller may see; the read is audited once per patient the messages name."""
-        self.access.require(principal, Permission.ADMIN, "reading the HL7 journal")
-        facilities = None if principal.trust is None else self.access.scope(principal).trusts
-        rows = self.inbox.messages(status=status, limit=limit, facilities=facilities)
+        self._access.require(principal, Permission.ADMIN, "reading the HL7 journal")
+        facilities = None if principal.trust is None else self._access.scope(principal).trusts
+        rows = self._inbox.messages(status=status, limit=limit, facilities=facilities)
         patients = [p for r in rows for p in patients_in_hl7(str(r["raw"]))]
-        self.audit.record_patients(
+        self._trail.record_patients(
             principal,
             AuditAction.QUERY,
             patients,

@@ -17,11 +17,12 @@ if TYPE_CHECKING:
     from solent.security.authn import Authenticator
     from solent.security.users import UserService
     from solent.services.access import AccessService
-    from solent.services.audit import AuditTrail
+    from solent.services.audit_door import AuditDoor
     from solent.services.broadcast import Broadcast
+    from solent.services.check import ArchiveCheck
     from solent.services.directory import Directory
     from solent.services.health import HealthService
-    from solent.services.identity import IdentityService
+    from solent.services.identity.door import IdentityDoor
     from solent.services.inbox import InboxService
     from solent.services.jobs import JobsService
     from solent.services.mdt import MdtService
@@ -39,12 +40,12 @@ if TYPE_CHECKING:
 class Services:
     settings: Settings
     access: AccessService
-    audit: AuditTrail
+    audit: AuditDoor  # write as the caller; read only as an auditor, each read audited
     query: QueryService
     ingest: Ingestor
     retrieve: RetrieveService  # every image read: C-GET/C-MOVE, commitment, WADO-RS/URI, renders
     records: RecordService  # FHIR, IID and identity API reads (access + audit inside)
-    identity: IdentityService  # identity changes (HL7, administrators); reads go via records
+    identity: IdentityDoor  # identity changes by people (steward rule inside); reads: records
     inbox: InboxService  # the HL7 journal, orders and reports
     directory: Directory  # trusts, DICOM nodes, HL7 senders (configuration, audited changes)
     users: UserService  # accounts, roles, tokens (security/)
@@ -57,3 +58,4 @@ class Services:
     mdt: MdtService  # issue 12: MDT meetings, outcomes, prefetch
     live: LiveHub  # issue 12: the MDT live rooms of this process
     peers: PeerAddresses  # issue 11: listeners check a caller's address before reading
+    check: ArchiveCheck  # issue 11: `solent check [--repair]`, caller checked, deletions audited

@@ -74,10 +74,10 @@ class ViewerService:
         max_results: int = 1000,
     ) -> None:
         self._index = index
-        self.access = access
-        self.audit = audit
-        self.query = query
-        self.identity = identity
+        self._access = access
+        self._audit = audit
+        self._query = query
+        self._identity = identity
         self.max_results = max_results
 
     # -- access helpers -----------------------------------------------------------------------
@@ -85,7 +85,7 @@ class ViewerService:
     def _visible_pks(self, principal: Principal, pks: Iterable[int]) -> set[int]:
         """Which of these patient records the caller may see."""
         keys = set(pks)
-        visible = self.access.visible_patients(principal)
+        visible = self._access.visible_patients(principal)
         if visible is None or not keys:
             return keys
         from sqlalchemy import select
@@ -98,7 +98,7 @@ class ViewerService:
 
     def _relationship_pks(self, principal: Principal, pks: set[int]) -> set[int]:
         """Records visible without break-glass (the legitimate relationship alone)."""
-        scope = self.access.scope(principal)
+        scope = self._access.scope(principal)
         if scope.unrestricted:
             return pks
         from sqlalchemy import select
@@ -112,7 +112,7 @@ class ViewerService:
 
     def person_of(self, principal: Principal, patient_pk: int) -> Person:
         """The visible records linked to this record; this record is the key."""
-        group = self._visible_pks(principal, self.identity.linked_patient_pks(patient_pk))
+        group = self._visible_pks(principal, self._identity.linked_patient_pks(patient_pk))
         with self._index.read() as conn:
             rows = {int(r["pk"]): dict(r) for r in records.get_patients(conn, group)}
         others = sorted(
@@ -125,14 +125,14 @@ class ViewerService:
     def _check_patient(self, principal: Principal, issuer: str, local_id: str, what: str) -> int:
         """The pk of a visible record; NotFound (identical) for unknown and not visible."""
         try:
-            self.access.check_patient(principal, issuer, local_id, AuditAction.VIEW, purpose=what)
+            self._access.check_patient(principal, issuer, local_id, AuditAction.VIEW, purpose=what)
         except (AccessDenied, NotFound) as exc:
-            if isinstance(exc, AccessDenied) and not self.access.permits(
+            if isinstance(exc, AccessDenied) and not self._access.permits(
                 principal, Permission.READ
             ):
                 raise
             raise NotFound(NO_PATIENT) from None
-        found = self.identity.resolve(issuer, local_id)
+        found = self._identity.resolve(issuer, local_id)
         if found is None:
             raise NotFound(NO_PATIENT)
         return found.patient_pk
@@ -142,9 +142,9 @@ class ViewerService:
     ) -> PatientRef:
         """The patient of a visible study; NotFound (identical) for unknown and not visible."""
         try:
-            return self.access.check_study(principal, study_uid, AuditAction.VIEW, purpose=purpose)
+            return self._access.check_study(principal, study_uid, AuditAction.VIEW, purpose=purpose)
         except (AccessDenied, NotFound) as exc:
-            if isinstance(exc, AccessDenied) and not self.access.permits(
+            if isinstance(exc, AccessDenied) and not self._access.permits(
                 principal, Permission.READ
             ):
                 raise
@@ -170,7 +170,7 @@ class ViewerService:
         self, principal: Principal, person: Person
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(raw study rows, timeline study entries) of a person, newest first."""
-        rows = self.identity.studies(person.pks)
+        rows = self._identity.studies(person.pks)
         related = self._relationship_pks(principal, set(person.pks))
         with self._index.read() as conn:
             parts = store.body_parts(conn, [int(r["study_pk"]) for r in rows])
@@ -205,13 +205,13 @@ class ViewerService:
     ) -> dict[str, Any]:
         """Persons with studies matching the criteria, one entry per person (linked records
         grouped), only what the caller may see. Audited by the query engine (one QUERY)."""
-        self.access.require(principal, Permission.READ, "searching patients")
+        self._access.require(principal, Permission.READ, "searching patients")
         keys = _query_keys(criteria, principal.trust)
         if not keys:
             raise InvalidInput("give at least one search criterion")
         fuzzy = "PatientName" in keys and not any(ch in keys["PatientName"] for ch in "^*?")
         query = parse_query(Level.STUDY, keys, linked=True, fuzzy_names=fuzzy)
-        result = self.query.find(
+        result = self._query.find(
             principal,
             query,
             limit=None,
@@ -241,7 +241,7 @@ class ViewerService:
                 if capped
                 else None
             ),
-            "patients": [self._entry(p, self.identity.studies(p.pks)) for p in page],
+            "patients": [self._entry(p, self._identity.studies(p.pks)) for p in page],
         }
 
     def _persons(self, principal: Principal, keys: list[tuple[str, str]]) -> list[Person]:
@@ -267,16 +267,16 @@ class ViewerService:
 
     def recent(self, principal: Principal) -> dict[str, Any]:
         """The caller's recently opened patients that they may still see."""
-        self.access.require(principal, Permission.READ, "listing recent patients")
+        self._access.require(principal, Permission.READ, "listing recent patients")
         with self._index.read() as conn:
             keys = store.recent(conn, principal.name)
         persons = self._persons(principal, keys)
-        self.audit.record(
+        self._audit.record(
             principal,
             AuditAction.QUERY,
             detail={"api": "viewer recent", "results": len(persons)},
         )
-        return {"patients": [self._entry(p, self.identity.studies(p.pks)) for p in persons]}
+        return {"patients": [self._entry(p, self._identity.studies(p.pks)) for p in persons]}
 
     # -- timeline and study ---------------------------------------------------------------------
 
@@ -291,7 +291,7 @@ class ViewerService:
             ),
             relaxed=True,
         )
-        self.audit.record(
+        self._audit.record(
             principal,
             AuditAction.VIEW,
             patient=person.ref(),
@@ -307,7 +307,7 @@ class ViewerService:
 
     def study(self, principal: Principal, study_uid: str) -> dict[str, Any]:
         patient = self.check_study(principal, study_uid, "viewer study")
-        found = self.identity.resolve(patient.issuer, patient.local_id)
+        found = self._identity.resolve(patient.issuer, patient.local_id)
         if found is None:
             raise NotFound(NO_STUDY)
         person = self.person_of(principal, found.patient_pk)
@@ -317,7 +317,7 @@ class ViewerService:
             raise NotFound(NO_STUDY)
         with self._index.read() as conn:
             series = store.series_with_frames(conn, int(rows[index]["study_pk"]))
-        self.audit.record(
+        self._audit.record(
             principal,
             AuditAction.VIEW,
             patient=patient,
@@ -347,7 +347,7 @@ class ViewerService:
 
     def reports(self, principal: Principal, study_uid: str) -> dict[str, Any]:
         patient = self.check_study(principal, study_uid, "viewer reports")
-        row = self.identity.study(study_uid)
+        row = self._identity.study(study_uid)
         out = []
         if row is not None and row["accession_number"]:
             accession, issuer = _report_key(row)
@@ -373,7 +373,7 @@ class ViewerService:
                         ],
                     }
                 )
-        self.audit.record(
+        self._audit.record(
             principal,
             AuditAction.VIEW,
             patient=patient,
@@ -388,7 +388,7 @@ class ViewerService:
         patient = self.check_study(principal, study_uid, "viewer key images")
         with self._index.read() as conn:
             rows = store.key_images(conn, study_uid)
-        self.audit.record(
+        self._audit.record(
             principal,
             AuditAction.VIEW,
             patient=patient,

@@ -1,6 +1,7 @@
 """JSON API of regional identity: everything for one person, links, history, work queues.
 
-Adapters only: they name the caller, ask the access service, and call the identity service.
+Adapters only: they name the caller and call the records service (reads) or the identity door
+(changes), which decide who may and write the audit record.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from solent.domain.principal import Principal
 from solent.errors import InvalidInput, NotFound
 from solent.protocols.params import PathId
 from solent.security.http import current_principal
-from solent.services.identity import Change, IdentityRejected, PatientKey
+from solent.services.identity import IdentityRejected, PatientKey
 from solent.services.records import RecordService
 from solent.services.registry import Services
 
@@ -99,13 +100,12 @@ def _set_link(
 ) -> dict[str, Any]:
     a = PatientKey(body.a.issuer, body.a.patient_id)
     b = PatientKey(body.b.issuer, body.b.patient_id)
-    _records(request).require_steward(caller, "linking patient records", a.issuer, b.issuer)
     identity = _services(request).identity
     try:
         if linked:
-            identity.link(a, b, Change(caller))
+            identity.link(caller, a, b)
         else:
-            identity.unlink(a, b, Change(caller))
+            identity.unlink(caller, a, b)
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except IdentityRejected as exc:
@@ -123,8 +123,7 @@ class SensitiveRequest(BaseModel):
 def sensitive(request: Request, caller: Caller, body: SensitiveRequest) -> dict[str, Any]:
     """Set or clear the PDS S-flag of a record: contact details are then never shown."""
     key = PatientKey(body.issuer, body.patient_id)
-    _records(request).require_steward(caller, "marking a patient sensitive", key.issuer)
-    _services(request).identity.set_sensitive(key, body.sensitive, Change(caller))
+    _services(request).identity.set_sensitive(caller, key, body.sensitive)
     return {"patient": str(key), "sensitive": body.sensitive}
 
 
@@ -132,7 +131,7 @@ def sensitive(request: Request, caller: Caller, body: SensitiveRequest) -> dict[
 def reverse(request: Request, caller: Caller, event_pk: PathId) -> dict[str, Any]:
     """Undo a link, unlink, identifier change or demographic update (not a merge)."""
     try:
-        return _records(request).reverse_event(caller, event_pk)
+        return _services(request).identity.reverse(caller, event_pk)
     except InvalidInput as exc:
         raise HTTPException(409, str(exc)) from exc
 
@@ -149,7 +148,7 @@ def data_quality(
 
 @router.post("/data-quality/{item_pk}/resolve")
 def resolve_item(request: Request, caller: Caller, item_pk: PathId) -> dict[str, Any]:
-    return _records(request).resolve_work_item(caller, item_pk)
+    return _services(request).identity.resolve_work_item(caller, item_pk)
 
 
 @router.get("/reports/unmatched")

@@ -173,7 +173,7 @@ async def live(websocket: WebSocket, meeting_id: int, token: str = "") -> None:
     if hub.prepare(meeting_id, seat.presenter):
         # First member here: the room may be running on other nodes; start from what it shows.
         try:
-            stored = await run_in_threadpool(hub.broker.stored, hub.topic(meeting_id))
+            stored = await run_in_threadpool(hub.stored, meeting_id)
         except BaseException:
             writer.cancel()
             hub.discard_if_empty(meeting_id)

@@ -14,12 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from solent.protocols.dimse.access import Peer
-from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef
+from solent.services.audit import AuditAction, AuditOutcome, PatientRef
+from solent.services.audit_door import AuditDoor
 
 log = logging.getLogger(__name__)
 
 
-def denied(trail: AuditTrail, peer: Peer | None, operation: str, reason: str) -> None:
+def denied(trail: AuditDoor, peer: Peer | None, operation: str, reason: str) -> None:
     """A registered node asked for something its registration does not allow."""
     if peer is None:
         return  # the association itself was refused; there is no one to name
@@ -35,7 +36,7 @@ def denied(trail: AuditTrail, peer: Peer | None, operation: str, reason: str) ->
 
 
 def worklist_query(
-    trail: AuditTrail,
+    trail: AuditDoor,
     peer: Peer,
     criteria: Mapping[str, str],
     matches: Sequence[Mapping[str, Any]],

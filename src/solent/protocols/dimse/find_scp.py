@@ -33,6 +33,7 @@ from solent.protocols.dimse.status import (
     UNABLE_TO_PROCESS,
     status,
 )
+from solent.services.audit_door import AuditDoor
 from solent.services.query import QueryService
 from solent.services.trust_view import OTHER_IDS
 
@@ -141,10 +142,16 @@ def response_identifier(
 
 
 def handle_find(
-    event: Event, query: QueryService, peer: Peer | None, *, max_results: int, ae_title: str
+    event: Event,
+    query: QueryService,
+    trail: AuditDoor,
+    peer: Peer | None,
+    *,
+    max_results: int,
+    ae_title: str,
 ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     if peer is None or not peer.may(Operation.QUERY):
-        audit.denied(query.audit, peer, "c-find", "this node may not query")
+        audit.denied(trail, peer, "c-find", "this node may not query")
         yield status(NOT_AUTHORIZED, "this node may not query"), None
         return
     try:

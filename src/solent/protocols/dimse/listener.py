@@ -226,6 +226,7 @@ class DimseListener:
         yield from find_scp.handle_find(
             event,
             self.services.query,
+            self.services.audit,
             peer,
             max_results=settings.dicom_max_find_results,
             ae_title=settings.ae_title,

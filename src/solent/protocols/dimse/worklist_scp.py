@@ -25,7 +25,7 @@ from solent.protocols.dimse.status import (
     PENDING,
     status,
 )
-from solent.services.audit import AuditTrail
+from solent.services.audit_door import AuditDoor
 from solent.services.inbox import InboxService
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
@@ -119,7 +119,7 @@ def _response(order: dict[str, Any], top: list[str], step: list[str]) -> Dataset
 
 
 def handle_worklist(
-    event: Event, inbox: InboxService, trail: AuditTrail, peer: Peer | None, *, max_results: int
+    event: Event, inbox: InboxService, trail: AuditDoor, peer: Peer | None, *, max_results: int
 ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     if peer is None or not peer.may(Operation.QUERY):
         audit.denied(trail, peer, "worklist", "this node may not query the worklist")

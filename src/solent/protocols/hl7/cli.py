@@ -201,15 +201,14 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _set_link(args: argparse.Namespace, settings: Settings) -> int:
-    from solent.services.identity import Change, IdentityRejected, PatientKey
+    from solent.services.identity import IdentityRejected, PatientKey
 
     archive, identity = _service(settings)
     try:
         a = PatientKey(args.issuer_a, args.patient_id_a)
         b = PatientKey(args.issuer_b, args.patient_id_b)
-        change = Change(_admin(args.by))
         try:
-            (identity.link if args.linked else identity.unlink)(a, b, change)
+            (identity.link if args.linked else identity.unlink)(_admin(args.by), a, b)
         except IdentityRejected as exc:
             print(f"solent: {exc}")
             return 1
@@ -220,9 +219,10 @@ def _set_link(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _queue(args: argparse.Namespace, settings: Settings) -> int:
-    archive, identity = _service(settings)
+    archive, _identity = _service(settings)
     try:
-        _print(identity.work_queue(status=None if args.all else "open"), args.json)
+        status = None if args.all else "open"
+        _print(archive.services.records.work_queue(cli_principal(), status=status), args.json)
     finally:
         archive.close()
     return 0
@@ -231,7 +231,7 @@ def _queue(args: argparse.Namespace, settings: Settings) -> int:
 def _reverse(args: argparse.Namespace, settings: Settings) -> int:
     archive, identity = _service(settings)
     try:
-        identity.reverse(args.event, _admin(args.by))
+        identity.reverse(_admin(args.by), args.event)
         print(f"identity event {args.event} reversed")
     finally:
         archive.close()

@@ -12,13 +12,13 @@ import uuid
 from dataclasses import dataclass
 
 from solent.domain import nhs_number as nhs
-from solent.domain.principal import Principal, PrincipalKind
+from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, Principal, PrincipalKind
 from solent.errors import IndexUnavailable
 from solent.protocols.hl7 import er7
 from solent.protocols.hl7.ack import build_ack
-from solent.protocols.hl7.er7 import Message, MessageRejected
+from solent.protocols.hl7.er7 import Header, Message, MessageRejected
 from solent.protocols.hl7.senders import SenderGate
-from solent.services.identity import Change, PatientKey
+from solent.services.identity import Change
 from solent.services.inbox import Apply, Envelope, Hl7Transaction, Outcome, Rejected
 from solent.services.registry import Services
 
@@ -52,24 +52,22 @@ def _decode(data: bytes) -> str:
 @dataclass(frozen=True, slots=True)
 class Speaker:
     """The trust a feed speaks for (its registration), or a regional identity source (an
-    EMPI: registered without a trust, or named in SOLENT_HL7_LINK_SENDERS) that may link and
-    unlink records of any trust (issue 11)."""
+    EMPI: registered without a trust, or named in SOLENT_HL7_LINK_SENDERS). The identity
+    service decides what each may change (issue 11); this only names the caller."""
 
     trust: str | None
     regional: bool
 
-    def require_own(self, what: str, *keys: PatientKey) -> None:
-        if self.regional:
-            return
-        foreign = sorted({k.issuer for k in keys if k.issuer != self.trust})
-        if foreign:
-            raise Rejected(
-                "AE",
-                f"{what} names records of {', '.join(foreign)}; this feed speaks for "
-                f"{self.trust} only. Cross-trust links come from a regional identity source "
-                "(register it without a trust: `solent hl7 sender add APP FACILITY --regional`) "
-                "or an administrator (POST /api/identity/link)",
-            )
+    def principal(self, h: Header, remote: str | None) -> Principal:
+        """The feed as the services see it: its registered trust and, for a regional identity
+        source, the role that lets it link and change records of every trust."""
+        return Principal(
+            PrincipalKind.NODE,
+            f"hl7:{h.sending_application}",
+            self.trust or h.sending_facility,
+            roles=frozenset({REGIONAL_IDENTITY_SOURCE}) if self.regional else frozenset(),
+            address=remote,
+        )
 
 
 class Hl7Handler:
@@ -114,9 +112,7 @@ class Hl7Handler:
         except MessageRejected as exc:
             outcome = self._reject_journalled(env, exc.code, exc.reason)
             return build_ack(msg, outcome.code, outcome.detail)
-        principal = Principal(
-            PrincipalKind.NODE, f"hl7:{h.sending_application}", h.sending_facility, address=remote
-        )
+        principal = speaker.principal(h, remote)
         try:
             outcome = self.inbox.process(env, lambda pk: Change(principal, pk), apply)
         except IndexUnavailable as exc:
@@ -137,20 +133,21 @@ class Hl7Handler:
         msg = Message(raw)
         h = msg.header
         env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, h.sending_facility)
-        principal = Principal(
-            PrincipalKind.NODE, f"hl7:{h.sending_application}", h.sending_facility, address=remote
-        )
         speaker = Speaker(h.sending_facility, h.sending_facility in self.link_senders)
+        row = self.gate.registration(h) if self.gate is not None else None
+        if row is not None:  # the gate passed it when it was journalled
+            speaker = Speaker(row.trust_code, row.trust_code is None or speaker.regional)
         try:
             apply = self._route(msg, speaker)
         except MessageRejected as exc:
             return self._reject_journalled(env, exc.code, exc.reason)
-        return self.inbox.apply_journalled(pk, env, Change(principal, pk), apply)
+        change = Change(speaker.principal(h, remote), pk)
+        return self.inbox.apply_journalled(pk, env, change, apply)
 
     def recover(self) -> int:
         """Apply every journalled-but-unapplied message, oldest first; returns how many."""
         done = 0
-        for row in self.inbox.pending():
+        for row in self.inbox.pending(_nobody()):
             try:
                 self.reapply(int(row["pk"]), row["raw"], row["remote_address"])
                 done += 1
@@ -184,8 +181,9 @@ class Hl7Handler:
         if kind is None:
             raise MessageRejected("AR", f"unsupported message type {h.message_type}")
         if kind in ("link", "unlink"):
-            self._check_link_sender(h.sending_facility)
-            return lambda tx: self._link(msg, trigger, speaker, tx)
+            if not speaker.regional:  # a regional source may be no trust (the EMPI)
+                self._check_trust(h.sending_facility)
+            return lambda tx: self._link(msg, trigger, tx)
         self._check_trust(h.sending_facility)
         if not speaker.regional and speaker.trust != h.sending_facility:
             raise MessageRejected(
@@ -211,11 +209,6 @@ class Hl7Handler:
                 "AR", f"MSH-4 sending facility {facility} is not a registered trust"
             )
         self._known_trusts.add(facility)
-
-    def _check_link_sender(self, facility: str) -> None:
-        if facility in self.link_senders:
-            return
-        self._check_trust(facility)
 
     # -- ADT -------------------------------------------------------------------------------
 
@@ -243,13 +236,14 @@ class Hl7Handler:
         tx.change_identifier(new, old)
         return f"identifier {old} changed to {new}"
 
-    def _link(self, msg: Message, trigger: str, speaker: Speaker, tx: Hl7Transaction) -> str:
+    def _link(self, msg: Message, trigger: str, tx: Hl7Transaction) -> str:
+        """Which records the feed may link is the identity service's decision (its principal
+        carries the feed's trust or the regional role); a refusal comes back as AE."""
         pids = msg.all("PID")
         if len(pids) != 2:
             raise Rejected("AE", f"ADT^{trigger} needs exactly two PID segments")
         a = er7.local_key(msg, pids[0], issuer=None)
         b = er7.local_key(msg, pids[1], issuer=None)
-        speaker.require_own(f"ADT^{trigger}", a, b)
         if trigger == "A24":
             tx.link(a, b, source="hl7:A24")
             return f"{a} linked with {b}"

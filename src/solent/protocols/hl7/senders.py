@@ -15,7 +15,8 @@ from solent.domain.principal import Principal, PrincipalKind
 from solent.domain.records import SenderRow
 from solent.protocols.hl7.er7 import Header, MessageRejected
 from solent.security.addresses import host_matches
-from solent.services.audit import AuditAction, AuditOutcome, AuditTrail
+from solent.services.audit import AuditAction, AuditOutcome
+from solent.services.audit_door import AuditDoor
 from solent.services.directory import Directory
 from solent.ttl_cache import TtlCache
 
@@ -35,7 +36,7 @@ def peer_host(remote: str | None) -> str:
 
 class SenderGate:
     def __init__(
-        self, directory: Directory, audit: AuditTrail, *, allow_unknown: bool = False
+        self, directory: Directory, audit: AuditDoor, *, allow_unknown: bool = False
     ) -> None:
         self.directory = directory
         self.allow_unknown = allow_unknown
@@ -46,6 +47,11 @@ class SenderGate:
         return self._senders.get(
             (application, facility), lambda: self.directory.sender(application, facility)
         )
+
+    def registration(self, header: Header) -> SenderRow | None:
+        """The sender's registration, without the address check: for a message accepted
+        (journalled) earlier and applied now, whose trust or regional role still counts."""
+        return self._lookup(header.sending_application, header.sending_facility)
 
     def check(self, header: Header, remote: str | None) -> SenderRow | None:
         """The sender's registration; raises MessageRejected("AR", why) when it has none.

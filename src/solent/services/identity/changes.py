@@ -18,6 +18,7 @@ from solent.services.identity.model import (
     PatientKey,
     _key,
     _snapshot,
+    require_speaks_for,
 )
 
 
@@ -37,6 +38,9 @@ class IdentityService(RecordUpdates):
         conn: Connection | None = None,
     ) -> int:
         """Merge ``source`` (MRG-1) into ``target`` (PID-3) within one trust; idempotent."""
+        require_speaks_for(
+            change.principal, f"merge of {source} into {target}", *_issuers(target, source)
+        )
 
         def op(c: Connection) -> int:
             if source.issuer != target.issuer:
@@ -148,6 +152,9 @@ class IdentityService(RecordUpdates):
         conn: Connection | None = None,
     ) -> int:
         """Re-key record ``old`` as ``new`` (same trust); never merges two records."""
+        require_speaks_for(
+            change.principal, f"identifier change {old} -> {new}", *_issuers(new, old)
+        )
 
         def op(c: Connection) -> int:
             if new.issuer != old.issuer:
@@ -245,6 +252,9 @@ class IdentityService(RecordUpdates):
         source: str,
         conn: Connection | None,
     ) -> None:
+        verb = "link" if status == "linked" else "unlink"
+        require_speaks_for(change.principal, f"{verb} of {a} and {b}", *_issuers(a, b))
+
         def op(c: Connection) -> None:
             ra, rb = (
                 self.resolve(a.issuer, a.local_id, conn=c),
@@ -311,6 +321,7 @@ class IdentityService(RecordUpdates):
     def set_sensitive(self, key: PatientKey, sensitive: bool, change: Change) -> None:
         """Mark a record restricted on PDS (S-flag): address and telephone are then left out
         of every API view, FHIR Patient and outgoing DICOM header (R13)."""
+        require_speaks_for(change.principal, f"restriction of {key}", key.issuer)
 
         def op(c: Connection) -> None:
             found = self.resolve(key.issuer, key.local_id, conn=c)
@@ -395,3 +406,7 @@ class IdentityService(RecordUpdates):
             return event_pk
 
         return self._index.write(op)
+
+
+def _issuers(*keys: PatientKey) -> list[str]:
+    return [k.issuer for k in keys]

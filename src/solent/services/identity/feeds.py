@@ -21,6 +21,7 @@ from solent.services.identity.model import (
     _conflict,
     _key,
     is_placeholder,
+    require_speaks_for,
 )
 from solent.services.identity.reads import IdentityReads
 
@@ -38,6 +39,7 @@ class RecordUpdates(IdentityReads):
         create: bool = True,
     ) -> int:
         """A01/A04/A08/A28/A31: the sending trust updates its own record (created if new)."""
+        require_speaks_for(change.principal, f"update of {key}", key.issuer)
 
         def op(c: Connection) -> int:
             self._require_trust(c, key.issuer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from solent.domain.principal import Principal
+from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, Principal, PrincipalKind
 from solent.errors import SolentError
 
 T = TypeVar("T")
@@ -69,6 +69,23 @@ class Change:
     @property
     def actor(self) -> str:
         return self.principal.describe()
+
+
+def require_speaks_for(principal: Principal, what: str, *issuers: str) -> None:
+    """A feed (a registered HL7 sender, a NODE principal) changes only records its own trust
+    issued; a regional identity source may change any. Checked on the identifiers alone, before
+    any read, so a refusal says nothing about whether another trust's record exists. People
+    (administrators) are checked by the door adapters call (``door.IdentityDoor``)."""
+    if principal.kind is not PrincipalKind.NODE or REGIONAL_IDENTITY_SOURCE in principal.roles:
+        return
+    foreign = sorted({i for i in issuers if i != principal.trust})
+    if foreign:
+        raise IdentityRejected(
+            f"{what} names records of {', '.join(foreign)}; this feed speaks for "
+            f"{principal.trust or 'no trust'} only. Cross-trust links come from a regional "
+            "identity source (`solent hl7 sender add APP FACILITY --host HOST --regional`) "
+            "or an administrator (POST /api/identity/link)"
+        )
 
 
 def is_placeholder(number: str) -> bool:

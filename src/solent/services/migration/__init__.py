@@ -61,7 +61,7 @@ class MigrationService:
         ingestor: Ingestor,
         identity: IdentityService,
     ) -> None:
-        self.identity = identity
+        self._identity = identity
         self._inventory = Inventory(index)
         self._reconciler = Reconciler(index, identity)
         # A better copy than the archive's (R54) replaces it; every other way in refuses that.
