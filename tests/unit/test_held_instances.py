@@ -27,7 +27,7 @@ def _stow(client: TestClient, headers: dict[str, str], part: bytes) -> tuple[int
 
 
 def _bob_state(archive: Archive) -> tuple[object, ...]:
-    identity = archive.services.identity
+    identity = archive.identity
     found = identity.resolve("ZZB", "B7730444")
     assert found is not None
     studies = identity.studies({found.patient_pk})
