@@ -83,9 +83,13 @@ def test_spliced_header_equals_full_reencode(archive: Archive, tmp_path: Path) -
 
     for ref in refs:
         with mock.patch.object(hs, "splice", counting):
-            fast = service.encoded_dataset(peer.principal, ref, service.current_identity())
+            fast = service.encoded_dataset(
+                peer.principal, ref, service.current_identity(peer.principal, None)
+            )
         with mock.patch.object(CurrentIdentity, "patch_part10", unsupported):
-            slow = service.encoded_dataset(peer.principal, ref, service.current_identity())
+            slow = service.encoded_dataset(
+                peer.principal, ref, service.current_identity(peer.principal, None)
+            )
         with archive.store.open(ref.blob_key) as fp:
             stored = fp.read()
         assert fast != stored[split_part10(stored)[1] :], "the identity should have been patched"

@@ -186,11 +186,6 @@ NO_CALLER: dict[str, str] = {
     "RetrieveService.known_changed": _HANDLE,
     "AccessCache.clear": "drops remembered grants (a revocation): returns nothing",
     "RetrieveService.forget_decisions": "drops remembered grants (a revocation): returns nothing",
-    # Known gaps, kept visible here until they take the caller (issue 11 closing note):
-    "RetrieveService.current_identity": (
-        "GAP: the CurrentIdentity it returns answers attributes(study_uid) for any study; "
-        "WADO/C-GET/C-MOVE call it only after an access-checked locate"
-    ),
     "ByteCache.get": (
         "the WADO-RS response cache, keyed by an ETag of content hashes (SHA-256) the adapter "
         "gets only from an access-checked, audited locate: a key cannot be guessed"

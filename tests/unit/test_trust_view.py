@@ -231,7 +231,9 @@ def test_c_get_and_c_move_send_the_receiving_trusts_view(demo: Archive) -> None:
     assert len(refs) == 16
 
     def sent(trust: str | None) -> pydicom.Dataset:
-        data = service.encoded_dataset(_node("ZZA"), refs[0], service.current_identity(trust))
+        data = service.encoded_dataset(
+            _node("ZZA"), refs[0], service.current_identity(_node("ZZA"), trust)
+        )
         return pydicom.dcmread(io.BytesIO(data), force=True)
 
     to_zza = sent("ZZA")

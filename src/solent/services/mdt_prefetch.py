@@ -152,7 +152,7 @@ def warm_series_metadata(
     svc: RetrieveService, principal: Principal, study: str, series: str, base: str
 ) -> list[dict[str, Any]]:
     """The series metadata as a browser gets it; returns the documents (viewer order input)."""
-    identity = svc.current_identity(principal.trust)
+    identity = svc.current_identity(principal, principal.trust)
     located = svc.series_hashes(principal, study, series, None, channel=PREFETCH)
     hashes, docs = svc.series_metadata(principal, located, base, identity)
     variant = f"metadata|{base}|{True}|{identity.fingerprint(study)}"

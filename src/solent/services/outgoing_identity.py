@@ -211,10 +211,18 @@ class CurrentIdentity(OutgoingIdentity):
     ``viewing_trust`` (the caller's trust, or the destination node's: services/trust_view.py).
     The fingerprint hashes the attributes, so caches keyed by it are per view of the person."""
 
-    def __init__(self, index: Index, viewing_trust: str | None = None) -> None:
+    def __init__(
+        self,
+        index: Index,
+        viewing_trust: str | None = None,
+        guard: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__()
         self._index = index
         self.viewing_trust = viewing_trust
+        #: The access rule for the caller the handle was made for (RetrieveService.allow):
+        #: raises for a study they may not see, so a handle reads no other patient.
+        self._guard = guard
         self._identity = IdentityService(index)
         self._by_study: dict[str, dict[str, Any] | None] = {}
         self._stamps: dict[str, str] = {}
@@ -222,6 +230,8 @@ class CurrentIdentity(OutgoingIdentity):
     def attributes(self, study_uid: str) -> dict[str, Any] | None:
         """None when the study is unknown (nothing to patch)."""
         if study_uid not in self._by_study:
+            if self._guard is not None:
+                self._guard(study_uid)
             try:
                 attrs = self._identity.current_patient_attributes(
                     study_uid, viewing_trust=self.viewing_trust
@@ -239,6 +249,8 @@ class CurrentIdentity(OutgoingIdentity):
         it) or, when later, when the study arrived: stable, so the same retrieve gives the
         same bytes, and never before the images it describes."""
         if study_uid not in self._stamps:
+            if self._guard is not None:
+                self._guard(study_uid)
             self._stamps[study_uid] = modification_stamp(self._last_change(study_uid))
         return self._stamps[study_uid]
 

@@ -257,12 +257,16 @@ class RetrieveService:
         """The instance decoded, in Explicit VR Little Endian (a peer without its syntax)."""
         return rb.uncompressed(self._store, ref, identity)
 
-    def current_identity(self, viewing_trust: str | None = None) -> CurrentIdentity:
+    def current_identity(self, principal: Principal, viewing_trust: str | None) -> CurrentIdentity:
         """The per-retrieve cache of the records' current patient attributes, as
         ``viewing_trust`` sees the person (services/trust_view.py): the caller's trust for
         DICOMweb and C-GET, the destination's for C-MOVE. The web caches are keyed by its
-        fingerprint, so each view of the person has its own entries."""
-        return CurrentIdentity(self._index, viewing_trust)
+        fingerprint, so each view of the person has its own entries. It answers only for
+        studies ``principal`` may see (``allow``, decisions cached): an adapter cannot read
+        another study's patient through it."""
+        return CurrentIdentity(
+            self._index, viewing_trust, guard=lambda uid: self.allow(principal, uid)
+        )
 
     # -- DICOMweb: locate by UIDs ------------------------------------------------------------
 
@@ -474,7 +478,7 @@ class RetrieveService:
     ) -> Iterator[bytes]:
         """Each instance's DICOM JSON, with BulkDataURIs made absolute under ``base_url`` and
         the patient attributes the record holds now."""
-        identity = identity or self.current_identity(principal.trust)
+        identity = identity or self.current_identity(principal, principal.trust)
         by_pk = {i.pk: i for i in instances}
         for pk, json_z in reads.iter_metadata(self._index, [i.pk for i in instances]):
             inst = by_pk[pk]
@@ -510,7 +514,7 @@ class RetrieveService:
         (the hashes again: an instance may have arrived since it was located)."""
         study_uid, series_uid, sop = located.study_uid, located.series_uid, located.sop_instance_uid
         self.allow(principal, study_uid)
-        identity = identity or self.current_identity(principal.trust)
+        identity = identity or self.current_identity(principal, principal.trust)
         rows = reads.find_metadata(self._index, study_uid, series_uid, sop)
         if not rows:
             raise _not_stored(study_uid, series_uid, sop)

@@ -76,7 +76,7 @@ def _retrieve(
     ranges = _ranges(request)
     instances = svc.instances(who, study, series, sop, channel="wado-rs")
     targets = [neg.negotiate_instance(ranges, i.transfer_syntax_uid) for i in instances]
-    identity = svc.current_identity(who.trust)
+    identity = svc.current_identity(who, who.trust)
     variant = f"instances|{identity.fingerprint(study)}|" + ",".join(targets)
     etag = svc.etag(instances, variant)
     # The header carries the patient's current identity, which may change: revalidate.
@@ -144,7 +144,7 @@ def _metadata(
     docs: list[bytes] | None = None
     instances: list[StoredInstance] = []
     located: LocatedSeries | None = None
-    identity = svc.current_identity(who.trust)
+    identity = svc.current_identity(who, who.trust)
     if series is None:  # a study may be large: list it, then read the JSON in pages
         instances = svc.instances(who, study, channel="wado-rs metadata", use="view")
         hashes = [i.sha256 for i in instances]

@@ -122,7 +122,7 @@ async def wado(request: Request) -> Response:
         ):
             raise HTTPException(406, f"cannot send this instance as {tc.describe(target)}")
         # The header says who the patient is as seen from the caller's trust (trust_view).
-        identity = await run_in_threadpool(svc.current_identity, who.trust)
+        identity = await run_in_threadpool(svc.current_identity, who, who.trust)
         fingerprint = await run_in_threadpool(identity.fingerprint, inst.study_uid)
         etag = svc.etag([inst], f"wado-uri|{target}|{fingerprint}")
         headers = changing_headers(etag)

@@ -155,7 +155,8 @@ class FastServices:
 
     def _ops(self, peer: Peer, refs: list[Any], viewing_trust: str | None) -> list[Any]:
         service = self.listener.retrieve
-        identity = service.current_identity(viewing_trust)  # as the receiving trust sees them
+        # As the receiving trust sees them; only studies the requesting peer may see.
+        identity = service.current_identity(peer.principal, viewing_trust)
         principal = peer.principal
         return [
             get.SubOperation(

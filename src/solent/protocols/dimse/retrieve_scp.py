@@ -105,7 +105,7 @@ def _suboperations(
     operation: str,
 ) -> Iterator[tuple[int, Dataset | None]]:
     # One read of the patient attributes per study, as the receiving trust sees the person.
-    identity = service.current_identity(viewing_trust)
+    identity = service.current_identity(peer.principal, viewing_trust)
     failed: list[StoredInstanceRef] = []  # noted by suboperations.send_c_store
     sent = 0
     try:
