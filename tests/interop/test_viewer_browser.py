@@ -27,6 +27,7 @@ from tests.interop.viewer_support import (
     bright_box,
     canvas,
     canvas_box,
+    canvas_fits_its_pane,
     differs,
     eventually,
     image_index,
@@ -83,6 +84,7 @@ def test_sign_in_read_scroll_window_and_measure(
 
     page.goto(f"{demo.base_url}/viewer/#/study/{ALICE_CT}?prior=")
     first = wait_image(page)
+    eventually(lambda: canvas_fits_its_pane(page), what="the canvas sized to its pane")
     assert page.locator(".thumb").count() == 1
     page.wait_for_function("document.querySelector('.thumb img')?.naturalWidth > 0")
     overlay = page.inner_text(f"{pane()} .overlay")
@@ -166,6 +168,47 @@ def test_sign_in_read_scroll_window_and_measure(
     page.wait_for_selector("#help:not([hidden]) kbd:has-text('PageUp'), #help:not([hidden]) kbd")
     assert "CT lung" in page.inner_text("#help") and "cine" in page.inner_text("#help")
     shot(page, tmp_path, "06-help")
+    assert not errors, errors
+
+
+# A browser without WebGL (a locked-down desktop, a remote session without a GPU): every
+# WebGL context request fails, as it does there.
+NO_WEBGL = """
+(() => {
+  const get = HTMLCanvasElement.prototype.getContext;
+  HTMLCanvasElement.prototype.getContext = function (kind, ...rest) {
+    if (String(kind).startsWith('webgl') || kind === 'experimental-webgl') return null;
+    return get.call(this, kind, ...rest);
+  };
+})();
+"""
+
+
+def test_without_webgl_the_viewer_draws_on_the_cpu(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    """Issue 12: no WebGL, still images: the viewer takes Cornerstone's CPU rendering path, and
+    scrolling and window/level redraw the pixels."""
+    errors: list[str] = []
+    page = new_page(browser, demo, errors)
+    page.context.add_init_script(NO_WEBGL)
+    page.reload()
+    assert page.evaluate("!!document.createElement('canvas').getContext('webgl2')") is False
+    sign_in(page, "rad")
+    page.goto(f"{demo.base_url}/viewer/#/study/{ALICE_CT}?prior=")
+    first = wait_image(page)
+    assert page.evaluate("document.documentElement.dataset.rendering") == "cpu"
+    eventually(lambda: canvas_fits_its_pane(page), what="the canvas sized to its pane")
+    page.locator(f"{pane()} .viewport").hover()
+    page.keyboard.press("End")
+    eventually(lambda: image_index(page) == 23, what="End key")
+    eventually(lambda: differs(first, canvas(page)) > 0.01, what="the last slice drawn")
+    last = canvas(page)
+    page.keyboard.press("4")  # CT brain
+    page.wait_for_selector(f"{pane()} .overlay .br:has-text('W 80 L 40')")
+    eventually(lambda: differs(last, canvas(page)) > 0.01, what="window/level redrawn")
+    assert not_blank(canvas(page))
+    shot(page, tmp_path, "15-cpu-rendering")
     assert not errors, errors
 
 

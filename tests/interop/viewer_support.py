@@ -125,6 +125,18 @@ def bright_box(pixels: np.ndarray, level: int = 60) -> tuple[float, float, float
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
+def canvas_fits_its_pane(page: Any, label: str = "Current") -> bool:
+    """The viewport canvas has as many pixels as it is shown with: one enabled before the page
+    around it settled, and never resized, is squeezed by the browser (anatomy out of
+    proportion)."""
+    w, h, cw, ch = page.evaluate(
+        "(sel) => { const c = document.querySelector(sel + ' canvas'); const r = devicePixelRatio;"
+        " return [c.width, c.height, c.clientWidth * r, c.clientHeight * r]; }",
+        pane(label),
+    )
+    return abs(w - cw) <= 1 and abs(h - ch) <= 1
+
+
 def not_blank(pixels: np.ndarray) -> bool:
     return float(pixels.std()) > 5.0 and int(pixels.max()) > 40
 

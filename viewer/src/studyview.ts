@@ -107,6 +107,16 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
   root.replaceChildren(header, toolbar, h('div', { class: 'reading-body' }, strips, panes, side));
   main.enable();
   group.addViewport(main.viewportId, ENGINE);
+  // The canvases take the size of their pane when enabled; the header, toolbar and side panel
+  // fill in after that and the pane shrinks. Without a resize the canvas keeps its first size
+  // and the browser squeezes it into the pane: anatomy drawn out of proportion.
+  let sizing = 0;
+  const sizes = new ResizeObserver(() => {
+    cancelAnimationFrame(sizing);
+    sizing = requestAnimationFrame(() => engine.resize(true, true));
+  });
+  sizes.observe(panes);
+  sizes.observe(main.root);
 
   if (context instanceof Error) {
     header.append(errorBox(`Patient context, priors and reports unavailable: ${context.message}`));
@@ -158,6 +168,7 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
     if (prior) {
       group.removeViewports(ENGINE, prior.viewportId);
       engine.disableElement(prior.viewportId);
+      sizes.unobserve(prior.root);
       prior.root.remove();
       prior.strip.remove();
       prior = null;
@@ -171,6 +182,7 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
     prior.enable();
     group.addViewport(prior.viewportId, ENGINE);
     engine.resize(true, true);
+    sizes.observe(prior.root);
     await prior.showStudy(uid, priorSeries);
     // Slice sync runs from the pane the user last touched (keys scroll the current) to the other
     // one only. Two-way, the other pane's new image arrives after the synchronizer's re-entry
@@ -236,6 +248,7 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
     },
     destroy() {
       document.removeEventListener('keydown', keyHandler);
+      sizes.disconnect();
       for (const ev of ANNOTATION_EVENTS) eventTarget.removeEventListener(ev, changed);
       window.removeEventListener('resize', resize);
       toolUtils.cine.stopClip(main.element);
