@@ -326,8 +326,14 @@ def test_association_slots_are_bounded_and_freed(srv: RunningServer) -> None:
     held = [ae.associate("127.0.0.1", port, ae_title="SOLENT") for _ in range(MAX_ASSOCIATIONS)]
     try:
         assert all(a.is_established for a in held)
-        extra = ae.associate("127.0.0.1", port, ae_title="SOLENT")
-        assert extra.is_rejected
+        for _ in range(3):
+            extra = ae.associate("127.0.0.1", port, ae_title="SOLENT")
+            assert not extra.is_established, "an association beyond the limit was accepted"
+            if extra.is_rejected:
+                break
+            # Neither accepted nor rejected: the request went unanswered (it failed once so
+            # under CI load, with the 2 s ARTIM of this server); ask again.
+        assert extra.is_rejected, "aborted" if extra.is_aborted else "no answer"
         # A-ASSOCIATE-RJ transient, service-provider (presentation), local limit exceeded.
         rj = extra.acceptor.primitive
         assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)
