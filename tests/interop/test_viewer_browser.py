@@ -1,9 +1,7 @@
 """The zero-footprint viewer in a real browser (issue 12): Debian chromium driven by Playwright
 against a real `solent serve` with the demo data. Canvas checks read the drawn pixels back.
 
-Tests marked ``needs_viewer_api`` use the /api/viewer and /api/mdt routes of the server contract
-(built on the `mdt` branch); the others use what the server has today: sign-in, DICOMweb,
-IID and break-glass.
+Screenshots are kept under each test's output directory (docs/viewer.md uses them).
 """
 
 from __future__ import annotations
@@ -209,6 +207,51 @@ def test_without_webgl_the_viewer_draws_on_the_cpu(
     eventually(lambda: differs(last, canvas(page)) > 0.01, what="window/level redrawn")
     assert not_blank(canvas(page))
     shot(page, tmp_path, "15-cpu-rendering")
+    assert not errors, errors
+
+
+ORU = """
+MSH|^~\\&|RIS|ZZA|PACS|ZZX|20260105153000||ORU^R01^ORU_R01|{control}|P|2.4|||||GBR||EN
+PID|1||A100001^^^ZZA^MR~9990000018^^^NHS^NH||DEMO^ALICE||19580312|F
+ORC|RE|OCS-1^EPR_A|{accession}^RIS_A||CM
+OBR|1|OCS-1^EPR_A|{accession}^RIS_A|CCHAPC^CT chest^NICIP|||20240115114200|||||||||C1^CONSULTANT^CLARE^^^DR||{accession}||||20240115152900||CT|{status}|||||||R1&REPORTER&RITA&&&DR
+OBX|1|TX|CCHAPC^CT chest^NICIP||{text}||||||{status}
+"""  # noqa: E501
+
+
+def test_the_report_beside_the_images_with_its_versions(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    """Issue 12: the RIS's report (HL7 ORU) shows beside the images; a preliminary then a final
+    report show as the final with both versions to open."""
+    from tests.interop.hl7_support import msa, send
+
+    demo.cli("hl7", "sender", "add", "RIS", "ZZA", "--host", "127.0.0.1", "--trust", "ZZA")
+    headers = add_user(demo, "rep", "ZZA", "radiologist")
+    study = httpx.get(
+        f"{demo.base_url}/api/viewer/studies/{ALICE_CT}", headers=headers, timeout=30
+    ).json()["study"]
+    accession = study["accession"]
+    for n, (status, text) in enumerate(
+        (("P", "Preliminary: no pneumothorax."), ("F", "Final: no pneumothorax; old rib fracture."))
+    ):
+        message = ORU.format(control=f"VIEWREP{n}", accession=accession, status=status, text=text)
+        assert msa(send(int(demo.ports["hl7"]), message)[0])[0] == "AA"
+    errors: list[str] = []
+    page = new_page(browser, demo, errors)
+    sign_in(page, "rep")
+    page.goto(f"{demo.base_url}/viewer/#/study/{ALICE_CT}?prior=")
+    wait_image(page)
+    report = page.locator("#reports article.report").first
+    report.wait_for()
+    assert "FINAL" in report.inner_text() and "old rib fracture" in report.inner_text()
+    assert "15-Jan-2024 15:29 REPORTER, Rita" in report.locator("header").inner_text()
+    report.locator("summary:has-text('2 versions')").click()
+    versions = report.locator(".version")
+    assert versions.count() == 2
+    shown = " ".join(versions.all_inner_texts())
+    assert "Preliminary: no pneumothorax." in shown and "old rib fracture" in shown
+    shot(page, tmp_path, "16-report-versions")
     assert not errors, errors
 
 
@@ -428,7 +471,7 @@ def test_current_and_prior_side_by_side_scroll_and_window_in_sync(
     assert not errors, errors
 
 
-# -- Against the /api/viewer and /api/mdt routes of the server contract (the `mdt` branch) ------
+# -- Against the /api/viewer and /api/mdt routes ----------------------------------------------
 
 
 def require_viewer_api(srv: RunningServer, headers: dict[str, str]) -> None:
@@ -436,7 +479,7 @@ def require_viewer_api(srv: RunningServer, headers: dict[str, str]) -> None:
     paths = set(spec.get("paths", {}))
     require(
         {"/api/viewer/search", "/api/mdt/meetings"} <= paths,
-        "the server's /api/viewer and /api/mdt routes (issue 12 contract, `mdt` branch)",
+        "the server's /api/viewer and /api/mdt routes (issue 12)",
     )
 
 

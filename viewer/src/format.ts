@@ -27,6 +27,12 @@ export function dicomDate(value: string | null | undefined): string {
   return `${value.slice(6, 8)}-${m}-${value.slice(0, 4)}`;
 }
 
+/** An HL7/DICOM timestamp (YYYYMMDD[HHMM[SS]]) as DD-Mon-YYYY HH:MM. */
+export function dicomDateTime(value: string | null | undefined): string {
+  if (!value || value.length < 12 || !/^\d{12}/.test(value)) return dicomDate(value);
+  return `${dicomDate(value.slice(0, 8))} ${value.slice(8, 10)}:${value.slice(10, 12)}`;
+}
+
 /** An <input type=date> value (YYYY-MM-DD) as YYYYMMDD. */
 export function toDicomDate(value: string): string {
   return value.replace(/-/g, '');

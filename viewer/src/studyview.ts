@@ -8,7 +8,7 @@ import type { Types as ToolTypes } from '@cornerstonejs/tools';
 import { ApiError, del, get, post } from './api';
 import { breakGlass, breakGlassBanner } from './breakglass';
 import { errorBox, h } from './dom';
-import { dicomDate } from './format';
+import { dicomDate, dicomDateTime, personName } from './format';
 import { PRESETS, TOOL_GROUP, type MouseTool, createToolGroup, followTools, initImaging, setPrimaryTool } from './imaging';
 import { removeSelectedMeasurements, showMeasurements, unlockMeasurements } from './measurements';
 import { Pane, studySeries } from './pane';
@@ -394,14 +394,14 @@ async function sidePanel(side: HTMLElement, studyUid: string, main: Pane): Promi
         h(
           'article',
           { class: `report ${rep.status}` },
-          h('header', {}, h('strong', {}, rep.status.toUpperCase()), ` ${rep.issued ?? ''} ${rep.author ?? ''}`),
+          h('header', {}, h('strong', {}, rep.status.toUpperCase()), ` ${dicomDateTime(rep.issued)} ${personName(rep.author)}`),
           h('pre', {}, rep.text),
           rep.versions.length > 1
             ? h(
                 'details',
                 {},
                 h('summary', {}, `${rep.versions.length} versions`),
-                ...rep.versions.map((v) => h('div', { class: 'version' }, h('em', {}, `v${v.version} ${v.status} ${v.issued ?? ''}`), h('pre', {}, v.text))),
+                ...rep.versions.map((v) => h('div', { class: 'version' }, h('em', {}, `v${v.version} ${v.status} ${dicomDateTime(v.issued)}`), h('pre', {}, v.text))),
               )
             : null,
         ),
