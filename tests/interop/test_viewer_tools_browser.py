@@ -372,3 +372,77 @@ def test_mdt_follower_who_may_not_see_the_patient_sees_no_image(
     wait_image(fol)
     assert fol.get_attribute("#mdt-stage", "data-restricted") == "false"
     assert not errors, errors
+
+
+def two_series(folder: Path) -> tuple[str, str, str]:
+    """A study of two series (study, first series, second): the first eight slices with a
+    bright square at the left, the second one slice with it at the right."""
+    study, series = generate_uid(), (generate_uid(), generate_uid())
+    for n, (uid, count, x) in enumerate(((series[0], 8, 8), (series[1], 1, 88)), start=1):
+        for i in range(count):
+            pixels = np.full((128, 128), 20, dtype=np.uint8)
+            pixels[52:76, x + 2 * i : x + 24 + 2 * i] = 230
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+            ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, uid
+            ds.PatientName, ds.PatientID = "DEMO^SERIES", "S300001"
+            ds.PatientBirthDate, ds.PatientSex = "19600101", "O"
+            ds.StudyDate = ds.SeriesDate = "20250302"
+            ds.StudyTime = "101500"
+            ds.AccessionNumber = "SERIES2"
+            ds.Modality, ds.StudyDescription = "OT", "TWO SERIES"
+            ds.SeriesDescription = f"SERIES {n}"
+            ds.SeriesNumber, ds.InstanceNumber = n, i + 1
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.Rows = ds.Columns = 128
+            ds.BitsAllocated = ds.BitsStored = 8
+            ds.HighBit, ds.PixelRepresentation = 7, 0
+            ds.WindowCenter, ds.WindowWidth = 128, 256
+            ds.PixelData = pixels.tobytes()
+            ds.save_as(folder / f"s{n}-{i}.dcm", enforce_file_format=True)
+    return study, *series
+
+
+def test_a_thumbnail_opens_its_series_and_dragging_scrolls(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    """Issue 12: series thumbnails switch the pane to their series; with the Scroll tool a
+    vertical drag moves through the stack."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    study, first, second = two_series(folder)
+    demo.cli("import", str(folder), "--trust", "ZZA")
+    errors: list[str] = []
+    page = new_page(browser, demo, errors)
+    sign_in(page, "rad")
+    page.goto(f"{demo.base_url}/viewer/#/study/{study}?prior=")
+    wait_image(page)
+    thumbs = page.locator(".thumbnails[data-pane='Current'] .thumb")
+    eventually(lambda: thumbs.count() == 2, what="two thumbnails")
+    assert "/8" in page.inner_text(f"{pane()} .overlay .bl")
+
+    # Scroll tool: dragging down moves forward through the eight slices.
+    page.click(".toolbar [data-tool='StackScroll']")
+    page.locator(f"{pane()} .viewport").hover()
+    page.keyboard.press("Home")
+    eventually(lambda: image_index(page) == 0, what="first slice")
+    page.wait_for_timeout(300)
+    top = canvas(page)
+    drag(page, 0, 300)
+    eventually(lambda: image_index(page) > 0, what="drag scroll")
+    eventually(lambda: differs(top, canvas(page)) > 0.001, what="the slice dragged to drawn")
+
+    # The second thumbnail: its one slice, the square on the right of the image.
+    left = centroid(canvas(page), 120)
+    page.locator(f".thumb[data-series='{second}']").click()
+    eventually(lambda: "/1" in page.inner_text(f"{pane()} .overlay .bl"), what="series 2 shown")
+    eventually(lambda: centroid(canvas(page), 120)[0] > left[0] + 50, what="series 2 drawn")
+    assert "SERIES 2" in page.inner_text(f"{pane()} .overlay")
+    page.locator(f".thumb[data-series='{first}']").click()
+    eventually(lambda: "/8" in page.inner_text(f"{pane()} .overlay .bl"), what="series 1 again")
+    shot(page, tmp_path, "17-series-thumbnails")
+    assert not errors, errors
