@@ -171,6 +171,19 @@ def wait_image(page: Any, label: str = "Current") -> np.ndarray:
     return holder[0]
 
 
+def settled(page: Any, label: str = "Current", timeout: float = 30.0) -> np.ndarray:
+    """The canvas once it stops changing (two reads 0.5 s apart agree): a later frame of
+    higher fidelity, or a resize as the page around it fills in, no longer pending."""
+    before = wait_image(page, label)
+    deadline = time.monotonic() + timeout
+    while True:
+        page.wait_for_timeout(500)
+        now = canvas(page, label)
+        if differs(before, now) < 0.001 or time.monotonic() > deadline:
+            return now
+        before = now
+
+
 def image_index(page: Any, label: str = "Current") -> int:
     return int(page.get_attribute(f"{pane(label)} .overlay", "data-index") or -1)
 
