@@ -162,6 +162,12 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
 
   // The pane whose scrolling the other follows (see hangPrior): the last one the user touched.
   let driver = main.viewportId;
+  const leads = (pane: Pane) => {
+    for (const ev of ['pointerdown', 'wheel'] as const) {
+      pane.element.addEventListener(ev, () => (driver = pane.viewportId), { capture: true, passive: true });
+    }
+  };
+  leads(main);
 
   async function hangPrior(uid: string | null): Promise<void> {
     for (const id of [SLICE_SYNC, VOI_SYNC]) SynchronizerManager.destroySynchronizer(id);
@@ -189,11 +195,7 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
     // guard is down and pulled the driving pane back to the nearest position it has (End on the
     // current could land a few slices short of the last).
     driver = main.viewportId;
-    for (const pane of [main, prior]) {
-      for (const ev of ['pointerdown', 'wheel'] as const) {
-        pane.element.addEventListener(ev, () => (driver = pane.viewportId), { capture: true, passive: true });
-      }
-    }
+    leads(prior);
     const slice = SynchronizerManager.createSynchronizer(
       SLICE_SYNC,
       Enums.Events.STACK_NEW_IMAGE,
