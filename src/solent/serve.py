@@ -189,6 +189,7 @@ def announce(settings: Settings, ports: dict[str, int | str]) -> None:
         "(API at /api, metrics at /metrics)",
         flush=True,
     )
+    print(f"  viewer: {scheme}://{host}:{ports['http']}/viewer/", flush=True)
     for name, port in ports.items():
         if name not in ("http", "ae_title"):
             print(f"  {name}: {host}:{port}", flush=True)
