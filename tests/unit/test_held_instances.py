@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from solent.app import Archive
 from solent.index import schema as t
-from solent.ingest.pipeline import HELD
+from solent.ingest.held import HELD
 from solent.services.check import check_archive
 from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template, study_of
 from tests.unit.stow_support import ct_instance, stow_body

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -19,22 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection
 
 from solent.dicom.inflate import InflateLimits
 from solent.dicom.parse import ParsedInstance, RejectedInstance, parse_file
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
 from solent.domain.principal import Channel, Principal, Provenance
 from solent.errors import IndexUnavailable, StorageError
-from solent.index import identity as identity_store
-from solent.index import schema as t
+from solent.index.held import HeldInstance, record_held
 from solent.index.records import (
     AlreadyStoredError,
     PatientMismatchError,
     RecordedInstance,
     record_instance,
 )
-from solent.index.sql import Index, now
+from solent.index.sql import Index
+from solent.ingest.held import held_key, keep_copy
 from solent.ingest.write_gate import WriteGate
 from solent.metrics import INGEST_BYTES, INGEST_INSTANCES, INGEST_SECONDS
 from solent.services.access import AccessService, Permission, permissions_of
@@ -46,17 +44,6 @@ from solent.services.audit import (
     audit_fields,
 )
 from solent.storage import PLACED, BlobStore, Placement, blob_key_for
-
-#: Work-queue kind of an instance held for identity reconciliation.
-HELD = "ingest-held-for-reconciliation"
-
-
-def held_key(sha256_hex: str) -> str:
-    """Where a held instance's copy lives: shaped like a content key but never equal to one,
-    so ingest's clean-up of a refused blob with the same bytes cannot delete it."""
-    key = blob_key_for(sha256_hex)
-    return f"{key[:6]}h{key[6:]}"
-
 
 RecordedT = TypeVar("RecordedT")
 
@@ -369,18 +356,12 @@ class Ingestor:
     def _hold(self, p: _Prepared, refused: Exception) -> StoreResult:
         """Keep the instance for identity reconciliation, filed under no patient, and answer
         exactly as for a stored one: never images under the wrong patient, and nothing about
-        the other record in the answer. A regional work-queue item (no trust, no patient:
-        only regional administrators see it) names both sides for the person who decides."""
+        the other record in the answer (``solent.index.held``: the regional work item)."""
         parsed, who = p.parsed, p.principal
         held = held_key(parsed.sha256)
         try:
             p.placement.wait()
-            with (
-                self._store.open(p.key) as src,
-                tempfile.NamedTemporaryFile(delete=False, prefix="solent-held-") as tmp,
-            ):
-                shutil.copyfileobj(src, tmp, 1 << 20)
-            self._store.put_file(held, Path(tmp.name), move=True)
+            keep_copy(self._store, p.key, held)
         except (OSError, StorageError) as exc:
             self._forget_blob(p.key)
             return StoreResult.rejected(
@@ -395,43 +376,22 @@ class Ingestor:
             if isinstance(refused, PatientMismatchError)
             else "this SOP Instance UID is already stored with different content"
         )
+        instance = HeldInstance(
+            sop_uid=parsed.sop_instance_uid,
+            series_uid=parsed.series_uid,
+            study_uid=parsed.study_uid,
+            sha256=parsed.sha256,
+            path=held,
+            sender=who.describe(),
+            trust=p.trust,
+            local_id=p.local_id,
+            holder_pk=None if holder is None else int(holder),
+            reason=reason,
+        )
 
         def op(conn: Connection) -> None:
-            h = t.held_instance.c
-            if conn.execute(
-                select(h.pk).where(h.sop_uid == parsed.sop_instance_uid, h.sha256 == parsed.sha256)
-            ).first():
-                return  # sent again: held already
-            row = identity_store.get_patient(conn, int(holder)) if holder is not None else None
-            filed = f"record {row['local_id']} of {row['issuer']}" if row else "another record"
-            item = identity_store.add_work_item(
-                conn,
-                kind=HELD,
-                detail=(
-                    f"{who.describe()} (trust {p.trust}) sent SOP Instance UID "
-                    f"{parsed.sop_instance_uid} of study {parsed.study_uid} naming patient "
-                    f"{p.local_id} of {p.trust}; {reason.split(';')[0]}: {filed}. Held at "
-                    f"{held}, filed under no patient, until a person decides"
-                ),
-            )
-            conn.execute(
-                insert(t.held_instance).values(
-                    at=now(),
-                    sop_uid=parsed.sop_instance_uid,
-                    series_uid=parsed.series_uid,
-                    study_uid=parsed.study_uid,
-                    sha256=parsed.sha256,
-                    path=held,
-                    sender=who.describe()[:200],
-                    sender_trust=p.trust,
-                    patient_issuer=p.trust,
-                    patient_id=p.local_id,
-                    holder_pk=holder,
-                    reason=reason,
-                    work_item=item,
-                    status="held",
-                )
-            )
+            item = record_held(conn, instance)  # None: sent again, held already
+            detail = _store_detail(p.provenance, parsed.sop_instance_uid, parsed.series_uid, "held")
             self._audit.append_in(
                 conn,
                 audit_fields(
@@ -439,12 +399,7 @@ class Ingestor:
                     AuditAction.STORE,
                     patient=PatientRef(p.trust, p.local_id, parsed.patient.get("nhs_number")),
                     study_uid=parsed.study_uid,
-                    detail={
-                        **_store_detail(
-                            p.provenance, parsed.sop_instance_uid, parsed.series_uid, "held"
-                        ),
-                        "work_item": item,
-                    },
+                    detail={**detail, "work_item": item},
                 ),
             )
 
