@@ -102,32 +102,39 @@ def reset(page: Any, base: np.ndarray) -> None:
 # -- a multi-frame instance: a bright square moving right, one step a frame -------------------
 
 
-def multiframe(path: Path) -> str:
-    frames = np.full((FRAMES, 128, 128), 20, dtype=np.uint8)
-    for f in range(FRAMES):
-        frames[f, 52:76, 8 + 8 * f : 32 + 8 * f] = 230
+def secondary_capture(
+    frames: np.ndarray, sop_class: str, study: str, series: str, patient: tuple[str, str]
+) -> Dataset:
+    """An 8-bit grey Secondary Capture of ``frames`` (frames x 128 x 128, or 128 x 128)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = MULTIFRAME_SC
-    ds.SOPClassUID = MULTIFRAME_SC
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = study = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientName, ds.PatientID = "DEMO^CINE", "C300001"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientName, ds.PatientID = patient
     ds.PatientBirthDate, ds.PatientSex = "19600101", "O"
-    ds.StudyDate = ds.SeriesDate = "20250301"
     ds.StudyTime = "101500"
-    ds.AccessionNumber = "CINE1"
-    ds.Modality, ds.StudyDescription = "OT", "CINE LOOP"
+    ds.Modality = "OT"
     ds.SeriesNumber = ds.InstanceNumber = 1
-    ds.NumberOfFrames = FRAMES
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows = ds.Columns = 128
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit, ds.PixelRepresentation = 7, 0
     ds.WindowCenter, ds.WindowWidth = 128, 256
     ds.PixelData = frames.tobytes()
+    return ds
+
+
+def multiframe(path: Path) -> str:
+    frames = np.full((FRAMES, 128, 128), 20, dtype=np.uint8)
+    for f in range(FRAMES):
+        frames[f, 52:76, 8 + 8 * f : 32 + 8 * f] = 230
+    study = generate_uid()
+    ds = secondary_capture(frames, MULTIFRAME_SC, study, generate_uid(), ("DEMO^CINE", "C300001"))
+    ds.StudyDate = ds.SeriesDate = "20250301"
+    ds.AccessionNumber, ds.StudyDescription = "CINE1", "CINE LOOP"
+    ds.NumberOfFrames = FRAMES
     ds.save_as(path, enforce_file_format=True)
     return study
 
@@ -382,27 +389,13 @@ def two_series(folder: Path) -> tuple[str, str, str]:
         for i in range(count):
             pixels = np.full((128, 128), 20, dtype=np.uint8)
             pixels[52:76, x + 2 * i : x + 24 + 2 * i] = 230
-            ds = Dataset()
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-            ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, uid
-            ds.PatientName, ds.PatientID = "DEMO^SERIES", "S300001"
-            ds.PatientBirthDate, ds.PatientSex = "19600101", "O"
+            ds = secondary_capture(
+                pixels, "1.2.840.10008.5.1.4.1.1.7", study, uid, ("DEMO^SERIES", "S300001")
+            )
             ds.StudyDate = ds.SeriesDate = "20250302"
-            ds.StudyTime = "101500"
-            ds.AccessionNumber = "SERIES2"
-            ds.Modality, ds.StudyDescription = "OT", "TWO SERIES"
+            ds.AccessionNumber, ds.StudyDescription = "SERIES2", "TWO SERIES"
             ds.SeriesDescription = f"SERIES {n}"
             ds.SeriesNumber, ds.InstanceNumber = n, i + 1
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.Rows = ds.Columns = 128
-            ds.BitsAllocated = ds.BitsStored = 8
-            ds.HighBit, ds.PixelRepresentation = 7, 0
-            ds.WindowCenter, ds.WindowWidth = 128, 256
-            ds.PixelData = pixels.tobytes()
             ds.save_as(folder / f"s{n}-{i}.dcm", enforce_file_format=True)
     return study, *series
 
