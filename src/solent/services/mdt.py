@@ -15,11 +15,9 @@ import dataclasses
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from functools import partial
+from datetime import datetime
 from typing import Any
 
 from solent.domain.principal import Principal, PrincipalKind
@@ -28,11 +26,11 @@ from solent.index import mdt as store
 from solent.index import security as users
 from solent.index import viewer as viewer_store
 from solent.index.sql import Index
-from solent.services import mdt_prefetch as warm
 from solent.services.access import AccessDenied, AccessService, Permission, Role
 from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
 from solent.services.mdt_broker import ORDERED, Announce
 from solent.services.mdt_live import LiveHub, advance
+from solent.services.mdt_schedule import PREFETCH_LEAD, MeetingWarmer, purpose
 from solent.services.retrieve import RetrieveService
 from solent.services.viewer import ViewerService
 from solent.ttl_cache import TtlCache
@@ -43,11 +41,6 @@ MDT_ROLES = frozenset({Role.CLINICIAN.value, Role.RADIOLOGIST.value, Role.MDT_CO
 MAX_ITEMS = 100
 MAX_STUDIES_PER_ITEM = 20
 MAX_OUTCOME = 10_000
-#: Prefetches running at once in this process: many meetings warming together must not take
-#: every core from the people already viewing.
-PREFETCH_SLOTS = threading.BoundedSemaphore(2)
-#: The warming before a meeting starts runs this long before its start time.
-PREFETCH_LEAD = timedelta(minutes=30)
 _PURPOSE = re.compile(r"mdt:([1-9][0-9]{0,17})")
 _TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
@@ -69,10 +62,6 @@ class LiveSeat:
     visible: dict[int, frozenset[str]]
 
 
-def purpose(meeting_id: int) -> str:
-    return f"mdt:{meeting_id}"
-
-
 class MdtService:
     def __init__(
         self,
@@ -87,10 +76,11 @@ class MdtService:
         self._audit = audit
         self._viewer = viewer
         self._retrieve = retrieve
-        self._threads: dict[int, threading.Thread] = {}
-        self._sweeper: tuple[threading.Event, threading.Thread] | None = None
         #: Now, in the server's time zone (meeting times are local); tests move it.
         self.clock: Callable[[], datetime] = lambda: datetime.now().astimezone()
+        self._warmer = MeetingWarmer(
+            index, audit, retrieve, viewer._identity, self._visible_items, lambda: self.clock()
+        )
         # Accepted purpose claims (a participant's every frame request carries one), briefly.
         self._participants: TtlCache[bool] = TtlCache(10.0, limit=10_000)
 
@@ -350,109 +340,12 @@ class MdtService:
         self._meeting_row(meeting_id)
         if not self._index.write(lambda c: store.claim_prefetch(c, meeting_id, before=before)):
             return False
-        thread = threading.Thread(
-            target=self._prefetch,
-            args=(principal, meeting_id, base_url),
-            name=f"mdt-prefetch-{meeting_id}",
-            daemon=True,
-        )
-        self._threads[meeting_id] = thread
-        thread.start()
+        self._warmer.start(principal, meeting_id, base_url)
         return True
 
     def wait_prefetch(self, meeting_id: int, timeout: float) -> None:
         """For tests and tools: wait for this process's prefetch of the meeting to end."""
-        thread = self._threads.get(meeting_id)
-        if thread is not None:
-            thread.join(timeout)
-
-    def _prefetch(self, principal: Principal, meeting_id: int, base: str) -> None:
-        try:
-            with PREFETCH_SLOTS:
-                self._run_prefetch(principal, meeting_id, base)
-        except Exception:
-            log.exception("prefetch of MDT meeting %s failed", meeting_id)
-            self._index.write(
-                lambda c: store.finish_prefetch(c, meeting_id, "failed", self.clock())
-            )
-
-    def _run_prefetch(self, principal: Principal, meeting_id: int, base: str) -> None:
-        # Every read made to warm (and its audit record) carries the meeting.
-        principal = dataclasses.replace(principal, purpose=purpose(meeting_id))
-        with self._index.read() as conn:
-            items = store.items_of(conn, meeting_id)
-        visible = self._visible_items(principal, items)
-        plan: list[tuple[dict[str, Any], list[tuple[str, list[str]]]]] = []
-        for item in items:
-            if int(item["pk"]) not in visible:
-                hidden = int(item["pk"])
-                self._index.write(
-                    partial(store.set_item_prefetch, item=hidden, state="not available", warmed=0)
-                )
-                continue
-            studies = []
-            for study in item["study_uids"]:
-                row = self._viewer._identity.study(study)
-                if row is None:
-                    continue
-                series = [s["series_uid"] for s in self._viewer._identity.series(int(row["pk"]))]
-                studies.append((study, series))
-            plan.append((item, studies))
-        total = sum(1 + len(series) for _, studies in plan for _, series in studies)
-        self._index.write(lambda c: store.set_prefetch(c, meeting_id, "running", 0, total))
-        done = 0
-        failed = False
-        for item, studies in plan:
-            item_id = int(item["pk"])
-            self._index.write(
-                partial(store.set_item_prefetch, item=item_id, state="running", warmed=0)
-            )
-            warmed = warm.Warmed()
-            state = "done"
-            try:
-                for study, series in studies:
-                    warm.warm_study_thumbnail(self._retrieve, principal, study, warmed)
-                    done += 1
-                    for n, uid in enumerate(series):
-                        warm.warm_series(
-                            self._retrieve, principal, study, uid, base, warmed, preview=n == 0
-                        )
-                        done += 1
-                        self._index.write(
-                            partial(
-                                store.set_prefetch, meeting=meeting_id, state="running", done=done
-                            ),
-                            relaxed=True,
-                        )
-            except NotFound:  # no longer visible to them (or deleted): nothing more is read
-                state = "not available"
-            except Exception:
-                log.exception("prefetch of item %s of MDT meeting %s failed", item_id, meeting_id)
-                state, failed = "failed", True
-            self._index.write(
-                partial(store.set_item_prefetch, item=item_id, state=state, warmed=warmed.total)
-            )
-            patient = visible[item_id]
-            self._audit.record(
-                principal,
-                AuditAction.RETRIEVE,
-                patient=PatientRef(
-                    item["patient_issuer"], item["patient_id"], patient["nhs_number"]
-                ),
-                purpose=purpose(meeting_id),
-                detail={
-                    "mdt": "prefetch",
-                    "studies": item["study_uids"],
-                    "state": state,
-                    "warmed": warmed.counts,
-                },
-            )
-        self._index.write(lambda c: store.set_prefetch(c, meeting_id, "running", done, total))
-        self._index.write(
-            lambda c: store.finish_prefetch(
-                c, meeting_id, "failed" if failed else "done", self.clock()
-            )
-        )
+        self._warmer.wait(meeting_id, timeout)
 
     def due_prefetches(self) -> list[int]:
         """Start the warming of today's meetings that begin within `PREFETCH_LEAD` and were not
@@ -484,24 +377,10 @@ class MdtService:
 
     def start_background(self, interval: float = 60.0) -> None:
         """The thread that starts the warming shortly before each meeting (`due_prefetches`)."""
-        if self._sweeper is not None:
-            return
-        stop = threading.Event()
-
-        def run() -> None:
-            while not stop.wait(interval):
-                try:
-                    self.due_prefetches()
-                except Exception:
-                    log.exception("MDT prefetch sweep failed; trying again")
-
-        self._sweeper = (stop, threading.Thread(target=run, name="mdt-prefetch-due", daemon=True))
-        self._sweeper[1].start()
+        self._warmer.start_sweep(self.due_prefetches, interval)
 
     def stop_background(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper[0].set()
-            self._sweeper = None
+        self._warmer.stop_sweep()
 
     # -- the purpose a participant's reads carry (X-Solent-Purpose) -------------------------
 
