@@ -232,7 +232,9 @@ class Settings(BaseSettings):
     )
     oidc_audience: str = Field("", description="Audience (aud) an OIDC token must carry.")
     oidc_jwks_url: str = Field(
-        "", description="JWKS URL of the OIDC issuer, e.g. https://idp/realms/x/certs."
+        "",
+        description="JWKS URL of the OIDC issuer, e.g. https://idp/realms/x/certs (empty: the "
+        "jwks_uri of the issuer's /.well-known/openid-configuration).",
     )
     oidc_client_id: str = Field(
         "",
@@ -240,12 +242,14 @@ class Settings(BaseSettings):
         "code + PKCE, no secret); empty: the viewer offers password sign-in only.",
     )
     oidc_authorization_endpoint: str = Field(
-        "", description="The issuer's authorization endpoint the viewer sends a user to."
+        "",
+        description="The issuer's authorization endpoint the viewer sends a user to (empty: "
+        "from the issuer's discovery document).",
     )
     oidc_token_endpoint: str = Field(
         "",
         description="The issuer's token endpoint, called by the browser (it must allow the "
-        "viewer's origin: CORS).",
+        "viewer's origin: CORS; empty: from the issuer's discovery document).",
     )
     oidc_scopes: str = Field("openid profile", description="Scopes the viewer asks the issuer for.")
     oidc_display_name: str = Field(
@@ -432,12 +436,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _oidc_viewer_complete(self) -> Settings:
-        if self.oidc_client_id and not (
-            self.oidc_issuer and self.oidc_authorization_endpoint and self.oidc_token_endpoint
-        ):
+        if self.oidc_client_id and not self.oidc_issuer:
             raise ValueError(
-                "oidc_client_id (viewer sign-in) needs oidc_issuer, "
-                "oidc_authorization_endpoint and oidc_token_endpoint"
+                "oidc_client_id (viewer sign-in) needs oidc_issuer (its endpoints are read from "
+                "the issuer's discovery document unless set)"
             )
         return self
 

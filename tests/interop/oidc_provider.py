@@ -70,14 +70,13 @@ class OidcProvider:
         self.server.server_close()
 
     def settings_env(self, display_name: str = "Test IdP") -> dict[str, str]:
-        """What `solent serve` needs to accept these tokens and offer this sign-in."""
+        """What `solent serve` needs to accept these tokens and offer this sign-in: the issuer
+        alone, as an integration engineer configures one."""
         return {
             "SOLENT_OIDC_ISSUER": self.issuer,
             "SOLENT_OIDC_AUDIENCE": AUDIENCE,
-            "SOLENT_OIDC_JWKS_URL": f"{self.issuer}/certs",
+            # The endpoints and keys come from the discovery document, as with a real issuer.
             "SOLENT_OIDC_CLIENT_ID": CLIENT_ID,
-            "SOLENT_OIDC_AUTHORIZATION_ENDPOINT": f"{self.issuer}/authorize",
-            "SOLENT_OIDC_TOKEN_ENDPOINT": f"{self.issuer}/token",
             "SOLENT_OIDC_DISPLAY_NAME": display_name,
         }
 

@@ -371,5 +371,145 @@ def test_oidc_sign_in_settings_are_public_and_complete(tmp_path: Any) -> None:
         }
     finally:
         archive.close()
-    with pytest.raises(ConfigurationError, match="oidc_token_endpoint"):
-        load_settings(environ={}, data_dir=tmp_path, **{**sso, "oidc_token_endpoint": ""})
+    with pytest.raises(ConfigurationError, match="needs oidc_issuer"):
+        load_settings(environ={}, data_dir=tmp_path, **{**sso, "oidc_issuer": ""})
+
+
+class _DiscoveringIdp(BaseHTTPRequestHandler):
+    """An issuer that publishes only its discovery document and keys (as Keycloak, Entra ID
+    or NHS CIS2 do); ``named`` is the issuer its document claims."""
+
+    named = ""
+    jwks = b"{}"
+    reads: list[str] = []
+
+    def do_GET(self) -> None:
+        host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.reads.append(self.path)
+        if self.path == "/.well-known/openid-configuration":
+            body = json.dumps(
+                {
+                    "issuer": self.named or host,
+                    "authorization_endpoint": f"{host}/authorize",
+                    "token_endpoint": f"{host}/token",
+                    "jwks_uri": f"{host}/keys",
+                }
+            ).encode()
+        elif self.path == "/keys":
+            body = self.jwks
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_oidc_endpoints_from_the_issuers_discovery_document(tmp_path: Any) -> None:
+    """Configured by its issuer alone, the archive reads the issuer's endpoints from its
+    discovery document: the viewer is told where to sign in and tokens are checked against
+    the published keys. A document naming another issuer is not trusted, and an issuer that
+    cannot be reached leaves local sign-in working with a readable 503 for single sign-on."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="k1", use="sig", alg="RS256")
+    reads: list[str] = []
+    servers = []
+
+    def start(named: str = "") -> str:
+        handler = type(
+            "Idp",
+            (_DiscoveringIdp,),
+            {"named": named, "jwks": json.dumps({"keys": [jwk]}).encode(), "reads": reads},
+        )
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    def token(issuer: str) -> dict[str, str]:
+        now = int(time.time())
+        claims = {
+            "iss": issuer,
+            "aud": "solent-pacs",
+            "sub": "cis2:555",
+            "preferred_username": "dr.cis2",
+            "trust": "ZZA",
+            "roles": ["clinician"],
+            "iat": now,
+            "exp": now + 300,
+        }
+        signed = jwt.encode(claims, key, "RS256", headers={"kid": "k1"})
+        return {"Authorization": f"Bearer {signed}"}
+
+    def sso(issuer: str, **more: str) -> dict[str, str]:
+        return {
+            "oidc_issuer": issuer,
+            "oidc_audience": "solent-pacs",
+            "oidc_client_id": "solent-viewer",
+            **more,
+        }
+
+    try:
+        issuer = start()
+        archive, client = _app(tmp_path / "a", **sso(issuer))
+        try:
+            with client:
+                r = client.get("/api/auth/oidc")
+                assert r.status_code == 200, r.text
+                assert r.json()["authorization_endpoint"] == f"{issuer}/authorize"
+                assert r.json()["token_endpoint"] == f"{issuer}/token"
+                me = client.get("/api/auth/me", headers=token(issuer))
+                assert me.status_code == 200, me.text
+                assert me.json()["name"] == "dr.cis2"
+                # Read once, then remembered: a token per request does not ask the issuer.
+                client.get("/api/auth/oidc")
+                assert reads.count("/.well-known/openid-configuration") == 1
+        finally:
+            archive.close()
+
+        # Endpoints set in the settings win over the document.
+        archive, client = _app(
+            tmp_path / "b", **sso(issuer, oidc_authorization_endpoint="https://sso.nhs.uk/a")
+        )
+        try:
+            r = client.get("/api/auth/oidc")
+            assert r.json()["authorization_endpoint"] == "https://sso.nhs.uk/a"
+            assert r.json()["token_endpoint"] == f"{issuer}/token"
+        finally:
+            archive.close()
+
+        # A look-alike: the document at this address claims to be another issuer.
+        impostor = start(named="https://sso.nhs.uk/realms/real")
+        archive, client = _app(tmp_path / "c", **sso(impostor))
+        try:
+            with client:
+                r = client.get("/api/auth/oidc")
+                assert r.status_code == 503 and "names issuer" in r.json()["detail"]
+                assert client.get("/api/auth/me", headers=token(impostor)).status_code == 401
+        finally:
+            archive.close()
+
+        # Nothing listening: single sign-on says why; local accounts still sign in.
+        servers[0].shutdown()
+        servers[0].server_close()
+        archive, client = _app(tmp_path / "d", **sso(issuer))
+        try:
+            with client:
+                r = client.get("/api/auth/oidc")
+                assert r.status_code == 503
+                assert "SOLENT_OIDC_ISSUER" in r.json()["detail"]
+                assert client.get("/api/auth/me", headers=token(issuer)).status_code == 401
+                local = add_user(archive, "drza", "ZZA", "clinician")
+                assert client.get("/api/auth/me", headers=local).status_code == 200
+        finally:
+            archive.close()
+    finally:
+        for server in servers[1:]:
+            server.shutdown()

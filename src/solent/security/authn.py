@@ -22,7 +22,7 @@ from solent.domain.principal import Principal, PrincipalKind
 from solent.index import security as sec
 from solent.index.sql import Index
 from solent.security import tokens
-from solent.security.oidc import OidcVerifier
+from solent.security.oidc import OidcIssuer, OidcVerifier
 from solent.security.tokens import TokenInvalid
 from solent.security.users import UserService, principal_of
 from solent.services.access import Role
@@ -54,9 +54,13 @@ class Authenticator:
             LOOKUP_TTL_S, generation=sec.generation
         )
         if settings.oidc_issuer:
-            self.oidc = OidcVerifier(
-                settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_url
+            issuer = OidcIssuer(
+                settings.oidc_issuer,
+                jwks_url=settings.oidc_jwks_url,
+                authorization_endpoint=settings.oidc_authorization_endpoint,
+                token_endpoint=settings.oidc_token_endpoint,
             )
+            self.oidc = OidcVerifier(issuer, settings.oidc_audience)
 
     def bearer(self, token: str, address: str | None) -> Principal:
         token = token.strip()

@@ -13,6 +13,7 @@ from solent.protocols.params import MAX_ID, PathId
 from solent.security import auditformats
 from solent.security.authn import AuthenticationFailed, Authenticator
 from solent.security.http import current_principal
+from solent.security.oidc import OidcUnavailable
 from solent.security.throttle import LoginBusy, LoginThrottled
 from solent.security.users import IssuedToken, SessionEnded, UserService, parse_roles
 from solent.services.access import BREAK_GLASS_REASONS
@@ -85,14 +86,20 @@ class PasswordChange(BaseModel):
 def oidc_config(request: Request) -> dict[str, Any]:
     """Public (no token yet): whether the viewer offers OIDC sign-in, and where to send the
     user. Only what the IdP publishes anyway; a public client has no secret."""
-    s = _services(request).settings
-    if not s.oidc_client_id:
+    services = _services(request)
+    s = services.settings
+    oidc = services.authenticator.oidc
+    if not s.oidc_client_id or oidc is None:
         return {"enabled": False}
+    try:
+        endpoints = oidc.endpoints.endpoints()
+    except OidcUnavailable as exc:  # the viewer then offers password sign-in only
+        raise HTTPException(503, f"single sign-on is unavailable: {exc}") from exc
     return {
         "enabled": True,
         "issuer": s.oidc_issuer,
-        "authorization_endpoint": s.oidc_authorization_endpoint,
-        "token_endpoint": s.oidc_token_endpoint,
+        "authorization_endpoint": endpoints.authorization_endpoint,
+        "token_endpoint": endpoints.token_endpoint,
         "client_id": s.oidc_client_id,
         "scopes": s.oidc_scopes,
         "display_name": s.oidc_display_name,
