@@ -1,8 +1,9 @@
 """A minimal OpenID Connect provider on loopback, for the viewer's single sign-on tests: the
 authorization code flow with PKCE (S256) for one public client, a login page, RS256 tokens
-(access token for Solent's audience with the trust and roles claims, ID token with the nonce)
-and the JWKS the archive checks them against. Written here so the test drives a real redirect
-through a real login page, as with Keycloak or Entra ID, without one on the machine."""
+(access token for Solent's audience with the trust and roles claims, ID token with the nonce,
+refresh tokens that rotate) and the JWKS the archive checks them against. Written here so the
+test drives a real redirect through a real login page, as with Keycloak or Entra ID, without one
+on the machine."""
 
 from __future__ import annotations
 
@@ -45,8 +46,10 @@ class _Grant:
 class OidcProvider:
     accounts: dict[str, Account]
     redirect_uris: set[str] = field(default_factory=set)
-    #: Every token request's outcome ("issued" or the OAuth error), for the tests to read.
+    #: Every token request's outcome ("issued", "refreshed" or the OAuth error), for the tests.
     token_requests: list[str] = field(default_factory=list)
+    #: Lifetime of the tokens it issues.
+    token_seconds: int = 600
 
     def __post_init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -55,6 +58,7 @@ class OidcProvider:
         self.jwks = {"keys": [jwk]}
         self._pending: dict[str, dict[str, str]] = {}  # login page id -> authorize request
         self._codes: dict[str, _Grant] = {}
+        self._refresh_tokens: dict[str, str] = {}  # refresh token -> user
         self._lock = threading.Lock()
         provider = self
 
@@ -117,6 +121,8 @@ class OidcProvider:
         return f"{q['redirect_uri']}?{urlencode(back)}"
 
     def token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if form.get("grant_type") == "refresh_token":
+            return self._refresh(form)
         with self._lock:
             grant = self._codes.pop(form.get("code", ""), None)  # a code works once
         verifier = form.get("code_verifier", "").encode()
@@ -135,23 +141,55 @@ class OidcProvider:
         self.token_requests.append(error or "issued")
         if error is not None or grant is None:
             return 400, {"error": error}
-        account = self.accounts[grant.user]
+        return 200, self._tokens(grant.user, grant.nonce)
+
+    def _refresh(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """A refresh token works once and brings a new one (rotation, as Keycloak and Entra)."""
+        with self._lock:
+            user = self._refresh_tokens.pop(form.get("refresh_token", ""), None)
+        error = (
+            "invalid_grant"
+            if user is None
+            else "invalid_client"
+            if form.get("client_id") != CLIENT_ID
+            else None
+        )
+        self.token_requests.append(error or "refreshed")
+        if error is not None or user is None:
+            return 400, {"error": error}
+        return 200, self._tokens(user, None)
+
+    def _tokens(self, user: str, nonce: str | None) -> dict[str, Any]:
+        account = self.accounts[user]
         now = int(time.time())
-        common = {"iss": self.issuer, "sub": f"idp:{grant.user}", "iat": now, "exp": now + 600}
+        life = self.token_seconds
+        common = {
+            "iss": self.issuer,
+            "sub": f"idp:{user}",
+            "iat": now,
+            "exp": now + life,
+            "jti": secrets.token_urlsafe(12),  # each token its own, as Keycloak's
+        }
         access = {
             **common,
             "aud": AUDIENCE,
-            "preferred_username": grant.user,
+            "preferred_username": user,
             "trust": account.trust,
             "roles": list(account.roles),
         }
-        ident = {**common, "aud": CLIENT_ID, "nonce": grant.nonce, "preferred_username": grant.user}
+        ident = {**common, "aud": CLIENT_ID, "preferred_username": user}
+        if nonce is not None:
+            ident["nonce"] = nonce
         sign = lambda claims: jwt.encode(claims, self.key, "RS256", headers={"kid": "k1"})  # noqa: E731
-        return 200, {
+        refresh = secrets.token_urlsafe(24)
+        with self._lock:
+            self._refresh_tokens[refresh] = user
+        return {
             "access_token": sign(access),
             "id_token": sign(ident),
+            "refresh_token": refresh,
             "token_type": "Bearer",
-            "expires_in": 600,
+            "expires_in": life,
         }
 
 

@@ -435,6 +435,96 @@ def test_single_sign_on_through_the_identity_provider(
     assert not errors, errors
 
 
+def _claims(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return claims
+
+
+def _renewed(page: Any, old: str) -> str:
+    """The bearer token the viewer holds once it has replaced ``old``."""
+    eventually(
+        lambda: page.evaluate("sessionStorage.getItem('solent.token')") not in (old, None),
+        what="the viewer renewed its token",
+    )
+    token: str = page.evaluate("sessionStorage.getItem('solent.token')")
+    return token
+
+
+def _me(page: Any, demo: RunningServer, token: str) -> int:
+    status: int = page.request.get(
+        f"{demo.base_url}/api/auth/me", headers={"Authorization": f"Bearer {token}"}
+    ).status
+    return status
+
+
+def test_a_long_session_renews_its_token_before_it_expires(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    """A reporting session or MDT meeting outlives one token (60 minutes): at four fifths of its
+    lifetime the viewer renews it at /api/auth/token, within the same session, and the reader
+    is never sent back to the sign-in form. The page's clock is moved on, not waited for."""
+    errors: list[str] = []
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(60_000)
+    page.clock.install()
+    page.goto(demo.base_url + "/viewer/")
+    sign_in(page, "rad")
+    old = page.evaluate("sessionStorage.getItem('solent.token')")
+    life = _claims(old)["exp"] - _claims(old)["iat"]
+    page.clock.fast_forward(int(life * 0.5 * 1000))
+    time.sleep(0.5)
+    assert page.evaluate("sessionStorage.getItem('solent.token')") == old, "renewed too early"
+    page.clock.fast_forward(int(life * 0.35 * 1000))
+    fresh = _renewed(page, old)
+    assert _claims(fresh)["auth_time"] == _claims(old)["auth_time"]  # the same session
+    assert _me(page, demo, fresh) == 200
+    page.wait_for_selector("#who:has-text('rad')")
+    assert not page.locator("#sign-in").count(), "sent back to sign-in"
+    # A reload keeps the session and plans its next renewal again.
+    page.reload()
+    page.wait_for_selector("#who:has-text('rad')")
+    page.clock.fast_forward(int(life * 0.85 * 1000))
+    assert _me(page, demo, _renewed(page, fresh)) == 200
+    assert not errors, errors
+    context.close()
+
+
+def test_single_sign_on_renews_with_the_identity_providers_refresh_token(
+    demo: RunningServer, idp: OidcProvider, browser: Any, tmp_path: Path
+) -> None:
+    """Signed in through the IdP, the viewer renews with the refresh token the IdP gave (the
+    refresh_token grant at the IdP's token endpoint; the IdP rotates it), not at Solent."""
+    errors: list[str] = []
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(60_000)
+    page.clock.install()
+    page.goto(f"{demo.base_url}/viewer/")
+    page.click("#sign-in-oidc")
+    page.wait_for_selector("#idp-user")
+    page.fill("#idp-user", "dr.sso")
+    page.fill("#idp-password", PASSWORD)
+    page.click("#idp-submit")
+    page.wait_for_selector("#who:has-text('dr.sso')")
+    old = page.evaluate("sessionStorage.getItem('solent.token')")
+    refreshed = idp.token_requests.count("refreshed")
+    page.clock.fast_forward(int(idp.token_seconds * 0.85 * 1000))
+    fresh = _renewed(page, old)
+    assert _claims(fresh)["iss"] == idp.issuer
+    assert idp.token_requests.count("refreshed") == refreshed + 1
+    assert _me(page, demo, fresh) == 200
+    # The rotated refresh token is the one kept: a second renewal works too.
+    page.clock.fast_forward(int(idp.token_seconds * 0.85 * 1000))
+    _renewed(page, fresh)
+    assert idp.token_requests.count("refreshed") == refreshed + 2
+    page.wait_for_selector("#who:has-text('dr.sso')")
+    assert not errors, errors
+    context.close()
+
+
 def test_current_and_prior_side_by_side_scroll_and_window_in_sync(
     demo: RunningServer, browser: Any, tmp_path: Path
 ) -> None:

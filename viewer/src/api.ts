@@ -15,9 +15,97 @@ export function token(): string | null {
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
-export function setToken(value: string | null): void {
-  if (value === null) sessionStorage.removeItem(TOKEN_KEY);
-  else sessionStorage.setItem(TOKEN_KEY, value);
+/** How an identity provider's token is renewed: its refresh token at its token endpoint
+ * (``refresh_token`` empty: the IdP gave none, the user signs in again when it expires). */
+export interface Renewal {
+  token_endpoint: string;
+  client_id: string;
+  refresh_token: string;
+  token: 'access_token' | 'id_token';
+}
+
+const RENEWAL_KEY = 'solent.renewal';
+const RECEIVED_KEY = 'solent.token.received';
+/** Renew when this share of a token's lifetime has passed: an MDT meeting or a long reporting
+ * session outlives one token (60 minutes by default) and must not fall back to sign-in. */
+const RENEW_AT = 0.8;
+let renewTimer: ReturnType<typeof setTimeout> | undefined;
+
+/** Keep ``value`` as the bearer token. ``renewal``: how to renew an identity provider's token
+ * (null: a token of this archive, renewed at /api/auth/token; omitted: unchanged). */
+export function setToken(value: string | null, renewal?: Renewal | null): void {
+  if (value === null) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(RENEWAL_KEY);
+    sessionStorage.removeItem(RECEIVED_KEY);
+  } else {
+    sessionStorage.setItem(TOKEN_KEY, value);
+    sessionStorage.setItem(RECEIVED_KEY, String(Date.now()));
+    if (renewal === null) sessionStorage.removeItem(RENEWAL_KEY);
+    else if (renewal !== undefined) sessionStorage.setItem(RENEWAL_KEY, JSON.stringify(renewal));
+  }
+  scheduleRenewal();
+}
+
+/** A token's lifetime in seconds (exp - iat), null for one with no expiry inside (API tokens).
+ * Counted from when the viewer got it, not against the browser's clock: a workstation whose
+ * clock is off by minutes would otherwise renew too late, or over and over. */
+function lifetime(jwt: string): number | null {
+  try {
+    const part = (jwt.split('.')[1] ?? '').replace(/-/g, '+').replace(/_/g, '/');
+    const c = JSON.parse(atob(part)) as { iat?: unknown; exp?: unknown };
+    if (typeof c.exp !== 'number' || typeof c.iat !== 'number' || c.exp <= c.iat) return null;
+    return c.exp - c.iat;
+  } catch {
+    return null;
+  }
+}
+
+function scheduleRenewal(): void {
+  clearTimeout(renewTimer);
+  renewTimer = undefined;
+  const t = token();
+  const life = t ? lifetime(t) : null;
+  if (!t || !life) return;
+  const received = Number(sessionStorage.getItem(RECEIVED_KEY)) || Date.now();
+  const due = received + RENEW_AT * life * 1000;
+  renewTimer = setTimeout(() => void renew(t), Math.max(1000, due - Date.now()));
+}
+
+async function renew(old: string): Promise<void> {
+  if (token() !== old) return;
+  const raw = sessionStorage.getItem(RENEWAL_KEY);
+  const renewal = raw ? (JSON.parse(raw) as Renewal) : null;
+  if (renewal && !renewal.refresh_token) return; // the IdP's session ends with its token
+  try {
+    const response = renewal
+      ? await fetch(renewal.token_endpoint, {
+          method: 'POST',
+          credentials: 'omit',
+          headers: { 'Content-Type': 'application/x-www-form-urlencoded', Accept: 'application/json' },
+          body: new URLSearchParams({
+            grant_type: 'refresh_token',
+            refresh_token: renewal.refresh_token,
+            client_id: renewal.client_id,
+          }),
+        })
+      : await fetch('/api/auth/token', {
+          method: 'POST',
+          credentials: 'omit',
+          headers: { Authorization: `Bearer ${old}`, Accept: 'application/json' },
+        });
+    // Refused (the session's 12 hours are over, the account was signed out): nothing to do
+    // here; the next request is answered 401 and the viewer asks the user to sign in.
+    if (!response.ok || token() !== old) return;
+    const body = (await response.json()) as Record<string, unknown>;
+    const fresh = body[renewal ? renewal.token : 'access_token'];
+    if (typeof fresh !== 'string' || !fresh) return;
+    const refresh = typeof body.refresh_token === 'string' ? body.refresh_token : renewal?.refresh_token;
+    setToken(fresh, renewal ? { ...renewal, refresh_token: refresh ?? '' } : null);
+  } catch {
+    // Unreachable for a moment: try again in a minute while the token is still ours.
+    if (token() === old) renewTimer = setTimeout(() => void renew(old), 60_000);
+  }
 }
 
 let purpose: string | null = null;
@@ -82,7 +170,7 @@ export async function signIn(name: string, password: string): Promise<void> {
   });
   if (!response.ok) throw await failure(response);
   const body = (await response.json()) as { access_token: string };
-  setToken(body.access_token);
+  setToken(body.access_token, null);
 }
 
 /** A binary resource (thumbnail, rendered frame) as an object URL, with the bearer token. */
@@ -100,3 +188,6 @@ export function query(params: Record<string, string | number | null | undefined>
   const s = q.toString();
   return s ? `?${s}` : '';
 }
+
+// A reload keeps the session (sessionStorage): its renewal is planned again.
+scheduleRenewal();

@@ -111,6 +111,7 @@ export async function finishOidc(): Promise<boolean> {
   }
   const bearer = body[c.token];
   if (typeof bearer !== 'string' || !bearer) throw new Error(`${c.display_name} sent no ${c.token}.`);
-  setToken(bearer);
+  const refresh = typeof body.refresh_token === 'string' ? body.refresh_token : '';
+  setToken(bearer, { token_endpoint: c.token_endpoint, client_id: c.client_id, refresh_token: refresh, token: c.token });
   return true;
 }
