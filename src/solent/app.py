@@ -20,6 +20,7 @@ from solent.services.broadcast import open_broadcast
 from solent.services.check import ArchiveCheck
 from solent.services.directory import Directory
 from solent.services.health import HealthService
+from solent.services.held import HeldService
 from solent.services.identity import IdentityService
 from solent.services.identity.door import IdentityDoor
 from solent.services.inbox import InboxReads, InboxService
@@ -103,6 +104,9 @@ class Archive:
                 identity, InboxReads(self.index), self.access, self.audit, self.query
             ),
             identity=IdentityDoor(identity, self.access, self.audit),
+            held=HeldService(
+                self.index, self.store, self.access, self.audit, self.ingestor, identity
+            ),
             inbox=inbox,
             directory=Directory(self.index, self.audit),
             users=users,

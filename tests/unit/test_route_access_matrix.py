@@ -297,6 +297,16 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/api/break-glass"): "the caller's own grants (auditors: all)",
     ("GET", "/api/identity/data-quality"): "scoped list; covered by test_guarded_door",
     ("GET", "/api/identity/reports/unmatched"): "scoped list; covered by test_guarded_door",
+    # Held instances name records of two trusts: regional identity administrators only, every
+    # other caller gets the unknown-id answer (and an empty list), one audit record per action.
+    ("GET", "/api/identity/held"): "regional administrators only; test_held_release",
+    ("GET", "/api/identity/held/{held_pk}"): "regional administrators only; test_held_release",
+    ("POST", "/api/identity/held/{held_pk}/release"): (
+        "regional administrators only, once linked; test_held_release"
+    ),
+    ("POST", "/api/identity/held/{held_pk}/discard"): (
+        "regional administrators only; test_held_release"
+    ),
     (
         "GET",
         "/api/identity/hl7/messages",

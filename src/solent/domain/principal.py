@@ -47,6 +47,7 @@ class Channel(StrEnum):
     IMPORT = "import"
     MIGRATION = "migration"
     DEMO = "demo"
+    RELEASE = "release"  # a held instance filed by the person who decided it (issue 11)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,9 @@ each, and a regional work-queue item that names both sides for the person who de
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, update
 
 from solent.index import identity as identity_store
 from solent.index import schema as t
@@ -27,6 +28,7 @@ class HeldInstance:
     local_id: str
     holder_pk: int | None  # the record that holds the UID
     reason: str
+    calling_ae: str | None = None
 
 
 def record_held(conn: Connection, held: HeldInstance) -> int | None:
@@ -65,6 +67,70 @@ def record_held(conn: Connection, held: HeldInstance) -> int | None:
             reason=held.reason,
             work_item=item,
             status="held",
+            calling_ae=held.calling_ae,
         )
     )
     return item
+
+
+def held_rows(conn: Connection, status: str | None = None) -> list[dict[str, Any]]:
+    """Held instances, newest first; ``status`` one of held, released, discarded."""
+    h = t.held_instance.c
+    q = select(t.held_instance).order_by(h.pk.desc())
+    if status is not None:
+        q = q.where(h.status == status)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def held_row(conn: Connection, pk: int) -> dict[str, Any] | None:
+    r = conn.execute(select(t.held_instance).where(t.held_instance.c.pk == pk)).mappings().first()
+    return dict(r) if r else None
+
+
+def owners(
+    conn: Connection, study_uid: str | None, series_uid: str | None, sop_uid: str
+) -> set[int]:
+    """The patient records the held instance's study, series and SOP Instance UIDs are filed
+    under now (several when they disagree): whom it would be filed with."""
+    st, se, ic = t.study.c, t.series.c, t.instance.c
+    found: set[int] = set()
+    if study_uid:
+        found |= {
+            int(r[0]) for r in conn.execute(select(st.patient_pk).where(st.study_uid == study_uid))
+        }
+    if series_uid:
+        found |= {
+            int(r[0])
+            for r in conn.execute(
+                select(st.patient_pk)
+                .join(t.series, se.study_pk == st.pk)
+                .where(se.series_uid == series_uid)
+            )
+        }
+    found |= {
+        int(r[0])
+        for r in conn.execute(
+            select(st.patient_pk)
+            .join(t.series, se.study_pk == st.pk)
+            .join(t.instance, ic.series_pk == se.pk)
+            .where(ic.sop_instance_uid == sop_uid)
+        )
+    }
+    return found
+
+
+def settle(conn: Connection, pk: int, status: str, actor: str, resolution: str) -> bool:
+    """Held -> released or discarded, with who, when and why, and its work item resolved;
+    False (nothing written) when someone decided it already."""
+    h = t.held_instance.c
+    done = conn.execute(
+        update(t.held_instance)
+        .where(h.pk == pk, h.status == "held")
+        .values(status=status, resolved_by=actor[:200], resolved_at=now(), resolution=resolution)
+    )
+    if not done.rowcount:
+        return False
+    item = conn.execute(select(h.work_item).where(h.pk == pk)).scalar()
+    if item is not None:
+        identity_store.resolve_work_item(conn, int(item), actor)
+    return True

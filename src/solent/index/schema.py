@@ -485,7 +485,13 @@ held_instance = Table(
     Column("reason", Text, nullable=False),
     Column("work_item", PK),
     Column("status", String(16), nullable=False),  # held | released | discarded
+    # Revision 0013: the person's decision (release or discard), and the sender's AE title.
+    Column("calling_ae", String(16)),
+    Column("resolved_by", String(200)),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolution", Text),  # discard: the reason given; release: where it was filed
     UniqueConstraint("sop_uid", "sha256"),
+    Index(None, "status"),
 )
 
 # --- Query engine (issues 3/4): what the C-FIND / QIDO-RS compiler (index/query.py) relies on.

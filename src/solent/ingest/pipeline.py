@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -23,7 +23,7 @@ from solent.dicom.inflate import InflateLimits
 from solent.dicom.parse import ParsedInstance, RejectedInstance, parse_file
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
 from solent.domain.principal import Channel, Principal, Provenance
-from solent.errors import IndexUnavailable, StorageError
+from solent.errors import IndexUnavailable, NotFound, StorageError
 from solent.index.held import HeldInstance, record_held
 from solent.index.records import (
     AlreadyStoredError,
@@ -61,7 +61,7 @@ def _store_detail(
     ):
         if value:
             detail[key] = value
-    return detail
+    return {**detail, **provenance.extra}
 
 
 log = logging.getLogger(__name__)
@@ -387,6 +387,7 @@ class Ingestor:
             local_id=p.local_id,
             holder_pk=None if holder is None else int(holder),
             reason=reason,
+            calling_ae=p.provenance.calling_ae,
         )
 
         def op(conn: Connection) -> None:
@@ -445,6 +446,31 @@ class Ingestor:
                 RejectReason.UNKNOWN_TRUST,
                 f"no trust {trust!r} is registered; add it with `solent trust add`",
             )
+        return self._place(
+            path,
+            principal,
+            provenance,
+            trust,
+            move=move,
+            sha256=sha256,
+            expect=expect,
+            file_under=file_under,
+        )
+
+    def _place(
+        self,
+        path: Path,
+        principal: Principal,
+        provenance: Provenance,
+        trust: str,
+        *,
+        move: bool,
+        sha256: str | None,
+        expect: tuple[str, str] | None = None,
+        file_under: tuple[str, str] | None = None,
+    ) -> StoreResult | _Prepared:
+        """Parse, validate and write the blob durably for a caller already allowed to file
+        under ``trust`` (or ``file_under``); a result if it stops here."""
         # A spooled file whose digest is known goes into the store BEFORE it is parsed: its
         # fsyncs then run while this thread parses and writes the index rows, and the index
         # commit waits for them (_record). One that parsing refuses is taken out again.
@@ -516,10 +542,49 @@ class Ingestor:
                 self._store.put_file(key, path, move=move)
             except StorageError as exc:
                 return rejected(RejectReason.STORAGE_FAILURE, str(exc))
-        assert trust is not None  # checked above
         return _Prepared(
             parsed, principal, provenance, trust, local_id, placeholder, replace, key, placement
         )
+
+    def file_kept(
+        self,
+        path: Path,
+        principal: Principal,
+        provenance: Provenance,
+        *,
+        file_under: tuple[str, str],
+        within: Callable[[Connection, RecordedInstance], None],
+    ) -> StoreResult:
+        """File a copy kept outside the archive (a held instance a person released) through
+        this pipeline: the same parse, validation, index rows and store audit record, under
+        ``file_under`` (issuer, local ID). The caller (a service) has decided who may; no
+        store permission or trust of the caller's own is asked. ``within`` runs in the same
+        transaction once the rows are written and may raise to undo everything; it, and the
+        index's own refusals (``AlreadyStoredError``, ``PatientMismatchError``), propagate
+        after the new blob is forgotten. Durable before it returns, as every store."""
+        started = time.perf_counter()
+        if not self._trust_exists(file_under[0]):
+            raise NotFound(f"no trust {file_under[0]!r} is registered")
+        ready = self._place(
+            path, principal, provenance, file_under[0], move=True, sha256=None,
+            file_under=file_under,
+        )  # fmt: skip
+        if isinstance(ready, StoreResult):
+            return self._observe(ready, principal, provenance, started)
+
+        def op(conn: Connection) -> RecordedInstance:
+            recorded = self._record(conn, ready)
+            within(conn, recorded)
+            ready.placement.wait()  # the blob is durable before its rows commit
+            return recorded
+
+        try:
+            with self._write_gate():
+                recorded = self._index.write(op)
+        except BaseException:
+            self._forget_blob(ready.key)
+            raise
+        return self._observe(self._finish(ready, recorded), principal, provenance, started)
 
     def _undo_early(self, early: Placement | None, key: str) -> None:
         """Take a blob placed before parsing out again (its instance was refused)."""

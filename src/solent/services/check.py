@@ -186,7 +186,10 @@ def _visibility_drift(index: Index) -> dict[str, int]:
 
 def _kept_copies(index: Index) -> set[str]:
     """Blob keys of the copies kept outside the index's instances: migration's quarantine and
-    the instances held for identity reconciliation (their rows name them)."""
+    the instances still held for identity reconciliation (their rows name them). A released
+    or discarded instance's copy is removed by its decision; one a failure left behind is an
+    orphan like any other, for ``--repair``."""
+    h = t.held_instance.c
     with index.read() as conn:
         kept = {str(k) for (k,) in conn.execute(select(t.migration_quarantine.c.path))}
-        return kept | {str(k) for (k,) in conn.execute(select(t.held_instance.c.path))}
+        return kept | {str(k) for (k,) in conn.execute(select(h.path).where(h.status == "held"))}

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from solent.services.check import ArchiveCheck
     from solent.services.directory import Directory
     from solent.services.health import HealthService
+    from solent.services.held import HeldService
     from solent.services.identity.door import IdentityDoor
     from solent.services.inbox import InboxService
     from solent.services.jobs import JobsService
@@ -46,6 +47,7 @@ class Services:
     retrieve: RetrieveService  # every image read: C-GET/C-MOVE, commitment, WADO-RS/URI, renders
     records: RecordService  # FHIR, IID and identity API reads (access + audit inside)
     identity: IdentityDoor  # identity changes by people (steward rule inside); reads: records
+    held: HeldService  # issue 11: instances held for reconciliation, released or discarded
     inbox: InboxService  # the HL7 journal, orders and reports
     directory: Directory  # trusts, DICOM nodes, HL7 senders (configuration, audited changes)
     users: UserService  # accounts, roles, tokens (security/)

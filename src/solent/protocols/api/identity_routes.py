@@ -15,6 +15,7 @@ from solent.domain.principal import Principal
 from solent.errors import InvalidInput, NotFound
 from solent.protocols.params import PathId
 from solent.security.http import current_principal
+from solent.services.held import HeldConflict
 from solent.services.identity import IdentityRejected, PatientKey
 from solent.services.records import RecordService
 from solent.services.registry import Services
@@ -149,6 +150,46 @@ def data_quality(
 @router.post("/data-quality/{item_pk}/resolve")
 def resolve_item(request: Request, caller: Caller, item_pk: PathId) -> dict[str, Any]:
     return _services(request).identity.resolve_work_item(caller, item_pk)
+
+
+@router.get("/held")
+def held_instances(
+    request: Request,
+    caller: Caller,
+    status: Annotated[str | None, Query(pattern="^(held|released|discarded)$")] = "held",
+) -> list[dict[str, Any]]:
+    """Instances held for identity reconciliation (regional identity administrators)."""
+    return _services(request).held.list(caller, status=status)
+
+
+@router.get("/held/{held_pk}")
+def held_instance(request: Request, caller: Caller, held_pk: PathId) -> dict[str, Any]:
+    """One held instance: what the sender sent, why it is held, whether it can be released."""
+    return _services(request).held.show(caller, held_pk)
+
+
+@router.post("/held/{held_pk}/release")
+def release_held(request: Request, caller: Caller, held_pk: PathId) -> dict[str, Any]:
+    """File the held instance through ingest, once its UIDs belong to the person it names."""
+    try:
+        return _services(request).held.release(caller, held_pk)
+    except HeldConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+class DiscardRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/held/{held_pk}/discard")
+def discard_held(
+    request: Request, caller: Caller, held_pk: PathId, body: DiscardRequest
+) -> dict[str, Any]:
+    """Discard the held instance (its copy is removed; the row records the decision)."""
+    try:
+        return _services(request).held.discard(caller, held_pk, body.reason)
+    except HeldConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
 
 
 @router.get("/reports/unmatched")
