@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -78,3 +79,66 @@ def test_render_window_viewport_and_monochrome1(corpus_dir: Path) -> None:
     assert set(np.unique(pixels)) <= {0, 255}  # a 1-wide window is a threshold
     jpeg = render_frame(arr, ds, 0, RenderOptions("image/jpeg", quality=50))
     assert Image.open(io.BytesIO(jpeg)).size == (ds.Columns, ds.Rows)
+
+
+def _cod_mct(codestream: bytes) -> int:
+    """The multiple component transformation byte of a JPEG 2000 codestream's COD marker."""
+    at = codestream.index(b"\xff\x52")  # COD: Lcod(2) Scod(1) progression(1) layers(2) MCT(1)
+    return codestream[at + 2 + 2 + 1 + 1 + 2]
+
+
+def test_colour_frames_go_to_htj2k_with_the_reversible_colour_transform() -> None:
+    """The viewer's HTJ2K decoder (OpenJPH, WebAssembly) gave all three samples of a colour
+    frame coded without the colour transform the first sample's value: every uncompressed
+    colour image it asked for as HTJ2K was garbage on screen. Coded with the reversible
+    transform (as OpenJPH itself writes colour), it decodes right, and still losslessly."""
+    rng = np.random.default_rng(7)
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[..., 0] = np.arange(80) * 3
+    rgb[..., 1] = np.arange(60)[:, None] * 4
+    rgb[..., 2] = rng.integers(0, 256, (60, 80))
+    header = tc.PixelHeader(
+        rows=60,
+        columns=80,
+        samples_per_pixel=3,
+        bits_allocated=8,
+        bits_stored=8,
+        pixel_representation=0,
+        photometric_interpretation="RGB",
+        planar_configuration=0,
+        number_of_frames=1,
+        pixel_keyword="PixelData",
+    )
+    coded = tc.encode_frame(rgb, header, tc.HTJ2K_LOSSLESS)
+    assert _cod_mct(coded) == 1
+    assert np.array_equal(tc.decode_frame(coded, header, tc.HTJ2K_LOSSLESS), rgb)
+    grey = rgb[..., 0].copy()
+    grey_header = dataclasses.replace(
+        header, samples_per_pixel=1, photometric_interpretation="MONOCHROME2"
+    )
+    assert _cod_mct(tc.encode_frame(grey, grey_header, tc.HTJ2K_LOSSLESS)) == 0
+
+
+def test_a_colour_instance_transcoded_to_htj2k_says_ybr_rct(corpus_dir: Path) -> None:
+    with (corpus_dir / "mod_us_rgb_esopecho.dcm").open("rb") as fp:
+        out = tc.transcode_instance(fp, tc.HTJ2K_LOSSLESS)
+    ds = pydicom.dcmread(io.BytesIO(out))
+    assert ds.PhotometricInterpretation == "YBR_RCT" and ds.PlanarConfiguration == 0
+    original = pydicom.dcmread(corpus_dir / "mod_us_rgb_esopecho.dcm")
+    assert np.array_equal(ds.pixel_array, original.pixel_array)
+
+
+def test_a_palette_colour_image_with_16_bit_tables_renders_its_colours(corpus_dir: Path) -> None:
+    """8-bit indices, 16-bit palette entries: the colours are scaled from 16 bits (they were
+    scaled as if 8-bit and came out white wherever anything was drawn)."""
+    from pydicom.pixels import apply_color_lut
+
+    from solent.dicom.render import to_display
+
+    ds = pydicom.dcmread(corpus_dir / "mod_us_palette_obxxxx1a.dcm")
+    assert ds.RedPaletteColorLookupTableDescriptor[2] == 16 and ds.BitsStored == 8
+    shown = to_display(ds.pixel_array, ds, 0, RenderOptions("image/png", 90))
+    expected = (np.asarray(apply_color_lut(ds.pixel_array, ds)) >> 8).astype(np.uint8)
+    assert shown.dtype == np.uint8
+    assert np.abs(shown.astype(int) - expected).max() <= 1
+    assert (shown == 255).mean() < 0.05  # a dark ultrasound sector, not a white one

@@ -138,6 +138,7 @@ const BROWSER_DECODES = new Set([
   '1.2.840.10008.1.2.4.203', // HTJ2K
 ]);
 export const HTJ2K_LOSSLESS = '1.2.840.10008.1.2.4.201';
+const RLE_LOSSLESS = '1.2.840.10008.1.2.5';
 const AS_STORED = 'multipart/related; type=application/octet-stream; transfer-syntax=*';
 const UNCOMPRESSED = 'multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1';
 /** Lossless HTJ2K, transcoded by the archive: ~2.6x smaller than 16-bit CT, fast to decode;
@@ -169,6 +170,121 @@ export function acceptFor(ts: string): string {
 export function arrivingFor(ts: string): string {
   if (NATIVE.has(ts)) return compressNative ? HTJ2K_LOSSLESS : ts;
   return BROWSER_DECODES.has(ts) ? ts : HTJ2K_LOSSLESS;
+}
+
+/**
+ * The metadata the image loader gets for a frame arriving in ``arriving``: a colour image
+ * stored colour-by-plane (Planar Configuration 1) comes out of the JPEG, JPEG-LS and JPEG 2000
+ * decoders (and the archive's HTJ2K transcoding) colour-by-pixel, but Cornerstone would still
+ * unscramble it by plane (only its JPEG Lossless decoder resets the value): garbage on screen.
+ * RLE and uncompressed frames really are by plane and keep the stored value.
+ */
+export function asDecoded(ds: DicomJson, arriving: string): DicomJson {
+  const planar = ds['00280006']?.Value?.[0];
+  if (planar !== 1 || NATIVE.has(arriving) || arriving === RLE_LOSSLESS) return ds;
+  return { ...ds, '00280006': { vr: 'US', Value: [0] } };
+}
+
+type BinaryElement = { vr: string; Value?: unknown[]; InlineBinary?: string; BulkDataURI?: string };
+
+/** (descriptor, table, segmented table) tags of the red, green and blue palettes. */
+const PALETTES = [
+  ['00281101', '00281201', '00281221'],
+  ['00281102', '00281202', '00281222'],
+  ['00281103', '00281203', '00281223'],
+] as const;
+
+/**
+ * A PALETTE COLOR image's lookup tables as numbers in ``Value``, which is all Cornerstone
+ * reads: DICOM JSON carries a table as InlineBinary (base64 of the OW value) or, when large, as
+ * a BulkDataURI, and some ultrasound machines send segmented tables (PS3.3 C.7.9.2), which
+ * Cornerstone does not expand. Without this it refuses the image ("does not have a complete
+ * color palette") and the frame never appears. ``instance``: the instance's WADO-RS URL.
+ */
+export async function withPalettes(ds: DicomJson, instance: string): Promise<DicomJson> {
+  if (str(ds, '00280004') !== 'PALETTE COLOR') return ds;
+  const out: DicomJson = { ...ds };
+  for (const [descriptorTag, tableTag, segmentedTag] of PALETTES) {
+    const table = ds[tableTag] as BinaryElement | undefined;
+    if (table?.Value) continue;
+    const known = paletteValues.get(`${instance}|${tableTag}`);
+    if (known) {
+      out[tableTag] = { vr: 'OW', Value: known };
+      continue;
+    }
+    const segmented = !table && Boolean(ds[segmentedTag]);
+    const element = (table ?? ds[segmentedTag]) as BinaryElement | undefined;
+    if (!element) continue;
+    const bytes = await binaryOf(element, instance);
+    if (!bytes) continue;
+    const descriptor = ds[descriptorTag]?.Value ?? ds['00281101']?.Value ?? [];
+    const entries = Number(descriptor[0]) || 65536;
+    const words = new Uint16Array(bytes.buffer, bytes.byteOffset, Math.floor(bytes.length / 2));
+    const values = segmented
+      ? expandSegmented(words)
+      : bytes.length === entries
+        ? Array.from(bytes) // 8-bit entries, one per byte
+        : Array.from(words);
+    out[tableTag] = { vr: 'OW', Value: values };
+    paletteValues.set(`${instance}|${tableTag}`, values); // every frame of it shares them
+  }
+  return out;
+}
+
+const paletteValues = new Map<string, number[]>();
+
+async function binaryOf(element: BinaryElement, instance: string): Promise<Uint8Array | null> {
+  if (typeof element.InlineBinary === 'string') {
+    const raw = Uint8Array.from(atob(element.InlineBinary), (c) => c.charCodeAt(0));
+    return new Uint8Array(raw.buffer.slice(0)); // own, aligned buffer for the word view
+  }
+  if (typeof element.BulkDataURI !== 'string') return null;
+  const url = new URL(element.BulkDataURI, `${instance}/`).toString();
+  return shared(`bulk/${url}`, () => bulkData(url)).catch(() => null);
+}
+
+/** One bulk data element (WADO-RS: a single-part multipart body). */
+async function bulkData(url: string): Promise<Uint8Array> {
+  const response = await fetch(url, {
+    headers: { ...authHeaders(), Accept: 'multipart/related; type="application/octet-stream"' },
+  });
+  if (!response.ok) throw new Error(`bulk data: HTTP ${response.status}`);
+  const body = new Uint8Array(await response.arrayBuffer());
+  const boundary = /boundary="?([^";\s]+)"?/.exec(response.headers.get('content-type') ?? '')?.[1];
+  if (!boundary) return body;
+  // latin1: one character per byte, so the text's indices are the body's.
+  const text = new TextDecoder('latin1').decode(body);
+  const start = text.indexOf('\r\n\r\n') + 4;
+  const end = text.indexOf(`\r\n--${boundary}`, start);
+  return new Uint8Array(body.slice(start, end < 0 ? body.length : end));
+}
+
+/** A segmented palette table (PS3.3 C.7.9.2: discrete, linear and indirect segments). */
+export function expandSegmented(words: Uint16Array): number[] {
+  const out: number[] = [];
+  const expand = (from: number, segments: number, depth: number): void => {
+    let i = from;
+    for (let done = 0; done < segments && i + 1 < words.length; done++) {
+      const [kind, length] = [words[i], words[i + 1]];
+      if (kind === 0) {
+        for (let k = 0; k < length && i + 2 + k < words.length; k++) out.push(words[i + 2 + k]);
+        i += 2 + length;
+      } else if (kind === 1) {
+        const y0 = out.length ? out[out.length - 1] : 0;
+        const y1 = words[i + 2] ?? y0;
+        for (let k = 1; k <= length; k++) out.push(Math.round(y0 + ((y1 - y0) * k) / length));
+        i += 3;
+      } else if (kind === 2 && depth < 4) {
+        const offset = (words[i + 2] ?? 0) + (words[i + 3] ?? 0) * 65536;
+        expand(offset, length, depth + 1);
+        i += 4;
+      } else {
+        return; // not a segment type: stop rather than read garbage
+      }
+    }
+  };
+  expand(0, Infinity, 0);
+  return out;
 }
 
 /**

@@ -25,7 +25,7 @@ import {
 } from '@cornerstonejs/tools';
 import type { Types as ToolTypes } from '@cornerstonejs/tools';
 import { authHeaders } from './api';
-import { DICOMWEB, type DicomJson, acceptFor, arrivingFor, seriesFrames, seriesMetadata, storedSyntaxOf, str, tag } from './data';
+import { DICOMWEB, type DicomJson, acceptFor, arrivingFor, asDecoded, seriesFrames, withPalettes, seriesMetadata, storedSyntaxOf, str, tag } from './data';
 
 export { DICOMWEB, type DicomJson, str, tag };
 export { PRESETS } from './presets';
@@ -197,8 +197,9 @@ export async function seriesImageIds(studyUid: string, seriesUid: string): Promi
   const ids: string[] = [];
   for (const { sop, frame, ds } of seriesFrames(await seriesMetadata(studyUid, seriesUid))) {
     const id = `wadors:${base}/instances/${sop}/frames/${frame}`;
-    wadors.metaDataManager.add(id, ds as unknown as Parameters<typeof wadors.metaDataManager.add>[1]);
     storedSyntax.set(id.slice(7), storedSyntaxOf(ds));
+    const decoded = asDecoded(await withPalettes(ds, `${base}/instances/${sop}`), arrivingSyntax(id.slice(7)));
+    wadors.metaDataManager.add(id, decoded as unknown as Parameters<typeof wadors.metaDataManager.add>[1]);
     ids.push(id);
   }
   warmDecoders(ids);

@@ -410,6 +410,7 @@ export class Pane {
     const block = (cls: string, lines: string[]) => h('div', { class: cls }, ...lines.filter(Boolean).map((l) => h('div', {}, l)));
     this.overlay.replaceChildren(block('tl', tl), block('tr', tr), block('bl', bl), block('br', br));
     this.overlay.dataset.index = String(index);
+    this.overlay.dataset.imageId = ids[index] ?? ''; // which frame is on screen (tests, support)
   }
 }
 

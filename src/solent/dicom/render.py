@@ -119,14 +119,17 @@ def to_display(arr: np.ndarray, ds: Dataset, index: int, opts: RenderOptions) ->
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
+    bits = int(ds.get("BitsStored", 16) or 16)
     if pi == "PALETTE COLOR":
         try:
             arr = np.asarray(apply_color_lut(arr, ds))
         except Exception as exc:
             raise RenderError(f"the palette colour lookup table is unusable: {exc}") from exc
+        # The colours are as wide as the table's entries (its descriptor's third value, 8 or
+        # 16), not as the stored indices: 16-bit tables of 8-bit images rendered all white.
+        bits = 16 if arr.dtype.itemsize > 1 else 8
     if arr.ndim == 3:  # colour: already RGB after decoding
         if arr.dtype != np.uint8:
-            bits = int(ds.get("BitsStored", 16) or 16)
             arr = np.clip(arr.astype(np.float64) * 255.0 / ((1 << bits) - 1), 0, 255)
         return arr.astype(np.uint8)
     values = _modality(arr, ds, index)

@@ -263,7 +263,11 @@ def _j2k(arr: np.ndarray, header: PixelHeader, quality: int) -> bytes:
 
 
 def _htj2k(arr: np.ndarray, header: PixelHeader, quality: int) -> bytes:
-    return bytes(imagecodecs.htj2k_encode(arr, reversible=True, rgb=False))
+    # Colour with the reversible colour transform (RCT), as OpenJPH itself writes it: without
+    # it, the viewer's HTJ2K decoder (OpenJPH in WebAssembly, Cornerstone) gave all three
+    # samples the value of the first, and every uncompressed colour image (ultrasound,
+    # secondary capture) reached the screen as grey-and-white garbage. Still lossless.
+    return bytes(imagecodecs.htj2k_encode(arr, reversible=True, rgb=header.samples_per_pixel == 3))
 
 
 def _rle(arr: np.ndarray, header: PixelHeader, quality: int) -> bytes:
@@ -367,6 +371,8 @@ def transcode_instance(fp: BinaryIO, target: str, *, quality: int = 90) -> bytes
     _set_photometric(ds, header)
     if header.samples_per_pixel == 3:
         ds.PlanarConfiguration = 0
+        if _ENCODERS[target] is _htj2k:
+            ds.PhotometricInterpretation = "YBR_RCT"  # PS3.5 8.2.4: RCT applied (_htj2k)
     if is_lossy(target) and not is_lossy(source):
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = "ISO_10918_1"
