@@ -97,3 +97,6 @@ def test_every_bulkdata_uri_of_the_metadata_resolves(archive: Archive, client: T
     for missing in ("7FE11001/1/7FE11002", "7FE11005", "00091011"):
         r = client.get(f"{base}/bulkdata/{missing}", headers={**headers, "Accept": OCTETS})
         assert r.status_code == 404 and "does not exist" in r.text, (missing, r.text)
+    # Item numbers count from 0; -1 is no item (not Python's "the last one").
+    r = client.get(f"{base}/bulkdata/7FE11001/-1/7FE11002", headers={**headers, "Accept": OCTETS})
+    assert r.status_code == 400 and "is not TAG[/item/TAG...]" in r.text, r.text

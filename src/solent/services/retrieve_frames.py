@@ -156,6 +156,8 @@ def bulk_element(store: BlobStore, inst: StoredInstance, path: str) -> bytes:
     try:
         tags = [int(p, 16) for p in parts[::2]]
         items = [int(p) for p in parts[1::2]]
+        if any(i < 0 for i in items):  # Python would count -1 from the end
+            raise ValueError("negative item")
     except ValueError as exc:
         raise InvalidInput(f"bulk data path {path!r} is not TAG[/item/TAG...]") from exc
     with store.open(inst.blob_key) as fp:
