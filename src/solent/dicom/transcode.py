@@ -329,6 +329,10 @@ def transcode_instance(fp: BinaryIO, target: str, *, quality: int = 90) -> bytes
         ds = pydicom.dcmread(fp, force=True)
     except Exception as exc:
         raise TranscodeError(f"cannot read the stored instance: {exc}"[:300]) from exc
+    for stray in [t for t in ds.keys() if t >> 16 == 0xFFFE]:  # noqa: SIM118 - tags
+        # A writer's stray delimiter at dataset level, stored as received (ingest takes it as
+        # harmless): no encoding can write it, and it carries nothing.
+        del ds[stray]
     source = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_LE))
     pixel = next(
         (k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds), None
