@@ -62,6 +62,32 @@ def test_a_stray_delimiter_the_archive_accepted_does_not_stop_transcoding(
         assert np.array_equal(pixel_array(ds, index=index), pixel_array(original, index=index))
 
 
+@pytest.mark.parametrize(
+    "source", ["ts_explicit_vr_be_mr_small.dcm", "ts_explicit_vr_be_emri_10frames.dcm"]
+)
+@pytest.mark.parametrize("target", [tc.EXPLICIT_LE, tc.IMPLICIT_LE])
+def test_big_endian_headers_keep_their_values_in_little_endian(
+    corpus_dir: Path, source: str, target: str
+) -> None:
+    """WADO-RS's default (Explicit VR Little Endian) of a big endian instance sent its header
+    bytes unswapped: High Bit 15 came back as 3840, Enhanced MR float values as garbage."""
+    original = pydicom.dcmread(corpus_dir / source)
+    with (corpus_dir / source).open("rb") as fp:
+        ds = pydicom.dcmread(io.BytesIO(tc.transcode_instance(fp, target)))
+    assert ds.HighBit == original.HighBit
+
+    def flat(d: pydicom.Dataset) -> list[tuple[int, object]]:
+        """Every value, nested items included; not group lengths, pixels, planar layout."""
+        skip = (0x7FE00010, 0x00280006)
+        return [
+            (int(e.tag), e.value)
+            for e in d.iterall()
+            if e.VR != "SQ" and e.tag not in skip and e.tag.element != 0
+        ]
+
+    assert flat(ds) == flat(original)
+
+
 def test_jpeg_baseline_refuses_more_than_8_bits(corpus_dir: Path) -> None:
     with (
         (corpus_dir / "mod_ct_small.dcm").open("rb") as fp,
