@@ -597,3 +597,48 @@ def test_solent_cli_echo_send_query_against_itself(pacs: RunningServer, tmp_path
         "SeriesInstanceUID",
     )
     assert "1.2.840.10008.1.2.5" in q.stdout
+
+
+def _values(ds: pydicom.Dataset) -> dict[str, object]:
+    """Every element's value but group lengths, Pixel Data and Planar Configuration (decoded
+    pixels are sent colour-by-pixel), nested items included."""
+    skip = {0x7FE00010, 0x00280006}
+    return {
+        str(e.tag): e.value if e.VR != "SQ" else [_values(i) for i in e.value]
+        for e in ds
+        if e.tag not in skip and e.tag.element != 0
+    }
+
+
+def test_getscu_with_explicit_le_only_gets_implicit_and_big_endian_instances_intact(
+    pacs: RunningServer, tmp_path: Path
+) -> None:
+    """A peer accepting only Explicit VR Little Endian: instances stored in Implicit VR (all
+    sub-operations failed: "encoding without a string argument") or Big Endian (header values
+    sent byte-swapped: High Bit 15 as 3840, planar colour pixels scrambled) arrive intact."""
+    names = [
+        "series_mr_dcm4che_05.dcm",
+        "mod_pt_implicit.dcm",
+        "ts_explicit_vr_be_us_rgb_small.dcm",
+    ]
+    sent = pacs.cli("send", "SOLENT", *(str(CORPUS / n) for n in names), check=False)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    for name in names:
+        original = pydicom.dcmread(CORPUS / name)
+        out = tmp_path / name
+        out.mkdir()
+        result = run(
+            "getscu", "-v", "-S", "+xe", "-aet", AET, "-aec", "SOLENT", "-od", str(out),
+            "127.0.0.1", str(pacs.ports["dicom"]),
+            "-k", "QueryRetrieveLevel=IMAGE",
+            "-k", f"StudyInstanceUID={original.StudyInstanceUID}",
+            "-k", f"SeriesInstanceUID={original.SeriesInstanceUID}",
+            "-k", f"SOPInstanceUID={original.SOPInstanceUID}",
+        )  # fmt: skip
+        assert result.returncode == 0 and "Final status report" in _out(result), _out(result)
+        got = [pydicom.dcmread(p) for p in out.iterdir()]
+        assert len(got) == 1, f"{name} not received: {_out(result)[-800:]}"
+        ds = got[0]
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1", name
+        assert _values(ds) == _values(original), name
+        assert np.array_equal(ds.pixel_array, original.pixel_array), name

@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.pixels import pixel_array
 
 from solent.dicom import transcode as tc
 from solent.dicom.render import RenderOptions, Viewport, render_frame
@@ -41,6 +42,51 @@ def test_lossless_transcoding_keeps_every_pixel(corpus_dir: Path, source: str, t
     assert ds.file_meta.TransferSyntaxUID == target
     assert ds.SOPInstanceUID == original.SOPInstanceUID
     assert np.array_equal(ds.pixel_array, original.pixel_array)
+
+
+def test_a_stray_delimiter_the_archive_accepted_does_not_stop_transcoding(
+    corpus_dir: Path,
+) -> None:
+    """mf_us_cine_jpeg_65frames_large.dcm has a stray (FFFE,E0DD) at dataset level: ingest
+    stores it as harmless, so serving it decoded (WADO-RS default, C-GET/C-MOVE to a peer
+    without JPEG) must work too; it answered 406 / A702 "cannot write ... (FFFE,E0DD)"."""
+    path = corpus_dir / "mf_us_cine_jpeg_65frames_large.dcm"
+    with path.open("rb") as fp:
+        out = tc.transcode_instance(fp, tc.EXPLICIT_LE)
+    ds = pydicom.dcmread(io.BytesIO(out))
+    assert ds.file_meta.TransferSyntaxUID == tc.EXPLICIT_LE
+    assert not [t for t in ds.keys() if t >> 16 == 0xFFFE]  # noqa: SIM118 - tags
+    original = pydicom.dcmread(path)
+    del original[0xFFFEE0DD]
+    assert ds.SOPInstanceUID == original.SOPInstanceUID and int(ds.NumberOfFrames) == 65
+    for index in (0, 64):
+        assert np.array_equal(pixel_array(ds, index=index), pixel_array(original, index=index))
+
+
+@pytest.mark.parametrize(
+    "source", ["ts_explicit_vr_be_mr_small.dcm", "ts_explicit_vr_be_emri_10frames.dcm"]
+)
+@pytest.mark.parametrize("target", [tc.EXPLICIT_LE, tc.IMPLICIT_LE])
+def test_big_endian_headers_keep_their_values_in_little_endian(
+    corpus_dir: Path, source: str, target: str
+) -> None:
+    """WADO-RS's default (Explicit VR Little Endian) of a big endian instance sent its header
+    bytes unswapped: High Bit 15 came back as 3840, Enhanced MR float values as garbage."""
+    original = pydicom.dcmread(corpus_dir / source)
+    with (corpus_dir / source).open("rb") as fp:
+        ds = pydicom.dcmread(io.BytesIO(tc.transcode_instance(fp, target)))
+    assert ds.HighBit == original.HighBit
+
+    def flat(d: pydicom.Dataset) -> list[tuple[int, object]]:
+        """Every value, nested items included; not group lengths, pixels, planar layout."""
+        skip = (0x7FE00010, 0x00280006)
+        return [
+            (int(e.tag), e.value)
+            for e in d.iterall()
+            if e.VR != "SQ" and e.tag not in skip and e.tag.element != 0
+        ]
+
+    assert flat(ds) == flat(original)
 
 
 def test_jpeg_baseline_refuses_more_than_8_bits(corpus_dir: Path) -> None:

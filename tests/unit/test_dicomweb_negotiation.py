@@ -120,3 +120,30 @@ def test_spooler_limits_and_malformed(tmp_path: Path) -> None:
         too_many.feed(_body([b"1", b"2", b"3"]))
     too_many.discard()
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "preamble",
+    [b"", b"\r\n", b"This is a multi-part message in MIME format.\r\n", b"x" * 5000 + b"\r\n"],
+)
+def test_spooler_ignores_a_preamble_and_epilogue(tmp_path: Path, preamble: bytes) -> None:
+    """RFC 2046 5.1.1: text before the first delimiter and after the last is ignored. A STOW-RS
+    body with a preamble was refused ("Expected boundary character 45, got 84")."""
+    parts = [b"A" * 3000, b"B"]
+    body = preamble + _body(parts) + b"an epilogue\r\n"
+    spooler = mp.PartSpooler("b0undary", tmp_path, 1 << 20, 10)
+    for i in range(0, len(body), 7):  # the delimiter arrives split across chunks
+        spooler.feed(body[i : i + 7])
+    assert [p.path.read_bytes() for p in spooler.finish()] == parts
+    spooler.discard()
+
+
+def test_spooler_without_its_boundary_is_a_clear_refusal(tmp_path: Path) -> None:
+    short = mp.PartSpooler("other", tmp_path, 1 << 20, 10)
+    short.feed(_body([b"abc"]))
+    with pytest.raises(mp.BadMultipart, match="is the boundary right"):
+        short.finish()
+    long = mp.PartSpooler("other", tmp_path, 1 << 20, 10)
+    with pytest.raises(mp.BadMultipart, match="no boundary delimiter in its first"):
+        long.feed(_body([b"x" * (mp.PREAMBLE_MAX + 10)]))
+    assert not list(tmp_path.iterdir())

@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -428,3 +429,54 @@ def test_c_find_patient_root_and_a_bad_value_gets_a900(running: Running) -> None
     bad.StudyInstanceUID = ""
     [(final, _)] = _find(running, bad, "1.2.840.10008.5.1.4.1.2.2.1")
     assert final.Status == 0xA900 and "StudyDate" in final.ErrorComment
+
+
+def test_c_store_in_another_vr_encoding_than_its_context_is_refused(running: Running) -> None:
+    """Explicit VR bytes on an Implicit VR Little Endian context (found probing with a hostile
+    peer): pydicom reads them anyway, but the file would be stored declaring implicit VR and
+    misread by every other reader. Refused, nothing stored; the association goes on."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pynetdicom.dimse_primitives import C_STORE
+
+    ds = pydicom.dcmread(CT)
+    ae = make_ae(PEER)
+    implicit = "1.2.840.10008.1.2"
+    ae.add_requested_context(ds.SOPClassUID, [implicit])
+    assoc = ae.associate("127.0.0.1", running.port, ae_title="SOLENT")
+    assert assoc.is_established
+    try:
+        [context] = assoc.accepted_contexts
+        assert context.transfer_syntax == [implicit]
+        statuses = []
+        for implicit_vr in (False, True):  # the wrong encoding, then the right one
+            fp = DicomBytesIO()
+            fp.is_little_endian, fp.is_implicit_VR = True, implicit_vr
+            write_dataset(fp, ds)
+            req = C_STORE()
+            req.MessageID = len(statuses) + 1
+            req.AffectedSOPClassUID = ds.SOPClassUID
+            req.AffectedSOPInstanceUID = ds.SOPInstanceUID
+            req.Priority = 2
+            req.DataSet = io.BytesIO(fp.getvalue())
+            # Paused reactor, as pynetdicom's own send_c_echo: else it may take the response.
+            assoc._reactor_checkpoint.clear()
+            while not assoc._is_paused:
+                time.sleep(0.001)
+            try:
+                assoc.dimse.send_msg(req, context.context_id)
+                _, rsp = assoc.dimse.get_msg(block=True)
+            finally:
+                assoc._reactor_checkpoint.set()
+            assert rsp is not None
+            statuses.append((rsp.Status, str(getattr(rsp, "ErrorComment", "") or "")))
+            if not implicit_vr:
+                assert running.archive.index.stats()["instances"] == 0
+    finally:
+        assoc.release()
+    (wrong, why), (right, _) = statuses
+    assert wrong & 0xF000 in (0xA000, 0xC000) and "explicit VR" in why, statuses
+    assert right == 0x0000, statuses
+    [ref] = _locate(running, ds)
+    stored = pydicom.dcmread(io.BytesIO(running.archive.store.open(ref.blob_key).read()))
+    assert stored.file_meta.TransferSyntaxUID == implicit and stored.PatientID == ds.PatientID

@@ -18,6 +18,8 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from solent.dicom.metadata_json import person_name_json
+
 MODIFYING_SYSTEM = "SOLENT"
 
 
@@ -160,7 +162,7 @@ def _json_element(keyword: str, value: Any) -> dict[str, Any]:
     if value == "":
         return {"vr": vr}
     if vr == "PN":
-        return {"vr": vr, "Value": [{"Alphabetic": value}]}
+        return {"vr": vr, "Value": [person_name_json(value)]}
     return {"vr": vr, "Value": [value]}
 
 

@@ -109,6 +109,17 @@ def _cacheable_vr(tag: int) -> bool:
     return " or " not in vr and vr != "SQ"
 
 
+PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def person_name_json(value: str) -> dict[str, str]:
+    """One Person Name value as a DICOM JSON object (PS3.18 F.2.2): ``alpha=ideo=phonetic``
+    split into its component groups, as pydicom's ``to_json_dict`` writes it (Alphabetic
+    always, the others when the value has them), so a name the index holds reads the same as
+    the file's own."""
+    return dict(zip(PN_GROUPS, value.split("=")[:3], strict=False))
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 

@@ -433,6 +433,8 @@ def _parse(
     _check_no_eof_warning(caught or [], name)
     if len(ds) == 0:
         raise RejectedInstance(RejectReason.MALFORMED, "the file holds no dataset")
+    if meta.get("TransferSyntaxUID") or force_ts:
+        _check_vr_encoding(as_read, ts)
     if not meta and not ({0x00080016, 0x00080018, 0x0020000D} & set(ds.keys())):
         fp.seek(128)
         if fp.read(4) != b"DICM":
@@ -562,6 +564,25 @@ def _parse(
         size=size,
         sha256="",
     )
+
+
+def _check_vr_encoding(as_read: dict[Any, Any], ts: UID) -> None:
+    """The dataset is in the VR encoding its transfer syntax names. pydicom reads a dataset
+    whose first element says otherwise (a C-STORE peer sending explicit VR on an implicit VR
+    context) with a warning; stored as it is, the file would misread everywhere else."""
+    try:
+        implicit = ts.is_implicit_VR
+    except ValueError:  # a transfer syntax pydicom does not know: nothing to compare with
+        return
+    # The first element as read (pydicom converts Specific Character Set at once).
+    first = next((e for e in as_read.values() if isinstance(e, RawDataElement)), None)
+    found = first.is_implicit_VR if first is not None else implicit
+    if found != implicit:
+        raise RejectedInstance(
+            RejectReason.MALFORMED,
+            f"the dataset is encoded in {'implicit' if found else 'explicit'} VR but its "
+            f"transfer syntax {ts} ({ts.name}) says {'implicit' if implicit else 'explicit'} VR",
+        )
 
 
 def _check_no_eof_warning(caught: list[warnings.WarningMessage], name: str) -> None:

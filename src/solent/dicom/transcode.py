@@ -333,6 +333,10 @@ def transcode_instance(fp: BinaryIO, target: str, *, quality: int = 90) -> bytes
         ds = pydicom.dcmread(fp, force=True)
     except Exception as exc:
         raise TranscodeError(f"cannot read the stored instance: {exc}"[:300]) from exc
+    for stray in [t for t in ds.keys() if t >> 16 == 0xFFFE]:  # noqa: SIM118 - tags
+        # A writer's stray delimiter at dataset level, stored as received (ingest takes it as
+        # harmless): no encoding can write it, and it carries nothing.
+        del ds[stray]
     source = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_LE))
     pixel = next(
         (k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds), None
@@ -400,11 +404,30 @@ def _set_photometric(ds: Dataset, header: PixelHeader) -> None:
         ds.PhotometricInterpretation = after
 
 
+_SWAP_WIDTH = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+_PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+
+
+def values_as_little_endian(ds: Dataset) -> None:
+    """Make a dataset read as big endian writable as little endian (pixels already swapped by
+    the caller): every element is converted to its value as read, binary words of other
+    elements are swapped, and the dataset then counts as little endian. pydicom refuses to
+    change endianness itself, and marking the raw elements little endian wrote their big
+    endian bytes as they were (High Bit 15 sent as 3840)."""
+    if ds.original_encoding[1] is not False:
+        return
+    for elem in ds.iterall():  # converts every element, in nested items too
+        width = _SWAP_WIDTH.get(str(elem.VR))
+        if width and elem.tag not in _PIXEL_TAGS and isinstance(elem.value, bytes):
+            words = np.frombuffer(elem.value[: len(elem.value) // width * width], f">u{width}")
+            elem.value = words.astype(f"<u{width}").tobytes() + elem.value[len(words) * width :]
+    for item in [ds, *(i for e in ds.iterall() if e.VR == "SQ" for i in e.value)]:
+        item.set_original_encoding(False, True, item.original_character_set)
+
+
 def _write(ds: Dataset, target: str) -> bytes:
     ds.file_meta.TransferSyntaxUID = UID(target)
-    if ds.original_encoding[1] is False:
-        # Read as big endian, pixels decoded to little endian: re-encode the rest from values.
-        ds.set_original_encoding(target == IMPLICIT_LE, True, ds.original_character_set)
+    values_as_little_endian(ds)
     buf = io.BytesIO()
     try:
         ds.save_as(buf, enforce_file_format=True)

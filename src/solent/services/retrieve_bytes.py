@@ -20,7 +20,7 @@ from pydicom.filereader import read_dataset, read_preamble
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from solent.dicom import header_splice as hs
-from solent.dicom.transcode import TranscodeError
+from solent.dicom.transcode import TranscodeError, values_as_little_endian
 from solent.services.outgoing_identity import CurrentIdentity
 from solent.storage import BlobStore
 
@@ -246,8 +246,12 @@ def uncompressed(store: BlobStore, ref: Located, identity: CurrentIdentity | Non
             # Big endian: swap the pixel words by decoding and re-encoding them.
             arr = ds.pixel_array
             ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+            if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+                ds.PlanarConfiguration = 0  # pixel_array is colour-by-pixel, whatever was read
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.set_original_encoding(False, True)
+        # The writer re-encodes from the encoding as read (implicit VR: VRs from the
+        # dictionary); big endian it will not convert, so the values are made little endian.
+        values_as_little_endian(ds)
         if identity is not None:
             identity.patch_dataset(ref.study_uid, ds)
     except Exception as exc:

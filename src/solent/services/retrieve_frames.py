@@ -138,6 +138,16 @@ def rendered(
     return rendering.render_frame(arr, ds, number - 1, opts)
 
 
+PIXEL_DATA = 0x7FE00010
+
+
+def _with_creator(tag: int) -> list[int]:
+    """``tag`` and, for a private element, its private creator (which gives it its VR)."""
+    if tag >> 16 & 1 and tag & 0xFFFF >= 0x1000:
+        return [tag, tag & 0xFFFF0000 | (tag & 0xFF00) >> 8]
+    return [tag]
+
+
 def bulk_element(store: BlobStore, inst: StoredInstance, path: str) -> bytes:
     """The value of a non-pixel bulk data element by its path ``TAG[/index/TAG...]``."""
     parts = path.strip("/").split("/")
@@ -146,10 +156,15 @@ def bulk_element(store: BlobStore, inst: StoredInstance, path: str) -> bytes:
     try:
         tags = [int(p, 16) for p in parts[::2]]
         items = [int(p) for p in parts[1::2]]
+        if any(i < 0 for i in items):  # Python would count -1 from the end
+            raise ValueError("negative item")
     except ValueError as exc:
         raise InvalidInput(f"bulk data path {path!r} is not TAG[/item/TAG...]") from exc
     with store.open(inst.blob_key) as fp:
-        ds: Any = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        if tags[0] < PIXEL_DATA:
+            ds: Any = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        else:  # after Pixel Data (a GE (7FE1,xxxx) group, trailing padding): read past it
+            ds = pydicom.dcmread(fp, specific_tags=_with_creator(tags[0]), force=True)
     for depth, tag in enumerate(tags):
         if tag not in ds:
             raise NotFound(f"bulk data {path} does not exist in this instance")

@@ -38,6 +38,9 @@ def content_type(inner: str, boundary: str, transfer_syntax: str | None = None) 
     return f'multipart/related; type="{inner}"; boundary={boundary}{ts}'
 
 
+PREAMBLE_MAX = 64 * 1024
+
+
 class BadMultipart(Exception):
     """The request body is not a usable multipart/related message."""
 
@@ -66,6 +69,11 @@ class PartSpooler:
     """Feed the body in chunks; each part lands in a temp file under ``directory``."""
 
     def __init__(self, boundary: str, directory: Path, max_bytes: int, max_parts: int) -> None:
+        self._delimiter = b"--" + boundary.encode("latin-1")
+        # What came before the first delimiter: RFC 2046 5.1.1 lets a body open with a
+        # preamble its reader ignores (python-multipart wants the delimiter first). Kept until
+        # the delimiter shows, at most PREAMBLE_MAX bytes; None once the parts began.
+        self._preamble: bytearray | None = bytearray()
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_parts = max_parts
@@ -117,6 +125,10 @@ class PartSpooler:
         self.received += len(chunk)
         if self.received > self.max_bytes:
             raise TooLarge(f"the request body exceeds {self.max_bytes} bytes")
+        if self._preamble is not None:
+            chunk = self._after_preamble(chunk)
+            if not chunk:
+                return
         try:
             self._parser.write(chunk)
         except (TooLarge, BadMultipart):
@@ -124,7 +136,29 @@ class PartSpooler:
         except MultipartParseError as exc:
             raise BadMultipart(f"the multipart body is malformed: {exc}") from exc
 
+    def _after_preamble(self, chunk: bytes) -> bytes:
+        """The body from its first delimiter on (b"" while it has not come yet)."""
+        assert self._preamble is not None
+        seen = self._preamble
+        seen += chunk
+        if seen.startswith(self._delimiter):
+            at = 0
+        else:  # a delimiter starts a line (the CRLF before it belongs to the preamble)
+            found = seen.find(b"\n" + self._delimiter)
+            at = found + 1 if found >= 0 else -1
+        if at >= 0:
+            self._preamble = None
+            return bytes(seen[at:])
+        if len(seen) > PREAMBLE_MAX:
+            raise BadMultipart(
+                f"the multipart body has no boundary delimiter in its first {PREAMBLE_MAX} bytes "
+                "(is the boundary right?)"
+            )
+        return b""
+
     def finish(self) -> list[SpooledPart]:
+        if self._preamble is not None:
+            raise BadMultipart("the multipart body holds no parts (is the boundary right?)")
         try:
             self._parser.finalize()
         except MultipartParseError as exc:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Path, Request, Response
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from starlette.concurrency import run_in_threadpool
 
+from solent.dicom.metadata_json import person_name_json
 from solent.domain.attributes import Level
 from solent.domain.matching import parse_query
 from solent.errors import InvalidInput
@@ -88,7 +89,7 @@ def _encoding(keyword: str) -> tuple[str, str, Any] | None:
         return None
     vr = dictionary_VR(tag)
     if vr == "PN":
-        return f"{tag:08X}", vr, lambda v: {"Alphabetic": str(v)}
+        return f"{tag:08X}", vr, lambda v: person_name_json(str(v))
     if vr in _AS_INT:
         return f"{tag:08X}", vr, int
     if vr in _AS_FLOAT:
