@@ -38,6 +38,7 @@ from solent.dicom.metadata_json import (
     _cacheable_tag,
     metadata_json,
 )
+from solent.dicom.rejection_note import KEY_OBJECT_SELECTION, RejectionNote, rejection_note
 from solent.domain import nhs_number
 from solent.domain.outcomes import RejectReason
 from solent.domain.uids import uid_problem
@@ -75,6 +76,8 @@ class ParsedInstance:
     size: int
     sha256: str
     warnings: list[str] = field(default_factory=list)
+    #: An IOCM rejection note's title and list (R56); None for every other object.
+    rejection: RejectionNote | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -514,9 +517,20 @@ def _parse(
 
     patient_id = _text(ds, "PatientID", 64)
     nhs = nhs_number_of(ds, nhs_tag)
+    rejection = None
+    if sop_class == KEY_OBJECT_SELECTION:
+        try:
+            rejection = rejection_note(ds)
+        except Exception as exc:
+            raise RejectedInstance(
+                RejectReason.MALFORMED,
+                f"the key object selection's title or evidence cannot be read: {exc}"[:300],
+                sop_instance_uid=sop_uid,
+            ) from exc
     doc = metadata_json(ds, str(ts), pixel_vr, pixel_tag, as_read, caught)
     modality = _text(ds, "Modality", 16)
     return ParsedInstance(
+        rejection=rejection,
         sop_class_uid=sop_class,
         sop_instance_uid=sop_uid,
         study_uid=study_uid,

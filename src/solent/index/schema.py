@@ -494,6 +494,28 @@ held_instance = Table(
     Index(None, "status"),
 )
 
+# IOCM (R56): instances withdrawn by a rejection note (a KOS titled 113001/113037/113038/
+# 113039). Their rows leave the query tables (nothing finds or retrieves them); the blob stays,
+# named here, as the policy keeps it; a re-send of the same SOP Instance UID is refused.
+rejected_instance = Table(
+    "rejected_instance",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("sop_uid", String(64), nullable=False, unique=True),
+    Column("series_uid", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("blob_key", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("patient_issuer", String(16)),
+    Column("patient_id", String(64)),
+    Column("code", String(16), nullable=False),  # the note's title (CID 7011)
+    Column("note_uid", String(64), nullable=False),  # the rejection note's SOP Instance UID
+    Column("rejected_by", String(200), nullable=False),
+    Index(None, "study_uid"),
+)
+
 # --- Query engine (issues 3/4): what the C-FIND / QIDO-RS compiler (index/query.py) relies on.
 # Studies come newest first, undated ones last, on both backends: ORDER BY study_date_key DESC,
 # pk DESC walks this index backwards (a generated column, because Alembic cannot autogenerate

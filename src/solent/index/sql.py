@@ -361,12 +361,11 @@ class Index:
             return (r.sha256, r.blob_key) if r else None
 
     def blob_referenced(self, blob_key: str) -> bool:
+        """An instance, or an instance withdrawn by an IOCM note (kept by policy), uses it."""
         with self.read() as conn:
-            return (
-                conn.execute(
-                    select(t.instance.c.pk).where(t.instance.c.blob_key == blob_key).limit(1)
-                ).first()
-                is not None
+            return any(
+                conn.execute(select(c).where(c == blob_key).limit(1)).first() is not None
+                for c in (t.instance.c.blob_key, t.rejected_instance.c.blob_key)
             )
 
     def iter_blob_refs(self, batch: int = 5000) -> Iterator[tuple[str, str, int]]:
@@ -480,13 +479,13 @@ class Index:
                     size_bytes=t.study.c.size_bytes - r.size_bytes,
                 )
             )
-            self._drop_if_empty(conn, r.series_pk, study_pk)
+            self.drop_if_empty(conn, r.series_pk, study_pk)
             return str(r.blob_key)
 
         return self.write(op)
 
     @staticmethod
-    def _drop_if_empty(conn: Connection, series_pk: int, study_pk: int) -> None:
+    def drop_if_empty(conn: Connection, series_pk: int, study_pk: int) -> None:
         """Keep the aggregates true after a removal: no empty series or study is listed."""
         se, st = t.series.c, t.study.c
         if conn.execute(select(se.num_instances).where(se.pk == series_pk)).scalar_one() > 0:

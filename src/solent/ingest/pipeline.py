@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 
 from solent.dicom.inflate import InflateLimits
 from solent.dicom.parse import ParsedInstance, RejectedInstance, parse_file
+from solent.dicom.rejection_note import RejectionNote
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
 from solent.domain.principal import Channel, Principal, Provenance
 from solent.errors import IndexUnavailable, NotFound, StorageError
@@ -31,6 +32,7 @@ from solent.index.records import (
     RecordedInstance,
     record_instance,
 )
+from solent.index.rejection import WithdrawnInstance, apply_rejection, rejected_before
 from solent.index.sql import Index
 from solent.ingest.held import held_key, keep_copy
 from solent.ingest.write_gate import WriteGate
@@ -301,7 +303,7 @@ class Ingestor:
                 try:
                     with conn.begin_nested():
                         out.append(self._record(conn, p))
-                except (AlreadyStoredError, PatientMismatchError) as exc:
+                except (AlreadyStoredError, PatientMismatchError, WithdrawnInstance) as exc:
                     out.append(exc)
             for p in batch:  # durable blobs before the commit; one failure: one by one below
                 p.placement.wait()
@@ -320,6 +322,15 @@ class Ingestor:
         if isinstance(recorded, RecordedInstance):
             return self._finish(p, recorded)
         parsed = p.parsed
+        if isinstance(recorded, WithdrawnInstance):
+            self._forget_blob(p.key)  # kept if it is the rejected instance's own blob
+            return StoreResult.rejected(
+                RejectReason.CONFLICT,
+                f"this SOP Instance UID was rejected by an IOCM note ({recorded.meaning}, "
+                f"note {recorded.note_uid}); send corrected images with new SOP Instance UIDs",
+                sop_class_uid=parsed.sop_class_uid,
+                sop_instance_uid=parsed.sop_instance_uid,
+            )
         if self._hidden_holder(p, recorded):
             return self._hold(p, recorded)
         if isinstance(recorded, AlreadyStoredError):
@@ -599,7 +610,10 @@ class Ingestor:
 
         Called before the blob's fsyncs are done (Placement): the caller's transaction must
         ``wait`` for them before it commits, so no row is durable before its blob."""
-        return self._audited(
+        withdrawn = rejected_before(conn, p.parsed.sop_instance_uid)
+        if withdrawn is not None:
+            raise WithdrawnInstance(*withdrawn)
+        recorded = self._audited(
             conn,
             p.principal,
             p.provenance,
@@ -616,6 +630,40 @@ class Ingestor:
                 principal=p.principal,
                 replace=p.replace,
             ),
+        )
+        if p.parsed.rejection is not None:
+            self._reject(conn, p, p.parsed.rejection)
+        return recorded
+
+    def _reject(self, conn: Connection, p: _Prepared, note: RejectionNote) -> None:
+        """Apply an IOCM rejection note with its own index rows (R56): the instances it lists
+        in its study leave every query and retrieve when it is acknowledged; one audit record
+        (DICOM Instances Deleted) names them."""
+        parsed = p.parsed
+        done = apply_rejection(
+            conn, note, parsed.sop_instance_uid, parsed.study_uid, p.principal.describe()
+        )
+        self._audit.append_in(
+            conn,
+            audit_fields(
+                p.principal,
+                AuditAction.DELETE,
+                study_uid=parsed.study_uid,
+                detail={
+                    "iocm": note.code,
+                    "reason": note.meaning,
+                    "note": parsed.sop_instance_uid,
+                    "rejected": done.series,
+                    "not_found": done.not_found,
+                },
+            ),
+        )
+        log.info(
+            "rejection note %s (%s): %d instance(s) withdrawn, %d listed not found",
+            parsed.sop_instance_uid,
+            note.meaning,
+            done.count,
+            len(done.not_found),
         )
 
     def _commit(self, p: _Prepared) -> StoreResult:
@@ -638,7 +686,7 @@ class Ingestor:
         try:
             with self._write_gate():
                 recorded = self._index.write(op)
-        except (AlreadyStoredError, PatientMismatchError) as exc:
+        except (AlreadyStoredError, PatientMismatchError, WithdrawnInstance) as exc:
             with contextlib.suppress(StorageError):  # its own fsyncs end before it is judged
                 p.placement.wait()
             return self._settle(p, exc)

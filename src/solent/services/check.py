@@ -22,6 +22,7 @@ from sqlalchemy import Connection, select, text
 
 from solent.domain.principal import Principal
 from solent.index import schema as t
+from solent.index.rejection import rejected_blob_keys
 from solent.index.sql import Index
 from solent.services.access import AccessService, Permission
 from solent.services.audit import AuditAction, AuditTrail, audit_fields
@@ -186,10 +187,12 @@ def _visibility_drift(index: Index) -> dict[str, int]:
 
 def _kept_copies(index: Index) -> set[str]:
     """Blob keys of the copies kept outside the index's instances: migration's quarantine and
-    the instances still held for identity reconciliation (their rows name them). A released
+    the instances still held for identity reconciliation and those an IOCM note withdrew (their
+    rows name them). A released
     or discarded instance's copy is removed by its decision; one a failure left behind is an
     orphan like any other, for ``--repair``."""
     h = t.held_instance.c
     with index.read() as conn:
         kept = {str(k) for (k,) in conn.execute(select(t.migration_quarantine.c.path))}
+        kept |= rejected_blob_keys(conn)  # withdrawn by an IOCM note, kept by policy
         return kept | {str(k) for (k,) in conn.execute(select(h.path).where(h.status == "held"))}

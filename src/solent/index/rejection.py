@@ -1,0 +1,115 @@
+"""IOCM rejection (R56) in the index: the instances a rejection note lists leave the query
+tables in the note's own transaction, so no query or retrieve finds them once the note is
+acknowledged; each is kept as a ``rejected_instance`` row naming its blob (kept by policy) and
+the note. A later send of a rejected SOP Instance UID is refused (``rejected_before``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from solent.dicom.rejection_note import REJECTION_TITLES, RejectionNote
+from solent.index import schema as t
+from solent.index.sql import Index, now
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """What a note withdrew (its own study only) and what it listed that was not there."""
+
+    series: dict[str, list[str]]  # series UID -> SOP Instance UIDs withdrawn
+    not_found: list[str]  # listed, not in the note's study (unknown, elsewhere, or gone)
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.series.values())
+
+
+class WithdrawnInstance(Exception):
+    """A send of a SOP Instance UID a rejection note withdrew: refused, nothing changes."""
+
+    def __init__(self, code: str, note_uid: str) -> None:
+        super().__init__(f"rejected by IOCM note {note_uid} ({code})")
+        self.code = code
+        self.note_uid = note_uid
+        self.meaning = REJECTION_TITLES.get(code, code)
+
+
+def rejected_before(conn: Connection, sop_uid: str) -> tuple[str, str] | None:
+    """(title code, note UID) when this SOP Instance UID was withdrawn by a rejection note."""
+    r = t.rejected_instance.c
+    row = conn.execute(select(r.code, r.note_uid).where(r.sop_uid == sop_uid)).first()
+    return (str(row.code), str(row.note_uid)) if row else None
+
+
+def apply_rejection(
+    conn: Connection, note: RejectionNote, note_uid: str, study_uid: str, by: str
+) -> Rejected:
+    """Withdraw what ``note`` lists in ``study_uid`` (the note's study: whoever may file a note
+    into a study may correct that study, and nothing else)."""
+    ic, se, st, pa = t.instance.c, t.series.c, t.study.c, t.patient.c
+    withdrawn: dict[str, list[str]] = {}
+    missing: list[str] = []
+    for ref_study, ref_series, sop in note.references:
+        row = (
+            conn.execute(
+                select(
+                    ic.pk,
+                    ic.series_pk,
+                    ic.blob_key,
+                    ic.sha256,
+                    ic.size_bytes,
+                    se.series_uid,
+                    se.study_pk,
+                    st.study_uid,
+                    pa.issuer,
+                    pa.local_id,
+                )
+                .join(t.series, se.pk == ic.series_pk)
+                .join(t.study, st.pk == se.study_pk)
+                .join(t.patient, pa.pk == st.patient_pk)
+                .where(ic.sop_instance_uid == sop)
+            ).first()
+            if ref_study == study_uid and sop != note_uid
+            else None
+        )
+        if row is None or row.study_uid != study_uid or row.series_uid != ref_series:
+            missing.append(sop)
+            continue
+        conn.execute(
+            insert(t.rejected_instance).values(
+                at=now(),
+                sop_uid=sop,
+                series_uid=row.series_uid,
+                study_uid=row.study_uid,
+                blob_key=row.blob_key,
+                sha256=row.sha256,
+                size_bytes=row.size_bytes,
+                patient_issuer=row.issuer,
+                patient_id=row.local_id,
+                code=note.code,
+                note_uid=note_uid,
+                rejected_by=by[:200],
+            )
+        )
+        conn.execute(delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == row.pk))
+        conn.execute(delete(t.instance).where(ic.pk == row.pk))
+        conn.execute(
+            update(t.series)
+            .where(se.pk == row.series_pk)
+            .values(num_instances=se.num_instances - 1)
+        )
+        conn.execute(
+            update(t.study)
+            .where(st.pk == row.study_pk)
+            .values(num_instances=st.num_instances - 1, size_bytes=st.size_bytes - row.size_bytes)
+        )
+        Index.drop_if_empty(conn, int(row.series_pk), int(row.study_pk))
+        withdrawn.setdefault(str(row.series_uid), []).append(sop)
+    return Rejected(withdrawn, missing)
+
+
+def rejected_blob_keys(conn: Connection) -> set[str]:
+    """Blobs kept for rejected instances (``solent check`` must not take them for orphans)."""
+    return {str(k) for (k,) in conn.execute(select(t.rejected_instance.c.blob_key))}
