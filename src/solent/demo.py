@@ -157,6 +157,19 @@ def _dataset(
     return ds
 
 
+def demo_loaded(archive: Archive) -> bool:
+    """True once the demo's studies are in the archive: loading again would add a second copy
+    of every image (new SOP Instance UIDs) to the same studies."""
+    from sqlalchemy import select
+
+    from solent.index import schema
+
+    first = f"{DEMO_ROOT}1.1"
+    with archive.index.read() as conn:
+        query = select(schema.study.c.pk).where(schema.study.c.study_uid == first)
+        return conn.execute(query).first() is not None
+
+
 def load_demo(archive: Archive) -> int:
     """Create the four trusts and their studies; returns how many instances were stored."""
     known = {t.code for t in archive.index.list_trusts()}

@@ -39,7 +39,11 @@ def register(sub: Any) -> None:
         "(repeat or comma-separate)",
     )
     ua.add_argument("--also-trust", action="append", default=[], help="further trusts (repeat)")
-    ua.add_argument("--password", help="the password (else asked for, twice)")
+    ua.add_argument(
+        "--password",
+        help="the password (else asked for twice on a terminal, or read as one line from "
+        "standard input when that is not a terminal)",
+    )
     ua.add_argument(
         "--no-password", action="store_true", help="service account: API tokens only, no login"
     )
@@ -55,7 +59,11 @@ def register(sub: Any) -> None:
     ue.set_defaults(handler=_user_enable)
     up = u.add_parser("password", help="set a user's password (their sessions and tokens end)")
     up.add_argument("name")
-    up.add_argument("--password")
+    up.add_argument(
+        "--password",
+        help="the new password (else asked for twice on a terminal, or read as one line from "
+        "standard input when that is not a terminal)",
+    )
     up.set_defaults(handler=_user_password)
     ur = u.add_parser("roles", help="replace a user's roles (audited: what was added, removed)")
     ur.add_argument("name")
@@ -157,7 +165,14 @@ def _users(settings: Settings) -> Any:
 
 def _ask_password() -> str:
     if not sys.stdin.isatty():
-        raise InvalidInput("give --password (no terminal to ask on)")
+        # A script or a secret store pipes it in: one line, kept out of `ps` and shell history.
+        piped = sys.stdin.readline().rstrip("\r\n")
+        if not piped:
+            raise InvalidInput(
+                "no password: give --password, pipe it on standard input, or run on a terminal "
+                "to be asked (--no-password for a service account)"
+            )
+        return piped
     first = getpass.getpass("Password (12+ characters): ")
     if first != getpass.getpass("Again: "):
         raise InvalidInput("the two passwords differ")
@@ -169,7 +184,7 @@ def _user_add(args: argparse.Namespace, settings: Settings) -> int:
 
     roles = parse_roles(args.role)
     if args.no_password and args.password:
-        raise ConfigurationError("--no-password and --password exclude each other")
+        raise InvalidInput("--no-password and --password exclude each other")
     password = None if args.no_password else (args.password or _ask_password())
     others = tuple(c.strip() for v in args.also_trust for c in v.split(",") if c.strip())
     users = _users(settings)
