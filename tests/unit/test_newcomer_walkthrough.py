@@ -212,3 +212,16 @@ def test_fhir_accession_search_is_explained_and_works(
         "/fhir/ImagingStudy", params={"identifier": f"{system}|{accession}"}, headers=h
     )
     assert found.status_code == 200 and found.json()["total"] == 1
+
+
+def test_audit_seal_on_a_keyed_trail_rewrites_nothing(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # README: `solent audit seal` "once, after upgrading a pre-HMAC trail"; run again by
+    # mistake it must not take the audit lock to rewrite every record.
+    assert _run(capsys, "trust", "add", "ZZA", "--name", "A")[0] == 0
+    code, out, err = _run(capsys, "audit", "seal")
+    assert code == 0
+    assert "already sealed" in out and "nothing changed" in out
+    assert "re-chained" not in err
+    assert _run(capsys, "audit", "verify")[0] == 0

@@ -350,6 +350,12 @@ def _audit_seal(args: argparse.Namespace, settings: Settings) -> int:
             print(f"TAMPERED: {problem}")
         print("audit trail NOT sealed: the existing chain does not verify (nothing was changed)")
         return 1
+    if report.unkeyed == 0:
+        print(
+            f"audit trail already sealed: all {report.records} records are chained under the "
+            "audit key; nothing changed"
+        )
+        return 0
     print(
         f"audit trail sealed: {report.records} records chained under the audit key "
         f"({report.unkeyed} were unkeyed)"
