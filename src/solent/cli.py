@@ -125,7 +125,10 @@ def _accept_config_after_command(parser: argparse.ArgumentParser) -> None:
             for child in action.choices.values():
                 if "--config" not in child._option_string_actions:
                     child.add_argument(
-                        "--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+                        "--config",
+                        type=Path,
+                        default=argparse.SUPPRESS,
+                        help="TOML settings file (SOLENT_* variables win)",
                     )
                 _accept_config_after_command(child)
 
