@@ -225,3 +225,17 @@ def test_audit_seal_on_a_keyed_trail_rewrites_nothing(
     assert "already sealed" in out and "nothing changed" in out
     assert "re-chained" not in err
     assert _run(capsys, "audit", "verify")[0] == 0
+
+
+def test_an_unreachable_dicomweb_source_is_one_line(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/migration.md: `solent migrate source add ... --dicomweb URL`, then inventory/run.
+    assert _run(capsys, "trust", "add", "ZZB", "--name", "B")[0] == 0
+    url = f"http://127.0.0.1:{_free_port()}/dicom-web"
+    assert (
+        _run(capsys, "migrate", "source", "add", "web", "--dicomweb", url, "--trust", "ZZB")[0] == 0
+    )
+    code, _out, err = _run(capsys, "migrate", "inventory", "web")
+    assert code == 1
+    assert f"DICOMweb source {url} cannot be reached" in err and "Traceback" not in err
