@@ -194,13 +194,20 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from solent.serve import serve
 
         archive = _archive(settings)
-        empty = archive.services.access.stats(cli_principal())["instances"] == 0
-        if (args.demo or settings.demo_data) and empty:
-            from solent.demo import load_demo
+        if args.demo or settings.demo_data:
+            from solent.demo import demo_state, load_demo
 
-            print("Loading demo data (first start)...", flush=True)
-            n = load_demo(archive)
-            print(f"Demo data loaded: {n} instances at trusts ZZA, ZZB, ZZC, ZZD.", flush=True)
+            empty = archive.services.access.stats(cli_principal())["instances"] == 0
+            state = demo_state(archive)
+            if empty or state == "partial":  # partial: a first start stopped while loading
+                print(
+                    "Loading demo data (first start)..."
+                    if empty
+                    else "Completing the demo data (an earlier load was interrupted)...",
+                    flush=True,
+                )
+                n = load_demo(archive)
+                print(f"Demo data loaded: {n} instances at trusts ZZA, ZZB, ZZC, ZZD.", flush=True)
         from solent.security.cli import login_hint
 
         print(login_hint(archive), flush=True)
@@ -296,10 +303,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         _print_table(rows, args.json)
         return 0
     if cmd == "demo":
-        from solent.demo import demo_loaded, load_demo
+        from solent.demo import demo_state, load_demo
 
         archive = _archive(settings)
-        if demo_loaded(archive):
+        if demo_state(archive) == "complete":
             print("demo data already loaded; nothing to do", file=sys.stderr)
             return 0
         n = load_demo(archive)

@@ -239,3 +239,26 @@ def test_an_unreachable_dicomweb_source_is_one_line(
     code, _out, err = _run(capsys, "migrate", "inventory", "web")
     assert code == 1
     assert f"DICOMweb source {url} cannot be reached" in err and "Traceback" not in err
+
+
+def test_an_interrupted_demo_load_is_completed_never_doubled(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `make run` stopped with Ctrl-C while the demo loads: the next start finishes it.
+    from solent import demo as demo_data
+
+    archive = build_archive(load_settings(environ={}, data_dir=data_dir))
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(demo_data, "STUDIES", demo_data.STUDIES[:2])  # stopped after two studies
+            demo_data.load_demo(archive)
+        assert demo_data.demo_state(archive) == "partial"
+        code, out, _err = _run(capsys, "demo")
+        assert code == 0 and "loaded" in out
+        assert demo_data.demo_state(archive) == "complete"
+        total = archive.services.access.stats(SYSTEM)["instances"]
+        assert total == demo_data.DEMO_INSTANCES
+        demo_data.load_demo(archive)  # the same fixed UIDs and bytes: duplicates of themselves
+        assert archive.services.access.stats(SYSTEM)["instances"] == total
+    finally:
+        archive.close()
