@@ -262,3 +262,30 @@ def test_an_interrupted_demo_load_is_completed_never_doubled(
         assert archive.services.access.stats(SYSTEM)["instances"] == total
     finally:
         archive.close()
+
+
+def test_the_first_start_hint_can_be_pasted_as_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `make run` runs .venv/bin/solent, which is not on the PATH: the hint says that path.
+    from solent.security.cli import login_hint
+
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    script = tmp_path / ".venv" / "bin" / "solent"
+    script.write_text("#!/bin/sh\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [".venv/bin/solent", "serve"])
+    archive = build_archive(load_settings(environ={}, data_dir=tmp_path / "var", http_port=8042))
+    try:
+        hint = login_hint(archive)
+    finally:
+        archive.close()
+    assert "  .venv/bin/solent user add alice --trust ZZA --role clinician" in hint
+    assert "  .venv/bin/solent token create --user alice" in hint
+    assert "http://127.0.0.1:8042/api/studies" in hint
+    monkeypatch.setattr(sys, "argv", ["solent", "serve"])  # found on the PATH
+    archive = build_archive(load_settings(environ={}, data_dir=tmp_path / "var"))
+    try:
+        assert "\n  solent user add alice" in login_hint(archive)
+    finally:
+        archive.close()

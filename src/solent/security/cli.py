@@ -127,18 +127,37 @@ def register(sub: Any) -> None:
     asr.set_defaults(handler=_audit_search)
 
 
+def _program() -> str:
+    """How to call this CLI again from here: `.venv/bin/solent` after `make run`, which has
+    not put `solent` on the PATH; plain `solent` when it was found on the PATH."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "solent" or argv0.parent == Path():
+        return "solent"
+    try:
+        return str(argv0.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return "solent"
+
+
 def login_hint(archive: Any) -> str:
     """What `solent serve` prints so a first-time user knows how to get in."""
+    solent = _program()
+    settings = archive.settings
+    scheme = "https" if settings.http_tls_cert else "http"
+    port = settings.http_port or "PORT"  # 0: the port is chosen later (SOLENT_READY says)
+    host = settings.bind_address
+    host = f"[{host}]" if ":" in host else host
     if not archive.services.users.list():
         return (
             "No users yet; every route but /health needs a bearer token. Create one, e.g.:\n"
-            "  solent user add alice --trust ZZA --role clinician\n"
-            "  solent token create --user alice    (prints the token as its last line)\n"
-            "  curl -H 'Authorization: Bearer <token>' http://HOST:PORT/api/studies"
+            f"  {solent} user add alice --trust ZZA --role clinician\n"
+            f"  {solent} token create --user alice    (prints the token as its last line)\n"
+            f"  curl -H 'Authorization: Bearer <token>' "
+            f"{scheme}://{host}:{port}/api/studies"
         )
     return (
         "Log in: POST /api/auth/token with HTTP Basic user:password for a bearer token, "
-        "or `solent token create --user NAME`."
+        f"or `{solent} token create --user NAME`."
     )
 
 
