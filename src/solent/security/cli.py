@@ -183,9 +183,9 @@ def _users(settings: Settings) -> Any:
 
 
 def _ask_password() -> str:
-    if not sys.stdin.isatty():
+    if sys.stdin is None or not sys.stdin.isatty():
         # A script or a secret store pipes it in: one line, kept out of `ps` and shell history.
-        piped = sys.stdin.readline().rstrip("\r\n")
+        piped = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
         if not piped:
             raise InvalidInput(
                 "no password: give --password, pipe it on standard input, or run on a terminal "
