@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,20 +66,26 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
 
     t = sub.add_parser("trust", help="manage trusts").add_subparsers(dest="action", required=True)
-    ta = t.add_parser("add")
-    ta.add_argument("code")
-    ta.add_argument("--name", required=True)
-    tl = t.add_parser("list")
+    ta = t.add_parser("add", help="register a trust by its ODS code")
+    ta.add_argument("code", help="the trust's ODS code, e.g. RHM (1-16 letters, digits, - or _)")
+    ta.add_argument("--name", required=True, help="the trust's name")
+    tl = t.add_parser("list", help="registered trusts")
     tl.add_argument("--json", action="store_true")
 
     a = sub.add_parser("ae", help="manage remote DICOM nodes").add_subparsers(
         dest="action", required=True
     )
-    aa = a.add_parser("add")
-    aa.add_argument("ae_title")
-    aa.add_argument("--host", required=True)
-    aa.add_argument("--port", type=int, required=True)
-    aa.add_argument("--trust", required=True)
+    aa = a.add_parser(
+        "add", help="register a node that may associate (remove it first to change it)"
+    )
+    aa.add_argument("ae_title", help="the node's calling AE title")
+    aa.add_argument(
+        "--host", required=True, help="host name or address it calls from ('*': any address)"
+    )
+    aa.add_argument(
+        "--port", type=int, required=True, help="its DICOM port (C-MOVE destination, solent echo)"
+    )
+    aa.add_argument("--trust", required=True, help="trust whose images it stores and queries")
     aa.add_argument(
         "--allow", default="store,query,retrieve", help="comma list of store,query,retrieve"
     )
@@ -87,9 +94,9 @@ def _parser() -> argparse.ArgumentParser:
         help="TLS client certificate the node must present on the DICOM TLS port: its subject "
         "CN or SHA-256 fingerprint (needs SOLENT_DICOM_TLS_CA)",
     )
-    al = a.add_parser("list")
+    al = a.add_parser("list", help="registered nodes")
     al.add_argument("--json", action="store_true")
-    ar = a.add_parser("remove")
+    ar = a.add_parser("remove", help="unregister a node")
     ar.add_argument("ae_title")
 
     sub.add_parser("demo", help="load the synthetic demo data")
@@ -118,7 +125,10 @@ def _accept_config_after_command(parser: argparse.ArgumentParser) -> None:
             for child in action.choices.values():
                 if "--config" not in child._option_string_actions:
                     child.add_argument(
-                        "--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+                        "--config",
+                        type=Path,
+                        default=argparse.SUPPRESS,
+                        help="TOML settings file (SOLENT_* variables win)",
                     )
                 _accept_config_after_command(child)
 
@@ -163,8 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     except SolentError as exc:
         print(f"solent: {exc}", file=sys.stderr)
         return 1
+    except ConnectionError as exc:  # a peer (legacy PACS, DICOM node) refused or went away
+        print(f"solent: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `solent ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -178,13 +194,20 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from solent.serve import serve
 
         archive = _archive(settings)
-        empty = archive.services.access.stats(cli_principal())["instances"] == 0
-        if (args.demo or settings.demo_data) and empty:
-            from solent.demo import load_demo
+        if args.demo or settings.demo_data:
+            from solent.demo import demo_state, load_demo
 
-            print("Loading demo data (first start)...", flush=True)
-            n = load_demo(archive)
-            print(f"Demo data loaded: {n} instances at trusts ZZA, ZZB, ZZC, ZZD.", flush=True)
+            empty = archive.services.access.stats(cli_principal())["instances"] == 0
+            state = demo_state(archive)
+            if empty or state == "partial":  # partial: a first start stopped while loading
+                print(
+                    "Loading demo data (first start)..."
+                    if empty
+                    else "Completing the demo data (an earlier load was interrupted)...",
+                    flush=True,
+                )
+                n = load_demo(archive)
+                print(f"Demo data loaded: {n} instances at trusts ZZA, ZZB, ZZC, ZZD.", flush=True)
         from solent.security.cli import login_hint
 
         print(login_hint(archive), flush=True)
@@ -280,9 +303,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         _print_table(rows, args.json)
         return 0
     if cmd == "demo":
-        from solent.demo import load_demo
+        from solent.demo import demo_state, load_demo
 
-        n = load_demo(_archive(settings))
+        archive = _archive(settings)
+        if demo_state(archive) == "complete":
+            print("demo data already loaded; nothing to do", file=sys.stderr)
+            return 0
+        n = load_demo(archive)
         print(f"demo data loaded: {n} instances")
         return 0
     if cmd == "stats":

@@ -8,7 +8,11 @@ alone creates a few hundred accounts and tokens through the CLI).
 
 from __future__ import annotations
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
 from solent import ttl_cache
+from solent.errors import ConfigurationError, IndexUnavailable
 from solent.index import audit as audit_chain
 from solent.index.sql import Index
 from solent.security.audit_key import load_audit_key
@@ -19,10 +23,26 @@ from solent.settings import Settings
 
 def open_index(settings: Settings, *, migrate: bool = True) -> Index:
     """The index of ``settings``, its schema brought up to date unless ``migrate`` is False."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    index = Index(settings.effective_database_url)
-    if migrate:
-        index.migrate()
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"SOLENT_DATA_DIR {settings.data_dir} cannot be created or used ({exc.strerror}); "
+            "set SOLENT_DATA_DIR (or data_dir in the --config file) to a folder this user can "
+            "write"
+        ) from exc
+    url = settings.effective_database_url
+    try:
+        index = Index(url)
+        if migrate:
+            index.migrate()
+    except OperationalError as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        raise IndexUnavailable(
+            f"cannot open the index at {shown}: {first}; check SOLENT_DATABASE_URL and that "
+            "the database server is running and reachable"
+        ) from exc
     # Embedded archive: hear the access changes other processes make (PostgreSQL notifies).
     ttl_cache.watch(index.access_stamp)
     return index

@@ -7,13 +7,14 @@ patient data ever ships with the project.
 from __future__ import annotations
 
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from solent.app import Archive
 from solent.domain import nhs_number
@@ -108,7 +109,9 @@ def _dataset(
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid(DEMO_ROOT)
+    # Fixed UIDs and bytes: loading again (a first start interrupted by Ctrl-C) stores nothing
+    # twice, each instance being a duplicate of itself.
+    ds.SOPInstanceUID = f"{series_uid}.{i + 1}"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
     ds.PatientName, ds.PatientID, ds.IssuerOfPatientID = p.name, p.local_id, p.trust
     ds.PatientBirthDate, ds.PatientSex = p.birth_date, p.sex
@@ -118,7 +121,7 @@ def _dataset(
         ds.OtherPatientIDsSequence = Sequence([other])
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
     ds.StudyTime = ds.SeriesTime = "093000"
-    ds.AccessionNumber = f"{p.trust}{date[2:]}{abs(hash(study_uid)) % 1000:03d}"
+    ds.AccessionNumber = f"{p.trust}{date[2:]}{zlib.crc32(study_uid.encode()) % 1000:03d}"
     issuer = Dataset()
     issuer.LocalNamespaceEntityID = p.trust
     ds.IssuerOfAccessionNumberSequence = Sequence([issuer])
@@ -155,6 +158,29 @@ def _dataset(
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
+
+
+DEMO_INSTANCES = sum(study[4] for study in STUDIES)
+
+
+def demo_state(archive: Archive) -> str:
+    """``absent``, ``partial`` (a first start stopped while loading) or ``complete``: how many
+    instances the demo's studies hold, so a restart finishes the demo and never doubles it."""
+    from sqlalchemy import func, select
+
+    from solent.index import schema as t
+
+    uids = [f"{DEMO_ROOT}1.{k + 1}" for k in range(len(STUDIES))]
+    query = (
+        select(func.count())
+        .select_from(t.instance.join(t.series).join(t.study))
+        .where(t.study.c.study_uid.in_(uids))
+    )
+    with archive.index.read() as conn:
+        held = int(conn.execute(query).scalar_one())
+    if held == 0:
+        return "absent"
+    return "complete" if held >= DEMO_INSTANCES else "partial"
 
 
 def load_demo(archive: Archive) -> int:

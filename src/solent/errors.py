@@ -23,6 +23,10 @@ class InvalidInput(SolentError):
     """A request or value is malformed; the message is safe to show to the caller."""
 
 
+class ListenerUnavailable(SolentError):
+    """A port `solent serve` must listen on cannot be bound; the message names the setting."""
+
+
 class StorageError(SolentError):
     """The blob store failed to read or write."""
 

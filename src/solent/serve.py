@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
 import signal
@@ -16,7 +18,7 @@ import uvicorn
 
 from solent import gc_tuning
 from solent.app import Archive, Listener
-from solent.errors import ConfigurationError
+from solent.errors import ConfigurationError, ListenerUnavailable
 from solent.http_accept import FairAcceptor, LoadBoard
 from solent.http_limits import LimitedHttpProtocol
 from solent.http_workers import HttpWorkers
@@ -45,11 +47,31 @@ def build_listeners(archive: Archive) -> list[Listener]:
     return listeners
 
 
+# The setting that names each listener's port, for the message when it cannot be bound.
+PORT_SETTINGS = {"http": "SOLENT_HTTP_PORT", "dicom": "SOLENT_DICOM_PORT", "hl7": "SOLENT_HL7_PORT"}
+
+
+def port_unavailable(what: str, host: str, port: int, exc: OSError) -> ListenerUnavailable:
+    """A refusal to start that says which port, why, and which setting moves it."""
+    setting = PORT_SETTINGS.get(what, "its port setting")
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        reason = "address already in use (another `solent serve` or program listens there)"
+    return ListenerUnavailable(
+        f"cannot listen for {what.upper()} on {host}:{port}: {reason}; stop that program or set "
+        f"{setting} to a free port (0 picks one), or SOLENT_BIND_ADDRESS to another address"
+    )
+
+
 def bind_http(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise port_unavailable("http", host, port, exc) from exc
     sock.listen(512)
     sock.set_inheritable(True)
     return sock
@@ -199,14 +221,30 @@ def announce(settings: Settings, ports: dict[str, int | str]) -> None:
     )
 
 
+def start_listeners(archive: Archive, http: socket.socket, ports: dict[str, int | str]) -> None:
+    """Start DIMSE and MLLP; a port that cannot be bound stops the start with what to change."""
+    settings = archive.settings
+    started: list[Listener] = []
+    for listener in archive.listeners:
+        try:
+            ports[listener.name] = listener.start()
+        except OSError as exc:
+            for running in [*started, listener]:
+                with contextlib.suppress(Exception):
+                    running.stop()
+            http.close()
+            port = {"dicom": settings.dicom_port, "hl7": settings.hl7_port}.get(listener.name, 0)
+            raise port_unavailable(listener.name, settings.bind_address, port, exc) from exc
+        started.append(listener)
+
+
 def serve(archive: Archive) -> None:
     settings = archive.settings
     tls_cert, tls_key = https_files(archive)
     sock = bind_http(settings.bind_address, settings.http_port)
     ports: dict[str, int | str] = {"http": sock.getsockname()[1]}
     archive.listeners = build_listeners(archive)
-    for listener in archive.listeners:
-        ports[listener.name] = listener.start()
+    start_listeners(archive, sock, ports)
     # Another node changed access (users, tokens, break-glass, links...): drop cached answers
     # now rather than when their TTL runs out (issue 16; PostgreSQL triggers announce it).
     archive.services.broadcast.subscribe(ACCESS_CHANNEL, lambda _note: invalidate_all())

@@ -402,14 +402,17 @@ def seal(
         if key is None:
             raise AuditKeyError("sealing needs the audit key: open the archive with build_archive")
         h = t.audit_head.c
-        head = conn.execute(select(h.seq, h.hash).where(h.id == 1).with_for_update()).first()
+        head = conn.execute(
+            select(h.seq, h.hash, h.key_id).where(h.id == 1).with_for_update()
+        ).first()
         head_seq, head_hash = (int(head.seq), str(head.hash)) if head else (0, GENESIS)
         report = VerifyReport()
         last, prev = _check(key, _walk(conn, batch), report, head_seq)
         if head_seq != last or head_hash != prev:
             report.problems.append(f"the trail ends at record {last} but {head_seq} were written")
-        if report.problems:
-            return report
+        sealed = head is not None and head.key_id == key.key_id and report.unkeyed == 0
+        if report.problems or sealed:
+            return report  # refused, or nothing to do: every record is already under this key
         prev, n = GENESIS, 0
         for chunk in _walk(conn, batch):  # second pass: seq order is unchanged by the updates
             for r in chunk:

@@ -39,7 +39,11 @@ def register(sub: Any) -> None:
         "(repeat or comma-separate)",
     )
     ua.add_argument("--also-trust", action="append", default=[], help="further trusts (repeat)")
-    ua.add_argument("--password", help="the password (else asked for, twice)")
+    ua.add_argument(
+        "--password",
+        help="the password (else asked for twice on a terminal, or read as one line from "
+        "standard input when that is not a terminal)",
+    )
     ua.add_argument(
         "--no-password", action="store_true", help="service account: API tokens only, no login"
     )
@@ -55,7 +59,11 @@ def register(sub: Any) -> None:
     ue.set_defaults(handler=_user_enable)
     up = u.add_parser("password", help="set a user's password (their sessions and tokens end)")
     up.add_argument("name")
-    up.add_argument("--password")
+    up.add_argument(
+        "--password",
+        help="the new password (else asked for twice on a terminal, or read as one line from "
+        "standard input when that is not a terminal)",
+    )
     up.set_defaults(handler=_user_password)
     ur = u.add_parser("roles", help="replace a user's roles (audited: what was added, removed)")
     ur.add_argument("name")
@@ -119,18 +127,37 @@ def register(sub: Any) -> None:
     asr.set_defaults(handler=_audit_search)
 
 
+def _program() -> str:
+    """How to call this CLI again from here: `.venv/bin/solent` after `make run`, which has
+    not put `solent` on the PATH; plain `solent` when it was found on the PATH."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "solent" or argv0.parent == Path():
+        return "solent"
+    try:
+        return str(argv0.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return "solent"
+
+
 def login_hint(archive: Any) -> str:
     """What `solent serve` prints so a first-time user knows how to get in."""
+    solent = _program()
+    settings = archive.settings
+    scheme = "https" if settings.http_tls_cert else "http"
+    port = settings.http_port or "PORT"  # 0: the port is chosen later (SOLENT_READY says)
+    host = settings.bind_address
+    host = f"[{host}]" if ":" in host else host
     if not archive.services.users.list():
         return (
             "No users yet; every route but /health needs a bearer token. Create one, e.g.:\n"
-            "  solent user add alice --trust ZZA --role clinician\n"
-            "  solent token create --user alice    (prints the token as its last line)\n"
-            "  curl -H 'Authorization: Bearer <token>' http://HOST:PORT/api/studies"
+            f"  {solent} user add alice --trust ZZA --role clinician\n"
+            f"  {solent} token create --user alice    (prints the token as its last line)\n"
+            f"  curl -H 'Authorization: Bearer <token>' "
+            f"{scheme}://{host}:{port}/api/studies"
         )
     return (
         "Log in: POST /api/auth/token with HTTP Basic user:password for a bearer token, "
-        "or `solent token create --user NAME`."
+        f"or `{solent} token create --user NAME`."
     )
 
 
@@ -156,8 +183,15 @@ def _users(settings: Settings) -> Any:
 
 
 def _ask_password() -> str:
-    if not sys.stdin.isatty():
-        raise InvalidInput("give --password (no terminal to ask on)")
+    if sys.stdin is None or not sys.stdin.isatty():
+        # A script or a secret store pipes it in: one line, kept out of `ps` and shell history.
+        piped = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
+        if not piped:
+            raise InvalidInput(
+                "no password: give --password, pipe it on standard input, or run on a terminal "
+                "to be asked (--no-password for a service account)"
+            )
+        return piped
     first = getpass.getpass("Password (12+ characters): ")
     if first != getpass.getpass("Again: "):
         raise InvalidInput("the two passwords differ")
@@ -169,7 +203,7 @@ def _user_add(args: argparse.Namespace, settings: Settings) -> int:
 
     roles = parse_roles(args.role)
     if args.no_password and args.password:
-        raise ConfigurationError("--no-password and --password exclude each other")
+        raise InvalidInput("--no-password and --password exclude each other")
     password = None if args.no_password else (args.password or _ask_password())
     others = tuple(c.strip() for v in args.also_trust for c in v.split(",") if c.strip())
     users = _users(settings)
@@ -335,6 +369,12 @@ def _audit_seal(args: argparse.Namespace, settings: Settings) -> int:
             print(f"TAMPERED: {problem}")
         print("audit trail NOT sealed: the existing chain does not verify (nothing was changed)")
         return 1
+    if report.unkeyed == 0:
+        print(
+            f"audit trail already sealed: all {report.records} records are chained under the "
+            "audit key; nothing changed"
+        )
+        return 0
     print(
         f"audit trail sealed: {report.records} records chained under the audit key "
         f"({report.unkeyed} were unkeyed)"

@@ -308,12 +308,17 @@ class DicomWebSource:
         self.http = httpx.Client(timeout=timeout)
 
     def _json(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        r = self.http.get(
-            self.base + path, params=params, headers={"Accept": "application/dicom+json"}
-        )
+        url = self.base + path
+        try:
+            r = self.http.get(url, params=params, headers={"Accept": "application/dicom+json"})
+        except httpx.TransportError as exc:  # unreachable: one line for the operator
+            raise ConnectionError(f"DICOMweb source {self.base} cannot be reached: {exc}") from exc
         if r.status_code == 204:
             return []
-        r.raise_for_status()
+        if r.is_error:
+            raise ConnectionError(
+                f"DICOMweb source answered {r.status_code} to GET {url}: {r.text[:200]}"
+            )
         body: list[dict[str, Any]] = r.json()
         return body
 

@@ -451,10 +451,16 @@ async def _rendered(
     frame: int,
     opts: RenderOptions,
     svc: RetrieveService,
+    *,
+    changing: bool = False,
 ) -> Response:
     variant = f"rendered|{frame}|{opts!r}"
     etag = svc.etag([inst], variant)
-    headers = immutable_headers(etag, _replace_policy(request))
+    # A study or series thumbnail shows whichever image is in the middle now: instances may be
+    # added, so it is revalidated (its ETag still gives 304) rather than cached for a year.
+    headers = (
+        changing_headers(etag) if changing else immutable_headers(etag, _replace_policy(request))
+    )
     headers["Vary"] = "Accept"
     if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
@@ -533,7 +539,7 @@ async def _thumbnail(
     inst = _representative(await _images_of(request, svc, study, series, sop))
     if frame != 1:
         svc.check_frames(inst, [frame])
-    return await _rendered(request, inst, frame, opts, svc)
+    return await _rendered(request, inst, frame, opts, svc, changing=sop is None)
 
 
 @router.get("/studies/{study}/thumbnail")

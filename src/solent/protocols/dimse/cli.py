@@ -136,7 +136,10 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps(line), flush=True)
         elif not r.ok:
             code = "not sent" if r.status is None else f"0x{r.status:04X}"
-            print(f"{r.path}: {code} {r.comment}", file=sys.stderr)
+            print(
+                f"{r.path}: {code}: {r.comment}" if r.comment else f"{r.path}: {code}",
+                file=sys.stderr,
+            )
 
     results = scu.send_files(settings.ae_title, node, files, on_result=show)
     failed = sum(1 for r in results if not r.ok)

@@ -190,7 +190,12 @@ def _studies_by_identifier(
         )
     trust = fhir.trust_of_system(system or "", "accession")
     if trust is None:
-        raise FhirError(400, "invalid", "identifier: urn:oid:<Study UID> or an accession")
+        raise FhirError(
+            400,
+            "invalid",
+            "identifier: urn:oid:<Study UID>, or an accession number with its trust's system: "
+            "https://solent-pacs.nhs.example/Id/<ODS code>/accession|<accession number>",
+        )
     return records.studies_by_uid_or_accession(caller, accession=(value, trust), with_series=True)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from solent.domain.principal import Principal, PrincipalKind
+from solent.errors import NotFound, SolentError
 from solent.security.cli import cli_principal
 from solent.settings import Settings
 
@@ -210,7 +212,7 @@ def _set_link(args: argparse.Namespace, settings: Settings) -> int:
         try:
             (identity.link if args.linked else identity.unlink)(_admin(args.by), a, b)
         except IdentityRejected as exc:
-            print(f"solent: {exc}")
+            print(f"solent: {exc}", file=sys.stderr)
             return 1
         print(f"{a} {'linked with' if args.linked else 'unlinked from'} {b}")
     finally:
@@ -242,8 +244,18 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     from hl7.client import MLLPClient
 
     port = args.port or settings.hl7_port
+    missing = [str(p) for p in args.paths if not p.is_file()]
+    if missing:
+        raise NotFound(f"no such message file: {', '.join(missing)}")
     worst = 0
-    with MLLPClient(args.host, port) as client:
+    try:
+        client = MLLPClient(args.host, port)
+    except OSError as exc:
+        raise SolentError(
+            f"cannot connect to the MLLP port {args.host}:{port}: {exc.strerror or exc}; is "
+            "`solent serve` running? (--host/--port, default SOLENT_HL7_PORT)"
+        ) from exc
+    with client:
         for path in args.paths:
             text = path.read_text(encoding="utf-8").replace("\r\n", "\r").replace("\n", "\r")
             ack = client.send_message(text.strip("\r") + "\r")
