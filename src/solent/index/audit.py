@@ -475,15 +475,17 @@ def search(
 
 
 def trust_auditable(trusts: Collection[str]) -> ColumnElement[bool]:
-    """The records about the trusts' own patients (whoever acted), and those of their own
-    staff and nodes, except a refusal naming another trust's patient: the refused caller
-    sent a UID or an ID, the record names the patient it resolved to (NHS number included),
-    which is for that patient's trust to read, not the caller's."""
+    """The records about the trusts' own patients (whoever acted); those of their own staff
+    and nodes, except a refusal naming another trust's patient (the refused caller sent a
+    UID or an ID, the record names the patient it resolved to, NHS number included: that
+    is for the patient's trust to read); and the unattributed security events that name no
+    patient (failed logins, unregistered HL7 senders: no trust to give them to)."""
     c = t.audit_log.c
     trusts = list(trusts)
     return or_(
         c.patient_issuer.in_(trusts),
         and_(c.actor_trust.in_(trusts), or_(c.patient_issuer.is_(None), c.outcome != "denied")),
+        and_(c.actor_trust.is_(None), c.patient_issuer.is_(None)),
     )
 
 
