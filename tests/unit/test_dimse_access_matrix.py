@@ -5,7 +5,9 @@ loopback — issue 11, "one guarded door":
 * by a node of ZZD (no relationship): the answer is what the same request gets for a patient
   who does not exist (statuses, match and sub-operation counts, comments), with no match and
   no instance sent, and a C-STORE naming Bob changes nothing of his record;
-* by a node of ZZB (his trust): the data, and exactly one new audit record naming Bob.
+* by a node of ZZB (his trust): the data, and exactly one new audit record naming Bob;
+* Storage Commitment (N-ACTION naming his SOP Instance UID): ZZD's node is told "no such
+  object instance", as for a UID nobody has; ZZB's node is told it is committed.
 
 A service the listener starts to support without a place in ``LEVELS``/``OTHER`` fails
 ``test_every_service_is_classified``.
@@ -14,6 +16,7 @@ A service the listener starts to support without a place in ``LEVELS``/``OTHER``
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -58,10 +61,9 @@ LEVELS: dict[str, tuple[str, ...]] = {
     retrieve_scp.STUDY_ROOT_GET: ("STUDY", "SERIES", "IMAGE"),
 }
 #: Supported services that read or change no patient's data (and why).
-OTHER = {
-    VERIFICATION: "C-ECHO",
-    commitment.STORAGE_COMMITMENT: "confirms the instances the caller names; tells nothing more",
-}
+OTHER = {VERIFICATION: "C-ECHO"}
+#: Services that tell whether named instances are stored: test_commitment_answers_like_nobody.
+COMMITS = {commitment.STORAGE_COMMITMENT}
 FINDS = {find_scp.PATIENT_ROOT_FIND, find_scp.STUDY_ROOT_FIND}
 GETS = {PR_GET, retrieve_scp.STUDY_ROOT_GET}
 CASES = [(uid, level) for uid in sorted(LEVELS) for level in LEVELS[uid]] + [
@@ -276,7 +278,7 @@ def _naming_bob(archive: Archive, after: int) -> list[dict[str, Any]]:
 def test_every_service_is_classified(server: Server) -> None:
     listener = DimseListener(server.archive.services)  # not started: its contexts only
     supported = {str(cx.abstract_syntax) for cx in listener.ae.supported_contexts}
-    unclassified = supported - set(LEVELS) - set(OTHER) - set(STORAGE_SOP_CLASSES)
+    unclassified = supported - set(LEVELS) - set(OTHER) - COMMITS - set(STORAGE_SOP_CLASSES)
     assert not unclassified, f"DIMSE services without a place in the matrix: {unclassified}"
     assert set(LEVELS) == set(QUERY_SOP_CLASSES) | set(RETRIEVE_SOP_CLASSES)
 
@@ -331,8 +333,9 @@ def _store_changes_nothing_of_bob(server: Server) -> None:
     into_bobs = _instance(bob, bob.study)
     assert _store(server, OUTSIDER, into_bobs) == (0, "")  # never filed under Bob's study
     with archive.index.read() as conn:
+        h = schema.held_instance.c
         held = conn.execute(
-            select(schema.held_instance.c.sop_uid, schema.held_instance.c.status)
+            select(h.sop_uid, h.status).where(h.sop_uid == str(into_bobs.SOPInstanceUID))
         ).all()
     assert [tuple(h) for h in held] == [(str(into_bobs.SOPInstanceUID), "held")]
     assert _bob_record(archive) == before
@@ -359,3 +362,81 @@ def test_relationship_gets_the_data_and_one_audit_record(
             assert answer.sent >= 1, answer
     rows = _naming_bob(archive, after)
     assert len(rows) == 1, [(r["action"], r["actor_name"], r["detail"]) for r in rows]
+
+
+def _commit(server: Server, calling: str, sop_uid: str, sop_class: str) -> tuple[int, Dataset]:
+    """N-ACTION (request storage commitment) of one instance; the N-EVENT-REPORT's event
+    type and dataset, as the SCP sends it back on the same association."""
+    reports: list[tuple[int, Dataset]] = []
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.append((int(event.event_type), event.event_information))
+        return 0, None
+
+    ae = make_ae(calling)
+    ae.add_requested_context(commitment.STORAGE_COMMITMENT)
+    assoc = ae.associate(
+        "127.0.0.1",
+        server.port,
+        ae_title="SOLENT",
+        ext_neg=[build_role(commitment.STORAGE_COMMITMENT, scp_role=True)],
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
+    )
+    assert assoc.is_established
+    request = Dataset()
+    request.TransactionUID = "2.25.4242"
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_uid
+    request.ReferencedSOPSequence = [item]
+    status, _ = assoc.send_n_action(
+        request, 1, commitment.STORAGE_COMMITMENT, commitment.STORAGE_COMMITMENT_INSTANCE
+    )
+    assert int(status.Status) == 0
+    for _ in range(100):
+        if reports:
+            break
+        time.sleep(0.05)
+    assoc.release()
+    assert len(reports) == 1, reports
+    return reports[0]
+
+
+def _failures(report: Dataset) -> list[int]:
+    return [int(i.FailureReason) for i in report.get("FailedSOPSequence", [])]
+
+
+MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+@pytest.mark.parametrize("sop_class", [CT_STORAGE, MR_STORAGE])
+def test_commitment_answers_like_nobody(server: Server, sop_class: str) -> None:
+    """Storage commitment was an existence oracle: ZZD's node named Bob's SOP Instance UID and
+    was told it is committed (or 0119, "class/instance conflict", which also gives his class
+    away). It must answer 0112 as for a UID nobody has; his own trust's node gets it."""
+    bob = server.bob
+    event, hidden = _commit(server, OUTSIDER, bob.sop, sop_class)
+    _, missing = _commit(server, OUTSIDER, NOBODY.sop, sop_class)
+    assert event == 2
+    assert _failures(hidden) == _failures(missing) == [0x0112]
+    assert "ReferencedSOPSequence" not in hidden
+    event, seen = _commit(server, INSIDER, bob.sop, bob.sop_class)
+    assert event == 1 and [i.ReferencedSOPInstanceUID for i in seen.ReferencedSOPSequence] == [
+        bob.sop
+    ]
+    assert _failures(_commit(server, INSIDER, bob.sop, MR_STORAGE)[1]) == [0x0119]
+
+
+def test_held_instance_is_committed_like_a_stored_one(server: Server) -> None:
+    """An instance ZZD's node sent into Bob's study is held (answered as stored, filed under no
+    patient): committing it must answer as for any instance it stored, or commitment would
+    tell it that the study UID it used is someone else's."""
+    bob = server.bob
+    into_bobs = _instance(bob, bob.study)
+    stored = _instance(replace(NOBODY, nhs=""), generate_uid())
+    assert _store(server, OUTSIDER, into_bobs) == _store(server, OUTSIDER, stored) == (0, "")
+    for ds in (into_bobs, stored):
+        event, report = _commit(server, OUTSIDER, str(ds.SOPInstanceUID), CT_STORAGE)
+        assert event == 1, report
+        assert [i.ReferencedSOPInstanceUID for i in report.ReferencedSOPSequence] == [
+            ds.SOPInstanceUID
+        ]

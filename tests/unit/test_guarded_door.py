@@ -334,3 +334,59 @@ def test_raw_hl7_messages_are_audited_and_scoped_to_the_admins_trust(
     clinician = add_user(demo, "drza", "ZZA", "clinician")
     assert demo_client.get("/api/identity/hl7/messages", headers=clinician).status_code == 403
     assert SYSTEM.trust is None
+
+
+def _a28(control: str, local_id: str, nhs_number: str, birth_date: str) -> str:
+    return (
+        f"MSH|^~\\&|PAS|ZZA|PACS|ZZX|20261205120000||ADT^A28^ADT_A05|{control}|P|2.5\r"
+        "EVN|A28|20261205120000\r"
+        f"PID|1||{local_id}^^^ZZA^MR~{nhs_number}^^^NHS^NH||PEN^TESTER||{birth_date}|F\r"
+    )
+
+
+def test_data_quality_names_no_record_of_another_trust(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    """ZZA's feed files a record carrying Bob's NHS number with another date of birth (any ZZA
+    PAS can, and ZZA staff then read their queue): the demographic-conflict item said
+    "NHS number ...: A900001/ZZA and B7730444/ZZB disagree on date of birth 19800101 vs
+    19710101". ZZA's clinicians and administrator must see what they see for a number nobody
+    else holds; a regional administrator still gets the item."""
+    bob_nhs = _nhs_of(demo, "ZZB", "B7730444")
+    nobody_nhs = "9434765919"
+    for control, local_id, number in (
+        ("PEN-1", "A900001", bob_nhs),
+        ("PEN-2", "A900002", nobody_nhs),
+    ):
+        code, text = _ack(_handler(demo).handle(_a28(control, local_id, number, "19800101"), LOCAL))
+        assert code == "AA", text
+        assert "B7730444" not in text and "19710101" not in text
+    c = demo_client
+
+    def seen(headers: dict[str, str], local_id: str) -> list[tuple[str, str]]:
+        queue = c.get("/api/identity/data-quality", headers=headers)
+        assert queue.status_code == 200, queue.text
+        assert "B7730444" not in queue.text and "19710101" not in queue.text
+        return sorted(
+            (i["kind"], i["detail"].replace(local_id, "<id>"))
+            for i in queue.json()
+            if i["local_id"] == local_id
+        )
+
+    clinician = add_user(demo, "drza", "ZZA", "clinician")
+    admin = add_user(demo, "adminza", "ZZA", "pacs_admin")
+    for h in (clinician, admin):
+        hidden = [(k, d.replace(bob_nhs, "<nhs>")) for k, d in seen(h, "A900001")]
+        missing = [(k, d.replace(nobody_nhs, "<nhs>")) for k, d in seen(h, "A900002")]
+        assert hidden == missing
+    person = c.get(
+        "/api/identity/person", params={"issuer": "ZZA", "patient_id": "A900001"}, headers=clinician
+    )
+    assert person.status_code == 200, person.text
+    assert "B7730444" not in person.text and "19710101" not in person.text
+    assert all(i["kind"] != "demographic-conflict" for i in person.json()["work_items"])
+    regional = add_user(demo, "root", None, "pacs_admin")
+    items = c.get("/api/identity/data-quality", headers=regional).json()
+    assert any(i["kind"] == "demographic-conflict" and "B7730444" in i["detail"] for i in items), (
+        items
+    )

@@ -107,6 +107,10 @@ def test_create_get_prefetch_and_outcome(demo: Archive, demo_client: TestClient)
     state = demo_client.get(f"/api/mdt/meetings/{m['id']}", headers=coord).json()["prefetch"]
     # 4 studies of one series each: the study's thumbnail, then its series.
     assert state == {"state": "done", "done": 8, "total": 8}
+    # The counts are the coordinator's: drzb, who may not see Erin, would learn from them how
+    # many studies and series she has (8 - Alice's 6). drzb's are those of Alice's item only.
+    seen = demo_client.get(f"/api/mdt/meetings/{m['id']}", headers=drzb).json()["prefetch"]
+    assert seen == {"state": "done", "done": 6, "total": 6}
     warmed = len(cache)
     assert warmed > 0
     for study in alice["study_uids"] + erin["study_uids"]:
@@ -347,9 +351,15 @@ def test_live_room_hides_items_a_participant_may_not_see(
         c.send_json({"type": "view", "state": erin_view})
         got, _ = _until(z, "view")
         assert got["state"] == {"item_id": erin["id"], "restricted": True}
+        # Where the presenter points in Erin's images (patient coordinates) stays hidden too.
+        c.send_json({"type": "pointer", "point": [-12.5, 30, 4]})
+        assert _until(c, "pointer")[0]["point"] == [-12.5, 30.0, 4.0]
+        assert _until(z, "pointer")[0] == {"type": "pointer", "point": None}
         alice_view = {"item_id": alice["id"], "study_uid": alice["study_uids"][0]}
         c.send_json({"type": "view", "state": alice_view})
         assert _until(z, "view")[0]["state"] == alice_view
+        c.send_json({"type": "pointer", "point": [1, 2, 3]})
+        assert _until(z, "pointer")[0] == {"type": "pointer", "point": [1.0, 2.0, 3.0]}
     shown = [
         (x["patient_id"], x["purpose"])
         for x in demo.audit.search(actor_name="coord", action="view")

@@ -232,6 +232,81 @@ def test_auditor_reviews_break_glass(demo: Archive, demo_client: TestClient) -> 
     )
 
 
+def test_a_trust_auditor_reads_only_what_concerns_the_trust(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    """An auditor of ZZA searched the whole trail: every record naming Bob (ZZB only) - ZZB's
+    staff reading him, his NHS number, study and SOP UIDs - and every break-glass grant of the
+    region. A trust's privacy function now reads the records about its patients and those of
+    its own staff and nodes (not their refusals naming another trust's patient, which resolve
+    to his NHS number); Bob answers like nobody. ZZB's auditor and one of every trust still
+    see all of it."""
+    c = demo_client
+    drza = add_user(demo, "drza", "ZZA", "clinician")
+    drzb = add_user(demo, "drzb", "ZZB", "clinician")
+    drzc = add_user(demo, "drzc", "ZZC", "clinician")
+    bob = study_of(demo, "ZZB", "B7730444")
+    bob_nhs = demo.identity.record(demo.identity.resolve("ZZB", "B7730444").patient_pk)  # type: ignore[union-attr]
+    assert bob_nhs is not None
+    nhs_number = str(bob_nhs["record"]["nhs_number"])
+    assert c.get(f"/api/studies/{bob}", headers=drzb).status_code == 200
+    assert c.get(f"/api/studies/{bob}", headers=drza).status_code == 404  # refused, audited
+    alice = study_of(demo, "ZZA", "A100001")
+    assert c.get(f"/api/studies/{alice}", headers=drza).status_code == 200
+    r = c.post(
+        "/api/break-glass",
+        headers=drzc,
+        json={
+            "reason": "emergency",
+            "explanation": "child in resus, no records",
+            "issuer": "ZZD",
+            "patient_id": "D000778",
+        },
+    )
+    assert r.status_code == 201, r.text
+    grant = r.json()["grant"]
+
+    za = add_user(demo, "privacy_za", "ZZA", "auditor")
+    for params in (
+        {"issuer": "ZZB", "patient_id": "B7730444"},
+        {"nhs_number": nhs_number},
+        {"study_uid": bob},
+        {"issuer": "ZZD", "patient_id": "D000778"},
+    ):
+        rows = c.get("/api/audit", headers=za, params=params)
+        assert (rows.status_code, rows.json()) == (200, []), params
+    mine = c.get("/api/audit", headers=za, params={"user": "drza"}).json()
+    assert [(r["action"], r["study_uid"]) for r in mine] == [("view", alice)]
+    everything = json.dumps(  # but the auditor's own searches, which name what they typed
+        [
+            r
+            for r in c.get("/api/audit", headers=za, params={"limit": 1000}).json()
+            if r["actor_name"] != "privacy_za"
+        ]
+    )
+    for secret in ("B7730444", nhs_number, bob, "D000778"):
+        assert secret not in everything
+    assert c.get("/api/break-glass", headers=za).json() == []
+    refused = c.post(f"/api/break-glass/{grant}/review", headers=za, json={"note": "seen"})
+    unknown = c.post("/api/break-glass/987654/review", headers=za, json={"note": "seen"})
+    assert refused.status_code == unknown.status_code == 404
+
+    zb = add_user(demo, "privacy_zb", "ZZB", "auditor")
+    about_bob = c.get("/api/audit", headers=zb, params={"issuer": "ZZB", "patient_id": "B7730444"})
+    who = {(r["actor_name"], r["outcome"]) for r in about_bob.json()}
+    assert {("drzb", "success"), ("drza", "denied")} <= who
+    zd = add_user(demo, "privacy_zd", "ZZD", "auditor")
+    assert [g["grant"] for g in c.get("/api/break-glass", headers=zd).json()] == [grant]
+    regional = add_user(demo, "privacy", "ZZA", "auditor", other=("ZZB", "ZZC", "ZZD"))
+    assert [g["grant"] for g in c.get("/api/break-glass", headers=regional).json()] == [grant]
+    seen = c.get("/api/audit", headers=regional, params={"issuer": "ZZB", "patient_id": "B7730444"})
+    assert {(r["actor_name"], r["outcome"]) for r in seen.json()} == who
+    assert (
+        c.post(f"/api/break-glass/{grant}/review", headers=zd, json={"note": "ok"}).status_code
+        == 200
+    )
+
+
 def test_shared_filters_for_other_adapters(demo: Archive) -> None:
     """The filters DICOMweb, DIMSE and FHIR use: same rule as the JSON API."""
     clinician = Principal(PrincipalKind.USER, "ext", "ZZA", frozenset({"clinician"}))

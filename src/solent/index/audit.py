@@ -27,11 +27,11 @@ import hashlib
 import hmac
 import json
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -448,9 +448,14 @@ def search(
     until: str | None = None,
     after_seq: int = 0,
     limit: int = 100,
+    trusts: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
+    """Records matching the criteria, oldest first. ``trusts``: only those a privacy officer
+    of these trusts may read (``trust_auditable``); None: every record."""
     c = t.audit_log.c
     conds: list[ColumnElement[bool]] = [c.seq > after_seq]
+    if trusts is not None:
+        conds.append(trust_auditable(sorted(trusts)))
     if patient_id:
         conds.append(c.patient_id == patient_id)
     if patient_issuer:
@@ -470,6 +475,21 @@ def search(
     q = select(t.audit_log).where(and_(*conds)).order_by(c.seq).limit(limit)
     with index.read() as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def trust_auditable(trusts: Collection[str]) -> ColumnElement[bool]:
+    """The records about the trusts' own patients (whoever acted); those of their own staff
+    and nodes, except a refusal naming another trust's patient (the refused caller sent a
+    UID or an ID, the record names the patient it resolved to, NHS number included: that
+    is for the patient's trust to read); and the unattributed security events that name no
+    patient (failed logins, unregistered HL7 senders: no trust to give them to)."""
+    c = t.audit_log.c
+    trusts = list(trusts)
+    return or_(
+        c.patient_issuer.in_(trusts),
+        and_(c.actor_trust.in_(trusts), or_(c.patient_issuer.is_(None), c.outcome != "denied")),
+        and_(c.actor_trust.is_(None), c.patient_issuer.is_(None)),
+    )
 
 
 def iter_records(index: Index, after_seq: int = 0, batch: int = 2000) -> Iterator[dict[str, Any]]:

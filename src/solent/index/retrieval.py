@@ -61,16 +61,43 @@ def locate_instances(
     return [StoredInstanceRef(**dict(r._mapping)) for r in rows]
 
 
-def stored_sop_classes(index: Index, sop_instance_uids: Sequence[str]) -> dict[str, str]:
-    """SOP Instance UID -> SOP Class UID of those that are durably stored and indexed."""
-    out: dict[str, str] = {}
+def stored_sop_classes(
+    index: Index, sop_instance_uids: Sequence[str]
+) -> dict[str, tuple[str, str]]:
+    """SOP Instance UID -> (SOP Class UID, Study Instance UID) of those durably stored and
+    indexed: the study is what the access decision is taken on."""
+    out: dict[str, tuple[str, str]] = {}
     uids = list(dict.fromkeys(sop_instance_uids))
-    i = t.instance.c
+    i, se, st = t.instance.c, t.series.c, t.study.c
     for start in range(0, len(uids), 500):
         chunk = uids[start : start + 500]
         with index.read() as conn:
             rows = conn.execute(
-                select(i.sop_instance_uid, i.sop_class_uid).where(i.sop_instance_uid.in_(chunk))
+                select(i.sop_instance_uid, i.sop_class_uid, st.study_uid)
+                .select_from(
+                    t.instance.join(t.series, i.series_pk == se.pk).join(
+                        t.study, se.study_pk == st.pk
+                    )
+                )
+                .where(i.sop_instance_uid.in_(chunk))
             ).all()
-        out.update({r.sop_instance_uid: r.sop_class_uid for r in rows})
+        out.update({r.sop_instance_uid: (r.sop_class_uid, r.study_uid) for r in rows})
+    return out
+
+
+def held_sop_uids(index: Index, sop_instance_uids: Sequence[str], sender_trust: str) -> set[str]:
+    """Of these SOP Instance UIDs, those a node of ``sender_trust`` sent that are held for
+    identity reconciliation (kept durably, filed under no patient, not yet decided)."""
+    h = t.held_instance.c
+    uids = list(dict.fromkeys(sop_instance_uids))
+    out: set[str] = set()
+    for start in range(0, len(uids), 500):
+        chunk = uids[start : start + 500]
+        with index.read() as conn:
+            rows = conn.execute(
+                select(h.sop_uid).where(
+                    h.sop_uid.in_(chunk), h.sender_trust == sender_trust, h.status == "held"
+                )
+            ).all()
+        out.update(r.sop_uid for r in rows)
     return out

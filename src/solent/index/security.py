@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, or_, select, update
 
 from solent.errors import AlreadyExists, NotFound
 from solent.index import audit as chain
@@ -310,8 +311,15 @@ def add_grant(
 
 
 def list_grants(
-    index: Index, *, unreviewed_only: bool = False, user_name: str | None = None, limit: int = 100
+    index: Index,
+    *,
+    unreviewed_only: bool = False,
+    user_name: str | None = None,
+    limit: int = 100,
+    trusts: Collection[str] | None = None,
 ) -> list[GrantRow]:
+    """Grants, newest first; ``trusts``: only those by a user of these trusts or opening a
+    record they issued (the trusts involved), None: all."""
     g, p = t.break_glass.c, t.patient.c
     q = (
         select(
@@ -338,14 +346,25 @@ def list_grants(
         q = q.where(g.reviewed_at.is_(None))
     if user_name:
         q = q.where(g.user_name == user_name)
+    if trusts is not None:
+        q = q.where(or_(g.user_trust.in_(sorted(trusts)), p.issuer.in_(sorted(trusts))))
     with index.read() as conn:
         return [GrantRow(*tuple(r)) for r in conn.execute(q)]
 
 
-def review_grant(conn: Connection, grant_id: int, reviewer: str, note: str) -> bool:
-    res = conn.execute(
-        update(t.break_glass)
-        .where(t.break_glass.c.pk == grant_id, t.break_glass.c.reviewed_at.is_(None))
-        .values(reviewed_at=now(), reviewed_by=reviewer, review_note=note)
-    )
+def review_grant(
+    conn: Connection,
+    grant_id: int,
+    reviewer: str,
+    note: str,
+    trusts: Collection[str] | None = None,
+) -> bool:
+    """Mark an unreviewed grant reviewed (``trusts``: only one involving them, as in
+    `list_grants`); False when there is no such grant."""
+    g = t.break_glass.c
+    q = update(t.break_glass).where(g.pk == grant_id, g.reviewed_at.is_(None))
+    if trusts is not None:
+        issued = select(t.patient.c.pk).where(t.patient.c.issuer.in_(sorted(trusts)))
+        q = q.where(or_(g.user_trust.in_(sorted(trusts)), g.patient_pk.in_(issued)))
+    res = conn.execute(q.values(reviewed_at=now(), reviewed_by=reviewer, review_note=note))
     return bool(res.rowcount)

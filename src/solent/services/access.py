@@ -465,21 +465,39 @@ class AccessService:
             f"function of each trust involved. Access ends at {expires.isoformat()}.",
         )
 
+    def audited_trusts(self, principal: Principal) -> frozenset[str] | None:
+        """Whose part of the audit trail an auditor reads: None (all of it) for the operator
+        and any caller without a trust limit, else the trusts of their scope (an auditor for
+        the whole region holds every trust). A trust's privacy function reads
+        what concerns its patients and its own staff and nodes, never another trust's
+        patients as such (issue 11: what the caller may not see answers like nothing)."""
+        scope = self.scope(principal)
+        if scope.unrestricted or principal.trust is None:
+            return None
+        return scope.trusts
+
     def grants(
         self, principal: Principal, *, unreviewed_only: bool = False, limit: int = 100
     ) -> list[sec.GrantRow]:
-        """Auditors see every grant; anyone else sees their own."""
+        """Auditors see the grants involving their trusts (every grant: a regional auditor);
+        anyone else sees their own."""
         if self.permits(principal, Permission.AUDIT):
-            return sec.list_grants(self._index, unreviewed_only=unreviewed_only, limit=limit)
+            return sec.list_grants(
+                self._index,
+                unreviewed_only=unreviewed_only,
+                limit=limit,
+                trusts=self.audited_trusts(principal),
+            )
         return sec.list_grants(
             self._index, unreviewed_only=unreviewed_only, user_name=principal.name, limit=limit
         )
 
     def review(self, principal: Principal, grant_id: int, note: str) -> None:
         self.require(principal, Permission.AUDIT, "reviewing break-glass access")
+        trusts = self.audited_trusts(principal)
 
         def op(conn: Any) -> None:
-            if not sec.review_grant(conn, grant_id, principal.name, note):
+            if not sec.review_grant(conn, grant_id, principal.name, note, trusts):
                 raise NotFound(f"no unreviewed break-glass grant {grant_id}")
             AuditTrail.append_in(
                 conn,

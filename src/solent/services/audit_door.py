@@ -51,9 +51,12 @@ class AuditDoor:
     def search(
         self, principal: Principal, *, after_seq: int = 0, limit: int = 100, **criteria: Any
     ) -> list[dict[str, Any]]:
-        """Records matching ``criteria`` (patient, user, study, action, time), oldest first."""
+        """Records matching ``criteria`` (patient, user, study, action, time), oldest first;
+        an auditor of a trust reads only that trust's part (``AccessService.audited_trusts``,
+        ``index.audit.trust_auditable``), filtered in the query so ``limit`` counts it."""
         self._access.require(principal, Permission.AUDIT, "reading the audit trail")
-        rows = self._trail.search(**criteria, after_seq=after_seq, limit=limit)
+        trusts = self._access.audited_trusts(principal)
+        rows = self._trail.search(**criteria, after_seq=after_seq, limit=limit, trusts=trusts)
         self._trail.record(
             principal,
             AuditAction.AUDIT_LOG_USED,

@@ -203,12 +203,37 @@ class MdtService:
             "coordinator": meeting["coordinator"],
             "presenter": meeting["presenter"],
             "items": out_items,
-            "prefetch": {
-                "state": meeting["prefetch_state"],
+            "prefetch": self._meeting_prefetch(meeting, items, visible),
+        }
+
+    def _meeting_prefetch(
+        self, meeting: dict[str, Any], items: list[dict[str, Any]], visible: dict[int, Any]
+    ) -> dict[str, Any]:
+        """The meeting's prefetch progress as this caller may know it. The stored counts are
+        the prefetching coordinator's (one per study and per series of every item), so to a
+        participant who may not see every item they would tell how many studies and series
+        the hidden patients have: such a caller gets the counts of its visible items only."""
+        state = meeting["prefetch_state"]
+        if all(int(i["pk"]) in visible for i in items):
+            return {
+                "state": state,
                 "done": int(meeting["prefetch_done"]),
                 "total": int(meeting["prefetch_total"]),
-            },
-        }
+            }
+        identity = self._viewer._identity
+        done = total = 0
+        for item in items:
+            if int(item["pk"]) not in visible:
+                continue
+            units = 0
+            for uid in item["study_uids"]:
+                row = identity.study(uid)
+                if row is not None:
+                    units += 1 + len(identity.series(int(row["pk"])))
+            total += units
+            if item["prefetch_state"] == "done":
+                done += units
+        return {"state": state, "done": done, "total": total}
 
     def get(self, principal: Principal, meeting_id: int) -> dict[str, Any]:
         self._require_participant(principal)

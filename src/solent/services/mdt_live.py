@@ -376,6 +376,10 @@ class LiveHub:
             message = event
             if event.get("type") == "view":
                 message = {**event, "state": _redact(event["state"], member)}
+            elif event.get("type") == "pointer" and _redact(room.state, member) != room.state:
+                # Where the presenter points is a place in the patient's images (patient
+                # coordinates, mm): nothing of it for a member the current item is hidden from.
+                message = {**event, "point": None}
             if not member.send(message):
                 slow.append(member)
         for member in slow:  # a follower that cannot keep up is dropped, not waited for

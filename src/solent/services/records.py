@@ -33,6 +33,13 @@ class Person:
     named_pk: int | None = None
 
 
+#: Work-item kinds whose detail names records of other trusts (a demographic conflict names
+#: the other holder of the NHS number, its local ID and the attribute that differs). Shown
+#: only to a caller who may see every record carrying that number: to anyone else the item
+#: would tell that another trust holds the person (issue 11, "answers like nothing").
+CROSS_TRUST_ITEMS = frozenset({"demographic-conflict"})
+
+
 class RecordService:
     def __init__(
         self,
@@ -197,6 +204,9 @@ class RecordService:
     def person_view(self, principal: Principal, person: Person) -> dict[str, Any]:
         """Everything held on the person that the caller may see, with reports and orders."""
         view = self._identity.person(person.pks)
+        view["work_items"] = [
+            i for i in view["work_items"] if self._names_only_visible_records(principal, i)
+        ]
         view["studies"] = [self._with_reports(s) for s in view["studies"]]
         idents = [(r["issuer"], r["local_id"]) for r in view["records"]]
         view["orders"] = self._inbox.orders(idents)
@@ -441,7 +451,7 @@ class RecordService:
                 return int(item["patient_pk"]) in visible
             return scope.unrestricted or item["issuer"] in scope.trusts
 
-        out = [i for i in items if shown(i)]
+        out = [i for i in items if shown(i) and self._names_only_visible_records(principal, i)]
         for item in out:
             self._trail.record(
                 principal,
@@ -452,6 +462,21 @@ class RecordService:
                 detail={"read": "data-quality", "item": item["pk"]},
             )
         return out
+
+    def _names_only_visible_records(self, principal: Principal, item: dict[str, Any]) -> bool:
+        """False for an item of ``CROSS_TRUST_ITEMS`` unless the caller is regional (no trust
+        limit) or may see every record that carries the item's NHS number."""
+        if item["kind"] not in CROSS_TRUST_ITEMS:
+            return True
+        if self._access.scope(principal).unrestricted or (
+            principal.trust is None and self._access.permits(principal, Permission.ADMIN)
+        ):
+            return True
+        number = item["nhs_number"]
+        holders = set(self._identity.records_by_nhs_number(number)) if number else set()
+        if item["patient_pk"] is not None:
+            holders.add(int(item["patient_pk"]))
+        return bool(holders) and self._access.visible_among(principal, holders) == holders
 
     def hl7_messages(
         self, principal: Principal, *, status: str | None, limit: int

@@ -30,7 +30,7 @@ from solent.domain.principal import Principal
 from solent.domain.records import StoredInstance, StoredInstanceRef
 from solent.errors import NotFound
 from solent.index import reads
-from solent.index.retrieval import locate_instances, stored_sop_classes
+from solent.index.retrieval import held_sop_uids, locate_instances, stored_sop_classes
 from solent.index.sql import Index
 from solent.services import retrieve_bytes as rb
 from solent.services import retrieve_frames as rf
@@ -234,10 +234,27 @@ class RetrieveService:
         except Exception:  # the images are sent; a lost failure note must not fail the request
             log.exception("could not audit the sub-operation failures of a %s", channel)
 
-    def committed(self, principal: Principal, sop_instance_uids: Sequence[str]) -> dict[str, str]:
-        """SOP Instance UID -> SOP Class UID of the instances durably stored and indexed
-        (storage commitment: the caller names instances it sent; nothing else is told)."""
-        return stored_sop_classes(self._index, sop_instance_uids)
+    def committed(
+        self, principal: Principal, sop_instance_uids: Sequence[str]
+    ) -> dict[str, str | None]:
+        """SOP Instance UID -> SOP Class UID of the named instances that are durably kept,
+        as the caller may know them (storage commitment).
+
+        An instance of a study the caller may not see answers exactly like one never stored
+        (left out): commitment is no oracle for another trust's UIDs or SOP classes. One the
+        caller's trust sent that ingest held for reconciliation (it named a UID filed under a
+        record the sender may not see) is kept durably and was answered as stored, so it is
+        committed too; its class is None (not indexed: the caller's own claim stands)."""
+        stored = stored_sop_classes(self._index, sop_instance_uids)
+        visible = self._access.visible_study_uids(principal, {s for _, s in stored.values()})
+        out: dict[str, str | None] = {
+            uid: cls for uid, (cls, study) in stored.items() if study in visible
+        }
+        if principal.trust:
+            missing = [u for u in sop_instance_uids if u not in out]
+            for uid in held_sop_uids(self._index, missing, principal.trust):
+                out[uid] = None
+        return out
 
     def encoded_dataset(
         self, principal: Principal, ref: StoredInstanceRef, identity: CurrentIdentity | None = None

@@ -31,8 +31,10 @@ NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
 
 
-def commitment_report(request: Dataset, stored: dict[str, str]) -> tuple[int, Dataset]:
-    """(event type, N-EVENT-REPORT dataset): 1 when all are committed, 2 when some failed."""
+def commitment_report(request: Dataset, stored: dict[str, str | None]) -> tuple[int, Dataset]:
+    """(event type, N-EVENT-REPORT dataset): 1 when all are committed, 2 when some failed.
+    ``stored`` is what the service commits for the caller; a class of None is not indexed
+    (a held instance) and stands as the caller named it."""
     report = Dataset()
     report.TransactionUID = request.TransactionUID
     ok, failed = [], []
@@ -42,7 +44,7 @@ def commitment_report(request: Dataset, stored: dict[str, str]) -> tuple[int, Da
         out = Dataset()
         out.ReferencedSOPClassUID = cls
         out.ReferencedSOPInstanceUID = uid
-        if uid in stored and stored[uid] == cls:
+        if uid in stored and stored[uid] in (cls, None):
             ok.append(out)
         else:
             out.FailureReason = (
