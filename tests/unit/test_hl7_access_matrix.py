@@ -125,9 +125,11 @@ def test_another_trusts_feed_changes_nothing(demo: Archive, code: str, trigger: 
         _linked(demo)
     handler = _handler(demo)
     bodies = [BODIES[kind], *([OWN_TARGET[kind]] if kind in OWN_TARGET else [])]
-    for body in bodies:
+    for n, body in enumerate(bodies):
         before = _snapshot(demo)
-        ack, reason = _ack(handler.handle(_message("ZZA", code, trigger, body), LOCAL))
+        # Each body its own control ID: a reused one is refused before the rules are reached.
+        msg = _message("ZZA", code, trigger, body).replace(f"ZZA-{code}{trigger}", f"ZZA-{n}")
+        ack, reason = _ack(handler.handle(msg, LOCAL))
         assert ack in ("AE", "AR"), (code, trigger, reason)
         assert len(reason) > 20 and "Traceback" not in reason, reason
         assert _snapshot(demo) == before, f"{code}^{trigger} from ZZA changed stored data"
