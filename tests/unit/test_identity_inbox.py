@@ -81,7 +81,7 @@ def _mllp_exchange(port: int, *messages: str) -> list[str]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         for m in messages:
             sock.sendall(frame(m.encode()))
-            deframer, got = Deframer(), []
+            deframer, got = Deframer(), list[bytes]()
             while not got:
                 data = sock.recv(65536)
                 assert data, "connection closed before the ACK"
