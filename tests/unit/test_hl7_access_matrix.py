@@ -29,8 +29,9 @@ LOCAL = "127.0.0.1:40000"  # the demo feeds are registered from this machine
 BOB = "B7730444^^^ZZB^MR"
 OTHER = "B7730021^^^ZZB^MR"  # Alice's record at ZZB: the other record of a link
 NEW_ID = "B7730555"
-#: Tables a refused message may write to: its journal entry and the audit record of the refusal.
-JOURNAL = {"hl7_message", "audit_log", "audit_head"}
+#: Tables a refused message may write to: its journal entry, the audit record of the refusal
+#: and the work item a person must look at (R8: a merge across issuers is queued).
+JOURNAL = {"hl7_message", "audit_log", "audit_head", "data_quality"}
 
 
 def _msh(facility: str, code: str, trigger: str, control: str) -> str:

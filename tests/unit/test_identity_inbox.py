@@ -54,8 +54,9 @@ def test_message_journalled_by_a_dead_process_is_applied_on_start(archive: Archi
 def test_refused_message_leaves_no_partial_change(archive: Archive) -> None:
     handler = Hl7Handler(archive.services)
     handler.handle(A28.format(control="X3", local_id="A3"))
-    # An A40 whose target exists but whose source is at another trust: nothing may change,
-    # and the identity service refuses it before reading a record (the feed speaks for ZZA).
+    # An A40 whose target exists but whose source is at another trust: nothing may change;
+    # the identity service refuses it on the identifiers alone, before reading a record, and
+    # queues it for a person (R8), from a trust's own feed too (§2.2 negative test).
     bad = (
         "MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250101||ADT^A40^ADT_A39|X4|P|2.4\r"
         "PID|1||A3^^^ZZA^MR||NEW^NAME||19800101|F\r"
@@ -63,7 +64,7 @@ def test_refused_message_leaves_no_partial_change(archive: Archive) -> None:
     )
     code, _, text = msa(handler.handle(bad))[:3]
     assert code == "AE"
-    assert "speaks for ZZA only" in text
+    assert "different trusts" in text
     ident = IdentityService(archive.index)
     found = ident.resolve("ZZA", "A3")
     assert found is not None
@@ -72,7 +73,7 @@ def test_refused_message_leaves_no_partial_change(archive: Archive) -> None:
     )
     statuses = {m["control_id"]: m["status"] for m in InboxReads(archive.index).messages()}
     assert statuses == {"X3": "applied", "X4": "rejected"}
-    assert ident.work_queue() == []
+    assert [w["kind"] for w in ident.work_queue()] == ["merge-issuer-mismatch"]
 
 
 def _mllp_exchange(port: int, *messages: str) -> list[str]:
