@@ -1,4 +1,3 @@
-# ruff: noqa: E501 - the scenario messages are quoted verbatim from regional-requirements.md
 """Part 2 of regional-requirements.md as the region runs it: each trust's PAS and RIS registered
 for its own trust only (`solent hl7 sender add PAS ZZB --host ...`), the consortium EMPI as the
 regional identity source, images sent with DCMTK's storescu by each trust's scanner, and every
