@@ -576,13 +576,21 @@ def test_2_5_orders_keyed_by_accession_and_issuer(site: Site) -> None:
         "IssuerOfPatientID",
         "StudyInstanceUID",
         "ScheduledProcedureStepSequence[0].Modality=CT",
+        "OtherPatientIDsSequence[0].PatientID",
         model="-W",
     )
-    # (The worklist SCP does not yet scope items to the scanner's trust: ZZA's order with the
-    # same accession string is listed too, hence "in" rather than "==".)
-    assert ("B7654321", "ZZB", ZZB_CT) in [
-        (d.PatientID, d.IssuerOfPatientID, d.StudyInstanceUID) for d in items
+    # Only ZZB's order: ZZA's with the same accession string is not on ZZB's scanner's list.
+    assert [(d.PatientID, d.IssuerOfPatientID, d.StudyInstanceUID) for d in items] == [
+        ("B7654321", "ZZB", ZZB_CT)
     ]
+    # R17: the NHS number rides in Other Patient IDs Sequence, issuer-qualified.
+    (nhs_item,) = items[0].OtherPatientIDsSequence
+    assert (nhs_item.PatientID, nhs_item.IssuerOfPatientID) == ("9990000026", "NHS")
+    qualifier = nhs_item.IssuerOfPatientIDQualifiersSequence[0]
+    assert (qualifier.UniversalEntityID, qualifier.IdentifierTypeCode) == (
+        "2.16.840.1.113883.2.1.4.1",
+        "NH",
+    )
     # Negative: an order without a modality is refused with a reason.
     (ack,) = site.send(
         omi.replace("|SPS200|DX", "|SPS200|").replace("ZZBRIS0000200", "ZZBRIS0000202")

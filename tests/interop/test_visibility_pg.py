@@ -318,3 +318,51 @@ def test_solent_check_finds_kept_rows_out_of_date_and_repair_rebuilds_them(
     assert repaired.repaired["visibility_rebuilt"] == 1
     assert check_archive(index, store).visibility_drift == {"missing": 0, "extra": 0}
     assert _mismatches(index) == []
+
+
+def test_an_order_does_not_anchor_a_record_unlinked_from_its_own(index: Index) -> None:
+    """Migration 0013: ZZB's order for B1 does not open ZZA's A1 (same traced number, agreeing
+    demographics) at ZZB once an A37 has separated A1 from B1."""
+    person = {
+        "nhs_number": NUMBERS[0],
+        "nhs_number_valid": True,
+        "nhs_number_verified": True,
+        "birth_date": "19700101",
+        "sex": "M",
+    }
+
+    def fill(conn: Connection) -> dict[str, int]:
+        pks = {
+            code: store.insert_patient(conn, code, f"{code[-1]}1", dict(person))
+            for code in ("ZZA", "ZZB")
+        }
+        store.set_link(conn, pks["ZZA"], pks["ZZB"], "unlinked", "hl7:A37", "test")
+        return pks
+
+    def order(conn: Connection) -> None:
+        conn.execute(
+            insert(t.orders).values(
+                accession_number="ZZB25000123",
+                accession_issuer="ZZB",
+                patient_issuer="ZZB",
+                patient_id="B1",
+                nhs_number=NUMBERS[0],
+                patient_birth_date="19700101",
+                patient_sex="M",
+                study_instance_uid="2.25.161918240158374290112345678901234567",
+                modality="CT",
+                scheduled_start_date="20250314",
+                status="SCHEDULED",
+                created_at=_now(),
+                updated_at=_now(),
+            )
+        )
+
+    pks = index.write(fill)
+    index.write(order)
+    now = _now()
+    with index.read() as conn:
+        kept = set(conn.scalars(visible_patient_pks(["ZZB"], None, now, "postgresql")))
+        rule = set(conn.scalars(evaluated_patient_pks(["ZZB"], None, now, "postgresql")))
+    assert kept == rule == {pks["ZZB"]}
+    assert _mismatches(index) == []

@@ -29,8 +29,9 @@ LOCAL = "127.0.0.1:40000"  # the demo feeds are registered from this machine
 BOB = "B7730444^^^ZZB^MR"
 OTHER = "B7730021^^^ZZB^MR"  # Alice's record at ZZB: the other record of a link
 NEW_ID = "B7730555"
-#: Tables a refused message may write to: its journal entry and the audit record of the refusal.
-JOURNAL = {"hl7_message", "audit_log", "audit_head"}
+#: Tables a refused message may write to: its journal entry, the audit record of the refusal
+#: and the work item a person must look at (R8: a merge across issuers is queued).
+JOURNAL = {"hl7_message", "audit_log", "audit_head", "data_quality"}
 
 
 def _msh(facility: str, code: str, trigger: str, control: str) -> str:
@@ -125,9 +126,11 @@ def test_another_trusts_feed_changes_nothing(demo: Archive, code: str, trigger: 
         _linked(demo)
     handler = _handler(demo)
     bodies = [BODIES[kind], *([OWN_TARGET[kind]] if kind in OWN_TARGET else [])]
-    for body in bodies:
+    for n, body in enumerate(bodies):
         before = _snapshot(demo)
-        ack, reason = _ack(handler.handle(_message("ZZA", code, trigger, body), LOCAL))
+        # Each body its own control ID: a reused one is refused before the rules are reached.
+        msg = _message("ZZA", code, trigger, body).replace(f"ZZA-{code}{trigger}", f"ZZA-{n}")
+        ack, reason = _ack(handler.handle(msg, LOCAL))
         assert ack in ("AE", "AR"), (code, trigger, reason)
         assert len(reason) > 20 and "Traceback" not in reason, reason
         assert _snapshot(demo) == before, f"{code}^{trigger} from ZZA changed stored data"

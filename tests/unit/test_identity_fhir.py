@@ -17,6 +17,7 @@ from solent.protocols.http import create_app
 from solent.services.identity import IdentityService
 from tests.conftest import admin_headers, http_headers
 from tests.interop.hl7_support import write_ct
+from tests.unit.security_fixtures import add_user
 
 STUDY = "2.25.4242"
 A04 = (
@@ -247,3 +248,55 @@ def test_sensitive_patient_shows_no_contact_details(client: TestClient, archive:
     assert "address" not in record and "phone" not in record
     attrs = IdentityService(archive.index).current_patient_attributes(STUDY)
     assert attrs["PatientAddress"] is None and attrs["PatientTelephoneNumbers"] is None
+
+
+def test_after_an_unlink_each_trust_finds_its_own_record_by_the_nhs_number(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """§2.4 A37 separates ZZA's A1 from ZZB's B1 though both carry 9990000026 traced: a ZZB
+    clinician searching FHIR by the number gets ZZB's record, its study and its report (not
+    nothing, and not ZZA's record); a ZZA clinician gets ZZA's."""
+    handler = Hl7Handler(archive.services, link_senders=("ZZX",))
+    zzb_a04 = A04.replace("|ZZA|", "|ZZB|").replace("A1^^^ZZA", "B1^^^ZZB").replace("F1", "B-1")
+    zzb_oru = (
+        ORU.replace("|ZZA|", "|ZZB|").replace("A1^^^ZZA", "B1^^^ZZB").replace("F2", "B-2")
+    ).replace("ACC1", "ACCB")
+    unlink = (
+        "MSH|^~\\&|EMPI|ZZX|PACS|ZZX|20250315090000||ADT^A37^ADT_A37|X-1|P|2.4\r"
+        "PID|1||A1^^^ZZA^MR\rPID|2||B1^^^ZZB^MR\r"
+    )
+    for msg in (A04, zzb_a04, unlink, zzb_oru):
+        assert "MSA|AA" in handler.handle(msg), msg
+    path = write_ct(
+        tmp_path / "b.dcm",
+        patient_id="B1",
+        issuer="ZZB",
+        name="DOE^JANE",
+        birth_date="19800101",
+        sex="F",
+        accession="ACCB",
+        study_uid="2.25.4343",
+        study_date="20250102",
+    )
+    who = Principal(PrincipalKind.IMPORTER, "test", "ZZB")
+    assert archive.ingestor.ingest_file(path, who, Provenance(Channel.IMPORT)).ok
+    nhs = {"identifier": "https://fhir.nhs.uk/Id/nhs-number|9990000026"}
+    subject = {"patient.identifier": nhs["identifier"]}
+    with TestClient(create_app(archive)) as c:
+        for trust, local_id in (("ZZA", "A1"), ("ZZB", "B1")):
+            headers = add_user(archive, f"clin-{trust}", trust, "clinician")
+            r = c.get("/fhir/Patient", params=nhs, headers=headers)
+            assert r.status_code == 200, r.text
+            found = [
+                i["value"]
+                for e in r.json()["entry"]
+                for i in e["resource"]["identifier"]
+                if i["system"] == local_system(trust)
+            ]
+            assert found == [local_id], (trust, r.json())
+        r = c.get("/fhir/ImagingStudy", params=subject, headers=headers)
+        assert [e["resource"]["identifier"][0]["value"] for e in r.json()["entry"]] == [
+            "urn:oid:2.25.4343"
+        ]
+        r = c.get("/fhir/DiagnosticReport", params=subject, headers=headers)
+        assert [e["resource"]["status"] for e in r.json()["entry"]] == ["final"]

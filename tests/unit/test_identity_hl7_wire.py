@@ -19,8 +19,8 @@ PID_MSG = (
 def test_deframer_splits_and_joins_frames() -> None:
     d = Deframer()
     wire = frame(b"one") + frame(b"two")
-    assert d.feed(wire[:5]) == []
-    assert d.feed(wire[5:]) == [b"one", b"two"]
+    assert d.feed(wire[:4]) == []
+    assert d.feed(wire[4:]) == [b"one", b"two"]
 
 
 def test_deframer_refuses_bytes_outside_frames_and_huge_messages() -> None:
@@ -73,3 +73,29 @@ def test_ack_echoes_control_id_and_escapes_the_reason() -> None:
     assert segments[1] == "MSA|AE|C1|" + escape("bad | field ^ here")
     assert segments[2].startswith("ERR|")
     assert "|" not in escape("a|b")
+
+
+def test_deframer_takes_an_end_block_without_its_carriage_return() -> None:
+    """Some senders end a frame with <FS> alone: waiting for the <CR> would leave the message
+    unanswered until the sender times out."""
+    d = Deframer()
+    assert d.feed(b"\x0bone\x1c") == [b"one"]
+    assert d.feed(b"\r\n\x0btwo\x1c\x0bthree\x1c\r") == [b"two", b"three"]
+    assert d.buffer == bytearray()
+
+
+@pytest.mark.parametrize(
+    ("reason", "number"),
+    [
+        ("unsupported message type SIU^S12", "200"),
+        ("unsupported event ADT^A99", "201"),
+        ("MSH-10 control ID C1 was already used by PAS^ZZB for a different message", "205"),
+        ("MSH-4 (sending facility: the trust's ODS code) is empty", "101"),
+        ("merge across assigning authorities refused", "207"),
+    ],
+)
+def test_err_carries_the_table_0357_code_for_v24_and_v25_readers(reason: str, number: str) -> None:
+    err = build_ack(Message(PID_MSG), "AE", reason).strip("\r").split("\r")[2].split("|")
+    assert err[1].split("^")[3].split("&")[0] == number  # ERR-1 (v2.4 ELD, CE in component 4)
+    assert err[3].split("^")[0] == number  # ERR-3 (v2.5 HL7 error code)
+    assert err[4] == "E"  # ERR-4 severity

@@ -543,7 +543,9 @@ def _parse(
             "birth_date": _text(ds, "PatientBirthDate", 8),
             "sex": _text(ds, "PatientSex", 16),
             "nhs_number": nhs,
-            "nhs_number_valid": nhs_number.is_valid(nhs) if nhs else None,
+            "nhs_number_valid": (
+                nhs_number.is_valid(nhs) and not nhs_number.is_placeholder(nhs) if nhs else None
+            ),
         },
         study={
             "study_uid": study_uid,

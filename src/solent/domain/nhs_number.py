@@ -34,6 +34,11 @@ def is_valid(value: str) -> bool:
     return expected is not None and expected == int(n[9])
 
 
+def is_placeholder(number: str) -> bool:
+    """Legacy placeholders such as 0000000000 pass the checksum but name nobody (R2)."""
+    return len(set(number)) == 1
+
+
 def complete(first_nine: str) -> str | None:
     """Append the check digit; used to make synthetic test numbers (999 range)."""
     digit = check_digit(first_nine)

@@ -27,6 +27,7 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    literal,
     not_,
     or_,
     select,
@@ -40,7 +41,7 @@ from solent.index import schema as t
 
 
 def _anchored(pat: Any, trusts: list[Any], user_name: Any, at: Any) -> Any:
-    s, g, o = t.study.c, t.break_glass.c, t.orders.c
+    s, g = t.study.c, t.break_glass.c
     cond: ColumnElement[bool] = false()
     if trusts:
         cond = or_(
@@ -49,11 +50,7 @@ def _anchored(pat: Any, trusts: list[Any], user_name: Any, at: Any) -> Any:
             and_(
                 pat.c.nhs_number_valid.is_(True),
                 pat.c.nhs_number_verified.is_(True),
-                exists().where(
-                    o.nhs_number == pat.c.nhs_number,
-                    o.patient_issuer.in_(trusts),
-                    _order_agrees(o, pat),
-                ),
+                _ordered_at(pat, trusts),
             ),
         )
     if user_name is not None:
@@ -64,26 +61,44 @@ def _anchored(pat: Any, trusts: list[Any], user_name: Any, at: Any) -> Any:
     return cond
 
 
-def _order_agrees(o: Any, pat: Any) -> Any:
-    """An order anchors another trust's record with the evidence a derived link needs
-    (issue 11): its own record at the ordering trust carries the NHS number as traced, and
-    date of birth and sex agree. A check digit alone would let any order name anyone."""
+def _ordered_at(pat: Any, trusts: list[Any]) -> Any:
+    """An order at one of ``trusts`` anchors another trust's record with the evidence a
+    derived link needs (issue 11): its own record at the ordering trust carries the NHS number
+    as traced, date of birth and sex agree, and no "unlinked" decision separates the two
+    records (an A37 says they are not one person: an order for one must not open the other).
+    A check digit alone would let any order name anyone.
+
+    One EXISTS over joins, not nested ones: the rule sits three levels deep in the trust
+    view's queries, and one more nested sub-SELECT overflows SQLite's parser stack."""
+    o = t.orders
     ordered = t.patient.alias("ordered")
+    separated = t.patient_link.alias("separated")
     sexes = ("M", "F")
-    return and_(
-        func.coalesce(o.patient_birth_date, "") != "",
-        o.patient_birth_date == pat.c.birth_date,
-        or_(
-            not_(func.coalesce(o.patient_sex, "").in_(sexes)),
-            not_(func.coalesce(pat.c.sex, "").in_(sexes)),
-            o.patient_sex == pat.c.sex,
-        ),
-        exists().where(
-            ordered.c.issuer == o.patient_issuer,
-            ordered.c.local_id == o.patient_id,
-            ordered.c.nhs_number == o.nhs_number,
+    orders_of_traced = o.join(
+        ordered,
+        and_(
+            ordered.c.issuer == o.c.patient_issuer,
+            ordered.c.local_id == o.c.patient_id,
+            ordered.c.nhs_number == o.c.nhs_number,
             ordered.c.nhs_number_verified.is_(True),
         ),
+    ).outerjoin(separated, and_(_pair(separated, ordered, pat), separated.c.status == "unlinked"))
+    return exists(
+        select(literal(1))
+        .select_from(orders_of_traced)
+        .where(
+            o.c.nhs_number == pat.c.nhs_number,
+            o.c.patient_issuer.in_(trusts),
+            func.coalesce(o.c.patient_birth_date, "") != "",
+            o.c.patient_birth_date == pat.c.birth_date,
+            or_(
+                not_(func.coalesce(o.c.patient_sex, "").in_(sexes)),
+                not_(func.coalesce(pat.c.sex, "").in_(sexes)),
+                o.c.patient_sex == pat.c.sex,
+            ),
+            separated.c.pk.is_(None),
+        )
+        .correlate(pat)
     )
 
 

@@ -148,7 +148,7 @@ def _patient_pk(
         # The trust's record may already carry demographics (from earlier studies or HL7);
         # images only fill what is still empty, never overwrite.
         if p["nhs_number"] is not None:
-            conn.execute(
+            filled = conn.execute(
                 update(t.patient)
                 .where(c.pk == found.pk, c.nhs_number.is_(None))
                 .values(
@@ -156,7 +156,9 @@ def _patient_pk(
                     nhs_number_valid=p["nhs_number_valid"],
                     updated_at=now(),
                 )
-            )
+            ).rowcount
+            if filled:
+                _queue_invalid_nhs_number(conn, int(found.pk), issuer, p)
         return int(found.pk)
     stamp = now()
     conn.execute(
@@ -180,10 +182,30 @@ def _patient_pk(
             ["issuer", "local_id"],
         )
     )
-    return int(
+    pk = int(
         conn.execute(
             select(c.pk).where(c.issuer == issuer, c.local_id == p["local_id"])
         ).scalar_one()
+    )
+    _queue_invalid_nhs_number(conn, pk, issuer, p)
+    return pk
+
+
+def _queue_invalid_nhs_number(conn: Connection, pk: int, issuer: str, p: dict[str, Any]) -> None:
+    """R1/R12 on the DICOM interface too: a number the images bring that fails the check
+    digit, or a placeholder, is kept unlinked and queued for a person, as from HL7."""
+    number = p["nhs_number"]
+    if number is None or p["nhs_number_valid"]:
+        return
+    identity_store.add_work_item(
+        conn,
+        kind="invalid-nhs-number",
+        detail=f"NHS number {number} in the images' Other Patient IDs fails the modulus 11 "
+        "check or is a placeholder; records not linked",
+        issuer=issuer,
+        local_id=p["local_id"],
+        patient_pk=pk,
+        nhs_number=number,
     )
 
 

@@ -166,6 +166,8 @@ class InboxService:
     def process(self, env: Envelope, change_for: Callable[[int], Change], apply: Apply) -> Outcome:
         """Journal, then apply and mark applied in one transaction; AA only after commit."""
         pk, earlier = self.journal(env)
+        if earlier is not None and not same_message(earlier["raw"], env.raw):
+            return self._control_id_reused(env, earlier)
         if earlier is not None and earlier["status"] != "received":
             return Outcome(
                 earlier["ack_code"] or "AA",
@@ -174,6 +176,34 @@ class InboxService:
                 duplicate=True,
             )
         return self.apply_journalled(pk, env, change_for(pk), apply)
+
+    def _control_id_reused(self, env: Envelope, earlier: dict[str, Any]) -> Outcome:
+        """Another message under a control ID this sender already used: never applied (a
+        resend must be the same message) and never acknowledged AA, which would tell the
+        sender it was applied; kept as a rejected message with a work item."""
+        reason = (
+            f"MSH-10 control ID {env.control_id} was already used by {env.sender} for a "
+            f"different message (received {str(earlier['received_at'])[:19]}); not applied: "
+            "resend it under a new control ID"
+        )
+
+        def op(conn: Connection) -> None:
+            pk, _ = store.journal_message(
+                conn,
+                sender=env.sender,
+                control_id=None,  # the (sender, control ID) key is the earlier message's
+                message_type=env.message_type,
+                raw=env.raw,
+                remote_address=env.remote_address,
+            )
+            store.finish_message(conn, pk, "rejected", "AE", reason)
+            ids.add_work_item(
+                conn, kind="control-id-reused", detail=reason, issuer=env.issuer, message_pk=pk
+            )
+
+        self._index.write(op)
+        log.warning("HL7 %s from %s: %s", env.message_type, env.sender, reason)
+        return Outcome("AE", reason)
 
     def apply_journalled(self, pk: int, env: Envelope, change: Change, apply: Apply) -> Outcome:
         def op(conn: Connection) -> str:
@@ -395,3 +425,20 @@ def _audit_in(
             detail={**detail, "message_pk": change.message_pk},
         ),
     )
+
+
+def same_message(earlier: str, raw: str) -> bool:
+    """Whether a message is a resend of ``earlier``: the same segments, whatever the line
+    endings, and whatever MSH-7 (some engines stamp the time of each send)."""
+    return _comparable(earlier) == _comparable(raw)
+
+
+def _comparable(raw: str) -> list[str]:
+    lines = [ln.strip() for ln in raw.replace("\r\n", "\r").replace("\n", "\r").split("\r")]
+    segments = [ln for ln in lines if ln]
+    if segments and segments[0].startswith("MSH") and len(segments[0]) > 3:
+        fields = segments[0].split(segments[0][3])
+        if len(fields) > 6:
+            fields[6] = ""  # MSH-7: date/time of message
+        segments[0] = segments[0][3].join(fields)
+    return segments

@@ -76,7 +76,14 @@ class RecordService:
             number = nhs.normalise(nhs_number)
             if not nhs.is_valid(number):
                 raise InvalidInput(f"{nhs_number!r} is not a valid NHS number (modulus 11)")
-            candidates = self._identity.by_nhs_number(number)
+            # The group the number names; after an unlink (A37) or a demographic conflict,
+            # the first group the caller may see (a ZZB clinician asking for the number of
+            # ZZB's own record gets that record, not ZZA's unlinked one, nor nothing).
+            groups = self._identity.groups_by_nhs_number(number)
+            candidates = next(
+                (g for g in groups if self._access.visible_among(principal, g)),
+                groups[0] if groups else set(),
+            )
         elif patient_pk is not None:
             named = patient_pk
             candidates = (

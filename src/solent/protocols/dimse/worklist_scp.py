@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom.events import Event
 
+from solent.domain.matching import NHS_NUMBER_OID
 from solent.protocols.dimse import audit
 from solent.protocols.dimse.access import Operation, Peer
 from solent.protocols.dimse.find_scp import _wire_value
@@ -102,6 +103,8 @@ def _criteria(identifier: Dataset) -> tuple[dict[str, str], list[str], list[str]
                         criteria[STEP[sub.keyword]] = value
             if not step:
                 step = list(STEP)
+        elif kw == "OtherPatientIDsSequence":
+            top.append(kw)  # returned (R17: the NHS number), not matched on
     return criteria, top, step
 
 
@@ -109,13 +112,32 @@ def _response(order: dict[str, Any], top: list[str], step: list[str]) -> Dataset
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     for kw in top:
-        setattr(ds, kw, order.get(TOP[kw]) or None)
+        if kw == "OtherPatientIDsSequence":
+            ds.OtherPatientIDsSequence = Sequence(_nhs_number_items(order.get("nhs_number")))
+        else:
+            setattr(ds, kw, order.get(TOP[kw]) or None)
     item = Dataset()
     for kw in step:
         setattr(item, kw, order.get(STEP[kw]) or None)
     if step:
         ds.ScheduledProcedureStepSequence = Sequence([item])
     return ds
+
+
+def _nhs_number_items(number: str | None) -> list[Dataset]:
+    """The order's (valid) NHS number as an Other Patient IDs item, issuer-qualified (R17)."""
+    if not number:
+        return []
+    qualifiers = Dataset()
+    qualifiers.UniversalEntityID = NHS_NUMBER_OID
+    qualifiers.UniversalEntityIDType = "ISO"
+    qualifiers.IdentifierTypeCode = "NH"
+    item = Dataset()
+    item.PatientID = number
+    item.IssuerOfPatientID = "NHS"
+    item.TypeOfPatientID = "TEXT"
+    item.IssuerOfPatientIDQualifiersSequence = Sequence([qualifiers])
+    return [item]
 
 
 def handle_worklist(

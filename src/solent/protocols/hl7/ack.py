@@ -50,10 +50,27 @@ def build_ack(msg: Message | None, code: str, reason: str) -> str:
         msa = f"MSA|{code}|{escape(h.control_id)}|{escape(reason)[:500]}"
     segments = [msh, msa]
     if code != "AA":
-        error = (
-            "200^Unsupported message type^HL70357"
-            if "unsupported" in reason
-            else ("207^Application internal error^HL70357")
+        number, name = _error(reason)
+        # ERR-1 (v2.4's error code and location) and ERR-3/ERR-4 (v2.5): a receiver of either
+        # version finds the HL7 table 0357 code where it looks.
+        segments.append(
+            f"ERR|^^^{number}&{name}&HL70357||{number}^{name}^HL70357|E|||{escape(reason)[:500]}"
         )
-        segments.append(f"ERR|||{error}|E|||{escape(reason)[:500]}")
     return "\r".join(segments) + "\r"
+
+
+#: Reason wording -> HL7 table 0357 error condition; anything else is 207.
+_ERRORS = (
+    ("unsupported event", ("201", "Unsupported event code")),
+    ("unsupported message type", ("200", "Unsupported message type")),
+    ("was already used by", ("205", "Duplicate key identifier")),  # a reused MSH-10
+    ("is empty", ("101", "Required field missing")),
+)
+
+
+def _error(reason: str) -> tuple[str, str]:
+    text = reason.lower()
+    return next(
+        (error for words, error in _ERRORS if words in text),
+        ("207", "Application internal error"),
+    )

@@ -179,6 +179,8 @@ class Hl7Handler:
         code, trigger = h.message_code.upper(), h.trigger.upper()
         kind = MESSAGE_TYPES.get((code, trigger))
         if kind is None:
+            if any(known == code for known, _ in MESSAGE_TYPES):
+                raise MessageRejected("AR", f"unsupported event {h.message_type}")
             raise MessageRejected("AR", f"unsupported message type {h.message_type}")
         if kind in ("link", "unlink"):
             if not speaker.regional:  # a regional source may be no trust (the EMPI)

@@ -34,11 +34,14 @@ class Deframer:
                 return out
             if self.buffer[:start].strip():
                 raise FramingError("data before the MLLP start block")
-            end = self.buffer.find(END, start + 1)
+            # The end block is <FS><CR>; some senders omit the <CR>, and <FS> never occurs in
+            # a message, so <FS> ends it and a <CR> after it (maybe in the next read) is dropped
+            # with the whitespace between frames.
+            end = self.buffer.find(END[:1], start + 1)
             if end < 0:
                 if len(self.buffer) - start > self.max_bytes:
                     raise FramingError(f"message larger than {self.max_bytes} bytes")
                 del self.buffer[:start]
                 return out
             out.append(bytes(self.buffer[start + 1 : end]))
-            del self.buffer[: end + len(END)]
+            del self.buffer[: end + (2 if self.buffer[end + 1 : end + 2] == END[1:] else 1)]

@@ -38,17 +38,19 @@ class IdentityService(RecordUpdates):
         conn: Connection | None = None,
     ) -> int:
         """Merge ``source`` (MRG-1) into ``target`` (PID-3) within one trust; idempotent."""
+        # First, whoever asks: a merge across issuers goes to the work queue (R8), from a
+        # trust's own feed too (judged on the identifiers alone, so it reveals nothing).
+        if source.issuer != target.issuer:
+            raise IdentityRejected(
+                f"merge across assigning authorities refused: MRG-1 {source} and "
+                f"PID-3 {target} are issued by different trusts",
+                work_item="merge-issuer-mismatch",
+            )
         require_speaks_for(
             change.principal, f"merge of {source} into {target}", *_issuers(target, source)
         )
 
         def op(c: Connection) -> int:
-            if source.issuer != target.issuer:
-                raise IdentityRejected(
-                    f"merge across assigning authorities refused: MRG-1 {source} and "
-                    f"PID-3 {target} are issued by different trusts",
-                    work_item="merge-issuer-mismatch",
-                )
             if source.local_id == target.local_id:
                 raise IdentityRejected(f"MRG-1 and PID-3 name the same identifier {target}")
             self._require_trust(c, target.issuer)

@@ -60,11 +60,22 @@ class IdentityLinks:
         """Records of the person with this NHS number: those carrying it valid and traced, and
         every record linked to them. Untraced records are not included, nor records whose
         date of birth or sex conflicts with the others (they wait in the work queue)."""
+        groups = self.groups_by_nhs_number(number, conn=conn)
+        return groups[0] if groups else set()
 
-        def op(c: Connection) -> set[int]:
+    def groups_by_nhs_number(
+        self, number: str, *, conn: Connection | None = None
+    ) -> list[set[int]]:
+        """The groups of records carrying this NHS number valid and traced (each with the
+        records linked to it), the one the number names first. Records that carry the number
+        but disagree on DOB/sex, or that an A37 unlinked, form separate groups; the number
+        names the largest (ties: the group with the oldest record) until a person resolves
+        the conflict. A caller who may not see that group is shown the next it may see."""
+
+        def op(c: Connection) -> list[set[int]]:
             n = nhs.normalise(number)
             if not nhs.is_valid(n):
-                return set()
+                return []
             seeds = [
                 int(r["pk"])
                 for r in store.patients_by_nhs(c, n)
@@ -74,12 +85,7 @@ class IdentityLinks:
             for pk in seeds:
                 if not any(pk in g for g in groups):
                     groups.append(self._component(c, pk))
-            if not groups:
-                return set()
-            # Records carrying the number but disagreeing on DOB/sex form separate groups and
-            # sit in the work queue; the number names the largest agreeing group (ties: the
-            # group with the oldest record) until a person resolves the conflict.
-            return max(groups, key=lambda g: (len(g), -min(g)))
+            return sorted(groups, key=lambda g: (-len(g), min(g)))
 
         if conn is not None:
             return op(conn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+from solent.domain.nhs_number import is_placeholder as is_placeholder  # re-exported
 from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, Principal, PrincipalKind
 from solent.errors import SolentError
 
@@ -86,11 +87,6 @@ def require_speaks_for(principal: Principal, what: str, *issuers: str) -> None:
             "identity source (`solent hl7 sender add APP FACILITY --host HOST --regional`) "
             "or an administrator (POST /api/identity/link)"
         )
-
-
-def is_placeholder(number: str) -> bool:
-    """Legacy placeholders such as 0000000000 pass the checksum but name nobody (R2)."""
-    return len(set(number)) == 1
 
 
 def _conflict(a: dict[str, Any], b: dict[str, Any]) -> str | None:
