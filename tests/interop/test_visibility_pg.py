@@ -321,7 +321,7 @@ def test_solent_check_finds_kept_rows_out_of_date_and_repair_rebuilds_them(
 
 
 def test_an_order_does_not_anchor_a_record_unlinked_from_its_own(index: Index) -> None:
-    """Migration 0013: ZZB's order for B1 does not open ZZA's A1 (same traced number, agreeing
+    """Migration 0015: ZZB's order for B1 does not open ZZA's A1 (same traced number, agreeing
     demographics) at ZZB once an A37 has separated A1 from B1."""
     person = {
         "nhs_number": NUMBERS[0],

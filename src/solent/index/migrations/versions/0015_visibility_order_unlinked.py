@@ -1,8 +1,8 @@
 """patient_visibility: an order no longer anchors a record an "unlinked" decision separates
 from the order's own record (PostgreSQL)
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-05
 
 The rule of index/access.py changed: ZZB's order for B7654321 anchored, at ZZB, every record
@@ -20,8 +20,8 @@ import importlib
 
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
