@@ -76,9 +76,7 @@ def series_of(client: TestClient, headers: dict[str, str], study: str) -> dict[s
     return {s["0020000E"]["Value"][0]: s["00201209"]["Value"][0] for s in r.json()}
 
 
-def test_a_rejection_note_withdraws_what_it_lists(
-    demo: Archive, demo_client: TestClient
-) -> None:
+def test_a_rejection_note_withdraws_what_it_lists(demo: Archive, demo_client: TestClient) -> None:
     radiographer = add_user(demo, "rad.zza", "ZZA", "clinician")
     reader = add_user(demo, "dr.zza", "ZZA", "radiologist")
     study, wrong, right = generate_uid(), generate_uid(), generate_uid()
