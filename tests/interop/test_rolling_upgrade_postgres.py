@@ -76,9 +76,10 @@ def previous_release() -> tuple[str, str, str]:
         except subprocess.CalledProcessError:
             continue  # the first commit
         names = git("ls-tree", "--name-only", parent, VERSIONS + "/").split()
-        old = chain_of([git("show", f"{parent}:{n}") for n in names if "/0" in n])
-        if not old:
-            continue
+        texts = [git("show", f"{parent}:{n}") for n in names if "/0" in n]
+        old = chain_of(texts)
+        if not old or len(old) != sum(1 for t in texts if REV.search(t)):
+            continue  # none, or a merge's inside with two scripts of one revision: no release
         old_head = head(old)
         if old_head != new_head and all(current.get(r) == d for r, d in old.items()):
             return parent, old_head, new_head

@@ -22,6 +22,8 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.conftest import RunningServer, require_corpus, start_server
 from tests.interop.viewer_support import (
@@ -38,7 +40,7 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 #: File -> what it stands for. One file per study (several corpus files share UIDs).
 FILES = {
-    "mod_ct_small.dcm": "CT, signed 16-bit, explicit VR",
+    "mod_ct_small.dcm": "CT, signed 16-bit, explicit VR (its study also has a report, SR 0)",
     "ts_implicit_vr_le_mr_siemens_trio_gdcm.dcm": "MR, implicit VR",
     "ts_explicit_vr_be_us_rgb_small.dcm": "US RGB, big endian",
     "ts_deflated_sc_image.dcm": "deflated explicit VR",
@@ -84,9 +86,27 @@ def corpus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     folder.mkdir()
     for name in FILES:
         shutil.copy(source / name, folder / name)
+    _report_before_images(source / "mod_ct_small.dcm", folder / "report.dcm")
     srv.cli("import", str(folder), "--trust", "ZZA")
     yield srv
     srv.stop()
+
+
+def _report_before_images(image: Path, out: Path) -> None:
+    """A report (SR) in the CT's study, numbered before its image series: the study must
+    still open on its images."""
+    ct = pydicom.dcmread(image, stop_before_pixels=True)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate"):
+        setattr(ds, keyword, ct.get(keyword, ""))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = ct.StudyInstanceUID, generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 0, 1
+    ds.ValueType = "CONTAINER"
+    pydicom.dcmwrite(out, ds, enforce_file_format=True)
 
 
 def _grey(pixels: np.ndarray) -> np.ndarray:

@@ -65,8 +65,13 @@ async function fetchSeries(studyUid: string): Promise<SeriesInfo[]> {
       description: str(r, '0008103E'),
       count: Number(tag(r, '00201209') ?? 0),
     }))
-    .sort((a, b) => Number(a.number) - Number(b.number));
+    // Images first: a study opens on its first image series, not on a report, key object
+    // selection (an IOCM rejection note is one) or presentation state listed before it.
+    .sort((a, b) => Number(NON_IMAGE.has(a.modality)) - Number(NON_IMAGE.has(b.modality)) || Number(a.number) - Number(b.number));
 }
+
+/** Modalities of series that hold no image (PS3.3 C.7.3.1.1.1). */
+const NON_IMAGE = new Set(['SR', 'KO', 'PR', 'DOC', 'REG', 'FID', 'AU', 'ECG', 'HD', 'RTPLAN', 'RTSTRUCT', 'RTRECORD', 'PLAN', 'RWV']);
 
 /** The series of a study, from QIDO-RS; empty when the study is unknown or not visible. */
 export function studySeries(studyUid: string): Promise<SeriesInfo[]> {
