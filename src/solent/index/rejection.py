@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, insert, select
 
 from solent.dicom.rejection_note import REJECTION_TITLES, RejectionNote
 from solent.index import schema as t
@@ -93,19 +93,9 @@ def apply_rejection(
                 rejected_by=by[:200],
             )
         )
-        conn.execute(delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == row.pk))
-        conn.execute(delete(t.instance).where(ic.pk == row.pk))
-        conn.execute(
-            update(t.series)
-            .where(se.pk == row.series_pk)
-            .values(num_instances=se.num_instances - 1)
+        Index.remove_instance(
+            conn, int(row.pk), int(row.series_pk), int(row.study_pk), int(row.size_bytes)
         )
-        conn.execute(
-            update(t.study)
-            .where(st.pk == row.study_pk)
-            .values(num_instances=st.num_instances - 1, size_bytes=st.size_bytes - row.size_bytes)
-        )
-        Index.drop_if_empty(conn, int(row.series_pk), int(row.study_pk))
         withdrawn.setdefault(str(row.series_uid), []).append(sop)
     return Rejected(withdrawn, missing)
 

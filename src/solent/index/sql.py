@@ -462,27 +462,33 @@ class Index:
                     select(t.study.c.study_uid).where(t.study.c.pk == study_pk)
                 ).scalar_one()
                 audit(conn, str(study_uid))
-            conn.execute(
-                delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == r.pk)
-            )
-            conn.execute(delete(t.instance).where(t.instance.c.pk == r.pk))
-            conn.execute(
-                update(t.series)
-                .where(t.series.c.pk == r.series_pk)
-                .values(num_instances=t.series.c.num_instances - 1)
-            )
-            conn.execute(
-                update(t.study)
-                .where(t.study.c.pk == study_pk)
-                .values(
-                    num_instances=t.study.c.num_instances - 1,
-                    size_bytes=t.study.c.size_bytes - r.size_bytes,
-                )
-            )
-            self.drop_if_empty(conn, r.series_pk, study_pk)
+            self.remove_instance(conn, r.pk, r.series_pk, study_pk, r.size_bytes)
             return str(r.blob_key)
 
         return self.write(op)
+
+    @classmethod
+    def remove_instance(
+        cls, conn: Connection, pk: int, series_pk: int, study_pk: int, size_bytes: int
+    ) -> None:
+        """Take one instance's rows out of the query tables, aggregates kept true (a repair of
+        a missing blob, an IOCM rejection), in the caller's transaction."""
+        conn.execute(delete(t.instance_metadata).where(t.instance_metadata.c.instance_pk == pk))
+        conn.execute(delete(t.instance).where(t.instance.c.pk == pk))
+        conn.execute(
+            update(t.series)
+            .where(t.series.c.pk == series_pk)
+            .values(num_instances=t.series.c.num_instances - 1)
+        )
+        conn.execute(
+            update(t.study)
+            .where(t.study.c.pk == study_pk)
+            .values(
+                num_instances=t.study.c.num_instances - 1,
+                size_bytes=t.study.c.size_bytes - size_bytes,
+            )
+        )
+        cls.drop_if_empty(conn, series_pk, study_pk)
 
     @staticmethod
     def drop_if_empty(conn: Connection, series_pk: int, study_pk: int) -> None:
