@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from solent.dicom.rejection_note import REJECTION_TITLES, RejectionNote
 from solent.index import schema as t
+from solent.index.prepared import Prepared
 from solent.index.sql import Index, now
 
 
@@ -36,11 +37,19 @@ class WithdrawnInstance(Exception):
         self.meaning = REJECTION_TITLES.get(code, code)
 
 
+#: Asked for every instance ingested: compiled once (a statement built per call cost ingest
+#: ~0.3 ms of CPU per instance).
+_WITHDRAWN = Prepared(
+    select(t.rejected_instance.c.code, t.rejected_instance.c.note_uid).where(
+        t.rejected_instance.c.sop_uid == bindparam("sop_uid")
+    )
+)
+
+
 def rejected_before(conn: Connection, sop_uid: str) -> tuple[str, str] | None:
     """(title code, note UID) when this SOP Instance UID was withdrawn by a rejection note."""
-    r = t.rejected_instance.c
-    row = conn.execute(select(r.code, r.note_uid).where(r.sop_uid == sop_uid)).first()
-    return (str(row.code), str(row.note_uid)) if row else None
+    row = _WITHDRAWN.first(conn, {"sop_uid": sop_uid})
+    return (str(row[0]), str(row[1])) if row else None
 
 
 def apply_rejection(
