@@ -642,3 +642,76 @@ def test_getscu_with_explicit_le_only_gets_implicit_and_big_endian_instances_int
         assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1", name
         assert _values(ds) == _values(original), name
         assert np.array_equal(ds.pixel_array, original.pixel_array), name
+
+
+def test_a_rejection_note_sent_by_dcmsend_withdraws_a_series(
+    pacs: RunningServer, tmp_path: Path
+) -> None:
+    """Scenario 2.8 over DIMSE: a modality sends a series, then a KOS "Incorrect Modality
+    Worklist Entry" listing it; findscu no longer finds the series or its images, getscu gets
+    nothing, and sending the same images again is refused."""
+    from pydicom.uid import generate_uid
+
+    from tests.unit.stow_support import ct_instance, rejection_note
+
+    study, wrong, kept = generate_uid(), generate_uid(), generate_uid()
+    files = []
+    for i, series in enumerate((wrong, wrong, kept)):
+        path = tmp_path / f"ct{i}.dcm"
+        path.write_bytes(ct_instance("IOCM1", "ZZA", study, series=series))
+        files.append(path)
+    assert store_statuses(_out(dcmsend(pacs, *files))) == ["Success"] * 3
+    wrong_sops = [str(pydicom.dcmread(p).SOPInstanceUID) for p in files[:2]]
+    note = tmp_path / "note.dcm"
+    note.write_bytes(rejection_note("IOCM1", "ZZA", study, {wrong: wrong_sops})[0])
+    assert store_statuses(_out(dcmsend(pacs, note))) == ["Success"]
+
+    series = _find(
+        pacs,
+        tmp_path,
+        "QueryRetrieveLevel=SERIES",
+        f"StudyInstanceUID={study}",
+        "SeriesInstanceUID",
+        "NumberOfSeriesRelatedInstances",
+    )
+    assert wrong not in [r.SeriesInstanceUID for r in series]
+    assert kept in [r.SeriesInstanceUID for r in series]
+    images = _find(
+        pacs,
+        tmp_path,
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={study}",
+        f"SeriesInstanceUID={wrong}",
+        "SOPInstanceUID",
+    )
+    assert images == []
+    out = tmp_path / "got"
+    out.mkdir()
+    run(
+        "getscu",
+        "-aet",
+        AET,
+        "-aec",
+        "SOLENT",
+        "-od",
+        str(out),
+        "127.0.0.1",
+        str(pacs.ports["dicom"]),
+        "-k",
+        "QueryRetrieveLevel=SERIES",
+        "-k",
+        f"StudyInstanceUID={study}",
+        "-k",
+        f"SeriesInstanceUID={wrong}",
+    )
+    assert list(out.iterdir()) == []
+    again = store_statuses(_out(dcmsend(pacs, files[0])))
+    assert again and again[0] != "Success", again
+    series = _find(
+        pacs,
+        tmp_path,
+        "QueryRetrieveLevel=SERIES",
+        f"StudyInstanceUID={study}",
+        "SeriesInstanceUID",
+    )
+    assert wrong not in [r.SeriesInstanceUID for r in series]

@@ -8,6 +8,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from solent.dicom.rejection_note import KEY_OBJECT_SELECTION
+
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 BOUNDARY = "b0undary-solent"
 
@@ -55,3 +57,39 @@ def stow_body(*parts: bytes) -> tuple[bytes, dict[str, str]]:
     return body, {
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
     }
+
+
+def rejection_note(
+    patient: str, issuer: str, study: str, refs: dict[str, list[str]], code: str = "113038"
+) -> tuple[bytes, str]:
+    """A Key Object Selection Document titled ``code`` (DCM) listing ``refs`` (series -> SOPs)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = KEY_OBJECT_SELECTION
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientID, ds.IssuerOfPatientID = patient, issuer
+    ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "DEMO^DORA", "19800101", "F"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.Modality, ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "KO", "20250314", 99, 1
+    title = Dataset()
+    title.CodeValue, title.CodingSchemeDesignator = code, "DCM"
+    title.CodeMeaning = "Incorrect Modality Worklist Entry"
+    ds.ConceptNameCodeSequence = [title]
+    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    evidence = Dataset()
+    evidence.StudyInstanceUID = study
+    evidence.ReferencedSeriesSequence = []
+    for series_uid, sops in refs.items():
+        item = Dataset()
+        item.SeriesInstanceUID = series_uid
+        item.ReferencedSOPSequence = []
+        for sop in sops:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CT_STORAGE, sop
+            item.ReferencedSOPSequence.append(ref)
+        evidence.ReferencedSeriesSequence.append(item)
+    ds.CurrentRequestedProcedureEvidenceSequence = [evidence]
+    fp = DicomBytesIO()
+    dcmwrite(fp, ds, enforce_file_format=True)
+    return fp.getvalue(), str(ds.SOPInstanceUID)

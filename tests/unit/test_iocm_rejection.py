@@ -8,58 +8,16 @@ into the study can withdraw from it."""
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import dcmwrite
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from solent.app import Archive
-from solent.dicom.rejection_note import KEY_OBJECT_SELECTION
 from solent.index import schema as t
 from solent.services.check import check_archive
 from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template
-from tests.unit.stow_support import ct_instance, stow_body
+from tests.unit.stow_support import ct_instance, rejection_note, stow_body
 
 __all__ = ["demo", "demo_client", "demo_template"]
-
-CT = "1.2.840.10008.5.1.4.1.1.2"
-
-
-def kos(
-    patient: str, issuer: str, study: str, refs: dict[str, list[str]], code: str = "113038"
-) -> tuple[bytes, str]:
-    """A Key Object Selection Document titled ``code`` (DCM) listing ``refs`` (series -> SOPs)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = KEY_OBJECT_SELECTION
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.PatientID, ds.IssuerOfPatientID = patient, issuer
-    ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "DEMO^DORA", "19800101", "F"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
-    ds.Modality, ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "KO", "20250314", 99, 1
-    title = Dataset()
-    title.CodeValue, title.CodingSchemeDesignator = code, "DCM"
-    title.CodeMeaning = "Incorrect Modality Worklist Entry"
-    ds.ConceptNameCodeSequence = [title]
-    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
-    evidence = Dataset()
-    evidence.StudyInstanceUID = study
-    evidence.ReferencedSeriesSequence = []
-    for series_uid, sops in refs.items():
-        item = Dataset()
-        item.SeriesInstanceUID = series_uid
-        item.ReferencedSOPSequence = []
-        for sop in sops:
-            ref = Dataset()
-            ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CT, sop
-            item.ReferencedSOPSequence.append(ref)
-        evidence.ReferencedSeriesSequence.append(item)
-    ds.CurrentRequestedProcedureEvidenceSequence = [evidence]
-    fp = DicomBytesIO()
-    dcmwrite(fp, ds, enforce_file_format=True)
-    return fp.getvalue(), str(ds.SOPInstanceUID)
 
 
 def stow(client: TestClient, headers: dict[str, str], *parts: bytes) -> int:
@@ -88,17 +46,19 @@ def test_a_rejection_note_withdraws_what_it_lists(demo: Archive, demo_client: Te
     assert series_of(demo_client, reader, study) == {wrong: 2, right: 1}
 
     # An ordinary key object selection (113000 "Of Interest") withdraws nothing.
-    of_interest, _ = kos("X1001", "ZZA", study, {wrong: wrong_sops[:1]}, code="113000")
+    of_interest, _ = rejection_note("X1001", "ZZA", study, {wrong: wrong_sops[:1]}, code="113000")
     assert stow(demo_client, radiographer, of_interest) == 200
     assert series_of(demo_client, reader, study)[wrong] == 2
 
     # Someone who may not file into this study (another trust): the note is held, nothing goes.
     outsider = add_user(demo, "rad.zzc", "ZZC", "clinician")
-    foreign, _ = kos("C0001", "ZZC", study, {wrong: wrong_sops})
+    foreign, _ = rejection_note("C0001", "ZZC", study, {wrong: wrong_sops})
     assert stow(demo_client, outsider, foreign) == 200  # held, answered as stored (issue 11)
     assert series_of(demo_client, reader, study)[wrong] == 2
 
-    note, note_uid = kos("X1001", "ZZA", study, {wrong: wrong_sops, right: [generate_uid()]})
+    note, note_uid = rejection_note(
+        "X1001", "ZZA", study, {wrong: wrong_sops, right: [generate_uid()]}
+    )
     assert stow(demo_client, radiographer, note) == 200
     shown = series_of(demo_client, reader, study)
     assert wrong not in shown and shown[right] == 1
