@@ -257,6 +257,26 @@ def _find(pacs: RunningServer, tmp: Path, *keys: str, model: str = "-S") -> list
     return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
 
 
+def _get(
+    pacs: RunningServer, out: Path, *keys: str, options: tuple[str, ...] = ("-v", "-S")
+) -> subprocess.CompletedProcess[str]:
+    """getscu from the registered node into ``out`` with these -k keys."""
+    args = ["getscu", *options, "-aet", AET, "-aec", "SOLENT", "-od", str(out)]
+    args += ["127.0.0.1", str(pacs.ports["dicom"])]
+    for k in keys:
+        args += ["-k", k]
+    return run(*args)
+
+
+def _image_keys(ds: pydicom.Dataset) -> tuple[str, ...]:
+    return (
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={ds.StudyInstanceUID}",
+        f"SeriesInstanceUID={ds.SeriesInstanceUID}",
+        f"SOPInstanceUID={ds.SOPInstanceUID}",
+    )
+
+
 @pytest.fixture(scope="module")
 def ct_study(pacs: RunningServer) -> pydicom.Dataset:
     path = CORPUS / "mod_ct_small.dcm"
@@ -443,27 +463,7 @@ def test_getscu_receives_compressed_instances_decompressed_pixel_identical(
     out.mkdir()
     for name in COMPRESSED_LOSSLESS:
         original = pydicom.dcmread(CORPUS / name)
-        result = run(
-            "getscu",
-            "-v",
-            "-S",
-            "-aet",
-            AET,
-            "-aec",
-            "SOLENT",
-            "-od",
-            str(out),
-            "127.0.0.1",
-            str(pacs.ports["dicom"]),
-            "-k",
-            "QueryRetrieveLevel=IMAGE",
-            "-k",
-            f"StudyInstanceUID={original.StudyInstanceUID}",
-            "-k",
-            f"SeriesInstanceUID={original.SeriesInstanceUID}",
-            "-k",
-            f"SOPInstanceUID={original.SOPInstanceUID}",
-        )
+        result = _get(pacs, out, *_image_keys(original))
         assert result.returncode == 0, result.stdout + result.stderr
         got = [pydicom.dcmread(p) for p in out.iterdir()]
         mine = [g for g in got if g.SOPInstanceUID == original.SOPInstanceUID]
@@ -627,14 +627,7 @@ def test_getscu_with_explicit_le_only_gets_implicit_and_big_endian_instances_int
         original = pydicom.dcmread(CORPUS / name)
         out = tmp_path / name
         out.mkdir()
-        result = run(
-            "getscu", "-v", "-S", "+xe", "-aet", AET, "-aec", "SOLENT", "-od", str(out),
-            "127.0.0.1", str(pacs.ports["dicom"]),
-            "-k", "QueryRetrieveLevel=IMAGE",
-            "-k", f"StudyInstanceUID={original.StudyInstanceUID}",
-            "-k", f"SeriesInstanceUID={original.SeriesInstanceUID}",
-            "-k", f"SOPInstanceUID={original.SOPInstanceUID}",
-        )  # fmt: skip
+        result = _get(pacs, out, *_image_keys(original), options=("-v", "-S", "+xe"))
         assert result.returncode == 0 and "Final status report" in _out(result), _out(result)
         got = [pydicom.dcmread(p) for p in out.iterdir()]
         assert len(got) == 1, f"{name} not received: {_out(result)[-800:]}"
@@ -687,22 +680,13 @@ def test_a_rejection_note_sent_by_dcmsend_withdraws_a_series(
     assert images == []
     out = tmp_path / "got"
     out.mkdir()
-    run(
-        "getscu",
-        "-aet",
-        AET,
-        "-aec",
-        "SOLENT",
-        "-od",
-        str(out),
-        "127.0.0.1",
-        str(pacs.ports["dicom"]),
-        "-k",
+    _get(
+        pacs,
+        out,
         "QueryRetrieveLevel=SERIES",
-        "-k",
         f"StudyInstanceUID={study}",
-        "-k",
         f"SeriesInstanceUID={wrong}",
+        options=(),
     )
     assert list(out.iterdir()) == []
     again = store_statuses(_out(dcmsend(pacs, files[0])))
