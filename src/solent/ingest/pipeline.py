@@ -21,7 +21,6 @@ from sqlalchemy import Connection
 
 from solent.dicom.inflate import InflateLimits
 from solent.dicom.parse import ParsedInstance, RejectedInstance, parse_file
-from solent.dicom.rejection_note import RejectionNote
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
 from solent.domain.principal import Channel, Principal, Provenance
 from solent.errors import IndexUnavailable, NotFound, StorageError
@@ -32,9 +31,10 @@ from solent.index.records import (
     RecordedInstance,
     record_instance,
 )
-from solent.index.rejection import WithdrawnInstance, apply_rejection, rejected_before
+from solent.index.rejection import WithdrawnInstance, rejected_before
 from solent.index.sql import Index
 from solent.ingest.held import held_key, keep_copy
+from solent.ingest.rejection import apply_note
 from solent.ingest.write_gate import WriteGate
 from solent.metrics import INGEST_BYTES, INGEST_INSTANCES, INGEST_SECONDS
 from solent.services.access import AccessService, Permission, permissions_of
@@ -632,39 +632,8 @@ class Ingestor:
             ),
         )
         if p.parsed.rejection is not None:
-            self._reject(conn, p, p.parsed.rejection)
+            apply_note(conn, self._audit, p.principal, p.parsed, p.parsed.rejection)
         return recorded
-
-    def _reject(self, conn: Connection, p: _Prepared, note: RejectionNote) -> None:
-        """Apply an IOCM rejection note with its own index rows (R56): the instances it lists
-        in its study leave every query and retrieve when it is acknowledged; one audit record
-        (DICOM Instances Deleted) names them."""
-        parsed = p.parsed
-        done = apply_rejection(
-            conn, note, parsed.sop_instance_uid, parsed.study_uid, p.principal.describe()
-        )
-        self._audit.append_in(
-            conn,
-            audit_fields(
-                p.principal,
-                AuditAction.DELETE,
-                study_uid=parsed.study_uid,
-                detail={
-                    "iocm": note.code,
-                    "reason": note.meaning,
-                    "note": parsed.sop_instance_uid,
-                    "rejected": done.series,
-                    "not_found": done.not_found,
-                },
-            ),
-        )
-        log.info(
-            "rejection note %s (%s): %d instance(s) withdrawn, %d listed not found",
-            parsed.sop_instance_uid,
-            note.meaning,
-            done.count,
-            len(done.not_found),
-        )
 
     def _commit(self, p: _Prepared) -> StoreResult:
         """Index one prepared instance in its own transaction; undo the blob on failure."""
