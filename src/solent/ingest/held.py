@@ -1,18 +1,35 @@
-"""The kept copy of an instance held for identity reconciliation (issue 11; the index side is
-``solent.index.held``)."""
+"""Instances held for identity reconciliation (issue 11; the index side is
+``solent.index.held``): the index refused one because of a record the sender may not see, and
+refusing would tell the sender that record exists. Ingest keeps a copy filed under no patient
+and answers exactly as for a stored instance."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from solent.index.held import HELD
+from sqlalchemy import Connection
+
+from solent.domain.outcomes import Outcome, RejectReason, StoreResult
+from solent.domain.principal import Principal
+from solent.errors import StorageError
+from solent.index.held import HELD, HeldInstance, record_held
+from solent.index.records import AlreadyStoredError, PatientMismatchError
+from solent.index.sql import Index
+from solent.ingest.prepared import Prepared, result_for, store_detail
+from solent.ingest.write_gate import WriteGate
+from solent.services.access import AccessService
+from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
 from solent.storage import BlobStore, blob_key_for
 
-__all__ = ["HELD", "held_key", "keep_copy"]
+__all__ = ["HELD", "Holding", "held_key", "hidden_holder", "keep_copy"]
+
+log = logging.getLogger(__name__)
 
 
 def held_key(sha256_hex: str) -> str:
@@ -34,3 +51,101 @@ def keep_copy(store: BlobStore, key: str, held: str, tmp_dir: Path | None = None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
+
+
+def hidden_holder(access: AccessService, principal: Principal, refused: Exception) -> bool:
+    """True when the index refused the instance because of a record the sender may not
+    see: its study, series or SOP Instance UID is filed under another trust's patient."""
+    holder = getattr(refused, "holder_pk", None)
+    if holder is None or not isinstance(refused, AlreadyStoredError | PatientMismatchError):
+        return False
+    return not access.visible_among(principal, [holder])
+
+
+class Holding:
+    """Holds refused instances for ingest (``Ingestor`` owns one, sharing its gate)."""
+
+    def __init__(
+        self,
+        index: Index,
+        store: BlobStore,
+        audit: AuditTrail,
+        gate: WriteGate,
+        forget_blob: Callable[[str], None],
+    ) -> None:
+        self._index = index
+        self._store = store
+        self._audit = audit
+        self._gate = gate
+        self._forget_blob = forget_blob  # the pipeline's: removes a blob no index row uses
+
+    def hold(self, p: Prepared, refused: Exception) -> StoreResult:
+        """Keep the instance filed under no patient, and answer exactly as for a stored one:
+        never images under the wrong patient, and nothing about the other record in the
+        answer (``solent.index.held``: the regional work item)."""
+        parsed, who = p.parsed, p.principal
+        held = held_key(parsed.sha256)
+        try:
+            p.placement.wait()
+            keep_copy(self._store, p.key, held)
+        except (OSError, StorageError) as exc:
+            self._forget_blob(p.key)
+            return StoreResult.rejected(
+                RejectReason.STORAGE_FAILURE,
+                f"could not keep the instance: {exc}",
+                sop_class_uid=parsed.sop_class_uid,
+                sop_instance_uid=parsed.sop_instance_uid,
+            )
+        holder = getattr(refused, "holder_pk", None)
+        reason = (
+            str(refused)
+            if isinstance(refused, PatientMismatchError)
+            else "this SOP Instance UID is already stored with different content"
+        )
+        instance = HeldInstance(
+            sop_uid=parsed.sop_instance_uid,
+            series_uid=parsed.series_uid,
+            study_uid=parsed.study_uid,
+            sha256=parsed.sha256,
+            path=held,
+            sender=who.describe(),
+            trust=p.trust,
+            local_id=p.local_id,
+            holder_pk=None if holder is None else int(holder),
+            reason=reason,
+            calling_ae=p.provenance.calling_ae,
+        )
+
+        def op(conn: Connection) -> None:
+            item = record_held(conn, instance)  # None: sent again, held already
+            detail = store_detail(p.provenance, parsed.sop_instance_uid, parsed.series_uid, "held")
+            self._audit.append_in(
+                conn,
+                audit_fields(
+                    who,
+                    AuditAction.STORE,
+                    patient=PatientRef(p.trust, p.local_id, parsed.patient.get("nhs_number")),
+                    study_uid=parsed.study_uid,
+                    detail={**detail, "work_item": item},
+                ),
+            )
+
+        try:
+            with self._gate.held():
+                self._index.write(op)
+        except Exception:
+            log.exception("could not record a held instance")
+            self._forget_blob(p.key)
+            return StoreResult.rejected(
+                RejectReason.STORAGE_FAILURE,
+                "index write failed",
+                sop_class_uid=parsed.sop_class_uid,
+                sop_instance_uid=parsed.sop_instance_uid,
+            )
+        if not self._index.blob_referenced(p.key):
+            self._forget_blob(p.key)
+        log.warning(
+            "instance held for identity reconciliation",
+            extra={"sop_instance_uid": parsed.sop_instance_uid, "sender": who.describe()},
+        )
+        return result_for(Outcome.HELD, parsed, "")

@@ -24,7 +24,6 @@ from solent.dicom.parse import ParsedInstance, RejectedInstance, parse_file
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
 from solent.domain.principal import Channel, Principal, Provenance
 from solent.errors import IndexUnavailable, NotFound, StorageError
-from solent.index.held import HeldInstance, record_held
 from solent.index.records import (
     AlreadyStoredError,
     PatientMismatchError,
@@ -33,7 +32,8 @@ from solent.index.records import (
 )
 from solent.index.rejection import WithdrawnInstance, rejected_before
 from solent.index.sql import Index
-from solent.ingest.held import held_key, keep_copy
+from solent.ingest.held import Holding, hidden_holder
+from solent.ingest.prepared import Prepared, result_for, store_detail
 from solent.ingest.rejection import apply_note
 from solent.ingest.write_gate import WriteGate
 from solent.metrics import INGEST_BYTES, INGEST_INSTANCES, INGEST_SECONDS
@@ -48,22 +48,6 @@ from solent.services.audit import (
 from solent.storage import PLACED, BlobStore, Placement, blob_key_for
 
 RecordedT = TypeVar("RecordedT")
-
-
-def _store_detail(
-    provenance: Provenance, sop_instance_uid: str | None, series_uid: str | None, outcome: str
-) -> dict[str, str]:
-    detail = {"channel": provenance.channel.value}
-    for key, value in (
-        ("sop_instance_uid", sop_instance_uid),
-        ("series_uid", series_uid),
-        ("calling_ae", provenance.calling_ae),
-        ("remote_address", provenance.remote_address),
-        ("outcome", outcome),
-    ):
-        if value:
-            detail[key] = value
-    return {**detail, **provenance.extra}
 
 
 log = logging.getLogger(__name__)
@@ -92,25 +76,10 @@ def placeholder_patient_id(study_uid: str) -> str:
 
 
 @dataclass(slots=True)
-class _Prepared:
-    """An instance whose blob is durable and that only needs its index rows."""
-
-    parsed: ParsedInstance
-    principal: Principal
-    provenance: Provenance
-    trust: str
-    local_id: str
-    placeholder: bool
-    replace: bool
-    key: str
-    placement: Placement = PLACED  # the blob's fsyncs, awaited before the index commit
-
-
-@dataclass(slots=True)
 class _Waiting:
     """A prepared instance queued for the next group commit, and its result once committed."""
 
-    prepared: _Prepared
+    prepared: Prepared
     result: StoreResult | None = None
 
 
@@ -128,6 +97,7 @@ class Ingestor:
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._gate = WriteGate(index)
+        self._held = Holding(index, store, self._audit, self._gate, self._forget_blob)
 
     def _write_gate(self) -> contextlib.AbstractContextManager[None]:
         """Ingest's index writes, one at a time across threads and processes (write_gate)."""
@@ -179,7 +149,7 @@ class Ingestor:
         """
         started = time.perf_counter()
         results: dict[int, StoreResult] = {}
-        prepared: list[tuple[int, _Prepared]] = []
+        prepared: list[tuple[int, Prepared]] = []
         for i, (path, provenance) in enumerate(items):
             ready = self._prepare(
                 path, principal, provenance, move=False, sha256=None, file_under=file_under
@@ -233,7 +203,7 @@ class Ingestor:
         ready = self._prepare(path, principal, provenance, move=move, sha256=sha256, expect=expect)
         return ready if isinstance(ready, StoreResult) else self._commit_grouped(ready)
 
-    def _commit_grouped(self, p: _Prepared) -> StoreResult:
+    def _commit_grouped(self, p: Prepared) -> StoreResult:
         """Index ``p`` in the next group commit and wait for its own result.
 
         Callers queue their instance, then take the commit lock in turn. The holder commits
@@ -274,7 +244,7 @@ class Ingestor:
         assert waiting.result is not None
         return waiting.result
 
-    def _unanswered(self, p: _Prepared) -> StoreResult:
+    def _unanswered(self, p: Prepared) -> StoreResult:
         """The result of a queued instance whose group commit failed unexpectedly."""
         self._forget_blob(p.key)
         return StoreResult.rejected(
@@ -284,7 +254,7 @@ class Ingestor:
             sop_instance_uid=p.parsed.sop_instance_uid,
         )
 
-    def _commit_batch(self, batch: list[_Prepared]) -> list[StoreResult]:
+    def _commit_batch(self, batch: list[Prepared]) -> list[StoreResult]:
         """Index several prepared instances in ONE transaction, one savepoint each.
 
         An instance refused by the index (duplicate, conflict, patient mismatch) rolls back
@@ -317,7 +287,7 @@ class Ingestor:
             return [self._commit(p) for p in batch]
         return [self._settle(p, rec) for p, rec in zip(batch, recorded, strict=True)]
 
-    def _settle(self, p: _Prepared, recorded: RecordedInstance | Exception) -> StoreResult:
+    def _settle(self, p: Prepared, recorded: RecordedInstance | Exception) -> StoreResult:
         """The result of one committed (or index-refused) instance; undo its blob if refused."""
         if isinstance(recorded, RecordedInstance):
             return self._finish(p, recorded)
@@ -331,12 +301,12 @@ class Ingestor:
                 sop_class_uid=parsed.sop_class_uid,
                 sop_instance_uid=parsed.sop_instance_uid,
             )
-        if self._hidden_holder(p, recorded):
-            return self._hold(p, recorded)
+        if hidden_holder(self._access, p.principal, recorded):
+            return self._held.hold(p, recorded)
         if isinstance(recorded, AlreadyStoredError):
             if recorded.identical:
                 # Same content, same content-addressed key: the blob is the stored one's.
-                return self._result(
+                return result_for(
                     Outcome.DUPLICATE, parsed, "already stored with identical content"
                 )
             self._forget_blob(p.key)
@@ -355,86 +325,6 @@ class Ingestor:
             sop_instance_uid=parsed.sop_instance_uid,
         )
 
-    def _hidden_holder(self, p: _Prepared, refused: Exception) -> bool:
-        """True when the index refused the instance because of a record the sender may not
-        see: its study, series or SOP Instance UID is filed under another trust's patient.
-        Refusing would tell the sender that record exists (issue 11); it is held instead."""
-        holder = getattr(refused, "holder_pk", None)
-        if holder is None or not isinstance(refused, AlreadyStoredError | PatientMismatchError):
-            return False
-        return not self._access.visible_among(p.principal, [holder])
-
-    def _hold(self, p: _Prepared, refused: Exception) -> StoreResult:
-        """Keep the instance for identity reconciliation, filed under no patient, and answer
-        exactly as for a stored one: never images under the wrong patient, and nothing about
-        the other record in the answer (``solent.index.held``: the regional work item)."""
-        parsed, who = p.parsed, p.principal
-        held = held_key(parsed.sha256)
-        try:
-            p.placement.wait()
-            keep_copy(self._store, p.key, held)
-        except (OSError, StorageError) as exc:
-            self._forget_blob(p.key)
-            return StoreResult.rejected(
-                RejectReason.STORAGE_FAILURE,
-                f"could not keep the instance: {exc}",
-                sop_class_uid=parsed.sop_class_uid,
-                sop_instance_uid=parsed.sop_instance_uid,
-            )
-        holder = getattr(refused, "holder_pk", None)
-        reason = (
-            str(refused)
-            if isinstance(refused, PatientMismatchError)
-            else "this SOP Instance UID is already stored with different content"
-        )
-        instance = HeldInstance(
-            sop_uid=parsed.sop_instance_uid,
-            series_uid=parsed.series_uid,
-            study_uid=parsed.study_uid,
-            sha256=parsed.sha256,
-            path=held,
-            sender=who.describe(),
-            trust=p.trust,
-            local_id=p.local_id,
-            holder_pk=None if holder is None else int(holder),
-            reason=reason,
-            calling_ae=p.provenance.calling_ae,
-        )
-
-        def op(conn: Connection) -> None:
-            item = record_held(conn, instance)  # None: sent again, held already
-            detail = _store_detail(p.provenance, parsed.sop_instance_uid, parsed.series_uid, "held")
-            self._audit.append_in(
-                conn,
-                audit_fields(
-                    who,
-                    AuditAction.STORE,
-                    patient=PatientRef(p.trust, p.local_id, parsed.patient.get("nhs_number")),
-                    study_uid=parsed.study_uid,
-                    detail={**detail, "work_item": item},
-                ),
-            )
-
-        try:
-            with self._write_gate():
-                self._index.write(op)
-        except Exception:
-            log.exception("could not record a held instance")
-            self._forget_blob(p.key)
-            return StoreResult.rejected(
-                RejectReason.STORAGE_FAILURE,
-                "index write failed",
-                sop_class_uid=parsed.sop_class_uid,
-                sop_instance_uid=parsed.sop_instance_uid,
-            )
-        if not self._index.blob_referenced(p.key):
-            self._forget_blob(p.key)
-        log.warning(
-            "instance held for identity reconciliation",
-            extra={"sop_instance_uid": parsed.sop_instance_uid, "sender": who.describe()},
-        )
-        return self._result(Outcome.HELD, parsed, "")
-
     def _prepare(
         self,
         path: Path,
@@ -445,7 +335,7 @@ class Ingestor:
         sha256: str | None,
         expect: tuple[str, str] | None = None,
         file_under: tuple[str, str] | None = None,
-    ) -> StoreResult | _Prepared:
+    ) -> StoreResult | Prepared:
         """Parse, validate, attribute, and write the blob durably; a result if it stops here."""
         trust = principal.trust
         if Permission.STORE not in permissions_of(principal):
@@ -479,7 +369,7 @@ class Ingestor:
         sha256: str | None,
         expect: tuple[str, str] | None = None,
         file_under: tuple[str, str] | None = None,
-    ) -> StoreResult | _Prepared:
+    ) -> StoreResult | Prepared:
         """Parse, validate and write the blob durably for a caller already allowed to file
         under ``trust`` (or ``file_under``); a result if it stops here."""
         # A spooled file whose digest is known goes into the store BEFORE it is parsed: its
@@ -553,7 +443,7 @@ class Ingestor:
                 self._store.put_file(key, path, move=move)
             except StorageError as exc:
                 return rejected(RejectReason.STORAGE_FAILURE, str(exc))
-        return _Prepared(
+        return Prepared(
             parsed, principal, provenance, trust, local_id, placeholder, replace, key, placement
         )
 
@@ -605,7 +495,7 @@ class Ingestor:
             early.wait()  # its fsyncs hold its descriptor until done
         self._forget_blob(key)
 
-    def _record(self, conn: Connection, p: _Prepared) -> RecordedInstance:
+    def _record(self, conn: Connection, p: Prepared) -> RecordedInstance:
         """The index rows and audit record of one prepared instance, in ``conn``'s transaction.
 
         Called before the blob's fsyncs are done (Placement): the caller's transaction must
@@ -635,7 +525,7 @@ class Ingestor:
             apply_note(conn, self._audit, p.principal, p.parsed, p.parsed.rejection)
         return recorded
 
-    def _commit(self, p: _Prepared) -> StoreResult:
+    def _commit(self, p: Prepared) -> StoreResult:
         """Index one prepared instance in its own transaction; undo the blob on failure."""
         parsed, key = p.parsed, p.key
 
@@ -670,7 +560,7 @@ class Ingestor:
             again = self._index.instance_digest(parsed.sop_instance_uid)
             if again is not None:
                 if again[0] == parsed.sha256:
-                    return self._result(
+                    return result_for(
                         Outcome.DUPLICATE, parsed, "stored concurrently with identical content"
                     )
                 self._forget_blob(key)
@@ -683,12 +573,12 @@ class Ingestor:
 
         return self._finish(p, recorded)
 
-    def _finish(self, p: _Prepared, recorded: RecordedInstance) -> StoreResult:
+    def _finish(self, p: Prepared, recorded: RecordedInstance) -> StoreResult:
         if recorded.replaced_blob_key and recorded.replaced_blob_key != p.key:
             self._forget_blob(recorded.replaced_blob_key)
         INGEST_BYTES.labels(p.provenance.channel.value).inc(p.parsed.size)
         outcome = Outcome.REPLACED if recorded.replaced_blob_key else Outcome.STORED
-        return self._result(outcome, p.parsed, "")
+        return result_for(outcome, p.parsed, "")
 
     def _audited(
         self,
@@ -715,7 +605,7 @@ class Ingestor:
                 else AuditAction.STORE,
                 patient=patient,
                 study_uid=parsed.study_uid,
-                detail=_store_detail(provenance, parsed.sop_instance_uid, parsed.series_uid, ""),
+                detail=store_detail(provenance, parsed.sop_instance_uid, parsed.series_uid, ""),
             ),
         )
         return recorded
@@ -732,7 +622,7 @@ class Ingestor:
                 else AuditAction.STORE,
                 AuditOutcome.SUCCESS if result.ok else AuditOutcome.FAILURE,
                 study_uid=result.study_uid,
-                detail=_store_detail(
+                detail=store_detail(
                     provenance,
                     result.sop_instance_uid,
                     result.series_uid,
@@ -751,14 +641,3 @@ class Ingestor:
             log.warning(
                 "could not remove an unindexed blob; `solent check --repair` will", exc_info=True
             )
-
-    @staticmethod
-    def _result(outcome: Outcome, parsed: ParsedInstance, message: str) -> StoreResult:
-        return StoreResult(
-            outcome,
-            sop_class_uid=parsed.sop_class_uid,
-            sop_instance_uid=parsed.sop_instance_uid,
-            study_uid=parsed.study_uid,
-            series_uid=parsed.series_uid,
-            message=message,
-        )
