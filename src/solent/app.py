@@ -11,6 +11,7 @@ from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
 from solent.jobs.queue import open_job_queue
 from solent.jobs.tasks import consumers_named
+from solent.protocols.dimse.ian import send_notification
 from solent.security.authn import Authenticator
 from solent.security.users import UserService
 from solent.services.access import AccessService
@@ -117,12 +118,16 @@ class Archive:
                 open_job_queue(
                     self.index,
                     self.store,
-                    consumers=consumers_named(self.settings.jobs_consumers),
+                    consumers=consumers_named(
+                        self.settings.jobs_consumers, {"ian": self.settings.ian_delay_seconds}
+                    ),
                     concurrency=self.settings.jobs_concurrency,
                     max_attempts=self.settings.jobs_max_attempts,
                     poll_seconds=self.settings.jobs_poll_seconds,
                     settle_seconds=self.settings.jobs_settle_seconds,
                     stalled_seconds=self.settings.jobs_stalled_seconds,
+                    settings=self.settings,
+                    notify=send_notification,
                 ),
                 self.access,
             ),

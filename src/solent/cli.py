@@ -22,7 +22,7 @@ from solent.errors import (
 )
 from solent.settings import Settings, load_settings
 
-OPERATIONS = ("store", "query", "retrieve")
+OPERATIONS = ("store", "query", "retrieve", "notify")
 
 # Feature modules add their own subcommands: each has `register(subparsers)`, and sets
 # `handler=fn(args, settings) -> int` on its parsers via set_defaults.
@@ -87,7 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     aa.add_argument("--trust", required=True, help="trust whose images it stores and queries")
     aa.add_argument(
-        "--allow", default="store,query,retrieve", help="comma list of store,query,retrieve"
+        "--allow",
+        default="store,query,retrieve",
+        help="comma list of store,query,retrieve,notify (notify: send it IHE Instance "
+        "Availability Notifications of the studies it may see)",
     )
     aa.add_argument(
         "--tls-identity",
@@ -284,6 +287,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 f"DICOM node {node.ae_title} ({node.host}:{node.port}, trust {node.trust_code}) "
                 f"may {', '.join(node.allowed)}"
             )
+            consumers = {c.strip() for c in settings.jobs_consumers.split(",")}
+            if node.allow_notify and "ian" not in consumers:
+                print(
+                    "note: Instance Availability Notifications go out only with the 'ian' "
+                    "consumer: add it to SOLENT_JOBS_CONSUMERS and restart `solent serve`",
+                    file=sys.stderr,
+                )
             return 0
         if args.action == "remove":
             archive.services.directory.remove_node(cli_principal(), args.ae_title)

@@ -352,7 +352,16 @@ class Settings(BaseSettings):
     jobs_consumers: str = Field(
         "",
         description="Change-feed consumers that enqueue background jobs, comma list (known: "
-        "fixity, a digest check of every stored blob). Empty: none.",
+        "fixity, a digest check of every stored blob; ian, IHE Instance Availability "
+        "Notifications to the DICOM nodes registered with `--allow notify`). Empty: none.",
+    )
+    ian_delay_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="How long a study must have been quiet (no instance stored or rejected) "
+        "before its Instance Availability Notification goes out: one notification per study "
+        "received, not one per instance.",
     )
     jobs_worker: bool = Field(
         True, description="`solent serve` follows the change feed and runs jobs in-process."

@@ -29,6 +29,7 @@ class NodeRow:
     allow_query: bool
     allow_retrieve: bool
     tls_identity: str | None = None  # certificate CN or SHA-256 it must present (DIMSE TLS)
+    allow_notify: bool = False  # sent IHE Instance Availability Notifications (R20)
 
     @property
     def allowed(self) -> list[str]:
@@ -38,6 +39,7 @@ class NodeRow:
                 ("store", self.allow_store),
                 ("query", self.allow_query),
                 ("retrieve", self.allow_retrieve),
+                ("notify", self.allow_notify),
             )
             if ok
         ]

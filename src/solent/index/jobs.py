@@ -46,9 +46,20 @@ class BlobCheck:
     worker: str
 
 
-def _ensure_cursor(conn: Connection, dialect: str, consumer: str) -> None:
+def _ensure_cursor(conn: Connection, dialect: str, consumer: str, *, from_head: bool) -> None:
+    """A consumer's cursor, made at the start of the feed (or at its head: a consumer that
+    concerns only what happens from now on, added to an archive with history)."""
     ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(t.feed_cursor)
-    conn.execute(ins.values(consumer=consumer, seq=0).on_conflict_do_nothing())
+    start = (
+        conn.execute(select(func.coalesce(func.max(t.change_feed.c.seq), 0))).scalar_one()
+        if from_head
+        and conn.execute(
+            select(t.feed_cursor.c.seq).where(t.feed_cursor.c.consumer == consumer)
+        ).first()
+        is None
+        else 0
+    )
+    conn.execute(ins.values(consumer=consumer, seq=start).on_conflict_do_nothing())
 
 
 def take_events(
@@ -59,6 +70,7 @@ def take_events(
     *,
     limit: int,
     settle_seconds: float,
+    from_head: bool = False,
 ) -> tuple[list[FeedEvent], int, int]:
     """Lock ``consumer``'s cursor and read the events after it: (wanted events, old, new seq).
 
@@ -67,7 +79,7 @@ def take_events(
     just-visible seq may still have a lower, uncommitted neighbour the cursor must not skip.
     The caller enqueues and then calls `advance` in the same transaction.
     """
-    _ensure_cursor(conn, dialect, consumer)
+    _ensure_cursor(conn, dialect, consumer, from_head=from_head)
     cursor = conn.execute(
         select(t.feed_cursor.c.seq).where(t.feed_cursor.c.consumer == consumer).with_for_update()
     ).scalar_one()

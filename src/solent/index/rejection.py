@@ -69,9 +69,11 @@ def apply_rejection(
                     ic.blob_key,
                     ic.sha256,
                     ic.size_bytes,
+                    ic.sop_class_uid,
                     se.series_uid,
                     se.study_pk,
                     st.study_uid,
+                    st.patient_pk,
                     pa.issuer,
                     pa.local_id,
                 )
@@ -100,6 +102,21 @@ def apply_rejection(
                 code=note.code,
                 note_uid=note_uid,
                 rejected_by=by[:200],
+                sop_class_uid=row.sop_class_uid,
+            )
+        )
+        # Consumers of the change feed (Instance Availability Notification) learn of it.
+        conn.execute(
+            insert(t.change_feed).values(
+                at=now(),
+                kind="instance.rejected",
+                principal=by[:200],
+                detail=None,
+                trust_code=row.issuer,
+                patient_pk=row.patient_pk,
+                study_uid=row.study_uid,
+                series_uid=row.series_uid,
+                sop_instance_uid=sop,
             )
         )
         Index.remove_instance(

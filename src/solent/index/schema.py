@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData(
@@ -57,6 +58,8 @@ dicom_node = Table(
     # TLS client certificate the node must present (subject CN or SHA-256 fingerprint); NULL:
     # none beyond what SOLENT_DICOM_TLS_CA asks of every TLS peer.
     Column("tls_identity", String(255), nullable=True),
+    # R20: the node is sent IHE Instance Availability Notifications of the studies it may see.
+    Column("allow_notify", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 # Security (issue 6): HL7 v2 senders allowed to send over MLLP, like dicom_node for DIMSE.
@@ -513,6 +516,7 @@ rejected_instance = Table(
     Column("code", String(16), nullable=False),  # the note's title (CID 7011)
     Column("note_uid", String(64), nullable=False),  # the rejection note's SOP Instance UID
     Column("rejected_by", String(200), nullable=False),
+    Column("sop_class_uid", String(64)),  # NULL for rows before revision 0016
     Index(None, "study_uid"),
 )
 

@@ -289,6 +289,7 @@ class Index:
             "query" in allow,
             "retrieve" in allow,
             tls_identity or None,
+            "notify" in allow,
         )
 
         def op(conn: Connection) -> NodeRow:
@@ -308,6 +309,7 @@ class Index:
                     allow_query=node.allow_query,
                     allow_retrieve=node.allow_retrieve,
                     tls_identity=node.tls_identity,
+                    allow_notify=node.allow_notify,
                     created_at=now(),
                 )
             )
@@ -338,6 +340,7 @@ class Index:
             r.allow_query,
             r.allow_retrieve,
             r.tls_identity,
+            bool(r.allow_notify),
         )
 
     def remove_node(self, ae_title: str) -> None:

@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -31,6 +31,8 @@ from solent.jobs.tasks import CONSUMERS, JOBS_RUN, TASKS, Consumer, TaskContext,
 
 if TYPE_CHECKING:
     from solent.index.sql import Index
+    from solent.services.availability import Notice
+    from solent.settings import Settings
     from solent.storage import BlobStore
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,8 @@ class ProcrastinateQueue:
         settle_seconds: float = 2.0,
         stalled_seconds: float = 30.0,
         consumers: tuple[Consumer, ...] = CONSUMERS,
+        settings: Settings | None = None,
+        notify: Callable[[str, Notice], int] | None = None,
     ) -> None:
         import procrastinate
 
@@ -170,7 +174,7 @@ class ProcrastinateQueue:
         self.app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(conninfo=conninfo, min_size=1, max_size=4)
         )
-        ctx = TaskContext(index, store, worker_name())
+        ctx = TaskContext(index, store, worker_name(), settings, notify)
         # procrastinate counts retries after the first run (and 0 means "no limit").
         retry: procrastinate.RetryStrategy | bool = (
             procrastinate.RetryStrategy(max_attempts=max_attempts - 1, exponential_wait=2)
@@ -203,9 +207,10 @@ class ProcrastinateQueue:
             consumer.name,
             consumer.kinds,
             limit=BATCH,
-            settle_seconds=self.settle_seconds,
+            settle_seconds=max(self.settle_seconds, consumer.settle_seconds),
+            from_head=consumer.from_head,
         )
-        jobs = [job for event in events for job in consumer.jobs(event)]
+        jobs = consumer.batch_jobs(events)
         defer_jobs(conn, jobs)
         advance(conn, consumer.name, new)
         return new != old, len(jobs)
@@ -375,10 +380,12 @@ class InProcessQueue:
         poll_seconds: float = 1.0,
         backoff_seconds: float = 2.0,
         consumers: tuple[Consumer, ...] = CONSUMERS,
+        settings: Settings | None = None,
+        notify: Callable[[str, Notice], int] | None = None,
     ) -> None:
         self.index = index
         self.max_attempts = max_attempts
-        self.ctx = TaskContext(index, store, worker_name())
+        self.ctx = TaskContext(index, store, worker_name(), settings, notify)
         self.consumers = consumers
         self.poll_seconds = poll_seconds
         self.backoff_seconds = backoff_seconds
@@ -396,15 +403,15 @@ class InProcessQueue:
                     consumer=consumer.name,
                     kinds=consumer.kinds,
                     limit=BATCH,
-                    settle_seconds=0,
+                    settle_seconds=consumer.settle_seconds,
+                    from_head=consumer.from_head,
                 )
                 events, old, new = self.index.write(take)
                 if new == old:
                     break
-                for event in events:
-                    for task, args in consumer.jobs(event):
-                        self._run(task, args)
-                        done += 1
+                for task, args in consumer.batch_jobs(events):
+                    self._run(task, args)
+                    done += 1
                 self.index.write(partial(advance, consumer=consumer.name, seq=new))
         return done
 

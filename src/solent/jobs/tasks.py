@@ -8,20 +8,28 @@ index was unreachable); a result worth keeping (e.g. a fixity failure) is record
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
-from solent.errors import NotFound
+from solent.errors import NotFound, SolentError
 from solent.index.jobs import FeedEvent, record_blob_check
+from solent.services.access import AccessService
+from solent.services.audit import AuditTrail
+from solent.services.availability import AVAILABILITY_EVENTS, AvailabilityService, Notice
 
 if TYPE_CHECKING:
     from solent.index.sql import Index
+    from solent.settings import Settings
     from solent.storage import BlobStore
+
+log = logging.getLogger(__name__)
 
 JOBS_RUN = Counter(
     "solent_jobs_run_total", "Background jobs run by this process", ["task", "outcome"]
@@ -38,6 +46,11 @@ class TaskContext:
     index: Index
     store: BlobStore
     worker: str
+    settings: Settings | None = None  # our AE title (notifications)
+    #: Sends one availability notification, returns the DIMSE status (the DICOM adapter's
+    #: ``protocols.dimse.ian.send_notification``, given by the composition root: services
+    #: and jobs never import protocols); raises SolentError or OSError when unreachable.
+    notify: Callable[[str, Notice], int] | None = None
 
 
 def verify_blob(ctx: TaskContext, sop_instance_uid: str) -> None:
@@ -61,8 +74,46 @@ def verify_blob(ctx: TaskContext, sop_instance_uid: str) -> None:
     record_blob_check(ctx.index, sop_instance_uid, key, ok, detail, ctx.worker)
 
 
+class NotificationFailed(RuntimeError):
+    """Some subscribed node could not be reached: the job runs again later."""
+
+
+def notify_availability(ctx: TaskContext, study_uid: str, seq: int) -> None:
+    """IHE Instance Availability Notification (R20): tell every subscribed node that may see
+    the study what it holds now. Skipped when a later change of the study is in the feed (its
+    own job says it all), so a burst of stores makes one notification. A node that cannot be
+    reached makes the job fail and run again (every node is then told again: a notification
+    states the study's availability, so a repeat is harmless); a node that answers with a
+    failure status is not asked again."""
+    if ctx.notify is None:
+        raise NotificationFailed("this process has no DICOM sender for notifications")
+    audit = AuditTrail(ctx.index)
+    service = AvailabilityService(ctx.index, AccessService(ctx.index, audit), audit)
+    if service.superseded(study_uid, seq):
+        return
+    ae_title = ctx.settings.ae_title if ctx.settings is not None else "SOLENT"
+    unreachable: list[str] = []
+    for notice in service.notices(study_uid):
+        try:
+            status = ctx.notify(ae_title, notice)
+        except (SolentError, OSError) as exc:
+            service.sent(notice, ok=False, detail=str(exc))
+            unreachable.append(f"{notice.node.ae_title}: {exc}")
+            continue
+        service.sent(notice, ok=status == 0, detail=f"N-CREATE status 0x{status:04X}")
+        if status != 0:
+            log.warning(
+                "%s refused the availability notification of study %s (status 0x%04X)",
+                notice.node.ae_title,
+                study_uid,
+                status,
+            )
+    if unreachable:
+        raise NotificationFailed("; ".join(unreachable))
+
+
 Task = Callable[..., None]
-TASKS: dict[str, Task] = {"verify_blob": verify_blob}
+TASKS: dict[str, Task] = {"verify_blob": verify_blob, "notify_availability": notify_availability}
 
 
 @dataclass(frozen=True)
@@ -72,6 +123,25 @@ class Consumer:
     name: str
     kinds: frozenset[str]
     jobs: Callable[[FeedEvent], list[tuple[str, dict[str, Any]]]]
+    #: Events younger than this wait (beyond the queue's own settle): a study still arriving
+    #: is notified once, after it has been quiet this long.
+    settle_seconds: float = 0.0
+    #: A consumer added to a running archive starts at the feed's head, not its history.
+    from_head: bool = False
+    #: Job arguments a later event's job supersedes: jobs equal but for these collapse into
+    #: the last one of a batch.
+    supersede: frozenset[str] = field(default_factory=frozenset)
+
+    def batch_jobs(self, events: Sequence[FeedEvent]) -> list[tuple[str, dict[str, Any]]]:
+        """The jobs of a batch of events, collapsed (a 600-slice series: one job, not 600)."""
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        for event in events:
+            for task, args in self.jobs(event):
+                kept = {k: v for k, v in args.items() if k not in self.supersede}
+                key = task + json.dumps(kept, sort_keys=True, default=str)
+                out.pop(key, None)  # the later job goes last, where its event was
+                out[key] = (task, args)
+        return list(out.values())
 
 
 def _verify_jobs(event: FeedEvent) -> list[tuple[str, dict[str, Any]]]:
@@ -80,13 +150,31 @@ def _verify_jobs(event: FeedEvent) -> list[tuple[str, dict[str, Any]]]:
     return [("verify_blob", {"sop_instance_uid": event.sop_instance_uid})]
 
 
+def _availability_jobs(event: FeedEvent) -> list[tuple[str, dict[str, Any]]]:
+    if not event.study_uid:
+        return []
+    return [("notify_availability", {"study_uid": event.study_uid, "seq": event.seq})]
+
+
+#: How long a study must be quiet before its availability is notified (SOLENT_IAN_DELAY_SECONDS).
+IAN_DELAY_SECONDS = 10.0
+
 CONSUMERS: tuple[Consumer, ...] = (
     Consumer("fixity", frozenset({"instance.stored", "instance.replaced"}), _verify_jobs),
+    Consumer(
+        "ian",
+        AVAILABILITY_EVENTS,
+        _availability_jobs,
+        settle_seconds=IAN_DELAY_SECONDS,
+        from_head=True,
+        supersede=frozenset({"seq"}),
+    ),
 )
 
 
-def consumers_named(names: str) -> tuple[Consumer, ...]:
-    """The consumers a comma list of names selects (SOLENT_JOBS_CONSUMERS)."""
+def consumers_named(names: str, settle: Mapping[str, float] | None = None) -> tuple[Consumer, ...]:
+    """The consumers a comma list of names selects (SOLENT_JOBS_CONSUMERS); ``settle``: a
+    consumer's own settle time by name (from the settings)."""
     from solent.errors import ConfigurationError
 
     wanted = [n.strip() for n in names.split(",") if n.strip()]
@@ -96,4 +184,8 @@ def consumers_named(names: str) -> tuple[Consumer, ...]:
         raise ConfigurationError(
             f"unknown job consumer(s) {', '.join(unknown)}; known: {', '.join(known)}"
         )
-    return tuple(known[n] for n in wanted)
+    chosen = [known[n] for n in wanted]
+    return tuple(
+        replace(c, settle_seconds=settle[c.name]) if settle and c.name in settle else c
+        for c in chosen
+    )

@@ -69,7 +69,7 @@ class SentFile:
         return self.status is not None and (self.status == 0 or self.status >> 12 == 0xB)
 
 
-def _associate(
+def associate(
     ae: SolentAE, node: NodeRow, contexts: list[Any] | None = None, **kwargs: Any
 ) -> Association:
     assoc = ae.associate(node.host, node.port, contexts=contexts, ae_title=node.ae_title, **kwargs)
@@ -83,7 +83,7 @@ def _associate(
 
 def echo(ae_title: str, node: NodeRow) -> int:
     ae = make_ae(ae_title)
-    assoc = _associate(ae, node, [build_context(Verification)])
+    assoc = associate(ae, node, [build_context(Verification)])
     try:
         rsp = assoc.send_c_echo()
         return int(rsp.Status) if "Status" in rsp else -1
@@ -137,7 +137,7 @@ def send_files(
             batch.append(item)
         pending = [p for p in pending if p not in batch]
         contexts = [build_context(sop, [ts]) for sop, ts in pairs]
-        assoc = _associate(ae, node, contexts)
+        assoc = associate(ae, node, contexts)
         try:
             for path, (_sop, uid, _ts) in batch:
                 try:
@@ -163,7 +163,7 @@ def find(
     """(matches, final status) of a C-FIND."""
     sop = FIND_MODELS[model]
     ae = make_ae(ae_title)
-    assoc = _associate(ae, node, [build_context(sop)])
+    assoc = associate(ae, node, [build_context(sop)])
     matches: list[Dataset] = []
     final = -1
     try:
@@ -206,7 +206,7 @@ def move(
 ) -> RetrieveOutcome:
     sop = MOVE_MODELS[model]
     ae = make_ae(ae_title)
-    assoc = _associate(ae, node, [build_context(sop)])
+    assoc = associate(ae, node, [build_context(sop)])
     try:
         return _outcome(assoc.send_c_move(identifier, destination, sop))
     finally:
@@ -232,7 +232,7 @@ def get(
     contexts = [build_context(sop)]
     contexts += [build_context(uid, list(UNCOMPRESSED)) for uid in sop_classes]
     roles = [build_role(uid, scp_role=True) for uid in sop_classes]
-    assoc = _associate(
+    assoc = associate(
         ae,
         node,
         contexts[:MAX_CONTEXTS],
