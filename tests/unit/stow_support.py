@@ -60,9 +60,15 @@ def stow_body(*parts: bytes) -> tuple[bytes, dict[str, str]]:
 
 
 def rejection_note(
-    patient: str, issuer: str, study: str, refs: dict[str, list[str]], code: str = "113038"
+    patient: str,
+    issuer: str,
+    study: str,
+    refs: dict[str, list[str]],
+    code: str = "113038",
+    meaning: str = "Incorrect Modality Worklist Entry",
 ) -> tuple[bytes, str]:
-    """A Key Object Selection Document titled ``code`` (DCM) listing ``refs`` (series -> SOPs)."""
+    """A Key Object Selection Document titled ``code`` (DCM) listing ``refs`` (series -> SOPs);
+    with another title (113005 "For Conference") it is a key image note."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -74,7 +80,7 @@ def rejection_note(
     ds.Modality, ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "KO", "20250314", 99, 1
     title = Dataset()
     title.CodeValue, title.CodingSchemeDesignator = code, "DCM"
-    title.CodeMeaning = "Incorrect Modality Worklist Entry"
+    title.CodeMeaning = meaning
     ds.ConceptNameCodeSequence = [title]
     ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
     evidence = Dataset()
@@ -90,6 +96,39 @@ def rejection_note(
             item.ReferencedSOPSequence.append(ref)
         evidence.ReferencedSeriesSequence.append(item)
     ds.CurrentRequestedProcedureEvidenceSequence = [evidence]
+    fp = DicomBytesIO()
+    dcmwrite(fp, ds, enforce_file_format=True)
+    return fp.getvalue(), str(ds.SOPInstanceUID)
+
+
+GSPS_STORAGE = "1.2.840.10008.5.1.4.1.1.11.1"
+
+
+def presentation_state(
+    patient: str, issuer: str, study: str, refs: dict[str, list[str]], label: str = "MDT"
+) -> tuple[bytes, str]:
+    """A Grayscale Softcopy Presentation State in ``study`` applying to ``refs`` (series ->
+    SOPs), with Content Label ``label``."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = GSPS_STORAGE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientID, ds.IssuerOfPatientID = patient, issuer
+    ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "DEMO^DORA", "19800101", "F"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.Modality, ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "PR", "20250314", 98, 1
+    ds.ContentLabel, ds.PresentationCreationDate = label, "20250314"
+    ds.ReferencedSeriesSequence = []
+    for series_uid, sops in refs.items():
+        item = Dataset()
+        item.SeriesInstanceUID = series_uid
+        item.ReferencedImageSequence = []
+        for sop in sops:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CT_STORAGE, sop
+            item.ReferencedImageSequence.append(ref)
+        ds.ReferencedSeriesSequence.append(item)
     fp = DicomBytesIO()
     dcmwrite(fp, ds, enforce_file_format=True)
     return fp.getvalue(), str(ds.SOPInstanceUID)

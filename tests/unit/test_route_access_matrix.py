@@ -33,7 +33,7 @@ from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.senders import SenderGate
 from solent.services.identity import Change, Demographics, PatientKey
 from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template
-from tests.unit.stow_support import ct_instance, stow_body
+from tests.unit.stow_support import ct_instance, rejection_note, stow_body
 
 __all__ = ["demo", "demo_client", "demo_template"]
 
@@ -197,6 +197,9 @@ GET_ROUTES: dict[str, Callable[[Target], str]] = {
     "/api/viewer/studies/{study_uid}/key-images": lambda t: (
         f"/api/viewer/studies/{t.study}/key-images"
     ),
+    "/api/viewer/studies/{study_uid}/key-objects": lambda t: (
+        f"/api/viewer/studies/{t.study}/key-objects"
+    ),
     "/fhir/DiagnosticReport/{resource_id}": lambda t: f"/fhir/DiagnosticReport/{t.report}",
     "/api/identity/reports": lambda t: f"/api/identity/reports?accession={t.accession}&issuer=ZZB",
     "/dicomweb/wado": lambda t: (
@@ -318,6 +321,9 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ): "covered by test_guarded_door (needs a report)",
     ("GET", "/api/identity/reports"): "covered by test_guarded_door (needs a report)",
     ("GET", "/api/viewer/recent"): "the caller's own recently opened patients (a query record)",
+    ("GET", "/api/viewer/key-images/withdrawn"): (
+        "the caller's own key images on withdrawn instances; test_iocm_key_images"
+    ),
     (
         "GET",
         "/api/mdt/meetings",
@@ -505,6 +511,16 @@ def _prepare(
         )
         assert r.status_code == 201, r.text
         return replace(bob, key_image=str(r.json()["id"]))
+    if route == ("GET", "/api/viewer/studies/{study_uid}/key-objects"):
+        kos, _ = rejection_note(
+            bob.local_id, "ZZB", bob.study, {bob.series: [bob.sop]}, "113005", "For Conference"
+        )
+        body, content_type = stow_body(kos)
+        r = client.post(
+            "/dicomweb/studies", content=body, headers={**heads["drzb"], **content_type}
+        )
+        assert r.status_code == 200, r.text
+        return bob
     if route == ("GET", "/api/viewer/studies/{study_uid}/key-images"):
         r = client.post(
             f"/api/viewer/studies/{bob.study}/key-images",

@@ -31,6 +31,7 @@ from solent.dicom.inflate import (
     check_inflated_size,
     deflated_dataset_offset,
 )
+from solent.dicom.key_objects import KeyObject, is_presentation_state, key_object
 from solent.dicom.metadata_json import (
     _JSON_CACHE_MAX,
     _JSON_CACHE_VALUE_MAX,
@@ -78,6 +79,9 @@ class ParsedInstance:
     warnings: list[str] = field(default_factory=list)
     #: An IOCM rejection note's title and list (R56); None for every other object.
     rejection: RejectionNote | None = None
+    #: What a key object selection (not a rejection note) or presentation state references
+    #: (R30); None for every other object.
+    key_object: KeyObject | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -518,19 +522,24 @@ def _parse(
     patient_id = _text(ds, "PatientID", 64)
     nhs = nhs_number_of(ds, nhs_tag)
     rejection = None
-    if sop_class == KEY_OBJECT_SELECTION:
+    keyobj = None
+    if sop_class == KEY_OBJECT_SELECTION or is_presentation_state(sop_class):
         try:
-            rejection = rejection_note(ds)
+            if sop_class == KEY_OBJECT_SELECTION:
+                rejection = rejection_note(ds)
+            if rejection is None:
+                keyobj = key_object(ds, sop_class)
         except Exception as exc:
             raise RejectedInstance(
                 RejectReason.MALFORMED,
-                f"the key object selection's title or evidence cannot be read: {exc}"[:300],
+                f"the key object's or presentation state's references cannot be read: {exc}"[:300],
                 sop_instance_uid=sop_uid,
             ) from exc
     doc = metadata_json(ds, str(ts), pixel_vr, pixel_tag, as_read, caught)
     modality = _text(ds, "Modality", 16)
     return ParsedInstance(
         rejection=rejection,
+        key_object=keyobj,
         sop_class_uid=sop_class,
         sop_instance_uid=sop_uid,
         study_uid=study_uid,

@@ -5,14 +5,16 @@ the note. A later send of a rejected SOP Instance UID is refused (``rejected_bef
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, bindparam, insert, select
 
 from solent.dicom.rejection_note import REJECTION_TITLES, RejectionNote
 from solent.index import schema as t
+from solent.index.key_objects import referencing
 from solent.index.prepared import Prepared
 from solent.index.sql import Index, now
+from solent.index.viewer import key_images_on
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +23,12 @@ class Rejected:
 
     series: dict[str, list[str]]  # series UID -> SOP Instance UIDs withdrawn
     not_found: list[str]  # listed, not in the note's study (unknown, elsewhere, or gone)
+    #: Key images users marked on a withdrawn instance (R30): {"id", "sop_uid", "by"} each;
+    #: they stay, flagged, until their author removes them.
+    key_images: list[dict[str, object]] = field(default_factory=list)
+    #: Stored key object selections and presentation states that reference a withdrawn
+    #: instance (R30): {"sop_uid", "kind", "title", "by"} each.
+    key_objects: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -123,7 +131,20 @@ def apply_rejection(
             conn, int(row.pk), int(row.series_pk), int(row.study_pk), int(row.size_bytes)
         )
         withdrawn.setdefault(str(row.series_uid), []).append(sop)
-    return Rejected(withdrawn, missing)
+    flagged = key_images_on(conn, study_uid, (s for sops in withdrawn.values() for s in sops))
+    marks = [{"id": int(k["pk"]), "sop_uid": k["sop_uid"], "by": k["created_by"]} for k in flagged]
+    gone = [s for sops in withdrawn.values() for s in sops]
+    objects = [
+        {
+            "sop_uid": o["object_sop_uid"],
+            "kind": o["kind"],
+            "title": o["title"],
+            "by": o["stored_by"],
+        }
+        for o in referencing(conn, gone)
+        if o["object_sop_uid"] not in gone
+    ]
+    return Rejected(withdrawn, missing, marks, objects)
 
 
 def rejected_blob_keys(conn: Connection) -> set[str]:

@@ -520,6 +520,27 @@ rejected_instance = Table(
     Index(None, "study_uid"),
 )
 
+# R30: what each stored key object selection (not a rejection note) and presentation state
+# references, so one whose images a rejection note withdraws is flagged to whoever stored it.
+key_object_reference = Table(
+    "key_object_reference",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("object_sop_uid", String(64), nullable=False),
+    Column("object_series_uid", String(64), nullable=False),
+    Column("object_study_uid", String(64), nullable=False),
+    Column("kind", String(2), nullable=False),  # KO or PR
+    Column("title", String(200), nullable=False),
+    Column("stored_by", String(200), nullable=False),  # Principal.describe() of the sender
+    Column("ref_study_uid", String(64), nullable=False),
+    Column("ref_series_uid", String(64), nullable=False),
+    Column("ref_sop_uid", String(64), nullable=False),
+    Index(None, "object_sop_uid"),
+    Index(None, "object_study_uid"),
+    Index(None, "ref_sop_uid"),
+    Index(None, "stored_by"),
+)
+
 # --- Query engine (issues 3/4): what the C-FIND / QIDO-RS compiler (index/query.py) relies on.
 # Studies come newest first, undated ones last, on both backends: ORDER BY study_date_key DESC,
 # pk DESC walks this index backwards (a generated column, because Alembic cannot autogenerate

@@ -107,9 +107,53 @@ def instance_frames(conn: Connection, study_uid: str, series_uid: str, sop_uid: 
 # -- key images ---------------------------------------------------------------------------------
 
 
+def _with_withdrawal(outer: bool) -> Any:
+    """Key images with the IOCM rejection (if any) of the instance each points at (R30)."""
+    k, r = t.key_image.c, t.rejected_instance.c
+    joined = t.key_image.join(
+        t.rejected_instance,
+        and_(r.sop_uid == k.sop_uid, r.study_uid == k.study_uid),
+        isouter=outer,
+    )
+    return select(
+        t.key_image,
+        r.code.label("withdrawn_code"),
+        r.note_uid.label("withdrawn_note"),
+        r.at.label("withdrawn_at"),
+        r.patient_issuer.label("withdrawn_issuer"),
+        r.patient_id.label("withdrawn_patient_id"),
+    ).select_from(joined)
+
+
 def key_images(conn: Connection, study_uid: str) -> list[dict[str, Any]]:
+    """The study's key images; ``withdrawn_code`` is set where a rejection note withdrew the
+    instance a key image points at."""
     k = t.key_image.c
-    q = select(t.key_image).where(k.study_uid == study_uid).order_by(k.pk)
+    q = _with_withdrawal(outer=True).where(k.study_uid == study_uid).order_by(k.pk)
+    return [dict(row) for row in conn.execute(q).mappings()]
+
+
+def withdrawn_key_images(conn: Connection, created_by: str) -> list[dict[str, Any]]:
+    """The key images ``created_by`` marked on instances a rejection note has since withdrawn,
+    newest withdrawal first, with the patient record the instance was filed under."""
+    k, r = t.key_image.c, t.rejected_instance.c
+    q = _with_withdrawal(outer=False).where(k.created_by == created_by).order_by(r.at.desc(), k.pk)
+    return [dict(row) for row in conn.execute(q).mappings()]
+
+
+def key_images_on(
+    conn: Connection, study_uid: str, sop_uids: Iterable[str]
+) -> list[dict[str, Any]]:
+    """Key images of a study that point at any of these instances (id and author)."""
+    uids = sorted(set(sop_uids))
+    if not uids:
+        return []
+    k = t.key_image.c
+    q = (
+        select(k.pk, k.sop_uid, k.created_by)
+        .where(k.study_uid == study_uid, k.sop_uid.in_(uids))
+        .order_by(k.pk)
+    )
     return [dict(row) for row in conn.execute(q).mappings()]
 
 

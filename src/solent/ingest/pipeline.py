@@ -24,6 +24,7 @@ from solent.dicom.parse import ParsedInstance, RejectedInstance, parse_file
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
 from solent.domain.principal import Channel, Principal, Provenance
 from solent.errors import IndexUnavailable, NotFound, StorageError
+from solent.index.key_objects import author_of, record_references
 from solent.index.records import (
     AlreadyStoredError,
     PatientMismatchError,
@@ -523,6 +524,15 @@ class Ingestor:
         )
         if p.parsed.rejection is not None:
             apply_note(conn, self._audit, p.principal, p.parsed, p.parsed.rejection)
+        elif p.parsed.key_object is not None:
+            record_references(
+                conn,
+                p.parsed.sop_instance_uid,
+                p.parsed.series_uid,
+                p.parsed.study_uid,
+                p.parsed.key_object,
+                author_of(p.principal),
+            )
         return recorded
 
     def _commit(self, p: Prepared) -> StoreResult:

@@ -1,6 +1,7 @@
 """An IOCM rejection note as ingest files it (R56; the index side is
 ``solent.index.rejection``): the instances it lists leave every query and retrieve in the note's
-own transaction, and one audit record (DICOM Instances Deleted) names them."""
+own transaction, and one audit record (DICOM Instances Deleted) names them and the key images
+users had marked on them (R30), which stay, flagged as withdrawn, for their authors."""
 
 from __future__ import annotations
 
@@ -40,9 +41,25 @@ def apply_note(
                 "note": parsed.sop_instance_uid,
                 "rejected": done.series,
                 "not_found": done.not_found,
+                "key_images_flagged": done.key_images,
+                "key_objects_flagged": done.key_objects,
             },
         ),
     )
+    if done.key_images or done.key_objects:
+        log.warning(
+            "rejection note %s withdrew instances that %d key image(s) and %d key object(s) or "
+            "presentation state(s) point at (authors: %s)",
+            parsed.sop_instance_uid,
+            len(done.key_images),
+            len(done.key_objects),
+            ", ".join(
+                sorted(
+                    {f"user:{k['by']}" for k in done.key_images}
+                    | {str(k["by"]) for k in done.key_objects}
+                )
+            ),
+        )
     log.info(
         "rejection note %s (%s): %d instance(s) withdrawn, %d listed not found",
         parsed.sop_instance_uid,

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from solent.dicom.rejection_note import REJECTION_TITLES
 from solent.domain.attributes import Level
 from solent.domain.matching import parse_query
 from solent.domain.nhs_number import is_valid, normalise
 from solent.domain.principal import Principal
 from solent.errors import InvalidInput, NotFound
 from solent.index import identity as records
+from solent.index import key_objects as key_objects_store
 from solent.index import viewer as store
 from solent.index.access import visible_patient_pks
 from solent.index.sql import Index
@@ -397,6 +399,108 @@ class ViewerService:
         )
         return {"key_images": [_key_image(r) for r in rows]}
 
+    def key_objects(self, principal: Principal, study_uid: str) -> dict[str, Any]:
+        """The key object selections (key image notes) and presentation states stored in a
+        study, each with the instances it references that a rejection note has withdrawn
+        (R30): an object pointing at withdrawn images is flagged, never shown as if whole."""
+        patient = self.check_study(principal, study_uid, "viewer key objects")
+        with self._index.read() as conn:
+            rows = key_objects_store.study_key_objects(conn, study_uid)
+        out = _key_objects(rows)
+        self._audit.record(
+            principal,
+            AuditAction.VIEW,
+            patient=patient,
+            study_uid=study_uid,
+            detail={"api": "viewer key objects", "results": len(out)},
+        )
+        return {"key_objects": out}
+
+    def withdrawn_key_images(self, principal: Principal) -> dict[str, Any]:
+        """The key images the caller marked on instances an IOCM rejection note has since
+        withdrawn (R30, scenario 2.8: "flagged to their authors"), for patients the caller may
+        still see. One ``view`` audit record per patient listed (a ``query`` when none)."""
+        self._access.require(principal, Permission.READ, "listing withdrawn key images")
+        with self._index.read() as conn:
+            rows = store.withdrawn_key_images(conn, principal.name)
+            refs = key_objects_store.withdrawn_references_by(
+                conn, key_objects_store.author_of(principal)
+            )
+        owners: dict[tuple[str, str], int | None] = {}
+        for r in [*rows, *refs]:
+            key = (str(r["withdrawn_issuer"] or ""), str(r["withdrawn_patient_id"] or ""))
+            if key not in owners:
+                found = self._identity.resolve(*key) if all(key) else None
+                owners[key] = found.patient_pk if found else None
+        visible = self._visible_pks(principal, {pk for pk in owners.values() if pk is not None})
+        with self._index.read() as conn:
+            patients = {int(p["pk"]): p for p in records.get_patients(conn, visible)}
+        out: list[dict[str, Any]] = []
+        named: dict[int, list[str]] = {}
+        for r in rows:
+            pk = owners[(str(r["withdrawn_issuer"] or ""), str(r["withdrawn_patient_id"] or ""))]
+            if pk is None or pk not in visible:
+                continue
+            p = patients[pk]
+            named.setdefault(pk, []).append(str(r["study_uid"]))
+            out.append(
+                {
+                    **_key_image(r),
+                    "study_uid": r["study_uid"],
+                    "patient": {
+                        "key": f"{p['issuer']}|{p['local_id']}",
+                        "name": p["name"],
+                        "nhs_number": p["nhs_number"],
+                    },
+                }
+            )
+        objects: list[dict[str, Any]] = []
+        by_object: dict[str, list[dict[str, Any]]] = {}
+        for r in refs:
+            by_object.setdefault(str(r["object_sop_uid"]), []).append(r)
+        for obj_rows in by_object.values():
+            shown = [
+                r
+                for r in obj_rows
+                if owners[(str(r["withdrawn_issuer"] or ""), str(r["withdrawn_patient_id"] or ""))]
+                in visible
+            ]
+            if not shown:
+                continue
+            pk = owners[
+                (str(shown[0]["withdrawn_issuer"] or ""), str(shown[0]["withdrawn_patient_id"]))
+            ]
+            assert pk is not None
+            p = patients[pk]
+            named.setdefault(pk, []).append(str(shown[0]["object_study_uid"]))
+            entry = _key_objects(shown)[0]
+            objects.append(
+                {
+                    **entry,
+                    "patient": {
+                        "key": f"{p['issuer']}|{p['local_id']}",
+                        "name": p["name"],
+                        "nhs_number": p["nhs_number"],
+                    },
+                }
+            )
+        for pk, studies in named.items():
+            p = patients[pk]
+            self._audit.record(
+                principal,
+                AuditAction.VIEW,
+                patient=PatientRef(p["issuer"], p["local_id"], p["nhs_number"]),
+                study_uid=studies[0],
+                detail={"api": "viewer withdrawn key images", "studies": sorted(set(studies))},
+            )
+        if not named:
+            self._audit.record(
+                principal,
+                AuditAction.QUERY,
+                detail={"api": "viewer withdrawn key images", "results": 0},
+            )
+        return {"key_images": out, "key_objects": objects}
+
     def add_key_image(
         self,
         principal: Principal,
@@ -489,6 +593,7 @@ def _iso(at: datetime) -> str:
 
 
 def _key_image(row: dict[str, Any]) -> dict[str, Any]:
+    code = row.get("withdrawn_code")
     return {
         "id": int(row["pk"]),
         "series_uid": row["series_uid"],
@@ -497,7 +602,50 @@ def _key_image(row: dict[str, Any]) -> dict[str, Any]:
         "note": row["note"],
         "by": row["created_by"],
         "at": _iso(row["created_at"]),
+        # R30: the instance was withdrawn by an IOCM rejection note (it no longer displays);
+        # the mark stays, flagged, until its author removes it.
+        "withdrawn": None
+        if not code
+        else {
+            "code": code,
+            "reason": REJECTION_TITLES.get(str(code), str(code)),
+            "note_uid": row["withdrawn_note"],
+            "at": _iso(row["withdrawn_at"]),
+        },
     }
+
+
+def _key_objects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Reference rows (one per referenced instance) -> one entry per key object."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        entry = out.setdefault(
+            str(r["object_sop_uid"]),
+            {
+                "study_uid": r["object_study_uid"],
+                "sop_uid": r["object_sop_uid"],
+                "series_uid": r["object_series_uid"],
+                "kind": r["kind"],
+                "title": r["title"],
+                "by": r["stored_by"],
+                "references": 0,
+                "withdrawn": [],
+            },
+        )
+        entry["references"] += 1
+        if r.get("withdrawn_code"):
+            entry["withdrawn"].append(
+                {
+                    "study_uid": r["ref_study_uid"],
+                    "series_uid": r["ref_series_uid"],
+                    "sop_uid": r["ref_sop_uid"],
+                    "code": r["withdrawn_code"],
+                    "reason": REJECTION_TITLES.get(str(r["withdrawn_code"]), r["withdrawn_code"]),
+                    "note_uid": r["withdrawn_note"],
+                    "at": _iso(r["withdrawn_at"]),
+                }
+            )
+    return list(out.values())
 
 
 def _query_keys(c: SearchCriteria, caller_trust: str | None) -> dict[str, str]:
