@@ -1,8 +1,8 @@
 """IHE Instance Availability Notification (R20): nodes that subscribe, and the SOP class of a
 rejected instance (an IAN names it as UNAVAILABLE with its class)
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-05
 
 Expand-only: two nullable/defaulted columns the previous release never reads.
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016"
-down_revision = "0015"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
