@@ -214,3 +214,31 @@ def test_stored_key_image_notes_and_presentation_states_are_flagged(
     assert gsps_uid not in objects()
     mine = demo_client.get("/api/viewer/key-images/withdrawn", headers=author).json()
     assert [o["sop_uid"] for o in mine["key_objects"]] == [kos_uid]
+
+
+def test_a_presentation_state_with_unusable_references_is_still_stored(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    """References only serve the flagging: one longer than a UID may be (a writer's bug seen in
+    the wild) is left out, the object itself is stored and retrievable as always."""
+    radiographer = add_user(demo, "rad.zza", "ZZA", "clinician")
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    stow(demo_client, radiographer, ct_instance("X1003", "ZZA", study, series=series, sop=sop))
+    too_long = "1.2." + "9" * 70
+    pr, pr_uid = presentation_state("X1003", "ZZA", study, {series: [sop, too_long]})
+    stow(demo_client, radiographer, pr)
+    found = demo_client.get(
+        f"/dicomweb/studies/{study}/instances?SOPInstanceUID={pr_uid}", headers=radiographer
+    )
+    assert found.status_code == 200 and len(found.json()) == 1
+    with demo.index.read() as conn:
+        refs = (
+            conn.execute(
+                select(t.key_object_reference.c.ref_sop_uid).where(
+                    t.key_object_reference.c.object_sop_uid == pr_uid
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert refs == [sop]

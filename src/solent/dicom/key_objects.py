@@ -64,7 +64,7 @@ def _evidence(ds: Dataset) -> tuple[tuple[str, str, str], ...]:
             series_uid = str(series.get("SeriesInstanceUID", ""))
             for sop in series.get("ReferencedSOPSequence") or []:
                 uid = str(sop.get("ReferencedSOPInstanceUID", ""))
-                if study_uid and series_uid and uid and len(refs) < MAX_REFERENCES:
+                if _uids(study_uid, series_uid, uid) and len(refs) < MAX_REFERENCES:
                     refs.append((study_uid, series_uid, uid))
     return tuple(refs)
 
@@ -76,5 +76,10 @@ def _series_refs(item: Dataset, study_uid: str, out: list[tuple[str, str, str]])
         series_uid = str(series.get("SeriesInstanceUID", ""))
         for image in series.get("ReferencedImageSequence") or []:
             uid = str(image.get("ReferencedSOPInstanceUID", ""))
-            if study_uid and series_uid and uid:
+            if _uids(study_uid, series_uid, uid):
                 out.append((study_uid, series_uid, uid))
+
+
+def _uids(*uids: str) -> bool:
+    """Every UID present and no longer than a UID may be (the index columns hold 64)."""
+    return all(0 < len(u) <= 64 for u in uids)

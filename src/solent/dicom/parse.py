@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 import warnings
@@ -51,6 +52,8 @@ DEFLATED = {"1.2.840.10008.1.2.1.99"}
 NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", *DEFLATED}
 DEFER_SIZE = 64 * 1024
 PIXEL_TAGS = {0x7FE00010: "7FE00010", 0x7FE00008: "7FE00008", 0x7FE00009: "7FE00009"}
+
+log = logging.getLogger(__name__)
 
 
 class RejectedInstance(Exception):
@@ -523,18 +526,24 @@ def _parse(
     nhs = nhs_number_of(ds, nhs_tag)
     rejection = None
     keyobj = None
-    if sop_class == KEY_OBJECT_SELECTION or is_presentation_state(sop_class):
+    if sop_class == KEY_OBJECT_SELECTION:
         try:
-            if sop_class == KEY_OBJECT_SELECTION:
-                rejection = rejection_note(ds)
-            if rejection is None:
-                keyobj = key_object(ds, sop_class)
+            rejection = rejection_note(ds)
         except Exception as exc:
             raise RejectedInstance(
                 RejectReason.MALFORMED,
-                f"the key object's or presentation state's references cannot be read: {exc}"[:300],
+                f"the key object selection's title or evidence cannot be read: {exc}"[:300],
                 sop_instance_uid=sop_uid,
             ) from exc
+    if rejection is None and (
+        sop_class == KEY_OBJECT_SELECTION or is_presentation_state(sop_class)
+    ):
+        # The references only serve R30's flagging: an object whose references cannot be
+        # read is stored as before, just never flagged.
+        try:
+            keyobj = key_object(ds, sop_class)
+        except Exception:
+            log.warning("references of key object %s unreadable; stored unflagged", sop_uid)
     doc = metadata_json(ds, str(ts), pixel_vr, pixel_tag, as_read, caught)
     modality = _text(ds, "Modality", 16)
     return ParsedInstance(
