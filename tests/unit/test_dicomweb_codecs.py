@@ -188,3 +188,29 @@ def test_a_palette_colour_image_with_16_bit_tables_renders_its_colours(corpus_di
     assert shown.dtype == np.uint8
     assert np.abs(shown.astype(int) - expected).max() <= 1
     assert (shown == 255).mean() < 0.05  # a dark ultrasound sector, not a white one
+
+
+def test_lossy_transcoding_records_method_and_ratio(corpus_dir: Path) -> None:
+    """PS3.3 C.7.6.1.1.5 (R49): a copy made lossy says so, with method and ratio; a second lossy
+    step keeps the first one's values before its own."""
+    with (corpus_dir / "mod_us_rgb_esopecho.dcm").open("rb") as fp:
+        out = pydicom.dcmread(io.BytesIO(tc.transcode_instance(fp, tc.JPEG_BASELINE)))
+    assert out.LossyImageCompression == "01"
+    assert out.LossyImageCompressionMethod == "ISO_10918_1"
+    raw = out.Rows * out.Columns * out.SamplesPerPixel * int(out.get("NumberOfFrames", 1))
+    coded = len(out.PixelData)
+    assert float(out.LossyImageCompressionRatio) == pytest.approx(raw / coded, rel=0.05)
+    assert float(out.LossyImageCompressionRatio) > 1
+
+    with (corpus_dir / "ts_jpeg_baseline_rgb_dcmtk.dcm").open("rb") as fp:
+        first = pydicom.dcmread(fp)
+    first.LossyImageCompression = "01"
+    first.LossyImageCompressionMethod = "ISO_10918_1"
+    first.LossyImageCompressionRatio = 8
+    buf = io.BytesIO()
+    first.save_as(buf)
+    buf.seek(0)
+    again = pydicom.dcmread(io.BytesIO(tc.transcode_instance(buf, tc.JPEG_BASELINE)))
+    assert list(again.LossyImageCompressionMethod) == ["ISO_10918_1", "ISO_10918_1"]
+    assert float(again.LossyImageCompressionRatio[0]) == 8
+    assert len(again.LossyImageCompressionRatio) == 2

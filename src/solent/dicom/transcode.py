@@ -22,6 +22,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
+from pydicom.multival import MultiValue
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pack_bits
 from pydicom.uid import UID
@@ -377,10 +378,28 @@ def transcode_instance(fp: BinaryIO, target: str, *, quality: int = 90) -> bytes
         ds.PlanarConfiguration = 0
         if _ENCODERS[target] is _htj2k:
             ds.PhotometricInterpretation = "YBR_RCT"  # PS3.5 8.2.4: RCT applied (_htj2k)
-    if is_lossy(target) and not is_lossy(source):
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionMethod = "ISO_10918_1"
+    if is_lossy(target):
+        _record_lossy(ds, sum(np.asarray(f).nbytes for f in frames), sum(map(len, encoded)))
     return _write(ds, target)
+
+
+def _record_lossy(ds: Dataset, raw_bytes: int, coded_bytes: int) -> None:
+    """PS3.3 C.7.6.1.1.5: say the pixels went through a lossy step, its method (JPEG baseline
+    is the only lossy encoder here) and ratio; after an earlier lossy step the new values are
+    appended to the old ones, so a reader sees the whole history."""
+    ratio = f"{raw_bytes / max(coded_bytes, 1):.2f}"[:16]
+    earlier = str(ds.get("LossyImageCompression", "")) == "01"
+
+    def values(keyword: str) -> list[str]:
+        value = ds.get(keyword) if earlier else None
+        if value is None or value == "":
+            return []
+        return [str(v) for v in value] if isinstance(value, list | MultiValue) else [str(value)]
+
+    methods, ratios = values("LossyImageCompressionMethod"), values("LossyImageCompressionRatio")
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = [*methods, "ISO_10918_1"]
+    ds.LossyImageCompressionRatio = [*ratios, ratio]
 
 
 def _decode_all(ds: Dataset, source: str) -> np.ndarray:
