@@ -156,6 +156,20 @@ class Settings(BaseSettings):
         le=10000,
         description="Most simultaneous HL7 MLLP connections; more are closed at once.",
     )
+    hl7_tls_port: int = Field(
+        -1,
+        ge=-1,
+        le=65535,
+        description="HL7 v2 MLLP over TLS port (R37: HL7 from trusts across a network); -1 "
+        "disables it, 0 picks a free port. Same senders and rules as the plain port.",
+    )
+    hl7_tls_cert: Path | None = Field(None, description="PEM certificate of the MLLP TLS port.")
+    hl7_tls_key: Path | None = Field(None, description="PEM private key of the MLLP TLS port.")
+    hl7_tls_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle; when set, HL7 senders on the TLS port must present a "
+        "certificate it signs (mutual TLS).",
+    )
     hl7_idle_timeout_seconds: float = Field(
         600.0,
         gt=0,

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_S = 600.0
 PROXY_HEADER_TIMEOUT_S = 10.0  # the balancer writes it at once, before any MLLP byte
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -42,9 +44,11 @@ class _Server(socketserver.ThreadingTCPServer):
         idle_timeout: float = IDLE_TIMEOUT_S,
         address_allowed: Callable[[str], bool] | None = None,
         proxy: ProxyHeaderReader | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.hl7 = handler
         self.proxy = proxy
+        self.tls = tls  # MLLP over TLS: each connection's handshake runs on its own thread
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.max_connections = max_connections
@@ -91,6 +95,18 @@ class _Connection(socketserver.BaseRequestHandler):
                 return
             if not self.server.allowed(str(self.client_address[0])):
                 return
+        if self.server.tls is not None:
+            sock.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
+            try:
+                sock = self.server.tls.wrap_socket(sock, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.warning(
+                    "HL7 TLS connection from %s closed: handshake failed (%s)",
+                    self.client_address[0],
+                    exc,
+                )
+                return
+            self.request = sock  # closed with the connection (socketserver's close_request)
         sock.settimeout(self.server.idle_timeout)
         remote = f"{self.client_address[0]}:{self.client_address[1]}"
         with self.server.lock:
@@ -145,16 +161,42 @@ class Hl7Listener:
                 allow_unknown=settings.hl7_allow_unknown_senders,
             ),
         )
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._servers: list[_Server] = []
+        self.tls_port: int | None = None
 
     def start(self) -> int:
         recovered = self.handler.recover()
         if recovered:
             log.info("applied %d HL7 message(s) journalled before a restart", recovered)
         settings = self.services.settings
-        self._server = _Server(
-            (settings.bind_address, settings.hl7_port),
+        port = self._serve(settings.hl7_port, None)
+        if settings.hl7_tls_port >= 0:
+            self.tls_port = self._serve(settings.hl7_tls_port, self.tls_context())
+            print(f"  hl7_tls: {settings.bind_address}:{self.tls_port}", flush=True)
+        return port
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The MLLP TLS port's context: TLS 1.2 or later; with a CA, client certificates
+        signed by it are required (the sender is then still checked as on the plain port)."""
+        settings = self.services.settings
+        if settings.hl7_tls_cert is None or settings.hl7_tls_key is None:
+            from solent.errors import ConfigurationError
+
+            raise ConfigurationError(
+                "SOLENT_HL7_TLS_PORT needs SOLENT_HL7_TLS_CERT and SOLENT_HL7_TLS_KEY"
+            )
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(settings.hl7_tls_cert), str(settings.hl7_tls_key))
+        if settings.hl7_tls_ca is not None:
+            context.load_verify_locations(cafile=str(settings.hl7_tls_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def _serve(self, port: int, tls: ssl.SSLContext | None) -> int:
+        settings = self.services.settings
+        server = _Server(
+            (settings.bind_address, port),
             self.handler,
             settings.hl7_max_connections,
             idle_timeout=settings.hl7_idle_timeout_seconds,
@@ -165,21 +207,20 @@ class Hl7Listener:
             proxy=ProxyHeaderReader.from_settings(
                 settings.proxy_protocol, settings.proxy_protocol_from, PROXY_HEADER_TIMEOUT_S
             ),
+            tls=tls,
         )
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="hl7-mllp", daemon=True
-        )
-        self._thread.start()
-        port: Any = self._server.server_address[1]
-        return int(port)
+        self._servers.append(server)
+        name = "hl7-mllp-tls" if tls is not None else "hl7-mllp"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        bound: Any = server.server_address[1]
+        return int(bound)
 
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        with server.lock:
-            for sock in list(server.connections):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        server.server_close()
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.shutdown()
+            with server.lock:
+                for sock in list(server.connections):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+            server.server_close()
