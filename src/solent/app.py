@@ -31,6 +31,7 @@ from solent.services.mdt_live import LiveHub
 from solent.services.mdt_shared import open_broker
 from solent.services.migration import MigrationService
 from solent.services.peers import PeerAddresses
+from solent.services.performed_steps import PerformedStepService
 from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
@@ -141,6 +142,7 @@ class Archive:
             ),
             peers=PeerAddresses(self.index),
             check=ArchiveCheck(self.index, self.store, self.access, self.audit),
+            performed_steps=PerformedStepService(self.index, self.access, self.audit),
         )
 
     def close(self) -> None:

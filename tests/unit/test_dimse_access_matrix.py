@@ -33,7 +33,7 @@ from sqlalchemy import select
 from solent.app import Archive, build_archive
 from solent.domain.principal import SYSTEM
 from solent.index import schema
-from solent.protocols.dimse import commitment, find_scp, retrieve_scp, worklist_scp
+from solent.protocols.dimse import commitment, find_scp, mpps_scp, retrieve_scp, worklist_scp
 from solent.protocols.dimse.listener import (
     QUERY_SOP_CLASSES,
     RETRIEVE_SOP_CLASSES,
@@ -64,6 +64,9 @@ LEVELS: dict[str, tuple[str, ...]] = {
 OTHER = {VERIFICATION: "C-ECHO"}
 #: Services that tell whether named instances are stored: test_commitment_answers_like_nobody.
 COMMITS = {commitment.STORAGE_COMMITMENT}
+#: Services that record a trust's performed procedure steps, each visible to that trust's
+#: nodes only: tests/interop/test_mpps_dimse.py (another trust's node gets 0x0112).
+STEPS = {mpps_scp.MODALITY_PERFORMED_PROCEDURE_STEP}
 FINDS = {find_scp.PATIENT_ROOT_FIND, find_scp.STUDY_ROOT_FIND}
 GETS = {PR_GET, retrieve_scp.STUDY_ROOT_GET}
 CASES = [(uid, level) for uid in sorted(LEVELS) for level in LEVELS[uid]] + [
@@ -278,7 +281,7 @@ def _naming_bob(archive: Archive, after: int) -> list[dict[str, Any]]:
 def test_every_service_is_classified(server: Server) -> None:
     listener = DimseListener(server.archive.services)  # not started: its contexts only
     supported = {str(cx.abstract_syntax) for cx in listener.ae.supported_contexts}
-    unclassified = supported - set(LEVELS) - set(OTHER) - COMMITS - set(STORAGE_SOP_CLASSES)
+    unclassified = supported - set(LEVELS) - set(OTHER) - COMMITS - STEPS - set(STORAGE_SOP_CLASSES)
     assert not unclassified, f"DIMSE services without a place in the matrix: {unclassified}"
     assert set(LEVELS) == set(QUERY_SOP_CLASSES) | set(RETRIEVE_SOP_CLASSES)
 

@@ -189,6 +189,27 @@ change_feed = Table(
     Column("detail", Text),
 )
 
+# --- Modality Performed Procedure Steps (R17): what modalities report doing and having done --
+performed_step = Table(
+    "performed_step",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),  # the MPPS instance (N-CREATE)
+    Column("status", String(16), nullable=False),  # IN PROGRESS | COMPLETED | DISCONTINUED
+    Column("trust_code", String(16), ForeignKey("trust.code"), nullable=False),
+    Column("calling_ae", String(16), nullable=False),
+    Column("patient_id", String(64)),
+    Column("study_uid", String(64)),
+    Column("accession_number", String(16)),
+    Column("modality", String(16)),
+    Column("performed_step_id", String(16)),
+    Column("description", String(64)),
+    Column("dataset", Text, nullable=False),  # DICOM JSON of the step as last set
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "study_uid"),
+    Index(None, "trust_code", "updated_at"),
+)
+
 # --- Orders: scheduled procedure steps served by the Modality Worklist (issue 3) ---------------
 # Filled by the HL7 ORM/OMI handler (and `solent worklist add`). One row per order, keyed by its
 # accession number and the issuer of that number (the trust's RIS); columns are named after the

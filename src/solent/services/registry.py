@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from solent.services.mdt_live import LiveHub
     from solent.services.migration import MigrationService
     from solent.services.peers import PeerAddresses
+    from solent.services.performed_steps import PerformedStepService
     from solent.services.query import QueryService
     from solent.services.records import RecordService
     from solent.services.retrieve import RetrieveService
@@ -61,3 +62,4 @@ class Services:
     live: LiveHub  # issue 12: the MDT live rooms of this process
     peers: PeerAddresses  # issue 11: listeners check a caller's address before reading
     check: ArchiveCheck  # issue 11: `solent check [--repair]`, caller checked, deletions audited
+    performed_steps: PerformedStepService  # R17: MPPS from modalities, orders follow

@@ -1,4 +1,4 @@
-"""`solent echo | send | query | retrieve | worklist add`: DIMSE to registered nodes."""
+"""`solent echo | send | query | retrieve | worklist add|steps`: DIMSE to registered nodes."""
 
 from __future__ import annotations
 
@@ -66,6 +66,10 @@ def register(sub: Any) -> None:
     wa.add_argument("--study-uid", default="", help="default: a new UID")
     wa.add_argument("--referring-physician", default="")
     wa.set_defaults(handler=_worklist_add)
+    ws = w.add_parser("steps", help="performed procedure steps modalities reported (MPPS)")
+    ws.add_argument("--study-uid", default=None, help="only the steps of this study")
+    ws.add_argument("--json", action="store_true")
+    ws.set_defaults(handler=_worklist_steps)
 
 
 def _query_args(p: argparse.ArgumentParser) -> None:
@@ -245,6 +249,28 @@ def _worklist_add(args: argparse.Namespace, settings: Settings) -> int:
     new = archive.services.inbox.add_order(cli_principal(), order)
     verb = "added" if new else "updated"
     print(f"order {args.accession} {verb}: {order['modality']} on {when} for {args.patient_id}")
+    return 0
+
+
+def _worklist_steps(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from solent.app import build_archive
+    from solent.security.cli import cli_principal
+
+    archive = build_archive(settings)
+    rows = archive.services.performed_steps.steps(cli_principal(), args.study_uid)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=1))
+        return 0
+    if not rows:
+        print("no performed procedure steps")
+    for r in rows:
+        print(
+            f"{r['updated_at']:%Y-%m-%d %H:%M}  {r['status']:<12} {r['trust_code']:<6} "
+            f"{r['calling_ae']:<16} {r['accession_number'] or '-':<16} {r['patient_id'] or '-'}"
+            f"  {r['sop_instance_uid']}"
+        )
     return 0
 
 

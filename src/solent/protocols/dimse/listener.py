@@ -23,6 +23,7 @@ from solent.protocols.dimse import (
     commitment,
     fast_engine,
     find_scp,
+    mpps_scp,
     retrieve_scp,
     store_scp,
     suboperations,
@@ -61,6 +62,11 @@ RETRIEVE_SOP_CLASSES = (
     retrieve_scp.STUDY_ROOT_GET,
 )
 COMMAND_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+#: DIMSE-N services a storing node may use: storage commitment, performed procedure steps.
+NORMALIZED_SOP_CLASSES = (
+    commitment.STORAGE_COMMITMENT,
+    mpps_scp.MODALITY_PERFORMED_PROCEDURE_STEP,
+)
 REJECT_PERMANENT, SOURCE_USER, CALLING_AE_NOT_RECOGNIZED = 0x01, 0x01, 0x03
 REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 0x02, 0x03, 0x02
 
@@ -75,7 +81,7 @@ def allowed_abstract_syntaxes(peer: Peer) -> set[str] | None:
     if peer.may(Operation.RETRIEVE):
         allowed.update(RETRIEVE_SOP_CLASSES)
     if peer.may(Operation.STORE):
-        allowed.add(commitment.STORAGE_COMMITMENT)
+        allowed.update((commitment.STORAGE_COMMITMENT, mpps_scp.MODALITY_PERFORMED_PROCEDURE_STEP))
     return allowed
 
 
@@ -108,6 +114,7 @@ class DimseListener:
         )
         self.retrieve = services.retrieve
         self.commitment = commitment.CommitmentSCP(self.ae, self.retrieve)
+        self.mpps = mpps_scp.MppsSCP(services.performed_steps)
         self._peers: WeakKeyDictionary[Association, Peer] = WeakKeyDictionary()
         self._lock = threading.Lock()
         self._servers: list[Any] = []
@@ -122,7 +129,7 @@ class DimseListener:
     def _add_contexts(self) -> None:
         ae = self.ae
         ae.add_supported_context(VERIFICATION, list(COMMAND_SYNTAXES))
-        for uid in (*QUERY_SOP_CLASSES, *RETRIEVE_SOP_CLASSES, commitment.STORAGE_COMMITMENT):
+        for uid in (*QUERY_SOP_CLASSES, *RETRIEVE_SOP_CLASSES, *NORMALIZED_SOP_CLASSES):
             ae.add_supported_context(uid, list(COMMAND_SYNTAXES))
         # Storage contexts also serve C-GET, where the caller takes the SCP role.
         for uid in STORAGE_SOP_CLASSES:
@@ -244,6 +251,12 @@ class DimseListener:
     def _on_n_action(self, event: Event) -> tuple[int, Dataset | None]:
         return self.commitment.handle_n_action(event, self.peer(event.assoc))
 
+    def _on_n_create(self, event: Event) -> tuple[Any, Dataset | None]:
+        return self.mpps.handle_n_create(event, self.peer(event.assoc))
+
+    def _on_n_set(self, event: Event) -> tuple[Any, Dataset | None]:
+        return self.mpps.handle_n_set(event, self.peer(event.assoc))
+
     def handlers(self) -> list[Any]:
         return [
             (evt.EVT_REQUESTED, self._on_requested),
@@ -254,6 +267,8 @@ class DimseListener:
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_N_ACTION, self._on_n_action),
+            (evt.EVT_N_CREATE, self._on_n_create),
+            (evt.EVT_N_SET, self._on_n_set),
         ]
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -278,7 +293,7 @@ class DimseListener:
             network_timeout=float(self.ae.network_timeout or 60),
         )
         slow = (
-            frozenset({*QUERY_SOP_CLASSES, *RETRIEVE_SOP_CLASSES, commitment.STORAGE_COMMITMENT})
+            frozenset({*QUERY_SOP_CLASSES, *RETRIEVE_SOP_CLASSES, *NORMALIZED_SOP_CLASSES})
             - fast_engine.RETRIEVE_SOP_CLASSES
         )
         server = ul_server.FastServer(

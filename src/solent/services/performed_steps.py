@@ -1,0 +1,160 @@
+"""Modality Performed Procedure Steps (MPPS, PS3.4 Annex F; R17): a modality reports that it
+started a procedure (N-CREATE, IN PROGRESS) and how it ended (N-SET, COMPLETED or
+DISCONTINUED). The steps are kept per trust, the orders they performed leave the worklist
+(STARTED) and end COMPLETED or DISCONTINUED, and every report is audited.
+
+A step belongs to the trust of the node that created it: only a node of that trust may update
+it, and to any other caller it does not exist. The DIMSE N-CREATE/N-SET are the adapter's
+(``protocols/dimse/mpps_scp.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from solent.domain.principal import Principal
+from solent.errors import AlreadyExists, InvalidInput, NotFound
+from solent.index import performed_steps as store
+from solent.index.sql import Index
+from solent.services.access import AccessService, Permission
+from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
+
+STATUSES = frozenset({store.IN_PROGRESS, *store.FINAL})
+
+
+class StepFinal(InvalidInput):
+    """The step is COMPLETED or DISCONTINUED: PS3.4 F.7.2.2 allows no further N-SET."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    """What a modality sent, read from its data set by the adapter."""
+
+    status: str  # Performed Procedure Step Status, "" when the N-SET leaves it unchanged
+    patient_id: str
+    study_uid: str
+    accession_number: str
+    modality: str
+    performed_step_id: str
+    description: str
+    #: (accession number, study UID) of each Scheduled Step Attributes Sequence item.
+    scheduled: tuple[tuple[str, str], ...]
+    #: The attributes as DICOM JSON (PS3.18 F.2), merged into the stored step on N-SET.
+    attributes: dict[str, Any]
+
+
+class PerformedStepService:
+    def __init__(self, index: Index, access: AccessService, audit: AuditTrail) -> None:
+        self._index = index
+        self._access = access
+        self._audit = audit
+
+    def _require(self, principal: Principal) -> str:
+        self._access.require(principal, Permission.STORE, "report performed procedure steps")
+        if not principal.trust:
+            raise InvalidInput("a performed procedure step needs a caller of a trust")
+        return principal.trust
+
+    def create(self, principal: Principal, sop_uid: str, report: StepReport) -> None:
+        """N-CREATE: a step starts IN PROGRESS (PS3.4 F.7.2.1)."""
+        trust = self._require(principal)
+        if report.status != store.IN_PROGRESS:
+            raise InvalidInput(
+                f"a performed procedure step is created IN PROGRESS, not {report.status!r}"
+            )
+
+        def op(conn: Connection) -> None:
+            if store.get_step(conn, sop_uid) is not None:
+                raise AlreadyExists(f"performed procedure step {sop_uid} exists already")
+            store.insert_step(
+                conn,
+                {
+                    "sop_instance_uid": sop_uid,
+                    "status": report.status,
+                    "trust_code": trust,
+                    "calling_ae": principal.name[:16],
+                    "patient_id": report.patient_id[:64] or None,
+                    "study_uid": report.study_uid[:64] or None,
+                    "accession_number": report.accession_number[:16] or None,
+                    "modality": report.modality[:16] or None,
+                    "performed_step_id": report.performed_step_id[:16] or None,
+                    "description": report.description[:64] or None,
+                    "dataset": json.dumps(report.attributes, separators=(",", ":")),
+                },
+            )
+            self._progress(conn, principal, trust, sop_uid, report, report.status)
+
+        self._index.write(op)
+
+    def update(self, principal: Principal, sop_uid: str, report: StepReport) -> str:
+        """N-SET: more attributes, and perhaps the final status; the status after it."""
+        trust = self._require(principal)
+        if report.status and report.status not in STATUSES:
+            raise InvalidInput(f"performed procedure step status {report.status!r} is not one of "
+                               "IN PROGRESS, COMPLETED, DISCONTINUED")  # fmt: skip
+
+        def op(conn: Connection) -> str:
+            step = store.get_step(conn, sop_uid)
+            if step is None or step["trust_code"] != trust:
+                raise NotFound(f"no performed procedure step {sop_uid}")
+            if step["status"] in store.FINAL:
+                raise StepFinal(f"step {step['status']}: may no longer be updated")
+            merged = {**json.loads(step["dataset"]), **report.attributes}
+            status = report.status or str(step["status"])
+            changes: dict[str, Any] = {"status": status, "dataset": json.dumps(merged)}
+            for column, value in (
+                ("study_uid", report.study_uid),
+                ("accession_number", report.accession_number),
+                ("performed_step_id", report.performed_step_id),
+                ("description", report.description),
+            ):
+                if value:
+                    changes[column] = value[:64]
+            store.update_step(conn, sop_uid, changes)
+            scheduled = report.scheduled or (
+                (step["accession_number"] or "", step["study_uid"] or ""),
+            )
+            full = StepReport(
+                status, report.patient_id or str(step["patient_id"] or ""),
+                report.study_uid or str(step["study_uid"] or ""), report.accession_number,
+                report.modality, report.performed_step_id, report.description, scheduled, {},
+            )  # fmt: skip
+            self._progress(conn, principal, trust, sop_uid, full, status)
+            return status
+
+        result: str = self._index.write(op)
+        return result
+
+    def _progress(
+        self,
+        conn: Connection,
+        principal: Principal,
+        trust: str,
+        sop_uid: str,
+        report: StepReport,
+        status: str,
+    ) -> None:
+        """The orders the step performed follow its status; one audit record per report."""
+        orders = store.mark_orders(conn, trust, report.scheduled, store.ORDER_STATUS[status])
+        self._audit.append_in(
+            conn,
+            audit_fields(
+                principal,
+                AuditAction.ORDER_RECORD,
+                patient=PatientRef(trust, report.patient_id) if report.patient_id else None,
+                study_uid=report.study_uid or None,
+                detail={"mpps": sop_uid, "status": status, "orders": orders},
+            ),
+        )
+
+    def steps(self, principal: Principal, study_uid: str | None = None) -> list[dict[str, Any]]:
+        """The steps of the caller's trust (every trust for a caller without one, such as the
+        operator), newest first, for `solent mpps list`."""
+        self._access.require(principal, Permission.READ, "list performed procedure steps")
+        with self._index.read() as conn:
+            rows = store.steps_for(conn, principal.trust, study_uid)
+        return [{k: v for k, v in r.items() if k != "dataset"} for r in rows]
