@@ -13,13 +13,14 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from solent.app import Archive
-from solent.domain.principal import SYSTEM
+from solent.domain.principal import SYSTEM, Principal, PrincipalKind
 from solent.index import schema as t
 from solent.index.jobs import FeedEvent
 from solent.jobs.queue import InProcessQueue
 from solent.jobs.tasks import consumers_named
 from solent.protocols.dimse.ian import ian_dataset
 from solent.services.availability import Notice
+from solent.services.performed_steps import StepReport
 from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template
 from tests.unit.stow_support import ct_instance, rejection_note, stow_body
 
@@ -81,6 +82,11 @@ def test_a_study_is_notified_once_to_the_nodes_that_may_see_it(
     radiographer = add_user(demo, "rad.zza", "ZZA", "clinician")
     study, series = generate_uid(), generate_uid()
     sops = [generate_uid() for _ in range(3)]
+    # The CT reported its step (MPPS): the notification names it.
+    step_uid = generate_uid()
+    ct = Principal(PrincipalKind.NODE, "CT_ZZA", "ZZA", roles=frozenset({"store"}))
+    report = StepReport("IN PROGRESS", "X2001", study, "", "CT", "PPS1", "", (("", study),), {})
+    demo.services.performed_steps.create(ct, step_uid, report)
     _stow(demo_client, radiographer, *[ct_instance("X2001", "ZZA", study, series=series, sop=s)
                                         for s in sops[:2]])  # fmt: skip
     _stow(demo_client, radiographer, ct_instance("X2001", "ZZA", study, series=series, sop=sops[2]))
@@ -96,10 +102,12 @@ def test_a_study_is_notified_once_to_the_nodes_that_may_see_it(
     }
     ds = ian_dataset(notice, ae_title)
     assert ds.StudyInstanceUID == study
-    assert len(ds.ReferencedPerformedProcedureStepSequence) == 0
+    [step] = ds.ReferencedPerformedProcedureStepSequence
+    assert step.ReferencedSOPInstanceUID == step_uid
+    assert step.ReferencedSOPClassUID == "1.2.840.10008.3.1.2.3.3"
     [item] = ds.ReferencedSeriesSequence
     assert item.SeriesInstanceUID == series
-    assert [r.ReferencedSOPInstanceUID for r in item.ReferencedSOPSequence] == sops
+    assert sorted(r.ReferencedSOPInstanceUID for r in item.ReferencedSOPSequence) == sorted(sops)
     assert {r.ReferencedSOPClassUID for r in item.ReferencedSOPSequence} == {
         "1.2.840.10008.5.1.4.1.1.2"
     }

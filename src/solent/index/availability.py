@@ -34,6 +34,8 @@ class StudyAvailability:
     nhs_number: str | None
     accession_number: str | None
     instances: tuple[Availability, ...]
+    #: SOP Instance UIDs of the Modality Performed Procedure Steps reported for the study.
+    performed_steps: tuple[str, ...] = ()
 
 
 def study_availability(conn: Connection, study_uid: str) -> StudyAvailability | None:
@@ -78,6 +80,12 @@ def study_availability(conn: Connection, study_uid: str) -> StudyAvailability | 
         for r in withdrawn
     ]  # fmt: skip
     pk, issuer, local_id, nhs, accession = head_values
+    ps = t.performed_step.c
+    steps = conn.execute(
+        select(ps.sop_instance_uid)
+        .where(ps.study_uid == study_uid, ps.trust_code == issuer)
+        .order_by(ps.created_at)
+    ).scalars()
     return StudyAvailability(
         study_uid,
         int(pk),
@@ -86,6 +94,7 @@ def study_availability(conn: Connection, study_uid: str) -> StudyAvailability | 
         str(nhs) if nhs else None,
         str(accession) if accession else None,
         tuple(instances),
+        tuple(str(s) for s in steps),
     )
 
 

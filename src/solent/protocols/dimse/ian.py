@@ -17,6 +17,7 @@ from solent.protocols.dimse.scu import AssociationFailed, associate
 from solent.services.availability import Notice
 
 INSTANCE_AVAILABILITY_NOTIFICATION = "1.2.840.10008.5.1.4.33"
+MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
 
 
 def ian_dataset(notice: Notice, retrieve_ae: str) -> Dataset:
@@ -24,7 +25,14 @@ def ian_dataset(notice: Notice, retrieve_ae: str) -> Dataset:
     study = notice.study
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"  # UIDs and an AE title only; declared anyway
-    ds.ReferencedPerformedProcedureStepSequence = Sequence()  # type 2: no MPPS is tracked
+    steps = []
+    for sop_uid in study.performed_steps:  # the MPPS the modality reported (R17)
+        step = Dataset()
+        step.ReferencedSOPClassUID = MODALITY_PERFORMED_PROCEDURE_STEP
+        step.ReferencedSOPInstanceUID = sop_uid
+        step.PerformedWorkitemCodeSequence = Sequence()  # type 2
+        steps.append(step)
+    ds.ReferencedPerformedProcedureStepSequence = Sequence(steps)
     ds.StudyInstanceUID = study.study_uid
     by_series: dict[str, list[Dataset]] = {}
     for item in study.instances:
