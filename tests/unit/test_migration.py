@@ -20,7 +20,7 @@ from solent.importers.migration.sources import FolderSource, parse_dimse_address
 from solent.importers.migration.transfer import batches, run_transfer
 from solent.index import schema as t
 from solent.services.access import AccessDenied
-from solent.services.migration import Item, Source, content_digest, within_hours
+from solent.services.migration import Entry, Item, Source, content_digest, within_hours
 
 IMPORTER = Principal(PrincipalKind.IMPORTER, "solent-migrate", "ZZA")
 N1 = nhs.complete("943476591") or ""
@@ -261,3 +261,87 @@ def test_an_unlinked_copy_of_a_stored_study_waits_and_the_original_moves(
     assert "already in the archive under A1/ZZA" in plan_b.waiting[0]["reason"]
     kinds = [q["kind"] for q in archive.identity.work_queue()]
     assert "migration-study-elsewhere" in kinds
+
+
+def test_one_sop_uid_listed_twice_is_held_and_reported_not_crashed_or_overwritten(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """A CD with two files of one SOP Instance UID (two encodings, or one UID reused for two
+    patients): the inventory used to crash (same batch) or let the second file silently
+    replace the first (later batch), so one copy was never migrated nor reported."""
+    study = Study(Patient("P1", "TWO^FILES", "19700101", "F", N1), "20200101")
+    study.add_series(2)
+    write_study(tmp_path / "cd", study)
+    series, sop = study.instances()[0]
+    other = Study(
+        Patient("P9", "OTHER^PERSON", "19800101", "M"), "20200101", uid=study.uid,
+        series=study.series, series_uids=study.series_uids,
+    )  # fmt: skip
+    (tmp_path / "cd" / "zz-copy.dcm").write_bytes(instance_bytes(other, series, sop, seed=1))
+    src = folder_source(archive, tmp_path / "cd")
+    migration = archive.services.migration
+    assert migration.progress(IMPORTER, "cd") == {"pending": 1, "conflict": 1}
+    plan = migration.reconcile(IMPORTER, "cd")
+    assert plan.conflicts == 1
+    stats = run_transfer(migration, IMPORTER, src, FolderSource(tmp_path / "cd"), tmp_path / "w")
+    assert stats.total == 1 and dict(stats.states) == {"stored": 1}
+    report = migration.verification(IMPORTER, "cd")
+    assert report["unresolved"] == 1 and report["counts"]["conflict"] == 1
+    held = next(i for i in report["items"] if i["sop_uid"] == sop)
+    assert "zz-copy.dcm" in held["reason"] and f"{sop}.dcm" in held["reason"]
+    assert "P9" in held["reason"] and "P1" in held["reason"]
+    assert archive.index.instance_digest(sop) is None  # neither copy filed under a patient
+
+    # Far apart in one listing (different upsert batches): still both seen, still held.
+    first = next(r for r in migration.inventory(IMPORTER, "cd") if r["sop_uid"] == sop)
+    filler = [
+        Entry("P1", study.uid, series, f"2.25.{i}", locator=str(tmp_path / f"f{i}"))
+        for i in range(600)
+    ]
+    keys = ("patient_id", "study_uid", "series_uid", "sop_uid", "locator")
+    again = Entry(**{k: first[k] for k in keys})
+    twin = Entry("P9", study.uid, series, sop, locator=str(tmp_path / "cd" / "zz-copy.dcm"))
+    delta = migration.record_inventory(IMPORTER, "cd", [again, *filler, twin])
+    assert delta.conflicts == 1
+    assert migration.progress(IMPORTER, "cd")["conflict"] == 1
+
+    # The source is corrected (one copy left): the next inventory releases it.
+    (tmp_path / "cd" / "zz-copy.dcm").unlink()
+    migration.record_inventory(IMPORTER, "cd", FolderSource(tmp_path / "cd").inventory())
+    state = {r["sop_uid"]: r["state"] for r in migration.inventory(IMPORTER, "cd")}
+    assert state[sop] == "pending"
+
+
+def test_instances_without_patient_id_move_each_study_under_its_own_record(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """Reconcile used to crash (KeyError) on a source patient without Patient ID, and the
+    empty ID collided with the counter of applied demographics."""
+    studies = []
+    for date in ("20200101", "20210101"):
+        study = Study(Patient("", "NO^ID", "19700101", "F"), date)
+        study.add_series(1)
+        write_study(tmp_path / "cd", study)
+        studies.append(study)
+    named = Study(Patient("P1", "NAMED^ONE", "19700101", "F", N1), "20220101")
+    named.add_series(1)
+    write_study(tmp_path / "cd", named)
+    src = folder_source(archive, tmp_path / "cd")
+    migration = archive.services.migration
+    plan = migration.reconcile(IMPORTER, "cd")
+    assert (plan.move_studies, plan.waiting, plan.demographics_applied) == (3, [], 1)
+    stats = run_transfer(migration, IMPORTER, src, FolderSource(tmp_path / "cd"), tmp_path / "w")
+    assert dict(stats.states) == {"stored": 3}
+    with archive.index.read() as conn:
+        owners = {
+            r.study_uid: (r.issuer, r.local_id)
+            for r in conn.execute(
+                select(t.study.c.study_uid, t.patient.c.issuer, t.patient.c.local_id).join(
+                    t.patient, t.study.c.patient_pk == t.patient.c.pk
+                )
+            )
+        }
+    unidentified = [owners[s.uid] for s in studies]
+    assert len(set(unidentified)) == 2  # never one record for unrelated people
+    assert all(i == "ZZA" and lid.startswith("UNIDENTIFIED-") for i, lid in unidentified)
+    assert owners[named.uid] == ("ZZA", "P1")

@@ -27,6 +27,9 @@ BLOCKING = frozenset(
     }
 )
 STUDY_ELSEWHERE = "migration-study-elsewhere"
+# State of an instance the source lists more than once in one inventory (one SOP Instance UID
+# under two patients, studies or files): held, never fetched, until the source holds one.
+CONFLICT = "conflict"
 DIFFER = "migration-demographics-differ"
 
 
@@ -67,6 +70,7 @@ class InventoryDelta:
     total: int = 0
     new: int = 0
     changed: int = 0  # rows whose patient demographics changed at the source
+    conflicts: int = 0  # SOP Instance UIDs the source listed more than once (held)
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Plan:
     waiting: list[dict[str, str]] = field(default_factory=list)  # per study: why it waits
     demographics_applied: int = 0
     already_done: int = 0
+    conflicts: int = 0  # instances held: the source lists their SOP Instance UID twice
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)

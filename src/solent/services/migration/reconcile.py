@@ -22,6 +22,7 @@ from solent.services.access import Permission
 from solent.services.identity import VERIFIED, Change, Demographics, IdentityService, PatientKey
 from solent.services.migration.model import (
     BLOCKING,
+    CONFLICT,
     DIFFER,
     FINAL,
     STUDY_ELSEWHERE,
@@ -72,8 +73,9 @@ class Reconciler:
         ]
         # 1. Patients of EVERY inventoried source, so a conflict between two sources is
         #    known before either moves a study.
-        pks = self._apply_patients(conn, principal)[src.name]
-        plan.demographics_applied = pks.pop("", 0)
+        records, applied = self._apply_patients(conn, principal)
+        pks = records[src.name]
+        plan.demographics_applied = applied[src.name]
         # 2. Studies: held while the identity queue holds their record, or while the study is
         #    filed (or claimed by another source) under a record not linked to this one.
         blocked = self._blocked_records(conn, set(pks.values()))
@@ -81,20 +83,26 @@ class Reconciler:
         for r in rows:
             studies[r["study_uid"]].append(dict(r))
         for study_uid, items in studies.items():
-            open_items = [r for r in items if r["state"] not in FINAL]
-            plan.already_done += len(items) - len(open_items)
+            held = sum(1 for r in items if r["state"] == CONFLICT)
+            open_items = [r for r in items if r["state"] not in (*FINAL, CONFLICT)]
+            plan.conflicts += held
+            plan.already_done += len(items) - len(open_items) - held
             if not open_items:
                 continue
             pids = {r["patient_id"] for r in items}
-            why = "; ".join(blocked[pks[p]] for p in sorted(pids) if pks[p] in blocked)
+            why = "; ".join(blocked[pks[p]] for p in sorted(pids) if pks.get(p) in blocked)
             if len(pids) > 1:
                 why = why or f"one study under several patient IDs at this source: {sorted(pids)}"
             owner = self._owner(conn, study_uid, src.name)
             pid = sorted(pids)[0]
-            mine = pks[pid]
-            linked = owner is not None and (
-                owner["patient_pk"] == mine
-                or owner["patient_pk"] in self.identity.linked_patient_pks(mine, conn=conn)
+            mine = pks.get(pid)  # None: no Patient ID, ingest files it under its own record
+            linked = (
+                owner is not None
+                and mine is not None
+                and (
+                    owner["patient_pk"] == mine
+                    or owner["patient_pk"] in self.identity.linked_patient_pks(mine, conn=conn)
+                )
             )
             # Only a study already IN the archive holds this copy back: the first source to
             # store a study files it; another source's inventory is reported, not waited on.
@@ -143,12 +151,17 @@ class Reconciler:
             )
         return plan
 
-    def _apply_patients(self, conn: Connection, principal: Principal) -> dict[str, dict[str, int]]:
+    def _apply_patients(
+        self, conn: Connection, principal: Principal
+    ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
         """Apply each source patient's demographics through the identity service (issuer = the
-        source's trust) when they changed since last applied; returns source -> ID -> record.
+        source's trust) when they changed since last applied; returns source -> ID -> record,
+        and source -> how many patients' demographics were applied.
 
         Every distinct demographic set a source shows for one Patient ID is applied, so two NHS
-        numbers for one local ID reach the identity rules as such. Key "" counts the changes.
+        numbers for one local ID reach the identity rules as such. Instances without a Patient
+        ID have no record here: they are not one patient, and ingest files each such study
+        under an unidentified record of its own, as every other way in does.
         """
         c, mp = t.migration_item.c, t.migration_patient.c
         sources = {
@@ -177,7 +190,8 @@ class Reconciler:
             for r in conn.execute(select(t.migration_patient))
         }
         change = Change(principal)
-        out: dict[str, dict[str, int]] = {name: {"": 0} for name in sources}
+        out: dict[str, dict[str, int]] = {name: {} for name in sources}
+        changes: dict[str, int] = {name: 0 for name in sources}
         created = {
             int(r.patient_pk)
             for r in conn.execute(
@@ -189,6 +203,8 @@ class Reconciler:
             return pk in created
 
         for (name, pid), demos in shown.items():
+            if not pid:
+                continue
             src = sources[name]
             text = json.dumps(demos, sort_keys=True)
             before = self.identity.resolve(src.trust, pid, conn=conn)
@@ -211,7 +227,7 @@ class Reconciler:
                         change,
                         conn=conn,
                     )
-                out[name][""] += 1
+                changes[name] += 1
             resolved = self.identity.resolve(src.trust, pid, conn=conn)
             assert resolved is not None  # update_record created it if new
             out[name][pid] = resolved.patient_pk
@@ -235,7 +251,7 @@ class Reconciler:
                         {**values, "source": name, "patient_id": pid}
                     )
                 )
-        return out
+        return out, changes
 
     def _compare(
         self, conn: Connection, pk: int, src: Source, pid: str, demos: list[dict[str, Any]]
