@@ -34,7 +34,8 @@ from solent.services.migration import Entry, Item, Source
 StudyRootQueryRetrieveInformationModelFind = "1.2.840.10008.5.1.4.1.2.2.1"
 StudyRootQueryRetrieveInformationModelGet = "1.2.840.10008.5.1.4.1.2.2.3"
 
-# What a C-GET accepts, so the source sends each instance in its stored encoding.
+# What a C-GET accepts, each in a presentation context of its own, so the source sends each
+# instance in its stored encoding (video syntaxes are left out: they are not archived here).
 TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.1",  # explicit VR little endian
     "1.2.840.10008.1.2",  # implicit VR little endian
@@ -47,6 +48,15 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 multi-component lossless
+    "1.2.840.10008.1.2.4.93",  # JPEG 2000 multi-component
+    "1.2.840.10008.1.2.4.201",  # HTJ2K lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.4.110",  # JPEG XL lossless
+    "1.2.840.10008.1.2.4.111",  # JPEG XL JPEG recompression
+    "1.2.840.10008.1.2.4.112",  # JPEG XL
+    "1.2.840.10008.1.2.8.1",  # deflated image frame compression
     "1.2.840.10008.1.2.5",  # RLE
     "1.2.840.10008.1.2.2",  # explicit VR big endian (retired, still found in archives)
 ]
@@ -163,18 +173,25 @@ class DimseSource:
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         assoc = self._associate(ae)
         try:
-            studies = list(self._find(assoc, _study_query()))
-            for study in studies:
+            # A legacy archive may hold one Study Instance UID under several patients (it
+            # answers one study row per patient) and one Series Instance UID under several of
+            # those: each UID is walked once, and every instance is listed under the patient
+            # its own image-level answer names, so the study's two patients are seen as such.
+            studies: dict[str, list[Dataset]] = {}
+            for study in self._find(assoc, _study_query()):
                 uid = _s(study, "StudyInstanceUID")
-                if not uid:
-                    continue
+                if uid:
+                    studies.setdefault(uid, []).append(study)
+            for uid, rows in studies.items():
+                walked: set[str] = set()
                 for series in list(self._find(assoc, _series_query(uid))):
                     suid = _s(series, "SeriesInstanceUID")
-                    if not suid:
+                    if not suid or suid in walked:
                         continue
+                    walked.add(suid)
                     for image in list(self._find(assoc, _image_query(uid, suid))):
                         ds = Dataset()
-                        for part in (study, series, image):
+                        for part in (_patient_row(rows, image), series, image):
                             ds.update(part)
                         if _s(ds, "SOPInstanceUID"):
                             yield entry_of(ds)
@@ -192,7 +209,33 @@ class DimseSource:
                 raise ConnectionError(f"C-FIND failed with status 0x{code:04X}")
 
     def fetch(self, items: list[Item], workdir: Path) -> Iterator[tuple[Item, Path | str]]:
-        """C-GET the instances of one series; each arrives as a file written here."""
+        """C-GET the instances of one series; each arrives as a file written here.
+
+        Each SOP Class is offered once per transfer syntax (a presentation context accepts
+        ONE transfer syntax): the source then has a context for the encoding it stored and
+        sends the instance as stored. One context per class listing every syntax would let
+        the source pick one syntax per class and transcode (decompress) or refuse the rest.
+        Classes are asked for in groups that fit the 128 contexts of an association.
+        """
+        known = sorted({i.sop_class_uid for i in items if i.sop_class_uid})
+        per = max(1, 127 // len(TRANSFER_SYNTAXES))
+        for start in range(0, len(known), per):
+            group = set(known[start : start + per])
+            yield from self._get(
+                [i for i in items if i.sop_class_uid in group],
+                [(uid, [ts]) for uid in sorted(group) for ts in TRANSFER_SYNTAXES],
+                workdir,
+            )
+        unknown = [i for i in items if not i.sop_class_uid]
+        if unknown:  # the source's C-FIND did not say their SOP Class: offer the common ones
+            common = [str(cx.abstract_syntax) for cx in StoragePresentationContexts][:120]
+            yield from self._get(unknown, [(uid, TRANSFER_SYNTAXES) for uid in common], workdir)
+
+    def _get(
+        self, items: list[Item], contexts: list[tuple[str, list[str]]], workdir: Path
+    ) -> Iterator[tuple[Item, Path | str]]:
+        if not items:
+            return
         received: dict[str, Path] = {}
 
         def on_store(event: Any) -> int:
@@ -211,14 +254,11 @@ class DimseSource:
             received[sop] = Path(name)
             return 0x0000
 
-        classes = sorted({i.sop_class_uid for i in items if i.sop_class_uid})
-        if not classes:  # the source's C-FIND did not return SOP Class UIDs: offer the common
-            classes = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        for uid in classes[:120]:
-            ae.add_requested_context(uid, TRANSFER_SYNTAXES)
-        roles = [build_role(uid, scp_role=True) for uid in classes[:120]]
+        for uid, syntaxes in contexts:
+            ae.add_requested_context(uid, syntaxes)
+        roles = [build_role(uid, scp_role=True) for uid in sorted({uid for uid, _ in contexts})]
         failure = ""
         try:
             assoc = self._associate(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
@@ -241,7 +281,7 @@ class DimseSource:
                     break
                 code = int(status.Status)
                 if code not in (0x0000, 0xFF00, 0xFF01, 0xB000):
-                    failure = f"C-GET failed with status 0x{code:04X}"
+                    failure = _get_failure(code)
         finally:
             with suppress(Exception):
                 assoc.release()
@@ -266,6 +306,34 @@ def _patient_keys(ds: Dataset) -> None:
     ds.OtherPatientIDsSequence = [item]
 
 
+def _get_failure(code: int) -> str:
+    """A C-GET failure status as what the operator can do about it."""
+    if code == 0xA702:
+        return (
+            "C-GET failed with status 0xA702 (the source could not send it on this "
+            "association: it offers no transfer syntax or SOP Class we proposed; check the "
+            "source's log, it is retried on the next run)"
+        )
+    return (
+        f"C-GET failed with status 0x{code:04X} (the source could not read or send the "
+        "instance; check the source's log, it is retried on the next run)"
+    )
+
+
+def _patient_row(rows: list[Dataset], image: Dataset) -> Dataset:
+    """The study-level answer (patient demographics) an image-level answer belongs to: the
+    one with its Patient ID; the only one if the source gave the image none."""
+    pid = image.get("PatientID")
+    if pid is None and len(rows) == 1:
+        return rows[0]
+    for row in rows:
+        if str(row.get("PatientID", "")).strip() == str(pid or "").strip():
+            return row
+    bare = Dataset()  # a patient no study-level answer named: its ID only, no demographics
+    bare.PatientID = str(pid or "")
+    return bare
+
+
 def _study_query() -> Dataset:
     q = Dataset()
     q.QueryRetrieveLevel = "STUDY"
@@ -287,6 +355,7 @@ def _series_query(study_uid: str) -> Dataset:
 def _image_query(study_uid: str, series_uid: str) -> Dataset:
     q = Dataset()
     q.QueryRetrieveLevel = "IMAGE"
+    q.PatientID = ""  # whose instance this is, when the study is under several patients
     q.StudyInstanceUID = study_uid
     q.SeriesInstanceUID = series_uid
     q.SOPInstanceUID = ""
