@@ -6,9 +6,11 @@ before anything moves, holds what it queues, and that a dry run changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import pydicom
 import pytest
 from bench.migration_data import Patient, Study, instance_bytes
 from sqlalchemy import select
@@ -345,3 +347,58 @@ def test_instances_without_patient_id_move_each_study_under_its_own_record(
     assert len(set(unidentified)) == 2  # never one record for unrelated people
     assert all(i == "ZZA" and lid.startswith("UNIDENTIFIED-") for i, lid in unidentified)
     assert owners[named.uid] == ("ZZA", "P1")
+
+
+def test_a_name_the_legacy_listing_lost_letters_of_is_taken_from_the_instance(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """A legacy PACS answers C-FIND in its own character set (Orthanc: Latin-1): the listing
+    names a Cyrillic name with Latin look-alikes by those alone ('ceyp') and an Arabic name
+    as '^'. Records used to keep those; the instance's own header (ISO_IR 192) has the name,
+    and a record whose name is exactly a lossy rendering of it now takes it. A name that
+    merely differs is left alone."""
+    cyrillic = "\u041b\u044e\u043a" + "ce" + "\u043c\u0431" + "yp" + "\u0433"
+    arabic = "\u0642\u0628\u0627\u0646\u064a^\u0644\u0646\u0632\u0627\u0631"
+    greek = "\u0394\u03b9\u03bf\u03bd\u03c5\u03c3\u03b9\u03bf\u03c2"
+    names = {"P1": cyrillic, "P2": arabic, "P3": "SMYTH^JOHN", "P4": greek}
+    # P3: another spelling, not lossy; P4: every letter lost, so no name listed at all
+    listed = {"P1": "ceyp", "P2": "^", "P3": "SMITH^JOHN", "P4": None}
+    for pid, name in names.items():
+        study = Study(Patient(pid, "X^Y", "19700101", "F"), "20200101")
+        study.add_series(1)
+        write_study(tmp_path / "cd", study)
+        for _, sop in study.instances():
+            path = tmp_path / "cd" / f"{sop}.dcm"
+            ds = pydicom.dcmread(path)
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            ds.PatientName = name
+            ds.save_as(path)
+    src = Source(name="cd", kind="folder", address=str(tmp_path / "cd"), trust="ZZA")
+    migration = archive.services.migration
+    migration.add_source(IMPORTER, src)
+    entries = [
+        dataclasses.replace(e, patient_name=listed[e.patient_id])
+        for e in FolderSource(tmp_path / "cd").inventory()
+    ]
+    migration.record_inventory(IMPORTER, "cd", entries)
+    migration.reconcile(IMPORTER, "cd")
+
+    def record_name(pid: str) -> str | None:
+        resolved = archive.identity.resolve("ZZA", pid)
+        assert resolved is not None
+        record = archive.identity.record(resolved.patient_pk)
+        assert record is not None
+        return record["record"]["name"]  # type: ignore[no-any-return]
+
+    assert record_name("P1") == "ceyp"
+    stats = run_transfer(migration, IMPORTER, src, FolderSource(tmp_path / "cd"), tmp_path / "w")
+    assert dict(stats.states) == {"stored": 4}
+    assert record_name("P1") == names["P1"] and record_name("P2") == names["P2"]
+    assert record_name("P4") == greek
+    assert record_name("P3") == "SMITH^JOHN"
+    # A delta run that re-applies the listing (its date of birth changed) keeps the name.
+    migration.record_inventory(
+        IMPORTER, "cd", [dataclasses.replace(e, birth_date="19700102") for e in entries]
+    )
+    migration.reconcile(IMPORTER, "cd")
+    assert record_name("P1") == names["P1"]

@@ -157,3 +157,17 @@ def demographics_of(r: Any) -> dict[str, Any]:
 
 def plain(v: Any) -> Any:
     return v.isoformat() if hasattr(v, "isoformat") else v
+
+
+def lossy_rendering(original: str, rendered: str) -> bool:
+    """Whether ``rendered`` is ``original`` after a character set that cannot carry all of
+    it: a legacy PACS answering C-FIND in Latin-1 (Orthanc's default) or ASCII drops or
+    replaces the other letters (a Cyrillic name that mixes in Latin look-alikes listed as those
+    alone, an Arabic name as '^')."""
+    if original == rendered:
+        return False
+    for codec in ("latin-1", "ascii"):
+        for errors in ("ignore", "replace"):
+            if original.encode(codec, errors=errors).decode(codec) == rendered:
+                return True
+    return False

@@ -29,6 +29,7 @@ from solent.services.migration.model import (
     Plan,
     Source,
     demographics_of,
+    lossy_rendering,
     require,
     source_of,
 )
@@ -214,11 +215,16 @@ class Reconciler:
                 # overwrites it; a disagreement is queued for people and its studies wait.
                 self._compare(conn, before.patient_pk, src, pid, demos)
             elif applied.get((name, pid)) != text:
+                record = id_store.get_patient(conn, before.patient_pk) if before else None
+                current = record["name"] if record is not None else None
                 for d in demos:
                     self.identity.update_record(
                         PatientKey(src.trust, pid),
                         Demographics(
-                            name=d["name"],
+                            # not back to the listing's lossy rendering of a repaired name
+                            name=None
+                            if current and d["name"] and lossy_rendering(current, d["name"])
+                            else d["name"],
                             birth_date=d["birth_date"],
                             sex=d["sex"],
                             nhs_number=d["nhs_number"],
