@@ -35,3 +35,21 @@ def test_transfer_resume_and_delta_on_postgres(pg_archive: Archive, tmp_path: Pa
     flows.test_folder_transfer_is_audited_resumable_and_picks_up_changed_demographics(
         pg_archive, tmp_path
     )
+
+
+def test_a_sop_uid_listed_twice_is_held_on_postgres(pg_archive: Archive, tmp_path: Path) -> None:
+    flows.test_one_sop_uid_listed_twice_is_held_and_reported_not_crashed_or_overwritten(
+        pg_archive, tmp_path
+    )
+
+
+def test_instances_without_patient_id_on_postgres(pg_archive: Archive, tmp_path: Path) -> None:
+    flows.test_instances_without_patient_id_move_each_study_under_its_own_record(
+        pg_archive, tmp_path
+    )
+
+
+def test_lossy_listed_names_repaired_on_postgres(pg_archive: Archive, tmp_path: Path) -> None:
+    flows.test_a_name_the_legacy_listing_lost_letters_of_is_taken_from_the_instance(
+        pg_archive, tmp_path
+    )
