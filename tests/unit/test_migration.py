@@ -13,6 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from bench.migration_data import Patient, Study, instance_bytes
+from pydicom.dataset import FileMetaDataset
 from sqlalchemy import select
 
 from solent.app import Archive
@@ -402,3 +403,55 @@ def test_a_name_the_legacy_listing_lost_letters_of_is_taken_from_the_instance(
     )
     migration.reconcile(IMPORTER, "cd")
     assert record_name("P1") == names["P1"]
+
+
+def _nested(depth: int) -> bytes:
+    """An explicit VR little endian (0008,0001) SQ nested ``depth`` deep, never closed."""
+    level = b"\x08\x00\x01\x00SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    return level * depth
+
+
+def test_a_cd_with_hostile_truncated_and_preambleless_files_reports_each_and_finishes(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """A folder source used to drop a DICOM file it could not list without a word (or end
+    the inventory with RecursionError), to skip files without preamble, and a file whose
+    pixel hash pydicom could not compute stopped every run. Each is now listed, tried,
+    and reported with the file's path; the other instances move."""
+    study = Study(Patient("P1", "CD^PATIENT", "19700101", "F", N1), "20200101")
+    study.add_series(4)
+    write_study(tmp_path / "cd", study)
+    (series, good), (_, bare), (_, late), (_, early) = study.instances()
+    cd = tmp_path / "cd"
+    data = (cd / f"{early}.dcm").read_bytes()
+    body = 144 + int.from_bytes(data[140:144], "little")
+    (cd / f"{early}.dcm").write_bytes(data[:body] + _nested(3000) + data[body:])  # in header
+    (cd / f"{late}.dcm").write_bytes(
+        (cd / f"{late}.dcm").read_bytes()
+        + b"\xfa\xff\xfa\xffSQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\xff\xff\xff\xff"
+        + _nested(3000)
+    )  # after the pixel data: listed fine, only the pixel hash reads that far
+    (cd / "truncated.dcm").write_bytes(data[: body + 10])
+    ds = pydicom.dcmread(cd / f"{bare}.dcm")
+    (cd / f"{bare}.dcm").unlink()
+    ds.file_meta, ds.preamble = FileMetaDataset(), None  # written with no preamble, no meta
+    ds.save_as(cd / "nopreamble", implicit_vr=True, little_endian=True)
+    assert (cd / "nopreamble").read_bytes()[:2] == b"\x08\x00"
+    (cd / "README.TXT").write_text("Viewer: run setup.exe\n")
+
+    src = folder_source(archive, cd)
+    migration = archive.services.migration
+    assert sum(migration.progress(IMPORTER, "cd").values()) == 5  # not the README
+    migration.reconcile(IMPORTER, "cd")
+    stats = run_transfer(migration, IMPORTER, src, FolderSource(cd), tmp_path / "w")
+    assert stats.total == 5
+    report = migration.verification(IMPORTER, "cd")
+    by_file = {Path(i["locator"]).name: i for i in report["items"]}
+    assert by_file[f"{good}.dcm"]["verdict"] == "verified"
+    assert by_file["nopreamble"]["verdict"] == "verified"
+    for name in (f"{early}.dcm", f"{late}.dcm", "truncated.dcm"):
+        assert by_file[name]["verdict"] == "failed", by_file[name]
+        assert by_file[name]["reason"]
+    assert "nested" in by_file[f"{early}.dcm"]["reason"]
+    assert archive.index.instance_digest(bare) is not None
+    assert series == study.series_uids[0]

@@ -9,6 +9,7 @@ place. The bytes are passed on as received; Solent's ingest stores them unchange
 from __future__ import annotations
 
 import email.policy
+import hashlib
 import os
 import shutil
 import tempfile
@@ -21,7 +22,6 @@ from typing import Any, Protocol
 import httpx
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 
 from solent.dicom.parse import nhs_number_of
@@ -119,6 +119,32 @@ def entry_of(ds: Dataset, *, size: int | None = None, locator: str | None = None
     )
 
 
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """A Part 10 file ("DICM" after the preamble), or a bare dataset that starts with a
+    group 0002 or 0008 element (little endian), as files without preamble do."""
+    with suppress(OSError), path.open("rb") as fp:
+        head = fp.read(132)
+        return head[128:132] == b"DICM" or head[:2] in (b"\x02\x00", b"\x08\x00")
+    return False
+
+
+def unreadable_entry(path: Path) -> Entry:
+    """A file that claims to be DICOM but cannot be listed: keyed by its path, not its UIDs."""
+    resolved = str(path.resolve())
+    key = "unreadable:" + hashlib.sha256(resolved.encode()).hexdigest()[:40]
+    return Entry(
+        patient_id="",
+        study_uid="",
+        series_uid="",
+        sop_uid=key,
+        size_bytes=path.stat().st_size,
+        locator=resolved,
+    )
+
+
 class FolderSource:
     """A folder or a DICOMDIR's folder; files are ingested from where they are."""
 
@@ -128,14 +154,25 @@ class FolderSource:
         self.root = root
 
     def inventory(self) -> Iterator[Entry]:
+        """Every instance in the folder. A file that is DICOM (the "DICM" marker, or no
+        preamble but a first group 0002 or 0008 tag, as old CDs write) but cannot be listed is
+        listed under a key of its own, so the transfer tries it, ingest says why it is refused
+        and the report names it: nothing on a CD is dropped unseen. Files that are not DICOM
+        at all (a viewer, a README) are not instances: skipped."""
         for path in iter_files([self.root]):
+            if not _looks_like_dicom(path):
+                continue
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except (InvalidDicomError, OSError, ValueError):
-                continue  # not DICOM: `solent import` reports those; a source lists instances
-            if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
-                continue  # the DICOMDIR itself, or a file that is not an instance
-            yield entry_of(ds, size=path.stat().st_size, locator=str(path.resolve()))
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+                if ds.file_meta.get("MediaStorageSOPClassUID") == DICOMDIR_CLASS:
+                    continue  # the DICOMDIR itself: an index of the instances, not one
+                entry = entry_of(ds, size=path.stat().st_size, locator=str(path.resolve()))
+            except Exception:  # a hostile or broken file must not end the listing
+                entry = None
+            if entry is None or not (entry.sop_uid and entry.study_uid and entry.series_uid):
+                yield unreadable_entry(path)
+                continue
+            yield entry
 
     def fetch(self, items: list[Item], workdir: Path) -> Iterator[tuple[Item, Path | str]]:
         for item in items:

@@ -153,7 +153,9 @@ class Inventory:
                         continue  # the same listing twice (one instance): nothing to do
                     delta.conflicts += old["state"] != CONFLICT
                     reason = (
-                        old["reason"]
+                        f"{old['reason']}; also {_where(values)}"
+                        if old["state"] == CONFLICT and len(old["reason"] or "") < 4000
+                        else old["reason"]
                         if old["state"] == CONFLICT
                         else f"the source lists SOP Instance UID {e.sop_uid} more than once: "
                         f"{_where(old)} and {_where(values)}; neither copy moves. Correct the "
