@@ -417,3 +417,30 @@ def test_dimse_source_sends_compressed_instances_as_stored_and_a_study_under_two
 def cli_inventory(cli: Cli, tmp: Path) -> list[dict[str, Any]]:
     cli("migrate", "inventory", "legacy", "--json", str(tmp / "inv.json"))
     return json.loads((tmp / "inv.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_a_source_that_aborts_or_is_not_there_gets_an_error_saying_what_to_check(
+    tmp_path: Path,
+) -> None:
+    """Orthanc aborts the C-FIND of a calling AE it does not know: pynetdicom then yields an
+    empty status, which used to end the run in an AttributeError traceback. And nothing
+    listening at the address used to be reported as a refused association."""
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    from bench.orthanc import free_port
+
+    with orthanc() as o:
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        cli(
+            "migrate", "source", "add", "stranger",
+            "--dimse", f"{ORTHANC_AET}@127.0.0.1:{o.dicom_port}",
+            "--trust", "ZZA", "--calling-ae", "STRANGER",
+        )  # fmt: skip
+        r = cli("migrate", "run", "stranger", ok=(1,))
+        assert "STRANGER allowed to query" in r.stderr and "Traceback" not in r.stderr
+    cli(
+        "migrate", "source", "add", "gone",
+        "--dimse", f"{ORTHANC_AET}@127.0.0.1:{free_port()}", "--trust", "ZZA",
+    )  # fmt: skip
+    r = cli("migrate", "run", "gone", ok=(1,))
+    assert "cannot connect to 127.0.0.1" in r.stderr and "legacy PACS running" in r.stderr

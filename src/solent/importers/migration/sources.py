@@ -12,6 +12,7 @@ import email.policy
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import suppress
@@ -198,12 +199,17 @@ class DimseSource:
 
     def _associate(self, ae: AE, **kw: Any) -> Any:
         assoc = ae.associate(self.host, self.port, ae_title=self.called, **kw)
-        if not assoc.is_established:
+        if assoc.is_established:
+            return assoc
+        if not assoc.is_rejected and not _reachable(self.host, self.port, self.timeout):
             raise ConnectionError(
-                f"{self.called}@{self.host}:{self.port} refused the association "
-                f"(is {self.src.calling_ae} allowed to query/retrieve there?)"
+                f"cannot connect to {self.host}:{self.port} (is the legacy PACS running, are "
+                "the host and port right, is a firewall in the way?)"
             )
-        return assoc
+        raise ConnectionError(
+            f"{self.called}@{self.host}:{self.port} refused the association "
+            f"(is {self.src.calling_ae} allowed to query/retrieve there?)"
+        )
 
     def inventory(self) -> Iterator[Entry]:
         ae = self._ae()
@@ -237,8 +243,12 @@ class DimseSource:
 
     def _find(self, assoc: Any, query: Dataset) -> Iterator[Dataset]:
         for status, ident in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-            if status is None:
-                raise ConnectionError("the source stopped answering a C-FIND")
+            if status is None or "Status" not in status:  # pynetdicom: aborted, or timed out
+                raise ConnectionError(
+                    f"{self.called}@{self.host}:{self.port} ended the C-FIND without an answer "
+                    f"(it aborted the association or did not answer in {self.timeout:.0f} s): "
+                    f"is {self.src.calling_ae} allowed to query there? See the source's log"
+                )
             code = int(status.Status)
             if code in (0xFF00, 0xFF01) and ident is not None:
                 yield ident
@@ -313,8 +323,13 @@ class DimseSource:
             for status, _ident in assoc.send_c_get(
                 query, StudyRootQueryRetrieveInformationModelGet
             ):
-                if status is None:
-                    failure = "the source stopped answering the C-GET"
+                if status is None or "Status" not in status:  # aborted, or timed out
+                    failure = (
+                        "the source ended the C-GET without an answer (it aborted the "
+                        f"association or did not answer in {self.timeout:.0f} s: is "
+                        f"{self.src.calling_ae} allowed to retrieve there?); retried on the "
+                        "next run"
+                    )
                     break
                 code = int(status.Status)
                 if code not in (0x0000, 0xFF00, 0xFF01, 0xB000):
@@ -341,6 +356,16 @@ def _patient_keys(ds: Dataset) -> None:
     item.PatientID = ""
     item.IssuerOfPatientID = ""
     ds.OtherPatientIDsSequence = [item]
+
+
+def _reachable(host: str, port: int, timeout: float) -> bool:
+    """Whether anything listens there (pynetdicom reports a refused TCP connection and an
+    aborted association alike)."""
+    try:
+        socket.create_connection((host, port), timeout=min(timeout, 10)).close()
+    except OSError:
+        return False
+    return True
 
 
 def _get_failure(code: int) -> str:
