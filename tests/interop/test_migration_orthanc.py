@@ -444,3 +444,33 @@ def test_a_source_that_aborts_or_is_not_there_gets_an_error_saying_what_to_check
     )  # fmt: skip
     r = cli("migrate", "run", "gone", ok=(1,))
     assert "cannot connect to 127.0.0.1" in r.stderr and "legacy PACS running" in r.stderr
+
+
+def test_dicomweb_source_lists_a_study_under_two_patients_instead_of_giving_up(
+    tmp_path: Path,
+) -> None:
+    """Orthanc's DICOMweb answers 404 to the series metadata of a study it files under two
+    patients; that one answer used to end the whole inventory, so nothing moved."""
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    with orthanc() as o:
+        first = Study(Patient("T1", "TWO^PATIENTS", "19700101", "F"), "20200101")
+        first.add_series(1)
+        second = Study(
+            Patient("T2", "OTHER^PERSON", "19800101", "M"), "20200101", uid=first.uid,
+            series=[["2.25.4343434343"]], series_uids=list(first.series_uids),
+        )  # fmt: skip
+        fine = Study(Patient("W1", "WEB^WENDY", "19850505", "F", N1), "20210909")
+        fine.add_series(2)
+        for study in (first, second, fine):
+            upload_study(o.base_url, study)
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        cli("migrate", "source", "add", "web", "--dicomweb", o.dicomweb_url, "--trust", "ZZA")
+        summary = cli.run_json("web")
+        assert summary["transfer"]["states"] == {"stored": 2}
+        held = {w["study_uid"]: w["reason"] for w in summary["plan"]["waiting"]}
+        assert "several patient IDs" in held[first.uid]
+        _code, rep = cli.verify("web")
+        assert rep["counts"] == {"verified": 2, "waiting": 2}
+        patients = {i["sop_uid"]: i["patient_id"] for i in rep["items"]}
+        assert patients[first.series[0][0]] == "T1" and patients["2.25.4343434343"] == "T2"

@@ -454,20 +454,38 @@ class DicomWebSource:
         return body
 
     def inventory(self) -> Iterator[Entry]:
-        for study in self._json("/studies"):
-            uid = _json_value(study, "0020000D")
-            if not uid:
-                continue
-            for series in self._json(f"/studies/{uid}/series"):
-                suid = _json_value(series, "0020000E")
-                if not suid:
-                    continue
-                for meta in self._json(f"/studies/{uid}/series/{suid}/metadata"):
+        # One Study (or Series) UID may come back once per patient it is filed under: each
+        # is walked once; the instances' own answers say whose they are.
+        studies = dict.fromkeys(
+            uid for study in self._json("/studies") if (uid := _json_value(study, "0020000D"))
+        )
+        for uid in studies:
+            series_uids = dict.fromkeys(
+                suid
+                for series in self._json(f"/studies/{uid}/series")
+                if (suid := _json_value(series, "0020000E"))
+            )
+            for suid in series_uids:
+                for meta in self._series_listing(uid, suid):
                     ds = Dataset.from_json(
                         {k: v for k, v in meta.items() if "BulkDataURI" not in v}
                     )
                     if _s(ds, "SOPInstanceUID"):
                         yield entry_of(ds)
+
+    def _series_listing(self, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
+        """The series' instances from its metadata (every attribute, Other Patient IDs with
+        the NHS number among them); when the source cannot answer that (Orthanc answers 404
+        for a series whose study it files under two patients), from QIDO-RS at instance
+        level, so the series is listed rather than the whole inventory given up."""
+        path = f"/studies/{study_uid}/series/{series_uid}"
+        try:
+            return self._json(path + "/metadata")
+        except ConnectionError as first:
+            try:
+                return self._json(path + "/instances", {"includefield": _LISTING_FIELDS})
+            except ConnectionError:
+                raise first from None
 
     def fetch(self, items: list[Item], workdir: Path) -> Iterator[tuple[Item, Path | str]]:
         for item in items:
@@ -492,6 +510,21 @@ class DicomWebSource:
 
     def close(self) -> None:
         self.http.close()
+
+
+# What an instance-level QIDO-RS answer must carry to list an instance under its patient.
+_LISTING_FIELDS = ",".join(
+    (
+        "00100010",  # PatientName
+        "00100020",  # PatientID
+        "00100030",  # PatientBirthDate
+        "00100040",  # PatientSex
+        "00101002",  # OtherPatientIDsSequence (the NHS number, where the source has it)
+        "00080016",  # SOPClassUID
+        "00080020",  # StudyDate
+        "00080060",  # Modality
+    )
+)
 
 
 def _json_value(obj: dict[str, Any], tag: str) -> str | None:
