@@ -53,3 +53,20 @@ def test_lossy_listed_names_repaired_on_postgres(pg_archive: Archive, tmp_path: 
     flows.test_a_name_the_legacy_listing_lost_letters_of_is_taken_from_the_instance(
         pg_archive, tmp_path
     )
+
+
+def test_held_records_are_found_for_a_source_of_more_than_65535_patients(
+    pg_archive: Archive, tmp_path: Path
+) -> None:
+    """Reconcile looked up every record of the source in one statement, one parameter each:
+    PostgreSQL takes at most 65535, so a legacy archive of more patients could not be
+    reconciled at all. The held records come from the open work items now."""
+    flows.test_two_nhs_numbers_for_one_local_id_hold_its_studies(pg_archive, tmp_path)
+    resolved = pg_archive.identity.resolve("ZZA", "P1")
+    assert resolved is not None
+    reconciler = pg_archive.services.migration._reconciler
+    with pg_archive.index.read() as conn:
+        held = reconciler._blocked_records(
+            conn, {resolved.patient_pk, *range(10**6, 10**6 + 70_000)}
+        )
+    assert set(held) == {resolved.patient_pk} and "nhs-number-changed" in held[resolved.patient_pk]

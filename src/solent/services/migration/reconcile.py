@@ -286,21 +286,38 @@ class Reconciler:
 
     def _blocked_records(self, conn: Connection, pks: set[int]) -> dict[int, str]:
         """Records whose studies wait: an open blocking work item names the record, or a
-        demographic conflict names its NHS number (both sides of a conflict wait)."""
-        rows = {int(r["pk"]): r for r in id_store.get_patients(conn, pks)}
-        out: dict[int, str] = {}
-        for w in id_store.work_items(conn, status="open"):
-            if w["kind"] not in BLOCKING and w["kind"] != STUDY_ELSEWHERE:
-                continue
-            for pk, r in rows.items():
-                hit = w["patient_pk"] == pk or (
-                    w["kind"] == "demographic-conflict"
-                    and r["nhs_number"]
-                    and w["nhs_number"] == r["nhs_number"]
-                )
-                if hit and w["kind"] != STUDY_ELSEWHERE and pk not in out:
-                    out[pk] = f"identity queue item {w['pk']} ({w['kind']}): {w['detail']}"
-        return out
+        demographic conflict names its NHS number (both sides of a conflict wait); the
+        earliest such item is the reason given.
+
+        Starts from the open items (few), never from the source's records (a legacy archive
+        holds hundreds of thousands): no statement with one parameter per record (PostgreSQL
+        takes at most 65535) and no walk of every record for every item."""
+        items = [w for w in id_store.work_items(conn, status="open") if w["kind"] in BLOCKING]
+        by_number: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for w in items:
+            if w["kind"] == "demographic-conflict" and w["nhs_number"]:
+                by_number[w["nhs_number"]].append(w)
+        hits: dict[int, dict[str, Any]] = {}
+
+        def hit(pk: int, w: dict[str, Any]) -> None:
+            if pk in pks and (pk not in hits or w["pk"] < hits[pk]["pk"]):
+                hits[pk] = w
+
+        for w in items:
+            if w["patient_pk"] is not None:
+                hit(int(w["patient_pk"]), w)
+        numbers = sorted(by_number)
+        for start in range(0, len(numbers), 1000):
+            pc = t.patient.c
+            for pk, number in conn.execute(
+                select(pc.pk, pc.nhs_number).where(pc.nhs_number.in_(numbers[start : start + 1000]))
+            ):
+                for w in by_number[number]:
+                    hit(int(pk), w)
+        return {
+            pk: f"identity queue item {w['pk']} ({w['kind']}): {w['detail']}"
+            for pk, w in hits.items()
+        }
 
     def _owner(self, conn: Connection, study_uid: str, source: str) -> dict[str, Any] | None:
         """Who the study already belongs to: the archive, else another source's inventory."""
