@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, select, update
@@ -33,6 +34,39 @@ from solent.services.migration.model import (
     require,
     source_of,
 )
+
+STUDY_PAGE = 500  # studies whose inventory rows are in memory at once
+
+
+def _studies(conn: Connection, source: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The source's inventory study by study, a page of studies at a time (keyset on the
+    Study UID): a legacy archive of millions of instances is never held in memory at once.
+    Each page is read completely before its studies are handed out, so the caller may update
+    their rows on the same connection."""
+    c = t.migration_item.c
+    last: str | None = None
+    while True:
+        q = select(c.study_uid).where(c.source == source)
+        if last is not None:
+            q = q.where(c.study_uid > last)
+        uids = [
+            str(u)
+            for (u,) in conn.execute(
+                q.group_by(c.study_uid).order_by(c.study_uid).limit(STUDY_PAGE)
+            )
+        ]
+        if not uids:
+            return
+        last = uids[-1]
+        page: dict[str, list[dict[str, Any]]] = {u: [] for u in uids}
+        rows = conn.execute(
+            select(c.study_uid, c.sop_uid, c.patient_id, c.state, c.size_bytes)
+            .where(c.source == source, c.study_uid.in_(uids))
+            .order_by(c.pk)
+        ).mappings()
+        for r in rows:
+            page[r["study_uid"]].append(dict(r))
+        yield from page.items()
 
 
 class _DryRun(Exception):
@@ -68,10 +102,6 @@ class Reconciler:
     def _reconcile(self, conn: Connection, principal: Principal, src: Source) -> Plan:
         plan = Plan(src.name)
         c = t.migration_item.c
-        rows = [
-            dict(r)
-            for r in conn.execute(select(t.migration_item).where(c.source == src.name)).mappings()
-        ]
         # 1. Patients of EVERY inventoried source, so a conflict between two sources is
         #    known before either moves a study.
         records, applied = self._apply_patients(conn, principal)
@@ -80,10 +110,7 @@ class Reconciler:
         # 2. Studies: held while the identity queue holds their record, or while the study is
         #    filed (or claimed by another source) under a record not linked to this one.
         blocked = self._blocked_records(conn, set(pks.values()))
-        studies: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in rows:
-            studies[r["study_uid"]].append(dict(r))
-        for study_uid, items in studies.items():
+        for study_uid, items in _studies(conn, src.name):
             held = sum(1 for r in items if r["state"] == CONFLICT)
             open_items = [r for r in items if r["state"] not in (*FINAL, CONFLICT)]
             plan.conflicts += held
