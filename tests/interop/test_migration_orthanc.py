@@ -356,3 +356,121 @@ def content_digest_of(data: bytes, tmp: Path) -> str:
     path = tmp / "one.dcm"
     path.write_bytes(data)
     return content_digest(path)
+
+
+def test_dimse_source_sends_compressed_instances_as_stored_and_a_study_under_two_patients_waits(
+    tmp_path: Path,
+) -> None:
+    """C-GET used to offer each SOP Class in ONE presentation context listing every transfer
+    syntax: Orthanc accepted one syntax per class, then decompressed (JPEG arrived as Explicit
+    VR Little Endian, 10x the size, verified against itself) or refused (0xC000 for JPEG
+    2000). And one Study UID under two patients made the inventory crash on a UNIQUE error."""
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    from pydicom.data import get_testdata_file
+
+    originals = {}
+    with orthanc() as o:
+        for i, name in enumerate(("JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_RLE.dcm")):
+            path = get_testdata_file(name)
+            assert path is not None
+            ds = pydicom.dcmread(path)
+            ds.PatientID, ds.PatientName = f"C{i}", f"COMPRESSED^{i}"
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            upload(o.base_url, buf.getvalue())
+            originals[str(ds.SOPInstanceUID)] = (str(ds.file_meta.TransferSyntaxUID), ds.PixelData)
+        first = Study(Patient("T1", "TWO^PATIENTS", "19700101", "F"), "20200101")
+        first.add_series(1)
+        second = Study(
+            Patient("T2", "OTHER^PERSON", "19800101", "M"), "20200101", uid=first.uid,
+            series=[["2.25.4242424242"]], series_uids=list(first.series_uids),
+        )  # fmt: skip
+        for study in (first, second):
+            upload_study(o.base_url, study)
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        add_source(cli, "legacy", o, "ZZA")
+        assert "5 instances" in cli("migrate", "inventory", "legacy").stdout
+        summary = cli.run_json("legacy")
+        assert summary["transfer"]["states"] == {"stored": 3}
+        held = {w["study_uid"]: w["reason"] for w in summary["plan"]["waiting"]}
+        assert "several patient IDs" in held[first.uid] and "T1" in held[first.uid]
+        code, rep = cli.verify("legacy")
+        assert code == 1  # the held study is unresolved
+        assert rep["counts"] == {"verified": 3, "waiting": 2}
+        inventory = {r["sop_uid"]: r["patient_id"] for r in cli_inventory(cli, tmp_path)}
+        assert inventory[first.series[0][0]] == "T1" and inventory["2.25.4242424242"] == "T2"
+    archive = build_archive(load_settings(environ={}, data_dir=tmp_path / "var"))
+    try:
+        for sop, (syntax, pixels) in originals.items():
+            found = archive.index.instance_digest(sop)
+            assert found is not None
+            with archive.store.open(found[1]) as fp:
+                got = pydicom.dcmread(fp)
+            assert str(got.file_meta.TransferSyntaxUID) == syntax
+            assert got.PixelData == pixels
+        assert archive.index.instance_digest(first.series[0][0]) is None
+    finally:
+        archive.close()
+
+
+def cli_inventory(cli: Cli, tmp: Path) -> list[dict[str, Any]]:
+    cli("migrate", "inventory", "legacy", "--json", str(tmp / "inv.json"))
+    return json.loads((tmp / "inv.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_a_source_that_aborts_or_is_not_there_gets_an_error_saying_what_to_check(
+    tmp_path: Path,
+) -> None:
+    """Orthanc aborts the C-FIND of a calling AE it does not know: pynetdicom then yields an
+    empty status, which used to end the run in an AttributeError traceback. And nothing
+    listening at the address used to be reported as a refused association."""
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    from bench.orthanc import free_port
+
+    with orthanc() as o:
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        cli(
+            "migrate", "source", "add", "stranger",
+            "--dimse", f"{ORTHANC_AET}@127.0.0.1:{o.dicom_port}",
+            "--trust", "ZZA", "--calling-ae", "STRANGER",
+        )  # fmt: skip
+        r = cli("migrate", "run", "stranger", ok=(1,))
+        assert "STRANGER allowed to query" in r.stderr and "Traceback" not in r.stderr
+    cli(
+        "migrate", "source", "add", "gone",
+        "--dimse", f"{ORTHANC_AET}@127.0.0.1:{free_port()}", "--trust", "ZZA",
+    )  # fmt: skip
+    r = cli("migrate", "run", "gone", ok=(1,))
+    assert "cannot connect to 127.0.0.1" in r.stderr and "legacy PACS running" in r.stderr
+
+
+def test_dicomweb_source_lists_a_study_under_two_patients_instead_of_giving_up(
+    tmp_path: Path,
+) -> None:
+    """Orthanc's DICOMweb answers 404 to the series metadata of a study it files under two
+    patients; that one answer used to end the whole inventory, so nothing moved."""
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    with orthanc() as o:
+        first = Study(Patient("T1", "TWO^PATIENTS", "19700101", "F"), "20200101")
+        first.add_series(1)
+        second = Study(
+            Patient("T2", "OTHER^PERSON", "19800101", "M"), "20200101", uid=first.uid,
+            series=[["2.25.4343434343"]], series_uids=list(first.series_uids),
+        )  # fmt: skip
+        fine = Study(Patient("W1", "WEB^WENDY", "19850505", "F", N1), "20210909")
+        fine.add_series(2)
+        for study in (first, second, fine):
+            upload_study(o.base_url, study)
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        cli("migrate", "source", "add", "web", "--dicomweb", o.dicomweb_url, "--trust", "ZZA")
+        summary = cli.run_json("web")
+        assert summary["transfer"]["states"] == {"stored": 2}
+        held = {w["study_uid"]: w["reason"] for w in summary["plan"]["waiting"]}
+        assert "several patient IDs" in held[first.uid]
+        _code, rep = cli.verify("web")
+        assert rep["counts"] == {"verified": 2, "waiting": 2}
+        patients = {i["sop_uid"]: i["patient_id"] for i in rep["items"]}
+        assert patients[first.series[0][0]] == "T1" and patients["2.25.4343434343"] == "T2"

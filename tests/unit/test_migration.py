@@ -6,11 +6,15 @@ before anything moves, holds what it queues, and that a dry run changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import tracemalloc
 from pathlib import Path
 
+import pydicom
 import pytest
 from bench.migration_data import Patient, Study, instance_bytes
+from pydicom.dataset import FileMetaDataset
 from sqlalchemy import select
 
 from solent.app import Archive
@@ -20,7 +24,8 @@ from solent.importers.migration.sources import FolderSource, parse_dimse_address
 from solent.importers.migration.transfer import batches, run_transfer
 from solent.index import schema as t
 from solent.services.access import AccessDenied
-from solent.services.migration import Item, Source, content_digest, within_hours
+from solent.services.migration import Entry, Item, Source, content_digest, within_hours
+from solent.services.migration import reconcile as reconcile_module
 
 IMPORTER = Principal(PrincipalKind.IMPORTER, "solent-migrate", "ZZA")
 N1 = nhs.complete("943476591") or ""
@@ -261,3 +266,226 @@ def test_an_unlinked_copy_of_a_stored_study_waits_and_the_original_moves(
     assert "already in the archive under A1/ZZA" in plan_b.waiting[0]["reason"]
     kinds = [q["kind"] for q in archive.identity.work_queue()]
     assert "migration-study-elsewhere" in kinds
+
+
+def test_one_sop_uid_listed_twice_is_held_and_reported_not_crashed_or_overwritten(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """A CD with two files of one SOP Instance UID (two encodings, or one UID reused for two
+    patients): the inventory used to crash (same batch) or let the second file silently
+    replace the first (later batch), so one copy was never migrated nor reported."""
+    study = Study(Patient("P1", "TWO^FILES", "19700101", "F", N1), "20200101")
+    study.add_series(2)
+    write_study(tmp_path / "cd", study)
+    series, sop = study.instances()[0]
+    other = Study(
+        Patient("P9", "OTHER^PERSON", "19800101", "M"), "20200101", uid=study.uid,
+        series=study.series, series_uids=study.series_uids,
+    )  # fmt: skip
+    (tmp_path / "cd" / "zz-copy.dcm").write_bytes(instance_bytes(other, series, sop, seed=1))
+    src = folder_source(archive, tmp_path / "cd")
+    migration = archive.services.migration
+    assert migration.progress(IMPORTER, "cd") == {"pending": 1, "conflict": 1}
+    plan = migration.reconcile(IMPORTER, "cd")
+    assert plan.conflicts == 1
+    stats = run_transfer(migration, IMPORTER, src, FolderSource(tmp_path / "cd"), tmp_path / "w")
+    assert stats.total == 1 and dict(stats.states) == {"stored": 1}
+    report = migration.verification(IMPORTER, "cd")
+    assert report["unresolved"] == 1 and report["counts"]["conflict"] == 1
+    held = next(i for i in report["items"] if i["sop_uid"] == sop)
+    assert "zz-copy.dcm" in held["reason"] and f"{sop}.dcm" in held["reason"]
+    assert "P9" in held["reason"] and "P1" in held["reason"]
+    assert archive.index.instance_digest(sop) is None  # neither copy filed under a patient
+
+    # Far apart in one listing (different upsert batches): still both seen, still held.
+    first = next(r for r in migration.inventory(IMPORTER, "cd") if r["sop_uid"] == sop)
+    filler = [
+        Entry("P1", study.uid, series, f"2.25.{i}", locator=str(tmp_path / f"f{i}"))
+        for i in range(600)
+    ]
+    keys = ("patient_id", "study_uid", "series_uid", "sop_uid", "locator")
+    again = Entry(**{k: first[k] for k in keys})
+    twin = Entry("P9", study.uid, series, sop, locator=str(tmp_path / "cd" / "zz-copy.dcm"))
+    delta = migration.record_inventory(IMPORTER, "cd", [again, *filler, twin])
+    assert delta.conflicts == 1
+    assert migration.progress(IMPORTER, "cd")["conflict"] == 1
+
+    # The source is corrected (one copy left): the next inventory releases it.
+    (tmp_path / "cd" / "zz-copy.dcm").unlink()
+    migration.record_inventory(IMPORTER, "cd", FolderSource(tmp_path / "cd").inventory())
+    state = {r["sop_uid"]: r["state"] for r in migration.inventory(IMPORTER, "cd")}
+    assert state[sop] == "pending"
+
+
+def test_instances_without_patient_id_move_each_study_under_its_own_record(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """Reconcile used to crash (KeyError) on a source patient without Patient ID, and the
+    empty ID collided with the counter of applied demographics."""
+    studies = []
+    for date in ("20200101", "20210101"):
+        study = Study(Patient("", "NO^ID", "19700101", "F"), date)
+        study.add_series(1)
+        write_study(tmp_path / "cd", study)
+        studies.append(study)
+    named = Study(Patient("P1", "NAMED^ONE", "19700101", "F", N1), "20220101")
+    named.add_series(1)
+    write_study(tmp_path / "cd", named)
+    src = folder_source(archive, tmp_path / "cd")
+    migration = archive.services.migration
+    plan = migration.reconcile(IMPORTER, "cd")
+    assert (plan.move_studies, plan.waiting, plan.demographics_applied) == (3, [], 1)
+    stats = run_transfer(migration, IMPORTER, src, FolderSource(tmp_path / "cd"), tmp_path / "w")
+    assert dict(stats.states) == {"stored": 3}
+    with archive.index.read() as conn:
+        owners = {
+            r.study_uid: (r.issuer, r.local_id)
+            for r in conn.execute(
+                select(t.study.c.study_uid, t.patient.c.issuer, t.patient.c.local_id).join(
+                    t.patient, t.study.c.patient_pk == t.patient.c.pk
+                )
+            )
+        }
+    unidentified = [owners[s.uid] for s in studies]
+    assert len(set(unidentified)) == 2  # never one record for unrelated people
+    assert all(i == "ZZA" and lid.startswith("UNIDENTIFIED-") for i, lid in unidentified)
+    assert owners[named.uid] == ("ZZA", "P1")
+
+
+def test_a_name_the_legacy_listing_lost_letters_of_is_taken_from_the_instance(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """A legacy PACS answers C-FIND in its own character set (Orthanc: Latin-1): the listing
+    names a Cyrillic name with Latin look-alikes by those alone ('ceyp') and an Arabic name
+    as '^'. Records used to keep those; the instance's own header (ISO_IR 192) has the name,
+    and a record whose name is exactly a lossy rendering of it now takes it. A name that
+    merely differs is left alone."""
+    cyrillic = "\u041b\u044e\u043a" + "ce" + "\u043c\u0431" + "yp" + "\u0433"
+    arabic = "\u0642\u0628\u0627\u0646\u064a^\u0644\u0646\u0632\u0627\u0631"
+    greek = "\u0394\u03b9\u03bf\u03bd\u03c5\u03c3\u03b9\u03bf\u03c2"
+    names = {"P1": cyrillic, "P2": arabic, "P3": "SMYTH^JOHN", "P4": greek}
+    # P3: another spelling, not lossy; P4: every letter lost, so no name listed at all
+    listed = {"P1": "ceyp", "P2": "^", "P3": "SMITH^JOHN", "P4": None}
+    for pid, name in names.items():
+        study = Study(Patient(pid, "X^Y", "19700101", "F"), "20200101")
+        study.add_series(1)
+        write_study(tmp_path / "cd", study)
+        for _, sop in study.instances():
+            path = tmp_path / "cd" / f"{sop}.dcm"
+            ds = pydicom.dcmread(path)
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            ds.PatientName = name
+            ds.save_as(path)
+    src = Source(name="cd", kind="folder", address=str(tmp_path / "cd"), trust="ZZA")
+    migration = archive.services.migration
+    migration.add_source(IMPORTER, src)
+    entries = [
+        dataclasses.replace(e, patient_name=listed[e.patient_id])
+        for e in FolderSource(tmp_path / "cd").inventory()
+    ]
+    migration.record_inventory(IMPORTER, "cd", entries)
+    migration.reconcile(IMPORTER, "cd")
+
+    def record_name(pid: str) -> str | None:
+        resolved = archive.identity.resolve("ZZA", pid)
+        assert resolved is not None
+        record = archive.identity.record(resolved.patient_pk)
+        assert record is not None
+        return record["record"]["name"]  # type: ignore[no-any-return]
+
+    assert record_name("P1") == "ceyp"
+    stats = run_transfer(migration, IMPORTER, src, FolderSource(tmp_path / "cd"), tmp_path / "w")
+    assert dict(stats.states) == {"stored": 4}
+    assert record_name("P1") == names["P1"] and record_name("P2") == names["P2"]
+    assert record_name("P4") == greek
+    assert record_name("P3") == "SMITH^JOHN"
+    # A delta run that re-applies the listing (its date of birth changed) keeps the name.
+    migration.record_inventory(
+        IMPORTER, "cd", [dataclasses.replace(e, birth_date="19700102") for e in entries]
+    )
+    migration.reconcile(IMPORTER, "cd")
+    assert record_name("P1") == names["P1"]
+
+
+def _nested(depth: int) -> bytes:
+    """An explicit VR little endian (0008,0001) SQ nested ``depth`` deep, never closed."""
+    level = b"\x08\x00\x01\x00SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    return level * depth
+
+
+def test_a_cd_with_hostile_truncated_and_preambleless_files_reports_each_and_finishes(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """A folder source used to drop a DICOM file it could not list without a word (or end
+    the inventory with RecursionError), to skip files without preamble, and a file whose
+    pixel hash pydicom could not compute stopped every run. Each is now listed, tried,
+    and reported with the file's path; the other instances move."""
+    study = Study(Patient("P1", "CD^PATIENT", "19700101", "F", N1), "20200101")
+    study.add_series(4)
+    write_study(tmp_path / "cd", study)
+    (series, good), (_, bare), (_, late), (_, early) = study.instances()
+    cd = tmp_path / "cd"
+    data = (cd / f"{early}.dcm").read_bytes()
+    body = 144 + int.from_bytes(data[140:144], "little")
+    (cd / f"{early}.dcm").write_bytes(data[:body] + _nested(3000) + data[body:])  # in header
+    (cd / f"{late}.dcm").write_bytes(
+        (cd / f"{late}.dcm").read_bytes()
+        + b"\xfa\xff\xfa\xffSQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\xff\xff\xff\xff"
+        + _nested(3000)
+    )  # after the pixel data: listed fine, only the pixel hash reads that far
+    (cd / "truncated.dcm").write_bytes(data[: body + 10])
+    ds = pydicom.dcmread(cd / f"{bare}.dcm")
+    (cd / f"{bare}.dcm").unlink()
+    ds.file_meta, ds.preamble = FileMetaDataset(), None  # written with no preamble, no meta
+    ds.save_as(cd / "nopreamble", implicit_vr=True, little_endian=True)
+    assert (cd / "nopreamble").read_bytes()[:2] == b"\x08\x00"
+    (cd / "README.TXT").write_text("Viewer: run setup.exe\n")
+
+    src = folder_source(archive, cd)
+    migration = archive.services.migration
+    assert sum(migration.progress(IMPORTER, "cd").values()) == 5  # not the README
+    migration.reconcile(IMPORTER, "cd")
+    stats = run_transfer(migration, IMPORTER, src, FolderSource(cd), tmp_path / "w")
+    assert stats.total == 5
+    report = migration.verification(IMPORTER, "cd")
+    by_file = {Path(i["locator"]).name: i for i in report["items"]}
+    assert by_file[f"{good}.dcm"]["verdict"] == "verified"
+    assert by_file["nopreamble"]["verdict"] == "verified"
+    for name in (f"{early}.dcm", f"{late}.dcm", "truncated.dcm"):
+        assert by_file[name]["verdict"] == "failed", by_file[name]
+        assert by_file[name]["reason"]
+    assert "nested" in by_file[f"{early}.dcm"]["reason"]
+    assert archive.index.instance_digest(bare) is not None
+    assert series == study.series_uids[0]
+
+
+def test_reconcile_holds_a_page_of_studies_in_memory_not_the_whole_inventory(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reconcile loaded every inventory row of the source at once (about 2.6 kB each: 26 GB
+    for a legacy archive of 10 M instances). It now reads a page of studies at a time, so
+    four times the inventory needs about the same memory."""
+    monkeypatch.setattr(reconcile_module, "STUDY_PAGE", 20, raising=False)
+    src = Source(name="big", kind="folder", address="/nowhere", trust="ZZA")
+    migration = archive.services.migration
+    migration.add_source(IMPORTER, src)
+
+    def peak_for(studies: int, first: int) -> int:
+        entries = [
+            Entry("P1", f"2.25.{first + s}", f"2.25.{first + s}.1", f"2.25.{first + s}.1.{i}")
+            for s in range(studies)
+            for i in range(20)
+        ]
+        migration.record_inventory(IMPORTER, "big", entries)
+        tracemalloc.start()
+        try:
+            plan = migration.reconcile(IMPORTER, "big", dry_run=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert plan.move_instances == 20 * (first + studies - 10**6)
+        return peak
+
+    small = peak_for(40, 10**6)  # 800 instances
+    large = peak_for(120, 10**6 + 40)  # 3200 instances in all
+    assert large < 1.5 * small, (small, large)

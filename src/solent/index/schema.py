@@ -611,7 +611,7 @@ migration_item = Table(
     Column("modality", String(16)),
     Column("size_bytes", BigInteger),
     Column("locator", Text),  # folder: the file path; others: empty (UIDs suffice)
-    # pending | waiting | stored | duplicate | quarantined | failed
+    # pending | waiting | conflict | stored | duplicate | quarantined | failed
     Column("state", String(16), nullable=False),
     Column("reason", Text),
     Column("source_sha256", String(64)),  # of the bytes received from this source

@@ -163,6 +163,12 @@ def _inventory(args: argparse.Namespace, settings: Settings) -> int:
         f"{args.name}: {len(patients)} patients, {len(studies)} studies, {len(series)} series, "
         f"{len(rows)} instances ({size / 1e6:.1f} MB known); "
         f"{delta.new} new since the last inventory, {delta.changed} with changed demographics"
+        + (
+            f"; {delta.conflicts} SOP Instance UIDs listed more than once (held: "
+            "`solent migrate verify` says where)"
+            if delta.conflicts
+            else ""
+        )
     )
     return 0
 
@@ -183,7 +189,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"{args.name}: {plan.move_instances} instances of {plan.move_studies} studies to "
             f"move, {len(plan.merge_studies)} studies merge with copies already held, "
-            f"{len(plan.waiting)} studies wait on identity",
+            f"{len(plan.waiting)} studies wait on identity"
+            + (
+                f", {plan.conflicts} instances held because the source lists their SOP "
+                "Instance UID more than once (see `solent migrate verify`)"
+                if plan.conflicts
+                else ""
+            ),
             file=sys.stderr,
         )
     workdir = settings.tmp_dir / "migrate"

@@ -20,6 +20,7 @@ COLUMNS = (
     "source_sha256",
     "archive_sha256",
     "reason",
+    "locator",
 )
 
 

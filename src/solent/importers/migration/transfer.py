@@ -8,6 +8,7 @@ a killed run loses at most the files in flight, which the next run fetches again
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import threading
 import time
@@ -22,6 +23,8 @@ from typing import TextIO
 from solent.domain.principal import Principal
 from solent.importers.migration.sources import SourceClient
 from solent.services.migration import Item, MigrationService, Source, within_hours
+
+log = logging.getLogger(__name__)
 
 SERIES_BATCH = 64  # instances per C-GET: one round trip for many, a bounded loss on a kill
 
@@ -126,7 +129,20 @@ def run_transfer(
                 else:
                     fetched.append((item, got))
             sizes = [path.stat().st_size for _, path in fetched]
-            states = migration.accept_batch(principal, src, fetched)
+            try:
+                states = migration.accept_batch(principal, src, fetched)
+            except Exception as exc:  # one poisonous file must not stop a migration
+                log.exception("migration batch of series %s failed", batch[0].series_uid)
+                states = []
+                for item, _ in fetched:
+                    migration.fail(
+                        principal,
+                        src.name,
+                        item.sop_uid,
+                        f"could not be stored ({type(exc).__name__}: {exc}); retried on the "
+                        "next run; if it fails again, report it with this file",
+                    )
+                    states.append("failed")
             outcomes += list(zip(states, sizes, strict=True))
         with lock:
             for state, size in outcomes:

@@ -3,7 +3,8 @@
 The importers (``solent.importers.migration``) talk to the legacy systems; this service owns
 what must survive a crash: every instance a source holds is a row whose state moves
 pending -> stored | duplicate | quarantined | failed, or waits while its patient's identity is
-unresolved. Identity decisions are the identity service's (the same rules as HL7); storing is
+unresolved, or is held as ``conflict`` while the source lists its SOP Instance UID twice.
+Identity decisions are the identity service's (the same rules as HL7); storing is
 the one ingest pipeline's. A killed run resumes from these rows: ingest is idempotent per SOP
 Instance UID, so an instance stored just before the kill comes back as a duplicate, not twice.
 

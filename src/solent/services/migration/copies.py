@@ -24,11 +24,14 @@ def content_digest(path: Path) -> str:
 
     With pixel data: the hash of the Pixel Data value, so a copy whose header was relabelled
     (an IEP copy under another patient ID) is the same acquisition, while other pixels under
-    the same SOP Instance UID are a collision. Without: the dataset after the File Meta group
-    (copies that came by different routes differ in their meta header only).
+    the same SOP Instance UID are a collision. Without (or unreadable): the dataset after the
+    File Meta group (copies that came by different routes differ in their meta header only).
     """
-    ds = pydicom.dcmread(path, force=True, specific_tags=["PixelData"])
-    pixels = ds.get("PixelData")  # by keyword: the value
+    try:
+        ds = pydicom.dcmread(path, force=True, specific_tags=["PixelData"])
+        pixels = ds.get("PixelData")  # by keyword: the value
+    except Exception:  # a file pydicom cannot read (hostile nesting, bad lengths): its bytes
+        pixels = None  # are what it is; ingest refuses it and says why, the run goes on
     if isinstance(pixels, bytes) and pixels:
         return hashlib.sha256(pixels).hexdigest()
     with path.open("rb") as fp:

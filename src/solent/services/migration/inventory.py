@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
@@ -19,6 +20,7 @@ from solent.index import schema as t
 from solent.index.sql import Index, now
 from solent.services.access import Permission
 from solent.services.migration.model import (
+    CONFLICT,
     KINDS,
     Entry,
     InventoryDelta,
@@ -30,6 +32,27 @@ from solent.services.migration.model import (
 )
 
 _DEMOGRAPHICS = ("patient_id", "patient_name", "birth_date", "sex", "nhs_number")
+# Where a listing puts an instance: two listings of one UID that differ here are two copies.
+_WHERE = ("patient_id", "study_uid", "series_uid", "locator")
+
+
+def _same_instant(a: datetime | None, b: datetime) -> bool:
+    """Equal instants whether the database hands back an aware or a naive (UTC) datetime."""
+    if a is None:
+        return False
+    return (
+        a.replace(tzinfo=None) == b.astimezone(UTC).replace(tzinfo=None)
+        if a.tzinfo is None
+        else a == b
+    )
+
+
+def _where(row: dict[str, Any]) -> str:
+    at = (
+        f"patient ID {row['patient_id'] or '(none)'}, study {row['study_uid']}, "
+        f"series {row['series_uid']}"
+    )
+    return f"{at}, file {row['locator']}" if row.get("locator") else at
 
 
 class Inventory:
@@ -74,58 +97,89 @@ class Inventory:
     def record_inventory(
         self, principal: Principal, source: str, entries: Iterable[Entry]
     ) -> InventoryDelta:
-        """Upsert what the source lists now: new instances become pending (delta sync)."""
+        """Upsert what the source lists now: new instances become pending (delta sync).
+
+        One stamp marks every row this pass lists, so a SOP Instance UID the source lists
+        twice in one pass (two files of a CD, one UID under two patients or studies) is seen
+        as such wherever the two listings fall: the row becomes ``conflict`` and neither copy
+        moves until the source holds one. A later pass that lists it once releases it.
+        """
         require(principal, Permission.STORE)
         delta = InventoryDelta()
+        stamp = now()
         batch: list[Entry] = []
         for e in entries:
             batch.append(e)
             if len(batch) >= 500:
-                self._upsert(source, batch, delta)
+                self._upsert(source, batch, delta, stamp)
                 batch = []
         if batch:
-            self._upsert(source, batch, delta)
+            self._upsert(source, batch, delta, stamp)
         return delta
 
-    def _upsert(self, source: str, batch: list[Entry], delta: InventoryDelta) -> None:
+    def _upsert(
+        self, source: str, batch: list[Entry], delta: InventoryDelta, stamp: datetime
+    ) -> None:
         c = t.migration_item.c
 
         def op(conn: Connection) -> None:
-            known = {
-                r.sop_uid: r
+            known: dict[str, dict[str, Any]] = {
+                r["sop_uid"]: dict(r)
                 for r in conn.execute(
                     select(t.migration_item).where(
                         c.source == source, c.sop_uid.in_([e.sop_uid for e in batch])
                     )
-                )
+                ).mappings()
             }
-            stamp = now()
             for e in batch:
-                delta.total += 1
                 values = asdict(e)
                 old = known.get(e.sop_uid)
                 if old is None:
-                    conn.execute(
-                        insert(t.migration_item).values(
-                            {
-                                **values,
-                                "source": source,
-                                "state": "pending",
-                                "seen_at": stamp,
-                                "updated_at": stamp,
-                            }
-                        )
-                    )
+                    row = {
+                        **values,
+                        "source": source,
+                        "state": "pending",
+                        "seen_at": stamp,
+                        "updated_at": stamp,
+                    }
+                    added = conn.execute(insert(t.migration_item).values(row))
+                    assert added.inserted_primary_key is not None
+                    known[e.sop_uid] = {**row, "pk": added.inserted_primary_key[0], "reason": None}
+                    delta.total += 1
                     delta.new += 1
                     continue
-                if any(getattr(old, k) != values[k] for k in _DEMOGRAPHICS):
+                if _same_instant(old["seen_at"], stamp):  # listed earlier in this pass
+                    if all(old[k] == values[k] for k in _WHERE):
+                        continue  # the same listing twice (one instance): nothing to do
+                    delta.conflicts += old["state"] != CONFLICT
+                    reason = (
+                        f"{old['reason']}; also {_where(values)}"
+                        if old["state"] == CONFLICT and len(old["reason"] or "") < 4000
+                        else old["reason"]
+                        if old["state"] == CONFLICT
+                        else f"the source lists SOP Instance UID {e.sop_uid} more than once: "
+                        f"{_where(old)} and {_where(values)}; neither copy moves. Correct the "
+                        "source so it holds one, then run again"
+                    )
+                    conn.execute(
+                        update(t.migration_item)
+                        .where(c.pk == old["pk"])
+                        .values(state=CONFLICT, reason=reason, updated_at=stamp)
+                    )
+                    old.update(state=CONFLICT, reason=reason)
+                    continue
+                delta.total += 1
+                if any(old[k] != values[k] for k in _DEMOGRAPHICS):
                     delta.changed += 1
                 keep = {k: v for k, v in values.items() if v is not None or k in _DEMOGRAPHICS}
+                if old["state"] == CONFLICT:  # listed once again: it may move (this pass decides)
+                    keep.update(state="pending", reason=None)
                 conn.execute(
                     update(t.migration_item)
-                    .where(c.pk == old.pk)
+                    .where(c.pk == old["pk"])
                     .values({**keep, "seen_at": stamp, "updated_at": stamp})
                 )
+                old.update({**keep, "seen_at": stamp})
 
         self._index.write(op)
 

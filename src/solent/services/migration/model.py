@@ -27,6 +27,9 @@ BLOCKING = frozenset(
     }
 )
 STUDY_ELSEWHERE = "migration-study-elsewhere"
+# State of an instance the source lists more than once in one inventory (one SOP Instance UID
+# under two patients, studies or files): held, never fetched, until the source holds one.
+CONFLICT = "conflict"
 DIFFER = "migration-demographics-differ"
 
 
@@ -67,6 +70,7 @@ class InventoryDelta:
     total: int = 0
     new: int = 0
     changed: int = 0  # rows whose patient demographics changed at the source
+    conflicts: int = 0  # SOP Instance UIDs the source listed more than once (held)
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Plan:
     waiting: list[dict[str, str]] = field(default_factory=list)  # per study: why it waits
     demographics_applied: int = 0
     already_done: int = 0
+    conflicts: int = 0  # instances held: the source lists their SOP Instance UID twice
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,3 +157,17 @@ def demographics_of(r: Any) -> dict[str, Any]:
 
 def plain(v: Any) -> Any:
     return v.isoformat() if hasattr(v, "isoformat") else v
+
+
+def lossy_rendering(original: str, rendered: str) -> bool:
+    """Whether ``rendered`` is ``original`` after a character set that cannot carry all of
+    it: a legacy PACS answering C-FIND in Latin-1 (Orthanc's default) or ASCII drops or
+    replaces the other letters (a Cyrillic name that mixes in Latin look-alikes listed as those
+    alone, an Arabic name as '^')."""
+    if original == rendered:
+        return False
+    for codec in ("latin-1", "ascii"):
+        for errors in ("ignore", "replace"):
+            if original.encode(codec, errors=errors).decode(codec) == rendered:
+                return True
+    return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, select, update
@@ -22,15 +23,50 @@ from solent.services.access import Permission
 from solent.services.identity import VERIFIED, Change, Demographics, IdentityService, PatientKey
 from solent.services.migration.model import (
     BLOCKING,
+    CONFLICT,
     DIFFER,
     FINAL,
     STUDY_ELSEWHERE,
     Plan,
     Source,
     demographics_of,
+    lossy_rendering,
     require,
     source_of,
 )
+
+STUDY_PAGE = 500  # studies whose inventory rows are in memory at once
+
+
+def _studies(conn: Connection, source: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The source's inventory study by study, a page of studies at a time (keyset on the
+    Study UID): a legacy archive of millions of instances is never held in memory at once.
+    Each page is read completely before its studies are handed out, so the caller may update
+    their rows on the same connection."""
+    c = t.migration_item.c
+    last: str | None = None
+    while True:
+        q = select(c.study_uid).where(c.source == source)
+        if last is not None:
+            q = q.where(c.study_uid > last)
+        uids = [
+            str(u)
+            for (u,) in conn.execute(
+                q.group_by(c.study_uid).order_by(c.study_uid).limit(STUDY_PAGE)
+            )
+        ]
+        if not uids:
+            return
+        last = uids[-1]
+        page: dict[str, list[dict[str, Any]]] = {u: [] for u in uids}
+        rows = conn.execute(
+            select(c.study_uid, c.sop_uid, c.patient_id, c.state, c.size_bytes)
+            .where(c.source == source, c.study_uid.in_(uids))
+            .order_by(c.pk)
+        ).mappings()
+        for r in rows:
+            page[r["study_uid"]].append(dict(r))
+        yield from page.items()
 
 
 class _DryRun(Exception):
@@ -66,35 +102,35 @@ class Reconciler:
     def _reconcile(self, conn: Connection, principal: Principal, src: Source) -> Plan:
         plan = Plan(src.name)
         c = t.migration_item.c
-        rows = [
-            dict(r)
-            for r in conn.execute(select(t.migration_item).where(c.source == src.name)).mappings()
-        ]
         # 1. Patients of EVERY inventoried source, so a conflict between two sources is
         #    known before either moves a study.
-        pks = self._apply_patients(conn, principal)[src.name]
-        plan.demographics_applied = pks.pop("", 0)
+        records, applied = self._apply_patients(conn, principal)
+        pks = records[src.name]
+        plan.demographics_applied = applied[src.name]
         # 2. Studies: held while the identity queue holds their record, or while the study is
         #    filed (or claimed by another source) under a record not linked to this one.
         blocked = self._blocked_records(conn, set(pks.values()))
-        studies: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in rows:
-            studies[r["study_uid"]].append(dict(r))
-        for study_uid, items in studies.items():
-            open_items = [r for r in items if r["state"] not in FINAL]
-            plan.already_done += len(items) - len(open_items)
+        for study_uid, items in _studies(conn, src.name):
+            held = sum(1 for r in items if r["state"] == CONFLICT)
+            open_items = [r for r in items if r["state"] not in (*FINAL, CONFLICT)]
+            plan.conflicts += held
+            plan.already_done += len(items) - len(open_items) - held
             if not open_items:
                 continue
             pids = {r["patient_id"] for r in items}
-            why = "; ".join(blocked[pks[p]] for p in sorted(pids) if pks[p] in blocked)
+            why = "; ".join(blocked[pks[p]] for p in sorted(pids) if pks.get(p) in blocked)
             if len(pids) > 1:
                 why = why or f"one study under several patient IDs at this source: {sorted(pids)}"
             owner = self._owner(conn, study_uid, src.name)
             pid = sorted(pids)[0]
-            mine = pks[pid]
-            linked = owner is not None and (
-                owner["patient_pk"] == mine
-                or owner["patient_pk"] in self.identity.linked_patient_pks(mine, conn=conn)
+            mine = pks.get(pid)  # None: no Patient ID, ingest files it under its own record
+            linked = (
+                owner is not None
+                and mine is not None
+                and (
+                    owner["patient_pk"] == mine
+                    or owner["patient_pk"] in self.identity.linked_patient_pks(mine, conn=conn)
+                )
             )
             # Only a study already IN the archive holds this copy back: the first source to
             # store a study files it; another source's inventory is reported, not waited on.
@@ -143,12 +179,17 @@ class Reconciler:
             )
         return plan
 
-    def _apply_patients(self, conn: Connection, principal: Principal) -> dict[str, dict[str, int]]:
+    def _apply_patients(
+        self, conn: Connection, principal: Principal
+    ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
         """Apply each source patient's demographics through the identity service (issuer = the
-        source's trust) when they changed since last applied; returns source -> ID -> record.
+        source's trust) when they changed since last applied; returns source -> ID -> record,
+        and source -> how many patients' demographics were applied.
 
         Every distinct demographic set a source shows for one Patient ID is applied, so two NHS
-        numbers for one local ID reach the identity rules as such. Key "" counts the changes.
+        numbers for one local ID reach the identity rules as such. Instances without a Patient
+        ID have no record here: they are not one patient, and ingest files each such study
+        under an unidentified record of its own, as every other way in does.
         """
         c, mp = t.migration_item.c, t.migration_patient.c
         sources = {
@@ -177,7 +218,8 @@ class Reconciler:
             for r in conn.execute(select(t.migration_patient))
         }
         change = Change(principal)
-        out: dict[str, dict[str, int]] = {name: {"": 0} for name in sources}
+        out: dict[str, dict[str, int]] = {name: {} for name in sources}
+        changes: dict[str, int] = {name: 0 for name in sources}
         created = {
             int(r.patient_pk)
             for r in conn.execute(
@@ -189,6 +231,8 @@ class Reconciler:
             return pk in created
 
         for (name, pid), demos in shown.items():
+            if not pid:
+                continue
             src = sources[name]
             text = json.dumps(demos, sort_keys=True)
             before = self.identity.resolve(src.trust, pid, conn=conn)
@@ -198,11 +242,16 @@ class Reconciler:
                 # overwrites it; a disagreement is queued for people and its studies wait.
                 self._compare(conn, before.patient_pk, src, pid, demos)
             elif applied.get((name, pid)) != text:
+                record = id_store.get_patient(conn, before.patient_pk) if before else None
+                current = record["name"] if record is not None else None
                 for d in demos:
                     self.identity.update_record(
                         PatientKey(src.trust, pid),
                         Demographics(
-                            name=d["name"],
+                            # not back to the listing's lossy rendering of a repaired name
+                            name=None
+                            if current and d["name"] and lossy_rendering(current, d["name"])
+                            else d["name"],
                             birth_date=d["birth_date"],
                             sex=d["sex"],
                             nhs_number=d["nhs_number"],
@@ -211,7 +260,7 @@ class Reconciler:
                         change,
                         conn=conn,
                     )
-                out[name][""] += 1
+                changes[name] += 1
             resolved = self.identity.resolve(src.trust, pid, conn=conn)
             assert resolved is not None  # update_record created it if new
             out[name][pid] = resolved.patient_pk
@@ -235,7 +284,7 @@ class Reconciler:
                         {**values, "source": name, "patient_id": pid}
                     )
                 )
-        return out
+        return out, changes
 
     def _compare(
         self, conn: Connection, pk: int, src: Source, pid: str, demos: list[dict[str, Any]]
@@ -264,21 +313,38 @@ class Reconciler:
 
     def _blocked_records(self, conn: Connection, pks: set[int]) -> dict[int, str]:
         """Records whose studies wait: an open blocking work item names the record, or a
-        demographic conflict names its NHS number (both sides of a conflict wait)."""
-        rows = {int(r["pk"]): r for r in id_store.get_patients(conn, pks)}
-        out: dict[int, str] = {}
-        for w in id_store.work_items(conn, status="open"):
-            if w["kind"] not in BLOCKING and w["kind"] != STUDY_ELSEWHERE:
-                continue
-            for pk, r in rows.items():
-                hit = w["patient_pk"] == pk or (
-                    w["kind"] == "demographic-conflict"
-                    and r["nhs_number"]
-                    and w["nhs_number"] == r["nhs_number"]
-                )
-                if hit and w["kind"] != STUDY_ELSEWHERE and pk not in out:
-                    out[pk] = f"identity queue item {w['pk']} ({w['kind']}): {w['detail']}"
-        return out
+        demographic conflict names its NHS number (both sides of a conflict wait); the
+        earliest such item is the reason given.
+
+        Starts from the open items (few), never from the source's records (a legacy archive
+        holds hundreds of thousands): no statement with one parameter per record (PostgreSQL
+        takes at most 65535) and no walk of every record for every item."""
+        items = [w for w in id_store.work_items(conn, status="open") if w["kind"] in BLOCKING]
+        by_number: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for w in items:
+            if w["kind"] == "demographic-conflict" and w["nhs_number"]:
+                by_number[w["nhs_number"]].append(w)
+        hits: dict[int, dict[str, Any]] = {}
+
+        def hit(pk: int, w: dict[str, Any]) -> None:
+            if pk in pks and (pk not in hits or w["pk"] < hits[pk]["pk"]):
+                hits[pk] = w
+
+        for w in items:
+            if w["patient_pk"] is not None:
+                hit(int(w["patient_pk"]), w)
+        numbers = sorted(by_number)
+        for start in range(0, len(numbers), 1000):
+            pc = t.patient.c
+            for pk, number in conn.execute(
+                select(pc.pk, pc.nhs_number).where(pc.nhs_number.in_(numbers[start : start + 1000]))
+            ):
+                for w in by_number[number]:
+                    hit(int(pk), w)
+        return {
+            pk: f"identity queue item {w['pk']} ({w['kind']}): {w['detail']}"
+            for pk, w in hits.items()
+        }
 
     def _owner(self, conn: Connection, study_uid: str, source: str) -> dict[str, Any] | None:
         """Who the study already belongs to: the archive, else another source's inventory."""

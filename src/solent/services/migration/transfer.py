@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from sqlalchemy import Connection, select, update
 
 from solent.domain.outcomes import Outcome, RejectReason
@@ -21,9 +22,9 @@ from solent.index import schema as t
 from solent.index.sql import Index, now
 from solent.ingest import Ingestor
 from solent.services.access import Permission
-from solent.services.identity import IdentityService
+from solent.services.identity import Change, Demographics, IdentityService, PatientKey
 from solent.services.migration.copies import content_digest
-from solent.services.migration.model import Item, Source, require
+from solent.services.migration.model import Item, Source, lossy_rendering, require
 from solent.services.migration.quarantine import Quarantine
 
 
@@ -132,6 +133,9 @@ class Transfer:
                 else:
                     state, reason = "failed", f"{result.reason}: {result.message}"
                 updates.append((item.sop_uid, state, reason, digest, size))
+        if file_under is None:
+            stored = {sop for sop, state, *_ in updates if state == "stored"}
+            self._repair_names(principal, src, [f for f in fetched if f[0].sop_uid in stored])
         if not own:
             for _, path in fetched:
                 path.unlink(missing_ok=True)
@@ -154,6 +158,36 @@ class Transfer:
 
         self._index.write(op)
         return [u[1] for u in updates]
+
+    def _repair_names(
+        self, principal: Principal, src: Source, stored: list[tuple[Item, Path]]
+    ) -> None:
+        """Reconcile named each record migration created from the source's listing, which a
+        legacy PACS answers in its own character set: a name may have lost every letter that
+        set cannot carry. The first instance stored carries the name in its own character
+        set; a record with no name (the listing lost every letter), or whose name is exactly a
+        lossy rendering of the header's, takes the header's name (through the identity
+        service, audited). Any other difference is left alone."""
+        mp = t.migration_patient.c
+        for pid in dict.fromkeys(item.patient_id for item, _ in stored if item.patient_id):
+            path = next(p for i, p in stored if i.patient_id == pid)
+            header = _header_name(path)
+            resolved = self.identity.resolve(src.trust, pid)
+            if header is None or resolved is None:
+                continue
+            with self._index.read() as conn:
+                owns = conn.execute(
+                    select(mp.owns_record).where(mp.source == src.name, mp.patient_id == pid)
+                ).scalar()
+                row = id_store.get_patient(conn, resolved.patient_pk)
+            if (
+                owns
+                and row is not None
+                and (not row["name"] or lossy_rendering(header, row["name"]))
+            ):
+                self.identity.update_record(
+                    PatientKey(src.trust, pid), Demographics(name=header), Change(principal)
+                )
 
     def _file_under(self, src: Source, item: Item) -> tuple[str, str] | str | None:
         """The record an instance of a study already filed elsewhere goes under, if linked."""
@@ -198,3 +232,15 @@ class Transfer:
                 .values(values)
             )
         )
+
+
+def _header_name(path: Path) -> str | None:
+    """Patient's Name as the file's own Specific Character Set decodes it."""
+    try:
+        ds = pydicom.dcmread(
+            path, force=True, specific_tags=["SpecificCharacterSet", "PatientName"]
+        )
+        name = str(ds.get("PatientName") or "").strip()
+    except Exception:  # an unreadable header names nobody; ingest reported it already
+        return None
+    return name or None

@@ -94,6 +94,7 @@ class Verification:
                     "source_sha256": r["source_sha256"],
                     "archive_sha256": archive_sha,
                     "reason": r["reason"],
+                    "locator": r["locator"],  # a folder source's file: which one to look at
                 }
             )
         counts: dict[str, int] = defaultdict(int)
