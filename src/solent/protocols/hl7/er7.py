@@ -199,29 +199,76 @@ def xcn_name(msg: Message, seg: Segment, n: int) -> str | None:
     return name[:324] or None
 
 
+DELETE = '""'  # HL7 v2: a field sent as "" erases the receiver's value; empty means "not sent"
+
+
 def dicom_sex(value: str) -> str | None:
     if not value:
         return None
+    if value == DELETE:
+        return ""
     return {"M": "M", "F": "F"}.get(value.upper(), "O")
+
+
+#: XAD components that make up the address itself: street, other designation, city, state or
+#: county, postcode, country. XAD.7 (address type: H home, M mailing...) and later components
+#: say what kind of address it is, not where.
+ADDRESS_COMPONENTS = 6
+
+
+def address(msg: Message, seg: Segment, n: int) -> str | None:
+    raw = seg.field(n)
+    if raw == "":
+        return None
+    if raw == DELETE:
+        return ""
+    parts = [msg.text(p) for p in seg.comps(n)[:ADDRESS_COMPONENTS]]
+    return ", ".join(p for p in parts if p and p != DELETE) or None
+
+
+def telephone(msg: Message, seg: Segment, n: int) -> str | None:
+    """XTN: the number as text (XTN.1), else the unformatted number (XTN.12, v2.5), else the
+    country, area and local parts (XTN.5-7) that v2.5 senders fill instead of XTN.1."""
+    raw = seg.field(n)
+    if raw == "":
+        return None
+    if raw == DELETE:
+        return ""
+    parts = [msg.text(p) for p in ([*seg.comps(n), *[""] * 12])[:12]]
+    if parts[0]:
+        return parts[0]
+    if parts[11]:
+        return parts[11]
+    number = " ".join(p for p in (parts[4] and f"+{parts[4].lstrip('+')}", *parts[5:7]) if p)
+    return number or None
 
 
 def demographics(msg: Message, pid: Segment) -> Demographics:
     nhs_ids = [cx for cx in msg.identifiers(pid) if is_nhs(cx) and cx.id]
-    dob = pid.comp(7)[:8] or None
-    if dob is not None and not (len(dob) == 8 and dob.isdigit()):
-        raise MessageRejected("AE", f"PID-7 date of birth {dob!r} is not YYYYMMDD")
-    address_parts = [msg.text(p) for p in pid.comps(11) if p]
+    if pid.field(7) == DELETE:
+        dob: str | None = ""
+    else:
+        dob = pid.comp(7)[:8] or None
+        if dob is not None and not (len(dob) == 8 and dob.isdigit()):
+            raise MessageRejected("AE", f"PID-7 date of birth {dob!r} is not YYYYMMDD")
     pd1 = msg.first("PD1")
+    gp_practice = gp = None
+    if pd1 is not None:
+        if pd1.field(3) == DELETE:
+            gp_practice = ""
+        else:
+            gp_practice = "^".join(msg.text(p) for p in pd1.comps(3) if p) or None
+        gp = "" if pd1.field(4) == DELETE else xcn_name(msg, pd1, 4)
     return Demographics(
         name=person_name(msg, pid, 5),
         birth_date=dob,
-        sex=dicom_sex(pid.comp(8)),
+        sex=dicom_sex(pid.field(8).split(msg.comp_sep)[0]),
         nhs_number=nhs_ids[0].id if nhs_ids else None,
         nhs_status=pid.comp(32) or None,
-        address=", ".join(address_parts) or None,
-        phone=pid.comp(13) or None,
-        gp_practice="^".join(filter(None, pd1.comps(3))) or None if pd1 else None,
-        gp=xcn_name(msg, pd1, 4) if pd1 else None,
+        address=address(msg, pid, 11),
+        phone=telephone(msg, pid, 13),
+        gp_practice=gp_practice,
+        gp=gp,
     )
 
 

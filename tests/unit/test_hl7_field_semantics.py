@@ -1,0 +1,77 @@
+"""What an EPR's PAS means by the fields of PID/PD1, read the way HL7 v2 defines them.
+
+An empty field means "not sent, keep what you have"; a field sent as ``""`` means "erase it"
+(HL7 v2 section 2.5.3, the ITK ADT specification follows it). Address type codes and v2.5
+telephone layouts are how real PAS feeds send ordinary data.
+"""
+
+from __future__ import annotations
+
+from solent.app import Archive
+from solent.domain.principal import SYSTEM
+from solent.protocols.hl7.er7 import Message, demographics
+from solent.protocols.hl7.handler import Hl7Handler
+from solent.protocols.hl7.senders import SenderGate
+from tests.unit.security_fixtures import demo, demo_template
+
+__all__ = ["demo", "demo_template"]
+
+LOCAL = "127.0.0.1:40000"  # the demo feeds are registered from this machine
+
+
+def _a08(control: str, pid_tail: str, pd1: str = "") -> str:
+    return (
+        f"MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||ADT^A08^ADT_A01|{control}|P|2.4\r"
+        "EVN|A08|20250320093000\r"
+        f"PID|1||A100001^^^ZZA^MR|{pid_tail}\r" + (f"{pd1}\r" if pd1 else "") + "PV1|1|N\r"
+    )
+
+
+def test_double_quotes_erase_and_empty_fields_keep() -> None:
+    demo_ = demographics(
+        m := Message(_a08("C1", '|DEMO^ALICE||""|""|||""||""', 'PD1|||""|""')),
+        m.need("PID"),
+    )
+    assert (demo_.birth_date, demo_.sex, demo_.address, demo_.phone) == ("", "", "", "")
+    assert (demo_.gp_practice, demo_.gp) == ("", "")
+    kept = demographics(m := Message(_a08("C2", "|DEMO^ALICE")), m.need("PID"))
+    assert (kept.birth_date, kept.sex, kept.address, kept.phone) == (None, None, None, None)
+
+
+def test_address_type_code_is_not_part_of_the_address() -> None:
+    msg = Message(_a08("C3", "|DEMO^ALICE||19580312|F|||5 NEW ROAD^^NEWTOWN^^XX2 2XX^GBR^H"))
+    assert demographics(msg, msg.need("PID")).address == "5 NEW ROAD, NEWTOWN, XX2 2XX, GBR"
+
+
+def test_v25_telephone_without_xtn1_is_read() -> None:
+    """XTN.1 is deprecated in v2.5; Epic/Cerner-style feeds send the parts or XTN.12."""
+    parts = Message(_a08("C4", "|DEMO^ALICE||19580312|F|||||^PRN^PH^^44^1632^960123"))
+    assert demographics(parts, parts.need("PID")).phone == "+44 1632 960123"
+    whole = Message(_a08("C5", "|DEMO^ALICE||19580312|F|||||^PRN^PH^^^^^^^^^01632960123"))
+    assert demographics(whole, whole.need("PID")).phone == "01632960123"
+
+
+def _record(archive: Archive) -> tuple[dict[str, object], dict[str, object]]:
+    person = archive.services.records
+    pk = person.person(SYSTEM, issuer="ZZA", local_id="A100001").named_pk
+    assert pk is not None
+    found = person.patient_record(SYSTEM, pk)
+    return found["record"], found["contact"] or {}
+
+
+def test_an_a08_with_double_quotes_erases_the_record_fields(demo: Archive) -> None:
+    s = demo.services
+    handler = Hl7Handler(s, gate=SenderGate(s.directory, s.audit))
+    set_ = _a08("SET-1", "|DEMO^ALICE||19580312|F|||1 A ST^^TOWN^^AB1 2CD^GBR^H||01632 960001")
+    assert "MSA|AA|SET-1|" in handler.handle(set_, LOCAL)
+    record, contact = _record(demo)
+    assert (record["sex"], contact["address"], contact["phone"]) == (
+        "F",
+        "1 A ST, TOWN, AB1 2CD, GBR",
+        "01632 960001",
+    )
+    erase = _a08("ERASE-1", '|DEMO^ALICE||19580312|""|||""||""')
+    assert "MSA|AA|ERASE-1|" in handler.handle(erase, LOCAL)
+    record, contact = _record(demo)
+    # Before the fix: sex became "O" (other) and the address and phone the text '""'.
+    assert (record["sex"], contact["address"], contact["phone"]) == ("", "", "")
