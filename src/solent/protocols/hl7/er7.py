@@ -28,6 +28,8 @@ class Header:
     trigger: str  # A40, O01, ...
     structure: str
     version: str
+    processing_id: str = "P"  # MSH-11: P production, T training, D debugging
+    charset: str = ""  # MSH-18, as sent (HL7 table 0211)
 
     @property
     def sender(self) -> str:
@@ -91,27 +93,19 @@ class Message:
         self.header = self._header()
 
     def _header(self) -> Header:
-        msh = self.segments[0]
-        code, trigger, structure = ([*msh.comps(9), "", "", ""])[:3]
-        header = Header(
-            sending_application=msh.comp(3),
-            sending_facility=msh.comp(4),
-            receiving_application=msh.comp(5),
-            receiving_facility=msh.comp(6),
-            control_id=msh.field(10),
-            message_code=code,
-            trigger=trigger,
-            structure=structure,
-            version=msh.comp(12),
-        )
+        header = _read_header(self.segments[0])
         if not header.control_id:
             raise MessageRejected("AR", "MSH-10 (message control ID) is empty")
         if len(header.control_id) > 64:
             raise MessageRejected("AR", "MSH-10 (message control ID) is longer than 64 characters")
         if not header.sending_facility:
             raise MessageRejected("AR", "MSH-4 (sending facility: the trust's ODS code) is empty")
-        if not code or not trigger:
+        if not header.message_code or not header.trigger:
             raise MessageRejected("AR", "MSH-9 (message type) must carry a code and a trigger")
+        if header.version and not header.version.startswith("2."):
+            raise MessageRejected(
+                "AR", f"unsupported version ID {header.version} in MSH-12: HL7 v2.x only"
+            )
         return header
 
     def text(self, value: str) -> str:
@@ -144,6 +138,55 @@ class Message:
 
     def identifiers(self, seg: Segment, n: int = 3) -> list[CX]:
         return [self.cx(r) for r in seg.reps(n)]
+
+
+def _read_header(msh: Segment) -> Header:
+    code, trigger, structure = ([*msh.comps(9), "", "", ""])[:3]
+    return Header(
+        sending_application=msh.comp(3),
+        sending_facility=msh.comp(4),
+        receiving_application=msh.comp(5),
+        receiving_facility=msh.comp(6),
+        control_id=msh.field(10),
+        message_code=code,
+        trigger=trigger,
+        structure=structure,
+        version=msh.comp(12),
+        processing_id=msh.comp(11) or "P",
+        charset=msh.comp(18),
+    )
+
+
+def loose_header(raw: str) -> Header | None:
+    """MSH as far as it can be read, for the ACK of a message refused as unreadable: its
+    control ID goes back in MSA-2 whenever MSH-10 was sent, so the sender can match the
+    refusal to its message instead of waiting for an answer that never names it."""
+    text = raw.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+    if not text.startswith("MSH") or len(text) < 8:
+        return None
+    fields = ["MSH", *text.split("\r", 1)[0][4:].split(text[3])]  # MSH-n is fields[n - 1]
+    comp = text[4]
+
+    def value(n: int, c: int = 1) -> str:
+        parts = fields[n - 1].split(comp) if n - 1 < len(fields) else [""]
+        return parts[c - 1] if c - 1 < len(parts) else ""
+
+    control_id = value(10) if len(fields) >= 10 else ""
+    if not control_id or len(control_id) > 64 or comp in control_id:
+        return None
+    return Header(
+        sending_application=value(3),
+        sending_facility=value(4),
+        receiving_application=value(5),
+        receiving_facility=value(6),
+        control_id=control_id,
+        message_code=value(9),
+        trigger=value(9, 2),
+        structure=value(9, 3),
+        version=value(12),
+        processing_id=value(11) or "P",
+        charset=value(18),
+    )
 
 
 NHS_AUTHORITIES = ("NHS", "2.16.840.1.113883.2.1.4.1")

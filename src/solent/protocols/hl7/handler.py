@@ -15,7 +15,7 @@ from solent.domain import nhs_number as nhs
 from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, Principal, PrincipalKind
 from solent.errors import IndexUnavailable
 from solent.protocols.hl7 import er7
-from solent.protocols.hl7.ack import build_ack
+from solent.protocols.hl7.ack import ack_bytes, build_ack
 from solent.protocols.hl7.er7 import Header, Message, MessageRejected
 from solent.protocols.hl7.senders import SenderGate
 from solent.services.identity import Change
@@ -88,7 +88,8 @@ class Hl7Handler:
         self._known_trusts: set[str] = set()
 
     def handle_bytes(self, data: bytes, remote: str | None = None) -> bytes:
-        return self.handle(_decode(data), remote).encode("utf-8")
+        raw = _decode(data)
+        return ack_bytes(self.handle(raw, remote), er7.loose_header(raw))
 
     def handle(self, raw: str, remote: str | None = None) -> str:
         try:
@@ -96,7 +97,7 @@ class Hl7Handler:
         except MessageRejected as exc:
             env = Envelope(None, None, None, raw, remote)
             self._keep_rejected(env, exc.code, exc.reason)
-            return build_ack(None, exc.code, exc.reason)
+            return build_ack(er7.loose_header(raw), exc.code, exc.reason)
         h = msg.header
         speaker = Speaker(h.sending_facility, h.sending_facility in self.link_senders)
         if self.gate is not None:
