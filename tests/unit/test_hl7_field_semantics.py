@@ -75,3 +75,13 @@ def test_an_a08_with_double_quotes_erases_the_record_fields(demo: Archive) -> No
     record, contact = _record(demo)
     # Before the fix: sex became "O" (other) and the address and phone the text '""'.
     assert (record["sex"], contact["address"], contact["phone"]) == ("", "", "")
+
+
+def test_formatted_text_line_breaks_are_line_feeds() -> None:
+    """CRIS-style FT reports break lines with \\.br\\; before, they became CRs (the segment
+    separator), which text/plain, the viewer and FHIR's presentedForm show as one long line."""
+    msg = Message(
+        "MSH|^~\\&|RIS|ZZB|PACS|ZZX|20260105153000||ORU^R01^ORU_R01|R1|P|2.4\r"
+        "OBX|1|FT|CT||FINDINGS:\\.br\\Spleen 11\\S\\cm.\\X0D0A\\Normal.||||||F\r"
+    )
+    assert msg.text(msg.need("OBX").field(5)) == "FINDINGS:\nSpleen 11^cm.\nNormal."

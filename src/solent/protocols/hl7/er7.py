@@ -109,11 +109,15 @@ class Message:
         return header
 
     def text(self, value: str) -> str:
-        """Unescape HL7 escape sequences (\\F\\, \\S\\, \\T\\, \\R\\, \\E\\)."""
+        """Unescape HL7 escape sequences (\\F\\, \\S\\, \\T\\, \\R\\, \\E\\, \\Xhh\\, \\.br\\).
+
+        A line break in a report (FT ``\\.br\\``, or ``\\X0D0A\\``) comes out of python-hl7 as
+        a CR, which is HL7's segment separator and no line break in text/plain, the viewer or
+        FHIR: it is written as LF."""
         if self.escape not in value:
             return value
         out: str = self.parsed.unescape(value)
-        return out
+        return out.replace("\r\n", "\n").replace("\r", "\n")
 
     def all(self, name: str) -> list[Segment]:
         return [s for s in self.segments if s.name == name]
