@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from solent.app import Archive
+from solent.domain.principal import SYSTEM
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.senders import SenderGate
 from tests.unit.security_fixtures import demo, demo_template
@@ -75,3 +76,41 @@ def test_a_version_that_is_not_hl7_v2_is_refused_with_203(demo: Archive) -> None
     assert ack["ERR"][3].split("^")[0] == "203"
     ok = _segments(_handler(demo).handle(_a08("P|2.5.1", control="V251-1"), LOCAL))
     assert ok["MSA"][1] == "AA"
+
+
+def _a08_for(control: str, local_id: str, name: str, dob: str = "19580312") -> str:
+    return (
+        f"MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||ADT^A08^ADT_A01|{control}|P|2.4\r"
+        "EVN|A08|20250320093000\r"
+        f"PID|1||{local_id}^^^ZZA^MR||{name}||{dob}|F\r"
+    )
+
+
+def test_a_batch_is_applied_message_by_message_and_answered_as_a_batch(demo: Archive) -> None:
+    """A PAS replay sent as FHS/BHS ... BTS/FTS in one frame. Before: one AR for the whole
+    batch ("must start with an MSH segment"), nothing applied, no message named."""
+    batch = (
+        "FHS|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||||FILE-7\r"
+        "BHS|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||||BATCH-42\r"
+        + _a08_for("B-1", "A100001", "DEMO^ALICE^BATCHED")
+        + _a08_for("B-2", "A100002", "DEMO^ERIN", dob="1990")  # no YYYYMMDD: refused, AE
+        + "BTS|2\rFTS|1\r"
+    )
+    reply = _handler(demo).handle_bytes(batch.encode(), LOCAL).decode()
+    segments = reply.strip("\r").split("\r")
+    assert [s[:3] for s in segments] == [
+        "FHS", "BHS", "MSH", "MSA", "MSH", "MSA", "ERR", "BTS", "FTS",
+    ]  # fmt: skip
+    bhs = segments[1].split("|")
+    assert bhs[2:6] == ["PACS", "ZZX", "PAS", "ZZA"] and bhs[11] == "BATCH-42"  # BHS-12
+    assert segments[0].split("|")[11] == "FILE-7"
+    msas = [s.split("|")[1:3] for s in segments if s.startswith("MSA")]
+    assert msas == [["AA", "B-1"], ["AE", "B-2"]]
+    assert segments[-2] == "BTS|2"
+    records = demo.services.records
+    pk = records.person(SYSTEM, issuer="ZZA", local_id="A100001").named_pk
+    assert pk is not None
+    assert records.patient_record(SYSTEM, pk)["record"]["name"] == "DEMO^ALICE^BATCHED"
+    # A replay of the same batch changes nothing and answers the same.
+    again = _handler(demo).handle_bytes(batch.encode(), LOCAL).decode()
+    assert [s.split("|")[1:3] for s in again.split("\r") if s.startswith("MSA")] == msas

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, Principal, PrincipalKind
 from solent.errors import IndexUnavailable
 from solent.protocols.hl7 import er7
 from solent.protocols.hl7.ack import ack_bytes, build_ack
+from solent.protocols.hl7.ack import escape as ack_escape
 from solent.protocols.hl7.er7 import Header, Message, MessageRejected
 from solent.protocols.hl7.senders import SenderGate
 from solent.services.identity import Change
@@ -40,6 +42,22 @@ MESSAGE_TYPES: dict[tuple[str, str], str] = {
 }
 ORDER_STATUS = {"SC": "SCHEDULED", "IP": "STARTED", "CM": "COMPLETED", "CA": "DISCONTINUED"}
 REPORT_STATUSES = ("P", "F", "C", "A", "R", "S", "I", "X")
+
+
+def _batch_header(name: str, received: str) -> str:
+    """FHS/BHS of the answer to a batch: sender and receiver swapped, its own control ID in
+    -11 and the received batch's in -12 (the reference HL7 asks for)."""
+    sep, comp = (received[3], received[4]) if len(received) > 8 else ("|", "^")
+    fields = received.split(sep) if len(received) > 8 else [name]
+    fields += [""] * (12 - len(fields))
+
+    def value(n: int) -> str:  # FHS-n / BHS-n, first component, as text of the answer
+        return ack_escape(fields[n - 1].split(comp)[0])
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    out = [name, "^~\\&", value(5) or "SOLENT", value(6) or "PACS", value(3), value(4), stamp]
+    out += ["", "", "", f"SOLENT{uuid.uuid4().hex[:20]}", value(11)]
+    return "|".join(out)
 
 
 def _decode(data: bytes) -> str:
@@ -89,7 +107,32 @@ class Hl7Handler:
 
     def handle_bytes(self, data: bytes, remote: str | None = None) -> bytes:
         raw = _decode(data)
+        if raw.lstrip("\r\n").startswith(("FHS", "BHS")):
+            return self.handle_batch(raw, remote)
         return ack_bytes(self.handle(raw, remote), er7.loose_header(raw))
+
+    def handle_batch(self, raw: str, remote: str | None = None) -> bytes:
+        """An HL7 batch (FHS/BHS ... BTS/FTS) in one frame, as PAS replays and catch-up feeds
+        send it: each message is handled as if sent alone, in order (journalled, applied, its
+        own ACK), and the answer is a batch of those ACKs whose BHS-12 names the batch."""
+        lines = [ln for ln in raw.replace("\r\n", "\r").replace("\n", "\r").split("\r") if ln]
+        headers = {ln[:3]: ln for ln in lines if ln[:3] in ("FHS", "BHS")}
+        messages: list[list[str]] = []
+        for line in lines:
+            if line.startswith("MSH"):
+                messages.append([line])
+            elif line[:3] in ("FHS", "BHS", "BTS", "FTS"):
+                continue
+            elif messages:
+                messages[-1].append(line)
+        acks = [self.handle("\r".join(m) + "\r", remote) for m in messages]
+        first = er7.loose_header("\r".join(messages[0])) if messages else None
+        body = [a.strip("\r") for a in acks]
+        if "BHS" in headers or not headers:
+            body = [_batch_header("BHS", headers.get("BHS", "")), *body, f"BTS|{len(acks)}"]
+        if "FHS" in headers:
+            body = [_batch_header("FHS", headers["FHS"]), *body, "FTS|1"]
+        return ack_bytes("\r".join(body) + "\r", first)
 
     def handle(self, raw: str, remote: str | None = None) -> str:
         try:
