@@ -105,7 +105,8 @@ def _int(request: Request, name: str, low: int, high: int | None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+    ascii_digits = raw.isascii() and raw.isdigit()  # "²".isdigit(), but int("²") fails
+    if not ascii_digits or len(raw) > 9 or int(raw) < low or (high is not None and int(raw) > high):
         limit = f"{low}..{high}" if high is not None else f"{low} or more"
         raise FhirError(400, "invalid", f"{name}={raw!r}: a whole number {limit}")
     return int(raw)
