@@ -76,6 +76,12 @@ class Speaker:
     trust: str | None
     regional: bool
 
+    def issuer(self, h: Header) -> str:
+        """The trust whose identifiers the message carries: the one the feed is registered
+        for, which may differ from MSH-4 when the registration says so (ITK: MSH-4 may be a
+        5-character site code of the trust, registered with ``--trust``); else MSH-4."""
+        return self.trust if self.trust and not self.regional else h.sending_facility
+
     def principal(self, h: Header, remote: str | None) -> Principal:
         """The feed as the services see it: its registered trust and, for a regional identity
         source, the role that lets it link and change records of every trust."""
@@ -150,7 +156,7 @@ class Hl7Handler:
                 return build_ack(msg, exc.code, exc.reason)
             if row is not None:
                 speaker = Speaker(row.trust_code, row.trust_code is None or speaker.regional)
-        env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, h.sending_facility)
+        env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, speaker.issuer(h))
         try:
             apply = self._route(msg, speaker)
         except MessageRejected as exc:
@@ -176,11 +182,11 @@ class Hl7Handler:
         """Apply a message journalled by a process that died before applying it."""
         msg = Message(raw)
         h = msg.header
-        env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, h.sending_facility)
         speaker = Speaker(h.sending_facility, h.sending_facility in self.link_senders)
         row = self.gate.registration(h) if self.gate is not None else None
         if row is not None:  # the gate passed it when it was journalled
             speaker = Speaker(row.trust_code, row.trust_code is None or speaker.regional)
+        env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, speaker.issuer(h))
         try:
             apply = self._route(msg, speaker)
         except MessageRejected as exc:
@@ -230,13 +236,10 @@ class Hl7Handler:
             if not speaker.regional:  # a regional source may be no trust (the EMPI)
                 self._check_trust(h.sending_facility)
             return lambda tx: self._link(msg, trigger, tx)
-        self._check_trust(h.sending_facility)
-        if not speaker.regional and speaker.trust != h.sending_facility:
-            raise MessageRejected(
-                "AR",
-                f"this feed is registered for trust {speaker.trust}, but MSH-4 names "
-                f"{h.sending_facility}: a feed speaks for its own trust only",
-            )
+        # A feed speaks for the trust it is registered for (the registration of MSH-3/MSH-4
+        # names it); its identifiers, orders and accessions are that trust's.
+        issuer = speaker.issuer(h)
+        self._check_trust(issuer)
         apply = {
             "update": self._update,
             "merge": self._merge,
@@ -244,7 +247,7 @@ class Hl7Handler:
             "order": self._order,
             "report": self._report,
         }[kind]
-        return lambda tx: apply(msg, tx)
+        return lambda tx: apply(msg, tx, issuer)
 
     def _check_trust(self, facility: str) -> None:
         # Trusts are added, never removed, so a trust once seen needs no second look-up.
@@ -252,31 +255,31 @@ class Hl7Handler:
             return
         if self.directory.trust(facility) is None:
             raise MessageRejected(
-                "AR", f"MSH-4 sending facility {facility} is not a registered trust"
+                "AR",
+                f"MSH-4 sending facility {facility} is not a registered trust (a site of a "
+                "trust is registered with `solent hl7 sender add APP SITE --trust TRUST`)",
             )
         self._known_trusts.add(facility)
 
     # -- ADT -------------------------------------------------------------------------------
 
-    def _update(self, msg: Message, tx: Hl7Transaction) -> str:
+    def _update(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         pid = msg.need("PID")
-        key = er7.local_key(msg, pid, issuer=msg.header.sending_facility)
+        key = er7.local_key(msg, pid, issuer=facility)
         tx.update_record(key, er7.demographics(msg, pid))
         return f"record {key} updated"
 
-    def _merge(self, msg: Message, tx: Hl7Transaction) -> str:
+    def _merge(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         """Within one trust only: the identity service refuses (and queues) a cross-trust
         merge, which is never what a feed may ask for."""
         pid, mrg = msg.need("PID"), msg.need("MRG")
-        facility = msg.header.sending_facility
         target = er7.local_key(msg, pid, issuer=facility)
         source = er7.local_key(msg, mrg, issuer=None, n=1)
         tx.merge(target, source, er7.demographics(msg, pid), er7.person_name(msg, mrg, 7))
         return f"{source} merged into {target}; {source.local_id} kept as a retired identifier"
 
-    def _renumber(self, msg: Message, tx: Hl7Transaction) -> str:
+    def _renumber(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         pid, mrg = msg.need("PID"), msg.need("MRG")
-        facility = msg.header.sending_facility
         new = er7.local_key(msg, pid, issuer=facility)
         old = er7.local_key(msg, mrg, issuer=None, n=1)
         tx.change_identifier(new, old)
@@ -298,8 +301,7 @@ class Hl7Handler:
 
     # -- orders ----------------------------------------------------------------------------
 
-    def _order(self, msg: Message, tx: Hl7Transaction) -> str:
-        facility = msg.header.sending_facility
+    def _order(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         pid, orc = msg.need("PID"), msg.need("ORC")
         obr = msg.need("OBR")
         ipc = msg.first("IPC")
@@ -380,8 +382,7 @@ class Hl7Handler:
 
     # -- reports ---------------------------------------------------------------------------
 
-    def _report(self, msg: Message, tx: Hl7Transaction) -> str:
-        facility = msg.header.sending_facility
+    def _report(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         pid, obr = msg.need("PID"), msg.need("OBR")
         key = er7.local_key(msg, pid, issuer=facility)
         accession = er7.first_nonempty(obr.comp(18), obr.comp(3))
