@@ -82,6 +82,8 @@ def test_formatted_text_line_breaks_are_line_feeds() -> None:
     separator), which text/plain, the viewer and FHIR's presentedForm show as one long line."""
     msg = Message(
         "MSH|^~\\&|RIS|ZZB|PACS|ZZX|20260105153000||ORU^R01^ORU_R01|R1|P|2.4\r"
-        "OBX|1|FT|CT||FINDINGS:\\.br\\Spleen 11\\S\\cm.\\X0D0A\\Normal.||||||F\r"
+        "OBX|1|FT|CT||\\H\\FINDINGS:\\N\\\\.br\\Spleen 11\\S\\cm."
+        "\\X0D0A\\Normal.\\.sp2\\End||||||F\r"
     )
-    assert msg.text(msg.need("OBX").field(5)) == "FINDINGS:\nSpleen 11^cm.\nNormal."
+    text = msg.text(msg.need("OBX").field(5))
+    assert text == "FINDINGS:\nSpleen 11^cm.\nNormal.\n\nEnd"  # no "_" for \\H\\ and \\N\\

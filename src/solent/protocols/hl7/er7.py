@@ -73,6 +73,11 @@ class Segment:
         return self.message.text(parts[c - 1]) if c - 1 < len(parts) else ""
 
 
+#: Formatting escapes of FT text as plain text: highlighting on/off (\\H\\, \\N\\) marks nothing
+#: (python-hl7 would write "_"), a line break or skipped line (\\.br\\, \\.spN\\) is a line feed.
+TEXT_ESCAPES = {"H": "", "N": "", ".br": "\n", ".sp": "\n"}
+
+
 class Message:
     """A parsed message: python-hl7 validates the structure, we read fields as text."""
 
@@ -116,7 +121,7 @@ class Message:
         FHIR: it is written as LF."""
         if self.escape not in value:
             return value
-        out: str = self.parsed.unescape(value)
+        out: str = self.parsed.unescape(value, app_map=TEXT_ESCAPES)
         return out.replace("\r\n", "\n").replace("\r", "\n")
 
     def all(self, name: str) -> list[Segment]:
