@@ -7,6 +7,8 @@ telephone layouts are how real PAS feeds send ordinary data.
 
 from __future__ import annotations
 
+import pytest
+
 from solent.app import Archive
 from solent.domain.principal import SYSTEM
 from solent.protocols.hl7.er7 import Message, demographics
@@ -87,3 +89,31 @@ def test_formatted_text_line_breaks_are_line_feeds() -> None:
     )
     text = msg.text(msg.need("OBX").field(5))
     assert text == "FINDINGS:\nSpleen 11^cm.\nNormal.\n\nEnd"  # no "_" for \\H\\ and \\N\\
+
+
+@pytest.mark.parametrize("pid3", ["A100001^^^^MR", "A100001", "A100001^^^^PI~9990000018^^^^NH"])
+def test_an_identifier_without_cx4_from_a_trust_feed_is_that_trusts(
+    demo: Archive, pid3: str
+) -> None:
+    """Many PAS leave their own assigning authority out of PID-3. Before: AE ("carries no
+    identifier assigned by the sending trust"), so such a trust could not feed the PACS."""
+    s = demo.services
+    handler = Hl7Handler(s, gate=SenderGate(s.directory, s.audit))
+    msg = _a08("NOCX4", "|DEMO^ALICE^NOCX||19580312|F").replace("A100001^^^ZZA^MR", pid3)
+    assert "MSA|AA|NOCX4|record A100001/ZZA updated" in handler.handle(msg, LOCAL)
+    record, _ = _record(demo)
+    assert record["name"] == "DEMO^ALICE^NOCX"
+
+
+def test_another_trusts_identifier_is_still_refused(demo: Archive) -> None:
+    s = demo.services
+    handler = Hl7Handler(s, gate=SenderGate(s.directory, s.audit))
+    msg = _a08("OTHER", "|DEMO^BOB^X||19710101|M").replace("A100001^^^ZZA^MR", "B7730444^^^ZZB^MR")
+    assert "MSA|AE|OTHER|" in handler.handle(msg, LOCAL)
+    merge = (
+        "MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||ADT^A40^ADT_A39|M-1|P|2.4\r"
+        "EVN|A40|20250320093000\r"
+        "PID|1||A100001||DEMO^ALICE||19580312|F\r"
+        "MRG|B7730444^^^ZZB^MR\r"
+    )
+    assert "MSA|AE|M-1|" in handler.handle(merge, LOCAL)  # across trusts: refused as before

@@ -205,9 +205,27 @@ def is_nhs(cx: CX) -> bool:
     return cx.authority in NHS_AUTHORITIES or cx.type_code == "NH"
 
 
-def local_key(msg: Message, seg: Segment, *, issuer: str | None, n: int = 3) -> PatientKey:
-    """The record PID-3 (or MRG-1) names for ``issuer`` (None: the one non-NHS identifier)."""
+#: CX.5 identifier types of a patient's own record number (HL7 table 0203): medical record,
+#: patient internal and patient external identifier, or none.
+LOCAL_ID_TYPES = ("", "MR", "PI", "PT")
+
+
+def local_key(
+    msg: Message, seg: Segment, *, issuer: str | None, n: int = 3, default: str | None = None
+) -> PatientKey:
+    """The record PID-3 (or MRG-1) names for ``issuer`` (None: the one non-NHS identifier).
+
+    An identifier without CX.4 from a trust's feed is that trust's (``issuer``, or ``default``
+    for MRG-1): many PAS leave their own assigning authority out (``A123456^^^^MR``). One with
+    another trust's CX.4 is never taken as the sender's."""
     ids = [cx for cx in msg.identifiers(seg, n) if not is_nhs(cx) and cx.id]
+    owner = issuer or default
+    if owner is not None:
+        ids = [
+            cx if cx.authority else CX(cx.id, owner, cx.type_code)
+            for cx in ids
+            if cx.authority or cx.type_code.upper() in LOCAL_ID_TYPES
+        ]
     if issuer is not None:
         mine = [cx for cx in ids if cx.authority == issuer]
         if not mine:

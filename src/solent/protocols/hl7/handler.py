@@ -274,14 +274,14 @@ class Hl7Handler:
         merge, which is never what a feed may ask for."""
         pid, mrg = msg.need("PID"), msg.need("MRG")
         target = er7.local_key(msg, pid, issuer=facility)
-        source = er7.local_key(msg, mrg, issuer=None, n=1)
+        source = er7.local_key(msg, mrg, issuer=None, n=1, default=facility)
         tx.merge(target, source, er7.demographics(msg, pid), er7.person_name(msg, mrg, 7))
         return f"{source} merged into {target}; {source.local_id} kept as a retired identifier"
 
     def _renumber(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         pid, mrg = msg.need("PID"), msg.need("MRG")
         new = er7.local_key(msg, pid, issuer=facility)
-        old = er7.local_key(msg, mrg, issuer=None, n=1)
+        old = er7.local_key(msg, mrg, issuer=None, n=1, default=facility)
         tx.change_identifier(new, old)
         return f"identifier {old} changed to {new}"
 
