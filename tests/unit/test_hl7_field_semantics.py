@@ -117,3 +117,15 @@ def test_another_trusts_identifier_is_still_refused(demo: Archive) -> None:
         "MRG|B7730444^^^ZZB^MR\r"
     )
     assert "MSA|AE|M-1|" in handler.handle(merge, LOCAL)  # across trusts: refused as before
+
+
+@pytest.mark.parametrize(
+    ("pid32", "status"),
+    [("NSTS01", "NSTS01"), ("01", "NSTS01"), ("AL~NSTS01", "NSTS01"), ("03", "NSTS03"), ("", None)],
+)
+def test_nhs_number_status_in_pid32_as_feeds_send_it(pid32: str, status: str | None) -> None:
+    """A status sent bare ("01") or after another reliability code in PID-32's repetitions
+    is the traced status; before, only a first repetition spelled NSTS01 counted, so such a
+    feed's records never linked across trusts and each raised a not-verified work item."""
+    msg = Message(_a08("S32", "|DEMO^ALICE||19580312|F" + "|" * 24 + pid32))
+    assert demographics(msg, msg.need("PID")).nhs_status == status

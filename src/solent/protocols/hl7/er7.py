@@ -313,6 +313,18 @@ def telephone(msg: Message, seg: Segment, n: int) -> str | None:
     return number or None
 
 
+def nhs_status(msg: Message, pid: Segment) -> str | None:
+    """PID-32 (Identity Reliability Code, repeating) as the ITK NHS number status NSTS01..08:
+    the repetition that carries it, written ``NSTS01`` or as the bare status ``01``."""
+    values = [msg.text(r.split(msg.comp_sep)[0]).strip().upper() for r in pid.reps(32)]
+    for value in values:
+        if value.startswith("NSTS"):
+            return value
+        if len(value) == 2 and value.isdigit() and "01" <= value <= "08":
+            return f"NSTS{value}"
+    return values[0] if values else None
+
+
 def demographics(msg: Message, pid: Segment) -> Demographics:
     nhs_ids = [cx for cx in msg.identifiers(pid) if is_nhs(cx) and cx.id]
     if pid.field(7) == DELETE:
@@ -334,7 +346,7 @@ def demographics(msg: Message, pid: Segment) -> Demographics:
         birth_date=dob,
         sex=dicom_sex(pid.field(8).split(msg.comp_sep)[0]),
         nhs_number=nhs_ids[0].id if nhs_ids else None,
-        nhs_status=pid.comp(32) or None,
+        nhs_status=nhs_status(msg, pid),
         address=address(msg, pid, 11),
         phone=telephone(msg, pid, 13),
         gp_practice=gp_practice,
