@@ -129,3 +129,11 @@ def test_started_carries_the_uk_offset(zza: TestClient) -> None:
     started = {e["resource"]["started"] for e in every["entry"]}
     assert "2026-06-10T09:30:00+01:00" in started  # demo MR, summer
     assert "2024-01-15T09:30:00+00:00" in started  # demo CT, winter
+
+
+def test_a_count_above_the_page_limit_gets_full_pages(zza: TestClient) -> None:
+    """FHIR lets a server return fewer than _count asks: a large _count is no error."""
+    page = _bundle(zza, "/fhir/ImagingStudy", **{"patient.identifier": NHS, "_count": "5000"})
+    assert page["total"] == len(page["entry"]) >= 3
+    self_url = next(link["url"] for link in page["link"] if link["relation"] == "self")
+    assert "_count=1000" in self_url  # the page size applied

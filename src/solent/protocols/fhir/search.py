@@ -54,7 +54,8 @@ class Search:
             )
         self.ignored = unknown
         self.used = [(n, v) for n, v in items if n in allowed]
-        self.count = _int(request, "_count", 0, MAX_COUNT)
+        count = _int(request, "_count", 0, None)  # more than MAX_COUNT: pages of MAX_COUNT
+        self.count = None if count is None else min(count, MAX_COUNT)
         self.offset = _int(request, "_getpagesoffset", 0, None) or 0
         self.sort: str | None = None
         sort = request.query_params.get("_sort")
