@@ -14,6 +14,9 @@ from fhir.resources.R4B.bundle import Bundle
 
 from solent.app import Archive
 from solent.demo import ALICE
+from solent.protocols.fhir.resources import local_system
+from solent.protocols.hl7.handler import Hl7Handler
+from solent.protocols.hl7.senders import SenderGate
 from solent.protocols.http import create_app
 from tests.unit.security_fixtures import add_user, demo, demo_template
 
@@ -137,3 +140,20 @@ def test_a_count_above_the_page_limit_gets_full_pages(zza: TestClient) -> None:
     assert page["total"] == len(page["entry"]) >= 3
     self_url = next(link["url"] for link in page["link"] if link["relation"] == "self")
     assert "_count=1000" in self_url  # the page size applied
+
+
+def test_patient_names_are_given_as_the_pas_recorded_them(zza: TestClient, demo: Archive) -> None:
+    """Before: family and given names were title-cased ("McDonald" became "Mcdonald")."""
+    s = demo.services
+    a08 = (
+        "MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||ADT^A08^ADT_A01|NAME-1|P|2.4\r"
+        "EVN|A08|20250320093000\r"
+        "PID|1||A100001^^^ZZA^MR||McDonald^Alice^DE LA CRUZ||19580312|F\r"
+    )
+    handler = Hl7Handler(s, gate=SenderGate(s.directory, s.audit))
+    assert "MSA|AA|NAME-1|" in handler.handle(a08, "127.0.0.1:40000")
+    patients = _bundle(zza, "/fhir/Patient", identifier=f"{local_system('ZZA')}|A100001")
+    (name,) = patients["entry"][0]["resource"]["name"]
+    assert name["family"] == "McDonald"
+    assert name["given"] == ["Alice", "DE LA CRUZ"]
+    assert name["text"] == "Alice DE LA CRUZ McDonald"

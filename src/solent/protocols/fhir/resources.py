@@ -119,10 +119,13 @@ def _human_name(pn: str | None) -> list[dict[str, Any]]:
         return []
     parts = ([*pn.split("=")[0].split("^"), "", "", "", "", ""])[:5]
     family, given, middle, prefix, suffix = parts
-    name: dict[str, Any] = {"use": "official", "text": " ".join(p for p in (given, family) if p)}
+    # As the PAS recorded them: title-casing would make "McDonald" "Mcdonald" and
+    # "MacLEOD" "Macleod", and an EPR comparing names would see another person.
+    text = " ".join(p for p in (given, middle, family) if p)
+    name: dict[str, Any] = {"use": "official", "text": text}
     if family:
-        name["family"] = family.title()
-    givens = [g.title() for g in (given, middle) if g]
+        name["family"] = family
+    givens = [g for g in (given, middle) if g]
     if givens:
         name["given"] = givens
     if prefix:
