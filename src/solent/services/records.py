@@ -319,9 +319,12 @@ class RecordService:
         trust: str | None = None,
         action: AuditAction = AuditAction.QUERY,
         with_series: bool = False,
+        of_person: Person | None = None,
     ) -> list[dict[str, Any]]:
         """Visible studies named by UID (at ``trust`` when given) or by (accession, issuer);
-        one audit record per study returned."""
+        one audit record per study returned. ``of_person``: only studies filed under that
+        person's records (an EPR launch naming the patient as well as the study: a study of
+        anyone else is left out, never shown nor audited as viewed)."""
         self._access.require(principal, Permission.READ, f"{action.value} of patient data")
         rows: list[dict[str, Any]] = []
         for uid in study_uids:
@@ -335,6 +338,8 @@ class RecordService:
         seen: set[str] = set()
         for row in rows:
             if int(row["patient_pk"]) not in visible or row["study_uid"] in seen:
+                continue
+            if of_person is not None and int(row["patient_pk"]) not in of_person.pks:
                 continue
             seen.add(row["study_uid"])
             summary = self._identity.study_summary(int(row["pk"]))

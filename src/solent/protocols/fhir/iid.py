@@ -27,7 +27,7 @@ from solent.errors import InvalidInput, NotFound
 from solent.security.http import current_principal
 from solent.services.access import Permission
 from solent.services.audit import AuditAction
-from solent.services.records import RecordService
+from solent.services.records import Person, RecordService
 from solent.services.registry import Services
 
 router = APIRouter()
@@ -60,6 +60,25 @@ def _authority(cx: str) -> tuple[str, str]:
     return parts[0], authority
 
 
+def _person(
+    records: RecordService, caller: Principal, trust: str | None, patient_id: str
+) -> Person:
+    """The person patientID (a CX) names, in the endpoint's trust when it has no CX.4."""
+    value, authority = _authority(patient_id)
+    if authority in NHS_AUTHORITIES:
+        if not nhs.is_valid(value):
+            raise LaunchError(400, f"{value} is not a valid NHS number")
+        return records.person(caller, nhs_number=value, action=AuditAction.VIEW)
+    authority = authority or (trust or "")
+    if not authority:
+        raise LaunchError(400, "patientID needs its assigning authority (CX.4) on this endpoint")
+    if trust and authority != trust:
+        raise LaunchError(
+            400, f"patientID is issued by {authority}, but this is {trust}'s endpoint"
+        )
+    return records.person(caller, issuer=authority, local_id=value, action=AuditAction.VIEW)
+
+
 def _launch(
     records: RecordService,
     caller: Principal,
@@ -70,40 +89,27 @@ def _launch(
     accession: str | None,
 ) -> list[dict[str, Any]]:
     """The studies to open, newest first; only studies the caller may see, each launch audited
-    by the records service naming the patient. Unknown and not visible answer alike."""
+    by the records service naming the patient. Unknown and not visible answer alike. A STUDY
+    launch that names the patient too (patientID, as EPRs send it) opens only studies of that
+    patient: an accession or UID of someone else's study is not found, never shown."""
     kind = (request_type or "").upper()
     if kind == "PATIENT":
         if not patient_id:
             raise LaunchError(400, "requestType=PATIENT needs patientID (an HL7 CX string)")
-        value, authority = _authority(patient_id)
-        if authority in NHS_AUTHORITIES:
-            if not nhs.is_valid(value):
-                raise LaunchError(400, f"{value} is not a valid NHS number")
-            person = records.person(caller, nhs_number=value, action=AuditAction.VIEW)
-        else:
-            authority = authority or (trust or "")
-            if not authority:
-                raise LaunchError(
-                    400, "patientID needs its assigning authority (CX.4) on this endpoint"
-                )
-            if trust and authority != trust:
-                raise LaunchError(
-                    400, f"patientID is issued by {authority}, but this is {trust}'s endpoint"
-                )
-            person = records.person(
-                caller, issuer=authority, local_id=value, action=AuditAction.VIEW
-            )
+        person = _person(records, caller, trust, patient_id)
         studies = records.person_studies(caller, person, "iid:PATIENT")
         if not studies:
             raise LaunchError(404, "no images of this patient that you may see")
         return studies
     if kind == "STUDY":
+        named = _person(records, caller, trust, patient_id) if patient_id else None
         if study_uid:
             found = records.studies_by_uid_or_accession(
                 caller,
                 study_uids=[u.strip() for u in study_uid.split(",")],
                 trust=trust,
                 action=AuditAction.VIEW,
+                of_person=named,
             )
         elif accession:
             if trust is None:
@@ -113,11 +119,18 @@ def _launch(
             found = []
             for acc in accession.split(","):
                 found += records.studies_by_uid_or_accession(
-                    caller, accession=(acc.strip(), trust), action=AuditAction.VIEW
+                    caller,
+                    accession=(acc.strip(), trust),
+                    action=AuditAction.VIEW,
+                    of_person=named,
                 )
         else:
             raise LaunchError(400, "requestType=STUDY needs studyUID or accessionNumber")
         if not found:
+            if named is not None:
+                raise LaunchError(
+                    404, "no such study of the patient in patientID that you may see at this trust"
+                )
             raise LaunchError(404, "no such study that you may see at this trust")
         found.sort(key=lambda s: (s["study_date"] or "", s["study_time"] or ""), reverse=True)
         return found

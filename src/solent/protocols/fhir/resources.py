@@ -7,6 +7,7 @@ Endpoint, DiagnosticReport, Bundle, OperationOutcome and CapabilityStatement rea
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
@@ -72,14 +73,41 @@ def _date(da: str | None) -> str | None:
 
 
 def _datetime(da: str | None, tm: str | None) -> str | None:
+    """DICOM date and time (the modality's wall clock, in England) as a FHIR dateTime with
+    its UTC offset: 09:30 on a June day is 09:30+01:00, not 09:30Z (an hour late)."""
     day = _date(da)
     if day is None:
         return None
     digits = (tm or "").split(".")[0]
     if len(digits) >= 4 and digits.isdigit():
-        seconds = digits[4:6] or "00"
-        return f"{day}T{digits[:2]}:{digits[2:4]}:{seconds}Z"
+        try:
+            moment = datetime.fromisoformat(
+                f"{day}T{digits[:2]}:{digits[2:4]}:{digits[4:6] or '00'}"
+            )
+        except ValueError:
+            return day
+        return uk_local(moment).isoformat()
     return day
+
+
+_GMT = UTC
+_BST = timezone(timedelta(hours=1))
+
+
+def uk_local(moment: datetime) -> datetime:
+    """A wall-clock time in England as an aware datetime: BST (+01:00) from 01:00 UTC on the
+    last Sunday of March to 01:00 UTC on the last Sunday of October, GMT otherwise. DICOM
+    dates and times are the modality's local time, and the region's modalities are in
+    England. No tz database needed (slim images often have none)."""
+    as_utc_if_bst = moment - timedelta(hours=1)
+    start = _last_sunday(moment.year, 3).replace(hour=1)
+    end = _last_sunday(moment.year, 10).replace(hour=1)
+    return moment.replace(tzinfo=_BST if start <= as_utc_if_bst < end else _GMT)
+
+
+def _last_sunday(year: int, month: int) -> datetime:
+    last = datetime(year, month, 31)
+    return last - timedelta(days=(last.weekday() + 1) % 7)
 
 
 def _gender(sex: str | None) -> str:
@@ -91,10 +119,13 @@ def _human_name(pn: str | None) -> list[dict[str, Any]]:
         return []
     parts = ([*pn.split("=")[0].split("^"), "", "", "", "", ""])[:5]
     family, given, middle, prefix, suffix = parts
-    name: dict[str, Any] = {"use": "official", "text": " ".join(p for p in (given, family) if p)}
+    # As the PAS recorded them: title-casing would make "McDonald" "Mcdonald" and
+    # "MacLEOD" "Macleod", and an EPR comparing names would see another person.
+    text = " ".join(p for p in (given, middle, family) if p)
+    name: dict[str, Any] = {"use": "official", "text": text}
     if family:
-        name["family"] = family.title()
-    givens = [g.title() for g in (given, middle) if g]
+        name["family"] = family
+    givens = [g for g in (given, middle) if g]
     if givens:
         name["given"] = givens
     if prefix:
@@ -332,11 +363,19 @@ def diagnostic_report(report: dict[str, Any], study: dict[str, Any] | None) -> d
     return _valid(DiagnosticReport, data)
 
 
-def bundle(resources: list[dict[str, Any]], *, base_url: str) -> dict[str, Any]:
-    data = {
+def bundle(
+    resources: list[dict[str, Any]],
+    *,
+    base_url: str,
+    total: int | None = None,
+    links: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """A searchset: ``total`` is every match (the page may hold fewer), ``links`` self and
+    paging links."""
+    data: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
-        "total": len(resources),
+        "total": len(resources) if total is None else total,
         "entry": [
             {
                 "fullUrl": f"{base_url}/fhir/{r['resourceType']}/{r['id']}",
@@ -346,6 +385,8 @@ def bundle(resources: list[dict[str, Any]], *, base_url: str) -> dict[str, Any]:
             for r in resources
         ],
     }
+    if links:
+        data["link"] = links
     return _valid(Bundle, data)
 
 
@@ -376,10 +417,14 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             "url": f"{base_url}/fhir",
         },
         "fhirVersion": "4.0.1",
-        "format": ["json"],
+        "format": ["json", "application/fhir+json"],
         "rest": [
             {
                 "mode": "server",
+                "searchParam": [
+                    {"name": "_count", "type": "number", "documentation": "page size"},
+                    {"name": "_sort", "type": "string", "documentation": "ImagingStudy: started"},
+                ],
                 "resource": [
                     res(
                         "Patient",
@@ -393,12 +438,19 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                         [
                             ("patient.identifier", "token", "every study of the person"),
                             ("patient", "reference", "every study of the person"),
+                            ("subject", "reference", "as patient"),
                             ("identifier", "token", "Study Instance UID or accession"),
+                            ("modality", "token", "DICOM modality of the study or a series"),
+                            ("started", "date", "when the study started (prefixes eq..le)"),
                         ],
                     ),
                     res(
                         "DiagnosticReport",
-                        [("patient.identifier", "token", "every report of the person")],
+                        [
+                            ("patient.identifier", "token", "every report of the person"),
+                            ("patient", "reference", "every report of the person"),
+                            ("subject", "reference", "as patient"),
+                        ],
                     ),
                 ],
             }

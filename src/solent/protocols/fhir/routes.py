@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
 from solent.protocols.fhir import resources as fhir
+from solent.protocols.fhir.search import FhirError, Search, modality_matches, started_matches
 from solent.protocols.http_errors import http_error
 from solent.protocols.params import resource_id as parse_resource_id
 from solent.security.http import current_principal
@@ -26,12 +27,10 @@ router = APIRouter()
 Caller = Annotated[Principal, Depends(current_principal)]
 FHIR_JSON = "application/fhir+json"
 Token = Annotated[str | None, Query(max_length=200)]
-
-
-class FhirError(Exception):
-    def __init__(self, status: int, code: str, text: str) -> None:
-        super().__init__(text)
-        self.status, self.code, self.text = status, code, text
+#: The search parameters each resource takes (the CapabilityStatement lists the same).
+PATIENT_PARAMS = ("identifier", "_id")
+STUDY_PARAMS = ("patient.identifier", "patient", "subject", "identifier", "modality", "started")
+REPORT_PARAMS = ("patient.identifier", "patient", "subject")
 
 
 def _reply(data: dict[str, Any], status: int = 200) -> JSONResponse:
@@ -93,7 +92,9 @@ def person_of_token(records: RecordService, caller: Principal, token: str) -> Pe
 
 
 def _person_of_reference(records: RecordService, caller: Principal, ref: str) -> Person:
-    return records.person(caller, patient_pk=_key(ref.removeprefix("Patient/"), "patient"))
+    """``Patient/12``, ``12`` or the absolute URL a Bundle's fullUrl gave (…/fhir/Patient/12)."""
+    value = ref.rsplit("/Patient/", 1)[-1] if "/Patient/" in ref else ref.removeprefix("Patient/")
+    return records.person(caller, patient_pk=_key(value, "patient"))
 
 
 @router.get("/metadata")
@@ -123,6 +124,7 @@ def search_patient(
     records = _records(request)
 
     def build() -> dict[str, Any]:
+        search = Search(request, PATIENT_PARAMS)
         pk = _key(_id, "patient") if _id else None
         if pk is not None:
             person = records.person(caller, patient_pk=pk)
@@ -132,17 +134,27 @@ def search_patient(
             raise FhirError(400, "required", "search Patient by identifier or _id")
         # _id and identifier name records, not the person: only those are returned.
         found = records.patient_records(caller, person, named_only=True, what="fhir Patient")
-        out = [_patient_resource(f) for f in found]
-        return fhir.bundle(out, base_url=_base(request))
+        return _page(request, search, [_patient_resource(f) for f in found])
 
-    return _searched(build, request)
+    return _searched(build, request, PATIENT_PARAMS)
 
 
-def _searched(build: Callable[[], dict[str, Any]], request: Request) -> JSONResponse:
+def _page(request: Request, search: Search, found: list[dict[str, Any]]) -> dict[str, Any]:
+    page, total, links = search.bundle_page(found)
+    return fhir.bundle(page, base_url=_base(request), total=total, links=links)
+
+
+def _searched(
+    build: Callable[[], dict[str, Any]], request: Request, allowed: tuple[str, ...]
+) -> JSONResponse:
     """A search that names nobody the caller may see is an empty Bundle, like no match."""
     reply = _answer(build)
     if reply.status_code == 404:
-        return _reply(fhir.bundle([], base_url=_base(request)))
+        try:
+            links = Search(request, allowed).bundle_page([])[2]
+        except FhirError:
+            links = None
+        return _reply(fhir.bundle([], base_url=_base(request), links=links))
     return reply
 
 
@@ -160,31 +172,44 @@ def search_imaging_study(
     caller: Caller,
     patient_identifier: Annotated[str | None, Query(alias="patient.identifier")] = None,
     patient: Token = None,
+    subject: Token = None,
     identifier: Token = None,
 ) -> JSONResponse:
     records = _records(request)
 
     def build() -> dict[str, Any]:
+        search = Search(request, STUDY_PARAMS, sorts=("started", "-started"))
+        reference = patient or subject
         if patient_identifier:
             person = person_of_token(records, caller, patient_identifier)
             studies = records.person_studies(caller, person, "fhir ImagingStudy")
-        elif patient:
-            person = _person_of_reference(records, caller, patient)
+        elif reference:
+            person = _person_of_reference(records, caller, reference)
             studies = records.person_studies(caller, person, "fhir ImagingStudy")
         elif identifier:
             studies = _studies_by_identifier(records, caller, identifier)
         else:
-            raise FhirError(400, "required", "search by patient.identifier, patient or identifier")
-        return fhir.bundle(_study_resources(request, studies), base_url=_base(request))
+            raise FhirError(
+                400, "required", "search by patient.identifier, patient, subject or identifier"
+            )
+        found = [
+            r
+            for r in _study_resources(request, studies)
+            if modality_matches(r, search.values("modality"))
+            and started_matches(r, search.values("started"))
+        ]
+        if search.sort == "started":  # the services' order is newest first (-started)
+            found.reverse()
+        return _page(request, search, found)
 
-    return _searched(build, request)
+    return _searched(build, request, STUDY_PARAMS)
 
 
 def _studies_by_identifier(
     records: RecordService, caller: Principal, token: str
 ) -> list[dict[str, Any]]:
     system, value = _split_token(token)
-    if system in (None, "urn:dicom:uid") and value.startswith("urn:oid:"):
+    if (system is None and value.startswith("urn:oid:")) or system == "urn:dicom:uid":
         return records.studies_by_uid_or_accession(
             caller, study_uids=[value.removeprefix("urn:oid:")], with_series=True
         )
@@ -215,22 +240,31 @@ def search_diagnostic_report(
     request: Request,
     caller: Caller,
     patient_identifier: Annotated[str | None, Query(alias="patient.identifier")] = None,
+    patient: Token = None,
+    subject: Token = None,
 ) -> JSONResponse:
     records = _records(request)
 
     def build() -> dict[str, Any]:
-        if not patient_identifier:
-            raise FhirError(400, "required", "search DiagnosticReport by patient.identifier")
-        person = person_of_token(records, caller, patient_identifier)
+        search = Search(request, REPORT_PARAMS)
+        reference = patient or subject
+        if patient_identifier:
+            person = person_of_token(records, caller, patient_identifier)
+        elif reference:
+            person = _person_of_reference(records, caller, reference)
+        else:
+            raise FhirError(
+                400, "required", "search DiagnosticReport by patient.identifier or patient"
+            )
         out = [
             fhir.diagnostic_report(
                 r["report"], {"pk": r["study"]["study_pk"], "patient_pk": r["study"]["patient_pk"]}
             )
             for r in records.person_reports(caller, person)
         ]
-        return fhir.bundle(out, base_url=_base(request))
+        return _page(request, search, out)
 
-    return _searched(build, request)
+    return _searched(build, request, REPORT_PARAMS)
 
 
 @router.get("/DiagnosticReport/{resource_id}")

@@ -6,7 +6,7 @@ import itertools
 import time
 from datetime import UTC, datetime
 
-from solent.protocols.hl7.er7 import Message
+from solent.protocols.hl7.er7 import Header, Message
 
 _counter = itertools.count(1)
 
@@ -23,14 +23,19 @@ def _control_id() -> str:
     return f"SOLENT{int(time.time() * 1000)}{next(_counter):06d}"
 
 
-def build_ack(msg: Message | None, code: str, reason: str) -> str:
-    """MSH, MSA (with MSA-3 text) and, unless AA, an ERR segment (HL7 v2.5 layout)."""
+def build_ack(msg: Message | Header | None, code: str, reason: str) -> str:
+    """MSH, MSA (with MSA-3 text) and, unless AA, an ERR segment (HL7 v2.5 layout).
+
+    ``msg`` is the message, or only its header when the rest could not be read (the control
+    ID still goes back in MSA-2); None when not even MSH-10 could be read. The ACK takes the
+    message's processing ID (MSH-11) and character set (MSH-18): a receiver in training mode
+    refuses production ACKs, and one sending 8859/1 decodes the answer as 8859/1."""
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     if msg is None:
         msh = f"MSH|^~\\&|SOLENT|PACS|||{stamp}||ACK|{_control_id()}|P|2.4"
         msa = f"MSA|{code}||{escape(reason)[:500]}"
     else:
-        h = msg.header
+        h = msg.header if isinstance(msg, Message) else msg
         msh = "|".join(
             [
                 "MSH",
@@ -41,10 +46,11 @@ def build_ack(msg: Message | None, code: str, reason: str) -> str:
                 escape(h.sending_facility),
                 stamp,
                 "",
-                f"ACK^{escape(h.trigger)}^ACK",
+                f"ACK^{escape(h.trigger)}^ACK" if h.trigger else "ACK",
                 _control_id(),
-                "P",
+                escape(h.processing_id or "P"),
                 escape(h.version or "2.4"),
+                *(["", "", "", "", "", escape(h.charset)] if h.charset else []),
             ]
         )
         msa = f"MSA|{code}|{escape(h.control_id)}|{escape(reason)[:500]}"
@@ -65,6 +71,7 @@ _ERRORS = (
     ("unsupported message type", ("200", "Unsupported message type")),
     ("was already used by", ("205", "Duplicate key identifier")),  # a reused MSH-10
     ("is empty", ("101", "Required field missing")),
+    ("unsupported version id", ("203", "Unsupported version id")),
 )
 
 
@@ -74,3 +81,16 @@ def _error(reason: str) -> tuple[str, str]:
         (error for words, error in _ERRORS if words in text),
         ("207", "Application internal error"),
     )
+
+
+def ack_bytes(ack: str, msg: Message | Header | None) -> bytes:
+    """The ACK in the character set its MSH-18 names (the message's): 8859/n as such,
+    anything else (UNICODE UTF-8, ASCII, none) as UTF-8."""
+    h = msg.header if isinstance(msg, Message) else msg
+    charset = (h.charset if h is not None else "").strip().upper()
+    if charset.startswith("8859/"):
+        try:
+            return ack.encode(f"iso8859-{charset[5:]}", errors="replace")
+        except LookupError:
+            pass
+    return ack.encode("utf-8")

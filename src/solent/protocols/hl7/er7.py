@@ -28,6 +28,8 @@ class Header:
     trigger: str  # A40, O01, ...
     structure: str
     version: str
+    processing_id: str = "P"  # MSH-11: P production, T training, D debugging
+    charset: str = ""  # MSH-18, as sent (HL7 table 0211)
 
     @property
     def sender(self) -> str:
@@ -71,6 +73,11 @@ class Segment:
         return self.message.text(parts[c - 1]) if c - 1 < len(parts) else ""
 
 
+#: Formatting escapes of FT text as plain text: highlighting on/off (\\H\\, \\N\\) marks nothing
+#: (python-hl7 would write "_"), a line break or skipped line (\\.br\\, \\.spN\\) is a line feed.
+TEXT_ESCAPES = {"H": "", "N": "", ".br": "\n", ".sp": "\n"}
+
+
 class Message:
     """A parsed message: python-hl7 validates the structure, we read fields as text."""
 
@@ -91,35 +98,31 @@ class Message:
         self.header = self._header()
 
     def _header(self) -> Header:
-        msh = self.segments[0]
-        code, trigger, structure = ([*msh.comps(9), "", "", ""])[:3]
-        header = Header(
-            sending_application=msh.comp(3),
-            sending_facility=msh.comp(4),
-            receiving_application=msh.comp(5),
-            receiving_facility=msh.comp(6),
-            control_id=msh.field(10),
-            message_code=code,
-            trigger=trigger,
-            structure=structure,
-            version=msh.comp(12),
-        )
+        header = _read_header(self.segments[0])
         if not header.control_id:
             raise MessageRejected("AR", "MSH-10 (message control ID) is empty")
         if len(header.control_id) > 64:
             raise MessageRejected("AR", "MSH-10 (message control ID) is longer than 64 characters")
         if not header.sending_facility:
             raise MessageRejected("AR", "MSH-4 (sending facility: the trust's ODS code) is empty")
-        if not code or not trigger:
+        if not header.message_code or not header.trigger:
             raise MessageRejected("AR", "MSH-9 (message type) must carry a code and a trigger")
+        if header.version and not header.version.startswith("2."):
+            raise MessageRejected(
+                "AR", f"unsupported version ID {header.version} in MSH-12: HL7 v2.x only"
+            )
         return header
 
     def text(self, value: str) -> str:
-        """Unescape HL7 escape sequences (\\F\\, \\S\\, \\T\\, \\R\\, \\E\\)."""
+        """Unescape HL7 escape sequences (\\F\\, \\S\\, \\T\\, \\R\\, \\E\\, \\Xhh\\, \\.br\\).
+
+        A line break in a report (FT ``\\.br\\``, or ``\\X0D0A\\``) comes out of python-hl7 as
+        a CR, which is HL7's segment separator and no line break in text/plain, the viewer or
+        FHIR: it is written as LF."""
         if self.escape not in value:
             return value
-        out: str = self.parsed.unescape(value)
-        return out
+        out: str = self.parsed.unescape(value, app_map=TEXT_ESCAPES)
+        return out.replace("\r\n", "\n").replace("\r", "\n")
 
     def all(self, name: str) -> list[Segment]:
         return [s for s in self.segments if s.name == name]
@@ -146,6 +149,55 @@ class Message:
         return [self.cx(r) for r in seg.reps(n)]
 
 
+def _read_header(msh: Segment) -> Header:
+    code, trigger, structure = ([*msh.comps(9), "", "", ""])[:3]
+    return Header(
+        sending_application=msh.comp(3),
+        sending_facility=msh.comp(4),
+        receiving_application=msh.comp(5),
+        receiving_facility=msh.comp(6),
+        control_id=msh.field(10),
+        message_code=code,
+        trigger=trigger,
+        structure=structure,
+        version=msh.comp(12),
+        processing_id=msh.comp(11) or "P",
+        charset=msh.comp(18),
+    )
+
+
+def loose_header(raw: str) -> Header | None:
+    """MSH as far as it can be read, for the ACK of a message refused as unreadable: its
+    control ID goes back in MSA-2 whenever MSH-10 was sent, so the sender can match the
+    refusal to its message instead of waiting for an answer that never names it."""
+    text = raw.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+    if not text.startswith("MSH") or len(text) < 8:
+        return None
+    fields = ["MSH", *text.split("\r", 1)[0][4:].split(text[3])]  # MSH-n is fields[n - 1]
+    comp = text[4]
+
+    def value(n: int, c: int = 1) -> str:
+        parts = fields[n - 1].split(comp) if n - 1 < len(fields) else [""]
+        return parts[c - 1] if c - 1 < len(parts) else ""
+
+    control_id = value(10) if len(fields) >= 10 else ""
+    if not control_id or len(control_id) > 64 or comp in control_id:
+        return None
+    return Header(
+        sending_application=value(3),
+        sending_facility=value(4),
+        receiving_application=value(5),
+        receiving_facility=value(6),
+        control_id=control_id,
+        message_code=value(9),
+        trigger=value(9, 2),
+        structure=value(9, 3),
+        version=value(12),
+        processing_id=value(11) or "P",
+        charset=value(18),
+    )
+
+
 NHS_AUTHORITIES = ("NHS", "2.16.840.1.113883.2.1.4.1")
 
 
@@ -153,9 +205,27 @@ def is_nhs(cx: CX) -> bool:
     return cx.authority in NHS_AUTHORITIES or cx.type_code == "NH"
 
 
-def local_key(msg: Message, seg: Segment, *, issuer: str | None, n: int = 3) -> PatientKey:
-    """The record PID-3 (or MRG-1) names for ``issuer`` (None: the one non-NHS identifier)."""
+#: CX.5 identifier types of a patient's own record number (HL7 table 0203): medical record,
+#: patient internal and patient external identifier, or none.
+LOCAL_ID_TYPES = ("", "MR", "PI", "PT")
+
+
+def local_key(
+    msg: Message, seg: Segment, *, issuer: str | None, n: int = 3, default: str | None = None
+) -> PatientKey:
+    """The record PID-3 (or MRG-1) names for ``issuer`` (None: the one non-NHS identifier).
+
+    An identifier without CX.4 from a trust's feed is that trust's (``issuer``, or ``default``
+    for MRG-1): many PAS leave their own assigning authority out (``A123456^^^^MR``). One with
+    another trust's CX.4 is never taken as the sender's."""
     ids = [cx for cx in msg.identifiers(seg, n) if not is_nhs(cx) and cx.id]
+    owner = issuer or default
+    if owner is not None:
+        ids = [
+            cx if cx.authority else CX(cx.id, owner, cx.type_code)
+            for cx in ids
+            if cx.authority or cx.type_code.upper() in LOCAL_ID_TYPES
+        ]
     if issuer is not None:
         mine = [cx for cx in ids if cx.authority == issuer]
         if not mine:
@@ -199,29 +269,88 @@ def xcn_name(msg: Message, seg: Segment, n: int) -> str | None:
     return name[:324] or None
 
 
+DELETE = '""'  # HL7 v2: a field sent as "" erases the receiver's value; empty means "not sent"
+
+
 def dicom_sex(value: str) -> str | None:
     if not value:
         return None
+    if value == DELETE:
+        return ""
     return {"M": "M", "F": "F"}.get(value.upper(), "O")
+
+
+#: XAD components that make up the address itself: street, other designation, city, state or
+#: county, postcode, country. XAD.7 (address type: H home, M mailing...) and later components
+#: say what kind of address it is, not where.
+ADDRESS_COMPONENTS = 6
+
+
+def address(msg: Message, seg: Segment, n: int) -> str | None:
+    raw = seg.field(n)
+    if raw == "":
+        return None
+    if raw == DELETE:
+        return ""
+    parts = [msg.text(p) for p in seg.comps(n)[:ADDRESS_COMPONENTS]]
+    return ", ".join(p for p in parts if p and p != DELETE) or None
+
+
+def telephone(msg: Message, seg: Segment, n: int) -> str | None:
+    """XTN: the number as text (XTN.1), else the unformatted number (XTN.12, v2.5), else the
+    country, area and local parts (XTN.5-7) that v2.5 senders fill instead of XTN.1."""
+    raw = seg.field(n)
+    if raw == "":
+        return None
+    if raw == DELETE:
+        return ""
+    parts = [msg.text(p) for p in ([*seg.comps(n), *[""] * 12])[:12]]
+    if parts[0]:
+        return parts[0]
+    if parts[11]:
+        return parts[11]
+    number = " ".join(p for p in (parts[4] and f"+{parts[4].lstrip('+')}", *parts[5:7]) if p)
+    return number or None
+
+
+def nhs_status(msg: Message, pid: Segment) -> str | None:
+    """PID-32 (Identity Reliability Code, repeating) as the ITK NHS number status NSTS01..08:
+    the repetition that carries it, written ``NSTS01`` or as the bare status ``01``."""
+    values = [msg.text(r.split(msg.comp_sep)[0]).strip().upper() for r in pid.reps(32)]
+    for value in values:
+        if value.startswith("NSTS"):
+            return value
+        if len(value) == 2 and value.isdigit() and "01" <= value <= "08":
+            return f"NSTS{value}"
+    return values[0] if values else None
 
 
 def demographics(msg: Message, pid: Segment) -> Demographics:
     nhs_ids = [cx for cx in msg.identifiers(pid) if is_nhs(cx) and cx.id]
-    dob = pid.comp(7)[:8] or None
-    if dob is not None and not (len(dob) == 8 and dob.isdigit()):
-        raise MessageRejected("AE", f"PID-7 date of birth {dob!r} is not YYYYMMDD")
-    address_parts = [msg.text(p) for p in pid.comps(11) if p]
+    if pid.field(7) == DELETE:
+        dob: str | None = ""
+    else:
+        dob = pid.comp(7)[:8] or None
+        if dob is not None and not (len(dob) == 8 and dob.isdigit()):
+            raise MessageRejected("AE", f"PID-7 date of birth {dob!r} is not YYYYMMDD")
     pd1 = msg.first("PD1")
+    gp_practice = gp = None
+    if pd1 is not None:
+        if pd1.field(3) == DELETE:
+            gp_practice = ""
+        else:
+            gp_practice = "^".join(msg.text(p) for p in pd1.comps(3) if p) or None
+        gp = "" if pd1.field(4) == DELETE else xcn_name(msg, pd1, 4)
     return Demographics(
         name=person_name(msg, pid, 5),
         birth_date=dob,
-        sex=dicom_sex(pid.comp(8)),
+        sex=dicom_sex(pid.field(8).split(msg.comp_sep)[0]),
         nhs_number=nhs_ids[0].id if nhs_ids else None,
-        nhs_status=pid.comp(32) or None,
-        address=", ".join(address_parts) or None,
-        phone=pid.comp(13) or None,
-        gp_practice="^".join(filter(None, pd1.comps(3))) or None if pd1 else None,
-        gp=xcn_name(msg, pd1, 4) if pd1 else None,
+        nhs_status=nhs_status(msg, pid),
+        address=address(msg, pid, 11),
+        phone=telephone(msg, pid, 13),
+        gp_practice=gp_practice,
+        gp=gp,
     )
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, Principal, PrincipalKind
 from solent.errors import IndexUnavailable
 from solent.protocols.hl7 import er7
-from solent.protocols.hl7.ack import build_ack
+from solent.protocols.hl7.ack import ack_bytes, build_ack
+from solent.protocols.hl7.ack import escape as ack_escape
 from solent.protocols.hl7.er7 import Header, Message, MessageRejected
 from solent.protocols.hl7.senders import SenderGate
 from solent.services.identity import Change
@@ -42,6 +44,22 @@ ORDER_STATUS = {"SC": "SCHEDULED", "IP": "STARTED", "CM": "COMPLETED", "CA": "DI
 REPORT_STATUSES = ("P", "F", "C", "A", "R", "S", "I", "X")
 
 
+def _batch_header(name: str, received: str) -> str:
+    """FHS/BHS of the answer to a batch: sender and receiver swapped, its own control ID in
+    -11 and the received batch's in -12 (the reference HL7 asks for)."""
+    sep, comp = (received[3], received[4]) if len(received) > 8 else ("|", "^")
+    fields = received.split(sep) if len(received) > 8 else [name]
+    fields += [""] * (12 - len(fields))
+
+    def value(n: int) -> str:  # FHS-n / BHS-n, first component, as text of the answer
+        return ack_escape(fields[n - 1].split(comp)[0])
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    out = [name, "^~\\&", value(5) or "SOLENT", value(6) or "PACS", value(3), value(4), stamp]
+    out += ["", "", "", f"SOLENT{uuid.uuid4().hex[:20]}", value(11)]
+    return "|".join(out)
+
+
 def _decode(data: bytes) -> str:
     try:
         return data.decode("utf-8")
@@ -57,6 +75,12 @@ class Speaker:
 
     trust: str | None
     regional: bool
+
+    def issuer(self, h: Header) -> str:
+        """The trust whose identifiers the message carries: the one the feed is registered
+        for, which may differ from MSH-4 when the registration says so (ITK: MSH-4 may be a
+        5-character site code of the trust, registered with ``--trust``); else MSH-4."""
+        return self.trust if self.trust and not self.regional else h.sending_facility
 
     def principal(self, h: Header, remote: str | None) -> Principal:
         """The feed as the services see it: its registered trust and, for a regional identity
@@ -88,7 +112,33 @@ class Hl7Handler:
         self._known_trusts: set[str] = set()
 
     def handle_bytes(self, data: bytes, remote: str | None = None) -> bytes:
-        return self.handle(_decode(data), remote).encode("utf-8")
+        raw = _decode(data)
+        if raw.lstrip("\r\n").startswith(("FHS", "BHS")):
+            return self.handle_batch(raw, remote)
+        return ack_bytes(self.handle(raw, remote), er7.loose_header(raw))
+
+    def handle_batch(self, raw: str, remote: str | None = None) -> bytes:
+        """An HL7 batch (FHS/BHS ... BTS/FTS) in one frame, as PAS replays and catch-up feeds
+        send it: each message is handled as if sent alone, in order (journalled, applied, its
+        own ACK), and the answer is a batch of those ACKs whose BHS-12 names the batch."""
+        lines = [ln for ln in raw.replace("\r\n", "\r").replace("\n", "\r").split("\r") if ln]
+        headers = {ln[:3]: ln for ln in lines if ln[:3] in ("FHS", "BHS")}
+        messages: list[list[str]] = []
+        for line in lines:
+            if line.startswith("MSH"):
+                messages.append([line])
+            elif line[:3] in ("FHS", "BHS", "BTS", "FTS"):
+                continue
+            elif messages:
+                messages[-1].append(line)
+        acks = [self.handle("\r".join(m) + "\r", remote) for m in messages]
+        first = er7.loose_header("\r".join(messages[0])) if messages else None
+        body = [a.strip("\r") for a in acks]
+        if "BHS" in headers or not headers:
+            body = [_batch_header("BHS", headers.get("BHS", "")), *body, f"BTS|{len(acks)}"]
+        if "FHS" in headers:
+            body = [_batch_header("FHS", headers["FHS"]), *body, "FTS|1"]
+        return ack_bytes("\r".join(body) + "\r", first)
 
     def handle(self, raw: str, remote: str | None = None) -> str:
         try:
@@ -96,7 +146,7 @@ class Hl7Handler:
         except MessageRejected as exc:
             env = Envelope(None, None, None, raw, remote)
             self._keep_rejected(env, exc.code, exc.reason)
-            return build_ack(None, exc.code, exc.reason)
+            return build_ack(er7.loose_header(raw), exc.code, exc.reason)
         h = msg.header
         speaker = Speaker(h.sending_facility, h.sending_facility in self.link_senders)
         if self.gate is not None:
@@ -106,7 +156,7 @@ class Hl7Handler:
                 return build_ack(msg, exc.code, exc.reason)
             if row is not None:
                 speaker = Speaker(row.trust_code, row.trust_code is None or speaker.regional)
-        env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, h.sending_facility)
+        env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, speaker.issuer(h))
         try:
             apply = self._route(msg, speaker)
         except MessageRejected as exc:
@@ -132,11 +182,11 @@ class Hl7Handler:
         """Apply a message journalled by a process that died before applying it."""
         msg = Message(raw)
         h = msg.header
-        env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, h.sending_facility)
         speaker = Speaker(h.sending_facility, h.sending_facility in self.link_senders)
         row = self.gate.registration(h) if self.gate is not None else None
         if row is not None:  # the gate passed it when it was journalled
             speaker = Speaker(row.trust_code, row.trust_code is None or speaker.regional)
+        env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, speaker.issuer(h))
         try:
             apply = self._route(msg, speaker)
         except MessageRejected as exc:
@@ -186,13 +236,10 @@ class Hl7Handler:
             if not speaker.regional:  # a regional source may be no trust (the EMPI)
                 self._check_trust(h.sending_facility)
             return lambda tx: self._link(msg, trigger, tx)
-        self._check_trust(h.sending_facility)
-        if not speaker.regional and speaker.trust != h.sending_facility:
-            raise MessageRejected(
-                "AR",
-                f"this feed is registered for trust {speaker.trust}, but MSH-4 names "
-                f"{h.sending_facility}: a feed speaks for its own trust only",
-            )
+        # A feed speaks for the trust it is registered for (the registration of MSH-3/MSH-4
+        # names it); its identifiers, orders and accessions are that trust's.
+        issuer = speaker.issuer(h)
+        self._check_trust(issuer)
         apply = {
             "update": self._update,
             "merge": self._merge,
@@ -200,7 +247,7 @@ class Hl7Handler:
             "order": self._order,
             "report": self._report,
         }[kind]
-        return lambda tx: apply(msg, tx)
+        return lambda tx: apply(msg, tx, issuer)
 
     def _check_trust(self, facility: str) -> None:
         # Trusts are added, never removed, so a trust once seen needs no second look-up.
@@ -208,33 +255,33 @@ class Hl7Handler:
             return
         if self.directory.trust(facility) is None:
             raise MessageRejected(
-                "AR", f"MSH-4 sending facility {facility} is not a registered trust"
+                "AR",
+                f"MSH-4 sending facility {facility} is not a registered trust (a site of a "
+                "trust is registered with `solent hl7 sender add APP SITE --trust TRUST`)",
             )
         self._known_trusts.add(facility)
 
     # -- ADT -------------------------------------------------------------------------------
 
-    def _update(self, msg: Message, tx: Hl7Transaction) -> str:
+    def _update(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         pid = msg.need("PID")
-        key = er7.local_key(msg, pid, issuer=msg.header.sending_facility)
+        key = er7.local_key(msg, pid, issuer=facility)
         tx.update_record(key, er7.demographics(msg, pid))
         return f"record {key} updated"
 
-    def _merge(self, msg: Message, tx: Hl7Transaction) -> str:
+    def _merge(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         """Within one trust only: the identity service refuses (and queues) a cross-trust
         merge, which is never what a feed may ask for."""
         pid, mrg = msg.need("PID"), msg.need("MRG")
-        facility = msg.header.sending_facility
         target = er7.local_key(msg, pid, issuer=facility)
-        source = er7.local_key(msg, mrg, issuer=None, n=1)
+        source = er7.local_key(msg, mrg, issuer=None, n=1, default=facility)
         tx.merge(target, source, er7.demographics(msg, pid), er7.person_name(msg, mrg, 7))
         return f"{source} merged into {target}; {source.local_id} kept as a retired identifier"
 
-    def _renumber(self, msg: Message, tx: Hl7Transaction) -> str:
+    def _renumber(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         pid, mrg = msg.need("PID"), msg.need("MRG")
-        facility = msg.header.sending_facility
         new = er7.local_key(msg, pid, issuer=facility)
-        old = er7.local_key(msg, mrg, issuer=None, n=1)
+        old = er7.local_key(msg, mrg, issuer=None, n=1, default=facility)
         tx.change_identifier(new, old)
         return f"identifier {old} changed to {new}"
 
@@ -254,8 +301,7 @@ class Hl7Handler:
 
     # -- orders ----------------------------------------------------------------------------
 
-    def _order(self, msg: Message, tx: Hl7Transaction) -> str:
-        facility = msg.header.sending_facility
+    def _order(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         pid, orc = msg.need("PID"), msg.need("ORC")
         obr = msg.need("OBR")
         ipc = msg.first("IPC")
@@ -336,8 +382,7 @@ class Hl7Handler:
 
     # -- reports ---------------------------------------------------------------------------
 
-    def _report(self, msg: Message, tx: Hl7Transaction) -> str:
-        facility = msg.header.sending_facility
+    def _report(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         pid, obr = msg.need("PID"), msg.need("OBR")
         key = er7.local_key(msg, pid, issuer=facility)
         accession = er7.first_nonempty(obr.comp(18), obr.comp(3))

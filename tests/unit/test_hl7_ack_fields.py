@@ -1,0 +1,116 @@
+"""What an interface engine checks in an ACK before it moves on to the next message: MSA-2
+names the message (even one refused as unreadable), MSH-11 and MSH-18 match the message, and a
+version that is not HL7 v2 is refused with the table 0357 code for it."""
+
+from __future__ import annotations
+
+import pytest
+
+from solent.app import Archive
+from solent.domain.principal import SYSTEM
+from solent.protocols.hl7.handler import Hl7Handler
+from solent.protocols.hl7.senders import SenderGate
+from tests.unit.security_fixtures import demo, demo_template
+
+__all__ = ["demo", "demo_template"]
+
+LOCAL = "127.0.0.1:40000"
+
+
+def _handler(archive: Archive) -> Hl7Handler:
+    s = archive.services
+    return Hl7Handler(s, gate=SenderGate(s.directory, s.audit))
+
+
+def _segments(ack: str) -> dict[str, list[str]]:
+    return {seg[:3]: seg.split("|") for seg in ack.strip("\r").split("\r")}
+
+
+def _a08(msh_tail: str, *, msh9: str = "ADT^A08^ADT_A01", control: str = "CTL-1") -> str:
+    return (
+        f"MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||{msh9}|{control}|{msh_tail}\r"
+        "EVN|A08|20250320093000\r"
+        "PID|1||A100001^^^ZZA^MR||DEMO^ALICE||19580312|F\r"
+    )
+
+
+@pytest.mark.parametrize(
+    ("msh9", "why"),
+    [("ADT", "MSH-9 (message type)"), ("", "MSH-9 (message type)")],
+)
+def test_a_refused_unreadable_header_still_names_the_message(
+    demo: Archive, msh9: str, why: str
+) -> None:
+    """Before: MSA-2 was empty, so the sender could not match the AR to its message."""
+    ack = _segments(_handler(demo).handle(_a08("P|2.4", msh9=msh9, control="NT-1"), LOCAL))
+    assert ack["MSA"][1:3] == ["AR", "NT-1"]
+    assert why in ack["MSA"][3]
+    assert ack["MSH"][2:6] == ["PACS", "ZZX", "PAS", "ZZA"]
+
+
+def test_the_ack_keeps_the_processing_id_and_character_set(demo: Archive) -> None:
+    tail = "T|2.5|||AL|NE|GBR|8859/1|EN"
+    reply = _handler(demo).handle_bytes(_a08(tail).encode("latin-1"), LOCAL)
+    ack = _segments(reply.decode("latin-1"))
+    assert ack["MSA"][1:3] == ["AA", "CTL-1"]
+    assert ack["MSH"][10] == "T"  # MSH-11, was always P
+    assert ack["MSH"][17] == "8859/1"  # MSH-18
+
+
+def test_an_8859_1_ack_is_sent_in_8859_1(demo: Archive) -> None:
+    """A refusal that quotes the message (here an identifier with é) in the sender's charset."""
+    msg = (
+        "MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||ADT^A08^ADT_A01|CS-2|P|2.4|||||GBR|8859/1\r"
+        "EVN|A08|20250320093000\r"
+        "PID|1||Aé1^^^ZZB^MR||DEMO^ALICE||19580312|F\r"
+    )
+    reply = _handler(demo).handle_bytes(msg.encode("latin-1"), LOCAL)
+    assert "Aé1".encode("latin-1") in reply
+    assert "Aé1".encode() not in reply
+
+
+def test_a_version_that_is_not_hl7_v2_is_refused_with_203(demo: Archive) -> None:
+    """Before: a message claiming version 3.0 was applied (AA) as if it were v2.4."""
+    ack = _segments(_handler(demo).handle(_a08("P|3.0", control="V3-1"), LOCAL))
+    assert ack["MSA"][1:3] == ["AR", "V3-1"]
+    assert ack["ERR"][3].split("^")[0] == "203"
+    ok = _segments(_handler(demo).handle(_a08("P|2.5.1", control="V251-1"), LOCAL))
+    assert ok["MSA"][1] == "AA"
+
+
+def _a08_for(control: str, local_id: str, name: str, dob: str = "19580312") -> str:
+    return (
+        f"MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||ADT^A08^ADT_A01|{control}|P|2.4\r"
+        "EVN|A08|20250320093000\r"
+        f"PID|1||{local_id}^^^ZZA^MR||{name}||{dob}|F\r"
+    )
+
+
+def test_a_batch_is_applied_message_by_message_and_answered_as_a_batch(demo: Archive) -> None:
+    """A PAS replay sent as FHS/BHS ... BTS/FTS in one frame. Before: one AR for the whole
+    batch ("must start with an MSH segment"), nothing applied, no message named."""
+    batch = (
+        "FHS|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||||FILE-7\r"
+        "BHS|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||||BATCH-42\r"
+        + _a08_for("B-1", "A100001", "DEMO^ALICE^BATCHED")
+        + _a08_for("B-2", "A100002", "DEMO^ERIN", dob="1990")  # no YYYYMMDD: refused, AE
+        + "BTS|2\rFTS|1\r"
+    )
+    reply = _handler(demo).handle_bytes(batch.encode(), LOCAL).decode()
+    segments = reply.strip("\r").split("\r")
+    assert [s[:3] for s in segments] == [
+        "FHS", "BHS", "MSH", "MSA", "MSH", "MSA", "ERR", "BTS", "FTS",
+    ]  # fmt: skip
+    bhs = segments[1].split("|")
+    assert bhs[2:6] == ["PACS", "ZZX", "PAS", "ZZA"] and bhs[11] == "BATCH-42"  # BHS-12
+    assert segments[0].split("|")[11] == "FILE-7"
+    msas = [s.split("|")[1:3] for s in segments if s.startswith("MSA")]
+    assert msas == [["AA", "B-1"], ["AE", "B-2"]]
+    assert segments[-2] == "BTS|2"
+    records = demo.services.records
+    pk = records.person(SYSTEM, issuer="ZZA", local_id="A100001").named_pk
+    assert pk is not None
+    assert records.patient_record(SYSTEM, pk)["record"]["name"] == "DEMO^ALICE^BATCHED"
+    # A replay of the same batch changes nothing and answers the same.
+    again = _handler(demo).handle_bytes(batch.encode(), LOCAL).decode()
+    assert [s.split("|")[1:3] for s in again.split("\r") if s.startswith("MSA")] == msas
