@@ -5,6 +5,7 @@ Playwright against the package's demo server (tests/interop/conftest.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -172,3 +173,65 @@ def test_a_view_the_follower_cannot_show_does_not_end_its_following(
         eventually(lambda: image_index(fol) == 17, what="the follower follows the next view")
         fol.wait_for_selector(f"{pane()} .overlay .br:has-text('W 1500 L -600')")
     assert not errors, errors
+
+
+@pytest.mark.timeout(300)
+def test_hostile_live_messages_are_refused_and_the_room_goes_on(demo: RunningServer) -> None:
+    """Through the real server (uvicorn's WebSocket protocol): a participant who claims the
+    presenter's rights, shows another meeting's item or sends an oversized message gets a
+    refusal; a message too large to be worth reading (over 1 MiB) ends that connection alone
+    (1009), and the presenter's next view still reaches everyone else."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    coordinator = add_user(demo, "hm_coord", "ZZA", "mdt_coordinator")
+    users = {name: add_user(demo, name, "ZZA", "radiologist") for name in ("hm_p", "hm_f", "hm_x")}
+    meeting = _meeting(demo, coordinator, "Hostile MDT")
+    other = _meeting(demo, coordinator, "Another MDT")
+    item = meeting["items"][0]["id"]
+    url = demo.base_url.replace("http", "ws", 1) + f"/api/mdt/meetings/{meeting['id']}/live"
+
+    def join(stack: contextlib.ExitStack, name: str) -> Any:
+        token = users[name]["Authorization"].split(" ", 1)[1]
+        ws = stack.enter_context(connect(f"{url}?token={token}", max_size=None))
+        until(ws, "welcome")
+        return ws
+
+    def until(ws: Any, kind: str) -> dict[str, Any]:
+        for _ in range(50):
+            message: dict[str, Any] = json.loads(ws.recv(timeout=30))
+            if message["type"] == kind:
+                return message
+        raise AssertionError(f"no {kind}")
+
+    with contextlib.ExitStack() as stack:
+        p, f, x = (join(stack, name) for name in ("hm_p", "hm_f", "hm_x"))
+        p.send(json.dumps({"type": "claim"}))
+        assert until(f, "presenter")["presenter"] == "hm_p"
+        view = {"item_id": item, "study_uid": ALICE_CT, "image_index": 1}
+        for hostile in (
+            {"type": "view", "by": "hm_p", "state": view},
+            {"type": "presenter", "presenter": "hm_x"},
+            {"type": "claim"},
+            {"type": "handover", "to": "hm_x"},
+        ):
+            x.send(json.dumps(hostile))
+            assert until(x, "error")["detail"]
+        p.send(json.dumps({"type": "view", "state": {**view, "item_id": other["items"][0]["id"]}}))
+        assert "item_id" in until(p, "error")["detail"]
+        x.send(json.dumps({"type": "pointer", "point": None, "pad": "x" * 100_000}))
+        assert "limited" in until(x, "error")["detail"]
+
+        x.send("x" * (2 * 1024 * 1024))
+        with pytest.raises(ConnectionClosed) as closed:
+            until(x, "error")
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+        p.send(json.dumps({"type": "view", "state": {**view, "image_index": 9}}))
+        got: dict[str, Any] | None = None
+        left = False  # the others are told the dropped connection left
+        while got is None or not left:
+            message = json.loads(f.recv(timeout=30))
+            got = message if message["type"] == "view" else got
+            left = left or message.get("participants") == ["hm_f", "hm_p"]
+        assert (got["by"], got["state"]["image_index"]) == ("hm_p", 9)

@@ -413,3 +413,30 @@ def test_the_room_is_kept_in_its_order(demo: Archive, demo_client: TestClient) -
     assert mdt.stored_live(room)[0]["presenter"] is None
     got = demo_client.get(f"/api/mdt/meetings/{m['id']}", headers=coord).json()
     assert got["presenter"] is None
+
+
+def test_live_room_answers_nonsense_frames_and_keeps_the_connection(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    """A binary frame, JSON nested too deep for the parser and a message over the limit each
+    get an error for the sender, whose connection stays in the room; the others hear nothing."""
+    coord = add_user(demo, "coord", "ZZA", "mdt_coordinator")
+    other = add_user(demo, "drza", "ZZA", "clinician")
+    m = _meeting(demo, demo_client, coord, "Lung")
+    url = f"/api/mdt/meetings/{m['id']}/live?token="
+    with (
+        demo_client.websocket_connect(url + _token(coord)) as c,
+        demo_client.websocket_connect(url + _token(other)) as o,
+    ):
+        c.receive_json()
+        o.receive_json()
+        c.send_bytes(b'{"type": "claim"}')
+        assert "text frames" in _until(c, "error")[0]["detail"]
+        c.send_text("[" * 30_000 + "]" * 30_000)  # within 64 KiB
+        assert _until(c, "error")[0]["detail"] == "send JSON messages"
+        c.send_text(json.dumps({"type": "pointer", "point": [0, 0, 0], "pad": "x" * 70_000}))
+        assert "limited" in _until(c, "error")[0]["detail"]
+        c.send_json({"type": "claim"})  # still in the room
+        assert _until(c, "presenter")[0]["presenter"] == "coord"
+        got, before = _until(o, "presenter")
+        assert got["presenter"] == "coord" and all(x["type"] != "error" for x in before)
