@@ -494,11 +494,15 @@ def _check_camera(c: Any) -> tuple[dict[str, Any] | None, str]:
 
 
 def _redact(state: dict[str, Any] | None, member: Member) -> dict[str, Any] | None:
+    """The view as this member may have it: whole when it may see the item's patient and the
+    study shown, else only that the item is restricted."""
     if state is None:
         return None
     item = state.get("item_id")
     if isinstance(item, int) and item in member.visible:
-        return state
+        study = state.get("study_uid")
+        if study is None or study in member.visible[item]:
+            return state
     return {"item_id": item, "restricted": True}
 
 
