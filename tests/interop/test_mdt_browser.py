@@ -235,3 +235,26 @@ def test_hostile_live_messages_are_refused_and_the_room_goes_on(demo: RunningSer
             got = message if message["type"] == "view" else got
             left = left or message.get("participants") == ["hm_f", "hm_p"]
         assert (got["by"], got["state"]["image_index"]) == ("hm_p", 9)
+
+
+@pytest.mark.timeout(300)
+def test_the_meetings_of_today_are_those_of_the_users_own_day(
+    demo: RunningServer, browser: Any
+) -> None:
+    """At half past midnight on a British summer day (23:30 UTC the day before) the meetings
+    list opens on today, where the user is, and so does the new meeting form."""
+    add_user(demo, "tz_coord", "ZZA", "mdt_coordinator")
+    errors: list[str] = []
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 900}, timezone_id="Europe/London"
+    )
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.clock.set_fixed_time("2026-07-01T00:30:00+01:00")
+    page.goto(demo.base_url + "/viewer/")
+    sign_in(page, "tz_coord")
+    page.goto(f"{demo.base_url}/viewer/#/mdt")
+    page.wait_for_selector("#meeting-list li")
+    assert page.input_value("#mdt-date") == "2026-07-01"
+    assert page.input_value("#mdt-create input[name=date]") == "2026-07-01"
+    assert not errors, errors

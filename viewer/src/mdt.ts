@@ -9,7 +9,7 @@ import { type StudyView, VIEW_MOVED, closeStudyView, studyView } from './studyvi
 import type { Me, Meeting, MeetingItem, ViewState } from './types';
 
 export async function meetings(root: HTMLElement, params: URLSearchParams): Promise<void> {
-  const date = params.get('date') ?? new Date().toISOString().slice(0, 10);
+  const date = params.get('date') ?? today();
   const picker = h('input', { type: 'date', value: date, id: 'mdt-date' });
   picker.addEventListener('change', () => (location.hash = `#/mdt?date=${picker.value}`));
   const list = h('ul', { class: 'meetings', id: 'meeting-list' });
@@ -401,6 +401,13 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
     closeStudyView();
     setPurpose(null);
   };
+}
+
+/** Today's date where the user is (YYYY-MM-DD): meetings are planned in local time, and the
+ * UTC date is yesterday's in the first hour of a British summer day. */
+function today(): string {
+  const d = new Date();
+  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
 }
 
 function prefetchText(m: Meeting): string {
