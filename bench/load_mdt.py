@@ -3,11 +3,12 @@ one presenter scrolling (a view change every 1/rate s) and its followers, on rea
 through the same address as the other users (HAProxy in front of 3 nodes, so a room's members
 are spread over the nodes and its events cross them through PostgreSQL).
 
-The presenter stamps each view with the time it was sent (``camera.sent``, free-form in the
-view); every follower reports, per view received, the time from that send to its receipt as a
-locust request "MDT presenter->follower" (same process, same clock). Connection or protocol
-failures are locust failures. Users of a meeting are given out in order as locust starts them
-(``fixed_count``: all of them whatever the weights of the other users).
+The presenter notes when it sent each view (``PLAN.sent_at``, by meeting and image index: a
+view carries only what the room relays); every follower reports, per view received, the time
+from that send to its receipt as a locust request "MDT presenter->follower" (same process, same
+clock). Connection or protocol failures are locust failures. Users of a meeting are given out
+in order as locust starts them (``fixed_count``: all of them whatever the weights of the other
+users).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Plan:
     followers: list[list[str]] = field(default_factory=list)  # tokens per meeting
     sent: int = 0
     received: int = 0
+    sent_at: dict[tuple[int, int], float] = field(default_factory=dict)  # (meeting, index)
 
     def url(self, meeting: int, token: str) -> str:
         return f"{self.base}/api/mdt/meetings/{self.meetings[meeting]['id']}/live?token={token}"
@@ -120,9 +122,8 @@ class Presenter(User):
             "item_id": m["item"],
             "study_uid": m["study"],
             "image_index": self.index,
-            "camera": {"sent": time.perf_counter()},
         }
-        started = time.perf_counter()
+        started = PLAN.sent_at[(self.meeting, self.index)] = time.perf_counter()
         try:
             self.ws.send(json.dumps({"type": "view", "state": state}))
             PLAN.sent += 1
@@ -165,7 +166,7 @@ class Follower(User):
             return
         message = json.loads(text)
         if message.get("type") == "view":
-            sent = (message["state"].get("camera") or {}).get("sent")
+            sent = PLAN.sent_at.get((self.meeting, message["state"].get("image_index", -1)))
             if isinstance(sent, float):
                 PLAN.received += 1
                 self.environment.events.request.fire(

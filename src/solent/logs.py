@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 PATIENT_FIELDS = {"patient_id", "patient_name", "nhs_number", "birth_date"}
+
+
+# A bearer token in a URL's query (the MDT live room's WebSocket: browsers cannot send headers
+# there), e.g. in uvicorn's "WebSocket /path?token=..." lines: a credential, never logged.
+_TOKEN_IN_QUERY = re.compile(r"([?&](?:access_)?token=)[^&\s\"'#]+", re.IGNORECASE)
+
+
+class RedactTokens(logging.Filter):
+    """Replaces the value of ``token=`` query parameters in every record's message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message.lower():
+            record.msg, record.args = _TOKEN_IN_QUERY.sub(r"\1[redacted]", message), None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -58,6 +74,7 @@ def configure(fmt: str = "text", level: str = "INFO", patient_data: bool = False
     handler.setFormatter(
         JsonFormatter(patient_data) if fmt == "json" else TextFormatter(patient_data)
     )
+    handler.addFilter(RedactTokens())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -159,6 +159,9 @@ def https_files(archive: Archive) -> tuple[str | None, str | None]:
     return str(settings.http_tls_cert), str(settings.http_tls_key)
 
 
+WS_MAX_MESSAGE = 1024 * 1024
+
+
 def http_config(archive: Archive, tls_cert: str | None, tls_key: str | None) -> uvicorn.Config:
     """The one uvicorn configuration of `solent serve` and of its HTTP worker processes."""
     from solent.protocols.http import create_app
@@ -179,6 +182,9 @@ def http_config(archive: Archive, tls_cert: str | None, tls_key: str | None) -> 
             },
         ),
         limit_concurrency=settings.http_max_connections,  # 503 beyond
+        # A WebSocket message (the MDT live room, which refuses more than 64 KiB with a reason)
+        # is read into memory whole: at most this much, beyond it the connection closes (1009).
+        ws_max_size=WS_MAX_MESSAGE,
         loop="uvloop",
         ssl_certfile=tls_cert,  # HTTPS only when SOLENT_HTTP_TLS_CERT/KEY are set
         ssl_keyfile=tls_key,

@@ -44,6 +44,7 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 ALICE_CT = DEMO_ROOT + "1.1"  # ZZA A100001, 24 slices, 2024
 ALICE_MR = DEMO_ROOT + "1.3"  # ZZB B7730021 (same person), 16 slices, 2026
 BOB_CT = DEMO_ROOT + "1.4"  # ZZB B7730444
+ERIN_CT = DEMO_ROOT + "1.8"  # ZZA A100002, NHS number 9990000019 in its header (check digit wrong)
 
 
 DASH = "\N{EN DASH}"  # the pager's "1\N{EN DASH}25 of 40"
@@ -181,6 +182,25 @@ NO_WEBGL = """
   };
 })();
 """
+
+
+def test_an_invalid_nhs_number_in_an_image_header_is_not_shown_as_one(
+    demo: RunningServer, browser: Any
+) -> None:
+    """Erin's images carry an NHS number whose check digit is wrong: the archive does not take
+    it (the banner shows none) and the image overlay shows it marked invalid, never in the 3-3-4
+    form a valid NHS number is shown in."""
+    errors: list[str] = []
+    page = new_page(browser, demo, errors)
+    sign_in(page, "rad")
+    page.goto(f"{demo.base_url}/viewer/#/study/{ERIN_CT}")
+    wait_image(page)
+    page.wait_for_selector(".study-head .patient-header")
+    assert "NHS —" in page.inner_text(".study-head .patient-header")
+    overlay = page.inner_text(f"{pane()} .overlay")
+    assert "DEMO, Erin" in overlay and "999 000 0019" not in overlay
+    assert "NHS 9990000019 (invalid)" in overlay
+    assert not errors, errors
 
 
 def test_without_webgl_the_viewer_draws_on_the_cpu(

@@ -413,3 +413,84 @@ def test_the_room_is_kept_in_its_order(demo: Archive, demo_client: TestClient) -
     assert mdt.stored_live(room)[0]["presenter"] is None
     got = demo_client.get(f"/api/mdt/meetings/{m['id']}", headers=coord).json()
     assert got["presenter"] is None
+
+
+def test_live_room_answers_nonsense_frames_and_keeps_the_connection(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    """A binary frame, JSON nested too deep for the parser and a message over the limit each
+    get an error for the sender, whose connection stays in the room; the others hear nothing."""
+    coord = add_user(demo, "coord", "ZZA", "mdt_coordinator")
+    other = add_user(demo, "drza", "ZZA", "clinician")
+    m = _meeting(demo, demo_client, coord, "Lung")
+    url = f"/api/mdt/meetings/{m['id']}/live?token="
+    with (
+        demo_client.websocket_connect(url + _token(coord)) as c,
+        demo_client.websocket_connect(url + _token(other)) as o,
+    ):
+        c.receive_json()
+        o.receive_json()
+        c.send_bytes(b'{"type": "claim"}')
+        assert "text frames" in _until(c, "error")[0]["detail"]
+        c.send_text("[" * 30_000 + "]" * 30_000)  # within 64 KiB
+        assert _until(c, "error")[0]["detail"] == "send JSON messages"
+        c.send_text(json.dumps({"type": "pointer", "point": [0, 0, 0], "pad": "x" * 70_000}))
+        assert "limited" in _until(c, "error")[0]["detail"]
+        c.send_json({"type": "claim"})  # still in the room
+        assert _until(c, "presenter")[0]["presenter"] == "coord"
+        got, before = _until(o, "presenter")
+        assert got["presenter"] == "coord" and all(x["type"] != "error" for x in before)
+
+
+def test_a_study_of_the_item_a_participant_may_no_longer_see_is_hidden_from_them(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    """Alice's ZZA and ZZB records are linked when the meeting is made, so her ZZB MR is listed
+    under her ZZA record; then the regional identity source unlinks them. A ZZA clinician still
+    sees Alice (ZZA) but no longer the ZZB study: the meeting lists only the studies they may
+    see, and while the presenter (who may see both trusts) shows the ZZB study, they are told
+    it is restricted, without its UIDs or image position, as for a patient they may not see."""
+    from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, Principal, PrincipalKind
+    from solent.services.identity import Change, PatientKey
+
+    coord = add_user(demo, "coord", "ZZA", "mdt_coordinator", other=("ZZB",))
+    drza = add_user(demo, "drza", "ZZA", "clinician")
+    m = _meeting(demo, demo_client, coord, "Lung")
+    alice = m["items"][0]
+    (ct,) = _studies(demo, "ZZA", "A100001")[:1]
+    (mr,) = _studies(demo, "ZZB", "B7730021")
+    assert {ct, mr} <= set(alice["study_uids"])
+    empi = Principal(PrincipalKind.NODE, "hl7:EMPI", "ZZE", frozenset({REGIONAL_IDENTITY_SOURCE}))
+    demo.identity.unlink(PatientKey("ZZA", "A100001"), PatientKey("ZZB", "B7730021"), Change(empi))
+    assert demo_client.get(f"/api/viewer/studies/{mr}", headers=drza).status_code == 404
+
+    mine = demo_client.get(f"/api/mdt/meetings/{m['id']}", headers=drza).json()["items"][0]
+    assert mine["patient_id"] == "A100001" and mr not in mine["study_uids"]
+    assert ct in mine["study_uids"]
+    url = f"/api/mdt/meetings/{m['id']}/live?token="
+    with (
+        demo_client.websocket_connect(url + _token(coord)) as c,
+        demo_client.websocket_connect(url + _token(drza)) as z,
+    ):
+        c.receive_json()
+        z.receive_json()
+        c.send_json({"type": "claim"})
+        _until(z, "presenter")
+        shown = {"item_id": alice["id"], "study_uid": mr, "series_uid": mr + ".1", "image_index": 4}
+        c.send_json({"type": "view", "state": shown})
+        assert _until(c, "view")[0]["state"] == shown
+        got, _ = _until(z, "view")
+        assert got["state"] == {"item_id": alice["id"], "restricted": True}
+        c.send_json({"type": "pointer", "point": [1, 2, 3]})
+        assert _until(z, "pointer")[0]["point"] is None
+        c.send_json({"type": "view", "state": {**shown, "study_uid": ct, "series_uid": ct}})
+        assert _until(z, "view")[0]["state"]["study_uid"] == ct
+    with demo_client.websocket_connect(url + _token(coord)) as c:  # a late joiner alike
+        c.receive_json()
+        c.send_json({"type": "claim"})
+        c.send_json({"type": "view", "state": shown})
+        _until(c, "view")
+        with demo_client.websocket_connect(url + _token(drza)) as late:
+            welcome = late.receive_json()
+            assert welcome["state"] == {"item_id": alice["id"], "restricted": True}
+            assert mr not in json.dumps(welcome)

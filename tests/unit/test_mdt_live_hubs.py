@@ -184,3 +184,75 @@ def test_a_silent_node_drops_out_and_its_presenter_can_be_replaced() -> None:
     # A vacancy announced late (by another node) does not unseat the new presenter.
     node1.publish(1, [{"type": "presenter", "presenter": None, "was": "b", "node": "n3"}])
     assert node1.rooms[1].presenter == "a"
+
+
+CAMERA = {"zoom": 1.5, "pan": [3, -4], "rotation": 90, "flip_h": False, "flip_v": True}
+CAMERA |= {"invert": False}
+
+
+def test_a_view_reaches_the_room_only_as_the_viewer_applies_it() -> None:
+    """W/L and camera are relayed typed and bounded, nothing else in them: what followers get
+    (and the meeting keeps for late joiners) is what their viewer applies. A presenter's view
+    with a camera or W/L no viewer can apply is refused to the sender alone."""
+    hub = LiveHub(LocalBroker(), "n1")
+    p_in: list[dict[str, Any]] = []
+    f_in: list[dict[str, Any]] = []
+    p, f = member("p", p_in), member("f", f_in)
+    hub.join(1, p, None)
+    hub.join(1, f, None)
+    hub.publish(1, hub.handle(1, p, {"type": "claim"}).events)
+    view = {"item_id": 7, "study_uid": STUDY, "series_uid": "1.2.3.4", "image_index": 2}
+    padded = {
+        **view,
+        "voi": {"center": 40, "width": 400, "note": "x" * 60_000},
+        "camera": {**CAMERA, "focal": [1, 2, 3], "script": {"deep": ["x"] * 1000}},
+    }
+    out = hub.handle(1, p, {"type": "view", "state": padded})
+    assert not out.replies
+    hub.publish(1, out.events)
+    got = last(f_in, "view")["state"]
+    assert got == {
+        **view,
+        "voi": {"center": 40, "width": 400},
+        "camera": {**CAMERA, "pan": [3, -4], "focal": [1, 2, 3]},
+    }
+    assert hub.rooms[1].state == got
+
+    bad_views = [
+        {**view, "camera": {"zoom": "abc"}},
+        {**view, "camera": {**CAMERA, "zoom": 0}},
+        {**view, "camera": {**CAMERA, "zoom": float("inf")}},
+        {**view, "camera": {k: v for k, v in CAMERA.items() if k != "flip_h"}},
+        {**view, "camera": {**CAMERA, "invert": "yes"}},
+        {**view, "camera": {**CAMERA, "pan": [1, 2, 3]}},
+        {**view, "camera": {**CAMERA, "focal": [1, "a", 3]}},
+        {**view, "camera": "zoomed"},
+        {**view, "voi": {"center": "x", "width": 400}},
+        {**view, "voi": {"center": 40}},
+        {**view, "voi": [40, 400]},
+        {**view, "series_uid": "1" * 65},
+        {**view, "series_uid": ""},
+    ]
+    for bad in bad_views:
+        before = len(f_in)
+        out = hub.handle(1, p, {"type": "view", "state": bad})
+        assert out.replies and out.replies[0]["type"] == "error" and not out.events, bad
+        assert len(f_in) == before
+    assert hub.rooms[1].state == got
+
+
+def test_a_follower_dropped_as_too_slow_leaves_the_room_for_everyone() -> None:
+    """A member whose queue is full is dropped while the room fans out; when its connection
+    then ends, the others are told it left, and a room nobody is in any more is closed."""
+    hub = LiveHub(LocalBroker(), "n1")
+    p_in: list[dict[str, Any]] = []
+    p = member("p", p_in)
+    slow = Member("slow", False, VISIBLE, lambda message: False)  # its queue is full
+    hub.join(1, p, None)
+    hub.join(1, slow, None)
+    assert last(p_in, "participants")["participants"] == ["p", "slow"]
+    hub.publish(1, hub.handle(1, p, {"type": "claim"}).events)  # fanned out: slow is dropped
+    hub.leave(1, slow)  # what the adapter does when the dropped connection's writer ends
+    assert last(p_in, "participants")["participants"] == ["p"]
+    hub.leave(1, p)
+    assert 1 not in hub.rooms

@@ -1,10 +1,20 @@
 // How identifiers and dates are shown to NHS users.
 
-/** NHS numbers are shown 3-3-4 (NHS Digital guidance: "943 476 5919"). */
+/** NHS numbers are shown 3-3-4 (NHS Digital guidance: "943 476 5919"); a value that is not a
+ * valid NHS number (its check digit, modulus 11, does not match) is never shown as one: it is
+ * shown as it came, marked invalid (an image header may carry one the archive did not accept). */
 export function nhsNumber(value: string | null | undefined): string {
   if (!value) return '';
-  const d = value.replace(/\D/g, '');
-  return d.length === 10 ? `${d.slice(0, 3)} ${d.slice(3, 6)} ${d.slice(6)}` : value;
+  const d = value.replace(/[\s-]/g, '');
+  return validNhsNumber(d) ? `${d.slice(0, 3)} ${d.slice(3, 6)} ${d.slice(6)}` : `${value} (invalid)`;
+}
+
+/** Ten digits whose last is the modulus 11 check digit of the first nine. */
+export function validNhsNumber(d: string): boolean {
+  if (!/^\d{10}$/.test(d)) return false;
+  const sum = [...d.slice(0, 9)].reduce((acc, c, i) => acc + Number(c) * (10 - i), 0);
+  const check = 11 - (sum % 11);
+  return check !== 10 && (check === 11 ? 0 : check) === Number(d[9]);
 }
 
 /** DICOM PN "FAMILY^GIVEN^MIDDLE" as "FAMILY, Given Middle". */

@@ -9,7 +9,7 @@ import { type StudyView, VIEW_MOVED, closeStudyView, studyView } from './studyvi
 import type { Me, Meeting, MeetingItem, ViewState } from './types';
 
 export async function meetings(root: HTMLElement, params: URLSearchParams): Promise<void> {
-  const date = params.get('date') ?? new Date().toISOString().slice(0, 10);
+  const date = params.get('date') ?? today();
   const picker = h('input', { type: 'date', value: date, id: 'mdt-date' });
   picker.addEventListener('change', () => (location.hash = `#/mdt?date=${picker.value}`));
   const list = h('ul', { class: 'meetings', id: 'meeting-list' });
@@ -124,8 +124,13 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
   const isCoordinator = () => m.coordinator === me.name;
 
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
-  const ws = new WebSocket(`${proto}://${location.host}/api/mdt/meetings/${id}/live?token=${encodeURIComponent(token() ?? '')}`);
-  const send = (msg: unknown) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(msg));
+  let ws: WebSocket | null = null;
+  let left = false; // the participant left the meeting's page: no more reconnects
+  let retry = 0; // reconnects since the last welcome (the delay grows with it)
+  let retryTimer: number | undefined;
+  let wasPresenting = false; // presenting when the connection dropped: present again
+  let shownItem: number | null = null; // the item of the study on the stage
+  const send = (msg: unknown) => ws?.readyState === WebSocket.OPEN && ws.send(JSON.stringify(msg));
 
   // The presenter's changes go out at most every 50 ms, the latest state winning; one that
   // changes nothing (a measurement's statistics recomputed on a redraw) is not sent.
@@ -179,6 +184,7 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
   };
 
   const open = async (studyUid: string, itemId: number | null, follow: boolean) => {
+    shownItem = itemId;
     // The archive's rendered first image (warmed by the meeting's prefetch) while the rest loads.
     if (!follow) void startPreview(stage, studyUid);
     view = await studyView(stage, studyUid, { onChange: sendView, follow, itemId, prior: null });
@@ -221,20 +227,24 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
   };
 
   const follow = (state: Shown) => {
-    opening = opening.then(async () => {
-      if (isPresenter()) return;
-      if ('restricted' in state) {
-        restricted(state.item_id);
-      } else {
-        if (!view || view.main.studyUid !== state.study_uid) {
-          stage.replaceChildren();
-          await open(state.study_uid, state.item_id, true);
+    opening = opening
+      .then(async () => {
+        if (isPresenter()) return;
+        if ('restricted' in state) {
+          restricted(state.item_id);
+        } else {
+          if (!view || view.main.studyUid !== state.study_uid) {
+            stage.replaceChildren();
+            await open(state.study_uid, state.item_id, true);
+          }
+          await view?.apply(state);
         }
-        await view?.apply(state);
-      }
-      stage.dataset.restricted = String('restricted' in state);
-      stage.dataset.seq = String(Date.now());
-    });
+        stage.dataset.restricted = String('restricted' in state);
+        stage.dataset.seq = String(Date.now());
+      })
+      // One view this browser cannot show (a frame that failed, a state it does not
+      // understand) must not end the following: the presenter's next view is shown.
+      .catch((e: unknown) => console.warn('MDT: could not show the presenter\'s view', e));
   };
 
   const render = () => {
@@ -312,14 +322,20 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
     if (m.prefetch.state === 'pending' || m.prefetch.state === 'running') setTimeout(() => void refreshPrefetch(), 2000);
   }
 
-  ws.addEventListener('message', (event) => {
+  const onMessage = (event: MessageEvent) => {
     const msg = JSON.parse(String(event.data)) as ServerMessage;
     switch (msg.type) {
       case 'welcome':
+        retry = 0;
         presenter = msg.presenter;
         participants = msg.participants;
+        status.querySelector('.mdt-connection')?.remove();
         render();
         if (msg.state) follow(msg.state);
+        // Back after a dropped connection while presenting, and nobody took over meanwhile:
+        // present again (the room let the role go when the connection went).
+        if (wasPresenting && !msg.presenter) send({ type: 'claim' });
+        wasPresenting = false;
         break;
       case 'view':
         if (msg.by !== me.name) follow(msg.state);
@@ -328,7 +344,8 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
         pointed = msg.point;
         placePointer();
         break;
-      case 'presenter':
+      case 'presenter': {
+        const was = isPresenter();
         presenter = msg.presenter;
         render();
         // The new presenter continues from what everyone sees and drives it from now on.
@@ -336,7 +353,13 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
         pointed = null;
         lastView = '';
         placePointer();
+        // Presenting (again) with a study on the stage: the room shows what this screen shows.
+        if (!was && isPresenter() && view) {
+          const shown = view;
+          opening = opening.then(() => sendView(shown.main.state(shownItem)));
+        }
         break;
+      }
       case 'participants':
         participants = msg.participants;
         render();
@@ -345,15 +368,46 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
         status.textContent = `${status.textContent} — ${msg.detail}`;
         break;
     }
-  });
-  ws.addEventListener('close', () => status.append(h('span', { class: 'error' }, ' (disconnected)')));
+  };
+
+  // The live room's connection. A dropped one (network, a proxy's idle timeout, a server
+  // restart) is opened again, sooner first, and the welcome brings this screen back to what the
+  // presenter shows; the archive's refusals (token, role, meeting: 44xx) are final.
+  const connect = () => {
+    retryTimer = undefined;
+    const socket = new WebSocket(`${proto}://${location.host}/api/mdt/meetings/${id}/live?token=${encodeURIComponent(token() ?? '')}`);
+    ws = socket;
+    socket.addEventListener('message', onMessage);
+    socket.addEventListener('close', (event) => {
+      if (left || ws !== socket) return;
+      wasPresenting ||= isPresenter();
+      status.querySelector('.mdt-connection')?.remove();
+      if (event.code >= 4400 && event.code < 4500) {
+        status.append(h('span', { class: 'error mdt-connection' }, ' (disconnected)'));
+        return;
+      }
+      status.append(h('span', { class: 'error mdt-connection' }, ' (connection lost, reconnecting…)'));
+      const delay = Math.min(10_000, 500 * 2 ** retry++);
+      retryTimer = window.setTimeout(connect, delay);
+    });
+  };
+  connect();
   render();
   if (m.prefetch.state === 'pending' || m.prefetch.state === 'running') setTimeout(() => void refreshPrefetch(), 2000);
   return () => {
-    ws.close();
+    left = true;
+    clearTimeout(retryTimer);
+    ws?.close();
     closeStudyView();
     setPurpose(null);
   };
+}
+
+/** Today's date where the user is (YYYY-MM-DD): meetings are planned in local time, and the
+ * UTC date is yesterday's in the first hour of a British summer day. */
+function today(): string {
+  const d = new Date();
+  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
 }
 
 function prefetchText(m: Meeting): string {

@@ -236,10 +236,12 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
     main,
     async apply(state: ViewState) {
       if (state.study_uid !== main.studyUid) return; // the caller reopens for another study
-      if (state.series_uid !== main.seriesUid) await main.showSeries(state.series_uid, state.image_index);
-      else if (main.viewport.getCurrentImageIdIndex() !== state.image_index) await main.viewport.setImageIdIndex(state.image_index);
+      if (state.series_uid && state.series_uid !== main.seriesUid) await main.showSeries(state.series_uid, state.image_index);
+      const last = main.viewport.getImageIds().length - 1;
+      const index = Math.min(Math.max(0, state.image_index ?? 0), last);
+      if (Number.isInteger(state.image_index) && main.viewport.getCurrentImageIdIndex() !== index) await main.viewport.setImageIdIndex(index);
       if (state.voi) main.setVoi(state.voi.center, state.voi.width);
-      main.applyCamera(state.camera);
+      if (state.camera) main.applyCamera(state.camera);
       showMeasurements(main.viewport, state.measurements ?? []);
       main.updateOverlay();
     },

@@ -144,12 +144,27 @@ class MdtService:
                 out[int(item["pk"])] = rows[pk]
         return out
 
+    def _visible_studies(
+        self, principal: Principal, items: list[dict[str, Any]], visible: dict[int, Any]
+    ) -> dict[int, list[str]]:
+        """Item id -> the item's study UIDs the caller may see, for the visible items. A study
+        listed when the meeting was made may since be out of the caller's reach (records
+        unlinked, a study moved to another patient): it is left out like a hidden patient."""
+        listed = [uid for i in items if int(i["pk"]) in visible for uid in i["study_uids"]]
+        seen = self._access.visible_study_uids(principal, set(listed))
+        return {
+            int(i["pk"]): [uid for uid in i["study_uids"] if uid in seen]
+            for i in items
+            if int(i["pk"]) in visible
+        }
+
     def _json(
         self, principal: Principal, meeting: dict[str, Any], *, audit: bool = True
     ) -> dict[str, Any]:
         with self._index.read() as conn:
             items = store.items_of(conn, int(meeting["pk"]))
         visible = self._visible_items(principal, items)
+        studies = self._visible_studies(principal, items, visible)
         out_items: list[dict[str, Any]] = []
         for item in items:
             patient = visible.get(int(item["pk"]))
@@ -176,7 +191,7 @@ class MdtService:
                     "patient_id": item["patient_id"],
                     "patient_name": patient["name"],
                     "nhs_number": patient["nhs_number"] if patient["nhs_number_valid"] else None,
-                    "study_uids": item["study_uids"],
+                    "study_uids": studies[int(item["pk"])],
                     "outcome": item["outcome"],
                     "prefetch": {
                         "state": item["prefetch_state"] or "pending",
@@ -203,18 +218,18 @@ class MdtService:
             "coordinator": meeting["coordinator"],
             "presenter": meeting["presenter"],
             "items": out_items,
-            "prefetch": self._meeting_prefetch(meeting, items, visible),
+            "prefetch": self._meeting_prefetch(meeting, items, studies),
         }
 
     def _meeting_prefetch(
-        self, meeting: dict[str, Any], items: list[dict[str, Any]], visible: dict[int, Any]
+        self, meeting: dict[str, Any], items: list[dict[str, Any]], visible: dict[int, list[str]]
     ) -> dict[str, Any]:
         """The meeting's prefetch progress as this caller may know it. The stored counts are
         the prefetching coordinator's (one per study and per series of every item), so to a
         participant who may not see every item they would tell how many studies and series
         the hidden patients have: such a caller gets the counts of its visible items only."""
         state = meeting["prefetch_state"]
-        if all(int(i["pk"]) in visible for i in items):
+        if all(visible.get(int(i["pk"])) == i["study_uids"] for i in items):
             return {
                 "state": state,
                 "done": int(meeting["prefetch_done"]),
@@ -226,7 +241,7 @@ class MdtService:
             if int(item["pk"]) not in visible:
                 continue
             units = 0
-            for uid in item["study_uids"]:
+            for uid in visible[int(item["pk"])]:
                 row = identity.study(uid)
                 if row is not None:
                     units += 1 + len(identity.series(int(row["pk"])))
@@ -451,12 +466,13 @@ class MdtService:
         with self._index.read() as conn:
             items = store.items_of(conn, meeting_id)
         visible = self._visible_items(principal, items)
+        studies = self._visible_studies(principal, items, visible)
         seat: dict[int, frozenset[str]] = {}
         for item in items:
             patient = visible.get(int(item["pk"]))
             if patient is None:
                 continue
-            seat[int(item["pk"])] = frozenset(item["study_uids"])
+            seat[int(item["pk"])] = frozenset(studies[int(item["pk"])])
             self._audit.record(
                 principal,
                 AuditAction.VIEW,

@@ -45,6 +45,7 @@ MAX_MEASUREMENTS = 50  # on the shown image: enough for any reading, bounded for
 MEASUREMENT_POINTS = {"Length": (2, 2), "Angle": (2, 3), "EllipticalROI": (4, 4)}
 MAX_UID = 64  # DICOM UIDs; annotation UIDs are shorter
 MAX_COORDINATE = 1e6  # mm from the patient origin: far beyond any scanner's field
+MAX_ZOOM = 1000.0  # a pixel a thousand times its size: beyond any reading
 VIEW_KEYS = ("item_id", "study_uid", "series_uid", "image_index", "voi", "camera", "measurements")
 HEARTBEAT = 2.0  # seconds between a node's announcements of its members (default)
 
@@ -190,8 +191,11 @@ class LiveHub:
 
     def leave(self, meeting_id: int, member: Member) -> None:
         room = self.rooms.get(meeting_id)
-        if room is None or room.members.pop(member.conn_id, None) is None:
+        if room is None:
             return
+        # Also when it is no longer a member: one dropped as too slow (`_fan_out`) has left
+        # the members already, and leaving is when the others learn it went.
+        room.members.pop(member.conn_id, None)
         if room.presenter == member.name and member.name not in room.participants():
             self._publish(meeting_id, self._vacate(member.name))
         self._announce_members(meeting_id, room)
@@ -462,12 +466,43 @@ def _check_measurement(m: Any) -> tuple[dict[str, Any] | None, str]:
     }, ""
 
 
+def _check_camera(c: Any) -> tuple[dict[str, Any] | None, str]:
+    """The presenter's camera, as the viewer sends and applies it (docs/viewer.md)."""
+    wanted = (
+        "camera must be {zoom, pan: [x, y], focal: [x, y, z] or null, rotation,"
+        " flip_h, flip_v, invert}"
+    )
+    if not isinstance(c, dict):
+        return None, wanted
+    zoom: Any = c.get("zoom")
+    pan, focal = c.get("pan"), c.get("focal")
+    if not (_number(zoom) and 0 < zoom <= MAX_ZOOM):
+        return None, f"camera.zoom must be a number above 0 and at most {MAX_ZOOM:g}"
+    if not (isinstance(pan, list) and len(pan) == 2 and all(map(_number, pan))):
+        return None, wanted
+    if focal is not None and not _point(focal):
+        return None, wanted
+    if not _number(c.get("rotation")):
+        return None, wanted
+    flags = {k: c.get(k) for k in ("flip_h", "flip_v", "invert")}
+    if not all(isinstance(v, bool) for v in flags.values()):
+        return None, wanted
+    out = {"zoom": zoom, "pan": list(pan), "rotation": c["rotation"], **flags}
+    if "focal" in c:
+        out["focal"] = None if focal is None else list(focal)
+    return out, ""
+
+
 def _redact(state: dict[str, Any] | None, member: Member) -> dict[str, Any] | None:
+    """The view as this member may have it: whole when it may see the item's patient and the
+    study shown, else only that the item is restricted."""
     if state is None:
         return None
     item = state.get("item_id")
     if isinstance(item, int) and item in member.visible:
-        return state
+        study = state.get("study_uid")
+        if study is None or study in member.visible[item]:
+            return state
     return {"item_id": item, "restricted": True}
 
 
@@ -481,21 +516,23 @@ def _check_view(state: Any, member: Member) -> tuple[dict[str, Any] | None, str]
     study = state.get("study_uid")
     if study is not None and study not in member.visible[item]:
         return None, "study_uid must be one of the item's studies"
-    for key in ("series_uid",):
-        if state.get(key) is not None and not isinstance(state[key], str):
-            return None, f"{key} must be a string"
+    if state.get("series_uid") is not None and not _uid(state["series_uid"]):
+        return None, f"series_uid must be a string of 1 to {MAX_UID} characters"
     index = state.get("image_index")
     if index is not None and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
         return None, "image_index must be a whole number from 0"
-    for key in ("voi", "camera"):
-        if state.get(key) is not None and not isinstance(state[key], dict):
-            return None, f"{key} must be an object"
-    voi = state.get("voi") or {}
-    for key in ("center", "width"):
-        v = voi.get(key)
-        if v is not None and not (isinstance(v, int | float) and math.isfinite(v)):
-            return None, f"voi.{key} must be a number"
     checked = {k: state[k] for k in VIEW_KEYS if k in state}
+    # W/L and camera as every follower applies them: typed, bounded, nothing else relayed.
+    if state.get("voi") is not None:
+        voi = state["voi"]
+        if not isinstance(voi, dict) or not all(_number(voi.get(k)) for k in ("center", "width")):
+            return None, "voi must be {center, width} (numbers)"
+        checked["voi"] = {"center": voi["center"], "width": voi["width"]}
+    if state.get("camera") is not None:
+        camera, problem = _check_camera(state["camera"])
+        if camera is None:
+            return None, problem
+        checked["camera"] = camera
     measurements = state.get("measurements")
     if measurements is not None:
         if not isinstance(measurements, list) or len(measurements) > MAX_MEASUREMENTS:

@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Path, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -200,15 +200,21 @@ async def _read(
     hub = services.live
     while True:
         try:
-            text = await websocket.receive_text()
-        except (WebSocketDisconnect, RuntimeError):
+            frame = await websocket.receive()
+        except RuntimeError:
             return
+        if frame["type"] == "websocket.disconnect":
+            return
+        text = frame.get("text")
+        if text is None:  # a binary frame
+            member.send({"type": "error", "detail": "send JSON messages as text frames"})
+            continue
         if len(text) > MAX_MESSAGE:
             member.send({"type": "error", "detail": f"messages are limited to {MAX_MESSAGE} bytes"})
             continue
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             member.send({"type": "error", "detail": "send JSON messages"})
             continue
         out = hub.handle(meeting_id, member, message)
