@@ -1,0 +1,128 @@
+"""Hostile or odd DICOMweb requests get a readable 4xx, never a 500, and change nothing.
+
+Found by pointing dicomweb-client and hand-made requests at a running `solent serve` loaded
+with the shared corpus: each test here failed (500, or a misleading answer) before its fix.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
+
+from solent.app import Archive
+from solent.protocols.http import create_app
+from tests.conftest import http_headers
+from tests.unit.stow_support import ct_instance, stow_body
+
+
+@pytest.fixture
+def client(archive: Archive) -> Iterator[TestClient]:
+    with TestClient(create_app(archive), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _stored_ct(archive: Archive, client: TestClient) -> str:
+    """Store one 8x8 CT at ZZA; its instance URL (under /dicomweb)."""
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    body, ctype = stow_body(ct_instance("HOSTILE1", "ZZA", study, series=series, sop=sop))
+    r = client.post("/dicomweb/studies", content=body, headers={**http_headers(archive), **ctype})
+    assert r.status_code == 200, r.text
+    return f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+
+
+def _count(archive: Archive, client: TestClient) -> int:
+    r = client.get("/dicomweb/instances", headers=http_headers(archive))
+    assert r.status_code == 200, r.text
+    return len(r.json())
+
+
+def test_bulkdata_path_through_a_non_sequence_is_404(archive: Archive, client: TestClient) -> None:
+    """`TAG/item/TAG` where TAG is not a sequence (here Pixel Data, bytes; Rows, a number)
+    indexed into the value and raised TypeError: a 500 with a traceback in the log."""
+    url = _stored_ct(archive, client)
+    headers = http_headers(archive)
+    for path in ("7FE00010/1/00100010", "00280010/0/00280010", "00100020/0/00100020"):
+        r = client.get(f"{url}/bulkdata/{path}", headers=headers)
+        assert r.status_code == 404, (path, r.status_code, r.text)
+        assert "does not exist" in r.json()["detail"]
+
+
+def test_rendered_viewport_source_region_is_clipped_to_the_image(
+    archive: Archive, client: TestClient
+) -> None:
+    """A source region far beyond the image made PIL allocate it (padded black) or refuse it
+    as a decompression bomb: a 500. It is clipped to the image; one wholly outside is a 400."""
+    url = _stored_ct(archive, client)
+    headers = http_headers(archive)
+    huge = client.get(f"{url}/rendered?viewport=64,64,-5,-5,100000,100000", headers=headers)
+    assert huge.status_code == 200, huge.text
+    assert huge.headers["content-type"] == "image/jpeg"
+    outside = client.get(f"{url}/rendered?viewport=64,64,5000,5000,10,10", headers=headers)
+    assert outside.status_code == 400, outside.text
+    assert "outside the 8x8 image" in outside.json()["detail"]
+    frame = client.get(f"{url}/frames/1/thumbnail?viewport=64,64,0,0,90000,90000", headers=headers)
+    assert frame.status_code == 200, frame.text
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "rendered?window=nan,nan",
+        "rendered?window=40,inf",
+        "rendered?window=-inf,400,linear",
+        "thumbnail?window=nan,400",
+    ],
+)
+def test_rendered_window_must_be_finite(archive: Archive, client: TestClient, query: str) -> None:
+    """float() reads "nan" and "inf": such a window rendered a meaningless image with 200."""
+    url = _stored_ct(archive, client)
+    r = client.get(f"{url}/{query}", headers=http_headers(archive))
+    assert r.status_code == 400, (query, r.status_code)
+    assert "finite" in r.json()["detail"]
+
+
+def test_wado_uri_window_must_be_finite(archive: Archive, client: TestClient) -> None:
+    url = _stored_ct(archive, client)
+    _, _, study, _, series, _, sop = url.strip("/").split("/")
+    base = f"/dicomweb/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    headers = http_headers(archive)
+    for window in ("windowCenter=nan&windowWidth=400", "windowCenter=40&windowWidth=inf"):
+        r = client.get(f"{base}&{window}", headers=headers)
+        assert r.status_code == 400, (window, r.status_code)
+        assert "finite" in r.json()["detail"]
+    assert client.get(f"{base}&windowCenter=40&windowWidth=400", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("br", lambda b: b)],
+)
+def test_stow_with_content_encoding_is_415_and_stores_nothing(
+    archive: Archive, client: TestClient, encoding: str, compress: object
+) -> None:
+    """A compressed body was parsed as plain multipart: 400 "is the boundary right?", which
+    sends the integrator looking in the wrong place. RFC 9110 wants 415 naming what is taken;
+    nothing is inflated, so a gzip bomb costs nothing."""
+    assert callable(compress)
+    before = _count(archive, client)
+    body, ctype = stow_body(ct_instance("HOSTILE2", "ZZA", generate_uid()))
+    r = client.post(
+        "/dicomweb/studies",
+        content=compress(body),
+        headers={**http_headers(archive), **ctype, "Content-Encoding": encoding},
+    )
+    assert r.status_code == 415, r.text
+    assert "Content-Encoding" in r.json()["detail"]
+    assert r.headers["accept-encoding"] == "identity"
+    assert _count(archive, client) == before
+    # The same body sent plainly is stored.
+    plain = client.post(
+        "/dicomweb/studies", content=body, headers={**http_headers(archive), **ctype}
+    )
+    assert plain.status_code == 200, plain.text
+    assert _count(archive, client) == before + 1
