@@ -7,9 +7,11 @@ with the shared corpus: each test here failed (500, or a misleading answer) befo
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from collections.abc import Iterator
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
@@ -126,3 +128,58 @@ def test_stow_with_content_encoding_is_415_and_stores_nothing(
     )
     assert plain.status_code == 200, plain.text
     assert _count(archive, client) == before + 1
+
+
+# -- person names: what a RIS types finds what the modality sent (PS3.5 6.2) ----------------
+
+STORED_NAMES = {
+    "PN1": "OB^^^^",  # trailing empty components, as many modalities pad them
+    "PN2": "SMITH^JOHN^^^",
+    "PN3": "Wang^XiaoDong=王^小東",  # an ideographic group after the alphabetic one
+    "PN4": "Yamada^Tarou=山田^太郎=やまだ^たろう",
+    "PN5": "SMITHSON^JOHN",  # must not match SMITH^JOHN
+    "PN6": "OB^X",  # must not match OB
+}
+
+
+QUERIES = {
+    "OB": {"PN1"},
+    "OB^^^^": {"PN1"},
+    "ob": {"PN1"},
+    "SMITH^JOHN": {"PN2"},
+    "Smith^John^": {"PN2"},
+    "Wang^XiaoDong": {"PN3"},
+    "Yamada^Tarou": {"PN4"},
+    "Yamad?^Tarou": {"PN4"},
+    "SMITH^JOH?": {"PN2"},
+    "Wang^XiaoDong=王^小東": {"PN3"},
+    "OB^X": {"PN6"},
+    "OB*": {"PN1", "PN6"},
+    "Wang": set(),
+}
+
+
+def test_qido_person_name_matching_ignores_padding_and_other_groups(
+    archive: Archive, client: TestClient
+) -> None:
+    """Exact names found nothing when the stored name had trailing carets (``OB^^^^``) or
+    ideographic/phonetic groups (``Wang^XiaoDong=王^小東``): PS3.5 6.2 makes trailing empty
+    components insignificant, and a query of the alphabetic name is meant to find them."""
+    headers = http_headers(archive)
+    for pid, name in STORED_NAMES.items():
+        ds = pydicom.dcmread(io.BytesIO(ct_instance(pid, "ZZA", generate_uid())))
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = name
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        body, ctype = stow_body(out.getvalue())
+        r = client.post("/dicomweb/studies", content=body, headers={**headers, **ctype})
+        assert r.status_code == 200, r.text
+    wrong = {}
+    for query, expected in QUERIES.items():
+        r = client.get("/dicomweb/studies", params={"PatientName": query}, headers=headers)
+        assert r.status_code == 200, r.text
+        found = {row["00100020"]["Value"][0] for row in r.json()}
+        if found != expected:
+            wrong[query] = found
+    assert not wrong, wrong
