@@ -183,3 +183,31 @@ def test_qido_person_name_matching_ignores_padding_and_other_groups(
         if found != expected:
             wrong[query] = found
     assert not wrong, wrong
+
+
+def test_head_answers_as_get_without_a_body(archive: Archive, client: TestClient) -> None:
+    """HEAD on any DICOMweb resource was 405 (FastAPI routes GET only); RFC 9110 wants it
+    wherever GET is, with the same status and headers, and no body."""
+    url = _stored_ct(archive, client)
+    headers = http_headers(archive)
+    study = url.split("/series/")[0]
+    for resource in (
+        "/dicomweb/studies?PatientID=HOSTILE1",
+        study + "/series",
+        url,
+        url + "/metadata",
+        url + "/frames/1",
+        url + "/rendered",
+        study + "/thumbnail",
+        "/dicomweb/studies/1.2.3.4",  # 404 as for GET
+        "/dicomweb/studies/1.2.3a",  # 400 as for GET
+    ):
+        get = client.get(resource, headers=headers)
+        head = client.head(resource, headers=headers)
+        assert head.status_code == get.status_code, (resource, head.status_code, get.status_code)
+        assert head.content == b"", resource
+        assert head.headers.get("etag") == get.headers.get("etag"), resource
+        ctype = head.headers["content-type"].split(";")[0]
+        assert ctype == get.headers["content-type"].split(";")[0], resource
+    # Without a token, HEAD is refused like GET.
+    assert client.head(url).status_code == 401
