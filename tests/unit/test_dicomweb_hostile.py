@@ -211,3 +211,22 @@ def test_head_answers_as_get_without_a_body(archive: Archive, client: TestClient
         assert ctype == get.headers["content-type"].split(";")[0], resource
     # Without a token, HEAD is refused like GET.
     assert client.head(url).status_code == 401
+
+
+def test_qido_answers_406_when_accept_excludes_json(archive: Archive, client: TestClient) -> None:
+    """QIDO-RS ignored Accept: a client asking for XML only got JSON with 200."""
+    _stored_ct(archive, client)
+    headers = http_headers(archive)
+    for accept in ("application/dicom+xml", 'multipart/related; type="application/dicom+xml"'):
+        r = client.get("/dicomweb/studies", headers={**headers, "Accept": accept})
+        assert r.status_code == 406, (accept, r.status_code)
+        assert "application/dicom+json" in r.json()["detail"]
+    for accept in (
+        "application/dicom+json",
+        "application/json",
+        "application/dicom+xml, application/dicom+json;q=0.5",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",  # a browser
+    ):
+        r = client.get("/dicomweb/studies", headers={**headers, "Accept": accept})
+        assert r.status_code == 200, (accept, r.status_code)
+        assert r.headers["content-type"] == "application/dicom+json"
