@@ -1,4 +1,5 @@
-"""Bounds on an HTTP request head: its size and the time a client may take to send it.
+"""Bounds on an HTTP request: its head's size, the time a client may take to send the head,
+and how long its body (or the response to it) may stand still.
 
 uvicorn's httptools protocol has neither: a header of any length is buffered until its line
 ends, and a connection that never finishes its request line holds a connection slot for ever
@@ -9,6 +10,14 @@ of each request head as they arrive and answers 431 beyond ``max_head_bytes``; a
 complete ``head_timeout`` seconds after the connection opened (or the previous response
 ended) closes the connection. Written by hand because no option of uvicorn or httptools
 bounds either (uvicorn's ``h11_max_incomplete_event_size`` applies to its h11 protocol only).
+
+The same holds once the head is in: a client that announces a body and stops sending it (or
+stops reading a response) kept its connection slot, and the request its thread, for ever; an
+authenticated caller could fill ``http_max_connections`` that way. A body that moves no byte
+for ``stall_timeout`` seconds while the server waits for it, or a response the client has not
+taken a byte of for as long, closes the connection (the app sees a disconnect and cleans up).
+Time the server itself spends (reading paused because the app has not consumed what came, an
+ingest running after the body) is never counted against the client.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ class HeadTooLarge(Exception):
 class LimitedHttpProtocol(HttpToolsProtocol):
     max_head_bytes = 32 * 1024
     head_timeout = 30.0
+    stall_timeout = 60.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -40,6 +50,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._boundaries = 0  # heads completed + messages completed, to spot one in a chunk
         self._too_large = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._in_body = False  # between a head and the end of its message
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # -- the head timer ----------------------------------------------------------------------
 
@@ -59,12 +72,57 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             log.info("HTTP connection closed: request head not complete in %gs", self.head_timeout)
             self.transport.close()
 
+    # -- the stall timers: a body that stops coming, a response that stops being read -------
+
+    def _start_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._body_timer = loop.call_later(self.stall_timeout, self._body_stalled)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_stalled(self) -> None:
+        self._body_timer = None
+        if not self._in_body or self.transport.is_closing():
+            return
+        if self.flow is not None and self.flow.read_paused:
+            self._start_body_timer()  # the app has not taken what came: not the client's delay
+            return
+        log.info("HTTP connection closed: request body stalled for %gs", self.stall_timeout)
+        self.transport.close()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            loop = asyncio.get_running_loop()
+            self._write_timer = loop.call_later(self.stall_timeout, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        if not self.transport.is_closing():
+            log.info("HTTP connection closed: response not read for %gs", self.stall_timeout)
+            self.transport.abort()  # close() would wait for the buffer the client never reads
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         super().connection_lost(exc)
 
     # -- the head size -----------------------------------------------------------------------
@@ -80,6 +138,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return
         pending_before, boundaries = self._in_head, self._boundaries
         super().data_received(data)
+        if self._in_body:
+            self._start_body_timer()  # bytes of the body came: the client is not stalled
         # A chunk that began and ended inside one request head was head only (a header line
         # httptools is still buffering never reaches on_header, so it is counted here). A chunk
         # in which a head or a message ended also carries body bytes: it is not counted.
@@ -109,6 +169,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body = True  # until on_message_complete, which a body-less request has at once
         self._boundaries += 1
         self._head_bytes_unparsed = 0
         self._cancel_head_timer()
@@ -116,6 +177,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._in_body = False
+        self._cancel_body_timer()
         self._in_head = True
         self._boundaries += 1
         self._head_bytes_unparsed = 0

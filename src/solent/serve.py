@@ -179,6 +179,7 @@ def http_config(archive: Archive, tls_cert: str | None, tls_key: str | None) -> 
             {
                 "max_head_bytes": settings.http_max_header_bytes,
                 "head_timeout": settings.http_header_timeout_seconds,
+                "stall_timeout": settings.http_stall_timeout_seconds,
             },
         ),
         limit_concurrency=settings.http_max_connections,  # 503 beyond

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
         description="A connection that has not sent a complete request head this long after "
         "opening (or after its previous response) is closed.",
     )
+    http_stall_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="A connection whose request body stops arriving, or whose response the "
+        "client stops reading, for this long is closed.",
+    )
     http_max_connections: int = Field(
         1000,
         ge=1,

@@ -433,6 +433,15 @@ def test_person_names_case_insensitive_by_policy_and_fuzzy(archive: Archive) -> 
     assert studies(find(archive, Level.STUDY, {"PatientName": "mar"})) == []
 
 
+def test_person_names_ignore_trailing_empty_components(archive: Archive) -> None:
+    """PS3.5 6.2: trailing empty components are insignificant, so a name typed with or
+    without carets finds the same record (modalities pad them: ``SMITH^JOHN^^^``)."""
+    for typed in ("o'brien^mary^^^", "o'brien^mary^", "o'brien^mar?^^", "O'BRIEN^MARY^^^^"):
+        assert studies(find(archive, Level.STUDY, {"PatientName": typed})) == ["S4"], typed
+    assert studies(find(archive, Level.STUDY, {"PatientName": "o'brien"})) == []
+    assert studies(find(archive, Level.STUDY, {"PatientName": "o'brien^^^"})) == []
+
+
 def test_date_ranges(archive: Archive) -> None:
     def dates(value: str) -> list[str]:
         return studies(find(archive, Level.STUDY, {"StudyDate": value}))

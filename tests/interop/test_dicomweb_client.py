@@ -14,6 +14,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -400,6 +401,48 @@ def test_qido_searches_every_level(dw: RunningServer, corpus_dir: Path, tmp_path
     assert not client.search_for_studies(
         search_filters={"PatientID": str(ds.PatientID), "IssuerOfPatientID": "ZZB"}
     )
+
+
+CHARSET_FILES = {  # file -> Patient ID; names in several character sets and component groups
+    "cs_japanese_iso2022_ir87.dcm": "H31EXAMPLE",  # Yamada^Tarou=山田^太郎=やまだ^たろう
+    "cs_korean_iso2022_ir149.dcm": "I2EXAMPLE",  # Hong^Gildong=洪^吉洞=홍^길동
+    "cs_utf8_ir192.dcm": "X1EXAMPLE",  # Wang^XiaoDong=王^小東
+    "cs_latin1_french.dcm": "SCSFREN",  # Buc^Jérôme
+    "cs_latin1_german.dcm": "SCSGERM",  # Äneas^Rüdiger
+    "cs_greek_ir126.dcm": "SCSGREEK",  # Διονυσιος
+    "cs_cyrillic_ir144.dcm": "SCSRUSS",  # Luxembourg in Cyrillic (mixed with Latin c, e, y, p)
+    "cs_utf8_ct_jpeg_lossless.dcm": "MB",  # 1.8.0^VER^^^ (trailing empty components)
+}
+
+
+def test_qido_person_names_through_dicomweb_client(
+    dw: RunningServer, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """What a RIS types finds the patient whatever character set, component groups or
+    trailing carets the modality wrote (dicomweb-client percent-encodes ^ and non-ASCII)."""
+    import_files(dw, corpus_dir, list(CHARSET_FILES), tmp_path)
+    client = client_for(dw)
+
+    def ids(**kw: Any) -> set[str]:
+        found = client.search_for_studies(**kw)
+        return {s["00100020"]["Value"][0] for s in found if "00100020" in s}
+
+    expectations = {
+        "Yamada^Tarou": {"H31EXAMPLE"},
+        "Yamad?^Tarou": {"H31EXAMPLE"},
+        "Hong^Gildong": {"I2EXAMPLE"},
+        "Wang^XiaoDong": {"X1EXAMPLE"},
+        "Buc^Jérôme": {"SCSFREN"},
+        "buc^jérôme": {"SCSFREN"},
+        "Äneas*": {"SCSGERM"},
+        "Διονυσιος": {"SCSGREEK"},
+        "\u041b\u044e\u043ace\u043c\u0431yp\u0433": {"SCSRUSS"},
+        "1.8.0^VER": {"MB"},
+    }
+    for name, expected in expectations.items():
+        assert ids(search_filters={"PatientName": name}) == expected, name
+    assert ids(search_filters={"PatientName": "tarou"}, fuzzymatching=True) == {"H31EXAMPLE"}
+    assert ids(search_filters={"PatientName": "Yamada"}) == set()
 
 
 def test_wado_uri_returns_instance_and_jpeg(

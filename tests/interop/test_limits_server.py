@@ -32,6 +32,7 @@ AET = "LIMITSCU"
 ARTIM = 2.0
 HL7_IDLE = 2.0
 HTTP_HEAD_TIMEOUT = 2.0
+HTTP_STALL_TIMEOUT = 2.0
 MAX_ASSOCIATIONS = 2
 MAX_PENDING = 8
 HL7_MAX = 4
@@ -72,6 +73,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
             "SOLENT_HL7_IDLE_TIMEOUT_SECONDS": str(HL7_IDLE),
             "SOLENT_HTTP_MAX_HEADER_BYTES": "8192",
             "SOLENT_HTTP_HEADER_TIMEOUT_SECONDS": str(HTTP_HEAD_TIMEOUT),
+            "SOLENT_HTTP_STALL_TIMEOUT_SECONDS": str(HTTP_STALL_TIMEOUT),
             "SOLENT_HTTP_MAX_CONNECTIONS": str(HTTP_MAX),
         },
     )
@@ -447,4 +449,130 @@ def test_http_silent_connections_are_bounded_and_closed(srv: RunningServer) -> N
     finally:
         close_all(flood)
     # ... and the server answers again.
+    assert httpx.get(srv.base_url + "/health", timeout=10).status_code == 200
+
+
+def _stow_head(srv: RunningServer, length: int) -> bytes:
+    auth = srv.headers()["Authorization"]
+    return (
+        "POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        'Content-Type: multipart/related; type="application/dicom"; boundary=stall\r\n'
+        f"Content-Length: {length}\r\nAuthorization: {auth}\r\n\r\n"
+    ).encode()
+
+
+def _eof_within(s: socket.socket, seconds: float) -> bool:
+    """True when the server closes ``s`` within ``seconds``, whatever it answered first."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        s.settimeout(left)
+        try:
+            if s.recv(65536) == b"":
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def _instances(srv: RunningServer) -> int:
+    r = httpx.get(srv.base_url + "/dicomweb/instances", headers=srv.headers(), timeout=30)
+    assert r.status_code == 200, r.text
+    return len(r.json())
+
+
+def test_http_stalled_request_bodies_are_closed(srv: RunningServer) -> None:
+    """An authenticated client that sends a STOW-RS head and part of its body, then nothing,
+    held its connection (and a slot of http_max_connections) for ever: enough of them and
+    every request was a 503. Now each is closed after the stall timeout, nothing is stored,
+    no spooled part is left behind, and the server answers again."""
+    before = _instances(srv)
+    port = int(srv.ports["http"])
+    stalled = []
+    for _ in range(HTTP_MAX + 2):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(
+            _stow_head(srv, 1 << 20) + b"--stall\r\nContent-Type: application/dicom\r\n\r\nDICM"
+        )
+        stalled.append(s)
+    try:
+        time.sleep(0.5)
+        assert httpx.get(srv.base_url + "/health", timeout=10).status_code == 503
+        # (those over the limit were answered 503 first: read up to the end)
+        assert all(_eof_within(s, HTTP_STALL_TIMEOUT * 4) for s in stalled)
+    finally:
+        close_all(stalled)
+    assert httpx.get(srv.base_url + "/health", timeout=10).status_code == 200
+    assert _instances(srv) == before
+    tmp = srv.data_dir / "tmp"
+    deadline = time.monotonic() + 10
+    while tmp.is_dir() and list(tmp.glob("stow-*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not (tmp.is_dir() and list(tmp.glob("stow-*")))
+
+
+def test_http_body_sent_slowly_but_steadily_is_not_cut(srv: RunningServer) -> None:
+    """The stall timer counts silence, not duration: a body trickled in pieces, each within
+    the timeout, is read to the end and answered."""
+    port = int(srv.ports["http"])
+    body = b"--stall\r\nContent-Type: application/dicom\r\n\r\nnot dicom\r\n--stall--\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(_stow_head(srv, len(body)))
+        for at in range(0, len(body), len(body) // 4 + 1):
+            time.sleep(HTTP_STALL_TIMEOUT * 0.6)
+            s.sendall(body[at : at + len(body) // 4 + 1])
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"not a DICOM file" in answer
+
+
+def test_http_response_not_read_is_aborted(srv: RunningServer, tmp_path: Path) -> None:
+    """A client that asks for a large instance and never reads it held the connection and
+    the streaming thread for ever; the server aborts it after the stall timeout."""
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), "1.2.3.4.5"
+    ds.PatientID, ds.PatientName, ds.Modality = "STALL1", "STALL^READER", "OT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 4096, 4096, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = os.urandom(4096 * 4096 * 2)  # 32 MiB: more than the socket buffers hold
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    r = stow(srv, path.read_bytes())
+    assert r.status_code == 200, r.text
+    url = (
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+    auth = srv.headers()["Authorization"]
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", int(srv.ports["http"])))
+    try:
+        s.sendall(
+            f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n"
+            'Accept: multipart/related; type="application/dicom"; transfer-syntax=*\r\n'
+            "\r\n".encode()
+        )
+        time.sleep(HTTP_STALL_TIMEOUT * 3)  # read nothing
+        s.settimeout(10)
+        received = 0
+        try:
+            while chunk := s.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert received < len(ds.PixelData)  # cut off, not delivered whole
+    finally:
+        s.close()
     assert httpx.get(srv.base_url + "/health", timeout=10).status_code == 200

@@ -147,8 +147,17 @@ def _apply_viewport(img: Image.Image, viewport: Viewport | None) -> Image.Image:
         sx, sy, sw, sh = viewport.source
         sw = sw or img.width - sx
         sh = sh or img.height - sy
-        box = (min(sx, sx + sw), min(sy, sy + sh), max(sx, sx + sw), max(sy, sy + sh))
-        img = img.crop(box)
+        # The region is clipped to the image: PIL pads a crop beyond it with black, so a
+        # region of 100000 x 100000 pixels allocated that much (or failed as a "bomb").
+        left, top = max(0, min(sx, sx + sw)), max(0, min(sy, sy + sh))
+        right = min(img.width, max(sx, sx + sw))
+        bottom = min(img.height, max(sy, sy + sh))
+        if right <= left or bottom <= top:
+            raise RenderError(
+                f"the viewport's source region ({sx},{sy},{sw},{sh}) lies outside the "
+                f"{img.width}x{img.height} image"
+            )
+        img = img.crop((left, top, right, bottom))
         if sw < 0:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if sh < 0:

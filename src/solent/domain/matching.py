@@ -262,6 +262,24 @@ def resolve_key(key: str) -> IndexedAttribute | None:
 # -- value parsing ---------------------------------------------------------------------------
 
 
+PN_COMPONENTS = 5  # family^given^middle^prefix^suffix (PS3.5 6.2)
+
+
+def person_name_forms(value: str) -> tuple[str, ...] | None:
+    """The stored forms a person name query value equals under PS3.5 6.2, or None when the
+    value names component groups itself (contains ``=``) and is compared as it is.
+
+    Trailing empty components are insignificant (``SMITH^JOHN`` is ``SMITH^JOHN^^^``, which
+    many modalities send), so the value with its trailing carets dropped and then with 0 to 4
+    of them. Each form also matches a stored name that adds ideographic or phonetic groups
+    after ``=`` (``WANG^XIAODONG=王^小東``): the caller compares ``form`` and ``form=...``."""
+    if "=" in value:
+        return None
+    base = value.rstrip("^")
+    free = PN_COMPONENTS - 1 - base.count("^")
+    return tuple(base + "^" * n for n in range(max(free, 0) + 1))
+
+
 def like_pattern(value: str) -> str:
     """DICOM wildcard -> SQL LIKE (``*`` -> ``%``, ``?`` -> ``_``); ``%``, ``_``, escape escaped."""
     out = []

@@ -44,6 +44,7 @@ from solent.domain.matching import (
     ValueList,
     Wildcard,
     like_pattern,
+    person_name_forms,
 )
 from solent.domain.nhs_number import NHS_ISSUER
 from solent.index import access
@@ -228,15 +229,17 @@ class _Compiler:
         self.sqlite = dialect == "sqlite"
 
     def match(self, col: Expr, attr: IndexedAttribute, m: Matcher) -> Expr:
+        if attr.match is Match.PN and isinstance(m, Single | ValueList | Wildcard):
+            person = self._person_name(col, m)
+            if person is not None:
+                return person
         if isinstance(m, Single):
             equal: Expr = col == _value(attr, m.value)
             return equal
         if isinstance(m, ValueList):
             return col.in_([_value(attr, v) for v in m.values])
         if isinstance(m, Wildcard):
-            if self.sqlite:
-                return col.op("GLOB", return_type=Boolean)(glob_pattern(m.pattern))
-            return col.like(m.like, escape=LIKE_ESCAPE)
+            return self._wildcard(col, m)
         if isinstance(m, Range):
             parts: list[Expr] = [col.is_not(None)]
             if m.low is not None:
@@ -250,6 +253,43 @@ class _Compiler:
         if isinstance(m, AnyOf):
             return or_(*(self.match(col, attr, sub) for sub in m.matchers))
         raise TypeError(f"unknown matcher {m!r}")
+
+    def _person_name(self, col: Expr, m: Single | ValueList | Wildcard) -> Expr | None:
+        """A PN value matches the stored names equal to it under PS3.5 6.2: trailing empty
+        components ignored, ideographic/phonetic groups after ``=`` allowed (see
+        ``person_name_forms``). Equality and prefix tests only, so the name index serves them;
+        None when the value is compared as it is."""
+        if isinstance(m, Wildcard):
+            if m.pattern.endswith("*"):
+                return None  # matches any tail already
+            forms = person_name_forms(m.pattern)
+            if forms is None:
+                return None
+            patterns = [p for f in forms for p in (f, f + "=*")]
+            return or_(*(self._wildcard(col, Wildcard(p, like_pattern(p))) for p in patterns))
+        values = [m.value] if isinstance(m, Single) else list(m.values)
+        expanded = [person_name_forms(v) for v in values]
+        if any(f is None for f in expanded):
+            return None
+        exact = [f for forms in expanded if forms is not None for f in forms]
+        groups = [self._starts_with(col, f + "=") for f in exact]
+        equal: Expr = col.in_(exact)
+        return or_(equal, *groups)
+
+    def _wildcard(self, col: Expr, m: Wildcard) -> Expr:
+        if self.sqlite:
+            glob: Expr = col.op("GLOB", return_type=Boolean)(glob_pattern(m.pattern))
+            return glob
+        like: Expr = col.like(m.like, escape=LIKE_ESCAPE)
+        return like
+
+    def _starts_with(self, col: Expr, prefix: str) -> Expr:
+        """``col`` begins with the literal ``prefix`` (GLOB on SQLite, which its index serves
+        as LIKE is not; LIKE elsewhere)."""
+        if self.sqlite:
+            escaped = "".join(f"[{ch}]" if ch in "*?[" else ch for ch in prefix)
+            return col.op("GLOB", return_type=Boolean)(escaped + "*")
+        return col.like(like_pattern(prefix) + "%", escape=LIKE_ESCAPE)
 
     def condition(self, cond: Condition, viewer_trust: str | None) -> Expr:
         attr = cond.attribute

@@ -174,6 +174,8 @@ def bulk_element(store: BlobStore, inst: StoredInstance, path: str) -> bytes:
             if isinstance(value, bytes):
                 return value
             raise NotFound(f"{path} is not a bulk data element")
+        if elem.VR != "SQ":  # bytes or a number: no items to descend into
+            raise NotFound(f"bulk data {path} does not exist in this instance")
         seq = elem.value or []
         if items[depth] >= len(seq):
             raise NotFound(f"bulk data {path} does not exist in this instance")

@@ -20,6 +20,7 @@ from solent.dicom.metadata_json import person_name_json
 from solent.domain.attributes import Level
 from solent.domain.matching import parse_query
 from solent.errors import InvalidInput
+from solent.protocols.dicomweb.accept import parse_accept
 from solent.protocols.dicomweb.common import (
     DICOM_JSON,
     DicomWebRoute,
@@ -156,9 +157,24 @@ def row_to_json(row: dict[str, Any], level: Level, base: str) -> dict[str, Any]:
     return out
 
 
+JSON_TYPES = {DICOM_JSON, "application/json", "application/*", "*/*", "*"}
+
+
+def _check_accept(request: Request) -> None:
+    """QIDO-RS answers in DICOM JSON only: an Accept that excludes it (XML, an image) is
+    406 naming what can be sent (PS3.18 8.7), not a JSON body the client did not ask for."""
+    for r in parse_accept(request.headers.get("accept")):
+        if (r.inner if r.media == "multipart/related" else r.media) in JSON_TYPES:
+            return
+    raise HTTPException(
+        406, "search results are available as application/dicom+json (XML is not supported)"
+    )
+
+
 async def _search(request: Request, level: Level, fixed: dict[str, str]) -> Response:
     for name, uid in fixed.items():
         check_uid(uid, name)
+    _check_accept(request)
     keys: dict[str, str | list[str] | None] = {}
     includes: list[str] = []
     fuzzy = False

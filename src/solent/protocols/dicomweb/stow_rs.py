@@ -203,6 +203,16 @@ async def _store(request: Request, study: str | None) -> Response:
     if study is not None:
         check_uid(study, "StudyInstanceUID")
     boundary = _boundary(request.headers.get("content-type", ""))
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # Not inflated (a gzip bomb costs nothing), and not parsed as if it were plain
+        # multipart either: RFC 9110 15.5.16 / RFC 7694 say 415 naming what is accepted.
+        raise HTTPException(
+            415,
+            f"STOW-RS does not accept a Content-Encoding ({encoding[:40]}); send the "
+            "multipart body uncompressed",
+            headers={"Accept-Encoding": "identity"},
+        )
     settings = services_of(request).settings
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.stow_max_bytes:

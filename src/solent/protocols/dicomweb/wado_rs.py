@@ -7,6 +7,7 @@ frames are byte ranges. Decoding happens only when the caller asks for another s
 from __future__ import annotations
 
 import logging
+import math
 import re
 import zlib
 from collections.abc import Iterator, Sequence
@@ -393,9 +394,12 @@ RENDER_PARAMS = {"window", "viewport", "quality", "annotation", "charset", "iccp
 
 def _floats(text: str, what: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")]
     except ValueError as exc:
         raise HTTPException(400, f"{what} must be numbers separated by commas") from exc
+    if not all(math.isfinite(v) for v in values):  # nan, inf: no window to draw with
+        raise HTTPException(400, f"{what} must be finite numbers")
+    return values
 
 
 def render_options(request: Request, *, thumbnail: bool = False) -> RenderOptions:

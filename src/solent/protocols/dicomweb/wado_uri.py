@@ -11,6 +11,8 @@ in PS3.18 9.1 and none of them changes which instance is meant).
 
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -71,9 +73,12 @@ def _float(params: dict[str, str], name: str) -> float | None:
     if name not in params:
         return None
     try:
-        return float(params[name])
+        value = float(params[name])
     except ValueError as exc:
         raise HTTPException(400, f"{name} must be a number") from exc
+    if not math.isfinite(value):  # nan, inf: no window to draw with
+        raise HTTPException(400, f"{name} must be a finite number")
+    return value
 
 
 @router.get("/wado")
