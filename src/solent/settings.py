@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr = Field(
         SecretStr(""), description="S3 secret access key; never logged."
     )
+    s3_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="How long one S3 request may wait to connect, or for the endpoint's next "
+        "bytes, before it is tried again (3 tries in all); then the operation fails as "
+        "storage unavailable (C-STORE A700, HTTP 503) instead of hanging.",
+    )
     bind_address: str = Field("127.0.0.1", description="Address every listener binds to.")
     http_port: int = Field(8042, ge=0, le=65535, description="HTTP port; 0 picks a free port.")
     # --- HTTP limits (issue 11) ---
