@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 from solent.app import build_archive
 from solent.domain.principal import SYSTEM, Channel, Principal, PrincipalKind, Provenance
@@ -86,3 +87,33 @@ def test_revoked_access_takes_effect_at_once_on_a_node_holding_a_cached_grant(
     finally:
         node.stop()
         admin.close()
+
+
+def test_after_a_lost_connection_nothing_published_once_the_resync_arrives_is_missed(
+    fresh_postgres_url: str,
+) -> None:
+    """A subscriber told to resync reloads what it shows (an MDT room its state, caches clear);
+    whatever another node publishes from then on must reach it. The listener used to announce
+    the resync before it LISTENed again, so a change made during the reload was never heard."""
+    node1, node2 = PostgresBroadcast(fresh_postgres_url), PostgresBroadcast(fresh_postgres_url)
+    got: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def on_message(payload: dict[str, Any]) -> None:
+        got.put(payload)
+        if payload.get("resync"):  # reloading; meanwhile another node changes the room
+            node2.publish("mdt_room_7", {"event": "changed during the reload"})
+
+    try:
+        node1.subscribe("mdt_room_7", on_message)
+        assert node1.listening.wait(10)
+        with psycopg.connect(fresh_postgres_url, autocommit=True) as admin:
+            dropped = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+            ).fetchone()
+        assert dropped is not None and dropped[0] == 1
+        assert got.get(timeout=15) == {"resync": True}
+        assert got.get(timeout=10) == {"event": "changed during the reload"}
+    finally:
+        node1.close()
+        node2.close()

@@ -157,14 +157,17 @@ class PostgresBroadcast:
             try:
                 with psycopg.connect(self.url, autocommit=True) as conn:
                     listening: set[str] = set()
-                    if not first:
-                        for channel in self._subs.channels():
-                            self._subs.deliver(channel, {"resync": True})
-                    first = False
+                    resync, first = not first, False
                     while not self._stop.is_set():
                         for channel in self._subs.channels() - listening:
                             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                             listening.add(channel)
+                        if resync:
+                            # Only once LISTENing again: what is published while subscribers
+                            # reload arrives after the resync, never between the two.
+                            resync = False
+                            for channel in listening:
+                                self._subs.deliver(channel, {"resync": True})
                         self.listening.set()
                         for note in conn.notifies(timeout=0.5):
                             try:
