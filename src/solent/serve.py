@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -238,8 +239,31 @@ def start_listeners(archive: Archive, http: socket.socket, ports: dict[str, int 
         started.append(listener)
 
 
+#: A spool file nobody has written for this long belongs to no running association or STOW-RS
+#: request (their network timeouts are a minute); files still open elsewhere are unaffected.
+STALE_SPOOL_S = 600.0
+
+
+def remove_stale_spools(settings: Settings, older_than: float = STALE_SPOOL_S) -> int:
+    """Remove what a node killed mid-transfer left in its spool area (partial C-STORE and STOW
+    parts: never acknowledged, never indexed), so a node that keeps crashing does not fill its
+    disk. Only the spools' own files; the rest of ``tmp_dir`` (migration work) is left."""
+    tmp = settings.tmp_dir
+    horizon = time.time() - older_than
+    removed = 0
+    for path in [*tmp.glob("dimse/*.dcm"), *tmp.glob("stow-*.dcm")]:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < horizon:
+                path.unlink()
+                removed += 1
+    if removed:
+        log.info("removed %d stale spool files left by an earlier run", removed)
+    return removed
+
+
 def serve(archive: Archive) -> None:
     settings = archive.settings
+    remove_stale_spools(settings)
     tls_cert, tls_key = https_files(archive)
     sock = bind_http(settings.bind_address, settings.http_port)
     ports: dict[str, int | str] = {"http": sock.getsockname()[1]}
