@@ -165,6 +165,7 @@ def http_config(archive: Archive, tls_cert: str | None, tls_key: str | None) -> 
     from solent.protocols.http import create_app
 
     settings = archive.settings
+    forwarded = [a.strip() for a in settings.http_forwarded_from.split(",") if a.strip()]
     return uvicorn.Config(
         create_app(archive.services),
         log_config=None,
@@ -183,6 +184,10 @@ def http_config(archive: Archive, tls_cert: str | None, tls_key: str | None) -> 
         loop="uvloop",
         ssl_certfile=tls_cert,  # HTTPS only when SOLENT_HTTP_TLS_CERT/KEY are set
         ssl_keyfile=tls_key,
+        # The client's address (audit trail, login limits) is the TCP peer's unless it is a
+        # balancer the operator named: uvicorn would believe anyone on 127.0.0.1 by default.
+        proxy_headers=bool(forwarded),
+        forwarded_allow_ips=forwarded or None,
     )
 
 

@@ -392,6 +392,12 @@ class Settings(BaseSettings):
         "against the client address it carries; connections without one are closed. Only behind "
         "a TCP balancer, with the ports reachable through it alone.",
     )
+    http_forwarded_from: str = Field(
+        "",
+        description="Comma list of addresses/networks of the HTTP balancers or reverse "
+        "proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (HAProxy `option "
+        "forwardfor`); empty: none, the client's address is the TCP peer's.",
+    )
     proxy_protocol_from: str = Field(
         "",
         description="Comma list of addresses/networks of the balancers allowed to send PROXY "
