@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from solent.app import build_archive
 from solent.domain.principal import SYSTEM, Channel, Principal, PrincipalKind, Provenance
@@ -117,3 +118,50 @@ def test_after_a_lost_connection_nothing_published_once_the_resync_arrives_is_mi
     finally:
         node1.close()
         node2.close()
+
+
+def _keepalive_seconds(local_port: int) -> float | None:
+    """Seconds until the kernel's next keepalive probe on our connection from ``local_port``
+    (from `ss`), None when the socket has no keepalive timer."""
+    import re
+    import shutil
+    import subprocess
+
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("needs `ss` (iproute2) to read the socket's keepalive timer")
+    out = subprocess.run(
+        [ss, "-tno", "state", "established", f"( sport = :{local_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(r"timer:\(keepalive,(?:(\d+)min)?(?:(\d+)sec)?(?:(\d+)ms)?", out)
+    if found is None:
+        return None
+    minutes, seconds, ms = (int(g) if g else 0 for g in found.groups())
+    return minutes * 60 + seconds + ms / 1000
+
+
+def test_the_listening_connection_is_kept_alive_and_checked_often(
+    fresh_postgres_url: str,
+) -> None:
+    """The listening connection is idle between notifications. A NAT or firewall between a node
+    and PostgreSQL drops idle flows silently (minutes), and the node would then hear nothing
+    more, with nothing to tell it so: MDT rooms out of step, caches on their TTL, for good. Its
+    TCP keepalive probes every 30 s keep such a flow alive and find a dead one within a
+    minute (the system default waits two hours)."""
+    node = PostgresBroadcast(fresh_postgres_url)
+    try:
+        node.subscribe("mdt_room_9", lambda _payload: None)
+        assert node.listening.wait(10)
+        with psycopg.connect(fresh_postgres_url, autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT client_port FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+            ).fetchone()
+        assert row is not None
+        due = _keepalive_seconds(int(row[0]))
+        assert due is not None and due <= 30, due
+    finally:
+        node.close()
