@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import pytest
 
 from solent.app import build_archive
 from solent.domain.principal import SYSTEM, Channel, Principal, PrincipalKind, Provenance
@@ -20,6 +19,7 @@ from solent.services.broadcast import ACCESS_CHANNEL, PostgresBroadcast
 from solent.settings import load_settings
 from tests.conftest import start_server
 from tests.contract.synthetic import write_instance
+from tests.interop.tcp_support import keepalive_seconds
 
 
 def test_a_message_published_on_one_node_reaches_subscribers_on_another(
@@ -120,29 +120,6 @@ def test_after_a_lost_connection_nothing_published_once_the_resync_arrives_is_mi
         node2.close()
 
 
-def _keepalive_seconds(local_port: int) -> float | None:
-    """Seconds until the kernel's next keepalive probe on our connection from ``local_port``
-    (from `ss`), None when the socket has no keepalive timer."""
-    import re
-    import shutil
-    import subprocess
-
-    ss = shutil.which("ss")
-    if ss is None:
-        pytest.skip("needs `ss` (iproute2) to read the socket's keepalive timer")
-    out = subprocess.run(
-        [ss, "-tno", "state", "established", f"( sport = :{local_port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    found = re.search(r"timer:\(keepalive,(?:(\d+)min)?(?:(\d+)sec)?(?:(\d+)ms)?", out)
-    if found is None:
-        return None
-    minutes, seconds, ms = (int(g) if g else 0 for g in found.groups())
-    return minutes * 60 + seconds + ms / 1000
-
-
 def test_the_listening_connection_is_kept_alive_and_checked_often(
     fresh_postgres_url: str,
 ) -> None:
@@ -161,7 +138,7 @@ def test_the_listening_connection_is_kept_alive_and_checked_often(
                 "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
             ).fetchone()
         assert row is not None
-        due = _keepalive_seconds(int(row[0]))
+        due = keepalive_seconds(int(row[0]))
         assert due is not None and due <= 30, due
     finally:
         node.close()

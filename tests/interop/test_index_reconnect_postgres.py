@@ -15,6 +15,7 @@ from solent.index.sql import Index
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
 from solent.services.query import QueryService
+from tests.interop.tcp_support import keepalive_seconds
 
 NODE = Principal(PrincipalKind.NODE, "RECONNECT_ZZA", "ZZA")
 
@@ -63,5 +64,21 @@ def test_an_idle_connection_is_pinged_before_use(
         monkeypatch.setattr(index_sql, "IDLE_PING_S", 0.0)  # every pooled connection is "idle"
         assert _drop_connections(fresh_postgres_url) >= 1
         assert [t.code for t in index.list_trusts()] == ["ZZA"]  # pinged, replaced, answered
+    finally:
+        index.close()
+
+
+def test_pooled_connections_are_kept_alive_and_checked_often(fresh_postgres_url: str) -> None:
+    """A NAT or firewall between a node and PostgreSQL drops idle flows silently; a pooled
+    connection idle past that would hang its next statement for minutes. Keepalive probes
+    every 30 s keep the flow (the system default waits two hours)."""
+    index = Index(fresh_postgres_url)
+    try:
+        with index.read() as conn:
+            port = conn.exec_driver_sql(
+                "SELECT client_port FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            ).scalar_one()
+            due = keepalive_seconds(int(port))
+        assert due is not None and due <= 30, due
     finally:
         index.close()

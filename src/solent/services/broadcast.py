@@ -19,22 +19,14 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from solent.index.sql import PG_KEEPALIVE
+
 log = logging.getLogger(__name__)
 
 #: Notified by PostgreSQL triggers whenever users, tokens, break-glass grants, patient links,
 #: registered senders/nodes or a patient's identity change (migration 0005).
 ACCESS_CHANNEL = "solent_access_changed"
 MAX_PAYLOAD = 7900  # PostgreSQL's NOTIFY limit is 8000 bytes
-#: libpq TCP keepalives of the broadcast's connections. The listening one is idle between
-#: notifications; a NAT or firewall drops idle flows silently (AWS: 350 s) and the node would
-#: hear nothing more without knowing. A probe every 30 s keeps the flow, and a dead one fails
-#: within a minute (the kernel's default waits two hours), so the listener reconnects.
-KEEPALIVE: dict[str, Any] = {
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-}
 _CHANNEL = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 Callback = Callable[[dict[str, Any]], None]
@@ -134,7 +126,7 @@ class PostgresBroadcast:
             for attempt in (1, 2):
                 try:
                     if self._pub_conn is None or self._pub_conn.closed:
-                        self._pub_conn = psycopg.connect(self.url, autocommit=True, **KEEPALIVE)
+                        self._pub_conn = psycopg.connect(self.url, autocommit=True, **PG_KEEPALIVE)
                     self._pub_conn.execute("SELECT pg_notify(%s, %s)", (channel, data))
                     return
                 except psycopg.OperationalError:
@@ -165,7 +157,7 @@ class PostgresBroadcast:
         first = True
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, **KEEPALIVE) as conn:
+                with psycopg.connect(self.url, autocommit=True, **PG_KEEPALIVE) as conn:
                     listening: set[str] = set()
                     resync, first = not first, False
                     while not self._stop.is_set():
