@@ -163,6 +163,7 @@ def open_store(settings: Settings) -> BlobStore:
         s3_region=settings.s3_region,
         s3_access_key_id=settings.s3_access_key_id,
         s3_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        s3_timeout_seconds=settings.s3_timeout_seconds,
     )
 
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -167,6 +168,7 @@ def http_config(archive: Archive, tls_cert: str | None, tls_key: str | None) -> 
     from solent.protocols.http import create_app
 
     settings = archive.settings
+    forwarded = [a.strip() for a in settings.http_forwarded_from.split(",") if a.strip()]
     return uvicorn.Config(
         create_app(archive.services),
         log_config=None,
@@ -189,6 +191,10 @@ def http_config(archive: Archive, tls_cert: str | None, tls_key: str | None) -> 
         loop="uvloop",
         ssl_certfile=tls_cert,  # HTTPS only when SOLENT_HTTP_TLS_CERT/KEY are set
         ssl_keyfile=tls_key,
+        # The client's address (audit trail, login limits) is the TCP peer's unless it is a
+        # balancer the operator named: uvicorn would believe anyone on 127.0.0.1 by default.
+        proxy_headers=bool(forwarded),
+        forwarded_allow_ips=forwarded or None,
     )
 
 
@@ -245,8 +251,31 @@ def start_listeners(archive: Archive, http: socket.socket, ports: dict[str, int 
         started.append(listener)
 
 
+#: A spool file nobody has written for this long belongs to no running association or STOW-RS
+#: request (their network timeouts are a minute); files still open elsewhere are unaffected.
+STALE_SPOOL_S = 600.0
+
+
+def remove_stale_spools(settings: Settings, older_than: float = STALE_SPOOL_S) -> int:
+    """Remove what a node killed mid-transfer left in its spool area (partial C-STORE and STOW
+    parts: never acknowledged, never indexed), so a node that keeps crashing does not fill its
+    disk. Only the spools' own files; the rest of ``tmp_dir`` (migration work) is left."""
+    tmp = settings.tmp_dir
+    horizon = time.time() - older_than
+    removed = 0
+    for path in [*tmp.glob("dimse/*.dcm"), *tmp.glob("stow-*.dcm")]:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < horizon:
+                path.unlink()
+                removed += 1
+    if removed:
+        log.info("removed %d stale spool files left by an earlier run", removed)
+    return removed
+
+
 def serve(archive: Archive) -> None:
     settings = archive.settings
+    remove_stale_spools(settings)
     tls_cert, tls_key = https_files(archive)
     sock = bind_http(settings.bind_address, settings.http_port)
     ports: dict[str, int | str] = {"http": sock.getsockname()[1]}

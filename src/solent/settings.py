@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr = Field(
         SecretStr(""), description="S3 secret access key; never logged."
     )
+    s3_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="How long one S3 request may wait to connect, or for the endpoint's next "
+        "bytes, before it is tried again (3 tries in all); then the operation fails as "
+        "storage unavailable (C-STORE A700, HTTP 503) instead of hanging.",
+    )
     bind_address: str = Field("127.0.0.1", description="Address every listener binds to.")
     http_port: int = Field(8042, ge=0, le=65535, description="HTTP port; 0 picks a free port.")
     # --- HTTP limits (issue 11) ---
@@ -413,6 +421,12 @@ class Settings(BaseSettings):
         "(HAProxy `send-proxy`/`send-proxy-v2`) on every connection and check registered peers "
         "against the client address it carries; connections without one are closed. Only behind "
         "a TCP balancer, with the ports reachable through it alone.",
+    )
+    http_forwarded_from: str = Field(
+        "",
+        description="Comma list of addresses/networks of the HTTP balancers or reverse "
+        "proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (HAProxy `option "
+        "forwardfor`); empty: none, the client's address is the TCP peer's.",
     )
     proxy_protocol_from: str = Field(
         "",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 from solent.app import build_archive
 from solent.domain.principal import SYSTEM, Channel, Principal, PrincipalKind, Provenance
@@ -18,6 +19,7 @@ from solent.services.broadcast import ACCESS_CHANNEL, PostgresBroadcast
 from solent.settings import load_settings
 from tests.conftest import start_server
 from tests.contract.synthetic import write_instance
+from tests.interop.tcp_support import keepalive_seconds
 
 
 def test_a_message_published_on_one_node_reaches_subscribers_on_another(
@@ -86,3 +88,57 @@ def test_revoked_access_takes_effect_at_once_on_a_node_holding_a_cached_grant(
     finally:
         node.stop()
         admin.close()
+
+
+def test_after_a_lost_connection_nothing_published_once_the_resync_arrives_is_missed(
+    fresh_postgres_url: str,
+) -> None:
+    """A subscriber told to resync reloads what it shows (an MDT room its state, caches clear);
+    whatever another node publishes from then on must reach it. The listener used to announce
+    the resync before it LISTENed again, so a change made during the reload was never heard."""
+    node1, node2 = PostgresBroadcast(fresh_postgres_url), PostgresBroadcast(fresh_postgres_url)
+    got: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def on_message(payload: dict[str, Any]) -> None:
+        got.put(payload)
+        if payload.get("resync"):  # reloading; meanwhile another node changes the room
+            node2.publish("mdt_room_7", {"event": "changed during the reload"})
+
+    try:
+        node1.subscribe("mdt_room_7", on_message)
+        assert node1.listening.wait(10)
+        with psycopg.connect(fresh_postgres_url, autocommit=True) as admin:
+            dropped = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+            ).fetchone()
+        assert dropped is not None and dropped[0] == 1
+        assert got.get(timeout=15) == {"resync": True}
+        assert got.get(timeout=10) == {"event": "changed during the reload"}
+    finally:
+        node1.close()
+        node2.close()
+
+
+def test_the_listening_connection_is_kept_alive_and_checked_often(
+    fresh_postgres_url: str,
+) -> None:
+    """The listening connection is idle between notifications. A NAT or firewall between a node
+    and PostgreSQL drops idle flows silently (minutes), and the node would then hear nothing
+    more, with nothing to tell it so: MDT rooms out of step, caches on their TTL, for good. Its
+    TCP keepalive probes every 30 s keep such a flow alive and find a dead one within a
+    minute (the system default waits two hours)."""
+    node = PostgresBroadcast(fresh_postgres_url)
+    try:
+        node.subscribe("mdt_room_9", lambda _payload: None)
+        assert node.listening.wait(10)
+        with psycopg.connect(fresh_postgres_url, autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT client_port FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+            ).fetchone()
+        assert row is not None
+        due = keepalive_seconds(int(row[0]))
+        assert due is not None and due <= 30, due
+    finally:
+        node.close()

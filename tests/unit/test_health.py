@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
@@ -92,3 +97,74 @@ def test_a_node_of_the_previous_release_starts_on_a_schema_a_newer_release_upgra
         assert state.ready and state.checks["schema"] == "ahead"
     finally:
         again.close()
+
+
+def test_a_hung_blob_store_fails_readiness_in_bounded_time_and_starves_nothing(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3 endpoint that accepts connections but never answers: the balancer checks every
+    300 ms, and each readiness check used to wait for the store's own timeouts (minutes),
+    one HTTP thread each, until the node's thread pool was gone and not even /health or a
+    query answered. Now a check answers 503 within its bound, probes of a store that has not
+    answered yet are not repeated, and the node comes back when the store does."""
+    health = archive.services.health
+    health.check_timeout = 0.3
+    release = threading.Event()
+    calls: list[str] = []
+    real_exists = archive.store.exists
+
+    def hung_exists(key: str) -> bool:
+        calls.append(key)
+        release.wait(30)
+        return real_exists(key)
+
+    monkeypatch.setattr(archive.store, "exists", hung_exists)
+    client = TestClient(create_app(archive))
+    try:
+        for _ in range(20):
+            started = time.monotonic()
+            r = client.get("/health/ready")
+            assert time.monotonic() - started < 2.0
+            assert r.status_code == 503
+            assert r.json()["checks"]["store"] == "unavailable: no answer within 0.3 s"
+            assert r.json()["checks"]["index"] == "ok"
+        assert len(calls) == 1  # one probe in flight at a time, not one thread per check
+        assert client.get("/health").status_code == 200
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while client.get("/health/ready").status_code != 200:
+        assert time.monotonic() < deadline, "readiness did not come back with the store"
+        time.sleep(0.05)
+
+
+def test_a_hung_database_fails_liveness_in_bounded_time(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    health = archive.services.health
+    health.check_timeout = 0.3
+    release = threading.Event()
+    calls: list[int] = []
+    real_read = archive.index.read
+
+    @contextlib.contextmanager
+    def hung_read() -> Iterator[Any]:
+        calls.append(1)
+        release.wait(30)
+        with real_read() as conn:
+            yield conn
+
+    monkeypatch.setattr(archive.index, "read", hung_read)
+    client = TestClient(create_app(archive))
+    try:
+        for _ in range(10):
+            started = time.monotonic()
+            assert client.get("/health").status_code == 503
+            assert time.monotonic() - started < 2.0
+        assert len(calls) == 1
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 PG_LOCK_ID = 0x50AC5  # advisory lock so two starting nodes do not migrate at once
+LOCK_POLL_S = 0.2  # how often a node waiting for another's migration tries the lock again
 
 
 def alembic_config(index: Index) -> Config:
@@ -30,8 +32,7 @@ def upgrade(index: Index, revision: str = "head") -> None:
     cfg = alembic_config(index)
     with index.engine.connect().execution_options(solent_write=True, solent_migrating=True) as conn:
         if index.dialect == "postgresql":
-            conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": PG_LOCK_ID})
-            conn.commit()
+            _wait_for_lock(conn)
         try:
             if revision == "head" and _current_unknown(conn):
                 # A newer release already upgraded the schema (rolling upgrade): this node
@@ -47,6 +48,26 @@ def upgrade(index: Index, revision: str = "head") -> None:
             if index.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": PG_LOCK_ID})
                 conn.commit()
+
+
+def _wait_for_lock(conn: Connection) -> None:
+    """Take the migration lock, waiting between short tries rather than in one statement.
+
+    A statement waiting for the lock holds a snapshot all the while, and the holder's
+    ``CREATE INDEX CONCURRENTLY`` (revisions 0006, 0010) waits for every older snapshot to end:
+    PostgreSQL then reports a deadlock and one of the starting nodes stops. Between tries this
+    connection is idle outside a transaction, so the build does not wait for it.
+    """
+    waited = 0.0
+    while True:
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:id)"), {"id": PG_LOCK_ID}).scalar()
+        conn.commit()
+        if got:
+            return
+        if waited == 0.0 or waited // 30 != (waited + LOCK_POLL_S) // 30:
+            log.info("waiting for another node (or `solent db upgrade`) to finish migrating")
+        time.sleep(LOCK_POLL_S)
+        waited += LOCK_POLL_S
 
 
 @lru_cache(maxsize=1)

@@ -58,6 +58,17 @@ RETRYABLE_PG = {"40001", "40P01"}
 IDLE_PING_S = 10.0
 #: Connections are replaced after this long whatever their use (server-side limits, failover).
 POOL_RECYCLE_S = 1800
+#: libpq TCP keepalives of every PostgreSQL connection (the pool's and the broadcast's). A NAT
+#: or firewall between a node and the database drops idle flows silently (AWS: 350 s); a
+#: pooled connection idle that long would hang its next statement for the kernel's
+#: retransmission timeout (minutes), and a LISTEN connection hears nothing more. A probe every
+#: 30 s keeps the flow, and a dead one fails within a minute (the kernel's default: two hours).
+PG_KEEPALIVE: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 #: How long a relaxed commit may stay in the OS cache before it is fsynced (SQLite).
 RELAXED_SYNC_S = 0.5
 
@@ -134,7 +145,12 @@ class Index:
 
             return engine
         engine = create_engine(
-            self.url, echo=echo, pool_size=10, max_overflow=20, pool_recycle=POOL_RECYCLE_S
+            self.url,
+            echo=echo,
+            pool_size=10,
+            max_overflow=20,
+            pool_recycle=POOL_RECYCLE_S,
+            connect_args=PG_KEEPALIVE,
         )
 
         @event.listens_for(engine, "checkin")

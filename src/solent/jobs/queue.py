@@ -27,6 +27,7 @@ from sqlalchemy import Connection
 
 from solent.errors import InvalidInput, NotFound
 from solent.index.jobs import QUEUE, advance, defer_jobs, feed_position, job_counts, take_events
+from solent.index.sql import PG_KEEPALIVE
 from solent.jobs.tasks import CONSUMERS, JOBS_RUN, TASKS, Consumer, TaskContext, worker_name
 
 if TYPE_CHECKING:
@@ -172,7 +173,9 @@ class ProcrastinateQueue:
         self.stalled_seconds = stalled_seconds
         conninfo = index.url.replace("postgresql+psycopg://", "postgresql://", 1)
         self.app = procrastinate.App(
-            connector=procrastinate.PsycopgConnector(conninfo=conninfo, min_size=1, max_size=4)
+            connector=procrastinate.PsycopgConnector(
+                conninfo=conninfo, min_size=1, max_size=4, kwargs=dict(PG_KEEPALIVE)
+            )
         )
         ctx = TaskContext(index, store, worker_name(), settings, notify)
         # procrastinate counts retries after the first run (and 0 means "no limit").

@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from solent.index.sql import PG_KEEPALIVE
+
 log = logging.getLogger(__name__)
 
 #: Notified by PostgreSQL triggers whenever users, tokens, break-glass grants, patient links,
@@ -124,7 +126,7 @@ class PostgresBroadcast:
             for attempt in (1, 2):
                 try:
                     if self._pub_conn is None or self._pub_conn.closed:
-                        self._pub_conn = psycopg.connect(self.url, autocommit=True)
+                        self._pub_conn = psycopg.connect(self.url, autocommit=True, **PG_KEEPALIVE)
                     self._pub_conn.execute("SELECT pg_notify(%s, %s)", (channel, data))
                     return
                 except psycopg.OperationalError:
@@ -155,16 +157,19 @@ class PostgresBroadcast:
         first = True
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
+                with psycopg.connect(self.url, autocommit=True, **PG_KEEPALIVE) as conn:
                     listening: set[str] = set()
-                    if not first:
-                        for channel in self._subs.channels():
-                            self._subs.deliver(channel, {"resync": True})
-                    first = False
+                    resync, first = not first, False
                     while not self._stop.is_set():
                         for channel in self._subs.channels() - listening:
                             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                             listening.add(channel)
+                        if resync:
+                            # Only once LISTENing again: what is published while subscribers
+                            # reload arrives after the resync, never between the two.
+                            resync = False
+                            for channel in listening:
+                                self._subs.deliver(channel, {"resync": True})
                         self.listening.set()
                         for note in conn.notifies(timeout=0.5):
                             try:

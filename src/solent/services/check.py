@@ -6,7 +6,9 @@ writes one ``delete`` audit record per instance, naming its patient, in the dele
 transaction (issue 11: nobody changes patient data without a record of it).
 
 Ingest writes the blob before the index row, so a crash can leave an unindexed blob (harmless,
-never served) but never an index row pointing at nothing; this check proves both. On PostgreSQL
+never served) but never an index row pointing at nothing; this check proves both. Nodes keep
+ingesting while it runs: a row whose blob the listing did not show is asked for again before it
+counts as missing, and an orphan is re-checked against the index before it is deleted. On PostgreSQL
 it also compares the kept access rule (patient_visibility, migration 0009) with the rule: a bulk
 load with the triggers off, or a restore of part of the tables, would leave it stale.
 """
@@ -137,7 +139,9 @@ def check_archive(
     for sop_uid, key, size in index.iter_blob_refs():
         report.instances += 1
         referenced.add(key)
-        if key not in stored:
+        # Not listed: missing, or stored (by a node still serving) after the listing passed
+        # its key. Asked again, so a repair never removes the rows of an acknowledged instance.
+        if key not in stored and not store.exists(key):
             report.missing_blobs.append({"sop_instance_uid": sop_uid, "blob_key": key})
         elif hasattr(store, "root") and store.size(key) != size:
             report.size_mismatches.append(

@@ -91,6 +91,7 @@ def open_blob_store(
     s3_region: str = "us-east-1",
     s3_access_key_id: str = "",
     s3_secret_access_key: str = "",
+    s3_timeout_seconds: float = 10.0,
 ) -> BlobStore:
     if url.startswith("file://"):
         from solent.storage.filesystem import FileBlobStore
@@ -107,6 +108,7 @@ def open_blob_store(
             region=s3_region,
             access_key_id=s3_access_key_id or None,
             secret_access_key=s3_secret_access_key or None,
+            timeout=s3_timeout_seconds,
         )
     raise ConfigurationError(
         f"unsupported storage URL {url!r}: use file:///path or s3://bucket/prefix"

@@ -25,6 +25,7 @@ def _missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in _MISSING
 
 
+ATTEMPTS = 3  # tries of one S3 request (standard retry mode: transient errors, backoff)
 READ_BUFFER = 256 << 10
 SKIP_BY_READING = 256 << 10  # a forward seek shorter than this reads on instead of a new GET
 
@@ -112,6 +113,7 @@ class S3BlobStore:
         region: str = "us-east-1",
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
+        timeout: float = 10.0,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -122,7 +124,15 @@ class S3BlobStore:
             region_name=region,
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
+            # botocore's defaults (60 s to connect and per read, 5 tries) kept a C-STORE
+            # waiting for minutes on an endpoint that hangs: the modality gave up first (DCMTK
+            # after 60 s) with no status. Bounded, the operation fails as "storage unavailable".
+            config=Config(
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                retries={"max_attempts": ATTEMPTS, "mode": "standard"},
+                max_pool_connections=32,
+            ),
         )
 
     def _name(self, key: str) -> str:

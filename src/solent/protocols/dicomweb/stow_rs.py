@@ -36,6 +36,7 @@ CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_INSTANCE = 0x0111
 NOT_AUTHORIZED = 0x0124
+RETRY_AFTER_S = 5  # what a 503 for an unavailable store tells the client to wait
 
 REASON_CODES: dict[RejectReason, int] = {
     RejectReason.MALFORMED: CANNOT_UNDERSTAND,
@@ -244,11 +245,16 @@ async def _store(request: Request, study: str | None) -> Response:
     doc = response_document(outcomes, base_url(request), study)
     failures = sum(1 for o in outcomes if o.failure is not None)
     status = 200 if failures == 0 else (409 if failures == len(outcomes) else 202)
+    headers: dict[str, str] = {}
     if status == 409 and all(o.failure == CANNOT_UNDERSTAND for o in outcomes):
         # Nothing stored because the request itself is bad (an instance without a Study
         # Instance UID, not DICOM...): 400, the reasons in each part's Error Comment.
         status = 400
-    return Response(json.dumps(doc), status_code=status, media_type=DICOM_JSON)
+    elif status == 409 and all(o.result.reason is RejectReason.STORAGE_FAILURE for o in outcomes):
+        # Nothing stored only because the blob store or the index is unavailable (S3 down):
+        # a transient failure the client should retry, not a conflict (issue 16).
+        status, headers = 503, {"Retry-After": str(RETRY_AFTER_S)}
+    return Response(json.dumps(doc), status_code=status, media_type=DICOM_JSON, headers=headers)
 
 
 @router.post("/studies")

@@ -8,6 +8,7 @@ every part is (stored bytes or a cached patched header), so big downloads carry 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -62,6 +63,14 @@ def content_length(
             size = len(patched.head) + inst.size_bytes - patched.tail_offset
         total += len(mp.part_head(boundary, dicom_type(target), location(base, inst))) + size + 2
     return total
+
+
+def primed(pieces: Iterator[bytes], count: int = 1) -> Iterator[bytes]:
+    """``pieces`` with the first ``count`` produced now, in the route: a blob store that cannot
+    be read (S3 down) is then a clean 503 with a readable body, not a 200 whose body is cut
+    short after its headers. Later pieces follow as the response is sent."""
+    first = list(itertools.islice(pieces, count))
+    return itertools.chain(first, pieces)
 
 
 def coalesced(pieces: Iterator[bytes], at_least: int = COALESCE) -> Iterator[bytes]:

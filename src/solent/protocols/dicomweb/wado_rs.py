@@ -95,9 +95,10 @@ def _retrieve(
     if length is not None:
         headers["Content-Length"] = str(length)
     patch = (identity, changed)
-    body = bodies.coalesced(
-        bodies.instance_parts(svc, who, instances, targets, boundary, base, first, patch)
-    )
+    # The first part's head and two pieces after it (however the first instance goes out,
+    # they include a read of its blob) are made before the headers are sent.
+    parts = bodies.instance_parts(svc, who, instances, targets, boundary, base, first, patch)
+    body = bodies.coalesced(bodies.primed(parts, 3))
     single_ts = targets[0] if len(set(targets)) == 1 else None
     return StreamingResponse(
         body,

@@ -28,6 +28,7 @@ from solent.protocols.dicomweb.common import (
     principal,
     retrieve_service,
 )
+from solent.protocols.dicomweb.wado_bodies import primed
 
 router = APIRouter(route_class=DicomWebRoute)
 
@@ -134,8 +135,10 @@ async def wado(request: Request) -> Response:
         if not_modified(request, etag):
             return Response(status_code=304, headers=headers)
         if target == inst.transfer_syntax_uid:
+            # Its first bytes are read before the headers are sent: S3 down is a clean 503.
+            body = await run_in_threadpool(primed, svc.patched_bytes(who, inst, identity), 2)
             return StreamingResponse(
-                svc.patched_bytes(who, inst, identity),
+                body,
                 media_type="application/dicom",
                 headers=headers,
             )
