@@ -16,9 +16,17 @@ TOKEN = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJyYWRhIn0.hHM94OeKXeK6pOC-A1XA2hC1xse3NO
 def configured_root() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    # Another test in this process may have built a uvicorn.Config, which sets uvicorn's
+    # loggers to its own level: as `solent serve` leaves them, they follow the root.
+    uvicorn = logging.getLogger("uvicorn.error")
+    uvicorn_state = uvicorn.level, uvicorn.propagate, uvicorn.disabled
+    uvicorn.setLevel(logging.NOTSET)
+    uvicorn.propagate, uvicorn.disabled = True, False
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    uvicorn.setLevel(uvicorn_state[0])
+    uvicorn.propagate, uvicorn.disabled = uvicorn_state[1], uvicorn_state[2]
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
