@@ -15,6 +15,7 @@ from solent.dicom.parse import ParsedInstance
 from solent.domain.principal import Principal, Provenance
 from solent.index import identity as identity_store
 from solent.index import schema as t
+from solent.index import study_edits
 from solent.index.prepared import Prepared
 from solent.index.sql import Index, now
 
@@ -241,8 +242,10 @@ def _lineage(
                 int(found.patient_pk),
             )
         same_record = found.issuer == trust and found.local_id == patient["local_id"]
-        if not same_record and _retired_into(conn, trust, patient["local_id"]) != int(
-            found.patient_pk
+        if (
+            not same_record
+            and _retired_into(conn, trust, patient["local_id"]) != int(found.patient_pk)
+            and not study_edits.moved_away_from(conn, parsed.study_uid, trust, patient["local_id"])
         ):
             raise PatientMismatchError(
                 "this Study Instance UID is already filed under another patient record; "
@@ -292,6 +295,11 @@ def _lineage(
         study_row = conn.execute(
             select(sc.pk, sc.patient_pk).where(sc.study_uid == parsed.study_uid)
         ).one()
+    if study_row.patient_pk != patient_pk and study_edits.moved_away_from(
+        conn, parsed.study_uid, trust, patient["local_id"]
+    ):
+        # Moved to another record by a person (R57): the rest of the study follows it.
+        patient_pk = int(study_row.patient_pk)
     if study_row.patient_pk != patient_pk:
         raise PatientMismatchError(
             "this Study Instance UID is already filed under another patient record; "
