@@ -7,17 +7,27 @@ announced on the change feed, and images that still name the old record follow t
 
 from __future__ import annotations
 
+import json
 import threading
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from solent.app import Archive
 from solent.index import schema as t
-from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template, study_of
+from tests.unit.security_fixtures import (
+    add_user,
+    cli_env,
+    demo,
+    demo_client,
+    demo_template,
+    study_of,
+)
 from tests.unit.stow_support import ct_instance, stow_body
 
 __all__ = ["demo", "demo_client", "demo_template"]
@@ -361,3 +371,26 @@ def test_an_accession_correction_relinks_the_order_and_keeps_the_stored_value(
     assert back.status_code == 200, back.text
     for obj in _metadata(demo_client, reader, bob_study):
         assert _value(obj, ACCESSION) == old and ORIGINAL_ATTRIBUTES not in obj
+
+
+def test_the_cli_moves_and_the_second_person_rule_holds_there_too(
+    demo: Archive,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from solent.cli import main
+
+    cli_env(monkeypatch, tmp_path / "demo-var")
+    bob_study = study_of(demo, "ZZB", "B7730444")
+    move = ["identity", "move-study", bob_study, "ZZC", "C-55501", "--reason", "wrong patient"]
+    assert main([*move, "--by", "alice"]) == 0
+    assert "requested" in capsys.readouterr().out
+    assert main(["identity", "study-edits", "--json"]) == 0
+    (edit,) = json.loads(capsys.readouterr().out)
+    assert main(["identity", "approve-edit", str(edit["id"]), "--by", "alice"]) == 1
+    assert "second person" in capsys.readouterr().err
+    assert _patient_of(demo, bob_study) == ("ZZB", "B7730444")
+    assert main(["identity", "approve-edit", str(edit["id"]), "--by", "bob"]) == 0
+    assert "done" in capsys.readouterr().out
+    assert _patient_of(demo, bob_study) == ("ZZC", "C-55501")
