@@ -317,6 +317,7 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
         (method, f"/api/identity/{path}"): "stewards of either record; test_study_move"
         for method, path in (
             ("POST", "studies/{study_uid}/move"),
+            ("POST", "studies/{study_uid}/series/{series_uid}/move"),
             ("POST", "studies/{study_uid}/accession"),
             ("GET", "studies/{study_uid}/edits"),
             ("GET", "study-edits"),

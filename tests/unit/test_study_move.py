@@ -16,6 +16,7 @@ from typing import Any
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from solent.app import Archive
@@ -64,6 +65,12 @@ def _originals(obj: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def _corrected(obj: dict[str, Any]) -> set[str]:
+    """Tags of every attribute Original Attributes Sequence keeps a stored value of."""
+    items = obj.get(ORIGINAL_ATTRIBUTES, {}).get("Value", [])
+    return {tag for item in items for kept in item[MODIFIED]["Value"] for tag in kept}
+
+
 def _first_instance(client: TestClient, heads: dict[str, str], study: str) -> pydicom.Dataset:
     r = client.get(f"/dicomweb/studies/{study}", headers={**heads, **DICOM})
     assert r.status_code == 200, r.text
@@ -76,7 +83,9 @@ def _feed(archive: Archive, study: str) -> list[str]:
     with archive.index.read() as conn:
         c = t.change_feed.c
         rows = conn.execute(
-            select(c.kind).where(c.study_uid == study, c.kind.like("study.%")).order_by(c.seq)
+            select(c.kind)
+            .where(c.study_uid == study, c.kind.like("%.%"), c.kind.notlike("instance.%"))
+            .order_by(c.seq)
         )
         return [str(k) for k in rows.scalars()]
 
@@ -394,3 +403,65 @@ def test_the_cli_moves_and_the_second_person_rule_holds_there_too(
     assert main(["identity", "approve-edit", str(edit["id"]), "--by", "bob"]) == 0
     assert "done" in capsys.readouterr().out
     assert _patient_of(demo, bob_study) == ("ZZC", "C-55501")
+
+
+def test_a_series_moves_into_a_study_of_its_own_under_the_other_record_and_back(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    admin = add_user(demo, "adminzb", "ZZB", "pacs_admin")
+    sender = add_user(demo, "modzb", "ZZB", "integration")
+    reader = add_user(demo, "drzb", "ZZB", "clinician")
+    study, kept, wrong = generate_uid(), generate_uid(), generate_uid()
+    parts = [ct_instance("B7730444", "ZZB", study, series=kept, name="DEMO^BOB") for _ in range(2)]
+    parts.append(ct_instance("B7730444", "ZZB", study, series=wrong, name="DEMO^BOB"))
+    assert _stow(demo_client, sender, *parts) == 200
+
+    url = f"/api/identity/studies/{study}/series/{wrong}/move"
+    body = {"to": {"issuer": "ZZB", "patient_id": "B7730021"}, "reason": "Alice's series"}
+    r = demo_client.post(url, json=body, headers=admin)
+    assert r.status_code == 200, r.text
+    edit = r.json()
+    new = edit["to_study_uid"]
+    assert edit["status"] == "done" and edit["series_uid"] == wrong and new != study
+    assert _patient_of(demo, study) == ("ZZB", "B7730444")
+    assert _patient_of(demo, new) == ("ZZB", "B7730021")
+    assert new in _qido(demo_client, reader, "ZZB", "B7730021")
+    assert new not in _qido(demo_client, reader, "ZZB", "B7730444")
+    left = demo_client.get(f"/dicomweb/studies/{study}/series", headers=reader).json()
+    assert [s["0020000E"]["Value"][0] for s in left] == [kept]
+    (obj,) = _metadata(demo_client, reader, new)
+    assert (_value(obj, PID), _value(obj, "0020000D")) == ("B7730021", new)
+    kept_values = _originals(obj)
+    assert (_value(kept_values, PID), _value(kept_values, "0020000D")) == ("B7730444", study)
+    ds = _first_instance(demo_client, reader, new)
+    assert (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID) == (new, wrong, "B7730021")
+    for obj in _metadata(demo_client, reader, study):  # the series that stayed: Bob's still
+        assert (_value(obj, PID), _value(obj, "0020000D")) == ("B7730444", study)
+        assert not _corrected(obj) & {PID, "0020000D"}
+    assert "series.moved" in _feed(demo, study)
+
+    # The rest of the moved series, still naming Bob and the old study, follows it.
+    late = ct_instance("B7730444", "ZZB", study, series=wrong, name="DEMO^BOB")
+    assert _stow(demo_client, sender, late) == 200
+    assert len(_metadata(demo_client, reader, new)) == 2
+    assert len(_metadata(demo_client, reader, study)) == 2
+
+    # The only series of a study is moved by moving the study.
+    only = {**body, "to": {"issuer": "ZZC", "patient_id": "C-55501"}}
+    r = demo_client.post(
+        f"/api/identity/studies/{new}/series/{wrong}/move", json=only, headers=admin
+    )
+    assert r.status_code == 409 and "only series" in r.text
+
+    back = demo_client.post(
+        f"/api/identity/study-edits/{edit['id']}/reverse", json={"reason": "Bob's"}, headers=admin
+    )
+    assert back.status_code == 200, back.text
+    assert back.json()["status"] == "done"
+    assert new not in _qido(demo_client, reader, "ZZB", "B7730021")
+    assert demo_client.get(f"/dicomweb/studies/{new}/metadata", headers=reader).status_code == 404
+    docs = _metadata(demo_client, reader, study)
+    assert len(docs) == 4
+    assert {(_value(d, PID), _value(d, "0020000D")) for d in docs} == {("B7730444", study)}
+    # (Bob's record corrects the test images' birth date and sex; nothing else.)
+    assert set().union(*(_corrected(d) for d in docs)) <= {"00100030", "00100040"}

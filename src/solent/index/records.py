@@ -226,8 +226,9 @@ def _lineage(
     trust: str,
     patient: dict[str, Any],
     placeholder: bool,
-) -> tuple[int, int, int, bool, str | None]:
-    """(patient_pk, study_pk, series_pk, new_series, nhs_number of the patient record).
+) -> tuple[int, int, int, bool, str | None, str]:
+    """(patient_pk, study_pk, series_pk, new_series, nhs_number of the patient record, the
+    study's UID: the instance's own, or the study its series was moved to, R57).
 
     A known series is resolved and checked in one joined read: it must belong to this study,
     and the study to this trust's patient; anything else is a PatientMismatchError, never a
@@ -235,7 +236,9 @@ def _lineage(
     """
     found = _SERIES_LINEAGE.first(conn, {"series_uid": parsed.series_uid})
     if found is not None:
-        if found.study_uid != parsed.study_uid:
+        if found.study_uid != parsed.study_uid and not study_edits.series_moved(
+            conn, parsed.series_uid, parsed.study_uid
+        ):
             raise PatientMismatchError(
                 "this Series Instance UID already belongs to another study; "
                 "the instance was not stored",
@@ -265,7 +268,8 @@ def _lineage(
                 )
             )
             nhs = patient["nhs_number"]
-        return int(found.patient_pk), int(found.study_pk), int(found.pk), False, nhs
+        study_uid = str(found.study_uid)
+        return int(found.patient_pk), int(found.study_pk), int(found.pk), False, nhs, study_uid
 
     patient_pk = _patient_pk(index, conn, trust, patient, placeholder)
     stamp = now()
@@ -329,7 +333,7 @@ def _lineage(
     # Another writer may have created it between our two statements (PostgreSQL).
     new_series = series_row.num_instances == 0
     nhs = conn.execute(select(_pa.nhs_number).where(_pa.pk == patient_pk)).scalar_one()
-    return patient_pk, study_pk, int(series_row.pk), new_series, nhs
+    return patient_pk, study_pk, int(series_row.pk), new_series, nhs, parsed.study_uid
 
 
 def record_instance(
@@ -360,7 +364,7 @@ def record_instance(
         )
 
     patient = dict(parsed.patient, local_id=patient_local_id)
-    patient_pk, study_pk, series_pk, new_series, nhs = _lineage(
+    patient_pk, study_pk, series_pk, new_series, nhs, study_uid = _lineage(
         index, conn, parsed, trust, patient, placeholder
     )
     stamp = now()
@@ -435,7 +439,7 @@ def record_instance(
             "detail": None,
             "trust_code": trust,
             "patient_pk": patient_pk,
-            "study_uid": parsed.study_uid,
+            "study_uid": study_uid,
             "series_uid": parsed.series_uid,
             "sop_instance_uid": parsed.sop_instance_uid,
         },

@@ -521,7 +521,8 @@ rejected_instance = Table(
 )
 
 # R57: corrections of studies filed under the wrong patient or order. One row per edit: a
-# study moved to another patient record (``move``) or its accession number corrected
+# study moved to another patient record (``move``), one series of it (``move-series``, into a
+# study of its own or one of the target record's) or its accession number corrected
 # (``accession``). A move between records of two issuers waits (``requested``) for a second,
 # different person; ``done`` edits are what outgoing DICOM reports in Original Attributes
 # Sequence and what lets a late instance naming the old record follow the study. Patient
@@ -530,9 +531,12 @@ study_edit = Table(
     "study_edit",
     metadata,
     Column("pk", PK, primary_key=True, autoincrement=True),
-    Column("kind", String(16), nullable=False),  # move | accession
+    Column("kind", String(16), nullable=False),  # move | move-series | accession
     Column("status", String(16), nullable=False),  # requested | done | refused
     Column("study_uid", String(64), nullable=False),
+    # move-series: the series, and the study it goes to (made for it, or the target's own)
+    Column("series_uid", String(64)),
+    Column("new_study_uid", String(64)),
     Column("from_patient_pk", PK),
     Column("from_issuer", String(16)),
     Column("from_local_id", String(64)),

@@ -12,12 +12,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, exists, insert, select, update
+from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, update
 
 from solent.index import schema as t
 from solent.index.sql import now
 
 MOVE = "move"
+MOVE_SERIES = "move-series"
+MOVES = (MOVE, MOVE_SERIES)
 ACCESSION = "accession"
 REQUESTED, DONE, REFUSED = "requested", "done", "refused"
 
@@ -37,8 +39,8 @@ def edits(
 ) -> list[dict[str, Any]]:
     c = t.study_edit.c
     q = select(t.study_edit).order_by(c.pk)
-    if study_uid is not None:
-        q = q.where(c.study_uid == study_uid)
+    if study_uid is not None:  # edits of the study, and series moved into it
+        q = q.where(or_(c.study_uid == study_uid, c.new_study_uid == study_uid))
     if status is not None:
         q = q.where(c.status == status)
     return [dict(r) for r in conn.execute(q).mappings()]
@@ -118,7 +120,7 @@ def moved_away_from(conn: Connection, study_uid: str, issuer: str, local_id: str
             select(
                 exists().where(
                     c.study_uid == study_uid,
-                    c.kind == MOVE,
+                    c.kind.in_(MOVES),
                     c.status == DONE,
                     c.from_issuer == issuer,
                     c.from_local_id == local_id,
@@ -128,17 +130,125 @@ def moved_away_from(conn: Connection, study_uid: str, issuer: str, local_id: str
     )
 
 
-def corrected_accession(conn: Connection, study_uid: str) -> str | None:
-    """The study's accession number when a person corrected it (what outgoing headers must
-    say instead of the stored one), else None: uncorrected studies go out as stored."""
+def study_overrides(conn: Connection, study_uid: str) -> dict[str, str]:
+    """Study attributes outgoing headers must say instead of the stored ones, by keyword: the
+    accession a person corrected, and for a study that received a series moved from another
+    study, its own Study Instance UID (and accession: the moved series leaves its old order).
+    Empty for a study no edit touched, so it goes out as stored."""
     c, s = t.study_edit.c, t.study.c
+    done = and_(c.study_uid == study_uid, c.status == DONE)
+    corrected = exists().where(done, c.kind == ACCESSION)
+    received = exists().where(c.new_study_uid == study_uid, c.kind == MOVE_SERIES, c.status == DONE)
     row = conn.execute(
-        select(s.accession_number).where(
-            s.study_uid == study_uid,
-            exists().where(c.study_uid == study_uid, c.kind == ACCESSION, c.status == DONE),
-        )
+        select(s.accession_number, corrected, received).where(s.study_uid == study_uid)
     ).first()
-    return None if row is None else str(row[0] or "")
+    if row is None or not (row[1] or row[2]):
+        return {}
+    out = {"AccessionNumber": str(row[0] or "")}
+    if row[2]:
+        out["StudyInstanceUID"] = study_uid
+    return out
+
+
+def series_in(conn: Connection, series_uid: str) -> dict[str, Any] | None:
+    """The series with the UID of the study it is in (``study_uid``)."""
+    se, st = t.series.c, t.study.c
+    row = (
+        conn.execute(
+            select(t.series, st.study_uid)
+            .join(t.study, st.pk == se.study_pk)
+            .where(se.series_uid == series_uid)
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+def series_moved(conn: Connection, series_uid: str, from_study_uid: str) -> bool:
+    """A person moved this series out of ``from_study_uid``: late instances of it that still
+    name that study follow the series."""
+    c = t.study_edit.c
+    return bool(
+        conn.execute(
+            select(
+                exists().where(
+                    c.series_uid == series_uid,
+                    c.study_uid == from_study_uid,
+                    c.kind == MOVE_SERIES,
+                    c.status == DONE,
+                )
+            )
+        ).scalar()
+    )
+
+
+def new_study_like(
+    conn: Connection, template: dict[str, Any], study_uid: str, patient_pk: int
+) -> int:
+    """A study row for a moved series: the template's study attributes, under ``patient_pk``,
+    without its accession (the series leaves that order), empty until ``recount``."""
+    stamp = now()
+    keep = ("study_date", "study_time", "study_id", "study_description", "referring_physician")
+    res = conn.execute(
+        insert(t.study).values(
+            study_uid=study_uid,
+            patient_pk=patient_pk,
+            trust_code=template["trust_code"],
+            modalities="",
+            num_series=0,
+            num_instances=0,
+            size_bytes=0,
+            created_at=stamp,
+            updated_at=stamp,
+            **{k: template[k] for k in keep},
+        )
+    )
+    return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+
+def refile_series(conn: Connection, series_pk: int, from_study_pk: int, to_study_pk: int) -> bool:
+    """Put the series in another study; False when it is no longer in ``from_study_pk``."""
+    se = t.series.c
+    res = conn.execute(
+        update(t.series)
+        .where(se.pk == series_pk, se.study_pk == from_study_pk)
+        .values(study_pk=to_study_pk)
+    )
+    return bool(res.rowcount)
+
+
+def recount(conn: Connection, study_pk: int) -> int:
+    """Make the study's totals true again after a series left or came; deletes a study left
+    without series (nothing lists an empty study). Returns its number of series."""
+    se, st, ins = t.series.c, t.study.c, t.instance.c
+    series = conn.execute(
+        select(se.pk, se.modality, se.num_instances).where(se.study_pk == study_pk)
+    ).all()
+    if not series:
+        conn.execute(delete(t.study).where(st.pk == study_pk))
+        return 0
+    size = conn.execute(
+        select(func.coalesce(func.sum(ins.size_bytes), 0)).where(
+            ins.series_pk.in_([r.pk for r in series])
+        )
+    ).scalar_one()
+    modalities: list[str] = []
+    for r in series:
+        if r.modality and r.modality not in modalities:
+            modalities.append(str(r.modality))
+    conn.execute(
+        update(t.study)
+        .where(st.pk == study_pk)
+        .values(
+            num_series=len(series),
+            num_instances=sum(int(r.num_instances) for r in series),
+            size_bytes=int(size),
+            modalities="\\".join(modalities),
+            updated_at=now(),
+        )
+    )
+    return len(series)
 
 
 def order_patient(conn: Connection, accession: str, issuer: str) -> tuple[str, str] | None:

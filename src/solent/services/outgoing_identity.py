@@ -34,9 +34,9 @@ from solent.index.sql import Index
 from solent.services.identity import IdentityService
 
 ALWAYS = "OtherPatientIDsSequence"  # an NHS number traced after the images came in
-#: Worth a re-encode whether or not the sender filled them in: a traced NHS number, and an
-#: accession number a person corrected (only then is it among the attributes, R57).
-_ALWAYS_NEEDED = frozenset({ALWAYS, "AccessionNumber"})
+#: Worth a re-encode whether or not the sender filled them in: a traced NHS number, and the
+#: study attributes a person corrected (only then are they among the attributes, R57).
+_ALWAYS_NEEDED = frozenset({ALWAYS, "AccessionNumber", "StudyInstanceUID"})
 SPECIFIC_CHARACTER_SET = 0x00080005  # how the stored names are encoded: part of every plan
 ORIGINAL_ATTRIBUTES = 0x04000561
 PLANS_PER_REQUEST = 1024
@@ -245,11 +245,9 @@ class CurrentIdentity(OutgoingIdentity):
             if attrs is not None and not attrs.get(ALWAYS):
                 # No NHS number on the record: other IDs the sender listed stay as they are.
                 attrs.pop(ALWAYS, None)
-            if attrs is not None:
+            if attrs is not None:  # R57: an accession corrected, a series moved in
                 with self._index.read() as conn:
-                    corrected = study_edits.corrected_accession(conn, study_uid)
-                if corrected is not None:  # R57: the order link was corrected by a person
-                    attrs["AccessionNumber"] = corrected
+                    attrs.update(study_edits.study_overrides(conn, study_uid))
             self._by_study[study_uid] = attrs
         return self._by_study[study_uid]
 

@@ -28,6 +28,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
+from pydicom.uid import generate_uid
 from sqlalchemy import Connection
 
 from solent.domain.principal import Principal
@@ -40,6 +41,12 @@ from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, Patient
 from solent.services.identity import IdentityService, PatientKey
 
 STATUSES = (store.REQUESTED, store.DONE, store.REFUSED)
+#: kind -> (identity event, audit "change", change-feed kind)
+NAMES = {
+    store.MOVE: ("study-moved", "study moved", "study.moved"),
+    store.MOVE_SERIES: ("series-moved", "series moved", "series.moved"),
+    store.ACCESSION: ("accession-corrected", "accession corrected", "study.accession-corrected"),
+}
 
 
 class StudyEditConflict(SolentError):
@@ -78,6 +85,63 @@ class StudyEditService:
         values = {
             "kind": store.MOVE,
             "study_uid": study_uid,
+            "from_patient_pk": int(holder["pk"]),
+            "from_issuer": holder["issuer"],
+            "from_local_id": holder["local_id"],
+            "to_patient_pk": target.patient_pk,
+            "to_issuer": target.issuer,
+            "to_local_id": target.local_id,
+            "reason": reason,
+            "requested_by": principal.describe(),
+        }
+        return self._request(principal, values, cross=holder["issuer"] != target.issuer)
+
+    def move_series(
+        self,
+        principal: Principal,
+        study_uid: str,
+        series_uid: str,
+        to: PatientKey,
+        reason: str,
+        *,
+        to_study_uid: str | None = None,
+    ) -> dict[str, Any]:
+        """Move one series of the study to record ``to``: into a new study of its own (a new
+        Study Instance UID, the study's other attributes, no accession), or into
+        ``to_study_uid``, a study already filed under ``to``. The same two-person rule."""
+        self._access.require(principal, Permission.ADMIN, "moving series between patients")
+        reason = _reason(reason)
+        with self._index.read() as conn:
+            study, holder = self._study(principal, conn, study_uid, also=(to.issuer,))
+            series = store.series_in(conn, series_uid)
+            if series is None or series["study_uid"] != study_uid:
+                raise NotFound(f"no series {series_uid} in study {study_uid}")
+            target = self._identity.resolve(to.issuer, to.local_id, conn=conn)
+            if target is None:
+                raise NotFound(f"no patient record {to}")
+            if to_study_uid is not None:
+                into = identity_store.study_by_uid(conn, to_study_uid)
+                if into is None or int(into["patient_pk"]) != target.patient_pk:
+                    raise NotFound(f"no study {to_study_uid} of {to}")
+                if to_study_uid == study_uid:
+                    raise StudyEditConflict(f"series {series_uid} is in study {study_uid} already")
+            else:
+                if target.patient_pk == int(holder["pk"]):
+                    raise StudyEditConflict(
+                        f"study {study_uid} is filed under {to} already; nothing changed"
+                    )
+                if int(study["num_series"]) <= 1:
+                    raise StudyEditConflict(
+                        f"series {series_uid} is the only series of study {study_uid}: move "
+                        "the study instead (POST /api/identity/studies/{study_uid}/move)"
+                    )
+                to_study_uid = generate_uid()
+            self._no_pending(conn, study_uid)
+        values = {
+            "kind": store.MOVE_SERIES,
+            "study_uid": study_uid,
+            "series_uid": series_uid,
+            "new_study_uid": to_study_uid,
             "from_patient_pk": int(holder["pk"]),
             "from_issuer": holder["issuer"],
             "from_local_id": holder["local_id"],
@@ -182,22 +246,28 @@ class StudyEditService:
             self._refused(
                 principal, edit, "reverse", f"it was reversed already by edit {edit['reversed_by']}"
             )
+        later = "the study was moved again (or a record merged) since; reverse the later edit first"
         with self._index.read() as conn:
-            study = identity_store.study_by_uid(conn, edit["study_uid"])
+            now_in = edit["study_uid"]
+            if edit["kind"] == store.MOVE_SERIES:
+                series = store.series_in(conn, edit["series_uid"])
+                if series is None or series["study_uid"] != edit["new_study_uid"]:
+                    self._refused(principal, edit, "reverse", later)
+                now_in = edit["new_study_uid"]
+            study = identity_store.study_by_uid(conn, now_in)
             if study is None:
                 raise NotFound(f"no study edit {edit_pk}")
-            self._no_pending(conn, edit["study_uid"])
+            self._no_pending(conn, now_in)
             holder_pk = int(study["patient_pk"])
-            if edit["kind"] == store.MOVE:
+            back: dict[str, Any] | None = None
+            if edit["kind"] in store.MOVES:
                 back = identity_store.get_patient(conn, int(edit["from_patient_pk"]))
                 if holder_pk != edit["to_patient_pk"] or back is None:
-                    self._refused(
-                        principal,
-                        edit,
-                        "reverse",
-                        "the study was moved again (or a record merged) since; reverse the "
-                        "later edit first",
-                    )
+                    self._refused(principal, edit, "reverse", later)
+                if edit["kind"] == store.MOVE_SERIES:
+                    origin = identity_store.study_by_uid(conn, edit["study_uid"])
+                    if origin is None or int(origin["patient_pk"]) != int(back["pk"]):
+                        self._refused(principal, edit, "reverse", later)
             elif (study["accession_number"], study["accession_issuer"]) != (
                 edit["new_accession"],
                 edit["new_accession_issuer"],
@@ -207,7 +277,7 @@ class StudyEditService:
             assert holder is not None
         values: dict[str, Any] = {
             "kind": edit["kind"],
-            "study_uid": edit["study_uid"],
+            "study_uid": now_in,
             "from_patient_pk": holder_pk,
             "from_issuer": holder["issuer"],
             "from_local_id": holder["local_id"],
@@ -216,13 +286,14 @@ class StudyEditService:
             "requested_by": principal.describe(),
         }
         cross = False
-        if edit["kind"] == store.MOVE:
-            assert back is not None
+        if back is not None:
             values |= {
                 "to_patient_pk": int(back["pk"]),
                 "to_issuer": back["issuer"],
                 "to_local_id": back["local_id"],
             }
+            if edit["kind"] == store.MOVE_SERIES:
+                values |= {"series_uid": edit["series_uid"], "new_study_uid": edit["study_uid"]}
             cross = holder["issuer"] != back["issuer"]
         else:
             values |= {
@@ -296,6 +367,11 @@ class StudyEditService:
                     conn, int(study["pk"]), int(edit["from_patient_pk"]), int(edit["to_patient_pk"])
                 )
                 why = "the study was moved (or its record merged) meanwhile; nothing changed"
+            elif edit["kind"] == store.MOVE_SERIES:
+                done = self._refile_series(conn, study, edit)
+                why = (
+                    "the series or study was moved (or a record merged) meanwhile; nothing changed"
+                )
             else:
                 done = store.set_accession(
                     conn,
@@ -322,10 +398,10 @@ class StudyEditService:
             assert row is not None
             if row["reverses"] is not None:
                 store.mark_reversed(conn, int(row["reverses"]), pk)
-            kind = "study-moved" if row["kind"] == store.MOVE else "accession-corrected"
+            event, change, feed = NAMES[row["kind"]]
             identity_store.add_event(
                 conn,
-                kind=kind,
+                kind=event,
                 actor=principal.describe(),
                 patient_pk=int(row["from_patient_pk"]),
                 other_patient_pk=row["to_patient_pk"],
@@ -334,15 +410,15 @@ class StudyEditService:
                 before=_state(row, "before"),
                 after=_state(row, "after"),
             )
-            change = "study moved" if row["kind"] == store.MOVE else "accession corrected"
             self._trail(conn, principal, row, change, {})
             self._index.append_event(
                 conn,
-                "study.moved" if row["kind"] == store.MOVE else "study.accession-corrected",
+                feed,
                 principal,
                 trust_code=study["trust_code"],
                 patient_pk=row["to_patient_pk"] or row["from_patient_pk"],
                 study_uid=row["study_uid"],
+                series_uid=row["series_uid"],
                 detail=_feed_detail(row),
             )
             return pk
@@ -352,6 +428,32 @@ class StudyEditService:
         except StudyEditConflict as exc:
             self._refused(principal, edit, "apply", str(exc))
         return self._view(self._reread(pk))
+
+    @staticmethod
+    def _refile_series(conn: Connection, study: dict[str, Any], edit: dict[str, Any]) -> bool:
+        """Put the series in its new study (made now, or the target's own), totals of both
+        kept true; a study left without series is deleted (a reversal's emptied study)."""
+        series = store.series_in(conn, edit["series_uid"])
+        if (
+            series is None
+            or series["study_uid"] != edit["study_uid"]
+            or int(study["patient_pk"]) != int(edit["from_patient_pk"])
+        ):
+            return False
+        into = identity_store.study_by_uid(conn, edit["new_study_uid"])
+        if into is None:
+            into_pk = store.new_study_like(
+                conn, study, edit["new_study_uid"], int(edit["to_patient_pk"])
+            )
+        elif int(into["patient_pk"]) != int(edit["to_patient_pk"]):
+            return False
+        else:
+            into_pk = int(into["pk"])
+        if not store.refile_series(conn, int(series["pk"]), int(study["pk"]), into_pk):
+            return False
+        store.recount(conn, into_pk)
+        store.recount(conn, int(study["pk"]))
+        return True
 
     def _trail(
         self,
@@ -366,7 +468,7 @@ class StudyEditService:
         change feed hears of requests and refusals too (a RIS may show them)."""
         detail = {**_about(edit), "change": change, **extra}
         action = (
-            AuditAction.PATIENT_RECORD if edit["kind"] == store.MOVE else AuditAction.ORDER_RECORD
+            AuditAction.PATIENT_RECORD if edit["kind"] in store.MOVES else AuditAction.ORDER_RECORD
         )
         for side in ("from", "to"):
             ref = _ref(edit, side)
@@ -499,9 +601,12 @@ class StudyEditService:
             "reverses": edit["reverses"],
             "reversed_by": edit["reversed_by"],
         }
-        if edit["kind"] == store.MOVE:
+        if edit["kind"] in store.MOVES:
             out["to"] = _key(edit, "to")
             out["needs_second_person"] = edit["from_issuer"] != edit["to_issuer"]
+        if edit["kind"] == store.MOVE_SERIES:
+            out["series_uid"] = edit["series_uid"]
+            out["to_study_uid"] = edit["new_study_uid"]
         else:
             out["accession"] = {
                 "before": {
@@ -548,8 +653,11 @@ def _ref(edit: dict[str, Any], side: str) -> PatientRef | None:
 
 def _about(edit: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"edit": edit.get("pk"), "kind": edit["kind"], "from": _key(edit, "from")}
-    if edit["kind"] == store.MOVE:
+    if edit["kind"] in store.MOVES:
         out["to"] = _key(edit, "to")
+        if edit["kind"] == store.MOVE_SERIES:
+            out["series_uid"] = edit["series_uid"]
+            out["to_study_uid"] = edit["new_study_uid"]
     else:
         out["accession_before"] = [edit["old_accession"], edit["old_accession_issuer"]]
         out["accession_after"] = [edit["new_accession"], edit["new_accession_issuer"]]
@@ -565,6 +673,12 @@ def _feed_detail(edit: dict[str, Any]) -> dict[str, Any]:
 
 
 def _state(edit: dict[str, Any], when: str) -> dict[str, Any]:
+    if edit["kind"] == store.MOVE_SERIES:
+        return {
+            "study_uid": edit["study_uid" if when == "before" else "new_study_uid"],
+            "series_uid": edit["series_uid"],
+            "patient": _key(edit, "from" if when == "before" else "to"),
+        }
     if edit["kind"] == store.MOVE:
         return {
             "study_uid": edit["study_uid"],

@@ -258,6 +258,31 @@ def move_study(
         raise HTTPException(409, str(exc)) from exc
 
 
+class SeriesMoveRequest(BaseModel):
+    to: Identifier
+    to_study_uid: str | None = Field(default=None, max_length=64, pattern=r"^[0-9.]+$")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/studies/{study_uid}/series/{series_uid}/move")
+def move_series(
+    request: Request,
+    caller: Caller,
+    study_uid: StudyUid,
+    series_uid: StudyUid,
+    body: SeriesMoveRequest,
+) -> dict[str, Any]:
+    """Move one series to another patient record: into a new study of its own, or into
+    ``to_study_uid`` (a study of that record). The same two-person rule as a study move."""
+    to = PatientKey(body.to.issuer, body.to.patient_id)
+    try:
+        return _edits(request).move_series(
+            caller, study_uid, series_uid, to, body.reason, to_study_uid=body.to_study_uid
+        )
+    except StudyEditConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
 @router.post("/studies/{study_uid}/accession")
 def correct_accession(
     request: Request, caller: Caller, study_uid: StudyUid, body: AccessionRequest

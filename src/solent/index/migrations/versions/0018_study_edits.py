@@ -29,6 +29,8 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("study_uid", sa.String(length=64), nullable=False),
+        sa.Column("series_uid", sa.String(length=64), nullable=True),
+        sa.Column("new_study_uid", sa.String(length=64), nullable=True),
         sa.Column("from_patient_pk", PK, nullable=True),
         sa.Column("from_issuer", sa.String(length=16), nullable=True),
         sa.Column("from_local_id", sa.String(length=64), nullable=True),
