@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 from pydicom.uid import generate_uid
 from sqlalchemy import Connection
 
+from solent import ttl_cache
 from solent.domain.principal import Principal
 from solent.errors import InvalidInput, NotFound, SolentError
 from solent.index import identity as identity_store
@@ -427,6 +428,9 @@ class StudyEditService:
             pk = self._index.write(op)
         except StudyEditConflict as exc:
             self._refused(principal, edit, "apply", str(exc))
+        # Who may see the study changed: this process drops its remembered access decisions
+        # now (other nodes hear it from the database: study.patient_pk is watched, 0005).
+        ttl_cache.invalidate_all()
         return self._view(self._reread(pk))
 
     @staticmethod
