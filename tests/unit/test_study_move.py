@@ -248,7 +248,7 @@ def test_a_move_between_trusts_waits_for_a_second_different_person(
     assert _patient_of(demo, bob_study) == ("ZZB", "B7730444")
 
 
-def test_only_stewards_of_either_record_may_and_others_get_what_an_unknown_study_gets(
+def test_only_the_holders_stewards_ask_and_others_get_what_an_unknown_study_gets(
     demo: Archive, demo_client: TestClient
 ) -> None:
     bob_study = study_of(demo, "ZZB", "B7730444")
@@ -259,6 +259,13 @@ def test_only_stewards_of_either_record_may_and_others_get_what_an_unknown_study
         assert hidden.status_code == missing.status_code == 404, hidden.text
         assert hidden.text == missing.text.replace(UNKNOWN_STUDY, bob_study)
         assert "B7730444" not in hidden.text
+    # The target record's steward cannot ask either: the answer would say whose record holds
+    # the study. Only the holder's stewards ask; the other side approves.
+    target_side = add_user(demo, "adminzc", "ZZC", "pacs_admin")
+    hidden = _move(demo_client, target_side, bob_study, "ZZC", "C-55501")
+    missing = _move(demo_client, target_side, UNKNOWN_STUDY, "ZZC", "C-55501")
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.text == missing.text.replace(UNKNOWN_STUDY, bob_study)
     hidden = demo_client.get(f"/api/identity/studies/{bob_study}/edits", headers=outsider)
     assert hidden.status_code == 404
     acc = {"accession_number": "X1", "reason": "r"}

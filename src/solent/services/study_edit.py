@@ -3,12 +3,14 @@
 The one door for it. Who may: identity stewards, as for links (``identity/door.py``): a
 ``pacs_admin`` of the trust that issued the records, or a regional administrator (no trust).
 Anyone whose role is not an administrator's is refused by role (403, whatever the study); an
-administrator who stewards neither record gets the answer an unknown study gets (404).
+administrator who does not steward the record the study is filed under gets the answer an
+unknown study gets (404), so a request never tells an outsider whose record holds a study.
 
 * A move between two records of one issuer is done at once by one steward.
-* A move between records of two issuers is a request by one steward and takes effect only when
-  a second, different person who stewards either record approves it; the requester cannot
-  approve their own request. Either side may refuse (or the requester withdraw) it.
+* A move between records of two issuers is a request by a steward of the study's record and
+  takes effect only when a second, different person who stewards either record approves it;
+  the requester cannot approve their own request. Either side may refuse (or the requester
+  withdraw) it, and either side may ask to reverse it once done.
 * An accession correction changes the study's (accession, issuer), and with it the order and
   report the study is linked to; refused when that accession names an order of another patient
   or another stored study.
@@ -74,7 +76,7 @@ class StudyEditService:
         self._access.require(principal, Permission.ADMIN, "moving studies between patients")
         reason = _reason(reason)
         with self._index.read() as conn:
-            _study, holder = self._study(principal, conn, study_uid, also=(to.issuer,))
+            _study, holder = self._study(principal, conn, study_uid)
             target = self._identity.resolve(to.issuer, to.local_id, conn=conn)
             if target is None:
                 raise NotFound(f"no patient record {to}")
@@ -113,7 +115,7 @@ class StudyEditService:
         self._access.require(principal, Permission.ADMIN, "moving series between patients")
         reason = _reason(reason)
         with self._index.read() as conn:
-            study, holder = self._study(principal, conn, study_uid, also=(to.issuer,))
+            study, holder = self._study(principal, conn, study_uid)
             series = store.series_in(conn, series_uid)
             if series is None or series["study_uid"] != study_uid:
                 raise NotFound(f"no series {series_uid} in study {study_uid}")
@@ -321,7 +323,7 @@ class StudyEditService:
             raise InvalidInput(f"status is one of {', '.join(STATUSES)}")
         with self._index.read() as conn:
             if study_uid is not None:
-                self._study(principal, conn, study_uid, also=())
+                self._study(principal, conn, study_uid)
             rows = store.edits(conn, study_uid=study_uid, status=status)
         shown = [r for r in rows if self._stewards_any(principal, _issuers(r))]
         for row in shown:
@@ -517,21 +519,17 @@ class StudyEditService:
         raise StudyEditConflict(f"{name} cannot be {what}d: {why}" if what != "apply" else why)
 
     def _study(
-        self,
-        principal: Principal,
-        conn: Connection,
-        study_uid: str,
-        *,
-        also: Iterable[str] = (),
+        self, principal: Principal, conn: Connection, study_uid: str
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The study and the record it is filed under, when the caller stewards that record
-        (or one of ``also``'s issuers); else the answer an unknown study gets."""
+        """The study and the record it is filed under, when the caller stewards that record;
+        else the answer an unknown study gets. Only the holder's stewards ask to move a study:
+        anyone else would learn from the answer whose record holds it."""
         missing = NotFound(f"no study {study_uid}")
         study = identity_store.study_by_uid(conn, study_uid)
         if study is None:
             raise missing
         holder = identity_store.get_patient(conn, int(study["patient_pk"]))
-        if holder is None or not self._stewards_any(principal, [holder["issuer"], *also]):
+        if holder is None or not self._stewards_any(principal, [holder["issuer"]]):
             raise missing
         return study, holder
 
