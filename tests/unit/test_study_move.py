@@ -20,6 +20,9 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from solent.app import Archive
+from solent.domain.attributes import Level
+from solent.domain.matching import parse_query
+from solent.domain.principal import Principal, PrincipalKind
 from solent.index import schema as t
 from tests.unit.security_fixtures import (
     add_user,
@@ -45,6 +48,19 @@ def _qido(client: TestClient, heads: dict[str, str], issuer: str, pid: str) -> l
     )
     assert r.status_code in (200, 204), r.text
     return [s["0020000D"]["Value"][0] for s in (r.json() if r.status_code == 200 else [])]
+
+
+def _cfind(archive: Archive, issuer: str, pid: str) -> list[str]:
+    """Study UIDs a ZZB node's study-level C-FIND for the record gets (find_scp's call)."""
+    node = Principal(PrincipalKind.NODE, "MODZB", "ZZB", frozenset())
+    keys = {"PatientID": pid, "IssuerOfPatientID": issuer, "StudyInstanceUID": ""}
+    query = parse_query(Level.STUDY, keys, ignore_unknown=True)
+    result = archive.services.query.find(
+        node, query, limit=None, max_results=100, channel="dimse c-find", keys=keys
+    )
+    for row in result.rows:
+        assert (row["PatientID"], row["IssuerOfPatientID"]) == (pid, issuer)
+    return [str(r["StudyInstanceUID"]) for r in result.rows]
 
 
 def _value(obj: dict[str, Any], tag: str) -> Any:
@@ -140,6 +156,9 @@ def test_a_move_within_a_trust_refiles_the_study_everywhere_and_is_reversible(
     assert (ds.PatientID, ds.IssuerOfPatientID) == ("B7730021", "ZZB")
     assert ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].PatientID == "B7730444"
     assert ds.OriginalAttributesSequence[-1].ReasonForTheAttributeModification == "CORRECT"
+    # C-FIND (the query service, as a ZZB node asks it): the same answer as QIDO.
+    assert bob_study in _cfind(demo, "ZZB", "B7730021")
+    assert bob_study not in _cfind(demo, "ZZB", "B7730444")
     # The viewer timeline and FHIR ImagingStudy follow too.
     bob_tl = demo_client.get("/api/viewer/patients/ZZB/B7730444/timeline", headers=reader)
     assert bob_study not in bob_tl.text
