@@ -182,7 +182,11 @@ def test_a_move_within_a_trust_refiles_the_study_everywhere_and_is_reversible(
     history = demo_client.get(
         "/api/identity/history", params={"issuer": "ZZB", "patient_id": "B7730444"}, headers=reader
     ).json()
-    assert any(e["kind"] == "study-moved" for e in history)
+    (event,) = [e for e in history if e["kind"] == "study-moved"]
+    assert event["after"]["study_edit"] == edit["id"]
+    wrong_door = demo_client.post(f"/api/identity/events/{event['pk']}/reverse", headers=admin)
+    assert wrong_door.status_code == 409
+    assert f"/api/identity/study-edits/{edit['id']}/reverse" in wrong_door.text
 
     # Reversed: back under Bob, outgoing headers as stored again, recorded as a new edit.
     back = demo_client.post(

@@ -555,6 +555,7 @@ study_edit = Table(
     Column("decided_by", String(200)),
     Column("decided_at", DateTime(timezone=True)),
     Index(None, "study_uid"),
+    Index(None, "new_study_uid"),
     Index(None, "status"),
 )
 

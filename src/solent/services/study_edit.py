@@ -411,7 +411,7 @@ class StudyEditService:
                 issuer=row["from_issuer"],
                 local_id=row["from_local_id"],
                 before=_state(row, "before"),
-                after=_state(row, "after"),
+                after={**_state(row, "after"), "study_edit": pk},
             )
             self._trail(conn, principal, row, change, {})
             self._index.append_event(

@@ -51,10 +51,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("pk", name=op.f("pk_study_edit")),
     )
     op.create_index(op.f("ix_study_edit_study_uid"), "study_edit", ["study_uid"], unique=False)
+    op.create_index(
+        op.f("ix_study_edit_new_study_uid"), "study_edit", ["new_study_uid"], unique=False
+    )
     op.create_index(op.f("ix_study_edit_status"), "study_edit", ["status"], unique=False)
 
 
 def downgrade() -> None:
     op.drop_index(op.f("ix_study_edit_status"), table_name="study_edit")
+    op.drop_index(op.f("ix_study_edit_new_study_uid"), table_name="study_edit")
     op.drop_index(op.f("ix_study_edit_study_uid"), table_name="study_edit")
     op.drop_table("study_edit")
