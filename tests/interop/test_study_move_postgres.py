@@ -15,6 +15,7 @@ from solent.app import build_archive
 from solent.demo import load_demo
 from solent.domain.principal import SYSTEM
 from solent.protocols.http import create_app
+from solent.services.check import check_archive
 from solent.settings import load_settings
 from tests.unit.security_fixtures import add_user
 from tests.unit.stow_support import ct_instance, stow_body
@@ -71,6 +72,9 @@ def test_a_cross_trust_move_changes_who_sees_the_study_and_late_images_follow(
             send()  # after the move
             assert codes == [200] * 5
 
+            # The kept visibility rows (triggers) agree with the rule after the move.
+            drift = check_archive(archive.index, archive.store).visibility_drift
+            assert drift and not any(drift.values()), drift
             # Carol's ZZD clinician sees it now (through her linked record), under Carol.
             assert _sees(client, carol_zd, uid)
             docs = client.get(f"/dicomweb/studies/{uid}/metadata", headers=carol_zd).json()
@@ -89,5 +93,7 @@ def test_a_cross_trust_move_changes_who_sees_the_study_and_late_images_follow(
             )
             assert done.status_code == 200, done.text
             assert not _sees(client, carol_zd, uid)
+            drift = check_archive(archive.index, archive.store).visibility_drift
+            assert drift and not any(drift.values()), drift
     finally:
         archive.close()

@@ -63,6 +63,26 @@ def _cfind(archive: Archive, issuer: str, pid: str) -> list[str]:
     return [str(r["StudyInstanceUID"]) for r in result.rows]
 
 
+def _totals(archive: Archive, study: str) -> tuple[int, int]:
+    """(series, instances) the study row says, checked against its series and instances."""
+    st, se, ins = t.study.c, t.series.c, t.instance.c
+    with archive.index.read() as conn:
+        row = conn.execute(
+            select(st.pk, st.num_series, st.num_instances, st.size_bytes).where(
+                st.study_uid == study
+            )
+        ).one()
+        series = conn.execute(select(se.pk).where(se.study_pk == row.pk)).scalars().all()
+        sizes = conn.execute(select(ins.size_bytes).where(ins.series_pk.in_(series))).scalars()
+        sizes = list(sizes)
+    assert (row.num_series, row.num_instances, row.size_bytes) == (
+        len(series),
+        len(sizes),
+        sum(sizes),
+    )
+    return int(row.num_series), int(row.num_instances)
+
+
 def _value(obj: dict[str, Any], tag: str) -> Any:
     return (obj.get(tag, {}).get("Value") or [None])[0]
 
@@ -470,6 +490,7 @@ def test_a_series_moves_into_a_study_of_its_own_under_the_other_record_and_back(
         assert not _corrected(obj) & {PID, "0020000D"}
     assert "series.moved" in _feed(demo, study)
 
+    assert _totals(demo, study) == (1, 2) and _totals(demo, new) == (1, 1)
     # The rest of the moved series, still naming Bob and the old study, follows it.
     late = ct_instance("B7730444", "ZZB", study, series=wrong, name="DEMO^BOB")
     assert _stow(demo_client, sender, late) == 200
@@ -491,7 +512,7 @@ def test_a_series_moves_into_a_study_of_its_own_under_the_other_record_and_back(
     assert new not in _qido(demo_client, reader, "ZZB", "B7730021")
     assert demo_client.get(f"/dicomweb/studies/{new}/metadata", headers=reader).status_code == 404
     docs = _metadata(demo_client, reader, study)
-    assert len(docs) == 4
+    assert len(docs) == 4 and _totals(demo, study) == (2, 4)
     assert {(_value(d, PID), _value(d, "0020000D")) for d in docs} == {("B7730444", study)}
     # (Bob's record corrects the test images' birth date and sex; nothing else.)
     assert set().union(*(_corrected(d) for d in docs)) <= {"00100030", "00100040"}
