@@ -36,6 +36,7 @@ from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
 from solent.services.retrieve import RetrieveService
+from solent.services.study_edit import StudyEditService
 from solent.services.viewer import ViewerService
 from solent.settings import Settings
 from solent.storage import BlobStore, open_blob_store
@@ -109,6 +110,7 @@ class Archive:
             held=HeldService(
                 self.index, self.store, self.access, self.audit, self.ingestor, identity
             ),
+            study_edits=StudyEditService(self.index, self.access, self.audit, identity),
             inbox=inbox,
             directory=Directory(self.index, self.audit),
             users=users,

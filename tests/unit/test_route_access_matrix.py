@@ -310,6 +310,22 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/api/identity/held/{held_pk}/discard"): (
         "regional administrators only; test_held_release"
     ),
+    # R57 study edits change which record a study is filed under (each call changes what the
+    # next one sees): stewards of either record only, every other administrator gets the
+    # unknown-study answer, other roles the role refusal; one audit record per record named.
+    **{
+        (method, f"/api/identity/{path}"): "stewards of either record; test_study_move"
+        for method, path in (
+            ("POST", "studies/{study_uid}/move"),
+            ("POST", "studies/{study_uid}/series/{series_uid}/move"),
+            ("POST", "studies/{study_uid}/accession"),
+            ("GET", "studies/{study_uid}/edits"),
+            ("GET", "study-edits"),
+            ("POST", "study-edits/{edit_pk}/approve"),
+            ("POST", "study-edits/{edit_pk}/refuse"),
+            ("POST", "study-edits/{edit_pk}/reverse"),
+        )
+    },
     (
         "GET",
         "/api/identity/hl7/messages",

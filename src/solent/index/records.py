@@ -15,6 +15,7 @@ from solent.dicom.parse import ParsedInstance
 from solent.domain.principal import Principal, Provenance
 from solent.index import identity as identity_store
 from solent.index import schema as t
+from solent.index import study_edits
 from solent.index.prepared import Prepared
 from solent.index.sql import Index, now
 
@@ -225,8 +226,9 @@ def _lineage(
     trust: str,
     patient: dict[str, Any],
     placeholder: bool,
-) -> tuple[int, int, int, bool, str | None]:
-    """(patient_pk, study_pk, series_pk, new_series, nhs_number of the patient record).
+) -> tuple[int, int, int, bool, str | None, str]:
+    """(patient_pk, study_pk, series_pk, new_series, nhs_number of the patient record, the
+    study's UID: the instance's own, or the study its series was moved to, R57).
 
     A known series is resolved and checked in one joined read: it must belong to this study,
     and the study to this trust's patient; anything else is a PatientMismatchError, never a
@@ -234,15 +236,19 @@ def _lineage(
     """
     found = _SERIES_LINEAGE.first(conn, {"series_uid": parsed.series_uid})
     if found is not None:
-        if found.study_uid != parsed.study_uid:
+        if found.study_uid != parsed.study_uid and not study_edits.series_moved(
+            conn, parsed.series_uid, parsed.study_uid
+        ):
             raise PatientMismatchError(
                 "this Series Instance UID already belongs to another study; "
                 "the instance was not stored",
                 int(found.patient_pk),
             )
         same_record = found.issuer == trust and found.local_id == patient["local_id"]
-        if not same_record and _retired_into(conn, trust, patient["local_id"]) != int(
-            found.patient_pk
+        if (
+            not same_record
+            and _retired_into(conn, trust, patient["local_id"]) != int(found.patient_pk)
+            and not study_edits.moved_away_from(conn, parsed.study_uid, trust, patient["local_id"])
         ):
             raise PatientMismatchError(
                 "this Study Instance UID is already filed under another patient record; "
@@ -262,7 +268,8 @@ def _lineage(
                 )
             )
             nhs = patient["nhs_number"]
-        return int(found.patient_pk), int(found.study_pk), int(found.pk), False, nhs
+        study_uid = str(found.study_uid)
+        return int(found.patient_pk), int(found.study_pk), int(found.pk), False, nhs, study_uid
 
     patient_pk = _patient_pk(index, conn, trust, patient, placeholder)
     stamp = now()
@@ -292,6 +299,11 @@ def _lineage(
         study_row = conn.execute(
             select(sc.pk, sc.patient_pk).where(sc.study_uid == parsed.study_uid)
         ).one()
+    if study_row.patient_pk != patient_pk and study_edits.moved_away_from(
+        conn, parsed.study_uid, trust, patient["local_id"]
+    ):
+        # Moved to another record by a person (R57): the rest of the study follows it.
+        patient_pk = int(study_row.patient_pk)
     if study_row.patient_pk != patient_pk:
         raise PatientMismatchError(
             "this Study Instance UID is already filed under another patient record; "
@@ -321,7 +333,7 @@ def _lineage(
     # Another writer may have created it between our two statements (PostgreSQL).
     new_series = series_row.num_instances == 0
     nhs = conn.execute(select(_pa.nhs_number).where(_pa.pk == patient_pk)).scalar_one()
-    return patient_pk, study_pk, int(series_row.pk), new_series, nhs
+    return patient_pk, study_pk, int(series_row.pk), new_series, nhs, parsed.study_uid
 
 
 def record_instance(
@@ -352,7 +364,7 @@ def record_instance(
         )
 
     patient = dict(parsed.patient, local_id=patient_local_id)
-    patient_pk, study_pk, series_pk, new_series, nhs = _lineage(
+    patient_pk, study_pk, series_pk, new_series, nhs, study_uid = _lineage(
         index, conn, parsed, trust, patient, placeholder
     )
     stamp = now()
@@ -427,7 +439,7 @@ def record_instance(
             "detail": None,
             "trust_code": trust,
             "patient_pk": patient_pk,
-            "study_uid": parsed.study_uid,
+            "study_uid": study_uid,
             "series_uid": parsed.series_uid,
             "sop_instance_uid": parsed.sop_instance_uid,
         },

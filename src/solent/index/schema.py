@@ -541,6 +541,45 @@ rejected_instance = Table(
     Index(None, "study_uid"),
 )
 
+# R57: corrections of studies filed under the wrong patient or order. One row per edit: a
+# study moved to another patient record (``move``), one series of it (``move-series``, into a
+# study of its own or one of the target record's) or its accession number corrected
+# (``accession``). A move between records of two issuers waits (``requested``) for a second,
+# different person; ``done`` edits are what outgoing DICOM reports in Original Attributes
+# Sequence and what lets a late instance naming the old record follow the study. Patient
+# records are named by pk and by (issuer, local ID) as they were, so the row outlives a merge.
+study_edit = Table(
+    "study_edit",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # move | move-series | accession
+    Column("status", String(16), nullable=False),  # requested | done | refused
+    Column("study_uid", String(64), nullable=False),
+    # move-series: the series, and the study it goes to (made for it, or the target's own)
+    Column("series_uid", String(64)),
+    Column("new_study_uid", String(64)),
+    Column("from_patient_pk", PK),
+    Column("from_issuer", String(16)),
+    Column("from_local_id", String(64)),
+    Column("to_patient_pk", PK),
+    Column("to_issuer", String(16)),
+    Column("to_local_id", String(64)),
+    Column("old_accession", String(16)),
+    Column("old_accession_issuer", String(64)),
+    Column("new_accession", String(16)),
+    Column("new_accession_issuer", String(64)),
+    Column("reason", Text, nullable=False),
+    Column("reverses", PK),  # the edit this one undoes
+    Column("reversed_by", PK),  # the edit that undid this one
+    Column("requested_by", String(200), nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("decided_by", String(200)),
+    Column("decided_at", DateTime(timezone=True)),
+    Index(None, "study_uid"),
+    Index(None, "new_study_uid"),
+    Index(None, "status"),
+)
+
 # R30: what each stored key object selection (not a rejection note) and presentation state
 # references, so one whose images a rejection note withdraws is flagged to whoever stored it.
 key_object_reference = Table(

@@ -29,10 +29,14 @@ from solent.dicom import header_splice as hs
 from solent.dicom.identity_patch import apply_identity, apply_identity_json, modification_stamp
 from solent.errors import NotFound
 from solent.index import schema as t
+from solent.index import study_edits
 from solent.index.sql import Index
 from solent.services.identity import IdentityService
 
 ALWAYS = "OtherPatientIDsSequence"  # an NHS number traced after the images came in
+#: Worth a re-encode whether or not the sender filled them in: a traced NHS number, and the
+#: study attributes a person corrected (only then are they among the attributes, R57).
+_ALWAYS_NEEDED = frozenset({ALWAYS, "AccessionNumber", "StudyInstanceUID"})
 SPECIFIC_CHARACTER_SET = 0x00080005  # how the stored names are encoded: part of every plan
 ORIGINAL_ATTRIBUTES = 0x04000561
 PLANS_PER_REQUEST = 1024
@@ -52,7 +56,7 @@ def _needed(attributes: Mapping[str, Any], present: Callable[[str], bool]) -> di
     """The attributes whose difference makes an instance worth re-encoding: those the sender
     filled in, and the NHS number. An issuer or placeholder ID the sender left out is added
     only along with a real change (queries qualify IDs by issuer anyway, R24)."""
-    return {k: v for k, v in attributes.items() if k == ALWAYS or present(k)}
+    return {k: v for k, v in attributes.items() if k in _ALWAYS_NEEDED or present(k)}
 
 
 def _utc(when: datetime) -> datetime:
@@ -241,6 +245,9 @@ class CurrentIdentity(OutgoingIdentity):
             if attrs is not None and not attrs.get(ALWAYS):
                 # No NHS number on the record: other IDs the sender listed stay as they are.
                 attrs.pop(ALWAYS, None)
+            if attrs is not None:  # R57: an accession corrected, a series moved in
+                with self._index.read() as conn:
+                    attrs.update(study_edits.study_overrides(conn, study_uid))
             self._by_study[study_uid] = attrs
         return self._by_study[study_uid]
 

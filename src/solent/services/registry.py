@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from solent.services.query import QueryService
     from solent.services.records import RecordService
     from solent.services.retrieve import RetrieveService
+    from solent.services.study_edit import StudyEditService
     from solent.services.viewer import ViewerService
     from solent.settings import Settings
 
@@ -49,6 +50,7 @@ class Services:
     records: RecordService  # FHIR, IID and identity API reads (access + audit inside)
     identity: IdentityDoor  # identity changes by people (steward rule inside); reads: records
     held: HeldService  # issue 11: instances held for reconciliation, released or discarded
+    study_edits: StudyEditService  # R57: studies moved to another patient, accessions corrected
     inbox: InboxService  # the HL7 journal, orders and reports
     directory: Directory  # trusts, DICOM nodes, HL7 senders (configuration, audited changes)
     users: UserService  # accounts, roles, tokens (security/)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from solent.domain.principal import Principal
@@ -19,6 +19,7 @@ from solent.services.held import HeldConflict
 from solent.services.identity import IdentityRejected, PatientKey
 from solent.services.records import RecordService
 from solent.services.registry import Services
+from solent.services.study_edit import StudyEditConflict, StudyEditService
 
 router = APIRouter()
 Caller = Annotated[Principal, Depends(current_principal)]
@@ -218,3 +219,124 @@ def hl7_messages(
 ) -> list[dict[str, Any]]:
     """The HL7 journal, newest first (dead letters: status rejected or held); audited."""
     return _records(request).hl7_messages(caller, status=status, limit=limit)
+
+
+# -- R57: studies filed under the wrong patient or order --------------------------------------
+
+StudyUid = Annotated[str, Path(max_length=64, pattern=r"^[0-9.]+$")]
+
+
+def _edits(request: Request) -> StudyEditService:
+    return _services(request).study_edits
+
+
+class MoveRequest(BaseModel):
+    to: Identifier
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class AccessionRequest(BaseModel):
+    accession_number: str = Field(min_length=1, max_length=16)
+    accession_issuer: str | None = Field(default=None, max_length=64)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class ReasonRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/studies/{study_uid}/move")
+def move_study(
+    request: Request, caller: Caller, study_uid: StudyUid, body: MoveRequest
+) -> dict[str, Any]:
+    """Move a study to another patient record: done at once within one trust's records,
+    waiting for a second person's approval between two trusts' records."""
+    to = PatientKey(body.to.issuer, body.to.patient_id)
+    try:
+        return _edits(request).move(caller, study_uid, to, body.reason)
+    except StudyEditConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+class SeriesMoveRequest(BaseModel):
+    to: Identifier
+    to_study_uid: str | None = Field(default=None, max_length=64, pattern=r"^[0-9.]+$")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/studies/{study_uid}/series/{series_uid}/move")
+def move_series(
+    request: Request,
+    caller: Caller,
+    study_uid: StudyUid,
+    series_uid: StudyUid,
+    body: SeriesMoveRequest,
+) -> dict[str, Any]:
+    """Move one series to another patient record: into a new study of its own, or into
+    ``to_study_uid`` (a study of that record). The same two-person rule as a study move."""
+    to = PatientKey(body.to.issuer, body.to.patient_id)
+    try:
+        return _edits(request).move_series(
+            caller, study_uid, series_uid, to, body.reason, to_study_uid=body.to_study_uid
+        )
+    except StudyEditConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.post("/studies/{study_uid}/accession")
+def correct_accession(
+    request: Request, caller: Caller, study_uid: StudyUid, body: AccessionRequest
+) -> dict[str, Any]:
+    """Correct the study's accession number (its order and report link)."""
+    try:
+        return _edits(request).correct_accession(
+            caller, study_uid, body.accession_number, body.accession_issuer, body.reason
+        )
+    except StudyEditConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.get("/studies/{study_uid}/edits")
+def study_edits(request: Request, caller: Caller, study_uid: StudyUid) -> list[dict[str, Any]]:
+    """Every edit of the study (moves, accession corrections), oldest first."""
+    return _edits(request).list(caller, study_uid=study_uid)
+
+
+@router.get("/study-edits")
+def all_study_edits(
+    request: Request,
+    caller: Caller,
+    status: Annotated[str | None, Query(pattern="^(requested|done|refused)$")] = "requested",
+) -> list[dict[str, Any]]:
+    """Study edits of the records the caller stewards; by default the moves awaiting approval."""
+    return _edits(request).list(caller, status=status)
+
+
+@router.post("/study-edits/{edit_pk}/approve")
+def approve_study_edit(request: Request, caller: Caller, edit_pk: PathId) -> dict[str, Any]:
+    """A second, different person approves a move between two trusts' records."""
+    try:
+        return _edits(request).approve(caller, edit_pk)
+    except StudyEditConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.post("/study-edits/{edit_pk}/refuse")
+def refuse_study_edit(
+    request: Request, caller: Caller, edit_pk: PathId, body: ReasonRequest
+) -> dict[str, Any]:
+    try:
+        return _edits(request).refuse(caller, edit_pk, body.reason)
+    except StudyEditConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.post("/study-edits/{edit_pk}/reverse")
+def reverse_study_edit(
+    request: Request, caller: Caller, edit_pk: PathId, body: ReasonRequest
+) -> dict[str, Any]:
+    """Undo a done edit: move the study back (or restore the accession), as a new edit."""
+    try:
+        return _edits(request).reverse(caller, edit_pk, body.reason)
+    except StudyEditConflict as exc:
+        raise HTTPException(409, str(exc)) from exc

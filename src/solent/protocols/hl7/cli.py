@@ -1,4 +1,6 @@
-"""`solent identity links|history|link|unlink|queue|reverse` and `solent hl7 send|messages`."""
+"""`solent identity links|history|link|unlink|queue|reverse`, the R57 study edits
+(`solent identity move-study|correct-accession|study-edits|approve-edit|refuse-edit|
+reverse-edit`) and `solent hl7 send|messages`."""
 
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def register(sub: Any) -> None:
     r.add_argument("--by", default="admin")
     r.set_defaults(handler=_reverse)
 
+    _register_study_edits(act)
+
     hl7 = sub.add_parser("hl7", help="HL7 v2: send a message file, list the journal")
     hact = hl7.add_subparsers(dest="action", required=True)
     s = hact.add_parser("send", help="send ER7 message file(s) over MLLP and print the ACKs")
@@ -56,6 +60,124 @@ def register(sub: Any) -> None:
     m.add_argument("--json", action="store_true")
     m.set_defaults(handler=_messages)
     _register_senders(hact)
+
+
+def _register_study_edits(act: Any) -> None:
+    """R57: the operator's way to the study edit service (a regional administrator named by
+    --by, as `reverse`); a move between two trusts' records still needs a second --by."""
+    mv = act.add_parser("move-study", help="move a study to another patient record")
+    mv.add_argument("study_uid")
+    mv.add_argument("issuer", help="trust ODS code that issued the target record's ID")
+    mv.add_argument("patient_id")
+    mv.add_argument("--reason", required=True)
+    mv.add_argument("--by", default="admin", help="who is making the change (audit)")
+    mv.set_defaults(handler=_move_study)
+    ac = act.add_parser("correct-accession", help="correct a study's accession number")
+    ac.add_argument("study_uid")
+    ac.add_argument("accession_number")
+    ac.add_argument("--issuer", help="the accession's issuer (default: the study's trust)")
+    ac.add_argument("--reason", required=True)
+    ac.add_argument("--by", default="admin")
+    ac.set_defaults(handler=_correct_accession)
+    ls = act.add_parser("study-edits", help="study edits (default: moves awaiting approval)")
+    ls.add_argument("--study", help="every edit of this Study Instance UID")
+    ls.add_argument("--status", choices=("requested", "done", "refused"))
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--by", default="admin")
+    ls.set_defaults(handler=_study_edits)
+    for name, text in (
+        ("approve-edit", "approve a requested move (a second, different person)"),
+        ("refuse-edit", "refuse a requested move"),
+        ("reverse-edit", "undo a done edit (move the study back, restore the accession)"),
+    ):
+        p = act.add_parser(name, help=text)
+        p.add_argument("edit", type=int, help="study edit number (from `study-edits`)")
+        if name != "approve-edit":
+            p.add_argument("--reason", required=True)
+        p.add_argument("--by", default="admin")
+        p.set_defaults(handler=_decide_edit, decision=name.removesuffix("-edit"))
+
+
+def _edit_service(settings: Settings) -> Any:
+    from solent.app import build_archive
+
+    archive = build_archive(settings)
+    return archive, archive.services.study_edits
+
+
+def _print_edit(edit: dict[str, Any]) -> None:
+    where = ""
+    if edit.get("to"):
+        where = f" to {edit['to']['patient_id']}/{edit['to']['issuer']}"
+    elif edit.get("accession"):
+        where = f" accession {edit['accession']['after']['accession_number']}"
+    print(f"study edit {edit['id']} ({edit['kind']}{where}): {edit['status']}")
+
+
+def _move_study(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.services.identity import PatientKey
+
+    archive, edits = _edit_service(settings)
+    try:
+        to = PatientKey(args.issuer, args.patient_id)
+        _print_edit(edits.move(_admin(args.by), args.study_uid, to, args.reason))
+    finally:
+        archive.close()
+    return 0
+
+
+def _correct_accession(args: argparse.Namespace, settings: Settings) -> int:
+    archive, edits = _edit_service(settings)
+    try:
+        _print_edit(
+            edits.correct_accession(
+                _admin(args.by), args.study_uid, args.accession_number, args.issuer, args.reason
+            )
+        )
+    finally:
+        archive.close()
+    return 0
+
+
+def _study_edits(args: argparse.Namespace, settings: Settings) -> int:
+    archive, edits = _edit_service(settings)
+    try:
+        status = args.status if args.status or args.study else "requested"
+        rows = edits.list(_admin(args.by), study_uid=args.study, status=status)
+        flat = [
+            {
+                "edit": r["id"],
+                "kind": r["kind"],
+                "status": r["status"],
+                "study_uid": r["study_uid"],
+                "from": f"{r['from']['patient_id']}/{r['from']['issuer']}" if r["from"] else "",
+                "to": f"{r['to']['patient_id']}/{r['to']['issuer']}" if r.get("to") else "",
+                "requested_by": r["requested_by"],
+                "decided_by": r["decided_by"] or "",
+                "reason": r["reason"],
+            }
+            for r in rows
+        ]
+        _print(rows if args.json else flat, args.json)
+    finally:
+        archive.close()
+    return 0
+
+
+def _decide_edit(args: argparse.Namespace, settings: Settings) -> int:
+    archive, edits = _edit_service(settings)
+    try:
+        who = _admin(args.by)
+        if args.decision == "approve":
+            edit = edits.approve(who, args.edit)
+        elif args.decision == "refuse":
+            edit = edits.refuse(who, args.edit, args.reason)
+        else:
+            edit = edits.reverse(who, args.edit, args.reason)
+        _print_edit(edit)
+    finally:
+        archive.close()
+    return 0
 
 
 def _register_senders(hact: Any) -> None:

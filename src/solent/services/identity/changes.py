@@ -403,6 +403,12 @@ class IdentityService(RecordUpdates):
                 )
                 self._audit(c, change, row, {"change": "reversal", "event": event_pk})
                 self._record_link_change(c, int(row["pk"]), linked_before, change, "reversal")
+            elif kind in ("study-moved", "series-moved", "accession-corrected"):
+                edit = (ev["after"] or {}).get("study_edit")
+                raise InvalidInput(
+                    f"a {kind} event is reversed as a study edit: "
+                    f"POST /api/identity/study-edits/{edit}/reverse"
+                )
             else:
                 raise InvalidInput(f"a {kind} event cannot be reversed")
             return event_pk

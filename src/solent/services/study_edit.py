@@ -1,0 +1,698 @@
+"""Study edit and move (R57): correct a study filed under the wrong patient or order.
+
+The one door for it. Who may: identity stewards, as for links (``identity/door.py``): a
+``pacs_admin`` of the trust that issued the records, or a regional administrator (no trust).
+Anyone whose role is not an administrator's is refused by role (403, whatever the study); an
+administrator who does not steward the record the study is filed under gets the answer an
+unknown study gets (404), so a request never tells an outsider whose record holds a study.
+
+* A move between two records of one issuer is done at once by one steward.
+* A move between records of two issuers is a request by a steward of the study's record and
+  takes effect only when a second, different person who stewards either record approves it;
+  the requester cannot approve their own request. Either side may refuse (or the requester
+  withdraw) it, and either side may ask to reverse it once done.
+* An accession correction changes the study's (accession, issuer), and with it the order and
+  report the study is linked to; refused when that accession names an order of another patient
+  or another stored study.
+* Every done edit can be reversed: a reversal is a new edit back to the values before (a move
+  back across issuers needs its second person again).
+
+A done move changes the study row's patient; every door reads the patient through it, and
+outgoing DICOM keeps the stored values in Original Attributes Sequence (outgoing_identity.py).
+Each step writes one audit record per patient record it names (each naming both), an identity
+event on the records (their history), and a change-feed event (``study.moved``,
+``study.move-requested``, ``study.accession-corrected``) for downstream consumers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+from pydicom.uid import generate_uid
+from sqlalchemy import Connection
+
+from solent import ttl_cache
+from solent.domain.principal import Principal
+from solent.errors import InvalidInput, NotFound, SolentError
+from solent.index import identity as identity_store
+from solent.index import study_edits as store
+from solent.index.sql import Index, now
+from solent.services.access import AccessService, Permission
+from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef, audit_fields
+from solent.services.identity import IdentityService, PatientKey
+
+STATUSES = (store.REQUESTED, store.DONE, store.REFUSED)
+#: kind -> (identity event, audit "change", change-feed kind)
+NAMES = {
+    store.MOVE: ("study-moved", "study moved", "study.moved"),
+    store.MOVE_SERIES: ("series-moved", "series moved", "series.moved"),
+    store.ACCESSION: ("accession-corrected", "accession corrected", "study.accession-corrected"),
+}
+
+
+class StudyEditConflict(SolentError):
+    """The edit cannot be made as asked (decided already, moved meanwhile, own request, an
+    accession of another patient); nothing was changed. The message says why."""
+
+
+class StudyEditService:
+    def __init__(
+        self, index: Index, access: AccessService, audit: AuditTrail, identity: IdentityService
+    ) -> None:
+        self._index = index
+        self._access = access
+        self._audit = audit
+        self._identity = identity
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def move(
+        self, principal: Principal, study_uid: str, to: PatientKey, reason: str
+    ) -> dict[str, Any]:
+        """Move the study to record ``to``: done now within one issuer, requested (awaiting a
+        second person) across issuers."""
+        self._access.require(principal, Permission.ADMIN, "moving studies between patients")
+        reason = _reason(reason)
+        with self._index.read() as conn:
+            _study, holder = self._study(principal, conn, study_uid)
+            target = self._identity.resolve(to.issuer, to.local_id, conn=conn)
+            if target is None:
+                raise NotFound(f"no patient record {to}")
+            if target.patient_pk == int(holder["pk"]):
+                raise StudyEditConflict(
+                    f"study {study_uid} is filed under {to} already; nothing changed"
+                )
+            self._no_pending(conn, study_uid)
+        values = {
+            "kind": store.MOVE,
+            "study_uid": study_uid,
+            "from_patient_pk": int(holder["pk"]),
+            "from_issuer": holder["issuer"],
+            "from_local_id": holder["local_id"],
+            "to_patient_pk": target.patient_pk,
+            "to_issuer": target.issuer,
+            "to_local_id": target.local_id,
+            "reason": reason,
+            "requested_by": principal.describe(),
+        }
+        return self._request(principal, values, cross=holder["issuer"] != target.issuer)
+
+    def move_series(
+        self,
+        principal: Principal,
+        study_uid: str,
+        series_uid: str,
+        to: PatientKey,
+        reason: str,
+        *,
+        to_study_uid: str | None = None,
+    ) -> dict[str, Any]:
+        """Move one series of the study to record ``to``: into a new study of its own (a new
+        Study Instance UID, the study's other attributes, no accession), or into
+        ``to_study_uid``, a study already filed under ``to``. The same two-person rule."""
+        self._access.require(principal, Permission.ADMIN, "moving series between patients")
+        reason = _reason(reason)
+        with self._index.read() as conn:
+            study, holder = self._study(principal, conn, study_uid)
+            series = store.series_in(conn, series_uid)
+            if series is None or series["study_uid"] != study_uid:
+                raise NotFound(f"no series {series_uid} in study {study_uid}")
+            target = self._identity.resolve(to.issuer, to.local_id, conn=conn)
+            if target is None:
+                raise NotFound(f"no patient record {to}")
+            if to_study_uid is not None:
+                into = identity_store.study_by_uid(conn, to_study_uid)
+                if into is None or int(into["patient_pk"]) != target.patient_pk:
+                    raise NotFound(f"no study {to_study_uid} of {to}")
+                if to_study_uid == study_uid:
+                    raise StudyEditConflict(f"series {series_uid} is in study {study_uid} already")
+            else:
+                if target.patient_pk == int(holder["pk"]):
+                    raise StudyEditConflict(
+                        f"study {study_uid} is filed under {to} already; nothing changed"
+                    )
+                if int(study["num_series"]) <= 1:
+                    raise StudyEditConflict(
+                        f"series {series_uid} is the only series of study {study_uid}: move "
+                        "the study instead (POST /api/identity/studies/{study_uid}/move)"
+                    )
+                to_study_uid = generate_uid()
+            self._no_pending(conn, study_uid)
+        values = {
+            "kind": store.MOVE_SERIES,
+            "study_uid": study_uid,
+            "series_uid": series_uid,
+            "new_study_uid": to_study_uid,
+            "from_patient_pk": int(holder["pk"]),
+            "from_issuer": holder["issuer"],
+            "from_local_id": holder["local_id"],
+            "to_patient_pk": target.patient_pk,
+            "to_issuer": target.issuer,
+            "to_local_id": target.local_id,
+            "reason": reason,
+            "requested_by": principal.describe(),
+        }
+        return self._request(principal, values, cross=holder["issuer"] != target.issuer)
+
+    def correct_accession(
+        self,
+        principal: Principal,
+        study_uid: str,
+        accession: str,
+        issuer: str | None,
+        reason: str,
+    ) -> dict[str, Any]:
+        """Set the study's accession number (and its issuer, the trust's RIS; the study's own
+        trust when not given), done at once by a steward of the study's record."""
+        self._access.require(principal, Permission.ADMIN, "correcting accession numbers")
+        reason = _reason(reason)
+        accession = accession.strip()
+        if not accession:
+            raise InvalidInput("give the accession number")
+        with self._index.read() as conn:
+            study, holder = self._study(principal, conn, study_uid)
+            issuer = (issuer or "").strip() or str(study["trust_code"])
+            if (study["accession_number"], study["accession_issuer"] or study["trust_code"]) == (
+                accession,
+                issuer,
+            ):
+                raise StudyEditConflict(
+                    f"study {study_uid} carries accession {accession} of {issuer} already"
+                )
+            self._no_pending(conn, study_uid)
+            self._check_order(conn, study, holder, accession, issuer)
+        values = {
+            "kind": store.ACCESSION,
+            "study_uid": study_uid,
+            "from_patient_pk": int(holder["pk"]),
+            "from_issuer": holder["issuer"],
+            "from_local_id": holder["local_id"],
+            "old_accession": study["accession_number"],
+            "old_accession_issuer": study["accession_issuer"],
+            "new_accession": accession,
+            "new_accession_issuer": issuer,
+            "reason": reason,
+            "requested_by": principal.describe(),
+        }
+        return self._request(principal, values, cross=False)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def approve(self, principal: Principal, edit_pk: int) -> dict[str, Any]:
+        """The second person's approval of a requested cross-issuer move."""
+        self._access.require(principal, Permission.ADMIN, "approving study moves")
+        with self._index.read() as conn:
+            edit = self._edit(principal, conn, edit_pk)
+        if edit["status"] != store.REQUESTED:
+            self._refused(principal, edit, "approve", _decided(edit))
+        if edit["requested_by"] == principal.describe():
+            self._refused(
+                principal,
+                edit,
+                "approve",
+                "a move between the records of two trusts needs a second person: the one "
+                "who asked for it cannot approve it",
+            )
+        return self._apply(principal, edit)
+
+    def refuse(self, principal: Principal, edit_pk: int, reason: str) -> dict[str, Any]:
+        """Refuse a requested move (or withdraw one's own request); nothing moves."""
+        self._access.require(principal, Permission.ADMIN, "refusing study moves")
+        reason = _reason(reason)
+        with self._index.read() as conn:
+            edit = self._edit(principal, conn, edit_pk)
+        if edit["status"] != store.REQUESTED:
+            self._refused(principal, edit, "refuse", _decided(edit))
+
+        def op(conn: Connection) -> bool:
+            if not store.decide(conn, edit_pk, store.REFUSED, principal.describe()):
+                return False
+            self._trail(conn, principal, edit, "move refused", {"refusal": reason})
+            return True
+
+        if not self._index.write(op):
+            self._refused(principal, edit, "refuse", f"edit {edit_pk} was decided meanwhile")
+        return self._view(self._reread(edit_pk))
+
+    def reverse(self, principal: Principal, edit_pk: int, reason: str) -> dict[str, Any]:
+        """Undo a done edit: a new edit back to the values before (moved back, or the old
+        accession), with the same rules as any edit."""
+        self._access.require(principal, Permission.ADMIN, "reversing study edits")
+        reason = _reason(reason)
+        with self._index.read() as conn:
+            edit = self._edit(principal, conn, edit_pk)
+        if edit["status"] != store.DONE:
+            self._refused(principal, edit, "reverse", "only a done edit can be reversed")
+        if edit["reversed_by"] is not None:
+            self._refused(
+                principal, edit, "reverse", f"it was reversed already by edit {edit['reversed_by']}"
+            )
+        later = "the study was moved again (or a record merged) since; reverse the later edit first"
+        with self._index.read() as conn:
+            now_in = edit["study_uid"]
+            if edit["kind"] == store.MOVE_SERIES:
+                series = store.series_in(conn, edit["series_uid"])
+                if series is None or series["study_uid"] != edit["new_study_uid"]:
+                    self._refused(principal, edit, "reverse", later)
+                now_in = edit["new_study_uid"]
+            study = identity_store.study_by_uid(conn, now_in)
+            if study is None:
+                raise NotFound(f"no study edit {edit_pk}")
+            self._no_pending(conn, now_in)
+            holder_pk = int(study["patient_pk"])
+            back: dict[str, Any] | None = None
+            if edit["kind"] in store.MOVES:
+                back = identity_store.get_patient(conn, int(edit["from_patient_pk"]))
+                if holder_pk != edit["to_patient_pk"] or back is None:
+                    self._refused(principal, edit, "reverse", later)
+                if edit["kind"] == store.MOVE_SERIES:
+                    origin = identity_store.study_by_uid(conn, edit["study_uid"])
+                    if origin is None or int(origin["patient_pk"]) != int(back["pk"]):
+                        self._refused(principal, edit, "reverse", later)
+            elif (study["accession_number"], study["accession_issuer"]) != (
+                edit["new_accession"],
+                edit["new_accession_issuer"],
+            ):
+                self._refused(principal, edit, "reverse", "the accession was corrected again since")
+            holder = identity_store.get_patient(conn, holder_pk)
+            assert holder is not None
+        values: dict[str, Any] = {
+            "kind": edit["kind"],
+            "study_uid": now_in,
+            "from_patient_pk": holder_pk,
+            "from_issuer": holder["issuer"],
+            "from_local_id": holder["local_id"],
+            "reason": reason,
+            "reverses": edit_pk,
+            "requested_by": principal.describe(),
+        }
+        cross = False
+        if back is not None:
+            values |= {
+                "to_patient_pk": int(back["pk"]),
+                "to_issuer": back["issuer"],
+                "to_local_id": back["local_id"],
+            }
+            if edit["kind"] == store.MOVE_SERIES:
+                values |= {"series_uid": edit["series_uid"], "new_study_uid": edit["study_uid"]}
+            cross = holder["issuer"] != back["issuer"]
+        else:
+            values |= {
+                "old_accession": edit["new_accession"],
+                "old_accession_issuer": edit["new_accession_issuer"],
+                "new_accession": edit["old_accession"],
+                "new_accession_issuer": edit["old_accession_issuer"],
+            }
+        return self._request(principal, values, cross=cross)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def list(
+        self,
+        principal: Principal,
+        *,
+        study_uid: str | None = None,
+        status: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Edits the caller stewards (either record), oldest first: of one study, or all of a
+        status (``requested``: the moves waiting for a second person). Identifiers only."""
+        self._access.require(principal, Permission.ADMIN, "listing study edits")
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"status is one of {', '.join(STATUSES)}")
+        with self._index.read() as conn:
+            if study_uid is not None:
+                self._study(principal, conn, study_uid)
+            rows = store.edits(conn, study_uid=study_uid, status=status)
+        shown = [r for r in rows if self._stewards_any(principal, _issuers(r))]
+        for row in shown:
+            self._audit.record(
+                principal,
+                AuditAction.QUERY,
+                patient=_ref(row, "from"),
+                study_uid=row["study_uid"],
+                detail={"read": "study-edit", "edit": row["pk"]},
+            )
+        return [self._view(r) for r in shown]
+
+    # -- inside ------------------------------------------------------------------------------
+
+    def _request(
+        self, principal: Principal, values: dict[str, Any], *, cross: bool
+    ) -> dict[str, Any]:
+        """Write the edit: requested (cross-issuer moves) or applied at once."""
+        status = store.REQUESTED if cross else store.DONE
+        if cross:
+
+            def ask(conn: Connection) -> int:
+                if store.pending_for(conn, values["study_uid"]) is not None:
+                    raise StudyEditConflict(_pending_text(values["study_uid"]))
+                pk = store.add_edit(conn, status=status, **values)
+                edit = store.get_edit(conn, pk)
+                assert edit is not None
+                self._trail(conn, principal, edit, "move requested", {})
+                return pk
+
+            return self._view(self._reread(self._index.write(ask)))
+        return self._apply(principal, values)
+
+    def _apply(self, principal: Principal, edit: dict[str, Any]) -> dict[str, Any]:
+        """Make the edit take effect in one transaction with its records (audit, identity
+        event, change feed); a new edit row when ``edit`` has no pk (one person's edit)."""
+
+        def op(conn: Connection) -> int:
+            study = identity_store.study_by_uid(conn, edit["study_uid"])
+            if study is None:
+                raise NotFound(f"no study {edit['study_uid']}")
+            if edit["kind"] == store.MOVE:
+                done = store.refile_study(
+                    conn, int(study["pk"]), int(edit["from_patient_pk"]), int(edit["to_patient_pk"])
+                )
+                why = "the study was moved (or its record merged) meanwhile; nothing changed"
+            elif edit["kind"] == store.MOVE_SERIES:
+                done = self._refile_series(conn, study, edit)
+                why = (
+                    "the series or study was moved (or a record merged) meanwhile; nothing changed"
+                )
+            else:
+                done = store.set_accession(
+                    conn,
+                    int(study["pk"]),
+                    (edit["old_accession"], edit["old_accession_issuer"]),
+                    (edit["new_accession"], edit["new_accession_issuer"]),
+                )
+                why = "its accession was changed meanwhile; nothing changed"
+            if not done:
+                raise StudyEditConflict(f"study {edit['study_uid']}: {why}")
+            if "pk" in edit:
+                pk = int(edit["pk"])
+                if not store.decide(conn, pk, store.DONE, principal.describe()):
+                    raise StudyEditConflict(f"edit {pk} was decided meanwhile")
+            else:
+                pk = store.add_edit(
+                    conn,
+                    status=store.DONE,
+                    decided_by=principal.describe(),
+                    decided_at=now(),
+                    **edit,
+                )
+            row = store.get_edit(conn, pk)
+            assert row is not None
+            if row["reverses"] is not None:
+                store.mark_reversed(conn, int(row["reverses"]), pk)
+            event, change, feed = NAMES[row["kind"]]
+            identity_store.add_event(
+                conn,
+                kind=event,
+                actor=principal.describe(),
+                patient_pk=int(row["from_patient_pk"]),
+                other_patient_pk=row["to_patient_pk"],
+                issuer=row["from_issuer"],
+                local_id=row["from_local_id"],
+                before=_state(row, "before"),
+                after={**_state(row, "after"), "study_edit": pk},
+            )
+            self._trail(conn, principal, row, change, {})
+            self._index.append_event(
+                conn,
+                feed,
+                principal,
+                trust_code=study["trust_code"],
+                patient_pk=row["to_patient_pk"] or row["from_patient_pk"],
+                study_uid=row["study_uid"],
+                series_uid=row["series_uid"],
+                detail=_feed_detail(row),
+            )
+            return pk
+
+        try:
+            pk = self._index.write(op)
+        except StudyEditConflict as exc:
+            self._refused(principal, edit, "apply", str(exc))
+        # Who may see the study changed: this process drops its remembered access decisions
+        # now (other nodes hear it from the database: study.patient_pk is watched, 0005).
+        ttl_cache.invalidate_all()
+        return self._view(self._reread(pk))
+
+    @staticmethod
+    def _refile_series(conn: Connection, study: dict[str, Any], edit: dict[str, Any]) -> bool:
+        """Put the series in its new study (made now, or the target's own), totals of both
+        kept true; a study left without series is deleted (a reversal's emptied study)."""
+        series = store.series_in(conn, edit["series_uid"])
+        if (
+            series is None
+            or series["study_uid"] != edit["study_uid"]
+            or int(study["patient_pk"]) != int(edit["from_patient_pk"])
+        ):
+            return False
+        into = identity_store.study_by_uid(conn, edit["new_study_uid"])
+        if into is None:
+            into_pk = store.new_study_like(
+                conn, study, edit["new_study_uid"], int(edit["to_patient_pk"])
+            )
+        elif int(into["patient_pk"]) != int(edit["to_patient_pk"]):
+            return False
+        else:
+            into_pk = int(into["pk"])
+        if not store.refile_series(conn, int(series["pk"]), int(study["pk"]), into_pk):
+            return False
+        store.recount(conn, into_pk)
+        store.recount(conn, int(study["pk"]))
+        return True
+
+    def _trail(
+        self,
+        conn: Connection,
+        principal: Principal,
+        edit: dict[str, Any],
+        change: str,
+        extra: dict[str, Any],
+        outcome: AuditOutcome = AuditOutcome.SUCCESS,
+    ) -> None:
+        """One audit record per patient record the edit names, each naming both; and the
+        change feed hears of requests and refusals too (a RIS may show them)."""
+        detail = {**_about(edit), "change": change, **extra}
+        action = (
+            AuditAction.PATIENT_RECORD if edit["kind"] in store.MOVES else AuditAction.ORDER_RECORD
+        )
+        for side in ("from", "to"):
+            ref = _ref(edit, side)
+            if ref is None:
+                continue
+            AuditTrail.append_in(
+                conn,
+                audit_fields(
+                    principal,
+                    action,
+                    outcome,
+                    patient=ref,
+                    study_uid=edit["study_uid"],
+                    detail=detail,
+                ),
+            )
+        if change in ("move requested", "move refused"):
+            self._index.append_event(
+                conn,
+                "study.move-requested" if change == "move requested" else "study.move-refused",
+                principal,
+                patient_pk=edit["from_patient_pk"],
+                study_uid=edit["study_uid"],
+                detail=_feed_detail(edit),
+            )
+
+    def _refused(self, principal: Principal, edit: dict[str, Any], what: str, why: str) -> NoReturn:
+        """Audit the refusal (one record per patient named) and raise; nothing else changes."""
+
+        def op(conn: Connection) -> None:
+            self._trail(
+                conn,
+                principal,
+                edit,
+                f"{what} refused",
+                {"refusal": why},
+                AuditOutcome.FAILURE,
+            )
+
+        self._index.write(op)
+        name = f"edit {edit['pk']}" if "pk" in edit else f"the edit of study {edit['study_uid']}"
+        raise StudyEditConflict(f"{name} cannot be {what}d: {why}" if what != "apply" else why)
+
+    def _study(
+        self, principal: Principal, conn: Connection, study_uid: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The study and the record it is filed under, when the caller stewards that record;
+        else the answer an unknown study gets. Only the holder's stewards ask to move a study:
+        anyone else would learn from the answer whose record holds it."""
+        missing = NotFound(f"no study {study_uid}")
+        study = identity_store.study_by_uid(conn, study_uid)
+        if study is None:
+            raise missing
+        holder = identity_store.get_patient(conn, int(study["patient_pk"]))
+        if holder is None or not self._stewards_any(principal, [holder["issuer"]]):
+            raise missing
+        return study, holder
+
+    def _edit(self, principal: Principal, conn: Connection, edit_pk: int) -> dict[str, Any]:
+        edit = store.get_edit(conn, edit_pk)
+        if edit is None or not self._stewards_any(principal, _issuers(edit)):
+            raise NotFound(f"no study edit {edit_pk}")
+        return edit
+
+    def _reread(self, pk: int) -> dict[str, Any]:
+        with self._index.read() as conn:
+            edit = store.get_edit(conn, pk)
+        assert edit is not None
+        return edit
+
+    def _no_pending(self, conn: Connection, study_uid: str) -> None:
+        if store.pending_for(conn, study_uid) is not None:
+            raise StudyEditConflict(_pending_text(study_uid))
+
+    def _check_order(
+        self,
+        conn: Connection,
+        study: dict[str, Any],
+        holder: dict[str, Any],
+        accession: str,
+        issuer: str,
+    ) -> None:
+        """The accession must not be another stored study's, nor an order of another person."""
+        others = [
+            s
+            for s in identity_store.studies_by_accession(conn, accession, issuer)
+            if s["pk"] != study["pk"]
+        ]
+        if others:
+            raise StudyEditConflict(
+                f"accession {accession} of {issuer} is carried by another stored study; "
+                "correct that study first"
+            )
+        named = store.order_patient(conn, accession, issuer)
+        if named is None:
+            return
+        record = self._identity.resolve(named[0], named[1], conn=conn)
+        same = self._identity.linked_patient_pks(int(holder["pk"]), conn=conn) | {int(holder["pk"])}
+        if record is None or record.patient_pk not in same:
+            raise StudyEditConflict(
+                f"order {accession} of {issuer} is for another patient record; move the study "
+                "to that patient first if it is theirs"
+            )
+
+    def _stewards_any(self, principal: Principal, issuers: Iterable[str | None]) -> bool:
+        """The caller administers at least one of these trusts' records (a regional
+        administrator, no trust, administers all)."""
+        if principal.trust is None:
+            return True
+        trusts = self._access.scope(principal).trusts
+        return any(i is not None and i in trusts for i in issuers)
+
+    @staticmethod
+    def _view(edit: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": edit["pk"],
+            "kind": edit["kind"],
+            "status": edit["status"],
+            "study_uid": edit["study_uid"],
+            "from": _key(edit, "from"),
+            "reason": edit["reason"],
+            "requested_by": edit["requested_by"],
+            "requested_at": store.iso(edit["requested_at"]),
+            "decided_by": edit["decided_by"],
+            "decided_at": store.iso(edit["decided_at"]),
+            "reverses": edit["reverses"],
+            "reversed_by": edit["reversed_by"],
+        }
+        if edit["kind"] in store.MOVES:
+            out["to"] = _key(edit, "to")
+            out["needs_second_person"] = edit["from_issuer"] != edit["to_issuer"]
+        if edit["kind"] == store.MOVE_SERIES:
+            out["series_uid"] = edit["series_uid"]
+            out["to_study_uid"] = edit["new_study_uid"]
+        else:
+            out["accession"] = {
+                "before": {
+                    "accession_number": edit["old_accession"],
+                    "issuer": edit["old_accession_issuer"],
+                },
+                "after": {
+                    "accession_number": edit["new_accession"],
+                    "issuer": edit["new_accession_issuer"],
+                },
+            }
+        return out
+
+
+def _reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("give the reason for the correction")
+    return reason
+
+
+def _pending_text(study_uid: str) -> str:
+    return (
+        f"study {study_uid} has a move waiting for approval; approve or refuse it first "
+        "(GET /api/identity/study-edits?status=requested)"
+    )
+
+
+def _issuers(edit: dict[str, Any]) -> list[str | None]:
+    return [edit.get("from_issuer"), edit.get("to_issuer")]
+
+
+def _key(edit: dict[str, Any], side: str) -> dict[str, str] | None:
+    issuer, local_id = edit.get(f"{side}_issuer"), edit.get(f"{side}_local_id")
+    if not issuer or not local_id:
+        return None
+    return {"issuer": str(issuer), "patient_id": str(local_id)}
+
+
+def _ref(edit: dict[str, Any], side: str) -> PatientRef | None:
+    key = _key(edit, side)
+    return None if key is None else PatientRef(key["issuer"], key["patient_id"], None)
+
+
+def _about(edit: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"edit": edit.get("pk"), "kind": edit["kind"], "from": _key(edit, "from")}
+    if edit["kind"] in store.MOVES:
+        out["to"] = _key(edit, "to")
+        if edit["kind"] == store.MOVE_SERIES:
+            out["series_uid"] = edit["series_uid"]
+            out["to_study_uid"] = edit["new_study_uid"]
+    else:
+        out["accession_before"] = [edit["old_accession"], edit["old_accession_issuer"]]
+        out["accession_after"] = [edit["new_accession"], edit["new_accession_issuer"]]
+    out["reason"] = edit["reason"]
+    if edit.get("reverses") is not None:
+        out["reverses"] = edit["reverses"]
+    return out
+
+
+def _feed_detail(edit: dict[str, Any]) -> dict[str, Any]:
+    detail: dict[str, Any] = json.loads(json.dumps(_about(edit), default=str))
+    return detail
+
+
+def _state(edit: dict[str, Any], when: str) -> dict[str, Any]:
+    if edit["kind"] == store.MOVE_SERIES:
+        return {
+            "study_uid": edit["study_uid" if when == "before" else "new_study_uid"],
+            "series_uid": edit["series_uid"],
+            "patient": _key(edit, "from" if when == "before" else "to"),
+        }
+    if edit["kind"] == store.MOVE:
+        return {
+            "study_uid": edit["study_uid"],
+            "patient": _key(edit, "from" if when == "before" else "to"),
+        }
+    prefix = "old" if when == "before" else "new"
+    return {
+        "study_uid": edit["study_uid"],
+        "accession_number": edit[f"{prefix}_accession"],
+        "accession_issuer": edit[f"{prefix}_accession_issuer"],
+    }
+
+
+def _decided(edit: dict[str, Any]) -> str:
+    return f"it was {edit['status']} by {edit['decided_by']} at {store.iso(edit['decided_at'])}"
