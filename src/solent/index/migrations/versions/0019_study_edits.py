@@ -1,8 +1,8 @@
 """Study edit and move (R57): corrections of studies filed under the wrong patient or order
 (branch h/move)
 
-Revision ID: 0018
-Revises: 0017
+Revision ID: 0019
+Revises: 0018
 Create Date: 2026-12-05
 
 Expand-only: a new table the previous release never reads. A study moved by an edit is the
@@ -16,8 +16,8 @@ from alembic import op
 
 PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-revision = "0018"
-down_revision = "0017"
+revision = "0019"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
