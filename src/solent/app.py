@@ -34,6 +34,7 @@ from solent.services.peers import PeerAddresses
 from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
+from solent.services.retention import RetentionService
 from solent.services.retrieve import RetrieveService
 from solent.services.viewer import ViewerService
 from solent.settings import Settings
@@ -141,6 +142,7 @@ class Archive:
             ),
             peers=PeerAddresses(self.index),
             check=ArchiveCheck(self.index, self.store, self.access, self.audit),
+            retention=RetentionService(self.index, self.access, self.audit),
         )
 
     def close(self) -> None:

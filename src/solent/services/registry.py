@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from solent.services.peers import PeerAddresses
     from solent.services.query import QueryService
     from solent.services.records import RecordService
+    from solent.services.retention import RetentionService
     from solent.services.retrieve import RetrieveService
     from solent.services.viewer import ViewerService
     from solent.settings import Settings
@@ -61,3 +62,4 @@ class Services:
     live: LiveHub  # issue 12: the MDT live rooms of this process
     peers: PeerAddresses  # issue 11: listeners check a caller's address before reading
     check: ArchiveCheck  # issue 11: `solent check [--repair]`, caller checked, deletions audited
+    retention: RetentionService  # R43/R44: legal holds, two-person retention deletions
