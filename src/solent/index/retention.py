@@ -152,7 +152,8 @@ def decide_deletion(
     conn: Connection, pk: int, status: str, by: str, note: str, outcome: dict[str, Any] | None
 ) -> bool:
     """Record the decision on a pending deletion; False when it is no longer pending (a
-    concurrent decision won)."""
+    concurrent decision won: its row lock makes this wait, then find it decided). Called
+    before anything is withdrawn, so two approvals never withdraw twice."""
     d = t.retention_deletion.c
     done = conn.execute(
         update(t.retention_deletion)
@@ -166,3 +167,12 @@ def decide_deletion(
         )
     )
     return done.rowcount == 1
+
+
+def record_outcome(conn: Connection, pk: int, outcome: dict[str, Any]) -> None:
+    """What an approval withdrew (after ``decide_deletion`` claimed the row)."""
+    conn.execute(
+        update(t.retention_deletion)
+        .where(t.retention_deletion.c.pk == pk)
+        .values(outcome=json.dumps(outcome, sort_keys=True))
+    )

@@ -300,6 +300,8 @@ class RetentionService:
                     f"retention deletion {pk} cannot be approved: the study is under legal "
                     f"hold ({', '.join(str(h['id']) for h in holds)}); it stays pending"
                 )
+            if not store.decide_deletion(conn, pk, "approved", principal.describe(), comment, None):
+                raise RetentionConflict(f"retention deletion {pk} was decided meanwhile")
             study_uid = str(current["study_uid"])
             rejection = RejectionNote(
                 str(current["code"]),
@@ -308,11 +310,7 @@ class RetentionService:
             )
             by = f"{current['requested_by']}; approved by {principal.describe()}"
             done = apply_rejection(conn, rejection, str(current["note_uid"]), study_uid, by)
-            outcome = {"rejected": done.series, "not_found": done.not_found}
-            if not store.decide_deletion(
-                conn, pk, "approved", principal.describe(), comment, outcome
-            ):
-                raise RetentionConflict(f"retention deletion {pk} was decided meanwhile")
+            store.record_outcome(conn, pk, {"rejected": done.series, "not_found": done.not_found})
             AuditTrail.append_in(
                 conn,
                 audit_fields(
