@@ -61,6 +61,11 @@ def test_holds_and_deletions(index: Index, ingestor: Ingestor, tmp_path: Path) -
             assert retention.lift_hold(conn, pk, "user:rm2@ZZA", "closed")
         assert not retention.lift_hold(conn, pks[0], "user:rm2@ZZA", "again")
         assert [h["id"] for h in retention.holds_covering(conn, owner)] == [pks[2]]
+        # A trust's records managers see the holds on its records, whoever placed them.
+        seen = retention.hold_rows(conn, active_only=False, trusts=frozenset({"ZZA"}))
+        assert sorted(r["pk"] for r in seen) == sorted(pks[:3])
+        seen = retention.hold_rows(conn, active_only=True, trusts=frozenset({"ZZB"}))
+        assert [r["pk"] for r in seen] == [pks[3]]
         (pending,) = retention.deletion_rows(conn, status="pending", trusts=frozenset({"ZZA"}))
         assert pending["note_uid"] == note_uid and pending["requester_user"] is None
         assert retention.deletion_rows(conn, status=None, trusts=frozenset({"ZZB"})) == []

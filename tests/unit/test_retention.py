@@ -116,6 +116,14 @@ def test_a_retention_note_waits_for_a_second_person(demo: Archive, demo_client: 
         ("113039", note_uid, "user:rad.ret@ZZA; approved by user:rm.one@ZZA")
     }
     assert all(demo.store.exists(str(r["blob_key"])) for r in kept)
+    # Downstream (Instance Availability Notification) learns of it from the change feed.
+    with demo.index.read() as conn:
+        feed = conn.execute(
+            select(t.change_feed.c.sop_instance_uid).where(
+                t.change_feed.c.kind == "instance.rejected", t.change_feed.c.study_uid == study
+            )
+        ).all()
+    assert sorted(r[0] for r in feed) == sorted(sops[:2])
     done = audit_rows(demo, study)[-1]
     assert done["actor_name"] == "rm.one" and done["detail"]["retention_deletion"] == deletion
     assert done["detail"]["rejected"] == {series: sops[:2]} and done["patient_id"] == "R1001"
@@ -201,6 +209,21 @@ def test_a_legal_hold_stops_retention_deletion_and_nothing_else(
     assert c.get("/api/legal-holds?active=false", headers=manager).json()[0]["lifted_by"] == (
         "user:rm.hold2@ZZA"
     )
+    # Another trust's records managers neither see nor lift this trust's holds. A hold they
+    # place on this trust's records (their inquiry) is seen by both and lifted by them only;
+    # one on their own records is not seen here at all.
+    other = add_user(demo, "rm.hold.zzc", "ZZC", "records_manager")
+    assert c.get("/api/legal-holds?active=false", headers=other).json() == []
+    (theirs,) = c.post("/api/legal-holds", json=hold, headers=other).json()
+    own = {**hold, "targets": [{"issuer": "ZZC", "patient_id": "C0001"}]}
+    (private,) = c.post("/api/legal-holds", json=own, headers=other).json()
+    assert [h["id"] for h in c.get("/api/legal-holds", headers=manager).json()] == [theirs["id"]]
+    lift = {"reason": "not ours to lift"}
+    for hold_id, status in ((theirs["id"], 403), (private["id"], 404)):
+        r = c.post(f"/api/legal-holds/{hold_id}/lift", headers=manager, json=lift)
+        assert r.status_code == status, r.text
+    r = c.post(f"/api/legal-holds/{theirs['id']}/lift", headers=other, json=lift)
+    assert r.status_code == 200, r.text
     again, _ = rejection_note("R3001", "ZZA", study, {series: sops[:1]}, **EXPIRED)
     assert "awaits approval" in warned(stow(c, sender, again))
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, exists, insert, or_, select, update
 
 from solent.index import schema as t
 from solent.index.sql import now
@@ -58,10 +58,16 @@ def holds_covering(conn: Connection, owner: StudyOwner) -> list[dict[str, Any]]:
 
 
 def add_hold(
-    conn: Connection, target: Mapping[str, str | None], reason: str, reference: str, by: str
+    conn: Connection,
+    target: Mapping[str, str | None],
+    reason: str,
+    reference: str,
+    by: str,
+    trust: str | None = None,
 ) -> int:
     result = conn.execute(
         insert(t.legal_hold).values(
+            placed_trust=trust,
             kind=target["kind"],
             study_uid=target.get("study_uid"),
             issuer=target.get("issuer"),
@@ -89,10 +95,30 @@ def lift_hold(conn: Connection, pk: int, by: str, reason: str) -> bool:
 
 
 def hold_rows(
-    conn: Connection, *, active_only: bool, pk: int | None = None
+    conn: Connection,
+    *,
+    active_only: bool,
+    pk: int | None = None,
+    trusts: frozenset[str] | None = None,
 ) -> list[dict[str, Any]]:
-    h = t.legal_hold.c
+    """Holds, newest first; ``trusts`` limits them to those placed at those trusts or covering
+    records those trusts issued (None: every hold)."""
+    h, st, pa = t.legal_hold.c, t.study.c, t.patient.c
     q = select(t.legal_hold).order_by(h.pk.desc()).limit(1000)
+    if trusts is not None:
+        mine = sorted(trusts)
+        their_study = exists().where(
+            st.study_uid == h.study_uid, pa.pk == st.patient_pk, pa.issuer.in_(mine)
+        )
+        their_person = exists().where(pa.nhs_number == h.nhs_number, pa.issuer.in_(mine))
+        q = q.where(
+            or_(
+                h.placed_trust.in_(mine),
+                and_(h.kind == "patient", h.issuer.in_(mine)),
+                and_(h.kind == "study", their_study),
+                and_(h.kind == "nhs", their_person),
+            )
+        )
     if active_only:
         q = q.where(h.lifted_at.is_(None))
     if pk is not None:

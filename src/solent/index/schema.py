@@ -536,6 +536,7 @@ legal_hold = Table(
     Column("reason", Text, nullable=False),
     Column("reference", String(200), nullable=False),  # inquiry, case or complaint reference
     Column("placed_by", String(200), nullable=False),
+    Column("placed_trust", String(16)),  # the placer's trust: whose records managers see it
     Column("placed_at", DateTime(timezone=True), nullable=False),
     Column("lifted_by", String(200)),
     Column("lifted_at", DateTime(timezone=True)),

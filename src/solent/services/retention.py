@@ -96,6 +96,7 @@ def _hold_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "reason": row["reason"],
         "reference": row["reference"],
         "placed_by": row["placed_by"],
+        "placed_trust": row["placed_trust"],
         "placed_at": row["placed_at"],
         "active": row["lifted_at"] is None,
         "lifted_by": row["lifted_by"],
@@ -171,7 +172,7 @@ class RetentionService:
         def op(conn: Connection) -> list[dict[str, Any]]:
             out = []
             for target in checked:
-                pk = store.add_hold(conn, target, why, ref, principal.describe())
+                pk = store.add_hold(conn, target, why, ref, principal.describe(), principal.trust)
                 AuditTrail.append_in(
                     conn,
                     audit_fields(
@@ -193,9 +194,10 @@ class RetentionService:
         return self._index.write(op)
 
     def holds(self, principal: Principal, *, active_only: bool = True) -> list[dict[str, Any]]:
+        """Holds placed at the caller's trusts or on their patient records, newest first."""
         self._person(principal, "listing legal holds")
         with self._index.read() as conn:
-            rows = store.hold_rows(conn, active_only=active_only)
+            rows = store.hold_rows(conn, active_only=active_only, trusts=self._trusts(principal))
         self._audit.record(
             principal,
             AuditAction.QUERY,
@@ -207,10 +209,18 @@ class RetentionService:
         self._person(principal, "lifting a legal hold")
         why = _text(reason, "reason", 3, 2000)
 
+        trusts = self._trusts(principal)
+
         def op(conn: Connection) -> dict[str, Any]:
-            rows = store.hold_rows(conn, active_only=False, pk=hold_id)
-            if not rows:
-                raise NotFound(f"no legal hold {hold_id}")
+            rows = store.hold_rows(conn, active_only=False, pk=hold_id, trusts=trusts)
+            if not rows:  # unknown, or another trust's: the same answer
+                raise NotFound(f"no legal hold {hold_id} of your trusts")
+            if trusts is not None and rows[0]["placed_trust"] not in trusts:
+                # Another trust's inquiry holds this trust's records: it alone lifts it.
+                raise AccessDenied(
+                    f"legal hold {hold_id} was placed at trust {rows[0]['placed_trust']}; "
+                    "only its records managers may lift it"
+                )
             if not store.lift_hold(conn, hold_id, principal.describe(), why):
                 raise RetentionConflict(f"legal hold {hold_id} is lifted already")
             row = rows[0]

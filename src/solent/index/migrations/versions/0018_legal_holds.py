@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("reference", sa.String(length=200), nullable=False),
         sa.Column("placed_by", sa.String(length=200), nullable=False),
+        sa.Column("placed_trust", sa.String(length=16), nullable=True),
         sa.Column("placed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("lifted_by", sa.String(length=200), nullable=True),
         sa.Column("lifted_at", sa.DateTime(timezone=True), nullable=True),
