@@ -1,11 +1,12 @@
 """Legal holds (R43) and retention deletions awaiting a second person's approval (R44)
 (branch h/hold)
 
-Revision ID: 0018
-Revises: 0017
+Revision ID: 0019
+Revises: 0018
 Create Date: 2026-12-05
 
-Expand-only: two new tables the previous release never reads.
+Expand-only: two new tables the previous release never reads. Revises 0018 of branch h/move
+(study edits); until that is merged this branch alone has no 0018.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from alembic import op
 
 PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-revision = "0018"
-down_revision = "0017"
+revision = "0019"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
