@@ -35,6 +35,7 @@ from solent.services.performed_steps import PerformedStepService
 from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
+from solent.services.retention import RetentionService
 from solent.services.retrieve import RetrieveService
 from solent.services.study_edit import StudyEditService
 from solent.services.viewer import ViewerService
@@ -145,6 +146,7 @@ class Archive:
             peers=PeerAddresses(self.index),
             check=ArchiveCheck(self.index, self.store, self.access, self.audit),
             performed_steps=PerformedStepService(self.index, self.access, self.audit),
+            retention=RetentionService(self.index, self.access, self.audit),
         )
 
     def close(self) -> None:

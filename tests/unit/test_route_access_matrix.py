@@ -326,6 +326,17 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
             ("POST", "study-edits/{edit_pk}/reverse"),
         )
     },
+    # R43/R44: records managers only (no patient reads); each use audited; test_retention.
+    ("GET", "/api/legal-holds"): "records managers: holds as placed (test_retention)",
+    ("POST", "/api/legal-holds"): "records managers; no existence oracle (test_retention)",
+    ("POST", "/api/legal-holds/{hold_id}/lift"): "records managers (test_retention)",
+    ("GET", "/api/retention-deletions"): "records managers of the trust (test_retention)",
+    ("POST", "/api/retention-deletions/{deletion_id}/approve"): (
+        "a second records manager of the record's trust (test_retention)"
+    ),
+    ("POST", "/api/retention-deletions/{deletion_id}/refuse"): (
+        "records managers of the record's trust (test_retention)"
+    ),
     (
         "GET",
         "/api/identity/hl7/messages",

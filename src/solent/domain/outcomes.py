@@ -39,6 +39,9 @@ class StoreResult:
     series_uid: str | None = None
     reason: RejectReason | None = None
     message: str = ""
+    #: Stored, but not everything the sender asked for happened (an IOCM retention note under
+    #: legal hold or awaiting approval): adapters answer with their warning status and this.
+    warning: str = ""
 
     @property
     def ok(self) -> bool:

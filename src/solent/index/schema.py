@@ -580,6 +580,56 @@ study_edit = Table(
     Index(None, "status"),
 )
 
+# R43: legal holds (inquiries, litigation, complaints). While an unlifted hold covers a study,
+# a retention deletion (IOCM 113039) withdraws nothing of it. One row per target: a study, a
+# patient record (issuer, local ID) or a person (NHS number, every trust's records); a cohort is
+# several rows placed together under one reference. Lifting keeps the row (who, when, why).
+legal_hold = Table(
+    "legal_hold",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),  # study | patient | nhs
+    Column("study_uid", String(64)),
+    Column("issuer", String(16)),
+    Column("patient_id", String(64)),
+    Column("nhs_number", String(10)),
+    Column("reason", Text, nullable=False),
+    Column("reference", String(200), nullable=False),  # inquiry, case or complaint reference
+    Column("placed_by", String(200), nullable=False),
+    Column("placed_trust", String(16)),  # the placer's trust: whose records managers see it
+    Column("placed_at", DateTime(timezone=True), nullable=False),
+    Column("lifted_by", String(200)),
+    Column("lifted_at", DateTime(timezone=True)),
+    Column("lift_reason", Text),
+    Index(None, "study_uid"),
+    Index(None, "issuer", "patient_id"),
+    Index(None, "nhs_number"),
+)
+
+# R44: a retention deletion (an IOCM note titled 113039) waits here for a second person's
+# approval; approval withdraws what it lists (``rejected_instance`` rows are the destruction
+# record), refusal withdraws nothing. Either way the row stays as the record of the decision.
+retention_deletion = Table(
+    "retention_deletion",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("note_uid", String(64), nullable=False, unique=True),
+    Column("code", String(16), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("patient_issuer", String(16)),
+    Column("patient_id", String(64)),
+    Column("requested_by", String(200), nullable=False),  # Principal.describe()
+    Column("requester_user", String(200)),  # the person's user name, NULL for a node
+    Column("refs", Text, nullable=False),  # JSON [[series UID, SOP Instance UID], ...]
+    Column("status", String(16), nullable=False),  # pending | approved | refused
+    Column("decided_by", String(200)),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("decision_note", Text),
+    Column("outcome", Text),  # JSON: what approval withdrew, kept under hold, did not find
+    Index(None, "status"),
+)
+
 # R30: what each stored key object selection (not a rejection note) and presentation state
 # references, so one whose images a rejection note withdraws is flagged to whoever stored it.
 key_object_reference = Table(

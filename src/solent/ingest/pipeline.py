@@ -501,6 +501,7 @@ class Ingestor:
 
         Called before the blob's fsyncs are done (Placement): the caller's transaction must
         ``wait`` for them before it commits, so no row is durable before its blob."""
+        p.warning = ""
         withdrawn = rejected_before(conn, p.parsed.sop_instance_uid)
         if withdrawn is not None:
             raise WithdrawnInstance(*withdrawn)
@@ -523,7 +524,7 @@ class Ingestor:
             ),
         )
         if p.parsed.rejection is not None:
-            apply_note(conn, self._audit, p.principal, p.parsed, p.parsed.rejection)
+            p.warning = apply_note(conn, self._audit, p.principal, p.parsed, p.parsed.rejection)
         elif p.parsed.key_object is not None:
             record_references(
                 conn,
@@ -588,7 +589,7 @@ class Ingestor:
             self._forget_blob(recorded.replaced_blob_key)
         INGEST_BYTES.labels(p.provenance.channel.value).inc(p.parsed.size)
         outcome = Outcome.REPLACED if recorded.replaced_blob_key else Outcome.STORED
-        return result_for(outcome, p.parsed, "")
+        return result_for(outcome, p.parsed, "", warning=p.warning)
 
     def _audited(
         self,

@@ -25,6 +25,7 @@ class Prepared:
     replace: bool
     key: str
     placement: Placement = PLACED  # the blob's fsyncs, awaited before the index commit
+    warning: str = ""  # set while indexing: stored, but not all it asked for was done
 
 
 def store_detail(
@@ -44,7 +45,9 @@ def store_detail(
     return {**detail, **provenance.extra}
 
 
-def result_for(outcome: Outcome, parsed: ParsedInstance, message: str) -> StoreResult:
+def result_for(
+    outcome: Outcome, parsed: ParsedInstance, message: str, *, warning: str = ""
+) -> StoreResult:
     """The answer for an instance ingest accepted (stored, replaced, duplicate or held)."""
     return StoreResult(
         outcome,
@@ -53,4 +56,5 @@ def result_for(outcome: Outcome, parsed: ParsedInstance, message: str) -> StoreR
         study_uid=parsed.study_uid,
         series_uid=parsed.series_uid,
         message=message,
+        warning=warning,
     )

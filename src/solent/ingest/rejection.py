@@ -1,7 +1,12 @@
 """An IOCM rejection note as ingest files it (R56; the index side is
 ``solent.index.rejection``): the instances it lists leave every query and retrieve in the note's
 own transaction, and one audit record (DICOM Instances Deleted) names them and the key images
-users had marked on them (R30), which stay, flagged as withdrawn, for their authors."""
+users had marked on them (R30), which stay, flagged as withdrawn, for their authors.
+
+A note titled 113039 "Data Retention Policy Expired" withdraws nothing by itself (R43, R44):
+while a legal hold covers its study it is refused; otherwise it waits as a retention deletion
+for a second person's approval (``solent.services.retention``). The note itself is stored
+either way, and the sender is told in the store's warning."""
 
 from __future__ import annotations
 
@@ -11,11 +16,15 @@ from sqlalchemy import Connection
 
 from solent.dicom.parse import ParsedInstance
 from solent.dicom.rejection_note import RejectionNote
-from solent.domain.principal import Principal
+from solent.domain.principal import Principal, PrincipalKind
 from solent.index.rejection import apply_rejection
-from solent.services.audit import AuditAction, AuditTrail, audit_fields
+from solent.index.retention import add_deletion, holds_covering, study_owner
+from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, audit_fields
 
 log = logging.getLogger(__name__)
+
+#: The title whose withdrawal is a deletion at the end of retention (R44): held for approval.
+RETENTION_EXPIRED = "113039"
 
 
 def apply_note(
@@ -24,8 +33,12 @@ def apply_note(
     principal: Principal,
     parsed: ParsedInstance,
     note: RejectionNote,
-) -> None:
-    """Withdraw what the note lists in its own study, in ``conn``'s transaction."""
+) -> str:
+    """Withdraw what the note lists in its own study, in ``conn``'s transaction (a retention
+    note: refuse it under a legal hold, or keep it for approval). Returns the warning the
+    sender is given when the note is stored but does not withdraw what it lists now."""
+    if note.code == RETENTION_EXPIRED:
+        return _retention_note(conn, audit, principal, parsed, note)
     done = apply_rejection(
         conn, note, parsed.sop_instance_uid, parsed.study_uid, principal.describe()
     )
@@ -66,4 +79,70 @@ def apply_note(
         note.meaning,
         done.count,
         len(done.not_found),
+    )
+    return ""
+
+
+def _retention_note(
+    conn: Connection,
+    audit: AuditTrail,
+    principal: Principal,
+    parsed: ParsedInstance,
+    note: RejectionNote,
+) -> str:
+    study_uid, note_uid = parsed.study_uid, parsed.sop_instance_uid
+    refs = [(se, sop) for st, se, sop in note.references if st == study_uid and sop != note_uid]
+    elsewhere = [sop for st, _, sop in note.references if st != study_uid]
+    owner = study_owner(conn, study_uid)
+    assert owner is not None  # the note was filed into this study in this transaction
+    detail: dict[str, object] = {
+        "iocm": note.code,
+        "reason": note.meaning,
+        "note": note_uid,
+        "rejected": {},
+        "listed": len(refs),
+        "not_found": elsewhere,
+    }
+    holds = holds_covering(conn, owner)
+    if holds:
+        detail["legal_hold"] = holds
+        detail["refused"] = "the study is under legal hold: nothing is withdrawn"
+        audit.append_in(
+            conn,
+            audit_fields(
+                principal, AuditAction.DELETE, AuditOutcome.DENIED, study_uid=study_uid,
+                detail=detail,
+            ),
+        )  # fmt: skip
+        log.warning(
+            "retention note %s refused: study %s is under legal hold %s",
+            note_uid,
+            study_uid,
+            ", ".join(str(h["id"]) for h in holds),
+        )
+        # The first 64 characters are a C-STORE Error Comment: they must say it all.
+        return "legal hold: note stored, nothing withdrawn (R43)"
+    pk = add_deletion(
+        conn,
+        note_uid=note_uid,
+        code=note.code,
+        owner=owner,
+        requested_by=principal.describe(),
+        requester_user=principal.name if principal.kind is PrincipalKind.USER else None,
+        refs=refs,
+    )
+    detail["pending_approval"] = pk
+    audit.append_in(
+        conn,
+        audit_fields(principal, AuditAction.DELETE, study_uid=study_uid, detail=detail),
+    )
+    log.info(
+        "retention note %s: deletion %d of %d instance(s) awaits a second person's approval",
+        note_uid,
+        pk,
+        len(refs),
+    )
+    return (
+        f"retention deletion {pk} awaits approval; nothing withdrawn yet. The note is stored; "
+        f"its {len(refs)} instance(s) are withdrawn once a second person approves (R44)"
     )

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from solent import __version__
 from solent.protocols.api.mdt_routes import router as mdt_router
+from solent.protocols.api.retention_routes import router as retention_router
 from solent.protocols.api.routes import router as api_router
 from solent.protocols.api.security_routes import router as security_router
 from solent.protocols.api.viewer_routes import router as viewer_router
@@ -64,6 +65,7 @@ def create_app(composed: Services | Composed) -> FastAPI:
     app.include_router(security_router, prefix="/api")
     app.include_router(viewer_router, prefix="/api")  # issue 12: the viewer's JSON API
     app.include_router(mdt_router, prefix="/api")  # issue 12: MDT meetings and live rooms
+    app.include_router(retention_router, prefix="/api")  # R43/R44: holds, retention deletions
     install_regional_identity(app)  # issue 5: /api/identity, /fhir, IHE IID
     install_dicomweb(app, services)  # DICOMweb at /dicomweb (issue 4)
     app.include_router(viewer_static_router)  # the browser viewer's built files at /viewer

@@ -52,6 +52,9 @@ class Role(StrEnum):
     PACS_ADMIN = "pacs_admin"
     AUDITOR = "auditor"
     INTEGRATION = "integration"
+    #: R43/R44: places and lifts legal holds, approves or refuses retention deletions of its
+    #: trusts' records; reads no images, reports or clinical data.
+    RECORDS_MANAGER = "records_manager"
 
 
 class Permission(StrEnum):
@@ -60,6 +63,7 @@ class Permission(StrEnum):
     BREAK_GLASS = "break-glass"
     ADMIN = "admin"  # users, nodes, trusts, configuration; no patient data
     AUDIT = "audit"  # search and export the audit trail, review break-glass
+    RETENTION = "retention"  # legal holds, retention deletion approval; no patient data reads
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -69,14 +73,24 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.PACS_ADMIN: frozenset({Permission.ADMIN}),
     Role.AUDITOR: frozenset({Permission.AUDIT}),
     Role.INTEGRATION: frozenset({Permission.READ, Permission.STORE}),
+    Role.RECORDS_MANAGER: frozenset({Permission.RETENTION}),
 }
 
-#: Roles an administrator account may not hold: each reads patient data or the audit trail.
+#: Roles an administrator account may not hold: each reads patient data or the audit trail, or
+#: (records_manager) approves the destruction of records: an administrator makes accounts, so
+#: one that could approve deletions could also make the "second person" it needs.
 #: Refused when an account is made or its roles change (security/users.py); an account or an
 #: OpenID Connect claim set that holds them anyway (made before the rule, or by the identity
 #: provider) gets the administrator's permissions only (``permissions_of``).
 NOT_WITH_ADMIN = frozenset(
-    {Role.CLINICIAN, Role.RADIOLOGIST, Role.MDT_COORDINATOR, Role.INTEGRATION, Role.AUDITOR}
+    {
+        Role.CLINICIAN,
+        Role.RADIOLOGIST,
+        Role.MDT_COORDINATOR,
+        Role.INTEGRATION,
+        Role.AUDITOR,
+        Role.RECORDS_MANAGER,
+    }
 )
 
 BREAK_GLASS_REASONS = {
@@ -183,7 +197,7 @@ class AccessService:
             message = (
                 f"{what or permission.value} refused: this account holds pacs_admin together "
                 f"with {', '.join(mixed)}, and an administrator account reads no patient data "
-                "or audit trail; use a separate account for that role"
+                "or audit trail and approves no deletion; use a separate account for that role"
             )
         self._audit.record(
             principal,

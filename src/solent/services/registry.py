@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from solent.services.performed_steps import PerformedStepService
     from solent.services.query import QueryService
     from solent.services.records import RecordService
+    from solent.services.retention import RetentionService
     from solent.services.retrieve import RetrieveService
     from solent.services.study_edit import StudyEditService
     from solent.services.viewer import ViewerService
@@ -65,3 +66,4 @@ class Services:
     peers: PeerAddresses  # issue 11: listeners check a caller's address before reading
     check: ArchiveCheck  # issue 11: `solent check [--repair]`, caller checked, deletions audited
     performed_steps: PerformedStepService  # R17: MPPS from modalities, orders follow
+    retention: RetentionService  # R43/R44: legal holds, two-person retention deletions

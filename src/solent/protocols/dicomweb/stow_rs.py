@@ -37,6 +37,9 @@ PROCESSING_FAILURE = 0x0110
 DUPLICATE_INSTANCE = 0x0111
 NOT_AUTHORIZED = 0x0124
 RETRY_AFTER_S = 5  # what a 503 for an unavailable store tells the client to wait
+#: Warning (PS3.18 Table 10.5.3-3): stored, but an IOCM retention note (113039) withdrew nothing
+#: yet (legal hold, or awaiting a second person's approval); the Error Comment says which.
+STORED_WITH_WARNING = 0xB000
 
 REASON_CODES: dict[RejectReason, int] = {
     RejectReason.MALFORMED: CANNOT_UNDERSTAND,
@@ -131,7 +134,7 @@ def _ingest_part(
             return mismatch
     result = a.ingest.ingest_file(part.path, who, provenance, move=True)
     if result.ok:
-        return PartOutcome(result, None, result.message)
+        return PartOutcome(result, None, result.warning or result.message)
     code = REASON_CODES.get(result.reason or RejectReason.MALFORMED, PROCESSING_FAILURE)
     return PartOutcome(result, code, result.message)
 
@@ -183,6 +186,9 @@ def response_document(outcomes: list[PartOutcome], base: str, study: str | None)
                 "UR",
                 f"{base}/studies/{r.study_uid}/series/{r.series_uid}/instances/{r.sop_instance_uid}",
             )
+            if r.warning:
+                item["00081196"] = _element("US", STORED_WITH_WARNING)  # Warning Reason
+                item["00000902"] = _element("LO", r.warning[:1024])
             stored.append(item)
         else:
             item["00081197"] = _element("US", o.failure)
@@ -244,8 +250,15 @@ async def _store(request: Request, study: str | None) -> Response:
         spooler.discard()
     doc = response_document(outcomes, base_url(request), study)
     failures = sum(1 for o in outcomes if o.failure is not None)
+    warnings = [o.result.warning for o in outcomes if o.failure is None and o.result.warning]
     status = 200 if failures == 0 else (409 if failures == len(outcomes) else 202)
     headers: dict[str, str] = {}
+    if warnings and status == 200:
+        status = 202  # PS3.18 10.5.3: stored, with warnings
+    if warnings:
+        text = warnings[0].replace('"', "'").replace("\\", "/")
+        headers["Warning"] = f'299 solent "{text}"'
+
     if status == 409 and all(o.failure == CANNOT_UNDERSTAND for o in outcomes):
         # Nothing stored because the request itself is bad (an instance without a Study
         # Instance UID, not DICOM...): 400, the reasons in each part's Error Comment.

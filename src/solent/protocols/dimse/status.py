@@ -15,6 +15,10 @@ MOVE_OUT_OF_RESOURCES_SUBOPS = 0xA702
 MOVE_DESTINATION_UNKNOWN = 0xA801
 IDENTIFIER_MISMATCH = 0xA900  # C-FIND/MOVE/GET: identifier does not match SOP class
 DATASET_MISMATCH = 0xA900  # C-STORE: data set does not match SOP class
+#: C-STORE Warning (PS3.4 B.2.3). Solent answers it, with an Error Comment, for an IOCM
+#: retention note (113039) that was stored but withdrew nothing yet: under a legal hold, or
+#: awaiting a second person's approval (R43, R44). Nothing was coerced.
+STORED_WITH_WARNING = 0xB000
 CANNOT_UNDERSTAND = 0xC000
 UNABLE_TO_PROCESS = 0xC001
 PROCESSING_FAILURE = 0x0110

@@ -27,6 +27,7 @@ from solent.protocols.dimse.status import (
     DATASET_MISMATCH,
     NOT_AUTHORIZED,
     OUT_OF_RESOURCES,
+    STORED_WITH_WARNING,
     SUCCESS,
     status,
 )
@@ -49,7 +50,7 @@ REJECT_STATUS: dict[RejectReason, int] = {
 
 def result_status(result: StoreResult) -> Dataset:
     if result.ok:
-        return status(SUCCESS)
+        return status(STORED_WITH_WARNING, result.warning) if result.warning else status(SUCCESS)
     assert result.reason is not None
     return status(REJECT_STATUS.get(result.reason, CANNOT_UNDERSTAND), result.message)
 
@@ -94,6 +95,6 @@ def store_spooled(
         log.exception("C-STORE ingest failed")
         return OUT_OF_RESOURCES, f"storage failure: {type(exc).__name__}"
     if result.ok:
-        return SUCCESS, ""
+        return (STORED_WITH_WARNING, result.warning) if result.warning else (SUCCESS, "")
     assert result.reason is not None
     return REJECT_STATUS.get(result.reason, CANNOT_UNDERSTAND), result.message

@@ -1,0 +1,107 @@
+"""JSON API of records retention (R43, R44): legal holds and retention deletions.
+
+Adapters only: they name the caller and call the retention service, which decides who may
+(records managers; a second person for a deletion) and writes the audit record.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from solent.domain.principal import Principal
+from solent.protocols.params import PathId
+from solent.security.http import current_principal
+from solent.services.registry import Services
+from solent.services.retention import RetentionConflict, RetentionService
+
+router = APIRouter()
+Caller = Annotated[Principal, Depends(current_principal)]
+
+
+def _retention(request: Request) -> RetentionService:
+    services: Services = request.app.state.services
+    return services.retention
+
+
+class HoldTarget(BaseModel):
+    """One of: study_uid; issuer with patient_id; nhs_number."""
+
+    study_uid: str | None = Field(default=None, max_length=64)
+    issuer: str | None = Field(default=None, max_length=16)
+    patient_id: str | None = Field(default=None, max_length=64)
+    nhs_number: str | None = Field(default=None, max_length=14)
+
+
+class HoldRequest(BaseModel):
+    reason: str = Field(max_length=2000)
+    reference: str = Field(max_length=200)
+    targets: list[HoldTarget] = Field(min_length=1, max_length=1000)
+
+
+class Decision(BaseModel):
+    reason: str = Field(default="", max_length=2000)
+
+
+@router.get("/legal-holds")
+def legal_holds(
+    request: Request, caller: Caller, active: Annotated[bool, Query()] = True
+) -> list[dict[str, Any]]:
+    """Legal holds, newest first (active ones only unless active=false)."""
+    return _retention(request).holds(caller, active_only=active)
+
+
+@router.post("/legal-holds", status_code=201)
+def place_legal_holds(request: Request, caller: Caller, body: HoldRequest) -> list[dict[str, Any]]:
+    """Place a hold on each target (a study, a patient record, a person by NHS number); several
+    targets under one reference are a cohort."""
+    return _retention(request).place_holds(
+        caller,
+        reason=body.reason,
+        reference=body.reference,
+        targets=[t.model_dump(exclude_none=True) for t in body.targets],
+    )
+
+
+@router.post("/legal-holds/{hold_id}/lift")
+def lift_legal_hold(
+    request: Request, caller: Caller, hold_id: PathId, body: Decision
+) -> dict[str, Any]:
+    try:
+        return _retention(request).lift_hold(caller, hold_id, body.reason)
+    except RetentionConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.get("/retention-deletions")
+def retention_deletions(
+    request: Request,
+    caller: Caller,
+    status: Annotated[str | None, Query(pattern="^(pending|approved|refused)$")] = "pending",
+) -> list[dict[str, Any]]:
+    """Retention deletions (IOCM 113039 notes) of the caller's trusts' records."""
+    return _retention(request).deletions(caller, status=status)
+
+
+@router.post("/retention-deletions/{deletion_id}/approve")
+def approve_retention_deletion(
+    request: Request, caller: Caller, deletion_id: PathId, body: Decision | None = None
+) -> dict[str, Any]:
+    """Withdraw what the deletion lists: a second person, no legal hold on the study."""
+    try:
+        return _retention(request).approve(caller, deletion_id, body.reason if body else "")
+    except RetentionConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.post("/retention-deletions/{deletion_id}/refuse")
+def refuse_retention_deletion(
+    request: Request, caller: Caller, deletion_id: PathId, body: Decision
+) -> dict[str, Any]:
+    """Discard the deletion: nothing is withdrawn (the note stays stored)."""
+    try:
+        return _retention(request).refuse(caller, deletion_id, body.reason)
+    except RetentionConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
