@@ -1,12 +1,10 @@
 """Legal holds (R43) and retention deletions awaiting a second person's approval (R44)
-(branch h/hold)
 
 Revision ID: 0020
 Revises: 0019
 Create Date: 2026-12-05
 
-Expand-only: two new tables the previous release never reads. Revises 0018 of branch h/move
-(study edits); until that is merged this branch alone has no 0018.
+Expand-only: two new tables the previous release never reads.
 """
 
 from __future__ import annotations
