@@ -1,4 +1,4 @@
-"""R30 (branch h/reqs): the references of stored key objects and presentation states
+"""R30: the references of stored key objects and presentation states
 
 Revision ID: 0016
 Revises: 0015

@@ -1,5 +1,4 @@
 """Study edit and move (R57): corrections of studies filed under the wrong patient or order
-(branch h/move)
 
 Revision ID: 0019
 Revises: 0018
