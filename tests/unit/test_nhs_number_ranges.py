@@ -100,8 +100,10 @@ def test_production_and_demo_data_exclude_each_other(tmp_path: Path) -> None:
 # -- HL7 ADT and DICOM ingest --------------------------------------------------------------------
 
 
-def _archive(tmp_path: Path, production: bool) -> Iterator[Archive]:
-    a = build_archive(load_settings(environ={}, data_dir=tmp_path / "var", production=production))
+def _archive(tmp_path: Path, production: bool, **extra: str) -> Iterator[Archive]:
+    a = build_archive(
+        load_settings(environ={}, data_dir=tmp_path / "var", production=production, **extra)
+    )
     try:
         for code in ("ZZA", "ZZB"):
             a.index.add_trust(code, f"Trust {code}")
@@ -111,9 +113,14 @@ def _archive(tmp_path: Path, production: bool) -> Iterator[Archive]:
         a.close()
 
 
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[Archive]:
-    yield from _archive(tmp_path, production=True)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Archive]:
+    """A production archive on SQLite and on PostgreSQL (whose access rule is SQL of its own)."""
+    if request.param == "sqlite":
+        yield from _archive(tmp_path, production=True)
+        return
+    url = request.getfixturevalue("fresh_postgres_url")
+    yield from _archive(tmp_path, production=True, database_url=url)
 
 
 @pytest.fixture
@@ -164,6 +171,8 @@ def test_adt_test_number_in_production_is_kept_queued_and_never_links(live: Arch
     a, b = _send_both_trusts(live, TEST_NUMBER, "T")
     assert _stored(live, a) == (TEST_NUMBER, False) and _stored(live, b) == (TEST_NUMBER, False)
     assert live.identity.linked_patient_pks(a) == {a}  # traced (NSTS01), yet not linked
+    clinician = Principal(PrincipalKind.USER, "drza", "ZZA", frozenset({"clinician"}))
+    assert live.access.visible_among(clinician, [a, b]) == {a}  # ZZB's record stays ZZB's
     assert live.identity.by_nhs_number(TEST_NUMBER) == set()
     assert _items(live) == [
         ("nhs-test-number", "TZZA", TEST_NUMBER),
@@ -179,6 +188,8 @@ def test_adt_number_outside_the_issued_ranges_is_a_warning_and_still_links(live:
     a, b = _send_both_trusts(live, OUTSIDE, "O")
     assert _stored(live, a) == (OUTSIDE, True)
     assert live.identity.linked_patient_pks(a) == {a, b}
+    clinician = Principal(PrincipalKind.USER, "drza", "ZZA", frozenset({"clinician"}))
+    assert live.access.visible_among(clinician, [a, b]) == {a, b}  # a warning, still linked
     assert _items(live) == [
         ("nhs-number-range", "OZZA", OUTSIDE),
         ("nhs-number-range", "OZZB", OUTSIDE),
