@@ -76,7 +76,7 @@ class Archive:
             self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
         )
         self.query.use_access(self.access)  # every query is scoped by the access rule
-        identity = self.identity = IdentityService(self.index)
+        identity = self.identity = IdentityService(self.index, production=self.settings.production)
         users = UserService(self.index, self.settings, self.audit)
         inbox = InboxService(self.index, identity)
         retrieve = RetrieveService(
@@ -182,6 +182,7 @@ def build_archive(settings: Settings, *, migrate: bool = True) -> Archive:
         conflict=settings.conflict_policy,
         missing_patient_id=settings.missing_patient_id_policy,
         nhs_number_tag=settings.nhs_number_tag,
+        production=settings.production,
         inflate=InflateLimits(settings.deflate_max_ratio, settings.deflate_max_bytes),
     )
     ingestor = Ingestor(index, store, policy)

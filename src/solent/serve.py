@@ -281,6 +281,11 @@ def serve(archive: Archive) -> None:
     ports: dict[str, int | str] = {"http": sock.getsockname()[1]}
     archive.listeners = build_listeners(archive)
     start_listeners(archive, sock, ports)
+    if not settings.production:
+        log.info(
+            "SOLENT_PRODUCTION is off: NHS test numbers (999 range) count as ordinary numbers; "
+            "turn it on for an archive of real patients (docs/configuration.md)"
+        )
     # Another node changed access (users, tokens, break-glass, links...): drop cached answers
     # now rather than when their TTL runs out (issue 16; PostgreSQL triggers announce it).
     archive.services.broadcast.subscribe(ACCESS_CHANNEL, lambda _note: invalidate_all())

@@ -218,6 +218,12 @@ class Settings(BaseSettings):
     )
     import_workers: int = Field(2, ge=1, le=64, description="Parallel workers of solent import.")
     demo_data: bool = Field(False, description="Load the synthetic demo data on first start.")
+    production: bool = Field(
+        False,
+        description="This archive holds real patients (R2): NHS test numbers (999 000 0000-"
+        "999 999 9999) go onto the data-quality work queue and never link records across "
+        "trusts. Off (demo, test, training archives): test numbers count as ordinary numbers.",
+    )
     # --- DICOMweb (issue 4) ------------------------------------------------------------
     stow_max_bytes: int = Field(
         4 * 1024**3, ge=1024, description="Largest STOW-RS request body in bytes (413 beyond)."
@@ -484,6 +490,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "oidc_client_id (viewer sign-in) needs oidc_issuer (its endpoints are read from "
                 "the issuer's discovery document unless set)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_demo_in_production(self) -> Settings:
+        if self.production and self.demo_data:
+            raise ValueError(
+                "demo_data loads synthetic patients with NHS test numbers; it cannot be on "
+                "in an archive whose production setting is on"
             )
         return self
 

@@ -353,7 +353,9 @@ def test_data_quality_names_no_record_of_another_trust(
     19710101". ZZA's clinicians and administrator must see what they see for a number nobody
     else holds; a regional administrator still gets the item."""
     bob_nhs = _nhs_of(demo, "ZZB", "B7730444")
-    nobody_nhs = "9434765919"
+    # A test-range number as Bob's is: a number outside the issued ranges would add its own
+    # range warning (R2), which says nothing of other trusts but is not the same queue.
+    nobody_nhs = "9991234578"
     for control, local_id, number in (
         ("PEN-1", "A900001", bob_nhs),
         ("PEN-2", "A900002", nobody_nhs),

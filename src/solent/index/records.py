@@ -12,6 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import NoResultFound
 
 from solent.dicom.parse import ParsedInstance
+from solent.domain import nhs_number as nhs_numbers
 from solent.domain.principal import Principal, Provenance
 from solent.index import identity as identity_store
 from solent.index import schema as t
@@ -159,7 +160,7 @@ def _patient_pk(
                 )
             ).rowcount
             if filled:
-                _queue_invalid_nhs_number(conn, int(found.pk), issuer, p)
+                _queue_nhs_number(conn, int(found.pk), issuer, p)
         return int(found.pk)
     stamp = now()
     conn.execute(
@@ -188,25 +189,45 @@ def _patient_pk(
             select(c.pk).where(c.issuer == issuer, c.local_id == p["local_id"])
         ).scalar_one()
     )
-    _queue_invalid_nhs_number(conn, pk, issuer, p)
+    _queue_nhs_number(conn, pk, issuer, p)
     return pk
 
 
-def _queue_invalid_nhs_number(conn: Connection, pk: int, issuer: str, p: dict[str, Any]) -> None:
-    """R1/R12 on the DICOM interface too: a number the images bring that fails the check
-    digit, or a placeholder, is kept unlinked and queued for a person, as from HL7."""
+def _judge_range(patient: dict[str, Any], production: bool) -> dict[str, Any]:
+    """R2 on the DICOM interface: the range finding of a valid number the images bring (kept
+    in ``nhs_range``); a test number on a live archive is kept but marked not valid, so it
+    never links, like a placeholder."""
+    number = patient.get("nhs_number")
+    if number is None or not patient.get("nhs_number_valid"):
+        return patient
+    found = nhs_numbers.range_finding(number, production=production)
+    if found is None:
+        return patient
+    return dict(patient, nhs_range=found, nhs_number_valid=found.linkable)
+
+
+def _queue_nhs_number(conn: Connection, pk: int, issuer: str, p: dict[str, Any]) -> None:
+    """R1/R2/R12 on the DICOM interface too: a number the images bring that fails the check
+    digit, or a placeholder, is kept unlinked and queued for a person, as from HL7; so is a
+    number outside the issued ranges (kept, a warning) and a test number on a live archive."""
     number = p["nhs_number"]
-    if number is None or p["nhs_number_valid"]:
+    if number is None:
+        return
+    where = {"issuer": issuer, "local_id": p["local_id"], "patient_pk": pk, "nhs_number": number}
+    found: nhs_numbers.RangeFinding | None = p.get("nhs_range")
+    if found is not None:
+        identity_store.add_work_item(
+            conn, kind=found.kind, detail=f"{found.reason} (from the images)", **where
+        )
+        return
+    if p["nhs_number_valid"]:
         return
     identity_store.add_work_item(
         conn,
         kind="invalid-nhs-number",
         detail=f"NHS number {number} in the images' Other Patient IDs fails the modulus 11 "
         "check or is a placeholder; records not linked",
-        issuer=issuer,
-        local_id=p["local_id"],
-        patient_pk=pk,
-        nhs_number=number,
+        **where,
     )
 
 
@@ -255,10 +276,10 @@ def _lineage(
                 "the instance was not stored (check Patient ID / issuing trust)",
                 int(found.patient_pk),
             )
-        nhs = found.nhs_number
-        if nhs is None and patient["nhs_number"] is not None:
+        number = found.nhs_number
+        if number is None and patient["nhs_number"] is not None:
             # Images only fill what the record still lacks, never overwrite.
-            conn.execute(
+            filled = conn.execute(
                 update(t.patient)
                 .where(_pa.pk == found.patient_pk, _pa.nhs_number.is_(None))
                 .values(
@@ -266,10 +287,12 @@ def _lineage(
                     nhs_number_valid=patient["nhs_number_valid"],
                     updated_at=now(),
                 )
-            )
-            nhs = patient["nhs_number"]
+            ).rowcount
+            if filled:
+                _queue_nhs_number(conn, int(found.patient_pk), trust, patient)
+            number = patient["nhs_number"]
         study_uid = str(found.study_uid)
-        return int(found.patient_pk), int(found.study_pk), int(found.pk), False, nhs, study_uid
+        return int(found.patient_pk), int(found.study_pk), int(found.pk), False, number, study_uid
 
     patient_pk = _patient_pk(index, conn, trust, patient, placeholder)
     stamp = now()
@@ -348,6 +371,7 @@ def record_instance(
     provenance: Provenance,
     principal: Principal,
     replace: bool,
+    production: bool = False,
 ) -> RecordedInstance:
     """Index one instance whose blob is durable, inside the caller's write transaction.
 
@@ -363,7 +387,7 @@ def record_instance(
             identical, None if identical else _patient_of_series(conn, int(old.series_pk))
         )
 
-    patient = dict(parsed.patient, local_id=patient_local_id)
+    patient = _judge_range(dict(parsed.patient, local_id=patient_local_id), production)
     patient_pk, study_pk, series_pk, new_series, nhs, study_uid = _lineage(
         index, conn, parsed, trust, patient, placeholder
     )

@@ -68,6 +68,7 @@ class IngestPolicy:
     conflict: str = "reject"  # or "replace"
     missing_patient_id: str = "placeholder"  # or "reject"
     nhs_number_tag: str = ""
+    production: bool = False  # R2: flag NHS test numbers (999 range) and never link on them
     inflate: InflateLimits = field(default_factory=InflateLimits)  # deflated TS cap (issue 11)
 
 
@@ -521,6 +522,7 @@ class Ingestor:
                 provenance=p.provenance,
                 principal=p.principal,
                 replace=p.replace,
+                production=self.policy.production,
             ),
         )
         if p.parsed.rejection is not None:

@@ -167,6 +167,13 @@ class RecordUpdates(IdentityReads):
                 detail=f"NHS number {number} is a placeholder, not an issued number",
                 **item,
             )
+        elif (found := nhs.range_finding(number, production=self._production)) is not None:
+            # R2: outside the issued ranges is a warning (kept, linked if traced); a test
+            # number on a live archive names nobody, so it is kept but never links.
+            valid = found.linkable
+            store.add_work_item(
+                conn, kind=found.kind, nhs_number=number, detail=found.reason, **item
+            )
         if demo.nhs_status is None:
             verified = bool(row["nhs_number_verified"]) and number == row["nhs_number"]
         else:

@@ -26,8 +26,11 @@ class IdentityLinks:
     """Look-ups every other service uses: resolve an identifier, follow links, the
     attributes DICOM carries after a change, and the record a trust knows the person by."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, *, production: bool = False) -> None:
         self._index = index
+        # R2: a live archive (setting ``production``) flags NHS test numbers (999 range) and
+        # never links records on them; demo, test and training archives use them on purpose.
+        self._production = production
 
     def _write(self, conn: Connection | None, fn: Callable[[Connection], T]) -> T:
         return fn(conn) if conn is not None else self._index.write(fn)
@@ -185,7 +188,14 @@ class IdentityLinks:
                     why = "nhs-number"
                 else:
                     why = "indirect"
-                out.append({**_snapshot(row), "patient_pk": int(row["pk"]), "linked_by": why})
+                out.append(
+                    {
+                        **_snapshot(row),
+                        "nhs_number_range": nhs.range_label(row["nhs_number"]),  # R2
+                        "patient_pk": int(row["pk"]),
+                        "linked_by": why,
+                    }
+                )
             return out
 
     # -- what DICOM says after a change -----------------------------------------------------

@@ -119,6 +119,7 @@ class IdentityReads(IdentityLinks):
             for row in store.get_patients(conn, keys):
                 contact = store.get_contact(conn, int(row["pk"]))
                 rec = {**_snapshot(row), "patient_pk": int(row["pk"])}
+                rec["nhs_number_range"] = nhs.range_label(row["nhs_number"])  # R2
                 rec["nhs_number_status"] = contact["nhs_number_status"] if contact else None
                 if contact and not contact["sensitive"]:
                     rec["address"], rec["phone"] = contact["address"], contact["phone"]
