@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from solent.dicom.rejection_note import KEY_OBJECT_SELECTION
+from solent.dicom.rejection_note import KEY_OBJECT_SELECTION, evidence
 
 #: Softcopy Presentation State Storage SOP classes share this root (PS3.4 B.5: grayscale,
 #: color, pseudo-color, blending, XA/XRF, planar MPR, volume rendering, ...).
@@ -42,7 +42,7 @@ def key_object(ds: Dataset, sop_class: str) -> KeyObject | None:
             code = str(titles[0].get("CodeValue", "")).strip()
             meaning = str(titles[0].get("CodeMeaning", "")).strip()
             title = f"{code} {meaning}".strip()
-        refs = _evidence(ds)
+        refs = evidence(ds, MAX_REFERENCES)
         return KeyObject("KO", title[:200], refs)
     if is_presentation_state(sop_class):
         own_study = str(ds.get("StudyInstanceUID", ""))
@@ -53,20 +53,6 @@ def key_object(ds: Dataset, sop_class: str) -> KeyObject | None:
         label = str(ds.get("ContentLabel", "") or "").strip()
         return KeyObject("PR", label[:200], tuple(refs_list[:MAX_REFERENCES]))
     return None
-
-
-def _evidence(ds: Dataset) -> tuple[tuple[str, str, str], ...]:
-    """Current Requested Procedure Evidence Sequence: study > series > SOP (PS3.3 C.17.2)."""
-    refs: list[tuple[str, str, str]] = []
-    for study in ds.get("CurrentRequestedProcedureEvidenceSequence") or []:
-        study_uid = str(study.get("StudyInstanceUID", ""))
-        for series in study.get("ReferencedSeriesSequence") or []:
-            series_uid = str(series.get("SeriesInstanceUID", ""))
-            for sop in series.get("ReferencedSOPSequence") or []:
-                uid = str(sop.get("ReferencedSOPInstanceUID", ""))
-                if _uids(study_uid, series_uid, uid) and len(refs) < MAX_REFERENCES:
-                    refs.append((study_uid, series_uid, uid))
-    return tuple(refs)
 
 
 def _series_refs(item: Dataset, study_uid: str, out: list[tuple[str, str, str]]) -> None:

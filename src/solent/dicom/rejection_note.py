@@ -41,6 +41,13 @@ def rejection_note(ds: Dataset) -> RejectionNote | None:
     scheme = str(title.get("CodingSchemeDesignator", "")).strip()
     if scheme != "DCM" or code not in REJECTION_TITLES:
         return None
+    return RejectionNote(code, REJECTION_TITLES[code], evidence(ds))
+
+
+def evidence(ds: Dataset, limit: int | None = None) -> tuple[tuple[str, str, str], ...]:
+    """(study, series, SOP Instance UID) of each instance a KOS's Current Requested Procedure
+    Evidence Sequence lists (PS3.3 C.17.2), at most ``limit``; a reference with a UID missing
+    or longer than a UID may be (64) is left out: it can name no stored instance."""
     refs: list[tuple[str, str, str]] = []
     for study in ds.get("CurrentRequestedProcedureEvidenceSequence") or []:
         study_uid = str(study.get("StudyInstanceUID", ""))
@@ -48,6 +55,8 @@ def rejection_note(ds: Dataset) -> RejectionNote | None:
             series_uid = str(series.get("SeriesInstanceUID", ""))
             for sop in series.get("ReferencedSOPSequence") or []:
                 uid = str(sop.get("ReferencedSOPInstanceUID", ""))
-                if study_uid and series_uid and uid:
+                if limit is not None and len(refs) >= limit:
+                    return tuple(refs)
+                if all(0 < len(u) <= 64 for u in (study_uid, series_uid, uid)):
                     refs.append((study_uid, series_uid, uid))
-    return RejectionNote(code, REJECTION_TITLES[code], tuple(refs))
+    return tuple(refs)

@@ -45,6 +45,7 @@ from solent.protocols.dimse.net import (
 )
 from solent.protocols.dimse.ul import server as ul_server
 from solent.protocols.proxy_header import ProxyHeaderReader
+from solent.protocols.tls import server_context
 from solent.services.registry import Services
 
 log = logging.getLogger(__name__)
@@ -349,20 +350,8 @@ class DimseListener:
         )
 
     def tls_context(self) -> ssl.SSLContext:
-        settings = self.services.settings
-        if settings.dicom_tls_cert is None or settings.dicom_tls_key is None:
-            from solent.errors import ConfigurationError
-
-            raise ConfigurationError(
-                "SOLENT_DICOM_TLS_PORT needs SOLENT_DICOM_TLS_CERT and SOLENT_DICOM_TLS_KEY"
-            )
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(settings.dicom_tls_cert), str(settings.dicom_tls_key))
-        if settings.dicom_tls_ca is not None:
-            context.load_verify_locations(cafile=str(settings.dicom_tls_ca))
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        s = self.services.settings
+        return server_context("SOLENT_DICOM_TLS", s.dicom_tls_cert, s.dicom_tls_key, s.dicom_tls_ca)
 
     def start(self) -> int:
         settings = self.services.settings

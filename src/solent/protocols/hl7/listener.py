@@ -21,6 +21,7 @@ from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.mllp import Deframer, FramingError, frame
 from solent.protocols.hl7.senders import SenderGate
 from solent.protocols.proxy_header import ProxyHeaderError, ProxyHeaderReader
+from solent.protocols.tls import server_context
 from solent.services.registry import Services
 
 log = logging.getLogger(__name__)
@@ -176,22 +177,10 @@ class Hl7Listener:
         return port
 
     def tls_context(self) -> ssl.SSLContext:
-        """The MLLP TLS port's context: TLS 1.2 or later; with a CA, client certificates
-        signed by it are required (the sender is then still checked as on the plain port)."""
-        settings = self.services.settings
-        if settings.hl7_tls_cert is None or settings.hl7_tls_key is None:
-            from solent.errors import ConfigurationError
-
-            raise ConfigurationError(
-                "SOLENT_HL7_TLS_PORT needs SOLENT_HL7_TLS_CERT and SOLENT_HL7_TLS_KEY"
-            )
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(settings.hl7_tls_cert), str(settings.hl7_tls_key))
-        if settings.hl7_tls_ca is not None:
-            context.load_verify_locations(cafile=str(settings.hl7_tls_ca))
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        """MLLP inside TLS (R37); with a CA, senders must present a certificate it signs and
+        are then still checked as on the plain port."""
+        s = self.services.settings
+        return server_context("SOLENT_HL7_TLS", s.hl7_tls_cert, s.hl7_tls_key, s.hl7_tls_ca)
 
     def _serve(self, port: int, tls: ssl.SSLContext | None) -> int:
         settings = self.services.settings
