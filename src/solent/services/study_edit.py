@@ -88,12 +88,7 @@ class StudyEditService:
         values = {
             "kind": store.MOVE,
             "study_uid": study_uid,
-            "from_patient_pk": int(holder["pk"]),
-            "from_issuer": holder["issuer"],
-            "from_local_id": holder["local_id"],
-            "to_patient_pk": target.patient_pk,
-            "to_issuer": target.issuer,
-            "to_local_id": target.local_id,
+            **_between(holder, target),
             "reason": reason,
             "requested_by": principal.describe(),
         }
@@ -145,12 +140,7 @@ class StudyEditService:
             "study_uid": study_uid,
             "series_uid": series_uid,
             "new_study_uid": to_study_uid,
-            "from_patient_pk": int(holder["pk"]),
-            "from_issuer": holder["issuer"],
-            "from_local_id": holder["local_id"],
-            "to_patient_pk": target.patient_pk,
-            "to_issuer": target.issuer,
-            "to_local_id": target.local_id,
+            **_between(holder, target),
             "reason": reason,
             "requested_by": principal.describe(),
         }
@@ -696,3 +686,16 @@ def _state(edit: dict[str, Any], when: str) -> dict[str, Any]:
 
 def _decided(edit: dict[str, Any]) -> str:
     return f"it was {edit['status']} by {edit['decided_by']} at {store.iso(edit['decided_at'])}"
+
+
+def _between(holder: Any, target: Any) -> dict[str, Any]:
+    """The from/to record columns of a move: the record a study is filed under (a row with
+    pk, issuer, local_id) and the one it goes to."""
+    return {
+        "from_patient_pk": int(holder["pk"]),
+        "from_issuer": holder["issuer"],
+        "from_local_id": holder["local_id"],
+        "to_patient_pk": target.patient_pk,
+        "to_issuer": target.issuer,
+        "to_local_id": target.local_id,
+    }
