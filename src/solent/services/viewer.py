@@ -428,7 +428,7 @@ class ViewerService:
             )
         owners: dict[tuple[str, str], int | None] = {}
         for r in [*rows, *refs]:
-            key = (str(r["withdrawn_issuer"] or ""), str(r["withdrawn_patient_id"] or ""))
+            key = _withdrawn_owner(r)
             if key not in owners:
                 found = self._identity.resolve(*key) if all(key) else None
                 owners[key] = found.patient_pk if found else None
@@ -438,7 +438,7 @@ class ViewerService:
         out: list[dict[str, Any]] = []
         named: dict[int, list[str]] = {}
         for r in rows:
-            pk = owners[(str(r["withdrawn_issuer"] or ""), str(r["withdrawn_patient_id"] or ""))]
+            pk = owners[_withdrawn_owner(r)]
             if pk is None or pk not in visible:
                 continue
             p = patients[pk]
@@ -447,11 +447,7 @@ class ViewerService:
                 {
                     **_key_image(r),
                     "study_uid": r["study_uid"],
-                    "patient": {
-                        "key": f"{p['issuer']}|{p['local_id']}",
-                        "name": p["name"],
-                        "nhs_number": p["nhs_number"],
-                    },
+                    "patient": _patient_brief(p),
                 }
             )
         objects: list[dict[str, Any]] = []
@@ -459,31 +455,15 @@ class ViewerService:
         for r in refs:
             by_object.setdefault(str(r["object_sop_uid"]), []).append(r)
         for obj_rows in by_object.values():
-            shown = [
-                r
-                for r in obj_rows
-                if owners[(str(r["withdrawn_issuer"] or ""), str(r["withdrawn_patient_id"] or ""))]
-                in visible
-            ]
+            shown = [r for r in obj_rows if owners[_withdrawn_owner(r)] in visible]
             if not shown:
                 continue
-            pk = owners[
-                (str(shown[0]["withdrawn_issuer"] or ""), str(shown[0]["withdrawn_patient_id"]))
-            ]
+            pk = owners[_withdrawn_owner(shown[0])]
             assert pk is not None
             p = patients[pk]
             named.setdefault(pk, []).append(str(shown[0]["object_study_uid"]))
             entry = _key_objects(shown)[0]
-            objects.append(
-                {
-                    **entry,
-                    "patient": {
-                        "key": f"{p['issuer']}|{p['local_id']}",
-                        "name": p["name"],
-                        "nhs_number": p["nhs_number"],
-                    },
-                }
-            )
+            objects.append({**entry, "patient": _patient_brief(p)})
         for pk, studies in named.items():
             p = patients[pk]
             self._audit.record(
@@ -570,6 +550,19 @@ def _fields(
     return audit_fields(
         principal, action, AuditOutcome.SUCCESS, patient=patient, study_uid=study_uid, detail=detail
     )
+
+
+def _withdrawn_owner(row: Any) -> tuple[str, str]:
+    """(issuer, local ID) of the record a withdrawn instance was filed under."""
+    return str(row["withdrawn_issuer"] or ""), str(row["withdrawn_patient_id"] or "")
+
+
+def _patient_brief(p: Any) -> dict[str, Any]:
+    return {
+        "key": f"{p['issuer']}|{p['local_id']}",
+        "name": p["name"],
+        "nhs_number": p["nhs_number"],
+    }
 
 
 def _report_key(row: dict[str, Any]) -> tuple[str, str]:
