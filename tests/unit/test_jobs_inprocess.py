@@ -4,6 +4,7 @@ same task functions in-process; a failing job is retried with backoff."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,50 @@ def test_jobs_cli_on_sqlite_reports_the_feed_and_refuses_to_list(tmp_path: Path)
     )
     assert listed.returncode != 0
     assert "run in-process" in listed.stderr
+
+
+def test_a_consumer_waiting_out_a_retry_holds_up_no_other_and_stop_keeps_its_job(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreachable peer (an IAN recipient) puts one consumer into backoff; the others keep
+    following the feed, and stopping the node mid-backoff leaves that job to run again."""
+    unreachable: list[str] = []
+    reachable: list[str] = []
+
+    def down(ctx: TaskContext, sop_instance_uid: str) -> None:
+        unreachable.append(sop_instance_uid)
+        raise ConnectionRefusedError("peer down")
+
+    def up(ctx: TaskContext, sop_instance_uid: str) -> None:
+        reachable.append(sop_instance_uid)
+
+    monkeypatch.setitem(tasks.TASKS, "down", down)
+    monkeypatch.setitem(tasks.TASKS, "up", up)
+
+    def jobs(task: str) -> Any:
+        return lambda e: [(task, {"sop_instance_uid": e.sop_instance_uid})]
+
+    stuck = Consumer("stuck-test", frozenset({"instance.stored"}), jobs("down"))
+    free = Consumer("free-test", frozenset({"instance.stored"}), jobs("up"))
+    queue = InProcessQueue(
+        archive.index,
+        archive.store,
+        consumers=(stuck, free),
+        poll_seconds=0.05,
+        backoff_seconds=60.0,
+    )
+    written = store(archive, tmp_path / "in", 2)
+    queue.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(reachable) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sorted(reachable) == sorted(w.sop_instance_uid for w in written)
+        assert len(unreachable) == 1  # the first job of the stuck consumer, now in backoff
+    finally:
+        started = time.monotonic()
+        queue.stop()
+    assert time.monotonic() - started < 5  # stop did not wait out the 60 s backoff
+    feed = queue.stats()["feed"]
+    assert feed["free-test"]["backlog"] == 0
+    assert feed["stuck-test"]["backlog"] == 2  # nothing acknowledged: it runs again next start

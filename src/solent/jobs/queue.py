@@ -4,7 +4,8 @@ Both follow the change feed with the same consumers (`tasks.CONSUMERS`) and run 
 functions (`tasks.TASKS`); only the claiming differs. procrastinate (maintained, PostgreSQL
 only, no extra server) claims each job for exactly one worker across all nodes with
 SELECT ... FOR UPDATE SKIP LOCKED and retries with exponential backoff. The in-process runner is
-the embedded default's: one node, one thread, the cursor advanced after the tasks ran.
+the embedded default's: one node, a thread per consumer (a consumer waiting out a retry holds
+up only its own feed), the cursor advanced after the tasks ran.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -393,66 +393,88 @@ class InProcessQueue:
         self.poll_seconds = poll_seconds
         self.backoff_seconds = backoff_seconds
         self.failed = 0
-        self._follower: _Follower | None = None
+        self._failed_lock = threading.Lock()
+        self._followers: list[_Follower] = []
+        # Set by stop(): a job waiting out its backoff gives up waiting, and its batch's cursor
+        # is not advanced, so the next start runs it again (at least once).
+        self._stopping = threading.Event()
 
     def dispatch(self) -> int:
-        """Run the jobs of new events now; the cursor moves after they ran (at least once)."""
-        done = 0
-        for consumer in self.consumers:
-            while True:
-                take = partial(
-                    take_events,
-                    dialect="sqlite",
-                    consumer=consumer.name,
-                    kinds=consumer.kinds,
-                    limit=BATCH,
-                    settle_seconds=consumer.settle_seconds,
-                    from_head=consumer.from_head,
-                )
-                events, old, new = self.index.write(take)
-                if new == old:
-                    break
-                for task, args in consumer.batch_jobs(events):
-                    self._run(task, args)
-                    done += 1
-                self.index.write(partial(advance, consumer=consumer.name, seq=new))
-        return done
+        """Run the jobs of new events of every consumer now, one consumer after the other."""
+        return sum(self.dispatch_consumer(consumer) for consumer in self.consumers)
 
-    def _run(self, task: str, args: dict[str, Any]) -> None:
+    def dispatch_consumer(self, consumer: Consumer) -> int:
+        """Run the jobs of one consumer's new events; its cursor moves after they ran (at least
+        once). Each consumer has its own follower thread (start), so one waiting out the
+        backoff of an unreachable peer (an IAN recipient: 2 + 4 + 8 + 16 + 32 s) does not hold
+        up the others."""
+        done = 0
+        while True:
+            take = partial(
+                take_events,
+                dialect="sqlite",
+                consumer=consumer.name,
+                kinds=consumer.kinds,
+                limit=BATCH,
+                settle_seconds=consumer.settle_seconds,
+                from_head=consumer.from_head,
+            )
+            events, old, new = self.index.write(take)
+            if new == old:
+                return done
+            for task, args in consumer.batch_jobs(events):
+                if not self._run(task, args):
+                    return done  # stopping: the batch runs again from its start next time
+                done += 1
+            self.index.write(partial(advance, consumer=consumer.name, seq=new))
+
+    def _run(self, task: str, args: dict[str, Any]) -> bool:
+        """Run a job with retries; False when stop() interrupted its backoff."""
         for attempt in range(1, self.max_attempts + 1):
             try:
                 TASKS[task](self.ctx, **args)
             except Exception:
                 JOBS_RUN.labels(task, "error").inc()
                 if attempt == self.max_attempts:
-                    self.failed += 1
+                    with self._failed_lock:
+                        self.failed += 1
                     log.exception("job %s%r failed %d times; given up", task, args, attempt)
-                    return
-                time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
+                    return True
+                if self._stopping.wait(self.backoff_seconds * 2 ** (attempt - 1)):
+                    return False
             else:
                 JOBS_RUN.labels(task, "done").inc()
-                return
+                return True
+        return True
 
     def work(self, *, until_idle: bool) -> None:
         self.dispatch()
         if until_idle:
             return
-        stop = threading.Event()
+        self._stopping.clear()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        while not stop.wait(self.poll_seconds):
+            signal.signal(sig, lambda *_: self._stopping.set())
+        while not self._stopping.wait(self.poll_seconds):
             self.dispatch()
 
     def start(self) -> None:
         if not self.consumers:
             return
         COLLECTOR.queue = self
-        self._follower = _Follower("solent-jobs", self.dispatch, self.poll_seconds)
-        self._follower.start()
+        self._stopping.clear()
+        poll = self.poll_seconds
+        self._followers = [
+            _Follower(f"solent-jobs-{c.name}", partial(self.dispatch_consumer, c), poll)
+            for c in self.consumers
+        ]
+        for follower in self._followers:
+            follower.start()
 
     def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.stop()
+        self._stopping.set()
+        for follower in self._followers:
+            follower.stop()
+        self._followers = []
 
     def list_jobs(self, status: str | None, limit: int) -> list[JobRow]:
         raise InvalidInput(
