@@ -26,6 +26,7 @@ from solent.services.identity import IdentityService
 from solent.services.identity.door import IdentityDoor
 from solent.services.inbox import InboxReads, InboxService
 from solent.services.jobs import JobsService
+from solent.services.manifests import ManifestService
 from solent.services.mdt import MdtService
 from solent.services.mdt_live import LiveHub
 from solent.services.mdt_shared import open_broker
@@ -97,6 +98,9 @@ class Archive:
         )
         broadcast = open_broadcast(self.settings.effective_database_url)
         mdt = MdtService(self.index, self.access, self.audit, viewer, retrieve)
+        records = RecordService(
+            identity, InboxReads(self.index), self.access, self.audit, self.query
+        )
         self.services = Services(
             settings=self.settings,
             access=self.access,
@@ -104,9 +108,8 @@ class Archive:
             query=self.query,
             ingest=self.ingestor,
             retrieve=retrieve,
-            records=RecordService(
-                identity, InboxReads(self.index), self.access, self.audit, self.query
-            ),
+            records=records,
+            manifests=ManifestService(records, self.index, self.settings.ae_title),
             identity=IdentityDoor(identity, self.access, self.audit),
             held=HeldService(
                 self.index, self.store, self.access, self.audit, self.ingestor, identity

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from solent.services.identity.door import IdentityDoor
     from solent.services.inbox import InboxService
     from solent.services.jobs import JobsService
+    from solent.services.manifests import ManifestService
     from solent.services.mdt import MdtService
     from solent.services.mdt_live import LiveHub
     from solent.services.migration import MigrationService
@@ -49,6 +50,7 @@ class Services:
     ingest: Ingestor
     retrieve: RetrieveService  # every image read: C-GET/C-MOVE, commitment, WADO-RS/URI, renders
     records: RecordService  # FHIR, IID and identity API reads (access + audit inside)
+    manifests: ManifestService  # R25/R27: study manifests for IHE MHD consumers
     identity: IdentityDoor  # identity changes by people (steward rule inside); reads: records
     held: HeldService  # issue 11: instances held for reconciliation, released or discarded
     study_edits: StudyEditService  # R57: studies moved to another patient, accessions corrected

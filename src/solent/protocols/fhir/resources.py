@@ -1,7 +1,8 @@
 """FHIR R4 resources built from index rows, each validated with fhir.resources before it leaves.
 
 fhir.resources ships R4B models (R4 plus technical corrections); Patient, ImagingStudy,
-Endpoint, DiagnosticReport, Bundle, OperationOutcome and CapabilityStatement read the same.
+Endpoint, DiagnosticReport, DocumentReference, Bundle, OperationOutcome and
+CapabilityStatement read the same.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
@@ -36,6 +38,7 @@ VERIFICATION_DISPLAY = {
     "08": "Trace postponed (baby under six weeks old)",
 }
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+FHIR_JSON = "application/fhir+json"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 CONNECTION_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 REPORT_STATUS = {
@@ -216,7 +219,8 @@ def patient(
     return _valid(Patient, data)
 
 
-def _subject(record: dict[str, Any]) -> dict[str, Any]:
+def subject_reference(record: dict[str, Any]) -> dict[str, Any]:
+    """A resource's subject: the record (patient_pk, issuer, local_id) with its identifier."""
     issuer = record["issuer"]
     return {
         "reference": f"Patient/{record['patient_pk']}",
@@ -226,6 +230,25 @@ def _subject(record: dict[str, Any]) -> dict[str, Any]:
             "assigner": {"identifier": {"system": ODS_SYSTEM, "value": issuer}},
         },
     }
+
+
+def accession_identifier(study: dict[str, Any]) -> dict[str, Any]:
+    """A study's accession number with its issuing trust (R16: never the number alone)."""
+    trust = study["trust_code"]
+    return {
+        "type": {"coding": [{"system": V2_0203, "code": "ACSN"}]},
+        "system": accession_system(study["accession_issuer"] or trust),
+        "value": study["accession_number"],
+        "assigner": {"identifier": {"system": ODS_SYSTEM, "value": trust}},
+    }
+
+
+def study_started(study: dict[str, Any]) -> str | None:
+    return _datetime(study["study_date"], study["study_time"])
+
+
+def document_reference(data: dict[str, Any]) -> dict[str, Any]:
+    return _valid(DocumentReference, data)
 
 
 def imaging_study(
@@ -243,14 +266,7 @@ def imaging_study(
         subject = {k: study[k] for k in ("patient_pk", "issuer", "local_id")}
     identifiers: list[dict[str, Any]] = [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}]
     if study["accession_number"]:
-        identifiers.append(
-            {
-                "type": {"coding": [{"system": V2_0203, "code": "ACSN"}]},
-                "system": accession_system(study["accession_issuer"] or trust),
-                "value": study["accession_number"],
-                "assigner": {"identifier": {"system": ODS_SYSTEM, "value": trust}},
-            }
-        )
+        identifiers.append(accession_identifier(study))
     endpoints = [
         {
             "resourceType": "Endpoint",
@@ -279,14 +295,14 @@ def imaging_study(
         "contained": endpoints,
         "identifier": identifiers,
         "status": "available",
-        "subject": _subject(subject),
+        "subject": subject_reference(subject),
         "endpoint": [{"reference": "#wado"}, {"reference": "#iid"}],
         "numberOfSeries": int(study["num_series"] or 0),
         "numberOfInstances": int(study["num_instances"] or 0),
     }
     if modalities:
         data["modality"] = [{"system": DCM, "code": m} for m in modalities]
-    if started := _datetime(study["study_date"], study["study_time"]):
+    if started := study_started(study):
         data["started"] = started
     if study["study_description"]:
         data["description"] = study["study_description"]
@@ -452,6 +468,20 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                             ("subject", "reference", "as patient"),
                         ],
                     ),
+                    res(
+                        "DocumentReference",
+                        [
+                            ("patient.identifier", "token", "IHE MHD ITI-67: every study manifest"),
+                            ("patient", "reference", "every study manifest of the person"),
+                            ("subject", "reference", "as patient"),
+                            ("status", "token", "current (a withdrawn study has no manifest)"),
+                        ],
+                    ),
+                    {
+                        "type": "Binary",
+                        "interaction": [{"code": "read"}],
+                        "documentation": "IHE MHD ITI-68: a study's DICOM KOS manifest",
+                    },
                 ],
             }
         ],

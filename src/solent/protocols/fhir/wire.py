@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from solent.protocols.fhir.resources import operation_outcome
 
 FHIR_JSON = "application/fhir+json"
+DICOM = "application/dicom"
 JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
 ISSUE_CODES = {
     400: "invalid",
@@ -51,6 +52,8 @@ def _acceptable(scope: Scope) -> str | None:
         return None
     ranges = [_mime(r) for r in accept.split(",") if r.strip()]
     ok = {"*/*", "application/*", *JSON_FORMATS}
+    if scope.get("path", "").startswith("/fhir/Binary/"):
+        ok.add(DICOM)  # IHE MHD ITI-68: the manifest itself
     if any(r in ok for r in ranges):
         return None
     return f"Accept: {accept}"
