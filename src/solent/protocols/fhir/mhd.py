@@ -133,7 +133,7 @@ def find_document_references(
             person = _person_of_reference(records, caller, reference)
         else:
             raise FhirError(400, "required", "search by patient, patient.identifier or subject")
-        wanted = {s for v in search.values("status") for s in v.split(",")}
+        wanted = {s.strip() for v in search.values("status") for s in v.split(",") if s.strip()}
         if wanted and "current" not in wanted:
             return _page(request, search, [])
         found = [document_reference(s, _base(request)) for s in manifests.documents(caller, person)]
