@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
     ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
 )
@@ -24,6 +27,7 @@ from solent.app import build_archive
 from solent.domain.principal import SYSTEM
 from solent.settings import load_settings
 from tests.conftest import RunningServer, start_server
+from tests.contract.synthetic import write_instance
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 
@@ -107,7 +111,9 @@ def _in_progress() -> Dataset:
     return ds
 
 
-def test_a_step_starts_and_completes_and_the_order_follows(pacs: RunningServer) -> None:
+def test_a_step_starts_and_completes_and_the_order_follows(
+    pacs: RunningServer, tmp_path: Path
+) -> None:
     assert "ACC4001" in _worklist(pacs)
     uid = generate_uid()
     assoc = _associate(pacs, "CT_ZZA", ModalityPerformedProcedureStep)
@@ -117,12 +123,30 @@ def test_a_step_starts_and_completes_and_the_order_follows(pacs: RunningServer) 
     assert again.Status == 0x0111  # duplicate SOP instance
     assert "ACC4001" not in _worklist(pacs)  # started: off the worklist
 
+    # Of the two images the step performed, the modality manages to send one.
+    series_uid, sent, lost = generate_uid(), generate_uid(), generate_uid()
+    image = write_instance(
+        tmp_path / "sent.dcm",
+        patient_id="M4001",
+        patient_name="MPPS^MOLLY",
+        study_uid="1.2.826.0.1.3680043.8.498.4001",
+        series_uid=series_uid,
+        sop_instance_uid=sent,
+    )
+    storing = _associate(pacs, "CT_ZZA", CTImageStorage)
+    assert storing.send_c_store(dcmread(image.path)).Status == 0x0000  # type: ignore[attr-defined]
+    storing.release()  # type: ignore[attr-defined]
+
     done = Dataset()
     done.PerformedProcedureStepStatus = "COMPLETED"
     done.PerformedProcedureStepEndDate, done.PerformedProcedureStepEndTime = "20251205", "103000"
     series = Dataset()
-    series.SeriesInstanceUID = generate_uid()
+    series.SeriesInstanceUID = series_uid
     series.ReferencedImageSequence = []
+    for uid_ in (sent, lost):
+        ref = Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CTImageStorage, uid_
+        series.ReferencedImageSequence.append(ref)
     done.PerformedSeriesSequence = [series]
     status, _ = assoc.send_n_set(done, ModalityPerformedProcedureStep, uid)  # type: ignore[attr-defined]
     assert status.Status == 0x0000
@@ -140,6 +164,11 @@ def test_a_step_starts_and_completes_and_the_order_follows(pacs: RunningServer) 
         "CT_ZZA",
     )
     assert step["accession_number"] == "ACC4001" and step["patient_id"] == "M4001"
+    # Completeness: the step listed two images, the archive holds one.
+    assert (step["performed_instances"], step["received_instances"]) == (2, 1)
+    assert step["missing"] == [lost]
+    shown = pacs.cli("worklist", "steps").stdout
+    assert f"{uid}  received 1 of 2" in shown
 
 
 def test_other_trusts_and_query_only_nodes_cannot_touch_a_step(pacs: RunningServer) -> None:

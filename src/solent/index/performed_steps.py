@@ -82,3 +82,14 @@ def mark_orders(
             )
             done.append(str(acc))
     return done
+
+
+def held_instances(conn: Connection, sop_uids: Iterable[str]) -> set[str]:
+    """Those of ``sop_uids`` the archive holds (an instance an IOCM note withdrew is not)."""
+    wanted = list(sop_uids)
+    held: set[str] = set()
+    uid = t.instance.c.sop_instance_uid
+    for start in range(0, len(wanted), 500):  # bound the IN list (SQLite's variable limit)
+        chunk = wanted[start : start + 500]
+        held.update(conn.execute(select(uid).where(uid.in_(chunk))).scalars())
+    return held

@@ -153,8 +153,44 @@ class PerformedStepService:
 
     def steps(self, principal: Principal, study_uid: str | None = None) -> list[dict[str, Any]]:
         """The steps of the caller's trust (every trust for a caller without one, such as the
-        operator), newest first, for `solent mpps list`."""
+        operator), newest first, for `solent worklist steps`.
+
+        Each says how complete its study is here: ``performed_instances`` (what the modality
+        listed in Performed Series Sequence), ``received_instances`` (how many of those the
+        archive holds) and ``missing`` (the others' SOP Instance UIDs) — a COMPLETED step with
+        instances missing is a transfer that failed or is still queued at the modality."""
         self._access.require(principal, Permission.READ, "list performed procedure steps")
         with self._index.read() as conn:
             rows = store.steps_for(conn, principal.trust, study_uid)
-        return [{k: v for k, v in r.items() if k != "dataset"} for r in rows]
+            out = []
+            for r in rows:
+                performed = performed_instances(json.loads(r["dataset"]))
+                held = store.held_instances(conn, performed)
+                out.append(
+                    {
+                        **{k: v for k, v in r.items() if k != "dataset"},
+                        "performed_instances": len(performed),
+                        "received_instances": len(held),
+                        "missing": [u for u in performed if u not in held],
+                    }
+                )
+        return out
+
+
+def performed_instances(dataset: dict[str, Any]) -> list[str]:
+    """SOP Instance UIDs a step's Performed Series Sequence (0040,0340) lists: Referenced Image
+    Sequence (0008,1140) and Referenced Non-Image Composite SOP Instance Sequence (0040,0220),
+    from its DICOM JSON (PS3.18 F.2), in order, each once."""
+    found: dict[str, None] = {}
+    for series in _items(dataset, "00400340"):
+        for key in ("00081140", "00400220"):
+            for ref in _items(series, key):
+                value = (ref.get("00081155") or {}).get("Value") or []
+                if value and isinstance(value[0], str):
+                    found.setdefault(value[0])
+    return list(found)
+
+
+def _items(element: Any, tag: str) -> list[dict[str, Any]]:
+    value = (element.get(tag) or {}).get("Value") if isinstance(element, dict) else None
+    return [v for v in value or [] if isinstance(v, dict)]

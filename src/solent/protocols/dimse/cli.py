@@ -269,7 +269,8 @@ def _worklist_steps(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"{r['updated_at']:%Y-%m-%d %H:%M}  {r['status']:<12} {r['trust_code']:<6} "
             f"{r['calling_ae']:<16} {r['accession_number'] or '-':<16} {r['patient_id'] or '-'}"
-            f"  {r['sop_instance_uid']}"
+            f"  {r['sop_instance_uid']}  received {r['received_instances']}"
+            f" of {r['performed_instances']}"
         )
     return 0
 
