@@ -119,7 +119,7 @@ class Archive:
             directory=Directory(self.index, self.audit),
             users=users,
             authenticator=Authenticator(self.index, self.settings, users),
-            migration=MigrationService(self.index, self.store, self.ingestor, identity),
+            migration=MigrationService(self.index, self.store, self.ingestor, identity, self.audit),
             health=HealthService(self.index, self.store),
             jobs=JobsService(
                 open_job_queue(

@@ -492,3 +492,48 @@ def test_reconcile_holds_a_page_of_studies_in_memory_not_the_whole_inventory(
     small = peak_for(40, 10**6)  # 800 instances
     large = peak_for(120, 10**6 + 40)  # 3200 instances in all
     assert large < 1.5 * small, (small, large)
+
+
+def test_an_instance_the_source_can_never_deliver_is_excluded_with_a_reason_and_audited(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """A truncated file on a legacy CD fails every run (exit 1, "unresolved" for ever) until a
+    person leaves it out with a reason: then it is no longer fetched, the report counts it as
+    excluded, not unresolved, and the audit trail says who decided and why. Include undoes it."""
+    study = Study(Patient("P7", "CD^EXCLUDED", "19700101", "F", N1), "20200101")
+    study.add_series(2)
+    cd = tmp_path / "cd"
+    write_study(cd, study)
+    (_, good), (_, broken) = study.instances()
+    data = (cd / f"{broken}.dcm").read_bytes()
+    (cd / f"{broken}.dcm").write_bytes(data[: len(data) // 2])  # pixel data cut short
+    src = folder_source(archive, cd)
+    migration = archive.services.migration
+    migration.reconcile(IMPORTER, "cd")
+    run_transfer(migration, IMPORTER, src, FolderSource(cd), tmp_path / "w")
+    report = migration.verification(IMPORTER, "cd")
+    failed = [i["sop_uid"] for i in report["items"] if i["verdict"] == "failed"]
+    assert report["unresolved"] == 1 and len(failed) == 1
+    with pytest.raises(Exception, match="say why"):
+        migration.exclude(IMPORTER, "cd", failed, "  ")
+    with pytest.raises(Exception, match="only pending, failed"):
+        migration.exclude(IMPORTER, "cd", [good], "operator error")  # already in the archive
+    with pytest.raises(Exception, match="lists no instance"):
+        migration.exclude(IMPORTER, "cd", ["1.2.3.999"], "typo")
+
+    assert migration.exclude(IMPORTER, "cd", failed, "file truncated on the CD") == 1
+    report = migration.verification(IMPORTER, "cd")
+    assert report["unresolved"] == 0
+    assert report["counts"] == {"excluded": 1, "verified": 1}
+    (item,) = [i for i in report["items"] if i["verdict"] == "excluded"]
+    assert item["reason"] == "excluded by solent-migrate: file truncated on the CD"
+    assert migration.pending(IMPORTER, "cd") == []  # the next run does not fetch it
+    with archive.index.read() as conn:
+        audit = conn.execute(select(t.audit_log)).mappings().all()
+    decided = [json.loads(r["detail"]) for r in audit if r["action"] == "import"]
+    assert {"migration": "cd", "instances": failed, "excluded": True,
+            "reason": "file truncated on the CD"} in decided  # fmt: skip
+
+    assert migration.include(IMPORTER, "cd", failed) == 1
+    assert [i.sop_uid for i in migration.pending(IMPORTER, "cd")] == failed
+    assert migration.verification(IMPORTER, "cd")["unresolved"] == 1

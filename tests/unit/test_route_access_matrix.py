@@ -130,6 +130,11 @@ GET_ROUTES: dict[str, Callable[[Target], str]] = {
         f"/fhir/ImagingStudy?patient.identifier={FHIR_ZZB}|{t.local_id}"
     ),
     "/fhir/ImagingStudy/{resource_id}": lambda t: f"/fhir/ImagingStudy/{t.study_pk}",
+    "/fhir/DocumentReference": lambda t: (
+        f"/fhir/DocumentReference?patient.identifier={FHIR_ZZB}|{t.local_id}"
+    ),
+    "/fhir/DocumentReference/{resource_id}": lambda t: f"/fhir/DocumentReference/{t.study_pk}",
+    "/fhir/Binary/{resource_id}": lambda t: f"/fhir/Binary/{t.study_pk}",
     "/fhir/DiagnosticReport": lambda t: (
         f"/fhir/DiagnosticReport?patient.identifier={FHIR_NHS}|{t.nhs}"
     ),

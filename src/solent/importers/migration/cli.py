@@ -60,6 +60,18 @@ def register(sub: Any) -> None:
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(handler=_run)
 
+    exc = act.add_parser(
+        "exclude", help="leave instances the source can never deliver out, with a reason"
+    )
+    exc.add_argument("name")
+    exc.add_argument("sop_uids", nargs="+", metavar="SOP_INSTANCE_UID")
+    exc.add_argument("--reason", required=True, help="why (kept in the report and the audit)")
+    exc.set_defaults(handler=_exclude)
+    inc = act.add_parser("include", help="undo exclude: fetch these instances on the next run")
+    inc.add_argument("name")
+    inc.add_argument("sop_uids", nargs="+", metavar="SOP_INSTANCE_UID")
+    inc.set_defaults(handler=_include)
+
     ver = act.add_parser("verify", help="source vs archive report; exit 1 while unresolved")
     ver.add_argument("name")
     ver.add_argument("--html", type=Path)
@@ -274,3 +286,21 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
             f"{report['counts']}; {report['unresolved']} unresolved"
         )
     return 1 if report["unresolved"] else 0
+
+
+def _exclude(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.security.cli import cli_principal
+
+    done = _services(settings).migration.exclude(
+        cli_principal(), args.name, args.sop_uids, args.reason
+    )
+    print(f"{args.name}: {done} instance(s) excluded; `solent migrate include` undoes it")
+    return 0
+
+
+def _include(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.security.cli import cli_principal
+
+    done = _services(settings).migration.include(cli_principal(), args.name, args.sop_uids)
+    print(f"{args.name}: {done} instance(s) will be fetched by the next run")
+    return 0

@@ -12,7 +12,7 @@ One job per module: ``model`` (vocabulary), ``inventory`` (sources, delta sync),
 (identity before data), ``transfer`` (what to fetch, storing it), ``copies`` (two copies of one
 instance compared), ``quarantine`` (what a differing copy is; the best one served, every other
 kept in the blob store), ``verify`` (the R55 report). ``MigrationService`` is the one
-door callers see; it only delegates.
+door callers see; it delegates, and audits an operator's exclusions.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 from solent.domain.principal import Principal
 from solent.index.sql import Index
 from solent.ingest import Ingestor
+from solent.services.audit import AuditAction, AuditTrail, PatientRef
 from solent.services.identity import IdentityService
 from solent.services.migration.copies import content_digest
 from solent.services.migration.inventory import Inventory
@@ -61,8 +62,10 @@ class MigrationService:
         store: BlobStore,
         ingestor: Ingestor,
         identity: IdentityService,
+        audit: AuditTrail,
     ) -> None:
         self._identity = identity
+        self._audit = audit
         self._inventory = Inventory(index)
         self._reconciler = Reconciler(index, identity)
         # A better copy than the archive's (R54) replaces it; every other way in refuses that.
@@ -119,6 +122,40 @@ class MigrationService:
 
     def fail(self, principal: Principal, source: str, sop_uid: str, reason: str) -> None:
         self._transfer.fail(principal, source, sop_uid, reason)
+
+    def exclude(self, principal: Principal, source: str, sop_uids: list[str], reason: str) -> int:
+        """Leave instances the source can never deliver out of the migration (Transfer.exclude);
+        one audit record per study, naming the instances and the reason."""
+        src = self._inventory.source(principal, source)
+        rows = self._transfer.exclude(principal, source, sop_uids, reason)
+        self._audit_change(principal, src, rows, {"excluded": True, "reason": reason})
+        return len(rows)
+
+    def include(self, principal: Principal, source: str, sop_uids: list[str]) -> int:
+        """Undo ``exclude``: the next run fetches them again; audited like ``exclude``."""
+        src = self._inventory.source(principal, source)
+        rows = self._transfer.include(principal, source, sop_uids)
+        self._audit_change(principal, src, rows, {"excluded": False})
+        return len(rows)
+
+    def _audit_change(
+        self,
+        principal: Principal,
+        src: Source,
+        rows: list[dict[str, Any]],
+        detail: dict[str, Any],
+    ) -> None:
+        by_study: dict[tuple[str, str], list[str]] = {}
+        for r in rows:
+            by_study.setdefault((r["study_uid"], r["patient_id"]), []).append(r["sop_uid"])
+        for (study_uid, patient_id), sops in by_study.items():
+            self._audit.record(
+                principal,
+                AuditAction.IMPORT,
+                patient=PatientRef(src.trust, patient_id) if patient_id else None,
+                study_uid=study_uid,
+                detail={"migration": src.name, "instances": sops, **detail},
+            )
 
     # -- verification --------------------------------------------------------------------------
 

@@ -30,6 +30,10 @@ STUDY_ELSEWHERE = "migration-study-elsewhere"
 # State of an instance the source lists more than once in one inventory (one SOP Instance UID
 # under two patients, studies or files): held, never fetched, until the source holds one.
 CONFLICT = "conflict"
+# Left out of the migration by an operator, with a reason (the source can never deliver it).
+EXCLUDED = "excluded"
+# Not in the archive yet: what an operator may exclude.
+OPEN_STATES = ("pending", "failed", "waiting", CONFLICT)
 DIFFER = "migration-demographics-differ"
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, select, update
 
 from solent.domain.outcomes import Outcome, RejectReason
 from solent.domain.principal import Channel, Principal, Provenance
+from solent.errors import InvalidInput, NotFound
 from solent.index import identity as id_store
 from solent.index import schema as t
 from solent.index.sql import Index, now
@@ -24,7 +25,14 @@ from solent.ingest import Ingestor
 from solent.services.access import Permission
 from solent.services.identity import Change, Demographics, IdentityService, PatientKey
 from solent.services.migration.copies import content_digest
-from solent.services.migration.model import Item, Source, lossy_rendering, require
+from solent.services.migration.model import (
+    EXCLUDED,
+    OPEN_STATES,
+    Item,
+    Source,
+    lossy_rendering,
+    require,
+)
 from solent.services.migration.quarantine import Quarantine
 
 
@@ -209,6 +217,69 @@ class Transfer:
     def fail(self, principal: Principal, source: str, sop_uid: str, reason: str) -> None:
         require(principal, Permission.STORE)
         self._set(source, sop_uid, "failed", reason, None)
+
+    def exclude(
+        self, principal: Principal, source: str, sop_uids: list[str], reason: str
+    ) -> list[dict[str, Any]]:
+        """Leave instances the source can never deliver (a corrupt file, a transfer syntax it
+        cannot send) out of the migration, with the operator's reason: no longer fetched,
+        counted as ``excluded`` by the verification, not as unresolved. Only instances not
+        yet in the archive (pending, failed, held as a conflict or waiting on identity); the
+        rows changed (study, patient), for the audit record."""
+        require(principal, Permission.STORE)
+        why = " ".join(reason.split())
+        if not why:
+            raise InvalidInput("say why these instances are left out (--reason)")
+        note = f"excluded by {principal.name}: {why}"[:4000]
+        return self._move(source, sop_uids, OPEN_STATES, EXCLUDED, note)
+
+    def include(
+        self, principal: Principal, source: str, sop_uids: list[str]
+    ) -> list[dict[str, Any]]:
+        """Undo ``exclude``: the instances are fetched again by the next run."""
+        require(principal, Permission.STORE)
+        return self._move(source, sop_uids, (EXCLUDED,), "pending", None)
+
+    def _move(
+        self,
+        source: str,
+        sop_uids: list[str],
+        from_states: tuple[str, ...],
+        to_state: str,
+        reason: str | None,
+    ) -> list[dict[str, Any]]:
+        c = t.migration_item.c
+        wanted = list(dict.fromkeys(sop_uids))
+
+        def op(conn: Connection) -> list[dict[str, Any]]:
+            rows = [
+                dict(r)
+                for r in conn.execute(
+                    select(c.sop_uid, c.study_uid, c.patient_id, c.state).where(
+                        c.source == source, c.sop_uid.in_(wanted)
+                    )
+                ).mappings()
+            ]
+            found = {r["sop_uid"]: r for r in rows}
+            unknown = [u for u in wanted if u not in found]
+            if unknown:
+                raise NotFound(f"source {source!r} lists no instance {unknown[0]}")
+            stuck = [r for r in rows if r["state"] not in from_states]
+            if stuck:
+                raise InvalidInput(
+                    f"instance {stuck[0]['sop_uid']} is {stuck[0]['state']}; only "
+                    f"{', '.join(from_states)} instances can be "
+                    f"{'excluded' if to_state == EXCLUDED else 'included again'}"
+                )
+            conn.execute(
+                update(t.migration_item)
+                .where(c.source == source, c.sop_uid.in_(wanted))
+                .values(state=to_state, reason=reason, updated_at=now())
+            )
+            return rows
+
+        changed: list[dict[str, Any]] = self._index.write(op)
+        return changed
 
     def _set(
         self,

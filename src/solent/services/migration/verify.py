@@ -17,12 +17,14 @@ from solent.index import schema as t
 from solent.index.sql import Index
 from solent.services.access import Permission
 from solent.services.migration.copies import content_digest, spool
-from solent.services.migration.model import plain, require
+from solent.services.migration.model import EXCLUDED, plain, require
 from solent.services.migration.quarantine import SUPERSEDED
 from solent.storage import BlobStore
 
 # Verdicts that need no sign-off: the archive holds this copy, or a better one of it.
-_RESOLVED = frozenset({"verified", "superseded"})
+_IN_ARCHIVE = frozenset({"verified", "superseded"})
+#: Excluded: left out by a person, with a reason (Transfer.exclude).
+_RESOLVED = _IN_ARCHIVE | {EXCLUDED}
 
 
 class Verification:
@@ -102,7 +104,7 @@ class Verification:
             counts[i["verdict"]] += 1
         studies = {i["study_uid"] for i in out_items}
         series = {i["series_uid"] for i in out_items}
-        in_archive_studies = {i["study_uid"] for i in out_items if i["verdict"] in _RESOLVED}
+        in_archive_studies = {i["study_uid"] for i in out_items if i["verdict"] in _IN_ARCHIVE}
         unresolved = sum(n for k, n in counts.items() if k not in _RESOLVED)
         return {
             "source": source,
