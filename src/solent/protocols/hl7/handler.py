@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, Principal, PrincipalKind
 from solent.errors import IndexUnavailable
-from solent.protocols.hl7 import er7
+from solent.protocols.hl7 import er7, queries
 from solent.protocols.hl7.ack import ack_bytes, build_ack
 from solent.protocols.hl7.ack import escape as ack_escape
 from solent.protocols.hl7.er7 import Header, Message, MessageRejected
@@ -105,6 +105,7 @@ class Hl7Handler:
         gate: SenderGate | None = None,
     ) -> None:
         self.directory = services.directory
+        self.patients = services.patients  # R5/R6: PIX and PDQ queries
         #: Security (issue 6): registered senders only (the listener passes one; None: no check).
         self.gate = gate
         self.inbox = services.inbox
@@ -156,6 +157,8 @@ class Hl7Handler:
                 return build_ack(msg, exc.code, exc.reason)
             if row is not None:
                 speaker = Speaker(row.trust_code, row.trust_code is None or speaker.regional)
+        if queries.is_query(msg):  # a read: answered as the sender, audited, not journalled
+            return queries.answer(msg, speaker.principal(h, remote), self.patients)
         env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, speaker.issuer(h))
         try:
             apply = self._route(msg, speaker)
