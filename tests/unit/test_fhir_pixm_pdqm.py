@@ -14,6 +14,7 @@ from solent.domain.principal import Principal, PrincipalKind
 from solent.protocols.fhir.resources import local_system
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.http import create_app
+from solent.security.auditformats import dicom_xml, fhir_audit_event
 from solent.services.identity import Change, PatientKey
 from solent.settings import load_settings
 from tests.conftest import http_headers
@@ -147,7 +148,12 @@ def test_pdqm_search_by_demographics(client: TestClient, archive: Archive) -> No
     assert ids({"family": "mobile"}, headers=zzc) == []
     # The query is audited naming each patient returned.
     trail = archive.audit.search(patient_id="B2", patient_issuer="ZZB", action="query")
-    assert any('"transaction":"ITI-78"' in (r["detail"] or "") for r in trail)
+    record = next(r for r in trail if '"transaction":"ITI-78"' in (r["detail"] or ""))
+    # ... as an ATNA query event of that IHE transaction, in both export formats.
+    assert 'csd-code="ITI-78" codeSystemName="IHE Transactions"' in dicom_xml(record)
+    assert {"system": "urn:ihe:event-type-code", "code": "ITI-78"}.items() <= next(
+        s for s in fhir_audit_event(record)["subtype"] if s["code"] == "ITI-78"
+    ).items()
 
 
 def test_pdqm_bad_parameters_are_400(client: TestClient) -> None:
