@@ -953,6 +953,9 @@ def test_r6_pdq_query_by_demographics(site: Site) -> None:
     # Prefix match with "*", in ZZB's domain only (QPD-8): both ZZB patients, ZZB's MRNs.
     both = pdq("ZZB", "PDQ2", "@PID.5.1.1^QUERY*", "^^^ZZB")
     assert sorted(p[3] for p in _segments(both, "PID")) == ["B500021^^^ZZB^MR", "B500022^^^ZZB^MR"]
+    # From ZZB's sender the same person is shown in ZZB's identifiers first.
+    (pid,) = _segments(pdq("ZZB", "PDQ7", "@PID.5.1.1^QUERYTON~@PID.5.2^PETRA"), "PID")
+    assert pid[3].split("~")[0] == "B500021^^^ZZB^MR"
     # ZZA's sender sees Petra (its patient) but not Paul (ZZB's only).
     assert [p[5] for p in _segments(pdq("ZZA", "PDQ3", "@PID.5.1.1^QUERY*"), "PID")] == [
         "QUERYTON^PETRA"

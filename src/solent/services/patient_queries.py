@@ -283,6 +283,7 @@ class PatientQueryService:
                 ids = [i for i in ids if i.domain in domains]
                 if not ids:
                     continue
+            ids.sort(key=lambda i: i.domain != principal.trust)  # the caller's own first
             own = [r for r in records if r["issuer"] == principal.trust]
             shown = own[0] if own else next(r for r in records if int(r["pk"]) == pk)
             contact = shown["contact"]
