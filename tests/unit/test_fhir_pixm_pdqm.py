@@ -177,3 +177,75 @@ def test_capability_statement_names_pdqm_and_pixm(client: TestClient) -> None:
     names = {p["name"] for p in patient["searchParam"]}
     assert {"family", "given", "birthdate", "gender", "identifier", "_id"} <= names
     assert patient["operation"][0]["name"] == "ihe-pix"
+    assert {"code": "update"} in patient["interaction"] and patient["conditionalUpdate"]
+
+
+def _patient(local_id: str, trust: str, family: str, status: str = "01") -> dict[str, Any]:
+    verification = {
+        "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus",
+        "valueCodeableConcept": {
+            "coding": [
+                {
+                    "system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland",
+                    "code": status,
+                }
+            ]
+        },
+    }
+    return {
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": local_system(trust), "value": local_id},
+            {"system": NHS, "value": FED, "extension": [verification]},
+        ],
+        "name": [{"use": "official", "family": family, "given": ["FRAN"]}],
+        "gender": "female",
+        "birthDate": "1962-04-17",  # as _adt sends it: no conflict
+    }
+
+
+FED = "9994001086"
+
+
+def test_iti_104_feed_creates_and_updates_own_trusts_record(
+    client: TestClient, archive: Archive
+) -> None:
+    zza = add_user(archive, "zza-pas", "ZZA", "integration", password=None)
+    url = f"/fhir/Patient?identifier={local_system('ZZA')}|A104"
+    r = client.put(url, json=_patient("A104", "ZZA", "FEEDER"), headers=zza)
+    assert r.status_code == 201, r.text
+    assert r.json()["name"][0]["family"] == "FEEDER"
+    assert r.headers["location"].endswith(f"/fhir/Patient/{r.json()['id']}")
+    again = client.put(url, json=_patient("A104", "ZZA", "FEEDWELL"), headers=zza)
+    assert again.status_code == 200 and again.json()["id"] == r.json()["id"]
+    assert again.json()["name"][0]["family"] == "FEEDWELL"
+    # Traced NHS number: linked with ZZB's record fed over HL7 with the same number.
+    handler = Hl7Handler(archive.services)
+    assert "MSA|AA" in handler.handle(_adt("ZZB", "F104", "B104", "FEEDWELL^FRAN", FED))
+    found = _pix(client, f"{local_system('ZZA')}|A104", local_system("ZZB")).json()
+    assert _targets(found) == [(local_system("ZZB"), "B104")]
+    # R6: an untraced update (status 03) does not overwrite the PDS-sourced name.
+    local = client.put(url, json=_patient("A104", "ZZA", "LOCALNAME", "03"), headers=zza)
+    assert local.status_code == 200 and local.json()["name"][0]["family"] == "FEEDWELL"
+
+
+def test_iti_104_feed_refusals(client: TestClient, archive: Archive) -> None:
+    zza = add_user(archive, "zza-pas2", "ZZA", "integration", password=None)
+    clinician = add_user(archive, "zza-doc", "ZZA", "clinician", password=None)
+    zzb_url = f"/fhir/Patient?identifier={local_system('ZZB')}|B105"
+    zza_url = f"/fhir/Patient?identifier={local_system('ZZA')}|A105"
+    cases = [
+        (zzb_url, _patient("B105", "ZZB", "OTHER"), zza, 403),  # another trust's record
+        (zza_url, _patient("A105", "ZZA", "DOC"), clinician, 403),  # not an identity source
+        (zza_url, _patient("A999", "ZZA", "MISMATCH"), zza, 400),  # body names another ID
+        (zza_url, {"resourceType": "Patient", "gender": "nonsense"}, zza, 400),
+        (zza_url, {**_patient("A105", "ZZA", "GONE"), "active": False}, zza, 422),
+        (f"/fhir/Patient?identifier={NHS}|{FED}", _patient("A105", "ZZA", "X"), zza, 400),
+    ]
+    for url, body, headers, status in cases:
+        r = client.put(url, json=body, headers=headers)
+        assert r.status_code == status, (url, body, r.text)
+        assert r.json()["resourceType"] == "OperationOutcome"
+    # Nothing was created by any of them.
+    assert archive.identity.resolve("ZZA", "A105") is None
+    assert archive.identity.resolve("ZZB", "B105") is None

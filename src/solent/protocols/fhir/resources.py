@@ -456,6 +456,13 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                                 ("active", "token", "PDQm: every record held is active"),
                             ],
                         ),
+                        # ITI-104: PUT /fhir/Patient?identifier=... (integration accounts)
+                        "interaction": [
+                            {"code": "read"},
+                            {"code": "search-type"},
+                            {"code": "update"},
+                        ],
+                        "conditionalUpdate": True,
                         "operation": [
                             {
                                 "name": "ihe-pix",
