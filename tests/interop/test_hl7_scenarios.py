@@ -17,6 +17,7 @@ import pytest
 
 from solent.app import build_archive
 from solent.dicom.identity_patch import apply_identity
+from solent.index.hl7_senders import add_sender
 from solent.services.identity import IdentityService
 from solent.settings import load_settings
 from tests.conftest import RunningServer, require_tool, start_server
@@ -826,10 +827,24 @@ def test_garbage_and_unsupported_messages_get_ar(site: Site) -> None:
 # -- R5/R6: PIX (ITI-9) and PDQ (ITI-21) queries over MLLP --------------------------------------
 
 
-def _qbp(facility: str, control: str, trigger: str, qpd: str) -> str:
+@pytest.fixture(scope="module")
+def epr(site: Site) -> Site:
+    """Each trust's EPR registered as an HL7 sender speaking for its trust (`solent hl7 sender
+    add EPR ZZA`: the facility's trust): queries read as that trust. The module's "*"
+    registrations are regional (no trust), which reads nothing."""
+    archive = build_archive(load_settings(environ={}, data_dir=site.data_dir), migrate=False)
+    try:
+        for trust in ("ZZA", "ZZB", "ZZC"):
+            add_sender(archive.index, "EPR", trust, ("127.0.0.1",), trust)
+    finally:
+        archive.close()
+    return site
+
+
+def _qbp(facility: str, control: str, trigger: str, qpd: str, app: str = "EPR") -> str:
     structure = "QBP_Q21"
     return (
-        f"MSH|^~\\&|EPR|{facility}|PACS|ZZX|20250401090000||QBP^{trigger}^{structure}|{control}|P|2.5\n"
+        f"MSH|^~\\&|{app}|{facility}|PACS|ZZX|20250401090000||QBP^{trigger}^{structure}|{control}|P|2.5\n"
         f"{qpd}\nRCP|I\n"
     )
 
@@ -856,6 +871,7 @@ PIXLEY_A = adt(
 )
 
 
+@pytest.mark.usefixtures("epr")
 def test_r5_pix_query_answers_in_each_trusts_identifiers(site: Site) -> None:
     nhs = "9994001019"  # traced at ZZA and ZZB: one person
     acks = site.send(
@@ -889,6 +905,7 @@ def test_r5_pix_query_answers_in_each_trusts_identifiers(site: Site) -> None:
     assert any('"transaction":"ITI-9"' in (r["detail"] or "") for r in trail)
 
 
+@pytest.mark.usefixtures("epr")
 @pytest.mark.parametrize(
     ("source", "domains", "where"),
     [
@@ -908,6 +925,7 @@ def test_r5_pix_query_errors_per_iti_9(site: Site, source: str, domains: str, wh
     assert _segments(rsp, "PID") == []
 
 
+@pytest.mark.usefixtures("epr")
 def test_r5_pix_query_of_another_trusts_sender_and_after_unlink(site: Site) -> None:
     nhs = "9994001027"
     site.send(
@@ -920,6 +938,13 @@ def test_r5_pix_query_of_another_trusts_sender_and_after_unlink(site: Site) -> N
     assert msa(foreign)[0] == msa(unknown)[0] == "AE"
     assert _segments(foreign, "ERR")[0][2:4] == _segments(unknown, "ERR")[0][2:4]
 
+    # The EMPI (a regional identity source, no trust) may change every trust's records but
+    # reads none of them.
+    (empi,) = site.send(
+        _qbp("ZZX", "PIXU6", "Q23", "QPD|IHE PIX Query|PIXU6|A500011^^^ZZA^MR|", app="EMPI")
+    )
+    assert _segments(empi, "ERR")[0][2:4] == _segments(unknown, "ERR")[0][2:4]
+
     assert "B500011^^^ZZB^MR" in _pid3(_pix(site, "ZZA", "PIXU3", "A500011^^^ZZA^MR"))
     (ack,) = site.send(A37.format(control="PIX-A37", a="A500011", b="B500011"))
     assert msa(ack)[0] == "AA"
@@ -929,6 +954,7 @@ def test_r5_pix_query_of_another_trusts_sender_and_after_unlink(site: Site) -> N
     assert _segments(gone, "QAK")[0][2] == "NF"
 
 
+@pytest.mark.usefixtures("epr")
 def test_r6_pdq_query_by_demographics(site: Site) -> None:
     nhs = "9994001035"
     site.send(

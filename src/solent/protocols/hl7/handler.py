@@ -93,6 +93,14 @@ class Speaker:
             address=remote,
         )
 
+    def reader(self, h: Header, remote: str | None) -> Principal:
+        """The sender as the caller of a query (PIX, PDQ): it reads as the trust it is
+        registered for, and a registration without a trust (the EMPI) as no trust, whatever
+        MSH-4 says; the regional role widens what a feed may change, never what it may read."""
+        return Principal(
+            PrincipalKind.NODE, f"hl7:{h.sending_application}", self.trust, address=remote
+        )
+
 
 class Hl7Handler:
     """Stateless: any number of listeners in any number of processes may share an index."""
@@ -158,7 +166,7 @@ class Hl7Handler:
             if row is not None:
                 speaker = Speaker(row.trust_code, row.trust_code is None or speaker.regional)
         if queries.is_query(msg):  # a read: answered as the sender, audited, not journalled
-            return queries.answer(msg, speaker.principal(h, remote), self.patients)
+            return queries.answer(msg, speaker.reader(h, remote), self.patients)
         env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, speaker.issuer(h))
         try:
             apply = self._route(msg, speaker)
