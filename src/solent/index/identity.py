@@ -188,6 +188,11 @@ def pds_demographics(conn: Connection, pk: int) -> bool:
     return bool(conn.execute(select(c.pds_demographics).where(c.pk == pk)).scalar())
 
 
+def mark_pds_demographics(conn: Connection, pk: int) -> None:
+    """Mark the record's demographics PDS-sourced without touching its modification time."""
+    conn.execute(update(t.patient).where(t.patient.c.pk == pk).values(pds_demographics=True))
+
+
 def update_patient(conn: Connection, pk: int, values: dict[str, Any]) -> None:
     changes = dict(values)
     if "name" in changes:

@@ -101,7 +101,12 @@ class RecordUpdates(IdentityReads):
             and values.get("nhs_number_verified", row["nhs_number_verified"])
             and not store.pds_demographics(conn, pk)
         ):
-            values["pds_demographics"] = True  # R6: sent traced, so PDS's from now on
+            # R6: sent traced, so PDS's from now on. Alone, it changes nothing anyone sees
+            # (no event, no new modification time for outgoing headers).
+            if values:
+                values["pds_demographics"] = True
+            else:
+                store.mark_pds_demographics(conn, pk)
         # Links depend only on the NHS number, its status, date of birth and sex: when none
         # of those changed, neither did the links (the common A08), so skip the graph walk.
         if linked_before is None and LINK_FIELDS & values.keys():
