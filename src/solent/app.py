@@ -31,6 +31,7 @@ from solent.services.mdt import MdtService
 from solent.services.mdt_live import LiveHub
 from solent.services.mdt_shared import open_broker
 from solent.services.migration import MigrationService
+from solent.services.patient_queries import PatientQueryService
 from solent.services.peers import PeerAddresses
 from solent.services.performed_steps import PerformedStepService
 from solent.services.query import QueryService
@@ -110,6 +111,7 @@ class Archive:
             retrieve=retrieve,
             records=records,
             manifests=ManifestService(records, self.index, self.settings.ae_title),
+            patients=PatientQueryService(self.index, identity, self.access, self.audit),
             identity=IdentityDoor(identity, self.access, self.audit),
             held=HeldService(
                 self.index, self.store, self.access, self.audit, self.ingestor, identity

@@ -17,6 +17,7 @@ import pytest
 
 from solent.app import build_archive
 from solent.dicom.identity_patch import apply_identity
+from solent.index.hl7_senders import add_sender
 from solent.services.identity import IdentityService
 from solent.settings import load_settings
 from tests.conftest import RunningServer, require_tool, start_server
@@ -821,3 +822,213 @@ def test_garbage_and_unsupported_messages_get_ar(site: Site) -> None:
     assert code == "AR"
     # ZZQ is neither a registered HL7 sender (issue 6) nor a trust: refused at the gate.
     assert "ZZQ" in text and "not registered" in text
+
+
+# -- R5/R6: PIX (ITI-9) and PDQ (ITI-21) queries over MLLP --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def epr(site: Site) -> Site:
+    """Each trust's EPR registered as an HL7 sender speaking for its trust (`solent hl7 sender
+    add EPR ZZA`: the facility's trust): queries read as that trust. The module's "*"
+    registrations are regional (no trust), which reads nothing."""
+    archive = build_archive(load_settings(environ={}, data_dir=site.data_dir), migrate=False)
+    try:
+        for trust in ("ZZA", "ZZB", "ZZC"):
+            add_sender(archive.index, "EPR", trust, ("127.0.0.1",), trust)
+    finally:
+        archive.close()
+    return site
+
+
+def _qbp(facility: str, control: str, trigger: str, qpd: str, app: str = "EPR") -> str:
+    structure = "QBP_Q21"
+    return (
+        f"MSH|^~\\&|{app}|{facility}|PACS|ZZX|20250401090000||QBP^{trigger}^{structure}|{control}|P|2.5\n"
+        f"{qpd}\nRCP|I\n"
+    )
+
+
+def _pix(site: Site, facility: str, control: str, source: str, domains: str = "") -> str:
+    (rsp,) = site.send(
+        _qbp(facility, control, "Q23", f"QPD|IHE PIX Query|{control}|{source}|{domains}")
+    )
+    return rsp
+
+
+def _segments(rsp: str, name: str) -> list[list[str]]:
+    return [s.split("|") for s in rsp.split("\r") if s.startswith(f"{name}|")]
+
+
+def _pid3(rsp: str) -> list[str]:
+    (pid,) = _segments(rsp, "PID")
+    return pid[3].split("~")
+
+
+NHS_CX = "^^^NHS&2.16.840.1.113883.2.1.4.1&ISO^NH"
+PIXLEY_A = adt(
+    "ZZA", "PIX-A1", "A500001", nhs="9994001019", name="PIXLEY^ANNA", dob="19700101", sex="F"
+)
+
+
+@pytest.mark.usefixtures("epr")
+def test_r5_pix_query_answers_in_each_trusts_identifiers(site: Site) -> None:
+    nhs = "9994001019"  # traced at ZZA and ZZB: one person
+    acks = site.send(
+        PIXLEY_A,
+        adt("ZZB", "PIX-B1", "B500001", nhs=nhs, name="PIXLEY^ANNA", dob="19700101", sex="F"),
+        adt("ZZA", "PIX-A2", "A500002", name="SOLO^SAM"),  # no other identity anywhere
+    )
+    assert [msa(a)[0] for a in acks] == ["AA", "AA", "AA"]
+
+    rsp = _pix(site, "ZZA", "PIXQ1", "A500001^^^ZZA^MR")
+    assert rsp.split("\r")[0].split("|")[8] == "RSP^K23^RSP_K23"
+    assert msa(rsp)[:2] == ["AA", "PIXQ1"]
+    assert _segments(rsp, "QAK")[0][1:3] == ["PIXQ1", "OK"]
+    assert _segments(rsp, "QPD")[0][3] == "A500001^^^ZZA^MR"  # the query echoed
+    assert sorted(_pid3(rsp)) == sorted(["B500001^^^ZZB^MR", nhs + NHS_CX])
+    assert _segments(rsp, "PID")[0][5] == "~^^^^^^S"  # IHE: no name across domains
+
+    # What domains returned (QPD-4): ZZB's number only; from ZZB's EPR, ZZA's MRN by NHS number.
+    assert _pid3(_pix(site, "ZZA", "PIXQ2", "A500001^^^ZZA^MR", "^^^ZZB")) == ["B500001^^^ZZB^MR"]
+    by_nhs = _pix(site, "ZZB", "PIXQ3", f"{nhs}^^^NHS^NH", "^^^ZZA")
+    assert _pid3(by_nhs) == ["A500001^^^ZZA^MR"]
+
+    # Known patient, nothing in the domain asked for: AA / NF and no PID.
+    none = _pix(site, "ZZA", "PIXQ4", "A500002^^^ZZA^MR", "^^^ZZB")
+    assert msa(none)[0] == "AA"
+    assert _segments(none, "QAK")[0][2] == "NF"
+    assert _segments(none, "PID") == []
+
+    # The query is audited, naming the patient and the transaction (ATNA query event).
+    trail = site.api.json("/api/audit", patient_id="A500001", issuer="ZZA", action="query")
+    assert any('"transaction":"ITI-9"' in (r["detail"] or "") for r in trail)
+
+
+@pytest.mark.usefixtures("epr")
+@pytest.mark.parametrize(
+    ("source", "domains", "where"),
+    [
+        ("A599999^^^ZZA^MR", "", "QPD^1^3^1^1"),  # nobody holds this identifier
+        ("A500001^^^ZZQ^MR", "", "QPD^1^3^1^4"),  # unknown assigning authority
+        ("A500001^^^ZZA^MR", "^^^ZZB~^^^ZZQ", "QPD^1^4^2"),  # unknown domain asked for
+    ],
+)
+def test_r5_pix_query_errors_per_iti_9(site: Site, source: str, domains: str, where: str) -> None:
+    site.send(PIXLEY_A)
+    rsp = _pix(site, "ZZA", f"PIXE{where[-5:]}", source, domains)
+    assert msa(rsp)[0] == "AE"
+    assert _segments(rsp, "QAK")[0][2] == "AE"
+    (err,) = _segments(rsp, "ERR")
+    assert err[2] == where
+    assert err[3].startswith("204^")
+    assert _segments(rsp, "PID") == []
+
+
+@pytest.mark.usefixtures("epr")
+def test_r5_pix_query_of_another_trusts_sender_and_after_unlink(site: Site) -> None:
+    nhs = "9994001027"
+    site.send(
+        adt("ZZA", "PIX-U1", "A500011", nhs=nhs, name="UNLINK^UMA", dob="19800101", sex="F"),
+        adt("ZZB", "PIX-U2", "B500011", nhs=nhs, name="UNLINK^UMA", dob="19800101", sex="F"),
+    )
+    # ZZC has no relationship with the patient: answered exactly like an unknown identifier.
+    foreign = _pix(site, "ZZC", "PIXU1", "A500011^^^ZZA^MR")
+    unknown = _pix(site, "ZZC", "PIXU2", "A599911^^^ZZA^MR")
+    assert msa(foreign)[0] == msa(unknown)[0] == "AE"
+    assert _segments(foreign, "ERR")[0][2:4] == _segments(unknown, "ERR")[0][2:4]
+
+    # The EMPI (a regional identity source, no trust) may change every trust's records but
+    # reads none of them.
+    (empi,) = site.send(
+        _qbp("ZZX", "PIXU6", "Q23", "QPD|IHE PIX Query|PIXU6|A500011^^^ZZA^MR|", app="EMPI")
+    )
+    assert _segments(empi, "ERR")[0][2:4] == _segments(unknown, "ERR")[0][2:4]
+
+    assert "B500011^^^ZZB^MR" in _pid3(_pix(site, "ZZA", "PIXU3", "A500011^^^ZZA^MR"))
+    (ack,) = site.send(A37.format(control="PIX-A37", a="A500011", b="B500011"))
+    assert msa(ack)[0] == "AA"
+    # After the A37 ZZB's record is no longer the same person: only ZZA's own NHS number.
+    assert _pid3(_pix(site, "ZZA", "PIXU4", "A500011^^^ZZA^MR")) == [nhs + NHS_CX]
+    gone = _pix(site, "ZZA", "PIXU5", "A500011^^^ZZA^MR", "^^^ZZB")
+    assert _segments(gone, "QAK")[0][2] == "NF"
+
+
+@pytest.mark.usefixtures("epr")
+def test_r6_pdq_query_by_demographics(site: Site) -> None:
+    nhs = "9994001035"
+    site.send(
+        adt("ZZA", "PDQ-A1", "A500021", nhs=nhs, name="QUERYTON^PETRA", dob="19550505", sex="F"),
+        adt("ZZB", "PDQ-B1", "B500021", nhs=nhs, name="QUERYTON^PETRA", dob="19550505", sex="F"),
+        adt("ZZB", "PDQ-B2", "B500022", name="QUERYTON^PAUL", dob="19600606", sex="M"),
+    )
+
+    def pdq(facility: str, control: str, fields: str, domains: str = "") -> str:
+        qpd = f"QPD|IHE PDQ Query|{control}|{fields}|||||{domains}"
+        (rsp,) = site.send(_qbp(facility, control, "Q22", qpd))
+        return rsp
+
+    rsp = pdq("ZZA", "PDQ1", "@PID.5.1.1^QUERYTON~@PID.8^F")
+    assert rsp.split("\r")[0].split("|")[8] == "RSP^K22^RSP_K22"
+    assert _segments(rsp, "QAK")[0][1:5] == ["PDQ1", "OK", "IHE PDQ Query", "1"]
+    (pid,) = _segments(rsp, "PID")  # one person, shown as ZZA's record
+    assert pid[3].split("~")[0] == "A500021^^^ZZA^MR"
+    assert set(pid[3].split("~")) == {"A500021^^^ZZA^MR", "B500021^^^ZZB^MR", nhs + NHS_CX}
+    assert (pid[5], pid[7], pid[8]) == ("QUERYTON^PETRA", "19550505", "F")
+
+    # Prefix match with "*", in ZZB's domain only (QPD-8): both ZZB patients, ZZB's MRNs.
+    both = pdq("ZZB", "PDQ2", "@PID.5.1.1^QUERY*", "^^^ZZB")
+    assert sorted(p[3] for p in _segments(both, "PID")) == ["B500021^^^ZZB^MR", "B500022^^^ZZB^MR"]
+    # From ZZB's sender the same person is shown in ZZB's identifiers first.
+    (pid,) = _segments(pdq("ZZB", "PDQ7", "@PID.5.1.1^QUERYTON~@PID.5.2^PETRA"), "PID")
+    assert pid[3].split("~")[0] == "B500021^^^ZZB^MR"
+    # ZZA's sender sees Petra (its patient) but not Paul (ZZB's only).
+    assert [p[5] for p in _segments(pdq("ZZA", "PDQ3", "@PID.5.1.1^QUERY*"), "PID")] == [
+        "QUERYTON^PETRA"
+    ]
+    # ZZC's sender: no relationship with either, so no match at all.
+    assert _segments(pdq("ZZC", "PDQ4", "@PID.5.1.1^QUERY*"), "QAK")[0][2] == "NF"
+    # An unknown domain in QPD-8, an unsupported field: AE pointing at it.
+    bad = pdq("ZZA", "PDQ5", "@PID.5.1.1^QUERYTON", "^^^ZZQ")
+    assert msa(bad)[0] == "AE" and _segments(bad, "ERR")[0][2] == "QPD^1^8^1"
+    odd = pdq("ZZA", "PDQ6", "@PID.5.1.1^QUERYTON~@PID.19^123")
+    assert msa(odd)[0] == "AE" and _segments(odd, "ERR")[0][2] == "QPD^1^3^2^1"
+
+
+def test_r6_pds_demographics_not_overwritten_by_a_local_edit(site: Site) -> None:
+    nhs = "9994001043"
+    traced = adt("ZZA", "R6-1", "A500031", nhs=nhs, name="TRACED^TINA", dob="19900909", sex="F")
+    (ack,) = site.send(traced)
+    assert msa(ack)[0] == "AA"
+    # The PAS edits the name locally: the NHS number now "trace required" (NSTS03).
+    local = adt(
+        "ZZA",
+        "R6-2",
+        "A500031",
+        event="A08",
+        nhs=nhs,
+        status="NSTS03",
+        name="LOCAL^TINA",
+        dob="19900909",
+        sex="F",
+    )
+    (ack,) = site.send(local)
+    assert msa(ack)[0] == "AA"
+    (record,) = site.api.person(issuer="ZZA", patient_id="A500031")["records"]
+    assert record["name"] == "TRACED^TINA"  # PDS's name kept
+    kept = [
+        w
+        for w in site.api.work_items()
+        if w["local_id"] == "A500031" and w["kind"] == "pds-demographics-kept"
+    ]
+    assert len(kept) == 1 and "LOCAL^TINA" in kept[0]["detail"]
+    # A second untraced edit (the number is untraced by now) is still not applied.
+    site.send(local.replace("R6-2", "R6-3").replace("LOCAL^TINA", "LOCAL^TINY"))
+    assert (
+        site.api.person(issuer="ZZA", patient_id="A500031")["records"][0]["name"] == "TRACED^TINA"
+    )
+    # Traced again on PDS with the new name: applied.
+    site.send(traced.replace("R6-1", "R6-4").replace("TRACED^TINA", "RETRACED^TINA"))
+    assert (
+        site.api.person(issuer="ZZA", patient_id="A500031")["records"][0]["name"] == "RETRACED^TINA"
+    )

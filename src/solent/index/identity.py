@@ -182,6 +182,17 @@ def insert_patient(conn: Connection, issuer: str, local_id: str, values: dict[st
     return int(res.inserted_primary_key[0])  # type: ignore[index]
 
 
+def pds_demographics(conn: Connection, pk: int) -> bool:
+    """R6: the record's name, birth date and sex were last set by a message traced on PDS."""
+    c = t.patient.c
+    return bool(conn.execute(select(c.pds_demographics).where(c.pk == pk)).scalar())
+
+
+def mark_pds_demographics(conn: Connection, pk: int) -> None:
+    """Mark the record's demographics PDS-sourced without touching its modification time."""
+    conn.execute(update(t.patient).where(t.patient.c.pk == pk).values(pds_demographics=True))
+
+
 def update_patient(conn: Connection, pk: int, values: dict[str, Any]) -> None:
     changes = dict(values)
     if "name" in changes:

@@ -89,6 +89,9 @@ patient = Table(
     Column("placeholder", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # R6: name, birth date and sex were last set by a message traced on PDS (NSTS01); an
+    # untraced update (a local edit) leaves them alone (services/identity/feeds.py).
+    Column("pds_demographics", Boolean, nullable=False, default=False, server_default=false()),
     UniqueConstraint("issuer", "local_id"),
     Index(None, "nhs_number"),
     Index(None, "name_upper"),

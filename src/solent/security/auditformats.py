@@ -44,6 +44,27 @@ NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 AUDIT_SOURCE = "SOLENT"
 
 
+#: IHE transactions a query record may name (its detail's "transaction"): IHE ATNA's
+#: EventTypeCode of the query event, code system "IHE Transactions" (urn:ihe:event-type-code).
+IHE_TRANSACTIONS = {
+    "ITI-9": "PIX Query",
+    "ITI-21": "Patient Demographics Query",
+    "ITI-78": "Mobile Patient Demographics Query",
+    "ITI-83": "Mobile Patient Identifier Cross-reference Query",
+}
+IHE_EVENT_TYPES = "urn:ihe:event-type-code"
+
+
+def ihe_transaction(record: dict[str, Any]) -> tuple[str, str] | None:
+    """(code, display) of the IHE transaction the record's detail names, if any."""
+    try:
+        detail = json.loads(record.get("detail") or "{}")
+    except ValueError:
+        return None
+    code = detail.get("transaction") if isinstance(detail, dict) else None
+    return (code, IHE_TRANSACTIONS[code]) if code in IHE_TRANSACTIONS else None
+
+
 def event_of(record: dict[str, Any]) -> tuple[str, str, str, tuple[str, str] | None]:
     return EVENTS.get(record["action"], EVENTS["application-activity"])
 
@@ -68,6 +89,8 @@ def dicom_xml(record: dict[str, Any]) -> str:
     _code(ev, "EventID", event_id, "DCM", event_name)
     if event_type:
         _code(ev, "EventTypeCode", event_type[0], "DCM", event_type[1])
+    if transaction := ihe_transaction(record):
+        _code(ev, "EventTypeCode", transaction[0], "IHE Transactions", transaction[1])
     if record.get("purpose"):
         _code(ev, "PurposeOfUse", record["purpose"], "Solent", record["purpose"])
     user = ET.SubElement(
@@ -218,6 +241,11 @@ def fhir_audit_event(record: dict[str, Any]) -> dict[str, Any]:
     }
     if event_type:
         event["subtype"] = [{"system": DCM, "code": event_type[0], "display": event_type[1]}]
+    if transaction := ihe_transaction(record):
+        event["subtype"] = [
+            *event.get("subtype", []),
+            {"system": IHE_EVENT_TYPES, "code": transaction[0], "display": transaction[1]},
+        ]
     if record.get("purpose"):
         event["purposeOfEvent"] = [{"text": record["purpose"]}]
     entities: list[dict[str, Any]] = event["entity"]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from solent.services.mdt import MdtService
     from solent.services.mdt_live import LiveHub
     from solent.services.migration import MigrationService
+    from solent.services.patient_queries import PatientQueryService
     from solent.services.peers import PeerAddresses
     from solent.services.performed_steps import PerformedStepService
     from solent.services.query import QueryService
@@ -51,6 +52,7 @@ class Services:
     retrieve: RetrieveService  # every image read: C-GET/C-MOVE, commitment, WADO-RS/URI, renders
     records: RecordService  # FHIR, IID and identity API reads (access + audit inside)
     manifests: ManifestService  # R25/R27: study manifests for IHE MHD consumers
+    patients: PatientQueryService  # R5/R6: PIX/PDQ identifier and demographic queries
     identity: IdentityDoor  # identity changes by people (steward rule inside); reads: records
     held: HeldService  # issue 11: instances held for reconciliation, released or discarded
     study_edits: StudyEditService  # R57: studies moved to another patient, accessions corrected

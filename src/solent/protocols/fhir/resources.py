@@ -17,6 +17,7 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.parameters import Parameters
 from fhir.resources.R4B.patient import Patient
 
 from solent import __version__
@@ -37,6 +38,7 @@ VERIFICATION_DISPLAY = {
     "07": "Number not present and trace not required",
     "08": "Trace postponed (baby under six weeks old)",
 }
+PIXM_OPERATION = "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 FHIR_JSON = "application/fhir+json"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -217,6 +219,21 @@ def patient(
             {"other": {"reference": f"Patient/{pk}"}, "type": "seealso"} for pk in sorted(linked)
         ]
     return _valid(Patient, data)
+
+
+def pix_parameters(found: list[tuple[str, str, int | None]]) -> dict[str, Any]:
+    """IHE PIXm (ITI-83) answer: a targetIdentifier per identifier (system, value) and a
+    targetId per Patient resource that holds one (NHS numbers are carried by the records)."""
+    params: list[dict[str, Any]] = [
+        {"name": "targetIdentifier", "valueIdentifier": {"system": system, "value": value}}
+        for system, value, _ in found
+    ]
+    pks = sorted({pk for system, _, pk in found if pk is not None and system != NHS_FHIR_SYSTEM})
+    params += [{"name": "targetId", "valueReference": {"reference": f"Patient/{pk}"}} for pk in pks]
+    data: dict[str, Any] = {"resourceType": "Parameters"}
+    if params:
+        data["parameter"] = params
+    return _valid(Parameters, data)
 
 
 def subject_reference(record: dict[str, Any]) -> dict[str, Any]:
@@ -442,13 +459,34 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                     {"name": "_sort", "type": "string", "documentation": "ImagingStudy: started"},
                 ],
                 "resource": [
-                    res(
-                        "Patient",
-                        [
-                            ("identifier", "token", "NHS number or a trust's local ID"),
-                            ("_id", "token", "resource id"),
+                    {
+                        **res(
+                            "Patient",
+                            [
+                                ("identifier", "token", "NHS number or a trust's local ID"),
+                                ("_id", "token", "resource id"),
+                                ("family", "string", "PDQm: family name starts with (:exact)"),
+                                ("given", "string", "PDQm: a given name starts with (:exact)"),
+                                ("birthdate", "date", "PDQm: date of birth (a day)"),
+                                ("gender", "token", "PDQm: male, female, other, unknown"),
+                                ("active", "token", "PDQm: every record held is active"),
+                            ],
+                        ),
+                        # ITI-104: PUT /fhir/Patient?identifier=... (integration accounts)
+                        "interaction": [
+                            {"code": "read"},
+                            {"code": "search-type"},
+                            {"code": "update"},
                         ],
-                    ),
+                        "conditionalUpdate": True,
+                        "operation": [
+                            {
+                                "name": "ihe-pix",
+                                "definition": PIXM_OPERATION,
+                                "documentation": "IHE PIXm ITI-83 identifier cross-reference",
+                            }
+                        ],
+                    },
                     res(
                         "ImagingStudy",
                         [

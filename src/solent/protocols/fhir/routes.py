@@ -21,6 +21,15 @@ from solent.protocols.fhir.search import FhirError, Search, modality_matches, st
 from solent.protocols.http_errors import http_error
 from solent.protocols.params import resource_id as parse_resource_id
 from solent.security.http import current_principal
+from solent.services.access import NotVisible
+from solent.services.patient_queries import (
+    NHS_DOMAIN,
+    DemographicQuery,
+    DomainId,
+    PatientQueryService,
+    UnknownDomains,
+    UnknownSourceDomain,
+)
 from solent.services.records import Person, RecordService
 
 router = APIRouter()
@@ -28,7 +37,21 @@ Caller = Annotated[Principal, Depends(current_principal)]
 FHIR_JSON = "application/fhir+json"
 Token = Annotated[str | None, Query(max_length=200)]
 #: The search parameters each resource takes (the CapabilityStatement lists the same).
-PATIENT_PARAMS = ("identifier", "_id")
+#: Patient takes the PDQm (ITI-78) parameters besides identifier and _id.
+PATIENT_PARAMS = (
+    "identifier",
+    "_id",
+    "family",
+    "family:exact",
+    "given",
+    "given:exact",
+    "birthdate",
+    "gender",
+    "active",
+)
+DEMOGRAPHIC_PARAMS = PATIENT_PARAMS[2:]
+GENDERS = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
+NHS_OID_URI = "urn:oid:2.16.840.1.113883.2.1.4.1"
 STUDY_PARAMS = ("patient.identifier", "patient", "subject", "identifier", "modality", "started")
 REPORT_PARAMS = ("patient.identifier", "patient", "subject")
 
@@ -108,6 +131,69 @@ def _patient_resource(found: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _patients(request: Request) -> PatientQueryService:
+    patients: PatientQueryService = request.app.state.services.patients
+    return patients
+
+
+def _domain_of_system(system: str) -> str | None:
+    """An identifier system as a patient identification domain: NHS, or a trust's ODS code."""
+    if system in (nhs.NHS_FHIR_SYSTEM, NHS_OID_URI):
+        return NHS_DOMAIN
+    return fhir.trust_of_system(system, "patient-id")
+
+
+def _system_of_domain(domain: str) -> str:
+    return nhs.NHS_FHIR_SYSTEM if domain == NHS_DOMAIN else fhir.local_system(domain)
+
+
+@router.get("/Patient/$ihe-pix")
+def pixm_query(
+    request: Request,
+    caller: Caller,
+    source_identifier: Annotated[
+        str | None, Query(alias="sourceIdentifier", max_length=200)
+    ] = None,
+    target_system: Annotated[list[str] | None, Query(alias="targetSystem", max_length=200)] = None,
+) -> JSONResponse:
+    """IHE PIXm (ITI-83): the person's identifiers in other domains, as a Parameters resource
+    of targetIdentifier and targetId. Unknown source domain 400, unknown (or not visible)
+    source identifier 404, unknown target system 403 (PIXm 2.3.83.4.2.3)."""
+
+    def build() -> dict[str, Any]:
+        if not source_identifier or "|" not in source_identifier:
+            raise FhirError(400, "required", "sourceIdentifier=system|value is required")
+        system, value = source_identifier.split("|", 1)
+        domain = _domain_of_system(system)
+        targets: list[str] = []
+        for wanted in target_system or []:
+            for one in wanted.split(","):
+                target = _domain_of_system(one)
+                if target is None:
+                    raise FhirError(403, "code-invalid", f"targetSystem not found: {one}")
+                targets.append(target)
+        try:
+            found = _patients(request).cross_reference(
+                caller, DomainId(domain or system, value), targets, transaction="ITI-83"
+            )
+        except UnknownSourceDomain:
+            raise FhirError(
+                400, "code-invalid", f"sourceIdentifier Assigning Authority not found: {system}"
+            ) from None
+        except UnknownDomains as exc:  # a trust's system naming no registered trust
+            names = ", ".join(_system_of_domain(d) for _, d in exc.domains)
+            raise FhirError(403, "code-invalid", f"targetSystem not found: {names}") from None
+        except NotVisible:
+            raise FhirError(
+                404, "not-found", "sourceIdentifier Patient Identifier not found"
+            ) from None
+        return fhir.pix_parameters(
+            [(_system_of_domain(i.domain), i.value, i.patient_pk) for i in found]
+        )
+
+    return _answer(build)
+
+
 @router.get("/Patient/{resource_id}")
 def read_patient(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
     def build() -> dict[str, Any]:
@@ -125,6 +211,8 @@ def search_patient(
 
     def build() -> dict[str, Any]:
         search = Search(request, PATIENT_PARAMS)
+        if any(search.values(name) for name in DEMOGRAPHIC_PARAMS):
+            return _page(request, search, _pdqm(request, caller, search))
         pk = _key(_id, "patient") if _id else None
         if pk is not None:
             person = records.person(caller, patient_pk=pk)
@@ -137,6 +225,65 @@ def search_patient(
         return _page(request, search, [_patient_resource(f) for f in found])
 
     return _searched(build, request, PATIENT_PARAMS)
+
+
+def _pdqm(request: Request, caller: Principal, search: Search) -> list[dict[str, Any]]:
+    """IHE PDQm (ITI-78): Patient resources matching the demographics, one per record (each
+    trust's record is its own Patient, linked to the person's other visible records).
+    ``family``/``given`` match the start of a name, case-insensitive (``:exact``: the whole
+    name); ``birthdate`` a day; ``gender`` the administrative gender."""
+
+    def one(name: str) -> str | None:
+        values = search.values(name)
+        if len(values) > 1:
+            raise FhirError(400, "not-supported", f"{name} may be given once")
+        return values[0] if values else None
+
+    family, family_exact = one("family"), one("family:exact")
+    given, given_exact = one("given"), one("given:exact")
+    if (family_exact or given_exact) and (family or given):
+        raise FhirError(400, "not-supported", "use either :exact or plain name parameters")
+    birthdate = one("birthdate")
+    if birthdate is not None:
+        day = birthdate.removeprefix("eq")
+        if len(day) != 10 or day[4] != "-" or day[7] != "-" or not day.replace("-", "").isdigit():
+            raise FhirError(400, "invalid", "birthdate: a day, YYYY-MM-DD (prefix eq only)")
+        birthdate = day.replace("-", "")
+    gender = one("gender")
+    if gender is not None and gender not in GENDERS:
+        raise FhirError(400, "invalid", f"gender: one of {', '.join(GENDERS)}")
+    active = one("active")
+    if active not in (None, "true", "false"):
+        raise FhirError(400, "invalid", "active: true or false")
+    ident = None
+    if token := one("identifier"):
+        system, value = _split_token(token)
+        domain = _domain_of_system(system or "")
+        if domain is None:
+            raise FhirError(
+                400, "invalid", f"identifier system {system or '(none)'} is not a known domain"
+            )
+        ident = DomainId(domain, value)
+    query = DemographicQuery(
+        family=family or family_exact,
+        given=given or given_exact,
+        birth_date=birthdate,
+        sex=GENDERS[gender] if gender else None,
+        identifier=ident,
+        exact_names=bool(family_exact or given_exact),
+    )
+    if query.is_empty():
+        raise FhirError(400, "required", "give family, given, birthdate, gender or identifier")
+    if active == "false":  # every record held is active: none matches, nothing is read
+        return []
+    people = _patients(request).find_people(caller, query, transaction="ITI-78")
+    wanted_id = one("_id")
+    return [
+        _patient_resource(found)
+        for p in people
+        for found in p.matched
+        if wanted_id is None or str(found["record"]["pk"]) == wanted_id
+    ]
 
 
 def _page(request: Request, search: Search, found: list[dict[str, Any]]) -> dict[str, Any]:

@@ -23,6 +23,29 @@ def _control_id() -> str:
     return f"SOLENT{int(time.time() * 1000)}{next(_counter):06d}"
 
 
+def reply_header(h: Header, message_type: str) -> str:
+    """The MSH of an answer to ``h``: sender and receiver swapped, a control ID of its own,
+    the message's processing ID (MSH-11), version and character set (MSH-18)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    return "|".join(
+        [
+            "MSH",
+            "^~\\&",
+            escape(h.receiving_application or "SOLENT"),
+            escape(h.receiving_facility or "PACS"),
+            escape(h.sending_application),
+            escape(h.sending_facility),
+            stamp,
+            "",
+            message_type,
+            _control_id(),
+            escape(h.processing_id or "P"),
+            escape(h.version or "2.4"),
+            *(["", "", "", "", "", escape(h.charset)] if h.charset else []),
+        ]
+    )
+
+
 def build_ack(msg: Message | Header | None, code: str, reason: str) -> str:
     """MSH, MSA (with MSA-3 text) and, unless AA, an ERR segment (HL7 v2.5 layout).
 
@@ -36,23 +59,7 @@ def build_ack(msg: Message | Header | None, code: str, reason: str) -> str:
         msa = f"MSA|{code}||{escape(reason)[:500]}"
     else:
         h = msg.header if isinstance(msg, Message) else msg
-        msh = "|".join(
-            [
-                "MSH",
-                "^~\\&",
-                escape(h.receiving_application or "SOLENT"),
-                escape(h.receiving_facility or "PACS"),
-                escape(h.sending_application),
-                escape(h.sending_facility),
-                stamp,
-                "",
-                f"ACK^{escape(h.trigger)}^ACK" if h.trigger else "ACK",
-                _control_id(),
-                escape(h.processing_id or "P"),
-                escape(h.version or "2.4"),
-                *(["", "", "", "", "", escape(h.charset)] if h.charset else []),
-            ]
-        )
+        msh = reply_header(h, f"ACK^{escape(h.trigger)}^ACK" if h.trigger else "ACK")
         msa = f"MSA|{code}|{escape(h.control_id)}|{escape(reason)[:500]}"
     segments = [msh, msa]
     if code != "AA":

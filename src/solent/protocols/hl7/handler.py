@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, Principal, PrincipalKind
 from solent.errors import IndexUnavailable
-from solent.protocols.hl7 import er7
+from solent.protocols.hl7 import er7, queries
 from solent.protocols.hl7.ack import ack_bytes, build_ack
 from solent.protocols.hl7.ack import escape as ack_escape
 from solent.protocols.hl7.er7 import Header, Message, MessageRejected
@@ -93,6 +93,14 @@ class Speaker:
             address=remote,
         )
 
+    def reader(self, h: Header, remote: str | None) -> Principal:
+        """The sender as the caller of a query (PIX, PDQ): it reads as the trust it is
+        registered for, and a registration without a trust (the EMPI) as no trust, whatever
+        MSH-4 says; the regional role widens what a feed may change, never what it may read."""
+        return Principal(
+            PrincipalKind.NODE, f"hl7:{h.sending_application}", self.trust, address=remote
+        )
+
 
 class Hl7Handler:
     """Stateless: any number of listeners in any number of processes may share an index."""
@@ -105,6 +113,7 @@ class Hl7Handler:
         gate: SenderGate | None = None,
     ) -> None:
         self.directory = services.directory
+        self.patients = services.patients  # R5/R6: PIX and PDQ queries
         #: Security (issue 6): registered senders only (the listener passes one; None: no check).
         self.gate = gate
         self.inbox = services.inbox
@@ -156,6 +165,8 @@ class Hl7Handler:
                 return build_ack(msg, exc.code, exc.reason)
             if row is not None:
                 speaker = Speaker(row.trust_code, row.trust_code is None or speaker.regional)
+        if queries.is_query(msg):  # a read: answered as the sender, audited, not journalled
+            return queries.answer(msg, speaker.reader(h, remote), self.patients)
         env = Envelope(h.sender, h.control_id, h.message_type, raw, remote, speaker.issuer(h))
         try:
             apply = self._route(msg, speaker)

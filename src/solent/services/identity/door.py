@@ -16,10 +16,10 @@ from typing import Any
 
 from solent.domain.principal import Principal
 from solent.errors import NotFound
-from solent.services.access import AccessDenied, AccessService, Permission
-from solent.services.audit import AuditAction, AuditTrail, PatientRef
+from solent.services.access import AccessDenied, AccessService, Permission, Role
+from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef
 from solent.services.identity.changes import IdentityService
-from solent.services.identity.model import Change, PatientKey
+from solent.services.identity.model import Change, Demographics, IdentityRejected, PatientKey
 
 
 class IdentityDoor:
@@ -37,6 +37,32 @@ class IdentityDoor:
         """Unlink two records (what A37 does); also blocks their NHS-number link."""
         self._require_steward(principal, "unlinking patient records", a.issuer, b.issuer)
         self._identity.unlink(a, b, Change(principal))
+
+    def feed(self, principal: Principal, key: PatientKey, demo: Demographics) -> tuple[int, bool]:
+        """A trust's record sent by its patient identity source over FHIR (ITI-104): an
+        integration account feeds the records of its own trust only, as an HL7 feed does.
+        Returns (record key, created). Audited by the identity service with the change."""
+        what = "feeding patient identities (ITI-104)"
+        self._access.require(principal, Permission.STORE, what)
+        if Role.INTEGRATION.value not in principal.roles or principal.trust != key.issuer:
+            self._audit.record(
+                principal,
+                AuditAction.PERMISSION_DENIED,
+                AuditOutcome.DENIED,
+                detail={"attempted": what, "issuer": key.issuer},
+            )
+            raise AccessDenied(
+                f"{what}: an integration account of {key.issuer} feeds {key.issuer}'s records; "
+                "this account is not one"
+            )
+        found = self._identity.resolve(key.issuer, key.local_id)
+        if found is not None and found.retired:
+            raise IdentityRejected(
+                f"{key} was retired by a merge or renumbering into "
+                f"{found.local_id}/{found.issuer}; feed that identifier"
+            )
+        created = found is None
+        return self._identity.update_record(key, demo, Change(principal)), created
 
     def set_sensitive(self, principal: Principal, key: PatientKey, sensitive: bool) -> None:
         """Set or clear the PDS S-flag of a record."""

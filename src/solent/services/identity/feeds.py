@@ -91,13 +91,28 @@ class RecordUpdates(IdentityReads):
             new = getattr(demo, name)
             if new is not None and new != row[name]:
                 values[name] = new
+        traced = demo.nhs_status == VERIFIED
+        if values and not traced and store.pds_demographics(conn, pk):
+            self._keep_pds_demographics(conn, row, values, change)
+            values = {}
         values.update(self._nhs_values(conn, row, demo, change))
+        if (
+            traced
+            and values.get("nhs_number_verified", row["nhs_number_verified"])
+            and not store.pds_demographics(conn, pk)
+        ):
+            # R6: sent traced, so PDS's from now on. Alone, it changes nothing anyone sees
+            # (no event, no new modification time for outgoing headers).
+            if values:
+                values["pds_demographics"] = True
+            else:
+                store.mark_pds_demographics(conn, pk)
         # Links depend only on the NHS number, its status, date of birth and sex: when none
         # of those changed, neither did the links (the common A08), so skip the graph walk.
         if linked_before is None and LINK_FIELDS & values.keys():
             linked_before = self._component(conn, pk)
         if values:
-            before = {k: row[k] for k in values}
+            before = {k: row.get(k, False) for k in values}  # pds_demographics: not in row
             store.update_patient(conn, pk, values)
             store.add_event(
                 conn,
@@ -128,6 +143,31 @@ class RecordUpdates(IdentityReads):
         if linked_before is not None:
             self._review(conn, pk, change, linked_before)
         return sorted(values)
+
+    def _keep_pds_demographics(
+        self, conn: Connection, row: dict[str, Any], refused: dict[str, Any], change: Change
+    ) -> None:
+        """R6: name, date of birth and sex last sent with the NHS number traced on PDS (the
+        trust's PAS traced the person and sends PDS's demographics with status NSTS01) came
+        from PDS; an update that is not itself traced (PID-32 other than NSTS01, or none) is a
+        local edit and does not overwrite them, even after the number's status dropped. The
+        edit is queued for people to look at."""
+        proposed = ", ".join(f"{k} {v!r}" for k, v in sorted(refused.items()))
+        store.add_work_item(
+            conn,
+            kind="pds-demographics-kept",
+            detail=(
+                f"record {_key(row)} holds demographics sent traced on PDS (NHS number "
+                f"{row['nhs_number']}, NSTS01); an update without a traced NHS number would "
+                f"change {proposed}; not applied. Trace the patient on PDS at the trust's PAS "
+                "and resend it with status NSTS01"
+            ),
+            issuer=row["issuer"],
+            local_id=row["local_id"],
+            patient_pk=int(row["pk"]),
+            nhs_number=row["nhs_number"],
+            message_pk=change.message_pk,
+        )
 
     def _nhs_values(
         self, conn: Connection, row: dict[str, Any], demo: Demographics, change: Change
