@@ -30,6 +30,7 @@ from solent.services.mdt import MdtService
 from solent.services.mdt_live import LiveHub
 from solent.services.mdt_shared import open_broker
 from solent.services.migration import MigrationService
+from solent.services.outside_imports import OutsideImports
 from solent.services.peers import PeerAddresses
 from solent.services.performed_steps import PerformedStepService
 from solent.services.query import QueryService
@@ -109,6 +110,9 @@ class Archive:
             ),
             identity=IdentityDoor(identity, self.access, self.audit),
             held=HeldService(
+                self.index, self.store, self.access, self.audit, self.ingestor, identity
+            ),
+            imports=OutsideImports(
                 self.index, self.store, self.access, self.audit, self.ingestor, identity
             ),
             study_edits=StudyEditService(self.index, self.access, self.audit, identity),
