@@ -266,6 +266,9 @@ def test_pdi_import_is_held_and_a_rejection_removes_it(
     rows = _held(archive, study)
     assert len(rows) == 2 and all(archive.store.exists(str(r["path"])) for r in rows)
 
+    assert solent_main(["identity", "imports", "--json"]) == 0  # the operator's work list
+    (listed,) = [e for e in json.loads(capsys.readouterr().out) if e["study_uid"] == study]
+    assert listed["as_sent"]["patient_id"] == OUTSIDE_ID and listed["instances"] == 2
     refused = client.post(
         f"/api/identity/imports/{study}/reject", json={"reason": ""}, headers=server.steward
     )
