@@ -133,10 +133,10 @@ class OutsideImports:
             raise InvalidInput("give the reason for rejecting the outside study")
         actor = principal.describe()
 
-        def op(conn: Connection) -> bool:
+        def op(conn: Connection) -> None:
             for row in rows:
                 if not held_store.settle(conn, int(row["pk"]), "discarded", actor, reason):
-                    return False
+                    raise ImportConflict("it was decided meanwhile")  # rolls back the rest
             AuditTrail.append_in(
                 conn,
                 audit_fields(
@@ -151,10 +151,11 @@ class OutsideImports:
                     },
                 ),
             )
-            return True
 
-        if not self._index.write(op):  # rolled back: nothing of it was written
-            self._refused(principal, rows[0], "reject", "it was decided meanwhile")
+        try:
+            self._index.write(op)
+        except ImportConflict as exc:
+            self._refused(principal, rows[0], "reject", str(exc))
         for row in rows:
             remove_copy(self._store, str(row["path"]))
         return {"study_uid": study_uid, "status": "discarded", "instances": len(rows)}
