@@ -113,6 +113,8 @@ def test_pid21_keeps_mother_and_baby_apart_whatever_they_share(
     assert [e["after"] for e in history if e["kind"] == "relationship"] == [
         {"mother": f"{MOTHER[1]}/{MOTHER[0]}"}
     ]
+    audits = demo.audit.search(patient_issuer=BABY[0], patient_id=BABY[1], limit=100)
+    assert [a for a in audits if '"change":"relationship"' in (a["detail"] or "")]
 
     # Neither an EMPI's A24 nor an A40 joins them: AE with the reason, nothing changes.
     a24 = (

@@ -101,6 +101,7 @@ class RecordUpdates(IdentityReads):
             ),
             after={"mother": str(mother)},
         )
+        self._audit(conn, change, row, {"change": "relationship", "mother": str(mother)})
 
     def _keep_relatives_apart(self, conn: Connection, pk: int, change: Change) -> None:
         """Undo and block any link between this record and its relatives (an ``unlinked``
