@@ -289,9 +289,12 @@ def test_pdi_import_is_held_and_a_rejection_removes_it(
     assert [e["instances"] for e in listed.json() if e["study_uid"] == study] == [2]
 
 
-def test_reconcile_is_refused_when_the_record_or_the_uids_say_otherwise(server: Server) -> None:
+def test_reconcile_is_refused_when_the_record_or_the_uids_say_otherwise(
+    server: Server, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
     """To a record that does not exist, or a study UID filed under another person (Alice's
-    ZZB study, not linked to Bob): 409, nothing filed, still held."""
+    ZZB study, not linked to Bob): 409, nothing filed, still held. Then the operator's CLI
+    files it under Bob."""
     archive, client = server.archive, server.client
     alice_study = study_of(archive, "ZZB", "B7730021")
     study = generate_uid()
@@ -318,3 +321,7 @@ def test_reconcile_is_refused_when_the_record_or_the_uids_say_otherwise(server: 
     to_zza = {"to": {"issuer": "ZZA", "patient_id": "A100001"}}
     r = client.post(f"/api/identity/imports/{study}/reconcile", json=to_zza, headers=server.steward)
     assert r.status_code == 403, r.text
+    cli_env(monkeypatch, archive.settings.data_dir)
+    code = solent_main(["identity", "reconcile-import", study, *BOB, "--by", "steward"])
+    assert code == 0 and "1 instance(s) filed" in capsys.readouterr().out
+    assert _filed(archive, study)
