@@ -31,6 +31,7 @@ from solent.services.mdt import MdtService
 from solent.services.mdt_live import LiveHub
 from solent.services.mdt_shared import open_broker
 from solent.services.migration import MigrationService
+from solent.services.outside_imports import OutsideImports
 from solent.services.patient_queries import PatientQueryService
 from solent.services.peers import PeerAddresses
 from solent.services.performed_steps import PerformedStepService
@@ -114,6 +115,9 @@ class Archive:
             patients=PatientQueryService(self.index, identity, self.access, self.audit),
             identity=IdentityDoor(identity, self.access, self.audit),
             held=HeldService(
+                self.index, self.store, self.access, self.audit, self.ingestor, identity
+            ),
+            imports=OutsideImports(
                 self.index, self.store, self.access, self.audit, self.ingestor, identity
             ),
             study_edits=StudyEditService(self.index, self.access, self.audit, identity),

@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--workers", type=int, help="parallel workers (default SOLENT_IMPORT_WORKERS)")
     i.add_argument("--no-progress", action="store_true", help="no progress bar")
+    i.add_argument(
+        "--outside",
+        action="store_true",
+        help="studies from outside the consortium (a PDI CD/DVD, another organisation): held, "
+        "seen by nobody, until an identity steward reconciles each to a patient (R28)",
+    )
 
     c = sub.add_parser("check", help="compare the index with the blob store")
     c.add_argument(
@@ -96,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         "--tls-identity",
         help="TLS client certificate the node must present on the DICOM TLS port: its subject "
         "CN or SHA-256 fingerprint (needs SOLENT_DICOM_TLS_CA)",
+    )
+    aa.add_argument(
+        "--outside",
+        action="store_true",
+        help="an outside source (IEP gateway, another organisation's PACS): what it stores is "
+        "held until an identity steward reconciles it to a patient (R28)",
     )
     al = a.add_parser("list", help="registered nodes")
     al.add_argument("--json", action="store_true")
@@ -282,10 +294,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 args.trust,
                 allow,
                 tls_identity=args.tls_identity,
+                outside=args.outside,
             )
             print(
                 f"DICOM node {node.ae_title} ({node.host}:{node.port}, trust {node.trust_code}) "
                 f"may {', '.join(node.allowed)}"
+                + ("; an outside source: what it stores is held until reconciled" * node.outside)
             )
             consumers = {c.strip() for c in settings.jobs_consumers.split(",")}
             if node.allow_notify and "ian" not in consumers:
@@ -307,6 +321,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 "trust": n.trust_code,
                 "allow": ",".join(n.allowed),
                 "tls_identity": n.tls_identity or "",
+                "outside": n.outside,
             }
             for n in archive.services.directory.nodes()
         ]
@@ -340,7 +355,7 @@ def _code(code: str) -> str:
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:
-    from solent.domain.principal import Principal, PrincipalKind
+    from solent.domain.principal import OUTSIDE_SOURCE, Principal, PrincipalKind
     from solent.importers.folder import count_files, print_summary, run_import
 
     archive = _archive(settings)
@@ -352,7 +367,8 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         raise NotFound(f"no such file or folder: {', '.join(missing)}")
-    principal = Principal(PrincipalKind.IMPORTER, "solent-import", args.trust)
+    roles = frozenset({OUTSIDE_SOURCE}) if args.outside else frozenset()
+    principal = Principal(PrincipalKind.IMPORTER, "solent-import", args.trust, roles=roles)
     workers = args.workers or settings.import_workers
     show_progress = (
         not args.no_progress and not args.json and not args.jsonl and sys.stderr.isatty()

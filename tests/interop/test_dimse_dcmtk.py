@@ -699,3 +699,54 @@ def test_a_rejection_note_sent_by_dcmsend_withdraws_a_series(
         "SeriesInstanceUID",
     )
     assert wrong not in [r.SeriesInstanceUID for r in series]
+
+
+def test_an_iep_gateway_study_is_held_until_a_steward_reconciles_it(
+    pacs: RunningServer, tmp_path: Path
+) -> None:
+    """R28 over DIMSE with DCMTK: dcmsend as a node registered `--outside` (an IEP gateway)
+    is answered Success, but getscu of ZZA's own node gets nothing until `solent identity
+    reconcile` (JSON API) files the study under ZZA's record; then the instances carry that
+    record's identity, and the outside Patient ID, issuer and name in Original Attributes."""
+    import httpx
+    from pydicom.uid import generate_uid
+
+    from tests.conftest import _server_index
+    from tests.unit.stow_support import ct_instance
+
+    own = tmp_path / "own.dcm"  # the patient's own record at ZZA, from its own modality
+    own.write_bytes(ct_instance("A-IRWF-1", "ZZA", generate_uid(), name="IRWF^PATIENT"))
+    assert store_statuses(_out(dcmsend(pacs, own))) == ["Success"]
+    index, _settings = _server_index(pacs)  # as `solent ae add IEPGW ... --outside`
+    index.add_node("IEPGW", "127.0.0.1", 104, "ZZA", ["store"], outside=True)
+    study = generate_uid()
+    files = []
+    for i in range(2):
+        path = tmp_path / f"iep{i}.dcm"
+        path.write_bytes(ct_instance("RXH-1", "RXH", study, name="JONES^OUTSIDE"))
+        files.append(path)
+    assert store_statuses(_out(dcmsend(pacs, *files, aet="IEPGW"))) == ["Success"] * 2
+
+    keys = ("QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
+    before = tmp_path / "before"
+    before.mkdir()
+    _get(pacs, before, *keys, options=())
+    assert list(before.iterdir()) == []  # held: nobody sees it
+
+    done = httpx.post(
+        f"{pacs.base_url}/api/identity/imports/{study}/reconcile",
+        json={"to": {"issuer": "ZZA", "patient_id": "A-IRWF-1"}, "reason": "IEP from RXH"},
+        headers=pacs.admin_headers(),
+    )
+    assert done.status_code == 200 and done.json()["instances"] == 2, done.text
+    after = tmp_path / "after"
+    after.mkdir()
+    _get(pacs, after, *keys, options=())
+    got = [pydicom.dcmread(p) for p in sorted(after.iterdir())]
+    assert len(got) == 2
+    for ds in got:
+        assert (ds.PatientID, ds.IssuerOfPatientID) == ("A-IRWF-1", "ZZA")
+        assert str(ds.PatientName) == "IRWF^PATIENT"
+        original = ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0]
+        assert (original.PatientID, original.IssuerOfPatientID) == ("RXH-1", "RXH")
+        assert str(original.PatientName) == "JONES^OUTSIDE"

@@ -118,6 +118,7 @@ def test_ae_add_list_remove(data_dir: Path, capsys: pytest.CaptureFixture[str]) 
         "trust": "ZZA",
         "allow": "store,query,retrieve",
         "tls_identity": "",
+        "outside": False,
     }
     assert set(nodes["RIS"]["allow"].split(",")) == {"query", "retrieve"}
     assert run(capsys, "ae", "remove", "CT01")[0] == 0

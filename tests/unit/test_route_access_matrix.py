@@ -315,6 +315,17 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/api/identity/held/{held_pk}/discard"): (
         "regional administrators only; test_held_release"
     ),
+    # R28 outside studies name no consortium record until reconciled: stewards of the
+    # receiving trust (or regional) only; others get an empty list or the unknown-study answer.
+    **{
+        (method, f"/api/identity/{path}"): "receiving trust's stewards; test_outside_imports"
+        for method, path in (
+            ("GET", "imports"),
+            ("GET", "imports/{study_uid}"),
+            ("POST", "imports/{study_uid}/reconcile"),
+            ("POST", "imports/{study_uid}/reject"),
+        )
+    },
     # R57 study edits change which record a study is filed under (each call changes what the
     # next one sees): stewards of either record only, every other administrator gets the
     # unknown-study answer, other roles the role refusal; one audit record per record named.

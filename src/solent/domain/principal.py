@@ -40,6 +40,12 @@ SYSTEM = Principal(PrincipalKind.SYSTEM, "solent", None)
 #: where any other feed changes only the records its own trust issued (issue 11).
 REGIONAL_IDENTITY_SOURCE = "regional_identity_source"
 
+#: Role of a caller that brings studies from outside the consortium (R28): a DICOM node
+#: registered as an outside source (an IEP gateway, another organisation's PACS, `solent ae
+#: add --outside`) or `solent import --outside` (a PDI disc). What it stores is held, filed
+#: under no patient and seen by nobody, until an identity steward reconciles it.
+OUTSIDE_SOURCE = "outside_source"
+
 
 class Channel(StrEnum):
     DIMSE = "dimse"
@@ -48,6 +54,7 @@ class Channel(StrEnum):
     MIGRATION = "migration"
     DEMO = "demo"
     RELEASE = "release"  # a held instance filed by the person who decided it (issue 11)
+    RECONCILE = "reconcile"  # an outside study filed under the record a steward chose (R28)
 
 
 @dataclass(frozen=True, slots=True)

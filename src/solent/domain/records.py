@@ -30,6 +30,7 @@ class NodeRow:
     allow_retrieve: bool
     tls_identity: str | None = None  # certificate CN or SHA-256 it must present (DIMSE TLS)
     allow_notify: bool = False  # sent IHE Instance Availability Notifications (R20)
+    outside: bool = False  # R28: an outside source; what it stores is held until reconciled
 
     @property
     def allowed(self) -> list[str]:

@@ -20,6 +20,8 @@ from solent.ingest import Ingestor
 class ImportSummary:
     stored: list[str] = field(default_factory=list)
     duplicate: list[str] = field(default_factory=list)
+    #: Outside studies (R28, ``--outside``): kept, seen by nobody until reconciled.
+    held: list[str] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     bytes: int = 0
@@ -28,6 +30,7 @@ class ImportSummary:
         return {
             "stored": self.stored,
             "duplicate": self.duplicate,
+            "held": self.held,
             "rejected": self.rejected,
             "skipped": self.skipped,
         }
@@ -72,6 +75,9 @@ def run_import(
             summary.bytes += path.stat().st_size
         elif result.outcome is Outcome.DUPLICATE:
             summary.duplicate.append(p)
+        elif result.outcome is Outcome.HELD:
+            summary.held.append(p)
+            summary.bytes += path.stat().st_size
         elif result.reason is RejectReason.NOT_AN_INSTANCE:
             summary.skipped.append({"path": p, "reason": result.message})
         else:
@@ -121,11 +127,17 @@ def count_files(paths: list[Path]) -> int:
 
 def print_summary(summary: ImportSummary, out: TextIO | None = None) -> None:
     out = out or sys.stderr  # looked up now: a default bound at import time outlives stderr
+    held = f"held for reconciliation {len(summary.held)}, " if summary.held else ""
     out.write(
-        f"stored {len(summary.stored)}, duplicate {len(summary.duplicate)}, "
+        f"stored {len(summary.stored)}, duplicate {len(summary.duplicate)}, {held}"
         f"rejected {len(summary.rejected)}, skipped {len(summary.skipped)} "
         f"({summary.bytes / 1e6:.1f} MB stored)\n"
     )
+    if summary.held:
+        out.write(
+            "  outside studies are seen by nobody until an identity steward reconciles each "
+            "to a patient: `solent identity imports`\n"
+        )
     for item in summary.rejected:
         out.write(f"  rejected {item['path']}: {item['reason']}\n")
     for item in summary.skipped:

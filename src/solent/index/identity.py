@@ -555,3 +555,68 @@ def series_of(conn: Connection, study_pk: int) -> list[dict[str, Any]]:
     c = t.series.c
     q = select(t.series).where(c.study_pk == study_pk).order_by(c.series_number, c.pk)
     return [dict(r) for r in conn.execute(q).mappings()]
+
+
+# -- relationships that are never a link or a merge (R58) ------------------------------------
+
+
+def set_relation(
+    conn: Connection,
+    patient_pk: int,
+    relationship: str,
+    related: tuple[str, str],
+    source: str,
+    actor: str,
+) -> tuple[bool, dict[str, Any] | None]:
+    """Record (or change) ``patient_pk``'s ``relationship`` (``mother``) as the record
+    ``related`` (issuer, local ID) names: (whether anything changed, the row replaced)."""
+    r = t.patient_relation.c
+    old = (
+        conn.execute(
+            select(t.patient_relation).where(
+                r.patient_pk == patient_pk, r.relationship == relationship
+            )
+        )
+        .mappings()
+        .first()
+    )
+    values = {
+        "related_issuer": related[0],
+        "related_local_id": related[1],
+        "source": source,
+        "updated_by": actor[:200],
+        "updated_at": now(),
+    }
+    if old is None:
+        conn.execute(
+            insert(t.patient_relation).values(
+                patient_pk=patient_pk, relationship=relationship, **values
+            )
+        )
+        return True, None
+    if (old["related_issuer"], old["related_local_id"]) == related:
+        return False, None
+    conn.execute(update(t.patient_relation).where(r.pk == old["pk"]).values(**values))
+    return True, dict(old)
+
+
+def relations_of(conn: Connection, patient_pks: Iterable[int]) -> list[dict[str, Any]]:
+    """The relationships these records carry (a baby's mother)."""
+    r = t.patient_relation.c
+    keys = sorted(set(patient_pks))
+    if not keys:
+        return []
+    q = select(t.patient_relation).where(r.patient_pk.in_(keys)).order_by(r.pk)
+    return [dict(x) for x in conn.execute(q).mappings()]
+
+
+def relations_naming(
+    conn: Connection, identifiers: Iterable[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """The relationships that name one of these identifiers (the babies of a mother)."""
+    r = t.patient_relation.c
+    conds = [and_(r.related_issuer == i, r.related_local_id == v) for i, v in set(identifiers)]
+    if not conds:
+        return []
+    q = select(t.patient_relation).where(or_(*conds)).order_by(r.pk)
+    return [dict(x) for x in conn.execute(q).mappings()]

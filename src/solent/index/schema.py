@@ -60,6 +60,9 @@ dicom_node = Table(
     Column("tls_identity", String(255), nullable=True),
     # R20: the node is sent IHE Instance Availability Notifications of the studies it may see.
     Column("allow_notify", Boolean, nullable=False, default=False, server_default=false()),
+    # R28: an outside source (an IEP gateway, another organisation's PACS): everything it
+    # stores is held, invisible, until an identity steward reconciles it to a patient record.
+    Column("outside", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 # Security (issue 6): HL7 v2 senders allowed to send over MLLP, like dicom_node for DIMSE.
@@ -390,6 +393,23 @@ patient_contact = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# R58: relationships that are never a link or a merge (a baby and its mother, PID-21): the
+# record's trust says so; the related record is named by its identifier, resolved on read.
+patient_relation = Table(
+    "patient_relation",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("patient_pk", PK, ForeignKey("patient.pk"), nullable=False),
+    Column("relationship", String(16), nullable=False),  # mother
+    Column("related_issuer", String(16), nullable=False),
+    Column("related_local_id", String(64), nullable=False),
+    Column("source", String(40), nullable=False),  # hl7:PID-21
+    Column("updated_by", String(200), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("patient_pk", "relationship"),
+    Index(None, "related_issuer", "related_local_id"),
+)
+
 # Who changed which identity, when, through which message, with before/after (JSON).
 identity_event = Table(
     "identity_event",
@@ -517,8 +537,21 @@ held_instance = Table(
     Column("resolved_by", String(200)),
     Column("resolved_at", DateTime(timezone=True)),
     Column("resolution", Text),  # discard: the reason given; release: where it was filed
+    # Revision 0022 (R28): "outside" for a study imported from another organisation (IEP, a
+    # PDI disc, another PACS), held until reconciled; NULL for a UID conflict (issue 11). The
+    # identity and study the instance carried, as sent, for the steward who reconciles it.
+    Column("kind", String(16)),
+    Column("original_issuer", String(64)),
+    Column("patient_name", String(324)),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("study_date", String(8)),
+    Column("study_description", String(64)),
+    Column("accession_number", String(16)),
+    Column("modality", String(16)),
     UniqueConstraint("sop_uid", "sha256"),
     Index(None, "status"),
+    Index(None, "study_uid"),
 )
 
 # IOCM (R56): instances withdrawn by a rejection note (a KOS titled 113001/113037/113038/

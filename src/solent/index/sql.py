@@ -295,6 +295,8 @@ class Index:
         trust_code: str,
         allow: Sequence[str],
         tls_identity: str | None = None,
+        *,
+        outside: bool = False,
     ) -> NodeRow:
         node = NodeRow(
             ae_title,
@@ -306,6 +308,7 @@ class Index:
             "retrieve" in allow,
             tls_identity or None,
             "notify" in allow,
+            outside,
         )
 
         def op(conn: Connection) -> NodeRow:
@@ -326,6 +329,7 @@ class Index:
                     allow_retrieve=node.allow_retrieve,
                     tls_identity=node.tls_identity,
                     allow_notify=node.allow_notify,
+                    outside=node.outside,
                     created_at=now(),
                 )
             )
@@ -357,6 +361,7 @@ class Index:
             r.allow_retrieve,
             r.tls_identity,
             bool(r.allow_notify),
+            bool(r.outside),
         )
 
     def remove_node(self, ae_title: str) -> None:

@@ -1,7 +1,9 @@
 """Instances held for identity reconciliation (issue 11; the index side is
 ``solent.index.held``): the index refused one because of a record the sender may not see, and
-refusing would tell the sender that record exists. Ingest keeps a copy filed under no patient
-and answers exactly as for a stored instance."""
+refusing would tell the sender that record exists; or it came from outside the consortium (an
+IEP gateway, a PDI disc, another organisation's PACS: R28) and must not be seen under anyone
+until an identity steward reconciles it. Ingest keeps a copy filed under no patient and
+answers exactly as for a stored instance."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from sqlalchemy import Connection
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
 from solent.domain.principal import Principal
 from solent.errors import StorageError
-from solent.index.held import HELD, HeldInstance, record_held
+from solent.index.held import HELD, OUTSIDE, HeldInstance, record_held
 from solent.index.records import AlreadyStoredError, PatientMismatchError
 from solent.index.sql import Index
 from solent.ingest.prepared import Prepared, result_for, store_detail
@@ -27,7 +29,7 @@ from solent.services.access import AccessService
 from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
 from solent.storage import BlobStore, blob_key_for
 
-__all__ = ["HELD", "Holding", "held_key", "hidden_holder", "keep_copy"]
+__all__ = ["HELD", "OUTSIDE", "Holding", "held_key", "hidden_holder", "keep_copy"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,30 @@ class Holding:
         """Keep the instance filed under no patient, and answer exactly as for a stored one:
         never images under the wrong patient, and nothing about the other record in the
         answer (``solent.index.held``: the regional work item)."""
+        holder = getattr(refused, "holder_pk", None)
+        reason = (
+            str(refused)
+            if isinstance(refused, PatientMismatchError)
+            else "this SOP Instance UID is already stored with different content"
+        )
+        return self._keep(
+            p, holder_pk=None if holder is None else int(holder), reason=reason, kind=None
+        )
+
+    def hold_outside(self, p: Prepared) -> StoreResult:
+        """R28: an instance from outside the consortium, kept filed under no patient (nobody
+        finds or retrieves it) until an identity steward reconciles its study to a patient
+        record or rejects it (``solent.services.outside_imports``). Audited as an import."""
+        return self._keep(
+            p,
+            holder_pk=None,
+            reason="from outside the consortium; held until reconciled to a patient record",
+            kind=OUTSIDE,
+        )
+
+    def _keep(
+        self, p: Prepared, *, holder_pk: int | None, reason: str, kind: str | None
+    ) -> StoreResult:
         parsed, who = p.parsed, p.principal
         held = held_key(parsed.sha256)
         try:
@@ -96,12 +122,7 @@ class Holding:
                 sop_class_uid=parsed.sop_class_uid,
                 sop_instance_uid=parsed.sop_instance_uid,
             )
-        holder = getattr(refused, "holder_pk", None)
-        reason = (
-            str(refused)
-            if isinstance(refused, PatientMismatchError)
-            else "this SOP Instance UID is already stored with different content"
-        )
+        patient, study = parsed.patient, parsed.study
         instance = HeldInstance(
             sop_uid=parsed.sop_instance_uid,
             series_uid=parsed.series_uid,
@@ -111,20 +132,36 @@ class Holding:
             sender=who.describe(),
             trust=p.trust,
             local_id=p.local_id,
-            holder_pk=None if holder is None else int(holder),
+            holder_pk=holder_pk,
             reason=reason,
             calling_ae=p.provenance.calling_ae,
+            kind=kind,
+            original_issuer=patient.get("issuer_in_file"),
+            patient_name=patient.get("name"),
+            patient_birth_date=patient.get("birth_date"),
+            patient_sex=patient.get("sex"),
+            study_date=study.get("study_date"),
+            study_description=study.get("study_description"),
+            accession_number=study.get("accession_number"),
+            modality=parsed.series.get("modality"),
         )
+        outside = kind == OUTSIDE
 
         def op(conn: Connection) -> None:
             item = record_held(conn, instance)  # None: sent again, held already
             detail = store_detail(p.provenance, parsed.sop_instance_uid, parsed.series_uid, "held")
+            if outside:
+                # The identity it came with names nobody of the consortium (yet): kept in the
+                # detail, so the import is found by study and by what the outside said.
+                detail = {**detail, **_as_sent(instance)}
             self._audit.append_in(
                 conn,
                 audit_fields(
                     who,
-                    AuditAction.STORE,
-                    patient=PatientRef(p.trust, p.local_id, parsed.patient.get("nhs_number")),
+                    AuditAction.IMPORT if outside else AuditAction.STORE,
+                    patient=None
+                    if outside
+                    else PatientRef(p.trust, p.local_id, parsed.patient.get("nhs_number")),
                     study_uid=parsed.study_uid,
                     detail={**detail, "work_item": item},
                 ),
@@ -145,7 +182,24 @@ class Holding:
         if not self._index.blob_referenced(p.key):
             self._forget_blob(p.key)
         log.warning(
-            "instance held for identity reconciliation",
+            "outside instance held until reconciled"
+            if outside
+            else "instance held for identity reconciliation",
             extra={"sop_instance_uid": parsed.sop_instance_uid, "sender": who.describe()},
         )
         return result_for(Outcome.HELD, parsed, "")
+
+
+def _as_sent(held: HeldInstance) -> dict[str, str]:
+    """The outside identity and study as the instance carried them (audit detail)."""
+    return {
+        k: v
+        for k, v in (
+            ("original_patient_id", held.local_id),
+            ("original_issuer", held.original_issuer),
+            ("original_name", held.patient_name),
+            ("original_birth_date", held.patient_birth_date),
+            ("accession_number", held.accession_number),
+        )
+        if v
+    }

@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 from solent.dicom.inflate import InflateLimits
 from solent.dicom.parse import ParsedInstance, RejectedInstance, parse_file
 from solent.domain.outcomes import Outcome, RejectReason, StoreResult
-from solent.domain.principal import Channel, Principal, Provenance
+from solent.domain.principal import OUTSIDE_SOURCE, Channel, Principal, Provenance
 from solent.errors import IndexUnavailable, NotFound, StorageError
 from solent.index.key_objects import author_of, record_references
 from solent.index.records import (
@@ -49,6 +49,10 @@ from solent.services.audit import (
 from solent.storage import PLACED, BlobStore, Placement, blob_key_for
 
 RecordedT = TypeVar("RecordedT")
+
+#: Ways in audited as DICOM "Import" (110107) rather than a network store: media and folders,
+#: migration, and an outside study filed under the record a steward chose (R28, IRWF.b).
+IMPORT_CHANNELS = frozenset({Channel.IMPORT, Channel.MIGRATION, Channel.RECONCILE})
 
 
 log = logging.getLogger(__name__)
@@ -445,9 +449,13 @@ class Ingestor:
                 self._store.put_file(key, path, move=move)
             except StorageError as exc:
                 return rejected(RejectReason.STORAGE_FAILURE, str(exc))
-        return Prepared(
+        ready = Prepared(
             parsed, principal, provenance, trust, local_id, placeholder, replace, key, placement
         )
+        if file_under is None and OUTSIDE_SOURCE in principal.roles:
+            # R28: from outside the consortium: filed under nobody until a steward decides.
+            return self._held.hold_outside(ready)
+        return ready
 
     def file_kept(
         self,
@@ -457,6 +465,7 @@ class Ingestor:
         *,
         file_under: tuple[str, str],
         within: Callable[[Connection, RecordedInstance], None],
+        record_says: bool = False,
     ) -> StoreResult:
         """File a copy kept outside the archive (a held instance a person released) through
         this pipeline: the same parse, validation, index rows and store audit record, under
@@ -464,7 +473,10 @@ class Ingestor:
         store permission or trust of the caller's own is asked. ``within`` runs in the same
         transaction once the rows are written and may raise to undo everything; it, and the
         index's own refusals (``AlreadyStoredError``, ``PatientMismatchError``), propagate
-        after the new blob is forgotten. Durable before it returns, as every store."""
+        after the new blob is forgotten. Durable before it returns, as every store.
+
+        ``record_says``: the record is who the patient is (an outside study a steward
+        reconciled, R28): the NHS number the instance carries fills nothing on it."""
         started = time.perf_counter()
         if not self._trust_exists(file_under[0]):
             raise NotFound(f"no trust {file_under[0]!r} is registered")
@@ -474,6 +486,12 @@ class Ingestor:
         )  # fmt: skip
         if isinstance(ready, StoreResult):
             return self._observe(ready, principal, provenance, started)
+        if record_says:
+            ready.parsed.patient = {
+                **ready.parsed.patient,
+                "nhs_number": None,
+                "nhs_number_valid": None,
+            }
 
         def op(conn: Connection) -> RecordedInstance:
             recorded = self._record(conn, ready)
@@ -613,9 +631,7 @@ class Ingestor:
             conn,
             audit_fields(
                 principal,
-                AuditAction.IMPORT
-                if provenance.channel in (Channel.IMPORT, Channel.MIGRATION)
-                else AuditAction.STORE,
+                AuditAction.IMPORT if provenance.channel in IMPORT_CHANNELS else AuditAction.STORE,
                 patient=patient,
                 study_uid=parsed.study_uid,
                 detail=store_detail(provenance, parsed.sop_instance_uid, parsed.series_uid, ""),
@@ -630,9 +646,7 @@ class Ingestor:
         try:
             self._audit.record(
                 principal,
-                AuditAction.IMPORT
-                if provenance.channel in (Channel.IMPORT, Channel.MIGRATION)
-                else AuditAction.STORE,
+                AuditAction.IMPORT if provenance.channel in IMPORT_CHANNELS else AuditAction.STORE,
                 AuditOutcome.SUCCESS if result.ok else AuditOutcome.FAILURE,
                 study_uid=result.study_uid,
                 detail=store_detail(

@@ -61,9 +61,14 @@ class Directory:
         trust_code: str,
         allow: Sequence[str],
         tls_identity: str | None = None,
+        *,
+        outside: bool = False,
     ) -> NodeRow:
-        row = self._index.add_node(ae_title, host, port, trust_code, allow, tls_identity)
-        self._changed(principal, "node added", ae_title=ae_title, trust=trust_code)
+        row = self._index.add_node(
+            ae_title, host, port, trust_code, allow, tls_identity, outside=outside
+        )
+        extra = {"outside": True} if outside else {}
+        self._changed(principal, "node added", ae_title=ae_title, trust=trust_code, **extra)
         return row
 
     def remove_node(self, principal: Principal, ae_title: str) -> None:

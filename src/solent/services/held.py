@@ -197,7 +197,7 @@ class HeldService:
 
     def _find(self, principal: Principal, conn: Connection, held_pk: int) -> dict[str, Any]:
         row = held_store.held_row(conn, held_pk) if self._regional(principal) else None
-        if row is None:
+        if row is None or row["kind"] is not None:  # outside studies: outside_imports.py
             raise NotFound(f"no held instance {held_pk}")
         return row
 
@@ -272,23 +272,31 @@ class HeldService:
         raise HeldConflict(f"held instance {row['pk']} cannot be {what}d: {why}")
 
     def _copy_out(self, row: dict[str, Any]) -> Path:
-        """The kept copy as a temporary file for ingest (which may move it into the store)."""
-        fd, name = tempfile.mkstemp(prefix="solent-release-")
-        try:
-            with self._store.open(str(row["path"])) as src, os.fdopen(fd, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-            raise
-        return Path(name)
+        return copy_out(self._store, str(row["path"]))
 
     def _remove_copy(self, row: dict[str, Any]) -> None:
-        """After the decision committed: a copy left by a failure here is an orphan to
-        `solent check --repair` (only held rows keep their copies)."""
-        with contextlib.suppress(StorageError, OSError):
-            self._store.delete(str(row["path"]))
+        remove_copy(self._store, str(row["path"]))
+
+
+def copy_out(store: BlobStore, path: str) -> Path:
+    """A kept copy as a temporary file for ingest (which may move it into the store)."""
+    fd, name = tempfile.mkstemp(prefix="solent-release-")
+    try:
+        with store.open(path) as src, os.fdopen(fd, "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
+    return Path(name)
+
+
+def remove_copy(store: BlobStore, path: str) -> None:
+    """After the decision committed: a copy left by a failure here is an orphan to
+    `solent check --repair` (only held rows keep their copies)."""
+    with contextlib.suppress(StorageError, OSError):
+        store.delete(path)
 
 
 def _named(row: dict[str, Any]) -> PatientRef | None:

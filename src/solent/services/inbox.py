@@ -68,8 +68,10 @@ class Hl7Transaction:
     def resolve(self, issuer: str, local_id: str) -> Resolved | None:
         return self._identity.resolve(issuer, local_id, conn=self._conn)
 
-    def update_record(self, key: PatientKey, demographics: Demographics) -> None:
-        self._identity.update_record(key, demographics, self.change, conn=self._conn)
+    def update_record(
+        self, key: PatientKey, demographics: Demographics, mother: PatientKey | None = None
+    ) -> None:
+        self._identity.update_record(key, demographics, self.change, conn=self._conn, mother=mother)
 
     def merge(
         self,

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from solent.services.mdt import MdtService
     from solent.services.mdt_live import LiveHub
     from solent.services.migration import MigrationService
+    from solent.services.outside_imports import OutsideImports
     from solent.services.patient_queries import PatientQueryService
     from solent.services.peers import PeerAddresses
     from solent.services.performed_steps import PerformedStepService
@@ -55,6 +56,7 @@ class Services:
     patients: PatientQueryService  # R5/R6: PIX/PDQ identifier and demographic queries
     identity: IdentityDoor  # identity changes by people (steward rule inside); reads: records
     held: HeldService  # issue 11: instances held for reconciliation, released or discarded
+    imports: OutsideImports  # R28: outside studies held until reconciled to a patient
     study_edits: StudyEditService  # R57: studies moved to another patient, accessions corrected
     inbox: InboxService  # the HL7 journal, orders and reports
     directory: Directory  # trusts, DICOM nodes, HL7 senders (configuration, audited changes)

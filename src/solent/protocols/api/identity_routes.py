@@ -17,6 +17,7 @@ from solent.protocols.params import PathId
 from solent.security.http import current_principal
 from solent.services.held import HeldConflict
 from solent.services.identity import IdentityRejected, PatientKey
+from solent.services.outside_imports import ImportConflict
 from solent.services.records import RecordService
 from solent.services.registry import Services
 from solent.services.study_edit import StudyEditConflict, StudyEditService
@@ -339,4 +340,53 @@ def reverse_study_edit(
     try:
         return _edits(request).reverse(caller, edit_pk, body.reason)
     except StudyEditConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+# -- R28: outside studies reconciled before anyone sees them ---------------------------------
+
+
+class ReconcileRequest(BaseModel):
+    to: Identifier
+    reason: str = Field(default="", max_length=500)
+
+
+@router.get("/imports")
+def outside_imports(
+    request: Request,
+    caller: Caller,
+    status: Annotated[str | None, Query(pattern="^(held|released|discarded)$")] = "held",
+) -> list[dict[str, Any]]:
+    """Outside studies (IEP, PDI disc, other PACS) the caller stewards, one per study: what
+    the outside sent, waiting to be reconciled to a patient record (R28)."""
+    return _services(request).imports.work_list(caller, status=status)
+
+
+@router.get("/imports/{study_uid}")
+def outside_import(request: Request, caller: Caller, study_uid: StudyUid) -> dict[str, Any]:
+    """One outside study with its instances."""
+    return _services(request).imports.show(caller, study_uid)
+
+
+@router.post("/imports/{study_uid}/reconcile")
+def reconcile_import(
+    request: Request, caller: Caller, study_uid: StudyUid, body: ReconcileRequest
+) -> dict[str, Any]:
+    """File the outside study under the chosen patient record; the identifiers it came with
+    stay in Original Attributes Sequence of what goes out."""
+    to = PatientKey(body.to.issuer, body.to.patient_id)
+    try:
+        return _services(request).imports.reconcile(caller, study_uid, to, body.reason)
+    except ImportConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.post("/imports/{study_uid}/reject")
+def reject_import(
+    request: Request, caller: Caller, study_uid: StudyUid, body: ReasonRequest
+) -> dict[str, Any]:
+    """Reject the outside study: its held copies are removed, the decision kept."""
+    try:
+        return _services(request).imports.reject(caller, study_uid, body.reason)
+    except ImportConflict as exc:
         raise HTTPException(409, str(exc)) from exc

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from solent.domain.principal import Channel, Principal, PrincipalKind, Provenance
+from solent.domain.principal import (
+    OUTSIDE_SOURCE,
+    Channel,
+    Principal,
+    PrincipalKind,
+    Provenance,
+)
 from solent.domain.records import NodeRow
 from solent.security.addresses import host_matches
 from solent.services.directory import Directory
@@ -124,10 +130,18 @@ def identify_peer(
         PrincipalKind.NODE,
         calling_ae,
         trust,
-        roles=frozenset(node.allowed) if node else frozenset(),
+        roles=_roles(node),
         address=address,
     )
     provenance = Provenance(
         Channel.DIMSE, calling_ae=calling_ae, called_ae=called_ae.strip(), remote_address=address
     )
     return Peer(principal, provenance, node)
+
+
+def _roles(node: NodeRow | None) -> frozenset[str]:
+    """What a registered node may do, and whether it is an outside source (R28: ingest holds
+    what it stores until a steward reconciles it)."""
+    if node is None:
+        return frozenset()
+    return frozenset([*node.allowed, *([OUTSIDE_SOURCE] if node.outside else [])])

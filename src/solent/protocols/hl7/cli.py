@@ -46,6 +46,7 @@ def register(sub: Any) -> None:
     r.set_defaults(handler=_reverse)
 
     _register_study_edits(act)
+    _register_imports(act)
 
     hl7 = sub.add_parser("hl7", help="HL7 v2: send a message file, list the journal")
     hact = hl7.add_subparsers(dest="action", required=True)
@@ -96,6 +97,83 @@ def _register_study_edits(act: Any) -> None:
             p.add_argument("--reason", required=True)
         p.add_argument("--by", default="admin")
         p.set_defaults(handler=_decide_edit, decision=name.removesuffix("-edit"))
+
+
+def _register_imports(act: Any) -> None:
+    """R28: outside studies held until reconciled (the same door as the JSON API; --by names
+    the acting regional administrator)."""
+    ls = act.add_parser("imports", help="outside studies waiting to be reconciled (R28)")
+    ls.add_argument("--status", choices=("held", "released", "discarded"), default="held")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--by", default="admin")
+    ls.set_defaults(handler=_imports)
+    rc = act.add_parser(
+        "reconcile-import", help="file an outside study under a patient record (R28)"
+    )
+    rc.add_argument("study_uid")
+    rc.add_argument("issuer", help="trust ODS code that issued the record's ID")
+    rc.add_argument("patient_id")
+    rc.add_argument("--reason", default="")
+    rc.add_argument("--by", default="admin")
+    rc.set_defaults(handler=_decide_import, decision="reconcile")
+    rj = act.add_parser("reject-import", help="reject an outside study (its copies removed)")
+    rj.add_argument("study_uid")
+    rj.add_argument("--reason", required=True)
+    rj.add_argument("--by", default="admin")
+    rj.set_defaults(handler=_decide_import, decision="reject")
+
+
+def _imports(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.app import build_archive
+
+    archive = build_archive(settings)
+    try:
+        rows = archive.services.imports.work_list(_admin(args.by), status=args.status)
+        flat = [
+            {
+                "study_uid": r["study_uid"],
+                "received_at": r["received_at"],
+                "sender": r["sender"],
+                "trust": r["receiving_trust"],
+                "patient_as_sent": "/".join(
+                    x for x in (r["as_sent"]["patient_id"], r["as_sent"]["issuer"]) if x
+                ),
+                "name": r["as_sent"]["name"] or "",
+                "birth_date": r["as_sent"]["birth_date"] or "",
+                "date": r["study"]["date"] or "",
+                "modalities": "/".join(r["study"]["modalities"]),
+                "instances": r["instances"],
+                "resolution": r["resolution"] or "",
+            }
+            for r in rows
+        ]
+        _print(rows if args.json else flat, args.json)
+    finally:
+        archive.close()
+    return 0
+
+
+def _decide_import(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.app import build_archive
+    from solent.services.identity import PatientKey
+
+    archive = build_archive(settings)
+    try:
+        imports = archive.services.imports
+        who = _admin(args.by)
+        if args.decision == "reconcile":
+            to = PatientKey(args.issuer, args.patient_id)
+            done = imports.reconcile(who, args.study_uid, to, args.reason)
+            print(
+                f"outside study {args.study_uid} reconciled to {to}: {done['instances']} "
+                f"instance(s) filed, {done['already_stored']} already in the archive"
+            )
+        else:
+            done = imports.reject(who, args.study_uid, args.reason)
+            print(f"outside study {args.study_uid} rejected: {done['instances']} instance(s)")
+    finally:
+        archive.close()
+    return 0
 
 
 def _edit_service(settings: Settings) -> Any:

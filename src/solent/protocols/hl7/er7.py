@@ -11,6 +11,7 @@ from typing import Any
 
 import hl7
 
+from solent.domain.nhs_number import NHS_ISSUER
 from solent.services.identity import Demographics, PatientKey
 from solent.services.inbox import Rejected as MessageRejected
 
@@ -247,6 +248,26 @@ def local_key(
     if len(cx.id) > 64:
         raise MessageRejected("AE", f"{seg.name}-{n} identifier is longer than 64 characters")
     return PatientKey(cx.authority, cx.id)
+
+
+def mother_key(msg: Message, pid: Segment, *, issuer: str) -> PatientKey | None:
+    """PID-21 (Mother's Identifier, CX, repeating) as the record it names, or None when
+    empty: a local identifier (without CX.4: the sending trust's), else her NHS number (issuer
+    ``NHS``). R58: a relationship, never a link or a merge."""
+    ids = [cx for cx in msg.identifiers(pid, 21) if cx.id]
+    local = [cx for cx in ids if not is_nhs(cx)]
+    if local:
+        cx = local[0]
+        if len(cx.id) > 64 or len(cx.authority) > 16:
+            raise MessageRejected("AE", "PID-21 mother's identifier is too long")
+        return PatientKey(cx.authority or issuer, cx.id)
+    numbers = [cx for cx in ids if is_nhs(cx)]
+    if numbers:
+        number = numbers[0].id.replace(" ", "")
+        if len(number) != 10 or not number.isdigit():
+            raise MessageRejected("AE", f"PID-21 NHS number {numbers[0].id!r} is not ten digits")
+        return PatientKey(NHS_ISSUER, number)
+    return None
 
 
 def person_name(msg: Message, seg: Segment, n: int) -> str | None:

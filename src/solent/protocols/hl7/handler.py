@@ -277,8 +277,11 @@ class Hl7Handler:
     def _update(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         pid = msg.need("PID")
         key = er7.local_key(msg, pid, issuer=facility)
-        tx.update_record(key, er7.demographics(msg, pid))
-        return f"record {key} updated"
+        mother = er7.mother_key(msg, pid, issuer=facility)
+        tx.update_record(key, er7.demographics(msg, pid), mother)
+        if mother is None:
+            return f"record {key} updated"
+        return f"record {key} updated; mother {mother} recorded (a relationship, not a link)"
 
     def _merge(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
         """Within one trust only: the identity service refuses (and queues) a cross-trust

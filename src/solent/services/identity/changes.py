@@ -61,6 +61,8 @@ class IdentityService(RecordUpdates):
                 if retired is not None and tgt is not None and retired["patient_pk"] == tgt["pk"]:
                     return int(tgt["pk"])  # already merged: a replay changes nothing
             self._check_direction(demo, prior_name, src, tgt, source, target)
+            if src is not None and tgt is not None:
+                self._refuse_relatives(c, int(src["pk"]), int(tgt["pk"]), "merged")
             if tgt is None:
                 pk = self.update_record(target, Demographics(), change, conn=c)
                 tgt = store.get_patient(c, pk)
@@ -286,6 +288,8 @@ class IdentityService(RecordUpdates):
         old_status = old["status"] if old else None
         if old_status == status:
             return
+        if status != "unlinked":
+            self._refuse_relatives(conn, apk, bpk, "linked")
         linked_before = self._component(conn, apk) | self._component(conn, bpk)
         if status is None:
             store.delete_link(conn, apk, bpk)
@@ -317,6 +321,17 @@ class IdentityService(RecordUpdates):
             detail={"with_patient_pk": bpk, "source": source},
         )
         self._record_link_change(conn, apk, linked_before, change, source)
+
+    # -- mother and baby: a relationship, never a link or a merge (R58) ------------------------
+
+    def _refuse_relatives(self, conn: Connection, apk: int, bpk: int, what: str) -> None:
+        if bpk in self.related_pks(apk, conn=conn):
+            rows = {int(r["pk"]): _key(r) for r in store.get_patients(conn, [apk, bpk])}
+            raise IdentityRejected(
+                f"{rows.get(apk)} and {rows.get(bpk)} are recorded as mother and baby (PID-21): "
+                f"two people, never {what} (R58)",
+                work_item="mother-baby-link-refused",
+            )
 
     # -- S-flag ----------------------------------------------------------------------------
 

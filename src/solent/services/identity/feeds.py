@@ -37,8 +37,14 @@ class RecordUpdates(IdentityReads):
         *,
         conn: Connection | None = None,
         create: bool = True,
+        mother: PatientKey | None = None,
     ) -> int:
-        """A01/A04/A08/A28/A31: the sending trust updates its own record (created if new)."""
+        """A01/A04/A08/A28/A31: the sending trust updates its own record (created if new).
+
+        ``mother`` (PID-21, R58): the record is a baby's and this is its mother's. Recorded
+        as a relationship before the demographics are judged, so the two are never linked
+        (an ``unlinked`` decision blocks their NHS-number link; an explicit link is undone)
+        and a shared NHS number is queued as a mother-and-baby item, not a duplicate."""
         require_speaks_for(change.principal, f"update of {key}", key.issuer)
 
         def op(c: Connection) -> int:
@@ -60,10 +66,57 @@ class RecordUpdates(IdentityReads):
                     message_pk=change.message_pk,
                     after={"issuer": key.issuer, "local_id": key.local_id},
                 )
+            if mother is not None:
+                self._note_mother(c, row, mother, change)
             self._apply_demographics(c, row, demo, change)
+            if mother is not None:
+                self._keep_relatives_apart(c, int(row["pk"]), change)
             return int(row["pk"])
 
         return self._write(conn, op)
+
+    def _note_mother(
+        self, conn: Connection, row: dict[str, Any], mother: PatientKey, change: Change
+    ) -> None:
+        if (mother.issuer, mother.local_id) == (row["issuer"], row["local_id"]):
+            raise IdentityRejected(f"PID-21 names the baby's own record {_key(row)}")
+        pk = int(row["pk"])
+        changed, replaced = store.set_relation(
+            conn, pk, "mother", (mother.issuer, mother.local_id), "hl7:PID-21", change.actor
+        )
+        if not changed:
+            return  # already recorded (an A08 repeating PID-21)
+        store.add_event(
+            conn,
+            kind="relationship",
+            actor=change.actor,
+            patient_pk=pk,
+            issuer=row["issuer"],
+            local_id=row["local_id"],
+            message_pk=change.message_pk,
+            before=(
+                {"mother": f"{replaced['related_local_id']}/{replaced['related_issuer']}"}
+                if replaced
+                else None
+            ),
+            after={"mother": str(mother)},
+        )
+        self._audit(conn, change, row, {"change": "relationship", "mother": str(mother)})
+
+    def _keep_relatives_apart(self, conn: Connection, pk: int, change: Change) -> None:
+        """Undo and block any link between this record and its relatives (an ``unlinked``
+        decision: the NHS-number link walk then never joins them); queue a shared number."""
+        before = self._component(conn, pk)
+        row = store.get_patient(conn, pk)
+        assert row is not None
+        for relationship, other in self._relatives(conn, pk):
+            link = store.get_link(conn, pk, other)
+            if link is None or link["status"] != "unlinked":
+                store.set_link(conn, pk, other, "unlinked", "hl7:PID-21", change.actor)
+            them = store.get_patient(conn, other)
+            if them is not None and row["nhs_number"] and row["nhs_number"] == them["nhs_number"]:
+                self._queue_shared_number(conn, row, them, relationship, change)
+        self._record_link_change(conn, pk, before, change, "hl7:PID-21")
 
     def _require_trust(self, conn: Connection, issuer: str) -> None:
         if not store.trust_exists(conn, issuer):
@@ -249,9 +302,16 @@ class RecordUpdates(IdentityReads):
         """Queue conflicts with the same NHS number, and record links that came or went."""
         row = store.get_patient(conn, pk)
         assert row is not None
+        relatives = dict((other, rel) for rel, other in self._relatives(conn, pk))
+        for kin in relatives:  # R58: a record created or traced after the relationship
+            if store.get_link(conn, pk, kin) is None:
+                store.set_link(conn, pk, kin, "unlinked", "hl7:PID-21", change.actor)
         if row["nhs_number"] and row["nhs_number_valid"]:
             for other in store.patients_by_nhs(conn, row["nhs_number"]):
                 if int(other["pk"]) == pk or not other["nhs_number_valid"]:
+                    continue
+                if int(other["pk"]) in relatives:
+                    self._queue_shared_number(conn, row, other, relatives[int(other["pk"])], change)
                     continue
                 item = {
                     "issuer": row["issuer"],
@@ -283,6 +343,30 @@ class RecordUpdates(IdentityReads):
                         **item,
                     )
         self._record_link_change(conn, pk, linked_before, change, "nhs-number")
+
+    def _queue_shared_number(
+        self,
+        conn: Connection,
+        row: dict[str, Any],
+        other: dict[str, Any],
+        relationship: str,
+        change: Change,
+    ) -> None:
+        """R12/R58: a mother and baby with one NHS number (a baby registered under its
+        mother's number): never linked, a person corrects whichever is wrong."""
+        store.add_work_item(
+            conn,
+            kind="mother-baby-nhs-number",
+            issuer=row["issuer"],
+            local_id=row["local_id"],
+            patient_pk=int(row["pk"]),
+            nhs_number=row["nhs_number"],
+            message_pk=change.message_pk,
+            detail=(
+                f"{_key(row)} and its {relationship} {_key(other)} carry the same NHS number "
+                f"{row['nhs_number']}; one of them is wrong. Never linked (R58)"
+            ),
+        )
 
     def _record_link_change(
         self, conn: Connection, pk: int, before: set[int], change: Change, why: str

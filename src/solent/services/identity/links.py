@@ -168,6 +168,42 @@ class IdentityLinks:
                     todo.append(nxt)
         return seen
 
+    # -- relationships that are never links (R58) -----------------------------------------------
+
+    def _relatives(self, conn: Connection, patient_pk: int) -> list[tuple[str, int]]:
+        """(relationship as seen from this record, the other record) for every recorded
+        relationship naming it: ``mother`` (this record's PID-21) and ``child`` (records whose
+        PID-21 names this one). Relationships naming a record not in the archive are left out.
+        """
+        row = store.get_patient(conn, patient_pk)
+        if row is None:
+            return []
+        out: list[tuple[str, int]] = []
+        for rel in store.relations_of(conn, [patient_pk]):
+            issuer, local_id = rel["related_issuer"], rel["related_local_id"]
+            if issuer == nhs.NHS_ISSUER:  # only the mother's NHS number was sent
+                found = [int(r["pk"]) for r in store.patients_by_nhs(conn, local_id)]
+            else:
+                named = self.resolve(issuer, local_id, conn=conn)
+                found = [named.patient_pk] if named is not None else []
+            out += [(str(rel["relationship"]), pk) for pk in found if pk != patient_pk]
+        idents = [(row["issuer"], row["local_id"])] + [
+            (r["issuer"], r["local_id"]) for r in store.retired_of(conn, [patient_pk])
+        ]
+        if row["nhs_number"]:
+            idents.append((nhs.NHS_ISSUER, row["nhs_number"]))
+        for rel in store.relations_naming(conn, idents):
+            if int(rel["patient_pk"]) != patient_pk:
+                out.append(("child", int(rel["patient_pk"])))
+        return sorted(set(out))
+
+    def related_pks(self, patient_pk: int, *, conn: Connection | None = None) -> set[int]:
+        """Records in a relationship with this one (mother, babies): never the same person."""
+        if conn is not None:
+            return {pk for _, pk in self._relatives(conn, patient_pk)}
+        with self._index.read() as c:
+            return {pk for _, pk in self._relatives(c, patient_pk)}
+
     def links_of(self, patient_pk: int) -> list[dict[str, Any]]:
         """The records linked to this one, each with why (nhs-number, hl7:A24, admin)."""
         with self._index.read() as conn:

@@ -70,6 +70,7 @@ class IdentityReads(IdentityLinks):
                 "retired": store.retired_of(conn, [patient_pk]),
                 "linked": sorted(self._component(conn, patient_pk) - {patient_pk}),
                 "contact": store.get_contact(conn, patient_pk),
+                "related": self._related_view(conn, row),
             }
 
     def records_by_nhs_number(self, number: str) -> list[int]:
@@ -111,6 +112,31 @@ class IdentityReads(IdentityLinks):
 
     # -- the person view -------------------------------------------------------------------
 
+    def _related_view(self, conn: Connection, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """R58: the record's relationships, never links: its mother as its trust's PID-21
+        named her, and the babies of the same trust whose PID-21 names this record (another
+        trust's baby is that trust's to show). Identifiers only."""
+        pk = int(row["pk"])
+        out: list[dict[str, Any]] = [
+            {
+                "relationship": rel["relationship"],
+                "issuer": rel["related_issuer"],
+                "patient_id": rel["related_local_id"],
+            }
+            for rel in store.relations_of(conn, [pk])
+        ]
+        children = [other for kind, other in self._relatives(conn, pk) if kind == "child"]
+        for child in store.get_patients(conn, children):
+            if child["issuer"] == row["issuer"]:
+                out.append(
+                    {
+                        "relationship": "child",
+                        "issuer": child["issuer"],
+                        "patient_id": child["local_id"],
+                    }
+                )
+        return out
+
     def person(self, pks: Iterable[int]) -> dict[str, Any]:
         """Records, retired identifiers, studies and open work items of a set of records."""
         keys = set(pks)
@@ -123,6 +149,7 @@ class IdentityReads(IdentityLinks):
                 rec["nhs_number_status"] = contact["nhs_number_status"] if contact else None
                 if contact and not contact["sensitive"]:
                     rec["address"], rec["phone"] = contact["address"], contact["phone"]
+                rec["related"] = self._related_view(conn, row)
                 records.append(rec)
             retired = [
                 {
