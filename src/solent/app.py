@@ -26,6 +26,7 @@ from solent.services.identity import IdentityService
 from solent.services.identity.door import IdentityDoor
 from solent.services.inbox import InboxReads, InboxService
 from solent.services.jobs import JobsService
+from solent.services.key_objects import KeyObjectService
 from solent.services.mdt import MdtService
 from solent.services.mdt_live import LiveHub
 from solent.services.mdt_shared import open_broker
@@ -137,6 +138,7 @@ class Archive:
             ),
             broadcast=broadcast,
             viewer=viewer,  # issue 12
+            key_objects=KeyObjectService(self.index, self.access, self.audit, viewer),
             mdt=mdt,
             # issue 16: a room's members may be connected to any node (PostgreSQL)
             live=LiveHub(

@@ -79,7 +79,7 @@ class MdtService:
         #: Now, in the server's time zone (meeting times are local); tests move it.
         self.clock: Callable[[], datetime] = lambda: datetime.now().astimezone()
         self._warmer = MeetingWarmer(
-            index, audit, retrieve, viewer._identity, self._visible_items, lambda: self.clock()
+            index, audit, retrieve, viewer.identity, self._visible_items, lambda: self.clock()
         )
         # Accepted purpose claims (a participant's every frame request carries one), briefly.
         self._participants: TtlCache[bool] = TtlCache(10.0, limit=10_000)
@@ -132,7 +132,7 @@ class MdtService:
         keys = {(i["patient_issuer"], i["patient_id"]) for i in items}
         with self._index.read() as conn:
             pks = viewer_store.patient_pks(conn, keys)
-        visible = self._viewer._visible_pks(principal, pks.values())
+        visible = self._viewer.visible_pks(principal, pks.values())
         from solent.index import identity as records
 
         with self._index.read() as conn:
@@ -235,7 +235,7 @@ class MdtService:
                 "done": int(meeting["prefetch_done"]),
                 "total": int(meeting["prefetch_total"]),
             }
-        identity = self._viewer._identity
+        identity = self._viewer.identity
         done = total = 0
         for item in items:
             if int(item["pk"]) not in visible:
@@ -287,7 +287,7 @@ class MdtService:
                 raise InvalidInput(f"at most {MAX_STUDIES_PER_ITEM} studies per patient")
             pk = self._viewer._check_patient(principal, item.issuer, item.patient_id, "mdt create")
             person = self._viewer.person_of(principal, pk)
-            own = {s["study_uid"] for s in self._viewer._identity.studies(person.pks)}
+            own = {s["study_uid"] for s in self._viewer.identity.studies(person.pks)}
             for uid in item.study_uids:
                 if uid not in own:
                     raise InvalidInput(

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from solent.services.identity.door import IdentityDoor
     from solent.services.inbox import InboxService
     from solent.services.jobs import JobsService
+    from solent.services.key_objects import KeyObjectService
     from solent.services.mdt import MdtService
     from solent.services.mdt_live import LiveHub
     from solent.services.migration import MigrationService
@@ -61,6 +62,7 @@ class Services:
     jobs: JobsService  # issue 16: background work on the change feed
     broadcast: Broadcast  # issue 16: publish/subscribe across nodes (MDT rooms, caches)
     viewer: ViewerService  # issue 12: worklist, timeline, study, reports, key images
+    key_objects: KeyObjectService  # R30: key objects and presentation states, withdrawn flags
     mdt: MdtService  # issue 12: MDT meetings, outcomes, prefetch
     live: LiveHub  # issue 12: the MDT live rooms of this process
     peers: PeerAddresses  # issue 11: listeners check a caller's address before reading

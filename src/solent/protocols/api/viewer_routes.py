@@ -94,14 +94,14 @@ async def key_images(request: Request, caller: Caller, study_uid: StudyUID) -> d
 @router.get("/studies/{study_uid}/key-objects")
 async def key_objects(request: Request, caller: Caller, study_uid: StudyUID) -> dict[str, Any]:
     """Stored key object selections and presentation states, with withdrawn references (R30)."""
-    return await run_in_threadpool(_services(request).viewer.key_objects, caller, study_uid)
+    return await run_in_threadpool(_services(request).key_objects.in_study, caller, study_uid)
 
 
 @router.get("/key-images/withdrawn")
 async def withdrawn_key_images(request: Request, caller: Caller) -> dict[str, Any]:
     """The caller's key images, and the key objects and presentation states they stored, that
     point at instances an IOCM rejection note withdrew (R30)."""
-    return await run_in_threadpool(_services(request).viewer.withdrawn_key_images, caller)
+    return await run_in_threadpool(_services(request).key_objects.withdrawn, caller)
 
 
 @router.post("/studies/{study_uid}/key-images", status_code=201)
