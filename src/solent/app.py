@@ -29,6 +29,7 @@ from solent.services.jobs import JobsService
 from solent.services.key_objects import KeyObjectService
 from solent.services.mdt import MdtService
 from solent.services.mdt_live import LiveHub
+from solent.services.mdt_outcomes import MdtOutcomeService
 from solent.services.mdt_shared import open_broker
 from solent.services.migration import MigrationService
 from solent.services.peers import PeerAddresses
@@ -140,6 +141,7 @@ class Archive:
             viewer=viewer,  # issue 12
             key_objects=KeyObjectService(self.index, self.access, self.audit, viewer),
             mdt=mdt,
+            mdt_outcomes=MdtOutcomeService(self.index, self.access, self.audit, mdt, viewer),
             # issue 16: a room's members may be connected to any node (PostgreSQL)
             live=LiveHub(
                 open_broker(broadcast, mdt.keep_live, mdt.stored_live),

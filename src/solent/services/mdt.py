@@ -53,6 +53,21 @@ class NewItem:
 
 
 @dataclass(frozen=True, slots=True)
+class SeenItem:
+    """A meeting item whose patient the caller may see, with the studies they may see."""
+
+    meeting: dict[str, Any]
+    item: dict[str, Any]
+    patient: dict[str, Any]  # the item's patient record row
+    study_uids: tuple[str, ...]
+
+    def ref(self) -> PatientRef:
+        return PatientRef(
+            self.item["patient_issuer"], self.item["patient_id"], self.patient["nhs_number"]
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class LiveSeat:
     """What the live room needs to know about a member joining."""
 
@@ -327,12 +342,10 @@ class MdtService:
             self.prefetch(principal, meeting_id, base_url)
         return self._json(principal, self._meeting_row(meeting_id), audit=False)
 
-    def set_outcome(
-        self, principal: Principal, meeting_id: int, item_id: int, text: str
-    ) -> dict[str, Any]:
+    def seen_item(self, principal: Principal, meeting_id: int, item_id: int) -> SeenItem:
+        """An item of a meeting as a participant who may see its patient sees it; NotFound
+        (one message) for an unknown item and for one whose patient the caller may not see."""
         self._require_participant(principal)
-        if len(text) > MAX_OUTCOME:
-            raise InvalidInput(f"the outcome is longer than {MAX_OUTCOME} characters")
         meeting = self._meeting_row(meeting_id)
         with self._index.read() as conn:
             items = store.items_of(conn, meeting_id)
@@ -340,7 +353,17 @@ class MdtService:
         visible = self._visible_items(principal, [item] if item else [])
         if item is None or item_id not in visible:
             raise NotFound(f"no item {item_id} in MDT meeting {meeting_id}")
-        patient = visible[item_id]
+        studies = self._visible_studies(principal, [item], visible)[item_id]
+        return SeenItem(meeting, item, visible[item_id], tuple(studies))
+
+    def set_outcome(
+        self, principal: Principal, meeting_id: int, item_id: int, text: str
+    ) -> dict[str, Any]:
+        self._require_participant(principal)
+        if len(text) > MAX_OUTCOME:
+            raise InvalidInput(f"the outcome is longer than {MAX_OUTCOME} characters")
+        seen = self.seen_item(principal, meeting_id, item_id)
+        meeting, item, patient = seen.meeting, seen.item, seen.patient
 
         def op(conn: Any) -> None:
             store.set_outcome(conn, item_id, text, principal.name)

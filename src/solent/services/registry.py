@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from solent.services.key_objects import KeyObjectService
     from solent.services.mdt import MdtService
     from solent.services.mdt_live import LiveHub
+    from solent.services.mdt_outcomes import MdtOutcomeService
     from solent.services.migration import MigrationService
     from solent.services.peers import PeerAddresses
     from solent.services.performed_steps import PerformedStepService
@@ -64,6 +65,7 @@ class Services:
     viewer: ViewerService  # issue 12: worklist, timeline, study, reports, key images
     key_objects: KeyObjectService  # R30: key objects and presentation states, withdrawn flags
     mdt: MdtService  # issue 12: MDT meetings, outcomes, prefetch
+    mdt_outcomes: MdtOutcomeService  # R32: radiology input per item, discrepancy notices
     live: LiveHub  # issue 12: the MDT live rooms of this process
     peers: PeerAddresses  # issue 11: listeners check a caller's address before reading
     check: ArchiveCheck  # issue 11: `solent check [--repair]`, caller checked, deletions audited

@@ -181,10 +181,10 @@ class ViewerService:
         related = self._relationship_pks(principal, set(person.pks))
         with self._index.read() as conn:
             parts = store.body_parts(conn, [int(r["study_pk"]) for r in rows])
-            reports = store.current_reports(conn, [_report_key(r) for r in rows])
+            reports = store.current_reports(conn, [report_key(r) for r in rows])
         entries = []
         for r in rows:
-            accession, issuer = _report_key(r)
+            accession, issuer = report_key(r)
             code = reports.get((accession, issuer)) if accession else None
             entries.append(
                 {
@@ -357,7 +357,7 @@ class ViewerService:
         row = self._identity.study(study_uid)
         out = []
         if row is not None and row["accession_number"]:
-            accession, issuer = _report_key(row)
+            accession, issuer = report_key(row)
             with self._index.read() as conn:
                 versions = store.report_versions(conn, str(accession), issuer)
             if versions:
@@ -475,7 +475,7 @@ def _fields(
     )
 
 
-def _report_key(row: dict[str, Any]) -> tuple[str, str]:
+def report_key(row: dict[str, Any]) -> tuple[str, str]:
     """(accession, issuer) as the inbox files reports; the accession is "" when absent."""
     return str(row["accession_number"] or ""), str(row.get("accession_issuer") or row["trust_code"])
 
