@@ -22,6 +22,7 @@ from tests.unit.security_fixtures import add_user, demo, demo_client, demo_templ
 
 __all__ = ["demo", "demo_client", "demo_template"]
 
+ZZB_IDS = "https://solent-pacs.nhs.example/Id/ZZB/patient-id"
 OPINION = "Spiculated RUL nodule 14 mm, was 9 mm: progression."
 
 
@@ -196,6 +197,29 @@ def test_outcomes_over_http_from_the_study_at_any_trust_and_the_reporters_inbox(
     assert [o["opinion"] for o in on_study.json()["outcomes"]] == [OPINION]
     hidden = demo_client.get(f"/api/viewer/studies/{zzb_uid}/mdt-outcomes", headers=h["radzd"])
     assert (hidden.status_code, hidden.json()) == (404, {"detail": "no such study"})
+
+    # Exported over FHIR as a supplementary DiagnosticReport, read by id and found with the
+    # person's reports (the RIS report of the same study alongside).
+    outcome_id = r.json()["id"]
+    fhir = demo_client.get(f"/fhir/DiagnosticReport/mdt-{outcome_id}", headers=h["drzb"])
+    assert fhir.status_code == 200, fhir.text
+    report = fhir.json()
+    assert report["resourceType"] == "DiagnosticReport" and report["status"] == "final"
+    assert report["conclusion"].startswith(f"MDT opinion: {OPINION}")
+    assert "Discrepancy with the original report: Growth not reported." in report["conclusion"]
+    study = demo.identity.study(zzb_uid)
+    assert study is not None
+    assert report["imagingStudy"] == [{"reference": f"ImagingStudy/{study['pk']}"}]
+    assert report["subject"] == {"reference": f"Patient/{study['patient_pk']}"}
+    for nobody in (f"mdt-{outcome_id}", "mdt-999999"):
+        hidden = demo_client.get(f"/fhir/DiagnosticReport/{nobody}", headers=h["radzd"])
+        assert hidden.status_code == 404 and hidden.json()["resourceType"] == "OperationOutcome"
+    token = f"{ZZB_IDS}|B7730021"
+    found = demo_client.get(
+        "/fhir/DiagnosticReport", params={"patient.identifier": token}, headers=h["drzb"]
+    ).json()
+    ids = [e["resource"]["id"] for e in found["entry"]]
+    assert f"mdt-{outcome_id}" in ids and len(ids) == 2, ids
 
     inbox = demo_client.get("/api/viewer/notices", headers=h["radzb"]).json()["notices"]
     assert [(n["study_uid"], n["discrepancy_note"]) for n in inbox] == [

@@ -29,16 +29,22 @@ def add_outcome(
 
 
 def outcomes(
-    conn: Connection, *, item: int | None = None, study_uid: str | None = None
+    conn: Connection,
+    *,
+    item: int | None = None,
+    study_uids: Collection[str] | None = None,
+    pk: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The recordings for an MDT item, or those that reviewed a study, oldest first, each with
-    ``reviewed`` ([(study UID, series UIDs)]) and its ``notices``."""
+    """The recordings for an MDT item, those that reviewed any of some studies, or one, oldest
+    first, each with ``reviewed`` ([(study UID, series UIDs)]) and its ``notices``."""
     o, s = t.mdt_outcome.c, t.mdt_outcome_study.c
     q = select(t.mdt_outcome).order_by(o.recorded_at, o.pk)
     if item is not None:
         q = q.where(o.item_pk == item)
-    if study_uid is not None:
-        q = q.where(o.pk.in_(select(s.outcome_pk).where(s.study_uid == study_uid)))
+    if study_uids is not None:
+        q = q.where(o.pk.in_(select(s.outcome_pk).where(s.study_uid.in_(list(study_uids)))))
+    if pk is not None:
+        q = q.where(o.pk == pk)
     rows = [dict(r) for r in conn.execute(q).mappings()]
     pks = [int(r["pk"]) for r in rows]
     reviewed: dict[int, list[tuple[str, list[str]]]] = {pk: [] for pk in pks}

@@ -16,7 +16,7 @@ meeting carry ``mdt:<id>`` as their purpose.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,16 @@ class NewOutcome:
     reviewed: tuple[Reviewed, ...]
     discrepancy: bool = False
     discrepancy_note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SupplementaryReport:
+    """An outcome as a supplementary report: its subject and the studies it references."""
+
+    outcome: dict[str, Any]
+    patient_pk: int  # the record of the first reviewed study the caller may see
+    study_pks: tuple[int, ...]
+    patient: PatientRef
 
 
 class MdtOutcomeService:
@@ -249,7 +259,7 @@ class MdtOutcomeService:
         trust); other studies an outcome reviewed are listed only when the caller sees them."""
         patient = self._viewer.check_study(principal, study_uid, "viewer mdt outcomes")
         with self._index.read() as conn:
-            rows = store.outcomes(conn, study_uid=study_uid)
+            rows = store.outcomes(conn, study_uids=[study_uid])
         listed = {uid for r in rows for uid, _ in r["reviewed"]}
         visible = self._access.visible_study_uids(principal, listed)
         self._audit.record(
@@ -260,6 +270,69 @@ class MdtOutcomeService:
             detail={"api": "viewer mdt outcomes", "results": len(rows)},
         )
         return {"outcomes": [_outcome_json(r, visible) for r in rows]}
+
+    # -- FHIR: the outcome as a supplementary DiagnosticReport ---------------------------------
+
+    def supplementary(self, principal: Principal, outcome_id: int) -> SupplementaryReport:
+        """One outcome with the reviewed studies the caller may see; NotFound (like an unknown
+        one) when they may see none of them. One ``view`` record naming the patient."""
+        self._access.require(principal, Permission.READ, "reading an MDT outcome")
+        with self._index.read() as conn:
+            rows = store.outcomes(conn, pk=outcome_id)
+        found = self._supplementary(principal, rows)
+        if not found:
+            raise self._access.not_found(principal, "MDT outcome")
+        report = found[0]
+        self._audit.record(
+            principal,
+            AuditAction.VIEW,
+            patient=report.patient,
+            study_uid=report.outcome["reviewed"][0]["study_uid"],
+            detail={"api": "fhir mdt outcome", "outcome": outcome_id},
+        )
+        return report
+
+    def of_person(
+        self, principal: Principal, patient_pks: Collection[int]
+    ) -> list[SupplementaryReport]:
+        """The outcomes that reviewed studies of these (visible) records. One ``view`` record
+        naming the first record's patient when there are any (none is disclosed otherwise)."""
+        studies = self._viewer.identity.studies(patient_pks)
+        if not studies:
+            return []
+        with self._index.read() as conn:
+            rows = store.outcomes(conn, study_uids=[s["study_uid"] for s in studies])
+        found = self._supplementary(principal, rows)
+        if found:
+            self._audit.record(
+                principal,
+                AuditAction.VIEW,
+                patient=found[0].patient,
+                detail={"api": "fhir mdt outcomes", "outcomes": [r.outcome["id"] for r in found]},
+            )
+        return found
+
+    def _supplementary(
+        self, principal: Principal, rows: list[dict[str, Any]]
+    ) -> list[SupplementaryReport]:
+        listed = {uid for r in rows for uid, _ in r["reviewed"]}
+        visible = self._access.visible_study_uids(principal, listed)
+        out = []
+        for row in rows:
+            outcome = _outcome_json(row, visible)
+            if not outcome["reviewed"]:
+                continue
+            keys = []
+            for entry in outcome["reviewed"]:
+                study = self._viewer.identity.study(entry["study_uid"])
+                if study is not None:
+                    keys.append((int(study["pk"]), int(study["patient_pk"])))
+            if not keys:
+                continue
+            with self._index.read() as conn:
+                patient = _study_patient(conn, keys[0][1])
+            out.append(SupplementaryReport(outcome, keys[0][1], tuple(k for k, _ in keys), patient))
+        return out
 
     # -- the primary reporter's notices -------------------------------------------------------
 
