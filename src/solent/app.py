@@ -37,6 +37,7 @@ from solent.services.performed_steps import PerformedStepService
 from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
+from solent.services.reporter_notices import ReporterNoticeService
 from solent.services.retention import RetentionService
 from solent.services.retrieve import RetrieveService
 from solent.services.study_edit import StudyEditService
@@ -142,6 +143,7 @@ class Archive:
             key_objects=KeyObjectService(self.index, self.access, self.audit, viewer),
             mdt=mdt,
             mdt_outcomes=MdtOutcomeService(self.index, self.access, self.audit, mdt, viewer),
+            reporter_notices=ReporterNoticeService(self.index, self.access, self.audit),
             # issue 16: a room's members may be connected to any node (PostgreSQL)
             live=LiveHub(
                 open_broker(broadcast, mdt.keep_live, mdt.stored_live),

@@ -121,7 +121,8 @@ def test_outcome_is_recorded_audited_and_reaches_the_primary_reporter_at_another
 
     # The primary reporter (user name = OBR-32 ID, at the reporting trust) has it in their inbox.
     radzb = _who("radzb", "ZZB", "radiologist")
-    (notice,) = svc.notices(radzb)["notices"]
+    inbox = demo.services.reporter_notices
+    (notice,) = inbox.notices(radzb)["notices"]
     assert (notice["study_uid"], notice["opinion"], notice["flagged_by"]) == (
         zzb_uid,
         OPINION,
@@ -130,16 +131,16 @@ def test_outcome_is_recorded_audited_and_reaches_the_primary_reporter_at_another
     assert notice["patient"] == {"issuer": "ZZB", "patient_id": "B7730021"}
     assert demo.audit.search(actor_name="radzb", action="view", study_uid=zzb_uid, limit=5)
     # Not another radiologist of ZZB, nor the MDT radiologist at ZZA.
-    assert svc.notices(_who("radzb2", "ZZB", "radiologist"))["notices"] == []
-    assert svc.notices(radza)["notices"] == []
+    assert inbox.notices(_who("radzb2", "ZZB", "radiologist"))["notices"] == []
+    assert inbox.notices(radza)["notices"] == []
     with pytest.raises(NotFound):
-        svc.acknowledge(_who("radzb2", "ZZB", "radiologist"), notice["id"], "not mine")
-    closed = svc.acknowledge(radzb, notice["id"], "Addendum issued.")
+        inbox.acknowledge(_who("radzb2", "ZZB", "radiologist"), notice["id"], "not mine")
+    closed = inbox.acknowledge(radzb, notice["id"], "Addendum issued.")
     assert (closed["status"], closed["acknowledged_by"]) == ("acknowledged", "radzb")
-    assert svc.notices(radzb)["notices"] == []
-    assert [n["id"] for n in svc.notices(radzb, status=None)["notices"]] == [notice["id"]]
+    assert inbox.notices(radzb)["notices"] == []
+    assert [n["id"] for n in inbox.notices(radzb, status=None)["notices"]] == [notice["id"]]
     with pytest.raises(InvalidInput):
-        svc.acknowledge(radzb, notice["id"], "again")
+        inbox.acknowledge(radzb, notice["id"], "again")
 
 
 def test_recording_is_for_radiologists_who_see_the_patient_and_the_items_studies(

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from solent.services.performed_steps import PerformedStepService
     from solent.services.query import QueryService
     from solent.services.records import RecordService
+    from solent.services.reporter_notices import ReporterNoticeService
     from solent.services.retention import RetentionService
     from solent.services.retrieve import RetrieveService
     from solent.services.study_edit import StudyEditService
@@ -65,7 +66,8 @@ class Services:
     viewer: ViewerService  # issue 12: worklist, timeline, study, reports, key images
     key_objects: KeyObjectService  # R30: key objects and presentation states, withdrawn flags
     mdt: MdtService  # issue 12: MDT meetings, outcomes, prefetch
-    mdt_outcomes: MdtOutcomeService  # R32: radiology input per item, discrepancy notices
+    mdt_outcomes: MdtOutcomeService  # R32: radiology input per item, recorded per study
+    reporter_notices: ReporterNoticeService  # R32: discrepancies flagged to the primary reporter
     live: LiveHub  # issue 12: the MDT live rooms of this process
     peers: PeerAddresses  # issue 11: listeners check a caller's address before reading
     check: ArchiveCheck  # issue 11: `solent check [--repair]`, caller checked, deletions audited

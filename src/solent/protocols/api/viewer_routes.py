@@ -112,7 +112,7 @@ async def notices(
     """MDT discrepancies with reports the caller was the primary reporter of (R32)."""
     wanted = None if status == "all" else status
     return await run_in_threadpool(
-        lambda: _services(request).mdt_outcomes.notices(caller, status=wanted)
+        lambda: _services(request).reporter_notices.notices(caller, status=wanted)
     )
 
 
@@ -128,7 +128,7 @@ async def acknowledge_notice(
     body: Acknowledgement,
 ) -> dict[str, Any]:
     return await run_in_threadpool(
-        _services(request).mdt_outcomes.acknowledge, caller, notice_id, body.response
+        _services(request).reporter_notices.acknowledge, caller, notice_id, body.response
     )
 
 
