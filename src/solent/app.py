@@ -26,9 +26,11 @@ from solent.services.identity import IdentityService
 from solent.services.identity.door import IdentityDoor
 from solent.services.inbox import InboxReads, InboxService
 from solent.services.jobs import JobsService
+from solent.services.key_objects import KeyObjectService
 from solent.services.manifests import ManifestService
 from solent.services.mdt import MdtService
 from solent.services.mdt_live import LiveHub
+from solent.services.mdt_outcomes import MdtOutcomeService
 from solent.services.mdt_shared import open_broker
 from solent.services.migration import MigrationService
 from solent.services.outside_imports import OutsideImports
@@ -38,6 +40,7 @@ from solent.services.performed_steps import PerformedStepService
 from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
+from solent.services.reporter_notices import ReporterNoticeService
 from solent.services.retention import RetentionService
 from solent.services.retrieve import RetrieveService
 from solent.services.study_edit import StudyEditService
@@ -146,7 +149,10 @@ class Archive:
             ),
             broadcast=broadcast,
             viewer=viewer,  # issue 12
+            key_objects=KeyObjectService(self.index, self.access, self.audit, viewer),
             mdt=mdt,
+            mdt_outcomes=MdtOutcomeService(self.index, self.access, self.audit, mdt, viewer),
+            reporter_notices=ReporterNoticeService(self.index, self.access, self.audit),
             # issue 16: a room's members may be connected to any node (PostgreSQL)
             live=LiveHub(
                 open_broker(broadcast, mdt.keep_live, mdt.stored_live),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,11 +16,13 @@ import pytest
 from solent.demo import DEMO_ROOT
 from tests.conftest import RunningServer
 from tests.interop.viewer_support import (
+    PASSWORD,
     add_user,
     eventually,
     image_index,
     new_page,
     pane,
+    shot,
     sign_in,
     wait_image,
 )
@@ -257,4 +260,81 @@ def test_the_meetings_of_today_are_those_of_the_users_own_day(
     page.wait_for_selector("#meeting-list li")
     assert page.input_value("#mdt-date") == "2026-07-01"
     assert page.input_value("#mdt-create input[name=date]") == "2026-07-01"
+    assert not errors, errors
+
+
+ALICE_MR_ZZB = DEMO_ROOT + "1.3"  # ZZB B7730021, Alice's record at ZZB
+
+# ZZB's RIS reports Alice's ZZB study; OBR-32 names R32_REP, the primary reporter, at ZZB.
+ORU_ZZB = (
+    "MSH|^~\\&|R32RIS|ZZB|PACS|ZZX|20260610153000||ORU^R01^ORU_R01|R32-BROWSER|P|2.4\r"
+    "PID|1||B7730021^^^ZZB^MR||DEMO^ALICE||19580312|F\r"
+    "OBR|1||{accession}|MRBRAIN^MR brain|||20260610|||||||||||||||20260610153000||MR|F"
+    "|||||||R32_REP&REPORTER&ROSE\r"
+    "OBX|1|TX|MRBRAIN||No abnormality.||||||F\r"
+)
+
+
+def test_radiology_input_with_a_discrepancy_reaches_the_reporter_at_another_trust(
+    demo: RunningServer, browser: Any, tmp_path: Path
+) -> None:
+    """R32: the MDT radiologist at ZZA records the outcome of Alice's item in the meeting's
+    form, flagging a discrepancy with ZZB's report; ZZB's reporter finds it under Notices and
+    acknowledges it."""
+    from tests.interop.hl7_support import msa, send
+
+    demo.cli("hl7", "sender", "add", "R32RIS", "ZZB", "--host", "127.0.0.1", "--trust", "ZZB")
+    coordinator = add_user(demo, "r32_coord", "ZZA", "mdt_coordinator")
+    # The reporter signs in with a password only (no token: one CLI call fewer); the MDT
+    # radiologist is the server's `rad` (ZZA).
+    demo.cli(
+        "user", "add", "r32_rep", "--trust", "ZZB", "--role", "radiologist", "--password", PASSWORD
+    )
+    study = httpx.get(
+        f"{demo.base_url}/api/viewer/studies/{ALICE_MR_ZZB}", headers=coordinator, timeout=30
+    ).json()["study"]
+    oru = ORU_ZZB.format(accession=study["accession"])
+    assert msa(send(int(demo.ports["hl7"]), oru)[0])[0] == "AA"
+    r = httpx.post(
+        demo.base_url + "/api/mdt/meetings",
+        headers=coordinator,
+        json={
+            "title": "Neuro MDT",
+            "date": "2026-12-09",
+            "team": "Neuro",
+            "items": [
+                {"issuer": "ZZA", "patient_id": "A100001", "study_uids": [ALICE_MR_ZZB]},
+            ],
+        },
+        timeout=30,
+    )
+    assert r.status_code == 201, r.text
+    errors: list[str] = []
+    page = new_page(browser, demo, errors)
+    sign_in(page, "rad")
+    page.goto(f"{demo.base_url}/viewer/#/mdt/{r.json()['id']}")
+    page.click(".mdt-outcome summary")
+    form = page.locator("form.outcome-form")
+    form.locator("textarea[name=opinion]").fill("Enhancing lesion, left frontal.")
+    form.locator("textarea[name=plan]").fill("Neurosurgical review.")
+    form.locator("input[name=discrepancy]").check()
+    form.locator("textarea[name=discrepancy_note]").fill("Report says no abnormality.")
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector(".outcome-message:has-text('the reporter was told')")
+    assert "REPORTER^ROSE, ZZB" in page.inner_text(".outcome-message")
+    page.wait_for_selector(".mdt-outcome li[data-outcome]:has-text('Enhancing lesion')")
+    shot(page, tmp_path, "20-mdt-radiology-input")
+
+    other = new_page(browser, demo, errors)
+    sign_in(other, "r32_rep")
+    other.click("a[href='#/notices']")
+    notice = other.locator("li[data-notice]")
+    notice.wait_for()
+    assert "Report says no abnormality." in notice.inner_text()
+    assert "Flagged by rad (ZZA)" in notice.inner_text()
+    shot(other, tmp_path, "21-report-discrepancy-notice")
+    notice.locator("textarea").fill("Addendum issued.")
+    notice.locator("button:has-text('Acknowledge')").click()
+    done = "li[data-notice][data-status=acknowledged]:has-text('Addendum issued.')"
+    other.wait_for_selector(done)
     assert not errors, errors

@@ -205,6 +205,13 @@ GET_ROUTES: dict[str, Callable[[Target], str]] = {
     "/api/viewer/studies/{study_uid}/key-objects": lambda t: (
         f"/api/viewer/studies/{t.study}/key-objects"
     ),
+    # R32: MDT outcomes recorded against a study, and those of a meeting item.
+    "/api/viewer/studies/{study_uid}/mdt-outcomes": lambda t: (
+        f"/api/viewer/studies/{t.study}/mdt-outcomes"
+    ),
+    "/api/mdt/meetings/{meeting_id}/items/{item_id}/outcomes": lambda t: (
+        f"/api/mdt/meetings/{t.meeting}/items/{t.item}/outcomes"
+    ),
     "/fhir/DiagnosticReport/{resource_id}": lambda t: f"/fhir/DiagnosticReport/{t.report}",
     "/api/identity/reports": lambda t: f"/api/identity/reports?accession={t.accession}&issuer=ZZB",
     "/dicomweb/wado": lambda t: (
@@ -238,6 +245,7 @@ CHANGE_ROUTES: dict[tuple[str, str], Callable[[Target], Call]] = {
     ("PUT", "/api/mdt/meetings/{meeting_id}/items/{item_id}/outcome"): lambda t: Call(
         "PUT", f"/api/mdt/meetings/{t.meeting}/items/{t.item}/outcome", json={"text": "CT in 3m"}
     ),
+    ("POST", "/api/mdt/meetings/{meeting_id}/items/{item_id}/outcomes"): lambda t: _outcome(t),
     ("POST", "/api/identity/link"): lambda t: Call("POST", "/api/identity/link", json=_pair(t)),
     ("POST", "/api/identity/unlink"): lambda t: Call("POST", "/api/identity/unlink", json=_pair(t)),
     ("POST", "/api/identity/sensitive"): lambda t: Call(
@@ -252,6 +260,15 @@ CHANGE_ROUTES: dict[tuple[str, str], Callable[[Target], Call]] = {
         "POST", f"/api/identity/data-quality/{t.work_item}/resolve"
     ),
 }
+
+
+def _outcome(t: Target) -> Call:
+    """R32: the radiology input for Bob's item, reviewing his study."""
+    return Call(
+        "POST",
+        f"/api/mdt/meetings/{t.meeting}/items/{t.item}/outcomes",
+        json={"opinion": "Stable", "reviewed": [{"study_uid": t.study}]},
+    )
 
 
 def _as_get(url: Callable[[Target], str]) -> Callable[[Target], Call]:
@@ -364,6 +381,13 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ): "covered by test_guarded_door (needs a report)",
     ("GET", "/api/identity/reports"): "covered by test_guarded_door (needs a report)",
     ("GET", "/api/viewer/recent"): "the caller's own recently opened patients (a query record)",
+    ("GET", "/api/viewer/notices"): (
+        "discrepancy notices addressed to the caller as a report's primary reporter "
+        "(test_mdt_outcomes)"
+    ),
+    ("POST", "/api/viewer/notices/{notice_id}/acknowledge"): (
+        "the addressee closes their own notice (test_mdt_outcomes)"
+    ),
     ("GET", "/api/viewer/key-images/withdrawn"): (
         "the caller's own key images on withdrawn instances; test_iocm_key_images"
     ),
@@ -424,6 +448,8 @@ STEWARD_ROUTES = {
     ("POST", "/api/identity/data-quality/{item_pk}/resolve"),
 }
 COORDINATOR_ROUTES = {("POST", "/api/mdt/meetings")}
+#: R32: the radiology input to an MDT is given by radiologists (other participants read it).
+RADIOLOGIST_ROUTES = {("POST", "/api/mdt/meetings/{meeting_id}/items/{item_id}/outcomes")}
 #: Stores file what the caller sends under the caller's own trust: only Bob's own trust files
 #: images into his study. A linked or break-glass caller sending his ZZB Patient ID files a
 #: record of its own trust, so into his study it gets the refusal with the reason (it may see
@@ -444,6 +470,8 @@ def _insiders(route: tuple[str, str]) -> tuple[Caller, ...]:
         return COORDINATORS_IN
     if route in OWN_TRUST_ONLY:
         return tuple(c for c in READERS_IN if c.how == "own trust")
+    if route in RADIOLOGIST_ROUTES:
+        return tuple(c for c in READERS_IN if c.role == "radiologist")
     return READERS_IN
 
 
@@ -572,7 +600,7 @@ def _prepare(
         )
         assert r.status_code == 201, r.text
         return bob
-    if path.endswith("/outcome"):
+    if path.endswith(("/outcome", "/outcomes", "/mdt-outcomes")):
         # Alice first, so Bob's item key differs from the meeting's (masking keeps them apart).
         call = CHANGE_ROUTES["POST", "/api/mdt/meetings"](bob)
         alice = {"issuer": "ZZB", "patient_id": "B7730021", "study_uids": []}
@@ -581,7 +609,11 @@ def _prepare(
         assert r.status_code == 201, r.text
         meeting = r.json()
         (item,) = [i for i in meeting["items"] if i["patient_id"] == bob.local_id]
-        return replace(bob, meeting=str(meeting["id"]), item=str(item["id"]))
+        bob = replace(bob, meeting=str(meeting["id"]), item=str(item["id"]))
+        if route[0] == "GET" or path.endswith("/mdt-outcomes"):  # something to read: recorded
+            r = _send(client, _outcome(bob), heads["radzb"])
+            assert r.status_code == 201, r.text
+        return bob
     identity = archive.identity
     pair = (PatientKey("ZZB", bob.local_id), PatientKey(PAIR["issuer"], PAIR["patient_id"]))
     if path == "/api/identity/link":  # each call changes something: unlinked first

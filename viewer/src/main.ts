@@ -1,4 +1,4 @@
-// Hash routes: #/ worklist, #/patient/ISSUER/ID timeline, #/study/UID reading, #/mdt meetings,
+// Hash routes: #/ worklist, #/patient/ISSUER/ID timeline, #/study/UID reading, #/mdt meetings, #/notices report discrepancies (R32),
 // #/launch[/TRUST]?query an EPR launch that came without a token (launch.ts).
 // Hash routing keeps every screen one static index.html (IID lands on /viewer/#/...).
 // Code-split: this entry chunk holds the worklist and the sign-in only; the reading screen
@@ -145,6 +145,8 @@ async function route(): Promise<void> {
         prior: params.has('prior') ? params.get('prior') || null : undefined,
         launched: launched.length > 1 ? launched : undefined,
       });
+    } else if (parts[0] === 'notices') {
+      await (await import('./mdt_outcome')).notices(app, params);
     } else if (parts[0] === 'mdt') {
       const [mdt] = await Promise.all([import('./mdt'), loadReading()]); // mdt.ts uses the reading screen
       if (parts[1]) leave = await mdt.meeting(app, parts[1]);

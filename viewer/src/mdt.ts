@@ -6,6 +6,7 @@ import { errorBox, h } from './dom';
 import { nhsNumber, personName } from './format';
 import { dropPreview, startPreview } from './preview';
 import { type StudyView, VIEW_MOVED, closeStudyView, studyView } from './studyview';
+import { outcomeForm } from './mdt_outcome';
 import type { Me, Meeting, MeetingItem, ViewState } from './types';
 
 export async function meetings(root: HTMLElement, params: URLSearchParams): Promise<void> {
@@ -302,7 +303,16 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
       ),
       outcome,
       save,
+      radiology(item),
     );
+  };
+
+  // The radiology input form of each item (R32), kept across re-renders so typing survives.
+  const forms = new Map<number, HTMLElement>();
+  const radiology = (item: MeetingItem): HTMLElement => {
+    const form = forms.get(item.id) ?? outcomeForm(id, item);
+    forms.set(item.id, form);
+    return form;
   };
 
   async function refreshPrefetch(): Promise<void> {

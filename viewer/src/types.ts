@@ -162,3 +162,42 @@ export interface Me {
   roles: string[];
   permissions: string[];
 }
+
+/** R32: the radiology input to an MDT, recorded against the studies reviewed. */
+export interface MdtOutcome {
+  id: number;
+  meeting_id: number;
+  item_id: number;
+  opinion: string;
+  plan: string;
+  reviewed: { study_uid: string; series_uids: string[] }[];
+  discrepancy: boolean;
+  discrepancy_note: string | null;
+  by: string;
+  trust: string | null;
+  at: string;
+  notices: { id: number; trust: string; reporter: string | null; status: string; acknowledged_by: string | null; response: string | null }[];
+}
+
+/** R32: a discrepancy with a report, addressed to its primary reporter. */
+export interface ReporterNotice {
+  id: number;
+  status: 'open' | 'acknowledged';
+  trust: string;
+  reporter: string | null;
+  study_uid: string;
+  accession: string;
+  report_version: number;
+  patient: { issuer: string; patient_id: string };
+  meeting_id: number;
+  item_id: number;
+  opinion: string;
+  plan: string;
+  discrepancy_note: string | null;
+  flagged_by: string;
+  flagged_trust: string | null;
+  flagged_at: string;
+  acknowledged_by: string | null;
+  acknowledged_at: string | null;
+  response: string | null;
+}

@@ -484,6 +484,9 @@ report = Table(
     Column("procedure", String(200)),
     Column("text", Text, nullable=False),
     Column("interpreter", String(200)),
+    # OBR-32's ID component (the RIS user code of the principal result interpreter): whom an
+    # MDT discrepancy with this report is addressed to (R32, revision 0023).
+    Column("interpreter_id", String(64)),
     Column("observed_at", String(26)),
     Column("message_pk", PK),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -879,5 +882,59 @@ mdt_item = Table(
     Column("prefetch_state", String(16)),  # pending/running/done/failed/not available (0011)
     Column("prefetch_warmed", Integer),  # resources warmed by the last prefetch
     Index(None, "meeting_pk"),
+)
+
+# R32: the radiology input to an MDT, recorded against the studies (and series) reviewed. One
+# row per recording, never changed: a later recording for the item supersedes it in the view.
+mdt_outcome = Table(
+    "mdt_outcome",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("meeting_pk", PK, ForeignKey("mdt_meeting.pk"), nullable=False),
+    Column("item_pk", PK, ForeignKey("mdt_item.pk"), nullable=False),
+    Column("patient_issuer", String(16), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("opinion", Text, nullable=False),
+    Column("plan", Text, nullable=False),
+    Column("discrepancy", Boolean, nullable=False, default=False),
+    Column("discrepancy_note", Text),
+    Column("recorded_by", String(200), nullable=False),
+    Column("recorded_trust", String(16)),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Index(None, "item_pk"),
+)
+
+# R32: a study an MDT outcome reviewed (and which of its series; none listed: the whole study),
+# so the study's viewers find the outcomes recorded against it.
+mdt_outcome_study = Table(
+    "mdt_outcome_study",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("outcome_pk", PK, ForeignKey("mdt_outcome.pk"), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("series_uids", Text, nullable=False),  # JSON list
+    Index(None, "study_uid"),
+    Index(None, "outcome_pk"),
+)
+
+# R32: a discrepancy between an MDT opinion and a study's report, addressed to the report's
+# primary reporter (OBR-32) at the trust that reported it, until they acknowledge it.
+reporter_notice = Table(
+    "reporter_notice",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("outcome_pk", PK, ForeignKey("mdt_outcome.pk"), nullable=False),
+    Column("trust", String(16), nullable=False),  # the reporting trust (accession issuer)
+    Column("reporter_id", String(64)),  # OBR-32 ID, lower case; NULL: the trust's radiologists
+    Column("reporter_name", String(200)),
+    Column("study_uid", String(64), nullable=False),
+    Column("accession_number", String(16), nullable=False),
+    Column("report_version", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),  # open | acknowledged
+    Column("acknowledged_by", String(200)),
+    Column("acknowledged_at", DateTime(timezone=True)),
+    Column("response", Text),
+    Index(None, "trust", "status"),
 )
 # --- end viewer and MDT meetings --------------------------------------------------------------

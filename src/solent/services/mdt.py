@@ -53,6 +53,21 @@ class NewItem:
 
 
 @dataclass(frozen=True, slots=True)
+class SeenItem:
+    """A meeting item whose patient the caller may see, with the studies they may see."""
+
+    meeting: dict[str, Any]
+    item: dict[str, Any]
+    patient: dict[str, Any]  # the item's patient record row
+    study_uids: tuple[str, ...]
+
+    def ref(self) -> PatientRef:
+        return PatientRef(
+            self.item["patient_issuer"], self.item["patient_id"], self.patient["nhs_number"]
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class LiveSeat:
     """What the live room needs to know about a member joining."""
 
@@ -79,7 +94,7 @@ class MdtService:
         #: Now, in the server's time zone (meeting times are local); tests move it.
         self.clock: Callable[[], datetime] = lambda: datetime.now().astimezone()
         self._warmer = MeetingWarmer(
-            index, audit, retrieve, viewer._identity, self._visible_items, lambda: self.clock()
+            index, audit, retrieve, viewer.identity, self._visible_items, lambda: self.clock()
         )
         # Accepted purpose claims (a participant's every frame request carries one), briefly.
         self._participants: TtlCache[bool] = TtlCache(10.0, limit=10_000)
@@ -132,7 +147,7 @@ class MdtService:
         keys = {(i["patient_issuer"], i["patient_id"]) for i in items}
         with self._index.read() as conn:
             pks = viewer_store.patient_pks(conn, keys)
-        visible = self._viewer._visible_pks(principal, pks.values())
+        visible = self._viewer.visible_pks(principal, pks.values())
         from solent.index import identity as records
 
         with self._index.read() as conn:
@@ -235,7 +250,7 @@ class MdtService:
                 "done": int(meeting["prefetch_done"]),
                 "total": int(meeting["prefetch_total"]),
             }
-        identity = self._viewer._identity
+        identity = self._viewer.identity
         done = total = 0
         for item in items:
             if int(item["pk"]) not in visible:
@@ -287,7 +302,7 @@ class MdtService:
                 raise InvalidInput(f"at most {MAX_STUDIES_PER_ITEM} studies per patient")
             pk = self._viewer._check_patient(principal, item.issuer, item.patient_id, "mdt create")
             person = self._viewer.person_of(principal, pk)
-            own = {s["study_uid"] for s in self._viewer._identity.studies(person.pks)}
+            own = {s["study_uid"] for s in self._viewer.identity.studies(person.pks)}
             for uid in item.study_uids:
                 if uid not in own:
                     raise InvalidInput(
@@ -327,12 +342,10 @@ class MdtService:
             self.prefetch(principal, meeting_id, base_url)
         return self._json(principal, self._meeting_row(meeting_id), audit=False)
 
-    def set_outcome(
-        self, principal: Principal, meeting_id: int, item_id: int, text: str
-    ) -> dict[str, Any]:
+    def seen_item(self, principal: Principal, meeting_id: int, item_id: int) -> SeenItem:
+        """An item of a meeting as a participant who may see its patient sees it; NotFound
+        (one message) for an unknown item and for one whose patient the caller may not see."""
         self._require_participant(principal)
-        if len(text) > MAX_OUTCOME:
-            raise InvalidInput(f"the outcome is longer than {MAX_OUTCOME} characters")
         meeting = self._meeting_row(meeting_id)
         with self._index.read() as conn:
             items = store.items_of(conn, meeting_id)
@@ -340,7 +353,17 @@ class MdtService:
         visible = self._visible_items(principal, [item] if item else [])
         if item is None or item_id not in visible:
             raise NotFound(f"no item {item_id} in MDT meeting {meeting_id}")
-        patient = visible[item_id]
+        studies = self._visible_studies(principal, [item], visible)[item_id]
+        return SeenItem(meeting, item, visible[item_id], tuple(studies))
+
+    def set_outcome(
+        self, principal: Principal, meeting_id: int, item_id: int, text: str
+    ) -> dict[str, Any]:
+        self._require_participant(principal)
+        if len(text) > MAX_OUTCOME:
+            raise InvalidInput(f"the outcome is longer than {MAX_OUTCOME} characters")
+        seen = self.seen_item(principal, meeting_id, item_id)
+        meeting, item, patient = seen.meeting, seen.item, seen.patient
 
         def op(conn: Any) -> None:
             store.set_outcome(conn, item_id, text, principal.name)

@@ -26,9 +26,11 @@ if TYPE_CHECKING:
     from solent.services.identity.door import IdentityDoor
     from solent.services.inbox import InboxService
     from solent.services.jobs import JobsService
+    from solent.services.key_objects import KeyObjectService
     from solent.services.manifests import ManifestService
     from solent.services.mdt import MdtService
     from solent.services.mdt_live import LiveHub
+    from solent.services.mdt_outcomes import MdtOutcomeService
     from solent.services.migration import MigrationService
     from solent.services.outside_imports import OutsideImports
     from solent.services.patient_queries import PatientQueryService
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from solent.services.performed_steps import PerformedStepService
     from solent.services.query import QueryService
     from solent.services.records import RecordService
+    from solent.services.reporter_notices import ReporterNoticeService
     from solent.services.retention import RetentionService
     from solent.services.retrieve import RetrieveService
     from solent.services.study_edit import StudyEditService
@@ -67,7 +70,10 @@ class Services:
     jobs: JobsService  # issue 16: background work on the change feed
     broadcast: Broadcast  # issue 16: publish/subscribe across nodes (MDT rooms, caches)
     viewer: ViewerService  # issue 12: worklist, timeline, study, reports, key images
+    key_objects: KeyObjectService  # R30: key objects and presentation states, withdrawn flags
     mdt: MdtService  # issue 12: MDT meetings, outcomes, prefetch
+    mdt_outcomes: MdtOutcomeService  # R32: radiology input per item, recorded per study
+    reporter_notices: ReporterNoticeService  # R32: discrepancies flagged to the primary reporter
     live: LiveHub  # issue 12: the MDT live rooms of this process
     peers: PeerAddresses  # issue 11: listeners check a caller's address before reading
     check: ArchiveCheck  # issue 11: `solent check [--repair]`, caller checked, deletions audited

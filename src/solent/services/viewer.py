@@ -1,5 +1,6 @@
 """What the web viewer reads: worklist search, a person's cross-trust timeline, one study with
-its priors, reports with their versions, key images, recently opened patients.
+its priors, reports with their versions, key images, recently opened patients. (Stored key
+objects and presentation states, flagged when withdrawn: services/key_objects.py.)
 
 Every method takes the caller, decides through AccessService and leaves an audit record naming
 the patient. A patient or study the caller may not see raises the same NotFound as one that
@@ -20,7 +21,6 @@ from solent.domain.nhs_number import is_valid, normalise
 from solent.domain.principal import Principal
 from solent.errors import InvalidInput, NotFound
 from solent.index import identity as records
-from solent.index import key_objects as key_objects_store
 from solent.index import viewer as store
 from solent.index.access import visible_patient_pks
 from solent.index.sql import Index
@@ -82,9 +82,14 @@ class ViewerService:
         self._identity = identity
         self.max_results = max_results
 
+    @property
+    def identity(self) -> IdentityService:
+        """The cross-trust patient index the viewer resolves records through."""
+        return self._identity
+
     # -- access helpers -----------------------------------------------------------------------
 
-    def _visible_pks(self, principal: Principal, pks: Iterable[int]) -> set[int]:
+    def visible_pks(self, principal: Principal, pks: Iterable[int]) -> set[int]:
         """Which of these patient records the caller may see."""
         keys = set(pks)
         visible = self._access.visible_patients(principal)
@@ -114,7 +119,7 @@ class ViewerService:
 
     def person_of(self, principal: Principal, patient_pk: int) -> Person:
         """The visible records linked to this record; this record is the key."""
-        group = self._visible_pks(principal, self._identity.linked_patient_pks(patient_pk))
+        group = self.visible_pks(principal, self._identity.linked_patient_pks(patient_pk))
         with self._index.read() as conn:
             rows = {int(r["pk"]): dict(r) for r in records.get_patients(conn, group)}
         others = sorted(
@@ -176,10 +181,10 @@ class ViewerService:
         related = self._relationship_pks(principal, set(person.pks))
         with self._index.read() as conn:
             parts = store.body_parts(conn, [int(r["study_pk"]) for r in rows])
-            reports = store.current_reports(conn, [_report_key(r) for r in rows])
+            reports = store.current_reports(conn, [report_key(r) for r in rows])
         entries = []
         for r in rows:
-            accession, issuer = _report_key(r)
+            accession, issuer = report_key(r)
             code = reports.get((accession, issuer)) if accession else None
             entries.append(
                 {
@@ -305,7 +310,7 @@ class ViewerService:
         """The caller's live break-glass grant covering the person (its expiry for the banner)."""
         with self._index.read() as conn:
             found = store.live_grant(conn, principal.name, person.pks, datetime.now(UTC))
-        return None if found is None else {"grant_id": found[0], "expires_at": _iso(found[1])}
+        return None if found is None else {"grant_id": found[0], "expires_at": iso(found[1])}
 
     def study(self, principal: Principal, study_uid: str) -> dict[str, Any]:
         patient = self.check_study(principal, study_uid, "viewer study")
@@ -352,7 +357,7 @@ class ViewerService:
         row = self._identity.study(study_uid)
         out = []
         if row is not None and row["accession_number"]:
-            accession, issuer = _report_key(row)
+            accession, issuer = report_key(row)
             with self._index.read() as conn:
                 versions = store.report_versions(conn, str(accession), issuer)
             if versions:
@@ -397,89 +402,7 @@ class ViewerService:
             study_uid=study_uid,
             detail={"api": "viewer key images", "results": len(rows)},
         )
-        return {"key_images": [_key_image(r) for r in rows]}
-
-    def key_objects(self, principal: Principal, study_uid: str) -> dict[str, Any]:
-        """The key object selections (key image notes) and presentation states stored in a
-        study, each with the instances it references that a rejection note has withdrawn
-        (R30): an object pointing at withdrawn images is flagged, never shown as if whole."""
-        patient = self.check_study(principal, study_uid, "viewer key objects")
-        with self._index.read() as conn:
-            rows = key_objects_store.study_key_objects(conn, study_uid)
-        out = _key_objects(rows)
-        self._audit.record(
-            principal,
-            AuditAction.VIEW,
-            patient=patient,
-            study_uid=study_uid,
-            detail={"api": "viewer key objects", "results": len(out)},
-        )
-        return {"key_objects": out}
-
-    def withdrawn_key_images(self, principal: Principal) -> dict[str, Any]:
-        """The key images the caller marked on instances an IOCM rejection note has since
-        withdrawn (R30, scenario 2.8: "flagged to their authors"), for patients the caller may
-        still see. One ``view`` audit record per patient listed (a ``query`` when none)."""
-        self._access.require(principal, Permission.READ, "listing withdrawn key images")
-        with self._index.read() as conn:
-            rows = store.withdrawn_key_images(conn, principal.name)
-            refs = key_objects_store.withdrawn_references_by(
-                conn, key_objects_store.author_of(principal)
-            )
-        owners: dict[tuple[str, str], int | None] = {}
-        for r in [*rows, *refs]:
-            key = _withdrawn_owner(r)
-            if key not in owners:
-                found = self._identity.resolve(*key) if all(key) else None
-                owners[key] = found.patient_pk if found else None
-        visible = self._visible_pks(principal, {pk for pk in owners.values() if pk is not None})
-        with self._index.read() as conn:
-            patients = {int(p["pk"]): p for p in records.get_patients(conn, visible)}
-        out: list[dict[str, Any]] = []
-        named: dict[int, list[str]] = {}
-        for r in rows:
-            pk = owners[_withdrawn_owner(r)]
-            if pk is None or pk not in visible:
-                continue
-            p = patients[pk]
-            named.setdefault(pk, []).append(str(r["study_uid"]))
-            out.append(
-                {
-                    **_key_image(r),
-                    "study_uid": r["study_uid"],
-                    "patient": _patient_brief(p),
-                }
-            )
-        objects: list[dict[str, Any]] = []
-        by_object: dict[str, list[dict[str, Any]]] = {}
-        for r in refs:
-            by_object.setdefault(str(r["object_sop_uid"]), []).append(r)
-        for obj_rows in by_object.values():
-            shown = [r for r in obj_rows if owners[_withdrawn_owner(r)] in visible]
-            if not shown:
-                continue
-            pk = owners[_withdrawn_owner(shown[0])]
-            assert pk is not None
-            p = patients[pk]
-            named.setdefault(pk, []).append(str(shown[0]["object_study_uid"]))
-            entry = _key_objects(shown)[0]
-            objects.append({**entry, "patient": _patient_brief(p)})
-        for pk, studies in named.items():
-            p = patients[pk]
-            self._audit.record(
-                principal,
-                AuditAction.VIEW,
-                patient=PatientRef(p["issuer"], p["local_id"], p["nhs_number"]),
-                study_uid=studies[0],
-                detail={"api": "viewer withdrawn key images", "studies": sorted(set(studies))},
-            )
-        if not named:
-            self._audit.record(
-                principal,
-                AuditAction.QUERY,
-                detail={"api": "viewer withdrawn key images", "results": 0},
-            )
-        return {"key_images": out, "key_objects": objects}
+        return {"key_images": [key_image_json(r) for r in rows]}
 
     def add_key_image(
         self,
@@ -516,7 +439,7 @@ class ViewerService:
             )
             return row
 
-        return _key_image(self._index.write(op))
+        return key_image_json(self._index.write(op))
 
     def delete_key_image(self, principal: Principal, study_uid: str, key_image_id: int) -> None:
         patient = self.check_study(principal, study_uid, "viewer key images")
@@ -552,20 +475,7 @@ def _fields(
     )
 
 
-def _withdrawn_owner(row: Any) -> tuple[str, str]:
-    """(issuer, local ID) of the record a withdrawn instance was filed under."""
-    return str(row["withdrawn_issuer"] or ""), str(row["withdrawn_patient_id"] or "")
-
-
-def _patient_brief(p: Any) -> dict[str, Any]:
-    return {
-        "key": f"{p['issuer']}|{p['local_id']}",
-        "name": p["name"],
-        "nhs_number": p["nhs_number"],
-    }
-
-
-def _report_key(row: dict[str, Any]) -> tuple[str, str]:
+def report_key(row: dict[str, Any]) -> tuple[str, str]:
     """(accession, issuer) as the inbox files reports; the accession is "" when absent."""
     return str(row["accession_number"] or ""), str(row.get("accession_issuer") or row["trust_code"])
 
@@ -577,15 +487,15 @@ def _status(code: str) -> str:
 def _issued(row: dict[str, Any]) -> str:
     if row.get("observed_at"):
         return str(row["observed_at"])
-    return _iso(row["created_at"])
+    return iso(row["created_at"])
 
 
-def _iso(at: datetime) -> str:
+def iso(at: datetime) -> str:
     """UTC ISO 8601 (SQLite hands back naive datetimes of what was stored as UTC)."""
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 
 
-def _key_image(row: dict[str, Any]) -> dict[str, Any]:
+def key_image_json(row: dict[str, Any]) -> dict[str, Any]:
     code = row.get("withdrawn_code")
     return {
         "id": int(row["pk"]),
@@ -594,7 +504,7 @@ def _key_image(row: dict[str, Any]) -> dict[str, Any]:
         "frame": int(row["frame"]),
         "note": row["note"],
         "by": row["created_by"],
-        "at": _iso(row["created_at"]),
+        "at": iso(row["created_at"]),
         # R30: the instance was withdrawn by an IOCM rejection note (it no longer displays);
         # the mark stays, flagged, until its author removes it.
         "withdrawn": None
@@ -603,42 +513,9 @@ def _key_image(row: dict[str, Any]) -> dict[str, Any]:
             "code": code,
             "reason": REJECTION_TITLES.get(str(code), str(code)),
             "note_uid": row["withdrawn_note"],
-            "at": _iso(row["withdrawn_at"]),
+            "at": iso(row["withdrawn_at"]),
         },
     }
-
-
-def _key_objects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Reference rows (one per referenced instance) -> one entry per key object."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        entry = out.setdefault(
-            str(r["object_sop_uid"]),
-            {
-                "study_uid": r["object_study_uid"],
-                "sop_uid": r["object_sop_uid"],
-                "series_uid": r["object_series_uid"],
-                "kind": r["kind"],
-                "title": r["title"],
-                "by": r["stored_by"],
-                "references": 0,
-                "withdrawn": [],
-            },
-        )
-        entry["references"] += 1
-        if r.get("withdrawn_code"):
-            entry["withdrawn"].append(
-                {
-                    "study_uid": r["ref_study_uid"],
-                    "series_uid": r["ref_series_uid"],
-                    "sop_uid": r["ref_sop_uid"],
-                    "code": r["withdrawn_code"],
-                    "reason": REJECTION_TITLES.get(str(r["withdrawn_code"]), r["withdrawn_code"]),
-                    "note_uid": r["withdrawn_note"],
-                    "at": _iso(r["withdrawn_at"]),
-                }
-            )
-    return list(out.values())
 
 
 def _query_keys(c: SearchCriteria, caller_trust: str | None) -> dict[str, str]:

@@ -27,6 +27,7 @@ from solent.services.access import AccessDenied
 from solent.services.audit import AuditAction, AuditOutcome
 from solent.services.mdt import NewItem
 from solent.services.mdt_live import Member
+from solent.services.mdt_outcomes import NewOutcome, Reviewed
 from solent.services.registry import Services
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,23 @@ class NewMeeting(BaseModel):
 
 class Outcome(BaseModel):
     text: str = Field(max_length=10_000)
+
+
+class ReviewedStudy(BaseModel):
+    study_uid: str = Field(max_length=64, pattern=UID)
+    series_uids: list[Annotated[str, Field(max_length=64, pattern=UID)]] = Field(
+        default_factory=list, max_length=200
+    )
+
+
+class RadiologyOutcome(BaseModel):
+    """R32: the radiology input to the MDT for one item."""
+
+    opinion: str = Field(min_length=1, max_length=10_000)
+    plan: str = Field("", max_length=10_000)
+    reviewed: list[ReviewedStudy] = Field(min_length=1, max_length=20)
+    discrepancy: bool = False
+    discrepancy_note: str = Field("", max_length=10_000)
 
 
 def _dicomweb_base(request: Request) -> str:
@@ -119,6 +137,37 @@ async def set_outcome(
 ) -> dict[str, Any]:
     return await run_in_threadpool(
         _services(request).mdt.set_outcome, caller, meeting_id, item_id, body.text
+    )
+
+
+@router.post("/meetings/{meeting_id}/items/{item_id}/outcomes", status_code=201)
+async def record_outcome(
+    request: Request,
+    caller: Caller,
+    meeting_id: MeetingId,
+    item_id: Annotated[int, Path(ge=1)],
+    body: RadiologyOutcome,
+) -> dict[str, Any]:
+    """R32: record the radiology input against the studies reviewed; a discrepancy notifies
+    each reviewed study's primary reporter."""
+    outcome = NewOutcome(
+        body.opinion,
+        body.plan,
+        tuple(Reviewed(r.study_uid, tuple(r.series_uids)) for r in body.reviewed),
+        body.discrepancy,
+        body.discrepancy_note,
+    )
+    return await run_in_threadpool(
+        _services(request).mdt_outcomes.record, caller, meeting_id, item_id, outcome
+    )
+
+
+@router.get("/meetings/{meeting_id}/items/{item_id}/outcomes")
+async def item_outcomes(
+    request: Request, caller: Caller, meeting_id: MeetingId, item_id: Annotated[int, Path(ge=1)]
+) -> dict[str, Any]:
+    return await run_in_threadpool(
+        _services(request).mdt_outcomes.for_item, caller, meeting_id, item_id
     )
 
 

@@ -94,14 +94,49 @@ async def key_images(request: Request, caller: Caller, study_uid: StudyUID) -> d
 @router.get("/studies/{study_uid}/key-objects")
 async def key_objects(request: Request, caller: Caller, study_uid: StudyUID) -> dict[str, Any]:
     """Stored key object selections and presentation states, with withdrawn references (R30)."""
-    return await run_in_threadpool(_services(request).viewer.key_objects, caller, study_uid)
+    return await run_in_threadpool(_services(request).key_objects.in_study, caller, study_uid)
+
+
+@router.get("/studies/{study_uid}/mdt-outcomes")
+async def mdt_outcomes(request: Request, caller: Caller, study_uid: StudyUID) -> dict[str, Any]:
+    """MDT outcomes recorded against the study (R32), for anyone who may see it."""
+    return await run_in_threadpool(_services(request).mdt_outcomes.for_study, caller, study_uid)
+
+
+@router.get("/notices")
+async def notices(
+    request: Request,
+    caller: Caller,
+    status: Annotated[str, Query(pattern=r"^(open|acknowledged|all)$")] = "open",
+) -> dict[str, Any]:
+    """MDT discrepancies with reports the caller was the primary reporter of (R32)."""
+    wanted = None if status == "all" else status
+    return await run_in_threadpool(
+        lambda: _services(request).reporter_notices.notices(caller, status=wanted)
+    )
+
+
+class Acknowledgement(BaseModel):
+    response: str = Field("", max_length=10_000)
+
+
+@router.post("/notices/{notice_id}/acknowledge")
+async def acknowledge_notice(
+    request: Request,
+    caller: Caller,
+    notice_id: Annotated[int, Path(ge=1)],
+    body: Acknowledgement,
+) -> dict[str, Any]:
+    return await run_in_threadpool(
+        _services(request).reporter_notices.acknowledge, caller, notice_id, body.response
+    )
 
 
 @router.get("/key-images/withdrawn")
 async def withdrawn_key_images(request: Request, caller: Caller) -> dict[str, Any]:
     """The caller's key images, and the key objects and presentation states they stored, that
     point at instances an IOCM rejection note withdrew (R30)."""
-    return await run_in_threadpool(_services(request).viewer.withdrawn_key_images, caller)
+    return await run_in_threadpool(_services(request).key_objects.withdrawn, caller)
 
 
 @router.post("/studies/{study_uid}/key-images", status_code=201)

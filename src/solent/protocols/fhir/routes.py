@@ -17,11 +17,13 @@ from fastapi.responses import JSONResponse
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
 from solent.protocols.fhir import resources as fhir
+from solent.protocols.fhir.mdt_report import mdt_report, outcome_id
 from solent.protocols.fhir.search import FhirError, Search, modality_matches, started_matches
 from solent.protocols.http_errors import http_error
 from solent.protocols.params import resource_id as parse_resource_id
 from solent.security.http import current_principal
 from solent.services.access import NotVisible
+from solent.services.mdt_outcomes import MdtOutcomeService
 from solent.services.patient_queries import (
     NHS_DOMAIN,
     DemographicQuery,
@@ -77,6 +79,11 @@ def _answer(build: Callable[[], dict[str, Any]]) -> JSONResponse:
 def _records(request: Request) -> RecordService:
     records: RecordService = request.app.state.services.records
     return records
+
+
+def _mdt_outcomes(request: Request) -> MdtOutcomeService:
+    outcomes: MdtOutcomeService = request.app.state.services.mdt_outcomes
+    return outcomes
 
 
 def _base(request: Request) -> str:
@@ -409,6 +416,8 @@ def search_diagnostic_report(
             )
             for r in records.person_reports(caller, person)
         ]
+        # R32: the MDT outcomes recorded against the person's studies, as supplementary reports.
+        out += [mdt_report(f) for f in _mdt_outcomes(request).of_person(caller, person.pks)]
         return _page(request, search, out)
 
     return _searched(build, request, REPORT_PARAMS)
@@ -417,6 +426,9 @@ def search_diagnostic_report(
 @router.get("/DiagnosticReport/{resource_id}")
 def read_diagnostic_report(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
     def build() -> dict[str, Any]:
+        mdt = outcome_id(resource_id)
+        if mdt is not None:  # R32: an MDT outcome, ``mdt-<id>``
+            return mdt_report(_mdt_outcomes(request).supplementary(caller, mdt))
         found = _records(request).report(caller, _key(resource_id, "report"))
         return fhir.diagnostic_report(found["report"], found["study"])
 

@@ -427,6 +427,8 @@ class Hl7Handler:
             "procedure": (obr.comp(4, 2) or obr.comp(4, 1))[:200] or None,
             "text": "\n".join(lines),
             "interpreter": "^".join(interpreter[1:4]).rstrip("^")[:200] or None,
+            # The RIS user code: an MDT discrepancy is addressed to this reporter (R32).
+            "interpreter_id": (interpreter[0].strip()[:64] or None) if interpreter else None,
             "observed_at": (obr.comp(22) or obr.comp(7))[:26] or None,
             "message_pk": tx.change.message_pk,
         }
