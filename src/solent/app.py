@@ -102,7 +102,9 @@ class Archive:
         self.services = Services(
             settings=self.settings,
             access=self.access,
-            audit=AuditDoor(self.audit, self.access),
+            audit=AuditDoor(
+                self.audit, self.access, retention_years=self.settings.audit_retention_years
+            ),
             query=self.query,
             ingest=self.ingestor,
             retrieve=retrieve,

@@ -7,6 +7,7 @@ deleted by the engine itself."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from solent.app import Archive, build_archive
+from solent.cli import main
 from solent.domain.outcomes import Outcome
 from solent.domain.principal import (
     REGIONAL_IDENTITY_SOURCE,
@@ -32,7 +34,7 @@ from solent.protocols.hl7.handler import Hl7Handler
 from solent.services.identity import Change, PatientKey
 from solent.services.retention import RetentionConflict
 from solent.settings import load_settings
-from tests.unit.security_fixtures import add_user, client
+from tests.unit.security_fixtures import add_user, cli_env, client
 
 __all__ = ["client"]
 
@@ -282,3 +284,23 @@ def test_flags_by_api_and_bad_input(client: TestClient, archive: Archive, tmp_pa
     assert len(c.get("/api/retention-flags", headers=rm_one).json()) == 1
     with pytest.raises(NotFound):
         archive.services.retention_schedule.explain(RM_ONE, generate_uid())
+
+
+def test_the_operator_cli_explains_and_flags(
+    archive: Archive,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = store(archive, tmp_path, "ZZA", "X1", study_date="20050101")
+    cli_env(monkeypatch, archive.settings.data_dir)
+    flag = ["retention", "flag", "add", "--kind", "cancer", "--issuer", "ZZA", "--patient-id"]
+    assert main([*flag, "X1", "--since", "2020-11-30", "--note", "MDT 2020/88"]) == 0
+    assert json.loads(capsys.readouterr().out)["set_by"].startswith("system:cli:")
+    assert main(["retention", "explain", study]) == 0
+    shown = capsys.readouterr().out
+    assert f"study {study}: kept until 2050-11-30" in shown
+    assert "rule: cancer: 30 years from pathway date 2020-11-30" in shown
+    assert main([*flag, "NOPE", "--note", "no such record"]) == 1  # not found, nothing set
+    assert main(["retention", "flag", "list"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1

@@ -337,6 +337,12 @@ audit_head = Table(
     # Fingerprint of the HMAC key that seals the chain (the key itself lives outside the index),
     # so a node started with another key refuses to append instead of forking the chain (0002).
     Column("key_id", String(32)),
+    # R38: records up to base_seq were purged (`solent audit purge`); the chain continues from
+    # base_hash, the hash of record base_seq, and base_mac (HMAC under the audit key) proves
+    # that checkpoint was not moved by someone without the key. NULL: nothing purged.
+    Column("base_seq", BigInteger),
+    Column("base_hash", String(64)),
+    Column("base_mac", String(64)),
 )
 
 # --- Regional identity and HL7 (issue 5) -----------------------------------------------------

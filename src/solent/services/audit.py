@@ -340,6 +340,12 @@ class AuditTrail:
         """Re-chain records written before the audit key under it (once, after upgrading)."""
         return store.seal(self._index, progress=progress)
 
+    def purge(
+        self, older_than: str, keep: Callable[[list[dict[str, Any]]], object]
+    ) -> store.PurgeReport:
+        """Remove records written before ``older_than`` after ``keep`` archived them (R38)."""
+        return store.purge(self._index, older_than, keep)
+
     def search(self, **criteria: Any) -> list[dict[str, Any]]:
         return store.search(self._index, **criteria)
 

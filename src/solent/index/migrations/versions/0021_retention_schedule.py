@@ -1,11 +1,11 @@
 """Retention engine per study (R42): pathway flags, and the date of death and latest visit
-that ADT sends (PID-29; A01/A03/A04)
+that ADT sends (PID-29; A01/A03/A04); the audit trail's checkpoint after a purge (R38)
 
 Revision ID: 0021
 Revises: 0020
 Create Date: 2026-12-05
 
-Expand-only: a new table and two nullable columns the previous release never reads.
+Expand-only: a new table and nullable columns the previous release never reads.
 """
 
 from __future__ import annotations
@@ -51,9 +51,17 @@ def upgrade() -> None:
     with op.batch_alter_table("patient_contact") as batch:
         batch.add_column(sa.Column("death_date", sa.String(length=8), nullable=True))
         batch.add_column(sa.Column("last_visit", sa.String(length=8), nullable=True))
+    with op.batch_alter_table("audit_head") as batch:
+        batch.add_column(sa.Column("base_seq", sa.BigInteger(), nullable=True))
+        batch.add_column(sa.Column("base_hash", sa.String(length=64), nullable=True))
+        batch.add_column(sa.Column("base_mac", sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("audit_head") as batch:
+        batch.drop_column("base_mac")
+        batch.drop_column("base_hash")
+        batch.drop_column("base_seq")
     with op.batch_alter_table("patient_contact") as batch:
         batch.drop_column("last_visit")
         batch.drop_column("death_date")
