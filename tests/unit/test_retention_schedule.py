@@ -31,7 +31,7 @@ from solent.domain.principal import (
 )
 from solent.errors import NotFound
 from solent.protocols.hl7.handler import Hl7Handler
-from solent.services.identity import Change, PatientKey
+from solent.services.identity import Change, Demographics, PatientKey
 from solent.services.retention import RetentionConflict
 from solent.settings import load_settings
 from tests.unit.security_fixtures import add_user, cli_env, client
@@ -304,3 +304,24 @@ def test_the_operator_cli_explains_and_flags(
     assert main([*flag, "NOPE", "--note", "no such record"]) == 1  # not found, nothing set
     assert main(["retention", "flag", "list"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 1
+
+
+def test_a_merge_carries_the_death_and_the_flags_of_the_record_merged_away(
+    archive: Archive, tmp_path: Path
+) -> None:
+    add_user(archive, "rm.one", "ZZA", "records_manager")
+    schedule = archive.services.retention_schedule
+    study = store(archive, tmp_path, "ZZA", "S1", study_date="20010101")
+    store(archive, tmp_path, "ZZA", "T1", study_date="20000101")
+    schedule.set_flag(
+        RM_ONE, kind="cjd", target={"issuer": "ZZA", "patient_id": "S1"}, note="CJD register"
+    )
+    pas = Change(Principal(PrincipalKind.NODE, "hl7:PAS", "ZZA"))
+    archive.identity.update_record(
+        PatientKey("ZZA", "S1"), Demographics(death_date="20300101"), pas
+    )
+    archive.identity.merge(PatientKey("ZZA", "T1"), PatientKey("ZZA", "S1"), Demographics(), pas)
+    view = schedule.explain(RM_ONE, study)
+    assert view["patient"] == {"issuer": "ZZA", "patient_id": "T1"}
+    assert view["inputs"]["death_date"] == "2030-01-01"
+    assert (view["retain_until"], view["rule"]) == ("2040-01-01", "cjd-death")

@@ -89,6 +89,16 @@ def person_records(conn: Connection, pks: Iterable[int]) -> list[dict[str, Any]]
     ]
 
 
+def retired_keys(conn: Connection, pks: Iterable[int]) -> list[tuple[str, str]]:
+    """(issuer, local ID) no longer naming a record (merged away, renumbered) that now
+    resolve to one of these records: flags and holds placed on them still count."""
+    r = t.retired_identifier.c
+    rows = conn.execute(
+        select(r.issuer, r.local_id).where(r.patient_pk.in_(sorted(set(pks)))).order_by(r.pk)
+    )
+    return [(str(i), str(p)) for i, p in rows]
+
+
 def expiry_candidates(
     conn: Connection,
     *,

@@ -13,9 +13,9 @@ records changes it at once. The inputs:
 * age at last contact from the latest date of birth those records carry (the younger age
   keeps longer); none: the study is kept as a child's would be;
 * the date of death (PID-29), the latest any record carries;
-* pathway flags a records manager set on the study or on any of the person's records; a study
-  with modality MG or "screen" in its description counts as screening without one (a
-  screening rule only ever lengthens retention);
+* pathway flags a records manager set on the study or on any of the person's records (or an
+  identifier of theirs since merged away or renumbered); a study with modality MG or "screen"
+  in its description counts as screening without one (a screening rule only lengthens);
 * legal holds (R43): a held study is shown with its date, never listed as expired.
 
 Nothing is deleted here: ``propose`` keeps a retention deletion (IOCM 113039) per study, which
@@ -163,7 +163,8 @@ class RetentionSchedule:
         births = [d for r in records if (d := _day(r["birth_date"])) is not None]
         deaths = [d for r in records if (d := _day(r["death_date"])) is not None]
         keys = [(str(r["issuer"]), str(r["local_id"])) for r in records]
-        flags = store.flag_rows(conn, study_uid=str(facts["study_uid"]), records=keys)
+        retired = store.retired_keys(conn, component)
+        flags = store.flag_rows(conn, study_uid=str(facts["study_uid"]), records=keys + retired)
         pathways = [
             rules.Pathway(
                 f["kind"],
@@ -185,10 +186,9 @@ class RetentionSchedule:
         )
         result = rules.retention(inputs, self.policy)
         holds: list[dict[str, Any]] = []
-        for r in records:
-            owner = holds_store.StudyOwner(
-                str(facts["study_uid"]), str(r["issuer"]), str(r["local_id"]), r["nhs_number"]
-            )
+        numbers = {r["nhs_number"] for r in records if r["nhs_number"]} or {None}
+        for (issuer, local_id), nhs in ((k, n) for k in keys + retired for n in numbers):
+            owner = holds_store.StudyOwner(str(facts["study_uid"]), issuer, local_id, nhs)
             holds += [h for h in holds_store.holds_covering(conn, owner) if h not in holds]
         return {
             "study_uid": facts["study_uid"],
