@@ -42,6 +42,7 @@ EMPI = Change(
     Principal(PrincipalKind.NODE, "hl7:EMPI", None, frozenset({REGIONAL_IDENTITY_SOURCE}))
 )
 RM_ONE = Principal(PrincipalKind.USER, "rm.one", "ZZA", frozenset({"records_manager"}))
+OPERATOR = Principal(PrincipalKind.SYSTEM, "cli:test", None)
 TODAY = date(2026, 12, 1)  # "expired" is judged against this day, not the clock
 
 
@@ -128,6 +129,9 @@ def test_a_later_contact_at_another_trust_keeps_the_study_once_records_link(
     assert (alone["retain_until"], alone["rule"], alone["expired"]) == ("2020-03-01", "adult", True)
     assert alone["inputs"]["age_at_last_contact"] == 51
     assert expired_uids(archive) == [old]
+    seen = archive.services.audit.search(OPERATOR, patient_id="A1", action="query")
+    reads = [json.loads(str(r["detail"]))["read"] for r in seen if r["actor_name"] == "rm.one"]
+    assert reads == ["retention", "retention-expired"]  # each study shown names its patient
 
     store(archive, tmp_path, "ZZB", "B1", study_date="20210601")
     assert expired_uids(archive) == [old]  # not the same person yet
