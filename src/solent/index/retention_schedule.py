@@ -149,6 +149,17 @@ def current_refs(conn: Connection, study_uid: str) -> list[tuple[str, str]]:
     return [(str(a), str(b)) for a, b in rows]
 
 
+def study_holds(conn: Connection, study_uid: str) -> list[dict[str, Any]]:
+    """Unlifted legal holds placed on this study itself (as ``holds_covering`` shows them)."""
+    h = t.legal_hold.c
+    rows = conn.execute(
+        select(h.pk, h.reference)
+        .where(h.kind == "study", h.study_uid == study_uid, h.lifted_at.is_(None))
+        .order_by(h.pk)
+    )
+    return [{"id": int(r.pk), "reference": r.reference} for r in rows]
+
+
 def pending_deletion(conn: Connection, study_uid: str) -> int | None:
     d = t.retention_deletion.c
     row = conn.execute(

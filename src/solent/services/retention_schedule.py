@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
@@ -45,6 +46,16 @@ from solent.services.retention import RetentionConflict, checked_text, deletion_
 
 _SCREENING_WORDS = re.compile(r"screen", re.IGNORECASE)
 RETENTION_EXPIRED = "113039"
+
+
+@dataclass(frozen=True, slots=True)
+class _Person:
+    keys: list[tuple[str, str]]  # (issuer, local ID) of each record of the person
+    contacts: list[tuple[date, str]]  # (date, what and where) of each record's latest contact
+    birth_date: date | None
+    death_date: date | None
+    flags: list[dict[str, Any]]  # pathway flags on the records (or their retired identifiers)
+    holds: list[dict[str, Any]]  # legal holds on the records, retired identifiers, NHS numbers
 
 
 class PersonLinks(Protocol):
@@ -142,14 +153,12 @@ class RetentionSchedule:
 
     # -- the date ---------------------------------------------------------------------------
 
-    def _compute(self, conn: Connection, facts: Mapping[str, Any]) -> dict[str, Any]:
-        """The retention of one study, with every input and rule (no access check, no audit)."""
-        patient_pk = int(facts["patient_pk"])
+    def _person(self, conn: Connection, patient_pk: int) -> _Person:
+        """What every study of one person shares: their records at every trust, contacts,
+        dates of birth and death, flags and holds on the records (no access check)."""
         component = self._links.components(conn, [patient_pk]).get(patient_pk) or {patient_pk}
         records = store.person_records(conn, component)
-        acquired = _day(facts["study_date"]) or _day(facts["created_at"])
-        assert acquired is not None  # created_at is always set
-        contacts: list[tuple[date, str]] = [(acquired, "this study")]
+        contacts: list[tuple[date, str]] = []
         for r in records:
             who = f"{r['issuer']}/{r['local_id']}"
             for value, what in (
@@ -159,12 +168,36 @@ class RetentionSchedule:
             ):
                 if (day := _day(value)) is not None:
                     contacts.append((day, f"{what} at {who}"))
-        last_contact, contact_source = max(contacts, key=lambda c: c[0])
         births = [d for r in records if (d := _day(r["birth_date"])) is not None]
         deaths = [d for r in records if (d := _day(r["death_date"])) is not None]
         keys = [(str(r["issuer"]), str(r["local_id"])) for r in records]
-        retired = store.retired_keys(conn, component)
-        flags = store.flag_rows(conn, study_uid=str(facts["study_uid"]), records=keys + retired)
+        every = keys + store.retired_keys(conn, component)
+        holds: list[dict[str, Any]] = []
+        numbers = {r["nhs_number"] for r in records if r["nhs_number"]} or {None}
+        for (issuer, local_id), nhs in ((k, n) for k in every for n in numbers):
+            owner = holds_store.StudyOwner("", issuer, local_id, nhs)  # no study: its own below
+            holds += [h for h in holds_store.holds_covering(conn, owner) if h not in holds]
+        return _Person(
+            keys=keys,
+            contacts=contacts,
+            birth_date=max(births) if births else None,
+            death_date=max(deaths) if deaths else None,
+            flags=store.flag_rows(conn, records=every) if every else [],
+            holds=holds,
+        )
+
+    def _compute(
+        self, conn: Connection, facts: Mapping[str, Any], person: _Person | None = None
+    ) -> dict[str, Any]:
+        """The retention of one study, with every input and rule (no access check, no audit);
+        ``person``: what ``_person`` found for its record already (a listing reuses it)."""
+        person = person or self._person(conn, int(facts["patient_pk"]))
+        study_uid = str(facts["study_uid"])
+        acquired = _day(facts["study_date"]) or _day(facts["created_at"])
+        assert acquired is not None  # created_at is always set
+        contacts = [(acquired, "this study"), *person.contacts]
+        last_contact, contact_source = max(contacts, key=lambda c: c[0])
+        flags = store.flag_rows(conn, study_uid=study_uid) + person.flags
         pathways = [
             rules.Pathway(
                 f["kind"],
@@ -180,16 +213,12 @@ class RetentionSchedule:
         inputs = rules.Inputs(
             acquired=acquired,
             last_contact=last_contact,
-            birth_date=max(births) if births else None,
-            death_date=max(deaths) if deaths else None,
+            birth_date=person.birth_date,
+            death_date=person.death_date,
             pathways=tuple(pathways),
         )
         result = rules.retention(inputs, self.policy)
-        holds: list[dict[str, Any]] = []
-        numbers = {r["nhs_number"] for r in records if r["nhs_number"]} or {None}
-        for (issuer, local_id), nhs in ((k, n) for k in keys + retired for n in numbers):
-            owner = holds_store.StudyOwner(str(facts["study_uid"]), issuer, local_id, nhs)
-            holds += [h for h in holds_store.holds_covering(conn, owner) if h not in holds]
+        holds = store.study_holds(conn, study_uid) + person.holds
         return {
             "study_uid": facts["study_uid"],
             "patient": {"issuer": facts["issuer"], "patient_id": facts["local_id"]},
@@ -204,7 +233,7 @@ class RetentionSchedule:
                 "acquired": acquired.isoformat(),
                 "last_contact": last_contact.isoformat(),
                 "last_contact_source": contact_source,
-                "records": keys,
+                "records": person.keys,
                 "birth_date": _iso(inputs.birth_date),
                 "age_at_last_contact": result.age_at_last_contact,
                 "death_date": _iso(inputs.death_date),
@@ -218,7 +247,7 @@ class RetentionSchedule:
                 "adult_years": self.policy.adult_years,
             },
             "legal_holds": holds,
-            "pending_deletion": store.pending_deletion(conn, str(facts["study_uid"])),
+            "pending_deletion": store.pending_deletion(conn, study_uid),
         }
 
     @staticmethod
@@ -261,6 +290,7 @@ class RetentionSchedule:
         cutoff = rules.add_years(today, -self.policy.adult_years).strftime("%Y%m%d")
         found: list[dict[str, Any]] = []
         cursor, more = after, True
+        people: dict[int, _Person] = {}  # a person's studies share the person's inputs
         with self._index.read() as conn:
             while more and len(found) < limit:
                 uids = store.expiry_candidates(
@@ -271,7 +301,10 @@ class RetentionSchedule:
                     facts = store.study_facts(conn, uid)
                     assert facts is not None
                     cursor = int(facts["pk"])
-                    view = self._with_state(self._compute(conn, facts), today)
+                    pk = int(facts["patient_pk"])
+                    if pk not in people:
+                        people[pk] = self._person(conn, pk)
+                    view = self._with_state(self._compute(conn, facts, people[pk]), today)
                     if view["deletable"]:
                         found.append(view)
                         if len(found) == limit:
