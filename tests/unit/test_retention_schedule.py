@@ -262,6 +262,10 @@ def test_held_studies_are_not_expired_and_proposals_need_a_second_person(
     approved = c.post(url, headers=rm_two, json={"reason": "checked"})
     assert approved.status_code == 200, approved.text
     assert sum(len(v) for v in approved.json()["outcome"]["rejected"].values()) == 2
+    again = c.post(
+        "/api/retention-deletions", headers=rm_one, json={"study_uids": [gone], "reason": "again"}
+    )
+    assert again.status_code == 404  # withdrawn: only its destruction records remain
 
 
 def test_flags_by_api_and_bad_input(client: TestClient, archive: Archive, tmp_path: Path) -> None:
