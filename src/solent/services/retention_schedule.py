@@ -310,14 +310,18 @@ class RetentionSchedule:
                         if len(found) == limit:
                             more = True
                             break
-        for view in found:
-            self._audit.record(
-                principal,
-                AuditAction.QUERY,
-                patient=PatientRef(view["patient"]["issuer"], view["patient"]["patient_id"]),
-                study_uid=view["study_uid"],
-                detail={"read": "retention-expired", "retain_until": view["retain_until"]},
-            )
+        self._audit.record_each(
+            [
+                audit_fields(
+                    principal,
+                    AuditAction.QUERY,
+                    patient=PatientRef(view["patient"]["issuer"], view["patient"]["patient_id"]),
+                    study_uid=view["study_uid"],
+                    detail={"read": "retention-expired", "retain_until": view["retain_until"]},
+                )
+                for view in found
+            ]
+        )
         return {
             "as_of": today.isoformat(),
             "studies": found,
