@@ -7,6 +7,7 @@ from typing import Protocol
 
 from solent.compose import keyed_audit, open_index
 from solent.dicom.inflate import InflateLimits
+from solent.domain.retention_rules import Policy
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
 from solent.jobs.queue import open_job_queue
@@ -42,6 +43,7 @@ from solent.services.records import RecordService
 from solent.services.registry import Services
 from solent.services.reporter_notices import ReporterNoticeService
 from solent.services.retention import RetentionService
+from solent.services.retention_schedule import RetentionSchedule
 from solent.services.retrieve import RetrieveService
 from solent.services.study_edit import StudyEditService
 from solent.services.viewer import ViewerService
@@ -109,7 +111,9 @@ class Archive:
         self.services = Services(
             settings=self.settings,
             access=self.access,
-            audit=AuditDoor(self.audit, self.access),
+            audit=AuditDoor(
+                self.audit, self.access, retention_years=self.settings.audit_retention_years
+            ),
             query=self.query,
             ingest=self.ingestor,
             retrieve=retrieve,
@@ -162,6 +166,15 @@ class Archive:
             check=ArchiveCheck(self.index, self.store, self.access, self.audit),
             performed_steps=PerformedStepService(self.index, self.access, self.audit),
             retention=RetentionService(self.index, self.access, self.audit),
+            retention_schedule=RetentionSchedule(
+                self.index,
+                self.access,
+                self.audit,
+                identity,
+                Policy(
+                    self.settings.retention_adult_years, self.settings.retention_policy == "rcr"
+                ),
+            ),
         )
 
     def close(self) -> None:

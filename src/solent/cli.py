@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "solent.security.cli",
     "solent.importers.migration.cli",
     "solent.jobs.cli",  # issue 16
+    "solent.protocols.retention_cli",  # R42
 )
 
 

@@ -374,6 +374,27 @@ class Settings(BaseSettings):
         description="Argon2 password checks run at once per node; others wait up to 5 s, "
         "then get 503, so a login flood cannot take every CPU.",
     )
+    # --- records retention (R42, R38) -------------------------------------------------------
+    retention_policy: Literal["code", "rcr"] = Field(
+        "code",
+        description="Retention periods (R42): code = the Records Management Code of Practice "
+        "minimums; rcr = also the RCR recommendation, 30 years after last contact or 10 years "
+        "after death, whichever is later (never shorter than the Code).",
+    )
+    retention_adult_years: int = Field(
+        8,
+        ge=8,
+        le=200,
+        description="Years an adult's study is kept after their last contact with any "
+        "consortium trust (R42); the Code's minimum, 8, may only be lengthened.",
+    )
+    audit_retention_years: int = Field(
+        0,
+        ge=0,
+        le=200,
+        description="Years audit records are kept (R38), as Information Governance sets; 0 "
+        "(the default): as long as the archive, `solent audit purge` refuses to run.",
+    )
     # --- end security and audit -----------------------------------------------------------
     # --- regional scale (issue 16) --------------------------------------------------------
     shutdown_drain_seconds: float = Field(

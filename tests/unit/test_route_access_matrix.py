@@ -370,6 +370,18 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/api/retention-deletions/{deletion_id}/refuse"): (
         "records managers of the record's trust (test_retention)"
     ),
+    # R42: records managers of the record's trust; another trust's study answers as an unknown
+    # one; each study shown audited naming its patient; test_retention_schedule.
+    ("GET", "/api/retention/studies/{study_uid}"): "records managers (test_retention_schedule)",
+    ("GET", "/api/retention/expired"): "records managers of the trust (test_retention_schedule)",
+    ("POST", "/api/retention-deletions"): (
+        "records managers propose; a second one approves (test_retention_schedule)"
+    ),
+    ("GET", "/api/retention-flags"): "records managers of the trust (test_retention_schedule)",
+    ("POST", "/api/retention-flags"): "records managers of the trust (test_retention_schedule)",
+    ("POST", "/api/retention-flags/{flag_id}/remove"): (
+        "records managers of the trust (test_retention_schedule)"
+    ),
     (
         "GET",
         "/api/identity/hl7/messages",

@@ -31,7 +31,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -318,10 +318,12 @@ def _check(
     rows: Iterator[list[dict[str, Any]]],
     report: VerifyReport,
     head_seq: int = 0,
+    start: tuple[int, str] = (0, GENESIS),
 ) -> tuple[int, str]:
-    """Check the chain; returns (seq, hash) of record ``head_seq`` (or of the last record if the
-    chain is shorter). Unkeyed rows are accepted only as a prefix, and only counted."""
-    expected, prev = 1, GENESIS
+    """Check the chain from ``start`` (the purge checkpoint: its last purged record's seq and
+    hash); returns (seq, hash) of record ``head_seq`` (or of the last record if the chain is
+    shorter). Unkeyed rows are accepted only as a prefix, and only counted."""
+    expected, prev = start[0] + 1, start[1]
     at_head: tuple[int, str] | None = None
     keyed_seen = False
     for chunk in rows:
@@ -355,6 +357,29 @@ def _check(
     return at_head or (expected - 1, prev)
 
 
+def checkpoint_mac(key: ChainKey | None, seq: int, digest: str) -> str:
+    """What proves a purge checkpoint (R38) was written by a holder of the audit key."""
+    payload = f"solent-audit-checkpoint:{seq}:{digest}".encode()
+    return key.digest(payload) if key is not None else hashlib.sha256(payload).hexdigest()
+
+
+def _start(key: ChainKey | None, head: Any, report: VerifyReport) -> tuple[int, str]:
+    """Where the chain starts: after the purge checkpoint the head records, if any (a moved
+    or forged checkpoint is a problem: it could hide deleted records)."""
+    if head is None or head.base_seq is None:
+        return 0, GENESIS
+    seq, digest = int(head.base_seq), str(head.base_hash)
+    if head.base_mac != checkpoint_mac(key, seq, digest):
+        report.problems.append(
+            f"the checkpoint of purged records (through record {seq}) is not the audit key's: "
+            "it was changed, so records after it may have been deleted"
+        )
+    return seq, digest
+
+
+_HEAD_ROW = (_h.seq, _h.hash, _h.key_id, _h.base_seq, _h.base_hash, _h.base_mac)
+
+
 def verify(index: Index, batch: int = 5000) -> VerifyReport:
     """Walk the whole chain; every problem names the sequence number where it is seen."""
     report = VerifyReport()
@@ -362,9 +387,10 @@ def verify(index: Index, batch: int = 5000) -> VerifyReport:
         key = key_of(conn)
         # The head first: records appended while we walk come after it and are checked as
         # chain links; the head must match the record it names.
-        head = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1)).first()
+        head = conn.execute(select(*_HEAD_ROW).where(_h.id == 1)).first()
         head_seq, head_hash = (int(head.seq), str(head.hash)) if head else (0, GENESIS)
-        last, prev = _check(key, _walk(conn, batch), report, head_seq)
+        start = _start(key, head, report)
+        last, prev = _check(key, _walk(conn, batch, start[0]), report, head_seq, start)
     sealed_by = head.key_id if head is not None else None
     if sealed_by is not None and key is None:
         report.problems.append(_NO_KEY)
@@ -402,19 +428,18 @@ def seal(
         if key is None:
             raise AuditKeyError("sealing needs the audit key: open the archive with build_archive")
         h = t.audit_head.c
-        head = conn.execute(
-            select(h.seq, h.hash, h.key_id).where(h.id == 1).with_for_update()
-        ).first()
+        head = conn.execute(select(*_HEAD_ROW).where(h.id == 1).with_for_update()).first()
         head_seq, head_hash = (int(head.seq), str(head.hash)) if head else (0, GENESIS)
         report = VerifyReport()
-        last, prev = _check(key, _walk(conn, batch), report, head_seq)
+        start = _start(key, head, report)
+        last, prev = _check(key, _walk(conn, batch, start[0]), report, head_seq, start)
         if head_seq != last or head_hash != prev:
             report.problems.append(f"the trail ends at record {last} but {head_seq} were written")
         sealed = head is not None and head.key_id == key.key_id and report.unkeyed == 0
         if report.problems or sealed:
             return report  # refused, or nothing to do: every record is already under this key
-        prev, n = GENESIS, 0
-        for chunk in _walk(conn, batch):  # second pass: seq order is unchanged by the updates
+        (first, prev), n = start, 0
+        for chunk in _walk(conn, batch, first):  # second pass: seq order unchanged by updates
             for r in chunk:
                 digest = keyed_hash(key, int(r["seq"]), prev, r)
                 conn.execute(
@@ -433,6 +458,84 @@ def seal(
         return report
 
     return index.write(op)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    """What ``purge`` did: records removed, and the new checkpoint (0: nothing removed)."""
+
+    purged: int
+    through_seq: int
+    checkpoint: str
+    problems: list[str]
+
+
+def purge(
+    index: Index,
+    older_than: str,
+    keep: Callable[[list[dict[str, Any]]], object],
+    batch: int = 5000,
+) -> PurgeReport:
+    """Remove the records written before ``older_than`` (an ISO 8601 UTC stamp) from the start
+    of the chain, after handing each batch to ``keep`` (the archive file), and move the
+    checkpoint to the last one removed, sealed under the key, so ``verify`` still proves every
+    record kept and that none after the checkpoint is missing (R38).
+
+    Only a whole, intact, keyed chain is purged: one write transaction holds the head lock,
+    verifies first and removes nothing if there is any problem. A record at or after
+    ``older_than`` ends the purge, so a purge never leaves a gap in the chain.
+    """
+
+    def op(conn: Connection) -> PurgeReport:
+        key = key_of(conn)
+        if key is None:
+            raise AuditKeyError("purging needs the audit key: open the archive with build_archive")
+        head = conn.execute(select(*_HEAD_ROW).where(_h.id == 1).with_for_update()).first()
+        if head is None:
+            return PurgeReport(0, 0, GENESIS, [])
+        report = VerifyReport()
+        start = _start(key, head, report)
+        last, prev = _check(key, _walk(conn, batch, start[0]), report, int(head.seq), start)
+        if (int(head.seq), str(head.hash)) != (last, prev):
+            report.problems.append(f"the trail ends at record {last} but {head.seq} were written")
+        if report.unkeyed:
+            report.problems.append("records carry unkeyed hashes: run `solent audit seal` first")
+        if report.problems:
+            return PurgeReport(0, start[0], start[1], report.problems)
+        through, digest, n = start[0], start[1], 0
+        for chunk in _walk(conn, batch, start[0]):
+            old = _leading(chunk, older_than)
+            if old:
+                keep(old)
+                conn.execute(
+                    delete(t.audit_log).where(
+                        t.audit_log.c.seq > through, t.audit_log.c.seq <= old[-1]["seq"]
+                    )
+                )
+                through, digest, n = int(old[-1]["seq"]), str(old[-1]["hash"]), n + len(old)
+            if len(old) < len(chunk):
+                break
+        if n:
+            conn.execute(
+                update(t.audit_head)
+                .where(_h.id == 1)
+                .values(
+                    base_seq=through,
+                    base_hash=digest,
+                    base_mac=checkpoint_mac(key, through, digest),
+                )
+            )
+        return PurgeReport(n, through, digest, [])
+
+    return index.write(op)
+
+
+def _leading(chunk: list[dict[str, Any]], older_than: str) -> list[dict[str, Any]]:
+    """The records of ``chunk`` before the first one written at or after ``older_than``."""
+    for i, r in enumerate(chunk):
+        if str(r["at"]) >= older_than:
+            return chunk[:i]
+    return chunk
 
 
 def search(
@@ -506,9 +609,11 @@ __all__ = [
     "GENESIS",
     "AuditKeyError",
     "ChainKey",
+    "PurgeReport",
     "VerifyReport",
     "append",
     "iter_records",
+    "purge",
     "seal",
     "search",
     "use_key",

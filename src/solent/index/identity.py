@@ -328,8 +328,23 @@ def move_record(conn: Connection, source_pk: int, target_pk: int) -> None:
         delete_link(conn, row["patient_a"], row["patient_b"])
         if other != target_pk and get_link(conn, other, target_pk) is None:
             set_link(conn, other, target_pk, row["status"], row["source"], row["updated_by"])
+    _carry_retention_inputs(conn, source_pk, target_pk)
     conn.execute(delete(t.patient_contact).where(t.patient_contact.c.patient_pk == source_pk))
     conn.execute(delete(t.patient).where(t.patient.c.pk == source_pk))
+
+
+def _carry_retention_inputs(conn: Connection, source_pk: int, target_pk: int) -> None:
+    """The merged-away record's date of death and latest visit (R42) go with its studies: the
+    later of each is kept (a retention date may only grow by a merge)."""
+    source = get_contact(conn, source_pk) or {}
+    target = get_contact(conn, target_pk) or {}
+    carried = {
+        k: source[k]
+        for k in ("death_date", "last_visit")
+        if source.get(k) and (not target.get(k) or source[k] > target[k])
+    }
+    if carried:
+        upsert_contact(conn, target_pk, carried)
 
 
 def rename_patient(conn: Connection, pk: int, local_id: str) -> None:

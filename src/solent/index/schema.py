@@ -343,6 +343,12 @@ audit_head = Table(
     # Fingerprint of the HMAC key that seals the chain (the key itself lives outside the index),
     # so a node started with another key refuses to append instead of forking the chain (0002).
     Column("key_id", String(32)),
+    # R38: records up to base_seq were purged (`solent audit purge`); the chain continues from
+    # base_hash, the hash of record base_seq, and base_mac (HMAC under the audit key) proves
+    # that checkpoint was not moved by someone without the key. NULL: nothing purged.
+    Column("base_seq", BigInteger),
+    Column("base_hash", String(64)),
+    Column("base_mac", String(64)),
 )
 
 # --- Regional identity and HL7 (issue 5) -----------------------------------------------------
@@ -391,6 +397,9 @@ patient_contact = Table(
     Column("nhs_number_status", String(8)),  # NSTS01..NSTS08 as received (PID-32)
     Column("sensitive", Boolean, nullable=False, default=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # R42 retention inputs from ADT: PID-29 date of death, and the latest visit (A01/A03/A04).
+    Column("death_date", String(8)),
+    Column("last_visit", String(8)),
 )
 
 # R58: relationships that are never a link or a merge (a baby and its mother, PID-21): the
@@ -667,6 +676,29 @@ retention_deletion = Table(
     Column("decision_note", Text),
     Column("outcome", Text),  # JSON: what approval withdrew, kept under hold, did not find
     Index(None, "status"),
+)
+
+# R42: a pathway flag (cancer, transplant, CJD, maternity, screening, clinical trial) a records
+# manager sets on a study or on a patient record (then on every study of that person, at every
+# trust); it only lengthens retention. Removal keeps the row (who, when, why).
+retention_flag = Table(
+    "retention_flag",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("study_uid", String(64)),
+    Column("issuer", String(16)),
+    Column("patient_id", String(64)),
+    Column("since", String(8)),  # YYYYMMDD the period counts from (diagnosis...), or NULL
+    Column("note", Text, nullable=False),
+    Column("set_by", String(200), nullable=False),
+    Column("set_trust", String(16)),
+    Column("set_at", DateTime(timezone=True), nullable=False),
+    Column("removed_by", String(200)),
+    Column("removed_at", DateTime(timezone=True)),
+    Column("remove_reason", Text),
+    Index(None, "study_uid"),
+    Index(None, "issuer", "patient_id"),
 )
 
 # R30: what each stored key object selection (not a rejection note) and presentation state

@@ -1,4 +1,4 @@
-"""`solent user ...`, `solent token create|list|revoke`, `solent audit verify|seal|export|search`.
+"""`solent user`, `solent token`, `solent audit verify|seal|purge|export|search`.
 
 The first administrator is created here (there are no default passwords); whoever runs the CLI
 on the server acts as the system and is audited as ``cli:<os user>``. Only here can a regional
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,18 @@ def register(sub: Any) -> None:
         help="once, after upgrading: re-chain records written before the audit key under it",
     )
     aseal.set_defaults(handler=_audit_seal)
+    ap = a.add_parser(
+        "purge",
+        help="remove records older than SOLENT_AUDIT_RETENTION_YEARS (R38), archived first",
+    )
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--archive", type=Path, help="new file to write the removed records to (JSON lines)"
+    )
+    where.add_argument(
+        "--no-archive", action="store_true", help="discard them (Information Governance said so)"
+    )
+    ap.set_defaults(handler=_audit_purge)
     ae = a.add_parser("export", help="export records as DICOM audit XML or FHIR AuditEvent")
     ae.add_argument("--format", choices=("dicom", "fhir"), default="dicom")
     ae.add_argument("--after", type=int, default=0, help="only records after this sequence number")
@@ -378,6 +391,40 @@ def _audit_seal(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"audit trail sealed: {report.records} records chained under the audit key "
         f"({report.unkeyed} were unkeyed)"
+    )
+    return 0
+
+
+def _audit_purge(args: argparse.Namespace, settings: Settings) -> int:
+    archive = _archive(settings)
+    out = None
+    if args.archive is not None:
+        try:
+            out = args.archive.open("x", encoding="utf-8")  # never overwrite an archive
+        except FileExistsError as exc:
+            raise InvalidInput(f"{args.archive} exists: name a new archive file") from exc
+
+    def keep(rows: list[dict[str, Any]]) -> None:
+        if out is not None:
+            for row in rows:
+                out.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())  # on disk before the records leave the index
+
+    try:
+        report = archive.services.audit.purge(cli_principal(), keep)
+    finally:
+        if out is not None:
+            out.close()
+    if report.problems:
+        for problem in report.problems:
+            print(f"TAMPERED: {problem}")
+        print("audit trail NOT purged: the chain does not verify (nothing was removed)")
+        return 1
+    where = f", archived to {args.archive}" if args.archive else ""
+    print(
+        f"{report.purged} audit records purged{where}; the chain now starts after record "
+        f"{report.through_seq} (checkpoint {report.checkpoint[:16]}...)"
     )
     return 0
 

@@ -171,6 +171,14 @@ class AuditTrail:
             relaxed=fields["action"] in READ_ACTIONS,
         )[0]
 
+    def record_each(self, records: list[dict[str, Any]]) -> list[int]:
+        """Append several records made with ``audit_fields`` (a listing that names a patient
+        per row) together: one transaction on SQLite instead of one each."""
+        if not records:
+            return []
+        relaxed = all(f["action"] in READ_ACTIONS for f in records)
+        return self._append_each(lambda conn: records, relaxed=relaxed)
+
     def _append_each(
         self, fields_of: Callable[[Connection], list[dict[str, Any]]], *, relaxed: bool
     ) -> list[int]:
@@ -339,6 +347,12 @@ class AuditTrail:
     def seal(self, progress: Any = None) -> store.VerifyReport:
         """Re-chain records written before the audit key under it (once, after upgrading)."""
         return store.seal(self._index, progress=progress)
+
+    def purge(
+        self, older_than: str, keep: Callable[[list[dict[str, Any]]], object]
+    ) -> store.PurgeReport:
+        """Remove records written before ``older_than`` after ``keep`` archived them (R38)."""
+        return store.purge(self._index, older_than, keep)
 
     def search(self, **criteria: Any) -> list[dict[str, Any]]:
         return store.search(self._index, **criteria)

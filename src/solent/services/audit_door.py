@@ -10,18 +10,25 @@ services and the composition root.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from solent.domain.principal import Principal, PrincipalKind
+from solent.errors import ConfigurationError
 from solent.index import audit as store
 from solent.services.access import AccessDenied, AccessService, Permission
-from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef
+from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef, utc_stamp
 
 
 class AuditDoor:
-    def __init__(self, trail: AuditTrail, access: AccessService) -> None:
+    def __init__(
+        self, trail: AuditTrail, access: AccessService, *, retention_years: int = 0
+    ) -> None:
         self._trail = trail
         self._access = access
+        #: R38: years the consortium's Information Governance keeps audit records; 0: for as
+        #: long as the archive (nothing is ever purged).
+        self.retention_years = retention_years
 
     # -- writing: every record names its caller ----------------------------------------------
 
@@ -99,4 +106,48 @@ class AuditDoor:
                 AuditAction.AUDIT_LOG_USED,
                 detail={"sealed": report.records, "unkeyed_before": report.unkeyed},
             )
+        return report
+
+    def purge(
+        self,
+        principal: Principal,
+        keep: Callable[[list[dict[str, Any]]], object],
+        *,
+        now: datetime | None = None,
+    ) -> store.PurgeReport:
+        """Remove the records older than the retention period Information Governance set
+        (R38), each batch handed to ``keep`` (the archive) first; the chain stays provable
+        from a checkpoint sealed under the audit key. The operator's decision (CLI) only, and
+        only when a period is configured; the purge itself is audited."""
+        if principal.kind is not PrincipalKind.SYSTEM:
+            raise AccessDenied(
+                "purging the audit trail is the operator's decision: run `solent audit purge` "
+                "on the server"
+            )
+        if self.retention_years <= 0:
+            raise ConfigurationError(
+                "no audit retention period is set: audit records are kept as long as the "
+                "archive; set SOLENT_AUDIT_RETENTION_YEARS to the period your Information "
+                "Governance documents"
+            )
+        at = (now or datetime.now(UTC)).astimezone(UTC)
+        try:
+            cutoff = at.replace(year=at.year - self.retention_years)
+        except ValueError:  # 29 February: the day before 1 March (keeps one day longer)
+            cutoff = at.replace(year=at.year - self.retention_years, month=2, day=28)
+        older_than = utc_stamp(cutoff)
+        report = self._trail.purge(older_than, keep)
+        self._trail.record(
+            principal,
+            AuditAction.AUDIT_LOG_USED,
+            AuditOutcome.SUCCESS if not report.problems else AuditOutcome.FAILURE,
+            detail={
+                "purged": report.purged,
+                "older_than": older_than,
+                "retention_years": self.retention_years,
+                "checkpoint_seq": report.through_seq,
+                "checkpoint_hash": report.checkpoint,
+                "problems": report.problems,
+            },
+        )
         return report

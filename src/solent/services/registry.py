@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from solent.services.records import RecordService
     from solent.services.reporter_notices import ReporterNoticeService
     from solent.services.retention import RetentionService
+    from solent.services.retention_schedule import RetentionSchedule
     from solent.services.retrieve import RetrieveService
     from solent.services.study_edit import StudyEditService
     from solent.services.viewer import ViewerService
@@ -79,3 +80,4 @@ class Services:
     check: ArchiveCheck  # issue 11: `solent check [--repair]`, caller checked, deletions audited
     performed_steps: PerformedStepService  # R17: MPPS from modalities, orders follow
     retention: RetentionService  # R43/R44: legal holds, two-person retention deletions
+    retention_schedule: RetentionSchedule  # R42: each study's retention date, expired studies

@@ -49,7 +49,7 @@ class RetentionConflict(SolentError):
     nothing was changed. The message says why."""
 
 
-def _text(value: object, name: str, low: int, high: int) -> str:
+def checked_text(value: object, name: str, low: int, high: int) -> str:
     text = str(value or "").strip()
     if not (low <= len(text) <= high) or not _TEXT.match(text):
         raise InvalidInput(f"{name} must be {low} to {high} characters of text")
@@ -78,8 +78,8 @@ def _target(raw: Mapping[str, Any]) -> dict[str, str | None]:
         return {"kind": "nhs", "nhs_number": number}
     return {
         "kind": "patient",
-        "issuer": _text(issuer, "issuer", 1, 16),
-        "patient_id": _text(local_id, "patient_id", 1, 64),
+        "issuer": checked_text(issuer, "issuer", 1, 16),
+        "patient_id": checked_text(local_id, "patient_id", 1, 64),
     }
 
 
@@ -111,7 +111,7 @@ def _hold_patient(target: Mapping[str, Any]) -> PatientRef | None:
     return None
 
 
-def _deletion_view(row: Mapping[str, Any]) -> dict[str, Any]:
+def deletion_view(row: Mapping[str, Any]) -> dict[str, Any]:
     refs = json.loads(row["refs"])
     series: dict[str, list[str]] = {}
     for series_uid, sop in refs:
@@ -163,8 +163,8 @@ class RetentionService:
     ) -> list[dict[str, Any]]:
         """Place one hold per target (several: a cohort) under one reason and reference."""
         self._person(principal, "placing a legal hold")
-        why = _text(reason, "reason", 3, 2000)
-        ref = _text(reference, "reference", 1, 200)
+        why = checked_text(reason, "reason", 3, 2000)
+        ref = checked_text(reference, "reference", 1, 200)
         if not targets or len(targets) > 1000:
             raise InvalidInput("name 1 to 1000 targets")
         checked = [_target(t) for t in targets]
@@ -207,7 +207,7 @@ class RetentionService:
 
     def lift_hold(self, principal: Principal, hold_id: int, reason: str) -> dict[str, Any]:
         self._person(principal, "lifting a legal hold")
-        why = _text(reason, "reason", 3, 2000)
+        why = checked_text(reason, "reason", 3, 2000)
 
         trusts = self._trusts(principal)
 
@@ -264,7 +264,7 @@ class RetentionService:
                 study_uid=row["study_uid"],
                 detail={"read": "retention-deletions", "retention_deletion": row["pk"]},
             )
-        return [_deletion_view(r) for r in rows]
+        return [deletion_view(r) for r in rows]
 
     def _pending(self, conn: Connection, principal: Principal, pk: int) -> dict[str, Any]:
         rows = store.deletion_rows(conn, status=None, trusts=self._trusts(principal), pk=pk)
@@ -291,7 +291,7 @@ class RetentionService:
         """Withdraw what a pending deletion lists: by a second person, and only while no legal
         hold covers the study (checked in the withdrawing transaction)."""
         self._person(principal, "approving a retention deletion")
-        comment = _text(note, "note", 1, 2000) if note.strip() else ""
+        comment = checked_text(note, "note", 1, 2000) if note.strip() else ""
         with self._index.read() as conn:
             row = self._pending(conn, principal, pk)
         if row["requester_user"] is not None and row["requester_user"] == principal.name:
@@ -342,7 +342,7 @@ class RetentionService:
                     },
                 ),
             )
-            return _deletion_view(store.deletion_rows(conn, status=None, trusts=None, pk=pk)[0])
+            return deletion_view(store.deletion_rows(conn, status=None, trusts=None, pk=pk)[0])
 
         try:
             return self._index.write(op)
@@ -354,7 +354,7 @@ class RetentionService:
     def refuse(self, principal: Principal, pk: int, reason: str) -> dict[str, Any]:
         """Discard a pending deletion: nothing is withdrawn; the note stays stored."""
         self._person(principal, "refusing a retention deletion")
-        why = _text(reason, "reason", 3, 2000)
+        why = checked_text(reason, "reason", 3, 2000)
 
         def op(conn: Connection) -> dict[str, Any]:
             current = self._pending(conn, principal, pk)
@@ -379,6 +379,6 @@ class RetentionService:
                     },
                 ),
             )
-            return _deletion_view(store.deletion_rows(conn, status=None, trusts=None, pk=pk)[0])
+            return deletion_view(store.deletion_rows(conn, status=None, trusts=None, pk=pk)[0])
 
         return self._index.write(op)

@@ -363,6 +363,8 @@ def demographics(msg: Message, pid: Segment) -> Demographics:
             gp_practice = "^".join(msg.text(p) for p in pd1.comps(3) if p) or None
         gp = "" if pd1.field(4) == DELETE else xcn_name(msg, pd1, 4)
     return Demographics(
+        death_date=_death_date(msg, pid),
+        visit_date=_visit_date(msg),
         name=person_name(msg, pid, 5),
         birth_date=dob,
         sex=dicom_sex(pid.field(8).split(msg.comp_sep)[0]),
@@ -373,6 +375,39 @@ def demographics(msg: Message, pid: Segment) -> Demographics:
         gp_practice=gp_practice,
         gp=gp,
     )
+
+
+def _death_date(msg: Message, pid: Segment) -> str | None:
+    """PID-29 Patient Death Date and Time as YYYYMMDD (R42); ``""`` sent erases it."""
+    if pid.field(29) == DELETE:
+        return ""
+    day = pid.comp(29)[:8]
+    if not day:
+        return None
+    if not (len(day) == 8 and day.isdigit()):
+        raise MessageRejected("AE", f"PID-29 date of death {day!r} is not YYYYMMDD")
+    return day
+
+
+#: ADT triggers that record a contact with the trust: admit, discharge, register (R42).
+VISIT_TRIGGERS = ("A01", "A03", "A04")
+
+
+def _visit_date(msg: Message) -> str | None:
+    """The date of the visit an A01/A03/A04 reports: PV1-45 discharge, else PV1-44 admit,
+    else EVN-2 (recorded); None for any other message."""
+    if msg.header.trigger not in VISIT_TRIGGERS:
+        return None
+    pv1, evn = msg.first("PV1"), msg.first("EVN")
+    for value in (
+        pv1.comp(45) if pv1 else "",
+        pv1.comp(44) if pv1 else "",
+        evn.comp(2) if evn else "",
+    ):
+        day, _ = timestamp(value) if value else (None, None)
+        if day is not None:
+            return day
+    return None
 
 
 def timestamp(value: str) -> tuple[str | None, str | None]:

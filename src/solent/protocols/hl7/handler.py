@@ -26,7 +26,7 @@ from solent.services.registry import Services
 
 log = logging.getLogger(__name__)
 
-ADT_UPDATES = ("A01", "A04", "A08", "A28", "A31")
+ADT_UPDATES = ("A01", "A03", "A04", "A08", "A28", "A31")  # A03: discharge, death (R42)
 #: Every message type this handler applies, (MSH-9.1, MSH-9.2) -> what it does; anything else
 #: is refused with AR. The HL7 access matrix (tests/unit/test_hl7_access_matrix.py) is generated
 #: from this table: a type added here without a place in the matrix fails that test.

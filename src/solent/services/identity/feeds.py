@@ -191,6 +191,7 @@ class RecordUpdates(IdentityReads):
             )
             if v is not None
         }
+        contact.update(_retention_inputs(store.get_contact(conn, pk), demo))
         if contact:
             store.upsert_contact(conn, pk, contact)
         if linked_before is not None:
@@ -415,3 +416,15 @@ class RecordUpdates(IdentityReads):
                 detail={**detail, "message_pk": change.message_pk},
             ),
         )
+
+
+def _retention_inputs(stored: dict[str, Any] | None, demo: Demographics) -> dict[str, Any]:
+    """What ADT tells the retention engine (R42): PID-29 date of death (``""`` erases one
+    recorded in error) and the latest visit, never moved back by a late-arriving message."""
+    out: dict[str, Any] = {}
+    if demo.death_date is not None:
+        out["death_date"] = demo.death_date or None
+    last = (stored or {}).get("last_visit")
+    if demo.visit_date is not None and (last is None or demo.visit_date > last):
+        out["last_visit"] = demo.visit_date
+    return out

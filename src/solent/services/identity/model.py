@@ -50,6 +50,8 @@ class Demographics:
     phone: str | None = None
     gp_practice: str | None = None
     gp: str | None = None
+    death_date: str | None = None  # PID-29 YYYYMMDD (R42); "" erases a death recorded in error
+    visit_date: str | None = None  # a visit (A01/A03/A04) on this date: a contact (R42)
 
 
 @dataclass(frozen=True, slots=True)
