@@ -267,6 +267,8 @@ class Hl7Handler:
         pid = msg.need("PID")
         key = er7.local_key(msg, pid, issuer=facility)
         tx.update_record(key, er7.demographics(msg, pid))
+        if msg.header.trigger.upper() == "A01":
+            tx.admitted(key)  # a prior prefetch trigger (R47)
         return f"record {key} updated"
 
     def _merge(self, msg: Message, tx: Hl7Transaction, facility: str) -> str:
