@@ -367,3 +367,25 @@ def test_an_admission_warms_the_newest_prior_from_any_linked_trust(archive: Arch
             if r["modalities"] == "CT"
         )
         assert not _warm(client, archive, drza, ct)  # beyond the maximum count
+
+
+def test_a_study_arriving_prefetches_only_when_it_is_recent(archive: Archive) -> None:
+    """ZZB's MR brain arriving: a study made the day before warms the person's relevant priors
+    (here: none is of the head, and the MR at ZZB is the only MR); an old study arriving (an
+    import, a migration) reads nothing."""
+    mr = _study(archive, "ZZB", "B7730021")  # 2026-06-10
+    prefetch = archive.prefetch
+    prefetch.today = lambda: date(2026, 6, 11)
+    assert prefetch.run("study", study_uid=mr).outcome == "nothing-relevant"
+    prefetch.rules = Rules(criteria=("code", "region", "modality"), max_priors=3)
+    ct = next(
+        r["study_uid"]
+        for r in archive.query.list_studies(SYSTEM, issuer="ZZA", local_id="A100001")
+        if r["modalities"] == "CR"
+    )
+    prefetch.today = lambda: date(2025, 3, 3)  # the chest X-ray (2025-03-02) arrives
+    arrived = prefetch.run("study", study_uid=ct)
+    assert arrived.outcome == "warmed"
+    assert [(t, why) for _, t, why in arrived.chosen] == [("ZZA", "region")]  # the chest CT
+    prefetch.today = lambda: TODAY  # the same X-ray imported long after
+    assert prefetch.run("study", study_uid=ct).outcome == "old-study"

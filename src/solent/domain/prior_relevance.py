@@ -51,7 +51,8 @@ class Rules:
         return wanted
 
 
-def _day(value: str | None) -> date | None:
+def study_day(value: str | None) -> date | None:
+    """A DICOM date (YYYYMMDD) as a date; None when absent or not a date."""
     try:
         return date(int(value[:4]), int(value[4:6]), int(value[6:8])) if value else None
     except (ValueError, IndexError):
@@ -91,11 +92,11 @@ def relevant_priors(
     for prior in candidates:
         if current is not None and prior.study_uid == current.study_uid:
             continue
-        when = _day(prior.study_date)
+        when = study_day(prior.study_date)
         if when is None or when < oldest:
             continue  # an undated study is not known to be within the age
         why = match(current, prior, rules.criteria)
         if why is not None:
             chosen.append((prior, why))
-    chosen.sort(key=lambda pw: (rank[pw[1]], -(_day(pw[0].study_date) or oldest).toordinal()))
+    chosen.sort(key=lambda pw: (rank[pw[1]], -(study_day(pw[0].study_date) or oldest).toordinal()))
     return chosen[: rules.max_priors]

@@ -33,7 +33,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from solent.domain.principal import Principal, PrincipalKind
-from solent.domain.prior_relevance import Procedure, Rules, relevant_priors
+from solent.domain.prior_relevance import Procedure, Rules, relevant_priors, study_day
 from solent.domain.procedures import Mapped
 from solent.errors import NotFound
 from solent.index import identity as ids
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "prior prefetch"  # the audit channel of the reads made to warm priors
 TRIGGERS = ("order", "admission", "study")
+#: A study arriving triggers a prefetch only when it was made this recently: one dated earlier
+#: is an import or a migration of the past, not a study someone is about to report.
+ARRIVAL_WINDOW_DAYS = 7
 
 PRIORS = Counter(
     "solent_prefetch_priors_total",
@@ -58,7 +61,8 @@ PRIORS = Counter(
 )
 RUNS = Counter(
     "solent_prefetch_runs_total",
-    "Rules-based prefetches run, by trigger and outcome (warmed, nothing-relevant, unknown)",
+    "Rules-based prefetches run, by trigger and outcome (warmed, nothing-relevant, unknown, "
+    "old-study: a study arriving dated more than ARRIVAL_WINDOW_DAYS ago)",
     ["trigger", "outcome"],
 )
 
@@ -187,6 +191,10 @@ class PriorPrefetch:
             return patient_pk, record.issuer, None
         return None
 
+    def _recent(self, study_date: str | None) -> bool:
+        made = study_day(study_date)
+        return made is not None and (self.today() - made).days <= ARRIVAL_WINDOW_DAYS
+
     def _patient(self, patient_pk: int) -> PatientRef | None:
         with self._index.read() as conn:
             row = ids.get_patient(conn, patient_pk)
@@ -238,6 +246,10 @@ class PriorPrefetch:
             return result
         pk, trust, current = named
         result.trust = trust
+        if trigger == "study" and current is not None and not self._recent(current.study_date):
+            result.outcome = "old-study"
+            RUNS.labels(trigger, result.outcome).inc()
+            return result
         result.patient = self._patient(pk)
         found = self.candidates(pk, trust)
         rows = {proc.study_uid: row for proc, row in found}
