@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "solent.security.cli",
     "solent.importers.migration.cli",
     "solent.jobs.cli",  # issue 16
+    "solent.procedures_cli",  # R19
 )
 
 

@@ -30,7 +30,7 @@ from solent.protocols.hl7.senders import SenderGate
 from solent.protocols.http import create_app
 from solent.settings import load_settings
 from tests.contract.synthetic import write_instance
-from tests.unit.security_fixtures import add_user, demo_template
+from tests.unit.security_fixtures import add_user, cli_env, demo_template
 
 __all__ = ["demo_template"]
 
@@ -389,3 +389,22 @@ def test_a_study_arriving_prefetches_only_when_it_is_recent(archive: Archive) ->
     assert [(t, why) for _, t, why in arrived.chosen] == [("ZZA", "region")]  # the chest CT
     prefetch.today = lambda: TODAY  # the same X-ray imported long after
     assert prefetch.run("study", study_uid=ct).outcome == "old-study"
+
+
+def test_the_cli_checks_a_mapping_file_and_looks_codes_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from solent.cli import main
+
+    cli_env(monkeypatch, tmp_path / "var")
+    assert main(["procedures", "check", str(EXAMPLE)]) == 0
+    assert "12 mapping(s), no errors" in capsys.readouterr().out
+    bad = tmp_path / "map.csv"
+    bad.write_text("issuer,coding_system,code,nicip,snomed,body_region\nZZA,LOCAL,X1,,,CHEST\n")
+    assert main(["procedures", "check", str(bad)]) == 2
+    assert "map.csv line 2: neither a NICIP nor a SNOMED CT" in capsys.readouterr().err
+    monkeypatch.setenv("SOLENT_PROCEDURE_MAP", str(EXAMPLE))
+    args = ["procedures", "lookup", "--issuer", "ZZB", "--system", "LOCAL", "--code", "CTCAP"]
+    assert main(args) == 0
+    assert '"nicip": "CCHAPC"' in capsys.readouterr().out
+    assert main([*args[:-1], "NOPE"]) == 1
