@@ -78,10 +78,6 @@ class PrefetchResult:
     chosen: list[tuple[str, str, str]] = field(default_factory=list)  # (study, trust, why)
     warmed: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def study_uids(self) -> list[str]:
-        return [uid for uid, _, _ in self.chosen]
-
 
 def _modalities(value: str | None) -> frozenset[str]:
     return frozenset(m for m in (value or "").replace(",", "\\").split("\\") if m)
