@@ -426,7 +426,7 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         description="How long change-feed events wait before prefetch and coding follow them: "
-        "a study still arriving is prefetched for once.",
+        "a burst of a study's instances makes one job, not one per instance.",
     )
     ian_delay_seconds: float = Field(
         10.0,

@@ -203,7 +203,7 @@ def _coding_jobs(event: FeedEvent) -> list[tuple[str, dict[str, Any]]]:
 PREFETCH_TRIGGERS = {
     "order.placed": "order",  # ORM^O01 / OMI^O23 with ORC-1=NW, or `solent worklist add`
     "patient.admitted": "admission",  # ADT^A01
-    "instance.stored": "study",  # a study arriving (once it has been quiet for the settle)
+    "instance.stored": "study",  # a study arriving (a burst of its instances: one job)
 }
 
 
@@ -221,7 +221,8 @@ def _prefetch_jobs(event: FeedEvent) -> list[tuple[str, dict[str, Any]]]:
 #: How long a study must be quiet before its availability is notified (SOLENT_IAN_DELAY_SECONDS).
 IAN_DELAY_SECONDS = 10.0
 #: How long events wait before prefetch and coding follow them (SOLENT_PREFETCH_SETTLE_SECONDS):
-#: a study still arriving is coded and prefetched for once, not per instance.
+#: a burst of a study's instances is coded and prefetched for once, not per instance (a study
+#: arriving over longer than this makes a job per burst; a repeat run finds its caches warm).
 PREFETCH_SETTLE_SECONDS = 5.0
 
 CONSUMERS: tuple[Consumer, ...] = (
