@@ -7,6 +7,7 @@ from typing import Protocol
 
 from solent.compose import keyed_audit, open_index
 from solent.dicom.inflate import InflateLimits
+from solent.domain.prior_relevance import Rules
 from solent.domain.retention_rules import Policy
 from solent.index.sql import Index
 from solent.ingest import Ingestor, IngestPolicy
@@ -38,6 +39,8 @@ from solent.services.outside_imports import OutsideImports
 from solent.services.patient_queries import PatientQueryService
 from solent.services.peers import PeerAddresses
 from solent.services.performed_steps import PerformedStepService
+from solent.services.prior_prefetch import PriorPrefetch
+from solent.services.procedures import ProcedureCoding
 from solent.services.query import QueryService
 from solent.services.records import RecordService
 from solent.services.registry import Services
@@ -75,6 +78,8 @@ class Archive:
     access: AccessService = field(init=False)
     # The cross-trust patient index whole (tests, the demo loader); adapters get the door.
     identity: IdentityService = field(init=False)
+    # Rules-based prior prefetch (R47), which the ``prefetch`` job consumer runs (tests).
+    prefetch: PriorPrefetch = field(init=False)
     # What adapters receive instead of this object (issue 11): services only.
     services: Services = field(init=False)
 
@@ -86,7 +91,8 @@ class Archive:
         self.query.use_access(self.access)  # every query is scoped by the access rule
         identity = self.identity = IdentityService(self.index, production=self.settings.production)
         users = UserService(self.index, self.settings, self.audit)
-        inbox = InboxService(self.index, identity)
+        coding = ProcedureCoding(self.index, self.settings.procedure_map)
+        inbox = InboxService(self.index, identity, coding)
         retrieve = RetrieveService(
             self.index,
             self.store,
@@ -107,6 +113,21 @@ class Archive:
         mdt = MdtService(self.index, self.access, self.audit, viewer, retrieve)
         records = RecordService(
             identity, InboxReads(self.index), self.access, self.audit, self.query
+        )
+        prefetch = self.prefetch = PriorPrefetch(
+            self.index,
+            identity,
+            self.access,
+            self.audit,
+            retrieve,
+            coding,
+            Rules(
+                self.settings.prefetch_max_priors,
+                self.settings.prefetch_max_age_days,
+                Rules.parse_criteria(self.settings.prefetch_relevance),
+            ),
+            self.settings.prefetch_dicomweb_base
+            or f"http://{self.settings.bind_address}:{self.settings.http_port}/dicomweb",
         )
         self.services = Services(
             settings=self.settings,
@@ -139,7 +160,12 @@ class Archive:
                     self.index,
                     self.store,
                     consumers=consumers_named(
-                        self.settings.jobs_consumers, {"ian": self.settings.ian_delay_seconds}
+                        self.settings.jobs_consumers,
+                        {
+                            "ian": self.settings.ian_delay_seconds,
+                            "procedures": self.settings.prefetch_settle_seconds,
+                            "prefetch": self.settings.prefetch_settle_seconds,
+                        },
                     ),
                     concurrency=self.settings.jobs_concurrency,
                     max_attempts=self.settings.jobs_max_attempts,
@@ -148,6 +174,7 @@ class Archive:
                     stalled_seconds=self.settings.jobs_stalled_seconds,
                     settings=self.settings,
                     notify=send_notification,
+                    prefetch=prefetch,
                 ),
                 self.access,
             ),

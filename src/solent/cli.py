@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "solent.importers.migration.cli",
     "solent.jobs.cli",  # issue 16
     "solent.protocols.retention_cli",  # R42
+    "solent.procedures_cli",  # R19
 )
 
 

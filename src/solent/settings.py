@@ -409,7 +409,45 @@ class Settings(BaseSettings):
         "",
         description="Change-feed consumers that enqueue background jobs, comma list (known: "
         "fixity, a digest check of every stored blob; ian, IHE Instance Availability "
-        "Notifications to the DICOM nodes registered with `--allow notify`). Empty: none.",
+        "Notifications to the DICOM nodes registered with `--allow notify`; procedures, the "
+        "NICIP/SNOMED CT coding of every study (R19); prefetch, rules-based prefetch of a "
+        "patient's priors from every trust on an order, an admission or a study arriving, "
+        "R47). Empty: none.",
+    )
+    procedure_map: str = Field(
+        "",
+        description="CSV file mapping the procedure codes (and descriptions) each trust sends "
+        "to NICIP and/or SNOMED CT and a body region (R19; columns issuer, coding_system, code, "
+        "nicip, snomed, body_region, label). Re-read when it changes. Empty: codes are kept as "
+        "received and only codes already sent as NICIP/SNOMED CT count as mapped.",
+    )
+    prefetch_max_priors: int = Field(
+        3, ge=0, le=50, description="Most priors one prefetch warms (R47), best match first."
+    )
+    prefetch_max_age_days: int = Field(
+        1825,
+        ge=1,
+        le=36500,
+        description="Priors older than this many days are not prefetched (default 5 years).",
+    )
+    prefetch_relevance: str = Field(
+        "code,region,modality",
+        description="What makes a prior relevant, comma list of: code (the same mapped "
+        "NICIP/SNOMED CT procedure), region (a body region in common), modality (a modality in "
+        "common when either study's body region is unknown). Best match first in that order.",
+    )
+    prefetch_dicomweb_base: str = Field(
+        "",
+        description="The DICOMweb base URL the viewer's browsers use (e.g. "
+        "https://pacs.example.nhs.uk/dicomweb): series metadata is warmed with its bulk data "
+        "links under it. Empty: http://<bind address>:<HTTP port>/dicomweb.",
+    )
+    prefetch_settle_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="How long change-feed events wait before prefetch and coding follow them: "
+        "a burst of a study's instances makes one job, not one per instance.",
     )
     ian_delay_seconds: float = Field(
         10.0,
@@ -477,6 +515,14 @@ class Settings(BaseSettings):
         "a presenter who was connected to it can be replaced (claim).",
     )
     # --- end regional scale ---------------------------------------------------------------
+
+    @field_validator("prefetch_relevance")
+    @classmethod
+    def _relevance_known(cls, v: str) -> str:
+        from solent.domain.prior_relevance import Rules
+
+        Rules.parse_criteria(v)
+        return v
 
     @field_validator("ae_title")
     @classmethod

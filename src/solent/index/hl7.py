@@ -167,6 +167,10 @@ def orders_for_patients(
             x.order_control,
             x.order_status,
             x.procedure_code,
+            x.procedure_coding_system,
+            x.nicip_code,  # R19: what the consortium's table mapped the code to
+            x.snomed_code,
+            x.body_region,
             x.clinical_details,
         )
         .select_from(

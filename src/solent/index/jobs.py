@@ -34,6 +34,8 @@ class FeedEvent:
     study_uid: str | None
     series_uid: str | None
     sop_instance_uid: str | None
+    trust_code: str | None = None
+    patient_pk: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,16 @@ def take_events(
     ).scalar_one()
     cf = t.change_feed.c
     rows = conn.execute(
-        select(cf.seq, cf.at, cf.kind, cf.study_uid, cf.series_uid, cf.sop_instance_uid)
+        select(
+            cf.seq,
+            cf.at,
+            cf.kind,
+            cf.study_uid,
+            cf.series_uid,
+            cf.sop_instance_uid,
+            cf.trust_code,
+            cf.patient_pk,
+        )
         .where(cf.seq > cursor)
         .order_by(cf.seq)
         .limit(limit)
@@ -99,7 +110,17 @@ def take_events(
             break
         new = r.seq
         if r.kind in kinds:
-            taken.append(FeedEvent(r.seq, r.kind, r.study_uid, r.series_uid, r.sop_instance_uid))
+            taken.append(
+                FeedEvent(
+                    r.seq,
+                    r.kind,
+                    r.study_uid,
+                    r.series_uid,
+                    r.sop_instance_uid,
+                    r.trust_code,
+                    None if r.patient_pk is None else int(r.patient_pk),
+                )
+            )
     return taken, cursor, new
 
 

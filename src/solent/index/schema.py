@@ -475,6 +475,26 @@ order_context = Table(
     Column("clinical_details", Text),
     Column("message_pk", PK),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # R19: the received code (above) mapped by the consortium's table when the order was filed.
+    Column("nicip_code", String(16)),
+    Column("snomed_code", String(18)),
+    Column("body_region", String(32)),
+)
+
+# R19: a study's procedure code as received (the order's OBR-4, the DICOM Requested / Procedure
+# Code Sequence, or its Study Description as the fallback) and what the mapping table made of it.
+study_procedure = Table(
+    "study_procedure",
+    metadata,
+    Column("study_uid", String(64), primary_key=True),
+    Column("source", String(16), nullable=False),  # order | requested | performed | description
+    Column("code", String(64)),
+    Column("coding_system", String(32)),
+    Column("meaning", String(200)),
+    Column("nicip_code", String(16)),
+    Column("snomed_code", String(18)),
+    Column("body_region", String(32)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 # Reports from ORU^R01, keyed like orders by (accession, issuer); matched to a study when read,

@@ -33,6 +33,7 @@ from solent.jobs.tasks import CONSUMERS, JOBS_RUN, TASKS, Consumer, TaskContext,
 if TYPE_CHECKING:
     from solent.index.sql import Index
     from solent.services.availability import Notice
+    from solent.services.prior_prefetch import PriorPrefetch
     from solent.settings import Settings
     from solent.storage import BlobStore
 
@@ -162,6 +163,7 @@ class ProcrastinateQueue:
         consumers: tuple[Consumer, ...] = CONSUMERS,
         settings: Settings | None = None,
         notify: Callable[[str, Notice], int] | None = None,
+        prefetch: PriorPrefetch | None = None,
     ) -> None:
         import procrastinate
 
@@ -177,7 +179,7 @@ class ProcrastinateQueue:
                 conninfo=conninfo, min_size=1, max_size=4, kwargs=dict(PG_KEEPALIVE)
             )
         )
-        ctx = TaskContext(index, store, worker_name(), settings, notify)
+        ctx = TaskContext(index, store, worker_name(), settings, notify, prefetch)
         # procrastinate counts retries after the first run (and 0 means "no limit").
         retry: procrastinate.RetryStrategy | bool = (
             procrastinate.RetryStrategy(max_attempts=max_attempts - 1, exponential_wait=2)
@@ -385,10 +387,11 @@ class InProcessQueue:
         consumers: tuple[Consumer, ...] = CONSUMERS,
         settings: Settings | None = None,
         notify: Callable[[str, Notice], int] | None = None,
+        prefetch: PriorPrefetch | None = None,
     ) -> None:
         self.index = index
         self.max_attempts = max_attempts
-        self.ctx = TaskContext(index, store, worker_name(), settings, notify)
+        self.ctx = TaskContext(index, store, worker_name(), settings, notify, prefetch)
         self.consumers = consumers
         self.poll_seconds = poll_seconds
         self.backoff_seconds = backoff_seconds

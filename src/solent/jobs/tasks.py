@@ -26,6 +26,7 @@ from solent.services.availability import AVAILABILITY_EVENTS, AvailabilityServic
 
 if TYPE_CHECKING:
     from solent.index.sql import Index
+    from solent.services.prior_prefetch import PriorPrefetch
     from solent.settings import Settings
     from solent.storage import BlobStore
 
@@ -51,6 +52,9 @@ class TaskContext:
     #: ``protocols.dimse.ian.send_notification``, given by the composition root: services
     #: and jobs never import protocols); raises SolentError or OSError when unreachable.
     notify: Callable[[str, Notice], int] | None = None
+    #: Rules-based prior prefetch (R47) and procedure coding (R19) of this process: it warms
+    #: this process's caches and this node's page cache (services/prior_prefetch.py).
+    prefetch: PriorPrefetch | None = None
 
 
 def verify_blob(ctx: TaskContext, sop_instance_uid: str) -> None:
@@ -112,8 +116,41 @@ def notify_availability(ctx: TaskContext, study_uid: str, seq: int) -> None:
         raise NotificationFailed("; ".join(unreachable))
 
 
+class NoPrefetcher(RuntimeError):
+    """This process was built without the prefetch service (the job runs again elsewhere)."""
+
+
+def _prefetcher(ctx: TaskContext) -> PriorPrefetch:
+    if ctx.prefetch is None:
+        raise NoPrefetcher("this process has no prior prefetch service")
+    return ctx.prefetch
+
+
+def code_study(ctx: TaskContext, study_uid: str) -> None:
+    """R19: record a study's procedure code as received and mapped (a no-op until it exists)."""
+    _prefetcher(ctx).coding.code_study(study_uid)
+
+
+def prefetch_priors(
+    ctx: TaskContext,
+    trigger: str,
+    study_uid: str | None = None,
+    patient_pk: int | None = None,
+) -> None:
+    """R47: warm the relevant priors, from every trust, of the patient a trigger names."""
+    prefetch = _prefetcher(ctx)
+    if trigger == "study" and study_uid:
+        prefetch.coding.code_study(study_uid)  # what relevance compares for the new study
+    prefetch.run(trigger, study_uid=study_uid, patient_pk=patient_pk)
+
+
 Task = Callable[..., None]
-TASKS: dict[str, Task] = {"verify_blob": verify_blob, "notify_availability": notify_availability}
+TASKS: dict[str, Task] = {
+    "verify_blob": verify_blob,
+    "notify_availability": notify_availability,
+    "code_study": code_study,
+    "prefetch_priors": prefetch_priors,
+}
 
 
 @dataclass(frozen=True)
@@ -156,8 +193,37 @@ def _availability_jobs(event: FeedEvent) -> list[tuple[str, dict[str, Any]]]:
     return [("notify_availability", {"study_uid": event.study_uid, "seq": event.seq})]
 
 
+def _coding_jobs(event: FeedEvent) -> list[tuple[str, dict[str, Any]]]:
+    if not event.study_uid:
+        return []
+    return [("code_study", {"study_uid": event.study_uid})]
+
+
+#: Change-feed events that trigger a prior prefetch (R47), and the trigger each is.
+PREFETCH_TRIGGERS = {
+    "order.placed": "order",  # ORM^O01 / OMI^O23 with ORC-1=NW, or `solent worklist add`
+    "patient.admitted": "admission",  # ADT^A01
+    "instance.stored": "study",  # a study arriving (a burst of its instances: one job)
+}
+
+
+def _prefetch_jobs(event: FeedEvent) -> list[tuple[str, dict[str, Any]]]:
+    trigger = PREFETCH_TRIGGERS.get(event.kind)
+    if trigger == "admission":
+        if event.patient_pk is None:
+            return []
+        return [("prefetch_priors", {"trigger": trigger, "patient_pk": event.patient_pk})]
+    if trigger is None or not event.study_uid:
+        return []
+    return [("prefetch_priors", {"trigger": trigger, "study_uid": event.study_uid})]
+
+
 #: How long a study must be quiet before its availability is notified (SOLENT_IAN_DELAY_SECONDS).
 IAN_DELAY_SECONDS = 10.0
+#: How long events wait before prefetch and coding follow them (SOLENT_PREFETCH_SETTLE_SECONDS):
+#: a burst of a study's instances is coded and prefetched for once, not per instance (a study
+#: arriving over longer than this makes a job per burst; a repeat run finds its caches warm).
+PREFETCH_SETTLE_SECONDS = 5.0
 
 CONSUMERS: tuple[Consumer, ...] = (
     Consumer("fixity", frozenset({"instance.stored", "instance.replaced"}), _verify_jobs),
@@ -168,6 +234,19 @@ CONSUMERS: tuple[Consumer, ...] = (
         settle_seconds=IAN_DELAY_SECONDS,
         from_head=True,
         supersede=frozenset({"seq"}),
+    ),
+    Consumer(
+        "procedures",
+        frozenset({"instance.stored", "order.placed", "order.updated"}),
+        _coding_jobs,
+        settle_seconds=PREFETCH_SETTLE_SECONDS,
+    ),
+    Consumer(
+        "prefetch",
+        frozenset(PREFETCH_TRIGGERS),
+        _prefetch_jobs,
+        settle_seconds=PREFETCH_SETTLE_SECONDS,
+        from_head=True,  # priors of orders placed from now on, not of the archive's history
     ),
 )
 

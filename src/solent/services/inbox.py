@@ -29,6 +29,7 @@ from solent.services.identity import (
     Resolved,
 )
 from solent.services.identity.model import require_speaks_for
+from solent.services.procedures import ProcedureCoding
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,18 @@ class Hl7Transaction:
     def unlink(self, a: PatientKey, b: PatientKey, source: str) -> None:
         self._identity.unlink(a, b, self.change, source=source, conn=self._conn)
 
+    def admitted(self, key: PatientKey) -> None:
+        """ADT^A01: the patient was admitted (a prefetch trigger, R47)."""
+        found = self.resolve(key.issuer, key.local_id)
+        if found is not None:
+            self._inbox._index.append_event(
+                self._conn,
+                "patient.admitted",
+                self.change.principal,
+                trust_code=key.issuer,
+                patient_pk=found.patient_pk,
+            )
+
     def place_order(self, order: dict[str, Any], context: dict[str, Any]) -> str:
         return self._inbox._place_order(self._conn, self.change, order, context)
 
@@ -126,10 +139,14 @@ class Envelope:
 
 
 class InboxService:
-    def __init__(self, index: Index, identity: IdentityService) -> None:
+    def __init__(
+        self, index: Index, identity: IdentityService, coding: ProcedureCoding | None = None
+    ) -> None:
         self._index = index
         self._identity = identity
         self._audit = AuditTrail(index)
+        #: R19: an order's procedure code is mapped by the consortium's table when filed.
+        self._coding = coding or ProcedureCoding(index)
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -252,6 +269,15 @@ class InboxService:
     ) -> str:
         require_speaks_for(change.principal, "an order", str(order["patient_issuer"]))
         new = store.upsert_order(conn, order)
+        context = {
+            **context,
+            **self._coding.order_columns(
+                str(order["accession_issuer"]),
+                context.get("procedure_coding_system"),
+                context.get("procedure_code"),
+                order.get("requested_procedure_description"),
+            ),
+        }
         store.upsert_order_context(conn, context)
         self._index.append_event(
             conn,
@@ -296,6 +322,17 @@ class InboxService:
     def add_order(self, principal: Principal, order: Mapping[str, Any]) -> bool:
         """An order entered by hand (`solent worklist add`); True when new. Audited."""
         new = upsert_order(self._index, order)
+        if new:  # scheduled on the worklist: a prefetch trigger (R47), as an HL7 order is
+            self._index.write(
+                lambda conn: self._index.append_event(
+                    conn,
+                    "order.placed",
+                    principal,
+                    trust_code=str(order["patient_issuer"]),
+                    study_uid=str(order["study_instance_uid"]),
+                    detail={"accession": order["accession_number"], "source": "worklist"},
+                )
+            )
         self._audit.record(
             principal,
             AuditAction.ORDER_RECORD,

@@ -69,8 +69,8 @@ VIEWER_DECODES = frozenset(
 
 WARMED = Counter(
     "solent_mdt_prefetch_warmed_total",
-    "What MDT prefetches warmed, by kind (metadata, thumbnail, preview, frame-page-cache, "
-    "frame-memory, frame-transcoded, frame-failed)",
+    "What MDT and prior prefetches (R47) warmed, by kind (metadata, thumbnail, preview, "
+    "frame-page-cache, frame-memory, frame-transcoded, frame-failed)",
     ["kind"],
 )
 
@@ -149,11 +149,16 @@ def _frames_in_viewer_order(docs: Sequence[dict[str, Any]]) -> list[tuple[str, i
 
 
 def warm_series_metadata(
-    svc: RetrieveService, principal: Principal, study: str, series: str, base: str
+    svc: RetrieveService,
+    principal: Principal,
+    study: str,
+    series: str,
+    base: str,
+    channel: str = PREFETCH,
 ) -> list[dict[str, Any]]:
     """The series metadata as a browser gets it; returns the documents (viewer order input)."""
     identity = svc.current_identity(principal, principal.trust)
-    located = svc.series_hashes(principal, study, series, None, channel=PREFETCH)
+    located = svc.series_hashes(principal, study, series, None, channel=channel)
     hashes, docs = svc.series_metadata(principal, located, base, identity)
     variant = f"metadata|{base}|{True}|{identity.fingerprint(study)}"
     body = b"[" + b",".join(docs) + b"]"
@@ -180,11 +185,15 @@ def _images(instances: Sequence[StoredInstance]) -> list[StoredInstance]:
 
 
 def warm_study_thumbnail(
-    svc: RetrieveService, principal: Principal, study: str, warmed: Warmed
+    svc: RetrieveService,
+    principal: Principal,
+    study: str,
+    warmed: Warmed,
+    channel: str = PREFETCH,
 ) -> None:
     """The middle image of the first series with images (as wado_rs._representative)."""
     images = _images(
-        svc.instances(principal, study, channel=PREFETCH, use="image", with_frames=True)
+        svc.instances(principal, study, channel=channel, use="image", with_frames=True)
     )
     if not images:
         return
@@ -202,11 +211,13 @@ def warm_series(
     warmed: Warmed,
     *,
     preview: bool,
+    channel: str = PREFETCH,
 ) -> None:
-    """A series' metadata, thumbnail, frames and, for the study's first series, the preview."""
-    docs = warm_series_metadata(svc, principal, study, series, base)
+    """A series' metadata, thumbnail, frames and, for the study's first series, the preview.
+    ``channel``: what the audit records of the reads name (an MDT's warming, a prior prefetch)."""
+    docs = warm_series_metadata(svc, principal, study, series, base, channel)
     warmed.add("metadata")
-    found = svc.instances(principal, study, series, channel=PREFETCH, use="image", with_frames=True)
+    found = svc.instances(principal, study, series, channel=channel, use="image", with_frames=True)
     images = _images(found)
     if not images:
         return

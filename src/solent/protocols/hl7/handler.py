@@ -279,6 +279,8 @@ class Hl7Handler:
         key = er7.local_key(msg, pid, issuer=facility)
         mother = er7.mother_key(msg, pid, issuer=facility)
         tx.update_record(key, er7.demographics(msg, pid), mother)
+        if msg.header.trigger.upper() == "A01":
+            tx.admitted(key)  # a prior prefetch trigger (R47)
         if mother is None:
             return f"record {key} updated"
         return f"record {key} updated; mother {mother} recorded (a relationship, not a link)"
