@@ -298,6 +298,12 @@ class Settings(BaseSettings):
     break_glass_minutes: int = Field(
         240, ge=1, le=7 * 24 * 60, description="How long a break-glass grant lasts."
     )
+    rbac_policy: Path | None = Field(
+        None,
+        description="The consortium's national RBAC policy (R33): a TOML file saying which "
+        "activities (B-codes) grant which Solent permissions and roles, and the baseline "
+        "activities of job roles (R-codes); unset: Solent roles only.",
+    )
     max_body_bytes: int = Field(
         4 * 1024**3, ge=1024, description="Largest HTTP request body accepted (413 beyond)."
     )

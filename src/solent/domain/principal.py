@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from solent.domain.national_role import RoleInForce
+
 
 class PrincipalKind(StrEnum):
     NODE = "node"  # a registered DICOM node or HL7 sender
@@ -27,6 +29,16 @@ class Principal:
     #: Why the caller reads, as they declared it and a service accepted it (e.g. ``mdt:7``, a
     #: participant's reads during MDT meeting 7); audit records carry it unless given another.
     purpose: str | None = None
+    #: The national RBAC role the session acts under (R33): its organisation is ``trust``, and
+    #: its permissions replace those of ``roles`` (which then are the roles it grants).
+    national: RoleInForce | None = None
+    #: ``trust`` was selected at login (R33): the session acts for that organisation alone,
+    #: even when the account holds others.
+    org_selected: bool = False
+
+    @property
+    def acts_for_one_org(self) -> bool:
+        return self.national is not None or self.org_selected
 
     def describe(self) -> str:
         at = f"@{self.trust}" if self.trust else ""

@@ -18,13 +18,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from solent.domain.national_role import NationalRole, job_role_of
 from solent.domain.principal import Principal, PrincipalKind
 from solent.index import security as sec
 from solent.index.sql import Index
 from solent.security import tokens
 from solent.security.oidc import OidcIssuer, OidcVerifier
 from solent.security.tokens import TokenInvalid
-from solent.security.users import UserService, principal_of
+from solent.security.users import OrgRefused, UserService
 from solent.services.access import Role
 from solent.settings import Settings
 from solent.ttl_cache import TtlCache
@@ -49,8 +50,8 @@ class Authenticator:
         self._tokens: TtlCache[tuple[str, datetime | None] | None] = TtlCache(
             LOOKUP_TTL_S, generation=sec.generation
         )
-        # local token -> (sub, session epoch, exp) of a token whose signature was checked
-        self._verified: TtlCache[tuple[str, Any, float]] = TtlCache(
+        # local token -> (sub, session epoch, exp, org) of a token whose signature was checked
+        self._verified: TtlCache[tuple[str, Any, float, str | None]] = TtlCache(
             LOOKUP_TTL_S, generation=sec.generation
         )
         if settings.oidc_issuer:
@@ -78,8 +79,9 @@ class Authenticator:
         except TokenInvalid as exc:
             raise AuthenticationFailed(str(exc)) from exc
         sub, epoch = str(claims["sub"]), claims.get("sep", 0)
-        self._verified.put(token, (sub, epoch, float(claims["exp"])))
-        return self._user(sub, address, session_epoch=epoch)
+        org = claims.get("org") if isinstance(claims.get("org"), str) else None
+        self._verified.put(token, (sub, epoch, float(claims["exp"]), org))
+        return self._user(sub, address, session_epoch=epoch, org=org)
 
     def remembered(self, token: str, address: str | None) -> Principal | None:
         """The principal of a bearer token when every look-up it needs is remembered and
@@ -97,11 +99,12 @@ class Authenticator:
                 if expires <= datetime.now(UTC):
                     return None
             epoch: object = None
+            org: str | None = None
         else:
             hit, verified = self._verified.lookup(token)
             if not hit or verified is None:
                 return None
-            user, epoch, exp = verified
+            user, epoch, exp, org = verified
             if exp <= time.time() - JWT_LEEWAY_S:
                 return None
         hit, row = self._users.lookup(user)
@@ -109,7 +112,10 @@ class Authenticator:
             return None
         if epoch is not None and epoch != row.session_epoch:
             return None
-        return principal_of(row, address)
+        try:
+            return self.users.principal(row, address, org)
+        except OrgRefused:
+            return None
 
     def basic(self, header_value: str, address: str | None) -> tuple[str, str]:
         try:
@@ -121,14 +127,23 @@ class Authenticator:
             raise AuthenticationFailed("malformed Basic credentials")
         return name, password
 
-    def _user(self, name: str, address: str | None, session_epoch: object = None) -> Principal:
+    def _user(
+        self,
+        name: str,
+        address: str | None,
+        session_epoch: object = None,
+        org: str | None = None,
+    ) -> Principal:
         row = self._users.get(name, lambda: sec.get_user(self._index, name))
         if row is None or row.disabled:
             raise AuthenticationFailed("the user of this token does not exist or is disabled")
         if session_epoch is not None and session_epoch != row.session_epoch:
             # Issued before the password was changed or the user was logged out everywhere.
             raise AuthenticationFailed("this session has ended; log in again")
-        return principal_of(row, address)
+        try:
+            return self.users.principal(row, address, org)
+        except OrgRefused as exc:  # the role or trust was taken away during the session
+            raise AuthenticationFailed(f"{exc.message}; log in again") from exc
 
     def _api_token(self, token: str, address: str | None) -> Principal:
         digest = tokens.api_token_digest(token)
@@ -144,6 +159,8 @@ class Authenticator:
         return self._user(user, address)
 
     def _oidc_principal(self, claims: dict[str, object], address: str | None) -> Principal:
+        if self.users.national is not None and "nhsid_nrbac_roles" in claims:
+            return self._national_principal(claims, address)
         name = claims.get("preferred_username") or claims.get("sub")
         trust = claims.get("trust")
         raw_roles = claims.get("roles") or []
@@ -156,3 +173,63 @@ class Authenticator:
         if not isinstance(trust, str) or self._index.get_trust(trust) is None:
             raise AuthenticationFailed("the token's 'trust' claim names no registered trust")
         return Principal(PrincipalKind.USER, name[:200], trust, roles, address)
+
+    def _national_principal(self, claims: dict[str, object], address: str | None) -> Principal:
+        """R33 with a CIS2-like issuer: the role the user selected at sign-in (claim
+        ``selected_roleid``, scope ``selectedrole``) among ``nhsid_nrbac_roles`` (scope
+        ``nationalrbacaccess``), resolved by the consortium's policy."""
+        policy = self.users.national
+        assert policy is not None
+        name = claims.get("preferred_username") or claims.get("sub")
+        if not isinstance(name, str) or not name:
+            raise AuthenticationFailed("the token names no user")
+        roles = national_roles_of(claims.get("nhsid_nrbac_roles"))
+        if not roles:
+            raise AuthenticationFailed("the token's nhsid_nrbac_roles holds no usable role")
+        selected = claims.get("selected_roleid")
+        if selected is not None:
+            chosen = [r for r in roles if r.person_role_id == str(selected)]
+            if not chosen:
+                raise AuthenticationFailed(
+                    "the selected role (selected_roleid) is not one of the token's national "
+                    "roles (nhsid_nrbac_roles)"
+                )
+        elif len(roles) == 1:
+            chosen = roles
+        else:
+            orgs = ", ".join(sorted({r.org for r in roles}))
+            raise AuthenticationFailed(
+                f"the token holds national roles at {orgs} and selects none: sign in again "
+                "choosing a role (ask the issuer for the 'selectedrole' scope)"
+            )
+        role = chosen[0]
+        if self._index.get_trust(role.org) is None:
+            raise AuthenticationFailed(
+                f"the selected role's organisation {role.org} is not a trust of this consortium"
+            )
+        found = policy.resolve(role)
+        return Principal(
+            PrincipalKind.USER, name[:200], role.org, found.roles, address, national=found
+        )
+
+
+def national_roles_of(value: object) -> list[NationalRole]:
+    """The roles of a CIS2 ``nhsid_nrbac_roles`` claim: entries with ``person_roleid``,
+    ``org_code``, ``role_code`` (``S8000:G8000:R8000``) and optional ``activity_codes``;
+    malformed entries are skipped (they grant nothing)."""
+    out: list[NationalRole] = []
+    for entry in value if isinstance(value, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        org, code, prid = entry.get("org_code"), entry.get("role_code"), entry.get("person_roleid")
+        job_role = job_role_of(code) if isinstance(code, str) else None
+        if not isinstance(org, str) or not org or job_role is None:
+            continue
+        raw = entry.get("activity_codes")
+        activities = (
+            frozenset(str(a) for a in raw if isinstance(a, str))
+            if isinstance(raw, list)
+            else frozenset()
+        )
+        out.append(NationalRole(org[:16], job_role, activities, str(prid) if prid else None))
+    return out
