@@ -287,6 +287,13 @@ class Settings(BaseSettings):
         "viewer's origin: CORS; empty: from the issuer's discovery document).",
     )
     oidc_scopes: str = Field("openid profile", description="Scopes the viewer asks the issuer for.")
+    oidc_userinfo_endpoint: str = Field(
+        "",
+        description="The issuer's userinfo endpoint, read (once a minute per token) for the "
+        "national RBAC claims nhsid_nrbac_roles and selected_roleid when the bearer token "
+        "carries none (NHS CIS2 access tokens; R33, needs SOLENT_RBAC_POLICY); empty: only the "
+        "token's own claims are read.",
+    )
     oidc_display_name: str = Field(
         "single sign-on", description="The identity provider's name on the sign-in button."
     )

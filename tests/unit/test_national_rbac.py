@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +346,72 @@ def test_the_cli_assigns_national_roles_and_mints_a_token_for_one_organisation(
         if "national_roles_added" in (r["detail"] or "")
     ]
     assert added[-1]["national_roles_added"] == ["ZZA:R8000:", "ZZB:R8003:B0380"]
+
+
+class _Userinfo(BaseHTTPRequestHandler):
+    """An issuer's userinfo endpoint: answers for one access token only."""
+
+    token = ""
+    answer: dict[str, Any] = {}
+    calls = 0
+
+    def do_GET(self) -> None:
+        type(self).calls += 1
+        ok = self.headers.get("Authorization") == f"Bearer {self.token}"
+        body = json.dumps(self.answer if ok else {"error": "invalid_token"}).encode()
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_national_roles_come_from_userinfo_when_the_access_token_has_none(
+    demo_template: Path, tmp_path: Path, idp: tuple[str, rsa.RSAPrivateKey]
+) -> None:
+    jwks_url, key = idp
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "555000111222", "iat": now, "exp": now + 300}
+    token = jwt.encode(claims, key, "RS256", headers={"kid": "k1"})
+    handler = type(
+        "Userinfo",
+        (_Userinfo,),
+        {"token": token, "answer": {"sub": "555000111222", "nhsid_nrbac_roles": TWO_ORGS}},
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    data = tmp_path / "var"
+    shutil.copytree(demo_template, data)
+    (tmp_path / "rbac.toml").write_text(POLICY)
+    settings = load_settings(
+        environ={},
+        data_dir=data,
+        rbac_policy=tmp_path / "rbac.toml",
+        oidc_issuer=ISSUER,
+        oidc_audience=AUDIENCE,
+        oidc_jwks_url=jwks_url,
+        oidc_userinfo_endpoint=f"http://127.0.0.1:{server.server_address[1]}/userinfo",
+    )
+    archive = build_archive(settings)
+    bearer = {"Authorization": f"Bearer {token}"}
+    try:
+        with TestClient(create_app(archive), raise_server_exceptions=False) as client:
+            # Two roles and none selected in userinfo: refused, saying why.
+            r = client.get("/api/auth/me", headers=bearer)
+            assert r.status_code == 401 and "selects none" in r.text
+            handler.answer = {**handler.answer, "selected_roleid": "900002"}
+            archive.services.authenticator._userinfo.clear()  # as a minute later
+            for _ in range(3):
+                me = client.get("/api/auth/me", headers=bearer).json()
+                assert me["trust"] == "ZZB" and me["national_role"]["job_role"] == "R8000"
+            assert handler.calls == 2  # the answer is reused for the token
+            handler.answer = {**handler.answer, "sub": "someone-else"}
+            archive.services.authenticator._userinfo.clear()
+            r = client.get("/api/auth/me", headers=bearer)
+            assert r.status_code == 401 and "not about this token's subject" in r.text
+    finally:
+        archive.close()
+        server.shutdown()

@@ -23,7 +23,7 @@ from solent.domain.principal import Principal, PrincipalKind
 from solent.index import security as sec
 from solent.index.sql import Index
 from solent.security import tokens
-from solent.security.oidc import OidcIssuer, OidcVerifier
+from solent.security.oidc import OidcIssuer, OidcVerifier, read_userinfo
 from solent.security.tokens import TokenInvalid
 from solent.security.users import OrgRefused, UserService
 from solent.services.access import Role
@@ -31,6 +31,9 @@ from solent.settings import Settings
 from solent.ttl_cache import TtlCache
 
 LOOKUP_TTL_S = 2.0
+#: How long an OIDC token's userinfo answer (its national roles, R33) is reused: a role taken
+#: away at the identity provider applies to that token within this time.
+USERINFO_TTL_S = 60.0
 JWT_LEEWAY_S = 5  # as tokens.verify_local: expired once exp <= now - leeway
 
 
@@ -62,6 +65,8 @@ class Authenticator:
                 token_endpoint=settings.oidc_token_endpoint,
             )
             self.oidc = OidcVerifier(issuer, settings.oidc_audience)
+        # OIDC token digest -> the national RBAC claims of its userinfo answer
+        self._userinfo: TtlCache[dict[str, Any]] = TtlCache(USERINFO_TTL_S, limit=2_000)
 
     def bearer(self, token: str, address: str | None) -> Principal:
         token = token.strip()
@@ -74,7 +79,7 @@ class Authenticator:
         iss = tokens.unverified_issuer(token)
         try:
             if self.oidc is not None and iss == self.oidc.issuer:
-                return self._oidc_principal(self.oidc.verify(token), address)
+                return self._oidc_principal(self._with_userinfo(token), address)
             claims = tokens.verify_local(self.users.key, token)
         except TokenInvalid as exc:
             raise AuthenticationFailed(str(exc)) from exc
@@ -157,6 +162,20 @@ class Authenticator:
             if expires <= datetime.now(UTC):
                 raise AuthenticationFailed("the API token has expired")
         return self._user(user, address)
+
+    def _with_userinfo(self, token: str) -> dict[str, Any]:
+        """The verified claims of an OIDC token, with the national RBAC claims of the issuer's
+        userinfo answer when the token has none and SOLENT_OIDC_USERINFO_ENDPOINT is set."""
+        assert self.oidc is not None
+        claims = self.oidc.verify(token)
+        url = self.settings.oidc_userinfo_endpoint
+        if not url or self.users.national is None or "nhsid_nrbac_roles" in claims:
+            return claims
+        sub = claims["sub"]
+        extra = self._userinfo.get(
+            tokens.api_token_digest(token), lambda: read_userinfo(url, token, sub)
+        )
+        return {**claims, **extra}
 
     def _oidc_principal(self, claims: dict[str, object], address: str | None) -> Principal:
         if self.users.national is not None and "nhsid_nrbac_roles" in claims:
