@@ -20,6 +20,16 @@ class PrincipalKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class SmartLaunch:
+    """A SMART App Launch context (R23): the token's ``patient/`` scopes and its launch
+    patient (Solent's FHIR Patient id, the patient record's key). Reads are limited to that
+    patient, and the FHIR API to the resource types the scopes name."""
+
+    patient: int
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     kind: PrincipalKind
     name: str
@@ -35,6 +45,8 @@ class Principal:
     #: ``trust`` was selected at login (R33): the session acts for that organisation alone,
     #: even when the account holds others.
     org_selected: bool = False
+    #: A SMART launch's patient and scopes (R23); None: not limited to one patient.
+    launch: SmartLaunch | None = None
 
     @property
     def acts_for_one_org(self) -> bool:

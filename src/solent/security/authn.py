@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ from solent.security.oidc import OidcIssuer, OidcVerifier, read_userinfo
 from solent.security.tokens import TokenInvalid
 from solent.security.users import OrgRefused, UserService
 from solent.services.access import Role
+from solent.services.smart import LaunchInvalid, launch_of
 from solent.settings import Settings
 from solent.ttl_cache import TtlCache
 
@@ -79,7 +81,8 @@ class Authenticator:
         iss = tokens.unverified_issuer(token)
         try:
             if self.oidc is not None and iss == self.oidc.issuer:
-                return self._oidc_principal(self._with_userinfo(token), address)
+                claims = self._with_userinfo(token)
+                return _launched(self._oidc_principal(claims, address), claims)
             claims = tokens.verify_local(self.users.key, token)
         except TokenInvalid as exc:
             raise AuthenticationFailed(str(exc)) from exc
@@ -230,6 +233,15 @@ class Authenticator:
         return Principal(
             PrincipalKind.USER, name[:200], role.org, found.roles, address, national=found
         )
+
+
+def _launched(principal: Principal, claims: dict[str, Any]) -> Principal:
+    """``principal`` limited to a SMART launch's patient and scopes when the token has them."""
+    try:
+        launch = launch_of(claims)
+    except LaunchInvalid as exc:
+        raise AuthenticationFailed(str(exc)) from exc
+    return principal if launch is None else dataclasses.replace(principal, launch=launch)
 
 
 def national_roles_of(value: object) -> list[NationalRole]:

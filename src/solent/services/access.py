@@ -41,6 +41,7 @@ from solent.index.access import (
 )
 from solent.index.sql import Index
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef, audit_fields
+from solent.services.smart import allows as smart_allows
 
 if TYPE_CHECKING:
     from solent.services.national_rbac import NationalPolicy
@@ -237,6 +238,24 @@ class AccessService:
             r.value for r, p in ROLE_PERMISSIONS.items() if permission in p
         )
 
+    def require_resource(self, principal: Principal, resource_type: str, interaction: str) -> None:
+        """R23: refuse (403, audited) a FHIR ``interaction`` ('r' read, 's' search) of a
+        resource type the caller's SMART launch scopes do not name; no launch: no limit."""
+        launch = principal.launch
+        if launch is None or smart_allows(launch, resource_type, interaction):
+            return
+        doing = {"r": "read", "s": "search"}.get(interaction, interaction)
+        self._audit.record(
+            principal,
+            AuditAction.PERMISSION_DENIED,
+            AuditOutcome.DENIED,
+            detail={"smart_scopes": sorted(launch.scopes), "what": f"{doing} {resource_type}"},
+        )
+        raise AccessDenied(
+            f"this launch's scopes ({' '.join(sorted(launch.scopes))}) do not allow {doing} of "
+            f"{resource_type}; the app must ask for patient/{resource_type}.{interaction}"
+        )
+
     def scope(self, principal: Principal, *, conn: Connection | None = None) -> Scope:
         """``conn``: read the user in the caller's transaction (one round trip, no checkout)."""
         if principal.kind in (PrincipalKind.SYSTEM, PrincipalKind.IMPORTER):
@@ -262,6 +281,18 @@ class AccessService:
         """SELECT of visible patient pks; None means unrestricted."""
         if not self.permits(principal, Permission.READ):
             return select(t.patient.c.pk).where(false())
+        visible = self._visible_patients(principal, conn)
+        if principal.launch is None:
+            return visible
+        # R23: a SMART launch reads its launch patient only (within the caller's relationship).
+        launched = t.patient.c.pk == principal.launch.patient
+        if visible is None:
+            return select(t.patient.c.pk).where(launched)
+        return select(t.patient.c.pk).where(launched, t.patient.c.pk.in_(visible))
+
+    def _visible_patients(
+        self, principal: Principal, conn: Connection | None
+    ) -> VisiblePatients | None:
         scope = self.scope(principal, conn=conn)
         if scope.unrestricted:
             return None

@@ -58,6 +58,7 @@ class AccessCache:
             principal.roles,
             principal.national,
             principal.org_selected,
+            principal.launch,
             study_uid,
             action,
         )
