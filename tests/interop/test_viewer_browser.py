@@ -352,6 +352,29 @@ def test_iid_launch_from_a_plain_browser_signs_in_and_lands_on_the_study(
     assert not errors, errors
 
 
+def test_a_user_of_two_trusts_signs_in_for_one_and_sees_that_trusts_patients_only(
+    demo: RunningServer, browser: Any
+) -> None:
+    """R33: the organisation chosen at sign-in is the session's trust; Erin (known at ZZA only)
+    is out of reach of a ZZB session, Bob (ZZB) is shown; an organisation not held is refused."""
+    add_user(demo, "drab", "ZZA", "clinician", also=("ZZB",))
+    errors: list[str] = []
+    page = fresh_page(browser, errors)
+    page.goto(f"{demo.base_url}/viewer/")
+    page.fill("#sign-in input[name=org]", "ZZC")
+    sign_in_form(page, "drab")
+    page.wait_for_selector("#sign-in .error:has-text('not at ZZC')")
+    page.fill("#sign-in input[name=org]", "zzb")
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("#who:has-text('drab · ZZB')")
+    page.goto(f"{demo.base_url}/viewer/#/patient/ZZB/B7730444")
+    page.wait_for_selector(f".study-row[data-study='{BOB_CT}']")
+    page.goto(f"{demo.base_url}/viewer/#/patient/ZZA/A100002")
+    page.wait_for_selector("#app .error")
+    assert page.locator(f".study-row[data-study='{ERIN_CT}']").count() == 0
+    assert not errors, errors
+
+
 def test_iid_patient_launch_from_a_plain_browser(demo: RunningServer, browser: Any) -> None:
     """requestType=PATIENT by NHS number from ZZB's EPR, no token: sign in, the timeline."""
     errors: list[str] = []

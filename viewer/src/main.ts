@@ -77,13 +77,19 @@ function signInForm(): void {
     h('h1', {}, 'Sign in to Solent'),
     h('label', {}, 'User name', h('input', { name: 'username', autocomplete: 'username', required: true })),
     h('label', {}, 'Password', h('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true })),
+    h(
+      'label',
+      {},
+      'Organisation (ODS code; if you work for several)',
+      h('input', { name: 'org', autocomplete: 'organization', maxlength: '16', pattern: '[A-Za-z0-9_-]*' }),
+    ),
     error,
     h('button', { type: 'submit' }, 'Sign in'),
   );
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     const data = new FormData(form);
-    signIn(String(data.get('username')), String(data.get('password')))
+    signIn(String(data.get('username')), String(data.get('password')), String(data.get('org') ?? ''))
       .then(() => route())
       .catch((err: Error) => (error.textContent = err.message));
   });
@@ -104,7 +110,8 @@ async function showWho(): Promise<void> {
       setToken(null);
       route();
     });
-    who.replaceChildren(`${me.name} · ${me.trust ?? ''} · ${me.roles.join(', ')} `, out);
+    const role = me.national_role ? [me.national_role.job_role] : [];
+    who.replaceChildren(`${me.name} · ${me.trust ?? ''} · ${[...role, ...me.roles].join(', ')} `, out);
   } catch {
     who.replaceChildren();
   }

@@ -161,4 +161,6 @@ export interface Me {
   trusts: string[];
   roles: string[];
   permissions: string[];
+  /** The national RBAC role the session acts under (R33), or null. */
+  national_role: { org: string; job_role: string; activities: string[] } | null;
 }

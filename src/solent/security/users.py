@@ -195,7 +195,9 @@ class UserService:
                 f"you hold national roles at {', '.join(held)}: choose the organisation you "
                 "are working for at login (org=ODS code)"
             )
-        org = org.strip()
+        asked = org.strip()
+        # ODS codes are upper case; a user typing "zzb" means ZZB.
+        org = next((h for h in held if h.upper() == asked.upper()), asked)
         if org not in held:
             what = "a national role" if roles else "a role"
             raise OrgRefused(
