@@ -478,6 +478,48 @@ def test_single_sign_on_through_the_identity_provider(
     assert not errors, errors
 
 
+def test_smart_ehr_launch_opens_the_launch_patients_studies_only(
+    demo: RunningServer, idp: OidcProvider, browser: Any
+) -> None:
+    """R23: the EPR opens /viewer/?iss=<Solent's FHIR base>&launch=<id>; the viewer asks the
+    identity provider for the launch scopes, comes back with the launch patient and opens their
+    newest study with the rest listed. The token reads that patient record only."""
+    headers = add_user(demo, "smartcheck", "ZZA", "radiologist")
+    found = httpx.get(
+        f"{demo.base_url}/fhir/ImagingStudy",
+        params={"identifier": f"urn:oid:{ALICE_CT}"},
+        headers=headers,
+        timeout=30,
+    ).json()
+    patient = found["entry"][0]["resource"]["subject"]["reference"].removeprefix("Patient/")
+    idp.launches["epr-launch-1"] = patient
+    errors: list[str] = []
+    page = fresh_page(browser, errors)
+    page.goto(f"{demo.base_url}/viewer/?iss={demo.base_url}/fhir&launch=epr-launch-1")
+    page.wait_for_selector("#idp-user")
+    assert "launch=epr-launch-1" in page.url and "patient%2FImagingStudy.rs" in page.url
+    page.fill("#idp-user", "dr.sso")
+    page.fill("#idp-password", PASSWORD)
+    page.click("#idp-submit")
+    wait_image(page)
+    alice_cr = DEMO_ROOT + "1.2"  # ZZA A100001's newest study; the CT is listed beside it
+    assert f"#/study/{alice_cr}?launch=" in page.url and ALICE_CT in page.url
+    assert ALICE_MR not in page.url  # the same person's ZZB record is not the launch patient
+    token = page.evaluate("sessionStorage.getItem('solent.token')")
+    assert _claims(token)["patient"] == patient
+    other = httpx.get(
+        f"{demo.base_url}/fhir/ImagingStudy",
+        params={"identifier": f"urn:oid:{ALICE_MR}"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).json()
+    assert other.get("entry", []) == []
+    # A launch for another FHIR server is refused, saying so.
+    page.goto(f"{demo.base_url}/viewer/?iss=https://elsewhere.example/fhir&launch=x")
+    page.wait_for_selector("#app .error:has-text('launched it for https://elsewhere')")
+    assert not errors, errors
+
+
 def _claims(token: str) -> dict[str, Any]:
     claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     return claims
