@@ -35,6 +35,7 @@ from solent.services.mdt_live import LiveHub
 from solent.services.mdt_outcomes import MdtOutcomeService
 from solent.services.mdt_shared import open_broker
 from solent.services.migration import MigrationService
+from solent.services.national_rbac import load_policy
 from solent.services.outside_imports import OutsideImports
 from solent.services.patient_queries import PatientQueryService
 from solent.services.peers import PeerAddresses
@@ -85,12 +86,16 @@ class Archive:
 
     def __post_init__(self) -> None:
         self.audit = keyed_audit(self.index, self.settings)
+        national = load_policy(self.settings.rbac_policy) if self.settings.rbac_policy else None
         self.access = AccessService(
-            self.index, self.audit, break_glass_minutes=self.settings.break_glass_minutes
+            self.index,
+            self.audit,
+            break_glass_minutes=self.settings.break_glass_minutes,
+            national=national,
         )
         self.query.use_access(self.access)  # every query is scoped by the access rule
         identity = self.identity = IdentityService(self.index, production=self.settings.production)
-        users = UserService(self.index, self.settings, self.audit)
+        users = UserService(self.index, self.settings, self.audit, national)
         coding = ProcedureCoding(self.index, self.settings.procedure_map)
         inbox = InboxService(self.index, identity, coding)
         retrieve = RetrieveService(

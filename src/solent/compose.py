@@ -18,6 +18,7 @@ from solent.index.sql import Index
 from solent.security.audit_key import load_audit_key
 from solent.security.users import UserService
 from solent.services.audit import AuditTrail
+from solent.services.national_rbac import load_policy
 from solent.settings import Settings
 
 
@@ -58,4 +59,5 @@ def keyed_audit(index: Index, settings: Settings) -> AuditTrail:
 def user_service(settings: Settings) -> UserService:
     """Accounts and tokens of the archive of ``settings``, audited as in a running node."""
     index = open_index(settings)
-    return UserService(index, settings, keyed_audit(index, settings))
+    national = load_policy(settings.rbac_policy) if settings.rbac_policy else None
+    return UserService(index, settings, keyed_audit(index, settings), national)

@@ -287,6 +287,13 @@ class Settings(BaseSettings):
         "viewer's origin: CORS; empty: from the issuer's discovery document).",
     )
     oidc_scopes: str = Field("openid profile", description="Scopes the viewer asks the issuer for.")
+    oidc_userinfo_endpoint: str = Field(
+        "",
+        description="The issuer's userinfo endpoint, read (once a minute per token) for the "
+        "national RBAC claims nhsid_nrbac_roles and selected_roleid when the bearer token "
+        "carries none (NHS CIS2 access tokens; R33, needs SOLENT_RBAC_POLICY); empty: only the "
+        "token's own claims are read.",
+    )
     oidc_display_name: str = Field(
         "single sign-on", description="The identity provider's name on the sign-in button."
     )
@@ -297,6 +304,12 @@ class Settings(BaseSettings):
     )
     break_glass_minutes: int = Field(
         240, ge=1, le=7 * 24 * 60, description="How long a break-glass grant lasts."
+    )
+    rbac_policy: Path | None = Field(
+        None,
+        description="The consortium's national RBAC policy (R33): a TOML file saying which "
+        "activities (B-codes) grant which Solent permissions and roles, and the baseline "
+        "activities of job roles (R-codes); unset: Solent roles only.",
     )
     max_body_bytes: int = Field(
         4 * 1024**3, ge=1024, description="Largest HTTP request body accepted (413 beyond)."

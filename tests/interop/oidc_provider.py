@@ -40,6 +40,8 @@ class _Grant:
     challenge: str
     nonce: str
     expires: float
+    #: A SMART EHR launch (R23): (the scopes granted, the launch patient), else None.
+    smart: tuple[str, str] | None = None
 
 
 @dataclass
@@ -50,6 +52,8 @@ class OidcProvider:
     token_requests: list[str] = field(default_factory=list)
     #: Lifetime of the tokens it issues.
     token_seconds: int = 600
+    #: SMART EHR launches an EPR registered: launch id -> the launch patient (FHIR Patient id).
+    launches: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -58,7 +62,8 @@ class OidcProvider:
         self.jwks = {"keys": [jwk]}
         self._pending: dict[str, dict[str, str]] = {}  # login page id -> authorize request
         self._codes: dict[str, _Grant] = {}
-        self._refresh_tokens: dict[str, str] = {}  # refresh token -> user
+        # refresh token -> (user, SMART launch context)
+        self._refresh_tokens: dict[str, tuple[str, tuple[str, str] | None]] = {}
         self._lock = threading.Lock()
         provider = self
 
@@ -96,6 +101,8 @@ class OidcProvider:
             return 400, "response_type=code and scope openid expected"
         if q.get("code_challenge_method") != "S256" or len(q.get("code_challenge", "")) < 43:
             return 400, "PKCE with S256 is required"
+        if "launch" in q and (q["launch"] not in self.launches or not q.get("aud")):
+            return 400, "unknown launch, or no aud (the FHIR server launched for)"
         page = secrets.token_urlsafe(16)
         with self._lock:
             self._pending[page] = q
@@ -114,8 +121,14 @@ class OidcProvider:
                 return None
             del self._pending[page]
             code = secrets.token_urlsafe(24)
+            smart = (q["scope"], self.launches[q["launch"]]) if "launch" in q else None
             self._codes[code] = _Grant(
-                user, q["redirect_uri"], q["code_challenge"], q.get("nonce", ""), time.time() + 60
+                user,
+                q["redirect_uri"],
+                q["code_challenge"],
+                q.get("nonce", ""),
+                time.time() + 60,
+                smart,
             )
         back = {"code": code, **({"state": q["state"]} if "state" in q else {})}
         return f"{q['redirect_uri']}?{urlencode(back)}"
@@ -141,12 +154,12 @@ class OidcProvider:
         self.token_requests.append(error or "issued")
         if error is not None or grant is None:
             return 400, {"error": error}
-        return 200, self._tokens(grant.user, grant.nonce)
+        return 200, self._tokens(grant.user, grant.nonce, grant.smart)
 
     def _refresh(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """A refresh token works once and brings a new one (rotation, as Keycloak and Entra)."""
         with self._lock:
-            user = self._refresh_tokens.pop(form.get("refresh_token", ""), None)
+            user, smart = self._refresh_tokens.pop(form.get("refresh_token", ""), (None, None))
         error = (
             "invalid_grant"
             if user is None
@@ -157,9 +170,11 @@ class OidcProvider:
         self.token_requests.append(error or "refreshed")
         if error is not None or user is None:
             return 400, {"error": error}
-        return 200, self._tokens(user, None)
+        return 200, self._tokens(user, None, smart)
 
-    def _tokens(self, user: str, nonce: str | None) -> dict[str, Any]:
+    def _tokens(
+        self, user: str, nonce: str | None, smart: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
         account = self.accounts[user]
         now = int(time.time())
         life = self.token_seconds
@@ -176,6 +191,8 @@ class OidcProvider:
             "preferred_username": user,
             "trust": account.trust,
             "roles": list(account.roles),
+            # SMART: the scopes granted and the launch patient (as a SMART server's JWTs carry).
+            **({"scope": smart[0], "patient": smart[1]} if smart else {}),
         }
         ident = {**common, "aud": CLIENT_ID, "preferred_username": user}
         if nonce is not None:
@@ -183,13 +200,14 @@ class OidcProvider:
         sign = lambda claims: jwt.encode(claims, self.key, "RS256", headers={"kid": "k1"})  # noqa: E731
         refresh = secrets.token_urlsafe(24)
         with self._lock:
-            self._refresh_tokens[refresh] = user
+            self._refresh_tokens[refresh] = (user, smart)
         return {
             "access_token": sign(access),
             "id_token": sign(ident),
             "refresh_token": refresh,
             "token_type": "Bearer",
             "expires_in": life,
+            **({"scope": smart[0], "patient": smart[1]} if smart else {}),
         }
 
 

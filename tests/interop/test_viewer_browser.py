@@ -352,6 +352,29 @@ def test_iid_launch_from_a_plain_browser_signs_in_and_lands_on_the_study(
     assert not errors, errors
 
 
+def test_a_user_of_two_trusts_signs_in_for_one_and_sees_that_trusts_patients_only(
+    demo: RunningServer, browser: Any
+) -> None:
+    """R33: the organisation chosen at sign-in is the session's trust; Erin (known at ZZA only)
+    is out of reach of a ZZB session, Bob (ZZB) is shown; an organisation not held is refused."""
+    add_user(demo, "drab", "ZZA", "clinician", also=("ZZB",))
+    errors: list[str] = []
+    page = fresh_page(browser, errors)
+    page.goto(f"{demo.base_url}/viewer/")
+    page.fill("#sign-in input[name=org]", "ZZC")
+    sign_in_form(page, "drab")
+    page.wait_for_selector("#sign-in .error:has-text('not at ZZC')")
+    page.fill("#sign-in input[name=org]", "zzb")
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("#who:has-text('drab · ZZB')")
+    page.goto(f"{demo.base_url}/viewer/#/patient/ZZB/B7730444")
+    page.wait_for_selector(f".study-row[data-study='{BOB_CT}']")
+    page.goto(f"{demo.base_url}/viewer/#/patient/ZZA/A100002")
+    page.wait_for_selector("#app .error")
+    assert page.locator(f".study-row[data-study='{ERIN_CT}']").count() == 0
+    assert not errors, errors
+
+
 def test_iid_patient_launch_from_a_plain_browser(demo: RunningServer, browser: Any) -> None:
     """requestType=PATIENT by NHS number from ZZB's EPR, no token: sign in, the timeline."""
     errors: list[str] = []
@@ -452,6 +475,48 @@ def test_single_sign_on_through_the_identity_provider(
     token = page.evaluate("sessionStorage.getItem('solent.token')")
     assert jwt.decode(token, options={"verify_signature": False})["iss"] == idp.issuer
     shot(page, tmp_path, "20-sso-study")
+    assert not errors, errors
+
+
+def test_smart_ehr_launch_opens_the_launch_patients_studies_only(
+    demo: RunningServer, idp: OidcProvider, browser: Any
+) -> None:
+    """R23: the EPR opens /viewer/?iss=<Solent's FHIR base>&launch=<id>; the viewer asks the
+    identity provider for the launch scopes, comes back with the launch patient and opens their
+    newest study with the rest listed. The token reads that patient record only."""
+    headers = add_user(demo, "smartcheck", "ZZA", "radiologist")
+    found = httpx.get(
+        f"{demo.base_url}/fhir/ImagingStudy",
+        params={"identifier": f"urn:oid:{ALICE_CT}"},
+        headers=headers,
+        timeout=30,
+    ).json()
+    patient = found["entry"][0]["resource"]["subject"]["reference"].removeprefix("Patient/")
+    idp.launches["epr-launch-1"] = patient
+    errors: list[str] = []
+    page = fresh_page(browser, errors)
+    page.goto(f"{demo.base_url}/viewer/?iss={demo.base_url}/fhir&launch=epr-launch-1")
+    page.wait_for_selector("#idp-user")
+    assert "launch=epr-launch-1" in page.url and "patient%2FImagingStudy.rs" in page.url
+    page.fill("#idp-user", "dr.sso")
+    page.fill("#idp-password", PASSWORD)
+    page.click("#idp-submit")
+    wait_image(page)
+    alice_cr = DEMO_ROOT + "1.2"  # ZZA A100001's newest study; the CT is listed beside it
+    assert f"#/study/{alice_cr}?launch=" in page.url and ALICE_CT in page.url
+    assert ALICE_MR not in page.url  # the same person's ZZB record is not the launch patient
+    token = page.evaluate("sessionStorage.getItem('solent.token')")
+    assert _claims(token)["patient"] == patient
+    other = httpx.get(
+        f"{demo.base_url}/fhir/ImagingStudy",
+        params={"identifier": f"urn:oid:{ALICE_MR}"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).json()
+    assert other.get("entry", []) == []
+    # A launch for another FHIR server is refused, saying so.
+    page.goto(f"{demo.base_url}/viewer/?iss=https://elsewhere.example/fhir&launch=x")
+    page.wait_for_selector("#app .error:has-text('launched it for https://elsewhere')")
     assert not errors, errors
 
 

@@ -303,6 +303,7 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/api/users/{name}/password"): "accounts (test_security_admin)",
     ("PUT", "/api/users/{name}/roles"): "accounts (test_security_admin)",
     ("PUT", "/api/users/{name}/trusts"): "accounts (test_security_admin)",
+    ("PUT", "/api/users/{name}/national-roles"): "accounts (test_national_rbac)",
     ("OPTIONS", "/dicomweb"): "DICOMweb capabilities (no patient)",
     ("OPTIONS", "/dicomweb/"): "DICOMweb capabilities (no patient)",
     ("GET", "/api/stats"): "counts over what the caller may see",
@@ -387,6 +388,7 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
         "/api/identity/hl7/messages",
     ): "administrators of the sender's trust; test_guarded_door",
     ("GET", "/fhir/metadata"): "capability statement",
+    ("GET", "/fhir/.well-known/smart-configuration"): "public: SMART discovery (no patient)",
     (
         "GET",
         "/fhir/DiagnosticReport/{resource_id}",

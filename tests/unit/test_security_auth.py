@@ -32,7 +32,14 @@ from tests.unit.security_fixtures import PASSWORD, add_user, client, users
 __all__ = ["client"]
 
 # The viewer's static app shell holds no patient data; everything it reads needs a token.
-PUBLIC = {"/health", "/health/ready", "/viewer", "/viewer/{path:path}", "/api/auth/oidc"}
+PUBLIC = {
+    "/health",
+    "/health/ready",
+    "/viewer",
+    "/viewer/{path:path}",
+    "/api/auth/oidc",
+    "/fhir/.well-known/smart-configuration",
+}
 
 
 def _concrete(path: str) -> str:

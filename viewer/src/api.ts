@@ -160,10 +160,13 @@ export const put = <T>(path: string, body: unknown): Promise<T> => request<T>('P
 export const del = (path: string): Promise<void> => request<void>('DELETE', path);
 
 /** Password sign-in: the server exchanges HTTP Basic credentials for a bearer token. */
-export async function signIn(name: string, password: string): Promise<void> {
+/** Sign in; ``org`` (R33): the organisation (ODS code) the session acts for, '' for all of the
+ * account's (an account with national roles at several organisations must choose). */
+export async function signIn(name: string, password: string, org = ''): Promise<void> {
   const basic = btoa(unescape(encodeURIComponent(`${name}:${password}`)));
+  const at = org.trim() ? `?org=${encodeURIComponent(org.trim())}` : '';
   // credentials 'omit': a 401 Basic challenge must not open the browser's own password prompt.
-  const response = await fetch('/api/auth/token', {
+  const response = await fetch(`/api/auth/token${at}`, {
     method: 'POST',
     credentials: 'omit',
     headers: { Authorization: `Basic ${basic}`, Accept: 'application/json' },

@@ -1,5 +1,6 @@
-// Hash routes: #/ worklist, #/patient/ISSUER/ID timeline, #/study/UID reading, #/mdt meetings, #/notices report discrepancies (R32),
-// #/launch[/TRUST]?query an EPR launch that came without a token (launch.ts).
+// Hash routes: #/ worklist, #/patient/ISSUER/ID timeline, #/study/UID reading, #/mdt meetings,
+// #/notices report discrepancies (R32), #/launch[/TRUST]?query an EPR launch that came without a
+// token (launch.ts), #/smart/PATIENT the patient of a SMART EHR launch (?iss=&launch=, oidc.ts).
 // Hash routing keeps every screen one static index.html (IID lands on /viewer/#/...).
 // Code-split: this entry chunk holds the worklist and the sign-in only; the reading screen
 // (the Cornerstone core, trimmed by viewer/slim.ts) and the MDT screens are loaded on first
@@ -14,7 +15,7 @@ import { clear, errorBox, h } from './dom';
 import { toggleHelp } from './help';
 import { studyContext } from './data';
 import { launch } from './launch';
-import { finishOidc, oidcConfig, startOidc } from './oidc';
+import { finishOidc, oidcConfig, startOidc, startSmartLaunch } from './oidc';
 import { dropPreview, startPreview, warmAround } from './preview';
 import type { Me } from './types';
 import { worklist } from './worklist';
@@ -77,13 +78,19 @@ function signInForm(): void {
     h('h1', {}, 'Sign in to Solent'),
     h('label', {}, 'User name', h('input', { name: 'username', autocomplete: 'username', required: true })),
     h('label', {}, 'Password', h('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true })),
+    h(
+      'label',
+      {},
+      'Organisation (ODS code; if you work for several)',
+      h('input', { name: 'org', autocomplete: 'organization', maxlength: '16', pattern: '[A-Za-z0-9_-]*' }),
+    ),
     error,
     h('button', { type: 'submit' }, 'Sign in'),
   );
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     const data = new FormData(form);
-    signIn(String(data.get('username')), String(data.get('password')))
+    signIn(String(data.get('username')), String(data.get('password')), String(data.get('org') ?? ''))
       .then(() => route())
       .catch((err: Error) => (error.textContent = err.message));
   });
@@ -104,10 +111,32 @@ async function showWho(): Promise<void> {
       setToken(null);
       route();
     });
-    who.replaceChildren(`${me.name} · ${me.trust ?? ''} · ${me.roles.join(', ')} `, out);
+    const role = me.national_role ? [me.national_role.job_role] : [];
+    who.replaceChildren(`${me.name} · ${me.trust ?? ''} · ${[...role, ...me.roles].join(', ')} `, out);
   } catch {
     who.replaceChildren();
   }
+}
+
+interface StudyBundle {
+  entry?: { resource: { identifier?: { system?: string; value?: string }[]; started?: string } }[];
+}
+
+/** A SMART launch's patient: its studies through the launch token's own scope (FHIR
+ * ImagingStudy search), the newest opened with the rest listed (as an IID launch of several). */
+async function smartPatient(patient: string): Promise<void> {
+  const found = await get<StudyBundle>(`/fhir/ImagingStudy?patient=Patient/${encodeURIComponent(patient)}`);
+  const uids = (found.entry ?? [])
+    .map((e) => ({ started: e.resource.started ?? '', uid: (e.resource.identifier ?? []).find((i) => i.system === 'urn:dicom:uid')?.value?.replace(/^urn:oid:/, '') ?? '' }))
+    .filter((s) => /^[0-9.]+$/.test(s.uid))
+    .sort((a, b) => b.started.localeCompare(a.started))
+    .map((s) => s.uid);
+  if (!uids.length) {
+    app.append(errorBox('No images for this patient that you may see.'));
+    return;
+  }
+  const rest = uids.length > 1 ? `?launch=${uids.join(',')}` : '';
+  location.replace(`#/study/${uids[0]}${rest}`);
 }
 
 async function route(): Promise<void> {
@@ -129,6 +158,9 @@ async function route(): Promise<void> {
   try {
     if (parts[0] === 'launch') {
       await launch(app, parts[1] ?? null, search);
+    }
+    else if (parts[0] === 'smart' && parts[1]) {
+      await smartPatient(parts[1]);
     }
     else if (parts[0] === 'patient' && parts.length === 3) {
       await (await import('./timeline')).timeline(app, parts[1], parts[2]);
@@ -171,9 +203,24 @@ document.addEventListener('keydown', (e) => {
   if (e.key === '?' && !(e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement)) toggleHelp();
   if (e.key === 'Escape') (document.getElementById('help') as HTMLElement).hidden = true;
 });
-// Back from the identity provider: finish the sign-in first, then show where the user was.
-void finishOidc()
+// A SMART EHR launch goes to the identity provider at once; back from it: finish the sign-in
+// first, then show where the user was (or the launch patient).
+void startSmartLaunch()
+  .then(async (away) => {
+    if (!away) await finishOidc();
+    return away;
+  })
   .catch((e: Error) => {
     signInProblem = e.message;
+    return false;
   })
-  .then(() => route());
+  .then(async (away) => {
+    if (away) return;
+    const problem = signInProblem;
+    await route();
+    if (problem && token()) {
+      // Signed in already: the sign-in form that would show it is not on screen.
+      signInProblem = '';
+      app.prepend(errorBox(problem));
+    }
+  });

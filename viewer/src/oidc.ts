@@ -22,7 +22,12 @@ interface Pending {
   nonce: string;
   hash: string;
   config: OidcConfig;
+  /** A SMART EHR launch (R23): open the launch patient on the way back. */
+  smart?: boolean;
 }
+
+/** The scopes a SMART EHR launch asks for: the user, the launch context, the patient's studies. */
+const SMART_SCOPES = 'openid fhirUser launch patient/ImagingStudy.rs';
 
 const PENDING = 'solent.oidc';
 
@@ -46,10 +51,11 @@ const random = (n: number): string => b64url(crypto.getRandomValues(new Uint8Arr
 const redirectUri = (): string => `${location.origin}${import.meta.env.BASE_URL}`;
 
 /** Off to the IdP; where the user was (a launch, a study) is kept for the way back. */
-export async function startOidc(c: OidcConfig): Promise<void> {
+export async function startOidc(c: OidcConfig, extra: Record<string, string> = {}): Promise<void> {
   const verifier = random(32);
   const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier));
-  const pending: Pending = { verifier, state: random(16), nonce: random(16), hash: location.hash, config: c };
+  const smart = 'launch' in extra;
+  const pending: Pending = { verifier, state: random(16), nonce: random(16), hash: smart ? '' : location.hash, config: c, smart };
   sessionStorage.setItem(PENDING, JSON.stringify(pending));
   const url = new URL(c.authorization_endpoint);
   for (const [k, v] of Object.entries({
@@ -61,6 +67,7 @@ export async function startOidc(c: OidcConfig): Promise<void> {
     nonce: pending.nonce,
     code_challenge: b64url(new Uint8Array(digest)),
     code_challenge_method: 'S256',
+    ...extra,
   })) {
     url.searchParams.set(k, v);
   }
@@ -113,5 +120,35 @@ export async function finishOidc(): Promise<boolean> {
   if (typeof bearer !== 'string' || !bearer) throw new Error(`${c.display_name} sent no ${c.token}.`);
   const refresh = typeof body.refresh_token === 'string' ? body.refresh_token : '';
   setToken(bearer, { token_endpoint: c.token_endpoint, client_id: c.client_id, refresh_token: refresh, token: c.token });
+  if (pending.smart) {
+    if (typeof body.patient !== 'string' || !/^[0-9]+$/.test(body.patient)) {
+      throw new Error(`${c.display_name} gave this launch no patient; open the viewer from the EPR again.`);
+    }
+    history.replaceState(null, '', `${import.meta.env.BASE_URL}#/smart/${body.patient}`);
+  }
+  return true;
+}
+
+/** SMART App Launch "EHR launch" (R23): the EPR opens /viewer/?iss=<this archive's FHIR base>
+ * &launch=<its opaque launch id>. Off to the identity provider (the authorization server named
+ * by the FHIR server's /.well-known/smart-configuration) with the launch scopes, the launch id
+ * and aud=iss; false when this page load is no launch. Throws a readable message when it cannot
+ * be one of ours. */
+export async function startSmartLaunch(): Promise<boolean> {
+  const params = new URLSearchParams(location.search);
+  const iss = params.get('iss');
+  const launchId = params.get('launch');
+  if (!iss || !launchId) return false;
+  history.replaceState(null, '', import.meta.env.BASE_URL);
+  const base = `${location.origin}/fhir`;
+  if (iss.replace(/\/+$/, '') !== base) {
+    throw new Error(`This viewer serves ${base}; the EPR launched it for ${iss}.`);
+  }
+  const c = await oidcConfig();
+  const found = await fetch(`${base}/.well-known/smart-configuration`, { credentials: 'omit', headers: { Accept: 'application/json' } }).catch(() => null);
+  if (!c || !found?.ok) throw new Error('A SMART launch needs the region\'s single sign-on, which is not available.');
+  const smart = (await found.json()) as { authorization_endpoint: string; token_endpoint: string };
+  const config = { ...c, authorization_endpoint: smart.authorization_endpoint, token_endpoint: smart.token_endpoint, scopes: SMART_SCOPES };
+  await startOidc(config, { launch: launchId, aud: iss });
   return true;
 }

@@ -161,6 +161,8 @@ export interface Me {
   trusts: string[];
   roles: string[];
   permissions: string[];
+  /** The national RBAC role the session acts under (R33), or null. */
+  national_role: { org: string; job_role: string; activities: string[] } | null;
 }
 
 /** R32: the radiology input to an MDT, recorded against the studies reviewed. */

@@ -9,12 +9,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from solent.domain.national_role import RoleInForce
+
 
 class PrincipalKind(StrEnum):
     NODE = "node"  # a registered DICOM node or HL7 sender
     USER = "user"  # a person or a service account over HTTP
     IMPORTER = "importer"  # the command-line importer / migration
     SYSTEM = "system"  # Solent itself (demo loader, janitor)
+
+
+@dataclass(frozen=True, slots=True)
+class SmartLaunch:
+    """A SMART App Launch context (R23): the token's ``patient/`` scopes and its launch
+    patient (Solent's FHIR Patient id, the patient record's key). Reads are limited to that
+    patient, and the FHIR API to the resource types the scopes name."""
+
+    patient: int
+    scopes: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +39,18 @@ class Principal:
     #: Why the caller reads, as they declared it and a service accepted it (e.g. ``mdt:7``, a
     #: participant's reads during MDT meeting 7); audit records carry it unless given another.
     purpose: str | None = None
+    #: The national RBAC role the session acts under (R33): its organisation is ``trust``, and
+    #: its permissions replace those of ``roles`` (which then are the roles it grants).
+    national: RoleInForce | None = None
+    #: ``trust`` was selected at login (R33): the session acts for that organisation alone,
+    #: even when the account holds others.
+    org_selected: bool = False
+    #: A SMART launch's patient and scopes (R23); None: not limited to one patient.
+    launch: SmartLaunch | None = None
+
+    @property
+    def acts_for_one_org(self) -> bool:
+        return self.national is not None or self.org_selected
 
     def describe(self) -> str:
         at = f"@{self.trust}" if self.trust else ""

@@ -271,6 +271,9 @@ app_user = Table(
     # Bumped by a password change or "log out everywhere": bearer tokens carry the value they
     # were issued under, so older ones stop working (revision 0002).
     Column("session_epoch", Integer, nullable=False, default=0, server_default="0"),
+    # National RBAC roles assigned to a local account (R33, revision 0026): a JSON list of
+    # {"org", "job_role", "activities"}; NULL: none.
+    Column("national_roles", Text, nullable=True),
 )
 
 # Service API tokens: only the SHA-256 of the token is stored.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -9,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, or_, select, update
 
+from solent.domain.national_role import NationalRole
 from solent.errors import AlreadyExists, NotFound
 from solent.index import audit as chain
 from solent.index import schema as t
@@ -24,6 +26,8 @@ class UserRow:
     password_hash: str | None
     disabled: bool
     session_epoch: int = 0
+    #: National RBAC roles assigned to this local account (R33), one per organisation.
+    national_roles: tuple[NationalRole, ...] = ()
 
     @property
     def trusts(self) -> frozenset[str]:
@@ -32,6 +36,27 @@ class UserRow:
 
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(v for v in (value or "").split(",") if v)
+
+
+def national_roles_json(roles: Collection[NationalRole]) -> str | None:
+    if not roles:
+        return None
+    return json.dumps(
+        [
+            {"org": r.org, "job_role": r.job_role, "activities": sorted(r.activities)}
+            for r in sorted(roles, key=lambda r: r.org)
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _national(value: str | None) -> tuple[NationalRole, ...]:
+    if not value:
+        return ()
+    return tuple(
+        NationalRole(str(e["org"]), str(e["job_role"]), frozenset(map(str, e["activities"])))
+        for e in json.loads(value)
+    )
 
 
 def _user(r: object) -> UserRow:
@@ -43,6 +68,7 @@ def _user(r: object) -> UserRow:
         r.password_hash,  # type: ignore[attr-defined]
         bool(r.disabled),  # type: ignore[attr-defined]
         int(r.session_epoch or 0),  # type: ignore[attr-defined]
+        _national(r.national_roles),  # type: ignore[attr-defined]
     )
 
 
@@ -115,6 +141,7 @@ def update_user(
     password_hash: str | None = None,
     disabled: bool | None = None,
     end_sessions: bool = False,
+    national_roles: Collection[NationalRole] | None = None,
     audit: dict[str, Any] | None = None,
 ) -> None:
     """Change a user in one transaction with its audit row.
@@ -133,12 +160,18 @@ def update_user(
         values["password_hash"] = password_hash
     if disabled is not None:
         values["disabled"] = disabled
+    if national_roles is not None:
+        values["national_roles"] = national_roles_json(national_roles)
 
     if end_sessions:
         values["session_epoch"] = t.app_user.c.session_epoch + 1
 
     def op(conn: Connection) -> None:
-        given = (values.get("trust_code"), *(other_trusts or ()))
+        given = (
+            values.get("trust_code"),
+            *(other_trusts or ()),
+            *(r.org for r in national_roles or ()),
+        )
         _require_trusts(conn, tuple(str(c) for c in given if c))
         res = conn.execute(update(t.app_user).where(t.app_user.c.name == name).values(**values))
         if res.rowcount == 0:

@@ -75,6 +75,18 @@ def register(sub: Any) -> None:
     ut.add_argument("--trust", required=True)
     ut.add_argument("--also-trust", action="append", default=[], help="further trusts (repeat)")
     ut.set_defaults(handler=_user_trusts)
+    un = u.add_parser(
+        "national-roles",
+        help="replace a user's national RBAC roles (R33; needs SOLENT_RBAC_POLICY; audited)",
+    )
+    un.add_argument("name")
+    un.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        help="ORG:R-CODE[:B0000+B0001], e.g. ZZA:R8000:B0264 (repeat; none: remove them all)",
+    )
+    un.set_defaults(handler=_user_national_roles)
     uo = u.add_parser("logout", help="end every session and API token of a user")
     uo.add_argument("name")
     uo.set_defaults(handler=_user_logout)
@@ -91,6 +103,9 @@ def register(sub: Any) -> None:
         "--days", type=int, help="lifetime of an --api token (default: SOLENT_API_TOKEN_DAYS)"
     )
     tc.add_argument("--label", default="", help="what the --api token is for")
+    tc.add_argument(
+        "--org", help="the organisation (ODS code) the login token's session acts for (R33)"
+    )
     tc.set_defaults(handler=_token_create)
     tl = t.add_parser("list", help="list API tokens (never the secret): id, user, expiry")
     tl.add_argument("--user")
@@ -287,6 +302,16 @@ def _user_trusts(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _user_national_roles(args: argparse.Namespace, settings: Settings) -> int:
+    from solent.security.users import parse_national_role
+
+    roles = tuple(parse_national_role(v) for v in args.role)
+    row = _users(settings).set_national_roles(cli_principal(), args.name, roles)
+    held = [f"{r.org}:{r.job_role}:{'+'.join(sorted(r.activities))}" for r in row.national_roles]
+    print(f"user {row.name} now has national role(s) {', '.join(held) or '(none)'}")
+    return 0
+
+
 def _user_logout(args: argparse.Namespace, settings: Settings) -> int:
     _users(settings).end_sessions(cli_principal(), args.name)
     print(f"every session and API token of {args.name} ended")
@@ -312,7 +337,7 @@ def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     if args.api:
         issued = users.issue_api_token(cli_principal(), args.user, args.label, args.days)
     else:
-        issued = users.issue(args.user, actor=cli_principal())
+        issued = users.issue(args.user, actor=cli_principal(), org=args.org)
     until = issued.expires_at.isoformat() if issued.expires_at else "revoked"
     ident = f" (id {issued.id})" if issued.id is not None else ""
     print(f"bearer token{ident} for {args.user}, valid until {until}:", file=sys.stderr)

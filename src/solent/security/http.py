@@ -36,7 +36,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Paths anyone may reach. Everything else, including routes added later, needs a principal.
 # /api/auth/oidc: what the viewer's sign-in needs to send a user to the IdP (no secret).
-PUBLIC_PATHS = frozenset({"/health", "/health/ready", "/viewer", "/api/auth/oidc"})
+# /fhir/.well-known/smart-configuration: SMART App Launch discovery (R23; no secret).
+PUBLIC_PATHS = frozenset(
+    {
+        "/health",
+        "/health/ready",
+        "/viewer",
+        "/api/auth/oidc",
+        "/fhir/.well-known/smart-configuration",
+    }
+)
 # The viewer's static app shell (no patient data; everything it reads needs a bearer token).
 PUBLIC_PREFIXES = ("/viewer/",)
 # Where a password (HTTP Basic) is exchanged for a bearer token; the only place Basic works.

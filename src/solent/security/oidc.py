@@ -176,3 +176,30 @@ class OidcVerifier:
         except jwt.InvalidTokenError as exc:
             raise TokenInvalid(f"the token is not valid: {type(exc).__name__}") from exc
         return claims
+
+
+#: The userinfo claims Solent reads (R33): the national roles and the role selected at sign-in.
+USERINFO_CLAIMS = ("nhsid_nrbac_roles", "selected_roleid")
+
+
+def read_userinfo(url: str, token: str, sub: object, timeout: float = TIMEOUT_S) -> dict[str, Any]:
+    """The national RBAC claims of the issuer's userinfo answer for ``token`` (NHS CIS2 puts
+    ``nhsid_nrbac_roles`` there rather than in its access tokens). OpenID Connect Core 5.3.2:
+    the answer's ``sub`` must be the token's, or it is about someone else."""
+    try:
+        response = httpx.get(
+            url,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            timeout=timeout,
+            follow_redirects=False,
+        )
+        response.raise_for_status()
+        doc = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise TokenInvalid(
+            f"the issuer's userinfo endpoint could not be read ({type(exc).__name__}); "
+            "check SOLENT_OIDC_USERINFO_ENDPOINT"
+        ) from exc
+    if not isinstance(doc, dict) or doc.get("sub") != sub:
+        raise TokenInvalid("the issuer's userinfo answer is not about this token's subject")
+    return {k: doc[k] for k in USERINFO_CLAIMS if k in doc}

@@ -22,8 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from solent.domain.national_role import JOB_ROLE, NationalRole
 from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import InvalidInput, NotFound
 from solent.index import security as sec
@@ -41,10 +42,14 @@ from solent.services.access import (
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, audit_fields
 from solent.settings import Settings
 
+if TYPE_CHECKING:
+    from solent.services.national_rbac import NationalPolicy
+
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 __all__ = [
     "NOT_WITH_ADMIN",
     "IssuedToken",
+    "OrgRefused",
     "SessionEnded",
     "UserService",
     "check_role_mix",
@@ -52,6 +57,10 @@ __all__ = [
     "principal_of",
 ]
 _OPERATOR = (PrincipalKind.SYSTEM, PrincipalKind.IMPORTER)
+
+
+class OrgRefused(AccessDenied):
+    """The organisation asked for at login is not one the account holds a role at (R33)."""
 
 
 class SessionEnded(Exception):
@@ -99,8 +108,35 @@ def check_role_mix(roles: tuple[str, ...], trust: str | None, others: tuple[str,
         )
 
 
-def principal_of(row: sec.UserRow, address: str | None = None) -> Principal:
-    return Principal(PrincipalKind.USER, row.name, row.trust, frozenset(row.roles), address)
+def principal_of(
+    row: sec.UserRow,
+    address: str | None = None,
+    org: str | None = None,
+    policy: NationalPolicy | None = None,
+) -> Principal:
+    """The caller a local account is: for every trust it holds, or (R33) for ``org``, the
+    organisation selected at login (checked by `session_org`) under its national role there."""
+    if org is None:
+        return Principal(PrincipalKind.USER, row.name, row.trust, frozenset(row.roles), address)
+    role = next((r for r in row.national_roles if r.org == org), None)
+    if role is not None and policy is not None:
+        found = policy.resolve(role)
+        return Principal(PrincipalKind.USER, row.name, org, found.roles, address, national=found)
+    return Principal(
+        PrincipalKind.USER, row.name, org, frozenset(row.roles), address, org_selected=True
+    )
+
+
+def parse_national_role(value: str) -> NationalRole:
+    """``ORG:R-CODE[:B0001+B0002...]`` (the CLI's and API's form of one assignment)."""
+    org, _, rest = value.strip().partition(":")
+    job_role, _, activities = rest.partition(":")
+    codes = frozenset(a.strip().upper() for a in activities.replace(",", "+").split("+") if a)
+    if not org or not JOB_ROLE.match(job_role.strip().upper()):
+        raise InvalidInput(
+            f"national role {value!r}: give ORG:R-CODE[:B0000+B0001], e.g. ZZA:R8000:B0264"
+        )
+    return NationalRole(org.strip(), job_role.strip().upper(), codes)
 
 
 def _grants(
@@ -119,12 +155,60 @@ def _grants(
 
 
 class UserService:
-    def __init__(self, index: Index, settings: Settings, audit: AuditTrail) -> None:
+    def __init__(
+        self,
+        index: Index,
+        settings: Settings,
+        audit: AuditTrail,
+        national: NationalPolicy | None = None,
+    ) -> None:
         self._index = index
         self.settings = settings
         self._trail = audit
         self.limits = LoginLimits(settings)
         self._key: SigningKey | None = None
+        #: The consortium's national RBAC policy (R33); None: Solent roles only.
+        self.national = national
+
+    # -- the organisation a session acts for (R33) ---------------------------------------------
+
+    def session_org(self, row: sec.UserRow, org: str | None) -> str | None:
+        """The organisation a session of ``row`` acts for, given the one asked for at login.
+
+        An account with national roles acts under one of them, so for one organisation (the
+        only one it has, else the one chosen); an account without acts for ``org`` when one
+        is chosen, else for all its trusts (None). Raises OrgRefused naming the choices."""
+        roles = row.national_roles if self.national is not None else ()
+        # A national role counts only at a trust the account still holds.
+        held = sorted({r.org for r in roles} & row.trusts if roles else row.trusts)
+        if roles and not held:
+            raise OrgRefused(
+                "your national roles are at organisations this account no longer holds; "
+                "ask your administrator"
+            )
+        if org is None:
+            if not roles:
+                return None
+            if len(held) == 1:
+                return held[0]
+            raise OrgRefused(
+                f"you hold national roles at {', '.join(held)}: choose the organisation you "
+                "are working for at login (org=ODS code)"
+            )
+        asked = org.strip()
+        # ODS codes are upper case; a user typing "zzb" means ZZB.
+        org = next((h for h in held if h.upper() == asked.upper()), asked)
+        if org not in held:
+            what = "a national role" if roles else "a role"
+            raise OrgRefused(
+                f"you hold {what} at {', '.join(held) or 'no organisation'}, not at {org}; "
+                "choose one of those"
+            )
+        return org
+
+    def principal(self, row: sec.UserRow, address: str | None, org: str | None) -> Principal:
+        """The caller a session of ``row`` for ``org`` is (OrgRefused when no longer held)."""
+        return principal_of(row, address, self.session_org(row, org), self.national)
 
     @property
     def key(self) -> SigningKey:
@@ -232,6 +316,11 @@ class UserService:
     def set_roles(self, actor: Principal, name: str, roles: tuple[str, ...]) -> sec.UserRow:
         row = self._target(actor, name)
         check_role_mix(roles, row.trust, row.other_trusts)
+        if Role.PACS_ADMIN.value in roles and row.national_roles:
+            raise InvalidInput(
+                "this account holds national roles (patient data); an administrator must be a "
+                "separate account"
+            )
         if actor.name == name and actor.kind is PrincipalKind.USER:
             raise self._refused(actor, "an administrator cannot change its own roles")
         changes = _grants(row, roles, row.trusts)
@@ -257,6 +346,62 @@ class UserService:
             trust=trust,
             other_trusts=others,
             audit=self._audit(actor, {"user": name, "trust": trust, **changes}),
+        )
+        found = sec.get_user(self._index, name)
+        assert found is not None
+        return found
+
+    def set_national_roles(
+        self, actor: Principal, name: str, roles: tuple[NationalRole, ...]
+    ) -> sec.UserRow:
+        """Assign a local account its national RBAC roles (R33), one per organisation, each at
+        one of the account's trusts and in the consortium's policy; () removes them all."""
+        row = self._target(actor, name)
+        if self.national is None and roles:
+            raise InvalidInput(
+                "national RBAC is not configured: set SOLENT_RBAC_POLICY to the consortium's "
+                "policy file first"
+            )
+        if actor.name == name and actor.kind is PrincipalKind.USER:
+            raise self._refused(actor, "an administrator cannot change its own roles")
+        if roles and Role.PACS_ADMIN.value in row.roles:
+            raise InvalidInput(
+                "an administrator account holds no national role (it would read patient data); "
+                "use a separate account"
+            )
+        orgs = [r.org for r in roles]
+        twice = sorted({o for o in orgs if orgs.count(o) > 1})
+        if twice:
+            raise InvalidInput(f"one national role per organisation: {', '.join(twice)} twice")
+        outside = sorted(set(orgs) - row.trusts)
+        if outside:
+            raise InvalidInput(
+                f"user {name} holds no trust {', '.join(outside)}; give it the trust first "
+                "(its trusts: " + (", ".join(sorted(row.trusts)) or "none") + ")"
+            )
+        assert self.national is not None or not roles
+        for role in roles:
+            unknown = self.national.unknown(role) if self.national else []
+            if unknown:
+                raise InvalidInput(
+                    f"{', '.join(unknown)} not in the consortium's RBAC policy "
+                    f"({self.national.source if self.national else ''}); check the code"
+                )
+        self._may_give(actor, row.trust, tuple(orgs))
+
+        def described(rs: tuple[NationalRole, ...]) -> list[str]:
+            return sorted(f"{r.org}:{r.job_role}:{'+'.join(sorted(r.activities))}" for r in rs)
+
+        before, after = described(row.national_roles), described(roles)
+        changes = {
+            "national_roles_added": sorted(set(after) - set(before)),
+            "national_roles_removed": sorted(set(before) - set(after)),
+        }
+        sec.update_user(
+            self._index,
+            name,
+            national_roles=roles,
+            audit=self._audit(actor, {"user": name, **{k: v for k, v in changes.items() if v}}),
         )
         found = sec.get_user(self._index, name)
         assert found is not None
@@ -347,10 +492,14 @@ class UserService:
             self.limits.failed(name, addr)
         return ok
 
-    def login(self, name: str, password: str, address: str | None) -> IssuedToken | None:
-        """Check a password; on success a short-lived bearer token. Both outcomes are audited.
+    def login(
+        self, name: str, password: str, address: str | None, org: str | None = None
+    ) -> IssuedToken | None:
+        """Check a password; on success a short-lived bearer token for the organisation
+        ``org`` (R33; see `session_org`). Both outcomes are audited.
 
-        Raises LoginThrottled (too many attempts) or LoginBusy (no Argon2 slot in time).
+        Raises LoginThrottled (too many attempts), LoginBusy (no Argon2 slot in time) or
+        OrgRefused (the password is right but the organisation is not the account's).
         """
         row = sec.get_user(self._index, name) if NAME.match(name) else None
         ok = self._check(row, name, password, address)
@@ -363,12 +512,30 @@ class UserService:
                 detail={"method": "password", "why": "disabled" if row and ok else "bad"},
             )
             return None
+        try:
+            chosen = self.session_org(row, org)
+        except OrgRefused as exc:
+            self._trail.record(
+                principal_of(row, address),
+                AuditAction.LOGIN_FAILED,
+                AuditOutcome.DENIED,
+                detail={"method": "password", "why": "organisation", "org": (org or "")[:16]},
+            )
+            raise exc from None
         self._trail.record(
-            principal_of(row, address), AuditAction.LOGIN, detail={"method": "password"}
+            principal_of(row, address, chosen, self.national),
+            AuditAction.LOGIN,
+            detail={"method": "password", **({"org": chosen} if chosen else {})},
         )
-        return self._issue(row.name)
+        return self._issue(row.name, org=chosen)
 
-    def issue(self, name: str, actor: Principal, auth_time: datetime | None = None) -> IssuedToken:
+    def issue(
+        self,
+        name: str,
+        actor: Principal,
+        auth_time: datetime | None = None,
+        org: str | None = None,
+    ) -> IssuedToken:
         """A login token for ``name`` minted by the operator on the server (`solent token
         create`), audited; people get theirs by logging in. No adapter can mint one for a
         user it has not authenticated (issue 11: that would be every patient's data)."""
@@ -377,12 +544,18 @@ class UserService:
                 "only the operator on the server mints a token for another user "
                 "(`solent token create`); log in for your own"
             )
-        issued = self._issue(name, auth_time)
-        self._trail.record(actor, AuditAction.USER_ADMIN, detail={"token_for": name})
+        row = sec.get_user(self._index, name)
+        chosen = self.session_org(row, org) if row is not None else None
+        issued = self._issue(name, auth_time, org=chosen)
+        detail = {"token_for": name, **({"org": chosen} if chosen else {})}
+        self._trail.record(actor, AuditAction.USER_ADMIN, detail=detail)
         return issued
 
-    def _issue(self, name: str, auth_time: datetime | None = None) -> IssuedToken:
-        """A bearer token; ``auth_time`` (default now) starts the session's absolute lifetime."""
+    def _issue(
+        self, name: str, auth_time: datetime | None = None, *, org: str | None = None
+    ) -> IssuedToken:
+        """A bearer token; ``auth_time`` (default now) starts the session's absolute lifetime;
+        ``org`` (R33) is the organisation the session acts for, carried as claim ``org``."""
         row = sec.get_user(self._index, name)
         if row is None:
             raise NotFound(f"user {name} does not exist; add it with `solent user add`")
@@ -398,7 +571,11 @@ class UserService:
             self.key,
             name,
             min(ttl, left),
-            {"sep": row.session_epoch, "auth_time": int(started.timestamp())},
+            {
+                "sep": row.session_epoch,
+                "auth_time": int(started.timestamp()),
+                **({"org": org} if org else {}),
+            },
         )
         return IssuedToken(token, expires)
 
@@ -414,7 +591,12 @@ class UserService:
         if row is None or row.disabled or claims.get("sep", 0) != row.session_epoch:
             raise SessionEnded("the session has ended; log in again")
         started = datetime.fromtimestamp(int(claims.get("auth_time", claims["iat"])), UTC)
-        return self._issue(row.name, auth_time=started)
+        org = claims.get("org")
+        try:
+            chosen = self.session_org(row, org if isinstance(org, str) else None)
+        except OrgRefused as exc:
+            raise SessionEnded(f"{exc}; log in again") from exc
+        return self._issue(row.name, auth_time=started, org=chosen)
 
     # -- API tokens ----------------------------------------------------------------------------
 

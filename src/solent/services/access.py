@@ -23,7 +23,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, exists, false, select, true
 from sqlalchemy.sql.elements import ColumnElement
@@ -41,6 +41,10 @@ from solent.index.access import (
 )
 from solent.index.sql import Index
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef, audit_fields
+from solent.services.smart import allows as smart_allows
+
+if TYPE_CHECKING:
+    from solent.services.national_rbac import NationalPolicy
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +148,9 @@ def permissions_of(principal: Principal) -> frozenset[Permission]:
     if principal.kind is PrincipalKind.NODE:
         # What a registered node may do is further limited by its allow-list (DIMSE adapter).
         return frozenset({Permission.READ, Permission.STORE})
+    if principal.national is not None:
+        # R33: the national role in force decides (the policy grants no administration).
+        return frozenset(Permission(p) for p in principal.national.permissions)
     if mixed_admin_roles(principal):
         # An administrator could otherwise give itself patient access: admin wins, the
         # clinical and audit roles count for nothing until the account is split.
@@ -161,6 +168,8 @@ def mixed_admin_roles(principal: Principal) -> list[str]:
     """The roles a user holds beside ``pacs_admin`` that no administrator may hold."""
     if principal.kind is not PrincipalKind.USER or Role.PACS_ADMIN.value not in principal.roles:
         return []
+    if principal.national is not None:
+        return []
     return sorted(r for r in principal.roles if r in NOT_WITH_ADMIN)
 
 
@@ -169,10 +178,19 @@ def role_names() -> list[str]:
 
 
 class AccessService:
-    def __init__(self, index: Index, audit: AuditTrail, *, break_glass_minutes: int = 240) -> None:
+    def __init__(
+        self,
+        index: Index,
+        audit: AuditTrail,
+        *,
+        break_glass_minutes: int = 240,
+        national: NationalPolicy | None = None,
+    ) -> None:
         self._index = index
         self._audit = audit
         self.break_glass_minutes = break_glass_minutes
+        #: The consortium's national RBAC policy (R33); None: local roles only.
+        self.national = national
 
     # -- what a principal may do ------------------------------------------------------------
 
@@ -186,12 +204,7 @@ class AccessService:
         """Raise AccessDenied (and audit it) unless the principal's role allows ``permission``."""
         if self.permits(principal, permission):
             return
-        roles = ", ".join(sorted(principal.roles)) or "none"
-        message = (
-            f"your role ({roles}) does not allow {what or permission.value}; "
-            "roles that do: "
-            + ", ".join(r.value for r, p in ROLE_PERMISSIONS.items() if permission in p)
-        )
+        message = self._refusal(principal, permission, what)
         mixed = mixed_admin_roles(principal)
         if mixed:
             message = (
@@ -207,6 +220,42 @@ class AccessService:
         )
         raise AccessDenied(message)
 
+    def _refusal(self, principal: Principal, permission: Permission, what: str) -> str:
+        """Why ``principal`` may not: its role(s) and what would allow it, in words."""
+        doing = what or permission.value
+        national = principal.national
+        if national is not None:
+            held = ", ".join(sorted(national.activities)) or "none"
+            granting = self.national.granting(permission) if self.national else []
+            return (
+                f"your national role {national.job_role} at {national.org} (activities: {held}) "
+                f"does not allow {doing}; in this consortium's RBAC policy the activities that "
+                f"do are: {', '.join(granting) or 'none'}. Select another role at login, or ask "
+                "your Registration Authority for the activity"
+            )
+        roles = ", ".join(sorted(principal.roles)) or "none"
+        return f"your role ({roles}) does not allow {doing}; roles that do: " + ", ".join(
+            r.value for r, p in ROLE_PERMISSIONS.items() if permission in p
+        )
+
+    def require_resource(self, principal: Principal, resource_type: str, interaction: str) -> None:
+        """R23: refuse (403, audited) a FHIR ``interaction`` ('r' read, 's' search) of a
+        resource type the caller's SMART launch scopes do not name; no launch: no limit."""
+        launch = principal.launch
+        if launch is None or smart_allows(launch, resource_type, interaction):
+            return
+        doing = {"r": "read", "s": "search"}.get(interaction, interaction)
+        self._audit.record(
+            principal,
+            AuditAction.PERMISSION_DENIED,
+            AuditOutcome.DENIED,
+            detail={"smart_scopes": sorted(launch.scopes), "what": f"{doing} {resource_type}"},
+        )
+        raise AccessDenied(
+            f"this launch's scopes ({' '.join(sorted(launch.scopes))}) do not allow {doing} of "
+            f"{resource_type}; the app must ask for patient/{resource_type}.{interaction}"
+        )
+
     def scope(self, principal: Principal, *, conn: Connection | None = None) -> Scope:
         """``conn``: read the user in the caller's transaction (one round trip, no checkout)."""
         if principal.kind in (PrincipalKind.SYSTEM, PrincipalKind.IMPORTER):
@@ -215,6 +264,10 @@ class AccessService:
         user_name = None
         if principal.kind is PrincipalKind.USER:
             user_name = principal.name
+            if principal.acts_for_one_org:
+                # R33: the organisation selected at login alone (the authenticator checked
+                # the account still holds it).
+                return Scope(False, frozenset(trusts), user_name)
             row = sec.get_user(self._index, principal.name, conn=conn)
             if row is not None and not row.disabled:
                 trusts |= row.trusts
@@ -228,6 +281,18 @@ class AccessService:
         """SELECT of visible patient pks; None means unrestricted."""
         if not self.permits(principal, Permission.READ):
             return select(t.patient.c.pk).where(false())
+        visible = self._visible_patients(principal, conn)
+        if principal.launch is None:
+            return visible
+        # R23: a SMART launch reads its launch patient only (within the caller's relationship).
+        launched = t.patient.c.pk == principal.launch.patient
+        if visible is None:
+            return select(t.patient.c.pk).where(launched)
+        return select(t.patient.c.pk).where(launched, t.patient.c.pk.in_(visible))
+
+    def _visible_patients(
+        self, principal: Principal, conn: Connection | None
+    ) -> VisiblePatients | None:
         scope = self.scope(principal, conn=conn)
         if scope.unrestricted:
             return None

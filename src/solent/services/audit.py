@@ -89,6 +89,15 @@ def utc_stamp(at: datetime | None = None) -> str:
     return (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def actor_roles(principal: Principal) -> str:
+    """The roles in force for the audit record: the national job role first (R33/R36: the
+    R-code the session acted under, at ``actor_trust``), then the Solent roles."""
+    names = sorted(principal.roles)
+    if principal.national is not None:
+        names = [principal.national.job_role, *names]
+    return ",".join(names)[:200]
+
+
 def audit_fields(
     principal: Principal,
     action: AuditAction | str,
@@ -107,7 +116,7 @@ def audit_fields(
         "actor_kind": principal.kind.value,
         "actor_name": principal.name[:200],
         "actor_trust": principal.trust,
-        "actor_roles": ",".join(sorted(principal.roles)),
+        "actor_roles": actor_roles(principal),
         "actor_address": (principal.address or None) and str(principal.address)[:64],
         "patient_issuer": patient.issuer if patient else None,
         "patient_id": patient.local_id if patient else None,

@@ -457,7 +457,14 @@ class MdtService:
                 f"X-Solent-Purpose {claim[:40]!r} is not understood: send mdt:<meeting id>"
             )
         meeting_id = int(found.group(1))
-        key = (principal.kind, principal.name, principal.trust, principal.roles, meeting_id)
+        key = (
+            principal.kind,
+            principal.name,
+            principal.trust,
+            principal.roles,
+            principal.national,
+            meeting_id,
+        )
         if not self._participants.lookup(key)[0]:
             if not (MDT_ROLES & set(principal.roles)):
                 return principal
@@ -475,7 +482,14 @@ class MdtService:
         if found is None:
             return None
         meeting_id = int(found.group(1))
-        key = (principal.kind, principal.name, principal.trust, principal.roles, meeting_id)
+        key = (
+            principal.kind,
+            principal.name,
+            principal.trust,
+            principal.roles,
+            principal.national,
+            meeting_id,
+        )
         if self._participants.lookup(key)[0]:
             return dataclasses.replace(principal, purpose=purpose(meeting_id))
         return None

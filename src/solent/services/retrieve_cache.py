@@ -49,8 +49,19 @@ class AccessCache:
     @staticmethod
     def _key(principal: Principal, study_uid: str, action: str) -> tuple[Hashable, ...]:
         # The address is left out: the same user's next request may come from another port
-        # or proxy; everything that decides access (kind, name, trust, roles) is in the key.
-        return (principal.kind, principal.name, principal.trust, principal.roles, study_uid, action)
+        # or proxy; everything that decides access (kind, name, trust, roles, and the national
+        # role or organisation selected at login: R33) is in the key.
+        return (
+            principal.kind,
+            principal.name,
+            principal.trust,
+            principal.roles,
+            principal.national,
+            principal.org_selected,
+            principal.launch,
+            study_uid,
+            action,
+        )
 
     def granted(self, principal: Principal, study_uid: str, action: str) -> bool:
         return self._granted.lookup(self._key(principal, study_uid, action))[0]

@@ -15,7 +15,13 @@ from solent.security.authn import AuthenticationFailed, Authenticator
 from solent.security.http import current_principal
 from solent.security.oidc import OidcUnavailable
 from solent.security.throttle import LoginBusy, LoginThrottled
-from solent.security.users import IssuedToken, SessionEnded, UserService, parse_roles
+from solent.security.users import (
+    IssuedToken,
+    SessionEnded,
+    UserService,
+    parse_national_role,
+    parse_roles,
+)
 from solent.services.access import BREAK_GLASS_REASONS
 from solent.services.registry import Services
 
@@ -46,9 +52,16 @@ def _token_json(issued: IssuedToken) -> dict[str, Any]:
 
 
 @router.post("/auth/token")
-def login(request: Request, caller: Caller) -> dict[str, Any]:
+def login(
+    request: Request,
+    caller: Caller,
+    org: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+) -> dict[str, Any]:
     """Exchange HTTP Basic credentials for a short-lived bearer token, or refresh a bearer token
-    (never beyond the session's absolute lifetime, SOLENT_SESSION_MAX_HOURS)."""
+    (never beyond the session's absolute lifetime, SOLENT_SESSION_MAX_HOURS).
+
+    ``org`` (R33): the organisation (ODS code) the session acts for; required of an account
+    with national roles at several organisations. 403 when the account holds no role there."""
     authenticator: Authenticator = request.app.state.authenticator
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer":
@@ -63,7 +76,7 @@ def login(request: Request, caller: Caller) -> dict[str, Any]:
     except AuthenticationFailed as exc:
         raise HTTPException(401, str(exc)) from exc
     try:
-        found = _users(request).login(name, password, caller.address)
+        found = _users(request).login(name, password, caller.address, org)
     except LoginThrottled as exc:
         raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
     except LoginBusy as exc:
@@ -138,6 +151,20 @@ def me(request: Request, caller: Caller) -> dict[str, Any]:
         "trusts": sorted(access.scope(caller).trusts),
         "roles": sorted(caller.roles),
         "permissions": sorted(p.value for p in access.permissions(caller)),
+        "national_role": _national_json(caller),
+    }
+
+
+def _national_json(caller: Principal) -> dict[str, Any] | None:
+    """The national RBAC role the session acts under (R33), or None."""
+    found = caller.national
+    if found is None:
+        return None
+    return {
+        "org": found.org,
+        "job_role": found.job_role,
+        "person_role_id": found.role.person_role_id,
+        "activities": sorted(found.activities),
     }
 
 
@@ -163,6 +190,12 @@ class Trusts(BaseModel):
     other_trusts: list[str] = Field(default_factory=list, max_length=32)
 
 
+class NationalRoles(BaseModel):
+    """National RBAC roles of a local account (R33): ``ORG:R-CODE[:B0000+B0001]`` each."""
+
+    national_roles: list[str] = Field(max_length=32)
+
+
 class NewPassword(BaseModel):
     password: str = Field(max_length=1024)
 
@@ -181,6 +214,10 @@ def _user_json(row: Any) -> dict[str, Any]:
         "roles": list(row.roles),
         "disabled": row.disabled,
         "password": row.password_hash is not None,
+        "national_roles": [
+            {"org": r.org, "job_role": r.job_role, "activities": sorted(r.activities)}
+            for r in row.national_roles
+        ],
     }
 
 
@@ -231,6 +268,15 @@ def set_roles(request: Request, caller: Caller, name: UserName, body: Roles) -> 
 def set_trusts(request: Request, caller: Caller, name: UserName, body: Trusts) -> dict[str, Any]:
     row = _users(request).set_trusts(caller, name, body.trust, tuple(body.other_trusts))
     return _user_json(row)
+
+
+@router.put("/users/{name}/national-roles")
+def set_national_roles(
+    request: Request, caller: Caller, name: UserName, body: NationalRoles
+) -> dict[str, Any]:
+    """Replace a user's national RBAC roles (an empty list removes them)."""
+    roles = tuple(parse_national_role(v) for v in body.national_roles)
+    return _user_json(_users(request).set_national_roles(caller, name, roles))
 
 
 @router.post("/users/{name}/password")

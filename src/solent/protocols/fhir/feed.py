@@ -57,6 +57,7 @@ async def feed_patient(
     services: Services = request.app.state.services
     body = await request.body()
     try:
+        services.access.require_resource(caller, "Patient", "u")  # R23: a launch's scopes
         key = _key(identifier)
         if len(body) > MAX_BODY:
             raise FeedError(413, "too-costly", f"a Patient of at most {MAX_BODY} bytes")

@@ -28,6 +28,7 @@ from solent.protocols.fhir.routes import (
     _key,
     _page,
     _person_of_reference,
+    _scoped,
     _searched,
     person_of_token,
 )
@@ -125,6 +126,7 @@ def find_document_references(
     records = request.app.state.services.records
 
     def build() -> dict[str, Any]:
+        _scoped(request, caller, "DocumentReference", "s")
         search = Search(request, DOCUMENT_PARAMS)
         reference = patient or subject
         if patient_identifier:
@@ -145,6 +147,7 @@ def find_document_references(
 @router.get("/DocumentReference/{resource_id}")
 def read_document_reference(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
     def build() -> dict[str, Any]:
+        _scoped(request, caller, "DocumentReference", "r")
         study = _manifests(request).document(caller, _key(resource_id, "document"))
         return document_reference(study, _base(request))
 
@@ -158,6 +161,7 @@ def retrieve_document(request: Request, caller: Caller, resource_id: str) -> Res
     holder: dict[str, bytes] = {}
 
     def build() -> dict[str, Any]:
+        _scoped(request, caller, "Binary", "r")
         holder["kos"] = _manifests(request).manifest(
             caller, _key(resource_id, "document"), f"{_base(request)}/dicomweb"
         )

@@ -22,6 +22,7 @@ from solent.protocols.fhir.search import FhirError, Search, modality_matches, st
 from solent.protocols.http_errors import http_error
 from solent.protocols.params import resource_id as parse_resource_id
 from solent.security.http import current_principal
+from solent.security.oidc import OidcUnavailable
 from solent.services.access import NotVisible
 from solent.services.mdt_outcomes import MdtOutcomeService
 from solent.services.patient_queries import (
@@ -86,6 +87,11 @@ def _mdt_outcomes(request: Request) -> MdtOutcomeService:
     return outcomes
 
 
+def _scoped(request: Request, caller: Principal, resource_type: str, interaction: str) -> None:
+    """R23: the access service refuses what a SMART launch's scopes do not name."""
+    request.app.state.services.access.require_resource(caller, resource_type, interaction)
+
+
 def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
@@ -125,6 +131,55 @@ def _person_of_reference(records: RecordService, caller: Principal, ref: str) ->
     """``Patient/12``, ``12`` or the absolute URL a Bundle's fullUrl gave (…/fhir/Patient/12)."""
     value = ref.rsplit("/Patient/", 1)[-1] if "/Patient/" in ref else ref.removeprefix("Patient/")
     return records.person(caller, patient_pk=_key(value, "patient"))
+
+
+#: The SMART scopes the FHIR API honours (R23; services/smart.py).
+SMART_SCOPES = (
+    "openid",
+    "fhirUser",
+    "launch",
+    "launch/patient",
+    "patient/ImagingStudy.rs",
+    "patient/DiagnosticReport.rs",
+    "patient/Patient.rs",
+    "patient/*.rs",
+)
+
+
+@router.get("/.well-known/smart-configuration")
+def smart_configuration(request: Request) -> JSONResponse:
+    """SMART App Launch discovery (public, like the issuer's own): where an app launched by an
+    EPR signs the user in (the configured OIDC issuer) and what this FHIR API honours."""
+    services = request.app.state.services
+    oidc = services.authenticator.oidc
+    if oidc is None:
+        text = "SMART App Launch needs an identity provider: set SOLENT_OIDC_ISSUER"
+        return _reply(fhir.operation_outcome("not-found", text), 404)
+    try:
+        endpoints = oidc.endpoints.endpoints()
+    except OidcUnavailable as exc:
+        return _reply(fhir.operation_outcome("transient", f"sign-in is unavailable: {exc}"), 503)
+    return JSONResponse(
+        {
+            "issuer": oidc.issuer,
+            "jwks_uri": endpoints.jwks_uri,
+            "authorization_endpoint": endpoints.authorization_endpoint,
+            "token_endpoint": endpoints.token_endpoint,
+            "grant_types_supported": ["authorization_code"],
+            "response_types_supported": ["code"],
+            "code_challenge_methods_supported": ["S256"],
+            "scopes_supported": list(SMART_SCOPES),
+            "capabilities": [
+                "launch-ehr",
+                "client-public",
+                "sso-openid-connect",
+                "context-ehr-patient",
+                "permission-patient",
+                "permission-v1",
+                "permission-v2",
+            ],
+        }
+    )
 
 
 @router.get("/metadata")
@@ -168,6 +223,7 @@ def pixm_query(
     source identifier 404, unknown target system 403 (PIXm 2.3.83.4.2.3)."""
 
     def build() -> dict[str, Any]:
+        _scoped(request, caller, "Patient", "r")
         if not source_identifier or "|" not in source_identifier:
             raise FhirError(400, "required", "sourceIdentifier=system|value is required")
         system, value = source_identifier.split("|", 1)
@@ -204,6 +260,7 @@ def pixm_query(
 @router.get("/Patient/{resource_id}")
 def read_patient(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
     def build() -> dict[str, Any]:
+        _scoped(request, caller, "Patient", "r")
         pk = _key(resource_id, "patient")
         return _patient_resource(_records(request).patient_record(caller, pk))
 
@@ -217,6 +274,7 @@ def search_patient(
     records = _records(request)
 
     def build() -> dict[str, Any]:
+        _scoped(request, caller, "Patient", "s")
         search = Search(request, PATIENT_PARAMS)
         if any(search.values(name) for name in DEMOGRAPHIC_PARAMS):
             return _page(request, search, _pdqm(request, caller, search))
@@ -332,6 +390,7 @@ def search_imaging_study(
     records = _records(request)
 
     def build() -> dict[str, Any]:
+        _scoped(request, caller, "ImagingStudy", "s")
         search = Search(request, STUDY_PARAMS, sorts=("started", "-started"))
         reference = patient or subject
         if patient_identifier:
@@ -381,6 +440,7 @@ def _studies_by_identifier(
 @router.get("/ImagingStudy/{resource_id}")
 def read_imaging_study(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
     def build() -> dict[str, Any]:
+        _scoped(request, caller, "ImagingStudy", "r")
         study = _records(request).study(caller, _key(resource_id, "study"))
         return fhir.imaging_study(
             study, study["series"], base_url=_base(request), subject=study["subject"]
@@ -400,6 +460,7 @@ def search_diagnostic_report(
     records = _records(request)
 
     def build() -> dict[str, Any]:
+        _scoped(request, caller, "DiagnosticReport", "s")
         search = Search(request, REPORT_PARAMS)
         reference = patient or subject
         if patient_identifier:
@@ -426,6 +487,7 @@ def search_diagnostic_report(
 @router.get("/DiagnosticReport/{resource_id}")
 def read_diagnostic_report(request: Request, caller: Caller, resource_id: str) -> JSONResponse:
     def build() -> dict[str, Any]:
+        _scoped(request, caller, "DiagnosticReport", "r")
         mdt = outcome_id(resource_id)
         if mdt is not None:  # R32: an MDT outcome, ``mdt-<id>``
             return mdt_report(_mdt_outcomes(request).supplementary(caller, mdt))
