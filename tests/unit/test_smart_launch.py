@@ -18,6 +18,7 @@ from sqlalchemy import select
 from solent.app import Archive, build_archive
 from solent.index import schema as t
 from solent.protocols.http import create_app
+from solent.services.smart import allows, launch_of
 from solent.settings import load_settings
 from tests.unit.security_fixtures import demo_template, study_of
 from tests.unit.test_security_auth import idp
@@ -25,6 +26,7 @@ from tests.unit.test_security_auth import idp
 __all__ = ["demo_template", "idp"]
 
 ISSUER = "https://idp.example.nhs.uk/realms/solent"
+BOB_ID = "https://solent-pacs.nhs.example/Id/ZZB/patient-id|B7730444"
 
 
 @pytest.fixture
@@ -119,6 +121,25 @@ def test_a_launch_token_reads_the_launch_patients_imaging_studies_only(
     assert "patient/Patient.r" in r.json()["issue"][0]["diagnostics"]
     r = client.get(f"/fhir/DiagnosticReport?patient=Patient/{bob}", headers=launched)
     assert r.status_code == 403
+    # The IHE surfaces too: PIXm, MHD's DocumentReference and Binary, the ITI-104 feed.
+    for path in (
+        f"/fhir/Patient/$ihe-pix?sourceIdentifier={BOB_ID}",
+        f"/fhir/DocumentReference?patient=Patient/{bob}",
+        f"/fhir/Binary/{bob}",
+    ):
+        r = client.get(path, headers={**launched, "Accept": "application/fhir+json"})
+        assert r.status_code == 403, path
+    mhd = _bearer(
+        key, scope="launch patient/DocumentReference.rs patient/Binary.read", patient=str(bob)
+    )
+    docs = client.get(f"/fhir/DocumentReference?patient=Patient/{bob}", headers=mhd)
+    assert docs.status_code == 200 and docs.json()["entry"]
+    r = client.put(
+        f"/fhir/Patient?identifier={BOB_ID}",
+        headers=mhd,
+        json={"resourceType": "Patient"},
+    )
+    assert r.status_code == 403  # "read" scopes never write
     refused = archive.audit.search(action="permission-denied", actor_name="dr.launch")
     assert refused and "smart_scopes" in (refused[-1]["detail"] or "")
 
@@ -131,3 +152,26 @@ def test_a_launch_token_without_its_patient_or_with_a_scope_not_understood_is_re
     assert r.status_code == 401 and "launch patient" in r.text
     r = client.get("/fhir/metadata", headers=_bearer(key, scope="patient/Foo", patient="1"))
     assert r.status_code == 401 and "not a SMART patient scope" in r.text
+
+
+@pytest.mark.parametrize(
+    ("scope", "interaction", "allowed"),
+    [
+        ("patient/Patient.read", "r", True),
+        ("patient/Patient.read", "s", True),
+        ("patient/Patient.read", "u", False),  # v1 read never writes (it used to allow all)
+        ("patient/Patient.write", "u", True),
+        ("patient/Patient.write", "r", False),
+        ("patient/Patient.rs", "u", False),
+        ("patient/Patient.cu", "u", True),
+        ("patient/*.*", "u", True),
+        ("patient/ImagingStudy.read", "r", True),
+    ],
+)
+def test_smart_scope_names_only_its_interactions(
+    scope: str, interaction: str, allowed: bool
+) -> None:
+    launch = launch_of({"scope": scope, "patient": "7"})
+    assert launch is not None
+    kind = scope.split("/")[1].split(".")[0]
+    assert allows(launch, "Patient" if kind == "*" else kind, interaction) is allowed
