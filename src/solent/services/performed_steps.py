@@ -24,6 +24,20 @@ from solent.services.access import AccessService, Permission
 from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
 
 STATUSES = frozenset({store.IN_PROGRESS, *store.FINAL})
+#: Widths of the step's columns (the attributes' VR lengths). A longer value from a modality is
+#: cut to fit, on N-CREATE and N-SET alike: PostgreSQL refuses an over-long value outright.
+_WIDTH = {
+    "patient_id": 64,
+    "study_uid": 64,
+    "accession_number": 16,
+    "modality": 16,
+    "performed_step_id": 16,
+    "description": 64,
+}
+
+
+def _fit(column: str, value: str) -> str | None:
+    return value[: _WIDTH[column]] or None
 
 
 class StepFinal(InvalidInput):
@@ -77,12 +91,12 @@ class PerformedStepService:
                     "status": report.status,
                     "trust_code": trust,
                     "calling_ae": principal.name[:16],
-                    "patient_id": report.patient_id[:64] or None,
-                    "study_uid": report.study_uid[:64] or None,
-                    "accession_number": report.accession_number[:16] or None,
-                    "modality": report.modality[:16] or None,
-                    "performed_step_id": report.performed_step_id[:16] or None,
-                    "description": report.description[:64] or None,
+                    "patient_id": _fit("patient_id", report.patient_id),
+                    "study_uid": _fit("study_uid", report.study_uid),
+                    "accession_number": _fit("accession_number", report.accession_number),
+                    "modality": _fit("modality", report.modality),
+                    "performed_step_id": _fit("performed_step_id", report.performed_step_id),
+                    "description": _fit("description", report.description),
                     "dataset": json.dumps(report.attributes, separators=(",", ":")),
                 },
             )
@@ -113,7 +127,7 @@ class PerformedStepService:
                 ("description", report.description),
             ):
                 if value:
-                    changes[column] = value[:64]
+                    changes[column] = _fit(column, value)
             store.update_step(conn, sop_uid, changes)
             scheduled = report.scheduled or (
                 (step["accession_number"] or "", step["study_uid"] or ""),
