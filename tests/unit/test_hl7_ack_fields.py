@@ -102,6 +102,19 @@ def test_a_version_that_is_not_hl7_v2_is_refused_with_203(demo: Archive) -> None
     assert ok["MSA"][1] == "AA"
 
 
+@pytest.mark.parametrize("dob", ["99999999", "19581312", "19580230"])
+def test_a_date_of_birth_that_is_no_calendar_date_is_refused(demo: Archive, dob: str) -> None:
+    """Before: any 8 digits were stored as the birth date (AA), and the FHIR Patient of the
+    record then failed to render."""
+    msg = _a08_for("DOB-1", "A100001", "DEMO^ALICE", dob=dob)
+    ack = _segments(_handler(demo).handle(msg, LOCAL))
+    assert ack["MSA"][1:3] == ["AE", "DOB-1"] and "PID-7" in ack["MSA"][3]
+    person = demo.services.records
+    pk = person.person(SYSTEM, issuer="ZZA", local_id="A100001").named_pk
+    assert pk is not None
+    assert person.patient_record(SYSTEM, pk)["record"]["birth_date"] == "19580312"
+
+
 def _a08_for(control: str, local_id: str, name: str, dob: str = "19580312") -> str:
     return (
         f"MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||ADT^A08^ADT_A01|{control}|P|2.4\r"

@@ -7,6 +7,7 @@ field reads the same whether python-hl7 saw repetitions and components in it or 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import hl7
@@ -325,13 +326,24 @@ def nhs_status(msg: Message, pid: Segment) -> str | None:
     return values[0] if values else None
 
 
+def _calendar_date(value: str) -> bool:
+    """YYYYMMDD naming a real day: 19701399 would be stored and matched on as a birth date."""
+    if len(value) != 8 or not value.isdigit():
+        return False
+    try:
+        date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    except ValueError:
+        return False
+    return True
+
+
 def demographics(msg: Message, pid: Segment) -> Demographics:
     nhs_ids = [cx for cx in msg.identifiers(pid) if is_nhs(cx) and cx.id]
     if pid.field(7) == DELETE:
         dob: str | None = ""
     else:
         dob = pid.comp(7)[:8] or None
-        if dob is not None and not (len(dob) == 8 and dob.isdigit()):
+        if dob is not None and not _calendar_date(dob):
             raise MessageRejected("AE", f"PID-7 date of birth {dob!r} is not YYYYMMDD")
     pd1 = msg.first("PD1")
     gp_practice = gp = None
