@@ -115,6 +115,18 @@ def test_a_date_of_birth_that_is_no_calendar_date_is_refused(demo: Archive, dob:
     assert person.patient_record(SYSTEM, pk)["record"]["birth_date"] == "19580312"
 
 
+def test_a_message_with_a_nul_character_is_refused_and_changes_nothing(demo: Archive) -> None:
+    """Before: AA and the NUL stored in the name on SQLite; on PostgreSQL the journal insert
+    failed and the sender got no answer at all."""
+    msg = _a08_for("NUL-1", "A100001", "DEMO^AL\x00ICE")
+    ack = _segments(_handler(demo).handle_bytes(msg.encode(), LOCAL).decode())
+    assert ack["MSA"][1:3] == ["AR", "NUL-1"] and "NUL" in ack["MSA"][3]
+    person = demo.services.records
+    pk = person.person(SYSTEM, issuer="ZZA", local_id="A100001").named_pk
+    assert pk is not None
+    assert person.patient_record(SYSTEM, pk)["record"]["name"] == "DEMO^ALICE"
+
+
 def _a08_for(control: str, local_id: str, name: str, dob: str = "19580312") -> str:
     return (
         f"MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||ADT^A08^ADT_A01|{control}|P|2.4\r"

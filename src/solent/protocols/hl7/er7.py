@@ -86,6 +86,10 @@ class Message:
         text = raw.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
         if not text.startswith("MSH") or len(text) < 8:
             raise MessageRejected("AR", "not an HL7 v2 message: it must start with an MSH segment")
+        if "\x00" in text:
+            # No HL7 v2 data type allows it, and PostgreSQL stores no text holding it: the
+            # journal would fail and the sender get no answer at all.
+            raise MessageRejected("AR", "the message contains a NUL character (0x00)")
         try:
             self.parsed = hl7.parse(text)
         except Exception as exc:

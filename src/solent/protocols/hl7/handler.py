@@ -137,7 +137,7 @@ class Hl7Handler:
         try:
             msg = Message(raw)
         except MessageRejected as exc:
-            env = Envelope(None, None, None, raw, remote)
+            env = Envelope(None, None, None, raw.replace("\x00", "\ufffd"), remote)
             self._keep_rejected(env, exc.code, exc.reason)
             return build_ack(er7.loose_header(raw), exc.code, exc.reason)
         h = msg.header
