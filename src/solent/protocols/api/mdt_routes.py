@@ -14,13 +14,14 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, WebSocket
+from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import NotFound
+from solent.protocols.params import PathId
 from solent.security.authn import AuthenticationFailed, Authenticator
 from solent.security.http import current_principal
 from solent.services.access import AccessDenied
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/mdt")
 Caller = Annotated[Principal, Depends(current_principal)]
 UID = r"^[0-9]+(\.[0-9]+)*$"
-MeetingId = Annotated[int, Path(ge=1)]
+MeetingId = PathId  # bounded: a larger id answered 500 on PostgreSQL
 MAX_MESSAGE = 64 * 1024  # one client message (a view with measurements) in bytes
 QUEUE = 256  # messages waiting for one socket before it counts as not keeping up
 
@@ -114,7 +115,7 @@ async def set_outcome(
     request: Request,
     caller: Caller,
     meeting_id: MeetingId,
-    item_id: Annotated[int, Path(ge=1)],
+    item_id: PathId,
     body: Outcome,
 ) -> dict[str, Any]:
     return await run_in_threadpool(

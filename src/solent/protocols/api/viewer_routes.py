@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from solent.domain.principal import Principal
+from solent.protocols.params import PathId
 from solent.security.http import current_principal
 from solent.services.registry import Services
 from solent.services.viewer import SearchCriteria
@@ -126,7 +127,7 @@ async def delete_key_image(
     request: Request,
     caller: Caller,
     study_uid: StudyUID,
-    key_image_id: Annotated[int, Path(ge=1)],
+    key_image_id: PathId,
 ) -> Response:
     await run_in_threadpool(
         _services(request).viewer.delete_key_image, caller, study_uid, key_image_id
