@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from solent.domain.principal import Principal
+from solent.domain.uids import uid_problem
 from solent.errors import AlreadyExists, InvalidInput, NotFound
 from solent.index import performed_steps as store
 from solent.index.sql import Index
@@ -38,6 +39,18 @@ _WIDTH = {
 
 def _fit(column: str, value: str) -> str | None:
     return value[: _WIDTH[column]] or None
+
+
+def _check_identifiers(report: StepReport) -> None:
+    """The studies a step names must be UIDs and its patient ID fit LO: cut to fit, either
+    would name another study or patient (and on PostgreSQL an over-long one failed the audit
+    record: 0110 instead of 0106)."""
+    for study in {report.study_uid, *(s for _, s in report.scheduled)} - {""}:
+        problem = uid_problem(study)
+        if problem is not None:
+            raise InvalidInput(f"a Study Instance UID is not a valid UID: {problem}")
+    if len(report.patient_id) > _WIDTH["patient_id"]:
+        raise InvalidInput("Patient ID is longer than 64 characters")
 
 
 class StepFinal(InvalidInput):
@@ -76,6 +89,7 @@ class PerformedStepService:
     def create(self, principal: Principal, sop_uid: str, report: StepReport) -> None:
         """N-CREATE: a step starts IN PROGRESS (PS3.4 F.7.2.1)."""
         trust = self._require(principal)
+        _check_identifiers(report)
         if report.status != store.IN_PROGRESS:
             raise InvalidInput(
                 f"a performed procedure step is created IN PROGRESS, not {report.status!r}"
@@ -107,6 +121,7 @@ class PerformedStepService:
     def update(self, principal: Principal, sop_uid: str, report: StepReport) -> str:
         """N-SET: more attributes, and perhaps the final status; the status after it."""
         trust = self._require(principal)
+        _check_identifiers(report)
         if report.status and report.status not in STATUSES:
             raise InvalidInput(f"performed procedure step status {report.status!r} is not one of "
                                "IN PROGRESS, COMPLETED, DISCONTINUED")  # fmt: skip
