@@ -69,6 +69,30 @@ def test_an_8859_1_ack_is_sent_in_8859_1(demo: Archive) -> None:
     assert "Aé1".encode() not in reply
 
 
+@pytest.mark.parametrize(
+    ("charset", "name"),
+    [("8859/2", "WÓJCIK^ŁUCJA"), ("8859/15", "ŽIŽEK^ŠÁRKA"), ("UNICODE UTF-8", "WÓJCIK^ŁUCJA")],
+)
+def test_a_message_is_read_in_the_character_set_msh_18_names(
+    demo: Archive, charset: str, name: str
+) -> None:
+    """Before: every message not valid UTF-8 was read as Latin-1, whatever MSH-18 said, so a
+    Polish name sent in 8859/2 was stored as "£UCJA" (and its ACK went back in 8859/2)."""
+    codec = {"8859/2": "iso8859_2", "8859/15": "iso8859_15"}.get(charset, "utf-8")
+    msg = (
+        f"MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250320093000||ADT^A08^ADT_A01|CS-{charset}|P|2.4"
+        f"|||||GBR|{charset}\r"
+        "EVN|A08|20250320093000\r"
+        f"PID|1||A100001^^^ZZA^MR||{name}||19580312|F\r"
+    )
+    reply = _handler(demo).handle_bytes(msg.encode(codec), LOCAL)
+    assert _segments(reply.decode(codec))["MSA"][1] == "AA"
+    person = demo.services.records
+    pk = person.person(SYSTEM, issuer="ZZA", local_id="A100001").named_pk
+    assert pk is not None
+    assert person.patient_record(SYSTEM, pk)["record"]["name"] == name
+
+
 def test_a_version_that_is_not_hl7_v2_is_refused_with_203(demo: Archive) -> None:
     """Before: a message claiming version 3.0 was applied (AA) as if it were v2.4."""
     ack = _segments(_handler(demo).handle(_a08("P|3.0", control="V3-1"), LOCAL))
@@ -76,6 +100,31 @@ def test_a_version_that_is_not_hl7_v2_is_refused_with_203(demo: Archive) -> None
     assert ack["ERR"][3].split("^")[0] == "203"
     ok = _segments(_handler(demo).handle(_a08("P|2.5.1", control="V251-1"), LOCAL))
     assert ok["MSA"][1] == "AA"
+
+
+@pytest.mark.parametrize("dob", ["99999999", "19581312", "19580230"])
+def test_a_date_of_birth_that_is_no_calendar_date_is_refused(demo: Archive, dob: str) -> None:
+    """Before: any 8 digits were stored as the birth date (AA), and the FHIR Patient of the
+    record then failed to render."""
+    msg = _a08_for("DOB-1", "A100001", "DEMO^ALICE", dob=dob)
+    ack = _segments(_handler(demo).handle(msg, LOCAL))
+    assert ack["MSA"][1:3] == ["AE", "DOB-1"] and "PID-7" in ack["MSA"][3]
+    person = demo.services.records
+    pk = person.person(SYSTEM, issuer="ZZA", local_id="A100001").named_pk
+    assert pk is not None
+    assert person.patient_record(SYSTEM, pk)["record"]["birth_date"] == "19580312"
+
+
+def test_a_message_with_a_nul_character_is_refused_and_changes_nothing(demo: Archive) -> None:
+    """Before: AA and the NUL stored in the name on SQLite; on PostgreSQL the journal insert
+    failed and the sender got no answer at all."""
+    msg = _a08_for("NUL-1", "A100001", "DEMO^AL\x00ICE")
+    ack = _segments(_handler(demo).handle_bytes(msg.encode(), LOCAL).decode())
+    assert ack["MSA"][1:3] == ["AR", "NUL-1"] and "NUL" in ack["MSA"][3]
+    person = demo.services.records
+    pk = person.person(SYSTEM, issuer="ZZA", local_id="A100001").named_pk
+    assert pk is not None
+    assert person.patient_record(SYSTEM, pk)["record"]["name"] == "DEMO^ALICE"
 
 
 def _a08_for(control: str, local_id: str, name: str, dob: str = "19580312") -> str:

@@ -90,6 +90,33 @@ def test_imaging_study_and_report(client: TestClient) -> None:
     assert client.get(f"/fhir/DiagnosticReport/{report['id']}").json()["id"] == report["id"]
 
 
+def test_dates_that_are_no_calendar_dates_are_left_out_not_a_server_error(
+    archive: Archive, client: TestClient, tmp_path: Path
+) -> None:
+    """Before: an image whose birth and study dates were 8 digits but no date (19801399) made
+    every FHIR search that found its patient or study answer 500 (the model refused it)."""
+    path = write_ct(
+        tmp_path / "odd.dcm",
+        patient_id="A9",
+        issuer="ZZA",
+        name="ODD^DATES",
+        birth_date="19801399",
+        sex="F",
+        accession="ACC9",
+        study_uid="2.25.4343",
+        study_date="20251399",
+    )
+    who = Principal(PrincipalKind.IMPORTER, "test", "ZZA")
+    assert archive.ingestor.ingest_file(path, who, Provenance(Channel.IMPORT)).ok
+    r = client.get("/fhir/Patient", params={"identifier": f"{local_system('ZZA')}|A9"})
+    assert r.status_code == 200, r.text
+    [entry] = r.json()["entry"]
+    assert entry["resource"]["name"][0]["family"] == "ODD" and "birthDate" not in entry["resource"]
+    r = client.get("/fhir/ImagingStudy", params={"identifier": "urn:oid:2.25.4343"})
+    assert r.status_code == 200, r.text
+    assert "started" not in r.json()["entry"][0]["resource"]
+
+
 @pytest.mark.parametrize(
     ("path", "params", "status"),
     [

@@ -8,6 +8,9 @@ tests/interop/test_instance_availability_dimse.py; here the job's sender is a re
 
 from __future__ import annotations
 
+import threading
+from dataclasses import replace
+
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 from sqlalchemy import select
@@ -183,6 +186,34 @@ def test_an_unreachable_node_is_tried_again_and_each_attempt_audited(
     failures = [r for r in rows if r["action"] == "export"]
     assert [r["outcome"] for r in failures] == ["failure", "failure"]
     assert "is down" in (failures[0]["detail"] or "")
+
+
+def test_a_node_that_never_answers_does_not_hold_up_the_others(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    """Before: nodes were told one after another, so a node that accepted the connection and
+    then said nothing (ordered first, by AE title) kept every other node waiting for its
+    DIMSE timeout, on every attempt of every study's job."""
+    _nodes(demo)
+    demo.services.directory.add_node(SYSTEM, "AAA_SILENT", "127.0.0.1", 11115, "ZZA", ["notify"])
+    told = threading.Event()
+    heard_while_waiting: list[bool] = []
+
+    def notify(ae_title: str, notice: Notice) -> int:
+        if notice.node.ae_title == "AAA_SILENT":
+            heard_while_waiting.append(told.wait(timeout=3.0))
+            raise TimeoutError("AAA_SILENT did not answer")
+        told.set()
+        return 0
+
+    queue = _queue(demo, Recorder(), max_attempts=1)
+    queue.ctx = replace(queue.ctx, notify=notify)
+    queue.dispatch()
+    radiographer = add_user(demo, "rad.zza", "ZZA", "clinician")
+    _stow(demo_client, radiographer, ct_instance("X2004", "ZZA", generate_uid()))
+    queue.dispatch()
+    assert heard_while_waiting == [True]  # RIS_ZZA was told while the silent node kept quiet
+    assert queue.failed == 1  # and the silent node's job is still tried again
 
 
 def test_jobs_of_one_batch_collapse_to_the_last_of_each_study() -> None:

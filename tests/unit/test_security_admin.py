@@ -144,6 +144,23 @@ def test_regional_admin_manages_every_trust_and_is_made_by_the_cli(
     )
 
 
+def test_empty_trust_code_is_refused_not_a_server_error(
+    archive: Archive, client: TestClient
+) -> None:
+    """An empty trust slipped past the administrator's scope check into the database (500)."""
+    admin = add_user(archive, "admin-a", "ZZA", "pacs_admin")
+    add_user(archive, "drza", "ZZA", "clinician")
+    body = {"name": "blank", "trust": "", "roles": ["clinician"], "password": PASSWORD}
+    for sent in (body, {**body, "trust": "ZZA", "other_trusts": [""]}):
+        r = client.post("/api/users", headers=admin, json=sent)
+        assert r.status_code == 400 and "trust code cannot be empty" in r.json()["detail"]
+    assert users(archive).get("blank") is None
+    r = client.put("/api/users/drza/trusts", headers=admin, json={"trust": ""})
+    assert r.status_code == 400 and "trust code cannot be empty" in r.json()["detail"]
+    row = users(archive).get("drza")
+    assert row is not None and row.trust == "ZZA"
+
+
 def test_cli_refuses_admin_with_clinical_role(
     archive: Archive, settings_env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

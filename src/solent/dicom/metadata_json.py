@@ -18,6 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import ENCODED_VR
 from pydicom.tag import BaseTag
 
+from solent.dicom import iso2022
+
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 BULK_THRESHOLD = 1024
 
@@ -173,8 +175,12 @@ def metadata_json(
         def bulk(e: DataElement, paths: dict[int, str] = paths) -> str:
             return "bulkdata/" + paths.get(id(e), f"{e.tag:08X}")
 
-        text = _dumps(
-            elem.to_json_dict(bulk_data_element_handler=bulk, bulk_data_threshold=BULK_THRESHOLD)
+        text = iso2022.strip_json(
+            _dumps(
+                elem.to_json_dict(
+                    bulk_data_element_handler=bulk, bulk_data_threshold=BULK_THRESHOLD
+                )
+            )
         )
         parts[name] = text
         if key is not None and caught is not None and len(caught) == seen:

@@ -24,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from solent.dicom import iso2022
 from solent.dicom.frames import Frame, PixelLayout, read_pixel_data
 from solent.dicom.header_scan import read_header
 from solent.dicom.inflate import (
@@ -149,7 +150,7 @@ def _text(ds: Dataset, keyword: str, limit: int = 256) -> str | None:
         return None
     if value is None or value == "":
         return None
-    text = str(value).strip().replace("\x00", "")
+    text = iso2022.strip(str(value)).strip().replace("\x00", "")
     return text[:limit] or None
 
 

@@ -13,12 +13,13 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
-from solent.errors import NotFound, SolentError
+from solent.errors import NotFound
 from solent.index.jobs import FeedEvent, record_blob_check
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
@@ -78,6 +79,10 @@ def verify_blob(ctx: TaskContext, sop_instance_uid: str) -> None:
     record_blob_check(ctx.index, sop_instance_uid, key, ok, detail, ctx.worker)
 
 
+#: Most nodes one availability job tells at the same time.
+NOTIFY_THREADS = 8
+
+
 class NotificationFailed(RuntimeError):
     """Some subscribed node could not be reached: the job runs again later."""
 
@@ -86,9 +91,9 @@ def notify_availability(ctx: TaskContext, study_uid: str, seq: int) -> None:
     """IHE Instance Availability Notification (R20): tell every subscribed node that may see
     the study what it holds now. Skipped when a later change of the study is in the feed (its
     own job says it all), so a burst of stores makes one notification. A node that cannot be
-    reached makes the job fail and run again (every node is then told again: a notification
-    states the study's availability, so a repeat is harmless); a node that answers with a
-    failure status is not asked again."""
+    reached (or answers what is no DICOM) makes the job fail and run again (every node is then
+    told again: a notification states the study's availability, so a repeat is harmless); a
+    node that answers with a failure status is not asked again."""
     if ctx.notify is None:
         raise NotificationFailed("this process has no DICOM sender for notifications")
     audit = AuditTrail(ctx.index)
@@ -96,13 +101,24 @@ def notify_availability(ctx: TaskContext, study_uid: str, seq: int) -> None:
     if service.superseded(study_uid, seq):
         return
     ae_title = ctx.settings.ae_title if ctx.settings is not None else "SOLENT"
-    unreachable: list[str] = []
-    for notice in service.notices(study_uid):
+    notify = ctx.notify
+
+    def tell(notice: Notice) -> int | Exception:
         try:
-            status = ctx.notify(ae_title, notice)
-        except (SolentError, OSError) as exc:
-            service.sent(notice, ok=False, detail=str(exc))
-            unreachable.append(f"{notice.node.ae_title}: {exc}")
+            return notify(ae_title, notice)
+        except Exception as exc:  # unreachable, or answered what is no DICOM: that node's
+            return exc
+
+    # The nodes are told at once, each on its own thread: one that accepts the connection and
+    # then says nothing holds up only itself (for its DIMSE timeout), not the nodes after it.
+    notices = service.notices(study_uid)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(notices), NOTIFY_THREADS))) as pool:
+        outcomes = list(pool.map(tell, notices))
+    unreachable: list[str] = []
+    for notice, status in zip(notices, outcomes, strict=True):
+        if isinstance(status, Exception):
+            service.sent(notice, ok=False, detail=str(status))
+            unreachable.append(f"{notice.node.ae_title}: {status}")
             continue
         service.sent(notice, ok=status == 0, detail=f"N-CREATE status 0x{status:04X}")
         if status != 0:

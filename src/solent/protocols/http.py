@@ -18,6 +18,7 @@ from solent.protocols.compression import ApiGZipMiddleware
 from solent.protocols.dicomweb import install as install_dicomweb
 from solent.protocols.fhir import install as install_regional_identity
 from solent.protocols.http_errors import install_error_table
+from solent.protocols.nul_guard import NulGuard
 from solent.protocols.params import install_param_errors
 from solent.protocols.viewer_static import router as viewer_static_router
 from solent.security.http import install_security
@@ -39,6 +40,7 @@ def create_app(composed: Services | Composed) -> FastAPI:
     )
     services = composed if isinstance(composed, Services) else composed.services
     app.state.services = services  # what adapters use: services only (issue 11)
+    app.add_middleware(NulGuard)  # innermost: a NUL in a request is a 400, after authentication
     install_security(app, services)  # every route but /health needs a principal (issue 6)
     install_error_table(app)  # one table from domain errors to HTTP statuses (issue 11)
     install_param_errors(app)  # absurd integers and invalid parameters: 400 (issue 11)

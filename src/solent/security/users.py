@@ -242,6 +242,10 @@ class UserService:
         return row
 
     def _may_give(self, actor: Principal, trust: str | None, others: tuple[str, ...]) -> None:
+        # An empty code is no trust at all: refused here, not slipped past the scope check
+        # below (which skips empty codes) into the database's foreign key.
+        if trust == "" or "" in others:
+            raise InvalidInput("a trust code cannot be empty")
         scope = self.manageable_trusts(actor)
         if trust is None and actor.kind not in _OPERATOR:
             raise self._refused(

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from solent.domain.principal import Principal
+from solent.domain.uids import uid_problem
 from solent.errors import AlreadyExists, InvalidInput, NotFound
 from solent.index import performed_steps as store
 from solent.index.sql import Index
@@ -24,6 +25,32 @@ from solent.services.access import AccessService, Permission
 from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
 
 STATUSES = frozenset({store.IN_PROGRESS, *store.FINAL})
+#: Widths of the step's columns (the attributes' VR lengths). A longer value from a modality is
+#: cut to fit, on N-CREATE and N-SET alike: PostgreSQL refuses an over-long value outright.
+_WIDTH = {
+    "patient_id": 64,
+    "study_uid": 64,
+    "accession_number": 16,
+    "modality": 16,
+    "performed_step_id": 16,
+    "description": 64,
+}
+
+
+def _fit(column: str, value: str) -> str | None:
+    return value[: _WIDTH[column]] or None
+
+
+def _check_identifiers(report: StepReport) -> None:
+    """The studies a step names must be UIDs and its patient ID fit LO: cut to fit, either
+    would name another study or patient (and on PostgreSQL an over-long one failed the audit
+    record: 0110 instead of 0106)."""
+    for study in {report.study_uid, *(s for _, s in report.scheduled)} - {""}:
+        problem = uid_problem(study)
+        if problem is not None:
+            raise InvalidInput(f"a Study Instance UID is not a valid UID: {problem}")
+    if len(report.patient_id) > _WIDTH["patient_id"]:
+        raise InvalidInput("Patient ID is longer than 64 characters")
 
 
 class StepFinal(InvalidInput):
@@ -62,6 +89,7 @@ class PerformedStepService:
     def create(self, principal: Principal, sop_uid: str, report: StepReport) -> None:
         """N-CREATE: a step starts IN PROGRESS (PS3.4 F.7.2.1)."""
         trust = self._require(principal)
+        _check_identifiers(report)
         if report.status != store.IN_PROGRESS:
             raise InvalidInput(
                 f"a performed procedure step is created IN PROGRESS, not {report.status!r}"
@@ -77,12 +105,12 @@ class PerformedStepService:
                     "status": report.status,
                     "trust_code": trust,
                     "calling_ae": principal.name[:16],
-                    "patient_id": report.patient_id[:64] or None,
-                    "study_uid": report.study_uid[:64] or None,
-                    "accession_number": report.accession_number[:16] or None,
-                    "modality": report.modality[:16] or None,
-                    "performed_step_id": report.performed_step_id[:16] or None,
-                    "description": report.description[:64] or None,
+                    "patient_id": _fit("patient_id", report.patient_id),
+                    "study_uid": _fit("study_uid", report.study_uid),
+                    "accession_number": _fit("accession_number", report.accession_number),
+                    "modality": _fit("modality", report.modality),
+                    "performed_step_id": _fit("performed_step_id", report.performed_step_id),
+                    "description": _fit("description", report.description),
                     "dataset": json.dumps(report.attributes, separators=(",", ":")),
                 },
             )
@@ -93,6 +121,7 @@ class PerformedStepService:
     def update(self, principal: Principal, sop_uid: str, report: StepReport) -> str:
         """N-SET: more attributes, and perhaps the final status; the status after it."""
         trust = self._require(principal)
+        _check_identifiers(report)
         if report.status and report.status not in STATUSES:
             raise InvalidInput(f"performed procedure step status {report.status!r} is not one of "
                                "IN PROGRESS, COMPLETED, DISCONTINUED")  # fmt: skip
@@ -113,7 +142,7 @@ class PerformedStepService:
                 ("description", report.description),
             ):
                 if value:
-                    changes[column] = value[:64]
+                    changes[column] = _fit(column, value)
             store.update_step(conn, sop_uid, changes)
             scheduled = report.scheduled or (
                 (step["accession_number"] or "", step["study_uid"] or ""),

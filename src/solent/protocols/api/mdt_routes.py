@@ -14,13 +14,14 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, WebSocket
+from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import NotFound
+from solent.protocols.params import MAX_ID, PathId
 from solent.security.authn import AuthenticationFailed, Authenticator
 from solent.security.http import current_principal
 from solent.services.access import AccessDenied
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/mdt")
 Caller = Annotated[Principal, Depends(current_principal)]
 UID = r"^[0-9]+(\.[0-9]+)*$"
-MeetingId = Annotated[int, Path(ge=1)]
+MeetingId = PathId  # bounded: a larger id answered 500 on PostgreSQL
 MAX_MESSAGE = 64 * 1024  # one client message (a view with measurements) in bytes
 QUEUE = 256  # messages waiting for one socket before it counts as not keeping up
 
@@ -132,7 +133,7 @@ async def set_outcome(
     request: Request,
     caller: Caller,
     meeting_id: MeetingId,
-    item_id: Annotated[int, Path(ge=1)],
+    item_id: PathId,
     body: Outcome,
 ) -> dict[str, Any]:
     return await run_in_threadpool(
@@ -145,7 +146,7 @@ async def record_outcome(
     request: Request,
     caller: Caller,
     meeting_id: MeetingId,
-    item_id: Annotated[int, Path(ge=1)],
+    item_id: PathId,
     body: RadiologyOutcome,
 ) -> dict[str, Any]:
     """R32: record the radiology input against the studies reviewed; a discrepancy notifies
@@ -164,7 +165,7 @@ async def record_outcome(
 
 @router.get("/meetings/{meeting_id}/items/{item_id}/outcomes")
 async def item_outcomes(
-    request: Request, caller: Caller, meeting_id: MeetingId, item_id: Annotated[int, Path(ge=1)]
+    request: Request, caller: Caller, meeting_id: MeetingId, item_id: PathId
 ) -> dict[str, Any]:
     return await run_in_threadpool(
         _services(request).mdt_outcomes.for_item, caller, meeting_id, item_id
@@ -182,6 +183,8 @@ async def live(websocket: WebSocket, meeting_id: int, token: str = "") -> None:
     await websocket.accept()
     try:
         caller = await run_in_threadpool(authenticator.bearer, token, address)
+        if not 1 <= meeting_id <= MAX_ID:  # as PathId on HTTP: PostgreSQL holds no larger key
+            raise NotFound(f"no MDT meeting {meeting_id}")
         seat = await run_in_threadpool(services.mdt.join_live, caller, meeting_id)
     except AuthenticationFailed as exc:
         who = Principal(PrincipalKind.USER, "(unauthenticated)", None, address=address)

@@ -336,7 +336,7 @@ def create_token(request: Request, caller: Caller, body: NewApiToken) -> dict[st
 
 
 @router.post("/tokens/{token_id}/revoke")
-def revoke_token(request: Request, caller: Caller, token_id: int) -> dict[str, Any]:
+def revoke_token(request: Request, caller: Caller, token_id: PathId) -> dict[str, Any]:
     return _api_token_json(_users(request).revoke_token(caller, token_id))
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from solent.domain.principal import Principal
+from solent.protocols.params import PathId
 from solent.security.http import current_principal
 from solent.services.registry import Services
 from solent.services.viewer import SearchCriteria
@@ -124,7 +125,7 @@ class Acknowledgement(BaseModel):
 async def acknowledge_notice(
     request: Request,
     caller: Caller,
-    notice_id: Annotated[int, Path(ge=1)],
+    notice_id: PathId,
     body: Acknowledgement,
 ) -> dict[str, Any]:
     return await run_in_threadpool(
@@ -161,7 +162,7 @@ async def delete_key_image(
     request: Request,
     caller: Caller,
     study_uid: StudyUID,
-    key_image_id: Annotated[int, Path(ge=1)],
+    key_image_id: PathId,
 ) -> Response:
     await run_in_threadpool(
         _services(request).viewer.delete_key_image, caller, study_uid, key_image_id

@@ -8,7 +8,7 @@ CapabilityStatement read the same.
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
@@ -72,9 +72,14 @@ def trust_of_system(system: str, kind: str) -> str | None:
 
 
 def _date(da: str | None) -> str | None:
+    """A DICOM/HL7 date as a FHIR date; None for one that is no calendar date (19801399, as
+    images and feeds may carry), which the FHIR model would refuse."""
     if not da or len(da) != 8 or not da.isdigit():
         return None
-    return f"{da[:4]}-{da[4:6]}-{da[6:]}"
+    try:
+        return date(int(da[:4]), int(da[4:6]), int(da[6:])).isoformat()
+    except ValueError:
+        return None
 
 
 def _datetime(da: str | None, tm: str | None) -> str | None:

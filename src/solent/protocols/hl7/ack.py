@@ -6,6 +6,7 @@ import itertools
 import time
 from datetime import UTC, datetime
 
+from solent.protocols.hl7 import charsets
 from solent.protocols.hl7.er7 import Header, Message
 
 _counter = itertools.count(1)
@@ -91,13 +92,8 @@ def _error(reason: str) -> tuple[str, str]:
 
 
 def ack_bytes(ack: str, msg: Message | Header | None) -> bytes:
-    """The ACK in the character set its MSH-18 names (the message's): 8859/n as such,
-    anything else (UNICODE UTF-8, ASCII, none) as UTF-8."""
+    """The ACK in the character set its MSH-18 names (the message's, the one it was read in);
+    UTF-8 when it names none we know."""
     h = msg.header if isinstance(msg, Message) else msg
-    charset = (h.charset if h is not None else "").strip().upper()
-    if charset.startswith("8859/"):
-        try:
-            return ack.encode(f"iso8859-{charset[5:]}", errors="replace")
-        except LookupError:
-            pass
-    return ack.encode("utf-8")
+    name = charsets.codec(h.charset) if h is not None else None
+    return ack.encode(name or "utf-8", errors="replace")

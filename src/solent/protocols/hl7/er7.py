@@ -7,6 +7,7 @@ field reads the same whether python-hl7 saw repetitions and components in it or 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import hl7
@@ -86,6 +87,10 @@ class Message:
         text = raw.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
         if not text.startswith("MSH") or len(text) < 8:
             raise MessageRejected("AR", "not an HL7 v2 message: it must start with an MSH segment")
+        if "\x00" in text:
+            # No HL7 v2 data type allows it, and PostgreSQL stores no text holding it: the
+            # journal would fail and the sender get no answer at all.
+            raise MessageRejected("AR", "the message contains a NUL character (0x00)")
         try:
             self.parsed = hl7.parse(text)
         except Exception as exc:
@@ -346,13 +351,24 @@ def nhs_status(msg: Message, pid: Segment) -> str | None:
     return values[0] if values else None
 
 
+def _calendar_date(value: str) -> bool:
+    """YYYYMMDD naming a real day: 19701399 would be stored and matched on as a birth date."""
+    if len(value) != 8 or not value.isdigit():
+        return False
+    try:
+        date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    except ValueError:
+        return False
+    return True
+
+
 def demographics(msg: Message, pid: Segment) -> Demographics:
     nhs_ids = [cx for cx in msg.identifiers(pid) if is_nhs(cx) and cx.id]
     if pid.field(7) == DELETE:
         dob: str | None = ""
     else:
         dob = pid.comp(7)[:8] or None
-        if dob is not None and not (len(dob) == 8 and dob.isdigit()):
+        if dob is not None and not _calendar_date(dob):
             raise MessageRejected("AE", f"PID-7 date of birth {dob!r} is not YYYYMMDD")
     pd1 = msg.first("PD1")
     gp_practice = gp = None

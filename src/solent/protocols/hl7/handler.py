@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import REGIONAL_IDENTITY_SOURCE, Principal, PrincipalKind
 from solent.errors import IndexUnavailable
-from solent.protocols.hl7 import er7, queries
+from solent.protocols.hl7 import charsets, er7, queries
 from solent.protocols.hl7.ack import ack_bytes, build_ack
 from solent.protocols.hl7.ack import escape as ack_escape
 from solent.protocols.hl7.er7 import Header, Message, MessageRejected
@@ -58,13 +58,6 @@ def _batch_header(name: str, received: str) -> str:
     out = [name, "^~\\&", value(5) or "SOLENT", value(6) or "PACS", value(3), value(4), stamp]
     out += ["", "", "", f"SOLENT{uuid.uuid4().hex[:20]}", value(11)]
     return "|".join(out)
-
-
-def _decode(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +114,7 @@ class Hl7Handler:
         self._known_trusts: set[str] = set()
 
     def handle_bytes(self, data: bytes, remote: str | None = None) -> bytes:
-        raw = _decode(data)
+        raw = charsets.decode(data)
         if raw.lstrip("\r\n").startswith(("FHS", "BHS")):
             return self.handle_batch(raw, remote)
         return ack_bytes(self.handle(raw, remote), er7.loose_header(raw))
@@ -153,7 +146,7 @@ class Hl7Handler:
         try:
             msg = Message(raw)
         except MessageRejected as exc:
-            env = Envelope(None, None, None, raw, remote)
+            env = Envelope(None, None, None, raw.replace("\x00", "\ufffd"), remote)
             self._keep_rejected(env, exc.code, exc.reason)
             return build_ack(er7.loose_header(raw), exc.code, exc.reason)
         h = msg.header
