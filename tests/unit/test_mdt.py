@@ -375,6 +375,7 @@ def test_live_room_refuses_bad_tokens_and_unknown_meetings(
     for url, code in (
         ("/api/mdt/meetings/1/live?token=nonsense", 4401),
         (f"/api/mdt/meetings/424242/live?token={_token(h)}", 4404),
+        (f"/api/mdt/meetings/{2**64}/live?token={_token(h)}", 4404),  # no key is that large
     ):
         with demo_client.websocket_connect(url) as ws:
             assert ws.receive_json()["type"] == "error"
