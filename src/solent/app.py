@@ -115,7 +115,7 @@ class Archive:
             max_results=self.settings.max_query_results,
         )
         broadcast = open_broadcast(self.settings.effective_database_url)
-        mdt = MdtService(self.index, self.access, self.audit, viewer, retrieve)
+        mdt = MdtService(self.index, self.access, self.audit, viewer, retrieve, identity)
         records = RecordService(
             identity, InboxReads(self.index), self.access, self.audit, self.query
         )
@@ -185,9 +185,11 @@ class Archive:
             ),
             broadcast=broadcast,
             viewer=viewer,  # issue 12
-            key_objects=KeyObjectService(self.index, self.access, self.audit, viewer),
+            key_objects=KeyObjectService(self.index, self.access, self.audit, viewer, identity),
             mdt=mdt,
-            mdt_outcomes=MdtOutcomeService(self.index, self.access, self.audit, mdt, viewer),
+            mdt_outcomes=MdtOutcomeService(
+                self.index, self.access, self.audit, mdt, viewer, identity
+            ),
             reporter_notices=ReporterNoticeService(self.index, self.access, self.audit),
             # issue 16: a room's members may be connected to any node (PostgreSQL)
             live=LiveHub(

@@ -91,6 +91,9 @@ def test_clinician_break_glass_and_audit_over_http(demo_server: RunningServer) -
             r = httpx.request(method.upper(), url + concrete, timeout=30)
             if (method, path) in public:
                 assert r.status_code == 200 and "secret" not in r.text.lower(), r.text
+            elif (method, path) == ("get", "/fhir/.well-known/smart-configuration"):
+                # SMART discovery is public (R23); without an identity provider: 404.
+                assert r.status_code == 404 and "secret" not in r.text.lower(), r.text
             else:
                 assert r.status_code == 401, (method, path, r.status_code)
 

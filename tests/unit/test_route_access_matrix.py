@@ -130,6 +130,9 @@ GET_ROUTES: dict[str, Callable[[Target], str]] = {
         f"/fhir/ImagingStudy?patient.identifier={FHIR_ZZB}|{t.local_id}"
     ),
     "/fhir/ImagingStudy/{resource_id}": lambda t: f"/fhir/ImagingStudy/{t.study_pk}",
+    "/fhir/Patient/$ihe-pix": lambda t: (
+        f"/fhir/Patient/$ihe-pix?sourceIdentifier={FHIR_ZZB}|{t.local_id}"
+    ),
     "/fhir/DocumentReference": lambda t: (
         f"/fhir/DocumentReference?patient.identifier={FHIR_ZZB}|{t.local_id}"
     ),
@@ -388,6 +391,9 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
         "/api/identity/hl7/messages",
     ): "administrators of the sender's trust; test_guarded_door",
     ("GET", "/fhir/metadata"): "capability statement",
+    ("PUT", "/fhir/Patient"): (
+        "ITI-104 feed: integration accounts of the record's trust (test_fhir_pixm_pdqm)"
+    ),
     ("GET", "/fhir/.well-known/smart-configuration"): "public: SMART discovery (no patient)",
     (
         "GET",

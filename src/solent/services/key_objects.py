@@ -19,13 +19,20 @@ from solent.index import viewer as viewer_store
 from solent.index.sql import Index
 from solent.services.access import AccessService, Permission
 from solent.services.audit import AuditAction, AuditTrail, PatientRef
+from solent.services.identity import IdentityService
 from solent.services.viewer import ViewerService, iso, key_image_json
 
 
 class KeyObjectService:
     def __init__(
-        self, index: Index, access: AccessService, audit: AuditTrail, viewer: ViewerService
+        self,
+        index: Index,
+        access: AccessService,
+        audit: AuditTrail,
+        viewer: ViewerService,
+        identity: IdentityService,
     ) -> None:
+        self._identity = identity  # never handed out: adapters get this service only
         self._index = index
         self._access = access
         self._audit = audit
@@ -60,7 +67,7 @@ class KeyObjectService:
         for r in [*rows, *refs]:
             key = _withdrawn_owner(r)
             if key not in owners:
-                found = self._viewer.identity.resolve(*key) if all(key) else None
+                found = self._identity.resolve(*key) if all(key) else None
                 owners[key] = found.patient_pk if found else None
         visible = self._viewer.visible_pks(
             principal, {pk for pk in owners.values() if pk is not None}

@@ -28,6 +28,7 @@ from solent.index import viewer as viewer_store
 from solent.index.sql import Index
 from solent.services.access import AccessDenied, AccessService, Permission, Role
 from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
+from solent.services.identity import IdentityService
 from solent.services.mdt_broker import ORDERED, Announce
 from solent.services.mdt_live import LiveHub, advance
 from solent.services.mdt_schedule import PREFETCH_LEAD, MeetingWarmer, purpose
@@ -85,7 +86,9 @@ class MdtService:
         audit: AuditTrail,
         viewer: ViewerService,
         retrieve: RetrieveService,
+        identity: IdentityService,
     ) -> None:
+        self._identity = identity  # never handed out: adapters get this service only
         self._index = index
         self._access = access
         self._audit = audit
@@ -94,7 +97,7 @@ class MdtService:
         #: Now, in the server's time zone (meeting times are local); tests move it.
         self.clock: Callable[[], datetime] = lambda: datetime.now().astimezone()
         self._warmer = MeetingWarmer(
-            index, audit, retrieve, viewer.identity, self._visible_items, lambda: self.clock()
+            index, audit, retrieve, identity, self._visible_items, lambda: self.clock()
         )
         # Accepted purpose claims (a participant's every frame request carries one), briefly.
         self._participants: TtlCache[bool] = TtlCache(10.0, limit=10_000)
@@ -250,7 +253,7 @@ class MdtService:
                 "done": int(meeting["prefetch_done"]),
                 "total": int(meeting["prefetch_total"]),
             }
-        identity = self._viewer.identity
+        identity = self._identity
         done = total = 0
         for item in items:
             if int(item["pk"]) not in visible:
@@ -302,7 +305,7 @@ class MdtService:
                 raise InvalidInput(f"at most {MAX_STUDIES_PER_ITEM} studies per patient")
             pk = self._viewer._check_patient(principal, item.issuer, item.patient_id, "mdt create")
             person = self._viewer.person_of(principal, pk)
-            own = {s["study_uid"] for s in self._viewer.identity.studies(person.pks)}
+            own = {s["study_uid"] for s in self._identity.studies(person.pks)}
             for uid in item.study_uids:
                 if uid not in own:
                     raise InvalidInput(

@@ -28,6 +28,7 @@ from solent.index import mdt_outcomes as store
 from solent.index.sql import Index
 from solent.services.access import AccessDenied, AccessService, Permission, Role
 from solent.services.audit import AuditAction, AuditTrail, PatientRef, audit_fields
+from solent.services.identity import IdentityService
 from solent.services.mdt import MdtService
 from solent.services.mdt_schedule import purpose
 from solent.services.viewer import ViewerService, iso, report_key
@@ -72,7 +73,9 @@ class MdtOutcomeService:
         audit: AuditTrail,
         mdt: MdtService,
         viewer: ViewerService,
+        identity: IdentityService,
     ) -> None:
+        self._identity = identity  # never handed out: adapters get this service only
         self._index = index
         self._access = access
         self._audit = audit
@@ -194,9 +197,9 @@ class MdtOutcomeService:
                 raise InvalidInput(f"at most {MAX_SERIES} series per study reviewed")
             merged.setdefault(r.study_uid, [])
             if r.series_uids:
-                row = self._viewer.identity.study(r.study_uid)
+                row = self._identity.study(r.study_uid)
                 own = (
-                    {s["series_uid"] for s in self._viewer.identity.series(int(row["pk"]))}
+                    {s["series_uid"] for s in self._identity.series(int(row["pk"]))}
                     if row
                     else set()
                 )
@@ -213,7 +216,7 @@ class MdtOutcomeService:
         """One notice per reviewed study with a report in force: to its primary reporter."""
         out: list[tuple[dict[str, Any], PatientRef]] = []
         for r in reviewed:
-            row = self._viewer.identity.study(r.study_uid)
+            row = self._identity.study(r.study_uid)
             if row is None or not row["accession_number"]:
                 continue
             accession, issuer = report_key(row)
@@ -297,7 +300,7 @@ class MdtOutcomeService:
     ) -> list[SupplementaryReport]:
         """The outcomes that reviewed studies of these (visible) records. One ``view`` record
         naming the first record's patient when there are any (none is disclosed otherwise)."""
-        studies = self._viewer.identity.studies(patient_pks)
+        studies = self._identity.studies(patient_pks)
         if not studies:
             return []
         with self._index.read() as conn:
@@ -324,7 +327,7 @@ class MdtOutcomeService:
                 continue
             keys = []
             for entry in outcome["reviewed"]:
-                study = self._viewer.identity.study(entry["study_uid"])
+                study = self._identity.study(entry["study_uid"])
                 if study is not None:
                     keys.append((int(study["pk"]), int(study["patient_pk"])))
             if not keys:

@@ -82,11 +82,6 @@ class ViewerService:
         self._identity = identity
         self.max_results = max_results
 
-    @property
-    def identity(self) -> IdentityService:
-        """The cross-trust patient index the viewer resolves records through."""
-        return self._identity
-
     # -- access helpers -----------------------------------------------------------------------
 
     def visible_pks(self, principal: Principal, pks: Iterable[int]) -> set[int]:
