@@ -4,6 +4,7 @@ same task functions in-process; a failing job is retried with backoff."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,43 @@ def test_a_failing_job_is_retried_with_backoff_then_done(
         archive.index, archive.store, consumers=(consumer,), backoff_seconds=0.01
     )
     assert queue.dispatch() == 1
+    assert runs == [written.sop_instance_uid] and queue.retries_waiting == 1
+    while queue.retries_waiting:  # tried again once due, by the following dispatches
+        time.sleep(0.01)
+        queue.dispatch()
     assert runs == [written.sop_instance_uid] * 3  # two failures, then success
     assert queue.failed == 0
+
+
+def test_a_failing_job_does_not_hold_back_the_jobs_after_it(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the one thread slept through a failed job's backoff (2, 4, 8 ... s) before the
+    next job ran, so a notify node that was down delayed every other study's notification
+    by minutes."""
+    runs: list[str] = []
+    first: list[str] = []
+
+    def down_for_the_first(ctx: TaskContext, sop_instance_uid: str) -> None:
+        runs.append(sop_instance_uid)
+        if not first or sop_instance_uid == first[0]:
+            first[:] = [sop_instance_uid]
+            raise OSError("node down")
+
+    monkeypatch.setitem(tasks.TASKS, "down", down_for_the_first)
+
+    def jobs(event: FeedEvent) -> list[tuple[str, dict[str, Any]]]:
+        return [("down", {"sop_instance_uid": event.sop_instance_uid})]
+
+    consumer = Consumer("down-test", frozenset({"instance.stored"}), jobs)
+    queue = InProcessQueue(
+        archive.index, archive.store, consumers=(consumer,), backoff_seconds=20.0, max_attempts=2
+    )
+    store(archive, tmp_path / "in", 2)
+    started = time.monotonic()
+    assert queue.dispatch() == 2
+    assert time.monotonic() - started < 10
+    assert len(runs) == 2 and queue.retries_waiting == 1 and queue.failed == 0
 
 
 def test_jobs_cli_on_sqlite_reports_the_feed_and_refuses_to_list(tmp_path: Path) -> None:

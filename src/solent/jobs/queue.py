@@ -4,7 +4,8 @@ Both follow the change feed with the same consumers (`tasks.CONSUMERS`) and run 
 functions (`tasks.TASKS`); only the claiming differs. procrastinate (maintained, PostgreSQL
 only, no extra server) claims each job for exactly one worker across all nodes with
 SELECT ... FOR UPDATE SKIP LOCKED and retries with exponential backoff. The in-process runner is
-the embedded default's: one node, one thread, the cursor advanced after the tasks ran.
+the embedded default's: one node, one thread, the cursor advanced after the tasks ran, a
+failed job tried again later without holding back the jobs after it.
 """
 
 from __future__ import annotations
@@ -394,10 +395,15 @@ class InProcessQueue:
         self.backoff_seconds = backoff_seconds
         self.failed = 0
         self._follower: _Follower | None = None
+        #: Failed jobs waiting for their next attempt: (when, attempt, task, arguments). They
+        #: wait here, not in a sleep of the one thread, so one job whose node or store is down
+        #: does not hold back the jobs after it (another study's notification, say).
+        self._retries: list[tuple[float, int, str, dict[str, Any]]] = []
 
     def dispatch(self) -> int:
-        """Run the jobs of new events now; the cursor moves after they ran (at least once)."""
-        done = 0
+        """Run the jobs of new events now, and the retries that are due; the cursor moves after
+        each job's first run (a retry still waiting is lost if the process stops)."""
+        done = self._run_due_retries()
         for consumer in self.consumers:
             while True:
                 take = partial(
@@ -413,29 +419,51 @@ class InProcessQueue:
                 if new == old:
                     break
                 for task, args in consumer.batch_jobs(events):
-                    self._run(task, args)
+                    self._run(task, args, 1)
                     done += 1
                 self.index.write(partial(advance, consumer=consumer.name, seq=new))
-        return done
+        return done + self._run_due_retries()
 
-    def _run(self, task: str, args: dict[str, Any]) -> None:
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                TASKS[task](self.ctx, **args)
-            except Exception:
-                JOBS_RUN.labels(task, "error").inc()
-                if attempt == self.max_attempts:
-                    self.failed += 1
-                    log.exception("job %s%r failed %d times; given up", task, args, attempt)
-                    return
-                time.sleep(self.backoff_seconds * 2 ** (attempt - 1))
-            else:
-                JOBS_RUN.labels(task, "done").inc()
+    @property
+    def retries_waiting(self) -> int:
+        return len(self._retries)
+
+    def _run(self, task: str, args: dict[str, Any], attempt: int) -> None:
+        try:
+            TASKS[task](self.ctx, **args)
+        except Exception:
+            JOBS_RUN.labels(task, "error").inc()
+            if attempt >= self.max_attempts:
+                self.failed += 1
+                log.exception("job %s%r failed %d times; given up", task, args, attempt)
                 return
+            when = time.monotonic() + self.backoff_seconds * 2 ** (attempt - 1)
+            self._retries.append((when, attempt + 1, task, args))
+        else:
+            JOBS_RUN.labels(task, "done").inc()
+
+    def _run_due_retries(self) -> int:
+        ran = 0
+        while True:
+            now = time.monotonic()
+            due = [r for r in self._retries if r[0] <= now]
+            if not due:
+                return ran
+            self._retries = [r for r in self._retries if r[0] > now]
+            for _, attempt, task, args in due:
+                self._run(task, args, attempt)
+                ran += 1
+
+    def _wait_for_retries(self) -> None:
+        """Until no failed job waits for another attempt (``solent jobs work --until-idle``)."""
+        while self._retries:
+            time.sleep(max(0.0, min(r[0] for r in self._retries) - time.monotonic()))
+            self._run_due_retries()
 
     def work(self, *, until_idle: bool) -> None:
         self.dispatch()
         if until_idle:
+            self._wait_for_retries()
             return
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
