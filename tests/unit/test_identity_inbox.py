@@ -9,7 +9,7 @@ from solent.app import Archive
 from solent.index.hl7_senders import add_sender
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.listener import Hl7Listener
-from solent.protocols.hl7.mllp import Deframer, frame
+from solent.protocols.hl7.mllp import MAX_MESSAGE_BYTES, Deframer, frame
 from solent.services.identity import IdentityService
 from solent.services.inbox import Envelope, InboxReads
 
@@ -121,3 +121,28 @@ def test_another_message_under_a_used_control_id_is_refused_not_dropped(
     journal = InboxReads(archive.index).messages()
     assert sorted(m["status"] for m in journal) == ["applied", "rejected", "rejected"]
     assert [w["kind"] for w in ident.work_queue()] == ["control-id-reused"]
+
+
+def test_a_message_larger_than_mllp_takes_is_refused_ar_naming_it(archive: Archive) -> None:
+    """Before: the connection was closed without an answer, so the sender resent the message
+    for ever; now an AR names it (MSA-2) and nothing is stored."""
+    on_free_port = dataclasses.replace(
+        archive.services, settings=archive.settings.model_copy(update={"hl7_port": 0})
+    )
+    add_sender(archive.index, "PAS", "ZZA", ("127.0.0.1",), None)
+    listener = Hl7Listener(on_free_port)
+    port = listener.start()
+    huge = A28.format(control="HUGE-1", local_id="A7") + "NTE|1||" + "x" * MAX_MESSAGE_BYTES
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(frame(huge.encode()))
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+    finally:
+        listener.stop()
+    [ack] = Deframer().feed(reply)
+    assert msa(ack.decode())[:2] == ["AR", "HUGE-1"]
+    assert "larger than" in msa(ack.decode())[2]
+    assert IdentityService(archive.index).resolve("ZZA", "A7") is None

@@ -119,6 +119,12 @@ class Hl7Handler:
             return self.handle_batch(raw, remote)
         return ack_bytes(self.handle(raw, remote), er7.loose_header(raw))
 
+    def refuse_unread(self, head: bytes, reason: str) -> bytes:
+        """The AR of a message refused before it could be read whole (larger than MLLP takes):
+        named by the MSH in its first bytes; not journalled, as it was never received whole."""
+        header = er7.loose_header(charsets.decode(head))
+        return ack_bytes(build_ack(header, "AR", reason), header)
+
     def handle_batch(self, raw: str, remote: str | None = None) -> bytes:
         """An HL7 batch (FHS/BHS ... BTS/FTS) in one frame, as PAS replays and catch-up feeds
         send it: each message is handled as if sent alone, in order (journalled, applied, its

@@ -14,11 +14,12 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from solent.protocols.hl7.handler import Hl7Handler
-from solent.protocols.hl7.mllp import Deframer, FramingError, frame
+from solent.protocols.hl7.mllp import Deframer, FramingError, MessageTooLarge, frame
 from solent.protocols.hl7.senders import SenderGate
 from solent.protocols.proxy_header import ProxyHeaderError, ProxyHeaderReader
 from solent.protocols.tls import server_context
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 IDLE_TIMEOUT_S = 600.0
 PROXY_HEADER_TIMEOUT_S = 10.0  # the balancer writes it at once, before any MLLP byte
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
+DRAIN_SECONDS = 10.0  # after refusing an over-large message, how long its rest is read
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -128,6 +130,18 @@ class _Connection(socketserver.BaseRequestHandler):
                     return
                 try:
                     messages = deframer.feed(data)
+                except MessageTooLarge as exc:
+                    # Refused AR, named by its MSH, so the sender stops resending it; then the
+                    # rest is read and dropped for a while, as closing on unread bytes resets
+                    # the connection and the sender may lose the AR with it.
+                    log.warning("HL7 connection from %s closed: %s", remote, exc)
+                    with contextlib.suppress(OSError):
+                        for message in exc.before:
+                            sock.sendall(frame(self.server.hl7.handle_bytes(message, remote)))
+                        sock.sendall(frame(self.server.hl7.refuse_unread(exc.head, str(exc))))
+                        sock.shutdown(socket.SHUT_WR)
+                        _drain(sock, time.monotonic() + DRAIN_SECONDS)
+                    return
                 except FramingError as exc:
                     log.warning("HL7 connection from %s closed: %s", remote, exc)
                     return
@@ -142,6 +156,14 @@ class _Connection(socketserver.BaseRequestHandler):
         """Runs after ``handle`` whatever happened in it: frees the connection's slot."""
         with self.server.lock:
             self.server.active -= 1
+
+
+def _drain(sock: socket.socket, deadline: float) -> None:
+    """Read and drop what the peer still sends, until it closes or ``deadline``."""
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        if not sock.recv(65536):
+            return
 
 
 class Hl7Listener:

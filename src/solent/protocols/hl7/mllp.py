@@ -5,10 +5,22 @@ from __future__ import annotations
 START = b"\x0b"
 END = b"\x1c\x0d"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+HEAD_BYTES = 4096  # enough of a refused message to read its MSH
 
 
 class FramingError(Exception):
     """The peer sent bytes that are not MLLP, or a message larger than we accept."""
+
+
+class MessageTooLarge(FramingError):
+    """A message is larger than the limit (whole or still arriving); ``head`` is its first
+    bytes (its MSH), so that the refusal can name it, and ``before`` the whole messages that
+    came ahead of it in the same read."""
+
+    def __init__(self, message: str, head: bytes, before: list[bytes]) -> None:
+        super().__init__(message)
+        self.head = head
+        self.before = before
 
 
 def frame(message: bytes) -> bytes:
@@ -38,9 +50,11 @@ class Deframer:
             # a message, so <FS> ends it and a <CR> after it (maybe in the next read) is dropped
             # with the whitespace between frames.
             end = self.buffer.find(END[:1], start + 1)
+            if (end if end >= 0 else len(self.buffer)) - start - 1 > self.max_bytes:
+                head = bytes(self.buffer[start + 1 : start + 1 + HEAD_BYTES])
+                why = f"message larger than {self.max_bytes} bytes"
+                raise MessageTooLarge(why, head, out)
             if end < 0:
-                if len(self.buffer) - start > self.max_bytes:
-                    raise FramingError(f"message larger than {self.max_bytes} bytes")
                 del self.buffer[:start]
                 return out
             out.append(bytes(self.buffer[start + 1 : end]))
