@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -21,15 +22,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from solent.security import tokens
 from solent.security.keys import SigningKey
 from tests.conftest import RunningServer, require_tool, start_server
+from tests.unit.security_fixtures import demo_template
 
+__all__ = ["demo_template"]
 pytestmark = pytest.mark.interop
 
 PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-def demo_server(tmp_path: Path) -> Iterator[RunningServer]:
+def demo_server(demo_template: Path, tmp_path: Path) -> Iterator[RunningServer]:
+    """`solent serve` on a copy of the demo data loaded once (test_serve_demo covers the load
+    at first start); SOLENT_DEMO_DATA stays on, as for a demo site."""
     env = {"SOLENT_DEMO_DATA": "true"}
+    shutil.copytree(demo_template, tmp_path / "srv")
     srv = start_server(tmp_path / "srv", extra_env=env, timeout=180)
     srv.env.update(env)
     yield srv

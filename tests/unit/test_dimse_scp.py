@@ -185,7 +185,15 @@ def test_unregistered_caller_is_rejected_and_dev_switch_opens_it(tmp_path: Path)
 def test_unknown_caller_rejected_with_reason(running: Running) -> None:
     ae = make_ae("STRANGER")
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", running.port, ae_title="SOLENT")
+    deadline = time.monotonic() + 60
+    while True:
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="SOLENT")
+        # Under full-suite load pynetdicom's requestor once saw neither answer though the
+        # server logged its A-ASSOCIATE-RJ: ask again then; an acceptance fails at once.
+        if assoc.is_established or assoc.is_rejected or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not assoc.is_established
     assert assoc.is_rejected
     rj = assoc.acceptor.primitive
     assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)
