@@ -297,6 +297,22 @@ def regional_pg_index(fresh_postgres_url: str) -> Iterator[Any]:
 # (refreshed on each call, so trusts a test adds later are covered). It has no password (API
 # tokens only); its short-lived bearer token is signed with the archive's own key.
 
+
+@pytest.fixture
+def reserved_port() -> Iterator[int]:
+    """A loopback port held for the test: bound with SO_REUSEADDR and not listening, so no
+    other process's bind(0) (a server on port 0) or outgoing connection takes it meanwhile,
+    while a DCMTK tool (which sets SO_REUSEADDR) can still listen on it. A port that was only
+    free when asked (bind, close) could be another test's by the time movescu listens: the
+    archive's C-MOVE then went to that process and movescu waited for ever."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
+
+
 TEST_USER = "test-user"
 #: Every role but pacs_admin: an account holding it with these reads no patient data (issue 11),
 #: so administration goes through TEST_ADMIN (a regional administrator) instead.

@@ -317,12 +317,6 @@ def test_dicomweb_and_fhir_access_is_audited(demo_server: RunningServer, corpus_
     assert all(x["patient_issuer"] == "ZZA" for x in fhir)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def dcmtk(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(args),
@@ -334,13 +328,13 @@ def dcmtk(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def test_dimse_query_and_retrieve_are_audited_as_the_node(
-    demo_server: RunningServer, tmp_path: Path
+    demo_server: RunningServer, tmp_path: Path, reserved_port: int
 ) -> None:
     srv = demo_server
     if "dicom" not in srv.ports:
         pytest.skip("this build has no DIMSE listener")
     findscu, getscu, movescu = (require_tool(t) for t in ("findscu", "getscu", "movescu"))
-    port = free_port()
+    port = reserved_port  # held until movescu listens on it (C-MOVE destination)
     srv.cli("ae", "add", "WS1", "--host", "127.0.0.1", "--port", str(port), "--trust", "ZZB")
     auditor = bearer(srv, "privacy", "ZZB", "auditor")
     regional = bearer(srv, "regional", "ZZB", "radiologist")
