@@ -81,6 +81,12 @@ def _drop(page: Any) -> None:
     assert dropped == 1
 
 
+def _sockets(page: Any) -> int:
+    """Live connections the page has opened so far (a reconnect adds one)."""
+    count: int = page.evaluate("() => window.__sockets.length")
+    return count
+
+
 def _open_sockets(page: Any) -> int:
     count: int = page.evaluate("() => window.__sockets.filter((s) => s.readyState === 1).length")
     return count
@@ -115,17 +121,28 @@ def test_a_dropped_live_connection_comes_back_and_follows_again(
     fol.wait_for_selector("#mdt-status:not(:has-text('connection lost'))")
     assert _open_sockets(fol) == 1
 
-    # The presenter's connection drops: the room lets the role go, the presenter's page
-    # reconnects and presents again, and the follower follows its next move.
+    # The presenter's connection drops and the presenter goes on meanwhile (to the first
+    # slice): the room lets the role go, the presenter's page reconnects and presents again
+    # from where it is now (not from the room's last view), and the follower follows there
+    # and on the presenter's next move.
+    opened = _sockets(pres)
     _drop(pres)
-    back = "#mdt-status:has-text('Presenter: rc_pres (you)'):not(:has-text('lost'))"
-    pres.wait_for_selector(back)
-    fol.wait_for_selector("#mdt-status:has-text('Presenter: rc_pres')")
-    pres.wait_for_selector(f"{pane()} .viewport:not(.following)")
     pres.locator(f"{pane()} .viewport").hover()
     pres.keyboard.press("Home")
     eventually(lambda: image_index(pres) == 0, what="presenter at the first slice")
-    eventually(lambda: image_index(fol) == 0, what="the follower follows the reconnected presenter")
+    eventually(
+        lambda: _sockets(pres) > opened and _open_sockets(pres) == 1, what="presenter reconnected"
+    )
+    back = "#mdt-status:has-text('Presenter: rc_pres (you)'):not(:has-text('lost'))"
+    pres.wait_for_selector(back)
+    fol.wait_for_selector("#mdt-status:has-text('Presenter: rc_pres')")
+    eventually(lambda: image_index(fol) == 0, what="the follower where the presenter went")
+    assert image_index(pres) == 0  # the room's last view did not take the presenter back
+    pres.wait_for_selector(f"{pane()} .viewport:not(.following)")
+    pres.locator(f"{pane()} .viewport").hover()
+    pres.keyboard.press("End")
+    eventually(lambda: image_index(pres) == 23, what="presenter at the last slice again")
+    eventually(lambda: image_index(fol) == 23, what="the follower follows it again")
     assert not errors, errors
 
 

@@ -256,3 +256,36 @@ def test_a_follower_dropped_as_too_slow_leaves_the_room_for_everyone() -> None:
     assert last(p_in, "participants")["participants"] == ["p"]
     hub.leave(1, p)
     assert 1 not in hub.rooms
+
+
+def test_a_presenter_back_before_its_vacancy_is_ordered_claims_again() -> None:
+    """The presenter's connection drops and its page connects again before the vacancy came back
+    from the order: the new connection is welcomed to a vacant room (so the page claims), and the
+    claim, ordered after the vacancy, makes it the presenter whose views the room follows."""
+    bus = DatabaseOrder()
+    hub = LiveHub(bus, "n1")
+    p_in: list[dict[str, Any]] = []
+    f_in: list[dict[str, Any]] = []
+    p, f = member("p", p_in), member("f", f_in)
+    hub.join(1, p, None)
+    hub.join(1, f, None)
+    hub.publish(1, hub.handle(1, p, {"type": "claim"}).events)
+    bus.deliver()
+    assert hub.rooms[1].presenter == "p"
+
+    hub.leave(1, p)  # the vacancy is published, not yet ordered
+    again_in: list[dict[str, Any]] = []
+    again = member("p", again_in)
+    welcome = hub.join(1, again, "p")
+    assert welcome["presenter"] is None
+    out = hub.handle(1, again, {"type": "claim"})
+    assert not out.replies
+    hub.publish(1, out.events)
+    bus.deliver()
+    assert hub.rooms[1].presenter == "p"
+    assert last(f_in, "presenter")["presenter"] == "p"
+    hub.publish(1, hub.handle(1, again, {"type": "view", "state": {"item_id": 7}}).events)
+    bus.deliver()
+    assert last(f_in, "view")["by"] == "p"
+    # Later welcomes say who presents again.
+    assert hub.join(1, member("g", []), None)["presenter"] == "p"

@@ -335,18 +335,31 @@ export async function meeting(root: HTMLElement, id: string): Promise<() => void
   const onMessage = (event: MessageEvent) => {
     const msg = JSON.parse(String(event.data)) as ServerMessage;
     switch (msg.type) {
-      case 'welcome':
+      case 'welcome': {
         retry = 0;
+        const back = wasPresenting;
+        wasPresenting = false;
         presenter = msg.presenter;
         participants = msg.participants;
         status.querySelector('.mdt-connection')?.remove();
         render();
-        if (msg.state) follow(msg.state);
-        // Back after a dropped connection while presenting, and nobody took over meanwhile:
-        // present again (the room let the role go when the connection went).
-        if (wasPresenting && !msg.presenter) send({ type: 'claim' });
-        wasPresenting = false;
+        if (back && !msg.presenter) {
+          // Back after a dropped connection while presenting, and nobody took over meanwhile:
+          // present again (the room let the role go when the connection went). This screen,
+          // not the room's last view, is what the room shows next: the presenter may have
+          // gone on while the connection was down (the presenter event sends it).
+          send({ type: 'claim' });
+        } else if (back && isPresenter() && view) {
+          // Still presenting (the room had not let the role go): what this screen moved to
+          // while the connection was down was never sent, so send it now.
+          const shown = view;
+          lastView = '';
+          opening = opening.then(() => sendView(shown.main.state(shownItem)));
+        } else if (msg.state) {
+          follow(msg.state);
+        }
         break;
+      }
       case 'view':
         if (msg.by !== me.name) follow(msg.state);
         break;

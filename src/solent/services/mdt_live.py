@@ -69,6 +69,10 @@ class Room:
     # A presenter set by this node whose event has not come back yet (name, when): accepted
     # as presenting meanwhile, so its next message is not refused; the order still decides.
     pending: tuple[str, float] | None = None
+    # A presenter this node vacated (its connection went) whose vacancy has not come back yet:
+    # a new connection of that person is welcomed as to a vacant room, so its page claims the
+    # role again (the claim follows the vacancy in the order) instead of believing it presents.
+    vacating: str | None = None
     members: dict[int, Member] = field(default_factory=dict)
     remote: dict[str, list[str]] = field(default_factory=dict)  # other node -> its members
     seen: dict[str, float] = field(default_factory=dict)  # other node -> last heard (our clock)
@@ -176,10 +180,11 @@ class LiveHub:
         room = self.rooms[meeting_id]
         member.conn_id = next(self._ids)
         room.members[member.conn_id] = member
+        presenter_now = None if room.vacating == room.presenter else room.presenter
         welcome = {
             "type": "welcome",
             "you": member.name,
-            "presenter": room.presenter,
+            "presenter": presenter_now,
             "participants": room.participants(),
             "state": _redact(room.state, member),
             "seq": room.seq,
@@ -197,7 +202,7 @@ class LiveHub:
         # the members already, and leaving is when the others learn it went.
         room.members.pop(member.conn_id, None)
         if room.presenter == member.name and member.name not in room.participants():
-            self._publish(meeting_id, self._vacate(member.name))
+            self._publish(meeting_id, self._vacate(room, member.name))
         self._announce_members(meeting_id, room)
         self._show_participants(room)
         if not room.members:  # nobody here any more: stop following the room on this node
@@ -210,7 +215,8 @@ class LiveHub:
             meeting_id, {"type": "participants", "node": self.node, "members": room.local()}
         )
 
-    def _vacate(self, name: str) -> Event:
+    def _vacate(self, room: Room, name: str) -> Event:
+        room.vacating = name
         return {"type": "presenter", "presenter": None, "was": name, "node": self.node}
 
     # -- liveness -------------------------------------------------------------------------------
@@ -231,7 +237,7 @@ class LiveHub:
             absent = room.presenter is not None and room.presenter not in room.participants()
             if absent and room.members and now - room.opened > self.lease:
                 assert room.presenter is not None
-                self._publish(meeting_id, self._vacate(room.presenter))
+                self._publish(meeting_id, self._vacate(room, room.presenter))
 
     def _keep_ticking(self) -> None:
         """Schedule the next ``tick`` on the running event loop while rooms are open (none
@@ -349,6 +355,8 @@ class LiveHub:
                 pending = room.pending
                 if pending is not None and pending[0] == event.get("presenter"):
                     room.pending = None  # our own change is in the order now
+            if kind == "presenter" and event.get("was") == room.vacating:
+                room.vacating = None  # the vacancy is in the order now
             room.presenter, counts = advance(room.presenter, event)
             if not counts:
                 return
