@@ -113,6 +113,7 @@ class Archive:
             self.query,
             identity,
             max_results=self.settings.max_query_results,
+            coding=coding,
         )
         broadcast = open_broadcast(self.settings.effective_database_url)
         mdt = MdtService(self.index, self.access, self.audit, viewer, retrieve, identity)

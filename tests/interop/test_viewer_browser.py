@@ -686,8 +686,18 @@ def test_worklist_search_timeline_and_recent(
     shot(page, tmp_path, "12-timeline")
     page.click("text=MR BRAIN")
     wait_image(page, "Current")
-    wait_image(page, "Prior")  # the newest prior hangs beside it
-    assert "XR CHEST PA" in page.inner_text("#prior-select")
+    wait_image(page, "Prior")  # no prior shares the MR brain's region: the newest hangs
+    hung = page.locator("#prior-select option:checked")
+    assert "XR CHEST PA" in hung.inner_text() and hung.get_attribute("data-relevance") == ""
+    # The CT chest hangs the chest X-ray, its relevant prior (R19: a body region in common),
+    # before the newer MR brain, and says why.
+    page.goto(f"{demo.base_url}/viewer/#/study/{ALICE_CT}")
+    wait_image(page, "Prior")
+    hung = page.locator("#prior-select option:checked")
+    assert "XR CHEST PA" in hung.inner_text() and "same body region" in hung.inner_text()
+    assert hung.get_attribute("data-relevance") == "region"
+    page.goto(f"{demo.base_url}/viewer/#/study/{ALICE_MR}")
+    page.wait_for_selector("#reports")
     page.wait_for_selector("#reports")
     page.click("text=Worklist")
     page.wait_for_selector("#recent .patient-row:has-text('DEMO, Alice')")

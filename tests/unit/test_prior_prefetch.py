@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from solent.app import Archive, build_archive
 from solent.domain.principal import SYSTEM, Channel, Principal, PrincipalKind, Provenance
-from solent.domain.prior_relevance import Procedure, Rules, relevant_priors
+from solent.domain.prior_relevance import Procedure, Rules, hanging_order, relevant_priors
 from solent.domain.procedures import parse_map
 from solent.errors import InvalidInput
 from solent.index.jobs import FeedEvent
@@ -256,6 +256,27 @@ def test_relevance_ranks_code_then_region_then_modality_within_age_and_count() -
     assert [p.study_uid for p, _ in admitted] == ["now", "head-ct"]
     with pytest.raises(ValueError, match="unknown prior relevance"):
         Rules.parse_criteria("code,bodypart")
+
+
+def test_the_reading_screen_hangs_the_same_procedure_first_whatever_its_age() -> None:
+    """R19 for hanging: every prior is listed (none left out by age or count), the relevant ones
+    first by how they match, then the rest newest first; the study itself is not its prior."""
+    current = _p("now", "20261205", "CT", "NICIP:CCHAPC", "CHEST", "ABDOMEN", "PELVIS")
+    priors = [
+        _p("head-ct", "20261101", "CT", "NICIP:CHEAD", "HEAD"),
+        _p("chest-xr", "20250302", "CR", "NICIP:XCHES", "CHEST"),
+        _p("too-old", "20100101", "CT", "NICIP:CCHAPC", "CHEST"),
+        _p("mr-knee", "20240101", "MR", None),
+        _p("undated", "", "US", None, "NECK"),
+        _p("now", "20261205", "CT", "NICIP:CCHAPC", "CHEST"),
+    ]
+    assert [(p.study_uid, why) for p, why in hanging_order(current, priors)] == [
+        ("too-old", "code"),
+        ("chest-xr", "region"),
+        ("head-ct", None),
+        ("mr-knee", None),
+        ("undated", None),
+    ]
 
 
 # -- R47: the order trigger, end to end --------------------------------------------------------

@@ -183,7 +183,13 @@ def test_study_priors_reports_and_key_images(demo: Archive, demo_client: TestCli
     assert [(s["modality"], s["instance_count"], s["frames"]) for s in body["series"]] == [
         ("CT", 24, 24)
     ]
-    assert [p["date"] for p in body["priors"]] == ["20260610", "20250302"]
+    # The prior to hang first is the relevant one (R19): the chest X-ray shares the CT chest's
+    # body region; the newer MR brain does not, and comes after it.
+    priors = body["priors"]
+    assert [(p["date"], p["relevance"]) for p in priors] == [
+        ("20250302", "region"),
+        ("20260610", None),
+    ]
     assert ct not in {p["study_uid"] for p in body["priors"]}
     assert body["patient"]["key"] == "ZZA|A100001"
 

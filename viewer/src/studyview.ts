@@ -21,6 +21,8 @@ import type { KeyImage, Report, StudyEntry, ViewState } from './types';
 const ENGINE = 'solent-engine';
 const SLICE_SYNC = 'solent-slice-sync';
 const VOI_SYNC = 'solent-voi-sync';
+/** How a prior matched the current study, as the prior list says it. */
+const RELEVANCE = { code: 'same procedure', region: 'same body region', modality: 'same modality' } as const;
 
 export interface StudyViewOptions {
   prior?: string | null;
@@ -141,8 +143,9 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
   };
   if (opts.follow) following(true);
 
-  // Priors: the newest one hangs beside the current study unless the route names another
-  // (#/study/UID?prior=UID2, which needs DICOMweb only; ?prior= hangs none).
+  // Priors: the archive lists the most relevant first (R19: the same mapped procedure, then a
+  // body region in common, then the newest); it hangs beside the current study unless the route
+  // names another (#/study/UID?prior=UID2, which needs DICOMweb only; ?prior= hangs none).
   const priors = context instanceof Error ? [] : context.priors;
   const wanted = opts.prior === undefined ? (priors[0]?.study_uid ?? null) : opts.prior;
   if (!opts.follow && (priors.length || wanted)) {
@@ -151,7 +154,11 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
       { id: 'prior-select', 'aria-label': 'Prior study' },
       h('option', { value: '' }, 'No prior'),
       ...priors.map((p) =>
-        h('option', { value: p.study_uid }, `${dicomDate(p.date)} ${p.trust} ${p.modalities.join('/')} ${p.description ?? ''}`),
+        h(
+          'option',
+          { value: p.study_uid, 'data-relevance': p.relevance ?? '' },
+          `${dicomDate(p.date)} ${p.trust} ${p.modalities.join('/')} ${p.description ?? ''}${p.relevance ? ` — ${RELEVANCE[p.relevance]}` : ''}`,
+        ),
       ),
     );
     if (wanted && !priors.some((p) => p.study_uid === wanted)) choose.append(h('option', { value: wanted }, wanted));

@@ -38,6 +38,13 @@ export interface StudyEntry {
   access: 'relationship' | 'break-glass';
 }
 
+export interface PriorEntry extends StudyEntry {
+  /** The normalised procedure code (NICIP, else SNOMED CT) from the trust's mapping table. */
+  procedure_code: string | null;
+  /** Why it is relevant to the current study; null: it is not. */
+  relevance: 'code' | 'region' | 'modality' | null;
+}
+
 export interface BreakGlassState {
   grant_id: number;
   expires_at: string;
@@ -63,7 +70,8 @@ export interface StudyContext {
   study: StudyEntry;
   patient: PatientEntry;
   series: SeriesEntry[];
-  priors: StudyEntry[];
+  /** The one to hang first (R19: same mapped procedure, then body region, modality). */
+  priors: PriorEntry[];
   /** The caller's live break-glass grant covering this patient (its expiry for the banner). */
   break_glass?: BreakGlassState | null;
 }

@@ -100,3 +100,20 @@ def relevant_priors(
             chosen.append((prior, why))
     chosen.sort(key=lambda pw: (rank[pw[1]], -(study_day(pw[0].study_date) or oldest).toordinal()))
     return chosen[: rules.max_priors]
+
+
+def hanging_order(
+    current: Procedure, priors: Sequence[Procedure]
+) -> list[tuple[Procedure, str | None]]:
+    """Every prior for the reading screen, the one to hang first (R19): the relevant ones
+    (``match`` on every criterion, whatever their age: a reader compares with the last study of
+    the same procedure even years back), best match and then newest first, then the others by
+    date, newest first. Each with the criterion it matched on (None: not relevant)."""
+    rank = {c: n for n, c in enumerate(CRITERIA)}
+    ranked = [(p, match(current, p, CRITERIA)) for p in priors if p.study_uid != current.study_uid]
+
+    def key(pw: tuple[Procedure, str | None]) -> tuple[int, int]:
+        day = study_day(pw[0].study_date)
+        return (rank.get(pw[1] or "", len(CRITERIA)), -(day.toordinal() if day else 0))
+
+    return sorted(ranked, key=key)

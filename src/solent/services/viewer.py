@@ -19,6 +19,7 @@ from solent.domain.attributes import Level
 from solent.domain.matching import parse_query
 from solent.domain.nhs_number import is_valid, normalise
 from solent.domain.principal import Principal
+from solent.domain.prior_relevance import Procedure, hanging_order
 from solent.errors import InvalidInput, NotFound
 from solent.index import identity as records
 from solent.index import viewer as store
@@ -27,6 +28,7 @@ from solent.index.sql import Index
 from solent.services.access import AccessDenied, AccessService, Permission
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef
 from solent.services.identity import IdentityService
+from solent.services.procedures import ProcedureCoding
 from solent.services.query import QueryService
 
 NO_PATIENT = "no such patient"
@@ -74,6 +76,7 @@ class ViewerService:
         identity: IdentityService,
         *,
         max_results: int = 1000,
+        coding: ProcedureCoding | None = None,
     ) -> None:
         self._index = index
         self._access = access
@@ -81,6 +84,7 @@ class ViewerService:
         self._query = query
         self._identity = identity
         self.max_results = max_results
+        self._coding = coding or ProcedureCoding(index)
 
     # -- access helpers -----------------------------------------------------------------------
 
@@ -341,9 +345,40 @@ class ViewerService:
                 }
                 for s in series
             ],
-            "priors": [s for i, s in enumerate(studies) if i != index],
+            "priors": self._priors(rows, studies, index),
             "break_glass": self._grant(principal, person),
         }
+
+    def _priors(
+        self, rows: list[dict[str, Any]], studies: list[dict[str, Any]], index: int
+    ) -> list[dict[str, Any]]:
+        """The person's other studies, the one to hang beside the current first (R19): by the
+        mapped procedure code and its body regions (Body Part Examined where the table gives
+        none), not by descriptions that differ between trusts; each says why (``relevance``)."""
+        codes = self._coding.study_codes(rows)
+        procedures = []
+        for row, entry in zip(rows, studies, strict=True):
+            mapped, _how = codes[str(row["study_uid"])]
+            regions = mapped.regions if mapped and mapped.regions else frozenset()
+            if not regions and entry["body_part"]:
+                regions = frozenset({str(entry["body_part"]).upper()})
+            procedures.append(
+                Procedure(
+                    str(row["study_uid"]),
+                    row["study_date"],
+                    frozenset(entry["modalities"]),
+                    mapped.key if mapped else None,
+                    regions,
+                )
+            )
+        by_uid = {
+            str(r["study_uid"]): (e, p) for r, e, p in zip(rows, studies, procedures, strict=True)
+        }
+        out = []
+        for prior, why in hanging_order(procedures[index], procedures):
+            entry, proc = by_uid[prior.study_uid]
+            out.append({**entry, "procedure_code": proc.code, "relevance": why})
+        return out
 
     # -- reports --------------------------------------------------------------------------------
 
