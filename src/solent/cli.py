@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "solent.jobs.cli",  # issue 16
     "solent.protocols.retention_cli",  # R42
     "solent.procedures_cli",  # R19
+    "solent.safety.cli",  # R45/R46
 )
 
 
