@@ -2,14 +2,17 @@
 concerned as an HL7 v2.5 OMI^O23 over MLLP. The RIS here is a real MLLP listener on loopback
 that keeps every frame and answers as scripted: an AE first makes the job retry with the jobs'
 backoff and the same message control ID, an AA ends it. Each notification sent is audited. A
-trust with no RIS registered is sent nothing, and that is no error."""
+trust with no RIS registered is sent nothing, and that is no error. Over TLS the archive checks
+the RIS certificate against the registered CA and shows its own to a RIS that asks."""
 
 from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +21,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from solent.app import Archive, build_archive
+from solent.domain.records import DestinationRow
 from solent.jobs.queue import InProcessQueue
 from solent.jobs.tasks import consumers_named
 from solent.protocols.hl7.mllp import Deframer, frame
 from solent.protocols.hl7.ris import RisSender
 from solent.protocols.http import create_app
 from solent.settings import load_settings
+from tests.interop.test_dimse_tls_dcmtk import Authority
 from tests.unit.security_fixtures import add_user, cli_env, demo_template, study_of
+from tests.unit.test_hl7_ris_messages import MOVED
 
 __all__ = ["demo_template"]
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
@@ -34,8 +40,11 @@ class Ris:
     """An MLLP listener that records each message and answers with the next scripted MSA-1,
     or hangs up without an answer ("hang up"); AA once the script is used up."""
 
-    def __init__(self, port: int, answers: list[str] | None = None) -> None:
+    def __init__(
+        self, port: int, answers: list[str] | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.frames: list[str] = []
+        self.tls = tls
         self.answers = list(answers or [])
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,10 +60,16 @@ class Ris:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError):
+                    conn.close()
+                    continue
             with conn:
                 conn.settimeout(5)
                 deframer = Deframer()
-                while data := conn.recv(65536):
+                while data := _recv(conn):
                     for message in deframer.feed(data):
                         answer = self._answer(message.decode("utf-8"))
                         if answer is None:
@@ -77,6 +92,13 @@ class Ris:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _recv(conn: socket.socket) -> bytes:
+    try:
+        return conn.recv(65536)
+    except (ssl.SSLError, OSError):  # a TLS peer refused after the handshake (no certificate)
+        return b""
 
 
 @pytest.fixture
@@ -223,3 +245,28 @@ def test_no_ris_registered_sends_nothing_and_is_no_error(
         ris.close()
     assert ris.frames == []
     assert _audits(archive) == []
+
+
+def test_a_ris_over_tls_is_checked_and_is_shown_the_archive_certificate(
+    tmp_path: Path, reserved_port: int
+) -> None:
+    ca, other = Authority(tmp_path, "ris"), Authority(tmp_path, "other")
+    server, client = ca.issue("ris.zzb", server=True), ca.issue("solent", server=False)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(server.cert), str(server.key))
+    context.load_verify_locations(cafile=str(ca.pem))
+    context.verify_mode = ssl.CERT_REQUIRED  # the RIS asks for the archive's certificate
+    ris = Ris(reserved_port, tls=context)
+    dest = DestinationRow("ZZB", "127.0.0.1", ris.port, "CRIS", "ZZB", True, str(ca.pem))
+    notice = replace(MOVED, destination=dest)
+    try:
+        sender = RisSender(timeout=3, client_cert=client.cert, client_key=client.key)
+        assert sender(notice) == ("AA", "")
+        with pytest.raises(OSError):  # no certificate to show: the RIS hangs up, no ACK
+            RisSender(timeout=3)(notice)
+        wrong_ca = replace(notice, destination=replace(dest, tls_ca=str(other.pem)))
+        with pytest.raises(ssl.SSLCertVerificationError):  # not the RIS we registered
+            sender(wrong_ca)
+    finally:
+        ris.close()
+    assert len(ris.frames) == 1 and "SOLENT17.ZZB" in ris.frames[0]
