@@ -14,6 +14,7 @@ from solent.ingest import Ingestor, IngestPolicy
 from solent.jobs.queue import open_job_queue
 from solent.jobs.tasks import consumers_named
 from solent.protocols.dimse.ian import send_notification
+from solent.protocols.hl7.ris import RisSender
 from solent.security.authn import Authenticator
 from solent.security.users import UserService
 from solent.services.access import AccessService
@@ -181,6 +182,10 @@ class Archive:
                     settings=self.settings,
                     notify=send_notification,
                     prefetch=prefetch,
+                    tell_ris=RisSender(
+                        client_cert=self.settings.hl7_tls_cert,
+                        client_key=self.settings.hl7_tls_key,
+                    ),
                 ),
                 self.access,
             ),

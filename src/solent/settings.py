@@ -425,7 +425,8 @@ class Settings(BaseSettings):
         "Notifications to the DICOM nodes registered with `--allow notify`; procedures, the "
         "NICIP/SNOMED CT coding of every study (R19); prefetch, rules-based prefetch of a "
         "patient's priors from every trust on an order, an admission or a study arriving, "
-        "R47). Empty: none.",
+        "R47; ris, HL7 v2 notifications of study edits to each trust's RIS registered with "
+        "`solent hl7 ris add`, R57). Empty: none.",
     )
     procedure_map: str = Field(
         "",

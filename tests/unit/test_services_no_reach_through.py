@@ -136,6 +136,7 @@ NO_CALLER: dict[str, str] = {
     "PatientQueryService.domains": "the identification domains: NHS and the trust codes",
     "PatientQueryService.check_domains": "names the unknown domains of a query: trust codes",
     "UserService.list": "account rows for the CLI operator (the API passes the actor)",
+    "Directory.destinations": _CONFIG,
     "Directory.node": _CONFIG,
     "Directory.nodes": _CONFIG,
     "Directory.sender": _CONFIG,

@@ -55,6 +55,19 @@ class SenderRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DestinationRow:
+    """A trust's RIS, told of study edits over MLLP (R57)."""
+
+    trust_code: str
+    host: str
+    port: int
+    application: str  # MSH-5
+    facility: str  # MSH-6
+    tls: bool = False
+    tls_ca: str | None = None  # PEM CA file; None: the system's trusted CAs
+
+
+@dataclass(frozen=True, slots=True)
 class StoredInstance:
     """One stored instance: identity, syntax, size and where its bytes are."""
 

@@ -196,3 +196,13 @@ def job_counts(index: Index) -> dict[tuple[str, str], int]:
             )
         ).all()
     return {(r.task_name, r.status): int(r.n) for r in rows}
+
+
+def feed_row(conn: Connection, seq: int) -> dict[str, Any] | None:
+    """One change-feed event with its detail decoded (a job names the event it follows)."""
+    row = conn.execute(select(t.change_feed).where(t.change_feed.c.seq == seq)).mappings().first()
+    if row is None:
+        return None
+    out = dict(row)
+    out["detail"] = json.loads(row["detail"]) if row["detail"] else {}
+    return out

@@ -75,3 +75,15 @@ def find_orders(
         q = q.where(or_(c.patient_issuer == trust, c.accession_issuer == trust))
     with index.read() as conn:
         return [dict(r) for r in conn.execute(q.limit(limit)).mappings()]
+
+
+def order_step_ids(conn: Connection, accession: str, issuer: str) -> tuple[str, str] | None:
+    """(Requested Procedure ID, Scheduled Procedure Step ID) of the order, '' when not given;
+    None when no order (accession, issuer) is known."""
+    o = t.orders.c
+    row = conn.execute(
+        select(o.requested_procedure_id, o.scheduled_procedure_step_id).where(
+            o.accession_number == accession, o.accession_issuer == issuer
+        )
+    ).first()
+    return None if row is None else (str(row[0] or ""), str(row[1] or ""))

@@ -76,6 +76,20 @@ hl7_sender = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+# R57: the RIS of a trust, told of study edits (HL7 v2 over MLLP, `solent hl7 ris add`).
+hl7_destination = Table(
+    "hl7_destination",
+    metadata,
+    Column("trust_code", String(16), ForeignKey("trust.code"), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("application", String(227), nullable=False),  # MSH-5 receiving application
+    Column("facility", String(227), nullable=False),  # MSH-6 receiving facility
+    Column("tls", Boolean, nullable=False, default=False),  # MLLP inside TLS (R37)
+    Column("tls_ca", String(1000)),  # PEM CA file the RIS's certificate is checked against
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 patient = Table(
     "patient",
     metadata,

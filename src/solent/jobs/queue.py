@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from solent.index.sql import Index
     from solent.services.availability import Notice
     from solent.services.prior_prefetch import PriorPrefetch
+    from solent.services.ris_notify import RisNotice
     from solent.settings import Settings
     from solent.storage import BlobStore
 
@@ -164,6 +165,7 @@ class ProcrastinateQueue:
         settings: Settings | None = None,
         notify: Callable[[str, Notice], int] | None = None,
         prefetch: PriorPrefetch | None = None,
+        tell_ris: Callable[[RisNotice], tuple[str, str]] | None = None,
     ) -> None:
         import procrastinate
 
@@ -179,7 +181,7 @@ class ProcrastinateQueue:
                 conninfo=conninfo, min_size=1, max_size=4, kwargs=dict(PG_KEEPALIVE)
             )
         )
-        ctx = TaskContext(index, store, worker_name(), settings, notify, prefetch)
+        ctx = TaskContext(index, store, worker_name(), settings, notify, prefetch, tell_ris)
         # procrastinate counts retries after the first run (and 0 means "no limit").
         retry: procrastinate.RetryStrategy | bool = (
             procrastinate.RetryStrategy(max_attempts=max_attempts - 1, exponential_wait=2)
@@ -388,10 +390,11 @@ class InProcessQueue:
         settings: Settings | None = None,
         notify: Callable[[str, Notice], int] | None = None,
         prefetch: PriorPrefetch | None = None,
+        tell_ris: Callable[[RisNotice], tuple[str, str]] | None = None,
     ) -> None:
         self.index = index
         self.max_attempts = max_attempts
-        self.ctx = TaskContext(index, store, worker_name(), settings, notify, prefetch)
+        self.ctx = TaskContext(index, store, worker_name(), settings, notify, prefetch, tell_ris)
         self.consumers = consumers
         self.poll_seconds = poll_seconds
         self.backoff_seconds = backoff_seconds

@@ -24,6 +24,7 @@ from solent.index.jobs import FeedEvent, record_blob_check
 from solent.services.access import AccessService
 from solent.services.audit import AuditTrail
 from solent.services.availability import AVAILABILITY_EVENTS, AvailabilityService, Notice
+from solent.services.ris_notify import RIS_MESSAGES, RIS_NOTIFIER, RisNotice, RisNotifications
 
 if TYPE_CHECKING:
     from solent.index.sql import Index
@@ -56,6 +57,9 @@ class TaskContext:
     #: Rules-based prior prefetch (R47) and procedure coding (R19) of this process: it warms
     #: this process's caches and this node's page cache (services/prior_prefetch.py).
     prefetch: PriorPrefetch | None = None
+    #: Sends one RIS notification of a study edit, returns (MSA-1, MSA-3) of the ACK (the HL7
+    #: adapter's ``protocols.hl7.ris.RisSender``); raises OSError when there is no answer.
+    tell_ris: Callable[[RisNotice], tuple[str, str]] | None = None
 
 
 def verify_blob(ctx: TaskContext, sop_instance_uid: str) -> None:
@@ -132,6 +136,32 @@ def notify_availability(ctx: TaskContext, study_uid: str, seq: int) -> None:
         raise NotificationFailed("; ".join(unreachable))
 
 
+def notify_ris(ctx: TaskContext, seq: int) -> None:
+    """R57: tell the RIS of each trust concerned of the study edit that is change-feed event
+    ``seq``, and wait for each ACK. AA/CA is done; AE/AR or no answer makes the job fail and
+    run again with the jobs' backoff, every RIS told again with the same MSH-10 (a RIS that
+    took it already recognises the repeat). No RIS registered: nothing is sent."""
+    if ctx.tell_ris is None:
+        raise NotificationFailed("this process has no HL7 sender for RIS notifications")
+    audit = AuditTrail(ctx.index)
+    service = RisNotifications(ctx.index, AccessService(ctx.index, audit), audit)
+    failed: list[str] = []
+    for notice in service.notices(RIS_NOTIFIER, seq):
+        where = f"{notice.destination.application}^{notice.destination.facility}"
+        try:
+            code, text = ctx.tell_ris(notice)
+        except Exception as exc:  # unreachable, or no answer: that RIS's
+            service.sent(RIS_NOTIFIER, notice, ok=False, result=f"no ACK: {exc}")
+            failed.append(f"{where}: {exc}")
+            continue
+        ok = code in ("AA", "CA")
+        service.sent(RIS_NOTIFIER, notice, ok=ok, result=f"MSA-1 {code or '?'} {text}".strip())
+        if not ok:
+            failed.append(f"{where} answered {code or 'no ACK'}: {text}")
+    if failed:
+        raise NotificationFailed("; ".join(failed))
+
+
 class NoPrefetcher(RuntimeError):
     """This process was built without the prefetch service (the job runs again elsewhere)."""
 
@@ -166,6 +196,7 @@ TASKS: dict[str, Task] = {
     "notify_availability": notify_availability,
     "code_study": code_study,
     "prefetch_priors": prefetch_priors,
+    "notify_ris": notify_ris,
 }
 
 
@@ -213,6 +244,10 @@ def _coding_jobs(event: FeedEvent) -> list[tuple[str, dict[str, Any]]]:
     if not event.study_uid:
         return []
     return [("code_study", {"study_uid": event.study_uid})]
+
+
+def _ris_jobs(event: FeedEvent) -> list[tuple[str, dict[str, Any]]]:
+    return [("notify_ris", {"seq": event.seq})] if event.kind in RIS_MESSAGES else []
 
 
 #: Change-feed events that trigger a prior prefetch (R47), and the trigger each is.
@@ -264,6 +299,9 @@ CONSUMERS: tuple[Consumer, ...] = (
         settle_seconds=PREFETCH_SETTLE_SECONDS,
         from_head=True,  # priors of orders placed from now on, not of the archive's history
     ),
+    # R57: study edits told to the RIS of each trust concerned (from now on: a RIS registered
+    # later is not sent the archive's history of edits).
+    Consumer("ris", frozenset(RIS_MESSAGES), _ris_jobs, from_head=True),
 )
 
 

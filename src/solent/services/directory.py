@@ -1,4 +1,5 @@
-"""The archive's directory: trusts, DICOM nodes and HL7 senders (configuration, no patient data).
+"""The archive's directory: trusts, DICOM nodes, HL7 senders and destinations (configuration,
+no patient data).
 
 Adapters and the CLI read and change the directory here rather than in the index; changes are
 audited with the principal who made them.
@@ -9,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from solent.domain.principal import Principal
-from solent.domain.records import NodeRow, SenderRow, TrustRow
-from solent.index import hl7_senders
+from solent.domain.records import DestinationRow, NodeRow, SenderRow, TrustRow
+from solent.index import hl7_destinations, hl7_senders
 from solent.index.sql import Index
 from solent.services.audit import AuditAction, AuditTrail
 
@@ -39,6 +40,9 @@ class Directory:
 
     def senders(self) -> list[SenderRow]:
         return hl7_senders.list_senders(self._index)
+
+    def destinations(self) -> list[DestinationRow]:
+        return hl7_destinations.list_destinations(self._index)
 
     # -- changes (audited) -----------------------------------------------------------------------
 
@@ -92,3 +96,18 @@ class Directory:
     def remove_sender(self, principal: Principal, application: str, facility: str) -> None:
         hl7_senders.remove_sender(self._index, application, facility)
         self._changed(principal, "HL7 sender removed", sender=f"{application}^{facility}")
+
+    def add_destination(self, principal: Principal, row: DestinationRow) -> DestinationRow:
+        added = hl7_destinations.add_destination(self._index, row)
+        self._changed(
+            principal,
+            "HL7 destination added",
+            trust=row.trust_code,
+            destination=f"{row.application}^{row.facility} at {row.host}:{row.port}",
+            tls=row.tls,
+        )
+        return added
+
+    def remove_destination(self, principal: Principal, trust_code: str) -> None:
+        hl7_destinations.remove_destination(self._index, trust_code)
+        self._changed(principal, "HL7 destination removed", trust=trust_code)

@@ -12,6 +12,7 @@ from typing import Any
 
 from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import NotFound, SolentError
+from solent.protocols.hl7 import ris_cli
 from solent.security.cli import cli_principal
 from solent.settings import Settings
 
@@ -48,7 +49,7 @@ def register(sub: Any) -> None:
     _register_study_edits(act)
     _register_imports(act)
 
-    hl7 = sub.add_parser("hl7", help="HL7 v2: send a message file, list the journal")
+    hl7 = sub.add_parser("hl7", help="HL7 v2: send a message file, list the journal, peers")
     hact = hl7.add_subparsers(dest="action", required=True)
     s = hact.add_parser("send", help="send ER7 message file(s) over MLLP and print the ACKs")
     s.add_argument("paths", nargs="+", type=Path)
@@ -61,6 +62,7 @@ def register(sub: Any) -> None:
     m.add_argument("--json", action="store_true")
     m.set_defaults(handler=_messages)
     _register_senders(hact)
+    ris_cli.register(hact)
 
 
 def _register_study_edits(act: Any) -> None:
