@@ -14,6 +14,8 @@ unknown study gets (404), so a request never tells an outsider whose record hold
 * An accession correction changes the study's (accession, issuer), and with it the order and
   report the study is linked to; refused when that accession names an order of another patient
   or another stored study.
+* A split (some series into a new study) or a merge (every series of one study into another)
+  of studies of one record is done at once by one steward (rules in ``study_regroup.py``).
 * Every done edit can be reversed: a reversal is a new edit back to the values before (a move
   back across issuers needs its second person again).
 
@@ -21,7 +23,8 @@ A done move changes the study row's patient; every door reads the patient throug
 outgoing DICOM keeps the stored values in Original Attributes Sequence (outgoing_identity.py).
 Each step writes one audit record per patient record it names (each naming both), an identity
 event on the records (their history), and a change-feed event (``study.moved``,
-``study.move-requested``, ``study.accession-corrected``) for downstream consumers.
+``study.move-requested``, ``study.split``, ``study.merged``, ``study.accession-corrected``) for
+downstream consumers.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from solent.errors import InvalidInput, NotFound, SolentError
 from solent.index import identity as identity_store
 from solent.index import study_edits as store
 from solent.index.sql import Index, now
+from solent.services import study_regroup as regroup
 from solent.services.access import AccessService, Permission
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef, audit_fields
 from solent.services.identity import IdentityService, PatientKey
@@ -48,6 +52,8 @@ STATUSES = (store.REQUESTED, store.DONE, store.REFUSED)
 NAMES = {
     store.MOVE: ("study-moved", "study moved", "study.moved"),
     store.MOVE_SERIES: ("series-moved", "series moved", "series.moved"),
+    store.SPLIT: ("study-split", "study split", "study.split"),
+    store.MERGE: ("studies-merged", "studies merged", "study.merged"),
     store.ACCESSION: ("accession-corrected", "accession corrected", "study.accession-corrected"),
 }
 
@@ -146,6 +152,55 @@ class StudyEditService:
         }
         return self._request(principal, values, cross=holder["issuer"] != target.issuer)
 
+    def split(
+        self,
+        principal: Principal,
+        study_uid: str,
+        series_uids: list[str],
+        reason: str,
+        *,
+        accession: str | None = None,
+        accession_issuer: str | None = None,
+    ) -> dict[str, Any]:
+        """Move these series of the study into a new study of the same record (a new Study
+        Instance UID; the accession given, else none), done at once by one steward."""
+        self._access.require(principal, Permission.ADMIN, "splitting studies")
+        reason = _reason(reason)
+        with self._index.read() as conn:
+            study, holder = self._study(principal, conn, study_uid)
+            given = None
+            if accession and accession.strip():
+                given = (accession.strip(), (accession_issuer or "").strip() or study["trust_code"])
+                self._check_order(conn, {**study, "pk": None}, holder, *given)
+            planned = regroup.plan_split(conn, study, series_uids, given)
+            if isinstance(planned, str):
+                raise StudyEditConflict(planned)
+            self._no_pending(conn, study_uid)
+        values = {**planned, **_holder(holder), "reason": reason}
+        return self._request(
+            principal, {**values, "requested_by": principal.describe()}, cross=False
+        )
+
+    def merge(
+        self, principal: Principal, study_uid: str, into_study_uid: str, reason: str
+    ) -> dict[str, Any]:
+        """Move every series of the study into ``into_study_uid``, a study of the same record;
+        the study leaves every query (its reversal brings it back). One steward, at once."""
+        self._access.require(principal, Permission.ADMIN, "merging studies")
+        reason = _reason(reason)
+        with self._index.read() as conn:
+            study, holder = self._study(principal, conn, study_uid)
+            into, _ = self._study(principal, conn, into_study_uid)
+            planned = regroup.plan_merge(conn, study, into)
+            if isinstance(planned, str):
+                raise StudyEditConflict(planned)
+            self._no_pending(conn, study_uid)
+            self._no_pending(conn, into_study_uid)
+        values = {**planned, **_holder(holder), "reason": reason}
+        return self._request(
+            principal, {**values, "requested_by": principal.describe()}, cross=False
+        )
+
     def correct_accession(
         self,
         principal: Principal,
@@ -240,6 +295,8 @@ class StudyEditService:
                 principal, edit, "reverse", f"it was reversed already by edit {edit['reversed_by']}"
             )
         later = "the study was moved again (or a record merged) since; reverse the later edit first"
+        if edit["kind"] in store.REGROUPS:
+            return self._reverse_regroup(principal, edit, reason)
         with self._index.read() as conn:
             now_in = edit["study_uid"]
             if edit["kind"] == store.MOVE_SERIES:
@@ -296,6 +353,24 @@ class StudyEditService:
                 "new_accession_issuer": edit["old_accession_issuer"],
             }
         return self._request(principal, values, cross=cross)
+
+    def _reverse_regroup(
+        self, principal: Principal, edit: dict[str, Any], reason: str
+    ) -> dict[str, Any]:
+        """A split or merge undone: the same series moved back, as a new edit."""
+        with self._index.read() as conn:
+            values, why = regroup.reversal(conn, edit)
+            if why is not None:
+                self._refused(principal, edit, "reverse", why)
+            self._no_pending(conn, values["study_uid"])
+            self._no_pending(conn, values["new_study_uid"])
+        values |= {
+            **{k: edit[k] for k in ("from_patient_pk", "from_issuer", "from_local_id")},
+            "reason": reason,
+            "reverses": edit["pk"],
+            "requested_by": principal.describe(),
+        }
+        return self._request(principal, values, cross=False)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -355,7 +430,13 @@ class StudyEditService:
             study = identity_store.study_by_uid(conn, edit["study_uid"])
             if study is None:
                 raise NotFound(f"no study {edit['study_uid']}")
-            if edit["kind"] == store.MOVE:
+            values = dict(edit)
+            if edit["kind"] in store.REGROUPS:
+                moved = regroup.refile(conn, study, edit)
+                values["series_uids"] = moved
+                done = moved is not None
+                why = "its series or studies changed meanwhile; nothing changed"
+            elif edit["kind"] == store.MOVE:
                 done = store.refile_study(
                     conn, int(study["pk"]), int(edit["from_patient_pk"]), int(edit["to_patient_pk"])
                 )
@@ -385,7 +466,7 @@ class StudyEditService:
                     status=store.DONE,
                     decided_by=principal.describe(),
                     decided_at=now(),
-                    **edit,
+                    **values,
                 )
             row = store.get_edit(conn, pk)
             assert row is not None
@@ -464,7 +545,9 @@ class StudyEditService:
         change feed hears of requests and refusals too (a RIS may show them)."""
         detail = {**_about(edit), "change": change, **extra}
         action = (
-            AuditAction.PATIENT_RECORD if edit["kind"] in store.MOVES else AuditAction.ORDER_RECORD
+            AuditAction.ORDER_RECORD
+            if edit["kind"] == store.ACCESSION
+            else AuditAction.PATIENT_RECORD
         )
         for side in ("from", "to"):
             ref = _ref(edit, side)
@@ -600,6 +683,9 @@ class StudyEditService:
             out["series_uid"] = edit["series_uid"]
             out["to_study_uid"] = edit["new_study_uid"]
         else:
+            if edit["kind"] in store.REGROUPS:
+                out["series_uids"] = edit["series_uids"]
+                out["to_study_uid"] = edit["new_study_uid"]
             out["accession"] = {
                 "before": {
                     "accession_number": edit["old_accession"],
@@ -651,6 +737,9 @@ def _about(edit: dict[str, Any]) -> dict[str, Any]:
             out["series_uid"] = edit["series_uid"]
             out["to_study_uid"] = edit["new_study_uid"]
     else:
+        if edit["kind"] in store.REGROUPS:
+            out["series_uids"] = edit.get("series_uids") or []
+            out["to_study_uid"] = edit["new_study_uid"]
         out["accession_before"] = [edit["old_accession"], edit["old_accession_issuer"]]
         out["accession_after"] = [edit["new_accession"], edit["new_accession_issuer"]]
     out["reason"] = edit["reason"]
@@ -665,6 +754,8 @@ def _feed_detail(edit: dict[str, Any]) -> dict[str, Any]:
 
 
 def _state(edit: dict[str, Any], when: str) -> dict[str, Any]:
+    if edit["kind"] in store.REGROUPS:
+        return regroup.state(edit, when)
     if edit["kind"] == store.MOVE_SERIES:
         return {
             "study_uid": edit["study_uid" if when == "before" else "new_study_uid"],
@@ -698,4 +789,13 @@ def _between(holder: Any, target: Any) -> dict[str, Any]:
         "to_patient_pk": target.patient_pk,
         "to_issuer": target.issuer,
         "to_local_id": target.local_id,
+    }
+
+
+def _holder(holder: Any) -> dict[str, Any]:
+    """The record columns of a split or merge: one record, named once (``from``)."""
+    return {
+        "from_patient_pk": int(holder["pk"]),
+        "from_issuer": holder["issuer"],
+        "from_local_id": holder["local_id"],
     }
