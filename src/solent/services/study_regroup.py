@@ -171,3 +171,29 @@ def state(edit: dict[str, Any], when: str) -> dict[str, Any]:
         "study_uid": edit["study_uid" if when == "before" else "new_study_uid"],
         "series_uids": edit.get("series_uids") or [],
     }
+
+
+def refile_one(conn: Connection, study: dict[str, Any], edit: dict[str, Any]) -> bool:
+    """Put the series in its new study (made now, or the target's own), totals of both
+    kept true; a study left without series is deleted (a reversal's emptied study)."""
+    series = store.series_in(conn, edit["series_uid"])
+    if (
+        series is None
+        or series["study_uid"] != edit["study_uid"]
+        or int(study["patient_pk"]) != int(edit["from_patient_pk"])
+    ):
+        return False
+    into = identity_store.study_by_uid(conn, edit["new_study_uid"])
+    if into is None:
+        into_pk = store.new_study_like(
+            conn, study, edit["new_study_uid"], int(edit["to_patient_pk"])
+        )
+    elif int(into["patient_pk"]) != int(edit["to_patient_pk"]):
+        return False
+    else:
+        into_pk = int(into["pk"])
+    if not store.refile_series(conn, int(series["pk"]), int(study["pk"]), into_pk):
+        return False
+    store.recount(conn, into_pk)
+    store.recount(conn, int(study["pk"]))
+    return True
