@@ -18,7 +18,7 @@ from sqlalchemy import select
 from solent.app import Archive
 from solent.index import schema as t
 from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template
-from tests.unit.stow_support import ct_instance
+from tests.unit.stow_support import ct_instance, rejection_note
 from tests.unit.test_study_move import (
     _corrected,
     _feed,
@@ -227,3 +227,28 @@ def test_what_cannot_be_split_or_merged_is_refused_with_the_reason(
     assert pending.status_code == 409 and "waiting for approval" in pending.text
     assert merge(b, a).status_code == 409
     assert _patient_of(demo, a) == BOB and _totals(demo, a) == (2, 2)
+
+
+def test_a_rejection_note_naming_the_old_study_withdraws_split_out_instances(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    """The modality still knows the study it made the images in: its IOCM note names that
+    study and withdraws them from the study they were split into (and the counts follow)."""
+    admin = add_user(demo, "adminzb", "ZZB", "pacs_admin")
+    sender = add_user(demo, "modzb", "ZZB", "integration")
+    reader = add_user(demo, "drzb", "ZZB", "clinician")
+    study, kept, out = generate_uid(), generate_uid(), generate_uid()
+    sops = [generate_uid(), generate_uid()]
+    parts = [ct_instance(*BOB[::-1], study, series=out, sop=s, name="DEMO^BOB") for s in sops]
+    assert _stow(demo_client, sender, _ct(study, kept), *parts) == 200
+    body = {"series_uids": [out], "reason": "two exams"}
+    r = demo_client.post(f"/api/identity/studies/{study}/split", json=body, headers=admin)
+    assert r.status_code == 200, r.text
+    new = r.json()["to_study_uid"]
+
+    note, _ = rejection_note(BOB[1], BOB[0], study, {out: sops[:1]})
+    assert _stow(demo_client, sender, note) == 200
+    counts = _counts(demo_client, reader)
+    assert counts[new] == (1, 1) and counts[study] == (2, 2)  # the kept image and the note
+    gone = f"/dicomweb/studies/{new}/series/{out}/instances/{sops[0]}/metadata"
+    assert demo_client.get(gone, headers=reader).status_code == 404
