@@ -8,16 +8,18 @@ done is refused with a readable reason."""
 from __future__ import annotations
 
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from solent.app import Archive
 from solent.index import schema as t
-from tests.unit.security_fixtures import add_user, demo, demo_client, demo_template
+from tests.unit.security_fixtures import add_user, cli_env, demo, demo_client, demo_template
 from tests.unit.stow_support import ct_instance, rejection_note
 from tests.unit.test_study_move import (
     _corrected,
@@ -252,3 +254,32 @@ def test_a_rejection_note_naming_the_old_study_withdraws_split_out_instances(
     assert counts[new] == (1, 1) and counts[study] == (2, 2)  # the kept image and the note
     gone = f"/dicomweb/studies/{new}/series/{out}/instances/{sops[0]}/metadata"
     assert demo_client.get(gone, headers=reader).status_code == 404
+
+
+def test_the_cli_splits_and_merges(
+    demo: Archive,
+    demo_client: TestClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from solent.cli import main
+
+    sender = add_user(demo, "modzb", "ZZB", "integration")
+    reader = add_user(demo, "drzb", "ZZB", "clinician")
+    a, b, a1, a2, b1 = (generate_uid() for _ in range(5))
+    assert _stow(demo_client, sender, _ct(a, a1), _ct(a, a2), _ct(b, b1)) == 200
+    cli_env(monkeypatch, tmp_path / "demo-var")
+
+    assert main(["identity", "split-study", a, a2, "--accession", "ACC-9", "--reason", "x"]) == 0
+    said = capsys.readouterr().out
+    assert "(split into study " in said and ": done" in said
+    new = said.split("into study ")[1].split(")")[0]
+    assert _counts(demo_client, reader)[new] == (1, 1)
+    assert main(["identity", "merge-study", b, a, "--reason", "one exam"]) == 0
+    assert "(merge into study " in capsys.readouterr().out
+    counts = _counts(demo_client, reader)
+    assert b not in counts and counts[a] == (2, 2)
+    # Refused with the reason, nothing changed.
+    assert main(["identity", "merge-study", a, a, "--reason", "x"]) == 1
+    assert "into itself" in capsys.readouterr().err
