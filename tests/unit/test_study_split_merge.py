@@ -155,6 +155,8 @@ def test_a_merge_puts_every_series_in_one_study_and_its_reversal_brings_the_othe
     stowed = [_ct(a, a1, "ACC-A"), _ct(b, b1, "ACC-B"), _ct(b, b2, "ACC-B"), _ct(b, b2, "ACC-B")]
     assert _stow(demo_client, sender, *stowed) == 200
 
+    before = demo_client.get(f"/dicomweb/studies/{a}/metadata", headers=reader)
+    assert len(before.json()) == 1
     body = {"into_study_uid": a, "reason": "one exam sent as two"}
     r = demo_client.post(f"/api/identity/studies/{b}/merge", json=body, headers=admin)
     assert r.status_code == 200, r.text
@@ -164,6 +166,8 @@ def test_a_merge_puts_every_series_in_one_study_and_its_reversal_brings_the_othe
 
     counts = _counts(demo_client, reader)
     assert b not in counts and counts[a] == (3, 4)
+    fresh = {**reader, "If-None-Match": before.headers["etag"]}  # no stale 304
+    assert len(demo_client.get(f"/dicomweb/studies/{a}/metadata", headers=fresh).json()) == 4
     assert demo_client.get(f"/dicomweb/studies/{b}/metadata", headers=reader).status_code == 404
     for obj in _metadata(demo_client, reader, a):
         assert (_value(obj, STUDY_UID), _value(obj, ACCESSION)) == (a, "ACC-A")
