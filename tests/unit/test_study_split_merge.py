@@ -143,6 +143,33 @@ def test_a_split_gives_series_a_new_study_of_the_same_record_and_is_reversible(
         assert (_value(obj, STUDY_UID), _value(obj, ACCESSION)) == (study, "ACC-1")
     listed = demo_client.get(f"/api/identity/studies/{study}/edits", headers=admin).json()
     assert [e["reversed_by"] for e in listed] == [back.json()["id"], None]
+    again = _reverse(demo_client, admin, edit["id"])
+    assert again.status_code == 409 and "reversed already" in again.text
+
+
+def test_a_split_whose_study_was_merged_since_is_reversed_after_the_merge(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    admin = add_user(demo, "adminzb", "ZZB", "pacs_admin")
+    sender = add_user(demo, "modzb", "ZZB", "integration")
+    reader = add_user(demo, "drzb", "ZZB", "clinician")
+    study, kept, out = generate_uid(), generate_uid(), generate_uid()
+    assert _stow(demo_client, sender, _ct(study, kept), _ct(study, out)) == 200
+    body = {"series_uids": [out], "reason": "two exams"}
+    split = demo_client.post(f"/api/identity/studies/{study}/split", json=body, headers=admin)
+    new = split.json()["to_study_uid"]
+    body = {"into_study_uid": study, "reason": "one exam after all"}
+    merge = demo_client.post(f"/api/identity/studies/{new}/merge", json=body, headers=admin)
+    assert merge.status_code == 200, merge.text
+    assert _counts(demo_client, reader)[study] == (2, 2)
+
+    refused = _reverse(demo_client, admin, split.json()["id"])
+    assert refused.status_code == 409 and "reverse the later edit first" in refused.text
+    assert _reverse(demo_client, admin, merge.json()["id"]).status_code == 200
+    assert _counts(demo_client, reader)[new] == (1, 1)
+    assert _reverse(demo_client, admin, split.json()["id"]).status_code == 200
+    counts = _counts(demo_client, reader)
+    assert new not in counts and counts[study] == (2, 2)
 
 
 def test_a_merge_puts_every_series_in_one_study_and_its_reversal_brings_the_other_back(

@@ -178,7 +178,7 @@ class StudyEditService:
             self._no_pending(conn, study_uid)
         values = {**planned, **rows.holder(holder), "reason": reason}
         return self._request(
-            principal, {**values, "requested_by": principal.describe()}, cross=False
+            principal, values | {"requested_by": principal.describe()}, cross=False
         )
 
     def merge(
@@ -198,7 +198,7 @@ class StudyEditService:
             self._no_pending(conn, into_study_uid)
         values = {**planned, **rows.holder(holder), "reason": reason}
         return self._request(
-            principal, {**values, "requested_by": principal.describe()}, cross=False
+            principal, values | {"requested_by": principal.describe()}, cross=False
         )
 
     def correct_accession(
@@ -432,6 +432,9 @@ class StudyEditService:
                 raise NotFound(f"no study {edit['study_uid']}")
             values = dict(edit)
             if edit["kind"] in store.REGROUPS:
+                for uid in (edit["study_uid"], edit["new_study_uid"]):  # asked for meanwhile
+                    if store.pending_for(conn, uid) is not None:
+                        raise StudyEditConflict(rows.pending_text(uid))
                 moved = regroup.refile(conn, study, edit)
                 values["series_uids"] = moved
                 done = moved is not None
