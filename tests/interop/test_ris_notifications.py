@@ -21,6 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from solent.app import Archive, build_archive
+from solent.domain.principal import SYSTEM
 from solent.domain.records import DestinationRow
 from solent.jobs.queue import InProcessQueue
 from solent.jobs.tasks import consumers_named
@@ -226,6 +227,38 @@ def test_a_move_between_trusts_is_told_to_both_ris_and_a_correction_names_both_a
         orders = [(str(o[1]), m.unescape(str(o[3][0][0]))) for o in m.segments("ORC")]
         assert orders[0][0] == "RU" and orders[1] == ("RO", "ZZC|77")  # sent escaped
         assert orders[0][1] == str(moves[0]["OBR.F18"])  # the accession before
+
+
+def test_a_merge_is_told_as_a_change_of_the_study_merged_into(
+    archive: Archive,
+    client: TestClient,
+    tmp_path: Path,
+    reserved_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Alice's chest X-ray merged into her CT at ZZA: ZZA's RIS hears an XO of the CT (the study
+    that holds the X-ray's series now) under her record, the note naming the X-ray's study."""
+    ris = Ris(reserved_port)
+    try:
+        _register(monkeypatch, tmp_path / "demo-var", "ZZA", ris.port)
+        queue = _queue(archive)
+        rows = archive.query.list_studies(SYSTEM, issuer="ZZA", local_id="A100001")
+        ct = next(r["study_uid"] for r in rows if r["modalities"] == "CT")
+        xr = next(r["study_uid"] for r in rows if r["study_uid"] != ct)
+        admin = add_user(archive, "adminza", "ZZA", "pacs_admin")
+        body = {"into_study_uid": ct, "reason": "one examination booked twice"}
+        merged = client.post(f"/api/identity/studies/{xr}/merge", json=body, headers=admin)
+        assert merged.status_code == 200, merged.text
+        assert queue.dispatch() == 1
+        assert queue.failed == 0
+    finally:
+        ris.close()
+    (frame_,) = ris.frames
+    msg = hl7.parse(frame_)
+    assert str(msg["MSH.F5"]) == "RIS_ZZA" and str(msg["ORC.F1"]) == "XO"
+    assert str(msg["IPC.F3"]) == ct and str(msg["PID.F3.R1.C1"]) == "A100001"
+    note = msg.unescape(str(msg["NTE.F3"]))
+    assert note.startswith("study.merged:") and f"series of study {xr} moved into it" in note
 
 
 def test_no_ris_registered_sends_nothing_and_is_no_error(

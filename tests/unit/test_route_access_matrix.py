@@ -363,6 +363,14 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
             ("POST", "study-edits/{edit_pk}/reverse"),
         )
     },
+    # R57 split and merge regroup series between studies of one record: its stewards only,
+    # every other administrator gets the unknown-study answer, other roles the role refusal.
+    **{
+        ("POST", f"/api/identity/studies/{{study_uid}}/{verb}"): (
+            "stewards of the study's record; test_study_split_merge"
+        )
+        for verb in ("split", "merge")
+    },
     # R43/R44: records managers only (no patient reads); each use audited; test_retention.
     ("GET", "/api/legal-holds"): "records managers: holds as placed (test_retention)",
     ("POST", "/api/legal-holds"): "records managers; no existence oracle (test_retention)",

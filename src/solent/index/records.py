@@ -297,10 +297,16 @@ def _lineage(
     patient_pk = _patient_pk(index, conn, trust, patient, placeholder)
     stamp = now()
     sc = t.study.c
-    study_row = conn.execute(
-        select(sc.pk, sc.patient_pk).where(sc.study_uid == parsed.study_uid)
-    ).first()
+    study_uid = parsed.study_uid
+    study_row = conn.execute(select(sc.pk, sc.patient_pk).where(sc.study_uid == study_uid)).first()
+    for _ in range(8):  # a person merged this study into another (R57): its series go there
+        merged = None if study_row is not None else study_edits.merged_into(conn, study_uid)
+        if merged is None:
+            break
+        study_uid = merged
+        study_row = conn.execute(select(sc.pk, sc.patient_pk).where(sc.study_uid == merged)).first()
     if study_row is None:
+        study_uid = parsed.study_uid
         conn.execute(
             _insert_ignore(
                 index,
@@ -356,7 +362,7 @@ def _lineage(
     # Another writer may have created it between our two statements (PostgreSQL).
     new_series = series_row.num_instances == 0
     nhs = conn.execute(select(_pa.nhs_number).where(_pa.pk == patient_pk)).scalar_one()
-    return patient_pk, study_pk, int(series_row.pk), new_series, nhs, parsed.study_uid
+    return patient_pk, study_pk, int(series_row.pk), new_series, nhs, study_uid
 
 
 def record_instance(

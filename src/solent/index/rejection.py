@@ -14,6 +14,7 @@ from solent.index import schema as t
 from solent.index.key_objects import referencing
 from solent.index.prepared import Prepared
 from solent.index.sql import Index, now
+from solent.index.study_edits import series_moved
 from solent.index.viewer import key_images_on
 
 
@@ -64,10 +65,18 @@ def apply_rejection(
     conn: Connection, note: RejectionNote, note_uid: str, study_uid: str, by: str
 ) -> Rejected:
     """Withdraw what ``note`` lists in ``study_uid`` (the note's study: whoever may file a note
-    into a study may correct that study, and nothing else)."""
+    into a study may correct that study, and nothing else), including the series a person split
+    or merged out of it into another study of the same record."""
     ic, se, st, pa = t.instance.c, t.series.c, t.study.c, t.patient.c
     withdrawn: dict[str, list[str]] = {}
     missing: list[str] = []
+    studies = {study_uid}
+    note_patient = conn.execute(
+        select(st.patient_pk)
+        .join(t.series, se.study_pk == st.pk)
+        .join(t.instance, ic.series_pk == se.pk)
+        .where(ic.sop_instance_uid == note_uid)
+    ).scalar()
     for ref_study, ref_series, sop in note.references:
         row = (
             conn.execute(
@@ -93,9 +102,17 @@ def apply_rejection(
             if ref_study == study_uid and sop != note_uid
             else None
         )
-        if row is None or row.study_uid != study_uid or row.series_uid != ref_series:
+        if row is None or row.series_uid != ref_series:
             missing.append(sop)
             continue
+        if row.study_uid != study_uid and not (
+            # Split or merged out of the note's study by a person (R57), same record: the
+            # modality still names the study it made the images in.
+            row.patient_pk == note_patient and series_moved(conn, row.series_uid, study_uid)
+        ):
+            missing.append(sop)
+            continue
+        studies.add(str(row.study_uid))
         conn.execute(
             insert(t.rejected_instance).values(
                 at=now(),
@@ -131,9 +148,9 @@ def apply_rejection(
             conn, int(row.pk), int(row.series_pk), int(row.study_pk), int(row.size_bytes)
         )
         withdrawn.setdefault(str(row.series_uid), []).append(sop)
-    flagged = key_images_on(conn, study_uid, (s for sops in withdrawn.values() for s in sops))
-    marks = [{"id": int(k["pk"]), "sop_uid": k["sop_uid"], "by": k["created_by"]} for k in flagged]
     gone = [s for sops in withdrawn.values() for s in sops]
+    flagged = [k for uid in sorted(studies) for k in key_images_on(conn, uid, gone)]
+    marks = [{"id": int(k["pk"]), "sop_uid": k["sop_uid"], "by": k["created_by"]} for k in flagged]
     objects = [
         {
             "sop_uid": o["object_sop_uid"],

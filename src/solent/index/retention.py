@@ -42,6 +42,19 @@ def study_owner(conn: Connection, study_uid: str) -> StudyOwner | None:
     return StudyOwner(study_uid, str(row.issuer), str(row.local_id), row.nhs_number or None)
 
 
+def owner_of_instance(conn: Connection, sop_uid: str) -> StudyOwner | None:
+    """The study an instance is filed in now (a note naming a study merged into another is
+    filed into that one, R57) and its record."""
+    ic, se, st = t.instance.c, t.series.c, t.study.c
+    study_uid = conn.execute(
+        select(st.study_uid)
+        .join(t.series, se.study_pk == st.pk)
+        .join(t.instance, ic.series_pk == se.pk)
+        .where(ic.sop_instance_uid == sop_uid)
+    ).scalar()
+    return None if study_uid is None else study_owner(conn, str(study_uid))
+
+
 def holds_covering(conn: Connection, owner: StudyOwner) -> list[dict[str, Any]]:
     """The unlifted holds that cover this study: on it, on its record, or on its person."""
     h = t.legal_hold.c

@@ -637,7 +637,8 @@ study_edit = Table(
     "study_edit",
     metadata,
     Column("pk", PK, primary_key=True, autoincrement=True),
-    Column("kind", String(16), nullable=False),  # move | move-series | accession
+    # move | move-series | split | merge | accession
+    Column("kind", String(16), nullable=False),
     Column("status", String(16), nullable=False),  # requested | done | refused
     Column("study_uid", String(64), nullable=False),
     # move-series: the series, and the study it goes to (made for it, or the target's own)
@@ -660,9 +661,21 @@ study_edit = Table(
     Column("requested_at", DateTime(timezone=True), nullable=False),
     Column("decided_by", String(200)),
     Column("decided_at", DateTime(timezone=True)),
+    # merge: the emptied study's attributes (JSON), so a reversal brings it back as it was
+    Column("study_attrs", Text),
     Index(None, "study_uid"),
     Index(None, "new_study_uid"),
     Index(None, "status"),
+)
+
+# The series a split or merge moved (from study_uid to new_study_uid), one row each: a late
+# instance of one still lands where it went, and a reversal moves the same ones back.
+study_edit_series = Table(
+    "study_edit_series",
+    metadata,
+    Column("edit_pk", PK, ForeignKey("study_edit.pk"), primary_key=True),
+    Column("series_uid", String(64), primary_key=True),
+    Index(None, "series_uid"),
 )
 
 # R43: legal holds (inquiries, litigation, complaints). While an unlifted hold covers a study,

@@ -1,4 +1,5 @@
-"""SQL of study edits (R57): a study moved to another patient record, an accession corrected.
+"""SQL of study edits (R57): a study moved to another patient record, series moved, a study
+split or two merged, an accession corrected.
 
 A move is the study row's ``patient_pk`` changed, as an A40 merge does for all of a record's
 studies: series, instances and metadata follow the study row, so every door (QIDO, C-FIND,
@@ -20,18 +21,39 @@ from solent.index.sql import now
 MOVE = "move"
 MOVE_SERIES = "move-series"
 MOVES = (MOVE, MOVE_SERIES)
+SPLIT = "split"  # series of a study into a new study of the same record
+MERGE = "merge"  # every series of a study into another study of the same record
+REGROUPS = (SPLIT, MERGE)
+#: Kinds that put series into ``new_study_uid``: that study goes out under its own UID.
+RECEIVING = (MOVE_SERIES, SPLIT, MERGE)
 ACCESSION = "accession"
 REQUESTED, DONE, REFUSED = "requested", "done", "refused"
 
 
-def add_edit(conn: Connection, **values: Any) -> int:
+def add_edit(conn: Connection, *, series_uids: list[str] | None = None, **values: Any) -> int:
+    """The edit row, and for a split or merge one row per series it moves."""
     res = conn.execute(insert(t.study_edit).values(requested_at=now(), **values))
-    return int(res.inserted_primary_key[0])  # type: ignore[index]
+    pk = int(res.inserted_primary_key[0])  # type: ignore[index]
+    if series_uids:
+        conn.execute(
+            insert(t.study_edit_series), [{"edit_pk": pk, "series_uid": u} for u in series_uids]
+        )
+    return pk
 
 
 def get_edit(conn: Connection, pk: int) -> dict[str, Any] | None:
+    """The edit row, with ``series_uids``: the series a split or merge moved (else [])."""
     row = conn.execute(select(t.study_edit).where(t.study_edit.c.pk == pk)).mappings().first()
-    return dict(row) if row else None
+    return None if row is None else _with_series(conn, dict(row))
+
+
+def _with_series(conn: Connection, edit: dict[str, Any]) -> dict[str, Any]:
+    es = t.study_edit_series.c
+    uids = conn.execute(
+        select(es.series_uid).where(es.edit_pk == edit["pk"]).order_by(es.series_uid)
+    ).scalars()
+    edit["series_uids"] = [str(u) for u in uids] if edit["kind"] in REGROUPS else []
+    return edit
 
 
 def edits(
@@ -43,7 +65,7 @@ def edits(
         q = q.where(or_(c.study_uid == study_uid, c.new_study_uid == study_uid))
     if status is not None:
         q = q.where(c.status == status)
-    return [dict(r) for r in conn.execute(q).mappings()]
+    return [_with_series(conn, dict(r)) for r in conn.execute(q).mappings()]
 
 
 def pending_for(conn: Connection, study_uid: str) -> dict[str, Any] | None:
@@ -138,7 +160,7 @@ def study_overrides(conn: Connection, study_uid: str) -> dict[str, str]:
     c, s = t.study_edit.c, t.study.c
     done = and_(c.study_uid == study_uid, c.status == DONE)
     corrected = exists().where(done, c.kind == ACCESSION)
-    received = exists().where(c.new_study_uid == study_uid, c.kind == MOVE_SERIES, c.status == DONE)
+    received = exists().where(c.new_study_uid == study_uid, c.kind.in_(RECEIVING), c.status == DONE)
     row = conn.execute(
         select(s.accession_number, corrected, received).where(s.study_uid == study_uid)
     ).first()
@@ -166,21 +188,80 @@ def series_in(conn: Connection, series_uid: str) -> dict[str, Any] | None:
 
 
 def series_moved(conn: Connection, series_uid: str, from_study_uid: str) -> bool:
-    """A person moved this series out of ``from_study_uid``: late instances of it that still
-    name that study follow the series."""
-    c = t.study_edit.c
-    return bool(
-        conn.execute(
-            select(
-                exists().where(
-                    c.series_uid == series_uid,
-                    c.study_uid == from_study_uid,
-                    c.kind == MOVE_SERIES,
-                    c.status == DONE,
-                )
-            )
-        ).scalar()
+    """A person moved this series out of ``from_study_uid`` (alone, or in a split or merge):
+    late instances of it that still name that study follow the series."""
+    c, es = t.study_edit.c, t.study_edit_series.c
+    alone = exists().where(
+        c.series_uid == series_uid,
+        c.study_uid == from_study_uid,
+        c.kind == MOVE_SERIES,
+        c.status == DONE,
     )
+    regrouped = exists().where(
+        es.series_uid == series_uid,
+        es.edit_pk == c.pk,
+        c.study_uid == from_study_uid,
+        c.kind.in_(REGROUPS),
+        c.status == DONE,
+    )
+    return bool(conn.execute(select(or_(alone, regrouped))).scalar())
+
+
+def merged_into(conn: Connection, study_uid: str) -> str | None:
+    """The study this one was merged into (a done merge not reversed), if any: a new series
+    that still names a merged study goes where its other series went."""
+    c = t.study_edit.c
+    uid = conn.execute(
+        select(c.new_study_uid)
+        .where(
+            c.study_uid == study_uid,
+            c.kind == MERGE,
+            c.status == DONE,
+            c.reverses.is_(None),
+            c.reversed_by.is_(None),
+        )
+        .order_by(c.pk.desc())
+        .limit(1)
+    ).scalar()
+    return None if uid is None else str(uid)
+
+
+def series_of(conn: Connection, study_pk: int) -> list[str]:
+    se = t.series.c
+    rows = conn.execute(select(se.series_uid).where(se.study_pk == study_pk).order_by(se.pk))
+    return [str(u) for u in rows.scalars()]
+
+
+#: The study attributes a new study takes from the one it is made from (split, merge reversal).
+STUDY_ATTRS = (
+    "trust_code",
+    "study_date",
+    "study_time",
+    "accession_number",
+    "accession_issuer",
+    "study_id",
+    "study_description",
+    "referring_physician",
+)
+
+
+def new_study(conn: Connection, attrs: dict[str, Any], study_uid: str, patient_pk: int) -> int:
+    """A study row with ``attrs`` (STUDY_ATTRS) under ``patient_pk``, empty until ``recount``."""
+    stamp = now()
+    res = conn.execute(
+        insert(t.study).values(
+            study_uid=study_uid,
+            patient_pk=patient_pk,
+            modalities="",
+            num_series=0,
+            num_instances=0,
+            size_bytes=0,
+            created_at=stamp,
+            updated_at=stamp,
+            **{k: attrs.get(k) for k in STUDY_ATTRS},
+        )
+    )
+    return int(res.inserted_primary_key[0])  # type: ignore[index]
 
 
 def new_study_like(
@@ -188,23 +269,8 @@ def new_study_like(
 ) -> int:
     """A study row for a moved series: the template's study attributes, under ``patient_pk``,
     without its accession (the series leaves that order), empty until ``recount``."""
-    stamp = now()
-    keep = ("study_date", "study_time", "study_id", "study_description", "referring_physician")
-    res = conn.execute(
-        insert(t.study).values(
-            study_uid=study_uid,
-            patient_pk=patient_pk,
-            trust_code=template["trust_code"],
-            modalities="",
-            num_series=0,
-            num_instances=0,
-            size_bytes=0,
-            created_at=stamp,
-            updated_at=stamp,
-            **{k: template[k] for k in keep},
-        )
-    )
-    return int(res.inserted_primary_key[0])  # type: ignore[index]
+    attrs = {k: template[k] for k in STUDY_ATTRS if not k.startswith("accession")}
+    return new_study(conn, attrs, study_uid, patient_pk)
 
 
 def refile_series(conn: Connection, series_pk: int, from_study_pk: int, to_study_pk: int) -> bool:

@@ -18,7 +18,7 @@ from solent.dicom.parse import ParsedInstance
 from solent.dicom.rejection_note import RejectionNote
 from solent.domain.principal import Principal, PrincipalKind
 from solent.index.rejection import apply_rejection
-from solent.index.retention import add_deletion, holds_covering, study_owner
+from solent.index.retention import add_deletion, holds_covering, owner_of_instance, study_owner
 from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, audit_fields
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,11 @@ def _retention_note(
     study_uid, note_uid = parsed.study_uid, parsed.sop_instance_uid
     refs = [(se, sop) for st, se, sop in note.references if st == study_uid and sop != note_uid]
     elsewhere = [sop for st, _, sop in note.references if st != study_uid]
-    owner = study_owner(conn, study_uid)
-    assert owner is not None  # the note was filed into this study in this transaction
+    # The note was filed in this transaction: into its own study, or into the study its study
+    # was merged into (R57), which then holds what it lists.
+    owner = study_owner(conn, study_uid) or owner_of_instance(conn, note_uid)
+    if owner is None:
+        raise RuntimeError(f"retention note {note_uid} is not filed in any study")
     detail: dict[str, object] = {
         "iocm": note.code,
         "reason": note.meaning,

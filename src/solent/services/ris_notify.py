@@ -32,11 +32,14 @@ from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, Patient
 #: Change-feed kind of a study edit -> HL7 order control (ORC-1) of the notification:
 #: XO (order changed: the study now belongs to this patient / study), RU (replaced unsolicited:
 #: the order under its old accession, followed by RO, the same order under the new one).
-#: A new study edit kind is notified by adding its line here (e.g. "study.split": "XO").
+#: A split or merge is an XO of the study that received the series (the new study of a split,
+#: the one merged into), whose note names the study they came from.
 RIS_MESSAGES: dict[str, str] = {
     "study.moved": "XO",
     "series.moved": "XO",
     "study.accession-corrected": "RU",
+    "study.split": "XO",
+    "study.merged": "XO",
 }
 
 #: The caller the job asks as (and the actor of the audit records of what it sent).
@@ -74,6 +77,8 @@ class RisNotice:
     #: accession number -> (Requested Procedure ID, Scheduled Procedure Step ID) of the orders
     #: known for the accessions above (IPC-2, IPC-4)
     steps: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: the study the series came from, when the notice is about the one they went to
+    from_study_uid: str | None = None
 
 
 class RisNotifications:
@@ -112,6 +117,7 @@ class RisNotifications:
             trusts.append(str(before["issuer"]))
         destinations = hl7_destinations.list_destinations(self._index, set(trusts))
         modalities = str(study["modalities"] or "").split("\\")
+        source = str(event["study_uid"] or "")
         return [
             RisNotice(
                 destination=d,
@@ -129,6 +135,7 @@ class RisNotifications:
                 reason=str(detail.get("reason") or ""),
                 edit=detail.get("edit"),
                 steps=steps,
+                from_study_uid=source if source and source != study_uid else None,
             )
             for d in destinations
         ]

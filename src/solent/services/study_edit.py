@@ -14,6 +14,8 @@ unknown study gets (404), so a request never tells an outsider whose record hold
 * An accession correction changes the study's (accession, issuer), and with it the order and
   report the study is linked to; refused when that accession names an order of another patient
   or another stored study.
+* A split (some series into a new study) or a merge (every series of one study into another)
+  of studies of one record is done at once by one steward (rules in ``study_regroup.py``).
 * Every done edit can be reversed: a reversal is a new edit back to the values before (a move
   back across issuers needs its second person again).
 
@@ -21,12 +23,12 @@ A done move changes the study row's patient; every door reads the patient throug
 outgoing DICOM keeps the stored values in Original Attributes Sequence (outgoing_identity.py).
 Each step writes one audit record per patient record it names (each naming both), an identity
 event on the records (their history), and a change-feed event (``study.moved``,
-``study.move-requested``, ``study.accession-corrected``) for downstream consumers.
+``study.move-requested``, ``study.split``, ``study.merged``, ``study.accession-corrected``) for
+downstream consumers.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
@@ -39,8 +41,10 @@ from solent.errors import InvalidInput, NotFound, SolentError
 from solent.index import identity as identity_store
 from solent.index import study_edits as store
 from solent.index.sql import Index, now
+from solent.services import study_edit_rows as rows
+from solent.services import study_regroup as regroup
 from solent.services.access import AccessService, Permission
-from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, PatientRef, audit_fields
+from solent.services.audit import AuditAction, AuditOutcome, AuditTrail, audit_fields
 from solent.services.identity import IdentityService, PatientKey
 
 STATUSES = (store.REQUESTED, store.DONE, store.REFUSED)
@@ -48,6 +52,8 @@ STATUSES = (store.REQUESTED, store.DONE, store.REFUSED)
 NAMES = {
     store.MOVE: ("study-moved", "study moved", "study.moved"),
     store.MOVE_SERIES: ("series-moved", "series moved", "series.moved"),
+    store.SPLIT: ("study-split", "study split", "study.split"),
+    store.MERGE: ("studies-merged", "studies merged", "study.merged"),
     store.ACCESSION: ("accession-corrected", "accession corrected", "study.accession-corrected"),
 }
 
@@ -74,7 +80,7 @@ class StudyEditService:
         """Move the study to record ``to``: done now within one issuer, requested (awaiting a
         second person) across issuers."""
         self._access.require(principal, Permission.ADMIN, "moving studies between patients")
-        reason = _reason(reason)
+        reason = rows.reason(reason)
         with self._index.read() as conn:
             _study, holder = self._study(principal, conn, study_uid)
             target = self._identity.resolve(to.issuer, to.local_id, conn=conn)
@@ -88,7 +94,7 @@ class StudyEditService:
         values = {
             "kind": store.MOVE,
             "study_uid": study_uid,
-            **_between(holder, target),
+            **rows.between(holder, target),
             "reason": reason,
             "requested_by": principal.describe(),
         }
@@ -108,7 +114,7 @@ class StudyEditService:
         Study Instance UID, the study's other attributes, no accession), or into
         ``to_study_uid``, a study already filed under ``to``. The same two-person rule."""
         self._access.require(principal, Permission.ADMIN, "moving series between patients")
-        reason = _reason(reason)
+        reason = rows.reason(reason)
         with self._index.read() as conn:
             study, holder = self._study(principal, conn, study_uid)
             series = store.series_in(conn, series_uid)
@@ -140,11 +146,60 @@ class StudyEditService:
             "study_uid": study_uid,
             "series_uid": series_uid,
             "new_study_uid": to_study_uid,
-            **_between(holder, target),
+            **rows.between(holder, target),
             "reason": reason,
             "requested_by": principal.describe(),
         }
         return self._request(principal, values, cross=holder["issuer"] != target.issuer)
+
+    def split(
+        self,
+        principal: Principal,
+        study_uid: str,
+        series_uids: list[str],
+        reason: str,
+        *,
+        accession: str | None = None,
+        accession_issuer: str | None = None,
+    ) -> dict[str, Any]:
+        """Move these series of the study into a new study of the same record (a new Study
+        Instance UID; the accession given, else none), done at once by one steward."""
+        self._access.require(principal, Permission.ADMIN, "splitting studies")
+        reason = rows.reason(reason)
+        with self._index.read() as conn:
+            study, holder = self._study(principal, conn, study_uid)
+            given = None
+            if accession and accession.strip():
+                given = (accession.strip(), (accession_issuer or "").strip() or study["trust_code"])
+                self._check_order(conn, {**study, "pk": None}, holder, *given)
+            planned = regroup.plan_split(conn, study, series_uids, given)
+            if isinstance(planned, str):
+                raise StudyEditConflict(planned)
+            self._no_pending(conn, study_uid)
+        values = {**planned, **rows.holder(holder), "reason": reason}
+        return self._request(
+            principal, values | {"requested_by": principal.describe()}, cross=False
+        )
+
+    def merge(
+        self, principal: Principal, study_uid: str, into_study_uid: str, reason: str
+    ) -> dict[str, Any]:
+        """Move every series of the study into ``into_study_uid``, a study of the same record;
+        the study leaves every query (its reversal brings it back). One steward, at once."""
+        self._access.require(principal, Permission.ADMIN, "merging studies")
+        reason = rows.reason(reason)
+        with self._index.read() as conn:
+            study, holder = self._study(principal, conn, study_uid)
+            into, _ = self._study(principal, conn, into_study_uid)
+            planned = regroup.plan_merge(conn, study, into)
+            if isinstance(planned, str):
+                raise StudyEditConflict(planned)
+            self._no_pending(conn, study_uid)
+            self._no_pending(conn, into_study_uid)
+        values = {**planned, **rows.holder(holder), "reason": reason}
+        return self._request(
+            principal, values | {"requested_by": principal.describe()}, cross=False
+        )
 
     def correct_accession(
         self,
@@ -157,7 +212,7 @@ class StudyEditService:
         """Set the study's accession number (and its issuer, the trust's RIS; the study's own
         trust when not given), done at once by a steward of the study's record."""
         self._access.require(principal, Permission.ADMIN, "correcting accession numbers")
-        reason = _reason(reason)
+        reason = rows.reason(reason)
         accession = accession.strip()
         if not accession:
             raise InvalidInput("give the accession number")
@@ -196,7 +251,7 @@ class StudyEditService:
         with self._index.read() as conn:
             edit = self._edit(principal, conn, edit_pk)
         if edit["status"] != store.REQUESTED:
-            self._refused(principal, edit, "approve", _decided(edit))
+            self._refused(principal, edit, "approve", rows.decided(edit))
         if edit["requested_by"] == principal.describe():
             self._refused(
                 principal,
@@ -210,11 +265,11 @@ class StudyEditService:
     def refuse(self, principal: Principal, edit_pk: int, reason: str) -> dict[str, Any]:
         """Refuse a requested move (or withdraw one's own request); nothing moves."""
         self._access.require(principal, Permission.ADMIN, "refusing study moves")
-        reason = _reason(reason)
+        reason = rows.reason(reason)
         with self._index.read() as conn:
             edit = self._edit(principal, conn, edit_pk)
         if edit["status"] != store.REQUESTED:
-            self._refused(principal, edit, "refuse", _decided(edit))
+            self._refused(principal, edit, "refuse", rows.decided(edit))
 
         def op(conn: Connection) -> bool:
             if not store.decide(conn, edit_pk, store.REFUSED, principal.describe()):
@@ -224,13 +279,13 @@ class StudyEditService:
 
         if not self._index.write(op):
             self._refused(principal, edit, "refuse", f"edit {edit_pk} was decided meanwhile")
-        return self._view(self._reread(edit_pk))
+        return rows.view(self._reread(edit_pk))
 
     def reverse(self, principal: Principal, edit_pk: int, reason: str) -> dict[str, Any]:
         """Undo a done edit: a new edit back to the values before (moved back, or the old
         accession), with the same rules as any edit."""
         self._access.require(principal, Permission.ADMIN, "reversing study edits")
-        reason = _reason(reason)
+        reason = rows.reason(reason)
         with self._index.read() as conn:
             edit = self._edit(principal, conn, edit_pk)
         if edit["status"] != store.DONE:
@@ -240,6 +295,8 @@ class StudyEditService:
                 principal, edit, "reverse", f"it was reversed already by edit {edit['reversed_by']}"
             )
         later = "the study was moved again (or a record merged) since; reverse the later edit first"
+        if edit["kind"] in store.REGROUPS:
+            return self._reverse_regroup(principal, edit, reason)
         with self._index.read() as conn:
             now_in = edit["study_uid"]
             if edit["kind"] == store.MOVE_SERIES:
@@ -297,6 +354,24 @@ class StudyEditService:
             }
         return self._request(principal, values, cross=cross)
 
+    def _reverse_regroup(
+        self, principal: Principal, edit: dict[str, Any], reason: str
+    ) -> dict[str, Any]:
+        """A split or merge undone: the same series moved back, as a new edit."""
+        with self._index.read() as conn:
+            values, why = regroup.reversal(conn, edit)
+            if why is not None:
+                self._refused(principal, edit, "reverse", why)
+            self._no_pending(conn, values["study_uid"])
+            self._no_pending(conn, values["new_study_uid"])
+        values |= {
+            **{k: edit[k] for k in ("from_patient_pk", "from_issuer", "from_local_id")},
+            "reason": reason,
+            "reverses": edit["pk"],
+            "requested_by": principal.describe(),
+        }
+        return self._request(principal, values, cross=False)
+
     # -- reads -------------------------------------------------------------------------------
 
     def list(
@@ -314,17 +389,17 @@ class StudyEditService:
         with self._index.read() as conn:
             if study_uid is not None:
                 self._study(principal, conn, study_uid)
-            rows = store.edits(conn, study_uid=study_uid, status=status)
-        shown = [r for r in rows if self._stewards_any(principal, _issuers(r))]
+            found = store.edits(conn, study_uid=study_uid, status=status)
+        shown = [r for r in found if self._stewards_any(principal, rows.issuers(r))]
         for row in shown:
             self._audit.record(
                 principal,
                 AuditAction.QUERY,
-                patient=_ref(row, "from"),
+                patient=rows.record_ref(row, "from"),
                 study_uid=row["study_uid"],
                 detail={"read": "study-edit", "edit": row["pk"]},
             )
-        return [self._view(r) for r in shown]
+        return [rows.view(r) for r in shown]
 
     # -- inside ------------------------------------------------------------------------------
 
@@ -337,14 +412,14 @@ class StudyEditService:
 
             def ask(conn: Connection) -> int:
                 if store.pending_for(conn, values["study_uid"]) is not None:
-                    raise StudyEditConflict(_pending_text(values["study_uid"]))
+                    raise StudyEditConflict(rows.pending_text(values["study_uid"]))
                 pk = store.add_edit(conn, status=status, **values)
                 edit = store.get_edit(conn, pk)
                 assert edit is not None
                 self._trail(conn, principal, edit, "move requested", {})
                 return pk
 
-            return self._view(self._reread(self._index.write(ask)))
+            return rows.view(self._reread(self._index.write(ask)))
         return self._apply(principal, values)
 
     def _apply(self, principal: Principal, edit: dict[str, Any]) -> dict[str, Any]:
@@ -355,13 +430,22 @@ class StudyEditService:
             study = identity_store.study_by_uid(conn, edit["study_uid"])
             if study is None:
                 raise NotFound(f"no study {edit['study_uid']}")
-            if edit["kind"] == store.MOVE:
+            values = dict(edit)
+            if edit["kind"] in store.REGROUPS:
+                for uid in (edit["study_uid"], edit["new_study_uid"]):  # asked for meanwhile
+                    if store.pending_for(conn, uid) is not None:
+                        raise StudyEditConflict(rows.pending_text(uid))
+                moved = regroup.refile(conn, study, edit)
+                values["series_uids"] = moved
+                done = moved is not None
+                why = "its series or studies changed meanwhile; nothing changed"
+            elif edit["kind"] == store.MOVE:
                 done = store.refile_study(
                     conn, int(study["pk"]), int(edit["from_patient_pk"]), int(edit["to_patient_pk"])
                 )
                 why = "the study was moved (or its record merged) meanwhile; nothing changed"
             elif edit["kind"] == store.MOVE_SERIES:
-                done = self._refile_series(conn, study, edit)
+                done = regroup.refile_one(conn, study, edit)
                 why = (
                     "the series or study was moved (or a record merged) meanwhile; nothing changed"
                 )
@@ -385,7 +469,7 @@ class StudyEditService:
                     status=store.DONE,
                     decided_by=principal.describe(),
                     decided_at=now(),
-                    **edit,
+                    **values,
                 )
             row = store.get_edit(conn, pk)
             assert row is not None
@@ -400,8 +484,8 @@ class StudyEditService:
                 other_patient_pk=row["to_patient_pk"],
                 issuer=row["from_issuer"],
                 local_id=row["from_local_id"],
-                before=_state(row, "before"),
-                after={**_state(row, "after"), "study_edit": pk},
+                before=rows.state(row, "before"),
+                after={**rows.state(row, "after"), "study_edit": pk},
             )
             self._trail(conn, principal, row, change, {})
             self._index.append_event(
@@ -412,7 +496,7 @@ class StudyEditService:
                 patient_pk=row["to_patient_pk"] or row["from_patient_pk"],
                 study_uid=row["study_uid"],
                 series_uid=row["series_uid"],
-                detail=_feed_detail(row),
+                detail=rows.feed_detail(row),
             )
             return pk
 
@@ -423,33 +507,7 @@ class StudyEditService:
         # Who may see the study changed: this process drops its remembered access decisions
         # now (other nodes hear it from the database: study.patient_pk is watched, 0005).
         ttl_cache.invalidate_all()
-        return self._view(self._reread(pk))
-
-    @staticmethod
-    def _refile_series(conn: Connection, study: dict[str, Any], edit: dict[str, Any]) -> bool:
-        """Put the series in its new study (made now, or the target's own), totals of both
-        kept true; a study left without series is deleted (a reversal's emptied study)."""
-        series = store.series_in(conn, edit["series_uid"])
-        if (
-            series is None
-            or series["study_uid"] != edit["study_uid"]
-            or int(study["patient_pk"]) != int(edit["from_patient_pk"])
-        ):
-            return False
-        into = identity_store.study_by_uid(conn, edit["new_study_uid"])
-        if into is None:
-            into_pk = store.new_study_like(
-                conn, study, edit["new_study_uid"], int(edit["to_patient_pk"])
-            )
-        elif int(into["patient_pk"]) != int(edit["to_patient_pk"]):
-            return False
-        else:
-            into_pk = int(into["pk"])
-        if not store.refile_series(conn, int(series["pk"]), int(study["pk"]), into_pk):
-            return False
-        store.recount(conn, into_pk)
-        store.recount(conn, int(study["pk"]))
-        return True
+        return rows.view(self._reread(pk))
 
     def _trail(
         self,
@@ -462,12 +520,14 @@ class StudyEditService:
     ) -> None:
         """One audit record per patient record the edit names, each naming both; and the
         change feed hears of requests and refusals too (a RIS may show them)."""
-        detail = {**_about(edit), "change": change, **extra}
+        detail = {**rows.about(edit), "change": change, **extra}
         action = (
-            AuditAction.PATIENT_RECORD if edit["kind"] in store.MOVES else AuditAction.ORDER_RECORD
+            AuditAction.ORDER_RECORD
+            if edit["kind"] == store.ACCESSION
+            else AuditAction.PATIENT_RECORD
         )
         for side in ("from", "to"):
-            ref = _ref(edit, side)
+            ref = rows.record_ref(edit, side)
             if ref is None:
                 continue
             AuditTrail.append_in(
@@ -488,7 +548,7 @@ class StudyEditService:
                 principal,
                 patient_pk=edit["from_patient_pk"],
                 study_uid=edit["study_uid"],
-                detail=_feed_detail(edit),
+                detail=rows.feed_detail(edit),
             )
 
     def _refused(self, principal: Principal, edit: dict[str, Any], what: str, why: str) -> NoReturn:
@@ -525,7 +585,7 @@ class StudyEditService:
 
     def _edit(self, principal: Principal, conn: Connection, edit_pk: int) -> dict[str, Any]:
         edit = store.get_edit(conn, edit_pk)
-        if edit is None or not self._stewards_any(principal, _issuers(edit)):
+        if edit is None or not self._stewards_any(principal, rows.issuers(edit)):
             raise NotFound(f"no study edit {edit_pk}")
         return edit
 
@@ -537,7 +597,7 @@ class StudyEditService:
 
     def _no_pending(self, conn: Connection, study_uid: str) -> None:
         if store.pending_for(conn, study_uid) is not None:
-            raise StudyEditConflict(_pending_text(study_uid))
+            raise StudyEditConflict(rows.pending_text(study_uid))
 
     def _check_order(
         self,
@@ -576,126 +636,3 @@ class StudyEditService:
             return True
         trusts = self._access.scope(principal).trusts
         return any(i is not None and i in trusts for i in issuers)
-
-    @staticmethod
-    def _view(edit: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": edit["pk"],
-            "kind": edit["kind"],
-            "status": edit["status"],
-            "study_uid": edit["study_uid"],
-            "from": _key(edit, "from"),
-            "reason": edit["reason"],
-            "requested_by": edit["requested_by"],
-            "requested_at": store.iso(edit["requested_at"]),
-            "decided_by": edit["decided_by"],
-            "decided_at": store.iso(edit["decided_at"]),
-            "reverses": edit["reverses"],
-            "reversed_by": edit["reversed_by"],
-        }
-        if edit["kind"] in store.MOVES:
-            out["to"] = _key(edit, "to")
-            out["needs_second_person"] = edit["from_issuer"] != edit["to_issuer"]
-        if edit["kind"] == store.MOVE_SERIES:
-            out["series_uid"] = edit["series_uid"]
-            out["to_study_uid"] = edit["new_study_uid"]
-        else:
-            out["accession"] = {
-                "before": {
-                    "accession_number": edit["old_accession"],
-                    "issuer": edit["old_accession_issuer"],
-                },
-                "after": {
-                    "accession_number": edit["new_accession"],
-                    "issuer": edit["new_accession_issuer"],
-                },
-            }
-        return out
-
-
-def _reason(reason: str) -> str:
-    reason = (reason or "").strip()
-    if not reason:
-        raise InvalidInput("give the reason for the correction")
-    return reason
-
-
-def _pending_text(study_uid: str) -> str:
-    return (
-        f"study {study_uid} has a move waiting for approval; approve or refuse it first "
-        "(GET /api/identity/study-edits?status=requested)"
-    )
-
-
-def _issuers(edit: dict[str, Any]) -> list[str | None]:
-    return [edit.get("from_issuer"), edit.get("to_issuer")]
-
-
-def _key(edit: dict[str, Any], side: str) -> dict[str, str] | None:
-    issuer, local_id = edit.get(f"{side}_issuer"), edit.get(f"{side}_local_id")
-    if not issuer or not local_id:
-        return None
-    return {"issuer": str(issuer), "patient_id": str(local_id)}
-
-
-def _ref(edit: dict[str, Any], side: str) -> PatientRef | None:
-    key = _key(edit, side)
-    return None if key is None else PatientRef(key["issuer"], key["patient_id"], None)
-
-
-def _about(edit: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"edit": edit.get("pk"), "kind": edit["kind"], "from": _key(edit, "from")}
-    if edit["kind"] in store.MOVES:
-        out["to"] = _key(edit, "to")
-        if edit["kind"] == store.MOVE_SERIES:
-            out["series_uid"] = edit["series_uid"]
-            out["to_study_uid"] = edit["new_study_uid"]
-    else:
-        out["accession_before"] = [edit["old_accession"], edit["old_accession_issuer"]]
-        out["accession_after"] = [edit["new_accession"], edit["new_accession_issuer"]]
-    out["reason"] = edit["reason"]
-    if edit.get("reverses") is not None:
-        out["reverses"] = edit["reverses"]
-    return out
-
-
-def _feed_detail(edit: dict[str, Any]) -> dict[str, Any]:
-    detail: dict[str, Any] = json.loads(json.dumps(_about(edit), default=str))
-    return detail
-
-
-def _state(edit: dict[str, Any], when: str) -> dict[str, Any]:
-    if edit["kind"] == store.MOVE_SERIES:
-        return {
-            "study_uid": edit["study_uid" if when == "before" else "new_study_uid"],
-            "series_uid": edit["series_uid"],
-            "patient": _key(edit, "from" if when == "before" else "to"),
-        }
-    if edit["kind"] == store.MOVE:
-        return {
-            "study_uid": edit["study_uid"],
-            "patient": _key(edit, "from" if when == "before" else "to"),
-        }
-    prefix = "old" if when == "before" else "new"
-    return {
-        "study_uid": edit["study_uid"],
-        "accession_number": edit[f"{prefix}_accession"],
-        "accession_issuer": edit[f"{prefix}_accession_issuer"],
-    }
-
-
-def _decided(edit: dict[str, Any]) -> str:
-    return f"it was {edit['status']} by {edit['decided_by']} at {store.iso(edit['decided_at'])}"
-
-
-def _between(holder: Any, target: Any) -> dict[str, Any]:
-    """The from/to record columns of a move: the record a study is filed under (a row with
-    pk, issuer, local_id) and the one it goes to."""
-    return {
-        "from_patient_pk": int(holder["pk"]),
-        "from_issuer": holder["issuer"],
-        "from_local_id": holder["local_id"],
-        "to_patient_pk": target.patient_pk,
-        "to_issuer": target.issuer,
-        "to_local_id": target.local_id,
-    }

@@ -284,6 +284,52 @@ def move_series(
         raise HTTPException(409, str(exc)) from exc
 
 
+SeriesUid = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9.]+$")]
+
+
+class SplitRequest(BaseModel):
+    series_uids: list[SeriesUid] = Field(min_length=1, max_length=1000)
+    accession_number: str | None = Field(default=None, max_length=16)
+    accession_issuer: str | None = Field(default=None, max_length=64)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/studies/{study_uid}/split")
+def split_study(
+    request: Request, caller: Caller, study_uid: StudyUid, body: SplitRequest
+) -> dict[str, Any]:
+    """Move these series into a new study of the same patient record (a new Study Instance
+    UID; the accession given, else none), at once; reversible."""
+    try:
+        return _edits(request).split(
+            caller,
+            study_uid,
+            body.series_uids,
+            body.reason,
+            accession=body.accession_number,
+            accession_issuer=body.accession_issuer,
+        )
+    except StudyEditConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+class MergeRequest(BaseModel):
+    into_study_uid: str = Field(max_length=64, pattern=r"^[0-9.]+$")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/studies/{study_uid}/merge")
+def merge_study(
+    request: Request, caller: Caller, study_uid: StudyUid, body: MergeRequest
+) -> dict[str, Any]:
+    """Move every series of this study into ``into_study_uid`` (a study of the same patient
+    record); this study leaves every query until the merge is reversed."""
+    try:
+        return _edits(request).merge(caller, study_uid, body.into_study_uid, body.reason)
+    except StudyEditConflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
 @router.post("/studies/{study_uid}/accession")
 def correct_accession(
     request: Request, caller: Caller, study_uid: StudyUid, body: AccessionRequest
@@ -299,7 +345,7 @@ def correct_accession(
 
 @router.get("/studies/{study_uid}/edits")
 def study_edits(request: Request, caller: Caller, study_uid: StudyUid) -> list[dict[str, Any]]:
-    """Every edit of the study (moves, accession corrections), oldest first."""
+    """Every edit of the study (moves, splits, merges, accession corrections), oldest first."""
     return _edits(request).list(caller, study_uid=study_uid)
 
 

@@ -82,6 +82,20 @@ def _register_study_edits(act: Any) -> None:
     ac.add_argument("--reason", required=True)
     ac.add_argument("--by", default="admin")
     ac.set_defaults(handler=_correct_accession)
+    sp = act.add_parser("split-study", help="move series of a study into a new study")
+    sp.add_argument("study_uid")
+    sp.add_argument("series_uid", nargs="+", help="the series to move into the new study")
+    sp.add_argument("--accession", help="the new study's accession number (default: none)")
+    sp.add_argument("--issuer", help="the accession's issuer (default: the study's trust)")
+    sp.add_argument("--reason", required=True)
+    sp.add_argument("--by", default="admin")
+    sp.set_defaults(handler=_split_study)
+    mg = act.add_parser("merge-study", help="move every series of a study into another")
+    mg.add_argument("study_uid", help="the study that goes (leaves every query)")
+    mg.add_argument("into_study_uid", help="the study that stays and holds them all")
+    mg.add_argument("--reason", required=True)
+    mg.add_argument("--by", default="admin")
+    mg.set_defaults(handler=_merge_study)
     ls = act.add_parser("study-edits", help="study edits (default: moves awaiting approval)")
     ls.add_argument("--study", help="every edit of this Study Instance UID")
     ls.add_argument("--status", choices=("requested", "done", "refused"))
@@ -187,7 +201,9 @@ def _edit_service(settings: Settings) -> Any:
 
 def _print_edit(edit: dict[str, Any]) -> None:
     where = ""
-    if edit.get("to"):
+    if edit.get("to_study_uid") and not edit.get("to"):
+        where = f" into study {edit['to_study_uid']}"
+    elif edit.get("to"):
         where = f" to {edit['to']['patient_id']}/{edit['to']['issuer']}"
     elif edit.get("accession"):
         where = f" accession {edit['accession']['after']['accession_number']}"
@@ -201,6 +217,32 @@ def _move_study(args: argparse.Namespace, settings: Settings) -> int:
     try:
         to = PatientKey(args.issuer, args.patient_id)
         _print_edit(edits.move(_admin(args.by), args.study_uid, to, args.reason))
+    finally:
+        archive.close()
+    return 0
+
+
+def _split_study(args: argparse.Namespace, settings: Settings) -> int:
+    archive, edits = _edit_service(settings)
+    try:
+        edit = edits.split(
+            _admin(args.by),
+            args.study_uid,
+            args.series_uid,
+            args.reason,
+            accession=args.accession,
+            accession_issuer=args.issuer,
+        )
+        _print_edit(edit)
+    finally:
+        archive.close()
+    return 0
+
+
+def _merge_study(args: argparse.Namespace, settings: Settings) -> int:
+    archive, edits = _edit_service(settings)
+    try:
+        _print_edit(edits.merge(_admin(args.by), args.study_uid, args.into_study_uid, args.reason))
     finally:
         archive.close()
     return 0

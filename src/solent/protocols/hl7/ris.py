@@ -96,6 +96,8 @@ def _note(notice: RisNotice) -> str:
     if notice.prior_patient is not None:
         q = notice.prior_patient
         what += f", before under {q.local_id} ({q.issuer})"
+    if notice.from_study_uid is not None:
+        what += f"; series of study {notice.from_study_uid} moved into it"
     if notice.old_accession is not None:
         what += f"; accession {notice.old_accession[0]} ({notice.old_accession[1]}) replaced"
         if notice.accession is not None:
