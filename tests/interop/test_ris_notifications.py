@@ -185,6 +185,40 @@ def test_a_move_is_told_to_the_ris_and_retried_with_the_same_control_id_until_aa
         assert str(msg["MSH.F10"]) in a["detail"] and "RIS_ZZB" in a["detail"]
 
 
+def test_a_ris_that_refuses_every_attempt_leaves_a_failed_job_an_operator_retries(
+    archive: Archive,
+    client: TestClient,
+    tmp_path: Path,
+    reserved_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the embedded default too, a notification the RIS did not take after all attempts is
+    not lost: it is kept as a failed job, and `jobs retry` sends the same message again."""
+    ris = Ris(reserved_port, answers=["AE", "AE", "AE"])  # as many as the attempts
+    try:
+        _register(monkeypatch, tmp_path / "demo-var", "ZZB", ris.port)
+        queue = _queue(archive)
+        bob_study = study_of(archive, "ZZB", "B7730444")
+        admin = add_user(archive, "adminzb", "ZZB", "pacs_admin")
+        body = {"to": {"issuer": "ZZB", "patient_id": "B7730021"}, "reason": "wrong patient"}
+        moved = client.post(f"/api/identity/studies/{bob_study}/move", json=body, headers=admin)
+        assert moved.status_code == 200, moved.text
+        assert queue.dispatch() == 1
+        (failed,) = archive.services.jobs.list(SYSTEM, "failed")
+        assert failed.task == "notify_ris" and failed.attempts == 3
+        assert queue.stats()["feed"]["ris"]["backlog"] == 0
+        assert len(ris.frames) == 3
+
+        archive.services.jobs.retry(SYSTEM, failed.id)  # the RIS answers AA now
+        assert queue.dispatch() == 1
+    finally:
+        ris.close()
+    assert [j.status for j in archive.services.jobs.list(SYSTEM)] == ["succeeded"]
+    assert len(ris.frames) == 4 and len(set(ris.frames)) == 1  # the same message, MSH-10 too
+    audits = _audits(archive)
+    assert sorted(a["outcome"] for a in audits) == ["failure"] * 3 + ["success"]
+
+
 def test_a_move_between_trusts_is_told_to_both_ris_and_a_correction_names_both_accessions(
     archive: Archive,
     client: TestClient,

@@ -198,6 +198,162 @@ def job_counts(index: Index) -> dict[tuple[str, str], int]:
     return {(r.task_name, r.status): int(r.n) for r in rows}
 
 
+@dataclass(frozen=True)
+class JobFailure:
+    """A job of the in-process queue that used all its attempts, to be recorded."""
+
+    consumer: str
+    seq: int
+    task: str
+    args: dict[str, Any]
+    attempts: int
+    error: str
+    first_failed_at: datetime
+    last_failed_at: datetime
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    id: int
+    consumer: str
+    seq: int
+    task: str
+    args: dict[str, Any]
+    status: str  # failed | todo (retry asked) | doing | succeeded
+    attempts: int
+    last_error: str
+    first_failed_at: datetime
+    last_failed_at: datetime
+    worker: str | None
+
+
+def _failed_job(r: Any) -> FailedJob:
+    return FailedJob(
+        int(r.pk),
+        r.consumer,
+        int(r.seq),
+        r.task,
+        json.loads(r.args),
+        r.status,
+        int(r.attempts),
+        r.last_error,
+        r.first_failed_at,
+        r.last_failed_at,
+        r.worker,
+    )
+
+
+def record_failed_jobs(conn: Connection, failures: list[JobFailure]) -> list[int]:
+    """Keep jobs that used all their attempts as "failed" (in the transaction that advances
+    their consumer's cursor: a failure is recorded exactly when its event is acknowledged)."""
+    ids = []
+    for f in failures:
+        ids.append(
+            conn.execute(
+                insert(t.failed_job)
+                .values(
+                    consumer=f.consumer,
+                    seq=f.seq,
+                    task=f.task,
+                    args=json.dumps(f.args, sort_keys=True),
+                    status="failed",
+                    attempts=f.attempts,
+                    last_error=f.error,
+                    first_failed_at=f.first_failed_at,
+                    last_failed_at=f.last_failed_at,
+                )
+                .returning(t.failed_job.c.pk)
+            ).scalar_one()
+        )
+    return ids
+
+
+def failed_jobs(index: Index, status: str | None, limit: int) -> list[FailedJob]:
+    """Recorded failed jobs (and what became of them), newest first."""
+    q = select(t.failed_job).order_by(t.failed_job.c.pk.desc()).limit(limit)
+    if status is not None:
+        q = q.where(t.failed_job.c.status == status)
+    with index.read() as conn:
+        return [_failed_job(r) for r in conn.execute(q)]
+
+
+def failed_job_counts(index: Index) -> dict[tuple[str, str], int]:
+    """(task, status) -> recorded failed jobs."""
+    fj = t.failed_job.c
+    with index.read() as conn:
+        rows = conn.execute(
+            select(fj.task, fj.status, func.count().label("n")).group_by(fj.task, fj.status)
+        ).all()
+    return {(r.task, r.status): int(r.n) for r in rows}
+
+
+def queue_failed_job(conn: Connection, job_id: int, retryable: Collection[str]) -> str | None:
+    """Ask for a failed job to run again ("todo") if its status is one of ``retryable``; its
+    status before (None: no such job)."""
+    fj = t.failed_job.c
+    status = conn.execute(select(fj.status).where(fj.pk == job_id)).scalar()
+    if status in retryable:
+        conn.execute(
+            t.failed_job.update().where(fj.pk == job_id).values(status="todo", worker=None)
+        )
+    return None if status is None else str(status)
+
+
+def claim_failed_job(conn: Connection, consumer: str, worker: str) -> FailedJob | None:
+    """The oldest job of ``consumer`` an operator asked to run again, now "doing" by
+    ``worker`` (one write transaction: two processes never claim the same one)."""
+    fj = t.failed_job.c
+    row = conn.execute(
+        select(t.failed_job)
+        .where(fj.status == "todo", fj.consumer == consumer)
+        .order_by(fj.pk)
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    conn.execute(t.failed_job.update().where(fj.pk == row.pk).values(status="doing", worker=worker))
+    return _failed_job(row)
+
+
+def finish_failed_job(
+    conn: Connection, job_id: int, worker: str, error: str | None, at: datetime
+) -> None:
+    """The outcome of a retried job's run: "succeeded", or "failed" again with its error.
+    Nothing when it is no longer ``worker``'s (an operator asked again meanwhile)."""
+    fj = t.failed_job.c
+    mine = t.failed_job.update().where(fj.pk == job_id, fj.status == "doing", fj.worker == worker)
+    if error is None:
+        conn.execute(
+            mine.values(status="succeeded", attempts=fj.attempts + 1, worker=None, done_at=at)
+        )
+    else:
+        conn.execute(
+            mine.values(
+                status="failed",
+                attempts=fj.attempts + 1,
+                worker=None,
+                last_error=error,
+                last_failed_at=at,
+            )
+        )
+
+
+def doing_failed_jobs(index: Index) -> list[FailedJob]:
+    with index.read() as conn:
+        rows = conn.execute(select(t.failed_job).where(t.failed_job.c.status == "doing"))
+        return [_failed_job(r) for r in rows]
+
+
+def release_failed_job(conn: Connection, job_id: int, worker: str) -> None:
+    """Put a job ``worker`` left "doing" (it died running it) back to "todo"."""
+    fj = t.failed_job.c
+    conn.execute(
+        t.failed_job.update()
+        .where(fj.pk == job_id, fj.status == "doing", fj.worker == worker)
+        .values(status="todo", worker=None)
+    )
+
+
 def feed_row(conn: Connection, seq: int) -> dict[str, Any] | None:
     """One change-feed event with its detail decoded (a job names the event it follows)."""
     row = conn.execute(select(t.change_feed).where(t.change_feed.c.seq == seq)).mappings().first()

@@ -872,6 +872,29 @@ feed_cursor = Table(
     Column("consumer", String(64), primary_key=True),
     Column("seq", PK, nullable=False),
 )
+# Jobs of the in-process queue (SQLite) that used all their attempts: kept for an operator, as
+# procrastinate keeps its failed jobs on PostgreSQL (`solent jobs list --status failed`, `solent
+# jobs retry`). Written in the transaction that moves the consumer's cursor past the job's
+# event, so a failure is never lost. status: failed -> todo (retry asked) -> doing -> succeeded
+# or failed again. ``worker`` (host:pid) runs it while "doing"; ``seq`` is the event it came
+# from. ``last_error`` is the exception's first line, cut short.
+failed_job = Table(
+    "failed_job",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("consumer", String(64), nullable=False),
+    Column("seq", PK, nullable=False),
+    Column("task", String(64), nullable=False),
+    Column("args", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("first_failed_at", DateTime(timezone=True), nullable=False),
+    Column("last_failed_at", DateTime(timezone=True), nullable=False),
+    Column("worker", String(200)),
+    Column("done_at", DateTime(timezone=True)),
+    Index(None, "status", "consumer"),
+)
 # One row per fixity check of a stored blob (the `verify_blob` job): the bytes in the store
 # still hash to the digest recorded at ingest. Appended, never updated, so a job run twice
 # would show as two rows.

@@ -19,7 +19,9 @@ STATUSES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
 def register(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="background jobs: list, retry, stats, work")
     act = jobs.add_subparsers(dest="action", required=True)
-    ls = act.add_parser("list", help="jobs, newest first (PostgreSQL queue)")
+    ls = act.add_parser(
+        "list", help="jobs, newest first (on SQLite: those that used all their attempts)"
+    )
     ls.add_argument("--status", choices=STATUSES)
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--json", action="store_true")

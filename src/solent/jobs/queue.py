@@ -5,7 +5,9 @@ functions (`tasks.TASKS`); only the claiming differs. procrastinate (maintained,
 only, no extra server) claims each job for exactly one worker across all nodes with
 SELECT ... FOR UPDATE SKIP LOCKED and retries with exponential backoff. The in-process runner is
 the embedded default's: one node, a thread per consumer (a consumer waiting out a retry holds
-up only its own feed), the cursor advanced after the tasks ran.
+up only its own feed), the cursor advanced after the tasks ran. A job that used all its attempts
+is kept in the index as "failed" (``failed_job``) in the transaction that advances the cursor,
+so both queues give an operator the same `solent jobs list --status failed` and `jobs retry`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,8 +30,24 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Connection
 
 from solent.errors import InvalidInput, NotFound
-from solent.index.jobs import QUEUE, advance, defer_jobs, feed_position, job_counts, take_events
-from solent.index.sql import PG_KEEPALIVE
+from solent.index.jobs import (
+    QUEUE,
+    JobFailure,
+    advance,
+    claim_failed_job,
+    defer_jobs,
+    doing_failed_jobs,
+    failed_job_counts,
+    failed_jobs,
+    feed_position,
+    finish_failed_job,
+    job_counts,
+    queue_failed_job,
+    record_failed_jobs,
+    release_failed_job,
+    take_events,
+)
+from solent.index.sql import PG_KEEPALIVE, now
 from solent.jobs.tasks import CONSUMERS, JOBS_RUN, TASKS, Consumer, TaskContext, worker_name
 
 if TYPE_CHECKING:
@@ -112,8 +132,15 @@ class _QueueCollector:
         )
         for consumer, feed in stats.get("feed", {}).items():
             backlog.add_metric([consumer], feed["backlog"])
+        failed = GaugeMetricFamily(
+            "solent_jobs_failed",
+            "Background jobs that used all their attempts and wait for an operator "
+            "(`solent jobs retry`); alert when above 0",
+        )
+        failed.add_metric([], sum(s.get("failed", 0) for s in stats.get("jobs", {}).values()))
         yield jobs
         yield backlog
+        yield failed
 
 
 COLLECTOR = _QueueCollector()
@@ -373,6 +400,46 @@ def _runner(name: str, fn: Any, ctx: TaskContext) -> Any:
     return run
 
 
+#: Status of a failed job an operator may ask to run again (procrastinate's: a "doing" job
+#: is one whose worker may have died).
+RETRYABLE = ("failed", "doing")
+#: Longest error message kept with a failed job (the rest is in the node's log).
+ERROR_CHARS = 300
+
+
+class _Interrupted(Exception):
+    """stop() ended a job's backoff: its batch is not acknowledged and runs again."""
+
+
+@dataclass(frozen=True)
+class _GaveUp:
+    error: str
+    first_at: datetime
+    last_at: datetime
+
+
+def _short_error(exc: BaseException) -> str:
+    """What a failed job keeps of its last error: the exception's type and first line."""
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "..."
+
+
+def _worker_alive(worker: str) -> bool:
+    """Whether the process ``worker`` (host:pid) may still run: False only when it is on this
+    host and no such process exists (a different host: cannot tell, so assume it may)."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class InProcessQueue:
     """The embedded default (SQLite): the same tasks, run by a thread of `solent serve`."""
 
@@ -404,17 +471,19 @@ class InProcessQueue:
         # Set by stop(): a job waiting out its backoff gives up waiting, and its batch's cursor
         # is not advanced, so the next start runs it again (at least once).
         self._stopping = threading.Event()
+        self._running: set[int] = set()  # failed jobs this process is running again now
 
     def dispatch(self) -> int:
         """Run the jobs of new events of every consumer now, one consumer after the other."""
         return sum(self.dispatch_consumer(consumer) for consumer in self.consumers)
 
     def dispatch_consumer(self, consumer: Consumer) -> int:
-        """Run the jobs of one consumer's new events; its cursor moves after they ran (at least
-        once). Each consumer has its own follower thread (start), so one waiting out the
-        backoff of an unreachable peer (an IAN recipient: 2 + 4 + 8 + 16 + 32 s) does not hold
-        up the others."""
-        done = 0
+        """Run the failed jobs of one consumer an operator asked to run again, then the jobs of
+        its new events; its cursor moves after they ran (at least once), in the transaction
+        that records those that used all their attempts as failed. Each consumer has its own
+        follower thread (start), so one waiting out the backoff of an unreachable peer (an IAN
+        recipient: 2 + 4 + 8 + 16 + 32 s) does not hold up the others."""
+        done = self._run_retries(consumer)
         while True:
             take = partial(
                 take_events,
@@ -428,32 +497,105 @@ class InProcessQueue:
             events, old, new = self.index.write(take)
             if new == old:
                 return done
-            for task, args in consumer.batch_jobs(events):
-                if not self._run(task, args):
+            failures: list[JobFailure] = []
+            for seq, task, args in consumer.batch_jobs_seq(events):
+                try:
+                    gave_up = self._run(task, args, self.max_attempts)
+                except _Interrupted:
                     return done  # stopping: the batch runs again from its start next time
                 done += 1
-            self.index.write(partial(advance, consumer=consumer.name, seq=new))
+                if gave_up is not None:
+                    failures.append(
+                        JobFailure(
+                            consumer.name,
+                            seq,
+                            task,
+                            args,
+                            self.max_attempts,
+                            gave_up.error,
+                            gave_up.first_at,
+                            gave_up.last_at,
+                        )
+                    )
+            ids = self.index.write(
+                partial(_acknowledge, consumer=consumer.name, seq=new, failures=failures)
+            )
+            for job_id, f in zip(ids, failures, strict=True):
+                with self._failed_lock:
+                    self.failed += 1
+                log.error(
+                    "job %d (%s%r) failed %d times, last: %s; kept as failed: "
+                    "`solent jobs retry %d` runs it again",
+                    job_id,
+                    f.task,
+                    f.args,
+                    f.attempts,
+                    f.error,
+                    job_id,
+                )
 
-    def _run(self, task: str, args: dict[str, Any]) -> bool:
-        """Run a job with retries; False when stop() interrupted its backoff."""
-        for attempt in range(1, self.max_attempts + 1):
+    def _run(self, task: str, args: dict[str, Any], attempts: int) -> _GaveUp | None:
+        """Run a job, up to ``attempts`` times with backoff; what it gave up on, if it did.
+        Raises _Interrupted when stop() ends its backoff."""
+        first: datetime | None = None
+        for attempt in range(1, attempts + 1):
             try:
                 TASKS[task](self.ctx, **args)
-            except Exception:
+            except Exception as exc:
                 JOBS_RUN.labels(task, "error").inc()
-                if attempt == self.max_attempts:
-                    with self._failed_lock:
-                        self.failed += 1
-                    log.exception("job %s%r failed %d times; given up", task, args, attempt)
-                    return True
+                first = first or now()
+                if attempt == attempts:
+                    log.warning("job %s%r failed %d times", task, args, attempt, exc_info=True)
+                    return _GaveUp(_short_error(exc), first, now())
                 if self._stopping.wait(self.backoff_seconds * 2 ** (attempt - 1)):
-                    return False
+                    raise _Interrupted from None
             else:
                 JOBS_RUN.labels(task, "done").inc()
-                return True
-        return True
+                return None
+        return None
+
+    def _run_retries(self, consumer: Consumer) -> int:
+        """Run once each failed job of ``consumer`` an operator asked to run again (as a
+        procrastinate retry does: the job's attempts were used, it gets one more run)."""
+        done = 0
+        worker = self.ctx.worker
+        while not self._stopping.is_set():
+            job = self.index.write(partial(claim_failed_job, consumer=consumer.name, worker=worker))
+            if job is None:
+                return done
+            self._running.add(job.id)
+            try:
+                gave_up = self._run(job.task, job.args, 1)
+                error = None if gave_up is None else gave_up.error
+                self.index.write(
+                    partial(finish_failed_job, job_id=job.id, worker=worker, error=error, at=now())
+                )
+            finally:
+                self._running.discard(job.id)
+            done += 1
+            if error is None:
+                log.info("failed job %d (%s) ran again and succeeded", job.id, job.task)
+            else:
+                log.error("failed job %d (%s) ran again and failed: %s", job.id, job.task, error)
+        return done
+
+    def recover_stalled(self) -> int:
+        """Failed jobs left "doing" by a process of this host that died running them again are
+        asked to run again (procrastinate's stalled jobs); how many."""
+        done = 0
+        for job in doing_failed_jobs(self.index):
+            worker = job.worker or ""
+            ours = worker == self.ctx.worker
+            if (ours and job.id in self._running) or (not ours and _worker_alive(worker)):
+                continue
+            self.index.write(partial(release_failed_job, job_id=job.id, worker=worker))
+            JOBS_RUN.labels(job.task, "stalled").inc()
+            log.warning("failed job %d (%s) of a dead process is queued again", job.id, job.task)
+            done += 1
+        return done
 
     def work(self, *, until_idle: bool) -> None:
+        self.recover_stalled()
         self.dispatch()
         if until_idle:
             return
@@ -468,6 +610,10 @@ class InProcessQueue:
             return
         COLLECTOR.queue = self
         self._stopping.clear()
+        try:
+            self.recover_stalled()
+        except Exception:
+            log.exception("looking for failed jobs left running failed; continuing")
         poll = self.poll_seconds
         self._followers = [
             _Follower(f"solent-jobs-{c.name}", partial(self.dispatch_consumer, c), poll)
@@ -483,20 +629,42 @@ class InProcessQueue:
         self._followers = []
 
     def list_jobs(self, status: str | None, limit: int) -> list[JobRow]:
-        raise InvalidInput(
-            "on the embedded SQLite index jobs run in-process as events arrive and are not "
-            "queued; `solent jobs stats` shows how far they have followed the change feed"
-        )
+        """The jobs that used all their attempts (here only those are kept: a job that
+        succeeds leaves no row), newest first, and what became of them."""
+        return [
+            JobRow(j.id, j.task, j.status, j.attempts, j.args)
+            for j in failed_jobs(self.index, status, limit)
+        ]
 
     def retry(self, job_id: int) -> None:
-        self.list_jobs(None, 0)
+        """Mark a failed job to run again: the follower of its consumer in `solent serve`
+        (or `solent jobs work`) runs it at its next poll, once."""
+        before = self.index.write(partial(queue_failed_job, job_id=job_id, retryable=RETRYABLE))
+        if before is None:
+            raise NotFound(f"no job {job_id}")
+        if before not in RETRYABLE:
+            raise InvalidInput(f"job {job_id} is {before}: only failed jobs retry")
 
     def stats(self) -> dict[str, Any]:
+        counts: dict[str, dict[str, int]] = {}
+        for (task, status), n in failed_job_counts(self.index).items():
+            counts.setdefault(task, {})[status] = n
         return {
             "backend": self.backend,
+            "jobs": counts,
             "failed_in_this_process": self.failed,
             "feed": _feed_stats(self.index, self.consumers),
         }
+
+
+def _acknowledge(
+    conn: Connection, consumer: str, seq: int, failures: list[JobFailure]
+) -> list[int]:
+    """Record the batch's failed jobs and move the cursor past it, in one transaction: a crash
+    before the commit runs the batch again; after it, its failures are kept."""
+    ids = record_failed_jobs(conn, failures)
+    advance(conn, consumer, seq)
+    return ids
 
 
 def open_job_queue(index: Index, store: BlobStore, **options: Any) -> JobQueue:

@@ -218,13 +218,18 @@ class Consumer:
 
     def batch_jobs(self, events: Sequence[FeedEvent]) -> list[tuple[str, dict[str, Any]]]:
         """The jobs of a batch of events, collapsed (a 600-slice series: one job, not 600)."""
-        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        return [(task, args) for _, task, args in self.batch_jobs_seq(events)]
+
+    def batch_jobs_seq(self, events: Sequence[FeedEvent]) -> list[tuple[int, str, dict[str, Any]]]:
+        """`batch_jobs`, each with the seq of the (last) event it came from: what a failed job
+        names (the in-process queue's record of it)."""
+        out: dict[str, tuple[int, str, dict[str, Any]]] = {}
         for event in events:
             for task, args in self.jobs(event):
                 kept = {k: v for k, v in args.items() if k not in self.supersede}
                 key = task + json.dumps(kept, sort_keys=True, default=str)
                 out.pop(key, None)  # the later job goes last, where its event was
-                out[key] = (task, args)
+                out[key] = (event.seq, task, args)
         return list(out.values())
 
 
