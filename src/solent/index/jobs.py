@@ -299,6 +299,15 @@ def queue_failed_job(conn: Connection, job_id: int, retryable: Collection[str]) 
     return None if status is None else str(status)
 
 
+def retry_waiting(index: Index, consumer: str) -> bool:
+    """Whether an operator asked for a failed job of ``consumer`` to run again (a read: the
+    follower asks at every poll, and takes the write lock only when there is one)."""
+    fj = t.failed_job.c
+    with index.read() as conn:
+        q = select(fj.pk).where(fj.status == "todo", fj.consumer == consumer).limit(1)
+        return conn.execute(q).first() is not None
+
+
 def claim_failed_job(conn: Connection, consumer: str, worker: str) -> FailedJob | None:
     """The oldest job of ``consumer`` an operator asked to run again, now "doing" by
     ``worker`` (one write transaction: two processes never claim the same one)."""

@@ -45,6 +45,7 @@ from solent.index.jobs import (
     queue_failed_job,
     record_failed_jobs,
     release_failed_job,
+    retry_waiting,
     take_events,
 )
 from solent.index.sql import PG_KEEPALIVE, now
@@ -559,7 +560,7 @@ class InProcessQueue:
         procrastinate retry does: the job's attempts were used, it gets one more run)."""
         done = 0
         worker = self.ctx.worker
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and retry_waiting(self.index, consumer.name):
             job = self.index.write(partial(claim_failed_job, consumer=consumer.name, worker=worker))
             if job is None:
                 return done
