@@ -132,3 +132,83 @@ def presentation_state(
     fp = DicomBytesIO()
     dcmwrite(fp, ds, enforce_file_format=True)
     return fp.getvalue(), str(ds.SOPInstanceUID)
+
+
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+def _part10(ds: Dataset) -> bytes:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    fp = DicomBytesIO()
+    dcmwrite(fp, ds, enforce_file_format=True)
+    return fp.getvalue()
+
+
+def _document_header(ds: Dataset, sop_class: str, patient_id: str, issuer: str, study: str) -> None:
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+    ds.PatientID, ds.IssuerOfPatientID = patient_id, issuer
+    ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "DEMO^DORA", "19800101", "F"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20250314", 90, 1
+
+
+def encapsulated_pdf(
+    patient_id: str, issuer: str, study: str, document: bytes, *, title: str = "Request form"
+) -> bytes:
+    """An Encapsulated PDF instance (modality DOC) carrying ``document`` (odd lengths are
+    padded to even by DICOM; Encapsulated Document Length gives the real one)."""
+    ds = Dataset()
+    _document_header(ds, ENCAPSULATED_PDF, patient_id, issuer, study)
+    ds.Modality, ds.DocumentTitle, ds.BurnedInAnnotation = "DOC", title, "YES"
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocumentLength = len(document)
+    ds.EncapsulatedDocument = document + (b"\0" if len(document) % 2 else b"")
+    return _part10(ds)
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def structured_report(
+    patient_id: str, issuer: str, study: str, *, title: str, finding: str, image: str | None = None
+) -> bytes:
+    """A Comprehensive SR: a titled CONTAINER holding a TEXT finding, a NUM in mm, a CODE and,
+    with ``image`` (a CT SOP Instance UID), an IMAGE reference."""
+    ds = Dataset()
+    _document_header(ds, COMPREHENSIVE_SR, patient_id, issuer, study)
+    ds.Modality, ds.ValueType = "SR", "CONTAINER"
+    ds.ConceptNameCodeSequence = [_code("18748-4", "LN", title)]
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
+    text = Dataset()
+    text.RelationshipType, text.ValueType, text.TextValue = "CONTAINS", "TEXT", finding
+    text.ConceptNameCodeSequence = [_code("121071", "DCM", "Finding")]
+    num = Dataset()
+    num.RelationshipType, num.ValueType = "CONTAINS", "NUM"
+    num.ConceptNameCodeSequence = [_code("410668003", "SCT", "Length")]
+    measured = Dataset()
+    measured.NumericValue = "12.5"
+    measured.MeasurementUnitsCodeSequence = [_code("mm", "UCUM", "millimeter")]
+    num.MeasuredValueSequence = [measured]
+    code = Dataset()
+    code.RelationshipType, code.ValueType = "CONTAINS", "CODE"
+    code.ConceptNameCodeSequence = [_code("121072", "DCM", "Impression")]
+    code.ConceptCodeSequence = [_code("17621005", "SCT", "Normal")]
+    items = [text, num, code]
+    if image:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CT_STORAGE, image
+        img = Dataset()
+        img.RelationshipType, img.ValueType = "CONTAINS", "IMAGE"
+        img.ConceptNameCodeSequence = [_code("121112", "DCM", "Source of Measurement")]
+        img.ReferencedSOPSequence = [ref]
+        items.append(img)
+    ds.ContentSequence = items
+    return _part10(ds)

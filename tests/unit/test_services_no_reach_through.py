@@ -185,6 +185,7 @@ NO_CALLER: dict[str, str] = {
     "LiveHub.topic": _LIVE,
     "RetrieveService.cached_header": _HANDLE,
     "RetrieveService.check_frames": _HANDLE,
+    "RetrieveService.document_media_type": _HANDLE,
     "RetrieveService.etag": _HANDLE,
     "RetrieveService.etag_of": "a validator from content hashes: no patient data",
     "RetrieveService.identity_changed": _HANDLE,

@@ -71,7 +71,68 @@ async function fetchSeries(studyUid: string): Promise<SeriesInfo[]> {
 }
 
 /** Modalities of series that hold no image (PS3.3 C.7.3.1.1.1). */
-const NON_IMAGE = new Set(['SR', 'KO', 'PR', 'DOC', 'REG', 'FID', 'AU', 'ECG', 'HD', 'RTPLAN', 'RTSTRUCT', 'RTRECORD', 'PLAN', 'RWV']);
+export const NON_IMAGE = new Set(['SR', 'KO', 'PR', 'DOC', 'REG', 'FID', 'AU', 'ECG', 'HD', 'RTPLAN', 'RTSTRUCT', 'RTRECORD', 'PLAN', 'RWV']);
+
+// -- documents: what a reader reads rather than looks at --------------------------------
+
+export const ENCAPSULATED_PDF = '1.2.840.10008.5.1.4.1.1.104.1';
+export const ENCAPSULATED_CDA = '1.2.840.10008.5.1.4.1.1.104.2';
+/** Structured report classes shown as documents (PS3.4 B.5): text, enhanced, comprehensive
+ * (3D, extensible), the radiation and radiopharmaceutical dose reports, CAD, acquisition
+ * context and echo. Key Object Selection (88.59) is not one: key images are shown elsewhere. */
+const SR_CLASSES = [
+  '11', '22', '33', '34', '35', '40', '50', '65', '67', '68', '69', '70', '71', '72', '73', '74', '75', '76',
+].map((n) => `1.2.840.10008.5.1.4.1.1.88.${n}`);
+export type DocumentKind = 'pdf' | 'cda' | 'sr';
+export const DOCUMENT_CLASSES: Record<string, DocumentKind> = {
+  [ENCAPSULATED_PDF]: 'pdf',
+  [ENCAPSULATED_CDA]: 'cda',
+  ...Object.fromEntries(SR_CLASSES.map((c) => [c, 'sr' as const])),
+};
+
+export interface DocumentRef {
+  series_uid: string;
+  sop_uid: string;
+  kind: DocumentKind;
+}
+
+/** The document instances of a study by series (one QIDO-RS query by SOP Class UID: an
+ * Encapsulated PDF may come as modality OT, so the series' modality alone does not tell). */
+export function studyDocuments(studyUid: string): Promise<Map<string, DocumentRef[]>> {
+  return shared(`documents/${studyUid}`, async () => {
+    const classes = Object.keys(DOCUMENT_CLASSES).join(',');
+    const rows = await qidoInstances(studyUid, `SOPClassUID=${classes}&includefield=00080016`);
+    const out = new Map<string, DocumentRef[]>();
+    for (const r of rows) {
+      const kind = DOCUMENT_CLASSES[str(r, '00080016')];
+      if (!kind) continue;
+      const series_uid = str(r, '0020000E');
+      out.set(series_uid, [...(out.get(series_uid) ?? []), { series_uid, sop_uid: str(r, '00080018'), kind }]);
+    }
+    return out;
+  });
+}
+
+/** Which series of the study hold the instances ``sops`` (an SR's image references that are
+ * in the study; the rest are not), by QIDO-RS in batches that keep the URL short. */
+export async function locateInstances(studyUid: string, sops: string[]): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  const unique = [...new Set(sops)];
+  for (let i = 0; i < unique.length; i += 40) {
+    const rows = await qidoInstances(studyUid, `SOPInstanceUID=${unique.slice(i, i + 40).join(',')}`);
+    for (const r of rows) out.set(str(r, '00080018'), str(r, '0020000E'));
+  }
+  return out;
+}
+
+async function qidoInstances(studyUid: string, query: string): Promise<DicomJson[]> {
+  const response = await fetch(`${DICOMWEB}/studies/${studyUid}/instances?${query}`, {
+    headers: { Accept: 'application/dicom+json', ...authHeaders() },
+  });
+  if (response.status === 204 || response.status === 404) return [];
+  if (!response.ok) throw new Error(`instance query: HTTP ${response.status}`);
+  return (await response.json()) as DicomJson[];
+}
 
 /** The series of a study, from QIDO-RS; empty when the study is unknown or not visible. */
 export function studySeries(studyUid: string): Promise<SeriesInfo[]> {

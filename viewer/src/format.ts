@@ -26,7 +26,8 @@ export function personName(value: string | null | undefined): string {
 }
 
 function titleCase(s: string): string {
-  return s.toLowerCase().replace(/\b\w/g, (c) => c.toUpperCase());
+  // Letters of any script: \b\w would read "Jörg" as "JöRg".
+  return s.toLowerCase().replace(/(^|[^\p{L}\p{N}_])(\p{L})/gu, (_m, before: string, c: string) => before + c.toUpperCase());
 }
 
 /** YYYYMMDD as DD-Mon-YYYY (unambiguous across locales). */

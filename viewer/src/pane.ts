@@ -4,7 +4,8 @@ import { Enums, eventTarget, imageLoader, metaData, utilities as csUtils, type R
 import { wadors } from '@cornerstonejs/dicom-image-loader';
 import { utilities as toolUtils } from '@cornerstonejs/tools';
 import { blobUrl } from './api';
-import { type SeriesInfo, studySeries } from './data';
+import { type DocumentRef, NON_IMAGE, type SeriesInfo, seriesMetadata, studyDocuments, studySeries } from './data';
+import { documentLabel, renderDocuments } from './documents';
 import { h } from './dom';
 import { dicomDate, nhsNumber, personName } from './format';
 import { DICOMWEB, type DicomJson, parseImageId, seriesImageIds, str } from './imaging';
@@ -31,6 +32,10 @@ export class Pane {
   private header: DicomJson = {};
   private loadToken = 0;
   private preview: HTMLElement | null = null;
+  /** The study's document series (SR, PDF), shown in place of the viewport when chosen. */
+  documents = new Map<string, DocumentRef[]>();
+  private docView: HTMLElement | null = null;
+  private docUrls: string[] = [];
 
   constructor(
     readonly engine: RenderingEngine,
@@ -75,9 +80,22 @@ export class Pane {
 
   /** Thumbnails are asked for first (small, they tell the user what is there), then the shown
    * series' frames without waiting for them: the frames' own queue does the ordering. */
-  async showStudy(studyUid: string, series: SeriesInfo[], seriesUid?: string): Promise<void> {
+  async showStudy(studyUid: string, all: SeriesInfo[], seriesUid?: string): Promise<void> {
     this.studyUid = studyUid;
+    // Documents (an SR, a dose report, a scanned form as PDF) have their entry after the
+    // images; other series without images (key objects, presentation states) have none.
+    const found = await studyDocuments(studyUid).catch(() => new Map<string, DocumentRef[]>());
+    this.documents = new Map(
+      all
+        .filter((s) => found.has(s.series_uid) && (NON_IMAGE.has(s.modality) || found.get(s.series_uid)!.length >= s.count))
+        .map((s) => [s.series_uid, found.get(s.series_uid)!]),
+    );
+    const isDocument = (s: SeriesInfo) => this.documents.has(s.series_uid);
+    const series = all
+      .filter((s) => isDocument(s) || !NON_IMAGE.has(s.modality))
+      .sort((a, b) => Number(isDocument(a)) - Number(isDocument(b)));
     const thumbs = series.map((s) => {
+      if (isDocument(s)) return { button: this.documentEntry(s) };
       const img = h('img', { alt: s.description || s.modality });
       const button = h(
         'button',
@@ -87,16 +105,38 @@ export class Pane {
         h('span', { class: 'count' }, `${s.count} im`),
       );
       button.addEventListener('click', () => void this.showSeries(s.series_uid));
-      const loaded = blobUrl(`${DICOMWEB}/studies/${studyUid}/series/${s.series_uid}/thumbnail`)
+      void blobUrl(`${DICOMWEB}/studies/${studyUid}/series/${s.series_uid}/thumbnail`)
         .then((url) => {
           img.src = url;
         })
         .catch(() => img.classList.add('missing'));
-      return { button, loaded };
+      return { button };
     });
     this.strip.replaceChildren(...thumbs.map((t) => t.button));
     const first = seriesUid ?? series[0]?.series_uid;
     if (first) await this.showSeries(first);
+  }
+
+  /** A document series' entry in the strip: "SR: <title>", "PDF: <Document Title>". */
+  private documentEntry(s: SeriesInfo): HTMLElement {
+    const docs = this.documents.get(s.series_uid) ?? [];
+    const kind = docs[0]?.kind ?? 'sr';
+    const label = h('span', { class: 'doc-label' }, documentLabel(kind, undefined, s.description));
+    const button = h(
+      'button',
+      { class: 'thumb document', 'data-series': s.series_uid, 'data-kind': kind, title: s.description },
+      h('span', { class: 'doc-icon', 'aria-hidden': 'true' }, kind.toUpperCase()),
+      label,
+      h('span', { class: 'count' }, `${docs.length} document${docs.length === 1 ? '' : 's'}`),
+    );
+    button.addEventListener('click', () => void this.showSeries(s.series_uid));
+    void seriesMetadata(this.studyUid, s.series_uid)
+      .then((instances) => {
+        label.textContent = documentLabel(kind, instances[0], s.description);
+        button.title = label.textContent;
+      })
+      .catch(() => undefined);
+    return button;
   }
 
   async showSeries(seriesUid: string, index?: number): Promise<void> {
@@ -105,6 +145,9 @@ export class Pane {
     for (const b of this.strip.querySelectorAll<HTMLElement>('.thumb')) {
       b.classList.toggle('active', b.dataset.series === seriesUid);
     }
+    this.closeDocument();
+    const docs = this.documents.get(seriesUid);
+    if (docs) return this.showDocuments(seriesUid, docs, token);
     const ids = await seriesImageIds(this.studyUid, seriesUid);
     if (token !== this.loadToken) return;
     this.header = headerOf(ids[0]) ?? {};
@@ -122,6 +165,42 @@ export class Pane {
     this.element.dataset.series = seriesUid;
     this.updateOverlay();
     this.onShown(this);
+  }
+
+  /** Documents take the pane's place (over the viewport, which keeps its images). */
+  private async showDocuments(seriesUid: string, docs: DocumentRef[], token: number): Promise<void> {
+    this.dropPreview();
+    this.dropFallback();
+    const view = h('div', { class: 'document-view', 'data-series': seriesUid });
+    this.docView = view;
+    this.root.append(view);
+    const urls: string[] = [];
+    await renderDocuments(view, this.studyUid, docs, (series, sop, frame) => void this.showImage(series, sop, frame), urls);
+    if (token !== this.loadToken || this.docView !== view) urls.forEach((u) => URL.revokeObjectURL(u));
+    else this.docUrls = urls;
+  }
+
+  /** Whether a document, not the viewport, is what the pane shows (image keys do nothing). */
+  get showingDocument(): boolean {
+    return this.docView !== null;
+  }
+
+  private closeDocument(): void {
+    this.docView?.remove();
+    this.docView = null;
+    for (const url of this.docUrls) URL.revokeObjectURL(url);
+    this.docUrls = [];
+  }
+
+  /** Shows frame ``frame`` of instance ``sop`` (a link in a structured report). */
+  async showImage(seriesUid: string, sop: string, frame = 1): Promise<void> {
+    if (this.documents.has(seriesUid)) return this.showSeries(seriesUid);
+    const ids = await seriesImageIds(this.studyUid, seriesUid);
+    const index = ids.findIndex((id) => {
+      const p = parseImageId(id);
+      return p.sop_uid === sop && p.frame === frame;
+    });
+    await this.showSeries(seriesUid, Math.max(0, index));
   }
 
   /**

@@ -12,7 +12,7 @@ import { dicomDate, dicomDateTime, personName } from './format';
 import { PRESETS, TOOL_GROUP, type MouseTool, createToolGroup, followTools, initImaging, setPrimaryTool } from './imaging';
 import { removeSelectedMeasurements, showMeasurements, unlockMeasurements } from './measurements';
 import { Pane, studySeries } from './pane';
-import { studyContext } from './data';
+import { studyContext, studyDocuments } from './data';
 import { launchList } from './launch';
 import { takePreview } from './preview';
 import { patientHeader } from './timeline';
@@ -69,6 +69,7 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
   closeStudyView();
   // Series, context and the core's set-up run together (data.ts shares what main.ts started).
   const seriesP = studySeries(studyUid).catch(() => []);
+  void studyDocuments(studyUid).catch(() => undefined); // the strip's documents, shared with the pane
   const contextP = studyContext(studyUid).catch((e: Error) => e);
   await initImaging();
   root.classList.add('reading');
@@ -222,6 +223,7 @@ export async function studyView(root: HTMLElement, studyUid: string, opts: Study
   const keyHandler = (e: KeyboardEvent) => {
     if (opts.follow) return;
     if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement || e.target instanceof HTMLSelectElement) return;
+    if (main.showingDocument) return; // the keys scroll and window images, not documents
     if (e.key === 'Delete' || e.key === 'Backspace') return removeSelectedMeasurements(main.viewport);
     driver = main.viewportId; // keys scroll the current
     handleKey(e, group, main, prior, studyUid);

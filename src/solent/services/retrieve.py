@@ -627,6 +627,18 @@ class RetrieveService:
         doc = self.metadata_of(principal, inst)
         return rf.rendered(self._store, inst, number, opts, doc)
 
+    @staticmethod
+    def document_media_type(inst: StoredInstance) -> str | None:
+        """The media type of the document an Encapsulated Document instance carries (its
+        rendered representation); None for any other instance."""
+        return rf.ENCAPSULATED_DOCUMENTS.get(inst.sop_class_uid)
+
+    def encapsulated_document(self, principal: Principal, inst: StoredInstance) -> bytes:
+        """The PDF / CDA document an Encapsulated Document instance carries (its rendered
+        representation, PS3.18 8.3.4): ``inst`` was located, access decided and recorded by
+        `instances`."""
+        return rf.encapsulated_document(self._store, inst)
+
     def bulk_element(self, principal: Principal, inst: StoredInstance, path: str) -> bytes:
         """The value of a non-pixel bulk data element by its path ``TAG[/index/TAG...]``."""
         return rf.bulk_element(self._store, inst, path)

@@ -181,3 +181,28 @@ def bulk_element(store: BlobStore, inst: StoredInstance, path: str) -> bytes:
             raise NotFound(f"bulk data {path} does not exist in this instance")
         ds = seq[items[depth]]
     raise NotFound(f"bulk data {path} does not exist")
+
+
+# SOP classes whose content is a document in another format (PS3.3 A.45): what their
+# rendered representation is (PS3.18 8.3.4: the document itself, in its own media type).
+ENCAPSULATED_DOCUMENTS = {
+    "1.2.840.10008.5.1.4.1.1.104.1": "application/pdf",
+    "1.2.840.10008.5.1.4.1.1.104.2": "text/xml",  # CDA
+}
+ENCAPSULATED_DOCUMENT = 0x00420011
+ENCAPSULATED_DOCUMENT_LENGTH = 0x00420015
+
+
+def encapsulated_document(store: BlobStore, inst: StoredInstance) -> bytes:
+    """The document an Encapsulated PDF / CDA instance carries, without the padding byte an
+    odd-length document gets (trimmed by Encapsulated Document Length where it is given)."""
+    with store.open(inst.blob_key) as fp:
+        ds: Any = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+    value = ds.get(ENCAPSULATED_DOCUMENT)
+    if value is None or not isinstance(value.value, bytes):
+        raise NotFound(f"instance {inst.sop_instance_uid} holds no encapsulated document")
+    data: bytes = value.value
+    length = ds.get(ENCAPSULATED_DOCUMENT_LENGTH)
+    if length is not None and isinstance(length.value, int) and 0 < length.value <= len(data):
+        data = data[: length.value]
+    return data

@@ -63,7 +63,12 @@ def capabilities() -> dict[str, Any]:
             "as stored; no transfer-syntax means Explicit VR Little Endian)",
             "metadata": "application/dicom+json (gzip when accepted)",
             "frames_and_bulkdata": sorted({"application/octet-stream", *IMAGE_FAMILIES}),
-            "rendered": ["image/jpeg", "image/png", "image/gif"],
+            "rendered": [
+                "image/jpeg",
+                "image/png",
+                "image/gif",
+                "application/pdf (encapsulated PDF)",
+            ],
             "rendered_parameters": ["window", "viewport", "quality"],
             "transfer_syntaxes_decoded": decodable,
             "transfer_syntaxes_encoded": sorted(tc.ENCODABLE),

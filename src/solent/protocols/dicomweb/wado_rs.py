@@ -504,9 +504,41 @@ async def _images_of(
 async def instance_rendered(
     request: Request, study: StudyUID, series: SeriesUID, sop: SopUID
 ) -> Response:
-    opts = render_options(request)
+    try:
+        opts: RenderOptions | None = render_options(request)
+        refused: neg.NotAcceptable | None = None
+    except neg.NotAcceptable as exc:  # application/pdf: known only once the instance is
+        opts, refused = None, exc
     svc, inst = await _instance(request, study, series, sop)
+    media = svc.document_media_type(inst)
+    if media is not None:
+        return await _document(request, inst, media, svc)
+    if opts is None:
+        raise refused or neg.NotAcceptable("no rendered representation accepted")
     return await _rendered(request, inst, 1, opts, svc)
+
+
+async def _document(
+    request: Request, inst: StoredInstance, media: str, svc: RetrieveService
+) -> Response:
+    """An Encapsulated PDF / CDA instance rendered: the document itself (PS3.18 8.3.4)."""
+    params = request.query_params.getlist("accept")
+    ranges = neg.parse_accept(",".join(params)) if params else _ranges(request)
+    kind = media.split("/")[0]
+    if not any(r.media in (media, f"{kind}/*", *neg.WILDCARDS) for r in ranges):
+        raise neg.NotAcceptable(
+            f"instance {inst.sop_instance_uid} is an encapsulated document: rendered as {media}"
+        )
+    etag = svc.etag([inst], "document")
+    headers = immutable_headers(etag, _replace_policy(request))
+    headers["Vary"] = "Accept"
+    headers["X-Content-Type-Options"] = "nosniff"
+    if media != "application/pdf":  # CDA opened by a browser: XML that must not run script
+        headers["Content-Security-Policy"] = "sandbox"
+    if not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    data = await run_in_threadpool(svc.encapsulated_document, principal(request), inst)
+    return Response(data, media_type=media, headers=headers)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}/rendered")
