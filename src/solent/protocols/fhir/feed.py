@@ -32,6 +32,11 @@ Caller = Annotated[Principal, Depends(current_principal)]
 FHIR_JSON = "application/fhir+json"
 MAX_BODY = 256 * 1024
 GENDER = {"male": "M", "female": "F", "other": "O"}  # unknown: nothing recorded
+GENDERS = (*GENDER, "unknown")
+#: What a Patient may be sent as (FHIR R4 JSON; no Content-Type is taken as that too).
+BODY_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+#: Control characters no identifier may hold (DICOM LO, HL7 ST: printable text only).
+CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
 
 
 class FeedError(Exception):
@@ -58,7 +63,14 @@ async def feed_patient(
     body = await request.body()
     try:
         services.access.require_resource(caller, "Patient", "u")  # R23: a launch's scopes
+        if len(request.query_params.getlist("identifier")) > 1:
+            raise FeedError(400, "invalid", "identifier may be given once")
         key = _key(identifier)
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media and media not in BODY_TYPES:
+            raise FeedError(
+                415, "not-supported", f"Content-Type {media}: send application/fhir+json"
+            )
         if len(body) > MAX_BODY:
             raise FeedError(413, "too-costly", f"a Patient of at most {MAX_BODY} bytes")
         demo = _demographics(body, key)
@@ -90,6 +102,13 @@ def _key(identifier: str | None) -> PatientKey:
         )
     system, value = identifier.split("|", 1)
     trust = fhir.trust_of_system(system, "patient-id")
+    if len(value) > 64 or CONTROL & set(value) or value != value.strip():
+        raise FeedError(
+            400,
+            "invalid",
+            "identifier: a local ID of at most 64 characters, without control characters "
+            "or leading and trailing spaces",
+        )
     if trust is None or not value:
         raise FeedError(
             400,
@@ -106,8 +125,14 @@ def _demographics(body: bytes, key: PatientKey) -> Demographics:
         if not isinstance(data, dict) or data.get("resourceType") != "Patient":
             raise FeedError(400, "invalid", "the body must be a FHIR Patient resource")
         Patient.model_validate(data)
+    except RecursionError:  # json.loads of arrays or objects nested thousands deep
+        raise FeedError(400, "invalid", "not a valid FHIR R4 Patient: nested too deep") from None
     except (ValueError, ValidationError) as exc:
         raise FeedError(400, "invalid", f"not a valid FHIR R4 Patient: {exc}"[:500]) from None
+    if data.get("gender") is not None and data["gender"] not in GENDERS:
+        raise FeedError(400, "invalid", f"gender: one of {', '.join(GENDERS)}")
+    if len(data.get("birthDate") or "1970-01-01") != len("1970-01-01"):
+        raise FeedError(400, "invalid", "birthDate: a full date, YYYY-MM-DD")
     ids = data.get("identifier") or []
     if not any(
         i.get("system") == fhir.local_system(key.issuer) and i.get("value") == key.local_id
@@ -131,7 +156,12 @@ def _demographics(body: bytes, key: PatientKey) -> Demographics:
         nhs_status=status,
         address=_address(data.get("address") or []),
         phone=next(
-            (t["value"] for t in data.get("telecom") or [] if t.get("system") == "phone"), None
+            (
+                t["value"]
+                for t in data.get("telecom") or []
+                if t.get("system") == "phone" and t.get("value")
+            ),
+            None,
         ),
     )
 

@@ -101,6 +101,10 @@ def answer(msg: Message, principal: Principal, patients: PatientQueryService) ->
     except AccessDenied as exc:
         code, status, text = "AR", "AR", exc.message
         errors = [("", "207^Application internal error^HL70357")]
+    except Exception:  # a fault of ours: answered AR, never a connection closed unanswered
+        log.exception("HL7 %s %s not answered", h.message_type, h.control_id)
+        code, status, text = "AR", "AR", "internal error answering the query; query again later"
+        errors = [("", "207^Application internal error^HL70357")]
     log.info("HL7 %s %s from %s: %s %s", h.message_type, h.control_id, h.sender, code, status)
     segments = [
         reply_header(h, rsp_type),
@@ -196,7 +200,8 @@ def _pdq(
             str(exc), [(f"QPD^1^8^{n}", UNKNOWN_KEY) for n, _ in exc.domains]
         ) from None
     except InvalidInput as exc:
-        raise QueryError(str(exc), [("QPD^1^3", "101^Required field missing^HL70357")]) from None
+        what = "101^Required field missing" if query.is_empty() else "102^Data type error"
+        raise QueryError(str(exc), [("QPD^1^3", f"{what}^HL70357")]) from None
     return [_pid(n, p) for n, p in enumerate(people, 1)]
 
 
