@@ -322,3 +322,19 @@ def test_pdqm_and_pdq_refuse_criteria_no_record_holds(client: TestClient, archiv
         segments = {s[:3]: s.split("|") for s in rsp.split("\r") if s}
         assert segments["MSA"][1:3] == ["AE", control], rsp[:300]
         assert segments["ERR"][2:4] == ["QPD^1^3", "102^Data type error^HL70357"]
+
+
+def test_adt_demographics_wider_than_the_record_are_refused_ae(archive: Archive) -> None:
+    """A PID-5 name over 324 characters or a PID-13 phone over 200 was stored whole on SQLite
+    (and failed the write on PostgreSQL): now AE naming the field, the record unchanged."""
+    handler = Hl7Handler(archive.services)
+    for control, pid in (
+        ("W1", f"PID|1||W100^^^ZZA^MR||{'N' * 400}^W||19800101|M"),
+        ("W2", f"PID|1||W100^^^ZZA^MR||WIDE^W||19800101|M|||||{'1' * 300}"),
+    ):
+        ack = handler.handle(
+            f"MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250401||ADT^A28^ADT_A05|{control}|P|2.5\r{pid}\r"
+        )
+        assert f"MSA|AE|{control}|" in ack, ack
+        assert "longer than" in ack
+    assert archive.identity.resolve("ZZA", "W100") is None
