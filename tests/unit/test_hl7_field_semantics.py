@@ -8,9 +8,11 @@ telephone layouts are how real PAS feeds send ordinary data.
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from solent.app import Archive
 from solent.domain.principal import SYSTEM
+from solent.index.schema import orders
 from solent.protocols.hl7.er7 import Message, demographics
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.senders import SenderGate
@@ -129,3 +131,37 @@ def test_nhs_number_status_in_pid32_as_feeds_send_it(pid32: str, status: str | N
     feed's records never linked across trusts and each raised a not-verified work item."""
     msg = Message(_a08("S32", "|DEMO^ALICE||19580312|F" + "|" * 24 + pid32))
     assert demographics(msg, msg.need("PID")).nhs_status == status
+
+
+def test_dates_that_name_no_day_are_not_stored(demo: Archive) -> None:
+    """PID-29 99999999 was stored as the date of death (R42 retention runs from it), and an
+    order's OBR-7 / ORC-7.4 of 99999999 or 00000000 went out in the worklist as the scheduled
+    date: now AE naming the field, nothing stored; a time of day past 23:59:59 is left out."""
+    handler = Hl7Handler(demo.services)
+    died = _a08("D1", "|DEMO^ALICE||19580312|F" + "|" * 21 + "99999999|Y")
+    assert "MSA|AE|D1|PID-29 date of death" in handler.handle(died)
+    found = demo.identity.resolve("ZZA", "A100001")
+    assert found is not None
+    record = demo.identity.record(found.patient_pk)
+    assert record is not None and (record["contact"] or {}).get("death_date") is None
+
+    def order(control: str, start: str) -> str:
+        return (
+            f"MSH|^~\\&|RIS|ZZA|PACS|ZZX|20261205090000||ORM^O01^ORM_O01|{control}|P|2.4\r"
+            "PID|1||A100001^^^ZZA^MR||DEMO^ALICE||19580312|F\r"
+            f"ORC|NW|EPR-{control}|{control}||SC||^^^{start}^^S||20261205090000\r"
+            f"OBR|1|EPR-{control}|{control}|CTCHE^CT Chest|||{start}|||||||||||"
+            f"{control}|RP{control}|SPS{control}||||CT\r"
+        )
+
+    for control, start in (("ACCD1", "99999999"), ("ACCD2", "00000000"), ("ACCD3", "20261399")):
+        ack = handler.handle(order(control, start))
+        assert f"MSA|AE|{control}|order without a scheduled start" in ack, ack
+    assert "MSA|AA|ACCD4|" in handler.handle(order("ACCD4", "20261205996000"))
+    with demo.index.read() as conn:
+        rows = conn.execute(
+            select(orders.c.accession_number, orders.c.scheduled_start_date)
+            .add_columns(orders.c.scheduled_start_time)
+            .where(orders.c.accession_number.like("ACCD%"))
+        ).all()
+    assert [tuple(r) for r in rows] == [("ACCD4", "20261205", None)]
