@@ -136,7 +136,8 @@ def test_nhs_number_status_in_pid32_as_feeds_send_it(pid32: str, status: str | N
 def test_dates_that_name_no_day_are_not_stored(demo: Archive) -> None:
     """PID-29 99999999 was stored as the date of death (R42 retention runs from it), and an
     order's OBR-7 / ORC-7.4 of 99999999 or 00000000 went out in the worklist as the scheduled
-    date: now AE naming the field, nothing stored; a time of day past 23:59:59 is left out."""
+    date (and a procedure code wider than order_context keeps was cut on SQLite, a failed
+    write on PostgreSQL): now AE naming the field; a time of day past 23:59:59 is left out."""
     handler = Hl7Handler(demo.services)
     died = _a08("D1", "|DEMO^ALICE||19580312|F" + "|" * 21 + "99999999|Y")
     assert "MSA|AE|D1|PID-29 date of death" in handler.handle(died)
@@ -154,6 +155,8 @@ def test_dates_that_name_no_day_are_not_stored(demo: Archive) -> None:
             f"{control}|RP{control}|SPS{control}||||CT\r"
         )
 
+    long_code = order("ACCD5", "20261205").replace("CTCHE^CT Chest", "X" * 65 + "^CT Chest")
+    assert "MSA|AE|ACCD5|procedure code OBR-4.1" in handler.handle(long_code)
     for control, start in (("ACCD1", "99999999"), ("ACCD2", "00000000"), ("ACCD3", "20261399")):
         ack = handler.handle(order(control, start))
         assert f"MSA|AE|{control}|order without a scheduled start" in ack, ack
