@@ -7,15 +7,20 @@ telephone layouts are how real PAS feeds send ordinary data.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
 
-from solent.app import Archive
-from solent.domain.principal import SYSTEM
-from solent.index.schema import orders
+from solent.app import Archive, build_archive
+from solent.domain.principal import SYSTEM, Principal, PrincipalKind
+from solent.index.schema import hl7_message, orders
 from solent.protocols.hl7.er7 import Message, demographics
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.senders import SenderGate
+from solent.services.identity import Change
+from solent.services.inbox import Envelope
+from solent.settings import load_settings
 from tests.unit.security_fixtures import demo, demo_template
 
 __all__ = ["demo", "demo_template"]
@@ -157,6 +162,9 @@ def test_dates_that_name_no_day_are_not_stored(demo: Archive) -> None:
 
     long_code = order("ACCD5", "20261205").replace("CTCHE^CT Chest", "X" * 65 + "^CT Chest")
     assert "MSA|AE|ACCD5|procedure code OBR-4.1" in handler.handle(long_code)
+    # A known patient's order: PID-5 goes into the order only (not through the record).
+    long_name = order("ACCD6", "20261205").replace("DEMO^ALICE", "N" * 330 + "^ALICE")
+    assert "MSA|AE|ACCD6|patient name PID-5" in handler.handle(long_name)
     for control, start in (("ACCD1", "99999999"), ("ACCD2", "00000000"), ("ACCD3", "20261399")):
         ack = handler.handle(order(control, start))
         assert f"MSA|AE|{control}|order without a scheduled start" in ack, ack
@@ -168,3 +176,43 @@ def test_dates_that_name_no_day_are_not_stored(demo: Archive) -> None:
             .where(orders.c.accession_number.like("ACCD%"))
         ).all()
     assert [tuple(r) for r in rows] == [("ACCD4", "20261205", None)]
+
+
+def test_a_value_postgresql_cannot_hold_is_ae_not_an_unanswered_connection(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    """A value no adapter check bounded (here an order's patient name past the column) failed
+    the write on PostgreSQL with DataError, which left the inbox: the MLLP connection closed
+    with no ACK and the message stayed 'received' for ever. Now AE with the database's words,
+    the message kept as rejected, nothing of it applied."""
+    pg = build_archive(
+        load_settings(environ={"SOLENT_DATABASE_URL": fresh_postgres_url}, data_dir=tmp_path)
+    )
+    try:
+        pg.index.add_trust("ZZA", "Trust ZZA")
+        env = Envelope("RIS^ZZA", "PG1", "ORM^O01", "MSH|...", None, "ZZA")
+        order = {
+            "accession_number": "PG1",
+            "accession_issuer": "ZZA",
+            "patient_issuer": "ZZA",
+            "patient_id": "P1",
+            "patient_name": "N" * 400,
+            "study_instance_uid": "1.2.3",
+            "modality": "CT",
+            "scheduled_start_date": "20261205",
+        }
+        ris = Principal(PrincipalKind.SYSTEM, "RIS^ZZA", "ZZA")
+        context = {"accession_number": "PG1", "accession_issuer": "ZZA"}
+        outcome = pg.services.inbox.process(
+            env,
+            lambda pk: Change(ris, pk),
+            lambda tx: tx.place_order(order, context),
+        )
+        assert outcome.code == "AE"
+        assert "does not fit: value too long" in outcome.detail
+        with pg.index.read() as conn:
+            assert conn.execute(select(orders.c.accession_number)).all() == []
+            (status,) = conn.execute(select(hl7_message.c.status)).one()
+        assert status == "rejected"
+    finally:
+        pg.close()

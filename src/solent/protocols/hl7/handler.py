@@ -352,6 +352,7 @@ class Hl7Handler:
         if control not in ("NW", "XO", ""):
             raise Rejected("AE", f"unsupported order control ORC-1 {control}")
         demo = er7.demographics(msg, pid)
+        _max(demo.name or "", 324, "patient name PID-5")  # the order keeps it as sent
         if tx.resolve(key.issuer, key.local_id) is None:
             tx.update_record(key, demo)
         start = er7.first_nonempty(
