@@ -314,14 +314,19 @@ def test_pdqm_and_pdq_refuse_criteria_no_record_holds(client: TestClient, archiv
     r = client.get("/fhir/Patient", params={"family": "M" * 65})
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
     handler = Hl7Handler(archive.services)
-    for control, fields in (("Q1", "@PID.5.1.1^" + "M" * 60000), ("Q2", "@PID.7^notadate")):
+    for control, fields, where in (
+        ("Q1", "@PID.5.1.1^" + "M" * 60000, "QPD^1^3"),
+        ("Q2", "@PID.7^notadate", "QPD^1^3"),
+        ("Q3", "@PID.8^BANANA", "QPD^1^3"),  # was searched as O
+        ("Q4", "@PID.5.1.1^MOBILE~@PID.5.1.1^NOBODY", "QPD^1^3^2^1"),  # the last one won
+    ):
         rsp = handler.handle(
             f"MSH|^~\\&|EPR|ZZA|PACS|ZZX|20250401||QBP^Q22^QBP_Q21|{control}|P|2.5\r"
             f"QPD|IHE PDQ Query|{control}|{fields}\rRCP|I\r"
         )
         segments = {s[:3]: s.split("|") for s in rsp.split("\r") if s}
         assert segments["MSA"][1:3] == ["AE", control], rsp[:300]
-        assert segments["ERR"][2:4] == ["QPD^1^3", "102^Data type error^HL70357"]
+        assert segments["ERR"][2:4] == [where, "102^Data type error^HL70357"]
 
 
 def test_adt_demographics_wider_than_the_record_are_refused_ae(archive: Archive) -> None:
