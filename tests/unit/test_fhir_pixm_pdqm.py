@@ -343,3 +343,17 @@ def test_adt_demographics_wider_than_the_record_are_refused_ae(archive: Archive)
         assert f"MSA|AE|{control}|" in ack, ack
         assert "longer than" in ack
     assert archive.identity.resolve("ZZA", "W100") is None
+
+
+def test_a_query_in_its_own_delimiters_is_echoed_in_the_answers(archive: Archive) -> None:
+    """MSH-2 may declare other delimiters (``#!~\\&``): the RSP (declaring ``^~\\&``) echoed
+    QPD-3 as ``A1!!!ZZA!MR``, one opaque component to the sender reading it back."""
+    rsp = Hl7Handler(archive.services).handle(
+        "MSH#!~\\&#EPR#ZZA#PACS#ZZX#20250401##QBP!Q23!QBP_Q21#E3#P#2.5\r"
+        "QPD#IHE PIX Query#E3#A1!!!ZZA!MR#\rRCP#I\r"
+    )
+    segments = {s[:3]: s for s in rsp.split("\r") if s}
+    assert segments["MSH"].startswith("MSH|^~\\&|")
+    assert segments["MSA"].startswith("MSA|AA|E3")
+    assert segments["QPD"] == "QPD|IHE PIX Query|E3|A1^^^ZZA^MR|"
+    assert "B1^^^ZZB^MR" in segments["PID"]

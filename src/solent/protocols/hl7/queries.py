@@ -118,8 +118,8 @@ def answer(msg: Message, principal: Principal, patients: PatientQueryService) ->
     if transaction == "ITI-21" and status != "AE":
         qak += f"|{hits}|{hits}|0"
     segments.append(qak)
-    if qpd is not None:
-        segments.append("|".join(qpd.fields))  # echoed as sent (IHE: QPD of the query)
+    if qpd is not None:  # echoed as sent (IHE: QPD of the query), in the answer's delimiters
+        segments.append("|".join(_standard(msg, f) for f in qpd.fields))
     segments += body
     return "\r".join(segments) + "\r"
 
@@ -214,6 +214,19 @@ def _pdq(
         what = "101^Required field missing^HL70357" if query.is_empty() else DATA_TYPE
         raise QueryError(str(exc), [("QPD^1^3", what)]) from None
     return [_pid(n, p) for n, p in enumerate(people, 1)]
+
+
+#: A standard delimiter that is data in a field of a message with other delimiters, escaped.
+_LITERAL = {"|": "\\F\\", "^": "\\S\\", "~": "\\R\\", "&": "\\T\\", "\\": "\\E\\"}
+
+
+def _standard(msg: Message, field: str) -> str:
+    """A field of ``msg`` written with the standard delimiters ``^~\\&`` the answer's MSH-2
+    declares: a sender's own (``MSH#!~\\&``) would otherwise be read as data there."""
+    own = {msg.comp_sep: "^", msg.rep_sep: "~", msg.sub_sep: "&", msg.escape: "\\"}
+    if all(k == v for k, v in own.items()):
+        return field
+    return "".join(own.get(c) or _LITERAL.get(c, c) for c in field)
 
 
 def _limit(msg: Message) -> int:
