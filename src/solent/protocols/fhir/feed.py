@@ -20,6 +20,7 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from solent.domain import nhs_number as nhs
+from solent.domain.person_name import part_problem
 from solent.domain.principal import Principal
 from solent.protocols.fhir import resources as fhir
 from solent.protocols.http_errors import http_error
@@ -172,7 +173,12 @@ def _name(names: list[dict[str, Any]]) -> str | None:
         return None
     name = next((n for n in names if n.get("use") == "official"), names[0])
     given = [*(name.get("given") or []), "", ""]
-    return "^".join([name.get("family") or "", given[0], given[1]]).rstrip("^") or None
+    parts = [name.get("family") or "", given[0], given[1]]
+    for part in parts:
+        problem = part_problem(part)
+        if problem is not None:
+            raise FeedError(400, "invalid", f"name {part[:40]!r} {problem}")
+    return "^".join(parts).rstrip("^") or None
 
 
 def _nhs(ids: list[dict[str, Any]]) -> tuple[str | None, str | None]:

@@ -13,6 +13,7 @@ from typing import Any
 import hl7
 
 from solent.domain.nhs_number import NHS_ISSUER
+from solent.domain.person_name import part_problem
 from solent.services.identity import Demographics, PatientKey
 from solent.services.inbox import Rejected as MessageRejected
 
@@ -283,6 +284,10 @@ def person_name(msg: Message, seg: Segment, n: int) -> str | None:
     if raw == '""':
         return ""
     parts = [msg.text(p) for p in ([*seg.comps(n), "", "", ""])[:3]]
+    for part in parts:
+        problem = part_problem(part)
+        if problem is not None:
+            raise MessageRejected("AE", f"{seg.name}-{n} name part {part[:40]!r} {problem}")
     return "^".join(parts).rstrip("^")
 
 
