@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from solent.domain import nhs_number as nhs
+from solent.domain.person_name import part_problem
 from solent.domain.principal import Principal
 from solent.errors import InvalidInput
 from solent.index import demographics as store
@@ -82,6 +83,9 @@ class DemographicQuery:
         for what, value in (("family name", self.family), ("given name", self.given)):
             if value is not None and len(value) > NAME_PART:
                 raise InvalidInput(f"{what} {value[:20]!r}...: at most {NAME_PART} characters")
+            problem = part_problem(value) if value is not None else None
+            if value is not None and problem is not None:  # "DEMO^A" matched given name A...
+                raise InvalidInput(f"{what} {value[:20]!r} {problem}")
         if self.birth_date is not None and not (
             len(self.birth_date) == 8 and self.birth_date.isascii() and self.birth_date.isdigit()
         ):
