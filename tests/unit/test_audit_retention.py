@@ -87,3 +87,7 @@ def test_cli_purge_archives_to_a_new_file(
     assert "0 audit records purged" in capsys.readouterr().out  # nothing is 6 years old yet
     assert out.exists()
     assert main(["audit", "purge", "--archive", str(out)]) == 2  # never overwritten
+    capsys.readouterr()
+    # A folder that does not exist: the reason, not a traceback (exit 2, nothing purged).
+    assert main(["audit", "purge", "--archive", str(tmp_path / "no" / "such.jsonl")]) == 2
+    assert "cannot create it: No such file or directory" in capsys.readouterr().err

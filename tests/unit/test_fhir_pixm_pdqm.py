@@ -3,6 +3,7 @@ by demographics, ITI-78), answered as the caller may see, errors as PIXm asks.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -249,3 +250,117 @@ def test_iti_104_feed_refusals(client: TestClient, archive: Archive) -> None:
     # Nothing was created by any of them.
     assert archive.identity.resolve("ZZA", "A105") is None
     assert archive.identity.resolve("ZZB", "B105") is None
+
+
+def test_iti_104_feed_hostile_bodies_are_operation_outcomes(
+    client: TestClient, archive: Archive
+) -> None:
+    """Each answered with its OperationOutcome (never a 500), and nothing stored: a body nested
+    too deep to read, a telephone without a number, an unknown gender, a partial birth date,
+    values wider than the record keeps, an identifier given twice or unfit for a record, and
+    a body that is not FHIR JSON."""
+    zza = add_user(archive, "zza-pas3", "ZZA", "integration", password=None)
+    system = local_system("ZZA")
+    url = f"/fhir/Patient?identifier={system}|A106"
+    good = _patient("A106", "ZZA", "HOSTILE")
+    deep = b'{"resourceType":"Patient","extension":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    json_type = {**zza, "Content-Type": "application/fhir+json"}
+    raw_cases = [
+        (url, deep, json_type, 400),
+        (url, b'{"x":' + b"[" * 5000 + b'"\\u0000"' + b"]" * 5000 + b"}", json_type, 400),
+        (url, json.dumps(good).encode(), {**zza, "Content-Type": "text/plain"}, 415),
+    ]
+    cases = [
+        (url, {**good, "telecom": [{"system": "phone"}]}, 201),  # no number: none recorded
+        (url, {**good, "gender": "banana"}, 400),
+        (url, {**good, "birthDate": "1962"}, 400),
+        (url, {**good, "name": [{"family": "X" * 400}]}, 422),
+        # DICOM PN delimiters in a part: stored as family O, given BRIEN before.
+        (url, {**good, "name": [{"family": "O^BRIEN", "given": ["FRAN"]}]}, 400),
+        (url, {**good, "name": [{"family": "HOSTILE", "given": ["A=B"]}]}, 400),
+        (url, {**good, "name": [{"family": "HOST\\ILE"}]}, 400),
+        (url, {**good, "name": [{"family": "HOST\u0007ILE"}]}, 400),
+        (url, {**good, "telecom": [{"system": "phone", "value": "1" * 300}]}, 422),
+        (url + f"&identifier={system}|A107", good, 400),
+        (f"/fhir/Patient?identifier={system}|A%01B", _patient("A\x01B", "ZZA", "X"), 400),
+        (f"/fhir/Patient?identifier={system}|{'7' * 65}", _patient("7" * 65, "ZZA", "X"), 400),
+    ]
+    for target, body, headers, status in raw_cases:
+        r = client.put(target, content=body, headers=headers)
+        assert r.status_code == status, (body[:60], r.text)
+        assert r.json()["resourceType"] == "OperationOutcome"
+    assert archive.identity.resolve("ZZA", "A106") is None
+    for target, patient, status in cases:
+        r = client.put(target, json=patient, headers=zza)
+        assert r.status_code == status, (target, r.text)
+        if status != 201:
+            assert r.json()["resourceType"] == "OperationOutcome"
+    found = archive.identity.resolve("ZZA", "A106")
+    assert found is not None
+    record = archive.identity.record(found.patient_pk)
+    assert record is not None and record["record"]["name"] == "HOSTILE^FRAN"
+    assert record["contact"]["phone"] is None
+    assert archive.identity.resolve("ZZA", "A107") is None
+    assert archive.identity.resolve("ZZA", "7" * 65) is None
+
+
+def test_pixm_source_identifier_given_twice_is_400(client: TestClient) -> None:
+    r = client.get(
+        "/fhir/Patient/$ihe-pix",
+        params=[("sourceIdentifier", f"{local_system('ZZA')}|A1")] * 2,
+    )
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["diagnostics"] == "sourceIdentifier may be given once"
+
+
+def test_pdqm_and_pdq_refuse_criteria_no_record_holds(client: TestClient, archive: Archive) -> None:
+    """A family name longer than a PN component is refused (400 / AE 102), not run as a
+    LIKE pattern SQLite cannot compile (which closed the HL7 connection unanswered)."""
+    for family in ("M" * 65, "MOBILE^MARY"):  # the latter matched across the name's parts
+        r = client.get("/fhir/Patient", params={"family": family})
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+    handler = Hl7Handler(archive.services)
+    for control, fields, where in (
+        ("Q1", "@PID.5.1.1^" + "M" * 60000, "QPD^1^3"),
+        ("Q2", "@PID.7^notadate", "QPD^1^3"),
+        ("Q3", "@PID.8^BANANA", "QPD^1^3"),  # was searched as O
+        ("Q4", "@PID.5.1.1^MOBILE~@PID.5.1.1^NOBODY", "QPD^1^3^2^1"),  # the last one won
+    ):
+        rsp = handler.handle(
+            f"MSH|^~\\&|EPR|ZZA|PACS|ZZX|20250401||QBP^Q22^QBP_Q21|{control}|P|2.5\r"
+            f"QPD|IHE PDQ Query|{control}|{fields}\rRCP|I\r"
+        )
+        segments = {s[:3]: s.split("|") for s in rsp.split("\r") if s}
+        assert segments["MSA"][1:3] == ["AE", control], rsp[:300]
+        assert segments["ERR"][2:4] == [where, "102^Data type error^HL70357"]
+
+
+def test_adt_demographics_wider_than_the_record_are_refused_ae(archive: Archive) -> None:
+    """A PID-5 name over 324 characters or a PID-13 phone over 200 was stored whole on SQLite
+    (and failed the write on PostgreSQL): now AE naming the field, the record unchanged."""
+    handler = Hl7Handler(archive.services)
+    for control, pid in (
+        ("W0", "PID|1||W100^^^ZZA^MR||O\\S\\BRIEN^W||19800101|M"),  # family O, given BRIEN
+        ("W1", f"PID|1||W100^^^ZZA^MR||{'N' * 400}^W||19800101|M"),
+        ("W2", f"PID|1||W100^^^ZZA^MR||WIDE^W||19800101|M|||||{'1' * 300}"),
+    ):
+        ack = handler.handle(
+            f"MSH|^~\\&|PAS|ZZA|PACS|ZZX|20250401||ADT^A28^ADT_A05|{control}|P|2.5\r{pid}\r"
+        )
+        assert f"MSA|AE|{control}|" in ack, ack
+        assert "longer than" in ack or "separate the parts of a name" in ack
+    assert archive.identity.resolve("ZZA", "W100") is None
+
+
+def test_a_query_in_its_own_delimiters_is_echoed_in_the_answers(archive: Archive) -> None:
+    """MSH-2 may declare other delimiters (``#!~\\&``): the RSP (declaring ``^~\\&``) echoed
+    QPD-3 as ``A1!!!ZZA!MR``, one opaque component to the sender reading it back."""
+    rsp = Hl7Handler(archive.services).handle(
+        "MSH#!~\\&#EPR#ZZA#PACS#ZZX#20250401##QBP!Q23!QBP_Q21#E3#P#2.5\r"
+        "QPD#IHE PIX Query#E3#A1!!!ZZA!MR#\rRCP#I\r"
+    )
+    segments = {s[:3]: s for s in rsp.split("\r") if s}
+    assert segments["MSH"].startswith("MSH|^~\\&|")
+    assert segments["MSA"].startswith("MSA|AA|E3")
+    assert segments["QPD"] == "QPD|IHE PIX Query|E3|A1^^^ZZA^MR|"
+    assert "B1^^^ZZB^MR" in segments["PID"]

@@ -7,13 +7,20 @@ telephone layouts are how real PAS feeds send ordinary data.
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from solent.app import Archive
-from solent.domain.principal import SYSTEM
+import pytest
+from sqlalchemy import select
+
+from solent.app import Archive, build_archive
+from solent.domain.principal import SYSTEM, Principal, PrincipalKind
+from solent.index.schema import hl7_message, orders
 from solent.protocols.hl7.er7 import Message, demographics
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.protocols.hl7.senders import SenderGate
+from solent.services.identity import Change
+from solent.services.inbox import Envelope
+from solent.settings import load_settings
 from tests.unit.security_fixtures import demo, demo_template
 
 __all__ = ["demo", "demo_template"]
@@ -129,3 +136,83 @@ def test_nhs_number_status_in_pid32_as_feeds_send_it(pid32: str, status: str | N
     feed's records never linked across trusts and each raised a not-verified work item."""
     msg = Message(_a08("S32", "|DEMO^ALICE||19580312|F" + "|" * 24 + pid32))
     assert demographics(msg, msg.need("PID")).nhs_status == status
+
+
+def test_dates_that_name_no_day_are_not_stored(demo: Archive) -> None:
+    """PID-29 99999999 was stored as the date of death (R42 retention runs from it), and an
+    order's OBR-7 / ORC-7.4 of 99999999 or 00000000 went out in the worklist as the scheduled
+    date (and a procedure code wider than order_context keeps was cut on SQLite, a failed
+    write on PostgreSQL): now AE naming the field; a time of day past 23:59:59 is left out."""
+    handler = Hl7Handler(demo.services)
+    died = _a08("D1", "|DEMO^ALICE||19580312|F" + "|" * 21 + "99999999|Y")
+    assert "MSA|AE|D1|PID-29 date of death" in handler.handle(died)
+    found = demo.identity.resolve("ZZA", "A100001")
+    assert found is not None
+    record = demo.identity.record(found.patient_pk)
+    assert record is not None and (record["contact"] or {}).get("death_date") is None
+
+    def order(control: str, start: str) -> str:
+        return (
+            f"MSH|^~\\&|RIS|ZZA|PACS|ZZX|20261205090000||ORM^O01^ORM_O01|{control}|P|2.4\r"
+            "PID|1||A100001^^^ZZA^MR||DEMO^ALICE||19580312|F\r"
+            f"ORC|NW|EPR-{control}|{control}||SC||^^^{start}^^S||20261205090000\r"
+            f"OBR|1|EPR-{control}|{control}|CTCHE^CT Chest|||{start}|||||||||||"
+            f"{control}|RP{control}|SPS{control}||||CT\r"
+        )
+
+    long_code = order("ACCD5", "20261205").replace("CTCHE^CT Chest", "X" * 65 + "^CT Chest")
+    assert "MSA|AE|ACCD5|procedure code OBR-4.1" in handler.handle(long_code)
+    # A known patient's order: PID-5 goes into the order only (not through the record).
+    long_name = order("ACCD6", "20261205").replace("DEMO^ALICE", "N" * 330 + "^ALICE")
+    assert "MSA|AE|ACCD6|patient name PID-5" in handler.handle(long_name)
+    for control, start in (("ACCD1", "99999999"), ("ACCD2", "00000000"), ("ACCD3", "20261399")):
+        ack = handler.handle(order(control, start))
+        assert f"MSA|AE|{control}|order without a scheduled start" in ack, ack
+    assert "MSA|AA|ACCD4|" in handler.handle(order("ACCD4", "20261205996000"))
+    with demo.index.read() as conn:
+        rows = conn.execute(
+            select(orders.c.accession_number, orders.c.scheduled_start_date)
+            .add_columns(orders.c.scheduled_start_time)
+            .where(orders.c.accession_number.like("ACCD%"))
+        ).all()
+    assert [tuple(r) for r in rows] == [("ACCD4", "20261205", None)]
+
+
+def test_a_value_postgresql_cannot_hold_is_ae_not_an_unanswered_connection(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    """A value no adapter check bounded (here an order's patient name past the column) failed
+    the write on PostgreSQL with DataError, which left the inbox: the MLLP connection closed
+    with no ACK and the message stayed 'received' for ever. Now AE with the database's words,
+    the message kept as rejected, nothing of it applied."""
+    pg = build_archive(
+        load_settings(environ={"SOLENT_DATABASE_URL": fresh_postgres_url}, data_dir=tmp_path)
+    )
+    try:
+        pg.index.add_trust("ZZA", "Trust ZZA")
+        env = Envelope("RIS^ZZA", "PG1", "ORM^O01", "MSH|...", None, "ZZA")
+        order = {
+            "accession_number": "PG1",
+            "accession_issuer": "ZZA",
+            "patient_issuer": "ZZA",
+            "patient_id": "P1",
+            "patient_name": "N" * 400,
+            "study_instance_uid": "1.2.3",
+            "modality": "CT",
+            "scheduled_start_date": "20261205",
+        }
+        ris = Principal(PrincipalKind.SYSTEM, "RIS^ZZA", "ZZA")
+        context = {"accession_number": "PG1", "accession_issuer": "ZZA"}
+        outcome = pg.services.inbox.process(
+            env,
+            lambda pk: Change(ris, pk),
+            lambda tx: tx.place_order(order, context),
+        )
+        assert outcome.code == "AE"
+        assert "does not fit: value too long" in outcome.detail
+        with pg.index.read() as conn:
+            assert conn.execute(select(orders.c.accession_number)).all() == []
+            (status,) = conn.execute(select(hl7_message.c.status)).one()
+        assert status == "rejected"
+    finally:
+        pg.close()

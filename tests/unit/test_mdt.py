@@ -77,6 +77,11 @@ def test_create_get_prefetch_and_outcome(demo: Archive, demo_client: TestClient)
         {"issuer": "ZZA", "patient_id": "A100001", "study_uids": _studies(demo, "ZZB", "B7730444")}
     ]  # Bob's study for Alice
     assert demo_client.post("/api/mdt/meetings", headers=coord, json=body).status_code == 400
+    # A date that is no day (kept before: a meeting no schedule or prefetch could place).
+    body["items"] = [{"issuer": "ZZA", "patient_id": "A100001", "study_uids": []}]
+    for day in ("2026-13-45", "0000-00-00", "2026-02-30"):
+        r = demo_client.post("/api/mdt/meetings", headers=coord, json={**body, "date": day})
+        assert r.status_code == 400 and "must be a day" in r.json()["detail"], day
 
     # A participant who may not see Erin gets her item without any patient data.
     seen = demo_client.get(f"/api/mdt/meetings/{m['id']}", headers=drzb).json()

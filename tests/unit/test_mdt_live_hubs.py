@@ -289,3 +289,27 @@ def test_a_presenter_back_before_its_vacancy_is_ordered_claims_again() -> None:
     assert last(f_in, "view")["by"] == "p"
     # Later welcomes say who presents again.
     assert hub.join(1, member("g", []), None)["presenter"] == "p"
+
+
+def test_a_view_or_pointer_of_the_wrong_shape_is_refused_not_a_dropped_connection() -> None:
+    """A study_uid that is a list or an object (unhashable: TypeError on the visible set) and
+    a number too large for a float (OverflowError in math.isfinite) raised out of the room's
+    handler, which ended the presenter's connection with no error message."""
+    hub = LiveHub(LocalBroker(), "n1")
+    p_in: list[dict[str, Any]] = []
+    p = member("p", p_in)
+    hub.join(1, p, None)
+    hub.publish(1, hub.handle(1, p, {"type": "claim"}).events)
+    huge = 10**400
+    for message in (
+        {"type": "view", "state": {"item_id": 7, "study_uid": [STUDY]}},
+        {"type": "view", "state": {"item_id": 7, "study_uid": {"x": 1}}},
+        {"type": "view", "state": {"item_id": 7, "voi": {"center": huge, "width": 1}}},
+        {"type": "view", "state": {"item_id": 7, "camera": {**CAMERA, "zoom": huge}}},
+        {"type": "pointer", "point": [huge, 0, 0]},
+        {"type": "handover", "to": ["p"]},
+        {"type": ["view"]},
+    ):
+        out = hub.handle(1, p, message)
+        assert out.replies and out.replies[0]["type"] == "error", message
+        assert not out.events

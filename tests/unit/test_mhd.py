@@ -174,6 +174,14 @@ def test_each_manifest_read_is_audited_and_bad_requests_are_outcomes(
     assert "fhir DocumentReference" in reads
     assert any(r["action"] == "view" and r["study_uid"] for r in rows)
     assert zza.get("/fhir/DocumentReference").status_code == 400
+    # Two patients named: refused, not the documents of whichever one was read last.
+    both = zza.get(
+        "/fhir/DocumentReference",
+        params=[("patient.identifier", ALICE_NHS), ("patient", "999999")],
+    )
+    assert both.status_code == 400 and both.json()["resourceType"] == "OperationOutcome"
+    twice = zza.get("/fhir/DocumentReference", params=[("patient", "1"), ("patient", "2")])
+    assert twice.status_code == 400
     assert zza.get("/fhir/Binary/not-a-number", headers={"Accept": DICOM}).status_code == 404
     refused = zza.get("/fhir/Binary/1", headers={"Accept": "image/jpeg"})
     assert refused.status_code == 406

@@ -8,7 +8,7 @@ from pydicom.uid import generate_uid
 from solent.app import Archive
 from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import InvalidInput
-from solent.services.performed_steps import StepReport
+from solent.services.performed_steps import InvalidInstance, StepReport
 
 CT = Principal(PrincipalKind.NODE, "CT_ZZA", "ZZA", roles=frozenset({"store"}))
 
@@ -44,4 +44,14 @@ def test_a_study_uid_that_is_no_uid_or_an_over_long_patient_id_is_refused(
     for report in (odd_study, long_patient):
         with pytest.raises(InvalidInput):
             steps.create(CT, uid, report)
+    assert steps.steps(CT) == []
+
+
+def test_a_step_instance_uid_that_is_no_uid_is_refused(archive: Archive) -> None:
+    """N-CREATE with Affected SOP Instance UID ``1.2.abc`` was kept as a step (no N-SET could
+    name it validly); now refused as an invalid object instance (0117) and nothing kept."""
+    steps = archive.services.performed_steps
+    for uid in ("1.2.abc", "1..2", "1.2\n", "1." + "2" * 70):
+        with pytest.raises(InvalidInstance):
+            steps.create(CT, uid, _report("IN PROGRESS", "P1", "A1"))
     assert steps.steps(CT) == []

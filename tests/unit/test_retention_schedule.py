@@ -29,6 +29,7 @@ from solent.domain.principal import (
     PrincipalKind,
     Provenance,
 )
+from solent.domain.retention_rules import add_years
 from solent.errors import NotFound
 from solent.protocols.hl7.handler import Hl7Handler
 from solent.services.identity import Change, Demographics, PatientKey
@@ -283,6 +284,10 @@ def test_flags_by_api_and_bad_input(client: TestClient, archive: Archive, tmp_pa
         {"kind": "dental", "study_uid": study, "note": "what"},
         {"kind": "cancer", "note": "no target"},
         {"kind": "cancer", "study_uid": study, "note": "bad date", "since": "2005-13-01"},
+        # 9999-12-31 was kept, and every read of the study's retention then answered 500
+        # (year 10029); 0001-01-01 was stored as the unreadable '10101'.
+        {"kind": "cancer", "study_uid": study, "note": "in the future", "since": "9999-12-31"},
+        {"kind": "cancer", "study_uid": study, "note": "year one", "since": "0001-01-01"},
     ]
     for body in bad:
         r = c.post("/api/retention-flags", headers=rm_one, json=body)
@@ -292,6 +297,9 @@ def test_flags_by_api_and_bad_input(client: TestClient, archive: Archive, tmp_pa
     assert len(c.get("/api/retention-flags", headers=rm_one).json()) == 1
     with pytest.raises(NotFound):
         archive.services.retention_schedule.explain(RM_ONE, generate_uid())
+    # A date at the calendar's end already stored (an ADT death date before it was checked)
+    # is kept for ever, not a 500 on every read.
+    assert add_years(date(9999, 12, 31), 30) == date.max
 
 
 def test_the_operator_cli_explains_and_flags(

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from solent.app import Archive, build_archive
 from solent.index import schema as t
 from solent.protocols.http import create_app
-from solent.services.smart import allows, launch_of
+from solent.services.smart import LaunchInvalid, allows, launch_of
 from solent.settings import load_settings
 from tests.unit.security_fixtures import demo_template, study_of
 from tests.unit.test_security_auth import idp
@@ -175,3 +175,12 @@ def test_smart_scope_names_only_its_interactions(
     assert launch is not None
     kind = scope.split("/")[1].split(".")[0]
     assert allows(launch, "Patient" if kind == "*" else kind, interaction) is allowed
+
+
+@pytest.mark.parametrize("patient", ["²", "٣", str(2**63), "0", "-1", True, 7.5, None, ""])
+def test_a_launch_patient_that_is_no_database_key_is_refused(patient: object) -> None:
+    """'²' passed str.isdigit() and then failed int() (a 500 rather than a 401); an id past
+    2**63-1 was taken and reached PostgreSQL on each read of the launch patient."""
+    with pytest.raises(LaunchInvalid):
+        launch_of({"scope": "launch patient/ImagingStudy.rs", "patient": patient})
+    assert launch_of({"scope": "patient/*.rs", "patient": 7}) is not None

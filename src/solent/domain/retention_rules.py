@@ -86,11 +86,18 @@ class Retention:
 
 
 def add_years(day: date, years: int) -> date:
-    """``day`` moved by whole years; 29 February becomes 1 March (the later day)."""
+    """``day`` moved by whole years; 29 February becomes 1 March (the later day). Past the
+    calendar's ends (an input of year 9999 plus 30 years) it is the first or last day there is:
+    kept for ever, not an error on every read of the study's retention."""
+    year = day.year + years
+    if year > date.max.year:
+        return date.max
+    if year < date.min.year:
+        return date.min
     try:
-        return day.replace(year=day.year + years)
+        return day.replace(year=year)
     except ValueError:
-        return date(day.year + years, 3, 1)
+        return date(year, 3, 1)
 
 
 def age_on(birth: date, day: date) -> int:

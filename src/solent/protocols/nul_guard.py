@@ -19,12 +19,19 @@ REFUSAL = "the request holds a NUL character (%00 or \\u0000), which no value ma
 
 
 def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
+    """Whether any string of a parsed JSON value holds NUL; walked without recursion, as a
+    value nested as deep as json.loads reads would exceed Python's recursion limit here."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
 
 
@@ -79,5 +86,5 @@ class NulGuard:
 def _parsed_holds_nul(body: bytes) -> bool:
     try:
         return _holds_nul(json.loads(body))
-    except ValueError:
-        return False  # not JSON: the route answers that
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to read
+        return False  # not JSON (or not readable as such): the route answers that

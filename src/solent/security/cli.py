@@ -428,6 +428,8 @@ def _audit_purge(args: argparse.Namespace, settings: Settings) -> int:
             out = args.archive.open("x", encoding="utf-8")  # never overwrite an archive
         except FileExistsError as exc:
             raise InvalidInput(f"{args.archive} exists: name a new archive file") from exc
+        except OSError as exc:  # no such folder, not writable...: said, not a traceback
+            raise InvalidInput(f"{args.archive}: cannot create it: {exc.strerror}") from exc
 
     def keep(rows: list[dict[str, Any]]) -> None:
         if out is not None:

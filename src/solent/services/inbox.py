@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DataError
 
 from solent.domain.principal import Principal, PrincipalKind
 from solent.errors import SolentError
@@ -232,7 +233,9 @@ class InboxService:
 
         try:
             return Outcome("AA", self._index.write(op))
-        except (Rejected, IdentityRejected) as exc:
+        except (Rejected, IdentityRejected, DataError) as exc:
+            if isinstance(exc, DataError):  # a value the database cannot hold (too long...)
+                exc = Rejected("AE", f"a value of the message does not fit: {_first_line(exc)}")
             code = exc.code if isinstance(exc, Rejected) else "AE"
             reason = exc.reason if isinstance(exc, Rejected) else str(exc)
             status = "held" if exc.held else "rejected"
@@ -481,3 +484,8 @@ def _comparable(raw: str) -> list[str]:
             fields[6] = ""  # MSH-7: date/time of message
         segments[0] = segments[0][3].join(fields)
     return segments
+
+
+def _first_line(exc: DataError) -> str:
+    """The database's own words (``value too long for type character varying(324)``)."""
+    return str(exc.orig or exc).strip().splitlines()[0][:200]

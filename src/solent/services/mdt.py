@@ -297,6 +297,11 @@ class MdtService:
         self._require_participant(principal)
         if time is not None and not _TIME.fullmatch(time):
             raise InvalidInput(f"time {time[:20]!r} must be HH:MM (24-hour), e.g. 14:30")
+        try:  # 2026-13-45 was kept: a meeting no schedule, prefetch or client could place
+            day = datetime.strptime(date, "%Y-%m-%d").date()
+        except ValueError:
+            raise InvalidInput(f"date {date[:20]!r} must be a day, YYYY-MM-DD") from None
+        date = day.isoformat()
         if not items or len(items) > MAX_ITEMS:
             raise InvalidInput(f"a meeting lists 1 to {MAX_ITEMS} patients")
         checked: list[tuple[str, str, list[str], PatientRef]] = []

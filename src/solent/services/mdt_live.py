@@ -426,12 +426,11 @@ def _error(detail: str) -> Event:
 
 
 def _number(v: Any) -> bool:
-    return (
-        isinstance(v, int | float)
-        and not isinstance(v, bool)
-        and math.isfinite(v)
-        and abs(v) <= MAX_COORDINATE
-    )
+    """A finite number within bounds; an int too large for a float is no such number (and
+    math.isfinite would raise OverflowError on it)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    return abs(v) <= MAX_COORDINATE and math.isfinite(v)
 
 
 def _point(v: Any) -> bool:
@@ -522,7 +521,7 @@ def _check_view(state: Any, member: Member) -> tuple[dict[str, Any] | None, str]
     if not isinstance(item, int) or isinstance(item, bool) or item not in member.visible:
         return None, "item_id must name an item of this meeting"
     study = state.get("study_uid")
-    if study is not None and study not in member.visible[item]:
+    if study is not None and (not isinstance(study, str) or study not in member.visible[item]):
         return None, "study_uid must be one of the item's studies"
     if state.get("series_uid") is not None and not _uid(state["series_uid"]):
         return None, f"series_uid must be a string of 1 to {MAX_UID} characters"

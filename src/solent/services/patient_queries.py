@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from solent.domain import nhs_number as nhs
+from solent.domain.person_name import part_problem
 from solent.domain.principal import Principal
 from solent.errors import InvalidInput
 from solent.index import demographics as store
@@ -30,6 +31,7 @@ from solent.services.identity import IdentityService
 NHS_DOMAIN = nhs.NHS_ISSUER
 #: Most people one demographic query returns (a PDQ consumer narrows its search instead).
 MAX_PEOPLE = 100
+NAME_PART = 64  # a DICOM PN component group's length
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,23 @@ class DemographicQuery:
 
     def is_empty(self) -> bool:
         return not any((self.family, self.given, self.birth_date, self.sex, self.identifier))
+
+    def check(self) -> None:
+        """Refuse (InvalidInput) criteria no record can hold: a name part longer than a PN
+        component (64), a birth date that is not a day (YYYYMMDD), an identifier longer than
+        64. A name pattern thousands of characters long also fails SQLite's LIKE."""
+        for what, value in (("family name", self.family), ("given name", self.given)):
+            if value is not None and len(value) > NAME_PART:
+                raise InvalidInput(f"{what} {value[:20]!r}...: at most {NAME_PART} characters")
+            problem = part_problem(value) if value is not None else None
+            if value is not None and problem is not None:  # "DEMO^A" matched given name A...
+                raise InvalidInput(f"{what} {value[:20]!r} {problem}")
+        if self.birth_date is not None and not (
+            len(self.birth_date) == 8 and self.birth_date.isascii() and self.birth_date.isdigit()
+        ):
+            raise InvalidInput(f"birth date {self.birth_date[:20]!r}: a day, YYYYMMDD")
+        if self.identifier is not None and len(self.identifier.value) > 64:
+            raise InvalidInput("identifier: at most 64 characters")
 
     def as_detail(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -241,6 +260,7 @@ class PatientQueryService:
         detail = {"transaction": transaction, "criteria": query.as_detail(), "domains": domains}
         if query.is_empty():
             raise InvalidInput("give at least one of family, given, birth date, sex, identifier")
+        query.check()
         if query.identifier is not None and query.identifier.domain not in self.domains():
             self._failed(principal, detail)
             raise UnknownSourceDomain([(1, query.identifier.domain)])

@@ -53,6 +53,10 @@ def _check_identifiers(report: StepReport) -> None:
         raise InvalidInput("Patient ID is longer than 64 characters")
 
 
+class InvalidInstance(InvalidInput):
+    """The MPPS SOP Instance UID the modality assigned is no UID (PS3.4: 0117)."""
+
+
 class StepFinal(InvalidInput):
     """The step is COMPLETED or DISCONTINUED: PS3.4 F.7.2.2 allows no further N-SET."""
 
@@ -89,6 +93,9 @@ class PerformedStepService:
     def create(self, principal: Principal, sop_uid: str, report: StepReport) -> None:
         """N-CREATE: a step starts IN PROGRESS (PS3.4 F.7.2.1)."""
         trust = self._require(principal)
+        problem = uid_problem(sop_uid)
+        if problem is not None:  # kept, it would be a step no N-SET can name
+            raise InvalidInstance(f"the MPPS SOP Instance UID is not a valid UID: {problem}")
         _check_identifiers(report)
         if report.status != store.IN_PROGRESS:
             raise InvalidInput(

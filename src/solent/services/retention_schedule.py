@@ -79,15 +79,19 @@ def _day(value: object) -> date | None:
         return None
 
 
-def _since(value: object) -> str | None:
-    """A flag's start date given as YYYY-MM-DD or YYYYMMDD, stored as YYYYMMDD."""
+def _since(value: object, today: date) -> str | None:
+    """A flag's start date given as YYYY-MM-DD or YYYYMMDD, stored as YYYYMMDD: a day from
+    1900 to today (a pathway counts from something that happened; 9999-12-31 made every read
+    of the study's retention fail, 0001-01-01 was stored as an unreadable '10101')."""
     if value in (None, ""):
         return None
     text = str(value).replace("-", "")
     day = _day(text)
     if day is None or len(text) != 8:
         raise InvalidInput("since must be a date, YYYY-MM-DD")
-    return day.strftime("%Y%m%d")
+    if not date(1900, 1, 1) <= day <= today:
+        raise InvalidInput(f"since must be a day from 1900-01-01 to today ({today.isoformat()})")
+    return day.isoformat().replace("-", "")
 
 
 def _iso(day: date | None) -> str | None:
@@ -405,7 +409,7 @@ class RetentionSchedule:
         if kind not in rules.PATHWAYS:
             raise InvalidInput(f"kind is one of {', '.join(rules.PATHWAYS)}")
         text = checked_text(note, "note", 3, 2000)
-        start = _since(since)
+        start = _since(since, self.clock())
         checked = _flag_target(target)
 
         def op(conn: Connection) -> dict[str, Any]:

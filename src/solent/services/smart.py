@@ -15,6 +15,7 @@ import re
 
 from solent.domain.principal import SmartLaunch
 
+MAX_ID = 2**63 - 1  # the largest database key (PostgreSQL bigint)
 _PATIENT_SCOPE = re.compile(r"^patient/(\*|[A-Za-z]+)\.(\*|read|write|[cruds]+)(\?.*)?$")
 
 
@@ -41,12 +42,20 @@ def launch_of(claims: dict[str, object]) -> SmartLaunch | None:
     if bad:
         raise LaunchInvalid(f"scope {bad[0]!r} is not a SMART patient scope this archive reads")
     patient = claims.get("patient")
-    if not isinstance(patient, str | int) or not str(patient).isdigit():
+    text = str(patient)
+    # ASCII digits within a database key: "²" passed isdigit() and failed int() (a 500), and
+    # an id past 2**63-1 reached PostgreSQL on every read of the launch patient.
+    if (
+        isinstance(patient, bool)
+        or not isinstance(patient, str | int)
+        or not (text.isascii() and text.isdigit())
+        or not 1 <= int(text) <= MAX_ID
+    ):
         raise LaunchInvalid(
             "a token with patient/ scopes must name its launch patient (claim 'patient', "
             "the FHIR Patient id of this archive)"
         )
-    return SmartLaunch(int(patient), scopes)
+    return SmartLaunch(int(text), scopes)
 
 
 def allows(launch: SmartLaunch, resource_type: str, interaction: str) -> bool:

@@ -16,7 +16,12 @@ from solent.errors import AlreadyExists, InvalidInput, NotFound
 from solent.protocols.dimse.access import Operation, Peer
 from solent.protocols.dimse.status import NOT_AUTHORIZED, PROCESSING_FAILURE, SUCCESS, status
 from solent.services.access import AccessDenied
-from solent.services.performed_steps import PerformedStepService, StepFinal, StepReport
+from solent.services.performed_steps import (
+    InvalidInstance,
+    PerformedStepService,
+    StepFinal,
+    StepReport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,8 @@ class MppsSCP:
             return status(DUPLICATE_SOP_INSTANCE, str(exc)), None
         except AccessDenied:
             return NOT_AUTHORIZED, None
+        except InvalidInstance as exc:
+            return status(INVALID_OBJECT_INSTANCE, str(exc)), None
         except InvalidInput as exc:
             return status(INVALID_ATTRIBUTE_VALUE, str(exc)), None
         except Exception:

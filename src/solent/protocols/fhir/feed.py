@@ -20,6 +20,7 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from solent.domain import nhs_number as nhs
+from solent.domain.person_name import part_problem
 from solent.domain.principal import Principal
 from solent.protocols.fhir import resources as fhir
 from solent.protocols.http_errors import http_error
@@ -32,6 +33,11 @@ Caller = Annotated[Principal, Depends(current_principal)]
 FHIR_JSON = "application/fhir+json"
 MAX_BODY = 256 * 1024
 GENDER = {"male": "M", "female": "F", "other": "O"}  # unknown: nothing recorded
+GENDERS = (*GENDER, "unknown")
+#: What a Patient may be sent as (FHIR R4 JSON; no Content-Type is taken as that too).
+BODY_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+#: Control characters no identifier may hold (DICOM LO, HL7 ST: printable text only).
+CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
 
 
 class FeedError(Exception):
@@ -58,7 +64,14 @@ async def feed_patient(
     body = await request.body()
     try:
         services.access.require_resource(caller, "Patient", "u")  # R23: a launch's scopes
+        if len(request.query_params.getlist("identifier")) > 1:
+            raise FeedError(400, "invalid", "identifier may be given once")
         key = _key(identifier)
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media and media not in BODY_TYPES:
+            raise FeedError(
+                415, "not-supported", f"Content-Type {media}: send application/fhir+json"
+            )
         if len(body) > MAX_BODY:
             raise FeedError(413, "too-costly", f"a Patient of at most {MAX_BODY} bytes")
         demo = _demographics(body, key)
@@ -90,6 +103,13 @@ def _key(identifier: str | None) -> PatientKey:
         )
     system, value = identifier.split("|", 1)
     trust = fhir.trust_of_system(system, "patient-id")
+    if len(value) > 64 or CONTROL & set(value) or value != value.strip():
+        raise FeedError(
+            400,
+            "invalid",
+            "identifier: a local ID of at most 64 characters, without control characters "
+            "or leading and trailing spaces",
+        )
     if trust is None or not value:
         raise FeedError(
             400,
@@ -106,8 +126,14 @@ def _demographics(body: bytes, key: PatientKey) -> Demographics:
         if not isinstance(data, dict) or data.get("resourceType") != "Patient":
             raise FeedError(400, "invalid", "the body must be a FHIR Patient resource")
         Patient.model_validate(data)
+    except RecursionError:  # json.loads of arrays or objects nested thousands deep
+        raise FeedError(400, "invalid", "not a valid FHIR R4 Patient: nested too deep") from None
     except (ValueError, ValidationError) as exc:
         raise FeedError(400, "invalid", f"not a valid FHIR R4 Patient: {exc}"[:500]) from None
+    if data.get("gender") is not None and data["gender"] not in GENDERS:
+        raise FeedError(400, "invalid", f"gender: one of {', '.join(GENDERS)}")
+    if len(data.get("birthDate") or "1970-01-01") != len("1970-01-01"):
+        raise FeedError(400, "invalid", "birthDate: a full date, YYYY-MM-DD")
     ids = data.get("identifier") or []
     if not any(
         i.get("system") == fhir.local_system(key.issuer) and i.get("value") == key.local_id
@@ -131,7 +157,12 @@ def _demographics(body: bytes, key: PatientKey) -> Demographics:
         nhs_status=status,
         address=_address(data.get("address") or []),
         phone=next(
-            (t["value"] for t in data.get("telecom") or [] if t.get("system") == "phone"), None
+            (
+                t["value"]
+                for t in data.get("telecom") or []
+                if t.get("system") == "phone" and t.get("value")
+            ),
+            None,
         ),
     )
 
@@ -142,7 +173,12 @@ def _name(names: list[dict[str, Any]]) -> str | None:
         return None
     name = next((n for n in names if n.get("use") == "official"), names[0])
     given = [*(name.get("given") or []), "", ""]
-    return "^".join([name.get("family") or "", given[0], given[1]]).rstrip("^") or None
+    parts = [name.get("family") or "", given[0], given[1]]
+    for part in parts:
+        problem = part_problem(part)
+        if problem is not None:
+            raise FeedError(400, "invalid", f"name {part[:40]!r} {problem}")
+    return "^".join(parts).rstrip("^") or None
 
 
 def _nhs(ids: list[dict[str, Any]]) -> tuple[str | None, str | None]:

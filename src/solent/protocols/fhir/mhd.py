@@ -128,6 +128,11 @@ def find_document_references(
     def build() -> dict[str, Any]:
         _scoped(request, caller, "DocumentReference", "s")
         search = Search(request, DOCUMENT_PARAMS)
+        if sum(len(search.values(p)) for p in ("patient", "subject", "patient.identifier")) > 1:
+            # FHIR ANDs them; one silently won (patient.identifier over patient) before.
+            raise FhirError(
+                400, "not-supported", "give one of patient, patient.identifier or subject, once"
+            )
         reference = patient or subject
         if patient_identifier:
             person = person_of_token(records, caller, patient_identifier)

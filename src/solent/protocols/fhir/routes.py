@@ -224,6 +224,8 @@ def pixm_query(
 
     def build() -> dict[str, Any]:
         _scoped(request, caller, "Patient", "r")
+        if len(request.query_params.getlist("sourceIdentifier")) > 1:
+            raise FhirError(400, "not-supported", "sourceIdentifier may be given once")
         if not source_identifier or "|" not in source_identifier:
             raise FhirError(400, "required", "sourceIdentifier=system|value is required")
         system, value = source_identifier.split("|", 1)

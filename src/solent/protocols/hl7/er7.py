@@ -13,6 +13,7 @@ from typing import Any
 import hl7
 
 from solent.domain.nhs_number import NHS_ISSUER
+from solent.domain.person_name import part_problem
 from solent.services.identity import Demographics, PatientKey
 from solent.services.inbox import Rejected as MessageRejected
 
@@ -283,6 +284,10 @@ def person_name(msg: Message, seg: Segment, n: int) -> str | None:
     if raw == '""':
         return ""
     parts = [msg.text(p) for p in ([*seg.comps(n), "", "", ""])[:3]]
+    for part in parts:
+        problem = part_problem(part)
+        if problem is not None:
+            raise MessageRejected("AE", f"{seg.name}-{n} name part {part[:40]!r} {problem}")
     return "^".join(parts).rstrip("^")
 
 
@@ -400,7 +405,7 @@ def _death_date(msg: Message, pid: Segment) -> str | None:
     day = pid.comp(29)[:8]
     if not day:
         return None
-    if not (len(day) == 8 and day.isdigit()):
+    if not _calendar_date(day):  # 99999999 would be a death recorded for ever
         raise MessageRejected("AE", f"PID-29 date of death {day!r} is not YYYYMMDD")
     return day
 
@@ -427,11 +432,21 @@ def _visit_date(msg: Message) -> str | None:
 
 
 def timestamp(value: str) -> tuple[str | None, str | None]:
-    """HL7 DTM -> (DICOM DA, DICOM TM)."""
+    """HL7 DTM -> (DICOM DA, DICOM TM); (None, None) when it names no real day (99999999
+    went out in the worklist as a scheduled date no modality reads), the time None when it
+    is no time of day."""
     digits = value.split("+")[0].split("-")[0]
-    if len(digits) < 8 or not digits[:8].isdigit():
+    if len(digits) < 8 or not _calendar_date(digits[:8]):
         return None, None
-    return digits[:8], (digits[8:14] or None)
+    return digits[:8], (digits[8:14] if _time_of_day(digits[8:14]) else None)
+
+
+def _time_of_day(value: str) -> bool:
+    """HHMMSS, HHMM or HH (DICOM TM without fraction) within a day."""
+    if len(value) not in (2, 4, 6) or not value.isascii() or not value.isdigit():
+        return False
+    hh, mm, ss = int(value[:2]), int(value[2:4] or 0), int(value[4:6] or 0)
+    return hh < 24 and mm < 60 and ss < 60
 
 
 def first_nonempty(*values: str) -> str:

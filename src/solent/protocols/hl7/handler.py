@@ -333,12 +333,14 @@ class Hl7Handler:
         context = {
             "accession_number": accession,
             "accession_issuer": facility,
-            "placer_order": orc.comp(2) or obr.comp(2) or None,
-            "filler_order": orc.comp(3) or obr.comp(3) or None,
-            "order_control": control or None,
-            "order_status": orc.comp(5) or None,
-            "procedure_code": obr.comp(4, 1) or None,
-            "procedure_coding_system": obr.comp(4, 3) or None,
+            # Bounded as order_context keeps them: wider was cut on SQLite and failed the
+            # write on PostgreSQL.
+            "placer_order": _max(orc.comp(2) or obr.comp(2), 64, "placer order number") or None,
+            "filler_order": _max(orc.comp(3) or obr.comp(3), 64, "filler order number") or None,
+            "order_control": _max(control, 4, "order control ORC-1") or None,
+            "order_status": _max(orc.comp(5), 4, "order status ORC-5") or None,
+            "procedure_code": _max(obr.comp(4, 1), 64, "procedure code OBR-4.1") or None,
+            "procedure_coding_system": _max(obr.comp(4, 3), 32, "coding system OBR-4.3") or None,
             "clinical_details": msg.text(obr.field(13)) or None,
             "message_pk": tx.change.message_pk,
         }
@@ -350,6 +352,7 @@ class Hl7Handler:
         if control not in ("NW", "XO", ""):
             raise Rejected("AE", f"unsupported order control ORC-1 {control}")
         demo = er7.demographics(msg, pid)
+        _max(demo.name or "", 324, "patient name PID-5")  # the order keeps it as sent
         if tx.resolve(key.issuer, key.local_id) is None:
             tx.update_record(key, demo)
         start = er7.first_nonempty(

@@ -42,6 +42,8 @@ QUERY_TYPES: dict[tuple[str, str], tuple[str, str]] = {
     ("QBP", "Q22"): ("ITI-21", "RSP^K22^RSP_K22"),
 }
 UNKNOWN_KEY = "204^Unknown key identifier^HL70357"
+DATA_TYPE = "102^Data type error^HL70357"
+HL7_SEXES = ("F", "M", "O", "U", "A", "N")  # HL7 table 0001
 NHS_HD = "NHS&2.16.840.1.113883.2.1.4.1&ISO"
 #: PDQ QPD-3 fields (HL7 "@" field references) -> the criterion they set.
 PDQ_FIELDS = {
@@ -101,6 +103,10 @@ def answer(msg: Message, principal: Principal, patients: PatientQueryService) ->
     except AccessDenied as exc:
         code, status, text = "AR", "AR", exc.message
         errors = [("", "207^Application internal error^HL70357")]
+    except Exception:  # a fault of ours: answered AR, never a connection closed unanswered
+        log.exception("HL7 %s %s not answered", h.message_type, h.control_id)
+        code, status, text = "AR", "AR", "internal error answering the query; query again later"
+        errors = [("", "207^Application internal error^HL70357")]
     log.info("HL7 %s %s from %s: %s %s", h.message_type, h.control_id, h.sender, code, status)
     segments = [
         reply_header(h, rsp_type),
@@ -112,8 +118,8 @@ def answer(msg: Message, principal: Principal, patients: PatientQueryService) ->
     if transaction == "ITI-21" and status != "AE":
         qak += f"|{hits}|{hits}|0"
     segments.append(qak)
-    if qpd is not None:
-        segments.append("|".join(qpd.fields))  # echoed as sent (IHE: QPD of the query)
+    if qpd is not None:  # echoed as sent (IHE: QPD of the query), in the answer's delimiters
+        segments.append("|".join(_standard(msg, f) for f in qpd.fields))
     segments += body
     return "\r".join(segments) + "\r"
 
@@ -170,11 +176,20 @@ def _pdq(
                 + ", ".join(sorted({f"@{f}" for f in PDQ_FIELDS})),
                 [(f"QPD^1^3^{n}^1", "103^Table value not found^HL70357")],
             )
+        if key in wanted and key != "authority":  # PID.3.4.1 and .2 together name one domain
+            raise QueryError(  # the last one silently won: a query for something not asked
+                f"QPD-3 field {name} is given more than once", [(f"QPD^1^3^{n}^1", DATA_TYPE)]
+            )
         wanted[key] = msg.text(value)
     identifier = None
     if wanted.get("id"):
         identifier = DomainId(_domain(wanted.get("authority", "")), wanted["id"])
     sex = (wanted.get("sex") or "").upper() or None
+    if sex is not None and sex not in HL7_SEXES:
+        raise QueryError(
+            f"QPD-3 @PID.8 {sex[:20]!r} is not a sex of HL7 table 0001 (F, M, O, U, A, N)",
+            [("QPD^1^3", DATA_TYPE)],
+        )
     query = DemographicQuery(
         family=(wanted.get("family") or "").rstrip("*") or None,
         given=(wanted.get("given") or "").rstrip("*") or None,
@@ -196,8 +211,22 @@ def _pdq(
             str(exc), [(f"QPD^1^8^{n}", UNKNOWN_KEY) for n, _ in exc.domains]
         ) from None
     except InvalidInput as exc:
-        raise QueryError(str(exc), [("QPD^1^3", "101^Required field missing^HL70357")]) from None
+        what = "101^Required field missing^HL70357" if query.is_empty() else DATA_TYPE
+        raise QueryError(str(exc), [("QPD^1^3", what)]) from None
     return [_pid(n, p) for n, p in enumerate(people, 1)]
+
+
+#: A standard delimiter that is data in a field of a message with other delimiters, escaped.
+_LITERAL = {"|": "\\F\\", "^": "\\S\\", "~": "\\R\\", "&": "\\T\\", "\\": "\\E\\"}
+
+
+def _standard(msg: Message, field: str) -> str:
+    """A field of ``msg`` written with the standard delimiters ``^~\\&`` the answer's MSH-2
+    declares: a sender's own (``MSH#!~\\&``) would otherwise be read as data there."""
+    own = {msg.comp_sep: "^", msg.rep_sep: "~", msg.sub_sep: "&", msg.escape: "\\"}
+    if all(k == v for k, v in own.items()):
+        return field
+    return "".join(own.get(c) or _LITERAL.get(c, c) for c in field)
 
 
 def _limit(msg: Message) -> int:

@@ -20,6 +20,7 @@ from solent.services.identity.model import (
     PatientKey,
     _conflict,
     _key,
+    check_widths,
     is_placeholder,
     require_speaks_for,
 )
@@ -46,6 +47,7 @@ class RecordUpdates(IdentityReads):
         (an ``unlinked`` decision blocks their NHS-number link; an explicit link is undone)
         and a shared NHS number is queued as a mother-and-baby item, not a duplicate."""
         require_speaks_for(change.principal, f"update of {key}", key.issuer)
+        check_widths(key, demo)
 
         def op(c: Connection) -> int:
             self._require_trust(c, key.issuer)

@@ -54,6 +54,31 @@ class Demographics:
     visit_date: str | None = None  # a visit (A01/A03/A04) on this date: a contact (R42)
 
 
+#: The widest value the record keeps of each field (index/schema.py): one wider would be cut on
+#: SQLite and fail the write on PostgreSQL, so it is refused whole, whichever feed sent it.
+WIDTHS = {
+    "name": 324,
+    "birth_date": 8,
+    "sex": 16,
+    "nhs_status": 8,
+    "phone": 200,
+    "gp_practice": 200,
+    "gp": 200,
+    "death_date": 8,
+    "visit_date": 8,
+}
+
+
+def check_widths(key: PatientKey, demo: Demographics) -> None:
+    """Refuse (IdentityRejected) a record key or demographic longer than the record keeps."""
+    if len(key.local_id) > 64 or len(key.issuer) > 16:
+        raise IdentityRejected(f"patient identifier {key} is longer than 64 characters")
+    for field, width in WIDTHS.items():
+        value = getattr(demo, field)
+        if value is not None and len(value) > width:
+            raise IdentityRejected(f"{field} of {key} is longer than {width} characters")
+
+
 @dataclass(frozen=True, slots=True)
 class Resolved:
     patient_pk: int
