@@ -60,9 +60,10 @@ def documents_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runni
     folder.mkdir()
     ct = _read(ct_instance("D100001", "ZZA", STUDY, sop=CT_SOP))
     ct.PixelData = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 60).tobytes()
-    ct.SeriesNumber, ct.SeriesDescription = 1, "CT chest"
+    ct.SeriesNumber, ct.SeriesDescription = 2, "CT chest"
     pdf = pydicom.dcmread(source / PDF_FILE)
     pdf.DocumentTitle = "Outside report (scanned)"
+    pdf.SeriesNumber = 1  # an OT document listed before the images by series number
     hostile = _read(
         structured_report("D100001", "ZZA", STUDY, title=HOSTILE, finding=HOSTILE, image=CT_SOP)
     )
@@ -104,8 +105,13 @@ def test_reports_and_pdf_in_the_reading_screen(
     errors: list[str] = []
     page = new_page(browser, srv, errors)
     sign_in(page, "rad")
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
     page.goto(f"{srv.base_url}/viewer/#/study/{STUDY}?prior=")
     page.wait_for_selector(".pane[data-pane='Current'] .overlay .bl:has-text('Im 1/1')")
+    # The first-image preview is the CT's slice, not the PDF listed before it (nothing to draw).
+    rendered = [u for u in asked if "/rendered" in u and "/frames/" in u]
+    assert rendered and all(f"/instances/{CT_SOP}/frames/1/rendered" in u for u in rendered)
 
     # The strip: the images first (the study opens on them), then one entry per document;
     # the presentation state has none.

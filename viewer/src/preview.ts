@@ -38,8 +38,17 @@ export function startPreview(host: HTMLElement, studyUid: string): Promise<void>
   return (async () => {
     const series = await studySeries(studyUid);
     if (!series.length || current !== preview) return;
-    preview.seriesUid = series[0].series_uid;
-    const frames = seriesFrames(await seriesMetadata(studyUid, preview.seriesUid));
+    // The first series with images (Rows): a document filed as OT (an encapsulated PDF) sorts
+    // among the images and has no frame to render; the pane opens the same series.
+    let frames: ReturnType<typeof seriesFrames> = [];
+    for (const s of series.slice(0, 4)) {
+      frames = seriesFrames(await seriesMetadata(studyUid, s.series_uid)).filter((f) => f.ds['00280010'] !== undefined);
+      if (current !== preview) return;
+      if (frames.length) {
+        preview.seriesUid = s.series_uid;
+        break;
+      }
+    }
     const middle = Math.floor(frames.length / 2);
     const shown = frames[middle];
     if (!shown || current !== preview) return;
