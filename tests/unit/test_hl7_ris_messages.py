@@ -13,6 +13,7 @@ import hl7
 
 from solent.domain.records import DestinationRow
 from solent.protocols.hl7.er7 import Message
+from solent.protocols.hl7.mllp import Deframer, frame
 from solent.protocols.hl7.ris import build_notification, read_ack
 from solent.services.ris_notify import RisNotice, RisPatient
 
@@ -128,3 +129,20 @@ def test_the_ack_is_read_for_this_message_only() -> None:
     assert code == "" and "OTHER" in why
     assert read_ack("MSH|^~\\&|X|Y\r", "SOLENT17.ZZB")[0] == ""
     assert read_ack("garbage", "SOLENT17.ZZB")[0] == ""
+
+
+def test_control_characters_in_a_value_neither_end_a_segment_nor_the_mllp_frame() -> None:
+    """A reason typed with FS+CR (MLLP's end block) or VT (its start block) ended the frame
+    early: the RIS read a message cut inside the ORC and then bytes outside any frame."""
+    notice = replace(
+        MOVED,
+        reason="wrong\x1c\rMSH|x\x0bpatient\ttoo",
+        study_description="CT\x1c\rHEAD",
+        patient=replace(ALICE, name="SMITH\x1c\r^ALICE"),
+    )
+    received = Deframer().feed(frame(build_notification(notice).encode("utf-8")))
+    assert len(received) == 1
+    msg = _parse(received[0].decode("utf-8"))
+    assert [str(s[0]) for s in msg] == ["MSH", "PID", "ORC", "OBR", "NTE", "IPC"]
+    assert str(msg["ORC.F16.R1.C2"]) == "wrong  MSH|x patient too"
+    assert str(msg["PID.F5.R1.C2"]) == "ALICE" and str(msg["OBR.F18"]) == "ZZB0042"
