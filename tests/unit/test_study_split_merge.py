@@ -396,3 +396,6 @@ def test_the_cli_splits_and_merges(
     # The CLI passes no HTTP bounds: the service keeps an accession to what SH holds.
     long = ["identity", "split-study", a, a1, "--accession", "A" * 17, "--reason", "x"]
     assert main(long) == 2 and "at most 16" in capsys.readouterr().err
+    for decision in (["reverse-edit", "9" * 20, "--reason", "x"], ["approve-edit", "9" * 20]):
+        assert main(["identity", *decision]) == 1
+        assert f"no study edit {'9' * 20}" in capsys.readouterr().err

@@ -585,7 +585,8 @@ class StudyEditService:
         return study, holder
 
     def _edit(self, principal: Principal, conn: Connection, edit_pk: int) -> dict[str, Any]:
-        edit = store.get_edit(conn, edit_pk)
+        # A number no database key can be is no edit (it overflowed the driver: a traceback).
+        edit = store.get_edit(conn, edit_pk) if 0 < edit_pk <= rows.MAX_KEY else None
         if edit is None or not self._stewards_any(principal, rows.issuers(edit)):
             raise NotFound(f"no study edit {edit_pk}")
         return edit

@@ -62,6 +62,7 @@ def reason(reason: str) -> str:
 #: DICOM Accession Number is SH (PS3.5 6.2): 16 characters, no backslash (it would make the
 #: value two), no control character; the index keeps no more than that either.
 ACCESSION_MAX = 16
+MAX_KEY = 2**63 - 1  # the largest database key (a bigint)
 ISSUER_MAX = 64
 
 
