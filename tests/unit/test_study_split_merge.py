@@ -302,6 +302,38 @@ def test_an_accession_no_dicom_value_or_trust_of_the_caller_can_hold_is_refused(
     assert done.status_code == 200 and done.json()["accession"]["after"]["issuer"] == "ZZB"
 
 
+def test_a_merge_into_a_study_merged_away_meanwhile_is_refused_not_made_again(
+    demo: Archive, demo_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stewards merging A into B and B into A at once: both were planned while both
+    studies stood, and the second applied made the emptied target again from the other
+    study's attributes (B's UID carrying A's accession), both answered 200."""
+    from solent.services import study_edit
+
+    admin = add_user(demo, "adminzb", "ZZB", "pacs_admin")
+    sender = add_user(demo, "modzb", "ZZB", "integration")
+    reader = add_user(demo, "drzb", "ZZB", "clinician")
+    a, b, a1, b1 = (generate_uid() for _ in range(4))
+    assert _stow(demo_client, sender, _ct(a, a1, "ACC-A"), _ct(b, b1, "ACC-B")) == 200
+    request = study_edit.StudyEditService._request
+    other: list[Any] = []
+
+    def meanwhile(self: Any, principal: Any, values: dict[str, Any], *, cross: bool) -> Any:
+        if not other:  # the other steward's merge lands between planning and applying
+            other.append(None)
+            other[0] = self.merge(principal, b, a, "the other way")
+        return request(self, principal, values, cross=cross)
+
+    monkeypatch.setattr(study_edit.StudyEditService, "_request", meanwhile)
+    body = {"into_study_uid": b, "reason": "one exam"}
+    late = demo_client.post(f"/api/identity/studies/{a}/merge", json=body, headers=admin)
+    assert other[0]["status"] == "done"
+    assert late.status_code == 409 and "changed meanwhile" in late.text, late.text
+    counts = _counts(demo_client, reader)
+    assert b not in counts and counts[a] == (2, 2)
+    assert _totals(demo, a) == (2, 2)
+
+
 def test_a_rejection_note_naming_the_old_study_withdraws_split_out_instances(
     demo: Archive, demo_client: TestClient
 ) -> None:

@@ -103,6 +103,8 @@ def refile(conn: Connection, source: dict[str, Any], edit: dict[str, Any]) -> li
     source_pk = int(source["pk"])
     uids = list(edit.get("series_uids") or store.series_of(conn, source_pk))
     into = identity_store.study_by_uid(conn, edit["new_study_uid"])
+    if into is None and edit["kind"] == store.MERGE and edit.get("reverses") is None:
+        return None  # the study to merge into was merged away meanwhile: no study to make
     if into is None:
         if edit.get("study_attrs"):
             attrs = json.loads(edit["study_attrs"])
