@@ -334,6 +334,34 @@ def test_a_merge_into_a_study_merged_away_meanwhile_is_refused_not_made_again(
     assert _totals(demo, a) == (2, 2)
 
 
+def test_two_splits_at_once_never_leave_the_study_without_series(
+    demo: Archive, demo_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each split of a two-series study planned while the other series was still in it."""
+    from solent.services import study_edit
+
+    admin = add_user(demo, "adminzb", "ZZB", "pacs_admin")
+    sender = add_user(demo, "modzb", "ZZB", "integration")
+    reader = add_user(demo, "drzb", "ZZB", "clinician")
+    a, a1, a2 = (generate_uid() for _ in range(3))
+    assert _stow(demo_client, sender, _ct(a, a1), _ct(a, a2)) == 200
+    request = study_edit.StudyEditService._request
+    other: list[Any] = []
+
+    def meanwhile(self: Any, principal: Any, values: dict[str, Any], *, cross: bool) -> Any:
+        if not other:
+            other.append(None)
+            other[0] = self.split(principal, a, [a2], "the other one")
+        return request(self, principal, values, cross=cross)
+
+    monkeypatch.setattr(study_edit.StudyEditService, "_request", meanwhile)
+    body = {"series_uids": [a1], "reason": "two exams"}
+    late = demo_client.post(f"/api/identity/studies/{a}/split", json=body, headers=admin)
+    assert other[0]["status"] == "done"
+    assert late.status_code == 409 and "changed meanwhile" in late.text, late.text
+    assert _counts(demo_client, reader)[a] == (1, 1)
+
+
 def test_a_rejection_note_naming_the_old_study_withdraws_split_out_instances(
     demo: Archive, demo_client: TestClient
 ) -> None:
