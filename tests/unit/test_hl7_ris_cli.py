@@ -55,6 +55,13 @@ def test_a_trust_ris_is_added_listed_and_removed(
     [
         (["--application", "CR|S"], "without HL7 delimiters"),
         (["--application", "CRIS", "--facility", "Z^A"], "without HL7 delimiters"),
+        (["--application", "CR\x1cS"], "without HL7 delimiters or control characters"),
+        (["--application", "CRIS", "--host", "ris.zza:2575"], "no IP address or host name"),
+        (["--application", "CRIS", "--host", "ris zza"], "no IP address or host name"),
+        (["--application", "CRIS", "--host", ""], "no IP address or host name"),
+        (["--application", "CRIS", "--host", "r" * 300], "no IP address or host name"),
+        (["--application", "CRIS", "--port", "0"], "--port must be 1-65535"),
+        (["--application", "CRIS", "--port", "65536"], "--port must be 1-65535"),
         (["--application", "CRIS", "--tls-ca", "/nonexistent.pem"], "--tls-ca needs --tls"),
         (["--application", "CRIS", "--tls", "--tls-ca", "/nonexistent.pem"], "no such file"),
     ],

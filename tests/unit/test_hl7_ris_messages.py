@@ -6,14 +6,19 @@ the old order (RU) and its replacement (RO)."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import hl7
+import pytest
 
 from solent.domain.records import DestinationRow
 from solent.protocols.hl7.er7 import Message
-from solent.protocols.hl7.ris import build_notification, read_ack
+from solent.protocols.hl7.mllp import Deframer, frame
+from solent.protocols.hl7.ris import NoAnswer, RisSender, build_notification, read_ack
 from solent.services.ris_notify import RisNotice, RisPatient
 
 STUDY = "1.2.826.0.1.3680043.8.498.4242"
@@ -128,3 +133,44 @@ def test_the_ack_is_read_for_this_message_only() -> None:
     assert code == "" and "OTHER" in why
     assert read_ack("MSH|^~\\&|X|Y\r", "SOLENT17.ZZB")[0] == ""
     assert read_ack("garbage", "SOLENT17.ZZB")[0] == ""
+
+
+def test_control_characters_in_a_value_neither_end_a_segment_nor_the_mllp_frame() -> None:
+    """A reason typed with FS+CR (MLLP's end block) or VT (its start block) ended the frame
+    early: the RIS read a message cut inside the ORC and then bytes outside any frame."""
+    notice = replace(
+        MOVED,
+        reason="wrong\x1c\rMSH|x\x0bpatient\ttoo",
+        study_description="CT\x1c\rHEAD",
+        patient=replace(ALICE, name="SMITH\x1c\r^ALICE"),
+    )
+    received = Deframer().feed(frame(build_notification(notice).encode("utf-8")))
+    assert len(received) == 1
+    msg = _parse(received[0].decode("utf-8"))
+    assert [str(s[0]) for s in msg] == ["MSH", "PID", "ORC", "OBR", "NTE", "IPC"]
+    assert str(msg["ORC.F16.R1.C2"]) == "wrong  MSH|x patient too"
+    assert str(msg["PID.F5.R1.C2"]) == "ALICE" and str(msg["OBR.F18"]) == "ZZB0042"
+
+
+def test_a_ris_trickling_bytes_is_no_answer_within_the_timeout() -> None:
+    """A RIS that sent one byte every so often (each within the socket timeout) held the
+    sender, and the job's worker, as long as it liked; the timeout bounds the whole ACK."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def trickle() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                for byte in b"\x0bMSH|^~\\&|RIS|ZZB" * 4:
+                    time.sleep(0.05)
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        return
+
+        threading.Thread(target=trickle, daemon=True).start()
+        started = time.monotonic()
+        with pytest.raises(NoAnswer, match="within the timeout"):
+            RisSender(timeout=0.5)(replace(MOVED, destination=replace(RIS, port=port)))
+        assert time.monotonic() - started < 1.5

@@ -370,6 +370,12 @@ def test_jobs_cli_on_sqlite_lists_and_retries_failed_jobs(
     assert "consumer fixity: at event 2 of 2 (backlog 0)" in out
 
     assert solent("jobs", "retry", "4242")[1:] == ("", "solent: no job 4242\n")
+    # An id no database key can be, or a limit none can, is refused (it was a traceback).
+    for huge in ("-5", str(2**63), "9" * 30):
+        assert solent("jobs", "retry", huge)[1:] == ("", f"solent: no job {huge}\n")
+    for limit in ("0", "-1", "9" * 30):
+        code, _, err = solent("jobs", "list", "--limit", limit)
+        assert code == 2 and "the limit is 1 to 10000 jobs" in err
     peer.down = set()
     code, out, _ = solent("jobs", "retry", str(failed["id"]))
     assert (code, out) == (0, f"job {failed['id']} will run again\n")

@@ -159,6 +159,10 @@ def test_strict_fails_a_risky_node_and_passes_a_hardened_one(
 ) -> None:
     code, _ = run(capsys, "safety", "configuration", "--strict")
     assert code == 1
+    (tmp_path / "map.csv").write_text(
+        "issuer,coding_system,code,nicip,snomed,body_region,label\nZZA,L,CTHEAD,CHEAD,,HEAD,CT\n",
+        encoding="utf-8",
+    )
     for name, value in {
         "PRODUCTION": "true",
         "JOBS_CONSUMERS": "fixity,ian,procedures,prefetch",
@@ -192,3 +196,30 @@ def test_the_data_files_are_installed_with_the_package() -> None:
     assert "safety/*.toml" in data
     shipped = {p.name for p in (ROOT / "src/solent/safety").glob("*.toml")}
     assert shipped == {"hazard_log.toml", "limitations.toml"}
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (None, "unreadable: No such file"),
+        ("issuer,code\n", "invalid: "),
+        (b"\xff\xfe\x00", "unreadable"),
+    ],
+)
+def test_a_procedure_map_the_node_cannot_load_is_flagged_as_none(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    content: str | bytes | None,
+    said: str,
+) -> None:
+    """A SOLENT_PROCEDURE_MAP naming no file (or one `solent serve` refuses) was reported ok."""
+    path = tmp_path / "map.csv"
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    elif content is not None:
+        path.write_bytes(content)
+    monkeypatch.setenv("SOLENT_PROCEDURE_MAP", str(path))
+    _, out = run(capsys, "safety", "configuration", "--json")
+    finding = _finding(out, "SOLENT_PROCEDURE_MAP")
+    assert finding["flagged"] is True and said in finding["value"], finding

@@ -262,6 +262,106 @@ def test_what_cannot_be_split_or_merged_is_refused_with_the_reason(
     assert _patient_of(demo, a) == BOB and _totals(demo, a) == (2, 2)
 
 
+def test_an_accession_no_dicom_value_or_trust_of_the_caller_can_hold_is_refused(
+    demo: Archive, demo_client: TestClient
+) -> None:
+    """A split's or correction's accession 'A\\B' went out as two Accession Numbers (one with a
+    newline as a value no SH holds); an issuer of another trust filed the study among that
+    trust's orders, and the 409 answering a number it already uses told the caller so."""
+    admin = add_user(demo, "adminzb", "ZZB", "pacs_admin")
+    sender = add_user(demo, "modzb", "ZZB", "integration")
+    other = add_user(demo, "modzd", "ZZD", "integration")
+    a, a1, a2 = (generate_uid() for _ in range(3))
+    assert _stow(demo_client, sender, _ct(a, a1, "ACC-1"), _ct(a, a2, "ACC-1")) == 200
+    theirs = pydicom.dcmread(BytesIO(ct_instance("D-1001", "ZZD", generate_uid())))
+    theirs.AccessionNumber = "D-77"
+    out = BytesIO()
+    theirs.save_as(out, enforce_file_format=True)
+    assert _stow(demo_client, other, out.getvalue()) == 200
+
+    def split(accession: str, issuer: str | None = None) -> Any:
+        body = {"series_uids": [a1], "accession_number": accession, "reason": "r"}
+        body |= {"accession_issuer": issuer} if issuer else {}
+        return demo_client.post(f"/api/identity/studies/{a}/split", json=body, headers=admin)
+
+    def correct(accession: str, issuer: str | None = None) -> Any:
+        body = {"accession_number": accession, "accession_issuer": issuer, "reason": "r"}
+        return demo_client.post(f"/api/identity/studies/{a}/accession", json=body, headers=admin)
+
+    for value in ("A\\B", "A\nB", "A\x1bB"):
+        for refused in (split(value), correct(value)):
+            assert refused.status_code == 400 and "backslash" in refused.text, refused.text
+    for issuer in ("ZZD", "NOSUCH", "Z" * 64):
+        for refused in (split("D-77", issuer), correct("D-77", issuer)):
+            assert refused.status_code == 400 and "trust you administer" in refused.text
+            assert "another" not in refused.text
+    assert _totals(demo, a) == (2, 2)
+    assert demo_client.get(f"/api/identity/studies/{a}/edits", headers=admin).json() == []
+    # The study's own trust, named or not, is the accession's issuer as before.
+    done = split("ACC-2", "ZZB")
+    assert done.status_code == 200 and done.json()["accession"]["after"]["issuer"] == "ZZB"
+
+
+def test_a_merge_into_a_study_merged_away_meanwhile_is_refused_not_made_again(
+    demo: Archive, demo_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stewards merging A into B and B into A at once: both were planned while both
+    studies stood, and the second applied made the emptied target again from the other
+    study's attributes (B's UID carrying A's accession), both answered 200."""
+    from solent.services import study_edit
+
+    admin = add_user(demo, "adminzb", "ZZB", "pacs_admin")
+    sender = add_user(demo, "modzb", "ZZB", "integration")
+    reader = add_user(demo, "drzb", "ZZB", "clinician")
+    a, b, a1, b1 = (generate_uid() for _ in range(4))
+    assert _stow(demo_client, sender, _ct(a, a1, "ACC-A"), _ct(b, b1, "ACC-B")) == 200
+    request = study_edit.StudyEditService._request
+    other: list[Any] = []
+
+    def meanwhile(self: Any, principal: Any, values: dict[str, Any], *, cross: bool) -> Any:
+        if not other:  # the other steward's merge lands between planning and applying
+            other.append(None)
+            other[0] = self.merge(principal, b, a, "the other way")
+        return request(self, principal, values, cross=cross)
+
+    monkeypatch.setattr(study_edit.StudyEditService, "_request", meanwhile)
+    body = {"into_study_uid": b, "reason": "one exam"}
+    late = demo_client.post(f"/api/identity/studies/{a}/merge", json=body, headers=admin)
+    assert other[0]["status"] == "done"
+    assert late.status_code == 409 and "changed meanwhile" in late.text, late.text
+    counts = _counts(demo_client, reader)
+    assert b not in counts and counts[a] == (2, 2)
+    assert _totals(demo, a) == (2, 2)
+
+
+def test_two_splits_at_once_never_leave_the_study_without_series(
+    demo: Archive, demo_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each split of a two-series study planned while the other series was still in it."""
+    from solent.services import study_edit
+
+    admin = add_user(demo, "adminzb", "ZZB", "pacs_admin")
+    sender = add_user(demo, "modzb", "ZZB", "integration")
+    reader = add_user(demo, "drzb", "ZZB", "clinician")
+    a, a1, a2 = (generate_uid() for _ in range(3))
+    assert _stow(demo_client, sender, _ct(a, a1), _ct(a, a2)) == 200
+    request = study_edit.StudyEditService._request
+    other: list[Any] = []
+
+    def meanwhile(self: Any, principal: Any, values: dict[str, Any], *, cross: bool) -> Any:
+        if not other:
+            other.append(None)
+            other[0] = self.split(principal, a, [a2], "the other one")
+        return request(self, principal, values, cross=cross)
+
+    monkeypatch.setattr(study_edit.StudyEditService, "_request", meanwhile)
+    body = {"series_uids": [a1], "reason": "two exams"}
+    late = demo_client.post(f"/api/identity/studies/{a}/split", json=body, headers=admin)
+    assert other[0]["status"] == "done"
+    assert late.status_code == 409 and "changed meanwhile" in late.text, late.text
+    assert _counts(demo_client, reader)[a] == (1, 1)
+
+
 def test_a_rejection_note_naming_the_old_study_withdraws_split_out_instances(
     demo: Archive, demo_client: TestClient
 ) -> None:
@@ -353,3 +453,9 @@ def test_the_cli_splits_and_merges(
     # Refused with the reason, nothing changed.
     assert main(["identity", "merge-study", a, a, "--reason", "x"]) == 1
     assert "into itself" in capsys.readouterr().err
+    # The CLI passes no HTTP bounds: the service keeps an accession to what SH holds.
+    long = ["identity", "split-study", a, a1, "--accession", "A" * 17, "--reason", "x"]
+    assert main(long) == 2 and "at most 16" in capsys.readouterr().err
+    for decision in (["reverse-edit", "9" * 20, "--reason", "x"], ["approve-edit", "9" * 20]):
+        assert main(["identity", *decision]) == 1
+        assert f"no study edit {'9' * 20}" in capsys.readouterr().err

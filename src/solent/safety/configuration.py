@@ -11,7 +11,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from solent.domain.procedures import parse_map
+from solent.errors import InvalidInput
 from solent.settings import ENV_PREFIX, Settings
 
 # high: a hazard's main control is switched off; medium: a control is weakened; low: a
@@ -41,6 +44,21 @@ class _Rule:
     flagged: Callable[[Settings], bool]
     # Where the severity depends on the deployment (a loopback-only listener), this picks it.
     severity_of: Callable[[Settings], str] | None = None
+
+
+def _procedure_map(s: Settings) -> str:
+    """The map's path, or why there is none to use: a path that names no readable, valid map
+    is no map (the node refuses to start with it, and reports it as none here)."""
+    if not s.procedure_map:
+        return "(empty)"
+    try:
+        parse_map(Path(s.procedure_map).read_text(encoding="utf-8-sig"), s.procedure_map)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        return f"{s.procedure_map} (unreadable: {why})"
+    except InvalidInput as exc:
+        return f"{s.procedure_map} (invalid: {exc})"
+    return s.procedure_map
 
 
 def _env(*names: str) -> tuple[str, ...]:
@@ -237,11 +255,12 @@ RULES: tuple[_Rule, ...] = (
         _env("procedure_map"),
         "low",
         ("HAZ-016",),
-        "No procedure map: only codes trusts already send as NICIP/SNOMED CT count as mapped, "
+        "No procedure map (none set, or a file that cannot be read as one, which `solent "
+        "serve` refuses): only codes trusts already send as NICIP/SNOMED CT count as mapped, "
         "so prefetch relevance by code and body region misses the rest.",
         "Load the consortium's map (`solent procedures check FILE` first).",
-        lambda s: s.procedure_map or "(empty)",
-        lambda s: not s.procedure_map,
+        lambda s: _procedure_map(s),
+        lambda s: _procedure_map(s) != s.procedure_map,
     ),
     _Rule(
         _env("dicomweb_cache_mb"),

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from solent.errors import InvalidInput, NotFound
 from solent.services.access import Permission
+
+#: The largest job id either queue's database can hold (a bigint key).
+MAX_JOB_ID = 2**63 - 1
+MAX_LIST = 10_000
 
 if TYPE_CHECKING:
     from solent.domain.principal import Principal
@@ -41,10 +46,15 @@ class JobsService:
         self, principal: Principal, status: str | None = None, limit: int = 50
     ) -> list[JobRow]:
         self._access.require(principal, Permission.ADMIN, "list background jobs")
+        if not 1 <= limit <= MAX_LIST:
+            raise InvalidInput(f"the limit is 1 to {MAX_LIST} jobs")
         return self._queue.list_jobs(status, limit)
 
     def retry(self, principal: Principal, job_id: int) -> None:
         self._access.require(principal, Permission.ADMIN, "retry a background job")
+        # An id no database key can be is no job (it overflowed the driver: a traceback).
+        if not 1 <= job_id <= MAX_JOB_ID:
+            raise NotFound(f"no job {job_id}")
         self._queue.retry(job_id)
 
     def stats(self, principal: Principal) -> dict[str, Any]:

@@ -169,8 +169,8 @@ class StudyEditService:
         with self._index.read() as conn:
             study, holder = self._study(principal, conn, study_uid)
             given = None
-            if accession and accession.strip():
-                given = (accession.strip(), (accession_issuer or "").strip() or study["trust_code"])
+            if (number := rows.accession(accession)) is not None:
+                given = (number, self._issuer(principal, conn, study, accession_issuer))
                 self._check_order(conn, {**study, "pk": None}, holder, *given)
             planned = regroup.plan_split(conn, study, series_uids, given)
             if isinstance(planned, str):
@@ -213,12 +213,13 @@ class StudyEditService:
         trust when not given), done at once by a steward of the study's record."""
         self._access.require(principal, Permission.ADMIN, "correcting accession numbers")
         reason = rows.reason(reason)
-        accession = accession.strip()
-        if not accession:
+        number = rows.accession(accession)
+        if number is None:
             raise InvalidInput("give the accession number")
+        accession = number
         with self._index.read() as conn:
             study, holder = self._study(principal, conn, study_uid)
-            issuer = (issuer or "").strip() or str(study["trust_code"])
+            issuer = self._issuer(principal, conn, study, issuer)
             if (study["accession_number"], study["accession_issuer"] or study["trust_code"]) == (
                 accession,
                 issuer,
@@ -584,7 +585,8 @@ class StudyEditService:
         return study, holder
 
     def _edit(self, principal: Principal, conn: Connection, edit_pk: int) -> dict[str, Any]:
-        edit = store.get_edit(conn, edit_pk)
+        # A number no database key can be is no edit (it overflowed the driver: a traceback).
+        edit = store.get_edit(conn, edit_pk) if 0 < edit_pk <= rows.MAX_KEY else None
         if edit is None or not self._stewards_any(principal, rows.issuers(edit)):
             raise NotFound(f"no study edit {edit_pk}")
         return edit
@@ -628,6 +630,26 @@ class StudyEditService:
                 f"order {accession} of {issuer} is for another patient record; move the study "
                 "to that patient first if it is theirs"
             )
+
+    def _issuer(
+        self, principal: Principal, conn: Connection, study: dict[str, Any], issuer: str | None
+    ) -> str:
+        """The issuer of an accession given for the study: the study's trust when none; else
+        a trust (an accession is a trust RIS's number) that is the study's, its accession's
+        now, or one the caller administers. Any other would put the study in another trust's
+        orders, and the answer would tell the caller which of that trust's accessions exist."""
+        issuer = (issuer or "").strip()
+        if not issuer:
+            return str(study["trust_code"])
+        own = issuer in (study["trust_code"], study["accession_issuer"])
+        if not (own or self._stewards_any(principal, [issuer])) or not (
+            len(issuer) <= rows.ISSUER_MAX and identity_store.trust_exists(conn, issuer)
+        ):
+            raise InvalidInput(
+                f"accession issuer {issuer[: rows.ISSUER_MAX]!r} is no trust whose accession "
+                "numbers you may give: the study's trust, or a trust you administer"
+            )
+        return issuer
 
     def _stewards_any(self, principal: Principal, issuers: Iterable[str | None]) -> bool:
         """The caller administers at least one of these trusts' records (a regional

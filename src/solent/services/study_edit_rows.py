@@ -59,6 +59,29 @@ def reason(reason: str) -> str:
     return reason
 
 
+#: DICOM Accession Number is SH (PS3.5 6.2): 16 characters, no backslash (it would make the
+#: value two), no control character; the index keeps no more than that either.
+ACCESSION_MAX = 16
+MAX_KEY = 2**63 - 1  # the largest database key (a bigint)
+ISSUER_MAX = 64
+
+
+def accession(number: str | None) -> str | None:
+    """The accession number given (stripped), None when none; InvalidInput when it is none
+    an outgoing instance or a RIS could carry as one value."""
+    number = (number or "").strip()
+    if not number:
+        return None
+    if len(number) > ACCESSION_MAX:
+        raise InvalidInput(f"an accession number is at most {ACCESSION_MAX} characters")
+    if "\\" in number or any(ord(c) < 0x20 or c == "\x7f" for c in number):
+        raise InvalidInput(
+            "an accession number holds no backslash (DICOM's value separator) and no control "
+            "character"
+        )
+    return number
+
+
 def pending_text(study_uid: str) -> str:
     return (
         f"study {study_uid} has a move waiting for approval; approve or refuse it first "

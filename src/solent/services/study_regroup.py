@@ -102,7 +102,17 @@ def refile(conn: Connection, source: dict[str, Any], edit: dict[str, Any]) -> li
         return None
     source_pk = int(source["pk"])
     uids = list(edit.get("series_uids") or store.series_of(conn, source_pk))
+    forward = edit.get("reverses") is None
+    # Checked again here: another split since may have taken the series that would stay.
+    if (
+        forward
+        and edit["kind"] == store.SPLIT
+        and not set(store.series_of(conn, source_pk)) - set(uids)
+    ):
+        return None
     into = identity_store.study_by_uid(conn, edit["new_study_uid"])
+    if into is None and edit["kind"] == store.MERGE and forward:
+        return None  # the study to merge into was merged away meanwhile: no study to make
     if into is None:
         if edit.get("study_attrs"):
             attrs = json.loads(edit["study_attrs"])

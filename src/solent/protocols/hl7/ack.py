@@ -12,12 +12,18 @@ from solent.protocols.hl7.er7 import Header, Message
 _counter = itertools.count(1)
 
 
+#: Every C0 control character and DEL, each read as a space: CR ends a segment, and MLLP's
+#: VT (start block) and FS (end block) inside a value would end the frame early at the peer.
+_CONTROLS = {c: " " for c in (*range(0x20), 0x7F)}
+
+
 def escape(text: str) -> str:
-    """HL7 escaping of the default delimiters, so a reason never breaks the ACK's structure."""
+    """HL7 escaping of the default delimiters, so a reason never breaks the ACK's structure;
+    control characters are written as spaces (no segment, and no MLLP frame, ends inside)."""
     out = text.replace("\\", "\\E\\")
     for ch, code in (("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
         out = out.replace(ch, code)
-    return out.replace("\r", " ").replace("\n", " ")
+    return out.translate(_CONTROLS)
 
 
 def _control_id() -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -183,7 +184,7 @@ class RisSender:
                 sock = self._tls(dest.tls_ca).wrap_socket(raw, server_hostname=dest.host)
             sock.settimeout(self.timeout)
             sock.sendall(frame(message))
-            ack = self._receive(sock)
+            ack = self._receive(sock, time.monotonic() + self.timeout)
         return read_ack(ack.decode("utf-8", errors="replace"), notice.control_id)
 
     def _tls(self, ca: str | None) -> ssl.SSLContext:
@@ -194,10 +195,16 @@ class RisSender:
         return context
 
     @staticmethod
-    def _receive(sock: socket.socket) -> bytes:
+    def _receive(sock: socket.socket, deadline: float) -> bytes:
+        """The first message answered before ``deadline``: the timeout bounds the whole ACK,
+        so a RIS sending a byte now and then cannot hold the job (and its worker) for ever."""
         deframer = Deframer(max_bytes=1 << 20)
         while True:
             try:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
                 data = sock.recv(65536)
             except TimeoutError as exc:
                 raise NoAnswer("the RIS sent no ACK within the timeout") from exc

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,22 @@ from solent.security.cli import cli_principal
 from solent.settings import Settings
 
 DELIMITERS = "|^~\\&\r\n"
+#: A DNS host name (RFC 1123 labels, at most 253 characters in all).
+HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is neither an IP address nor a host name the sender could connect to."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if HOST_NAME.fullmatch(host) is None:
+        return f"--host {host[:60]!r} is no IP address or host name (no port, no spaces)"
+    return None
 
 
 def register(hact: Any) -> None:
@@ -41,12 +59,23 @@ def _add(args: argparse.Namespace, settings: Settings) -> int:
 
     facility = args.facility or args.trust
     for value, what in ((args.application, "--application"), (facility, "--facility")):
-        if not value or len(value) > 227 or any(c in value for c in DELIMITERS):
-            raise InvalidInput(f"{what} must be 1-227 characters without HL7 delimiters")
+        if (
+            not value
+            or len(value) > 227
+            or any(c in value for c in DELIMITERS)
+            or any(ord(c) < 0x20 or c == "\x7f" for c in value)
+        ):
+            raise InvalidInput(
+                f"{what} must be 1-227 characters without HL7 delimiters or control characters"
+            )
+    if (why := host_problem(args.host)) is not None:
+        raise InvalidInput(why)
     if not 0 < args.port < 65536:
         raise InvalidInput("--port must be 1-65535")
     if args.tls_ca is not None and not args.tls:
         raise InvalidInput("--tls-ca needs --tls")
+    if args.tls_ca is not None and len(str(args.tls_ca.resolve())) > 1000:
+        raise InvalidInput("--tls-ca: the path is over 1000 characters")
     if args.tls_ca is not None and not args.tls_ca.is_file():
         raise InvalidInput(f"--tls-ca: no such file {args.tls_ca}")
     row = DestinationRow(
