@@ -37,8 +37,9 @@ AUDIT_TABLES = {"audit_log", "audit_head"}
 #: What a launch may redirect to: the viewer, or the study list (issue 11: visible studies only).
 IID_TARGETS = ("/viewer/", "/iid/studies")
 TEXT = st.characters(codec="utf-8", exclude_categories=("Cs",))
-#: A request that takes longer than this is a hang for this test (not a speed target).
-HANG_S = 10.0
+#: A request that takes longer than this is a hang for this test (not a speed target): 10 s
+#: was once exceeded (11 s, a first call) on a 2-core machine running two suites at once.
+HANG_S = 30.0
 SYSTEMS = [
     "https://fhir.nhs.uk/Id/nhs-number",
     "https://solent-pacs.nhs.example/Id/ZZA/patient-id",
