@@ -274,6 +274,8 @@ def test_iti_104_feed_hostile_bodies_are_operation_outcomes(
         (url, {**good, "telecom": [{"system": "phone"}]}, 201),  # no number: none recorded
         (url, {**good, "gender": "banana"}, 400),
         (url, {**good, "birthDate": "1962"}, 400),
+        (url, {**good, "birthDate": "1962-02-30"}, 400),  # no day: was a 500
+        (url, {**good, "birthDate": "2999-01-01"}, 400),  # in the future: was stored
         (url, {**good, "name": [{"family": "X" * 400}]}, 422),
         # DICOM PN delimiters in a part: stored as family O, given BRIEN before.
         (url, {**good, "name": [{"family": "O^BRIEN", "given": ["FRAN"]}]}, 400),

@@ -4,6 +4,8 @@ version that is not HL7 v2 is refused with the table 0357 code for it."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from solent.app import Archive
@@ -113,6 +115,47 @@ def test_a_date_of_birth_that_is_no_calendar_date_is_refused(demo: Archive, dob:
     pk = person.person(SYSTEM, issuer="ZZA", local_id="A100001").named_pk
     assert pk is not None
     assert person.patient_record(SYSTEM, pk)["record"]["birth_date"] == "19580312"
+
+
+def test_a_date_of_birth_in_the_future_is_refused_and_tomorrow_is_not(demo: Archive) -> None:
+    """Before: 29990101 was stored as the patient's birth date (AA). Tomorrow (UTC) is taken: a
+    baby born after midnight UK summer time is born "tomorrow" for a server on UTC."""
+    future = (datetime.now(UTC).date() + timedelta(days=2)).strftime("%Y%m%d")
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).strftime("%Y%m%d")
+    for control, dob in (("DOB-F1", "29990101"), ("DOB-F2", future)):
+        ack = _segments(
+            _handler(demo).handle(_a08_for(control, "A100001", "DEMO^ALICE", dob), LOCAL)
+        )
+        assert ack["MSA"][1:3] == ["AE", control] and "in the future" in ack["MSA"][3]
+    records = demo.services.records
+    pk = records.person(SYSTEM, issuer="ZZA", local_id="A100001").named_pk
+    assert pk is not None
+    assert records.patient_record(SYSTEM, pk)["record"]["birth_date"] == "19580312"
+    ack = _segments(
+        _handler(demo).handle(_a08_for("DOB-T", "A100001", "DEMO^ALICE", tomorrow), LOCAL)
+    )
+    assert ack["MSA"][1] == "AA"
+    assert records.patient_record(SYSTEM, pk)["record"]["birth_date"] == tomorrow
+
+
+def test_escapes_expand_boundedly_and_a_malformed_one_reads_as_nothing(demo: Archive) -> None:
+    """Before: a name \\.sp2000000000\\ made two billion line breaks in the server (gigabytes
+    from 18 bytes), \\.brzz\\ raised out of the parser (no ACK: the sender retried for ever)
+    and \\Xzz\\ logged a traceback. Now each reads as at most a few characters, and the
+    message is answered."""
+    for control, name in (
+        ("ESC-1", "DEMO\\.sp2000000000\\^ALICE"),
+        ("ESC-2", "DEMO\\.brzz\\^ALICE"),
+        ("ESC-3", "DEMO\\Xzz\\^ALICE"),
+        ("ESC-4", "DEMO\\X00\\^ALICE"),  # a NUL by escape: PostgreSQL stores no NUL
+    ):
+        ack = _segments(_handler(demo).handle(_a08_for(control, "A100001", name), LOCAL))
+        assert ack["MSA"][2] == control and ack["MSA"][1] in ("AA", "AE"), ack
+    records = demo.services.records
+    pk = records.person(SYSTEM, issuer="ZZA", local_id="A100001").named_pk
+    assert pk is not None
+    stored = records.patient_record(SYSTEM, pk)["record"]["name"]
+    assert "\x00" not in stored and len(stored) < 100
 
 
 def test_a_message_with_a_nul_character_is_refused_and_changes_nothing(demo: Archive) -> None:

@@ -12,6 +12,7 @@ ADT^A40 / A47): a Patient that is inactive or ``replaced-by`` is refused.
 from __future__ import annotations
 
 import json
+from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -20,6 +21,7 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from solent.domain import nhs_number as nhs
+from solent.domain.birth import in_the_future
 from solent.domain.person_name import part_problem
 from solent.domain.principal import Principal
 from solent.protocols.fhir import resources as fhir
@@ -134,6 +136,13 @@ def _demographics(body: bytes, key: PatientKey) -> Demographics:
         raise FeedError(400, "invalid", f"gender: one of {', '.join(GENDERS)}")
     if len(data.get("birthDate") or "1970-01-01") != len("1970-01-01"):
         raise FeedError(400, "invalid", "birthDate: a full date, YYYY-MM-DD")
+    if born := data.get("birthDate"):
+        try:
+            day = date.fromisoformat(born)
+        except ValueError:
+            raise FeedError(400, "invalid", f"birthDate {born!r} names no day") from None
+        if in_the_future(day):
+            raise FeedError(400, "invalid", f"birthDate {born} is in the future")
     ids = data.get("identifier") or []
     if not any(
         i.get("system") == fhir.local_system(key.issuer) and i.get("value") == key.local_id

@@ -12,8 +12,10 @@ from typing import Any
 
 import hl7
 
+from solent.domain.birth import in_the_future
 from solent.domain.nhs_number import NHS_ISSUER
 from solent.domain.person_name import part_problem
+from solent.protocols.hl7.escapes import unescape
 from solent.services.identity import Demographics, PatientKey
 from solent.services.inbox import Rejected as MessageRejected
 
@@ -76,11 +78,6 @@ class Segment:
         return self.message.text(parts[c - 1]) if c - 1 < len(parts) else ""
 
 
-#: Formatting escapes of FT text as plain text: highlighting on/off (\\H\\, \\N\\) marks nothing
-#: (python-hl7 would write "_"), a line break or skipped line (\\.br\\, \\.spN\\) is a line feed.
-TEXT_ESCAPES = {"H": "", "N": "", ".br": "\n", ".sp": "\n"}
-
-
 class Message:
     """A parsed message: python-hl7 validates the structure, we read fields as text."""
 
@@ -123,12 +120,12 @@ class Message:
     def text(self, value: str) -> str:
         """Unescape HL7 escape sequences (\\F\\, \\S\\, \\T\\, \\R\\, \\E\\, \\Xhh\\, \\.br\\).
 
-        A line break in a report (FT ``\\.br\\``, or ``\\X0D0A\\``) comes out of python-hl7 as
-        a CR, which is HL7's segment separator and no line break in text/plain, the viewer or
-        FHIR: it is written as LF."""
+        A line break in a report (``\\X0D0A\\``) is a CR, which is HL7's segment separator and
+        no line break in text/plain, the viewer or FHIR: it is written as LF."""
         if self.escape not in value:
             return value
-        out: str = self.parsed.unescape(value, app_map=TEXT_ESCAPES)
+        separators = self.field_sep + self.comp_sep + self.rep_sep + self.sub_sep
+        out = unescape(value, separators, self.escape)
         return out.replace("\r\n", "\n").replace("\r", "\n")
 
     def all(self, name: str) -> list[Segment]:
@@ -375,6 +372,8 @@ def demographics(msg: Message, pid: Segment) -> Demographics:
         dob = pid.comp(7)[:8] or None
         if dob is not None and not _calendar_date(dob):
             raise MessageRejected("AE", f"PID-7 date of birth {dob!r} is not YYYYMMDD")
+        if dob and in_the_future(date(int(dob[:4]), int(dob[4:6]), int(dob[6:]))):
+            raise MessageRejected("AE", f"PID-7 date of birth {dob} is in the future")
     pd1 = msg.first("PD1")
     gp_practice = gp = None
     if pd1 is not None:
