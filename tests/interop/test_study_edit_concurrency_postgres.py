@@ -86,11 +86,14 @@ class Interleave:
         assert self.first_answered.wait(MEET_S), "the first edit never answered"
 
     def _someone_waits_for_a_lock(self) -> bool:
+        """An edit's row-lock statement (a SELECT ... FOR [NO KEY] UPDATE of the records,
+        studies or trust) is waiting: not a background job waiting for its own locks."""
         with self._archive.index.engine.connect() as conn:
             waiting = conn.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() "
+                    "AND query ~ 'FROM (patient|study|trust)\\s+WHERE.*FOR (NO KEY )?UPDATE'"
                 )
             ).scalar_one()
         return bool(waiting)
