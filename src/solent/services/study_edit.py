@@ -433,12 +433,12 @@ class StudyEditService:
         event, change feed); a new edit row when ``edit`` has no pk (one person's edit)."""
 
         def op(conn: Connection) -> int:
-            # Everything below is read after these locks: a concurrent edit of the same
-            # studies or records has committed (and is seen) or waits for this one.
             # An accession given (not one restored by a reversal) was checked when asked for
             # to name no other stored study nor another person's order: checked again here.
             given = edit.get("new_accession") is not None and edit.get("reverses") is None
             given = given and edit["kind"] in (store.ACCESSION, store.SPLIT)
+            # Everything below is read after these locks: a concurrent edit of the same
+            # studies or records has committed (and is seen) or waits for this one.
             store.lock(
                 conn,
                 [edit["study_uid"], edit.get("new_study_uid")],
@@ -453,7 +453,10 @@ class StudyEditService:
             if given:
                 holder = identity_store.get_patient(conn, int(edit["from_patient_pk"]))
                 if holder is None:
-                    raise StudyEditConflict(f"study {edit['study_uid']}: {regroup.CHANGED}")
+                    raise StudyEditConflict(
+                        f"study {edit['study_uid']}: its patient record was merged meanwhile; "
+                        "nothing changed"
+                    )
                 receiver = study if edit["kind"] == store.ACCESSION else {**study, "pk": None}
                 self._check_order(
                     conn, receiver, holder, edit["new_accession"], edit["new_accession_issuer"]
