@@ -362,6 +362,41 @@ def test_two_splits_at_once_never_leave_the_study_without_series(
     assert _counts(demo_client, reader)[a] == (1, 1)
 
 
+def test_a_split_of_a_study_merged_away_meanwhile_is_refused_with_409_not_404(
+    demo: Archive, demo_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other steward's merge of the study lands between planning the split and applying
+    it: the study was there when the split was asked for, so the answer is a conflict that
+    says where the study went (it was 404, as if it had never existed), and nothing moved."""
+    from solent.services import study_edit
+
+    admin = add_user(demo, "adminzb", "ZZB", "pacs_admin")
+    sender = add_user(demo, "modzb", "ZZB", "integration")
+    reader = add_user(demo, "drzb", "ZZB", "clinician")
+    s, m, s1, s2, m1 = (generate_uid() for _ in range(5))
+    assert _stow(demo_client, sender, _ct(s, s1), _ct(s, s2), _ct(m, m1)) == 200
+    request = study_edit.StudyEditService._request
+    other: list[Any] = []
+
+    def meanwhile(self: Any, principal: Any, values: dict[str, Any], *, cross: bool) -> Any:
+        if not other:
+            other.append(None)
+            other[0] = self.merge(principal, s, m, "one exam")
+        return request(self, principal, values, cross=cross)
+
+    monkeypatch.setattr(study_edit.StudyEditService, "_request", meanwhile)
+    body = {"series_uids": [s1], "reason": "two exams"}
+    late = demo_client.post(f"/api/identity/studies/{s}/split", json=body, headers=admin)
+    assert other[0]["status"] == "done"
+    assert late.status_code == 409, late.text
+    assert late.json()["detail"] == (
+        f"study {s} was merged into study {m} meanwhile; nothing changed"
+    ), late.text
+    counts = _counts(demo_client, reader)
+    assert s not in counts and counts[m] == (3, 3)
+    assert _events(demo, "study-split") == []
+
+
 def test_a_rejection_note_naming_the_old_study_withdraws_split_out_instances(
     demo: Archive, demo_client: TestClient
 ) -> None:

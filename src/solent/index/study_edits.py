@@ -10,6 +10,7 @@ Attributes Sequence. Each edit is a ``study_edit`` row; the service decides who 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -78,6 +79,45 @@ def pending_for(conn: Connection, study_uid: str) -> dict[str, Any] | None:
         .first()
     )
     return dict(row) if row else None
+
+
+def lock(
+    conn: Connection,
+    study_uids: Iterable[str | None],
+    patient_pks: Iterable[Any],
+    *,
+    accession_issuer: str | None = None,
+) -> None:
+    """Serialise edits of these studies and records (PostgreSQL row locks; SQLite has one
+    writer at a time already). Taken first in an edit's applying transaction, so its checks
+    read what a concurrent edit of the same studies committed: on READ COMMITTED two
+    transactions could otherwise both pass their checks and both write (two merges each into
+    the other, two splits emptying a study, a split of a study moved to another record). The
+    records first, as a patient merge takes them before it refiles their studies, then the
+    studies; each by key, so two edits never wait for each other in a circle. A study deleted
+    meanwhile is not locked (there is none): the checks then find it gone. The records' lock
+    (NO KEY UPDATE) waits for a patient merge or another edit of them, not for an ingest
+    filing a new study under them; the studies' (UPDATE) also makes an ingest into them wait.
+
+    ``accession_issuer``: the edit gives a study an accession of this trust, which no other
+    stored study may carry; edits giving one of that trust's accessions take turns (the trust
+    row's NO KEY UPDATE lock, which ingest's references to the trust do not wait for)."""
+    if conn.dialect.name != "postgresql":
+        return
+    p, st = t.patient.c, t.study.c
+    pks = sorted({int(pk) for pk in patient_pks if pk is not None})
+    if pks:
+        q = select(p.pk).where(p.pk.in_(pks)).order_by(p.pk)
+        conn.execute(q.with_for_update(key_share=True)).all()  # FOR NO KEY UPDATE
+    uids = sorted({uid for uid in study_uids if uid})
+    if uids:
+        conn.execute(
+            select(st.pk).where(st.study_uid.in_(uids)).order_by(st.pk).with_for_update()
+        ).all()
+    if accession_issuer is not None:
+        tr = t.trust.c
+        q = select(tr.code).where(tr.code == accession_issuer)
+        conn.execute(q.with_for_update(key_share=True)).all()  # FOR NO KEY UPDATE
 
 
 def decide(conn: Connection, pk: int, status: str, by: str) -> bool:

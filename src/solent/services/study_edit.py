@@ -412,6 +412,11 @@ class StudyEditService:
         if cross:
 
             def ask(conn: Connection) -> int:
+                store.lock(
+                    conn,
+                    [values["study_uid"]],
+                    [values["from_patient_pk"], values.get("to_patient_pk")],
+                )
                 if store.pending_for(conn, values["study_uid"]) is not None:
                     raise StudyEditConflict(rows.pending_text(values["study_uid"]))
                 pk = store.add_edit(conn, status=status, **values)
@@ -428,28 +433,52 @@ class StudyEditService:
         event, change feed); a new edit row when ``edit`` has no pk (one person's edit)."""
 
         def op(conn: Connection) -> int:
+            # An accession given (not one restored by a reversal) was checked when asked for
+            # to name no other stored study nor another person's order: checked again here.
+            given = edit.get("new_accession") is not None and edit.get("reverses") is None
+            given = given and edit["kind"] in (store.ACCESSION, store.SPLIT)
+            # Everything below is read after these locks: a concurrent edit of the same
+            # studies or records has committed (and is seen) or waits for this one.
+            store.lock(
+                conn,
+                [edit["study_uid"], edit.get("new_study_uid")],
+                [edit["from_patient_pk"], edit.get("to_patient_pk")],
+                accession_issuer=edit["new_accession_issuer"] if given else None,
+            )
             study = identity_store.study_by_uid(conn, edit["study_uid"])
-            if study is None:
-                raise NotFound(f"no study {edit['study_uid']}")
+            if study is None:  # it was there when the edit was asked for
+                raise StudyEditConflict(
+                    f"{regroup.gone(conn, edit['study_uid'])} meanwhile; nothing changed"
+                )
+            if given:
+                holder = identity_store.get_patient(conn, int(edit["from_patient_pk"]))
+                if holder is None:
+                    raise StudyEditConflict(
+                        f"study {edit['study_uid']}: its patient record was merged meanwhile; "
+                        "nothing changed"
+                    )
+                receiver = study if edit["kind"] == store.ACCESSION else {**study, "pk": None}
+                self._check_order(
+                    conn, receiver, holder, edit["new_accession"], edit["new_accession_issuer"]
+                )
             values = dict(edit)
             if edit["kind"] in store.REGROUPS:
                 for uid in (edit["study_uid"], edit["new_study_uid"]):  # asked for meanwhile
                     if store.pending_for(conn, uid) is not None:
                         raise StudyEditConflict(rows.pending_text(uid))
                 moved = regroup.refile(conn, study, edit)
+                done = not isinstance(moved, str)
+                why = f"{moved}; nothing changed" if isinstance(moved, str) else ""
                 values["series_uids"] = moved
-                done = moved is not None
-                why = "its series or studies changed meanwhile; nothing changed"
             elif edit["kind"] == store.MOVE:
                 done = store.refile_study(
                     conn, int(study["pk"]), int(edit["from_patient_pk"]), int(edit["to_patient_pk"])
                 )
                 why = "the study was moved (or its record merged) meanwhile; nothing changed"
             elif edit["kind"] == store.MOVE_SERIES:
-                done = regroup.refile_one(conn, study, edit)
-                why = (
-                    "the series or study was moved (or a record merged) meanwhile; nothing changed"
-                )
+                not_done = regroup.refile_one(conn, study, edit)
+                done = not_done is None
+                why = f"{not_done}; nothing changed"
             else:
                 done = store.set_accession(
                     conn,

@@ -93,13 +93,26 @@ def plan_merge(
     }
 
 
-def refile(conn: Connection, source: dict[str, Any], edit: dict[str, Any]) -> list[str] | None:
+def gone(conn: Connection, study_uid: str) -> str:
+    """What became of a study no longer stored (an edit found it when it was asked for)."""
+    into = store.merged_into(conn, study_uid)
+    if into is not None:
+        return f"study {study_uid} was merged into study {into}"
+    return f"study {study_uid} is no longer stored (merged or deleted)"
+
+
+#: Why a split or merge cannot be made now, when nothing more precise is known.
+CHANGED = "its series or studies changed meanwhile"
+
+
+def refile(conn: Connection, source: dict[str, Any], edit: dict[str, Any]) -> list[str] | str:
     """Move the edit's series (a merge: every series of ``source``) from ``source`` into
     ``new_study_uid``, made now when missing; the totals of both kept true, an emptied study
-    deleted. The series moved, or None when the studies or series changed meanwhile."""
+    deleted. The series moved, or why not when the studies or series changed meanwhile
+    (then the caller rolls back what was written)."""
     patient_pk = int(edit["from_patient_pk"])
     if int(source["patient_pk"]) != patient_pk:
-        return None
+        return "it was moved to another patient record (or its record merged) meanwhile"
     source_pk = int(source["pk"])
     uids = list(edit.get("series_uids") or store.series_of(conn, source_pk))
     forward = edit.get("reverses") is None
@@ -109,10 +122,14 @@ def refile(conn: Connection, source: dict[str, Any], edit: dict[str, Any]) -> li
         and edit["kind"] == store.SPLIT
         and not set(store.series_of(conn, source_pk)) - set(uids)
     ):
-        return None
+        return (
+            "its series changed meanwhile: the other series were split out or moved since, "
+            "and a split must leave at least one series in it"
+        )
     into = identity_store.study_by_uid(conn, edit["new_study_uid"])
     if into is None and edit["kind"] == store.MERGE and forward:
-        return None  # the study to merge into was merged away meanwhile: no study to make
+        # the study to merge into was merged away meanwhile: no study to make
+        return f"the study to merge into changed meanwhile: {gone(conn, edit['new_study_uid'])}"
     if into is None:
         if edit.get("study_attrs"):
             attrs = json.loads(edit["study_attrs"])
@@ -122,7 +139,7 @@ def refile(conn: Connection, source: dict[str, Any], edit: dict[str, Any]) -> li
             attrs["accession_issuer"] = edit["new_accession_issuer"]
         into_pk = store.new_study(conn, attrs, edit["new_study_uid"], patient_pk)
     elif int(into["patient_pk"]) != patient_pk or into["pk"] == source_pk:
-        return None
+        return CHANGED
     else:
         into_pk = int(into["pk"])
     moved = []
@@ -131,12 +148,12 @@ def refile(conn: Connection, source: dict[str, Any], edit: dict[str, Any]) -> li
         if series is None:  # withdrawn since (IOCM): nothing to move
             continue
         if int(series["study_pk"]) != source_pk:
-            return None
+            return CHANGED
         if not store.refile_series(conn, int(series["pk"]), source_pk, into_pk):
-            return None
+            return CHANGED
         moved.append(uid)
     if not moved:
-        return None
+        return CHANGED
     store.recount(conn, into_pk)
     store.recount(conn, source_pk)
     return moved
@@ -183,27 +200,45 @@ def state(edit: dict[str, Any], when: str) -> dict[str, Any]:
     }
 
 
-def refile_one(conn: Connection, study: dict[str, Any], edit: dict[str, Any]) -> bool:
+#: Why a series move cannot be made now, when nothing more precise is known.
+MOVED = "the series or study was moved (or a record merged) meanwhile"
+
+
+def refile_one(conn: Connection, study: dict[str, Any], edit: dict[str, Any]) -> str | None:
     """Put the series in its new study (made now, or the target's own), totals of both
-    kept true; a study left without series is deleted (a reversal's emptied study)."""
+    kept true; a study left without series is deleted (a reversal's emptied study). None
+    when done, else why not (the caller rolls back what was written)."""
     series = store.series_in(conn, edit["series_uid"])
     if (
         series is None
         or series["study_uid"] != edit["study_uid"]
         or int(study["patient_pk"]) != int(edit["from_patient_pk"])
     ):
-        return False
+        return MOVED
     into = identity_store.study_by_uid(conn, edit["new_study_uid"])
     if into is None:
+        # A reversal's study (the one the series came from), or a study named to receive
+        # it, that is gone meanwhile is not made again under its old UID.
+        if edit.get("reverses") is not None or store.merged_into(conn, edit["new_study_uid"]):
+            return (
+                "the study to move the series into changed meanwhile: "
+                f"{gone(conn, edit['new_study_uid'])}"
+            )
+        # Checked again here: another move since may have taken the series that would stay.
+        if not set(store.series_of(conn, int(study["pk"]))) - {edit["series_uid"]}:
+            return (
+                f"the other series of study {edit['study_uid']} were moved meanwhile: "
+                f"series {edit['series_uid']} is its only series now; move the study instead"
+            )
         into_pk = store.new_study_like(
             conn, study, edit["new_study_uid"], int(edit["to_patient_pk"])
         )
     elif int(into["patient_pk"]) != int(edit["to_patient_pk"]):
-        return False
+        return MOVED
     else:
         into_pk = int(into["pk"])
     if not store.refile_series(conn, int(series["pk"]), int(study["pk"]), into_pk):
-        return False
+        return MOVED
     store.recount(conn, into_pk)
     store.recount(conn, int(study["pk"]))
-    return True
+    return None
