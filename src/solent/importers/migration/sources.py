@@ -28,6 +28,7 @@ from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from solent.dicom.parse import nhs_number_of
 from solent.errors import InvalidInput
 from solent.importers.folder import iter_files
+from solent.protocols.dimse.net import responses_to_the_waiting_sender
 from solent.services.migration import Entry, Item, Source
 
 # Study Root Query/Retrieve Information Model FIND and GET (pynetdicom builds these names at
@@ -200,7 +201,7 @@ class DimseSource:
     def _associate(self, ae: AE, **kw: Any) -> Any:
         assoc = ae.associate(self.host, self.port, ae_title=self.called, **kw)
         if assoc.is_established:
-            return assoc
+            return responses_to_the_waiting_sender(assoc)  # no C-FIND/C-GET response lost
         if not assoc.is_rejected and not _reachable(self.host, self.port, self.timeout):
             raise ConnectionError(
                 f"cannot connect to {self.host}:{self.port} (is the legacy PACS running, are "

@@ -219,7 +219,46 @@ class SolentAE(ApplicationEntity):
         return sock
 
     def associate(self, *args: Any, **kwargs: Any) -> Association:
-        return suboperations.install(super().associate(*args, **kwargs))
+        return suboperations.install(
+            responses_to_the_waiting_sender(super().associate(*args, **kwargs))
+        )
+
+
+def responses_to_the_waiting_sender(assoc: Association) -> Association:
+    """Make the association's reactor leave DIMSE messages to the thread that paused it.
+
+    A thread that sends a request on an association it requested (a C-STORE sub-operation of
+    C-MOVE, any SCU request) pauses the association's reactor thread and then takes the
+    response from the DIMSE queue itself. pynetdicom's pause is racy: the reactor sets
+    ``_is_paused`` just before waiting on its checkpoint and clears it after, so a sender that
+    clears the checkpoint while the reactor has already passed it (and not yet cleared the flag)
+    sees "paused" and sends; if the reactor thread is not scheduled again before the response
+    arrives, it takes the response from the queue and discards it ("unexpected service
+    message"), and the sender waits the whole DIMSE timeout (120 s) for a response that came.
+    On a loaded host a C-MOVE to a workstation hung so about once in 25-150 moves.
+
+    Here the reactor's take (pynetdicom's only non-blocking ``get_msg``) gives nothing while
+    the checkpoint is cleared, i.e. while a sender waits. The check and the take are made under
+    the queue's lock, and a response can only be queued after its request, which is sent after
+    the checkpoint was cleared, so no response can slip past the check. Requests and responses
+    are otherwise taken as before.
+    """
+    dimse: Any = assoc.dimse
+    take = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if block:
+            return take(block=True)
+        messages = dimse.msg_queue
+        with messages.mutex:  # queue.Queue's own lock: put() cannot run meanwhile
+            if not assoc._reactor_checkpoint.is_set() or not messages._qsize():
+                return None, None
+            item = messages._get()
+            messages.not_full.notify()
+        return item
+
+    dimse.get_msg = get_msg
+    return assoc
 
 
 class _NoFlush:
