@@ -158,6 +158,28 @@ def test_escapes_expand_boundedly_and_a_malformed_one_reads_as_nothing(demo: Arc
     assert "\x00" not in stored and len(stored) < 100
 
 
+def test_a_local_id_no_dicom_patient_id_can_hold_is_refused_and_spaces_are_no_part_of_it(
+    demo: Archive,
+) -> None:
+    """Before: PID-3 ``A1\\E\\B`` made a record A1\\B (a backslash splits a DICOM Patient ID in
+    two) and `` A1 `` a record whose ID never matched its images' "A1"."""
+    ack = _segments(_handler(demo).handle(_a08_for("ID-1", "A1\\E\\B", "DEMO^BACK"), LOCAL))
+    assert ack["MSA"][1:3] == ["AE", "ID-1"] and "backslash" in ack["MSA"][3]
+    assert demo.identity.resolve("ZZA", "A1\\B") is None
+    ack = _segments(_handler(demo).handle(_a08_for("ID-2", " A100009 ", "DEMO^SPACE"), LOCAL))
+    assert ack["MSA"][1] == "AA"
+    assert demo.identity.resolve("ZZA", "A100009") is not None
+    assert demo.identity.resolve("ZZA", " A100009 ") is None
+
+
+@pytest.mark.parametrize("delimiters", ["^^\\&", "A~\\&", "^~\\ "])
+def test_delimiters_that_cannot_be_read_are_refused(demo: Archive, delimiters: str) -> None:
+    """MSH-2 with a delimiter twice, a letter or a space: AR, nothing applied."""
+    msg = _a08_for("DLM-1", "A100001", "DEMO^ALICE").replace("^~\\&", delimiters, 1)
+    ack = _segments(_handler(demo).handle(msg, LOCAL))
+    assert ack["MSA"][1] == "AR" and "delimiters" in ack["MSA"][3]
+
+
 def test_a_message_with_a_nul_character_is_refused_and_changes_nothing(demo: Archive) -> None:
     """Before: AA and the NUL stored in the name on SQLite; on PostgreSQL the journal insert
     failed and the sender got no answer at all."""
