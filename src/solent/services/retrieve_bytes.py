@@ -16,11 +16,13 @@ from typing import BinaryIO, Literal, Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_preamble
+from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from solent.dicom import header_splice as hs
-from solent.dicom.transcode import TranscodeError, values_as_little_endian
+from solent.dicom.transcode import TranscodeError, transcode_instance, values_as_little_endian
 from solent.services.outgoing_identity import CurrentIdentity
 from solent.storage import BlobStore
 
@@ -169,6 +171,16 @@ def reencoded_header(
 def wire_dataset(store: BlobStore, ref: Located, identity: CurrentIdentity | None) -> bytes:
     """The dataset without preamble and file meta, in the stored syntax, with the record's
     current identity spliced in when ``identity`` is given and it changed."""
+    dataset = _wire_dataset(store, ref, identity)
+    if ref.transfer_syntax_uid == DEFLATED and len(dataset) % 2:
+        # PS3.5 A.5: a deflated stream of odd length is padded with one trailing NUL (inflate
+        # stops at the end of the stream). A DIMSE peer refuses an odd-length data set:
+        # DCMTK's getscu/storescp dropped the instance ("Odd Fragment Length").
+        return dataset + b"\x00"
+    return dataset
+
+
+def _wire_dataset(store: BlobStore, ref: Located, identity: CurrentIdentity | None) -> bytes:
     data = read_all(store, ref)
     if identity is not None:
         try:
@@ -185,7 +197,10 @@ def wire_dataset(store: BlobStore, ref: Located, identity: CurrentIdentity | Non
 def open_wire(store: BlobStore, ref: Located, identity: CurrentIdentity | None) -> OutgoingDataset:
     """What :func:`wire_dataset` gives, streamed: only the head of the stored file is read
     (64 KB, more while the patient elements need it), the rest is read by the sender in
-    slices, so a 300 MB instance costs the sender's buffer, not 300 MB."""
+    slices, so a 300 MB instance costs the sender's buffer, not 300 MB. A deflated data set
+    is read whole (its identity is re-encoded, its length made even)."""
+    if ref.transfer_syntax_uid == DEFLATED:
+        return OutgoingDataset(wire_dataset(store, ref, identity), None, 0)
     fp = store.open(ref.blob_key)
     try:
         size = fp.seek(0, io.SEEK_END)
@@ -259,3 +274,20 @@ def uncompressed(store: BlobStore, ref: Located, identity: CurrentIdentity | Non
             f"cannot decode {ref.sop_instance_uid} ({ref.transfer_syntax_uid}): {exc}"
         ) from exc
     return ds
+
+
+def transcoded_wire(
+    store: BlobStore, ref: Located, identity: CurrentIdentity | None, transfer_syntax: str
+) -> bytes:
+    """The data set without file meta, re-encoded in ``transfer_syntax`` (Explicit VR Little
+    Endian around encapsulated pixels), with the current identity when ``identity`` is given."""
+    with store.open(ref.blob_key) as fp:
+        part10 = transcode_instance(fp, transfer_syntax)
+    ds = pydicom.dcmread(io.BytesIO(part10))
+    if identity is not None:
+        identity.patch_dataset(ref.study_uid, ds)
+    out = DicomBytesIO()
+    out.is_little_endian = True
+    out.is_implicit_VR = transfer_syntax == "1.2.840.10008.1.2"
+    write_dataset(out, ds)
+    return out.getvalue()
