@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_preamble
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from solent.dicom import header_splice as hs
@@ -116,13 +116,38 @@ def with_identity(data: bytes, ref: Located, identity: CurrentIdentity) -> bytes
     except hs.Unsupported:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         if not identity.patch_dataset(ref.study_uid, ds):
-            return data
+            return data if data[128:132] == b"DICM" else as_part10(data, ref, ds)
+        if "TransferSyntaxUID" not in ds.file_meta:
+            ds.file_meta = _file_meta(ref, ds)
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=True)
         return out.getvalue()
     if spliced is None:
         return data
     return b"".join((spliced.head, memoryview(data)[spliced.tail_offset :]))
+
+
+def _file_meta(ref: Located, ds: Dataset) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(str(ds.get("SOPClassUID", "")))
+    meta.MediaStorageSOPInstanceUID = UID(ref.sop_instance_uid)
+    meta.TransferSyntaxUID = UID(ref.transfer_syntax_uid)
+    return meta
+
+
+def as_part10(data: bytes, ref: Located, ds: Dataset) -> bytes:
+    """A file stored as received without preamble (and maybe without file meta), as the
+    Part 10 file application/dicom must be (PS3.18 8.7.3.1; PS3.10 7.1): a preamble, and file
+    meta naming the syntax the data set was read in, before the stored bytes. Served as
+    stored, pydicom, DCMTK and browsers' DICOM parsers refused it ("missing DICM prefix")."""
+    if data[:4] == b"DICM":  # file meta without preamble
+        return bytes(128) + data
+    if data[:2] == b"\x02\x00":  # file meta without preamble and DICM prefix
+        return bytes(128) + b"DICM" + data
+    head = DicomBytesIO()
+    head.write(bytes(128) + b"DICM")
+    write_file_meta_info(head, _file_meta(ref, ds), enforce_standard=True)
+    return bytes(head.getvalue()) + data
 
 
 def spliced_header(
