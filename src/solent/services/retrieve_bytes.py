@@ -273,6 +273,10 @@ def _reencoded_wire(data: bytes, ref: Located, identity: CurrentIdentity) -> byt
     return encoded[start:]
 
 
+EXPLICIT = "1.2.840.10008.1.2.1"
+NATIVE_SYNTAXES = frozenset({EXPLICIT, "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", DEFLATED})
+
+
 def uncompressed(store: BlobStore, ref: Located, identity: CurrentIdentity | None) -> Dataset:
     """The instance as a dataset in Explicit VR Little Endian, pixel data decoded, with the
     record's current patient attributes when ``identity`` is given."""
@@ -280,8 +284,13 @@ def uncompressed(store: BlobStore, ref: Located, identity: CurrentIdentity | Non
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ref.transfer_syntax_uid)))
-        if ts.is_compressed:
-            ds.decompress(generate_instance_uid=False)
+        if ts not in NATIVE_SYNTAXES:
+            try:
+                ds.decompress(generate_instance_uid=False)
+            except Exception:
+                # What pydicom does not decode (JPEG XL, Deflated Image Frame; JPEG streams
+                # libjpeg refuses): the transcoder's decoders (imagecodecs).
+                ds = pydicom.dcmread(io.BytesIO(transcode_instance(io.BytesIO(data), EXPLICIT)))
         elif ts == "1.2.840.10008.1.2.2" and "PixelData" in ds:
             # Big endian: swap the pixel words by decoding and re-encoding them.
             arr = ds.pixel_array
