@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -666,6 +667,59 @@ def test_getscu_preferring_another_syntax_receives_the_instance_pixel_identical(
     assert ds.file_meta.TransferSyntaxUID == arrives_in
     assert np.array_equal(ds.pixel_array, original.pixel_array), name
     assert str(ds.PatientName) == str(original.PatientName)
+
+
+def test_a_get_with_find_proposed_too_gets_the_instance_in_the_only_accepted_syntax(
+    pacs: RunningServer,
+) -> None:
+    """The same on the pynetdicom engine, which serves an association that proposes C-FIND
+    with C-GET (as viewers do): JPEG Lossless only for MR, stored uncompressed; it failed
+    the sub-operation (A702) and sent nothing."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        MRImageStorage,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    path = CORPUS / "ts_explicit_vr_le_mr_siemens_trio.dcm"
+    assert store_statuses(_out(dcmsend(pacs, path))) == ["Success"]
+    original = pydicom.dcmread(path)
+    received: list[pydicom.Dataset] = []
+
+    def on_store(event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0
+
+    ae = AE(ae_title=AET)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(MRImageStorage, ["1.2.840.10008.1.2.4.70"])
+    assoc = ae.associate(
+        "127.0.0.1",
+        pacs.ports["dicom"],
+        ae_title="SOLENT",
+        ext_neg=[build_role(MRImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = original.StudyInstanceUID
+    query.SeriesInstanceUID = original.SeriesInstanceUID
+    query.SOPInstanceUID = original.SOPInstanceUID
+    statuses = [
+        int(status.Status)
+        for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+        if status
+    ]
+    assoc.release()
+    assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
+    (ds,) = received
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    assert np.array_equal(ds.pixel_array, original.pixel_array)
 
 
 def test_a_rejection_note_sent_by_dcmsend_withdraws_a_series(
