@@ -11,6 +11,7 @@ differ by one in the last bit of the IDCT).
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,10 @@ import pydicom
 import pytest
 from pydicom.encaps import generate_frames
 
+from solent.app import Archive
 from solent.dicom import transcode as tc
+from solent.protocols.dimse.access import identify_peer
+from solent.services.retrieve import RetrieveKeys
 
 
 def test_a_nonconformant_12bit_jpeg_decodes_to_its_conformant_twin(corpus_dir: Path) -> None:
@@ -61,3 +65,38 @@ def test_frames_and_whole_file_of_a_nonconformant_12bit_jpeg_decode(
     assert 0 < int(arr.max()) < 2**ds.BitsStored and arr.std() > 0
     with path.open("rb") as fp:
         assert np.array_equal(tc.decode_file_frame(fp, 0), arr)
+
+
+@pytest.mark.parametrize(
+    "name", ["ts_jpegxl_us_27frames.dcm", "mod_mg_sc_wg04_jpeg_12bit_nonconformant.dcm"]
+)
+def test_a_peer_without_the_stored_syntax_gets_it_decoded(
+    archive: Archive, corpus_dir: Path, tmp_path: Path, name: str
+) -> None:
+    """What C-GET / C-MOVE send to a peer that accepted only uncompressed syntaxes. pydicom
+    3.0 neither decodes JPEG XL nor knows it as a transfer syntax ("UID is not a transfer
+    syntax"), and libjpeg refuses the mammogram: every such sub-operation failed."""
+    archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
+    peer = identify_peer(
+        archive.services.directory,
+        calling_ae="SCU",
+        called_ae=archive.settings.ae_title,
+        address="127.0.0.1",
+        allow_unknown=False,
+        unknown_trust="",
+    )
+    assert peer is not None
+    who = peer.principal
+    path = tmp_path / name
+    shutil.copy(corpus_dir / name, path)
+    assert archive.ingestor.ingest_file(path, who, peer.provenance).ok
+    original = pydicom.dcmread(path, stop_before_pixels=True)
+    svc = archive.services.retrieve
+    keys = RetrieveKeys("STUDY", study_uids=(str(original.StudyInstanceUID),))
+    (ref,) = svc.locate(who, keys, channel="test", destination="test")
+    ds = svc.uncompressed(who, ref, svc.current_identity(who, who.trust))
+    assert ds.file_meta.TransferSyntaxUID == tc.EXPLICIT_LE
+    frames = int(original.get("NumberOfFrames", 1) or 1)
+    shape = (original.Rows, original.Columns, int(original.SamplesPerPixel))
+    arr = ds.pixel_array
+    assert arr.size == frames * shape[0] * shape[1] * shape[2] and arr.std() > 0
