@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -635,6 +636,90 @@ def test_getscu_with_explicit_le_only_gets_implicit_and_big_endian_instances_int
         assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1", name
         assert _values(ds) == _values(original), name
         assert np.array_equal(ds.pixel_array, original.pixel_array), name
+
+
+@pytest.mark.parametrize(
+    ("name", "prefer", "arrives_in"),
+    [
+        # getscu +xs / +xv / +xb accepts one syntax per storage class: the first it proposes
+        # (JPEG Lossless, JPEG 2000 Lossless, Big Endian). Every instance stored in another
+        # syntax was failed (A702, nothing received) though the peer had also proposed
+        # uncompressed ones: now re-encoded losslessly, or the context is not big endian.
+        ("ts_explicit_vr_le_mr_siemens_trio.dcm", "+xs", "1.2.840.10008.1.2.4.70"),
+        ("ts_jpeg_lossless_sv1_mr_dcmtk.dcm", "+xv", "1.2.840.10008.1.2.4.90"),
+        ("ts_implicit_vr_le_mr_siemens_trio_gdcm.dcm", "+xb", "1.2.840.10008.1.2.1"),
+        # Deflated: a data set of odd length is refused by DCMTK ("Odd Fragment Length"),
+        # see test_retrieve_deflated_wire for one sent as stored.
+        ("ts_deflated_sc_image.dcm", "+xd", "1.2.840.10008.1.2.1.99"),
+    ],
+)
+def test_getscu_preferring_another_syntax_receives_the_instance_pixel_identical(
+    pacs: RunningServer, tmp_path: Path, name: str, prefer: str, arrives_in: str
+) -> None:
+    path = CORPUS / name
+    assert store_statuses(_out(dcmsend(pacs, path))) == ["Success"]
+    original = pydicom.dcmread(path)
+    result = _get(pacs, tmp_path, *_image_keys(original), options=("-v", "-S", prefer))
+    got = [pydicom.dcmread(p) for p in tmp_path.iterdir()]
+    assert len(got) == 1, f"{name} not received with {prefer}: {_out(result)[-800:]}"
+    ds = got[0]
+    assert ds.SOPInstanceUID == original.SOPInstanceUID
+    assert ds.file_meta.TransferSyntaxUID == arrives_in
+    assert np.array_equal(ds.pixel_array, original.pixel_array), name
+    assert str(ds.PatientName) == str(original.PatientName)
+
+
+def test_a_get_with_find_proposed_too_gets_the_instance_in_the_only_accepted_syntax(
+    pacs: RunningServer,
+) -> None:
+    """The same on the pynetdicom engine, which serves an association that proposes C-FIND
+    with C-GET (as viewers do): JPEG Lossless only for MR, stored uncompressed; it failed
+    the sub-operation (A702) and sent nothing."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        MRImageStorage,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    path = CORPUS / "ts_explicit_vr_le_mr_siemens_trio.dcm"
+    assert store_statuses(_out(dcmsend(pacs, path))) == ["Success"]
+    original = pydicom.dcmread(path)
+    received: list[pydicom.Dataset] = []
+
+    def on_store(event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0
+
+    ae = AE(ae_title=AET)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(MRImageStorage, ["1.2.840.10008.1.2.4.70"])
+    assoc = ae.associate(
+        "127.0.0.1",
+        pacs.ports["dicom"],
+        ae_title="SOLENT",
+        ext_neg=[build_role(MRImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = original.StudyInstanceUID
+    query.SeriesInstanceUID = original.SeriesInstanceUID
+    query.SOPInstanceUID = original.SOPInstanceUID
+    statuses = [
+        int(status.Status)
+        for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+        if status
+    ]
+    assoc.release()
+    assert statuses[-1] == 0x0000, [hex(s) for s in statuses]
+    (ds,) = received
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    assert np.array_equal(ds.pixel_array, original.pixel_array)
 
 
 def test_a_rejection_note_sent_by_dcmsend_withdraws_a_series(

@@ -24,10 +24,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import UID
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
@@ -263,6 +264,39 @@ def encode(dataset: Dataset, layout: Layout) -> list[tuple[int, bytes]]:
     data = fp.getvalue()
     found = _Walker(data, layout.implicit_vr, layout.little_endian).top_level(0, 0xFFFFFFFF, True)
     return [(tag, data[s:e]) for tag, s, e in found.elements]
+
+
+SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
+
+
+def _uid(value: object) -> str:
+    return str(value or "").rstrip("\x00 ")
+
+
+def fixed_meta(buf: bytes | memoryview, layout: Layout, found: Walk) -> bytes | None:
+    """Preamble, DICM and a file meta whose Media Storage SOP Class/Instance UIDs are the
+    dataset's, when the stored meta names others or none (PS3.10 7.1: they must be the
+    same). Files edited by tools that left the meta alone (anonymisers giving the dataset
+    new UIDs, RT objects re-identified, a meta without (0002,0002)) are stored as received,
+    and were served with a meta that contradicts their dataset. None when it agrees."""
+    own = decode(raw_elements(buf, found, (SOP_CLASS_UID, SOP_INSTANCE_UID)), layout)
+    sop_class, sop_instance = _uid(own.get("SOPClassUID")), _uid(own.get("SOPInstanceUID"))
+    if not sop_class or not sop_instance:
+        return None
+    meta = FileMetaDataset(
+        read_dataset(BytesIO(bytes(buf[132 : layout.dataset_start])), False, True)
+    )
+    if (
+        _uid(meta.get("MediaStorageSOPClassUID")) == sop_class
+        and _uid(meta.get("MediaStorageSOPInstanceUID")) == sop_instance
+    ):
+        return None
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    out = DicomBytesIO()
+    out.write(bytes(buf[:128]) + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    return bytes(out.getvalue())
 
 
 def is_group_length(tag: int) -> bool:

@@ -18,6 +18,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from solent.dicom import iso2022
 from solent.dicom.metadata_json import person_name_json
 
 MODIFYING_SYSTEM = "SOLENT"
@@ -34,12 +35,18 @@ def _as_dataset(item: Mapping[str, Any]) -> Dataset:
 
 
 def _plain(value: Any) -> Any:
-    """A comparable form of a pydicom value (sequences as lists of dicts)."""
+    """A comparable form of a pydicom value (sequences as lists of dicts).
+
+    Text as the index holds it (``parse._text``): without ISO 2022 escape sequences, which
+    pydicom leaves in text decoded from ISO 2022 IR 58. Compared with them, the record's
+    name never matched a GB 2312 name, so every retrieve "corrected" it, and pydicom writes
+    IR 58 text without its escape sequences: the name went out as mojibake.
+    """
     if isinstance(value, Sequence):
         return [{e.keyword: _plain(e.value) for e in item} for item in value]
     if value is None:
         return ""
-    return str(value)
+    return iso2022.strip(str(value))
 
 
 def modification_stamp(when: datetime | None = None) -> str:

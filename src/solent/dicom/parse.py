@@ -148,10 +148,29 @@ def _text(ds: Dataset, keyword: str, limit: int = 256) -> str | None:
         value = _get(ds, keyword)
     except Exception:
         return None
-    if value is None or value == "":
+    if value is None or value == "" or value == b"":
         return None
+    if isinstance(value, bytes | bytearray):
+        value = _decoded(ds, bytes(value))
     text = iso2022.strip(str(value)).strip().replace("\x00", "")
     return text[:limit] or None
+
+
+def _decoded(ds: Dataset, raw: bytes) -> str:
+    """A text attribute received with a binary VR (UN from a node that did not know the
+    attribute, or a wrong OB), decoded in the dataset's character set. ``str()`` of the bytes
+    would index the Python literal ("b'SMITH^JOHN'") as the patient's name, and identity
+    patching would then send that literal as the name of the patient's other instances."""
+    try:
+        charset = ds.get("SpecificCharacterSet") or "ISO_IR 6"
+        encodings = pydicom.charset.convert_encodings(
+            [charset] if isinstance(charset, str) else list(charset)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return str(pydicom.charset.decode_bytes(raw, encodings, set()))
+    except Exception:
+        return raw.decode("latin-1")
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:

@@ -161,10 +161,41 @@ def decode_frame(data: bytes, header: PixelHeader, ts: str) -> np.ndarray:
             arr, _ = get_decoder(UID(EXPLICIT_LE)).as_array(raw, **header.decode_options())
             return arr
         src = data if ts in NATIVE else encapsulate([data])
-        arr, _ = get_decoder(UID(ts)).as_array(src, **header.decode_options())
+        try:
+            arr, _ = get_decoder(UID(ts)).as_array(src, **header.decode_options())
+        except Exception:
+            fallback = _jpeg_fallback(data, header, ts)
+            if fallback is None:
+                raise
+            return fallback
         return arr
     except Exception as exc:
         raise TranscodeError(f"cannot decode a frame of {_name(ts)}: {exc}"[:300]) from exc
+
+
+def _jpeg_fallback(data: bytes, header: PixelHeader, ts: str) -> np.ndarray | None:
+    """A JPEG baseline / extended frame libjpeg (pylibjpeg) refuses, through libjpeg-turbo
+    (imagecodecs): 12-bit streams of some writers ("A misplaced marker", libjpeg -1038, in
+    the WG04 mammogram and NM samples) decode there to the same pixels. None when it does
+    not apply (other syntaxes, signed pixels) or fails too."""
+    if ts not in (JPEG_BASELINE, JPEG_EXTENDED) or header.pixel_representation:
+        return None
+    try:
+        arr = np.asarray(imagecodecs.jpeg8_decode(data))
+    except Exception:
+        return None
+    expected: tuple[int, ...] = (header.rows, header.columns)
+    if header.samples_per_pixel > 1:
+        expected += (header.samples_per_pixel,)
+    return arr if arr.shape == expected else None
+
+
+def _frames_of(ds: Dataset, source: str) -> np.ndarray:
+    """Every frame through :func:`decode_frame` (its fallbacks), stacked like pixel_array."""
+    header = _header_of(ds)
+    frames = generate_frames(ds.PixelData, number_of_frames=header.number_of_frames)
+    out = [decode_frame(f, header, source) for f in frames]
+    return np.stack(out) if header.number_of_frames > 1 else out[0]
 
 
 def decode_file_frame(fp: BinaryIO, index: int) -> np.ndarray:
@@ -180,8 +211,13 @@ def decode_file_frame(fp: BinaryIO, index: int) -> np.ndarray:
                 if i == index:
                     return decode_frame(frame, _header_of(ds), ts)
             raise TranscodeError(f"frame {index + 1} is not in the instance")
-        arr = ds.pixel_array
         frames_in = int(ds.get("NumberOfFrames", 1) or 1)
+        try:
+            arr = ds.pixel_array
+        except Exception:
+            if ts not in (JPEG_BASELINE, JPEG_EXTENDED):
+                raise
+            arr = _frames_of(ds, ts)
         return np.asarray(arr[index] if frames_in > 1 else arr)
     except TranscodeError:
         raise
@@ -405,11 +441,13 @@ def _record_lossy(ds: Dataset, raw_bytes: int, coded_bytes: int) -> None:
 def _decode_all(ds: Dataset, source: str) -> np.ndarray:
     try:
         if source in JPEG_XL_SYNTAXES or source == DEFLATED_IMAGE_FRAME:
-            header = _header_of(ds)
-            frames = generate_frames(ds.PixelData, number_of_frames=header.number_of_frames)
-            out = [decode_frame(f, header, source) for f in frames]
-            return np.stack(out) if header.number_of_frames > 1 else out[0]
-        arr = np.asarray(ds.pixel_array)
+            return _frames_of(ds, source)
+        try:
+            arr = np.asarray(ds.pixel_array)
+        except Exception:
+            if source not in (JPEG_BASELINE, JPEG_EXTENDED):
+                raise
+            arr = _frames_of(ds, source)
         return arr.astype(arr.dtype.newbyteorder("="), copy=False)
     except TranscodeError:
         raise

@@ -130,7 +130,7 @@ def _patient_pk(
 ) -> int:
     c = t.patient.c
     found = conn.execute(
-        select(c.pk).where(c.issuer == issuer, c.local_id == p["local_id"])
+        select(c.pk, c.birth_date, c.sex).where(c.issuer == issuer, c.local_id == p["local_id"])
     ).first()
     if not found:
         replaced_by = _retired_into(conn, issuer, p["local_id"])
@@ -149,6 +149,7 @@ def _patient_pk(
     if found:
         # The trust's record may already carry demographics (from earlier studies or HL7);
         # images only fill what is still empty, never overwrite.
+        _flag_conflicting_demographics(conn, found, issuer, p)
         if p["nhs_number"] is not None:
             filled = conn.execute(
                 update(t.patient)
@@ -191,6 +192,32 @@ def _patient_pk(
     )
     _queue_nhs_number(conn, pk, issuer, p)
     return pk
+
+
+def _flag_conflicting_demographics(
+    conn: Connection, record: Any, issuer: str, p: dict[str, Any]
+) -> None:
+    """Images whose birth date or sex contradicts the record they are filed under (same
+    trust, same Patient ID): they are filed under it and go out with its demographics, so a
+    person must see it; it may be another patient's images under a reused or mistyped ID.
+    Silently, images of a boy born 2006 went out as a girl born 2014's."""
+    differ = [
+        f"{label} {mine} (record: {theirs})"
+        for label, mine, theirs in (
+            ("birth date", p.get("birth_date"), record.birth_date),
+            ("sex", p.get("sex"), record.sex),
+        )
+        if mine and theirs and str(mine) != str(theirs)
+    ]
+    if differ:
+        identity_store.add_work_item(
+            conn,
+            kind="image-demographics-mismatch",
+            detail=f"images filed under {issuer} {p['local_id']} give {', '.join(differ)}",
+            issuer=issuer,
+            local_id=p["local_id"],
+            patient_pk=int(record.pk),
+        )
 
 
 def _judge_range(patient: dict[str, Any], production: bool) -> dict[str, Any]:

@@ -153,10 +153,16 @@ class OutgoingIdentity:
                 self._plans.clear()
             self._plans[key] = cached
         new = cached[0]
-        if new is None:
+        try:
+            meta = hs.fixed_meta(buf, layout, found)
+        except Exception as exc:  # a file meta pydicom cannot read or write
+            raise hs.Unsupported(f"file meta: {exc}") from exc
+        if new is None and meta is None:
             return None
-        head = hs.splice(buf, found, tags, new)
-        return SplicedHead(head, found.stop, layout.dataset_start)
+        head = hs.splice(buf, found, tags, new) if new is not None else bytes(buf[: found.stop])
+        if meta is None:
+            return SplicedHead(head, found.stop, layout.dataset_start)
+        return SplicedHead(meta + head[layout.dataset_start :], found.stop, len(meta))
 
     def patch_json(self, study_uid: str, obj: dict[str, Any]) -> bool:
         """Patch one DICOM JSON object in place; True when it changed.

@@ -274,6 +274,17 @@ class RetrieveService:
         """The instance decoded, in Explicit VR Little Endian (a peer without its syntax)."""
         return rb.uncompressed(self._store, ref, identity)
 
+    def transcoded_wire(
+        self,
+        principal: Principal,
+        ref: StoredInstanceRef,
+        identity: CurrentIdentity | None,
+        transfer_syntax: str,
+    ) -> bytes:
+        """The data set (no file meta) re-encoded in ``transfer_syntax`` (a peer that accepted
+        only that syntax), with the record's current identity; TranscodeError when it cannot."""
+        return rb.transcoded_wire(self._store, ref, identity, transfer_syntax)
+
     def current_identity(self, principal: Principal, viewing_trust: str | None) -> CurrentIdentity:
         """The per-retrieve cache of the records' current patient attributes, as
         ``viewing_trust`` sees the person (services/trust_view.py): the caller's trust for

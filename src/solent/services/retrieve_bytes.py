@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_preamble
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from solent.dicom import header_splice as hs
-from solent.dicom.transcode import TranscodeError, values_as_little_endian
+from solent.dicom.transcode import TranscodeError, transcode_instance, values_as_little_endian
 from solent.services.outgoing_identity import CurrentIdentity
 from solent.storage import BlobStore
 
@@ -114,13 +116,38 @@ def with_identity(data: bytes, ref: Located, identity: CurrentIdentity) -> bytes
     except hs.Unsupported:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         if not identity.patch_dataset(ref.study_uid, ds):
-            return data
+            return data if data[128:132] == b"DICM" else as_part10(data, ref, ds)
+        if "TransferSyntaxUID" not in ds.file_meta:
+            ds.file_meta = _file_meta(ref, ds)
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=True)
         return out.getvalue()
     if spliced is None:
         return data
     return b"".join((spliced.head, memoryview(data)[spliced.tail_offset :]))
+
+
+def _file_meta(ref: Located, ds: Dataset) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(str(ds.get("SOPClassUID", "")))
+    meta.MediaStorageSOPInstanceUID = UID(ref.sop_instance_uid)
+    meta.TransferSyntaxUID = UID(ref.transfer_syntax_uid)
+    return meta
+
+
+def as_part10(data: bytes, ref: Located, ds: Dataset) -> bytes:
+    """A file stored as received without preamble (and maybe without file meta), as the
+    Part 10 file application/dicom must be (PS3.18 8.7.3.1; PS3.10 7.1): a preamble, and file
+    meta naming the syntax the data set was read in, before the stored bytes. Served as
+    stored, pydicom, DCMTK and browsers' DICOM parsers refused it ("missing DICM prefix")."""
+    if data[:4] == b"DICM":  # file meta without preamble
+        return bytes(128) + data
+    if data[:2] == b"\x02\x00":  # file meta without preamble and DICM prefix
+        return bytes(128) + b"DICM" + data
+    head = DicomBytesIO()
+    head.write(bytes(128) + b"DICM")
+    write_file_meta_info(head, _file_meta(ref, ds), enforce_standard=True)
+    return bytes(head.getvalue()) + data
 
 
 def spliced_header(
@@ -169,6 +196,16 @@ def reencoded_header(
 def wire_dataset(store: BlobStore, ref: Located, identity: CurrentIdentity | None) -> bytes:
     """The dataset without preamble and file meta, in the stored syntax, with the record's
     current identity spliced in when ``identity`` is given and it changed."""
+    dataset = _wire_dataset(store, ref, identity)
+    if ref.transfer_syntax_uid == DEFLATED and len(dataset) % 2:
+        # PS3.5 A.5: a deflated stream of odd length is padded with one trailing NUL (inflate
+        # stops at the end of the stream). A DIMSE peer refuses an odd-length data set:
+        # DCMTK's getscu/storescp dropped the instance ("Odd Fragment Length").
+        return dataset + b"\x00"
+    return dataset
+
+
+def _wire_dataset(store: BlobStore, ref: Located, identity: CurrentIdentity | None) -> bytes:
     data = read_all(store, ref)
     if identity is not None:
         try:
@@ -185,7 +222,10 @@ def wire_dataset(store: BlobStore, ref: Located, identity: CurrentIdentity | Non
 def open_wire(store: BlobStore, ref: Located, identity: CurrentIdentity | None) -> OutgoingDataset:
     """What :func:`wire_dataset` gives, streamed: only the head of the stored file is read
     (64 KB, more while the patient elements need it), the rest is read by the sender in
-    slices, so a 300 MB instance costs the sender's buffer, not 300 MB."""
+    slices, so a 300 MB instance costs the sender's buffer, not 300 MB. A deflated data set
+    is read whole (its identity is re-encoded, its length made even)."""
+    if ref.transfer_syntax_uid == DEFLATED:
+        return OutgoingDataset(wire_dataset(store, ref, identity), None, 0)
     fp = store.open(ref.blob_key)
     try:
         size = fp.seek(0, io.SEEK_END)
@@ -233,6 +273,10 @@ def _reencoded_wire(data: bytes, ref: Located, identity: CurrentIdentity) -> byt
     return encoded[start:]
 
 
+EXPLICIT = "1.2.840.10008.1.2.1"
+NATIVE_SYNTAXES = frozenset({EXPLICIT, "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", DEFLATED})
+
+
 def uncompressed(store: BlobStore, ref: Located, identity: CurrentIdentity | None) -> Dataset:
     """The instance as a dataset in Explicit VR Little Endian, pixel data decoded, with the
     record's current patient attributes when ``identity`` is given."""
@@ -240,8 +284,13 @@ def uncompressed(store: BlobStore, ref: Located, identity: CurrentIdentity | Non
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ref.transfer_syntax_uid)))
-        if ts.is_compressed:
-            ds.decompress(generate_instance_uid=False)
+        if ts not in NATIVE_SYNTAXES:
+            try:
+                ds.decompress(generate_instance_uid=False)
+            except Exception:
+                # What pydicom does not decode (JPEG XL, Deflated Image Frame; JPEG streams
+                # libjpeg refuses): the transcoder's decoders (imagecodecs).
+                ds = pydicom.dcmread(io.BytesIO(transcode_instance(io.BytesIO(data), EXPLICIT)))
         elif ts == "1.2.840.10008.1.2.2" and "PixelData" in ds:
             # Big endian: swap the pixel words by decoding and re-encoding them.
             arr = ds.pixel_array
@@ -259,3 +308,20 @@ def uncompressed(store: BlobStore, ref: Located, identity: CurrentIdentity | Non
             f"cannot decode {ref.sop_instance_uid} ({ref.transfer_syntax_uid}): {exc}"
         ) from exc
     return ds
+
+
+def transcoded_wire(
+    store: BlobStore, ref: Located, identity: CurrentIdentity | None, transfer_syntax: str
+) -> bytes:
+    """The data set without file meta, re-encoded in ``transfer_syntax`` (Explicit VR Little
+    Endian around encapsulated pixels), with the current identity when ``identity`` is given."""
+    with store.open(ref.blob_key) as fp:
+        part10 = transcode_instance(fp, transfer_syntax)
+    ds = pydicom.dcmread(io.BytesIO(part10))
+    if identity is not None:
+        identity.patch_dataset(ref.study_uid, ds)
+    out = DicomBytesIO()
+    out.is_little_endian = True
+    out.is_implicit_VR = transfer_syntax == "1.2.840.10008.1.2"
+    write_dataset(out, ds)
+    return out.getvalue()

@@ -6,6 +6,7 @@ to send or a NotAcceptable with a message a person can act on.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from solent.dicom import transcode as tc
@@ -144,41 +145,54 @@ class FramePlan:
 
 def negotiate_pixels(ranges: list[MediaRange], stored: str) -> FramePlan:
     """How to send pixel data frames (or Pixel Data bulk data) stored in ``stored``."""
-    stored_native = stored in tc.NATIVE
-    for r in ranges:
-        inner, ts = r.inner, r.transfer_syntax
-        if inner in WILDCARDS or (inner == "image/*" and not stored_native):
-            if ts in (None, "*", stored):
-                if stored_native:
-                    return FramePlan(OCTETS, tc.EXPLICIT_LE, False)
-                return FramePlan(stored_media_type(stored), stored, True)
-            continue
-        if inner == OCTETS:
-            if ts == "*":  # any syntax, labelled octet-stream (what OHIF asks for)
-                if stored_native:
-                    return FramePlan(OCTETS, tc.EXPLICIT_LE, False)
-                return FramePlan(OCTETS, stored, True)
-            if ts in (None, tc.EXPLICIT_LE) and tc.can_decode(stored):
-                return FramePlan(OCTETS, tc.EXPLICIT_LE, False)
-            continue
-        family = IMAGE_FAMILIES.get(inner)
-        if family is None:
-            continue
-        if ts in (None, "*"):
-            if stored in family:
-                return FramePlan(inner, stored, True)
-            for candidate in family:
-                if _feasible(stored, candidate) and not tc.is_lossy(candidate):
-                    return FramePlan(inner, candidate, False)
-            continue
-        if ts in family and _feasible(stored, ts):
-            return FramePlan(inner, ts, ts == stored)
+    for plan in pixel_plans(ranges, stored):
+        return plan
     raise NotAcceptable(
         f"cannot send these frames in any accepted form: they are stored as "
         f"{tc.describe(stored)}; ask for {stored_media_type(stored)} (as stored), "
         f"application/octet-stream (uncompressed) or an image type with a transfer-syntax of "
         f"{', '.join(sorted(tc.ENCODABLE - tc.NATIVE_TARGETS))}"
     )
+
+
+def pixel_plans(ranges: list[MediaRange], stored: str) -> Iterator[FramePlan]:
+    """Every acceptable way to send frames stored in ``stored``, the caller's first choice
+    first. Whether an encoding works depends on the pixels too (1-bit and float pixels have
+    no compressed syntax): a caller that finds the first plan infeasible tries the next, as
+    the client's Accept allows (the viewer asks for HTJ2K, then uncompressed; q=0.5)."""
+    stored_native = stored in tc.NATIVE
+    for r in ranges:
+        inner, ts = r.inner, r.transfer_syntax
+        if inner in WILDCARDS or (inner == "image/*" and not stored_native):
+            if ts in (None, "*", stored):
+                if stored_native:
+                    yield FramePlan(OCTETS, tc.EXPLICIT_LE, False)
+                else:
+                    yield FramePlan(stored_media_type(stored), stored, True)
+            continue
+        if inner == OCTETS:
+            if ts == "*":  # any syntax, labelled octet-stream (what OHIF asks for)
+                if stored_native:
+                    yield FramePlan(OCTETS, tc.EXPLICIT_LE, False)
+                else:
+                    yield FramePlan(OCTETS, stored, True)
+            elif ts in (None, tc.EXPLICIT_LE) and tc.can_decode(stored):
+                yield FramePlan(OCTETS, tc.EXPLICIT_LE, False)
+            continue
+        family = IMAGE_FAMILIES.get(inner)
+        if family is None:
+            continue
+        if ts in (None, "*"):
+            if stored in family:
+                yield FramePlan(inner, stored, True)
+                continue
+            for candidate in family:
+                if _feasible(stored, candidate) and not tc.is_lossy(candidate):
+                    yield FramePlan(inner, candidate, False)
+                    break
+            continue
+        if ts in family and _feasible(stored, ts):
+            yield FramePlan(inner, ts, ts == stored)
 
 
 RENDERED = ("image/jpeg", "image/png", "image/gif")

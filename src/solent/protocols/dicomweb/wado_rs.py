@@ -272,6 +272,29 @@ def _frame_bytes(
     return svc.frame_as(who, inst, number, plan.transfer_syntax, doc)
 
 
+def _first_frame(
+    svc: RetrieveService,
+    who: Principal,
+    inst: StoredInstance,
+    number: int,
+    ranges: list[neg.MediaRange],
+    doc: dict[str, object] | None,
+) -> tuple[bytes, neg.FramePlan]:
+    """The first frame in the first acceptable form its pixels can take, and that form: a
+    1-bit segmentation or float parametric map has no compressed encoding, so the viewer's
+    "HTJ2K, else uncompressed (q=0.5)" was answered 406 and the image never shown."""
+    failure: tc.TranscodeError | None = None
+    for plan in neg.pixel_plans(ranges, inst.transfer_syntax_uid):
+        try:
+            return _frame_bytes(svc, who, inst, number, plan, doc), plan
+        except tc.TranscodeError as exc:
+            failure = failure or exc
+            if doc is None:
+                doc = svc.metadata_of(who, inst)
+    assert failure is not None  # negotiate_pixels found a plan: one was tried
+    raise failure
+
+
 def _frames_head(
     request: Request, svc: RetrieveService, inst: StoredInstance, plan: neg.FramePlan, variant: str
 ) -> tuple[dict[str, str], Response | None]:
@@ -292,15 +315,22 @@ def _frames_response(
     numbers: list[int],
     variant: str,
 ) -> Response:
-    plan = neg.negotiate_pixels(_ranges(request), inst.transfer_syntax_uid)
+    ranges = _ranges(request)
+    plan = neg.negotiate_pixels(ranges, inst.transfer_syntax_uid)
     svc.check_frames(inst, numbers)
     headers, unchanged = _frames_head(request, svc, inst, plan, variant)
     if unchanged is not None:
         return unchanged
     doc = None if _direct(inst, plan) else svc.metadata_of(who, inst)
+    try:
+        first = _frame_bytes(svc, who, inst, numbers[0], plan, doc)
+    except tc.TranscodeError:
+        first, plan = _first_frame(svc, who, inst, numbers[0], ranges, doc)
+        headers, unchanged = _frames_head(request, svc, inst, plan, variant)
+        if unchanged is not None:
+            return unchanged
     boundary = mp.new_boundary()
     part_type = _part_type(plan)
-    first = _frame_bytes(svc, who, inst, numbers[0], plan, doc)
     media_type = mp.content_type(plan.media_type, boundary)
     if len(numbers) == 1:
         pieces = bodies.single_part(boundary, part_type, first)

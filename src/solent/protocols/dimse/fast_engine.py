@@ -165,6 +165,7 @@ class FastServices:
                 ref.transfer_syntax_uid,
                 functools.partial(service.open_encoded, principal, ref, identity),
                 functools.partial(service.uncompressed, principal, ref, identity),
+                functools.partial(service.transcoded_wire, principal, ref, identity),
             )
             for ref in refs
         ]

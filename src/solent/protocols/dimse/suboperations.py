@@ -22,6 +22,7 @@ from solent.domain.principal import Principal
 from solent.domain.records import StoredInstanceRef
 from solent.protocols.dimse.ul import dimse as ul_dimse
 from solent.protocols.dimse.ul import pdu as ul_pdu
+from solent.protocols.dimse.ul.get import LOSSLESS_TARGETS
 from solent.services.outgoing_identity import CurrentIdentity
 from solent.services.retrieve import OutgoingDataset, RetrieveService
 
@@ -180,6 +181,19 @@ def _send_stored(
         finally:
             out.close()
     if _context(assoc, ref.sop_class_uid, EXPLICIT_LE, convert=True) is None:
+        for target in LOSSLESS_TARGETS:  # as ul/get.py: re-encoded losslessly
+            recoded = _context(assoc, ref.sop_class_uid, target, convert=False)
+            if recoded is not None:
+                data = service.transcoded_wire(principal, ref, dataset._identity, target)
+                return _stream_raw(
+                    assoc,
+                    recoded,
+                    ref,
+                    OutgoingDataset(data, None, 0),
+                    msg_id,
+                    originator_aet,
+                    originator_id,
+                )
         raise ValueError(
             f"the peer accepted neither {ref.transfer_syntax_uid} nor an uncompressed syntax "
             f"for {ref.sop_class_uid}"

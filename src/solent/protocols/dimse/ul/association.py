@@ -22,6 +22,7 @@ RJ_PERMANENT, RJ_TRANSIENT = 1, 2
 RJ_SOURCE_USER, RJ_SOURCE_ACSE, RJ_SOURCE_PRESENTATION = 1, 2, 3
 RJ_APP_CONTEXT, RJ_CALLING_AE, RJ_CALLED_AE = 2, 3, 7
 RJ_PROTOCOL_VERSION, RJ_LOCAL_LIMIT = 2, 2
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,13 @@ def negotiate(rq: AssociateRequest, policy: Policy) -> Negotiated:
         if role is not None:
             roles[cx.abstract_syntax] = role  # both roles are supported: accept as proposed
         peer_scp = role is not None and role.scp
+        if peer_scp and chosen == BIG_ENDIAN:
+            # C-GET sub-operations go out on this context: big endian (retired) can be sent
+            # only for an instance stored in it, so any other syntax the peer proposed is
+            # taken (getscu +xb had every instance stored otherwise failed, A702).
+            chosen = next(
+                (ts for ts in cx.transfer_syntaxes if ts in offered and ts != BIG_ENDIAN), chosen
+            )
         results.append(AcceptedContext(cx.context_id, ACCEPT, chosen))
         contexts[cx.context_id] = Context(cx.context_id, cx.abstract_syntax, chosen, peer_scp)
     window = 1

@@ -32,6 +32,17 @@ log = logging.getLogger(__name__)
 PENDING, SUCCESS, CANCEL, WARNING, ALL_FAILED = 0xFF00, 0x0000, 0xFE00, 0xB000, 0xA702
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
+#: Compressed syntaxes an instance stored in another syntax is re-encoded into when the peer
+#: accepted nothing else for its SOP class: only lossless ones (PS3.5 8.2; never a lossy step
+#: nobody asked for), all of which transcode.encode_frame writes.
+LOSSLESS_TARGETS = (
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,8 @@ class SubOperation:
     transfer_syntax_uid: str
     stored: Callable[[], Any]
     uncompressed: Callable[[], Dataset]
+    #: The data set (no file meta) re-encoded in a lossless compressed syntax; None: cannot.
+    transcoded: Callable[[str], bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -82,12 +95,20 @@ def _send_one(
     ``originator``: the C-MOVE's (calling AE, message ID), named in each C-STORE-RQ."""
     stored = _context(assoc, op.sop_class_uid, (op.transfer_syntax_uid,))
     native = None if stored else _context(assoc, op.sop_class_uid, UNCOMPRESSED)
-    if stored is None and native is None:
+    # A peer that accepted its SOP class only in another (lossless) compressed syntax, e.g.
+    # getscu +xs: JPEG Lossless was negotiated for every storage class, and an instance
+    # stored uncompressed or in JPEG 2000 was failed (A702) although it could be sent.
+    recoded = (
+        _context(assoc, op.sop_class_uid, LOSSLESS_TARGETS)
+        if stored is None and native is None and op.transcoded is not None
+        else None
+    )
+    if stored is None and native is None and recoded is None:
         log.info("sub-operation: no context for %s", op.sop_class_uid)
         return 0xA702
     assoc.message_id = assoc.message_id % 0xFFFF + 1
     msg_id = assoc.message_id
-    context = stored or native
+    context = stored or native or recoded
     assert context is not None
     command = dimse.encode(
         CommandField=dimse.C_STORE_RQ,
@@ -106,9 +127,12 @@ def _send_one(
                 assoc.send_stream(context.context_id, command, out.prefix, out.rest, out.remaining)
             finally:
                 out.close()
-        else:
+        elif native is not None:
             data = encode_dataset(op.uncompressed(), context.transfer_syntax)
             assoc.send_message(context.context_id, command, data)
+        else:
+            assert op.transcoded is not None
+            assoc.send_message(context.context_id, command, op.transcoded(context.transfer_syntax))
     except (Closed, OSError):
         raise
     except Exception as exc:
