@@ -22,6 +22,26 @@ from solent.domain.principal import SYSTEM
 from solent.serve_process import ServeStartError, serve_env, solent_program, start_serve, stop_serve
 from solent.settings import Settings, load_settings
 
+
+def _guard_pynetdicom_requestors() -> None:
+    """Every association a test opens with pynetdicom gets the guard Solent's own associations
+    have (net.responses_to_the_waiting_sender): pynetdicom's reactor can take the response its
+    sending thread waits for, so on a loaded machine a test's C-MOVE or C-STORE could wait out
+    the DIMSE timeout for an answer the archive had sent (a peer's bug, not the archive's)."""
+    from pynetdicom.ae import ApplicationEntity
+
+    from solent.protocols.dimse.net import responses_to_the_waiting_sender
+
+    plain = ApplicationEntity.associate
+
+    def associate(self: ApplicationEntity, *args: Any, **kwargs: Any) -> Any:
+        return responses_to_the_waiting_sender(plain(self, *args, **kwargs))
+
+    ApplicationEntity.associate = associate  # type: ignore[method-assign]
+
+
+_guard_pynetdicom_requestors()
+
 REPO = Path(__file__).resolve().parents[1]
 REQUIRE_PEERS = os.environ.get("SOLENT_REQUIRE_PEERS") == "1"
 
