@@ -2,7 +2,7 @@
 512x512 CT series, and C-GET of the series with getscu; Solent and Orthanc in the same run.
 
     .venv/bin/python -m bench.dimse [--slices 300] [--no-orthanc] [--orthanc-first] [--profile DIR]
-                                    [--dicom-engine fast|pynetdicom]
+                                    [--dicom-engine fast|pynetdicom] [--dicom-workers N]
 
 Every DCMTK tool runs with TCP_NODELAY=1. Each store run sends a series with new UIDs, so no
 run is answered from a duplicate check. Prints instances/s and Solent/Orthanc ratios, and the
@@ -194,8 +194,15 @@ def main() -> None:
         choices=("fast", "pynetdicom"),
         help="Solent's DICOM upper layer (SOLENT_DICOM_ENGINE; default: Solent's default)",
     )
+    p.add_argument(
+        "--dicom-workers",
+        type=int,
+        help="Solent's receiving processes (SOLENT_DICOM_WORKERS; default: one per CPU)",
+    )
     args = p.parse_args()
     engine = {"SOLENT_DICOM_ENGINE": args.dicom_engine} if args.dicom_engine else {}
+    if args.dicom_workers:
+        engine["SOLENT_DICOM_WORKERS"] = str(args.dicom_workers)
     work = Path(tempfile.mkdtemp(prefix="bench-dimse-"))
     made: dict[int, tuple[Path, str, str]] = {}
 
