@@ -16,22 +16,13 @@ from sqlalchemy import select
 
 from solent.app import Archive
 from solent.index import schema as t
-from solent.protocols.dimse.access import identify_peer
+from tests.unit.dimse_peer import registered_scu
 
 
 def test_a_contradicting_birth_date_and_sex_raise_a_work_item(
     archive: Archive, corpus_dir: Path, tmp_path: Path
 ) -> None:
-    archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
-    peer = identify_peer(
-        archive.services.directory,
-        calling_ae="SCU",
-        called_ae=archive.settings.ae_title,
-        address="127.0.0.1",
-        allow_unknown=False,
-        unknown_trust="",
-    )
-    assert peer is not None
+    peer = registered_scu(archive)
 
     def store(name: str) -> None:
         path = tmp_path / name

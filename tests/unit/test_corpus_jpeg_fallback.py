@@ -21,8 +21,8 @@ from pydicom.encaps import generate_frames
 
 from solent.app import Archive
 from solent.dicom import transcode as tc
-from solent.protocols.dimse.access import identify_peer
 from solent.services.retrieve import RetrieveKeys
+from tests.unit.dimse_peer import registered_scu
 
 
 def test_a_nonconformant_12bit_jpeg_decodes_to_its_conformant_twin(corpus_dir: Path) -> None:
@@ -76,16 +76,7 @@ def test_a_peer_without_the_stored_syntax_gets_it_decoded(
     """What C-GET / C-MOVE send to a peer that accepted only uncompressed syntaxes. pydicom
     3.0 neither decodes JPEG XL nor knows it as a transfer syntax ("UID is not a transfer
     syntax"), and libjpeg refuses the mammogram: every such sub-operation failed."""
-    archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
-    peer = identify_peer(
-        archive.services.directory,
-        calling_ae="SCU",
-        called_ae=archive.settings.ae_title,
-        address="127.0.0.1",
-        allow_unknown=False,
-        unknown_trust="",
-    )
-    assert peer is not None
+    peer = registered_scu(archive)
     who = peer.principal
     path = tmp_path / name
     shutil.copy(corpus_dir / name, path)

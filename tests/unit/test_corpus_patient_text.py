@@ -21,8 +21,8 @@ import pytest
 
 from solent.app import Archive
 from solent.dicom.parse import parse_file
-from solent.protocols.dimse.access import identify_peer
 from solent.services.retrieve import RetrieveService
+from tests.unit.dimse_peer import registered_scu
 
 #: Corpus files whose Patient Name is in a character set other than ASCII, carrying the UIDs
 #: an instance needs (the cs_ files without them are refused, see test_corpus_import).
@@ -56,16 +56,7 @@ def test_a_name_received_with_a_binary_vr_is_indexed_as_text(
 def test_charset_names_go_out_byte_for_byte_as_received(
     archive: Archive, corpus_dir: Path, tmp_path: Path
 ) -> None:
-    archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
-    peer = identify_peer(
-        archive.services.directory,
-        calling_ae="SCU",
-        called_ae=archive.settings.ae_title,
-        address="127.0.0.1",
-        allow_unknown=False,
-        unknown_trust="",
-    )
-    assert peer is not None
+    peer = registered_scu(archive)
     who = peer.principal
     svc = RetrieveService(archive.index, archive.store, archive.access, archive.audit)
     for name in CHARSET_FILES:

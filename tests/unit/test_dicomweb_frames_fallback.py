@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient
 from pydicom.encaps import generate_frames
 
 from solent.app import Archive
-from solent.protocols.dimse.access import identify_peer
 from solent.protocols.http import create_app
 from tests.conftest import http_headers
+from tests.unit.dimse_peer import registered_scu
 
 DEFLATED_IMAGE_FRAME = "1.2.840.10008.1.2.8.1"
 #: data.ts TRANSCODED: what the viewer sends for a frame stored uncompressed.
@@ -46,16 +46,7 @@ VIEWER_ACCEPT = (
 def test_frames_come_uncompressed_when_htj2k_cannot_carry_them(
     archive: Archive, corpus_dir: Path, tmp_path: Path, name: str
 ) -> None:
-    archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
-    peer = identify_peer(
-        archive.services.directory,
-        calling_ae="SCU",
-        called_ae=archive.settings.ae_title,
-        address="127.0.0.1",
-        allow_unknown=False,
-        unknown_trust="",
-    )
-    assert peer is not None
+    peer = registered_scu(archive)
     path = tmp_path / name
     shutil.copy(corpus_dir / name, path)
     assert archive.ingestor.ingest_file(path, peer.principal, peer.provenance).ok

@@ -16,8 +16,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 
 from solent.app import Archive
-from solent.protocols.dimse.access import identify_peer
 from solent.services.retrieve_bytes import split_part10
+from tests.unit.dimse_peer import registered_scu
 
 
 def _odd_deflated(source: Path, target: Path) -> None:
@@ -45,16 +45,7 @@ def _odd_deflated(source: Path, target: Path) -> None:
 def test_deflated_instance_goes_out_with_an_even_length(
     archive: Archive, corpus_dir: Path, tmp_path: Path
 ) -> None:
-    archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
-    peer = identify_peer(
-        archive.services.directory,
-        calling_ae="SCU",
-        called_ae=archive.settings.ae_title,
-        address="127.0.0.1",
-        allow_unknown=False,
-        unknown_trust="",
-    )
-    assert peer is not None
+    peer = registered_scu(archive)
     path = tmp_path / "odd.dcm"
     _odd_deflated(corpus_dir / "ts_deflated_sc_image.dcm", path)
     stored = path.read_bytes()

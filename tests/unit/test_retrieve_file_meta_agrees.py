@@ -17,8 +17,8 @@ import pydicom
 import pytest
 
 from solent.app import Archive
-from solent.protocols.dimse.access import identify_peer
 from solent.services.retrieve_bytes import split_part10
+from tests.unit.dimse_peer import registered_scu
 
 FILES = (
     "mod_rtplan.dcm",  # Media Storage SOP Instance UID is another instance's
@@ -33,16 +33,7 @@ FILES = (
 def test_the_file_meta_sent_names_the_dataset_sent(
     archive: Archive, corpus_dir: Path, tmp_path: Path, name: str
 ) -> None:
-    archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
-    peer = identify_peer(
-        archive.services.directory,
-        calling_ae="SCU",
-        called_ae=archive.settings.ae_title,
-        address="127.0.0.1",
-        allow_unknown=False,
-        unknown_trust="",
-    )
-    assert peer is not None
+    peer = registered_scu(archive)
     who = peer.principal
     path = tmp_path / name
     shutil.copy(corpus_dir / name, path)

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from solent.app import Archive
-from solent.protocols.dimse.access import identify_peer
+from tests.unit.dimse_peer import registered_scu
 
 #: Corpus files without preamble and file meta that carry an instance's UIDs.
 NO_META = ("mod_ot_palette_face_nometa.dcm", "obj_rtstruct_nopreamble.dcm")
@@ -25,16 +25,7 @@ NO_META = ("mod_ot_palette_face_nometa.dcm", "obj_rtstruct_nopreamble.dcm")
 def test_an_instance_stored_without_file_meta_is_served_as_a_part10_file(
     archive: Archive, corpus_dir: Path, tmp_path: Path, name: str
 ) -> None:
-    archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
-    peer = identify_peer(
-        archive.services.directory,
-        calling_ae="SCU",
-        called_ae=archive.settings.ae_title,
-        address="127.0.0.1",
-        allow_unknown=False,
-        unknown_trust="",
-    )
-    assert peer is not None
+    peer = registered_scu(archive)
     who = peer.principal
     path = tmp_path / name
     shutil.copy(corpus_dir / name, path)

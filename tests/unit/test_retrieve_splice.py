@@ -15,10 +15,10 @@ from pydicom.uid import UID
 from solent.app import Archive
 from solent.dicom import header_splice as hs
 from solent.domain.principal import Principal, PrincipalKind
-from solent.protocols.dimse.access import identify_peer
 from solent.services.identity import Change, Demographics, IdentityService, PatientKey
 from solent.services.outgoing_identity import CurrentIdentity
 from solent.services.retrieve import RetrieveKeys, split_part10
+from tests.unit.dimse_peer import registered_scu
 
 SYNTAXES = {
     "1.2.840.10008.1.2": (True, True),  # implicit VR little endian
@@ -43,16 +43,7 @@ def test_spliced_header_equals_full_reencode(archive: Archive, tmp_path: Path) -
             little_endian=little,
             force_encoding=True,
         )
-    archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
-    peer = identify_peer(
-        archive.services.directory,
-        calling_ae="SCU",
-        called_ae=archive.settings.ae_title,
-        address="127.0.0.1",
-        allow_unknown=False,
-        unknown_trust="",
-    )
-    assert peer is not None
+    peer = registered_scu(archive)
     for f in sorted((tmp_path / "s").iterdir()):
         assert archive.ingestor.ingest_file(f, peer.principal, peer.provenance).ok
     # The PAS corrects the name after the images came in: outgoing headers must say so.

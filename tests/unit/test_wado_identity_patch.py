@@ -23,6 +23,7 @@ from solent.index import schema as t
 from solent.index.sql import now
 from solent.protocols.dimse.access import identify_peer
 from solent.services.retrieve import RetrieveService
+from tests.unit.dimse_peer import registered_scu
 from tests.unit.test_header_splice import assert_same, corpus
 
 FILES = [
@@ -34,16 +35,7 @@ FILES = [
 
 
 def test_patched_bytes_follow_the_record_and_repeat(archive: Archive, tmp_path: Path) -> None:
-    archive.index.add_node("SCU", "127.0.0.1", 104, "ZZA", ["store", "retrieve"])
-    peer = identify_peer(
-        archive.services.directory,
-        calling_ae="SCU",
-        called_ae=archive.settings.ae_title,
-        address="127.0.0.1",
-        allow_unknown=False,
-        unknown_trust="",
-    )
-    assert peer is not None
+    peer = registered_scu(archive)
     studies = set()
     for name in FILES:
         path = tmp_path / name
