@@ -170,6 +170,8 @@ def test_a_local_id_no_dicom_patient_id_can_hold_is_refused_and_spaces_are_no_pa
     assert ack["MSA"][1] == "AA"
     assert demo.identity.resolve("ZZA", "A100009") is not None
     assert demo.identity.resolve("ZZA", " A100009 ") is None
+    ack = _segments(_handler(demo).handle(_a08_for("ID-3", "   ", "DEMO^BLANK"), LOCAL))
+    assert ack["MSA"][1] == "AE" and demo.identity.resolve("ZZA", "") is None
 
 
 @pytest.mark.parametrize("delimiters", ["^^\\&", "A~\\&", "^~\\ "])

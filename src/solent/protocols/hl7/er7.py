@@ -260,6 +260,8 @@ def local_key(
     if len(cx.id) > 64:
         raise MessageRejected("AE", f"{seg.name}-{n} identifier is longer than 64 characters")
     local_id = cx.id.strip(" ")  # DICOM LO: leading and trailing spaces are no part of it
+    if not local_id:
+        raise MessageRejected("AE", f"{seg.name}-{n} identifier is only spaces")
     if "\\" in local_id or any(ord(c) < 0x20 or ord(c) == 0x7F for c in local_id):
         raise MessageRejected(
             "AE",
