@@ -35,7 +35,7 @@ from solent.index import schema as t
 from solent.serve_process import serve_env, solent_program
 from solent.services.migration import content_digest
 from solent.settings import load_settings
-from tests.conftest import require
+from tests.conftest import require, require_corpus
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
 CALLING = "MIGRATE"
@@ -474,3 +474,50 @@ def test_dicomweb_source_lists_a_study_under_two_patients_instead_of_giving_up(
         assert rep["counts"] == {"verified": 2, "waiting": 2}
         patients = {i["sop_uid"]: i["patient_id"] for i in rep["items"]}
         assert patients[first.series[0][0]] == "T1" and patients["2.25.4343434343"] == "T2"
+
+
+def test_iso2022_names_orthanc_lists_garbled_arrive_as_the_files_spell_them(
+    tmp_path: Path,
+) -> None:
+    """Orthanc answers C-FIND in Latin-1: a GB 2312 (ISO 2022 IR 58) name is listed as
+    'Zhang^XiaoDong=^' and a Japanese IR 13 + IR 87 one as '^=;3ED^B@O:=$d$^$@^$?$m$&' (the
+    JIS codes with their escapes dropped). The first kept its escape sequences in the header
+    name taken to repair it, so no repair happened; the second was not recognised as a lossy
+    rendering, so the record kept the ASCII garbage as the patient's name."""
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    corpus = require_corpus()
+    expected = {
+        "GB2312Example": "Zhang^XiaoDong=\u5f20^\u5c0f\u4e1c",
+        "H32EXAMPLE": "\uff94\uff8f\uff80\uff9e^\uff80\uff9b\uff73=\u5c71\u7530^\u592a\u90ce="
+        "\u3084\u307e\u3060^\u305f\u308d\u3046",
+        "I2EXAMPLE": "Hong^Gildong=\u6d2a^\u5409\u6d1e=\ud64d^\uae38\ub3d9",  # already fine
+    }
+    with orthanc() as o:
+        for name in ("cs_gb2312_iso2022_ir58.dcm", "cs_japanese_ir13_ir87.dcm"):
+            upload(o.base_url, (corpus / name).read_bytes())
+        upload(o.base_url, (corpus / "cs_korean_iso2022_ir149.dcm").read_bytes())
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        add_source(cli, "legacy", o, "ZZA")
+        cli("migrate", "inventory", "legacy", "--json", str(tmp_path / "inv.json"))
+        listed = {r["patient_id"]: r["patient_name"] for r in json.loads(
+            (tmp_path / "inv.json").read_text())}  # fmt: skip
+        assert listed["H32EXAMPLE"] == "^=;3ED^B@O:=$d$^$@^$?$m$&"  # what Orthanc says
+        assert cli.run_json("legacy")["transfer"]["states"] == {"stored": 3}
+        # A delta run re-applies the (changed) listing: the repaired names stay.
+        cli("migrate", "run", "legacy")
+        code, rep = cli.verify("legacy")
+        assert code == 0 and rep["counts"] == {"verified": 3}
+
+    archive = build_archive(load_settings(environ={}, data_dir=tmp_path / "var"))
+    try:
+        names = {}
+        for pid in expected:
+            resolved = archive.identity.resolve("ZZA", pid)
+            assert resolved is not None
+            record = archive.identity.record(resolved.patient_pk)
+            assert record is not None
+            names[pid] = record["record"]["name"]
+        assert names == expected
+    finally:
+        archive.close()
