@@ -521,3 +521,46 @@ def test_iso2022_names_orthanc_lists_garbled_arrive_as_the_files_spell_them(
         assert names == expected
     finally:
         archive.close()
+
+
+def test_a_legacy_pacs_that_dies_mid_run_leaves_a_resumable_state_and_says_what_next(
+    tmp_path: Path,
+) -> None:
+    """Orthanc killed while series are in flight: the run used to end with exit 1 and only
+    a count of failed instances, nothing saying why or what to do. It now gives the reason
+    and the next step; the rerun after Orthanc is back moves the rest, nothing twice."""
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    with orthanc() as o:
+        study = Study(Patient("D1", "DIES^MIDRUN", "19700101", "F"), "20200101")
+        for _ in range(3):
+            study.add_series(10)
+        upload_study(o.base_url, study)
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        add_source(cli, "legacy", o, "ZZA", "--rate", "20", "--associations", "1")
+        proc = subprocess.Popen(
+            [str(solent_program()), "migrate", "run", "legacy", "--json"],
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())  # one series stored, the next in flight
+        assert o.proc is not None
+        o.proc.kill()
+        o.proc.wait(timeout=30)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        summary = json.loads(out.strip().splitlines()[-1])["summary"]["transfer"]
+        assert summary["states"].get("failed", 0) > 0 and first["done"] >= 10
+        assert "cannot connect to 127.0.0.1" in err
+        assert "solent migrate run legacy" in err and "solent migrate verify legacy" in err
+        assert "Traceback" not in err
+
+        o.start()  # the legacy PACS is back, same data and ports
+        again = cli.run_json("legacy")
+        assert again["transfer"]["states"] == {"stored": summary["states"]["failed"]}
+        code, rep = cli.verify("legacy")
+        assert code == 0 and rep["counts"] == {"verified": 30}
+        assert json.loads(cli("stats", "--json").stdout)["instances"] == 30
