@@ -564,3 +564,35 @@ def test_a_legacy_pacs_that_dies_mid_run_leaves_a_resumable_state_and_says_what_
         code, rep = cli.verify("legacy")
         assert code == 0 and rep["counts"] == {"verified": 30}
         assert json.loads(cli("stats", "--json").stdout)["instances"] == 30
+
+
+def test_one_patient_id_with_two_birth_dates_and_sexes_waits_instead_of_one_record(
+    tmp_path: Path,
+) -> None:
+    """A legacy PACS with one Patient ID on two people (SMITH^ANN F 1970, JONES^BOB M 1965):
+    the dry run said nothing, both studies moved under one record that showed JONES^BOB for
+    SMITH^ANN's study in QIDO. They now wait with a reason naming both, queued for a person."""
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    with orthanc() as o:
+        ann = Study(Patient("DUP1", "SMITH^ANN", "19700101", "F"), "20200101")
+        ann.add_series(1)
+        bob = Study(Patient("DUP1", "JONES^BOB", "19650505", "M"), "20210101")
+        bob.add_series(1)
+        fine = Study(Patient("OK1", "FINE^ONE", "19800101", "F"), "20220101")
+        fine.add_series(1)
+        for study in (ann, bob, fine):
+            upload_study(o.base_url, study)
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        add_source(cli, "legacy", o, "ZZA")
+        plan = cli.plan("legacy")["plan"]
+        waiting = {w["study_uid"]: w["reason"] for w in plan["waiting"]}
+        assert set(waiting) == {ann.uid, bob.uid}
+        assert "19650505, 19700101" in waiting[ann.uid] and "F, M" in waiting[ann.uid]
+        summary = cli.run_json("legacy")
+        assert summary["transfer"]["states"] == {"stored": 1}
+        queue = json.loads(cli("identity", "queue", "--json").stdout)
+        assert [q["kind"] for q in queue] == ["migration-demographics-differ"]
+        assert "SMITH^ANN" in queue[0]["detail"] and "JONES^BOB" in queue[0]["detail"]
+        code, rep = cli.verify("legacy")
+        assert code == 1 and rep["counts"] == {"verified": 1, "waiting": 2}
