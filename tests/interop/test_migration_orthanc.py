@@ -476,14 +476,16 @@ def test_dicomweb_source_lists_a_study_under_two_patients_instead_of_giving_up(
         assert patients[first.series[0][0]] == "T1" and patients["2.25.4343434343"] == "T2"
 
 
+@pytest.mark.parametrize("kind", ["dimse", "dicomweb"])
 def test_iso2022_names_orthanc_lists_garbled_arrive_as_the_files_spell_them(
-    tmp_path: Path,
+    tmp_path: Path, kind: str
 ) -> None:
     """Orthanc answers C-FIND in Latin-1: a GB 2312 (ISO 2022 IR 58) name is listed as
     'Zhang^XiaoDong=^' and a Japanese IR 13 + IR 87 one as '^=;3ED^B@O:=$d$^$@^$?$m$&' (the
     JIS codes with their escapes dropped). The first kept its escape sequences in the header
     name taken to repair it, so no repair happened; the second was not recognised as a lossy
-    rendering, so the record kept the ASCII garbage as the patient's name."""
+    rendering, so the record kept the ASCII garbage as the patient's name. Orthanc's DICOMweb
+    lists the Japanese one with its katakana decoded and the rest as the same garbage."""
     require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
     corpus = require_corpus()
     expected = {
@@ -498,11 +500,16 @@ def test_iso2022_names_orthanc_lists_garbled_arrive_as_the_files_spell_them(
         upload(o.base_url, (corpus / "cs_korean_iso2022_ir149.dcm").read_bytes())
         cli = Cli(tmp_path / "var")
         cli("trust", "add", "ZZA", "--name", "Trust A")
-        add_source(cli, "legacy", o, "ZZA")
+        if kind == "dimse":
+            add_source(cli, "legacy", o, "ZZA")
+        else:
+            cli(
+                "migrate", "source", "add", "legacy", "--dicomweb", o.dicomweb_url, "--trust", "ZZA"
+            )
         cli("migrate", "inventory", "legacy", "--json", str(tmp_path / "inv.json"))
         listed = {r["patient_id"]: r["patient_name"] for r in json.loads(
             (tmp_path / "inv.json").read_text())}  # fmt: skip
-        assert listed["H32EXAMPLE"] == "^=;3ED^B@O:=$d$^$@^$?$m$&"  # what Orthanc says
+        assert listed["H32EXAMPLE"].endswith("=;3ED^B@O:=$d$^$@^$?$m$&")  # what Orthanc says
         assert cli.run_json("legacy")["transfer"]["states"] == {"stored": 3}
         # A delta run re-applies the (changed) listing: the repaired names stay.
         cli("migrate", "run", "legacy")

@@ -193,8 +193,12 @@ def _iso2022_renderings(original: str) -> set[str]:
         except (UnicodeError, LookupError, ValueError):  # a name these sets cannot carry
             continue
         bare = _ESCAPE_BYTES.sub(b"", raw)
-        for errors in ("ignore", "replace"):
-            out.add(bare.decode("ascii", errors=errors))
+        # JIS X 0201 (IR 13) katakana are single 8-bit bytes: dropped, or kept as katakana by
+        # a PACS that decodes IR 13 but not the IR 87 after it (Orthanc's DICOMweb does).
+        codecs = ("ascii", "shift_jis") if "ISO 2022 IR 13" in charsets else ("ascii",)
+        for codec in codecs:
+            for errors in ("ignore", "replace"):
+                out.add(bare.decode(codec, errors=errors))
     return out
 
 
