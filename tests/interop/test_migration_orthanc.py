@@ -343,6 +343,9 @@ def test_dicomweb_source_qido_and_wado_rs(tmp_path: Path) -> None:
         rows = json.loads((tmp_path / "inv.json").read_text())
         assert {r["nhs_number"] for r in rows} == {N1}  # from series metadata
         assert cli.run_json("web")["transfer"]["states"] == {"stored": 4}
+        # The rerun's progress is readable: httpx's per-request INFO lines used to bury it.
+        rerun = cli("migrate", "run", "web").stderr
+        assert "web: 0 of 0 instances handled" in rerun and "HTTP Request" not in rerun
         code, rep = cli.verify("web")
         assert code == 0 and rep["counts"] == {"verified": 4}
         expected = {
