@@ -80,5 +80,7 @@ def configure(fmt: str = "text", level: str = "INFO", patient_data: bool = False
     root.setLevel(level)
     # procrastinate logs two ~1 KB lines per job at INFO: millions a day at a region's volume.
     # Failures and retries it logs at WARNING and above still show; `solent jobs` shows the rest.
-    for noisy in ("pynetdicom", "botocore", "urllib3", "alembic", "procrastinate"):
+    # httpx logs every request (its URL names studies) at INFO: a DICOMweb migration printed
+    # three lines per study over its own progress.
+    for noisy in ("pynetdicom", "botocore", "urllib3", "alembic", "procrastinate", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -35,7 +35,7 @@ from solent.index import schema as t
 from solent.serve_process import serve_env, solent_program
 from solent.services.migration import content_digest
 from solent.settings import load_settings
-from tests.conftest import require
+from tests.conftest import require, require_corpus
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
 CALLING = "MIGRATE"
@@ -343,6 +343,9 @@ def test_dicomweb_source_qido_and_wado_rs(tmp_path: Path) -> None:
         rows = json.loads((tmp_path / "inv.json").read_text())
         assert {r["nhs_number"] for r in rows} == {N1}  # from series metadata
         assert cli.run_json("web")["transfer"]["states"] == {"stored": 4}
+        # The rerun's progress is readable: httpx's per-request INFO lines used to bury it.
+        rerun = cli("migrate", "run", "web").stderr
+        assert "web: 0 of 0 instances handled" in rerun and "HTTP Request" not in rerun
         code, rep = cli.verify("web")
         assert code == 0 and rep["counts"] == {"verified": 4}
         expected = {
@@ -474,3 +477,132 @@ def test_dicomweb_source_lists_a_study_under_two_patients_instead_of_giving_up(
         assert rep["counts"] == {"verified": 2, "waiting": 2}
         patients = {i["sop_uid"]: i["patient_id"] for i in rep["items"]}
         assert patients[first.series[0][0]] == "T1" and patients["2.25.4343434343"] == "T2"
+
+
+@pytest.mark.parametrize("kind", ["dimse", "dicomweb"])
+def test_iso2022_names_orthanc_lists_garbled_arrive_as_the_files_spell_them(
+    tmp_path: Path, kind: str
+) -> None:
+    """Orthanc answers C-FIND in Latin-1: a GB 2312 (ISO 2022 IR 58) name is listed as
+    'Zhang^XiaoDong=^' and a Japanese IR 13 + IR 87 one as '^=;3ED^B@O:=$d$^$@^$?$m$&' (the
+    JIS codes with their escapes dropped). The first kept its escape sequences in the header
+    name taken to repair it, so no repair happened; the second was not recognised as a lossy
+    rendering, so the record kept the ASCII garbage as the patient's name. Orthanc's DICOMweb
+    lists the Japanese one with its katakana decoded and the rest as the same garbage."""
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    corpus = require_corpus()
+    expected = {
+        "GB2312Example": "Zhang^XiaoDong=\u5f20^\u5c0f\u4e1c",
+        "H32EXAMPLE": "\uff94\uff8f\uff80\uff9e^\uff80\uff9b\uff73=\u5c71\u7530^\u592a\u90ce="
+        "\u3084\u307e\u3060^\u305f\u308d\u3046",
+        "I2EXAMPLE": "Hong^Gildong=\u6d2a^\u5409\u6d1e=\ud64d^\uae38\ub3d9",  # already fine
+    }
+    with orthanc() as o:
+        for name in ("cs_gb2312_iso2022_ir58.dcm", "cs_japanese_ir13_ir87.dcm"):
+            upload(o.base_url, (corpus / name).read_bytes())
+        upload(o.base_url, (corpus / "cs_korean_iso2022_ir149.dcm").read_bytes())
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        if kind == "dimse":
+            add_source(cli, "legacy", o, "ZZA")
+        else:
+            cli(
+                "migrate", "source", "add", "legacy", "--dicomweb", o.dicomweb_url, "--trust", "ZZA"
+            )
+        cli("migrate", "inventory", "legacy", "--json", str(tmp_path / "inv.json"))
+        listed = {r["patient_id"]: r["patient_name"] for r in json.loads(
+            (tmp_path / "inv.json").read_text())}  # fmt: skip
+        assert listed["H32EXAMPLE"].endswith("=;3ED^B@O:=$d$^$@^$?$m$&")  # what Orthanc says
+        assert cli.run_json("legacy")["transfer"]["states"] == {"stored": 3}
+        # A delta run re-applies the (changed) listing: the repaired names stay.
+        cli("migrate", "run", "legacy")
+        code, rep = cli.verify("legacy")
+        assert code == 0 and rep["counts"] == {"verified": 3}
+
+    archive = build_archive(load_settings(environ={}, data_dir=tmp_path / "var"))
+    try:
+        names = {}
+        for pid in expected:
+            resolved = archive.identity.resolve("ZZA", pid)
+            assert resolved is not None
+            record = archive.identity.record(resolved.patient_pk)
+            assert record is not None
+            names[pid] = record["record"]["name"]
+        assert names == expected
+    finally:
+        archive.close()
+
+
+def test_a_legacy_pacs_that_dies_mid_run_leaves_a_resumable_state_and_says_what_next(
+    tmp_path: Path,
+) -> None:
+    """Orthanc killed while series are in flight: the run used to end with exit 1 and only
+    a count of failed instances, nothing saying why or what to do. It now gives the reason
+    and the next step; the rerun after Orthanc is back moves the rest, nothing twice."""
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    with orthanc() as o:
+        study = Study(Patient("D1", "DIES^MIDRUN", "19700101", "F"), "20200101")
+        for _ in range(3):
+            study.add_series(10)
+        upload_study(o.base_url, study)
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        add_source(cli, "legacy", o, "ZZA", "--rate", "20", "--associations", "1")
+        proc = subprocess.Popen(
+            [str(solent_program()), "migrate", "run", "legacy", "--json"],
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())  # one series stored, the next in flight
+        assert o.proc is not None
+        o.proc.kill()
+        o.proc.wait(timeout=30)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        summary = json.loads(out.strip().splitlines()[-1])["summary"]["transfer"]
+        assert summary["states"].get("failed", 0) > 0 and first["done"] >= 10
+        assert "cannot connect to 127.0.0.1" in err
+        assert "solent migrate run legacy" in err and "solent migrate verify legacy" in err
+        assert "Traceback" not in err
+
+        o.start()  # the legacy PACS is back, same data and ports
+        again = cli.run_json("legacy")
+        assert again["transfer"]["states"] == {"stored": summary["states"]["failed"]}
+        code, rep = cli.verify("legacy")
+        assert code == 0 and rep["counts"] == {"verified": 30}
+        assert json.loads(cli("stats", "--json").stdout)["instances"] == 30
+
+
+def test_one_patient_id_with_two_birth_dates_and_sexes_waits_instead_of_one_record(
+    tmp_path: Path,
+) -> None:
+    """A legacy PACS with one Patient ID on two people (SMITH^ANN F 1970, JONES^BOB M 1965):
+    the dry run said nothing, both studies moved under one record that showed JONES^BOB for
+    SMITH^ANN's study in QIDO. They now wait with a reason naming both, queued for a person."""
+    require(shutil.which("Orthanc") is not None, "the `Orthanc` program")
+    with orthanc() as o:
+        ann = Study(Patient("DUP1", "SMITH^ANN", "19700101", "F"), "20200101")
+        ann.add_series(1)
+        bob = Study(Patient("DUP1", "JONES^BOB", "19650505", "M"), "20210101")
+        bob.add_series(1)
+        fine = Study(Patient("OK1", "FINE^ONE", "19800101", "F"), "20220101")
+        fine.add_series(1)
+        for study in (ann, bob, fine):
+            upload_study(o.base_url, study)
+        cli = Cli(tmp_path / "var")
+        cli("trust", "add", "ZZA", "--name", "Trust A")
+        add_source(cli, "legacy", o, "ZZA")
+        plan = cli.plan("legacy")["plan"]
+        waiting = {w["study_uid"]: w["reason"] for w in plan["waiting"]}
+        assert set(waiting) == {ann.uid, bob.uid}
+        assert "19650505, 19700101" in waiting[ann.uid] and "F, M" in waiting[ann.uid]
+        summary = cli.run_json("legacy")
+        assert summary["transfer"]["states"] == {"stored": 1}
+        queue = json.loads(cli("identity", "queue", "--json").stdout)
+        assert [q["kind"] for q in queue] == ["migration-demographics-differ"]
+        assert "SMITH^ANN" in queue[0]["detail"] and "JONES^BOB" in queue[0]["detail"]
+        code, rep = cli.verify("legacy")
+        assert code == 1 and rep["counts"] == {"verified": 1, "waiting": 2}

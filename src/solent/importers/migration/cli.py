@@ -265,7 +265,25 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             + (f"; stopped: {stats.stopped}" if stats.stopped else ""),
             file=sys.stderr,
         )
-    return 3 if stats.stopped else 1 if stats.states.get("failed") else 0
+    failed = stats.states.get("failed", 0)
+    if failed:
+        print(failure_advice(args.name, failed, stats.failures), file=sys.stderr)
+    return 3 if stats.stopped else 1 if failed else 0
+
+
+def failure_advice(source: str, failed: int, reasons: dict[str, int]) -> str:
+    """What an operator does after a run that left instances failed (they stay to retry)."""
+    common = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
+    lines = [f"{source}: {failed} instances failed and were not moved; they are kept and tried "
+             "again by the next run."]  # fmt: skip
+    lines += [f"  {n} x {why}" for why, n in common]
+    lines.append(
+        f"Next: fix what the reasons say, then `solent migrate run {source}` again (it fetches "
+        f"only what is not yet in the archive); `solent migrate verify {source}` lists each "
+        f"instance with its reason; `solent migrate exclude {source} UID... --reason ...` leaves "
+        "out instances the source can never deliver."
+    )
+    return "\n".join(lines)
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:

@@ -37,6 +37,7 @@ class TransferStats:
     states: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seconds: float = 0.0
     stopped: str = ""  # why the run stopped early (working hours), empty if it finished
+    failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # reason -> n
 
     def as_json(self) -> dict[str, object]:
         rate = self.done / self.seconds if self.seconds else 0.0
@@ -49,6 +50,7 @@ class TransferStats:
             "instances_per_s": round(rate, 2),
             "mb_per_s": round(self.bytes / 1e6 / self.seconds, 3) if self.seconds else 0.0,
             "stopped": self.stopped,
+            "failure_reasons": dict(self.failures),
         }
 
 
@@ -122,10 +124,12 @@ def run_transfer(
         with tempfile.TemporaryDirectory(prefix="migrate-", dir=workdir) as tmp:
             fetched: list[tuple[Item, Path]] = []
             outcomes: list[tuple[str, int]] = []
+            reasons: list[str] = []
             for item, got in client.fetch(batch, Path(tmp)):
                 if isinstance(got, str):
                     migration.fail(principal, src.name, item.sop_uid, got)
                     outcomes.append(("failed", 0))
+                    reasons.append(got)
                 else:
                     fetched.append((item, got))
             sizes = [path.stat().st_size for _, path in fetched]
@@ -134,15 +138,14 @@ def run_transfer(
             except Exception as exc:  # one poisonous file must not stop a migration
                 log.exception("migration batch of series %s failed", batch[0].series_uid)
                 states = []
+                why = (
+                    f"could not be stored ({type(exc).__name__}: {exc}); retried on the "
+                    "next run; if it fails again, report it with this file"
+                )
                 for item, _ in fetched:
-                    migration.fail(
-                        principal,
-                        src.name,
-                        item.sop_uid,
-                        f"could not be stored ({type(exc).__name__}: {exc}); retried on the "
-                        "next run; if it fails again, report it with this file",
-                    )
+                    migration.fail(principal, src.name, item.sop_uid, why)
                     states.append("failed")
+                    reasons.append(why)
             outcomes += list(zip(states, sizes, strict=True))
         with lock:
             for state, size in outcomes:
@@ -150,6 +153,8 @@ def run_transfer(
                 stats.states[state] += 1
                 if state == "stored":
                     stats.bytes += size
+            for why in reasons:
+                stats.failures[why] += 1
             done = stats.done
         if on_progress is not None:
             on_progress(done, stats.total)

@@ -6,8 +6,13 @@ every part of the service share one vocabulary without importing each other.
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pydicom.charset import convert_encodings
+from pydicom.valuerep import PersonName
 
 from solent.domain import nhs_number as nhs
 from solent.domain.principal import Principal
@@ -163,13 +168,53 @@ def plain(v: Any) -> Any:
     return v.isoformat() if hasattr(v, "isoformat") else v
 
 
+#: ISO 2022 character sets whose multi-byte letters are 7-bit codes between escape sequences
+#: (JIS X 0208/0212): a legacy PACS that drops the escapes and the 8-bit bytes lists such a
+#: name as ASCII punctuation ('山田^太郎' as ';3ED^B@O:'). G1 sets (GB 2312, KS X 1001) are
+#: 8-bit and simply dropped, as the Latin-1 rendering already covers.
+_SEVEN_BIT_ISO2022 = (
+    ("ISO 2022 IR 13", "ISO 2022 IR 87"),
+    ("ISO 2022 IR 6", "ISO 2022 IR 87"),
+    ("ISO 2022 IR 6", "ISO 2022 IR 87", "ISO 2022 IR 159"),
+)
+_ESCAPE_BYTES = re.compile(rb"\x1b[\x20-\x2f]+[\x30-\x7e]")
+
+
+def _iso2022_renderings(original: str) -> set[str]:
+    """``original`` encoded in each 7-bit ISO 2022 set, escapes and 8-bit bytes dropped."""
+    out: set[str] = set()
+    if original.isascii():
+        return out
+    for charsets in _SEVEN_BIT_ISO2022:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                raw = PersonName(original).encode(convert_encodings(list(charsets)))
+        except (UnicodeError, LookupError, ValueError):  # a name these sets cannot carry
+            continue
+        bare = _ESCAPE_BYTES.sub(b"", raw)
+        # JIS X 0201 (IR 13) katakana are single 8-bit bytes: dropped, or kept as katakana by
+        # a PACS that decodes IR 13 but not the IR 87 after it (Orthanc's DICOMweb does).
+        codecs = ("ascii", "shift_jis") if "ISO 2022 IR 13" in charsets else ("ascii",)
+        for codec in codecs:
+            for errors in ("ignore", "replace"):
+                out.add(bare.decode(codec, errors=errors))
+    return out
+
+
 def lossy_rendering(original: str, rendered: str) -> bool:
     """Whether ``rendered`` is ``original`` after a character set that cannot carry all of
     it: a legacy PACS answering C-FIND in Latin-1 (Orthanc's default) or ASCII drops or
     replaces the other letters (a Cyrillic name that mixes in Latin look-alikes listed as those
-    alone, an Arabic name as '^')."""
+    alone, an Arabic name as '^'), or drops a Japanese name's escape sequences and 8-bit bytes
+    and lists the 7-bit JIS codes left as ASCII ('ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎' as '^=;3ED^B@O:')."""
     if original == rendered:
         return False
+    for codec in ("latin-1", "ascii"):
+        for errors in ("ignore", "replace"):
+            if original.encode(codec, errors=errors).decode(codec) == rendered:
+                return True
+    return rendered in _iso2022_renderings(original)
     for codec in ("latin-1", "ascii"):
         for errors in ("ignore", "replace"):
             if original.encode(codec, errors=errors).decode(codec) == rendered:

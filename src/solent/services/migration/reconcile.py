@@ -261,6 +261,7 @@ class Reconciler:
                         conn=conn,
                     )
                 changes[name] += 1
+                self._own_disagreement(conn, src, pid, demos)
             resolved = self.identity.resolve(src.trust, pid, conn=conn)
             assert resolved is not None  # update_record created it if new
             out[name][pid] = resolved.patient_pk
@@ -285,6 +286,38 @@ class Reconciler:
                     )
                 )
         return out, changes
+
+    def _own_disagreement(
+        self, conn: Connection, src: Source, pid: str, demos: list[dict[str, Any]]
+    ) -> None:
+        """Queue a Patient ID the source itself shows with different birth dates or sexes: one
+        legacy ID may be two people (a reused or mistyped hospital number). The demographics
+        were applied one after another, so the record shows the last set and every study
+        under the ID would be filed, shown and sent under it; its studies wait instead until
+        someone resolves the item (same person: resolve it; two people: correct the source)."""
+        differ = [
+            f"{label} {', '.join(values)}"
+            for key, label in (("birth_date", "birth dates"), ("sex", "sexes"))
+            if len(values := sorted({d[key] for d in demos if d[key]})) > 1
+        ]
+        if not differ:
+            return
+        resolved = self.identity.resolve(src.trust, pid, conn=conn)
+        assert resolved is not None
+        names = sorted({d["name"] for d in demos if d["name"]})
+        self.identity.add_work_item(
+            DIFFER,
+            f"migration source {src.name} lists {pid}/{src.trust} with different "
+            + "; ".join(differ)
+            + (f" (names: {'; '.join(names)})" if names else "")
+            + ": one Patient ID may be two people; its legacy studies wait until this is "
+            "resolved (same person) or the source is corrected (two people)",
+            conn=conn,
+            issuer=src.trust,
+            local_id=pid,
+            patient_pk=resolved.patient_pk,
+            nhs_number=None,
+        )
 
     def _compare(
         self, conn: Connection, pk: int, src: Source, pid: str, demos: list[dict[str, Any]]

@@ -15,6 +15,7 @@ from typing import Any
 import pydicom
 from sqlalchemy import Connection, select, update
 
+from solent.dicom import iso2022
 from solent.domain.outcomes import Outcome, RejectReason
 from solent.domain.principal import Channel, Principal, Provenance
 from solent.errors import InvalidInput, NotFound
@@ -306,12 +307,13 @@ class Transfer:
 
 
 def _header_name(path: Path) -> str | None:
-    """Patient's Name as the file's own Specific Character Set decodes it."""
+    """Patient's Name as the file's own Specific Character Set decodes it, without the ISO 2022
+    escape sequences pydicom leaves in some sets (IR 58), as ingest reads it."""
     try:
         ds = pydicom.dcmread(
             path, force=True, specific_tags=["SpecificCharacterSet", "PatientName"]
         )
-        name = str(ds.get("PatientName") or "").strip()
+        name = iso2022.strip(str(ds.get("PatientName") or "")).strip().replace("\x00", "")
     except Exception:  # an unreadable header names nobody; ingest reported it already
         return None
     return name or None
