@@ -215,8 +215,3 @@ def lossy_rendering(original: str, rendered: str) -> bool:
             if original.encode(codec, errors=errors).decode(codec) == rendered:
                 return True
     return rendered in _iso2022_renderings(original)
-    for codec in ("latin-1", "ascii"):
-        for errors in ("ignore", "replace"):
-            if original.encode(codec, errors=errors).decode(codec) == rendered:
-                return True
-    return False
