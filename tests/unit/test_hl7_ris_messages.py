@@ -173,4 +173,5 @@ def test_a_ris_trickling_bytes_is_no_answer_within_the_timeout() -> None:
         started = time.monotonic()
         with pytest.raises(NoAnswer, match="within the timeout"):
             RisSender(timeout=0.5)(replace(MOVED, destination=replace(RIS, port=port)))
-        assert time.monotonic() - started < 1.5
+        # The trickle lasts 3.4 s: well under it, with room for a loaded CI machine.
+        assert time.monotonic() - started < 2.5
